@@ -1,0 +1,46 @@
+# The two commands at the top of README.md: `make demo` and `make test`.
+# Both install what they need first (Debian packages, then a virtualenv with
+# pinned Python packages) and are safe to run again.
+
+VENV ?= .venv
+APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
+                iputils-ping procps ethtool iperf3 tcpdump
+
+.PHONY: demo test unit deps apt venv lab-down clean
+
+demo: deps
+	$(VENV)/bin/mbx-lab demo
+
+test: deps
+	$(VENV)/bin/pytest -q tests
+
+unit: deps
+	$(VENV)/bin/pytest -q tests/unit
+
+deps: apt venv
+
+apt:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt setup.cfg setup.py
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+lab-down:
+	$(VENV)/bin/mbx-lab down
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,451 @@
+"""The multi-host namespace lab: real ovsdb-server and ovs-vswitchd per host.
+
+Layout (prefix ``mbx`` by default; every name below carries the prefix):
+
+* ``mbx-fabric`` netns: the underlay bridge ``br-ul`` and the management bridge
+  ``br-mgmt`` (address 10.201.0.1), the config database ovsdb-server and the
+  controller.  Nothing of the lab lives in the root namespace.
+* ``mbx-hN`` netns per host: its own ovsdb-server and ovs-vswitchd (userspace
+  datapath), ``br-phy`` holding the underlay veth and the host's tunnel IP
+  10.200.0.(10+N), ``br-int`` with one tunnel port ``mbx-tun``
+  (remote_ip=flow, key=flow), and a management veth 10.201.0.(10+N) on which the
+  host's OVSDB listens for the controller.
+* ``mbx-vm-NAME`` netns per VM: ``eth0``, whose peer ``vif-...`` is a port of its
+  host's br-int.
+
+Everything the lab creates is recorded in ``RUNDIR/state.json`` as it is
+created, so ``down`` can end exactly the processes it started (by PID) and
+remove exactly the namespaces it made, even after a failed ``up``.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+from lab.sh import LabError, read_pidfile, run, stop_pid, wait_until, pid_alive
+from ovsdb import server as nbserver
+from ovsdb.api import MbxNb
+from ovsdb.errors import MbxError
+
+DEFAULT_PREFIX = os.environ.get("MBX_LAB_PREFIX", "mbx")
+DEFAULT_RUNDIR = os.environ.get("MBX_LAB_DIR", "/run/mbx")
+
+UNDERLAY_PREFIX = "10.200.0."
+MGMT_PREFIX = "10.201.0."
+CONTROLLER_IP = MGMT_PREFIX + "1"
+OF_PORT = 6653
+HOST_OVSDB_PORT = 6640
+NB_TCP_PORT = 6641
+VM_MTU = 1450
+VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+TUNNEL_PORT = "mbx-tun"
+
+OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off"]
+
+
+def vif_name(vm):
+    """Host-side veth name of a VM (<= 15 characters, stable per VM name)."""
+    name = "vif-" + vm
+    if len(name) <= 15:
+        return name
+    return "vif-" + hashlib.sha1(vm.encode()).hexdigest()[:11]
+
+
+class Lab:
+    def __init__(self, prefix=DEFAULT_PREFIX, rundir=DEFAULT_RUNDIR):
+        self.prefix = prefix
+        self.rundir = rundir
+        self.state_path = os.path.join(rundir, "state.json")
+        self.state = self._load()
+        self._nb = None
+
+    # ----------------------------------------------------------- state file
+    def _load(self):
+        try:
+            with open(self.state_path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {"prefix": self.prefix, "netns": [], "pids": {},
+                    "hosts": {}, "vms": {}, "encap": "vxlan"}
+
+    def _save(self):
+        os.makedirs(self.rundir, exist_ok=True)
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.state, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.state_path)
+
+    @property
+    def is_up(self):
+        return bool(self.state["netns"])
+
+    def _add_netns(self, ns):
+        run(["ip", "netns", "add", ns])
+        self.state["netns"].append(ns)
+        self._save()
+        run(["ip", "link", "set", "lo", "up"], netns=ns)
+
+    def _record_pid(self, key, pid):
+        self.state["pids"][key] = pid
+        self._save()
+
+    # ------------------------------------------------------------ addresses
+    @property
+    def fabric_ns(self):
+        return "%s-fabric" % self.prefix
+
+    def host_ns(self, host):
+        return "%s-%s" % (self.prefix, host)
+
+    def vm_ns(self, vm):
+        return "%s-vm-%s" % (self.prefix, vm)
+
+    def host_dir(self, host):
+        return os.path.join(self.rundir, "hosts", host)
+
+    @property
+    def nb_remote(self):
+        return "unix:%s" % os.path.join(self.rundir, "nb.sock")
+
+    def host_db(self, host):
+        return "unix:%s/db.sock" % self.host_dir(host)
+
+    def vsctl(self, host, *args):
+        return run(["ovs-vsctl", "--timeout=10", "--db=%s" % self.host_db(host)]
+                   + list(args))
+
+    def ofctl(self, host, *args):
+        mgmt = "unix:%s/br-int.mgmt" % self.host_dir(host)
+        return run(["ovs-ofctl", "-O", "OpenFlow13"] + list(args[:1]) + [mgmt]
+                   + list(args[1:]))
+
+    def appctl(self, host, *args):
+        ctl = "%s/ovs-vswitchd.ctl" % self.host_dir(host)
+        return run(["ovs-appctl", "-t", ctl] + list(args))
+
+    def nb(self):
+        if self._nb is None:
+            self._nb = MbxNb.connect(self.nb_remote)
+        return self._nb
+
+    def close(self):
+        if self._nb is not None:
+            self._nb.close()
+            self._nb = None
+
+    # ------------------------------------------------------------------ up
+    def up(self, hosts, encap="vxlan", log=print):
+        if self.is_up:
+            raise LabError("lab '%s' is already up (%s); run 'mbx-lab down' first"
+                           % (self.prefix, self.state_path))
+        if not 1 <= len(hosts) <= 200:
+            raise LabError("a lab has 1 to 200 hosts, not %d" % len(hosts))
+        os.makedirs(self.rundir, exist_ok=True)
+        self.state["encap"] = encap
+        self._save()
+        t0 = time.monotonic()
+        self._fabric_up()
+        self._nb_up()
+        self._controller_up()
+        for index, host in enumerate(hosts, start=1):
+            self._host_up(host, index, encap)
+        wait_until(lambda: self._hosts_connected(hosts), 30,
+                   what="hosts %s to connect to the controller" % ", ".join(hosts))
+        log("lab up: %d hosts in %.1fs (config DB %s)"
+            % (len(hosts), time.monotonic() - t0, self.nb_remote))
+
+    def _fabric_up(self):
+        ns = self.fabric_ns
+        self._add_netns(ns)
+        for br in ("br-ul", "br-mgmt"):
+            run(["ip", "link", "add", br, "type", "bridge"], netns=ns)
+            run(["ip", "link", "set", br, "up"], netns=ns)
+        run(["ip", "addr", "add", CONTROLLER_IP + "/24", "dev", "br-mgmt"], netns=ns)
+
+    def _nb_up(self):
+        db = os.path.join(self.rundir, "nb.db")
+        if os.path.exists(db):
+            os.unlink(db)       # a lab starts from an empty config database
+        nbserver.ensure_db(db)
+        pid = nbserver.start(self.rundir, db,
+                             ["p" + self.nb_remote,     # punix:RUNDIR/nb.sock
+                              "ptcp:%d:%s" % (NB_TCP_PORT, CONTROLLER_IP)],
+                             netns=self.fabric_ns)
+        self._record_pid("nb-ovsdb-server", pid)
+        self.nb().ensure_nb_global().execute(check_error=True)
+
+    def _controller_up(self):
+        logf = os.path.join(self.rundir, "controller.log")
+        cmd = ["ip", "netns", "exec", self.fabric_ns, sys.executable, "-m",
+               "ryu_apps.main", "--ofp-listen-host", CONTROLLER_IP,
+               "--ofp-port", str(OF_PORT), "--db", self.nb_remote,
+               "--log-file", logf]
+        with open(logf + ".out", "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self._record_pid("controller", proc.pid)
+
+    def controller_restart(self):
+        """End the controller process and start a new one (flows stay on the
+        switches: br-int is fail-mode secure)."""
+        stop_pid(self.state["pids"].get("controller"))
+        self._controller_up()
+
+    def _host_up(self, host, index, encap):
+        ns = self.host_ns(host)
+        hdir = self.host_dir(host)
+        os.makedirs(hdir, exist_ok=True)
+        ul_ip = UNDERLAY_PREFIX + str(10 + index)
+        mgmt_ip = MGMT_PREFIX + str(10 + index)
+        self.state["hosts"][host] = {"index": index, "netns": ns,
+                                     "encap_ip": ul_ip, "mgmt_ip": mgmt_ip}
+        self._add_netns(ns)
+        fab = self.fabric_ns
+        for kind, bridge in (("ul", "br-ul"), ("mg", "br-mgmt")):
+            outer = "%s-%s" % (kind, host)[:15]
+            inner = "ul0" if kind == "ul" else "mgmt0"
+            run(["ip", "link", "add", outer, "type", "veth", "peer", "name",
+                 inner, "netns", ns], netns=fab)
+            run(["ip", "link", "set", outer, "master", bridge, "up"], netns=fab)
+            run(["ip", "link", "set", inner, "up"], netns=ns)
+        run(["ethtool", "-K", "ul0"] + OFFLOADS_OFF, netns=ns)
+        run(["ip", "addr", "add", mgmt_ip + "/24", "dev", "mgmt0"], netns=ns)
+
+        db = os.path.join(hdir, "conf.db")
+        if os.path.exists(db):
+            os.unlink(db)
+        run(["ovsdb-tool", "create", db, VSWITCH_SCHEMA])
+        env = {"OVS_RUNDIR": hdir, "OVS_LOGDIR": hdir, "OVS_DBDIR": hdir}
+        run(["ovsdb-server", db, "--remote=punix:%s/db.sock" % hdir,
+             "--remote=ptcp:%d:%s" % (HOST_OVSDB_PORT, mgmt_ip),
+             "--pidfile=%s/ovsdb-server.pid" % hdir,
+             "--unixctl=%s/ovsdb-server.ctl" % hdir,
+             "--log-file=%s/ovsdb-server.log" % hdir, "--detach", "--no-chdir"],
+            netns=ns, env=env)
+        self._record_pid("%s/ovsdb-server" % host,
+                         read_pidfile("%s/ovsdb-server.pid" % hdir))
+        self.vsctl(host, "--no-wait", "init", "--", "set", "Open_vSwitch", ".",
+                   "external_ids:system-id=%s" % host,
+                   "external_ids:mbx-encap-ip=%s" % ul_ip,
+                   "external_ids:mbx-encap-type=%s" % encap,
+                   "external_ids:mbx-mgmt-address=tcp:%s:%d"
+                   % (mgmt_ip, HOST_OVSDB_PORT))
+        run(["ovs-vswitchd", "unix:%s/db.sock" % hdir,
+             "--pidfile=%s/ovs-vswitchd.pid" % hdir,
+             "--unixctl=%s/ovs-vswitchd.ctl" % hdir,
+             "--log-file=%s/ovs-vswitchd.log" % hdir, "--detach", "--no-chdir"],
+            netns=ns, env=env)
+        self._record_pid("%s/ovs-vswitchd" % host,
+                         read_pidfile("%s/ovs-vswitchd.pid" % hdir))
+
+        self.vsctl(host, "add-br", "br-phy", "--", "set", "bridge", "br-phy",
+                   "datapath_type=netdev", "--", "add-port", "br-phy", "ul0")
+        run(["ip", "addr", "add", ul_ip + "/24", "dev", "br-phy"], netns=ns)
+        run(["ip", "link", "set", "br-phy", "up"], netns=ns)
+        self.vsctl(host, "add-br", "br-int", "--", "set", "bridge", "br-int",
+                   "datapath_type=netdev", "fail_mode=secure",
+                   "protocols=OpenFlow13",
+                   "other-config:datapath-id=%016x" % index,
+                   "other-config:disable-in-band=true",
+                   "--", "add-port", "br-int", TUNNEL_PORT,
+                   "--", "set", "interface", TUNNEL_PORT, "type=%s" % encap,
+                   "options:remote_ip=flow", "options:key=flow")
+        self.vsctl(host, "set-controller", "br-int",
+                   "tcp:%s:%d" % (CONTROLLER_IP, OF_PORT), "--", "set",
+                   "controller", "br-int", "connection-mode=out-of-band")
+        # The host registers itself in the config database, as a host agent
+        # does at boot: from its own OVSDB's external_ids.
+        run([sys.executable, "-m", "ovsdb.hostreg", "--local-db",
+             self.host_db(host), "--db", self.nb_remote], netns=ns)
+        self._save()
+
+    def _hosts_connected(self, hosts):
+        snap = self.nb().snapshot()
+        return all(h in snap.hosts and snap.hosts[h].connected for h in hosts)
+
+    # ----------------------------------------------------------------- VMs
+    def vm_add(self, name, host, switch, ip_cidr, mac=None, timeout=15):
+        if host not in self.state["hosts"]:
+            raise LabError("unknown host '%s' (lab hosts: %s)"
+                           % (host, ", ".join(sorted(self.state["hosts"]))))
+        if name in self.state["vms"]:
+            raise LabError("VM '%s' already exists on %s"
+                           % (name, self.state["vms"][name]["host"]))
+        if "/" not in ip_cidr:
+            raise LabError("--ip takes address/prefix, e.g. 10.0.0.5/24, not '%s'"
+                           % ip_cidr)
+        ip = ip_cidr.split("/")[0]
+        nb = self.nb()
+        # The config database validates first: a bad switch/IP/MAC changes nothing.
+        nb.vm_add(name, switch, ip, mac=mac, may_exist=True).execute(check_error=True)
+        vm = nb.snapshot().vms[name]
+        mac = vm.mac
+        ns, vif = self.vm_ns(name), vif_name(name)
+        self.state["vms"][name] = {"host": host, "switch": switch, "ip": ip_cidr,
+                                   "mac": mac, "vif": vif, "netns": ns}
+        self._add_netns(ns)
+        hns = self.host_ns(host)
+        run(["ip", "link", "add", vif, "type", "veth", "peer", "name", "eth0",
+             "netns", ns], netns=hns)
+        for cmd in (["ip", "link", "set", "eth0", "address", mac, "mtu", str(VM_MTU)],
+                    ["ip", "addr", "add", ip_cidr, "dev", "eth0"],
+                    ["ethtool", "-K", "eth0"] + OFFLOADS_OFF,
+                    ["sysctl", "-qw", "net.ipv4.conf.all.arp_evict_nocarrier=0"],
+                    ["sysctl", "-qw", "net.ipv4.conf.eth0.arp_evict_nocarrier=0"],
+                    ["ip", "link", "set", "eth0", "up"]):
+            run(cmd, netns=ns)
+        run(["ethtool", "-K", vif] + OFFLOADS_OFF, netns=hns)
+        epoch = self._vm_epoch(name)
+        self._plug(host, name)
+        self._wait_programmed(name, host, epoch, timeout)
+        run(["ip", "link", "set", vif, "up"], netns=hns)
+
+    def _plug(self, host, name):
+        vm = self.state["vms"][name]
+        self.vsctl(host, "add-port", "br-int", vm["vif"], "--", "set",
+                   "interface", vm["vif"], "external_ids:iface-id=%s" % name,
+                   "external_ids:attached-mac=%s" % vm["mac"])
+
+    def _vm_epoch(self, name):
+        loc = self.nb().snapshot().vm_locations.get(name)
+        return loc[1] if loc else 0
+
+    def _wait_programmed(self, name, host, old_epoch, timeout):
+        """The controller writes VM.host (and bumps its epoch) only after every
+        connected host acknowledged the flows for the VM's new location."""
+        def done():
+            host_now, epoch = self.nb().snapshot().vm_locations.get(name, (None, 0))
+            return host_now == host and epoch > old_epoch
+        wait_until(done, timeout, interval=0.002,
+                   what="the controller to program VM %s on %s" % (name, host))
+
+    def vm_del(self, name):
+        vm = self.state["vms"].get(name)
+        if vm is None:
+            raise LabError("unknown VM '%s'" % name)
+        self.vsctl(vm["host"], "--if-exists", "del-port", "br-int", vm["vif"])
+        run(["ip", "link", "del", vm["vif"]], netns=self.host_ns(vm["host"]),
+            check=False)
+        self._del_netns(vm["netns"])
+        del self.state["vms"][name]
+        self._save()
+        self.nb().vm_del(name, if_exists=True).execute(check_error=True)
+
+    def _del_netns(self, ns):
+        run(["ip", "netns", "del", ns], check=False)
+        if ns in self.state["netns"]:
+            self.state["netns"].remove(ns)
+            self._save()
+
+    def migrate(self, name, to, timeout=15):
+        """Live-migration re-plumb: the VM namespace (and its sockets) stays;
+        only its port moves.  Returns the step timings in milliseconds."""
+        vm = self.state["vms"].get(name)
+        if vm is None:
+            raise LabError("unknown VM '%s'" % name)
+        if to not in self.state["hosts"]:
+            raise LabError("unknown host '%s'" % to)
+        src = vm["host"]
+        if src == to:
+            raise LabError("VM '%s' already runs on %s" % (name, to))
+        old_epoch = self._vm_epoch(name)
+        marks = [("start", time.monotonic())]
+        self.vsctl(src, "del-port", "br-int", vm["vif"])
+        marks.append(("unplug", time.monotonic()))
+        run(["ip", "link", "set", vm["vif"], "netns", self.host_ns(to)],
+            netns=self.host_ns(src))
+        marks.append(("move", time.monotonic()))
+        vm["host"] = to
+        self._save()
+        self._plug(to, name)
+        marks.append(("plug", time.monotonic()))
+        self._wait_programmed(name, to, old_epoch, timeout)
+        marks.append(("flows", time.monotonic()))
+        run(["ip", "link", "set", vm["vif"], "up"], netns=self.host_ns(to))
+        marks.append(("link-up", time.monotonic()))
+        steps = {}
+        for (_, prev), (label, t) in zip(marks, marks[1:]):
+            steps[label] = round((t - prev) * 1000, 1)
+        steps["total"] = round((marks[-1][1] - marks[0][1]) * 1000, 1)
+        return steps
+
+    # -------------------------------------------------- processes in VMs
+    def exec(self, name, cmd, **kwargs):
+        """Run ``cmd`` inside a VM; returns the CompletedProcess."""
+        vm = self.state["vms"].get(name)
+        if vm is None:
+            raise LabError("unknown VM '%s'" % name)
+        return subprocess.run(["ip", "netns", "exec", vm["netns"]] + list(cmd),
+                              **kwargs)
+
+    def spawn(self, name, cmd, log_path):
+        """Start a background process inside a VM; ``down`` ends it by PID."""
+        vm = self.state["vms"].get(name)
+        if vm is None:
+            raise LabError("unknown VM '%s'" % name)
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", vm["netns"]] + list(cmd),
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self._record_pid("vm/%s/%d" % (name, proc.pid), proc.pid)
+        return proc
+
+    def forget_pid(self, pid):
+        for key, value in list(self.state["pids"].items()):
+            if value == pid:
+                del self.state["pids"][key]
+        self._save()
+
+    # --------------------------------------------------------------- status
+    def status(self):
+        lines = ["lab '%s' (%s)" % (self.prefix, self.rundir)]
+        if not self.is_up:
+            return "lab '%s' is down" % self.prefix
+        pids = self.state["pids"]
+        for key in sorted(pids):
+            lines.append("  process %-28s pid %-7d %s" % (
+                key, pids[key], "running" if pid_alive(pids[key]) else "GONE"))
+        try:
+            snap = self.nb().snapshot()
+        except MbxError as err:
+            lines.append("  config database: %s" % err)
+            snap = None
+        for host, info in sorted(self.state["hosts"].items()):
+            rec = snap.hosts.get(host) if snap else None
+            lines.append("  host %-6s netns %-10s tunnel %-12s mgmt %-12s %s" % (
+                host, info["netns"], info["encap_ip"], info["mgmt_ip"],
+                "connected, nb_cfg %d" % rec.nb_cfg if rec and rec.connected
+                else "not connected"))
+        for name, vm in sorted(self.state["vms"].items()):
+            lines.append("  vm   %-6s on %-4s switch %-8s %-15s %s" % (
+                name, vm["host"], vm["switch"], vm["ip"], vm["mac"]))
+        lines.append("  config DB: export MBX_DB=%s" % self.nb_remote)
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- down
+    def down(self, log=print):
+        if not self.state["netns"] and not self.state["pids"]:
+            log("lab '%s' is not up; nothing to do" % self.prefix)
+            return
+        self.close()
+        pids = self.state["pids"]
+        # VM processes and the controller first, then each host's daemons.
+        order = sorted(pids, key=lambda k: (not k.startswith("vm/"),
+                                            k != "controller",
+                                            k.endswith("ovsdb-server"), k))
+        for key in order:
+            stop_pid(pids[key])
+            del pids[key]
+            self._save()
+        for ns in list(reversed(self.state["netns"])):
+            self._del_netns(ns)
+        removed = len(self.state["hosts"])
+        self.state.update({"hosts": {}, "vms": {}})
+        self._save()
+        os.unlink(self.state_path)
+        log("lab '%s' down: %d hosts removed" % (self.prefix, removed))

@@ -1,0 +1,104 @@
+"""A TCP request/reply probe that runs inside VM namespaces.
+
+``python -m lab.probe serve --port P`` echoes lines back on every connection.
+``python -m lab.probe client --to ADDR --port P --duration S --out FILE``
+keeps ONE connection open, sends a numbered line every ``--interval-ms`` and
+waits for its echo; on SIGTERM/SIGINT or after ``--duration`` (at most 600 s)
+it writes a JSON report: requests sent, replies received, the largest gap
+between two consecutive replies and when it happened, and the error that ended
+the connection if one did (a reset is the failure this probe exists to see).
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import socketserver
+import sys
+import time
+
+MAX_DURATION = 600.0
+
+
+class _Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def serve(port):
+    with _Server(("0.0.0.0", port), _Echo) as server:
+        server.serve_forever()
+
+
+def client(addr, port, interval, duration, out, reply_timeout=10.0):
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    report = {"sent": 0, "received": 0, "max_gap_ms": 0.0,
+              "max_gap_at": None, "error": None, "connected": False}
+    deadline = time.time() + min(duration, MAX_DURATION)
+    try:
+        sock = socket.create_connection((addr, port), timeout=5)
+        report["connected"] = True
+        sock.settimeout(reply_timeout)
+        reader = sock.makefile("rb")
+        _write(out, report)
+        last = time.time()
+        while not stop and time.time() < deadline:
+            seq = report["sent"]
+            sock.sendall(b"%d\n" % seq)
+            report["sent"] += 1
+            line = reader.readline()
+            if not line:
+                raise ConnectionError("connection closed by peer")
+            if int(line) != seq:
+                raise ValueError("reply %r out of order (expected %d)" % (line, seq))
+            now = time.time()
+            report["received"] += 1
+            gap = (now - last) * 1000.0
+            if gap > report["max_gap_ms"]:
+                report["max_gap_ms"] = round(gap, 1)
+                report["max_gap_at"] = now
+            last = now
+            time.sleep(interval)
+        sock.close()
+    except (OSError, ValueError) as err:
+        report["error"] = "%s: %s" % (type(err).__name__, err)
+    _write(out, report)
+    return 0 if report["error"] is None else 1
+
+
+def _write(path, report):
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m lab.probe")
+    sub = p.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, default=7000)
+    c = sub.add_parser("client")
+    c.add_argument("--to", required=True)
+    c.add_argument("--port", type=int, default=7000)
+    c.add_argument("--interval-ms", type=float, default=10.0)
+    c.add_argument("--duration", type=float, default=60.0)
+    c.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.mode == "serve":
+        serve(args.port)
+        return 0
+    return client(args.to, args.port, args.interval_ms / 1000.0,
+                  args.duration, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Small shell helpers for the namespace lab: run a command (optionally inside a
+network namespace), wait for a condition, end a process by PID."""
+
+import os
+import signal
+import subprocess
+import time
+
+
+class LabError(Exception):
+    """A lab step failed; the message says which step and why."""
+
+
+def run(cmd, netns=None, check=True, env=None, timeout=30, input=None):
+    """Run ``cmd`` (a list) and return its stdout as text."""
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + list(cmd)
+    full_env = None
+    if env:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env,
+                          timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise LabError("%s: %s" % (" ".join(cmd), msg[-1] if msg else
+                                   "exit status %d" % proc.returncode))
+    return proc.stdout
+
+
+def wait_until(predicate, timeout, interval=0.01, what="condition"):
+    """Poll ``predicate`` until it returns a true value; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise LabError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    return True
+
+
+def stop_pid(pid, timeout=5.0):
+    """End one process we started: SIGTERM, then SIGKILL if it lingers."""
+    if not pid or not pid_alive(pid):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def read_pidfile(path, timeout=5.0):
+    def _read():
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            return int(text) if text else None
+        except (FileNotFoundError, ValueError):
+            return None
+    return wait_until(_read, timeout, what="pidfile %s" % path)

@@ -1,0 +1,99 @@
+"""Run a real config database server (ovsdb-server) for the lab and tests."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from ovsdb.errors import MbxError
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "mbx_nb.ovsschema")
+
+
+def _run(argv):
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MbxError(f"{' '.join(argv)} failed: "
+                       f"{result.stderr.strip() or result.returncode}")
+    return result.stdout.strip()
+
+
+def ensure_db(db_path, schema_path=SCHEMA_PATH):
+    """Create the database file if missing; convert it if its schema is old."""
+    if not os.path.exists(db_path):
+        _run(["ovsdb-tool", "create", db_path, schema_path])
+    elif _run(["ovsdb-tool", "needs-conversion", db_path,
+               schema_path]) == "yes":
+        _run(["ovsdb-tool", "convert", db_path, schema_path])
+
+
+def _socket_path(remotes):
+    for remote in remotes:
+        if remote.startswith("punix:"):
+            return remote[len("punix:"):]
+    raise MbxError("ovsdb-server needs a punix: remote among "
+                   f"{', '.join(remotes) or 'no remotes'}")
+
+
+def _wait_connectable(path, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.connect(path)
+                return
+            except OSError as e:
+                if time.monotonic() >= deadline:
+                    raise MbxError(f"ovsdb-server socket {path} does not "
+                                   f"accept connections: {e}") from None
+        time.sleep(0.05)
+
+
+def start(rundir, db_path, remotes, netns=None, timeout=10.0):
+    """Start a detached ovsdb-server serving ``db_path`` on ``remotes``
+    (at least one "punix:PATH"), optionally inside network namespace
+    ``netns``.  Files go to ``rundir``.  Returns the server's PID once its
+    unix socket accepts connections."""
+    rundir = os.path.abspath(rundir)
+    os.makedirs(rundir, exist_ok=True)
+    sock = _socket_path(remotes)
+    pidfile = os.path.join(rundir, "ovsdb-server-nb.pid")
+    argv = ["ovsdb-server", "--detach", "--no-chdir",
+            f"--pidfile={pidfile}",
+            f"--unixctl={os.path.join(rundir, 'ovsdb-server-nb.ctl')}",
+            f"--log-file={os.path.join(rundir, 'ovsdb-server-nb.log')}"]
+    argv += [f"--remote={remote}" for remote in remotes]
+    argv.append(os.path.abspath(db_path))
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns] + argv
+    _run(argv)
+    with open(pidfile) as f:
+        pid = int(f.read().strip())
+    _wait_connectable(sock, timeout)
+    return pid
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop(pid, timeout=5.0):
+    """SIGTERM process ``pid``; SIGKILL it if it is still alive after
+    ``timeout`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.05)

@@ -1,0 +1,303 @@
+"""The controller's engine: desired state, reconciliation and write-back.
+
+Plain Python with no os-ken import.  The os-ken application and the host OVSDB
+watchers are thin shells that feed it events; it answers by calling the three
+functions it was given:
+
+* ``send(dpid, ops, barrier_xid)`` -- install ``ops`` (``FlowDiff.commands()``:
+  ``(command, Flow)`` pairs, deletes first) on a switch, followed by a barrier
+  request with that xid;
+* ``watch_host(name, ovsdb_remote)`` -- start watching a host's own OVSDB;
+* ``nb`` -- the config database API (``snapshot`` and the status writers).
+
+Every event method must be called from ONE thread (``EngineLoop`` runs them).
+
+Rounds.  Each recomputation is a numbered round that records the config
+generation (``NB_Global.nb_cfg``) it was computed from.  A switch has applied
+round r once every barrier sent up to r is acknowledged.  From that the engine
+writes back: ``Host.nb_cfg`` per host, ``NB_Global.hv_cfg`` (the minimum over
+connected hosts) and, for a VM whose port appeared somewhere, ``VM.host`` and
+a new ``VM.location_epoch`` once every connected host has applied the round in
+which that location was first programmed.
+"""
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+from ryu_apps import flows as flowlib
+from ryu_apps import reconcile
+from ryu_apps.model import HostInfo, PortBinding, Topology
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostPorts:
+    """What a host's own OVSDB says about its br-int."""
+    datapath_id: Optional[int] = None
+    tunnel_ofport: Optional[int] = None
+    vm_ports: Dict[str, Tuple[int, str]] = field(default_factory=dict)  # iface-id -> (ofport, attached-mac)
+
+
+@dataclass
+class _Switch:
+    dpid: int
+    host: Optional[str] = None
+    synced: bool = False            # installed flows read back from the switch
+    installed: Dict = field(default_factory=dict)   # Flow.key -> Flow
+    pending: Dict[int, int] = field(default_factory=dict)  # barrier xid -> round
+    target_round: int = 0
+    applied_round: int = 0
+
+
+class Engine:
+    def __init__(self, send, nb, watch_host):
+        self._send = send
+        self._nb = nb
+        self._watch_host = watch_host
+        self.nb_snap = None
+        self.host_ports: Dict[str, HostPorts] = {}
+        self.switches: Dict[int, _Switch] = {}
+        self._watched = set()
+        self._appear_seq = 0
+        self._appearances: Dict[Tuple[str, str], Tuple[int, int]] = {}  # (vm, host) -> (seq, ofport)
+        self._binding_round: Dict[str, Tuple[int, int]] = {}  # vm -> (seq, first round)
+        self._announced: Dict[str, int] = {}   # vm -> appearance seq written to the DB
+        self._round = 0
+        self._round_cfg: Dict[int, int] = {0: 0}
+        self._written: Dict[Tuple, object] = {}
+        self._xid = 0x4d420000
+
+    # ------------------------------------------------------------- inputs
+    def nb_changed(self):
+        self.nb_snap = self._nb.snapshot()
+        for name, host in sorted(self.nb_snap.hosts.items()):
+            if name not in self._watched and host.mgmt_address:
+                self._watched.add(name)
+                self._watch_host(name, host.mgmt_address)
+        self._recompute()
+
+    def host_ports_changed(self, host, ports: HostPorts):
+        old = self.host_ports.get(host, HostPorts())
+        self.host_ports[host] = ports
+        for vm, (ofport, _mac) in ports.vm_ports.items():
+            prev = self._appearances.get((vm, host))
+            if prev is None or prev[1] != ofport or vm not in old.vm_ports:
+                self._appear_seq += 1
+                self._appearances[(vm, host)] = (self._appear_seq, ofport)
+        for vm in old.vm_ports:
+            if vm not in ports.vm_ports:
+                self._appearances.pop((vm, host), None)
+        self._match_switches()
+        self._recompute()
+
+    def switch_connected(self, dpid):
+        self.switches[dpid] = _Switch(dpid=dpid)
+        self._match_switches()
+
+    def switch_flows(self, dpid, installed_flows):
+        """The switch's current flows (with our cookie) have been read back."""
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return
+        sw.installed = {f.key: f for f in installed_flows}
+        sw.synced = True
+        LOG.info("switch %016x (%s): %d flows read back", dpid, sw.host,
+                 len(sw.installed))
+        self._recompute()
+
+    def switch_disconnected(self, dpid):
+        sw = self.switches.pop(dpid, None)
+        if sw is not None:
+            LOG.info("switch %016x (%s) disconnected", dpid, sw.host)
+            self._publish()
+
+    def barrier_reply(self, dpid, xid):
+        sw = self.switches.get(dpid)
+        if sw is None or sw.pending.pop(xid, None) is None:
+            return
+        if not sw.pending:
+            sw.applied_round = sw.target_round
+        self._publish()
+
+    def flow_error(self, dpid, text):
+        """A switch refused a message; the flow computation has a bug."""
+        sw = self.switches.get(dpid)
+        LOG.error("switch %016x (%s) reported an error: %s", dpid,
+                  sw.host if sw else "?", text)
+
+    # ---------------------------------------------------------- internals
+    def _match_switches(self):
+        by_dpid = {p.datapath_id: h for h, p in self.host_ports.items()
+                   if p.datapath_id is not None}
+        for sw in self.switches.values():
+            sw.host = by_dpid.get(sw.dpid)
+
+    def topology(self) -> Topology:
+        snap = self.nb_snap
+        if snap is None:
+            return Topology()
+        hosts = {}
+        for name, rec in snap.hosts.items():
+            ports = self.host_ports.get(name, HostPorts())
+            hosts[name] = HostInfo(name=name, encap_ip=rec.encap_ip,
+                                   encap_type=rec.encap_type,
+                                   tunnel_ofport=ports.tunnel_ofport)
+        bindings = {}
+        for (vm, host), (seq, ofport) in sorted(self._appearances.items(),
+                                                key=lambda kv: kv[1][0]):
+            # The newest appearance wins while a port exists on two hosts.
+            info = snap.vms.get(vm)
+            mac = self.host_ports[host].vm_ports[vm][1]
+            if info is None or (mac and mac.lower() != info.mac):
+                continue
+            bindings[vm] = PortBinding(vm=vm, host=host, ofport=ofport)
+        return Topology(hosts=hosts, switches=dict(snap.switches),
+                        vms=dict(snap.vms), bindings=bindings)
+
+    def _current_seq(self, vm, binding):
+        return self._appearances[(vm, binding.host)][0]
+
+    def _recompute(self):
+        if self.nb_snap is None:
+            return
+        self._round += 1
+        rnd = self._round
+        self._round_cfg[rnd] = self.nb_snap.nb_cfg
+        topo = self.topology()
+        for vm, binding in topo.bindings.items():
+            seq = self._current_seq(vm, binding)
+            if self._binding_round.get(vm, (None,))[0] != seq:
+                self._binding_round[vm] = (seq, rnd)
+        for vm in list(self._binding_round):
+            if vm not in topo.bindings:
+                del self._binding_round[vm]
+        for sw in self.switches.values():
+            if not sw.synced or sw.host is None:
+                continue
+            desired = flowlib.compute_host_flows(topo, sw.host)
+            diff = reconcile.diff_flows(desired, sw.installed.values())
+            sw.target_round = rnd
+            if diff.empty:
+                if not sw.pending:
+                    sw.applied_round = rnd
+                continue
+            self._xid += 1
+            ops = diff.commands()
+            LOG.info("%s: %d deletes, %d modifies, %d adds (round %d)", sw.host,
+                     len(diff.deletes), len(diff.modifies), len(diff.adds), rnd)
+            sw.installed = {f.key: f for f in desired}
+            sw.pending[self._xid] = rnd
+            self._send(sw.dpid, ops, self._xid)
+        self._publish(topo)
+
+    def _live(self):
+        return [sw for sw in self.switches.values() if sw.synced and sw.host]
+
+    def _write(self, key, value, fn):
+        if self._written.get(key) == value:
+            return
+        fn()
+        self._written[key] = value
+
+    def _publish(self, topo=None):
+        snap = self.nb_snap
+        if snap is None:
+            return
+        topo = topo or self.topology()
+        live = self._live()
+        live_hosts = {sw.host for sw in live}
+        for sw in live:
+            rec = snap.hosts.get(sw.host)
+            if rec is None:
+                continue
+            cfg = self._round_cfg.get(sw.applied_round, 0)
+            dpid = "%016x" % sw.dpid
+            if rec.nb_cfg != cfg or not rec.connected or rec.datapath_id != dpid:
+                self._write(("host", sw.host), (cfg, True, dpid),
+                            lambda: self._nb.set_host_status(
+                                sw.host, nb_cfg=cfg, connected=True,
+                                datapath_id=dpid).execute(check_error=True))
+        for name, rec in snap.hosts.items():
+            if rec.connected and name not in live_hosts:
+                self._write(("host", name), (rec.nb_cfg, False, None),
+                            lambda: self._nb.set_host_status(
+                                name, connected=False).execute(check_error=True))
+        hv_cfg = min((self._round_cfg.get(sw.applied_round, 0) for sw in live),
+                     default=snap.nb_cfg)
+        if hv_cfg != snap.hv_cfg:
+            self._write(("hv_cfg",), hv_cfg,
+                        lambda: self._nb.set_hv_cfg(hv_cfg).execute(check_error=True))
+        self._publish_locations(topo, live)
+        low = min((sw.applied_round for sw in live), default=self._round)
+        for rnd in [r for r in self._round_cfg if r < low]:
+            del self._round_cfg[rnd]
+
+    def _publish_locations(self, topo, live):
+        snap = self.nb_snap
+        for vm, (seq, first_round) in self._binding_round.items():
+            if self._announced.get(vm) == seq:
+                continue
+            if any(sw.applied_round < first_round for sw in live):
+                continue        # not yet programmed on every connected host
+            host = topo.bindings[vm].host
+            cur_host, epoch = snap.vm_locations.get(vm, (None, 0))
+            if vm not in self._announced and cur_host == host:
+                self._announced[vm] = seq   # already recorded (controller restart)
+                continue
+            self._nb.set_vm_location(vm, host, epoch + 1).execute(check_error=True)
+            self._announced[vm] = seq
+            LOG.info("VM %s now on %s (epoch %d)", vm, host, epoch + 1)
+        for vm, (cur_host, epoch) in snap.vm_locations.items():
+            if cur_host is not None and vm not in topo.bindings \
+                    and self._written.get(("gone", vm)) != epoch:
+                self._nb.set_vm_location(vm, None, epoch).execute(check_error=True)
+                self._written[("gone", vm)] = epoch
+                self._announced.pop(vm, None)
+
+
+class EngineLoop:
+    """Runs an Engine's event methods on one thread, in arrival order.
+
+    Config-database change notifications are coalesced: many row changes in a
+    burst cause one snapshot and one recomputation.
+    """
+
+    def __init__(self, engine=None):
+        self.engine = engine        # may be set later, before start()
+        self._queue = queue.Queue()
+        self._nb_pending = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mbx-engine",
+                                        daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def post(self, method, *args):
+        self._queue.put((method, args))
+
+    def post_nb_changed(self, *_ignored):
+        if not self._nb_pending.is_set():
+            self._nb_pending.set()
+            self._queue.put(("_nb", ()))
+
+    def stop(self):
+        self._queue.put(None)
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            method, args = item
+            try:
+                if method == "_nb":
+                    self._nb_pending.clear()
+                    self.engine.nb_changed()
+                else:
+                    getattr(self.engine, method)(*args)
+            except Exception:   # one bad event must not stop the controller
+                LOG.exception("engine event %s failed", method)

@@ -1,0 +1,62 @@
+"""The controller's view of the world, as plain immutable values.
+
+Flow computation (``ryu_apps.flows``) is a pure function of a ``Topology``:
+no I/O, no clocks, no os-ken.  The controller builds a ``Topology`` from two
+sources and hands it over:
+
+* the config database (hosts, logical switches, VMs), and
+* each host's own OVSDB (which VM ports exist on which host, their OpenFlow
+  port numbers, the host's tunnel port).
+"""
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    name: str
+    encap_ip: str                   # underlay tunnel endpoint, e.g. "10.200.0.11"
+    encap_type: str = "vxlan"       # "vxlan" or "geneve"
+    tunnel_ofport: Optional[int] = None   # OpenFlow port of the host's tunnel port, once known
+
+
+@dataclass(frozen=True)
+class SwitchInfo:
+    name: str
+    tenant: str
+    vni: int                        # tunnel key and in-pipeline logical switch key
+    subnet: str                     # e.g. "10.0.0.0/24"
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    name: str
+    switch: str                     # SwitchInfo.name
+    mac: str                        # lower-case "02:00:00:00:00:01"
+    ip: str                         # address only, e.g. "10.0.0.1"
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    """A VM port that exists on a host's br-int (seen in that host's OVSDB)."""
+    vm: str                         # VMInfo.name (the Interface's external_ids:iface-id)
+    host: str                       # HostInfo.name
+    ofport: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    hosts: Mapping[str, HostInfo] = field(default_factory=dict)
+    switches: Mapping[str, SwitchInfo] = field(default_factory=dict)
+    vms: Mapping[str, VMInfo] = field(default_factory=dict)
+    bindings: Mapping[str, PortBinding] = field(default_factory=dict)  # by VM name
+
+    def local_vms(self, host):
+        """(VMInfo, PortBinding) pairs of VMs bound to ``host`` whose config is known."""
+        out = []
+        for name, binding in sorted(self.bindings.items()):
+            vm = self.vms.get(name)
+            if binding.host == host and vm is not None and vm.switch in self.switches:
+                out.append((vm, binding))
+        return out

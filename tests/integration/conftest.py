@@ -1,0 +1,41 @@
+"""A real namespace lab for the integration tests (prefix ``mbxt``, run dir
+/run/mbx-test, so it never touches a demo lab that may be up)."""
+
+import os
+import subprocess
+
+import pytest
+
+from lab.cli import up_from_topology
+from lab.lab import Lab
+
+PREFIX = "mbxt"
+RUNDIR = "/run/mbx-test"
+TOPOLOGY = os.path.join(os.path.dirname(__file__), "..", "..", "lab",
+                        "topologies", "demo.yaml")
+
+
+def lab_namespaces():
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                         text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines()
+            if line.split()[0].startswith(PREFIX + "-")]
+
+
+@pytest.fixture(scope="session")
+def lab():
+    assert os.geteuid() == 0, "the lab tests need root (network namespaces)"
+    stale = Lab(prefix=PREFIX, rundir=RUNDIR)
+    stale.down(log=lambda *_: None)          # a previous run that died half-way
+    the_lab = Lab(prefix=PREFIX, rundir=RUNDIR)
+    try:
+        up_from_topology(the_lab, TOPOLOGY, "vxlan")
+        yield the_lab
+    finally:
+        pids = list(the_lab.state["pids"].values())
+        the_lab.down(log=lambda *_: None)
+    # The suite leaves nothing behind: no namespace, no process.
+    assert lab_namespaces() == []
+    for pid in pids:
+        assert not os.path.exists("/proc/%d" % pid) or \
+            open("/proc/%d/stat" % pid).read().split()[2] == "Z", pid
