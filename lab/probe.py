@@ -67,6 +67,8 @@ def client(addr, port, interval, duration, out, reply_timeout=10.0):
                 report["max_gap_ms"] = round(gap, 1)
                 report["max_gap_at"] = now
             last = now
+            if report["received"] % 10 == 0:
+                _write(out, report)      # progress, for whoever waits on it
             time.sleep(interval)
         sock.close()
     except (OSError, ValueError) as err:

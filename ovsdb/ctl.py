@@ -31,6 +31,9 @@ Commands:
   host-list                              list registered hosts
   show                                   everything, as a tree
   load FILE.yaml                         create or update what FILE declares
+  sync                                   change nothing; with --wait=hv, return
+                                         once every connected host has applied
+                                         the current configuration
 """
 
 
@@ -87,6 +90,7 @@ PARSERS = {
     "host-list": _parser("host-list"),
     "show": _parser("show"),
     "load": _parser("load", "file"),
+    "sync": _parser("sync"),
 }
 
 
