@@ -41,20 +41,20 @@ def wait_until(predicate, timeout, interval=0.01, what="condition"):
 
 
 def pid_alive(pid):
+    """True while ``pid`` runs.  A zombie has ended: reap it if it is our
+    child, otherwise its parent (often init, for detached daemons) will."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    except PermissionError:
+    if state != "Z":
         return True
-    # A zombie child of ours still answers kill(0); reap it if it is ours.
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
+        os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-    return True
+    return False
 
 
 def stop_pid(pid, timeout=5.0):
