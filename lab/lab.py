@@ -192,7 +192,9 @@ class Lab:
     def controller_restart(self):
         """End the controller process and start a new one (flows stay on the
         switches: br-int is fail-mode secure)."""
-        stop_pid(self.state["pids"].get("controller"))
+        pid = self.state["pids"].pop("controller", None)
+        if pid:
+            stop_pid(pid)
         self._controller_up()
 
     def _host_up(self, host, index, encap):

@@ -1,10 +1,12 @@
 """Small shell helpers for the namespace lab: run a command (optionally inside a
-network namespace), wait for a condition, end a process by PID."""
+network namespace), wait for a condition, end a process by PID (one
+implementation, shared with the config database's server helpers)."""
 
 import os
-import signal
 import subprocess
 import time
+
+from ovsdb.server import pid_alive, stop as stop_pid   # noqa: F401 (re-exported)
 
 
 class LabError(Exception):
@@ -38,42 +40,6 @@ def wait_until(predicate, timeout, interval=0.01, what="condition"):
         if time.monotonic() >= deadline:
             raise LabError("timed out after %.1fs waiting for %s" % (timeout, what))
         time.sleep(interval)
-
-
-def pid_alive(pid):
-    """True while ``pid`` runs.  A zombie has ended: reap it if it is our
-    child, otherwise its parent (often init, for detached daemons) will."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    if state != "Z":
-        return True
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return False
-
-
-def stop_pid(pid, timeout=5.0):
-    """End one process we started: SIGTERM, then SIGKILL if it lingers."""
-    if not pid or not pid_alive(pid):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return
-        time.sleep(0.02)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def read_pidfile(path, timeout=5.0):

@@ -75,7 +75,8 @@ def start(rundir, db_path, remotes, netns=None, timeout=10.0):
     return pid
 
 
-def _alive(pid):
+def pid_alive(pid):
+    """True while ``pid`` runs; a zombie has ended (its parent reaps it)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
@@ -94,6 +95,6 @@ def stop(pid, timeout=5.0):
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.05)
