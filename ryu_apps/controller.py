@@ -6,6 +6,7 @@ engine's single thread.  The only place that sends OpenFlow messages is
 """
 
 import logging
+import threading
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -19,6 +20,10 @@ from ryu_apps.engine import Engine, EngineLoop
 from ryu_apps.hostwatch import HostWatcher
 
 LOG = logging.getLogger(__name__)
+
+# Seconds to wait, after start, for every host's OVSDB to report its ports
+# before reconciling switches without the hosts that have not answered.
+STARTUP_GRACE = 5.0
 
 # Set by ryu_apps.main before os-ken instantiates the application.
 SETTINGS = {"db": None}
@@ -38,6 +43,9 @@ class MbxController(app_manager.OSKenApp):
                                   watch_host=self._watch_host)
         self.loop.start()
         self.loop.post_nb_changed()
+        grace = threading.Timer(STARTUP_GRACE, self.loop.post, ("startup_grace_over",))
+        grace.daemon = True
+        grace.start()
 
     def _watch_host(self, host, remote):
         LOG.info("watching host %s at %s", host, remote)

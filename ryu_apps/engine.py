@@ -62,6 +62,7 @@ class Engine:
         self.host_ports: Dict[str, HostPorts] = {}
         self.switches: Dict[int, _Switch] = {}
         self._watched = set()
+        self._grace_over = False
         self._appear_seq = 0
         self._appearances: Dict[Tuple[str, str], Tuple[int, int]] = {}  # (vm, host) -> (seq, ofport)
         self._binding_round: Dict[str, Tuple[int, int]] = {}  # vm -> (seq, first round)
@@ -93,6 +94,18 @@ class Engine:
                 self._appearances.pop((vm, host), None)
         self._match_switches()
         self._recompute()
+
+    def startup_grace_over(self):
+        """Stop waiting for hosts whose OVSDB has not answered since start."""
+        self._grace_over = True
+        self._recompute()
+
+    def _all_hosts_reported(self):
+        """Every watched host's OVSDB has reported its contents once.  Until
+        then no switch is reconciled: flows computed without a host's ports
+        would delete that host's VMs from every other switch, only to add
+        them back a moment later (flow churn on a controller restart)."""
+        return self._grace_over or all(h in self.host_ports for h in self._watched)
 
     def switch_connected(self, dpid):
         self.switches[dpid] = _Switch(dpid=dpid)
@@ -175,8 +188,9 @@ class Engine:
         for vm in list(self._binding_round):
             if vm not in topo.bindings:
                 del self._binding_round[vm]
+        program = self._all_hosts_reported()
         for sw in self.switches.values():
-            if not sw.synced or sw.host is None:
+            if not program or not sw.synced or sw.host is None:
                 continue
             desired = flowlib.compute_host_flows(topo, sw.host)
             diff = reconcile.diff_flows(desired, sw.installed.values())
@@ -248,15 +262,25 @@ class Engine:
             if vm not in self._announced and cur_host == host:
                 self._announced[vm] = seq   # already recorded (controller restart)
                 continue
-            self._nb.set_vm_location(vm, host, epoch + 1).execute(check_error=True)
+            self._set_location(vm, host, epoch + 1)
             self._announced[vm] = seq
             LOG.info("VM %s now on %s (epoch %d)", vm, host, epoch + 1)
-        for vm, (cur_host, epoch) in snap.vm_locations.items():
+        for vm, (cur_host, epoch) in list(snap.vm_locations.items()):
+            # Only a host whose br-int has been reported can be known not to
+            # hold the port (after a restart the DB is read before any host).
+            reported = self.host_ports.get(cur_host, HostPorts()).datapath_id
             if cur_host is not None and vm not in topo.bindings \
+                    and reported is not None \
                     and self._written.get(("gone", vm)) != epoch:
-                self._nb.set_vm_location(vm, None, epoch).execute(check_error=True)
+                self._set_location(vm, None, epoch)
                 self._written[("gone", vm)] = epoch
                 self._announced.pop(vm, None)
+
+    def _set_location(self, vm, host, epoch):
+        self._nb.set_vm_location(vm, host, epoch).execute(check_error=True)
+        # Events handled before the database's change notification arrives
+        # must see this write: the next epoch is computed from it.
+        self.nb_snap.vm_locations[vm] = (host, epoch)
 
 
 class EngineLoop:

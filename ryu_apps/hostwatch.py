@@ -4,6 +4,8 @@ disappearing.  Each change is reported as a ``HostPorts`` value.
 
 An Interface row is created with an empty ``ofport`` and filled in by
 ovs-vswitchd a moment later; a port counts only once it has an ofport.
+Nothing is reported before the database's contents have arrived once: an
+empty report would read as "every VM port on this host is gone".
 """
 
 import logging
@@ -79,7 +81,8 @@ class HostWatcher:
         last = None
         while not self._stop.is_set():
             self._idl.run()
-            if self._idl.change_seqno != last_seqno:
+            if self._idl.has_ever_connected() and \
+                    self._idl.change_seqno != last_seqno:
                 last_seqno = self._idl.change_seqno
                 ports = host_ports_from_rows(
                     self._idl.tables["Bridge"].rows.values(),

@@ -1,0 +1,565 @@
+"""Behaviour of the controller's Engine, driven through its event methods.
+
+The engine is given fakes for its three outlets: ``send`` applies flow
+messages to a per-switch flow table and remembers the barrier xids, the
+config database keeps a snapshot that the status writers update as the real
+database would, and ``watch_host`` only records its calls.  Tests assert what
+an operator would observe: flows on switches, rows in the config database.
+
+By default the database's change notification is delivered right after the
+event that caused a write (``Harness(auto_notify=True)``); tests about event
+ordering deliver it themselves, later, as ``EngineLoop`` may.
+"""
+
+import dataclasses
+
+from fakeoftable import FakeOFTable
+from ovsdb.api import HostRecord, NbSnapshot
+from ryu_apps.engine import Engine, HostPorts
+from ryu_apps.flows import compute_host_flows
+from ryu_apps.model import VMInfo
+from topologies import ENCAP, TUNNEL, VMS, VNI_A, two_tenants
+
+DPID = {"h1": 0xA1, "h2": 0xA2, "h3": 0xA3}
+MGMT = {h: f"tcp:192.168.0.{i}:6640" for i, h in enumerate(("h1", "h2", "h3"), 11)}
+MAC = {name: spec[1] for name, spec in VMS.items()}
+PORT = {name: spec[4] for name, spec in VMS.items()}
+HOME = {name: spec[3] for name, spec in VMS.items()}
+
+
+# --------------------------------------------------------------------- fakes
+
+class FakeCommand:
+    def __init__(self, db, write):
+        self._db = db
+        self._write = write
+
+    def execute(self, check_error=False):
+        assert check_error is True, "status writes must raise on failure"
+        self._db.apply(self._write)
+
+
+class FakeNb:
+    """The config database: a snapshot, and the log of status writes applied to it."""
+
+    def __init__(self, snap):
+        self.snap = snap
+        self.writes = []
+        self.dirty = False          # changed since the engine last took a snapshot
+
+    def snapshot(self):
+        self.dirty = False
+        s = self.snap
+        return NbSnapshot(s.nb_cfg, s.hv_cfg, dict(s.hosts), dict(s.switches),
+                          dict(s.vms), dict(s.vm_locations))
+
+    def set_host_status(self, name, nb_cfg=None, connected=None, datapath_id=None):
+        cols = {k: v for k, v in (("nb_cfg", nb_cfg), ("connected", connected),
+                                  ("datapath_id", datapath_id)) if v is not None}
+        return FakeCommand(self, ("host", name, cols))
+
+    def set_vm_location(self, vm, host, epoch):
+        return FakeCommand(self, ("vm", vm, host, epoch))
+
+    def set_hv_cfg(self, value):
+        return FakeCommand(self, ("hv_cfg", value))
+
+    def apply(self, write):
+        self.writes.append(write)
+        s = self.snap
+        if write[0] == "host":
+            _, name, cols = write
+            s.hosts[name] = dataclasses.replace(s.hosts[name], **cols)
+        elif write[0] == "vm":
+            _, vm, host, epoch = write
+            s.vm_locations[vm] = (host, epoch)
+        else:
+            self.snap = dataclasses.replace(s, hv_cfg=write[1])
+        self.dirty = True
+
+    # operator actions (mbxctl)
+    def configure(self, **changes):
+        self.snap = dataclasses.replace(self.snap, **changes)
+        self.dirty = True
+
+    def bump_nb_cfg(self):
+        self.configure(nb_cfg=self.snap.nb_cfg + 1)
+        return self.snap.nb_cfg
+
+    # what an operator reads back
+    def locations(self, vm):
+        return [(w[2], w[3]) for w in self.writes if w[0] == "vm" and w[1] == vm]
+
+    def hv_writes(self):
+        return [w[1] for w in self.writes if w[0] == "hv_cfg"]
+
+
+class FakeSwitches:
+    """br-int of every host: flow tables the engine's messages are applied to."""
+
+    def __init__(self):
+        self.tables = {}            # dpid -> {Flow.key: Flow}
+        self.sent = []              # (dpid, ops, xid)
+        self.unacked = {}           # dpid -> [xid]
+
+    def send(self, dpid, ops, xid):
+        self.sent.append((dpid, list(ops), xid))
+        table = self.tables.setdefault(dpid, {})
+        for command, flow in ops:
+            if command == "delete_strict":
+                del table[flow.key]
+            else:
+                assert command in ("add", "modify_strict"), command
+                table[flow.key] = flow
+        self.unacked.setdefault(dpid, []).append(xid)
+
+    def flows(self, host):
+        return sorted(self.tables.get(DPID[host], {}).values(), key=repr)
+
+    def ops(self, host=None):
+        return [op for dpid, ops, _ in self.sent
+                if host is None or dpid == DPID[host] for op in ops]
+
+
+def initial_snapshot(nb_cfg=1, hv_cfg=1, hosts=("h1", "h2", "h3"), locations=None):
+    topo = two_tenants()
+    return NbSnapshot(
+        nb_cfg=nb_cfg, hv_cfg=hv_cfg,
+        hosts={h: HostRecord(h, "vxlan", ENCAP[h], MGMT[h], 0, False, None) for h in hosts},
+        switches=dict(topo.switches), vms=dict(topo.vms),
+        vm_locations={vm: (locations or {}).get(vm, (None, 0)) for vm in topo.vms})
+
+
+class Harness:
+    def __init__(self, snap=None, auto_notify=True, switches=None):
+        self.nb = FakeNb(snap or initial_snapshot())
+        self.switches = switches or FakeSwitches()
+        self.watched = []
+        self.auto_notify = auto_notify
+        self.engine = Engine(send=self.switches.send, nb=self.nb,
+                             watch_host=lambda name, remote: self.watched.append((name, remote)))
+        self.ports = {}             # host -> {vm: (ofport, mac)}
+
+    def _settle(self):
+        for _ in range(10):
+            if not (self.auto_notify and self.nb.dirty):
+                return
+            self.engine.nb_changed()
+        raise AssertionError("the engine keeps rewriting the database")
+
+    def notify(self):
+        """The config database's change notification reaches the engine."""
+        self.engine.nb_changed()
+        self._settle()
+
+    def set_ports(self, host, *vms, macs=None, dpid=True):
+        macs = macs or {}
+        self.ports[host] = {vm: (PORT[vm], macs.get(vm, MAC[vm])) for vm in vms}
+        self.engine.host_ports_changed(host, HostPorts(
+            datapath_id=DPID[host] if dpid else None, tunnel_ofport=TUNNEL[host],
+            vm_ports=dict(self.ports[host])))
+        self._settle()
+
+    def add_port(self, host, vm, ofport=None, mac=None):
+        ports = dict(self.ports.get(host, {}))
+        ports[vm] = (ofport or PORT[vm], mac or MAC[vm])
+        self.ports[host] = ports
+        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports)))
+        self._settle()
+
+    def del_port(self, host, vm):
+        ports = dict(self.ports[host])
+        del ports[vm]
+        self.ports[host] = ports
+        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports)))
+        self._settle()
+
+    def connect(self, host):
+        """The switch connects and its current flows are read back."""
+        dpid = DPID[host]
+        self.switches.unacked.pop(dpid, None)
+        self.engine.switch_connected(dpid)
+        self.engine.switch_flows(dpid, list(self.switches.tables.get(dpid, {}).values()))
+        self._settle()
+
+    def disconnect(self, host):
+        self.switches.unacked.pop(DPID[host], None)
+        self.engine.switch_disconnected(DPID[host])
+        self._settle()
+
+    def ack(self, host):
+        dpid = DPID[host]
+        for xid in self.switches.unacked.pop(dpid, []):
+            self.engine.barrier_reply(dpid, xid)
+            self._settle()
+
+    def ack_all(self):
+        for host in DPID:
+            self.ack(host)
+
+
+def running(hosts=("h1", "h2", "h3")):
+    """Every VM of two_tenants() on its home host, switches connected and synced.
+    Registered hosts left out of ``hosts`` never answer: the controller stops
+    waiting for them when its startup grace period ends."""
+    h = Harness()
+    h.notify()
+    if set(hosts) != {"h1", "h2", "h3"}:
+        h.engine.startup_grace_over()
+    for host in hosts:
+        h.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
+        h.connect(host)
+    h.ack_all()
+    return h
+
+
+def from_vm(vm, eth_dst):
+    return {"in_port": PORT[vm], "eth_src": MAC[vm], "eth_dst": eth_dst, "eth_type": 0x0800}
+
+
+def from_tunnel(host, vni, eth_dst):
+    return {"in_port": TUNNEL[host], "tunnel_id": vni, "eth_src": "02:00:00:00:00:99",
+            "eth_dst": eth_dst, "eth_type": 0x0800}
+
+
+def tunnelled(table, packet):
+    return [(o.port, o.get("tunnel_id"), o.get("tun_ipv4_dst")) for o in table.lookup(packet)]
+
+
+# ---------------------------------------------------------- host watching
+
+def test_each_registered_host_with_a_mgmt_address_is_watched_once():
+    snap = initial_snapshot()
+    snap.hosts["h3"] = dataclasses.replace(snap.hosts["h3"], mgmt_address="")
+    h = Harness(snap)
+    h.notify()
+    h.notify()
+    assert h.watched == [("h1", MGMT["h1"]), ("h2", MGMT["h2"])]
+    # h3 registers its management address later
+    hosts = dict(h.nb.snap.hosts)
+    hosts["h3"] = dataclasses.replace(hosts["h3"], mgmt_address=MGMT["h3"])
+    h.nb.configure(hosts=hosts)
+    h.notify()
+    h.notify()
+    assert h.watched == [("h1", MGMT["h1"]), ("h2", MGMT["h2"]), ("h3", MGMT["h3"])]
+
+
+# ------------------------------------------------------------ programming
+
+def test_switch_gets_flows_only_after_read_back_and_dpid_match():
+    h = Harness()
+    h.notify()
+    h.engine.startup_grace_over()               # the other hosts never answer
+    h.engine.switch_connected(DPID["h1"])
+    h.set_ports("h1", "a1", "b1", "a3", dpid=False)     # br-int's dpid not known yet
+    assert h.switches.sent == []
+    h.engine.switch_flows(DPID["h1"], [])
+    assert h.switches.sent == []                        # read back, but whose switch?
+    h.engine.switch_connected(0xBAD)                    # a switch of no registered host
+    h.engine.switch_flows(0xBAD, [])
+    assert h.switches.sent == []
+
+    h.set_ports("h1", "a1", "b1", "a3")                 # now HostPorts.datapath_id matches
+    assert [dpid for dpid, _, _ in h.switches.sent] == [DPID["h1"]]
+    assert h.switches.ops() and all(cmd == "add" for cmd, _ in h.switches.ops())
+
+
+def test_switch_is_not_programmed_before_its_flows_are_read_back():
+    h = Harness()
+    h.notify()
+    h.engine.startup_grace_over()               # the other hosts never answer
+    h.set_ports("h1", "a1", "b1", "a3")
+    h.engine.switch_connected(DPID["h1"])
+    # recomputations for other reasons leave the unsynced switch alone
+    h.set_ports("h2", "a2", "b2")
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert h.switches.sent == []
+    h.engine.switch_flows(DPID["h1"], [])
+    assert [dpid for dpid, _, _ in h.switches.sent] == [DPID["h1"]]
+
+
+def test_installed_flows_are_the_hosts_computed_flows():
+    h = running()
+    expected = two_tenants()        # the same hosts, VMs, ports and tunnels
+    for host in ("h1", "h2", "h3"):
+        assert h.switches.flows(host) == sorted(compute_host_flows(expected, host), key=repr)
+    h1 = FakeOFTable(h.switches.flows("h1"))
+    assert tunnelled(h1, from_vm("a1", MAC["a2"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h2"])]
+    assert tunnelled(h1, from_vm("a1", MAC["a4"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
+
+
+def test_stale_flows_are_replaced_by_the_difference_only():
+    h = Harness()
+    h.notify()
+    desired = compute_host_flows(two_tenants(), "h1")
+    missing, changed = desired[0], desired[-2]
+    assert changed.instructions
+    stale = dataclasses.replace(changed, instructions=())
+    leftover = dataclasses.replace(desired[0], priority=7)
+    kept = [f for f in desired if f not in (missing, changed)]
+    h.switches.tables[DPID["h1"]] = {f.key: f for f in kept + [stale, leftover]}
+    for host in ("h1", "h2", "h3"):
+        h.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
+    h.connect("h1")
+    assert h.switches.ops("h1") == [("delete_strict", leftover),
+                                    ("modify_strict", changed),
+                                    ("add", missing)]
+    assert h.switches.flows("h1") == sorted(desired, key=repr)
+
+
+def test_reconnected_switch_with_current_flows_gets_no_messages():
+    h = running()
+    sent = len(h.switches.sent)
+    h.disconnect("h2")
+    h.connect("h2")
+    assert h.switches.sent[sent:] == []
+    assert h.nb.snap.hosts["h2"].connected
+
+
+def test_restarted_controller_sends_nothing_to_programmed_switches():
+    before = running()
+    # a fresh Engine against the same switches and database
+    h = Harness(snap=before.nb.snap, switches=before.switches)
+    sent = len(h.switches.sent)
+    h.notify()
+    for host in ("h1", "h2", "h3"):
+        h.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
+    for host in ("h1", "h2", "h3"):
+        h.connect(host)
+    assert h.switches.sent[sent:] == []
+    assert all(rec.connected and rec.nb_cfg == 1 for rec in h.nb.snap.hosts.values())
+
+
+# ------------------------------------------------------- nb_cfg / hv_cfg
+
+A5 = VMInfo("a5", "ls-a", "02:00:00:00:00:05", "10.0.0.5")
+
+
+def add_a5_port(h, host="h1"):
+    h.add_port(host, "a5", ofport=5, mac=A5.mac)
+
+
+def test_nb_cfg_is_acknowledged_only_after_every_switch_acked_its_barrier():
+    h = running(hosts=("h1", "h2"))
+    assert h.nb.snap.hv_cfg == 1
+    assert {n: r.nb_cfg for n, r in h.nb.snap.hosts.items() if r.connected} == {"h1": 1, "h2": 1}
+    add_a5_port(h)            # port exists, VM not configured yet
+    assert h.switches.unacked == {}
+    n_writes = len(h.nb.writes)
+
+    h.nb.configure(vms={**h.nb.snap.vms, "a5": A5})
+    assert h.nb.bump_nb_cfg() == 2
+    h.notify()
+    assert set(h.switches.unacked) == {DPID["h1"], DPID["h2"]}     # both need new flows
+    assert h.nb.writes[n_writes:] == []
+
+    h.ack("h1")
+    assert h.nb.snap.hosts["h1"].nb_cfg == 2
+    assert h.nb.snap.hosts["h2"].nb_cfg == 1
+    assert h.nb.snap.hv_cfg == 1
+    h.ack("h2")
+    assert h.nb.snap.hosts["h2"].nb_cfg == 2
+    assert h.nb.snap.hv_cfg == 2
+    assert h.nb.hv_writes()[-1:] == [2]
+
+
+def test_nb_cfg_without_flow_changes_is_acknowledged_at_once():
+    h = running(hosts=("h1", "h2"))
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert h.switches.unacked == {}
+    assert h.nb.snap.hv_cfg == 2
+    assert h.nb.snap.hosts["h1"].nb_cfg == h.nb.snap.hosts["h2"].nb_cfg == 2
+
+
+def test_hv_cfg_is_the_minimum_and_a_disconnected_host_stops_holding_it_back():
+    h = running(hosts=("h1", "h2"))
+    add_a5_port(h)
+    h.nb.configure(vms={**h.nb.snap.vms, "a5": A5})
+    h.nb.bump_nb_cfg()
+    h.notify()
+    h.ack("h1")
+    assert h.nb.snap.hosts["h1"].nb_cfg == 2
+    assert h.nb.snap.hv_cfg == 1                # h2 has not acked
+    h.disconnect("h2")
+    assert h.nb.snap.hosts["h2"].connected is False
+    assert h.nb.snap.hv_cfg == 2
+    assert h.nb.hv_writes()[-1] == 2
+
+
+def test_without_connected_hosts_hv_cfg_follows_nb_cfg():
+    h = Harness(initial_snapshot(nb_cfg=5, hv_cfg=3))
+    h.notify()
+    assert h.nb.snap.hv_cfg == 5
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert h.nb.hv_writes() == [5, 6]
+
+
+# ---------------------------------------------------------- VM locations
+
+def test_vm_location_is_written_after_every_switch_acked_its_flows():
+    h = running(hosts=("h1", "h2"))
+    assert h.nb.snap.vm_locations["a2"] == ("h2", 1)
+    h.nb.configure(vms={**h.nb.snap.vms, "a5": A5})
+    h.notify()
+    add_a5_port(h)
+    assert h.nb.locations("a5") == []           # flows sent, no barrier reply yet
+    h.ack("h1")
+    assert h.nb.locations("a5") == []           # h2 has not acked its tunnel flows
+    h.ack("h2")
+    assert h.nb.locations("a5") == [("h1", 1)]
+    # and h2 can now reach a5 through the tunnel
+    h2 = FakeOFTable(h.switches.flows("h2"))
+    assert tunnelled(h2, from_vm("a2", "02:00:00:00:00:05")) == [(TUNNEL["h2"], VNI_A, ENCAP["h1"])]
+
+
+def test_migration_writes_the_new_host_with_the_next_epoch_once():
+    h = running()
+    assert h.nb.snap.vm_locations["a2"] == ("h2", 1)
+    h.del_port("h2", "a2")
+    h.add_port("h3", "a2", ofport=7)
+    assert h.nb.locations("a2") == [("h2", 1), (None, 1)]   # not before the barrier replies
+    h.ack_all()
+    h.notify()
+    h.ack_all()
+    assert h.nb.locations("a2") == [("h2", 1), (None, 1), ("h3", 2)]
+    h1 = FakeOFTable(h.switches.flows("h1"))
+    assert tunnelled(h1, from_vm("a1", MAC["a2"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
+    assert FakeOFTable(h.switches.flows("h3")).output_ports(
+        from_tunnel("h3", VNI_A, MAC["a2"])) == [7]
+
+
+def test_delete_and_readd_on_the_same_host_bumps_the_epoch():
+    h = running()
+    h.del_port("h1", "a1")
+    assert h.nb.snap.vm_locations["a1"] == (None, 1)       # gone everywhere: epoch kept
+    h.add_port("h1", "a1")
+    h.ack_all()
+    assert h.nb.locations("a1") == [("h1", 1), (None, 1), ("h1", 2)]
+
+
+def test_delete_and_readd_before_the_db_notification_still_bumps_the_epoch():
+    # EngineLoop may run port and barrier events queued before the config
+    # database's notification of the engine's own writes.
+    h = running()
+    h.auto_notify = False
+    h.del_port("h1", "a1")
+    h.add_port("h1", "a1")
+    h.ack_all()
+    h.auto_notify = True
+    h.notify()
+    h.ack_all()
+    writes = h.nb.locations("a1")
+    assert writes[-1] == ("h1", 2)
+    assert [e for _, e in writes] == sorted([e for _, e in writes])
+
+
+def test_fast_migrations_before_the_db_notification_get_increasing_epochs():
+    h = running()
+    h.auto_notify = False
+    h.add_port("h3", "a2", ofport=7)
+    h.ack_all()
+    h.add_port("h1", "a2", ofport=9)
+    h.ack_all()
+    h.auto_notify = True
+    h.notify()
+    h.ack_all()
+    assert h.nb.locations("a2") == [("h2", 1), ("h3", 2), ("h1", 3)]
+
+
+def test_port_vanishing_everywhere_clears_the_host_and_keeps_the_epoch():
+    h = running()
+    h.del_port("h3", "a4")
+    h.ack_all()
+    assert h.nb.snap.vm_locations["a4"] == (None, 1)
+    assert h.nb.locations("a4") == [("h3", 1), (None, 1)]
+
+
+def test_restarted_controller_keeps_the_recorded_location_and_epoch():
+    before = running()
+    recorded = dict(before.nb.snap.vm_locations)
+    assert recorded["a1"] == ("h1", 1)
+    # a fresh Engine: the database is read first, host OVSDBs report later
+    h = Harness(snap=before.nb.snap, switches=before.switches)
+    h.notify()
+    for host in ("h1", "h2", "h3"):
+        # a host watcher's first report, before its OVSDB's contents arrive
+        h.engine.host_ports_changed(host, HostPorts())
+    for host in ("h1", "h2", "h3"):
+        h.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
+        h.connect(host)
+    h.ack_all()
+    assert [w for w in h.nb.writes if w[0] == "vm"] == []
+    assert h.nb.snap.vm_locations == recorded
+
+
+def test_restarted_controller_moves_a_vm_that_moved_while_it_was_down():
+    h = Harness(initial_snapshot(locations={"a2": ("h2", 4)}))
+    h.notify()
+    h.set_ports("h3", "a2", "a4")
+    h.set_ports("h2", "b2")
+    assert h.nb.locations("a2") == [("h3", 5)]
+
+
+def test_port_with_a_foreign_mac_is_not_bound():
+    h = Harness()
+    h.notify()
+    h.engine.startup_grace_over()               # h3 never answers
+    h.set_ports("h1", "a1", "a3", macs={"a1": "02:00:00:00:00:66"})
+    h.set_ports("h2", "a2")
+    h.connect("h1")
+    h.connect("h2")
+    h.ack_all()
+    assert (h.nb.locations("a1"), h.nb.locations("a3")) == ([], [("h1", 1)])
+    h1 = FakeOFTable(h.switches.flows("h1"))
+    assert h1.lookup(from_tunnel("h1", VNI_A, MAC["a1"])) == []
+    assert h1.lookup(from_vm("a3", MAC["a1"])) == []
+    h2 = FakeOFTable(h.switches.flows("h2"))
+    assert h2.lookup(from_vm("a2", MAC["a1"])) == []
+    # the same MAC in upper case is the VM's own
+    h.set_ports("h1", "a1", "a3", macs={"a1": MAC["a1"].upper()})
+    h.ack_all()
+    assert h.nb.locations("a1") == [("h1", 1)]
+    h1 = FakeOFTable(h.switches.flows("h1"))
+    assert h1.output_ports(from_vm("a3", MAC["a1"])) == [PORT["a1"]]
+
+
+def test_newest_appearance_wins_while_a_port_exists_on_two_hosts():
+    h = running()
+    h.add_port("h3", "a2", ofport=7)            # a2 starts on h3, still exists on h2
+    h.ack_all()
+    assert h.nb.locations("a2") == [("h2", 1), ("h3", 2)]
+    h1 = FakeOFTable(h.switches.flows("h1"))
+    assert tunnelled(h1, from_vm("a1", MAC["a2"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
+    assert FakeOFTable(h.switches.flows("h2")).lookup(from_tunnel("h2", VNI_A, MAC["a2"])) == []
+    h.del_port("h2", "a2")                      # the old copy goes away: nothing moves
+    h.ack_all()
+    assert h.nb.locations("a2") == [("h2", 1), ("h3", 2)]
+
+
+def test_no_switch_is_programmed_until_every_host_reported_its_ports():
+    # On a controller start, a switch reconciled before another host's ports
+    # are known would lose its flows to that host's VMs, then get them back:
+    # churn.  So switches wait for every watched host (or the grace period).
+    h = Harness()
+    h.notify()
+    h.set_ports("h1", "a1", "b1", "a3")
+    h.connect("h1")
+    h.set_ports("h2", "a2", "b2")
+    assert h.switches.sent == []                # h3 has not reported yet
+    h.set_ports("h3", "a4")
+    assert [dpid for dpid, _, _ in h.switches.sent] == [DPID["h1"]]
+    h1 = FakeOFTable(h.switches.flows("h1"))
+    assert tunnelled(h1, from_vm("a1", MAC["a4"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
+
+
+def test_grace_period_ends_the_wait_for_a_silent_host():
+    h = Harness()
+    h.notify()
+    h.set_ports("h1", "a1", "b1", "a3")
+    h.connect("h1")
+    assert h.switches.sent == []
+    h.engine.startup_grace_over()               # h2 and h3 never answered
+    assert [dpid for dpid, _, _ in h.switches.sent] == [DPID["h1"]]
