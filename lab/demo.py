@@ -2,29 +2,14 @@
 TCP connection that lives through a VM's live migration.  Prints a report and
 tears everything down, also when a step fails."""
 
-import json
 import os
-import re
-import sys
-import time
 
 from lab.lab import Lab
+from lab.probe import Probe
 from lab.sh import LabError
 
 TOPOLOGY = os.path.join(os.path.dirname(__file__), "topologies", "demo.yaml")
 PROBE_PORT = 7000
-
-
-def ping(lab, vm, addr, count=3):
-    """(ok, average rtt in ms or None, MAC that answered ARP or None)."""
-    proc = lab.exec(vm, ["ping", "-c", str(count), "-i", "0.2", "-W", "1", addr],
-                    capture_output=True, text=True)
-    rtt = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
-    neigh = lab.exec(vm, ["ip", "neigh", "show", addr, "dev", "eth0"],
-                     capture_output=True, text=True).stdout
-    mac = re.search(r"lladdr (\S+)", neigh)
-    return (proc.returncode == 0, float(rtt.group(1)) if rtt else None,
-            mac.group(1) if mac else None)
 
 
 def check_pings(lab, out):
@@ -40,7 +25,7 @@ def check_pings(lab, out):
     good = True
     out("\n%-6s -> %-10s %-9s %-24s %s" % ("from", "to", "expect", "observed", "verdict"))
     for src, addr, expect in cases:
-        ok, rtt, mac = ping(lab, src, addr)
+        ok, rtt, mac = lab.ping(src, addr, count=3)
         who = by_mac.get(mac) if ok else None
         seen = ("reply from %s (%.2f ms)" % (who, rtt)) if ok else "no reply"
         right = (who == expect) if expect else not ok
@@ -52,34 +37,17 @@ def check_pings(lab, out):
 
 def migration(lab, rundir, out):
     """red1 (h1) keeps a TCP connection to red2 while red2 moves h2 -> h3."""
-    server_log = os.path.join(rundir, "probe-server.log")
-    report_path = os.path.join(rundir, "probe-client.json")
-    for stale in (report_path, server_log):
-        if os.path.exists(stale):
-            os.unlink(stale)
-    py = sys.executable
-    server = lab.spawn("red2", [py, "-m", "lab.probe", "serve", "--port",
-                                str(PROBE_PORT)], server_log)
-    time.sleep(0.5)
-    client = lab.spawn("red1", [py, "-m", "lab.probe", "client", "--to", "10.0.0.12",
-                                "--port", str(PROBE_PORT), "--interval-ms", "10",
-                                "--duration", "60", "--out", report_path],
-                       os.path.join(rundir, "probe-client.log"))
+    probe = Probe(lab, "red1", "red2", "10.0.0.12", PROBE_PORT,
+                  os.path.join(rundir, "probe-client.json"), duration=60)
     try:
-        _wait_for_report(report_path, lambda r: r["received"] >= 50, 10)
-        at_move = _read(report_path)["received"]
+        at_move = probe.wait(lambda r: r["received"] >= 50, 10,
+                             "the TCP probe to get going")["received"]
         steps = lab.migrate("red2", "h3")
-        _wait_for_report(report_path, lambda r: r["received"] >= at_move + 100
-                         or r["error"], 15)
+        probe.wait(lambda r: r["received"] >= at_move + 100 or r["error"], 15,
+                   "replies after the move")
     finally:
-        client.terminate()
-        client.wait(10)
-        server.terminate()
-        server.wait(10)
-        lab.forget_pid(client.pid)
-        lab.forget_pid(server.pid)
-    report = _read(report_path)
-    after_ok, _, _ = ping(lab, "red1", "10.0.0.12")
+        report = probe.stop()
+    after_ok = lab.ping("red1", "10.0.0.12", count=3).ok
     survived = (report["error"] is None and report["connected"]
                 and report["sent"] == report["received"]
                 and report["received"] >= at_move + 100)
@@ -93,23 +61,6 @@ def migration(lab, rundir, out):
     out("  connection survived: %s" % ("yes" if survived else "NO"))
     out("  ping red1 -> red2 after the move: %s" % ("ok" if after_ok else "FAILED"))
     return survived and after_ok
-
-
-def _read(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _wait_for_report(path, pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred(_read(path)):
-                return
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise LabError("the TCP probe did not get going within %ds" % timeout)
 
 
 def created(lab, out):

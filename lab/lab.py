@@ -18,15 +18,18 @@ created, so ``down`` can end exactly the processes it started (by PID) and
 remove exactly the namespaces it made, even after a failed ``up``.
 """
 
+import collections
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
-from lab.sh import LabError, read_pidfile, run, stop_pid, wait_until, pid_alive
+from lab.sh import LabError, read_pidfile, run, wait_until
 from ovsdb import server as nbserver
+from ovsdb.server import pid_alive, stop as stop_pid
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
 
@@ -44,6 +47,11 @@ VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 TUNNEL_PORT = "mbx-tun"
 
 OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off"]
+
+
+# A ping from a VM: did it answer, its average round trip, and the MAC address
+# the VM resolved the target to (which VM answered, when tenants share addresses).
+PingResult = collections.namedtuple("PingResult", "ok rtt_ms mac")
 
 
 def vif_name(vm):
@@ -383,6 +391,16 @@ class Lab:
             raise LabError("unknown VM '%s'" % name)
         return subprocess.run(["ip", "netns", "exec", vm["netns"]] + list(cmd),
                               **kwargs)
+
+    def ping(self, name, addr, count=2):
+        proc = self.exec(name, ["ping", "-c", str(count), "-i", "0.2", "-W", "1", addr],
+                         capture_output=True, text=True)
+        rtt = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
+        neigh = self.exec(name, ["ip", "neigh", "show", addr, "dev", "eth0"],
+                          capture_output=True, text=True).stdout
+        mac = re.search(r"lladdr (\S+)", neigh)
+        return PingResult(proc.returncode == 0, float(rtt.group(1)) if rtt else None,
+                          mac.group(1) if mac else None)
 
     def spawn(self, name, cmd, log_path):
         """Start a background process inside a VM; ``down`` ends it by PID."""

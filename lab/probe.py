@@ -18,7 +18,51 @@ import socketserver
 import sys
 import time
 
+from lab.sh import wait_until
+
 MAX_DURATION = 600.0
+
+
+class Probe:
+    """Host side: a probe server in one VM and a client in another, started
+    through the lab (so ``mbx-lab down`` would end them) and read back."""
+
+    def __init__(self, lab, client, server, addr, port, report, duration=120):
+        self.lab = lab
+        self.report = report
+        for stale in (report, report + ".server.log", report + ".client.log"):
+            if os.path.exists(stale):
+                os.unlink(stale)
+        py = sys.executable
+        self.server = lab.spawn(server, [py, "-m", "lab.probe", "serve", "--port",
+                                         str(port)], report + ".server.log")
+        time.sleep(0.4)
+        self.client = lab.spawn(client, [py, "-m", "lab.probe", "client", "--to", addr,
+                                         "--port", str(port), "--interval-ms", "10",
+                                         "--duration", str(duration), "--out", report],
+                                report + ".client.log")
+
+    def read(self):
+        try:
+            with open(self.report) as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def wait(self, predicate, timeout, what):
+        """Wait until ``predicate(report)`` holds; returns that report."""
+        def check():
+            report = self.read()
+            return report if report and predicate(report) else None
+        return wait_until(check, timeout, interval=0.05, what=what)
+
+    def stop(self):
+        """End client and server; returns the client's final report."""
+        for proc in (self.client, self.server):
+            proc.terminate()
+            proc.wait(10)
+            self.lab.forget_pid(proc.pid)
+        return self.read()
 
 
 class _Echo(socketserver.StreamRequestHandler):

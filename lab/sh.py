@@ -1,12 +1,10 @@
 """Small shell helpers for the namespace lab: run a command (optionally inside a
-network namespace), wait for a condition, end a process by PID (one
-implementation, shared with the config database's server helpers)."""
+network namespace), wait for a condition, read a pidfile.  Processes are
+ended by PID with ``ovsdb.server.stop``."""
 
 import os
 import subprocess
 import time
-
-from ovsdb.server import pid_alive, stop as stop_pid   # noqa: F401 (re-exported)
 
 
 class LabError(Exception):

@@ -5,7 +5,6 @@ Topology (lab/topologies/demo.yaml): tenants red and blue share 10.0.0.0/24.
   h1: red1 10.0.0.11, blue1 10.0.0.11   h2: red2 .12, blue3 .20   h3: red3 .13, blue2 .12
 """
 
-import json
 import os
 import re
 import subprocess
@@ -14,24 +13,12 @@ import time
 
 import pytest
 
+from lab.probe import Probe
 from lab.sh import wait_until
 
 pytestmark = pytest.mark.lab
 
 PY = sys.executable
-
-
-def ping(lab, vm, addr, count=2):
-    proc = lab.exec(vm, ["ping", "-c", str(count), "-i", "0.2", "-W", "1", addr],
-                    capture_output=True, text=True)
-    return proc.returncode == 0
-
-
-def neighbour_mac(lab, vm, addr):
-    out = lab.exec(vm, ["ip", "neigh", "show", addr, "dev", "eth0"],
-                   capture_output=True, text=True).stdout
-    found = re.search(r"lladdr (\S+)", out)
-    return found.group(1) if found else None
 
 
 def mac(lab, vm):
@@ -55,37 +42,13 @@ def mbxctl(lab, *args):
                           capture_output=True, text=True)
 
 
-class Probe:
-    """A TCP connection from one VM to another, exchanging a request every 10 ms."""
-
-    def __init__(self, lab, client, server, addr, port):
-        self.lab = lab
-        self.report = os.path.join(lab.rundir, "probe-%s-%d.json" % (client, port))
-        if os.path.exists(self.report):
-            os.unlink(self.report)
-        self.server = lab.spawn(server, [PY, "-m", "lab.probe", "serve", "--port",
-                                         str(port)], self.report + ".server.log")
-        time.sleep(0.4)
-        self.client = lab.spawn(client, [PY, "-m", "lab.probe", "client", "--to", addr,
-                                         "--port", str(port), "--interval-ms", "10",
-                                         "--duration", "120", "--out", self.report],
-                                self.report + ".client.log")
-        wait_until(lambda: self.read().get("received", 0) >= 30, 10,
-                   what="the probe connection to exchange data")
-
-    def read(self):
-        try:
-            with open(self.report) as f:
-                return json.load(f)
-        except (FileNotFoundError, ValueError):
-            return {}
-
-    def stop(self):
-        for proc in (self.client, self.server):
-            proc.terminate()
-            proc.wait(10)
-            self.lab.forget_pid(proc.pid)
-        return self.read()
+def probe(lab, client, server, addr, port):
+    """A TCP connection from one VM to another, exchanging a request every
+    10 ms, already past its first 30 replies."""
+    started = Probe(lab, client, server, addr, port,
+                    os.path.join(lab.rundir, "probe-%s-%d.json" % (client, port)))
+    started.wait(lambda r: r["received"] >= 30, 10, "the probe connection to exchange data")
+    return started
 
 
 def test_hosts_register_and_connect(lab):
@@ -99,9 +62,9 @@ def test_hosts_register_and_connect(lab):
 
 
 def test_cross_host_delivery_over_the_overlay(lab):
-    assert ping(lab, "red1", "10.0.0.12")          # h1 -> h2
-    assert ping(lab, "red1", "10.0.0.13")          # h1 -> h3
-    assert ping(lab, "blue1", "10.0.0.20")         # h1 -> h2, other tenant
+    assert lab.ping("red1", "10.0.0.12").ok          # h1 -> h2
+    assert lab.ping("red1", "10.0.0.13").ok          # h1 -> h3
+    assert lab.ping("blue1", "10.0.0.20").ok         # h1 -> h2, other tenant
     # The path really is the tunnel, with the tenant's VNI, to the right host.
     actions = trace(lab, "h1", "red1", mac(lab, "red2"))
     assert "dst=%s" % lab.state["hosts"]["h2"]["encap_ip"] in actions
@@ -110,13 +73,13 @@ def test_cross_host_delivery_over_the_overlay(lab):
 
 def test_tenants_with_overlapping_subnets_stay_isolated(lab):
     # 10.0.0.12 exists in both tenants: each tenant reaches its own VM.
-    assert ping(lab, "red1", "10.0.0.12")
-    assert neighbour_mac(lab, "red1", "10.0.0.12") == mac(lab, "red2")
-    assert ping(lab, "blue1", "10.0.0.12")
-    assert neighbour_mac(lab, "blue1", "10.0.0.12") == mac(lab, "blue2")
+    red = lab.ping("red1", "10.0.0.12")
+    assert red.ok and red.mac == mac(lab, "red2")
+    blue = lab.ping("blue1", "10.0.0.12")
+    assert blue.ok and blue.mac == mac(lab, "blue2")
     # Addresses that exist only in the other tenant are unreachable.
-    assert not ping(lab, "red1", "10.0.0.20")
-    assert not ping(lab, "blue1", "10.0.0.13")
+    assert not lab.ping("red1", "10.0.0.20").ok
+    assert not lab.ping("blue1", "10.0.0.13").ok
     # Even a frame sent straight to another tenant's MAC goes nowhere.
     assert trace(lab, "h1", "red1", mac(lab, "blue3")) == "drop"
     # A spoofed source MAC is dropped at the port.
@@ -129,14 +92,14 @@ def test_tenants_with_overlapping_subnets_stay_isolated(lab):
 def test_tcp_connection_survives_live_migration(lab):
     host_before, epoch_before = location(lab, "red2")
     assert host_before == "h2"
-    probe = Probe(lab, "red1", "red2", "10.0.0.12", 7101)
+    running = probe(lab, "red1", "red2", "10.0.0.12", 7101)
     try:
         steps = lab.migrate("red2", "h3")
-        sent_at_move = probe.read()["sent"]
-        wait_until(lambda: probe.read()["received"] >= sent_at_move + 50, 15,
-                   what="replies after the migration")
+        sent_at_move = running.read()["sent"]
+        running.wait(lambda r: r["received"] >= sent_at_move + 50, 15,
+                     "replies after the migration")
     finally:
-        report = probe.stop()
+        report = running.stop()
     assert report["connected"] and report["error"] is None, report
     assert report["received"] == report["sent"], report     # every reply arrived
     assert steps["total"] > 0
@@ -147,7 +110,7 @@ def test_tcp_connection_survives_live_migration(lab):
     # and back again, so the rest of the suite sees the original placement
     lab.migrate("red2", "h2")
     assert location(lab, "red2") == ("h2", epoch_before + 2)
-    assert ping(lab, "red1", "10.0.0.12")
+    assert lab.ping("red1", "10.0.0.12").ok
 
 
 def _flows(lab, host):
@@ -166,7 +129,7 @@ def _flows(lab, host):
 
 
 def test_controller_restart_causes_no_flow_churn(lab):
-    probe = Probe(lab, "red1", "red3", "10.0.0.13", 7102)
+    running = probe(lab, "red1", "red3", "10.0.0.13", 7102)
     try:
         before = {h: _flows(lab, h) for h in lab.state["hosts"]}
         taken = time.monotonic()
@@ -181,7 +144,7 @@ def test_controller_restart_causes_no_flow_churn(lab):
         elapsed = time.monotonic() - taken
         after = {h: _flows(lab, h) for h in lab.state["hosts"]}
     finally:
-        report = probe.stop()
+        report = running.stop()
     assert report["error"] is None and report["received"] == report["sent"], report
     for host in before:
         assert sorted(after[host]) == sorted(before[host]), host   # same flows
@@ -200,7 +163,7 @@ def test_vm_deleted_and_added_again(lab):
     lab.vm_del("red3")
     assert "red3" not in lab.nb().snapshot().vms
     assert "red3" not in mbxctl(lab, "vm-list").stdout
-    assert not ping(lab, "red1", "10.0.0.13")
+    assert not lab.ping("red1", "10.0.0.13").ok
     lab.vm_add("red3", "h3", "ls-red", "10.0.0.13/24")
-    assert ping(lab, "red1", "10.0.0.13")
+    assert lab.ping("red1", "10.0.0.13").ok
     assert location(lab, "red3")[0] == "h3"
