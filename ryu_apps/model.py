@@ -60,3 +60,33 @@ class Topology:
             if binding.host == host and vm is not None and vm.switch in self.switches:
                 out.append((vm, binding))
         return out
+
+
+@dataclass(frozen=True)
+class MiddleboxInfo:
+    name: str
+    type: str                       # "firewall"
+    switch: str                     # SwitchInfo.name of the logical switch it serves
+    default_action: str = "deny"    # "allow" | "deny" | "reject"
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def option(self, key, default):
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """A steering policy: traffic of ``switch`` matching ``match`` (ovsdb.match
+    text, applied to both directions of a connection) goes through
+    ``middlebox``; ``middlebox`` None means "bypass" (forward unchecked)."""
+    switch: str
+    priority: int                   # 0..30000, highest first
+    match: str
+    middlebox: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class AddressSetInfo:
+    name: str
+    tenant: str
+    addresses: tuple = ()           # sorted CIDR / address strings

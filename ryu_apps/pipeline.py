@@ -8,14 +8,25 @@ describes the same pipeline for people.
 
 Packet path::
 
-    CLASSIFY ──(from a VM)──> [from-VM middlebox stages] ──> L2_LOOKUP
-    CLASSIFY ──(from tunnel)─────────────────────────────> L2_LOOKUP
+    CLASSIFY ──(from a VM)──> FROM_VM_STEERING ──(selected)──> FROM_VM_CACHE
+    FROM_VM_STEERING ──(not selected)──> L2_LOOKUP
+    FROM_VM_CACHE ──(cached allow)──> L2_LOOKUP
+    FROM_VM_CACHE ──(miss, FIN, RST)──> middlebox port, tagged (slice, stage)
+    CLASSIFY ──(from tunnel)──> L2_LOOKUP
+    CLASSIFY ──(back from the middlebox, from-VM stage)──> L2_LOOKUP
+    CLASSIFY ──(back from the middlebox, to-VM stage)──> TO_VM_RETURN
     L2_LOOKUP ──> output to the tunnel port (VM on another host)
-    L2_LOOKUP ──> [to-VM middlebox stages] ──> LOCAL_DELIVERY ──> VM port(s)
+    L2_LOOKUP ──(IPv4 unicast to a local VM)──> TO_VM_STEERING
+    L2_LOOKUP ──(broadcast, other unicast)──> LOCAL_DELIVERY
+    TO_VM_STEERING ──(selected)──> TO_VM_CACHE ──(cached allow)──> LOCAL_DELIVERY
+    TO_VM_STEERING ──(not selected)──> LOCAL_DELIVERY
+    TO_VM_CACHE ──(miss, FIN, RST)──> middlebox port, tagged
+    TO_VM_RETURN ──> LOCAL_DELIVERY ──> VM port(s)
 
-The bracketed stages do not exist yet; their table ids are kept free
-(``GAPS``) so they can be inserted without renumbering.
-"""
+The two CACHE tables are shared with the middlebox daemon: the controller
+owns their miss and FIN/RST flows (cookie ``COOKIE``), the daemon owns the
+per-connection entries (cookie ``DAEMON_COOKIE``).  Neither reads back or
+deletes flows with the other's cookie.
 
 from dataclasses import dataclass
 from typing import FrozenSet, Tuple
@@ -26,11 +37,15 @@ from typing import FrozenSet, Tuple
 # br-int without either removing the other's flows.
 COOKIE = 0x4D42580000000000          # "MBX" in the top bytes
 COOKIE_MASK = 0xFFFFFF0000000000
+# The middlebox daemon's per-connection cache entries carry this cookie in
+# the same bits ("MBD"); the rest of their cookie is the daemon's own.
+DAEMON_COOKIE = 0x4D42440000000000
 
 # Registers (all start at 0 when a packet enters the pipeline).
 REG_FROM_TUNNEL = "reg0"   # 1 if the packet arrived on the tunnel port, else 0
 REG_OUT_PORT = "reg1"      # OpenFlow port LOCAL_DELIVERY outputs to, or OUT_PORT_FLOOD
 REG_IN_PORT = "reg2"       # OpenFlow port the packet entered br-int on
+REG_SLICE = "reg4"         # slice tag chosen by steering, read by the CACHE tables
 FROM_TUNNEL = 1
 # REG_OUT_PORT value meaning "every local VM port of the logical switch except
 # the one the packet came from" (numerically OpenFlow's OFPP_FLOOD).
@@ -43,6 +58,16 @@ MAX_VNI = 0xFFFFFF
 # eth_dst with this mask matches every broadcast and multicast address.
 MULTICAST_MAC = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 
+# The middlebox port: one per host on br-int, found by this Interface
+# external_ids key/value.  Packets to and from the daemon carry an 802.1Q tag:
+# VID = slice tag (1..4094), PCP = stage.
+MIDDLEBOX_PORT = "mbx-mb"
+MIDDLEBOX_ROLE = ("mbx-role", "middlebox")
+STAGE_FROM_VM = 0          # PCP: checked on the way out of the sending VM
+STAGE_TO_VM = 1            # PCP: checked on the way into the receiving VM
+MAX_SLICE_TAG = 4094
+VLAN_PRESENT = 0x1000      # OFPVID_PRESENT
+
 # Priorities, highest wins within a table.
 PRIO_DROP = 0               # table-miss: drop
 PRIO_CLASSIFY = 100         # port security / tunnel key check
@@ -50,6 +75,14 @@ PRIO_L2_UNICAST = 200       # known destination MAC
 PRIO_L2_FLOOD = 100         # broadcast / multicast destination
 PRIO_DELIVER = 100          # one local port, or flood to all local ports
 PRIO_DELIVER_FLOOD_EXCEPT = 110   # flood that skips the ingress port
+PRIO_MB_RETURN = 100        # CLASSIFY: a packet coming back from the daemon
+PRIO_L2_TO_VM_STEER = 210   # L2_LOOKUP: IPv4 unicast to a local VM
+PRIO_STEER_BASE = 1000      # STEERING: policy priority p -> 1000 + 2p (+1: skip)
+PRIO_STEER_MULTICAST = 65000  # FROM_VM_STEERING: broadcast/multicast never steered
+PRIO_STEER_DEFAULT = 0      # STEERING: not selected -> go on (table-miss)
+PRIO_CACHE_FLAGS = 65000    # CACHE: FIN/RST always to the daemon (controller)
+PRIO_CACHE_ENTRY = 100      # CACHE: per-connection entries (daemon)
+PRIO_CACHE_MISS = 1         # CACHE: not cached -> to the daemon (controller)
 
 
 @dataclass(frozen=True)
@@ -63,42 +96,84 @@ class Table:
 
 CLASSIFY = Table(
     "CLASSIFY", 0,
-    "Admit packets from VM ports (port security on eth_src) and from the "
-    "tunnel (known VNI only); set the logical switch in metadata.",
-    frozenset({"in_port", "eth_src", "tunnel_id"}),
+    "Admit packets from VM ports (port security on eth_src), from the "
+    "tunnel (known VNI only) and back from the middlebox port (known slice "
+    "tag only); set the logical switch in metadata.",
+    frozenset({"in_port", "eth_src", "tunnel_id", "vlan_vid", "vlan_pcp"}),
+    ("FROM_VM_STEERING", "L2_LOOKUP", "TO_VM_RETURN"))
+FROM_VM_STEERING = Table(
+    "FROM_VM_STEERING", 10,
+    "Steering policies for packets sent by a local VM: selected IPv4 "
+    "packets get their slice tag in REG_SLICE and go to FROM_VM_CACHE; "
+    "the rest go on to L2_LOOKUP.",
+    frozenset({"metadata", "eth_type", "eth_dst", "ip_proto", "ipv4_src", "ipv4_dst",
+               "tcp_src", "tcp_dst", "udp_src", "udp_dst"}),
+    ("FROM_VM_CACHE", "L2_LOOKUP"))
+FROM_VM_CACHE = Table(
+    "FROM_VM_CACHE", 11,
+    "Connections the daemon decided (its flows) go on to L2_LOOKUP or are "
+    "dropped; everything else, and every FIN and RST, goes to the daemon.",
+    frozenset({REG_SLICE, "eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "tcp_src",
+               "tcp_dst", "udp_src", "udp_dst", "tcp_flags"}),
     ("L2_LOOKUP",))
 L2_LOOKUP = Table(
     "L2_LOOKUP", 20,
-    "Per logical switch, look up eth_dst: local VM -> LOCAL_DELIVERY, remote "
-    "VM -> tunnel (not for packets from the tunnel), broadcast -> flood.",
-    frozenset({"metadata", "eth_dst", REG_FROM_TUNNEL}),
+    "Per logical switch, look up eth_dst: local VM -> TO_VM_STEERING (IPv4) "
+    "or LOCAL_DELIVERY, remote VM -> tunnel (not for packets from the "
+    "tunnel), broadcast -> flood.",
+    frozenset({"metadata", "eth_dst", "eth_type", REG_FROM_TUNNEL}),
+    ("TO_VM_STEERING", "LOCAL_DELIVERY"))
+TO_VM_STEERING = Table(
+    "TO_VM_STEERING", 30,
+    "Steering policies for packets about to be delivered to a local VM.",
+    frozenset({"metadata", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst",
+               "tcp_src", "tcp_dst", "udp_src", "udp_dst", REG_FROM_TUNNEL}),
+    ("TO_VM_CACHE", "LOCAL_DELIVERY"))
+TO_VM_CACHE = Table(
+    "TO_VM_CACHE", 31,
+    "As FROM_VM_CACHE, for the to-VM stage; cached allow -> LOCAL_DELIVERY.",
+    FROM_VM_CACHE.match_fields,
+    ("LOCAL_DELIVERY",))
+TO_VM_RETURN = Table(
+    "TO_VM_RETURN", 32,
+    "A packet the daemon passed at the to-VM stage: look up its local VM "
+    "port again (registers do not survive the trip through the daemon).",
+    frozenset({"metadata", "eth_dst"}),
     ("LOCAL_DELIVERY",))
 LOCAL_DELIVERY = Table(
     "LOCAL_DELIVERY", 40,
     "Output to the local VM port(s) chosen in the output-port register.",
     frozenset({"metadata", REG_OUT_PORT, REG_IN_PORT}))
 
-TABLES = (CLASSIFY, L2_LOOKUP, LOCAL_DELIVERY)
+TABLES = (CLASSIFY, FROM_VM_STEERING, FROM_VM_CACHE, L2_LOOKUP, TO_VM_STEERING,
+          TO_VM_CACHE, TO_VM_RETURN, LOCAL_DELIVERY)
 BY_NAME = {t.name: t for t in TABLES}
 BY_ID = {t.table_id: t for t in TABLES}
+CACHE_TABLES = {STAGE_FROM_VM: FROM_VM_CACHE, STAGE_TO_VM: TO_VM_CACHE}
+# Where a packet the daemon passed continues, per stage (same as a cache hit).
+CACHE_NEXT = {STAGE_FROM_VM: L2_LOOKUP, STAGE_TO_VM: LOCAL_DELIVERY}
 
-# Table ids kept free for middlebox steering stages added later.
+# Table ids kept free for later stages (service chains, NAT, ...).
 GAPS = (
-    ("FROM_VM_STEERING", range(1, 20),
-     "from-VM direction: after CLASSIFY, before L2_LOOKUP"),
-    ("TO_VM_STEERING", range(21, 40),
-     "to-VM direction: after L2_LOOKUP, before LOCAL_DELIVERY"),
+    ("FROM_VM_STAGES", range(12, 20),
+     "from-VM direction: after FROM_VM_CACHE, before L2_LOOKUP"),
+    ("TO_VM_STAGES", range(33, 40),
+     "to-VM direction: after TO_VM_RETURN, before LOCAL_DELIVERY"),
 )
 
 _INSTRUCTION_ORDER = ("apply", "write_metadata", "goto")
 _ACTIONS = {"output": 2, "set_field": 3, "push_vlan": 2, "pop_vlan": 1}
 
 
-def check_flow(flow):
-    """Assert that ``flow`` fits the declared pipeline; return it unchanged."""
+def check_flow(flow, owner=COOKIE):
+    """Assert that ``flow`` fits the declared pipeline; return it unchanged.
+
+    ``owner`` is the cookie prefix of whoever installs it: ``COOKIE`` for the
+    controller, ``DAEMON_COOKIE`` for the middlebox daemon's cache entries.
+    """
     table = BY_ID.get(flow.table)
     assert table is not None, f"flow in undeclared table {flow.table}: {flow}"
-    assert (flow.cookie & COOKIE_MASK) == COOKIE, f"flow without mbx cookie: {flow}"
+    assert (flow.cookie & COOKIE_MASK) == owner, f"flow without its owner's cookie: {flow}"
     names = [name for name, _ in flow.match]
     assert names == sorted(set(names)), f"match not canonical: {flow}"
     undeclared = set(names) - table.match_fields

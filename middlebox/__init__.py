@@ -1,0 +1,1 @@
+"""mbxd: the per-host middlebox daemon (see docs/middlebox.md)."""
