@@ -8,8 +8,10 @@ Layout (prefix ``mbx`` by default; every name below carries the prefix):
 * ``mbx-hN`` netns per host: its own ovsdb-server and ovs-vswitchd (userspace
   datapath), ``br-phy`` holding the underlay veth and the host's tunnel IP
   10.200.0.(10+N), ``br-int`` with one tunnel port ``mbx-tun``
-  (remote_ip=flow, key=flow), and a management veth 10.201.0.(10+N) on which the
-  host's OVSDB listens for the controller.
+  (remote_ip=flow, key=flow) and the middlebox port ``mbx-mb`` (internal),
+  a management veth 10.201.0.(10+N) on which the host's OVSDB listens for the
+  controller, and the host's middlebox daemon ``mbxd`` (``OVS_RUNDIR`` = the
+  host's run directory, so ``ovs-appctl -t mbxd`` finds it there).
 * ``mbx-vm-NAME`` netns per VM: ``eth0``, whose peer ``vif-...`` is a port of its
   host's br-int.
 
@@ -23,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +35,7 @@ from ovsdb import server as nbserver
 from ovsdb.server import pid_alive, stop as stop_pid
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
+from ryu_apps import pipeline
 
 DEFAULT_PREFIX = os.environ.get("MBX_LAB_PREFIX", "mbx")
 DEFAULT_RUNDIR = os.environ.get("MBX_LAB_DIR", "/run/mbx")
@@ -45,6 +49,7 @@ NB_TCP_PORT = 6641
 VM_MTU = 1450
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 TUNNEL_PORT = "mbx-tun"
+MB_PORT = pipeline.MIDDLEBOX_PORT
 
 OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off"]
 
@@ -267,11 +272,62 @@ class Lab:
         self.vsctl(host, "set-controller", "br-int",
                    "tcp:%s:%d" % (CONTROLLER_IP, OF_PORT), "--", "set",
                    "controller", "br-int", "connection-mode=out-of-band")
+        # The middlebox port: mbxd reads and writes slice-tagged frames here.
+        self.vsctl(host, "add-port", "br-int", MB_PORT, "--", "set", "interface",
+                   MB_PORT, "type=internal",
+                   "external_ids:%s=%s" % pipeline.MIDDLEBOX_ROLE)
+        run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % MB_PORT], netns=ns)
+        run(["ip", "link", "set", MB_PORT, "up"], netns=ns)
         # The host registers itself in the config database, as a host agent
         # does at boot: from its own OVSDB's external_ids.
         run([sys.executable, "-m", "ovsdb.hostreg", "--local-db",
              self.host_db(host), "--db", self.nb_remote], netns=ns)
+        self.mbxd_start(host)
         self._save()
+
+    # ----------------------------------------------------------------- mbxd
+    def mbxd_start(self, host, extra_args=()):
+        """Start the host's middlebox daemon (it reaches the config DB over
+        the management network, like a real host)."""
+        hdir = self.host_dir(host)
+        logf = os.path.join(hdir, "mbxd.log")
+        cmd = ["ip", "netns", "exec", self.host_ns(host), sys.executable, "-m",
+               "middlebox.main", "--host", host,
+               "--db", "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT),
+               "--bridge", "br-int", "--port", MB_PORT,
+               "--log-file", logf] + list(extra_args)
+        env = dict(os.environ, OVS_RUNDIR=hdir)
+        with open(logf + ".out", "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        self._record_pid("%s/mbxd" % host, proc.pid)
+        return proc.pid
+
+    def mbxd_stop(self, host, sig=signal.SIGTERM):
+        """End the host's mbxd (SIGKILL: as if it crashed)."""
+        pid = self.state["pids"].pop("%s/mbxd" % host, None)
+        self._save()
+        if pid is None:
+            return
+        if sig == signal.SIGKILL:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            wait_until(lambda: not pid_alive(pid), 10, what="mbxd %d to die" % pid)
+        else:
+            stop_pid(pid)
+
+    def mbxd_appctl(self, host, *args, check=True):
+        """``ovs-appctl -t mbxd ARGS`` on ``host``; returns its output."""
+        env = dict(os.environ, OVS_RUNDIR=self.host_dir(host))
+        proc = subprocess.run(["ovs-appctl", "--timeout=10", "-t", "mbxd"] + list(args),
+                              capture_output=True, text=True, env=env)
+        if check and proc.returncode != 0:
+            raise LabError("ovs-appctl -t mbxd %s on %s: %s"
+                           % (" ".join(args), host, proc.stderr.strip()))
+        return proc.stdout
 
     def _hosts_connected(self, hosts):
         snap = self.nb().snapshot()

@@ -10,6 +10,7 @@ import re
 from typing import Iterable, Mapping
 
 from ovsdb.errors import MbxError
+from ovsdb.match import parse_match, parse_network
 from ryu_apps.model import SwitchInfo, VMInfo
 
 MAX_NAME_LEN = 64
@@ -173,3 +174,236 @@ def check_vm(vm: VMInfo, switches: Mapping[str, SwitchInfo],
             continue
         raise MbxError(f"{label}: {clash} is already used by VM "
                        f"'{other.name}' on logical switch '{vm.switch}'")
+
+
+# --- middleboxes, firewall rules, address sets, steering policies ------------
+
+MIDDLEBOX_TYPES = ("firewall",)
+ACTIONS = ("allow", "deny", "reject")
+DIRECTIONS = ("from-vm", "to-vm")
+TIERS = ("provider", "tenant")
+MAX_RULE_PRIORITY = 32767
+MAX_STEER_PRIORITY = 30000
+MAX_SLICE_TAG = 4094
+MAX_TIMEOUT = 65535
+TIMEOUT_OPTIONS = ("timeout-tcp-syn", "timeout-tcp-established",
+                   "timeout-tcp-closing", "timeout-udp", "timeout-udp-replied",
+                   "timeout-icmp", "timeout-denied")
+# Middlebox options: key -> accepted values (None: seconds, 1..MAX_TIMEOUT).
+MIDDLEBOX_OPTIONS = {
+    "check": ("offload", "every-packet"),
+    "same-host": ("both", "source", "destination"),
+    "tier-order": ("provider-first", "tenant-first"),
+    **{key: None for key in TIMEOUT_OPTIONS},
+}
+
+
+def _one_of(allowed):
+    """'a, b or c'"""
+    if len(allowed) == 1:
+        return allowed[0]
+    return ", ".join(allowed[:-1]) + " or " + allowed[-1]
+
+
+def _choice(value, allowed, what):
+    if not isinstance(value, str) or value not in allowed:
+        raise MbxError(f"invalid {what} {value!r}: use " + _one_of(allowed))
+    return value
+
+
+def middlebox_type(value):
+    return _choice(value, MIDDLEBOX_TYPES, "middlebox type")
+
+
+def action(value, what="action"):
+    """allow, deny or reject (a rule's action or a default action)."""
+    return _choice(value, ACTIONS, what)
+
+
+def direction(value):
+    return _choice(value, DIRECTIONS, "direction")
+
+
+def tier(value):
+    return _choice(value, TIERS, "tier")
+
+
+def _integer(value):
+    """An int from an int or a decimal string, else None (bools are not)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def priority(value, maximum=MAX_RULE_PRIORITY, what="priority"):
+    """A priority 0..maximum (int or decimal str)."""
+    number = _integer(value)
+    if number is None or not 0 <= number <= maximum:
+        raise MbxError(f"invalid {what} {value!r}: use an integer from 0 to "
+                       f"{maximum}")
+    return number
+
+
+def rule_priority(value):
+    return priority(value, MAX_RULE_PRIORITY, "rule priority")
+
+
+def steer_priority(value):
+    return priority(value, MAX_STEER_PRIORITY, "steering priority")
+
+
+def slice_tag(value):
+    number = _integer(value)
+    if number is None or not 1 <= number <= MAX_SLICE_TAG:
+        raise MbxError(f"invalid slice tag {value!r}: use an integer from 1 "
+                       f"to {MAX_SLICE_TAG}")
+    return number
+
+
+def middlebox_option(key, value):
+    """One middlebox option; returns its value in canonical (string) form."""
+    if key not in MIDDLEBOX_OPTIONS:
+        raise MbxError(f"unknown middlebox option {key!r}; known options: "
+                       + ", ".join(MIDDLEBOX_OPTIONS))
+    allowed = MIDDLEBOX_OPTIONS[key]
+    if allowed is not None:
+        if not isinstance(value, str) or value not in allowed:
+            raise MbxError(f"invalid value {value!r} for option {key}: use "
+                           + _one_of(allowed))
+        return value
+    seconds = _integer(value)
+    if seconds is None or not 1 <= seconds <= MAX_TIMEOUT:
+        raise MbxError(f"invalid value {value!r} for option {key}: use a "
+                       f"number of seconds from 1 to {MAX_TIMEOUT}")
+    return str(seconds)
+
+
+def middlebox_options(options):
+    """A mapping of middlebox options, returned as a plain dict of strings."""
+    if not isinstance(options, Mapping):
+        raise MbxError(f"invalid middlebox options {options!r}: use a "
+                       "mapping of KEY: VALUE")
+    checked = {key: middlebox_option(key, value)
+               for key, value in options.items()}
+    return dict(sorted(checked.items()))
+
+
+def match(text):
+    """A firewall or steering match (``ovsdb.match``); the parsed Match."""
+    return parse_match(text)
+
+
+def address(value):
+    """One address set member, in canonical form: "10.0.0.1" for a /32,
+    "10.0.0.0/24" otherwise."""
+    if not isinstance(value, str):
+        raise MbxError(f"bad address {value!r}: expected an IPv4 address or "
+                       "CIDR, e.g. 10.0.0.0/24")
+    network = parse_network(value)
+    if network.prefixlen == 32:
+        return str(network.network_address)
+    return str(network)
+
+
+def addresses(values):
+    """Address set members: canonical, without duplicates, sorted by
+    address then prefix length."""
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise MbxError(f"bad addresses {values!r}: expected a list of IPv4 "
+                       "addresses or CIDRs")
+    canonical = {address(v) for v in values}
+    return tuple(sorted(canonical, key=lambda a: (
+        int(ipaddress.IPv4Network(a).network_address),
+        ipaddress.IPv4Network(a).prefixlen)))
+
+
+def _prefix(label):
+    return f"{label}: " if label else ""
+
+
+def check_address_sets(parsed, tenant_name, address_sets, owner, label=None):
+    """Every address set ``parsed`` (a Match) names exists in
+    ``address_sets`` (name -> AddressSetInfo) and belongs to ``tenant_name``;
+    ``owner`` (e.g. "logical switch 'ls-a'") says whose tenant that is."""
+    for set_name in sorted(parsed.address_sets):
+        found = address_sets.get(set_name)
+        if found is None:
+            raise MbxError(_prefix(label) + f'unknown address set '
+                           f'"{set_name}"; create it first (as-add)')
+        if found.tenant != tenant_name:
+            raise MbxError(_prefix(label) + f'address set "{set_name}" '
+                           f"belongs to tenant '{found.tenant}', not to "
+                           f"tenant '{tenant_name}' of {owner}")
+
+
+def describe_rule(rule):
+    return (f"{rule.tier} {rule.direction} rule at priority {rule.priority} "
+            f"({rule.match} -> {rule.action})")
+
+
+def check_middlebox(mb, switches: Mapping[str, SwitchInfo], label=None):
+    """``mb`` (a MiddleboxInfo) serves a logical switch that exists."""
+    if mb.switch not in switches:
+        raise MbxError(_prefix(label) + f"middlebox '{mb.name}': unknown "
+                       f"logical switch '{mb.switch}'; create it first")
+
+
+def check_rule(mb, rule, rules, switches: Mapping[str, SwitchInfo],
+               address_sets, label=None):
+    """``rule`` fits middlebox ``mb``: the address sets its match names
+    exist and belong to the tenant of ``mb``'s switch, and no other rule of
+    ``rules`` (``mb``'s other rules) has its tier, direction and priority."""
+    check_middlebox(mb, switches, label)
+    sw = switches[mb.switch]
+    check_address_sets(parse_match(rule.match), sw.tenant, address_sets,
+                       f"middlebox '{mb.name}'", label)
+    for other in rules:
+        if other is rule:
+            continue
+        if (other.tier, other.direction, other.priority) == (
+                rule.tier, rule.direction, rule.priority):
+            raise MbxError(_prefix(label) + f"middlebox '{mb.name}' already "
+                           f"has a {describe_rule(other)}; choose another "
+                           "priority")
+
+
+def describe_policy(policy):
+    return (f"steering policy at priority {policy.priority} ({policy.match} "
+            f"-> {policy.middlebox or 'bypass'})")
+
+
+def check_policy(policy, policies, switches: Mapping[str, SwitchInfo],
+                 middleboxes, address_sets, label=None):
+    """``policy`` (a PolicyInfo) fits: its switch exists, the address sets
+    its match names belong to the switch's tenant, its middlebox (if any)
+    exists and serves the switch, and no other policy of ``policies`` on
+    that switch has its priority."""
+    sw = switches.get(policy.switch)
+    if sw is None:
+        raise MbxError(_prefix(label) + f"unknown logical switch "
+                       f"'{policy.switch}'; create it first")
+    check_address_sets(parse_match(policy.match), sw.tenant, address_sets,
+                       f"logical switch '{sw.name}'", label)
+    if policy.middlebox is not None:
+        mb = middleboxes.get(policy.middlebox)
+        if mb is None:
+            raise MbxError(_prefix(label) + f"unknown middlebox "
+                           f"'{policy.middlebox}'; create it first (mb-add) "
+                           "or use bypass")
+        if mb.switch != policy.switch:
+            raise MbxError(_prefix(label) + f"middlebox '{mb.name}' serves "
+                           f"logical switch '{mb.switch}', not "
+                           f"'{policy.switch}'; a steering policy can only "
+                           "use a middlebox of its own switch")
+    for other in policies:
+        if other is policy or other.switch != policy.switch:
+            continue
+        if other.priority == policy.priority:
+            raise MbxError(_prefix(label) + f"logical switch "
+                           f"'{policy.switch}' already has a "
+                           f"{describe_policy(other)}; choose another "
+                           "priority")

@@ -21,6 +21,7 @@ a new ``VM.location_epoch`` once every connected host has applied the round in
 which that location was first programmed.
 """
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -29,6 +30,7 @@ from typing import Dict, Optional, Tuple
 
 from ryu_apps import flows as flowlib
 from ryu_apps import reconcile
+from ryu_apps import slices as slicelib
 from ryu_apps.model import HostInfo, PortBinding, Topology
 
 LOG = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class HostPorts:
     """What a host's own OVSDB says about its br-int."""
     datapath_id: Optional[int] = None
     tunnel_ofport: Optional[int] = None
+    mb_ofport: Optional[int] = None     # the middlebox port (external_ids:mbx-role=middlebox)
     vm_ports: Dict[str, Tuple[int, str]] = field(default_factory=dict)  # iface-id -> (ofport, attached-mac)
 
 
@@ -71,6 +74,7 @@ class Engine:
         self._round_cfg: Dict[int, int] = {0: 0}
         self._written: Dict[Tuple, object] = {}
         self._xid = 0x4d420000
+        self._slices: Dict[Tuple[str, str], int] = {}   # (middlebox, host) -> tag
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
@@ -158,7 +162,8 @@ class Engine:
             ports = self.host_ports.get(name, HostPorts())
             hosts[name] = HostInfo(name=name, encap_ip=rec.encap_ip,
                                    encap_type=rec.encap_type,
-                                   tunnel_ofport=ports.tunnel_ofport)
+                                   tunnel_ofport=ports.tunnel_ofport,
+                                   mb_ofport=ports.mb_ofport)
         bindings = {}
         for (vm, host), (seq, ofport) in sorted(self._appearances.items(),
                                                 key=lambda kv: kv[1][0]):
@@ -168,8 +173,14 @@ class Engine:
             if info is None or (mac and mac.lower() != info.mac):
                 continue
             bindings[vm] = PortBinding(vm=vm, host=host, ofport=ofport)
-        return Topology(hosts=hosts, switches=dict(snap.switches),
-                        vms=dict(snap.vms), bindings=bindings)
+        topo = Topology(hosts=hosts, switches=dict(snap.switches),
+                        vms=dict(snap.vms), bindings=bindings,
+                        middleboxes=dict(snap.middleboxes), policies=tuple(snap.policies),
+                        address_sets=dict(snap.address_sets))
+        existing = dict(snap.slices)
+        existing.update(self._slices)
+        self._slices = slicelib.allocate(slicelib.needed_slices(topo), existing)
+        return dataclasses.replace(topo, slices=dict(self._slices))
 
     def _current_seq(self, vm, binding):
         return self._appearances[(vm, binding.host)][0]
@@ -246,6 +257,10 @@ class Engine:
             self._write(("hv_cfg",), hv_cfg,
                         lambda: self._nb.set_hv_cfg(hv_cfg).execute(check_error=True))
         self._publish_locations(topo, live)
+        if self._all_hosts_reported() and dict(topo.slices) != dict(snap.slices):
+            self._write(("slices",), tuple(sorted(topo.slices.items())),
+                        lambda: self._nb.set_slices(dict(topo.slices)).execute(
+                            check_error=True))
         low = min((sw.applied_round for sw in live), default=self._round)
         for rnd in [r for r in self._round_cfg if r < low]:
             del self._round_cfg[rnd]

@@ -1,5 +1,5 @@
-"""Watch one host's own OVSDB: br-int's datapath id, its tunnel port, and the
-VM ports (Interface rows with ``external_ids:iface-id``) appearing and
+"""Watch one host's own OVSDB: br-int's datapath id, its tunnel port, its
+middlebox port, and the VM ports (Interface rows with ``external_ids:iface-id``) appearing and
 disappearing.  Each change is reported as a ``HostPorts`` value.
 
 An Interface row is created with an empty ``ofport`` and filled in by
@@ -14,6 +14,7 @@ import threading
 import ovs.poller
 from ovs.db import idl
 
+from ryu_apps import pipeline as P
 from ryu_apps.engine import HostPorts
 
 LOG = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def host_ports_from_rows(bridges, interfaces, bridge=BRIDGE):
             dpid = int(raw, 16) if raw else None
             members = {i.name for p in br.ports for i in p.interfaces}
     tunnel = None
+    mb_port = None
     vms = {}
     for iface in interfaces:
         if members is None or iface.name not in members:
@@ -49,10 +51,15 @@ def host_ports_from_rows(bridges, interfaces, bridge=BRIDGE):
         if iface.type in TUNNEL_TYPES:
             tunnel = ofport
             continue
+        role_key, role = P.MIDDLEBOX_ROLE
+        if iface.external_ids.get(role_key) == role:
+            mb_port = ofport
+            continue
         vm = iface.external_ids.get("iface-id")
         if vm:
             vms[vm] = (ofport, iface.external_ids.get("attached-mac", "").lower())
-    return HostPorts(datapath_id=dpid, tunnel_ofport=tunnel, vm_ports=vms)
+    return HostPorts(datapath_id=dpid, tunnel_ofport=tunnel, mb_ofport=mb_port,
+                     vm_ports=vms)
 
 
 class HostWatcher:

@@ -10,7 +10,7 @@ sources and hands it over:
 """
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class HostInfo:
     encap_ip: str                   # underlay tunnel endpoint, e.g. "10.200.0.11"
     encap_type: str = "vxlan"       # "vxlan" or "geneve"
     tunnel_ofport: Optional[int] = None   # OpenFlow port of the host's tunnel port, once known
+    mb_ofport: Optional[int] = None       # OpenFlow port of the host's middlebox port, once known
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class Topology:
     switches: Mapping[str, SwitchInfo] = field(default_factory=dict)
     vms: Mapping[str, VMInfo] = field(default_factory=dict)
     bindings: Mapping[str, PortBinding] = field(default_factory=dict)  # by VM name
+    middleboxes: Mapping[str, "MiddleboxInfo"] = field(default_factory=dict)
+    policies: Tuple["PolicyInfo", ...] = ()
+    address_sets: Mapping[str, "AddressSetInfo"] = field(default_factory=dict)
+    slices: Mapping[Tuple[str, str], int] = field(default_factory=dict)  # (middlebox, host) -> tag
 
     def local_vms(self, host):
         """(VMInfo, PortBinding) pairs of VMs bound to ``host`` whose config is known."""

@@ -27,6 +27,7 @@ The two CACHE tables are shared with the middlebox daemon: the controller
 owns their miss and FIN/RST flows (cookie ``COOKIE``), the daemon owns the
 per-connection entries (cookie ``DAEMON_COOKIE``).  Neither reads back or
 deletes flows with the other's cookie.
+"""
 
 from dataclasses import dataclass
 from typing import FrozenSet, Tuple
@@ -66,6 +67,7 @@ MIDDLEBOX_ROLE = ("mbx-role", "middlebox")
 STAGE_FROM_VM = 0          # PCP: checked on the way out of the sending VM
 STAGE_TO_VM = 1            # PCP: checked on the way into the receiving VM
 MAX_SLICE_TAG = 4094
+OFPP_IN_PORT = 0xFFFFFFF8  # output back out of the ingress port
 VLAN_PRESENT = 0x1000      # OFPVID_PRESENT
 
 # Priorities, highest wins within a table.
@@ -82,7 +84,8 @@ PRIO_STEER_MULTICAST = 65000  # FROM_VM_STEERING: broadcast/multicast never stee
 PRIO_STEER_DEFAULT = 0      # STEERING: not selected -> go on (table-miss)
 PRIO_CACHE_FLAGS = 65000    # CACHE: FIN/RST always to the daemon (controller)
 PRIO_CACHE_ENTRY = 100      # CACHE: per-connection entries (daemon)
-PRIO_CACHE_MISS = 1         # CACHE: not cached -> to the daemon (controller)
+PRIO_CACHE_MISS = 1         # CACHE: not cached -> to the daemon (controller);
+                            # +1 for packets that came back from the daemon
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,8 @@ FROM_VM_CACHE = Table(
     "FROM_VM_CACHE", 11,
     "Connections the daemon decided (its flows) go on to L2_LOOKUP or are "
     "dropped; everything else, and every FIN and RST, goes to the daemon.",
-    frozenset({REG_SLICE, "eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "tcp_src",
-               "tcp_dst", "udp_src", "udp_dst", "tcp_flags"}),
+    frozenset({REG_SLICE, "in_port", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst",
+               "tcp_src", "tcp_dst", "udp_src", "udp_dst", "tcp_flags"}),
     ("L2_LOOKUP",))
 L2_LOOKUP = Table(
     "L2_LOOKUP", 20,

@@ -18,6 +18,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Tuple
 
+OFPP_IN_PORT = 0xFFFFFFF8
+
 # Pipeline-internal state: never visible on an output packet.
 _INTERNAL = {"metadata"} | {f"reg{i}" for i in range(8)}
 
@@ -94,7 +96,10 @@ class FakeOFTable:
 def _act(action, state, outputs, include_ingress):
     kind = action[0]
     if kind == "output":
-        if action[1] != state.get("in_port") or include_ingress:
+        if action[1] == OFPP_IN_PORT:
+            outputs.append(Output(state["in_port"], tuple(sorted(
+                (k, v) for k, v in state.items() if k not in _INTERNAL))))
+        elif action[1] != state.get("in_port") or include_ingress:
             visible = {k: v for k, v in state.items() if k not in _INTERNAL}
             outputs.append(Output(action[1], tuple(sorted(visible.items()))))
     elif kind == "set_field":
@@ -103,6 +108,7 @@ def _act(action, state, outputs, include_ingress):
         state["vlan_vid"] = 0x1000          # tag present, VLAN id 0
     elif kind == "pop_vlan":
         state.pop("vlan_vid", None)
+        state.pop("vlan_pcp", None)
     else:
         raise AssertionError(f"unknown action {action}")
 

@@ -50,8 +50,8 @@ class FakeNb:
     def snapshot(self):
         self.dirty = False
         s = self.snap
-        return NbSnapshot(s.nb_cfg, s.hv_cfg, dict(s.hosts), dict(s.switches),
-                          dict(s.vms), dict(s.vm_locations))
+        return dataclasses.replace(s, hosts=dict(s.hosts), switches=dict(s.switches),
+                                   vms=dict(s.vms), vm_locations=dict(s.vm_locations))
 
     def set_host_status(self, name, nb_cfg=None, connected=None, datapath_id=None):
         cols = {k: v for k, v in (("nb_cfg", nb_cfg), ("connected", connected),
@@ -64,6 +64,9 @@ class FakeNb:
     def set_hv_cfg(self, value):
         return FakeCommand(self, ("hv_cfg", value))
 
+    def set_slices(self, slices):
+        return FakeCommand(self, ("slices", dict(slices)))
+
     def apply(self, write):
         self.writes.append(write)
         s = self.snap
@@ -73,6 +76,8 @@ class FakeNb:
         elif write[0] == "vm":
             _, vm, host, epoch = write
             s.vm_locations[vm] = (host, epoch)
+        elif write[0] == "slices":
+            self.snap = dataclasses.replace(s, slices=write[1])
         else:
             self.snap = dataclasses.replace(s, hv_cfg=write[1])
         self.dirty = True

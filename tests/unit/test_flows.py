@@ -171,8 +171,12 @@ def test_host_missing_from_topology_gets_local_flows_only():
 def test_host_without_vms_drops_everything():
     topo = two_tenants()
     flows = compute_host_flows(topo, "h9")
-    assert [(f.table, f.priority, f.match, f.instructions) for f in flows] == \
-        [(t.table_id, pipeline.PRIO_DROP, (), ()) for t in pipeline.TABLES]
+    assert all(f.match == () or f.table == pipeline.FROM_VM_STEERING.table_id for f in flows)
+    sw = FakeOFTable(flows)
+    for src in ("a1", "b1", "a3"):
+        for dst in (BROADCAST, MAC["a2"]):
+            assert sw.lookup(from_vm(src, dst)) == []
+    assert sw.lookup(from_tunnel("h1", VNI_A, MAC["a1"])) == []
 
 
 def test_vm_of_unknown_switch_is_ignored():
@@ -211,9 +215,12 @@ def test_flows_fit_the_pipeline_and_are_unique(host):
     for flow in flows:
         pipeline.check_flow(flow)
     assert len({f.key for f in flows}) == len(flows)
+    steering = {pipeline.FROM_VM_STEERING: pipeline.L2_LOOKUP,
+                pipeline.TO_VM_STEERING: pipeline.LOCAL_DELIVERY}
     for table in pipeline.TABLES:
+        miss = (("goto", steering[table].table_id),) if table in steering else ()
         assert any(f.table == table.table_id and f.priority == pipeline.PRIO_DROP
-                   and f.match == () and f.instructions == () for f in flows)
+                   and f.match == () and f.instructions == miss for f in flows)
 
 
 def test_output_is_deterministic_and_independent_of_input_order():

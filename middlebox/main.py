@@ -1,0 +1,250 @@
+"""mbxd: the per-host middlebox daemon.
+
+    mbxd --host NAME --db ADDR --bridge br-int [--port mbx-mb]
+
+One thread runs one poll loop (as ovs-vswitchd's Python helpers do) over:
+
+* the config DB, through a conditional monitor that holds only this host's
+  slices and what they need (``middlebox.confmon``);
+* the middlebox port, where slice-tagged frames arrive (``middlebox.packetio``);
+* an OpenFlow 1.3 connection to the bridge's management socket, for the
+  per-connection cache flows, their flow-removed messages and flow stats
+  (``middlebox.ofconn``);
+* the unixctl server behind ``ovs-appctl -t mbxd`` (``middlebox.appctl``).
+
+All decisions are made by ``middlebox.core.MiddleboxCore``; this module only
+moves bytes and messages between it and the world.  Connection state is
+saved to a state file (at most once a second, when it changed) so that a
+restarted daemon, together with the cache flows still in the datapath,
+carries on with every established connection.
+"""
+
+import argparse
+import errno
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import ovsdb  # noqa: F401  (quiets python-ovs' optional eventlet import)
+import ovs.daemon
+import ovs.poller
+import ovs.unixctl
+import ovs.unixctl.server
+import ovs.util
+
+from middlebox import appctl, metrics
+from middlebox.confmon import ConfigMonitor
+from middlebox.core import MiddleboxCore
+from middlebox.ofconn import OfConn
+from middlebox.packetio import PacketPort
+from ovsdb.errors import MbxError
+from ryu_apps import pipeline as P
+
+LOG = logging.getLogger("mbxd")
+PROGRAM = "mbxd"
+BATCH = 64                  # frames read per wake-up, at most
+MAX_BATCHES = 16            # wake-ups' worth of frames handled before other work
+STATS_INTERVAL = 2.0        # seconds between flow-stats polls of the cache flows
+EXPIRE_INTERVAL = 1.0
+SAVE_INTERVAL = 1.0
+
+
+def parse_args(argv):
+    rundir = os.environ.get("OVS_RUNDIR", "/var/run/openvswitch")
+    p = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", required=True, help="this host's name (its Host row)")
+    p.add_argument("--db", required=True, help="config DB remote, e.g. tcp:10.201.0.1:6641")
+    p.add_argument("--bridge", default="br-int")
+    p.add_argument("--port", default=P.MIDDLEBOX_PORT, help="the middlebox port's interface")
+    p.add_argument("--ofp", help="OpenFlow target (default unix:RUNDIR/BRIDGE.mgmt)")
+    p.add_argument("--rundir", default=rundir, help="pidfile, unixctl socket, state file")
+    p.add_argument("--state-file", help="default RUNDIR/mbxd.state.json")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics over HTTP here")
+    p.add_argument("--log-file")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    args.ofp = args.ofp or "unix:%s/%s.mgmt" % (args.rundir, args.bridge)
+    args.state_file = args.state_file or os.path.join(args.rundir, "mbxd.state.json")
+    if args.metrics:
+        addr, _, port = args.metrics.rpartition(":")
+        if not addr or not port.isdigit():
+            p.error("--metrics wants ADDR:PORT, got %r" % args.metrics)
+        args.metrics = (addr, int(port))
+    return args
+
+
+class Daemon:
+    def __init__(self, args):
+        self.args = args
+        self.core = MiddleboxCore(args.host)
+        self.conf = ConfigMonitor(args.db, args.host)
+        self.of = None
+        self.port = None
+        self.exiting = False
+        self.dirty = False
+        self._next = {"stats": 0.0, "expire": 0.0, "save": 0.0}
+        self.restored = False
+
+    # ------------------------------------------------------------ start
+    def start(self):
+        self.of = self._connect_openflow()
+        self.port = PacketPort(self.args.port)
+
+    def _connect_openflow(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while True:
+            of = OfConn(self.args.ofp)
+            try:
+                of.connect()
+            except MbxError as err:
+                if time.monotonic() > deadline:
+                    raise
+                LOG.info("waiting for %s: %s", self.args.ofp, err)
+                time.sleep(0.5)
+                continue
+            of.on_flow_removed = self._flow_removed
+            of.on_flow_stats = self._flow_stats
+            return of
+
+    def restore(self, now):
+        """Rebuild connection state from the state file and the cache flows
+        still in the datapath (a restart after a crash or an upgrade)."""
+        saved = {}
+        try:
+            with open(self.args.state_file) as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as err:
+            LOG.warning("state file %s unreadable, rebuilding from the datapath "
+                        "alone: %s", self.args.state_file, err)
+        flows = [f for f, _, _ in self.of.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK)]
+        self.core.import_state(saved, flows, now)
+        n = self.core.conn_count()["total"]
+        LOG.info("restored %d connections (%d cache flows in the datapath)", n, len(flows))
+        self.restored = True
+
+    # ------------------------------------------------------------ events
+    def _flow_removed(self, cookie, packet_count, byte_count, *_rest):
+        if cookie & P.COOKIE_MASK == P.DAEMON_COOKIE:
+            self.core.flow_removed(cookie, packet_count, byte_count, time.time())
+            self.dirty = True
+
+    def _flow_stats(self, stats):
+        self.core.flow_stats(stats, time.time())
+        self.dirty = True
+
+    def _apply(self, add, delete):
+        if add or delete:
+            self.of.send_flows(add, delete)
+            self.dirty = True
+
+    def _packets(self, now):
+        for _ in range(MAX_BATCHES):
+            frames = self.port.recv_batch(BATCH)
+            if not frames:
+                return
+            add, delete = [], []
+            for frame, tci in frames:
+                res = self.core.handle_frame(frame, tci if tci is not None else 0, now)
+                for out, out_tci in res.out:
+                    self.port.send(out, out_tci)
+                add.extend(res.add)
+                delete.extend(res.delete)
+            self._apply(add, delete)
+
+    def _timers(self, now):
+        mono = time.monotonic()
+        if mono >= self._next["stats"]:
+            self._next["stats"] = mono + STATS_INTERVAL
+            self.of.request_flow_stats(P.DAEMON_COOKIE, P.COOKIE_MASK)
+        if mono >= self._next["expire"]:
+            self._next["expire"] = mono + EXPIRE_INTERVAL
+            self._apply([], self.core.expire(now))
+        if self.dirty and mono >= self._next["save"]:
+            self._next["save"] = mono + SAVE_INTERVAL
+            self.save_state()
+
+    def save_state(self):
+        tmp = self.args.state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.core.export_state(), f, separators=(",", ":"))
+        os.replace(tmp, self.args.state_file)
+        self.dirty = False
+
+    # -------------------------------------------------------------- loop
+    def run(self, server):
+        wait_until = time.monotonic() + 5
+        while not self.exiting:
+            now = time.time()
+            if self.conf.run():
+                changes = self.core.configure(self.conf.config(), now)
+                self._apply(changes.add, changes.delete)
+            if not self.restored and (self.conf.synced() or time.monotonic() > wait_until):
+                # Restore once the slices are known, so entries find their slice.
+                self.restore(now)
+            self.of.run()
+            if self.restored:
+                self._packets(now)
+            self._timers(now)
+            server.run()
+            metrics.publish(self.core)
+            poller = ovs.poller.Poller()
+            self.conf.wait(poller)
+            self.of.wait(poller)
+            if self.restored:
+                poller.fd_wait(self.port.fileno(), ovs.poller.POLLIN)
+            server.wait(poller)
+            poller.timer_wait(200)
+            poller.block()
+        self.save_state()
+
+
+def _setup_logging(args):
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if args.log_file:
+        handlers.append(logging.FileHandler(args.log_file))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=handlers)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    _setup_logging(args)
+    ovs.util.PROGRAM_NAME = PROGRAM
+    os.makedirs(args.rundir, exist_ok=True)
+    ovs.daemon.set_pidfile(os.path.join(args.rundir, PROGRAM + ".pid"))
+    ovs.daemon.ignore_existing_pidfile()
+    ovs.daemon.daemonize_start()
+    daemon = Daemon(args)
+    ctl_path = os.path.join(args.rundir, "%s.%d.ctl" % (PROGRAM, os.getpid()))
+    err, server = ovs.unixctl.server.UnixctlServer.create(ctl_path)
+    if err:
+        LOG.error("cannot create unixctl server at %s: %s", ctl_path, os.strerror(err))
+        return 1
+    appctl.register(daemon)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(daemon, "exiting", True))
+    try:
+        daemon.start()
+    except MbxError as err:
+        LOG.error("%s", err)
+        return 1
+    if args.metrics:
+        metrics.serve(args.metrics)
+    ovs.daemon.daemonize_complete()
+    LOG.info("mbxd for host %s started (db %s, bridge %s, port %s)",
+             args.host, args.db, args.bridge, args.port)
+    try:
+        daemon.run(server)
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""mbxd's OpenFlow 1.3 connection to its bridge's management socket.
+
+``OfConn("unix:RUNDIR/br-int.mgmt")`` is a *service* connection: ovs-vswitchd
+accepts it alongside the real controller, gives it the EQUAL role and never
+sends it asynchronous messages unless its ``miss_send_len`` is nonzero.  The
+handshake therefore sets ``miss_send_len`` (OFPT_SET_CONFIG) and then narrows
+the asynchronous messages to FLOW_REMOVED only (OFPT_SET_ASYNC: no
+packet-ins, no port-status), so the daemon hears about its expired cache
+entries and nothing else.
+
+A thin, non-blocking shell for the daemon's poll loop::
+
+    conn = OfConn(target, on_flow_removed=..., on_flow_stats=..., ...)
+    conn.connect()                  # blocking handshake, raises OfConnError
+    loop:
+        conn.wait(poller); poller.block(); conn.run()   # run() raises OfConnError on drop
+
+Every message is built and read with os-ken's OpenFlow 1.3 parser through
+``ryu_apps.ofmsg`` (the same Flow conventions as the controller), so a cache
+entry installed here and read back from a flow-stats reply compares equal to
+the ``Flow`` the daemon computed.
+"""
+
+import dataclasses
+import errno
+import logging
+import select
+import socket
+import struct
+import time
+import types
+
+from os_ken.ofproto import ofproto_parser
+from os_ken.ofproto import ofproto_protocol
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from ryu_apps import ofmsg
+
+LOG = logging.getLogger(__name__)
+
+OF13 = ofp.OFP_VERSION                  # 0x04
+MISS_SEND_LEN = 0xFFFF
+_HEADER = struct.Struct("!BBHI")        # version, type, length, xid
+_HELLO_ELEM_VERSIONBITMAP = 1
+_ALL_FLOW_REMOVED = ((1 << ofp.OFPRR_IDLE_TIMEOUT) | (1 << ofp.OFPRR_HARD_TIMEOUT)
+                     | (1 << ofp.OFPRR_DELETE) | (1 << ofp.OFPRR_GROUP_DELETE))
+_RECV_SIZE = 65536
+_MAX_RECVS_PER_RUN = 64                 # at most 4 MiB read per run()
+_MAX_SENDS_PER_FLUSH = 64
+
+
+class OfConnError(ConnectionError):
+    """The connection could not be made or was lost; the message is one line."""
+
+
+def _version_name(version):
+    return "1.%d" % (version - 1) if 1 <= version <= 6 else "0x%02x" % version
+
+
+class OfConn:
+    """A non-blocking OpenFlow 1.3 client for ``unix:PATH`` (or ``tcp:IP:PORT``).
+
+    Callbacks (constructor keywords or attributes; None: ignore the event):
+
+    * ``on_flow_removed(cookie, table_id, priority, match_flow, reason,
+      packet_count, byte_count, duration_sec)``; ``match_flow`` is a ``Flow``
+      (ofmsg conventions) with the removed entry's table, priority, match,
+      cookie and timeouts, and no instructions.
+    * ``on_flow_stats(xid, entries)``: once per ``request_flow_stats`` xid, after
+      the last part of a multipart reply; ``entries`` is a list of
+      ``(Flow, packet_count, byte_count, duration_sec)``.
+    * ``on_barrier(xid)``: a BARRIER_REPLY.
+    * ``on_error(xid, type, code)``: an OFPT_ERROR (also logged, one line).
+    """
+
+    def __init__(self, target, on_flow_removed=None, on_flow_stats=None,
+                 on_barrier=None, on_error=None):
+        self.target = target
+        self.on_flow_removed = on_flow_removed
+        self.on_flow_stats = on_flow_stats
+        self.on_barrier = on_barrier
+        self.on_error = on_error
+        self.dp = ofproto_protocol.ProtocolDesc(OF13)
+        self.sock = None
+        self._inbuf = bytearray()
+        self._outbuf = bytearray()
+        self._xid = 0
+        self._stats_parts = {}          # xid -> entries so far (request pending)
+        # Counters (for metrics).
+        self.flow_mods_sent = 0
+        self.bytes_sent = 0
+        self.messages_received = 0
+        self.errors_received = 0
+
+    # ------------------------------------------------------------ connection
+    def connect(self, timeout=5.0):
+        """Connect and handshake (HELLO, SET_CONFIG, SET_ASYNC, barrier),
+        blocking at most ``timeout`` seconds.  Raises ``OfConnError``."""
+        self.close()
+        deadline = time.monotonic() + timeout
+        sock = self._open_socket(timeout)
+        self.sock = sock
+        self._inbuf.clear()
+        self._outbuf.clear()
+        self._stats_parts.clear()
+        try:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.sendall(_HEADER.pack(OF13, ofp.OFPT_HELLO, _HEADER.size, self._next_xid()))
+            version, msg_type, body = self._recv_blocking(deadline)
+            if msg_type == ofp.OFPT_ERROR:
+                raise OfConnError("%s: switch refused the connection (error %s)"
+                                  % (self.target, self._error_text(body)))
+            if msg_type != ofp.OFPT_HELLO:
+                raise OfConnError("%s: expected HELLO, got message type %d"
+                                  % (self.target, msg_type))
+            offered = self._hello_versions(version, body)
+            if OF13 not in offered:
+                raise OfConnError(
+                    "%s: switch does not speak OpenFlow 1.3 (it offers %s; set the "
+                    "bridge's protocols to include OpenFlow13)"
+                    % (self.target, ", ".join(_version_name(v) for v in sorted(offered))))
+            set_config = self.dp.ofproto_parser.OFPSetConfig(
+                self.dp, ofp.OFPC_FRAG_NORMAL, MISS_SEND_LEN)
+            set_async = self.dp.ofproto_parser.OFPSetAsync(
+                self.dp, [0, 0], [0, 0], [_ALL_FLOW_REMOVED, _ALL_FLOW_REMOVED])
+            barrier = self.dp.ofproto_parser.OFPBarrierRequest(self.dp)
+            barrier_xid = None
+            out = b""
+            for msg in (set_config, set_async, barrier):
+                xid = self._next_xid()
+                barrier_xid = xid
+                out += self._serialize(msg, xid)
+            sock.sendall(out)
+            while True:
+                version, msg_type, body = self._recv_blocking(deadline)
+                xid = _HEADER.unpack_from(body)[3]
+                if msg_type == ofp.OFPT_ERROR:
+                    raise OfConnError("%s: handshake failed (error %s)"
+                                      % (self.target, self._error_text(body)))
+                if msg_type == ofp.OFPT_ECHO_REQUEST:
+                    sock.sendall(_HEADER.pack(OF13, ofp.OFPT_ECHO_REPLY, len(body), xid)
+                                 + bytes(body[_HEADER.size:]))
+                elif msg_type == ofp.OFPT_BARRIER_REPLY and xid == barrier_xid:
+                    break
+                # Anything else before the barrier (a port status...) is dropped.
+            sock.setblocking(False)
+        except socket.timeout:
+            self.close()
+            raise OfConnError("%s: no OpenFlow handshake within %.1fs"
+                              % (self.target, timeout)) from None
+        except OSError as err:
+            self.close()
+            if isinstance(err, OfConnError):
+                raise
+            raise OfConnError("%s: %s" % (self.target, err.strerror or err)) from None
+        LOG.info("connected to %s (OpenFlow 1.3, service connection)", self.target)
+
+    def _open_socket(self, timeout):
+        if self.target.startswith("unix:"):
+            family, addr = socket.AF_UNIX, self.target[len("unix:"):]
+        elif self.target.startswith("tcp:"):
+            host, _, port = self.target[len("tcp:"):].rpartition(":")
+            family, addr = socket.AF_INET, (host, int(port))
+        else:
+            raise OfConnError("%s: target must be unix:PATH or tcp:IP:PORT" % self.target)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr)
+        except OSError as err:
+            sock.close()
+            hint = ""
+            if err.errno in (errno.ENOENT, errno.ECONNREFUSED) and family == socket.AF_UNIX:
+                hint = " (is ovs-vswitchd running and the bridge created?)"
+            raise OfConnError("cannot connect to %s: %s%s"
+                              % (self.target, err.strerror or err, hint)) from None
+        return sock
+
+    def _recv_blocking(self, deadline):
+        """One whole message during the handshake: (version, type, bytes)."""
+        while True:
+            if len(self._inbuf) >= _HEADER.size:
+                version, msg_type, length, _ = _HEADER.unpack_from(self._inbuf)
+                if length < _HEADER.size:
+                    raise OfConnError("%s: malformed OpenFlow message (length %d)"
+                                      % (self.target, length))
+                if len(self._inbuf) >= length:
+                    body = bytes(self._inbuf[:length])
+                    del self._inbuf[:length]
+                    return version, msg_type, body
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout()
+            self.sock.settimeout(remaining)
+            data = self.sock.recv(_RECV_SIZE)
+            if not data:
+                raise OfConnError("%s: connection closed during the handshake"
+                                  % self.target)
+            self._inbuf += data
+
+    @staticmethod
+    def _hello_versions(version, msg):
+        """Versions a HELLO offers: its bitmap if it has one, else its version
+        and (OpenFlow negotiation) every lower one."""
+        offset = _HEADER.size
+        while offset + 4 <= len(msg):
+            elem_type, elem_len = struct.unpack_from("!HH", msg, offset)
+            if elem_len < 4:
+                break
+            if elem_type == _HELLO_ELEM_VERSIONBITMAP:
+                versions = set()
+                for i in range((elem_len - 4) // 4):
+                    word, = struct.unpack_from("!I", msg, offset + 4 + 4 * i)
+                    versions |= {32 * i + b for b in range(32) if word >> b & 1}
+                return versions
+            offset += (elem_len + 7) // 8 * 8
+        return set(range(1, version + 1))
+
+    def fileno(self):
+        if self.sock is None:
+            raise OfConnError("%s: not connected" % self.target)
+        return self.sock.fileno()
+
+    @property
+    def connected(self):
+        return self.sock is not None
+
+    @property
+    def pending_output(self):
+        """Bytes queued but not yet accepted by the socket."""
+        return len(self._outbuf)
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+        self._outbuf.clear()
+        self._inbuf.clear()
+        self._stats_parts.clear()
+
+    # ------------------------------------------------------------- poll loop
+    def wait(self, poller):
+        """Register with an ``ovs.poller.Poller`` (POLLIN, and POLLOUT while
+        output is pending)."""
+        if self.sock is None:
+            return
+        events = select.POLLIN
+        if self._outbuf:
+            events |= select.POLLOUT
+        poller.fd_wait(self.sock, events)
+
+    def run(self):
+        """Flush pending output, read what is available (never blocks), and
+        dispatch every complete message.  Raises ``OfConnError`` if the
+        connection is gone (the daemon then reconnects)."""
+        if self.sock is None:
+            raise OfConnError("%s: not connected" % self.target)
+        self._flush()
+        eof = False
+        for _ in range(_MAX_RECVS_PER_RUN):
+            try:
+                data = self.sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as err:
+                self._lost(err.strerror or str(err))
+            if not data:
+                eof = True
+                break
+            self._inbuf += data
+            if len(data) < _RECV_SIZE:
+                break
+        self._dispatch_all()
+        if eof:
+            self._lost("connection closed by the switch")
+        self._flush()
+
+    def _lost(self, why):
+        target = self.target
+        self.close()
+        raise OfConnError("%s: %s" % (target, why))
+
+    def _flush(self):
+        for _ in range(_MAX_SENDS_PER_FLUSH):
+            if not self._outbuf:
+                return
+            try:
+                n = self.sock.send(self._outbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                self._lost(err.strerror or str(err))
+            self.bytes_sent += n
+            del self._outbuf[:n]
+
+    def _dispatch_all(self):
+        buf = self._inbuf
+        offset = 0
+        try:
+            while len(buf) - offset >= _HEADER.size:
+                version, msg_type, length, xid = _HEADER.unpack_from(buf, offset)
+                if length < _HEADER.size:
+                    self._lost("malformed OpenFlow message (length %d)" % length)
+                if len(buf) - offset < length:
+                    break
+                msg = bytes(buf[offset:offset + length])
+                offset += length
+                self.messages_received += 1
+                self._dispatch(version, msg_type, length, xid, msg)
+        finally:
+            if self.sock is not None:
+                del buf[:offset]
+
+    def _dispatch(self, version, msg_type, length, xid, msg):
+        if msg_type == ofp.OFPT_ECHO_REQUEST:
+            self._queue(_HEADER.pack(OF13, ofp.OFPT_ECHO_REPLY, length, xid)
+                        + msg[_HEADER.size:])
+        elif msg_type == ofp.OFPT_FLOW_REMOVED:
+            if self.on_flow_removed is not None:
+                self._flow_removed(self._parse(version, msg_type, length, xid, msg))
+        elif msg_type == ofp.OFPT_MULTIPART_REPLY:
+            self._multipart_reply(self._parse(version, msg_type, length, xid, msg))
+        elif msg_type == ofp.OFPT_BARRIER_REPLY:
+            if self.on_barrier is not None:
+                self.on_barrier(xid)
+        elif msg_type == ofp.OFPT_ERROR:
+            self.errors_received += 1
+            err_type, code = struct.unpack_from("!HH", msg, _HEADER.size) \
+                if length >= _HEADER.size + 4 else (0xFFFF, 0xFFFF)
+            LOG.warning("OpenFlow error from %s for xid %d: %s", self.target, xid,
+                        self._error_text(msg))
+            self._stats_parts.pop(xid, None)
+            if self.on_error is not None:
+                self.on_error(xid, err_type, code)
+        # HELLO, ECHO_REPLY, PACKET_IN, PORT_STATUS, ...: not for the daemon.
+
+    def _parse(self, version, msg_type, length, xid, msg):
+        return ofproto_parser.msg(self.dp, version, msg_type, length, xid, msg)
+
+    def _flow_removed(self, msg):
+        if msg is None:
+            return
+        match_flow = ofmsg.flow_from_stats(types.SimpleNamespace(
+            table_id=msg.table_id, priority=msg.priority, match=msg.match,
+            instructions=(), cookie=msg.cookie, idle_timeout=msg.idle_timeout,
+            hard_timeout=msg.hard_timeout))
+        self.on_flow_removed(msg.cookie, msg.table_id, msg.priority, match_flow,
+                             msg.reason, msg.packet_count, msg.byte_count,
+                             msg.duration_sec)
+
+    def _multipart_reply(self, msg):
+        if msg is None or msg.type != ofp.OFPMP_FLOW:
+            return
+        parts = self._stats_parts.get(msg.xid)
+        if parts is None:
+            return                      # not ours, or already failed
+        for stats in msg.body:
+            parts.append((ofmsg.flow_from_stats(stats), stats.packet_count,
+                          stats.byte_count, stats.duration_sec))
+        if not msg.flags & ofp.OFPMPF_REPLY_MORE:
+            del self._stats_parts[msg.xid]
+            if self.on_flow_stats is not None:
+                self.on_flow_stats(msg.xid, parts)
+
+    @staticmethod
+    def _error_text(msg):
+        if len(msg) < _HEADER.size + 4:
+            return "(truncated)"
+        err_type, code = struct.unpack_from("!HH", msg, _HEADER.size)
+        try:
+            return "%s/%s" % (ofp.ofp_error_type_to_str(err_type),
+                              ofp.ofp_error_code_to_str(err_type, code))
+        except Exception:           # noqa: BLE001 - an unknown pair is still worth a line
+            return "type %d code %d" % (err_type, code)
+
+    # --------------------------------------------------------------- requests
+    def _next_xid(self):
+        self._xid = self._xid % 0xFFFFFFFF + 1
+        return self._xid
+
+    @staticmethod
+    def _serialize(msg, xid):
+        msg.set_xid(xid)
+        msg.serialize()
+        return msg.buf
+
+    def _queue(self, data):
+        if self.sock is None:
+            raise OfConnError("%s: not connected" % self.target)
+        self._outbuf += data
+        self._flush()
+
+    def send_flows(self, add=(), delete=(), send_flow_rem=True):
+        """Queue FLOW_MODs: first one 'delete_strict' per flow of ``delete``
+        (its exact cookie, priority and match), then one 'add' per flow of
+        ``add`` (with OFPFF_SEND_FLOW_REM when ``send_flow_rem``).  Everything
+        goes out in as few socket writes as the socket accepts; the rest is
+        sent from ``run()``.  Returns the xids, deletes first, in order (an
+        OFPT_ERROR for one of them names it)."""
+        xids = []
+        chunks = []
+        for flow in delete:
+            msg = ofmsg.to_flow_mod(self.dp, dataclasses.replace(flow, instructions=()),
+                                    "delete_strict")
+            xid = self._next_xid()
+            chunks.append(self._serialize(msg, xid))
+            xids.append(xid)
+        flags = ofp.OFPFF_SEND_FLOW_REM if send_flow_rem else 0
+        for flow in add:
+            msg = ofmsg.to_flow_mod(self.dp, flow, "add")
+            msg.flags = flags
+            xid = self._next_xid()
+            chunks.append(self._serialize(msg, xid))
+            xids.append(xid)
+        if chunks:
+            self.flow_mods_sent += len(chunks)
+            self._queue(b"".join(chunks))
+        return xids
+
+    def request_flow_stats(self, cookie, cookie_mask):
+        """Ask for every flow (all tables) whose cookie matches under the mask;
+        the answer arrives through ``on_flow_stats(xid, entries)``."""
+        xid = self._next_xid()
+        self._stats_parts[xid] = []
+        self._queue(self._serialize(ofmsg.flow_stats_request(self.dp, cookie, cookie_mask), xid))
+        return xid
+
+    def barrier(self):
+        """Send a BARRIER_REQUEST; ``on_barrier(xid)`` fires once every earlier
+        message has been processed."""
+        xid = self._next_xid()
+        self._queue(_HEADER.pack(OF13, ofp.OFPT_BARRIER_REQUEST, _HEADER.size, xid))
+        return xid
