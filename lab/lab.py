@@ -458,6 +458,17 @@ class Lab:
         return PingResult(proc.returncode == 0, float(rtt.group(1)) if rtt else None,
                           mac.group(1) if mac else None)
 
+    def tcp_try(self, name, addr, port, timeout=1.0, count=1):
+        """Short TCP connections from VM ``name``; returns the outcome counts
+        ({"ok", "refused", "timeout", "other", "seconds", "last_error"})."""
+        proc = self.exec(name, [sys.executable, "-m", "lab.probe", "try", "--to", addr,
+                                "--port", str(port), "--timeout", str(timeout),
+                                "--count", str(count)],
+                         capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise LabError("probe in %s failed: %s" % (name, proc.stderr.strip()[-300:]))
+        return json.loads(proc.stdout)
+
     def spawn(self, name, cmd, log_path):
         """Start a background process inside a VM; ``down`` ends it by PID."""
         vm = self.state["vms"].get(name)

@@ -1,6 +1,8 @@
 """A TCP request/reply probe that runs inside VM namespaces.
 
-``python -m lab.probe serve --port P`` echoes lines back on every connection.
+``python -m lab.probe serve --port P[,P2...]`` echoes lines back on every connection.
+``python -m lab.probe try --to ADDR --port P [--count N]`` makes N short
+connections and prints how many succeeded, were refused or timed out.
 ``python -m lab.probe client --to ADDR --port P --duration S --out FILE``
 keeps ONE connection open, sends a numbered line every ``--interval-ms`` and
 waits for its echo; on SIGTERM/SIGINT or after ``--duration`` (at most 600 s)
@@ -76,9 +78,43 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
-def serve(port):
-    with _Server(("0.0.0.0", port), _Echo) as server:
-        server.serve_forever()
+def serve(ports):
+    """Echo on every port in ``ports`` (one thread per extra port)."""
+    import threading
+    servers = [_Server(("0.0.0.0", port), _Echo) for port in ports]
+    for extra in servers[1:]:
+        threading.Thread(target=extra.serve_forever, daemon=True).start()
+    servers[0].serve_forever()
+
+
+def attempt(addr, port, timeout, count, max_seconds=60.0):
+    """``count`` short connections one after another (each: connect, one
+    echoed line, close), at most ``max_seconds`` in all.  Prints a JSON
+    outcome: how many were ok, refused (RST), timed out or failed otherwise."""
+    out = {"ok": 0, "refused": 0, "timeout": 0, "other": 0, "last_error": None}
+    t0 = time.monotonic()
+    for i in range(count):
+        if time.monotonic() - t0 > max_seconds:
+            break
+        try:
+            with socket.create_connection((addr, port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                sock.sendall(b"%d\n" % i)
+                if sock.makefile("rb").readline() != b"%d\n" % i:
+                    raise ConnectionError("no echo")
+            out["ok"] += 1
+        except ConnectionRefusedError as err:
+            out["refused"] += 1
+            out["last_error"] = str(err)
+        except (socket.timeout, TimeoutError) as err:
+            out["timeout"] += 1
+            out["last_error"] = "timeout: %s" % err
+        except OSError as err:
+            out["other"] += 1
+            out["last_error"] = "%s: %s" % (type(err).__name__, err)
+    out["seconds"] = round(time.monotonic() - t0, 4)
+    print(json.dumps(out))
+    return 0
 
 
 def client(addr, port, interval, duration, out, reply_timeout=10.0):
@@ -131,7 +167,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m lab.probe")
     sub = p.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("serve")
-    s.add_argument("--port", type=int, default=7000)
+    s.add_argument("--port", default="7000", help="a port or comma-separated ports")
+    t = sub.add_parser("try")
+    t.add_argument("--to", required=True)
+    t.add_argument("--port", type=int, default=7000)
+    t.add_argument("--timeout", type=float, default=1.0)
+    t.add_argument("--count", type=int, default=1)
     c = sub.add_parser("client")
     c.add_argument("--to", required=True)
     c.add_argument("--port", type=int, default=7000)
@@ -140,8 +181,10 @@ def main(argv=None):
     c.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.mode == "serve":
-        serve(args.port)
+        serve([int(p) for p in args.port.split(",")])
         return 0
+    if args.mode == "try":
+        return attempt(args.to, args.port, args.timeout, min(args.count, 100000))
     return client(args.to, args.port, args.interval_ms / 1000.0,
                   args.duration, args.out)
 

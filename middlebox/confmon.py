@@ -47,8 +47,8 @@ and silently drops references to rows it does not hold, which is the normal
 state of affairs while the condition chain is still growing.
 """
 
-import ipaddress
 import logging
+import time
 import types
 import uuid as uuidlib
 
@@ -363,6 +363,7 @@ class ConfigMonitor:
         self._built_key = None
         self._config = HostConfig(host=host_name, slices={})
         self._warned = set()
+        self._last_error = None
         self.cond_changes = 0         # condition updates sent (for stats)
 
     # -- poll loop
@@ -371,19 +372,22 @@ class ConfigMonitor:
         """Process what the DB sent, update the conditions; never blocks.
         Returns True if ``config()`` changed."""
         try:
-            return self._run()
-        except Exception:             # odd data must not kill the daemon
-            LOG.exception("config DB monitor: unexpected error, keeping the "
-                          "last configuration")
+            result = self._run()
+        except Exception as err:      # odd data must not kill the daemon
+            if repr(err) != self._last_error:   # once, not every iteration
+                self._last_error = repr(err)
+                LOG.exception("config DB monitor: unexpected error, keeping "
+                              "the last configuration")
             return False
+        self._last_error = None
+        return result
 
     def _run(self):
         self._idl.run()
         seqno = self._idl.change_seqno
         if seqno != self._seen_seqno:
+            new = conditions(self.host_name, self._plain_tables())
             self._seen_seqno = seqno
-            tables = self._plain_tables()
-            new = conditions(self.host_name, tables)
             changed = False
             for table in TABLES:
                 if new[table] != self._conds[table]:
@@ -466,7 +470,6 @@ class ConfigMonitor:
 def run_until(monitor, predicate, timeout):
     """Drive ``monitor``'s poll loop until ``predicate()`` or ``timeout``
     seconds; returns the predicate's last value.  For tools and tests."""
-    import time
     deadline = time.monotonic() + timeout
     while True:
         monitor.run()

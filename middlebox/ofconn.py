@@ -71,6 +71,11 @@ class OfConn:
       ``(Flow, packet_count, byte_count, duration_sec)``.
     * ``on_barrier(xid)``: a BARRIER_REPLY.
     * ``on_error(xid, type, code)``: an OFPT_ERROR (also logged, one line).
+
+    Only ``connect()`` and ``run()`` raise (``OfConnError``, one line): a lost
+    connection surfaces in the next ``run()``, after which the object is
+    closed and ``connect()`` may be called again.  Requests made while
+    disconnected are dropped and counted in ``requests_dropped``.
     """
 
     def __init__(self, target, on_flow_removed=None, on_flow_stats=None,
@@ -86,11 +91,13 @@ class OfConn:
         self._outbuf = bytearray()
         self._xid = 0
         self._stats_parts = {}          # xid -> entries so far (request pending)
+        self._broken = None             # why the last write failed (run() raises it)
         # Counters (for metrics).
         self.flow_mods_sent = 0
         self.bytes_sent = 0
         self.messages_received = 0
         self.errors_received = 0
+        self.requests_dropped = 0       # asked for while disconnected
 
     # ------------------------------------------------------------ connection
     def connect(self, timeout=5.0):
@@ -237,6 +244,7 @@ class OfConn:
             except OSError:
                 pass
             self.sock = None
+        self._broken = None
         self._outbuf.clear()
         self._inbuf.clear()
         self._stats_parts.clear()
@@ -246,6 +254,9 @@ class OfConn:
         """Register with an ``ovs.poller.Poller`` (POLLIN, and POLLOUT while
         output is pending)."""
         if self.sock is None:
+            return
+        if self._broken:
+            poller.immediate_wake()     # run() reports it
             return
         events = select.POLLIN
         if self._outbuf:
@@ -259,6 +270,8 @@ class OfConn:
         if self.sock is None:
             raise OfConnError("%s: not connected" % self.target)
         self._flush()
+        if self._broken:
+            self._lost(self._broken)
         eof = False
         for _ in range(_MAX_RECVS_PER_RUN):
             try:
@@ -277,6 +290,8 @@ class OfConn:
         if eof:
             self._lost("connection closed by the switch")
         self._flush()
+        if self._broken:
+            self._lost(self._broken)
 
     def _lost(self, why):
         target = self.target
@@ -284,15 +299,18 @@ class OfConn:
         raise OfConnError("%s: %s" % (target, why))
 
     def _flush(self):
+        """Write what the socket takes now.  A write error is kept for
+        ``run()`` to raise, so requests never raise."""
         for _ in range(_MAX_SENDS_PER_FLUSH):
-            if not self._outbuf:
+            if not self._outbuf or self._broken:
                 return
             try:
                 n = self.sock.send(self._outbuf)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
-                self._lost(err.strerror or str(err))
+                self._broken = err.strerror or str(err)
+                return
             self.bytes_sent += n
             del self._outbuf[:n]
 
@@ -388,8 +406,12 @@ class OfConn:
         return msg.buf
 
     def _queue(self, data):
-        if self.sock is None:
-            raise OfConnError("%s: not connected" % self.target)
+        """Queue ``data`` and write what the socket takes now.  Disconnected:
+        the request is dropped (and counted); the daemon resynchronises from a
+        flow-stats dump after it reconnects, as flows outlive a connection."""
+        if self.sock is None or self._broken:
+            self.requests_dropped += 1
+            return
         self._outbuf += data
         self._flush()
 

@@ -8,7 +8,8 @@
 
 Arguments are validated when a command is built (before anything is sent).
 Constraints that involve other rows (unknown switch, duplicate VNI, IP or
-MAC) are checked again inside ``run_idl`` against the database as the
+MAC, unknown or foreign address set, duplicate rule or policy priority, a
+row still in use) are checked inside ``run_idl`` against the database as the
 transaction sees it, so they hold with concurrent clients: a transaction that
 races another one is retried by the IDL and checked again.  Every failure is
 an ``MbxError`` and leaves the database unchanged.
@@ -29,7 +30,9 @@ from ovsdbapp.backend.ovs_idl import transaction
 
 from ovsdb import validate
 from ovsdb.errors import MbxError
-from ryu_apps.model import SwitchInfo, VMInfo
+from ovsdb.match import parse_match
+from ryu_apps.model import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
+                             SwitchInfo, VMInfo)
 
 SCHEMA_NAME = "MBX_Northbound"
 
@@ -46,6 +49,21 @@ class HostRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class RuleRecord:
+    """A Firewall_Rule; ``uuid`` is not compared (a rule is its values)."""
+    priority: int                   # 0..32767, higher first
+    direction: str                  # "from-vm" | "to-vm"
+    match: str                      # canonical ovsdb.match text
+    action: str                     # "allow" | "deny" | "reject"
+    tier: str = "tenant"            # "provider" | "tenant"
+    uuid: str = dataclasses.field(default="", compare=False)
+
+
+def _field(factory):
+    return dataclasses.field(default_factory=factory)
+
+
+@dataclasses.dataclass(frozen=True)
 class NbSnapshot:
     nb_cfg: int
     hv_cfg: int
@@ -53,6 +71,24 @@ class NbSnapshot:
     switches: Dict[str, SwitchInfo]
     vms: Dict[str, VMInfo]
     vm_locations: Dict[str, Tuple[Optional[str], int]]  # vm -> (host, epoch)
+    middleboxes: Dict[str, MiddleboxInfo] = _field(dict)
+    # middlebox name -> its rules in evaluation order (sort_rules)
+    rules: Dict[str, Tuple[RuleRecord, ...]] = _field(dict)
+    # sorted by (switch, -priority); middlebox None: bypass
+    policies: Tuple[PolicyInfo, ...] = ()
+    address_sets: Dict[str, AddressSetInfo] = _field(dict)
+    # status: (middlebox name, host name) -> slice tag
+    slices: Dict[Tuple[str, str], int] = _field(dict)
+
+
+def sort_rules(rules, tier_order="provider-first"):
+    """Rules in evaluation order: by direction (from-vm, to-vm), then tier
+    (the middlebox's ``tier-order`` option), then descending priority."""
+    tiers = validate.TIERS if tier_order != "tenant-first" else tuple(
+        reversed(validate.TIERS))
+    return tuple(sorted(rules, key=lambda r: (
+        r.direction, tiers.index(r.tier) if r.tier in tiers else 2,
+        -r.priority, r.match)))
 
 
 # --- reading rows (the transaction's view when called from run_idl) ---------
@@ -87,6 +123,90 @@ def _switches(api):
 
 def _vms(api):
     return [_vm_info(row) for row in _rows(api, "VM")]
+
+
+def _mb_info(row):
+    return MiddleboxInfo(row.name, row.type, row.logical_switch.name,
+                         row.default_action, dict(row.options))
+
+
+def _middleboxes(api):
+    return {row.name: _mb_info(row) for row in _rows(api, "Middlebox")
+            if row.logical_switch is not None}
+
+
+def _rule_record(row):
+    return RuleRecord(row.priority, row.direction, row.match, row.action,
+                      row.tier, str(row.uuid))
+
+
+def _rules(api):
+    """Middlebox name -> its rules (the rows its ``rules`` column holds)."""
+    return {row.name: sort_rules([_rule_record(r) for r in row.rules
+                                  if r is not None],
+                                 dict(row.options).get("tier-order", ""))
+            for row in _rows(api, "Middlebox")}
+
+
+def _sorted_addresses(values):
+    try:
+        return validate.addresses(values)
+    except MbxError:                    # not written by mbx: keep as is
+        return tuple(sorted(values))
+
+
+def _address_set_info(row):
+    return AddressSetInfo(row.name, row.tenant,
+                          _sorted_addresses(row.addresses))
+
+
+def _address_sets(api):
+    return {row.name: _address_set_info(row)
+            for row in _rows(api, "Address_Set")}
+
+
+def _policy_info(row):
+    return PolicyInfo(row.logical_switch.name, row.priority, row.match,
+                      row.middlebox[0].name if row.middlebox else None)
+
+
+def _policy_rows(api, switch=None):
+    return [row for row in _rows(api, "Steering_Policy")
+            if row.logical_switch is not None
+            and (switch is None or row.logical_switch.name == switch)]
+
+
+def _policies(api):
+    return tuple(sorted((_policy_info(row) for row in _policy_rows(api)),
+                        key=lambda p: (p.switch, -p.priority)))
+
+
+def _set_rows(api, parsed):
+    """The Address_Set rows of the sets ``parsed`` (a Match) names."""
+    rows = []
+    for set_name in sorted(parsed.address_sets):
+        row = _find(api, "Address_Set", set_name)
+        if row is None:
+            raise MbxError(f'unknown address set "{set_name}"; create it '
+                           "first (as-add)")
+        rows.append(row)
+    return rows
+
+
+def _set_users(api, set_row):
+    """Descriptions of the firewall rules and steering policies that
+    reference Address_Set ``set_row``."""
+    users = []
+    for mb in sorted(_rows(api, "Middlebox"), key=lambda r: r.name):
+        rules = [_rule_record(rule) for rule in mb.rules
+                 if rule is not None and set_row in rule.address_sets]
+        users += [f"middlebox '{mb.name}' {validate.describe_rule(rule)}"
+                  for rule in sort_rules(rules)]
+    for policy in _policies(api):
+        if set_row.name in parse_match(policy.match).address_sets:
+            users.append(f"logical switch '{policy.switch}' "
+                         f"{validate.describe_policy(policy)}")
+    return users
 
 
 def _require(api, table, name, what):
@@ -158,6 +278,19 @@ class LsDelCommand(_Command):
         if users:
             raise MbxError(f"logical switch '{self.name}' still has VMs "
                            f"{', '.join(users)}; delete them first (vm-del)")
+        policies = sorted((p.priority for p in _policies(self.api)
+                           if p.switch == self.name), reverse=True)
+        if policies:
+            raise MbxError(f"logical switch '{self.name}' still has steering "
+                           "policies at priority "
+                           f"{', '.join(map(str, policies))}; delete them "
+                           f"first (steer-del {self.name})")
+        middleboxes = sorted(mb.name for mb in _middleboxes(self.api).values()
+                             if mb.switch == self.name)
+        if middleboxes:
+            raise MbxError(f"logical switch '{self.name}' still has "
+                           f"middleboxes {', '.join(middleboxes)}; delete "
+                           "them first (mb-del)")
         row.delete()
 
 
@@ -261,6 +394,394 @@ class CheckCommand(_Command):
                 validate.check_vm(vm, switches, vms)
 
 
+class MbAddCommand(_Command):
+    def __init__(self, api, mb, may_exist=False):
+        super().__init__(api)
+        self.mb = mb
+        self.may_exist = may_exist
+
+    def run_idl(self, txn):
+        mb = self.mb
+        row = _find(self.api, "Middlebox", mb.name)
+        if row is not None:
+            if not self.may_exist:
+                raise MbxError(f"middlebox '{mb.name}' already exists; use "
+                               "--may-exist to accept an identical one")
+            diff = _differences(_mb_info(row), mb)
+            if diff:
+                raise MbxError(f"middlebox '{mb.name}' already exists with "
+                               f"{diff}")
+            return
+        validate.check_middlebox(mb, _switches(self.api))
+        row = txn.insert(self.api.tables["Middlebox"])
+        row.name, row.type, row.default_action = (
+            mb.name, mb.type, mb.default_action)
+        row.logical_switch = _find(self.api, "Logical_Switch", mb.switch)
+        row.options = dict(mb.options)
+        row.rules = []
+
+
+class MbDelCommand(_Command):
+    def __init__(self, api, name, if_exists=False):
+        super().__init__(api)
+        self.name = name
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        row = _find(self.api, "Middlebox", self.name)
+        if row is None:
+            if self.if_exists:
+                return
+            raise MbxError(f"unknown middlebox '{self.name}'; use "
+                           "--if-exists to ignore a missing one")
+        users = [p for p in _policies(self.api) if p.middlebox == self.name]
+        if users:
+            where = ", ".join(f"{p.switch} priority {p.priority}"
+                              for p in users)
+            first = users[0]
+            raise MbxError(
+                f"middlebox '{self.name}' is still used by steering "
+                f"polic{'y' if len(users) == 1 else 'ies'} {where}; delete "
+                f"{'it' if len(users) == 1 else 'them'} first (steer-del "
+                f"{first.switch} {first.priority})")
+        for rule in row.rules:
+            if rule is not None:
+                rule.delete()
+        row.delete()
+
+
+class MbSetCommand(_Command):
+    def __init__(self, api, name, default_action, options):
+        super().__init__(api)
+        self.name = name
+        self.default_action = default_action
+        self.options = options
+
+    def run_idl(self, txn):
+        row = _require(self.api, "Middlebox", self.name, "middlebox")
+        if self.default_action is not None:
+            row.default_action = self.default_action
+        if self.options:
+            row.verify("options")
+            options = dict(row.options)
+            for key, value in self.options.items():
+                if value == "":
+                    options.pop(key, None)
+                else:
+                    options[key] = value
+            row.options = options
+
+
+class FwAddCommand(_Command):
+    def __init__(self, api, mb_name, rule):
+        super().__init__(api)
+        self.mb_name = mb_name
+        self.rule = rule
+
+    def run_idl(self, txn):
+        rule = self.rule
+        row = _find(self.api, "Middlebox", self.mb_name)
+        if row is None:
+            raise MbxError(f"unknown middlebox '{self.mb_name}'; create it "
+                           "first (mb-add)")
+        mb = _mb_info(row)
+        row.verify("rules")
+        validate.check_rule(mb, rule, _switches(self.api),
+                            _address_sets(self.api))
+        validate.check_rule_unique(
+            mb, rule, [_rule_record(r) for r in row.rules if r is not None])
+        new = txn.insert(self.api.tables["Firewall_Rule"])
+        new.priority, new.direction, new.match = (
+            rule.priority, rule.direction, rule.match)
+        new.action, new.tier = rule.action, rule.tier
+        new.address_sets = _set_rows(self.api, parse_match(rule.match))
+        row.rules = list(row.rules) + [new]
+
+
+class FwDelCommand(_Command):
+    def __init__(self, api, mb_name, direction, priority, tier, if_exists):
+        super().__init__(api)
+        self.mb_name = mb_name
+        self.direction = direction
+        self.priority = priority
+        self.tier = tier
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        row = _find(self.api, "Middlebox", self.mb_name)
+        if row is None:
+            if self.if_exists:
+                return
+            raise MbxError(f"unknown middlebox '{self.mb_name}'; use "
+                           "--if-exists to ignore a missing one")
+        row.verify("rules")
+        rules = [r for r in row.rules if r is not None]
+        if self.direction is None:
+            doomed = [r for r in rules
+                      if self.tier is None or r.tier == self.tier]
+        else:
+            tier = self.tier or "tenant"
+            doomed = [r for r in rules if (r.direction, r.tier, r.priority)
+                      == (self.direction, tier, self.priority)]
+            if not doomed:
+                if self.if_exists:
+                    return
+                raise MbxError(f"middlebox '{self.mb_name}' has no {tier} "
+                               f"{self.direction} rule at priority "
+                               f"{self.priority}; use --if-exists to ignore "
+                               "a missing one")
+        if not doomed:
+            return
+        row.rules = [r for r in rules if r not in doomed]
+        for rule in doomed:
+            rule.delete()
+
+
+class AsAddCommand(_Command):
+    def __init__(self, api, aset, may_exist=False):
+        super().__init__(api)
+        self.aset = aset
+        self.may_exist = may_exist
+
+    def run_idl(self, txn):
+        aset = self.aset
+        row = _find(self.api, "Address_Set", aset.name)
+        if row is not None:
+            if not self.may_exist:
+                raise MbxError(f'address set "{aset.name}" already exists; '
+                               "use --may-exist to accept an identical one")
+            diff = _differences(_address_set_info(row), aset)
+            if diff:
+                raise MbxError(f'address set "{aset.name}" already exists '
+                               f"with {diff}")
+            return
+        row = txn.insert(self.api.tables["Address_Set"])
+        row.name, row.tenant = aset.name, aset.tenant
+        row.addresses = list(aset.addresses)
+
+
+class AsSetCommand(_Command):
+    def __init__(self, api, name, addresses):
+        super().__init__(api)
+        self.name = name
+        self.addresses = addresses
+
+    def run_idl(self, txn):
+        row = _find(self.api, "Address_Set", self.name)
+        if row is None:
+            raise MbxError(f'unknown address set "{self.name}"; create it '
+                           "first (as-add)")
+        row.addresses = list(self.addresses)
+
+
+class AsDelCommand(_Command):
+    def __init__(self, api, name, if_exists=False):
+        super().__init__(api)
+        self.name = name
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        row = _find(self.api, "Address_Set", self.name)
+        if row is None:
+            if self.if_exists:
+                return
+            raise MbxError(f'unknown address set "{self.name}"; use '
+                           "--if-exists to ignore a missing one")
+        users = _set_users(self.api, row)
+        if users:
+            raise MbxError(f'address set "{self.name}" is still used by '
+                           f"{'; '.join(users)}; change or delete "
+                           f"{'it' if len(users) == 1 else 'them'} first "
+                           "(fw-del, steer-del)")
+        row.delete()
+
+
+class SteerAddCommand(_Command):
+    def __init__(self, api, policy):
+        super().__init__(api)
+        self.policy = policy
+
+    def run_idl(self, txn):
+        policy = self.policy
+        switch = _find(self.api, "Logical_Switch", policy.switch)
+        if switch is None:
+            raise MbxError(f"unknown logical switch '{policy.switch}'; "
+                           "create it first (ls-add)")
+        validate.check_policy(policy, _switches(self.api),
+                              _middleboxes(self.api), _address_sets(self.api))
+        validate.check_policy_unique(policy, _policies(self.api))
+        _insert_policy(self.api, txn, switch, policy)
+
+
+def _insert_policy(api, txn, switch, policy):
+    row = txn.insert(api.tables["Steering_Policy"])
+    row.logical_switch, row.priority, row.match = (
+        switch, policy.priority, policy.match)
+    row.address_sets = _set_rows(api, parse_match(policy.match))
+    row.middlebox = [] if policy.middlebox is None else [
+        _require(api, "Middlebox", policy.middlebox, "middlebox")]
+
+
+class SteerDelCommand(_Command):
+    def __init__(self, api, switch, priority, if_exists=False):
+        super().__init__(api)
+        self.switch = switch
+        self.priority = priority
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        if _find(self.api, "Logical_Switch", self.switch) is None:
+            if self.if_exists:
+                return
+            raise MbxError(f"unknown logical switch '{self.switch}'; use "
+                           "--if-exists to ignore a missing one")
+        doomed = [row for row in _policy_rows(self.api, self.switch)
+                  if self.priority is None or row.priority == self.priority]
+        if not doomed and self.priority is not None and not self.if_exists:
+            raise MbxError(f"logical switch '{self.switch}' has no steering "
+                           f"policy at priority {self.priority}; use "
+                           "--if-exists to ignore a missing one")
+        for row in doomed:
+            row.delete()
+
+
+class RequireCommand(_Command):
+    """Fails unless a row named ``name`` exists (for reads in a chain)."""
+
+    def __init__(self, api, table, name, what):
+        super().__init__(api)
+        self.table = table
+        self.name = name
+        self.what = what
+
+    def run_idl(self, txn):
+        _require(self.api, self.table, self.name, self.what)
+
+
+class SetSlicesCommand(_Command):
+    def __init__(self, api, desired):
+        super().__init__(api)
+        self.desired = desired
+
+    def run_idl(self, txn):
+        middleboxes = {row.name: row for row in _rows(self.api, "Middlebox")}
+        hosts = {row.name: row for row in _rows(self.api, "Host")}
+        wanted = {key: tag for key, tag in self.desired.items()
+                  if key[0] in middleboxes and key[1] in hosts}
+        seen = set()
+        for row in _rows(self.api, "Slice"):
+            key = (row.middlebox[0].name if row.middlebox else None,
+                   row.host[0].name if row.host else None)
+            if key not in wanted or key in seen:
+                row.delete()
+                continue
+            seen.add(key)
+            if row.tag != wanted[key]:
+                row.tag = wanted[key]
+        for (mb, host), tag in sorted(wanted.items()):
+            if (mb, host) not in seen:
+                row = txn.insert(self.api.tables["Slice"])
+                row.middlebox, row.host, row.tag = (
+                    [middleboxes[mb]], [hosts[host]], tag)
+
+
+class UpsertAddressSetCommand(_Command):
+    """Create or update an address set without checks (see
+    CheckFirewallCommand)."""
+
+    def __init__(self, api, aset):
+        super().__init__(api)
+        self.aset = aset
+
+    def run_idl(self, txn):
+        aset = self.aset
+        row = _find(self.api, "Address_Set", aset.name)
+        if row is None:
+            row = txn.insert(self.api.tables["Address_Set"])
+            row.name = aset.name
+        row.tenant, row.addresses = aset.tenant, list(aset.addresses)
+
+
+class UpsertMiddleboxCommand(_Command):
+    """Create or update a middlebox and make its rules exactly ``rules``
+    (rules that stay keep their rows), without checks (see
+    CheckFirewallCommand)."""
+
+    def __init__(self, api, mb, rules):
+        super().__init__(api)
+        self.mb = mb
+        self.rules = rules
+
+    def run_idl(self, txn):
+        mb = self.mb
+        switch = _find(self.api, "Logical_Switch", mb.switch)
+        if switch is None:
+            raise MbxError(f"middlebox '{mb.name}': unknown logical switch "
+                           f"'{mb.switch}'; create it first")
+        row = _find(self.api, "Middlebox", mb.name)
+        if row is None:
+            row = txn.insert(self.api.tables["Middlebox"])
+            row.name, row.rules = mb.name, []
+        row.type, row.logical_switch = mb.type, switch
+        row.default_action, row.options = mb.default_action, dict(mb.options)
+        row.verify("rules")
+        keep, wanted = [], list(self.rules)
+        for rule in row.rules:
+            if rule is None:
+                continue
+            record = _rule_record(rule)
+            if record in wanted:
+                wanted.remove(record)
+                keep.append(rule)
+            else:
+                rule.delete()
+        for rule in wanted:
+            new = txn.insert(self.api.tables["Firewall_Rule"])
+            new.priority, new.direction, new.match = (
+                rule.priority, rule.direction, rule.match)
+            new.action, new.tier = rule.action, rule.tier
+            new.address_sets = _set_rows(self.api, parse_match(rule.match))
+            keep.append(new)
+        row.rules = keep
+
+
+class ReplacePoliciesCommand(_Command):
+    """Make the steering policies of ``switch`` exactly ``policies``
+    (policies that stay keep their rows), without checks (see
+    CheckFirewallCommand)."""
+
+    def __init__(self, api, switch, policies):
+        super().__init__(api)
+        self.switch = switch
+        self.policies = policies
+
+    def run_idl(self, txn):
+        switch = _find(self.api, "Logical_Switch", self.switch)
+        if switch is None:
+            raise MbxError(f"unknown logical switch '{self.switch}'; create "
+                           "it first")
+        wanted = list(self.policies)
+        for row in _policy_rows(self.api, self.switch):
+            policy = _policy_info(row)
+            if policy in wanted:
+                wanted.remove(policy)
+            else:
+                row.delete()
+        for policy in wanted:
+            _insert_policy(self.api, txn, switch, policy)
+
+
+class CheckFirewallCommand(_Command):
+    """Check every middlebox, rule and steering policy against the database
+    as the transaction leaves it (validate.check_firewall).  Added after a
+    batch of upserts, like CheckCommand."""
+
+    def run_idl(self, txn):
+        validate.check_firewall(
+            _switches(self.api), _address_sets(self.api),
+            _middleboxes(self.api), _rules(self.api), _policies(self.api))
+
+
 class HostRegisterCommand(_Command):
     def __init__(self, api, name, encap_type, encap_ip, mgmt_address):
         super().__init__(api)
@@ -360,11 +881,17 @@ class SnapshotCommand(_ReadCommand):
         for row in _rows(self.api, "VM"):
             locations[row.name] = (row.host[0].name if row.host else None,
                                    row.location_epoch)
+        slices = {}
+        for row in _rows(self.api, "Slice"):
+            if row.middlebox and row.host:
+                slices[(row.middlebox[0].name, row.host[0].name)] = row.tag
         self.result = NbSnapshot(
             nb_cfg=nb.nb_cfg if nb else 0, hv_cfg=nb.hv_cfg if nb else 0,
             hosts=hosts, switches=_switches(self.api),
             vms={vm.name: vm for vm in _vms(self.api)},
-            vm_locations=locations)
+            vm_locations=locations, middleboxes=_middleboxes(self.api),
+            rules=_rules(self.api), policies=_policies(self.api),
+            address_sets=_address_sets(self.api), slices=slices)
 
 
 # --- connection ---------------------------------------------------------------
@@ -436,7 +963,8 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
     schema = SCHEMA_NAME
     lookup_table = {
         table: idlutils.RowLookup(table, "name", None)
-        for table in ("Host", "Logical_Switch", "VM")}
+        for table in ("Host", "Logical_Switch", "VM", "Middlebox",
+                      "Address_Set")}
 
     @classmethod
     def connect(cls, remote, timeout=5.0, on_change=None):
@@ -494,6 +1022,106 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
     def vm_del(self, name, if_exists=False):
         return VmDelCommand(self, name, if_exists)
 
+    def mb_add(self, name, switch, type="firewall", default_action="deny",
+               options=None, may_exist=False):
+        mb = MiddleboxInfo(validate.name(name, "middlebox name"),
+                           validate.middlebox_type(type),
+                           validate.name(switch, "logical switch name"),
+                           validate.action(default_action, "default action"),
+                           validate.middlebox_options(options or {}))
+        return MbAddCommand(self, mb, may_exist)
+
+    def mb_del(self, name, if_exists=False):
+        """Deletes the middlebox and its rules; refused while a steering
+        policy uses it."""
+        return MbDelCommand(self, name, if_exists)
+
+    def mb_set(self, name, default_action=None, options=None):
+        """Merges ``options`` into the middlebox's; a value "" removes the
+        key."""
+        if default_action is not None:
+            default_action = validate.action(default_action, "default action")
+        checked = {}
+        for key, value in (options or {}).items():
+            if value == "":
+                checked[validate.middlebox_option_key(key)] = ""
+            else:
+                checked[key] = validate.middlebox_option(key, value)
+        return MbSetCommand(self, name, default_action, checked)
+
+    def fw_add(self, mb, priority, direction, match, action, tier="tenant"):
+        rule = RuleRecord(validate.rule_priority(priority),
+                          validate.direction(direction),
+                          validate.match(match).text,
+                          validate.action(action), validate.tier(tier))
+        return FwAddCommand(self, mb, rule)
+
+    def fw_del(self, mb, direction=None, priority=None, tier=None,
+               if_exists=False):
+        """Without ``direction`` and ``priority``: every rule of ``mb`` (of
+        ``tier`` if given); with both: that rule of ``tier`` (default
+        tenant)."""
+        if (direction is None) != (priority is None):
+            raise MbxError("give both a direction and a priority to delete "
+                           "one rule, or neither to delete every rule")
+        if direction is not None:
+            direction = validate.direction(direction)
+            priority = validate.rule_priority(priority)
+        if tier is not None:
+            tier = validate.tier(tier)
+        return FwDelCommand(self, mb, direction, priority, tier, if_exists)
+
+    def as_add(self, name, tenant, addresses=(), may_exist=False):
+        aset = AddressSetInfo(validate.name(name, "address set name"),
+                              validate.tenant(tenant),
+                              validate.addresses(addresses))
+        return AsAddCommand(self, aset, may_exist)
+
+    def as_set(self, name, addresses):
+        """Replaces the members of address set ``name``."""
+        return AsSetCommand(self, name, validate.addresses(addresses))
+
+    def as_del(self, name, if_exists=False):
+        """Refused while a firewall rule or steering policy uses the set."""
+        return AsDelCommand(self, name, if_exists)
+
+    def steer_add(self, switch, priority, match, middlebox):
+        """``middlebox`` is a middlebox of ``switch``, or "bypass"."""
+        policy = PolicyInfo(
+            validate.name(switch, "logical switch name"),
+            validate.steer_priority(priority), validate.match(match).text,
+            None if middlebox == "bypass"
+            else validate.name(middlebox, "middlebox name"))
+        return SteerAddCommand(self, policy)
+
+    def steer_del(self, switch, priority=None, if_exists=False):
+        """Without ``priority``: every steering policy of ``switch``."""
+        if priority is not None:
+            priority = validate.steer_priority(priority)
+        return SteerDelCommand(self, switch, priority, if_exists)
+
+    def require_middlebox(self, name):
+        """Fails unless middlebox ``name`` exists (e.g. before fw-list)."""
+        return RequireCommand(self, "Middlebox", name, "middlebox")
+
+    def upsert_address_set(self, aset: AddressSetInfo):
+        """Create or update ``aset``; follow a batch with
+        ``check_firewall()``."""
+        return UpsertAddressSetCommand(self, aset)
+
+    def upsert_middlebox(self, mb: MiddleboxInfo, rules=()):
+        """Create or update ``mb`` with exactly ``rules`` (RuleRecords);
+        follow a batch with ``check_firewall()``."""
+        return UpsertMiddleboxCommand(self, mb, tuple(rules))
+
+    def replace_policies(self, switch, policies):
+        """Make ``switch``'s steering policies exactly ``policies``; follow
+        a batch with ``check_firewall()``."""
+        return ReplacePoliciesCommand(self, switch, tuple(policies))
+
+    def check_firewall(self):
+        return CheckFirewallCommand(self)
+
     def upsert_switch(self, switch: SwitchInfo):
         """Create or update ``switch``; follow a batch with ``check()``."""
         return UpsertSwitchCommand(self, switch)
@@ -532,6 +1160,14 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
     def set_hv_cfg(self, value):
         return SetHvCfgCommand(self, value)
 
+    def set_slices(self, desired):
+        """Make the Slice table exactly ``desired``, a dict (middlebox name,
+        host name) -> tag; entries naming a missing middlebox or host are
+        ignored."""
+        return SetSlicesCommand(self, {
+            (mb, host): validate.slice_tag(tag)
+            for (mb, host), tag in desired.items()})
+
     # --- reads ---
 
     def snapshot(self) -> NbSnapshot:
@@ -547,6 +1183,28 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
 
     def host_list(self):
         return sorted(self.snapshot().hosts.values(), key=lambda h: h.name)
+
+    def mb_list(self):
+        return sorted(self.snapshot().middleboxes.values(),
+                      key=lambda mb: mb.name)
+
+    def fw_list(self, mb):
+        """The rules of middlebox ``mb`` in evaluation order: by direction,
+        tier (its tier-order option) and descending priority."""
+        snap = self.snapshot()
+        if mb not in snap.middleboxes:
+            raise MbxError(f"unknown middlebox '{mb}'")
+        return list(snap.rules.get(mb, ()))
+
+    def as_list(self, tenant=None):
+        return sorted((s for s in self.snapshot().address_sets.values()
+                       if tenant is None or s.tenant == tenant),
+                      key=lambda s: s.name)
+
+    def steer_list(self, switch=None):
+        """Sorted by switch, then descending priority."""
+        return [p for p in self.snapshot().policies
+                if switch is None or p.switch == switch]
 
     def wait_hv(self, nb_cfg, timeout):
         """Return once NB_Global.hv_cfg >= nb_cfg, else MbxError."""

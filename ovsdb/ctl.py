@@ -29,11 +29,47 @@ Commands:
   vm-del NAME [--if-exists]
   vm-list [--switch LS]                  list VMs and where they run
   host-list                              list registered hosts
+  mb-add NAME SWITCH [--type firewall] [--default allow|deny|reject]
+         [KEY=VALUE...] [--may-exist]    add a middlebox serving SWITCH,
+                                         with options KEY=VALUE
+  mb-set NAME [--default ACTION] [KEY=VALUE...]
+                                         change a middlebox; KEY= removes KEY
+  mb-del NAME [--if-exists]              delete a middlebox and its rules
+  mb-list                                list middleboxes
+  fw-add MB PRIORITY DIRECTION MATCH ACTION [--tier provider|tenant]
+                                         add a firewall rule: PRIORITY 0-32767,
+                                         DIRECTION from-vm|to-vm, ACTION
+                                         allow|deny|reject (tier: tenant)
+  fw-del MB [DIRECTION PRIORITY] [--tier T] [--if-exists]
+                                         delete one rule (tier: tenant), or
+                                         every rule (of tier T)
+  fw-list MB                             list a middlebox's rules in
+                                         evaluation order
+  as-add NAME TENANT [ADDRESS...] [--may-exist]
+                                         add an address set (IPs or CIDRs)
+  as-set NAME [ADDRESS...]               replace an address set's addresses
+  as-del NAME [--if-exists]              delete an address set not in use
+  as-list [TENANT]                       list address sets
+  steer-add SWITCH PRIORITY MATCH MIDDLEBOX|bypass
+                                         send SWITCH's traffic that MATCH
+                                         selects through MIDDLEBOX (PRIORITY
+                                         0-30000)
+  steer-del SWITCH [PRIORITY] [--if-exists]
+                                         delete one or all steering policies
+  steer-list [SWITCH]                    list steering policies
   show                                   everything, as a tree
   load FILE.yaml                         create or update what FILE declares
   sync                                   change nothing; with --wait=hv, return
                                          once every connected host has applied
                                          the current configuration
+
+MATCH: space- or comma-separated terms, "any" or "" for every IPv4 packet:
+  proto=tcp|udp|icmp|any|0-255  src=CIDR|ADDRESS|$SET  dst=...
+  sport=PORT|LOW-HIGH  dport=...  (ports need proto=tcp or udp)
+Middlebox options (KEY=VALUE): check=offload|every-packet,
+  same-host=both|source|destination, tier-order=provider-first|tenant-first,
+  timeout-tcp-syn, timeout-tcp-established, timeout-tcp-closing, timeout-udp,
+  timeout-udp-replied, timeout-icmp, timeout-denied=SECONDS (1-65535)
 """
 
 
@@ -45,19 +81,23 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(prog=command, allow_abbrev=False, add_help=False)
         self.required_options = []
         for option in options:
-            if option.endswith("?"):
+            if option.startswith("--") and option.endswith("?"):
                 self.add_argument(option[:-1], action="store_true")
             elif option.endswith("!"):
                 self.add_argument(option[:-1])
                 self.required_options.append(option[:-1])
             elif option.startswith("--"):
                 self.add_argument(option)
+            elif option.endswith("*"):
+                self.add_argument(option[:-1], nargs="*")
+            elif option.endswith("?"):
+                self.add_argument(option[:-1], nargs="?")
             else:
                 self.add_argument(option, nargs="?")
                 self.required_options.append(option)
 
     def parse(self, args):
-        parsed, extra = self.parse_known_args(args)
+        parsed, extra = self.parse_known_intermixed_args(args)
         if extra:
             self.error(f"unrecognized arguments: {' '.join(extra)}")
         for option in self.required_options:
@@ -76,7 +116,8 @@ def _parser(command, *options):
 
 
 # Option syntax in this table: "--x!" required value, "--x?" flag,
-# "--x" optional value, "x" required positional.
+# "--x" optional value, "x" required positional, "x?" optional positional,
+# "x*" zero or more positionals.
 PARSERS = {
     "init": _parser("init"),
     "ls-add": _parser("ls-add", "name", "--vni!", "--subnet!", "--tenant",
@@ -88,6 +129,25 @@ PARSERS = {
     "vm-del": _parser("vm-del", "name", "--if-exists?"),
     "vm-list": _parser("vm-list", "--switch"),
     "host-list": _parser("host-list"),
+    "mb-add": _parser("mb-add", "name", "switch", "--type", "--default",
+                      "options*", "--may-exist?"),
+    "mb-set": _parser("mb-set", "name", "--default", "options*"),
+    "mb-del": _parser("mb-del", "name", "--if-exists?"),
+    "mb-list": _parser("mb-list"),
+    "fw-add": _parser("fw-add", "mb", "priority", "direction", "match",
+                      "action", "--tier"),
+    "fw-del": _parser("fw-del", "mb", "direction?", "priority?", "--tier",
+                      "--if-exists?"),
+    "fw-list": _parser("fw-list", "mb"),
+    "as-add": _parser("as-add", "name", "tenant", "addresses*",
+                      "--may-exist?"),
+    "as-set": _parser("as-set", "name", "addresses*"),
+    "as-del": _parser("as-del", "name", "--if-exists?"),
+    "as-list": _parser("as-list", "tenant?"),
+    "steer-add": _parser("steer-add", "switch", "priority", "match",
+                         "middlebox"),
+    "steer-del": _parser("steer-del", "switch", "priority?", "--if-exists?"),
+    "steer-list": _parser("steer-list", "switch?"),
     "show": _parser("show"),
     "load": _parser("load", "file"),
     "sync": _parser("sync"),
@@ -109,11 +169,58 @@ def _write(nb, txn, command, args):
                           args.may_exist))
     elif command == "vm-del":
         txn.add(nb.vm_del(args.name, args.if_exists))
+    elif command == "mb-add":
+        txn.add(nb.mb_add(args.name, args.switch, args.type or "firewall",
+                          args.default or "deny",
+                          _key_values(command, args.options), args.may_exist))
+    elif command == "mb-set":
+        txn.add(nb.mb_set(args.name, args.default,
+                          _key_values(command, args.options)))
+    elif command == "mb-del":
+        txn.add(nb.mb_del(args.name, args.if_exists))
+    elif command == "fw-add":
+        txn.add(nb.fw_add(args.mb, args.priority, args.direction, args.match,
+                          args.action, args.tier or "tenant"))
+    elif command == "fw-del":
+        if (args.direction is None) != (args.priority is None):
+            raise MbxError("fw-del: give both DIRECTION and PRIORITY to "
+                           "delete one rule, or neither to delete every rule")
+        txn.add(nb.fw_del(args.mb, args.direction, args.priority, args.tier,
+                          args.if_exists))
+    elif command == "fw-list":
+        txn.add(nb.require_middlebox(args.mb))
+    elif command == "as-add":
+        txn.add(nb.as_add(args.name, args.tenant, args.addresses,
+                          args.may_exist))
+    elif command == "as-set":
+        txn.add(nb.as_set(args.name, args.addresses))
+    elif command == "as-del":
+        txn.add(nb.as_del(args.name, args.if_exists))
+    elif command == "steer-add":
+        txn.add(nb.steer_add(args.switch, args.priority, args.match,
+                             args.middlebox))
+    elif command == "steer-del":
+        txn.add(nb.steer_del(args.switch, args.priority, args.if_exists))
     elif command == "load":
         try:
             apply_topology(nb, args.spec)   # joins the enclosing transaction
         except MbxError as e:
             raise MbxError(f"{args.file}: {e}") from None
+
+
+def _key_values(command, items):
+    """{KEY: VALUE} from ["KEY=VALUE", ...]."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise MbxError(f"{command}: invalid option {item!r}: use "
+                           "KEY=VALUE, e.g. same-host=both (see mbxctl "
+                           "--help)")
+        if key in out:
+            raise MbxError(f"{command}: option {key!r} is given twice")
+        out[key] = value
+    return out
 
 
 # --- reads: text from a snapshot ---------------------------------------------
@@ -147,7 +254,35 @@ def _read(snap, command, args):
                         h.datapath_id or "-"]
                        for h in sorted(snap.hosts.values(),
                                        key=lambda h: h.name)])
+    if command == "mb-list":
+        return _table(["NAME", "TYPE", "SWITCH", "DEFAULT", "RULES",
+                       "OPTIONS"],
+                      [[mb.name, mb.type, mb.switch, mb.default_action,
+                        len(snap.rules.get(mb.name, ())),
+                        _options(mb.options) or "-"]
+                       for mb in sorted(snap.middleboxes.values(),
+                                        key=lambda mb: mb.name)])
+    if command == "fw-list":
+        return _table(["DIRECTION", "TIER", "PRIORITY", "ACTION", "MATCH"],
+                      [[r.direction, r.tier, r.priority, r.action, r.match]
+                       for r in snap.rules.get(args.mb, ())])
+    if command == "as-list":
+        return _table(["NAME", "TENANT", "ADDRESSES"],
+                      [[s.name, s.tenant, ", ".join(s.addresses) or "-"]
+                       for s in sorted(snap.address_sets.values(),
+                                       key=lambda s: s.name)
+                       if args.tenant is None or s.tenant == args.tenant])
+    if command == "steer-list":
+        return _table(["SWITCH", "PRIORITY", "MIDDLEBOX", "MATCH"],
+                      [[p.switch, p.priority, p.middlebox or "bypass",
+                        p.match]
+                       for p in snap.policies
+                       if args.switch is None or p.switch == args.switch])
     return _show(snap)
+
+
+def _options(options):
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
 
 
 def _show(snap):
@@ -163,6 +298,22 @@ def _show(snap):
                       f"        mac: {vm.mac}",
                       f"        ip: {vm.ip}",
                       f"        host: {host or '-'} (epoch {epoch})"]
+        for mb in sorted(snap.middleboxes.values(), key=lambda mb: mb.name):
+            if mb.switch != sw.name:
+                continue
+            lines.append(f"    middlebox {mb.name} ({mb.type}, default "
+                         f"{mb.default_action})")
+            if mb.options:
+                lines.append(f"        options: {_options(mb.options)}")
+            lines += [f"        rule {r.direction} {r.tier} {r.priority}: "
+                      f"{r.match} -> {r.action}"
+                      for r in snap.rules.get(mb.name, ())]
+        lines += [f"    steering {p.priority}: {p.match} -> "
+                  f"{p.middlebox or 'bypass'}"
+                  for p in snap.policies if p.switch == sw.name]
+    for aset in sorted(snap.address_sets.values(), key=lambda s: s.name):
+        lines += [f"address set {aset.name} (tenant {aset.tenant})",
+                  f"    addresses: {', '.join(aset.addresses) or '-'}"]
     for h in sorted(snap.hosts.values(), key=lambda h: h.name):
         lines += [f"host {h.name}",
                   f"    encap: {h.encap_type} {h.encap_ip}",
@@ -252,7 +403,8 @@ def run(argv, out):
         out.write(USAGE)
         return
     commands = _commands(rest)
-    reads = {"ls-list", "vm-list", "host-list", "show"}
+    reads = {"ls-list", "vm-list", "host-list", "mb-list", "fw-list",
+             "as-list", "steer-list", "show"}
     nb = MbxNb.connect(opts["db"], timeout=min(opts["timeout"], 5.0))
     try:
         with nb.transaction(check_error=True) as txn:

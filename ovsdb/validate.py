@@ -264,11 +264,16 @@ def slice_tag(value):
     return number
 
 
-def middlebox_option(key, value):
-    """One middlebox option; returns its value in canonical (string) form."""
+def middlebox_option_key(key):
     if key not in MIDDLEBOX_OPTIONS:
         raise MbxError(f"unknown middlebox option {key!r}; known options: "
                        + ", ".join(MIDDLEBOX_OPTIONS))
+    return key
+
+
+def middlebox_option(key, value):
+    """One middlebox option; returns its value in canonical (string) form."""
+    middlebox_option_key(key)
     allowed = MIDDLEBOX_OPTIONS[key]
     if allowed is not None:
         if not isinstance(value, str) or value not in allowed:
@@ -325,13 +330,17 @@ def _prefix(label):
     return f"{label}: " if label else ""
 
 
-def check_address_sets(parsed, tenant_name, address_sets, owner, label=None):
+def check_address_sets(parsed, tenant_name, address_sets, owner, label=None,
+                       partial=False):
     """Every address set ``parsed`` (a Match) names exists in
     ``address_sets`` (name -> AddressSetInfo) and belongs to ``tenant_name``;
-    ``owner`` (e.g. "logical switch 'ls-a'") says whose tenant that is."""
+    ``owner`` (e.g. "logical switch 'ls-a'") says whose tenant that is.
+    With ``partial``, sets missing from ``address_sets`` are not checked."""
     for set_name in sorted(parsed.address_sets):
         found = address_sets.get(set_name)
         if found is None:
+            if partial:
+                continue
             raise MbxError(_prefix(label) + f'unknown address set '
                            f'"{set_name}"; create it first (as-add)')
         if found.tenant != tenant_name:
@@ -341,69 +350,118 @@ def check_address_sets(parsed, tenant_name, address_sets, owner, label=None):
 
 
 def describe_rule(rule):
+    """E.g. 'tenant to-vm rule at priority 100 (proto=tcp -> allow)'."""
     return (f"{rule.tier} {rule.direction} rule at priority {rule.priority} "
             f"({rule.match} -> {rule.action})")
 
 
+def describe_policy(policy):
+    """E.g. 'steering policy at priority 100 (any -> fw-a)'."""
+    return (f"steering policy at priority {policy.priority} ({policy.match} "
+            f"-> {policy.middlebox or 'bypass'})")
+
+
 def check_middlebox(mb, switches: Mapping[str, SwitchInfo], label=None):
-    """``mb`` (a MiddleboxInfo) serves a logical switch that exists."""
+    """``mb`` (a MiddleboxInfo) serves a logical switch that exists.
+    ``label`` (default "middlebox 'NAME'") prefixes the message."""
     if mb.switch not in switches:
-        raise MbxError(_prefix(label) + f"middlebox '{mb.name}': unknown "
+        raise MbxError(f"{label or f'middlebox {mb.name!r}'}: unknown "
                        f"logical switch '{mb.switch}'; create it first")
 
 
-def check_rule(mb, rule, rules, switches: Mapping[str, SwitchInfo],
-               address_sets, label=None):
-    """``rule`` fits middlebox ``mb``: the address sets its match names
-    exist and belong to the tenant of ``mb``'s switch, and no other rule of
-    ``rules`` (``mb``'s other rules) has its tier, direction and priority."""
-    check_middlebox(mb, switches, label)
-    sw = switches[mb.switch]
+def check_rule(mb, rule, switches: Mapping[str, SwitchInfo], address_sets,
+               label=None, partial=False):
+    """The address sets the match of ``rule`` (of middlebox ``mb``) names
+    exist and belong to the tenant of ``mb``'s switch."""
+    sw = switches.get(mb.switch)
+    if sw is None:
+        if partial:
+            return
+        check_middlebox(mb, switches)
     check_address_sets(parse_match(rule.match), sw.tenant, address_sets,
-                       f"middlebox '{mb.name}'", label)
+                       f"middlebox '{mb.name}'", label, partial)
+
+
+def check_rule_unique(mb, rule, rules, label=None):
+    """No rule of ``rules`` (the other rules of ``mb``) has the tier,
+    direction and priority of ``rule``."""
     for other in rules:
-        if other is rule:
-            continue
-        if (other.tier, other.direction, other.priority) == (
+        if other is not rule and (other.tier, other.direction,
+                                  other.priority) == (
                 rule.tier, rule.direction, rule.priority):
             raise MbxError(_prefix(label) + f"middlebox '{mb.name}' already "
                            f"has a {describe_rule(other)}; choose another "
                            "priority")
 
 
-def describe_policy(policy):
-    return (f"steering policy at priority {policy.priority} ({policy.match} "
-            f"-> {policy.middlebox or 'bypass'})")
-
-
-def check_policy(policy, policies, switches: Mapping[str, SwitchInfo],
-                 middleboxes, address_sets, label=None):
+def check_policy(policy, switches: Mapping[str, SwitchInfo], middleboxes,
+                 address_sets, label=None, partial=False):
     """``policy`` (a PolicyInfo) fits: its switch exists, the address sets
-    its match names belong to the switch's tenant, its middlebox (if any)
-    exists and serves the switch, and no other policy of ``policies`` on
-    that switch has its priority."""
+    its match names belong to the switch's tenant, and its middlebox (if
+    any) exists and serves the switch.  With ``partial``, switches, sets
+    and middleboxes missing from the mappings are not checked."""
     sw = switches.get(policy.switch)
-    if sw is None:
+    if sw is None and not partial:
         raise MbxError(_prefix(label) + f"unknown logical switch "
-                       f"'{policy.switch}'; create it first")
-    check_address_sets(parse_match(policy.match), sw.tenant, address_sets,
-                       f"logical switch '{sw.name}'", label)
-    if policy.middlebox is not None:
-        mb = middleboxes.get(policy.middlebox)
-        if mb is None:
-            raise MbxError(_prefix(label) + f"unknown middlebox "
-                           f"'{policy.middlebox}'; create it first (mb-add) "
-                           "or use bypass")
-        if mb.switch != policy.switch:
-            raise MbxError(_prefix(label) + f"middlebox '{mb.name}' serves "
-                           f"logical switch '{mb.switch}', not "
-                           f"'{policy.switch}'; a steering policy can only "
-                           "use a middlebox of its own switch")
+                       f"'{policy.switch}'; create it first (ls-add)")
+    if sw is not None:
+        check_address_sets(parse_match(policy.match), sw.tenant,
+                           address_sets, f"logical switch '{sw.name}'",
+                           label, partial)
+    if policy.middlebox is None:
+        return
+    mb = middleboxes.get(policy.middlebox)
+    if mb is None:
+        if partial:
+            return
+        raise MbxError(_prefix(label) + f"unknown middlebox "
+                       f"'{policy.middlebox}'; create it first (mb-add) or "
+                       "use bypass")
+    if mb.switch != policy.switch:
+        raise MbxError(_prefix(label) + f"middlebox '{mb.name}' serves "
+                       f"logical switch '{mb.switch}', not "
+                       f"'{policy.switch}'; a steering policy can only use a "
+                       "middlebox of its own switch")
+
+
+def check_policy_unique(policy, policies, label=None):
+    """No other policy of ``policies`` on the switch of ``policy`` has its
+    priority."""
     for other in policies:
-        if other is policy or other.switch != policy.switch:
-            continue
-        if other.priority == policy.priority:
+        if (other is not policy and other.switch == policy.switch
+                and other.priority == policy.priority):
             raise MbxError(_prefix(label) + f"logical switch "
                            f"'{policy.switch}' already has a "
                            f"{describe_policy(other)}; choose another "
                            "priority")
+
+
+def check_firewall(switches, address_sets, middleboxes, rules, policies,
+                   mb_labels=None, policy_labels=None, partial=False):
+    """The references of every middlebox, rule and policy hold (see
+    check_middlebox, check_rule and check_policy); uniqueness of priorities
+    is not checked here.
+
+    ``rules`` maps middlebox name -> its rules.  ``mb_labels`` maps a
+    middlebox name to the label of its entry (its rules become "LABEL:
+    rules[i]"), ``policy_labels`` maps (switch, priority) to a policy's
+    label; other items are named by what they are.  ``partial`` (checking
+    a file alone): references to things the mappings lack are not errors."""
+    mb_labels = mb_labels or {}
+    policy_labels = policy_labels or {}
+    for name, mb in sorted(middleboxes.items()):
+        label = mb_labels.get(name)
+        if mb.switch not in switches:
+            if partial:
+                continue
+            check_middlebox(mb, switches, label)
+        for i, rule in enumerate(rules.get(name, ())):
+            check_rule(mb, rule, switches, address_sets,
+                       f"{label}: rules[{i}]" if label
+                       else f"middlebox '{name}' {describe_rule(rule)}",
+                       partial)
+    for policy in policies:
+        check_policy(policy, switches, middleboxes, address_sets,
+                     policy_labels.get((policy.switch, policy.priority))
+                     or f"logical switch '{policy.switch}' "
+                     f"{describe_policy(policy)}", partial)

@@ -6,17 +6,20 @@ ovs-vswitchd (userspace datapath, run directory in a temp dir), ``br-int``
 and a veth "VM" (``vm0`` in the namespace, its peer ``vif0`` on br-int).
 ``ScratchHost.down()`` ends exactly the processes it started, by PID, and
 deletes the namespace and the run directory; it is safe after a failed up().
+``remove_stale()`` does the same for a sandbox whose test process was killed
+(run directory ``TMP/mbxio-<pid>`` of a pid that no longer runs).
 """
 
 import contextlib
 import ctypes
+import glob
 import os
 import shutil
 import tempfile
 import threading
 
 from lab.sh import read_pidfile, run
-from ovsdb.server import stop as stop_pid
+from ovsdb.server import pid_alive, stop as stop_pid
 
 NS_PREFIX = "mbxio-"
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -74,7 +77,12 @@ class ScratchHost:
 
     # ------------------------------------------------------------- up/down
     def up(self):
-        self.rundir = tempfile.mkdtemp(prefix=NS_PREFIX)
+        remove_stale()
+        rundir = os.path.join(tempfile.gettempdir(), self.ns)
+        if os.path.exists(rundir):      # left by a dead process that had our pid
+            _remove_sandbox(rundir)
+        os.mkdir(rundir)
+        self.rundir = rundir
         run(["ip", "netns", "add", self.ns])
         self.ns_created = True
         self.ns_run("ip", "link", "set", "lo", "up")
@@ -119,3 +127,28 @@ class ScratchHost:
             self.ns_created = False
         if self.rundir:
             shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def remove_stale():
+    """Remove sandboxes of test processes that died without cleaning up: end
+    the daemons their pidfiles name (only if that process still runs from
+    that directory), delete their namespace and directory."""
+    for rundir in glob.glob(os.path.join(tempfile.gettempdir(), NS_PREFIX + "*")):
+        suffix = os.path.basename(rundir)[len(NS_PREFIX):]
+        if suffix.isdigit() and not pid_alive(int(suffix)):
+            _remove_sandbox(rundir)
+
+
+def _remove_sandbox(rundir):
+    for name in ("ovs-vswitchd", "ovsdb-server"):
+        try:
+            with open(os.path.join(rundir, name + ".pid")) as f:
+                pid = int(f.read().strip())
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                ours = rundir.encode() in f.read()
+        except (OSError, ValueError):
+            continue
+        if ours:
+            stop_pid(pid)
+    run(["ip", "netns", "del", os.path.basename(rundir)], check=False)
+    shutil.rmtree(rundir, ignore_errors=True)

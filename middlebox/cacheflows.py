@@ -1,0 +1,100 @@
+"""The daemon's cache entries as ``Flow`` values, and back.  Pure.
+
+docs/middlebox.md "Daemon cache entries": for a connection of VM v with peer
+p in slice tag t, two flows at priority PRIO_CACHE_ENTRY:
+
+* FROM_VM_CACHE: ``reg4=t, eth_type=0x800, ip_proto, ipv4_src=v,
+  ipv4_dst=p, {tcp,udp}_src=v_port, {tcp,udp}_dst=p_port``
+* TO_VM_CACHE: the reverse 5-tuple.
+
+(no ports for other protocols).  allow -> ``goto`` CACHE_NEXT of the stage;
+deny -> no instructions (drop).  Cookie = DAEMON_COOKIE | t << 28 | entry id.
+The flows must be installed with OFPFF_SEND_FLOW_REM (``Flow`` has no flags
+field: the daemon's OpenFlow shell sets it on every cache flow it adds).
+"""
+
+from ryu_apps import pipeline as P
+from ryu_apps.ofmodel import Flow, canon_match
+
+from middlebox.packet import IPPROTO_TCP, IPPROTO_UDP, ip_int, ip_text
+
+ENTRY_ID_BITS = 28
+ENTRY_ID_MASK = (1 << ENTRY_ID_BITS) - 1
+MAX_ENTRY_ID = ENTRY_ID_MASK
+TAG_SHIFT = ENTRY_ID_BITS
+TAG_MASK = 0xFFF
+# The part of a cache flow's cookie that identifies its entry (tag and id).
+ENTRY_COOKIE_MASK = (TAG_MASK << TAG_SHIFT) | ENTRY_ID_MASK
+ETH_TYPE_IP = 0x0800
+_L4 = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst")}
+_STAGE_OF_TABLE = {t.table_id: stage for stage, t in P.CACHE_TABLES.items()}
+
+
+def cookie(tag, entry_id):
+    return P.DAEMON_COOKIE | (tag & TAG_MASK) << TAG_SHIFT | (entry_id & ENTRY_ID_MASK)
+
+
+def split_cookie(value):
+    """(tag, entry_id) of a daemon cookie, or None for another owner's cookie."""
+    if value & P.COOKIE_MASK != P.DAEMON_COOKIE:
+        return None
+    return (value >> TAG_SHIFT) & TAG_MASK, value & ENTRY_ID_MASK
+
+
+def cache_flow(tag, stage, entry_id, proto, src, dst, sport, dport, verdict, idle_timeout):
+    """One cache flow: the packets of the 5-tuple (src/dst as ints) at ``stage``."""
+    fields = {P.REG_SLICE: tag, "eth_type": ETH_TYPE_IP, "ip_proto": proto,
+              "ipv4_src": ip_text(src), "ipv4_dst": ip_text(dst)}
+    names = _L4.get(proto)
+    if names is not None:
+        fields[names[0]] = sport
+        fields[names[1]] = dport
+    instructions = (("goto", P.CACHE_NEXT[stage].table_id),) if verdict == "allow" else ()
+    return Flow(P.CACHE_TABLES[stage].table_id, P.PRIO_CACHE_ENTRY, canon_match(**fields),
+                instructions, cookie=cookie(tag, entry_id), idle_timeout=int(idle_timeout))
+
+
+def entry_flows(tag, entry, idle_timeout):
+    """(from_vm_flow, to_vm_flow) of a ``ConnEntry``, with its verdict."""
+    k = entry.key
+    return (cache_flow(tag, P.STAGE_FROM_VM, entry.entry_id, k.proto, k.vm_ip, k.peer_ip,
+                       k.vm_port, k.peer_port, entry.verdict, idle_timeout),
+            cache_flow(tag, P.STAGE_TO_VM, entry.entry_id, k.proto, k.peer_ip, k.vm_ip,
+                       k.peer_port, k.vm_port, entry.verdict, idle_timeout))
+
+
+def parse_cache_flow(flow):
+    """``(tag, stage, entry_id, proto, src, dst, sport, dport, verdict)`` of a
+    daemon cache flow (src/dst as ints, as the flow matches them), or None
+    if ``flow`` is not one (other cookie, table, priority, match or
+    instructions).  ``verdict`` is "allow" or "deny"."""
+    try:
+        ids = split_cookie(flow.cookie)
+        stage = _STAGE_OF_TABLE.get(flow.table)
+        if ids is None or stage is None or flow.priority != P.PRIO_CACHE_ENTRY:
+            return None
+        tag, entry_id = ids
+        m = dict(flow.match)
+        if m.pop(P.REG_SLICE, None) != tag or m.pop("eth_type", None) != ETH_TYPE_IP:
+            return None
+        proto = m.pop("ip_proto", None)
+        src, dst = m.pop("ipv4_src", None), m.pop("ipv4_dst", None)
+        if not isinstance(proto, int) or not isinstance(src, str) or not isinstance(dst, str):
+            return None
+        sport = dport = 0
+        names = _L4.get(proto)
+        if names is not None:
+            sport, dport = m.pop(names[0], None), m.pop(names[1], None)
+            if not isinstance(sport, int) or not isinstance(dport, int):
+                return None
+        if m:
+            return None
+        if flow.instructions == ():
+            verdict = "deny"
+        elif flow.instructions == (("goto", P.CACHE_NEXT[stage].table_id),):
+            verdict = "allow"
+        else:
+            return None
+        return (tag, stage, entry_id, proto, ip_int(src), ip_int(dst), sport, dport, verdict)
+    except (AttributeError, TypeError, ValueError):
+        return None

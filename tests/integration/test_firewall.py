@@ -1,0 +1,243 @@
+"""The distributed stateful firewall in the real lab.
+
+Two tenants with the same subnet (green, yellow), each with its own firewall,
+VMs on h1 and h2 and none on h3.  Every check is what a user observes: a TCP
+connection that completes, times out (dropped) or is refused (rejected), the
+daemon's own counters through ``ovs-appctl -t mbxd``, and the cache flows'
+counters in OVS.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lab.probe import Probe
+from lab.sh import wait_until
+from ovsdb.server import pid_alive
+from ryu_apps import pipeline as P
+
+PORTS = "7000,7001,7002,7003,7005"
+GREEN = {"g1": ("h1", "10.1.0.11"), "g2": ("h2", "10.1.0.12"), "g3": ("h1", "10.1.0.13")}
+YELLOW = {"y1": ("h1", "10.1.0.11"), "y2": ("h2", "10.1.0.12")}
+
+
+def mbxctl(lab, *args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "ovsdb.ctl", "--db", lab.nb_remote,
+                           "--wait=hv", "--timeout=20"] + list(args),
+                          capture_output=True, text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def ip(vm):
+    return {**GREEN, **YELLOW}[vm][1]
+
+
+def attempt(lab, src, dst, port, timeout=1.0):
+    out = lab.tcp_try(src, ip(dst), port, timeout=timeout)
+    for verdict in ("ok", "refused", "timeout"):
+        if out[verdict]:
+            return verdict
+    return out["last_error"]
+
+
+def stats(lab, host):
+    text = lab.mbxd_appctl(host, "stats")
+    return {k: int(v) for k, v in re.findall(r"^(\S+)\s+(\d+)$", text, re.M)}
+
+
+def cache_packets(lab, host):
+    """Total n_packets of the daemon's cache flows on ``host``."""
+    out = lab.ofctl(host, "dump-flows", "cookie=%#x/%#x" % (P.DAEMON_COOKIE, P.COOKIE_MASK))
+    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))
+
+
+@pytest.fixture(scope="module")
+def fw(lab):
+    mbxctl(lab, "ls-add", "ls-green", "2001", "10.1.0.0/24", "--tenant", "green",
+           "--", "ls-add", "ls-yellow", "2002", "10.1.0.0/24", "--tenant", "yellow")
+    mbxctl(lab, "as-add", "green-trusted", "green", "10.1.0.13",
+           "--", "mb-add", "fw-green", "ls-green", "--default", "deny",
+           "--", "fw-add", "fw-green", "100", "from-vm", "any", "allow",
+           "--", "fw-add", "fw-green", "100", "to-vm", "proto=tcp dport=7000", "allow",
+           "--", "fw-add", "fw-green", "110", "to-vm", "proto=tcp dport=7002", "reject",
+           "--", "fw-add", "fw-green", "120", "to-vm", "proto=tcp src=$green-trusted dport=7003",
+           "allow",
+           "--", "fw-add", "fw-green", "130", "to-vm", "proto=tcp dport=7005", "allow",
+           "--", "fw-add", "fw-green", "500", "to-vm", "proto=tcp dport=7005", "deny",
+           "--tier", "provider",
+           "--", "steer-add", "ls-green", "100", "any", "fw-green")
+    mbxctl(lab, "mb-add", "fw-yellow", "ls-yellow", "--default", "deny",
+           "--", "fw-add", "fw-yellow", "100", "from-vm", "any", "allow",
+           "--", "fw-add", "fw-yellow", "100", "to-vm", "proto=tcp dport=7001", "allow",
+           "--", "steer-add", "ls-yellow", "100", "any", "fw-yellow")
+    servers = []
+    for switch, vms in (("ls-green", GREEN), ("ls-yellow", YELLOW)):
+        for name, (host, addr) in vms.items():
+            lab.vm_add(name, host, switch, addr + "/24")
+            servers.append(lab.spawn(name, [sys.executable, "-m", "lab.probe", "serve",
+                                            "--port", PORTS],
+                                     os.path.join(lab.rundir, "serve-%s.log" % name)))
+    time.sleep(0.5)
+    yield lab
+    for proc in servers:
+        proc.terminate()
+        proc.wait(10)
+        lab.forget_pid(proc.pid)
+    for name in list(GREEN) + list(YELLOW):
+        lab.vm_del(name)
+    mbxctl(lab, "steer-del", "ls-green", "--", "steer-del", "ls-yellow",
+           "--", "mb-del", "fw-green", "--", "mb-del", "fw-yellow",
+           "--", "as-del", "green-trusted",
+           "--", "ls-del", "ls-green", "--", "ls-del", "ls-yellow")
+
+
+def test_allowed_denied_and_rejected_across_hosts(fw):
+    assert attempt(fw, "g1", "g2", 7000) == "ok"          # to-vm allow
+    assert attempt(fw, "g1", "g2", 7001) == "timeout"     # default deny: dropped
+    assert attempt(fw, "g1", "g2", 7002) == "refused"     # reject: a RST from the firewall
+    assert attempt(fw, "g2", "g1", 7000) == "ok"
+
+
+def test_unsolicited_inbound_is_denied_while_replies_pass(fw):
+    # g1 -> g2:7000 is allowed; the replies into g1 (source port 7000) are not
+    # allowed by any to-vm rule of g1, yet pass: they belong to g1's connection.
+    assert attempt(fw, "g1", "g2", 7000) == "ok"
+    # nothing lets g2 open a connection to g1's port 7001
+    assert attempt(fw, "g2", "g1", 7001) == "timeout"
+    conns = fw.mbxd_appctl("h1", "conn/list", "g1")
+    assert re.search(r"10\.1\.0\.11:\d+ -> 10\.1\.0\.12:7000 .*origin=out", conns), conns
+
+
+def test_provider_tier_is_evaluated_first_unless_told_otherwise(fw):
+    assert attempt(fw, "g1", "g2", 7005) == "timeout"     # provider deny beats tenant allow
+    mbxctl(fw, "mb-set", "fw-green", "tier-order=tenant-first")
+    try:
+        wait_until(lambda: attempt(fw, "g1", "g2", 7005) == "ok", 10,
+                   interval=0.2, what="tenant tier first")
+    finally:
+        mbxctl(fw, "mb-set", "fw-green", "tier-order=provider-first")
+
+
+@pytest.mark.parametrize("mode", ["both", "source", "destination"])
+def test_same_host_modes(fw, mode):
+    mbxctl(fw, "mb-set", "fw-green", "same-host=%s" % mode)
+    time.sleep(0.3)
+    try:
+        before = stats(fw, "h1")
+        assert attempt(fw, "g3", "g1", 7000) == "ok"
+        assert attempt(fw, "g3", "g1", 7001) == "timeout"
+        after = stats(fw, "h1")
+        # one decision per stage that checks the connection's first packet
+        decided = after["decisions_allow"] - before["decisions_allow"]
+        assert decided == (2 if mode == "both" else 1), (mode, decided)
+        # either way both VMs' tables hold the allowed connection
+        for vm in ("g1", "g3"):
+            assert ":7000" in fw.mbxd_appctl("h1", "conn/list", vm)
+    finally:
+        mbxctl(fw, "mb-set", "fw-green", "same-host=both")
+
+
+def test_established_connection_is_forwarded_by_ovs_alone(fw, tmp_path):
+    probe = Probe(fw, "g1", "g2", ip("g2"), 7000, str(tmp_path / "offload.json"), duration=60)
+    try:
+        probe.wait(lambda r: r["received"] >= 50, 15, "50 replies")
+        frames = {h: stats(fw, h)["frames"] for h in ("h1", "h2")}
+        cached = {h: cache_packets(fw, h) for h in ("h1", "h2")}
+        start = probe.read()["received"]
+        probe.wait(lambda r: r["received"] >= start + 50, 15, "50 more replies")
+        for host in ("h1", "h2"):
+            assert stats(fw, host)["frames"] == frames[host], host   # Python saw nothing
+            assert cache_packets(fw, host) >= cached[host] + 100, host
+        listing = fw.mbxd_appctl("h1", "conn/list", "g1")
+        assert re.search(r":7000 .*state=established .*offloaded=yes", listing), listing
+    finally:
+        report = probe.stop()
+    assert report["error"] is None, report
+
+
+def test_tenants_with_the_same_addresses_have_their_own_firewalls(fw):
+    assert attempt(fw, "y1", "y2", 7001) == "ok"
+    assert attempt(fw, "y1", "y2", 7000) == "timeout"
+    assert attempt(fw, "g1", "g2", 7000) == "ok"
+    assert attempt(fw, "g1", "g2", 7001) == "timeout"
+
+
+def test_address_set_change_takes_effect_on_live_hosts(fw):
+    assert attempt(fw, "g3", "g2", 7003) == "ok"          # g3 is trusted
+    assert attempt(fw, "g1", "g2", 7003) == "timeout"
+    mbxctl(fw, "as-set", "green-trusted", "10.1.0.11", "10.1.0.13")
+    try:
+        wait_until(lambda: attempt(fw, "g1", "g2", 7003) == "ok", 10, interval=0.2,
+                   what="g1 to become trusted")
+    finally:
+        mbxctl(fw, "as-set", "green-trusted", "10.1.0.13")
+    wait_until(lambda: attempt(fw, "g1", "g2", 7003) == "timeout", 10, interval=0.2,
+               what="g1 to be untrusted again")
+
+
+def test_host_without_a_tenants_vms_holds_none_of_its_config(fw):
+    held = fw.mbxd_appctl("h3", "config/show")
+    for name in ("green", "yellow", "fw-green", "fw-yellow", "ls-green", "g1", "y1",
+                 "10.1.0.13"):
+        assert name not in held, (name, held)
+    held_h1 = fw.mbxd_appctl("h1", "config/show")
+    for name in ("fw-green", "fw-yellow", "ls-green", "green-trusted", "g1", "y1"):
+        assert name in held_h1, (name, held_h1)
+    assert "fw-green" not in fw.mbxd_appctl("h3", "rules/show")
+
+
+def test_mbxd_kill9_and_restart_keeps_established_connections(fw, tmp_path):
+    probe = Probe(fw, "g1", "g2", ip("g2"), 7000, str(tmp_path / "restart.json"), duration=60)
+    try:
+        probe.wait(lambda r: r["received"] >= 30, 15, "30 replies")
+        for host in ("h1", "h2"):
+            fw.mbxd_stop(host, signal.SIGKILL)
+        start = probe.read()["received"]
+        probe.wait(lambda r: r["received"] >= start + 30, 15, "replies while mbxd is down")
+        for host in ("h1", "h2"):
+            fw.mbxd_start(host)
+        wait_until(lambda: ":7000" in fw.mbxd_appctl("h1", "conn/list", "g1", check=False),
+                   15, interval=0.2, what="mbxd on h1 to restore the connection")
+        start = probe.read()["received"]
+        probe.wait(lambda r: r["received"] >= start + 30, 15, "replies after the restart")
+        assert "state=established" in fw.mbxd_appctl("h2", "conn/list", "g2")
+        # and new connections are judged again
+        assert attempt(fw, "g1", "g2", 7001) == "timeout"
+        assert attempt(fw, "g1", "g2", 7000) == "ok"
+    finally:
+        report = probe.stop()
+    assert report["error"] is None, report
+
+
+def test_malformed_frames_on_the_middlebox_port_are_counted_not_fatal(fw):
+    pid = fw.state["pids"]["h1/mbxd"]
+    tag = int(re.search(r"tag=(\d+).*fw-green", fw.mbxd_appctl("h1", "slice/list")).group(1))
+    before = stats(fw, "h1")
+    eth = "020000000099" "020000000011"
+    vlan = "8100%04x" % tag
+    frames = [
+        eth + vlan + "0800" + "45000014",                         # truncated IPv4 header
+        eth + vlan + "0800" + "4f" + "00" * 30,                   # IHL beyond the frame
+        eth + vlan + "0800" + "450000280000000040060000" + "0a01000b0a01000c" + "0000",  # short TCP
+        eth + vlan + "0800" + "4500ffff00000000400600000a01000b0a01000c" + "00" * 20,     # bad length
+        eth + "8100%04x" % 4000 + "0800" + "45" + "00" * 40,      # unknown tag
+        eth + vlan + "88cc" + "00" * 40,                          # not IP
+        eth + vlan + "0800",                                      # nothing after the type
+    ]
+    for frame in frames:
+        fw.ofctl("h1", "packet-out", "in_port=controller packet=%s actions=output:%s"
+                 % (frame, P.MIDDLEBOX_PORT))
+    wait_until(lambda: stats(fw, "h1")["malformed"] >= before["malformed"] + 4, 5,
+               interval=0.1, what="malformed frames counted")
+    after = stats(fw, "h1")
+    assert after["unknown_tag"] >= before["unknown_tag"] + 1
+    assert after["non_ip"] >= before["non_ip"] + 1
+    assert pid_alive(pid)
+    assert attempt(fw, "g1", "g2", 7000) == "ok"

@@ -1,0 +1,251 @@
+"""middlebox.ofconn against a scripted fake switch on a unix socket: the
+handshake it sends, message framing across reads, echo, multipart flow
+stats, FLOW_REMOVED, errors and a lost peer.  (tests/integration/test_mb_io.py
+runs the same client against a real ovs-vswitchd.)"""
+
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+
+import pytest
+from os_ken.ofproto import ofproto_protocol
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+# ``middlebox`` may not be in the installed package list yet (setup.cfg's
+# package list); make the repo root importable either way.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from middlebox.ofconn import OfConn, OfConnError  # noqa: E402
+from ryu_apps import ofmsg  # noqa: E402
+from ryu_apps.ofmodel import Flow, canon_match  # noqa: E402
+
+DP = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
+HEADER = struct.Struct("!BBHI")
+FLOW_MOD_FIXED = ofp.OFP_HEADER_SIZE + struct.calcsize(ofp.OFP_FLOW_MOD_PACK_STR0)
+COOKIE = 0x4D42440000000000 | 5 << 28
+
+
+def header(msg_type, body=b"", xid=0, version=ofp.OFP_VERSION):
+    return HEADER.pack(version, msg_type, HEADER.size + len(body), xid) + body
+
+
+def hello_with_bitmap(*versions, version=6):
+    bitmap = sum(1 << v for v in versions)
+    return header(ofp.OFPT_HELLO, struct.pack("!HHI", 1, 8, bitmap), version=version)
+
+
+def read_msg(sock):
+    data = b""
+    for want in (HEADER.size, None):
+        if want is None:
+            want = HEADER.unpack(data)[2]
+        while len(data) < want:
+            chunk = sock.recv(want - len(data))
+            if not chunk:
+                raise EOFError("peer closed")
+            data += chunk
+    version, msg_type, _, xid = HEADER.unpack_from(data)
+    return msg_type, xid, data
+
+
+class FakeSwitch:
+    """Accepts one connection, answers the handshake, then hands its socket
+    to the test (``self.peer``)."""
+
+    def __init__(self, path, hello):
+        self.path = path
+        self.hello = hello
+        self.handshake = []
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(1)
+        self.listener.settimeout(5)
+        self.peer = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            peer, _ = self.listener.accept()
+        except OSError:
+            return
+        peer.settimeout(5)
+        try:
+            peer.sendall(self.hello)
+            for _ in range(10):
+                msg_type, xid, data = read_msg(peer)
+                self.handshake.append((msg_type, data))
+                if msg_type == ofp.OFPT_BARRIER_REQUEST:
+                    peer.sendall(header(ofp.OFPT_BARRIER_REPLY, xid=xid))
+                    break
+        except (EOFError, OSError):
+            peer.close()                # the client gave up (e.g. no common version)
+            return
+        self.peer = peer
+
+    def close(self):
+        self.thread.join(5)
+        if self.peer:
+            self.peer.close()
+        self.listener.close()
+
+
+class Recorder:
+    def __init__(self):
+        self.removed, self.stats, self.barriers, self.errors = [], {}, [], []
+
+    def conn(self, target):
+        return OfConn(target, on_flow_removed=lambda *a: self.removed.append(a),
+                      on_flow_stats=lambda xid, e: self.stats.__setitem__(xid, e),
+                      on_barrier=self.barriers.append,
+                      on_error=lambda *a: self.errors.append(a))
+
+
+def pump(conn, until, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "timed out"
+        select.select([conn], [], [], 0.05)
+        conn.run()
+
+
+@pytest.fixture
+def switch(tmp_path):
+    sw = FakeSwitch(str(tmp_path / "br-int.mgmt"), hello_with_bitmap(1, 4, 6))
+    rec = Recorder()
+    conn = rec.conn("unix:" + sw.path)
+    conn.connect(timeout=5)
+    sw.thread.join(5)
+    yield sw, conn, rec
+    conn.close()
+    sw.close()
+
+
+def cache_flow(entry, sport):
+    return Flow(11, 100, canon_match(reg4=5, eth_type=0x800, ip_proto=6, ipv4_src="10.0.0.1",
+                                     ipv4_dst="10.0.0.2", tcp_src=sport, tcp_dst=80),
+                (("goto", 20),), cookie=COOKIE | entry, idle_timeout=30)
+
+
+def flow_stats_reply(xid, flows, more):
+    body = b""
+    for flow in flows:
+        mod = ofmsg.to_flow_mod(DP, flow)
+        mod.serialize()
+        tail = bytes(mod.buf[FLOW_MOD_FIXED:])
+        body += struct.pack(ofp.OFP_FLOW_STATS_0_PACK_STR, ofp.OFP_FLOW_STATS_0_SIZE + len(tail),
+                            flow.table, 12, 345, flow.priority, flow.idle_timeout,
+                            flow.hard_timeout, 0, flow.cookie, 10, 1000) + tail
+    flags = ofp.OFPMPF_REPLY_MORE if more else 0
+    return header(ofp.OFPT_MULTIPART_REPLY,
+                  struct.pack(ofp.OFP_MULTIPART_REPLY_PACK_STR, ofp.OFPMP_FLOW, flags) + body,
+                  xid=xid)
+
+
+def test_handshake_negotiates_1_3_and_asks_for_flow_removed_only(switch):
+    sw, conn, _ = switch
+    types_sent = [t for t, _ in sw.handshake]
+    assert types_sent == [ofp.OFPT_HELLO, ofp.OFPT_SET_CONFIG, ofp.OFPT_SET_ASYNC,
+                          ofp.OFPT_BARRIER_REQUEST]
+    _, set_config = sw.handshake[1]
+    assert struct.unpack_from("!HH", set_config, 8) == (0, 0xFFFF)      # miss_send_len
+    _, set_async = sw.handshake[2]
+    assert struct.unpack_from("!IIIIII", set_async, 8) == (0, 0, 0, 0, 0xF, 0xF)
+    assert conn.connected
+
+
+def test_echo_split_across_reads_is_answered(switch):
+    sw, conn, _ = switch
+    echo = header(ofp.OFPT_ECHO_REQUEST, b"ping", xid=77)
+    sw.peer.sendall(echo[:5])
+    select.select([conn], [], [], 1)
+    conn.run()
+    sw.peer.sendall(echo[5:])
+    select.select([conn], [], [], 1)
+    conn.run()
+    assert read_msg(sw.peer) == (ofp.OFPT_ECHO_REPLY, 77,
+                                 header(ofp.OFPT_ECHO_REPLY, b"ping", xid=77))
+
+
+def test_multipart_flow_stats_are_delivered_once_complete(switch):
+    sw, conn, rec = switch
+    xid = conn.request_flow_stats(COOKIE, 0xFFFFFFFFF0000000)
+    msg_type, got_xid, _ = read_msg(sw.peer)
+    assert (msg_type, got_xid) == (ofp.OFPT_MULTIPART_REQUEST, xid)
+    flows = [cache_flow(i, 1000 + i) for i in range(3)]
+    sw.peer.sendall(flow_stats_reply(xid + 1000, flows, False)      # not a request of ours
+                    + flow_stats_reply(xid, flows[:2], True))
+    select.select([conn], [], [], 1)
+    conn.run()
+    assert rec.stats == {}
+    sw.peer.sendall(flow_stats_reply(xid, flows[2:], False))
+    pump(conn, lambda: rec.stats)
+    assert rec.stats == {xid: [(f, 10, 1000, 12) for f in flows]}
+
+
+def test_flow_removed_and_error_reach_their_callbacks(switch):
+    sw, conn, rec = switch
+    flow = cache_flow(9, 4242)
+    match = ofmsg.to_flow_mod(DP, flow).match
+    buf = bytearray()
+    match.serialize(buf, 0)
+    removed = struct.pack(ofp.OFP_FLOW_REMOVED_PACK_STR0, flow.cookie, flow.priority,
+                          ofp.OFPRR_IDLE_TIMEOUT, flow.table, 31, 0, 30, 0, 4, 400)
+    stats_xid = conn.request_flow_stats(COOKIE, COOKIE)
+    error = struct.pack("!HH", ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE) + b"\0" * 8
+    sw.peer.sendall(header(ofp.OFPT_FLOW_REMOVED, removed + bytes(buf), xid=0)
+                    + header(ofp.OFPT_ERROR, error, xid=stats_xid))
+    pump(conn, lambda: rec.removed and rec.errors)
+    (cookie, table, prio, match_flow, reason, packets, nbytes, duration), = rec.removed
+    assert (cookie, table, prio, reason, packets, nbytes, duration) == \
+        (flow.cookie, 11, 100, ofp.OFPRR_IDLE_TIMEOUT, 4, 400, 31)
+    assert match_flow == Flow(11, 100, flow.match, (), cookie=flow.cookie, idle_timeout=30)
+    assert rec.errors == [(stats_xid, ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE)]
+    # The failed request never completes, even if a late reply comes.
+    sw.peer.sendall(flow_stats_reply(stats_xid, [flow], False))
+    xid = conn.barrier()
+    msg_type, got_xid, _ = read_msg(sw.peer)
+    while msg_type != ofp.OFPT_BARRIER_REQUEST:
+        msg_type, got_xid, _ = read_msg(sw.peer)
+    sw.peer.sendall(header(ofp.OFPT_BARRIER_REPLY, xid=xid))
+    pump(conn, lambda: rec.barriers)
+    assert rec.barriers == [xid] and rec.stats == {}
+
+
+def test_peer_closing_is_reported_and_leaves_the_conn_closed(switch):
+    sw, conn, _ = switch
+    sw.peer.close()
+    sw.peer = None
+    with pytest.raises(OfConnError, match="closed by the switch"):
+        pump(conn, lambda: False)
+    assert not conn.connected
+    conn.barrier()                      # dropped, not raised: the daemon reconnects
+    assert conn.requests_dropped == 1
+    with pytest.raises(OfConnError, match="not connected"):
+        conn.run()
+
+
+def test_a_switch_without_1_3_is_refused_in_one_line(tmp_path):
+    sw = FakeSwitch(str(tmp_path / "old.mgmt"), hello_with_bitmap(1, version=1))
+    try:
+        with pytest.raises(OfConnError) as err:
+            OfConn("unix:" + sw.path).connect(timeout=2)
+        assert "does not speak OpenFlow 1.3 (it offers 1.0;" in str(err.value)
+        assert "\n" not in str(err.value)
+    finally:
+        sw.listener.close()
+        sw.thread.join(5)
+
+
+def test_a_failed_write_is_raised_by_the_next_run(switch):
+    sw, conn, _ = switch
+    sw.peer.close()
+    sw.peer = None
+    conn.barrier()                      # EPIPE: kept, not raised here
+    with pytest.raises(OfConnError, match="Broken pipe|closed by the switch"):
+        pump(conn, lambda: False)
+    assert not conn.connected
