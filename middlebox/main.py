@@ -20,7 +20,6 @@ carries on with every established connection.
 """
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -122,20 +121,24 @@ class Daemon:
         except (OSError, ValueError) as err:
             LOG.warning("state file %s unreadable, rebuilding from the datapath "
                         "alone: %s", self.args.state_file, err)
-        flows = [f for f, _, _ in self.of.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK)]
+        flows = [f for f, _, _, _ in self.of.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK)]
         self.core.import_state(saved, flows, now)
         n = self.core.conn_count()["total"]
         LOG.info("restored %d connections (%d cache flows in the datapath)", n, len(flows))
         self.restored = True
 
     # ------------------------------------------------------------ events
-    def _flow_removed(self, cookie, packet_count, byte_count, *_rest):
+    def _flow_removed(self, cookie, _table, _priority, _match, _reason, packet_count,
+                      byte_count, _duration):
+        # The switch sends these to every connection that takes async messages:
+        # only the daemon's own cache entries concern it.
         if cookie & P.COOKIE_MASK == P.DAEMON_COOKIE:
             self.core.flow_removed(cookie, packet_count, byte_count, time.time())
             self.dirty = True
 
-    def _flow_stats(self, stats):
-        self.core.flow_stats(stats, time.time())
+    def _flow_stats(self, _xid, entries):
+        self.core.flow_stats([(f, packets, nbytes) for f, packets, nbytes, _ in entries],
+                             time.time())
         self.dirty = True
 
     def _apply(self, add, delete):

@@ -34,6 +34,7 @@ from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+from ovsdb.errors import MbxError
 from ryu_apps import ofmsg
 
 LOG = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ _MAX_RECVS_PER_RUN = 64                 # at most 4 MiB read per run()
 _MAX_SENDS_PER_FLUSH = 64
 
 
-class OfConnError(ConnectionError):
+class OfConnError(MbxError, ConnectionError):
     """The connection could not be made or was lost; the message is one line."""
 
 
@@ -449,6 +450,36 @@ class OfConn:
         self._stats_parts[xid] = []
         self._queue(self._serialize(ofmsg.flow_stats_request(self.dp, cookie, cookie_mask), xid))
         return xid
+
+    def dump_flows(self, cookie, cookie_mask, timeout=10.0):
+        """Blocking: request flow stats and wait (at most ``timeout`` seconds)
+        for the whole reply, for start-up before the poll loop runs.  Other
+        messages meanwhile go to their callbacks as in ``run()``.  Returns the
+        list ``on_flow_stats`` would get; raises ``OfConnError``."""
+        if self.sock is None:
+            raise OfConnError("%s: not connected" % self.target)
+        done = {}
+        xid = self.request_flow_stats(cookie, cookie_mask)
+        callback = self.on_flow_stats
+        self.on_flow_stats = lambda x, entries: (done.__setitem__(x, entries) if x == xid
+                                                 else callback and callback(x, entries))
+        try:
+            deadline = time.monotonic() + timeout
+            while xid not in done:
+                if xid not in self._stats_parts and xid not in done:
+                    raise OfConnError("%s: flow stats request failed (see the error above)"
+                                      % self.target)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OfConnError("%s: no flow stats reply within %.1fs"
+                                      % (self.target, timeout))
+                select.select([self.sock], [self.sock] if self._outbuf else [], [],
+                              min(remaining, 0.1))
+                self.run()
+        finally:
+            self.on_flow_stats = callback
+            self._stats_parts.pop(xid, None)        # a late reply is ignored
+        return done[xid]
 
     def barrier(self):
         """Send a BARRIER_REQUEST; ``on_barrier(xid)`` fires once every earlier

@@ -39,7 +39,13 @@ class PacketPort:
     ``recv_batch(max_frames)`` -> ``[(frame, tci), ...]`` (tci: the 16-bit
     802.1Q TCI the kernel stripped, or None for an untagged frame);
     ``send(frame, tci)`` -> True if the kernel took it.  Counters:
-    ``received``, ``sent``, ``send_errors``, ``truncated``.
+    ``received``, ``sent``, ``send_errors``, ``truncated``, ``link_down``.
+
+    The port going down and up costs one ENETDOWN (counted in ``link_down``)
+    and the socket keeps working; for a few tens of milliseconds after the
+    port comes up, sends fail with ENETDOWN (counted in ``send_errors``).  If
+    the port is deleted (or recreated with a new ifindex) the socket stays
+    silent forever: ``gone()`` says so, and the daemon opens a new PacketPort.
     """
 
     def __init__(self, ifname, rcvbuf=4 << 20, sndbuf=4 << 20):
@@ -48,6 +54,7 @@ class PacketPort:
         self.sent = 0
         self.send_errors = 0
         self.truncated = 0
+        self.link_down = 0
         self.last_send_error = None
         # Protocol 0: the socket receives nothing until bound to the port, so
         # no frame of another interface slips in before bind().
@@ -87,6 +94,11 @@ class PacketPort:
                 frame, ancdata, flags, addr = recvmsg(MAX_FRAME, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
+            except OSError as err:
+                if err.errno != errno.ENETDOWN:
+                    raise
+                self.link_down += 1     # reported once per down; the socket still works
+                break
             if addr[2] == PACKET_OUTGOING:
                 continue                # an old kernel without IGNORE_OUTGOING
             if flags & socket.MSG_TRUNC:
@@ -121,6 +133,16 @@ class PacketPort:
         self.sent += 1
         return True
 
+    def gone(self):
+        """True once the interface this socket is bound to no longer exists
+        (deleted, or replaced by a new one of the same name)."""
+        # The name of the bound ifindex, resolved in the socket's own network
+        # namespace (whichever namespace the caller is in); "" once it is gone.
+        try:
+            return self.sock.getsockname()[0] != self.ifname
+        except OSError:
+            return True
+
     def kernel_stats(self):
         """(packets, drops) the kernel counted for this socket since the last
         call (PACKET_STATISTICS resets on read): drops = receive queue full."""
@@ -129,4 +151,5 @@ class PacketPort:
 
     def counters(self):
         return {"received": self.received, "sent": self.sent,
-                "send_errors": self.send_errors, "truncated": self.truncated}
+                "send_errors": self.send_errors, "truncated": self.truncated,
+                "link_down": self.link_down}

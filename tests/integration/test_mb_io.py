@@ -267,6 +267,8 @@ def test_cache_flows_installed_deleted_by_exact_cookie_and_read_back(host, ofcon
     conn.send_flows(delete=[flows[0]])
     sync(conn, events)
     assert dumped_cookies(host) == {flows[1].cookie, flows[2].cookie, CONTROLLER_COOKIE | 1}
+    assert sorted((e[0] for e in conn.dump_flows(DAEMON_COOKIE, COOKIE_MASK)),
+                  key=repr) == sorted(flows[1:], key=repr)
     # The daemon's own delete of a SEND_FLOW_REM entry is reported too (reason DELETE).
     pump(conn, lambda: events.removed, timeout=2)
     assert [(r[0], r[4]) for r in events.removed] == [(flows[0].cookie, OFPRR_DELETE)]
@@ -345,3 +347,28 @@ def test_lost_connection_is_reported(host):
     with pytest.raises(OfConnError, match="closed"):
         pump(conn, lambda: False, timeout=3)
     assert not conn.connected
+
+
+def test_port_down_up_and_deleted(host):
+    """A port flap costs one ENETDOWN and the socket keeps working; a deleted
+    port leaves the socket silent, which ``gone()`` reports."""
+    port = "mbx-flap"
+    host.vsctl("add-port", "br-int", port, "--", "set", "interface", port, "type=internal")
+    host.ns_run("sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % port)
+    host.ns_run("ip", "link", "set", port, "up")
+    try:
+        with in_netns(host.ns):
+            pp = PacketPort(port)
+        host.ns_run("ip", "link", "set", port, "down")
+        host.ns_run("ip", "link", "set", port, "up")
+        assert pp.recv_batch() == [] and pp.link_down == 1
+        assert not pp.gone()
+        deadline = time.monotonic() + 1             # sends fail for a moment after up
+        while not pp.send(udp_frame(9), TCI) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pp.sent == 1
+        host.vsctl("del-port", "br-int", port)
+        assert pp.gone()
+        pp.close()
+    finally:
+        host.vsctl("--if-exists", "del-port", "br-int", port)

@@ -249,3 +249,32 @@ def test_a_failed_write_is_raised_by_the_next_run(switch):
     with pytest.raises(OfConnError, match="Broken pipe|closed by the switch"):
         pump(conn, lambda: False)
     assert not conn.connected
+
+
+def test_dump_flows_blocks_for_the_whole_reply_or_fails_clearly(switch):
+    sw, conn, rec = switch
+    flows = [cache_flow(i, 2000 + i) for i in range(3)]
+
+    def answer(parts):
+        msg_type, xid, _ = read_msg(sw.peer)
+        assert msg_type == ofp.OFPT_MULTIPART_REQUEST
+        for part in parts:
+            sw.peer.sendall(part(xid))
+
+    replier = threading.Thread(target=answer, args=([
+        lambda xid: flow_stats_reply(xid, flows[:1], True),
+        lambda xid: flow_stats_reply(xid, flows[1:], False)],))
+    replier.start()
+    assert conn.dump_flows(COOKIE, COOKIE, timeout=2) == [(f, 10, 1000, 12) for f in flows]
+    replier.join(5)
+    assert rec.stats == {}                  # the blocking dump is not reported again
+
+    error = struct.pack("!HH", ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_EPERM)
+    replier = threading.Thread(target=answer, args=([
+        lambda xid: header(ofp.OFPT_ERROR, error, xid=xid)],))
+    replier.start()
+    with pytest.raises(OfConnError, match="flow stats request failed"):
+        conn.dump_flows(COOKIE, COOKIE, timeout=2)
+    replier.join(5)
+    with pytest.raises(OfConnError, match="no flow stats reply within 0.2s"):
+        conn.dump_flows(COOKIE, COOKIE, timeout=0.2)
