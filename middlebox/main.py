@@ -122,7 +122,10 @@ class Daemon:
             LOG.warning("state file %s unreadable, rebuilding from the datapath "
                         "alone: %s", self.args.state_file, err)
         flows = [f for f, _, _, _ in self.of.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK)]
-        self.core.import_state(saved, flows, now)
+        changes = self.core.import_state(saved, flows, now)
+        # Flows that fit no entry are deleted only when the config is known:
+        # without it every flow would look orphaned.
+        self._apply(changes.add, changes.delete if self.conf.synced() else [])
         n = self.core.conn_count()["total"]
         LOG.info("restored %d connections (%d cache flows in the datapath)", n, len(flows))
         self.restored = True
@@ -133,12 +136,14 @@ class Daemon:
         # The switch sends these to every connection that takes async messages:
         # only the daemon's own cache entries concern it.
         if cookie & P.COOKIE_MASK == P.DAEMON_COOKIE:
-            self.core.flow_removed(cookie, packet_count, byte_count, time.time())
+            self.core.flow_removed(cookie, packet_count, byte_count, time.time(),
+                                   table_id=_table)
             self.dirty = True
 
     def _flow_stats(self, _xid, entries):
-        self.core.flow_stats([(f, packets, nbytes) for f, packets, nbytes, _ in entries],
-                             time.time())
+        orphans = self.core.flow_stats(
+            [(f, packets, nbytes) for f, packets, nbytes, _ in entries], time.time())
+        self._apply([], orphans)
         self.dirty = True
 
     def _apply(self, add, delete):

@@ -1,10 +1,11 @@
 import pytest
 
-from ovsdb.api import NbSnapshot
+from ovsdb.api import NbSnapshot, RuleRecord
 from ovsdb.errors import MbxError
 from ovsdb.topology import check_against, parse_topology
 from ovsdb.validate import mac_from_name
-from ryu_apps.model import SwitchInfo, VMInfo
+from ryu_apps.model import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
+                             SwitchInfo, VMInfo)
 
 GOOD = """
 switches:
@@ -171,3 +172,232 @@ def test_changing_a_subnet_must_keep_existing_vms_inside():
     with pytest.raises(MbxError, match="^VM 'db-vm': IP 10.9.0.1 is outside "
                                        "subnet 10.8.0.0/24"):
         check_against(spec, _snapshot([DB_SWITCH], [DB_VM]))
+
+
+FIREWALL = """
+switches:
+  - {name: ls-red, tenant: red, vni: 1001, subnet: 10.0.0.0/24}
+address_sets:
+  - {name: red-admins, tenant: red, addresses: [10.0.0.11, 10.0.9.0/24,
+                                                10.0.0.2/32]}
+  - {name: red-none, tenant: red}
+middleboxes:
+  - name: fw-red
+    type: firewall
+    switch: ls-red
+    default_action: reject
+    options: {same-host: both, timeout-udp: 60}
+    rules:
+      - {priority: 100, direction: to-vm, match: "proto=tcp,dport=7000",
+         action: allow, tier: tenant}
+      - {priority: 100, direction: from-vm, match: "dst=$red-admins",
+         action: deny}
+      - {priority: 100, direction: to-vm, match: "", action: deny,
+         tier: provider}
+  - {name: fw-bare, switch: ls-red}
+steering:
+  - {switch: ls-red, priority: 100, match: any, middlebox: fw-red}
+  - {switch: ls-red, priority: 200, match: "src=$red-admins",
+     middlebox: bypass}
+"""
+
+
+def test_parse_firewall():
+    spec = parse_topology(FIREWALL)
+    assert spec.address_sets == (
+        AddressSetInfo("red-admins", "red",
+                       ("10.0.0.2", "10.0.0.11", "10.0.9.0/24")),
+        AddressSetInfo("red-none", "red", ()))
+    assert spec.middleboxes == (
+        MiddleboxInfo("fw-red", "firewall", "ls-red", "reject",
+                      {"same-host": "both", "timeout-udp": "60"}),
+        MiddleboxInfo("fw-bare", "firewall", "ls-red", "deny", {}))
+    assert spec.rules == {
+        "fw-red": (RuleRecord(100, "to-vm", "proto=tcp dport=7000", "allow"),
+                   RuleRecord(100, "from-vm", "dst=$red-admins", "deny"),
+                   RuleRecord(100, "to-vm", "any", "deny", "provider")),
+        "fw-bare": ()}
+    assert spec.policies == (
+        PolicyInfo("ls-red", 100, "any", "fw-red"),
+        PolicyInfo("ls-red", 200, "src=$red-admins", None))
+    assert spec.steered_switches == ("ls-red",)
+
+
+def _edit(old, new):
+    assert old in FIREWALL
+    return FIREWALL.replace(old, new)
+
+
+@pytest.mark.parametrize("text,message", [
+    (_edit("default_action: reject", "default_action: drop"),
+     "middleboxes[0] (fw-red): invalid default action 'drop': use allow, "
+     "deny or reject"),
+    (_edit("type: firewall", "type: nat"),
+     "middleboxes[0] (fw-red): invalid middlebox type 'nat'"),
+    (_edit("timeout-udp: 60", "timeout-udp: 0"),
+     "middleboxes[0] (fw-red): invalid value '0' for option timeout-udp"),
+    (_edit("same-host: both", "same-hosts: both"),
+     "middleboxes[0] (fw-red): unknown middlebox option 'same-hosts'; known "
+     "options: check, same-host"),
+    (_edit("options: {", "colour: red\n    options: {"),
+     "middleboxes[0] (fw-red): unknown key 'colour'; expected name, type, "
+     "switch, default_action, options, rules"),
+    (_edit("{name: fw-bare, switch: ls-red}", "{name: fw-bare}"),
+     "middleboxes[1] (fw-bare): missing key 'switch'"),
+    (_edit("{name: fw-bare, switch: ls-red}",
+           "{name: fw-red, switch: ls-red}"),
+     "middleboxes[1] (fw-red): middlebox 'fw-red' is listed twice"),
+    (_edit("priority: 100, direction: to-vm, match: \"proto",
+           "priority: 40000, direction: to-vm, match: \"proto"),
+     "middleboxes[0] (fw-red): rules[0]: invalid rule priority 40000: use an "
+     "integer from 0 to 32767"),
+    (_edit("priority: 100, direction: to-vm, match: \"proto",
+           "priority: '100', direction: to-vm, match: \"proto"),
+     "middleboxes[0] (fw-red): rules[0]: priority must be an integer"),
+    (_edit("direction: from-vm", "direction: inbound"),
+     "middleboxes[0] (fw-red): rules[1]: invalid direction 'inbound'"),
+    (_edit("action: allow, tier: tenant", "action: permit, tier: tenant"),
+     "middleboxes[0] (fw-red): rules[0]: invalid action 'permit'"),
+    (_edit("tier: provider", "tier: admin"),
+     "middleboxes[0] (fw-red): rules[2]: invalid tier 'admin'"),
+    (_edit("dport=7000", "dport=70000"),
+     'middleboxes[0] (fw-red): rules[0]: bad match "proto=tcp,dport=70000": '
+     "dport 70000 out of range"),
+    (_edit("action: allow, tier: tenant", "action: allow, order: 1"),
+     "middleboxes[0] (fw-red): rules[0]: unknown key 'order'; expected "
+     "priority, direction, match, action, tier"),
+    (_edit("match: \"\", action: deny,\n         tier: provider",
+           "match: \"\", action: deny"),
+     "middleboxes[0] (fw-red): rules[2]: middlebox 'fw-red' already has a "
+     "tenant to-vm rule at priority 100 (proto=tcp dport=7000 -> allow)"),
+    (_edit("match: \"dst=$red-admins\"", "match: \"dst=$nobody\""),
+     'middleboxes[0] (fw-red): rules[1]: unknown address set "nobody"'),
+    (_edit("{name: red-none, tenant: red}",
+           "{name: red-none, tenant: red, addresses: [10.0.0.1/8]}"),
+     'address_sets[1] (red-none): bad address "10.0.0.1/8"'),
+    (_edit("{name: red-none, tenant: red}",
+           "{name: red-admins, tenant: red}"),
+     "address_sets[1] (red-admins): address set 'red-admins' is listed "
+     "twice"),
+    (_edit("{name: red-none, tenant: red}", "{name: red-none}"),
+     "address_sets[1] (red-none): missing key 'tenant'"),
+    (_edit("tenant: red, addresses: [10.0.0.11",
+           "tenant: blue, addresses: [10.0.0.11"),
+     'middleboxes[0] (fw-red): rules[1]: address set "red-admins" belongs '
+     "to tenant 'blue', not to tenant 'red' of middlebox 'fw-red'"),
+    (_edit("priority: 200, match", "priority: 100, match"),
+     "steering[1] (ls-red priority 100): logical switch 'ls-red' already "
+     "has a steering policy at priority 100 (any -> fw-red)"),
+    (_edit("priority: 200, match", "priority: 30001, match"),
+     "steering[1] (ls-red priority 30001): invalid steering priority 30001"),
+    (_edit("match: any, middlebox: fw-red",
+           "match: any, middlebox: fw-nope"),
+     "steering[0] (ls-red priority 100): unknown middlebox 'fw-nope'"),
+    (_edit("{switch: ls-red, priority: 100, match: any, middlebox: fw-red}",
+           "{switch: ls-red, priority: 100, match: any}"),
+     "steering[0] (ls-red priority 100): missing key 'middlebox'"),
+    (_edit("match: any, middlebox: fw-red", "match: 7, middlebox: fw-red"),
+     "steering[0] (ls-red priority 100): match must be a string"),
+    ("steering:\n  - {switch: ls-x, priority: 1, match: any, middlebox: "
+     "fw-a}\nmiddleboxes:\n  - {name: fw-a, switch: ls-a}\n",
+     "steering[0] (ls-x priority 1): middlebox 'fw-a' serves logical switch "
+     "'ls-a', not 'ls-x'"),
+    ("middleboxes:\n  - {name: fw-a, switch: ls-a, rules: {priority: 1}}\n",
+     "middleboxes[0] (fw-a): rules must be a list"),
+    ("middleboxes:\n  - {name: fw-a, switch: ls-a, options: [check]}\n",
+     "middleboxes[0] (fw-a): options must be a mapping"),
+    ("address_sets:\n  - {name: s, tenant: t, addresses: 10.0.0.1}\n",
+     "address_sets[0] (s): addresses must be a list"),
+    ("steering: {switch: s}\n",
+     "steering: expected a list of steering policies"),
+])
+def test_parse_firewall_rejects_with_one_line_naming_the_entry(text,
+                                                               message):
+    with pytest.raises(MbxError) as info:
+        parse_topology(text)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_parse_leaves_references_outside_the_file_to_apply():
+    spec = parse_topology(
+        "middleboxes:\n  - name: fw-a\n    switch: db-sw\n    rules:\n"
+        "      - {priority: 1, direction: to-vm, match: src=$db-set, "
+        "action: allow}\nsteering:\n  - {switch: db-sw, priority: 1, "
+        "match: dst=$db-set, middlebox: db-fw}\n")
+    assert spec.middleboxes[0].switch == "db-sw"
+    assert spec.policies[0].middlebox == "db-fw"
+
+
+def _fw_snapshot(**kw):
+    base = dict(nb_cfg=0, hv_cfg=0, hosts={},
+                switches={"db-sw": DB_SWITCH}, vms={}, vm_locations={})
+    base.update(kw)
+    return NbSnapshot(**base)
+
+
+DB_SET = AddressSetInfo("db-set", "t", ("10.9.0.5",))
+DB_MB = MiddleboxInfo("db-fw", "firewall", "db-sw")
+DB_RULE = RuleRecord(5, "to-vm", "src=$db-set", "allow")
+
+
+def test_check_against_db_references():
+    spec = parse_topology(
+        "middleboxes:\n  - name: fw-a\n    switch: db-sw\n    rules:\n"
+        "      - {priority: 1, direction: to-vm, match: src=$db-set, "
+        "action: allow}\nsteering:\n  - {switch: db-sw, priority: 1, "
+        "match: dst=$db-set, middlebox: db-fw}\n")
+    with pytest.raises(MbxError, match=r'^middleboxes\[0\] \(fw-a\): '
+                       r'rules\[0\]: unknown address set "db-set"'):
+        check_against(spec, _fw_snapshot())
+    snap = _fw_snapshot(address_sets={"db-set": DB_SET})
+    with pytest.raises(MbxError, match=r"^steering\[0\] \(db-sw priority "
+                                       r"1\): unknown middlebox 'db-fw'"):
+        check_against(spec, snap)
+    check_against(spec, _fw_snapshot(address_sets={"db-set": DB_SET},
+                                     middleboxes={"db-fw": DB_MB}))
+
+
+def test_check_against_a_changed_set_tenant_breaks_rules_in_the_db():
+    spec = parse_topology("address_sets:\n  - {name: db-set, tenant: u}\n")
+    snap = _fw_snapshot(address_sets={"db-set": DB_SET},
+                        middleboxes={"db-fw": DB_MB},
+                        rules={"db-fw": (DB_RULE,)})
+    with pytest.raises(MbxError, match=r"^middlebox 'db-fw' tenant to-vm "
+                       r"rule at priority 5 \(src=\$db-set -> allow\): "
+                       "address set \"db-set\" belongs to tenant 'u', not "
+                       "to tenant 't'"):
+        check_against(spec, snap)
+
+
+def test_check_against_the_file_replaces_a_middleboxs_rules():
+    # db-fw's rule names db-set; the file drops that rule, so changing the
+    # set's tenant is fine.
+    spec = parse_topology("address_sets:\n  - {name: db-set, tenant: u}\n"
+                          "middleboxes:\n  - {name: db-fw, switch: db-sw}\n")
+    check_against(spec, _fw_snapshot(address_sets={"db-set": DB_SET},
+                                     middleboxes={"db-fw": DB_MB},
+                                     rules={"db-fw": (DB_RULE,)}))
+
+
+def test_check_against_the_file_replaces_a_switchs_policies():
+    old = PolicyInfo("db-sw", 9, "any", "db-fw")
+    moved = parse_topology("middleboxes:\n  - {name: db-fw, switch: "
+                           "other}\nswitches:\n  - {name: other, tenant: t, "
+                           "vni: 7, subnet: 10.7.0.0/24}\n")
+    snap = _fw_snapshot(middleboxes={"db-fw": DB_MB}, policies=(old,))
+    with pytest.raises(MbxError, match=r"^logical switch 'db-sw' steering "
+                       r"policy at priority 9 \(any -> db-fw\): middlebox "
+                       "'db-fw' serves logical switch 'other', not 'db-sw'"):
+        check_against(moved, snap)
+    text = ("steering:\n  - {switch: db-sw, priority: 9, match: any, "
+            "middlebox: bypass}\n")
+    check_against(parse_topology(text + "middleboxes:\n  - {name: db-fw, "
+                                 "switch: other}\nswitches:\n  - {name: "
+                                 "other, tenant: t, vni: 7, subnet: "
+                                 "10.7.0.0/24}\n"), snap)
+
+
+def test_lab_files_accept_the_firewall_keys():
+    spec = parse_topology("hosts: [h1]\n" + FIREWALL, allow_placement=True)
+    assert spec.hosts == ("h1",) and len(spec.middleboxes) == 2

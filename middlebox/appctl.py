@@ -1,0 +1,132 @@
+"""``ovs-appctl -t mbxd ...``: the daemon's runtime inspection commands.
+
+The unixctl server runs in the daemon's one thread, so each command reads
+the core directly.  Replies are plain text, one item per line, in
+``key=value`` form where a line describes one thing (easy to grep, like
+ovs-appctl's own commands).
+"""
+
+import json
+import time
+
+import ovs.unixctl
+
+from ovsdb.match import PROTOCOL_NAMES
+
+
+def register(daemon):
+    core = daemon.core
+
+    def reply(fn):
+        def handler(conn, argv, _aux):
+            try:
+                conn.reply(fn(*argv))
+            except (KeyError, ValueError) as err:
+                conn.reply_error("%s\n" % err)
+        return handler
+
+    def slice_list():
+        lines = []
+        for s in core.slice_list():
+            lines.append("tag=%(tag)d id=%(id)d middlebox=%(middlebox)s tenant=%(tenant)s "
+                         "switch=%(switch)s vni=%(vni)d local_vms=%(local_vms)d "
+                         "connections=%(entries)d" % s)
+        return _text(lines, "no slices on this host")
+
+    def conn_list(vm=None):
+        now = time.time()
+        lines = [_conn_line(c, now) for c in core.conn_list(vm)]
+        return _text(lines, "no connections" + (" of %s" % vm if vm else ""))
+
+    def conn_count():
+        count = core.conn_count()
+        lines = ["total %d" % count["total"]]
+        lines += ["slice %d (%s) %d" % (s["tag"], s["middlebox"], s["entries"])
+                  for s in count["slices"]]
+        return _text(lines)
+
+    def conn_flush(vm=None):
+        flows = core.flush(vm)
+        if flows:
+            daemon.of.send_flows([], flows)
+        daemon.dirty = True
+        return "flushed%s; %d cache flows removed\n" % (" " + vm if vm else "", len(flows))
+
+    def rules_show(mb=None):
+        lines = []
+        for item in core.rules_show(mb):
+            lines.append("middlebox %s (slice %d): default %s, %s, check=%s, same-host=%s"
+                         % (item["middlebox"], item["tag"], item["default_action"],
+                            item["tier_order"], item["check"], item["same_host"]))
+            for direction in ("from-vm", "to-vm"):
+                for r in item.get(direction, []):
+                    lines.append("  %-7s %-8s %5d  %-6s %s" % (
+                        direction, r["tier"], r["priority"], r["action"], r["match"]))
+            lines.append("  timeouts: " + " ".join(
+                "%s=%s" % kv for kv in sorted(item["timeouts"].items())))
+            for err in item["errors"]:
+                lines.append("  error: %s" % err)
+        return _text(lines, "no middleboxes on this host" if mb is None
+                     else "no middlebox %s on this host" % mb)
+
+    def stats():
+        st = core.stats()
+        lines = []
+        for key, value in sorted(st.items()):
+            if isinstance(value, int):
+                lines.append("%s %d" % (key, value))
+        for verdict, n in sorted(st.get("decisions", {}).items()):
+            lines.append("decisions_%s %d" % (verdict, n))
+        for s in st.get("slices", []):
+            lines.append("slice_%d_packets %d" % (s["tag"], s["packets"]))
+            lines.append("slice_%d_connections %d" % (s["tag"], s["entries"]))
+        port = daemon.port.counters() if daemon.port else {}
+        for key, value in sorted(port.items()):
+            lines.append("port_%s %d" % (key, value))
+        if st.get("last_error"):
+            lines.append("last_error %s" % st["last_error"])
+        return _text(lines)
+
+    def config_show():
+        held = daemon.conf.held_rows()
+        lines = ["%s: %s" % (table, " ".join(names) if names else "-")
+                 for table, names in sorted(held.items())]
+        return _text(lines)
+
+    def stats_json():
+        return json.dumps(core.stats(), sort_keys=True) + "\n"
+
+    def exit_():
+        daemon.exiting = True
+        return ""
+
+    commands = [
+        ("slice/list", "", 0, 0, slice_list),
+        ("conn/list", "[VM]", 0, 1, conn_list),
+        ("conn/count", "", 0, 0, conn_count),
+        ("conn/flush", "[VM]", 0, 1, conn_flush),
+        ("rules/show", "[MIDDLEBOX]", 0, 1, rules_show),
+        ("stats", "", 0, 0, stats),
+        ("stats/json", "", 0, 0, stats_json),
+        ("config/show", "", 0, 0, config_show),
+        ("exit", "", 0, 0, exit_),
+    ]
+    for name, usage, lo, hi, fn in commands:
+        ovs.unixctl.command_register(name, usage, lo, hi, reply(fn), None)
+
+
+def _text(lines, empty=None):
+    if not lines and empty:
+        return empty + "\n"
+    return "".join(line + "\n" for line in lines)
+
+
+def _conn_line(c, now):
+    proto = PROTOCOL_NAMES.get(c["proto"], str(c["proto"]))
+    return ("vm=%s slice=%d %s %s:%d -> %s:%d origin=%s state=%s verdict=%s "
+            "offloaded=%s packets=%d/%d bytes=%d/%d age=%.0fs idle=%.0fs expires=%.0fs rule=%s"
+            % (c["vm"], c["tag"], proto, c["vm_ip"], c["vm_port"], c["peer_ip"],
+               c["peer_port"], c["origin"], c["state"], c["verdict"],
+               "yes" if c["offloaded"] else "no", c["packets_orig"], c["packets_reply"],
+               c["bytes_orig"], c["bytes_reply"], now - c["created"], now - c["last_seen"],
+               max(0.0, c["expires"] - now), c["rule"] or "default"))

@@ -1,0 +1,76 @@
+"""Prometheus metrics for mbxd over HTTP (text exposition format 0.0.4).
+
+The daemon's thread renders the page from the core at most once a second
+(``publish``); the HTTP server thread only serves the last rendered text, so
+it never touches the core's tables.
+"""
+
+import http.server
+import threading
+import time
+
+_page = {"text": b"", "at": 0.0}
+
+
+def render(core, port_counters=None):
+    st = core.stats()
+    out = []
+
+    def metric(name, kind, help_, samples):
+        out.append("# HELP mbxd_%s %s" % (name, help_))
+        out.append("# TYPE mbxd_%s %s" % (name, kind))
+        for labels, value in samples:
+            lab = ",".join('%s="%s"' % kv for kv in labels)
+            out.append("mbxd_%s%s %s" % (name, "{%s}" % lab if lab else "", value))
+
+    metric("connections", "gauge", "Tracked connections per slice.",
+           [((("slice", s["tag"]), ("middlebox", s["middlebox"])), s["entries"])
+            for s in st.get("slices", [])])
+    metric("slice_packets_total", "counter", "Frames the daemon handled per slice.",
+           [((("slice", s["tag"]), ("middlebox", s["middlebox"])), s["packets"])
+            for s in st.get("slices", [])])
+    metric("decisions_total", "counter", "Connections decided, by verdict.",
+           [((("verdict", v),), n) for v, n in sorted(st.get("decisions", {}).items())])
+    metric("offloaded_connections", "gauge", "Connections forwarded by OVS alone.",
+           [((), st.get("offloaded", 0))])
+    metric("frames_total", "counter", "Frames read from the middlebox port.",
+           [((), st.get("frames", 0))])
+    metric("drops_total", "counter", "Frames dropped by the daemon.",
+           [((), st.get("dropped", 0))])
+    metric("malformed_frames_total", "counter", "Malformed or truncated frames.",
+           [((), st.get("malformed", 0))])
+    metric("unknown_tag_frames_total", "counter", "Frames with no slice for their tag.",
+           [((), st.get("unknown_tag", 0))])
+    metric("non_ip_frames_total", "counter", "Frames that are not IPv4.",
+           [((), st.get("non_ip", 0))])
+    return ("\n".join(out) + "\n").encode()
+
+
+def publish(core, interval=1.0):
+    now = time.monotonic()
+    if now - _page["at"] >= interval:
+        _page["text"] = render(core)
+        _page["at"] = now
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path not in ("/metrics", "/"):
+            self.send_error(404)
+            return
+        body = _page["text"]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+def serve(address):
+    server = http.server.ThreadingHTTPServer(address, _Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    return server
