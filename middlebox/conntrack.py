@@ -194,7 +194,7 @@ class ConnEntry:
 
     @property
     def offloaded(self):
-        return self.flows != 0
+        return self.flows & FLOW_BOTH != 0
 
     def is_orig(self, vm_is_src):
         """Is a packet sent by the VM (``vm_is_src``) or to it in the orig direction?"""
@@ -290,7 +290,7 @@ class VmTable:
         """Remove and return the entries past ``expires`` (entries with flows
         in the datapath only ``offload_grace`` seconds later)."""
         gone = [e for e in self.entries.values()
-                if now >= e.expires + (offload_grace if e.flows else 0.0)]
+                if now >= e.expires + (offload_grace if e.flows & FLOW_BOTH else 0.0)]
         for e in gone:
             del self.entries[e.key]
         return gone

@@ -282,6 +282,16 @@ class MiddleboxCore:
             ptable = s.table(partner.name)
             pkey = key_for(pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport, not from_vm)
             pair = (ptable, pkey, ptable.get(pkey))
+        if entry is not None and not entry.flows & FLOW_BOTH and now >= entry.expires:
+            # Idle past its timeout and not yet collected by expire(): gone.
+            res.delete.extend(self._forget(s, table, entry))
+            c["expired"] += 1
+            entry = None
+        if pair is not None and pair[2] is not None and not pair[2].flows & FLOW_BOTH \
+                and now >= pair[2].expires:
+            res.delete.extend(self._forget(s, pair[0], pair[2]))
+            c["expired"] += 1
+            pair = (pair[0], pair[1], None)
         if entry is not None and pkt.proto == IPPROTO_TCP and entry.state in (CLOSING, CLOSED) \
                 and can_open(pkt.proto, pkt.tcp_flags):
             # A new SYN on a finished connection's 5-tuple: a new connection.

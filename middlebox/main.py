@@ -197,8 +197,10 @@ class Daemon:
                 self.restore(now)
             self.of.run()
             if self.restored:
+                # Nothing that judges cache flows runs before the restore: a
+                # stats poll would find every flow of the old daemon orphaned.
                 self._packets(now)
-            self._timers(now)
+                self._timers(now)
             server.run()
             metrics.publish(self.core)
             poller = ovs.poller.Poller()

@@ -216,10 +216,22 @@ def _require(api, table, name, what):
     return row
 
 
+def _text(value):
+    """A field value as mbxctl shows it: "[a, b]" for a sequence, "{k=v}"
+    for a mapping."""
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={v}" for k, v in sorted(
+            value.items())) + "}"
+    return str(value)
+
+
 def _differences(current, wanted):
     """'vni 5 (not 6), ...' for fields of two dataclasses that differ."""
     return ", ".join(
-        f"{f.name} {getattr(current, f.name)} (not {getattr(wanted, f.name)})"
+        f"{f.name} {_text(getattr(current, f.name))} "
+        f"(not {_text(getattr(wanted, f.name))})"
         for f in dataclasses.fields(current)
         if getattr(current, f.name) != getattr(wanted, f.name))
 

@@ -270,8 +270,6 @@ def _edit(old, new):
            "match: \"\", action: deny"),
      "middleboxes[0] (fw-red): rules[2]: middlebox 'fw-red' already has a "
      "tenant to-vm rule at priority 100 (proto=tcp dport=7000 -> allow)"),
-    (_edit("match: \"dst=$red-admins\"", "match: \"dst=$nobody\""),
-     'middleboxes[0] (fw-red): rules[1]: unknown address set "nobody"'),
     (_edit("{name: red-none, tenant: red}",
            "{name: red-none, tenant: red, addresses: [10.0.0.1/8]}"),
      'address_sets[1] (red-none): bad address "10.0.0.1/8"'),
@@ -290,9 +288,6 @@ def _edit(old, new):
      "has a steering policy at priority 100 (any -> fw-red)"),
     (_edit("priority: 200, match", "priority: 30001, match"),
      "steering[1] (ls-red priority 30001): invalid steering priority 30001"),
-    (_edit("match: any, middlebox: fw-red",
-           "match: any, middlebox: fw-nope"),
-     "steering[0] (ls-red priority 100): unknown middlebox 'fw-nope'"),
     (_edit("{switch: ls-red, priority: 100, match: any, middlebox: fw-red}",
            "{switch: ls-red, priority: 100, match: any}"),
      "steering[0] (ls-red priority 100): missing key 'middlebox'"),
@@ -317,6 +312,26 @@ def test_parse_firewall_rejects_with_one_line_naming_the_entry(text,
         parse_topology(text)
     assert str(info.value).startswith(message), str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    (_edit("match: \"dst=$red-admins\"", "match: \"dst=$nobody\""),
+     'middleboxes[0] (fw-red): rules[1]: unknown address set "nobody"; '
+     "create it first (as-add)"),
+    (_edit("match: any, middlebox: fw-red",
+           "match: any, middlebox: fw-nope"),
+     "steering[0] (ls-red priority 100): unknown middlebox 'fw-nope'; "
+     "create it first (mb-add) or use bypass"),
+    (_edit("{name: fw-bare, switch: ls-red}",
+           "{name: fw-bare, switch: ls-nope}"),
+     "middleboxes[1] (fw-bare): unknown logical switch 'ls-nope'; create it "
+     "first"),
+])
+def test_references_in_neither_file_nor_database(text, message):
+    spec = parse_topology(text)      # they could be in the database
+    with pytest.raises(MbxError) as info:
+        check_against(spec, _snapshot())
+    assert str(info.value) == message
 
 
 def test_parse_leaves_references_outside_the_file_to_apply():
