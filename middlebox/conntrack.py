@@ -49,7 +49,8 @@ ACTIVE = "active"
 TCP_STATES = (SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSING, CLOSED)
 
 # Bits of ConnEntry.flows: which of the entry's cache flows are (believed to
-# be) in the datapath.
+# be) in the datapath.  (middlebox.core also keeps, in bits 2-3, the flows it
+# deleted whose flow-removed message has not arrived yet.)
 FLOW_FROM_VM = 1
 FLOW_TO_VM = 2
 FLOW_BOTH = FLOW_FROM_VM | FLOW_TO_VM

@@ -41,9 +41,8 @@ ICMP errors that quote a packet of a connection in the VM's table pass or
 drop with that connection ("related"), without an entry of their own.
 """
 
-import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional
+from typing import Iterable, List
 
 from ryu_apps import pipeline as P
 
@@ -52,8 +51,8 @@ from middlebox.conntrack import (ACTIVE, ALLOW, CLOSED, CLOSING, DENY, ESTABLISH
                                  FIN_WAIT, FLOW_BOTH, FLOW_FROM_VM, FLOW_TO_VM, IN,
                                  OFFLOAD_GRACE, OUT, REPLIED, SYN_RECV, SYN_SENT, UNREPLIED,
                                  ConnEntry, ConnKey, Timeouts, VmTable, can_open, key_for)
-from middlebox.packet import (ICMP_ERROR_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-                              TCP_FIN, TCP_RST, MalformedFrame, build_icmp_unreachable,
+from middlebox.packet import (ICMP_ERROR_TYPES, IPPROTO_ICMP, IPPROTO_TCP, TCP_FIN,
+                              TCP_RST, MalformedFrame, build_icmp_unreachable,
                               build_tcp_rst, ip_int, ip_text, parse_frame)
 from middlebox.rules import DIRECTIONS, RuleSet
 
@@ -657,7 +656,7 @@ class MiddleboxCore:
         for row in self._state_rows(state):
             try:
                 max_id = max(max_id, self._import_row(row, groups, now, changes))
-            except (KeyError, TypeError, ValueError, IndexError):
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError):
                 continue
         for ck, items in groups.items():
             max_id = max(max_id, ck & CF.ENTRY_ID_MASK)
@@ -675,11 +674,11 @@ class MiddleboxCore:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             return []
         fields = state.get("fields", STATE_FIELDS)
-        rows = []
-        for row in state.get("entries") or ():
-            if isinstance(row, list) and len(row) == len(fields):
-                rows.append(dict(zip(fields, row)))
-        return rows
+        entries = state.get("entries")
+        if not isinstance(fields, (list, tuple)) or not isinstance(entries, list):
+            return []
+        return [dict(zip(fields, row)) for row in entries
+                if isinstance(row, list) and len(row) == len(fields)]
 
     def _import_row(self, row, groups, now, changes):
         tag, entry_id = int(row["tag"]), int(row["id"])

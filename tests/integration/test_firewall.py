@@ -230,7 +230,8 @@ def test_malformed_frames_on_the_middlebox_port_are_counted_not_fatal(fw):
         eth + vlan + "0800" + "4f" + "00" * 30,                   # IHL beyond the frame
         eth + vlan + "0800" + "450000280000000040060000" + "0a01000b0a01000c" + "0000",  # short TCP
         eth + vlan + "0800" + "4500ffff00000000400600000a01000b0a01000c" + "00" * 20,     # bad length
-        eth + "8100%04x" % 4000 + "0800" + "45" + "00" * 40,      # unknown tag
+        eth + "8100%04x" % 4000 + "0800" + "450000280000400040060000" "0a01000b0a01000c"
+        "9c401b58" "00000000" "00000000" "50020000" "00000000",   # good TCP SYN, unknown tag
         eth + vlan + "88cc" + "00" * 40,                          # not IP
         eth + vlan + "0800",                                      # nothing after the type
     ]

@@ -662,7 +662,11 @@ def test_import_keeps_saved_entries_without_flows_until_they_expire():
 def test_import_survives_garbage_state():
     new = make_core()
     for state in ({}, {"version": 99}, {"version": 1, "entries": [[1, 2, 3]]},
-                  {"version": 1, "fields": ["tag"], "entries": [["x"]]}, None, []):
+                  {"version": 1, "fields": ["tag"], "entries": [["x"]]}, None, [],
+                  {"version": 1, "fields": 3, "entries": {}},
+                  {"version": 1, "entries": [[TAG, "a1", 1, 6, 7, 1, "1.2.3.4", 2, "out",
+                                               "allow", "established", 0, 1.0, 1.0, 0, 0,
+                                               0, 0, 0, 0, [0, 0, 0, 0], "r"]]}):
         changes = new.import_state(state, [], 1.0)
         assert changes.delete == [] and new.conn_count()["total"] == 0
 
