@@ -23,7 +23,7 @@ Options (before the first command):
 Commands:
   init                                   create the NB_Global row
   ls-add NAME --vni N --subnet CIDR [--tenant T] [--may-exist]
-  ls-del NAME [--if-exists]              delete a logical switch without VMs
+  ls-del NAME [--if-exists]              delete an unused logical switch
   ls-list                                list logical switches
   vm-add NAME --switch LS --ip IP [--mac MAC] [--may-exist]
   vm-del NAME [--if-exists]
