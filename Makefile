@@ -6,7 +6,10 @@ VENV ?= .venv
 APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
                 iputils-ping procps ethtool iperf3 tcpdump
 
-.PHONY: demo test unit deps apt venv lab-down clean
+.PHONY: demo test unit deps apt venv lab-down clean bench
+
+bench: deps
+	.venv/bin/python -m lab.bench
 
 demo: deps
 	$(VENV)/bin/mbx-lab demo

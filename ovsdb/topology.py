@@ -18,7 +18,8 @@ and steering policies that should exist.
              action: allow, tier: tenant}         # tier: tenant is the default
     steering:
       - {switch: ls-a, priority: 100, match: any, middlebox: fw-a}
-      - {switch: ls-a, priority: 200, match: "src=$a-admins", middlebox: bypass}
+      - {switch: ls-a, priority: 200, match: "src=$a-admins",
+         middlebox: bypass}
 
 ``tenant`` defaults to the switch name; ``mac`` defaults to the VM's
 deterministic generated MAC (``validate.mac_from_name``), so a file alone

@@ -41,8 +41,8 @@ class HostPorts:
     """What a host's own OVSDB says about its br-int."""
     datapath_id: Optional[int] = None
     tunnel_ofport: Optional[int] = None
-    mb_ofport: Optional[int] = None     # the middlebox port (external_ids:mbx-role=middlebox)
     vm_ports: Dict[str, Tuple[int, str]] = field(default_factory=dict)  # iface-id -> (ofport, attached-mac)
+    mb_ofport: Optional[int] = None     # the middlebox port (external_ids:mbx-role=middlebox)
 
 
 @dataclass

@@ -139,7 +139,7 @@ def test_same_addresses_on_another_switch_are_allowed():
     validate.check_vm(twin, SWITCHES, [V1])
 
 
-# --- middleboxes, rules, address sets, steering policies ----------------------
+# --- middleboxes, rules, address sets, steering policies ---------------------
 
 @pytest.mark.parametrize("func,value,expected", [
     (validate.rule_priority, 0, 0), (validate.rule_priority, "32767", 32767),
