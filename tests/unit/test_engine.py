@@ -568,3 +568,26 @@ def test_grace_period_ends_the_wait_for_a_silent_host():
     assert h.switches.sent == []
     h.engine.startup_grace_over()               # h2 and h3 never answered
     assert [dpid for dpid, _, _ in h.switches.sent] == [DPID["h1"]]
+
+
+def test_slices_are_allocated_where_a_steered_switch_has_vms_and_written_back():
+    from ryu_apps.model import MiddleboxInfo, PolicyInfo
+    h = running()
+    h.nb.configure(middleboxes={"fw-a": MiddleboxInfo("fw-a", "firewall", "ls-a")},
+                   policies=(PolicyInfo("ls-a", 100, "any", "fw-a"),))
+    h.notify()
+    h.ack_all()
+    slices = h.nb.snap.slices
+    # tenant A has VMs on h1, h2 and h3; tenant B has no middlebox
+    assert set(slices) == {("fw-a", "h1"), ("fw-a", "h2"), ("fw-a", "h3")}
+    assert all(1 <= tag <= 4094 for tag in slices.values())
+    # a later change keeps the tags already handed out
+    h.nb.configure(policies=(PolicyInfo("ls-a", 200, "proto=tcp", "fw-a"),))
+    h.notify()
+    h.ack_all()
+    assert h.nb.snap.slices == slices
+    # without a policy that uses it, the middlebox needs no slices
+    h.nb.configure(policies=())
+    h.notify()
+    h.ack_all()
+    assert h.nb.snap.slices == {}
