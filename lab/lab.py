@@ -50,6 +50,7 @@ VM_MTU = 1450
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 TUNNEL_PORT = "mbx-tun"
 MB_PORT = pipeline.MIDDLEBOX_PORT
+METRICS_PORT = 9464        # mbxd's Prometheus endpoint, on the host's management address
 
 OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off"]
 
@@ -295,6 +296,7 @@ class Lab:
                "middlebox.main", "--host", host,
                "--db", "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT),
                "--bridge", "br-int", "--port", MB_PORT,
+               "--metrics", "%s:%d" % (self.state["hosts"][host]["mgmt_ip"], METRICS_PORT),
                "--log-file", logf] + list(extra_args)
         env = dict(os.environ, OVS_RUNDIR=hdir)
         with open(logf + ".out", "ab") as out:

@@ -245,3 +245,17 @@ def test_malformed_frames_on_the_middlebox_port_are_counted_not_fatal(fw):
     assert after["non_ip"] >= before["non_ip"] + 1
     assert pid_alive(pid)
     assert attempt(fw, "g1", "g2", 7000) == "ok"
+
+
+def test_prometheus_metrics_on_the_management_network(fw):
+    from lab.lab import METRICS_PORT
+    url = "http://%s:%d/metrics" % (fw.state["hosts"]["h1"]["mgmt_ip"], METRICS_PORT)
+    fetch = ("import urllib.request,sys; "
+             "sys.stdout.write(urllib.request.urlopen(%r, timeout=5).read().decode())" % url)
+    assert attempt(fw, "g1", "g2", 7000) == "ok"
+    time.sleep(1.2)                     # the page is rendered once a second
+    proc = subprocess.run(["ip", "netns", "exec", fw.fabric_ns, sys.executable, "-c", fetch],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r'mbxd_connections\{slice="\d+",middlebox="fw-green"\} \d+', proc.stdout)
+    assert re.search(r'mbxd_decisions_total\{verdict="allow"\} [1-9]', proc.stdout)
