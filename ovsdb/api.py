@@ -433,6 +433,15 @@ class MbAddCommand(_Command):
         row.rules = []
 
 
+def _drop_rule(rule):
+    """Let a Firewall_Rule go, in a transaction that unlinks it from its
+    middlebox.  It is a child row: python-ovs sends no delete for it, and
+    ovsdb-server garbage-collects it only after checking references, so its
+    own references to address sets are cleared first -- otherwise deleting
+    such a set in the same transaction fails."""
+    rule.address_sets = []
+
+
 class MbDelCommand(_Command):
     def __init__(self, api, name, if_exists=False):
         super().__init__(api)
@@ -458,7 +467,7 @@ class MbDelCommand(_Command):
                 f"{first.switch} {first.priority})")
         for rule in row.rules:
             if rule is not None:
-                rule.delete()
+                _drop_rule(rule)
         row.delete()
 
 
@@ -546,7 +555,7 @@ class FwDelCommand(_Command):
             return
         row.rules = [r for r in rules if r not in doomed]
         for rule in doomed:
-            rule.delete()
+            _drop_rule(rule)
 
 
 class AsAddCommand(_Command):
@@ -746,7 +755,7 @@ class UpsertMiddleboxCommand(_Command):
                 wanted.remove(record)
                 keep.append(rule)
             else:
-                rule.delete()
+                _drop_rule(rule)
         for rule in wanted:
             new = txn.insert(self.api.tables["Firewall_Rule"])
             new.priority, new.direction, new.match = (

@@ -94,9 +94,10 @@ def fw(lab):
         lab.forget_pid(proc.pid)
     for name in list(GREEN) + list(YELLOW):
         lab.vm_del(name)
+    # one transaction: the rules that use the address set go with their middlebox
     mbxctl(lab, "steer-del", "ls-green", "--", "steer-del", "ls-yellow",
-           "--", "mb-del", "fw-green", "--", "mb-del", "fw-yellow")
-    mbxctl(lab, "as-del", "green-trusted", "--", "ls-del", "ls-green", "--", "ls-del", "ls-yellow")
+           "--", "mb-del", "fw-green", "--", "mb-del", "fw-yellow",
+           "--", "as-del", "green-trusted", "--", "ls-del", "ls-green", "--", "ls-del", "ls-yellow")
 
 
 def test_allowed_denied_and_rejected_across_hosts(fw):
