@@ -4,15 +4,12 @@ distributed firewall allowing, denying and offloading.  Prints a report and
 tears everything down, also when a step fails."""
 
 import os
-import re
-import subprocess
 import sys
 import time
 
 from lab.lab import Lab
 from lab.probe import Probe
-from lab.sh import LabError, wait_until
-from ryu_apps import pipeline as P
+from lab.sh import LabError
 
 TOPOLOGY = os.path.join(os.path.dirname(__file__), "topologies", "demo.yaml")
 PROBE_PORT = 7000
@@ -79,22 +76,6 @@ FIREWALL = [
 ]
 
 
-def _mbxctl(lab, args):
-    cmd = [sys.executable, "-m", "ovsdb.ctl", "--db", lab.nb_remote, "--wait=hv"] + args
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise LabError(proc.stderr.strip())
-
-
-def _daemon_frames(lab, host):
-    return int(re.search(r"^frames (\d+)$", lab.mbxd_appctl(host, "stats"), re.M).group(1))
-
-
-def _cache_packets(lab, host):
-    out = lab.ofctl(host, "dump-flows", "cookie=%#x/%#x" % (P.DAEMON_COOKIE, P.COOKIE_MASK))
-    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))
-
-
 def firewall(lab, rundir, out):
     """Tenant red gets a stateful firewall; tenant blue has none."""
     out("\nfirewall for tenant red (mbxctl, one transaction):")
@@ -102,7 +83,9 @@ def firewall(lab, rundir, out):
     for args in FIREWALL:
         out("  mbxctl %s" % " ".join(a if " " not in a else '"%s"' % a for a in args))
         chained += (["--"] if chained else []) + args
-    _mbxctl(lab, chained)
+    proc = lab.mbxctl("--wait=hv", *chained)
+    if proc.returncode != 0:
+        raise LabError(proc.stderr.strip())
     servers = [lab.spawn(vm, [sys.executable, "-m", "lab.probe", "serve", "--port",
                               "7000,7001,7002"], os.path.join(rundir, "serve-%s.log" % vm))
                for vm in ("red1", "red2", "red3", "blue2")]
@@ -141,13 +124,13 @@ def _offload(lab, rundir, out, where, addr):
     hosts = (where["red1"], where["red2"])
     try:
         probe.wait(lambda r: r["received"] >= 20, 10, "the offload probe to start")
-        frames = [_daemon_frames(lab, h) for h in hosts]
-        cached = [_cache_packets(lab, h) for h in hosts]
+        frames = [lab.mbxd_stats(h)["frames"] for h in hosts]
+        cached = [lab.cache_flow_packets(h) for h in hosts]
         start = probe.read()["received"]
         probe.wait(lambda r: r["received"] >= start + 100, 15, "100 more replies")
         time.sleep(1.1)          # OVS folds datapath counters into flows once a second
-        frames_after = [_daemon_frames(lab, h) for h in hosts]
-        cached_after = [_cache_packets(lab, h) for h in hosts]
+        frames_after = [lab.mbxd_stats(h)["frames"] for h in hosts]
+        cached_after = [lab.cache_flow_packets(h) for h in hosts]
         listing = lab.mbxd_appctl(where["red1"], "conn/list", "red1")
     finally:
         report = probe.stop()

@@ -321,6 +321,22 @@ class Lab:
         else:
             stop_pid(pid)
 
+    def mbxctl(self, *args, timeout=60):
+        """``mbxctl ARGS`` against the lab's config DB; the CompletedProcess."""
+        return subprocess.run([sys.executable, "-m", "ovsdb.ctl", "--db", self.nb_remote]
+                              + list(args), capture_output=True, text=True, timeout=timeout)
+
+    def mbxd_stats(self, host):
+        """The integer counters of ``ovs-appctl -t mbxd stats`` on ``host``."""
+        text = self.mbxd_appctl(host, "stats")
+        return {k: int(v) for k, v in re.findall(r"^(\S+)\s+(\d+)$", text, re.M)}
+
+    def cache_flow_packets(self, host):
+        """Packets counted on the host's middlebox cache flows (mbxd's cookie)."""
+        out = self.ofctl(host, "dump-flows", "cookie=%#x/%#x"
+                         % (pipeline.DAEMON_COOKIE, pipeline.COOKIE_MASK))
+        return sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))
+
     def mbxd_appctl(self, host, *args, check=True):
         """``ovs-appctl -t mbxd ARGS`` on ``host``; returns its output."""
         env = dict(os.environ, OVS_RUNDIR=self.host_dir(host))

@@ -11,8 +11,19 @@ import time
 
 _page = {"text": b"", "at": 0.0}
 
+# Unlabelled series: (metric name, type, help, key of core.stats()).
+_SCALARS = (
+    ("offloaded_connections", "gauge", "Connections forwarded by OVS alone.", "offloaded"),
+    ("frames_total", "counter", "Frames read from the middlebox port.", "frames"),
+    ("drops_total", "counter", "Frames dropped by the daemon.", "dropped"),
+    ("malformed_frames_total", "counter", "Malformed or truncated frames.", "malformed"),
+    ("unknown_tag_frames_total", "counter", "Frames with no slice for their tag.",
+     "unknown_tag"),
+    ("non_ip_frames_total", "counter", "Frames that are not IPv4.", "non_ip"),
+)
 
-def render(core, port_counters=None):
+
+def render(core):
     st = core.stats()
     out = []
 
@@ -31,18 +42,8 @@ def render(core, port_counters=None):
             for s in st.get("slices", [])])
     metric("decisions_total", "counter", "Connections decided, by verdict.",
            [((("verdict", v),), n) for v, n in sorted(st.get("decisions", {}).items())])
-    metric("offloaded_connections", "gauge", "Connections forwarded by OVS alone.",
-           [((), st.get("offloaded", 0))])
-    metric("frames_total", "counter", "Frames read from the middlebox port.",
-           [((), st.get("frames", 0))])
-    metric("drops_total", "counter", "Frames dropped by the daemon.",
-           [((), st.get("dropped", 0))])
-    metric("malformed_frames_total", "counter", "Malformed or truncated frames.",
-           [((), st.get("malformed", 0))])
-    metric("unknown_tag_frames_total", "counter", "Frames with no slice for their tag.",
-           [((), st.get("unknown_tag", 0))])
-    metric("non_ip_frames_total", "counter", "Frames that are not IPv4.",
-           [((), st.get("non_ip", 0))])
+    for name, kind, help_, key in _SCALARS:
+        metric(name, kind, help_, [((), st.get(key, 0))])
     return ("\n".join(out) + "\n").encode()
 
 

@@ -236,6 +236,17 @@ def _differences(current, wanted):
         if getattr(current, f.name) != getattr(wanted, f.name))
 
 
+def _refuse_existing(label, current, wanted, may_exist):
+    """An add found ``label`` (e.g. "VM 'a1'") already there: fine with
+    --may-exist when nothing differs, else one clear error."""
+    if not may_exist:
+        raise MbxError(f"{label} already exists; use --may-exist to accept an "
+                       "identical one")
+    diff = _differences(current, wanted)
+    if diff:
+        raise MbxError(f"{label} already exists with {diff}")
+
+
 # --- commands ----------------------------------------------------------------
 
 class _Command(command.BaseCommand):
@@ -258,13 +269,8 @@ class LsAddCommand(_Command):
         sw = self.switch
         row = _find(self.api, "Logical_Switch", sw.name)
         if row is not None:
-            diff = _differences(_switch_info(row), sw)
-            if not self.may_exist:
-                raise MbxError(f"logical switch '{sw.name}' already exists; "
-                               "use --may-exist to accept an identical one")
-            if diff:
-                raise MbxError(f"logical switch '{sw.name}' already exists "
-                               f"with {diff}")
+            _refuse_existing(f"logical switch '{sw.name}'", _switch_info(row), sw,
+                             self.may_exist)
             return
         validate.check_switch(sw, _switches(self.api).values())
         row = txn.insert(self.api.tables["Logical_Switch"])
@@ -320,12 +326,7 @@ class VmAddCommand(_Command):
             current = _vm_info(row)
             if not self.mac_given:
                 vm = dataclasses.replace(vm, mac=current.mac)
-            diff = _differences(current, vm)
-            if not self.may_exist:
-                raise MbxError(f"VM '{vm.name}' already exists; use "
-                               "--may-exist to accept an identical one")
-            if diff:
-                raise MbxError(f"VM '{vm.name}' already exists with {diff}")
+            _refuse_existing(f"VM '{vm.name}'", current, vm, self.may_exist)
             return
         validate.check_vm(vm, _switches(self.api), _vms(self.api))
         row = txn.insert(self.api.tables["VM"])
@@ -416,13 +417,7 @@ class MbAddCommand(_Command):
         mb = self.mb
         row = _find(self.api, "Middlebox", mb.name)
         if row is not None:
-            if not self.may_exist:
-                raise MbxError(f"middlebox '{mb.name}' already exists; use "
-                               "--may-exist to accept an identical one")
-            diff = _differences(_mb_info(row), mb)
-            if diff:
-                raise MbxError(f"middlebox '{mb.name}' already exists with "
-                               f"{diff}")
+            _refuse_existing(f"middlebox '{mb.name}'", _mb_info(row), mb, self.may_exist)
             return
         validate.check_middlebox(mb, _switches(self.api))
         row = txn.insert(self.api.tables["Middlebox"])
@@ -568,13 +563,8 @@ class AsAddCommand(_Command):
         aset = self.aset
         row = _find(self.api, "Address_Set", aset.name)
         if row is not None:
-            if not self.may_exist:
-                raise MbxError(f'address set "{aset.name}" already exists; '
-                               "use --may-exist to accept an identical one")
-            diff = _differences(_address_set_info(row), aset)
-            if diff:
-                raise MbxError(f'address set "{aset.name}" already exists '
-                               f"with {diff}")
+            _refuse_existing(f'address set "{aset.name}"', _address_set_info(row), aset,
+                             self.may_exist)
             return
         row = txn.insert(self.api.tables["Address_Set"])
         row.name, row.tenant = aset.name, aset.tenant

@@ -239,13 +239,18 @@ def _integer(value):
     return None
 
 
+def _bounded(value, minimum, maximum, what):
+    """An integer minimum..maximum (int or decimal str)."""
+    number = _integer(value)
+    if number is None or not minimum <= number <= maximum:
+        raise MbxError(f"invalid {what} {value!r}: use an integer from {minimum} "
+                       f"to {maximum}")
+    return number
+
+
 def priority(value, maximum=MAX_RULE_PRIORITY, what="priority"):
     """A priority 0..maximum (int or decimal str)."""
-    number = _integer(value)
-    if number is None or not 0 <= number <= maximum:
-        raise MbxError(f"invalid {what} {value!r}: use an integer from 0 to "
-                       f"{maximum}")
-    return number
+    return _bounded(value, 0, maximum, what)
 
 
 def rule_priority(value):
@@ -257,11 +262,7 @@ def steer_priority(value):
 
 
 def slice_tag(value):
-    number = _integer(value)
-    if number is None or not 1 <= number <= MAX_SLICE_TAG:
-        raise MbxError(f"invalid slice tag {value!r}: use an integer from 1 "
-                       f"to {MAX_SLICE_TAG}")
-    return number
+    return _bounded(value, 1, MAX_SLICE_TAG, "slice tag")
 
 
 def middlebox_option_key(key):

@@ -26,12 +26,9 @@ GREEN = {"g1": ("h1", "10.1.0.11"), "g2": ("h2", "10.1.0.12"), "g3": ("h1", "10.
 YELLOW = {"y1": ("h1", "10.1.0.11"), "y2": ("h2", "10.1.0.12")}
 
 
-def mbxctl(lab, *args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "ovsdb.ctl", "--db", lab.nb_remote,
-                           "--wait=hv", "--timeout=20"] + list(args),
-                          capture_output=True, text=True, timeout=60)
-    if check:
-        assert proc.returncode == 0, proc.stderr
+def mbxctl(lab, *args):
+    proc = lab.mbxctl("--wait=hv", "--timeout=20", *args)
+    assert proc.returncode == 0, proc.stderr
     return proc
 
 
@@ -45,17 +42,6 @@ def attempt(lab, src, dst, port, timeout=1.0):
         if out[verdict]:
             return verdict
     return out["last_error"]
-
-
-def stats(lab, host):
-    text = lab.mbxd_appctl(host, "stats")
-    return {k: int(v) for k, v in re.findall(r"^(\S+)\s+(\d+)$", text, re.M)}
-
-
-def cache_packets(lab, host):
-    """Total n_packets of the daemon's cache flows on ``host``."""
-    out = lab.ofctl(host, "dump-flows", "cookie=%#x/%#x" % (P.DAEMON_COOKIE, P.COOKIE_MASK))
-    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +118,9 @@ def test_same_host_modes(fw, mode):
     mbxctl(fw, "mb-set", "fw-green", "same-host=%s" % mode)
     time.sleep(0.3)
     try:
-        before = stats(fw, "h1")
+        before = fw.mbxd_stats("h1")
         assert attempt(fw, "g3", "g1", 7000) == "ok"
-        after = stats(fw, "h1")
+        after = fw.mbxd_stats("h1")
         # one decision per stage that checks the connection's first packet
         decided = after["decisions_allow"] - before["decisions_allow"]
         assert decided == (2 if mode == "both" else 1), (mode, decided)
@@ -150,14 +136,14 @@ def test_established_connection_is_forwarded_by_ovs_alone(fw, tmp_path):
     probe = Probe(fw, "g1", "g2", ip("g2"), 7000, str(tmp_path / "offload.json"), duration=60)
     try:
         probe.wait(lambda r: r["received"] >= 50, 15, "50 replies")
-        frames = {h: stats(fw, h)["frames"] for h in ("h1", "h2")}
-        cached = {h: cache_packets(fw, h) for h in ("h1", "h2")}
+        frames = {h: fw.mbxd_stats(h)["frames"] for h in ("h1", "h2")}
+        cached = {h: fw.cache_flow_packets(h) for h in ("h1", "h2")}
         start = probe.read()["received"]
         probe.wait(lambda r: r["received"] >= start + 50, 15, "50 more replies")
         for host in ("h1", "h2"):
-            assert stats(fw, host)["frames"] == frames[host], host   # Python saw nothing
+            assert fw.mbxd_stats(host)["frames"] == frames[host], host   # Python saw nothing
             # (OVS folds datapath counters into its flows about once a second)
-            wait_until(lambda: cache_packets(fw, host) >= cached[host] + 50, 5,
+            wait_until(lambda: fw.cache_flow_packets(host) >= cached[host] + 50, 5,
                        interval=0.2, what="cache flow counters on %s to rise" % host)
         listing = fw.mbxd_appctl("h1", "conn/list", "g1")
         assert re.search(r":7000 .*state=established .*offloaded=yes", listing), listing
@@ -223,7 +209,7 @@ def test_mbxd_kill9_and_restart_keeps_established_connections(fw, tmp_path):
 def test_malformed_frames_on_the_middlebox_port_are_counted_not_fatal(fw):
     pid = fw.state["pids"]["h1/mbxd"]
     tag = int(re.search(r"tag=(\d+).*fw-green", fw.mbxd_appctl("h1", "slice/list")).group(1))
-    before = stats(fw, "h1")
+    before = fw.mbxd_stats("h1")
     eth = "020000000099" "020000000011"
     vlan = "8100%04x" % tag
     frames = [
@@ -239,9 +225,9 @@ def test_malformed_frames_on_the_middlebox_port_are_counted_not_fatal(fw):
     for frame in frames:
         fw.ofctl("h1", "packet-out", "in_port=controller packet=%s actions=output:%s"
                  % (frame, P.MIDDLEBOX_PORT))
-    wait_until(lambda: stats(fw, "h1")["malformed"] >= before["malformed"] + 4, 5,
+    wait_until(lambda: fw.mbxd_stats("h1")["malformed"] >= before["malformed"] + 4, 5,
                interval=0.1, what="malformed frames counted")
-    after = stats(fw, "h1")
+    after = fw.mbxd_stats("h1")
     assert after["unknown_tag"] >= before["unknown_tag"] + 1
     assert after["non_ip"] >= before["non_ip"] + 1
     assert pid_alive(pid)

@@ -7,8 +7,6 @@ Topology (lab/topologies/demo.yaml): tenants red and blue share 10.0.0.0/24.
 
 import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,8 +15,6 @@ from lab.probe import Probe
 from lab.sh import wait_until
 
 pytestmark = pytest.mark.lab
-
-PY = sys.executable
 
 
 def mac(lab, vm):
@@ -37,11 +33,6 @@ def trace(lab, host, vm, dst_mac):
     return re.search(r"Datapath actions: (.*)", out).group(1)
 
 
-def mbxctl(lab, *args):
-    return subprocess.run([PY, "-m", "ovsdb.ctl", "--db", lab.nb_remote] + list(args),
-                          capture_output=True, text=True)
-
-
 def probe(lab, client, server, addr, port):
     """A TCP connection from one VM to another, exchanging a request every
     10 ms, already past its first 30 replies."""
@@ -52,7 +43,7 @@ def probe(lab, client, server, addr, port):
 
 
 def test_hosts_register_and_connect(lab):
-    out = mbxctl(lab, "host-list")
+    out = lab.mbxctl("host-list")
     assert out.returncode == 0, out.stderr
     for host, info in lab.state["hosts"].items():
         line = next(l for l in out.stdout.splitlines() if l.split()[0] == host)
@@ -138,7 +129,7 @@ def test_controller_restart_causes_no_flow_churn(lab):
             wait_until(lambda: "true" in lab.vsctl(host, "get", "controller", "br-int",
                                                    "is_connected"), 20,
                        what="%s to reconnect to the new controller" % host)
-        out = mbxctl(lab, "--wait=hv", "--timeout", "20", "sync")
+        out = lab.mbxctl("--wait=hv", "--timeout", "20", "sync")
         assert out.returncode == 0, out.stderr
         time.sleep(0.5)
         elapsed = time.monotonic() - taken
@@ -162,7 +153,7 @@ def test_vm_deleted_and_added_again(lab):
     _, epoch = location(lab, "red3")
     lab.vm_del("red3")
     assert "red3" not in lab.nb().snapshot().vms
-    assert "red3" not in mbxctl(lab, "vm-list").stdout
+    assert "red3" not in lab.mbxctl("vm-list").stdout
     assert not lab.ping("red1", "10.0.0.13").ok
     lab.vm_add("red3", "h3", "ls-red", "10.0.0.13/24")
     assert lab.ping("red1", "10.0.0.13").ok

@@ -10,7 +10,7 @@ from ryu_apps import slices as slicelib
 from ryu_apps.flows import compute_host_flows
 from ryu_apps.model import AddressSetInfo, MiddleboxInfo, PolicyInfo
 from ryu_apps.ofmodel import Flow, canon_match
-from topologies import ENCAP, TUNNEL, VMS, VNI_A, VNI_B, two_tenants
+from topologies import TUNNEL, VMS, VNI_A, VNI_B, two_tenants
 
 MAC = {name: spec[1] for name, spec in VMS.items()}
 IP = {name: spec[2] for name, spec in VMS.items()}
