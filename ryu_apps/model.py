@@ -20,6 +20,8 @@ class HostInfo:
     encap_type: str = "vxlan"       # "vxlan" or "geneve"
     tunnel_ofport: Optional[int] = None   # OpenFlow port of the host's tunnel port, once known
     mb_ofport: Optional[int] = None       # OpenFlow port of the host's middlebox port, once known
+    uplink_ofport: Optional[int] = None   # OpenFlow port of the host's uplink, once known
+    uplink_mac: Optional[str] = None      # its MAC (Interface mac_in_use), lower-case
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class SwitchInfo:
     tenant: str
     vni: int                        # tunnel key and in-pipeline logical switch key
     subnet: str                     # e.g. "10.0.0.0/24"
+    gateway: str = ""               # default gateway address: Logical_Switch.gateway,
+                                    # or the subnet's first address when unset
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,11 @@ class Topology:
     middleboxes: Mapping[str, "MiddleboxInfo"] = field(default_factory=dict)
     policies: Tuple["PolicyInfo", ...] = ()
     address_sets: Mapping[str, "AddressSetInfo"] = field(default_factory=dict)
-    slices: Mapping[Tuple[str, str], int] = field(default_factory=dict)  # (middlebox, host) -> tag
+    # (chain, host) -> tag; a chain is a tuple of middlebox names in order
+    slices: Mapping[Tuple[Tuple[str, ...], str], int] = field(default_factory=dict)
+    nat_rules: Mapping[str, Tuple["NatRuleInfo", ...]] = field(default_factory=dict)  # by middlebox
+    vips: Mapping[str, Tuple["VipInfo", ...]] = field(default_factory=dict)           # by middlebox
+    external_networks: Mapping[str, "ExternalNetInfo"] = field(default_factory=dict)
 
     def local_vms(self, host):
         """(VMInfo, PortBinding) pairs of VMs bound to ``host`` whose config is known."""
@@ -82,12 +90,13 @@ class MiddleboxInfo:
 @dataclass(frozen=True)
 class PolicyInfo:
     """A steering policy: traffic of ``switch`` matching ``match`` (ovsdb.match
-    text, applied to both directions of a connection) goes through
-    ``middlebox``; ``middlebox`` None means "bypass" (forward unchecked)."""
+    text, applied to both directions of a connection) goes through the
+    middleboxes of ``chain`` in order; an empty chain means "bypass" (forward
+    unchecked)."""
     switch: str
     priority: int                   # 0..30000, highest first
     match: str
-    middlebox: Optional[str] = None
+    chain: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,3 +104,37 @@ class AddressSetInfo:
     name: str
     tenant: str
     addresses: tuple = ()           # sorted CIDR / address strings
+
+
+@dataclass(frozen=True)
+class NatRuleInfo:
+    uuid: str
+    middlebox: str
+    type: str                       # "snat" | "dnat"
+    external_ips: Tuple[str, ...]   # sorted
+    logical_ip: str                 # snat: source CIDR ("" = switch subnet); dnat: VM IP
+    protocol: str = ""              # dnat: "tcp" | "udp" | "" (both)
+    external_port: Optional[int] = None
+    logical_port: Optional[int] = None
+    port_range: Tuple[int, int] = (1024, 65535)
+
+
+@dataclass(frozen=True)
+class VipInfo:
+    uuid: str
+    middlebox: str
+    vip: str
+    port: int
+    protocol: str                   # "tcp" | "udp"
+    algorithm: str
+    backends: Tuple[Tuple[str, int], ...] = ()   # sorted (ip, port)
+    options: Mapping[str, str] = field(default_factory=dict)
+    status: Mapping[str, str] = field(default_factory=dict)   # "ip:port" -> up|down
+
+
+@dataclass(frozen=True)
+class ExternalNetInfo:
+    name: str
+    cidr: str
+    gateway_ip: str
+    gateway_mac: str                # lower-case
