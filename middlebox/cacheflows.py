@@ -28,6 +28,7 @@ ENTRY_COOKIE_MASK = (TAG_MASK << TAG_SHIFT) | ENTRY_ID_MASK
 ETH_TYPE_IP = 0x0800
 _L4 = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst")}
 _STAGE_OF_TABLE = {t.table_id: stage for stage, t in P.CACHE_TABLES.items()}
+FLOW_CATCHER = 16           # ConnEntry.flows bit: the entry's reply catcher is installed
 
 
 def cookie(tag, entry_id):
@@ -55,12 +56,87 @@ def cache_flow(tag, stage, entry_id, proto, src, dst, sport, dport, verdict, idl
 
 
 def entry_flows(tag, entry, idle_timeout):
-    """(from_vm_flow, to_vm_flow) of a ``ConnEntry``, with its verdict."""
+    """(from_vm_flow, to_vm_flow) of a ``ConnEntry``, with its verdict.
+
+    A translated entry (``entry.xlate``, docs/services.md) gets flows with
+    its header rewrites: the from-VM flow matches what the VM sends and
+    rewrites it for the far side; the toward-VM flow (TO_VM_CACHE for a load
+    balancer, EXTERNAL_CACHE for NAT) matches what arrives from the far side
+    and rewrites it back."""
     k = entry.key
-    return (cache_flow(tag, P.STAGE_FROM_VM, entry.entry_id, k.proto, k.vm_ip, k.peer_ip,
-                       k.vm_port, k.peer_port, entry.verdict, idle_timeout),
-            cache_flow(tag, P.STAGE_TO_VM, entry.entry_id, k.proto, k.peer_ip, k.vm_ip,
-                       k.peer_port, k.vm_port, entry.verdict, idle_timeout))
+    x = entry.xlate
+    if x is None:
+        return (cache_flow(tag, P.STAGE_FROM_VM, entry.entry_id, k.proto, k.vm_ip,
+                           k.peer_ip, k.vm_port, k.peer_port, entry.verdict, idle_timeout),
+                cache_flow(tag, P.STAGE_TO_VM, entry.entry_id, k.proto, k.peer_ip,
+                           k.vm_ip, k.peer_port, k.vm_port, entry.verdict, idle_timeout))
+    names = _L4.get(k.proto, (None, None))
+    ck = cookie(tag, entry.entry_id)
+    if x.kind == "lb":
+        out_sets = (("ipv4_dst", ip_text(x.peer_ip)), (names[1], x.peer_port),
+                    ("eth_src", P.ROUTER_MAC), ("eth_dst", x.peer_mac))
+        out_next = P.L2_LOOKUP.table_id
+        back_stage = P.STAGE_TO_VM
+        back_sets = (("ipv4_src", ip_text(k.peer_ip)), (names[0], k.peer_port),
+                     ("eth_src", P.ROUTER_MAC))
+        back_next = P.LOCAL_DELIVERY.table_id
+    else:
+        out_sets = (("ipv4_src", ip_text(x.vm_ip)), (names[0], x.vm_port))
+        out_next = P.EXTERNAL_OUT.table_id
+        back_stage = P.STAGE_FROM_EXTERNAL
+        back_sets = (("ipv4_dst", ip_text(k.vm_ip)), (names[1], k.vm_port),
+                     ("eth_src", P.ROUTER_MAC), ("eth_dst", x.vm_mac))
+        back_next = P.L2_LOOKUP.table_id
+    out_match = _tuple_match(tag, k.proto, k.vm_ip, k.peer_ip, k.vm_port, k.peer_port)
+    back_match = _tuple_match(tag, k.proto, x.peer_ip, x.vm_ip, x.peer_port, x.vm_port)
+    return (Flow(P.FROM_VM_CACHE.table_id, P.PRIO_CACHE_ENTRY, out_match,
+                 _rewrite(out_sets, out_next), cookie=ck, idle_timeout=int(idle_timeout)),
+            Flow(P.CACHE_TABLES[back_stage].table_id, P.PRIO_CACHE_ENTRY, back_match,
+                 _rewrite(back_sets, back_next), cookie=ck, idle_timeout=int(idle_timeout)))
+
+
+def _tuple_match(tag, proto, src, dst, sport, dport, **extra):
+    fields = {"eth_type": ETH_TYPE_IP, "ip_proto": proto, "ipv4_src": ip_text(src),
+              "ipv4_dst": ip_text(dst)}
+    if tag is not None:
+        fields[P.REG_SLICE] = tag
+    names = _L4.get(proto)
+    if names is not None:
+        fields[names[0]] = sport
+        fields[names[1]] = dport
+    fields.update(extra)
+    return canon_match(**fields)
+
+
+def _rewrite(sets, next_table):
+    return (("apply", tuple(("set_field", name, value if not isinstance(value, str)
+                             else value.lower()) for name, value in sets
+                            if name is not None)),
+            ("goto", next_table))
+
+
+def catcher_flow(tag, entry, vni, idle_timeout):
+    """The reply catcher of a translated entry whose replies reach this host
+    through a steering table (docs/services.md), or None: a load-balanced
+    connection's replies at TO_VM_STEERING, a DNAT'd connection's replies
+    (sent by the VM) at FROM_VM_STEERING."""
+    x = entry.xlate
+    if x is None or x.kind == "snat":
+        return None
+    k = entry.key
+    meta = (vni, P.METADATA_VNI_MASK)
+    if x.kind == "lb":
+        table, stage = P.TO_VM_STEERING, P.STAGE_TO_VM
+        match = _tuple_match(None, k.proto, x.peer_ip, k.vm_ip, x.peer_port, k.vm_port,
+                             metadata=meta)
+    else:
+        table, stage = P.FROM_VM_STEERING, P.STAGE_FROM_VM
+        match = _tuple_match(None, k.proto, k.vm_ip, k.peer_ip, k.vm_port, k.peer_port,
+                             metadata=meta)
+    return Flow(table.table_id, P.PRIO_STEER_CATCHER, match,
+                (("apply", (("set_field", P.REG_SLICE, tag),)),
+                 ("goto", P.CACHE_TABLES[stage].table_id)),
+                cookie=cookie(tag, entry.entry_id), idle_timeout=int(idle_timeout))
 
 
 def parse_cache_flow(flow):
@@ -93,6 +169,10 @@ def parse_cache_flow(flow):
             verdict = "deny"
         elif flow.instructions == (("goto", P.CACHE_NEXT[stage].table_id),):
             verdict = "allow"
+        elif len(flow.instructions) == 2 and flow.instructions[0][0] == "apply" \
+                and flow.instructions[1][0] == "goto" \
+                and all(a[0] == "set_field" for a in flow.instructions[0][1]):
+            verdict = "allow"       # a translated entry's flow (entry_flows)
         else:
             return None
         return (tag, stage, entry_id, proto, ip_int(src), ip_int(dst), sport, dport, verdict)

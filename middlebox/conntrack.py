@@ -163,7 +163,7 @@ class ConnEntry:
     __slots__ = ("key", "origin", "verdict", "state", "fins", "created", "last_seen",
                  "expires", "packets_orig", "bytes_orig", "packets_reply", "bytes_reply",
                  "flows", "flow_timeout", "fs_from_packets", "fs_from_bytes",
-                 "fs_to_packets", "fs_to_bytes", "entry_id", "rule", "vm", "tag")
+                 "fs_to_packets", "fs_to_bytes", "entry_id", "rule", "vm", "tag", "xlate")
 
     def __init__(self, key, origin, verdict, now, timeouts, entry_id=0, rule="default",
                  vm="", tag=0, state=None):
@@ -184,6 +184,7 @@ class ConnEntry:
         self.rule = rule
         self.vm = vm
         self.tag = tag
+        self.xlate = None               # an Xlate when a service translated it
         self.expires = now + timeouts.for_state(key.proto, self.state, verdict)
 
     # key fields
@@ -260,6 +261,39 @@ class ConnEntry:
         return "ConnEntry(%s %d %d:%d %s %d:%d %s %s #%d)" % (
             self.vm, k.proto, k.vm_ip, k.vm_port, self.origin, k.peer_ip, k.peer_port,
             self.verdict, self.state, self.entry_id)
+
+
+class Xlate:
+    """How a translated connection looks beyond the translation.
+
+    ``kind``: "lb" (the peer the VM addressed, a VIP, is really ``peer_ip``:
+    ``peer_port`` with MAC ``peer_mac``), "snat" or "dnat" (the VM's end is
+    ``vm_ip``:``vm_port``, an external address, on the far side).  Fields that
+    the kind does not translate repeat the entry's own values.  ``vm_mac``:
+    the VM's MAC (translated packets toward the VM get it); ``service``: what
+    to release when the entry goes (the NAT rule uuid, or the VIP key).
+    """
+
+    __slots__ = ("kind", "vm_ip", "vm_port", "peer_ip", "peer_port", "vm_mac", "peer_mac",
+                 "service")
+
+    def __init__(self, kind, vm_ip, vm_port, peer_ip, peer_port, vm_mac, peer_mac="",
+                 service=""):
+        self.kind = kind
+        self.vm_ip = vm_ip
+        self.vm_port = vm_port
+        self.peer_ip = peer_ip
+        self.peer_port = peer_port
+        self.vm_mac = vm_mac
+        self.peer_mac = peer_mac
+        self.service = service
+
+    def as_list(self):
+        return [self.kind, self.vm_ip, self.vm_port, self.peer_ip, self.peer_port,
+                self.vm_mac, self.peer_mac, self.service]
+
+    def __repr__(self):
+        return "Xlate(%s)" % ",".join(str(x) for x in self.as_list())
 
 
 class VmTable:

@@ -47,13 +47,16 @@ from typing import Iterable, List
 from ryu_apps import pipeline as P
 
 from middlebox import cacheflows as CF
+from middlebox.services import ids as svc_ids, lb as svc_lb, snat as svc_snat
 from middlebox.conntrack import (ACTIVE, ALLOW, CLOSED, CLOSING, DENY, ESTABLISHED,
                                  FIN_WAIT, FLOW_BOTH, FLOW_FROM_VM, FLOW_TO_VM, IN,
                                  OFFLOAD_GRACE, OUT, REPLIED, SYN_RECV, SYN_SENT, UNREPLIED,
-                                 ConnEntry, ConnKey, Timeouts, VmTable, can_open, key_for)
-from middlebox.packet import (ICMP_ERROR_TYPES, IPPROTO_ICMP, IPPROTO_TCP, TCP_FIN,
-                              TCP_RST, MalformedFrame, build_icmp_unreachable,
-                              build_tcp_rst, ip_int, ip_text, parse_frame)
+                                 ConnEntry, ConnKey, Timeouts, VmTable, Xlate, can_open,
+                                 key_for)
+from middlebox.packet import (ICMP_ERROR_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+                              TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, MalformedFrame,
+                              build_icmp_unreachable, build_tcp, build_tcp_rst, ip_int,
+                              ip_text, parse_frame, rewrite)
 from middlebox.rules import DIRECTIONS, RuleSet
 
 # What happens to a non-IPv4 frame of a known slice: "pass" (written back
@@ -70,7 +73,10 @@ STATE_VERSION = 1
 STATE_FIELDS = ("tag", "vm", "id", "proto", "vm_ip", "vm_port", "peer_ip", "peer_port",
                 "origin", "verdict", "state", "fins", "created", "last_seen",
                 "packets_orig", "bytes_orig", "packets_reply", "bytes_reply",
-                "flows", "flow_timeout", "fs", "rule")
+                "flows", "flow_timeout", "fs", "rule", "xlate")
+PROBE_PORT_MIN, PROBE_PORT_MAX = 61000, 61999    # source ports of health probes
+PUBLISH_INTERVAL = 1.0      # s between shared-state publications (and scan checks)
+MAX_ALERTS = 1000           # IDS alerts kept for ovs-appctl
 _PENDING_SHIFT = 2          # ConnEntry.flows bits 2-3: deleted, flow-removed not yet seen
 _MULTICAST = (0xE0000000, 0xF0000000)
 _STAGE_OF_TABLE = {t.table_id: stage for stage, t in P.CACHE_TABLES.items()}
@@ -89,20 +95,24 @@ class Result:
     """What to do about one frame.
 
     ``out``: ``(frame, tci)`` pairs to write on the middlebox port; ``add``
-    / ``delete``: cache flows; ``verdict``: allow, deny, reject, invalid,
-    malformed, unknown_tag, unknown_vm, non_ip or error; ``new``: the frame
-    opened (or was refused as opening) a connection, i.e. rules were
-    evaluated; ``related``: an ICMP error passed/dropped as part of a
-    tracked connection.
+    / ``delete``: cache flows; ``held``: frames to write only once ``add``
+    is in the datapath (an OpenFlow barrier: a translated connection's first
+    packet must not overtake its reply catcher); ``verdict``: allow, deny,
+    reject, invalid, malformed, unknown_tag, unknown_vm, non_ip, copy,
+    no_nat, nat_exhausted or error; ``new``: the frame opened (or was
+    refused as opening) a connection, i.e. rules were evaluated;
+    ``related``: an ICMP error passed/dropped as part of a tracked
+    connection.
     """
 
-    __slots__ = ("out", "add", "delete", "verdict", "new", "related")
+    __slots__ = ("out", "add", "delete", "verdict", "new", "related", "held")
 
     def __init__(self, verdict, out=None):
         self.verdict = verdict
         self.out = out if out is not None else []
         self.add = []
         self.delete = []
+        self.held = []
         self.new = False
         self.related = False
 
@@ -112,9 +122,78 @@ class Result:
             " new" if self.new else "")
 
 
+class _Vip:
+    """One load-balancer VIP of a slice: its balancer, this host's health
+    checks of its local backends, and the connections per backend."""
+
+    __slots__ = ("service", "spec", "key", "balancer", "health", "counts")
+
+    def __init__(self, service, spec, options):
+        self.service = service
+        self.spec = spec
+        self.key = "%s:%d/%s" % (spec.vip, spec.port, spec.protocol)
+        self.balancer = svc_lb.Balancer(spec.algorithm, spec.backends)
+        opts = dict(spec.options or {})
+        self.health = None
+        if opts.get("health-check", "tcp") == "tcp":
+            self.health = svc_lb.HealthTracker(
+                _num(opts, "health-interval", 2.0), _num(opts, "health-timeout", 1.0),
+                int(_num(opts, "health-rise", 2)), int(_num(opts, "health-fall", 2)))
+            self.health.set_backends(spec.backends)
+        self.counts = {}
+
+    def update(self, spec):
+        self.spec = spec
+        self.balancer.update(spec.backends)
+        if self.health is not None:
+            self.health.set_backends(spec.backends)
+
+
+def _num(opts, key, default):
+    try:
+        value = float(opts.get(key, default))
+        return value if value > 0 else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _cidr(text):
+    """(network, mask) ints of "a.b.c.d/n" (or a bare address), or None."""
+    try:
+        addr, _, bits = str(text).partition("/")
+        n = int(bits) if bits else 32
+        if not 0 <= n <= 32:
+            return None
+        mask = (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF
+        return ip_int(addr) & mask, mask
+    except ValueError:
+        return None
+
+
+_PROTO_NUM = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
+
+
+class _Ids:
+    """The IDS service of a slice: its detectors and their options."""
+
+    __slots__ = ("name", "options", "scan", "synflood", "threshold", "window")
+
+    def __init__(self, spec):
+        self.name = spec.name
+        self.options = dict(spec.options or {})
+        self.threshold = int(_num(self.options, "scan-threshold", 20))
+        self.window = _num(self.options, "scan-window", 10.0)
+        self.scan = svc_ids.ScanDetector(self.threshold, self.window)
+        self.synflood = svc_ids.SynFloodDetector(
+            int(_num(self.options, "synflood-threshold", 200)),
+            _num(self.options, "synflood-window", 2.0))
+
+
 class _Slice:
     __slots__ = ("tag", "sid", "config", "rules", "timeouts", "offload", "same_host",
-                 "by_mac", "by_ip", "tables", "packets", "bytes", "errors")
+                 "by_mac", "by_ip", "tables", "packets", "bytes", "errors",
+                 "ids_only", "translating", "vips", "snat", "dnat", "nat_name", "ids",
+                 "subnet", "gateway", "wire", "probes")
 
     def __init__(self, tag, sid, config):
         self.tag = tag
@@ -122,6 +201,10 @@ class _Slice:
         self.tables = {}
         self.packets = 0
         self.bytes = 0
+        self.vips = {}
+        self.ids = None
+        self.wire = {}                  # far-side 5-tuple -> translated ConnEntry
+        self.probes = {}                # (backend ip, port, probe port) -> (_Vip, backend)
         self.apply(config)
 
     def apply(self, cfg):
@@ -153,7 +236,78 @@ class _Slice:
         names = {vm.name for vm in cfg.vms}
         for name in [n for n, t in self.tables.items() if not t.entries and n not in names]:
             del self.tables[name]
+        self._apply_services(cfg, errors)
         self.errors = list(self.timeouts.errors) + errors
+
+    def _apply_services(self, cfg, errors):
+        services = tuple(cfg.services or ())
+        types = [sv.type for sv in services]
+        self.ids_only = bool(types) and all(t == "ids" for t in types)
+        self.subnet = _cidr(cfg.subnet) if cfg.subnet else None
+        try:
+            self.gateway = ip_int(cfg.gateway) if cfg.gateway else None
+        except ValueError:
+            self.gateway = None
+            errors.append("bad gateway address %r" % cfg.gateway)
+        vips, self.snat, self.dnat, self.nat_name = {}, [], {}, None
+        ids = None
+        for sv in services:
+            if sv.type == "lb":
+                for spec in sv.vips:
+                    proto = _PROTO_NUM.get(spec.protocol)
+                    try:
+                        key = (proto, ip_int(spec.vip), spec.port)
+                    except ValueError:
+                        errors.append("VIP %r: bad address" % spec.vip)
+                        continue
+                    old = self.vips.get(key)
+                    if old is not None and old.service == sv.name \
+                            and old.spec.algorithm == spec.algorithm \
+                            and dict(old.spec.options) == dict(spec.options):
+                        old.update(spec)
+                        vips[key] = old
+                    else:
+                        vips[key] = _Vip(sv.name, spec, sv.options)
+            elif sv.type == "nat":
+                self.nat_name = sv.name
+                for rule in sv.nat_rules:
+                    if rule.type == "snat":
+                        src = _cidr(rule.logical_ip) if rule.logical_ip else self.subnet
+                        if src is None:
+                            errors.append("SNAT rule %s: bad logical_ip %r"
+                                          % (rule.uuid, rule.logical_ip))
+                            continue
+                        self.snat.append((src, rule))
+                    elif rule.type == "dnat" and rule.external_ips:
+                        try:
+                            ext = ip_int(rule.external_ips[0])
+                            ip_int(rule.logical_ip)
+                        except ValueError:
+                            errors.append("DNAT rule %s: bad address" % rule.uuid)
+                            continue
+                        protos = ([_PROTO_NUM[rule.protocol]] if rule.protocol in _PROTO_NUM
+                                  else [IPPROTO_TCP, IPPROTO_UDP])
+                        for proto in protos:
+                            self.dnat[(ext, proto, rule.external_port)] = rule
+            elif sv.type == "ids":
+                same = self.ids is not None and self.ids.name == sv.name \
+                    and self.ids.options == dict(sv.options or {})
+                ids = self.ids if same else _Ids(sv)
+        self.vips = vips
+        self.ids = ids
+        self.translating = bool(vips or self.snat or self.dnat)
+
+    def in_subnet(self, addr):
+        return self.subnet is not None and addr & self.subnet[1] == self.subnet[0]
+
+    def snat_rule(self, src):
+        for (net, mask), rule in self.snat:
+            if src & mask == net:
+                return rule
+        return None
+
+    def dnat_rule(self, proto, dst, dport):
+        return self.dnat.get((dst, proto, dport)) or self.dnat.get((dst, proto, None))
 
     def table(self, name):
         table = self.tables.get(name)
@@ -187,9 +341,22 @@ class MiddleboxCore:
         self.counters = dict.fromkeys(
             ("frames", "malformed", "unknown_tag", "unknown_vm", "non_ip", "invalid",
              "passed", "dropped", "related", "rejects_sent", "flows_added",
-             "flows_deleted", "expired", "internal_errors"), 0)
+             "flows_deleted", "expired", "internal_errors", "copies", "translated",
+             "no_nat", "nat_exhausted", "no_backend", "probes_sent", "probe_replies",
+             "ids_alerts"), 0)
         self.decisions = dict.fromkeys(VERDICTS, 0)
         self.last_error = None
+        # The state sharing manager (middlebox.shared.SharedState) the shell
+        # gives the core; None: this host's own view only (unit tests).
+        self.shared = None
+        self._snat = {}                 # NAT_Rule uuid -> (block, PortAllocator)
+        self._probe_port = PROBE_PORT_MIN
+        self.alerts = []                # IDS alerts raised here (newest last)
+        self.log = []                   # lines for the shell to log (drained by it)
+        self._next_publish = 0.0
+        self._probes = {}               # (backend ip, port, probe port) -> (_Vip, backend, sent)
+        self.alert_counts = {}          # IDS alert kind -> count
+        self._carry = []                # flows to delete, for the next Result
 
     # ------------------------------------------------------------ config
     def configure(self, config, now) -> FlowChanges:
@@ -210,8 +377,34 @@ class MiddleboxCore:
                 self._next_sid += 1
             elif s.config != cfg:
                 s.apply(cfg)
+        self._update_snat(wanted)
         self.counters["flows_deleted"] += len(changes.delete)
         return changes
+
+    def _update_snat(self, wanted):
+        """One port allocator per SNAT rule, over this host's block of it."""
+        blocks = {}
+        for cfg in wanted.values():
+            for uuid, block in (cfg.snat_blocks or {}).items():
+                blocks[uuid] = tuple(block)
+        for uuid in [u for u in self._snat if u not in blocks]:
+            del self._snat[uuid]
+        for uuid, block in blocks.items():
+            old = self._snat.get(uuid)
+            if old is not None and old[0] == block:
+                continue
+            try:
+                alloc = svc_snat.PortAllocator(ip_int(block[0]), int(block[1]), int(block[2]))
+            except (ValueError, TypeError, IndexError):
+                self.log.append("SNAT rule %s: bad port block %r" % (uuid, block))
+                continue
+            self._snat[uuid] = (block, alloc)
+            # Ports of live mappings in the new block stay taken.
+            for s in self.slices.values():
+                for e in s.wire.values():
+                    x = e.xlate
+                    if x.kind == "snat" and x.service == uuid and x.vm_ip == alloc.ip:
+                        alloc.reserve(e.key.proto, x.vm_port)
 
     def _remove_slice(self, tag):
         s = self.slices.pop(tag)
@@ -248,10 +441,27 @@ class MiddleboxCore:
             return Result("unknown_tag")
         s.packets += 1
         s.bytes += len(frame)
-        if pkt.stage != P.STAGE_FROM_VM and pkt.stage != P.STAGE_TO_VM:
+        stage = pkt.stage
+        if stage == P.STAGE_PROBE:
+            return self._probe_reply(s, pkt, now)
+        if stage not in (P.STAGE_FROM_VM, P.STAGE_TO_VM, P.STAGE_FROM_EXTERNAL):
             c["malformed"] += 1
             c["dropped"] += 1
             return Result("malformed")
+        if s.ids_only:
+            # A copy: the original went on unchanged.  Observe, never answer.
+            c["copies"] += 1
+            if stage != P.STAGE_FROM_VM and pkt.proto is not None:
+                self._ids_observe(s, pkt, now)
+            return Result("copy")
+        if pkt.proto is not None and (s.wire or stage == P.STAGE_FROM_EXTERNAL):
+            went = s.wire.get((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
+            if went is not None:
+                res = self._translated(s, pkt, frame, tci, now, went, True)
+                if res is not None:
+                    return self._count(res)
+            if stage == P.STAGE_FROM_EXTERNAL:
+                return self._count(self._new_external(s, pkt, frame, tci, now))
         if pkt.proto is None:
             c["non_ip"] += 1
             if NON_IP_POLICY == "pass":
@@ -275,6 +485,11 @@ class MiddleboxCore:
         key = key_for(pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport, from_vm)
         table = s.table(vm.name)
         entry = table.get(key)
+        if entry is not None and entry.xlate is not None:
+            res = self._translated(s, pkt, frame, tci, now, entry, False)
+            if res is not None:
+                return self._count(res)
+            entry = table.get(key)
         res = Result(ALLOW)
         pair = None
         if partner is not None:
@@ -308,12 +523,22 @@ class MiddleboxCore:
             c["invalid"] += 1
             c["dropped"] += 1
             res.verdict = "invalid"
+        elif s.translating and from_vm and partner is None:
+            self._new_chain(s, pkt, frame, tci, now, vm, table, key, res)
         else:
+            if not from_vm and s.ids is not None:
+                self._ids_observe(s, pkt, now)
             self._new(s, pkt, frame, tci, now, from_vm, vm, table, key, partner, pair, res)
+        return self._count(res)
+
+    def _count(self, res):
+        if self._carry:
+            res.delete.extend(self._carry)
+            self._carry = []
         if res.add:
-            c["flows_added"] += len(res.add)
+            self.counters["flows_added"] += len(res.add)
         if res.delete:
-            c["flows_deleted"] += len(res.delete)
+            self.counters["flows_deleted"] += len(res.delete)
         return res
 
     def _existing(self, s, pkt, frame, tci, now, from_vm, entry, pair, res):
@@ -370,19 +595,7 @@ class MiddleboxCore:
                 p_rule_id = rule_id
         self.decisions[action] += 1
         if action == REJECT:
-            res.verdict = REJECT
-            self.counters["dropped"] += 1
-            answer = self._reject_answer(pkt, frame)
-            if answer is not None:
-                # Back toward the sender: a from-VM stage answer is delivered
-                # to the local sender at the to-VM stage's return; a to-VM
-                # stage answer leaves like a packet of the receiving VM --
-                # except when the sender is the paired local VM
-                # (same-host=destination): it has no entry to pass the
-                # answer at its own to-VM stage, so deliver it directly.
-                stage = P.STAGE_TO_VM if from_vm or partner is not None else P.STAGE_FROM_VM
-                res.out.append((answer, (tci & 0x1FFF) | stage << 13))
-                self.counters["rejects_sent"] += 1
+            self._reject(pkt, frame, tci, from_vm, partner, res)
             return
         entry = self._create(s, table, vm.name, key, OUT if from_vm else IN, action,
                              rule_id, now)
@@ -398,6 +611,424 @@ class MiddleboxCore:
             e.update(True, pkt.tcp_flags, len(frame), now, s.timeouts, s.offload)
             self._offload(s, e, vm_is_src, pkt.tcp_flags, res)
         self._finish(res, action, frame, tci)
+
+    # ------------------------------------------------------------ services
+    def _translated(self, s, pkt, frame, tci, now, e, inbound):
+        """A packet of a translated connection: update, offload, rewrite.
+        None: not this entry's packet after all (caller goes on as usual)."""
+        table = s.tables.get(e.vm)
+        x = e.xlate
+        want = (P.STAGE_FROM_VM if not inbound else
+                P.STAGE_TO_VM if x.kind == "lb" else P.STAGE_FROM_EXTERNAL)
+        if table is None or pkt.stage != want:
+            return None
+        flags = pkt.tcp_flags
+        if (not e.flows & FLOW_BOTH and now >= e.expires) or (
+                pkt.proto == IPPROTO_TCP and e.state in (CLOSING, CLOSED)
+                and can_open(pkt.proto, flags)):
+            # Gone idle, or a new SYN on a finished connection's tuple.
+            self._carry.extend(self._forget(s, table, e))
+            self.counters["expired"] += 1
+            return None
+        vm_is_src = not inbound
+        e.update(e.is_orig(vm_is_src), flags, len(frame), now, s.timeouts, s.offload)
+        res = Result(ALLOW)
+        self._offload(s, e, vm_is_src, flags, res)
+        res.out.append((self._rewrite_frame(e, pkt, frame, inbound), tci))
+        self.counters["passed"] += 1
+        self.counters["translated"] += 1
+        return res
+
+    @staticmethod
+    def _rewrite_frame(e, pkt, frame, inbound):
+        k, x = e.key, e.xlate
+        if not inbound:
+            if x.kind == "lb":
+                return rewrite(frame, pkt, eth_src=P.ROUTER_MAC, eth_dst=x.peer_mac,
+                               dst=x.peer_ip, dport=x.peer_port)
+            return rewrite(frame, pkt, src=x.vm_ip, sport=x.vm_port)
+        if x.kind == "lb":
+            return rewrite(frame, pkt, eth_src=P.ROUTER_MAC, src=k.peer_ip, sport=k.peer_port)
+        return rewrite(frame, pkt, eth_src=P.ROUTER_MAC, eth_dst=x.vm_mac, dst=k.vm_ip,
+                       dport=k.vm_port)
+
+    def _drop(self, res, verdict):
+        res.verdict = verdict
+        self.counters["dropped"] += 1
+        return res
+
+    def _new_chain(self, s, pkt, frame, tci, now, vm, table, key, res):
+        """A connection a VM opens through a chain with a load balancer or
+        NAT: every service in order decides, translations accumulate."""
+        c = self.counters
+        if pkt.proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            self._new(s, pkt, frame, tci, now, True, vm, table, key, None, None, res)
+            return
+        res.new = True
+        dst, dport = pkt.dst, pkt.dport
+        xl, action, rule_id = None, ALLOW, "default"
+        for sv in s.config.services:
+            if sv.type == "firewall":
+                action, rule = s.rules.evaluate(DIRECTIONS[0], pkt.proto, pkt.src, dst,
+                                                pkt.sport, dport)
+                rule_id = _rule_id(rule)
+                if action != ALLOW:
+                    break
+            elif sv.type == "lb" and xl is None:
+                v = s.vips.get((pkt.proto, dst, dport))
+                if v is None:
+                    continue
+                backend = self._choose(s, v, pkt.src)
+                if backend is None:
+                    c["no_backend"] += 1
+                    action, rule_id = REJECT, "lb %s: no healthy backend" % v.key
+                    break
+                bip = ip_int(backend[0])
+                xl = Xlate("lb", pkt.src, pkt.sport, bip, backend[1], vm.mac,
+                           s.by_ip[bip].mac, v.key)
+                dst, dport = bip, backend[1]
+            elif sv.type == "nat" and xl is None:
+                if s.in_subnet(dst) or dst == s.gateway:
+                    continue
+                rule = s.snat_rule(pkt.src)
+                if rule is None:
+                    continue
+                got = self._snat.get(rule.uuid)
+                if got is None:
+                    c["no_nat"] += 1
+                    self._warn("SNAT rule %s: this host has no port block: dropping "
+                               "connections from %s" % (rule.uuid, vm.name))
+                    self._drop(res, "no_nat")
+                    return
+                port = got[1].allocate(pkt.proto, dst, dport, now)
+                if port is None:
+                    c["nat_exhausted"] += 1
+                    self._warn("SNAT rule %s: every port of block %s:%d-%d is in use: "
+                               "dropping a new connection from %s"
+                               % (rule.uuid, got[0][0], got[0][1], got[0][2], vm.name))
+                    self._drop(res, "nat_exhausted")
+                    return
+                xl = Xlate("snat", got[1].ip, port, dst, dport, vm.mac, "", rule.uuid)
+        self.decisions[action] += 1
+        if action == REJECT:
+            self._reject(pkt, frame, tci, True, None, res)
+            return
+        entry = self._create(s, table, vm.name, key, OUT, action, rule_id, now)
+        if action == ALLOW and xl is not None:
+            entry.xlate = xl
+            held = self._bind(s, entry, res)
+        else:
+            held = False
+        entry.update(True, pkt.tcp_flags, len(frame), now, s.timeouts, s.offload)
+        self._offload(s, entry, True, pkt.tcp_flags, res)
+        if action != ALLOW:
+            self._finish(res, action, frame, tci)
+            return
+        out = (self._rewrite_frame(entry, pkt, frame, False) if xl is not None else frame, tci)
+        (res.held if held else res.out).append(out)
+        res.verdict = ALLOW
+        c["passed"] += 1
+        if xl is not None:
+            c["translated"] += 1
+
+    def _new_external(self, s, pkt, frame, tci, now):
+        """A packet from the external network that no mapping knows: a DNAT
+        rule may open a connection to a VM of this host."""
+        c = self.counters
+        res = Result(ALLOW)
+        if pkt.proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            c["no_nat"] += 1
+            return self._drop(res, "no_nat")
+        if not can_open(pkt.proto, pkt.tcp_flags):
+            c["invalid"] += 1
+            return self._drop(res, "invalid")
+        rule = s.dnat_rule(pkt.proto, pkt.dst, pkt.dport)
+        if rule is None:
+            c["no_nat"] += 1
+            return self._drop(res, "no_nat")
+        vm_ip = ip_int(rule.logical_ip)
+        lport = rule.logical_port or pkt.dport
+        vm = s.by_ip.get(vm_ip)
+        if vm is None or vm.host != self.host:
+            c["unknown_vm"] += 1
+            return self._drop(res, "unknown_vm")
+        res.new = True
+        if s.ids is not None:
+            self._ids_seen(s, pkt.proto, pkt.tcp_flags, pkt.src, vm_ip, lport, now)
+        action, rule_id = ALLOW, "default"
+        for sv in s.config.services:
+            if sv.type == "firewall":
+                action, fw_rule = s.rules.evaluate(DIRECTIONS[1], pkt.proto, pkt.src, vm_ip,
+                                                   pkt.sport, lport)
+                rule_id = _rule_id(fw_rule)
+                break
+        self.decisions[action] += 1
+        if action != ALLOW:
+            # From outside, reject is a silent drop: nothing to answer from.
+            return self._drop(res, action)
+        table = s.table(vm.name)
+        key = ConnKey(pkt.proto, vm_ip, lport, pkt.src, pkt.sport)
+        old = table.get(key)
+        if old is not None:
+            res.delete.extend(self._forget(s, table, old))
+        entry = self._create(s, table, vm.name, key, IN, ALLOW, rule_id, now)
+        entry.xlate = Xlate("dnat", pkt.dst, pkt.dport, pkt.src, pkt.sport, vm.mac, "",
+                            rule.uuid)
+        held = self._bind(s, entry, res)
+        entry.update(True, pkt.tcp_flags, len(frame), now, s.timeouts, s.offload)
+        self._offload(s, entry, False, pkt.tcp_flags, res)
+        out = (self._rewrite_frame(entry, pkt, frame, True), tci)
+        (res.held if held else res.out).append(out)
+        c["passed"] += 1
+        c["translated"] += 1
+        return res
+
+    @staticmethod
+    def _wire_key(e):
+        k, x = e.key, e.xlate
+        if x.kind == "lb":
+            return (k.proto, x.peer_ip, x.peer_port, k.vm_ip, k.vm_port)
+        return (k.proto, k.peer_ip, k.peer_port, x.vm_ip, x.vm_port)
+
+    def _bind(self, s, e, res):
+        """Index a translated entry by its far-side tuple, count it, install
+        its reply catcher; True if there is one (hold the first packet)."""
+        x = e.xlate
+        s.wire[self._wire_key(e)] = e
+        if x.kind == "lb":
+            v = self._vip(s, x.service)
+            if v is not None:
+                b = (ip_text(x.peer_ip), x.peer_port)
+                v.counts[b] = v.counts.get(b, 0) + 1
+        timeout = s.timeouts.for_state(e.key.proto, ESTABLISHED if e.key.proto == IPPROTO_TCP
+                                       else REPLIED)
+        flow = CF.catcher_flow(s.tag, e, s.config.vni, timeout)
+        if flow is None:
+            return False
+        res.add.append(flow)
+        e.flows |= CF.FLOW_CATCHER
+        return True
+
+    def _unbind(self, s, e):
+        """Undo ``_bind``; return the catcher flow to delete, if any."""
+        x = e.xlate
+        w = self._wire_key(e)
+        if s.wire.get(w) is e:
+            del s.wire[w]
+        if x.kind == "lb":
+            v = self._vip(s, x.service)
+            if v is not None:
+                b = (ip_text(x.peer_ip), x.peer_port)
+                v.counts[b] = max(0, v.counts.get(b, 0) - 1)
+        elif x.kind == "snat":
+            got = self._snat.get(x.service)
+            if got is not None and got[1].ip == x.vm_ip:
+                got[1].release(e.key.proto, x.vm_port)
+        if e.flows & CF.FLOW_CATCHER:
+            e.flows &= ~CF.FLOW_CATCHER
+            return [CF.catcher_flow(s.tag, e, s.config.vni, 0)]
+        return []
+
+    @staticmethod
+    def _vip(s, key):
+        for v in s.vips.values():
+            if v.key == key:
+                return v
+        return None
+
+    def _warn(self, line):
+        if len(self.log) < 1000 and line not in self.log:
+            self.log.append(line)
+
+    # ------------------------------------------------------------ load balancer
+    def _local_backends(self, s, v):
+        out = []
+        for b in v.spec.backends:
+            try:
+                vm = s.by_ip.get(ip_int(b[0]))
+            except ValueError:
+                continue
+            if vm is not None and vm.host == self.host:
+                out.append(tuple(b))
+        return out
+
+    def health_views(self, s, v):
+        """{host: {"ip:port": "up"|"down"}}: every host's published view of
+        the VIP's backends, this host's own from its live tracker."""
+        views = {}
+        if self.shared is not None:
+            views = dict(self.shared.get(v.service, "lb-health").get(v.key, {}))
+        if v.health is not None:
+            views[self.host] = {"%s:%d" % b: v.health.state(b)
+                                for b in self._local_backends(s, v)}
+        return views
+
+    def _choose(self, s, v, client):
+        merged = svc_lb.merge_health(self.health_views(s, v), v.spec.backends)
+        healthy = set()
+        for b in v.spec.backends:
+            b = tuple(b)
+            try:
+                known = ip_int(b[0]) in s.by_ip
+            except ValueError:
+                known = False
+            if known and merged.get(b, "up") != "down":
+                healthy.add(b)
+        if not healthy:
+            return None
+        return v.balancer.choose(client, healthy, v.counts)
+
+    def tick(self, now):
+        """Timers: health probes of this host's backends (frames to write on
+        the middlebox port) and publishing shared state.  Call often (every
+        100-200 ms)."""
+        out = []
+        for s in self.slices.values():
+            for v in s.vips.values():
+                if v.health is None or s.gateway is None:
+                    continue
+                local = self._local_backends(s, v)
+                v.health.set_backends(local)
+                for b in v.health.timeouts(now):
+                    self._health_result(v, b, False, now)
+                for b in v.health.due(now):
+                    out.append(self._probe(s, v, b, now))
+        for key in [k for k, p in self._probes.items() if now - p[2] > 30]:
+            del self._probes[key]
+        if now >= self._next_publish:
+            self._next_publish = now + PUBLISH_INTERVAL
+            self._publish(now)
+        return out
+
+    def _probe(self, s, v, b, now):
+        port = self._probe_port
+        self._probe_port = port + 1 if port < PROBE_PORT_MAX else PROBE_PORT_MIN
+        bip = ip_int(b[0])
+        self._probes[(bip, b[1], port)] = (v, b, now)
+        v.health.probe_sent(b, now)
+        self.counters["probes_sent"] += 1
+        frame = build_tcp(P.ROUTER_MAC, s.by_ip[bip].mac, s.gateway, bip, port, b[1],
+                          port << 16, 0, TCP_SYN)
+        return (frame, s.tag | P.STAGE_TO_VM << 13)
+
+    def _probe_reply(self, s, pkt, now):
+        self.counters["probe_replies"] += 1
+        res = Result("probe")
+        if pkt.proto != IPPROTO_TCP:
+            return res
+        got = self._probes.pop((pkt.src, pkt.sport, pkt.dport), None)
+        if got is None:
+            return res
+        v, b, _ = got
+        ok = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK
+        if ok:
+            # Close the half-open probe connection at once.
+            res.out.append((build_tcp(P.ROUTER_MAC, pkt.eth_src, pkt.dst, pkt.src, pkt.dport,
+                                      pkt.sport, pkt.ack, 0, TCP_RST),
+                            s.tag | P.STAGE_TO_VM << 13))
+        self._health_result(v, b, ok, now)
+        return res
+
+    def _health_result(self, v, b, ok, now):
+        changed = v.health.result(b, ok, now)
+        if changed is not None:
+            self._warn_now("load balancer %s %s: backend %s:%d is %s"
+                           % (v.service, v.key, b[0], b[1], changed))
+            self._next_publish = now
+
+    def _warn_now(self, line):
+        if len(self.log) < 1000:
+            self.log.append(line)
+
+    def _publish(self, now):
+        shared = self.shared
+        for s in self.slices.values():
+            if shared is not None:
+                for v in s.vips.values():
+                    if v.health is not None:
+                        view = self.health_views(s, v).get(self.host, {})
+                        if view:
+                            shared.publish(v.service, "lb-health", v.key, view)
+            ids = s.ids
+            if ids is None:
+                continue
+            local = ids.scan.local_targets(now)
+            remote = {}
+            if shared is not None:
+                shared.publish(ids.name, "ids-scan", "targets", local)
+                remote = {h: val for h, val in
+                          shared.get(ids.name, "ids-scan").get("targets", {}).items()
+                          if h != self.host}
+            for src, count, hosts in ids.scan.combined(local, remote, self.host, now):
+                if ids.scan.should_alert(src, hosts, self.host, now):
+                    self._alert(ids, "port-scan", src, "", count, hosts, now)
+                # Every host marks it: no second host alerts when the first
+                # stops reporting it within the window.
+                ids.scan.mark_alerted(src, now)
+
+    # ------------------------------------------------------------ IDS
+    def _ids_observe(self, s, pkt, now):
+        if pkt.proto in (IPPROTO_TCP, IPPROTO_UDP):
+            self._ids_seen(s, pkt.proto, pkt.tcp_flags, pkt.src, pkt.dst, pkt.dport, now)
+
+    def _ids_seen(self, s, proto, flags, src, dst, dport, now):
+        ids = s.ids
+        if proto == IPPROTO_TCP and flags & (TCP_SYN | TCP_ACK) != TCP_SYN:
+            return
+        ids.scan.observe(ip_text(src), ip_text(dst), dport, now)
+        if proto == IPPROTO_TCP and ids.synflood.observe_syn(ip_text(dst), now):
+            self._alert(ids, "syn-flood", "*", "%s" % ip_text(dst),
+                        ids.synflood.threshold, [self.host], now)
+
+    def _alert(self, ids, kind, source, target, count, hosts, now):
+        alert = {"middlebox": ids.name, "kind": kind, "source": source, "target": target,
+                 "count": int(count), "hosts": sorted(hosts), "time": now,
+                 "reported_by": self.host}
+        self.alerts.append(alert)
+        del self.alerts[:-MAX_ALERTS]
+        self.counters["ids_alerts"] += 1
+        self.alert_counts[kind] = self.alert_counts.get(kind, 0) + 1
+        self._warn_now("IDS %s: %s from %s%s: %d (hosts %s)"
+                       % (ids.name, kind, source, " to " + target if target else "",
+                          count, ",".join(sorted(hosts))))
+        if self.shared is not None:
+            stamp = int(now * 1000)
+            self.shared.report_alert(ids.name, kind, source, target, int(count),
+                                     sorted(hosts), stamp, stamp)
+
+    def ids_alerts(self):
+        return list(self.alerts)
+
+    def lb_list(self):
+        out = []
+        for tag in sorted(self.slices):
+            s = self.slices[tag]
+            for v in s.vips.values():
+                merged = svc_lb.merge_health(self.health_views(s, v), v.spec.backends)
+                out.append({"tag": tag, "middlebox": v.service, "vip": v.key,
+                            "algorithm": v.spec.algorithm,
+                            "backends": [{"backend": "%s:%d" % tuple(b),
+                                          "health": merged.get(tuple(b), "up"),
+                                          "probed_here": tuple(b) in
+                                          set(self._local_backends(s, v)),
+                                          "connections": v.counts.get(tuple(b), 0)}
+                                         for b in v.spec.backends]})
+        return out
+
+    def _reject(self, pkt, frame, tci, from_vm, partner, res):
+        res.verdict = REJECT
+        self.counters["dropped"] += 1
+        answer = self._reject_answer(pkt, frame)
+        if answer is not None:
+            # Back toward the sender: a from-VM stage answer is delivered
+            # to the local sender at the to-VM stage's return; a to-VM
+            # stage answer leaves like a packet of the receiving VM --
+            # except when the sender is the paired local VM
+            # (same-host=destination): it has no entry to pass the
+            # answer at its own to-VM stage, so deliver it directly.
+            stage = P.STAGE_TO_VM if from_vm or partner is not None else P.STAGE_FROM_VM
+            res.out.append((answer, (tci & 0x1FFF) | stage << 13))
+            self.counters["rejects_sent"] += 1
 
     @staticmethod
     def _reject_answer(pkt, frame):
@@ -472,8 +1103,11 @@ class MiddleboxCore:
         if self._entries.get(ck) is e:
             del self._entries[ck]
         live = e.flows & FLOW_BOTH
+        flows = self._flows_of(e, live) if live else []
+        if e.xlate is not None:
+            flows.extend(self._unbind(s, e))
         e.flows = 0
-        return self._flows_of(e, live) if live else []
+        return flows
 
     def _fold(self, s, e, bit, packets, nbytes):
         """Fold a cache flow's cumulative counters into ``e``; True if they grew."""
@@ -558,7 +1192,7 @@ class MiddleboxCore:
             e = self._entries.get(tag << CF.TAG_SHIFT | entry_id)
             s = self.slices.get(tag)
             bit = _flow_bit(stage)
-            if e is None or s is None or not self._flow_fits(e, parsed):
+            if e is None or s is None or not self._flow_fits(e, parsed, flow):
                 orphans.append(flow)
                 continue
             if not e.flows & bit:
@@ -573,9 +1207,15 @@ class MiddleboxCore:
         return orphans
 
     @staticmethod
-    def _flow_fits(e, parsed):
+    def _flow_fits(e, parsed, flow=None):
         _, stage, _, proto, src, dst, sport, dport, verdict = parsed
         k = e.key
+        if e.xlate is not None:
+            if flow is None:
+                return False
+            want = CF.entry_flows(e.tag, e, 0)[0 if stage == P.STAGE_FROM_VM else 1]
+            return (flow.table, flow.match, flow.instructions) == (
+                want.table, want.match, want.instructions)
         if verdict != e.verdict or proto != k.proto:
             return False
         if stage == P.STAGE_FROM_VM:
@@ -630,7 +1270,8 @@ class MiddleboxCore:
                         e.fins, e.created, e.last_seen, e.packets_orig, e.bytes_orig,
                         e.packets_reply, e.bytes_reply, e.flows & FLOW_BOTH, e.flow_timeout,
                         [e.fs_from_packets, e.fs_from_bytes, e.fs_to_packets,
-                         e.fs_to_bytes], e.rule])
+                         e.fs_to_bytes], e.rule,
+                        e.xlate.as_list() if e.xlate is not None else None])
         return {"version": STATE_VERSION, "next_entry_id": self._next_id,
                 "fields": list(STATE_FIELDS), "entries": rows}
 
@@ -705,11 +1346,18 @@ class MiddleboxCore:
         e.packets_reply, e.bytes_reply = int(row["packets_reply"]), int(row["bytes_reply"])
         e.flow_timeout = int(row["flow_timeout"])
         fs = [int(x) for x in row["fs"]]
+        xl = row.get("xlate")
+        if xl:
+            kind, xvm_ip, xvm_port, xpeer_ip, xpeer_port, vm_mac, peer_mac, service = xl
+            if kind not in ("lb", "snat", "dnat"):
+                return 0
+            e.xlate = Xlate(kind, int(xvm_ip), int(xvm_port), int(xpeer_ip),
+                            int(xpeer_port), str(vm_mac), str(peer_mac), str(service))
         e.refresh(now, s.timeouts)
         live = 0
         for parsed, flow in groups.pop(ck, ()):
             bit = _flow_bit(parsed[1])
-            if self._flow_fits(e, parsed) and not live & bit:
+            if self._flow_fits(e, parsed, flow) and not live & bit:
                 live |= bit
                 e.flow_timeout = flow.idle_timeout or e.flow_timeout
             else:
@@ -725,7 +1373,21 @@ class MiddleboxCore:
             fs if live else (0, 0, 0, 0))
         table.add(e)
         self._entries[ck] = e
+        if e.xlate is not None:
+            self._rebind(s, e, changes)
         return entry_id
+
+    def _rebind(self, s, e, changes):
+        """A restored translated entry: index it again, take its SNAT port
+        and (re)install its reply catcher (an identical flow-mod is harmless)."""
+        x = e.xlate
+        if x.kind == "snat":
+            got = self._snat.get(x.service)
+            if got is not None and got[1].ip == x.vm_ip:
+                got[1].reserve(e.key.proto, x.vm_port)
+        res = Result(ALLOW)
+        self._bind(s, e, res)
+        changes.add.extend(res.add)
 
     def _import_flows(self, items, now, changes):
         """An entry rebuilt from its flows alone."""
@@ -738,7 +1400,7 @@ class MiddleboxCore:
         if old is not None:
             # Already known (imported twice): adopt the flows that fit it.
             for parsed, flow in items:
-                if self._flow_fits(old, parsed):
+                if self._flow_fits(old, parsed, flow):
                     old.flows |= _flow_bit(parsed[1])
                 else:
                     changes.delete.append(flow)
@@ -777,6 +1439,7 @@ class MiddleboxCore:
             s = self.slices[tag]
             cfg = s.config
             out.append({"tag": tag, "id": s.sid, "middlebox": cfg.middlebox,
+                        "chain": [sv.name for sv in cfg.services],
                         "tenant": cfg.tenant, "switch": cfg.switch, "vni": cfg.vni,
                         "local_vms": sum(1 for vm in cfg.vms if vm.host == self.host),
                         "entries": s.entry_count()})
@@ -804,7 +1467,11 @@ class MiddleboxCore:
                 "created": e.created, "last_seen": e.last_seen, "expires": e.expires,
                 "packets_orig": e.packets_orig, "bytes_orig": e.bytes_orig,
                 "packets_reply": e.packets_reply, "bytes_reply": e.bytes_reply,
-                "offloaded": e.offloaded, "rule": e.rule}
+                "offloaded": e.offloaded, "rule": e.rule,
+                "xlate": None if e.xlate is None else {
+                    "kind": e.xlate.kind,
+                    "wire_vm": "%s:%d" % (ip_text(e.xlate.vm_ip), e.xlate.vm_port),
+                    "wire_peer": "%s:%d" % (ip_text(e.xlate.peer_ip), e.xlate.peer_port)}}
 
     def conn_count(self) -> dict:
         slices = [{"tag": tag, "middlebox": self.slices[tag].config.middlebox,

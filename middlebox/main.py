@@ -49,6 +49,7 @@ MAX_BATCHES = 16            # wake-ups' worth of frames handled before other wor
 STATS_INTERVAL = 2.0        # seconds between flow-stats polls of the cache flows
 EXPIRE_INTERVAL = 1.0
 SAVE_INTERVAL = 1.0
+TICK_INTERVAL = 0.1         # health probes, shared-state publication
 
 
 def parse_args(argv):
@@ -85,8 +86,9 @@ class Daemon:
         self.port = None
         self.exiting = False
         self.dirty = False
-        self._next = {"stats": 0.0, "expire": 0.0, "save": 0.0}
+        self._next = {"stats": 0.0, "expire": 0.0, "save": 0.0, "tick": 0.0}
         self.restored = False
+        self._held = {}             # barrier xid -> frames waiting for their flows
 
     # ------------------------------------------------------------ start
     def start(self):
@@ -107,6 +109,7 @@ class Daemon:
                 continue
             of.on_flow_removed = self._flow_removed
             of.on_flow_stats = self._flow_stats
+            of.on_barrier = self._barrier
             return of
 
     def restore(self, now):
@@ -151,22 +154,43 @@ class Daemon:
             self.of.send_flows(add, delete)
             self.dirty = True
 
+    def _barrier(self, xid):
+        for out, out_tci in self._held.pop(xid, ()):
+            self.port.send(out, out_tci)
+
     def _packets(self, now):
         for _ in range(MAX_BATCHES):
             frames = self.port.recv_batch(BATCH)
             if not frames:
                 return
-            add, delete = [], []
+            add, delete, held = [], [], []
             for frame, tci in frames:
                 res = self.core.handle_frame(frame, tci if tci is not None else 0, now)
                 for out, out_tci in res.out:
                     self.port.send(out, out_tci)
                 add.extend(res.add)
                 delete.extend(res.delete)
+                held.extend(res.held)
             self._apply(add, delete)
+            if held:
+                # A translated connection's first packet goes out only once
+                # its reply catcher is in the datapath (OpenFlow barrier).
+                self._held[self.of.barrier()] = held
+            self._drain_log()
+
+    def _drain_log(self):
+        if self.core.log:
+            for line in self.core.log:
+                LOG.warning("%s", line)
+            del self.core.log[:]
 
     def _timers(self, now):
         mono = time.monotonic()
+        if mono >= self._next["tick"]:
+            self._next["tick"] = mono + TICK_INTERVAL
+            for out, out_tci in self.core.tick(now):
+                self.port.send(out, out_tci)
+            self._drain_log()
         if mono >= self._next["stats"]:
             self._next["stats"] = mono + STATS_INTERVAL
             self.of.request_flow_stats(P.DAEMON_COOKIE, P.COOKIE_MASK)

@@ -402,9 +402,16 @@ def test_every_cut_and_random_bytes_never_raise():
     assert st["malformed"] > 0
 
 
-def test_stage_outside_0_1_is_malformed():
+def test_stage_outside_0_3_is_malformed_and_unexpected_stages_are_dropped():
     core = make_core()
-    assert core.handle_frame(out_syn(), tci(TAG, 3), 1.0).verdict == "malformed"
+    for stage in (4, 5, 6, 7):
+        assert core.handle_frame(out_syn(), tci(TAG, stage), 1.0).verdict == "malformed"
+    # From the external network with no NAT in the chain: nothing opens.
+    res = core.handle_frame(out_syn(), tci(TAG, 2), 1.0)
+    assert (res.verdict, res.out) == ("no_nat", [])
+    # A probe reply that no probe of this daemon expects: dropped.
+    res = core.handle_frame(out_syn(), tci(TAG, 3), 1.0)
+    assert (res.verdict, res.out) == ("probe", [])
 
 
 # ------------------------------------------------------------ config changes
@@ -678,9 +685,9 @@ def test_inspection_shapes():
                                                  "allow"),),
                      options={"timeout-udp": "x", "tier-order": "tenant-first"})
     established(core)
-    assert core.slice_list() == [{"tag": TAG, "id": 1, "middlebox": "fw1", "tenant": "ta",
-                                  "switch": "ls-a", "vni": 1001, "local_vms": 2,
-                                  "entries": 1}]
+    assert core.slice_list() == [{"tag": TAG, "id": 1, "middlebox": "fw1", "chain": [],
+                                  "tenant": "ta", "switch": "ls-a", "vni": 1001,
+                                  "local_vms": 2, "entries": 1}]
     [shown] = core.rules_show("fw1")
     assert core.rules_show("nope") == []
     assert [r["priority"] for r in shown["to-vm"]] == [100, 90, 80, 70, 60]
