@@ -342,7 +342,7 @@ class MiddleboxCore:
             ("frames", "malformed", "unknown_tag", "unknown_vm", "non_ip", "invalid",
              "passed", "dropped", "related", "rejects_sent", "flows_added",
              "flows_deleted", "expired", "internal_errors", "copies", "translated",
-             "no_nat", "nat_exhausted", "no_backend", "probes_sent", "probe_replies",
+             "no_nat", "nat_exhausted", "snat_no_block", "no_backend", "probes_sent", "probe_replies",
              "ids_alerts"), 0)
         self.decisions = dict.fromkeys(VERDICTS, 0)
         self.last_error = None
@@ -695,7 +695,7 @@ class MiddleboxCore:
                     continue
                 got = self._snat.get(rule.uuid)
                 if got is None:
-                    c["no_nat"] += 1
+                    c["snat_no_block"] += 1
                     self._warn("SNAT rule %s: this host has no port block: dropping "
                                "connections from %s" % (rule.uuid, vm.name))
                     self._drop(res, "no_nat")
@@ -1505,6 +1505,9 @@ class MiddleboxCore:
         out["entries"] = len(self._entries)
         out["offloaded"] = sum(1 for e in self._entries.values() if e.flows & FLOW_BOTH)
         out["last_error"] = self.last_error
+        out["nat_refused"] = self.counters["snat_no_block"] + self.counters["nat_exhausted"]
+        out["ids_alerts_by_kind"] = {k: self.alert_counts.get(k, 0)
+                                     for k in ("port-scan", "syn-flood")}
         out["slices"] = [{"tag": tag, "middlebox": s.config.middlebox, "packets": s.packets,
                           "bytes": s.bytes, "entries": s.entry_count()}
                          for tag, s in sorted(self.slices.items())]

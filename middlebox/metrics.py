@@ -20,6 +20,12 @@ _SCALARS = (
     ("unknown_tag_frames_total", "counter", "Frames with no slice for their tag.",
      "unknown_tag"),
     ("non_ip_frames_total", "counter", "Frames that are not IPv4.", "non_ip"),
+    ("translated_packets_total", "counter",
+     "Packets the daemon rewrote for a load balancer or NAT.", "translated"),
+    ("nat_refusals_total", "counter",
+     "New connections refused because no SNAT port was free or no block is assigned.",
+     "nat_refused"),
+    ("health_probes_total", "counter", "Load-balancer health probes sent.", "probes_sent"),
 )
 
 
@@ -42,6 +48,8 @@ def render(core):
             for s in st.get("slices", [])])
     metric("decisions_total", "counter", "Connections decided, by verdict.",
            [((("verdict", v),), n) for v, n in sorted(st.get("decisions", {}).items())])
+    metric("ids_alerts_total", "counter", "IDS alerts raised by this host, by kind.",
+           [((("kind", k),), n) for k, n in sorted(st.get("ids_alerts_by_kind", {}).items())])
     for name, kind, help_, key in _SCALARS:
         metric(name, kind, help_, [((), st.get(key, 0))])
     return ("\n".join(out) + "\n").encode()
