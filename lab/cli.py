@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from lab.lab import DEFAULT_PREFIX, DEFAULT_RUNDIR, Lab
+from lab.lab import DEFAULT_PREFIX, DEFAULT_RUNDIR, EXT_NAMES, Lab
 from lab.sh import LabError
 from ovsdb.errors import MbxError
 
@@ -41,6 +41,10 @@ def build_parser():
     ex = sub.add_parser("exec", help="run a command inside a VM: exec NAME -- CMD ...")
     ex.add_argument("name")
     ex.add_argument("command", nargs=argparse.REMAINDER)
+    xx = sub.add_parser("ext-exec", help="run a command in an external namespace: "
+                        "ext-exec xr|xs|xc -- CMD ...")
+    xx.add_argument("name", choices=EXT_NAMES)
+    xx.add_argument("command", nargs=argparse.REMAINDER)
     mg = sub.add_parser("migrate", help="live-migrate a VM by re-plumbing its port")
     mg.add_argument("name")
     mg.add_argument("--to", required=True)
@@ -91,11 +95,13 @@ def run(argv):
             print("vm %s on %s" % (args.name, args.host))
         elif args.cmd == "vm-del":
             lab.vm_del(args.name)
-        elif args.cmd == "exec":
+        elif args.cmd in ("exec", "ext-exec"):
             cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
             if not cmd:
-                raise LabError("exec needs a command: mbx-lab exec NAME -- CMD ...")
-            return lab.exec(args.name, cmd).returncode
+                raise LabError("%s needs a command: mbx-lab %s NAME -- CMD ..."
+                               % (args.cmd, args.cmd))
+            execute = lab.exec if args.cmd == "exec" else lab.ext_exec
+            return execute(args.name, cmd).returncode
         elif args.cmd == "migrate":
             steps = lab.migrate(args.name, args.to)
             if args.json:

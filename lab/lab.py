@@ -13,7 +13,27 @@ Layout (prefix ``mbx`` by default; every name below carries the prefix):
   controller, and the host's middlebox daemon ``mbxd`` (``OVS_RUNDIR`` = the
   host's run directory, so ``ovs-appctl -t mbxd`` finds it there).
 * ``mbx-vm-NAME`` netns per VM: ``eth0``, whose peer ``vif-...`` is a port of its
-  host's br-int.
+  host's br-int.  Its default route points at its switch's gateway
+  (``Logical_Switch.gateway``, or the first address of the subnet).
+
+The external network (see docs/services.md, "The external network and the
+distributed gateway"):
+
+* ``br-ext`` in the fabric netns is the external segment 203.0.113.0/24
+  (MTU 1450, like the VMs).  Every host has an uplink: a veth whose host end
+  ``mbx-uplink`` (MAC 02:ee:00:00:00:NN, NN = host index in hex, IPv6 off)
+  is a port of its br-int with ``external_ids:mbx-role=uplink``, and whose
+  other end ``ex-HOST`` sits on ``br-ext``.
+* ``mbx-xr`` netns: the external router, ``ext0`` 203.0.113.1/24 with the fixed
+  MAC 02:ee:ff:00:00:01 on ``br-ext``, ``inet0`` 198.51.100.1/24 on ``br-inet``
+  (the "internet", also in the fabric netns), ip_forward=1.
+* ``mbx-xs`` ("server on the internet", 198.51.100.10/24) and ``mbx-xc``
+  ("client on the internet", 198.51.100.20/24): ``eth0`` on ``br-inet``,
+  default route via 198.51.100.1.  ``Lab.ext_ns``, ``ext_exec``, ``ext_spawn``,
+  ``ext_tcp_try`` and ``ext_ping`` work on the names ``xr``, ``xs``, ``xc``.
+* At ``up`` the lab registers the network in the config DB:
+  ``mbxctl ext-add ext 203.0.113.0/24 203.0.113.1 02:ee:ff:00:00:01``.
+* Offloads (tx, tso, gso) are off on every interface of the external network.
 
 Everything the lab creates is recorded in ``RUNDIR/state.json`` as it is
 created, so ``down`` can end exactly the processes it started (by PID) and
@@ -22,6 +42,7 @@ remove exactly the namespaces it made, even after a failed ``up``.
 
 import collections
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -54,6 +75,31 @@ METRICS_PORT = 9464        # mbxd's Prometheus endpoint, on the host's managemen
 
 OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off"]
 
+# The external network: a segment behind every host's uplink, a router to the
+# "internet", and two namespaces out there (a server and a client).
+EXT_NAME = "ext"                          # its External_Network name
+EXT_CIDR = "203.0.113.0/24"
+EXT_GATEWAY_IP = "203.0.113.1"            # the router's address on it
+EXT_GATEWAY_MAC = "02:ee:ff:00:00:01"     # configured, never resolved by mbx
+EXT_MTU = VM_MTU                          # so a frame from outside still fits a tunnel
+INET_MTU = 1500
+INET_CIDR = "198.51.100.0/24"
+INET_ROUTER_IP = "198.51.100.1"
+EXT_SERVER_IP = "198.51.100.10"           # namespace "xs"
+EXT_CLIENT_IP = "198.51.100.20"           # namespace "xc"
+UPLINK_PORT = getattr(pipeline, "UPLINK_PORT", "mbx-uplink")
+UPLINK_ROLE = getattr(pipeline, "UPLINK_ROLE", ("mbx-role", "uplink"))
+UPLINK_MAC = "02:ee:00:00:00:%02x"        # % host index
+# name -> (role, interface, address/prefix, MAC, fabric bridge, fabric-side veth)
+EXTERNAL = {
+    "xs": ("server", "eth0", EXT_SERVER_IP + "/24", "02:ee:fe:00:00:0a", "br-inet", "xs-inet"),
+    "xc": ("client", "eth0", EXT_CLIENT_IP + "/24", "02:ee:fe:00:00:14", "br-inet", "xc-inet"),
+}
+ROUTER = "xr"
+ROUTER_IFACES = (("ext0", EXT_GATEWAY_IP + "/24", EXT_GATEWAY_MAC, "br-ext", "xr-ext"),
+                 ("inet0", INET_ROUTER_IP + "/24", "02:ee:fe:00:00:01", "br-inet", "xr-inet"))
+EXT_NAMES = (ROUTER,) + tuple(EXTERNAL)
+
 
 # A ping from a VM: did it answer, its average round trip, and the MAC address
 # the VM resolved the target to (which VM answered, when tenants share addresses).
@@ -83,7 +129,7 @@ class Lab:
                 return json.load(f)
         except FileNotFoundError:
             return {"prefix": self.prefix, "netns": [], "pids": {},
-                    "hosts": {}, "vms": {}, "encap": "vxlan"}
+                    "hosts": {}, "vms": {}, "external": {}, "encap": "vxlan"}
 
     def _save(self):
         os.makedirs(self.rundir, exist_ok=True)
@@ -116,6 +162,23 @@ class Lab:
 
     def vm_ns(self, vm):
         return "%s-vm-%s" % (self.prefix, vm)
+
+    def ext_ns(self, name):
+        """Namespace of an external machine: ``xr`` (router), ``xs`` (server on
+        the internet, 198.51.100.10), ``xc`` (client on the internet, .20)."""
+        if name not in EXT_NAMES:
+            raise LabError("unknown external namespace '%s' (names: %s)"
+                           % (name, ", ".join(EXT_NAMES)))
+        return "%s-%s" % (self.prefix, name)
+
+    @property
+    def external(self):
+        """{name: {"netns", "role", "ifaces": {iface: {"ip", "mac"}}}} of the
+        external namespaces this lab built (empty while it is down)."""
+        return self.state.get("external", {})
+
+    def uplink_mac(self, host):
+        return self.state["hosts"][host]["uplink_mac"]
 
     def host_dir(self, host):
         return os.path.join(self.rundir, "hosts", host)
@@ -162,7 +225,9 @@ class Lab:
         self._save()
         t0 = time.monotonic()
         self._fabric_up()
+        self._external_up()
         self._nb_up()
+        self._external_register(log)
         self._controller_up()
         for index, host in enumerate(hosts, start=1):
             self._host_up(host, index, encap)
@@ -178,6 +243,90 @@ class Lab:
             run(["ip", "link", "add", br, "type", "bridge"], netns=ns)
             run(["ip", "link", "set", br, "up"], netns=ns)
         run(["ip", "addr", "add", CONTROLLER_IP + "/24", "dev", "br-mgmt"], netns=ns)
+
+    # ------------------------------------------------------ external network
+    def _quiet_netns(self, ns):
+        """No IPv6 at all in a namespace of the external network: nothing but
+        the traffic a test makes reaches the uplinks."""
+        for conf in ("all", "default"):
+            run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % conf], netns=ns)
+
+    def _ext_veth(self, ns, iface, addr, mac, bridge, outer, mtu):
+        """A veth from the fabric's ``bridge`` (end ``outer``) into ``ns``
+        (end ``iface``: ``mac``, ``addr`` if any, IPv6 off), offloads off on
+        both ends."""
+        fab = self.fabric_ns
+        run(["ip", "link", "add", outer, "type", "veth", "peer", "name", iface,
+             "netns", ns], netns=fab)
+        run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % outer], netns=fab)
+        run(["ethtool", "-K", outer] + OFFLOADS_OFF, netns=fab)
+        run(["ip", "link", "set", outer, "mtu", str(mtu), "master", bridge, "up"],
+            netns=fab)
+        run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % iface], netns=ns)
+        run(["ip", "link", "set", iface, "address", mac, "mtu", str(mtu)], netns=ns)
+        run(["ethtool", "-K", iface] + OFFLOADS_OFF, netns=ns)
+        if addr:
+            run(["ip", "addr", "add", addr, "dev", iface], netns=ns)
+        run(["ip", "link", "set", iface, "up"], netns=ns)
+
+    def _external_up(self):
+        """The external segment, the router and the internet with its server
+        and client (the hosts' uplinks come with each host)."""
+        fab = self.fabric_ns
+        for br in ("br-ext", "br-inet"):
+            run(["ip", "link", "add", br, "type", "bridge"], netns=fab)
+            run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % br], netns=fab)
+            run(["ip", "link", "set", br, "up"], netns=fab)
+        ext = self.state.setdefault("external", {})
+        ns = self.ext_ns(ROUTER)
+        self._add_netns(ns)
+        ext[ROUTER] = {"netns": ns, "role": "router", "ifaces": {}}
+        self._quiet_netns(ns)
+        run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=ns)
+        for iface, addr, mac, bridge, outer in ROUTER_IFACES:
+            self._ext_veth(ns, iface, addr, mac, bridge, outer,
+                           EXT_MTU if bridge == "br-ext" else INET_MTU)
+            ext[ROUTER]["ifaces"][iface] = {"ip": addr, "mac": mac}
+        self._save()
+        for name, (role, iface, addr, mac, bridge, outer) in EXTERNAL.items():
+            ns = self.ext_ns(name)
+            self._add_netns(ns)
+            ext[name] = {"netns": ns, "role": role,
+                         "ifaces": {iface: {"ip": addr, "mac": mac}}}
+            self._quiet_netns(ns)
+            self._ext_veth(ns, iface, addr, mac, bridge, outer, INET_MTU)
+            run(["ip", "route", "add", "default", "via", INET_ROUTER_IP, "dev", iface],
+                netns=ns)
+            self._save()
+
+    def _external_register(self, log):
+        """The external network in the config DB, as an operator would add it."""
+        proc = self.mbxctl("ext-add", EXT_NAME, EXT_CIDR, EXT_GATEWAY_IP, EXT_GATEWAY_MAC)
+        if proc.returncode == 0:
+            self.state["ext_registered"] = True
+            self._save()
+            return
+        # TODO(ext-add): mbxctl ext-add is being written in ovsdb/ctl.py.  Until
+        # it exists the lab comes up without the External_Network row; remove
+        # this tolerance once it does (then any failure is an error).
+        if "unknown command 'ext-add'" in proc.stderr:
+            self.state["ext_registered"] = False
+            self._save()
+            log("lab: WARNING: mbxctl has no ext-add yet; external network "
+                "'%s' not registered in the config DB (TODO(ext-add))" % EXT_NAME)
+            return
+        raise LabError("mbxctl ext-add %s: %s" % (EXT_NAME, proc.stderr.strip()))
+
+    def _uplink_up(self, host, index):
+        """The host's uplink: veth ``mbx-uplink`` (a br-int port) <-> ``ex-HOST``
+        on the fabric's br-ext."""
+        mac = UPLINK_MAC % index
+        self._ext_veth(self.host_ns(host), UPLINK_PORT, None, mac, "br-ext",
+                       ("ex-%s" % host)[:15], EXT_MTU)
+        self.vsctl(host, "add-port", "br-int", UPLINK_PORT, "--", "set", "interface",
+                   UPLINK_PORT, "external_ids:%s=%s" % UPLINK_ROLE)
+        self.state["hosts"][host]["uplink_mac"] = mac
+        self._save()
 
     def _nb_up(self):
         db = os.path.join(self.rundir, "nb.db")
@@ -279,6 +428,7 @@ class Lab:
                    "external_ids:%s=%s" % pipeline.MIDDLEBOX_ROLE)
         run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % MB_PORT], netns=ns)
         run(["ip", "link", "set", MB_PORT, "up"], netns=ns)
+        self._uplink_up(host, index)
         # The host registers itself in the config database, as a host agent
         # does at boot: from its own OVSDB's external_ids.
         run([sys.executable, "-m", "ovsdb.hostreg", "--local-db",
@@ -366,11 +516,15 @@ class Lab:
         nb = self.nb()
         # The config database validates first: a bad switch/IP/MAC changes nothing.
         nb.vm_add(name, switch, ip, mac=mac, may_exist=True).execute(check_error=True)
-        vm = nb.snapshot().vms[name]
-        mac = vm.mac
+        snap = nb.snapshot()
+        mac = snap.vms[name].mac
+        gateway = self.switch_gateway(switch, snap)
+        if gateway == ip:
+            gateway = None      # a VM on its switch's gateway address: no default route
         ns, vif = self.vm_ns(name), vif_name(name)
         self.state["vms"][name] = {"host": host, "switch": switch, "ip": ip_cidr,
-                                   "mac": mac, "vif": vif, "netns": ns}
+                                   "mac": mac, "vif": vif, "netns": ns,
+                                   "gateway": gateway}
         self._add_netns(ns)
         hns = self.host_ns(host)
         run(["ip", "link", "add", vif, "type", "veth", "peer", "name", "eth0",
@@ -382,11 +536,29 @@ class Lab:
                     ["sysctl", "-qw", "net.ipv4.conf.eth0.arp_evict_nocarrier=0"],
                     ["ip", "link", "set", "eth0", "up"]):
             run(cmd, netns=ns)
+        if gateway:
+            run(["ip", "route", "add", "default", "via", gateway, "dev", "eth0"], netns=ns)
         run(["ethtool", "-K", vif] + OFFLOADS_OFF, netns=hns)
         epoch = self._vm_epoch(name)
         self._plug(host, name)
         self._wait_programmed(name, host, epoch, timeout)
         run(["ip", "link", "set", vif, "up"], netns=hns)
+
+    def switch_gateway(self, switch, snap=None):
+        """A logical switch's default gateway: ``Logical_Switch.gateway``, or
+        the first address of its subnet when unset."""
+        snap = snap or self.nb().snapshot()
+        sw = snap.switches[switch]
+        gateway = getattr(sw, "gateway", "")
+        if not gateway and "gateway" in self.nb().tables["Logical_Switch"].columns:
+            # The snapshot may not carry the column yet: read the row itself.
+            rows = self.nb().db_find("Logical_Switch", ("name", "=", switch),
+                                     columns=["gateway"]).execute(check_error=True)
+            value = rows[0]["gateway"] if rows else []
+            gateway = (value[0] if value else "") if isinstance(value, list) else value
+        if not gateway:
+            gateway = str(ipaddress.ip_network(sw.subnet, strict=False)[1])
+        return gateway
 
     def _plug(self, host, name):
         vm = self.state["vms"][name]
@@ -457,47 +629,85 @@ class Lab:
         steps["total"] = round((marks[-1][1] - marks[0][1]) * 1000, 1)
         return steps
 
-    # -------------------------------------------------- processes in VMs
-    def exec(self, name, cmd, **kwargs):
-        """Run ``cmd`` inside a VM; returns the CompletedProcess."""
+    # ------------------------------ processes in VMs and external namespaces
+    def _vm_netns(self, name):
         vm = self.state["vms"].get(name)
         if vm is None:
             raise LabError("unknown VM '%s'" % name)
-        return subprocess.run(["ip", "netns", "exec", vm["netns"]] + list(cmd),
+        return vm["netns"]
+
+    def _ext_netns(self, name):
+        ns = self.ext_ns(name)
+        if name not in self.external:
+            raise LabError("lab '%s' has no external namespace '%s' (is it up?)"
+                           % (self.prefix, name))
+        return ns
+
+    def exec(self, name, cmd, **kwargs):
+        """Run ``cmd`` inside a VM; returns the CompletedProcess."""
+        return subprocess.run(["ip", "netns", "exec", self._vm_netns(name)] + list(cmd),
+                              **kwargs)
+
+    def ext_exec(self, name, cmd, **kwargs):
+        """Run ``cmd`` inside external namespace ``name`` (``xr``, ``xs``, ``xc``)."""
+        return subprocess.run(["ip", "netns", "exec", self._ext_netns(name)] + list(cmd),
                               **kwargs)
 
     def ping(self, name, addr, count=2):
-        proc = self.exec(name, ["ping", "-c", str(count), "-i", "0.2", "-W", "1", addr],
-                         capture_output=True, text=True)
+        return self._ping(self.exec, name, addr, count)
+
+    def ext_ping(self, name, addr, count=2):
+        """A ping from external namespace ``name``; PingResult (mac: the
+        neighbour ``addr`` resolved to, None when it is off-link)."""
+        return self._ping(self.ext_exec, name, addr, count)
+
+    @staticmethod
+    def _ping(execute, name, addr, count):
+        proc = execute(name, ["ping", "-c", str(count), "-i", "0.2", "-W", "1", addr],
+                       capture_output=True, text=True)
         rtt = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
-        neigh = self.exec(name, ["ip", "neigh", "show", addr, "dev", "eth0"],
-                          capture_output=True, text=True).stdout
+        neigh = execute(name, ["ip", "neigh", "show", addr],
+                        capture_output=True, text=True).stdout
         mac = re.search(r"lladdr (\S+)", neigh)
         return PingResult(proc.returncode == 0, float(rtt.group(1)) if rtt else None,
                           mac.group(1) if mac else None)
 
     def tcp_try(self, name, addr, port, timeout=1.0, count=1):
         """Short TCP connections from VM ``name``; returns the outcome counts
-        ({"ok", "refused", "timeout", "other", "seconds", "last_error"})."""
-        proc = self.exec(name, [sys.executable, "-m", "lab.probe", "try", "--to", addr,
-                                "--port", str(port), "--timeout", str(timeout),
-                                "--count", str(count)],
-                         capture_output=True, text=True, timeout=120)
+        ({"ok", "refused", "timeout", "other", "seconds", "last_error",
+        "local_ports"}), see lab.probe."""
+        return self._tcp_try(self.exec, name, addr, port, timeout, count)
+
+    def ext_tcp_try(self, name, addr, port, timeout=1.0, count=1):
+        """``tcp_try`` from external namespace ``name``."""
+        return self._tcp_try(self.ext_exec, name, addr, port, timeout, count)
+
+    @staticmethod
+    def _tcp_try(execute, name, addr, port, timeout, count):
+        proc = execute(name, [sys.executable, "-m", "lab.probe", "try", "--to", addr,
+                              "--port", str(port), "--timeout", str(timeout),
+                              "--count", str(count)],
+                       capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise LabError("probe in %s failed: %s" % (name, proc.stderr.strip()[-300:]))
         return json.loads(proc.stdout)
 
     def spawn(self, name, cmd, log_path):
         """Start a background process inside a VM; ``down`` ends it by PID."""
-        vm = self.state["vms"].get(name)
-        if vm is None:
-            raise LabError("unknown VM '%s'" % name)
+        return self._spawn(self._vm_netns(name), "vm/%s" % name, cmd, log_path)
+
+    def ext_spawn(self, name, cmd, log_path):
+        """Start a background process inside external namespace ``name``;
+        ``down`` ends it by PID (``forget_pid`` after ending it yourself)."""
+        return self._spawn(self._ext_netns(name), "vm/ext-%s" % name, cmd, log_path)
+
+    def _spawn(self, ns, key, cmd, log_path):
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(["ip", "netns", "exec", vm["netns"]] + list(cmd),
+            proc = subprocess.Popen(["ip", "netns", "exec", ns] + list(cmd),
                                     stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        self._record_pid("vm/%s/%d" % (name, proc.pid), proc.pid)
+        self._record_pid("%s/%d" % (key, proc.pid), proc.pid)
         return proc
 
     def forget_pid(self, pid):
@@ -522,13 +732,25 @@ class Lab:
             snap = None
         for host, info in sorted(self.state["hosts"].items()):
             rec = snap.hosts.get(host) if snap else None
-            lines.append("  host %-6s netns %-10s tunnel %-12s mgmt %-12s %s" % (
+            lines.append("  host %-6s netns %-10s tunnel %-12s mgmt %-12s uplink %s %s" % (
                 host, info["netns"], info["encap_ip"], info["mgmt_ip"],
+                info.get("uplink_mac", "-"),
                 "connected, nb_cfg %d" % rec.nb_cfg if rec and rec.connected
                 else "not connected"))
         for name, vm in sorted(self.state["vms"].items()):
-            lines.append("  vm   %-6s on %-4s switch %-8s %-15s %s" % (
-                name, vm["host"], vm["switch"], vm["ip"], vm["mac"]))
+            lines.append("  vm   %-6s on %-4s switch %-8s %-15s %s gw %s" % (
+                name, vm["host"], vm["switch"], vm["ip"], vm["mac"],
+                vm.get("gateway") or "-"))
+        for name, info in sorted(self.external.items()):
+            lines.append("  ext  %-6s %-7s netns %-10s %s" % (
+                name, info["role"], info["netns"], ", ".join(
+                    "%s %s %s" % (i, v["ip"], v["mac"])
+                    for i, v in sorted(info["ifaces"].items()))))
+        if self.external:
+            lines.append("  external network %s %s via %s (%s)%s" % (
+                EXT_NAME, EXT_CIDR, EXT_GATEWAY_IP, EXT_GATEWAY_MAC,
+                "" if self.state.get("ext_registered") else
+                ", NOT in the config DB (TODO(ext-add))"))
         lines.append("  config DB: export MBX_DB=%s" % self.nb_remote)
         return "\n".join(lines)
 
@@ -550,7 +772,7 @@ class Lab:
         for ns in list(reversed(self.state["netns"])):
             self._del_netns(ns)
         removed = len(self.state["hosts"])
-        self.state.update({"hosts": {}, "vms": {}})
+        self.state.update({"hosts": {}, "vms": {}, "external": {}})
         self._save()
         os.unlink(self.state_path)
         log("lab '%s' down: %d hosts removed" % (self.prefix, removed))

@@ -1,8 +1,20 @@
-"""A TCP request/reply probe that runs inside VM namespaces.
+"""A TCP request/reply probe that runs inside VM namespaces and the lab's
+external namespaces (``Lab.spawn``/``tcp_try`` and ``Lab.ext_spawn``/``ext_tcp_try``).
 
-``python -m lab.probe serve --port P[,P2...]`` echoes lines back on every connection.
+``python -m lab.probe serve --port P[,P2...] [--log FILE]`` echoes lines back on
+every connection.  With ``--log`` it appends one line per accepted connection,
+flushed before the first byte is echoed, so it is complete once the client saw
+its echo::
+
+    PEER_IP PEER_PORT LOCAL_PORT
+
+(the address and port the connection came from, as the server saw them, e.g.
+an SNAT external address and port, and the port it arrived on).
+``read_peer_log(FILE)`` parses it into ``[(peer_ip, peer_port, local_port)]``.
 ``python -m lab.probe try --to ADDR --port P [--count N]`` makes N short
-connections and prints how many succeeded, were refused or timed out.
+connections and prints how many succeeded, were refused or timed out, as JSON,
+with ``local_ports``: the client's own source port of each successful
+connection (at most the first 1000), to match against the server's log.
 ``python -m lab.probe client --to ADDR --port P --duration S --out FILE``
 keeps ONE connection open, sends a numbered line every ``--interval-ms`` and
 waits for its echo; on SIGTERM/SIGINT or after ``--duration`` (at most 600 s)
@@ -67,8 +79,29 @@ class Probe:
         return self.read()
 
 
+def read_peer_log(path):
+    """The connections a ``serve --log`` saw: [(peer_ip, peer_port, local_port)]."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    peers = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 3:
+            peers.append((fields[0], int(fields[1]), int(fields[2])))
+    return peers
+
+
 class _Echo(socketserver.StreamRequestHandler):
     def handle(self):
+        if self.server.peer_log is not None:
+            peer_ip, peer_port = self.client_address[:2]
+            local_port = self.connection.getsockname()[1]
+            with self.server.log_lock:
+                self.server.peer_log.write("%s %d %d\n" % (peer_ip, peer_port, local_port))
+                self.server.peer_log.flush()
         for line in self.rfile:
             self.wfile.write(line)
 
@@ -76,12 +109,19 @@ class _Echo(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    peer_log = None
+    log_lock = None
 
 
-def serve(ports):
-    """Echo on every port in ``ports`` (one thread per extra port)."""
+def serve(ports, log_path=None):
+    """Echo on every port in ``ports`` (one thread per extra port); with
+    ``log_path``, append "peer_ip peer_port local_port" per connection."""
     import threading
     servers = [_Server(("0.0.0.0", port), _Echo) for port in ports]
+    if log_path:
+        log, lock = open(log_path, "a", buffering=1), threading.Lock()
+        for server in servers:
+            server.peer_log, server.log_lock = log, lock
     for extra in servers[1:]:
         threading.Thread(target=extra.serve_forever, daemon=True).start()
     servers[0].serve_forever()
@@ -91,7 +131,8 @@ def attempt(addr, port, timeout, count, max_seconds=60.0):
     """``count`` short connections one after another (each: connect, one
     echoed line, close), at most ``max_seconds`` in all.  Prints a JSON
     outcome: how many were ok, refused (RST), timed out or failed otherwise."""
-    out = {"ok": 0, "refused": 0, "timeout": 0, "other": 0, "last_error": None}
+    out = {"ok": 0, "refused": 0, "timeout": 0, "other": 0, "last_error": None,
+           "local_ports": []}
     t0 = time.monotonic()
     for i in range(count):
         if time.monotonic() - t0 > max_seconds:
@@ -102,6 +143,8 @@ def attempt(addr, port, timeout, count, max_seconds=60.0):
                 sock.sendall(b"%d\n" % i)
                 if sock.makefile("rb").readline() != b"%d\n" % i:
                     raise ConnectionError("no echo")
+                if len(out["local_ports"]) < 1000:
+                    out["local_ports"].append(sock.getsockname()[1])
             out["ok"] += 1
         except ConnectionRefusedError as err:
             out["refused"] += 1
@@ -168,6 +211,8 @@ def main(argv=None):
     sub = p.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--port", default="7000", help="a port or comma-separated ports")
+    s.add_argument("--log", metavar="FILE",
+                   help='append "PEER_IP PEER_PORT LOCAL_PORT" per accepted connection')
     t = sub.add_parser("try")
     t.add_argument("--to", required=True)
     t.add_argument("--port", type=int, default=7000)
@@ -181,7 +226,7 @@ def main(argv=None):
     c.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.mode == "serve":
-        serve([int(p) for p in args.port.split(",")])
+        serve([int(p) for p in args.port.split(",")], args.log)
         return 0
     if args.mode == "try":
         return attempt(args.to, args.port, args.timeout, min(args.count, 100000))

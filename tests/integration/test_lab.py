@@ -3,16 +3,22 @@ ovs-vswitchd per host, the controller, VMs as namespaces, TCP inside them.
 
 Topology (lab/topologies/demo.yaml): tenants red and blue share 10.0.0.0/24.
   h1: red1 10.0.0.11, blue1 10.0.0.11   h2: red2 .12, blue3 .20   h3: red3 .13, blue2 .12
+External network: every host's uplink and the router xr (203.0.113.1) on the
+external segment; the router, xs (198.51.100.10) and xc (.20) on the internet.
 """
 
+import contextlib
 import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
-from lab.probe import Probe
-from lab.sh import wait_until
+from lab import lab as L
+from lab.probe import Probe, read_peer_log
+from lab.sh import run, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -158,3 +164,124 @@ def test_vm_deleted_and_added_again(lab):
     lab.vm_add("red3", "h3", "ls-red", "10.0.0.13/24")
     assert lab.ping("red1", "10.0.0.13").ok
     assert location(lab, "red3")[0] == "h3"
+
+
+# ------------------------------------------------------------ external network
+
+def _sh(lab, name, *cmd):
+    proc = lab.ext_exec(name, list(cmd), capture_output=True, text=True)
+    assert proc.returncode == 0, (name, cmd, proc.stderr)
+    return proc.stdout
+
+
+def test_external_namespaces_exist(lab):
+    listed = [line.split()[0] for line in subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines()]
+    for name in ("xr", "xs", "xc"):
+        assert lab.ext_ns(name) == "%s-%s" % (lab.prefix, name) in listed
+        assert lab.external[name]["netns"] == lab.ext_ns(name)
+    router = _sh(lab, "xr", "ip", "-o", "-4", "addr", "show")
+    assert re.search(r"ext0\s+inet 203\.0\.113\.1/24", router)
+    assert re.search(r"inet0\s+inet 198\.51\.100\.1/24", router)
+    assert "link/ether %s " % L.EXT_GATEWAY_MAC in _sh(lab, "xr", "ip", "link", "show", "ext0")
+    assert _sh(lab, "xr", "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+    for name, addr in (("xs", "198.51.100.10/24"), ("xc", "198.51.100.20/24")):
+        assert "inet %s " % addr in _sh(lab, name, "ip", "-o", "-4", "addr", "show", "eth0")
+        assert _sh(lab, name, "ip", "route", "show", "default").split()[:5] == \
+            ["default", "via", "198.51.100.1", "dev", "eth0"]
+        features = _sh(lab, name, "ethtool", "-k", "eth0")
+        for feature in ("tx-checksumming", "tcp-segmentation-offload",
+                        "generic-segmentation-offload"):
+            assert re.search(r"^%s: off" % feature, features, re.M), (name, feature)
+    # mbx-lab ext-exec runs a command there
+    cli = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mbx-lab"),
+                          "--prefix", lab.prefix, "--dir", lab.rundir, "ext-exec", "xs",
+                          "--", "ip", "-o", "-4", "addr", "show", "eth0"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0 and "198.51.100.10/24" in cli.stdout, cli.stderr
+
+
+@contextlib.contextmanager
+def machine_on_external_segment(lab, addr):
+    """A throw-away namespace on br-ext (``addr``/24, default via the router)."""
+    ns, outer = "%s-xtest" % lab.prefix, "xt-ext"
+    run(["ip", "netns", "add", ns])
+    try:
+        run(["ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0",
+             "netns", ns], netns=lab.fabric_ns)
+        run(["ip", "link", "set", outer, "mtu", str(L.EXT_MTU), "master", "br-ext", "up"],
+            netns=lab.fabric_ns)
+        for cmd in (["ip", "link", "set", "lo", "up"],
+                    ["ip", "link", "set", "eth0", "mtu", str(L.EXT_MTU), "up"],
+                    ["ip", "addr", "add", addr + "/24", "dev", "eth0"],
+                    ["ip", "route", "add", "default", "via", L.EXT_GATEWAY_IP],
+                    ["ethtool", "-K", "eth0"] + L.OFFLOADS_OFF):
+            run(cmd, netns=ns)
+        yield ns
+    finally:
+        run(["ip", "netns", "del", ns], check=False)
+
+
+def test_router_forwards_between_internet_and_external_network(lab):
+    assert lab.ext_ping("xs", L.EXT_GATEWAY_IP).ok
+    peers = os.path.join(lab.rundir, "xs-peers.log")
+    if os.path.exists(peers):
+        os.unlink(peers)
+    server = lab.ext_spawn("xs", [sys.executable, "-m", "lab.probe", "serve",
+                                  "--port", "7200", "--log", peers],
+                           os.path.join(lab.rundir, "xs-serve.out"))
+    try:
+        wait_until(lambda: lab.ext_tcp_try("xc", L.EXT_SERVER_IP, 7200)["ok"], 5,
+                   interval=0.1, what="the probe server in xs")
+        # The server reports each connection's peer as it saw it.
+        out = lab.ext_tcp_try("xc", L.EXT_SERVER_IP, 7200, count=3)
+        assert out["ok"] == 3, out
+        seen = read_peer_log(peers)
+        assert seen[-3:] == [(L.EXT_CLIENT_IP, p, 7200) for p in out["local_ports"]]
+        # A machine on the external segment reaches the internet through the router.
+        with machine_on_external_segment(lab, "203.0.113.250") as ns:
+            ping = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2",
+                                   "-W", "1", L.EXT_SERVER_IP], capture_output=True)
+            assert ping.returncode == 0
+            proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m",
+                                   "lab.probe", "try", "--to", L.EXT_SERVER_IP,
+                                   "--port", "7200"], capture_output=True, text=True)
+            assert '"ok": 1' in proc.stdout, proc.stdout + proc.stderr
+        assert read_peer_log(peers)[-1][0] == "203.0.113.250"   # routed, not NATed
+    finally:
+        server.terminate()
+        server.wait(10)
+        lab.forget_pid(server.pid)
+
+
+def test_every_host_has_an_uplink_on_br_int(lab):
+    bridged = run(["ip", "-o", "link", "show", "master", "br-ext"], netns=lab.fabric_ns)
+    for host, info in lab.state["hosts"].items():
+        assert lab.vsctl(host, "port-to-br", L.UPLINK_PORT).strip() == "br-int"
+        ids = lab.vsctl(host, "get", "interface", L.UPLINK_PORT, "external_ids")
+        assert 'mbx-role=uplink' in ids, (host, ids)
+        assert lab.vsctl(host, "get", "interface", L.UPLINK_PORT, "type").strip() == '""'
+        mac = lab.vsctl(host, "get", "interface", L.UPLINK_PORT, "mac_in_use").strip().strip('"')
+        assert mac == lab.uplink_mac(host) == "02:ee:00:00:00:%02x" % info["index"]
+        assert int(lab.vsctl(host, "get", "interface", L.UPLINK_PORT, "ofport")) > 0
+        link = run(["ip", "-o", "link", "show", L.UPLINK_PORT], netns=info["netns"])
+        assert "state UP" in link or ",UP," in link, link
+        assert not run(["ip", "-6", "addr", "show", L.UPLINK_PORT], netns=info["netns"])
+        assert re.search(r"\bex-%s@" % host, bridged), bridged
+
+
+def test_vms_have_a_default_route_via_their_gateway(lab):
+    for name, vm in lab.state["vms"].items():
+        assert vm["gateway"] == "10.0.0.1" == lab.switch_gateway(vm["switch"])
+        route = lab.exec(name, ["ip", "route", "show", "default"],
+                         capture_output=True, text=True).stdout
+        assert route.split()[:5] == ["default", "via", "10.0.0.1", "dev", "eth0"], (name, route)
+
+
+def test_external_network_in_the_config_db(lab):
+    if not lab.state.get("ext_registered"):
+        pytest.skip("TODO(ext-add): mbxctl ext-add does not exist yet")
+    rows = lab.nb().db_find("External_Network", ("name", "=", L.EXT_NAME)).execute(
+        check_error=True)
+    assert [(r["cidr"], r["gateway_ip"], r["gateway_mac"]) for r in rows] == \
+        [(L.EXT_CIDR, L.EXT_GATEWAY_IP, L.EXT_GATEWAY_MAC)]
