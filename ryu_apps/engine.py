@@ -19,9 +19,17 @@ writes back: ``Host.nb_cfg`` per host, ``NB_Global.hv_cfg`` (the minimum over
 connected hosts) and, for a VM whose port appeared somewhere, ``VM.host`` and
 a new ``VM.location_epoch`` once every connected host has applied the round in
 which that location was first programmed.
+
+Services (docs/services.md).  The engine also allocates the slices (one per
+chain and host) and the SNAT port blocks, both stable across
+recomputations, and writes them to the ``Slice`` rows (tag, status
+``snat-block:<rule>``); it merges the load-balancer health the daemons
+publish as shared state into ``LB_VIP.status`` and counts each IDS's
+alerts into ``Middlebox.status``.
 """
 
 import dataclasses
+import json
 import logging
 import queue
 import threading
@@ -43,6 +51,8 @@ class HostPorts:
     tunnel_ofport: Optional[int] = None
     vm_ports: Dict[str, Tuple[int, str]] = field(default_factory=dict)  # iface-id -> (ofport, attached-mac)
     mb_ofport: Optional[int] = None     # the middlebox port (external_ids:mbx-role=middlebox)
+    uplink_ofport: Optional[int] = None  # the uplink (external_ids:mbx-role=uplink)
+    uplink_mac: Optional[str] = None    # its mac_in_use, lower-case
 
 
 @dataclass
@@ -74,7 +84,10 @@ class Engine:
         self._round_cfg: Dict[int, int] = {0: 0}
         self._written: Dict[Tuple, object] = {}
         self._xid = 0x4d420000
-        self._slices: Dict[Tuple[str, str], int] = {}   # (middlebox, host) -> tag
+        self._slices: Dict[Tuple[Tuple[str, ...], str], int] = {}   # (chain, host) -> tag
+        self._snat_blocks: Dict[Tuple[str, str], Tuple[str, int, int]] = {}
+        #                   (SNAT rule uuid, host) -> (ip, lo, hi)
+        self._bad_health = set()    # shared-state rows already logged as bad
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
@@ -163,7 +176,9 @@ class Engine:
             hosts[name] = HostInfo(name=name, encap_ip=rec.encap_ip,
                                    encap_type=rec.encap_type,
                                    tunnel_ofport=ports.tunnel_ofport,
-                                   mb_ofport=ports.mb_ofport)
+                                   mb_ofport=ports.mb_ofport,
+                                   uplink_ofport=ports.uplink_ofport,
+                                   uplink_mac=ports.uplink_mac)
         bindings = {}
         for (vm, host), (seq, ofport) in sorted(self._appearances.items(),
                                                 key=lambda kv: kv[1][0]):
@@ -176,11 +191,19 @@ class Engine:
         topo = Topology(hosts=hosts, switches=dict(snap.switches),
                         vms=dict(snap.vms), bindings=bindings,
                         middleboxes=dict(snap.middleboxes), policies=tuple(snap.policies),
-                        address_sets=dict(snap.address_sets))
+                        address_sets=dict(snap.address_sets),
+                        nat_rules=_by_middlebox(getattr(snap, "nat_rules", {})),
+                        vips=_by_middlebox(getattr(snap, "vips", {})),
+                        external_networks={n.name: n for n in _records(
+                            getattr(snap, "external_networks", {}))})
         existing = dict(snap.slices)
         existing.update(self._slices)
         self._slices = slicelib.allocate(slicelib.needed_slices(topo), existing)
-        return dataclasses.replace(topo, slices=dict(self._slices))
+        topo = dataclasses.replace(topo, slices=dict(self._slices))
+        previous = slicelib.blocks_from_status(getattr(snap, "slice_status", {}))
+        previous.update(self._snat_blocks)
+        self._snat_blocks = slicelib.snat_blocks(topo, previous)
+        return topo
 
     def _current_seq(self, vm, binding):
         return self._appearances[(vm, binding.host)][0]
@@ -203,7 +226,7 @@ class Engine:
         for sw in self.switches.values():
             if not program or not sw.synced or sw.host is None:
                 continue
-            desired = flowlib.compute_host_flows(topo, sw.host)
+            desired = flowlib.compute_host_flows(topo, sw.host, self._snat_blocks)
             diff = reconcile.diff_flows(desired, sw.installed.values())
             sw.target_round = rnd
             if diff.empty:
@@ -257,10 +280,19 @@ class Engine:
             self._write(("hv_cfg",), hv_cfg,
                         lambda: self._nb.set_hv_cfg(hv_cfg).execute(check_error=True))
         self._publish_locations(topo, live)
-        if self._all_hosts_reported() and dict(topo.slices) != dict(snap.slices):
-            self._write(("slices",), tuple(sorted(topo.slices.items())),
-                        lambda: self._nb.set_slices(dict(topo.slices)).execute(
+        status = slicelib.slice_status(topo, self._snat_blocks)
+        current = {k: dict(v) for k, v in getattr(snap, "slice_status", {}).items()}
+        if self._all_hosts_reported() and (
+                dict(topo.slices) != dict(snap.slices)
+                or {k: v for k, v in status.items() if v}
+                != {k: v for k, v in current.items() if v and k in topo.slices}):
+            self._write(("slices",), (tuple(sorted(topo.slices.items())),
+                                      tuple(sorted((k, tuple(sorted(v.items())))
+                                                   for k, v in status.items()))),
+                        lambda: self._nb.set_slices(dict(topo.slices), status).execute(
                             check_error=True))
+        self._publish_vip_status(topo)
+        self._publish_ids_status(topo)
         low = min((sw.applied_round for sw in live), default=self._round)
         for rnd in [r for r in self._round_cfg if r < low]:
             del self._round_cfg[rnd]
@@ -291,11 +323,85 @@ class Engine:
                 self._written[("gone", vm)] = epoch
                 self._announced.pop(vm, None)
 
+    def _publish_vip_status(self, topo):
+        """LB_VIP.status: each backend's health as the hosts publish it
+        (shared state, service "lb-health", value {"ip:port": "up"|"down"});
+        down if any host says down."""
+        health = {}         # middlebox -> {"ip:port": state}
+        for row in _records(getattr(self.nb_snap, "shared_state", ())):
+            if getattr(row, "service", None) != LB_HEALTH:
+                continue
+            try:
+                value = json.loads(row.value)
+            except (TypeError, ValueError):
+                if (row.middlebox, row.host, row.value) not in self._bad_health:
+                    self._bad_health.add((row.middlebox, row.host, row.value))
+                    LOG.warning("lb-health of %s from %s: not JSON: %r",
+                                row.middlebox, row.host, row.value)
+                continue
+            if not isinstance(value, dict):
+                continue
+            merged = health.setdefault(row.middlebox, {})
+            for backend, state in value.items():
+                if state in ("up", "down") and merged.get(backend) != "down":
+                    merged[backend] = state
+        for name, vips in sorted(topo.vips.items()):
+            merged = health.get(name, {})
+            for vip in vips:
+                wanted = {}
+                for ip, port in vip.backends:
+                    key = f"{ip}:{port}"
+                    if key in merged:
+                        wanted[key] = merged[key]
+                if wanted == dict(vip.status):
+                    continue
+                self._write(("vip", vip.uuid), wanted,
+                            lambda: self._nb.set_vip_status(vip.uuid, wanted).execute(
+                                check_error=True))
+
+    def _publish_ids_status(self, topo):
+        """Middlebox.status "alerts" = the number of IDS_Alert rows of each IDS."""
+        counts = {}
+        for row in _records(getattr(self.nb_snap, "ids_alerts", ())):
+            counts[row.middlebox] = counts.get(row.middlebox, 0) + 1
+        current_status = getattr(self.nb_snap, "middlebox_status", {})
+        for name, mb in sorted(topo.middleboxes.items()):
+            if mb.type != "ids":
+                continue
+            current = dict(current_status.get(name, {}))
+            status = dict(current, alerts=str(counts.get(name, 0)))
+            if status == current:
+                continue
+            self._write(("mb-status", name), status,
+                        lambda: self._nb.set_middlebox_status(name, status).execute(
+                            check_error=True))
+
     def _set_location(self, vm, host, epoch):
         self._nb.set_vm_location(vm, host, epoch).execute(check_error=True)
         # Events handled before the database's change notification arrives
         # must see this write: the next epoch is computed from it.
         self.nb_snap.vm_locations[vm] = (host, epoch)
+
+
+LB_HEALTH = "lb-health"     # shared-state service of the load balancers' health
+
+
+def _records(value):
+    """The rows of a snapshot field that may be a mapping or a sequence."""
+    if value is None:
+        return []
+    return list(value.values()) if hasattr(value, "values") else list(value)
+
+
+def _by_middlebox(value):
+    """{middlebox: (record, ...)} from a snapshot field keyed by middlebox
+    (values: tuples of records) or by record (values: records)."""
+    if hasattr(value, "items") and all(isinstance(v, (tuple, list)) for v in value.values()):
+        return {name: tuple(recs) for name, recs in value.items()}
+    out = {}
+    for rec in _records(value):
+        out.setdefault(rec.middlebox, []).append(rec)
+    return {name: tuple(recs) for name, recs in out.items()}
 
 
 class EngineLoop:

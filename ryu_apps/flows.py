@@ -1,22 +1,25 @@
 """The flows of one host's br-int, computed from the topology.
 
-``compute_host_flows`` is a pure function: the same ``Topology`` always gives
-the same sorted list of ``Flow`` values, and nothing here does I/O.  The
-tables and registers used are declared in ``ryu_apps.pipeline``.
+``compute_host_flows`` is a pure function: the same ``Topology`` (and SNAT
+port blocks) always gives the same sorted list of ``Flow`` values, and
+nothing here does I/O.  The tables and registers used are declared in
+``ryu_apps.pipeline``; docs/services.md is the design of the services part.
 """
 
+import ipaddress
 import logging
 from collections import Counter
 
 from ovsdb.errors import MbxError
 from ovsdb.match import openflow_matches, parse_match
 from ryu_apps import pipeline as P
+from ryu_apps import slices as slicelib
 from ryu_apps.ofmodel import Flow, canon_match, flow_sort_key
 
 LOG = logging.getLogger(__name__)
 
 
-def compute_host_flows(topo, host):
+def compute_host_flows(topo, host, snat_blocks=None):
     """Return the sorted list of flows ``host``'s br-int should hold.
 
     Only logical switches with a VM on ``host`` get flows here.  Switches
@@ -24,6 +27,11 @@ def compute_host_flows(topo, host):
     entirely (fail closed: two tenants must never share a key).  If two flows
     would get the same key (e.g. two VMs of one switch with the same MAC) the
     first one computed wins, local VMs before remote ones.
+
+    ``snat_blocks`` is the SNAT port block allocation
+    (``slices.snat_blocks``: {(rule uuid, host): (ip, lo, hi)}); None
+    computes a fresh one (the engine passes the one it writes back, which is
+    kept stable across recomputations).
     """
     switches = _usable_switches(topo)
     local = [(vm, b) for vm, b in topo.local_vms(host) if vm.switch in switches]
@@ -52,6 +60,13 @@ def compute_host_flows(topo, host):
             flows += [_classify_tunnel(tunnel, vni), _l2_flood_from_tunnel(vni)]
     for vm, _, encap_ip in remote:
         flows.append(_l2_to_remote(vm, switches[vm.switch].vni, encap_ip, tunnel))
+    local_by_switch = {}
+    for vm, binding in local:
+        local_by_switch.setdefault(vm.switch, []).append((vm, binding))
+    if snat_blocks is None:
+        snat_blocks = slicelib.snat_blocks(topo, {})
+    flows += _gateway(topo, host, switches, local_by_switch)
+    flows += _external(topo, host, switches, local_by_switch, snat_blocks)
     return _unique(flows)
 
 
@@ -97,7 +112,10 @@ def _set(field, value):
 
 
 def _table_miss(table):
-    """Steering tables pass unselected packets on; every other table drops."""
+    """Steering tables (and GATEWAY) pass unselected packets on; every other
+    table drops."""
+    if table is P.GATEWAY:
+        return _flow(table, P.PRIO_STEER_DEFAULT, (), [_goto(P.FROM_VM_STEERING)])
     if table is P.FROM_VM_STEERING:
         return _flow(table, P.PRIO_STEER_DEFAULT, (), [_goto(P.L2_LOOKUP)])
     if table is P.TO_VM_STEERING:
@@ -109,7 +127,7 @@ def _classify_vm(vm, binding, vni):
     return _flow(P.CLASSIFY, P.PRIO_CLASSIFY,
                  canon_match(in_port=binding.ofport, eth_src=vm.mac),
                  [("apply", (_set(P.REG_IN_PORT, binding.ofport),)),
-                  _metadata(vni), _goto(P.FROM_VM_STEERING)])
+                  _metadata(vni), _goto(P.GATEWAY)])
 
 
 def _classify_tunnel(tunnel, vni):
@@ -190,10 +208,11 @@ def _steering(topo, host, switches, local):
     """Steering, cache-table and return flows for the host's slices.
 
     A policy's match is applied to both directions of a connection, so the
-    replies of a steered connection are steered too.  A policy whose
-    middlebox has no slice tag or whose host has no middlebox port yet drops
-    what it selects (fail closed: a firewall that is not there yet must not
-    let traffic by).
+    replies of a steered connection are steered too.  A policy whose chain
+    has no slice tag or whose host has no middlebox port yet drops what it
+    selects (fail closed: a firewall that is not there yet must not let
+    traffic by), except a chain of IDS services only, which never changes a
+    verdict: without a tag its traffic goes on unobserved.
     """
     host_info = topo.hosts.get(host)
     mb_port = host_info.mb_ofport if host_info is not None else None
@@ -209,18 +228,19 @@ def _steering(topo, host, switches, local):
                 continue
             flows += _policy_flows(topo, host, policy, vni, sets, mb_port,
                                    local_by_switch[name])
-        if any(p.switch == name and p.middlebox for p in topo.policies):
+        if any(p.switch == name and p.chain for p in topo.policies):
             for vm, binding in local_by_switch[name]:
                 flows.append(_flow(P.TO_VM_RETURN, P.PRIO_DELIVER,
                                    _vni_match(vni, eth_dst=vm.mac),
                                    [("apply", (_set(P.REG_OUT_PORT, binding.ofport),)),
                                     _goto(P.LOCAL_DELIVERY)]))
-    if mb_port is not None:
-        for (mb_name, slice_host), tag in sorted(topo.slices.items()):
-            mb = topo.middleboxes.get(mb_name)
-            if slice_host != host or mb is None or mb.switch not in local_by_switch:
-                continue
-            flows += _slice_flows(tag, switches[mb.switch].vni, mb_port)
+    for (chain, slice_host), tag in sorted(topo.slices.items()):
+        switch = slicelib.chain_switch(topo, chain)
+        if slice_host != host or switch not in local_by_switch or not all(
+                n in topo.middleboxes and topo.middleboxes[n].switch == switch
+                for n in chain):
+            continue
+        flows += _slice_flows(topo, chain, tag, switches[switch].vni, mb_port)
     return flows
 
 
@@ -235,23 +255,26 @@ def _policy_flows(topo, host, policy, vni, sets, mb_port, local):
         if m not in selections:
             selections.append(m)
     prio = P.PRIO_STEER_BASE + 2 * policy.priority
-    mb = topo.middleboxes.get(policy.middlebox) if policy.middlebox else None
-    tag = topo.slices.get((mb.name, host)) if mb is not None else None
+    chain = tuple(policy.chain)
+    valid = slicelib.chain_ok(topo, policy)
+    tag = topo.slices.get((chain, host)) if valid else None
+    ids_only = valid and slicelib.is_ids_only(topo, chain)
+    steered = valid and tag is not None and (mb_port is not None or ids_only)
+    mode = slicelib.chain_option(topo, chain, "same-host", "both")
     flows = []
     for stage, steer_table, cache_table, next_table in (
             (P.STAGE_FROM_VM, P.FROM_VM_STEERING, P.FROM_VM_CACHE, P.L2_LOOKUP),
             (P.STAGE_TO_VM, P.TO_VM_STEERING, P.TO_VM_CACHE, P.LOCAL_DELIVERY)):
-        if policy.middlebox is None:
+        if not chain or (ids_only and not steered):
             action = [_goto(next_table)]
-        elif mb is None or mb.switch != policy.switch or tag is None or mb_port is None:
+        elif not steered:
             action = []
         else:
             action = [("apply", (_set(P.REG_SLICE, tag),)), _goto(cache_table)]
         for sel in selections:
             flows.append(_flow(steer_table, prio, _vni_match(vni, **sel), action))
-            if mb is None or not action:
+            if not steered:
                 continue
-            mode = mb.option("same-host", "both")
             if stage == P.STAGE_FROM_VM and mode == "destination":
                 # Traffic to a VM on this host is checked at its to-VM stage only.
                 for vm, _ in local:
@@ -266,17 +289,27 @@ def _policy_flows(topo, host, policy, vni, sets, mb_port, local):
     return flows
 
 
-def _to_middlebox(tag, stage, port):
-    return ("apply", (("push_vlan", 0x8100),
-                      _set("vlan_vid", P.VLAN_PRESENT | tag),
-                      _set("vlan_pcp", stage),
-                      ("output", port)))
+def _to_middlebox(tag, stage, port, pop=False):
+    actions = (("push_vlan", 0x8100),
+               _set("vlan_vid", P.VLAN_PRESENT | tag),
+               _set("vlan_pcp", stage),
+               ("output", port))
+    return ("apply", actions + ((("pop_vlan",),) if pop else ()))
 
 
-def _slice_flows(tag, vni, mb_port):
+def _tcp_flags(flag, **fields):
+    return canon_match(eth_type=P.ETH_TYPE_IP, ip_proto=6, tcp_flags=(flag, flag), **fields)
+
+
+def _slice_flows(topo, chain, tag, vni, mb_port):
     """Cache-table miss and FIN/RST flows, and the return flows, of one slice."""
+    if slicelib.is_ids_only(topo, chain):
+        return _ids_slice_flows(tag, mb_port)
+    if mb_port is None:
+        return []
     flows = []
-    for stage, cache_table in sorted(P.CACHE_TABLES.items()):
+    for stage in (P.STAGE_FROM_VM, P.STAGE_TO_VM):
+        cache_table = P.CACHE_TABLES[stage]
         # A packet that came back from the daemon (same-host traffic checked
         # at both stages) can only be sent back out of the port it came in on
         # with the IN_PORT output: hence a second flow matching in_port.
@@ -284,14 +317,275 @@ def _slice_flows(tag, vni, mb_port):
             out = [_to_middlebox(tag, stage, port)]
             flows.append(_flow(cache_table, P.PRIO_CACHE_MISS + prio_add,
                                canon_match(**{P.REG_SLICE: tag}, in_port=in_port), out))
-            for flag in (0x001, 0x004):         # FIN, RST
+            for flag in (P.TCP_FIN, P.TCP_RST):
                 flows.append(_flow(cache_table, P.PRIO_CACHE_FLAGS + prio_add,
-                                   canon_match(**{P.REG_SLICE: tag}, in_port=in_port,
-                                               eth_type=0x0800, ip_proto=6,
-                                               tcp_flags=(flag, flag)), out))
+                                   _tcp_flags(flag, in_port=in_port, **{P.REG_SLICE: tag}),
+                                   out))
         back = P.CACHE_NEXT[stage] if stage == P.STAGE_FROM_VM else P.TO_VM_RETURN
         flows.append(_flow(P.CLASSIFY, P.PRIO_MB_RETURN,
                            canon_match(in_port=mb_port, vlan_vid=P.VLAN_PRESENT | tag,
                                        vlan_pcp=stage),
                            [("apply", (("pop_vlan",),)), _metadata(vni), _goto(back)]))
+    if "nat" in slicelib.chain_types(topo, chain):
+        # Packets from outside for this host's external addresses
+        # (EXTERNAL_IN) reach the daemon at the from-external stage; they come
+        # back judged by the chain: never into the tunnel, not steered again.
+        stage = P.STAGE_FROM_EXTERNAL
+        out = [_to_middlebox(tag, stage, mb_port)]
+        flows.append(_flow(P.EXTERNAL_CACHE, P.PRIO_CACHE_MISS,
+                           canon_match(**{P.REG_SLICE: tag}), out))
+        for flag in (P.TCP_FIN, P.TCP_RST):
+            flows.append(_flow(P.EXTERNAL_CACHE, P.PRIO_CACHE_FLAGS,
+                               _tcp_flags(flag, **{P.REG_SLICE: tag}), out))
+        flows.append(_flow(P.CLASSIFY, P.PRIO_MB_RETURN,
+                           canon_match(in_port=mb_port, vlan_vid=P.VLAN_PRESENT | tag,
+                                       vlan_pcp=stage),
+                           [("apply", (("pop_vlan",),
+                                       _set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL),
+                                       _set(P.REG_SKIP_TO_VM, P.SKIP_TO_VM))),
+                            _metadata(vni), _goto(P.CACHE_NEXT[stage])]))
+    return flows
+
+
+def _ids_slice_flows(tag, mb_port):
+    """A chain of IDS services only: nothing is diverted.  At the to-VM stage
+    (the sensor sits in front of the receiving VM) a copy of every SYN and
+    RST goes to the daemon; the original goes on at once."""
+    match = canon_match(**{P.REG_SLICE: tag})
+    flows = [_flow(P.FROM_VM_CACHE, P.PRIO_CACHE_MISS, match, [_goto(P.L2_LOOKUP)]),
+             _flow(P.TO_VM_CACHE, P.PRIO_CACHE_MISS, match, [_goto(P.LOCAL_DELIVERY)])]
+    if mb_port is not None:
+        for prio, flag in ((P.PRIO_CACHE_FLAGS, P.TCP_SYN), (P.PRIO_CACHE_FLAGS + 1, P.TCP_RST)):
+            flows.append(_flow(P.TO_VM_CACHE, prio, _tcp_flags(flag, **{P.REG_SLICE: tag}),
+                               [_to_middlebox(tag, P.STAGE_TO_VM, mb_port, pop=True),
+                                _goto(P.LOCAL_DELIVERY)]))
+    return flows
+
+
+# ------------------------------------------------------------------ gateway
+
+def gateway_ip(switch):
+    """The switch's default gateway: its ``gateway``, or its subnet's first address."""
+    if switch.gateway:
+        return switch.gateway
+    try:
+        return str(next(ipaddress.IPv4Network(switch.subnet, strict=False).hosts()))
+    except (ValueError, StopIteration):
+        return None
+
+
+def _switch_vips(topo, switch):
+    """VIP addresses of the load balancers in the chains of the switch's policies."""
+    out = []
+    for policy in topo.policies:
+        if policy.switch != switch or not slicelib.chain_ok(topo, policy):
+            continue
+        for name in policy.chain:
+            if topo.middleboxes[name].type == "lb":
+                out += [v.vip for v in topo.vips.get(name, ())]
+    return sorted(set(out))
+
+
+def _external_nets(topo):
+    return [topo.external_networks[n] for n in sorted(topo.external_networks)]
+
+
+def _external_cidrs(topo):
+    """The external networks' cidrs as ipv4 match values, nested ones left out."""
+    nets = []
+    for net in _external_nets(topo):
+        try:
+            nets.append(ipaddress.IPv4Network(net.cidr, strict=False))
+        except ValueError:
+            LOG.error("external network %s: bad cidr %r", net.name, net.cidr)
+    out = []
+    for net in sorted(set(nets)):
+        if any(net != other and net.subnet_of(other) for other in nets):
+            continue
+        out.append(_ip_match(net))
+    return out
+
+
+def _ip_match(net):
+    if net.prefixlen == 32:
+        return str(net.network_address)
+    return (str(net.network_address), str(net.netmask))
+
+
+def _arp_reply(ask_ip, ask_mac, answer_ip, answer_mac):
+    """Apply-actions turning an ARP request from (ask_ip, ask_mac) for
+    answer_ip into its reply, sent back out of the ingress port."""
+    return ("apply", (_set("eth_dst", ask_mac), _set("eth_src", answer_mac),
+                      _set("arp_op", P.ARP_REPLY),
+                      _set("arp_sha", answer_mac), _set("arp_spa", answer_ip),
+                      _set("arp_tha", ask_mac), _set("arp_tpa", ask_ip),
+                      ("output", P.OFPP_IN_PORT)))
+
+
+def _gateway(topo, host, switches, local_by_switch):
+    """GATEWAY: ARP for the gateway and VIPs, health-probe replies,
+    anti-spoofing of external source addresses, ARP from the uplink."""
+    host_info = topo.hosts.get(host)
+    mb_port = host_info.mb_ofport if host_info is not None else None
+    cidrs = _external_cidrs(topo)
+    flows = []
+    for name in sorted(local_by_switch):
+        switch = switches[name]
+        gateway = gateway_ip(switch)
+        targets = ([gateway] if gateway else []) + _switch_vips(topo, name)
+        for vm, binding in local_by_switch[name]:
+            for target in dict.fromkeys(targets):
+                if target == vm.ip:
+                    continue
+                flows.append(_flow(P.GATEWAY, P.PRIO_GATEWAY_ARP,
+                                   canon_match(in_port=binding.ofport, eth_type=P.ETH_TYPE_ARP,
+                                               arp_op=P.ARP_REQUEST, arp_tpa=target),
+                                   [_arp_reply(vm.ip, vm.mac, target, P.ROUTER_MAC)]))
+        for cidr in cidrs:
+            # Only a translation by the chain may send from an external
+            # address to the outside (L2_LOOKUP -> EXTERNAL_OUT).
+            flows.append(_flow(P.GATEWAY, P.PRIO_GATEWAY_SPOOF,
+                               _vni_match(switch.vni, eth_type=P.ETH_TYPE_IP,
+                                          eth_dst=P.ROUTER_MAC, ipv4_src=cidr), []))
+        tag = slicelib.lowest_tag(
+            topo, host, lambda chain: slicelib.chain_switch(topo, chain) == name
+            and "lb" in slicelib.chain_types(topo, chain))
+        if gateway and mb_port is not None and tag is not None:
+            flows.append(_flow(P.GATEWAY, P.PRIO_GATEWAY_PROBE,
+                               _vni_match(switch.vni, eth_type=P.ETH_TYPE_IP, ip_proto=6,
+                                          ipv4_dst=gateway, eth_dst=P.ROUTER_MAC),
+                               [_to_middlebox(tag, P.STAGE_PROBE, mb_port)]))
+    uplink = host_info.uplink_ofport if host_info is not None else None
+    if uplink is None:
+        return flows
+    flows.append(_flow(P.GATEWAY, P.PRIO_GATEWAY_UPLINK, canon_match(in_port=uplink), []))
+    uplink_mac = host_info.uplink_mac
+    if not uplink_mac:
+        return flows
+    for address, owner in sorted(slicelib.designated_hosts(topo).items()):
+        if owner != host:
+            continue
+        for net in _external_nets(topo):
+            if not _contains(net.cidr, address):
+                continue
+            flows.append(_flow(P.GATEWAY, P.PRIO_GATEWAY_ARP,
+                               canon_match(in_port=uplink, eth_type=P.ETH_TYPE_ARP,
+                                           arp_op=P.ARP_REQUEST, arp_spa=net.gateway_ip,
+                                           arp_tpa=address),
+                               [_arp_reply(net.gateway_ip, net.gateway_mac, address,
+                                           uplink_mac)]))
+    return flows
+
+
+def _contains(cidr, address):
+    try:
+        return ipaddress.IPv4Address(address) in ipaddress.IPv4Network(cidr, strict=False)
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------- external
+
+def _external(topo, host, switches, local_by_switch, blocks):
+    """The uplink, EXTERNAL_IN, the way out (L2_LOOKUP -> EXTERNAL_OUT) and
+    the judged-packet skip in TO_VM_STEERING."""
+    host_info = topo.hosts.get(host)
+    tunnel = host_info.tunnel_ofport if host_info is not None else None
+    uplink = host_info.uplink_ofport if host_info is not None else None
+    flows = []
+    if uplink is not None:
+        flows += [_flow(P.CLASSIFY, P.PRIO_CLASSIFY,
+                        canon_match(in_port=uplink, eth_type=P.ETH_TYPE_ARP), [_goto(P.GATEWAY)]),
+                  _flow(P.CLASSIFY, P.PRIO_CLASSIFY,
+                        canon_match(in_port=uplink, eth_type=P.ETH_TYPE_IP),
+                        [_goto(P.EXTERNAL_IN)])]
+        nets = _external_nets(topo)
+        if host_info.uplink_mac and nets:
+            flows.append(_flow(P.EXTERNAL_OUT, P.PRIO_EXTERNAL_OUT, (),
+                               [("apply", (_set("eth_src", host_info.uplink_mac),
+                                           _set("eth_dst", nets[0].gateway_mac),
+                                           ("output", uplink)))]))
+    for name in sorted(local_by_switch):
+        for cidr in _external_cidrs(topo):
+            flows.append(_flow(P.L2_LOOKUP, P.PRIO_L2_EXTERNAL,
+                               _vni_match(switches[name].vni, eth_dst=P.ROUTER_MAC,
+                                          eth_type=P.ETH_TYPE_IP, ipv4_src=cidr,
+                                          **{P.REG_FROM_TUNNEL: 0}),
+                               [_goto(P.EXTERNAL_OUT)]))
+    served = [m for m in slicelib.nat_middleboxes(topo)
+              if host in slicelib.hosts_serving(topo, m)
+              and topo.middleboxes[m].switch in local_by_switch]
+    if served:
+        flows.append(_flow(P.TO_VM_STEERING, P.PRIO_STEER_JUDGED,
+                           canon_match(**{P.REG_SKIP_TO_VM: P.SKIP_TO_VM}),
+                           [_goto(P.LOCAL_DELIVERY)]))
+    for name in served:
+        flows += _nat_in(topo, host, name, switches[topo.middleboxes[name].switch].vni,
+                         tunnel, blocks)
+    return flows
+
+
+def _nat_in(topo, host, name, vni, tunnel, blocks):
+    """EXTERNAL_IN flows of NAT middlebox ``name``, which ``host`` serves."""
+    mb = topo.middleboxes[name]
+    tag = slicelib.lowest_tag(topo, host, lambda chain: name in chain)
+    serving = set(slicelib.hosts_serving(topo, name))
+    flows = []
+    if tunnel is not None:
+        flows.append(_flow(P.CLASSIFY, P.PRIO_CLASSIFY_REDIRECT,
+                           canon_match(in_port=tunnel, tunnel_id=vni, eth_dst=P.ROUTER_MAC),
+                           [("apply", (_set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL),
+                                       _set(P.REG_IN_PORT, tunnel))),
+                            _goto(P.EXTERNAL_IN)]))
+
+    def to_host(owner):
+        """(instructions, extra match) for a packet owned by ``owner``, or None."""
+        if owner == host:
+            return ([("apply", (_set(P.REG_SLICE, tag),
+                                _set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL),
+                                _set(P.REG_SKIP_TO_VM, P.SKIP_TO_VM))),
+                     _metadata(vni), _goto(P.EXTERNAL_CACHE)], {})
+        peer = topo.hosts.get(owner)
+        if tunnel is None or peer is None or owner not in serving:
+            return None
+        return ([("apply", (_set("tunnel_id", vni), _set("tun_ipv4_dst", peer.encap_ip),
+                            _set("eth_dst", P.ROUTER_MAC), ("output", tunnel)))],
+                {P.REG_FROM_TUNNEL: 0})
+
+    for rule in topo.nat_rules.get(name, ()):
+        if rule.type == "snat":
+            for (uuid, owner), (ip, lo, hi) in sorted(blocks.items()):
+                target = to_host(owner) if uuid == rule.uuid else None
+                if target is None:
+                    continue
+                ports = slicelib.block_match(lo, hi)
+                for proto, field in ((6, "tcp_dst"), (17, "udp_dst")):
+                    flows.append(_flow(P.EXTERNAL_IN, P.PRIO_EXTERNAL_SNAT,
+                                       canon_match(eth_type=P.ETH_TYPE_IP, ip_proto=proto,
+                                                   ipv4_dst=ip, **{field: ports},
+                                                   **target[1]),
+                                       target[0]))
+        elif rule.type == "dnat":
+            vm = next((v for _, v in sorted(topo.vms.items())
+                       if v.switch == mb.switch and v.ip == rule.logical_ip), None)
+            binding = topo.bindings.get(vm.name) if vm is not None else None
+            target = to_host(binding.host) if binding is not None else None
+            instructions, extra = target if target is not None else ([], {})
+            protos = {"tcp": (6,), "udp": (17,)}.get(rule.protocol)
+            if protos is None:
+                protos = (6, 17) if rule.external_port is not None else (None,)
+            for ip in rule.external_ips:
+                for proto in protos:
+                    fields = dict(extra)
+                    prio = P.PRIO_EXTERNAL_DNAT
+                    if proto is not None:
+                        fields["ip_proto"] = proto
+                        prio += 1
+                    if rule.external_port is not None:
+                        fields["tcp_dst" if proto == 6 else "udp_dst"] = rule.external_port
+                        prio += 200
+                    flows.append(_flow(P.EXTERNAL_IN, prio,
+                                       canon_match(eth_type=P.ETH_TYPE_IP, ipv4_dst=ip,
+                                                   **fields),
+                                       instructions))
     return flows

@@ -1,6 +1,7 @@
 """Watch one host's own OVSDB: br-int's datapath id, its tunnel port, its
-middlebox port, and the VM ports (Interface rows with ``external_ids:iface-id``) appearing and
-disappearing.  Each change is reported as a ``HostPorts`` value.
+middlebox port, its uplink (ofport and MAC), and the VM ports (Interface rows
+with ``external_ids:iface-id``) appearing and disappearing.  Each change is
+reported as a ``HostPorts`` value.
 
 An Interface row is created with an empty ``ofport`` and filled in by
 ovs-vswitchd a moment later; a port counts only once it has an ofport.
@@ -30,6 +31,13 @@ def _ofport(iface):
     return value if value and value > 0 else None
 
 
+def _mac(iface):
+    value = getattr(iface, "mac_in_use", None)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value.lower() if value else None
+
+
 def host_ports_from_rows(bridges, interfaces, bridge=BRIDGE):
     """Pure: the HostPorts of ``bridge`` from IDL-like Bridge/Port/Interface rows."""
     dpid = None
@@ -41,6 +49,7 @@ def host_ports_from_rows(bridges, interfaces, bridge=BRIDGE):
             members = {i.name for p in br.ports for i in p.interfaces}
     tunnel = None
     mb_port = None
+    uplink = uplink_mac = None
     vms = {}
     for iface in interfaces:
         if members is None or iface.name not in members:
@@ -55,11 +64,15 @@ def host_ports_from_rows(bridges, interfaces, bridge=BRIDGE):
         if iface.external_ids.get(role_key) == role:
             mb_port = ofport
             continue
+        uplink_key, uplink_role = P.UPLINK_ROLE
+        if iface.external_ids.get(uplink_key) == uplink_role:
+            uplink, uplink_mac = ofport, _mac(iface)
+            continue
         vm = iface.external_ids.get("iface-id")
         if vm:
             vms[vm] = (ofport, iface.external_ids.get("attached-mac", "").lower())
     return HostPorts(datapath_id=dpid, tunnel_ofport=tunnel, mb_ofport=mb_port,
-                     vm_ports=vms)
+                     vm_ports=vms, uplink_ofport=uplink, uplink_mac=uplink_mac)
 
 
 class HostWatcher:
@@ -72,7 +85,7 @@ class HostWatcher:
         helper.register_columns("Bridge", ["name", "datapath_id", "ports"])
         helper.register_columns("Port", ["name", "interfaces"])
         helper.register_columns("Interface", ["name", "type", "ofport",
-                                              "external_ids"])
+                                              "external_ids", "mac_in_use"])
         self._idl = idl.Idl(remote, helper)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="hostwatch-%s" % host)

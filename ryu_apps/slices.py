@@ -1,35 +1,85 @@
-"""Which middlebox slices each host needs, and their tags.
+"""Which chain slices each host needs, their tags, and SNAT port blocks.
 
-A slice is one middlebox's instance on one host.  A host needs a slice of
-middlebox M when a VM of M's logical switch is bound to the host and a
-steering policy of that switch sends traffic through M.  Each slice gets a
-tag (1..4094), unique on its host, that marks its packets on the way to and
-from the host's middlebox daemon.  Pure functions, no I/O.
+A slice is one chain (a tuple of middlebox names, in order) on one host.  A
+host needs the slice of chain C when a VM of C's logical switch is bound to
+the host and a steering policy of that switch sends traffic through C.  Two
+policies with the same chain share a slice.  Each slice gets a tag
+(1..4094), unique on its host, that marks its packets on the way to and
+from the host's middlebox daemon.
+
+Each SNAT rule's external addresses and port range are cut into blocks
+(``ovsdb.natblocks``); each host that serves the rule's NAT middlebox gets
+one, stable while it serves it.
+
+Pure functions, no I/O.
 """
 
+import logging
+
+from ovsdb import natblocks
 from ryu_apps import pipeline as P
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_PORTS_PER_HOST = natblocks.DEFAULT_BLOCK_SIZE
+SNAT_STATUS_PREFIX = natblocks.STATUS_PREFIX      # Slice.status key prefix
+
+
+def chain_ok(topo, policy):
+    """True if every middlebox of ``policy``'s (non-empty) chain exists and
+    serves the policy's switch."""
+    if not policy.chain:
+        return False
+    for name in policy.chain:
+        mb = topo.middleboxes.get(name)
+        if mb is None or mb.switch != policy.switch:
+            return False
+    return True
+
+
+def chain_option(topo, chain, key, default):
+    """An option of a chain: the first middlebox of the chain that sets it."""
+    for name in chain:
+        mb = topo.middleboxes.get(name)
+        if mb is not None and key in dict(mb.options):
+            return dict(mb.options)[key]
+    return default
+
+
+def chain_types(topo, chain):
+    return [topo.middleboxes[n].type for n in chain if n in topo.middleboxes]
+
+
+def is_ids_only(topo, chain):
+    """A chain of passive IDS services only: its packets are copied, not diverted."""
+    types = chain_types(topo, chain)
+    return bool(types) and all(t == "ids" for t in types)
+
+
+def chain_switch(topo, chain):
+    mb = topo.middleboxes.get(chain[0]) if chain else None
+    return mb.switch if mb is not None else None
 
 
 def needed_slices(topo):
-    """The set of (middlebox, host) pairs the topology needs."""
+    """The set of (chain, host) pairs the topology needs."""
     by_switch = {}
     for policy in topo.policies:
-        mb = topo.middleboxes.get(policy.middlebox) if policy.middlebox else None
-        if mb is not None and mb.switch == policy.switch:
-            by_switch.setdefault(policy.switch, set()).add(mb.name)
+        if chain_ok(topo, policy):
+            by_switch.setdefault(policy.switch, set()).add(tuple(policy.chain))
     out = set()
     for binding in topo.bindings.values():
         vm = topo.vms.get(binding.vm)
         if vm is None:
             continue
-        for mb in by_switch.get(vm.switch, ()):
-            out.add((mb, binding.host))
+        for chain in by_switch.get(vm.switch, ()):
+            out.add((chain, binding.host))
     return out
 
 
 def allocate(needed, existing):
     """Tags for ``needed`` pairs: a pair keeps its tag from ``existing`` (a
-    mapping (middlebox, host) -> tag) when it is still valid and unique on its
+    mapping (chain, host) -> tag) when it is still valid and unique on its
     host; a new pair gets the lowest tag free on its host.  Pairs that cannot
     get a tag (all 4094 in use on the host) are left out."""
     out = {}
@@ -48,4 +98,109 @@ def allocate(needed, existing):
         if tag is not None:
             out[pair] = tag
             host_used.add(tag)
+    return out
+
+
+# ------------------------------------------------------------ per middlebox
+
+def hosts_serving(topo, middlebox):
+    """Names of the hosts with a slice whose chain contains ``middlebox``, sorted."""
+    return sorted({host for (chain, host) in topo.slices if middlebox in chain})
+
+
+def lowest_tag(topo, host, predicate):
+    """The lowest tag of ``host``'s slices whose chain satisfies ``predicate``, or None."""
+    tags = [tag for (chain, h), tag in topo.slices.items() if h == host and predicate(chain)]
+    return min(tags) if tags else None
+
+
+def nat_middleboxes(topo):
+    """Names of the NAT middleboxes that some slice serves, sorted."""
+    names = {n for (chain, _) in topo.slices for n in chain}
+    return sorted(n for n in names
+                  if n in topo.middleboxes and topo.middleboxes[n].type == "nat")
+
+
+def designated_hosts(topo):
+    """External address -> the host that answers ARP for it: the first host
+    by name serving a slice that contains the NAT middlebox of the address."""
+    out = {}
+    for name in nat_middleboxes(topo):
+        hosts = hosts_serving(topo, name)
+        if not hosts:
+            continue
+        for rule in topo.nat_rules.get(name, ()):
+            for ip in rule.external_ips:
+                out.setdefault(ip, hosts[0])
+    return out
+
+
+def ports_per_host(mb):
+    try:
+        return natblocks.check_size(int(mb.option("ports-per-host", DEFAULT_PORTS_PER_HOST)))
+    except (TypeError, ValueError):
+        LOG.error("middlebox %s: bad ports-per-host %r, using %d", mb.name,
+                  mb.option("ports-per-host", None), DEFAULT_PORTS_PER_HOST)
+        return DEFAULT_PORTS_PER_HOST
+
+
+def snat_blocks(topo, previous):
+    """{(SNAT rule uuid, host): (ip, lo, hi)}: one block per rule and host
+    serving the rule's NAT middlebox.  A (rule, host) keeps its block from
+    ``previous`` (same shape) while it is still valid; hosts left without a
+    block (more hosts than blocks) are absent."""
+    out = {}
+    for name in nat_middleboxes(topo):
+        hosts = hosts_serving(topo, name)
+        mb = topo.middleboxes[name]
+        for rule in topo.nat_rules.get(name, ()):
+            if rule.type != "snat" or not hosts:
+                continue
+            try:
+                blocks = natblocks.blocks(rule.external_ips, tuple(rule.port_range),
+                                          ports_per_host(mb))
+            except ValueError as err:
+                LOG.error("SNAT rule %s of %s: no port blocks: %s", rule.uuid, name, err)
+                continue
+            prev = {host: tuple(block) for (uuid, host), block in previous.items()
+                    if uuid == rule.uuid}
+            for host, block in natblocks.allocate(hosts, blocks, prev).items():
+                if block is not None:
+                    out[(rule.uuid, host)] = tuple(block)
+    return out
+
+
+def block_match(lo, hi):
+    """The ``tcp_dst``/``udp_dst`` match value of the port block lo..hi:
+    ``(value, mask)``, or the bare value for a one-port block."""
+    value, mask = natblocks.block_match(lo, hi)
+    return value if mask == 0xFFFF else (value, mask)
+
+
+def slice_status(topo, blocks):
+    """{(chain, host): {key: value}} for every slice: the SNAT blocks of the
+    host for the SNAT rules of every NAT middlebox of the chain."""
+    out = {}
+    for (chain, host) in topo.slices:
+        status = {}
+        for name in chain:
+            for rule in topo.nat_rules.get(name, ()):
+                block = blocks.get((rule.uuid, host))
+                if rule.type == "snat" and block is not None:
+                    status[SNAT_STATUS_PREFIX + rule.uuid] = natblocks.format_block(block)
+        out[(chain, host)] = status
+    return out
+
+
+def blocks_from_status(status):
+    """The SNAT blocks recorded in Slice.status rows (``slice_status`` shape)."""
+    out = {}
+    for (chain, host), values in sorted(status.items()):
+        for key, value in dict(values).items():
+            if key.startswith(SNAT_STATUS_PREFIX):
+                try:
+                    block = natblocks.parse_block(value)
+                except ValueError:
+                    continue
+                out.setdefault((key[len(SNAT_STATUS_PREFIX):], host), block)
     return out

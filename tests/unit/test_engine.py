@@ -12,13 +12,17 @@ ordering deliver it themselves, later, as ``EngineLoop`` may.
 """
 
 import dataclasses
+import json
 
 from fakeoftable import FakeOFTable
 from ovsdb.api import HostRecord, NbSnapshot
 from ryu_apps.engine import Engine, HostPorts
 from ryu_apps.flows import compute_host_flows
-from ryu_apps.model import VMInfo
-from topologies import ENCAP, TUNNEL, VMS, VNI_A, two_tenants
+from ovsdb.api import AlertRecord, SharedRecord
+from ryu_apps.model import MiddleboxInfo, PolicyInfo, VMInfo
+from topologies import (ENCAP, FW_LB, FW_NAT, IDS, TUNNEL, UPLINK_MAC, VMS, VNI_A, services,
+                        two_tenants)
+from topologies import MB_PORT as S_MB_PORT, UPLINK as S_UPLINK
 
 DPID = {"h1": 0xA1, "h2": 0xA2, "h3": 0xA3}
 MGMT = {h: f"tcp:192.168.0.{i}:6640" for i, h in enumerate(("h1", "h2", "h3"), 11)}
@@ -64,8 +68,14 @@ class FakeNb:
     def set_hv_cfg(self, value):
         return FakeCommand(self, ("hv_cfg", value))
 
-    def set_slices(self, slices):
-        return FakeCommand(self, ("slices", dict(slices)))
+    def set_slices(self, slices, status=None):
+        return FakeCommand(self, ("slices", dict(slices), dict(status or {})))
+
+    def set_vip_status(self, vip_uuid, status):
+        return FakeCommand(self, ("vip", vip_uuid, dict(status)))
+
+    def set_middlebox_status(self, name, status):
+        return FakeCommand(self, ("mb-status", name, dict(status)))
 
     def apply(self, write):
         self.writes.append(write)
@@ -77,7 +87,16 @@ class FakeNb:
             _, vm, host, epoch = write
             s.vm_locations[vm] = (host, epoch)
         elif write[0] == "slices":
-            self.snap = dataclasses.replace(s, slices=write[1])
+            self.snap = dataclasses.replace(s, slices=write[1], slice_status={
+                key: dict(write[2].get(key, {})) for key in write[1]})
+        elif write[0] == "vip":
+            _, uuid, status = write
+            vips = {mb: tuple(dataclasses.replace(v, status=status) if v.uuid == uuid else v
+                              for v in recs) for mb, recs in s.vips.items()}
+            self.snap = dataclasses.replace(s, vips=vips)
+        elif write[0] == "mb-status":
+            self.snap = dataclasses.replace(
+                s, middlebox_status={**s.middlebox_status, write[1]: write[2]})
         else:
             self.snap = dataclasses.replace(s, hv_cfg=write[1])
         self.dirty = True
@@ -92,6 +111,9 @@ class FakeNb:
         return self.snap.nb_cfg
 
     # what an operator reads back
+    def writes_of(self, kind):
+        return [w[1:] for w in self.writes if w[0] == kind]
+
     def locations(self, vm):
         return [(w[2], w[3]) for w in self.writes if w[0] == "vm" and w[1] == vm]
 
@@ -144,6 +166,7 @@ class Harness:
         self.engine = Engine(send=self.switches.send, nb=self.nb,
                              watch_host=lambda name, remote: self.watched.append((name, remote)))
         self.ports = {}             # host -> {vm: (ofport, mac)}
+        self.extra = {}             # host -> more HostPorts fields (mb_ofport, uplink_*)
 
     def _settle(self):
         for _ in range(10):
@@ -162,21 +185,23 @@ class Harness:
         self.ports[host] = {vm: (PORT[vm], macs.get(vm, MAC[vm])) for vm in vms}
         self.engine.host_ports_changed(host, HostPorts(
             datapath_id=DPID[host] if dpid else None, tunnel_ofport=TUNNEL[host],
-            vm_ports=dict(self.ports[host])))
+            vm_ports=dict(self.ports[host]), **self.extra.get(host, {})))
         self._settle()
 
     def add_port(self, host, vm, ofport=None, mac=None):
         ports = dict(self.ports.get(host, {}))
         ports[vm] = (ofport or PORT[vm], mac or MAC[vm])
         self.ports[host] = ports
-        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports)))
+        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
+                                                       **self.extra.get(host, {})))
         self._settle()
 
     def del_port(self, host, vm):
         ports = dict(self.ports[host])
         del ports[vm]
         self.ports[host] = ports
-        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports)))
+        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
+                                                       **self.extra.get(host, {})))
         self._settle()
 
     def connect(self, host):
@@ -298,7 +323,7 @@ def test_stale_flows_are_replaced_by_the_difference_only():
     h = Harness()
     h.notify()
     desired = compute_host_flows(two_tenants(), "h1")
-    missing, changed = desired[0], desired[-2]
+    missing, changed = desired[0], [f for f in desired if f.instructions][-1]
     assert changed.instructions
     stale = dataclasses.replace(changed, instructions=())
     leftover = dataclasses.replace(desired[0], priority=7)
@@ -571,18 +596,17 @@ def test_grace_period_ends_the_wait_for_a_silent_host():
 
 
 def test_slices_are_allocated_where_a_steered_switch_has_vms_and_written_back():
-    from ryu_apps.model import MiddleboxInfo, PolicyInfo
     h = running()
     h.nb.configure(middleboxes={"fw-a": MiddleboxInfo("fw-a", "firewall", "ls-a")},
-                   policies=(PolicyInfo("ls-a", 100, "any", "fw-a"),))
+                   policies=(PolicyInfo("ls-a", 100, "any", ("fw-a",)),))
     h.notify()
     h.ack_all()
     slices = h.nb.snap.slices
     # tenant A has VMs on h1, h2 and h3; tenant B has no middlebox
-    assert set(slices) == {("fw-a", "h1"), ("fw-a", "h2"), ("fw-a", "h3")}
+    assert set(slices) == {(("fw-a",), "h1"), (("fw-a",), "h2"), (("fw-a",), "h3")}
     assert all(1 <= tag <= 4094 for tag in slices.values())
     # a later change keeps the tags already handed out
-    h.nb.configure(policies=(PolicyInfo("ls-a", 200, "proto=tcp", "fw-a"),))
+    h.nb.configure(policies=(PolicyInfo("ls-a", 200, "proto=tcp", ("fw-a",)),))
     h.notify()
     h.ack_all()
     assert h.nb.snap.slices == slices
@@ -591,3 +615,129 @@ def test_slices_are_allocated_where_a_steered_switch_has_vms_and_written_back():
     h.notify()
     h.ack_all()
     assert h.nb.snap.slices == {}
+
+
+# ---------------------------------------------------------------- services
+
+SNAT = "11111111-0000-0000-0000-000000000001"
+VIP_UUID = "22222222-0000-0000-0000-000000000001"
+
+
+def running_services(slice_status=None, shared=(), alerts=()):
+    """running() with services() configured (tenant A's chains, NAT, LB, IDS)
+    and every host's middlebox port and uplink reported."""
+    topo = services()
+    h = Harness()
+    h.nb.configure(switches=dict(topo.switches), middleboxes=dict(topo.middleboxes),
+                   policies=topo.policies, nat_rules=dict(topo.nat_rules),
+                   vips=dict(topo.vips), external_networks=dict(topo.external_networks),
+                   shared_state=tuple(shared), ids_alerts=tuple(alerts),
+                   **({"slice_status": slice_status, "slices": dict(topo.slices)}
+                      if slice_status is not None else {}))
+    h.notify()
+    for host in ("h1", "h2", "h3"):
+        h.extra[host] = dict(mb_ofport=S_MB_PORT, uplink_ofport=S_UPLINK,
+                             uplink_mac=UPLINK_MAC[host])
+        h.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
+        h.connect(host)
+    h.ack_all()
+    return h
+
+
+def snat_blocks_written(nb):
+    return {host: status["snat-block:" + SNAT]
+            for (chain, host), status in nb.snap.slice_status.items()
+            if "snat-block:" + SNAT in status}
+
+
+def test_chain_slices_and_snat_blocks_are_written_back():
+    h = running_services()
+    snap = h.nb.snap
+    assert set(snap.slices) == {(c, host) for c in (FW_NAT, FW_LB, IDS)
+                                for host in ("h1", "h2", "h3")}
+    blocks = snat_blocks_written(h.nb)
+    assert sorted(blocks) == ["h1", "h2", "h3"] and len(set(blocks.values())) == 3
+    for host in ("h1", "h2", "h3"):       # only the NAT chain's slices carry a block
+        assert snap.slice_status[(FW_LB, host)] == {} == snap.slice_status[(IDS, host)]
+    assert [len(w[0]) for w in h.nb.writes_of("slices")] == [9]
+    # the flows follow the written blocks: h1 redirects h3's block to h3
+    ip, ports = blocks["h3"].split(":")
+    lo = int(ports.split("-")[0])
+    pkt = {"in_port": S_UPLINK, "eth_src": "02:ee:ff:00:00:01", "eth_dst": UPLINK_MAC["h1"],
+           "eth_type": 0x0800, "ip_proto": 17, "ipv4_src": "198.51.100.10", "ipv4_dst": ip,
+           "udp_src": 53, "udp_dst": lo + 7}
+    h1 = FakeOFTable(h.switches.flows("h1"))
+    assert [(o.port, o.get("tun_ipv4_dst")) for o in h1.lookup(pkt)] == \
+        [(TUNNEL["h1"], ENCAP["h3"])]
+
+
+def test_snat_blocks_survive_recomputation_and_a_controller_restart():
+    h = running_services()
+    blocks = snat_blocks_written(h.nb)
+    h.nb.bump_nb_cfg()
+    h.notify()
+    h.ack_all()
+    assert snat_blocks_written(h.nb) == blocks
+    assert len(h.nb.writes_of("slices")) == 1
+    # a database written by an earlier controller with other blocks: kept
+    swapped = {key: dict(status) for key, status in h.nb.snap.slice_status.items()}
+    key = "snat-block:" + SNAT
+    swapped[(FW_NAT, "h1")][key], swapped[(FW_NAT, "h3")][key] = \
+        blocks["h3"], blocks["h1"]
+    again = running_services(slice_status=swapped)
+    assert snat_blocks_written(again.nb) == dict(blocks, h1=blocks["h3"], h3=blocks["h1"])
+    assert again.nb.writes_of("slices") == []
+    # h2 stops serving the NAT: it loses its block, the others keep theirs
+    again.del_port("h2", "a2")
+    again.ack_all()
+    assert snat_blocks_written(again.nb) == {"h1": blocks["h3"], "h3": blocks["h1"]}
+
+
+def health(host, **states):
+    return SharedRecord("lb-a", host, "lb-health", VIP_UUID, json.dumps(states), 1)
+
+
+def test_vip_status_merges_the_hosts_health_and_is_written_when_it_changes():
+    h = running_services(shared=(health("h2", **{"10.0.0.2:80": "up"}),
+                                 health("h3", **{"10.0.0.4:80": "up", "10.0.0.9:80": "up"}),
+                                 health("h1", **{"10.0.0.4:80": "down"})))
+    assert h.nb.writes_of("vip") == [(VIP_UUID, {"10.0.0.2:80": "up", "10.0.0.4:80": "down"})]
+    assert h.nb.snap.vips["lb-a"][0].status == {"10.0.0.2:80": "up", "10.0.0.4:80": "down"}
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert len(h.nb.writes_of("vip")) == 1            # unchanged: not written again
+    h.nb.configure(shared_state=(health("h2", **{"10.0.0.2:80": "up"}),
+                                 health("h3", **{"10.0.0.4:80": "up"}),
+                                 SharedRecord("lb-a", "h1", "lb-health", VIP_UUID, "{bad", 2)))
+    h.notify()
+    assert h.nb.writes_of("vip")[-1] == (VIP_UUID, {"10.0.0.2:80": "up", "10.0.0.4:80": "up"})
+
+
+def test_ids_alert_count_is_written_to_the_middlebox_status():
+    alert = AlertRecord("ids-a", "port-scan", "198.51.100.20", "", 20, ("h1",), 1, 2, "h1")
+    h = running_services(alerts=(alert, dataclasses.replace(alert, source="10.0.0.3")))
+    assert h.nb.writes_of("mb-status") == [("ids-a", {"alerts": "2"})]
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert len(h.nb.writes_of("mb-status")) == 1
+    h.nb.configure(ids_alerts=(alert,) * 3)
+    h.notify()
+    assert h.nb.writes_of("mb-status")[-1] == ("ids-a", {"alerts": "3"})
+
+
+def test_hostwatch_reports_the_uplink():
+    from types import SimpleNamespace as Row
+
+    from ryu_apps.hostwatch import host_ports_from_rows
+    ifaces = [Row(name="mbx-tun", type="vxlan", ofport=[100], external_ids={}),
+              Row(name="mbx-mb", type="internal", ofport=[50],
+                  external_ids={"mbx-role": "middlebox"}),
+              Row(name="mbx-uplink", type="", ofport=[60], mac_in_use=["02:EE:00:00:00:01"],
+                  external_ids={"mbx-role": "uplink"}),
+              Row(name="vif-a1", type="", ofport=[1],
+                  external_ids={"iface-id": "a1", "attached-mac": MAC["a1"]})]
+    bridge = Row(name="br-int", datapath_id=["00000000000000a1"],
+                 ports=[Row(interfaces=[i]) for i in ifaces])
+    ports = host_ports_from_rows([bridge], ifaces)
+    assert ports == HostPorts(0xA1, 100, {"a1": (1, MAC["a1"])}, 50, 60, "02:ee:00:00:00:01")
+    assert (ports.uplink_ofport, ports.uplink_mac) == (60, "02:ee:00:00:00:01")

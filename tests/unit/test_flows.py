@@ -215,7 +215,8 @@ def test_flows_fit_the_pipeline_and_are_unique(host):
     for flow in flows:
         pipeline.check_flow(flow)
     assert len({f.key for f in flows}) == len(flows)
-    steering = {pipeline.FROM_VM_STEERING: pipeline.L2_LOOKUP,
+    steering = {pipeline.GATEWAY: pipeline.FROM_VM_STEERING,
+                pipeline.FROM_VM_STEERING: pipeline.L2_LOOKUP,
                 pipeline.TO_VM_STEERING: pipeline.LOCAL_DELIVERY}
     for table in pipeline.TABLES:
         miss = (("goto", steering[table].table_id),) if table in steering else ()

@@ -1,5 +1,7 @@
 """Example topologies shared by the unit tests."""
 
+import dataclasses
+
 from ryu_apps.model import HostInfo, PortBinding, SwitchInfo, Topology, VMInfo
 
 VNI_A = 1001
@@ -34,3 +36,68 @@ def two_tenants(tunnels=TUNNEL, bindings=None):
     if bindings is None:
         bindings = {n: PortBinding(n, h, port) for n, (_, _, _, h, port) in VMS.items()}
     return Topology(hosts=hosts, switches=switches, vms=vms, bindings=bindings)
+
+
+# ------------------------------------------------------------------ services
+# two_tenants() with every host's middlebox port and uplink, an external
+# network, and tenant A's services (docs/services.md).
+
+MB_PORT = 50
+UPLINK = 60
+UPLINK_MAC = {"h1": "02:ee:00:00:00:01", "h2": "02:ee:00:00:00:02", "h3": "02:ee:00:00:00:03"}
+GATEWAY_A = "10.0.0.254"
+EXT_CIDR = "203.0.113.0/24"
+EXT_GW_IP = "203.0.113.1"
+EXT_GW_MAC = "02:ee:ff:00:00:01"
+SNAT_IP = "203.0.113.5"
+DNAT_IP = "203.0.113.6"
+VIP = "10.0.0.100"
+OUTSIDE = "198.51.100.10"            # a server on the internet
+CLIENT = "198.51.100.20"             # a client on the internet
+
+FW_NAT = ("fw-a", "nat-a")           # ls-a to the internet: firewall, then SNAT
+FW_LB = ("fw-a", "lb-a")             # ls-a to the VIP
+IDS = ("ids-a",)                     # ssh in ls-a: watched only
+
+
+def services(mb_port=MB_PORT, uplink=UPLINK, ports_per_host=16384, external=True,
+             policies=None):
+    """two_tenants() plus, for tenant A: a firewall, a NAT (SNAT of the
+    subnet to SNAT_IP, DNAT DNAT_IP:8080/tcp -> a2:80), a load balancer (VIP
+    10.0.0.100:80 -> a2, a4), an IDS, and three policies:
+
+    * priority 300, dst=VIP: FW_LB
+    * priority 200, dst=198.51.100.0/24 (the internet): FW_NAT
+    * priority 100, tcp port 22: IDS
+    """
+    from ryu_apps import slices as slicelib
+    from ryu_apps.model import (ExternalNetInfo, MiddleboxInfo, NatRuleInfo,
+                                PolicyInfo, VipInfo)
+    topo = two_tenants()
+    hosts = {h: dataclasses.replace(i, mb_ofport=mb_port, uplink_ofport=uplink,
+                                    uplink_mac=UPLINK_MAC[h] if uplink else None)
+             for h, i in topo.hosts.items()}
+    switches = dict(topo.switches)
+    switches["ls-a"] = dataclasses.replace(switches["ls-a"], gateway=GATEWAY_A)
+    mbs = {
+        "fw-a": MiddleboxInfo("fw-a", "firewall", "ls-a"),
+        "nat-a": MiddleboxInfo("nat-a", "nat", "ls-a",
+                               options={"ports-per-host": str(ports_per_host)}),
+        "lb-a": MiddleboxInfo("lb-a", "lb", "ls-a"),
+        "ids-a": MiddleboxInfo("ids-a", "ids", "ls-a"),
+    }
+    nat = (NatRuleInfo("11111111-0000-0000-0000-000000000001", "nat-a", "snat", (SNAT_IP,), ""),
+           NatRuleInfo("11111111-0000-0000-0000-000000000002", "nat-a", "dnat", (DNAT_IP,),
+                       "10.0.0.2", protocol="tcp", external_port=8080, logical_port=80))
+    vips = (VipInfo("22222222-0000-0000-0000-000000000001", "lb-a", VIP, 80, "tcp",
+                    "round-robin", (("10.0.0.2", 80), ("10.0.0.4", 80))),)
+    if policies is None:
+        policies = (PolicyInfo("ls-a", 300, "dst=" + VIP, FW_LB),
+                    PolicyInfo("ls-a", 200, "dst=198.51.100.0/24", FW_NAT),
+                    PolicyInfo("ls-a", 100, "proto=tcp dport=22", IDS))
+    ext = {"ext": ExternalNetInfo("ext", EXT_CIDR, EXT_GW_IP, EXT_GW_MAC)} if external else {}
+    topo = dataclasses.replace(topo, hosts=hosts, switches=switches, middleboxes=mbs,
+                               policies=tuple(policies), nat_rules={"nat-a": nat},
+                               vips={"lb-a": vips}, external_networks=ext)
+    return dataclasses.replace(
+        topo, slices=slicelib.allocate(slicelib.needed_slices(topo), {}))
