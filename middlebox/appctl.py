@@ -96,6 +96,37 @@ def register(daemon):
     def stats_json():
         return json.dumps(core.stats(), sort_keys=True) + "\n"
 
+    def shared_rows(tag):
+        try:
+            return daemon.shared.listing(_tag(tag) if tag is not None else None)
+        except KeyError as err:         # no such slice
+            raise ValueError(err.args[0]) from None
+
+    def shared_list(tag=None):
+        return _shared_table(shared_rows(tag), time.time())
+
+    def shared_json(tag=None):
+        rows = shared_rows(tag)
+        return json.dumps({"host": daemon.shared.host, "now": int(time.time() * 1000),
+                           "rows": rows, "stats": daemon.shared.stats()},
+                          sort_keys=True) + "\n"
+
+    def alert_rows():
+        get = getattr(core, "ids_alerts", None)
+        return get() if callable(get) else daemon.shared.alerts()
+
+    def ids_alerts():
+        return _text([_alert_line(a) for a in alert_rows()], "no IDS alerts")
+
+    def ids_json():
+        return json.dumps(alert_rows(), sort_keys=True, default=str) + "\n"
+
+    def lb_json():
+        return json.dumps(core.lb_list(), sort_keys=True, default=str) + "\n"
+
+    def conn_json(vm=None):
+        return json.dumps(core.conn_list(vm), sort_keys=True, default=str) + "\n"
+
     def exit_():
         daemon.exiting = True
         return ""
@@ -109,6 +140,12 @@ def register(daemon):
         ("stats", "", 0, 0, stats),
         ("stats/json", "", 0, 0, stats_json),
         ("config/show", "", 0, 0, config_show),
+        ("shared/list", "[TAG]", 0, 1, shared_list),
+        ("shared/json", "[TAG]", 0, 1, shared_json),
+        ("ids/alerts", "", 0, 0, ids_alerts),
+        ("ids/json", "", 0, 0, ids_json),
+        ("lb/json", "", 0, 0, lb_json),
+        ("conn/json", "[VM]", 0, 1, conn_json),
         ("exit", "", 0, 0, exit_),
     ]
     for name, usage, lo, hi, fn in commands:
@@ -130,3 +167,51 @@ def _conn_line(c, now):
                "yes" if c["offloaded"] else "no", c["packets_orig"], c["packets_reply"],
                c["bytes_orig"], c["bytes_reply"], now - c["created"], now - c["last_seen"],
                max(0.0, c["expires"] - now), c["rule"] or "default"))
+
+
+def _tag(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("%r is not a slice tag" % (text,)) from None
+
+
+def _shared_table(rows, now):
+    """``shared/list``: one line per row: middlebox service key host value
+    age (seconds since the publisher's stamp)."""
+    if not rows:
+        return "no shared state\n"
+    table = [("MIDDLEBOX", "SERVICE", "KEY", "HOST", "VALUE", "AGE")]
+    for r in rows:
+        value = json.dumps(r["value"], sort_keys=True, separators=(",", ":"))
+        if len(value) > 60:
+            value = value[:57] + "..."
+        table.append((r["middlebox"], r["service"], r["key"], r["host"], value,
+                      "%.1fs" % max(0.0, now - r["stamp"] / 1000.0)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  "
+                   + row[-1] + "\n" for row in table)
+
+
+def _ms_time(value):
+    """An alert time (ms, or s from a core that keeps seconds) as text."""
+    if not isinstance(value, (int, float)):
+        return str(value)
+    seconds = value / 1000.0 if value > 1e11 else value
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds)) + \
+        ".%03d" % (int(seconds * 1000) % 1000)
+
+
+def _alert_line(a):
+    """One alert: the core's (``time``) or SharedState's (``first_seen``,
+    ``last_seen``)."""
+    hosts = a.get("hosts") or ()
+    if "first_seen" in a or "last_seen" in a:
+        when = "first_seen=%s last_seen=%s" % (_ms_time(a.get("first_seen")),
+                                               _ms_time(a.get("last_seen")))
+    else:
+        when = "time=%s" % _ms_time(a.get("time"))
+    return ("kind=%s middlebox=%s source=%s target=%s count=%s hosts=%s %s reported_by=%s"
+            % (a.get("kind"), a.get("middlebox"), a.get("source"), a.get("target") or "-",
+               a.get("count"), ",".join(hosts) if not isinstance(hosts, str) else hosts,
+               when, a.get("reported_by", "-")))

@@ -5,24 +5,30 @@ the daemon does not replicate the config DB: it monitors it with OVSDB
 conditions (``monitor_cond`` / ``monitor_cond_since``) that it widens and
 narrows as rows arrive, like ovn-controller does::
 
-    Host            name == HOST                       (fixed, set before connecting)
-    Slice           host == <my Host row>
-    Middlebox       _uuid in {slice.middlebox}
-    Logical_Switch  _uuid in {middlebox.logical_switch}
-    VM              logical_switch in {middlebox.logical_switch}
-    Firewall_Rule   _uuid in {middlebox.rules}
-    Address_Set     _uuid in {rule.address_sets}
+    Host             name == HOST                      (fixed, set before connecting)
+    Slice            host == <my Host row>
+    Middlebox        _uuid in {values of slice.chain}
+    Logical_Switch   _uuid in {middlebox.logical_switch}
+    VM               logical_switch in {middlebox.logical_switch}
+    Firewall_Rule    _uuid in {middlebox.rules}
+    NAT_Rule         _uuid in {middlebox.nat_rules}
+    LB_VIP           _uuid in {middlebox.vips}
+    Address_Set      _uuid in {rule.address_sets}
+    External_Network every row                         (fixed)
+    Shared_State     middlebox in {names of my Middlebox rows}
 
-Steering_Policy and NB_Global are not monitored at all.  Every condition
-starts as "no rows" (``[]``) except Host's.
+Steering_Policy, NB_Global and IDS_Alert are not monitored at all (the
+daemon only writes IDS_Alert rows, see ``middlebox.shared``).  Every
+condition starts as "no rows" (``[]``) except Host's and External_Network's.
 
-The conditions are recomputed after every change of the local replica, by a
+The conditions are recomputed after every change of the local replica (of a
+table other than Shared_State: shared state does not move the chain), by a
 walk from this host's Host row that follows only rows the walk reached (not
 every row the replica happens to hold), so when a Slice goes away every
 condition below it shrinks in one round trip and the server deletes the
 other tenant's rows from the replica.  Growing takes one round trip per
-level: Host -> Slice -> Middlebox -> {Firewall_Rule, Logical_Switch, VM} ->
-Address_Set.
+level: Host -> Slice -> Middlebox -> {Firewall_Rule, NAT_Rule, LB_VIP,
+Logical_Switch, VM, Shared_State} -> Address_Set.
 
 ``config()`` is only rebuilt when the chain has settled (``synced()``): no
 condition change waiting or in flight and the last one acknowledged (the
@@ -33,6 +39,8 @@ half-arrived slice (e.g. a middlebox without its rules yet).  Before the
 first settled replica it is ``HostConfig(host, {})``.  python-ovs reconnects
 by itself; after a reconnect it re-requests the conditions it last had
 acknowledged (or its latest ones), so the chain does not restart from Host.
+Changes of Shared_State rows alone neither recompute conditions nor rebuild
+the config; ``shared_rows()`` hands them to ``middlebox.shared``.
 
 VM hosts: the daemon only ever holds its own Host row, so ``VmSpec.host`` is
 this host's name for VMs whose ``VM.host`` is this host's row, and ``None``
@@ -40,13 +48,15 @@ for every other VM of the switch (unbound, or on another host).
 
 Pure parts (``reach``, ``conditions``, ``build_host_config``) work on
 "plain rows": objects with a ``uuid`` attribute and one attribute per column,
-reference columns holding raw ``uuid.UUID`` values (a UUID or a list of
-them), as ``plain_rows()`` produces from the IDL.  Raw values are needed
-because python-ovs resolves a reference column to Row objects of the replica
-and silently drops references to rows it does not hold, which is the normal
-state of affairs while the condition chain is still growing.
+reference columns holding raw ``uuid.UUID`` values (a UUID, a list of them,
+or for ``Slice.chain`` a {position: UUID} map), as ``plain_row()``
+produces from the IDL.  Raw values are needed because python-ovs resolves a
+reference column to Row objects of the replica and silently drops
+references to rows it does not hold, which is the normal state of affairs
+while the condition chain is still growing.
 """
 
+import ipaddress
 import logging
 import time
 import types
@@ -55,9 +65,12 @@ import uuid as uuidlib
 import ovs.poller
 from ovs.db import idl as ovsidl
 
-from middlebox.config import HostConfig, RuleSpec, SliceConfig, VmSpec
+from middlebox.config import (ExternalNetSpec, HostConfig, NatRuleSpec,
+                              RuleSpec, ServiceSpec, SliceConfig, VipSpec,
+                              VmSpec)
 from ovsdb import match as matchlang
 from ovsdb.errors import MbxError
+from ovsdb.natblocks import STATUS_PREFIX as SNAT_BLOCK_PREFIX, parse_block
 from ovsdb.server import SCHEMA_PATH
 
 LOG = logging.getLogger(__name__)
@@ -65,34 +78,50 @@ LOG = logging.getLogger(__name__)
 # The columns mbxd reads, per monitored table.
 COLUMNS = {
     "Host": ("name",),
-    "Slice": ("middlebox", "host", "tag"),
+    "Slice": ("chain", "host", "tag", "status"),
     "Middlebox": ("name", "type", "logical_switch", "default_action", "rules",
-                  "options"),
+                  "nat_rules", "vips", "options"),
     "Firewall_Rule": ("priority", "direction", "match", "address_sets",
                       "action", "tier"),
+    "NAT_Rule": ("type", "external_ips", "logical_ip", "protocol",
+                 "external_port", "logical_port", "port_range"),
+    "LB_VIP": ("vip", "port", "protocol", "algorithm", "backends", "options"),
     "Address_Set": ("name", "tenant", "addresses"),
-    "Logical_Switch": ("name", "tenant", "vni"),
+    "Logical_Switch": ("name", "tenant", "vni", "subnet", "gateway"),
     "VM": ("name", "logical_switch", "mac", "ip", "host"),
+    "External_Network": ("name", "cidr", "gateway_ip", "gateway_mac"),
+    "Shared_State": ("middlebox", "host", "service", "key", "value", "stamp"),
 }
 TABLES = tuple(COLUMNS)
+# Tables whose rows make up the HostConfig (Shared_State is handed over
+# separately, to middlebox.shared).
+CONFIG_TABLES = tuple(t for t in TABLES if t != "Shared_State")
 # How held_rows() names a row: its name column, else its uuid.
 _NAME_COLUMN = {"Host": "name", "Middlebox": "name", "Address_Set": "name",
-                "Logical_Switch": "name", "VM": "name"}
+                "Logical_Switch": "name", "VM": "name",
+                "External_Network": "name"}
 
-MIDDLEBOX_TYPES = ("firewall",)
+MIDDLEBOX_TYPES = ("firewall", "nat", "lb", "ids")
 DIRECTIONS = ("from-vm", "to-vm")
 ACTIONS = ("allow", "deny", "reject")
 TIERS = ("provider", "tenant")
+NAT_TYPES = ("snat", "dnat")
+L4_PROTOCOLS = ("tcp", "udp")
+LB_ALGORITHMS = ("round-robin", "least-connections", "source-hash")
+DEFAULT_PORT_RANGE = (1024, 65535)
 
 
 # ------------------------------------------------------------- pure parts
 
 def _uuids(value):
     """A reference column's value as a list of UUIDs (None, one UUID, or a
-    list/tuple/set of them; strings are accepted for convenience)."""
+    list/tuple/set of them, or a map whose values are UUIDs; strings are
+    accepted for convenience)."""
     if value is None:
         return []
-    if isinstance(value, (list, tuple, set, frozenset)):
+    if isinstance(value, dict):
+        items = [value[k] for k in sorted(value, key=str)]
+    elif isinstance(value, (list, tuple, set, frozenset)):
         items = value
     else:
         items = [value]
@@ -108,11 +137,46 @@ def _uuids(value):
     return out
 
 
+def _chain(value):
+    """``Slice.chain`` ({position: Middlebox uuid}, or [(position, uuid)])
+    as the list of middlebox uuids, lowest position first."""
+    if value is None:
+        return []
+    pairs = value.items() if isinstance(value, dict) else value
+    ordered = []
+    for item in pairs:
+        try:
+            pos, ref = item
+        except (TypeError, ValueError):
+            continue
+        refs = _uuids(ref)
+        if refs and isinstance(pos, int) and not isinstance(pos, bool):
+            ordered.append((pos, refs[0]))
+    ordered.sort(key=lambda pr: pr[0])
+    return [u for _, u in ordered]
+
+
 def _scalar(value, default=None):
     """An optional (0..1) column given as a list -> its element or default."""
     if isinstance(value, (list, tuple)):
         return value[0] if value else default
     return default if value is None else value
+
+
+def _int(value):
+    value = _scalar(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _strings(value):
+    """A set-of-strings column (a list, a set, one string or None)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
 
 
 def _by_uuid(rows):
@@ -130,8 +194,10 @@ def reach(host_name, tables):
 
     Returns {table: set of uuids} of the rows this host needs, including
     uuids referenced but not (yet) present, plus "VM_switches", the switch
-    uuids whose VMs are needed.  Only rows reached by the walk contribute
-    references, so rows merely lingering in the replica add nothing."""
+    uuids whose VMs are needed, and "Middlebox_names", the names of the
+    reached Middlebox rows present (whose Shared_State rows are needed).
+    Only rows reached by the walk contribute references, so rows merely
+    lingering in the replica add nothing.  External_Network: every row."""
     t = {name: _by_uuid(tables.get(name)) for name in TABLES}
     out = {name: set() for name in TABLES}
     out["Host"] = {u for u, h in t["Host"].items()
@@ -139,12 +205,17 @@ def reach(host_name, tables):
     for u, s in t["Slice"].items():
         if set(_uuids(getattr(s, "host", None))) & out["Host"]:
             out["Slice"].add(u)
-            out["Middlebox"].update(_uuids(getattr(s, "middlebox", None)))
+            out["Middlebox"].update(_chain(getattr(s, "chain", None)))
+    names = set()
     for u in out["Middlebox"]:
         mb = t["Middlebox"].get(u)
         if mb is None:
             continue
+        if getattr(mb, "name", None):
+            names.add(mb.name)
         out["Firewall_Rule"].update(_uuids(getattr(mb, "rules", None)))
+        out["NAT_Rule"].update(_uuids(getattr(mb, "nat_rules", None)))
+        out["LB_VIP"].update(_uuids(getattr(mb, "vips", None)))
         out["Logical_Switch"].update(
             _uuids(getattr(mb, "logical_switch", None)))
     for u in out["Firewall_Rule"]:
@@ -156,6 +227,10 @@ def reach(host_name, tables):
     out["VM"] = {u for u, vm in t["VM"].items()
                  if set(_uuids(getattr(vm, "logical_switch", None)))
                  & out["VM_switches"]}
+    out["External_Network"] = set(t["External_Network"])
+    out["Middlebox_names"] = names
+    out["Shared_State"] = {u for u, row in t["Shared_State"].items()
+                           if getattr(row, "middlebox", None) in names}
     return out
 
 
@@ -164,9 +239,11 @@ def _clauses(column, uuids):
 
 
 def initial_conditions(host_name):
-    """The conditions before anything is known: my Host row, nothing else."""
+    """The conditions before anything is known: my Host row and every
+    External_Network row, nothing else."""
     conds = {name: [] for name in TABLES}
     conds["Host"] = [["name", "==", host_name]]
+    conds["External_Network"] = [True]
     return conds
 
 
@@ -176,11 +253,12 @@ def conditions(host_name, tables):
     r = reach(host_name, tables)
     conds = initial_conditions(host_name)
     conds["Slice"] = _clauses("host", r["Host"])
-    conds["Middlebox"] = _clauses("_uuid", r["Middlebox"])
-    conds["Firewall_Rule"] = _clauses("_uuid", r["Firewall_Rule"])
-    conds["Address_Set"] = _clauses("_uuid", r["Address_Set"])
-    conds["Logical_Switch"] = _clauses("_uuid", r["Logical_Switch"])
+    for table in ("Middlebox", "Firewall_Rule", "NAT_Rule", "LB_VIP",
+                  "Address_Set", "Logical_Switch"):
+        conds[table] = _clauses("_uuid", r[table])
     conds["VM"] = _clauses("logical_switch", r["VM_switches"])
+    conds["Shared_State"] = [["middlebox", "==", name]
+                             for name in sorted(r["Middlebox_names"])]
     return conds
 
 
@@ -227,49 +305,126 @@ def _rule_spec(rule, warn):
                     action=action, tier=tier, uuid=str(rule.uuid))
 
 
-def build_host_config(host_name, tables, warn=None):
-    """The HostConfig of ``host_name`` from plain rows (see ``reach``).
+def _ipv4(text):
+    ipaddress.IPv4Address(text)           # ValueError if not an address
+    return text
 
-    One SliceConfig per Slice of this host whose tag is set (1-4094) and whose
-    Middlebox and Logical_Switch are present; rules that are not usable (bad
-    priority/direction/action/tier or match) are skipped; address set
-    members that are not IPv4 addresses/CIDRs are dropped; two slices with
-    one tag: the one with the lower Slice uuid wins.  ``warn(key, message)``
-    is called for each skipped item (``key`` identifies it)."""
-    if warn is None:
-        def warn(_key, message):
-            LOG.warning("%s", message)
-    t = {name: _by_uuid(tables.get(name)) for name in TABLES}
-    r = reach(host_name, t)
-    my_hosts = r["Host"]
-    slices = {}
-    for su in sorted(r["Slice"], key=str):
-        s = t["Slice"][su]
-        mb_uuid = _scalar(_uuids(getattr(s, "middlebox", None)))
-        mb = t["Middlebox"].get(mb_uuid) if mb_uuid is not None else None
-        if mb is None:
-            continue                      # no middlebox, or not arrived yet
-        tag = _scalar(getattr(s, "tag", None))
-        if not isinstance(tag, int) or isinstance(tag, bool) or \
-                not 1 <= tag <= 4094:
-            warn(("Slice", su), "skipping slice %s of middlebox %s: tag %r "
-                 "not in 1-4094" % (su, mb.name, tag))
+
+def parse_port_range(text):
+    """``"LO-HI"`` -> (lo, hi) with 1 <= lo <= hi <= 65535; empty/None ->
+    the default (1024, 65535); ValueError if malformed."""
+    text = (_scalar(text, "") or "").strip()
+    if not text:
+        return DEFAULT_PORT_RANGE
+    lo_s, sep, hi_s = text.partition("-")
+    try:
+        lo, hi = int(lo_s), int(hi_s if sep else lo_s)
+    except ValueError:
+        raise ValueError("port range %r is not LO-HI" % text) from None
+    if not 1 <= lo <= hi <= 65535:
+        raise ValueError("port range %r is not inside 1-65535 with LO <= HI"
+                         % text)
+    return lo, hi
+
+
+def _nat_rule_spec(row, warn):
+    """NatRuleSpec of a NAT_Rule plain row, or None (skipped, warned)."""
+    def skip(why):
+        warn(("NAT_Rule", row.uuid),
+             "skipping NAT rule %s: %s" % (row.uuid, why))
+        return None
+
+    kind = _scalar(getattr(row, "type", None), "")
+    if kind not in NAT_TYPES:
+        return skip("type %r is not snat or dnat" % (kind,))
+    ips = sorted(set(_strings(getattr(row, "external_ips", None))))
+    try:
+        for ip in ips:
+            _ipv4(ip)
+    except ValueError as err:
+        return skip("external_ips: %s" % err)
+    if not ips:
+        return skip("no external_ips")
+    logical_ip = (_scalar(getattr(row, "logical_ip", None), "") or "").strip()
+    protocol = _scalar(getattr(row, "protocol", None), "") or ""
+    if protocol not in ("",) + L4_PROTOCOLS:
+        return skip("protocol %r is not tcp or udp" % (protocol,))
+    ext_port = _int(getattr(row, "external_port", None))
+    log_port = _int(getattr(row, "logical_port", None))
+    port_range = DEFAULT_PORT_RANGE
+    if kind == "snat":
+        if logical_ip:
+            try:
+                ipaddress.IPv4Network(logical_ip, strict=False)
+            except ValueError as err:
+                return skip("logical_ip: %s" % err)
+        try:
+            port_range = parse_port_range(getattr(row, "port_range", None))
+        except ValueError as err:
+            return skip(str(err))
+    else:
+        if len(ips) != 1:
+            return skip("a dnat rule has exactly one external IP, not %d"
+                        % len(ips))
+        try:
+            _ipv4(logical_ip)
+        except ValueError:
+            return skip("logical_ip %r is not the VM's IPv4 address"
+                        % (logical_ip,))
+    return NatRuleSpec(uuid=str(row.uuid), type=kind, external_ips=tuple(ips),
+                       logical_ip=logical_ip, protocol=protocol,
+                       external_port=ext_port, logical_port=log_port,
+                       port_range=port_range)
+
+
+def _vip_spec(row, warn):
+    """VipSpec of an LB_VIP plain row, or None (skipped, warned); malformed
+    backends are dropped (warned)."""
+    def skip(why):
+        warn(("LB_VIP", row.uuid), "skipping LB VIP %s: %s" % (row.uuid, why))
+        return None
+
+    vip = (_scalar(getattr(row, "vip", None), "") or "").strip()
+    try:
+        _ipv4(vip)
+    except ValueError:
+        return skip("vip %r is not an IPv4 address" % (vip,))
+    port = _int(getattr(row, "port", None))
+    if port is None or not 1 <= port <= 65535:
+        return skip("port %r not in 1-65535" % (port,))
+    protocol = _scalar(getattr(row, "protocol", None), "") or "tcp"
+    if protocol not in L4_PROTOCOLS:
+        return skip("protocol %r is not tcp or udp" % (protocol,))
+    algorithm = _scalar(getattr(row, "algorithm", None), "") or "round-robin"
+    if algorithm not in LB_ALGORITHMS:
+        return skip("algorithm %r is not one of %s"
+                    % (algorithm, ", ".join(LB_ALGORITHMS)))
+    backends = set()
+    for text in _strings(getattr(row, "backends", None)):
+        ip, _, port_s = text.strip().rpartition(":")
+        try:
+            _ipv4(ip)
+            bport = int(port_s)
+            if not 1 <= bport <= 65535:
+                raise ValueError(port_s)
+        except ValueError:
+            warn(("LB_VIP", row.uuid, text),
+                 "LB VIP %s:%d: ignoring backend %r (not ip:port)"
+                 % (vip, port, text))
             continue
-        if tag in slices:
-            warn(("Slice", su), "skipping slice %s of middlebox %s: tag %d "
-                 "already used by middlebox %s"
-                 % (su, mb.name, tag, slices[tag].middlebox))
-            continue
-        mb_type = _scalar(getattr(mb, "type", None), "")
-        if mb_type not in MIDDLEBOX_TYPES:
-            warn(("Middlebox", mb.uuid), "skipping middlebox %s: type %r is "
-                 "not one of %s" % (mb.name, mb_type,
-                                    ", ".join(MIDDLEBOX_TYPES)))
-            continue
-        ls_uuid = _scalar(_uuids(getattr(mb, "logical_switch", None)))
-        ls = t["Logical_Switch"].get(ls_uuid) if ls_uuid is not None else None
-        if ls is None:
-            continue                      # not arrived yet
+        backends.add((ip, bport))
+    return VipSpec(uuid=str(row.uuid), vip=vip, port=port, protocol=protocol,
+                   algorithm=algorithm,
+                   backends=tuple(sorted(backends)),
+                   options=dict(getattr(row, "options", None) or {}))
+
+
+def _service_spec(mb, t, warn):
+    """(ServiceSpec, address-set uuids) of a Middlebox plain row whose type
+    is known."""
+    mb_type = _scalar(getattr(mb, "type", None), "")
+    options = dict(getattr(mb, "options", None) or {})
+    if mb_type == "firewall":
         default_action = _scalar(getattr(mb, "default_action", None), "")
         if default_action not in ACTIONS:
             if default_action:
@@ -294,6 +449,151 @@ def build_host_config(host_name, tables, warn=None):
             aset = t["Address_Set"].get(au)
             if aset is not None:
                 address_sets[aset.name] = _good_addresses(aset, warn)
+        return ServiceSpec(name=mb.name, type=mb_type,
+                           default_action=default_action, options=options,
+                           rules=tuple(rules), address_sets=address_sets)
+    if mb_type == "nat":
+        nat_rules = []
+        for nu in _uuids(getattr(mb, "nat_rules", None)):
+            row = t["NAT_Rule"].get(nu)
+            spec = _nat_rule_spec(row, warn) if row is not None else None
+            if spec is not None:
+                nat_rules.append(spec)
+        nat_rules.sort(key=lambda x: (x.type, x.external_ips, x.uuid))
+        return ServiceSpec(name=mb.name, type=mb_type, options=options,
+                           nat_rules=tuple(nat_rules))
+    if mb_type == "lb":
+        vips = []
+        for vu in _uuids(getattr(mb, "vips", None)):
+            row = t["LB_VIP"].get(vu)
+            spec = _vip_spec(row, warn) if row is not None else None
+            if spec is not None:
+                vips.append(spec)
+        vips.sort(key=lambda x: (x.vip, x.port, x.protocol, x.uuid))
+        return ServiceSpec(name=mb.name, type=mb_type, options=options,
+                           vips=tuple(vips))
+    return ServiceSpec(name=mb.name, type=mb_type, options=options)
+
+
+def _gateway(ls, warn):
+    """(subnet, gateway) of a Logical_Switch plain row: ``gateway`` or the
+    subnet's first host address."""
+    subnet = (_scalar(getattr(ls, "subnet", None), "") or "").strip()
+    gateway = (_scalar(getattr(ls, "gateway", None), "") or "").strip()
+    if gateway:
+        return subnet, gateway
+    if not subnet:
+        return subnet, ""
+    try:
+        net = ipaddress.IPv4Network(subnet, strict=False)
+    except ValueError as err:
+        warn(("Logical_Switch", ls.uuid, "subnet"),
+             "logical switch %s: subnet %r unusable, no gateway: %s"
+             % (ls.name, subnet, err))
+        return subnet, ""
+    first = next(iter(net.hosts()), None)
+    return subnet, str(first) if first is not None else ""
+
+
+def _snat_blocks(slice_row, warn):
+    blocks = {}
+    status = getattr(slice_row, "status", None) or {}
+    for key in sorted(status):
+        if not key.startswith(SNAT_BLOCK_PREFIX):
+            continue
+        rule = key[len(SNAT_BLOCK_PREFIX):]
+        try:
+            if not rule:
+                raise ValueError("no NAT_Rule uuid in the key")
+            blocks[rule] = parse_block(status[key])
+        except ValueError as err:
+            warn(("Slice", slice_row.uuid, key),
+                 "slice %s: ignoring %s=%r: %s"
+                 % (slice_row.uuid, key, status[key], err))
+    return blocks
+
+
+def _external_nets(t):
+    nets = []
+    for row in t["External_Network"].values():
+        nets.append(ExternalNetSpec(
+            name=_scalar(getattr(row, "name", None), "") or "",
+            cidr=_scalar(getattr(row, "cidr", None), "") or "",
+            gateway_ip=_scalar(getattr(row, "gateway_ip", None), "") or "",
+            gateway_mac=(_scalar(getattr(row, "gateway_mac", None), "")
+                         or "").lower()))
+    nets.sort(key=lambda n: n.name)
+    return tuple(nets)
+
+
+def build_host_config(host_name, tables, warn=None):
+    """The HostConfig of ``host_name`` from plain rows (see ``reach``).
+
+    One SliceConfig per Slice of this host whose tag is set (1-4094), whose
+    chain is not empty and whose Middleboxes and Logical_Switch are present
+    (see ``middlebox.config.SliceConfig`` for its fields); a slice whose chain
+    has a middlebox of unknown type or spans more than one logical switch is
+    skipped; rules, NAT rules and VIPs that are not usable are skipped;
+    address set members that are not IPv4 addresses/CIDRs and backends that
+    are not ip:port are dropped; malformed ``snat-block:`` status entries are
+    ignored; two slices with one tag: the one with the lower Slice uuid wins.
+    ``warn(key, message)`` is called for each skipped item (``key``
+    identifies it)."""
+    if warn is None:
+        def warn(_key, message):
+            LOG.warning("%s", message)
+    t = {name: _by_uuid(tables.get(name)) for name in TABLES}
+    r = reach(host_name, t)
+    my_hosts = r["Host"]
+    external = _external_nets(t)
+    slices = {}
+    for su in sorted(r["Slice"], key=str):
+        s = t["Slice"][su]
+        chain_uuids = _chain(getattr(s, "chain", None))
+        chain = [t["Middlebox"].get(u) for u in chain_uuids]
+        if not chain or any(mb is None for mb in chain):
+            continue                      # bypass, or not arrived yet
+        names = ",".join(mb.name for mb in chain)
+        tag = _scalar(getattr(s, "tag", None))
+        if not isinstance(tag, int) or isinstance(tag, bool) or \
+                not 1 <= tag <= 4094:
+            warn(("Slice", su), "skipping slice %s of middlebox %s: tag %r "
+                 "not in 1-4094" % (su, names, tag))
+            continue
+        if tag in slices:
+            warn(("Slice", su), "skipping slice %s of middlebox %s: tag %d "
+                 "already used by middlebox %s"
+                 % (su, names, tag, slices[tag].middlebox))
+            continue
+        bad = [mb for mb in chain
+               if _scalar(getattr(mb, "type", None), "") not in MIDDLEBOX_TYPES]
+        if bad:
+            for mb in bad:
+                warn(("Middlebox", mb.uuid), "skipping middlebox %s: type %r "
+                     "is not one of %s" % (mb.name,
+                                           _scalar(getattr(mb, "type", None),
+                                                   ""),
+                                           ", ".join(MIDDLEBOX_TYPES)))
+            continue
+        switches = set()
+        for mb in chain:
+            switches.update(_uuids(getattr(mb, "logical_switch", None)))
+        if len(switches) > 1:
+            warn(("Slice", su, "switches"),
+                 "skipping slice %s (tag %d): its chain %s spans %d logical "
+                 "switches" % (su, tag, names, len(switches)))
+            continue
+        ls_uuid = next(iter(switches), None)
+        ls = t["Logical_Switch"].get(ls_uuid) if ls_uuid is not None else None
+        if ls is None:
+            continue                      # not arrived yet
+        services = [_service_spec(mb, t, warn) for mb in chain]
+        firewall = next((sv for sv in services if sv.type == "firewall"),
+                        None)
+        options = {}
+        for sv in services:
+            for key, value in sv.options.items():
+                options.setdefault(key, value)
         vms = []
         for vm in t["VM"].values():
             if ls_uuid not in _uuids(getattr(vm, "logical_switch", None)):
@@ -306,24 +606,38 @@ def build_host_config(host_name, tables, warn=None):
                               else None))
         vms.sort(key=lambda v: v.name)
         vni = _scalar(getattr(ls, "vni", None), 0)
+        subnet, gateway = _gateway(ls, warn)
+        if firewall is not None:
+            legacy = dict(middlebox=firewall.name, type="firewall",
+                          default_action=firewall.default_action,
+                          rules=firewall.rules,
+                          address_sets=firewall.address_sets)
+        else:
+            legacy = dict(middlebox=names, type="chain",
+                          default_action="allow", rules=(), address_sets={})
         slices[tag] = SliceConfig(
-            tag=tag, middlebox=mb.name, type=mb_type,
+            tag=tag,
             tenant=_scalar(getattr(ls, "tenant", None), "") or ls.name,
             switch=ls.name, vni=vni if isinstance(vni, int) else 0,
-            default_action=default_action,
-            options=dict(getattr(mb, "options", None) or {}),
-            rules=tuple(rules), address_sets=address_sets, vms=tuple(vms))
+            options=options, vms=tuple(vms), services=tuple(services),
+            subnet=subnet, gateway=gateway, snat_blocks=_snat_blocks(s, warn),
+            external=external, **legacy)
     return HostConfig(host=host_name, slices=slices)
 
 
 def held_names(tables):
-    """{table: sorted names (uuid strings for Slice, Firewall_Rule)}."""
+    """{table: sorted names}: rows by their name column, Shared_State rows
+    as ``middlebox/service/key@host``, other rows by uuid."""
     out = {}
     for name in TABLES:
         rows = _by_uuid(tables.get(name)).values()
         column = _NAME_COLUMN.get(name)
-        out[name] = sorted(str(getattr(row, column)) if column else
-                           str(row.uuid) for row in rows)
+        if name == "Shared_State":
+            out[name] = sorted("%s/%s/%s@%s" % (r.middlebox, r.service, r.key,
+                                                r.host) for r in rows)
+        else:
+            out[name] = sorted(str(getattr(row, column)) if column else
+                               str(row.uuid) for row in rows)
     return out
 
 
@@ -343,6 +657,24 @@ def plain_row(row, columns):
     return types.SimpleNamespace(**values)
 
 
+class _Idl(ovsidl.Idl):
+    """An Idl that counts the change notices of Shared_State rows, so the
+    monitor can tell config changes from shared-state traffic: each row
+    change adds one to ``change_seqno`` and gives one notice."""
+
+    def __init__(self, *args, **kwargs):
+        self.shared_notices = 0
+        super().__init__(*args, **kwargs)
+
+    def notify(self, event, row, updates=None):
+        if row._table.name == "Shared_State":
+            self.shared_notices += 1
+
+    def config_seqno(self):
+        """Moves when anything but Shared_State rows changed."""
+        return self.change_seqno - self.shared_notices
+
+
 class ConfigMonitor:
     """This host's view of the config DB; see the module docstring.
 
@@ -355,7 +687,7 @@ class ConfigMonitor:
         helper = ovsidl.SchemaHelper(location=schema)
         for table, columns in COLUMNS.items():
             helper.register_columns(table, list(columns))
-        self._idl = ovsidl.Idl(remote, helper, probe_interval=probe_interval)
+        self._idl = _Idl(remote, helper, probe_interval=probe_interval)
         self._conds = initial_conditions(host_name)
         for table, cond in self._conds.items():
             self._idl.cond_change(table, cond)
@@ -365,6 +697,7 @@ class ConfigMonitor:
         self._warned = set()
         self._last_error = None
         self.cond_changes = 0         # condition updates sent (for stats)
+        self.builds = 0               # HostConfig rebuilds (for stats)
 
     # -- poll loop
 
@@ -384,9 +717,9 @@ class ConfigMonitor:
 
     def _run(self):
         self._idl.run()
-        seqno = self._idl.change_seqno
+        seqno = self._idl.config_seqno()
         if seqno != self._seen_seqno:
-            new = conditions(self.host_name, self._plain_tables())
+            new = conditions(self.host_name, self._plain_tables(CONFIG_TABLES))
             self._seen_seqno = seqno
             changed = False
             for table in TABLES:
@@ -399,11 +732,12 @@ class ConfigMonitor:
                 self._idl.send_cond_change()   # now, not at the next run()
         if not self.synced():
             return False
-        key = (self._idl.change_seqno, self._idl.cond_seqno)
+        key = (self._idl.config_seqno(), self._idl.cond_seqno)
         if key == self._built_key:
             return False
         self._built_key = key
-        config = self._build(self._plain_tables())
+        self.builds += 1
+        config = self._build(self._plain_tables(CONFIG_TABLES))
         if config == self._config:
             return False
         self._config = config
@@ -426,7 +760,7 @@ class ConfigMonitor:
         if idl.state != idl.IDL_S_MONITORING or \
                 not idl._session.is_connected() or idl.cond_changed:
             return False
-        if idl.change_seqno != self._seen_seqno:
+        if idl.config_seqno() != self._seen_seqno:
             return False                  # run() has not looked at it yet
         for table in TABLES:
             state = idl.tables[table].condition_state
@@ -444,15 +778,39 @@ class ConfigMonitor:
 
     def held_rows(self):
         """Everything the local replica holds: {table: sorted names}
-        (Slice and Firewall_Rule rows by uuid)."""
+        (see ``held_names``)."""
         return held_names(self._plain_tables())
+
+    # -- shared state (middlebox.shared)
+
+    @property
+    def idl(self):
+        """The IDL (``middlebox.shared`` commits its writes on it)."""
+        return self._idl
+
+    def data_seqno(self):
+        """Moves whenever the replica changed (Shared_State rows included)."""
+        return self._idl.change_seqno
+
+    def shared_rows(self):
+        """The Shared_State rows the replica holds, as plain rows."""
+        columns = COLUMNS["Shared_State"]
+        return [plain_row(row, columns)
+                for row in self._idl.tables["Shared_State"].rows.values()]
+
+    def shared_covered(self):
+        """The middlebox names whose Shared_State rows the replica holds in
+        full (the acknowledged condition), or None while not ``synced()``."""
+        if not self.synced():
+            return None
+        return {clause[2] for clause in self._conds["Shared_State"]}
 
     # -- helpers
 
-    def _plain_tables(self):
+    def _plain_tables(self, tables=TABLES):
         return {table: {u: plain_row(row, COLUMNS[table])
                         for u, row in self._idl.tables[table].rows.items()}
-                for table in TABLES}
+                for table in tables}
 
     def _build(self, tables):
         warnings = {}

@@ -39,6 +39,7 @@ from middlebox.confmon import ConfigMonitor
 from middlebox.core import MiddleboxCore
 from middlebox.ofconn import OfConn
 from middlebox.packetio import PacketPort
+from middlebox.shared import SharedState
 from ovsdb.errors import MbxError
 from ryu_apps import pipeline as P
 
@@ -82,6 +83,10 @@ class Daemon:
         self.args = args
         self.core = MiddleboxCore(args.host)
         self.conf = ConfigMonitor(args.db, args.host)
+        # State sharing manager (middlebox.shared): services publish and read
+        # through it; its writes go out on the config monitor's IDL.
+        self.shared = SharedState(args.host, monitor=self.conf)
+        self.core.shared = self.shared
         self.of = None
         self.port = None
         self.exiting = False
@@ -214,8 +219,12 @@ class Daemon:
         while not self.exiting:
             now = time.time()
             if self.conf.run():
+                self.shared.set_config(self.conf.config())
                 changes = self.core.configure(self.conf.config(), now)
                 self._apply(changes.add, changes.delete)
+            elif self.shared.host_config is None and self.conf.synced():
+                self.shared.set_config(self.conf.config())   # settled, no slices
+            self.shared.pull()          # other hosts' shared rows, if changed
             if not self.restored and (self.conf.synced() or time.monotonic() > wait_until):
                 # Restore once the slices are known, so entries find their slice.
                 self.restore(now)
@@ -226,9 +235,11 @@ class Daemon:
                 self._packets(now)
                 self._timers(now)
             server.run()
+            self.shared.flush()         # this iteration's shared-state writes
             metrics.publish(self.core)
             poller = ovs.poller.Poller()
             self.conf.wait(poller)
+            self.shared.wait(poller)
             self.of.wait(poller)
             if self.restored:
                 poller.fd_wait(self.port.fileno(), ovs.poller.POLLIN)

@@ -64,6 +64,11 @@ def refs(us):
     return ["set", [ref(u) for u in us]]
 
 
+def chain(*middleboxes):
+    """A Slice.chain value: positions 0, 1, ... -> the given references."""
+    return ["map", [[i, mb] for i, mb in enumerate(middleboxes)]]
+
+
 def insert(table, row, name):
     return {"op": "insert", "table": table, "row": row, "uuid-name": name}
 
@@ -127,13 +132,13 @@ def populate(remote):
                              "logical_switch": ["named-uuid", "ls_blue"],
                              "default_action": "allow",
                              "rules": ["named-uuid", "b_db"]}, "fw_blue"),
-        insert("Slice", {"middlebox": ["named-uuid", "fw_red"],
+        insert("Slice", {"chain": chain(["named-uuid", "fw_red"]),
                          "host": ["named-uuid", "h1"], "tag": 10},
                "s_red_h1"),
-        insert("Slice", {"middlebox": ["named-uuid", "fw_red"],
+        insert("Slice", {"chain": chain(["named-uuid", "fw_red"]),
                          "host": ["named-uuid", "h2"], "tag": 11},
                "s_red_h2"),
-        insert("Slice", {"middlebox": ["named-uuid", "fw_blue"],
+        insert("Slice", {"chain": chain(["named-uuid", "fw_blue"]),
                          "host": ["named-uuid", "h2"], "tag": 12},
                "s_blue_h2"),
     ]
@@ -187,6 +192,10 @@ def red_held(ids):
         "Address_Set": ["red-web"],
         "Logical_Switch": ["ls-red"],
         "VM": ["red1", "red2"],
+        "NAT_Rule": [],
+        "LB_VIP": [],
+        "External_Network": [],
+        "Shared_State": [],
     }
 
 
@@ -255,7 +264,7 @@ def test_changes_follow_and_blue_comes_and_goes(world, monitors):
 
     # fw-blue gets a slice on h1: the whole blue chain arrives.
     [res] = transact(remote, {"op": "insert", "table": "Slice",
-                              "row": {"middlebox": ref(ids["fw_blue"]),
+                              "row": {"chain": chain(ref(ids["fw_blue"])),
                                       "host": ref(ids["h1"]), "tag": 13}})
     s_blue_h1 = res["uuid"][1]
     took = settle(mon, lambda: 13 in mon.config().slices)

@@ -22,8 +22,8 @@ def world():
     the shapes python-ovs gives: optional refs as lists, required as UUID."""
     return {
         "Host": [Row(uuid=U(1), name="h1"), Row(uuid=U(2), name="h2")],
-        "Slice": [Row(uuid=U(10), middlebox=[U(20)], host=[U(1)], tag=10),
-                  Row(uuid=U(11), middlebox=[U(21)], host=[U(2)], tag=11)],
+        "Slice": [Row(uuid=U(10), chain={0: U(20)}, host=[U(1)], tag=10),
+                  Row(uuid=U(11), chain={0: U(21)}, host=[U(2)], tag=11)],
         "Middlebox": [
             Row(uuid=U(20), name="fw-red", type="firewall",
                 logical_switch=U(40), default_action="deny",
@@ -65,9 +65,12 @@ def uuid_clause(column, n):
 def test_initial_conditions_select_only_my_host():
     conds = confmon.initial_conditions("h1")
     assert conds["Host"] == [["name", "==", "h1"]]
+    assert conds["External_Network"] == [True]
     assert set(conds) == set(confmon.TABLES)
-    assert all(conds[t] == [] for t in confmon.TABLES if t != "Host")
-    assert "Steering_Policy" not in conds and "NB_Global" not in conds
+    assert all(conds[t] == [] for t in confmon.TABLES
+               if t not in ("Host", "External_Network"))
+    for table in ("Steering_Policy", "NB_Global", "IDS_Alert"):
+        assert table not in conds
 
 
 def test_conditions_follow_the_chain_of_my_slices_only():
@@ -157,10 +160,10 @@ def test_odd_rows_are_skipped_with_one_warning_each():
                      address_sets=[], action="deny", tier=""))
     w["Middlebox"][0].rules += [U(33), U(34), U(35), U(36), U(99)]
     w["Address_Set"][0].addresses.append("not-an-address")
-    w["Slice"].append(Row(uuid=U(12), middlebox=[U(21)], host=[U(1)], tag=0))
-    w["Slice"].append(Row(uuid=U(13), middlebox=[U(21)], host=[U(1)],
+    w["Slice"].append(Row(uuid=U(12), chain={0: U(21)}, host=[U(1)], tag=0))
+    w["Slice"].append(Row(uuid=U(13), chain={0: U(21)}, host=[U(1)],
                           tag=10))
-    w["Slice"].append(Row(uuid=U(14), middlebox=[U(77)], host=[U(1)],
+    w["Slice"].append(Row(uuid=U(14), chain={0: U(77)}, host=[U(1)],
                           tag=14))              # middlebox not (yet) here
     warnings = []
     cfg = confmon.build_host_config(
@@ -182,14 +185,14 @@ def test_odd_rows_are_skipped_with_one_warning_each():
 
 def test_unknown_middlebox_type_and_missing_switch():
     w = world()
-    w["Middlebox"][0].type = "nat"
+    w["Middlebox"][0].type = "router"
     w["Slice"][1].host = [U(1)]
     w["Logical_Switch"] = [w["Logical_Switch"][0]]   # ls-blue not here yet
     warnings = []
     cfg = confmon.build_host_config(
         "h1", w, lambda key, msg: warnings.append(msg))
     assert cfg.slices == {}
-    assert len(warnings) == 1 and "type 'nat'" in warnings[0]
+    assert len(warnings) == 1 and "type 'router'" in warnings[0]
 
 
 def test_held_names():
@@ -198,3 +201,220 @@ def test_held_names():
     assert held["VM"] == ["blue1", "red1", "red2"]
     assert held["Slice"] == [str(U(10)), str(U(11))]
     assert set(held) == set(confmon.TABLES)
+
+
+# ------------------------------------------------------------ chains (1.2.0)
+
+def chain_world():
+    """h1 has two slices of tenant red: [fw-red, nat-red, lb-red, ids-red]
+    (tag 20) and [lb-red] (tag 21); a NAT middlebox of tenant blue lives on
+    another switch."""
+    w = world()
+    w["Slice"] = [
+        Row(uuid=U(100), chain={3: U(23), 0: U(20), 1: U(24), 2: U(22)},
+            host=[U(1)], tag=20,
+            status={"snat-block:" + str(U(70)): "198.51.100.7:8192-12287",
+                    "snat-block:" + str(U(71)): "198.51.100.8:9-x",
+                    "other": "ignored"}),
+        Row(uuid=U(101), chain={0: U(22)}, host=[U(1)], tag=21, status={}),
+        Row(uuid=U(102), chain={0: U(25)}, host=[U(2)], tag=22, status={})]
+    w["Middlebox"] += [
+        Row(uuid=U(24), name="nat-red", type="nat", logical_switch=U(40),
+            default_action="deny", rules=[], nat_rules=[U(70), U(72), U(73)],
+            vips=[], options={"ports-per-host": "4096", "check": "every-packet"}),
+        Row(uuid=U(22), name="lb-red", type="lb", logical_switch=U(40),
+            default_action="deny", rules=[], nat_rules=[], vips=[U(80), U(81)],
+            options={"lb-only": "1"}),
+        Row(uuid=U(23), name="ids-red", type="ids", logical_switch=U(40),
+            default_action="deny", rules=[], nat_rules=[], vips=[],
+            options={"scan-threshold": "5"}),
+        Row(uuid=U(25), name="nat-blue", type="nat", logical_switch=U(41),
+            default_action="deny", rules=[], nat_rules=[U(74)], vips=[],
+            options={})]
+    w["NAT_Rule"] = [
+        Row(uuid=U(70), type="snat",
+            external_ips=["198.51.100.8", "198.51.100.7"], logical_ip="",
+            protocol=[], external_port=[], logical_port=[], port_range=[]),
+        Row(uuid=U(72), type="dnat", external_ips=["198.51.100.9"],
+            logical_ip="10.1.0.1", protocol=["tcp"], external_port=[8080],
+            logical_port=[80], port_range=[]),
+        Row(uuid=U(73), type="snat", external_ips=["198.51.100.7"],
+            logical_ip="10.1.0.0/25", protocol=[], external_port=[],
+            logical_port=[], port_range=["40000-2000"]),     # bad range
+        Row(uuid=U(74), type="snat", external_ips=["203.0.113.1"],
+            logical_ip="", protocol=[], external_port=[], logical_port=[],
+            port_range=["2048-4095"])]
+    w["LB_VIP"] = [
+        Row(uuid=U(80), vip="10.1.0.100", port=80, protocol="tcp",
+            algorithm="least-connections",
+            backends=["10.1.0.2:8080", "10.1.0.1:8080", "bogus"],
+            options={"health-interval": "1"}),
+        Row(uuid=U(81), vip="10.1.0.100", port=53, protocol="udp",
+            algorithm="source-hash", backends=[], options={})]
+    w["External_Network"] = [
+        Row(uuid=U(90), name="wan2", cidr="203.0.113.0/24",
+            gateway_ip="203.0.113.254", gateway_mac="02:AA:00:00:00:02"),
+        Row(uuid=U(91), name="wan1", cidr="198.51.100.0/24",
+            gateway_ip="198.51.100.1", gateway_mac="02:aa:00:00:00:01")]
+    w["Logical_Switch"][0].subnet = "10.1.0.0/24"
+    w["Logical_Switch"][0].gateway = []
+    w["Logical_Switch"][1].subnet = "10.2.0.0/24"
+    w["Logical_Switch"][1].gateway = ["10.2.0.254"]
+    w["Shared_State"] = [
+        Row(uuid=U(200), middlebox="lb-red", host="h2", service="lb-health",
+            key="view", value="{}", stamp=1),
+        Row(uuid=U(201), middlebox="nat-blue", host="h2", service="x",
+            key="y", value="1", stamp=1)]
+    return w
+
+
+def test_conditions_of_a_chain():
+    conds = confmon.conditions("h1", chain_world())
+    assert conds["Middlebox"] == [uuid_clause("_uuid", n)
+                                  for n in (20, 22, 23, 24)]
+    assert conds["NAT_Rule"] == [uuid_clause("_uuid", n) for n in (70, 72, 73)]
+    assert conds["LB_VIP"] == [uuid_clause("_uuid", 80),
+                               uuid_clause("_uuid", 81)]
+    assert conds["Logical_Switch"] == [uuid_clause("_uuid", 40)]
+    assert conds["External_Network"] == [True]
+    assert conds["Shared_State"] == [["middlebox", "==", n] for n in
+                                     ("fw-red", "ids-red", "lb-red",
+                                      "nat-red")]
+    held = confmon.held_names(chain_world())
+    assert held["Shared_State"] == ["lb-red/lb-health/view@h2",
+                                    "nat-blue/x/y@h2"]
+    assert held["External_Network"] == ["wan1", "wan2"]
+
+
+def test_chain_slice_config():
+    warnings = []
+    cfg = confmon.build_host_config(
+        "h1", chain_world(), lambda key, msg: warnings.append((key, msg)))
+    assert sorted(cfg.slices) == [20, 21]
+    s = cfg.slices[20]
+    assert [(sv.name, sv.type) for sv in s.services] == [
+        ("fw-red", "firewall"), ("nat-red", "nat"), ("lb-red", "lb"),
+        ("ids-red", "ids")]
+    # Legacy firewall fields: the chain's (first) firewall.
+    assert (s.middlebox, s.type, s.default_action) == ("fw-red", "firewall",
+                                                        "deny")
+    assert [r.uuid for r in s.rules] == [str(U(31)), str(U(30))]
+    assert s.address_sets == {"red-web": ("10.1.0.10", "10.1.0.11")}
+    fw = s.services[0]
+    assert (fw.rules, fw.address_sets, fw.default_action) == (
+        s.rules, s.address_sets, "deny")
+    # Options of the whole chain, the first occurrence of a key winning.
+    assert s.options == {"check": "offload", "ports-per-host": "4096",
+                         "lb-only": "1", "scan-threshold": "5"}
+    assert s.services[1].options == {"ports-per-host": "4096",
+                                     "check": "every-packet"}
+    nat = s.services[1]
+    assert [(r.uuid, r.type) for r in nat.nat_rules] == [
+        (str(U(72)), "dnat"), (str(U(70)), "snat")]
+    dnat, snat = nat.nat_rules
+    assert snat.external_ips == ("198.51.100.7", "198.51.100.8")
+    assert (snat.logical_ip, snat.protocol, snat.port_range) == (
+        "", "", (1024, 65535))
+    assert (dnat.external_ips, dnat.logical_ip, dnat.protocol,
+            dnat.external_port, dnat.logical_port) == (
+        ("198.51.100.9",), "10.1.0.1", "tcp", 8080, 80)
+    lb = s.services[2]
+    assert [(v.vip, v.port, v.protocol, v.algorithm) for v in lb.vips] == [
+        ("10.1.0.100", 53, "udp", "source-hash"),
+        ("10.1.0.100", 80, "tcp", "least-connections")]
+    assert lb.vips[1].backends == (("10.1.0.1", 8080), ("10.1.0.2", 8080))
+    assert lb.vips[1].options == {"health-interval": "1"}
+    assert s.services[3].options == {"scan-threshold": "5"}
+    assert (s.subnet, s.gateway) == ("10.1.0.0/24", "10.1.0.1")
+    assert s.snat_blocks == {str(U(70)): ("198.51.100.7", 8192, 12287)}
+    assert [n.name for n in s.external] == ["wan1", "wan2"]
+    assert s.external[1].gateway_mac == "02:aa:00:00:00:02"
+    # A chain without a firewall: an allow-all firewall named by the chain.
+    only_lb = cfg.slices[21]
+    assert (only_lb.middlebox, only_lb.type, only_lb.default_action,
+            only_lb.rules, only_lb.address_sets) == (
+        "lb-red", "chain", "allow", (), {})
+    assert only_lb.options == {"lb-only": "1"}
+    assert only_lb.external == s.external and only_lb.snat_blocks == {}
+    warned = dict(warnings)       # lb-red serves both slices: one key
+    text = "\n".join(warned.values())
+    assert len(warned) == 3, text
+    assert "40000-2000" in text and "'bogus'" in text
+    assert "snat-block:" + str(U(71)) in text
+
+
+def test_chain_without_firewall_joins_names_and_gateway_given():
+    w = chain_world()
+    w["Slice"][0].chain = {0: U(24), 5: U(22)}
+    cfg = confmon.build_host_config("h1", w, lambda *_: None)
+    assert (cfg.slices[20].middlebox, cfg.slices[20].type) == (
+        "nat-red,lb-red", "chain")
+    cfg = confmon.build_host_config("h2", w, lambda *_: None)
+    blue = cfg.slices[22]
+    assert (blue.middlebox, blue.gateway, blue.subnet) == (
+        "nat-blue", "10.2.0.254", "10.2.0.0/24")
+    assert blue.services[0].nat_rules[0].port_range == (2048, 4095)
+
+
+def test_chain_spanning_switches_is_skipped():
+    w = chain_world()
+    w["Slice"][0].chain = {0: U(20), 1: U(25)}      # fw-red + nat-blue
+    w["Slice"][0].host = [U(1)]
+    warnings = []
+    cfg = confmon.build_host_config(
+        "h1", w, lambda key, msg: warnings.append(msg))
+    assert sorted(cfg.slices) == [21]
+    spans = [msg for msg in warnings if "spans" in msg]
+    assert len(spans) == 1 and "fw-red,nat-blue spans 2 logical switches" \
+        in spans[0]
+
+
+def test_chain_waits_for_every_middlebox_and_empty_chain_is_nothing():
+    w = chain_world()
+    w["Middlebox"] = [mb for mb in w["Middlebox"] if mb.name != "ids-red"]
+    w["Slice"][1].chain = {}
+    warnings = []
+    cfg = confmon.build_host_config(
+        "h1", w, lambda key, msg: warnings.append(msg))
+    assert cfg.slices == {}
+    # The missing middlebox is still asked for.
+    assert uuid_clause("_uuid", 23) in confmon.conditions("h1", w)["Middlebox"]
+
+
+def test_bad_nat_rules_and_vips_are_skipped():
+    w = chain_world()
+    w["NAT_Rule"] += [
+        Row(uuid=U(75), type="dnat", external_ips=["198.51.100.1",
+                                                   "198.51.100.2"],
+            logical_ip="10.1.0.1", protocol=[], external_port=[],
+            logical_port=[], port_range=[]),
+        Row(uuid=U(76), type="snat", external_ips=["not-an-ip"],
+            logical_ip="", protocol=[], external_port=[], logical_port=[],
+            port_range=[])]
+    w["Middlebox"][2].nat_rules += [U(75), U(76)]
+    w["LB_VIP"].append(Row(uuid=U(82), vip="10.1.0.300", port=80,
+                           protocol="tcp", algorithm="round-robin",
+                           backends=[], options={}))
+    w["Middlebox"][3].vips.append(U(82))
+    warnings = []
+    cfg = confmon.build_host_config(
+        "h1", w, lambda key, msg: warnings.append(msg))
+    nat = cfg.slices[20].services[1]
+    assert [r.uuid for r in nat.nat_rules] == [str(U(72)), str(U(70))]
+    assert len(cfg.slices[20].services[2].vips) == 2
+    text = "\n".join(warnings)
+    assert "exactly one external IP" in text and "not-an-ip" in text
+    assert "10.1.0.300" in text
+
+
+def test_port_range_parsing():
+    assert confmon.parse_port_range(None) == (1024, 65535)
+    assert confmon.parse_port_range([]) == (1024, 65535)
+    assert confmon.parse_port_range(["2000-3000"]) == (2000, 3000)
+    assert confmon.parse_port_range(" 80 ") == (80, 80)
+    for bad in ("0-10", "10-5", "a-b", "1-70000"):
+        try:
+            confmon.parse_port_range(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)

@@ -1,0 +1,325 @@
+"""middlebox.shared against a real config database server.
+
+Four "hosts" in one process, each a ConfigMonitor + SharedState pair driven
+like mbxd's loop drives them.  Tenant a: fw-a and lb-a on ls-a; h1 serves the
+chain [fw-a, lb-a], h2 the chain [lb-a].  Tenant b: ids-b on ls-b, served by
+h3.  h4 has no slice at first.  Shared state of lb-a must reach h1 and h2
+and never h3; a host that starts serving lb-a gets the current rows; rows
+follow publish / update / withdraw and the daemon's config; IDS alerts are
+written as IDS_Alert rows.
+"""
+
+import os
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from middlebox import confmon, shared  # noqa: E402
+from ovsdb import server  # noqa: E402
+from test_mb_confmon import (chain, insert, ref, start_server,  # noqa: E402
+                             transact)
+
+WAIT = 5.0
+HEALTH = "lb-health"
+
+
+def populate(remote):
+    ops = [insert("Host", {"name": h, "encap_type": "vxlan",
+                           "encap_ip": "192.0.2.%d" % i}, h)
+           for i, h in enumerate(("h1", "h2", "h3", "h4"), 1)]
+    ops += [
+        insert("Logical_Switch", {"name": "ls-a", "tenant": "a", "vni": 101,
+                                  "subnet": "10.1.0.0/24"}, "ls_a"),
+        insert("Logical_Switch", {"name": "ls-b", "tenant": "b", "vni": 102,
+                                  "subnet": "10.2.0.0/24",
+                                  "gateway": "10.2.0.254"}, "ls_b"),
+        insert("LB_VIP", {"vip": "10.1.0.100", "port": 80, "protocol": "tcp",
+                          "algorithm": "round-robin",
+                          "backends": ["set", ["10.1.0.2:8080",
+                                               "10.1.0.1:8080"]]}, "vip"),
+        insert("Middlebox", {"name": "fw-a", "type": "firewall",
+                             "logical_switch": ["named-uuid", "ls_a"],
+                             "default_action": "allow"}, "fw_a"),
+        insert("Middlebox", {"name": "lb-a", "type": "lb",
+                             "logical_switch": ["named-uuid", "ls_a"],
+                             "default_action": "allow",
+                             "vips": ["named-uuid", "vip"]}, "lb_a"),
+        insert("Middlebox", {"name": "ids-b", "type": "ids",
+                             "logical_switch": ["named-uuid", "ls_b"],
+                             "default_action": "allow",
+                             "options": ["map", [["scan-threshold", "5"]]]},
+               "ids_b"),
+        insert("Slice", {"chain": chain(["named-uuid", "fw_a"],
+                                        ["named-uuid", "lb_a"]),
+                         "host": ["named-uuid", "h1"], "tag": 10}, "s_h1"),
+        insert("Slice", {"chain": chain(["named-uuid", "lb_a"]),
+                         "host": ["named-uuid", "h2"], "tag": 11}, "s_h2"),
+        insert("Slice", {"chain": chain(["named-uuid", "ids_b"]),
+                         "host": ["named-uuid", "h3"], "tag": 12}, "s_h3"),
+    ]
+    results = transact(remote, *ops)
+    return {op["uuid-name"]: result["uuid"][1]
+            for op, result in zip(ops, results)}
+
+
+def db_rows(remote, table):
+    [result] = transact(remote, {"op": "select", "table": table, "where": []})
+    return result["rows"]
+
+
+def db_shared(remote):
+    return sorted((r["middlebox"], r["host"], r["service"], r["key"],
+                   r["value"]) for r in db_rows(remote, "Shared_State"))
+
+
+@pytest.fixture
+def nb(tmp_path):
+    pid, remote = start_server(str(tmp_path))
+    yield remote, pid, str(tmp_path)
+    server.stop(pid)
+
+
+@pytest.fixture
+def world(nb):
+    return nb[0], populate(nb[0])
+
+
+@pytest.fixture
+def hosts():
+    opened = []
+
+    def open_host(remote, name):
+        st = shared.SharedState(name, confmon.ConfigMonitor(remote, name))
+        opened.append(st)
+        return st
+    yield open_host
+    for st in opened:
+        st.monitor.close()
+
+
+def run(nodes, predicate, timeout=WAIT):
+    """Drive ``nodes`` (mbxd's loop: monitor, config, pull, flush) until
+    ``predicate()``; returns the seconds it took."""
+    start = time.monotonic()
+    while True:
+        shared.drive(nodes)
+        if predicate():
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, [
+            (st.host, st.monitor.conditions(), st.stats()) for st in nodes]
+
+
+def settled(nodes):
+    return all(st.monitor.synced() and st.host_config is st.monitor.config()
+               and not st.busy() for st in nodes)
+
+
+def test_publish_reaches_only_the_hosts_serving_the_middlebox(world, hosts):
+    remote, _ids = world
+    h1, h2, h3 = (hosts(remote, h) for h in ("h1", "h2", "h3"))
+    nodes = [h1, h2, h3]
+    run(nodes, lambda: settled(nodes))
+    assert (h1.middleboxes(), h2.middleboxes(), h3.middleboxes()) == (
+        ["fw-a", "lb-a"], ["lb-a"], ["ids-b"])
+    assert h1.config("lb-a").vips[0].backends == (("10.1.0.1", 8080),
+                                                  ("10.1.0.2", 8080))
+    assert h3.config("ids-b").options == {"scan-threshold": "5"}
+
+    builds = [st.monitor.builds for st in nodes]
+    view = {"10.1.0.1:8080": "up", "10.1.0.2:8080": "down"}
+    took = shared.measure_convergence(h1, [h2], "lb-a", HEALTH, "view", view,
+                                      others=[h3])
+    assert set(took) == {"h2"} and took["h2"] < 2.0, took
+    print("publish h1 -> visible on h2: %.2f ms" % (took["h2"] * 1000))
+    assert h2.get("lb-a", HEALTH) == {"view": {"h1": view}}
+    [row] = h2.listing(11)
+    assert (row["host"], row["value"]) == ("h1", view)
+    [delay] = shared.convergence_delays(h2.listing(), publisher="h1")
+    assert 0 <= delay < 2000
+
+    h2.publish("lb-a", HEALTH, "view", {"10.1.0.2:8080": "up"})
+    h3.publish("ids-b", "ids-scan", "10.9.9.9", ["10.2.0.1:22"])
+    run(nodes, lambda: "h2" in h1.get("lb-a", HEALTH).get("view", {})
+        and not any(st.busy() for st in nodes))
+    for _ in range(20):            # give a stray row every chance to arrive
+        shared.drive(nodes)
+    assert h1.get("lb-a", HEALTH) == {"view": {"h1": view, "h2": {
+        "10.1.0.2:8080": "up"}}}
+    # Conditional monitoring: h3 never holds lb-a's rows, h1/h2 never ids-b's.
+    assert h3.monitor.held_rows()["Shared_State"] == [
+        "ids-b/ids-scan/10.9.9.9@h3"]
+    assert h3.get("lb-a", HEALTH) == {}
+    for st in (h1, h2):
+        assert {r.middlebox for r in st.monitor.shared_rows()} == {"lb-a"}
+        assert st.get("ids-b", "ids-scan") == {}
+    # Shared state traffic never rebuilt a HostConfig.
+    assert [st.monitor.builds for st in nodes] == builds
+    assert db_shared(remote) == [
+        ("ids-b", "h3", "ids-scan", "10.9.9.9", '["10.2.0.1:22"]'),
+        ("lb-a", "h1", HEALTH, "view",
+         '{"10.1.0.1:8080":"up","10.1.0.2:8080":"down"}'),
+        ("lb-a", "h2", HEALTH, "view", '{"10.1.0.2:8080":"up"}')]
+
+
+def test_update_and_withdraw(world, hosts):
+    remote, _ids = world
+    h1, h2 = hosts(remote, "h1"), hosts(remote, "h2")
+    nodes = [h1, h2]
+    run(nodes, lambda: settled(nodes))
+    h1.publish("lb-a", HEALTH, "view", {"a": "up"})
+    h1.publish("lb-a", HEALTH, "other", 1)
+    run(nodes, lambda: len(h2.get("lb-a", HEALTH)) == 2)
+    stamp = h2.listing()[1]["stamp"]
+    time.sleep(0.01)
+    h1.publish("lb-a", HEALTH, "view", {"a": "down"})
+    run(nodes, lambda: h2.get("lb-a", HEALTH)["view"] == {"h1": {"a": "down"}})
+    assert h2.listing()[1]["stamp"] > stamp
+    assert h1.withdraw("lb-a", HEALTH, "other")
+    run(nodes, lambda: "other" not in h2.get("lb-a", HEALTH)
+        and not h1.busy())
+    assert db_shared(remote) == [("lb-a", "h1", HEALTH, "view",
+                                  '{"a":"down"}')]
+    assert h1.stats()["commit_failures"] == 0
+
+
+def test_a_host_that_joins_gets_the_current_rows(world, hosts):
+    remote, ids = world
+    h1, h2, h4 = (hosts(remote, h) for h in ("h1", "h2", "h4"))
+    nodes = [h1, h2, h4]
+    run(nodes, lambda: settled(nodes))
+    assert h4.middleboxes() == []
+    h1.publish("lb-a", HEALTH, "view", {"x": "up"})
+    h2.publish("lb-a", HEALTH, "view", {"y": "down"})
+    run(nodes, lambda: not h1.busy() and not h2.busy())
+    assert h4.monitor.shared_rows() == []
+    # lb-a gets a slice on h4: its rows come with the widened condition.
+    transact(remote, insert("Slice", {"chain": chain(ref(ids["lb_a"])),
+                                      "host": ref(ids["h4"]), "tag": 13},
+                            "s_h4"))
+    took = run(nodes, lambda: set(h4.get("lb-a", HEALTH).get("view", {}))
+               == {"h1", "h2"})
+    print("slice added -> h4 holds the current rows: %.2f ms" % (took * 1000))
+    assert h4.middleboxes() == ["lb-a"]
+    # A daemon that starts later gets them in its first update as well.
+    late = hosts(remote, "h2")
+    run([late], lambda: late.get("lb-a", HEALTH).get("view", {}).get("h1")
+        == {"x": "up"})
+
+
+def test_rows_follow_the_config(world, hosts):
+    remote, ids = world
+    # Rows a previous run of h1 left: of lb-a (served) and of ids-b (not).
+    transact(remote,
+             insert("Shared_State", {"middlebox": "ids-b", "host": "h1",
+                                     "service": "ids-scan", "key": "k",
+                                     "value": "1", "stamp": 1}, "stale1"),
+             insert("Shared_State", {"middlebox": "lb-a", "host": "h1",
+                                     "service": HEALTH, "key": "view",
+                                     "value": '{"old":"up"}', "stamp": 1},
+                    "stale2"),
+             insert("Shared_State", {"middlebox": "lb-a", "host": "h9",
+                                     "service": HEALTH, "key": "view",
+                                     "value": '{"z":"up"}', "stamp": 1},
+                    "other"))
+    h1, h2 = hosts(remote, "h1"), hosts(remote, "h2")
+    nodes = [h1, h2]
+    h1.publish("lb-a", HEALTH, "view", {"new": "up"})
+    run(nodes, lambda: settled(nodes))
+    assert db_shared(remote) == [
+        ("lb-a", "h1", HEALTH, "view", '{"new":"up"}'),
+        ("lb-a", "h9", HEALTH, "view", '{"z":"up"}')]
+    assert set(h1.get("lb-a", HEALTH)["view"]) == {"h1", "h9"}
+    run(nodes, lambda: h2.get("lb-a", HEALTH)["view"].get("h1")
+        == {"new": "up"})
+    # h1 stops serving lb-a (its slice goes): its rows are withdrawn.
+    transact(remote, {"op": "delete", "table": "Slice",
+                      "where": [["_uuid", "==", ref(ids["s_h1"])]]})
+    run(nodes, lambda: "h1" not in h2.get("lb-a", HEALTH)["view"]
+        and settled(nodes))
+    assert h1.middleboxes() == [] and h1.get("lb-a", HEALTH) == {}
+    assert db_shared(remote) == [("lb-a", "h9", HEALTH, "view", '{"z":"up"}')]
+
+
+def test_alert_rows(world, hosts):
+    remote, _ids = world
+    h1, h2, h3 = (hosts(remote, h) for h in ("h1", "h2", "h3"))
+    nodes = [h1, h2, h3]
+    run(nodes, lambda: settled(nodes))
+    h3.report_alert("ids-b", "port-scan", "10.2.0.66", "", 5, ["h3"],
+                    100.0, 100.5)
+    run(nodes, lambda: not h3.busy())
+    [row] = db_rows(remote, "IDS_Alert")
+    assert (row["middlebox"], row["kind"], row["source"], row["count"],
+            row["hosts"], row["first_seen"], row["last_seen"],
+            row["reported_by"]) == ("ids-b", "port-scan", "10.2.0.66", 5,
+                                    "h3", 100000, 100500, "h3")
+    # Re-alert: the same row, updated; first_seen kept.
+    h3.report_alert("ids-b", "port-scan", "10.2.0.66", "", 7, ["h3", "h2"],
+                    110.0, 111.0)
+    # Another host alerts the same source: still one row.
+    h2.report_alert("ids-b", "port-scan", "10.2.0.66", "", 9, ["h2"],
+                    120.0, 121.0)
+    # SYN floods: one row per destination (times in ms, as the core gives).
+    t = 1_700_000_000_000
+    h2.report_alert("ids-b", "syn-flood", "*", "10.2.0.1:80", 300,
+                    ["h2"], t, t + 2000)
+    h2.report_alert("ids-b", "syn-flood", "*", "10.2.0.2:80", 300,
+                    ["h2"], t, t + 2000)
+    h3.report_alert("ids-b", "syn-flood", "*", "10.2.0.1:80", 310,
+                    ["h3"], t + 3000, t + 4000)
+    run(nodes, lambda: not h2.busy() and not h3.busy())
+    rows = sorted(db_rows(remote, "IDS_Alert"),
+                  key=lambda r: (r["kind"], r["target"]))
+    assert [(r["kind"], r["source"], r["target"], r["count"], r["first_seen"],
+             r["last_seen"], r["reported_by"]) for r in rows] == [
+        ("port-scan", "10.2.0.66", "", 9, 100000, 121000, "h2"),
+        ("syn-flood", "*", "10.2.0.1:80", 310, t, t + 4000, "h3"),
+        ("syn-flood", "*", "10.2.0.2:80", 300, t, t + 2000, "h2")]
+    assert [a["kind"] for a in h2.alerts()] == ["port-scan", "syn-flood",
+                                                "syn-flood"]
+    # Written, never monitored.
+    assert "IDS_Alert" not in h1.monitor.idl.tables
+    assert h3.stats()["alerts_written"] == 3
+
+
+def test_failed_commit_is_retried(world, hosts):
+    remote, _ids = world
+    h1 = hosts(remote, "h1")
+    run([h1], lambda: settled([h1]))
+    plan = h1._plan
+
+    def bad_plan_once():
+        ops, effects, cleanup = plan()
+        h1._plan = plan
+        return ops + [{"op": "insert", "table": "Shared_State",
+                       "row": {"no-such-column": 1}}], effects, cleanup
+    h1._plan = bad_plan_once
+    h1.publish("lb-a", HEALTH, "view", {"x": "up"})
+    run([h1], lambda: not h1.busy())
+    assert h1.stats()["commit_failures"] == 1
+    assert db_shared(remote) == [("lb-a", "h1", HEALTH, "view", '{"x":"up"}')]
+
+
+def test_commit_retried_when_the_server_comes_back(nb, hosts):
+    remote, pid, rundir = nb
+    populate(remote)
+    h1 = hosts(remote, "h1")
+    run([h1], lambda: settled([h1]))
+    server.stop(pid)
+    h1.publish("lb-a", HEALTH, "view", {"while": "down"})
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        shared.drive([h1], timeout=0.05)
+    assert h1.busy()
+    new_pid = server.start(rundir, os.path.join(rundir, "db"),
+                           ["punix:" + remote[len("unix:"):]])
+    try:
+        run([h1], lambda: not h1.busy(), timeout=20)
+        assert db_shared(remote) == [("lb-a", "h1", HEALTH, "view",
+                                      '{"while":"down"}')]
+    finally:
+        server.stop(new_pid)
