@@ -33,6 +33,17 @@ def register(daemon):
                          "connections=%(entries)d" % s)
         return _text(lines, "no slices on this host")
 
+    def lb_list():
+        lines = []
+        for v in core.lb_list():
+            lines.append("%s %s (slice %d) %s" % (v["middlebox"], v["vip"], v["tag"],
+                                                 v["algorithm"]))
+            for b in v["backends"]:
+                lines.append("  %-21s %-4s connections=%d%s" % (
+                    b["backend"], b["health"], b["connections"],
+                    " probed here" if b["probed_here"] else ""))
+        return _text(lines, "no load balancer on this host")
+
     def conn_list(vm=None):
         now = time.time()
         lines = [_conn_line(c, now) for c in core.conn_list(vm)]
@@ -144,6 +155,7 @@ def register(daemon):
         ("shared/json", "[TAG]", 0, 1, shared_json),
         ("ids/alerts", "", 0, 0, ids_alerts),
         ("ids/json", "", 0, 0, ids_json),
+        ("lb/list", "", 0, 0, lb_list),
         ("lb/json", "", 0, 0, lb_json),
         ("conn/json", "[VM]", 0, 1, conn_json),
         ("exit", "", 0, 0, exit_),
@@ -166,7 +178,9 @@ def _conn_line(c, now):
                c["peer_port"], c["origin"], c["state"], c["verdict"],
                "yes" if c["offloaded"] else "no", c["packets_orig"], c["packets_reply"],
                c["bytes_orig"], c["bytes_reply"], now - c["created"], now - c["last_seen"],
-               max(0.0, c["expires"] - now), c["rule"] or "default"))
+               max(0.0, c["expires"] - now), c["rule"] or "default")
+            + ("" if not c.get("xlate") else " %s=%s/%s" % (
+                c["xlate"]["kind"], c["xlate"]["wire_vm"], c["xlate"]["wire_peer"])))
 
 
 def _tag(text):
