@@ -19,6 +19,7 @@ import pytest
 from lab import lab as L
 from lab.probe import read_peer_log
 from lab.sh import wait_until
+from ryu_apps import pipeline as P
 
 PY = sys.executable
 TEAL = {"t1": ("h1", "10.2.0.11"), "t2": ("h2", "10.2.0.12"), "t3": ("h3", "10.2.0.13"),
@@ -176,7 +177,7 @@ def test_vip_round_robin_over_three_hosts_and_connections_stay_pinned(svc, tmp_p
         svc.forget_pid(proc.pid)
         with open(report) as f:
             rep = json.load(f)
-        assert rep["error"] is None and rep["replies"] >= 50, rep
+        assert rep["error"] is None and rep["received"] >= 50, rep
 
 
 def test_stopped_backend_is_marked_down_and_gets_no_new_connections(svc, tmp_path):
@@ -217,11 +218,15 @@ def test_stopped_backend_is_marked_down_and_gets_no_new_connections(svc, tmp_pat
 # ------------------------------------------------------------ IDS
 
 def test_scan_across_two_hosts_is_detected_as_one_scan(svc):
-    # t1 (h1) probes 8 ports of t2 (h2) and 8 of t3 (h3): each sensor sees 8,
-    # fewer than the threshold of 12; together they see 16.
-    for target in ("10.2.0.12", "10.2.0.13"):
-        for port in range(9100, 9108):
-            svc.tcp_try("t1", target, port, timeout=0.3)
+    # A fresh VM on h1 probes 8 ports of t2 (h2) and 8 of t3 (h3): each
+    # sensor sees 8, fewer than the threshold of 12; together they see 16.
+    svc.vm_add("scan1", "h1", "ls-teal", "10.2.0.31/24")
+    try:
+        for target in ("10.2.0.12", "10.2.0.13"):
+            for port in range(9100, 9108):
+                svc.tcp_try("scan1", target, port, timeout=0.3)
+    finally:
+        svc.vm_del("scan1")
 
     def alerts():
         out = mbxctl(svc, "ids-alerts", "ids-teal")
@@ -230,35 +235,54 @@ def test_scan_across_two_hosts_is_detected_as_one_scan(svc):
     wait_until(lambda: alerts(), timeout=10, what="a port-scan alert in IDS_Alert")
     time.sleep(2)
     [line] = alerts()
-    assert "10.2.0.11" in line and "16" in line, line
+    fields = line.split()
+    # Raised when the union first reached the threshold, from both sensors.
+    assert fields[2] == "10.2.0.31" and int(fields[4]) >= SCAN_THRESHOLD, line
+    assert fields[5] == "h2,h3", line
     raised = {h: [a for a in appctl_json(svc, h, "ids/json") if a["kind"] == "port-scan"]
               for h in ("h1", "h2", "h3")}
     assert sorted(len(v) for v in raised.values()) == [0, 0, 1], raised
     # Scan counts are shared state: both sensors' hosts publish theirs.
     rows = appctl_json(svc, "h1", "shared/json")["rows"]
     scan_hosts = {r["host"] for r in rows if r["service"] == "ids-scan"
-                  and "10.2.0.11" in r["value"]}
+                  and "10.2.0.31" in r["value"]}
     assert {"h2", "h3"} <= scan_hosts
 
 
 # ------------------------------------------------------------ chain + offload
 
 def test_chain_is_offloaded_once_connections_are_established(svc, tmp_path):
-    for dst, port in ((L.EXT_SERVER_IP, 80), (VIP, 80)):
-        report = str(tmp_path / "offload.json")
-        before = svc.mbxd_stats("h1")["frames"]
+    """Through the chain to the internet (firewall + SNAT) and to the VIP
+    (firewall + load balancer): after the handshake the daemon sees none of
+    the exchanges, OVS carries them on the daemon's rewrite flows."""
+    for dst in (L.EXT_SERVER_IP, VIP):
+        report = str(tmp_path / ("offload-%s.json" % dst))
         flows_before = svc.cache_flow_packets("h1")
         client = svc.spawn("t1", [PY, "-m", "lab.probe", "client", "--to", dst, "--port",
-                                  str(port), "--interval-ms", "10", "--duration", "3",
+                                  "80", "--interval-ms", "10", "--duration", "8",
                                   "--out", report], report + ".log")
+
+        def progress(n):
+            try:
+                with open(report) as f:
+                    return json.load(f).get("received", 0) >= n
+            except (OSError, ValueError):
+                return False
+
+        wait_until(lambda: progress(20), timeout=10, what="the connection is up")
+        # (The daemon's frame counter also counts health-probe answers:
+        # count the packets it passed on instead.)
+        before = svc.mbxd_stats("h1")["passed"]
+        wait_until(lambda: progress(170), timeout=15, what="150 more exchanges")
+        time.sleep(1.5)             # OVS folds datapath counters into flows every ~0.5 s
+        seen = svc.mbxd_stats("h1")["passed"] - before
+        carried = svc.cache_flow_packets("h1") - flows_before
+        dump = svc.ofctl("h1", "dump-flows", "cookie=%#x/%#x" % (P.DAEMON_COOKIE,
+                                                                 P.COOKIE_MASK))
         client.wait(20)
         svc.forget_pid(client.pid)
         with open(report) as f:
             rep = json.load(f)
-        assert rep["error"] is None and rep["replies"] >= 100, rep
-        seen = svc.mbxd_stats("h1")["frames"] - before
-        carried = svc.cache_flow_packets("h1") - flows_before
-        # Handshake and close pass the daemon; the 100+ exchanges do not.
-        assert seen <= 24, (dst, seen)
-        assert carried >= 2 * rep["replies"] - 10, (dst, carried)
-        os.unlink(report)
+        assert rep["error"] is None, rep
+        assert seen == 0, (dst, seen)
+        assert carried >= 2 * 150, (dst, carried, flows_before, dump)
