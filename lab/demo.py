@@ -1,6 +1,8 @@
 """``make demo``: a 3-host lab, two tenants on the same subnet, isolation, a
 TCP connection that lives through a VM's live migration, and tenant red's
-distributed firewall allowing, denying and offloading.  Prints a report and
+distributed firewall allowing, denying and offloading, then a service chain
+(firewall, load balancer, NAT) with an internet server and client outside
+the tenants.  Prints a report and
 tears everything down, also when a step fails."""
 
 import os
@@ -149,6 +151,141 @@ def _offload(lab, rundir, out, where, addr):
     return flat and rising and report["error"] is None
 
 
+SERVICES = [
+    ["mb-add", "lb-red", "ls-red", "--type", "lb"],
+    ["lb-add", "lb-red", "10.0.0.100:80", "--algorithm", "round-robin",
+     "10.0.0.12:7000", "10.0.0.13:7000", "10.0.0.14:7000"],
+    ["lb-set", "lb-red", "10.0.0.100:80", "health-interval=1", "health-timeout=0.5"],
+    ["mb-add", "nat-red", "ls-red", "--type", "nat"],
+    ["nat-add", "nat-red", "snat", "203.0.113.100"],
+    ["nat-add", "nat-red", "dnat", "203.0.113.110", "10.0.0.12", "--protocol", "tcp",
+     "--external-port", "2222", "--logical-port", "7000"],
+    ["steer-del", "ls-red"],
+    ["steer-add", "ls-red", "100", "any", "fw-red,lb-red,nat-red"],
+    ["mb-add", "nat-blue", "ls-blue", "--type", "nat"],
+    ["nat-add", "nat-blue", "snat", "203.0.113.101"],
+    ["steer-add", "ls-blue", "100", "any", "nat-blue"],
+]
+
+
+def services(lab, rundir, out):
+    """Tenant red's chain firewall -> load balancer -> NAT, blue's own SNAT,
+    the internet server and client outside both tenants."""
+    from lab import lab as L
+    from lab.probe import read_peer_log
+    out("\nservice chain for tenant red, SNAT for tenant blue (mbxctl, one transaction):")
+    chained = []
+    for args in SERVICES:
+        out("  mbxctl %s" % " ".join(a if " " not in a else '"%s"' % a for a in args))
+        chained += (["--"] if chained else []) + args
+    proc = lab.mbxctl("--wait=hv", *chained)
+    if proc.returncode != 0:
+        raise LabError(proc.stderr.strip())
+    lab.vm_add("red4", "h2", "ls-red", "10.0.0.14/24")
+    logs = {vm: os.path.join(rundir, "svc-%s.log" % vm) for vm in ("red2", "red3", "red4",
+                                                                    "xs")}
+    for path in logs.values():
+        if os.path.exists(path):
+            os.unlink(path)
+    procs = [lab.spawn(vm, [sys.executable, "-m", "lab.probe", "serve", "--port", "7000",
+                            "--log", logs[vm]], logs[vm] + ".out")
+             for vm in ("red2", "red3", "red4")]
+    procs.append(lab.ext_spawn("xs", [sys.executable, "-m", "lab.probe", "serve", "--port",
+                                      "80", "--log", logs["xs"]], logs["xs"] + ".out"))
+    where = {name: vm["host"] for name, vm in lab.state["vms"].items()}
+    good = True
+    try:
+        time.sleep(2.5)             # first health-check round
+        out("\n%-6s %-4s -> %-20s %-6s %s" % ("from", "host", "to", "result",
+                                              "what the server saw"))
+        cases = [("red1", "internet 198.51.100.10:80", L.EXT_SERVER_IP, 80, "xs", 3),
+                 ("red3", "internet 198.51.100.10:80", L.EXT_SERVER_IP, 80, "xs", 3),
+                 ("blue1", "internet 198.51.100.10:80", L.EXT_SERVER_IP, 80, "xs", 3),
+                 ("red1", "VIP 10.0.0.100:80", "10.0.0.100", 80, None, 6),
+                 ("xc", "203.0.113.110:2222", "203.0.113.110", 2222, "red2", 2)]
+        expect_ext = {"red1": "203.0.113.100", "red3": "203.0.113.100",
+                      "blue1": "203.0.113.101"}
+        for src, label, addr, port, server, count in cases:
+            marks = {vm: len(read_peer_log(path)) for vm, path in logs.items()}
+            run = lab.ext_tcp_try if src == "xc" else lab.tcp_try
+            res = run(src, addr, port, timeout=2.0, count=count)
+            seen = {vm: read_peer_log(path)[marks[vm]:] for vm, path in logs.items()}
+            ok = res["ok"] == count
+            if server == "xs":
+                peers = ["%s:%d" % (ip, p) for ip, p, _ in seen["xs"]]
+                ok &= len(peers) == count and all(
+                    p.startswith(expect_ext[src] + ":") for p in peers)
+                ok &= len(set(peers)) == count
+                saw = "from " + ", ".join(peers)
+            elif server is None:
+                by_port = {p: vm for vm in ("red2", "red3", "red4")
+                           for _, p, _ in seen[vm]}
+                order = [by_port.get(p, "?") for p in res["local_ports"]]
+                ok &= sorted(order) == ["red2", "red2", "red3", "red3", "red4", "red4"]
+                saw = "backends in turn: " + " ".join(
+                    "%s(%s)" % (vm, where.get(vm, "?")) for vm in order)
+            else:
+                peers = ["%s:%d" % (ip, p) for ip, p, _ in seen[server]]
+                ok &= len(peers) == count
+                saw = "%s got %s" % (server, ", ".join(peers))
+            good &= ok
+            out("%-6s %-4s -> %-20s %-6s %s%s" % (
+                src, where.get(src, "inet"), label, "%d/%d" % (res["ok"], count), saw,
+                "" if ok else "   WRONG"))
+        good &= _chain_offload(lab, rundir, out)
+        out("\nmbxctl lb-list lb-red:")
+        for line in lab.mbxctl("lb-list", "lb-red").stdout.splitlines():
+            out("  " + line)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+            lab.forget_pid(proc.pid)
+    return good
+
+
+def _chain_offload(lab, rundir, out):
+    """red1's long-lived connection to the internet through the chain."""
+    from lab import lab as L
+    report = os.path.join(rundir, "probe-chain.json")
+    client = lab.spawn("red1", [sys.executable, "-m", "lab.probe", "client", "--to",
+                                L.EXT_SERVER_IP, "--port", "80", "--interval-ms", "10",
+                                "--duration", "8", "--out", report], report + ".log")
+    host = lab.state["vms"]["red1"]["host"]
+
+    def received():
+        try:
+            import json
+            with open(report) as f:
+                return json.load(f).get("received", 0)
+        except (OSError, ValueError):
+            return 0
+    try:
+        deadline = time.monotonic() + 10
+        while received() < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        passed0, cached0 = lab.mbxd_stats(host)["passed"], lab.cache_flow_packets(host)
+        start = received()
+        while received() < start + 150 and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        time.sleep(1.1)
+        passed1, cached1 = lab.mbxd_stats(host)["passed"], lab.cache_flow_packets(host)
+        listing = [line for line in lab.mbxd_appctl(host, "conn/list", "red1").splitlines()
+                   if "snat=" in line and ":80 " in line]
+    finally:
+        client.terminate()
+        client.wait(10)
+        lab.forget_pid(client.pid)
+    ok = passed1 == passed0 and cached1 >= cached0 + 300
+    out("\noffload through the chain: red1 -> internet server, one connection, 150+ "
+        "exchanges")
+    out("  %s: packets passed by mbxd %d -> %d, packets on its cache flows %d -> %d: %s"
+        % (host, passed0, passed1, cached0, cached1, "offloaded" if ok else "NOT OFFLOADED"))
+    for line in listing[-1:]:
+        out("  ovs-appctl -t mbxd conn/list red1: " + line)
+    return ok
+
+
 def created(lab, out):
     """What the config database holds now, in a few lines."""
     snap = lab.nb().snapshot()
@@ -176,7 +313,8 @@ def run(prefix, rundir, out=print):
         pings_ok = check_pings(lab, out)
         moved_ok = migration(lab, rundir, out)
         fw_ok = firewall(lab, rundir, out)
-        ok = pings_ok and moved_ok and fw_ok
+        svc_ok = services(lab, rundir, out)
+        ok = pings_ok and moved_ok and fw_ok and svc_ok
         out("\nresult: %s" % ("all checks passed" if ok else "SOME CHECKS FAILED"))
     finally:
         lab.down(log=out)

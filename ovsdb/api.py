@@ -17,8 +17,10 @@ an ``MbxError`` and leaves the database unchanged.
 
 import dataclasses
 import errno
+import ipaddress
 import os
 import time
+import uuid as uuidlib
 from typing import Dict, Optional, Tuple
 
 from ovs import jsonrpc, poller, stream
@@ -31,8 +33,9 @@ from ovsdbapp.backend.ovs_idl import transaction
 from ovsdb import validate
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match
-from ryu_apps.model import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
-                             SwitchInfo, VMInfo)
+from ryu_apps.model import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
+                             NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo,
+                             VMInfo)
 
 SCHEMA_NAME = "MBX_Northbound"
 
@@ -59,8 +62,37 @@ class RuleRecord:
     uuid: str = dataclasses.field(default="", compare=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class SharedRecord:
+    """A Shared_State row: one value a host publishes for a service of a
+    middlebox (docs/services.md, state sharing manager)."""
+    middlebox: str
+    host: str
+    service: str
+    key: str
+    value: str
+    stamp: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertRecord:
+    """An IDS_Alert row."""
+    middlebox: str
+    kind: str                       # "port-scan" | "syn-flood"
+    source: str
+    target: str
+    count: int
+    hosts: Tuple[str, ...]          # sorted
+    first_seen: int
+    last_seen: int
+    reported_by: str
+
+
 def _field(factory):
     return dataclasses.field(default_factory=factory)
+
+
+Chain = Tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +106,22 @@ class NbSnapshot:
     middleboxes: Dict[str, MiddleboxInfo] = _field(dict)
     # middlebox name -> its rules in evaluation order (sort_rules)
     rules: Dict[str, Tuple[RuleRecord, ...]] = _field(dict)
-    # sorted by (switch, -priority); middlebox None: bypass
+    # sorted by (switch, -priority); chain (): bypass
     policies: Tuple[PolicyInfo, ...] = ()
     address_sets: Dict[str, AddressSetInfo] = _field(dict)
-    # status: (middlebox name, host name) -> slice tag
-    slices: Dict[Tuple[str, str], int] = _field(dict)
+    # status: (chain, host name) -> slice tag, and -> the slice's status
+    slices: Dict[Tuple[Chain, str], int] = _field(dict)
+    slice_status: Dict[Tuple[Chain, str], Dict[str, str]] = _field(dict)
+    # middlebox name -> its NAT rules / VIPs, sorted (see _nat_key, _vip_key)
+    nat_rules: Dict[str, Tuple[NatRuleInfo, ...]] = _field(dict)
+    vips: Dict[str, Tuple[VipInfo, ...]] = _field(dict)
+    external_networks: Dict[str, ExternalNetInfo] = _field(dict)
+    # status: middlebox name -> Middlebox.status
+    middlebox_status: Dict[str, Dict[str, str]] = _field(dict)
+    # sorted by (middlebox, service, key, host)
+    shared_state: Tuple[SharedRecord, ...] = ()
+    # sorted by (middlebox, first_seen, kind, source, target)
+    ids_alerts: Tuple[AlertRecord, ...] = ()
 
 
 def sort_rules(rules, tier_order="provider-first"):
@@ -110,7 +153,20 @@ def _nb_global(api):
 
 
 def _switch_info(row):
-    return SwitchInfo(row.name, row.tenant, row.vni, row.subnet)
+    gateway = row.gateway[0] if row.gateway else ""
+    if not gateway:
+        try:
+            gateway = validate.default_gateway(row.subnet)
+        except ValueError:              # not written by mbx
+            gateway = ""
+    return SwitchInfo(row.name, row.tenant, row.vni, row.subnet, gateway)
+
+
+def _gateway_column(sw):
+    """Logical_Switch.gateway for ``sw``: empty when it is the default."""
+    if not sw.gateway or sw.gateway == validate.default_gateway(sw.subnet):
+        return []
+    return [sw.gateway]
 
 
 def _vm_info(row):
@@ -165,9 +221,16 @@ def _address_sets(api):
             for row in _rows(api, "Address_Set")}
 
 
+def _chain(column):
+    """The names of a chain map column {position: Middlebox row} in
+    position order."""
+    return tuple(mb.name for _, mb in sorted(column.items())
+                 if mb is not None)
+
+
 def _policy_info(row):
     return PolicyInfo(row.logical_switch.name, row.priority, row.match,
-                      row.middlebox[0].name if row.middlebox else None)
+                      _chain(row.chain))
 
 
 def _policy_rows(api, switch=None):
@@ -179,6 +242,85 @@ def _policy_rows(api, switch=None):
 def _policies(api):
     return tuple(sorted((_policy_info(row) for row in _policy_rows(api)),
                         key=lambda p: (p.switch, -p.priority)))
+
+
+def _ip_key(text):
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ValueError:
+        return -1
+
+
+def _nat_key(rule):
+    return (rule.type, tuple(_ip_key(ip) for ip in rule.external_ips),
+            rule.external_port or 0, rule.protocol, rule.logical_ip,
+            rule.logical_port or 0, rule.port_range, rule.uuid)
+
+
+def _nat_info(row, mb_name):
+    port_range = validate.DEFAULT_PORT_RANGE
+    if row.port_range:
+        try:
+            port_range = validate.port_range(row.port_range[0])
+        except MbxError:                # not written by mbx
+            pass
+    return NatRuleInfo(
+        str(row.uuid), mb_name, row.type,
+        tuple(sorted(row.external_ips, key=_ip_key)), row.logical_ip,
+        row.protocol[0] if row.protocol else "",
+        row.external_port[0] if row.external_port else None,
+        row.logical_port[0] if row.logical_port else None, port_range)
+
+
+def _nat_rules(api):
+    """Middlebox name -> its NAT rules, sorted."""
+    return {row.name: tuple(sorted((_nat_info(r, row.name)
+                                    for r in row.nat_rules if r is not None),
+                                   key=_nat_key))
+            for row in _rows(api, "Middlebox") if row.nat_rules}
+
+
+def _backend(text):
+    try:
+        return validate.ip_port(text, "backend")
+    except MbxError:                    # not written by mbx
+        return None
+
+
+def _vip_key(v):
+    return (_ip_key(v.vip), v.port, v.protocol)
+
+
+def _vip_info(row, mb_name):
+    backends = [b for b in map(_backend, row.backends) if b is not None]
+    return VipInfo(str(row.uuid), mb_name, row.vip, row.port, row.protocol,
+                   row.algorithm,
+                   tuple(sorted(set(backends),
+                                key=lambda b: (_ip_key(b[0]), b[1]))),
+                   dict(sorted(row.options.items())),
+                   dict(sorted(row.status.items())))
+
+
+def _vips(api):
+    """Middlebox name -> its VIPs, sorted by address, port, protocol."""
+    return {row.name: tuple(sorted((_vip_info(r, row.name)
+                                    for r in row.vips if r is not None),
+                                   key=_vip_key))
+            for row in _rows(api, "Middlebox") if row.vips}
+
+
+def _ext_info(row):
+    return ExternalNetInfo(row.name, row.cidr, row.gateway_ip,
+                           row.gateway_mac)
+
+
+def _externals(api):
+    return {row.name: _ext_info(row)
+            for row in _rows(api, "External_Network")}
+
+
+def _reserved(api):
+    return validate.reserved_addresses(_middleboxes(api), _vips(api))
 
 
 def _set_rows(api, parsed):
@@ -220,7 +362,8 @@ def _text(value):
     """A field value as mbxctl shows it: "[a, b]" for a sequence, "{k=v}"
     for a mapping."""
     if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(map(str, value)) + "]"
+        return "[" + ", ".join(f"{v[0]}:{v[1]}" if isinstance(v, tuple)
+                               else str(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}={v}" for k, v in sorted(
             value.items())) + "}"
@@ -276,6 +419,7 @@ class LsAddCommand(_Command):
         row = txn.insert(self.api.tables["Logical_Switch"])
         row.name, row.tenant, row.vni, row.subnet = (
             sw.name, sw.tenant, sw.vni, sw.subnet)
+        row.gateway = _gateway_column(sw)
 
 
 class LsDelCommand(_Command):
@@ -328,7 +472,8 @@ class VmAddCommand(_Command):
                 vm = dataclasses.replace(vm, mac=current.mac)
             _refuse_existing(f"VM '{vm.name}'", current, vm, self.may_exist)
             return
-        validate.check_vm(vm, _switches(self.api), _vms(self.api))
+        validate.check_vm(vm, _switches(self.api), _vms(self.api),
+                          reserved=_reserved(self.api))
         row = txn.insert(self.api.tables["VM"])
         row.name, row.mac, row.ip = vm.name, vm.mac, vm.ip
         row.logical_switch = _find(self.api, "Logical_Switch", vm.switch)
@@ -365,6 +510,7 @@ class UpsertSwitchCommand(_Command):
             row = txn.insert(self.api.tables["Logical_Switch"])
             row.name = sw.name
         row.tenant, row.vni, row.subnet = sw.tenant, sw.vni, sw.subnet
+        row.gateway = _gateway_column(sw)
 
 
 class UpsertVmCommand(_Command):
@@ -400,11 +546,12 @@ class CheckCommand(_Command):
     def run_idl(self, txn):
         switches = _switches(self.api)
         vms = _vms(self.api)
+        reserved = _reserved(self.api)
         for name in sorted(self.switch_names):
             validate.check_switch(switches[name], switches.values())
         for vm in vms:
             if vm.name in self.vm_names or vm.switch in self.switch_names:
-                validate.check_vm(vm, switches, vms)
+                validate.check_vm(vm, switches, vms, reserved=reserved)
 
 
 class MbAddCommand(_Command):
@@ -425,7 +572,7 @@ class MbAddCommand(_Command):
             mb.name, mb.type, mb.default_action)
         row.logical_switch = _find(self.api, "Logical_Switch", mb.switch)
         row.options = dict(mb.options)
-        row.rules = []
+        row.rules, row.nat_rules, row.vips = [], [], []
 
 
 def _drop_rule(rule):
@@ -450,7 +597,7 @@ class MbDelCommand(_Command):
                 return
             raise MbxError(f"unknown middlebox '{self.name}'; use "
                            "--if-exists to ignore a missing one")
-        users = [p for p in _policies(self.api) if p.middlebox == self.name]
+        users = [p for p in _policies(self.api) if self.name in p.chain]
         if users:
             where = ", ".join(f"{p.switch} priority {p.priority}"
                               for p in users)
@@ -463,6 +610,12 @@ class MbDelCommand(_Command):
         for rule in row.rules:
             if rule is not None:
                 _drop_rule(rule)
+        # Slices of chains through it are dead (no policy uses it).  The
+        # weak reference would only drop it from their chain, which could
+        # then pass for a shorter chain.
+        for slice_row in _rows(self.api, "Slice"):
+            if row in slice_row.chain.values():
+                slice_row.delete()
         row.delete()
 
 
@@ -475,6 +628,9 @@ class MbSetCommand(_Command):
 
     def run_idl(self, txn):
         row = _require(self.api, "Middlebox", self.name, "middlebox")
+        validate.check_option_types(
+            row.name, row.type,
+            [key for key, value in self.options.items() if value != ""])
         if self.default_action is not None:
             row.default_action = self.default_action
         if self.options:
@@ -486,6 +642,14 @@ class MbSetCommand(_Command):
                 else:
                     options[key] = value
             row.options = options
+            # ports-per-host bounds the SNAT port ranges
+            mb = dataclasses.replace(_mb_info(row), options=options)
+            switches = _switches(self.api)
+            externals = list(_externals(self.api).values())
+            for rule in _nat_rules(self.api).get(row.name, ()):
+                validate.check_nat_rule(
+                    rule, mb, switches, externals,
+                    f"middlebox '{row.name}' {validate.describe_nat(rule)}")
 
 
 class FwAddCommand(_Command):
@@ -629,8 +793,8 @@ def _insert_policy(api, txn, switch, policy):
     row.logical_switch, row.priority, row.match = (
         switch, policy.priority, policy.match)
     row.address_sets = _set_rows(api, parse_match(policy.match))
-    row.middlebox = [] if policy.middlebox is None else [
-        _require(api, "Middlebox", policy.middlebox, "middlebox")]
+    row.chain = {i: _require(api, "Middlebox", mb, "middlebox")
+                 for i, mb in enumerate(policy.chain)}
 
 
 class SteerDelCommand(_Command):
@@ -669,31 +833,422 @@ class RequireCommand(_Command):
         _require(self.api, self.table, self.name, self.what)
 
 
+def _slice_chain(row):
+    """The chain of a Slice row, or None when it is broken: empty, or a
+    position is missing (a weak reference to a deleted middlebox was
+    cleared)."""
+    chain = row.chain
+    if not chain or sorted(chain) != list(range(len(chain))):
+        return None
+    return _chain(chain)
+
+
+def _slice_key(row):
+    chain = _slice_chain(row)
+    if chain is None or not row.host:
+        return None
+    return (chain, row.host[0].name)
+
+
 class SetSlicesCommand(_Command):
-    def __init__(self, api, desired):
+    def __init__(self, api, desired, status):
         super().__init__(api)
         self.desired = desired
+        self.status = status
 
     def run_idl(self, txn):
         middleboxes = {row.name: row for row in _rows(self.api, "Middlebox")}
         hosts = {row.name: row for row in _rows(self.api, "Host")}
         wanted = {key: tag for key, tag in self.desired.items()
-                  if key[0] in middleboxes and key[1] in hosts}
+                  if all(mb in middleboxes for mb in key[0])
+                  and key[1] in hosts}
         seen = set()
-        for row in _rows(self.api, "Slice"):
-            key = (row.middlebox[0].name if row.middlebox else None,
-                   row.host[0].name if row.host else None)
+        for row in sorted(_rows(self.api, "Slice"), key=lambda r: r.uuid):
+            key = _slice_key(row)
             if key not in wanted or key in seen:
                 row.delete()
                 continue
             seen.add(key)
             if row.tag != wanted[key]:
                 row.tag = wanted[key]
-        for (mb, host), tag in sorted(wanted.items()):
-            if (mb, host) not in seen:
+            status = self.status.get(key, {})
+            if dict(row.status) != status:
+                row.status = status
+        for key, tag in sorted(wanted.items()):
+            if key not in seen:
+                chain, host = key
                 row = txn.insert(self.api.tables["Slice"])
-                row.middlebox, row.host, row.tag = (
-                    [middleboxes[mb]], [hosts[host]], tag)
+                row.chain = {i: middleboxes[mb] for i, mb in enumerate(chain)}
+                row.host, row.tag = [hosts[host]], tag
+                row.status = self.status.get(key, {})
+
+
+class SetVipStatusCommand(_Command):
+    def __init__(self, api, vip_uuid, status):
+        super().__init__(api)
+        self.vip_uuid = vip_uuid
+        self.status = status
+
+    def run_idl(self, txn):
+        row = self.api.tables["LB_VIP"].rows.get(self.vip_uuid)
+        if row is not None and dict(row.status) != self.status:
+            row.status = self.status
+
+
+class SetMiddleboxStatusCommand(_Command):
+    def __init__(self, api, name, status):
+        super().__init__(api)
+        self.name = name
+        self.status = status
+
+    def run_idl(self, txn):
+        row = _find(self.api, "Middlebox", self.name)
+        if row is not None and dict(row.status) != self.status:
+            row.status = self.status
+
+
+# --- external networks, NAT rules, VIPs --------------------------------------
+
+class ExtAddCommand(_Command):
+    def __init__(self, api, ext, may_exist=False):
+        super().__init__(api)
+        self.ext = ext
+        self.may_exist = may_exist
+
+    def run_idl(self, txn):
+        ext = self.ext
+        row = _find(self.api, "External_Network", ext.name)
+        if row is not None:
+            _refuse_existing(f"external network '{ext.name}'", _ext_info(row),
+                             ext, self.may_exist)
+            return
+        validate.check_external_network(
+            ext, _externals(self.api).values())
+        row = txn.insert(self.api.tables["External_Network"])
+        _write_ext(row, ext)
+
+
+def _write_ext(row, ext):
+    row.name, row.cidr = ext.name, ext.cidr
+    row.gateway_ip, row.gateway_mac = ext.gateway_ip, ext.gateway_mac
+
+
+def _ext_users(api, ext):
+    """Descriptions of the NAT rules with an external IP inside ``ext``."""
+    net = ipaddress.IPv4Network(ext.cidr)
+    users = []
+    for mb_name, rules in sorted(_nat_rules(api).items()):
+        users += [f"middlebox '{mb_name}' {validate.describe_nat(rule)}"
+                  for rule in rules
+                  if any(ipaddress.IPv4Address(ip) in net
+                         for ip in rule.external_ips)]
+    return users
+
+
+class ExtDelCommand(_Command):
+    def __init__(self, api, name, if_exists=False):
+        super().__init__(api)
+        self.name = name
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        row = _find(self.api, "External_Network", self.name)
+        if row is None:
+            if self.if_exists:
+                return
+            raise MbxError(f"unknown external network '{self.name}'; use "
+                           "--if-exists to ignore a missing one")
+        users = _ext_users(self.api, _ext_info(row))
+        if users:
+            raise MbxError(f"external network '{self.name}' is still used by "
+                           f"{'; '.join(users)}; delete "
+                           f"{'it' if len(users) == 1 else 'them'} first "
+                           "(nat-del)")
+        row.delete()
+
+
+class UpsertExternalNetworkCommand(_Command):
+    """Create or update an external network without checks (see
+    CheckFirewallCommand)."""
+
+    def __init__(self, api, ext):
+        super().__init__(api)
+        self.ext = ext
+
+    def run_idl(self, txn):
+        row = _find(self.api, "External_Network", self.ext.name)
+        if row is None:
+            row = txn.insert(self.api.tables["External_Network"])
+        _write_ext(row, self.ext)
+
+
+def _mb_row(api, name, hint):
+    row = _find(api, "Middlebox", name)
+    if row is None:
+        raise MbxError(f"unknown middlebox '{name}'; create it first "
+                       f"({hint})")
+    return row
+
+
+def _bare_nat(rule):
+    """``rule`` without its identity, for comparing values."""
+    return dataclasses.replace(rule, uuid="")
+
+
+def _write_nat(row, rule):
+    row.type, row.external_ips = rule.type, list(rule.external_ips)
+    row.logical_ip = rule.logical_ip
+    row.protocol = [rule.protocol] if rule.protocol else []
+    row.external_port = ([] if rule.external_port is None
+                         else [rule.external_port])
+    row.logical_port = ([] if rule.logical_port is None
+                        else [rule.logical_port])
+    row.port_range = (["%d-%d" % rule.port_range] if rule.type == "snat"
+                      else [])
+
+
+def _verify_nat(api):
+    """Have the transaction fail (and be retried) if any middlebox's NAT
+    rules change meanwhile: overlaps are checked across all of them."""
+    for row in _rows(api, "Middlebox"):
+        row.verify("nat_rules")
+
+
+class NatAddCommand(_Command):
+    def __init__(self, api, mb_name, rule, may_exist=False):
+        super().__init__(api)
+        self.mb_name = mb_name
+        self.rule = rule
+        self.may_exist = may_exist
+
+    def run_idl(self, txn):
+        row = _mb_row(self.api, self.mb_name, "mb-add --type nat")
+        mb = _mb_info(row)
+        rule = dataclasses.replace(self.rule, middlebox=mb.name)
+        _verify_nat(self.api)
+        others = [r for rules in _nat_rules(self.api).values()
+                  for r in rules]
+        if any(_bare_nat(r) == rule for r in others):
+            if self.may_exist:
+                return
+            raise MbxError(f"middlebox '{mb.name}' already has a "
+                           f"{validate.describe_nat(rule)}; use --may-exist "
+                           "to accept an identical one")
+        validate.check_nat_rule(rule, mb, _switches(self.api),
+                                list(_externals(self.api).values()))
+        validate.check_nat_unique(rule, others)
+        new = txn.insert(self.api.tables["NAT_Rule"])
+        _write_nat(new, rule)
+        row.nat_rules = [r for r in row.nat_rules if r is not None] + [new]
+
+
+class NatDelCommand(_Command):
+    def __init__(self, api, mb_name, external_ip, rule_type, external_port,
+                 rule_uuid, if_exists=False):
+        super().__init__(api)
+        self.mb_name = mb_name
+        self.external_ip = external_ip
+        self.rule_type = rule_type
+        self.external_port = external_port
+        self.rule_uuid = rule_uuid
+        self.if_exists = if_exists
+
+    def _selects(self, rule):
+        if self.rule_uuid is not None:
+            return rule.uuid == self.rule_uuid
+        return (self.external_ip in rule.external_ips
+                and self.rule_type in (None, rule.type)
+                and self.external_port in (None, rule.external_port))
+
+    def _what(self):
+        if self.rule_uuid is not None:
+            return f"NAT rule {self.rule_uuid}"
+        what = f"{self.rule_type or 'NAT'} rule for external IP " \
+               f"{self.external_ip}"
+        if self.external_port is not None:
+            what += f" port {self.external_port}"
+        return what
+
+    def run_idl(self, txn):
+        row = _find(self.api, "Middlebox", self.mb_name)
+        if row is None:
+            if self.if_exists:
+                return
+            raise MbxError(f"unknown middlebox '{self.mb_name}'; use "
+                           "--if-exists to ignore a missing one")
+        row.verify("nat_rules")
+        rows = [r for r in row.nat_rules if r is not None]
+        doomed = [r for r in rows if self._selects(_nat_info(r, row.name))]
+        if not doomed:
+            if self.if_exists:
+                return
+            raise MbxError(f"middlebox '{self.mb_name}' has no "
+                           f"{self._what()}; use --if-exists to ignore a "
+                           "missing one")
+        if len(doomed) > 1:
+            rules = sorted((_nat_info(r, row.name) for r in doomed),
+                           key=_nat_key)
+            raise MbxError(f"middlebox '{self.mb_name}' has "
+                           f"{len(doomed)} NAT rules for external IP "
+                           f"{self.external_ip}: "
+                           + "; ".join(validate.describe_nat(r)
+                                       for r in rules)
+                           + "; choose one with --type and --external-port,"
+                           " or by UUID (nat-list)")
+        row.nat_rules = [r for r in rows if r not in doomed]
+
+
+def _bare_vip(v):
+    """``v`` without its identity and status, for comparing values."""
+    return dataclasses.replace(v, uuid="", status={})
+
+
+def _write_vip(row, v):
+    row.vip, row.port, row.protocol = v.vip, v.port, v.protocol
+    row.algorithm = v.algorithm
+    row.backends = [validate.backend_text(b) for b in v.backends]
+    row.options = dict(v.options)
+
+
+def _find_vip(api, mb_name, address, protocol, if_exists=False):
+    """(Middlebox row, its LB_VIP row for ``address`` (ip, port) and
+    ``protocol`` (None: the only one), or None).  (None, None) for a
+    missing middlebox with ``if_exists``."""
+    row = _find(api, "Middlebox", mb_name)
+    if row is None:
+        if if_exists:
+            return None, None
+        raise MbxError(f"unknown middlebox '{mb_name}'; create it first "
+                       "(mb-add --type lb)")
+    found = [r for r in row.vips if r is not None
+             and (r.vip, r.port) == address
+             and protocol in (None, r.protocol)]
+    if len(found) > 1:
+        raise MbxError(f"load balancer '{mb_name}' has VIPs "
+                       f"{address[0]}:{address[1]} for "
+                       f"{' and '.join(sorted(r.protocol for r in found))}; "
+                       "choose one with --protocol")
+    return row, (found[0] if found else None)
+
+
+def _no_vip(mb_name, address, protocol):
+    what = f"{address[0]}:{address[1]}" + (f"/{protocol}" if protocol
+                                           else "")
+    return MbxError(f"load balancer '{mb_name}' has no VIP {what}")
+
+
+def _check_vip(api, v, mb):
+    """check_vip and check_vip_unique against the transaction's view."""
+    middleboxes = _middleboxes(api)
+    validate.check_vip(v, mb, _switches(api), _vms(api))
+    others = [o for vips in _vips(api).values() for o in vips
+              if o.uuid != v.uuid]
+    validate.check_vip_unique(v, mb, others, middleboxes)
+
+
+class LbAddCommand(_Command):
+    def __init__(self, api, mb_name, vip, may_exist=False):
+        super().__init__(api)
+        self.mb_name = mb_name
+        self.vip = vip
+        self.may_exist = may_exist
+
+    def run_idl(self, txn):
+        v = self.vip
+        row, current = _find_vip(self.api, self.mb_name, (v.vip, v.port),
+                                 v.protocol)
+        v = dataclasses.replace(v, middlebox=row.name)
+        if current is not None:
+            _refuse_existing(f"load balancer '{row.name}' VIP "
+                             f"{validate.vip_text(v)}",
+                             _bare_vip(_vip_info(current, row.name)), v,
+                             self.may_exist)
+            return
+        for other in _rows(self.api, "Middlebox"):
+            other.verify("vips")
+        _check_vip(self.api, v, _mb_info(row))
+        new = txn.insert(self.api.tables["LB_VIP"])
+        _write_vip(new, v)
+        new.status = {}
+        row.vips = [r for r in row.vips if r is not None] + [new]
+
+
+class LbDelCommand(_Command):
+    def __init__(self, api, mb_name, address, protocol, if_exists=False):
+        super().__init__(api)
+        self.mb_name = mb_name
+        self.address = address
+        self.protocol = protocol
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        row, current = _find_vip(self.api, self.mb_name, self.address,
+                                 self.protocol, self.if_exists)
+        if current is None:
+            if self.if_exists:
+                return
+            raise MbxError(str(_no_vip(self.mb_name, self.address,
+                                       self.protocol))
+                           + "; use --if-exists to ignore a missing one")
+        row.vips = [r for r in row.vips if r is not None and r != current]
+
+
+class LbChangeCommand(_Command):
+    """Change one VIP: add or remove a backend, merge options, set the
+    algorithm; then check it."""
+
+    def __init__(self, api, mb_name, address, protocol, add=None,
+                 remove=None, options=None, algorithm=None, may_exist=False,
+                 if_exists=False):
+        super().__init__(api)
+        self.mb_name = mb_name
+        self.address = address
+        self.protocol = protocol
+        self.add = add
+        self.remove = remove
+        self.options = options or {}
+        self.algorithm = algorithm
+        self.may_exist = may_exist
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        row, current = _find_vip(self.api, self.mb_name, self.address,
+                                 self.protocol)
+        if current is None:
+            raise _no_vip(self.mb_name, self.address, self.protocol)
+        current.verify("backends")
+        current.verify("options")
+        v = _vip_info(current, row.name)
+        backends = list(v.backends)
+        text = validate.backend_text(self.add or self.remove or ("", 0))
+        label = f"load balancer '{row.name}' VIP {validate.vip_text(v)}"
+        if self.add is not None:
+            if self.add in backends:
+                if self.may_exist:
+                    return
+                raise MbxError(f"{label} already has backend {text}; use "
+                               "--may-exist to accept it")
+            backends.append(self.add)
+        if self.remove is not None:
+            if self.remove not in backends:
+                if self.if_exists:
+                    return
+                raise MbxError(f"{label} has no backend {text}; use "
+                               "--if-exists to ignore a missing one")
+            backends.remove(self.remove)
+        options = dict(v.options)
+        for key, value in self.options.items():
+            if value == "":
+                options.pop(key, None)
+            else:
+                options[key] = value
+        v = dataclasses.replace(
+            v, backends=tuple(sorted(backends, key=lambda b: (
+                _ip_key(b[0]), b[1]))),
+            options=dict(sorted(options.items())),
+            algorithm=self.algorithm or v.algorithm)
+        _check_vip(self.api, v, _mb_info(row))
+        _write_vip(current, v)
 
 
 class UpsertAddressSetCommand(_Command):
@@ -714,14 +1269,17 @@ class UpsertAddressSetCommand(_Command):
 
 
 class UpsertMiddleboxCommand(_Command):
-    """Create or update a middlebox and make its rules exactly ``rules``
-    (rules that stay keep their rows), without checks (see
-    CheckFirewallCommand)."""
+    """Create or update a middlebox and make its rules, NAT rules and VIPs
+    exactly ``rules``, ``nat_rules`` and ``vips`` (rules that stay keep
+    their rows; a VIP that stays, by address, port and protocol, keeps its
+    row and status), without checks (see CheckFirewallCommand)."""
 
-    def __init__(self, api, mb, rules):
+    def __init__(self, api, mb, rules, nat_rules=(), vips=()):
         super().__init__(api)
         self.mb = mb
         self.rules = rules
+        self.nat_rules = nat_rules
+        self.vips = vips
 
     def run_idl(self, txn):
         mb = self.mb
@@ -733,6 +1291,7 @@ class UpsertMiddleboxCommand(_Command):
         if row is None:
             row = txn.insert(self.api.tables["Middlebox"])
             row.name, row.rules = mb.name, []
+            row.nat_rules, row.vips = [], []
         row.type, row.logical_switch = mb.type, switch
         row.default_action, row.options = mb.default_action, dict(mb.options)
         row.verify("rules")
@@ -754,6 +1313,45 @@ class UpsertMiddleboxCommand(_Command):
             new.address_sets = _set_rows(self.api, parse_match(rule.match))
             keep.append(new)
         row.rules = keep
+        self._nat(txn, row)
+        self._vips(txn, row)
+
+    def _nat(self, txn, row):
+        row.verify("nat_rules")
+        keep, wanted = [], [_bare_nat(r) for r in self.nat_rules]
+        for rule in row.nat_rules:
+            if rule is None:
+                continue
+            record = _bare_nat(_nat_info(rule, row.name))
+            if record in wanted:
+                wanted.remove(record)
+                keep.append(rule)
+        for rule in wanted:
+            new = txn.insert(self.api.tables["NAT_Rule"])
+            _write_nat(new, rule)
+            keep.append(new)
+        row.nat_rules = keep
+
+    def _vips(self, txn, row):
+        row.verify("vips")
+        wanted = {(v.vip, v.port, v.protocol): v for v in self.vips}
+        keep = []
+        for current in row.vips:
+            if current is None:
+                continue
+            v = wanted.pop((current.vip, current.port, current.protocol),
+                           None)
+            if v is None:
+                continue
+            if _bare_vip(_vip_info(current, row.name)) != _bare_vip(v):
+                _write_vip(current, v)
+            keep.append(current)
+        for v in wanted.values():
+            new = txn.insert(self.api.tables["LB_VIP"])
+            _write_vip(new, v)
+            new.status = {}
+            keep.append(new)
+        row.vips = keep
 
 
 class ReplacePoliciesCommand(_Command):
@@ -788,9 +1386,13 @@ class CheckFirewallCommand(_Command):
     batch of upserts, like CheckCommand."""
 
     def run_idl(self, txn):
+        switches, middleboxes = _switches(self.api), _middleboxes(self.api)
         validate.check_firewall(
-            _switches(self.api), _address_sets(self.api),
-            _middleboxes(self.api), _rules(self.api), _policies(self.api))
+            switches, _address_sets(self.api), middleboxes,
+            _rules(self.api), _policies(self.api))
+        validate.check_services(
+            switches, _vms(self.api), middleboxes, _nat_rules(self.api),
+            _vips(self.api), _externals(self.api))
 
 
 class HostRegisterCommand(_Command):
@@ -892,17 +1494,53 @@ class SnapshotCommand(_ReadCommand):
         for row in _rows(self.api, "VM"):
             locations[row.name] = (row.host[0].name if row.host else None,
                                    row.location_epoch)
-        slices = {}
-        for row in _rows(self.api, "Slice"):
-            if row.middlebox and row.host:
-                slices[(row.middlebox[0].name, row.host[0].name)] = row.tag
+        slices, slice_status = {}, {}
+        for row in sorted(_rows(self.api, "Slice"), key=lambda r: r.uuid):
+            key = _slice_key(row)
+            if key is not None and key not in slices:
+                slices[key] = row.tag
+                slice_status[key] = dict(sorted(row.status.items()))
+        middleboxes = _middleboxes(self.api)
         self.result = NbSnapshot(
             nb_cfg=nb.nb_cfg if nb else 0, hv_cfg=nb.hv_cfg if nb else 0,
             hosts=hosts, switches=_switches(self.api),
             vms={vm.name: vm for vm in _vms(self.api)},
-            vm_locations=locations, middleboxes=_middleboxes(self.api),
+            vm_locations=locations, middleboxes=middleboxes,
             rules=_rules(self.api), policies=_policies(self.api),
-            address_sets=_address_sets(self.api), slices=slices)
+            address_sets=_address_sets(self.api), slices=slices,
+            slice_status=slice_status,
+            nat_rules={k: v for k, v in _nat_rules(self.api).items()
+                       if k in middleboxes},
+            vips={k: v for k, v in _vips(self.api).items()
+                  if k in middleboxes},
+            external_networks=_externals(self.api),
+            middlebox_status={row.name: dict(sorted(row.status.items()))
+                              for row in _rows(self.api, "Middlebox")
+                              if row.name in middleboxes},
+            shared_state=_shared_state(self.api),
+            ids_alerts=_ids_alerts(self.api))
+
+
+def _shared_state(api):
+    return tuple(sorted(
+        (SharedRecord(row.middlebox, row.host, row.service, row.key,
+                      row.value, row.stamp)
+         for row in _rows(api, "Shared_State")),
+        key=lambda r: (r.middlebox, r.service, r.key, r.host)))
+
+
+def _ids_alerts(api):
+    return tuple(sorted(
+        (AlertRecord(row.middlebox, row.kind, row.source, row.target,
+                     row.count, tuple(sorted(row.hosts)), row.first_seen,
+                     row.last_seen, row.reported_by)
+         for row in _rows(api, "IDS_Alert")),
+        key=lambda a: (a.middlebox, a.first_seen, a.kind, a.source,
+                       a.target, a.last_seen)))
+
+
+def _lb_protocol(protocol):
+    return None if protocol is None else validate.protocol(protocol)
 
 
 # --- connection ---------------------------------------------------------------
@@ -975,7 +1613,7 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
     lookup_table = {
         table: idlutils.RowLookup(table, "name", None)
         for table in ("Host", "Logical_Switch", "VM", "Middlebox",
-                      "Address_Set")}
+                      "Address_Set", "External_Network")}
 
     @classmethod
     def connect(cls, remote, timeout=5.0, on_change=None):
@@ -1012,11 +1650,17 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
 
     # --- user writes ---
 
-    def ls_add(self, name, vni, subnet, tenant=None, may_exist=False):
+    def ls_add(self, name, vni, subnet, tenant=None, may_exist=False,
+               gateway=None):
+        """``gateway`` (default: the subnet's first address) is a host
+        address of ``subnet``."""
+        name = validate.name(name, "logical switch name")
+        subnet = validate.subnet(subnet)
         switch = SwitchInfo(
-            validate.name(name, "logical switch name"),
-            validate.tenant(name if tenant is None else tenant),
-            validate.vni(vni), validate.subnet(subnet))
+            name, validate.tenant(name if tenant is None else tenant),
+            validate.vni(vni), subnet,
+            validate.default_gateway(subnet) if gateway is None
+            else validate.gateway(gateway, subnet, name))
         return LsAddCommand(self, switch, may_exist)
 
     def ls_del(self, name, if_exists=False):
@@ -1096,13 +1740,13 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
         """Refused while a firewall rule or steering policy uses the set."""
         return AsDelCommand(self, name, if_exists)
 
-    def steer_add(self, switch, priority, match, middlebox):
-        """``middlebox`` is a middlebox of ``switch``, or "bypass"."""
+    def steer_add(self, switch, priority, match, chain):
+        """``chain``: middleboxes of ``switch`` in order, as a sequence of
+        names or "NAME,NAME"; "bypass" (or empty) for none."""
         policy = PolicyInfo(
             validate.name(switch, "logical switch name"),
             validate.steer_priority(priority), validate.match(match).text,
-            None if middlebox == "bypass"
-            else validate.name(middlebox, "middlebox name"))
+            validate.chain(chain))
         return SteerAddCommand(self, policy)
 
     def steer_del(self, switch, priority=None, if_exists=False):
@@ -1110,6 +1754,82 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
         if priority is not None:
             priority = validate.steer_priority(priority)
         return SteerDelCommand(self, switch, priority, if_exists)
+
+    def ext_add(self, name, cidr, gateway_ip, gateway_mac, may_exist=False):
+        return ExtAddCommand(self, validate.external_network(
+            name, cidr, gateway_ip, gateway_mac), may_exist)
+
+    def ext_del(self, name, if_exists=False):
+        """Refused while a NAT rule has an external IP inside it."""
+        return ExtDelCommand(self, name, if_exists)
+
+    def nat_add(self, mb, type, external_ips, logical_ip="", protocol="",
+                external_port=None, logical_port=None, port_range=None,
+                may_exist=False):
+        """See validate.nat_rule; ``mb`` is a nat middlebox."""
+        return NatAddCommand(self, mb, validate.nat_rule(
+            mb, type, external_ips, logical_ip, protocol, external_port,
+            logical_port, port_range), may_exist)
+
+    def nat_del(self, mb, external_ip=None, type=None, external_port=None,
+                uuid=None, if_exists=False):
+        """The one NAT rule of ``mb`` with ``external_ip`` (and ``type``,
+        ``external_port`` if given), or the rule with ``uuid``."""
+        if (external_ip is None) == (uuid is None):
+            raise MbxError("give an external IP or a NAT rule's UUID")
+        if uuid is not None:
+            try:
+                uuid = str(uuidlib.UUID(uuid))
+            except (TypeError, ValueError):
+                raise MbxError(f"invalid UUID {uuid!r}") from None
+        else:
+            external_ip = validate.ipv4(external_ip, "external IP")
+        if type is not None:
+            type = validate.nat_type(type)
+        if external_port is not None:
+            external_port = validate.port(external_port, "external port")
+        return NatDelCommand(self, mb, external_ip, type, external_port,
+                             uuid, if_exists)
+
+    def lb_add(self, mb, vip, protocol="tcp", algorithm="round-robin",
+               backends=(), options=None, may_exist=False):
+        """``vip`` and ``backends``: "IP:PORT"; ``mb`` is an lb middlebox."""
+        return LbAddCommand(self, mb, validate.vip(
+            mb, vip, protocol, algorithm, backends, options), may_exist)
+
+    def lb_del(self, mb, vip, protocol=None, if_exists=False):
+        """``protocol`` None: the VIP's only protocol."""
+        return LbDelCommand(self, mb, validate.ip_port(vip, "VIP"),
+                            _lb_protocol(protocol), if_exists)
+
+    def lb_backend_add(self, mb, vip, backend, protocol=None,
+                       may_exist=False):
+        return LbChangeCommand(self, mb, validate.ip_port(vip, "VIP"),
+                               _lb_protocol(protocol),
+                               add=validate.ip_port(backend, "backend"),
+                               may_exist=may_exist)
+
+    def lb_backend_del(self, mb, vip, backend, protocol=None,
+                       if_exists=False):
+        return LbChangeCommand(self, mb, validate.ip_port(vip, "VIP"),
+                               _lb_protocol(protocol),
+                               remove=validate.ip_port(backend, "backend"),
+                               if_exists=if_exists)
+
+    def lb_set(self, mb, vip, options=None, algorithm=None, protocol=None):
+        """Merges ``options`` into the VIP's (a value "" removes the key);
+        ``algorithm`` replaces its algorithm."""
+        checked = {}
+        for key, value in (options or {}).items():
+            if value == "":
+                checked[validate.vip_option_key(key)] = ""
+            else:
+                checked[key] = validate.vip_option(key, value)
+        if algorithm is not None:
+            algorithm = validate.algorithm(algorithm)
+        return LbChangeCommand(self, mb, validate.ip_port(vip, "VIP"),
+                               _lb_protocol(protocol), options=checked,
+                               algorithm=algorithm)
 
     def require_middlebox(self, name):
         """Fails unless middlebox ``name`` exists (e.g. before fw-list)."""
@@ -1120,10 +1840,18 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
         ``check_firewall()``."""
         return UpsertAddressSetCommand(self, aset)
 
-    def upsert_middlebox(self, mb: MiddleboxInfo, rules=()):
-        """Create or update ``mb`` with exactly ``rules`` (RuleRecords);
-        follow a batch with ``check_firewall()``."""
-        return UpsertMiddleboxCommand(self, mb, tuple(rules))
+    def upsert_middlebox(self, mb: MiddleboxInfo, rules=(), nat_rules=(),
+                         vips=()):
+        """Create or update ``mb`` with exactly ``rules`` (RuleRecords),
+        ``nat_rules`` (NatRuleInfos) and ``vips`` (VipInfos); follow a
+        batch with ``check_firewall()``."""
+        return UpsertMiddleboxCommand(self, mb, tuple(rules),
+                                      tuple(nat_rules), tuple(vips))
+
+    def upsert_external_network(self, ext: ExternalNetInfo):
+        """Create or update ``ext``; follow a batch with
+        ``check_firewall()``."""
+        return UpsertExternalNetworkCommand(self, ext)
 
     def replace_policies(self, switch, policies):
         """Make ``switch``'s steering policies exactly ``policies``; follow
@@ -1131,6 +1859,8 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
         return ReplacePoliciesCommand(self, switch, tuple(policies))
 
     def check_firewall(self):
+        """Check every middlebox, rule, steering policy, NAT rule, VIP and
+        external network (validate.check_firewall, check_services)."""
         return CheckFirewallCommand(self)
 
     def upsert_switch(self, switch: SwitchInfo):
@@ -1171,13 +1901,38 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
     def set_hv_cfg(self, value):
         return SetHvCfgCommand(self, value)
 
-    def set_slices(self, desired):
-        """Make the Slice table exactly ``desired``, a dict (middlebox name,
-        host name) -> tag; entries naming a missing middlebox or host are
-        ignored."""
-        return SetSlicesCommand(self, {
-            (mb, host): validate.slice_tag(tag)
-            for (mb, host), tag in desired.items()})
+    def set_slices(self, slices, status=None):
+        """Make the Slice table exactly ``slices``, a dict (chain, host
+        name) -> tag, where a chain is a non-empty tuple of middlebox names
+        in order; ``status`` maps the same keys to the slices' status
+        ({str: str}; missing or None: empty).  Entries naming a missing
+        middlebox or host are ignored."""
+        desired, checked = {}, {}
+        for (chain, host), tag in slices.items():
+            chain = validate.chain(tuple(chain))
+            if not chain:
+                raise MbxError("a slice's chain names at least one "
+                               "middlebox")
+            desired[(chain, host)] = validate.slice_tag(tag)
+        for (chain, host), value in (status or {}).items():
+            checked[(tuple(chain), host)] = validate.status_map(
+                value, "slice status")
+        return SetSlicesCommand(self, desired, checked)
+
+    def set_vip_status(self, vip_uuid, status):
+        """LB_VIP.status of the VIP with UUID ``vip_uuid`` ("ip:port" ->
+        "up"/"down"); nothing if the VIP is gone."""
+        try:
+            key = uuidlib.UUID(str(vip_uuid))
+        except ValueError:
+            raise MbxError(f"invalid UUID {vip_uuid!r}") from None
+        return SetVipStatusCommand(self, key,
+                                   validate.status_map(status, "VIP status"))
+
+    def set_middlebox_status(self, name, status):
+        """Middlebox.status of ``name``; nothing if it is gone."""
+        return SetMiddleboxStatusCommand(
+            self, name, validate.status_map(status, "middlebox status"))
 
     # --- reads ---
 
@@ -1206,6 +1961,26 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
         if mb not in snap.middleboxes:
             raise MbxError(f"unknown middlebox '{mb}'")
         return list(snap.rules.get(mb, ()))
+
+    def ext_list(self):
+        return sorted(self.snapshot().external_networks.values(),
+                      key=lambda e: e.name)
+
+    def nat_list(self, mb=None):
+        """NAT rules, by middlebox name then sorted (_nat_key)."""
+        snap = self.snapshot()
+        return [rule for name, rules in sorted(snap.nat_rules.items())
+                if mb is None or name == mb for rule in rules]
+
+    def lb_list(self, mb=None):
+        """VIPs, by middlebox name then address, port, protocol."""
+        snap = self.snapshot()
+        return [v for name, vips in sorted(snap.vips.items())
+                if mb is None or name == mb for v in vips]
+
+    def ids_alerts(self, mb=None):
+        return [a for a in self.snapshot().ids_alerts
+                if mb is None or a.middlebox == mb]
 
     def as_list(self, tenant=None):
         return sorted((s for s in self.snapshot().address_sets.values()

@@ -3,8 +3,9 @@
 import argparse
 import os
 import sys
+import time
 
-from ovsdb import DEFAULT_DB
+from ovsdb import DEFAULT_DB, validate
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
 from ovsdb.topology import apply_topology, parse_topology
@@ -22,20 +23,29 @@ Options (before the first command):
 
 Commands:
   init                                   create the NB_Global row
-  ls-add NAME --vni N --subnet CIDR [--tenant T] [--may-exist]
+  ls-add NAME --vni N --subnet CIDR [--tenant T] [--gateway IP]
+         [--may-exist]                   gateway: default the subnet's first
+                                         address
   ls-del NAME [--if-exists]              delete an unused logical switch
   ls-list                                list logical switches
   vm-add NAME --switch LS --ip IP [--mac MAC] [--may-exist]
   vm-del NAME [--if-exists]
   vm-list [--switch LS]                  list VMs and where they run
   host-list                              list registered hosts
-  mb-add NAME SWITCH [--type firewall] [--default allow|deny|reject]
-         [KEY=VALUE...] [--may-exist]    add a middlebox serving SWITCH,
+  ext-add NAME CIDR GATEWAY_IP GATEWAY_MAC [--may-exist]
+                                         add an external network
+  ext-del NAME [--if-exists]             delete an external network no NAT
+                                         rule uses
+  ext-list                               list external networks
+  mb-add NAME SWITCH [--type firewall|nat|lb|ids]
+         [--default allow|deny|reject] [KEY=VALUE...] [--may-exist]
+                                         add a middlebox serving SWITCH,
                                          with options KEY=VALUE
   mb-set NAME [--default ACTION] [KEY=VALUE...]
                                          change a middlebox; KEY= removes KEY
-  mb-del NAME [--if-exists]              delete a middlebox and its rules
-  mb-list                                list middleboxes
+  mb-del NAME [--if-exists]              delete a middlebox and its rules,
+                                         NAT rules and VIPs
+  mb-list                                list middleboxes, types and status
   fw-add MB PRIORITY DIRECTION MATCH ACTION [--tier provider|tenant]
                                          add a firewall rule: PRIORITY 0-32767,
                                          DIRECTION from-vm|to-vm, ACTION
@@ -50,10 +60,35 @@ Commands:
   as-set NAME [ADDRESS...]               replace an address set's addresses
   as-del NAME [--if-exists]              delete an address set not in use
   as-list [TENANT]                       list address sets
-  steer-add SWITCH PRIORITY MATCH MIDDLEBOX|bypass
+  nat-add MB snat EXTERNAL_IP[,EXTERNAL_IP...] [LOGICAL_CIDR]
+         [--port-range LO-HI] [--may-exist]
+                                         translate sources in LOGICAL_CIDR
+                                         (default: the switch's subnet) to
+                                         the external IPs, ports LO-HI
+                                         (default 1024-65535)
+  nat-add MB dnat EXTERNAL_IP LOGICAL_IP [--protocol tcp|udp]
+         [--external-port P] [--logical-port P] [--may-exist]
+                                         forward EXTERNAL_IP (or its port P)
+                                         to LOGICAL_IP (its port)
+  nat-del MB EXTERNAL_IP|UUID [--type snat|dnat] [--external-port P]
+         [--if-exists]                   delete one NAT rule
+  nat-list [MB]                          list NAT rules
+  lb-add MB VIP:PORT [BACKEND_IP:PORT...] [--protocol tcp|udp]
+         [--algorithm round-robin|least-connections|source-hash]
+         [--may-exist]                   add a load-balanced VIP (tcp,
+                                         round-robin)
+  lb-del MB VIP:PORT [--protocol P] [--if-exists]
+  lb-backend-add MB VIP:PORT BACKEND_IP:PORT [--protocol P] [--may-exist]
+  lb-backend-del MB VIP:PORT BACKEND_IP:PORT [--protocol P] [--if-exists]
+  lb-set MB VIP:PORT [--algorithm A] [KEY=VALUE...] [--protocol P]
+                                         change a VIP; KEY= removes KEY
+  lb-list [MB]                           list VIPs, backends and health
+  ids-alerts [MB]                        list IDS alerts
+  steer-add SWITCH PRIORITY MATCH MB[,MB...]|bypass
                                          send SWITCH's traffic that MATCH
-                                         selects through MIDDLEBOX (PRIORITY
-                                         0-30000)
+                                         selects through the chain of
+                                         middleboxes MB,... in order
+                                         (PRIORITY 0-30000)
   steer-del SWITCH [PRIORITY] [--if-exists]
                                          delete one or all steering policies
   steer-list [SWITCH]                    list steering policies
@@ -67,9 +102,18 @@ MATCH: space- or comma-separated terms, "any" or "" for every IPv4 packet:
   proto=tcp|udp|icmp|any|0-255  src=CIDR|ADDRESS|$SET  dst=...
   sport=PORT|LOW-HIGH  dport=...  (ports need proto=tcp or udp)
 Middlebox options (KEY=VALUE): check=offload|every-packet,
-  same-host=both|source|destination, tier-order=provider-first|tenant-first,
+  same-host=both|source|destination,
+  tier-order=provider-first|tenant-first (firewall only),
   timeout-tcp-syn, timeout-tcp-established, timeout-tcp-closing, timeout-udp,
-  timeout-udp-replied, timeout-icmp, timeout-denied=SECONDS (1-65535)
+  timeout-udp-replied, timeout-icmp, timeout-denied=SECONDS (1-65535);
+  nat only: ports-per-host=256|512|...|32768 (default 4096);
+  ids only: scan-threshold, synflood-threshold=COUNT (1-1000000),
+  scan-window, synflood-window=SECONDS (1-65535)
+VIP options (lb-set KEY=VALUE): health-check=tcp|none,
+  health-interval, health-timeout=SECONDS (0 < S <= 3600),
+  health-rise, health-fall=COUNT (1-100)
+A PROTOCOL is needed by lb-del, lb-backend-*, lb-set only when the VIP
+exists for both tcp and udp.
 """
 
 
@@ -121,7 +165,7 @@ def _parser(command, *options):
 PARSERS = {
     "init": _parser("init"),
     "ls-add": _parser("ls-add", "name", "--vni!", "--subnet!", "--tenant",
-                      "--may-exist?"),
+                      "--gateway", "--may-exist?"),
     "ls-del": _parser("ls-del", "name", "--if-exists?"),
     "ls-list": _parser("ls-list"),
     "vm-add": _parser("vm-add", "name", "--switch!", "--ip!", "--mac",
@@ -144,8 +188,29 @@ PARSERS = {
     "as-set": _parser("as-set", "name", "addresses*"),
     "as-del": _parser("as-del", "name", "--if-exists?"),
     "as-list": _parser("as-list", "tenant?"),
+    "ext-add": _parser("ext-add", "name", "cidr", "gateway_ip", "gateway_mac",
+                       "--may-exist?"),
+    "ext-del": _parser("ext-del", "name", "--if-exists?"),
+    "ext-list": _parser("ext-list"),
+    "nat-add": _parser("nat-add", "mb", "type", "external_ips", "logical?",
+                       "--port-range", "--protocol", "--external-port",
+                       "--logical-port", "--may-exist?"),
+    "nat-del": _parser("nat-del", "mb", "target", "--type", "--external-port",
+                       "--if-exists?"),
+    "nat-list": _parser("nat-list", "mb?"),
+    "lb-add": _parser("lb-add", "mb", "vip", "backends*", "--protocol",
+                      "--algorithm", "--may-exist?"),
+    "lb-del": _parser("lb-del", "mb", "vip", "--protocol", "--if-exists?"),
+    "lb-backend-add": _parser("lb-backend-add", "mb", "vip", "backend",
+                              "--protocol", "--may-exist?"),
+    "lb-backend-del": _parser("lb-backend-del", "mb", "vip", "backend",
+                              "--protocol", "--if-exists?"),
+    "lb-set": _parser("lb-set", "mb", "vip", "options*", "--algorithm",
+                      "--protocol"),
+    "lb-list": _parser("lb-list", "mb?"),
+    "ids-alerts": _parser("ids-alerts", "mb?"),
     "steer-add": _parser("steer-add", "switch", "priority", "match",
-                         "middlebox"),
+                         "chain"),
     "steer-del": _parser("steer-del", "switch", "priority?", "--if-exists?"),
     "steer-list": _parser("steer-list", "switch?"),
     "show": _parser("show"),
@@ -161,7 +226,7 @@ def _write(nb, txn, command, args):
         txn.add(nb.ensure_nb_global())
     elif command == "ls-add":
         txn.add(nb.ls_add(args.name, args.vni, args.subnet, args.tenant,
-                          args.may_exist))
+                          args.may_exist, args.gateway))
     elif command == "ls-del":
         txn.add(nb.ls_del(args.name, args.if_exists))
     elif command == "vm-add":
@@ -196,9 +261,43 @@ def _write(nb, txn, command, args):
         txn.add(nb.as_set(args.name, args.addresses))
     elif command == "as-del":
         txn.add(nb.as_del(args.name, args.if_exists))
+    elif command == "ext-add":
+        txn.add(nb.ext_add(args.name, args.cidr, args.gateway_ip,
+                           args.gateway_mac, args.may_exist))
+    elif command == "ext-del":
+        txn.add(nb.ext_del(args.name, args.if_exists))
+    elif command == "nat-add":
+        txn.add(nb.nat_add(args.mb, args.type, args.external_ips,
+                           args.logical or "", args.protocol or "",
+                           args.external_port, args.logical_port,
+                           args.port_range, args.may_exist))
+    elif command == "nat-del":
+        by_uuid = "." not in args.target
+        txn.add(nb.nat_del(args.mb, None if by_uuid else args.target,
+                           args.type, args.external_port,
+                           args.target if by_uuid else None, args.if_exists))
+    elif command == "lb-add":
+        txn.add(nb.lb_add(args.mb, args.vip, args.protocol or "tcp",
+                          args.algorithm or "round-robin", args.backends,
+                          may_exist=args.may_exist))
+    elif command == "lb-del":
+        txn.add(nb.lb_del(args.mb, args.vip, args.protocol, args.if_exists))
+    elif command == "lb-backend-add":
+        txn.add(nb.lb_backend_add(args.mb, args.vip, args.backend,
+                                  args.protocol, args.may_exist))
+    elif command == "lb-backend-del":
+        txn.add(nb.lb_backend_del(args.mb, args.vip, args.backend,
+                                  args.protocol, args.if_exists))
+    elif command == "lb-set":
+        txn.add(nb.lb_set(args.mb, args.vip,
+                          _key_values(command, args.options), args.algorithm,
+                          args.protocol))
+    elif command in ("nat-list", "lb-list", "ids-alerts"):
+        if args.mb is not None:
+            txn.add(nb.require_middlebox(args.mb))
     elif command == "steer-add":
         txn.add(nb.steer_add(args.switch, args.priority, args.match,
-                             args.middlebox))
+                             args.chain))
     elif command == "steer-del":
         txn.add(nb.steer_del(args.switch, args.priority, args.if_exists))
     elif command == "load":
@@ -234,8 +333,8 @@ def _table(headers, rows):
 
 def _read(snap, command, args):
     if command == "ls-list":
-        return _table(["NAME", "TENANT", "VNI", "SUBNET"],
-                      [[s.name, s.tenant, s.vni, s.subnet]
+        return _table(["NAME", "TENANT", "VNI", "SUBNET", "GATEWAY"],
+                      [[s.name, s.tenant, s.vni, s.subnet, s.gateway]
                        for s in sorted(snap.switches.values(),
                                        key=lambda s: s.name)])
     if command == "vm-list":
@@ -256,12 +355,46 @@ def _read(snap, command, args):
                                        key=lambda h: h.name)])
     if command == "mb-list":
         return _table(["NAME", "TYPE", "SWITCH", "DEFAULT", "RULES",
-                       "OPTIONS"],
-                      [[mb.name, mb.type, mb.switch, mb.default_action,
-                        len(snap.rules.get(mb.name, ())),
-                        _options(mb.options) or "-"]
+                       "OPTIONS", "STATUS"],
+                      [[mb.name, mb.type, mb.switch,
+                        mb.default_action if mb.type == "firewall" else "-",
+                        _rule_count(snap, mb),
+                        _options(mb.options) or "-",
+                        _options(snap.middlebox_status.get(mb.name, {}))
+                        or "-"]
                        for mb in sorted(snap.middleboxes.values(),
                                         key=lambda mb: mb.name)])
+    if command == "ext-list":
+        return _table(["NAME", "CIDR", "GATEWAY_IP", "GATEWAY_MAC"],
+                      [[e.name, e.cidr, e.gateway_ip, e.gateway_mac]
+                       for _, e in sorted(snap.external_networks.items())])
+    if command == "nat-list":
+        return _table(["MIDDLEBOX", "TYPE", "EXTERNAL_IP", "LOGICAL_IP",
+                       "PROTOCOL", "PORTS", "UUID"],
+                      [[r.middlebox, r.type, ",".join(r.external_ips),
+                        r.logical_ip or "-", _nat_protocol(r),
+                        _nat_ports(r), r.uuid]
+                       for name, rules in sorted(snap.nat_rules.items())
+                       if args.mb is None or name == args.mb
+                       for r in rules])
+    if command == "lb-list":
+        return _table(["MIDDLEBOX", "VIP", "PROTOCOL", "ALGORITHM",
+                       "BACKENDS", "OPTIONS"],
+                      [[v.middlebox, f"{v.vip}:{v.port}", v.protocol,
+                        v.algorithm, _backends(v) or "-",
+                        _options(v.options) or "-"]
+                       for name, vips in sorted(snap.vips.items())
+                       if args.mb is None or name == args.mb
+                       for v in vips])
+    if command == "ids-alerts":
+        return _table(["MIDDLEBOX", "KIND", "SOURCE", "TARGET", "COUNT",
+                       "HOSTS", "FIRST_SEEN", "LAST_SEEN", "REPORTED_BY"],
+                      [[a.middlebox, a.kind, a.source, a.target or "-",
+                        a.count, ",".join(a.hosts) or "-",
+                        _ms_time(a.first_seen), _ms_time(a.last_seen),
+                        a.reported_by or "-"]
+                       for a in snap.ids_alerts
+                       if args.mb is None or a.middlebox == args.mb])
     if command == "fw-list":
         return _table(["DIRECTION", "TIER", "PRIORITY", "ACTION", "MATCH"],
                       [[r.direction, r.tier, r.priority, r.action, r.match]
@@ -273,8 +406,8 @@ def _read(snap, command, args):
                                        key=lambda s: s.name)
                        if args.tenant is None or s.tenant == args.tenant])
     if command == "steer-list":
-        return _table(["SWITCH", "PRIORITY", "MIDDLEBOX", "MATCH"],
-                      [[p.switch, p.priority, p.middlebox or "bypass",
+        return _table(["SWITCH", "PRIORITY", "CHAIN", "MATCH"],
+                      [[p.switch, p.priority, validate.chain_text(p.chain),
                         p.match]
                        for p in snap.policies
                        if args.switch is None or p.switch == args.switch])
@@ -285,11 +418,49 @@ def _options(options):
     return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
 
 
+def _ms_time(ms):
+    """Milliseconds since the epoch as UTC time, e.g. 2026-01-02T03:04:05Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _rule_count(snap, mb):
+    """A middlebox's firewall rules, NAT rules or VIPs, by its type."""
+    items = {"firewall": snap.rules, "nat": snap.nat_rules,
+             "lb": snap.vips}.get(mb.type)
+    return "-" if items is None else len(items.get(mb.name, ()))
+
+
+def _nat_protocol(rule):
+    if rule.type == "snat":
+        return "tcp,udp"
+    if rule.external_port is None:
+        return "any"
+    return rule.protocol or "tcp,udp"
+
+
+def _nat_ports(rule):
+    if rule.type == "snat":
+        return "%d-%d" % rule.port_range
+    if rule.external_port is None:
+        return "-"
+    if rule.logical_port is None:
+        return str(rule.external_port)
+    return f"{rule.external_port}->{rule.logical_port}"
+
+
+def _backends(v):
+    """'10.0.0.11:80=up, 10.0.0.12:80=unknown' (health from LB_VIP.status;
+    unknown: not reported yet)."""
+    return ", ".join(
+        f"{text}={v.status.get(text, 'unknown')}"
+        for text in map(validate.backend_text, v.backends))
+
+
 def _show(snap):
     lines = []
     for sw in sorted(snap.switches.values(), key=lambda s: s.name):
         lines.append(f"switch {sw.name} (tenant {sw.tenant}, vni {sw.vni}, "
-                     f"subnet {sw.subnet})")
+                     f"subnet {sw.subnet}, gateway {sw.gateway})")
         for vm in sorted(snap.vms.values(), key=lambda vm: vm.name):
             if vm.switch != sw.name:
                 continue
@@ -301,19 +472,34 @@ def _show(snap):
         for mb in sorted(snap.middleboxes.values(), key=lambda mb: mb.name):
             if mb.switch != sw.name:
                 continue
-            lines.append(f"    middlebox {mb.name} ({mb.type}, default "
-                         f"{mb.default_action})")
+            lines.append(f"    middlebox {mb.name} ({mb.type}"
+                         + (f", default {mb.default_action})"
+                            if mb.type == "firewall" else ")"))
             if mb.options:
                 lines.append(f"        options: {_options(mb.options)}")
+            status = snap.middlebox_status.get(mb.name)
+            if status:
+                lines.append(f"        status: {_options(status)}")
             lines += [f"        rule {r.direction} {r.tier} {r.priority}: "
                       f"{r.match} -> {r.action}"
                       for r in snap.rules.get(mb.name, ())]
+            lines += [f"        {validate.describe_nat(r)}"
+                      for r in snap.nat_rules.get(mb.name, ())]
+            for v in snap.vips.get(mb.name, ()):
+                lines.append(f"        vip {validate.vip_text(v)} "
+                             f"{v.algorithm}: {_backends(v) or '-'}")
+                if v.options:
+                    lines.append(f"            options: "
+                                 f"{_options(v.options)}")
         lines += [f"    steering {p.priority}: {p.match} -> "
-                  f"{p.middlebox or 'bypass'}"
+                  f"{validate.chain_text(p.chain)}"
                   for p in snap.policies if p.switch == sw.name]
     for aset in sorted(snap.address_sets.values(), key=lambda s: s.name):
         lines += [f"address set {aset.name} (tenant {aset.tenant})",
                   f"    addresses: {', '.join(aset.addresses) or '-'}"]
+    for _, ext in sorted(snap.external_networks.items()):
+        lines.append(f"external network {ext.name} (cidr {ext.cidr}, "
+                     f"gateway {ext.gateway_ip} {ext.gateway_mac})")
     for h in sorted(snap.hosts.values(), key=lambda h: h.name):
         lines += [f"host {h.name}",
                   f"    encap: {h.encap_type} {h.encap_ip}",
@@ -404,7 +590,8 @@ def run(argv, out):
         return
     commands = _commands(rest)
     reads = {"ls-list", "vm-list", "host-list", "mb-list", "fw-list",
-             "as-list", "steer-list", "show"}
+             "as-list", "steer-list", "show", "ext-list", "nat-list",
+             "lb-list", "ids-alerts"}
     nb = MbxNb.connect(opts["db"], timeout=min(opts["timeout"], 5.0))
     try:
         with nb.transaction(check_error=True) as txn:

@@ -1,5 +1,6 @@
 """Run a real config database server (ovsdb-server) for the lab and tests."""
 
+import json
 import os
 import signal
 import socket
@@ -20,13 +21,77 @@ def _run(argv):
     return result.stdout.strip()
 
 
+def _version(text):
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return ()
+
+
+def _old_policy_middleboxes(db_path):
+    """{Steering_Policy uuid: Middlebox uuid} of a database whose schema
+    predates 1.2.0 (Steering_Policy.middlebox, replaced by ``chain``)."""
+    version = _version(_run(["ovsdb-tool", "db-version", db_path]))
+    if not (1, 1) <= version[:2] < (1, 2):
+        return {}
+    query = ["MBX_Northbound", {"op": "select", "table": "Steering_Policy",
+                                "where": [],
+                                "columns": ["_uuid", "middlebox"]}]
+    reply = json.loads(_run(["ovsdb-tool", "query", db_path,
+                             json.dumps(query)]))
+    if not isinstance(reply, list) or "error" in reply[0]:
+        raise MbxError(f"cannot read the steering policies of {db_path} "
+                       f"to convert it: {reply}")
+    out = {}
+    for row in reply[0]["rows"]:
+        middlebox = row["middlebox"]     # ["uuid", U] or ["set", []]
+        if middlebox[0] == "uuid":
+            out[row["_uuid"][1]] = middlebox[1]
+    return out
+
+
+def _migrate_to_1_2(db_path, policies):
+    """After converting to 1.2.0: each policy's old middlebox becomes its
+    chain {0: middlebox}; Slice rows (whose ``middlebox`` is gone) are
+    dropped, the controller writes them again."""
+    ops = [{"op": "delete", "table": "Slice", "where": []}]
+    ops += [{"op": "update", "table": "Steering_Policy",
+             "where": [["_uuid", "==", ["uuid", policy]]],
+             "row": {"chain": ["map", [[0, ["uuid", middlebox]]]]}}
+            for policy, middlebox in sorted(policies.items())]
+    reply = json.loads(_run(["ovsdb-tool", "transact", db_path,
+                             json.dumps(["MBX_Northbound"] + ops)]))
+    errors = [r for r in reply if isinstance(r, dict) and "error" in r]
+    if errors:
+        raise MbxError(f"cannot convert the steering policies of {db_path} "
+                       f"to schema 1.2.0: {errors[0]}")
+
+
 def ensure_db(db_path, schema_path=SCHEMA_PATH):
-    """Create the database file if missing; convert it if its schema is old."""
+    """Create the database file if missing; convert it if its schema is old.
+
+    Converting from 1.1.0 keeps the steering policies: their middlebox
+    becomes a chain of one.  The converted file replaces the old one only
+    once everything worked."""
     if not os.path.exists(db_path):
         _run(["ovsdb-tool", "create", db_path, schema_path])
-    elif _run(["ovsdb-tool", "needs-conversion", db_path,
-               schema_path]) == "yes":
-        _run(["ovsdb-tool", "convert", db_path, schema_path])
+        return
+    if _run(["ovsdb-tool", "needs-conversion", db_path,
+             schema_path]) != "yes":
+        return
+    policies = _old_policy_middleboxes(db_path)
+    target = _version(_run(["ovsdb-tool", "schema-version", schema_path]))
+    tmp = db_path + ".converting"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    try:
+        _run(["ovsdb-tool", "convert", db_path, schema_path, tmp])
+        if target[:2] >= (1, 2):
+            _migrate_to_1_2(tmp, policies)
+        os.replace(tmp, db_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _socket_path(remotes):

@@ -1,12 +1,14 @@
-"""Declarative YAML topology: the switches, VMs, address sets, middleboxes
-and steering policies that should exist.
+"""Declarative YAML topology: the switches, VMs, address sets, external
+networks, middleboxes (with their firewall rules, NAT rules and VIPs) and
+steering policies that should exist.
 
     switches:
-      - {name: ls-a, tenant: tenant-a, vni: 101, subnet: 10.0.0.0/24}
+      - {name: ls-a, tenant: tenant-a, vni: 101, subnet: 10.0.0.0/24,
+         gateway: 10.0.0.1}             # the default: the first address
     vms:
-      - {name: a1, switch: ls-a, ip: 10.0.0.1, mac: "02:00:00:00:01:01"}
+      - {name: a1, switch: ls-a, ip: 10.0.0.11, mac: "02:00:00:00:01:01"}
     address_sets:
-      - {name: a-admins, tenant: tenant-a, addresses: [10.0.0.11]}
+      - {name: a-admins, tenant: tenant-a, addresses: [10.0.0.21]}
     middleboxes:
       - name: fw-a
         type: firewall                  # the default
@@ -16,21 +18,45 @@ and steering policies that should exist.
         rules:
           - {priority: 100, direction: to-vm, match: "proto=tcp dport=7000",
              action: allow, tier: tenant}         # tier: tenant is the default
+      - name: nat-a
+        type: nat
+        switch: ls-a
+        options: {ports-per-host: 4096}
+        nat_rules:
+          - {type: snat, external_ips: [203.0.113.5], logical_ip: 10.0.0.0/24,
+             port_range: 1024-65535}      # logical_ip, port_range optional
+          - {type: dnat, external_ip: 203.0.113.10, logical_ip: 10.0.0.11,
+             protocol: tcp, external_port: 8080, logical_port: 80}
+      - name: lb-a
+        type: lb
+        switch: ls-a
+        vips:
+          - {vip: "10.0.0.100:80", protocol: tcp, algorithm: round-robin,
+             backends: ["10.0.0.11:80", "10.0.0.12:80"],
+             options: {health-interval: 5}}
+    external_networks:
+      - {name: ext, cidr: 203.0.113.0/24, gateway_ip: 203.0.113.1,
+         gateway_mac: "02:00:00:00:ff:01"}
     steering:
-      - {switch: ls-a, priority: 100, match: any, middlebox: fw-a}
-      - {switch: ls-a, priority: 200, match: "src=$a-admins",
-         middlebox: bypass}
+      - {switch: ls-a, priority: 100, match: any, chain: [fw-a, lb-a, nat-a]}
+      - {switch: ls-a, priority: 200, match: "src=$a-admins", chain: []}
+      - {switch: ls-a, priority: 50, match: "proto=udp", middlebox: fw-a}
 
+A steering entry's ``chain`` lists middleboxes in order (``[]``: bypass);
+the older ``middlebox: NAME`` (or ``middlebox: bypass``) is a chain of one.
 ``tenant`` defaults to the switch name; ``mac`` defaults to the VM's
 deterministic generated MAC (``validate.mac_from_name``), so a file alone
 determines every value.  Applying a file creates missing rows and updates
 differing ones; rows it does not mention are left alone:
 
-* switches, VMs and address sets are created or updated by name (an address
-  set's addresses become exactly the listed ones);
+* switches, VMs, address sets and external networks are created or updated
+  by name (an address set's addresses become exactly the listed ones; a
+  switch without ``gateway`` gets the default gateway);
 * a listed middlebox is created or replaced by name: its type, switch,
-  default action and options become exactly the file's, and so do its rules
-  (no ``rules`` key: no rules); rules that stay keep their rows;
+  default action and options become exactly the file's, and so do its rules,
+  NAT rules and VIPs (a missing key: none); rules and NAT rules that stay
+  keep their rows, and so does a VIP whose address, port and protocol stay
+  (with its health status);
 * the steering policies of each switch named in ``steering`` become exactly
   the file's entries for that switch; switches no entry names keep theirs.
 
@@ -52,17 +78,24 @@ import yaml
 from ovsdb import validate
 from ovsdb.api import RuleRecord
 from ovsdb.errors import MbxError
-from ryu_apps.model import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
-                             SwitchInfo, VMInfo)
+from ryu_apps.model import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
+                             NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo,
+                             VMInfo)
 
-TOP_KEYS = ("switches", "vms", "address_sets", "middleboxes", "steering")
-SWITCH_KEYS = ("name", "tenant", "vni", "subnet")
+TOP_KEYS = ("switches", "vms", "address_sets", "external_networks",
+            "middleboxes", "steering")
+SWITCH_KEYS = ("name", "tenant", "vni", "subnet", "gateway")
 VM_KEYS = ("name", "switch", "ip", "mac")
 ADDRESS_SET_KEYS = ("name", "tenant", "addresses")
+EXTERNAL_KEYS = ("name", "cidr", "gateway_ip", "gateway_mac")
 MIDDLEBOX_KEYS = ("name", "type", "switch", "default_action", "options",
-                  "rules")
+                  "rules", "nat_rules", "vips")
 RULE_KEYS = ("priority", "direction", "match", "action", "tier")
-STEERING_KEYS = ("switch", "priority", "match", "middlebox")
+SNAT_KEYS = ("type", "external_ips", "logical_ip", "port_range")
+DNAT_KEYS = ("type", "external_ip", "logical_ip", "protocol", "external_port",
+             "logical_port")
+VIP_KEYS = ("vip", "protocol", "algorithm", "backends", "options")
+STEERING_KEYS = ("switch", "priority", "match", "chain", "middlebox")
 # Accepted only with allow_placement=True.
 LAB_TOP_KEYS = ("hosts",)
 LAB_VM_KEYS = ("host",)
@@ -81,6 +114,13 @@ class TopologySpec:
     rules: Mapping[str, Tuple[RuleRecord, ...]] = dataclasses.field(
         default_factory=dict)
     policies: Tuple[PolicyInfo, ...] = ()       # in file order
+    external_networks: Tuple[ExternalNetInfo, ...] = ()
+    # middlebox name -> its NAT rules / VIPs in file order (uuid "", every
+    # listed middlebox)
+    nat_rules: Mapping[str, Tuple[NatRuleInfo, ...]] = dataclasses.field(
+        default_factory=dict)
+    vips: Mapping[str, Tuple[VipInfo, ...]] = dataclasses.field(
+        default_factory=dict)
 
     @property
     def steered_switches(self):
@@ -140,11 +180,17 @@ def _parse_switch(label, entry):
         raise MbxError(f"{label}: vni must be an integer, e.g. vni: 101")
     name = _value(label, lambda v: validate.name(v, "switch name"),
                   entry["name"])
+    subnet = _value(label, validate.subnet, entry["subnet"])
+    gateway = entry.get("gateway")
     return SwitchInfo(name=name,
                       tenant=_value(label, validate.tenant,
                                     entry.get("tenant", name)),
                       vni=_value(label, validate.vni, entry["vni"]),
-                      subnet=_value(label, validate.subnet, entry["subnet"]))
+                      subnet=subnet,
+                      gateway=validate.default_gateway(subnet)
+                      if gateway is None else _value(
+                          label, lambda v: validate.gateway(v, subnet, name),
+                          gateway))
 
 
 def _parse_vm(label, entry, vm_keys):
@@ -208,19 +254,95 @@ def _parse_rule(label, entry):
         tier=_value(label, validate.tier, entry.get("tier", "tenant")))
 
 
-def _parse_middlebox(label, entry):
-    """(MiddleboxInfo, its rules)."""
-    _check_keys(label, entry, MIDDLEBOX_KEYS, ("name", "switch"))
-    options = entry.get("options")
+def _options_mapping(label, options, example):
+    """A YAML options mapping as {key: str}; numbers become text."""
     if options is None:
         options = {}
     if not isinstance(options, dict):
         raise MbxError(f"{label}: options must be a mapping, e.g. options: "
-                       "{same-host: both}")
+                       f"{{{example}}}")
     for key, value in options.items():
-        if not isinstance(value, (str, int)) or isinstance(value, bool):
+        if not isinstance(value, (str, int, float)) or isinstance(value,
+                                                                   bool):
             raise MbxError(f"{label}: option {key!r} must be a string or a "
                            "number")
+    return {k: v if isinstance(v, str) else str(v)
+            for k, v in options.items()}
+
+
+def _port(label, key, entry):
+    value = entry.get(key)
+    return None if value is None else _integer(label, key, value, 8080)
+
+
+def _parse_nat(label, mb_name, entry):
+    if not isinstance(entry, dict):
+        raise MbxError(f"{label}: expected a mapping like {{type: snat, "
+                       "external_ips: [203.0.113.5]}")
+    _check_keys(label, entry, tuple(dict.fromkeys(SNAT_KEYS + DNAT_KEYS)),
+                ("type",))
+    rule_type = _value(label, validate.nat_type, entry["type"])
+    if rule_type == "snat":
+        _check_keys(label, entry, SNAT_KEYS, ("external_ips",))
+        ips = entry["external_ips"]
+        if not isinstance(ips, list) or not all(isinstance(ip, str)
+                                                for ip in ips):
+            raise MbxError(f"{label}: external_ips must be a list, e.g. "
+                           "external_ips: [203.0.113.5]")
+        port_range = entry.get("port_range")
+        if port_range is not None and not isinstance(port_range, (str, int)):
+            raise MbxError(f"{label}: port_range must be a string, e.g. "
+                           "port_range: 1024-65535")
+        logical = _string(label, "logical_ip", entry.get("logical_ip", ""),
+                          "10.0.0.0/24")
+        return _value(label, lambda _: validate.nat_rule(
+            mb_name, "snat", ips, logical, port_range_text=port_range), None)
+    _check_keys(label, entry, DNAT_KEYS, ("external_ip", "logical_ip"))
+    external = _string(label, "external_ip", entry["external_ip"],
+                       "203.0.113.10")
+    logical = _string(label, "logical_ip", entry["logical_ip"], "10.0.0.11")
+    external_port = _port(label, "external_port", entry)
+    logical_port = _port(label, "logical_port", entry)
+    return _value(label, lambda _: validate.nat_rule(
+        mb_name, "dnat", [external], logical, entry.get("protocol", ""),
+        external_port, logical_port), None)
+
+
+def _parse_vip(label, mb_name, entry):
+    if not isinstance(entry, dict):
+        raise MbxError(f"{label}: expected a mapping like {{vip: "
+                       '"10.0.0.100:80", backends: ["10.0.0.11:80"]}')
+    _check_keys(label, entry, VIP_KEYS, ("vip",))
+    backends = entry.get("backends")
+    if backends is None:
+        backends = []
+    if not isinstance(backends, list) or not all(isinstance(b, str)
+                                                 for b in backends):
+        raise MbxError(f'{label}: backends must be a list, e.g. backends: '
+                       '["10.0.0.11:80", "10.0.0.12:80"]')
+    options = _options_mapping(label, entry.get("options"),
+                               "health-interval: 5")
+    address = _string(label, "vip", entry["vip"], '"10.0.0.100:80"')
+    return _value(label, lambda _: validate.vip(
+        mb_name, address, entry.get("protocol", "tcp"),
+        entry.get("algorithm", "round-robin"), backends, options), None)
+
+
+def _parse_external(label, entry):
+    _check_keys(label, entry, EXTERNAL_KEYS, EXTERNAL_KEYS)
+    if not isinstance(entry["gateway_mac"], str):
+        raise MbxError(f'{label}: gateway_mac must be a quoted string, e.g. '
+                       'gateway_mac: "02:00:00:00:ff:01"')
+    return _value(label, lambda _: validate.external_network(
+        entry["name"], entry["cidr"], entry["gateway_ip"],
+        entry["gateway_mac"]), None)
+
+
+def _parse_middlebox(label, entry):
+    """(MiddleboxInfo, its rules, its NAT rules, its VIPs)."""
+    _check_keys(label, entry, MIDDLEBOX_KEYS, ("name", "switch"))
+    options = _options_mapping(label, entry.get("options"),
+                               "same-host: both")
     mb = MiddleboxInfo(
         name=_value(label, lambda v: validate.name(v, "middlebox name"),
                     entry["name"]),
@@ -230,9 +352,7 @@ def _parse_middlebox(label, entry):
                       entry["switch"]),
         default_action=_value(label, lambda v: validate.action(
             v, "default action"), entry.get("default_action", "deny")),
-        options=_value(label, validate.middlebox_options,
-                       {k: v if isinstance(v, str) else str(v)
-                        for k, v in options.items()}))
+        options=_value(label, validate.middlebox_options, options))
     if not isinstance(entry.get("rules") or [], list):
         raise MbxError(f"{label}: rules must be a list, e.g. rules: "
                        "[{priority: 100, direction: to-vm, match: any, "
@@ -243,23 +363,46 @@ def _parse_middlebox(label, entry):
         rule = _parse_rule(rule_label, item)
         validate.check_rule_unique(mb, rule, rules, rule_label)
         rules.append(rule)
-    return mb, tuple(rules)
+    for key, example in (("nat_rules", "[{type: snat, external_ips: "
+                                       "[203.0.113.5]}]"),
+                         ("vips", '[{vip: "10.0.0.100:80"}]')):
+        if not isinstance(entry.get(key) or [], list):
+            raise MbxError(f"{label}: {key} must be a list, e.g. {key}: "
+                           f"{example}")
+    nat_rules = tuple(_parse_nat(f"{label}: {item_label}", mb.name, item)
+                      for item_label, item in _items(entry, "nat_rules",
+                                                     "NAT rules"))
+    vips = tuple(_parse_vip(f"{label}: {item_label}", mb.name, item)
+                 for item_label, item in _items(entry, "vips", "VIPs"))
+    return mb, tuple(rules), nat_rules, vips
 
 
 def _parse_policy(label, entry):
-    _check_keys(label, entry, STEERING_KEYS,
-                ("switch", "priority", "match", "middlebox"))
+    _check_keys(label, entry, STEERING_KEYS, ("switch", "priority", "match"))
     match = _string(label, "match", entry["match"], "any")
-    middlebox = entry["middlebox"]
+    if ("chain" in entry) == ("middlebox" in entry):
+        raise MbxError(f"{label}: " + (
+            "give chain or middlebox, not both" if "chain" in entry else
+            "missing key 'chain', e.g. chain: [fw-a] (or chain: [] to "
+            "bypass)"))
+    if "chain" in entry:
+        chain = entry["chain"]
+        if not isinstance(chain, list) and chain != "bypass":
+            raise MbxError(f"{label}: chain must be a list of middlebox "
+                           "names, e.g. chain: [fw-a, lb-a]")
+    else:
+        chain = entry["middlebox"]
+        if not isinstance(chain, str):
+            raise MbxError(f"{label}: middlebox must be a name, e.g. "
+                           "middlebox: fw-a")
+        chain = chain if chain == "bypass" else [chain]
     return PolicyInfo(
         switch=_value(label, lambda v: validate.name(v, "switch"),
                       entry["switch"]),
         priority=_value(label, validate.steer_priority, _integer(
             label, "priority", entry["priority"], 100)),
         match=_value(label, lambda v: validate.match(v).text, match),
-        middlebox=None if middlebox == "bypass" else _value(
-            label, lambda v: validate.name(
-                v, "middlebox name (or bypass)"), middlebox))
+        chain=_value(label, validate.chain, chain))
 
 
 def _unique(label, kind, name, seen):
@@ -316,12 +459,21 @@ def parse_topology(text, allow_placement=False) -> TopologySpec:
         _unique(label, "address set", aset.name, names)
         address_sets.append(aset)
 
-    middleboxes, rules, names = [], {}, set()
+    externals, names = [], set()
+    for label, entry in _entries(doc, "external_networks",
+                                 "external networks"):
+        ext = _parse_external(label, entry)
+        _unique(label, "external network", ext.name, names)
+        externals.append(ext)
+
+    middleboxes, rules, nat_rules, vips, names = [], {}, {}, {}, set()
     for label, entry in _entries(doc, "middleboxes", "middleboxes"):
-        mb, mb_rules = _parse_middlebox(label, entry)
+        mb, mb_rules, mb_nat_rules, mb_vips = _parse_middlebox(label, entry)
         _unique(label, "middlebox", mb.name, names)
         middleboxes.append(mb)
         rules[mb.name] = mb_rules
+        nat_rules[mb.name] = mb_nat_rules
+        vips[mb.name] = mb_vips
 
     policies = []
     for label, entry in _steering_entries(doc):
@@ -331,10 +483,12 @@ def parse_topology(text, allow_placement=False) -> TopologySpec:
 
     spec = TopologySpec(tuple(switches), tuple(vms), tuple(hosts), placement,
                         tuple(address_sets), tuple(middleboxes), rules,
-                        tuple(policies))
+                        tuple(policies), tuple(externals), nat_rules, vips)
+    by_mb = {mb.name: mb for mb in middleboxes}
     _check_firewall(spec, by_switch, {s.name: s for s in address_sets},
-                    {mb.name: mb for mb in middleboxes}, rules,
-                    spec.policies, partial=True)
+                    by_mb, rules, spec.policies, partial=True)
+    _check_services(spec, by_switch, vms, by_mb, nat_rules, vips,
+                    {e.name: e for e in externals}, partial=True)
     return spec
 
 
@@ -345,7 +499,7 @@ def _steering_entries(doc):
     for label, entry in _items(doc, "steering", "steering policies"):
         if not isinstance(entry, dict):
             raise MbxError(f"{label}: expected a mapping like {{switch: ..., "
-                           "priority: ..., match: ..., middlebox: ...}")
+                           "priority: ..., match: ..., chain: [...]}")
         if isinstance(entry.get("switch"), str) and "priority" in entry:
             label += f" ({entry['switch']} priority {entry['priority']})"
         out.append((label, entry))
@@ -365,6 +519,19 @@ def _check_firewall(spec, switches, address_sets, middleboxes, rules,
         partial=partial)
 
 
+def _check_services(spec, switches, vms, middleboxes, nat_rules, vips,
+                    externals, partial=False):
+    """validate.check_services, naming the file's entries by their
+    labels."""
+    validate.check_services(
+        switches, vms, middleboxes, nat_rules, vips, externals,
+        mb_labels={mb.name: f"middleboxes[{i}] ({mb.name})"
+                   for i, mb in enumerate(spec.middleboxes)},
+        ext_labels={e.name: f"external_networks[{i}] ({e.name})"
+                    for i, e in enumerate(spec.external_networks)},
+        partial=partial)
+
+
 def check_against(spec, snapshot):
     """Check ``spec`` merged over the database ``snapshot``: every switch a
     VM names exists in one or the other, no VNI is used twice, every VM
@@ -373,24 +540,32 @@ def check_against(spec, snapshot):
     switches, address sets and middleboxes that exist and fit."""
     switches = {**snapshot.switches, **{sw.name: sw for sw in spec.switches}}
     vms = {**snapshot.vms, **{vm.name: vm for vm in spec.vms}}
+    middleboxes = {**snapshot.middleboxes,
+                   **{mb.name: mb for mb in spec.middleboxes}}
+    vips = {**snapshot.vips, **spec.vips}
     for i, sw in enumerate(spec.switches):
         validate.check_switch(sw, switches.values(),
                               f"switches[{i}] ({sw.name})")
     vm_labels = {vm.name: f"vms[{i}] ({vm.name})"
                  for i, vm in enumerate(spec.vms)}
     file_switches = {sw.name for sw in spec.switches}
+    reserved = validate.reserved_addresses(middleboxes, vips)
     for vm in vms.values():
         if vm.name in vm_labels or vm.switch in file_switches:
             validate.check_vm(vm, switches, vms.values(),
-                              vm_labels.get(vm.name))
+                              vm_labels.get(vm.name), reserved)
     steered = set(spec.steered_switches)
     _check_firewall(
         spec, switches,
         {**snapshot.address_sets, **{s.name: s for s in spec.address_sets}},
-        {**snapshot.middleboxes, **{mb.name: mb for mb in spec.middleboxes}},
-        {**snapshot.rules, **spec.rules},
+        middleboxes, {**snapshot.rules, **spec.rules},
         [p for p in snapshot.policies if p.switch not in steered]
         + list(spec.policies))
+    _check_services(
+        spec, switches, vms.values(), middleboxes,
+        {**snapshot.nat_rules, **spec.nat_rules}, vips,
+        {**snapshot.external_networks,
+         **{e.name: e for e in spec.external_networks}})
 
 
 def _same(first, second):
@@ -403,9 +578,16 @@ def _same(first, second):
     return not second
 
 
+def _bare(values):
+    """NAT rules or VIPs without identity and status, for comparing."""
+    return [dataclasses.replace(v, uuid="", **(
+        {"status": {}} if isinstance(v, VipInfo) else {})) for v in values]
+
+
 def apply_topology(api, spec):
     """Make the database hold ``spec``'s switches, VMs, address sets,
-    middleboxes (with their rules) and steering policies, in one
+    external networks, middleboxes (with their rules, NAT rules and VIPs)
+    and steering policies, in one
     transaction: checked first against a snapshot, then again inside the
     transaction (``api.check``, ``api.check_firewall``) in case another
     client raced us."""
@@ -421,11 +603,20 @@ def apply_topology(api, spec):
         for aset in spec.address_sets:
             if snapshot.address_sets.get(aset.name) != aset:
                 txn.add(api.upsert_address_set(aset))
+        for ext in spec.external_networks:
+            if snapshot.external_networks.get(ext.name) != ext:
+                txn.add(api.upsert_external_network(ext))
         for mb in spec.middleboxes:
             rules = spec.rules.get(mb.name, ())
+            nat_rules = spec.nat_rules.get(mb.name, ())
+            vips = spec.vips.get(mb.name, ())
             if (snapshot.middleboxes.get(mb.name) != mb
-                    or not _same(snapshot.rules.get(mb.name, ()), rules)):
-                txn.add(api.upsert_middlebox(mb, rules))
+                    or not _same(snapshot.rules.get(mb.name, ()), rules)
+                    or not _same(_bare(snapshot.nat_rules.get(mb.name, ())),
+                                 _bare(nat_rules))
+                    or not _same(_bare(snapshot.vips.get(mb.name, ())),
+                                 _bare(vips))):
+                txn.add(api.upsert_middlebox(mb, rules, nat_rules, vips))
         for switch in spec.steered_switches:
             policies = [p for p in spec.policies if p.switch == switch]
             if not _same([p for p in snapshot.policies

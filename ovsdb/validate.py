@@ -11,7 +11,8 @@ from typing import Iterable, Mapping
 
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match, parse_network
-from ryu_apps.model import SwitchInfo, VMInfo
+from ryu_apps.model import (ExternalNetInfo, NatRuleInfo, SwitchInfo,
+                             VipInfo, VMInfo)
 
 MAX_NAME_LEN = 64
 MAX_VNI = 16777215
@@ -51,25 +52,36 @@ def vni(value):
     return number
 
 
-def subnet(value):
-    """An IPv4 network in strict CIDR form ("10.0.0.0/24"), at most /30."""
+def cidr(value, what="subnet", max_prefix=30):
+    """An IPv4 network in strict CIDR form ("10.0.0.0/24"), at most
+    /``max_prefix``."""
     if not isinstance(value, str) or "/" not in value:
-        raise MbxError(f"invalid subnet {value!r}: use an IPv4 network in "
+        raise MbxError(f"invalid {what} {value!r}: use an IPv4 network in "
                        "CIDR form, e.g. 10.0.0.0/24")
     try:
         net = ipaddress.IPv4Network(value, strict=False)
     except ValueError:
-        raise MbxError(f"invalid subnet {value!r}: use an IPv4 network in "
+        raise MbxError(f"invalid {what} {value!r}: use an IPv4 network in "
                        "CIDR form, e.g. 10.0.0.0/24") from None
     if str(net) != value:
         if ipaddress.IPv4Interface(value).ip != net.network_address:
-            raise MbxError(f"invalid subnet {value!r}: host bits are set; "
+            raise MbxError(f"invalid {what} {value!r}: host bits are set; "
                            f"did you mean {net}?")
-        raise MbxError(f"invalid subnet {value!r}: write it as {net}")
-    if net.prefixlen > 30:
-        raise MbxError(f"invalid subnet {value!r}: a /{net.prefixlen} has no "
-                       "room for VMs; use a prefix length of 30 or less")
+        raise MbxError(f"invalid {what} {value!r}: write it as {net}")
+    if net.prefixlen > max_prefix:
+        raise MbxError(f"invalid {what} {value!r}: a /{net.prefixlen} has no "
+                       "room for addresses; use a prefix length of "
+                       f"{max_prefix} or less")
     return value
+
+
+def subnet(value):
+    """A logical switch's subnet: strict CIDR form, at most /30."""
+    try:
+        return cidr(value)
+    except MbxError as e:
+        raise MbxError(str(e).replace("room for addresses", "room for VMs")
+                       ) from None
 
 
 def ipv4(value, what="IP address"):
@@ -97,6 +109,36 @@ def ip_in_subnet(value, cidr, switch=None):
         raise MbxError(f"IP {addr} is the {kind} address of {where}; use a "
                        "host address")
     return str(addr)
+
+
+def host_address(value, cidr_text, what, where):
+    """``value`` (a canonical address) is a host address of ``cidr_text``:
+    inside it, not its network or broadcast address.  ``what`` names the
+    address ("gateway 10.0.0.1"), ``where`` the network ("subnet
+    10.0.0.0/24 of logical switch 'ls-a'")."""
+    addr = ipaddress.IPv4Address(value)
+    net = ipaddress.IPv4Network(cidr_text)
+    if addr not in net:
+        raise MbxError(f"{what} is outside {where}; use an address inside "
+                       "it")
+    if addr in (net.network_address, net.broadcast_address):
+        kind = "network" if addr == net.network_address else "broadcast"
+        raise MbxError(f"{what} is the {kind} address of {where}; use a "
+                       "host address")
+    return value
+
+
+def default_gateway(cidr_text):
+    """The default gateway of a subnet: its first host address."""
+    return str(ipaddress.IPv4Network(cidr_text).network_address + 1)
+
+
+def gateway(value, cidr_text, switch=None):
+    """A logical switch's gateway: a host address of its subnet."""
+    addr = ipv4(value, "gateway")
+    where = f"subnet {cidr_text}" + (f" of logical switch '{switch}'"
+                                     if switch else "")
+    return host_address(addr, cidr_text, f"gateway {addr}", where)
 
 
 def mac(value):
@@ -149,8 +191,10 @@ def check_switch(sw: SwitchInfo, switches: Iterable[SwitchInfo],
 
 
 def check_vm(vm: VMInfo, switches: Mapping[str, SwitchInfo],
-             vms: Iterable[VMInfo], label=None):
-    """``vm`` fits its switch: it exists, the IP is inside its subnet, and no
+             vms: Iterable[VMInfo], label=None, reserved=()):
+    """``vm`` fits its switch: it exists, the IP is inside its subnet and is
+    not the switch's gateway nor an address in ``reserved`` (iterable of
+    (switch name, IP, what holds it), see ``reserved_addresses``), and no
     other VM on the same switch has the same IP or MAC.  VMs on different
     switches may share addresses (tenants may overlap).  ``label`` (default
     "VM 'NAME'") prefixes the message."""
@@ -163,6 +207,13 @@ def check_vm(vm: VMInfo, switches: Mapping[str, SwitchInfo],
         ip_in_subnet(vm.ip, sw.subnet, sw.name)
     except MbxError as e:
         raise MbxError(f"{label}: {e}") from None
+    if vm.ip == switch_gateway(sw):
+        raise MbxError(f"{label}: IP {vm.ip} is the gateway of logical switch "
+                       f"'{sw.name}'; use another address")
+    for switch_name, ip, holder in reserved:
+        if switch_name == vm.switch and ip == vm.ip:
+            raise MbxError(f"{label}: IP {vm.ip} is {holder} on logical "
+                           f"switch '{sw.name}'; use another address")
     for other in vms:
         if other.name == vm.name or other.switch != vm.switch:
             continue
@@ -176,9 +227,28 @@ def check_vm(vm: VMInfo, switches: Mapping[str, SwitchInfo],
                        f"'{other.name}' on logical switch '{vm.switch}'")
 
 
+def switch_gateway(sw):
+    """``sw``'s gateway address: its ``gateway``, else the subnet's first."""
+    return sw.gateway or default_gateway(sw.subnet)
+
+
+def reserved_addresses(middleboxes, vips):
+    """[(switch name, VIP address, "a VIP of load balancer 'NAME'")] for
+    the VIPs (middlebox name -> VipInfos) of ``middleboxes``."""
+    out = []
+    for mb_name, mb_vips in sorted(vips.items()):
+        mb = middleboxes.get(mb_name)
+        if mb is None:
+            continue
+        for v in mb_vips:
+            out.append((mb.switch, v.vip,
+                        f"a VIP of load balancer '{mb_name}'"))
+    return out
+
+
 # --- middleboxes, firewall rules, address sets, steering policies ------------
 
-MIDDLEBOX_TYPES = ("firewall",)
+MIDDLEBOX_TYPES = ("firewall", "nat", "lb", "ids")
 ACTIONS = ("allow", "deny", "reject")
 DIRECTIONS = ("from-vm", "to-vm")
 TIERS = ("provider", "tenant")
@@ -186,16 +256,35 @@ MAX_RULE_PRIORITY = 32767
 MAX_STEER_PRIORITY = 30000
 MAX_SLICE_TAG = 4094
 MAX_TIMEOUT = 65535
+MAX_THRESHOLD = 1000000
+MAX_CHAIN = 64                  # Steering_Policy.chain positions 0..63
 TIMEOUT_OPTIONS = ("timeout-tcp-syn", "timeout-tcp-established",
                    "timeout-tcp-closing", "timeout-udp", "timeout-udp-replied",
                    "timeout-icmp", "timeout-denied")
-# Middlebox options: key -> accepted values (None: seconds, 1..MAX_TIMEOUT).
+IDS_OPTIONS = ("scan-threshold", "scan-window", "synflood-threshold",
+               "synflood-window")
+# Middlebox options: key -> accepted values (a tuple of words, or a
+# function (key, value) -> canonical string; None: seconds, 1..MAX_TIMEOUT).
 MIDDLEBOX_OPTIONS = {
     "check": ("offload", "every-packet"),
     "same-host": ("both", "source", "destination"),
     "tier-order": ("provider-first", "tenant-first"),
     **{key: None for key in TIMEOUT_OPTIONS},
+    "ports-per-host": lambda key, value: _power_of_two(key, value, 256,
+                                                      32768),
+    "scan-threshold": lambda key, value: _count(key, value, MAX_THRESHOLD),
+    "scan-window": None,
+    "synflood-threshold": lambda key, value: _count(key, value,
+                                                    MAX_THRESHOLD),
+    "synflood-window": None,
 }
+# The middlebox types an option applies to (not listed: every type).
+OPTION_TYPES = {
+    "tier-order": ("firewall",),
+    "ports-per-host": ("nat",),
+    **{key: ("ids",) for key in IDS_OPTIONS},
+}
+DEFAULT_PORTS_PER_HOST = 4096
 
 
 def _one_of(allowed):
@@ -272,10 +361,29 @@ def middlebox_option_key(key):
     return key
 
 
+def _count(key, value, maximum):
+    number = _integer(value)
+    if number is None or not 1 <= number <= maximum:
+        raise MbxError(f"invalid value {value!r} for option {key}: use an "
+                       f"integer from 1 to {maximum}")
+    return str(number)
+
+
+def _power_of_two(key, value, minimum, maximum):
+    number = _integer(value)
+    if (number is None or not minimum <= number <= maximum
+            or number & (number - 1)):
+        raise MbxError(f"invalid value {value!r} for option {key}: use a "
+                       f"power of two from {minimum} to {maximum}")
+    return str(number)
+
+
 def middlebox_option(key, value):
     """One middlebox option; returns its value in canonical (string) form."""
     middlebox_option_key(key)
     allowed = MIDDLEBOX_OPTIONS[key]
+    if callable(allowed):
+        return allowed(key, value)
     if allowed is not None:
         if not isinstance(value, str) or value not in allowed:
             raise MbxError(f"invalid value {value!r} for option {key}: use "
@@ -296,6 +404,21 @@ def middlebox_options(options):
     checked = {key: middlebox_option(key, value)
                for key, value in options.items()}
     return dict(sorted(checked.items()))
+
+
+def options_of_type(mb_type):
+    """The option keys that apply to a middlebox of ``mb_type``."""
+    return [key for key in MIDDLEBOX_OPTIONS
+            if mb_type in OPTION_TYPES.get(key, MIDDLEBOX_TYPES)]
+
+
+def check_option_types(mb_name, mb_type, keys, label=None):
+    """Every option key of ``keys`` applies to a ``mb_type`` middlebox."""
+    for key in keys:
+        if key in MIDDLEBOX_OPTIONS and key not in options_of_type(mb_type):
+            raise MbxError(_prefix(label) + f"option {key} does not apply to "
+                           f"{mb_type} middlebox '{mb_name}'; its options "
+                           "are " + ", ".join(options_of_type(mb_type)))
 
 
 def match(text):
@@ -356,15 +479,22 @@ def describe_rule(rule):
             f"({rule.match} -> {rule.action})")
 
 
+def chain_text(chain):
+    """'fw-a,lb-a' for a chain, 'bypass' for the empty one."""
+    return ",".join(chain) or "bypass"
+
+
 def describe_policy(policy):
-    """E.g. 'steering policy at priority 100 (any -> fw-a)'."""
+    """E.g. 'steering policy at priority 100 (any -> fw-a,lb-a)'."""
     return (f"steering policy at priority {policy.priority} ({policy.match} "
-            f"-> {policy.middlebox or 'bypass'})")
+            f"-> {chain_text(policy.chain)})")
 
 
 def check_middlebox(mb, switches: Mapping[str, SwitchInfo], label=None):
-    """``mb`` (a MiddleboxInfo) serves a logical switch that exists.
-    ``label`` (default "middlebox 'NAME'") prefixes the message."""
+    """``mb`` (a MiddleboxInfo) serves a logical switch that exists and its
+    options apply to its type.  ``label`` (default "middlebox 'NAME'")
+    prefixes the message."""
+    check_option_types(mb.name, mb.type, mb.options, label)
     if mb.switch not in switches:
         raise MbxError(f"{label or f'middlebox {mb.name!r}'}: unknown "
                        f"logical switch '{mb.switch}'; create it first")
@@ -373,7 +503,12 @@ def check_middlebox(mb, switches: Mapping[str, SwitchInfo], label=None):
 def check_rule(mb, rule, switches: Mapping[str, SwitchInfo], address_sets,
                label=None, partial=False):
     """The address sets the match of ``rule`` (of middlebox ``mb``) names
-    exist and belong to the tenant of ``mb``'s switch."""
+    exist and belong to the tenant of ``mb``'s switch, and ``mb`` is a
+    firewall."""
+    if mb.type != "firewall":
+        raise MbxError(_prefix(label) + f"middlebox '{mb.name}' is a "
+                       f"{mb.type} middlebox; firewall rules need a firewall "
+                       "middlebox")
     sw = switches.get(mb.switch)
     if sw is None:
         if partial:
@@ -395,12 +530,47 @@ def check_rule_unique(mb, rule, rules, label=None):
                            "priority")
 
 
+def chain(value):
+    """A steering chain: "bypass", "fw-a,lb-a" or a sequence of middlebox
+    names; returns the tuple of names in order (empty: bypass)."""
+    if value == "bypass" or value == [] or value == ():
+        return ()
+    if value == "":
+        raise MbxError("invalid chain '': use middlebox names in order, e.g. "
+                       "fw-a,lb-a, or bypass")
+    if isinstance(value, str):
+        names = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        names = list(value)
+    else:
+        names = None
+    if not names:
+        raise MbxError(f"invalid chain {value!r}: use middlebox names in "
+                       "order, e.g. fw-a,lb-a, or bypass")
+    out = []
+    for item in names:
+        if item == "bypass":
+            raise MbxError(f"invalid chain {value!r}: bypass stands alone; "
+                           "it means no middlebox")
+        item = name(item, "middlebox name")
+        if item in out:
+            raise MbxError(f"invalid chain {value!r}: middlebox '{item}' "
+                           "appears twice; a chain passes each middlebox "
+                           "once")
+        out.append(item)
+    if len(out) > MAX_CHAIN:
+        raise MbxError(f"invalid chain: {len(out)} middleboxes; a chain "
+                       f"holds at most {MAX_CHAIN}")
+    return tuple(out)
+
+
 def check_policy(policy, switches: Mapping[str, SwitchInfo], middleboxes,
                  address_sets, label=None, partial=False):
     """``policy`` (a PolicyInfo) fits: its switch exists, the address sets
-    its match names belong to the switch's tenant, and its middlebox (if
-    any) exists and serves the switch.  With ``partial``, switches, sets
-    and middleboxes missing from the mappings are not checked."""
+    its match names belong to the switch's tenant, and every middlebox of
+    its chain exists and serves the switch; a chain holds at most one nat
+    and one lb middlebox.  With ``partial``, switches, sets and
+    middleboxes missing from the mappings are not checked."""
     sw = switches.get(policy.switch)
     if sw is None and not partial:
         raise MbxError(_prefix(label) + f"unknown logical switch "
@@ -409,20 +579,27 @@ def check_policy(policy, switches: Mapping[str, SwitchInfo], middleboxes,
         check_address_sets(parse_match(policy.match), sw.tenant,
                            address_sets, f"logical switch '{sw.name}'",
                            label, partial)
-    if policy.middlebox is None:
-        return
-    mb = middleboxes.get(policy.middlebox)
-    if mb is None:
-        if partial:
-            return
-        raise MbxError(_prefix(label) + f"unknown middlebox "
-                       f"'{policy.middlebox}'; create it first (mb-add) or "
-                       "use bypass")
-    if mb.switch != policy.switch:
-        raise MbxError(_prefix(label) + f"middlebox '{mb.name}' serves "
-                       f"logical switch '{mb.switch}', not "
-                       f"'{policy.switch}'; a steering policy can only use a "
-                       "middlebox of its own switch")
+    by_type = {}
+    for mb_name in policy.chain:
+        mb = middleboxes.get(mb_name)
+        if mb is None:
+            if partial:
+                continue
+            raise MbxError(_prefix(label) + f"unknown middlebox "
+                           f"'{mb_name}'; create it first (mb-add) or use "
+                           "bypass")
+        if mb.switch != policy.switch:
+            raise MbxError(_prefix(label) + f"middlebox '{mb.name}' serves "
+                           f"logical switch '{mb.switch}', not "
+                           f"'{policy.switch}'; a steering policy can only "
+                           "use middleboxes of its own switch")
+        by_type.setdefault(mb.type, []).append(mb.name)
+    for mb_type in ("nat", "lb"):
+        if len(by_type.get(mb_type, ())) > 1:
+            raise MbxError(_prefix(label) + f"chain "
+                           f"{chain_text(policy.chain)} has {mb_type} "
+                           f"middleboxes {', '.join(by_type[mb_type])}; a "
+                           f"chain holds at most one {mb_type} middlebox")
 
 
 def check_policy_unique(policy, policies, label=None):
@@ -452,10 +629,15 @@ def check_firewall(switches, address_sets, middleboxes, rules, policies,
     policy_labels = policy_labels or {}
     for name, mb in sorted(middleboxes.items()):
         label = mb_labels.get(name)
+        check_option_types(mb.name, mb.type, mb.options, label)
         if mb.switch not in switches:
             if partial:
                 continue
             check_middlebox(mb, switches, label)
+        if mb.type != "firewall" and rules.get(name):
+            raise MbxError(_prefix(label) + f"{mb.type} middlebox "
+                           f"'{name}' has firewall rules; only a firewall "
+                           "middlebox has rules")
         for i, rule in enumerate(rules.get(name, ())):
             check_rule(mb, rule, switches, address_sets,
                        f"{label}: rules[{i}]" if label
@@ -466,3 +648,487 @@ def check_firewall(switches, address_sets, middleboxes, rules, policies,
                      policy_labels.get((policy.switch, policy.priority))
                      or f"logical switch '{policy.switch}' "
                      f"{describe_policy(policy)}", partial)
+
+
+# --- the external network, NAT, load balancers -------------------------------
+
+NAT_TYPES = ("snat", "dnat")
+L4_PROTOCOLS = ("tcp", "udp")
+LB_ALGORITHMS = ("round-robin", "least-connections", "source-hash")
+DEFAULT_PORT_RANGE = (1024, 65535)
+MAX_HEALTH_SECONDS = 3600
+MAX_HEALTH_COUNT = 100
+# LB_VIP options: key -> (kind, default)
+VIP_OPTIONS = {
+    "health-check": (("tcp", "none"), "tcp"),
+    "health-interval": ("seconds", "2"),
+    "health-timeout": ("seconds", "1"),
+    "health-rise": ("count", "2"),
+    "health-fall": ("count", "2"),
+}
+IDS_ALERT_KINDS = ("port-scan", "syn-flood")
+
+
+def _address_int(text):
+    return int(ipaddress.IPv4Address(text))
+
+
+def external_network(ext_name, cidr_text, gateway_ip, gateway_mac):
+    """An ExternalNetInfo: a name, a CIDR (at most /30), a gateway that is
+    a host address of it and the gateway's unicast MAC."""
+    ext_name = name(ext_name, "external network name")
+    cidr_text = cidr(cidr_text, "external network CIDR")
+    addr = ipv4(gateway_ip, "gateway IP")
+    host_address(addr, cidr_text, f"gateway IP {addr}",
+                 f"external network {cidr_text}")
+    return ExternalNetInfo(ext_name, cidr_text, addr, mac(gateway_mac))
+
+
+def check_external_network(ext, externals, label=None):
+    """``ext``'s CIDR overlaps no other network of ``externals``."""
+    net = ipaddress.IPv4Network(ext.cidr)
+    for other in externals:
+        if other.name != ext.name and net.overlaps(
+                ipaddress.IPv4Network(other.cidr)):
+            raise MbxError(_prefix(label) + f"external network "
+                           f"'{ext.name}' ({ext.cidr}) overlaps external "
+                           f"network '{other.name}' ({other.cidr}); give "
+                           "each its own addresses")
+
+
+def port(value, what="port"):
+    """A TCP/UDP port, 1..65535 (int or decimal str)."""
+    return _bounded(value, 1, 65535, what)
+
+
+def port_range(value):
+    """"LO-HI" (or one port) -> (lo, hi), 1 <= lo <= hi <= 65535."""
+    text = str(value) if _integer(value) is not None else value
+    if isinstance(text, str):
+        lo, dash, hi = text.partition("-")
+        lo, hi = _integer(lo), _integer(hi if dash else lo)
+        if lo is not None and hi is not None and 1 <= lo <= hi <= 65535:
+            return (lo, hi)
+    raise MbxError(f"invalid port range {value!r}: use LO-HI with "
+                   "1 <= LO <= HI <= 65535, e.g. 1024-65535")
+
+
+def ip_port(value, what="address"):
+    """"IP:PORT" -> (canonical IP, port)."""
+    if isinstance(value, str):
+        ip, colon, port_text = value.rpartition(":")
+        number = _integer(port_text)
+        try:
+            addr = str(ipaddress.IPv4Address(ip))
+        except ValueError:
+            addr = None
+        if colon and addr and number is not None and 1 <= number <= 65535:
+            return addr, number
+    raise MbxError(f"invalid {what} {value!r}: use IP:PORT with a port from "
+                   "1 to 65535, e.g. 10.0.0.11:80")
+
+
+def protocol(value, allow_both=False):
+    """tcp or udp (with ``allow_both``, "" or None: both, returned "")."""
+    if allow_both and value in ("", None):
+        return ""
+    return _choice(value, L4_PROTOCOLS, "protocol")
+
+
+def nat_type(value):
+    return _choice(value, NAT_TYPES, "NAT type")
+
+
+def algorithm(value):
+    return _choice(value, LB_ALGORITHMS, "algorithm")
+
+
+def _external_ips(values):
+    if isinstance(values, str):
+        values = values.split(",")
+    if not isinstance(values, (list, tuple)) or not values:
+        raise MbxError(f"invalid external IPs {values!r}: use one or more "
+                       "IPv4 addresses, e.g. 203.0.113.5,203.0.113.6")
+    ips = {ipv4(v, "external IP") for v in values}
+    return tuple(sorted(ips, key=_address_int))
+
+
+def nat_rule(middlebox, rule_type, external_ips, logical_ip="",
+             protocol_text="", external_port=None, logical_port=None,
+             port_range_text=None):
+    """A NatRuleInfo (uuid "") from user input, in canonical form.
+
+    snat: ``external_ips`` (one or more; a list or "A,B"), ``logical_ip``
+    the source CIDR ("" = the switch's subnet), ``port_range_text``
+    ("LO-HI", default 1024-65535).  dnat: one external IP, ``logical_ip``
+    the VM's address, optional ``protocol`` (tcp/udp, "" = both),
+    ``external_port`` and ``logical_port`` (needs external_port)."""
+    rule_type = nat_type(rule_type)
+    ips = _external_ips(external_ips)
+    if rule_type == "snat":
+        if (protocol_text or external_port is not None
+                or logical_port is not None):
+            raise MbxError("a snat rule takes no protocol, external port or "
+                           "logical port; it translates every TCP and UDP "
+                           "port (limit it with a port range)")
+        if logical_ip in ("", None):
+            logical = ""
+        elif isinstance(logical_ip, str):
+            logical = address(logical_ip)
+        else:
+            raise MbxError(f"invalid logical CIDR {logical_ip!r}: use an "
+                           "IPv4 CIDR, e.g. 10.0.0.0/24")
+        return NatRuleInfo("", middlebox, "snat", ips, logical,
+                           port_range=DEFAULT_PORT_RANGE
+                           if port_range_text in (None, "")
+                           else port_range(port_range_text))
+    if len(ips) != 1:
+        raise MbxError(f"a dnat rule has one external IP, not "
+                       f"{len(ips)} ({','.join(ips)})")
+    if port_range_text not in (None, ""):
+        raise MbxError("a dnat rule takes no port range; use an external "
+                       "port (and a logical port)")
+    if logical_ip in ("", None):
+        raise MbxError("a dnat rule needs the logical IP of the VM it "
+                       "forwards to")
+    if logical_port is not None and external_port is None:
+        raise MbxError("a dnat rule's logical port needs an external port; "
+                       "without one, every port is forwarded unchanged")
+    return NatRuleInfo(
+        "", middlebox, "dnat", ips, ipv4(logical_ip, "logical IP"),
+        protocol(protocol_text, allow_both=True),
+        None if external_port is None else port(external_port,
+                                                 "external port"),
+        None if logical_port is None else port(logical_port,
+                                               "logical port"))
+
+
+def describe_nat(rule):
+    """E.g. 'snat rule 203.0.113.5 ports 1024-65535 (from 10.0.0.0/24)',
+    'dnat rule 203.0.113.10:8080/tcp -> 10.0.0.11:80'."""
+    if rule.type == "snat":
+        lo, hi = rule.port_range
+        return (f"snat rule {','.join(rule.external_ips)} ports {lo}-{hi} "
+                f"(from {rule.logical_ip or 'the switch subnet'})")
+    ext = rule.external_ips[0]
+    if rule.external_port is not None:
+        ext += f":{rule.external_port}"
+    if rule.protocol:
+        ext += f"/{rule.protocol}"
+    logical = rule.logical_ip
+    if rule.logical_port is not None:
+        logical += f":{rule.logical_port}"
+    return f"dnat rule {ext} -> {logical}"
+
+
+_ALL_PROTOCOLS = frozenset(("tcp", "udp", "other"))
+
+
+def _nat_claims(rule):
+    """[(external IP, protocols, lo, hi)]: the external addresses and
+    ports ``rule`` takes.  A dnat rule without an external port takes the
+    whole address."""
+    if rule.type == "snat":
+        lo, hi = rule.port_range
+        return [(ip, frozenset(L4_PROTOCOLS), lo, hi)
+                for ip in rule.external_ips]
+    ip = rule.external_ips[0]
+    if rule.external_port is None:
+        return [(ip, _ALL_PROTOCOLS, 1, 65535)]
+    protocols = frozenset((rule.protocol,) if rule.protocol
+                          else L4_PROTOCOLS)
+    return [(ip, protocols, rule.external_port, rule.external_port)]
+
+
+def nat_overlap(rule, other):
+    """The external IP both rules take overlapping ports of, or None."""
+    for ip, protocols, lo, hi in _nat_claims(rule):
+        for ip2, protocols2, lo2, hi2 in _nat_claims(other):
+            if ip == ip2 and protocols & protocols2 and lo <= hi2 \
+                    and lo2 <= hi:
+                return ip
+    return None
+
+
+def check_nat_unique(rule, others, label=None):
+    """``rule`` takes no external address and port that a rule of
+    ``others`` (every other NAT rule, of any middlebox) takes."""
+    for other in others:
+        if other is rule:
+            continue
+        ip = nat_overlap(rule, other)
+        if ip is not None:
+            raise MbxError(_prefix(label) + f"{describe_nat(rule)} "
+                           f"overlaps middlebox '{other.middlebox}' "
+                           f"{describe_nat(other)} on external IP {ip}; "
+                           "give each rule its own addresses or ports")
+
+
+def check_nat_rule(rule, mb, switches, externals, label=None, partial=False):
+    """``rule`` fits middlebox ``mb`` (a nat middlebox): its external IPs
+    are host addresses of an external network of ``externals`` (not its
+    gateway), a snat source lies inside the switch's subnet and its port
+    range holds at least one block of the middlebox's ports-per-host; a
+    dnat logical IP is a host address of the switch's subnet.  With
+    ``partial``, external networks and switches that are missing are not
+    checked."""
+    if mb.type != "nat":
+        raise MbxError(_prefix(label) + f"middlebox '{mb.name}' is a "
+                       f"{mb.type} middlebox; NAT rules need a nat middlebox "
+                       "(mb-add --type nat)")
+    for ip in rule.external_ips:
+        addr = ipaddress.IPv4Address(ip)
+        ext = next((e for e in externals
+                    if addr in ipaddress.IPv4Network(e.cidr)), None)
+        if ext is None:
+            if partial:
+                continue
+            raise MbxError(_prefix(label) + f"external IP {ip} is not inside "
+                           "any external network; add one first (ext-add)")
+        if ip == ext.gateway_ip:
+            raise MbxError(_prefix(label) + f"external IP {ip} is the gateway "
+                           f"of external network '{ext.name}'; use another "
+                           "address")
+        _labelled(label, host_address, ip, ext.cidr, f"external IP {ip}",
+                  f"external network '{ext.name}' ({ext.cidr})")
+    sw = switches.get(mb.switch)
+    if sw is None:
+        if partial:
+            return
+        check_middlebox(mb, switches, label)
+    subnet_net = ipaddress.IPv4Network(sw.subnet)
+    where = f"subnet {sw.subnet} of logical switch '{sw.name}'"
+    if rule.type == "snat":
+        if rule.logical_ip and not ipaddress.IPv4Network(
+                rule.logical_ip).subnet_of(subnet_net):
+            raise MbxError(_prefix(label) + f"snat source {rule.logical_ip} "
+                           f"is not inside {where}; use the subnet or a part "
+                           "of it")
+        block = int(mb.option("ports-per-host", DEFAULT_PORTS_PER_HOST))
+        lo, hi = rule.port_range
+        first = -(-lo // block) * block
+        if first + block - 1 > hi:
+            raise MbxError(_prefix(label) + f"port range {lo}-{hi} holds no "
+                           f"aligned block of {block} ports (option "
+                           f"ports-per-host of middlebox '{mb.name}'); "
+                           "widen the range or lower ports-per-host")
+        return
+    _labelled(label, host_address, rule.logical_ip, sw.subnet,
+              f"dnat logical IP {rule.logical_ip}", where)
+    if rule.logical_ip == switch_gateway(sw):
+        raise MbxError(_prefix(label) + f"dnat logical IP {rule.logical_ip} "
+                       f"is the gateway of logical switch '{sw.name}'; use "
+                       "a VM's address")
+
+
+def _labelled(label, func, *args):
+    try:
+        return func(*args)
+    except MbxError as e:
+        raise MbxError(_prefix(label) + str(e)) from None
+
+
+def vip_option_key(key):
+    if key not in VIP_OPTIONS:
+        raise MbxError(f"unknown VIP option {key!r}; known options: "
+                       + ", ".join(VIP_OPTIONS))
+    return key
+
+
+def vip_option(key, value):
+    """One LB_VIP option; returns its value in canonical (string) form."""
+    kind = VIP_OPTIONS[vip_option_key(key)][0]
+    if kind == "count":
+        number = _integer(value)
+        if number is None or not 1 <= number <= MAX_HEALTH_COUNT:
+            raise MbxError(f"invalid value {value!r} for option {key}: use "
+                           f"an integer from 1 to {MAX_HEALTH_COUNT}")
+        return str(number)
+    if kind == "seconds":
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if (number is None or not 0 < number <= MAX_HEALTH_SECONDS
+                or (isinstance(value, str)
+                    and not re.fullmatch(r"[0-9]+(\.[0-9]+)?", value))):
+            raise MbxError(f"invalid value {value!r} for option {key}: use a "
+                           "number of seconds above 0, at most "
+                           f"{MAX_HEALTH_SECONDS}, e.g. 2 or 0.5")
+        return f"{number:g}"
+    if not isinstance(value, str) or value not in kind:
+        raise MbxError(f"invalid value {value!r} for option {key}: use "
+                       + _one_of(kind))
+    return value
+
+
+def vip_options(options):
+    """A mapping of LB_VIP options, returned as a plain sorted dict of
+    strings."""
+    if not isinstance(options, Mapping):
+        raise MbxError(f"invalid VIP options {options!r}: use a mapping of "
+                       "KEY: VALUE")
+    checked = {key: vip_option(key, value) for key, value in options.items()}
+    return dict(sorted(checked.items()))
+
+
+def check_vip_options(options, label=None):
+    """health-timeout is at most health-interval (defaults included)."""
+    def seconds(key):
+        return float(options.get(key, VIP_OPTIONS[key][1]))
+    if seconds("health-timeout") > seconds("health-interval"):
+        raise MbxError(_prefix(label) + "health-timeout "
+                       f"{seconds('health-timeout'):g}s is longer than "
+                       f"health-interval {seconds('health-interval'):g}s; "
+                       "a probe must end before the next one starts")
+
+
+def backends(values):
+    """"IP:PORT" strings -> sorted tuple of (IP, port); no duplicates."""
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise MbxError(f"invalid backends {values!r}: use a list of "
+                       "IP:PORT, e.g. [10.0.0.11:80, 10.0.0.12:80]")
+    out = []
+    for value in values:
+        backend = ip_port(value, "backend")
+        if backend in out:
+            raise MbxError(f"backend {backend[0]}:{backend[1]} is listed "
+                           "twice")
+        out.append(backend)
+    return tuple(sorted(out, key=lambda b: (_address_int(b[0]), b[1])))
+
+
+def vip(middlebox, address, protocol_text="tcp",
+        algorithm_text="round-robin", backend_texts=(), options=None):
+    """A VipInfo (uuid "", no status) from user input, canonical."""
+    ip, vip_port = ip_port(address, "VIP")
+    checked = vip_options(options or {})
+    check_vip_options(checked)
+    return VipInfo("", middlebox, ip, vip_port, protocol(protocol_text),
+                   algorithm(algorithm_text),
+                   backends(backend_texts), checked)
+
+
+def vip_text(v):
+    """'10.0.0.100:80/tcp'"""
+    return f"{v.vip}:{v.port}/{v.protocol}"
+
+
+def backend_text(backend):
+    return f"{backend[0]}:{backend[1]}"
+
+
+def check_vip(v, mb, switches, vms, label=None, partial=False):
+    """VIP ``v`` fits load balancer ``mb``: ``mb`` is an lb middlebox, the
+    VIP is neither the gateway nor a VM's address on the switch (nor its
+    subnet's network or broadcast address), and every backend lies inside
+    a subnet of a logical switch of the switch's tenant and is not the VIP
+    itself.  With ``partial``, a missing switch is not checked."""
+    if mb.type != "lb":
+        raise MbxError(_prefix(label) + f"middlebox '{mb.name}' is a "
+                       f"{mb.type} middlebox; VIPs need an lb middlebox "
+                       "(mb-add --type lb)")
+    sw = switches.get(mb.switch)
+    if sw is None:
+        if partial:
+            return
+        check_middlebox(mb, switches, label)
+    addr = ipaddress.IPv4Address(v.vip)
+    net = ipaddress.IPv4Network(sw.subnet)
+    if addr in (net.network_address, net.broadcast_address) or \
+            addr.is_multicast or addr.is_unspecified:
+        raise MbxError(_prefix(label) + f"VIP {v.vip} is not a unicast host "
+                       f"address of logical switch '{sw.name}'; use another "
+                       "address")
+    if v.vip == switch_gateway(sw):
+        raise MbxError(_prefix(label) + f"VIP {v.vip} is the gateway of "
+                       f"logical switch '{sw.name}'; use another address")
+    for vm in vms:
+        if vm.switch == sw.name and vm.ip == v.vip:
+            raise MbxError(_prefix(label) + f"VIP {v.vip} is the address of "
+                           f"VM '{vm.name}' on logical switch '{sw.name}'; "
+                           "use an address no VM has")
+    tenant_nets = [ipaddress.IPv4Network(s.subnet)
+                   for s in switches.values() if s.tenant == sw.tenant]
+    for ip, backend_port in v.backends:
+        if (ip, backend_port) == (v.vip, v.port):
+            raise MbxError(_prefix(label) + f"backend {ip}:{backend_port} "
+                           "is the VIP itself")
+        if not any(ipaddress.IPv4Address(ip) in n for n in tenant_nets):
+            raise MbxError(_prefix(label) + f"backend {ip}:{backend_port} is "
+                           "outside every subnet of tenant "
+                           f"'{sw.tenant}'; a backend is a VM of the "
+                           "tenant")
+    check_vip_options(v.options, label)
+
+
+def check_vip_unique(v, mb, others, middleboxes, label=None):
+    """No VIP of ``others`` (other VIPs, any load balancer) on ``mb``'s
+    switch has ``v``'s address, port and protocol."""
+    for other in others:
+        if other is v:
+            continue
+        other_mb = middleboxes.get(other.middlebox)
+        if other_mb is None or other_mb.switch != mb.switch:
+            continue
+        if (other.vip, other.port, other.protocol) == (
+                v.vip, v.port, v.protocol):
+            raise MbxError(_prefix(label) + f"VIP {vip_text(v)} is already "
+                           f"defined by load balancer '{other.middlebox}' on "
+                           f"logical switch '{mb.switch}'; use another "
+                           "address or port")
+
+
+def check_services(switches, vms, middleboxes, nat_rules, vips, externals,
+                   mb_labels=None, ext_labels=None, partial=False):
+    """Every external network, NAT rule and VIP fits (check_external_network,
+    check_nat_rule, check_nat_unique, check_vip, check_vip_unique).
+
+    ``nat_rules`` and ``vips`` map middlebox name -> its rules / VIPs;
+    ``externals`` maps name -> ExternalNetInfo; ``vms`` is an iterable of
+    VMInfo.  ``mb_labels`` maps a middlebox name to the label of its entry
+    (its rules become "LABEL: nat_rules[i]", its VIPs "LABEL: vips[i]"),
+    ``ext_labels`` an external network name to its label; other items are
+    named by what they are.  ``partial``: see check_nat_rule and
+    check_vip."""
+    mb_labels = mb_labels or {}
+    ext_labels = ext_labels or {}
+    ext_list = [ext for _, ext in sorted(externals.items())]
+    for i, ext in enumerate(ext_list):
+        check_external_network(ext, ext_list[:i], ext_labels.get(ext.name))
+    vms = list(vms)
+    seen_rules, seen_vips = [], []
+    # the database's entries first, then the file's in file order: a clash
+    # is reported on the file's entry
+    present = set(nat_rules) | set(vips)
+    names = [n for n in sorted(present) if n not in mb_labels] + [
+        n for n in mb_labels if n in present]
+    for mb_name in names:
+        mb = middleboxes.get(mb_name)
+        label = mb_labels.get(mb_name)
+        if mb is None:
+            if partial:
+                continue
+            raise MbxError(f"unknown middlebox '{mb_name}'")
+        for i, rule in enumerate(nat_rules.get(mb_name, ())):
+            rule_label = (f"{label}: nat_rules[{i}]" if label else
+                          f"middlebox '{mb_name}' {describe_nat(rule)}")
+            check_nat_rule(rule, mb, switches, ext_list, rule_label, partial)
+            check_nat_unique(rule, seen_rules, rule_label)
+            seen_rules.append(rule)
+        for i, v in enumerate(vips.get(mb_name, ())):
+            vip_label = (f"{label}: vips[{i}]" if label else
+                         f"load balancer '{mb_name}' VIP {vip_text(v)}")
+            check_vip(v, mb, switches, vms, vip_label, partial)
+            check_vip_unique(v, mb, seen_vips, middleboxes, vip_label)
+            seen_vips.append(v)
+
+
+def status_map(value, what="status"):
+    """A {str: str} mapping (controller status columns)."""
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str)
+            for k, v in value.items()):
+        raise MbxError(f"invalid {what} {value!r}: use a mapping of strings "
+                       "to strings")
+    return dict(value)

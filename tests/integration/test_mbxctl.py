@@ -7,6 +7,7 @@ their output, their one-line errors, and the database content.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,10 +16,11 @@ import time
 
 import pytest
 
-from ovsdb import server
-from ovsdb.api import MbxNb
+from ovsdb import server, validate
+from ovsdb.api import AlertRecord, MbxNb, SharedRecord
 from ovsdb.errors import MbxError
-from ryu_apps.model import AddressSetInfo, MiddleboxInfo, PolicyInfo
+from ryu_apps.model import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
+                             PolicyInfo)
 
 BIN = os.path.dirname(sys.executable)
 MBXCTL = os.path.join(BIN, "mbxctl")
@@ -27,8 +29,10 @@ VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 TOPOLOGY = """\
 switches:
-  - {name: ls-a, tenant: tenant-a, vni: 101, subnet: 10.0.0.0/24}
-  - {name: ls-b, tenant: tenant-b, vni: 102, subnet: 10.0.0.0/24}
+  - {name: ls-a, tenant: tenant-a, vni: 101, subnet: 10.0.0.0/24,
+     gateway: 10.0.0.254}
+  - {name: ls-b, tenant: tenant-b, vni: 102, subnet: 10.0.0.0/24,
+     gateway: 10.0.0.254}
 vms:
   - {name: a1, switch: ls-a, ip: 10.0.0.1, mac: "02:00:00:00:01:01"}
   - {name: b1, switch: ls-b, ip: 10.0.0.1}
@@ -121,22 +125,24 @@ def assert_one_line_error(proc, *fragments):
 
 def test_created_rows_appear_in_lists_and_show(nb):
     ok(nb, "ls-add", "ls-a", "--vni", "101", "--subnet", "10.0.0.0/24",
-       "--tenant", "tenant-a",
+       "--tenant", "tenant-a", "--gateway", "10.0.0.254",
        "--", "vm-add", "a1", "--switch", "ls-a", "--ip", "10.0.0.1",
        "--mac", "02:00:00:00:01:01",
        "--", "ls-add", "ls-b", "--vni", "102", "--subnet", "10.0.0.0/24",
+       "--gateway", "10.0.0.254",
        "--", "vm-add", "b1", "--switch", "ls-b", "--ip", "10.0.0.1",
        "--mac", "02:00:00:00:01:01")
     assert ok(nb, "ls-list").splitlines() == [
-        "NAME  TENANT    VNI  SUBNET",
-        "ls-a  tenant-a  101  10.0.0.0/24",
-        "ls-b  ls-b      102  10.0.0.0/24"]
+        "NAME  TENANT    VNI  SUBNET       GATEWAY",
+        "ls-a  tenant-a  101  10.0.0.0/24  10.0.0.254",
+        "ls-b  ls-b      102  10.0.0.0/24  10.0.0.254"]
     assert ok(nb, "vm-list", "--switch", "ls-b").splitlines() == [
         "NAME  SWITCH  IP        MAC                HOST  EPOCH",
         "b1    ls-b    10.0.0.1  02:00:00:00:01:01  -     0"]
     show = ok(nb, "show").splitlines()
     assert show[:5] == [
-        "switch ls-a (tenant tenant-a, vni 101, subnet 10.0.0.0/24)",
+        "switch ls-a (tenant tenant-a, vni 101, subnet 10.0.0.0/24, gateway "
+        "10.0.0.254)",
         "    vm a1",
         "        mac: 02:00:00:00:01:01",
         "        ip: 10.0.0.1",
@@ -271,8 +277,9 @@ BAD_INPUTS = {
                              "KEY=VALUE"),
     "bad default action": (["mb-set", "fw-a", "--default", "drop"],
                            "invalid default action 'drop'"),
-    "bad middlebox type": (["mb-add", "fw-x", "ls-a", "--type", "nat"],
-                           "invalid middlebox type 'nat': use firewall"),
+    "bad middlebox type": (["mb-add", "fw-x", "ls-a", "--type", "router"],
+                           "invalid middlebox type 'router': use firewall, "
+                           "nat, lb or ids"),
     "duplicate middlebox": (["mb-add", "fw-a", "ls-a"],
                             "middlebox 'fw-a' already exists; use "
                             "--may-exist"),
@@ -430,10 +437,12 @@ def test_firewall_commands_appear_in_lists_and_show(nb):
        "--", "steer-add", "ls-a", "200", "src=$admins", "bypass",
        "--", "mb-add", "fw-b", "ls-b")
     assert ok(nb, "mb-list").splitlines() == [
-        "NAME  TYPE      SWITCH  DEFAULT  RULES  OPTIONS",
+        "NAME  TYPE      SWITCH  DEFAULT  RULES  OPTIONS"
+        "                         STATUS",
         "fw-a  firewall  ls-a    reject   3      same-host=both, "
-        "timeout-udp=60",
-        "fw-b  firewall  ls-b    deny     0      -"]
+        "timeout-udp=60  -",
+        "fw-b  firewall  ls-b    deny     0      -"
+        "                               -"]
     assert ok(nb, "fw-list", "fw-a").splitlines() == [
         "DIRECTION  TIER      PRIORITY  ACTION  MATCH",
         "from-vm    tenant    50        deny    dst=$admins",
@@ -445,11 +454,12 @@ def test_firewall_commands_appear_in_lists_and_show(nb):
     assert ok(nb, "as-list", "tenant-b").splitlines() == [
         "NAME  TENANT  ADDRESSES"]
     assert ok(nb, "steer-list").splitlines() == [
-        "SWITCH  PRIORITY  MIDDLEBOX  MATCH",
-        "ls-a    200       bypass     src=$admins",
-        "ls-a    100       fw-a       any"]
+        "SWITCH  PRIORITY  CHAIN   MATCH",
+        "ls-a    200       bypass  src=$admins",
+        "ls-a    100       fw-a    any"]
     assert ok(nb, "show").splitlines() == [
-        "switch ls-a (tenant tenant-a, vni 101, subnet 10.0.0.0/24)",
+        "switch ls-a (tenant tenant-a, vni 101, subnet 10.0.0.0/24, gateway "
+        "10.0.0.1)",
         "    middlebox fw-a (firewall, default reject)",
         "        options: same-host=both, timeout-udp=60",
         "        rule from-vm tenant 50: dst=$admins -> deny",
@@ -457,7 +467,8 @@ def test_firewall_commands_appear_in_lists_and_show(nb):
         "        rule to-vm tenant 100: proto=tcp dport=7000 -> allow",
         "    steering 200: src=$admins -> bypass",
         "    steering 100: any -> fw-a",
-        "switch ls-b (tenant tenant-b, vni 102, subnet 10.0.0.0/24)",
+        "switch ls-b (tenant tenant-b, vni 102, subnet 10.0.0.0/24, gateway "
+        "10.0.0.1)",
         "    middlebox fw-b (firewall, default deny)",
         "address set admins (tenant tenant-a)",
         "    addresses: 10.0.0.2, 10.0.0.11, 10.0.1.0/24"]
@@ -470,7 +481,7 @@ def test_firewall_commands_appear_in_lists_and_show(nb):
         "to-vm      provider  100       deny    any"]
     assert ok(nb, "mb-list").splitlines()[1].split() == [
         "fw-a", "firewall", "ls-a", "allow", "3", "tier-order=tenant-first,",
-        "timeout-udp=30"]
+        "timeout-udp=30", "-"]
     ok(nb, "mb-add", "fw-b", "ls-b", "--may-exist")
     ok(nb, "as-add", "admins", "tenant-a", "10.0.1.0/24", "10.0.0.2",
        "10.0.0.11", "--may-exist")
@@ -522,8 +533,8 @@ def test_load_firewall_replaces_declared_rules_and_policies(nb, tmp_path):
     # fw-b is declared without rules: its rules are replaced by none
     assert ok(nb, "fw-list", "fw-b").splitlines()[1:] == []
     assert ok(nb, "steer-list").splitlines()[1:] == [
-        "ls-a    100       fw-a       any",
-        "ls-b    5         fw-b       any"]
+        "ls-a    100       fw-a   any",
+        "ls-b    5         fw-b   any"]
     assert "extra" in ok(nb, "as-list")
     # An unchanged rule keeps its row.
     assert kept[0] in dump(nb)
@@ -543,8 +554,8 @@ def test_api_reads_and_slices(nb, tmp_path):
         assert snap.middleboxes["fw-a"] == MiddleboxInfo(
             "fw-a", "firewall", "ls-a", "deny", {"same-host": "both"})
         assert snap.policies == (
-            PolicyInfo("ls-a", 200, "src=$a-admins", None),
-            PolicyInfo("ls-a", 100, "any", "fw-a"))
+            PolicyInfo("ls-a", 200, "src=$a-admins", ()),
+            PolicyInfo("ls-a", 100, "any", ("fw-a",)))
         assert snap.address_sets["b-admins"] == AddressSetInfo(
             "b-admins", "tenant-b", ("10.0.0.12",))
         assert [r.priority for r in snap.rules["fw-a"]] == [90, 100]
@@ -557,24 +568,22 @@ def test_api_reads_and_slices(nb, tmp_path):
             api.fw_list("nope")
         assert snap.slices == {}
 
-        api.set_slices({("fw-a", "h1"): 1, ("fw-b", "h1"): 2,
-                        ("fw-a", "h2"): 1, ("fw-a", "nohost"): 3,
-                        ("nomb", "h1"): 4}).execute(check_error=True)
-        assert api.snapshot().slices == {("fw-a", "h1"): 1,
-                                         ("fw-b", "h1"): 2,
-                                         ("fw-a", "h2"): 1}
-        api.set_slices({("fw-a", "h1"): 7, ("fw-b", "h1"): 2}).execute(
+        fw_a, fw_b = ("fw-a",), ("fw-b",)
+        api.set_slices({(fw_a, "h1"): 1, (fw_b, "h1"): 2,
+                        (fw_a, "h2"): 1, (fw_a, "nohost"): 3,
+                        (("nomb",), "h1"): 4}).execute(check_error=True)
+        assert api.snapshot().slices == {(fw_a, "h1"): 1,
+                                         (fw_b, "h1"): 2,
+                                         (fw_a, "h2"): 1}
+        api.set_slices({(fw_a, "h1"): 7, (fw_b, "h1"): 2}).execute(
             check_error=True)
-        assert api.snapshot().slices == {("fw-a", "h1"): 7,
-                                         ("fw-b", "h1"): 2}
+        assert api.snapshot().slices == {(fw_a, "h1"): 7,
+                                         (fw_b, "h1"): 2}
         with pytest.raises(MbxError, match="invalid slice tag 4095"):
-            api.set_slices({("fw-a", "h1"): 4095})
-        # Deleting a middlebox clears the weak reference: the row is
-        # ignored, and the next set_slices deletes it.
+            api.set_slices({(fw_a, "h1"): 4095})
+        # Deleting a middlebox deletes the slices of chains through it.
         api.mb_del("fw-b").execute(check_error=True)
-        assert api.snapshot().slices == {("fw-a", "h1"): 7}
-        assert row_count(nb, "Slice") == 2
-        api.set_slices({("fw-a", "h1"): 7}).execute(check_error=True)
+        assert api.snapshot().slices == {(fw_a, "h1"): 7}
         assert row_count(nb, "Slice") == 1
     finally:
         api.close()
@@ -606,7 +615,7 @@ def test_schema_1_0_0_database_is_converted_and_keeps_its_rows(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.1.0"
+                              check=True).stdout.strip() == "1.2.0"
         assert ok(remote, "vm-list").splitlines()[1].split() == [
             "v", "old", "10.7.0.1", "02:00:00:00:00:07", "-", "3"]
         ok(remote, "mb-add", "fw", "old", "--", "fw-add", "fw", "1", "to-vm",
@@ -738,3 +747,857 @@ def test_host_register_from_local_ovsdb(nb, tmp_path_factory):
             "00000000000000a1"]
     finally:
         server.stop(pid)
+
+
+# --- schema 1.2.0: gateways, external networks, NAT, LB, IDS, chains --------
+
+def columns(text):
+    """The cells of each line of an mbxctl table (separated by 2+ spaces)."""
+    return [re.split(r"\s{2,}", line) for line in text.splitlines()]
+
+
+SERVICES = """\
+switches:
+  - {name: ls-s, tenant: ts, vni: 201, subnet: 10.2.0.0/24}
+  - {name: ls-t, tenant: ts, vni: 202, subnet: 10.3.0.0/24,
+     gateway: 10.3.0.254}
+  - {name: ls-u, tenant: tu, vni: 203, subnet: 10.4.0.0/24}
+vms:
+  - {name: s1, switch: ls-s, ip: 10.2.0.11}
+  - {name: s2, switch: ls-s, ip: 10.2.0.12}
+  - {name: t1, switch: ls-t, ip: 10.3.0.1}
+  - {name: u1, switch: ls-u, ip: 10.4.0.11}
+external_networks:
+  - {name: ext, cidr: 203.0.113.0/24, gateway_ip: 203.0.113.1,
+     gateway_mac: "02:ee:ff:00:00:01"}
+middleboxes:
+  - {name: fw-s, switch: ls-s}
+  - name: nat-s
+    type: nat
+    switch: ls-s
+    options: {ports-per-host: 1024}
+    nat_rules:
+      - {type: snat, external_ips: [203.0.113.5, 203.0.113.6]}
+      - {type: dnat, external_ip: 203.0.113.10, logical_ip: 10.2.0.11,
+         protocol: tcp, external_port: 2222, logical_port: 22}
+  - name: lb-s
+    type: lb
+    switch: ls-s
+    vips:
+      - {vip: "10.2.0.100:80", backends: ["10.2.0.11:8080", "10.3.0.1:8080"],
+         options: {health-interval: 1, health-timeout: 0.5}}
+  - {name: ids-s, type: ids, switch: ls-s, options: {scan-threshold: 12}}
+  - {name: nat-u, type: nat, switch: ls-u}
+steering:
+  - {switch: ls-s, priority: 100, match: any,
+     chain: [fw-s, lb-s, nat-s, ids-s]}
+  - {switch: ls-s, priority: 200, match: "proto=udp", chain: []}
+  - {switch: ls-s, priority: 300, match: "proto=icmp", middlebox: fw-s}
+"""
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """A config database holding SERVICES; tests must leave it unchanged."""
+    rundir = str(tmp_path_factory.mktemp("nbsvc"))
+    pid, remote = start_server(rundir)
+    path = os.path.join(rundir, "services.yaml")
+    with open(path, "w") as f:
+        f.write(SERVICES)
+    ok(remote, "init", "--", "load", path)
+    yield remote, rundir
+    server.stop(pid)
+
+
+def test_services_load_shows_everything(services):
+    remote, _ = services
+    assert ok(remote, "ext-list").splitlines() == [
+        "NAME  CIDR            GATEWAY_IP   GATEWAY_MAC",
+        "ext   203.0.113.0/24  203.0.113.1  02:ee:ff:00:00:01"]
+    assert ok(remote, "ls-list").splitlines()[1:] == [
+        "ls-s  ts      201  10.2.0.0/24  10.2.0.1",
+        "ls-t  ts      202  10.3.0.0/24  10.3.0.254",
+        "ls-u  tu      203  10.4.0.0/24  10.4.0.1"]
+    assert [line.split()[:5] for line in
+            ok(remote, "mb-list").splitlines()] == [
+        ["NAME", "TYPE", "SWITCH", "DEFAULT", "RULES"],
+        ["fw-s", "firewall", "ls-s", "deny", "0"],
+        ["ids-s", "ids", "ls-s", "-", "-"],
+        ["lb-s", "lb", "ls-s", "-", "1"],
+        ["nat-s", "nat", "ls-s", "-", "2"],
+        ["nat-u", "nat", "ls-u", "-", "0"]]
+    nat = ok(remote, "nat-list", "nat-s").splitlines()
+    assert [line.split()[:-1] for line in nat] == [
+        ["MIDDLEBOX", "TYPE", "EXTERNAL_IP", "LOGICAL_IP", "PROTOCOL",
+         "PORTS"],
+        ["nat-s", "dnat", "203.0.113.10", "10.2.0.11", "tcp", "2222->22"],
+        ["nat-s", "snat", "203.0.113.5,203.0.113.6", "-", "tcp,udp",
+         "1024-65535"]]
+    assert columns(ok(remote, "lb-list")) == [
+        ["MIDDLEBOX", "VIP", "PROTOCOL", "ALGORITHM", "BACKENDS", "OPTIONS"],
+        ["lb-s", "10.2.0.100:80", "tcp", "round-robin",
+         "10.2.0.11:8080=unknown, 10.3.0.1:8080=unknown",
+         "health-interval=1, health-timeout=0.5"]]
+    assert ok(remote, "steer-list", "ls-s").splitlines() == [
+        "SWITCH  PRIORITY  CHAIN                  MATCH",
+        "ls-s    300       fw-s                   proto=icmp",
+        "ls-s    200       bypass                 proto=udp",
+        "ls-s    100       fw-s,lb-s,nat-s,ids-s  any"]
+    show = ok(remote, "show").splitlines()
+    start = show.index("    middlebox fw-s (firewall, default deny)")
+    assert show[start:start + 17] == [
+        "    middlebox fw-s (firewall, default deny)",
+        "    middlebox ids-s (ids)",
+        "        options: scan-threshold=12",
+        "    middlebox lb-s (lb)",
+        "        vip 10.2.0.100:80/tcp round-robin: 10.2.0.11:8080=unknown, "
+        "10.3.0.1:8080=unknown",
+        "            options: health-interval=1, health-timeout=0.5",
+        "    middlebox nat-s (nat)",
+        "        options: ports-per-host=1024",
+        "        dnat rule 203.0.113.10:2222/tcp -> 10.2.0.11:22",
+        "        snat rule 203.0.113.5,203.0.113.6 ports 1024-65535 (from "
+        "the switch subnet)",
+        "    steering 300: proto=icmp -> fw-s",
+        "    steering 200: proto=udp -> bypass",
+        "    steering 100: any -> fw-s,lb-s,nat-s,ids-s",
+        "switch ls-t (tenant ts, vni 202, subnet 10.3.0.0/24, gateway "
+        "10.3.0.254)",
+        "    vm t1",
+        "        mac: " + validate.mac_from_name("t1"),
+        "        ip: 10.3.0.1"]
+    assert show[0] == ("switch ls-s (tenant ts, vni 201, subnet 10.2.0.0/24, "
+                       "gateway 10.2.0.1)")
+    assert "external network ext (cidr 203.0.113.0/24, gateway 203.0.113.1 "\
+        "02:ee:ff:00:00:01)" in show
+    assert ok(remote, "ids-alerts").splitlines() == [
+        "MIDDLEBOX  KIND  SOURCE  TARGET  COUNT  HOSTS  FIRST_SEEN  "
+        "LAST_SEEN  REPORTED_BY"]
+
+
+def test_services_load_twice_changes_nothing(services):
+    remote, rundir = services
+    before = dump(remote)
+    ok(remote, "load", os.path.join(rundir, "services.yaml"))
+    assert dump(remote) == before
+
+
+SVC_BAD_INPUTS = {
+    "gateway outside the subnet": (
+        ["ls-add", "x", "--vni", "9", "--subnet", "10.9.0.0/24", "--gateway",
+         "10.9.1.1"], "gateway 10.9.1.1 is outside subnet 10.9.0.0/24 of "
+        "logical switch 'x'"),
+    "gateway is the network address": (
+        ["ls-add", "x", "--vni", "9", "--subnet", "10.9.0.0/24", "--gateway",
+         "10.9.0.0"], "gateway 10.9.0.0 is the network address"),
+    "gateway is the broadcast address": (
+        ["ls-add", "x", "--vni", "9", "--subnet", "10.9.0.0/24", "--gateway",
+         "10.9.0.255"], "gateway 10.9.0.255 is the broadcast address"),
+    "ls-add --may-exist, other gateway": (
+        ["ls-add", "ls-t", "--vni", "202", "--subnet", "10.3.0.0/24",
+         "--tenant", "ts", "--may-exist"],
+        "logical switch 'ls-t' already exists with gateway 10.3.0.254 (not "
+        "10.3.0.1)"),
+    "vm on the default gateway": (
+        ["vm-add", "x", "--switch", "ls-s", "--ip", "10.2.0.1"],
+        "VM 'x': IP 10.2.0.1 is the gateway of logical switch 'ls-s'; use "
+        "another address"),
+    "vm on the configured gateway": (
+        ["vm-add", "x", "--switch", "ls-t", "--ip", "10.3.0.254"],
+        "VM 'x': IP 10.3.0.254 is the gateway of logical switch 'ls-t'"),
+    "vm on a vip": (
+        ["vm-add", "x", "--switch", "ls-s", "--ip", "10.2.0.100"],
+        "VM 'x': IP 10.2.0.100 is a VIP of load balancer 'lb-s' on logical "
+        "switch 'ls-s'"),
+    "ext-add overlapping": (
+        ["ext-add", "ext2", "203.0.113.128/25", "203.0.113.129",
+         "02:ee:ff:00:00:02"],
+        "external network 'ext2' (203.0.113.128/25) overlaps external "
+        "network 'ext' (203.0.113.0/24)"),
+    "ext-add gateway outside": (
+        ["ext-add", "ext2", "198.51.100.0/24", "198.51.101.1",
+         "02:ee:ff:00:00:02"],
+        "gateway IP 198.51.101.1 is outside external network "
+        "198.51.100.0/24"),
+    "ext-add bad mac": (
+        ["ext-add", "ext2", "198.51.100.0/24", "198.51.100.1", "01:00:5e:"
+         "00:00:01"], "invalid MAC '01:00:5e:00:00:01': it is a multicast"),
+    "ext-add missing mac": (
+        ["ext-add", "ext2", "198.51.100.0/24", "198.51.100.1"],
+        "ext-add: missing GATEWAY_MAC"),
+    "duplicate external network": (
+        ["ext-add", "ext", "203.0.113.0/24", "203.0.113.1",
+         "02:ee:ff:00:00:01"], "external network 'ext' already exists; use "
+        "--may-exist"),
+    "ext-del in use": (
+        ["ext-del", "ext"], "external network 'ext' is still used by "
+        "middlebox 'nat-s' dnat rule 203.0.113.10:2222/tcp -> 10.2.0.11:22; "
+        "middlebox 'nat-s' snat rule 203.0.113.5,203.0.113.6 ports "
+        "1024-65535 (from the switch subnet); delete them first (nat-del)"),
+    "ext-del unknown": (["ext-del", "nope"], "unknown external network "
+                        "'nope'; use --if-exists"),
+    "option of another type": (
+        ["mb-add", "x", "ls-s", "--type", "nat", "tier-order=tenant-first"],
+        "option tier-order does not apply to nat middlebox 'x'"),
+    "mb-set option of another type": (
+        ["mb-set", "lb-s", "scan-window=5"],
+        "option scan-window does not apply to lb middlebox 'lb-s'"),
+    "ports-per-host not a power of two": (
+        ["mb-set", "nat-s", "ports-per-host=1000"],
+        "invalid value '1000' for option ports-per-host: use a power of two "
+        "from 256 to 32768"),
+    "ports-per-host too large for a rule": (
+        ["nat-add", "nat-s", "snat", "203.0.113.20", "--port-range",
+         "4096-8191", "--", "mb-set", "nat-s", "ports-per-host=8192"],
+        "port range 4096-8191 holds no aligned block of 8192 ports"),
+    "ids option zero": (["mb-set", "ids-s", "synflood-threshold=0"],
+                        "invalid value '0' for option synflood-threshold: "
+                        "use an integer from 1 to 1000000"),
+    "firewall rule on a nat middlebox": (
+        ["fw-add", "nat-s", "1", "to-vm", "any", "allow"],
+        "middlebox 'nat-s' is a nat middlebox; firewall rules need a "
+        "firewall middlebox"),
+    "nat-add on a firewall": (
+        ["nat-add", "fw-s", "snat", "203.0.113.20"],
+        "middlebox 'fw-s' is a firewall middlebox; NAT rules need a nat "
+        "middlebox (mb-add --type nat)"),
+    "nat-add unknown middlebox": (
+        ["nat-add", "nope", "snat", "203.0.113.20"],
+        "unknown middlebox 'nope'; create it first (mb-add --type nat)"),
+    "nat-add bad type": (["nat-add", "nat-s", "pat", "203.0.113.20"],
+                         "invalid NAT type 'pat': use snat or dnat"),
+    "snat outside every external network": (
+        ["nat-add", "nat-s", "snat", "198.51.100.5"],
+        "external IP 198.51.100.5 is not inside any external network; add "
+        "one first (ext-add)"),
+    "snat on the external gateway": (
+        ["nat-add", "nat-s", "snat", "203.0.113.20,203.0.113.1"],
+        "external IP 203.0.113.1 is the gateway of external network 'ext'"),
+    "snat overlapping another middlebox's snat": (
+        ["nat-add", "nat-u", "snat", "203.0.113.6", "--port-range",
+         "30000-40959"],
+        "snat rule 203.0.113.6 ports 30000-40959 (from the switch subnet) "
+        "overlaps middlebox 'nat-s' snat rule 203.0.113.5,203.0.113.6 ports "
+        "1024-65535 (from the switch subnet) on external IP 203.0.113.6"),
+    "dnat inside an snat port range": (
+        ["nat-add", "nat-u", "dnat", "203.0.113.5", "10.4.0.11",
+         "--external-port", "8080"],
+        "dnat rule 203.0.113.5:8080 -> 10.4.0.11 overlaps middlebox 'nat-s' "
+        "snat rule"),
+    "dnat on the same port": (
+        ["nat-add", "nat-s", "dnat", "203.0.113.10", "10.2.0.12",
+         "--external-port", "2222"],
+        "dnat rule 203.0.113.10:2222 -> 10.2.0.12 overlaps middlebox 'nat-s' "
+        "dnat rule 203.0.113.10:2222/tcp -> 10.2.0.11:22"),
+    "dnat of a whole address in use": (
+        ["nat-add", "nat-u", "dnat", "203.0.113.10", "10.4.0.11"],
+        "dnat rule 203.0.113.10 -> 10.4.0.11 overlaps middlebox 'nat-s' "
+        "dnat rule 203.0.113.10:2222/tcp"),
+    "dnat outside the subnet": (
+        ["nat-add", "nat-s", "dnat", "203.0.113.11", "10.3.0.1"],
+        "dnat logical IP 10.3.0.1 is outside subnet 10.2.0.0/24 of logical "
+        "switch 'ls-s'"),
+    "dnat without logical ip": (
+        ["nat-add", "nat-s", "dnat", "203.0.113.11"],
+        "a dnat rule needs the logical IP"),
+    "dnat logical port alone": (
+        ["nat-add", "nat-s", "dnat", "203.0.113.11", "10.2.0.12",
+         "--logical-port", "22"],
+        "a dnat rule's logical port needs an external port"),
+    "snat with a protocol": (
+        ["nat-add", "nat-s", "snat", "203.0.113.20", "--protocol", "tcp"],
+        "a snat rule takes no protocol"),
+    "bad port range": (
+        ["nat-add", "nat-s", "snat", "203.0.113.20", "--port-range",
+         "5000-4000"], "invalid port range '5000-4000': use LO-HI with "
+        "1 <= LO <= HI <= 65535"),
+    "port range past 65535": (
+        ["nat-add", "nat-s", "snat", "203.0.113.20", "--port-range",
+         "1024-70000"], "invalid port range '1024-70000'"),
+    "bad external port": (
+        ["nat-add", "nat-s", "dnat", "203.0.113.11", "10.2.0.12",
+         "--external-port", "0"], "invalid external port '0': use an "
+        "integer from 1 to 65535"),
+    "snat source outside the subnet": (
+        ["nat-add", "nat-s", "snat", "203.0.113.20", "10.3.0.0/24"],
+        "snat source 10.3.0.0/24 is not inside subnet 10.2.0.0/24"),
+    "duplicate nat rule": (
+        ["nat-add", "nat-s", "snat", "203.0.113.6,203.0.113.5"],
+        "middlebox 'nat-s' already has a snat rule 203.0.113.5,203.0.113.6 "
+        "ports 1024-65535 (from the switch subnet); use --may-exist"),
+    "nat rules overlapping in one transaction": (
+        ["nat-add", "nat-u", "snat", "203.0.113.30", "--", "nat-add",
+         "nat-s", "dnat", "203.0.113.30", "10.2.0.12"],
+        "dnat rule 203.0.113.30 -> 10.2.0.12 overlaps middlebox 'nat-u' "
+        "snat rule 203.0.113.30"),
+    "nat-del missing": (["nat-del", "nat-s", "203.0.113.99"],
+                        "middlebox 'nat-s' has no NAT rule for external IP "
+                        "203.0.113.99; use --if-exists"),
+    "nat-del wrong type": (["nat-del", "nat-s", "203.0.113.10", "--type",
+                            "snat"], "middlebox 'nat-s' has no snat rule for "
+                           "external IP 203.0.113.10"),
+    "nat-del unknown uuid": (
+        ["nat-del", "nat-s", "01234567-89ab-cdef-0123-456789abcdef"],
+        "middlebox 'nat-s' has no NAT rule "
+        "01234567-89ab-cdef-0123-456789abcdef"),
+    "nat-del bad uuid": (["nat-del", "nat-s", "nonsense"],
+                         "invalid UUID 'nonsense'"),
+    "lb-add on a nat middlebox": (
+        ["lb-add", "nat-s", "10.2.0.101:80"],
+        "middlebox 'nat-s' is a nat middlebox; VIPs need an lb middlebox "
+        "(mb-add --type lb)"),
+    "vip on a vm": (["lb-add", "lb-s", "10.2.0.12:80"],
+                    "VIP 10.2.0.12 is the address of VM 's2' on logical "
+                    "switch 'ls-s'"),
+    "vip on the gateway": (["lb-add", "lb-s", "10.2.0.1:80"],
+                           "VIP 10.2.0.1 is the gateway of logical switch "
+                           "'ls-s'"),
+    "vip defined twice": (["lb-add", "lb-s", "10.2.0.100:80"],
+                          "load balancer 'lb-s' VIP 10.2.0.100:80/tcp "
+                          "already exists; use --may-exist"),
+    "vip of another load balancer": (
+        ["mb-add", "lb-s2", "ls-s", "--type", "lb", "--", "lb-add", "lb-s2",
+         "10.2.0.100:80"],
+        "VIP 10.2.0.100:80/tcp is already defined by load balancer 'lb-s' "
+        "on logical switch 'ls-s'"),
+    "backend of another tenant": (
+        ["lb-add", "lb-s", "10.2.0.101:80", "10.4.0.11:80"],
+        "backend 10.4.0.11:80 is outside every subnet of tenant 'ts'"),
+    "duplicate backend": (
+        ["lb-add", "lb-s", "10.2.0.101:80", "10.2.0.11:80", "10.2.0.11:80"],
+        "backend 10.2.0.11:80 is listed twice"),
+    "backend already there": (
+        ["lb-backend-add", "lb-s", "10.2.0.100:80", "10.3.0.1:8080"],
+        "load balancer 'lb-s' VIP 10.2.0.100:80/tcp already has backend "
+        "10.3.0.1:8080"),
+    "backend-add outside the tenant": (
+        ["lb-backend-add", "lb-s", "10.2.0.100:80", "10.4.0.11:80"],
+        "backend 10.4.0.11:80 is outside every subnet of tenant 'ts'"),
+    "backend-del missing": (
+        ["lb-backend-del", "lb-s", "10.2.0.100:80", "10.2.0.12:8080"],
+        "has no backend 10.2.0.12:8080; use --if-exists"),
+    "bad vip": (["lb-add", "lb-s", "10.2.0.101"],
+                "invalid VIP '10.2.0.101': use IP:PORT"),
+    "bad algorithm": (["lb-add", "lb-s", "10.2.0.101:80", "--algorithm",
+                       "random"], "invalid algorithm 'random'"),
+    "bad lb protocol": (["lb-add", "lb-s", "10.2.0.101:80", "--protocol",
+                         "sctp"], "invalid protocol 'sctp': use tcp or udp"),
+    "lb-del missing": (["lb-del", "lb-s", "10.2.0.100:80", "--protocol",
+                        "udp"], "load balancer 'lb-s' has no VIP "
+                       "10.2.0.100:80/udp; use --if-exists"),
+    "lb-set unknown option": (["lb-set", "lb-s", "10.2.0.100:80",
+                               "weight=3"], "unknown VIP option 'weight'"),
+    "lb-set bad value": (["lb-set", "lb-s", "10.2.0.100:80",
+                          "health-rise=0"], "invalid value '0' for option "
+                         "health-rise: use an integer from 1 to 100"),
+    "lb-set timeout above interval": (
+        ["lb-set", "lb-s", "10.2.0.100:80", "health-timeout=2"],
+        "health-timeout 2s is longer than health-interval 1s"),
+    "lb-set unknown vip": (["lb-set", "lb-s", "10.2.0.100:81",
+                            "health-rise=3"],
+                           "load balancer 'lb-s' has no VIP 10.2.0.100:81"),
+    "chain with a middlebox twice": (
+        ["steer-add", "ls-s", "5", "any", "fw-s,lb-s,fw-s"],
+        "invalid chain 'fw-s,lb-s,fw-s': middlebox 'fw-s' appears twice"),
+    "chain with a middlebox of another switch": (
+        ["steer-add", "ls-s", "5", "any", "fw-s,nat-u"],
+        "middlebox 'nat-u' serves logical switch 'ls-u', not 'ls-s'"),
+    "chain with two nat middleboxes": (
+        ["mb-add", "nat-s2", "ls-s", "--type", "nat", "--", "steer-add",
+         "ls-s", "5", "any", "nat-s,nat-s2"],
+        "chain nat-s,nat-s2 has nat middleboxes nat-s, nat-s2; a chain holds "
+        "at most one nat middlebox"),
+    "chain with two load balancers": (
+        ["mb-add", "lb-s2", "ls-s", "--type", "lb", "--", "steer-add",
+         "ls-s", "5", "any", "lb-s2,fw-s,lb-s"],
+        "a chain holds at most one lb middlebox"),
+    "chain with an unknown middlebox": (
+        ["steer-add", "ls-s", "5", "any", "fw-s,nope"],
+        "unknown middlebox 'nope'"),
+    "mb-del of a middlebox in a chain": (
+        ["mb-del", "ids-s"], "middlebox 'ids-s' is still used by steering "
+        "policy ls-s priority 100; delete it first (steer-del ls-s 100)"),
+    "nat-list of an unknown middlebox": (["nat-list", "nope"],
+                                         "unknown middlebox 'nope'"),
+    "lb-list of an unknown middlebox": (["lb-list", "nope"],
+                                        "unknown middlebox 'nope'"),
+}
+
+
+@pytest.mark.parametrize("args,message", SVC_BAD_INPUTS.values(),
+                         ids=SVC_BAD_INPUTS.keys())
+def test_bad_service_input_is_one_line_and_changes_nothing(services, args,
+                                                           message):
+    remote, _ = services
+    before = dump(remote)
+    assert_one_line_error(mbxctl(remote, *args), message)
+    assert dump(remote) == before
+
+
+SVC_BAD_FILES = {
+    "unknown nat key": (
+        "middleboxes:\n  - {name: nat-x, type: nat, switch: ls-s, nat_rules: "
+        "[{type: snat, external_ip: 203.0.113.20}]}\n",
+        "middleboxes[0] (nat-x): nat_rules[0]: unknown key 'external_ip'; "
+        "expected type, external_ips, logical_ip, port_range"),
+    "nat overlap with the database": (
+        "middleboxes:\n  - {name: nat-x, type: nat, switch: ls-s, nat_rules: "
+        "[{type: dnat, external_ip: 203.0.113.6, logical_ip: 10.2.0.12, "
+        "external_port: 4000}]}\n",
+        "middleboxes[0] (nat-x): nat_rules[0]: dnat rule 203.0.113.6:4000 -> "
+        "10.2.0.12 overlaps middlebox 'nat-s' snat rule"),
+    "external network taken away": (
+        "external_networks:\n  - {name: ext, cidr: 198.51.100.0/24, "
+        "gateway_ip: 198.51.100.1, gateway_mac: \"02:ee:ff:00:00:01\"}\n",
+        "middlebox 'nat-s' dnat rule 203.0.113.10:2222/tcp -> 10.2.0.11:22: "
+        "external IP 203.0.113.10 is not inside any external network"),
+    "gateway moved onto a vm": (
+        "switches:\n  - {name: ls-s, tenant: ts, vni: 201, subnet: "
+        "10.2.0.0/24, gateway: 10.2.0.12}\n",
+        "VM 's2': IP 10.2.0.12 is the gateway of logical switch 'ls-s'"),
+    "gateway moved onto a vip": (
+        "switches:\n  - {name: ls-s, tenant: ts, vni: 201, subnet: "
+        "10.2.0.0/24, gateway: 10.2.0.100}\n",
+        "load balancer 'lb-s' VIP 10.2.0.100:80/tcp: VIP 10.2.0.100 is the "
+        "gateway of logical switch 'ls-s'"),
+    "vip backend outside the tenant": (
+        "middleboxes:\n  - name: lb-s\n    type: lb\n    switch: ls-s\n"
+        "    vips: [{vip: \"10.2.0.100:80\", backends: [\"10.4.0.11:80\"]}]\n",
+        "middleboxes[0] (lb-s): vips[0]: backend 10.4.0.11:80 is outside "
+        "every subnet of tenant 'ts'"),
+    "misspelt top-level key": (
+        "middlebox:\n", "topology: unknown key 'middlebox'"),
+    "vip on a vm of the database": (
+        "middleboxes:\n  - name: lb-s\n    type: lb\n    switch: ls-s\n"
+        "    vips: [{vip: \"10.2.0.11:80\"}]\n",
+        "middleboxes[0] (lb-s): vips[0]: VIP 10.2.0.11 is the address of VM "
+        "'s1'"),
+    "type changed under a chain": (
+        "middleboxes:\n  - {name: fw-s, type: nat, switch: ls-s}\n",
+        "logical switch 'ls-s' steering policy at priority 100 (any -> "
+        "fw-s,lb-s,nat-s,ids-s): chain fw-s,lb-s,nat-s,ids-s has nat "
+        "middleboxes fw-s, nat-s"),
+    "chain and middlebox": (
+        "steering:\n  - {switch: ls-s, priority: 1, match: any, chain: "
+        "[fw-s], middlebox: fw-s}\n",
+        "steering[0] (ls-s priority 1): give chain or middlebox, not both"),
+    "chain twice": (
+        "steering:\n  - {switch: ls-s, priority: 1, match: any, chain: "
+        "[fw-s, fw-s]}\n", "steering[0] (ls-s priority 1): invalid chain"),
+}
+
+
+@pytest.mark.parametrize("text,message", SVC_BAD_FILES.values(),
+                         ids=SVC_BAD_FILES.keys())
+def test_bad_service_file_is_one_line_and_changes_nothing(services, text,
+                                                          message):
+    remote, rundir = services
+    path = os.path.join(rundir, "bad.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    before = dump(remote)
+    assert_one_line_error(mbxctl(remote, "ext-add", "x", "198.51.100.0/24",
+                                 "198.51.100.1", "02:00:00:00:00:01", "--",
+                                 "load", path), path, message)
+    assert dump(remote) == before
+
+
+def test_service_commands_appear_in_lists_and_show(nb):
+    ok(nb, "ls-add", "ls-a", "--vni", "101", "--subnet", "10.0.0.0/24",
+       "--tenant", "ta", "--gateway", "10.0.0.254",
+       "--", "ls-add", "ls-b", "--vni", "102", "--subnet", "10.0.1.0/24",
+       "--tenant", "ta",
+       "--", "vm-add", "a1", "--switch", "ls-a", "--ip", "10.0.0.1",
+       "--", "vm-add", "a2", "--switch", "ls-a", "--ip", "10.0.0.2",
+       "--", "vm-add", "b1", "--switch", "ls-b", "--ip", "10.0.1.11",
+       "--", "ext-add", "ext", "203.0.113.0/24", "203.0.113.1",
+       "02:EE:FF:00:00:01",
+       "--", "ext-add", "ext", "203.0.113.0/24", "203.0.113.1",
+       "02:ee:ff:00:00:01", "--may-exist")
+    ok(nb, "mb-add", "fw-a", "ls-a",
+       "--", "mb-add", "nat-a", "ls-a", "--type", "nat",
+       "ports-per-host=512",
+       "--", "mb-add", "lb-a", "ls-a", "--type", "lb", "timeout-tcp-syn=5",
+       "--", "mb-add", "ids-a", "ls-a", "--type", "ids", "scan-threshold=5",
+       "scan-window=30", "synflood-threshold=100", "synflood-window=3",
+       "--", "nat-add", "nat-a", "snat", "203.0.113.5,203.0.113.6",
+       "10.0.0.0/25", "--port-range", "1024-32767",
+       "--", "nat-add", "nat-a", "snat", "203.0.113.6", "--port-range",
+       "32768-65535",
+       "--", "nat-add", "nat-a", "dnat", "203.0.113.6", "10.0.0.2",
+       "--protocol", "udp", "--external-port", "53",
+       "--", "nat-add", "nat-a", "dnat", "203.0.113.6", "10.0.0.2",
+       "--protocol", "tcp", "--external-port", "53",
+       "--", "nat-add", "nat-a", "dnat", "203.0.113.7", "10.0.0.1",
+       "--", "nat-add", "nat-a", "dnat", "203.0.113.7", "10.0.0.1",
+       "--may-exist",
+       "--", "lb-add", "lb-a", "10.0.0.100:80", "10.0.0.1:8080",
+       "10.0.1.11:8080", "--algorithm", "least-connections",
+       "--", "lb-add", "lb-a", "10.0.0.100:80", "--protocol", "udp",
+       "--", "lb-backend-add", "lb-a", "10.0.0.100:80", "10.0.0.2:8080",
+       "--protocol", "tcp",
+       "--", "lb-backend-add", "lb-a", "10.0.0.100:80", "10.0.0.2:8080",
+       "--protocol", "tcp", "--may-exist",
+       "--", "lb-set", "lb-a", "10.0.0.100:80", "--protocol", "tcp",
+       "health-interval=1.5", "health-timeout=0.5", "health-fall=3",
+       "--", "steer-add", "ls-a", "100", "any", "fw-a,lb-a,nat-a,ids-a",
+       "--", "steer-add", "ls-a", "200", "proto=icmp", "ids-a")
+    assert [line.split()[:6] for line in ok(nb, "nat-list").splitlines()] \
+        == [["MIDDLEBOX", "TYPE", "EXTERNAL_IP", "LOGICAL_IP", "PROTOCOL",
+             "PORTS"],
+            ["nat-a", "dnat", "203.0.113.6", "10.0.0.2", "tcp", "53"],
+            ["nat-a", "dnat", "203.0.113.6", "10.0.0.2", "udp", "53"],
+            ["nat-a", "dnat", "203.0.113.7", "10.0.0.1", "any", "-"],
+            ["nat-a", "snat", "203.0.113.5,203.0.113.6", "10.0.0.0/25",
+             "tcp,udp", "1024-32767"],
+            ["nat-a", "snat", "203.0.113.6", "-", "tcp,udp", "32768-65535"]]
+    assert columns(ok(nb, "lb-list", "lb-a")) == [
+        ["MIDDLEBOX", "VIP", "PROTOCOL", "ALGORITHM", "BACKENDS", "OPTIONS"],
+        ["lb-a", "10.0.0.100:80", "tcp", "least-connections",
+         "10.0.0.1:8080=unknown, 10.0.0.2:8080=unknown, "
+         "10.0.1.11:8080=unknown",
+         "health-fall=3, health-interval=1.5, health-timeout=0.5"],
+        ["lb-a", "10.0.0.100:80", "udp", "round-robin", "-", "-"]]
+    assert ok(nb, "steer-list").splitlines()[1:] == [
+        "ls-a    200       ids-a                  proto=icmp",
+        "ls-a    100       fw-a,lb-a,nat-a,ids-a  any"]
+    show = ok(nb, "show").splitlines()
+    assert "    middlebox ids-a (ids)" in show
+    assert ("        options: scan-threshold=5, scan-window=30, "
+            "synflood-threshold=100, synflood-window=3") in show
+    assert "        dnat rule 203.0.113.7 -> 10.0.0.1" in show
+    assert "        vip 10.0.0.100:80/udp round-robin: -" in show
+
+    # status written by the controller shows in lb-list, mb-list and show
+    api = MbxNb.connect(nb)
+    try:
+        snap = api.snapshot()
+        tcp = [v for v in snap.vips["lb-a"] if v.protocol == "tcp"][0]
+        api.set_vip_status(tcp.uuid, {"10.0.0.1:8080": "up",
+                                      "10.0.0.2:8080": "down"}).execute(
+            check_error=True)
+        api.set_middlebox_status("ids-a", {"alerts": "1"}).execute(
+            check_error=True)
+    finally:
+        api.close()
+    assert "10.0.0.1:8080=up, 10.0.0.2:8080=down, 10.0.1.11:8080=unknown" \
+        in ok(nb, "lb-list")
+    assert ok(nb, "mb-list").splitlines()[2].split() == [
+        "ids-a", "ids", "ls-a", "-", "-", "scan-threshold=5,",
+        "scan-window=30,", "synflood-threshold=100,", "synflood-window=3",
+        "alerts=1"]
+    assert "        status: alerts=1" in ok(nb, "show").splitlines()
+    subprocess.run(["ovsdb-client", "transact", nb, json.dumps(
+        ["MBX_Northbound",
+         {"op": "insert", "table": "IDS_Alert",
+          "row": {"middlebox": "ids-a", "kind": "port-scan",
+                  "source": "10.0.0.1", "target": "10.0.0.2", "count": 16,
+                  "hosts": ["set", ["h2", "h1"]], "first_seen": 1000,
+                  "last_seen": 2000, "reported_by": "h1"}}])],
+        check=True, capture_output=True)
+    assert columns(ok(nb, "ids-alerts", "ids-a")) == [
+        ["MIDDLEBOX", "KIND", "SOURCE", "TARGET", "COUNT", "HOSTS",
+         "FIRST_SEEN", "LAST_SEEN", "REPORTED_BY"],
+        ["ids-a", "port-scan", "10.0.0.1", "10.0.0.2", "16", "h1,h2",
+         "1970-01-01T00:00:01Z", "1970-01-01T00:00:02Z", "h1"]]
+    assert ok(nb, "ids-alerts", "fw-a").splitlines()[1:] == []
+
+    # deletions
+    dnat_udp = [line.split()[-1] for line in ok(nb, "nat-list").splitlines()
+                if " udp " in line][0]
+    assert_one_line_error(
+        mbxctl(nb, "nat-del", "nat-a", "203.0.113.6"),
+        "middlebox 'nat-a' has 4 NAT rules for external IP 203.0.113.6: ",
+        "choose one with --type and --external-port, or by UUID (nat-list)")
+    assert_one_line_error(
+        mbxctl(nb, "nat-del", "nat-a", "203.0.113.6", "--type", "dnat"),
+        "middlebox 'nat-a' has 2 NAT rules")
+    ok(nb, "nat-del", "nat-a", dnat_udp,
+       "--", "nat-del", "nat-a", "203.0.113.6", "--type", "dnat",
+       "--external-port", "53",
+       "--", "nat-del", "nat-a", "203.0.113.7",
+       "--", "nat-del", "nat-a", "203.0.113.7", "--if-exists",
+       "--", "nat-del", "nat-a", "203.0.113.5")
+    assert len(ok(nb, "nat-list").splitlines()) == 2
+    assert row_count(nb, "NAT_Rule") == 1
+    ok(nb, "lb-backend-del", "lb-a", "10.0.0.100:80", "10.0.0.1:8080",
+       "--protocol", "tcp",
+       "--", "lb-backend-del", "lb-a", "10.0.0.100:80", "10.0.0.1:8080",
+       "--protocol", "tcp", "--if-exists",
+       "--", "lb-set", "lb-a", "10.0.0.100:80", "--protocol", "tcp",
+       "health-fall=", "--algorithm", "source-hash")
+    assert ok(nb, "lb-list").splitlines()[1].split()[3:] == [
+        "source-hash", "10.0.0.2:8080=down,", "10.0.1.11:8080=unknown",
+        "health-interval=1.5,", "health-timeout=0.5"]
+    assert_one_line_error(mbxctl(nb, "lb-del", "lb-a", "10.0.0.100:80"),
+                          "load balancer 'lb-a' has VIPs 10.0.0.100:80 for "
+                          "tcp and udp; choose one with --protocol")
+    ok(nb, "lb-del", "lb-a", "10.0.0.100:80", "--protocol", "udp",
+       "--", "lb-del", "lb-a", "10.0.0.100:80",
+       "--", "lb-del", "lb-a", "10.0.0.100:80", "--if-exists")
+    assert row_count(nb, "LB_VIP") == 0
+    ok(nb, "steer-del", "ls-a", "--", "mb-del", "nat-a", "--", "mb-del",
+       "lb-a", "--", "mb-del", "ids-a", "--", "mb-del", "fw-a",
+       "--", "ext-del", "ext", "--", "ext-del", "ext", "--if-exists")
+    assert row_count(nb, "NAT_Rule") == 0
+    assert ok(nb, "ext-list").splitlines() == [
+        "NAME  CIDR  GATEWAY_IP  GATEWAY_MAC"]
+
+
+def test_load_keeps_rows_that_stay_and_vip_status(nb, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SERVICES)
+    ok(nb, "load", str(path))
+    api = MbxNb.connect(nb)
+    try:
+        snap = api.snapshot()
+        [vip] = snap.vips["lb-s"]
+        api.set_vip_status(vip.uuid, {"10.2.0.11:8080": "up"}).execute(
+            check_error=True)
+        # Changed backends and algorithm: the row stays, with its status.
+        path.write_text(SERVICES.replace(
+            'backends: ["10.2.0.11:8080", "10.3.0.1:8080"]',
+            'algorithm: source-hash, backends: ["10.2.0.11:8080"]').replace(
+            "{type: snat, external_ips: [203.0.113.5, 203.0.113.6]}",
+            "{type: snat, external_ips: [203.0.113.5, 203.0.113.6]}\n"
+            "      - {type: snat, external_ips: [203.0.113.7]}").replace(
+            "chain: [fw-s, lb-s, nat-s, ids-s]", "chain: [ids-s, nat-s]"))
+        ok(nb, "load", str(path))
+        after = api.snapshot()
+        [changed] = after.vips["lb-s"]
+        assert changed.uuid == vip.uuid
+        assert changed.algorithm == "source-hash"
+        assert changed.backends == (("10.2.0.11", 8080),)
+        assert changed.status == {"10.2.0.11:8080": "up"}
+        before_uuids = {r.uuid for r in snap.nat_rules["nat-s"]}
+        assert before_uuids < {r.uuid for r in after.nat_rules["nat-s"]}
+        assert len(after.nat_rules["nat-s"]) == 3
+        assert after.policies[-1].chain == ("ids-s", "nat-s")
+        # A middlebox listed without VIPs loses them.
+        path.write_text(SERVICES.replace(
+            "  - name: lb-s\n    type: lb\n    switch: ls-s\n    vips:\n"
+            "      - {vip: \"10.2.0.100:80\", backends: [\"10.2.0.11:8080\", "
+            "\"10.3.0.1:8080\"],\n         options: {health-interval: 1, "
+            "health-timeout: 0.5}}\n",
+            "  - {name: lb-s, type: lb, switch: ls-s}\n"))
+        ok(nb, "load", str(path))
+        assert api.snapshot().vips == {}
+        assert row_count(nb, "LB_VIP") == 0
+    finally:
+        api.close()
+
+
+def test_api_snapshot_of_services_and_status_writers(nb, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SERVICES)
+    ok(nb, "init", "--", "load", str(path))
+    subprocess.run(["ovsdb-client", "transact", nb, json.dumps(
+        ["MBX_Northbound",
+         {"op": "insert", "table": "Shared_State",
+          "row": {"middlebox": "lb-s", "host": "h2", "service": "lb-health",
+                  "key": "10.2.0.11:8080", "value": "up", "stamp": 7}},
+         {"op": "insert", "table": "Shared_State",
+          "row": {"middlebox": "lb-s", "host": "h1", "service": "lb-health",
+                  "key": "10.2.0.11:8080", "value": "down", "stamp": 5}},
+         {"op": "insert", "table": "IDS_Alert",
+          "row": {"middlebox": "ids-s", "kind": "syn-flood",
+                  "source": "10.2.0.12", "target": "10.2.0.11:80",
+                  "count": 300, "hosts": ["set", ["h1"]], "first_seen": 5,
+                  "last_seen": 6, "reported_by": "h1"}}])],
+        check=True, capture_output=True)
+    api = MbxNb.connect(nb)
+    try:
+        for i, host in enumerate(("h1", "h2")):
+            api.host_register(host, "vxlan", f"10.200.0.1{i}",
+                              f"tcp:10.201.0.1{i}:6640").execute(
+                check_error=True)
+        snap = api.snapshot()
+        assert snap.switches["ls-s"].gateway == "10.2.0.1"
+        assert snap.switches["ls-t"].gateway == "10.3.0.254"
+        assert snap.external_networks == {"ext": ExternalNetInfo(
+            "ext", "203.0.113.0/24", "203.0.113.1", "02:ee:ff:00:00:01")}
+        assert [(r.type, r.external_ips) for r in snap.nat_rules["nat-s"]] \
+            == [("dnat", ("203.0.113.10",)),
+                ("snat", ("203.0.113.5", "203.0.113.6"))]
+        assert all(r.uuid and r.middlebox == "nat-s"
+                   for r in snap.nat_rules["nat-s"])
+        assert "nat-u" not in snap.nat_rules
+        [vip] = snap.vips["lb-s"]
+        assert (vip.vip, vip.port, vip.protocol, vip.backends) == (
+            "10.2.0.100", 80, "tcp", (("10.2.0.11", 8080),
+                                      ("10.3.0.1", 8080)))
+        assert snap.policies[-1] == PolicyInfo(
+            "ls-s", 100, "any", ("fw-s", "lb-s", "nat-s", "ids-s"))
+        assert snap.shared_state == (
+            SharedRecord("lb-s", "h1", "lb-health", "10.2.0.11:8080", "down",
+                         5),
+            SharedRecord("lb-s", "h2", "lb-health", "10.2.0.11:8080", "up",
+                         7))
+        assert snap.ids_alerts == (AlertRecord(
+            "ids-s", "syn-flood", "10.2.0.12", "10.2.0.11:80", 300, ("h1",),
+            5, 6, "h1"),)
+        assert api.ids_alerts("fw-s") == []
+        assert [r.type for r in api.nat_list("nat-s")] == ["dnat", "snat"]
+        assert api.lb_list() == [vip]
+        assert [e.name for e in api.ext_list()] == ["ext"]
+
+        chain = ("fw-s", "lb-s", "nat-s", "ids-s")
+        block = "snat-block:" + snap.nat_rules["nat-s"][1].uuid
+        api.set_slices({(chain, "h1"): 3, (chain, "h2"): 3,
+                        (("fw-s",), "h1"): 4, (("nope",), "h1"): 5,
+                        (chain, "h9"): 6},
+                       {(chain, "h1"): {block: "203.0.113.5:1024-2047"},
+                        (chain, "h2"): {block: "203.0.113.5:2048-3071"}}
+                       ).execute(check_error=True)
+        snap = api.snapshot()
+        assert snap.slices == {(chain, "h1"): 3, (chain, "h2"): 3,
+                               (("fw-s",), "h1"): 4}
+        assert snap.slice_status[(chain, "h2")] == {
+            block: "203.0.113.5:2048-3071"}
+        assert snap.slice_status[(("fw-s",), "h1")] == {}
+        first = dump(nb)
+        api.set_slices(snap.slices, snap.slice_status).execute(
+            check_error=True)
+        assert dump(nb) == first                # nothing to change
+        api.set_slices({(chain, "h1"): 3}).execute(check_error=True)
+        snap = api.snapshot()
+        assert snap.slices == {(chain, "h1"): 3}
+        assert snap.slice_status == {(chain, "h1"): {}}
+        assert row_count(nb, "Slice") == 1
+        with pytest.raises(MbxError, match="a slice's chain names at least "
+                                           "one middlebox"):
+            api.set_slices({((), "h1"): 3})
+        with pytest.raises(MbxError, match="invalid slice status"):
+            api.set_slices({(chain, "h1"): 3}, {(chain, "h1"): {"a": 1}})
+
+        api.set_vip_status(vip.uuid, {"10.2.0.11:8080": "up",
+                                      "10.3.0.1:8080": "down"}).execute(
+            check_error=True)
+        # a VIP or middlebox that is gone: nothing happens
+        api.set_vip_status("01234567-89ab-cdef-0123-456789abcdef",
+                           {"a": "b"}).execute(check_error=True)
+        api.set_middlebox_status("gone", {"a": "b"}).execute(
+            check_error=True)
+        api.set_middlebox_status("nat-s", {"blocks": "2"}).execute(
+            check_error=True)
+        snap = api.snapshot()
+        assert snap.vips["lb-s"][0].status == {"10.2.0.11:8080": "up",
+                                               "10.3.0.1:8080": "down"}
+        assert snap.middlebox_status["nat-s"] == {"blocks": "2"}
+        assert snap.middlebox_status["fw-s"] == {}
+        with pytest.raises(MbxError, match="invalid UUID"):
+            api.set_vip_status("nope", {})
+
+        # Deleting a middlebox deletes the slices of chains through it
+        # (else its weak reference would leave a shorter chain behind).
+        api.set_slices({(chain, "h1"): 3, (("fw-s",), "h1"): 4}).execute(
+            check_error=True)
+        api.steer_del("ls-s", 100).execute(check_error=True)
+        api.mb_del("ids-s").execute(check_error=True)
+        assert api.snapshot().slices == {(("fw-s",), "h1"): 4}
+        assert row_count(nb, "Slice") == 1
+        # A chain with a position missing (a middlebox deleted behind
+        # mbx's back) is ignored, and the next set_slices deletes it.
+        api.set_slices({(("fw-s", "lb-s", "nat-s"), "h1"): 5}).execute(
+            check_error=True)
+        subprocess.run(["ovsdb-client", "transact", nb, json.dumps(
+            ["MBX_Northbound",
+             {"op": "mutate", "table": "Slice", "where": [],
+              "mutations": [["chain", "delete", ["set", [1]]]]}])],
+            check=True, capture_output=True)
+        assert api.snapshot().slices == {}
+        assert row_count(nb, "Slice") == 1
+        api.set_slices({}).execute(check_error=True)
+        assert row_count(nb, "Slice") == 0
+    finally:
+        api.close()
+
+
+def schema_1_1_0():
+    """The 1.1.0 schema: before gateways, services and chains."""
+    with open(server.SCHEMA_PATH) as f:
+        schema = json.load(f)
+    schema["version"] = "1.1.0"
+    tables = schema["tables"]
+    for name in ("NAT_Rule", "LB_VIP", "External_Network", "Shared_State",
+                 "IDS_Alert"):
+        del tables[name]
+    del tables["Logical_Switch"]["columns"]["gateway"]
+    mb = tables["Middlebox"]["columns"]
+    mb["type"]["type"]["key"]["enum"] = ["set", ["firewall"]]
+    for column in ("nat_rules", "vips", "status"):
+        del mb[column]
+
+    def ref(kind):
+        return {"type": {"key": {"type": "uuid", "refTable": "Middlebox",
+                                 "refType": kind}, "min": 0, "max": 1}}
+    del tables["Steering_Policy"]["columns"]["chain"]
+    tables["Steering_Policy"]["columns"]["middlebox"] = ref("strong")
+    del tables["Slice"]["columns"]["chain"]
+    del tables["Slice"]["columns"]["status"]
+    tables["Slice"]["columns"]["middlebox"] = ref("weak")
+    return schema
+
+
+def test_schema_1_1_0_database_is_converted_and_keeps_its_policies(tmp_path):
+    old_schema = tmp_path / "mbx_nb-1.1.0.ovsschema"
+    old_schema.write_text(json.dumps(schema_1_1_0()))
+    db = tmp_path / "db"
+    subprocess.run(["ovsdb-tool", "create", str(db), str(old_schema)],
+                   check=True)
+    subprocess.run(["ovsdb-tool", "transact", str(db), json.dumps(
+        ["MBX_Northbound",
+         {"op": "insert", "table": "Logical_Switch", "uuid-name": "ls",
+          "row": {"name": "old", "tenant": "t", "vni": 7,
+                  "subnet": "10.7.0.0/24"}},
+         {"op": "insert", "table": "Host", "uuid-name": "h1",
+          "row": {"name": "h1", "encap_type": "vxlan",
+                  "encap_ip": "10.200.0.11",
+                  "mgmt_address": "tcp:10.201.0.11:6640"}},
+         {"op": "insert", "table": "Middlebox", "uuid-name": "fw",
+          "row": {"name": "fw", "type": "firewall",
+                  "logical_switch": ["named-uuid", "ls"],
+                  "default_action": "deny"}},
+         {"op": "insert", "table": "Middlebox", "uuid-name": "fw2",
+          "row": {"name": "fw2", "type": "firewall",
+                  "logical_switch": ["named-uuid", "ls"],
+                  "default_action": "allow"}},
+         {"op": "insert", "table": "Steering_Policy",
+          "row": {"logical_switch": ["named-uuid", "ls"], "priority": 100,
+                  "match": "any", "middlebox": ["named-uuid", "fw"]}},
+         {"op": "insert", "table": "Steering_Policy",
+          "row": {"logical_switch": ["named-uuid", "ls"], "priority": 90,
+                  "match": "proto=udp", "middlebox": ["named-uuid", "fw2"]}},
+         {"op": "insert", "table": "Steering_Policy",
+          "row": {"logical_switch": ["named-uuid", "ls"], "priority": 200,
+                  "match": "proto=icmp"}},
+         {"op": "insert", "table": "Slice",
+          "row": {"middlebox": ["named-uuid", "fw"],
+                  "host": ["named-uuid", "h1"], "tag": 1}}])],
+        check=True, capture_output=True)
+    pid, remote = start_server(str(tmp_path))      # ensure_db converts it
+    try:
+        assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
+                              capture_output=True, text=True,
+                              check=True).stdout.strip() == "1.2.0"
+        assert not os.path.exists(str(db) + ".converting")
+        assert ok(remote, "steer-list").splitlines() == [
+            "SWITCH  PRIORITY  CHAIN   MATCH",
+            "old     200       bypass  proto=icmp",
+            "old     100       fw      any",
+            "old     90        fw2     proto=udp"]
+        assert row_count(remote, "Slice") == 0
+        assert_one_line_error(mbxctl(remote, "mb-del", "fw"),
+                              "still used by steering policy old priority "
+                              "100")
+        assert "old   t       7    10.7.0.0/24  10.7.0.1" in ok(
+            remote, "ls-list")
+        ok(remote, "steer-add", "old", "1", "any", "fw2,fw")
+        assert "    steering 1: any -> fw2,fw" in ok(remote,
+                                                     "show").splitlines()
+    finally:
+        server.stop(pid)
+    # converting again is a no-op
+    before = db.read_bytes()
+    server.ensure_db(str(db))
+    assert db.read_bytes() == before

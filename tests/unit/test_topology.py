@@ -9,8 +9,9 @@ from ryu_apps.model import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
 
 GOOD = """
 switches:
-  - {name: ls-a, tenant: tenant-a, vni: 101, subnet: 10.0.0.0/24}
-  - {name: ls-b, vni: 102, subnet: 10.0.0.0/24}
+  - {name: ls-a, tenant: tenant-a, vni: 101, subnet: 10.0.0.0/24,
+     gateway: 10.0.0.254}
+  - {name: ls-b, vni: 102, subnet: 10.0.0.0/24, gateway: 10.0.0.254}
 vms:
   - {name: a1, switch: ls-a, ip: 10.0.0.1, mac: "02:00:00:00:01:01"}
   - {name: b1, switch: ls-b, ip: 10.0.0.1}
@@ -21,7 +22,7 @@ hosts: [h1, h2]
 switches:
   - {name: ls-a, vni: 101, subnet: 10.0.0.0/24}
 vms:
-  - {name: a1, switch: ls-a, ip: 10.0.0.1, host: h2}
+  - {name: a1, switch: ls-a, ip: 10.0.0.3, host: h2}
   - {name: a2, switch: ls-a, ip: 10.0.0.2}
 """
 
@@ -29,8 +30,8 @@ vms:
 def test_parse_good_file():
     spec = parse_topology(GOOD)
     assert spec.switches == (
-        SwitchInfo("ls-a", "tenant-a", 101, "10.0.0.0/24"),
-        SwitchInfo("ls-b", "ls-b", 102, "10.0.0.0/24"))
+        SwitchInfo("ls-a", "tenant-a", 101, "10.0.0.0/24", "10.0.0.254"),
+        SwitchInfo("ls-b", "ls-b", 102, "10.0.0.0/24", "10.0.0.254"))
     assert spec.vms == (
         VMInfo("a1", "ls-a", "02:00:00:00:01:01", "10.0.0.1"),
         VMInfo("b1", "ls-b", mac_from_name("b1"), "10.0.0.1"))
@@ -136,7 +137,7 @@ def _snapshot(switches=(), vms=()):
                       vms={v.name: v for v in vms}, vm_locations={})
 
 
-DB_SWITCH = SwitchInfo("db-sw", "t", 101, "10.9.0.0/24")
+DB_SWITCH = SwitchInfo("db-sw", "t", 101, "10.9.0.0/24", "10.9.0.254")
 DB_VM = VMInfo("db-vm", "db-sw", "02:00:00:00:09:01", "10.9.0.1")
 
 
@@ -168,7 +169,7 @@ def test_check_against_db_updated_vm_does_not_clash_with_itself():
 
 def test_changing_a_subnet_must_keep_existing_vms_inside():
     spec = parse_topology("switches:\n  - {name: db-sw, tenant: t, vni: 101, "
-                          "subnet: 10.8.0.0/24}\n")
+                          "subnet: 10.8.0.0/24, gateway: 10.8.0.254}\n")
     with pytest.raises(MbxError, match="^VM 'db-vm': IP 10.9.0.1 is outside "
                                        "subnet 10.8.0.0/24"):
         check_against(spec, _snapshot([DB_SWITCH], [DB_VM]))
@@ -218,8 +219,8 @@ def test_parse_firewall():
                    RuleRecord(100, "to-vm", "any", "deny", "provider")),
         "fw-bare": ()}
     assert spec.policies == (
-        PolicyInfo("ls-red", 100, "any", "fw-red"),
-        PolicyInfo("ls-red", 200, "src=$red-admins", None))
+        PolicyInfo("ls-red", 100, "any", ("fw-red",)),
+        PolicyInfo("ls-red", 200, "src=$red-admins", ()))
     assert spec.steered_switches == ("ls-red",)
 
 
@@ -232,8 +233,11 @@ def _edit(old, new):
     (_edit("default_action: reject", "default_action: drop"),
      "middleboxes[0] (fw-red): invalid default action 'drop': use allow, "
      "deny or reject"),
+    (_edit("type: firewall", "type: router"),
+     "middleboxes[0] (fw-red): invalid middlebox type 'router'"),
     (_edit("type: firewall", "type: nat"),
-     "middleboxes[0] (fw-red): invalid middlebox type 'nat'"),
+     "middleboxes[0] (fw-red): nat middlebox 'fw-red' has firewall rules; "
+     "only a firewall middlebox has rules"),
     (_edit("timeout-udp: 60", "timeout-udp: 0"),
      "middleboxes[0] (fw-red): invalid value '0' for option timeout-udp"),
     (_edit("same-host: both", "same-hosts: both"),
@@ -290,7 +294,7 @@ def _edit(old, new):
      "steering[1] (ls-red priority 30001): invalid steering priority 30001"),
     (_edit("{switch: ls-red, priority: 100, match: any, middlebox: fw-red}",
            "{switch: ls-red, priority: 100, match: any}"),
-     "steering[0] (ls-red priority 100): missing key 'middlebox'"),
+     "steering[0] (ls-red priority 100): missing key 'chain'"),
     (_edit("match: any, middlebox: fw-red", "match: 7, middlebox: fw-red"),
      "steering[0] (ls-red priority 100): match must be a string"),
     ("steering:\n  - {switch: ls-x, priority: 1, match: any, middlebox: "
@@ -341,7 +345,7 @@ def test_parse_leaves_references_outside_the_file_to_apply():
         "action: allow}\nsteering:\n  - {switch: db-sw, priority: 1, "
         "match: dst=$db-set, middlebox: db-fw}\n")
     assert spec.middleboxes[0].switch == "db-sw"
-    assert spec.policies[0].middlebox == "db-fw"
+    assert spec.policies[0].chain == ("db-fw",)
 
 
 def _fw_snapshot(**kw):
@@ -396,7 +400,7 @@ def test_check_against_the_file_replaces_a_middleboxs_rules():
 
 
 def test_check_against_the_file_replaces_a_switchs_policies():
-    old = PolicyInfo("db-sw", 9, "any", "db-fw")
+    old = PolicyInfo("db-sw", 9, "any", ("db-fw",))
     moved = parse_topology("middleboxes:\n  - {name: db-fw, switch: "
                            "other}\nswitches:\n  - {name: other, tenant: t, "
                            "vni: 7, subnet: 10.7.0.0/24}\n")

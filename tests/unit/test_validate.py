@@ -106,8 +106,8 @@ def test_encap_type():
         validate.encap_type("gre")
 
 
-SW_A = SwitchInfo("a", "t", 5, "10.0.0.0/24")
-SW_B = SwitchInfo("b", "t", 6, "10.0.0.0/24")
+SW_A = SwitchInfo("a", "t", 5, "10.0.0.0/24", "10.0.0.254")
+SW_B = SwitchInfo("b", "t", 6, "10.0.0.0/24", "10.0.0.254")
 SWITCHES = {"a": SW_A, "b": SW_B}
 V1 = VMInfo("v1", "a", "02:00:00:00:00:01", "10.0.0.1")
 
@@ -170,8 +170,8 @@ def test_priority_rejects(func, value, hint):
     (validate.action, "drop", "invalid action 'drop': use allow, deny or "
                               "reject"),
     (validate.tier, "admin", "invalid tier 'admin': use provider or tenant"),
-    (validate.middlebox_type, "nat", "invalid middlebox type 'nat': use "
-                                     "firewall"),
+    (validate.middlebox_type, "router", "invalid middlebox type 'router': "
+                                        "use firewall, nat, lb or ids"),
     (validate.slice_tag, 4095, "invalid slice tag 4095: use an integer "
                                "from 1 to 4094")])
 def test_choices_reject(func, value, hint):
@@ -271,11 +271,11 @@ def test_check_rule_unique_names_the_existing_rule():
 
 @pytest.mark.parametrize("policy,hint", [
     (PolicyInfo("ls-x", 1, "any"), "unknown logical switch 'ls-x'"),
-    (PolicyInfo("ls-a", 1, "any", "fw-x"), "unknown middlebox 'fw-x'; "
-                                           "create it first (mb-add) or use "
-                                           "bypass"),
-    (PolicyInfo("ls-a", 1, "any", "fw-b"), "middlebox 'fw-b' serves logical "
-                                           "switch 'ls-b', not 'ls-a'"),
+    (PolicyInfo("ls-a", 1, "any", ("fw-x",)), "unknown middlebox 'fw-x'; "
+                                              "create it first (mb-add) or "
+                                              "use bypass"),
+    (PolicyInfo("ls-a", 1, "any", ("fw-a", "fw-b")),
+     "middlebox 'fw-b' serves logical switch 'ls-b', not 'ls-a'"),
     (PolicyInfo("ls-a", 1, "src=$others"), 'address set "others" belongs to '
                                            "tenant 'tb', not to tenant 'ta' "
                                            "of logical switch 'ls-a'")])
@@ -285,17 +285,17 @@ def test_check_policy_rejects(policy, hint):
 
 
 def test_check_policy_accepts_and_partial_skips_unknowns():
-    validate.check_policy(PolicyInfo("ls-a", 1, "src=$admins", "fw-a"),
+    validate.check_policy(PolicyInfo("ls-a", 1, "src=$admins", ("fw-a",)),
                           FW_SWITCHES, FW_MBS, FW_SETS)
-    validate.check_policy(PolicyInfo("ls-x", 1, "src=$zz", "fw-x"),
+    validate.check_policy(PolicyInfo("ls-x", 1, "src=$zz", ("fw-x",)),
                           FW_SWITCHES, FW_MBS, FW_SETS, partial=True)
     with pytest.raises(MbxError, match="serves logical switch 'ls-b'"):
-        validate.check_policy(PolicyInfo("ls-x", 1, "any", "fw-b"),
+        validate.check_policy(PolicyInfo("ls-x", 1, "any", ("fw-b",)),
                               FW_SWITCHES, FW_MBS, FW_SETS, partial=True)
 
 
 def test_check_policy_unique():
-    policies = [PolicyInfo("ls-a", 5, "any", "fw-a"),
+    policies = [PolicyInfo("ls-a", 5, "any", ("fw-a",)),
                 PolicyInfo("ls-b", 6, "any")]
     validate.check_policy_unique(PolicyInfo("ls-a", 6, "any"), policies)
     with pytest.raises(MbxError, match=r"^logical switch 'ls-a' already has "
@@ -313,7 +313,7 @@ def test_check_firewall_labels_known_entries_and_describes_others():
     with pytest.raises(MbxError, match=r"^M: rules\[0\]: address set"):
         validate.check_firewall(FW_SWITCHES, FW_SETS, FW_MBS, rules, (),
                                 mb_labels={"fw-a": "M"})
-    policy = PolicyInfo("ls-b", 3, "any", "fw-a")
+    policy = PolicyInfo("ls-b", 3, "any", ("fw-a",))
     with pytest.raises(MbxError, match="^P: middlebox 'fw-a' serves"):
         validate.check_firewall(FW_SWITCHES, FW_SETS, FW_MBS, {}, [policy],
                                 policy_labels={("ls-b", 3): "P"})
