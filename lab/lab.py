@@ -301,19 +301,11 @@ class Lab:
 
     def _external_register(self, log):
         """The external network in the config DB, as an operator would add it."""
-        proc = self.mbxctl("ext-add", EXT_NAME, EXT_CIDR, EXT_GATEWAY_IP, EXT_GATEWAY_MAC)
+        proc = self.mbxctl("ext-add", EXT_NAME, EXT_CIDR, EXT_GATEWAY_IP, EXT_GATEWAY_MAC,
+                           "--may-exist")
         if proc.returncode == 0:
             self.state["ext_registered"] = True
             self._save()
-            return
-        # TODO(ext-add): mbxctl ext-add is being written in ovsdb/ctl.py.  Until
-        # it exists the lab comes up without the External_Network row; remove
-        # this tolerance once it does (then any failure is an error).
-        if "unknown command 'ext-add'" in proc.stderr:
-            self.state["ext_registered"] = False
-            self._save()
-            log("lab: WARNING: mbxctl has no ext-add yet; external network "
-                "'%s' not registered in the config DB (TODO(ext-add))" % EXT_NAME)
             return
         raise LabError("mbxctl ext-add %s: %s" % (EXT_NAME, proc.stderr.strip()))
 
@@ -749,8 +741,7 @@ class Lab:
         if self.external:
             lines.append("  external network %s %s via %s (%s)%s" % (
                 EXT_NAME, EXT_CIDR, EXT_GATEWAY_IP, EXT_GATEWAY_MAC,
-                "" if self.state.get("ext_registered") else
-                ", NOT in the config DB (TODO(ext-add))"))
+                "" if self.state.get("ext_registered") else ", NOT in the config DB"))
         lines.append("  config DB: export MBX_DB=%s" % self.nb_remote)
         return "\n".join(lines)
 

@@ -279,8 +279,7 @@ def test_vms_have_a_default_route_via_their_gateway(lab):
 
 
 def test_external_network_in_the_config_db(lab):
-    if not lab.state.get("ext_registered"):
-        pytest.skip("TODO(ext-add): mbxctl ext-add does not exist yet")
+    assert lab.state.get("ext_registered")
     rows = lab.nb().db_find("External_Network", ("name", "=", L.EXT_NAME)).execute(
         check_error=True)
     assert [(r["cidr"], r["gateway_ip"], r["gateway_mac"]) for r in rows] == \
