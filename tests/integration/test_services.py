@@ -10,7 +10,7 @@ connections that work or not, the addresses and ports a server saw, what
 """
 
 import json
-import os
+import re
 import sys
 import time
 
@@ -109,11 +109,21 @@ def try_many(lab, vm, addr, port, count, external=False):
 
 # ------------------------------------------------------------ SNAT
 
+def uplink_tx(lab, host):
+    out = lab.ofctl(host, "dump-ports", L.UPLINK_PORT)
+    return int(re.search(r"tx pkts=(\d+)", out).group(1))
+
+
 def test_snat_from_two_hosts_gives_every_connection_its_own_external_port(svc):
     before = len(log_of(svc, "xs"))
     ports = {}
-    for vm in ("t1", "t2"):
+    for vm, host in (("t1", "h1"), ("t2", "h2")):
+        tx = {h: uplink_tx(svc, h) for h in ("h1", "h2", "h3")}
         ports[vm] = try_many(svc, vm, L.EXT_SERVER_IP, 80, 40)["local_ports"]
+        sent = {h: uplink_tx(svc, h) - tx[h] for h in tx}
+        # The distributed gateway: out through the VM's own host's uplink.
+        assert sent[host] >= 40 * 4, (vm, sent)
+        assert all(n < 10 for h, n in sent.items() if h != host), (vm, sent)
     seen = log_of(svc, "xs")[before:]
     assert len(seen) == 80
     assert {ip for ip, _, _ in seen} == {TEAL_EXT}
