@@ -264,6 +264,7 @@ def _chain_offload(lab, rundir, out):
         deadline = time.monotonic() + 10
         while received() < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(1.0)             # the closes of the connections before have settled
         passed0, cached0 = lab.mbxd_stats(host)["passed"], lab.cache_flow_packets(host)
         start = received()
         while received() < start + 150 and time.monotonic() < deadline + 10:

@@ -280,6 +280,7 @@ def test_chain_is_offloaded_once_connections_are_established(svc, tmp_path):
                 return False
 
         wait_until(lambda: progress(20), timeout=10, what="the connection is up")
+        time.sleep(1.0)             # closes of earlier connections have settled
         # (The daemon's frame counter also counts health-probe answers:
         # count the packets it passed on instead.)
         before = svc.mbxd_stats("h1")["passed"]
