@@ -128,18 +128,14 @@ class _Vip:
 
     __slots__ = ("service", "spec", "key", "balancer", "health", "counts")
 
-    def __init__(self, service, spec, options):
+    def __init__(self, service, spec):
         self.service = service
         self.spec = spec
         self.key = "%s:%d/%s" % (spec.vip, spec.port, spec.protocol)
         self.balancer = svc_lb.Balancer(spec.algorithm, spec.backends)
-        opts = dict(spec.options or {})
         self.health = None
-        if opts.get("health-check", "tcp") == "tcp":
-            self.health = svc_lb.HealthTracker(
-                _num(opts, "health-interval", 2.0), _num(opts, "health-timeout", 1.0),
-                int(_num(opts, "health-rise", 2)), int(_num(opts, "health-fall", 2)))
-            self.health.set_backends(spec.backends)
+        if svc_lb.HealthTracker.enabled(spec.options):
+            self.health = svc_lb.HealthTracker.from_options(spec.options, spec.backends)
         self.counts = {}
 
     def update(self, spec):
@@ -147,14 +143,6 @@ class _Vip:
         self.balancer.update(spec.backends)
         if self.health is not None:
             self.health.set_backends(spec.backends)
-
-
-def _num(opts, key, default):
-    try:
-        value = float(opts.get(key, default))
-        return value if value > 0 else default
-    except (TypeError, ValueError):
-        return default
 
 
 def _cidr(text):
@@ -176,24 +164,20 @@ _PROTO_NUM = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 class _Ids:
     """The IDS service of a slice: its detectors and their options."""
 
-    __slots__ = ("name", "options", "scan", "synflood", "threshold", "window")
+    __slots__ = ("name", "options", "scan", "synflood")
 
     def __init__(self, spec):
         self.name = spec.name
         self.options = dict(spec.options or {})
-        self.threshold = int(_num(self.options, "scan-threshold", 20))
-        self.window = _num(self.options, "scan-window", 10.0)
-        self.scan = svc_ids.ScanDetector(self.threshold, self.window)
-        self.synflood = svc_ids.SynFloodDetector(
-            int(_num(self.options, "synflood-threshold", 200)),
-            _num(self.options, "synflood-window", 2.0))
+        self.scan = svc_ids.ScanDetector.from_options(self.options)
+        self.synflood = svc_ids.SynFloodDetector.from_options(self.options)
 
 
 class _Slice:
     __slots__ = ("tag", "sid", "config", "rules", "timeouts", "offload", "same_host",
                  "by_mac", "by_ip", "tables", "packets", "bytes", "errors",
-                 "ids_only", "translating", "vips", "snat", "dnat", "nat_name", "ids",
-                 "subnet", "gateway", "wire", "probes")
+                 "ids_only", "translating", "vips", "snat", "dnat", "ids",
+                 "subnet", "gateway", "wire")
 
     def __init__(self, tag, sid, config):
         self.tag = tag
@@ -204,7 +188,6 @@ class _Slice:
         self.vips = {}
         self.ids = None
         self.wire = {}                  # far-side 5-tuple -> translated ConnEntry
-        self.probes = {}                # (backend ip, port, probe port) -> (_Vip, backend)
         self.apply(config)
 
     def apply(self, cfg):
@@ -249,7 +232,7 @@ class _Slice:
         except ValueError:
             self.gateway = None
             errors.append("bad gateway address %r" % cfg.gateway)
-        vips, self.snat, self.dnat, self.nat_name = {}, [], {}, None
+        vips, self.snat, self.dnat = {}, [], {}
         ids = None
         for sv in services:
             if sv.type == "lb":
@@ -267,9 +250,11 @@ class _Slice:
                         old.update(spec)
                         vips[key] = old
                     else:
-                        vips[key] = _Vip(sv.name, spec, sv.options)
+                        vips[key] = _Vip(sv.name, spec)
+                        if vips[key].health is not None:
+                            errors.extend("VIP %s: %s" % (vips[key].key, e)
+                                          for e in vips[key].health.errors)
             elif sv.type == "nat":
-                self.nat_name = sv.name
                 for rule in sv.nat_rules:
                     if rule.type == "snat":
                         src = _cidr(rule.logical_ip) if rule.logical_ip else self.subnet
@@ -293,6 +278,8 @@ class _Slice:
                 same = self.ids is not None and self.ids.name == sv.name \
                     and self.ids.options == dict(sv.options or {})
                 ids = self.ids if same else _Ids(sv)
+                errors.extend("IDS %s: %s" % (sv.name, e)
+                              for e in ids.scan.errors + ids.synflood.errors)
         self.vips = vips
         self.ids = ids
         self.translating = bool(vips or self.snat or self.dnat)

@@ -28,6 +28,8 @@ import math
 from collections import OrderedDict, deque
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
+from middlebox.services import option
+
 SHARED_STATE = ("ids-scan",)
 LOCAL_STATE = ("ids-synflood",)
 
@@ -38,18 +40,7 @@ MAX_DESTINATIONS = 10000
 
 
 def _option(options, key, cast, minimum, errors):
-    default = DEFAULTS[key]
-    raw = (options or {}).get(key)
-    if raw is None:
-        return default
-    try:
-        value = cast(str(raw).strip())
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value) or value < minimum:
-        errors.append('option %s="%s" is invalid: using %s' % (key, raw, default))
-        return default
-    return value
+    return option(options, key, DEFAULTS[key], cast, minimum, errors)
 
 
 def _check(threshold, window):

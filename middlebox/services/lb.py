@@ -19,9 +19,10 @@ Pure: no I/O, no clock; every time is the caller's ``now`` (float seconds).
 """
 
 import ipaddress
-import math
 import zlib
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
+
+from middlebox.services import option
 
 SHARED_STATE = ("lb-health",)
 LOCAL_STATE = ("lb-pinning",)
@@ -142,20 +143,6 @@ class _Health:
         self.sent = None          # time of the outstanding probe, or None
 
 
-def _option(options, key, default, cast, minimum, errors):
-    raw = (options or {}).get(key)
-    if raw is None:
-        return default
-    try:
-        value = cast(str(raw).strip())
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value) or value < minimum:
-        errors.append('option %s="%s" is invalid: using %s' % (key, raw, default))
-        return default
-    return value
-
-
 class HealthTracker:
     """Health of this host's backends.
 
@@ -192,10 +179,10 @@ class HealthTracker:
         and is reported in ``errors``."""
         errors: List[str] = []
         d = cls.DEFAULTS
-        t = cls(_option(options, "health-interval", d["interval"], float, 1e-3, errors),
-                _option(options, "health-timeout", d["timeout"], float, 1e-3, errors),
-                _option(options, "health-rise", d["rise"], int, 1, errors),
-                _option(options, "health-fall", d["fall"], int, 1, errors),
+        t = cls(option(options, "health-interval", d["interval"], float, 1e-3, errors),
+                option(options, "health-timeout", d["timeout"], float, 1e-3, errors),
+                option(options, "health-rise", d["rise"], int, 1, errors),
+                option(options, "health-fall", d["fall"], int, 1, errors),
                 backends)
         t.errors = tuple(errors)
         return t

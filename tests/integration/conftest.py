@@ -8,6 +8,7 @@ import pytest
 
 from lab.cli import up_from_topology
 from lab.lab import Lab
+from ovsdb import server
 
 PREFIX = "mbxt"
 RUNDIR = "/run/mbx-test"
@@ -39,3 +40,16 @@ def lab():
     for pid in pids:
         assert not os.path.exists("/proc/%d" % pid) or \
             open("/proc/%d/stat" % pid).read().split()[2] == "Z", pid
+
+
+@pytest.fixture
+def nb(tmp_path):
+    """A config DB server of its own (current schema, empty) on a unix socket:
+    (remote, pid, rundir)."""
+    rundir = str(tmp_path)
+    db = os.path.join(rundir, "db")
+    server.ensure_db(db)
+    sock = os.path.join(rundir, "db.sock")
+    pid = server.start(rundir, db, ["punix:" + sock])
+    yield "unix:" + sock, pid, rundir
+    server.stop(pid)

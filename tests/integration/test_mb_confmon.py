@@ -28,14 +28,6 @@ DB = "MBX_Northbound"
 WAIT = 5.0
 
 
-def start_server(rundir):
-    db = os.path.join(rundir, "db")
-    server.ensure_db(db)
-    sock = os.path.join(rundir, "db.sock")
-    pid = server.start(rundir, db, ["punix:" + sock])
-    return pid, "unix:" + sock
-
-
 def transact(remote, *ops):
     """Run OVSDB operations; returns the result list (raises on any error)."""
     proc = subprocess.run(["ovsdb-client", "transact", remote,
@@ -145,13 +137,6 @@ def populate(remote):
     results = transact(remote, *ops)
     return {op["uuid-name"]: result["uuid"][1]
             for op, result in zip(ops, results)}
-
-
-@pytest.fixture
-def nb(tmp_path):
-    pid, remote = start_server(str(tmp_path))
-    yield remote, pid, str(tmp_path)
-    server.stop(pid)
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from middlebox import confmon, shared  # noqa: E402
 from ovsdb import server  # noqa: E402
-from test_mb_confmon import (chain, insert, ref, start_server,  # noqa: E402
-                             transact)
+from test_mb_confmon import chain, insert, ref, transact  # noqa: E402
 
 WAIT = 5.0
 HEALTH = "lb-health"
@@ -74,13 +73,6 @@ def db_rows(remote, table):
 def db_shared(remote):
     return sorted((r["middlebox"], r["host"], r["service"], r["key"],
                    r["value"]) for r in db_rows(remote, "Shared_State"))
-
-
-@pytest.fixture
-def nb(tmp_path):
-    pid, remote = start_server(str(tmp_path))
-    yield remote, pid, str(tmp_path)
-    server.stop(pid)
 
 
 @pytest.fixture
