@@ -48,6 +48,8 @@ def build_parser():
     mg = sub.add_parser("migrate", help="live-migrate a VM by re-plumbing its port")
     mg.add_argument("name")
     mg.add_argument("--to", required=True)
+    mg.add_argument("--no-notify", action="store_true",
+                    help="move without announcing it (the controller notices the port)")
     mg.add_argument("--json", action="store_true", help="print timings as JSON")
     sub.add_parser("demo", help="build a lab, show isolation and a live migration, tear down")
     return p
@@ -103,7 +105,7 @@ def run(argv):
             execute = lab.exec if args.cmd == "exec" else lab.ext_exec
             return execute(args.name, cmd).returncode
         elif args.cmd == "migrate":
-            steps = lab.migrate(args.name, args.to)
+            steps = lab.migrate(args.name, args.to, notify=not args.no_notify)
             if args.json:
                 print(json.dumps(steps))
             else:

@@ -41,6 +41,7 @@ remove exactly the namespaces it made, even after a failed ``up``.
 """
 
 import collections
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -52,6 +53,7 @@ import sys
 import time
 
 from lab.sh import LabError, read_pidfile, run, wait_until
+from middlebox import pki
 from ovsdb import server as nbserver
 from ovsdb.server import pid_alive, stop as stop_pid
 from ovsdb.api import MbxNb
@@ -72,6 +74,7 @@ VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 TUNNEL_PORT = "mbx-tun"
 MB_PORT = pipeline.MIDDLEBOX_PORT
 METRICS_PORT = 9464        # mbxd's Prometheus endpoint, on the host's management address
+MIGRATION_PORT = 6650      # mbxd accepts migrated state here (TLS), same address
 
 OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off"]
 
@@ -224,6 +227,7 @@ class Lab:
         self.state["encap"] = encap
         self._save()
         t0 = time.monotonic()
+        self._pki_up(hosts)
         self._fabric_up()
         self._external_up()
         self._nb_up()
@@ -235,6 +239,17 @@ class Lab:
                    what="hosts %s to connect to the controller" % ", ".join(hosts))
         log("lab up: %d hosts in %.1fs (config DB %s)"
             % (len(hosts), time.monotonic() - t0, self.nb_remote))
+
+    @property
+    def pki_dir(self):
+        return os.path.join(self.rundir, "pki")
+
+    def _pki_up(self, hosts):
+        """The lab's own CA and one certificate per host, for the daemons'
+        migration channel (docs/migration.md)."""
+        pki.init_ca(self.pki_dir, name="mbx lab %s CA" % self.prefix)
+        for host in hosts:
+            pki.issue_host(self.pki_dir, host)
 
     def _fabric_up(self):
         ns = self.fabric_ns
@@ -390,7 +405,9 @@ class Lab:
                    "external_ids:mbx-encap-ip=%s" % ul_ip,
                    "external_ids:mbx-encap-type=%s" % encap,
                    "external_ids:mbx-mgmt-address=tcp:%s:%d"
-                   % (mgmt_ip, HOST_OVSDB_PORT))
+                   % (mgmt_ip, HOST_OVSDB_PORT),
+                   "external_ids:mbx-migration-address=ssl:%s:%d"
+                   % (mgmt_ip, MIGRATION_PORT))
         run(["ovs-vswitchd", "unix:%s/db.sock" % hdir,
              "--pidfile=%s/ovs-vswitchd.pid" % hdir,
              "--unixctl=%s/ovs-vswitchd.ctl" % hdir,
@@ -439,6 +456,9 @@ class Lab:
                "--db", "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT),
                "--bridge", "br-int", "--port", MB_PORT,
                "--metrics", "%s:%d" % (self.state["hosts"][host]["mgmt_ip"], METRICS_PORT),
+               "--pki-dir", self.pki_dir,
+               "--migration-listen", "%s:%d" % (self.state["hosts"][host]["mgmt_ip"],
+                                                MIGRATION_PORT),
                "--log-file", logf] + list(extra_args)
         env = dict(os.environ, OVS_RUNDIR=hdir)
         with open(logf + ".out", "ab") as out:
@@ -589,9 +609,15 @@ class Lab:
             self.state["netns"].remove(ns)
             self._save()
 
-    def migrate(self, name, to, timeout=15):
-        """Live-migration re-plumb: the VM namespace (and its sockets) stays;
-        only its port moves.  Returns the step timings in milliseconds."""
+    def migrate(self, name, to, notify=True, timeout=15, wait_state=True):
+        """Live migration: the VM namespace (and its sockets) stays; only its
+        port moves.  ``notify``: announced in advance, as a hypervisor does
+        (``mbxctl migrate-begin``, then ``migrate-stun`` when the VM pauses,
+        ``migrate-done`` once it runs at ``to``); otherwise the move comes
+        unannounced and the controller notices it (docs/migration.md).
+        ``wait_state``: an unannounced move returns once its migration
+        ended (its state landed, or the destination fell back).
+        Returns the step timings in milliseconds."""
         vm = self.state["vms"].get(name)
         if vm is None:
             raise LabError("unknown VM '%s'" % name)
@@ -601,9 +627,22 @@ class Lab:
         if src == to:
             raise LabError("VM '%s' already runs on %s" % (name, to))
         old_epoch = self._vm_epoch(name)
+        started_ms = int(time.time() * 1000) - 1
         marks = [("start", time.monotonic())]
+        nb = self.nb()
+        if notify:
+            nb.migrate_begin(name, to).execute(check_error=True)
+            marks.append(("begin", time.monotonic()))
+            # The VM keeps running while its state streams; the hypervisor's
+            # last round starts when the source has sent its snapshot.
+            wait_until(lambda: self.migration_row(name).get("status") not in ("begun", None),
+                       timeout, interval=0.005, what="the snapshot of %s to go out" % name)
+            marks.append(("snapshot", time.monotonic()))
         self.vsctl(src, "del-port", "br-int", vm["vif"])
         marks.append(("unplug", time.monotonic()))
+        if notify:
+            # The VM is paused: the final changes go out while the port moves.
+            nb.migrate_stun(name).execute(check_error=True)
         run(["ip", "link", "set", vm["vif"], "netns", self.host_ns(to)],
             netns=self.host_ns(src))
         marks.append(("move", time.monotonic()))
@@ -613,13 +652,48 @@ class Lab:
         marks.append(("plug", time.monotonic()))
         self._wait_programmed(name, to, old_epoch, timeout)
         marks.append(("flows", time.monotonic()))
+        if notify:
+            row = self.wait_migration(name, ("imported", "aborted", "fallback"), timeout)
+            if row["status"] != "imported":
+                raise LabError("migration of %s %s: %s" % (name, row["status"],
+                                                           row["outcome"]))
+            marks.append(("imported", time.monotonic()))
         run(["ip", "link", "set", vm["vif"], "up"], netns=self.host_ns(to))
         marks.append(("link-up", time.monotonic()))
+        if notify:
+            nb.migrate_done(name).execute(check_error=True)
+        elif wait_state:
+            self.wait_migration(name, ("done", "fallback", "aborted"), timeout,
+                                after=started_ms)
+            marks.append(("state", time.monotonic()))
         steps = {}
         for (_, prev), (label, t) in zip(marks, marks[1:]):
             steps[label] = round((t - prev) * 1000, 1)
         steps["total"] = round((marks[-1][1] - marks[0][1]) * 1000, 1)
         return steps
+
+    def _mbxctl_ok(self, *args):
+        proc = self.mbxctl(*args)
+        if proc.returncode != 0:
+            raise LabError("mbxctl %s: %s" % (" ".join(args),
+                                             (proc.stderr or proc.stdout).strip()))
+        return proc.stdout
+
+    def migration_row(self, vm):
+        """The VM's latest Migration row as a dict ({} if none)."""
+        rows = [m for m in self.nb().snapshot().migrations if m.vm == vm]
+        return dataclasses.asdict(rows[-1]) if rows else {}
+
+    def wait_migration(self, vm, statuses=("done",), timeout=15, after=None):
+        """Wait for the VM's latest migration (begun after ``after``, a
+        ``begun`` ms stamp) to reach one of ``statuses``; returns its row."""
+        def check():
+            row = self.migration_row(vm)
+            if after is not None and row.get("timeline", {}).get("begun", 0) <= after:
+                return None
+            return row if row.get("status") in statuses else None
+        return wait_until(check, timeout, interval=0.02,
+                          what="migration of %s to reach %s" % (vm, "/".join(statuses)))
 
     # ------------------------------ processes in VMs and external namespaces
     def _vm_netns(self, name):

@@ -21,18 +21,41 @@ waits for its echo; on SIGTERM/SIGINT or after ``--duration`` (at most 600 s)
 it writes a JSON report: requests sent, replies received, the largest gap
 between two consecutive replies and when it happened, and the error that ended
 the connection if one did (a reset is the failure this probe exists to see).
+``python -m lab.probe conns --target NAME=ADDR:PORT[xN] [--target ...]
+--interval-ms 20 --duration S --reply-timeout 5 --out FILE`` keeps MANY
+connections open at once: all are opened at start (N per target, named NAME,
+NAME#2, NAME#3, ...; connect timeout 5 s), then every interval each open
+connection sends its next numbered line once the echo of the previous one is
+in (non-blocking sockets and one selector: a stalled connection never delays
+the others).  A connection whose echo does not arrive within
+``--reply-timeout`` gets ``error: "stalled: no reply within 5.0 s"`` and is
+closed; a reset or close gets the exception text.  The JSON report is
+written atomically every 0.5 s and at the end (SIGTERM/SIGINT, ``--duration``
+at most 600 s, or no connection left open)::
+
+    {"connections": [{"name", "target", "local_port", "connected", "sent",
+                      "received", "max_gap_ms", "max_gap_at", "error"}],
+     "sent", "received", "survived", "final"}
+
+``survived`` counts the connections that connected and have no error;
+``final`` is true in the last report.  ``Conns`` (host side) runs it in a VM,
+``survivors(report)`` names the connections still alive.
 """
 
 import argparse
+import errno
 import json
 import os
+import re
+import selectors
 import signal
 import socket
 import socketserver
+import subprocess
 import sys
 import time
 
-from lab.sh import wait_until
+from lab.sh import LabError, wait_until
 
 MAX_DURATION = 600.0
 
@@ -77,6 +100,80 @@ class Probe:
             proc.wait(10)
             self.lab.forget_pid(proc.pid)
         return self.read()
+
+
+class Conns:
+    """Host side: a ``conns`` probe in VM ``vm`` (or, with ``ext=True``, in
+    the external namespace of that name), started through the lab so
+    ``down`` would end it, and read back.  ``targets``: strings
+    ``NAME=ADDR:PORT[xN]`` or tuples ``(name, addr, port, n)``."""
+
+    def __init__(self, lab, vm, targets, report, duration=120, interval_ms=20,
+                 reply_timeout=5.0, ext=False):
+        self.lab = lab
+        self.report = report
+        for stale in (report, report + ".log"):
+            if os.path.exists(stale):
+                os.unlink(stale)
+        cmd = [sys.executable, "-m", "lab.probe", "conns"]
+        for target in targets:
+            if not isinstance(target, str):
+                name, addr, port, n = target
+                target = "%s=%s:%d%s" % (name, addr, port, "x%d" % n if n != 1 else "")
+            cmd += ["--target", target]
+        cmd += ["--interval-ms", str(interval_ms), "--duration", str(duration),
+                "--reply-timeout", str(reply_timeout), "--out", report]
+        spawn = lab.ext_spawn if ext else lab.spawn
+        self.proc = spawn(vm, cmd, report + ".log")
+
+    def read(self):
+        try:
+            with open(self.report) as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def wait(self, predicate, timeout, what):
+        """Wait until ``predicate(report)`` holds; returns that report."""
+        def check():
+            report = self.read()
+            if report and predicate(report):
+                return report
+            if self.proc.poll() is not None:
+                report = self.read()
+                if report and predicate(report):
+                    return report
+                raise LabError("conns probe exited (status %s) before %s: %s"
+                               % (self.proc.returncode, what, _tail(self.report + ".log")))
+            return None
+        return wait_until(check, timeout, interval=0.05, what=what)
+
+    def stop(self, timeout=10):
+        """End the probe (SIGTERM: it writes its final report); returns it."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.lab.forget_pid(self.proc.pid)
+        return self.read()
+
+
+def survivors(report):
+    """Names of the connections of a ``conns`` report that connected and
+    are still alive (no error)."""
+    return [c["name"] for c in report.get("connections", [])
+            if c.get("connected") and c.get("error") is None]
+
+
+def _tail(path, size=300):
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-size:].decode(errors="replace").strip()
+    except FileNotFoundError:
+        return "(no log)"
 
 
 def read_peer_log(path):
@@ -200,6 +297,198 @@ def client(addr, port, interval, duration, out, reply_timeout=10.0):
     return 0 if report["error"] is None else 1
 
 
+_TARGET = re.compile(r"^([^=\s]+)=([^:\s]+):(\d+)(?:x(\d+))?$")
+
+
+def parse_target(text):
+    """``NAME=ADDR:PORT[xN]`` -> (name, addr, port, n)."""
+    m = _TARGET.match(text)
+    if not m or not 0 < int(m.group(3)) < 65536 or (m.group(4) and int(m.group(4)) < 1):
+        raise ValueError("target %r is not NAME=ADDR:PORT[xN]" % text)
+    return m.group(1), m.group(2), int(m.group(3)), int(m.group(4) or 1)
+
+
+class _Conn:
+    """One connection of ``conns``: its report entry and its I/O state."""
+
+    def __init__(self, name, addr, port):
+        self.addr = (addr, port)
+        self.rep = {"name": name, "target": "%s:%d" % (addr, port), "local_port": None,
+                    "connected": False, "sent": 0, "received": 0, "max_gap_ms": 0.0,
+                    "max_gap_at": None, "error": None}
+        self.sock = None
+        self.outbuf = b""
+        self.inbuf = b""
+        self.pending = None        # (seq, monotonic time sent) awaiting its echo
+        self.last = None           # monotonic time of the last reply (or connect)
+        self.next_send = 0.0
+
+    @property
+    def alive(self):
+        return self.sock is not None
+
+
+def _err_text(err):
+    return "%s: %s" % (type(err).__name__, err)
+
+
+def conns(targets, interval, duration, out, reply_timeout=5.0, connect_timeout=5.0,
+          max_conns=1000):
+    """The ``conns`` mode: see the module docstring.  ``targets``:
+    [(name, addr, port, n)]."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    connections = []
+    for name, addr, port, n in targets:
+        for i in range(n):
+            connections.append(_Conn(name if i == 0 else "%s#%d" % (name, i + 1), addr, port))
+    if len(connections) > max_conns:
+        raise ValueError("at most %d connections, not %d" % (max_conns, len(connections)))
+    sel = selectors.DefaultSelector()
+    t_start = time.monotonic()
+    deadline = t_start + min(duration, MAX_DURATION)
+
+    def report(final=False):
+        reps = [c.rep for c in connections]
+        return {"connections": reps,
+                "sent": sum(r["sent"] for r in reps),
+                "received": sum(r["received"] for r in reps),
+                "survived": sum(1 for r in reps if r["connected"] and r["error"] is None),
+                "final": final}
+
+    def fail(conn, error):
+        if conn.rep["error"] is None:
+            conn.rep["error"] = error
+        if conn.sock is not None:
+            try:
+                sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            conn.sock.close()
+            conn.sock = None
+
+    # Open every connection at once (non-blocking connect).
+    connecting = {}
+    for conn in connections:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        conn.sock = sock
+        try:
+            rc = sock.connect_ex(conn.addr)
+        except OSError as err:          # e.g. a name that does not resolve
+            fail(conn, _err_text(err))
+            continue
+        if rc not in (0, errno.EINPROGRESS):
+            fail(conn, "%s: [Errno %d] %s" % (_errno_class(rc), rc, os.strerror(rc)))
+            continue
+        sel.register(sock, selectors.EVENT_WRITE, conn)
+        connecting[sock] = conn
+    connect_deadline = time.monotonic() + connect_timeout
+    while connecting and not stop:
+        now = time.monotonic()
+        if now >= connect_deadline:
+            break
+        for key, _ in sel.select(min(0.05, connect_deadline - now)):
+            conn = key.data
+            connecting.pop(conn.sock, None)
+            rc = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if rc:
+                fail(conn, "%s: [Errno %d] %s" % (_errno_class(rc), rc, os.strerror(rc)))
+                continue
+            conn.rep["connected"] = True
+            conn.rep["local_port"] = conn.sock.getsockname()[1]
+            conn.last = conn.next_send = time.monotonic()
+            sel.modify(conn.sock, selectors.EVENT_READ, conn)
+    for conn in list(connecting.values()):
+        fail(conn, "TimeoutError: connect timed out after %.1f s" % connect_timeout
+             if not stop else "stopped while connecting")
+    _write(out, report())
+
+    next_write = time.monotonic() + 0.5
+    while not stop and any(c.alive for c in connections):
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        for conn in connections:
+            if not conn.alive:
+                continue
+            if conn.pending is None and now >= conn.next_send:
+                seq = conn.rep["sent"]
+                conn.outbuf += b"%d\n" % seq
+                conn.pending = (seq, now)
+                conn.rep["sent"] += 1
+                conn.next_send = now + interval
+            if conn.outbuf:
+                try:
+                    n = conn.sock.send(conn.outbuf)
+                    conn.outbuf = conn.outbuf[n:]
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as err:
+                    fail(conn, _err_text(err))
+                    continue
+            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+            sel.modify(conn.sock, mask, conn)
+            if conn.pending and now - conn.pending[1] > reply_timeout:
+                fail(conn, "stalled: no reply within %.1f s" % reply_timeout)
+        # Sleep until the next send, stall check, report or the end.
+        wake = [deadline, next_write]
+        for conn in connections:
+            if conn.alive:
+                wake.append(conn.pending[1] + reply_timeout if conn.pending
+                            else conn.next_send)
+        timeout = max(0.0, min(wake) - time.monotonic())
+        events = sel.select(timeout)
+        now = time.monotonic()
+        for key, mask in events:
+            conn = key.data
+            if not conn.alive or not mask & selectors.EVENT_READ:
+                continue
+            try:
+                data = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as err:
+                fail(conn, _err_text(err))
+                continue
+            if not data:
+                fail(conn, "ConnectionError: connection closed by peer")
+                continue
+            conn.inbuf += data
+            while b"\n" in conn.inbuf and conn.alive:
+                line, conn.inbuf = conn.inbuf.split(b"\n", 1)
+                if conn.pending is None or line != b"%d" % conn.pending[0]:
+                    fail(conn, "ValueError: reply %r out of order (expected %s)"
+                         % (line, "none" if conn.pending is None else conn.pending[0]))
+                    break
+                conn.pending = None
+                conn.rep["received"] += 1
+                gap = (now - conn.last) * 1000.0
+                if gap > conn.rep["max_gap_ms"]:
+                    conn.rep["max_gap_ms"] = round(gap, 1)
+                    conn.rep["max_gap_at"] = time.time()
+                conn.last = now
+        if now >= next_write:
+            _write(out, report())
+            next_write = now + 0.5
+    for conn in connections:
+        if conn.sock is not None:
+            conn.sock.close()
+            conn.sock = None
+    final = report(final=True)
+    _write(out, final)
+    return 0
+
+
+def _errno_class(rc):
+    """The OSError subclass name Python would raise for errno ``rc``."""
+    try:
+        return type(OSError(rc, os.strerror(rc))).__name__
+    except Exception:       # pragma: no cover
+        return "OSError"
+
+
 def _write(path, report):
     with open(path + ".tmp", "w") as f:
         json.dump(report, f)
@@ -224,7 +513,17 @@ def main(argv=None):
     c.add_argument("--interval-ms", type=float, default=10.0)
     c.add_argument("--duration", type=float, default=60.0)
     c.add_argument("--out", required=True)
+    m = sub.add_parser("conns", help="many long-lived connections at once")
+    m.add_argument("--target", action="append", required=True, type=_target_arg,
+                   metavar="NAME=ADDR:PORT[xN]")
+    m.add_argument("--interval-ms", type=float, default=20.0)
+    m.add_argument("--duration", type=float, default=60.0)
+    m.add_argument("--reply-timeout", type=float, default=5.0)
+    m.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.mode == "conns":
+        return conns(args.target, args.interval_ms / 1000.0, args.duration, args.out,
+                     reply_timeout=args.reply_timeout)
     if args.mode == "serve":
         serve([int(p) for p in args.port.split(",")], args.log)
         return 0
@@ -232,6 +531,13 @@ def main(argv=None):
         return attempt(args.to, args.port, args.timeout, min(args.count, 100000))
     return client(args.to, args.port, args.interval_ms / 1000.0,
                   args.duration, args.out)
+
+
+def _target_arg(text):
+    try:
+        return parse_target(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
 
 
 if __name__ == "__main__":

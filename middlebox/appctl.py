@@ -138,6 +138,32 @@ def register(daemon):
     def conn_json(vm=None):
         return json.dumps(core.conn_list(vm), sort_keys=True, default=str) + "\n"
 
+    def migration_state():
+        if daemon.migrations is None:
+            raise ValueError("state migration is off on this daemon (--no-migration, "
+                             "or no --pki-dir)")
+        return daemon.migrations.listing()
+
+    def migration_list():
+        st = migration_state()
+        lines = []
+        for t in st["transfers"]:
+            lines.append("%s %s %s %s peer=%s state=%s entries=%d seq=%d%s" % (
+                (t["migration"] or "?")[:8], t["vm"] or "?", t["role"], t.get("path", ""),
+                t["peer"], t["state"], t["entries"], t["seq"],
+                " gather=%s" % t["mode"] if "mode" in t else ""))
+        for h in st["holds"]:
+            lines.append("hold %s %s held=%d total=%d" % (h["vm"], h["state"], h["held"],
+                                                          h["count"]))
+        for f in st["forwarders"]:
+            lines.append("forwarder %s proto=%d %s" % (f["vm"], f["proto"], f["wire"]))
+        for h in st["history"][-10:]:
+            lines.append("past %s %s: %s" % (h["vm"], h["role"], h["what"]))
+        return _text(lines, "no migrations")
+
+    def migration_json():
+        return json.dumps(migration_state(), sort_keys=True, default=str) + "\n"
+
     def exit_():
         daemon.exiting = True
         return ""
@@ -158,6 +184,8 @@ def register(daemon):
         ("lb/list", "", 0, 0, lb_list),
         ("lb/json", "", 0, 0, lb_json),
         ("conn/json", "[VM]", 0, 1, conn_json),
+        ("migration/list", "", 0, 0, migration_list),
+        ("migration/json", "", 0, 0, migration_json),
         ("exit", "", 0, 0, exit_),
     ]
     for name, usage, lo, hi, fn in commands:

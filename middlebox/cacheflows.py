@@ -80,6 +80,16 @@ def entry_flows(tag, entry, idle_timeout):
         back_sets = (("ipv4_src", ip_text(k.peer_ip)), (names[0], k.peer_port),
                      ("eth_src", P.ROUTER_MAC))
         back_next = P.LOCAL_DELIVERY.table_id
+    elif x.away:
+        # SNAT from another host's port block: the replies arrive forwarded
+        # by that host to the VM's MAC, untranslated; "landing" at the to-VM
+        # stage (its catcher: catcher_flow) translates them here.
+        out_sets = (("ipv4_src", ip_text(x.vm_ip)), (names[0], x.vm_port))
+        out_next = P.EXTERNAL_OUT.table_id
+        back_stage = P.STAGE_TO_VM
+        back_sets = (("ipv4_dst", ip_text(k.vm_ip)), (names[1], k.vm_port),
+                     ("eth_src", P.ROUTER_MAC), ("eth_dst", x.vm_mac))
+        back_next = P.LOCAL_DELIVERY.table_id
     else:
         out_sets = (("ipv4_src", ip_text(x.vm_ip)), (names[0], x.vm_port))
         out_next = P.EXTERNAL_OUT.table_id
@@ -121,11 +131,15 @@ def catcher_flow(tag, entry, vni, idle_timeout):
     connection's replies at TO_VM_STEERING, a DNAT'd connection's replies
     (sent by the VM) at FROM_VM_STEERING."""
     x = entry.xlate
-    if x is None or x.kind == "snat":
+    if x is None or (x.kind == "snat" and not x.away):
         return None
     k = entry.key
     meta = (vni, P.METADATA_VNI_MASK)
-    if x.kind == "lb":
+    if x.away:
+        table, stage = P.TO_VM_STEERING, P.STAGE_TO_VM
+        match = _tuple_match(None, k.proto, x.peer_ip, x.vm_ip, x.peer_port, x.vm_port,
+                             metadata=meta)
+    elif x.kind == "lb":
         table, stage = P.TO_VM_STEERING, P.STAGE_TO_VM
         match = _tuple_match(None, k.proto, x.peer_ip, k.vm_ip, x.peer_port, k.vm_port,
                              metadata=meta)
@@ -137,6 +151,19 @@ def catcher_flow(tag, entry, vni, idle_timeout):
                 (("apply", (("set_field", P.REG_SLICE, tag),)),
                  ("goto", P.CACHE_TABLES[stage].table_id)),
                 cookie=cookie(tag, entry.entry_id), idle_timeout=int(idle_timeout))
+
+
+def forwarder_flow(tag, entry_id, proto, peer_ip, peer_port, ext_ip, ext_port, vm_mac,
+                   idle_timeout):
+    """A SNAT forwarder (docs/migration.md): on the host whose port block
+    ``ext_ip:ext_port`` is from, replies for a connection whose VM moved away
+    go, untranslated, to the VM's MAC (L2_LOOKUP sends them into the tunnel
+    to wherever the VM is now; ``reg0=0``: this one hop is allowed)."""
+    match = _tuple_match(tag, proto, peer_ip, ext_ip, peer_port, ext_port)
+    sets = (("eth_src", P.ROUTER_MAC), ("eth_dst", vm_mac), (P.REG_FROM_TUNNEL, 0))
+    return Flow(P.EXTERNAL_CACHE.table_id, P.PRIO_CACHE_ENTRY, match,
+                _rewrite(sets, P.L2_LOOKUP.table_id), cookie=cookie(tag, entry_id),
+                idle_timeout=int(idle_timeout))
 
 
 def parse_cache_flow(flow):

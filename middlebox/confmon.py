@@ -16,6 +16,8 @@ narrows as rows arrive, like ovn-controller does::
     Address_Set      _uuid in {rule.address_sets}
     External_Network every row                         (fixed)
     Shared_State     middlebox in {names of my Middlebox rows}
+    Migration        source == HOST or destination == HOST   (fixed)
+    Host (peers)     name in {the other host of each of my Migration rows}
 
 Steering_Policy, NB_Global and IDS_Alert are not monitored at all (the
 daemon only writes IDS_Alert rows, see ``middlebox.shared``).  Every
@@ -77,7 +79,7 @@ LOG = logging.getLogger(__name__)
 
 # The columns mbxd reads, per monitored table.
 COLUMNS = {
-    "Host": ("name",),
+    "Host": ("name", "encap_ip", "migration_address"),
     "Slice": ("chain", "host", "tag", "status"),
     "Middlebox": ("name", "type", "logical_switch", "default_action", "rules",
                   "nat_rules", "vips", "options"),
@@ -91,11 +93,15 @@ COLUMNS = {
     "VM": ("name", "logical_switch", "mac", "ip", "host"),
     "External_Network": ("name", "cidr", "gateway_ip", "gateway_mac"),
     "Shared_State": ("middlebox", "host", "service", "key", "value", "stamp"),
+    "Migration": ("vm", "source", "destination", "path", "status", "token",
+                  "timeline", "stats", "outcome", "options"),
 }
+# Host columns read for migration peers (docs/migration.md).
+PEER_COLUMNS = ("name", "encap_ip", "migration_address")
 TABLES = tuple(COLUMNS)
 # Tables whose rows make up the HostConfig (Shared_State is handed over
 # separately, to middlebox.shared).
-CONFIG_TABLES = tuple(t for t in TABLES if t != "Shared_State")
+CONFIG_TABLES = tuple(t for t in TABLES if t not in ("Shared_State", "Migration"))
 # How held_rows() names a row: its name column, else its uuid.
 _NAME_COLUMN = {"Host": "name", "Middlebox": "name", "Address_Set": "name",
                 "Logical_Switch": "name", "VM": "name",
@@ -244,7 +250,20 @@ def initial_conditions(host_name):
     conds = {name: [] for name in TABLES}
     conds["Host"] = [["name", "==", host_name]]
     conds["External_Network"] = [True]
+    conds["Migration"] = [["source", "==", host_name],
+                          ["destination", "==", host_name]]
     return conds
+
+
+def migration_peers(host_name, migrations):
+    """The other host of each Migration row (plain rows) naming ``host_name``."""
+    peers = set()
+    for m in migrations:
+        for name in (_scalar(getattr(m, "source", None)),
+                     _scalar(getattr(m, "destination", None))):
+            if isinstance(name, str) and name and name != host_name:
+                peers.add(name)
+    return peers
 
 
 def conditions(host_name, tables):
@@ -259,6 +278,8 @@ def conditions(host_name, tables):
     conds["VM"] = _clauses("logical_switch", r["VM_switches"])
     conds["Shared_State"] = [["middlebox", "==", name]
                              for name in sorted(r["Middlebox_names"])]
+    peers = migration_peers(host_name, _by_uuid(tables.get("Migration")).values())
+    conds["Host"] += [["name", "==", name] for name in sorted(peers)]
     return conds
 
 
@@ -719,7 +740,8 @@ class ConfigMonitor:
         self._idl.run()
         seqno = self._idl.config_seqno()
         if seqno != self._seen_seqno:
-            new = conditions(self.host_name, self._plain_tables(CONFIG_TABLES))
+            new = conditions(self.host_name,
+                             self._plain_tables(CONFIG_TABLES + ("Migration",)))
             self._seen_seqno = seqno
             changed = False
             for table in TABLES:
@@ -804,6 +826,21 @@ class ConfigMonitor:
         if not self.synced():
             return None
         return {clause[2] for clause in self._conds["Shared_State"]}
+
+    # -- migrations (middlebox.migration)
+
+    def migrations(self):
+        """The Migration rows naming this host, as plain rows."""
+        columns = COLUMNS["Migration"]
+        return [plain_row(row, columns)
+                for row in self._idl.tables["Migration"].rows.values()]
+
+    def peers(self):
+        """{host name: plain Host row} of the other hosts in the replica."""
+        columns = COLUMNS["Host"]
+        return {row.name: plain_row(row, columns)
+                for row in self._idl.tables["Host"].rows.values()
+                if row.name != self.host_name}
 
     # -- helpers
 

@@ -275,10 +275,10 @@ class Xlate:
     """
 
     __slots__ = ("kind", "vm_ip", "vm_port", "peer_ip", "peer_port", "vm_mac", "peer_mac",
-                 "service")
+                 "service", "home")
 
     def __init__(self, kind, vm_ip, vm_port, peer_ip, peer_port, vm_mac, peer_mac="",
-                 service=""):
+                 service="", home=None):
         self.kind = kind
         self.vm_ip = vm_ip
         self.vm_port = vm_port
@@ -287,10 +287,18 @@ class Xlate:
         self.vm_mac = vm_mac
         self.peer_mac = peer_mac
         self.service = service
+        # SNAT only: the host whose port block ``vm_port`` is from, when that
+        # is not the host holding the entry (the VM migrated here): replies
+        # come forwarded from there (docs/migration.md), not from EXTERNAL_IN.
+        self.home = home
+
+    @property
+    def away(self):
+        return self.kind == "snat" and self.home is not None
 
     def as_list(self):
         return [self.kind, self.vm_ip, self.vm_port, self.peer_ip, self.peer_port,
-                self.vm_mac, self.peer_mac, self.service]
+                self.vm_mac, self.peer_mac, self.service, self.home]
 
     def __repr__(self):
         return "Xlate(%s)" % ",".join(str(x) for x in self.as_list())

@@ -58,6 +58,7 @@ from middlebox.packet import (ICMP_ERROR_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPRO
                               build_icmp_unreachable, build_tcp, build_tcp_rst, ip_int,
                               ip_text, parse_frame, rewrite)
 from middlebox.rules import DIRECTIONS, RuleSet
+from middlebox.vmstate import VmStateMixin, chain_of
 
 # What happens to a non-IPv4 frame of a known slice: "pass" (written back
 # unchanged, the pipeline continues) or "drop".  Steering selects IPv4 only,
@@ -76,6 +77,7 @@ STATE_FIELDS = ("tag", "vm", "id", "proto", "vm_ip", "vm_port", "peer_ip", "peer
                 "flows", "flow_timeout", "fs", "rule", "xlate")
 PROBE_PORT_MIN, PROBE_PORT_MAX = 61000, 61999    # source ports of health probes
 PUBLISH_INTERVAL = 1.0      # s between shared-state publications (and scan checks)
+VM_STATE = "vm-state"       # shared-state service: VMs whose state a host holds
 MAX_ALERTS = 1000           # IDS alerts kept for ovs-appctl
 _PENDING_SHIFT = 2          # ConnEntry.flows bits 2-3: deleted, flow-removed not yet seen
 _MULTICAST = (0xE0000000, 0xF0000000)
@@ -316,8 +318,9 @@ def _flow_bit(stage):
     return FLOW_FROM_VM if stage == P.STAGE_FROM_VM else FLOW_TO_VM
 
 
-class MiddleboxCore:
-    """The middlebox daemon's state machine for one host (see module doc)."""
+class MiddleboxCore(VmStateMixin):
+    """The middlebox daemon's state machine for one host (see module doc);
+    migration of a VM's state: ``middlebox.vmstate``."""
 
     def __init__(self, host):
         self.host = host
@@ -330,7 +333,7 @@ class MiddleboxCore:
              "passed", "dropped", "related", "rejects_sent", "flows_added",
              "flows_deleted", "expired", "internal_errors", "copies", "translated",
              "no_nat", "nat_exhausted", "snat_no_block", "no_backend", "probes_sent", "probe_replies",
-             "ids_alerts"), 0)
+             "ids_alerts", "held", "hold_dropped", "forwarded"), 0)
         self.decisions = dict.fromkeys(VERDICTS, 0)
         self.last_error = None
         # The state sharing manager (middlebox.shared.SharedState) the shell
@@ -344,6 +347,8 @@ class MiddleboxCore:
         self._probes = {}               # (backend ip, port, probe port) -> (_Vip, backend, sent)
         self.alert_counts = {}          # IDS alert kind -> count
         self._carry = []                # flows to delete, for the next Result
+        self._vm_state_published = set()   # (middlebox, VM) "vm-state" rows
+        self._vmstate_init()
 
     # ------------------------------------------------------------ config
     def configure(self, config, now) -> FlowChanges:
@@ -390,7 +395,8 @@ class MiddleboxCore:
             for s in self.slices.values():
                 for e in s.wire.values():
                     x = e.xlate
-                    if x.kind == "snat" and x.service == uuid and x.vm_ip == alloc.ip:
+                    if x.kind == "snat" and not x.away and x.service == uuid \
+                            and x.vm_ip == alloc.ip:
                         alloc.reserve(e.key.proto, x.vm_port)
 
     def _remove_slice(self, tag):
@@ -448,6 +454,13 @@ class MiddleboxCore:
                 if res is not None:
                     return self._count(res)
             if stage == P.STAGE_FROM_EXTERNAL:
+                fwd = self.forwarder_for(pkt) if self._forwarders else None
+                if fwd is not None:
+                    # A FIN/RST of a connection whose VM moved away: on to it.
+                    c["forwarded"] += 1
+                    c["passed"] += 1
+                    out = rewrite(frame, pkt, eth_src=P.ROUTER_MAC, eth_dst=fwd.mac)
+                    return Result(ALLOW, [(out, (tci & 0x1FFF) | P.STAGE_FROM_VM << 13)])
                 return self._count(self._new_external(s, pkt, frame, tci, now))
         if pkt.proto is None:
             c["non_ip"] += 1
@@ -507,6 +520,10 @@ class MiddleboxCore:
                                                        res):
             pass
         elif not can_open(pkt.proto, pkt.tcp_flags):
+            if self.should_hold(vm, now) and self.hold(vm.name, frame, tci):
+                # The VM is arriving and its state has not (docs/migration.md).
+                res.verdict = "held"
+                return res
             c["invalid"] += 1
             c["dropped"] += 1
             res.verdict = "invalid"
@@ -606,7 +623,7 @@ class MiddleboxCore:
         table = s.tables.get(e.vm)
         x = e.xlate
         want = (P.STAGE_FROM_VM if not inbound else
-                P.STAGE_TO_VM if x.kind == "lb" else P.STAGE_FROM_EXTERNAL)
+                P.STAGE_TO_VM if x.kind == "lb" or x.away else P.STAGE_FROM_EXTERNAL)
         if table is None or pkt.stage != want:
             return None
         flags = pkt.tcp_flags
@@ -807,7 +824,7 @@ class MiddleboxCore:
             if v is not None:
                 b = (ip_text(x.peer_ip), x.peer_port)
                 v.counts[b] = max(0, v.counts.get(b, 0) - 1)
-        elif x.kind == "snat":
+        elif x.kind == "snat" and not x.away:
             got = self._snat.get(x.service)
             if got is not None and got[1].ip == x.vm_ip:
                 got[1].release(e.key.proto, x.vm_port)
@@ -882,6 +899,8 @@ class MiddleboxCore:
                     out.append(self._probe(s, v, b, now))
         for key in [k for k, p in self._probes.items() if now - p[2] > 30]:
             del self._probes[key]
+        if self.shared is not None:
+            self._publish_vm_state(self.shared)     # promptly: see its doc
         if now >= self._next_publish:
             self._next_publish = now + PUBLISH_INTERVAL
             self._publish(now)
@@ -952,6 +971,26 @@ class MiddleboxCore:
                 # Every host marks it: no second host alerts when the first
                 # stops reporting it within the window.
                 ids.scan.mark_alerted(src, now)
+
+    def _publish_vm_state(self, shared):
+        """Shared state "vm-state": the VMs this host holds connection state
+        (or SNAT forwarders) of, per chain, so the controller keeps the
+        slice here while a VM that left may still need it (its state is
+        asked for by its new host, its SNAT ports are forwarded from here)."""
+        wanted = set()
+        fwd_tags = {}
+        for ck, f in self._forwarders.items():
+            fwd_tags.setdefault(ck >> CF.TAG_SHIFT, set()).add(f.vm)
+        for s in self.slices.values():
+            mb = chain_of(s.config)[0]
+            names = {n for n, t in s.tables.items() if t.entries}
+            names |= fwd_tags.get(s.tag, set())
+            wanted.update((mb, n) for n in names)
+        for mb, vm in self._vm_state_published - wanted:
+            shared.withdraw(mb, VM_STATE, vm)
+        for mb, vm in wanted - self._vm_state_published:
+            shared.publish(mb, VM_STATE, vm, 1)
+        self._vm_state_published = wanted
 
     # ------------------------------------------------------------ IDS
     def _ids_observe(self, s, pkt, now):
@@ -1040,7 +1079,8 @@ class MiddleboxCore:
         while True:
             entry_id = self._next_id
             self._next_id = entry_id + 1 if entry_id < CF.MAX_ENTRY_ID else 1
-            if (tag << CF.TAG_SHIFT | entry_id) not in self._entries:
+            ck = tag << CF.TAG_SHIFT | entry_id
+            if ck not in self._entries and ck not in self._forwarders:
                 return entry_id
 
     # ------------------------------------------------------------ flows
@@ -1129,6 +1169,8 @@ class MiddleboxCore:
         ids = CF.split_cookie(cookie)
         if ids is None:
             return
+        if self._forwarders and self._forwarder_gone(cookie & CF.ENTRY_COOKIE_MASK):
+            return
         e = self._entries.get(cookie & CF.ENTRY_COOKIE_MASK)
         s = self.slices.get(ids[0])
         if e is None or s is None:
@@ -1176,6 +1218,8 @@ class MiddleboxCore:
             if parsed is None:
                 continue
             tag, stage, entry_id = parsed[0], parsed[1], parsed[2]
+            if (tag << CF.TAG_SHIFT | entry_id) in self._forwarders:
+                continue
             e = self._entries.get(tag << CF.TAG_SHIFT | entry_id)
             s = self.slices.get(tag)
             bit = _flow_bit(stage)
@@ -1335,11 +1379,13 @@ class MiddleboxCore:
         fs = [int(x) for x in row["fs"]]
         xl = row.get("xlate")
         if xl:
-            kind, xvm_ip, xvm_port, xpeer_ip, xpeer_port, vm_mac, peer_mac, service = xl
+            kind, xvm_ip, xvm_port, xpeer_ip, xpeer_port, vm_mac, peer_mac, service = xl[:8]
+            home = xl[8] if len(xl) > 8 and kind == "snat" else None
             if kind not in ("lb", "snat", "dnat"):
                 return 0
             e.xlate = Xlate(kind, int(xvm_ip), int(xvm_port), int(xpeer_ip),
-                            int(xpeer_port), str(vm_mac), str(peer_mac), str(service))
+                            int(xpeer_port), str(vm_mac), str(peer_mac), str(service),
+                            str(home) if home else None)
         e.refresh(now, s.timeouts)
         live = 0
         for parsed, flow in groups.pop(ck, ()):
@@ -1368,7 +1414,7 @@ class MiddleboxCore:
         """A restored translated entry: index it again, take its SNAT port
         and (re)install its reply catcher (an identical flow-mod is harmless)."""
         x = e.xlate
-        if x.kind == "snat":
+        if x.kind == "snat" and not x.away:
             got = self._snat.get(x.service)
             if got is not None and got[1].ip == x.vm_ip:
                 got[1].reserve(e.key.proto, x.vm_port)

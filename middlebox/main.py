@@ -10,7 +10,9 @@ One thread runs one poll loop (as ovs-vswitchd's Python helpers do) over:
 * an OpenFlow 1.3 connection to the bridge's management socket, for the
   per-connection cache flows, their flow-removed messages and flow stats
   (``middlebox.ofconn``);
-* the unixctl server behind ``ovs-appctl -t mbxd`` (``middlebox.appctl``).
+* the unixctl server behind ``ovs-appctl -t mbxd`` (``middlebox.appctl``);
+* the TLS channel to the other hosts' daemons for migrations
+  (``middlebox.migchan``, driven by ``middlebox.migration``).
 
 All decisions are made by ``middlebox.core.MiddleboxCore``; this module only
 moves bytes and messages between it and the world.  Connection state is
@@ -34,9 +36,10 @@ import ovs.unixctl
 import ovs.unixctl.server
 import ovs.util
 
-from middlebox import appctl, metrics
+from middlebox import appctl, metrics, migchan, pki
 from middlebox.confmon import ConfigMonitor
 from middlebox.core import MiddleboxCore
+from middlebox.migration import MigrationManager, RowWriter
 from middlebox.ofconn import OfConn
 from middlebox.packetio import PacketPort
 from middlebox.shared import SharedState
@@ -67,6 +70,15 @@ def parse_args(argv):
                    help="serve Prometheus metrics over HTTP here")
     p.add_argument("--log-file")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--pki-dir", help="CA and this host's certificate for the migration "
+                   "channel (ca.pem, HOST.pem, HOST.key; see mbx-pki)")
+    p.add_argument("--migration-listen", metavar="ADDR:PORT",
+                   help="accept migrated state here (docs/migration.md)")
+    p.add_argument("--migration-ttl", type=float, default=60.0, metavar="SECONDS",
+                   help="keep a migrated VM's state this long without an acknowledgement")
+    p.add_argument("--no-migration", action="store_true",
+                   help="never send or accept connection state (a VM that moves "
+                   "loses its connections through this host's middleboxes)")
     args = p.parse_args(argv)
     args.ofp = args.ofp or "unix:%s/%s.mgmt" % (args.rundir, args.bridge)
     args.state_file = args.state_file or os.path.join(args.rundir, "mbxd.state.json")
@@ -75,6 +87,11 @@ def parse_args(argv):
         if not addr or not port.isdigit():
             p.error("--metrics wants ADDR:PORT, got %r" % args.metrics)
         args.metrics = (addr, int(port))
+    if args.migration_listen:
+        addr, _, port = args.migration_listen.rpartition(":")
+        if not addr or not port.isdigit():
+            p.error("--migration-listen wants ADDR:PORT, got %r" % args.migration_listen)
+        args.migration_listen = (addr, int(port))
     return args
 
 
@@ -94,11 +111,35 @@ class Daemon:
         self._next = {"stats": 0.0, "expire": 0.0, "save": 0.0, "tick": 0.0}
         self.restored = False
         self._held = {}             # barrier xid -> frames waiting for their flows
+        self.channel = None
+        self.migrations = None      # middlebox.migration.MigrationManager
+        self._mig_seqno = None
+        self.core.hold_enabled = False
 
     # ------------------------------------------------------------ start
     def start(self):
         self.of = self._connect_openflow()
         self.port = PacketPort(self.args.port)
+        if self.args.no_migration:
+            LOG.info("state migration is off")
+        elif not self.args.pki_dir:
+            LOG.warning("no --pki-dir: state migration is off")
+        else:
+            self._start_migrations()
+
+    def _start_migrations(self):
+        files = pki.host_files(self.args.pki_dir, self.args.host)
+        self.channel = migchan.Channel(self.args.host, files, self.args.migration_listen)
+        self.channel.start()
+        self.migrations = MigrationManager(
+            self.args.host, self.core, self.channel,
+            RowWriter(self.conf, self.args.host),
+            apply=self._apply, barrier=self.of.barrier,
+            dump=lambda _tags: self.of.request_flow_stats(P.DAEMON_COOKIE, P.COOKIE_MASK),
+            send=self._send_results, ttl=self.args.migration_ttl)
+        self.core.hold_enabled = True
+        if self.args.migration_listen:
+            LOG.info("accepting migrated state on %s:%d", *self.channel.listen_address)
 
     def _connect_openflow(self, timeout=30):
         deadline = time.monotonic() + timeout
@@ -148,7 +189,9 @@ class Daemon:
                                    table_id=_table)
             self.dirty = True
 
-    def _flow_stats(self, _xid, entries):
+    def _flow_stats(self, xid, entries):
+        if self.migrations is not None and self.migrations.on_dump(xid, entries, time.monotonic()):
+            return
         orphans = self.core.flow_stats(
             [(f, packets, nbytes) for f, packets, nbytes, _ in entries], time.time())
         self._apply([], orphans)
@@ -162,6 +205,36 @@ class Daemon:
     def _barrier(self, xid):
         for out, out_tci in self._held.pop(xid, ()):
             self.port.send(out, out_tci)
+        if self.migrations is not None:
+            self.migrations.on_barrier(xid, time.monotonic())
+
+    def _send_results(self, results):
+        """Carry out core Results outside the packet path (held frames)."""
+        add, delete, held = [], [], []
+        for res in results:
+            for out, out_tci in res.out:
+                self.port.send(out, out_tci)
+            add.extend(res.add)
+            delete.extend(res.delete)
+            held.extend(res.held)
+        self._apply(add, delete)
+        if held:
+            self._held[self.of.barrier()] = held
+
+    def _migration_run(self):
+        mig = self.migrations
+        if mig is None:
+            return
+        mono = time.monotonic()
+        seqno = self.conf.data_seqno()
+        if seqno != self._mig_seqno and self.conf.synced():
+            self._mig_seqno = seqno
+            mig.set_rows(self.conf.migrations(), self.conf.peers(), mono)
+        for ev in self.channel.events():
+            mig.on_event(ev, mono)
+        mig.run(mono)
+        mig.writer.flush()
+        self._drain_log()
 
     def _packets(self, now):
         for _ in range(MAX_BATCHES):
@@ -234,6 +307,7 @@ class Daemon:
                 # stats poll would find every flow of the old daemon orphaned.
                 self._packets(now)
                 self._timers(now)
+                self._migration_run()
             server.run()
             self.shared.flush()         # this iteration's shared-state writes
             metrics.publish(self.core)
@@ -244,9 +318,15 @@ class Daemon:
             if self.restored:
                 poller.fd_wait(self.port.fileno(), ovs.poller.POLLIN)
             server.wait(poller)
+            if self.migrations is not None:
+                poller.fd_wait(self.channel.fileno(), ovs.poller.POLLIN)
+                self.migrations.writer.wait(poller)
+                poller.timer_wait(50)
             poller.timer_wait(200)
             poller.block()
         self.save_state()
+        if self.channel is not None:
+            self.channel.stop()
 
 
 def _setup_logging(args):

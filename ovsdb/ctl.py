@@ -92,6 +92,19 @@ Commands:
   steer-del SWITCH [PRIORITY] [--if-exists]
                                          delete one or all steering policies
   steer-list [SWITCH]                    list steering policies
+  migrate-begin VM --to HOST             announce the migration of VM's
+                                         connection state from its host to
+                                         HOST; prints the migration's UUID
+  migrate-stun VM [--wait]               the VM is paused for the last round;
+                                         with --wait, wait (--timeout) until
+                                         its state is imported at HOST
+  migrate-done VM                        finish the migration once imported
+  migrate-abort VM [--if-exists]         abort the VM's active migration
+  migration-list [VM]                    list migrations, oldest first
+  migration-show VM                      the VM's latest migration: phases,
+                                         what moved, outcome
+  global-set KEY=VALUE...                set NB_Global options; KEY= removes
+                                         KEY
   show                                   everything, as a tree
   load FILE.yaml                         create or update what FILE declares
   sync                                   change nothing; with --wait=hv, return
@@ -112,6 +125,9 @@ Middlebox options (KEY=VALUE): check=offload|every-packet,
 VIP options (lb-set KEY=VALUE): health-check=tcp|none,
   health-interval, health-timeout=SECONDS (0 < S <= 3600),
   health-rise, health-fall=COUNT (1-100)
+Global options (global-set KEY=VALUE): migration-wait-ms=MS (100-60000,
+  default 3000): how long a destination holds packets of an unannounced
+  migration for the state to land
 A PROTOCOL is needed by lb-del, lb-backend-*, lb-set only when the VIP
 exists for both tcp and udp.
 """
@@ -213,6 +229,13 @@ PARSERS = {
                          "chain"),
     "steer-del": _parser("steer-del", "switch", "priority?", "--if-exists?"),
     "steer-list": _parser("steer-list", "switch?"),
+    "migrate-begin": _parser("migrate-begin", "vm", "--to!"),
+    "migrate-stun": _parser("migrate-stun", "vm", "--wait?"),
+    "migrate-done": _parser("migrate-done", "vm"),
+    "migrate-abort": _parser("migrate-abort", "vm", "--if-exists?"),
+    "migration-list": _parser("migration-list", "vm?"),
+    "migration-show": _parser("migration-show", "vm"),
+    "global-set": _parser("global-set", "options*"),
     "show": _parser("show"),
     "load": _parser("load", "file"),
     "sync": _parser("sync"),
@@ -222,7 +245,27 @@ PARSERS = {
 # --- writes: add commands to the one transaction -----------------------------
 
 def _write(nb, txn, command, args):
-    if command == "init":
+    """Add ``command``'s API commands to ``txn``; returns the one whose
+    result it reports, if any."""
+    if command == "migrate-begin":
+        return txn.add(nb.migrate_begin(args.vm, args.to))
+    if command == "migrate-stun":
+        return txn.add(nb.migrate_stun(args.vm))
+    if command == "migrate-done":
+        txn.add(nb.migrate_done(args.vm))
+    elif command == "migrate-abort":
+        txn.add(nb.migrate_abort(args.vm, args.if_exists))
+    elif command in ("migration-list", "migration-show"):
+        if args.vm is not None:
+            txn.add(nb.require_migrations(
+                args.vm, need_one=command == "migration-show"))
+    elif command == "global-set":
+        if not args.options:
+            raise MbxError("global-set: give at least one KEY=VALUE, e.g. "
+                           "migration-wait-ms=5000 (see mbxctl --help)")
+        txn.add(nb.global_set(_key_values(command, args.options,
+                                          "migration-wait-ms=5000")))
+    elif command == "init":
         txn.add(nb.ensure_nb_global())
     elif command == "ls-add":
         txn.add(nb.ls_add(args.name, args.vni, args.subnet, args.tenant,
@@ -305,16 +348,17 @@ def _write(nb, txn, command, args):
             apply_topology(nb, args.spec)   # joins the enclosing transaction
         except MbxError as e:
             raise MbxError(f"{args.file}: {e}") from None
+    return None
 
 
-def _key_values(command, items):
+def _key_values(command, items, example="same-host=both"):
     """{KEY: VALUE} from ["KEY=VALUE", ...]."""
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise MbxError(f"{command}: invalid option {item!r}: use "
-                           "KEY=VALUE, e.g. same-host=both (see mbxctl "
+                           f"KEY=VALUE, e.g. {example} (see mbxctl "
                            "--help)")
         if key in out:
             raise MbxError(f"{command}: option {key!r} is given twice")
@@ -347,10 +391,10 @@ def _read(snap, command, args):
                        for vm in sorted(vms, key=lambda vm: vm.name)])
     if command == "host-list":
         return _table(["NAME", "ENCAP", "ENCAP_IP", "MGMT_ADDRESS", "NB_CFG",
-                       "CONNECTED", "DATAPATH_ID"],
+                       "CONNECTED", "DATAPATH_ID", "MIGRATION_ADDRESS"],
                       [[h.name, h.encap_type, h.encap_ip, h.mgmt_address,
                         h.nb_cfg, str(h.connected).lower(),
-                        h.datapath_id or "-"]
+                        h.datapath_id or "-", h.migration_address or "-"]
                        for h in sorted(snap.hosts.values(),
                                        key=lambda h: h.name)])
     if command == "mb-list":
@@ -411,16 +455,54 @@ def _read(snap, command, args):
                         p.match]
                        for p in snap.policies
                        if args.switch is None or p.switch == args.switch])
+    if command == "migration-list":
+        return _table(["VM", "HOSTS", "PATH", "STATUS", "ENTRIES", "BYTES",
+                       "OUTCOME"],
+                      [[m.vm, f"{m.source} -> {m.destination}", m.path,
+                        m.status, m.stats.get("entries", "-"),
+                        m.stats.get("bytes", "-"), m.outcome or "-"]
+                       for m in snap.migrations
+                       if args.vm is None or m.vm == args.vm])
+    if command == "migration-show":
+        return _migration_show([m for m in snap.migrations
+                                if m.vm == args.vm][-1])
     return _show(snap)
+
+
+def _ordered(keys, order):
+    """``keys`` in ``order``, then the others sorted."""
+    return ([k for k in order if k in keys]
+            + sorted(k for k in keys if k not in order))
+
+
+def _migration_show(m):
+    timeline = m.timeline
+    begun = timeline.get("begun", min(timeline.values(), default=0))
+    lines = [f"migration of VM {m.vm}: {m.source} -> {m.destination} "
+             f"({m.path})",
+             f"uuid: {m.uuid}",
+             f"status: {m.status}",
+             f"begun: {_ms_time(begun, precise=True) if timeline else '-'}",
+             "timeline:" + ("" if timeline else " -")]
+    lines += [f"  +{timeline[phase] - begun:6.1f} ms  {phase}"
+              for phase in _ordered(timeline, validate.MIGRATION_PHASES)]
+    stats = ", ".join(f"{key}={m.stats[key]}"
+                      for key in _ordered(m.stats, validate.MIGRATION_STATS))
+    lines += [f"stats: {stats or '-'}",
+              f"options: {_options(m.options) or '-'}",
+              f"outcome: {m.outcome or '-'}"]
+    return lines
 
 
 def _options(options):
     return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
 
 
-def _ms_time(ms):
-    """Milliseconds since the epoch as UTC time, e.g. 2026-01-02T03:04:05Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+def _ms_time(ms, precise=False):
+    """Milliseconds since the epoch as UTC time, e.g. 2026-01-02T03:04:05Z
+    (precise: 2026-01-02T03:04:05.678Z)."""
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+    return text + (f".{ms % 1000:03d}Z" if precise else "Z")
 
 
 def _rule_count(snap, mb):
@@ -506,6 +588,10 @@ def _show(snap):
                   f"    mgmt_address: {h.mgmt_address}",
                   f"    nb_cfg: {h.nb_cfg}",
                   f"    connected: {str(h.connected).lower()}"]
+        if h.migration_address:
+            lines.append(f"    migration_address: {h.migration_address}")
+    if snap.global_options:
+        lines.append(f"global options: {_options(snap.global_options)}")
     return lines
 
 
@@ -591,24 +677,33 @@ def run(argv, out):
     commands = _commands(rest)
     reads = {"ls-list", "vm-list", "host-list", "mb-list", "fw-list",
              "as-list", "steer-list", "show", "ext-list", "nat-list",
-             "lb-list", "ids-alerts"}
+             "lb-list", "ids-alerts", "migration-list", "migration-show"}
     nb = MbxNb.connect(opts["db"], timeout=min(opts["timeout"], 5.0))
     try:
         with nb.transaction(check_error=True) as txn:
-            for command, args in commands:
-                _write(nb, txn, command, args)
+            results = [_write(nb, txn, command, args)
+                       for command, args in commands]
             bump = txn.add(nb.bump_nb_cfg()) if opts["wait"] == "hv" else None
         lines = []
-        if any(command in reads for command, _ in commands):
-            snap = nb.snapshot()
-            for command, args in commands:
-                if command in reads:
-                    lines += _read(snap, command, args)
+        snap = (nb.snapshot() if any(command in reads
+                                     for command, _ in commands) else None)
+        for (command, args), result in zip(commands, results):
+            if command == "migrate-begin":
+                lines.append(result.result)
+            elif command in reads:
+                lines += _read(snap, command, args)
         if bump is not None:
             try:
                 nb.wait_hv(bump.result, opts["timeout"])
             except MbxError as e:
                 raise MbxError(f"change committed, but {e}") from None
+        for (command, args), result in zip(commands, results):
+            if command == "migrate-stun" and args.wait:
+                try:
+                    nb.wait_migration(result.result, opts["timeout"])
+                except MbxError as e:
+                    raise MbxError(f"VM '{args.vm}' is stunned, but {e}"
+                                   ) from None
     finally:
         nb.close()
     for line in lines:

@@ -8,6 +8,10 @@ Run on a host.  Reads the host's identity from its local OVS database
     mbx-encap-type     vxlan (default) or geneve
     mbx-mgmt-address   where the controller reaches this host's OVSDB,
                        e.g. tcp:10.201.0.11:6640
+    mbx-migration-address
+                       optional: where this host's mbxd accepts migrated
+                       connection state, e.g. ssl:10.201.0.11:6650
+                       (unset: none)
 """
 
 import argparse
@@ -16,7 +20,7 @@ import os
 import subprocess
 import sys
 
-from ovsdb import DEFAULT_DB
+from ovsdb import DEFAULT_DB, validate
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
 
@@ -48,15 +52,23 @@ def read_external_ids(local_db, timeout=5):
 
 
 def host_fields(external_ids):
-    """(name, encap_type, encap_ip, mgmt_address) from external_ids."""
+    """(name, encap_type, encap_ip, mgmt_address, migration_address) from
+    external_ids; migration_address is "" when unset."""
     for key in REQUIRED_KEYS:
         if not external_ids.get(key):
             raise MbxError(f"external_ids:{key} is not set in the local OVS "
                            "database; set it with ovs-vsctl set "
                            f"Open_vSwitch . external_ids:{key}=VALUE")
+    migration_address = external_ids.get("mbx-migration-address", "")
+    try:
+        validate.migration_address(migration_address)
+    except MbxError as e:
+        raise MbxError("external_ids:mbx-migration-address in the local OVS "
+                       f"database: {e}") from None
     return (external_ids["system-id"],
             external_ids.get("mbx-encap-type", "vxlan"),
-            external_ids["mbx-encap-ip"], external_ids["mbx-mgmt-address"])
+            external_ids["mbx-encap-ip"], external_ids["mbx-mgmt-address"],
+            migration_address)
 
 
 def main(argv=None):

@@ -28,10 +28,10 @@ def _version(text):
         return ()
 
 
-def _old_policy_middleboxes(db_path):
+def _old_policy_middleboxes(db_path, version):
     """{Steering_Policy uuid: Middlebox uuid} of a database whose schema
-    predates 1.2.0 (Steering_Policy.middlebox, replaced by ``chain``)."""
-    version = _version(_run(["ovsdb-tool", "db-version", db_path]))
+    (``version``) predates 1.2.0 (Steering_Policy.middlebox, replaced by
+    ``chain``)."""
     if not (1, 1) <= version[:2] < (1, 2):
         return {}
     query = ["MBX_Northbound", {"op": "select", "table": "Steering_Policy",
@@ -70,8 +70,10 @@ def _migrate_to_1_2(db_path, policies):
 def ensure_db(db_path, schema_path=SCHEMA_PATH):
     """Create the database file if missing; convert it if its schema is old.
 
-    Converting from 1.1.0 keeps the steering policies: their middlebox
-    becomes a chain of one.  The converted file replaces the old one only
+    Converting keeps the rows.  From before 1.2.0, each steering policy's
+    middlebox becomes a chain of one and the Slice rows are dropped (the
+    controller writes them again); 1.3.0 only adds (the Migration table,
+    Host.migration_address).  The converted file replaces the old one only
     once everything worked."""
     if not os.path.exists(db_path):
         _run(["ovsdb-tool", "create", db_path, schema_path])
@@ -79,14 +81,15 @@ def ensure_db(db_path, schema_path=SCHEMA_PATH):
     if _run(["ovsdb-tool", "needs-conversion", db_path,
              schema_path]) != "yes":
         return
-    policies = _old_policy_middleboxes(db_path)
+    source = _version(_run(["ovsdb-tool", "db-version", db_path]))
+    policies = _old_policy_middleboxes(db_path, source)
     target = _version(_run(["ovsdb-tool", "schema-version", schema_path]))
     tmp = db_path + ".converting"
     if os.path.exists(tmp):
         os.unlink(tmp)
     try:
         _run(["ovsdb-tool", "convert", db_path, schema_path, tmp])
-        if target[:2] >= (1, 2):
+        if source[:2] < (1, 2) <= target[:2]:
             _migrate_to_1_2(tmp, policies)
         os.replace(tmp, db_path)
     finally:

@@ -1132,3 +1132,92 @@ def status_map(value, what="status"):
         raise MbxError(f"invalid {what} {value!r}: use a mapping of strings "
                        "to strings")
     return dict(value)
+
+
+# --- schema 1.3.0: migrations (docs/migration.md) ---------------------------
+
+MIGRATION_PATHS = ("announced", "unannounced")
+MIGRATION_STATUSES = ("begun", "streaming", "stunned", "imported", "done",
+                      "aborted", "fallback")
+ACTIVE_MIGRATION = ("begun", "streaming", "stunned", "imported")
+FINAL_MIGRATION = ("done", "aborted", "fallback")
+# Migration.timeline keys in the order the phases happen
+MIGRATION_PHASES = ("begun", "streaming", "snapshot", "stunned", "final",
+                    "imported", "acked", "done", "aborted", "fallback",
+                    "cleaned")
+# Migration.stats keys in the order mbxctl shows them
+MIGRATION_STATS = ("entries", "bytes", "messages", "changes", "flows",
+                   "buffered", "gather_ms", "transfer_ms", "import_ms")
+DEFAULT_MIGRATION_WAIT_MS = 3000
+MIGRATION_WAIT_MS = (100, 60000)
+_ADDRESS_RE = re.compile(r"ssl:([0-9.]+):([0-9]+)")
+
+
+def migration_path(value):
+    return _choice(value, MIGRATION_PATHS, "migration path")
+
+
+def migration_status(value):
+    return _choice(value, MIGRATION_STATUSES, "migration status")
+
+
+def migration_wait_ms(value, what="migration-wait-ms"):
+    """How long (ms) a destination holds packets of an unannounced
+    migration: an integer 100..60000 (int or decimal str)."""
+    return _bounded(value, *MIGRATION_WAIT_MS, what)
+
+
+def migration_address(value):
+    """Host.migration_address: "" (none) or ssl:IP:PORT."""
+    if value == "":
+        return value
+    found = _ADDRESS_RE.fullmatch(value) if isinstance(value, str) else None
+    ok = found is not None and 1 <= int(found.group(2)) <= 65535
+    if ok:
+        try:
+            ok = str(ipaddress.IPv4Address(found.group(1))) == found.group(1)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise MbxError(f"invalid migration address {value!r}: use "
+                       "ssl:IP:PORT, e.g. ssl:10.201.0.12:6650")
+    return value
+
+
+def migration_counters(value, what):
+    """A Migration.timeline or .stats map: {str: int >= 0}."""
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and k and isinstance(v, int)
+            and not isinstance(v, bool) and v >= 0
+            for k, v in value.items()):
+        raise MbxError(f"invalid migration {what} {value!r}: use a mapping "
+                       "of names to integers >= 0")
+    return dict(value)
+
+
+# NB_Global.options: key -> validator returning the canonical (str) value
+GLOBAL_OPTIONS = {
+    "migration-wait-ms": lambda value: str(migration_wait_ms(value)),
+}
+
+
+def global_option_key(key):
+    if key not in GLOBAL_OPTIONS:
+        raise MbxError(f"unknown global option {key!r}; known options: "
+                       + ", ".join(GLOBAL_OPTIONS))
+    return key
+
+
+def global_option(key, value):
+    """One NB_Global option; returns its value in canonical (string) form."""
+    return GLOBAL_OPTIONS[global_option_key(key)](value)
+
+
+def global_wait_ms(options):
+    """migration-wait-ms from NB_Global.options, else the default (also
+    when the value there is not valid)."""
+    try:
+        return migration_wait_ms(dict(options or {}).get(
+            "migration-wait-ms", DEFAULT_MIGRATION_WAIT_MS))
+    except MbxError:
+        return DEFAULT_MIGRATION_WAIT_MS

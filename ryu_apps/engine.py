@@ -26,6 +26,13 @@ recomputations, and writes them to the ``Slice`` rows (tag, status
 ``snat-block:<rule>``); it merges the load-balancer health the daemons
 publish as shared state into ``LB_VIP.status`` and counts each IDS's
 alerts into ``Middlebox.status``.
+
+Migrations (docs/migration.md).  A host that an active migration names as
+its destination gets the slices of the VM's chains before the VM arrives.
+The engine remembers each VM's last host (``VM.host``, kept when the port
+disappears); when a VM's port appears on another host and no active
+migration of the VM names that host, it writes an ``unannounced``
+Migration row, before it sends any flow for the VM's new place.
 """
 
 import dataclasses
@@ -36,6 +43,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from ovsdb.validate import ACTIVE_MIGRATION, global_wait_ms
 from ryu_apps import flows as flowlib
 from ryu_apps import reconcile
 from ryu_apps import slices as slicelib
@@ -88,10 +96,16 @@ class Engine:
         self._snat_blocks: Dict[Tuple[str, str], Tuple[str, int, int]] = {}
         #                   (SNAT rule uuid, host) -> (ip, lo, hi)
         self._bad_health = set()    # shared-state rows already logged as bad
+        self._last_host: Dict[str, str] = {}   # vm -> the last host VM.host named
+        self._checked_seq: Dict[str, int] = {}  # vm -> newest appearance checked
+        #                                          for an unannounced migration
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
         self.nb_snap = self._nb.snapshot()
+        for vm, (host, _epoch) in self.nb_snap.vm_locations.items():
+            if host is not None:
+                self._last_host[vm] = host
         for name, host in sorted(self.nb_snap.hosts.items()):
             if name not in self._watched and host.mgmt_address:
                 self._watched.add(name)
@@ -198,7 +212,15 @@ class Engine:
                             getattr(snap, "external_networks", {}))})
         existing = dict(snap.slices)
         existing.update(self._slices)
-        self._slices = slicelib.allocate(slicelib.needed_slices(topo), existing)
+        incoming = [(m.vm, host) for m in getattr(snap, "migrations", ())
+                    if m.status in ACTIVE_MIGRATION for host in (m.destination, m.source)]
+        # A host keeps its slices while its daemon holds state of a VM that
+        # left (shared state "vm-state"): the VM's new host may still ask
+        # for it, and its SNAT ports are forwarded from there.
+        incoming += [(row.key, row.host) for row in _records(
+            getattr(snap, "shared_state", ())) if getattr(row, "service", None) == VM_STATE]
+        self._slices = slicelib.allocate(slicelib.needed_slices(topo, incoming),
+                                         existing)
         topo = dataclasses.replace(topo, slices=dict(self._slices))
         previous = slicelib.blocks_from_status(getattr(snap, "slice_status", {}))
         previous.update(self._snat_blocks)
@@ -222,6 +244,7 @@ class Engine:
         for vm in list(self._binding_round):
             if vm not in topo.bindings:
                 del self._binding_round[vm]
+        self._record_unannounced(topo)      # before any flow for the new place
         program = self._all_hosts_reported()
         for sw in self.switches.values():
             if not program or not sw.synced or sw.host is None:
@@ -241,6 +264,38 @@ class Engine:
             sw.pending[self._xid] = rnd
             self._send(sw.dpid, ops, self._xid)
         self._publish(topo)
+
+    def _record_unannounced(self, topo):
+        """A Migration row (unannounced) for each VM whose port newly appeared
+        on a host other than its last one, unless a migration to that host
+        is under way (or, announced, was just finished).  Once per
+        appearance; a failed write is logged and does not hold flows back."""
+        snap = self.nb_snap
+        for vm, binding in sorted(topo.bindings.items()):
+            seq = self._current_seq(vm, binding)
+            if self._checked_seq.get(vm, 0) >= seq:
+                continue
+            self._checked_seq[vm] = seq
+            host, last = binding.host, self._last_host.get(vm)
+            if last is None or last == host:
+                continue
+            mine = [m for m in getattr(snap, "migrations", ()) if m.vm == vm]
+            if any(m.status in ACTIVE_MIGRATION and m.destination == host
+                   for m in mine):
+                continue
+            if mine and mine[-1].status == "done" and \
+                    (mine[-1].source, mine[-1].destination) == (last, host):
+                continue
+            wait_ms = global_wait_ms(getattr(snap, "global_options", {}))
+            try:
+                self._nb.migration_create(vm, last, host, "unannounced",
+                                          wait_ms).execute(check_error=True)
+            except Exception as e:    # flows must follow the VM regardless
+                LOG.error("VM %s appeared on %s (last on %s): cannot record its "
+                          "unannounced migration: %s", vm, host, last, e)
+                continue
+            LOG.info("VM %s appeared on %s, last on %s: unannounced migration "
+                     "(wait %d ms)", vm, host, last, wait_ms)
 
     def _live(self):
         return [sw for sw in self.switches.values() if sw.synced and sw.host]
@@ -381,9 +436,12 @@ class Engine:
         # Events handled before the database's change notification arrives
         # must see this write: the next epoch is computed from it.
         self.nb_snap.vm_locations[vm] = (host, epoch)
+        if host is not None:
+            self._last_host[vm] = host
 
 
 LB_HEALTH = "lb-health"     # shared-state service of the load balancers' health
+VM_STATE = "vm-state"       # shared-state service: VMs whose state a host holds
 
 
 def _records(value):

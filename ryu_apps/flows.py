@@ -22,7 +22,8 @@ LOG = logging.getLogger(__name__)
 def compute_host_flows(topo, host, snat_blocks=None):
     """Return the sorted list of flows ``host``'s br-int should hold.
 
-    Only logical switches with a VM on ``host`` get flows here.  Switches
+    Only logical switches with a VM on ``host``, or a slice of ``host``, get
+    flows here.  Switches
     whose VNI is out of range or shared with another switch are left out
     entirely (fail closed: two tenants must never share a key).  If two flows
     would get the same key (e.g. two VMs of one switch with the same MAC) the
@@ -38,6 +39,14 @@ def compute_host_flows(topo, host, snat_blocks=None):
     ports = {}
     for vm, binding in local:
         ports.setdefault(vm.switch, []).append(binding.ofport)
+    # A host that keeps a slice of a switch with no VM of it here (it holds
+    # state of a VM that left, docs/migration.md) still reaches the
+    # switch's VMs: its SNAT forwarders send to the VM's MAC.
+    for chain, slice_host in getattr(topo, "slices", {}) or {}:
+        if slice_host == host:
+            switch = slicelib.chain_switch(topo, chain)
+            if switch in switches:
+                ports.setdefault(switch, [])
     host_info = topo.hosts.get(host)
     tunnel = host_info.tunnel_ofport if host_info is not None else None
     remote = _remote_vms(topo, host, ports) if tunnel is not None else []
@@ -54,7 +63,8 @@ def compute_host_flows(topo, host, snat_blocks=None):
         vni = switches[name].vni
         peers = sorted((peer, ip) for vm, peer, ip in remote if vm.switch == name)
         encap_ips = list(dict.fromkeys(ip for _, ip in peers))
-        flows += _deliver_flood(vni, ports[name])
+        if ports[name]:
+            flows += _deliver_flood(vni, ports[name])
         flows.append(_l2_flood_from_vm(vni, encap_ips, tunnel))
         if tunnel is not None:
             flows += [_classify_tunnel(tunnel, vni), _l2_flood_from_tunnel(vni)]
@@ -66,7 +76,7 @@ def compute_host_flows(topo, host, snat_blocks=None):
     if snat_blocks is None:
         snat_blocks = slicelib.snat_blocks(topo, {})
     flows += _gateway(topo, host, switches, local_by_switch)
-    flows += _external(topo, host, switches, local_by_switch, snat_blocks)
+    flows += _external(topo, host, switches, local_by_switch, snat_blocks, set(ports))
     return _unique(flows)
 
 
@@ -486,9 +496,11 @@ def _contains(cidr, address):
 
 # ----------------------------------------------------------------- external
 
-def _external(topo, host, switches, local_by_switch, blocks):
+def _external(topo, host, switches, local_by_switch, blocks, present=None):
     """The uplink, EXTERNAL_IN, the way out (L2_LOOKUP -> EXTERNAL_OUT) and
-    the judged-packet skip in TO_VM_STEERING."""
+    the judged-packet skip in TO_VM_STEERING.  ``present``: the switches
+    with a VM or a slice on ``host`` (default: those with a VM)."""
+    present = set(local_by_switch) if present is None else present
     host_info = topo.hosts.get(host)
     tunnel = host_info.tunnel_ofport if host_info is not None else None
     uplink = host_info.uplink_ofport if host_info is not None else None
@@ -514,7 +526,7 @@ def _external(topo, host, switches, local_by_switch, blocks):
                                [_goto(P.EXTERNAL_OUT)]))
     served = [m for m in slicelib.nat_middleboxes(topo)
               if host in slicelib.hosts_serving(topo, m)
-              and topo.middleboxes[m].switch in local_by_switch]
+              and topo.middleboxes[m].switch in present]
     if served:
         flows.append(_flow(P.TO_VM_STEERING, P.PRIO_STEER_JUDGED,
                            canon_match(**{P.REG_SKIP_TO_VM: P.SKIP_TO_VM}),

@@ -314,7 +314,10 @@ def _check_daemon_flow(table, flow):
             f"a reply catcher goes to its stage's cache table: {flow}"
         return
     stage = next(s for s, t in CACHE_TABLES.items() if t is table)
-    bad = {a[1] for a in actions} - DAEMON_REWRITE_FIELDS
+    rewritable = DAEMON_REWRITE_FIELDS
+    if table is EXTERNAL_CACHE:
+        rewritable = rewritable | {REG_FROM_TUNNEL}     # a SNAT forwarder
+    bad = {a[1] for a in actions} - rewritable
     assert not bad, f"the daemon may not rewrite {sorted(bad)}: {flow}"
     allowed = {CACHE_NEXT[stage].table_id}
     if stage == STAGE_FROM_VM:

@@ -2,7 +2,8 @@
 
 A slice is one chain (a tuple of middlebox names, in order) on one host.  A
 host needs the slice of chain C when a VM of C's logical switch is bound to
-the host and a steering policy of that switch sends traffic through C.  Two
+the host (or an active migration brings one there) and a steering policy of
+that switch sends traffic through C.  Two
 policies with the same chain share a slice.  Each slice gets a tag
 (1..4094), unique on its host, that marks its packets on the way to and
 from the host's middlebox daemon.
@@ -61,19 +62,24 @@ def chain_switch(topo, chain):
     return mb.switch if mb is not None else None
 
 
-def needed_slices(topo):
-    """The set of (chain, host) pairs the topology needs."""
+def needed_slices(topo, incoming=()):
+    """The set of (chain, host) pairs the topology needs.  ``incoming``:
+    (vm, host) pairs of VMs on their way to a host (an active migration
+    names it as the destination, docs/migration.md): the host needs their
+    slices before they arrive, to take in their state."""
     by_switch = {}
     for policy in topo.policies:
         if chain_ok(topo, policy):
             by_switch.setdefault(policy.switch, set()).add(tuple(policy.chain))
+    placements = [(b.vm, b.host) for b in topo.bindings.values()]
+    placements += [(vm, host) for vm, host in incoming if host in topo.hosts]
     out = set()
-    for binding in topo.bindings.values():
-        vm = topo.vms.get(binding.vm)
+    for vm_name, host in placements:
+        vm = topo.vms.get(vm_name)
         if vm is None:
             continue
         for chain in by_switch.get(vm.switch, ()):
-            out.add((chain, binding.host))
+            out.add((chain, host))
     return out
 
 

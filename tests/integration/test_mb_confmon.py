@@ -181,6 +181,7 @@ def red_held(ids):
         "LB_VIP": [],
         "External_Network": [],
         "Shared_State": [],
+        "Migration": [],                # none names h1
     }
 
 

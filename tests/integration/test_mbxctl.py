@@ -590,8 +590,7 @@ def test_api_reads_and_slices(nb, tmp_path):
 
 
 def test_schema_1_0_0_database_is_converted_and_keeps_its_rows(tmp_path):
-    with open(server.SCHEMA_PATH) as f:
-        schema = json.load(f)
+    schema = schema_1_2_0()
     old_tables = ("NB_Global", "Host", "Logical_Switch", "VM")
     schema["version"] = "1.0.0"
     schema["tables"] = {name: table for name, table
@@ -615,7 +614,7 @@ def test_schema_1_0_0_database_is_converted_and_keeps_its_rows(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.2.0"
+                              check=True).stdout.strip() == "1.3.0"
         assert ok(remote, "vm-list").splitlines()[1].split() == [
             "v", "old", "10.7.0.1", "02:00:00:00:00:07", "-", "3"]
         ok(remote, "mb-add", "fw", "old", "--", "fw-add", "fw", "1", "to-vm",
@@ -744,7 +743,32 @@ def test_host_register_from_local_ovsdb(nb, tmp_path_factory):
         subprocess.run(register, check=True)    # update keeps the status
         assert ok(nb, "host-list").splitlines()[1].split() == [
             "h1", "vxlan", "10.200.0.12", "tcp:10.201.0.11:6640", "3", "true",
-            "00000000000000a1"]
+            "00000000000000a1", "-"]
+        # the optional migration address
+        set_id = vsctl + ["set", "Open_vSwitch", ".",
+                          "external_ids:mbx-migration-address="
+                          "ssl:10.201.0.11:6650"]
+        subprocess.run(set_id, check=True)
+        subprocess.run(register, check=True)
+        assert ok(nb, "host-list").splitlines()[1].split()[-1] == \
+            "ssl:10.201.0.11:6650"
+        assert "    migration_address: ssl:10.201.0.11:6650" in ok(
+            nb, "show").splitlines()
+        subprocess.run(set_id[:-1] + ["external_ids:mbx-migration-address="
+                                      "tcp:10.201.0.11"], check=True)
+        before = dump(nb)
+        proc = subprocess.run(register, capture_output=True, text=True)
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines() == [
+            "mbx-host-register: external_ids:mbx-migration-address in the "
+            "local OVS database: invalid migration address 'tcp:10.201.0.11'"
+            ": use ssl:IP:PORT, e.g. ssl:10.201.0.12:6650"]
+        assert dump(nb) == before
+        subprocess.run(vsctl + ["remove", "Open_vSwitch", ".", "external_ids",
+                                "mbx-migration-address"], check=True)
+        subprocess.run(register, check=True)        # unset: none
+        assert ok(nb, "host-list").splitlines()[1].split()[-2:] == [
+            "00000000000000a1", "-"]
     finally:
         server.stop(pid)
 
@@ -1513,10 +1537,19 @@ def test_api_snapshot_of_services_and_status_writers(nb, tmp_path):
         api.close()
 
 
-def schema_1_1_0():
-    """The 1.1.0 schema: before gateways, services and chains."""
+def schema_1_2_0():
+    """The 1.2.0 schema: before migrations."""
     with open(server.SCHEMA_PATH) as f:
         schema = json.load(f)
+    schema["version"] = "1.2.0"
+    del schema["tables"]["Migration"]
+    del schema["tables"]["Host"]["columns"]["migration_address"]
+    return schema
+
+
+def schema_1_1_0():
+    """The 1.1.0 schema: before gateways, services and chains."""
+    schema = schema_1_2_0()
     schema["version"] = "1.1.0"
     tables = schema["tables"]
     for name in ("NAT_Rule", "LB_VIP", "External_Network", "Shared_State",
@@ -1579,7 +1612,7 @@ def test_schema_1_1_0_database_is_converted_and_keeps_its_policies(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.2.0"
+                              check=True).stdout.strip() == "1.3.0"
         assert not os.path.exists(str(db) + ".converting")
         assert ok(remote, "steer-list").splitlines() == [
             "SWITCH  PRIORITY  CHAIN   MATCH",
@@ -1601,3 +1634,466 @@ def test_schema_1_1_0_database_is_converted_and_keeps_its_policies(tmp_path):
     before = db.read_bytes()
     server.ensure_db(str(db))
     assert db.read_bytes() == before
+
+
+# --- schema 1.3.0: migrations (docs/migration.md) ---------------------------
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                     r"[0-9a-f]{12}")
+
+
+def setup_migrations(remote, rundir):
+    """TOPOLOGY plus VM a2 (on no host); hosts h1-h3; a1 on h2, b1 on h1."""
+    path = os.path.join(rundir, "mig.yaml")
+    with open(path, "w") as f:
+        f.write(TOPOLOGY + "  - {name: a2, switch: ls-a, ip: 10.0.0.2}\n")
+    ok(remote, "init", "--", "load", path)
+    api = MbxNb.connect(remote)
+    try:
+        for i, host in enumerate(("h1", "h2", "h3"), 1):
+            api.host_register(host, "vxlan", f"10.200.0.1{i}",
+                              f"tcp:10.201.0.1{i}:6640",
+                              f"ssl:10.201.0.1{i}:6650").execute(
+                check_error=True)
+        api.set_vm_location("a1", "h2", 1).execute(check_error=True)
+        api.set_vm_location("b1", "h1", 1).execute(check_error=True)
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="module")
+def migrating(tmp_path_factory):
+    """setup_migrations(), then: a1 has an active migration h2 -> h3
+    (begun); b1 had one h1 -> h3, aborted.  Tests must leave it unchanged."""
+    rundir = str(tmp_path_factory.mktemp("nbmig"))
+    pid, remote = start_server(rundir)
+    setup_migrations(remote, rundir)
+    ok(remote, "migrate-begin", "b1", "--to", "h3")
+    ok(remote, "migrate-abort", "b1")
+    ok(remote, "migrate-begin", "a1", "--to", "h3")
+    yield remote
+    server.stop(pid)
+
+
+def test_announced_migration_from_begin_to_done(nb, tmp_path):
+    setup_migrations(nb, str(tmp_path))
+    out = ok(nb, "migrate-begin", "a1", "--to", "h3")
+    assert UUID_RE.fullmatch(out.strip())
+    uuid = out.strip()
+    api = MbxNb.connect(nb)
+    try:
+        m, = api.snapshot().migrations
+        assert (m.uuid, m.vm, m.source, m.destination, m.path, m.status,
+                m.stats, m.outcome, m.options) == (
+            uuid, "a1", "h2", "h3", "announced", "begun", {}, "",
+            {"wait-ms": "3000"})
+        assert re.fullmatch(r"[0-9a-f]{32}", m.token)
+        assert list(m.timeline) == ["begun"]
+        assert abs(m.timeline["begun"] / 1000 - time.time()) < 10
+        assert columns(ok(nb, "migration-list")) == [
+            ["VM", "HOSTS", "PATH", "STATUS", "ENTRIES", "BYTES", "OUTCOME"],
+            ["a1", "h2 -> h3", "announced", "begun", "-", "-", "-"]]
+        # the source daemon streams: its keys, written one by one
+        api.migration_update(uuid, status="streaming", timeline={
+            "streaming": m.timeline["begun"] + 3}).execute(check_error=True)
+        api.migration_update(uuid, timeline={"snapshot": m.timeline["begun"]
+                                             + 5},
+                             stats={"messages": 2}).execute(check_error=True)
+        ok(nb, "migrate-stun", "a1")
+        m, = api.migrations("a1")
+        assert m.status == "stunned"
+        assert sorted(m.timeline) == ["begun", "snapshot", "streaming",
+                                      "stunned"]
+        # the destination imports (its keys; the source's stay)
+        api.migration_update(uuid, status="imported", expect=("stunned",),
+                             timeline={"imported": m.timeline["stunned"] + 9},
+                             stats={"entries": 12, "flows": 24}).execute(
+            check_error=True)
+        api.migration_update(uuid, stats={"bytes": 4096}).execute(
+            check_error=True)
+        ok(nb, "migrate-done", "a1")
+        m, = api.migrations()
+        assert (m.status, m.outcome) == ("done", "ok: 12 connections")
+        assert m.stats == {"bytes": 4096, "entries": 12, "flows": 24,
+                           "messages": 2}
+        assert sorted(m.timeline) == ["begun", "done", "imported",
+                                      "snapshot", "streaming", "stunned"]
+        # done again: nothing to do
+        before = dump(nb)
+        ok(nb, "migrate-done", "a1")
+        assert dump(nb) == before
+        # a final row's status stays; its keys may still be written
+        with pytest.raises(MbxError, match=f"migration {uuid} of VM 'a1' "
+                           r"has ended \(done\)"):
+            api.migration_update(uuid, status="aborted").execute(
+                check_error=True)
+        with pytest.raises(MbxError, match="is done, not stunned"):
+            api.migration_update(uuid, expect=("stunned",)).execute(
+                check_error=True)
+        assert dump(nb) == before
+        # show: fixed times for a fixed text
+        api.migration_update(uuid, timeline={
+            "begun": 1767323045000, "streaming": 1767323045003,
+            "snapshot": 1767323045012, "stunned": 1767323046500,
+            "imported": 1767323046512, "done": 1767323046700,
+            "cleaned": 1767323046800}).execute(check_error=True)
+    finally:
+        api.close()
+    assert ok(nb, "migration-show", "a1").splitlines() == [
+        "migration of VM a1: h2 -> h3 (announced)",
+        f"uuid: {uuid}",
+        "status: done",
+        "begun: 2026-01-02T03:04:05.000Z",
+        "timeline:",
+        "  +   0.0 ms  begun",
+        "  +   3.0 ms  streaming",
+        "  +  12.0 ms  snapshot",
+        "  +1500.0 ms  stunned",
+        "  +1512.0 ms  imported",
+        "  +1700.0 ms  done",
+        "  +1800.0 ms  cleaned",
+        "stats: entries=12, bytes=4096, messages=2, flows=24",
+        "options: wait-ms=3000",
+        "outcome: ok: 12 connections"]
+    # the next migration; the list is oldest first, show the latest
+    ok(nb, "migrate-begin", "a1", "--to", "h1")
+    assert [row[:4] for row in columns(ok(nb, "migration-list", "a1"))] == [
+        ["VM", "HOSTS", "PATH", "STATUS"],
+        ["a1", "h2 -> h3", "announced", "done"],
+        ["a1", "h2 -> h1", "announced", "begun"]]
+    show = ok(nb, "migration-show", "a1").splitlines()
+    assert show[0] == "migration of VM a1: h2 -> h1 (announced)"
+    assert show[4:] == ["timeline:", "  +   0.0 ms  begun", "stats: -",
+                        "options: wait-ms=3000", "outcome: -"]
+    ok(nb, "migrate-abort", "a1")
+    # the record outlives the VM
+    ok(nb, "vm-del", "a1")
+    assert [row[3] for row in columns(ok(nb, "migration-list"))] == [
+        "STATUS", "done", "aborted"]
+    assert columns(ok(nb, "migration-list", "a1"))[2][-1] == \
+        "aborted by operator"
+    assert "status: aborted" in ok(nb, "migration-show", "a1").splitlines()
+
+
+BAD_MIGRATIONS = {
+    "begin: unknown VM": (["migrate-begin", "nope", "--to", "h1"],
+                          "unknown VM 'nope'"),
+    "begin: bad VM name": (["migrate-begin", "a b", "--to", "h1"],
+                           "invalid VM name 'a b'"),
+    "begin: no --to": (["migrate-begin", "a2"],
+                       "migrate-begin: missing option --to"),
+    "begin: VM on no host": (["migrate-begin", "a2", "--to", "h3"],
+                             "VM 'a2' runs on no host (its port exists "
+                             "nowhere); nothing to migrate"),
+    "begin: unknown host": (["migrate-begin", "b1", "--to", "h9"],
+                            "unknown host 'h9'; a host registers itself "
+                            "(mbx-host-register)"),
+    "begin: to its own host": (["migrate-begin", "b1", "--to", "h1"],
+                               "VM 'b1' is already on host 'h1'"),
+    "begin: while one is active": (
+        ["migrate-begin", "a1", "--to", "h1"],
+        "VM 'a1' already has an active migration h2 -> h3 (status begun); "
+        "end it first (migrate-done or migrate-abort)"),
+    "stun: no active migration": (
+        ["migrate-stun", "b1"],
+        "VM 'b1' has no active migration; begin one first (migrate-begin)"),
+    "stun: unknown VM": (["migrate-stun", "nope"], "unknown VM 'nope'"),
+    "stun twice in one transaction": (
+        ["migrate-stun", "a1", "--", "migrate-stun", "a1"],
+        "VM 'a1': its migration h2 -> h3 is already stunned"),
+    "stun --wait=hv": (["migrate-stun", "a1", "--wait=hv"],
+                       "migrate-stun: argument --wait: ignored explicit "
+                       "argument 'hv'"),
+    "done: not imported yet": (
+        ["migrate-done", "a1"],
+        "VM 'a1': its state has not been imported at h3 yet (status begun)"),
+    "done: not imported after stun": (
+        ["migrate-stun", "a1", "--", "migrate-done", "a1"],
+        "VM 'a1': its state has not been imported at h3 yet (status "
+        "stunned)"),
+    "done: latest aborted": (
+        ["migrate-done", "b1"],
+        "VM 'b1': its latest migration h1 -> h3 ended aborted (aborted by "
+        "operator); nothing to finish"),
+    "done: none": (["migrate-done", "a2"], "VM 'a2' has no migration"),
+    "done: unknown VM": (["migrate-done", "nope"], "unknown VM 'nope'"),
+    "abort: none active": (["migrate-abort", "b1"],
+                           "VM 'b1' has no active migration; use "
+                           "--if-exists to ignore that"),
+    "abort: unknown VM": (["migrate-abort", "nope"], "unknown VM 'nope'"),
+    "abort then a failing begin": (
+        ["migrate-abort", "a1", "--", "migrate-begin", "a2", "--to", "h3"],
+        "VM 'a2' runs on no host"),
+    "show: none": (["migration-show", "a2"], "VM 'a2' has no migration"),
+    "show: unknown VM": (["migration-show", "nope"], "unknown VM 'nope'"),
+    "show: no VM": (["migration-show"], "migration-show: missing VM"),
+    "list: unknown VM": (["migration-list", "nope"], "unknown VM 'nope'"),
+    "global-set: nothing": (["global-set"],
+                            "global-set: give at least one KEY=VALUE"),
+    "global-set: too small": (["global-set", "migration-wait-ms=99"],
+                              "invalid migration-wait-ms '99': use an "
+                              "integer from 100 to 60000"),
+    "global-set: too large": (["global-set", "migration-wait-ms=60001"],
+                              "invalid migration-wait-ms '60001'"),
+    "global-set: not a number": (["global-set", "migration-wait-ms=3s"],
+                                 "invalid migration-wait-ms '3s'"),
+    "global-set: unknown key": (["global-set", "wait=5"],
+                                "unknown global option 'wait'; known "
+                                "options: migration-wait-ms"),
+    "global-set: no =": (["global-set", "migration-wait-ms"],
+                         "global-set: invalid option 'migration-wait-ms': "
+                         "use KEY=VALUE, e.g. migration-wait-ms=5000"),
+    "global-set then a failing command": (
+        ["global-set", "migration-wait-ms=500", "--", "migrate-done", "a2"],
+        "VM 'a2' has no migration"),
+}
+
+
+@pytest.mark.parametrize("args,message", BAD_MIGRATIONS.values(),
+                         ids=BAD_MIGRATIONS.keys())
+def test_bad_migration_input_is_one_line_and_changes_nothing(migrating, args,
+                                                             message):
+    before = dump(migrating)
+    assert_one_line_error(mbxctl(migrating, *args), message)
+    assert dump(migrating) == before
+
+
+def test_migration_reads_and_if_exists_change_nothing(migrating):
+    before = dump(migrating)
+    ok(migrating, "migrate-abort", "b1", "--if-exists")
+    ok(migrating, "migrate-abort", "a2", "--if-exists")
+    assert [row[:4] for row in columns(ok(migrating, "migration-list"))] == [
+        ["VM", "HOSTS", "PATH", "STATUS"],
+        ["b1", "h1 -> h3", "announced", "aborted"],
+        ["a1", "h2 -> h3", "announced", "begun"]]
+    assert columns(ok(migrating, "migration-list", "a2")) == [
+        ["VM", "HOSTS", "PATH", "STATUS", "ENTRIES", "BYTES", "OUTCOME"]]
+    show = ok(migrating, "migration-show", "b1").splitlines()
+    assert show[:3] == ["migration of VM b1: h1 -> h3 (announced)",
+                        show[1], "status: aborted"]
+    assert [line.split()[-1] for line in show[5:7]] == ["begun", "aborted"]
+    assert show[-1] == "outcome: aborted by operator"
+    assert dump(migrating) == before
+
+
+def wait_stun(remote, after, *args):
+    """migrate-stun a1 --wait, while ``after`` (run in a thread 0.3 s after
+    the stun, with an API connection and the migration) writes the
+    outcome."""
+    api = MbxNb.connect(remote)
+    try:
+        m, = api.migrations("a1")
+
+        def destination():
+            deadline = time.monotonic() + 5
+            while api.migrations("a1")[0].status != "stunned" and \
+                    time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)
+            after(api, m.uuid)
+
+        thread = threading.Thread(target=destination)
+        thread.start()
+        try:
+            start = time.monotonic()
+            proc = mbxctl(remote, "--timeout", "3", "migrate-stun", "a1",
+                          "--wait", *args)
+            took = time.monotonic() - start
+        finally:
+            thread.join()
+        return proc, took, api.migrations("a1")[0]
+    finally:
+        api.close()
+
+
+def test_migrate_stun_waits_for_the_import(nb, tmp_path):
+    setup_migrations(nb, str(tmp_path))
+    ok(nb, "migrate-begin", "a1", "--to", "h3")
+    proc, took, m = wait_stun(nb, lambda api, uuid: api.migration_update(
+        uuid, status="imported",
+        timeline={"imported": int(time.time() * 1000)},
+        expect=("stunned",)).execute(check_error=True))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert 0.3 <= took < 3          # it waited for the import
+    assert m.status == "imported"
+    ok(nb, "migrate-done", "a1")
+
+
+def test_migrate_stun_wait_fails_when_the_migration_ends_otherwise(nb,
+                                                                   tmp_path):
+    setup_migrations(nb, str(tmp_path))
+    ok(nb, "migrate-begin", "a1", "--to", "h3")
+    proc, took, m = wait_stun(nb, lambda api, uuid: api.migration_update(
+        uuid, status="aborted", outcome="aborted: destination h3 "
+        "unreachable: connection refused").execute(check_error=True))
+    assert_one_line_error(proc, "mbxctl: VM 'a1' is stunned, but its "
+                          "migration h2 -> h3 ended aborted (aborted: "
+                          "destination h3 unreachable: connection refused)")
+    assert took < 3 and m.status == "aborted"
+
+
+def test_migrate_stun_wait_times_out(nb, tmp_path):
+    setup_migrations(nb, str(tmp_path))
+    ok(nb, "migrate-begin", "a1", "--to", "h3")
+    start = time.monotonic()
+    proc = mbxctl(nb, "--timeout", "1", "migrate-stun", "a1", "--wait")
+    assert 1 <= time.monotonic() - start < 5
+    assert_one_line_error(proc, "mbxctl: VM 'a1' is stunned, but timed out "
+                          "after 1s waiting for its state to be imported at "
+                          "h3 (status stunned)")
+    assert [row[3] for row in columns(ok(nb, "migration-list"))] == [
+        "STATUS", "stunned"]
+
+
+def test_global_set_and_the_wait_of_new_migrations(nb, tmp_path):
+    ok(nb, "global-set", "migration-wait-ms=0500")     # creates NB_Global
+    assert ok(nb, "show").splitlines()[-1] == \
+        "global options: migration-wait-ms=500"
+    setup_migrations(nb, str(tmp_path))
+    ok(nb, "migrate-begin", "a1", "--to", "h3")
+    assert "options: wait-ms=500" in ok(nb, "migration-show",
+                                        "a1").splitlines()
+    before = dump(nb)
+    ok(nb, "global-set", "migration-wait-ms=500")      # unchanged
+    assert dump(nb) == before
+    ok(nb, "global-set", "migration-wait-ms=")
+    assert "global options" not in ok(nb, "show")
+    ok(nb, "migrate-abort", "a1", "--", "migrate-begin", "a1", "--to", "h1")
+    assert "options: wait-ms=3000" in ok(nb, "migration-show",
+                                         "a1").splitlines()
+
+
+def test_controller_creates_unannounced_migrations(nb, tmp_path):
+    setup_migrations(nb, str(tmp_path))
+    ok(nb, "global-set", "migration-wait-ms=800")
+    api = MbxNb.connect(nb)
+    try:
+        # a2 has no host: the controller names both hosts
+        uuid = api.migration_create("a2", "h1", "h2", "unannounced").execute(
+            check_error=True)
+        assert UUID_RE.fullmatch(uuid)
+        m, = api.migrations("a2")
+        assert (m.uuid, m.source, m.destination, m.path, m.status,
+                m.options) == (uuid, "h1", "h2", "unannounced", "begun",
+                               {"wait-ms": "800"})
+        before = dump(nb)
+        for command, message in (
+                (lambda: api.migration_create("a2", "h2", "h3",
+                                              "unannounced", 1000),
+                 "VM 'a2' already has an active migration h1 -> h2 (status "
+                 "begun)"),
+                (lambda: api.migration_create("nope", "h2", "h3"),
+                 "unknown VM 'nope'"),
+                (lambda: api.migration_create("b1", "h1", "h9"),
+                 "unknown host 'h9'"),
+                (lambda: api.migration_create("b1", "h1", "h1"),
+                 "a migration of VM 'b1' needs two hosts, not 'h1' twice"),
+                (lambda: api.migration_create("b1", "h1", "h2", "sideways"),
+                 "invalid migration path 'sideways': use announced or "
+                 "unannounced"),
+                (lambda: api.migration_create("b1", "h1", "h2",
+                                              wait_ms=50),
+                 "invalid wait-ms 50: use an integer from 100 to 60000"),
+                (lambda: api.migrate_stun("a2"),
+                 "VM 'a2': its migration h1 -> h2 is unannounced; only an "
+                 "announced migration is stunned"),
+                (lambda: api.migration_update(uuid, status="lost"),
+                 "invalid migration status 'lost'"),
+                (lambda: api.migration_update(uuid, stats={"entries": -1}),
+                 "invalid migration stats"),
+                (lambda: api.migration_update(
+                    "00000000-0000-0000-0000-000000000000", status="done"),
+                 "unknown migration 00000000-0000-0000-0000-000000000000")):
+            with pytest.raises(MbxError) as err:
+                command().execute(check_error=True)
+            assert message in str(err.value)
+            assert dump(nb) == before
+        api.migration_create("b1", "h1", "h3", wait_ms=2000).execute(
+            check_error=True)
+        # the destination imports and finishes an unannounced migration
+        api.migration_update(uuid, status="done", timeline={"done": 1},
+                             stats={"entries": 1, "buffered": 3},
+                             outcome="ok: 1 connection").execute(
+            check_error=True)
+        assert sorted((m.vm, m.status, m.options["wait-ms"])
+                      for m in api.migrations()) == [
+            ("a2", "done", "800"), ("b1", "begun", "2000")]
+    finally:
+        api.close()
+    row = [r for r in columns(ok(nb, "migration-list", "a2"))][1]
+    assert row == ["a2", "h1 -> h2", "unannounced", "done", "1", "-",
+                   "ok: 1 connection"]
+
+
+def test_schema_1_2_0_database_is_converted_and_keeps_every_row(tmp_path):
+    old_schema = tmp_path / "mbx_nb-1.2.0.ovsschema"
+    old_schema.write_text(json.dumps(schema_1_2_0()))
+    db = tmp_path / "db"
+    subprocess.run(["ovsdb-tool", "create", str(db), str(old_schema)],
+                   check=True)
+    # fill it through a 1.2.0 server, with mbxctl and the API
+    pid, remote = start_server(str(tmp_path), str(old_schema))
+    try:
+        path = tmp_path / "s.yaml"
+        path.write_text(SERVICES)
+        ok(remote, "init", "--", "load", str(path))
+        api = MbxNb.connect(remote)
+        try:
+            api.host_register("h1", "vxlan", "10.200.0.11",
+                              "tcp:10.201.0.11:6640").execute(
+                check_error=True)
+            api.set_vm_location("s1", "h1", 3).execute(check_error=True)
+            api.set_slices({(("fw-s", "lb-s", "nat-s", "ids-s"), "h1"): 5},
+                           {(("fw-s", "lb-s", "nat-s", "ids-s"), "h1"):
+                            {"snat-block:x": "203.0.113.5:1024-2047"}}
+                           ).execute(check_error=True)
+        finally:
+            api.close()
+        # this mbxctl with the old server: reads work, migrations do not
+        assert columns(ok(remote, "migration-list")) == [
+            ["VM", "HOSTS", "PATH", "STATUS", "ENTRIES", "BYTES", "OUTCOME"]]
+        assert_one_line_error(mbxctl(remote, "migrate-begin", "s1", "--to",
+                                     "h1"),
+                              "the config database has no Migration table "
+                              "(its schema predates 1.3.0); restart its "
+                              "server to convert it")
+    finally:
+        server.stop(pid)
+    tables = sorted(schema_1_2_0()["tables"])
+
+    def rows():
+        query = ["MBX_Northbound"] + [
+            {"op": "select", "table": t, "where": []} for t in tables]
+        reply = json.loads(subprocess.run(
+            ["ovsdb-tool", "query", str(db), json.dumps(query)], check=True,
+            capture_output=True, text=True).stdout)
+        out = {}
+        for table, result in zip(tables, reply):
+            for row in result["rows"]:
+                row.pop("_version")
+                row.pop("migration_address", None)
+            out[table] = sorted(result["rows"], key=lambda r: r["_uuid"])
+        return out
+
+    before = rows()
+    assert len(before["Slice"]) == 1 and len(before["Steering_Policy"]) == 3
+    pid, remote = start_server(str(tmp_path))      # ensure_db converts it
+    try:
+        assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
+                              capture_output=True, text=True,
+                              check=True).stdout.strip() == "1.3.0"
+        assert not os.path.exists(str(db) + ".converting")
+        assert ok(remote, "host-list").splitlines()[1].split()[-1] == "-"
+        assert row_count(remote, "Migration") == 0
+        api = MbxNb.connect(remote)
+        try:
+            snap = api.snapshot()
+            assert snap.slices == {(("fw-s", "lb-s", "nat-s", "ids-s"),
+                                    "h1"): 5}
+            assert snap.vm_locations["s1"] == ("h1", 3)
+            assert snap.migrations == ()
+        finally:
+            api.close()
+    finally:
+        server.stop(pid)
+    assert rows() == before

@@ -15,7 +15,8 @@ import dataclasses
 import json
 
 from fakeoftable import FakeOFTable
-from ovsdb.api import HostRecord, NbSnapshot
+from ovsdb.api import HostRecord, MigrationRecord, NbSnapshot
+from ovsdb.errors import MbxError
 from ryu_apps.engine import Engine, HostPorts
 from ryu_apps.flows import compute_host_flows
 from ovsdb.api import AlertRecord, SharedRecord
@@ -46,10 +47,12 @@ class FakeCommand:
 class FakeNb:
     """The config database: a snapshot, and the log of status writes applied to it."""
 
-    def __init__(self, snap):
+    def __init__(self, snap, events=None):
         self.snap = snap
         self.writes = []
         self.dirty = False          # changed since the engine last took a snapshot
+        self.events = events if events is not None else []   # shared with the switches
+        self.refuse = None          # an MbxError for migration_create to raise
 
     def snapshot(self):
         self.dirty = False
@@ -77,8 +80,14 @@ class FakeNb:
     def set_middlebox_status(self, name, status):
         return FakeCommand(self, ("mb-status", name, dict(status)))
 
+    def migration_create(self, vm, source, destination, path="unannounced", wait_ms=None):
+        if self.refuse is not None:
+            raise self.refuse
+        return FakeCommand(self, ("migration", vm, source, destination, path, wait_ms))
+
     def apply(self, write):
         self.writes.append(write)
+        self.events.append(("db", write[0]))
         s = self.snap
         if write[0] == "host":
             _, name, cols = write
@@ -94,6 +103,12 @@ class FakeNb:
             vips = {mb: tuple(dataclasses.replace(v, status=status) if v.uuid == uuid else v
                               for v in recs) for mb, recs in s.vips.items()}
             self.snap = dataclasses.replace(s, vips=vips)
+        elif write[0] == "migration":
+            _, vm, source, destination, path, wait_ms = write
+            n = len(s.migrations) + 1
+            self.snap = dataclasses.replace(s, migrations=s.migrations + (MigrationRecord(
+                f"m{n}", vm, source, destination, path, "begun", "t" * 32, {"begun": n}, {},
+                "", {"wait-ms": str(wait_ms)}),))
         elif write[0] == "mb-status":
             self.snap = dataclasses.replace(
                 s, middlebox_status={**s.middlebox_status, write[1]: write[2]})
@@ -128,9 +143,11 @@ class FakeSwitches:
         self.tables = {}            # dpid -> {Flow.key: Flow}
         self.sent = []              # (dpid, ops, xid)
         self.unacked = {}           # dpid -> [xid]
+        self.events = []            # shared with the database
 
     def send(self, dpid, ops, xid):
         self.sent.append((dpid, list(ops), xid))
+        self.events.append(("send", dpid))
         table = self.tables.setdefault(dpid, {})
         for command, flow in ops:
             if command == "delete_strict":
@@ -159,8 +176,8 @@ def initial_snapshot(nb_cfg=1, hv_cfg=1, hosts=("h1", "h2", "h3"), locations=Non
 
 class Harness:
     def __init__(self, snap=None, auto_notify=True, switches=None):
-        self.nb = FakeNb(snap or initial_snapshot())
         self.switches = switches or FakeSwitches()
+        self.nb = FakeNb(snap or initial_snapshot(), self.switches.events)
         self.watched = []
         self.auto_notify = auto_notify
         self.engine = Engine(send=self.switches.send, nb=self.nb,
@@ -741,3 +758,153 @@ def test_hostwatch_reports_the_uplink():
     ports = host_ports_from_rows([bridge], ifaces)
     assert ports == HostPorts(0xA1, 100, {"a1": (1, MAC["a1"])}, 50, 60, "02:ee:00:00:00:01")
     assert (ports.uplink_ofport, ports.uplink_mac) == (60, "02:ee:00:00:00:01")
+
+
+# -------------------------------------------------------------- migrations
+
+def migration(vm, source, destination, status="begun", path="announced", begun=1, uuid=None):
+    return MigrationRecord(uuid or f"x{begun}", vm, source, destination, path, status,
+                           "f" * 32, {"begun": begun}, {}, "", {"wait-ms": "3000"})
+
+
+def with_fw_b():
+    """running() with tenant B's firewall steered: b1 on h1, b2 on h2, none on h3."""
+    h = running()
+    h.nb.configure(middleboxes={"fw-b": MiddleboxInfo("fw-b", "firewall", "ls-b")},
+                   policies=(PolicyInfo("ls-b", 100, "any", ("fw-b",)),))
+    h.notify()
+    h.ack_all()
+    assert set(h.nb.snap.slices) == {(("fw-b",), "h1"), (("fw-b",), "h2")}
+    return h
+
+
+def test_destination_gets_the_vms_slices_while_a_migration_is_active():
+    h = with_fw_b()
+    tags = dict(h.nb.snap.slices)
+    h.nb.configure(migrations=(migration("b2", "h2", "h3"),))
+    h.notify()
+    assert set(h.nb.snap.slices) == {(("fw-b",), "h1"), (("fw-b",), "h2"),
+                                     (("fw-b",), "h3")}
+    assert all(h.nb.snap.slices[k] == tag for k, tag in tags.items())     # kept
+    for status in ("streaming", "stunned", "imported"):
+        h.nb.configure(migrations=(migration("b2", "h2", "h3", status),))
+        h.notify()
+        assert (("fw-b",), "h3") in h.nb.snap.slices
+    # ended without the VM on h3: the slice goes
+    h.nb.configure(migrations=(migration("b2", "h2", "h3", "aborted"),))
+    h.notify()
+    assert set(h.nb.snap.slices) == set(tags)
+    # a migration to an unregistered host, or of an unknown VM: nothing
+    h.nb.configure(migrations=(migration("b2", "h2", "h9"), migration("zz", "h1", "h3", begun=2)))
+    h.notify()
+    assert set(h.nb.snap.slices) == set(tags)
+
+
+def test_a_done_migration_keeps_the_slice_where_the_vm_arrived():
+    h = with_fw_b()
+    h.nb.configure(migrations=(migration("b2", "h2", "h3", "imported"),))
+    h.notify()
+    tag = h.nb.snap.slices[(("fw-b",), "h3")]
+    h.add_port("h3", "b2", ofport=8)
+    h.del_port("h2", "b2")
+    h.nb.configure(migrations=(migration("b2", "h2", "h3", "done"),))
+    h.notify()
+    h.ack_all()
+    assert set(h.nb.snap.slices) == {(("fw-b",), "h1"), (("fw-b",), "h3")}
+    assert h.nb.snap.slices[(("fw-b",), "h3")] == tag
+    assert h.nb.writes_of("migration") == []            # announced: no row of its own
+
+
+def test_unannounced_migration_is_recorded_before_any_flow_for_the_new_place():
+    h = running()
+    h.switches.events.clear()
+    h.add_port("h3", "a2", ofport=7)            # appears on h3, still on h2
+    assert h.nb.writes_of("migration") == [("a2", "h2", "h3", "unannounced", 3000)]
+    events = h.switches.events
+    assert events[0] == ("db", "migration")
+    assert ("send", DPID["h3"]) in events       # the flows did follow
+    m, = h.nb.snap.migrations
+    assert (m.vm, m.source, m.destination, m.path, m.status) == \
+        ("a2", "h2", "h3", "unannounced", "begun")
+    # once per appearance: more rounds, acks, the old port going away
+    h.ack_all()
+    h.nb.bump_nb_cfg()
+    h.notify()
+    h.del_port("h2", "a2")
+    h.ack_all()
+    assert len(h.nb.writes_of("migration")) == 1
+    assert h.nb.snap.vm_locations["a2"] == ("h3", 2)
+
+
+def test_unannounced_migration_after_the_port_vanished_and_with_the_wait_option():
+    h = running()
+    h.nb.configure(global_options={"migration-wait-ms": "750"})
+    h.notify()
+    h.del_port("h2", "a2")
+    h.ack_all()
+    assert h.nb.snap.vm_locations["a2"] == (None, 1)        # VM.host cleared ...
+    h.switches.events.clear()
+    h.add_port("h1", "a2", ofport=9)                        # ... but h2 is remembered
+    assert h.nb.writes_of("migration") == [("a2", "h2", "h1", "unannounced", 750)]
+    assert h.switches.events[0] == ("db", "migration")
+    h.ack_all()
+    # moving on again: from the host it is on now
+    h.nb.configure(migrations=(dataclasses.replace(h.nb.snap.migrations[0], status="done"),))
+    h.notify()
+    h.add_port("h3", "a2", ofport=7)
+    assert h.nb.writes_of("migration")[-1] == ("a2", "h1", "h3", "unannounced", 750)
+
+
+def test_a_restarted_controller_remembers_the_last_host_from_the_database():
+    h = Harness(initial_snapshot(locations={"a2": ("h2", 4)}))
+    h.notify()
+    h.set_ports("h3", "a2", "a4")
+    assert h.nb.writes_of("migration") == [("a2", "h2", "h3", "unannounced", 3000)]
+
+
+def test_no_unannounced_migration_on_the_same_host_or_a_first_appearance():
+    h = running()
+    assert h.nb.writes_of("migration") == []            # first appearances
+    h.del_port("h1", "a1")
+    h.ack_all()
+    h.add_port("h1", "a1")                              # back where it was
+    h.ack_all()
+    assert h.nb.writes_of("migration") == []
+    h.nb.configure(vms={**h.nb.snap.vms, "a5": A5})
+    h.notify()
+    add_a5_port(h, "h2")                                # a new VM
+    assert h.nb.writes_of("migration") == []
+
+
+def test_no_unannounced_migration_where_an_announced_one_goes():
+    h = running()
+    h.nb.configure(migrations=(migration("a2", "h2", "h3", "imported"),))
+    h.notify()
+    h.add_port("h3", "a2", ofport=7)
+    assert h.nb.writes_of("migration") == []
+    # an announced migration already done when the port comes up: none either
+    h = running()
+    h.nb.configure(migrations=(migration("a2", "h2", "h3", "done"),))
+    h.notify()
+    h.add_port("h3", "a2", ofport=7)
+    assert h.nb.writes_of("migration") == []
+    # one to another host does not cover this one
+    h = running()
+    h.nb.configure(migrations=(migration("a2", "h2", "h1", "streaming"),))
+    h.notify()
+    h.add_port("h3", "a2", ofport=7)
+    assert h.nb.writes_of("migration") == [("a2", "h2", "h3", "unannounced", 3000)]
+
+
+def test_a_refused_unannounced_row_does_not_hold_the_flows_back():
+    h = running()
+    h.nb.refuse = MbxError("VM 'a2' already has an active migration h2 -> h1")
+    h.add_port("h3", "a2", ofport=7)
+    h.ack_all()
+    assert h.nb.writes_of("migration") == []
+    h1 = FakeOFTable(h.switches.flows("h1"))
+    assert tunnelled(h1, from_vm("a1", MAC["a2"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
+    h.nb.refuse = None
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert h.nb.writes_of("migration") == []            # once per appearance

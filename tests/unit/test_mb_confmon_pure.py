@@ -67,8 +67,10 @@ def test_initial_conditions_select_only_my_host():
     assert conds["Host"] == [["name", "==", "h1"]]
     assert conds["External_Network"] == [True]
     assert set(conds) == set(confmon.TABLES)
+    # Migrations naming this host, as source or destination (docs/migration.md).
+    assert conds["Migration"] == [["source", "==", "h1"], ["destination", "==", "h1"]]
     assert all(conds[t] == [] for t in confmon.TABLES
-               if t not in ("Host", "External_Network"))
+               if t not in ("Host", "External_Network", "Migration"))
     for table in ("Steering_Policy", "NB_Global", "IDS_Alert"):
         assert table not in conds
 

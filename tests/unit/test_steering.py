@@ -63,6 +63,18 @@ def test_slices_only_where_the_switch_has_vms_and_tags_are_stable():
     assert (FW, "h3") not in slicelib.needed_slices(topo)
 
 
+def test_an_incoming_migration_needs_the_vms_slices_at_its_destination():
+    topo = firewalled()
+    topo = dataclasses.replace(topo, bindings={k: v for k, v in topo.bindings.items()
+                                               if k != "a4"})
+    assert (FW, "h3") not in slicelib.needed_slices(topo)
+    assert (FW, "h3") in slicelib.needed_slices(topo, [("a2", "h3")])
+    # a VM of an unsteered switch, an unknown VM or host: nothing more
+    base = slicelib.needed_slices(topo)
+    assert slicelib.needed_slices(topo, [("b2", "h3"), ("zz", "h3"),
+                                         ("a2", "h9")]) == base
+
+
 def test_tags_are_unique_per_host():
     needed = {(("m%d" % i,), "h1") for i in range(5)} | {(("m0",), "h2")}
     tags = slicelib.allocate(needed, {(("m1",), "h1"): 3, (("m2",), "h1"): 3})

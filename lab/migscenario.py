@@ -1,0 +1,134 @@
+"""The migration scenario on mbx: the same VMs, servers and connections as
+the conntrack baseline (``lab.ctbaseline``), with mbx's middleboxes instead
+of conntrack flows, so tests, ``make bench`` and the demo compare like with
+like.
+
+Tenant red's switch ``ls-red`` gets one chain for its TCP traffic, firewall
+-> load balancer -> SNAT:
+
+* ``fw-red`` (default deny): from a VM, any new connection; into mv only new
+  TCP to 7000, into peer to 7001, into the backends to 8080.  Everything
+  else only as part of a connection the firewall saw start (a SYN).
+* ``lb-red``: VIP 10.0.0.100:80, round-robin over b1, b2, b3 :8080.
+* ``nat-red``: SNAT of the subnet to 203.0.113.100 (per-host port blocks).
+
+``Scenario(lab)``: ``build()`` (switch, VMs, middleboxes, servers),
+``open(per_kind)`` (the long-lived connections, ``lab.probe conns``),
+``reports()``, ``stop()``; ``snapshot()`` and ``summary(before, moved,
+final)`` as the baseline computes them.
+"""
+
+import os
+import time
+
+from lab import ctbaseline as CT
+from lab.probe import Conns
+from lab.sh import LabError, wait_until
+
+CHAIN = ("fw-red", "lb-red", "nat-red")
+RULES = (
+    ("from-vm", 100, "proto=tcp", "allow"),
+    ("to-vm", 100, "proto=tcp dst=10.0.0.10 dport=%d" % CT.FW_IN_PORT, "allow"),
+    ("to-vm", 101, "proto=tcp dst=10.0.0.20 dport=%d" % CT.FW_OUT_PORT, "allow"),
+    ("to-vm", 102, "proto=tcp dport=%d" % CT.BACKEND_PORT, "allow"),
+)
+
+
+def _ok(lab, *args):
+    proc = lab.mbxctl(*args)
+    if proc.returncode != 0:
+        raise LabError("mbxctl %s: %s" % (" ".join(args), (proc.stderr or proc.stdout).strip()))
+    return proc.stdout
+
+
+class Scenario:
+    def __init__(self, lab, rundir, gather=None):
+        self.lab = lab
+        self.rundir = rundir
+        self.gather = gather
+        self.probes = {}
+        self.servers = []
+
+    def build(self, hosts):
+        lab = self.lab
+        _ok(lab, "ls-add", CT.SWITCH, "--vni", str(CT.VNI), "--subnet", CT.SUBNET,
+            "--tenant", CT.TENANT, "--gateway", CT.GATEWAY_IP)
+        options = ["migration-gather=%s" % self.gather] if self.gather else []
+        _ok(lab, "mb-add", "fw-red", CT.SWITCH, "--type", "firewall", "--default", "deny",
+            *options)
+        for direction, prio, match, action in RULES:
+            _ok(lab, "fw-add", "fw-red", str(prio), direction, match, action)
+        _ok(lab, "mb-add", "lb-red", CT.SWITCH, "--type", "lb")
+        _ok(lab, "lb-add", "lb-red", "%s:%d" % (CT.VIP, CT.VIP_PORT),
+            *["%s:%d" % (CT.VMS[b][0], CT.BACKEND_PORT) for b in CT.BACKENDS])
+        _ok(lab, "mb-add", "nat-red", CT.SWITCH, "--type", "nat")
+        _ok(lab, "nat-add", "nat-red", "snat", CT.SNAT_IP)
+        _ok(lab, "steer-add", CT.SWITCH, "100", "proto=tcp", ",".join(CHAIN))
+        for vm, (ip, host) in CT.VMS.items():
+            if host not in hosts:
+                host = hosts[-1]
+            lab.vm_add(vm, host, CT.SWITCH, "%s/%d" % (ip, CT.PREFIXLEN))
+        self.servers = CT._servers(lab, self.rundir)
+        CT._wait_listening(lab)
+
+    def open(self, per_kind=3, duration=300):
+        targets = {"mv": [], "peer": []}
+        for kind, (client, addr, port) in CT.KINDS.items():
+            targets[client].append((kind, addr, port, per_kind))
+        for client, tlist in targets.items():
+            self.probes[client] = Conns(self.lab, client, tlist,
+                                        os.path.join(self.rundir, "mig-%s.json" % client),
+                                        duration=duration)
+        self.total = per_kind * len(CT.KINDS)
+        try:
+            wait_until(lambda: self._exchanging(10), 20, interval=0.1,
+                       what="all %d connections to exchange 10 echoes" % self.total)
+        except LabError:
+            raise LabError("the connections do not work before the move: %s" % {
+                n: (c["connected"], c["received"], c["error"])
+                for n, c in sorted(self.snapshot().items())})
+
+    def _exchanging(self, min_replies):
+        conns = self.snapshot()
+        return len(conns) == self.total and all(
+            c["connected"] and c["error"] is None and c["received"] >= min_replies
+            for c in conns.values())
+
+    def snapshot(self):
+        """{connection name: its probe record} right now."""
+        return CT._by_name(*[p.read() for p in self.probes.values()])
+
+    def wait_flowing(self, since, replies=20, timeout=10):
+        """Every connection still without error got ``replies`` more echoes
+        than in ``since`` (a snapshot); returns the new snapshot."""
+        def check():
+            now = self.snapshot()
+            alive = [n for n, c in now.items() if c["error"] is None]
+            if all(now[n]["received"] >= since[n]["received"] + replies for n in alive):
+                return now
+            return None
+        try:
+            return wait_until(check, timeout, interval=0.05,
+                              what="the connections to carry on")
+        except LabError:
+            return self.snapshot()
+
+    def stop(self):
+        finals = []
+        for probe in self.probes.values():
+            try:
+                finals.append(probe.stop())
+            except Exception:          # noqa: BLE001 - the lab goes down anyway
+                pass
+        self.probes.clear()
+        return CT._by_name(*finals)
+
+    @staticmethod
+    def summary(before, moved, final, steps=None, settle=0.0):
+        out = CT.summarize(before, moved, final, steps, settle)
+        out["pipeline"] = "mbx"
+        return out
+
+
+def settle_time(lab, seconds):
+    time.sleep(seconds)
