@@ -50,6 +50,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from lab.sh import LabError, read_pidfile, run, wait_until
@@ -117,6 +118,9 @@ def vif_name(vm):
     return "vif-" + hashlib.sha1(vm.encode()).hexdigest()[:11]
 
 
+_SAVE_LOCK = threading.Lock()
+
+
 class Lab:
     def __init__(self, prefix=DEFAULT_PREFIX, rundir=DEFAULT_RUNDIR):
         self.prefix = prefix
@@ -135,11 +139,12 @@ class Lab:
                     "hosts": {}, "vms": {}, "external": {}, "encap": "vxlan"}
 
     def _save(self):
-        os.makedirs(self.rundir, exist_ok=True)
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.state, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.state_path)
+        with _SAVE_LOCK:         # two migrations at once run in two threads
+            os.makedirs(self.rundir, exist_ok=True)
+            tmp = self.state_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.state, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.state_path)
 
     @property
     def is_up(self):

@@ -158,9 +158,14 @@ def forwarder_flow(tag, entry_id, proto, peer_ip, peer_port, ext_ip, ext_port, v
     """A SNAT forwarder (docs/migration.md): on the host whose port block
     ``ext_ip:ext_port`` is from, replies for a connection whose VM moved away
     go, untranslated, to the VM's MAC (L2_LOOKUP sends them into the tunnel
-    to wherever the VM is now; ``reg0=0``: this one hop is allowed)."""
+    to wherever the VM is now; ``reg0=0``: this one hop is allowed;
+    ``in_port=0``: also when they arrived by the tunnel)."""
     match = _tuple_match(tag, proto, peer_ip, ext_ip, peer_port, ext_port)
-    sets = (("eth_src", P.ROUTER_MAC), ("eth_dst", vm_mac), (P.REG_FROM_TUNNEL, 0))
+    # in_port=0: the packet may have come from the tunnel (redirected here by
+    # the external address's designated host), and OpenFlow never outputs a
+    # packet to its ingress port.
+    sets = (("eth_src", P.ROUTER_MAC), ("eth_dst", vm_mac), (P.REG_FROM_TUNNEL, 0),
+            ("in_port", 0))
     return Flow(P.EXTERNAL_CACHE.table_id, P.PRIO_CACHE_ENTRY, match,
                 _rewrite(sets, P.L2_LOOKUP.table_id), cookie=cookie(tag, entry_id),
                 idle_timeout=int(idle_timeout))

@@ -210,8 +210,10 @@ class MigrationManager:
         self.outs = {}              # uuid -> _Out
         self.ins = {}               # sid -> _In
         self._used = set()          # migrations whose transfer this host accepted
+        self._settled = set()       # migrations whose hold here ended (landed / fell back)
         self._barriers = {}         # xid -> _In
         self._dumps = {}            # xid -> _Out
+        self._late = {}             # migration uuid -> (VM, cleanup time)
         self.counters = dict.fromkeys(
             ("sent", "received", "imported", "rejected", "aborted", "fallbacks",
              "cleaned", "entries_sent", "entries_imported"), 0)
@@ -227,7 +229,8 @@ class MigrationManager:
             if row.source == self.host:
                 self._source_row(row, now)
             if row.destination == self.host and row.path == "unannounced" \
-                    and row.status in ("begun", "streaming", "stunned"):
+                    and row.status in ("begun", "streaming", "stunned") \
+                    and row.uuid not in self._settled:  # not again while our write is in flight
                 wall = time.time()      # holds run on the packets' clock
                 begun = row.timeline.get("begun")
                 deadline = (begun / 1000.0 if begun else wall) + row.wait
@@ -239,6 +242,10 @@ class MigrationManager:
     def _source_row(self, row, now):
         out = self.outs.get(row.uuid)
         if out is None:
+            if row.status in ("done", "fallback") and row.uuid not in self._late:
+                # Over without this daemon taking part (it was down): what it
+                # still holds of the VM goes after the TTL, unless it is back.
+                self._late[row.uuid] = (row.vm, now + self.ttl)
             if row.status not in ("begun", "streaming", "stunned"):
                 return
             if self._newer_to_me(row):
@@ -531,6 +538,7 @@ class MigrationManager:
         self.channel.send(inc.sid, {"type": "ack", "migration": row.uuid,
                                     "entries": inc.entries, "flows": inc.flows})
         self.counters["imported"] += 1
+        self._settled.add(row.uuid)
         results, held = self.core.release_held(row.vm, time.time(), landed=True)
         self._send(results)
         wall = _ms(time.time())
@@ -570,6 +578,8 @@ class MigrationManager:
             if out is None:
                 return
             if ev.kind == "connected":
+                if out.state != "connecting":
+                    return                  # failed (aborted, row gone) meanwhile
                 if ev.peer != out.row.destination:
                     self._fail(out, "its certificate names %s" % ev.peer)
                 else:
@@ -621,6 +631,16 @@ class MigrationManager:
                     for msg, size in inc.pending:
                         self._message_in(inc, msg, size, now)
                     inc.pending = []
+        for uuid, (vm, due) in list(self._late.items()):
+            if due is not None and now >= due:
+                self._late[uuid] = (vm, None)
+                row = self.rows.get(uuid)
+                if row is not None and not self._newer_to_me(row) \
+                        and not self.core.is_local(vm):
+                    changes = self.core.release_vm(vm)
+                    self._apply(changes.add, changes.delete)
+                    LOG.info("migration %s: %s's leftover state released here",
+                             uuid[:8], vm)
         for vm in self.core.holds_due(time.time()):
             self._fallback(vm)
         self.core.forget_holds(time.time())
@@ -638,6 +658,7 @@ class MigrationManager:
         LOG.warning("VM %s: %s", vm, line)
         self._remember(vm, "destination", "fallback: " + line)
         if row is not None:
+            self._settled.add(row.uuid)
             self.writer.write(row.uuid, status="fallback",
                               from_statuses=("begun", "streaming", "stunned"),
                               outcome="fallback: " + line,

@@ -112,6 +112,10 @@ class VmStateMixin:
                 out.append((s, spec))
         return out
 
+    def is_local(self, vm):
+        """Is ``vm`` bound to this host (per the config)?"""
+        return any(spec.host == self.host for _, spec in self.vm_slices(vm))
+
     def gather_mode(self, vm):
         for s, _ in self.vm_slices(vm):
             mode = dict(s.config.options or {}).get("migration-gather")

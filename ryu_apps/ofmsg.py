@@ -10,6 +10,7 @@ back as an ``("unsupported", text)`` entry so it never equals a desired flow.
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
+from os_ken.ofproto import nicira_ext
 
 from ryu_apps.ofmodel import Flow, canon_match
 
@@ -87,6 +88,12 @@ def _to_action(ofproto, ofparser, action):
         # max_len only matters for output to the controller; switches report 0.
         max_len = ofproto.OFPCML_NO_BUFFER if action[1] == ofproto.OFPP_CONTROLLER else 0
         return ofparser.OFPActionOutput(action[1], max_len)
+    if kind == "set_field" and action[1] == "in_port":
+        # OpenFlow 1.3 cannot set in_port; Open vSwitch's register load can
+        # (a SNAT forwarder clears it so it may send a packet back into the
+        # tunnel it came from).
+        return ofparser.NXActionRegLoad(ofs_nbits=nicira_ext.ofs_nbits(0, 15),
+                                        dst="in_port", value=action[2])
     if kind == "set_field":
         return ofparser.OFPActionSetField(**{action[1]: action[2]})
     if kind == "push_vlan":
@@ -113,6 +120,9 @@ def _from_action(action):
         return ("output", action.port)
     if isinstance(action, parser.OFPActionSetField):
         return ("set_field", action.key, action.value)
+    if isinstance(action, parser.NXActionRegLoad) and action.dst == "in_port" \
+            and action.ofs_nbits == nicira_ext.ofs_nbits(0, 15):
+        return ("set_field", "in_port", action.value)
     if isinstance(action, parser.OFPActionPushVlan):
         return ("push_vlan", action.ethertype)
     if isinstance(action, parser.OFPActionPopVlan):

@@ -316,7 +316,7 @@ def _check_daemon_flow(table, flow):
     stage = next(s for s, t in CACHE_TABLES.items() if t is table)
     rewritable = DAEMON_REWRITE_FIELDS
     if table is EXTERNAL_CACHE:
-        rewritable = rewritable | {REG_FROM_TUNNEL}     # a SNAT forwarder
+        rewritable = rewritable | {REG_FROM_TUNNEL, "in_port"}     # a SNAT forwarder
     bad = {a[1] for a in actions} - rewritable
     assert not bad, f"the daemon may not rewrite {sorted(bad)}: {flow}"
     allowed = {CACHE_NEXT[stage].table_id}

@@ -1,0 +1,339 @@
+"""Connection-state migration in a real lab (its own, prefix ``mbxm``).
+
+The scenario of lab.migscenario: VM mv (10.0.0.10) has long-lived TCP
+connections through tenant red's chain firewall -> load balancer -> SNAT:
+into mv on 7000 (allowed only because the firewall saw them start), out to
+peer:7001, to the internet server through SNAT (ports no other host can
+re-derive), and to a VIP with three backends.  Every check is what a user
+observes: the connections' echoes, the SNAT port and backend each keeps,
+the Migration rows, and what ``ovs-appctl -t mbxd`` reports.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from lab import ctbaseline as CT
+from lab.lab import Lab
+from lab.migscenario import Scenario
+from lab.sh import wait_until
+
+PREFIX, RUNDIR = "mbxm", "/run/mbx-mig"
+HOSTS = ["h1", "h2", "h3"]
+PEER_TOOL = os.path.join(os.path.dirname(__file__), "migpeer.py")
+
+
+@pytest.fixture(scope="module")
+def mig():
+    Lab(prefix=PREFIX, rundir=RUNDIR).down(log=lambda *_: None)
+    lab = Lab(prefix=PREFIX, rundir=RUNDIR)
+    sc = Scenario(lab, RUNDIR)
+    try:
+        lab.up(HOSTS, log=lambda *_: None)
+        sc.build(HOSTS)
+        proc = lab.mbxctl("global-set", "migration-wait-ms=1500")
+        assert proc.returncode == 0, proc.stderr
+        yield lab, sc
+    finally:
+        sc.stop()
+        lab.down(log=lambda *_: None)
+
+
+def where(lab, vm):
+    return lab.state["vms"][vm]["host"]
+
+
+def translations(lab, vm="mv"):
+    """{mv's local port: (kind, wire address)}: the SNAT port or backend of
+    each of its translated connections, from the daemon of its host."""
+    conns = json.loads(lab.mbxd_appctl(where(lab, vm), "conn/json", vm))
+    return {c["vm_port"]: (c["xlate"]["kind"], c["xlate"]["wire_vm"]
+                           if c["xlate"]["kind"] == "snat" else c["xlate"]["wire_peer"])
+            for c in conns if c["xlate"]}
+
+
+def fresh(sc, per_kind=2):
+    sc.stop()
+    sc.open(per_kind=per_kind)
+    return sc.snapshot()
+
+
+def assert_all_alive(sc, since, replies=25):
+    now = sc.wait_flowing(since, replies=replies, timeout=10)
+    dead = {n: c["error"] for n, c in now.items() if c["error"] is not None
+            or c["received"] < since[n]["received"] + replies}
+    assert not dead, dead
+    return now
+
+
+def test_connections_survive_both_paths_both_directions_repeatedly(mig):
+    lab, sc = mig
+    before = fresh(sc)
+    assert len(before) == 8
+    kept = translations(lab)
+    assert sorted(k for k, _ in kept.values()) == ["lb", "lb", "snat", "snat"]
+    moves = [("h2", True), ("h1", False), ("h3", True), ("h2", False), ("h1", True)]
+    snap = before
+    for to, notify in moves:
+        source = where(lab, "mv")
+        lab.migrate("mv", to, notify=notify)
+        row = lab.migration_row("mv")
+        assert (row["source"], row["destination"], row["status"]) == (source, to, "done")
+        assert row["path"] == ("announced" if notify else "unannounced")
+        assert row["stats"]["entries"] == 8, row
+        snap = assert_all_alive(sc, snap)
+        # Each connection kept its SNAT port and its backend.
+        assert translations(lab) == kept, (to, notify)
+    # The daemon of a host mv left holds none of its connections any more.
+    for host in ("h2", "h3"):
+        assert json.loads(lab.mbxd_appctl(host, "conn/json", "mv")) == []
+
+
+def test_migration_show_prints_the_timeline(mig):
+    lab, _ = mig
+    proc = lab.mbxctl("migration-show", "mv")
+    assert proc.returncode == 0, proc.stderr
+    for phase in ("begun", "snapshot", "stunned", "final", "imported", "done"):
+        assert phase in proc.stdout, proc.stdout
+    listing = lab.mbxctl("migration-list", "mv").stdout
+    assert "unannounced" in listing and "announced" in listing
+
+
+def test_unannounced_move_drops_no_packet_while_the_state_is_late(mig):
+    """The source's daemon is paused during the move: the destination holds
+    the VM's mid-connection packets, then passes them after the import."""
+    lab, sc = mig
+    snap = fresh(sc)
+    src, dst = where(lab, "mv"), "h2" if where(lab, "mv") != "h2" else "h3"
+    invalid_before = lab.mbxd_stats(dst)["invalid"]
+    pid = lab.state["pids"]["%s/mbxd" % src]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        lab.migrate("mv", dst, notify=False, wait_state=False)
+        time.sleep(0.6)                 # packets arrive; no state yet
+        assert lab.mbxd_stats(dst)["held"] > 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    row = lab.wait_migration("mv", ("done", "fallback"), timeout=10)
+    assert row["status"] == "done", row
+    assert row["stats"]["buffered"] > 0
+    assert_all_alive(sc, snap)
+    assert lab.mbxd_stats(dst)["invalid"] == invalid_before
+
+
+def test_two_vms_migrate_at_once(mig):
+    lab, sc = mig
+    snap = fresh(sc)
+    moves = {"mv": "h1" if where(lab, "mv") != "h1" else "h2",
+             "peer": "h2" if where(lab, "peer") != "h2" else "h1"}
+    errors = []
+
+    def move(vm, to):
+        try:
+            lab.migrate(vm, to, notify=True)
+        except Exception as err:        # noqa: BLE001 - reported below
+            errors.append("%s: %s" % (vm, err))
+    threads = [threading.Thread(target=move, args=item) for item in moves.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    for vm, to in moves.items():
+        row = lab.migration_row(vm)
+        assert (row["destination"], row["status"]) == (to, "done")
+    assert_all_alive(sc, snap)
+
+
+def test_destination_dying_mid_transfer_aborts_and_the_vm_keeps_working(mig):
+    lab, sc = mig
+    snap = fresh(sc)
+    src = where(lab, "mv")
+    dst = next(h for h in HOSTS if h != src)
+    nb = lab.nb()
+    nb.migrate_begin("mv", dst).execute(check_error=True)
+    wait_until(lambda: lab.migration_row("mv")["status"] == "streaming", 10,
+               what="the snapshot to go out")
+    lab.mbxd_stop(dst, signal.SIGKILL)
+    try:
+        row = lab.wait_migration("mv", ("aborted",), timeout=10)
+        assert dst in row["outcome"], row
+        # Never moved: the VM and all its connections carry on at the source.
+        assert_all_alive(sc, snap)
+        assert len(json.loads(lab.mbxd_appctl(src, "conn/json", "mv"))) == 8
+    finally:
+        lab.mbxd_start(dst)
+    # A later migration to the restarted host works.
+    time.sleep(1.5)
+    lab.migrate("mv", dst, notify=True)
+    assert lab.migration_row("mv")["status"] == "done"
+    assert_all_alive(sc, sc.snapshot())
+
+
+def test_source_dying_in_an_unannounced_move_falls_back_after_the_bound(mig):
+    lab, sc = mig
+    fresh(sc)
+    src = where(lab, "mv")
+    dst = next(h for h in HOSTS if h != src)
+    lab.mbxd_stop(src, signal.SIGKILL)
+    try:
+        t0 = time.monotonic()
+        lab.migrate("mv", dst, notify=False, wait_state=False)
+        row = lab.wait_migration("mv", ("fallback", "done"), timeout=10)
+        waited = time.monotonic() - t0
+        assert row["status"] == "fallback", row
+        assert src in row["outcome"] and "1500 ms" in row["outcome"], row
+        assert 1.0 < waited < 6.0
+        assert "fallback" in lab.mbxd_appctl(dst, "migration/list")
+    finally:
+        lab.mbxd_start(src)
+    # Without its state the firewall refuses what it did not see start.
+    time.sleep(5.5)
+    dead = {n for n, c in sc.snapshot().items() if c["error"]}
+    assert {"fw-in", "snat"} <= {n.split("#")[0] for n in dead}
+
+
+def test_without_state_migration_connections_break(mig):
+    """The control: the same scenario and move with every daemon running
+    --no-migration loses the connections the middleboxes decided."""
+    lab, sc = mig
+    for host in HOSTS:
+        lab.mbxd_stop(host)
+        lab.mbxd_start(host, ["--no-migration"])
+    try:
+        time.sleep(2.0)
+        fresh(sc)
+        src = where(lab, "mv")
+        lab.migrate("mv", next(h for h in HOSTS if h != src), notify=False,
+                    wait_state=False)
+        time.sleep(6.0)
+        final = sc.snapshot()
+        broken = {n.split("#")[0] for n, c in final.items() if c["error"]}
+        assert broken == {"fw-in", "fw-out", "snat", "lb"}, final
+    finally:
+        # Nobody handled the unannounced migration: end it.
+        lab.nb().migrate_abort("mv", if_exists=True).execute(check_error=True)
+        for host in HOSTS:
+            lab.mbxd_stop(host)
+            lab.mbxd_start(host)
+        time.sleep(2.0)
+
+
+# ------------------------------------------------------------ the channel
+
+def peer_run(lab, host, script):
+    path = os.path.join(RUNDIR, "peer-%s.json" % time.monotonic_ns())
+    with open(path, "w") as f:
+        json.dump(script, f)
+    proc = subprocess.run(["ip", "netns", "exec", lab.host_ns(host), sys.executable,
+                           PEER_TOOL, path], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fake_record(vm="b1", ip="10.0.0.31"):
+    return {"chain": ["fw-red", "lb-red", "nat-red"], "switch": CT.SWITCH, "vm": vm,
+            "conn": [6, ip, 8080, "10.0.0.99", 5555], "origin": "in", "verdict": "allow",
+            "state": "established", "fins": 0, "created": time.time(),
+            "last_seen": time.time(), "counts": [1, 60, 1, 60], "flows": 3,
+            "flow_timeout": 300, "rule": "test", "xlate": None, "home": None}
+
+
+@pytest.fixture
+def forged(mig):
+    """An announced migration of b1 from h1 to h3 with h1's daemon stopped:
+    the test speaks for h1 with its certificate (or another one)."""
+    lab, _ = mig
+    lab.mbxd_stop("h1")
+    rows = []
+
+    def new_row():
+        uuid = lab.nb().migration_create("b1", "h1", "h3", "announced").execute(
+            check_error=True)
+        rows.append(uuid)
+        return lab.migration_row("b1")
+    try:
+        yield lab, new_row
+    finally:
+        lab.nb().migrate_abort("b1", if_exists=True).execute(check_error=True)
+        lab.mbxd_start("h1")
+        time.sleep(1.0)
+
+
+def script(lab, row, messages, host="h1", cert_host="h1", pki=None, **kw):
+    pki = pki or lab.pki_dir
+    out = {"host": host, "ca": os.path.join(pki, "ca.pem"),
+           "cert": os.path.join(pki, cert_host + ".pem"),
+           "key": os.path.join(pki, cert_host + ".key"),
+           "address": "ssl:%s:6650" % lab.state["hosts"]["h3"]["mgmt_ip"],
+           "peer": "h3", "messages": messages}
+    out.update(kw)
+    return out
+
+
+def transfer(row, records, digest="auto", count=None):
+    msgs = [{"type": "hello", "version": 1, "migration": row["uuid"], "token": row["token"],
+             "vm": row["vm"], "source": "h1", "destination": "h3"},
+            {"type": "state", "migration": row["uuid"], "seq": 1, "kind": "snapshot",
+             "records": records, "removed": []},
+            {"type": "final", "migration": row["uuid"], "seq": 2, "digest": digest}]
+    if count is not None:
+        msgs[2]["count"] = count
+    return msgs
+
+
+def b1_at_h3(lab):
+    return [c for c in json.loads(lab.mbxd_appctl("h3", "conn/json", "b1"))
+            if c["peer_ip"] == "10.0.0.99"]
+
+
+def test_a_transfer_is_accepted_once_from_the_named_peer_only(forged, tmp_path):
+    lab, new_row = forged
+    from middlebox import pki
+    row = new_row()
+    # Unauthenticated: a certificate from another CA never gets a session.
+    pki.init_ca(str(tmp_path), name="rogue CA")
+    pki.issue_host(str(tmp_path), "h1")
+    out = peer_run(lab, "h1", script(lab, row, transfer(row, [fake_record()]),
+                                     pki=str(tmp_path)))
+    assert not out["connected"] and out["refused"], out
+    # The wrong peer: h2's genuine certificate, for a migration from h1.
+    out = peer_run(lab, "h2", script(lab, row, transfer(row, [fake_record()]),
+                                     host="h2", cert_host="h2"))
+    assert out["replies"][-1]["type"] == "nack" and "not the source" in \
+        out["replies"][-1]["error"], out
+    assert b1_at_h3(lab) == []
+    # Truncated: the connection ends before "final".
+    row = (lab.nb().migrate_abort("b1").execute(check_error=True), new_row())[1]
+    out = peer_run(lab, "h1", script(lab, row, transfer(row, [fake_record()])[:2],
+                                     close_early=True))
+    assert out["connected"] and not any(r["type"] == "ack" for r in out["replies"])
+    assert b1_at_h3(lab) == []
+    # Corrupt: the final digest does not match what was staged.
+    row = (lab.nb().migrate_abort("b1").execute(check_error=True), new_row())[1]
+    out = peer_run(lab, "h1", script(lab, row, transfer(row, [fake_record()],
+                                                        digest="0" * 64)))
+    assert out["replies"][-1]["type"] == "nack" and "corrupt" in out["replies"][-1]["error"]
+    assert b1_at_h3(lab) == []
+    # Into another VM's state: refused whole, even with one good record.
+    row = (lab.nb().migrate_abort("b1").execute(check_error=True), new_row())[1]
+    out = peer_run(lab, "h1", script(lab, row, transfer(
+        row, [fake_record(), fake_record(vm="b2", ip="10.0.0.32")])))
+    assert out["replies"][-1]["type"] == "nack" and "b2" in out["replies"][-1]["error"]
+    assert b1_at_h3(lab) == []
+    # A good transfer lands; the same one again is a replay.
+    row = (lab.nb().migrate_abort("b1").execute(check_error=True), new_row())[1]
+    good = script(lab, row, transfer(row, [fake_record()]))
+    out = peer_run(lab, "h1", good)
+    assert out["replies"][-1]["type"] == "ack" and out["replies"][-1]["entries"] == 1, out
+    assert len(b1_at_h3(lab)) == 1
+    assert lab.wait_migration("b1", ("imported",), timeout=5)["stats"]["entries"] == 1
+    out = peer_run(lab, "h1", good)
+    assert out["replies"][-1]["type"] == "nack" and "replayed" in out["replies"][-1]["error"]
+    assert len(b1_at_h3(lab)) == 1
