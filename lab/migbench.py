@@ -177,7 +177,7 @@ class Bridge:
         for br in self.bridges:
             self._run(vsctl + ["add-br", br, "--", "set", "bridge", br,
                                "datapath_type=netdev", "fail_mode=secure",
-                               "protocols=OpenFlow13"])
+                               "protocols=OpenFlow13,OpenFlow14"])
 
     def _pid(self, name):
         with open(os.path.join(self.dir, name + ".pid")) as f:
