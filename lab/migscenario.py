@@ -19,6 +19,7 @@ final)`` as the baseline computes them.
 """
 
 import os
+import sys
 import time
 
 from lab import ctbaseline as CT
@@ -70,6 +71,28 @@ class Scenario:
             lab.vm_add(vm, host, CT.SWITCH, "%s/%d" % (ip, CT.PREFIXLEN))
         self.servers = CT._servers(lab, self.rundir)
         CT._wait_listening(lab)
+
+    # A switch without middleboxes: the same re-plumb with nothing to move.
+    PLAIN = ("ls-plain", "101", "10.9.0.0/24", {"pv": ("10.9.0.10", "h1"),
+                                                 "pq": ("10.9.0.20", "h3")})
+
+    def build_plain(self, hosts):
+        name, vni, subnet, vms = self.PLAIN
+        _ok(self.lab, "ls-add", name, "--vni", vni, "--subnet", subnet, "--tenant", "plain")
+        for vm, (ip, host) in vms.items():
+            self.lab.vm_add(vm, host if host in hosts else hosts[-1], name, ip + "/24")
+        self.servers.append(self.lab.spawn("pq", [sys.executable, "-m", "lab.probe", "serve",
+                                                  "--port", str(CT.FW_OUT_PORT)],
+                                           os.path.join(self.rundir, "pq.serve.log")))
+
+    def open_plain(self, n=2, duration=120):
+        """``n`` connections pv -> pq (no middlebox); returns the probe."""
+        probe = Conns(self.lab, "pv", [("plain", self.PLAIN[3]["pq"][0], CT.FW_OUT_PORT, n)],
+                      os.path.join(self.rundir, "mig-plain.json"), duration=duration)
+        wait_until(lambda: len(probe.read().get("connections", [])) == n and all(
+            c["received"] >= 10 for c in probe.read()["connections"]), 20, interval=0.1,
+            what="the plain connections to exchange")
+        return probe
 
     def open(self, per_kind=3, duration=300):
         targets = {"mv": [], "peer": []}
