@@ -1304,7 +1304,8 @@ class MiddleboxCore(VmStateMixin):
                          e.fs_to_bytes], e.rule,
                         e.xlate.as_list() if e.xlate is not None else None])
         return {"version": STATE_VERSION, "next_entry_id": self._next_id,
-                "fields": list(STATE_FIELDS), "entries": rows}
+                "fields": list(STATE_FIELDS), "entries": rows,
+                "forwarders": self.export_forwarders()}
 
     def import_state(self, state, datapath_flows: Iterable, now) -> FlowChanges:
         """Rebuild the entries after a restart (call ``configure`` first).
@@ -1325,6 +1326,8 @@ class MiddleboxCore(VmStateMixin):
             groups.setdefault(parsed[0] << CF.TAG_SHIFT | parsed[2], []).append(
                 (parsed, flow))
         max_id = 0
+        if isinstance(state, dict):
+            self.import_forwarders(state.get("forwarders"), groups)
         for row in self._state_rows(state):
             try:
                 max_id = max(max_id, self._import_row(row, groups, now, changes))

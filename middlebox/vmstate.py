@@ -467,6 +467,42 @@ class VmStateMixin:
         ck = self._fwd_by_wire.get((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
         return self._forwarders.get(ck) if ck is not None else None
 
+    def export_forwarders(self):
+        """The forwarders, JSON-serialisable, for the state file."""
+        out = []
+        for ck, f in self._forwarders.items():
+            m = dict(f.flow.match)
+            out.append([ck >> CF.TAG_SHIFT, ck & CF.ENTRY_ID_MASK, f.proto,
+                        m["ipv4_src"], f.wire[2], m["ipv4_dst"], f.port, f.mac,
+                        f.flow.idle_timeout, f.rule, f.vm])
+        return out
+
+    def import_forwarders(self, rows, groups):
+        """Forwarders of the state file whose flow is still in the datapath
+        (``groups``: the daemon's flows found there, by cookie; the ones
+        taken are removed from it).  A restarted daemon keeps forwarding."""
+        for row in rows if isinstance(rows, list) else ():
+            try:
+                tag, fid, proto, peer_ip, peer_port, ext_ip, port, mac, timeout, rule, vm = row
+                flow = CF.forwarder_flow(int(tag), int(fid), int(proto), ip_int(peer_ip),
+                                         int(peer_port), ip_int(ext_ip), int(port), str(mac),
+                                         int(timeout))
+            except (TypeError, ValueError):
+                continue
+            ck = int(tag) << CF.TAG_SHIFT | int(fid)
+            found = groups.get(ck, [])
+            if not any(f.match == flow.match and f.instructions == flow.instructions
+                       for _, f in found):
+                continue
+            groups.pop(ck, None)
+            wire = (int(proto), ip_int(peer_ip), int(peer_port), ip_int(ext_ip), int(port))
+            self._forwarders[ck] = _Forwarder(wire, str(rule), int(proto), int(port),
+                                              str(vm), str(mac), flow)
+            self._fwd_by_wire[wire] = ck
+            got = self._snat.get(str(rule))
+            if got is not None:
+                got[1].reserve(int(proto), int(port))
+
     def forwarders(self):
         return [{"vm": f.vm, "proto": f.proto, "wire": "%s:%d/%s:%d" % (
                     ip_text(f.wire[1]), f.wire[2], ip_text(f.wire[3]), f.wire[4])}

@@ -297,3 +297,20 @@ def test_a_local_vm_is_never_held():
     dst = destination(c1_host="h2")
     ack = tcp_frame(PEER.mac, C1.mac, PEER.ip, C1.ip, 50000, 8080, ACK, 6, 8)
     assert dst.handle_frame(ack, TO2, 2.0).verdict == "invalid"
+
+
+def test_a_restarted_daemon_keeps_its_forwarders():
+    src = source()
+    conns, _ = open_connections(src)
+    [fwd] = src.release_vm("c1").add
+    state = json.loads(json.dumps(src.export_state()))
+    again = source()
+    changes = again.import_state(state, [fwd], 10.0)
+    assert changes.delete == [] and len(again.forwarders()) == 1
+    # Still forwarding FINs, and the port still taken until the flow goes.
+    res = again.handle_frame(tcp_frame(EXT_MAC, R, SERVER, EXT, 80, conns["ext_port"],
+                                       FIN | ACK, 9, 9), EXT_IN, 11.0)
+    assert res.out and fields(res.out[0][0])[1] == C1.mac
+    assert again.flow_stats([(fwd, 5, 500)], 12.0) == []
+    # Without its flow in the datapath it is gone.
+    assert source().import_state(state, [], 10.0).delete == []
