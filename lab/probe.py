@@ -60,6 +60,15 @@ from lab.sh import LabError, wait_until
 MAX_DURATION = 600.0
 
 
+def read_report(path):
+    """A probe's JSON report ({} until there is a complete one)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 class Probe:
     """Host side: a probe server in one VM and a client in another, started
     through the lab (so ``mbx-lab down`` would end them) and read back."""
@@ -80,11 +89,7 @@ class Probe:
                                 report + ".client.log")
 
     def read(self):
-        try:
-            with open(self.report) as f:
-                return json.load(f)
-        except (FileNotFoundError, ValueError):
-            return {}
+        return read_report(self.report)
 
     def wait(self, predicate, timeout, what):
         """Wait until ``predicate(report)`` holds; returns that report."""
@@ -127,11 +132,7 @@ class Conns:
         self.proc = spawn(vm, cmd, report + ".log")
 
     def read(self):
-        try:
-            with open(self.report) as f:
-                return json.load(f)
-        except (FileNotFoundError, ValueError):
-            return {}
+        return read_report(self.report)
 
     def wait(self, predicate, timeout, what):
         """Wait until ``predicate(report)`` holds; returns that report."""

@@ -209,7 +209,9 @@ class Daemon:
             self.migrations.on_barrier(xid, time.monotonic())
 
     def _send_results(self, results):
-        """Carry out core Results outside the packet path (held frames)."""
+        """Carry out core Results: frames out, flows, and the frames held
+        back until their flows are in (a translated connection's first
+        packet must not overtake its reply catcher: OpenFlow barrier)."""
         add, delete, held = [], [], []
         for res in results:
             for out, out_tci in res.out:
@@ -241,19 +243,8 @@ class Daemon:
             frames = self.port.recv_batch(BATCH)
             if not frames:
                 return
-            add, delete, held = [], [], []
-            for frame, tci in frames:
-                res = self.core.handle_frame(frame, tci if tci is not None else 0, now)
-                for out, out_tci in res.out:
-                    self.port.send(out, out_tci)
-                add.extend(res.add)
-                delete.extend(res.delete)
-                held.extend(res.held)
-            self._apply(add, delete)
-            if held:
-                # A translated connection's first packet goes out only once
-                # its reply catcher is in the datapath (OpenFlow barrier).
-                self._held[self.of.barrier()] = held
+            self._send_results([self.core.handle_frame(frame, tci if tci is not None else 0,
+                                                       now) for frame, tci in frames])
             self._drain_log()
 
     def _drain_log(self):
