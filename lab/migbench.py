@@ -149,7 +149,7 @@ class Bridge:
 
     def _run(self, cmd, **kw):
         return subprocess.run(["ip", "netns", "exec", self.ns] + cmd, check=True,
-                              capture_output=True, text=True, timeout=60, **kw)
+                              capture_output=True, text=True, timeout=600, **kw)
 
     def up(self):
         self.down()
@@ -177,7 +177,7 @@ class Bridge:
         for br in self.bridges:
             self._run(vsctl + ["add-br", br, "--", "set", "bridge", br,
                                "datapath_type=netdev", "fail_mode=secure",
-                               "protocols=OpenFlow13,OpenFlow14"])
+                               "protocols=OpenFlow13"])
 
     def _pid(self, name):
         with open(os.path.join(self.dir, name + ".pid")) as f:
@@ -226,13 +226,15 @@ def _of_until(of, done, timeout):
         of.run()
 
 
-def install(of, flows, timeout=300):
-    """send_flows + barrier; seconds until the barrier reply."""
+def install(of, flows, timeout=600):
+    """send_flows + barrier, as mbxd does: (seconds until the barrier reply,
+    seconds in send_flows: building and serializing the FLOW_MODs)."""
     t0 = time.perf_counter()
     of.send_flows(list(flows))
+    t1 = time.perf_counter()
     xid = of.barrier()
     _of_until(of, lambda: xid in of.barriers, timeout)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, t1 - t0
 
 
 class _Pair:
@@ -278,7 +280,7 @@ class _Pair:
 def transfer_one(n, pair, bridge, datapath=False, out=print):
     """One transfer of ``n`` connections; phases in ms."""
     import gc
-    from middlebox import vmstate
+    from middlebox import migchan, vmstate
     from middlebox.core import MiddleboxCore
     from ryu_apps import pipeline as P
     t0 = time.perf_counter()
@@ -292,6 +294,7 @@ def transfer_one(n, pair, bridge, datapath=False, out=print):
             # The source's cache flows in a real bridge, then mbxd's datapath
             # gather: one flow-stats dump of the daemon's cookie, then gather().
             install(of_src, src_flows.values())
+            gc.collect()
             t0 = time.perf_counter()
             entries = of_src.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK, timeout=120)
             t1 = time.perf_counter()
@@ -344,6 +347,8 @@ def transfer_one(n, pair, bridge, datapath=False, out=print):
             elif msg["type"] == "final":
                 final = msg
         t_transfer = time.perf_counter() - t0
+        del src, src_flows          # the source's part is over: free its memory
+        gc.collect()
         # import: the destination checks count and digest, then import_vm
         # (which checks every record first).
         t0 = time.perf_counter()
@@ -354,7 +359,7 @@ def transfer_one(n, pair, bridge, datapath=False, out=print):
         t_import = time.perf_counter() - t0
         del staged, got
         # flows: the destination's new cache flows into its bridge, to the barrier.
-        t_flows = install(of_dst, changes.add)
+        t_flows, t_serialize = install(of_dst, changes.add)
         pair.dst.send(in_sid, {"type": "ack", "migration": mig, "entries": imported,
                                "flows": len(changes.add)})
         pair.wait(pair.src, lambda ev: ev.sid == sid and ev.kind == "message"
@@ -376,7 +381,12 @@ def transfer_one(n, pair, bridge, datapath=False, out=print):
             "total_ms": round(sum(phases.values()) * 1000, 1),
             "total_with_ack_ms": round(t_total * 1000, 1),
             "wire_bytes": sent_bytes, "message_bytes": sizes,
-            "flows_installed": len(changes.add)})
+            "flows_installed": len(changes.add),
+            "flows_per_s": round(len(changes.add) / t_flows),
+            "flows_serialize_ms": round(t_serialize * 1000, 1),
+            # mbxd sends the whole snapshot as one message of at most MAX_MESSAGE
+            # bytes: the connections of one VM that fit, at this record size.
+            "snapshot_limit_connections": int(migchan.MAX_MESSAGE / (sizes / n))})
         out("transfer %6d connections: gather %.1f ms, transfer %.1f ms, import %.1f ms, "
             "flows %.1f ms (%d flows), %d bytes%s"
             % (n, *(res["ms"][k] for k in ("gather", "transfer", "import", "flows")),
@@ -404,3 +414,260 @@ def transfer(sizes=SIZES, datapath_for=(10000,), rundir=RUNDIR, out=print):
         if pair is not None:
             pair.stop()
         bridge.down()
+
+
+# ------------------------------------------------------- 2./3. gaps, survival
+HOSTS = ["h1", "h2", "h3"]
+PATHS = ("announced", "unannounced")
+VM_KINDS = ("fw-in", "fw-out")             # the kinds a switch without middleboxes has too
+PLAIN_SWITCH, PLAIN_VNI, PLAIN_TENANT = "ls-plain", 101, "plain"
+# The plain twins of mv and peer: same addresses, a switch without steering.
+PLAIN_VMS = {"pmv": ("10.0.0.10", "h1"), "ppeer": ("10.0.0.20", "h3")}
+PLAIN_MOVER = {"mv": "pmv"}
+
+
+def _pct(values, q):
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    xs = sorted(values)
+    rank = max(1, -(-len(xs) * q // 100))
+    return xs[int(rank) - 1]
+
+
+def _dist(values):
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "median": round(statistics.median(values), 1),
+            "p99": round(_pct(values, 99), 1), "min": round(min(values), 1),
+            "max": round(max(values), 1), "samples": [round(v, 1) for v in values]}
+
+
+class _PlainConns:
+    """The migscenario's VM-to-VM connections, on the plain switch: pmv
+    serves 7000 (fw-in from ppeer), ppeer serves 7001 (fw-out from pmv)."""
+
+    def __init__(self, lab, rundir):
+        self.lab, self.rundir = lab, rundir
+        self.probes = {}
+
+    def build(self):
+        from lab import ctbaseline as CT
+        from lab.migscenario import _ok
+        _ok(self.lab, "ls-add", PLAIN_SWITCH, "--vni", str(PLAIN_VNI), "--subnet", CT.SUBNET,
+            "--tenant", PLAIN_TENANT, "--gateway", CT.GATEWAY_IP)
+        for vm, (ip, host) in PLAIN_VMS.items():
+            self.lab.vm_add(vm, host, PLAIN_SWITCH, "%s/%d" % (ip, CT.PREFIXLEN))
+        py = sys.executable
+        for vm, port in (("pmv", CT.FW_IN_PORT), ("ppeer", CT.FW_OUT_PORT)):
+            self.lab.spawn(vm, [py, "-m", "lab.probe", "serve", "--port", str(port)],
+                           os.path.join(self.rundir, "%s.serve.log" % vm))
+
+    def open(self, per_kind, duration=60):
+        from lab import ctbaseline as CT
+        from lab.probe import Conns
+        from lab.sh import wait_until
+        self.total = 2 * per_kind
+        self.probes = {
+            "pmv": Conns(self.lab, "pmv", [("fw-out", PLAIN_VMS["ppeer"][0], CT.FW_OUT_PORT,
+                                            per_kind)],
+                         os.path.join(self.rundir, "plain-pmv.json"), duration=duration),
+            "ppeer": Conns(self.lab, "ppeer", [("fw-in", PLAIN_VMS["pmv"][0], CT.FW_IN_PORT,
+                                                per_kind)],
+                           os.path.join(self.rundir, "plain-ppeer.json"), duration=duration)}
+
+        def ready():
+            conns = self.snapshot()
+            return len(conns) == self.total and all(
+                c["connected"] and c["error"] is None and c["received"] >= 10
+                for c in conns.values())
+        wait_until(ready, 20, interval=0.05, what="the plain connections to exchange echoes")
+
+    def snapshot(self):
+        from lab import ctbaseline as CT
+        return CT._by_name(*[p.read() for p in self.probes.values()])
+
+    def wait_flowing(self, since, replies=10, timeout=7):
+        from lab.migscenario import Scenario
+        return Scenario.wait_flowing(self, since, replies, timeout)
+
+    def stop(self):
+        from lab import ctbaseline as CT
+        finals = [p.stop() for p in self.probes.values()]
+        self.probes = {}
+        return CT._by_name(*finals)
+
+
+def _one_move(lab, sc, vm, to, notify, per_kind):
+    """Fresh connections, one move, their fate: (summary, gaps by kind)."""
+    from lab import ctbaseline as CT
+    sc.open(per_kind=per_kind, duration=60)
+    try:
+        before = sc.snapshot()
+        steps = lab.migrate(vm, to, notify=notify)
+        at_move = sc.snapshot()
+        sc.wait_flowing(at_move, replies=10, timeout=7)
+    finally:
+        final = sc.stop()
+    summary = CT.summarize(before, at_move, final, steps, 0.0)
+    by_kind = {}
+    for name, gap in summary["max_gap_ms"].items():
+        kind = name.split("#")[0]
+        by_kind[kind] = max(by_kind.get(kind, 0.0), gap)
+    return summary, by_kind
+
+
+def moves(moves_per_path=10, per_kind=3, rundir=RUNDIR, out=print):
+    """The 3-host lab: the migscenario (mv through fw -> lb -> SNAT) and its
+    plain twin (pmv, no steering); mv and pmv move h1 <-> h2 in turn, each
+    path in turn, ``moves_per_path`` times each, with fresh connections per
+    move.  Returns the per-move records."""
+    from lab.lab import Lab
+    from lab.migscenario import Scenario
+    Lab(prefix=PREFIX, rundir=rundir).down(log=lambda *_: None)     # a leftover
+    lab = Lab(prefix=PREFIX, rundir=rundir)
+    sc, plain = Scenario(lab, rundir), _PlainConns(lab, rundir)
+    records = []
+    try:
+        t0 = time.monotonic()
+        lab.up(HOSTS, log=lambda *_: None)
+        sc.build(HOSTS)
+        plain.build()
+        out("migration lab up (%.0f s)" % (time.monotonic() - t0))
+        for i in range(moves_per_path):
+            for path in PATHS:
+                for system, vm, probes in (("mbx", "mv", sc), ("plain", "pmv", plain)):
+                    src = lab.state["vms"][vm]["host"]
+                    to = "h2" if src == "h1" else "h1"
+                    summary, gaps = _one_move(lab, probes, vm, to, path == "announced",
+                                              per_kind)
+                    row = lab.migration_row(vm)
+                    rec = {"system": system, "path": path, "from": src, "to": to,
+                           "migrate_ms": summary["migrate_ms"], "gap_by_kind_ms": gaps,
+                           "kinds": summary["kinds"], "errors": summary["errors"],
+                           "status": row.get("status"), "stats": row.get("stats", {})}
+                    records.append(rec)
+                    out("move %2d %-11s %-5s %s->%s: %d/%d survived, largest gap %s ms (%s)"
+                        % (i + 1, path, system, src, to, summary["survived"],
+                           summary["total"], max(gaps.values()) if gaps else "-",
+                           rec["status"]))
+        return records
+    finally:
+        try:
+            sc.stop()
+        except Exception:           # noqa: BLE001 - the lab goes down anyway
+            pass
+        lab.down(log=lambda *_: None)
+
+
+def summarize_moves(records):
+    """Gap distributions (per path: mbx over the VM-to-VM kinds, mbx over all
+    kinds, plain) and extra gaps; survival per path and kind."""
+    gaps, survival = {}, {}
+    for path in PATHS:
+        mbx = [r for r in records if r["system"] == "mbx" and r["path"] == path]
+        plain = [r for r in records if r["system"] == "plain" and r["path"] == path]
+
+        def largest(recs, kinds=None):
+            return [max(v for k, v in r["gap_by_kind_ms"].items()
+                        if kinds is None or k in kinds)
+                    for r in recs if any(kinds is None or k in kinds
+                                         for k in r["gap_by_kind_ms"])]
+        d = {"mbx_vm_to_vm": _dist(largest(mbx, VM_KINDS)), "mbx_all_kinds": _dist(largest(mbx)),
+             "plain": _dist(largest(plain))}
+        for name in ("mbx_vm_to_vm", "mbx_all_kinds"):
+            if d[name]["n"] and d["plain"]["n"]:
+                d["extra_%s" % name[4:]] = {
+                    "median": round(d[name]["median"] - d["plain"]["median"], 1),
+                    "p99": round(d[name]["p99"] - d["plain"]["p99"], 1)}
+        d["migrate_total_ms"] = {
+            sysname: _dist([r["migrate_ms"]["total"] for r in records
+                            if r["system"] == sysname and r["path"] == path])
+            for sysname in ("mbx", "plain")}
+        d["migrate_total_ms"] = {k: {kk: vv for kk, vv in v.items() if kk != "samples"}
+                                 for k, v in d["migrate_total_ms"].items()}
+        gaps[path] = d
+        kinds = {}
+        for r in mbx:
+            for kind, c in r["kinds"].items():
+                k = kinds.setdefault(kind, {"total": 0, "survived": 0})
+                k["total"] += c["total"]
+                k["survived"] += c["survived"]
+        for k in kinds.values():
+            k["share"] = round(k["survived"] / k["total"], 3) if k["total"] else None
+        tot = sum(k["total"] for k in kinds.values())
+        survival[path] = {"kinds": kinds, "moves": len(mbx),
+                          "share": round(sum(k["survived"] for k in kinds.values()) / tot, 3)
+                          if tot else None,
+                          "statuses": sorted({r["status"] for r in mbx}),
+                          "errors": sorted({e for r in mbx for e in r["errors"].values()})[:5]}
+    return gaps, survival
+
+
+def conntrack(runs=2, per_kind=3, settle=3.0, rundir=RUNDIR, out=print):
+    """``lab.ctbaseline.run`` on this bench's prefix, ``runs`` times; survivors
+    per kind summed over the runs, and their share."""
+    from lab import ctbaseline as CT
+    kinds, errors, gaps, steps = {}, {}, [], []
+    for i in range(runs):
+        res = CT.run(hosts=3, per_kind=per_kind, settle=settle, log=lambda *_: None,
+                     prefix=PREFIX, rundir=rundir)
+        for kind, c in res["kinds"].items():
+            k = kinds.setdefault(kind, {"total": 0, "survived": 0})
+            k["total"] += c["total"]
+            k["survived"] += c["survived"]
+        errors.update({"run%d/%s" % (i + 1, n): e for n, e in res["errors"].items()})
+        gaps.append(max(res["max_gap_ms"].values()) if res["max_gap_ms"] else None)
+        steps.append(res["migrate_ms"].get("total"))
+        out("conntrack baseline run %d: %d/%d survived (%s)" % (
+            i + 1, res["survived"], res["total"], ", ".join(
+                "%s %d/%d" % (kind, k["survived"], k["total"])
+                for kind, k in sorted(res["kinds"].items()))))
+    for k in kinds.values():
+        k["share"] = round(k["survived"] / k["total"], 3) if k["total"] else None
+    total = sum(k["total"] for k in kinds.values())
+    return {"runs": runs, "kinds": kinds,
+            "share": round(sum(k["survived"] for k in kinds.values()) / total, 3),
+            "errors": dict(list(errors.items())[:6]), "largest_gap_ms": gaps,
+            "migrate_total_ms": steps}
+
+
+def run(sizes=SIZES, moves_per_path=10, per_kind=3, ct_runs=2, rundir=RUNDIR, out=print):
+    """Everything, in order: transfer sizes, moves (gaps, survival), the
+    conntrack baseline.  Returns the results dict (see ``summarize``)."""
+    t0 = time.monotonic()
+    res = {"transfer": transfer(sizes, rundir=rundir, out=out)}
+    t1 = time.monotonic()
+    records = moves(moves_per_path, per_kind, rundir=rundir, out=out)
+    t2 = time.monotonic()
+    res["conntrack"] = conntrack(ct_runs, per_kind, rundir=rundir, out=out)
+    t3 = time.monotonic()
+    res["gaps"], res["survival_mbx"] = summarize_moves(records)
+    res["moves"] = records
+    res["method"] = {"sizes": list(sizes), "moves_per_path": moves_per_path,
+                     "per_kind": per_kind, "conntrack_runs": ct_runs,
+                     "seconds": {"transfer": round(t1 - t0), "moves": round(t2 - t1),
+                                 "conntrack": round(t3 - t2)}}
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m lab.migbench", description=(
+        "Migration benchmarks: state transfer time by size, the reply gap a "
+        "migration adds, and connection survival against OVS conntrack; prints JSON."))
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                   help="connection counts for the transfer timing (comma-separated)")
+    p.add_argument("--moves", type=int, default=10, help="moves per path and system (1-30)")
+    p.add_argument("--per-kind", type=int, default=3)
+    p.add_argument("--conntrack-runs", type=int, default=2)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("python -m lab.migbench needs root (network namespaces)", file=sys.stderr)
+        return 2
+    sizes = tuple(int(x) for x in args.sizes.split(",") if x)
+    res = run(sizes, max(1, min(args.moves, 30)), args.per_kind,
+              max(1, min(args.conntrack_runs, 10)), out=lambda msg: print(msg, file=sys.stderr))
+    print(json.dumps(res, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

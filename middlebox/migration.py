@@ -34,6 +34,8 @@ PROTOCOL_VERSION = 1
 ACTIVE = ("begun", "streaming", "stunned", "imported")
 FINAL = ("done", "aborted", "fallback")
 STREAM_INTERVAL = 0.1       # s between change messages while streaming
+SNAPSHOT_PART = 20000       # records per state message (a few MB of JSON)
+TRANSFER_GRACE = 60.0       # s a hold may outlast its bound while state is arriving
 HELLO_WAIT = 3.0            # s an incoming hello may wait for its row to arrive
 DEFAULT_TTL = 60.0          # s the source keeps an unacknowledged VM's state
 SIGNIFICANT = ("origin", "verdict", "state", "fins", "flows", "xlate", "home", "rule")
@@ -316,9 +318,14 @@ class MigrationManager:
                              "source": self.host, "destination": r.destination})
         records = out.snapshot or []
         out.snapshot = None
-        out.seq = 1
-        self._send_msg(out, {"type": "state", "migration": out.uuid, "seq": 1,
-                             "kind": "snapshot", "records": records, "removed": []})
+        # A large snapshot goes in parts: seq 1 is the snapshot, the rest
+        # are changes that add records (a message stays far below MAX_MESSAGE).
+        for start in range(0, max(len(records), 1), SNAPSHOT_PART):
+            out.seq += 1
+            self._send_msg(out, {"type": "state", "migration": out.uuid, "seq": out.seq,
+                                 "kind": "snapshot" if out.seq == 1 else "changes",
+                                 "records": records[start:start + SNAPSHOT_PART],
+                                 "removed": []})
         out.sent = {vmstate.record_key(rec): rec for rec in records}
         out.state = "sending"
         out.next_stream = now + STREAM_INTERVAL
@@ -642,6 +649,12 @@ class MigrationManager:
                     LOG.info("migration %s: %s's leftover state released here",
                              uuid[:8], vm)
         for vm in self.core.holds_due(time.time()):
+            # The bound is for a source that never answers: state that is
+            # arriving (or being imported) is waited for, up to a limit.
+            if any(i.row is not None and i.row.vm == vm
+                   and i.state in ("receiving", "importing")
+                   and now - i.started < TRANSFER_GRACE for i in self.ins.values()):
+                continue
             self._fallback(vm)
         self.core.forget_holds(time.time())
 

@@ -169,7 +169,7 @@ def test_failed_migration_after_pause_aborts_and_never_done(tmp_path):
 
 
 def test_failed_migration_before_pause_aborts_from_destination(tmp_path):
-    src, dst = Host("h1", tmp_path), Host("h2", tmp_path)
+    dst = Host("h2", tmp_path)
     destination_prepare(dst)
     events = dst.event("red2", STARTED, lh.VIR_DOMAIN_EVENT_STARTED_MIGRATED)
     # domjobabort during pre-copy: the source never paused, emits nothing.

@@ -497,3 +497,32 @@ def test_row_writer_guards_statuses_and_mutates_map_keys():
     w.write(UUID, timeline={"x": 1})
     w.flush()
     assert not w.busy()
+
+
+def test_a_large_snapshot_goes_in_parts_and_imports_whole(monkeypatch):
+    monkeypatch.setattr(migration, "SNAPSHOT_PART", 1)
+    p = Pair()
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    msgs = p.to_dst()
+    states = [m for m in msgs if m["type"] == "state"]
+    assert [(m["seq"], m["kind"], len(m["records"])) for m in states] == [
+        (1, "snapshot", 1), (2, "changes", 1), (3, "changes", 1)]
+    assert msgs[-1]["type"] == "final" and msgs[-1]["seq"] == 4
+    p.dst.mgr.on_barrier(p.dst.barriers[0], p.now)
+    assert len(p.dst.conns()) == 3 and p.dst.nacks() == []
+
+
+def test_a_hold_outlasts_its_bound_while_the_state_is_arriving():
+    p = Pair()
+    p.set_rows(row("begun", path="unannounced", wait_ms=100))
+    assert p.dst.core.handle_frame(STRAY, TO2, WALL[0]).verdict == "held"
+    p.connect()
+    msgs = p.src.chan.take()
+    p.dst.deliver(msgs[:2], now=p.now)          # hello and snapshot, no final yet
+    WALL[0] = 1000.0 + 5                        # far past begun + wait-ms
+    p.run()
+    assert p.dst.results == [] and p.dst.mgr.counters["fallbacks"] == 0
+    p.dst.deliver(msgs[2:], now=p.now)
+    p.dst.mgr.on_barrier(p.dst.barriers[0], p.now)
+    assert [r.verdict for r in p.dst.results] == ["allow"]

@@ -1,7 +1,6 @@
 """The migration channel: framing, and real mutual TLS on 127.0.0.1 with
 certificates made by middlebox.pki."""
 
-import json
 import select
 import socket
 import ssl
