@@ -280,7 +280,7 @@ class _Pair:
 def transfer_one(n, pair, bridge, datapath=False, out=print):
     """One transfer of ``n`` connections; phases in ms."""
     import gc
-    from middlebox import migchan, vmstate
+    from middlebox import vmstate
     from middlebox.core import MiddleboxCore
     from ryu_apps import pipeline as P
     t0 = time.perf_counter()
@@ -383,10 +383,7 @@ def transfer_one(n, pair, bridge, datapath=False, out=print):
             "wire_bytes": sent_bytes, "message_bytes": sizes,
             "flows_installed": len(changes.add),
             "flows_per_s": round(len(changes.add) / t_flows),
-            "flows_serialize_ms": round(t_serialize * 1000, 1),
-            # mbxd sends the whole snapshot as one message of at most MAX_MESSAGE
-            # bytes: the connections of one VM that fit, at this record size.
-            "snapshot_limit_connections": int(migchan.MAX_MESSAGE / (sizes / n))})
+            "flows_serialize_ms": round(t_serialize * 1000, 1)})
         out("transfer %6d connections: gather %.1f ms, transfer %.1f ms, import %.1f ms, "
             "flows %.1f ms (%d flows), %d bytes%s"
             % (n, *(res["ms"][k] for k in ("gather", "transfer", "import", "flows")),
