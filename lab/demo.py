@@ -322,12 +322,12 @@ def migration_report(prefix, rundir, out):
             sc.open(per_kind=2)
             before = sc.snapshot()
             host = lab.state["vms"]["mv"]["host"]
-            kept = _translations(lab, host)
+            kept = sc.translations(host)
             lab.migrate("mv", to, notify=notify)
             row = lab.migration_row("mv")
             after = sc.wait_flowing(sc.snapshot(), replies=30, timeout=10)
             alive = [n for n, c in after.items() if c["error"] is None]
-            now = _translations(lab, to)
+            now = sc.translations(to)
             same = {k: sum(1 for p, v in kept.items() if v[0] == k and now.get(p) == v)
                     for k in ("snat", "lb")}
             plain = sc.open_plain()
@@ -361,14 +361,6 @@ def migration_report(prefix, rundir, out):
         "%s %d/%d" % (k, v["survived"], v["total"]) for k, v in base["kinds"].items())))
     out("  with mbx: %s" % ", ".join("%s %d/%d" % (r[0], r[2], r[1]) for r in rows))
     return ok
-
-
-def _translations(lab, host):
-    import json
-    conns = json.loads(lab.mbxd_appctl(host, "conn/json", "mv"))
-    return {c["vm_port"]: (c["xlate"]["kind"], c["xlate"]["wire_vm"]
-                           if c["xlate"]["kind"] == "snat" else c["xlate"]["wire_peer"])
-            for c in conns if c["xlate"] and c["state"] == "established"}
 
 
 def run(prefix, rundir, out=print):

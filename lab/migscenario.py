@@ -18,9 +18,9 @@ Tenant red's switch ``ls-red`` gets one chain for its TCP traffic, firewall
 final)`` as the baseline computes them.
 """
 
+import json
 import os
 import sys
-import time
 
 from lab import ctbaseline as CT
 from lab.probe import Conns
@@ -146,12 +146,16 @@ class Scenario:
         self.probes.clear()
         return CT._by_name(*finals)
 
+    def translations(self, host, vm=CT.MIGRATING_VM):
+        """{VM's local port: (kind, wire address)} of its established
+        translated connections on ``host``: each one's SNAT port or backend."""
+        conns = json.loads(self.lab.mbxd_appctl(host, "conn/json", vm))
+        return {c["vm_port"]: (c["xlate"]["kind"], c["xlate"]["wire_vm"]
+                               if c["xlate"]["kind"] == "snat" else c["xlate"]["wire_peer"])
+                for c in conns if c["xlate"] and c["state"] == "established"}
+
     @staticmethod
     def summary(before, moved, final, steps=None, settle=0.0):
         out = CT.summarize(before, moved, final, steps, settle)
         out["pipeline"] = "mbx"
         return out
-
-
-def settle_time(lab, seconds):
-    time.sleep(seconds)

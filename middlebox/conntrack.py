@@ -337,3 +337,8 @@ class VmTable:
         for e in gone:
             del self.entries[e.key]
         return gone
+
+
+# Every state an entry can be in (a state file or a migrated record names one).
+KNOWN_STATES = frozenset((SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSING, CLOSED,
+                          UNREPLIED, REPLIED, ACTIVE))

@@ -48,11 +48,10 @@ from ryu_apps import pipeline as P
 
 from middlebox import cacheflows as CF
 from middlebox.services import ids as svc_ids, lb as svc_lb, snat as svc_snat
-from middlebox.conntrack import (ACTIVE, ALLOW, CLOSED, CLOSING, DENY, ESTABLISHED,
-                                 FIN_WAIT, FLOW_BOTH, FLOW_FROM_VM, FLOW_TO_VM, IN,
-                                 OFFLOAD_GRACE, OUT, REPLIED, SYN_RECV, SYN_SENT, UNREPLIED,
-                                 ConnEntry, ConnKey, Timeouts, VmTable, Xlate, can_open,
-                                 key_for)
+from middlebox.conntrack import (ALLOW, CLOSED, CLOSING, DENY, ESTABLISHED, FLOW_BOTH,
+                                 FLOW_FROM_VM, FLOW_TO_VM, IN, KNOWN_STATES, OFFLOAD_GRACE,
+                                 OUT, REPLIED, ConnEntry, ConnKey, Timeouts, VmTable, Xlate,
+                                 can_open, key_for)
 from middlebox.packet import (ICMP_ERROR_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
                               TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, MalformedFrame,
                               build_icmp_unreachable, build_tcp, build_tcp_rst, ip_int,
@@ -82,8 +81,6 @@ MAX_ALERTS = 1000           # IDS alerts kept for ovs-appctl
 _PENDING_SHIFT = 2          # ConnEntry.flows bits 2-3: deleted, flow-removed not yet seen
 _MULTICAST = (0xE0000000, 0xF0000000)
 _STAGE_OF_TABLE = {t.table_id: stage for stage, t in P.CACHE_TABLES.items()}
-_KNOWN_STATES = frozenset((SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSING, CLOSED,
-                           UNREPLIED, REPLIED, ACTIVE))
 
 
 @dataclass
@@ -1367,7 +1364,7 @@ class MiddleboxCore(VmStateMixin):
                       ip_int(row["peer_ip"]), int(row["peer_port"]))
         origin, verdict, state = row["origin"], row["verdict"], row["state"]
         if origin not in (OUT, IN) or verdict not in (ALLOW, DENY) \
-                or state not in _KNOWN_STATES:
+                or state not in KNOWN_STATES:
             return 0
         table = s.table(str(row["vm"]))
         if table.get(key) is not None:

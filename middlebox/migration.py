@@ -187,7 +187,8 @@ class _In:
         self.started = now
         self.row = None
         self.hello = None
-        self.state = "hello"        # receiving importing acked rejected
+        self.state = "hello"        # waiting receiving importing acked rejected
+        self.pending = []           # messages that came while waiting for the row
         self.staged = {}
         self.seq = 0
         self.bytes = 0
@@ -476,7 +477,6 @@ class MigrationManager:
                 self._reject(inc, "expected hello, got %r" % kind)
                 return
             inc.hello = msg
-            inc.pending = []
             self._check_hello(inc, now)
             return
         if inc.state == "waiting":

@@ -22,7 +22,7 @@ import hashlib
 import json
 
 from middlebox import cacheflows as CF
-from middlebox.conntrack import (ALLOW, CLOSED, CLOSING, DENY, ESTABLISHED, FLOW_BOTH, FLOW_FROM_VM,
+from middlebox.conntrack import (ALLOW, CLOSED, CLOSING, DENY, ESTABLISHED, KNOWN_STATES, FLOW_BOTH, FLOW_FROM_VM,
                                  FLOW_TO_VM, IN, OUT, ConnEntry, ConnKey, Xlate,
                                  initial_state)
 from middlebox.packet import IPPROTO_TCP, ip_int, ip_text
@@ -180,10 +180,7 @@ class VmStateMixin:
                 "last_seen": e.last_seen, "counts": counts,
                 "flows": e.flows & FLOW_BOTH, "flow_timeout": e.flow_timeout,
                 "rule": e.rule,
-                "xlate": None if x is None else [x.kind, ip_text(x.vm_ip), x.vm_port,
-                                                 ip_text(x.peer_ip), x.peer_port, x.vm_mac,
-                                                 x.peer_mac, x.service],
-                "home": home}
+                "xlate": _xlate_record(x), "home": home}
 
     def _datapath_records(self, s, spec, flows):
         """{conn id: record} of the VM's offloaded connections in slice ``s``,
@@ -241,7 +238,7 @@ class VmStateMixin:
                                 None)
                     xl = Xlate("snat", ext, eport, dst, dport, spec.mac, "",
                                snat.uuid if snat is not None else "")
-                    home = self._snat_home(s, key)
+                    home = self._snat_home(s, spec.name, key)
         elif back_flow is not None:
             (_, stage, _, proto, src, dst, sport, dport, verdict), flow = back_flow
             if dst != vm_ip or stage != P.STAGE_TO_VM or _sets(flow):
@@ -250,6 +247,7 @@ class VmStateMixin:
         else:
             return None
         origin = OUT if key.vm_port >= key.peer_port else IN
+        flowcounts = list(counts)               # from-VM flow, then to-VM flow
         if origin == IN:
             counts = [counts[2], counts[3], counts[0], counts[1]]
         state = ESTABLISHED if proto == IPPROTO_TCP and verdict == ALLOW else None
@@ -261,18 +259,12 @@ class VmStateMixin:
                "state": state, "fins": 0, "created": 0.0, "last_seen": 0.0,
                "counts": counts, "flows": bits, "flow_timeout": timeout,
                "rule": "datapath",
-               "xlate": None if xl is None else [xl.kind, ip_text(xl.vm_ip), xl.vm_port,
-                                                  ip_text(xl.peer_ip), xl.peer_port,
-                                                  xl.vm_mac, xl.peer_mac, xl.service],
-               "home": home}
-        rec["_flowcounts"] = [counts[0], counts[1], counts[2], counts[3]] \
-            if origin == OUT else [counts[2], counts[3], counts[0], counts[1]]
+               "xlate": _xlate_record(xl), "home": home, "_flowcounts": flowcounts}
         return rec
 
-    def _snat_home(self, s, key):
+    def _snat_home(self, s, vm, key):
         """Where a SNAT port's block is: not a datapath fact; the service knows."""
-        table = s.tables.get(next((v.name for v in s.config.vms
-                                   if ip_int(v.ip) == key.vm_ip), ""))
+        table = s.tables.get(vm)
         e = table.get(key) if table is not None else None
         if e is not None and e.xlate is not None and e.xlate.home:
             return e.xlate.home
@@ -316,8 +308,7 @@ class VmStateMixin:
                 ip_int(peer_ip)
                 if rec["origin"] not in (OUT, IN) or rec["verdict"] not in (ALLOW, DENY):
                     raise RecordError("%s: bad origin or verdict" % where)
-                from middlebox.core import _KNOWN_STATES
-                if rec["state"] not in _KNOWN_STATES:
+                if rec["state"] not in KNOWN_STATES:
                     raise RecordError("%s: bad state %r" % (where, rec["state"]))
                 if not isinstance(rec["flows"], int) or rec["flows"] & ~FLOW_BOTH:
                     raise RecordError("%s: bad flows %r" % (where, rec["flows"]))
@@ -563,6 +554,14 @@ class VmStateMixin:
         for vm in [v for v, h in self.holds.items()
                    if h.state != "waiting" and now - h.since > HOLD_FORGET]:
             del self.holds[vm]
+
+
+def _xlate_record(x):
+    """An Xlate as a record's "xlate" list (addresses as text), or None."""
+    if x is None:
+        return None
+    return [x.kind, ip_text(x.vm_ip), x.vm_port, ip_text(x.peer_ip), x.peer_port, x.vm_mac,
+            x.peer_mac, x.service]
 
 
 def _sets(flow):

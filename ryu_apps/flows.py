@@ -42,7 +42,7 @@ def compute_host_flows(topo, host, snat_blocks=None):
     # A host that keeps a slice of a switch with no VM of it here (it holds
     # state of a VM that left, docs/migration.md) still reaches the
     # switch's VMs: its SNAT forwarders send to the VM's MAC.
-    for chain, slice_host in getattr(topo, "slices", {}) or {}:
+    for chain, slice_host in topo.slices:
         if slice_host == host:
             switch = slicelib.chain_switch(topo, chain)
             if switch in switches:

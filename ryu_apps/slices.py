@@ -64,9 +64,9 @@ def chain_switch(topo, chain):
 
 def needed_slices(topo, incoming=()):
     """The set of (chain, host) pairs the topology needs.  ``incoming``:
-    (vm, host) pairs of VMs on their way to a host (an active migration
-    names it as the destination, docs/migration.md): the host needs their
-    slices before they arrive, to take in their state."""
+    more (vm, host) pairs that need the VM's slices on a host where it is
+    not bound (docs/migration.md): the destination and the source of an
+    active migration, and a host still holding state of a VM that left."""
     by_switch = {}
     for policy in topo.policies:
         if chain_ok(topo, policy):

@@ -49,15 +49,6 @@ def where(lab, vm):
     return lab.state["vms"][vm]["host"]
 
 
-def translations(lab, vm="mv"):
-    """{mv's local port: (kind, wire address)}: the SNAT port or backend of
-    each of its translated connections, from the daemon of its host."""
-    conns = json.loads(lab.mbxd_appctl(where(lab, vm), "conn/json", vm))
-    return {c["vm_port"]: (c["xlate"]["kind"], c["xlate"]["wire_vm"]
-                           if c["xlate"]["kind"] == "snat" else c["xlate"]["wire_peer"])
-            for c in conns if c["xlate"]}
-
-
 def fresh(sc, per_kind=2):
     sc.stop()
     sc.open(per_kind=per_kind)
@@ -76,7 +67,7 @@ def test_connections_survive_both_paths_both_directions_repeatedly(mig):
     lab, sc = mig
     before = fresh(sc)
     assert len(before) == 8
-    kept = translations(lab)
+    kept = sc.translations(where(lab, "mv"))
     assert sorted(k for k, _ in kept.values()) == ["lb", "lb", "snat", "snat"]
     moves = [("h2", True), ("h1", False), ("h3", True), ("h2", False), ("h1", True)]
     snap = before
@@ -89,7 +80,7 @@ def test_connections_survive_both_paths_both_directions_repeatedly(mig):
         assert row["stats"]["entries"] == 8, row
         snap = assert_all_alive(sc, snap)
         # Each connection kept its SNAT port and its backend.
-        assert translations(lab) == kept, (to, notify)
+        assert sc.translations(where(lab, "mv")) == kept, (to, notify)
     # The daemon of a host mv left holds none of its connections any more.
     for host in ("h2", "h3"):
         assert json.loads(lab.mbxd_appctl(host, "conn/json", "mv")) == []
