@@ -176,6 +176,16 @@ COOKIE = 0x4354420000000000       # "CTB"
 GW_MAC = "02:c7:00:00:00:01"      # the distributed gateway's (and VIP's) MAC
 SNAT_ZONE = 64000
 LB_GROUP = 1
+# ``make bench``'s throughput VIP (lab.perfbench): VIP:BENCH_PORT -> the
+# backends' BENCH_PORT, the backend picked by a hash of the client address
+# (OVN's ``selection_fields=ip_src``: OpenFlow 1.5 ``selection_method=hash``),
+# so iperf3's control and data connections reach the same backend.
+BENCH_PORT = 5201
+HASH_GROUP = 2
+# VMs of another switch with no middlebox at all (lab.perfbench's "plain"):
+# port security, answered ARP, L2 to the port or the tunnel, nothing else.
+PLAIN_VNI = 101
+T_PLAIN = 40
 T_CLASSIFY, T_ARP_RSP = 0, 1
 T_PRE_STATEFUL, T_ACL, T_STATEFUL, T_ROUTE, T_SNAT, T_EXT_OUT = 10, 11, 12, 13, 14, 15
 T_L2 = 20
@@ -205,9 +215,9 @@ def _arp_reply(mac, ip):
             "set_field:%s->arp_spa,IN_PORT" % (mac, mac, ip))
 
 
-def _tunnel(encap_ip, tun_port):
+def _tunnel(encap_ip, tun_port, vni=VNI):
     return "set_field:%d->tun_id,set_field:%s->tun_dst,output:%d" % (
-        VNI, encap_ip, tun_port)
+        vni, encap_ip, tun_port)
 
 
 def pipeline_groups():
@@ -218,13 +228,24 @@ def pipeline_groups():
     return ["group_id=%d,type=select,%s" % (LB_GROUP, buckets)]
 
 
-def pipeline_flows(host, hosts, placement, macs, ports, uplink_mac):
+def hash_groups():
+    """The bench VIP's group (OpenFlow 1.5: ``selection_method``)."""
+    buckets = ",".join(
+        "bucket=bucket_id:%d,actions=ct(commit,table=%d,zone=%s,nat(dst=%s:%d))"
+        % (i, T_ROUTE, ZONE, VMS[b][0], BENCH_PORT) for i, b in enumerate(BACKENDS))
+    return ["group_id=%d,type=select,selection_method=hash,fields(ip_src),%s"
+            % (HASH_GROUP, buckets)]
+
+
+def pipeline_flows(host, hosts, placement, macs, ports, uplink_mac, plain=None):
     """The flows of ``host``'s br-int (ovs-ofctl add-flows lines).
 
     ``hosts``: {host: {"index", "encap_ip"}}; ``placement``: {vm: host};
     ``macs``: {vm: MAC}; ``ports``: {vm: ofport} for the VMs on ``host``
     and {TUNNEL_PORT: ofport, UPLINK_PORT: ofport}; ``uplink_mac``: this
-    host's uplink MAC."""
+    host's uplink MAC; ``plain``: {vm: address} of VMs (also in
+    ``placement``) on a switch without middleboxes (VNI ``PLAIN_VNI``)."""
+    plain = plain or {}
     tun, uplink = ports[TUNNEL_PORT], ports[UPLINK_PORT]
     flows = []
 
@@ -232,7 +253,7 @@ def pipeline_flows(host, hosts, placement, macs, ports, uplink_mac):
         flows.append("cookie=%#x,table=%d,priority=%d,%s%sactions=%s" % (
             COOKIE, table, prio, match, "," if match else "", actions))
 
-    local = sorted(vm for vm, h in placement.items() if h == host)
+    local = sorted(vm for vm, h in placement.items() if h == host and vm in VMS)
     # 0 CLASSIFY: port security; tunnel; uplink.
     for vm in local:
         ip, port, mac = VMS[vm][0], ports[vm], macs[vm]
@@ -274,6 +295,8 @@ def pipeline_flows(host, hosts, placement, macs, ports, uplink_mac):
     add(T_ACL, 0, "", "drop")
     add(T_STATEFUL, 120, "ct_state=+new+trk,tcp,nw_dst=%s,tp_dst=%d" % (VIP, VIP_PORT),
         "group:%d" % LB_GROUP)
+    add(T_STATEFUL, 120, "ct_state=+new+trk,tcp,nw_dst=%s,tp_dst=%d" % (VIP, BENCH_PORT),
+        "group:%d" % HASH_GROUP)
     add(T_STATEFUL, 100, "ip,reg0=%s" % COMMIT_BIT,
         "ct(commit,zone=%s),goto_table:%d" % (ZONE, T_ROUTE))
     add(T_STATEFUL, 0, "", "goto_table:%d" % T_ROUTE)
@@ -342,6 +365,21 @@ def pipeline_flows(host, hosts, placement, macs, ports, uplink_mac):
     for vm in local:
         add(T_OUTPUT, 100, "reg15=%d" % ports[vm], "output:%d" % ports[vm])
     add(T_OUTPUT, 0, "", "drop")
+    # 40 PLAIN: the switch without middleboxes.
+    for vm, ip in sorted(plain.items()):
+        where = placement.get(vm)
+        add(T_PLAIN, 100, "arp,arp_op=1,arp_tpa=%s" % ip, _arp_reply(macs[vm], ip))
+        if where == host:
+            add(T_CLASSIFY, 100, "in_port=%d,dl_src=%s" % (ports[vm], macs[vm]),
+                "goto_table:%d" % T_PLAIN)
+            add(T_PLAIN, 90, "dl_dst=%s" % macs[vm], "output:%d" % ports[vm])
+        elif where is not None:
+            add(T_PLAIN, 90, "reg10=0,dl_dst=%s" % macs[vm],
+                _tunnel(hosts[where]["encap_ip"], tun, PLAIN_VNI))
+    if plain:
+        add(T_CLASSIFY, 100, "in_port=%d,tun_id=%d" % (tun, PLAIN_VNI),
+            "set_field:1->reg10,goto_table:%d" % T_PLAIN)
+        add(T_PLAIN, 0, "", "drop")
     return flows
 
 
@@ -364,12 +402,14 @@ def host_flows(lab, host):
     """The pipeline flows of ``host`` for the VMs where the lab state has them."""
     placement = {vm: info["host"] for vm, info in lab.state["vms"].items()}
     macs = {vm: info["mac"] for vm, info in lab.state["vms"].items()}
+    plain = {vm: info["ip"].split("/")[0] for vm, info in lab.state["vms"].items()
+             if vm not in VMS}
     ports = {vm: _ofport(lab, host, info["vif"])
              for vm, info in lab.state["vms"].items() if info["host"] == host}
     for iface in (TUNNEL_PORT, UPLINK_PORT):
         ports[iface] = _ofport(lab, host, iface)
     return pipeline_flows(host, lab.state["hosts"], placement, macs, ports,
-                          lab.uplink_mac(host))
+                          lab.uplink_mac(host), plain)
 
 
 def _ofctl_file(lab, host, command, lines):
@@ -393,6 +433,7 @@ def take_over(lab, log=print):
         lab.vsctl(host, "del-controller", "br-int")
         lab.ofctl(host, "del-flows")
         lab.ofctl(host, "del-groups")
+        lab.vsctl(host, "set", "bridge", "br-int", "protocols=OpenFlow13,OpenFlow15")
     log("controller and mbxd stopped; br-int flows deleted on %s"
         % ", ".join(sorted(lab.state["hosts"])))
     return pid
@@ -403,8 +444,16 @@ def install(lab, hosts=None):
     differs) the conntrack pipeline on ``hosts`` (default: all)."""
     for host in hosts or sorted(lab.state["hosts"]):
         flows = host_flows(lab, host)
-        if not lab.ofctl(host, "dump-groups").count("group_id=%d," % LB_GROUP):
+        groups = lab.ofctl(host, "dump-groups")
+        if not groups.count("group_id=%d," % LB_GROUP):
             _ofctl_file(lab, host, "add-groups", pipeline_groups())
+        if not groups.count("group_id=%d," % HASH_GROUP):
+            path = _write_lines(hash_groups())
+            try:
+                sh_run(["ovs-ofctl", "-O", "OpenFlow15", "add-groups",
+                        "unix:%s/br-int.mgmt" % lab.host_dir(host), path])
+            finally:
+                os.unlink(path)
         _ofctl_file(lab, host, "replace-flows", flows)
 
 

@@ -15,6 +15,9 @@ an SNAT external address and port, and the port it arrived on).
 connections and prints how many succeeded, were refused or timed out, as JSON,
 with ``local_ports``: the client's own source port of each successful
 connection (at most the first 1000), to match against the server's log.
+``python -m lab.probe rate --to ADDR --port P --count N --workers W`` makes N
+short connections from W threads and prints the rate and each connection's
+connect time (the first packet's round trip) and whole time, as JSON.
 ``python -m lab.probe client --to ADDR --port P --duration S --out FILE``
 keeps ONE connection open, sends a numbered line every ``--interval-ms`` and
 waits for its echo; on SIGTERM/SIGINT or after ``--duration`` (at most 600 s)
@@ -255,6 +258,64 @@ def attempt(addr, port, timeout, count, max_seconds=60.0):
             out["last_error"] = "%s: %s" % (type(err).__name__, err)
     out["seconds"] = round(time.monotonic() - t0, 4)
     print(json.dumps(out))
+    return 0
+
+
+def rate(addr, port, count, workers, timeout, max_seconds=60.0):
+    """New-connection rate: ``workers`` threads make short connections
+    (connect, one echoed line, close) until ``count`` in all or
+    ``max_seconds``.  Prints JSON: ok, failed, seconds, per_second, and per
+    successful connection its connect time (SYN to SYN-ACK, the first
+    packet's round trip through the pipeline) and its whole time, as
+    median/p90/p99 in milliseconds."""
+    import threading
+    lock = threading.Lock()
+    taken = [0]
+    connect_ms, total_ms, errors = [], [], []
+    t0 = time.monotonic()
+
+    def worker():
+        while True:
+            with lock:
+                if taken[0] >= count or time.monotonic() - t0 > max_seconds:
+                    return
+                taken[0] += 1
+                i = taken[0]
+            start = time.perf_counter()
+            try:
+                sock = socket.create_connection((addr, port), timeout=timeout)
+                connected = time.perf_counter()
+                with sock:
+                    sock.settimeout(timeout)
+                    sock.sendall(b"%d\n" % i)
+                    if sock.makefile("rb").readline() != b"%d\n" % i:
+                        raise ConnectionError("no echo")
+                done = time.perf_counter()
+                with lock:
+                    connect_ms.append(1000 * (connected - start))
+                    total_ms.append(1000 * (done - start))
+            except OSError as err:
+                with lock:
+                    errors.append("%s: %s" % (type(err).__name__, err))
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, workers))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(max_seconds + timeout + 5)
+    seconds = time.monotonic() - t0
+
+    def dist(values):
+        if not values:
+            return None
+        v = sorted(values)
+        pick = lambda q: v[min(len(v) - 1, int(q * len(v)))]    # noqa: E731
+        return {"median": round(pick(0.5), 3), "p90": round(pick(0.9), 3),
+                "p99": round(pick(0.99), 3)}
+    print(json.dumps({"ok": len(total_ms), "failed": len(errors), "seconds": round(seconds, 4),
+                      "per_second": round(len(total_ms) / seconds, 1) if seconds else 0.0,
+                      "workers": workers, "connect_ms": dist(connect_ms),
+                      "total_ms": dist(total_ms), "last_error": errors[-1] if errors else None}))
     return 0
 
 
@@ -508,6 +569,13 @@ def main(argv=None):
     t.add_argument("--port", type=int, default=7000)
     t.add_argument("--timeout", type=float, default=1.0)
     t.add_argument("--count", type=int, default=1)
+    r = sub.add_parser("rate", help="new connections per second, with their timings")
+    r.add_argument("--to", required=True)
+    r.add_argument("--port", type=int, default=7000)
+    r.add_argument("--timeout", type=float, default=2.0)
+    r.add_argument("--count", type=int, default=300)
+    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--max-seconds", type=float, default=30.0)
     c = sub.add_parser("client")
     c.add_argument("--to", required=True)
     c.add_argument("--port", type=int, default=7000)
@@ -528,6 +596,9 @@ def main(argv=None):
     if args.mode == "serve":
         serve([int(p) for p in args.port.split(",")], args.log)
         return 0
+    if args.mode == "rate":
+        return rate(args.to, args.port, min(args.count, 100000), min(args.workers, 64),
+                    args.timeout, min(args.max_seconds, MAX_DURATION))
     if args.mode == "try":
         return attempt(args.to, args.port, args.timeout, min(args.count, 100000))
     return client(args.to, args.port, args.interval_ms / 1000.0,

@@ -54,6 +54,12 @@ STATS_INTERVAL = 2.0        # seconds between flow-stats polls of the cache flow
 EXPIRE_INTERVAL = 1.0
 SAVE_INTERVAL = 1.0
 TICK_INTERVAL = 0.1         # health probes, shared-state publication
+# A connection's cache flows wait this long before they go to OVS; a
+# connection that ends within it never touches the flow table.  Every flow
+# table change makes ovs-vswitchd revalidate its datapath flows, which costs
+# more than the few packets a short connection sends through the daemon
+# (docs/benchmarks.md, "New connections").
+OFFLOAD_DELAY = 0.02
 
 
 def parse_args(argv):
@@ -79,6 +85,9 @@ def parse_args(argv):
     p.add_argument("--no-migration", action="store_true",
                    help="never send or accept connection state (a VM that moves "
                    "loses its connections through this host's middleboxes)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="profile the daemon's loop (cProfile) and write the "
+                   "statistics to FILE when it exits (pstats format)")
     args = p.parse_args(argv)
     args.ofp = args.ofp or "unix:%s/%s.mgmt" % (args.rundir, args.bridge)
     args.state_file = args.state_file or os.path.join(args.rundir, "mbxd.state.json")
@@ -111,6 +120,9 @@ class Daemon:
         self._next = {"stats": 0.0, "expire": 0.0, "save": 0.0, "tick": 0.0}
         self.restored = False
         self._held = {}             # barrier xid -> frames waiting for their flows
+        self._pending_add = {}      # Flow.key -> cache flow waiting for OFFLOAD_DELAY
+        self._pending_del = []
+        self._pending_since = None
         self.channel = None
         self.migrations = None      # middlebox.migration.MigrationManager
         self._mig_seqno = None
@@ -198,9 +210,35 @@ class Daemon:
         self.dirty = True
 
     def _apply(self, add, delete):
-        if add or delete:
+        """Send cache flow changes now (after any that are waiting)."""
+        self._queue_flows(add, delete)
+        self._flush_flows()
+
+    def _queue_flows(self, add, delete):
+        """Hold flow changes for OFFLOAD_DELAY.  A delete of a flow whose add
+        is still waiting cancels both: OVS never sees that flow.  (The core
+        adds only flows it does not believe installed, so a waiting add never
+        hides an installed flow of the same key.)"""
+        for flow in delete:
+            if self._pending_add.pop(flow.key, None) is None:
+                self._pending_del.append(flow)
+        for flow in add:
+            self._pending_add[flow.key] = flow
+        if self._pending_since is None and (self._pending_add or self._pending_del):
+            self._pending_since = time.monotonic()
+
+    def _flush_flows(self):
+        """Send the waiting changes: deletes first, then adds (a flow deleted
+        and added again ends up added)."""
+        if self._pending_add or self._pending_del:
+            add, delete = list(self._pending_add.values()), self._pending_del
+            self._pending_add, self._pending_del = {}, []
             self.of.send_flows(add, delete)
             self.dirty = True
+        self._pending_since = None
+
+    def _flows_due(self, mono):
+        return self._pending_since is not None and mono - self._pending_since >= OFFLOAD_DELAY
 
     def _barrier(self, xid):
         for out, out_tci in self._held.pop(xid, ()):
@@ -219,8 +257,9 @@ class Daemon:
             add.extend(res.add)
             delete.extend(res.delete)
             held.extend(res.held)
-        self._apply(add, delete)
+        self._queue_flows(add, delete)
         if held:
+            self._flush_flows()
             self._held[self.of.barrier()] = held
 
     def _migration_run(self):
@@ -273,7 +312,9 @@ class Daemon:
     def save_state(self):
         tmp = self.args.state_file + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(self.core.export_state(), f, separators=(",", ":"))
+            # dumps, not dump: json.dump streams through the pure-Python
+            # encoder, about ten times slower, and the loop waits for it.
+            f.write(json.dumps(self.core.export_state(), separators=(",", ":")))
         os.replace(tmp, self.args.state_file)
         self.dirty = False
 
@@ -297,6 +338,8 @@ class Daemon:
                 # Nothing that judges cache flows runs before the restore: a
                 # stats poll would find every flow of the old daemon orphaned.
                 self._packets(now)
+                if self._flows_due(time.monotonic()):
+                    self._flush_flows()
                 self._timers(now)
                 self._migration_run()
             server.run()
@@ -313,8 +356,12 @@ class Daemon:
                 poller.fd_wait(self.channel.fileno(), ovs.poller.POLLIN)
                 self.migrations.writer.wait(poller)
                 poller.timer_wait(50)
+            if self._pending_since is not None:
+                poller.timer_wait(max(0, int(1000 * (self._pending_since + OFFLOAD_DELAY
+                                                     - time.monotonic())) + 1))
             poller.timer_wait(200)
             poller.block()
+        self._flush_flows()
         self.save_state()
         if self.channel is not None:
             self.channel.stop()
@@ -355,10 +402,18 @@ def main(argv=None):
     ovs.daemon.daemonize_complete()
     LOG.info("mbxd for host %s started (db %s, bridge %s, port %s)",
              args.host, args.db, args.bridge, args.port)
+    profiler = None
+    if args.profile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         daemon.run(server)
     finally:
         server.close()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
     return 0
 
 

@@ -1,0 +1,381 @@
+"""Three systems, the same traffic: the data-path half of ``make bench``.
+
+* **plain**: a switch with no middlebox at all (the lab's physical limit);
+* **ct-baseline**: the OVS-conntrack pipeline OVN and Neutron's OVS firewall
+  build (``lab.ctbaseline``: ``ct(commit)`` ACLs, ``ct(nat)`` SNAT, select
+  groups for the VIPs, no state transfer);
+* **mbx**: the same policy through mbx (``lab.migscenario``: firewall ->
+  load balancer -> SNAT, steered to each host's mbxd).
+
+The policy (tenant red, ``ls-red`` 10.0.0.0/24) is the migration scenario's
+plus what the benchmark's traffic needs: a second VIP 10.0.0.100:5201 over
+b1..b3:5201 picked by a hash of the client address (iperf3's control and
+data connections must reach the same backend), UDP steered through the chain
+like TCP, and the firewall allowing new connections from every VM and into
+every VM on 5201.  The plain twin ``ls-plain`` (10.9.0.0/24, VNI
+``CT.PLAIN_VNI``) has a VM in each place that matters: ``pmv`` where mv is
+(h1), ``ppe`` where peer is (h3), ``pb1``/``pb2`` where b1 (h2) and b2 (h3)
+are.
+
+Two labs, one after the other (the lab's addresses are fixed, so two cannot
+be up at once): the mbx lab measures plain and mbx, the conntrack lab
+measures plain (forwarded by the conntrack pipeline's plain table) and
+ct-baseline, alternating within each lab round by round.  Ratios to plain
+are within one lab; mbx / ct-baseline is given raw and normalised by each
+lab's own plain figure.
+
+Measured, per system and round:
+
+* established throughput: TCP (iperf3, ``seconds`` s) across hosts (mv to the
+  VIP; plain: pmv to pb1), on one host (peer to b2; ppe to pb2), and to the
+  internet server through SNAT; 64-byte UDP packets per second received
+  (iperf3 ``-u -l 64 -b 0``) across hosts (mv to b1) and on one host;
+* new connections: short TCP connections (connect, one echoed line, close)
+  from one client thread (the first packet's latency: connect time) and
+  from ``workers`` threads (connections per second), to the VIP (plain: to
+  pb1), on one host and through SNAT.
+
+``run(rounds, seconds, conns, workers, out)`` returns the raw samples and
+``summarize(raw)`` the medians and ratios.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from lab import ctbaseline as CT
+from lab.lab import Lab
+from lab.sh import LabError, wait_until
+
+PREFIX = "mbxb"
+RUNDIR = "/run/mbx-bench"
+HOSTS = ["h1", "h2", "h3"]
+SYSTEMS = ("plain", "ct-baseline", "mbx")
+PLAIN_SWITCH, PLAIN_SUBNET = "ls-plain", "10.9.0.0/24"
+PLAIN_VMS = {"pmv": ("10.9.0.10", "h1"), "ppe": ("10.9.0.20", "h3"),
+             "pb1": ("10.9.0.31", "h2"), "pb2": ("10.9.0.32", "h3")}
+PORT = CT.BENCH_PORT
+ECHO = CT.BACKEND_PORT
+B1, B2 = CT.VMS["b1"][0], CT.VMS["b2"][0]
+
+# case -> (what, {"plain": (client, address), "chain": (client, address)})
+THROUGHPUT = {
+    "tcp-across": ("TCP across hosts, to the VIP (firewall + LB)",
+                   {"plain": ("pmv", "10.9.0.31"), "chain": ("mv", CT.VIP)}),
+    "tcp-same": ("TCP on one host (firewall)",
+                 {"plain": ("ppe", "10.9.0.32"), "chain": ("peer", B2)}),
+    "tcp-snat": ("TCP to the internet through SNAT (firewall + SNAT)",
+                 {"chain": ("mv", CT.EXT_SERVER_IP)}),
+    "udp-across": ("64-byte UDP across hosts (firewall)",
+                   {"plain": ("pmv", "10.9.0.31"), "chain": ("mv", CT.VMS["b1"][0])}),
+    "udp-same": ("64-byte UDP on one host (firewall)",
+                 {"plain": ("ppe", "10.9.0.32"), "chain": ("peer", B2)}),
+}
+# case -> (what, {"plain": (client, address, port), "chain": (...)})
+NEWCONN = {
+    "across": ("across hosts, to the VIP (firewall + LB)",
+               {"plain": ("pmv", "10.9.0.31", ECHO), "chain": ("mv", CT.VIP, CT.VIP_PORT)}),
+    "same": ("on one host (firewall)",
+             {"plain": ("ppe", "10.9.0.32", ECHO), "chain": ("peer", B2, ECHO)}),
+    "snat": ("to the internet through SNAT (firewall + SNAT)",
+             {"chain": ("mv", CT.EXT_SERVER_IP, CT.EXT_SERVER_PORT)}),
+}
+
+
+def _ok(lab, *args):
+    proc = lab.mbxctl(*args)
+    if proc.returncode != 0:
+        raise LabError("mbxctl %s: %s" % (" ".join(args), (proc.stderr or proc.stdout).strip()))
+
+
+def _plain_switch(lab):
+    _ok(lab, "ls-add", PLAIN_SWITCH, "--vni", str(CT.PLAIN_VNI), "--subnet", PLAIN_SUBNET,
+        "--tenant", "plain")
+    for vm, (ip, host) in PLAIN_VMS.items():
+        lab.vm_add(vm, host, PLAIN_SWITCH, ip + "/24")
+
+
+def _servers(lab, rundir, chain_vms):
+    """iperf3 and echo servers: the backends' (or their plain twins') and the
+    internet server's."""
+    procs = []
+    for vm in chain_vms:
+        procs.append(lab.spawn(vm, ["iperf3", "-s", "-p", str(PORT)],
+                               os.path.join(rundir, "iperf-%s.log" % vm)))
+    for vm in ("pb1", "pb2"):
+        procs.append(lab.spawn(vm, ["iperf3", "-s", "-p", str(PORT)],
+                               os.path.join(rundir, "iperf-%s.log" % vm)))
+        procs.append(lab.spawn(vm, [sys.executable, "-m", "lab.probe", "serve", "--port",
+                                    str(ECHO)], os.path.join(rundir, "echo-%s.log" % vm)))
+    procs.append(lab.ext_spawn(CT.EXT_SERVER, ["iperf3", "-s", "-p", str(PORT)],
+                               os.path.join(rundir, "iperf-xs.log")))
+    return procs
+
+
+def build_mbx(lab, rundir, out):
+    """The mbx lab: the migration scenario's chain, the benchmark's additions,
+    the plain twin."""
+    from lab.migscenario import Scenario
+    lab.up(HOSTS, log=lambda *_: None)
+    Scenario(lab, rundir).build(HOSTS)
+    _ok(lab, "fw-add", "fw-red", "99", "from-vm", "proto=udp", "allow")
+    _ok(lab, "fw-add", "fw-red", "103", "to-vm", "proto=tcp dport=%d" % PORT, "allow")
+    _ok(lab, "fw-add", "fw-red", "104", "to-vm", "proto=udp dport=%d" % PORT, "allow")
+    _ok(lab, "lb-add", "lb-red", "%s:%d" % (CT.VIP, PORT),
+        *["%s:%d" % (CT.VMS[b][0], PORT) for b in CT.BACKENDS], "--algorithm", "source-hash")
+    _ok(lab, "steer-add", CT.SWITCH, "99", "proto=udp", ",".join(("fw-red", "lb-red",
+                                                                   "nat-red")))
+    _plain_switch(lab)
+    _servers(lab, rundir, CT.BACKENDS)
+    out("mbx lab up: chain fw-red -> lb-red -> nat-red on ls-red, plain twin ls-plain")
+
+
+def build_ct(lab, rundir, out):
+    """The conntrack lab: the same VMs (placed by mbx's controller), then the
+    conntrack pipeline instead of mbx's on every host."""
+    lab.up(HOSTS, log=lambda *_: None)
+    _ok(lab, "ls-add", CT.SWITCH, "--vni", str(CT.VNI), "--subnet", CT.SUBNET,
+        "--tenant", CT.TENANT, "--gateway", CT.GATEWAY_IP)
+    for vm, (ip, host) in CT.VMS.items():
+        lab.vm_add(vm, host, CT.SWITCH, "%s/%d" % (ip, CT.PREFIXLEN))
+    _plain_switch(lab)
+    CT.take_over(lab, log=lambda *_: None)
+    CT.install(lab)
+    CT._servers(lab, rundir)
+    CT._wait_listening(lab)
+    _servers(lab, rundir, CT.BACKENDS)
+    out("conntrack lab up: the ct(commit)/ct(nat) pipeline on every host, plain twin")
+
+
+def _listening(lab, rundir):
+    checks = [(lab.exec, vm, PORT) for vm in CT.BACKENDS + ("pb1", "pb2")] + [
+        (lab.exec, vm, ECHO) for vm in ("pb1", "pb2")] + [
+        (lab.ext_exec, CT.EXT_SERVER, PORT)]
+    code = ("import socket,sys\ntry:\n socket.create_connection(('127.0.0.1',%d),0.5)"
+            ".close()\nexcept OSError:\n sys.exit(1)")
+    for execute, name, port in checks:
+        wait_until(lambda: execute(name, [sys.executable, "-c", code % port],
+                                   capture_output=True).returncode == 0,
+                   10, interval=0.1, what="%s to listen on %d" % (name, port))
+
+
+def iperf(lab, client, addr, seconds, udp=False):
+    """TCP: Gbit/s received; UDP (64-byte datagrams, unlimited rate):
+    datagrams per second received."""
+    cmd = ["iperf3", "-c", addr, "-p", str(PORT), "-t", str(seconds), "-J"]
+    if udp:
+        cmd += ["-u", "-l", "64", "-b", "0"]
+    for attempt in range(3):
+        proc = lab.exec(client, cmd, capture_output=True, text=True, timeout=seconds + 30)
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            data = {"error": proc.stderr.strip() or "no output"}
+        if "error" not in data:
+            break
+        time.sleep(1)           # the server was still busy with the last test
+    else:
+        raise LabError("iperf3 %s -> %s: %s" % (client, addr, data["error"]))
+    s = data["end"]["sum"] if udp else data["end"]["sum_received"]
+    if udp:
+        return (s["packets"] - s["lost_packets"]) / s["seconds"]
+    return s["bits_per_second"] / 1e9
+
+
+def new_conns(lab, client, addr, port, count, workers):
+    proc = lab.exec(client, [sys.executable, "-m", "lab.probe", "rate", "--to", addr,
+                             "--port", str(port), "--count", str(count), "--workers",
+                             str(workers), "--timeout", "2", "--max-seconds", "30"],
+                    capture_output=True, text=True, timeout=90)
+    if proc.returncode != 0:
+        raise LabError("probe rate in %s: %s" % (client, proc.stderr.strip()[-300:]))
+    return json.loads(proc.stdout)
+
+
+def _measure(lab, system, rnd, seconds, conns, workers, raw, out):
+    side = "plain" if system.startswith("plain") else "chain"
+    for case, (_, pairs) in THROUGHPUT.items():
+        if side not in pairs:
+            continue
+        client, addr = pairs[side]
+        value = iperf(lab, client, addr, seconds, udp=case.startswith("udp"))
+        raw["throughput"][case][system].append(value)
+        out("round %d %-11s %-10s %s" % (rnd, system, case, "%.3f Gbit/s" % value
+                                         if not case.startswith("udp") else "%.0f pps" % value))
+    for case, (_, pairs) in NEWCONN.items():
+        if side not in pairs:
+            continue
+        client, addr, port = pairs[side]
+        one = new_conns(lab, client, addr, port, conns, 1)
+        many = new_conns(lab, client, addr, port, conns * 2, workers)
+        raw["newconn"][case][system].append({"serial": one, "parallel": many})
+        out("round %d %-11s new/%-6s %.0f/s serial (connect %.2f ms median), %.0f/s with %d "
+            "workers (%d+%d failed)" % (
+                rnd, system, case, one["per_second"], (one["connect_ms"] or {}).get("median", 0),
+                many["per_second"], workers, one["failed"], many["failed"]))
+
+
+def run(rounds=3, seconds=3, conns=200, workers=4, rundir=RUNDIR, out=print):
+    """Both labs up at once (a lab lives in its own namespaces), then
+    ``rounds`` rounds of every (lab, system) in turn, the order reversed
+    every other round.  ``plain-ct`` is the plain twin in the conntrack lab:
+    the same physical path as ``plain``, a check of the noise between the
+    two labs."""
+    labs = {"mbx": Lab(prefix=PREFIX, rundir=rundir),
+            "ct": Lab(prefix=PREFIX + "c", rundir=rundir + "-ct")}
+    systems = {"plain": "mbx", "mbx": "mbx", "plain-ct": "ct", "ct-baseline": "ct"}
+    raw = {"throughput": {c: {s: [] for s in systems} for c in THROUGHPUT},
+           "newconn": {c: {s: [] for s in systems} for c in NEWCONN}}
+    t0 = time.monotonic()
+    try:
+        for kind, lab in labs.items():
+            Lab(prefix=lab.prefix, rundir=lab.rundir).down(log=lambda *_: None)  # a leftover
+            os.makedirs(lab.rundir, exist_ok=True)
+            t1 = time.monotonic()
+            (build_mbx if kind == "mbx" else build_ct)(lab, lab.rundir, out)
+            _listening(lab, lab.rundir)
+            out("  (%.0f s)" % (time.monotonic() - t1))
+        time.sleep(2.0)         # the load balancer's first health checks
+        order = list(systems)
+        for rnd in range(1, rounds + 1):
+            for system in (order if rnd % 2 else reversed(order)):
+                _measure(labs[systems[system]], system, rnd, seconds, conns, workers, raw, out)
+        raw["flows_per_host"] = {kind: {h: _flow_count(lab, h) for h in HOSTS}
+                                 for kind, lab in labs.items()}
+        raw["cpu_split"] = {s: cpu_split(labs[systems[s]], s, conns=conns * 3, workers=workers)
+                            for s in systems}
+        out("CPU per new connection on h3: %s" % {
+            s: v["cpu_ms_per_connection"] for s, v in raw["cpu_split"].items()})
+        raw["mbxd_profile"] = profile_mbxd(labs["mbx"], labs["mbx"].rundir, conns=conns * 3,
+                                           workers=workers)
+    finally:
+        for lab in labs.values():
+            lab.down(log=lambda *_: None)
+    raw["method"] = {"rounds": rounds, "iperf_seconds": seconds, "connections": conns,
+                     "workers": workers, "seconds": round(time.monotonic() - t0, 1)}
+    return raw
+
+
+def _cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_split(lab, system, host="h3", conns=600, workers=4):
+    """Where a new connection's time goes on one host: the CPU seconds its
+    ovs-vswitchd and (mbx) mbxd spend per new connection while ``workers``
+    clients make ``conns`` short connections on that host (the ``same``
+    case: both ends on ``host``)."""
+    pids = {k.split("/")[1]: v for k, v in lab.state["pids"].items()
+            if k.startswith(host + "/") and k.split("/")[1] in ("mbxd", "ovs-vswitchd")}
+    side = "plain" if system.startswith("plain") else "chain"
+    client, addr, port = NEWCONN["same"][1][side]
+    before = {k: _cpu_seconds(pid) for k, pid in pids.items()}
+    res = new_conns(lab, client, addr, port, conns, workers)
+    used = {k: _cpu_seconds(pid) - before[k] for k, pid in pids.items()}
+    ok = max(res["ok"], 1)
+    return {"connections": res["ok"], "per_second": res["per_second"],
+            "cpu_ms_per_connection": {k: round(1000 * v / ok, 3) for k, v in used.items()}}
+
+
+def profile_mbxd(lab, rundir, host="h3", conns=600, workers=4, top=18):
+    """cProfile of ``host``'s mbxd (restarted with ``--profile``) while
+    clients make short connections through it (the ``same`` case); the top
+    functions by own time and the daemon loop's parts by cumulative time."""
+    import pstats
+    path = os.path.join(rundir, "mbxd-%s.prof" % host)
+    lab.mbxd_stop(host)
+    lab.mbxd_start(host, ["--profile", path])
+    wait_until(lambda: os.path.exists(os.path.join(lab.host_dir(host), "mbxd.pid")) and
+               lab.mbxd_appctl(host, "stats", check=False), 15, interval=0.2,
+               what="mbxd on %s to answer" % host)
+    time.sleep(2.0)
+    client, addr, port = NEWCONN["same"][1]["chain"]
+    res = new_conns(lab, client, addr, port, conns, workers)
+    lab.mbxd_stop(host)
+    wait_until(lambda: os.path.exists(path), 15, interval=0.2, what="the profile")
+    lab.mbxd_start(host)
+    st = pstats.Stats(path)
+    total = st.total_tt
+    rows = []
+    for (fname, line, func), (cc, nc, tt, ct, _) in st.stats.items():
+        rows.append({"function": "%s:%d(%s)" % (os.path.relpath(fname) if fname.startswith("/")
+                                                else fname, line, func),
+                     "calls": nc, "own_ms": round(1000 * tt, 1), "cumulative_ms": round(1000 * ct, 1)})
+    rows.sort(key=lambda r: -r["own_ms"])
+    loop = [r for r in rows if r["function"].startswith("middlebox/main.py")]
+    loop.sort(key=lambda r: -r["cumulative_ms"])
+    return {"connections": res["ok"], "seconds": res["seconds"], "profiled_ms": round(1000 * total, 1),
+            "top_own": rows[:top], "daemon_loop": loop[:10]}
+
+
+def _flow_count(lab, host):
+    return len([ln for ln in lab.ofctl(host, "dump-flows").splitlines()
+                if "cookie=" in ln])
+
+
+def _med(values):
+    return statistics.median(values) if values else None
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def summarize(raw):
+    """Medians per case and system, and the ratios to plain and mbx /
+    ct-baseline (all measured in the same rounds)."""
+    out = {"throughput": {}, "newconn": {}, "method": raw["method"],
+           "flows_per_host": raw.get("flows_per_host"), "cpu_split": raw.get("cpu_split"),
+           "mbxd_profile": raw.get("mbxd_profile")}
+    for case, per in raw["throughput"].items():
+        med = {s: _med(v) for s, v in per.items()}
+        out["throughput"][case] = {
+            "what": THROUGHPUT[case][0],
+            "unit": "pps" if case.startswith("udp") else "Gbit/s",
+            "median": med, "samples": per,
+            "mbx_to_plain": _ratio(med["mbx"], med["plain"]),
+            "ct-baseline_to_plain": _ratio(med["ct-baseline"], med["plain"]),
+            "mbx_to_ct": _ratio(med["mbx"], med["ct-baseline"]),
+            "plain-ct_to_plain": _ratio(med["plain-ct"], med["plain"])}
+    for case, per in raw["newconn"].items():
+        row = {"what": NEWCONN[case][0]}
+        for mode in ("serial", "parallel"):
+            med = {s: _med([x[mode]["per_second"] for x in v]) for s, v in per.items()}
+            row[mode] = {"per_second": med,
+                         "mbx_to_plain": _ratio(med["mbx"], med["plain"]),
+                         "ct-baseline_to_plain": _ratio(med["ct-baseline"], med["plain"]),
+                         "mbx_to_ct": _ratio(med["mbx"], med["ct-baseline"])}
+        for q in ("median", "p99"):
+            row["connect_ms_" + q] = {s: _med([x["serial"]["connect_ms"][q] for x in v
+                                               if x["serial"]["connect_ms"]])
+                                      for s, v in per.items()}
+        row["failed"] = {s: sum(x["serial"]["failed"] + x["parallel"]["failed"] for x in v)
+                         for s, v in per.items()}
+        out["newconn"][case] = row
+    return out
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m lab.perfbench")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=3)
+    p.add_argument("--connections", type=int, default=200)
+    p.add_argument("--workers", type=int, default=4)
+    args = p.parse_args(argv)
+    raw = run(max(1, min(args.rounds, 10)), max(1, min(args.seconds, 30)),
+              max(10, min(args.connections, 5000)), max(1, min(args.workers, 16)))
+    print(json.dumps(summarize(raw), indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
