@@ -141,8 +141,8 @@ class Bridge:
     netdev bridges (no ports, no traffic): somewhere real to install flows.
     Ends its two daemons by the PIDs in their pidfiles."""
 
-    def __init__(self, rundir, bridges=("br-src", "br-dst")):
-        self.ns = "%s-xfer" % PREFIX
+    def __init__(self, rundir, bridges=("br-src", "br-dst"), prefix=PREFIX):
+        self.ns = "%s-xfer" % prefix
         self.dir = os.path.join(rundir, "xfer")
         self.bridges = bridges
         self.pids = []
@@ -277,11 +277,103 @@ class _Pair:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def transfer_one(n, pair, bridge, datapath=False, out=print):
-    """One transfer of ``n`` connections; phases in ms."""
+def _move(src, n, pair, of_dst):
+    """Gather, transfer, import and install the state of ``n`` connections of
+    ``src`` (one move, into a fresh destination core); its figures."""
     import gc
     from middlebox import vmstate
     from middlebox.core import MiddleboxCore
+    # gather (service mode)
+    gc.collect()
+    t0 = time.perf_counter()
+    records = src.gather(VM, "service")
+    t_gather = time.perf_counter() - t0
+    if len(records) != n:
+        raise RuntimeError("gathered %d records, not %d" % (len(records), n))
+    dst = MiddleboxCore(DST_HOST)
+    dst.configure(_slice_config(DST_HOST, DST_TAG), 0.0)
+    pair.n += 1
+    sid, mig = "out-%d" % pair.n, "bench-%d" % pair.n
+    pair.src.connect(sid, pair.address, DST_HOST)
+    pair.wait(pair.src, lambda ev: ev.sid == sid and ev.kind == "connected")
+    # transfer: the source encodes and sends hello, the snapshot and final
+    # (with its digest); the destination has decoded them all.
+    t0 = time.perf_counter()
+    from middlebox.migration import PROTOCOL_VERSION
+    pair.src.send(sid, {"type": "hello", "version": PROTOCOL_VERSION, "migration": mig,
+                        "token": "t" * 32, "vm": VM, "source": SRC_HOST, "destination": DST_HOST})
+    pair.src.send(sid, {"type": "state", "migration": mig, "seq": 1, "kind": "snapshot",
+                        "records": records, "removed": []})
+    sent = {vmstate.record_key(r): r for r in records}
+    pair.src.send(sid, {"type": "final", "migration": mig, "seq": 2, "count": len(sent),
+                        "digest": vmstate.digest(sent.values())})
+    t_encoded = time.perf_counter() - t0
+    del records, sent
+    staged, final, sizes = {}, None, 0
+    in_sid = None
+    while final is None:
+        ev = pair.wait(pair.dst, lambda ev: ev.kind in ("accepted", "message"))
+        if ev.kind == "accepted":
+            in_sid = ev.sid
+            continue
+        sizes += ev.size or 0
+        msg = ev.message
+        if msg["type"] == "state":
+            for rec in msg["records"]:
+                staged[vmstate.record_key(rec)] = rec
+        elif msg["type"] == "final":
+            final = msg
+    t_transfer = time.perf_counter() - t0
+    gc.collect()
+    # import: the destination checks count and digest, then import_vm
+    # (which checks every record first).
+    t0 = time.perf_counter()
+    got = list(staged.values())
+    if final["count"] != len(got) or final["digest"] != vmstate.digest(got):
+        raise RuntimeError("transfer of %d records arrived corrupt" % n)
+    changes, imported = dst.import_vm(VM, got, time.time())
+    t_import = time.perf_counter() - t0
+    del staged, got
+    # flows: the destination's new cache flows into its bridge, to the barrier.
+    t_flows, t_serialize = install(of_dst, changes.add)
+    pair.dst.send(in_sid, {"type": "ack", "migration": mig, "entries": imported,
+                           "flows": len(changes.add)})
+    pair.wait(pair.src, lambda ev: ev.sid == sid and ev.kind == "message"
+              and ev.message.get("type") == "ack")
+    t_total = time.perf_counter() - t0 + t_transfer + t_gather
+    sent_bytes, _ = pair.src.stats(sid)
+    pair.src.close(sid)
+    errors = of_dst.errors
+    if errors:
+        raise RuntimeError("OpenFlow errors installing flows: %s" % errors[:3])
+    if imported != n or dst.conn_count()["total"] != n:
+        raise RuntimeError("imported %d of %d" % (dst.conn_count()["total"], n))
+    return {"t_gather": t_gather, "t_transfer": t_transfer, "t_import": t_import,
+            "t_flows": t_flows, "t_serialize": t_serialize, "t_encoded": t_encoded,
+            "t_total": t_total, "sent_bytes": sent_bytes, "sizes": sizes,
+            "flows": len(changes.add)}
+
+
+def _profile_top(prof, count=12):
+    """The ``count`` functions with the most cumulative time in ``prof``
+    (after the move itself): [[function, cumulative ms]]."""
+    import pstats
+    stats = pstats.Stats(prof).stats
+    rows = []
+    for (path, line, name), (_, _, _, cum, _) in stats.items():
+        if name in ("_move", "<lambda>", "<built-in method gc.collect>") \
+                or name.startswith("<method 'disable'"):
+            continue
+        where = name if path == "~" else "%s:%d(%s)" % (
+            "/".join(path.split("/")[-2:]), line, name)
+        rows.append([where, round(cum * 1000, 1)])
+    rows.sort(key=lambda r: -r[1])
+    return rows[:count]
+
+
+def transfer_one(n, pair, bridge, datapath=False, out=print):
+    """One transfer of ``n`` connections; phases in ms."""
+    import gc
     from ryu_apps import pipeline as P
     t0 = time.perf_counter()
     src, src_flows = build_source(n)
@@ -307,87 +399,37 @@ def transfer_one(n, pair, bridge, datapath=False, out=print):
                                       "flows_dumped": len(entries),
                                       "records": len(dp_records)}
             del entries, dp_records
-        # gather (service mode)
-        gc.collect()
-        t0 = time.perf_counter()
-        records = src.gather(VM, "service")
-        t_gather = time.perf_counter() - t0
-        if len(records) != n:
-            raise RuntimeError("gathered %d records, not %d" % (len(records), n))
-        dst = MiddleboxCore(DST_HOST)
-        dst.configure(_slice_config(DST_HOST, DST_TAG), 0.0)
-        pair.n += 1
-        sid, mig = "out-%d" % pair.n, "bench-%d" % pair.n
-        pair.src.connect(sid, pair.address, DST_HOST)
-        pair.wait(pair.src, lambda ev: ev.sid == sid and ev.kind == "connected")
-        # transfer: the source encodes and sends hello, the snapshot and final
-        # (with its digest); the destination has decoded them all.
-        t0 = time.perf_counter()
-        pair.src.send(sid, {"type": "hello", "version": 1, "migration": mig, "token": "t" * 32,
-                            "vm": VM, "source": SRC_HOST, "destination": DST_HOST})
-        pair.src.send(sid, {"type": "state", "migration": mig, "seq": 1, "kind": "snapshot",
-                            "records": records, "removed": []})
-        sent = {vmstate.record_key(r): r for r in records}
-        pair.src.send(sid, {"type": "final", "migration": mig, "seq": 2, "count": len(sent),
-                            "digest": vmstate.digest(sent.values())})
-        t_encoded = time.perf_counter() - t0
-        del records, sent
-        staged, final, sizes = {}, None, 0
-        in_sid = None
-        while final is None:
-            ev = pair.wait(pair.dst, lambda ev: ev.kind in ("accepted", "message"))
-            if ev.kind == "accepted":
-                in_sid = ev.sid
-                continue
-            sizes += ev.size or 0
-            msg = ev.message
-            if msg["type"] == "state":
-                for rec in msg["records"]:
-                    staged[vmstate.record_key(rec)] = rec
-            elif msg["type"] == "final":
-                final = msg
-        t_transfer = time.perf_counter() - t0
-        del src, src_flows          # the source's part is over: free its memory
-        gc.collect()
-        # import: the destination checks count and digest, then import_vm
-        # (which checks every record first).
-        t0 = time.perf_counter()
-        got = list(staged.values())
-        if final["count"] != len(got) or final["digest"] != vmstate.digest(got):
-            raise RuntimeError("transfer of %d records arrived corrupt" % n)
-        changes, imported = dst.import_vm(VM, got, time.time())
-        t_import = time.perf_counter() - t0
-        del staged, got
-        # flows: the destination's new cache flows into its bridge, to the barrier.
-        t_flows, t_serialize = install(of_dst, changes.add)
-        pair.dst.send(in_sid, {"type": "ack", "migration": mig, "entries": imported,
-                               "flows": len(changes.add)})
-        pair.wait(pair.src, lambda ev: ev.sid == sid and ev.kind == "message"
-                  and ev.message.get("type") == "ack")
-        t_total = time.perf_counter() - t0 + t_transfer + t_gather
-        sent_bytes, _ = pair.src.stats(sid)
-        pair.src.close(sid)
-        errors = of_dst.errors + of_src.errors
-        if errors:
-            raise RuntimeError("OpenFlow errors installing flows: %s" % errors[:3])
-        if imported != n or dst.conn_count()["total"] != n:
-            raise RuntimeError("imported %d of %d" % (dst.conn_count()["total"], n))
+        m = _move(src, n, pair, of_dst)
+        if of_src.errors:
+            raise RuntimeError("OpenFlow errors installing flows: %s" % of_src.errors[:3])
+        t_gather, t_transfer, t_import, t_flows = (m["t_gather"], m["t_transfer"],
+                                                   m["t_import"], m["t_flows"])
+        # The same move again under cProfile (main thread: the channel's
+        # threads, TLS and JSON decoding, show as waiting), for where the
+        # time goes; into the emptied destination bridge.
+        import cProfile
+        bridge._run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge.target("br-dst")])
+        prof = cProfile.Profile()
+        prof.enable()
+        _move(src, n, pair, of_dst)
+        prof.disable()
+        res["profile_top"] = _profile_top(prof)
         phases = {"gather": t_gather, "transfer": t_transfer, "import": t_import,
                   "flows": t_flows}
         res.update({
             "ms": {k: round(v * 1000, 1) for k, v in phases.items()},
             "entries_per_s": {k: round(n / v) for k, v in phases.items()},
-            "encode_ms": round(t_encoded * 1000, 1),
+            "encode_ms": round(m["t_encoded"] * 1000, 1),
             "total_ms": round(sum(phases.values()) * 1000, 1),
-            "total_with_ack_ms": round(t_total * 1000, 1),
-            "wire_bytes": sent_bytes, "message_bytes": sizes,
-            "flows_installed": len(changes.add),
-            "flows_per_s": round(len(changes.add) / t_flows),
-            "flows_serialize_ms": round(t_serialize * 1000, 1)})
+            "total_with_ack_ms": round(m["t_total"] * 1000, 1),
+            "wire_bytes": m["sent_bytes"], "message_bytes": m["sizes"],
+            "flows_installed": m["flows"],
+            "flows_per_s": round(m["flows"] / t_flows),
+            "flows_serialize_ms": round(m["t_serialize"] * 1000, 1)})
         out("transfer %6d connections: gather %.1f ms, transfer %.1f ms, import %.1f ms, "
             "flows %.1f ms (%d flows), %d bytes%s"
             % (n, *(res["ms"][k] for k in ("gather", "transfer", "import", "flows")),
-               len(changes.add), sent_bytes,
+               m["flows"], m["sent_bytes"],
                "; datapath gather %.1f ms" % res["gather_datapath"]["total_ms"]
                if datapath else ""))
         return res
@@ -399,8 +441,8 @@ def transfer_one(n, pair, bridge, datapath=False, out=print):
             bridge._run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge.target(br)])
 
 
-def transfer(sizes=SIZES, datapath_for=(10000,), rundir=RUNDIR, out=print):
-    bridge = Bridge(rundir)
+def transfer(sizes=SIZES, datapath_for=(10000,), rundir=RUNDIR, out=print, prefix=PREFIX):
+    bridge = Bridge(rundir, prefix=prefix)
     pair = None
     try:
         bridge.up()
@@ -655,11 +697,21 @@ def main(argv=None):
     p.add_argument("--moves", type=int, default=10, help="moves per path and system (1-30)")
     p.add_argument("--per-kind", type=int, default=3)
     p.add_argument("--conntrack-runs", type=int, default=2)
+    p.add_argument("--only", choices=("transfer",),
+                   help="run only this part (transfer: the state-move timing by size)")
+    p.add_argument("--rundir", default=RUNDIR, help="run directory (default %(default)s)")
+    p.add_argument("--prefix", default=PREFIX,
+                   help="name prefix of the namespaces (default %(default)s)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("python -m lab.migbench needs root (network namespaces)", file=sys.stderr)
         return 2
     sizes = tuple(int(x) for x in args.sizes.split(",") if x)
+    if args.only == "transfer":
+        res = {"transfer": transfer(sizes, rundir=args.rundir, prefix=args.prefix,
+                                    out=lambda msg: print(msg, file=sys.stderr))}
+        print(json.dumps(res, indent=1, sort_keys=True))
+        return 0
     res = run(sizes, max(1, min(args.moves, 30)), args.per_kind,
               max(1, min(args.conntrack_runs, 10)), out=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(res, indent=1, sort_keys=True))

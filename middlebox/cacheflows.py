@@ -14,7 +14,7 @@ field: the daemon's OpenFlow shell sets it on every cache flow it adds).
 """
 
 from ryu_apps import pipeline as P
-from ryu_apps.ofmodel import Flow, canon_match
+from ryu_apps.ofmodel import Flow
 
 from middlebox.packet import IPPROTO_TCP, IPPROTO_UDP, ip_int, ip_text
 
@@ -44,14 +44,9 @@ def split_cookie(value):
 
 def cache_flow(tag, stage, entry_id, proto, src, dst, sport, dport, verdict, idle_timeout):
     """One cache flow: the packets of the 5-tuple (src/dst as ints) at ``stage``."""
-    fields = {P.REG_SLICE: tag, "eth_type": ETH_TYPE_IP, "ip_proto": proto,
-              "ipv4_src": ip_text(src), "ipv4_dst": ip_text(dst)}
-    names = _L4.get(proto)
-    if names is not None:
-        fields[names[0]] = sport
-        fields[names[1]] = dport
     instructions = (("goto", P.CACHE_NEXT[stage].table_id),) if verdict == "allow" else ()
-    return Flow(P.CACHE_TABLES[stage].table_id, P.PRIO_CACHE_ENTRY, canon_match(**fields),
+    return Flow(P.CACHE_TABLES[stage].table_id, P.PRIO_CACHE_ENTRY,
+                _tuple_match(tag, proto, src, dst, sport, dport),
                 instructions, cookie=cookie(tag, entry_id), idle_timeout=int(idle_timeout))
 
 
@@ -106,16 +101,21 @@ def entry_flows(tag, entry, idle_timeout):
 
 
 def _tuple_match(tag, proto, src, dst, sport, dport, **extra):
-    fields = {"eth_type": ETH_TYPE_IP, "ip_proto": proto, "ipv4_src": ip_text(src),
-              "ipv4_dst": ip_text(dst)}
+    """The canonical match (``canon_match``: sorted by field name) of a
+    5-tuple; built directly, as its values need no canonicalising (numbers,
+    dotted quads, ``extra`` numbers or number pairs)."""
+    items = [("eth_type", ETH_TYPE_IP), ("ip_proto", proto), ("ipv4_src", ip_text(src)),
+             ("ipv4_dst", ip_text(dst))]
     if tag is not None:
-        fields[P.REG_SLICE] = tag
+        items.append((P.REG_SLICE, tag))
     names = _L4.get(proto)
     if names is not None:
-        fields[names[0]] = sport
-        fields[names[1]] = dport
-    fields.update(extra)
-    return canon_match(**fields)
+        items.append((names[0], sport))
+        items.append((names[1], dport))
+    if extra:
+        items.extend(extra.items())
+    items.sort()
+    return tuple(items)
 
 
 def _rewrite(sets, next_table):

@@ -30,7 +30,7 @@ from middlebox.vmstate import RecordError
 
 LOG = logging.getLogger("mbxd.migration")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2         # 2: the digest over compact record arrays
 ACTIVE = ("begun", "streaming", "stunned", "imported")
 FINAL = ("done", "aborted", "fallback")
 STREAM_INTERVAL = 0.1       # s between change messages while streaming

@@ -15,13 +15,23 @@ A thin, non-blocking shell for the daemon's poll loop::
     loop:
         conn.wait(poller); poller.block(); conn.run()   # run() raises OfConnError on drop
 
-Every message is built and read with os-ken's OpenFlow 1.3 parser through
-``ryu_apps.ofmsg`` (the same Flow conventions as the controller), so a cache
-entry installed here and read back from a flow-stats reply compares equal to
-the ``Flow`` the daemon computed.
+Every message is built and read through ``ryu_apps.ofmsg`` (os-ken's
+OpenFlow 1.3 parser, and for FLOW_MODs its byte-identical fast encoder), with
+the same Flow conventions as the controller, so a cache entry installed here
+and read back from a flow-stats reply compares equal to the ``Flow`` the
+daemon computed.
+
+Large batches of flow-mods (``BUNDLE_MIN`` or more in one ``send_flows``)
+go in OpenFlow bundles (the ONF extension of OpenFlow 1.3: atomic, ordered)
+of at most ``BUNDLE_CHUNK`` flow-mods each.  ovs-vswitchd takes a bundle in
+one go, where it takes single flow-mods one by one.  The bundles of a batch
+are committed only once the switch has accepted every message of the batch
+(a barrier after the last one): if any was refused, every bundle of the
+batch is discarded, so nothing of it is applied.  Everything asked for after
+the batch (flow-mods, barriers, stats requests) goes out after the commits.
 """
 
-import dataclasses
+import collections
 import errno
 import logging
 import select
@@ -30,6 +40,7 @@ import struct
 import time
 import types
 
+from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -48,6 +59,33 @@ _ALL_FLOW_REMOVED = ((1 << ofp.OFPRR_IDLE_TIMEOUT) | (1 << ofp.OFPRR_HARD_TIMEOU
 _RECV_SIZE = 65536
 _MAX_RECVS_PER_RUN = 64                 # at most 4 MiB read per run()
 _MAX_SENDS_PER_FLUSH = 64
+BUNDLE_MIN = 256                        # flow-mods in one send_flows that go in bundles
+BUNDLE_CHUNK = 10000                    # flow-mods per bundle, at most
+_FLUSH_EVERY = 1023                     # write a batch every 1024 flow-mods (mask)
+_BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+# OFPT_EXPERIMENTER header, ONF experimenter id and type, then the bundle
+# control body (bundle id, type, flags) or the bundle-add head (bundle id,
+# pad, flags) followed by the message.
+_BUNDLE_CTRL = struct.Struct("!BBHIIIIHH")
+_BUNDLE_ADD = struct.Struct("!BBHIIII2xH")
+
+
+class _BundleBatch:
+    """The bundles of one send_flows call, until the switch has seen them."""
+
+    __slots__ = ("ids", "first_xid", "last_xid", "failed", "flow_mods")
+
+    def __init__(self, first_xid):
+        self.ids = []
+        self.first_xid = first_xid
+        self.last_xid = first_xid
+        self.failed = None              # (xid, type, code) of the first error
+        self.flow_mods = 0
+
+    def has(self, xid):
+        if self.first_xid <= self.last_xid:
+            return self.first_xid <= xid <= self.last_xid
+        return xid >= self.first_xid or xid <= self.last_xid       # the xids wrapped
 
 
 class OfConnError(MbxError, ConnectionError):
@@ -93,8 +131,16 @@ class OfConn:
         self._xid = 0
         self._stats_parts = {}          # xid -> entries so far (request pending)
         self._broken = None             # why the last write failed (run() raises it)
+        self._encoder = ofmsg.FlowModEncoder()
+        self._bundle_id = 0
+        self._batches = {}              # check barrier xid -> _BundleBatch (undecided)
+        # Output asked for while a bundle batch is undecided, in order:
+        # [bytes, _BundleBatch or None]; a batch's own messages carry it.
+        self._held = collections.deque()
         # Counters (for metrics).
         self.flow_mods_sent = 0
+        self.bundles_committed = 0
+        self.bundles_discarded = 0
         self.bytes_sent = 0
         self.messages_received = 0
         self.errors_received = 0
@@ -249,6 +295,9 @@ class OfConn:
         self._outbuf.clear()
         self._inbuf.clear()
         self._stats_parts.clear()
+        # The switch drops the bundles of a connection that goes.
+        self._batches.clear()
+        self._held.clear()
 
     # ------------------------------------------------------------- poll loop
     def wait(self, poller):
@@ -336,14 +385,17 @@ class OfConn:
     def _dispatch(self, version, msg_type, length, xid, msg):
         if msg_type == ofp.OFPT_ECHO_REQUEST:
             self._queue(_HEADER.pack(OF13, ofp.OFPT_ECHO_REPLY, length, xid)
-                        + msg[_HEADER.size:])
+                        + msg[_HEADER.size:], hold=False)
         elif msg_type == ofp.OFPT_FLOW_REMOVED:
             if self.on_flow_removed is not None:
                 self._flow_removed(self._parse(version, msg_type, length, xid, msg))
         elif msg_type == ofp.OFPT_MULTIPART_REPLY:
             self._multipart_reply(self._parse(version, msg_type, length, xid, msg))
         elif msg_type == ofp.OFPT_BARRIER_REPLY:
-            if self.on_barrier is not None:
+            batch = self._batches.pop(xid, None)
+            if batch is not None:
+                self._decide(batch)
+            elif self.on_barrier is not None:
                 self.on_barrier(xid)
         elif msg_type == ofp.OFPT_ERROR:
             self.errors_received += 1
@@ -352,6 +404,9 @@ class OfConn:
             LOG.warning("OpenFlow error from %s for xid %d: %s", self.target, xid,
                         self._error_text(msg))
             self._stats_parts.pop(xid, None)
+            for batch in self._batches.values():
+                if batch.failed is None and batch.has(xid):
+                    batch.failed = (xid, err_type, code)
             if self.on_error is not None:
                 self.on_error(xid, err_type, code)
         # HELLO, ECHO_REPLY, PACKET_IN, PORT_STATUS, ...: not for the daemon.
@@ -406,42 +461,118 @@ class OfConn:
         msg.serialize()
         return msg.buf
 
-    def _queue(self, data):
+    def _queue(self, data, hold=True, batch=None):
         """Queue ``data`` and write what the socket takes now.  Disconnected:
         the request is dropped (and counted); the daemon resynchronises from a
-        flow-stats dump after it reconnects, as flows outlive a connection."""
+        flow-stats dump after it reconnects, as flows outlive a connection.
+        While a bundle batch is undecided, output waits behind it (``hold``;
+        ``batch``: this is a new batch's own messages)."""
         if self.sock is None or self._broken:
             self.requests_dropped += 1
             return
+        if hold and (self._held or self._batches):
+            self._held.append((data, batch))
+            return
         self._outbuf += data
+        if batch is not None:
+            self._batches[batch.last_xid] = batch
         self._flush()
 
-    def send_flows(self, add=(), delete=(), send_flow_rem=True):
+    def _decide(self, batch):
+        """The switch has seen every message of ``batch``: commit its bundles,
+        or discard them all if it refused one; then what waited goes out."""
+        kind = ofp.ONF_BCT_DISCARD_REQUEST if batch.failed else ofp.ONF_BCT_COMMIT_REQUEST
+        out = bytearray()
+        for bundle_id in batch.ids:
+            out += _BUNDLE_CTRL.pack(OF13, ofp.OFPT_EXPERIMENTER, _BUNDLE_CTRL.size,
+                                     self._next_xid(), ofproto_common.ONF_EXPERIMENTER_ID,
+                                     ofp.ONF_ET_BUNDLE_CONTROL, bundle_id, kind, _BUNDLE_FLAGS)
+        if batch.failed:
+            self.bundles_discarded += len(batch.ids)
+            LOG.warning("%s: %d flow-mods in %d bundles discarded, none applied: the "
+                        "switch refused xid %d", self.target, batch.flow_mods,
+                        len(batch.ids), batch.failed[0])
+        else:
+            self.bundles_committed += len(batch.ids)
+        self._outbuf += out
+        while self._held:
+            data, waiting = self._held.popleft()
+            self._outbuf += data
+            if waiting is not None:
+                self._batches[waiting.last_xid] = waiting
+                break                   # what follows waits for that batch
+        self._flush()
+
+    def send_flows(self, add=(), delete=(), send_flow_rem=True, bundle=None):
         """Queue FLOW_MODs: first one 'delete_strict' per flow of ``delete``
         (its exact cookie, priority and match), then one 'add' per flow of
         ``add`` (with OFPFF_SEND_FLOW_REM when ``send_flow_rem``).  Everything
         goes out in as few socket writes as the socket accepts; the rest is
         sent from ``run()``.  Returns the xids, deletes first, in order (an
-        OFPT_ERROR for one of them names it)."""
+        OFPT_ERROR for one of them names it).
+
+        ``bundle``: send them in bundles (see the module doc); None: when
+        there are ``BUNDLE_MIN`` or more."""
+        encode = self._encoder.encode
+        xid = self._xid
         xids = []
         chunks = []
         for flow in delete:
-            msg = ofmsg.to_flow_mod(self.dp, dataclasses.replace(flow, instructions=()),
-                                    "delete_strict")
-            xid = self._next_xid()
-            chunks.append(self._serialize(msg, xid))
+            xid = xid % 0xFFFFFFFF + 1
+            chunks.append(encode(flow, "delete_strict", 0, xid, True))
             xids.append(xid)
         flags = ofp.OFPFF_SEND_FLOW_REM if send_flow_rem else 0
         for flow in add:
-            msg = ofmsg.to_flow_mod(self.dp, flow, "add")
-            msg.flags = flags
-            xid = self._next_xid()
-            chunks.append(self._serialize(msg, xid))
+            xid = xid % 0xFFFFFFFF + 1
+            chunks.append(encode(flow, "add", flags, xid))
             xids.append(xid)
-        if chunks:
-            self.flow_mods_sent += len(chunks)
+        self._xid = xid
+        if not chunks:
+            return xids
+        self.flow_mods_sent += len(chunks)
+        if bundle or (bundle is None and len(chunks) >= BUNDLE_MIN):
+            self._send_bundles(chunks, xids)
+        else:
             self._queue(b"".join(chunks))
         return xids
+
+    def _send_bundles(self, chunks, xids):
+        """Open bundles, add ``chunks`` (FLOW_MODs with ``xids``) to them and
+        ask for a barrier: its reply decides (``_decide``).  With nothing
+        waiting, the messages are written as they are made, so the switch
+        reads them meanwhile."""
+        batch = _BundleBatch(xids[0])   # its xids run from there to the barrier's
+        batch.flow_mods = len(chunks)
+        direct = not (self._held or self._batches) and self.sock is not None \
+            and not self._broken
+        out = bytearray()
+        ctrl, add = _BUNDLE_CTRL.pack, _BUNDLE_ADD.pack
+        onf, head = ofproto_common.ONF_EXPERIMENTER_ID, _BUNDLE_ADD.size
+        for start in range(0, len(chunks), BUNDLE_CHUNK):
+            self._bundle_id = self._bundle_id % 0xFFFFFFFF + 1
+            bundle_id = self._bundle_id
+            batch.ids.append(bundle_id)
+            out += ctrl(OF13, ofp.OFPT_EXPERIMENTER, _BUNDLE_CTRL.size, self._next_xid(), onf,
+                        ofp.ONF_ET_BUNDLE_CONTROL, bundle_id, ofp.ONF_BCT_OPEN_REQUEST,
+                        _BUNDLE_FLAGS)
+            for i in range(start, min(start + BUNDLE_CHUNK, len(chunks))):
+                msg = chunks[i]
+                # The message keeps its xid: an error for it names it.
+                out += add(OF13, ofp.OFPT_EXPERIMENTER, head + len(msg), xids[i], onf,
+                           ofp.ONF_ET_BUNDLE_ADD_MESSAGE, bundle_id, _BUNDLE_FLAGS)
+                out += msg
+                if direct and not i & _FLUSH_EVERY:
+                    self._outbuf += out
+                    out.clear()
+                    self._flush()
+        batch.last_xid = self._next_xid()
+        out += _HEADER.pack(OF13, ofp.OFPT_BARRIER_REQUEST, _HEADER.size, batch.last_xid)
+        if direct:
+            self._outbuf += out
+            self._batches[batch.last_xid] = batch
+            self._flush()
+        else:
+            self._queue(bytes(out), batch=batch)
 
     def request_flow_stats(self, cookie, cookie_mask):
         """Ask for every flow (all tables) whose cookie matches under the mask;

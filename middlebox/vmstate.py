@@ -18,8 +18,11 @@ is named by its chain (the middlebox names in order), never by a tag, since
 tags are per host.
 """
 
+import contextlib
+import gc
 import hashlib
 import json
+from operator import itemgetter
 
 from middlebox import cacheflows as CF
 from middlebox.conntrack import (ALLOW, CLOSED, CLOSING, DENY, ESTABLISHED, KNOWN_STATES, FLOW_BOTH, FLOW_FROM_VM,
@@ -53,18 +56,54 @@ def record_key(rec):
     return (tuple(rec["chain"]), tuple(rec["conn"]))
 
 
+_ROW = itemgetter(*RECORD_FIELDS)
+_ROW_KEY = itemgetter(0, 3)                 # chain, conn
+
+
 def digest(records):
-    """sha256 (hex) of a set of records, independent of their order."""
-    items = sorted((json.dumps(record_key(r)), json.dumps(r, sort_keys=True,
-                                                          separators=(",", ":")))
-                   for r in records)
-    h = hashlib.sha256()
-    for key, body in items:
-        h.update(key.encode())
-        h.update(b"\0")
-        h.update(body.encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    """sha256 (hex) of a set of records, independent of their order: of the
+    compact JSON array of their fields (``RECORD_FIELDS``, in that order),
+    sorted by slice and connection."""
+    try:
+        rows = list(map(_ROW, records))
+    except (KeyError, TypeError):
+        rows = [[rec.get(f) if isinstance(rec, dict) else None for f in RECORD_FIELDS]
+                for rec in records]
+    try:
+        rows.sort(key=_ROW_KEY)
+    except TypeError:                       # malformed: still one answer
+        rows.sort(key=repr)
+    body = json.dumps(rows, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """No cyclic garbage collection meanwhile: building or reading 100k
+    records (each a dict with lists) would otherwise set off full
+    collections over everything the daemon holds, again and again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+_ADDRESSES = {}                             # dotted quad -> int, valid ones only
+
+
+def _ip(text):
+    """``ip_int`` (same errors), remembering the answers: a transfer names
+    the same few addresses over and over."""
+    value = _ADDRESSES.get(text)
+    if value is None:
+        value = ip_int(text)
+        if len(_ADDRESSES) >= 65536:
+            _ADDRESSES.clear()
+        _ADDRESSES[text] = value
+    return value
 
 
 def _conn(k):
@@ -132,12 +171,18 @@ class VmStateMixin:
         bytes)`` of the VM's slices."""
         if mode not in GATHER_MODES:
             raise ValueError("gather mode %r is not one of %s" % (mode, ", ".join(GATHER_MODES)))
+        with gc_paused():
+            return self._gather(vm, mode, flows)
+
+    def _gather(self, vm, mode, flows):
         out = []
         for s, spec in self.vm_slices(vm):
             table = s.tables.get(vm)
             entries = list(table.entries.values()) if table is not None else []
             if mode == "service":
-                out.extend(self._record(s, e) for e in entries)
+                chain, switch = list(chain_of(s.config)), s.config.switch
+                record = self._record
+                out.extend([record(s, e, chain=chain, switch=switch) for e in entries])
                 continue
             found = self._datapath_records(s, spec, flows)
             if mode == "datapath":
@@ -157,7 +202,7 @@ class VmStateMixin:
             # Flows of connections the service no longer holds: dropped.
         return out
 
-    def _record(self, s, e, fresh=None):
+    def _record(self, s, e, fresh=None, chain=None, switch=None):
         x = e.xlate
         counts = [e.packets_orig, e.bytes_orig, e.packets_reply, e.bytes_reply]
         if fresh is not None:
@@ -174,8 +219,11 @@ class VmStateMixin:
         home = None
         if x is not None and x.kind == "snat":
             home = x.home or self.host
-        return {"chain": list(chain_of(s.config)), "switch": s.config.switch, "vm": e.vm,
-                "conn": _conn(e.key), "origin": e.origin, "verdict": e.verdict,
+        k = e.key
+        return {"chain": list(chain or chain_of(s.config)),
+                "switch": s.config.switch if switch is None else switch, "vm": e.vm,
+                "conn": [k.proto, ip_text(k.vm_ip), k.vm_port, ip_text(k.peer_ip), k.peer_port],
+                "origin": e.origin, "verdict": e.verdict,
                 "state": e.state, "fins": e.fins, "created": e.created,
                 "last_seen": e.last_seen, "counts": counts,
                 "flows": e.flows & FLOW_BOTH, "flow_timeout": e.flow_timeout,
@@ -280,84 +328,106 @@ class VmStateMixin:
     def check_records(self, vm, records):
         """Raise RecordError unless every record is one this host may import
         for ``vm``: the VM's own, into a slice of its own switch (tenant)."""
-        slices = {chain_of(s.config): (s, spec) for s, spec in self.vm_slices(vm)}
+        with gc_paused():
+            self._checked(vm, records)
+
+    def _checked(self, vm, records):
+        """``check_records``; returns, per record in order, ``(slice, ConnKey,
+        Xlate or None, record)`` (everything parsed once)."""
+        slices = {chain_of(s.config): (s, spec, _ip(spec.ip), spec.mac)
+                  for s, spec in self.vm_slices(vm)}
         if not isinstance(records, list):
             raise RecordError("records are not a list")
         seen = set()
+        out = []
+        ports = range(65536)
         for i, rec in enumerate(records):
-            where = "record %d" % i
             if not isinstance(rec, dict):
-                raise RecordError("%s is not an object" % where)
+                raise RecordError("record %d is not an object" % i)
             try:
                 if rec.get("vm") != vm:
-                    raise RecordError("%s is for VM %r, not %s" % (where, rec.get("vm"), vm))
+                    raise RecordError("record %d is for VM %r, not %s" % (i, rec.get("vm"), vm))
                 chain = tuple(rec["chain"])
                 got = slices.get(chain)
                 if got is None or rec.get("switch") != got[0].config.switch:
-                    raise RecordError("%s: chain %s is not a slice of %s's switch on %s"
-                                      % (where, ",".join(map(str, chain)), vm, self.host))
-                s, spec = got
-                proto, vm_ip, vm_port, peer_ip, peer_port = rec["conn"]
-                if ip_int(vm_ip) != ip_int(spec.ip):
-                    raise RecordError("%s: address %s is not %s's" % (where, vm_ip, vm))
+                    raise RecordError("record %d: chain %s is not a slice of %s's switch on %s"
+                                      % (i, ",".join(map(str, chain)), vm, self.host))
+                s, spec, own_ip, own_mac = got
+                conn = rec["conn"]
+                proto, vm_ip, vm_port, peer_ip, peer_port = conn
+                if _ip(vm_ip) != own_ip:
+                    raise RecordError("record %d: address %s is not %s's" % (i, vm_ip, vm))
                 for port in (vm_port, peer_port):
-                    if not isinstance(port, int) or not 0 <= port <= 65535:
-                        raise RecordError("%s: bad port %r" % (where, port))
-                if not isinstance(proto, int) or not 0 <= proto <= 255:
-                    raise RecordError("%s: bad protocol %r" % (where, proto))
-                ip_int(peer_ip)
+                    if type(port) is not int or port not in ports:     # noqa: E721 - no bools
+                        raise RecordError("record %d: bad port %r" % (i, port))
+                if type(proto) is not int or not 0 <= proto <= 255:    # noqa: E721
+                    raise RecordError("record %d: bad protocol %r" % (i, proto))
+                key = ConnKey(proto, own_ip, vm_port, _ip(peer_ip), peer_port)
                 if rec["origin"] not in (OUT, IN) or rec["verdict"] not in (ALLOW, DENY):
-                    raise RecordError("%s: bad origin or verdict" % where)
+                    raise RecordError("record %d: bad origin or verdict" % i)
                 if rec["state"] not in KNOWN_STATES:
-                    raise RecordError("%s: bad state %r" % (where, rec["state"]))
-                if not isinstance(rec["flows"], int) or rec["flows"] & ~FLOW_BOTH:
-                    raise RecordError("%s: bad flows %r" % (where, rec["flows"]))
+                    raise RecordError("record %d: bad state %r" % (i, rec["state"]))
+                flows = rec["flows"]
+                if not isinstance(flows, int) or flows & ~FLOW_BOTH:
+                    raise RecordError("record %d: bad flows %r" % (i, flows))
                 counts = rec["counts"]
                 if len(counts) != 4 or not all(isinstance(n, int) and n >= 0 for n in counts):
-                    raise RecordError("%s: bad counters" % where)
-                for name in ("created", "last_seen"):
-                    float(rec[name])
+                    raise RecordError("record %d: bad counters" % i)
+                float(rec["created"])
+                float(rec["last_seen"])
                 int(rec["fins"])
-                if not isinstance(rec["flow_timeout"], int) or rec["flow_timeout"] < 0:
-                    raise RecordError("%s: bad flow timeout" % where)
+                timeout = rec["flow_timeout"]
+                if not isinstance(timeout, int) or timeout < 0:
+                    raise RecordError("record %d: bad flow timeout" % i)
                 xl = rec.get("xlate")
+                x = None
                 if xl is not None:
                     kind, xvm, xvport, xpeer, xpport, vm_mac, peer_mac, service = xl
-                    if kind not in XLATE_KINDS or str(vm_mac).lower() != spec.mac:
-                        raise RecordError("%s: bad translation" % where)
-                    ip_int(xvm)
-                    ip_int(xpeer)
+                    vm_mac = str(vm_mac).lower()
+                    if kind not in XLATE_KINDS or vm_mac != own_mac:
+                        raise RecordError("record %d: bad translation" % i)
+                    xvm, xpeer = _ip(xvm), _ip(xpeer)
                     if not all(isinstance(p, int) and 0 <= p <= 65535
                                for p in (xvport, xpport)):
-                        raise RecordError("%s: bad translated port" % where)
-                    if kind == "snat" and not isinstance(rec.get("home"), str):
-                        raise RecordError("%s: SNAT record without its home host" % where)
+                        raise RecordError("record %d: bad translated port" % i)
+                    home = None
+                    if kind == "snat":
+                        home = rec.get("home")
+                        if not isinstance(home, str):
+                            raise RecordError("record %d: SNAT record without its home host"
+                                              % i)
+                    x = Xlate(kind, xvm, xvport, xpeer, xpport, vm_mac, str(peer_mac).lower(),
+                              str(service), None if home == self.host else home)
             except RecordError:
                 raise
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-                raise RecordError("%s: malformed (%s: %s)" % (where, type(err).__name__, err))
-            key = (chain, tuple(rec["conn"]))
-            if key in seen:
-                raise RecordError("%s: connection listed twice" % where)
-            seen.add(key)
+                raise RecordError("record %d: malformed (%s: %s)" % (i, type(err).__name__, err))
+            seen_key = (chain, key)
+            if seen_key in seen:
+                raise RecordError("record %d: connection listed twice" % i)
+            seen.add(seen_key)
+            out.append((s, key, x, rec))
+        return out
 
     def import_vm(self, vm, records, now):
         """Apply a checked transfer: the VM's connections in these slices
         become exactly ``records`` (stale entries of an earlier stay go).
         Returns (FlowChanges, entries imported)."""
+        with gc_paused():
+            return self._import_vm(vm, records, now)
+
+    def _import_vm(self, vm, records, now):
         from middlebox.core import FlowChanges, Result
-        self.check_records(vm, records)
-        slices = {chain_of(s.config): s for s, _ in self.vm_slices(vm)}
+        checked = self._checked(vm, records)
         changes = FlowChanges()
-        for s in slices.values():
+        for s, _ in self.vm_slices(vm):
             table = s.tables.get(vm)
             if table is not None:
                 for e in table:
                     changes.delete.extend(self._forget(s, table, e))
-        for rec in records:
-            s = slices[tuple(rec["chain"])]
-            proto, vm_ip, vm_port, peer_ip, peer_port = rec["conn"]
-            key = ConnKey(proto, ip_int(vm_ip), vm_port, ip_int(peer_ip), peer_port)
+        add = changes.add
+        entries = self._entries
+        for s, key, x, rec in checked:
             table = s.table(vm)
             entry_id = self._alloc_id(s.tag)
             e = ConnEntry(key, rec["origin"], rec["verdict"], float(rec["created"]),
@@ -366,31 +436,25 @@ class VmStateMixin:
             e.last_seen = float(rec["last_seen"])
             e.packets_orig, e.bytes_orig, e.packets_reply, e.bytes_reply = rec["counts"]
             e.flow_timeout = rec["flow_timeout"]
-            xl = rec.get("xlate")
-            if xl is not None:
-                kind, xvm, xvport, xpeer, xpport, vm_mac, peer_mac, service = xl
-                home = rec.get("home") if kind == "snat" else None
-                e.xlate = Xlate(kind, ip_int(xvm), xvport, ip_int(xpeer), xpport,
-                                str(vm_mac).lower(), str(peer_mac).lower(), str(service),
-                                None if home == self.host else home)
+            e.xlate = x
             e.refresh(max(now, e.last_seen), s.timeouts)
             table.add(e)
-            self._entries[s.tag << CF.TAG_SHIFT | entry_id] = e
-            if e.xlate is not None:
-                changes.delete.extend(self._drop_forwarder(self._wire_key(e)))
-                x = e.xlate
+            entries[s.tag << CF.TAG_SHIFT | entry_id] = e
+            if x is not None:
+                if self._fwd_by_wire:
+                    changes.delete.extend(self._drop_forwarder(self._wire_key(e)))
                 if x.kind == "snat" and not x.away:
                     got = self._snat.get(x.service)
                     if got is not None and got[1].ip == x.vm_ip:
-                        got[1].reserve(proto, x.vm_port)
+                        got[1].reserve(key.proto, x.vm_port)
                 res = Result(ALLOW)
                 self._bind(s, e, res)
-                changes.add.extend(res.add)
+                add.extend(res.add)
             bits = rec["flows"] if s.offload else 0
             if bits:
-                timeout = e.flow_timeout or s.timeouts.for_state(proto, e.state, e.verdict)
+                timeout = e.flow_timeout or s.timeouts.for_state(key.proto, e.state, e.verdict)
                 e.flow_timeout = timeout
-                changes.add.extend(self._flows_of(e, bits, timeout))
+                add.extend(self._flows_of(e, bits, timeout))
                 e.flows |= bits
         self.counters["flows_added"] += len(changes.add)
         self.counters["flows_deleted"] += len(changes.delete)

@@ -300,6 +300,26 @@ def test_switch_error_names_the_request(host, ofconn):
     assert dumped_cookies(host) == {good.cookie}
 
 
+def test_a_large_batch_is_installed_whole_or_not_at_all(host, ofconn):
+    """Bundles (BUNDLE_MIN or more flow-mods): all of a good batch is in the
+    datapath at the barrier; a batch with one flow the switch refuses leaves
+    nothing of itself, and the error names that flow's xid."""
+    from middlebox import ofconn as O
+    conn, events = ofconn
+    flows = [cache_flow(100 + i, 10000 + i) for i in range(O.BUNDLE_MIN + 10)]
+    conn.send_flows(add=flows)
+    sync(conn, events)
+    assert dumped_cookies(host) == {f.cookie for f in flows}
+    assert conn.bundles_committed == 1 and not events.errors
+    backwards = Flow(FROM_VM_CACHE, 1, (), (("goto", 3),), cookie=DAEMON_COOKIE | 9)
+    more = [cache_flow(1000 + i, 20000 + i) for i in range(O.BUNDLE_MIN)]
+    xids = conn.send_flows(add=more[:5] + [backwards] + more[5:], delete=flows[:3])
+    sync(conn, events)
+    assert [e[0] for e in events.errors] == [xids[3 + 5]]
+    assert conn.bundles_discarded == 1
+    assert dumped_cookies(host) == {f.cookie for f in flows}      # the deletes too: undone
+
+
 def test_install_2000_flows_rate(host, ofconn):
     conn, events = ofconn
     flows = [cache_flow(100 + i, 10000 + i) for i in range(2000)]

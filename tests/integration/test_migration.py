@@ -21,6 +21,7 @@ import pytest
 
 from lab import ctbaseline as CT
 from lab.lab import Lab
+from middlebox.migration import PROTOCOL_VERSION
 from lab.migscenario import Scenario
 from lab.sh import wait_until
 
@@ -272,7 +273,7 @@ def script(lab, row, messages, host="h1", cert_host="h1", pki=None, **kw):
 
 
 def transfer(row, records, digest="auto", count=None):
-    msgs = [{"type": "hello", "version": 1, "migration": row["uuid"], "token": row["token"],
+    msgs = [{"type": "hello", "version": PROTOCOL_VERSION, "migration": row["uuid"], "token": row["token"],
              "vm": row["vm"], "source": "h1", "destination": "h3"},
             {"type": "state", "migration": row["uuid"], "seq": 1, "kind": "snapshot",
              "records": records, "removed": []},

@@ -157,7 +157,7 @@ class Pair:
 
 def transfer(records, uuid=UUID, token=TOKEN, vm="c1"):
     """A source's messages for ``records``: hello, snapshot, final."""
-    return [{"type": "hello", "version": 1, "migration": uuid, "token": token, "vm": vm,
+    return [{"type": "hello", "version": migration.PROTOCOL_VERSION, "migration": uuid, "token": token, "vm": vm,
              "source": "h1", "destination": "h2"},
             {"type": "state", "migration": uuid, "seq": 1, "kind": "snapshot",
              "records": records, "removed": []},

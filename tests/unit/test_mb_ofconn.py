@@ -278,3 +278,120 @@ def test_dump_flows_blocks_for_the_whole_reply_or_fails_clearly(switch):
     replier.join(5)
     with pytest.raises(OfConnError, match="no flow stats reply within 0.2s"):
         conn.dump_flows(COOKIE, COOKIE, timeout=0.2)
+
+
+# ------------------------------------------------------------------ bundles
+ONF = 0x4F4E4600
+BUNDLE_CTRL, BUNDLE_ADD = 2300, 2301
+
+
+def read_until_barrier(sock):
+    """Messages up to and including the next BARRIER_REQUEST: [(type, xid, bytes)]."""
+    out = []
+    while not out or out[-1][0] != ofp.OFPT_BARRIER_REQUEST:
+        out.append(read_msg(sock))
+    return out
+
+
+def bundle_ctrl(data):
+    """(experimenter, exp_type, bundle id, control type, flags) of a bundle control."""
+    return struct.unpack_from("!IIIHH", data, 8)
+
+
+def no_more(sock, wait=0.2):
+    r, _, _ = select.select([sock], [], [], wait)
+    return not r
+
+
+def test_a_large_batch_goes_in_bundles_committed_after_the_switch_saw_them(switch,
+                                                                            monkeypatch):
+    sw, conn, rec = switch
+    import middlebox.ofconn as O
+    monkeypatch.setattr(O, "BUNDLE_CHUNK", 300)
+    flows = [cache_flow(i, 1000 + i) for i in range(O.BUNDLE_MIN + 400)]
+    old = cache_flow(9999, 999)
+    xids = conn.send_flows(add=flows, delete=[old])
+    barrier = conn.barrier()
+    msgs = read_until_barrier(sw.peer)
+    check = msgs[-1][1]
+    assert check != barrier                 # the switch answers the batch's own first
+    opens = [m for m in msgs if m[0] == ofp.OFPT_EXPERIMENTER
+             and bundle_ctrl(m[2])[1] == BUNDLE_CTRL]
+    adds = [m for m in msgs if m[0] == ofp.OFPT_EXPERIMENTER
+            and bundle_ctrl(m[2])[1] == BUNDLE_ADD]
+    assert len(msgs) == len(opens) + len(adds) + 1
+    ids = [bundle_ctrl(m[2])[2] for m in opens]
+    assert [bundle_ctrl(m[2])[3:] for m in opens] == [(ofp.ONF_BCT_OPEN_REQUEST, 3)] * 3
+    assert len(set(ids)) == 3               # 1 delete + 656 adds in bundles of 300
+    # Each add carries, with the flow-mod's own xid, exactly what a single
+    # flow-mod would have been: the delete first, then the adds in order.
+    assert [m[1] for m in adds] == xids
+    want = [ofmsg.to_flow_mod(DP, Flow(**{**old.__dict__, "instructions": ()}),
+                              "delete_strict")]
+    for f in flows:
+        want.append(ofmsg.to_flow_mod(DP, f, "add"))
+        want[-1].flags = ofp.OFPFF_SEND_FLOW_REM
+    for m, (_, xid, data), n in zip(want, adds, range(len(adds))):
+        m.set_xid(xid)
+        m.serialize()
+        assert data[24:] == bytes(m.buf)
+        assert struct.unpack_from("!I2xH", data, 16) == (ids[n // 300], 3)
+    # Nothing else goes out (the caller's barrier waits) until the batch is decided.
+    assert no_more(sw.peer)
+    sw.peer.sendall(header(ofp.OFPT_BARRIER_REPLY, xid=check))
+    pump(conn, lambda: conn.bundles_committed == 3)
+    after = read_until_barrier(sw.peer)
+    assert [bundle_ctrl(m[2])[2:4] for m in after[:-1]] == \
+        [(i, ofp.ONF_BCT_COMMIT_REQUEST) for i in ids]
+    assert after[-1][1] == barrier
+    sw.peer.sendall(header(ofp.OFPT_BARRIER_REPLY, xid=barrier))
+    pump(conn, lambda: rec.barriers)
+    assert rec.barriers == [barrier] and not rec.errors     # not the batch's own barrier
+    assert conn.flow_mods_sent == len(flows) + 1
+
+
+def test_a_refused_message_discards_the_whole_batch(switch):
+    sw, conn, rec = switch
+    import middlebox.ofconn as O
+    flows = [cache_flow(i, 1000 + i) for i in range(O.BUNDLE_MIN)]
+    xids = conn.send_flows(add=flows)
+    later = conn.send_flows(add=[cache_flow(5000, 5000)])     # small: a plain flow-mod
+    msgs = read_until_barrier(sw.peer)
+    (bundle_id,) = {bundle_ctrl(m[2])[2] for m in msgs[:-1]}
+    error = struct.pack("!HH", ofp.OFPET_BAD_INSTRUCTION, ofp.OFPBIC_BAD_TABLE_ID) + b"\0" * 8
+    sw.peer.sendall(header(ofp.OFPT_ERROR, error, xid=xids[7])
+                    + header(ofp.OFPT_BARRIER_REPLY, xid=msgs[-1][1]))
+    pump(conn, lambda: conn.bundles_discarded)
+    assert rec.errors == [(xids[7], ofp.OFPET_BAD_INSTRUCTION, ofp.OFPBIC_BAD_TABLE_ID)]
+    discard = read_msg(sw.peer)
+    assert bundle_ctrl(discard[2])[2:4] == (bundle_id, ofp.ONF_BCT_DISCARD_REQUEST)
+    assert conn.bundles_committed == 0
+    # What was asked for after the batch goes out after the discard, as asked.
+    msg_type, xid, data = read_msg(sw.peer)
+    assert (msg_type, xid) == (ofp.OFPT_FLOW_MOD, later[0])
+
+
+def test_a_small_batch_is_plain_flow_mods(switch):
+    sw, conn, _ = switch
+    import middlebox.ofconn as O
+    flows = [cache_flow(i, 1000 + i) for i in range(O.BUNDLE_MIN - 1)]
+    xids = conn.send_flows(add=flows)
+    got = [read_msg(sw.peer) for _ in flows]
+    assert [(t, x) for t, x, _ in got] == [(ofp.OFPT_FLOW_MOD, x) for x in xids]
+    assert no_more(sw.peer)
+    forced = conn.send_flows(add=flows[:2], bundle=True)
+    msgs = read_until_barrier(sw.peer)
+    assert [m[1] for m in msgs[:-1] if bundle_ctrl(m[2])[1] == BUNDLE_ADD] == forced
+
+
+def test_a_lost_connection_forgets_the_undecided_batch(switch):
+    sw, conn, _ = switch
+    import middlebox.ofconn as O
+    conn.send_flows(add=[cache_flow(i, 1000 + i) for i in range(O.BUNDLE_MIN)])
+    conn.barrier()
+    read_until_barrier(sw.peer)
+    sw.peer.close()
+    sw.peer = None
+    with pytest.raises(OfConnError):
+        pump(conn, lambda: False)
+    assert not conn._batches and not conn._held
