@@ -8,8 +8,12 @@ APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
 
 .PHONY: demo test unit deps apt venv lab-down clean bench
 
-bench: deps
-	.venv/bin/python -m lab.bench
+bench: deps $(VENV)/.bench-installed
+	$(VENV)/bin/python -m lab.bench
+
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-bench.txt
+	touch $@
 
 demo: deps
 	$(VENV)/bin/mbx-lab demo

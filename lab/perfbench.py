@@ -17,12 +17,11 @@ every VM on 5201.  The plain twin ``ls-plain`` (10.9.0.0/24, VNI
 (h1), ``ppe`` where peer is (h3), ``pb1``/``pb2`` where b1 (h2) and b2 (h3)
 are.
 
-Two labs, one after the other (the lab's addresses are fixed, so two cannot
-be up at once): the mbx lab measures plain and mbx, the conntrack lab
-measures plain (forwarded by the conntrack pipeline's plain table) and
-ct-baseline, alternating within each lab round by round.  Ratios to plain
-are within one lab; mbx / ct-baseline is given raw and normalised by each
-lab's own plain figure.
+Two labs up at once (each lab lives in its own namespaces): the mbx lab
+(plain and mbx) and the conntrack lab (ct-baseline, and its plain twin
+forwarded by the conntrack pipeline's plain table, ``plain-ct``: the same
+physical path as plain, which shows the noise between the labs).  Every
+round measures the four in turn, the order reversed every other round.
 
 Measured, per system and round:
 
@@ -34,6 +33,11 @@ Measured, per system and round:
   from one client thread (the first packet's latency: connect time) and
   from ``workers`` threads (connections per second), to the VIP (plain: to
   pb1), on one host and through SNAT.
+
+Then, on h3 (both ends of the ``same`` case): the CPU ovs-vswitchd and
+mbxd spend per new connection (``cpu_split``), a cProfile of mbxd under that
+load (``profile_mbxd``), and how fast shared state reaches every host
+(``shared_state_convergence``).
 
 ``run(rounds, seconds, conns, workers, out)`` returns the raw samples and
 ``summarize(raw)`` the medians and ratios.
@@ -119,7 +123,10 @@ def build_mbx(lab, rundir, out):
     the plain twin."""
     from lab.migscenario import Scenario
     lab.up(HOSTS, log=lambda *_: None)
-    Scenario(lab, rundir).build(HOSTS)
+    sc = Scenario(lab, rundir)
+    sc.build(HOSTS)
+    _ok(lab, "lb-set", "lb-red", "%s:%d" % (CT.VIP, CT.VIP_PORT), "health-interval=1",
+        "health-timeout=0.5", "health-rise=1", "health-fall=1")
     _ok(lab, "fw-add", "fw-red", "99", "from-vm", "proto=udp", "allow")
     _ok(lab, "fw-add", "fw-red", "103", "to-vm", "proto=tcp dport=%d" % PORT, "allow")
     _ok(lab, "fw-add", "fw-red", "104", "to-vm", "proto=udp dport=%d" % PORT, "allow")
@@ -130,6 +137,7 @@ def build_mbx(lab, rundir, out):
     _plain_switch(lab)
     _servers(lab, rundir, CT.BACKENDS)
     out("mbx lab up: chain fw-red -> lb-red -> nat-red on ls-red, plain twin ls-plain")
+    return sc.servers[0]                # b1's echo server (CT._servers' order)
 
 
 def build_ct(lab, rundir, out):
@@ -147,6 +155,41 @@ def build_ct(lab, rundir, out):
     CT._wait_listening(lab)
     _servers(lab, rundir, CT.BACKENDS)
     out("conntrack lab up: the ct(commit)/ct(nat) pipeline on every host, plain twin")
+
+
+def shared_state_convergence(lab, rundir, server, toggles=6, out=print):
+    """Milliseconds from a host publishing shared state (h2's health view of
+    its backend b1, flipped by stopping and starting b1's echo server) to
+    the row arriving at every other host serving the slice (h1, h3): the
+    receiving daemon's arrival time minus the publisher's stamp (one
+    machine, one clock)."""
+    key = "%s:%d" % (CT.VMS["b1"][0], ECHO)
+    delays = []
+    for i in range(toggles):
+        want = "down" if i % 2 == 0 else "up"
+        if want == "down":
+            server.terminate()
+            server.wait(10)
+            lab.forget_pid(server.pid)
+        else:
+            server = lab.spawn("b1", [sys.executable, "-m", "lab.probe", "serve", "--port",
+                                      str(ECHO)], os.path.join(rundir, "echo-b1-%d.log" % i))
+        deadline = time.monotonic() + 15
+        seen = {}
+        while time.monotonic() < deadline and len(seen) < 2:
+            for host in ("h1", "h3"):
+                if host in seen:
+                    continue
+                for r in json.loads(lab.mbxd_appctl(host, "shared/json"))["rows"]:
+                    if r["service"] == "lb-health" and r["host"] == "h2" \
+                            and r["value"].get(key) == want:
+                        seen[host] = r["received"] - r["stamp"]
+            time.sleep(0.05)
+        if len(seen) == 2:
+            delays.append(max(seen.values()))
+            out("shared state: b1 %s on h2 -> on every host after %.1f ms"
+                % (want, max(seen.values())))
+    return delays
 
 
 def _listening(lab, rundir):
@@ -234,7 +277,10 @@ def run(rounds=3, seconds=3, conns=200, workers=4, rundir=RUNDIR, out=print):
             Lab(prefix=lab.prefix, rundir=lab.rundir).down(log=lambda *_: None)  # a leftover
             os.makedirs(lab.rundir, exist_ok=True)
             t1 = time.monotonic()
-            (build_mbx if kind == "mbx" else build_ct)(lab, lab.rundir, out)
+            if kind == "mbx":
+                echo_b1 = build_mbx(lab, lab.rundir, out)
+            else:
+                build_ct(lab, lab.rundir, out)
             _listening(lab, lab.rundir)
             out("  (%.0f s)" % (time.monotonic() - t1))
         time.sleep(2.0)         # the load balancer's first health checks
@@ -248,6 +294,8 @@ def run(rounds=3, seconds=3, conns=200, workers=4, rundir=RUNDIR, out=print):
                             for s in systems}
         out("CPU per new connection on h3: %s" % {
             s: v["cpu_ms_per_connection"] for s, v in raw["cpu_split"].items()})
+        raw["shared_state_ms"] = shared_state_convergence(labs["mbx"], labs["mbx"].rundir,
+                                                          echo_b1, out=out)
         raw["mbxd_profile"] = profile_mbxd(labs["mbx"], labs["mbx"].rundir, conns=conns * 3,
                                            workers=workers)
     finally:
@@ -310,9 +358,13 @@ def profile_mbxd(lab, rundir, host="h3", conns=600, workers=4, top=18):
                                                 else fname, line, func),
                      "calls": nc, "own_ms": round(1000 * tt, 1), "cumulative_ms": round(1000 * ct, 1)})
     rows.sort(key=lambda r: -r["own_ms"])
+    idle = sum(r["own_ms"] for r in rows if "select.select" in r["function"]
+               or "poll" in r["function"].split("(")[-1])
+    rows = [r for r in rows if "select.select" not in r["function"]]
     loop = [r for r in rows if r["function"].startswith("middlebox/main.py")]
     loop.sort(key=lambda r: -r["cumulative_ms"])
-    return {"connections": res["ok"], "seconds": res["seconds"], "profiled_ms": round(1000 * total, 1),
+    return {"connections": res["ok"], "seconds": res["seconds"],
+            "profiled_ms": round(1000 * total, 1), "waiting_ms": round(idle, 1),
             "top_own": rows[:top], "daemon_loop": loop[:10]}
 
 
@@ -335,6 +387,10 @@ def summarize(raw):
     out = {"throughput": {}, "newconn": {}, "method": raw["method"],
            "flows_per_host": raw.get("flows_per_host"), "cpu_split": raw.get("cpu_split"),
            "mbxd_profile": raw.get("mbxd_profile")}
+    conv = raw.get("shared_state_ms")
+    if conv:
+        out["shared_state_ms"] = {"samples": len(conv), "median": statistics.median(conv),
+                                  "max": max(conv)}
     for case, per in raw["throughput"].items():
         med = {s: _med(v) for s, v in per.items()}
         out["throughput"][case] = {
