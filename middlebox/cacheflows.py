@@ -65,31 +65,34 @@ def entry_flows(tag, entry, idle_timeout):
                            k.peer_ip, k.vm_port, k.peer_port, entry.verdict, idle_timeout),
                 cache_flow(tag, P.STAGE_TO_VM, entry.entry_id, k.proto, k.peer_ip,
                            k.vm_ip, k.peer_port, k.vm_port, entry.verdict, idle_timeout))
-    names = _L4.get(k.proto, (None, None))
+    names = _L4.get(k.proto)
+    if names is not None:
+        return _l4_xlate_flows(tag, entry, k, x, names, int(idle_timeout))
+    names = (None, None)
     ck = cookie(tag, entry.entry_id)
     if x.kind == "lb":
-        out_sets = (("ipv4_dst", ip_text(x.peer_ip)), (names[1], x.peer_port),
+        out_sets = (("ipv4_dst", _ip_text(x.peer_ip)), (names[1], x.peer_port),
                     ("eth_src", P.ROUTER_MAC), ("eth_dst", x.peer_mac))
         out_next = P.L2_LOOKUP.table_id
         back_stage = P.STAGE_TO_VM
-        back_sets = (("ipv4_src", ip_text(k.peer_ip)), (names[0], k.peer_port),
+        back_sets = (("ipv4_src", _ip_text(k.peer_ip)), (names[0], k.peer_port),
                      ("eth_src", P.ROUTER_MAC))
         back_next = P.LOCAL_DELIVERY.table_id
     elif x.away:
         # SNAT from another host's port block: the replies arrive forwarded
         # by that host to the VM's MAC, untranslated; "landing" at the to-VM
         # stage (its catcher: catcher_flow) translates them here.
-        out_sets = (("ipv4_src", ip_text(x.vm_ip)), (names[0], x.vm_port))
+        out_sets = (("ipv4_src", _ip_text(x.vm_ip)), (names[0], x.vm_port))
         out_next = P.EXTERNAL_OUT.table_id
         back_stage = P.STAGE_TO_VM
-        back_sets = (("ipv4_dst", ip_text(k.vm_ip)), (names[1], k.vm_port),
+        back_sets = (("ipv4_dst", _ip_text(k.vm_ip)), (names[1], k.vm_port),
                      ("eth_src", P.ROUTER_MAC), ("eth_dst", x.vm_mac))
         back_next = P.LOCAL_DELIVERY.table_id
     else:
-        out_sets = (("ipv4_src", ip_text(x.vm_ip)), (names[0], x.vm_port))
+        out_sets = (("ipv4_src", _ip_text(x.vm_ip)), (names[0], x.vm_port))
         out_next = P.EXTERNAL_OUT.table_id
         back_stage = P.STAGE_FROM_EXTERNAL
-        back_sets = (("ipv4_dst", ip_text(k.vm_ip)), (names[1], k.vm_port),
+        back_sets = (("ipv4_dst", _ip_text(k.vm_ip)), (names[1], k.vm_port),
                      ("eth_src", P.ROUTER_MAC), ("eth_dst", x.vm_mac))
         back_next = P.L2_LOOKUP.table_id
     out_match = _tuple_match(tag, k.proto, k.vm_ip, k.peer_ip, k.vm_port, k.peer_port)
@@ -100,15 +103,93 @@ def entry_flows(tag, entry, idle_timeout):
                  _rewrite(back_sets, back_next), cookie=ck, idle_timeout=int(idle_timeout)))
 
 
+_TEXTS = {}                     # address (int) -> dotted quad: addresses repeat
+
+
+def _ip_text(addr):
+    text = _TEXTS.get(addr)
+    if text is None:
+        text = ip_text(addr)
+        if len(_TEXTS) >= 65536:
+            _TEXTS.clear()
+        _TEXTS[addr] = text
+    return text
+
+
+# The field order of a tagged TCP/UDP 5-tuple's canonical match, if it is
+# eth_type, ip_proto, ipv4_dst, ipv4_src, the tag register, dst port, src
+# port (as with "reg4"): such a match is then built in that order at once.
+_FAST_ORDER = all(
+    sorted(["eth_type", "ip_proto", "ipv4_src", "ipv4_dst", P.REG_SLICE, s, d])
+    == ["eth_type", "ip_proto", "ipv4_dst", "ipv4_src", P.REG_SLICE, d, s]
+    for s, d in _L4.values())
+# The same for an untagged one with a metadata match (a reply catcher).
+_FAST_META_ORDER = all(
+    sorted(["eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "metadata", s, d])
+    == ["eth_type", "ip_proto", "ipv4_dst", "ipv4_src", "metadata", d, s]
+    for s, d in _L4.values())
+
+
+def _low(value):
+    return value.lower() if isinstance(value, str) else value
+
+
+_SET_ROUTER_MAC = ("set_field", "eth_src", P.ROUTER_MAC.lower())
+
+
+def _l4_xlate_flows(tag, entry, k, x, names, idle_timeout):
+    """``entry_flows`` of a translated TCP or UDP entry: the same flows, with
+    their rewrites (``_rewrite`` of the same fields) built at once."""
+    ck = cookie(tag, entry.entry_id)
+    src_name, dst_name = names
+    if x.kind == "lb":
+        out_apply = (("set_field", "ipv4_dst", _ip_text(x.peer_ip)),
+                     ("set_field", dst_name, _low(x.peer_port)), _SET_ROUTER_MAC,
+                     ("set_field", "eth_dst", _low(x.peer_mac)))
+        out_next = P.L2_LOOKUP.table_id
+        back_table = P.CACHE_TABLES[P.STAGE_TO_VM].table_id
+        back_apply = (("set_field", "ipv4_src", _ip_text(k.peer_ip)),
+                      ("set_field", src_name, _low(k.peer_port)), _SET_ROUTER_MAC)
+        back_next = P.LOCAL_DELIVERY.table_id
+    else:
+        # SNAT from another host's port block (away): see entry_flows.
+        out_apply = (("set_field", "ipv4_src", _ip_text(x.vm_ip)),
+                     ("set_field", src_name, _low(x.vm_port)))
+        out_next = P.EXTERNAL_OUT.table_id
+        back_table = P.CACHE_TABLES[P.STAGE_TO_VM if x.away
+                                    else P.STAGE_FROM_EXTERNAL].table_id
+        back_apply = (("set_field", "ipv4_dst", _ip_text(k.vm_ip)),
+                      ("set_field", dst_name, _low(k.vm_port)), _SET_ROUTER_MAC,
+                      ("set_field", "eth_dst", _low(x.vm_mac)))
+        back_next = P.LOCAL_DELIVERY.table_id if x.away else P.L2_LOOKUP.table_id
+    out_match = _tuple_match(tag, k.proto, k.vm_ip, k.peer_ip, k.vm_port, k.peer_port)
+    back_match = _tuple_match(tag, k.proto, x.peer_ip, x.vm_ip, x.peer_port, x.vm_port)
+    return (Flow(P.FROM_VM_CACHE.table_id, P.PRIO_CACHE_ENTRY, out_match,
+                 (("apply", out_apply), ("goto", out_next)), cookie=ck,
+                 idle_timeout=idle_timeout),
+            Flow(back_table, P.PRIO_CACHE_ENTRY, back_match,
+                 (("apply", back_apply), ("goto", back_next)), cookie=ck,
+                 idle_timeout=idle_timeout))
+
+
 def _tuple_match(tag, proto, src, dst, sport, dport, **extra):
     """The canonical match (``canon_match``: sorted by field name) of a
     5-tuple; built directly, as its values need no canonicalising (numbers,
     dotted quads, ``extra`` numbers or number pairs)."""
-    items = [("eth_type", ETH_TYPE_IP), ("ip_proto", proto), ("ipv4_src", ip_text(src)),
-             ("ipv4_dst", ip_text(dst))]
+    names = _L4.get(proto)
+    if _FAST_ORDER and tag is not None and names is not None and not extra:
+        return (("eth_type", ETH_TYPE_IP), ("ip_proto", proto), ("ipv4_dst", _ip_text(dst)),
+                ("ipv4_src", _ip_text(src)), (P.REG_SLICE, tag), (names[1], dport),
+                (names[0], sport))
+    if _FAST_META_ORDER and tag is None and names is not None and len(extra) == 1 \
+            and "metadata" in extra:
+        return (("eth_type", ETH_TYPE_IP), ("ip_proto", proto), ("ipv4_dst", _ip_text(dst)),
+                ("ipv4_src", _ip_text(src)), ("metadata", extra["metadata"]),
+                (names[1], dport), (names[0], sport))
+    items = [("eth_type", ETH_TYPE_IP), ("ip_proto", proto), ("ipv4_src", _ip_text(src)),
+             ("ipv4_dst", _ip_text(dst))]
     if tag is not None:
         items.append((P.REG_SLICE, tag))
-    names = _L4.get(proto)
     if names is not None:
         items.append((names[0], sport))
         items.append((names[1], dport))
@@ -119,9 +200,9 @@ def _tuple_match(tag, proto, src, dst, sport, dport, **extra):
 
 
 def _rewrite(sets, next_table):
-    return (("apply", tuple(("set_field", name, value if not isinstance(value, str)
-                             else value.lower()) for name, value in sets
-                            if name is not None)),
+    return (("apply", tuple([("set_field", name, value if not isinstance(value, str)
+                              else value.lower()) for name, value in sets
+                             if name is not None])),
             ("goto", next_table))
 
 

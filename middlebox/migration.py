@@ -321,13 +321,15 @@ class MigrationManager:
         out.snapshot = None
         # A large snapshot goes in parts: seq 1 is the snapshot, the rest
         # are changes that add records (a message stays far below MAX_MESSAGE).
-        for start in range(0, max(len(records), 1), SNAPSHOT_PART):
-            out.seq += 1
-            self._send_msg(out, {"type": "state", "migration": out.uuid, "seq": out.seq,
-                                 "kind": "snapshot" if out.seq == 1 else "changes",
-                                 "records": records[start:start + SNAPSHOT_PART],
-                                 "removed": []})
-        out.sent = {vmstate.record_key(rec): rec for rec in records}
+        # No cyclic collection while encoding them and keying what was sent.
+        with vmstate.gc_paused():
+            for start in range(0, max(len(records), 1), SNAPSHOT_PART):
+                out.seq += 1
+                self._send_msg(out, {"type": "state", "migration": out.uuid, "seq": out.seq,
+                                     "kind": "snapshot" if out.seq == 1 else "changes",
+                                     "records": records[start:start + SNAPSHOT_PART],
+                                     "removed": []})
+            out.sent = {vmstate.record_key(rec): rec for rec in records}
         out.state = "sending"
         out.next_stream = now + STREAM_INTERVAL
         self.counters["entries_sent"] += len(records)
@@ -341,8 +343,9 @@ class MigrationManager:
     def _changes(self, out, full):
         """Records new or changed since sent (``full``: any field, else the
         significant ones), and the keys of those that went."""
-        now_recs = {vmstate.record_key(rec): rec
-                    for rec in self.core.gather(out.vm, "service")}
+        with vmstate.gc_paused():
+            now_recs = {vmstate.record_key(rec): rec
+                        for rec in self.core.gather(out.vm, "service")}
         changed = []
         for key, rec in now_recs.items():
             old = out.sent.get(key)
@@ -502,10 +505,11 @@ class MigrationManager:
                 self._reject(inc, "malformed state message %d" % seq)
                 return
             try:
-                for rec in records:
-                    inc.staged[vmstate.record_key(rec)] = rec
-                for item in removed:
-                    inc.staged.pop((tuple(item[-1]), tuple(item[:-1])), None)
+                with vmstate.gc_paused():
+                    for rec in records:
+                        inc.staged[vmstate.record_key(rec)] = rec
+                    for item in removed:
+                        inc.staged.pop((tuple(item[-1]), tuple(item[:-1])), None)
             except (TypeError, KeyError, IndexError, AttributeError):
                 self._reject(inc, "malformed record in message %d" % seq)
             return

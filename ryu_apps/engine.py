@@ -72,6 +72,7 @@ class _Switch:
     pending: Dict[int, int] = field(default_factory=dict)  # barrier xid -> round
     target_round: int = 0
     applied_round: int = 0
+    current: bool = False           # installed = the flows of the last topology
 
 
 class Engine:
@@ -99,6 +100,8 @@ class Engine:
         self._last_host: Dict[str, str] = {}   # vm -> the last host VM.host named
         self._checked_seq: Dict[str, int] = {}  # vm -> newest appearance checked
         #                                          for an unannounced migration
+        self._topo: Optional[Topology] = None  # of the last recomputation
+        self._snap_vms = (None, {})     # (snapshot, its VMs as the topologies hold them)
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
@@ -124,7 +127,7 @@ class Engine:
             if vm not in ports.vm_ports:
                 self._appearances.pop((vm, host), None)
         self._match_switches()
-        self._recompute()
+        self._recompute(changed=(host, set(old.vm_ports) | set(ports.vm_ports)))
 
     def startup_grace_over(self):
         """Stop waiting for hosts whose OVSDB has not answered since start."""
@@ -149,9 +152,10 @@ class Engine:
             return
         sw.installed = {f.key: f for f in installed_flows}
         sw.synced = True
+        sw.current = False
         LOG.info("switch %016x (%s): %d flows read back", dpid, sw.host,
                  len(sw.installed))
-        self._recompute()
+        self._recompute(changed=(None, ()))
 
     def switch_disconnected(self, dpid):
         sw = self.switches.pop(dpid, None)
@@ -178,7 +182,10 @@ class Engine:
         by_dpid = {p.datapath_id: h for h, p in self.host_ports.items()
                    if p.datapath_id is not None}
         for sw in self.switches.values():
-            sw.host = by_dpid.get(sw.dpid)
+            host = by_dpid.get(sw.dpid)
+            if host != sw.host:
+                sw.host = host
+                sw.current = False
 
     def topology(self) -> Topology:
         snap = self.nb_snap
@@ -202,8 +209,10 @@ class Engine:
             if info is None or (mac and mac.lower() != info.mac):
                 continue
             bindings[vm] = PortBinding(vm=vm, host=host, ofport=ofport)
+        if self._snap_vms[0] is not snap:   # one copy per config snapshot
+            self._snap_vms = (snap, dict(snap.vms))
         topo = Topology(hosts=hosts, switches=dict(snap.switches),
-                        vms=dict(snap.vms), bindings=bindings,
+                        vms=self._snap_vms[1], bindings=bindings,
                         middleboxes=dict(snap.middleboxes), policies=tuple(snap.policies),
                         address_sets=dict(snap.address_sets),
                         nat_rules=_by_middlebox(getattr(snap, "nat_rules", {})),
@@ -230,13 +239,21 @@ class Engine:
     def _current_seq(self, vm, binding):
         return self._appearances[(vm, binding.host)][0]
 
-    def _recompute(self):
+    def _recompute(self, changed=None):
+        """A new round.  ``changed``: (host, VM names) when only that host's
+        ports changed (host None: nothing but a switch's installed flows),
+        so only the hosts it can affect are computed again; None: every host."""
         if self.nb_snap is None:
             return
         self._round += 1
         rnd = self._round
         self._round_cfg[rnd] = self.nb_snap.nb_cfg
+        old, old_blocks = self._topo, self._snat_blocks
         topo = self.topology()
+        self._topo = topo
+        dirty = None
+        if changed is not None and old is not None:
+            dirty = _affected_hosts(old, topo, old_blocks, self._snat_blocks, *changed)
         for vm, binding in topo.bindings.items():
             seq = self._current_seq(vm, binding)
             if self._binding_round.get(vm, (None,))[0] != seq:
@@ -249,8 +266,14 @@ class Engine:
         for sw in self.switches.values():
             if not program or not sw.synced or sw.host is None:
                 continue
+            if dirty is not None and sw.current and sw.host not in dirty:
+                sw.target_round = rnd       # its flows cannot have changed
+                if not sw.pending:
+                    sw.applied_round = rnd
+                continue
             desired = flowlib.compute_host_flows(topo, sw.host, self._snat_blocks)
             diff = reconcile.diff_flows(desired, sw.installed.values())
+            sw.current = True
             sw.target_round = rnd
             if diff.empty:
                 if not sw.pending:
@@ -310,7 +333,7 @@ class Engine:
         snap = self.nb_snap
         if snap is None:
             return
-        topo = topo or self.topology()
+        topo = topo or self._topo or self.topology()
         live = self._live()
         live_hosts = {sw.host for sw in live}
         for sw in live:
@@ -354,10 +377,11 @@ class Engine:
 
     def _publish_locations(self, topo, live):
         snap = self.nb_snap
+        applied = min((sw.applied_round for sw in live), default=None)
         for vm, (seq, first_round) in self._binding_round.items():
             if self._announced.get(vm) == seq:
                 continue
-            if any(sw.applied_round < first_round for sw in live):
+            if applied is not None and applied < first_round:
                 continue        # not yet programmed on every connected host
             host = topo.bindings[vm].host
             cur_host, epoch = snap.vm_locations.get(vm, (None, 0))
@@ -370,9 +394,11 @@ class Engine:
         for vm, (cur_host, epoch) in list(snap.vm_locations.items()):
             # Only a host whose br-int has been reported can be known not to
             # hold the port (after a restart the DB is read before any host).
-            reported = self.host_ports.get(cur_host, HostPorts()).datapath_id
-            if cur_host is not None and vm not in topo.bindings \
-                    and reported is not None \
+            if cur_host is None or vm in topo.bindings:
+                continue
+            ports = self.host_ports.get(cur_host)
+            reported = ports.datapath_id if ports is not None else None
+            if reported is not None \
                     and self._written.get(("gone", vm)) != epoch:
                 self._set_location(vm, None, epoch)
                 self._written[("gone", vm)] = epoch
@@ -442,6 +468,37 @@ class Engine:
 
 LB_HEALTH = "lb-health"     # shared-state service of the load balancers' health
 VM_STATE = "vm-state"       # shared-state service: VMs whose state a host holds
+
+
+def _affected_hosts(old, new, old_blocks, new_blocks, host, vms):
+    """The hosts whose flows may differ between topologies ``old`` and
+    ``new`` when only ``host``'s ports (its VMs ``vms``) changed: ``host``
+    if its own ports did; the hosts with a VM or a slice of a logical switch
+    where a VM's binding, a slice or a SNAT block changed (before or after);
+    the hosts an external address's designated host moved from or to.  A
+    host's flows depend on nothing else (``flows.compute_host_flows``)."""
+    hosts, switches = set(), set()
+    if host is not None and old.hosts.get(host) != new.hosts.get(host):
+        hosts.add(host)
+    for vm in vms:
+        if old.bindings.get(vm) != new.bindings.get(vm):
+            for topo in (old, new):
+                if vm in topo.vms:
+                    switches.add(topo.vms[vm].switch)
+    for (chain, slice_host), _tag in old.slices.items() ^ new.slices.items():
+        hosts.add(slice_host)
+        switches.add(slicelib.chain_switch(new, chain))
+    for (rule, _host), _block in old_blocks.items() ^ new_blocks.items():
+        for name, rules in new.nat_rules.items():
+            if any(r.uuid == rule for r in rules) and name in new.middleboxes:
+                switches.add(new.middleboxes[name].switch)
+    before, after = slicelib.designated_hosts(old), slicelib.designated_hosts(new)
+    for address in before.keys() | after.keys():
+        if before.get(address) != after.get(address):
+            hosts.update(h for h in (before.get(address), after.get(address)) if h)
+    for switch in switches:
+        hosts |= slicelib.switch_hosts(old, switch) | slicelib.switch_hosts(new, switch)
+    return hosts
 
 
 def _records(value):

@@ -42,11 +42,10 @@ def compute_host_flows(topo, host, snat_blocks=None):
     # A host that keeps a slice of a switch with no VM of it here (it holds
     # state of a VM that left, docs/migration.md) still reaches the
     # switch's VMs: its SNAT forwarders send to the VM's MAC.
-    for chain, slice_host in topo.slices:
-        if slice_host == host:
-            switch = slicelib.chain_switch(topo, chain)
-            if switch in switches:
-                ports.setdefault(switch, [])
+    for chain, _ in topo.host_slices(host):
+        switch = slicelib.chain_switch(topo, chain)
+        if switch in switches:
+            ports.setdefault(switch, [])
     host_info = topo.hosts.get(host)
     tunnel = host_info.tunnel_ofport if host_info is not None else None
     remote = _remote_vms(topo, host, ports) if tunnel is not None else []
@@ -81,6 +80,10 @@ def compute_host_flows(topo, host, snat_blocks=None):
 
 
 def _usable_switches(topo):
+    return topo.derived(_usable)
+
+
+def _usable(topo):
     counts = Counter(s.vni for s in topo.switches.values())
     return {name: s for name, s in topo.switches.items()
             if 0 < s.vni <= P.MAX_VNI and counts[s.vni] == 1}
@@ -89,7 +92,8 @@ def _usable_switches(topo):
 def _remote_vms(topo, host, switches):
     """(VMInfo, host, encap_ip) of VMs of ``switches`` on other known hosts, by VM name."""
     out = []
-    for name, binding in sorted(topo.bindings.items()):
+    for name in sorted(name for switch in switches for name in topo.bound_vms(switch)):
+        binding = topo.bindings[name]
         vm = topo.vms.get(name)
         peer = topo.hosts.get(binding.host)
         if vm is None or vm.switch not in switches or peer is None or binding.host == host:
@@ -231,27 +235,34 @@ def _steering(topo, host, switches, local):
     for vm, binding in local:
         local_by_switch.setdefault(vm.switch, []).append((vm, binding))
     flows = []
+    policies = topo.derived(_policies_by_switch)
     for name in sorted(local_by_switch):
         vni = switches[name].vni
-        for policy in topo.policies:
-            if policy.switch != name:
-                continue
+        for policy in policies.get(name, ()):
             flows += _policy_flows(topo, host, policy, vni, sets, mb_port,
                                    local_by_switch[name])
-        if any(p.switch == name and p.chain for p in topo.policies):
+        if any(p.chain for p in policies.get(name, ())):
             for vm, binding in local_by_switch[name]:
                 flows.append(_flow(P.TO_VM_RETURN, P.PRIO_DELIVER,
                                    _vni_match(vni, eth_dst=vm.mac),
                                    [("apply", (_set(P.REG_OUT_PORT, binding.ofport),)),
                                     _goto(P.LOCAL_DELIVERY)]))
-    for (chain, slice_host), tag in sorted(topo.slices.items()):
+    for (chain, slice_host), tag in sorted(topo.host_slices(host).items()):
         switch = slicelib.chain_switch(topo, chain)
-        if slice_host != host or switch not in local_by_switch or not all(
+        if switch not in local_by_switch or not all(
                 n in topo.middleboxes and topo.middleboxes[n].switch == switch
                 for n in chain):
             continue
         flows += _slice_flows(topo, chain, tag, switches[switch].vni, mb_port)
     return flows
+
+
+def _policies_by_switch(topo):
+    """{switch: its policies, in ``topo.policies`` order}."""
+    out = {}
+    for policy in topo.policies:
+        out.setdefault(policy.switch, []).append(policy)
+    return out
 
 
 def _policy_flows(topo, host, policy, vni, sets, mb_port, local):
@@ -387,8 +398,8 @@ def gateway_ip(switch):
 def _switch_vips(topo, switch):
     """VIP addresses of the load balancers in the chains of the switch's policies."""
     out = []
-    for policy in topo.policies:
-        if policy.switch != switch or not slicelib.chain_ok(topo, policy):
+    for policy in topo.derived(_policies_by_switch).get(switch, ()):
+        if not slicelib.chain_ok(topo, policy):
             continue
         for name in policy.chain:
             if topo.middleboxes[name].type == "lb":
@@ -402,6 +413,10 @@ def _external_nets(topo):
 
 def _external_cidrs(topo):
     """The external networks' cidrs as ipv4 match values, nested ones left out."""
+    return list(topo.derived(_external_cidr_matches))
+
+
+def _external_cidr_matches(topo):
     nets = []
     for net in _external_nets(topo):
         try:
@@ -566,8 +581,8 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
 
     for rule in topo.nat_rules.get(name, ()):
         if rule.type == "snat":
-            for (uuid, owner), (ip, lo, hi) in sorted(blocks.items()):
-                target = to_host(owner) if uuid == rule.uuid else None
+            for (uuid, owner), (ip, lo, hi) in _blocks_of(blocks, rule.uuid):
+                target = to_host(owner)
                 if target is None:
                     continue
                 ports = slicelib.block_match(lo, hi)
@@ -578,8 +593,7 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
                                                    **target[1]),
                                        target[0]))
         elif rule.type == "dnat":
-            vm = next((v for _, v in sorted(topo.vms.items())
-                       if v.switch == mb.switch and v.ip == rule.logical_ip), None)
+            vm = _vm_by_address(topo.vms).get((mb.switch, rule.logical_ip))
             binding = topo.bindings.get(vm.name) if vm is not None else None
             target = to_host(binding.host) if binding is not None else None
             instructions, extra = target if target is not None else ([], {})
@@ -601,3 +615,35 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
                                                    **fields),
                                        instructions))
     return flows
+
+
+_VMS_CACHE = [None, {}]         # the last VM mapping seen, its address index
+
+
+def _vm_by_address(vms):
+    """{(switch, ip): the VM of that switch with that address, first by name}
+    of the VM mapping ``vms``.  Kept for the last mapping seen (a topology's
+    mappings are not changed once built; the engine hands the same one to
+    every topology built from one config snapshot)."""
+    if _VMS_CACHE[0] is not vms:
+        index = {}
+        for _, vm in sorted(vms.items()):
+            index.setdefault((vm.switch, vm.ip), vm)
+        _VMS_CACHE[:] = [vms, index]
+    return _VMS_CACHE[1]
+
+
+_BLOCKS_CACHE = [(), {}]        # the items of the last blocks mapping seen, its index
+
+
+def _blocks_of(blocks, rule_uuid):
+    """The sorted ((rule uuid, host), block) items of ``blocks`` for one rule.
+    The index is kept for the last contents seen: the engine hands the same
+    allocation to every host of a computation."""
+    items = tuple(blocks.items())
+    if _BLOCKS_CACHE[0] != items:
+        index = {}
+        for item in sorted(items):
+            index.setdefault(item[0][0], []).append(item)
+        _BLOCKS_CACHE[:] = [items, index]
+    return _BLOCKS_CACHE[1].get(rule_uuid, ())

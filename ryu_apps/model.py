@@ -68,11 +68,51 @@ class Topology:
     def local_vms(self, host):
         """(VMInfo, PortBinding) pairs of VMs bound to ``host`` whose config is known."""
         out = []
-        for name, binding in sorted(self.bindings.items()):
+        for name, binding in self.derived(_bindings_by_host).get(host, ()):
             vm = self.vms.get(name)
-            if binding.host == host and vm is not None and vm.switch in self.switches:
+            if vm is not None and vm.switch in self.switches:
                 out.append((vm, binding))
         return out
+
+    def bound_vms(self, switch):
+        """Names of the bound VMs whose config puts them on ``switch``, sorted."""
+        return self.derived(_bound_by_switch).get(switch, ())
+
+    def host_slices(self, host):
+        """{(chain, host): tag} of ``host``'s slices."""
+        return self.derived(_slices_by_host).get(host, {})
+
+    def derived(self, build):
+        """``build(self)``, computed once per topology (a Topology is
+        immutable): indexes that spare a scan of every VM or slice for each
+        host."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if build not in cache:
+            cache[build] = build(self)
+        return cache[build]
+
+
+def _bindings_by_host(topo):
+    out = {}
+    for name, binding in sorted(topo.bindings.items()):
+        out.setdefault(binding.host, []).append((name, binding))
+    return out
+
+
+def _bound_by_switch(topo):
+    out = {}
+    for name in sorted(topo.bindings):
+        vm = topo.vms.get(name)
+        if vm is not None:
+            out.setdefault(vm.switch, []).append(name)
+    return out
+
+
+def _slices_by_host(topo):
+    out = {}
+    for (chain, host), tag in topo.slices.items():
+        out.setdefault(host, {})[(chain, host)] = tag
+    return out
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ def _match_value(name, value):
 _FLOW_MOD_HEAD = struct.Struct("!BBHI" + ofp.OFP_FLOW_MOD_PACK_STR0[1:])
 _INT_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _FIELD_TYPES = {f.name: f.type for f in ofp.oxm_types}
-_MAX_CACHED = 1 << 16           # instruction encodings kept (most repeat)
+_MAX_CACHED = 1 << 16           # addresses / instruction shapes kept
 
 
 def _round8(n):
@@ -291,6 +291,90 @@ def _encode_instructions(instructions):
     return b"".join(out)
 
 
+def _inst_shape(instructions):
+    """The shape of ``instructions``: the same, with the value of every
+    set_field (but in_port's register load) replaced by its type."""
+    out = []
+    for inst in instructions:
+        if inst[0] == "apply":
+            out.append(("apply", tuple([
+                (a[0], a[1], type(a[2])) if a[0] == "set_field" and a[1] != "in_port" else a
+                for a in inst[1]])))
+        else:
+            out.append(inst)
+    return tuple(out)
+
+
+def _inst_plan(shape):
+    """A function (instructions) -> their bytes, for instructions of this
+    shape (``_inst_shape``): the constant parts as literals, the set_field
+    values packed, in one struct.pack.  Generated code, as ``_match_plan``."""
+    pieces = []                 # (struct format, argument expression or None, constant)
+
+    def const(raw):
+        if raw:
+            pieces.append(("%ds" % len(raw), None, raw))
+
+    env = {}
+    for i, inst in enumerate(shape):
+        kind = inst[0]
+        if kind != "apply":
+            const(_encode_instructions((inst,)))
+            continue
+        start = len(pieces)
+        total = 8
+        for j, a in enumerate(inst[1]):
+            if a[0] == "set_field" and a[1] != "in_port":
+                if a[2] is tuple:
+                    raise _Unsupported(a)
+                spec = _oxm(a[1], False)
+                if a[2] is not spec.value_type:
+                    raise _Unsupported(a)
+                vfmt = spec.fmt[len("%ds" % len(spec.header)):]
+                oxm_len = len(spec.header) + struct.calcsize("!" + vfmt)
+                length = _round8(4 + oxm_len)
+                const(struct.pack("!HH", ofp.OFPAT_SET_FIELD, length) + spec.header)
+                expr = "insts[%d][1][%d][2]" % (i, j)
+                if spec.conv is _ipv4_cached:   # the cache's answer, without a call
+                    env["_g"] = _IPV4_BYTES.get
+                    env["_c%d_%d" % (i, j)] = spec.conv
+                    expr = "(_g(%s) or _c%d_%d(%s))" % (expr, i, j, expr)
+                elif spec.conv is not None:
+                    env["_c%d_%d" % (i, j)] = spec.conv
+                    expr = "_c%d_%d(%s)" % (i, j, expr)
+                pieces.append((vfmt, expr, None))
+                if length - 4 - oxm_len:
+                    pieces.append(("%dx" % (length - 4 - oxm_len), None, None))
+                total += length
+            else:
+                raw = _encode_action(a)
+                const(raw)
+                total += len(raw)
+        pieces.insert(start, ("8s", None, struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, total)))
+    # Adjacent constants as one.
+    merged = []
+    for fmt, expr, raw in pieces:
+        if raw is not None and merged and merged[-1][2] is not None:
+            prev = merged.pop()[2] + raw
+            merged.append(("%ds" % len(prev), None, prev))
+        else:
+            merged.append((fmt, expr, raw))
+    if not any(expr for _, expr, _ in merged):
+        value = b"".join(raw for _, _, raw in merged if raw is not None)
+        return lambda insts: value
+    args = []
+    for n, (fmt, expr, raw) in enumerate(merged):
+        if raw is not None:
+            env["_k%d" % n] = raw
+            args.append("_k%d" % n)
+        elif expr is not None:
+            args.append(expr)
+    env["_pack"] = struct.Struct("!" + "".join(fmt for fmt, _, _ in merged)).pack
+    src = "def plan(insts):\n    return _pack(%s)\n" % ", ".join(args)
+    exec(compile(src, "<instructions plan>", "exec"), env)   # noqa: S102
+    return env["plan"]
+
+
 def _match_plan(names, types, command, flags):
     """A function (xid, flow, values, instruction bytes) -> FLOW_MOD bytes for
     flows whose match has these field names (canonical order) and value
@@ -324,7 +408,10 @@ def _match_plan(names, types, command, flags):
             env["_c%d" % i] = spec.conv
         if types[i] is not (tuple if spec.masked else spec.value_type):
             raise _Unsupported(n)
-        if spec.masked and spec.conv is not None:
+        if spec.conv is _ipv4_cached and not spec.masked:
+            env["_g"] = _IPV4_BYTES.get     # the cache's answer, without a call
+            args.append("_h%d, (_g(values[%d]) or _c%d(values[%d]))" % (i, i, i, i))
+        elif spec.masked and spec.conv is not None:
             args.append("_h%d, _c%d(values[%d][0]), _c%d(values[%d][1])" % (i, i, i, i, i))
         elif spec.masked:
             args.append("_h%d, values[%d][0], values[%d][1]" % (i, i, i))
@@ -345,7 +432,7 @@ class FlowModEncoder:
 
     def __init__(self):
         self._plans = {}            # (names, types, command, flags) -> (plan, types)
-        self._insts = {}            # instructions -> their bytes
+        self._insts = {}            # instruction shape -> its plan (_inst_plan)
         self._dp = _Datapath()
         self.fallbacks = 0          # flows os-ken encoded
 
@@ -364,14 +451,16 @@ class FlowModEncoder:
             if bare or not flow.instructions:
                 inst = b""
             else:
-                inst = self._insts.get(flow.instructions)
-                if inst is None:
-                    inst = _encode_instructions(flow.instructions)
+                shape = _inst_shape(flow.instructions)
+                plan = self._insts.get(shape)
+                if plan is None:
+                    plan = _inst_plan(shape)
                     if len(self._insts) >= _MAX_CACHED:
                         self._insts.clear()
-                    self._insts[flow.instructions] = inst
+                    self._insts[shape] = plan
+                inst = plan(flow.instructions)
             return got[0](xid, flow, values, inst)
-        except (_Unsupported, ValueError, TypeError, OSError, struct.error):
+        except (_Unsupported, ValueError, TypeError, OSError, struct.error, IndexError):
             self.fallbacks += 1
             if bare and flow.instructions:
                 flow = dataclasses.replace(flow, instructions=())

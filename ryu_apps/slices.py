@@ -109,20 +109,47 @@ def allocate(needed, existing):
 
 # ------------------------------------------------------------ per middlebox
 
+def _serving(topo):
+    """{middlebox: sorted names of the hosts with a slice whose chain contains it}."""
+    out = {}
+    for (chain, host) in topo.slices:
+        for name in chain:
+            out.setdefault(name, set()).add(host)
+    return {name: sorted(hosts) for name, hosts in out.items()}
+
+
 def hosts_serving(topo, middlebox):
     """Names of the hosts with a slice whose chain contains ``middlebox``, sorted."""
-    return sorted({host for (chain, host) in topo.slices if middlebox in chain})
+    return list(topo.derived(_serving).get(middlebox, ()))
+
+
+def switch_hosts(topo, switch):
+    """Names of the hosts with a VM bound or a slice of ``switch``."""
+    hosts = {topo.bindings[vm].host for vm in topo.bound_vms(switch)}
+    hosts.update(topo.derived(_slice_hosts_by_switch).get(switch, ()))
+    return hosts
+
+
+def _slice_hosts_by_switch(topo):
+    out = {}
+    for (chain, host) in topo.slices:
+        out.setdefault(chain_switch(topo, chain), set()).add(host)
+    return out
 
 
 def lowest_tag(topo, host, predicate):
     """The lowest tag of ``host``'s slices whose chain satisfies ``predicate``, or None."""
-    tags = [tag for (chain, h), tag in topo.slices.items() if h == host and predicate(chain)]
+    tags = [tag for (chain, _), tag in topo.host_slices(host).items() if predicate(chain)]
     return min(tags) if tags else None
 
 
 def nat_middleboxes(topo):
     """Names of the NAT middleboxes that some slice serves, sorted."""
-    names = {n for (chain, _) in topo.slices for n in chain}
+    return list(topo.derived(_nat_middleboxes))
+
+
+def _nat_middleboxes(topo):
+    names = topo.derived(_serving)
     return sorted(n for n in names
                   if n in topo.middleboxes and topo.middleboxes[n].type == "nat")
 
@@ -130,6 +157,10 @@ def nat_middleboxes(topo):
 def designated_hosts(topo):
     """External address -> the host that answers ARP for it: the first host
     by name serving a slice that contains the NAT middlebox of the address."""
+    return dict(topo.derived(_designated_hosts))
+
+
+def _designated_hosts(topo):
     out = {}
     for name in nat_middleboxes(topo):
         hosts = hosts_serving(topo, name)
@@ -156,6 +187,7 @@ def snat_blocks(topo, previous):
     ``previous`` (same shape) while it is still valid; hosts left without a
     block (more hosts than blocks) are absent."""
     out = {}
+    previous_by_rule = _by_rule(previous)
     for name in nat_middleboxes(topo):
         hosts = hosts_serving(topo, name)
         mb = topo.middleboxes[name]
@@ -168,11 +200,19 @@ def snat_blocks(topo, previous):
             except ValueError as err:
                 LOG.error("SNAT rule %s of %s: no port blocks: %s", rule.uuid, name, err)
                 continue
-            prev = {host: tuple(block) for (uuid, host), block in previous.items()
-                    if uuid == rule.uuid}
+            prev = {host: tuple(block)
+                    for host, block in previous_by_rule.get(rule.uuid, {}).items()}
             for host, block in natblocks.allocate(hosts, blocks, prev).items():
                 if block is not None:
                     out[(rule.uuid, host)] = tuple(block)
+    return out
+
+
+def _by_rule(blocks):
+    """{rule uuid: {host: block}} of a ``snat_blocks`` mapping, in its order."""
+    out = {}
+    for (uuid, host), block in blocks.items():
+        out.setdefault(uuid, {})[host] = block
     return out
 
 

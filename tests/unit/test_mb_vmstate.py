@@ -314,3 +314,27 @@ def test_a_restarted_daemon_keeps_its_forwarders():
     assert again.flow_stats([(fwd, 5, 500)], 12.0) == []
     # Without its flow in the datapath it is gone.
     assert source().import_state(state, [], 10.0).delete == []
+
+
+def test_gc_paused_keeps_collecting_cycles():
+    """After a pause the collector runs again, nothing stays frozen, and a
+    reference cycle dropped meanwhile is still collected."""
+    import gc
+    import weakref
+
+    from middlebox import vmstate as VS
+
+    class Node:
+        pass
+
+    assert gc.isenabled()
+    with VS.gc_paused():
+        assert not gc.isenabled()
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        gone = weakref.ref(a)
+        del a, b
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert gone() is None
