@@ -338,3 +338,18 @@ def test_gc_paused_keeps_collecting_cycles():
     assert gc.get_freeze_count() == 0
     gc.collect()
     assert gone() is None
+
+
+def test_digest_is_the_protocols():
+    """Protocol 2's digest: sha256 of the compact JSON array of the records'
+    fields (RECORD_FIELDS order), sorted by slice and connection."""
+    import hashlib
+
+    from middlebox.vmstate import RECORD_FIELDS
+    src = source()
+    open_connections(src)
+    records = through(src.gather("c1"))
+    rows = sorted(([r[f] for f in RECORD_FIELDS] for r in records),
+                  key=lambda row: (row[0], row[3]))
+    body = json.dumps(rows, separators=(",", ":"), ensure_ascii=False)
+    assert digest(list(reversed(records))) == hashlib.sha256(body.encode()).hexdigest()
