@@ -68,26 +68,41 @@ def machine():
             "datapath": "userspace (netdev), no kernel module"}
 
 
+def save(results, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
 def run(args, out=print):
-    results = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    """Every part in turn; results.json is written after each, so a part
+    that fails loses nothing measured before it."""
+    results = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "options": vars(args)}
     t0 = time.monotonic()
     if not args.skip_dataplane:
         from lab import perfbench
         raw = perfbench.run(args.rounds, args.seconds, args.connections, args.workers, out=out)
         results["dataplane"] = perfbench.summarize(raw)
+        save(results, args.out_dir)
     if not args.no_migration:
         from lab import migbench
         mig = migbench.run(sizes=tuple(int(x) for x in args.migration_sizes.split(",") if x),
                            moves_per_path=max(1, min(args.migration_moves, 30)), out=out)
         results["migration"] = report.summarize_migration(mig)
+        save(results, args.out_dir)
     if not args.skip_control_plane:
         from lab import cpbench
         results["control_plane"] = cpbench.run(hosts=args.cp_hosts, vms_per_host=50, out=out)
+        save(results, args.out_dir)
     from lab import membench
     results["memory"] = membench.run(tuple(int(x) for x in args.memory_sizes.split(",") if x),
                                      out=out)
     results["seconds"] = round(time.monotonic() - t0, 1)
-    results["targets"] = targets(results)
+    save(results, args.out_dir)
     return results
 
 
@@ -198,15 +213,10 @@ def main(argv=None):
         # Only the page again, from the results a run wrote.
         with open(os.path.join(args.out_dir, "results.json")) as f:
             results = json.load(f)
-        results["targets"] = targets(results)
-        print(report.write(results, args.out_dir, args.report))
-        return 0
-    results = run(args)
-    results["options"] = vars(args)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True, default=str)
-        f.write("\n")
+    else:
+        results = run(args)
+    results["targets"] = targets(results)
+    save(results, args.out_dir)
     text = report.write(results, args.out_dir, args.report)
     print(text)
     return 0
