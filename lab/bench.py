@@ -82,6 +82,12 @@ def run(args, out=print):
     that fails loses nothing measured before it."""
     results = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                "options": vars(args)}
+    if args.update:
+        # Re-run only the parts not skipped; keep the others' figures.
+        with open(os.path.join(args.out_dir, "results.json")) as f:
+            kept = json.load(f)
+        kept.update({k: v for k, v in results.items() if k != "started"})
+        results = kept
     t0 = time.monotonic()
     if not args.skip_dataplane:
         from lab import perfbench
@@ -98,10 +104,12 @@ def run(args, out=print):
         from lab import cpbench
         results["control_plane"] = cpbench.run(hosts=args.cp_hosts, vms_per_host=50, out=out)
         save(results, args.out_dir)
-    from lab import membench
-    results["memory"] = membench.run(tuple(int(x) for x in args.memory_sizes.split(",") if x),
-                                     out=out)
-    results["seconds"] = round(time.monotonic() - t0, 1)
+    if not args.skip_memory:
+        from lab import membench
+        results["memory"] = membench.run(
+            tuple(int(x) for x in args.memory_sizes.split(",") if x), out=out)
+    results["seconds"] = round(time.monotonic() - t0 + (
+        results.get("seconds", 0) if args.update else 0), 1)
     save(results, args.out_dir)
     return results
 
@@ -202,6 +210,9 @@ def main(argv=None):
                    help="skip the migration benchmarks (lab.migbench)")
     p.add_argument("--skip-dataplane", action="store_true")
     p.add_argument("--skip-control-plane", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--update", action="store_true",
+                   help="run only the parts not skipped and keep the others from results.json")
     p.add_argument("--render", action="store_true",
                    help="only write docs/benchmarks.md again from results.json")
     args = p.parse_args(argv)

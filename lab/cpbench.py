@@ -797,7 +797,10 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
                              <= TARGET_MOVE_MS}
     out("cpbench: one VM move, collector frozen: reaction %s ms"
         % res["move_gc_frozen"]["reaction_ms"])
-    res["profile_full"] = _profiled(lambda: cold_start(cloud))
+    profiled = Controller(cloud)
+    profiled.connect_all()
+    res["profile_full"] = _profiled(profiled.full)
+    profiled = None
     ctl = None          # free its flow tables
     res["scales"] = []
     for n in sorted(set(scales) | {hosts}):

@@ -633,17 +633,17 @@ def _vm_by_address(vms):
     return _VMS_CACHE[1]
 
 
-_BLOCKS_CACHE = [(), {}]        # the items of the last blocks mapping seen, its index
+_BLOCKS_CACHE = [None, {}]      # the last blocks mapping seen, its index
 
 
 def _blocks_of(blocks, rule_uuid):
     """The sorted ((rule uuid, host), block) items of ``blocks`` for one rule.
-    The index is kept for the last contents seen: the engine hands the same
-    allocation to every host of a computation."""
-    items = tuple(blocks.items())
-    if _BLOCKS_CACHE[0] != items:
+    The index is kept for the last mapping seen: the engine hands the same
+    allocation (a new mapping for each topology, never changed once handed
+    over) to every host of a computation."""
+    if _BLOCKS_CACHE[0] is not blocks:
         index = {}
-        for item in sorted(items):
+        for item in sorted(blocks.items()):
             index.setdefault(item[0][0], []).append(item)
-        _BLOCKS_CACHE[:] = [items, index]
+        _BLOCKS_CACHE[:] = [blocks, index]
     return _BLOCKS_CACHE[1].get(rule_uuid, ())
