@@ -13,6 +13,8 @@ The flows must be installed with OFPFF_SEND_FLOW_REM (``Flow`` has no flags
 field: the daemon's OpenFlow shell sets it on every cache flow it adds).
 """
 
+import functools
+
 from ryu_apps import pipeline as P
 from ryu_apps.ofmodel import Flow
 
@@ -103,17 +105,8 @@ def entry_flows(tag, entry, idle_timeout):
                  _rewrite(back_sets, back_next), cookie=ck, idle_timeout=int(idle_timeout)))
 
 
-_TEXTS = {}                     # address (int) -> dotted quad: addresses repeat
-
-
-def _ip_text(addr):
-    text = _TEXTS.get(addr)
-    if text is None:
-        text = ip_text(addr)
-        if len(_TEXTS) >= 65536:
-            _TEXTS.clear()
-        _TEXTS[addr] = text
-    return text
+# Addresses repeat (a VM's own, its peers'): remember their text.
+_ip_text = functools.lru_cache(maxsize=65536)(ip_text)
 
 
 # The field order of a tagged TCP/UDP 5-tuple's canonical match, if it is

@@ -19,6 +19,7 @@ tags are per host.
 """
 
 import contextlib
+import functools
 import gc
 import hashlib
 import json
@@ -112,19 +113,9 @@ def promote_young():
         gc.unfreeze()
 
 
-_ADDRESSES = {}                             # dotted quad -> int, valid ones only
-
-
-def _ip(text):
-    """``ip_int`` (same errors), remembering the answers: a transfer names
-    the same few addresses over and over."""
-    value = _ADDRESSES.get(text)
-    if value is None:
-        value = ip_int(text)
-        if len(_ADDRESSES) >= 65536:
-            _ADDRESSES.clear()
-        _ADDRESSES[text] = value
-    return value
+# ``ip_int`` (same errors: exceptions are not remembered), remembering the
+# answers: a transfer names the same few addresses over and over.
+_ip = functools.lru_cache(maxsize=65536)(ip_int)
 
 
 def _conn(k):
@@ -357,7 +348,6 @@ class VmStateMixin:
         Xlate or None, record)`` (everything parsed once)."""
         slices = {chain_of(s.config): (s, spec, _ip(spec.ip), spec.mac, s.config.switch)
                   for s, spec in self.vm_slices(vm)}
-        known_ip = _ADDRESSES.get                # _ip's answers, without a call
         if not isinstance(records, list):
             raise RecordError("records are not a list")
         seen = set()
@@ -377,7 +367,7 @@ class VmStateMixin:
                 s, spec, own_ip, own_mac, _ = got
                 conn = rec["conn"]
                 proto, vm_ip, vm_port, peer_ip, peer_port = conn
-                if known_ip(vm_ip) != own_ip and _ip(vm_ip) != own_ip:
+                if _ip(vm_ip) != own_ip:
                     raise RecordError("record %d: address %s is not %s's" % (i, vm_ip, vm))
                 if type(vm_port) is not int or vm_port not in ports:   # noqa: E721 - no bools
                     raise RecordError("record %d: bad port %r" % (i, vm_port))
@@ -385,9 +375,7 @@ class VmStateMixin:
                     raise RecordError("record %d: bad port %r" % (i, peer_port))
                 if type(proto) is not int or not 0 <= proto <= 255:    # noqa: E721
                     raise RecordError("record %d: bad protocol %r" % (i, proto))
-                peer = known_ip(peer_ip)
-                key = ConnKey(proto, own_ip, vm_port, _ip(peer_ip) if peer is None else peer,
-                              peer_port)
+                key = ConnKey(proto, own_ip, vm_port, _ip(peer_ip), peer_port)
                 if rec["origin"] not in (OUT, IN) or rec["verdict"] not in (ALLOW, DENY):
                     raise RecordError("record %d: bad origin or verdict" % i)
                 if rec["state"] not in KNOWN_STATES:
