@@ -43,6 +43,8 @@ def summarize_migration(mig):
 
 def _k(n):
     n = int(n)
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return "%dM" % (n // 1_000_000)
     return "%dk" % (n // 1000) if n % 1000 == 0 else str(n)
 
 
@@ -399,8 +401,9 @@ def plots(results, out_dir):
             ax.bar([_k(n) for n in sizes], vals, bottom=bottom, label=phase, color=color)
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.axhline(1.0, color="red", linestyle="--", linewidth=1, label="target at 100k: 1 s")
-        ax.set_yscale("log")
-        ax.set_ylabel("seconds (log)")
+        for x, total in enumerate(bottom):
+            ax.text(x, total, "%.2f s" % total, ha="center", va="bottom")
+        ax.set_ylabel("seconds")
         ax.set_title("moving one VM's connection state")
         ax.legend()
         fig.tight_layout()
