@@ -67,42 +67,7 @@ def entry_flows(tag, entry, idle_timeout):
                            k.peer_ip, k.vm_port, k.peer_port, entry.verdict, idle_timeout),
                 cache_flow(tag, P.STAGE_TO_VM, entry.entry_id, k.proto, k.peer_ip,
                            k.vm_ip, k.peer_port, k.vm_port, entry.verdict, idle_timeout))
-    names = _L4.get(k.proto)
-    if names is not None:
-        return _l4_xlate_flows(tag, entry, k, x, names, int(idle_timeout))
-    names = (None, None)
-    ck = cookie(tag, entry.entry_id)
-    if x.kind == "lb":
-        out_sets = (("ipv4_dst", _ip_text(x.peer_ip)), (names[1], x.peer_port),
-                    ("eth_src", P.ROUTER_MAC), ("eth_dst", x.peer_mac))
-        out_next = P.L2_LOOKUP.table_id
-        back_stage = P.STAGE_TO_VM
-        back_sets = (("ipv4_src", _ip_text(k.peer_ip)), (names[0], k.peer_port),
-                     ("eth_src", P.ROUTER_MAC))
-        back_next = P.LOCAL_DELIVERY.table_id
-    elif x.away:
-        # SNAT from another host's port block: the replies arrive forwarded
-        # by that host to the VM's MAC, untranslated; "landing" at the to-VM
-        # stage (its catcher: catcher_flow) translates them here.
-        out_sets = (("ipv4_src", _ip_text(x.vm_ip)), (names[0], x.vm_port))
-        out_next = P.EXTERNAL_OUT.table_id
-        back_stage = P.STAGE_TO_VM
-        back_sets = (("ipv4_dst", _ip_text(k.vm_ip)), (names[1], k.vm_port),
-                     ("eth_src", P.ROUTER_MAC), ("eth_dst", x.vm_mac))
-        back_next = P.LOCAL_DELIVERY.table_id
-    else:
-        out_sets = (("ipv4_src", _ip_text(x.vm_ip)), (names[0], x.vm_port))
-        out_next = P.EXTERNAL_OUT.table_id
-        back_stage = P.STAGE_FROM_EXTERNAL
-        back_sets = (("ipv4_dst", _ip_text(k.vm_ip)), (names[1], k.vm_port),
-                     ("eth_src", P.ROUTER_MAC), ("eth_dst", x.vm_mac))
-        back_next = P.L2_LOOKUP.table_id
-    out_match = _tuple_match(tag, k.proto, k.vm_ip, k.peer_ip, k.vm_port, k.peer_port)
-    back_match = _tuple_match(tag, k.proto, x.peer_ip, x.vm_ip, x.peer_port, x.vm_port)
-    return (Flow(P.FROM_VM_CACHE.table_id, P.PRIO_CACHE_ENTRY, out_match,
-                 _rewrite(out_sets, out_next), cookie=ck, idle_timeout=int(idle_timeout)),
-            Flow(P.CACHE_TABLES[back_stage].table_id, P.PRIO_CACHE_ENTRY, back_match,
-                 _rewrite(back_sets, back_next), cookie=ck, idle_timeout=int(idle_timeout)))
+    return _xlate_flows(tag, entry, k, x, _L4.get(k.proto, (None, None)), int(idle_timeout))
 
 
 # Addresses repeat (a VM's own, its peers'): remember their text.
@@ -130,30 +95,37 @@ def _low(value):
 _SET_ROUTER_MAC = ("set_field", "eth_src", P.ROUTER_MAC.lower())
 
 
-def _l4_xlate_flows(tag, entry, k, x, names, idle_timeout):
-    """``entry_flows`` of a translated TCP or UDP entry: the same flows, with
-    their rewrites (``_rewrite`` of the same fields) built at once."""
+def _port_set(name, port):
+    """A port rewrite, or none for a protocol without ports."""
+    return (("set_field", name, port),) if name is not None else ()
+
+
+def _xlate_flows(tag, entry, k, x, names, idle_timeout):
+    """``entry_flows`` of a translated entry: the two flows with their
+    rewrites (``names``: the protocol's port fields, or None)."""
     ck = cookie(tag, entry.entry_id)
     src_name, dst_name = names
     if x.kind == "lb":
-        out_apply = (("set_field", "ipv4_dst", _ip_text(x.peer_ip)),
-                     ("set_field", dst_name, _low(x.peer_port)), _SET_ROUTER_MAC,
-                     ("set_field", "eth_dst", _low(x.peer_mac)))
+        out_apply = ((("set_field", "ipv4_dst", _ip_text(x.peer_ip)),)
+                     + _port_set(dst_name, x.peer_port)
+                     + (_SET_ROUTER_MAC, ("set_field", "eth_dst", _low(x.peer_mac))))
         out_next = P.L2_LOOKUP.table_id
         back_table = P.CACHE_TABLES[P.STAGE_TO_VM].table_id
-        back_apply = (("set_field", "ipv4_src", _ip_text(k.peer_ip)),
-                      ("set_field", src_name, _low(k.peer_port)), _SET_ROUTER_MAC)
+        back_apply = ((("set_field", "ipv4_src", _ip_text(k.peer_ip)),)
+                      + _port_set(src_name, k.peer_port) + (_SET_ROUTER_MAC,))
         back_next = P.LOCAL_DELIVERY.table_id
     else:
-        # SNAT from another host's port block (away): see entry_flows.
-        out_apply = (("set_field", "ipv4_src", _ip_text(x.vm_ip)),
-                     ("set_field", src_name, _low(x.vm_port)))
+        # SNAT from another host's port block (away): the replies arrive
+        # forwarded by that host to the VM's MAC, untranslated; "landing" at
+        # the to-VM stage (its catcher: catcher_flow) translates them here.
+        out_apply = ((("set_field", "ipv4_src", _ip_text(x.vm_ip)),)
+                     + _port_set(src_name, x.vm_port))
         out_next = P.EXTERNAL_OUT.table_id
         back_table = P.CACHE_TABLES[P.STAGE_TO_VM if x.away
                                     else P.STAGE_FROM_EXTERNAL].table_id
-        back_apply = (("set_field", "ipv4_dst", _ip_text(k.vm_ip)),
-                      ("set_field", dst_name, _low(k.vm_port)), _SET_ROUTER_MAC,
-                      ("set_field", "eth_dst", _low(x.vm_mac)))
+        back_apply = ((("set_field", "ipv4_dst", _ip_text(k.vm_ip)),)
+                      + _port_set(dst_name, k.vm_port)
+                      + (_SET_ROUTER_MAC, ("set_field", "eth_dst", _low(x.vm_mac))))
         back_next = P.LOCAL_DELIVERY.table_id if x.away else P.L2_LOOKUP.table_id
     out_match = _tuple_match(tag, k.proto, k.vm_ip, k.peer_ip, k.vm_port, k.peer_port)
     back_match = _tuple_match(tag, k.proto, x.peer_ip, x.vm_ip, x.peer_port, x.vm_port)
