@@ -282,6 +282,7 @@ def _move(src, n, pair, of_dst):
     ``src`` (one move, into a fresh destination core); its figures."""
     import gc
     from middlebox import vmstate
+    from middlebox.gcpause import gc_paused
     from middlebox.core import MiddleboxCore
     # gather (service mode)
     gc.collect()
@@ -301,7 +302,7 @@ def _move(src, n, pair, of_dst):
     # (as mbxd: no cyclic collection while encoding and keying the records).
     t0 = time.perf_counter()
     from middlebox.migration import PROTOCOL_VERSION
-    with vmstate.gc_paused():
+    with gc_paused():
         pair.src.send(sid, {"type": "hello", "version": PROTOCOL_VERSION, "migration": mig,
                             "token": "t" * 32, "vm": VM, "source": SRC_HOST,
                             "destination": DST_HOST})
@@ -323,7 +324,7 @@ def _move(src, n, pair, of_dst):
         sizes += ev.size or 0
         msg = ev.message
         if msg["type"] == "state":
-            with vmstate.gc_paused():       # as mbxd stages them
+            with gc_paused():       # as mbxd stages them
                 for rec in msg["records"]:
                     staged[vmstate.record_key(rec)] = rec
         elif msg["type"] == "final":

@@ -32,7 +32,6 @@ certificate from another CA) produces no event at all, only a log line.
 
 import collections
 import errno
-import gc
 import ipaddress
 import json
 import logging
@@ -45,6 +44,7 @@ import struct
 import threading
 import time
 
+from middlebox.gcpause import gc_paused
 from ovsdb.errors import MbxError
 
 LOG = logging.getLogger("mbxd.migchan")
@@ -77,14 +77,9 @@ def encode(message):
         raise TypeError("a message is a dict, not %s" % type(message).__name__)
     # Encoding 20,000 records makes (and drops) as many temporary objects:
     # no cyclic collection meanwhile, over everything the daemon holds.
-    was = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False,
                              allow_nan=False).encode("utf-8")
-    finally:
-        if was:
-            gc.enable()
     if len(payload) > MAX_MESSAGE:
         raise FrameError("message of %d bytes exceeds %d" % (len(payload), MAX_MESSAGE))
     return HEADER.pack(len(payload)) + payload
@@ -134,22 +129,13 @@ class Decoder:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as err:
             self._fail("bad UTF-8 at byte %d" % err.start)
-        # A snapshot part is 20,000 records (dicts with lists): without
-        # cyclic collection meanwhile, reading it costs what parsing costs.
-        was = gc.isenabled()
-        gc.disable()
+        # A snapshot part is 20,000 records (dicts with lists), staged until
+        # the import: no cyclic collection while reading it.
         try:
-            message = json.loads(text)
+            with gc_paused():
+                message = json.loads(text)
         except ValueError as err:
             self._fail("bad JSON: %s" % err)
-        finally:
-            if was:
-                # The records are long-lived (staged until the import): into
-                # the oldest generation, untraversed (vmstate.promote_young).
-                if gc.get_freeze_count() == 0:
-                    gc.freeze()
-                    gc.unfreeze()
-                gc.enable()
         if not isinstance(message, dict):
             self._fail("JSON %s is not an object" % type(message).__name__)
         return message, size

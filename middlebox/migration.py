@@ -26,6 +26,7 @@ import time
 from ovs.db import idl as ovsidl
 
 from middlebox import vmstate
+from middlebox.gcpause import gc_paused
 from middlebox.vmstate import RecordError
 
 LOG = logging.getLogger("mbxd.migration")
@@ -322,7 +323,7 @@ class MigrationManager:
         # A large snapshot goes in parts: seq 1 is the snapshot, the rest
         # are changes that add records (a message stays far below MAX_MESSAGE).
         # No cyclic collection while encoding them and keying what was sent.
-        with vmstate.gc_paused():
+        with gc_paused():
             for start in range(0, max(len(records), 1), SNAPSHOT_PART):
                 out.seq += 1
                 self._send_msg(out, {"type": "state", "migration": out.uuid, "seq": out.seq,
@@ -343,7 +344,7 @@ class MigrationManager:
     def _changes(self, out, full):
         """Records new or changed since sent (``full``: any field, else the
         significant ones), and the keys of those that went."""
-        with vmstate.gc_paused():
+        with gc_paused():
             now_recs = {vmstate.record_key(rec): rec
                         for rec in self.core.gather(out.vm, "service")}
         changed = []
@@ -505,7 +506,7 @@ class MigrationManager:
                 self._reject(inc, "malformed state message %d" % seq)
                 return
             try:
-                with vmstate.gc_paused():
+                with gc_paused():
                     for rec in records:
                         inc.staged[vmstate.record_key(rec)] = rec
                     for item in removed:

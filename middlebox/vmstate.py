@@ -18,14 +18,13 @@ is named by its chain (the middlebox names in order), never by a tag, since
 tags are per host.
 """
 
-import contextlib
 import functools
-import gc
 import hashlib
 import json
 from operator import itemgetter
 
 from middlebox import cacheflows as CF
+from middlebox.gcpause import gc_paused
 from middlebox.conntrack import (ALLOW, CLOSED, CLOSING, DENY, ESTABLISHED, KNOWN_STATES, FLOW_BOTH, FLOW_FROM_VM,
                                  FLOW_TO_VM, IN, OUT, ConnEntry, ConnKey, Xlate,
                                  initial_state)
@@ -85,32 +84,6 @@ def _digest(records):
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-@contextlib.contextmanager
-def gc_paused():
-    """No cyclic garbage collection meanwhile: building or reading 100k
-    records (each a dict with lists) would otherwise set off full
-    collections over everything the daemon holds, again and again."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            promote_young()
-            gc.enable()
-
-
-def promote_young():
-    """Move every object the collector tracks into its oldest generation,
-    without traversing them (two list splices): what a pause built is
-    long-lived state (entries, flows, records), and would otherwise be
-    traversed by the young collections that re-enabling the collector sets
-    off at once (over a second at 100k connections).  Nothing is lost: a
-    cycle among them is still collected, by the next full collection.  Not
-    done when something else froze objects (``gc.freeze``): they stay frozen."""
-    if gc.get_freeze_count() == 0:
-        gc.freeze()
-        gc.unfreeze()
 
 
 # ``ip_int`` (same errors: exceptions are not remembered), remembering the

@@ -322,13 +322,13 @@ def test_gc_paused_keeps_collecting_cycles():
     import gc
     import weakref
 
-    from middlebox import vmstate as VS
+    from middlebox.gcpause import gc_paused
 
     class Node:
         pass
 
     assert gc.isenabled()
-    with VS.gc_paused():
+    with gc_paused():
         assert not gc.isenabled()
         a, b = Node(), Node()
         a.other, b.other = b, a
