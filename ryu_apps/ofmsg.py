@@ -9,6 +9,7 @@ back as an ``("unsupported", text)`` entry so it never equals a desired flow.
 """
 
 import dataclasses
+import functools
 import socket
 import struct
 
@@ -179,17 +180,8 @@ def _ipv4_bytes(text):
     return raw
 
 
-_IPV4_BYTES = {}                # canonical text -> 4 bytes (addresses repeat)
-
-
-def _ipv4_cached(text):
-    raw = _IPV4_BYTES.get(text)
-    if raw is None:
-        raw = _ipv4_bytes(text)
-        if len(_IPV4_BYTES) >= _MAX_CACHED:
-            _IPV4_BYTES.clear()
-        _IPV4_BYTES[text] = raw
-    return raw
+# Canonical text -> 4 bytes (addresses repeat; errors are not remembered).
+_ipv4_cached = functools.lru_cache(maxsize=_MAX_CACHED)(_ipv4_bytes)
 
 
 class _Unsupported(Exception):
@@ -335,11 +327,7 @@ def _inst_plan(shape):
                 length = _round8(4 + oxm_len)
                 const(struct.pack("!HH", ofp.OFPAT_SET_FIELD, length) + spec.header)
                 expr = "insts[%d][1][%d][2]" % (i, j)
-                if spec.conv is _ipv4_cached:   # the cache's answer, without a call
-                    env["_g"] = _IPV4_BYTES.get
-                    env["_c%d_%d" % (i, j)] = spec.conv
-                    expr = "(_g(%s) or _c%d_%d(%s))" % (expr, i, j, expr)
-                elif spec.conv is not None:
+                if spec.conv is not None:
                     env["_c%d_%d" % (i, j)] = spec.conv
                     expr = "_c%d_%d(%s)" % (i, j, expr)
                 pieces.append((vfmt, expr, None))
@@ -408,10 +396,7 @@ def _match_plan(names, types, command, flags):
             env["_c%d" % i] = spec.conv
         if types[i] is not (tuple if spec.masked else spec.value_type):
             raise _Unsupported(n)
-        if spec.conv is _ipv4_cached and not spec.masked:
-            env["_g"] = _IPV4_BYTES.get     # the cache's answer, without a call
-            args.append("_h%d, (_g(values[%d]) or _c%d(values[%d]))" % (i, i, i, i))
-        elif spec.masked and spec.conv is not None:
+        if spec.masked and spec.conv is not None:
             args.append("_h%d, _c%d(values[%d][0]), _c%d(values[%d][1])" % (i, i, i, i, i))
         elif spec.masked:
             args.append("_h%d, values[%d][0], values[%d][1]" % (i, i, i))
