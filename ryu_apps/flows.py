@@ -593,7 +593,7 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
                                                    **target[1]),
                                        target[0]))
         elif rule.type == "dnat":
-            vm = _vm_by_address(topo.vms).get((mb.switch, rule.logical_ip))
+            vm = topo.derived(_vms_by_address).get((mb.switch, rule.logical_ip))
             binding = topo.bindings.get(vm.name) if vm is not None else None
             target = to_host(binding.host) if binding is not None else None
             instructions, extra = target if target is not None else ([], {})
@@ -617,20 +617,14 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
     return flows
 
 
-_VMS_CACHE = [None, {}]         # the last VM mapping seen, its address index
-
-
-def _vm_by_address(vms):
-    """{(switch, ip): the VM of that switch with that address, first by name}
-    of the VM mapping ``vms``.  Kept for the last mapping seen (a topology's
-    mappings are not changed once built; the engine hands the same one to
-    every topology built from one config snapshot)."""
-    if _VMS_CACHE[0] is not vms:
-        index = {}
-        for _, vm in sorted(vms.items()):
-            index.setdefault((vm.switch, vm.ip), vm)
-        _VMS_CACHE[:] = [vms, index]
-    return _VMS_CACHE[1]
+def _vms_by_address(topo):
+    """{(switch, ip): the VM of that switch with that address, first by name}."""
+    index = {}
+    for vm in topo.vms.values():
+        key = (vm.switch, vm.ip)
+        if key not in index or vm.name < index[key].name:
+            index[key] = vm
+    return index
 
 
 _BLOCKS_CACHE = [None, {}]      # the last blocks mapping seen, its index
