@@ -111,7 +111,7 @@ survivors' largest reply gap 225-250 ms, the re-plumb 150-190 ms):
   started) or with a per-host hash basis.
 
 Everything the module exports for other tests: the scenario constants below,
-``pipeline_flows``, ``install``, ``migrate``, ``run``.
+``pipeline_flows``, ``install``, ``migrate``, ``run``, ``wait_listening``.
 """
 
 import argparse
@@ -522,10 +522,15 @@ def _servers(lab, rundir):
 
 
 def _wait_listening(lab, timeout=10):
-    """Every server listens (a local connect inside its namespace)."""
-    checks = [(lab.exec, vm, BACKEND_PORT) for vm in BACKENDS] + [
+    """Every server of the scenario listens."""
+    wait_listening([(lab.exec, vm, BACKEND_PORT) for vm in BACKENDS] + [
         (lab.exec, "mv", FW_IN_PORT), (lab.exec, "peer", FW_OUT_PORT),
-        (lab.ext_exec, EXT_SERVER, EXT_SERVER_PORT)]
+        (lab.ext_exec, EXT_SERVER, EXT_SERVER_PORT)], timeout)
+
+
+def wait_listening(checks, timeout=10):
+    """Each ``(execute, namespace name, port)`` listens: a local connect
+    inside its namespace (``execute``: ``Lab.exec`` or ``Lab.ext_exec``)."""
     code = ("import socket,sys\ntry:\n socket.create_connection(('127.0.0.1',%d),0.5)"
             ".close()\nexcept OSError:\n sys.exit(1)")
     for execute, name, port in checks:

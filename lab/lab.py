@@ -677,7 +677,8 @@ class Lab:
         steps["total"] = round((marks[-1][1] - marks[0][1]) * 1000, 1)
         return steps
 
-    def _mbxctl_ok(self, *args):
+    def mbxctl_ok(self, *args):
+        """``mbxctl ARGS``; its output, or LabError with mbxctl's error line."""
         proc = self.mbxctl(*args)
         if proc.returncode != 0:
             raise LabError("mbxctl %s: %s" % (" ".join(args),

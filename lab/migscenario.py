@@ -35,12 +35,6 @@ RULES = (
 )
 
 
-def _ok(lab, *args):
-    proc = lab.mbxctl(*args)
-    if proc.returncode != 0:
-        raise LabError("mbxctl %s: %s" % (" ".join(args), (proc.stderr or proc.stdout).strip()))
-    return proc.stdout
-
 
 class Scenario:
     def __init__(self, lab, rundir, gather=None):
@@ -52,19 +46,19 @@ class Scenario:
 
     def build(self, hosts):
         lab = self.lab
-        _ok(lab, "ls-add", CT.SWITCH, "--vni", str(CT.VNI), "--subnet", CT.SUBNET,
+        lab.mbxctl_ok("ls-add", CT.SWITCH, "--vni", str(CT.VNI), "--subnet", CT.SUBNET,
             "--tenant", CT.TENANT, "--gateway", CT.GATEWAY_IP)
         options = ["migration-gather=%s" % self.gather] if self.gather else []
-        _ok(lab, "mb-add", "fw-red", CT.SWITCH, "--type", "firewall", "--default", "deny",
+        lab.mbxctl_ok("mb-add", "fw-red", CT.SWITCH, "--type", "firewall", "--default", "deny",
             *options)
         for direction, prio, match, action in RULES:
-            _ok(lab, "fw-add", "fw-red", str(prio), direction, match, action)
-        _ok(lab, "mb-add", "lb-red", CT.SWITCH, "--type", "lb")
-        _ok(lab, "lb-add", "lb-red", "%s:%d" % (CT.VIP, CT.VIP_PORT),
+            lab.mbxctl_ok("fw-add", "fw-red", str(prio), direction, match, action)
+        lab.mbxctl_ok("mb-add", "lb-red", CT.SWITCH, "--type", "lb")
+        lab.mbxctl_ok("lb-add", "lb-red", "%s:%d" % (CT.VIP, CT.VIP_PORT),
             *["%s:%d" % (CT.VMS[b][0], CT.BACKEND_PORT) for b in CT.BACKENDS])
-        _ok(lab, "mb-add", "nat-red", CT.SWITCH, "--type", "nat")
-        _ok(lab, "nat-add", "nat-red", "snat", CT.SNAT_IP)
-        _ok(lab, "steer-add", CT.SWITCH, "100", "proto=tcp", ",".join(CHAIN))
+        lab.mbxctl_ok("mb-add", "nat-red", CT.SWITCH, "--type", "nat")
+        lab.mbxctl_ok("nat-add", "nat-red", "snat", CT.SNAT_IP)
+        lab.mbxctl_ok("steer-add", CT.SWITCH, "100", "proto=tcp", ",".join(CHAIN))
         for vm, (ip, host) in CT.VMS.items():
             if host not in hosts:
                 host = hosts[-1]
@@ -78,7 +72,7 @@ class Scenario:
 
     def build_plain(self, hosts):
         name, vni, subnet, vms = self.PLAIN
-        _ok(self.lab, "ls-add", name, "--vni", vni, "--subnet", subnet, "--tenant", "plain")
+        self.lab.mbxctl_ok("ls-add", name, "--vni", vni, "--subnet", subnet, "--tenant", "plain")
         for vm, (ip, host) in vms.items():
             self.lab.vm_add(vm, host if host in hosts else hosts[-1], name, ip + "/24")
         self.servers.append(self.lab.spawn("pq", [sys.executable, "-m", "lab.probe", "serve",

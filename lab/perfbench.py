@@ -88,14 +88,9 @@ NEWCONN = {
 }
 
 
-def _ok(lab, *args):
-    proc = lab.mbxctl(*args)
-    if proc.returncode != 0:
-        raise LabError("mbxctl %s: %s" % (" ".join(args), (proc.stderr or proc.stdout).strip()))
-
 
 def _plain_switch(lab):
-    _ok(lab, "ls-add", PLAIN_SWITCH, "--vni", str(CT.PLAIN_VNI), "--subnet", PLAIN_SUBNET,
+    lab.mbxctl_ok("ls-add", PLAIN_SWITCH, "--vni", str(CT.PLAIN_VNI), "--subnet", PLAIN_SUBNET,
         "--tenant", "plain")
     for vm, (ip, host) in PLAIN_VMS.items():
         lab.vm_add(vm, host, PLAIN_SWITCH, ip + "/24")
@@ -125,14 +120,14 @@ def build_mbx(lab, rundir, out):
     lab.up(HOSTS, log=lambda *_: None)
     sc = Scenario(lab, rundir)
     sc.build(HOSTS)
-    _ok(lab, "lb-set", "lb-red", "%s:%d" % (CT.VIP, CT.VIP_PORT), "health-interval=1",
+    lab.mbxctl_ok("lb-set", "lb-red", "%s:%d" % (CT.VIP, CT.VIP_PORT), "health-interval=1",
         "health-timeout=0.5", "health-rise=1", "health-fall=1")
-    _ok(lab, "fw-add", "fw-red", "99", "from-vm", "proto=udp", "allow")
-    _ok(lab, "fw-add", "fw-red", "103", "to-vm", "proto=tcp dport=%d" % PORT, "allow")
-    _ok(lab, "fw-add", "fw-red", "104", "to-vm", "proto=udp dport=%d" % PORT, "allow")
-    _ok(lab, "lb-add", "lb-red", "%s:%d" % (CT.VIP, PORT),
+    lab.mbxctl_ok("fw-add", "fw-red", "99", "from-vm", "proto=udp", "allow")
+    lab.mbxctl_ok("fw-add", "fw-red", "103", "to-vm", "proto=tcp dport=%d" % PORT, "allow")
+    lab.mbxctl_ok("fw-add", "fw-red", "104", "to-vm", "proto=udp dport=%d" % PORT, "allow")
+    lab.mbxctl_ok("lb-add", "lb-red", "%s:%d" % (CT.VIP, PORT),
         *["%s:%d" % (CT.VMS[b][0], PORT) for b in CT.BACKENDS], "--algorithm", "source-hash")
-    _ok(lab, "steer-add", CT.SWITCH, "99", "proto=udp", ",".join(("fw-red", "lb-red",
+    lab.mbxctl_ok("steer-add", CT.SWITCH, "99", "proto=udp", ",".join(("fw-red", "lb-red",
                                                                    "nat-red")))
     _plain_switch(lab)
     _servers(lab, rundir, CT.BACKENDS)
@@ -144,7 +139,7 @@ def build_ct(lab, rundir, out):
     """The conntrack lab: the same VMs (placed by mbx's controller), then the
     conntrack pipeline instead of mbx's on every host."""
     lab.up(HOSTS, log=lambda *_: None)
-    _ok(lab, "ls-add", CT.SWITCH, "--vni", str(CT.VNI), "--subnet", CT.SUBNET,
+    lab.mbxctl_ok("ls-add", CT.SWITCH, "--vni", str(CT.VNI), "--subnet", CT.SUBNET,
         "--tenant", CT.TENANT, "--gateway", CT.GATEWAY_IP)
     for vm, (ip, host) in CT.VMS.items():
         lab.vm_add(vm, host, CT.SWITCH, "%s/%d" % (ip, CT.PREFIXLEN))
@@ -192,16 +187,10 @@ def shared_state_convergence(lab, rundir, server, toggles=6, out=print):
     return delays
 
 
-def _listening(lab, rundir):
-    checks = [(lab.exec, vm, PORT) for vm in CT.BACKENDS + ("pb1", "pb2")] + [
-        (lab.exec, vm, ECHO) for vm in ("pb1", "pb2")] + [
-        (lab.ext_exec, CT.EXT_SERVER, PORT)]
-    code = ("import socket,sys\ntry:\n socket.create_connection(('127.0.0.1',%d),0.5)"
-            ".close()\nexcept OSError:\n sys.exit(1)")
-    for execute, name, port in checks:
-        wait_until(lambda: execute(name, [sys.executable, "-c", code % port],
-                                   capture_output=True).returncode == 0,
-                   10, interval=0.1, what="%s to listen on %d" % (name, port))
+def _listening(lab):
+    CT.wait_listening([(lab.exec, vm, PORT) for vm in CT.BACKENDS + ("pb1", "pb2")]
+                      + [(lab.exec, vm, ECHO) for vm in ("pb1", "pb2")]
+                      + [(lab.ext_exec, CT.EXT_SERVER, PORT)])
 
 
 def iperf(lab, client, addr, seconds, udp=False):
@@ -281,7 +270,7 @@ def run(rounds=3, seconds=3, conns=200, workers=4, rundir=RUNDIR, out=print):
                 echo_b1 = build_mbx(lab, lab.rundir, out)
             else:
                 build_ct(lab, lab.rundir, out)
-            _listening(lab, lab.rundir)
+            _listening(lab)
             out("  (%.0f s)" % (time.monotonic() - t1))
         time.sleep(2.0)         # the load balancer's first health checks
         order = list(systems)

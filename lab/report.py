@@ -170,7 +170,7 @@ def migration_markdown(m):
 
 
 # ------------------------------------------------------------------ data path
-SYS_LABEL = {"plain": "plain", "ct-baseline": "ct-baseline", "mbx": "mbx"}
+SYSTEMS = ("plain", "ct-baseline", "mbx")
 
 
 def _fmt(v, unit):
@@ -226,9 +226,7 @@ def dataplane_markdown(d, plots):
         for mode, label in (("parallel", "%d clients" % m["workers"]), ("serial", "1 client")):
             ps = row[mode]["per_second"]
             cm, cp = row["connect_ms_median"], row["connect_ms_p99"]
-            extra = ("%s / %s / %s ms" % tuple(_ms(cm.get(s)) for s in ("plain", "ct-baseline", "mbx")),
-                     "%s / %s / %s ms" % tuple(_ms(cp.get(s)) for s in ("plain", "ct-baseline", "mbx"))) \
-                if mode == "serial" else ("", "")
+            extra = (_each_ms(cm), _each_ms(cp)) if mode == "serial" else ("", "")
             lines.append("| %s, %s | %s | %s | %s | %s | **%s** | %s | %s |" % (
                 row["what"], label, _cps(ps["plain"]), _cps(ps["ct-baseline"]), _cps(ps["mbx"]),
                 _r(row[mode]["mbx_to_plain"]), _r(row[mode]["mbx_to_ct"]), *extra))
@@ -298,6 +296,11 @@ def _ms(v):
     return "-" if v is None else "%.2f" % v
 
 
+def _each_ms(values):
+    """"plain / ct-baseline / mbx ms" of a {system: ms} mapping."""
+    return " / ".join(_ms(values.get(s)) for s in SYSTEMS) + " ms"
+
+
 def _cps(v):
     return "-" if v is None else "%.0f/s" % v
 
@@ -351,7 +354,7 @@ def plots(results, out_dir):
         return {}
     made = {}
     colors = {"plain": "#999999", "ct-baseline": "#d98c2b", "mbx": "#2b6fd9"}
-    systems = ("plain", "ct-baseline", "mbx")
+    systems = SYSTEMS
     d = results.get("dataplane")
     if d:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
