@@ -29,6 +29,7 @@ import sys
 import time
 
 from lab import report
+from lab.sh import counts_arg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(HERE, "..", "docs")
@@ -72,7 +73,7 @@ def save(results, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
     with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True, default=str)
+        json.dump(results, f, indent=1, default=str)  # in run order: --render gives the same page
         f.write("\n")
     os.replace(path + ".tmp", path)
 
@@ -96,7 +97,7 @@ def run(args, out=print):
         save(results, args.out_dir)
     if not args.no_migration:
         from lab import migbench
-        mig = migbench.run(sizes=tuple(int(x) for x in args.migration_sizes.split(",") if x),
+        mig = migbench.run(sizes=args.migration_sizes,
                            moves_per_path=max(1, min(args.migration_moves, 30)), out=out)
         results["migration"] = report.summarize_migration(mig)
         save(results, args.out_dir)
@@ -107,7 +108,7 @@ def run(args, out=print):
     if not args.skip_memory:
         from lab import membench
         results["memory"] = membench.run(
-            tuple(int(x) for x in args.memory_sizes.split(",") if x), out=out)
+            args.memory_sizes, out=out)
     results["seconds"] = round(time.monotonic() - t0 + (
         results.get("seconds", 0) if args.update else 0), 1)
     save(results, args.out_dir)
@@ -200,11 +201,11 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out-dir", default=OUT_DIR)
     p.add_argument("--report", default=os.path.join(DOCS, "benchmarks.md"))
-    p.add_argument("--migration-sizes", default="1000,10000,100000",
+    p.add_argument("--migration-sizes", default="1000,10000,100000", type=counts_arg,
                    help="connection counts for the state-transfer timing")
     p.add_argument("--migration-moves", type=int, default=10,
                    help="moves per path and system for the reply gap (1-30)")
-    p.add_argument("--memory-sizes", default="100000,1000000")
+    p.add_argument("--memory-sizes", default="100000,1000000", type=counts_arg)
     p.add_argument("--cp-hosts", type=int, default=1000)
     p.add_argument("--no-migration", action="store_true",
                    help="skip the migration benchmarks (lab.migbench)")
@@ -220,6 +221,10 @@ def main(argv=None):
     args.seconds = max(1, min(args.seconds, 30))
     args.connections = max(10, min(args.connections, 5000))
     args.workers = max(1, min(args.workers, 16))
+    if args.render or args.update:
+        if not os.path.exists(os.path.join(args.out_dir, "results.json")):
+            p.error("--render and --update need the results.json of a run in %s"
+                    % args.out_dir)
     if args.render:
         # Only the page again, from the results a run wrote.
         with open(os.path.join(args.out_dir, "results.json")) as f:

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from lab.sh import counts_arg
+
 
 def _rss_bytes():
     with open("/proc/self/status") as f:
@@ -136,12 +138,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m lab.membench")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--sizes", default="100000,1000000")
+    p.add_argument("--sizes", default="100000,1000000", type=counts_arg)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(_one(min(args.one, 2_000_000), args.trace)))
         return 0
-    print(json.dumps(run(tuple(int(x) for x in args.sizes.split(",") if x),
+    print(json.dumps(run(args.sizes,
                          out=lambda line: print(line, file=sys.stderr)), indent=1))
     return 0
 

@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from lab.sh import counts_arg
+
 PREFIX = "mbxb"
 RUNDIR = "/run/mbx-bench"
 SIZES = (1000, 10000, 100000)
@@ -700,7 +702,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m lab.migbench", description=(
         "Migration benchmarks: state transfer time by size, the reply gap a "
         "migration adds, and connection survival against OVS conntrack; prints JSON."))
-    p.add_argument("--sizes", default=",".join(map(str, SIZES)),
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)), type=counts_arg,
                    help="connection counts for the transfer timing (comma-separated)")
     p.add_argument("--moves", type=int, default=10, help="moves per path and system (1-30)")
     p.add_argument("--per-kind", type=int, default=3)
@@ -714,7 +716,7 @@ def main(argv=None):
     if os.geteuid() != 0:
         print("python -m lab.migbench needs root (network namespaces)", file=sys.stderr)
         return 2
-    sizes = tuple(int(x) for x in args.sizes.split(",") if x)
+    sizes = args.sizes
     if args.only == "transfer":
         res = {"transfer": transfer(sizes, rundir=args.rundir, prefix=args.prefix,
                                     out=lambda msg: print(msg, file=sys.stderr))}

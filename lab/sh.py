@@ -49,3 +49,17 @@ def read_pidfile(path, timeout=5.0):
         except (FileNotFoundError, ValueError):
             return None
     return wait_until(_read, timeout, what="pidfile %s" % path)
+
+
+def counts_arg(text, most=2_000_000):
+    """argparse type: comma-separated connection counts, each 1..``most``
+    (a typo is refused before any benchmark runs, not after ten minutes)."""
+    import argparse
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(1 <= v <= most for v in values):
+        raise argparse.ArgumentTypeError(
+            "wants comma-separated counts 1-%d, e.g. 1000,10000; got %r" % (most, text))
+    return values
