@@ -89,6 +89,8 @@ def parse_args(argv):
                    help="profile the daemon's loop (cProfile) and write the "
                    "statistics to FILE when it exits (pstats format)")
     args = p.parse_args(argv)
+    if args.profile and not os.path.isdir(os.path.dirname(os.path.abspath(args.profile))):
+        p.error("--profile: no directory for %s" % args.profile)
     args.ofp = args.ofp or "unix:%s/%s.mgmt" % (args.rundir, args.bridge)
     args.state_file = args.state_file or os.path.join(args.rundir, "mbxd.state.json")
     if args.metrics:
