@@ -192,10 +192,13 @@ def test_a_host_that_joins_gets_the_current_rows(world, hosts):
     transact(remote, insert("Slice", {"chain": chain(ref(ids["lb_a"])),
                                       "host": ref(ids["h4"]), "tag": 13},
                             "s_h4"))
+    # The rows and the config that names lb-a arrive in separate monitor
+    # updates, possibly in separate loop rounds: drive until both are in.
     took = run(nodes, lambda: set(h4.get("lb-a", HEALTH).get("view", {}))
-               == {"h1", "h2"})
+               == {"h1", "h2"} and h4.middleboxes() == ["lb-a"])
     print("slice added -> h4 holds the current rows: %.2f ms" % (took * 1000))
     assert h4.middleboxes() == ["lb-a"]
+    assert set(h4.get("lb-a", HEALTH)["view"]) == {"h1", "h2"}
     # A daemon that starts later gets them in its first update as well.
     late = hosts(remote, "h2")
     run([late], lambda: late.get("lb-a", HEALTH).get("view", {}).get("h1")
