@@ -1529,6 +1529,10 @@ def test_api_snapshot_of_services_and_status_writers(nb, tmp_path):
              {"op": "mutate", "table": "Slice", "where": [],
               "mutations": [["chain", "delete", ["set", [1]]]]}])],
             check=True, capture_output=True)
+        # That change reaches the API's replica asynchronously: wait for it.
+        deadline = time.monotonic() + 5
+        while api.snapshot().slices and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert api.snapshot().slices == {}
         assert row_count(nb, "Slice") == 1
         api.set_slices({}).execute(check_error=True)
