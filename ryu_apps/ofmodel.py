@@ -21,10 +21,70 @@ Conventions (so a flow computed here compares equal to one read back from OVS):
     ``("set_field", field, value)``
     ``("push_vlan", ethertype)``
     ``("pop_vlan",)``
+    ``("group", group_id)``
+    ``("load", field, value, ofs, nbits)``: Nicira reg_load of ``value``
+      into bits ``ofs``..``ofs + nbits - 1`` of ``field`` (``reg0``..``reg7``,
+      ``ct_mark``, ``eth_dst``...: any OXM/NXM name os-ken knows).  The one
+      spelling that is not accepted is a load of all of in_port (0, 16): that
+      is ``("set_field", "in_port", port)``, which is how it reads back.
+    ``("move", src_field, src_ofs, dst_field, dst_ofs, nbits)``: reg_move.
+    ``("resubmit", table)``: resubmit to ``table`` with the packet's in_port.
+    ``("conjunction", conj_id, clause, n_clauses)``: clause numbered 1..n,
+      as ovs-ofctl's ``conjunction(id,k/n)`` (the wire carries k - 1).
+    ``("ct_clear",)``
+    ``("ct", commit, zone, table, nat, exec_actions)``: Nicira ct.
+      ``commit`` a bool; ``zone`` an int (the immediate zone 0-65535) or a
+      register name ``"reg0"``..``"reg7"`` meaning its bits 0..15; ``table``
+      an int (recirculate there) or None; ``nat`` None, ``("nat",)`` (bare
+      nat: translate as the existing entry says) or ``("nat", kind, ip_min,
+      ip_max, port_min, port_max)`` with kind ``"src"`` or ``"dst"``, dotted
+      IPv4 strings (``ip_max == ip_min``: one address) and ports both ints
+      (``port_max == port_min``: one port) or both None (no port range);
+      ``exec_actions`` a tuple of ``("set_field", "ct_mark", int)``,
+      ``("set_field", "ct_label", int)`` (128 bits) and ``("load", "ct_mark",
+      value, ofs, nbits)``.
+
+Match fields beyond the OXM basics (all os-ken names): ``ct_state`` (an int,
+or ``(value, mask)`` of the ``CT_*`` bits below; ``ct_state_match`` builds
+one), ``ct_mark``, ``ct_label`` (128-bit int), ``ct_zone``, ``conj_id``,
+``icmpv4_type``, ``icmpv4_code``, ``tcp_flags``.  A mask that covers the whole
+field is the exact value: ``canon_match`` drops it for these fields as the
+switch does (``ct_mark=(7, 0xffffffff)`` is ``ct_mark=7``).  Open vSwitch
+keeps 8 bits of ct_state and reads an exact ct_state back masked with 0xff,
+so ``canon_match`` takes ct_state masks modulo 0xff and ``(0x22, 0xff)`` is
+the exact ``0x22``.
+
+``Group`` is a group-table entry (OpenFlow 1.3 group-mod / group-desc).
 """
 
 from dataclasses import dataclass
 from typing import Any, Tuple
+
+# ct_state bits (Open vSwitch's CS_*, os-ken's ct_state values).
+CT_NEW = 0x01
+CT_EST = 0x02
+CT_REL = 0x04
+CT_RPL = 0x08
+CT_INV = 0x10
+CT_TRK = 0x20
+CT_SNAT = 0x40
+CT_DNAT = 0x80
+# ct_state is 32 bits on the wire, but Open vSwitch keeps only these 8: it
+# reads an exact ct_state back with the mask 0xff.
+_CT_STATE_BITS = 0xFF
+
+# Widths (bits) of the match fields whose full mask canon_match drops.
+_FULL_MASK_BITS = {"ct_mark": 32, "ct_label": 128, "ct_zone": 16, "conj_id": 32,
+                   "tcp_flags": 16}
+
+
+def ct_state_match(on=0, off=0):
+    """The ct_state match of ovs-ofctl's ``+flag`` (``on``) and ``-flag``
+    (``off``) bits, e.g. ``ct_state_match(CT_TRK | CT_EST, CT_NEW)`` for
+    ``+trk+est-new``: ``(value, mask)``."""
+    if on & off:
+        raise ValueError("ct_state bits both set and clear: %#x" % (on & off))
+    return (on, on | off)
 
 
 def canon_match(**fields) -> Tuple[Tuple[str, Any], ...]:
@@ -33,6 +93,13 @@ def canon_match(**fields) -> Tuple[Tuple[str, Any], ...]:
     for name, value in fields.items():
         if value is None:
             continue
+        if isinstance(value, tuple) and len(value) == 2:
+            if name == "ct_state":
+                value = (value[0], value[1] & _CT_STATE_BITS)
+                if value[1] == _CT_STATE_BITS:
+                    value = value[0]
+            elif name in _FULL_MASK_BITS and value[1] == (1 << _FULL_MASK_BITS[name]) - 1:
+                value = value[0]
         out.append((name, _canon_value(value)))
     return tuple(sorted(out))
 
@@ -71,3 +138,35 @@ def flow_sort_key(flow):
     its text.
     """
     return (flow.table, -flow.priority, repr(flow.match), repr(flow.instructions))
+
+
+# "fast_failover" only reads back (a group another program installed): the
+# model has no watch ports, so ofmsg installs the other three.
+GROUP_TYPES = ("all", "select", "indirect", "fast_failover")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group-table entry.
+
+    ``type`` is "all", "select" or "indirect" ("fast_failover" only in a
+    group read back from a switch); ``buckets`` a tuple of
+    ``(weight, actions)`` with ``actions`` a tuple of apply-action tuples
+    (the Flow conventions above).  A select group's weights are relative (a
+    bucket of weight 0 is never chosen); all and indirect groups take weight
+    0.  An indirect group has exactly one bucket.
+
+    No selection method: Open vSwitch carries ``selection_method`` (hash of
+    chosen fields) only as an OpenFlow 1.5 group property.  Over OpenFlow
+    1.3, ovs-ofctl drops it silently (tested with OVS 3.1: the OpenFlow 1.3
+    GROUP_MOD on the wire has no room for it) and OVS picks buckets with its
+    default method.
+    """
+    group_id: int
+    type: str
+    buckets: Tuple[Tuple[int, Tuple[Any, ...]], ...]
+
+    def __post_init__(self):
+        if self.type not in GROUP_TYPES:
+            raise ValueError("group %d: type must be one of %s, not %r"
+                             % (self.group_id, ", ".join(GROUP_TYPES), self.type))

@@ -120,7 +120,7 @@ def test_full_masks_read_back_as_exact_matches():
 def test_foreign_actions_and_instructions_never_equal_ours():
     flow = compute_host_flows(two_tenants(), "h1")[0]
     mod = ofmsg.to_flow_mod(DP, flow)
-    foreign = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [parser.OFPActionGroup(1)]),
+    foreign = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [parser.OFPActionDecNwTtl()]),
                parser.OFPInstructionActions(ofp.OFPIT_WRITE_ACTIONS, [parser.OFPActionOutput(1, 0)])]
     for inst in foreign:
         stats = parser.OFPFlowStats(table_id=flow.table, priority=flow.priority, cookie=flow.cookie,
