@@ -29,6 +29,20 @@ are committed only once the switch has accepted every message of the batch
 (a barrier after the last one): if any was refused, every bundle of the
 batch is discarded, so nothing of it is applied.  Everything asked for after
 the batch (flow-mods, barriers, stats requests) goes out after the commits.
+Group mods may ride in the same bundles (``send_flows(..., groups=...)``):
+Open vSwitch takes GROUP_MODs inside ONF bundles on OpenFlow 1.3, and a flow
+added in the bundle may use a group added before it in the same bundle
+(tested with OVS 3.1).  Because of that, OVS checks a flow's group
+references only at the commit: a bundle whose every message was accepted
+can still be refused then (nothing of it is applied either; the switch
+sends an error naming the flow-mod's xid, then OFPBFC_MSG_FAILED for the
+commit), which ``bundles_failed`` counts.
+
+Besides flows: ``send_groups`` (GROUP_MODs), ``send_packet_outs``
+(PACKET_OUT bytes from ``ofmsg.packet_out_bytes`` or its
+``PacketOutEncoder``), and the blocking look-ups ``dump_groups`` and
+``port_number`` (port description by name), for start-up like
+``dump_flows``.
 """
 
 import collections
@@ -53,6 +67,7 @@ LOG = logging.getLogger(__name__)
 OF13 = ofp.OFP_VERSION                  # 0x04
 MISS_SEND_LEN = 0xFFFF
 _HEADER = struct.Struct("!BBHI")        # version, type, length, xid
+_XID = struct.Struct("!I")              # at offset 4 of a message
 _HELLO_ELEM_VERSIONBITMAP = 1
 _ALL_FLOW_REMOVED = ((1 << ofp.OFPRR_IDLE_TIMEOUT) | (1 << ofp.OFPRR_HARD_TIMEOUT)
                      | (1 << ofp.OFPRR_DELETE) | (1 << ofp.OFPRR_GROUP_DELETE))
@@ -130,6 +145,9 @@ class OfConn:
         self._outbuf = bytearray()
         self._xid = 0
         self._stats_parts = {}          # xid -> entries so far (request pending)
+        # Blocking multipart requests other than flow stats (group and port
+        # descriptions): xid -> [multipart type, body entries so far, done].
+        self._mp_pending = {}
         self._broken = None             # why the last write failed (run() raises it)
         self._encoder = ofmsg.FlowModEncoder()
         self._bundle_id = 0
@@ -137,10 +155,15 @@ class OfConn:
         # Output asked for while a bundle batch is undecided, in order:
         # [bytes, _BundleBatch or None]; a batch's own messages carry it.
         self._held = collections.deque()
+        # The xids of recent bundle commits: an error for one is a refused commit.
+        self._commit_xids = collections.deque(maxlen=1024)
         # Counters (for metrics).
         self.flow_mods_sent = 0
+        self.group_mods_sent = 0
+        self.packet_outs_sent = 0
         self.bundles_committed = 0
         self.bundles_discarded = 0
+        self.bundles_failed = 0         # refused at their commit (nothing applied)
         self.bytes_sent = 0
         self.messages_received = 0
         self.errors_received = 0
@@ -295,9 +318,11 @@ class OfConn:
         self._outbuf.clear()
         self._inbuf.clear()
         self._stats_parts.clear()
+        self._mp_pending.clear()
         # The switch drops the bundles of a connection that goes.
         self._batches.clear()
         self._held.clear()
+        self._commit_xids.clear()
 
     # ------------------------------------------------------------- poll loop
     def wait(self, poller):
@@ -404,6 +429,12 @@ class OfConn:
             LOG.warning("OpenFlow error from %s for xid %d: %s", self.target, xid,
                         self._error_text(msg))
             self._stats_parts.pop(xid, None)
+            self._mp_pending.pop(xid, None)
+            if xid in self._commit_xids:
+                self._commit_xids.remove(xid)
+                self.bundles_failed += 1
+                LOG.warning("%s: a bundle was refused at its commit (xid %d): nothing of "
+                            "it was applied", self.target, xid)
             for batch in self._batches.values():
                 if batch.failed is None and batch.has(xid):
                     batch.failed = (xid, err_type, code)
@@ -426,7 +457,13 @@ class OfConn:
                              msg.duration_sec)
 
     def _multipart_reply(self, msg):
-        if msg is None or msg.type != ofp.OFPMP_FLOW:
+        if msg is None:
+            return
+        if msg.type != ofp.OFPMP_FLOW:
+            pending = self._mp_pending.get(msg.xid)
+            if pending is not None and pending[0] == msg.type:
+                pending[1].extend(msg.body)
+                pending[2] = not msg.flags & ofp.OFPMPF_REPLY_MORE
             return
         parts = self._stats_parts.get(msg.xid)
         if parts is None:
@@ -484,12 +521,15 @@ class OfConn:
         kind = ofp.ONF_BCT_DISCARD_REQUEST if batch.failed else ofp.ONF_BCT_COMMIT_REQUEST
         out = bytearray()
         for bundle_id in batch.ids:
+            xid = self._next_xid()
+            if not batch.failed:
+                self._commit_xids.append(xid)
             out += _BUNDLE_CTRL.pack(OF13, ofp.OFPT_EXPERIMENTER, _BUNDLE_CTRL.size,
-                                     self._next_xid(), ofproto_common.ONF_EXPERIMENTER_ID,
+                                     xid, ofproto_common.ONF_EXPERIMENTER_ID,
                                      ofp.ONF_ET_BUNDLE_CONTROL, bundle_id, kind, _BUNDLE_FLAGS)
         if batch.failed:
             self.bundles_discarded += len(batch.ids)
-            LOG.warning("%s: %d flow-mods in %d bundles discarded, none applied: the "
+            LOG.warning("%s: %d flow/group mods in %d bundles discarded, none applied: the "
                         "switch refused xid %d", self.target, batch.flow_mods,
                         len(batch.ids), batch.failed[0])
         else:
@@ -503,16 +543,22 @@ class OfConn:
                 break                   # what follows waits for that batch
         self._flush()
 
-    def send_flows(self, add=(), delete=(), send_flow_rem=True, bundle=None):
+    def send_flows(self, add=(), delete=(), send_flow_rem=True, bundle=None, groups=()):
         """Queue FLOW_MODs: first one 'delete_strict' per flow of ``delete``
-        (its exact cookie, priority and match), then one 'add' per flow of
-        ``add`` (with OFPFF_SEND_FLOW_REM when ``send_flow_rem``).  Everything
-        goes out in as few socket writes as the socket accepts; the rest is
-        sent from ``run()``.  Returns the xids, deletes first, in order (an
-        OFPT_ERROR for one of them names it).
+        (its exact cookie, priority and match), then one GROUP_MOD per
+        ``(command, Group)`` of ``groups`` (commands of ``ofmsg.to_group_mod``),
+        then one 'add' per flow of ``add`` (with OFPFF_SEND_FLOW_REM when
+        ``send_flow_rem``).  So a flow added here may use a group added here,
+        and a group deleted here no longer has the flows deleted here (OVS
+        deletes the flows that still use a deleted group).  Everything goes
+        out in as few socket writes as the socket accepts; the rest is sent
+        from ``run()``.  Returns the xids in that order (an OFPT_ERROR for
+        one of them names it).
 
-        ``bundle``: send them in bundles (see the module doc); None: when
-        there are ``BUNDLE_MIN`` or more."""
+        ``bundle``: send them in bundles (see the module doc; True makes a
+        group change and the flows using it one atomic step, which OVS may
+        still refuse at the commit: ``bundles_failed``); None: when there
+        are ``BUNDLE_MIN`` or more messages."""
         encode = self._encoder.encode
         xid = self._xid
         xids = []
@@ -521,6 +567,12 @@ class OfConn:
             xid = xid % 0xFFFFFFFF + 1
             chunks.append(encode(flow, "delete_strict", 0, xid, True))
             xids.append(xid)
+        n_groups = 0
+        for command, group in groups:
+            xid = xid % 0xFFFFFFFF + 1
+            chunks.append(self._serialize(ofmsg.to_group_mod(self.dp, group, command), xid))
+            xids.append(xid)
+            n_groups += 1
         flags = ofp.OFPFF_SEND_FLOW_REM if send_flow_rem else 0
         for flow in add:
             xid = xid % 0xFFFFFFFF + 1
@@ -529,7 +581,8 @@ class OfConn:
         self._xid = xid
         if not chunks:
             return xids
-        self.flow_mods_sent += len(chunks)
+        self.flow_mods_sent += len(chunks) - n_groups
+        self.group_mods_sent += n_groups
         if bundle or (bundle is None and len(chunks) >= BUNDLE_MIN):
             self._send_bundles(chunks, xids)
         else:
@@ -574,6 +627,54 @@ class OfConn:
         else:
             self._queue(bytes(out), batch=batch)
 
+    def send_groups(self, groups, command="add"):
+        """Queue one GROUP_MOD per ``Group`` of ``groups`` with ``command``
+        ("add", "modify", "add_or_mod" or "delete"; see
+        ``ofmsg.to_group_mod``).  Returns their xids, in order.  Each group
+        is encoded before anything is queued: a group the model cannot
+        install raises ValueError and nothing is sent."""
+        xid = self._xid
+        xids = []
+        out = bytearray()
+        for group in groups:
+            xid = xid % 0xFFFFFFFF + 1
+            out += self._serialize(ofmsg.to_group_mod(self.dp, group, command), xid)
+            xids.append(xid)
+        self._xid = xid
+        if xids:
+            self.group_mods_sent += len(xids)
+            self._queue(bytes(out))
+        return xids
+
+    def send_packet_outs(self, messages):
+        """Queue OFPT_PACKET_OUT messages (bytes of ``ofmsg.packet_out_bytes``
+        or ``ofmsg.PacketOutEncoder``), in order, behind anything asked for
+        before.  Each gets the next xid (written into its header); returns
+        them, in order.  Bytes that are not whole OpenFlow 1.3 packet-outs
+        raise ValueError and nothing is sent."""
+        out = bytearray().join(messages)
+        xid = self._xid
+        xids = []
+        offset = 0
+        unpack, pack_into = _HEADER.unpack_from, _XID.pack_into
+        end = len(out)
+        while offset < end:
+            version, msg_type, length, _ = unpack(out, offset) if end - offset >= 8 \
+                else (0, 0, 0, 0)
+            if version != OF13 or msg_type != ofp.OFPT_PACKET_OUT or length < 24 \
+                    or offset + length > end:
+                raise ValueError("send_packet_outs: message %d is not an OpenFlow 1.3 "
+                                 "PACKET_OUT of its length" % len(xids))
+            xid = xid % 0xFFFFFFFF + 1
+            pack_into(out, offset + 4, xid)
+            xids.append(xid)
+            offset += length
+        self._xid = xid
+        if xids:
+            self.packet_outs_sent += len(xids)
+            self._queue(out)
+        return xids
+
     def request_flow_stats(self, cookie, cookie_mask):
         """Ask for every flow (all tables) whose cookie matches under the mask;
         the answer arrives through ``on_flow_stats(xid, entries)``."""
@@ -611,6 +712,53 @@ class OfConn:
             self.on_flow_stats = callback
             self._stats_parts.pop(xid, None)        # a late reply is ignored
         return done[xid]
+
+    def dump_groups(self, timeout=10.0):
+        """Blocking, like ``dump_flows``: every group of the bridge, as
+        ``Group`` values (``ofmsg.group_from_stats``), in the switch's order.
+        Raises ``OfConnError``."""
+        body = self._multipart_blocking(ofmsg.group_desc_request(self.dp),
+                                        ofp.OFPMP_GROUP_DESC, "group description", timeout)
+        return [ofmsg.group_from_stats(desc) for desc in body]
+
+    def port_number(self, name, timeout=5.0):
+        """Blocking, like ``dump_flows``: the OpenFlow port number of the
+        bridge's port ``name`` (from a port-description request), or None if
+        the bridge has no such port.  Raises ``OfConnError``."""
+        parser = self.dp.ofproto_parser
+        body = self._multipart_blocking(parser.OFPPortDescStatsRequest(self.dp, 0),
+                                        ofp.OFPMP_PORT_DESC, "port description", timeout)
+        want = name.encode() if isinstance(name, str) else name
+        for port in body:
+            if port.name == want:
+                return port.port_no
+        return None
+
+    def _multipart_blocking(self, msg, mp_type, what, timeout):
+        """Send the multipart request ``msg`` and run the connection until
+        its whole reply came (at most ``timeout`` seconds): the reply's body
+        entries.  Other messages meanwhile go to their callbacks."""
+        if self.sock is None:
+            raise OfConnError("%s: not connected" % self.target)
+        xid = self._next_xid()
+        entry = self._mp_pending[xid] = [mp_type, [], False]
+        self._queue(self._serialize(msg, xid))
+        try:
+            deadline = time.monotonic() + timeout
+            while not entry[2]:
+                if self._mp_pending.get(xid) is not entry:
+                    raise OfConnError("%s: %s request failed (see the error above)"
+                                      % (self.target, what))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OfConnError("%s: no %s reply within %.1fs"
+                                      % (self.target, what, timeout))
+                select.select([self.sock], [self.sock] if self._outbuf else [], [],
+                              min(remaining, 0.1))
+                self.run()
+        finally:
+            self._mp_pending.pop(xid, None)     # a late reply is ignored
+        return entry[1]
 
     def barrier(self):
         """Send a BARRIER_REQUEST; ``on_barrier(xid)`` fires once every earlier

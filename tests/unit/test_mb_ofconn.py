@@ -395,3 +395,130 @@ def test_a_lost_connection_forgets_the_undecided_batch(switch):
     with pytest.raises(OfConnError):
         pump(conn, lambda: False)
     assert not conn._batches and not conn._held
+
+
+# ------------------------------------------- groups, packet-outs, look-ups
+from ryu_apps.ofmodel import Group  # noqa: E402
+
+LB = Group(1, "select", ((1, (("ct", True, "reg5", 30, ("nat", "dst", "10.0.0.2", "10.0.0.2",
+                                                        80, 80), ()),)),
+                         (2, (("ct", True, "reg5", 30, ("nat", "dst", "10.0.0.3", "10.0.0.3",
+                                                        80, 80), ()),))))
+
+
+def serialized(msg, xid):
+    msg.set_xid(xid)
+    msg.serialize()
+    return bytes(msg.buf)
+
+
+def multipart_reply(xid, mp_type, body, more):
+    flags = ofp.OFPMPF_REPLY_MORE if more else 0
+    return header(ofp.OFPT_MULTIPART_REPLY,
+                  struct.pack(ofp.OFP_MULTIPART_REPLY_PACK_STR, mp_type, flags) + body, xid=xid)
+
+
+def group_desc(group):
+    buckets = serialized(ofmsg.to_group_mod(DP, group), 0)[ofp.OFP_GROUP_MOD_SIZE:]
+    return struct.pack(ofp.OFP_GROUP_DESC_STATS_PACK_STR,
+                       ofp.OFP_GROUP_DESC_STATS_SIZE + len(buckets),
+                       ofmsg.GROUP_TYPES[group.type], group.group_id) + buckets
+
+
+def port_desc(port_no, name):
+    return struct.pack(ofp.OFP_PORT_PACK_STR, port_no, b"\x02\0\0\0\0\x01", name.encode(),
+                       0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def answer(sock, *parts):
+    """A thread that reads one request and answers it with ``parts(xid)``."""
+    def run():
+        msg_type, xid, _ = read_msg(sock)
+        assert msg_type == ofp.OFPT_MULTIPART_REQUEST
+        for part in parts:
+            sock.sendall(part(xid))
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_group_mods_and_packet_outs_go_out_in_order_with_their_xids(switch):
+    sw, conn, _ = switch
+    gxids = conn.send_groups([LB, Group(2, "all", ())], "add_or_mod")
+    po = [ofmsg.packet_out_bytes(b"frame%d" % i, (("output", i),)) for i in range(3)]
+    pxids = conn.send_packet_outs(po)
+    assert len(set(gxids + pxids)) == 5
+    got = [read_msg(sw.peer) for _ in range(5)]
+    assert [(t, x) for t, x, _ in got] == \
+        [(ofp.OFPT_GROUP_MOD, x) for x in gxids] + [(ofp.OFPT_PACKET_OUT, x) for x in pxids]
+    assert got[0][2] == serialized(ofmsg.to_group_mod(DP, LB, "add_or_mod"), gxids[0])
+    for (_, xid, data), msg in zip(got[2:], po):
+        assert data == msg[:4] + struct.pack("!I", xid) + msg[8:]
+    assert (conn.group_mods_sent, conn.packet_outs_sent, conn.flow_mods_sent) == (2, 3, 0)
+
+
+def test_bytes_that_are_not_packet_outs_are_refused_and_nothing_is_sent(switch):
+    sw, conn, _ = switch
+    good = ofmsg.packet_out_bytes(b"frame", (("output", 1),))
+    flow_mod = serialized(ofmsg.to_flow_mod(DP, cache_flow(1, 1000)), 0)
+    for bad in ([good, flow_mod], [good, good[:-1]], [good[:7]]):
+        with pytest.raises(ValueError, match="message 1 is not|message 0 is not"):
+            conn.send_packet_outs(bad)
+    assert conn.packet_outs_sent == 0 and conn.pending_output == 0
+    assert no_more(sw.peer)
+
+
+def test_groups_ride_in_the_flows_bundle_between_deletes_and_adds(switch):
+    sw, conn, _ = switch
+    old, new = cache_flow(1, 1000), cache_flow(2, 2000)
+    xids = conn.send_flows(add=[new], delete=[old], groups=[("add", LB)], bundle=True)
+    msgs = read_until_barrier(sw.peer)
+    adds = [m for m in msgs if m[0] == ofp.OFPT_EXPERIMENTER
+            and bundle_ctrl(m[2])[1] == BUNDLE_ADD]
+    assert [m[1] for m in adds] == xids
+    assert [struct.unpack_from("!B", m[2], 25)[0] for m in adds] == \
+        [ofp.OFPT_FLOW_MOD, ofp.OFPT_GROUP_MOD, ofp.OFPT_FLOW_MOD]
+    assert adds[1][2][24:] == serialized(ofmsg.to_group_mod(DP, LB, "add"), xids[1])
+    assert (conn.flow_mods_sent, conn.group_mods_sent) == (2, 1)
+
+
+def test_a_bundle_refused_at_its_commit_is_counted(switch):
+    """OVS checks a flow's group references only when it commits."""
+    sw, conn, rec = switch
+    conn.send_flows(add=[cache_flow(1, 1000)], groups=[("add", LB)], bundle=True)
+    check = read_until_barrier(sw.peer)[-1][1]
+    sw.peer.sendall(header(ofp.OFPT_BARRIER_REPLY, xid=check))
+    pump(conn, lambda: conn.bundles_committed)
+    commit = read_msg(sw.peer)
+    assert bundle_ctrl(commit[2])[3] == ofp.ONF_BCT_COMMIT_REQUEST
+    failed = struct.pack("!HHHI", 0xFFFF, 2313, 0, ONF)
+    sw.peer.sendall(header(ofp.OFPT_ERROR, failed, xid=commit[1]))
+    pump(conn, lambda: rec.errors)
+    assert conn.bundles_failed == 1 and rec.errors[0][0] == commit[1]
+
+
+def test_dump_groups_and_port_number_block_for_the_whole_reply(switch):
+    sw, conn, _ = switch
+    other = Group(2, "indirect", ((0, (("output", 3),)),))
+    t = answer(sw.peer,
+               lambda x: multipart_reply(x, ofp.OFPMP_GROUP_DESC, group_desc(LB), True),
+               lambda x: multipart_reply(x, ofp.OFPMP_GROUP_DESC, group_desc(other), False))
+    assert conn.dump_groups(timeout=2) == [LB, other]
+    t.join(5)
+    ports = port_desc(1, "vif0") + port_desc(7, "mbx-mb") + port_desc(ofp.OFPP_LOCAL, "br-int")
+    for name, want in (("mbx-mb", 7), ("br-int", ofp.OFPP_LOCAL), ("mbx", None)):
+        t = answer(sw.peer, lambda x: multipart_reply(x, ofp.OFPMP_PORT_DESC, ports, False))
+        assert conn.port_number(name, timeout=2) == want
+        t.join(5)
+
+
+def test_a_failed_or_silent_look_up_is_one_clear_line(switch):
+    sw, conn, _ = switch
+    error = struct.pack("!HH", ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_MULTIPART)
+    t = answer(sw.peer, lambda x: header(ofp.OFPT_ERROR, error, xid=x))
+    with pytest.raises(OfConnError, match="group description request failed"):
+        conn.dump_groups(timeout=2)
+    t.join(5)
+    with pytest.raises(OfConnError, match="no port description reply within 0.2s"):
+        conn.port_number("mbx-mb", timeout=0.2)
+    assert not conn._mp_pending
