@@ -1,7 +1,8 @@
 """``ovs-appctl -t mbxd ...``: the daemon's runtime inspection commands.
 
 The unixctl server runs in the daemon's one thread, so each command reads
-the core directly.  Replies are plain text, one item per line, in
+the service directly; connections are read from conntrack at the time of
+the command, decision counters fresh from the switch's flows.  Replies are plain text, one item per line, in
 ``key=value`` form where a line describes one thing (easy to grep, like
 ovs-appctl's own commands).
 """
@@ -11,11 +12,12 @@ import time
 
 import ovs.unixctl
 
+from ovsdb.errors import MbxError
 from ovsdb.match import PROTOCOL_NAMES
 
 
 def register(daemon):
-    core = daemon.core
+    service = daemon.service
 
     def reply(fn):
         def handler(conn, argv, _aux):
@@ -23,19 +25,40 @@ def register(daemon):
                 conn.reply(fn(*argv))
             except (KeyError, ValueError) as err:
                 conn.reply_error("%s\n" % err)
+            except MbxError as err:
+                conn.reply_error("%s\n" % err)
+        return handler
+
+    def fresh(fn):
+        """A command whose answer waits for fresh counters from the switch."""
+        def handler(conn, argv, _aux):
+            def answer():
+                try:
+                    conn.reply(fn(*argv))
+                except (KeyError, ValueError, MbxError) as err:
+                    conn.reply_error("%s\n" % err)
+            daemon.fresh_stats(answer)
         return handler
 
     def slice_list():
         lines = []
-        for s in core.slice_list():
-            lines.append("tag=%(tag)d id=%(id)d middlebox=%(middlebox)s tenant=%(tenant)s "
-                         "switch=%(switch)s vni=%(vni)d local_vms=%(local_vms)d "
-                         "connections=%(entries)d" % s)
+        for tag in sorted(service.slices):
+            cfg = service.slices[tag].config
+            local = [vm.name for vm in cfg.vms if daemon.zones.vm(vm.name) is not None]
+            lines.append("tag=%d middlebox=%s tenant=%s switch=%s vni=%d local_vms=%d "
+                         "check=%s" % (tag, cfg.middlebox, cfg.tenant, cfg.switch, cfg.vni,
+                                       len(local),
+                                       dict(cfg.options or {}).get("check", "offload")))
         return _text(lines, "no slices on this host")
+
+    def zone_list():
+        lines = ["%s %s zone=%d" % (kind, name, zone)
+                 for (kind, name), zone in sorted(daemon.zones.owners().items())]
+        return _text(lines, "no conntrack zones")
 
     def lb_list():
         lines = []
-        for v in core.lb_list():
+        for v in service.lb_list():
             lines.append("%s %s (slice %d) %s" % (v["middlebox"], v["vip"], v["tag"],
                                                  v["algorithm"]))
             for b in v["backends"]:
@@ -44,53 +67,79 @@ def register(daemon):
                     " probed here" if b["probed_here"] else ""))
         return _text(lines, "no load balancer on this host")
 
+    def conns(vm=None):
+        offload = {tag: dict(s.config.options or {}).get("check", "offload") == "offload"
+                   for tag, s in service.slices.items()}
+        out = daemon.conns.all(service, vm)
+        for c in out:
+            c["offloaded"] = offload.get(c["tag"], True)
+        return out
+
     def conn_list(vm=None):
-        now = time.time()
-        lines = [_conn_line(c, now) for c in core.conn_list(vm)]
+        lines = [_conn_line(c) for c in conns(vm)]
         return _text(lines, "no connections" + (" of %s" % vm if vm else ""))
 
+    def conn_json(vm=None):
+        return json.dumps(conns(vm), sort_keys=True, default=str) + "\n"
+
     def conn_count():
-        count = core.conn_count()
-        lines = ["total %d" % count["total"]]
-        lines += ["slice %d (%s) %d" % (s["tag"], s["middlebox"], s["entries"])
-                  for s in count["slices"]]
+        counts = {}
+        for c in conns():
+            counts[c["tag"]] = counts.get(c["tag"], 0) + 1
+        lines = ["total %d" % sum(counts.values())]
+        lines += ["slice %d (%s) %d" % (tag, service.slices[tag].config.middlebox
+                                        if tag in service.slices else "?", n)
+                  for tag, n in sorted(counts.items())]
         return _text(lines)
 
     def conn_flush(vm=None):
-        flows = core.flush(vm)
-        if flows:
-            daemon.of.send_flows([], flows)
-        daemon.dirty = True
-        return "flushed%s; %d cache flows removed\n" % (" " + vm if vm else "", len(flows))
+        owners = daemon.zones.owners()
+        zones = [z for (kind, name), z in owners.items()
+                 if kind == "vm" and (vm is None or name == vm)]
+        if vm is not None and not zones:
+            raise ValueError("no VM %s on this host" % vm)
+        for zone in zones:
+            daemon.vswitch.flush_zone(zone)
+        return "flushed %d zone%s\n" % (len(zones), "" if len(zones) == 1 else "s")
 
     def rules_show(mb=None):
         lines = []
-        for item in core.rules_show(mb):
-            lines.append("middlebox %s (slice %d): default %s, %s, check=%s, same-host=%s"
-                         % (item["middlebox"], item["tag"], item["default_action"],
-                            item["tier_order"], item["check"], item["same_host"]))
+        for item in service.rules_show(mb):
+            lines.append("middlebox %s (slice %d): default %s (hits %d), %s, check=%s, "
+                         "same-host=%s" % (item["middlebox"], item["tag"],
+                                           item["default_action"], item["hits"]["default"],
+                                           item["tier_order"], item["check"],
+                                           item["same_host"]))
             for direction in ("from-vm", "to-vm"):
                 for r in item.get(direction, []):
-                    lines.append("  %-7s %-8s %5d  %-6s %s" % (
-                        direction, r["tier"], r["priority"], r["action"], r["match"]))
-            lines.append("  timeouts: " + " ".join(
-                "%s=%s" % kv for kv in sorted(item["timeouts"].items())))
+                    lines.append("  %-7s %-8s %5d  %-6s hits=%-6d %s" % (
+                        direction, r["tier"], r["priority"], r["action"], r["hits"],
+                        r["match"]))
             for err in item["errors"]:
                 lines.append("  error: %s" % err)
         return _text(lines, "no middleboxes on this host" if mb is None
                      else "no middlebox %s on this host" % mb)
 
+    def stats_dict():
+        st = service.stats()
+        st.update({"arrivals_" + k: v for k, v in daemon.arrivals.counters.items()})
+        st["held"] = st["held"] + daemon.arrivals.counters["held"]
+        st["hold_dropped"] = st["hold_dropped"] + daemon.arrivals.counters["hold_dropped"]
+        st["flows"] = len(daemon.installed)
+        st["groups"] = len(daemon.groups)
+        st["zones"] = len(daemon.zones.owners())
+        return st
+
     def stats():
-        st = core.stats()
+        st = stats_dict()
         lines = []
         for key, value in sorted(st.items()):
-            if isinstance(value, int):
+            if isinstance(value, int) and not isinstance(value, bool):
                 lines.append("%s %d" % (key, value))
         for verdict, n in sorted(st.get("decisions", {}).items()):
             lines.append("decisions_%s %d" % (verdict, n))
         for s in st.get("slices", []):
             lines.append("slice_%d_packets %d" % (s["tag"], s["packets"]))
-            lines.append("slice_%d_connections %d" % (s["tag"], s["entries"]))
         port = daemon.port.counters() if daemon.port else {}
         for key, value in sorted(port.items()):
             lines.append("port_%s %d" % (key, value))
@@ -98,14 +147,14 @@ def register(daemon):
             lines.append("last_error %s" % st["last_error"])
         return _text(lines)
 
+    def stats_json():
+        return json.dumps(stats_dict(), sort_keys=True) + "\n"
+
     def config_show():
         held = daemon.conf.held_rows()
         lines = ["%s: %s" % (table, " ".join(names) if names else "-")
                  for table, names in sorted(held.items())]
         return _text(lines)
-
-    def stats_json():
-        return json.dumps(core.stats(), sort_keys=True) + "\n"
 
     def shared_rows(tag):
         try:
@@ -122,21 +171,14 @@ def register(daemon):
                            "rows": rows, "stats": daemon.shared.stats()},
                           sort_keys=True) + "\n"
 
-    def alert_rows():
-        get = getattr(core, "ids_alerts", None)
-        return get() if callable(get) else daemon.shared.alerts()
-
     def ids_alerts():
-        return _text([_alert_line(a) for a in alert_rows()], "no IDS alerts")
+        return _text([_alert_line(a) for a in service.alerts], "no IDS alerts")
 
     def ids_json():
-        return json.dumps(alert_rows(), sort_keys=True, default=str) + "\n"
+        return json.dumps(service.alerts, sort_keys=True, default=str) + "\n"
 
     def lb_json():
-        return json.dumps(core.lb_list(), sort_keys=True, default=str) + "\n"
-
-    def conn_json(vm=None):
-        return json.dumps(core.conn_list(vm), sort_keys=True, default=str) + "\n"
+        return json.dumps(service.lb_list(), sort_keys=True, default=str) + "\n"
 
     def migration_state():
         if daemon.migrations is None:
@@ -169,27 +211,28 @@ def register(daemon):
         return ""
 
     commands = [
-        ("slice/list", "", 0, 0, slice_list),
-        ("conn/list", "[VM]", 0, 1, conn_list),
-        ("conn/count", "", 0, 0, conn_count),
-        ("conn/flush", "[VM]", 0, 1, conn_flush),
-        ("rules/show", "[MIDDLEBOX]", 0, 1, rules_show),
-        ("stats", "", 0, 0, stats),
-        ("stats/json", "", 0, 0, stats_json),
-        ("config/show", "", 0, 0, config_show),
-        ("shared/list", "[TAG]", 0, 1, shared_list),
-        ("shared/json", "[TAG]", 0, 1, shared_json),
-        ("ids/alerts", "", 0, 0, ids_alerts),
-        ("ids/json", "", 0, 0, ids_json),
-        ("lb/list", "", 0, 0, lb_list),
-        ("lb/json", "", 0, 0, lb_json),
-        ("conn/json", "[VM]", 0, 1, conn_json),
-        ("migration/list", "", 0, 0, migration_list),
-        ("migration/json", "", 0, 0, migration_json),
-        ("exit", "", 0, 0, exit_),
+        ("slice/list", "", 0, 0, reply(slice_list)),
+        ("ct-zone/list", "", 0, 0, reply(zone_list)),
+        ("conn/list", "[VM]", 0, 1, reply(conn_list)),
+        ("conn/json", "[VM]", 0, 1, reply(conn_json)),
+        ("conn/count", "", 0, 0, reply(conn_count)),
+        ("conn/flush", "[VM]", 0, 1, reply(conn_flush)),
+        ("rules/show", "[MIDDLEBOX]", 0, 1, fresh(rules_show)),
+        ("stats", "", 0, 0, fresh(stats)),
+        ("stats/json", "", 0, 0, fresh(stats_json)),
+        ("config/show", "", 0, 0, reply(config_show)),
+        ("shared/list", "[TAG]", 0, 1, reply(shared_list)),
+        ("shared/json", "[TAG]", 0, 1, reply(shared_json)),
+        ("ids/alerts", "", 0, 0, reply(ids_alerts)),
+        ("ids/json", "", 0, 0, reply(ids_json)),
+        ("lb/list", "", 0, 0, reply(lb_list)),
+        ("lb/json", "", 0, 0, reply(lb_json)),
+        ("migration/list", "", 0, 0, reply(migration_list)),
+        ("migration/json", "", 0, 0, reply(migration_json)),
+        ("exit", "", 0, 0, reply(exit_)),
     ]
-    for name, usage, lo, hi, fn in commands:
-        ovs.unixctl.command_register(name, usage, lo, hi, reply(fn), None)
+    for name, usage, lo, hi, handler in commands:
+        ovs.unixctl.command_register(name, usage, lo, hi, handler, None)
 
 
 def _text(lines, empty=None):
@@ -198,15 +241,14 @@ def _text(lines, empty=None):
     return "".join(line + "\n" for line in lines)
 
 
-def _conn_line(c, now):
+def _conn_line(c):
     proto = PROTOCOL_NAMES.get(c["proto"], str(c["proto"]))
-    return ("vm=%s slice=%d %s %s:%d -> %s:%d origin=%s state=%s verdict=%s "
-            "offloaded=%s packets=%d/%d bytes=%d/%d age=%.0fs idle=%.0fs expires=%.0fs rule=%s"
-            % (c["vm"], c["tag"], proto, c["vm_ip"], c["vm_port"], c["peer_ip"],
+    return ("vm=%s slice=%d zone=%d %s %s:%d -> %s:%d origin=%s state=%s verdict=%s "
+            "offloaded=%s expires=%s rule=%s"
+            % (c["vm"], c["tag"], c["zone"], proto, c["vm_ip"], c["vm_port"], c["peer_ip"],
                c["peer_port"], c["origin"], c["state"], c["verdict"],
-               "yes" if c["offloaded"] else "no", c["packets_orig"], c["packets_reply"],
-               c["bytes_orig"], c["bytes_reply"], now - c["created"], now - c["last_seen"],
-               max(0.0, c["expires"] - now), c["rule"] or "default")
+               "yes" if c["offloaded"] else "no",
+               "%ds" % c["timeout"] if c["timeout"] is not None else "-", c["rule"])
             + ("" if not c.get("xlate") else " %s=%s/%s" % (
                 c["xlate"]["kind"], c["xlate"]["wire_vm"], c["xlate"]["wire_peer"])))
 

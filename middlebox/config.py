@@ -1,7 +1,8 @@
 """What mbxd knows of the config DB: plain immutable values.
 
 ``middlebox.confmon`` builds a ``HostConfig`` from the rows the daemon's
-conditional monitor holds; the core (``middlebox.core``) consumes it.  Only
+conditional monitor holds; the service (``middlebox.service``) and the dataplane
+compiler (``middlebox.dataplane``) consume it.  Only
 slices allocated to this host appear here, and with them only their own
 middlebox, rules, address sets, logical switch and that switch's VMs.
 """

@@ -113,7 +113,7 @@ ACTIONS = ("allow", "deny", "reject")
 TIERS = ("provider", "tenant")
 NAT_TYPES = ("snat", "dnat")
 L4_PROTOCOLS = ("tcp", "udp")
-LB_ALGORITHMS = ("round-robin", "least-connections", "source-hash")
+LB_ALGORITHMS = ("hash", "round-robin", "least-connections", "source-hash")
 DEFAULT_PORT_RANGE = (1024, 65535)
 
 
@@ -416,7 +416,7 @@ def _vip_spec(row, warn):
     protocol = _scalar(getattr(row, "protocol", None), "") or "tcp"
     if protocol not in L4_PROTOCOLS:
         return skip("protocol %r is not tcp or udp" % (protocol,))
-    algorithm = _scalar(getattr(row, "algorithm", None), "") or "round-robin"
+    algorithm = _scalar(getattr(row, "algorithm", None), "") or "hash"
     if algorithm not in LB_ALGORITHMS:
         return skip("algorithm %r is not one of %s"
                     % (algorithm, ", ".join(LB_ALGORITHMS)))

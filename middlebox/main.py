@@ -2,27 +2,30 @@
 
     mbxd --host NAME --db ADDR --bridge br-int [--port mbx-mb]
 
-One thread runs one poll loop (as ovs-vswitchd's Python helpers do) over:
+The switch's conntrack is the connection cache and mbxd is the service that
+configures it and answers its misses (docs/middlebox.md).  One thread runs
+one poll loop (as ovs-vswitchd's Python helpers do) over:
 
 * the config DB, through a conditional monitor that holds only this host's
-  slices and what they need (``middlebox.confmon``);
-* the middlebox port, where slice-tagged frames arrive (``middlebox.packetio``);
-* an OpenFlow 1.3 connection to the bridge's management socket, for the
-  per-connection cache flows, their flow-removed messages and flow stats
-  (``middlebox.ofconn``);
+  slices and what they need (``middlebox.confmon``); every change
+  recompiles the service stages (``middlebox.dataplane``) and installs the
+  difference;
+* the middlebox port, where the switch sends what it asks the service
+  (``middlebox.packetio``, decided by ``middlebox.service``);
+* an OpenFlow 1.3 connection to the bridge's management socket: the
+  service stages' flows and groups, packet-outs that commit connections,
+  flow stats (decision counters);
+* ovs-vswitchd's unixctl socket, for conntrack itself (``middlebox.vswitch``:
+  dump, flush);
 * the unixctl server behind ``ovs-appctl -t mbxd`` (``middlebox.appctl``);
 * the TLS channel to the other hosts' daemons for migrations
   (``middlebox.migchan``, driven by ``middlebox.migration``).
 
-All decisions are made by ``middlebox.core.MiddleboxCore``; this module only
-moves bytes and messages between it and the world.  Connection state is
-saved to a state file (at most once a second, when it changed) so that a
-restarted daemon, together with the cache flows still in the datapath,
-carries on with every established connection.
+Nothing of a connection lives only in this process: a restarted daemon
+finds its zones in its flows and every connection in conntrack.
 """
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -36,30 +39,29 @@ import ovs.unixctl
 import ovs.unixctl.server
 import ovs.util
 
-from middlebox import appctl, metrics, migchan, pki
+from middlebox import appctl, dataplane, metrics, migchan, pki
+from middlebox.arrivals import Arrivals
 from middlebox.confmon import ConfigMonitor
-from middlebox.core import MiddleboxCore
+from middlebox.conntable import ConnTable
 from middlebox.migration import MigrationManager, RowWriter
 from middlebox.ofconn import OfConn
 from middlebox.packetio import PacketPort
+from middlebox.service import Service
 from middlebox.shared import SharedState
+from middlebox.vswitch import Vswitch, VswitchError, find_socket
+from middlebox.zones import ZoneMap
 from ovsdb.errors import MbxError
+from ryu_apps import ofmsg
 from ryu_apps import pipeline as P
 
 LOG = logging.getLogger("mbxd")
 PROGRAM = "mbxd"
 BATCH = 64                  # frames read per wake-up, at most
 MAX_BATCHES = 16            # wake-ups' worth of frames handled before other work
-STATS_INTERVAL = 2.0        # seconds between flow-stats polls of the cache flows
-EXPIRE_INTERVAL = 1.0
-SAVE_INTERVAL = 1.0
+STATS_INTERVAL = 2.0        # seconds between flow-stats polls (decision counters)
+COUNT_INTERVAL = 2.0        # seconds between least-connections recounts
 TICK_INTERVAL = 0.1         # health probes, shared-state publication
-# A connection's cache flows wait this long before they go to OVS; a
-# connection that ends within it never touches the flow table.  Every flow
-# table change makes ovs-vswitchd revalidate its datapath flows, which costs
-# more than the few packets a short connection sends through the daemon
-# (docs/benchmarks.md, "New connections").
-OFFLOAD_DELAY = 0.02
+TUNNEL_PORT = "mbx-tun"
 
 
 def parse_args(argv):
@@ -69,9 +71,13 @@ def parse_args(argv):
     p.add_argument("--db", required=True, help="config DB remote, e.g. tcp:10.201.0.1:6641")
     p.add_argument("--bridge", default="br-int")
     p.add_argument("--port", default=P.MIDDLEBOX_PORT, help="the middlebox port's interface")
+    p.add_argument("--tunnel-port", default=TUNNEL_PORT,
+                   help="the bridge's tunnel port (SNAT forwarders after a move)")
     p.add_argument("--ofp", help="OpenFlow target (default unix:RUNDIR/BRIDGE.mgmt)")
-    p.add_argument("--rundir", default=rundir, help="pidfile, unixctl socket, state file")
-    p.add_argument("--state-file", help="default RUNDIR/mbxd.state.json")
+    p.add_argument("--rundir", default=rundir, help="pidfile, unixctl socket; "
+                   "ovs-vswitchd's unixctl socket is found here too")
+    p.add_argument("--vswitchd", help="ovs-vswitchd's unixctl socket (default: from "
+                   "RUNDIR/ovs-vswitchd.pid)")
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics over HTTP here")
     p.add_argument("--log-file")
@@ -92,7 +98,6 @@ def parse_args(argv):
     if args.profile and not os.path.isdir(os.path.dirname(os.path.abspath(args.profile))):
         p.error("--profile: no directory for %s" % args.profile)
     args.ofp = args.ofp or "unix:%s/%s.mgmt" % (args.rundir, args.bridge)
-    args.state_file = args.state_file or os.path.join(args.rundir, "mbxd.state.json")
     if args.metrics:
         addr, _, port = args.metrics.rpartition(":")
         if not addr or not port.isdigit():
@@ -109,31 +114,51 @@ def parse_args(argv):
 class Daemon:
     def __init__(self, args):
         self.args = args
-        self.core = MiddleboxCore(args.host)
+        self.zones = ZoneMap()
+        self.service = Service(args.host, zone_of=self.zones.vm)
         self.conf = ConfigMonitor(args.db, args.host)
         # State sharing manager (middlebox.shared): services publish and read
         # through it; its writes go out on the config monitor's IDL.
         self.shared = SharedState(args.host, monitor=self.conf)
-        self.core.shared = self.shared
+        self.service.shared = self.shared
+        self.arrivals = Arrivals()
+        self.service.arrivals = self.arrivals
         self.of = None
         self.port = None
+        self.vswitch = None
+        self.conns = None               # middlebox.conntable.ConnTable
+        self.ports = dataplane.HostPorts()
         self.exiting = False
-        self.dirty = False
-        self._next = {"stats": 0.0, "expire": 0.0, "save": 0.0, "tick": 0.0}
-        self.restored = False
-        self._held = {}             # barrier xid -> frames waiting for their flows
-        self._pending_add = {}      # Flow.key -> cache flow waiting for OFFLOAD_DELAY
-        self._pending_del = []
-        self._pending_since = None
+        self.config = None
+        self.plane = dataplane.Dataplane()
+        self.installed = {}             # flow key -> Flow (what the switch holds)
+        self.groups = {}                # group id -> Group
+        self.recovered = False
+        self._next = {"stats": 0.0, "tick": 0.0, "count": 0.0}
+        self._stats_waiters = []        # callbacks for the next flow-stats reply
+        self._after = {}                # barrier xid -> frames to give back then
+        self._stats_xid = None
+        self._dirty_plane = True
         self.channel = None
-        self.migrations = None      # middlebox.migration.MigrationManager
+        self.migrations = None          # middlebox.migration.MigrationManager
         self._mig_seqno = None
-        self.core.hold_enabled = False
 
     # ------------------------------------------------------------ start
     def start(self):
         self.of = self._connect_openflow()
         self.port = PacketPort(self.args.port)
+        path = self.args.vswitchd or find_socket(self.args.rundir)
+        self.vswitch = Vswitch(path)
+        try:
+            self.vswitch.disable_tcp_seq_check()
+        except VswitchError as err:
+            LOG.warning("%s: connections moved here may stall", err)
+        self.conns = ConnTable(self.vswitch, self.zones)
+        self.ports = dataplane.HostPorts(self.of.port_number(self.args.port),
+                                         self.of.port_number(self.args.tunnel_port))
+        if self.ports.middlebox is None:
+            LOG.warning("no port %s on %s: misses are dropped until it appears",
+                        self.args.port, self.args.bridge)
         if self.args.no_migration:
             LOG.info("state migration is off")
         elif not self.args.pki_dir:
@@ -146,12 +171,8 @@ class Daemon:
         self.channel = migchan.Channel(self.args.host, files, self.args.migration_listen)
         self.channel.start()
         self.migrations = MigrationManager(
-            self.args.host, self.core, self.channel,
-            RowWriter(self.conf, self.args.host),
-            apply=self._apply, barrier=self.of.barrier,
-            dump=lambda _tags: self.of.request_flow_stats(P.DAEMON_COOKIE, P.COOKIE_MASK),
-            send=self._send_results, ttl=self.args.migration_ttl)
-        self.core.hold_enabled = True
+            self.args.host, self, self.channel, RowWriter(self.conf, self.args.host),
+            ttl=self.args.migration_ttl)
         if self.args.migration_listen:
             LOG.info("accepting migrated state on %s:%d", *self.channel.listen_address)
 
@@ -167,102 +188,127 @@ class Daemon:
                 LOG.info("waiting for %s: %s", self.args.ofp, err)
                 time.sleep(0.5)
                 continue
-            of.on_flow_removed = self._flow_removed
             of.on_flow_stats = self._flow_stats
             of.on_barrier = self._barrier
+            of.on_flow_removed = self._flow_removed
             return of
 
-    def restore(self, now):
-        """Rebuild connection state from the state file and the cache flows
-        still in the datapath (a restart after a crash or an upgrade)."""
-        saved = {}
-        try:
-            with open(self.args.state_file) as f:
-                saved = json.load(f)
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as err:
-            LOG.warning("state file %s unreadable, rebuilding from the datapath "
-                        "alone: %s", self.args.state_file, err)
+    def recover(self):
+        """Read what a previous daemon left in the switch: its flows (and in
+        them its zones) and groups; the first install then changes only what
+        differs, and conntrack keeps every connection."""
         flows = [f for f, _, _, _ in self.of.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK)]
-        changes = self.core.import_state(saved, flows, now)
-        # Flows that fit no entry are deleted only when the config is known:
-        # without it every flow would look orphaned.
-        self._apply(changes.add, changes.delete if self.conf.synced() else [])
-        n = self.core.conn_count()["total"]
-        LOG.info("restored %d connections (%d cache flows in the datapath)", n, len(flows))
-        self.restored = True
+        self.installed = {f.key: f for f in flows}
+        self.groups = {g.group_id: g for g in self.of.dump_groups()}
+        owners = dataplane.zones_in(flows, self.config)
+        self.zones.recover(owners)
+        LOG.info("found %d flows, %d groups and %d zones of a previous daemon",
+                 len(flows), len(self.groups), len(owners))
+        self.recovered = True
+
+    # ------------------------------------------------------------ the plane
+    def wanted_zones(self):
+        owners = []
+        for s in (self.config.slices or {}).values():
+            owners += [("vm", vm.name) for vm in s.vms if vm.host == self.args.host]
+            owners += [("snat", uuid) for uuid in (s.snat_blocks or {})]
+        owners += [("vm", vm) for vm in self.arrivals.expected()]
+        if self.migrations is not None:
+            owners += [("vm", vm) for vm in self.migrations.incoming()]
+            owners += [("vm", vm) for vm in self.migrations.outgoing()]
+        return owners
+
+    def replan_soon(self):
+        self._dirty_plane = True
+
+    def replan(self):
+        """Recompile the service stages and install what changed."""
+        new, released = self.zones.update(self.wanted_zones())
+        for zone in list(new.values()) + list(released.values()):
+            try:
+                self.vswitch.flush_zone(zone)
+            except VswitchError as err:
+                LOG.warning("%s", err)
+        snat = {uuid: z for (kind, uuid), z in self.zones.owners().items() if kind == "snat"}
+        vms = {name: z for (kind, name), z in self.zones.owners().items() if kind == "vm"}
+        plane = dataplane.compile_host(self.config, self.args.host, vms, snat, self.ports,
+                                       holds=self.arrivals.holding(),
+                                       forwarders=self.migrations.forwarders()
+                                       if self.migrations else ())
+        for line in plane.errors:
+            if line not in self.plane.errors:
+                LOG.warning("%s", line)
+        self.plane = plane
+        self.install(plane)
+        self._dirty_plane = False
+
+    def install(self, plane):
+        want = {f.key: f for f in plane.flows}
+        add = [f for k, f in want.items() if self.installed.get(k) != f]
+        delete = [f for k, f in self.installed.items() if k not in want]
+        groups = {g.group_id: g for g in plane.groups}
+        gmods = [("add_or_mod", g) for gid, g in groups.items() if self.groups.get(gid) != g]
+        gdel = [("delete", g) for gid, g in self.groups.items() if gid not in groups]
+        if not (add or delete or gmods or gdel):
+            return
+        # Forwarders tell when they go idle (flow-removed): their connection ended.
+        forward = [f for f in add if f.idle_timeout]
+        add = [f for f in add if not f.idle_timeout]
+        # One bundle: a group and the flows that use it change together.
+        self.of.send_flows(add, delete, send_flow_rem=False, bundle=True,
+                           groups=gmods + gdel)
+        if forward:
+            self.of.send_flows(forward, (), send_flow_rem=True)
+        self.installed = want
+        self.groups = groups
+        LOG.debug("installed %d flows, deleted %d, %d group changes", len(add), len(delete),
+                  len(gmods) + len(gdel))
 
     # ------------------------------------------------------------ events
-    def _flow_removed(self, cookie, _table, _priority, _match, _reason, packet_count,
-                      byte_count, _duration):
-        # The switch sends these to every connection that takes async messages:
-        # only the daemon's own cache entries concern it.
-        if cookie & P.COOKIE_MASK == P.DAEMON_COOKIE:
-            self.core.flow_removed(cookie, packet_count, byte_count, time.time(),
-                                   table_id=_table)
-            self.dirty = True
+    def _flow_removed(self, cookie, _table, _priority, match, _reason, *_counts):
+        kind = (cookie >> dataplane.KIND_SHIFT) & 0xFF
+        if cookie & P.COOKIE_MASK == P.DAEMON_COOKIE and kind == dataplane.K_FORWARD:
+            self.installed.pop(match.key, None)
+            if self.migrations is not None:
+                self.migrations.forwarder_gone(cookie & dataplane.INDEX_MASK)
+                self._dirty_plane = True
 
     def _flow_stats(self, xid, entries):
-        if self.migrations is not None and self.migrations.on_dump(xid, entries, time.monotonic()):
+        if xid != self._stats_xid:
             return
-        orphans = self.core.flow_stats(
-            [(f, packets, nbytes) for f, packets, nbytes, _ in entries], time.time())
-        self._apply([], orphans)
-        self.dirty = True
+        self._stats_xid = None
+        self.service.account(self.plane.decisions,
+                             [(f.cookie, packets) for f, packets, _, _ in entries])
+        waiters, self._stats_waiters = self._stats_waiters, []
+        for callback in waiters:
+            callback()
 
-    def _apply(self, add, delete):
-        """Send cache flow changes now (after any that are waiting)."""
-        self._queue_flows(add, delete)
-        self._flush_flows()
-
-    def _queue_flows(self, add, delete):
-        """Hold flow changes for OFFLOAD_DELAY.  A delete of a flow whose add
-        is still waiting cancels both: OVS never sees that flow.  (The core
-        adds only flows it does not believe installed, so a waiting add never
-        hides an installed flow of the same key.)"""
-        for flow in delete:
-            if self._pending_add.pop(flow.key, None) is None:
-                self._pending_del.append(flow)
-        for flow in add:
-            self._pending_add[flow.key] = flow
-        if self._pending_since is None and (self._pending_add or self._pending_del):
-            self._pending_since = time.monotonic()
-
-    def _flush_flows(self):
-        """Send the waiting changes: deletes first, then adds (a flow deleted
-        and added again ends up added)."""
-        if self._pending_add or self._pending_del:
-            add, delete = list(self._pending_add.values()), self._pending_del
-            self._pending_add, self._pending_del = {}, []
-            self.of.send_flows(add, delete)
-            self.dirty = True
-        self._pending_since = None
-
-    def _flows_due(self, mono):
-        return self._pending_since is not None and mono - self._pending_since >= OFFLOAD_DELAY
+    def fresh_stats(self, callback):
+        """Call ``callback`` once decision counters are fresh from the switch."""
+        self._stats_waiters.append(callback)
+        if self._stats_xid is None:
+            self._stats_xid = self.of.request_flow_stats(P.DAEMON_COOKIE, P.COOKIE_MASK)
 
     def _barrier(self, xid):
-        for out, out_tci in self._held.pop(xid, ()):
-            self.port.send(out, out_tci)
+        for frame, tci in self._after.pop(xid, ()):
+            self.port.send(frame, tci)
         if self.migrations is not None:
             self.migrations.on_barrier(xid, time.monotonic())
 
-    def _send_results(self, results):
-        """Carry out core Results: frames out, flows, and the frames held
-        back until their flows are in (a translated connection's first
-        packet must not overtake its reply catcher: OpenFlow barrier)."""
-        add, delete, held = [], [], []
+    def send_results(self, results):
+        """Carry out service Results: frames out, packet-outs, and frames
+        that wait until the switch has taken the packet-outs."""
+        outs, after = [], []
         for res in results:
-            for out, out_tci in res.out:
-                self.port.send(out, out_tci)
-            add.extend(res.add)
-            delete.extend(res.delete)
-            held.extend(res.held)
-        self._queue_flows(add, delete)
-        if held:
-            self._flush_flows()
-            self._held[self.of.barrier()] = held
+            for out, tci in res.out:
+                self.port.send(out, tci)
+            outs.extend(res.packet_outs)
+            after.extend(res.after_barrier)
+        if outs:
+            self.of.send_packet_outs([ofmsg.packet_out_bytes(frame, actions)
+                                      for frame, actions in outs])
+        if after:
+            self._after[self.of.barrier()] = after
 
     def _migration_run(self):
         mig = self.migrations
@@ -284,87 +330,79 @@ class Daemon:
             frames = self.port.recv_batch(BATCH)
             if not frames:
                 return
-            self._send_results([self.core.handle_frame(frame, tci if tci is not None else 0,
-                                                       now) for frame, tci in frames])
+            self.send_results([self.service.handle_frame(frame, tci if tci is not None else 0,
+                                                         now) for frame, tci in frames])
             self._drain_log()
 
     def _drain_log(self):
-        if self.core.log:
-            for line in self.core.log:
+        if self.service.log:
+            for line in self.service.log:
                 LOG.warning("%s", line)
-            del self.core.log[:]
+            del self.service.log[:]
 
     def _timers(self, now):
         mono = time.monotonic()
         if mono >= self._next["tick"]:
             self._next["tick"] = mono + TICK_INTERVAL
-            for out, out_tci in self.core.tick(now):
-                self.port.send(out, out_tci)
+            for out, tci in self.service.tick(now):
+                self.port.send(out, tci)
             self._drain_log()
+            for vm in self.arrivals.due(now):
+                LOG.warning("no state for %s arrived in time: its held packets were "
+                            "dropped; its connections are judged anew", vm)
+                if self.migrations is not None:
+                    self.migrations.fallback(vm, time.monotonic())
         if mono >= self._next["stats"]:
             self._next["stats"] = mono + STATS_INTERVAL
-            self.of.request_flow_stats(P.DAEMON_COOKIE, P.COOKIE_MASK)
-        if mono >= self._next["expire"]:
-            self._next["expire"] = mono + EXPIRE_INTERVAL
-            self._apply([], self.core.expire(now))
-        if self.dirty and mono >= self._next["save"]:
-            self._next["save"] = mono + SAVE_INTERVAL
-            self.save_state()
+            self.fresh_stats(lambda: None)
+        if mono >= self._next["count"] and self._counting():
+            self._next["count"] = mono + COUNT_INTERVAL
+            self.service.set_lb_counts(self.conns.lb_counts(self.service.slices))
 
-    def save_state(self):
-        tmp = self.args.state_file + ".tmp"
-        with open(tmp, "w") as f:
-            # dumps, not dump: json.dump streams through the pure-Python
-            # encoder, about ten times slower, and the loop waits for it.
-            f.write(json.dumps(self.core.export_state(), separators=(",", ":")))
-        os.replace(tmp, self.args.state_file)
-        self.dirty = False
+    def _counting(self):
+        return any(v.spec.algorithm == "least-connections"
+                   for s in self.service.slices.values() for v in s.vips.values())
 
     # -------------------------------------------------------------- loop
     def run(self, server):
-        wait_until = time.monotonic() + 5
+        give_up = time.monotonic() + 5
         while not self.exiting:
             now = time.time()
             if self.conf.run():
-                self.shared.set_config(self.conf.config())
-                changes = self.core.configure(self.conf.config(), now)
-                self._apply(changes.add, changes.delete)
+                self.config = self.conf.config()
+                self.shared.set_config(self.config)
+                self.service.configure(self.config)
+                self._dirty_plane = True
             elif self.shared.host_config is None and self.conf.synced():
                 self.shared.set_config(self.conf.config())   # settled, no slices
             self.shared.pull()          # other hosts' shared rows, if changed
-            if not self.restored and (self.conf.synced() or time.monotonic() > wait_until):
-                # Restore once the slices are known, so entries find their slice.
-                self.restore(now)
+            if not self.recovered and (self.conf.synced() or time.monotonic() > give_up):
+                self.config = self.conf.config()
+                self.service.configure(self.config)
+                self.recover()
             self.of.run()
-            if self.restored:
-                # Nothing that judges cache flows runs before the restore: a
-                # stats poll would find every flow of the old daemon orphaned.
+            if self.recovered:
+                if self._dirty_plane or self.arrivals.changed():
+                    self.replan()
                 self._packets(now)
-                if self._flows_due(time.monotonic()):
-                    self._flush_flows()
                 self._timers(now)
                 self._migration_run()
             server.run()
             self.shared.flush()         # this iteration's shared-state writes
-            metrics.publish(self.core)
+            metrics.publish(self.service)
             poller = ovs.poller.Poller()
             self.conf.wait(poller)
             self.shared.wait(poller)
             self.of.wait(poller)
-            if self.restored:
+            if self.recovered:
                 poller.fd_wait(self.port.fileno(), ovs.poller.POLLIN)
             server.wait(poller)
             if self.migrations is not None:
                 poller.fd_wait(self.channel.fileno(), ovs.poller.POLLIN)
-                self.migrations.writer.wait(poller)
+                self.migrations.wait(poller)
                 poller.timer_wait(50)
-            if self._pending_since is not None:
-                poller.timer_wait(max(0, int(1000 * (self._pending_since + OFFLOAD_DELAY
-                                                     - time.monotonic())) + 1))
             poller.timer_wait(200)
             poller.block()
-        self._flush_flows()
-        self.save_state()
         if self.channel is not None:
             self.channel.stop()
 

@@ -3,8 +3,10 @@
 TLS 1.2+ over TCP, mutually authenticated with the certificates made by
 ``mbx-pki`` (``middlebox.pki``): each side presents its host's certificate,
 and a peer is known only by the subject CN of its verified certificate.
-Framing: a 4-byte big-endian length, then a compact UTF-8 JSON object of at
-most ``MAX_MESSAGE`` bytes.
+Framing: a 4-byte big-endian length, then a compact UTF-8 JSON object, and
+if the message carries bytes (its ``data``, e.g. records in
+``middlebox.conn``'s binary format) a NUL byte and those bytes; at most
+``MAX_MESSAGE`` bytes in all.
 
 ``Channel`` runs its own threads (one accepting, one per session) and hands
 ``Event`` s to mbxd's single poll loop through a self-pipe::
@@ -44,7 +46,6 @@ import struct
 import threading
 import time
 
-from middlebox.gcpause import gc_paused
 from ovsdb.errors import MbxError
 
 LOG = logging.getLogger("mbxd.migchan")
@@ -72,14 +73,19 @@ class FrameError(ValueError):
 # --- framing ---------------------------------------------------------------
 
 def encode(message):
-    """One frame: 4-byte big-endian length + compact UTF-8 JSON of ``message``."""
+    """One frame: 4-byte big-endian length + compact UTF-8 JSON of
+    ``message`` (+ NUL + its ``data`` bytes, if any)."""
     if not isinstance(message, dict):
         raise TypeError("a message is a dict, not %s" % type(message).__name__)
-    # Encoding 20,000 records makes (and drops) as many temporary objects:
-    # no cyclic collection meanwhile, over everything the daemon holds.
-    with gc_paused():
-        payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False,
-                             allow_nan=False).encode("utf-8")
+    data = message.get("data")
+    if data is not None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("a message's data is bytes, not %s" % type(data).__name__)
+        message = {k: v for k, v in message.items() if k != "data"}
+    payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False,
+                         allow_nan=False).encode("utf-8")
+    if data is not None:
+        payload += b"\0" + bytes(data)
     if len(payload) > MAX_MESSAGE:
         raise FrameError("message of %d bytes exceeds %d" % (len(payload), MAX_MESSAGE))
     return HEADER.pack(len(payload)) + payload
@@ -125,19 +131,21 @@ class Decoder:
             return None
         payload = bytes(memoryview(buf)[HEADER.size:size])
         del buf[:size]
+        # JSON text never holds a raw NUL: the first one starts the data.
+        head, nul, data = payload.partition(b"\0")
         try:
-            text = payload.decode("utf-8")
+            text = head.decode("utf-8")
         except UnicodeDecodeError as err:
             self._fail("bad UTF-8 at byte %d" % err.start)
-        # A snapshot part is 20,000 records (dicts with lists), staged until
-        # the import: no cyclic collection while reading it.
         try:
-            with gc_paused():
-                message = json.loads(text)
+            message = json.loads(text)
         except ValueError as err:
             self._fail("bad JSON: %s" % err)
         if not isinstance(message, dict):
             self._fail("JSON %s is not an object" % type(message).__name__)
+        message.pop("data", None)
+        if nul:
+            message["data"] = data
         return message, size
 
     def _fail(self, reason):

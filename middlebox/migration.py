@@ -1,23 +1,23 @@
 """mbxd's migration manager: moves a VM's connection state between daemons.
 
 docs/migration.md is the design.  One ``MigrationManager`` per daemon, driven
-by the daemon's poll loop (one thread), like the core:
+by the daemon's poll loop (one thread):
 
 * ``set_rows(rows, peers, now)`` whenever the Migration rows naming this host
   (or the other hosts' Host rows) changed in the config monitor's replica;
 * ``on_event(event, now)`` for each event of the TLS channel
   (``middlebox.migchan``);
-* ``on_barrier(xid, now)`` and ``on_dump(xid, entries, now)`` for OpenFlow
-  replies it asked for;
-* ``run(now)`` every loop iteration: change streaming, hold deadlines,
-  late cleanups, hellos waiting for their row.
+* ``on_barrier(xid, now)`` for the OpenFlow barriers it asked for;
+* ``run(now)`` every loop iteration: change streaming, lazy commits, late
+  cleanups, hellos waiting for their row.
 
-The manager asks its shell (the daemon) for I/O through four callables:
-``apply(add, delete)`` (cache flows), ``barrier() -> xid``,
-``dump(tags) -> xid`` (a flow-stats request of those slices' cache flows)
-and ``send(results)`` (core Results of held frames, to carry out).  Rows are
-written through a ``RowWriter`` (per-key map mutations on the config
-monitor's IDL).
+The state is conntrack's: the source dumps the VM's zones
+(``middlebox.conntable``), the records travel in the binary format of
+``middlebox.conn``, and the destination commits them into its own zones by
+OpenFlow packet-outs (``middlebox.ctcommit``), in bulk or at each
+connection's first packet (lazy).  The manager uses its daemon (the shell:
+``middlebox.main.Daemon``) for that I/O.  Rows are written through a
+``RowWriter`` (per-key map mutations on the config monitor's IDL).
 """
 
 import logging
@@ -25,21 +25,22 @@ import time
 
 from ovs.db import idl as ovsidl
 
-from middlebox import vmstate
-from middlebox.gcpause import gc_paused
+from middlebox import arrivals, conn as C, ctcommit, dataplane as D, vmstate
 from middlebox.vmstate import RecordError
 
 LOG = logging.getLogger("mbxd.migration")
 
-PROTOCOL_VERSION = 2         # 2: the digest over compact record arrays
+PROTOCOL_VERSION = 3         # 3: conntrack records in middlebox.conn's binary format
 ACTIVE = ("begun", "streaming", "stunned", "imported")
 FINAL = ("done", "aborted", "fallback")
 STREAM_INTERVAL = 0.1       # s between change messages while streaming
-SNAPSHOT_PART = 20000       # records per state message (a few MB of JSON)
+SNAPSHOT_PART = C.PART_RECORDS  # records per state message
 TRANSFER_GRACE = 60.0       # s a hold may outlast its bound while state is arriving
 HELLO_WAIT = 3.0            # s an incoming hello may wait for its row to arrive
 DEFAULT_TTL = 60.0          # s the source keeps an unacknowledged VM's state
-SIGNIFICANT = ("origin", "verdict", "state", "fins", "flows", "xlate", "home", "rule")
+IMPORT_MODES = ("bulk", "lazy")
+LAZY_CHUNK = 20000          # records a lazy import commits per loop iteration
+FORWARD_IDLE = {6: 3600, 17: 180}   # s a forwarder of a moved SNAT connection lasts idle
 
 
 def _ms(t):
@@ -75,7 +76,7 @@ class Row:
         try:
             return max(0.1, min(60.0, int(self.options.get("wait-ms", 3000)) / 1000.0))
         except (TypeError, ValueError):
-            return vmstate.DEFAULT_WAIT
+            return arrivals.DEFAULT_WAIT
 
 
 class RowWriter:
@@ -162,18 +163,19 @@ class _Out:
         self.uuid = row.uuid
         self.vm = row.vm
         self.sid = "out-" + row.uuid
-        self.state = "gathering"    # connecting sending final acked failed
-        self.sent = {}              # record key -> record as sent (the mirror)
+        self.state = "gathering"    # waiting-address connecting sending final acked failed
+        self.sent = {}              # (slice, conn key) -> record as sent (the mirror)
         self.seq = 0
         self.started = now
         self.final_wanted = row.path == "unannounced"
         self.next_stream = 0.0
+        self.stream_cost = 0.0      # s the last gather took (streaming adapts to it)
         self.changes = 0
         self.messages = 0
         self.snapshot = None        # records gathered, not yet sent
-        self.dump_xid = None
         self.mode = vmstate.DEFAULT_GATHER
         self.gather_ms = 0
+        self.reviewed_out = 0
         self.final_at = None
         self.cleanup_at = None      # release the VM's state at this time (TTL)
         self.cleaned = False
@@ -190,23 +192,36 @@ class _In:
         self.hello = None
         self.state = "hello"        # waiting receiving importing acked rejected
         self.pending = []           # messages that came while waiting for the row
-        self.staged = {}
+        self.staged = {}            # (slice, conn key) -> (slice, conn)
         self.seq = 0
         self.bytes = 0
         self.barrier = None
         self.import_ms = 0
         self.entries = 0
-        self.flows = 0
+        self.commits = 0
+        self.lazy = []              # packet-out groups still to commit (lazy import)
+
+
+def _key(sl, c):
+    return (sl, c.key)
+
+
+def _import_mode(slices, vm):
+    for s in slices.values():
+        if any(v.name == vm for v in s.config.vms):
+            for sv in s.config.services:
+                mode = dict(sv.options or {}).get("migration-import")
+                if mode:
+                    return mode if mode in IMPORT_MODES else "bulk"
+    return "bulk"
 
 
 class MigrationManager:
-    def __init__(self, host, core, channel, writer, apply, barrier, dump, send,
-                 ttl=DEFAULT_TTL, clock=time.monotonic):
+    def __init__(self, host, daemon, channel, writer, ttl=DEFAULT_TTL, clock=time.monotonic):
         self.host = host
-        self.core = core
+        self.daemon = daemon
         self.channel = channel
         self.writer = writer
-        self._apply, self._barrier, self._dump, self._send = apply, barrier, dump, send
         self.ttl = ttl
         self.clock = clock
         self.rows = {}              # uuid -> Row
@@ -216,12 +231,39 @@ class MigrationManager:
         self._used = set()          # migrations whose transfer this host accepted
         self._settled = set()       # migrations whose hold here ended (landed / fell back)
         self._barriers = {}         # xid -> _In
-        self._dumps = {}            # xid -> _Out
         self._late = {}             # migration uuid -> (VM, cleanup time)
+        self._forwarders = {}       # forwarder id -> dataplane.Forwarder
+        self._fwd_vm = {}           # forwarder id -> VM name
+        self._next_fid = 1
         self.counters = dict.fromkeys(
             ("sent", "received", "imported", "rejected", "aborted", "fallbacks",
-             "cleaned", "entries_sent", "entries_imported"), 0)
+             "cleaned", "entries_sent", "entries_imported", "lazy_commits"), 0)
         self.history = []           # recent outcomes, for ovs-appctl
+
+    # ------------------------------------------------------------ helpers
+    @property
+    def service(self):
+        return self.daemon.service
+
+    def incoming(self):
+        """VMs whose state is arriving (they need a zone here first)."""
+        vms = {r.vm for r in self.rows.values() if r.destination == self.host
+               and r.status in ("begun", "streaming", "stunned")
+               and r.uuid not in self._settled}
+        vms |= {i.row.vm for i in self.ins.values() if i.row is not None and i.lazy}
+        return vms
+
+    def outgoing(self):
+        """VMs that left, whose state this host keeps until it is released."""
+        return {o.vm for o in self.outs.values() if not o.cleaned}
+
+    def forwarders(self):
+        return tuple(self._forwarders.values())
+
+    def wait(self, poller):
+        self.writer.wait(poller)
+        if any(i.lazy for i in self.ins.values()):
+            poller.immediate_wake()
 
     # ------------------------------------------------------------ config
     def set_rows(self, rows, peers, now):
@@ -238,7 +280,7 @@ class MigrationManager:
                 wall = time.time()      # holds run on the packets' clock
                 begun = row.timeline.get("begun")
                 deadline = (begun / 1000.0 if begun else wall) + row.wait
-                self.core.expect_vm(row.vm, wall, max(deadline, wall + 0.1))
+                self.daemon.arrivals.expect(row.vm, wall, max(deadline, wall + 0.1))
         for uuid, out in list(self.outs.items()):
             if uuid not in self.rows and out.state not in ("acked", "failed"):
                 self._fail(out, "its migration record is gone", write=False)
@@ -275,27 +317,30 @@ class MigrationManager:
                    and r.timeline.get("begun", 0) > begun for r in self.rows.values())
 
     # ------------------------------------------------------------ source
-    def _gather(self, out, now):
-        out.mode = self.core.gather_mode(out.vm)
-        t0 = self.clock()
+    def _records(self, out):
+        """The VM's records now, in its gather mode."""
+        slices = self.service.slices
+        mine = [s for s in slices.values() if any(v.name == out.vm for v in s.config.vms)]
+        out.mode = vmstate.gather_mode(mine)
+        zone = self.daemon.zones.vm(out.vm)
         if out.mode == "service":
-            self._gathered(out, self.core.gather(out.vm, "service"), t0, now)
-        else:
-            out.dump_xid = self._dump(self.core.gather_tags(out.vm))
-            out.dump_t0 = t0
-            self._dumps[out.dump_xid] = out
+            return vmstate.known(out.vm, slices, zone or 0)
+        if zone is None:
+            return []
+        table = self.daemon.conns
+        snat = {uuid: table.zone(z, stats=False) for (kind, uuid), z
+                in self.daemon.zones.owners().items() if kind == "snat"}
+        records = vmstate.gather(out.vm, slices, table.zone(zone, stats=False), snat)
+        if out.mode == "datapath+review":
+            records, dropped = vmstate.review(records, slices)
+            out.reviewed_out += dropped
+        return records
 
-    def on_dump(self, xid, entries, now):
-        out = self._dumps.pop(xid, None)
-        if out is None:
-            return False
-        flows = [(f, packets, nbytes) for f, packets, nbytes, *_ in entries]
-        self._gathered(out, self.core.gather(out.vm, out.mode, flows), out.dump_t0, now)
-        return True
-
-    def _gathered(self, out, records, t0, now):
-        out.gather_ms = _ms(self.clock() - t0)
-        out.snapshot = records
+    def _gather(self, out, now):
+        t0 = self.clock()
+        out.snapshot = self._records(out)
+        out.stream_cost = self.clock() - t0
+        out.gather_ms = _ms(out.stream_cost)
         address = self.peers.get(out.row.destination, ("", ""))[0]
         if not address:
             out.state = "waiting-address"
@@ -304,14 +349,28 @@ class MigrationManager:
 
     def _connect(self, out, address):
         out.state = "connecting"
-        LOG.info("migration %s of %s: %d connections (%s gather) to %s at %s",
-                 out.uuid[:8], out.vm, len(out.snapshot), out.mode, out.row.destination,
-                 address)
+        LOG.info("migration %s of %s: %d records (%s gather, %d ms) to %s at %s",
+                 out.uuid[:8], out.vm, len(out.snapshot), out.mode, out.gather_ms,
+                 out.row.destination, address)
         self.channel.connect(out.sid, address, out.row.destination)
 
     def _send_msg(self, out, message):
         self.channel.send(out.sid, message)
         out.messages += 1
+
+    def _send_records(self, out, records, removed, first):
+        """State messages with ``records`` (in parts) and the keys of
+        ``removed`` connections."""
+        parts = list(C.encode_parts([c for _, c in records], [sl for sl, _ in records],
+                                    SNAPSHOT_PART)) or [b""]
+        for i, data in enumerate(parts):
+            out.seq += 1
+            msg = {"type": "state", "migration": out.uuid, "seq": out.seq,
+                   "kind": "snapshot" if first and i == 0 else "changes",
+                   "removed": removed if i == len(parts) - 1 else []}
+            if data:
+                msg["data"] = data
+            self._send_msg(out, msg)
 
     def _connected(self, out, now):
         r = out.row
@@ -320,19 +379,10 @@ class MigrationManager:
                              "source": self.host, "destination": r.destination})
         records = out.snapshot or []
         out.snapshot = None
-        # A large snapshot goes in parts: seq 1 is the snapshot, the rest
-        # are changes that add records (a message stays far below MAX_MESSAGE).
-        # No cyclic collection while encoding them and keying what was sent.
-        with gc_paused():
-            for start in range(0, max(len(records), 1), SNAPSHOT_PART):
-                out.seq += 1
-                self._send_msg(out, {"type": "state", "migration": out.uuid, "seq": out.seq,
-                                     "kind": "snapshot" if out.seq == 1 else "changes",
-                                     "records": records[start:start + SNAPSHOT_PART],
-                                     "removed": []})
-            out.sent = {vmstate.record_key(rec): rec for rec in records}
+        self._send_records(out, records, [], True)
+        out.sent = {_key(sl, c): (sl, c) for sl, c in records}
         out.state = "sending"
-        out.next_stream = now + STREAM_INTERVAL
+        out.next_stream = now + max(STREAM_INTERVAL, 2 * out.stream_cost)
         self.counters["entries_sent"] += len(records)
         status = {"status": "streaming", "from_statuses": ("begun",)} \
             if r.path == "announced" else {}
@@ -341,38 +391,27 @@ class MigrationManager:
         if out.final_wanted:
             self._final(out, now)
 
-    def _changes(self, out, full):
-        """Records new or changed since sent (``full``: any field, else the
-        significant ones), and the keys of those that went."""
-        with gc_paused():
-            now_recs = {vmstate.record_key(rec): rec
-                        for rec in self.core.gather(out.vm, "service")}
-        changed = []
-        for key, rec in now_recs.items():
-            old = out.sent.get(key)
-            if old is None or (rec != old if full else
-                               any(rec.get(f) != old.get(f) for f in SIGNIFICANT)):
-                changed.append(rec)
-        removed = [list(key[1]) + [list(key[0])] for key in out.sent if key not in now_recs]
-        for rec in changed:
-            out.sent[vmstate.record_key(rec)] = rec
-        for key in [k for k in out.sent if k not in now_recs]:
-            del out.sent[key]
-        return changed, removed
-
-    def _stream(self, out, now, full=False):
-        changed, removed = self._changes(out, full)
+    def _stream(self, out, now):
+        """Send what changed since the last message: new records, records
+        whose entry changed (state, mark), and the keys of those gone."""
+        t0 = self.clock()
+        records = self._records(out)
+        out.stream_cost = self.clock() - t0
+        current = {_key(sl, c): (sl, c) for sl, c in records}
+        changed = [rec for k, rec in current.items()
+                   if k not in out.sent or _differs(out.sent[k][1], rec[1])]
+        removed = [[list(sl.chain), sl.role, sl.service] + list(key)
+                   for (sl, key) in out.sent if (sl, key) not in current]
+        out.sent = current
         if not changed and not removed:
             return
-        LOG.debug("migration %s: %d changed, %d removed%s", out.uuid[:8], len(changed),
-                  len(removed), " (final)" if full else "")
-        out.seq += 1
+        LOG.debug("migration %s: %d changed, %d removed", out.uuid[:8], len(changed),
+                  len(removed))
         out.changes += len(changed) + len(removed)
-        self._send_msg(out, {"type": "state", "migration": out.uuid, "seq": out.seq,
-                             "kind": "changes", "records": changed, "removed": removed})
+        self._send_records(out, changed, removed, False)
 
     def _final(self, out, now):
-        self._stream(out, now, full=True)
+        self._stream(out, now)
         out.seq += 1
         self._send_msg(out, {"type": "final", "migration": out.uuid, "seq": out.seq,
                              "count": len(out.sent),
@@ -404,6 +443,7 @@ class MigrationManager:
         self.counters["aborted"] += 1
         line = "destination %s: %s" % (out.row.destination, why)
         self._remember(out.vm, "source", "failed: " + line)
+        out.cleaned = True              # nothing to release: the VM keeps its state here
         if write and out.row.path == "announced":
             LOG.warning("migration %s of %s aborted: %s; the VM keeps its state here",
                         out.uuid[:8], out.vm, line)
@@ -413,17 +453,52 @@ class MigrationManager:
             LOG.warning("migration %s of %s: %s", out.uuid[:8], out.vm, line)
 
     def _cleanup(self, out, now):
+        """The VM's state went: its zone is released (and flushed) by the
+        daemon once the VM is neither bound nor leaving here; its SNAT
+        connections' replies, which still come to this host's port block
+        (or a forwarder pointing here), are forwarded to its new host."""
         if out.cleaned:
             return
         out.cleaned = True
         if self._newer_to_me(self.rows.get(out.uuid, out.row)):
             return                      # the VM came back meanwhile: its state is new
-        changes = self.core.release_vm(out.vm)
-        self._apply(changes.add, changes.delete)
+        encap = self.peers.get(out.row.destination, ("", ""))[1]
+        vni = self._vni(out.vm)
+        made = 0
+        for sl, c in out.sent.values():
+            if sl.role != "snat" or not encap or vni is None or c.proto not in FORWARD_IDLE:
+                continue
+            fid = self._next_fid
+            self._next_fid = fid % D.INDEX_MASK + 1
+            self._forwarders[fid] = D.Forwarder(fid, c.proto, _ip(c.rsrc), c.rsport,
+                                                _ip(c.rdst), c.rdport, vni, encap,
+                                                FORWARD_IDLE[c.proto])
+            self._fwd_vm[fid] = out.vm
+            made += 1
         self.counters["cleaned"] += 1
+        self.daemon.replan_soon()
         self.writer.write(out.uuid, timeline={"cleaned": _ms(time.time())})
-        LOG.info("migration %s: %s's state released here (%d flows removed, %d SNAT "
-                 "forwarders)", out.uuid[:8], out.vm, len(changes.delete), len(changes.add))
+        LOG.info("migration %s: %s's state released here (%d SNAT forwarders to %s)",
+                 out.uuid[:8], out.vm, made, out.row.destination)
+
+    def _vni(self, vm):
+        for s in self.service.slices.values():
+            if any(v.name == vm for v in s.config.vms):
+                return s.config.vni
+        return None
+
+    def forwarder_gone(self, fid):
+        """A forwarder's flow went idle: its connection is over."""
+        self._forwarders.pop(fid, None)
+        self._fwd_vm.pop(fid, None)
+
+    def _drop_forwarders(self, keys):
+        """Connections coming back here need no forwarder any more."""
+        gone = [fid for fid, f in self._forwarders.items()
+                if (f.proto, f.src, f.sport, f.dst, f.dport) in keys]
+        for fid in gone:
+            self.forwarder_gone(fid)
+        return len(gone)
 
     # ------------------------------------------------------------ destination
     def _reject(self, inc, why):
@@ -431,6 +506,7 @@ class MigrationManager:
             return
         inc.state = "rejected"
         inc.staged = {}
+        inc.lazy = []
         self.counters["rejected"] += 1
         uuid = inc.hello.get("migration") if isinstance(inc.hello, dict) else None
         self.channel.send(inc.sid, {"type": "nack", "migration": uuid, "error": why})
@@ -469,6 +545,7 @@ class MigrationManager:
         self._used.add(uuid)
         inc.row = row
         inc.state = "receiving"
+        self.daemon.replan_soon()       # the VM needs its zone here before the import
         return True
 
     def _message_in(self, inc, msg, size, now):
@@ -500,24 +577,35 @@ class MigrationManager:
             return
         inc.seq = seq
         if kind == "state":
-            records, removed = msg.get("records"), msg.get("removed")
-            if not isinstance(records, list) or not isinstance(removed, list) or \
-                    (seq == 1) != (msg.get("kind") == "snapshot"):
-                self._reject(inc, "malformed state message %d" % seq)
-                return
-            try:
-                with gc_paused():
-                    for rec in records:
-                        inc.staged[vmstate.record_key(rec)] = rec
-                    for item in removed:
-                        inc.staged.pop((tuple(item[-1]), tuple(item[:-1])), None)
-            except (TypeError, KeyError, IndexError, AttributeError):
-                self._reject(inc, "malformed record in message %d" % seq)
+            self._state_in(inc, msg, seq)
+            if inc.state == "receiving":
+                # State is arriving: a hold for the VM waits for it.
+                self.daemon.arrivals.extend(inc.row.vm, time.time() + TRANSFER_GRACE)
             return
         if kind == "final":
             self._import(inc, msg, now)
             return
         self._reject(inc, "unexpected message %r" % kind)
+
+    def _state_in(self, inc, msg, seq):
+        removed = msg.get("removed")
+        data = msg.get("data", b"")
+        if not isinstance(removed, list) or not isinstance(data, (bytes, bytearray)) or \
+                (seq == 1) != (msg.get("kind") == "snapshot"):
+            self._reject(inc, "malformed state message %d" % seq)
+            return
+        try:
+            if data:
+                conns, slices = C.decode(data)
+                for sl, c in zip(slices, conns):
+                    inc.staged[_key(sl, c)] = (sl, c)
+            for item in removed:
+                sl = C.Slice(tuple(item[0]), str(item[1]), int(item[2]))
+                inc.staged.pop((sl, tuple(int(x) for x in item[3:8])), None)
+        except C.WireError as err:
+            self._reject(inc, "bad records in message %d: %s" % (seq, err))
+        except (TypeError, ValueError, IndexError):
+            self._reject(inc, "malformed removal in message %d" % seq)
 
     def _import(self, inc, msg, now):
         records = list(inc.staged.values())
@@ -528,18 +616,37 @@ class MigrationManager:
                                       else "not checked"))
             return
         t0 = self.clock()
+        vm = inc.row.vm
+        if self.daemon.zones.vm(vm) is None:
+            self.daemon.replan()        # the zone of a VM that arrived meanwhile
         try:
-            changes, n = self.core.import_vm(inc.row.vm, records, time.time())
+            local = vmstate.localize(vm, records, self.service.slices, self.daemon.zones)
         except RecordError as err:
             self._reject(inc, str(err))
             return
-        self._apply(changes.add, changes.delete)
+        self._drop_forwarders({(c.proto, _ip(c.rsrc), c.rsport, _ip(c.rdst), c.rdport)
+                               for c, role in local if role == "snat"})
+        inc.entries = vmstate.count_connections(records)
+        groups = ctcommit.commit_groups([c for c, _ in local])
+        mode = _import_mode(self.service.slices, vm)
+        if mode == "lazy":
+            # Acknowledged now; each connection is committed at its first
+            # packet, the rest in the background (``run``).
+            lazy = {}
+            for keys, packet_outs in groups:
+                for key in keys:
+                    lazy.setdefault(key, []).extend(packet_outs)
+            self.daemon.arrivals.expect(vm, time.time(), time.time() + TRANSFER_GRACE)
+            self.daemon.arrivals.offer_lazy(vm, lazy)
+            inc.lazy = [p for _, p in groups]
+        else:
+            self.daemon.of.send_packet_outs([p for _, pos in groups for p in pos])
+        inc.commits = sum(len(p) for _, p in groups)
         inc.import_ms = _ms(self.clock() - t0)
-        inc.entries, inc.flows = n, len(changes.add)
         inc.state = "importing"
-        inc.barrier = self._barrier()
+        inc.barrier = self.daemon.of.barrier()
         self._barriers[inc.barrier] = inc
-        self.counters["entries_imported"] += n
+        self.counters["entries_imported"] += inc.entries
 
     def on_barrier(self, xid, now):
         inc = self._barriers.pop(xid, None)
@@ -548,11 +655,12 @@ class MigrationManager:
         row = inc.row
         inc.state = "acked"
         self.channel.send(inc.sid, {"type": "ack", "migration": row.uuid,
-                                    "entries": inc.entries, "flows": inc.flows})
+                                    "entries": inc.entries, "commits": inc.commits})
         self.counters["imported"] += 1
+        held = 0
+        if not inc.lazy:
+            held = self._landed(row.vm)
         self._settled.add(row.uuid)
-        results, held = self.core.release_held(row.vm, time.time(), landed=True)
-        self._send(results)
         wall = _ms(time.time())
         timeline = {"imported": wall}
         if row.path == "unannounced":
@@ -563,17 +671,27 @@ class MigrationManager:
         self.writer.write(row.uuid, status=status,
                           from_statuses=("begun", "streaming", "stunned"),
                           timeline=timeline, outcome=outcome,
-                          stats={"entries": inc.entries, "flows": inc.flows,
+                          stats={"entries": inc.entries, "flows": inc.commits,
                                  "buffered": held, "import_ms": inc.import_ms})
         self._remember(row.vm, "destination", "imported %d connections from %s"
                        % (inc.entries, inc.peer))
-        LOG.info("migration %s of %s: imported %d connections from %s, %d flows, "
+        LOG.info("migration %s of %s: imported %d connections from %s (%d commits%s), "
                  "%d packets held", row.uuid[:8], row.vm, inc.entries, inc.peer,
-                 inc.flows, held)
+                 inc.commits, ", lazy" if inc.lazy else "", held)
+        if not inc.lazy:
+            self.ins.pop(inc.sid, None)
         return True
 
+    def _landed(self, vm):
+        frames, held = self.daemon.arrivals.landed(vm, time.time())
+        for frame, tci in frames:
+            self.daemon.port.send(frame, tci)
+        self.daemon.replan_soon()
+        return held
+
     def _closed_in(self, inc, reason):
-        self.ins.pop(inc.sid, None)
+        if not inc.lazy:
+            self.ins.pop(inc.sid, None)
         if inc.state in ("receiving", "hello", "waiting"):
             inc.state = "rejected"
             self.counters["rejected"] += 1
@@ -582,6 +700,23 @@ class MigrationManager:
                         reason)
             self._remember(inc.row.vm if inc.row else "?", "destination",
                            "transfer ended early (%s)" % reason)
+
+    def _lazy_run(self):
+        """Commit a chunk of each lazy import's records; a finished import
+        ends the VM's arrival."""
+        for inc in list(self.ins.values()):
+            if not inc.lazy or inc.state != "acked":
+                continue
+            chunk, n = [], 0
+            while inc.lazy and n < LAZY_CHUNK:
+                pos = inc.lazy.pop()
+                chunk.extend(pos)
+                n += 1
+            self.daemon.of.send_packet_outs(chunk)
+            self.counters["lazy_commits"] += n
+            if not inc.lazy:
+                self._landed(inc.row.vm)
+                self.ins.pop(inc.sid, None)
 
     # ------------------------------------------------------------ events
     def on_event(self, ev, now):
@@ -632,8 +767,8 @@ class MigrationManager:
                 if out.final_wanted:
                     self._final(out, now)
                 elif now >= out.next_stream:
-                    out.next_stream = now + STREAM_INTERVAL
                     self._stream(out, now)
+                    out.next_stream = now + max(STREAM_INTERVAL, 2 * out.stream_cost)
             if out.cleanup_at is not None and now >= out.cleanup_at and not out.cleaned:
                 self._cleanup(out, now)
         for inc in list(self.ins.values()):
@@ -643,45 +778,32 @@ class MigrationManager:
                     for msg, size in inc.pending:
                         self._message_in(inc, msg, size, now)
                     inc.pending = []
+        self._lazy_run()
         for uuid, (vm, due) in list(self._late.items()):
             if due is not None and now >= due:
                 self._late[uuid] = (vm, None)
-                row = self.rows.get(uuid)
-                if row is not None and not self._newer_to_me(row) \
-                        and not self.core.is_local(vm):
-                    changes = self.core.release_vm(vm)
-                    self._apply(changes.add, changes.delete)
-                    LOG.info("migration %s: %s's leftover state released here",
-                             uuid[:8], vm)
-        for vm in self.core.holds_due(time.time()):
-            # The bound is for a source that never answers: state that is
-            # arriving (or being imported) is waited for, up to a limit.
-            if any(i.row is not None and i.row.vm == vm
-                   and i.state in ("receiving", "importing")
-                   and now - i.started < TRANSFER_GRACE for i in self.ins.values()):
-                continue
-            self._fallback(vm)
-        self.core.forget_holds(time.time())
+                self.daemon.replan_soon()
+        for uuid in [u for u, o in self.outs.items() if o.cleaned
+                     and (o.state == "failed" or now - o.started > 2 * self.ttl)]:
+            del self.outs[uuid]
 
-    def _fallback(self, vm):
-        results, held = self.core.release_held(vm, time.time(), landed=False)
-        self._send(results)
+    def fallback(self, vm, now):
+        """The VM's hold ended without state (the daemon dropped the held
+        packets): record it."""
         self.counters["fallbacks"] += 1
         row = next((r for r in self.rows.values() if r.vm == vm
                     and r.destination == self.host and r.status in ("begun", "streaming",
                                                                     "stunned")), None)
         source = row.source if row is not None else "its previous host"
-        line = "no state from %s within %.0f ms: evaluating %d held packets by the rules" % (
-            source, (row.wait if row is not None else vmstate.DEFAULT_WAIT) * 1000, held)
-        LOG.warning("VM %s: %s", vm, line)
+        line = "no state from %s within %.0f ms: its connections are judged anew" % (
+            source, (row.wait if row is not None else arrivals.DEFAULT_WAIT) * 1000)
         self._remember(vm, "destination", "fallback: " + line)
         if row is not None:
             self._settled.add(row.uuid)
             self.writer.write(row.uuid, status="fallback",
                               from_statuses=("begun", "streaming", "stunned"),
                               outcome="fallback: " + line,
-                              timeline={"fallback": _ms(time.time())},
-                              stats={"buffered": held})
+                              timeline={"fallback": _ms(time.time())})
 
     def _remember(self, vm, role, what):
         self.history.append({"time": round(time.time(), 3), "vm": vm, "role": role,
@@ -692,14 +814,26 @@ class MigrationManager:
     def listing(self):
         outs = [{"migration": o.uuid, "vm": o.vm, "role": "source",
                  "peer": o.row.destination, "path": o.row.path, "state": o.state,
-                 "mode": o.mode, "entries": len(o.sent), "seq": o.seq}
+                 "mode": o.mode, "entries": vmstate.count_connections(o.sent.values()),
+                 "seq": o.seq, "reviewed_out": o.reviewed_out}
                 for o in self.outs.values()]
         ins = [{"migration": i.row.uuid if i.row else None,
                 "vm": i.row.vm if i.row else None, "role": "destination",
                 "peer": i.peer, "state": i.state, "entries": len(i.staged) or i.entries,
-                "seq": i.seq} for i in self.ins.values()]
-        holds = [{"vm": vm, "state": h.state, "held": len(h.frames), "count": h.count}
-                 for vm, h in sorted(self.core.holds.items())]
-        return {"transfers": outs + ins, "holds": holds,
-                "forwarders": self.core.forwarders(), "counters": dict(self.counters),
-                "history": list(self.history)}
+                "seq": i.seq, "lazy_left": len(i.lazy)} for i in self.ins.values()]
+        return {"transfers": outs + ins, "holds": self.daemon.arrivals.listing(),
+                "forwarders": [{"vm": self._fwd_vm.get(f.fid, "?"), "proto": f.proto,
+                                "wire": "%s:%d/%s:%d" % (f.src, f.sport, f.dst, f.dport),
+                                "to": f.encap_ip} for f in self._forwarders.values()],
+                "counters": dict(self.counters), "history": list(self.history)}
+
+
+def _differs(old, new):
+    """Did an entry change in a way the destination must see?"""
+    return old.state != new.state or old.mark != new.mark or old.label != new.label \
+        or old[5:9] != new[5:9]
+
+
+def _ip(value):
+    from middlebox.packet import ip_text
+    return ip_text(value) if isinstance(value, int) else value

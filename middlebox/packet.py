@@ -70,14 +70,16 @@ class Packet:
     sequence and acknowledgement numbers.
     """
 
-    __slots__ = ("tag", "stage", "eth_dst", "eth_src", "ethertype", "proto", "src", "dst",
+    __slots__ = ("tag", "stage", "origin_in", "eth_dst", "eth_src", "ethertype", "proto",
+                 "src", "dst",
                  "sport", "dport", "tcp_flags", "icmp_type", "icmp_code", "ip_len",
                  "ihl", "l3", "l4", "seq", "ack", "payload_len", "more_fragments",
                  "related")
 
-    def __init__(self, tag, stage, eth_dst, eth_src, ethertype):
+    def __init__(self, tag, stage, eth_dst, eth_src, ethertype, origin_in=False):
         self.tag = tag
         self.stage = stage
+        self.origin_in = origin_in
         self.eth_dst = eth_dst
         self.eth_src = eth_src
         self.ethertype = ethertype
@@ -119,13 +121,15 @@ def ip_int(text):
 
 
 def parse_frame(frame, tci):
-    """Parse an untagged Ethernet frame whose 802.1Q TCI was ``tci``."""
+    """Parse an untagged Ethernet frame whose 802.1Q TCI was ``tci`` (VID:
+    slice tag in bits 0-10, bit 11 "the peer opened it" on a check; PCP:
+    why, ``ryu_apps.pipeline``)."""
     n = len(frame)
     if n < ETH_LEN:
         raise MalformedFrame("truncated Ethernet header (%d bytes)" % n)
     ethertype = _ETH_TYPE.unpack_from(frame, 12)[0]
-    pkt = Packet(tci & 0xFFF, (tci >> 13) & 7, frame[0:6].hex(":"), frame[6:12].hex(":"),
-                 ethertype)
+    pkt = Packet(tci & 0x7FF, (tci >> 13) & 7, frame[0:6].hex(":"), frame[6:12].hex(":"),
+                 ethertype, bool(tci & 0x800))
     if ethertype != ETH_P_IP:
         return pkt
     if n < ETH_LEN + _IP_MIN:

@@ -2112,7 +2112,7 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
         return NatDelCommand(self, mb, external_ip, type, external_port,
                              uuid, if_exists)
 
-    def lb_add(self, mb, vip, protocol="tcp", algorithm="round-robin",
+    def lb_add(self, mb, vip, protocol="tcp", algorithm="hash",
                backends=(), options=None, may_exist=False):
         """``vip`` and ``backends``: "IP:PORT"; ``mb`` is an lb middlebox."""
         return LbAddCommand(self, mb, validate.vip(

@@ -74,9 +74,9 @@ Commands:
          [--if-exists]                   delete one NAT rule
   nat-list [MB]                          list NAT rules
   lb-add MB VIP:PORT [BACKEND_IP:PORT...] [--protocol tcp|udp]
-         [--algorithm round-robin|least-connections|source-hash]
+         [--algorithm hash|round-robin|least-connections|source-hash]
          [--may-exist]                   add a load-balanced VIP (tcp,
-                                         round-robin)
+                                         hash)
   lb-del MB VIP:PORT [--protocol P] [--if-exists]
   lb-backend-add MB VIP:PORT BACKEND_IP:PORT [--protocol P] [--may-exist]
   lb-backend-del MB VIP:PORT BACKEND_IP:PORT [--protocol P] [--if-exists]
@@ -321,7 +321,7 @@ def _write(nb, txn, command, args):
                            args.target if by_uuid else None, args.if_exists))
     elif command == "lb-add":
         txn.add(nb.lb_add(args.mb, args.vip, args.protocol or "tcp",
-                          args.algorithm or "round-robin", args.backends,
+                          args.algorithm or "hash", args.backends,
                           may_exist=args.may_exist))
     elif command == "lb-del":
         txn.add(nb.lb_del(args.mb, args.vip, args.protocol, args.if_exists))

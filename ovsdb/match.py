@@ -219,25 +219,44 @@ def port_masks(low, high):
     return out
 
 
-def openflow_matches(match, sets):
-    """The OpenFlow 1.3 matches (dicts of os-ken OXM fields) that together
-    select exactly the IPv4 packets ``match`` selects, expanding address sets
-    and port ranges.  An empty address set yields no matches at all."""
+def openflow_dimensions(match, sets):
+    """``match`` as OpenFlow 1.3 match fields: ``(base, dimensions)``, where
+    ``base`` holds the fields every packet it selects has (eth_type,
+    ip_proto) and each dimension (source, destination, source ports,
+    destination ports) is a list of alternative field dicts; the packets
+    selected are those with the base fields and one alternative of every
+    dimension.  None when an address set is empty (nothing is selected)."""
     base = {"eth_type": 0x0800}
     if match.proto is not None:
         base["ip_proto"] = match.proto
-    options = [base]
+    dims = []
     for field, addr in (("ipv4_src", match.src), ("ipv4_dst", match.dst)):
         pairs = resolve(addr, sets)
         if pairs is None:
             continue
-        options = [dict(o, **{field: _oxm_addr(a, m)}) for o in options for a, m in pairs]
+        if not pairs:
+            return None
+        dims.append([{field: _oxm_addr(a, m)} for a, m in pairs])
     l4 = PROTOCOL_NAMES.get(match.proto)
     for suffix, ports in (("_src", match.sport), ("_dst", match.dport)):
         if ports is None or ports == (0, 65535):
             continue
-        options = [dict(o, **{l4 + suffix: (v if m == 0xFFFF else (v, m))})
-                   for o in options for v, m in port_masks(*ports)]
+        dims.append([{l4 + suffix: (v if m == 0xFFFF else (v, m))}
+                     for v, m in port_masks(*ports)])
+    return base, dims
+
+
+def openflow_matches(match, sets):
+    """The OpenFlow 1.3 matches (dicts of os-ken OXM fields) that together
+    select exactly the IPv4 packets ``match`` selects, expanding address sets
+    and port ranges.  An empty address set yields no matches at all."""
+    got = openflow_dimensions(match, sets)
+    if got is None:
+        return []
+    base, dims = got
+    options = [base]
+    for alternatives in dims:
+        options = [dict(o, **a) for o in options for a in alternatives]
     return options
 
 

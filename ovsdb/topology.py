@@ -325,7 +325,7 @@ def _parse_vip(label, mb_name, entry):
     address = _string(label, "vip", entry["vip"], '"10.0.0.100:80"')
     return _value(label, lambda _: validate.vip(
         mb_name, address, entry.get("protocol", "tcp"),
-        entry.get("algorithm", "round-robin"), backends, options), None)
+        entry.get("algorithm", "hash"), backends, options), None)
 
 
 def _parse_external(label, entry):

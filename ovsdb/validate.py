@@ -254,7 +254,7 @@ DIRECTIONS = ("from-vm", "to-vm")
 TIERS = ("provider", "tenant")
 MAX_RULE_PRIORITY = 32767
 MAX_STEER_PRIORITY = 30000
-MAX_SLICE_TAG = 4094
+MAX_SLICE_TAG = 2047
 MAX_TIMEOUT = 65535
 MAX_THRESHOLD = 1000000
 MAX_CHAIN = 64                  # Steering_Policy.chain positions 0..63
@@ -266,7 +266,10 @@ IDS_OPTIONS = ("scan-threshold", "scan-window", "synflood-threshold",
 # Middlebox options: key -> accepted values (a tuple of words, or a
 # function (key, value) -> canonical string; None: seconds, 1..MAX_TIMEOUT).
 MIDDLEBOX_OPTIONS = {
-    "check": ("offload", "every-packet"),
+    "check": ("offload", "every-packet", "every-nth", "relay"),
+    "check-interval": lambda key, value: _range(key, value, 2, 255),
+    "migration-gather": ("datapath", "datapath+review", "service"),
+    "migration-import": ("bulk", "lazy"),
     "same-host": ("both", "source", "destination"),
     "tier-order": ("provider-first", "tenant-first"),
     **{key: None for key in TIMEOUT_OPTIONS},
@@ -366,6 +369,14 @@ def _count(key, value, maximum):
     if number is None or not 1 <= number <= maximum:
         raise MbxError(f"invalid value {value!r} for option {key}: use an "
                        f"integer from 1 to {maximum}")
+    return str(number)
+
+
+def _range(key, value, minimum, maximum):
+    number = _integer(value)
+    if number is None or not minimum <= number <= maximum:
+        raise MbxError(f"invalid value {value!r} for option {key}: use an "
+                       f"integer from {minimum} to {maximum}")
     return str(number)
 
 
@@ -654,7 +665,7 @@ def check_firewall(switches, address_sets, middleboxes, rules, policies,
 
 NAT_TYPES = ("snat", "dnat")
 L4_PROTOCOLS = ("tcp", "udp")
-LB_ALGORITHMS = ("round-robin", "least-connections", "source-hash")
+LB_ALGORITHMS = ("hash", "round-robin", "least-connections", "source-hash")
 DEFAULT_PORT_RANGE = (1024, 65535)
 MAX_HEALTH_SECONDS = 3600
 MAX_HEALTH_COUNT = 100
@@ -999,7 +1010,7 @@ def backends(values):
 
 
 def vip(middlebox, address, protocol_text="tcp",
-        algorithm_text="round-robin", backend_texts=(), options=None):
+        algorithm_text="hash", backend_texts=(), options=None):
     """A VipInfo (uuid "", no status) from user input, canonical."""
     ip, vip_port = ip_port(address, "VIP")
     checked = vip_options(options or {})

@@ -50,7 +50,7 @@ def compute_host_flows(topo, host, snat_blocks=None):
     tunnel = host_info.tunnel_ofport if host_info is not None else None
     remote = _remote_vms(topo, host, ports) if tunnel is not None else []
 
-    flows = [_table_miss(t) for t in P.TABLES]
+    flows = [_table_miss(t) for t in P.TABLES if P.COOKIE in t.owners]
     flows.append(_flow(P.FROM_VM_STEERING, P.PRIO_STEER_MULTICAST,
                        canon_match(eth_dst=P.MULTICAST_MAC), [_goto(P.L2_LOOKUP)]))
     for vm, binding in local:
@@ -219,7 +219,9 @@ def _deliver_flood(vni, ports):
 # ------------------------------------------------------------------ steering
 
 def _steering(topo, host, switches, local):
-    """Steering, cache-table and return flows for the host's slices.
+    """Steering into the host's slices' service stages, the reply catchers
+    of load-balancer backends and DNAT'd VMs, and the flows that take
+    packets back from the middlebox daemon.
 
     A policy's match is applied to both directions of a connection, so the
     replies of a steered connection are steered too.  A policy whose chain
@@ -246,7 +248,7 @@ def _steering(topo, host, switches, local):
                 flows.append(_flow(P.TO_VM_RETURN, P.PRIO_DELIVER,
                                    _vni_match(vni, eth_dst=vm.mac),
                                    [("apply", (_set(P.REG_OUT_PORT, binding.ofport),)),
-                                    _goto(P.LOCAL_DELIVERY)]))
+                                    _goto(P.TO_VM_RESUME)]))
     for (chain, slice_host), tag in sorted(topo.host_slices(host).items()):
         switch = slicelib.chain_switch(topo, chain)
         if switch not in local_by_switch or not all(
@@ -254,6 +256,13 @@ def _steering(topo, host, switches, local):
                 for n in chain):
             continue
         flows += _slice_flows(topo, chain, tag, switches[switch].vni, mb_port)
+        flows += _catchers(topo, chain, tag, switches[switch].vni)
+    if topo.host_slices(host):
+        # A packet the daemon made (or a DNAT'd one, judged already) is
+        # delivered without being steered again.
+        flows.append(_flow(P.TO_VM_STEERING, P.PRIO_STEER_JUDGED,
+                           canon_match(**{P.REG_SKIP_TO_VM: P.SKIP_TO_VM}),
+                           [_goto(P.LOCAL_DELIVERY)]))
     return flows
 
 
@@ -280,33 +289,19 @@ def _policy_flows(topo, host, policy, vni, sets, mb_port, local):
     valid = slicelib.chain_ok(topo, policy)
     tag = topo.slices.get((chain, host)) if valid else None
     ids_only = valid and slicelib.is_ids_only(topo, chain)
-    steered = valid and tag is not None and (mb_port is not None or ids_only)
-    mode = slicelib.chain_option(topo, chain, "same-host", "both")
+    steered = valid and tag is not None
     flows = []
-    for stage, steer_table, cache_table, next_table in (
-            (P.STAGE_FROM_VM, P.FROM_VM_STEERING, P.FROM_VM_CACHE, P.L2_LOOKUP),
-            (P.STAGE_TO_VM, P.TO_VM_STEERING, P.TO_VM_CACHE, P.LOCAL_DELIVERY)):
+    for stage, steer_table, next_table in (
+            (P.STAGE_FROM_VM, P.FROM_VM_STEERING, P.L2_LOOKUP),
+            (P.STAGE_TO_VM, P.TO_VM_STEERING, P.LOCAL_DELIVERY)):
         if not chain or (ids_only and not steered):
             action = [_goto(next_table)]
         elif not steered:
             action = []
         else:
-            action = [("apply", (_set(P.REG_SLICE, tag),)), _goto(cache_table)]
+            action = [("apply", (_set(P.REG_SLICE, tag),)), _goto(P.STAGE_TABLES[stage])]
         for sel in selections:
             flows.append(_flow(steer_table, prio, _vni_match(vni, **sel), action))
-            if not steered:
-                continue
-            if stage == P.STAGE_FROM_VM and mode == "destination":
-                # Traffic to a VM on this host is checked at its to-VM stage only.
-                for vm, _ in local:
-                    flows.append(_flow(steer_table, prio + 1,
-                                       _vni_match(vni, eth_dst=vm.mac, **sel),
-                                       [_goto(next_table)]))
-            if stage == P.STAGE_TO_VM and mode == "source":
-                # Traffic from a VM on this host was checked at its from-VM stage.
-                flows.append(_flow(steer_table, prio + 1,
-                                   _vni_match(vni, **{P.REG_FROM_TUNNEL: 0}, **sel),
-                                   [_goto(next_table)]))
     return flows
 
 
@@ -318,68 +313,66 @@ def _to_middlebox(tag, stage, port, pop=False):
     return ("apply", actions + ((("pop_vlan",),) if pop else ()))
 
 
-def _tcp_flags(flag, **fields):
-    return canon_match(eth_type=P.ETH_TYPE_IP, ip_proto=6, tcp_flags=(flag, flag), **fields)
-
-
 def _slice_flows(topo, chain, tag, vni, mb_port):
-    """Cache-table miss and FIN/RST flows, and the return flows, of one slice."""
-    if slicelib.is_ids_only(topo, chain):
-        return _ids_slice_flows(tag, mb_port)
+    """The flows that take a slice's packets back from the middlebox daemon:
+    by PCP, resume the stage (REG_SERVICE says the daemon saw it), or
+    deliver a packet the daemon made."""
     if mb_port is None:
         return []
     flows = []
-    for stage in (P.STAGE_FROM_VM, P.STAGE_TO_VM):
-        cache_table = P.CACHE_TABLES[stage]
-        # A packet that came back from the daemon (same-host traffic checked
-        # at both stages) can only be sent back out of the port it came in on
-        # with the IN_PORT output: hence a second flow matching in_port.
-        for in_port, prio_add, port in ((None, 0, mb_port), (mb_port, 1, P.OFPP_IN_PORT)):
-            out = [_to_middlebox(tag, stage, port)]
-            flows.append(_flow(cache_table, P.PRIO_CACHE_MISS + prio_add,
-                               canon_match(**{P.REG_SLICE: tag}, in_port=in_port), out))
-            for flag in (P.TCP_FIN, P.TCP_RST):
-                flows.append(_flow(cache_table, P.PRIO_CACHE_FLAGS + prio_add,
-                                   _tcp_flags(flag, in_port=in_port, **{P.REG_SLICE: tag}),
-                                   out))
-        back = P.CACHE_NEXT[stage] if stage == P.STAGE_FROM_VM else P.TO_VM_RETURN
-        flows.append(_flow(P.CLASSIFY, P.PRIO_MB_RETURN,
-                           canon_match(in_port=mb_port, vlan_vid=P.VLAN_PRESENT | tag,
-                                       vlan_pcp=stage),
-                           [("apply", (("pop_vlan",),)), _metadata(vni), _goto(back)]))
+    resume = {P.STAGE_FROM_VM: P.FROM_VM_CT, P.STAGE_TO_VM: P.TO_VM_RETURN}
     if "nat" in slicelib.chain_types(topo, chain):
-        # Packets from outside for this host's external addresses
-        # (EXTERNAL_IN) reach the daemon at the from-external stage; they come
-        # back judged by the chain: never into the tunnel, not steered again.
-        stage = P.STAGE_FROM_EXTERNAL
-        out = [_to_middlebox(tag, stage, mb_port)]
-        flows.append(_flow(P.EXTERNAL_CACHE, P.PRIO_CACHE_MISS,
-                           canon_match(**{P.REG_SLICE: tag}), out))
-        for flag in (P.TCP_FIN, P.TCP_RST):
-            flows.append(_flow(P.EXTERNAL_CACHE, P.PRIO_CACHE_FLAGS,
-                               _tcp_flags(flag, **{P.REG_SLICE: tag}), out))
+        resume[P.STAGE_FROM_EXTERNAL] = P.EXTERNAL_CT
+    for pcp, table in sorted(resume.items()):
+        regs = [("pop_vlan",), _set(P.REG_SLICE, tag), _set(P.REG_SERVICE, P.RESUMED)]
+        if pcp == P.STAGE_FROM_EXTERNAL:
+            regs.append(_set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL))
         flows.append(_flow(P.CLASSIFY, P.PRIO_MB_RETURN,
                            canon_match(in_port=mb_port, vlan_vid=P.VLAN_PRESENT | tag,
-                                       vlan_pcp=stage),
-                           [("apply", (("pop_vlan",),
-                                       _set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL),
-                                       _set(P.REG_SKIP_TO_VM, P.SKIP_TO_VM))),
-                            _metadata(vni), _goto(P.CACHE_NEXT[stage])]))
+                                       vlan_pcp=pcp),
+                           [("apply", tuple(regs)), _metadata(vni), _goto(table)]))
+    flows.append(_flow(P.CLASSIFY, P.PRIO_MB_RETURN,
+                       canon_match(in_port=mb_port, vlan_vid=P.VLAN_PRESENT | tag,
+                                   vlan_pcp=P.DELIVER),
+                       [("apply", (("pop_vlan",), _set(P.REG_SKIP_TO_VM, P.SKIP_TO_VM))),
+                        _metadata(vni), _goto(P.L2_LOOKUP)]))
     return flows
 
 
-def _ids_slice_flows(tag, mb_port):
-    """A chain of IDS services only: nothing is diverted.  At the to-VM stage
-    (the sensor sits in front of the receiving VM) a copy of every SYN and
-    RST goes to the daemon; the original goes on at once."""
-    match = canon_match(**{P.REG_SLICE: tag})
-    flows = [_flow(P.FROM_VM_CACHE, P.PRIO_CACHE_MISS, match, [_goto(P.L2_LOOKUP)]),
-             _flow(P.TO_VM_CACHE, P.PRIO_CACHE_MISS, match, [_goto(P.LOCAL_DELIVERY)])]
-    if mb_port is not None:
-        for prio, flag in ((P.PRIO_CACHE_FLAGS, P.TCP_SYN), (P.PRIO_CACHE_FLAGS + 1, P.TCP_RST)):
-            flows.append(_flow(P.TO_VM_CACHE, prio, _tcp_flags(flag, **{P.REG_SLICE: tag}),
-                               [_to_middlebox(tag, P.STAGE_TO_VM, mb_port, pop=True),
-                                _goto(P.LOCAL_DELIVERY)]))
+def _catchers(topo, chain, tag, vni):
+    """Replies that a narrower steering policy might not select, but whose
+    connection the chain translated: a load-balancer backend's (un-DNAT in
+    the client's zone) and a DNAT'd VM's (un-DNAT in its own zone)."""
+    if not chain:
+        return []
+    flows = []
+    by_name = topo.derived(_vms_by_address)
+    switch = slicelib.chain_switch(topo, chain)
+    for name in chain:
+        mb = topo.middleboxes.get(name)
+        if mb is None:
+            continue
+        if mb.type == "lb":
+            for vip in topo.vips.get(name, ()):
+                proto = {"tcp": 6, "udp": 17}.get(vip.protocol)
+                if proto is None:
+                    continue
+                l4 = "tcp_src" if proto == 6 else "udp_src"
+                for ip, port in vip.backends:
+                    flows.append(_flow(P.TO_VM_STEERING, P.PRIO_STEER_CATCHER,
+                                       _vni_match(vni, eth_type=P.ETH_TYPE_IP, ip_proto=proto,
+                                                  ipv4_src=ip, **{l4: port}),
+                                       [("apply", (_set(P.REG_SLICE, tag),)),
+                                        _goto(P.TO_VM_CT)]))
+        elif mb.type == "nat":
+            for rule in topo.nat_rules.get(name, ()):
+                if rule.type != "dnat" or (switch, rule.logical_ip) not in by_name:
+                    continue
+                flows.append(_flow(P.FROM_VM_STEERING, P.PRIO_STEER_CATCHER,
+                                   _vni_match(vni, eth_type=P.ETH_TYPE_IP,
+                                              ipv4_src=rule.logical_ip),
+                                   [("apply", (_set(P.REG_SLICE, tag),)),
+                                    _goto(P.FROM_VM_CT)]))
     return flows
 
 
@@ -542,10 +535,6 @@ def _external(topo, host, switches, local_by_switch, blocks, present=None):
     served = [m for m in slicelib.nat_middleboxes(topo)
               if host in slicelib.hosts_serving(topo, m)
               and topo.middleboxes[m].switch in present]
-    if served:
-        flows.append(_flow(P.TO_VM_STEERING, P.PRIO_STEER_JUDGED,
-                           canon_match(**{P.REG_SKIP_TO_VM: P.SKIP_TO_VM}),
-                           [_goto(P.LOCAL_DELIVERY)]))
     for name in served:
         flows += _nat_in(topo, host, name, switches[topo.middleboxes[name].switch].vni,
                          tunnel, blocks)
@@ -565,19 +554,41 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
                                        _set(P.REG_IN_PORT, tunnel))),
                             _goto(P.EXTERNAL_IN)]))
 
+    here = ("apply", (_set(P.REG_SLICE, tag), _set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL)))
+    stage = [here, _metadata(vni), _goto(P.EXTERNAL_CT)]
+
+    def tunnel_to(owner):
+        peer = topo.hosts.get(owner)
+        return (_set("tunnel_id", vni), _set("tun_ipv4_dst", peer.encap_ip),
+                _set("eth_dst", P.ROUTER_MAC), ("output", tunnel))
+
     def to_host(owner):
         """(instructions, extra match) for a packet owned by ``owner``, or None."""
         if owner == host:
-            return ([("apply", (_set(P.REG_SLICE, tag),
-                                _set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL),
-                                _set(P.REG_SKIP_TO_VM, P.SKIP_TO_VM))),
-                     _metadata(vni), _goto(P.EXTERNAL_CACHE)], {})
-        peer = topo.hosts.get(owner)
-        if tunnel is None or peer is None or owner not in serving:
+            return (stage, {})
+        if tunnel is None or topo.hosts.get(owner) is None or owner not in serving:
             return None
-        return ([("apply", (_set("tunnel_id", vni), _set("tun_ipv4_dst", peer.encap_ip),
-                            _set("eth_dst", P.ROUTER_MAC), ("output", tunnel)))],
-                {P.REG_FROM_TUNNEL: 0})
+        return ([("apply", tunnel_to(owner))], {P.REG_FROM_TUNNEL: 0})
+
+    others = sorted(h for h in serving if h != host and topo.hosts.get(h) is not None)
+    addresses = sorted({ip for rule in topo.nat_rules.get(name, ()) for ip in rule.external_ips})
+    for ip in addresses:
+        # Sent here by another host (a port block, a moved connection's
+        # forwarder, ICMP): this host's conntrack decides.
+        flows.append(_flow(P.EXTERNAL_IN, P.PRIO_EXTERNAL_REDIRECTED,
+                           canon_match(eth_type=P.ETH_TYPE_IP, ipv4_dst=ip,
+                                       **{P.REG_FROM_TUNNEL: P.FROM_TUNNEL}), stage))
+    for rule in topo.nat_rules.get(name, ()):
+        if rule.type != "snat" or tunnel is None:
+            continue
+        for ip in rule.external_ips:
+            # ICMP carries no port of a block: every serving host's SNAT
+            # zone is asked (echo replies, errors about its connections).
+            copies = tuple(a for h in others for a in tunnel_to(h))
+            flows.append(_flow(P.EXTERNAL_IN, P.PRIO_EXTERNAL_ICMP,
+                               canon_match(eth_type=P.ETH_TYPE_IP, ip_proto=1, ipv4_dst=ip,
+                                           **{P.REG_FROM_TUNNEL: 0}),
+                               ([("apply", copies)] if copies else []) + stage))
 
     for rule in topo.nat_rules.get(name, ()):
         if rule.type == "snat":
@@ -600,6 +611,8 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
             protos = {"tcp": (6,), "udp": (17,)}.get(rule.protocol)
             if protos is None:
                 protos = (6, 17) if rule.external_port is not None else (None,)
+            if None not in protos:
+                protos += (1,)          # ICMP errors about its connections
             for ip in rule.external_ips:
                 for proto in protos:
                     fields = dict(extra)
@@ -607,7 +620,7 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
                     if proto is not None:
                         fields["ip_proto"] = proto
                         prio += 1
-                    if rule.external_port is not None:
+                    if rule.external_port is not None and proto != 1:
                         fields["tcp_dst" if proto == 6 else "udp_dst"] = rule.external_port
                         prio += 200
                     flows.append(_flow(P.EXTERNAL_IN, prio,

@@ -201,8 +201,10 @@ def _to_ct(ofparser, action):
             nested.append(ofparser.OFPActionSetField(**{a[1]: a[2]}))
         elif a[0] == "load" and a[1] in _CT_EXEC_FIELDS:
             nested.append(_to_action(ofp, ofparser, a))
+        elif a[0] == "move" and len(a) == 6 and a[3] in _CT_EXEC_FIELDS:
+            nested.append(_to_action(ofp, ofparser, a))
         else:
-            raise ValueError("ct exec takes set_field/load of ct_mark or ct_label, not %r"
+            raise ValueError("ct exec takes set_field/load/move into ct_mark or ct_label, not %r"
                              % (a,))
     if not commit and (exec_actions or (nat is not None and len(nat) > 1)):
         raise ValueError("ct without commit takes no exec actions and only a bare nat "
@@ -362,6 +364,8 @@ def _from_ct(action):
         elif isinstance(a, parser.OFPActionSetField) and a.key in _CT_EXEC_FIELDS:
             exec_actions.append(("set_field", a.key, a.value))
         elif isinstance(a, parser.NXActionRegLoad) and a.dst in _CT_EXEC_FIELDS:
+            exec_actions.append(_from_action(a))
+        elif isinstance(a, parser.NXActionRegMove) and a.dst_field in _CT_EXEC_FIELDS:
             exec_actions.append(_from_action(a))
         else:
             return unsupported

@@ -6,39 +6,31 @@ does, which fields its flows may match and which tables it may jump to.
 mistake fails in a unit test instead of on a switch.  docs/pipeline.md
 describes the same pipeline for people.
 
+Two owners share br-int.  The controller (cookie ``COOKIE``) classifies,
+steers, switches and tunnels.  Each host's middlebox daemon (cookie
+``DAEMON_COOKIE``) owns the *service stages*: the tables where the switch's
+conntrack is the connection cache, the firewall rules compiled to flows,
+the load balancer's groups and NAT (``middlebox.dataplane``).  A steered
+packet enters a stage at its CT table and leaves it to the table the
+controller named (``STAGE_NEXT``).
+
 Packet path::
 
     CLASSIFY ──(from a VM)──> GATEWAY ──(not answered)──> FROM_VM_STEERING
-    GATEWAY ──(ARP for the gateway or a VIP)──> reply out of the VM's port
-    GATEWAY ──(TCP to the gateway: a health-probe reply)──> middlebox port (PCP 3)
-    FROM_VM_STEERING ──(selected)──> FROM_VM_CACHE
+    FROM_VM_STEERING ──(selected)──> FROM_VM_CT .. FROM_VM_SNAT_STATE ──> L2_LOOKUP
     FROM_VM_STEERING ──(not selected)──> L2_LOOKUP
-    FROM_VM_CACHE ──(cached allow)──> L2_LOOKUP, or EXTERNAL_OUT (translated)
-    FROM_VM_CACHE ──(miss, FIN, RST)──> middlebox port, tagged (slice, stage)
-    CLASSIFY ──(from the uplink: ARP)──> GATEWAY ──> reply out of the uplink
-    CLASSIFY ──(from the uplink: IPv4)──> EXTERNAL_IN
-    CLASSIFY ──(from the tunnel, to ROUTER_MAC: redirected external)──> EXTERNAL_IN
+    CLASSIFY ──(from the uplink: IPv4)──> EXTERNAL_IN ──> EXTERNAL_CT .. EXTERNAL_ROUTE
     EXTERNAL_IN ──(an address/port block of another host)──> tunnel
-    EXTERNAL_IN ──(an address/port block of this host)──> EXTERNAL_CACHE
-    EXTERNAL_CACHE ──(cached)──> L2_LOOKUP; (miss, FIN, RST) ──> middlebox port
-    CLASSIFY ──(from tunnel)──> L2_LOOKUP
-    CLASSIFY ──(back from the middlebox, from-VM stage)──> L2_LOOKUP
-    CLASSIFY ──(back from the middlebox, from-external stage)──> L2_LOOKUP
-    CLASSIFY ──(back from the middlebox, to-VM stage)──> TO_VM_RETURN
-    L2_LOOKUP ──> output to the tunnel port (VM on another host)
-    L2_LOOKUP ──(to ROUTER_MAC from an external address)──> EXTERNAL_OUT ──> uplink
-    L2_LOOKUP ──(IPv4 unicast to a local VM)──> TO_VM_STEERING
-    L2_LOOKUP ──(broadcast, other unicast)──> LOCAL_DELIVERY
-    TO_VM_STEERING ──(selected)──> TO_VM_CACHE ──(cached allow)──> LOCAL_DELIVERY
-    TO_VM_STEERING ──(not selected, or already judged: reg3)──> LOCAL_DELIVERY
-    TO_VM_CACHE ──(miss, FIN, RST)──> middlebox port, tagged
-    TO_VM_RETURN ──> LOCAL_DELIVERY ──> VM port(s)
+    CLASSIFY ──(back from the middlebox port)──> the stage's CT/RESUME table, or L2_LOOKUP
+    L2_LOOKUP ──> tunnel / EXTERNAL_OUT / TO_VM_STEERING / LOCAL_DELIVERY
+    TO_VM_STEERING ──(selected)──> TO_VM_CT .. TO_VM_COMMIT ──> LOCAL_DELIVERY
+    TO_VM_RETURN ──> TO_VM_RESUME (a packet the daemon gave back at the to-VM stage)
 
-The three CACHE tables are shared with the middlebox daemon: the controller
-owns their miss and FIN/RST flows (cookie ``COOKIE``), the daemon owns the
-per-connection entries (cookie ``DAEMON_COOKIE``), and the daemon also owns
-the reply catchers in the two STEERING tables.  Neither reads back or
-deletes flows with the other's cookie.
+The daemon is asked only when the switch cannot decide alone (a reject to
+answer, a round-robin or least-connections backend to pick, a VM whose
+state is arriving, a check mode): such a packet leaves on the middlebox
+port with an 802.1Q tag (VID = slice tag, PCP = what for, ``TO_SERVICE``)
+and, when the daemon passes it, comes back tagged (PCP = ``FROM_SERVICE``).
 """
 
 from dataclasses import dataclass
@@ -50,9 +42,9 @@ from typing import FrozenSet, Tuple
 # br-int without either removing the other's flows.
 COOKIE = 0x4D42580000000000          # "MBX" in the top bytes
 COOKIE_MASK = 0xFFFFFF0000000000
-# The middlebox daemon's per-connection cache entries and reply catchers carry
-# this cookie in the same bits ("MBD"); the rest of their cookie is the
-# daemon's own.
+# The middlebox daemon's flows (the service stages) carry this cookie in the
+# same bits ("MBD"); the rest of their cookie is the daemon's own
+# (``middlebox.dataplane``: slice tag, flow kind, index).
 DAEMON_COOKIE = 0x4D42440000000000
 
 # Registers (all start at 0 when a packet enters the pipeline).
@@ -60,11 +52,21 @@ REG_FROM_TUNNEL = "reg0"   # 1 if the packet arrived on the tunnel port (or is
                            # an external packet being handled), else 0
 REG_OUT_PORT = "reg1"      # OpenFlow port LOCAL_DELIVERY outputs to, or OUT_PORT_FLOOD
 REG_IN_PORT = "reg2"       # OpenFlow port the packet entered br-int on
-REG_SKIP_TO_VM = "reg3"    # 1: the chain already judged this packet (it came
-                           # from outside): TO_VM_STEERING sends it straight on
-REG_SLICE = "reg4"         # slice tag chosen by steering, read by the CACHE tables
+REG_SKIP_TO_VM = "reg3"    # 1: the packet was already judged (from outside by
+                           # its DNAT, or answered by the daemon):
+                           # TO_VM_STEERING sends it straight on
+REG_SLICE = "reg4"         # slice tag chosen by steering, read by the service stages
+REG_ZONE = "reg5"          # service stages: the conntrack zone of the stage's VM
+REG_SERVICE = "reg6"       # service stages: bit 0 (RESUMED) the daemon has seen
+                           # this packet; bit 1 (PARTNER) evaluate the other
+                           # local VM's rules; bit 2 (NATTED) the check modes'
+                           # second conntrack pass (with NAT) is done
+REG_SCRATCH = "reg7"       # service stages: the DNAT mapping or SNAT rule in use
 FROM_TUNNEL = 1
 SKIP_TO_VM = 1
+RESUMED = 1                # REG_SERVICE bit: do not send to the daemon again
+PARTNER = 2                # REG_SERVICE bit
+NATTED = 4                 # REG_SERVICE bit
 # REG_OUT_PORT value meaning "every local VM port of the logical switch except
 # the one the packet came from" (numerically OpenFlow's OFPP_FLOOD).
 OUT_PORT_FLOOD = 0xFFFFFFFB
@@ -82,27 +84,45 @@ ROUTER_MAC = "02:4d:42:00:00:01"
 
 # The middlebox port: one per host on br-int, found by this Interface
 # external_ids key/value.  Packets to and from the daemon carry an 802.1Q tag:
-# VID = slice tag (1..4094), PCP = stage.
+# VID = slice tag (1..4094), PCP = why (below).
 MIDDLEBOX_PORT = "mbx-mb"
 MIDDLEBOX_ROLE = ("mbx-role", "middlebox")
 # The uplink to the external network: one per host on br-int, found by its
 # Interface external_ids key/value (the lab names it UPLINK_PORT).
 UPLINK_PORT = "mbx-uplink"
 UPLINK_ROLE = ("mbx-role", "uplink")
-STAGE_FROM_VM = 0          # PCP: checked on the way out of the sending VM
-STAGE_TO_VM = 1            # PCP: checked on the way into the receiving VM
-STAGE_FROM_EXTERNAL = 2    # PCP: arrived from the external network for an
+# The stages of a connection's path through a host.
+STAGE_FROM_VM = 0          # checked on the way out of the sending VM
+STAGE_TO_VM = 1            # checked on the way into the receiving VM
+STAGE_FROM_EXTERNAL = 2    # arrived from the external network for an
                            # external address this host owns
-STAGE_PROBE = 3            # PCP: a reply to the daemon's health-check probe
-                           # (never comes back)
-MAX_SLICE_TAG = 4094
+# PCP of a frame the switch sends to the daemon (TO_SERVICE):
+#   0, 1, 2  the stage asks the daemon to decide (a reject to answer, a
+#            backend to pick, a VM whose state is arriving); in path
+#   3        a reply to the daemon's health-check probe (never comes back)
+#   4, 5, 6  CHECK_BASE + stage: a check mode's packet of an established
+#            connection; in path
+#   7        COPY: a copy (IDS, relay); the original went on
+STAGE_PROBE = 3
+CHECK_BASE = 4
+COPY = 7
+# PCP of a frame the daemon sends to the switch (FROM_SERVICE):
+#   0, 1, 2  resume the stage (conntrack is looked up again; the daemon is
+#            not asked about it again: REG_SERVICE bit RESUMED)
+#   3        DELIVER: a packet the daemon made (a reject's answer, a health
+#            probe): switched as judged, never checked again
+DELIVER = 3
+MAX_SLICE_TAG = 2047
+# VID bit of a CHECK frame (TO_SERVICE): the connection was opened by the
+# peer, not by the stage's VM (slice tags stay below it).
+VID_ORIGIN_IN = 0x800
 OFPP_IN_PORT = 0xFFFFFFF8  # output back out of the ingress port
 VLAN_PRESENT = 0x1000      # OFPVID_PRESENT
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
 ARP_REQUEST = 1
 ARP_REPLY = 2
-TCP_FIN, TCP_SYN, TCP_RST = 0x001, 0x002, 0x004
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x001, 0x002, 0x004, 0x010
 
 # Priorities, highest wins within a table.
 PRIO_DROP = 0               # table-miss: drop
@@ -121,17 +141,14 @@ PRIO_GATEWAY_SPOOF = 200    # GATEWAY: a VM sending from an external address: dr
 PRIO_GATEWAY_UPLINK = 1     # GATEWAY: other ARP from the uplink: drop
 PRIO_EXTERNAL_DNAT = 100    # EXTERNAL_IN: DNAT address; +1 with ip_proto, +200 with a port
 PRIO_EXTERNAL_SNAT = 200    # EXTERNAL_IN: an SNAT port block
+PRIO_EXTERNAL_ICMP = 150    # EXTERNAL_IN: ICMP to an SNAT address (every serving host)
+PRIO_EXTERNAL_REDIRECTED = 50   # EXTERNAL_IN: sent here by another host: conntrack decides
 PRIO_EXTERNAL_OUT = 100     # EXTERNAL_OUT: the one flow
-PRIO_STEER_BASE = 1000      # STEERING: policy priority p -> 1000 + 2p (+1: skip)
-PRIO_STEER_CATCHER = 64000  # STEERING: the daemon's reply catchers
+PRIO_STEER_BASE = 1000      # STEERING: policy priority p -> 1000 + 2p
+PRIO_STEER_CATCHER = 64000  # STEERING: replies of LB backends and DNAT'd VMs
 PRIO_STEER_MULTICAST = 65000  # FROM_VM_STEERING: broadcast/multicast never steered
 PRIO_STEER_JUDGED = 65000   # TO_VM_STEERING: reg3=1 -> LOCAL_DELIVERY
 PRIO_STEER_DEFAULT = 0      # STEERING: not selected -> go on (table-miss)
-PRIO_CACHE_FLAGS = 65000    # CACHE: FIN/RST always to the daemon (controller);
-                            # IDS-only slice: SYN copy (RST copy: +1)
-PRIO_CACHE_ENTRY = 100      # CACHE: per-connection entries (daemon)
-PRIO_CACHE_MISS = 1         # CACHE: not cached -> to the daemon (controller);
-                            # +1 for packets that came back from the daemon
 
 
 @dataclass(frozen=True)
@@ -145,8 +162,13 @@ class Table:
 
 
 _L4_FIELDS = frozenset({"ip_proto", "ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst",
-                        "udp_src", "udp_dst"})
+                        "udp_src", "udp_dst", "icmpv4_type", "icmpv4_code"})
+_DAEMON = frozenset({DAEMON_COOKIE})
 _BOTH = frozenset({COOKIE, DAEMON_COOKIE})
+# What a service-stage flow may match.
+_STAGE_FIELDS = frozenset({REG_SLICE, REG_ZONE, REG_SERVICE, REG_SCRATCH, REG_FROM_TUNNEL,
+                           "eth_type", "eth_src", "eth_dst", "ct_state", "ct_mark",
+                           "ct_label", "conj_id", "tcp_flags"}) | _L4_FIELDS
 
 CLASSIFY = Table(
     "CLASSIFY", 0,
@@ -156,7 +178,7 @@ CLASSIFY = Table(
     "slice tag only); set the logical switch in metadata.",
     frozenset({"in_port", "eth_src", "eth_dst", "eth_type", "tunnel_id", "vlan_vid",
                "vlan_pcp"}),
-    ("GATEWAY", "EXTERNAL_IN", "L2_LOOKUP", "TO_VM_RETURN"))
+    ("GATEWAY", "EXTERNAL_IN", "EXTERNAL_CT", "FROM_VM_CT", "L2_LOOKUP", "TO_VM_RETURN"))
 GATEWAY = Table(
     "GATEWAY", 1,
     "The distributed gateway: answer ARP for the switch's gateway and VIPs "
@@ -170,30 +192,99 @@ EXTERNAL_IN = Table(
     "EXTERNAL_IN", 2,
     "IPv4 from the external network: a packet for an external address "
     "(SNAT port block, DNAT rule) of this host gets its slice tag and "
-    "logical switch and goes to EXTERNAL_CACHE; one of another host goes "
-    "into the tunnel to that host; the rest is dropped.",
+    "logical switch and goes to EXTERNAL_CT; one of another host goes into "
+    "the tunnel to that host; ICMP to an SNAT address goes to every host "
+    "serving it; the rest is dropped.",
     frozenset({REG_FROM_TUNNEL, "eth_type", "ip_proto", "ipv4_dst", "tcp_dst", "udp_dst"}),
-    ("EXTERNAL_CACHE",))
-EXTERNAL_CACHE = Table(
-    "EXTERNAL_CACHE", 3,
-    "As FROM_VM_CACHE, for the from-external stage (PCP 2); a cached "
-    "connection is translated (daemon flows) and goes to L2_LOOKUP.",
-    frozenset({REG_SLICE, "in_port", "eth_type"}) | _L4_FIELDS | {"tcp_flags"},
-    ("L2_LOOKUP",), _BOTH)
+    ("EXTERNAL_CT",))
+EXTERNAL_CT = Table(
+    "EXTERNAL_CT", 3,
+    "Service stage from the outside: an SNAT address is looked up in the "
+    "SNAT rule's conntrack zone, a DNAT address in the zone of its VM "
+    "(un-NAT of established connections); the reply of a connection whose "
+    "VM moved away is forwarded to its new host untranslated.",
+    _STAGE_FIELDS | {"in_port"},
+    ("EXTERNAL_SNAT_STATE", "EXTERNAL_DNAT_STATE"), _DAEMON)
+EXTERNAL_SNAT_STATE = Table(
+    "EXTERNAL_SNAT_STATE", 4,
+    "A reply to an SNAT address: established or related (already "
+    "translated back to the VM) goes on to EXTERNAL_ROUTE; anything else "
+    "is dropped (or, while a VM's state is arriving, held by the daemon).",
+    _STAGE_FIELDS, ("EXTERNAL_ROUTE",), _DAEMON)
+EXTERNAL_DNAT_STATE = Table(
+    "EXTERNAL_DNAT_STATE", 5,
+    "A packet to a DNAT address: established or related goes on to "
+    "EXTERNAL_ROUTE; a new connection to the rules.",
+    _STAGE_FIELDS, ("EXTERNAL_RULES", "EXTERNAL_ROUTE"), _DAEMON)
+EXTERNAL_RULES = Table(
+    "EXTERNAL_RULES", 6,
+    "The VM's to-vm rules, applied to the connection as the VM will see it "
+    "(after the DNAT); allow goes on to EXTERNAL_COMMIT.",
+    _STAGE_FIELDS, ("EXTERNAL_COMMIT",), _DAEMON)
+EXTERNAL_COMMIT = Table(
+    "EXTERNAL_COMMIT", 7,
+    "Commit the new connection in the VM's zone with its DNAT.",
+    _STAGE_FIELDS, ("EXTERNAL_ROUTE",), _DAEMON)
+EXTERNAL_ROUTE = Table(
+    "EXTERNAL_ROUTE", 8,
+    "Address the translated packet to its VM (eth_dst) from ROUTER_MAC and "
+    "go on to L2_LOOKUP.",
+    _STAGE_FIELDS, ("L2_LOOKUP",), _DAEMON)
 FROM_VM_STEERING = Table(
     "FROM_VM_STEERING", 10,
     "Steering policies for packets sent by a local VM: selected IPv4 "
-    "packets get their slice tag in REG_SLICE and go to FROM_VM_CACHE; "
-    "the rest go on to L2_LOOKUP.  The daemon's reply catchers live here.",
+    "packets get their slice tag in REG_SLICE and go to FROM_VM_CT; "
+    "the rest go on to L2_LOOKUP.  Replies of DNAT'd VMs are steered here.",
     frozenset({"metadata", "eth_type", "eth_dst"}) | _L4_FIELDS,
-    ("FROM_VM_CACHE", "L2_LOOKUP"), _BOTH)
-FROM_VM_CACHE = Table(
-    "FROM_VM_CACHE", 11,
-    "Connections the daemon decided (its flows) go on to L2_LOOKUP (or, "
-    "translated to an external address, EXTERNAL_OUT) or are dropped; "
-    "everything else, and every FIN and RST, goes to the daemon.",
-    EXTERNAL_CACHE.match_fields,
-    ("L2_LOOKUP", "EXTERNAL_OUT"), _BOTH)
+    ("FROM_VM_CT", "L2_LOOKUP"))
+FROM_VM_CT = Table(
+    "FROM_VM_CT", 11,
+    "Service stage out of a VM: its conntrack zone into REG_ZONE, then "
+    "conntrack (with NAT) in that zone.",
+    _STAGE_FIELDS, ("FROM_VM_STATE",), _DAEMON)
+FROM_VM_STATE = Table(
+    "FROM_VM_STATE", 12,
+    "By conntrack state: invalid is dropped; established and related go on "
+    "to FROM_VM_ROUTE (check modes: through or past the daemon, then "
+    "conntrack again, with NAT, back into this table); new goes to the "
+    "rules (only a TCP SYN, UDP or ICMP may open a connection).",
+    _STAGE_FIELDS, ("FROM_VM_STATE", "FROM_VM_RULES", "FROM_VM_COMMIT", "FROM_VM_ROUTE"),
+    _DAEMON)
+FROM_VM_RULES = Table(
+    "FROM_VM_RULES", 13,
+    "The slice's from-vm rules, compiled: allow goes on, deny drops, reject "
+    "goes to the daemon.",
+    _STAGE_FIELDS, ("FROM_VM_PARTNER", "FROM_VM_COMMIT"), _DAEMON)
+FROM_VM_PARTNER = Table(
+    "FROM_VM_PARTNER", 14,
+    "same-host=source: the to-vm rules of the receiving VM on this host.",
+    _STAGE_FIELDS, ("FROM_VM_COMMIT",), _DAEMON)
+FROM_VM_COMMIT = Table(
+    "FROM_VM_COMMIT", 15,
+    "Commit the connection in the VM's zone (a VIP: through its select "
+    "group, with its DNAT), slice, rule and origin in ct_mark/ct_label.",
+    _STAGE_FIELDS, ("FROM_VM_ROUTE",), _DAEMON)
+FROM_VM_ROUTE = Table(
+    "FROM_VM_ROUTE", 16,
+    "After the VM's zone: a load-balanced packet gets its backend's MAC; a "
+    "packet to the outside under an SNAT rule goes to FROM_VM_SNAT; the "
+    "rest to L2_LOOKUP.",
+    _STAGE_FIELDS, ("FROM_VM_SNAT", "L2_LOOKUP"), _DAEMON)
+FROM_VM_SNAT = Table(
+    "FROM_VM_SNAT", 17,
+    "Conntrack (with NAT) in the SNAT rule's zone.",
+    _STAGE_FIELDS, ("FROM_VM_SNAT_STATE",), _DAEMON)
+FROM_VM_SNAT_STATE = Table(
+    "FROM_VM_SNAT_STATE", 18,
+    "A new connection is committed with a port of this host's block; an "
+    "established one goes on to L2_LOOKUP (which sends it out of the "
+    "uplink) only if it is translated.",
+    _STAGE_FIELDS, ("FROM_VM_SNAT_CHECK", "L2_LOOKUP"), _DAEMON)
+FROM_VM_SNAT_CHECK = Table(
+    "FROM_VM_SNAT_CHECK", 19,
+    "After the commit: on to L2_LOOKUP only if the NAT found a free "
+    "address and port (never the VM's own address to the outside).",
+    _STAGE_FIELDS, ("L2_LOOKUP",), _DAEMON)
 L2_LOOKUP = Table(
     "L2_LOOKUP", 20,
     "Per logical switch, look up eth_dst: local VM -> TO_VM_STEERING (IPv4) "
@@ -204,21 +295,43 @@ L2_LOOKUP = Table(
     ("TO_VM_STEERING", "LOCAL_DELIVERY", "EXTERNAL_OUT"))
 TO_VM_STEERING = Table(
     "TO_VM_STEERING", 30,
-    "Steering policies for packets about to be delivered to a local VM.  "
-    "The daemon's reply catchers live here.",
+    "Steering policies for packets about to be delivered to a local VM; "
+    "replies of load-balancer backends are steered here.",
     frozenset({"metadata", "eth_type", REG_FROM_TUNNEL, REG_SKIP_TO_VM}) | _L4_FIELDS,
-    ("TO_VM_CACHE", "LOCAL_DELIVERY"), _BOTH)
-TO_VM_CACHE = Table(
-    "TO_VM_CACHE", 31,
-    "As FROM_VM_CACHE, for the to-VM stage; cached allow -> LOCAL_DELIVERY.",
-    FROM_VM_CACHE.match_fields,
-    ("LOCAL_DELIVERY",), _BOTH)
+    ("TO_VM_CT", "LOCAL_DELIVERY"))
+TO_VM_CT = Table(
+    "TO_VM_CT", 31,
+    "Service stage into a VM: its conntrack zone into REG_ZONE, then "
+    "conntrack (with NAT: un-DNAT of load-balancer replies) in that zone.",
+    _STAGE_FIELDS, ("TO_VM_STATE",), _DAEMON)
 TO_VM_RETURN = Table(
     "TO_VM_RETURN", 32,
-    "A packet the daemon passed at the to-VM stage: look up its local VM "
+    "A packet the daemon gave back at the to-VM stage: look up its local VM "
     "port again (registers do not survive the trip through the daemon).",
     frozenset({"metadata", "eth_dst"}),
-    ("LOCAL_DELIVERY",))
+    ("TO_VM_RESUME",))
+TO_VM_RESUME = Table(
+    "TO_VM_RESUME", 33,
+    "As TO_VM_CT, for a packet the daemon gave back.",
+    _STAGE_FIELDS, ("TO_VM_STATE",), _DAEMON)
+TO_VM_STATE = Table(
+    "TO_VM_STATE", 34,
+    "As FROM_VM_STATE, into the VM: established and related are delivered; "
+    "new goes to the rules (IDS: a copy of every new connection and RST).",
+    _STAGE_FIELDS, ("TO_VM_STATE", "TO_VM_RULES", "TO_VM_COMMIT", "LOCAL_DELIVERY"),
+    _DAEMON)
+TO_VM_RULES = Table(
+    "TO_VM_RULES", 35,
+    "The slice's to-vm rules, compiled.",
+    _STAGE_FIELDS, ("TO_VM_PARTNER", "TO_VM_COMMIT"), _DAEMON)
+TO_VM_PARTNER = Table(
+    "TO_VM_PARTNER", 36,
+    "same-host=destination: the from-vm rules of the sending VM on this host.",
+    _STAGE_FIELDS, ("TO_VM_COMMIT",), _DAEMON)
+TO_VM_COMMIT = Table(
+    "TO_VM_COMMIT", 37,
+    "Commit the connection in the VM's zone; deliver.",
+    _STAGE_FIELDS, ("LOCAL_DELIVERY",), _DAEMON)
 LOCAL_DELIVERY = Table(
     "LOCAL_DELIVERY", 40,
     "Output to the local VM port(s) chosen in the output-port register.",
@@ -229,43 +342,46 @@ EXTERNAL_OUT = Table(
     "uplink, from the uplink's MAC to the external gateway's MAC.",
     frozenset())
 
-TABLES = (CLASSIFY, GATEWAY, EXTERNAL_IN, EXTERNAL_CACHE, FROM_VM_STEERING, FROM_VM_CACHE,
-          L2_LOOKUP, TO_VM_STEERING, TO_VM_CACHE, TO_VM_RETURN, LOCAL_DELIVERY, EXTERNAL_OUT)
+TABLES = (CLASSIFY, GATEWAY, EXTERNAL_IN, EXTERNAL_CT, EXTERNAL_SNAT_STATE,
+          EXTERNAL_DNAT_STATE, EXTERNAL_RULES, EXTERNAL_COMMIT, EXTERNAL_ROUTE,
+          FROM_VM_STEERING, FROM_VM_CT, FROM_VM_STATE, FROM_VM_RULES, FROM_VM_PARTNER,
+          FROM_VM_COMMIT, FROM_VM_ROUTE, FROM_VM_SNAT, FROM_VM_SNAT_STATE,
+          FROM_VM_SNAT_CHECK, L2_LOOKUP, TO_VM_STEERING, TO_VM_CT, TO_VM_RETURN, TO_VM_RESUME, TO_VM_STATE,
+          TO_VM_RULES, TO_VM_PARTNER, TO_VM_COMMIT, LOCAL_DELIVERY, EXTERNAL_OUT)
 BY_NAME = {t.name: t for t in TABLES}
 BY_ID = {t.table_id: t for t in TABLES}
-CACHE_TABLES = {STAGE_FROM_VM: FROM_VM_CACHE, STAGE_TO_VM: TO_VM_CACHE,
-                STAGE_FROM_EXTERNAL: EXTERNAL_CACHE}
-# Where a packet the daemon passed continues, per stage (same as a cache hit).
-CACHE_NEXT = {STAGE_FROM_VM: L2_LOOKUP, STAGE_TO_VM: LOCAL_DELIVERY,
+# The first table of each stage (where steering sends a packet) and where
+# the stage hands it back to the controller's tables.
+STAGE_TABLES = {STAGE_FROM_VM: FROM_VM_CT, STAGE_TO_VM: TO_VM_CT,
+                STAGE_FROM_EXTERNAL: EXTERNAL_CT}
+STAGE_NEXT = {STAGE_FROM_VM: L2_LOOKUP, STAGE_TO_VM: LOCAL_DELIVERY,
               STAGE_FROM_EXTERNAL: L2_LOOKUP}
 STEERING_TABLES = {STAGE_FROM_VM: FROM_VM_STEERING, STAGE_TO_VM: TO_VM_STEERING}
 
-# Header fields a daemon cache entry may rewrite (NAT, load balancer).
-DAEMON_REWRITE_FIELDS = frozenset({"eth_src", "eth_dst", "ipv4_src", "ipv4_dst",
-                                   "tcp_src", "tcp_dst", "udp_src", "udp_dst"})
-
 # Table ids kept free for later stages.
 GAPS = (
-    ("EXTERNAL_STAGES", range(4, 10),
-     "from-external direction: after EXTERNAL_CACHE, before FROM_VM_STEERING"),
-    ("FROM_VM_STAGES", range(12, 20),
-     "from-VM direction: after FROM_VM_CACHE, before L2_LOOKUP"),
-    ("TO_VM_STAGES", range(33, 40),
-     "to-VM direction: after TO_VM_RETURN, before LOCAL_DELIVERY"),
+    ("EXTERNAL_STAGES", range(9, 10),
+     "from-external direction: after EXTERNAL_ROUTE, before FROM_VM_STEERING"),
+    ("TO_VM_STAGES", range(38, 40),
+     "to-VM direction: after TO_VM_COMMIT, before LOCAL_DELIVERY"),
 )
 
 _INSTRUCTION_ORDER = ("apply", "write_metadata", "goto")
-_ACTIONS = {"output": 2, "set_field": 3, "push_vlan": 2, "pop_vlan": 1}
+_ACTIONS = {"output": 2, "set_field": 3, "push_vlan": 2, "pop_vlan": 1, "ct": 6,
+            "group": 2, "conjunction": 4, "load": 5, "move": 6, "resubmit": 2,
+            "ct_clear": 1}
+# Actions only the daemon's service stages use.
+_DAEMON_ACTIONS = frozenset({"ct", "group", "conjunction", "load", "move", "resubmit",
+                             "ct_clear"})
 
 
 def check_flow(flow, owner=COOKIE):
     """Assert that ``flow`` fits the declared pipeline; return it unchanged.
 
     ``owner`` is the cookie prefix of whoever installs it: ``COOKIE`` for the
-    controller, ``DAEMON_COOKIE`` for the middlebox daemon's cache entries
-    (in the CACHE tables: header rewrites, then goto the stage's next table
-    or, from FROM_VM_CACHE, EXTERNAL_OUT; or drop) and reply catchers (in the
-    STEERING tables: set REG_SLICE, goto the stage's cache table).
+    controller, ``DAEMON_COOKIE`` for the middlebox daemon (its service
+    stages only).  A conntrack action that recirculates (``table``) or a
+    resubmit counts as a jump: it must target a declared next table.
     """
     table = BY_ID.get(flow.table)
     assert table is not None, f"flow in undeclared table {flow.table}: {flow}"
@@ -286,41 +402,37 @@ def check_flow(flow, owner=COOKIE):
         if inst[0] == "apply":
             assert inst[1], f"empty apply-actions: {flow}"
             for action in inst[1]:
-                assert _ACTIONS.get(action[0]) == len(action), f"bad action {action}: {flow}"
+                _check_action(table, flow, owner, action)
         elif inst[0] == "write_metadata":
+            assert owner == COOKIE, f"the daemon may not write metadata: {flow}"
             assert (inst[1] & ~inst[2]) == 0, f"metadata bits outside mask: {flow}"
         elif inst[0] == "goto":
-            target = BY_ID.get(inst[1])
-            assert target is not None and target.name in table.next_tables, \
-                f"{table.name} may not goto table {inst[1]}: {flow}"
-    if owner == DAEMON_COOKIE:
-        _check_daemon_flow(table, flow)
+            _check_jump(table, flow, inst[1])
     return flow
 
 
-def _check_daemon_flow(table, flow):
-    """The daemon writes only cache entries and reply catchers."""
-    actions = [a for inst in flow.instructions if inst[0] == "apply" for a in inst[1]]
-    gotos = [inst[1] for inst in flow.instructions if inst[0] == "goto"]
-    assert "write_metadata" not in [inst[0] for inst in flow.instructions], \
-        f"the daemon may not write metadata: {flow}"
-    assert all(a[0] == "set_field" for a in actions), \
-        f"the daemon's flows may only rewrite fields: {flow}"
-    stage = next((s for s, t in STEERING_TABLES.items() if t is table), None)
-    if stage is not None:
-        assert flow.priority == PRIO_STEER_CATCHER, f"reply catcher priority: {flow}"
-        assert [a[1] for a in actions] == [REG_SLICE], f"a reply catcher sets {REG_SLICE}: {flow}"
-        assert gotos == [CACHE_TABLES[stage].table_id], \
-            f"a reply catcher goes to its stage's cache table: {flow}"
-        return
-    stage = next(s for s, t in CACHE_TABLES.items() if t is table)
-    rewritable = DAEMON_REWRITE_FIELDS
-    if table is EXTERNAL_CACHE:
-        rewritable = rewritable | {REG_FROM_TUNNEL, "in_port"}     # a SNAT forwarder
-    bad = {a[1] for a in actions} - rewritable
-    assert not bad, f"the daemon may not rewrite {sorted(bad)}: {flow}"
-    allowed = {CACHE_NEXT[stage].table_id}
-    if stage == STAGE_FROM_VM:
-        allowed.add(EXTERNAL_OUT.table_id)
-    assert not gotos or gotos[0] in allowed, f"cache entry goes to the wrong table: {flow}"
-    assert gotos or not actions, f"a dropping cache entry rewrites nothing: {flow}"
+def _check_action(table, flow, owner, action):
+    assert _ACTIONS.get(action[0]) == len(action), f"bad action {action}: {flow}"
+    if action[0] in _DAEMON_ACTIONS:
+        assert owner == DAEMON_COOKIE, f"only the service stages use {action[0]}: {flow}"
+    if action[0] == "ct" and action[3] is not None:
+        _check_jump(table, flow, action[3])
+    elif action[0] == "resubmit":
+        _check_jump(table, flow, action[1])
+
+
+def _check_jump(table, flow, target_id):
+    target = BY_ID.get(target_id)
+    assert target is not None and target.name in table.next_tables, \
+        f"{table.name} may not go to table {target_id}: {flow}"
+
+
+def check_group_actions(actions, table):
+    """A select group's bucket runs in the table that names the group: its
+    actions obey that table's contract (``check_flow``)."""
+    for action in actions:
+        assert _ACTIONS.get(action[0]) == len(action), f"bad bucket action {action}"
+        if action[0] == "ct" and action[3] is not None:
+            target = BY_ID.get(action[3])
+            assert target is not None and target.name in table.next_tables, \
+                f"a bucket of {table.name} may not go to table {action[3]}"

@@ -1,0 +1,167 @@
+"""VMs whose connection state is arriving on this host (docs/migration.md).
+
+From the moment the daemon knows a VM is moving here (an active Migration
+row naming this host as its destination) until its state has landed, the
+switch sends the VM's new connections to the service (the dataplane's
+hold flows) instead of judging them:
+
+* a packet that may open a connection (a TCP SYN, UDP, ICMP) is given back
+  at once and judged as usual;
+* any other packet (mid-connection TCP) is **held** in a bounded buffer
+  (per VM: ``HOLD_MAX_FRAMES`` frames, ``HOLD_MAX_BYTES`` bytes);
+* with **lazy** retrieval, a held packet whose connection is among the
+  records already received is committed at once (its record, by
+  packet-out) and given back after the switch has taken the commit.
+
+When the state has landed (``landed``) the held packets are given back in
+order and find their connections; when no state came within the deadline
+(``due``), they are dropped as invalid (the rules would refuse them: they
+cannot open a connection), and the VM is judged as usual from then on.
+
+Pure: no I/O, no clock.
+"""
+
+from middlebox.packet import IPPROTO_TCP, TCP_ACK, TCP_SYN
+from middlebox.service import Result
+
+HOLD_MAX_FRAMES = 2048
+HOLD_MAX_BYTES = 4 * 1024 * 1024
+DEFAULT_WAIT = 3.0          # s a destination holds packets of an unannounced arrival
+HOLD_FORGET = 30.0          # s a finished hold is remembered (listing)
+
+
+class _Hold:
+    __slots__ = ("deadline", "frames", "nbytes", "state", "count", "dropped", "since",
+                 "lazy")
+
+    def __init__(self, now, deadline):
+        self.since = now
+        self.deadline = deadline
+        self.frames = []
+        self.nbytes = 0
+        self.state = "waiting"          # -> "landed" | "fallback"
+        self.count = 0                  # frames held in all
+        self.dropped = 0                # frames refused: buffer full
+        self.lazy = None                # key -> (packet-outs) of records not yet committed
+
+
+def can_open(pkt):
+    return pkt.proto != IPPROTO_TCP or pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+
+
+class Arrivals:
+    def __init__(self):
+        self.holds = {}                 # VM name -> _Hold
+        self._changed = False
+        self.counters = {"held": 0, "hold_dropped": 0, "lazy_commits": 0,
+                         "fallback_dropped": 0}
+
+    # ------------------------------------------------------------ who
+    def expect(self, vm, now, deadline):
+        """A migration of ``vm`` to this host began: hold its packets that
+        cannot open a connection until the state lands or ``deadline``."""
+        h = self.holds.get(vm)
+        if h is None or h.state != "waiting":
+            self.holds[vm] = _Hold(now, deadline)
+            self._changed = True
+        else:
+            h.deadline = max(h.deadline, deadline)
+
+    def expected(self):
+        """VMs being waited for (they need a zone before they are bound here)."""
+        return sorted(vm for vm, h in self.holds.items() if h.state == "waiting")
+
+    def holding(self):
+        return frozenset(self.expected())
+
+    def changed(self):
+        """True once after the set of holding VMs changed (the plane must follow)."""
+        changed, self._changed = self._changed, False
+        return changed
+
+    # ------------------------------------------------------------ packets
+    def offer(self, s, vm, pkt, frame, tci, now):
+        """A new connection's packet of a slice's VM (None: the external
+        stage, any VM of the slice); a ``service.Result``, or None when no arrival
+        concerns it (the service decides as usual)."""
+        names = [vm.name] if vm is not None else [v.name for v in s.config.vms]
+        h = None
+        for name in names:
+            got = self.holds.get(name)
+            if got is not None and got.state == "waiting":
+                h = got
+                break
+        if h is None:
+            return None
+        if can_open(pkt):
+            out = Result("resumed")
+            out.out.append((frame, tci))
+            return out
+        if h.lazy is not None:
+            commit = h.lazy.pop((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport), None)
+            if commit is not None:
+                self.counters["lazy_commits"] += 1
+                out = Result("lazy")
+                out.packet_outs.extend(commit)
+                out.after_barrier.append((frame, tci))
+                return out
+        if len(h.frames) >= HOLD_MAX_FRAMES or h.nbytes + len(frame) > HOLD_MAX_BYTES:
+            h.dropped += 1
+            self.counters["hold_dropped"] += 1
+            return Result("hold_dropped")
+        h.frames.append((frame, tci))
+        h.nbytes += len(frame)
+        h.count += 1
+        self.counters["held"] += 1
+        return Result("held")
+
+    def offer_lazy(self, vm, commits):
+        """Records of ``vm`` received, to commit when their first packet
+        comes: {packet 5-tuple (either direction): packet-outs}."""
+        h = self.holds.get(vm)
+        if h is not None and h.state == "waiting":
+            if h.lazy is None:
+                h.lazy = {}
+            h.lazy.update(commits)
+
+    # ------------------------------------------------------------ ends
+    def landed(self, vm, now):
+        """The VM's state is in conntrack: its held frames, to give back in
+        order, and how many were held in all."""
+        return self._end(vm, now, "landed")
+
+    def due(self, now):
+        """End the holds whose deadline passed without state (fallback);
+        returns the VMs."""
+        out = []
+        for vm, h in list(self.holds.items()):
+            if h.state == "waiting" and now >= h.deadline:
+                frames, _ = self._end(vm, now, "fallback")
+                self.counters["fallback_dropped"] += len(frames)
+                out.append(vm)
+        for vm in [v for v, h in self.holds.items()
+                   if h.state != "waiting" and now - h.since > HOLD_FORGET]:
+            del self.holds[vm]
+        return out
+
+    def _end(self, vm, now, state):
+        h = self.holds.get(vm)
+        if h is None or h.state != "waiting":
+            return [], 0
+        frames, h.frames, h.nbytes = h.frames, [], 0
+        h.state = state
+        h.since = now
+        h.lazy = None
+        self._changed = True
+        return frames, h.count
+
+    def extend(self, vm, deadline):
+        """A transfer for the VM is arriving: wait for it (at most ``deadline``)."""
+        h = self.holds.get(vm)
+        if h is not None and h.state == "waiting":
+            h.deadline = max(h.deadline, deadline)
+
+    def listing(self):
+        return [{"vm": vm, "state": h.state, "held": len(h.frames), "count": h.count,
+                 "dropped": h.dropped, "lazy": len(h.lazy or ())}
+                for vm, h in sorted(self.holds.items())]

@@ -1,0 +1,110 @@
+"""This host's connections, read from conntrack, as the daemon shows them.
+
+The switch holds every connection (``middlebox.dataplane``); ``ConnTable``
+reads a zone with ``dpctl/dump-conntrack`` (``middlebox.vswitch``), parses
+it into ``Conn`` records (``middlebox.conn``) and describes them from the
+VM's side: its address and port, the peer's, who opened it, the state, the
+deciding rule and the translation (load-balancer backend, SNAT address and
+port of the SNAT rule's zone, DNAT address).
+"""
+
+from middlebox import conn as C
+from middlebox import dataplane as D
+from middlebox.packet import ip_text
+
+
+def _hostport(ip, port):
+    return "%s:%d" % (ip_text(ip), port)
+
+
+def vm_view(c, tag_names=None):
+    """A dict describing ``c`` (an entry of a VM's zone) from the VM's side."""
+    origin_in = bool(c.mark & D.MARK_IN)
+    tag = c.mark & D.MARK_TAG_MASK
+    xlate = None
+    if origin_in:
+        vm_ip, vm_port = c.rsrc, c.rsport       # the reply leaves from the VM
+        peer_ip, peer_port = c.src, c.sport
+        if c.dnat is not None:
+            xlate = {"kind": "dnat", "wire_vm": _hostport(c.dst, c.dport),
+                     "wire_peer": _hostport(c.src, c.sport)}
+    else:
+        vm_ip, vm_port = c.src, c.sport
+        peer_ip, peer_port = c.dst, c.dport
+        if c.dnat is not None:
+            xlate = {"kind": "lb", "wire_vm": _hostport(c.src, c.sport),
+                     "wire_peer": _hostport(c.rsrc, c.rsport)}
+    return {"tag": tag, "middlebox": (tag_names or {}).get(tag, ""), "zone": c.zone,
+            "proto": c.proto, "vm_ip": ip_text(vm_ip), "vm_port": vm_port,
+            "peer_ip": ip_text(peer_ip), "peer_port": peer_port,
+            "origin": "in" if origin_in else "out",
+            "state": (c.state or "active").lower(),
+            "verdict": "deny" if c.mark & D.MARK_BLOCKED else "allow",
+            "rule": c.label >> D.LABEL_RULE_OFS & 0xFFFFFFFF,
+            "timeout": c.timeout, "xlate": xlate}
+
+
+class ConnTable:
+    def __init__(self, vswitch, zones):
+        self.vswitch = vswitch
+        self.zones = zones
+
+    def zone(self, zone, stats=True):
+        return C.parse_dump(self.vswitch.dump_zone(zone, stats=stats))
+
+    def snat_index(self):
+        """Entries of every SNAT zone of this host, by original tuple."""
+        out = {}
+        for (kind, _uuid), zone in self.zones.owners().items():
+            if kind == "snat":
+                for c in self.zone(zone):
+                    out[c.key] = c
+        return out
+
+    def vm(self, name, service, snat=None):
+        """The connections of a local VM, described (``vm_view``), with the
+        SNAT translation of each that has one."""
+        zone = self.zones.vm(name)
+        if zone is None:
+            return []
+        names = {tag: s.config.middlebox for tag, s in service.slices.items()}
+        snat = self.snat_index() if snat is None else snat
+        rules = {D.rule_id(r): r.uuid or "rule" for s in service.slices.values()
+                 for r in s.config.rules}
+        out = []
+        for c in self.zone(zone):
+            view = vm_view(c, names)
+            view["vm"] = name
+            view["rule"] = rules.get(view["rule"], "default")
+            if view["origin"] == "out" and view["xlate"] is None:
+                s = snat.get(c.key)
+                if s is not None and s.snat is not None:
+                    view["xlate"] = {"kind": "snat",
+                                     "wire_vm": _hostport(s.rdst, s.rdport),
+                                     "wire_peer": _hostport(s.rsrc, s.rsport)}
+            out.append(view)
+        return out
+
+    def all(self, service, vm=None):
+        names = [vm] if vm is not None else sorted(
+            name for (kind, name) in self.zones.owners() if kind == "vm")
+        snat = self.snat_index()
+        out = []
+        for name in names:
+            out.extend(self.vm(name, service, snat))
+        return out
+
+    def lb_counts(self, slices):
+        """{VIP service id: {backend: connections}} in this host's VM zones
+        (least-connections)."""
+        wanted = {v.sid for s in slices.values() for v in s.vips.values()}
+        counts = {}
+        for (kind, _name), zone in self.zones.owners().items():
+            if kind != "vm":
+                continue
+            for c in self.zone(zone, stats=False):
+                sid = c.label >> D.LABEL_SERVICE_OFS & 0xFFFFFFFF
+                if sid in wanted and c.dnat is not None:
+                    b = (ip_text(c.rsrc), c.rsport)
+                    counts.setdefault(sid, {})[b] = counts.get(sid, {}).get(b, 0) + 1
+        return counts
