@@ -94,17 +94,20 @@ class ConnTable:
             out.extend(self.vm(name, service, snat))
         return out
 
-    def lb_counts(self, slices):
-        """{VIP service id: {backend: connections}} in this host's VM zones
-        (least-connections)."""
+    def census(self, slices):
+        """One pass over this host's VM zones: (connections per slice tag,
+        {VIP service id: {backend: connections}} for least-connections)."""
         wanted = {v.sid for s in slices.values() for v in s.vips.values()}
-        counts = {}
+        per_tag, counts = {}, {}
         for (kind, _name), zone in self.zones.owners().items():
             if kind != "vm":
                 continue
             for c in self.zone(zone, stats=False):
+                tag = c.mark & D.MARK_TAG_MASK
+                per_tag[tag] = per_tag.get(tag, 0) + 1
                 sid = c.label >> D.LABEL_SERVICE_OFS & 0xFFFFFFFF
                 if sid in wanted and c.dnat is not None:
                     b = (ip_text(c.rsrc), c.rsport)
-                    counts.setdefault(sid, {})[b] = counts.get(sid, {}).get(b, 0) + 1
-        return counts
+                    vip = counts.setdefault(sid, {})
+                    vip[b] = vip.get(b, 0) + 1
+        return per_tag, counts

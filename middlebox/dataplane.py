@@ -31,7 +31,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 from middlebox.rules import RuleSet
 from ovsdb.errors import MbxError
-from ovsdb.match import compile_match, openflow_dimensions, parse_match
+from ovsdb.match import compile_match, openflow_dimensions, parse_match, port_masks
 from ryu_apps import pipeline as P
 from ryu_apps.ofmodel import Flow, Group, canon_match
 
@@ -58,13 +58,15 @@ SAME_HOST_MODES = ("both", "source", "destination")
 # hash fields need OpenFlow 1.5) are decided by the daemon at the first packet.
 HASH_ALGORITHMS = ("hash",)
 PARTNER = P.PARTNER
+ICMP_SEARCH = 1 << 16           # REG_SCRATCH: looking ICMP up zone after zone
 
 # Cookie: DAEMON_COOKIE | slice tag << 28 | kind << 20 | index.
 TAG_SHIFT, KIND_SHIFT = 28, 20
 INDEX_MASK = (1 << KIND_SHIFT) - 1
 K_ZONE, K_STATE, K_RULE, K_CLAUSE, K_PARTNER, K_COMMIT, K_LB, K_ROUTE, K_SNAT, \
-    K_DNAT, K_CHECK, K_COPY, K_HOLD, K_FORWARD, K_EXT_RULE, K_SNAT_ZONE = range(1, 17)
-DECISION_KINDS = (K_RULE, K_EXT_RULE)
+    K_DNAT, K_CHECK, K_COPY, K_HOLD, K_FORWARD, K_EXT_RULE, K_SNAT_ZONE, K_RULE_IN, \
+    K_ICMP = range(1, 19)
+DECISION_KINDS = (K_RULE, K_RULE_IN, K_EXT_RULE)
 FORWARD_TAG = 0xFFF             # forwarders belong to no slice
 
 # Priorities inside the service stages.
@@ -285,6 +287,7 @@ class _Slice:
                      if r.type == "dnat" and r.external_ips]
         self.snat_zones = snat_zones
         self.next_conj = 0
+        self.all_ports = set()          # DNAT mappings of rules that map every port
 
     # ------------------------------------------------------------ helpers
     def flow(self, table, prio, kind, instructions, index=0, **match):
@@ -331,11 +334,13 @@ class _Slice:
         self.rule_flows(P.FROM_VM_RULES, "from-vm", P.STAGE_FROM_VM,
                         P.FROM_VM_PARTNER if self.same_host == "source" else P.FROM_VM_COMMIT)
         self.rule_flows(P.TO_VM_RULES, "to-vm", P.STAGE_TO_VM,
-                        P.TO_VM_PARTNER if self.same_host == "destination" else P.TO_VM_COMMIT)
+                        P.TO_VM_PARTNER if self.same_host == "destination" else P.TO_VM_COMMIT,
+                        kind=K_RULE_IN)
         if self.same_host == "source":
             self.rule_flows(P.FROM_VM_PARTNER, "to-vm", None, P.FROM_VM_COMMIT, partner=True)
         if self.same_host == "destination":
-            self.rule_flows(P.TO_VM_PARTNER, "from-vm", None, P.TO_VM_COMMIT, partner=True)
+            self.rule_flows(P.TO_VM_PARTNER, "from-vm", None, P.TO_VM_COMMIT, partner=True,
+                            kind=K_CLAUSE)
         self.commit_flows()
         self.route_flows()
         self.snat_flows()
@@ -351,7 +356,10 @@ class _Slice:
             for table, nxt, side in ((P.FROM_VM_CT, P.FROM_VM_STATE, "eth_src"),
                                      (P.TO_VM_CT, P.TO_VM_STATE, "eth_dst"),
                                      (P.TO_VM_RESUME, P.TO_VM_STATE, "eth_dst")):
-                acts = (_load(P.REG_ZONE, zone, 0, 16), _ct(False, P.REG_ZONE, nxt, nat))
+                # A stage starts with its own PARTNER and NATTED bits clear
+                # (the packet may come from another stage of this host).
+                acts = (_load(P.REG_ZONE, zone, 0, 16), _load(P.REG_SERVICE, 0, 1, 2),
+                        _ct(False, P.REG_ZONE, nxt, nat))
                 self.flow(table, PRIO_NEW, K_ZONE, [("apply", acts)],
                           index=zone, **{side: vm.mac})
 
@@ -363,9 +371,8 @@ class _Slice:
         commit = P.FROM_VM_COMMIT if from_vm else P.TO_VM_COMMIT
         done = P.FROM_VM_ROUTE if from_vm else P.LOCAL_DELIVERY
         me = "eth_src" if from_vm else "eth_dst"
-        other = "eth_dst" if from_vm else "eth_src"
-        resumed = (P.RESUMED, P.RESUMED)
-        fresh = (0, P.RESUMED)
+        resumed = (P.RESUMED[stage], P.RESUMED[stage])
+        fresh = (0, P.RESUMED[stage])
         self.flow(table, PRIO_INVALID, K_STATE, [], ct_state=_ct_state(CT_INV))
         self.flow(table, PRIO_BLOCKED, K_STATE, [], ct_state=_ct_state(CT_EST),
                   ct_mark=(MARK_BLOCKED, MARK_BLOCKED))
@@ -384,9 +391,14 @@ class _Slice:
         partner = (self.same_host == "source" and from_vm) or \
                   (self.same_host == "destination" and not from_vm)
         for vm in self.local:
-            match = {other: vm.mac, "ct_state": _ct_state(CT_NEW)}
+            # The other VM by its address (a packet to ROUTER_MAC with a local
+            # VM's address reaches it too); coming from it, by MAC and
+            # address both (port security vouches for the MAC).
+            match = {"ipv4_dst" if from_vm else "ipv4_src": vm.ip,
+                     "ct_state": _ct_state(CT_NEW)}
             if not from_vm:
                 match[P.REG_FROM_TUNNEL] = 0
+                match["eth_src"] = vm.mac
             if trusted:
                 self.flow(table, PRIO_TRUSTED, K_STATE,
                           self.apply_goto([_load(REG_RULE, 0)] + list(copy_new), commit),
@@ -413,7 +425,7 @@ class _Slice:
             self.flow(table, PRIO_EST, K_STATE, [_goto(done)], ct_state=est)
             return
         natted = (P.NATTED, P.NATTED)
-        fresh = {P.REG_SERVICE: (0, P.RESUMED | P.NATTED)}
+        fresh = {P.REG_SERVICE: (0, P.RESUMED[stage] | P.NATTED)}
         again = (_load(P.REG_SERVICE, 1, 2, 1), _ct(False, P.REG_ZONE, table, ("nat",)))
         for state in (est, rel):
             # Second pass, translated: on.
@@ -471,13 +483,13 @@ class _Slice:
             if dims is None:
                 continue
             acts = self.verdict(rule.action, rule_id(rule), stage, nxt)
-            ck = cookie(self.tag, kind, rank + 1)
+            ck = cookie(self.tag, kind, rank + 1 + (extra.get(P.REG_SCRATCH, 0) << 12))
             self._emit_rule(table, prio, ck, dims, acts, extra, rank + 1)
             if not partner and stage is not None:
                 self.decisions[ck] = Decision(self.tag, stage, rule.action,
                                               rule.uuid or "rule-%d" % (rank + 1))
         acts = self.verdict(self.rules.default_action, 0, stage, nxt)
-        ck = cookie(self.tag, kind, 0)
+        ck = cookie(self.tag, kind, extra.get(P.REG_SCRATCH, 0) << 12)
         self.flows.append(Flow(table.table_id, PRIO_DEFAULT,
                                canon_match(**{P.REG_SLICE: self.tag}, eth_type=P.ETH_TYPE_IP,
                                            **extra), tuple(acts), ck))
@@ -589,9 +601,13 @@ class _Slice:
         """FROM_VM_ROUTE: the backend's MAC for a load-balanced packet, SNAT
         for the outside, the rest to L2_LOOKUP."""
         for vm in self.cfg.vms:
+            # Only a load-balanced (DNAT'd) packet to the router MAC is the
+            # backend's: anything else to the router with a VM's address is
+            # not switched.
             self.flow(P.FROM_VM_ROUTE, 300, K_ROUTE,
                       [("apply", (("set_field", "eth_dst", vm.mac),)), _goto(P.L2_LOOKUP)],
-                      eth_type=P.ETH_TYPE_IP, eth_dst=P.ROUTER_MAC, ipv4_dst=vm.ip)
+                      eth_type=P.ETH_TYPE_IP, eth_dst=P.ROUTER_MAC, ipv4_dst=vm.ip,
+                      ct_state=(CT_DNAT | CT_TRK, CT_DNAT | CT_TRK))
         if self.cfg.subnet:
             self.flow(P.FROM_VM_ROUTE, 250, K_ROUTE, [_goto(P.L2_LOOKUP)],
                       eth_type=P.ETH_TYPE_IP, ipv4_dst=_net(self.cfg.subnet))
@@ -640,19 +656,28 @@ class _Slice:
 
     # ------------------------------------------------------------ external
     def external_flows(self):
-        """EXTERNAL_CT .. EXTERNAL_ROUTE: replies to SNAT addresses, DNAT."""
+        """EXTERNAL_CT .. EXTERNAL_ROUTE: replies to SNAT addresses, DNAT,
+        ICMP to external addresses."""
         if not (self.snat or self.dnat):
             return
+        ex_fresh = {P.REG_SERVICE: (0, P.RESUMED[P.STAGE_FROM_EXTERNAL])}
+        icmp = {}                       # external ip -> [(zone, kind, mapping index)]
         for i, rule in enumerate(self.snat, 1):
             zone = self.snat_zones.get(rule.uuid)
             if zone is None:
                 continue
+            lo, hi = rule.port_range
             for ip in rule.external_ips:
-                # (The cookie names the zone: a restarted daemon finds it.)
-                self.flow(P.EXTERNAL_CT, 200, K_SNAT_ZONE,
-                          [("apply", (_load(P.REG_SCRATCH, i),
-                                      _ct(False, zone, P.EXTERNAL_SNAT_STATE, ("nat",))))],
-                          index=zone, eth_type=P.ETH_TYPE_IP, ipv4_dst=ip)
+                icmp.setdefault(ip, []).append((zone, "snat", i))
+                for proto, l4 in ((6, "tcp_dst"), (17, "udp_dst")):
+                    for value, mask in port_masks(lo, hi):
+                        # (The cookie names the zone: a restarted daemon finds it.)
+                        self.flow(P.EXTERNAL_CT, 200, K_SNAT_ZONE,
+                                  [("apply", (_load(P.REG_SCRATCH, i),
+                                              _ct(False, zone, P.EXTERNAL_SNAT_STATE,
+                                                  ("nat",))))],
+                                  index=zone, ipv4_dst=ip, ip_proto=proto,
+                                  **{l4: value if mask == 0xFFFF else (value, mask)})
         t = P.EXTERNAL_SNAT_STATE
         self.flow(t, PRIO_INVALID, K_STATE, [], ct_state=_ct_state(CT_INV))
         for state in (CT_EST, CT_REL):
@@ -662,25 +687,73 @@ class _Slice:
         if self.holding:
             self.flow(t, PRIO_HOLD, K_HOLD,
                       self.apply_goto(self.to_service(P.STAGE_FROM_EXTERNAL), None),
-                      ct_state=_ct_state(CT_NEW), **{P.REG_SERVICE: (0, P.RESUMED)})
-        self.dnat_flows()
+                      ct_state=_ct_state(CT_NEW), **ex_fresh)
+        self.dnat_flows(icmp)
+        self.icmp_flows(icmp)
         for vm in self.cfg.vms:
             self.flow(P.EXTERNAL_ROUTE, PRIO_NEW, K_ROUTE,
                       [("apply", (("set_field", "eth_src", P.ROUTER_MAC),
                                   ("set_field", "eth_dst", vm.mac))), _goto(P.L2_LOOKUP)],
                       eth_type=P.ETH_TYPE_IP, ipv4_dst=vm.ip)
 
-    def dnat_flows(self):
+    def icmp_flows(self, icmp):
+        """ICMP to an external address carries no port: look it up in each
+        zone that may hold its connection (the SNAT rules' zones, then the
+        DNAT VMs' zones) until one knows it; a new echo to a DNAT address
+        that maps every port is a new connection to its VM."""
+        t = P.EXTERNAL_SNAT_STATE
+        for n, ip in enumerate(sorted(icmp), 1):
+            cands = sorted(icmp[ip], key=lambda c: (c[1] == "dnat" and c[2] in self.all_ports,
+                                                    c[1], c[2]))
+
+            def step(k):
+                return ICMP_SEARCH | n << 8 | k
+            zone0 = cands[0][0]
+            self.flow(P.EXTERNAL_CT, 400, K_ICMP,
+                      [("apply", (_load(P.REG_SCRATCH, step(0)),
+                                  _load(P.REG_ZONE, zone0, 0, 16),
+                                  _ct(False, P.REG_ZONE, t, ("nat",))))],
+                      index=n, ipv4_dst=ip, ip_proto=1)
+            for k, (zone, kind, index) in enumerate(cands):
+                here = {P.REG_SCRATCH: step(k)}
+                judged = 1 if kind == "dnat" else 0
+                for state in (CT_EST, CT_REL):
+                    self.flow(t, 350, K_ICMP,
+                              [("apply", (_load(P.REG_SKIP_TO_VM, judged),)),
+                               _goto(P.EXTERNAL_ROUTE)],
+                              index=n, ct_state=_ct_state(state), **here)
+                if k + 1 < len(cands):
+                    nxt = cands[k + 1][0]
+                    self.flow(t, 340, K_ICMP,
+                              [("apply", (_load(P.REG_SCRATCH, step(k + 1)),
+                                          _load(P.REG_ZONE, nxt, 0, 16),
+                                          _ct(False, P.REG_ZONE, t, ("nat",))))],
+                              index=n, **here)
+                elif kind == "dnat" and index in self.all_ports:
+                    self.flow(t, 340, K_ICMP,
+                              [("apply", (_load(P.REG_SCRATCH, index),)),
+                               _goto(P.EXTERNAL_DNAT_STATE)],
+                              index=n, ct_state=_ct_state(CT_NEW), **here)
+                else:
+                    self.flow(t, 340, K_ICMP, [], index=n, **here)
+
+    def dnat_flows(self, icmp):
         by_ip = {vm.ip: vm for vm in self.local}
+        self.all_ports = set()
         t = P.EXTERNAL_DNAT_STATE
         self.flow(t, PRIO_INVALID, K_STATE, [], ct_state=_ct_state(CT_INV))
         self.flow(t, PRIO_BLOCKED, K_STATE, [], ct_state=_ct_state(CT_EST),
                   ct_mark=(MARK_BLOCKED, MARK_BLOCKED))
         judged = ("apply", (_load(P.REG_SKIP_TO_VM, 1),))
-        self.flow(t, PRIO_EST, K_STATE, [judged, _goto(P.EXTERNAL_ROUTE)],
-                  ct_state=_ct_state(CT_REL))
-        est = _ct_state(CT_EST)
-        self.flow(t, PRIO_EST, K_STATE, [judged, _goto(P.EXTERNAL_ROUTE)], ct_state=est)
+        for state in (CT_EST, CT_REL):
+            self.flow(t, PRIO_EST, K_STATE, [judged, _goto(P.EXTERNAL_ROUTE)],
+                      ct_state=_ct_state(state))
+        if self.ids:
+            # The VM's to-VM stage is skipped: the IDS sees an outside RST here.
+            self.flow(t, PRIO_RST_COPY, K_COPY,
+                      [("apply", self.to_service(P.COPY, copy=True)
+                        + (_load(P.REG_SKIP_TO_VM, 1),)), _goto(P.EXTERNAL_ROUTE)],
+                      ct_state=_ct_state(CT_EST), ip_proto=6, tcp_flags=(P.TCP_RST, P.TCP_RST))
         # (Check modes see a DNAT'd connection at its VM's from-VM stage.)
         for flags in ((0, P.TCP_SYN), (P.TCP_SYN | P.TCP_ACK, P.TCP_SYN | P.TCP_ACK)):
             self.flow(t, PRIO_BAD_OPEN, K_STATE, [], ct_state=_ct_state(CT_NEW),
@@ -695,26 +768,32 @@ class _Slice:
                 for proto in protos:
                     index += 1
                     self.dnat_mapping(index, rule, vm, ext, proto)
-                # ICMP to the address: errors about its connections pass
-                # (related); an echo only when the rule maps every port.
                 index += 1
-                self.dnat_mapping(index, rule, vm, ext, 1)
+                icmp.setdefault(ext, []).append((self.zones[vm.name], "dnat", index))
+                if rule.external_port is None:
+                    # Every port mapped: an echo to the address is the VM's.
+                    self.all_ports.add(index)
+                    self.dnat_mapping(index, rule, vm, ext, 1)
 
     def dnat_mapping(self, index, rule, vm, ext, proto):
         zone = self.zones[vm.name]
         l4 = {6: "tcp_dst", 17: "udp_dst"}.get(proto)
-        match = {"eth_type": P.ETH_TYPE_IP, "ip_proto": proto, "ipv4_dst": ext}
-        prio = 300
-        if l4 is not None and rule.external_port is not None:
-            match[l4] = rule.external_port
-            prio = 310
-        self.flow(P.EXTERNAL_CT, prio, K_DNAT,
-                  [("apply", (_load(P.REG_SCRATCH, index), _load(P.REG_ZONE, zone, 0, 16),
-                              _ct(False, P.REG_ZONE, P.EXTERNAL_DNAT_STATE, ("nat",))))],
-                  index=index, **match)
-        if proto == 1 and rule.external_port is not None:
-            return                      # related only: no new ICMP connection
+        if l4 is not None:
+            match = {"eth_type": P.ETH_TYPE_IP, "ip_proto": proto, "ipv4_dst": ext}
+            prio = 300
+            if rule.external_port is not None:
+                match[l4] = rule.external_port
+                prio = 310
+            self.flow(P.EXTERNAL_CT, prio, K_DNAT,
+                      [("apply", (_load(P.REG_SCRATCH, index), _load(P.REG_ZONE, zone, 0, 16),
+                                  _ct(False, P.REG_ZONE, P.EXTERNAL_DNAT_STATE, ("nat",))))],
+                      index=index, **match)
         sel = {P.REG_SCRATCH: index, "ct_state": _ct_state(CT_NEW)}
+        if vm in self.holding:
+            self.flow(P.EXTERNAL_DNAT_STATE, PRIO_HOLD, K_HOLD,
+                      self.apply_goto(self.to_service(P.STAGE_FROM_EXTERNAL), None),
+                      index=index, **sel,
+                      **{P.REG_SERVICE: (0, P.RESUMED[P.STAGE_FROM_EXTERNAL])})
         copy = self.to_service(P.COPY, copy=True) if self.ids else ()
         self.flow(P.EXTERNAL_DNAT_STATE, PRIO_NEW, K_DNAT,
                   self.apply_goto(copy, P.EXTERNAL_RULES), index=index, **sel)

@@ -59,7 +59,7 @@ PROGRAM = "mbxd"
 BATCH = 64                  # frames read per wake-up, at most
 MAX_BATCHES = 16            # wake-ups' worth of frames handled before other work
 STATS_INTERVAL = 2.0        # seconds between flow-stats polls (decision counters)
-COUNT_INTERVAL = 2.0        # seconds between least-connections recounts
+COUNT_INTERVAL = 2.0        # seconds between counts of the connections in conntrack
 TICK_INTERVAL = 0.1         # health probes, shared-state publication
 TUNNEL_PORT = "mbx-tun"
 
@@ -355,13 +355,19 @@ class Daemon:
         if mono >= self._next["stats"]:
             self._next["stats"] = mono + STATS_INTERVAL
             self.fresh_stats(lambda: None)
-        if mono >= self._next["count"] and self._counting():
-            self._next["count"] = mono + COUNT_INTERVAL
-            self.service.set_lb_counts(self.conns.lb_counts(self.service.slices))
-
-    def _counting(self):
-        return any(v.spec.algorithm == "least-connections"
-                   for s in self.service.slices.values() for v in s.vips.values())
+        if mono >= self._next["count"]:
+            # Connections per slice (metrics) and per backend (least-
+            # connections): a dump of every VM zone, at most every 2 s, and
+            # rarer when that costs more than a few percent of the loop.
+            t0 = time.monotonic()
+            try:
+                per_tag, lb = self.conns.census(self.service.slices)
+            except VswitchError as err:
+                LOG.warning("%s", err)
+                per_tag, lb = {}, {}
+            self.service.connections = per_tag
+            self.service.set_lb_counts(lb)
+            self._next["count"] = mono + max(COUNT_INTERVAL, 50 * (time.monotonic() - t0))
 
     # -------------------------------------------------------------- loop
     def run(self, server):

@@ -1,8 +1,10 @@
 """Prometheus metrics for mbxd over HTTP (text exposition format 0.0.4).
 
-The daemon's thread renders the page from the core at most once a second
-(``publish``); the HTTP server thread only serves the last rendered text, so
-it never touches the core's tables.
+The daemon's thread renders the page from the service at most once a
+second (``publish``); the HTTP server thread only serves the last rendered
+text, so it never touches the service's tables.  Connections per slice are
+counted in conntrack by the daemon (``Service.connections``, refreshed every
+few seconds); decisions come from the switch's rule flows.
 """
 
 import http.server
@@ -13,24 +15,25 @@ _page = {"text": b"", "at": 0.0}
 
 # Unlabelled series: (metric name, type, help, key of core.stats()).
 _SCALARS = (
-    ("offloaded_connections", "gauge", "Connections forwarded by OVS alone.", "offloaded"),
     ("frames_total", "counter", "Frames read from the middlebox port.", "frames"),
     ("drops_total", "counter", "Frames dropped by the daemon.", "dropped"),
     ("malformed_frames_total", "counter", "Malformed or truncated frames.", "malformed"),
     ("unknown_tag_frames_total", "counter", "Frames with no slice for their tag.",
      "unknown_tag"),
     ("non_ip_frames_total", "counter", "Frames that are not IPv4.", "non_ip"),
-    ("translated_packets_total", "counter",
-     "Packets the daemon rewrote for a load balancer or NAT.", "translated"),
-    ("nat_refusals_total", "counter",
-     "New connections refused because no SNAT port was free or no block is assigned.",
-     "nat_refused"),
+    ("rejects_total", "counter", "Rejects answered (RST or ICMP).", "rejects_sent"),
+    ("lb_picks_total", "counter",
+     "Backends the daemon picked (round-robin, least-connections, source-hash).",
+     "lb_picks"),
+    ("checked_packets_total", "counter", "Packets of check modes the daemon checked.",
+     "checked"),
+    ("cut_connections_total", "counter", "Connections a check cut.", "cut"),
     ("health_probes_total", "counter", "Load-balancer health probes sent.", "probes_sent"),
 )
 
 
-def render(core):
-    st = core.stats()
+def render(service):
+    st = service.stats()
     out = []
 
     def metric(name, kind, help_, samples):
@@ -40,8 +43,8 @@ def render(core):
             lab = ",".join('%s="%s"' % kv for kv in labels)
             out.append("mbxd_%s%s %s" % (name, "{%s}" % lab if lab else "", value))
 
-    metric("connections", "gauge", "Tracked connections per slice.",
-           [((("slice", s["tag"]), ("middlebox", s["middlebox"])), s["entries"])
+    metric("connections", "gauge", "Connections per slice (conntrack).",
+           [((("slice", s["tag"]), ("middlebox", s["middlebox"])), s["connections"])
             for s in st.get("slices", [])])
     metric("slice_packets_total", "counter", "Frames the daemon handled per slice.",
            [((("slice", s["tag"]), ("middlebox", s["middlebox"])), s["packets"])
@@ -55,10 +58,10 @@ def render(core):
     return ("\n".join(out) + "\n").encode()
 
 
-def publish(core, interval=1.0):
+def publish(service, interval=1.0):
     now = time.monotonic()
     if now - _page["at"] >= interval:
-        _page["text"] = render(core)
+        _page["text"] = render(service)
         _page["at"] = now
 
 

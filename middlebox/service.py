@@ -197,6 +197,7 @@ class Service:
         self.alert_counts = {}
         self.log = []
         self._next_publish = 0.0
+        self.connections = {}           # tag -> connections in conntrack (last count)
 
     # ------------------------------------------------------------ config
     def configure(self, config):
@@ -336,7 +337,7 @@ class Service:
                    ("set_field", "metadata", s.config.vni),
                    ("set_field", P.REG_SLICE, s.tag),
                    ("set_field", P.REG_ZONE, zone),
-                   ("set_field", P.REG_SERVICE, P.RESUMED),
+                   ("set_field", P.REG_SERVICE, P.RESUMED[P.STAGE_FROM_VM]),
                    ("ct", True, P.REG_ZONE, P.FROM_VM_ROUTE.table_id,
                     ("nat", "dst", backend[0], backend[0], backend[1], backend[1]),
                     (("set_field", "ct_mark", mark),
@@ -624,7 +625,8 @@ class Service:
         out["ids_alerts_by_kind"] = {k: self.alert_counts.get(k, 0)
                                      for k in ("port-scan", "syn-flood")}
         out["slices"] = [{"tag": tag, "middlebox": s.config.middlebox, "packets": s.packets,
-                          "bytes": s.bytes} for tag, s in sorted(self.slices.items())]
+                          "bytes": s.bytes, "connections": self.connections.get(tag, 0)}
+                         for tag, s in sorted(self.slices.items())]
         return out
 
 

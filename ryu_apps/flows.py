@@ -324,7 +324,7 @@ def _slice_flows(topo, chain, tag, vni, mb_port):
     if "nat" in slicelib.chain_types(topo, chain):
         resume[P.STAGE_FROM_EXTERNAL] = P.EXTERNAL_CT
     for pcp, table in sorted(resume.items()):
-        regs = [("pop_vlan",), _set(P.REG_SLICE, tag), _set(P.REG_SERVICE, P.RESUMED)]
+        regs = [("pop_vlan",), _set(P.REG_SLICE, tag), _set(P.REG_SERVICE, P.RESUMED[pcp])]
         if pcp == P.STAGE_FROM_EXTERNAL:
             regs.append(_set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL))
         flows.append(_flow(P.CLASSIFY, P.PRIO_MB_RETURN,

@@ -57,14 +57,14 @@ REG_SKIP_TO_VM = "reg3"    # 1: the packet was already judged (from outside by
                            # TO_VM_STEERING sends it straight on
 REG_SLICE = "reg4"         # slice tag chosen by steering, read by the service stages
 REG_ZONE = "reg5"          # service stages: the conntrack zone of the stage's VM
-REG_SERVICE = "reg6"       # service stages: bit 0 (RESUMED) the daemon has seen
-                           # this packet; bit 1 (PARTNER) evaluate the other
-                           # local VM's rules; bit 2 (NATTED) the check modes'
-                           # second conntrack pass (with NAT) is done
+REG_SERVICE = "reg6"       # service stages: bits 0, 3, 4 (RESUMED, per stage)
+                           # the daemon has seen this packet at that stage;
+                           # bit 1 (PARTNER) evaluate the other local VM's
+                           # rules; bit 2 (NATTED) the check modes' second
+                           # conntrack pass (with NAT) is done
 REG_SCRATCH = "reg7"       # service stages: the DNAT mapping or SNAT rule in use
 FROM_TUNNEL = 1
 SKIP_TO_VM = 1
-RESUMED = 1                # REG_SERVICE bit: do not send to the daemon again
 PARTNER = 2                # REG_SERVICE bit
 NATTED = 4                 # REG_SERVICE bit
 # REG_OUT_PORT value meaning "every local VM port of the logical switch except
@@ -96,6 +96,9 @@ STAGE_FROM_VM = 0          # checked on the way out of the sending VM
 STAGE_TO_VM = 1            # checked on the way into the receiving VM
 STAGE_FROM_EXTERNAL = 2    # arrived from the external network for an
                            # external address this host owns
+# REG_SERVICE bit, per stage: the daemon gave this packet back at that
+# stage: do not send it there again (a stage's bit never blocks another's).
+RESUMED = {STAGE_FROM_VM: 0x01, STAGE_TO_VM: 0x08, STAGE_FROM_EXTERNAL: 0x10}
 # PCP of a frame the switch sends to the daemon (TO_SERVICE):
 #   0, 1, 2  the stage asks the daemon to decide (a reject to answer, a
 #            backend to pick, a VM whose state is arriving); in path
@@ -108,7 +111,7 @@ CHECK_BASE = 4
 COPY = 7
 # PCP of a frame the daemon sends to the switch (FROM_SERVICE):
 #   0, 1, 2  resume the stage (conntrack is looked up again; the daemon is
-#            not asked about it again: REG_SERVICE bit RESUMED)
+#            not asked about it again at that stage: REG_SERVICE, RESUMED)
 #   3        DELIVER: a packet the daemon made (a reject's answer, a health
 #            probe): switched as judged, never checked again
 DELIVER = 3
@@ -209,8 +212,12 @@ EXTERNAL_SNAT_STATE = Table(
     "EXTERNAL_SNAT_STATE", 4,
     "A reply to an SNAT address: established or related (already "
     "translated back to the VM) goes on to EXTERNAL_ROUTE; anything else "
-    "is dropped (or, while a VM's state is arriving, held by the daemon).",
-    _STAGE_FIELDS, ("EXTERNAL_ROUTE",), _DAEMON)
+    "is dropped (or, while a VM's state is arriving, held by the daemon).  "
+    "ICMP to an external address is looked up in each zone that may hold "
+    "its connection in turn (back into this table), a new echo to a DNAT "
+    "address that maps every port goes on to EXTERNAL_DNAT_STATE.",
+    _STAGE_FIELDS, ("EXTERNAL_SNAT_STATE", "EXTERNAL_DNAT_STATE", "EXTERNAL_ROUTE"),
+    _DAEMON)
 EXTERNAL_DNAT_STATE = Table(
     "EXTERNAL_DNAT_STATE", 5,
     "A packet to a DNAT address: established or related goes on to "

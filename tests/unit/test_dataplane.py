@@ -170,8 +170,6 @@ def test_a_commit_records_the_deciding_rule_and_who_opened_the_connection():
     assert label == {80: (D.rule_id(web), TAG), 81: (0, TAG)}
 
 
-@pytest.mark.xfail(strict=True, reason="dataplane bug: from-vm and to-vm rule flows share "
-                   "cookies (K_RULE, rank); decisions keeps only the to-vm Decision")
 def test_each_rule_flow_counts_for_its_own_decision():
     out_web = rule("from-vm", "proto=tcp dport=80", uuid="out-web")
     in_ssh = rule("to-vm", "proto=tcp dport=22", uuid="in-ssh")
@@ -313,9 +311,6 @@ def test_same_host_modes_only_trust_local_senders():
     assert host.to_vm(A, forged, tunnel=True).dropped
 
 
-@pytest.mark.xfail(strict=True, reason="dataplane bug: same-host=source keys the partner "
-                   "rules on eth_dst; sent to ROUTER_MAC, FROM_VM_ROUTE rewrites eth_dst and "
-                   "the to-VM stage trusts it: the receiver's to-vm rules are never applied")
 def test_same_host_source_applies_the_receivers_rules_when_sent_via_the_gateway_mac():
     host = Host(slice_config([rule("from-vm", "any"), rule("to-vm", "proto=tcp dport=80")],
                              options={"same-host": "source"}))
@@ -435,8 +430,6 @@ def test_snat_without_a_port_block_here_fails_closed():
     assert not host.from_vm(A, syn(A, OUTSIDE)).passed
 
 
-@pytest.mark.xfail(strict=True, reason="dataplane bug: EXTERNAL_CT sends all ICMP to a shared "
-                   "external IP to the DNAT VM's zone (prio 300 beats the SNAT zone's 200)")
 def test_icmp_echo_through_snat_when_a_dnat_port_rule_shares_the_address():
     web = NatRuleSpec("d1", "dnat", (SNAT_IP,), B.ip, "tcp", 80, 8080)
     host = snat_host(extra_rules=(web,))
@@ -444,8 +437,6 @@ def test_icmp_echo_through_snat_when_a_dnat_port_rule_shares_the_address():
     assert host.external(icmp_echo(OUTSIDE, SNAT_IP, ident=7, reply=True)).passed
 
 
-@pytest.mark.xfail(strict=True, reason="dataplane bug: two SNAT rules on one external IP "
-                   "give identical EXTERNAL_CT flow keys; _unique keeps the first rule's zone")
 def test_two_snat_rules_sharing_an_address_each_get_their_replies():
     rules = (NatRuleSpec("s1", "snat", (SNAT_IP,), "10.0.0.0/29", port_range=(4096, 8191)),
              NatRuleSpec("s2", "snat", (SNAT_IP,), "10.0.0.8/29", port_range=(8192, 12287)))
@@ -512,8 +503,6 @@ def test_an_icmp_error_about_a_dnat_connection_reaches_the_vm_translated():
     assert dict(error.get("icmpv4_quote"))["tcp_src"] == 8080
 
 
-@pytest.mark.xfail(strict=True, reason="dataplane bug: two DNAT rules on one external IP give "
-                   "identical EXTERNAL_CT ICMP flow keys; _unique keeps the first VM's zone")
 def test_two_dnat_rules_sharing_an_address_each_get_their_icmp_errors():
     nat = ServiceSpec("nat", "nat", nat_rules=(
         NatRuleSpec("d1", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),
@@ -554,8 +543,6 @@ def test_ids_copies_new_connections_from_outside_through_dnat():
     assert inside.passed and inside.daemon == [(TAG, P.COPY)]
 
 
-@pytest.mark.xfail(strict=True, reason="dataplane bug: the to-VM stage is skipped for DNAT "
-                   "(reg3) and EXTERNAL_DNAT_STATE copies only new connections, not RSTs")
 def test_ids_copies_resets_from_outside_through_dnat():
     nat = ServiceSpec("nat", "nat", nat_rules=(
         NatRuleSpec("d1", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),))
@@ -584,7 +571,7 @@ def test_check_every_packet_sends_established_packets_to_the_daemon():
     back = host.to_vm(A, reply_to(out), tunnel=True)
     assert not back.passed and [pcp for _, pcp in back.daemon] == [P.CHECK_BASE + 1]
     # Given back by the daemon (RESUMED), it goes on.
-    resumed = host.from_vm(A, ack(out, reg6=P.RESUMED))
+    resumed = host.from_vm(A, ack(out, reg6=P.RESUMED[P.STAGE_FROM_VM]))
     assert resumed.passed and resumed.daemon == []
 
 
@@ -632,9 +619,6 @@ def test_check_relay_copies_established_packets_and_lets_them_go_on():
     assert back.passed and [pcp for _, pcp in back.daemon] == [P.COPY]
 
 
-@pytest.mark.xfail(strict=True, reason="dataplane bug: REG_SERVICE's NATTED bit set at the "
-                   "backend's from-VM stage survives into the client's to-VM stage, whose "
-                   "second-pass flow then delivers the reply without the un-DNAT")
 @pytest.mark.parametrize("mode", ["relay", "every-nth"])
 def test_check_modes_undo_a_local_backends_dnat_in_the_clients_zone(mode):
     host = Host(dataclasses.replace(lb_slice(), options={"check": mode}))
@@ -671,15 +655,13 @@ def test_a_held_vm_sends_its_new_connections_to_the_daemon():
 def test_a_held_vms_connection_given_back_by_the_daemon_meets_the_rules():
     host = Host(slice_config([rule("to-vm", "proto=tcp dport=22")]), holds={"a"})
     back = dict(syn(C, A, 1, 22), eth_src=C.mac, eth_dst=A.mac, reg4=TAG, reg1=PORT["a"],
-                reg6=P.RESUMED, metadata=VNI)
+                reg6=P.RESUMED[P.STAGE_TO_VM], metadata=VNI)
     assert host.table.trace(back, table=P.TO_VM_RESUME.table_id).reached(DELIVER)
     assert [e.orig for e in host.ct.dump(ZONES["a"])] == [(C.ip, 1, A.ip, 22)]
     denied = dict(back, tcp_dst=23)
     assert not host.table.trace(denied, table=P.TO_VM_RESUME.table_id).reached(DELIVER)
 
 
-@pytest.mark.xfail(strict=True, reason="dataplane bug: EXTERNAL_DNAT_STATE has no hold flow; "
-                   "a held VM's imported-later DNAT connection is dropped as a bad open")
 def test_a_held_vms_dnat_connections_from_outside_go_to_the_daemon():
     nat = ServiceSpec("nat", "nat", nat_rules=(
         NatRuleSpec("d1", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),))

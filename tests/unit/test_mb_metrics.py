@@ -1,18 +1,18 @@
-"""The Prometheus endpoint of mbxd: rendered from the core, served on loopback."""
+"""The Prometheus endpoint of mbxd: rendered from the service, served on loopback."""
 
 import urllib.request
 
 from middlebox import metrics
 from middlebox.config import HostConfig, RuleSpec, SliceConfig, VmSpec
-from middlebox.core import MiddleboxCore
+from middlebox.service import Service
 
 
 def core_with_slice():
-    core = MiddleboxCore("h1")
+    core = Service("h1")
     core.configure(HostConfig("h1", {7: SliceConfig(
         tag=7, middlebox="fw-a", type="firewall", tenant="a", switch="ls-a", vni=1001,
         rules=(RuleSpec(100, "from-vm", "any", "allow", uuid="r1"),),
-        vms=(VmSpec("a1", "02:00:00:00:00:01", "10.0.0.1", "h1"),))}), 0.0)
+        vms=(VmSpec("a1", "02:00:00:00:00:01", "10.0.0.1", "h1"),))}))
     return core
 
 
