@@ -127,12 +127,12 @@ def _offload(lab, rundir, out, where, addr):
     try:
         probe.wait(lambda r: r["received"] >= 20, 10, "the offload probe to start")
         frames = [lab.mbxd_stats(h)["frames"] for h in hosts]
-        cached = [lab.cache_flow_packets(h) for h in hosts]
+        cached = [lab.service_flow_packets(h) for h in hosts]
         start = probe.read()["received"]
         probe.wait(lambda r: r["received"] >= start + 100, 15, "100 more replies")
         time.sleep(1.1)          # OVS folds datapath counters into flows once a second
         frames_after = [lab.mbxd_stats(h)["frames"] for h in hosts]
-        cached_after = [lab.cache_flow_packets(h) for h in hosts]
+        cached_after = [lab.service_flow_packets(h) for h in hosts]
         listing = lab.mbxd_appctl(where["red1"], "conn/list", "red1")
     finally:
         report = probe.stop()
@@ -265,12 +265,12 @@ def _chain_offload(lab, rundir, out):
         while received() < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)             # the closes of the connections before have settled
-        passed0, cached0 = lab.mbxd_stats(host)["passed"], lab.cache_flow_packets(host)
+        passed0, cached0 = lab.mbxd_stats(host)["passed"], lab.service_flow_packets(host)
         start = received()
         while received() < start + 150 and time.monotonic() < deadline + 10:
             time.sleep(0.05)
         time.sleep(1.1)
-        passed1, cached1 = lab.mbxd_stats(host)["passed"], lab.cache_flow_packets(host)
+        passed1, cached1 = lab.mbxd_stats(host)["passed"], lab.service_flow_packets(host)
         listing = [line for line in lab.mbxd_appctl(host, "conn/list", "red1").splitlines()
                    if "snat=" in line and ":80 " in line]
     finally:

@@ -498,8 +498,8 @@ class Lab:
         text = self.mbxd_appctl(host, "stats")
         return {k: int(v) for k, v in re.findall(r"^(\S+)\s+(\d+)$", text, re.M)}
 
-    def cache_flow_packets(self, host):
-        """Packets counted on the host's middlebox cache flows (mbxd's cookie)."""
+    def service_flow_packets(self, host):
+        """Packets counted on the host's service-stage flows (mbxd's cookie)."""
         out = self.ofctl(host, "dump-flows", "cookie=%#x/%#x"
                          % (pipeline.DAEMON_COOKIE, pipeline.COOKIE_MASK))
         return sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))

@@ -24,7 +24,11 @@ class VswitchError(MbxError):
 
 
 def find_socket(rundir):
-    """The unixctl socket of the ovs-vswitchd whose pidfile is in ``rundir``."""
+    """The unixctl socket of the ovs-vswitchd of ``rundir``: its
+    ``ovs-vswitchd.ctl`` (``--unixctl``), else the one its pidfile names."""
+    plain = os.path.join(rundir, "ovs-vswitchd.ctl")
+    if os.path.exists(plain):
+        return plain
     try:
         with open(os.path.join(rundir, "ovs-vswitchd.pid")) as f:
             pid = int(f.read().strip())

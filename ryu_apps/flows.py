@@ -588,7 +588,7 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
             flows.append(_flow(P.EXTERNAL_IN, P.PRIO_EXTERNAL_ICMP,
                                canon_match(eth_type=P.ETH_TYPE_IP, ip_proto=1, ipv4_dst=ip,
                                            **{P.REG_FROM_TUNNEL: 0}),
-                               ([("apply", copies)] if copies else []) + stage))
+                               [("apply", copies + here[1])] + stage[1:]))
 
     for rule in topo.nat_rules.get(name, ()):
         if rule.type == "snat":

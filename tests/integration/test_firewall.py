@@ -137,13 +137,13 @@ def test_established_connection_is_forwarded_by_ovs_alone(fw, tmp_path):
     try:
         probe.wait(lambda r: r["received"] >= 50, 15, "50 replies")
         frames = {h: fw.mbxd_stats(h)["frames"] for h in ("h1", "h2")}
-        cached = {h: fw.cache_flow_packets(h) for h in ("h1", "h2")}
+        cached = {h: fw.service_flow_packets(h) for h in ("h1", "h2")}
         start = probe.read()["received"]
         probe.wait(lambda r: r["received"] >= start + 50, 15, "50 more replies")
         for host in ("h1", "h2"):
             assert fw.mbxd_stats(host)["frames"] == frames[host], host   # Python saw nothing
             # (OVS folds datapath counters into its flows about once a second)
-            wait_until(lambda: fw.cache_flow_packets(host) >= cached[host] + 50, 5,
+            wait_until(lambda: fw.service_flow_packets(host) >= cached[host] + 50, 5,
                        interval=0.2, what="cache flow counters on %s to rise" % host)
         listing = fw.mbxd_appctl("h1", "conn/list", "g1")
         assert re.search(r":7000 .*state=established .*offloaded=yes", listing), listing

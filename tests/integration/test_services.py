@@ -267,7 +267,7 @@ def test_chain_is_offloaded_once_connections_are_established(svc, tmp_path):
     the exchanges, OVS carries them on the daemon's rewrite flows."""
     for dst in (L.EXT_SERVER_IP, VIP):
         report = str(tmp_path / ("offload-%s.json" % dst))
-        flows_before = svc.cache_flow_packets("h1")
+        flows_before = svc.service_flow_packets("h1")
         client = svc.spawn("t1", [PY, "-m", "lab.probe", "client", "--to", dst, "--port",
                                   "80", "--interval-ms", "10", "--duration", "8",
                                   "--out", report], report + ".log")
@@ -287,7 +287,7 @@ def test_chain_is_offloaded_once_connections_are_established(svc, tmp_path):
         wait_until(lambda: progress(170), timeout=15, what="150 more exchanges")
         time.sleep(1.5)             # OVS folds datapath counters into flows every ~0.5 s
         seen = svc.mbxd_stats("h1")["passed"] - before
-        carried = svc.cache_flow_packets("h1") - flows_before
+        carried = svc.service_flow_packets("h1") - flows_before
         dump = svc.ofctl("h1", "dump-flows", "cookie=%#x/%#x" % (P.DAEMON_COOKIE,
                                                                  P.COOKIE_MASK))
         client.wait(20)
