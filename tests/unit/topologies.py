@@ -101,3 +101,87 @@ def services(mb_port=MB_PORT, uplink=UPLINK, ports_per_host=16384, external=True
                                vips={"lb-a": vips}, external_networks=ext)
     return dataclasses.replace(
         topo, slices=slicelib.allocate(slicelib.needed_slices(topo), {}))
+
+
+# ------------------------------------------------------------------ the daemon's side
+# The service stages mbxd would compile on a host of such a topology
+# (middlebox.dataplane), for tests that run the controller's flows and the
+# daemon's in one simulated switch.
+
+ZONE_BASE = 10                      # a host's VMs get zones 10, 11, ... by name
+SNAT_ZONE_BASE = 900                # its SNAT rules 900, 901, ... by uuid
+
+
+def host_zones(topo, host, blocks=None):
+    """(VM zones, SNAT rule zones) of ``host``, as mbxd's ZoneMap would
+    give them (any distinct numbers do): a zone for each local VM, and for
+    each SNAT rule this host has a port block of."""
+    local = sorted(vm.name for vm, _ in topo.local_vms(host))
+    snat = sorted(uuid for uuid, h in (blocks or {}) if h == host)
+    return ({name: ZONE_BASE + i for i, name in enumerate(local)},
+            {uuid: SNAT_ZONE_BASE + i for i, uuid in enumerate(snat)})
+
+
+def host_config(topo, host, blocks=None, rules=None):
+    """The ``middlebox.config.HostConfig`` mbxd builds for ``host``'s slices
+    (middlebox.confmon.build_host_config does it from the config DB's rows).
+    ``blocks``: the SNAT port blocks (``slices.snat_blocks``); ``rules``:
+    {firewall name: RuleSpecs} (the controller's topology has no rules)."""
+    from middlebox.config import (ExternalNetSpec, HostConfig, NatRuleSpec, ServiceSpec,
+                                  SliceConfig, VipSpec, VmSpec)
+    from ryu_apps import slices as slicelib
+    from ryu_apps.flows import gateway_ip
+    rules = rules or {}
+    blocks = blocks or {}
+    slices = {}
+    for (chain, _), tag in sorted(topo.host_slices(host).items()):
+        services = []
+        for name in chain:
+            mb = topo.middleboxes[name]
+            services.append(ServiceSpec(
+                mb.name, mb.type, mb.default_action, dict(mb.options),
+                rules=tuple(rules.get(name, ())),
+                nat_rules=tuple(NatRuleSpec(r.uuid, r.type, r.external_ips, r.logical_ip,
+                                            r.protocol, r.external_port, r.logical_port,
+                                            r.port_range)
+                                for r in topo.nat_rules.get(name, ())),
+                vips=tuple(VipSpec(v.uuid, v.vip, v.port, v.protocol, v.algorithm,
+                                   v.backends, dict(v.options))
+                           for v in topo.vips.get(name, ()))))
+        options = {}
+        for sv in services:
+            for key, value in sv.options.items():
+                options.setdefault(key, value)
+        firewall = next((sv for sv in services if sv.type == "firewall"), None)
+        if firewall is not None:
+            legacy = dict(middlebox=firewall.name, type="firewall",
+                          default_action=firewall.default_action, rules=firewall.rules)
+        else:
+            legacy = dict(middlebox=",".join(chain), type="chain", default_action="allow")
+        switch = topo.switches[slicelib.chain_switch(topo, chain)]
+        vms = tuple(VmSpec(vm.name, vm.mac, vm.ip,
+                           host if vm.name in topo.bindings
+                           and topo.bindings[vm.name].host == host else None)
+                    for vm in sorted(topo.vms.values(), key=lambda v: v.name)
+                    if vm.switch == switch.name)
+        external = tuple(ExternalNetSpec(n.name, n.cidr, n.gateway_ip, n.gateway_mac)
+                         for _, n in sorted(topo.external_networks.items()))
+        slices[tag] = SliceConfig(
+            tag=tag, tenant=switch.tenant, switch=switch.name, vni=switch.vni,
+            options=options, vms=vms, services=tuple(services), subnet=switch.subnet,
+            gateway=gateway_ip(switch) or "",
+            snat_blocks={uuid: block for (uuid, h), block in blocks.items() if h == host},
+            external=external, **legacy)
+    return HostConfig(host, slices)
+
+
+def daemon_dataplane(topo, host, blocks=None, rules=None, holds=()):
+    """``middlebox.dataplane.compile_host`` for ``host`` (its zones from
+    ``host_zones``, its ports from the topology)."""
+    from middlebox import dataplane
+    zones, snat_zones = host_zones(topo, host, blocks)
+    info = topo.hosts[host]
+    return dataplane.compile_host(host_config(topo, host, blocks, rules), host, zones,
+                                  snat_zones, dataplane.HostPorts(info.mb_ofport,
+                                                                  info.tunnel_ofport),
+                                  holds=frozenset(holds))
