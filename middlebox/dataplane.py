@@ -70,6 +70,7 @@ DECISION_KINDS = (K_RULE, K_RULE_IN, K_EXT_RULE)
 FORWARD_TAG = 0xFFF             # forwarders belong to no slice
 
 # Priorities inside the service stages.
+PRIO_CAUGHT = 310
 PRIO_INVALID = 300
 PRIO_BLOCKED = 290
 PRIO_HOLD = 280
@@ -374,6 +375,12 @@ class _Slice:
         resumed = (P.RESUMED[stage], P.RESUMED[stage])
         fresh = (0, P.RESUMED[stage])
         self.flow(table, PRIO_INVALID, K_STATE, [], ct_state=_ct_state(CT_INV))
+        # Steered by a reply catcher (no policy selects it) and of no
+        # translated connection: on, as if it had not been steered.
+        unsteered = P.L2_LOOKUP if from_vm else P.LOCAL_DELIVERY
+        for state in (CT_NEW, CT_INV):
+            self.flow(table, PRIO_CAUGHT, K_STATE, [_goto(unsteered)],
+                      ct_state=_ct_state(state), **{P.REG_SERVICE: (P.CAUGHT, P.CAUGHT)})
         self.flow(table, PRIO_BLOCKED, K_STATE, [], ct_state=_ct_state(CT_EST),
                   ct_mark=(MARK_BLOCKED, MARK_BLOCKED))
         for vm in self.holding:

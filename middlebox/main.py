@@ -39,7 +39,7 @@ import ovs.unixctl
 import ovs.unixctl.server
 import ovs.util
 
-from middlebox import appctl, dataplane, metrics, migchan, pki
+from middlebox import appctl, dataplane, metrics, migchan, pki, vmstate
 from middlebox.arrivals import Arrivals
 from middlebox.confmon import ConfigMonitor
 from middlebox.conntable import ConnTable
@@ -62,6 +62,7 @@ STATS_INTERVAL = 2.0        # seconds between flow-stats polls (decision counter
 COUNT_INTERVAL = 2.0        # seconds between counts of the connections in conntrack
 TICK_INTERVAL = 0.1         # health probes, shared-state publication
 TUNNEL_PORT = "mbx-tun"
+VM_STATE = "vm-state"       # shared-state service: VMs whose state a host holds
 
 
 def parse_args(argv):
@@ -137,6 +138,7 @@ class Daemon:
         self._next = {"stats": 0.0, "tick": 0.0, "count": 0.0}
         self._stats_waiters = []        # callbacks for the next flow-stats reply
         self._after = {}                # barrier xid -> frames to give back then
+        self._vm_state = set()          # (middlebox, VM) "vm-state" rows published
         self._stats_xid = None
         self._dirty_plane = True
         self.channel = None
@@ -310,15 +312,21 @@ class Daemon:
         if after:
             self._after[self.of.barrier()] = after
 
+    def _migration_rows(self):
+        """The Migration rows, before the plane is recomputed: a VM leaving
+        keeps its zone until its state is sent."""
+        mig = self.migrations
+        seqno = self.conf.data_seqno()
+        if mig is not None and seqno != self._mig_seqno and self.conf.synced():
+            self._mig_seqno = seqno
+            mig.set_rows(self.conf.migrations(), self.conf.peers(), time.monotonic())
+
     def _migration_run(self):
         mig = self.migrations
         if mig is None:
             return
         mono = time.monotonic()
-        seqno = self.conf.data_seqno()
-        if seqno != self._mig_seqno and self.conf.synced():
-            self._mig_seqno = seqno
-            mig.set_rows(self.conf.migrations(), self.conf.peers(), mono)
+        self._migration_rows()
         for ev in self.channel.events():
             mig.on_event(ev, mono)
         mig.run(mono)
@@ -346,6 +354,7 @@ class Daemon:
             self._next["tick"] = mono + TICK_INTERVAL
             for out, tci in self.service.tick(now):
                 self.port.send(out, tci)
+            self._publish_vm_state()
             self._drain_log()
             for vm in self.arrivals.due(now):
                 LOG.warning("no state for %s arrived in time: its held packets were "
@@ -369,6 +378,22 @@ class Daemon:
             self.service.set_lb_counts(lb)
             self._next["count"] = mono + max(COUNT_INTERVAL, 50 * (time.monotonic() - t0))
 
+    def _publish_vm_state(self):
+        """Shared state "vm-state": the VMs this host holds connection state
+        or SNAT forwarders of (they left), per chain, so the controller
+        keeps the slice here meanwhile (its new host may still ask for the
+        state; its SNAT replies still come here to be forwarded)."""
+        vms = self.migrations.held_vms() if self.migrations is not None else set()
+        wanted = set()
+        for s in self.service.slices.values():
+            mb = vmstate.chain_of(s.config)[0]
+            wanted.update((mb, vm.name) for vm in s.config.vms if vm.name in vms)
+        for mb, vm in self._vm_state - wanted:
+            self.shared.withdraw(mb, VM_STATE, vm)
+        for mb, vm in wanted - self._vm_state:
+            self.shared.publish(mb, VM_STATE, vm, 1)
+        self._vm_state = wanted
+
     # -------------------------------------------------------------- loop
     def run(self, server):
         give_up = time.monotonic() + 5
@@ -388,6 +413,7 @@ class Daemon:
                 self.recover()
             self.of.run()
             if self.recovered:
+                self._migration_rows()
                 if self._dirty_plane or self.arrivals.changed():
                     self.replan()
                 self._packets(now)

@@ -246,16 +246,33 @@ class MigrationManager:
         return self.daemon.service
 
     def incoming(self):
-        """VMs whose state is arriving (they need a zone here first)."""
-        vms = {r.vm for r in self.rows.values() if r.destination == self.host
-               and r.status in ("begun", "streaming", "stunned")
-               and r.uuid not in self._settled}
-        vms |= {i.row.vm for i in self.ins.values() if i.row is not None and i.lazy}
-        return vms
+        """VMs moving here: the destination of their latest migration, not
+        aborted, until they are bound here (then their binding keeps their
+        zone) or a TTL passed.  They need their zone before the import and
+        must keep it while the controller binds them."""
+        latest = {}
+        for r in self.rows.values():
+            if r.vm not in latest or r.timeline.get("begun", 0) > \
+                    latest[r.vm].timeline.get("begun", 0):
+                latest[r.vm] = r
+        wall = time.time() * 1000
+        return {vm for vm, r in latest.items() if r.destination == self.host
+                and r.status not in ("aborted", "fallback")
+                and (r.status in ACTIVE or wall - r.timeline.get("begun", 0) < self.ttl * 1000)}
 
     def outgoing(self):
-        """VMs that left, whose state this host keeps until it is released."""
-        return {o.vm for o in self.outs.values() if not o.cleaned}
+        """VMs leaving or gone, whose state this host keeps until it is
+        released (from the rows too: a row may come with the VM's new
+        binding, before its transfer starts)."""
+        return {o.vm for o in self.outs.values() if not o.cleaned} | {
+            r.vm for r in self.rows.values() if r.source == self.host
+            and r.status in ("begun", "streaming", "stunned") and r.uuid not in self.outs
+            and not self._newer_to_me(r)}
+
+    def held_vms(self):
+        """VMs that left whose state or SNAT forwarders this host still has:
+        it must keep their slices (shared state "vm-state")."""
+        return self.outgoing() | set(self._fwd_vm.values())
 
     def forwarders(self):
         return tuple(self._forwarders.values())

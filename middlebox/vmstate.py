@@ -25,7 +25,7 @@ import struct
 
 from middlebox import conn as C
 from middlebox import dataplane as D
-from middlebox.packet import ip_int
+from middlebox.packet import ip_int, ip_text
 from middlebox.rules import DIRECTIONS
 
 GATHER_MODES = ("datapath", "datapath+review", "service")
@@ -173,7 +173,11 @@ def localize(vm, records, slices, zones):
             if zone is None:
                 raise RecordError("an SNAT record of a rule with no port block here")
         if not mine:
-            raise RecordError("a record of a connection that is not VM %s's" % vm)
+            addr = c.rsrc if c.mark & D.MARK_IN else c.src
+            owner = next((v.name for v in s.config.vms if v.ip == ip_text(addr)), None)
+            raise RecordError("a record of %s, not of VM %s" % (
+                "VM %s's connection" % owner if owner else "a connection of %s" % ip_text(addr),
+                vm))
         mark = (c.mark & ~(D.MARK_TAG_MASK | _COUNT_MASK)) | s.tag
         out.append((c._replace(zone=zone, mark=mark, timeout=None), sl.role))
     return out

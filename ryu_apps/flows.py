@@ -340,9 +340,11 @@ def _slice_flows(topo, chain, tag, vni, mb_port):
 
 
 def _catchers(topo, chain, tag, vni):
-    """Replies that a narrower steering policy might not select, but whose
-    connection the chain translated: a load-balancer backend's (un-DNAT in
-    the client's zone) and a DNAT'd VM's (un-DNAT in its own zone)."""
+    """Replies that no steering policy selects, but whose connection the
+    chain may have translated: a load-balancer backend's (un-DNAT in the
+    client's zone) and a DNAT'd VM's (un-DNAT in its own zone).  Below
+    every policy; marked CAUGHT, so that in the stage a packet of no
+    tracked connection goes on as if it had not been steered."""
     if not chain:
         return []
     flows = []
@@ -362,7 +364,8 @@ def _catchers(topo, chain, tag, vni):
                     flows.append(_flow(P.TO_VM_STEERING, P.PRIO_STEER_CATCHER,
                                        _vni_match(vni, eth_type=P.ETH_TYPE_IP, ip_proto=proto,
                                                   ipv4_src=ip, **{l4: port}),
-                                       [("apply", (_set(P.REG_SLICE, tag),)),
+                                       [("apply", (_set(P.REG_SLICE, tag),
+                                                   _set(P.REG_SERVICE, P.CAUGHT))),
                                         _goto(P.TO_VM_CT)]))
         elif mb.type == "nat":
             for rule in topo.nat_rules.get(name, ()):
@@ -371,7 +374,8 @@ def _catchers(topo, chain, tag, vni):
                 flows.append(_flow(P.FROM_VM_STEERING, P.PRIO_STEER_CATCHER,
                                    _vni_match(vni, eth_type=P.ETH_TYPE_IP,
                                               ipv4_src=rule.logical_ip),
-                                   [("apply", (_set(P.REG_SLICE, tag),)),
+                                   [("apply", (_set(P.REG_SLICE, tag),
+                                               _set(P.REG_SERVICE, P.CAUGHT))),
                                     _goto(P.FROM_VM_CT)]))
     return flows
 

@@ -61,12 +61,16 @@ REG_SERVICE = "reg6"       # service stages: bits 0, 3, 4 (RESUMED, per stage)
                            # the daemon has seen this packet at that stage;
                            # bit 1 (PARTNER) evaluate the other local VM's
                            # rules; bit 2 (NATTED) the check modes' second
-                           # conntrack pass (with NAT) is done
+                           # conntrack pass (with NAT) is done; bit 5
+                           # (CAUGHT) steered by a reply catcher
 REG_SCRATCH = "reg7"       # service stages: the DNAT mapping or SNAT rule in use
 FROM_TUNNEL = 1
 SKIP_TO_VM = 1
 PARTNER = 2                # REG_SERVICE bit
 NATTED = 4                 # REG_SERVICE bit
+CAUGHT = 0x20              # REG_SERVICE bit: steered by a reply catcher, not a
+                           # policy: a packet of no tracked connection goes on
+                           # as if it had not been steered
 # REG_OUT_PORT value meaning "every local VM port of the logical switch except
 # the one the packet came from" (numerically OpenFlow's OFPP_FLOOD).
 OUT_PORT_FLOOD = 0xFFFFFFFB
@@ -148,7 +152,8 @@ PRIO_EXTERNAL_ICMP = 150    # EXTERNAL_IN: ICMP to an SNAT address (every servin
 PRIO_EXTERNAL_REDIRECTED = 50   # EXTERNAL_IN: sent here by another host: conntrack decides
 PRIO_EXTERNAL_OUT = 100     # EXTERNAL_OUT: the one flow
 PRIO_STEER_BASE = 1000      # STEERING: policy priority p -> 1000 + 2p
-PRIO_STEER_CATCHER = 64000  # STEERING: replies of LB backends and DNAT'd VMs
+PRIO_STEER_CATCHER = 500    # STEERING: replies of LB backends and DNAT'd VMs that
+                            # no policy selects (REG_SERVICE bit CAUGHT)
 PRIO_STEER_MULTICAST = 65000  # FROM_VM_STEERING: broadcast/multicast never steered
 PRIO_STEER_JUDGED = 65000   # TO_VM_STEERING: reg3=1 -> LOCAL_DELIVERY
 PRIO_STEER_DEFAULT = 0      # STEERING: not selected -> go on (table-miss)
@@ -255,7 +260,8 @@ FROM_VM_STATE = Table(
     "to FROM_VM_ROUTE (check modes: through or past the daemon, then "
     "conntrack again, with NAT, back into this table); new goes to the "
     "rules (only a TCP SYN, UDP or ICMP may open a connection).",
-    _STAGE_FIELDS, ("FROM_VM_STATE", "FROM_VM_RULES", "FROM_VM_COMMIT", "FROM_VM_ROUTE"),
+    _STAGE_FIELDS, ("FROM_VM_STATE", "FROM_VM_RULES", "FROM_VM_COMMIT", "FROM_VM_ROUTE",
+                    "L2_LOOKUP"),
     _DAEMON)
 FROM_VM_RULES = Table(
     "FROM_VM_RULES", 13,
@@ -414,7 +420,7 @@ def check_flow(flow, owner=COOKIE):
             assert owner == COOKIE, f"the daemon may not write metadata: {flow}"
             assert (inst[1] & ~inst[2]) == 0, f"metadata bits outside mask: {flow}"
         elif inst[0] == "goto":
-            _check_jump(table, flow, inst[1])
+            _check_jump(table, flow, inst[1], goto=True)
     return flow
 
 
@@ -428,7 +434,9 @@ def _check_action(table, flow, owner, action):
         _check_jump(table, flow, action[1])
 
 
-def _check_jump(table, flow, target_id):
+def _check_jump(table, flow, target_id, goto=False):
+    assert not (goto and target_id == table.table_id), \
+        f"{table.name} may not goto itself (only ct recirculates there): {flow}"
     target = BY_ID.get(target_id)
     assert target is not None and target.name in table.next_tables, \
         f"{table.name} may not go to table {target_id}: {flow}"

@@ -8,8 +8,12 @@ what came back.
 SCRIPT: {"host": NAME, "ca": PATH, "cert": PATH, "key": PATH,
          "address": "ssl:IP:PORT", "peer": SERVER NAME,
          "messages": [...], "close_early": bool, "wait": SECONDS}
-Each message is sent as is, except that a "final" with "digest": "auto"
-gets the digest of the records sent so far (as the daemons compute it).
+Each message is sent as is, except that a "state" message's "records" (a
+list of {"chain", "role", "service", "conn": [proto, src, sport, dst,
+dport, rsrc, rsport, rdst, rdport] with dotted addresses, "mark", "label",
+"state"}) are sent in the binary record format (middlebox.conn), and a
+"final" with "digest": "auto" gets the digest of the records sent so far
+(as the daemons compute it).
 Output: {"connected": bool, "refused": reason or null, "replies": [...],
 "closed": reason or null}.
 """
@@ -21,8 +25,18 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from middlebox import migchan, vmstate  # noqa: E402
+from middlebox import conn as C, migchan, vmstate  # noqa: E402
+from middlebox.packet import ip_int  # noqa: E402
 from middlebox.pki import HostFiles  # noqa: E402
+
+
+def record(r):
+    """(Slice, Conn) of a script's record."""
+    p, src, sport, dst, dport, rsrc, rsport, rdst, rdport = r["conn"]
+    conn = C.Conn(p, ip_int(src), sport, ip_int(dst), dport, ip_int(rsrc), rsport,
+                  ip_int(rdst), rdport, 0, r.get("mark", 0), r.get("label", 0),
+                  r.get("state", ""))
+    return C.Slice(tuple(r["chain"]), r.get("role", "vm"), r.get("service", 0)), conn
 
 
 def main(path):
@@ -45,9 +59,14 @@ def main(path):
             time.sleep(0.01)
         if out["connected"]:
             for msg in script["messages"]:
-                if msg.get("type") == "state":
-                    for rec in msg.get("records", []):
-                        staged[vmstate.record_key(rec)] = rec
+                if msg.get("type") == "state" and "records" in msg:
+                    records = [record(r) for r in msg["records"]]
+                    for sl, c in records:
+                        staged[(sl, c.key)] = (sl, c)
+                    msg = {k: v for k, v in msg.items() if k != "records"}
+                    if records:
+                        msg["data"] = C.encode([c for _, c in records],
+                                               [sl for sl, _ in records])
                 if msg.get("type") == "final" and msg.get("digest") == "auto":
                     msg = dict(msg, digest=vmstate.digest(staged.values()),
                                count=msg.get("count", len(staged)))

@@ -21,6 +21,7 @@ import pytest
 
 from lab import ctbaseline as CT
 from lab.lab import Lab
+from middlebox.dataplane import MARK_IN
 from middlebox.migration import PROTOCOL_VERSION
 from lab.migscenario import Scenario
 from lab.sh import wait_until
@@ -233,11 +234,11 @@ def peer_run(lab, host, script):
 
 
 def fake_record(vm="b1", ip="10.0.0.31"):
-    return {"chain": ["fw-red", "lb-red", "nat-red"], "switch": CT.SWITCH, "vm": vm,
-            "conn": [6, ip, 8080, "10.0.0.99", 5555], "origin": "in", "verdict": "allow",
-            "state": "established", "fins": 0, "created": time.time(),
-            "last_seen": time.time(), "counts": [1, 60, 1, 60], "flows": 3,
-            "flow_timeout": 300, "rule": "test", "xlate": None, "home": None}
+    """A connection 10.0.0.99:5555 -> ``ip``:8080 the peer opened, as a
+    daemon would send it (migpeer encodes it)."""
+    return {"chain": ["fw-red", "lb-red", "nat-red"], "role": "vm", "service": 0,
+            "conn": [6, "10.0.0.99", 5555, ip, 8080, ip, 8080, "10.0.0.99", 5555],
+            "mark": 1 | MARK_IN, "label": 0, "state": "ESTABLISHED"}
 
 
 @pytest.fixture

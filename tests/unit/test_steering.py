@@ -755,9 +755,6 @@ def test_lb_a_hash_vip_is_balanced_by_the_switch_and_the_reply_undone_in_the_cli
                                  P.STAGE_FROM_VM, None)]
 
 
-@pytest.mark.xfail(strict=True, reason="flows._catchers: the LB backend catcher (ipv4_src "
-                   "and port of a backend) also takes replies of connections made to the "
-                   "backend directly, which no stage committed: +inv in the client's zone")
 def test_a_reply_of_a_direct_connection_to_a_backends_port_is_delivered():
     topo = services()
     h1 = both(topo, "h1")
@@ -767,9 +764,6 @@ def test_a_reply_of_a_direct_connection_to_a_backends_port_is_delivered():
     assert [o.port for o in h1.lookup(reply)] == [PORT["a3"]]
 
 
-@pytest.mark.xfail(strict=True, reason="flows._catchers: the DNAT catcher (every packet "
-                   "from the VM's address) sends a DNAT'd VM's replies of connections no "
-                   "policy selected into its from-VM stage, where they are +inv")
 def test_a_dnat_vm_answers_connections_no_policy_selects():
     topo = services()
     h2 = both(topo, "h2")
@@ -780,9 +774,6 @@ def test_a_dnat_vm_answers_connections_no_policy_selects():
     assert outs(h2, reply) == [(TUNNEL["h2"], None, None, VNI_A)]
 
 
-@pytest.mark.xfail(strict=True, reason="flows._catchers: the DNAT catcher (priority 64000) "
-                   "outranks the VIP's policy: a DNAT'd VM's connection to a VIP enters "
-                   "the NAT's slice, which has no load balancer")
 def test_a_dnat_vm_reaches_a_vip_through_the_vips_chain():
     topo = services()
     h2 = FakeOFTable(compute_host_flows(topo, "h2"))
