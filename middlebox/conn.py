@@ -600,15 +600,17 @@ def decode(data):
 
 
 def _records(data, slices):
-    rows = list(RECORD.iter_unpack(data))
+    conns, owners = [], []
+    add, own = conns.append, owners.append
     new, states = tuple.__new__, _STATE_OF
     try:
-        conns = [new(Conn, (p, s, sp, d, dp, rs, rsp, rd, rdp, z, m, lh << 64 | ll,
-                            states[p, st], t - 1 if t else None))
-                 for (p, st, z, s, d, sp, dp, rs, rd, rsp, rdp, m, lh, ll, t, _) in rows]
-        owners = [slices[r[15]] for r in rows]
+        for (p, st, z, s, d, sp, dp, rs, rd, rsp, rdp, m, lh, ll, t, i) \
+                in RECORD.iter_unpack(data):
+            add(new(Conn, (p, s, sp, d, dp, rs, rsp, rd, rdp, z, m, lh << 64 | ll,
+                           states[p, st], t - 1 if t else None)))
+            own(slices[i])
     except (KeyError, IndexError):
-        _bad_row(rows, len(slices))
+        _bad_row(RECORD.iter_unpack(data), len(slices))
         raise
     return conns, owners
 
