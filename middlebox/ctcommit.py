@@ -2,8 +2,8 @@
 host's switch: synthesized packets, each sent by an OpenFlow PACKET_OUT
 whose only action is a ``ct(commit)``.  Pure: this module builds bytes.
 
-What Open vSwitch 3.1's userspace conntrack makes of such packets (measured,
-docs/middlebox.md; tests/integration/test_ctcommit.py checks it):
+What Open vSwitch 3.1's userspace conntrack makes of such packets (measured;
+tests/integration/test_mb_ctcommit.py checks it):
 
 * TCP ESTABLISHED (and the closing states after it): an ACK in the original
   direction, an ACK in the reply direction, the original ACK again: the

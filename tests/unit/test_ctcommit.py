@@ -1,6 +1,6 @@
 """middlebox.ctcommit: the packets that re-create a conntrack entry, their
 ct actions and their PACKET_OUT messages.  The real switch's side is
-tests/integration/test_ctcommit.py."""
+tests/integration/test_mb_ctcommit.py."""
 
 import struct
 import time
