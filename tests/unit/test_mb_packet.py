@@ -29,8 +29,11 @@ def test_tcp_frame_fields():
 
 
 def test_tci_pcp_and_vid_with_dei_bit():
-    pkt = parse_frame(syn(), 0x2000 | 0x1000 | 4094)
-    assert (pkt.tag, pkt.stage) == (4094, 1)
+    pkt = parse_frame(syn(), 0x2000 | 0x1000 | 2047)
+    assert (pkt.tag, pkt.stage, pkt.origin_in) == (2047, 1, False)
+    # VID bit 11: a check's "the peer opened the connection"
+    pkt = parse_frame(syn(), 0x8000 | 0x1000 | 0x800 | 7)
+    assert (pkt.tag, pkt.stage, pkt.origin_in) == (7, 4, True)
 
 
 def test_udp_and_icmp_fields():

@@ -374,7 +374,7 @@ def test_vip_is_canonical():
     (("10.0.0.300:80",), "invalid VIP '10.0.0.300:80'"),
     (("10.0.0.100:80", "sctp"), "invalid protocol 'sctp': use tcp or udp"),
     (("10.0.0.100:80", "tcp", "random"),
-     "invalid algorithm 'random': use round-robin, least-connections or "
+     "invalid algorithm 'random': use hash, round-robin, least-connections or "
      "source-hash"),
     (("10.0.0.100:80", "tcp", "round-robin", ["10.0.0.11"]),
      "invalid backend '10.0.0.11': use IP:PORT"),

@@ -77,7 +77,7 @@ def test_parse_services():
                 (("10.0.0.11", 8080), ("10.0.1.1", 8080)),
                 {"health-check": "tcp", "health-interval": "0.5",
                  "health-timeout": "0.25"}),
-        VipInfo("", "lb-a", "10.0.0.100", 53, "udp", "round-robin"))
+        VipInfo("", "lb-a", "10.0.0.100", 53, "udp", "hash"))    # the default
     assert spec.policies == (
         PolicyInfo("ls-a", 100, "any", ("fw-a", "lb-a", "nat-a", "ids-a")),
         PolicyInfo("ls-a", 200, "proto=udp", ()),

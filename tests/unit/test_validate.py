@@ -172,8 +172,8 @@ def test_priority_rejects(func, value, hint):
     (validate.tier, "admin", "invalid tier 'admin': use provider or tenant"),
     (validate.middlebox_type, "router", "invalid middlebox type 'router': "
                                         "use firewall, nat, lb or ids"),
-    (validate.slice_tag, 4095, "invalid slice tag 4095: use an integer "
-                               "from 1 to 4094")])
+    (validate.slice_tag, 2048, "invalid slice tag 2048: use an integer "
+                               "from 1 to 2047")])
 def test_choices_reject(func, value, hint):
     with pytest.raises(MbxError, match=f"^{hint}$"):
         func(value)
@@ -193,7 +193,11 @@ def test_middlebox_options_are_canonical_strings():
     ({"color": "red"}, "unknown middlebox option 'color'; known options: "
                        "check, same-host, tier-order, timeout-tcp-syn,"),
     ({"check": "sometimes"}, "invalid value 'sometimes' for option check: "
-                             "use offload or every-packet"),
+                             "use offload, every-packet, every-nth or relay"),
+    ({"check-interval": "1"}, "option check-interval: use an integer from 2 to 255"),
+    ({"migration-gather": "flows"}, "option migration-gather: use datapath, "
+                                    "datapath\\+review or service"),
+    ({"migration-import": "eager"}, "option migration-import: use bulk or lazy"),
     ({"same-host": "both "}, "use both, source or destination"),
     ({"timeout-udp": "0"}, "invalid value '0' for option timeout-udp: use a "
                            "number of seconds from 1 to 65535"),
