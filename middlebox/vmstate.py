@@ -146,6 +146,8 @@ def localize(vm, records, slices, zones):
     for tag, s in slices.items():
         if any(v.name == vm for v in s.config.vms):
             by_chain[chain_of(s.config)] = s
+    if not records:
+        return []
     vm_ip = _vm_ip(slices, vm)
     vm_zone = zones.vm(vm)
     if vm_ip is None or vm_zone is None:

@@ -614,7 +614,7 @@ def test_schema_1_0_0_database_is_converted_and_keeps_its_rows(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.3.0"
+                              check=True).stdout.strip() == "1.4.0"
         assert ok(remote, "vm-list").splitlines()[1].split() == [
             "v", "old", "10.7.0.1", "02:00:00:00:00:07", "-", "3"]
         ok(remote, "mb-add", "fw", "old", "--", "fw-add", "fw", "1", "to-vm",
@@ -859,7 +859,7 @@ def test_services_load_shows_everything(services):
          "1024-65535"]]
     assert columns(ok(remote, "lb-list")) == [
         ["MIDDLEBOX", "VIP", "PROTOCOL", "ALGORITHM", "BACKENDS", "OPTIONS"],
-        ["lb-s", "10.2.0.100:80", "tcp", "round-robin",
+        ["lb-s", "10.2.0.100:80", "tcp", "hash",
          "10.2.0.11:8080=unknown, 10.3.0.1:8080=unknown",
          "health-interval=1, health-timeout=0.5"]]
     assert ok(remote, "steer-list", "ls-s").splitlines() == [
@@ -874,7 +874,7 @@ def test_services_load_shows_everything(services):
         "    middlebox ids-s (ids)",
         "        options: scan-threshold=12",
         "    middlebox lb-s (lb)",
-        "        vip 10.2.0.100:80/tcp round-robin: 10.2.0.11:8080=unknown, "
+        "        vip 10.2.0.100:80/tcp hash: 10.2.0.11:8080=unknown, "
         "10.3.0.1:8080=unknown",
         "            options: health-interval=1, health-timeout=0.5",
         "    middlebox nat-s (nat)",
@@ -1281,7 +1281,7 @@ def test_service_commands_appear_in_lists_and_show(nb):
          "10.0.0.1:8080=unknown, 10.0.0.2:8080=unknown, "
          "10.0.1.11:8080=unknown",
          "health-fall=3, health-interval=1.5, health-timeout=0.5"],
-        ["lb-a", "10.0.0.100:80", "udp", "round-robin", "-", "-"]]
+        ["lb-a", "10.0.0.100:80", "udp", "hash", "-", "-"]]
     assert ok(nb, "steer-list").splitlines()[1:] == [
         "ls-a    200       ids-a                  proto=icmp",
         "ls-a    100       fw-a,lb-a,nat-a,ids-a  any"]
@@ -1290,7 +1290,7 @@ def test_service_commands_appear_in_lists_and_show(nb):
     assert ("        options: scan-threshold=5, scan-window=30, "
             "synflood-threshold=100, synflood-window=3") in show
     assert "        dnat rule 203.0.113.7 -> 10.0.0.1" in show
-    assert "        vip 10.0.0.100:80/udp round-robin: -" in show
+    assert "        vip 10.0.0.100:80/udp hash: -" in show
 
     # status written by the controller shows in lb-list, mb-list and show
     api = MbxNb.connect(nb)
@@ -1616,7 +1616,7 @@ def test_schema_1_1_0_database_is_converted_and_keeps_its_policies(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.3.0"
+                              check=True).stdout.strip() == "1.4.0"
         assert not os.path.exists(str(db) + ".converting")
         assert ok(remote, "steer-list").splitlines() == [
             "SWITCH  PRIORITY  CHAIN   MATCH",
@@ -2085,7 +2085,7 @@ def test_schema_1_2_0_database_is_converted_and_keeps_every_row(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.3.0"
+                              check=True).stdout.strip() == "1.4.0"
         assert not os.path.exists(str(db) + ".converting")
         assert ok(remote, "host-list").splitlines()[1].split()[-1] == "-"
         assert row_count(remote, "Migration") == 0
