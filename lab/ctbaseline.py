@@ -633,7 +633,7 @@ def summarize(before, at_move, final, steps=None, settle=0.0):
     errors, gaps = {}, {}
     for name, conn in sorted(final.items()):
         kind = name.split("#")[0]
-        kinds[kind]["total"] += 1
+        kinds.setdefault(kind, {"total": 0, "survived": 0})["total"] += 1
         error = conn["error"]
         moved = at_move.get(name, conn)
         if error is None and conn["received"] <= moved["received"]:

@@ -9,8 +9,14 @@ Tenant red's switch ``ls-red`` gets one chain for its TCP traffic, firewall
 * ``fw-red`` (default deny): from a VM, any new connection; into mv only new
   TCP to 7000, into peer to 7001, into the backends to 8080.  Everything
   else only as part of a connection the firewall saw start (a SYN).
-* ``lb-red``: VIP 10.0.0.100:80, round-robin over b1, b2, b3 :8080.
-* ``nat-red``: SNAT of the subnet to 203.0.113.100 (per-host port blocks).
+* ``lb-red``: VIP 10.0.0.100:80 over b1, b2, b3 :8080 (the default
+  algorithm: the switch's select group).
+* ``nat-red``: SNAT of the subnet to 203.0.113.100 (per-host port blocks),
+  and DNAT of 203.0.113.120:7100 to mv:7000.
+
+The connections of each kind (``KINDS``): the baseline's (``fw-in``,
+``fw-out``, ``snat``, ``lb``) and ``dnat``: the lab's internet client xc
+to mv through the DNAT address (the baseline has no DNAT).
 
 ``Scenario(lab)``: ``build()`` (switch, VMs, middleboxes, servers),
 ``open(per_kind)`` (the long-lived connections, ``lab.probe conns``),
@@ -27,6 +33,10 @@ from lab.probe import Conns
 from lab.sh import LabError, wait_until
 
 CHAIN = ("fw-red", "lb-red", "nat-red")
+DNAT_IP, DNAT_PORT = "203.0.113.120", 7100
+# kind -> (client, target address, target port, the client is outside)
+KINDS = {**{k: (c, a, p, False) for k, (c, a, p) in CT.KINDS.items()},
+         "dnat": ("xc", DNAT_IP, DNAT_PORT, True)}       # the internet client
 RULES = (
     ("from-vm", 100, "proto=tcp", "allow"),
     ("to-vm", 100, "proto=tcp dst=10.0.0.10 dport=%d" % CT.FW_IN_PORT, "allow"),
@@ -58,6 +68,9 @@ class Scenario:
             *["%s:%d" % (CT.VMS[b][0], CT.BACKEND_PORT) for b in CT.BACKENDS])
         lab.mbxctl_ok("mb-add", "nat-red", CT.SWITCH, "--type", "nat")
         lab.mbxctl_ok("nat-add", "nat-red", "snat", CT.SNAT_IP)
+        lab.mbxctl_ok("nat-add", "nat-red", "dnat", DNAT_IP, CT.VMS[CT.MIGRATING_VM][0],
+                      "--protocol", "tcp", "--external-port", str(DNAT_PORT),
+                      "--logical-port", str(CT.FW_IN_PORT))
         lab.mbxctl_ok("steer-add", CT.SWITCH, "100", "proto=tcp", ",".join(CHAIN))
         for vm, (ip, host) in CT.VMS.items():
             if host not in hosts:
@@ -89,14 +102,14 @@ class Scenario:
         return probe
 
     def open(self, per_kind=3, duration=300):
-        targets = {"mv": [], "peer": []}
-        for kind, (client, addr, port) in CT.KINDS.items():
-            targets[client].append((kind, addr, port, per_kind))
-        for client, tlist in targets.items():
+        targets = {}
+        for kind, (client, addr, port, outside) in KINDS.items():
+            targets.setdefault((client, outside), []).append((kind, addr, port, per_kind))
+        for (client, outside), tlist in targets.items():
             self.probes[client] = Conns(self.lab, client, tlist,
                                         os.path.join(self.rundir, "mig-%s.json" % client),
-                                        duration=duration)
-        self.total = per_kind * len(CT.KINDS)
+                                        duration=duration, ext=outside)
+        self.total = per_kind * len(KINDS)
         try:
             wait_until(lambda: self._exchanging(10), 20, interval=0.1,
                        what="all %d connections to exchange 10 echoes" % self.total)
@@ -141,11 +154,13 @@ class Scenario:
         return CT._by_name(*finals)
 
     def translations(self, host, vm=CT.MIGRATING_VM):
-        """{VM's local port: (kind, wire address)} of its established
-        translated connections on ``host``: each one's SNAT port or backend."""
+        """{(VM's local port, peer port): (kind, wire address)} of its
+        established translated connections on ``host``: each one's SNAT
+        port, backend or DNAT address."""
         conns = json.loads(self.lab.mbxd_appctl(host, "conn/json", vm))
-        return {c["vm_port"]: (c["xlate"]["kind"], c["xlate"]["wire_vm"]
-                               if c["xlate"]["kind"] == "snat" else c["xlate"]["wire_peer"])
+        return {(c["vm_port"], c["peer_port"]): (
+                    c["xlate"]["kind"], c["xlate"]["wire_peer"] if c["xlate"]["kind"] == "lb"
+                    else c["xlate"]["wire_vm"])
                 for c in conns if c["xlate"] and c["state"] == "established"}
 
     @staticmethod

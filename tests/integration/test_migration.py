@@ -68,9 +68,9 @@ def assert_all_alive(sc, since, replies=25):
 def test_connections_survive_both_paths_both_directions_repeatedly(mig):
     lab, sc = mig
     before = fresh(sc)
-    assert len(before) == 8
+    assert len(before) == 10
     kept = sc.translations(where(lab, "mv"))
-    assert sorted(k for k, _ in kept.values()) == ["lb", "lb", "snat", "snat"]
+    assert sorted(k for k, _ in kept.values()) == ["dnat", "dnat", "lb", "lb", "snat", "snat"]
     moves = [("h2", True), ("h1", False), ("h3", True), ("h2", False), ("h1", True)]
     snap = before
     for to, notify in moves:
@@ -79,9 +79,9 @@ def test_connections_survive_both_paths_both_directions_repeatedly(mig):
         row = lab.migration_row("mv")
         assert (row["source"], row["destination"], row["status"]) == (source, to, "done")
         assert row["path"] == ("announced" if notify else "unannounced")
-        assert row["stats"]["entries"] == 8, row
+        assert row["stats"]["entries"] == 10, row
         snap = assert_all_alive(sc, snap)
-        # Each connection kept its SNAT port and its backend.
+        # Each connection kept its SNAT port, its backend, its DNAT address.
         assert sc.translations(where(lab, "mv")) == kept, (to, notify)
     # The daemon of a host mv left holds none of its connections any more.
     for host in ("h2", "h3"):
@@ -211,7 +211,7 @@ def test_without_state_migration_connections_break(mig):
         time.sleep(6.0)
         final = sc.snapshot()
         broken = {n.split("#")[0] for n, c in final.items() if c["error"]}
-        assert broken == {"fw-in", "fw-out", "snat", "lb"}, final
+        assert broken == {"fw-in", "fw-out", "snat", "lb", "dnat"}, final
     finally:
         # Nobody handled the unannounced migration: end it.
         lab.nb().migrate_abort("mv", if_exists=True).execute(check_error=True)
