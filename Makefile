@@ -4,7 +4,7 @@
 
 VENV ?= .venv
 APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
-                iputils-ping procps ethtool iperf3 tcpdump
+                iputils-ping procps ethtool iperf3 tcpdump traceroute
 
 .PHONY: demo test unit deps apt venv lab-down clean bench
 

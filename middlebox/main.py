@@ -396,7 +396,6 @@ class Daemon:
 
     # -------------------------------------------------------------- loop
     def run(self, server):
-        give_up = time.monotonic() + 5
         while not self.exiting:
             now = time.time()
             if self.conf.run():
@@ -407,7 +406,10 @@ class Daemon:
             elif self.shared.host_config is None and self.conf.synced():
                 self.shared.set_config(self.conf.config())   # settled, no slices
             self.shared.pull()          # other hosts' shared rows, if changed
-            if not self.recovered and (self.conf.synced() or time.monotonic() > give_up):
+            if not self.recovered and self.conf.synced():
+                # Only with the config: the zones in the flows are matched to
+                # their VMs by it, and a plane computed without it would
+                # drop every slice.  Until then the switch goes on alone.
                 self.config = self.conf.config()
                 self.service.configure(self.config)
                 self.recover()

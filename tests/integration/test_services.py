@@ -11,6 +11,7 @@ connections that work or not, the addresses and ports a server saw, what
 
 import json
 import re
+import signal
 import sys
 import time
 
@@ -27,6 +28,7 @@ TEAL = {"t1": ("h1", "10.2.0.11"), "t2": ("h2", "10.2.0.12"), "t3": ("h3", "10.2
 PLUM = {"p1": ("h1", "10.2.0.11"), "p2": ("h2", "10.2.0.12")}
 VIP = "10.2.0.100"
 TEAL_EXT, PLUM_EXT, DNAT_EXT = "203.0.113.100", "203.0.113.101", "203.0.113.110"
+DNAT_ALL = "203.0.113.111"          # every port (and ICMP) to t3
 SCAN_THRESHOLD = 12
 
 
@@ -56,6 +58,8 @@ def svc(lab, tmp_path_factory):
     mbxctl(lab, "mb-add", "fw-teal", "ls-teal", "--default", "deny",
            "--", "fw-add", "fw-teal", "100", "from-vm", "any", "allow",
            "--", "fw-add", "fw-teal", "100", "to-vm", "proto=tcp dport=8080", "allow",
+           "--", "fw-add", "fw-teal", "101", "to-vm", "proto=icmp", "allow",
+           "--", "fw-add", "fw-teal", "102", "to-vm", "proto=udp dport=5353", "allow",
            "--", "mb-add", "lb-teal", "ls-teal", "--type", "lb",
            "--", "mb-add", "nat-teal", "ls-teal", "--type", "nat",
            "--", "mb-add", "ids-teal", "ls-teal", "--type", "ids",
@@ -65,8 +69,10 @@ def svc(lab, tmp_path_factory):
            "--", "nat-add", "nat-teal", "snat", TEAL_EXT,
            "--", "nat-add", "nat-teal", "dnat", DNAT_EXT, "10.2.0.12", "--protocol", "tcp",
            "--external-port", "2222", "--logical-port", "8080",
+           "--", "nat-add", "nat-teal", "dnat", DNAT_ALL, "10.2.0.13",
            "--", "lb-add", "lb-teal", VIP + ":80", "--algorithm", "round-robin",
            "10.2.0.21:8080", "10.2.0.22:8080", "10.2.0.23:8080",
+           "--", "lb-add", "lb-teal", VIP + ":53", "--protocol", "udp", "10.2.0.21:5353",
            "--", "lb-set", "lb-teal", VIP + ":80", "health-interval=1",
            "health-timeout=0.5", "health-rise=2", "health-fall=2",
            "--", "steer-add", "ls-teal", "100", "any", "fw-teal,lb-teal,nat-teal,ids-teal")
@@ -159,6 +165,37 @@ def test_dnat_brings_an_outside_client_to_a_vm_through_the_firewall(svc):
     assert svc.ext_tcp_try("xc", DNAT_EXT, 2223, timeout=1.0)["ok"] == 0
 
 
+# ------------------------------------------------------------ ICMP
+
+def test_ping_and_traceroute_to_the_internet_through_snat(svc):
+    assert svc.ping("t1", L.EXT_SERVER_IP, count=3).ok
+    assert svc.ping("t2", L.EXT_SERVER_IP, count=3).ok
+    # UDP probes with rising TTLs: the router's time-exceeded, then the
+    # server's port-unreachable, each un-NATed back to the VM.
+    out = svc.exec("t1", ["traceroute", "-n", "-q", "1", "-w", "2", "-m", "4",
+                          L.EXT_SERVER_IP], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    hops = [line.split()[1] for line in out.stdout.splitlines()[1:]]
+    assert hops == [L.EXT_GATEWAY_IP, L.EXT_SERVER_IP], out.stdout
+
+
+def test_ping_from_outside_to_a_dnat_address_reaches_its_vm(svc):
+    assert svc.ext_ping("xc", DNAT_ALL, count=3).ok
+    # A DNAT rule of one TCP port maps no ICMP echo.
+    assert not svc.ext_ping("xc", DNAT_EXT, count=1).ok
+
+
+def test_icmp_error_of_a_backend_comes_back_through_the_load_balancer(svc):
+    # Nothing listens on bk1's UDP 5353: its port-unreachable reaches the
+    # client as an error of its connection to the VIP (un-DNATed inside too).
+    code = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "s.settimeout(3)\ns.connect((%r,53))\ns.send(b'x')\n"
+            "try:\n s.recv(100)\nexcept ConnectionRefusedError:\n sys.exit(0)\n"
+            "except OSError as e:\n print(e); sys.exit(1)\nsys.exit(2)" % VIP)
+    out = svc.exec("t1", [PY, "-c", code], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+
+
 # ------------------------------------------------------------ load balancer
 
 def test_vip_round_robin_over_three_hosts_and_connections_stay_pinned(svc, tmp_path):
@@ -206,7 +243,7 @@ def test_stopped_backend_is_marked_down_and_gets_no_new_connections(svc, tmp_pat
                timeout=8, what="LB_VIP.status shows bk3 down")
     took = time.monotonic() - stopped
     for host in ("h1", "h2", "h3"):
-        [vip] = appctl_json(svc, host, "lb/json")
+        [vip] = [v for v in appctl_json(svc, host, "lb/json") if v["vip"] == VIP + ":80/tcp"]
         health = {b["backend"]: b["health"] for b in vip["backends"]}
         assert health["10.2.0.23:8080"] == "down", (host, health)
     marks = {b: len(log_of(svc, b)) for b in ("bk1", "bk2")}
@@ -257,6 +294,50 @@ def test_scan_across_two_hosts_is_detected_as_one_scan(svc):
     scan_hosts = {r["host"] for r in rows if r["service"] == "ids-scan"
                   and "10.2.0.31" in r["value"]}
     assert {"h2", "h3"} <= scan_hosts
+
+
+# ------------------------------------------------------------ restart
+
+def test_mbxd_kill9_keeps_snat_connections_and_their_ports(svc, tmp_path):
+    """Nothing of a connection lives only in mbxd: no state file, and a
+    SNAT connection keeps flowing and keeps its port through a kill -9."""
+    report = str(tmp_path / "snat-restart.json")
+    client = svc.spawn("t1", [PY, "-m", "lab.probe", "client", "--to", L.EXT_SERVER_IP,
+                              "--port", "80", "--interval-ms", "20", "--duration", "12",
+                              "--out", report], report + ".log")
+
+    def received():
+        try:
+            with open(report) as f:
+                return json.load(f).get("received", 0)
+        except (OSError, ValueError):
+            return 0
+    try:
+        wait_until(lambda: received() >= 20, 10, what="the SNAT connection is up")
+        [before] = [c for c in appctl_json(svc, "h1", "conn/json", "t1")
+                    if c["xlate"] and c["xlate"]["kind"] == "snat"
+                    and c["state"] == "established"]
+        svc.mbxd_stop("h1", signal.SIGKILL)
+        start = received()
+        try:
+            wait_until(lambda: received() >= start + 30, 10, what="echoes while mbxd is down")
+        finally:
+            svc.mbxd_start("h1")
+        def seen_again():
+            try:
+                conns = json.loads(svc.mbxd_appctl("h1", "conn/json", "t1", check=False))
+            except ValueError:          # not answering yet
+                return False
+            return any(c["xlate"] == before["xlate"] for c in conns)
+        wait_until(seen_again, 15, interval=0.2, what="mbxd to see it again")
+        start = received()
+        wait_until(lambda: received() >= start + 30, 10, what="echoes after the restart")
+    finally:
+        client.wait(30)
+        svc.forget_pid(client.pid)
+    with open(report) as f:
+        assert json.load(f)["error"] is None
+    try_many(svc, "t1", L.EXT_SERVER_IP, 80, 3)
 
 
 # ------------------------------------------------------------ chain + offload
