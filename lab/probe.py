@@ -581,6 +581,7 @@ def main(argv=None):
     c.add_argument("--port", type=int, default=7000)
     c.add_argument("--interval-ms", type=float, default=10.0)
     c.add_argument("--duration", type=float, default=60.0)
+    c.add_argument("--reply-timeout", type=float, default=10.0)
     c.add_argument("--out", required=True)
     m = sub.add_parser("conns", help="many long-lived connections at once")
     m.add_argument("--target", action="append", required=True, type=_target_arg,
@@ -602,7 +603,7 @@ def main(argv=None):
     if args.mode == "try":
         return attempt(args.to, args.port, args.timeout, min(args.count, 100000))
     return client(args.to, args.port, args.interval_ms / 1000.0,
-                  args.duration, args.out)
+                  args.duration, args.out, reply_timeout=args.reply_timeout)
 
 
 def _target_arg(text):
