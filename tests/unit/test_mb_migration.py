@@ -1,21 +1,38 @@
-"""The migration manager (middlebox.migration) between two daemon cores: the
+"""The migration manager (middlebox.migration) between two daemons: the
 protocol a source and a destination speak (docs/migration.md), through fake
-channels, row writers and OpenFlow callables.  Seen from outside: messages on
-the wire, entries at the destination, flows applied, rows written."""
+channels and row writers, each daemon with its real service, zones, hold
+buffer and connection table over a simulated switch whose conntrack takes
+the packet-outs the daemon sends (tests/unit/fakeoftable.py).  Seen from
+outside: messages on the wire (framed as migchan frames them), connections
+in the destination's zones, frames written on the middlebox port, rows
+written."""
 
-import json
+import dataclasses
+import struct
 import types
 
 import pytest
-from test_mb_chain import C1, R
-from test_mb_frames import ACK, SYN, tcp_frame
-from test_mb_vmstate import FROM, PEER, TO, TO2, destination, open_connections, source
+from fakeoftable import Conntrack, FakeOFTable
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as ofparser
 
-from middlebox import migration
+from middlebox import conn as C
+from middlebox import dataplane as D
+from middlebox import main as daemon_main
+from middlebox import migchan, migration, vmstate
+from middlebox.arrivals import Arrivals
+from middlebox.config import (HostConfig, NatRuleSpec, RuleSpec, ServiceSpec, SliceConfig,
+                              VipSpec, VmSpec)
+from middlebox.conntable import ConnTable
 from middlebox.migchan import Event
 from middlebox.migration import HELLO_WAIT, STREAM_INTERVAL, MigrationManager, RowWriter
+from middlebox.packet import TCP_ACK, TCP_SYN, build_tcp, ip_int, ip_text, parse_frame
+from middlebox.service import Service
 from middlebox.vmstate import digest
+from middlebox.zones import ZoneMap
+from ryu_apps import ofmsg
 from ryu_apps import pipeline as P
+from ryu_apps.ofmodel import Flow
 
 UUID = "0c0ffee0-0000-4000-8000-000000000001"
 TOKEN = "ab" * 16
@@ -23,9 +40,23 @@ OUT = "out-" + UUID
 PEERS = {h: types.SimpleNamespace(name=h, migration_address="ssl:1.2.3.%d:6650" % i,
                                   encap_ip="192.168.0.%d" % i)
          for i, h in ((1, "h1"), (2, "h2"), (3, "h3"))}
-STRAY = tcp_frame(PEER.mac, C1.mac, PEER.ip, C1.ip, 50000, 8080, ACK, 6, 8)     # mid-connection
-ORPHAN = tcp_frame(PEER.mac, C1.mac, PEER.ip, C1.ip, 50001, 8080, ACK, 6, 8)    # no connection
 WALL = [1000.0]
+
+TAGS = {"h1": 5, "h2": 9, "h3": 11}          # one chain, its tag on each host
+CHAIN = ("fw-a", "lb-a", "nat-a")
+SNAT_UUID = "5a7e0000-0000-4000-8000-000000000001"
+SNAT_IP, OUTSIDE, VIP = "203.0.113.5", "198.51.100.10", "10.0.0.100"
+BLOCKS = {"h1": (SNAT_IP, 4096, 8191), "h2": (SNAT_IP, 8192, 12287),
+          "h3": (SNAT_IP, 12288, 16383)}
+VIP_SID = D.service_id("%s:80/tcp" % VIP)
+C1 = VmSpec("c1", "02:00:00:00:01:11", "10.0.0.11", "h1")      # the VM that moves
+A1 = VmSpec("a1", "02:00:00:00:01:12", "10.0.0.12", "h1")      # stays on h1
+B1 = VmSpec("b1", "02:00:00:00:01:21", "10.0.0.21", "h3")
+P1 = VmSpec("p1", "02:00:00:00:01:31", "10.0.0.31", "h3")
+WEB = RuleSpec(100, "from-vm", "proto=tcp dport=80", "allow", uuid="r-web")
+DNS = RuleSpec(100, "from-vm", "proto=udp dport=53", "allow", uuid="r-dns")
+APP = RuleSpec(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r-app")
+RULES = (WEB, DNS, APP)
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +67,23 @@ def wall_clock(monkeypatch):
         time=lambda: WALL[0], monotonic=lambda: WALL[0]))
 
 
+def host_config(host, c1_host="h1", rules=RULES, options=None):
+    options = dict(options or {})
+    fw = ServiceSpec("fw-a", "firewall", "deny", options=options, rules=tuple(rules))
+    lb = ServiceSpec("lb-a", "lb", "allow", vips=(
+        VipSpec("v1", VIP, 80, "tcp", "round-robin", ((B1.ip, 8080),),
+                {"health-check": "none"}),))
+    nat = ServiceSpec("nat-a", "nat", "allow", nat_rules=(
+        NatRuleSpec(SNAT_UUID, "snat", (SNAT_IP,), "10.0.0.0/24"),))
+    cfg = SliceConfig(tag=TAGS[host], middlebox="fw-a", type="firewall", tenant="t",
+                      switch="ls-a", vni=1001, default_action="deny", options=options,
+                      rules=tuple(rules),
+                      vms=(dataclasses.replace(C1, host=c1_host), A1, B1, P1),
+                      services=(fw, lb, nat), subnet="10.0.0.0/24", gateway="10.0.0.254",
+                      snat_blocks={SNAT_UUID: BLOCKS[host]})
+    return HostConfig(host, {TAGS[host]: cfg})
+
+
 def row(status="begun", path="announced", uuid=UUID, token=TOKEN, vm="c1", src="h1",
         dst="h2", wait_ms=None):
     return types.SimpleNamespace(
@@ -44,7 +92,85 @@ def row(status="begun", path="announced", uuid=UUID, token=TOKEN, vm="c1", src="
         options={} if wait_ms is None else {"wait-ms": str(wait_ms)})
 
 
+# ------------------------------------------------------------ the fakes
+
+
+def conn_of(e):
+    """A simulated conntrack entry as the Conn a dump of it gives."""
+    (src, sport, dst, dport), (rsrc, rsport, rdst, rdport) = e.orig, e.reply
+    state = ("ESTABLISHED" if e.seen_reply else "SYN_SENT") if e.proto == 6 else ""
+    return C.Conn(e.proto, ip_int(src), sport, ip_int(dst), dport, ip_int(rsrc), rsport,
+                  ip_int(rdst), rdport, e.zone, e.mark, e.label, state)
+
+
+def packet_state(frame):
+    pkt = parse_frame(frame, 0)
+    state = dict(eth_type=0x0800, ip_proto=pkt.proto, ipv4_src=ip_text(pkt.src),
+                 ipv4_dst=ip_text(pkt.dst), eth_src=pkt.eth_src, eth_dst=pkt.eth_dst)
+    if pkt.proto == 6:
+        state.update(tcp_src=pkt.sport, tcp_dst=pkt.dport, tcp_flags=pkt.tcp_flags)
+    elif pkt.proto == 17:
+        state.update(udp_src=pkt.sport, udp_dst=pkt.dport)
+    else:
+        state.update(icmpv4_type=pkt.icmp_type, icmpv4_code=pkt.icmp_code,
+                     icmp_id=struct.unpack_from("!H", frame, pkt.l4 + 4)[0])
+    return state
+
+
+def decode_packet_out(buf):
+    """(actions, frame) of one PACKET_OUT message."""
+    _, msg_type, length, _ = struct.unpack_from(ofp.OFP_HEADER_PACK_STR, buf)
+    assert msg_type == ofp.OFPT_PACKET_OUT and length == len(buf)
+    _, _, actions_len = struct.unpack_from(ofp.OFP_PACKET_OUT_PACK_STR, buf,
+                                           ofp.OFP_HEADER_SIZE)
+    offset, end = ofp.OFP_PACKET_OUT_SIZE, ofp.OFP_PACKET_OUT_SIZE + actions_len
+    actions = []
+    while offset < end:
+        action = ofparser.OFPAction.parser(buf, offset)
+        actions.append(ofmsg._from_action(action))
+        offset += action.len
+    return tuple(actions), bytes(buf[end:])
+
+
+class Switch:
+    """One host's Open vSwitch as mbxd sees it: conntrack zones it dumps and
+    flushes (the vswitch client) and packet-outs run through conntrack."""
+
+    def __init__(self):
+        self.ct = Conntrack()
+        self.packet_outs = 0
+
+    def seed(self, c):
+        nat = None
+        if c.snat is not None:
+            nat = ("src", ip_text(c.snat[0]), c.snat[1])
+        elif c.dnat is not None:
+            nat = ("dst", ip_text(c.dnat[0]), c.dnat[1])
+        e = self.ct.commit_entry(c.zone, c.proto, ip_text(c.src), c.sport, ip_text(c.dst),
+                                 c.dport, nat, c.mark, c.label)
+        e.seen_reply = c.state != "SYN_SENT"
+
+    def conns(self, zone):
+        return [conn_of(e) for e in self.ct.dump(zone)]
+
+    def dump_zone(self, zone, stats=False):
+        return "".join(C.dump_line(c, stats) + "\n" for c in self.conns(zone))
+
+    def flush_zone(self, zone):
+        for e in self.ct.dump(zone):
+            self.ct._remove(e)
+
+    def send_packet_outs(self, messages):
+        for raw in messages:
+            actions, frame = decode_packet_out(raw)
+            flows = [Flow(0, 1, (("eth_type", 0x0800),), (("apply", actions),))]
+            FakeOFTable(flows, conntrack=self.ct).trace(packet_state(frame))
+            self.packet_outs += 1
+
+
 class Chan:
+    """The TLS channel: messages framed and read back as migchan does."""
+
     def __init__(self):
         self.sent, self.closed, self.connects = [], [], []
 
@@ -52,7 +178,9 @@ class Chan:
         self.connects.append((sid, address, peer_host))
 
     def send(self, sid, message):
-        self.sent.append((sid, json.loads(json.dumps(message))))   # as on the wire
+        frame = migchan.encode(message)
+        [received] = migchan.Decoder().feed(frame)
+        self.sent.append((sid, received, len(frame)))
 
     def close(self, sid):
         self.closed.append(sid)
@@ -62,7 +190,7 @@ class Chan:
 
     def take(self):
         out, self.sent = self.sent, []
-        return [m for _, m in out]
+        return [(m, n) for _, m, n in out]
 
 
 class Writer:
@@ -89,49 +217,190 @@ class Writer:
 
 
 class Node:
-    """One daemon: core, manager, fake channel/writer/OpenFlow."""
+    """One mbxd: its real service, zones, hold buffer, connection table and
+    migration manager; the switch, channel and config DB writer are fakes.
+    Results, barriers and zones are carried out by the daemon's own code
+    (middlebox.main.Daemon)."""
 
-    def __init__(self, host, core):
-        self.core, self.chan, self.writer = core, Chan(), Writer()
-        self.applied, self.barriers, self.results = [], [], []
-        self.mgr = MigrationManager(host, core, self.chan, self.writer,
-                                    apply=lambda add, dele: self.applied.append((add, dele)),
-                                    barrier=self._barrier, dump=lambda tags: 77,
-                                    send=self.results.extend)
+    send_results = daemon_main.Daemon.send_results
+    wanted_zones = daemon_main.Daemon.wanted_zones
+    barrier_done = daemon_main.Daemon._barrier
 
-    def _barrier(self):
+    def __init__(self, host, config=None):
+        self.host = host
+        self.args = types.SimpleNamespace(host=host)
+        self.zones = ZoneMap(first=10 * TAGS[host])
+        self.service = Service(host, zone_of=self.zones.vm)
+        self.arrivals = Arrivals()
+        self.service.arrivals = self.arrivals
+        self.switch = Switch()
+        self.conns = ConnTable(self.switch, self.zones)
+        self.of = self.port = self
+        self.frames = []                # written on the middlebox port
+        self.barriers = []
+        self._after = {}
+        self.chan, self.writer = Chan(), Writer()
+        self.migrations = self.mgr = MigrationManager(host, self, self.chan, self.writer,
+                                                      clock=lambda: WALL[0])
+        self.dirty = False
+        self.configure(config or host_config(host))
+
+    # the daemon's I/O, as the manager and main.Daemon use it
+    def configure(self, config):
+        self.config = config
+        self.service.configure(config)
+        self.replan()
+
+    def replan(self):
+        new, released = self.zones.update(self.wanted_zones())
+        for zone in list(new.values()) + list(released.values()):
+            self.switch.flush_zone(zone)
+        self.dirty = False
+
+    def replan_soon(self):
+        self.dirty = True
+
+    def send_packet_outs(self, messages):
+        self.switch.send_packet_outs(messages)
+
+    def barrier(self):
         self.barriers.append(100 + len(self.barriers))
         return self.barriers[-1]
 
-    def conns(self):
-        return self.core.conn_list("c1")
+    def send(self, frame, tci):
+        self.frames.append((frame, tci))
+
+    # the daemon's loop
+    def loop(self, now):
+        if self.dirty or self.arrivals.changed():
+            self.replan()
+        for vm in self.arrivals.due(WALL[0]):
+            self.mgr.fallback(vm, now)
+        self.mgr.run(now)
+        if self.dirty:
+            self.replan()
+
+    def handle(self, frame, tci):
+        """A frame from the switch to the service, carried out."""
+        res = self.service.handle_frame(frame, tci, WALL[0])
+        self.send_results([res])
+        return res.verdict
+
+    # what a test looks at
+    def vm_conns(self, vm="c1"):
+        zone = self.zones.vm(vm)
+        return [] if zone is None else self.switch.conns(zone)
+
+    def snat_conns(self):
+        zone = self.zones.get(("snat", SNAT_UUID))
+        return [] if zone is None else self.switch.conns(zone)
 
     def deliver(self, messages, sid="in-1", peer="h1", now=10.0):
         for m in messages:
-            self.mgr.on_event(Event("message", sid, peer, m, None, len(json.dumps(m))), now)
+            m, size = m if isinstance(m, tuple) else (m, 100)
+            self.mgr.on_event(Event("message", sid, peer, m, None, size), now)
 
     def accept(self, sid="in-1", peer="h1", now=10.0):
         self.mgr.on_event(Event("accepted", sid, peer, None, None, None), now)
 
-    def nacks(self):
-        return [m["error"] for _, m in self.chan.sent if m["type"] == "nack"]
+    def sent_messages(self):
+        return [m for _, m, _ in self.chan.sent]
 
-    def added(self):
-        return [f for add, _ in self.applied for f in add]
+    def nacks(self):
+        return [m["error"] for m in self.sent_messages() if m["type"] == "nack"]
+
+
+def tcp(src, sport, dst, dport, reply=None, mark=0, label=0, proto=6, zone=0):
+    rsrc, rsport, rdst, rdport = reply or (dst, dport, src, sport)
+    return C.Conn(proto, ip_int(src), sport, ip_int(dst), dport, ip_int(rsrc), rsport,
+                  ip_int(rdst), rdport, zone, mark, label, "ESTABLISHED" if proto == 6 else "")
+
+
+# c1's connections on h1: to the VIP (b1), to the internet (SNAT, port 4100
+# of h1's block), one p1 opened, a UDP stream; and a1's, which stays.
+def c1_connections(tag=TAGS["h1"]):
+    return {
+        "lb": tcp(C1.ip, 40000, VIP, 80, (B1.ip, 8080, C1.ip, 40000),
+                  mark=tag | D.MARK_SERVICE,
+                  label=D.rule_id(WEB) | VIP_SID << D.LABEL_SERVICE_OFS),
+        "out": tcp(C1.ip, 40001, OUTSIDE, 80, label=D.rule_id(WEB), mark=tag),
+        "in": tcp(P1.ip, 50000, C1.ip, 8080, mark=tag | D.MARK_IN, label=D.rule_id(APP)),
+        "udp": tcp(C1.ip, 5353, P1.ip, 53, proto=17, mark=tag, label=D.rule_id(DNS)),
+    }
+
+
+OUT_SNAT = tcp(C1.ip, 40001, OUTSIDE, 80, (OUTSIDE, 80, SNAT_IP, 4100), mark=TAGS["h1"],
+               label=D.service_id(SNAT_UUID) << D.LABEL_SERVICE_OFS)
+A1_OUT = tcp(A1.ip, 41000, OUTSIDE, 80, mark=TAGS["h1"], label=D.rule_id(WEB))
+# Frames of c1's connections, as the switch hands them to the service.
+STRAY = build_tcp(P1.mac, C1.mac, ip_int(P1.ip), ip_int(C1.ip), 50000, 8080, 6, 8, TCP_ACK)
+ORPHAN = build_tcp(P1.mac, C1.mac, ip_int(P1.ip), ip_int(C1.ip), 50001, 8080, 6, 8, TCP_ACK)
+TO2 = TAGS["h2"] | P.STAGE_TO_VM << 13
+
+
+def source(options=None, connections=None):
+    node = Node("h1", host_config("h1", options=options))
+    zone, snat_zone = node.zones.vm("c1"), node.zones.get(("snat", SNAT_UUID))
+    for c in (connections or c1_connections()).values():
+        node.switch.seed(c._replace(zone=zone))
+    node.switch.seed(OUT_SNAT._replace(zone=snat_zone))
+    node.switch.seed(A1_OUT._replace(zone=node.zones.vm("a1")))
+    return node
+
+
+def destination(options=None):
+    return Node("h2", host_config("h2", options=options))
+
+
+def same(conns):
+    """Connections as any host has them: tuples, translation, origin and
+    service bits, rule, state (not this host's zone, tag or counters)."""
+    return sorted((c[:9], c.mark & ~D.MARK_TAG_MASK, c.label, c.state) for c in conns)
+
+
+def records_of(node, vm="c1"):
+    """The records a datapath gather of ``vm`` at ``node`` gives."""
+    snat = {SNAT_UUID: node.snat_conns()}
+    return vmstate.gather(vm, node.service.slices, node.vm_conns(vm), snat)
+
+
+def transfer(records, uuid=UUID, token=TOKEN, vm="c1"):
+    """A source's messages for ``records``: hello, snapshot, final."""
+    return [{"type": "hello", "version": migration.PROTOCOL_VERSION, "migration": uuid,
+             "token": token, "vm": vm, "source": "h1", "destination": "h2"},
+            {"type": "state", "migration": uuid, "seq": 1, "kind": "snapshot",
+             "data": C.encode([c for _, c in records], [s for s, _ in records]),
+             "removed": []},
+            {"type": "final", "migration": uuid, "seq": 2, "count": len(records),
+             "digest": digest(records)}]
+
+
+def decoded(message):
+    """The records a state message carries."""
+    if "data" not in message:
+        return []
+    conns, slices = C.decode(message["data"])
+    return list(zip(slices, conns))
 
 
 class Pair:
-    """h1 (source, c1 runs there with 3 connections) and h2 (destination)."""
+    """h1 (source, c1 runs there) and h2 (destination)."""
 
-    def __init__(self, dst_core=None):
-        self.src = Node("h1", source())
-        self.conns, _ = open_connections(self.src.core)
-        self.dst = Node("h2", dst_core or destination())
+    def __init__(self, src=None, dst=None):
+        self.src = src or source()
+        self.dst = dst or destination()
         self.now = 10.0
 
     def set_rows(self, *rows):
         for n in (self.src, self.dst):
             n.mgr.set_rows(list(rows), PEERS, self.now)
+            n.loop(self.now)
+
+    def moved(self, host="h2"):
+        """c1's port is bound at ``host`` now (the controller's config)."""
+        for n in (self.src, self.dst):
+            n.configure(host_config(n.host, c1_host=host, options=n.config.slices[
+                TAGS[n.host]].options))
 
     def connect(self):
         assert self.src.chan.connects == [(OUT, "ssl:1.2.3.2:6650", "h2")]
@@ -141,34 +410,26 @@ class Pair:
     def to_dst(self):
         msgs = self.src.chan.take()
         self.dst.deliver(msgs, now=self.now)
-        return msgs
+        self.dst.loop(self.now)
+        return [m for m, _ in msgs]
 
     def to_src(self):
         msgs = self.dst.chan.take()
-        for m in msgs:
-            self.src.mgr.on_event(Event("message", OUT, "h2", m, None, 10), self.now)
-        return msgs
+        for m, size in msgs:
+            self.src.mgr.on_event(Event("message", OUT, "h2", m, None, size), self.now)
+        self.src.loop(self.now)
+        return [m for m, _ in msgs]
 
     def run(self, dt=0.0):
         self.now += dt
         for n in (self.src, self.dst):
-            n.mgr.run(self.now)
+            n.loop(self.now)
 
-
-def transfer(records, uuid=UUID, token=TOKEN, vm="c1"):
-    """A source's messages for ``records``: hello, snapshot, final."""
-    return [{"type": "hello", "version": migration.PROTOCOL_VERSION, "migration": uuid, "token": token, "vm": vm,
-             "source": "h1", "destination": "h2"},
-            {"type": "state", "migration": uuid, "seq": 1, "kind": "snapshot",
-             "records": records, "removed": []},
-            {"type": "final", "migration": uuid, "seq": 2, "count": len(records),
-             "digest": digest(records)}]
-
-
-def gathered():
-    core = source()
-    open_connections(core)
-    return json.loads(json.dumps(core.gather("c1")))
+    def imported(self):
+        """Barrier of the destination's import taken: it acknowledges."""
+        [xid] = self.dst.barriers
+        self.dst.barrier_done(xid)
+        self.dst.loop(self.now)
 
 
 # ------------------------------------------------------------ announced
@@ -176,64 +437,73 @@ def gathered():
 
 def test_announced_migration_streams_then_imports_whole_and_the_source_releases():
     p = Pair()
+    before = same(p.src.vm_conns())
     p.set_rows(row("begun"))
     p.connect()
     hello, snap = p.to_dst()
     assert hello["type"] == "hello" and hello["token"] == TOKEN and hello["vm"] == "c1"
-    assert snap["kind"] == "snapshot" and snap["seq"] == 1 and len(snap["records"]) == 3
+    assert snap["kind"] == "snapshot" and snap["seq"] == 1 and len(decoded(snap)) == 5
+    assert vmstate.count_connections(decoded(snap)) == 4
     assert p.src.writer.writes[-1]["status"] == "streaming"
     assert p.src.writer.writes[-1]["from_statuses"] == ("begun",)
     assert "snapshot" in p.src.writer.merged("timeline")
-    # A new connection while the VM runs at the source reaches h2 as a change.
-    res = p.src.core.handle_frame(tcp_frame(C1.mac, R, C1.ip, "10.1.0.22", 40500, 8080,
-                                            SYN, 1), FROM, 2.0)
-    assert res.verdict == "allow"
+    # A new connection and a closed one while the VM runs at the source
+    # reach h2 as changes.
+    zone = p.src.zones.vm("c1")
+    p.src.switch.seed(tcp(C1.ip, 40500, P1.ip, 80, mark=TAGS["h1"], zone=zone))
+    gone = next(e for e in p.src.switch.ct.dump(zone) if e.proto == 17)
+    p.src.switch.ct._remove(gone)
     p.run(STREAM_INTERVAL / 2)
     assert p.src.chan.sent == []
     p.run(STREAM_INTERVAL)
     [changes] = p.to_dst()
     assert changes["kind"] == "changes" and changes["seq"] == 2
-    assert [r["conn"][2] for r in changes["records"]] == [40500]
-    assert p.dst.conns() == [] and p.dst.applied == []      # staged, not imported
+    assert [c.sport for _, c in decoded(changes)] == [40500]
+    assert [r[3:] for r in changes["removed"]] == [[17, ip_int(C1.ip), 5353, ip_int(P1.ip), 53]]
+    assert p.dst.vm_conns() == [] and p.dst.switch.packet_outs == 0   # staged, not imported
     # Stunned: the last round and the final.
     p.set_rows(row("stunned"))
     p.run()
     [final] = p.to_dst()
-    assert final["type"] == "final" and final["seq"] == 3 and final["count"] == 4
-    assert len(p.dst.conns()) == 4
+    assert final["type"] == "final" and final["seq"] == 3 and final["count"] == 5
+    moved = [c for c in before if c[0][2] != 5353] + same([tcp(C1.ip, 40500, P1.ip, 80)])
+    assert same(p.dst.vm_conns()) == sorted(moved)
+    assert {c.mark & D.MARK_TAG_MASK for c in p.dst.vm_conns()} == {TAGS["h2"]}
+    # The SNAT translation lands in h2's SNAT zone with h1's port.
+    assert same(p.dst.snat_conns()) == same([OUT_SNAT])
     assert p.dst.barriers == [100] and p.dst.chan.sent == []    # no ack before the barrier
     assert p.dst.writer.writes == []
-    flows = len(p.dst.added())
-    assert flows > 0
-    assert p.dst.mgr.on_barrier(100, p.now)
+    commits = p.dst.switch.packet_outs
+    p.imported()
     [ack] = p.to_src()
-    assert ack == {"type": "ack", "migration": UUID, "entries": 4, "flows": flows}
+    assert ack == {"type": "ack", "migration": UUID, "entries": 4, "commits": commits}
     [w] = p.dst.writer.writes
     assert w["status"] == "imported" and w["outcome"] is None
-    assert w["stats"]["entries"] == 4 and w["stats"]["flows"] == flows
+    assert w["stats"]["entries"] == 4 and w["stats"]["flows"] == commits
     assert "imported" in w["timeline"]
-    # The source: acked, still serving until the row is done.
+    # The source: acked, still holding c1's state until the row is done.
     assert "acked" in p.src.writer.merged("timeline")
     assert p.src.writer.merged("stats")["bytes"] == 4321
-    assert OUT in p.src.chan.closed and len(p.src.conns()) == 4
-    assert p.src.core.handle_frame(STRAY, TO, 3.0).verdict == "allow"
-    p.src.applied.clear()
+    assert OUT in p.src.chan.closed and len(p.src.vm_conns()) == 4
+    p.moved()
+    assert len(p.src.vm_conns()) == 4
     p.set_rows(row("done"))
-    assert p.src.conns() == []
-    [(add, delete)] = p.src.applied
-    assert [f.table for f in add] == [P.EXTERNAL_CACHE.table_id]       # SNAT forwarder
-    assert delete and "cleaned" in p.src.writer.merged("timeline")
+    assert p.src.vm_conns() == [] and p.src.zones.vm("c1") is None
+    assert "cleaned" in p.src.writer.merged("timeline")
+    # a1 never moved.
+    assert same(p.src.vm_conns("a1")) == same([A1_OUT])
 
 
 def test_done_before_the_ack_waits_for_the_ttl():
     p = Pair()
     p.set_rows(row("begun"))
     p.connect()
+    p.moved()
     p.set_rows(row("done"))
     p.run(1.0)
-    assert len(p.src.conns()) == 3
+    assert len(p.src.vm_conns()) == 4
     p.run(migration.DEFAULT_TTL)
-    assert p.src.conns() == []
+    assert p.src.vm_conns() == [] and p.src.mgr.counters["cleaned"] == 1
 
 
 # ------------------------------------------------------------ unannounced
@@ -241,24 +511,25 @@ def test_done_before_the_ack_waits_for_the_ttl():
 
 def test_unannounced_sends_everything_at_once_and_releases_held_frames():
     p = Pair()
-    assert p.dst.core.handle_frame(STRAY, TO2, WALL[0]).verdict == "held"
     p.set_rows(row("begun", path="unannounced"))
+    assert p.dst.handle(STRAY, TO2) == "held"
     p.connect()
     msgs = p.to_dst()
     assert [m["type"] for m in msgs] == ["hello", "state", "final"]
     assert not any(w["status"] for w in p.src.writer.writes)   # the row stays begun
-    assert p.dst.results == []                                  # held until the barrier
-    p.dst.mgr.on_barrier(p.dst.barriers[0], p.now)
-    [res] = p.dst.results
-    assert res.verdict == "allow" and res.out[0][0] == STRAY
+    assert p.dst.frames == []                                   # held until the barrier
+    p.imported()
+    assert p.dst.frames == [(STRAY, TO2)]
+    assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
     [w] = p.dst.writer.writes
-    assert w["status"] == "done" and w["outcome"] == "ok: 3 connections"
+    assert w["status"] == "done" and w["outcome"] == "ok: 4 connections"
     assert w["stats"]["buffered"] == 1 and {"imported", "done"} <= set(w["timeline"])
+    p.moved()
     p.to_src()
-    assert p.src.conns() == [] and "cleaned" in p.src.writer.merged("timeline")
+    assert p.src.vm_conns() == [] and "cleaned" in p.src.writer.merged("timeline")
     # The replica still shows the row begun (our write in flight): no new hold.
     p.set_rows(row("begun", path="unannounced"))
-    assert p.dst.core.handle_frame(ORPHAN, TO2, WALL[0]).verdict == "invalid"
+    assert p.dst.handle(ORPHAN, TO2) == "invalid"
     WALL[0] += 10
     p.run()
     assert p.dst.mgr.counters["fallbacks"] == 0 and len(p.dst.writer.writes) == 1
@@ -267,32 +538,60 @@ def test_unannounced_sends_everything_at_once_and_releases_held_frames():
 # ------------------------------------------------------------ rejections
 
 
-def _tamper_vm(msgs):
-    snap = msgs[1]["records"]
-    snap[0]["vm"] = "b1"
-    msgs[2]["digest"] = digest(snap)
+def _with_record(msgs, record):
+    records = decoded(msgs[1]) + [record]
+    msgs[1]["data"] = C.encode([c for _, c in records], [s for s, _ in records])
+    msgs[2].update(count=len(records), digest=digest(records))
+
+
+def _another_vms(msgs):
+    b1 = tcp(B1.ip, 40000, OUTSIDE, 80, mark=TAGS["h1"])
+    _with_record(msgs, (C.Slice(CHAIN, "vm", 0), b1))
+
+
+def _another_chain(msgs):
+    _with_record(msgs, (C.Slice(("fw-b",), "vm", 0), decoded(msgs[1])[0][1]))
+
+
+def _flip(msgs, at):
+    data = bytearray(msgs[1]["data"])
+    data[at] ^= 0xFF
+    msgs[1]["data"] = bytes(data)
 
 
 REJECTIONS = {
     "wrong peer": ({"peer": "h3"}, None, "is not the source h1"),
     "wrong token": ({"token": "cd" * 16}, None, "wrong token"),
+    "not here": ({"dst": "h3"}, None, "goes to h3, not here"),
     "not active": ({"status": "done"}, None, "a replayed or late transfer"),
-    "another vm": ({}, _tamper_vm, "is for VM 'b1'"),
+    "old protocol": ({}, lambda m: m[0].update(version=2), "protocol version 2"),
+    "wrong vm": ({}, lambda m: m[0].update(vm="a1"), "wrong token or VM"),
+    "another vm": ({}, _another_vms, "VM b1's connection, not of VM c1"),
+    "another chain": ({}, _another_chain, "chain fw-b, which VM c1 is not in here"),
     "bad digest": ({}, lambda m: m[2].update(digest="0" * 64), "corrupt transfer"),
     "bad count": ({}, lambda m: m[2].update(count=2), "corrupt transfer"),
+    "bad records": ({}, lambda m: _flip(m, 0), "bad records in message 1: bad magic"),
+    "bad protocol": ({}, lambda m: _flip(m, -54), "bad records in message 1"),
+    "cut records": ({}, lambda m: m[1].update(data=m[1]["data"][:-3]),
+                    "bad records in message 1"),
+    "bad removal": ({}, lambda m: m[1].update(removed=[["fw-a"]]), "malformed removal"),
+    "no removals": ({}, lambda m: m[1].pop("removed"), "malformed state message 1"),
     "out of order": ({}, lambda m: m[2].update(seq=3), "out of order"),
     "no seq": ({}, lambda m: m[1].pop("seq"), "without a sequence number"),
     "not a hello": ({}, lambda m: m.pop(0), "expected hello"),
     "other migration": ({}, lambda m: m[1].update(migration="x"), "another migration"),
+    "unknown message": ({}, lambda m: m[2].update(type="commit"), "unexpected message"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(REJECTIONS))
 def test_a_bad_transfer_is_refused_whole(case):
     opts, tamper, why = REJECTIONS[case]
-    dst = Node("h2", destination())
-    dst.mgr.set_rows([row(opts.get("status", "begun"))], PEERS, 10.0)
-    msgs = transfer(gathered(), token=opts.get("token", TOKEN))
+    dst = destination()
+    dst.mgr.set_rows([row(opts.get("status", "begun"), dst=opts.get("dst", "h2"))], PEERS,
+                     10.0)
+    dst.loop(10.0)
+    msgs = transfer(records_of(source()), token=opts.get("token", TOKEN))
     if tamper:
         tamper(msgs)
     dst.accept(peer=opts.get("peer", "h1"))
@@ -300,14 +599,15 @@ def test_a_bad_transfer_is_refused_whole(case):
     [error] = dst.nacks()
     assert why in error
     assert dst.chan.closed == ["in-1"]
-    assert dst.conns() == [] and dst.applied == [] and dst.barriers == []
+    assert dst.vm_conns() == [] and dst.snat_conns() == []
+    assert dst.switch.packet_outs == 0 and dst.barriers == []
     assert dst.writer.writes == [] and dst.mgr.counters["rejected"] == 1
 
 
 def test_a_second_transfer_of_the_same_migration_is_a_replay():
-    dst = Node("h2", destination())
+    dst = destination()
     dst.mgr.set_rows([row()], PEERS, 10.0)
-    msgs = transfer(gathered())
+    msgs = transfer(records_of(source()))
     dst.accept()
     dst.deliver(msgs[:2])
     dst.mgr.on_event(Event("closed", "in-1", "h1", None, "eof", None), 10.0)   # truncated
@@ -315,53 +615,58 @@ def test_a_second_transfer_of_the_same_migration_is_a_replay():
     dst.deliver(msgs, sid="in-2")
     [error] = dst.nacks()
     assert "already received" in error and dst.chan.closed == ["in-2"]
-    assert dst.conns() == [] and dst.applied == [] and dst.mgr.counters["rejected"] == 2
+    assert dst.vm_conns() == [] and dst.switch.packet_outs == 0
+    assert dst.mgr.counters["rejected"] == 2
 
 
 def test_a_hello_before_its_row_waits_then_is_refused():
-    dst = Node("h2", destination())
+    dst = destination()
     dst.accept()
-    dst.deliver(transfer(gathered()))
+    dst.deliver(transfer(records_of(source())))
     [t] = dst.mgr.listing()["transfers"]
     assert t["state"] == "waiting" and dst.chan.sent == []
-    dst.mgr.run(10.0 + HELLO_WAIT - 0.1)
+    dst.loop(10.0 + HELLO_WAIT - 0.1)
     assert dst.nacks() == []
-    dst.mgr.run(10.0 + HELLO_WAIT)
+    dst.loop(10.0 + HELLO_WAIT)
     [error] = dst.nacks()
-    assert "unknown migration" in error and dst.conns() == [] and dst.barriers == []
+    assert "unknown migration" in error and dst.vm_conns() == [] and dst.barriers == []
 
 
 def test_a_hello_whose_row_arrives_in_time_proceeds():
-    dst = Node("h2", destination())
+    dst = destination()
     dst.accept()
-    dst.deliver(transfer(gathered()))
+    dst.deliver(transfer(records_of(source())))
     dst.mgr.set_rows([row()], PEERS, 11.0)
-    dst.mgr.run(11.0)
-    assert dst.barriers == [100] and len(dst.conns()) == 3      # pending messages replayed
-    dst.mgr.on_barrier(100, 11.0)
-    assert [m["type"] for _, m in dst.chan.sent] == ["ack"]
+    dst.loop(11.0)
+    assert dst.barriers == [100] and len(dst.vm_conns()) == 4  # pending messages replayed
+    dst.barrier_done(100)
+    assert [m["type"] for m in dst.sent_messages()] == ["ack"]
 
 
 # ------------------------------------------------------------ duplicates, truncation
 
 
 def test_a_duplicate_changes_nothing_and_a_late_message_is_ignored():
-    dst = Node("h2", destination())
+    dst = destination()
     dst.mgr.set_rows([row()], PEERS, 10.0)
-    records = gathered()
+    records = records_of(source())
+    udp = next(r for r in records if r[1].proto == 17)
+    rest = [r for r in records if r is not udp]
     hello, snap, final = transfer(records)
     dropped = {"type": "state", "migration": UUID, "seq": 2, "kind": "changes",
-               "records": [], "removed": [records[0]["conn"] + [records[0]["chain"]]]}
-    final.update(seq=3, count=2, digest=digest(records[1:]))
+               "removed": [[list(udp[0].chain), udp[0].role, udp[0].service]
+                           + list(udp[1].key)]}
+    final.update(seq=3, count=len(rest), digest=digest(rest))
     dst.accept()
     dst.deliver([hello, snap, dropped, snap, dropped, final])   # snap again would re-add
-    assert dst.nacks() == [] and len(dst.conns()) == 2
-    dst.mgr.on_barrier(100, 10.0)
-    before = (len(dst.chan.sent), len(dst.applied), len(dst.writer.writes))
+    assert dst.nacks() == [] and len(dst.vm_conns()) == 3
+    assert 17 not in {c.proto for c in dst.vm_conns()}
+    dst.barrier_done(100)
+    before = (len(dst.chan.sent), dst.switch.packet_outs, len(dst.writer.writes))
     late = dict(final, seq=4)
     dst.deliver([snap, late, dict(dropped, seq=5, removed=[])])
-    assert (len(dst.chan.sent), len(dst.applied), len(dst.writer.writes)) == before
-    assert len(dst.conns()) == 2 and dst.barriers == [100]
+    assert (len(dst.chan.sent), dst.switch.packet_outs, len(dst.writer.writes)) == before
+    assert len(dst.vm_conns()) == 3 and dst.barriers == [100]
 
 
 def test_a_late_ack_at_the_source_changes_nothing():
@@ -369,7 +674,7 @@ def test_a_late_ack_at_the_source_changes_nothing():
     p.set_rows(row("begun", path="unannounced"))
     p.connect()
     p.to_dst()
-    p.dst.mgr.on_barrier(100, p.now)
+    p.imported()
     [ack] = p.to_src()
     writes = len(p.src.writer.writes)
     p.src.mgr.on_event(Event("message", OUT, "h2", ack, None, 10), p.now)
@@ -378,12 +683,12 @@ def test_a_late_ack_at_the_source_changes_nothing():
 
 
 def test_a_truncated_transfer_imports_nothing():
-    dst = Node("h2", destination())
+    dst = destination()
     dst.mgr.set_rows([row()], PEERS, 10.0)
     dst.accept()
-    dst.deliver(transfer(gathered())[:2])
+    dst.deliver(transfer(records_of(source()))[:2])
     dst.mgr.on_event(Event("closed", "in-1", "h1", None, "eof", None), 10.0)
-    assert dst.conns() == [] and dst.applied == [] and dst.barriers == []
+    assert dst.vm_conns() == [] and dst.switch.packet_outs == 0 and dst.barriers == []
     assert dst.mgr.counters["rejected"] == 1 and dst.mgr.listing()["transfers"] == []
 
 
@@ -398,6 +703,7 @@ def test_a_truncated_transfer_imports_nothing():
 ])
 def test_losing_the_destination_aborts_and_the_source_keeps_the_vm(event, why):
     p = Pair()
+    before = same(p.src.vm_conns())
     p.set_rows(row("begun"))
     p.connect()
     p.src.mgr.on_event(event, p.now)
@@ -407,8 +713,7 @@ def test_losing_the_destination_aborts_and_the_source_keeps_the_vm(event, why):
     assert OUT in p.src.chan.closed
     p.set_rows(row("aborted"))
     p.run(migration.DEFAULT_TTL + 1)
-    assert len(p.src.conns()) == 3 and p.src.applied == []
-    assert p.src.core.handle_frame(STRAY, TO, 3.0).verdict == "allow"
+    assert same(p.src.vm_conns()) == before and p.src.mgr.forwarders() == ()
 
 
 def test_a_destination_with_the_wrong_certificate_gets_nothing():
@@ -425,7 +730,7 @@ def test_an_unannounced_failure_writes_no_abort():
     p.connect()
     p.src.mgr.on_event(Event("closed", OUT, "h2", None, "eof", None), p.now)
     assert p.src.writer.statuses() == [] and p.src.mgr.counters["aborted"] == 1
-    assert len(p.src.conns()) == 3
+    assert len(p.src.vm_conns()) == 4
 
 
 def test_an_abort_while_connecting_sends_nothing():
@@ -437,28 +742,45 @@ def test_an_abort_while_connecting_sends_nothing():
     assert p.src.chan.sent == [] and p.src.writer.writes == []
 
 
+def test_a_destination_without_a_migration_address_yet_is_waited_for():
+    p = Pair()
+    no_address = dict(PEERS, h2=types.SimpleNamespace(name="h2", migration_address=[],
+                                                      encap_ip="192.168.0.2"))
+    p.src.mgr.set_rows([row("begun")], no_address, p.now)
+    assert p.src.chan.connects == []
+    p.src.mgr.set_rows([row("begun")], PEERS, p.now)
+    p.run(0.1)
+    assert p.src.chan.connects == [(OUT, "ssl:1.2.3.2:6650", "h2")]
+    q = Pair()
+    q.src.mgr.set_rows([row("begun")], no_address, q.now)
+    q.run(HELLO_WAIT + 0.1)
+    assert "no migration address known" in q.src.writer.outcomes()[0]
+
+
 # ------------------------------------------------------------ fallback
 
 
 def test_no_state_within_wait_ms_falls_back_to_the_rules():
-    dst = Node("h2", destination())
+    dst = destination()
     dst.mgr.set_rows([row("begun", path="unannounced", wait_ms=100)], PEERS, 10.0)
-    assert dst.core.handle_frame(STRAY, TO2, WALL[0]).verdict == "held"
+    dst.loop(10.0)
+    assert dst.handle(STRAY, TO2) == "held"
     WALL[0] += 0.05
-    dst.mgr.run(10.05)
-    assert dst.results == [] and dst.writer.writes == []
+    dst.loop(10.05)
+    assert dst.frames == [] and dst.writer.writes == []
     WALL[0] = 1000.0 + 0.1                  # the deadline: begun + wait-ms
-    dst.mgr.run(10.1)
-    assert [r.verdict for r in dst.results] == ["invalid"]
+    dst.loop(10.1)
+    assert dst.frames == []                 # the held packet was dropped
     [w] = dst.writer.writes
     assert w["status"] == "fallback" and w["from_statuses"] == ("begun", "streaming", "stunned")
     assert w["outcome"].startswith("fallback: no state from h1 within 100 ms")
-    assert w["stats"] == {"buffered": 1} and "fallback" in w["timeline"]
+    assert "fallback" in w["timeline"]
     # Our write still in flight: the row is begun in the replica; no second hold.
     dst.mgr.set_rows([row("begun", path="unannounced", wait_ms=100)], PEERS, 10.2)
-    assert dst.core.handle_frame(STRAY, TO2, WALL[0]).verdict == "invalid"
+    dst.loop(10.2)
+    assert dst.handle(STRAY, TO2) == "invalid"
     WALL[0] += 1
-    dst.mgr.run(11.2)
+    dst.loop(11.2)
     assert len(dst.writer.writes) == 1 and dst.mgr.counters["fallbacks"] == 1
 
 
@@ -500,29 +822,210 @@ def test_row_writer_guards_statuses_and_mutates_map_keys():
 
 
 def test_a_large_snapshot_goes_in_parts_and_imports_whole(monkeypatch):
-    monkeypatch.setattr(migration, "SNAPSHOT_PART", 1)
+    monkeypatch.setattr(migration, "SNAPSHOT_PART", 2)
     p = Pair()
     p.set_rows(row("begun", path="unannounced"))
     p.connect()
     msgs = p.to_dst()
     states = [m for m in msgs if m["type"] == "state"]
-    assert [(m["seq"], m["kind"], len(m["records"])) for m in states] == [
-        (1, "snapshot", 1), (2, "changes", 1), (3, "changes", 1)]
+    assert [(m["seq"], m["kind"], len(decoded(m))) for m in states] == [
+        (1, "snapshot", 2), (2, "changes", 2), (3, "changes", 1)]
     assert msgs[-1]["type"] == "final" and msgs[-1]["seq"] == 4
-    p.dst.mgr.on_barrier(p.dst.barriers[0], p.now)
-    assert len(p.dst.conns()) == 3 and p.dst.nacks() == []
+    p.imported()
+    assert len(p.dst.vm_conns()) == 4 and p.dst.nacks() == []
 
 
 def test_a_hold_outlasts_its_bound_while_the_state_is_arriving():
     p = Pair()
     p.set_rows(row("begun", path="unannounced", wait_ms=100))
-    assert p.dst.core.handle_frame(STRAY, TO2, WALL[0]).verdict == "held"
+    assert p.dst.handle(STRAY, TO2) == "held"
     p.connect()
     msgs = p.src.chan.take()
     p.dst.deliver(msgs[:2], now=p.now)          # hello and snapshot, no final yet
     WALL[0] = 1000.0 + 5                        # far past begun + wait-ms
     p.run()
-    assert p.dst.results == [] and p.dst.mgr.counters["fallbacks"] == 0
+    assert p.dst.frames == [] and p.dst.mgr.counters["fallbacks"] == 0
     p.dst.deliver(msgs[2:], now=p.now)
-    p.dst.mgr.on_barrier(p.dst.barriers[0], p.now)
-    assert [r.verdict for r in p.dst.results] == ["allow"]
+    p.imported()
+    assert p.dst.frames == [(STRAY, TO2)]
+
+
+# ------------------------------------------------------------ gather modes
+
+
+def test_gather_datapath_moves_every_entry_of_the_vm_as_the_switch_has_it():
+    p = Pair()
+    cut = tcp(C1.ip, 40009, P1.ip, 22, mark=TAGS["h1"] | D.MARK_BLOCKED,
+              zone=p.src.zones.vm("c1"))
+    p.src.switch.seed(cut)
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.to_dst()
+    p.imported()
+    assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
+    assert any(c.mark & D.MARK_BLOCKED for c in p.dst.vm_conns())     # still cut there
+    assert p.src.mgr.listing()["transfers"][0]["mode"] == "datapath"
+
+
+def test_gather_datapath_review_leaves_behind_what_todays_rules_refuse():
+    # Since p1 opened its connection into c1:8080, the rule allowing it went.
+    p = Pair(src=source(), dst=destination())
+    p.src.configure(host_config("h1", rules=(WEB, DNS),
+                                options={"migration-gather": "datapath+review"}))
+    p.set_rows(row("begun", path="unannounced"))
+    [t] = p.src.mgr.listing()["transfers"]
+    assert t["mode"] == "datapath+review" and t["reviewed_out"] == 1
+    p.connect()
+    p.to_dst()
+    p.imported()
+    assert same(p.dst.vm_conns()) == same(
+        c for c in p.src.vm_conns() if not c.mark & D.MARK_IN)
+    [ack] = p.to_src()
+    assert ack["entries"] == 3
+
+
+def test_gather_service_moves_what_the_service_decided():
+    src = Node("h1", host_config("h1", options={"migration-gather": "service"}))
+    src.switch.seed(c1_connections()["out"]._replace(zone=src.zones.vm("c1")))
+    syn = build_tcp(C1.mac, P.ROUTER_MAC, ip_int(C1.ip), ip_int(VIP), 40000, 80, 1, 0,
+                    TCP_SYN)
+    assert src.handle(syn, TAGS["h1"] | P.STAGE_FROM_VM << 13) == "allow"
+    [picked] = [c for c in src.vm_conns() if c.dnat]
+    p = Pair(src=src)
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    msgs = p.to_dst()
+    [(sl, record)] = decoded(msgs[1])          # nothing the switch decided alone
+    assert sl == C.Slice(CHAIN, "vm", VIP_SID) and record.key == picked.key
+    p.imported()
+    [got] = p.dst.vm_conns()
+    assert (got[:9], got.mark & D.MARK_IN) == (picked[:9], 0)
+    assert got.dnat == (ip_int(B1.ip), 8080) and got.state == "ESTABLISHED"
+
+
+# ------------------------------------------------------------ SNAT forwarders
+
+
+def test_the_sources_snat_connections_get_forwarders_after_cleanup():
+    p = Pair()
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.to_dst()
+    p.imported()
+    assert p.src.mgr.forwarders() == ()
+    p.moved()
+    p.to_src()                                  # acked: cleaned up
+    [fwd] = p.src.mgr.forwarders()
+    # The reply from outside to h1's port block goes on, untranslated, to h2.
+    assert (fwd.proto, fwd.src, fwd.sport, fwd.dst, fwd.dport) == (6, OUTSIDE, 80, SNAT_IP,
+                                                                   4100)
+    assert (fwd.vni, fwd.encap_ip) == (1001, "192.168.0.2")
+    assert p.src.mgr.held_vms() == {"c1"}
+    assert p.src.mgr.listing()["forwarders"] == [
+        {"vm": "c1", "proto": 6, "wire": "%s:80/%s:4100" % (OUTSIDE, SNAT_IP),
+         "to": "192.168.0.2"}]
+    # c1's state itself is gone from h1; the SNAT entry keeps its port.
+    assert p.src.vm_conns() == [] and same(p.src.snat_conns()) == same([OUT_SNAT])
+    # The forwarder's flow went idle: the connection is over.
+    p.src.mgr.forwarder_gone(fwd.fid)
+    assert p.src.mgr.forwarders() == () and p.src.mgr.held_vms() == set()
+
+
+def test_a_vm_coming_back_needs_no_forwarder():
+    p = Pair()
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.to_dst()
+    p.imported()
+    p.moved()
+    p.to_src()
+    assert len(p.src.mgr.forwarders()) == 1
+    # c1 moves back from h2 to h1 with its SNAT connection.
+    back = "0c0ffee0-0000-4000-8000-000000000002"
+    WALL[0] += 1
+    h1 = p.src
+    h1.mgr.set_rows([row("done"), row("begun", path="unannounced", uuid=back, src="h2",
+                                      dst="h1")], PEERS, p.now)
+    h1.loop(p.now)
+    records = records_of(p.dst)
+    h1.accept(sid="in-9", peer="h2")
+    msgs = transfer(records, uuid=back)
+    msgs[0].update(source="h2", destination="h1")
+    h1.deliver(msgs, sid="in-9", peer="h2")
+    assert h1.nacks() == [] and h1.mgr.forwarders() == ()
+    assert same(h1.vm_conns()) == same(p.dst.vm_conns())
+
+
+# ------------------------------------------------------------ lazy import
+
+
+def lazy_pair(held=(ORPHAN,)):
+    p = Pair(dst=destination(options={"migration-import": "lazy"}))
+    p.set_rows(row("begun", path="unannounced"))
+    for frame in held:
+        assert p.dst.handle(frame, TO2) == "held"
+    p.connect()
+    p.to_dst()
+    return p
+
+
+def test_a_lazy_import_is_acknowledged_before_its_commits_and_lands_in_the_background():
+    p = lazy_pair()                             # ORPHAN: of no connection of c1's
+    assert p.dst.switch.packet_outs == 0 and p.dst.vm_conns() == []
+    [xid] = p.dst.barriers
+    p.dst.barrier_done(xid)                     # acknowledged at once
+    assert [m["type"] for m in p.dst.sent_messages()] == ["ack"]
+    assert p.dst.writer.writes[0]["status"] == "done"
+    assert p.dst.frames == []                   # the hold goes on meanwhile
+    p.dst.loop(p.now)                           # the background commits
+    assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
+    assert same(p.dst.snat_conns()) == same([OUT_SNAT])
+    assert p.dst.frames == [(ORPHAN, TO2)]      # landed: what was held goes on
+    assert p.dst.mgr.counters["lazy_commits"] == 5
+
+
+def test_a_lazily_imported_connection_is_committed_at_its_first_packet():
+    p = lazy_pair()
+    p.dst.barrier_done(p.dst.barriers[0])
+    assert p.dst.handle(STRAY, TO2) == "lazy"
+    [inbound] = p.dst.vm_conns()
+    assert (inbound.src, inbound.sport, inbound.mark) == (ip_int(P1.ip), 50000,
+                                                          TAGS["h2"] | D.MARK_IN)
+    assert p.dst.frames == []                   # on once the switch has the entry
+    p.dst.barrier_done(p.dst.barriers[-1])
+    assert p.dst.frames == [(STRAY, TO2)]
+
+
+def test_a_packet_held_before_a_lazy_import_is_committed_by_the_import():
+    p = lazy_pair(held=(STRAY, ORPHAN))
+    [inbound] = p.dst.vm_conns()                # committed with the import
+    assert (inbound.src, inbound.sport) == (ip_int(P1.ip), 50000)
+    commits, imported = p.dst.barriers
+    p.dst.barrier_done(commits)
+    assert p.dst.frames == [(STRAY, TO2)] and p.dst.sent_messages() == []
+    p.dst.barrier_done(imported)
+    assert [m["type"] for m in p.dst.sent_messages()] == ["ack"]
+    p.dst.loop(p.now)
+    assert p.dst.frames == [(STRAY, TO2), (ORPHAN, TO2)]
+    assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
+
+
+# ------------------------------------------------------------ TTL cleanup
+
+
+@pytest.mark.xfail(strict=True, reason="a migration that ended while the source's daemon "
+                   "was down is put in _late for the TTL, but nothing keeps the VM's zone "
+                   "meanwhile: outgoing()/held_vms() ignore _late, so the restarted "
+                   "daemon's first plan releases and flushes the zone")
+def test_a_source_that_missed_the_migration_releases_the_vms_state_after_the_ttl():
+    # c1 moved to h2 while h1's daemon was down; the restarted daemon finds
+    # c1's zone in its flows, and the row done.
+    h1 = Node("h1", host_config("h1", c1_host="h2"))
+    h1.zones.recover({("vm", "c1"): 70})
+    h1.switch.seed(c1_connections()["out"]._replace(zone=70))
+    h1.replan_soon()                            # its first plane after recovering
+    h1.mgr.set_rows([row("done")], PEERS, 10.0)
+    h1.loop(10.0)
+    assert h1.zones.vm("c1") == 70 and len(h1.switch.conns(70)) == 1
+    h1.loop(10.0 + migration.DEFAULT_TTL + 1)
+    assert h1.zones.vm("c1") is None and h1.switch.conns(70) == []
