@@ -124,6 +124,9 @@ def register(daemon):
         st = service.stats()
         st.update({"arrivals_" + k: v for k, v in daemon.arrivals.counters.items()})
         st["held"] = st["held"] + daemon.arrivals.counters["held"]
+        # Held packets of an arrival whose state never came: they could not
+        # open a connection, so they were invalid.
+        st["invalid"] = daemon.arrivals.counters["fallback_dropped"]
         st["hold_dropped"] = st["hold_dropped"] + daemon.arrivals.counters["hold_dropped"]
         st["flows"] = len(daemon.installed)
         st["groups"] = len(daemon.groups)

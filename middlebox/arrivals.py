@@ -93,23 +93,25 @@ class Arrivals:
                 break
         if h is None:
             return None
-        if can_open(pkt):
-            out = Result("resumed")
-            out.out.append((frame, tci))
-            return out
         if h.lazy is not None:
+            # Its connection's record came: commit it, then give it back
+            # (whatever the packet: a UDP datagram of a moved flow too).
             commit = h.lazy.pop((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport), None)
             if commit is not None:
                 self.counters["lazy_commits"] += 1
                 out = Result("lazy")
-                out.packet_outs.extend(commit)
+                out.messages.extend(commit)
                 out.after_barrier.append((frame, tci))
                 return out
+        if can_open(pkt):
+            out = Result("resumed")
+            out.out.append((frame, tci))
+            return out
         if len(h.frames) >= HOLD_MAX_FRAMES or h.nbytes + len(frame) > HOLD_MAX_BYTES:
             h.dropped += 1
             self.counters["hold_dropped"] += 1
             return Result("hold_dropped")
-        h.frames.append((frame, tci))
+        h.frames.append((frame, tci, (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)))
         h.nbytes += len(frame)
         h.count += 1
         self.counters["held"] += 1
@@ -117,12 +119,30 @@ class Arrivals:
 
     def offer_lazy(self, vm, commits):
         """Records of ``vm`` received, to commit when their first packet
-        comes: {packet 5-tuple (either direction): packet-outs}."""
+        comes: {packet 5-tuple (either direction): packet-outs}.  Returns a
+        Result for the packets already held whose connections came: their
+        commits, and the packets to give back once the switch took them."""
+        res = Result("lazy")
         h = self.holds.get(vm)
-        if h is not None and h.state == "waiting":
-            if h.lazy is None:
-                h.lazy = {}
-            h.lazy.update(commits)
+        if h is None or h.state != "waiting":
+            return res
+        if h.lazy is None:
+            h.lazy = {}
+        h.lazy.update(commits)
+        kept, done = [], set()
+        for frame, tci, key in h.frames:
+            commit = h.lazy.pop(key, None)
+            if commit is not None:
+                res.messages.extend(commit)
+                self.counters["lazy_commits"] += 1
+                done.add(key)
+            if key in done:
+                res.after_barrier.append((frame, tci))
+            else:
+                kept.append((frame, tci, key))
+        h.frames = kept
+        h.nbytes = sum(len(f) for f, _, _ in kept)
+        return res
 
     # ------------------------------------------------------------ ends
     def landed(self, vm, now):
@@ -148,7 +168,7 @@ class Arrivals:
         h = self.holds.get(vm)
         if h is None or h.state != "waiting":
             return [], 0
-        frames, h.frames, h.nbytes = h.frames, [], 0
+        frames, h.frames, h.nbytes = [(f, t) for f, t, _ in h.frames], [], 0
         h.state = state
         h.since = now
         h.lazy = None

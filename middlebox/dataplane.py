@@ -307,7 +307,11 @@ class _Slice:
         if self.ports.middlebox is None:
             return ()
         vid = P.VLAN_PRESENT | self.tag | (P.VID_ORIGIN_IN if origin_in else 0)
-        actions = (("push_vlan", 0x8100), ("set_field", "vlan_vid", vid),
+        # A packet the daemon gave back entered on the middlebox port, and a
+        # switch never sends a packet out of its ingress port: forget it
+        # (nothing after classification looks at in_port).
+        actions = (("set_field", "in_port", 0),
+                   ("push_vlan", 0x8100), ("set_field", "vlan_vid", vid),
                    ("set_field", "vlan_pcp", pcp), ("output", self.ports.middlebox))
         return actions + ((("pop_vlan",),) if copy else ())
 

@@ -304,11 +304,12 @@ class Daemon:
         for res in results:
             for out, tci in res.out:
                 self.port.send(out, tci)
-            outs.extend(res.packet_outs)
+            outs.extend(ofmsg.packet_out_bytes(frame, actions)
+                        for frame, actions in res.packet_outs)
+            outs.extend(res.messages)
             after.extend(res.after_barrier)
         if outs:
-            self.of.send_packet_outs([ofmsg.packet_out_bytes(frame, actions)
-                                      for frame, actions in outs])
+            self.of.send_packet_outs(outs)
         if after:
             self._after[self.of.barrier()] = after
 

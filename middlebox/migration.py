@@ -267,7 +267,10 @@ class MigrationManager:
         return {o.vm for o in self.outs.values() if not o.cleaned} | {
             r.vm for r in self.rows.values() if r.source == self.host
             and r.status in ("begun", "streaming", "stunned") and r.uuid not in self.outs
-            and not self._newer_to_me(r)}
+            and not self._newer_to_me(r)} | {
+            # Over while this daemon was down: kept for the TTL.
+            vm for uuid, (vm, due) in self._late.items() if due is not None
+            and not (uuid in self.rows and self._newer_to_me(self.rows[uuid]))}
 
     def held_vms(self):
         """VMs that left whose state or SNAT forwarders this host still has:
@@ -654,7 +657,8 @@ class MigrationManager:
                 for key in keys:
                     lazy.setdefault(key, []).extend(packet_outs)
             self.daemon.arrivals.expect(vm, time.time(), time.time() + TRANSFER_GRACE)
-            self.daemon.arrivals.offer_lazy(vm, lazy)
+            # Packets held already whose connection came: committed first.
+            self.daemon.send_results([self.daemon.arrivals.offer_lazy(vm, lazy)])
             inc.lazy = [p for _, p in groups]
         else:
             self.daemon.of.send_packet_outs([p for _, pos in groups for p in pos])

@@ -178,6 +178,9 @@ def parse_frame(frame, tci):
             raise MalformedFrame("truncated ICMP header")
         pkt.icmp_type = frame[l4]
         pkt.icmp_code = frame[l4 + 1]
+        if pkt.icmp_type in (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY):
+            # As conntrack keys an echo: the id in place of both ports.
+            pkt.sport = pkt.dport = _PORTS.unpack_from(frame, l4 + 4)[0]
         if pkt.icmp_type in ICMP_ERROR_TYPES:
             pkt.related = _quoted(frame, l4 + _ICMP_LEN, end)
     return pkt

@@ -26,7 +26,7 @@ carries out the ``Result``s.
 """
 
 from middlebox import dataplane as D
-from middlebox.packet import (ICMP_ERROR_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+from middlebox.packet import (ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
                               TCP_ACK, TCP_RST, TCP_SYN, MalformedFrame,
                               build_icmp_unreachable, build_tcp, build_tcp_rst, ip_int,
                               ip_text, parse_frame)
@@ -41,7 +41,7 @@ PUBLISH_INTERVAL = 1.0      # s between shared-state publications (and scan chec
 MAX_ALERTS = 1000           # IDS alerts kept for ovs-appctl
 _MULTICAST = (0xE0000000, 0xF0000000)
 _PROTO_NUM = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
-COUNTERS = ("frames", "malformed", "unknown_tag", "unknown_vm", "non_ip", "invalid",
+COUNTERS = ("frames", "malformed", "unknown_tag", "unknown_vm", "non_ip",
             "passed", "dropped", "rejects_sent", "internal_errors", "copies", "checked",
             "cut", "lb_picks", "no_backend", "probes_sent", "probe_replies", "ids_alerts",
             "held", "hold_dropped", "resumed")
@@ -50,16 +50,18 @@ COUNTERS = ("frames", "malformed", "unknown_tag", "unknown_vm", "non_ip", "inval
 class Result:
     """What to do about one frame: ``out`` (frame, tci) pairs to write on
     the middlebox port now; ``packet_outs`` (frame, actions) to send to the
-    switch; ``after_barrier`` (frame, tci) pairs to write once the switch
-    has taken the packet-outs (an OpenFlow barrier); ``verdict`` for
-    counters and tests."""
+    switch, and ``messages`` packet-outs already encoded (a migrated
+    connection's commits, ``middlebox.ctcommit``); ``after_barrier``
+    (frame, tci) pairs to write once the switch has taken them (an OpenFlow
+    barrier); ``verdict`` for counters and tests."""
 
-    __slots__ = ("out", "packet_outs", "after_barrier", "verdict")
+    __slots__ = ("out", "packet_outs", "messages", "after_barrier", "verdict")
 
     def __init__(self, verdict, out=None):
         self.verdict = verdict
         self.out = out if out is not None else []
         self.packet_outs = []
+        self.messages = []
         self.after_barrier = []
 
     def __repr__(self):
@@ -111,7 +113,7 @@ class _Slice:
     """What the service keeps of one slice."""
 
     __slots__ = ("tag", "config", "rules", "by_mac", "by_ip", "vips", "ids", "gateway",
-                 "packets", "bytes", "errors", "check", "known")
+                 "packets", "bytes", "errors", "check", "known", "replies")
 
     def __init__(self, cfg, old=None):
         self.tag = cfg.tag
@@ -120,6 +122,7 @@ class _Slice:
         # The connections the service decided or checked, by original tuple:
         # (opened by the peer, DNAT (ip int, port) or None, service id).
         self.known = old.known if old is not None else {}
+        self.replies = old.replies if old is not None else set()   # of its LB picks
         self.apply(cfg, old)
 
     def apply(self, cfg, old):
@@ -291,8 +294,11 @@ class Service:
             c["unknown_vm"] += 1
             return self._drop("unknown_vm")
         if pkt.proto == IPPROTO_TCP and pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN:
-            c["invalid"] += 1
-            return self._drop("invalid")
+            # Only a hold sends such a packet here (the switch drops it
+            # otherwise), and the hold just ended: the switch judges it
+            # again, its connection landed or not.
+            c["resumed"] += 1
+            return self.resume(s.tag, stage, frame, "resumed")
         from_vm = stage == P.STAGE_FROM_VM
         direction = DIRECTIONS[0] if from_vm else DIRECTIONS[1]
         action, rule = s.rules.evaluate(direction, pkt.proto, pkt.src, pkt.dst,
@@ -346,6 +352,7 @@ class Service:
         v.counts[backend] = v.counts.get(backend, 0) + 1
         _remember(s, (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport),
                   (False, (ip_int(backend[0]), backend[1]), v.sid))
+        s.replies.add((pkt.proto, ip_int(backend[0]), backend[1], pkt.src, pkt.sport))
         c["lb_picks"] += 1
         c["passed"] += 1
         res = Result("allow")
@@ -415,10 +422,20 @@ class Service:
             c["unknown_vm"] += 1
             return self._drop("unknown_vm")
         vm_sent = stage == P.STAGE_FROM_VM
-        key = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        seen = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        key = seen
         if pkt.origin_in == vm_sent:
             key = (pkt.proto, pkt.dst, pkt.dport, pkt.src, pkt.sport)
-        if key not in s.known:
+        if pkt.proto == IPPROTO_ICMP:
+            # An echo as conntrack keys it: the id, the request's type.
+            if pkt.icmp_type not in (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY):
+                return self.resume(s.tag, stage, frame)
+            src, dst = (pkt.src, pkt.dst) if pkt.icmp_type == ICMP_ECHO_REQUEST \
+                else (pkt.dst, pkt.src)
+            key = (IPPROTO_ICMP, src, pkt.sport, dst, ICMP_ECHO_REQUEST << 8)
+        # (A reply of a connection the service load-balanced is seen as the
+        # backend sent it: that connection is known already, by its VIP.)
+        if key not in s.known and seen not in s.replies:
             _remember(s, key, (pkt.origin_in, None, 0))
         if pkt.origin_in == vm_sent:
             # The packet goes against the connection's origin: judge its reverse.
@@ -636,6 +653,7 @@ KNOWN_MAX = 65536           # connections a slice's service remembers, at most
 def _remember(s, key, value):
     if len(s.known) >= KNOWN_MAX:
         del s.known[next(iter(s.known))]
+        s.replies.clear()           # (a bound, not an index: rebuilt by new picks)
     s.known[key] = value
 
 

@@ -7,7 +7,8 @@ zone ("vm": the VM's own zone; "snat": the SNAT rule's zone, named by the
 rule's service id).
 
 * ``gather``: the records of a VM from dumps of its zone and of this host's
-  SNAT zones (the seed's *local* mode, ``datapath``);
+  SNAT zones (the seed's *local* mode, ``datapath``); finished TCP
+  connections (TIME_WAIT) stay behind;
 * ``review``: the same records reviewed by the service
   (``datapath+review``): a connection today's rules would refuse, one the
   service cut, or one of a slice the VM is no longer in stays behind;
@@ -29,6 +30,9 @@ from middlebox.packet import ip_int, ip_text
 from middlebox.rules import DIRECTIONS
 
 GATHER_MODES = ("datapath", "datapath+review", "service")
+# A TCP connection in these states is over: it stays behind (re-created it
+# would be ESTABLISHED again, ctcommit).
+FINISHED = frozenset(("TIME_WAIT", "CLOSED", "LISTEN"))
 DEFAULT_GATHER = "datapath"
 _DIGEST_ROW = struct.Struct("!BIHIHIHIHIQQ")
 
@@ -78,6 +82,8 @@ def gather(vm, slices, vm_conns, snat_conns):
         return got
 
     for c in vm_conns:
+        if c.state in FINISHED:
+            continue
         chain = chains.get(c.mark & D.MARK_TAG_MASK)
         if chain is not None:
             out.append((slice_of(chain, "vm", c.label >> D.LABEL_SERVICE_OFS & 0xFFFFFFFF), c))
@@ -86,7 +92,7 @@ def gather(vm, slices, vm_conns, snat_conns):
             sid = D.service_id(uuid)
             for c in conns:
                 chain = chains.get(c.mark & D.MARK_TAG_MASK)
-                if c.src == vm_ip and chain is not None:
+                if c.src == vm_ip and chain is not None and c.state not in FINISHED:
                     out.append((slice_of(chain, "snat", sid), c))
     return out
 
@@ -122,7 +128,10 @@ def known(vm, slices, zone):
     for tag, s in slices.items():
         chain = chain_of(s.config)
         for (proto, src, sport, dst, dport), (origin_in, dnat, sid) in s.known.items():
-            if vm_ip not in (src, dst) and (dnat is None or vm_ip != dnat[0]):
+            # The VM's own connections: it opened them (its zone's entry),
+            # or the peer opened them to it (a load balancer's backend side
+            # is the client's entry, in the client's zone: not the VM's).
+            if (dst if origin_in else src) != vm_ip:
                 continue
             rsrc, rsport = dnat if dnat is not None else (dst, dport)
             if proto == C.IPPROTO_ICMP:
@@ -197,7 +206,7 @@ def digest(records):
     """sha256 (hex) of a set of records, whatever their order."""
     rows = []
     for sl, c in records:
-        head = ("%s|%s|%d" % (",".join(sl.chain), sl.role, sl.service)).encode()
+        head = ("%s|%s|%d|%s" % (",".join(sl.chain), sl.role, sl.service, c.state)).encode()
         rows.append(head + _DIGEST_ROW.pack(c.proto, c.src, c.sport, c.dst, c.dport,
                                             c.rsrc, c.rsport, c.rdst, c.rdport,
                                             c.mark & ~(D.MARK_TAG_MASK | _COUNT_MASK),

@@ -75,4 +75,5 @@ class ZoneMap:
             if self.first <= zone <= self.last and zone not in self.zones.values():
                 self.zones[owner] = zone
         if self.zones:
-            self._next = max(self.zones.values()) % self.last + 1
+            top = max(self.zones.values())
+            self._next = top + 1 if top < self.last else self.first

@@ -57,7 +57,11 @@ def fresh(sc, per_kind=2):
     return sc.snapshot()
 
 
-def assert_all_alive(sc, since, replies=25):
+def assert_all_alive(sc, since=None, replies=25):
+    """Every connection carries on: ``replies`` more echoes than ``since``
+    (default: now, right after a move, so echoes from before it never
+    count)."""
+    since = sc.snapshot() if since is None else since
     now = sc.wait_flowing(since, replies=replies, timeout=10)
     dead = {n: c["error"] for n, c in now.items() if c["error"] is not None
             or c["received"] < since[n]["received"] + replies}
@@ -80,7 +84,7 @@ def test_connections_survive_both_paths_both_directions_repeatedly(mig):
         assert (row["source"], row["destination"], row["status"]) == (source, to, "done")
         assert row["path"] == ("announced" if notify else "unannounced")
         assert row["stats"]["entries"] == 10, row
-        snap = assert_all_alive(sc, snap)
+        snap = assert_all_alive(sc)
         # Each connection kept its SNAT port, its backend, its DNAT address.
         assert sc.translations(where(lab, "mv")) == kept, (to, notify)
     # The daemon of a host mv left holds none of its connections any more.
@@ -102,7 +106,7 @@ def test_unannounced_move_drops_no_packet_while_the_state_is_late(mig):
     """The source's daemon is paused during the move: the destination holds
     the VM's mid-connection packets, then passes them after the import."""
     lab, sc = mig
-    snap = fresh(sc)
+    fresh(sc)
     src, dst = where(lab, "mv"), "h2" if where(lab, "mv") != "h2" else "h3"
     invalid_before = lab.mbxd_stats(dst)["invalid"]
     pid = lab.state["pids"]["%s/mbxd" % src]
@@ -116,13 +120,86 @@ def test_unannounced_move_drops_no_packet_while_the_state_is_late(mig):
     row = lab.wait_migration("mv", ("done", "fallback"), timeout=10)
     assert row["status"] == "done", row
     assert row["stats"]["buffered"] > 0
-    assert_all_alive(sc, snap)
+    assert_all_alive(sc)
     assert lab.mbxd_stats(dst)["invalid"] == invalid_before
+
+
+def alive_kinds(sc, replies=25):
+    """The kinds of connection every one of which carries on after a move."""
+    since = sc.snapshot()
+    now = sc.wait_flowing(since, replies=replies, timeout=10)
+    dead = {n.split("#")[0] for n, c in now.items() if c["error"] is not None
+            or c["received"] < since[n]["received"] + replies}
+    return {n.split("#")[0] for n in now} - dead
+
+
+def set_options(lab, mb, *options):
+    proc = lab.mbxctl("--wait=hv", "--timeout=20", "mb-set", mb, *options)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("notify", [True, False])
+def test_lazy_import_commits_each_connection_at_its_first_packet(mig, notify):
+    lab, sc = mig
+    set_options(lab, "fw-red", "migration-import=lazy")
+    try:
+        fresh(sc)
+        kept = sc.translations(where(lab, "mv"))
+        dst = next(h for h in HOSTS if h != where(lab, "mv"))
+        lab.migrate("mv", dst, notify=notify)
+        assert lab.migration_row("mv")["status"] == "done"
+        assert_all_alive(sc)
+        assert sc.translations(dst) == kept
+        counters = json.loads(lab.mbxd_appctl(dst, "migration/json"))["counters"]
+        assert counters["lazy_commits"] >= 10, counters
+    finally:
+        set_options(lab, "fw-red", "migration-import=bulk")
+
+
+def test_gather_with_service_review_leaves_what_todays_rules_refuse(mig):
+    """datapath+review: the connections into mv on 7000 were allowed when
+    they opened; the rule that allowed them is gone before the move, so the
+    service keeps them out of the transfer.  Everything else moves."""
+    lab, sc = mig
+    set_options(lab, "fw-red", "migration-gather=datapath+review")
+    rule = ("fw-red", "to-vm", "100")
+    try:
+        fresh(sc)
+        proc = lab.mbxctl("--wait=hv", "fw-del", *rule)
+        assert proc.returncode == 0, proc.stderr
+        lab.migrate("mv", next(h for h in HOSTS if h != where(lab, "mv")), notify=True)
+        row = lab.migration_row("mv")
+        assert row["status"] == "done" and row["stats"]["entries"] == 6, row
+        assert alive_kinds(sc) == {"fw-out", "snat", "lb"}
+    finally:
+        lab.mbxctl_ok("fw-add", "fw-red", "100", "to-vm",
+                      "proto=tcp dst=10.0.0.10 dport=%d" % CT.FW_IN_PORT, "allow")
+        set_options(lab, "fw-red", "migration-gather=datapath")
+
+
+def test_gather_from_the_service_moves_what_the_service_knows(mig):
+    """service: only what mbxd itself decided or checked travels.  With
+    check=every-packet it checked every firewall connection, and with a
+    round-robin VIP it picked every backend: those survive.  An SNAT port or
+    a DNAT the switch chose alone is not the service's: those are lost."""
+    lab, sc = mig
+    set_options(lab, "fw-red", "migration-gather=service", "check=every-packet")
+    lab.mbxctl_ok("lb-set", "lb-red", "%s:%d" % (CT.VIP, CT.VIP_PORT), "--algorithm",
+                  "round-robin")
+    try:
+        fresh(sc)
+        lab.migrate("mv", next(h for h in HOSTS if h != where(lab, "mv")), notify=True)
+        assert lab.migration_row("mv")["status"] == "done"
+        assert alive_kinds(sc) == {"fw-in", "fw-out", "lb"}
+    finally:
+        lab.mbxctl_ok("lb-set", "lb-red", "%s:%d" % (CT.VIP, CT.VIP_PORT), "--algorithm",
+                      "hash")
+        set_options(lab, "fw-red", "migration-gather=datapath", "check=offload")
 
 
 def test_two_vms_migrate_at_once(mig):
     lab, sc = mig
-    snap = fresh(sc)
+    fresh(sc)
     moves = {"mv": "h1" if where(lab, "mv") != "h1" else "h2",
              "peer": "h2" if where(lab, "peer") != "h2" else "h1"}
     errors = []
@@ -141,7 +218,7 @@ def test_two_vms_migrate_at_once(mig):
     for vm, to in moves.items():
         row = lab.migration_row(vm)
         assert (row["destination"], row["status"]) == (to, "done")
-    assert_all_alive(sc, snap)
+    assert_all_alive(sc)
 
 
 def test_destination_dying_mid_transfer_aborts_and_the_vm_keeps_working(mig):
@@ -158,7 +235,7 @@ def test_destination_dying_mid_transfer_aborts_and_the_vm_keeps_working(mig):
         row = lab.wait_migration("mv", ("aborted",), timeout=10)
         assert dst in row["outcome"], row
         # Never moved: the VM and all its connections carry on at the source.
-        assert_all_alive(sc, snap)
+        assert_all_alive(sc)
         held = json.loads(lab.mbxd_appctl(src, "conn/json", "mv"))
         ports = {p for c in held if c["state"] == "established"
                  for p in (c["vm_port"], c["peer_port"])}

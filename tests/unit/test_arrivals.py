@@ -42,7 +42,7 @@ def into_c1(sport=50000, flags=TCP_ACK, seq=6):
 
 def test_a_vm_nobody_waits_for_is_judged_as_usual():
     svc, arr = service()
-    assert svc.handle_frame(into_c1(), TO, 1.0).verdict == "invalid"
+    assert svc.handle_frame(into_c1(), TO, 1.0).verdict == "resumed"   # the switch judges it (and drops it)
     assert svc.handle_frame(into_c1(flags=TCP_SYN), TO, 1.0).verdict == "allow"
     assert arr.listing() == [] and arr.expected() == []
 
@@ -61,7 +61,7 @@ def test_mid_connection_packets_are_held_and_given_back_in_order_when_the_state_
     assert back == [(f, TO) for f in frames] and count == 3
     assert arr.expected() == [] and arr.landed("c1", 2.1) == ([], 0)
     # From now on the VM's packets are the switch's again.
-    assert svc.handle_frame(into_c1(), TO, 2.2).verdict == "invalid"
+    assert svc.handle_frame(into_c1(), TO, 2.2).verdict == "resumed"   # the switch judges it (and drops it)
 
 
 def test_a_packet_that_can_open_a_connection_is_given_back_at_once():
@@ -80,7 +80,7 @@ def test_another_vm_of_the_slice_is_not_held():
     arr.expect("c1", 1.0, 4.0)
     to_b1 = build_tcp(PEER.mac, B1.mac, ip_int(PEER.ip), ip_int(B1.ip), 50000, 8080, 6, 8,
                       TCP_ACK)
-    assert svc.handle_frame(to_b1, TO, 1.1).verdict == "invalid"
+    assert svc.handle_frame(to_b1, TO, 1.1).verdict == "resumed"   # the switch judges it (and drops it)
 
 
 def test_a_packet_from_outside_is_held_for_any_arriving_vm_of_its_slice():
@@ -102,7 +102,7 @@ def test_no_state_by_the_deadline_drops_the_held_packets():
     assert arr.listing()[0]["state"] == "fallback" and arr.listing()[0]["held"] == 0
     # Nothing to give back any more, and the VM is judged by the rules.
     assert arr.landed("c1", 4.1) == ([], 0)
-    assert svc.handle_frame(into_c1(), TO, 4.2).verdict == "invalid"
+    assert svc.handle_frame(into_c1(), TO, 4.2).verdict == "resumed"   # the switch judges it (and drops it)
     assert arr.due(5.0) == []
 
 
@@ -213,4 +213,4 @@ def test_landing_forgets_the_records_still_to_commit():
     arr.offer_lazy("c1", {(6, ip_int(PEER.ip), 50000, ip_int(C1.ip), 8080): ["commit"]})
     arr.landed("c1", 2.0)
     assert arr.listing()[0]["lazy"] == 0
-    assert svc.handle_frame(into_c1(), TO, 2.1).verdict == "invalid"
+    assert svc.handle_frame(into_c1(), TO, 2.1).verdict == "resumed"   # the switch judges it (and drops it)

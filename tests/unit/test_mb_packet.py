@@ -40,8 +40,11 @@ def test_udp_and_icmp_fields():
     pkt = parse_frame(udp_frame(MAC_A1, MAC_A2, IP_A1, IP_A2, 5353, 53), 5)
     assert (pkt.proto, pkt.sport, pkt.dport, pkt.payload_len) == (UDP, 5353, 53, 5)
     pkt = parse_frame(icmp_frame(MAC_A1, MAC_A2, IP_A1, IP_A2, 8, 0), 5)
-    assert (pkt.proto, pkt.sport, pkt.dport) == (ICMP, 0, 0)
+    # An echo's id stands in both ports, as conntrack keys it.
+    assert (pkt.proto, pkt.sport, pkt.dport) == (ICMP, 1, 1)
     assert (pkt.icmp_type, pkt.icmp_code, pkt.related) == (8, 0, None)
+    pkt = parse_frame(icmp_frame(MAC_A1, MAC_A2, IP_A1, IP_A2, 3, 3, b"\0\0\0\0"), 5)
+    assert (pkt.sport, pkt.dport) == (0, 0)
 
 
 def test_icmp_error_carries_the_quoted_connection():

@@ -154,8 +154,10 @@ def test_a_rejected_udp_datagram_is_answered_with_icmp_admin_prohibited():
 def test_no_answer_to_a_rst_an_icmp_error_or_a_broadcast(frame):
     svc = service()
     res = svc.handle_frame(frame, FROM, 1.0)
-    assert res.out == [] and res.packet_outs == []
-    assert svc.stats()["rejects_sent"] == 0 and svc.stats()["dropped"] == 1
+    # Nothing made here: a RST (which cannot open a connection) is given
+    # back for the switch to judge, the others are dropped.
+    assert all(out == (frame, FROM) for out in res.out) and res.packet_outs == []
+    assert svc.stats()["rejects_sent"] == 0
 
 
 def test_a_packet_the_rules_allow_is_given_back_to_its_stage():
@@ -165,11 +167,15 @@ def test_a_packet_the_rules_allow_is_given_back_to_its_stage():
     assert res.out == [(frame, FROM)] and res.packet_outs == []
 
 
-def test_a_tcp_packet_that_cannot_open_a_connection_is_dropped_unanswered():
+def test_a_tcp_packet_that_cannot_open_a_connection_goes_back_to_the_switch_unanswered():
+    """Only a hold sends such a packet (the switch drops it otherwise); a
+    hold that just ended gives it back: its connection landed or not, the
+    switch judges it, and nothing answers it."""
     svc = service()
     ack = build_tcp(C1.mac, R, ip_int(C1.ip), ip_int(P1.ip), 40000, 25, 1, 1, TCP_ACK)
     res = svc.handle_frame(ack, FROM, 1.0)
-    assert res.verdict == "invalid" and res.out == []
+    assert res.verdict == "resumed" and res.out == [(ack, FROM)]
+    assert svc.stats()["rejects_sent"] == 0
 
 
 # ------------------------------------------------------------ load balancer

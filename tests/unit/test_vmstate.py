@@ -193,9 +193,6 @@ def test_known_are_the_connections_the_service_checked_from_their_origin():
     assert c.key == IN.key and c.mark & D.MARK_IN and c.dnat is None
 
 
-@pytest.mark.xfail(strict=True, reason="Service._check remembers an ICMP connection by "
-                   "pkt.sport/pkt.dport, which are 0 for ICMP: known() makes a ping an "
-                   "echo *reply* of id 0, which the destination cannot re-create")
 def test_known_keeps_the_id_and_type_of_a_checked_ping():
     svc = Service("h1", zone_of=lambda _vm: 21)
     svc.configure(host_config("h1", SRC_TAG, check="every-packet"))
@@ -206,10 +203,6 @@ def test_known_keeps_the_id_and_type_of_a_checked_ping():
     assert (c.proto, c.sport, c.dport, c.rsport, c.rdport) == (1, 0x1234, 8 << 8, 0x1234, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="known(vm) includes a connection whose backend is "
-                   "the VM as the *client's* zone entry (client -> VIP, not the VM's "
-                   "own side): localize refuses it, so a backend's transfer in gather "
-                   "mode 'service' is refused whole")
 def test_the_records_known_of_a_backend_vm_are_its_own():
     local_b1 = dataclasses.replace(B1, host="h1")
     svc = Service("h1", zone_of=lambda _vm: 21)
@@ -316,9 +309,6 @@ def test_the_digest_changes_with_the_slice_of_a_record(slice_):
     assert V.digest([(slice_, records[0][1])] + records[1:]) != V.digest(records)
 
 
-@pytest.mark.xfail(strict=True, reason="the digest rows carry no TCP state: a record whose "
-                   "state changed on the way (ESTABLISHED -> SYN_SENT, re-created "
-                   "differently) passes the final check")
 def test_the_digest_changes_with_the_tcp_state():
     records = gathered()
     changed = [(sl, c._replace(state="SYN_SENT") if c.proto == 6 else c) for sl, c in records]

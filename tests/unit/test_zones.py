@@ -84,9 +84,6 @@ def test_recover_ignores_zones_out_of_range_and_a_zone_claimed_twice():
     assert [o for o, z in zones.owners().items() if z == 5] == [C]
 
 
-@pytest.mark.xfail(strict=True, reason="ZoneMap.recover sets the next zone to "
-                   "max % last + 1, which is 1 (below first) when the highest zone "
-                   "found is last and first > 1")
 def test_a_zone_allocated_after_recover_stays_in_range():
     zones = ZoneMap(first=10, last=20)
     zones.recover({A: 20})
