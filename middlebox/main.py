@@ -49,6 +49,7 @@ from middlebox.packetio import PacketPort
 from middlebox.service import Service
 from middlebox.shared import SharedState
 from middlebox.vswitch import Vswitch, VswitchError, find_socket
+from middlebox.zonepolicy import ZonePolicies, zone_policies
 from middlebox.zones import ZoneMap
 from ovsdb.errors import MbxError
 from ryu_apps import ofmsg
@@ -79,6 +80,8 @@ def parse_args(argv):
                    "ovs-vswitchd's unixctl socket is found here too")
     p.add_argument("--vswitchd", help="ovs-vswitchd's unixctl socket (default: from "
                    "RUNDIR/ovs-vswitchd.pid)")
+    p.add_argument("--ovsdb", help="the host's Open vSwitch database, for the zones' "
+                   "timeout policies (default unix:RUNDIR/db.sock)")
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics over HTTP here")
     p.add_argument("--log-file")
@@ -99,6 +102,7 @@ def parse_args(argv):
     if args.profile and not os.path.isdir(os.path.dirname(os.path.abspath(args.profile))):
         p.error("--profile: no directory for %s" % args.profile)
     args.ofp = args.ofp or "unix:%s/%s.mgmt" % (args.rundir, args.bridge)
+    args.ovsdb = args.ovsdb or "unix:%s/db.sock" % args.rundir
     if args.metrics:
         addr, _, port = args.metrics.rpartition(":")
         if not addr or not port.isdigit():
@@ -116,6 +120,7 @@ class Daemon:
     def __init__(self, args):
         self.args = args
         self.zones = ZoneMap()
+        self.policies = ZonePolicies(args.ovsdb)
         self.service = Service(args.host, zone_of=self.zones.vm)
         self.conf = ConfigMonitor(args.db, args.host)
         # State sharing manager (middlebox.shared): services publish and read
@@ -231,6 +236,7 @@ class Daemon:
                 self.vswitch.flush_zone(zone)
             except VswitchError as err:
                 LOG.warning("%s", err)
+        self.policies.update(zone_policies(self.config, self.zones.owners()))
         snat = {uuid: z for (kind, uuid), z in self.zones.owners().items() if kind == "snat"}
         vms = {name: z for (kind, name), z in self.zones.owners().items() if kind == "vm"}
         plane = dataplane.compile_host(self.config, self.args.host, vms, snat, self.ports,

@@ -114,11 +114,13 @@ Commands:
 MATCH: space- or comma-separated terms, "any" or "" for every IPv4 packet:
   proto=tcp|udp|icmp|any|0-255  src=CIDR|ADDRESS|$SET  dst=...
   sport=PORT|LOW-HIGH  dport=...  (ports need proto=tcp or udp)
-Middlebox options (KEY=VALUE): check=offload|every-packet,
-  same-host=both|source|destination,
+Middlebox options (KEY=VALUE): check=offload|every-packet|every-nth|relay,
+  check-interval=2-255 (every-nth), same-host=both|source|destination,
   tier-order=provider-first|tenant-first (firewall only),
+  migration-gather=datapath|datapath+review|service, migration-import=bulk|lazy,
   timeout-tcp-syn, timeout-tcp-established, timeout-tcp-closing, timeout-udp,
-  timeout-udp-replied, timeout-icmp, timeout-denied=SECONDS (1-65535);
+  timeout-udp-replied, timeout-icmp=SECONDS (1-65535: the zones' conntrack
+  timeout policy);
   nat only: ports-per-host=256|512|...|32768 (default 4096);
   ids only: scan-threshold, synflood-threshold=COUNT (1-1000000),
   scan-window, synflood-window=SECONDS (1-65535)

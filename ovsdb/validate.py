@@ -258,9 +258,10 @@ MAX_SLICE_TAG = 2047
 MAX_TIMEOUT = 65535
 MAX_THRESHOLD = 1000000
 MAX_CHAIN = 64                  # Steering_Policy.chain positions 0..63
+# Conntrack timeout policy of the zones (middlebox.zonepolicy).
 TIMEOUT_OPTIONS = ("timeout-tcp-syn", "timeout-tcp-established",
                    "timeout-tcp-closing", "timeout-udp", "timeout-udp-replied",
-                   "timeout-icmp", "timeout-denied")
+                   "timeout-icmp")
 IDS_OPTIONS = ("scan-threshold", "scan-window", "synflood-threshold",
                "synflood-window")
 # Middlebox options: key -> accepted values (a tuple of words, or a

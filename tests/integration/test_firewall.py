@@ -7,6 +7,7 @@ daemon's own counters through ``ovs-appctl -t mbxd``, and the cache flows'
 counters in OVS.
 """
 
+import json
 import os
 import re
 import signal
@@ -232,6 +233,39 @@ def test_malformed_frames_on_the_middlebox_port_are_counted_not_fatal(fw):
     assert after["non_ip"] >= before["non_ip"] + 1
     assert pid_alive(pid)
     assert attempt(fw, "g1", "g2", 7000) == "ok"
+
+
+def idle_echoes(lab, path, idle_s):
+    """Two echoes on one connection g1 -> g2:7000, ``idle_s`` seconds apart;
+    the probe's report (``error`` None: the second came back)."""
+    proc = lab.spawn("g1", [sys.executable, "-m", "lab.probe", "client", "--to", ip("g2"),
+                            "--port", "7000", "--interval-ms", str(int(idle_s * 1000)),
+                            "--duration", str(idle_s * 1.5), "--reply-timeout", "2",
+                            "--out", path], path + ".log")
+    proc.wait(idle_s * 1.5 + 15)
+    lab.forget_pid(proc.pid)
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_idle_timeouts_are_the_zones_conntrack_timeout_policy(fw, tmp_path):
+    mbxctl(fw, "mb-set", "fw-green", "timeout-tcp-established=2")
+    try:
+        # Visible where operators look: the host's OVSDB has the policy of
+        # g2's zone, and the connection lives no longer idle than that.
+        zone = re.search(r"vm g2 zone=(\d+)", fw.mbxd_appctl("h2", "ct-zone/list")).group(1)
+        wait_until(lambda: "tcp_established=2" in fw.vsctl("h2", "list-zone-tp", "netdev"),
+                   10, interval=0.2, what="the zone's timeout policy")
+        assert "Zone:%s," % zone in fw.vsctl("h2", "list-zone-tp", "netdev").replace(" ", "")
+        report = idle_echoes(fw, str(tmp_path / "short.json"), 4)
+        assert report["received"] == 1 and report["error"], report
+    finally:
+        mbxctl(fw, "mb-set", "fw-green", "timeout-tcp-established=")
+    # Without the option, the zone has no policy (Open vSwitch's defaults).
+    wait_until(lambda: "tcp_established" not in fw.vsctl("h2", "list-zone-tp", "netdev"),
+               10, interval=0.2, what="the policy to go")
+    report = idle_echoes(fw, str(tmp_path / "long.json"), 4)
+    assert report["received"] >= 2 and report["error"] is None, report
 
 
 def test_prometheus_metrics_on_the_management_network(fw):

@@ -182,9 +182,9 @@ def test_choices_reject(func, value, hint):
 def test_middlebox_options_are_canonical_strings():
     assert validate.middlebox_options(
         {"timeout-udp": 60, "same-host": "source", "check": "every-packet",
-         "tier-order": "tenant-first", "timeout-denied": "5"}) == {
+         "tier-order": "tenant-first", "timeout-icmp": "5"}) == {
         "check": "every-packet", "same-host": "source",
-        "tier-order": "tenant-first", "timeout-denied": "5",
+        "tier-order": "tenant-first", "timeout-icmp": "5",
         "timeout-udp": "60"}
     assert validate.middlebox_options({}) == {}
 
