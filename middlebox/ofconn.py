@@ -149,7 +149,6 @@ class OfConn:
         # descriptions): xid -> [multipart type, body entries so far, done].
         self._mp_pending = {}
         self._broken = None             # why the last write failed (run() raises it)
-        self._encoder = ofmsg.FlowModEncoder()
         self._bundle_id = 0
         self._batches = {}              # check barrier xid -> _BundleBatch (undecided)
         # Output asked for while a bundle batch is undecided, in order:
@@ -559,7 +558,7 @@ class OfConn:
         group change and the flows using it one atomic step, which OVS may
         still refuse at the commit: ``bundles_failed``); None: when there
         are ``BUNDLE_MIN`` or more messages."""
-        encode = self._encoder.encode
+        encode = ofmsg.flow_mod_bytes
         xid = self._xid
         xids = []
         chunks = []

@@ -76,7 +76,6 @@ def test_connections_survive_both_paths_both_directions_repeatedly(mig):
     kept = sc.translations(where(lab, "mv"))
     assert sorted(k for k, _ in kept.values()) == ["dnat", "dnat", "lb", "lb", "snat", "snat"]
     moves = [("h2", True), ("h1", False), ("h3", True), ("h2", False), ("h1", True)]
-    snap = before
     for to, notify in moves:
         source = where(lab, "mv")
         lab.migrate("mv", to, notify=notify)
@@ -84,7 +83,7 @@ def test_connections_survive_both_paths_both_directions_repeatedly(mig):
         assert (row["source"], row["destination"], row["status"]) == (source, to, "done")
         assert row["path"] == ("announced" if notify else "unannounced")
         assert row["stats"]["entries"] == 10, row
-        snap = assert_all_alive(sc)
+        assert_all_alive(sc)
         # Each connection kept its SNAT port, its backend, its DNAT address.
         assert sc.translations(where(lab, "mv")) == kept, (to, notify)
     # The daemon of a host mv left holds none of its connections any more.

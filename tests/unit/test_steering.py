@@ -19,7 +19,7 @@ from ryu_apps import pipeline as P
 from ryu_apps import slices as slicelib
 from ryu_apps.flows import compute_host_flows
 from ryu_apps.model import AddressSetInfo, MiddleboxInfo, PolicyInfo
-from topologies import TUNNEL, VMS, VNI_A, VNI_B, daemon_dataplane, host_zones, two_tenants
+from topologies import TUNNEL, VMS, VNI_A, daemon_dataplane, host_zones, two_tenants
 
 MAC = {name: spec[1] for name, spec in VMS.items()}
 IP = {name: spec[2] for name, spec in VMS.items()}

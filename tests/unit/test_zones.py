@@ -2,7 +2,6 @@
 gets, what is released, when a released zone comes back, and what a
 restarted daemon finds again."""
 
-import pytest
 
 from middlebox.zones import FIRST_ZONE, LAST_ZONE, REUSE_AFTER, ZoneMap
 
