@@ -6,10 +6,14 @@ VENV ?= .venv
 APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
                 iputils-ping procps ethtool iperf3 tcpdump traceroute
 
-.PHONY: demo test unit deps apt venv lab-down clean bench
+.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny
 
 bench: deps $(VENV)/.bench-installed
 	$(VENV)/bin/python -m lab.bench
+
+# Every bench module once at tiny sizes (about 2 minutes; part of `make test`).
+bench-tiny: deps $(VENV)/.bench-installed
+	$(VENV)/bin/pytest -q tests/integration/test_bench_tiny.py
 
 $(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-bench.txt

@@ -1,34 +1,55 @@
 """Migration benchmarks (part of ``make bench``; ``python -m lab.migbench``
 alone prints JSON).
 
-1. ``transfer(sizes)``: the time to move the state of N connections of one
-   VM, phase by phase, with the real pieces of mbxd: a source
-   ``MiddleboxCore`` holding N connections built from real frames
-   (``handle_frame``: a third plain firewall, a third load balancer, a third
-   SNAT), ``gather`` (service mode; datapath mode too for the sizes in
-   ``datapath_for``: a flow-stats dump of the source's cache flows from a real
-   bridge, then ``gather``), the protocol's messages (hello, one ``state``
-   snapshot, ``final`` with count and digest) through a real
-   ``migchan.Channel`` pair over TLS on 127.0.0.1 (certificates from ``pki``
-   in a temporary directory), the destination's digest check and
-   ``import_vm``, and the resulting flows sent with ``OfConn.send_flows`` to a
-   netdev bridge of a private ovs-vswitchd (in its own namespace
-   ``mbxb-xfer``), timed to the barrier reply.  Then the ack back.
-2. ``gaps(...)``: the largest reply gap a migration causes, mbx against the
+1. ``transfer(sizes)``: the time to move the conntrack state of N
+   connections of one VM between two real switches, phase by phase, with
+   mbxd's own pieces.  Two throwaway Open vSwitch instances (``Switch``:
+   ovsdb-server + ovs-vswitchd, userspace datapath, in their own namespaces
+   ``PREFIX-xsrc`` and ``PREFIX-xdst``) play the source and the destination
+   host.  The source's zones are seeded with N established TCP connections
+   of VM ``mv`` as real conntrack entries (``middlebox.ctcommit`` packet-outs),
+   the mix of the migration scenario: a third firewalled VM-to-VM (half
+   opened by the VM, half by a peer), a third to load-balancer VIPs
+   (DNAT in the VM's zone), a third to the internet through SNAT (an
+   untranslated entry in the VM's zone and a translated one in the SNAT
+   rule's zone), each with the ct_mark and ct_label the dataplane commits.
+   Then, as mbxd does it:
+
+   * **gather**: ``dpctl/dump-conntrack`` of the VM's zone and the SNAT zone
+     (``middlebox.vswitch``), ``conn.parse_dump``, ``vmstate.gather``;
+   * **encode**: ``conn.encode_parts`` and the ``final`` digest;
+   * **transfer**: hello, the record parts and ``final`` through a real
+     ``migchan.Channel`` pair (TLS, certificates from ``pki``, 127.0.0.1),
+     until the destination has the ``final`` message;
+   * **decode**: ``conn.decode`` of each part, staged by key as mbxd stages;
+   * **verify**: count and digest of the staged set;
+   * **localize**: ``vmstate.localize`` into the destination's zones and tag;
+   * **commit** (bulk import): ``ctcommit.commit_groups``, the packet-outs
+     through ``OfConn.send_packet_outs``, then a barrier: usable;
+   * **index** (lazy import): ``commit_groups`` and the per-5-tuple index
+     mbxd hands to its hold buffer: usable (a connection is committed at its
+     first packet); then the first-packet commit latency (its packet-outs
+     and a barrier, with the switch idle and queued behind a background
+     chunk of ``LAZY_CHUNK`` connections) and the background commit of the
+     rest, in mbxd's chunks.
+
+   After each import the destination's zones are dumped and compared with
+   the localized records: the same tuples, translations, mark and label.
+2. ``moves(...)``: the largest reply gap a migration causes, mbx against the
    same re-plumb on a switch without middleboxes, per path (announced,
    unannounced), over many moves on a 3-host lab (prefix ``mbxb``).
-3. ``survival(...)``: the share of established connections that survive a
-   migration with mbx (the migscenario, both paths) against the OVS-conntrack
-   baseline (``lab.ctbaseline.run``, no state transfer), per kind.
+3. ``conntrack(...)``: the share of established connections that survive a
+   migration with the OVS-conntrack baseline (``lab.ctbaseline.run``, no
+   state transfer), per kind; mbx's share comes from the moves.
 """
 
 import argparse
+import gc
 import json
 import os
 import select
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,120 +59,128 @@ from lab.sh import counts_arg
 
 PREFIX = "mbxb"
 RUNDIR = "/run/mbx-bench"
-SIZES = (1000, 10000, 100000)
+SIZES = (1000, 10000, 100000, 1000000)
+PROFILE_AT = 100000             # the size of the target: its phases profiled too
+TARGET_MS = 1000                # 100k connections gathered, moved and usable
 
 # ------------------------------------------------------------------ 1. transfer
-VM, PEER_VM = "mv", "peer"
+VM = "mv"
 SRC_HOST, DST_HOST = "hsrc", "hdst"
 SRC_TAG, DST_TAG = 7, 9
 SUBNET, GATEWAY = "10.9.0.0/24", "10.9.0.1"
 VM_MAC, VM_IP = "02:00:00:09:00:0a", "10.9.0.10"
-PEER_MAC, PEER_IP = "02:00:00:09:00:14", "10.9.0.20"
+PEER_MAC, PEER_IP = "02:00:00:09:00:14", "10.9.0.20"        # mv connects to it
+CLIENT_MAC, CLIENT_IP = "02:00:00:09:00:15", "10.9.0.21"    # connects to mv
 BACKENDS = (("b1", "02:00:00:09:00:1f", "10.9.0.31"), ("b2", "02:00:00:09:00:20", "10.9.0.32"),
             ("b3", "02:00:00:09:00:21", "10.9.0.33"))
 VIP, VIP_PORT, BACKEND_PORT = "10.9.0.100", 80, 8080
+FW_IN_PORT, FW_OUT_PORT = 7000, 7001
 SERVER, SERVER_PORT = "198.51.100.10", 80
-EXT_IP, EXT_GW_MAC = "203.0.113.100", "02:ee:ff:00:00:01"
+EXT_IP = "203.0.113.100"
+SNAT_UUID = "00000000-0000-0000-0000-000000005a47"
+RULE_OUT, RULE_IN = "00000000-0000-0000-0000-0000000000a1", \
+    "00000000-0000-0000-0000-0000000000a2"
 KINDS = ("fw", "lb", "snat")
+PORTS_PER_PAIR = 64000          # source ports per (client, server) pair
+MAX_CONNS = 2_000_000
+SPREAD = -(-MAX_CONNS // 3 // PORTS_PER_PAIR)   # VIP ports, servers, ... per kind
+SEED_CHUNK = 20000              # connections per seeding batch
 
 
 def _slice_config(host, tag):
+    """The chain fw-x -> lb-x -> nat-x on ``host`` (slice ``tag``): the
+    rules, VIPs and SNAT rule the seeded connections were decided by."""
     from middlebox.config import (HostConfig, NatRuleSpec, RuleSpec, ServiceSpec,
                                   SliceConfig, VipSpec, VmSpec)
-    fw = ServiceSpec("fw-x", "firewall", "deny", {}, (
-        RuleSpec(100, "from-vm", "proto=tcp", "allow", "tenant", "r-out"),
-        RuleSpec(100, "to-vm", "proto=tcp dport=%d" % BACKEND_PORT, "allow", "tenant", "r-be")))
-    lb = ServiceSpec("lb-x", "lb", vips=(VipSpec(
-        "vip-1", VIP, VIP_PORT, "tcp", "round-robin",
-        tuple(sorted((ip, BACKEND_PORT) for _, _, ip in BACKENDS)),
-        {"health-check": "none"}),))
-    snat = NatRuleSpec("snat-1", "snat", (EXT_IP,), "", port_range=(1024, 65535))
+    rules = (RuleSpec(100, "from-vm", "proto=tcp", "allow", "tenant", RULE_OUT),
+             RuleSpec(100, "to-vm", "proto=tcp dport=%d-%d" % (FW_IN_PORT, FW_IN_PORT + SPREAD),
+                      "allow", "tenant", RULE_IN))
+    fw = ServiceSpec("fw-x", "firewall", "deny", {}, rules)
+    lb = ServiceSpec("lb-x", "lb", vips=tuple(VipSpec(
+        "vip-%d" % k, VIP, VIP_PORT + k, "tcp", "hash",
+        tuple(sorted((ip, BACKEND_PORT + k) for _, _, ip in BACKENDS)),
+        {"health-check": "none"}) for k in range(SPREAD)))
+    snat = NatRuleSpec(SNAT_UUID, "snat", (EXT_IP,), "", port_range=(1024, 65535))
     nat = ServiceSpec("nat-x", "nat", nat_rules=(snat,))
-    vms = (VmSpec(VM, VM_MAC, VM_IP, SRC_HOST), VmSpec(PEER_VM, PEER_MAC, PEER_IP, "hpeer")) \
+    vms = (VmSpec(VM, VM_MAC, VM_IP, SRC_HOST), VmSpec("peer", PEER_MAC, PEER_IP, "hpeer"),
+           VmSpec("client", CLIENT_MAC, CLIENT_IP, "hpeer")) \
         + tuple(VmSpec(n, m, ip, "hpeer") for n, m, ip in BACKENDS)
-    block = (EXT_IP, 1024, 65535) if host == SRC_HOST else (EXT_IP, 1024, 1027)
     return HostConfig(host, {tag: SliceConfig(
         tag=tag, middlebox="fw-x", type="firewall", tenant="x", switch="ls-x", vni=900,
-        default_action="deny", options={}, rules=fw.rules, vms=vms, services=(fw, lb, nat),
-        subnet=SUBNET, gateway=GATEWAY, snat_blocks={"snat-1": block})})
+        default_action="deny", options={}, rules=rules, vms=vms, services=(fw, lb, nat),
+        subnet=SUBNET, gateway=GATEWAY, snat_blocks={SNAT_UUID: (EXT_IP, 1024, 65535)})})
 
 
-def _frame(src_mac, dst_mac, src, dst, sport, dport, flags):
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0,
-                     bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1 if flags & 0x10 else 0,
-                      0x50, flags, 1024, 0, 0)
-    return (bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
-            + b"\x08\x00" + ip + tcp)
+def _host(name, tag, first_zone):
+    """(service, zones) of a host as mbxd holds them: the slices of
+    ``_slice_config`` and a zone map with the VM's and the SNAT rule's zone."""
+    from middlebox.service import Service
+    from middlebox.zones import ZoneMap
+    zones = ZoneMap(first=first_zone)
+    zones.update([("vm", VM), ("snat", SNAT_UUID)])
+    service = Service(name, zone_of=zones.vm)
+    service.configure(_slice_config(name, tag))
+    return service, zones
 
 
-def build_source(n):
-    """A source core with ``n`` established TCP connections of VM ``mv``
-    (kinds in turn: fw to a peer VM, lb to the VIP, snat to a server on
-    the internet), each from its SYN and SYN-ACK through ``handle_frame``.
-    Returns (core, {flow key: Flow} of its installed cache flows)."""
-    from middlebox.core import MiddleboxCore
-    from middlebox.packet import ip_text, parse_frame
-    from ryu_apps import pipeline as P
-    core = MiddleboxCore(SRC_HOST)
-    core.configure(_slice_config(SRC_HOST, SRC_TAG), 0.0)
-    R = P.ROUTER_MAC
-    from_vm, to_vm = P.STAGE_FROM_VM << 13 | SRC_TAG, P.STAGE_TO_VM << 13 | SRC_TAG
-    ext_in = P.STAGE_FROM_EXTERNAL << 13 | SRC_TAG
-    bmac = {ip: mac for _, mac, ip in BACKENDS}
-    flows = {}
-
-    def take(res):
-        for f in res.delete:
-            flows.pop(f.key, None)
-        for f in res.add:
-            flows[f.key] = f
-    for i in range(n):
-        kind, j = KINDS[i % 3], i // 3
-        sport = 1024 + j % 64000
-        if kind == "fw":
-            dport = 7000 + j // 64000
-            take(core.handle_frame(_frame(VM_MAC, PEER_MAC, VM_IP, PEER_IP, sport, dport, 0x02),
-                                   from_vm, 1.0))
-            res = core.handle_frame(_frame(PEER_MAC, VM_MAC, PEER_IP, VM_IP, dport, sport, 0x12),
-                                    to_vm, 1.0)
-        elif kind == "lb":
-            res = core.handle_frame(_frame(VM_MAC, R, VM_IP, VIP, sport, VIP_PORT, 0x02),
-                                    from_vm, 1.0)
-            take(res)
-            backend = ip_text(parse_frame(res.held[0][0], 0).dst)
-            res = core.handle_frame(_frame(bmac[backend], VM_MAC, backend, VM_IP, BACKEND_PORT,
-                                           sport, 0x12), to_vm, 1.0)
-        else:
-            res = core.handle_frame(_frame(VM_MAC, R, VM_IP, SERVER, sport, SERVER_PORT, 0x02),
-                                    from_vm, 1.0)
-            take(res)
-            ext_port = parse_frame(res.out[0][0], 0).sport
-            res = core.handle_frame(_frame(EXT_GW_MAC, R, SERVER, EXT_IP, SERVER_PORT,
-                                           ext_port, 0x12), ext_in, 1.0)
-        if res.verdict != "allow":
-            raise RuntimeError("connection %d (%s) not allowed: %s" % (i, kind, res))
-        take(res)
-    count = core.conn_count()["total"]
-    if count != n:
-        raise RuntimeError("built %d connections, not %d" % (count, n))
-    return core, flows
+def connections(n, vm_zone, snat_zone, start=0):
+    """The source's conntrack entries of established TCP connections
+    ``start`` .. ``n - 1`` of ``mv`` (kinds in turn: fw, lb, snat):
+    (entries of the VM's zone, entries of the SNAT zone), as the dataplane
+    commits them."""
+    from middlebox import dataplane as D
+    from middlebox.conn import Conn
+    from middlebox.config import RuleSpec
+    from middlebox.packet import ip_int
+    vm, peer, client = ip_int(VM_IP), ip_int(PEER_IP), ip_int(CLIENT_IP)
+    backends = [ip_int(ip) for _, _, ip in BACKENDS]
+    vip, server, ext = ip_int(VIP), ip_int(SERVER), ip_int(EXT_IP)
+    r_out = D.rule_id(RuleSpec(100, "from-vm", "", "allow", uuid=RULE_OUT))
+    r_in = D.rule_id(RuleSpec(100, "to-vm", "", "allow", uuid=RULE_IN))
+    vip_sid = [D.service_id("%s:%d/tcp" % (VIP, VIP_PORT + k)) << D.LABEL_SERVICE_OFS
+               for k in range(SPREAD)]
+    snat_sid = D.service_id(SNAT_UUID) << D.LABEL_SERVICE_OFS
+    out, mark_in = SRC_TAG, SRC_TAG | D.MARK_IN
+    est = "ESTABLISHED"
+    vm_conns, snat_conns = [], []
+    add, add_snat = vm_conns.append, snat_conns.append
+    for i in range(start, n):
+        kind, j = i % 3, i // 3
+        port, k = 1024 + j % PORTS_PER_PAIR, j // PORTS_PER_PAIR
+        if kind == 0 and j % 2 == 0:        # fw, opened by mv
+            add(Conn(6, vm, port, peer, FW_OUT_PORT + 2 * k, peer, FW_OUT_PORT + 2 * k, vm,
+                     port, vm_zone, out, r_out, est))
+        elif kind == 0:                     # fw, opened by a peer
+            add(Conn(6, client, port, vm, FW_IN_PORT + 2 * k, vm, FW_IN_PORT + 2 * k, client,
+                     port, vm_zone, mark_in, r_in, est))
+        elif kind == 1:                     # lb: DNAT to the hash-picked backend
+            b = backends[j % 3]
+            add(Conn(6, vm, port, vip, VIP_PORT + k, b, BACKEND_PORT + k, vm, port, vm_zone,
+                     out, r_out | vip_sid[k], est))
+        else:                               # snat: both zones
+            s = server + k
+            add(Conn(6, vm, port, s, SERVER_PORT, s, SERVER_PORT, vm, port, vm_zone, out,
+                     r_out, est))
+            add_snat(Conn(6, vm, port, s, SERVER_PORT, s, SERVER_PORT, ext, port, snat_zone,
+                          out, snat_sid, est))
+    return vm_conns, snat_conns
 
 
-class Bridge:
-    """A private ovsdb-server + ovs-vswitchd in netns ``mbxb-xfer`` with
-    netdev bridges (no ports, no traffic): somewhere real to install flows.
-    Ends its two daemons by the PIDs in their pidfiles."""
+class Switch:
+    """A throwaway ovsdb-server + ovs-vswitchd in network namespace
+    ``PREFIX-NAME`` with one netdev bridge (no ports, no traffic): a real
+    datapath to hold conntrack entries.  Ends its two daemons by the PIDs of
+    their pidfiles, only if they still run from its directory."""
 
-    def __init__(self, rundir, bridges=("br-src", "br-dst"), prefix=PREFIX):
-        self.ns = "%s-xfer" % prefix
-        self.dir = os.path.join(rundir, "xfer")
-        self.bridges = bridges
-        self.pids = []
+    def __init__(self, rundir, name, prefix=PREFIX, bridge="br-int"):
+        self.ns = "%s-%s" % (prefix, name)
+        self.dir = os.path.join(rundir, name)
+        self.bridge = bridge
 
     def _run(self, cmd, **kw):
         return subprocess.run(["ip", "netns", "exec", self.ns] + cmd, check=True,
-                              capture_output=True, text=True, timeout=600, **kw)
+                              capture_output=True, text=True, timeout=kw.pop("timeout", 600),
+                              **kw)
 
     def up(self):
         self.down()
@@ -167,7 +196,6 @@ class Bridge:
                    "--unixctl=%s/ovsdb-server.ctl" % self.dir,
                    "--log-file=%s/ovsdb-server.log" % self.dir, "--detach", "--no-chdir"],
                   env=env)
-        self.pids.append(self._pid("ovsdb-server"))
         vsctl = ["ovs-vsctl", "--timeout=20", "--db=unix:%s/db.sock" % self.dir]
         self._run(vsctl + ["--no-wait", "init"])
         self._run(["ovs-vswitchd", "unix:%s/db.sock" % self.dir,
@@ -175,39 +203,73 @@ class Bridge:
                    "--unixctl=%s/ovs-vswitchd.ctl" % self.dir,
                    "--log-file=%s/ovs-vswitchd.log" % self.dir, "--detach", "--no-chdir"],
                   env=env)
-        self.pids.append(self._pid("ovs-vswitchd"))
-        for br in self.bridges:
-            self._run(vsctl + ["add-br", br, "--", "set", "bridge", br,
-                               "datapath_type=netdev", "fail_mode=secure",
-                               "protocols=OpenFlow13"])
+        self._run(vsctl + ["add-br", self.bridge, "--", "set", "bridge", self.bridge,
+                           "datapath_type=netdev", "fail_mode=secure",
+                           "protocols=OpenFlow13"])
+        # As mbxd sets it on every host: imported entries carry no TCP window.
+        self.appctl("dpctl/ct-disable-tcp-seq-chk")
+        return self
 
-    def _pid(self, name):
+    def pid(self, name="ovs-vswitchd"):
         with open(os.path.join(self.dir, name + ".pid")) as f:
             return int(f.read().strip())
 
-    def target(self, br):
-        return "unix:%s/%s.mgmt" % (self.dir, br)
+    @property
+    def target(self):
+        return "unix:%s/%s.mgmt" % (self.dir, self.bridge)
+
+    def appctl(self, *args, timeout=600):
+        return subprocess.run(["ovs-appctl", "--timeout=%d" % timeout, "-t",
+                               os.path.join(self.dir, "ovs-vswitchd.ctl")] + list(args),
+                              check=True, capture_output=True, text=True,
+                              timeout=timeout + 30).stdout
+
+    def vswitch(self):
+        from middlebox.vswitch import Vswitch
+        return Vswitch(os.path.join(self.dir, "ovs-vswitchd.ctl"), timeout=600)
+
+    def rss(self):
+        """ovs-vswitchd's resident memory, bytes."""
+        return _rss_of(self.pid())
+
+    def entries(self):
+        """Conntrack entries in the datapath (``dpctl/ct-stats-show``)."""
+        text = self.appctl("dpctl/ct-stats-show")
+        for line in text.splitlines():
+            if "Connections" in line or "Total" in line:
+                digits = [w.strip(":,") for w in line.split() if w.strip(":,").isdigit()]
+                if digits:
+                    return int(digits[-1])
+        return None
 
     def down(self):
         from ovsdb.server import stop as stop_pid
         for name in ("ovs-vswitchd", "ovsdb-server"):
+            path = os.path.join(self.dir, name + ".pid")
             try:
-                pid = self._pid(name)
+                pid = self.pid(name)
                 with open("/proc/%d/cmdline" % pid, "rb") as f:
                     ours = self.dir.encode() in f.read()    # not a reused PID
             except (OSError, ValueError):
                 ours = False
             if ours:
                 stop_pid(pid)
-            if not os.path.exists(os.path.join(self.dir, name + ".pid")):
-                continue
-            os.unlink(os.path.join(self.dir, name + ".pid"))
-        self.pids = []
+            if os.path.exists(path):
+                os.unlink(path)
         if os.path.exists("/run/netns/" + self.ns):
             subprocess.run(["ip", "netns", "del", self.ns], check=False)
 
 
-def _of_connect(target):
+def _rss_of(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def of_connect(target):
+    """An ``OfConn`` with its barrier replies and errors collected."""
     from middlebox.ofconn import OfConn
     of = OfConn(target)
     of.barriers = set()
@@ -218,7 +280,8 @@ def _of_connect(target):
     return of
 
 
-def _of_until(of, done, timeout):
+def of_until(of, done, timeout):
+    """Run ``of`` (writing what it queued, reading replies) until ``done()``."""
     deadline = time.monotonic() + timeout
     while not done():
         left = deadline - time.monotonic()
@@ -228,15 +291,27 @@ def _of_until(of, done, timeout):
         of.run()
 
 
-def install(of, flows, timeout=600):
-    """send_flows + barrier, as mbxd does: (seconds until the barrier reply,
-    seconds in send_flows: building and serializing the FLOW_MODs)."""
-    t0 = time.perf_counter()
-    of.send_flows(list(flows))
-    t1 = time.perf_counter()
+def barrier(of, timeout=600):
+    """A barrier after everything queued, and its reply."""
     xid = of.barrier()
-    _of_until(of, lambda: xid in of.barriers, timeout)
-    return time.perf_counter() - t0, t1 - t0
+    of_until(of, lambda: xid in of.barriers, timeout)
+    if of.errors:
+        raise RuntimeError("OpenFlow errors: %s" % of.errors[:3])
+
+
+def seed(of, conns, chunk=SEED_CHUNK, timeout=900):
+    """Commit ``conns`` into their zones with their mark and label
+    (``ctcommit.packet_outs``), in batches; returns the seconds."""
+    from middlebox import ctcommit
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    for start in range(0, len(conns), chunk):
+        data = ctcommit.packet_outs(conns[start:start + chunk], lambda c: c.zone,
+                                    lambda c: c.mark, lambda c: c.label)
+        of.send_packet_outs([data])
+        of_until(of, lambda: not of.pending_output, max(1, deadline - time.monotonic()))
+    barrier(of, max(1, deadline - time.monotonic()))
+    return time.perf_counter() - t0
 
 
 class _Pair:
@@ -245,7 +320,7 @@ class _Pair:
 
     def __init__(self):
         from middlebox import migchan, pki
-        self.tmp = tempfile.mkdtemp(prefix="mbxb-pki-")
+        self.tmp = tempfile.mkdtemp(prefix="mbx-migbench-pki-")
         pki.init_ca(self.tmp)
         self.src = migchan.Channel(SRC_HOST, pki.issue_host(self.tmp, SRC_HOST))
         self.dst = migchan.Channel(DST_HOST, pki.issue_host(self.tmp, DST_HOST),
@@ -256,7 +331,7 @@ class _Pair:
         self.n = 0
         self.backlog = {}       # events read but not yet wanted, per channel
 
-    def wait(self, chan, want, timeout=120):
+    def wait(self, chan, want, timeout=300):
         """Events of ``chan`` until ``want(event)``; returns that event."""
         deadline = time.monotonic() + timeout
         backlog = self.backlog.setdefault(id(chan), [])
@@ -279,98 +354,293 @@ class _Pair:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _move(src, n, pair, of_dst):
-    """Gather, transfer, import and install the state of ``n`` connections of
-    ``src`` (one move, into a fresh destination core); its figures."""
-    import gc
-    from middlebox import vmstate
-    from middlebox.gcpause import gc_paused
-    from middlebox.core import MiddleboxCore
-    # gather (service mode)
-    gc.collect()
+class Bench:
+    """The two switches, their OpenFlow connections, the two hosts' slices
+    and zones, and the TLS channel pair."""
+
+    def __init__(self, rundir, prefix):
+        self.src = Switch(rundir, "xsrc", prefix)
+        self.dst = Switch(rundir, "xdst", prefix)
+        self.pair = None
+        self.of_src = self.of_dst = None
+
+    def __enter__(self):
+        try:
+            self.src.up()
+            self.dst.up()
+            self.of_src = of_connect(self.src.target)
+            self.of_dst = of_connect(self.dst.target)
+            self.pair = _Pair()
+        except BaseException:
+            self.close()
+            raise
+        self.src_service, self.src_zones = _host(SRC_HOST, SRC_TAG, 1)
+        self.dst_service, self.dst_zones = _host(DST_HOST, DST_TAG, 101)
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        for of in (self.of_src, self.of_dst):
+            if of is not None:
+                of.close()
+        if self.pair is not None:
+            self.pair.stop()
+            self.pair = None
+        self.src.down()
+        self.dst.down()
+
+    def fresh(self, which):
+        """A new OpenFlow connection to a switch (outside any timing): the
+        switch drops one that left its echo requests unanswered for a
+        minute, as this single-threaded bench does during long phases."""
+        if which == "src":
+            self.of_src.close()
+            self.of_src = of_connect(self.src.target)
+        else:
+            self.of_dst.close()
+            self.of_dst = of_connect(self.dst.target)
+
+    def zones(self, which):
+        zones = self.src_zones if which == "src" else self.dst_zones
+        return zones.vm(VM), zones.get(("snat", SNAT_UUID))
+
+    def flush(self, which):
+        sw = self.src if which == "src" else self.dst
+        for zone in self.zones(which):
+            sw.appctl("dpctl/flush-conntrack", "zone=%d" % zone)
+
+
+def _ms(seconds):
+    return round(seconds * 1000, 1)
+
+
+def _lat(values):
+    """Median, p99 and extremes of latencies in ms."""
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "median": round(statistics.median(values), 2),
+            "p99": round(_pct(values, 99), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2)}
+
+
+def gather(b):
+    """The source's part up to the bytes on the wire, as mbxd's
+    ``MigrationManager._records`` and ``_send_records``/``_final`` do it:
+    (records, parts, digest, times in seconds)."""
+    from middlebox import conn as C, vmstate
+    from middlebox.migration import SNAPSHOT_PART
+    vs = b.src.vswitch()
+    vm_zone, snat_zone = b.zones("src")
+    t = {}
     t0 = time.perf_counter()
-    records = src.gather(VM, "service")
-    t_gather = time.perf_counter() - t0
-    if len(records) != n:
-        raise RuntimeError("gathered %d records, not %d" % (len(records), n))
-    dst = MiddleboxCore(DST_HOST)
-    dst.configure(_slice_config(DST_HOST, DST_TAG), 0.0)
+    texts = (vs.dump_zone(vm_zone), vs.dump_zone(snat_zone))
+    t1 = time.perf_counter()
+    vm_conns, snat_conns = (C.parse_dump(x) for x in texts)
+    del texts
+    t2 = time.perf_counter()
+    records = vmstate.gather(VM, b.src_service.slices, vm_conns, {SNAT_UUID: snat_conns})
+    t3 = time.perf_counter()
+    t.update(dump=t1 - t0, parse=t2 - t1, records=t3 - t2, gather=t3 - t0)
+    del vm_conns, snat_conns
+    t0 = time.perf_counter()
+    parts = list(C.encode_parts([c for _, c in records], [sl for sl, _ in records],
+                                SNAPSHOT_PART))
+    t1 = time.perf_counter()
+    digest = vmstate.digest(records)
+    t2 = time.perf_counter()
+    t.update(encode_parts=t1 - t0, digest=t2 - t1, encode=t2 - t0)
+    return records, parts, digest, t
+
+
+def send(b, parts, count, digest):
+    """hello, the parts and final through the channel pair, until the
+    destination has ``final``: (state messages received, final, bytes,
+    seconds)."""
+    from middlebox.migration import PROTOCOL_VERSION
+    pair = b.pair
     pair.n += 1
     sid, mig = "out-%d" % pair.n, "bench-%d" % pair.n
     pair.src.connect(sid, pair.address, DST_HOST)
     pair.wait(pair.src, lambda ev: ev.sid == sid and ev.kind == "connected")
-    # transfer: the source encodes and sends hello, the snapshot and final
-    # (with its digest); the destination has decoded them all.
-    # (as mbxd: no cyclic collection while encoding and keying the records).
     t0 = time.perf_counter()
-    from middlebox.migration import PROTOCOL_VERSION
-    with gc_paused():
-        pair.src.send(sid, {"type": "hello", "version": PROTOCOL_VERSION, "migration": mig,
-                            "token": "t" * 32, "vm": VM, "source": SRC_HOST,
-                            "destination": DST_HOST})
-        pair.src.send(sid, {"type": "state", "migration": mig, "seq": 1, "kind": "snapshot",
-                            "records": records, "removed": []})
-        t_json = time.perf_counter() - t0
-        sent = {vmstate.record_key(r): r for r in records}
-        pair.src.send(sid, {"type": "final", "migration": mig, "seq": 2, "count": len(sent),
-                            "digest": vmstate.digest(sent.values())})
-    t_encoded = time.perf_counter() - t0
-    del records, sent
-    staged, final, sizes = {}, None, 0
-    in_sid = None
+    pair.src.send(sid, {"type": "hello", "version": PROTOCOL_VERSION, "migration": mig,
+                        "token": "t" * 32, "vm": VM, "source": SRC_HOST,
+                        "destination": DST_HOST})
+    for i, data in enumerate(parts):
+        pair.src.send(sid, {"type": "state", "migration": mig, "seq": i + 1,
+                            "kind": "snapshot" if i == 0 else "changes", "removed": [],
+                            "data": data})
+    pair.src.send(sid, {"type": "final", "migration": mig, "seq": len(parts) + 1,
+                        "count": count, "digest": digest})
+    states, final = [], None
     while final is None:
         ev = pair.wait(pair.dst, lambda ev: ev.kind in ("accepted", "message"))
-        if ev.kind == "accepted":
-            in_sid = ev.sid
+        if ev.kind != "message":
             continue
-        sizes += ev.size or 0
         msg = ev.message
         if msg["type"] == "state":
-            with gc_paused():       # as mbxd stages them
-                for rec in msg["records"]:
-                    staged[vmstate.record_key(rec)] = rec
+            states.append(msg)
         elif msg["type"] == "final":
             final = msg
-    t_transfer = time.perf_counter() - t0
-    gc.collect()
-    # import: the destination checks count and digest, then import_vm
-    # (which checks every record first).
-    t0 = time.perf_counter()
-    got = list(staged.values())
-    if final["count"] != len(got) or final["digest"] != vmstate.digest(got):
-        raise RuntimeError("transfer of %d records arrived corrupt" % n)
-    changes, imported = dst.import_vm(VM, got, time.time())
-    t_import = time.perf_counter() - t0
-    del staged, got
-    # flows: the destination's new cache flows into its bridge, to the barrier.
-    t_flows, t_serialize = install(of_dst, changes.add)
-    pair.dst.send(in_sid, {"type": "ack", "migration": mig, "entries": imported,
-                           "flows": len(changes.add)})
-    pair.wait(pair.src, lambda ev: ev.sid == sid and ev.kind == "message"
-              and ev.message.get("type") == "ack")
-    t_total = time.perf_counter() - t0 + t_transfer + t_gather
-    sent_bytes, _ = pair.src.stats(sid)
+    seconds = time.perf_counter() - t0
+    sent, _ = pair.src.stats(sid)
     pair.src.close(sid)
-    errors = of_dst.errors
-    if errors:
-        raise RuntimeError("OpenFlow errors installing flows: %s" % errors[:3])
-    if imported != n or dst.conn_count()["total"] != n:
-        raise RuntimeError("imported %d of %d" % (dst.conn_count()["total"], n))
-    return {"t_gather": t_gather, "t_transfer": t_transfer, "t_import": t_import,
-            "t_flows": t_flows, "t_serialize": t_serialize, "t_encoded": t_encoded,
-            "t_json": t_json,
-            "t_total": t_total, "sent_bytes": sent_bytes, "sizes": sizes,
-            "flows": len(changes.add)}
+    return states, final, sent, seconds
 
 
-def _profile_top(prof, count=12):
-    """The ``count`` functions with the most cumulative time in ``prof``
-    (after the move itself): [[function, cumulative ms]]."""
+def receive(b, states, final):
+    """The destination's part before committing, as mbxd's
+    ``_state_in`` and ``_import``: decode and stage, verify, localize."""
+    from middlebox import conn as C, vmstate
+    t = {}
+    t0 = time.perf_counter()
+    staged = {}
+    for msg in states:
+        conns, slices = C.decode(msg["data"])
+        for sl, c in zip(slices, conns):
+            staged[(sl, c.key)] = (sl, c)
+    t1 = time.perf_counter()
+    records = list(staged.values())
+    if final["count"] != len(records) or final["digest"] != vmstate.digest(records):
+        raise RuntimeError("the transfer arrived corrupt: %d records, %d announced"
+                           % (len(records), final["count"]))
+    t2 = time.perf_counter()
+    local = vmstate.localize(VM, records, b.dst_service.slices, b.dst_zones)
+    t3 = time.perf_counter()
+    t.update(decode=t1 - t0, verify=t2 - t1, localize=t3 - t2)
+    return local, vmstate.count_connections(records), t
+
+
+def bulk(b, local):
+    """Commit every record, then a barrier (mbxd's bulk import)."""
+    from middlebox import ctcommit
+    t0 = time.perf_counter()
+    groups = ctcommit.commit_groups([c for c, _ in local])
+    messages = [p for _, pos in groups for p in pos]
+    t1 = time.perf_counter()
+    b.of_dst.send_packet_outs(messages)
+    barrier(b.of_dst)
+    t2 = time.perf_counter()
+    return len(messages), {"build": t1 - t0, "switch": t2 - t1, "commit": t2 - t0}
+
+
+def lazy(b, local, samples=50, interval=0.025, most=400):
+    """mbxd's lazy import (``MigrationManager._import`` and ``_lazy_run``):
+    the index (then usable: a connection is committed at its first packet),
+    then the background commit, ``LAZY_CHUNK`` connections per loop
+    iteration, each iteration queuing its chunk without waiting for the
+    switch.  First packets (a record's packet-outs and a barrier, as
+    ``arrivals.offer`` and the daemon do) arrive every ``interval`` s
+    during the background commit, and ``samples`` more once it is done
+    (the switch idle).  Latencies in ms from the commit queued to the
+    barrier reply."""
+    from middlebox import ctcommit
+    from middlebox.migration import LAZY_CHUNK
+    t0 = time.perf_counter()
+    groups = ctcommit.commit_groups([c for c, _ in local])
+    index = {}
+    for keys, packet_outs in groups:
+        for key in keys:
+            index.setdefault(key, []).extend(packet_outs)
+    pending = [p for _, p in groups]
+    t_index = time.perf_counter() - t0
+    of = b.of_dst
+    replies, sent = {}, {}
+    of.on_barrier = lambda xid: replies.__setitem__(xid, time.perf_counter())
+    # mbxd pops the background from the end of the list: first packets are
+    # taken from its start, whose records are committed last.
+    keys = [g[0][0] for g in groups]
+    nxt = 0
+
+    def first_packet():
+        nonlocal nxt
+        while nxt < len(keys) and keys[nxt] not in index:
+            nxt += 1
+        if nxt >= len(keys):
+            return None
+        of.send_packet_outs(index.pop(keys[nxt]))
+        xid = of.barrier()
+        sent[xid] = time.perf_counter()
+        return xid
+    try:
+        t0 = time.perf_counter()
+        during = []
+        next_sample = t0
+        while pending:                  # one chunk per loop iteration
+            chunk, n = [], 0
+            while pending and n < LAZY_CHUNK:
+                chunk.extend(pending.pop())
+                n += 1
+            of.send_packet_outs(chunk)
+            of.run()
+            if time.perf_counter() >= next_sample and len(during) < most:
+                during.append(first_packet())
+                next_sample += interval
+        done = of.barrier()
+        while done not in replies:
+            now = time.perf_counter()
+            if now >= next_sample and len(during) < most:
+                xid = first_packet()
+                if xid is not None:
+                    during.append(xid)
+                next_sample = now + interval
+            select.select([of.sock], [of.sock] if of.pending_output else [], [],
+                          max(0.0, min(0.05, next_sample - time.perf_counter())))
+            of.run()
+            if time.perf_counter() - t0 > 900:
+                raise TimeoutError("the background commit took over 900 s")
+        background = replies[done] - t0
+        of_until(of, lambda: all(x in replies for x in during if x is not None), 600)
+        idle = []
+        for _ in range(samples):
+            xid = first_packet()
+            if xid is None:
+                break
+            of_until(of, lambda: xid in replies, 60)
+            idle.append(xid)
+    finally:
+        of.on_barrier = of.barriers.add
+    if of.errors:
+        raise RuntimeError("OpenFlow errors: %s" % of.errors[:3])
+
+    def lat(xids):
+        return _lat([(replies[x] - sent[x]) * 1000 for x in xids if x is not None])
+    return {"index": t_index, "first_packet_during_ms": lat(during),
+            "first_packet_idle_ms": lat(idle), "background": background,
+            "chunk": LAZY_CHUNK, "sample_interval_ms": interval * 1000}
+
+
+def check_zone(b, local):
+    """The destination's zones hold exactly the localized records (tuples,
+    translations, mark, label, state)."""
+    from middlebox import conn as C
+    vs = b.dst.vswitch()
+    got = set()
+    for zone in b.zones("dst"):
+        dump = C.parse_dump(vs.dump_zone(zone))
+        if dump.malformed:
+            raise RuntimeError("%d malformed dump lines" % dump.malformed)
+        got.update(dump)
+    want = {c for c, _ in local}
+    if got != want:
+        missing, extra = want - got, got - want
+        raise RuntimeError("the destination's zones differ from the records: %d missing "
+                           "(e.g. %s), %d extra (e.g. %s)" % (
+                               len(missing), next(iter(missing), None), len(extra),
+                               next(iter(extra), None)))
+    return len(got)
+
+
+def _profile_top(prof, count=14):
+    """The ``count`` functions with the most cumulative time in ``prof``:
+    [[function, cumulative ms]]."""
     import pstats
     stats = pstats.Stats(prof).stats
     rows = []
     for (path, line, name), (_, _, _, cum, _) in stats.items():
-        if name in ("_move", "<lambda>", "<built-in method gc.collect>") \
+        if name in ("<lambda>", "<built-in method gc.collect>", "_python_phases") \
                 or name.startswith("<method 'disable'"):
             continue
         where = name if path == "~" else "%s:%d(%s)" % (
@@ -380,89 +650,110 @@ def _profile_top(prof, count=12):
     return rows[:count]
 
 
-def transfer_one(n, pair, bridge, datapath=False, out=print):
-    """One transfer of ``n`` connections; phases in ms."""
-    import gc
-    from ryu_apps import pipeline as P
+def _python_phases(b):
+    records, parts, digest, _ = gather(b)
+    states, final, _, _ = send(b, parts, len(records), digest)
+    local, _, _ = receive(b, states, final)
+    return bulk(b, local)
+
+
+def transfer_one(b, n, profile=False, out=print):
+    """Seed ``n`` connections at the source, move them twice (bulk, lazy);
+    the phases in ms and what was checked."""
+    from middlebox import vmstate
+    res = {"connections": n}
+    b.flush("src")
+    vm_zone, snat_zone = b.zones("src")
+    vm_conns, snat_conns = connections(n, vm_zone, snat_zone)
+    res["entries"] = {"vm_zone": len(vm_conns), "snat_zone": len(snat_conns)}
+    b.fresh("src")
+    res["seed_s"] = round(seed(b.of_src, vm_conns + snat_conns), 2)
+    del vm_conns, snat_conns
+    gc.collect()
+    t = {}
+    records, parts, digest, tg = gather(b)
+    if vmstate.count_connections(records) != n or len(records) != sum(res["entries"].values()):
+        raise RuntimeError("gathered %d records of %d connections, not %d"
+                           % (len(records), vmstate.count_connections(records), n))
+    t.update(tg)
     t0 = time.perf_counter()
-    src, src_flows = build_source(n)
-    build_s = time.perf_counter() - t0
-    res = {"connections": n, "build_s": round(build_s, 2), "source_flows": len(src_flows)}
-    of_src = _of_connect(bridge.target("br-src"))
-    of_dst = _of_connect(bridge.target("br-dst"))
-    try:
-        if datapath:
-            # The source's cache flows in a real bridge, then mbxd's datapath
-            # gather: one flow-stats dump of the daemon's cookie, then gather().
-            install(of_src, src_flows.values())
-            gc.collect()
-            t0 = time.perf_counter()
-            entries = of_src.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK, timeout=120)
-            t1 = time.perf_counter()
-            dp_records = src.gather(VM, "datapath",
-                                    [(f, pk, nb) for f, pk, nb, *_ in entries])
-            t2 = time.perf_counter()
-            res["gather_datapath"] = {"dump_ms": round((t1 - t0) * 1000, 1),
-                                      "gather_ms": round((t2 - t1) * 1000, 1),
-                                      "total_ms": round((t2 - t0) * 1000, 1),
-                                      "flows_dumped": len(entries),
-                                      "records": len(dp_records)}
-            del entries, dp_records
-        m = _move(src, n, pair, of_dst)
-        if of_src.errors:
-            raise RuntimeError("OpenFlow errors installing flows: %s" % of_src.errors[:3])
-        t_gather, t_transfer, t_import, t_flows = (m["t_gather"], m["t_transfer"],
-                                                   m["t_import"], m["t_flows"])
-        # The same move again under cProfile (main thread: the channel's
-        # threads, TLS and JSON decoding, show as waiting), for where the
-        # time goes; into the emptied destination bridge.
+    kept, _ = vmstate.review(records, b.src_service.slices)
+    res["review_ms"] = _ms(time.perf_counter() - t0)
+    del kept
+    count = len(records)
+    del records
+    states, final, wire, t["transfer"] = send(b, parts, count, digest)
+    res["wire_bytes"], res["parts"] = wire, len(parts)
+    del parts
+    local, moved, tr = receive(b, states, final)
+    t.update(tr)
+    del states
+    # Bulk import.
+    b.flush("dst")
+    b.fresh("dst")
+    gc.collect()
+    res["packet_outs"], tb = bulk(b, local)
+    t.update(tb)
+    res["checked"] = {"bulk": check_zone(b, local)}
+    # Lazy import of the same records.
+    b.flush("dst")
+    b.fresh("dst")
+    gc.collect()
+    lz = lazy(b, local)
+    t["index"], t["background"] = lz.pop("index"), lz.pop("background")
+    res["checked"]["lazy"] = check_zone(b, local)
+    res["lazy"] = lz
+    res["ms"] = {k: _ms(v) for k, v in t.items()}
+    ms = res["ms"]
+    before = sum(ms[p] for p in ("gather", "encode", "transfer", "decode", "verify",
+                                 "localize"))
+    res["usable_bulk_ms"] = round(before + ms["commit"], 1)
+    res["usable_lazy_ms"] = round(before + ms["index"], 1)
+    res["lazy"]["background_ms"] = ms["background"]
+    res["per_s"] = {p: round(n / max(v / 1000, 1e-9)) for p, v in ms.items()}
+    del local
+    if profile:
         import cProfile
-        bridge._run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge.target("br-dst")])
+        b.flush("dst")
+        b.fresh("dst")
+        gc.collect()
         prof = cProfile.Profile()
         prof.enable()
-        _move(src, n, pair, of_dst)
+        _python_phases(b)
         prof.disable()
         res["profile_top"] = _profile_top(prof)
-        phases = {"gather": t_gather, "transfer": t_transfer, "import": t_import,
-                  "flows": t_flows}
-        res.update({
-            "ms": {k: round(v * 1000, 1) for k, v in phases.items()},
-            "entries_per_s": {k: round(n / v) for k, v in phases.items()},
-            "encode_ms": round(m["t_encoded"] * 1000, 1),
-            "encode_json_ms": round(m["t_json"] * 1000, 1),
-            "total_ms": round(sum(phases.values()) * 1000, 1),
-            "total_with_ack_ms": round(m["t_total"] * 1000, 1),
-            "wire_bytes": m["sent_bytes"], "message_bytes": m["sizes"],
-            "flows_installed": m["flows"],
-            "flows_per_s": round(m["flows"] / t_flows),
-            "flows_serialize_ms": round(m["t_serialize"] * 1000, 1)})
-        out("transfer %6d connections: gather %.1f ms, transfer %.1f ms, import %.1f ms, "
-            "flows %.1f ms (%d flows), %d bytes%s"
-            % (n, *(res["ms"][k] for k in ("gather", "transfer", "import", "flows")),
-               m["flows"], m["sent_bytes"],
-               "; datapath gather %.1f ms" % res["gather_datapath"]["total_ms"]
-               if datapath else ""))
-        return res
-    finally:
-        of_src.close()
-        of_dst.close()
-        # The bridge is reused: leave it empty for the next size.
-        for br in bridge.bridges:
-            bridge._run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge.target(br)])
+        b.flush("dst")
+    b.flush("src")
+    out("transfer %7d connections: gather %.0f, encode %.0f, transfer %.0f, decode %.0f, "
+        "verify %.0f, localize %.0f, commit %.0f (build %.0f) ms: usable %.0f ms bulk, "
+        "%.0f ms lazy (background %.0f ms, first packet %s ms during it); %d bytes"
+        % (n, *(ms[p] for p in ("gather", "encode", "transfer", "decode", "verify",
+                                "localize", "commit", "build")),
+           res["usable_bulk_ms"], res["usable_lazy_ms"], ms["background"],
+           lz["first_packet_during_ms"].get("median", "-"), wire))
+    return res
 
 
-def transfer(sizes=SIZES, datapath_for=(10000,), rundir=RUNDIR, out=print, prefix=PREFIX):
-    bridge = Bridge(rundir, prefix=prefix)
-    pair = None
-    try:
-        bridge.up()
-        pair = _Pair()
-        return {str(n): transfer_one(n, pair, bridge, datapath=n in datapath_for, out=out)
-                for n in sizes}
-    finally:
-        if pair is not None:
-            pair.stop()
-        bridge.down()
+def transfer(sizes=SIZES, rundir=RUNDIR, out=print, prefix=PREFIX, profile_at=PROFILE_AT):
+    """``transfer_one`` for each size on one pair of switches; a size above
+    the target's that fails is reported with its error, the others raise."""
+    results = {}
+    with Bench(rundir, prefix) as b:
+        for n in sizes:
+            try:
+                results[str(n)] = transfer_one(b, n, profile=n == profile_at, out=out)
+            except Exception as err:        # noqa: BLE001 - reported; smaller sizes stand
+                if n <= PROFILE_AT:
+                    raise
+                results[str(n)] = {"connections": n, "error": "%s: %s" % (
+                    type(err).__name__, str(err)[:300])}
+                out("transfer %d connections failed: %s" % (n, results[str(n)]["error"]))
+                for which in ("src", "dst"):
+                    try:
+                        b.flush(which)
+                    except Exception:       # noqa: BLE001 - the switches go anyway
+                        pass
+    return results
 
 
 # ------------------------------------------------------- 2./3. gaps, survival
@@ -500,9 +791,8 @@ class _PlainConns:
 
     def build(self):
         from lab import ctbaseline as CT
-        from lab.migscenario import _ok
-        _ok(self.lab, "ls-add", PLAIN_SWITCH, "--vni", str(PLAIN_VNI), "--subnet", CT.SUBNET,
-            "--tenant", PLAIN_TENANT, "--gateway", CT.GATEWAY_IP)
+        self.lab.mbxctl_ok("ls-add", PLAIN_SWITCH, "--vni", str(PLAIN_VNI), "--subnet", CT.SUBNET,
+                           "--tenant", PLAIN_TENANT, "--gateway", CT.GATEWAY_IP)
         for vm, (ip, host) in PLAIN_VMS.items():
             self.lab.vm_add(vm, host, PLAIN_SWITCH, "%s/%d" % (ip, CT.PREFIXLEN))
         py = sys.executable
@@ -545,17 +835,17 @@ class _PlainConns:
         return CT._by_name(*finals)
 
 
-def _one_move(lab, sc, vm, to, notify, per_kind):
+def _one_move(lab, conns, vm, to, notify, per_kind):
     """Fresh connections, one move, their fate: (summary, gaps by kind)."""
     from lab import ctbaseline as CT
-    sc.open(per_kind=per_kind, duration=60)
+    conns.open(per_kind=per_kind, duration=60)
     try:
-        before = sc.snapshot()
+        before = conns.snapshot()
         steps = lab.migrate(vm, to, notify=notify)
-        at_move = sc.snapshot()
-        sc.wait_flowing(at_move, replies=10, timeout=7)
+        at_move = conns.snapshot()
+        conns.wait_flowing(at_move, replies=10, timeout=7)
     finally:
-        final = sc.stop()
+        final = conns.stop()
     summary = CT.summarize(before, at_move, final, steps, 0.0)
     by_kind = {}
     for name, gap in summary["max_gap_ms"].items():
@@ -564,15 +854,16 @@ def _one_move(lab, sc, vm, to, notify, per_kind):
     return summary, by_kind
 
 
-def moves(moves_per_path=10, per_kind=3, rundir=RUNDIR, out=print):
-    """The 3-host lab: the migscenario (mv through fw -> lb -> SNAT) and its
-    plain twin (pmv, no steering); mv and pmv move h1 <-> h2 in turn, each
+def moves(moves_per_path=10, per_kind=3, rundir=RUNDIR, out=print, prefix=PREFIX):
+    """The 3-host lab: the migscenario (mv through fw -> lb -> SNAT, and
+    DNAT from the internet client to mv) and its plain twin (pmv, no steering);
+    mv and pmv move h1 <-> h2 in turn, each
     path in turn, ``moves_per_path`` times each, with fresh connections per
     move.  Returns the per-move records."""
     from lab.lab import Lab
     from lab.migscenario import Scenario
-    Lab(prefix=PREFIX, rundir=rundir).down(log=lambda *_: None)     # a leftover
-    lab = Lab(prefix=PREFIX, rundir=rundir)
+    Lab(prefix=prefix, rundir=rundir).down(log=lambda *_: None)     # a leftover
+    lab = Lab(prefix=prefix, rundir=rundir)
     sc, plain = Scenario(lab, rundir), _PlainConns(lab, rundir)
     records = []
     try:
@@ -600,10 +891,11 @@ def moves(moves_per_path=10, per_kind=3, rundir=RUNDIR, out=print):
                            rec["status"]))
         return records
     finally:
-        try:
-            sc.stop()
-        except Exception:           # noqa: BLE001 - the lab goes down anyway
-            pass
+        for probes in (sc, plain):
+            try:
+                probes.stop()
+            except Exception:       # noqa: BLE001 - the lab goes down anyway
+                pass
         lab.down(log=lambda *_: None)
 
 
@@ -651,14 +943,14 @@ def summarize_moves(records):
     return gaps, survival
 
 
-def conntrack(runs=2, per_kind=3, settle=3.0, rundir=RUNDIR, out=print):
+def conntrack(runs=2, per_kind=3, settle=3.0, rundir=RUNDIR, out=print, prefix=PREFIX):
     """``lab.ctbaseline.run`` on this bench's prefix, ``runs`` times; survivors
     per kind summed over the runs, and their share."""
     from lab import ctbaseline as CT
     kinds, errors, gaps, steps = {}, {}, [], []
     for i in range(runs):
         res = CT.run(hosts=3, per_kind=per_kind, settle=settle, log=lambda *_: None,
-                     prefix=PREFIX, rundir=rundir)
+                     prefix=prefix, rundir=rundir)
         for kind, c in res["kinds"].items():
             k = kinds.setdefault(kind, {"total": 0, "survived": 0})
             k["total"] += c["total"]
@@ -679,22 +971,29 @@ def conntrack(runs=2, per_kind=3, settle=3.0, rundir=RUNDIR, out=print):
             "migrate_total_ms": steps}
 
 
-def run(sizes=SIZES, moves_per_path=10, per_kind=3, ct_runs=2, rundir=RUNDIR, out=print):
-    """Everything, in order: transfer sizes, moves (gaps, survival), the
-    conntrack baseline.  Returns the results dict (see ``summarize``)."""
-    t0 = time.monotonic()
-    res = {"transfer": transfer(sizes, rundir=rundir, out=out)}
-    t1 = time.monotonic()
-    records = moves(moves_per_path, per_kind, rundir=rundir, out=out)
-    t2 = time.monotonic()
-    res["conntrack"] = conntrack(ct_runs, per_kind, rundir=rundir, out=out)
-    t3 = time.monotonic()
-    res["gaps"], res["survival_mbx"] = summarize_moves(records)
-    res["moves"] = records
+def run(sizes=SIZES, moves_per_path=10, per_kind=3, ct_runs=2, rundir=RUNDIR, out=print,
+        prefix=PREFIX, parts=("transfer", "moves", "conntrack")):
+    """The parts asked for, in order: transfer sizes, moves (gaps, survival),
+    the conntrack baseline.  Returns the raw results (``report.summarize_migration``
+    makes the report's figures of them)."""
+    res, seconds = {}, {}
+    if "transfer" in parts:
+        t0 = time.monotonic()
+        res["transfer"] = transfer(sizes, rundir=rundir, out=out, prefix=prefix)
+        seconds["transfer"] = round(time.monotonic() - t0)
+    if "moves" in parts:
+        t0 = time.monotonic()
+        records = moves(moves_per_path, per_kind, rundir=rundir, out=out, prefix=prefix)
+        seconds["moves"] = round(time.monotonic() - t0)
+        res["gaps"], res["survival_mbx"] = summarize_moves(records)
+        res["moves"] = records
+    if "conntrack" in parts:
+        t0 = time.monotonic()
+        res["conntrack"] = conntrack(ct_runs, per_kind, rundir=rundir, out=out, prefix=prefix)
+        seconds["conntrack"] = round(time.monotonic() - t0)
     res["method"] = {"sizes": list(sizes), "moves_per_path": moves_per_path,
-                     "per_kind": per_kind, "conntrack_runs": ct_runs,
-                     "seconds": {"transfer": round(t1 - t0), "moves": round(t2 - t1),
-                                 "conntrack": round(t3 - t2)}}
+                     "per_kind": per_kind, "conntrack_runs": ct_runs, "seconds": seconds,
+                     "profile_at": PROFILE_AT}
     return res
 
 
@@ -707,8 +1006,8 @@ def main(argv=None):
     p.add_argument("--moves", type=int, default=10, help="moves per path and system (1-30)")
     p.add_argument("--per-kind", type=int, default=3)
     p.add_argument("--conntrack-runs", type=int, default=2)
-    p.add_argument("--only", choices=("transfer",),
-                   help="run only this part (transfer: the state-move timing by size)")
+    p.add_argument("--only", choices=("transfer", "moves", "conntrack"), action="append",
+                   help="run only this part (repeatable; default: all three)")
     p.add_argument("--rundir", default=RUNDIR, help="run directory (default %(default)s)")
     p.add_argument("--prefix", default=PREFIX,
                    help="name prefix of the namespaces (default %(default)s)")
@@ -716,14 +1015,10 @@ def main(argv=None):
     if os.geteuid() != 0:
         print("python -m lab.migbench needs root (network namespaces)", file=sys.stderr)
         return 2
-    sizes = args.sizes
-    if args.only == "transfer":
-        res = {"transfer": transfer(sizes, rundir=args.rundir, prefix=args.prefix,
-                                    out=lambda msg: print(msg, file=sys.stderr))}
-        print(json.dumps(res, indent=1, sort_keys=True))
-        return 0
-    res = run(sizes, max(1, min(args.moves, 30)), args.per_kind,
-              max(1, min(args.conntrack_runs, 10)), out=lambda msg: print(msg, file=sys.stderr))
+    res = run(args.sizes, max(1, min(args.moves, 30)), max(1, min(args.per_kind, 20)),
+              max(1, min(args.conntrack_runs, 10)), rundir=args.rundir,
+              out=lambda msg: print(msg, file=sys.stderr), prefix=args.prefix,
+              parts=tuple(args.only or ("transfer", "moves", "conntrack")))
     print(json.dumps(res, indent=1, sort_keys=True))
     return 0
 

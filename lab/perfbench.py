@@ -5,17 +5,31 @@
   build (``lab.ctbaseline``: ``ct(commit)`` ACLs, ``ct(nat)`` SNAT, select
   groups for the VIPs, no state transfer);
 * **mbx**: the same policy through mbx (``lab.migscenario``: firewall ->
-  load balancer -> SNAT, steered to each host's mbxd).
+  load balancer -> SNAT), compiled by each host's mbxd into the switch's
+  service stages: conntrack is the connection cache, mbxd is asked only
+  when the switch cannot decide alone.
 
 The policy (tenant red, ``ls-red`` 10.0.0.0/24) is the migration scenario's
 plus what the benchmark's traffic needs: a second VIP 10.0.0.100:5201 over
 b1..b3:5201 picked by a hash of the client address (iperf3's control and
-data connections must reach the same backend), UDP steered through the chain
-like TCP, and the firewall allowing new connections from every VM and into
-every VM on 5201.  The plain twin ``ls-plain`` (10.9.0.0/24, VNI
+data connections must reach the same backend: ct-baseline's select group
+hashes ``ip_src``, mbx's ``source-hash`` is picked by mbxd at the first
+packet and committed into conntrack), UDP steered through the chain like
+TCP, and the firewall allowing new connections from every VM and into every
+VM on 5201.  The echo VIP 10.0.0.100:80 that the new-connection test uses
+is a select group hashing the 5-tuple in both (mbx's default algorithm
+``hash``; ct-baseline's group as OVN builds it).  mbx also gets a VIP
+10.0.0.101:80 over the same backends with ``round-robin``: its backend is
+picked by mbxd (``RR_VIP``), measured on its own (no ct-baseline
+counterpart).  The plain twin ``ls-plain`` (10.9.0.0/24, VNI
 ``CT.PLAIN_VNI``) has a VM in each place that matters: ``pmv`` where mv is
 (h1), ``ppe`` where peer is (h3), ``pb1``/``pb2`` where b1 (h2) and b2 (h3)
 are.
+
+Both pipelines run under the same conntrack settings: mbxd switches TCP
+sequence checking off on its host (``dpctl/ct-disable-tcp-seq-chk``:
+imported connections carry no window state), and the conntrack lab's hosts
+get the same switch; ``conntrack_settings`` records what each host reports.
 
 Two labs up at once (each lab lives in its own namespaces): the mbx lab
 (plain and mbx) and the conntrack lab (ct-baseline, and its plain twin
@@ -34,10 +48,13 @@ Measured, per system and round:
   from ``workers`` threads (connections per second), to the VIP (plain: to
   pb1), on one host and through SNAT.
 
-Then, on h3 (both ends of the ``same`` case): the CPU ovs-vswitchd and
-mbxd spend per new connection (``cpu_split``), a cProfile of mbxd under that
-load (``profile_mbxd``), and how fast shared state reaches every host
-(``shared_state_convergence``).
+Then: the CPU ovs-vswitchd and mbxd spend per new connection on the host of
+both ends of the ``same`` case (h3), with ovs-vswitchd's datapath counters
+(upcalls, recirculations per connection: ``dpif-netdev/pmd-stats-show``)
+and the megaflow subtables probed per hit (``cpu_split``); the same for mbx's
+round-robin VIP on the client's host h1, where mbxd picks every backend;
+a cProfile of mbxd under that load (``profile_mbxd``); how fast shared state
+reaches every host (``shared_state_convergence``).
 
 ``run(rounds, seconds, conns, workers, out)`` returns the raw samples and
 ``summarize(raw)`` the medians and ratios.
@@ -63,6 +80,7 @@ PLAIN_VMS = {"pmv": ("10.9.0.10", "h1"), "ppe": ("10.9.0.20", "h3"),
 PORT = CT.BENCH_PORT
 ECHO = CT.BACKEND_PORT
 B1, B2 = CT.VMS["b1"][0], CT.VMS["b2"][0]
+RR_VIP = "10.0.0.101"           # mbx only: mbxd picks the backend (round-robin)
 
 # case -> (what, {"plain": (client, address), "chain": (client, address)})
 THROUGHPUT = {
@@ -127,6 +145,9 @@ def build_mbx(lab, rundir, out):
     lab.mbxctl_ok("fw-add", "fw-red", "104", "to-vm", "proto=udp dport=%d" % PORT, "allow")
     lab.mbxctl_ok("lb-add", "lb-red", "%s:%d" % (CT.VIP, PORT),
         *["%s:%d" % (CT.VMS[b][0], PORT) for b in CT.BACKENDS], "--algorithm", "source-hash")
+    lab.mbxctl_ok("lb-add", "lb-red", "%s:%d" % (RR_VIP, CT.VIP_PORT),
+                  *["%s:%d" % (CT.VMS[b][0], CT.BACKEND_PORT) for b in CT.BACKENDS],
+                  "--algorithm", "round-robin")
     lab.mbxctl_ok("steer-add", CT.SWITCH, "99", "proto=udp", ",".join(("fw-red", "lb-red",
                                                                    "nat-red")))
     _plain_switch(lab)
@@ -146,10 +167,31 @@ def build_ct(lab, rundir, out):
     _plain_switch(lab)
     CT.take_over(lab, log=lambda *_: None)
     CT.install(lab)
+    for host in HOSTS:
+        # The same conntrack settings as mbx's hosts (mbxd switches TCP
+        # sequence checking off; the stopped mbxd may or may not have).
+        lab.appctl(host, "dpctl/ct-disable-tcp-seq-chk")
     CT._servers(lab, rundir)
     CT._wait_listening(lab)
     _servers(lab, rundir, CT.BACKENDS)
     out("conntrack lab up: the ct(commit)/ct(nat) pipeline on every host, plain twin")
+
+
+def conntrack_settings(lab):
+    """What each host's ovs-vswitchd says of TCP sequence checking."""
+    return {h: lab.appctl(h, "dpctl/ct-get-tcp-seq-chk").strip() for h in HOSTS}
+
+
+def lb_algorithms(lab, host="h1"):
+    """{VIP: algorithm} as mbxd on ``host`` has them (``lb/json``)."""
+    try:
+        vips = json.loads(lab.mbxd_appctl(host, "lb/json"))
+    except (LabError, ValueError):
+        return {}
+    if isinstance(vips, dict):
+        vips = vips.get("vips", list(vips.values()))
+    return {str(v.get("vip") or v.get("key")): v.get("algorithm") for v in vips
+            if isinstance(v, dict)}
 
 
 def shared_state_convergence(lab, rundir, server, toggles=6, out=print):
@@ -249,14 +291,14 @@ def _measure(lab, system, rnd, seconds, conns, workers, raw, out):
                 many["per_second"], workers, one["failed"], many["failed"]))
 
 
-def run(rounds=3, seconds=3, conns=200, workers=4, rundir=RUNDIR, out=print):
+def run(rounds=3, seconds=3, conns=200, workers=4, rundir=RUNDIR, out=print, prefix=PREFIX):
     """Both labs up at once (a lab lives in its own namespaces), then
     ``rounds`` rounds of every (lab, system) in turn, the order reversed
     every other round.  ``plain-ct`` is the plain twin in the conntrack lab:
     the same physical path as ``plain``, a check of the noise between the
-    two labs."""
-    labs = {"mbx": Lab(prefix=PREFIX, rundir=rundir),
-            "ct": Lab(prefix=PREFIX + "c", rundir=rundir + "-ct")}
+    two labs.  Both labs are torn down, also on failure."""
+    labs = {"mbx": Lab(prefix=prefix, rundir=rundir),
+            "ct": Lab(prefix=prefix + "c", rundir=rundir + "-ct")}
     systems = {"plain": "mbx", "mbx": "mbx", "plain-ct": "ct", "ct-baseline": "ct"}
     raw = {"throughput": {c: {s: [] for s in systems} for c in THROUGHPUT},
            "newconn": {c: {s: [] for s in systems} for c in NEWCONN}}
@@ -273,6 +315,13 @@ def run(rounds=3, seconds=3, conns=200, workers=4, rundir=RUNDIR, out=print):
             _listening(lab)
             out("  (%.0f s)" % (time.monotonic() - t1))
         time.sleep(2.0)         # the load balancer's first health checks
+        raw["conntrack_settings"] = {kind: conntrack_settings(lab)
+                                     for kind, lab in labs.items()}
+        raw["lb_algorithms"] = {"mbx": lb_algorithms(labs["mbx"]), "ct-baseline": {
+            "%s:%d/tcp" % (CT.VIP, CT.VIP_PORT): "select group, OVS's default hash "
+            "(5-tuple)", "%s:%d/tcp" % (CT.VIP, PORT): "select group, hash of ip_src"}}
+        out("conntrack settings: %s; mbx VIPs: %s" % (raw["conntrack_settings"],
+                                                     raw["lb_algorithms"]["mbx"]))
         order = list(systems)
         for rnd in range(1, rounds + 1):
             for system in (order if rnd % 2 else reversed(order)):
@@ -281,8 +330,11 @@ def run(rounds=3, seconds=3, conns=200, workers=4, rundir=RUNDIR, out=print):
                                  for kind, lab in labs.items()}
         raw["cpu_split"] = {s: cpu_split(labs[systems[s]], s, conns=conns * 3, workers=workers)
                             for s in systems}
-        out("CPU per new connection on h3: %s" % {
-            s: v["cpu_ms_per_connection"] for s, v in raw["cpu_split"].items()})
+        raw["cpu_split_rr"] = cpu_split(labs["mbx"], "mbx", case="rr", conns=conns * 3,
+                                        workers=workers)
+        out("CPU per new connection on h3: %s; mbx round-robin VIP on h1: %s" % (
+            {s: v["cpu_ms_per_connection"] for s, v in raw["cpu_split"].items()},
+            raw["cpu_split_rr"]["cpu_ms_per_connection"]))
         raw["shared_state_ms"] = shared_state_convergence(labs["mbx"], labs["mbx"].rundir,
                                                           echo_b1, out=out)
         raw["mbxd_profile"] = profile_mbxd(labs["mbx"], labs["mbx"].rundir, conns=conns * 3,
@@ -296,7 +348,7 @@ def run(rounds=3, seconds=3, conns=200, workers=4, rundir=RUNDIR, out=print):
 
 
 def _cpu_seconds(pid):
-    """utime + stime of a process, in seconds."""
+    """utime + stime of a process (all its threads), in seconds."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -305,27 +357,77 @@ def _cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_split(lab, system, host="h3", conns=600, workers=4):
-    """Where a new connection's time goes on one host: the CPU seconds its
+_PMD_STATS = ("packets received", "packet recirculations", "emc hits", "smc hits",
+              "megaflow hits", "miss with success upcall", "miss with failed upcall")
+_SUBTABLES = "avg. subtable lookups per megaflow hit"
+
+
+def datapath_counters(lab, host):
+    """ovs-vswitchd's userspace datapath counters, every thread summed, and
+    the subtable lookups behind its megaflow hits (average x hits)."""
+    stats = dict.fromkeys(_PMD_STATS + ("subtable lookups",), 0.0)
+    hits = 0
+    for line in lab.appctl(host, "dpif-netdev/pmd-stats-show").splitlines():
+        name, _, value = line.strip().partition(":")
+        try:
+            value = float(value)
+        except ValueError:
+            continue
+        if name in stats:
+            stats[name] += value
+            if name == "megaflow hits":
+                hits = value
+        elif name == _SUBTABLES:
+            stats["subtable lookups"] += value * hits
+    return stats
+
+
+# case -> (host measured, what)
+CPU_CASES = {"same": ("h3", "on one host (firewall), both ends on h3"),
+             "rr": ("h1", "to mbx's round-robin VIP, the client's host h1")}
+
+
+def cpu_split(lab, system, case="same", conns=600, workers=4):
+    """Where a new connection's time goes on one host: the CPU its
     ovs-vswitchd and (mbx) mbxd spend per new connection while ``workers``
-    clients make ``conns`` short connections on that host (the ``same``
-    case: both ends on ``host``)."""
+    clients make ``conns`` short connections (``case``: ``same``, both ends
+    on h3; ``rr``, mv on h1 to the round-robin VIP, mbx only), and what
+    ovs-vswitchd's datapath did per connection: packets, recirculations
+    (passes after a ``ct()``), megaflow hits and the subtables probed per
+    hit, upcalls (cache misses handled by the slow path)."""
+    host = CPU_CASES[case][0]
     pids = {k.split("/")[1]: v for k, v in lab.state["pids"].items()
             if k.startswith(host + "/") and k.split("/")[1] in ("mbxd", "ovs-vswitchd")}
-    side = "plain" if system.startswith("plain") else "chain"
-    client, addr, port = NEWCONN["same"][1][side]
+    if case == "rr":
+        client, addr, port = "mv", RR_VIP, CT.VIP_PORT
+    else:
+        side = "plain" if system.startswith("plain") else "chain"
+        client, addr, port = NEWCONN["same"][1][side]
+    dp0 = datapath_counters(lab, host)
     before = {k: _cpu_seconds(pid) for k, pid in pids.items()}
     res = new_conns(lab, client, addr, port, conns, workers)
     used = {k: _cpu_seconds(pid) - before[k] for k, pid in pids.items()}
+    dp1 = datapath_counters(lab, host)
     ok = max(res["ok"], 1)
-    return {"connections": res["ok"], "per_second": res["per_second"],
-            "cpu_ms_per_connection": {k: round(1000 * v / ok, 3) for k, v in used.items()}}
+    per = {k: round((dp1[k] - dp0[k]) / ok, 2) for k in dp1}
+    hits = dp1["megaflow hits"] - dp0["megaflow hits"]
+    return {"host": host, "connections": res["ok"], "failed": res["failed"],
+            "per_second": res["per_second"],
+            "cpu_ms_per_connection": {k: round(1000 * v / ok, 3) for k, v in used.items()},
+            "datapath_per_connection": per,
+            "subtables_per_megaflow_hit": round(
+                (dp1["subtable lookups"] - dp0["subtable lookups"]) / hits, 2) if hits else None}
 
 
-def profile_mbxd(lab, rundir, host="h3", conns=600, workers=4, top=18):
+_WAITING = ("select.select", "'poll' of 'select.poll'", "select.epoll")
+
+
+def profile_mbxd(lab, rundir, host="h1", conns=600, workers=4, top=18):
     """cProfile of ``host``'s mbxd (restarted with ``--profile``) while
-    clients make short connections through it (the ``same`` case); the top
-    functions by own time and the daemon loop's parts by cumulative time."""
+    clients make short connections to the round-robin VIP, whose backend
+    mbxd picks and commits (the only new connections it sees: a firewalled
+    or hash-balanced one is decided by the switch alone); the top functions
+    by own time and the daemon loop's parts by cumulative time."""
     import pstats
     path = os.path.join(rundir, "mbxd-%s.prof" % host)
     lab.mbxd_stop(host)
@@ -334,8 +436,9 @@ def profile_mbxd(lab, rundir, host="h3", conns=600, workers=4, top=18):
                lab.mbxd_appctl(host, "stats", check=False), 15, interval=0.2,
                what="mbxd on %s to answer" % host)
     time.sleep(2.0)
-    client, addr, port = NEWCONN["same"][1]["chain"]
-    res = new_conns(lab, client, addr, port, conns, workers)
+    stats0 = lab.mbxd_stats(host)
+    res = new_conns(lab, "mv", RR_VIP, CT.VIP_PORT, conns, workers)
+    stats1 = lab.mbxd_stats(host)
     lab.mbxd_stop(host)
     wait_until(lambda: os.path.exists(path), 15, interval=0.2, what="the profile")
     lab.mbxd_start(host)
@@ -345,14 +448,19 @@ def profile_mbxd(lab, rundir, host="h3", conns=600, workers=4, top=18):
     for (fname, line, func), (cc, nc, tt, ct, _) in st.stats.items():
         rows.append({"function": "%s:%d(%s)" % (os.path.relpath(fname) if fname.startswith("/")
                                                 else fname, line, func),
-                     "calls": nc, "own_ms": round(1000 * tt, 1), "cumulative_ms": round(1000 * ct, 1)})
+                     "calls": nc, "own_ms": round(1000 * tt, 1),
+                     "cumulative_ms": round(1000 * ct, 1)})
     rows.sort(key=lambda r: -r["own_ms"])
-    idle = sum(r["own_ms"] for r in rows if "select.select" in r["function"])
-    rows = [r for r in rows if "select.select" not in r["function"]]
+    waiting = [r for r in rows if any(w in r["function"] for w in _WAITING)]
+    rows = [r for r in rows if r not in waiting]
     loop = [r for r in rows if r["function"].startswith("middlebox/main.py")]
     loop.sort(key=lambda r: -r["cumulative_ms"])
-    return {"connections": res["ok"], "seconds": res["seconds"],
-            "profiled_ms": round(1000 * total, 1), "waiting_ms": round(idle, 1),
+    return {"host": host, "connections": res["ok"], "failed": res["failed"],
+            "seconds": res["seconds"], "per_second": res["per_second"],
+            "profiled_ms": round(1000 * total, 1),
+            "waiting_ms": round(sum(r["own_ms"] for r in waiting), 1),
+            "counters": {k: stats1.get(k, 0) - v for k, v in stats0.items()
+                         if stats1.get(k, 0) - v},
             "top_own": rows[:top], "daemon_loop": loop[:10]}
 
 
@@ -374,7 +482,9 @@ def summarize(raw):
     ct-baseline (all measured in the same rounds)."""
     out = {"throughput": {}, "newconn": {}, "method": raw["method"],
            "flows_per_host": raw.get("flows_per_host"), "cpu_split": raw.get("cpu_split"),
-           "mbxd_profile": raw.get("mbxd_profile")}
+           "cpu_split_rr": raw.get("cpu_split_rr"), "mbxd_profile": raw.get("mbxd_profile"),
+           "conntrack_settings": raw.get("conntrack_settings"),
+           "lb_algorithms": raw.get("lb_algorithms")}
     conv = raw.get("shared_state_ms")
     if conv:
         out["shared_state_ms"] = {"samples": len(conv), "median": statistics.median(conv),
@@ -401,6 +511,8 @@ def summarize(raw):
             row["connect_ms_" + q] = {s: _med([x["serial"]["connect_ms"][q] for x in v
                                                if x["serial"]["connect_ms"]])
                                       for s, v in per.items()}
+        row["connect_median_mbx_to_ct"] = _ratio(row["connect_ms_median"]["mbx"],
+                                                 row["connect_ms_median"]["ct-baseline"])
         row["failed"] = {s: sum(x["serial"]["failed"] + x["parallel"]["failed"] for x in v)
                          for s, v in per.items()}
         out["newconn"][case] = row
@@ -414,9 +526,17 @@ def main(argv=None):
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--connections", type=int, default=200)
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--rundir", default=RUNDIR, help="run directory (default %(default)s)")
+    p.add_argument("--prefix", default=PREFIX,
+                   help="name prefix of the labs' namespaces (default %(default)s)")
     args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("python -m lab.perfbench needs root (network namespaces)", file=sys.stderr)
+        return 2
     raw = run(max(1, min(args.rounds, 10)), max(1, min(args.seconds, 30)),
-              max(10, min(args.connections, 5000)), max(1, min(args.workers, 16)))
+              max(10, min(args.connections, 5000)), max(1, min(args.workers, 16)),
+              rundir=args.rundir, prefix=args.prefix,
+              out=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(summarize(raw), indent=1, default=str))
     return 0
 
