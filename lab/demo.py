@@ -1,6 +1,6 @@
 """``make demo``: a 3-host lab, two tenants on the same subnet, isolation, a
 TCP connection that lives through a VM's live migration, and tenant red's
-distributed firewall allowing, denying and offloading, then a service chain
+distributed firewall allowing, denying and forwarding established connections in the switch alone, then a service chain
 (firewall, load balancer, NAT) with an internet server and client outside
 the tenants.  Prints a report and
 tears everything down, also when a step fails."""
@@ -140,7 +140,7 @@ def _offload(lab, rundir, out, where, addr):
     rising = all(b >= a + 100 for a, b in zip(cached, cached_after))
     out("\noffload: red1 -> red2:7000, one connection, 100+ request/reply exchanges")
     for h, f0, f1, c0, c1 in zip(hosts, frames, frames_after, cached, cached_after):
-        out("  %s: frames seen by mbxd %d -> %d, packets on its cache flows %d -> %d"
+        out("  %s: frames seen by mbxd %d -> %d, packets on its conntrack-stage flows %d -> %d"
             % (h, f0, f1, c0, c1))
     out("  daemon untouched while OVS forwards: %s; connection error: %s"
         % ("yes" if flat and rising else "NO", report["error"] or "none"))
@@ -280,7 +280,7 @@ def _chain_offload(lab, rundir, out):
     ok = passed1 == passed0 and cached1 >= cached0 + 300
     out("\noffload through the chain: red1 -> internet server, one connection, 150+ "
         "exchanges")
-    out("  %s: packets passed by mbxd %d -> %d, packets on its cache flows %d -> %d: %s"
+    out("  %s: packets passed by mbxd %d -> %d, packets on its conntrack-stage flows %d -> %d: %s"
         % (host, passed0, passed1, cached0, cached1, "offloaded" if ok else "NOT OFFLOADED"))
     for line in listing[-1:]:
         out("  ovs-appctl -t mbxd conn/list red1: " + line)

@@ -53,6 +53,7 @@ class Arrivals:
     def __init__(self):
         self.holds = {}                 # VM name -> _Hold
         self._changed = False
+        self._unzoned = []              # (frame, tci) of VMs without a zone yet
         self.counters = {"held": 0, "hold_dropped": 0, "lazy_commits": 0,
                          "fallback_dropped": 0}
 
@@ -80,6 +81,25 @@ class Arrivals:
         return changed
 
     # ------------------------------------------------------------ packets
+    def unzoned(self, vm, frame, tci, now):
+        """A packet of ``vm`` (a VmSpec), which has no zone on this host yet:
+        it is arriving.  Held until the daemon has its zone in place
+        (``take_unzoned``), then decided again."""
+        h = self.holds.get(vm.name)
+        if h is None or h.state != "waiting":
+            self.expect(vm.name, now, now + DEFAULT_WAIT)
+        if len(self._unzoned) >= HOLD_MAX_FRAMES:
+            self.counters["hold_dropped"] += 1
+            return Result("hold_dropped")
+        self._unzoned.append((frame, tci))
+        self._changed = True
+        self.counters["held"] += 1
+        return Result("held")
+
+    def take_unzoned(self):
+        frames, self._unzoned = self._unzoned, []
+        return frames
+
     def offer(self, s, vm, pkt, frame, tci, now):
         """A new connection's packet of a slice's VM (None: the external
         stage, any VM of the slice); a ``service.Result``, or None when no arrival

@@ -141,18 +141,21 @@ def cookie(tag, kind, index=0):
 
 
 def compile_host(config, host, zones: Mapping[str, int], snat_zones: Mapping[str, int],
-                 ports: HostPorts, holds=frozenset(), forwarders=()) -> Dataplane:
+                 ports: HostPorts, holds=frozenset(), forwarders=(),
+                 arrivals=False) -> Dataplane:
     """The service stages of every slice of ``config`` (a HostConfig).
 
     ``zones``: local VM name -> its conntrack zone; ``snat_zones``: SNAT
     rule uuid -> its zone (only rules this host has a port block of);
     ``holds``: names of VMs whose new connections go to the daemon (state
-    arriving or fetched lazily); ``forwarders``: ``Forwarder`` values.
+    arriving or fetched lazily); ``forwarders``: ``Forwarder`` values;
+    ``arrivals``: a packet of a VM with no zone here goes to the daemon (a
+    VM arriving: state migration is on), else it is dropped.
     """
     out = Dataplane()
     flows, groups, errors = [], [], []
     for tag in sorted(config.slices or {}):
-        s = _Slice(config.slices[tag], host, zones, snat_zones, ports, holds)
+        s = _Slice(config.slices[tag], host, zones, snat_zones, ports, holds, arrivals)
         s.build()
         flows += s.flows
         groups += s.groups
@@ -242,8 +245,9 @@ def _ct_state(on, off=0):
 class _Slice:
     """The flows of one slice (one chain on this host)."""
 
-    def __init__(self, cfg, host, zones, snat_zones, ports, holds):
+    def __init__(self, cfg, host, zones, snat_zones, ports, holds, arrivals=False):
         self.cfg = cfg
+        self.arrivals = arrivals
         self.tag = cfg.tag
         self.host = host
         self.ports = ports
@@ -367,6 +371,14 @@ class _Slice:
                         _ct(False, P.REG_ZONE, nxt, nat))
                 self.flow(table, PRIO_NEW, K_ZONE, [("apply", acts)],
                           index=zone, **{side: vm.mac})
+        if self.arrivals:
+            # A VM of the slice with no zone here: it is arriving (its port
+            # came before the daemon knew): the daemon holds its packets
+            # until its zone is in place.
+            for table, stage in ((P.FROM_VM_CT, P.STAGE_FROM_VM),
+                                 (P.TO_VM_CT, P.STAGE_TO_VM)):
+                self.flow(table, PRIO_PASS, K_HOLD,
+                          self.apply_goto(self.to_service(stage), None))
 
     def state_flows(self, stage):
         """FROM_VM_STATE / TO_VM_STATE."""

@@ -172,6 +172,8 @@ class Daemon:
             LOG.warning("no --pki-dir: state migration is off")
         else:
             self._start_migrations()
+        # Without migrations nothing is ever held: no VM's state arrives.
+        self.service.arrivals = self.arrivals if self.migrations is not None else None
 
     def _start_migrations(self):
         files = pki.host_files(self.args.pki_dir, self.args.host)
@@ -242,13 +244,20 @@ class Daemon:
         plane = dataplane.compile_host(self.config, self.args.host, vms, snat, self.ports,
                                        holds=self.arrivals.holding(),
                                        forwarders=self.migrations.forwarders()
-                                       if self.migrations else ())
+                                       if self.migrations else (),
+                                       arrivals=self.migrations is not None)
         for line in plane.errors:
             if line not in self.plane.errors:
                 LOG.warning("%s", line)
         self.plane = plane
         self.install(plane)
         self._dirty_plane = False
+        # Packets of VMs that came before their zone: judged again now.
+        waiting = self.arrivals.take_unzoned()
+        if waiting:
+            now = time.time()
+            self.send_results([self.service.handle_frame(frame, tci, now)
+                               for frame, tci in waiting])
 
     def install(self, plane):
         want = {f.key: f for f in plane.flows}

@@ -282,6 +282,9 @@ class Service:
         """A new connection the stage sent here: arriving VM, VIP, reject."""
         c = self.counters
         vm = self._vm_of(s, pkt, stage)
+        if vm is not None and self.arrivals is not None and self.zone_of(vm.name) is None:
+            # No zone here: the VM is arriving (its port came first).
+            return self.arrivals.unzoned(vm, frame, _tci(s.tag, stage), now)
         if stage == P.STAGE_FROM_EXTERNAL or vm is not None:
             if self.arrivals is not None:
                 held = self.arrivals.offer(s, vm, pkt, frame, _tci(s.tag, stage), now)

@@ -214,3 +214,26 @@ def test_landing_forgets_the_records_still_to_commit():
     arr.landed("c1", 2.0)
     assert arr.listing()[0]["lazy"] == 0
     assert svc.handle_frame(into_c1(), TO, 2.1).verdict == "resumed"   # the switch judges it (and drops it)
+
+
+def test_a_vm_with_no_zone_yet_is_arriving_its_packets_wait_for_the_zone():
+    """Its port came before the row: the first packet makes it an arrival;
+    its packets (a SYN too) wait until the daemon has its zone in place,
+    then are decided again: mid-connection ones held for the state."""
+    zones = {"c1": 21, "b1": 22}
+    svc, arr = service()
+    svc.zone_of = zones.get
+    to_peer = build_tcp(PEER.mac, R, ip_int(PEER.ip), ip_int("10.0.0.99"), 40000, 80, 1, 1,
+                        TCP_ACK)
+    syn = build_tcp(PEER.mac, R, ip_int(PEER.ip), ip_int("10.0.0.99"), 40001, 80, 1, 0,
+                    TCP_SYN)
+    assert svc.handle_frame(to_peer, FROM, 1.0).verdict == "held"
+    assert svc.handle_frame(syn, FROM, 1.0).verdict == "held"
+    assert arr.expected() == ["p1"] and arr.changed()
+    # The daemon gave p1 a zone: the packets are decided again.
+    zones["p1"] = 23
+    again = [svc.handle_frame(f, t, 1.1) for f, t in arr.take_unzoned()]
+    assert [r.verdict for r in again] == ["held", "resumed"]
+    assert arr.take_unzoned() == []
+    frames, held = arr.landed("p1", 1.2)
+    assert [f for f, _ in frames] == [to_peer] and held == 1

@@ -52,10 +52,12 @@ def slice_config(rules=(), default="deny", options=None, services=(), sets=None,
 class Host:
     """One host's compiled service stages in a simulated switch."""
 
-    def __init__(self, *slices, zones=None, snat_zones=None, holds=(), mb_port=MB):
+    def __init__(self, *slices, zones=None, snat_zones=None, holds=(), mb_port=MB,
+                 arrivals=False):
         config = HostConfig(HOST, {s.tag: s for s in slices})
-        self.dp = D.compile_host(config, HOST, zones or ZONES, snat_zones or {},
-                                 D.HostPorts(mb_port, TUNNEL), holds=frozenset(holds))
+        self.dp = D.compile_host(config, HOST, ZONES if zones is None else zones,
+                                 snat_zones or {}, D.HostPorts(mb_port, TUNNEL),
+                                 holds=frozenset(holds), arrivals=arrivals)
         self.table = FakeOFTable(self.dp.flows, self.dp.groups)
         self.ct = self.table.conntrack
 
@@ -707,3 +709,16 @@ def test_two_tenants_with_the_same_addresses_never_see_each_others_entries():
     assert host.from_vm(a2, ack(out), tag=6).dropped                  # not A's connection
     assert host.to_vm(a2, reply_to(out), tag=6, tunnel=True).dropped
     assert host.ct.dump(21) == []
+
+
+def test_a_vm_with_no_zone_here_goes_to_the_daemon_when_states_can_arrive():
+    """Its port came before the daemon knew it was arriving: both stages ask
+    the daemon (which holds the packets until the VM's zone is in place)."""
+    zones = {name: z for name, z in ZONES.items() if name != "b"}
+    arriving = Host(slice_config(ALLOW_ALL), zones=zones, arrivals=True)
+    assert arriving.from_vm(B, syn(B, C)).daemon == [(TAG, P.STAGE_FROM_VM)]
+    assert arriving.to_vm(B, syn(C, B), tunnel=True).daemon == [(TAG, P.STAGE_TO_VM)]
+    assert arriving.from_vm(A, syn(A, C)).passed                # A has its zone
+    # Without state migration nothing arrives: such a packet is dropped.
+    plain = Host(slice_config(ALLOW_ALL), zones=zones)
+    assert plain.from_vm(B, syn(B, C)).dropped
