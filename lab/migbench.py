@@ -919,6 +919,11 @@ def summarize_moves(records):
                 d["extra_%s" % name[4:]] = {
                     "median": round(d[name]["median"] - d["plain"]["median"], 1),
                     "p99": round(d[name]["p99"] - d["plain"]["p99"], 1)}
+        kinds_seen = sorted({k for r in mbx for k in r["gap_by_kind_ms"]})
+        d["mbx_by_kind"] = {k: {kk: vv for kk, vv in _dist(
+            [r["gap_by_kind_ms"][k] for r in mbx if k in r["gap_by_kind_ms"]]).items()
+            if kk != "samples"} for k in kinds_seen}
+        d["mbx_buffered"] = _dist([r["stats"].get("buffered", 0) for r in mbx])
         d["migrate_total_ms"] = {
             sysname: _dist([r["migrate_ms"]["total"] for r in records
                             if r["system"] == sysname and r["path"] == path])

@@ -42,7 +42,9 @@ Measured, per system and round:
 * established throughput: TCP (iperf3, ``seconds`` s) across hosts (mv to the
   VIP; plain: pmv to pb1), on one host (peer to b2; ppe to pb2), and to the
   internet server through SNAT; 64-byte UDP packets per second received
-  (iperf3 ``-u -l 64 -b 0``) across hosts (mv to b1) and on one host;
+  (iperf3 ``-u -l 64 -b 0``) across hosts (mv to b1) and on one host; and
+  what the client host's datapath did per packet meanwhile (passes,
+  megaflow subtables probed per hit, upcalls);
 * new connections: short TCP connections (connect, one echoed line, close)
   from one client thread (the first packet's latency: connect time) and
   from ``workers`` threads (connections per second), to the VIP (plain: to
@@ -274,8 +276,13 @@ def _measure(lab, system, rnd, seconds, conns, workers, raw, out):
         if side not in pairs:
             continue
         client, addr = pairs[side]
+        host = lab.state["vms"][client]["host"]
+        dp0 = datapath_counters(lab, host)
         value = iperf(lab, client, addr, seconds, udp=case.startswith("udp"))
+        dp1 = datapath_counters(lab, host)
         raw["throughput"][case][system].append(value)
+        raw.setdefault("throughput_datapath", {}).setdefault(case, {}).setdefault(
+            system, []).append(per_packet(dp0, dp1))
         out("round %d %-11s %-10s %s" % (rnd, system, case, "%.3f Gbit/s" % value
                                          if not case.startswith("udp") else "%.0f pps" % value))
     for case, (_, pairs) in NEWCONN.items():
@@ -380,6 +387,21 @@ def datapath_counters(lab, host):
         elif name == _SUBTABLES:
             stats["subtable lookups"] += value * hits
     return stats
+
+
+def per_packet(dp0, dp1):
+    """What the datapath did per packet received between two
+    ``datapath_counters``: datapath passes (1 + recirculations), megaflow
+    subtables probed per hit, upcalls."""
+    n = dp1["packets received"] - dp0["packets received"]
+    hits = dp1["megaflow hits"] - dp0["megaflow hits"]
+    up = sum(dp1[k] - dp0[k] for k in ("miss with success upcall", "miss with failed upcall"))
+    return {"packets": n,
+            "passes": round(1 + (dp1["packet recirculations"]
+                                 - dp0["packet recirculations"]) / n, 3) if n else None,
+            "subtables_per_hit": round((dp1["subtable lookups"] - dp0["subtable lookups"])
+                                       / hits, 3) if hits else None,
+            "upcalls_per_1000": round(1000 * up / n, 3) if n else None}
 
 
 # case -> (host measured, what)
@@ -491,6 +513,10 @@ def summarize(raw):
                                   "max": max(conv)}
     for case, per in raw["throughput"].items():
         med = {s: _med(v) for s, v in per.items()}
+        dps = (raw.get("throughput_datapath") or {}).get(case, {})
+        datapath = {s: {k: _med([x[k] for x in v if x.get(k) is not None])
+                        for k in ("passes", "subtables_per_hit", "upcalls_per_1000")}
+                    for s, v in dps.items()}
         out["throughput"][case] = {
             "what": THROUGHPUT[case][0],
             "unit": "pps" if case.startswith("udp") else "Gbit/s",
@@ -498,7 +524,8 @@ def summarize(raw):
             "mbx_to_plain": _ratio(med["mbx"], med["plain"]),
             "ct-baseline_to_plain": _ratio(med["ct-baseline"], med["plain"]),
             "mbx_to_ct": _ratio(med["mbx"], med["ct-baseline"]),
-            "plain-ct_to_plain": _ratio(med["plain-ct"], med["plain"])}
+            "plain-ct_to_plain": _ratio(med["plain-ct"], med["plain"]),
+            "datapath_per_packet": datapath}
     for case, per in raw["newconn"].items():
         row = {"what": NEWCONN[case][0]}
         for mode in ("serial", "parallel"):

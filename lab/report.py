@@ -256,6 +256,13 @@ def dataplane_markdown(d, plots):
             _r(row["ct-baseline_to_plain"]), _r(row["plain-ct_to_plain"])))
     lines += [
         "",
+        "What the client host's datapath did per packet during those runs (medians): "
+        "datapath passes (1 + recirculations after `ct()`), megaflow subtables probed "
+        "per hit, upcalls per 1000 packets; plain / ct-baseline / mbx: %s." % "; ".join(
+            "%s %s" % (case, " / ".join(_pp(row.get("datapath_per_packet", {}).get(s))
+                                       for s in SYSTEMS))
+            for case, row in d["throughput"].items()),
+        "",
         "Medians of %d rounds; iperf3 %d s a run (TCP: one stream; UDP: 64-byte "
         "datagrams at full rate, datagrams received per second). Through SNAT there is "
         "no plain path (the plain switch has no gateway), so only the ct-baseline "
@@ -363,6 +370,14 @@ def dataplane_markdown(d, plots):
     return lines
 
 
+def _pp(x):
+    """passes, subtables per hit, upcalls per 1000 packets of one system."""
+    if not x or x.get("passes") is None:
+        return "-"
+    return "%.1f, %.2f, %.1f" % (x["passes"], x["subtables_per_hit"] or 0,
+                                 x["upcalls_per_1000"] or 0)
+
+
 def _upcalls(dp):
     return dp.get("miss with success upcall", 0) + dp.get("miss with failed upcall", 0)
 
@@ -378,20 +393,38 @@ def dataplane_analysis(r):
         lines += [
             "### Established throughput: the misses",
             "",
-            "Missed in this run: %s. An established connection takes the same path in "
-            "both pipelines: the datapath's cached flows with one conntrack lookup per "
-            "zone on the way (mbx: the sending VM's zone, the receiving VM's zone on "
-            "the other host, and the SNAT zone; ct-baseline: the sending and receiving "
-            "ports' zones and the SNAT zone); mbxd is not on the path (check mode "
-            "`offload`). The plain twin in the conntrack lab differs from the one in "
-            "the mbx lab by up to %.0f%% on the same physical path in the same rounds "
-            "(the last column of the table): a shortfall of that size is the noise of "
-            "this shared 2-CPU machine, not a cost of the pipeline; more rounds "
-            "(`--rounds`, `--seconds`) narrow it." % (
-                ", ".join("%s (%s)" % (t["target"], t["measured"]) for t in missed),
-                100 * max(noise or [0])),
+            "Missed in this run: %s. An established connection is forwarded by the "
+            "switch alone in both pipelines (mbxd is not on the path in check mode "
+            "`offload`): cached megaflows, with a conntrack lookup per zone on the way "
+            "(mbx: the sending VM's zone, the receiving VM's zone, the SNAT zone; "
+            "ct-baseline: the sending and receiving ports' zones, the SNAT zone). The "
+            "plain twin in the conntrack lab differs from the one in the mbx lab by up "
+            "to %.0f%% on the same physical path in the same rounds (the last column of "
+            "the table): shortfalls within that are the noise of this shared 2-CPU "
+            "machine." % (", ".join("%s (%s)" % (t["target"], t["measured"]) for t in missed),
+                          100 * max(noise or [0])),
             "",
         ]
+        worse = []
+        for t in missed:
+            case = t["target"].split(":")[0].split()[-1]
+            dp = tp.get(case, {}).get("datapath_per_packet") or {}
+            mb, cb = dp.get("mbx") or {}, dp.get("ct-baseline") or {}
+            if mb.get("subtables_per_hit") and cb.get("subtables_per_hit") and \
+                    mb["subtables_per_hit"] > 1.1 * cb["subtables_per_hit"]:
+                worse.append("%s: %.2f against %.2f subtables probed per megaflow hit, "
+                             "%.1f against %.1f passes per packet" % (
+                                 case, mb["subtables_per_hit"], cb["subtables_per_hit"],
+                                 mb.get("passes") or 0, cb.get("passes") or 0))
+        if worse:
+            lines += ["The per-packet profile shows a real cost beyond the noise where mbx's "
+                      "packets probe more megaflow subtables than ct-baseline's (%s): the "
+                      "service-stage tables match more distinct field combinations "
+                      "(registers, zone, ct_mark bits), each a subtable the datapath "
+                      "classifier tries in turn for every packet. Fewer distinct masks on "
+                      "the established path (`+est` packets matched on ct_state alone "
+                      "before the stage-specific tables) would close it."
+                      % "; ".join(sorted(set(worse))), ""]
     missed = _missed(r, "newconn")
     cpu = d.get("cpu_split") or {}
     if missed and cpu:
@@ -665,6 +698,16 @@ def gap_markdown(m):
         "and one lost again after the port is back waits twice as long." % moves,
         "",
     ]
+    for path, d in m["reply_gap_ms"].items():
+        by = d.get("mbx_by_kind") or {}
+        if by:
+            lines.append("mbx's largest reply gap per move by kind, %s (median / max): %s; "
+                         "packets held at the destination per move: median %s, max %s." % (
+                             path, ", ".join("%s %.0f / %.0f ms" % (k, v["median"], v["max"])
+                                             for k, v in sorted(by.items()) if v.get("n")),
+                             (d.get("mbx_buffered") or {}).get("median", "-"),
+                             (d.get("mbx_buffered") or {}).get("max", "-")))
+    lines.append("")
     tot = ["%s mbx %s, plain %s" % (path, _s(d["migrate_total_ms"]["mbx"].get("median")),
                                     _s(d["migrate_total_ms"]["plain"].get("median")))
            for path, d in m["reply_gap_ms"].items() if d["migrate_total_ms"]["mbx"].get("n")]
