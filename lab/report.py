@@ -42,6 +42,13 @@ def _cps(v):
     return "-" if v is None else "%.0f/s" % v
 
 
+def _lat(ms):
+    """A latency in ms: fine below 10 ms, whole ms below 1 s, then seconds."""
+    if ms is None:
+        return "-"
+    return "%.2f ms" % ms if ms < 10 else "%.0f ms" % ms if ms < 1000 else "%.2f s" % (ms / 1000)
+
+
 def _s(ms):
     """A duration given in ms, in the unit that reads best."""
     if ms is None:
@@ -475,9 +482,10 @@ def dataplane_analysis(r):
                 _upcalls(md), _upcalls(cd)),
             "",
             ("Where mbx's time goes beyond ct-baseline's: %s. What would close it: fewer "
-             "service-stage tables and match fields on the `+new` path (the rules, "
-             "partner and commit stages are separate tables, each a lookup), so that a "
-             "new connection's packets hit fewer, wider megaflows." % "; ".join(causes))
+             "distinct match-field combinations in the service stages' flows (each "
+             "combination of masked fields is a datapath subtable, probed for every "
+             "packet until one matches), so that a new connection's packets hit fewer, "
+             "wider megaflows." % "; ".join(causes))
             if causes else
             "The datapath counters do not separate the two pipelines here (the same "
             "passes, hits, subtables and upcalls per connection, CPU within the 10 ms "
@@ -490,8 +498,8 @@ def dataplane_analysis(r):
         if rr:
             c = rr["cpu_ms_per_connection"]
             lines += ["A VIP whose backend mbxd picks (round-robin, least-connections, "
-                      "source-hash) costs more: %s new connections/s from one client "
-                      "with %d workers, ovs-vswitchd %s ms and mbxd %s ms CPU per "
+                      "source-hash) costs more: %s from one client VM with %d workers, "
+                      "ovs-vswitchd %s ms and mbxd %s ms CPU per "
                       "connection on the client's host; the first packet goes to mbxd and "
                       "back. The default algorithm `hash` never involves mbxd." % (
                           _cps(rr["per_second"]), d["method"]["workers"],
@@ -552,9 +560,9 @@ def transfer_markdown(tr, m, plots):
                          _s(ms["switch"]), "{:,}".format(t["packet_outs"]),
                          t["packet_outs"] / max(ms["switch"], 0.1),
                          _s(ms["background"]),
-                         "%s / %s ms (%d)" % (_ms(dur.get("median")), _ms(dur.get("max")),
-                                              dur["n"]) if dur.get("n") else "-",
-                         "%s ms" % _ms(idle.get("median")) if idle.get("n") else "-",
+                         "%s / %s (%d)" % (_lat(dur.get("median")), _lat(dur.get("max")),
+                                           dur["n"]) if dur.get("n") else "-",
+                         _lat(idle.get("median")) if idle.get("n") else "-",
                          "bulk %s, lazy %s entries" % ("{:,}".format(t["checked"]["bulk"]),
                                                        "{:,}".format(t["checked"]["lazy"]))))
     lines += [
@@ -653,13 +661,13 @@ def transfer_analysis(r):
             _s(ms["decode"]), _s(ms["verify"]), _s(ms["localize"])),
         "* **lazy**: usable after the index, but the background commit (%s) is queued "
         "on the OpenFlow connection a chunk per loop iteration without waiting for the "
-        "switch, so a first packet's commit waits behind what is queued: %s ms median, "
-        "%s ms at most during the background commit, %s ms after it. The lazy import "
+        "switch, so a first packet's commit waits behind what is queued: %s median, "
+        "%s at most during the background commit, %s after it. The lazy import "
         "meets its purpose only if the background is paced (a chunk in flight at a "
         "time, or a second OpenFlow connection for first packets)." % (
-            _s(ms["background"]), _ms(lz["first_packet_during_ms"].get("median")),
-            _ms(lz["first_packet_during_ms"].get("max")),
-            _ms(lz["first_packet_idle_ms"].get("median"))),
+            _s(ms["background"]), _lat(lz["first_packet_during_ms"].get("median")),
+            _lat(lz["first_packet_during_ms"].get("max")),
+            _lat(lz["first_packet_idle_ms"].get("median"))),
         "",
     ]
 
@@ -716,9 +724,26 @@ def gap_markdown(m):
                   "snapshot and the import; unannounced: unplug until the migration is "
                   "done), median: %s." % "; ".join(tot), ""]
     missed = [t for t in _missed({"targets": m.get("_targets", [])}, "gap")]
-    if missed:
-        lines += ["Missed: %s." % "; ".join("%s (%s)" % (t["target"], t["measured"])
-                                           for t in missed), ""]
+    limits = dict(GAP_LIMITS)
+    for t in missed:
+        path = next(p for p in limits if ", %s:" % p in t["target"])
+        d = m["reply_gap_ms"][path]
+        floor = d["plain"]["p99"] + limits[path]
+        late = {k: v for k, v in (d.get("mbx_by_kind") or {}).items()
+                if v.get("n") and v["max"] > floor}
+        lines += ["Missed: %s. %s" % ("%s (%s)" % (t["target"], t["measured"]), (
+            "The kinds over the limit: %s, while the VM-to-VM kinds' extra p99 is %+.0f ms. "
+            "A gap near 500 ms is TCP's retransmission timer doubled once: one "
+            "retransmission of such a connection was lost after the port came back. "
+            "Where to look: the path of those connections' packets between the port "
+            "moving and the state landing (for SNAT, the replies come to the port "
+            "block's owner, the source host, which forwards them to the new host only "
+            "once `MigrationManager._cleanup` ran after the acknowledgement); a packet "
+            "trace of such a move (`ovs-appctl ofproto/trace`, `dpctl/dump-conntrack` "
+            "on both hosts at that moment) was not made in this run." % (
+                ", ".join("%s (largest %.0f ms, median %.0f ms)" % (k, v["max"], v["median"])
+                          for k, v in sorted(late.items())),
+                (d.get("extra_vm_to_vm") or {}).get("p99", 0))) if late else ""), ""]
     return lines
 
 
