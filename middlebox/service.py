@@ -191,6 +191,7 @@ class Service:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.decisions = dict.fromkeys(VERDICTS, 0)     # from the switch's rule flows
         self.rule_hits = {}             # (tag, rule) -> packets decided
+        self._flow_packets = {}         # rule flow cookie -> its last packet count
         self.last_error = None
         self.shared = None
         self.arrivals = None
@@ -585,19 +586,24 @@ class Service:
     def account(self, decisions, stats):
         """The switch decides new connections: count them from its rule
         flows' packet counters.  ``decisions``: cookie -> dataplane.Decision;
-        ``stats``: (cookie, packet count) pairs of one flow-stats reply."""
-        totals = dict.fromkeys(VERDICTS, 0)
-        hits = {}
+        ``stats``: (cookie, packet count) pairs of one flow-stats reply.
+
+        Counters are cumulative: each reply adds what each flow counted since
+        the last one.  A flow whose count went down was replaced (a config
+        change reinstalls the rule tables), so all of its count is new."""
+        now = {}
         for ck, packets in stats:
-            d = decisions.get(ck)
-            if d is None:
+            if ck in decisions:
+                now[ck] = now.get(ck, 0) + packets
+        for ck, packets in now.items():
+            before = self._flow_packets.get(ck, 0)
+            delta = packets - before if packets >= before else packets
+            if not delta:
                 continue
-            totals[d.action] = totals.get(d.action, 0) + packets
-            hits[(d.tag, d.rule)] = hits.get((d.tag, d.rule), 0) + packets
-        # Counters only grow: a flow that was replaced starts again at 0.
-        for verdict, n in totals.items():
-            self.decisions[verdict] = max(self.decisions.get(verdict, 0), n)
-        self.rule_hits = hits
+            d = decisions[ck]
+            self.decisions[d.action] = self.decisions.get(d.action, 0) + delta
+            self.rule_hits[(d.tag, d.rule)] = self.rule_hits.get((d.tag, d.rule), 0) + delta
+        self._flow_packets = now
 
     # ------------------------------------------------------------ inspection
     def lb_list(self):

@@ -402,6 +402,10 @@ def test_flow_stats_become_decision_counters_by_verdict_and_rule():
     svc.account(decisions, [(1, 15), (2, 0), (3, 4), (4, 2)])
     assert svc.stats()["decisions"] == {"allow": 17, "deny": 4, "reject": 3}
     assert {r["uuid"]: r["hits"] for r in svc.rules_show()[0]["from-vm"]}["r-web"] == 15
+    # A reinstalled flow starts again at 0: what it counts since is added.
+    svc.account(decisions, [(1, 2), (2, 1), (3, 4), (4, 2)])
+    assert svc.stats()["decisions"] == {"allow": 19, "deny": 4, "reject": 4}
+    assert {r["uuid"]: r["hits"] for r in svc.rules_show()[0]["from-vm"]}["r-web"] == 17
 
 
 def test_rules_show_filters_by_middlebox_and_lists_config_errors():
