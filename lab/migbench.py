@@ -24,14 +24,14 @@ alone prints JSON).
    * **decode**: ``conn.decode`` of each part, staged by key as mbxd stages;
    * **verify**: count and digest of the staged set;
    * **localize**: ``vmstate.localize`` into the destination's zones and tag;
-   * **commit** (bulk import): ``ctcommit.commit_groups``, the packet-outs
-     through ``OfConn.send_packet_outs``, then a barrier: usable;
-   * **index** (lazy import): ``commit_groups`` and the per-5-tuple index
-     mbxd hands to its hold buffer: usable (a connection is committed at its
-     first packet); then the first-packet commit latency (its packet-outs
-     and a barrier, with the switch idle and queued behind a background
-     chunk of ``LAZY_CHUNK`` connections) and the background commit of the
-     rest, in mbxd's chunks.
+   * **commit** (bulk import): ``ctcommit.packet_outs``, sent through
+     ``OfConn.send_packet_outs``, then a barrier: usable;
+   * **index** (lazy import): ``ctcommit.LazyCommits``, the per-5-tuple
+     index mbxd hands to its hold buffer: usable (a connection is committed
+     at its first packet); then the first-packet commit latency (its
+     packet-outs and a barrier, with the switch idle and behind at most one
+     background chunk of ``LAZY_CHUNK`` records) and the background commit of
+     the rest, a chunk per barrier as mbxd paces it.
 
    After each import the destination's zones are dumped and compared with
    the localized records: the same tuples, translations, mark and label.
@@ -514,72 +514,61 @@ def receive(b, states, final):
 
 
 def bulk(b, local):
-    """Commit every record, then a barrier (mbxd's bulk import)."""
+    """Commit every record, then a barrier (mbxd's bulk import,
+    ``MigrationManager._import``)."""
     from middlebox import ctcommit
     t0 = time.perf_counter()
-    groups = ctcommit.commit_groups([c for c, _ in local])
-    messages = [p for _, pos in groups for p in pos]
+    data = ctcommit.packet_outs([c for c, _ in local])
     t1 = time.perf_counter()
-    b.of_dst.send_packet_outs(messages)
+    n = len(b.of_dst.send_packet_outs([data]))
     barrier(b.of_dst)
     t2 = time.perf_counter()
-    return len(messages), {"build": t1 - t0, "switch": t2 - t1, "commit": t2 - t0}
+    return n, {"build": t1 - t0, "switch": t2 - t1, "commit": t2 - t0}
 
 
 def lazy(b, local, samples=50, interval=0.025, most=400):
     """mbxd's lazy import (``MigrationManager._import`` and ``_lazy_run``):
-    the index (then usable: a connection is committed at its first packet),
-    then the background commit, ``LAZY_CHUNK`` connections per loop
-    iteration, each iteration queuing its chunk without waiting for the
-    switch.  First packets (a record's packet-outs and a barrier, as
-    ``arrivals.offer`` and the daemon do) arrive every ``interval`` s
-    during the background commit, and ``samples`` more once it is done
-    (the switch idle).  Latencies in ms from the commit queued to the
-    barrier reply."""
+    the index (``ctcommit.LazyCommits``; then usable: a connection is
+    committed at its first packet), then the background commit,
+    ``LAZY_CHUNK`` records at a time, each chunk after the switch answered
+    the barrier behind the last.  First packets (``LazyCommits.take`` and a
+    barrier, as ``arrivals.offer`` and the daemon do) arrive every
+    ``interval`` s during the background commit, and ``samples`` more once
+    it is done (the switch idle).  Latencies in ms from the commit queued to
+    the barrier reply."""
     from middlebox import ctcommit
     from middlebox.migration import LAZY_CHUNK
     t0 = time.perf_counter()
-    groups = ctcommit.commit_groups([c for c, _ in local])
-    index = {}
-    for keys, packet_outs in groups:
-        for key in keys:
-            index.setdefault(key, []).extend(packet_outs)
-    pending = [p for _, p in groups]
+    commits = ctcommit.LazyCommits([c for c, _ in local])
     t_index = time.perf_counter() - t0
     of = b.of_dst
     replies, sent = {}, {}
     of.on_barrier = lambda xid: replies.__setitem__(xid, time.perf_counter())
-    # mbxd pops the background from the end of the list: first packets are
-    # taken from its start, whose records are committed last.
-    keys = [g[0][0] for g in groups]
+    # The background takes records from the end of the list: first packets
+    # come for those at its start, committed last.
+    keys = [ctcommit.packet_keys(c)[0] for c, _ in local]
     nxt = 0
 
-    def first_packet():
+    def first_packet(index=commits):
         nonlocal nxt
-        while nxt < len(keys) and keys[nxt] not in index:
+        while nxt < len(keys):
+            msgs = index.take(keys[nxt])
             nxt += 1
-        if nxt >= len(keys):
-            return None
-        of.send_packet_outs(index.pop(keys[nxt]))
-        xid = of.barrier()
-        sent[xid] = time.perf_counter()
-        return xid
+            if msgs:
+                of.send_packet_outs(msgs)
+                xid = of.barrier()
+                sent[xid] = time.perf_counter()
+                return xid
+        return None
     try:
         t0 = time.perf_counter()
         during = []
         next_sample = t0
-        while pending:                  # one chunk per loop iteration
-            chunk, n = [], 0
-            while pending and n < LAZY_CHUNK:
-                chunk.extend(pending.pop())
-                n += 1
-            of.send_packet_outs(chunk)
-            of.run()
-            if time.perf_counter() >= next_sample and len(during) < most:
-                during.append(first_packet())
-                next_sample += interval
-        done = of.barrier()
-        while done not in replies:
+        chunk_xid = None
+        while commits or (chunk_xid is not None and chunk_xid not in replies):
+            if chunk_xid is None or chunk_xid in replies:
+                of.send_packet_outs(commits.chunk(LAZY_CHUNK))
+                chunk_xid = of.barrier()
             now = time.perf_counter()
             if now >= next_sample and len(during) < most:
                 xid = first_packet()
@@ -591,11 +580,15 @@ def lazy(b, local, samples=50, interval=0.025, most=400):
             of.run()
             if time.perf_counter() - t0 > 900:
                 raise TimeoutError("the background commit took over 900 s")
-        background = replies[done] - t0
-        of_until(of, lambda: all(x in replies for x in during if x is not None), 600)
-        idle = []
+        background = replies[chunk_xid] - t0 if chunk_xid is not None else 0.0
+        of_until(of, lambda: all(x in replies for x in during), 600)
+        # Everything is committed now: the same commits again (an entry's
+        # commit repeated changes nothing) show a first packet's latency
+        # with the switch idle.
+        idle, nxt = [], 0
+        again = ctcommit.LazyCommits([c for c, _ in local[:samples]])
         for _ in range(samples):
-            xid = first_packet()
+            xid = first_packet(again)
             if xid is None:
                 break
             of_until(of, lambda: xid in replies, 60)

@@ -42,7 +42,7 @@ class _Hold:
         self.state = "waiting"          # -> "landed" | "fallback"
         self.count = 0                  # frames held in all
         self.dropped = 0                # frames refused: buffer full
-        self.lazy = None                # key -> (packet-outs) of records not yet committed
+        self.lazy = None                # ctcommit.LazyCommits of a lazy import
 
 
 def can_open(pkt):
@@ -116,9 +116,9 @@ class Arrivals:
         if h.lazy is not None:
             # Its connection's record came: commit it, then give it back
             # (whatever the packet: a UDP datagram of a moved flow too).
-            commit = h.lazy.pop((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport), None)
+            commit = h.lazy.take((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
             if commit is not None:
-                self.counters["lazy_commits"] += 1
+                self.counters["lazy_commits"] += bool(commit)
                 out = Result("lazy")
                 out.messages.extend(commit)
                 out.after_barrier.append((frame, tci))
@@ -138,28 +138,24 @@ class Arrivals:
         return Result("held")
 
     def offer_lazy(self, vm, commits):
-        """Records of ``vm`` received, to commit when their first packet
-        comes: {packet 5-tuple (either direction): packet-outs}.  Returns a
-        Result for the packets already held whose connections came: their
-        commits, and the packets to give back once the switch took them."""
+        """A lazy import of ``vm``'s records came (``ctcommit.LazyCommits``):
+        its connections are committed when their first packet comes.
+        Returns a Result for the packets already held whose connections came:
+        their commits, and the packets to give back once the switch took them."""
         res = Result("lazy")
         h = self.holds.get(vm)
         if h is None or h.state != "waiting":
             return res
-        if h.lazy is None:
-            h.lazy = {}
-        h.lazy.update(commits)
-        kept, done = [], set()
+        h.lazy = commits
+        kept = []
         for frame, tci, key in h.frames:
-            commit = h.lazy.pop(key, None)
-            if commit is not None:
-                res.messages.extend(commit)
-                self.counters["lazy_commits"] += 1
-                done.add(key)
-            if key in done:
-                res.after_barrier.append((frame, tci))
-            else:
+            commit = commits.take(key)
+            if commit is None:
                 kept.append((frame, tci, key))
+                continue
+            res.messages.extend(commit)
+            self.counters["lazy_commits"] += bool(commit)
+            res.after_barrier.append((frame, tci))
         h.frames = kept
         h.nbytes = sum(len(f) for f, _, _ in kept)
         return res

@@ -183,10 +183,10 @@ def _encoder(action):
     enc = _ENCODERS.get(key)
     if enc is None:
         enc = _ENCODERS[key] = ofmsg.PacketOutEncoder((action,))
-    return enc.encode
+    return enc.encode_trusted           # commit_actions makes one shape per key
 
 
-def _messages(conn, zone, mark, label):
+def commit_messages(conn, zone, mark, label):
     """The PACKET_OUT messages (a list of bytes) that re-create ``conn``;
     ValueError if it cannot be."""
     out = frames(conn)
@@ -198,38 +198,88 @@ def _messages(conn, zone, mark, label):
     return [enc_first(data, first) if nat else enc_other(data, other) for data, nat in out]
 
 
-def packet_outs(conns, zone_of, mark_of, label_of, skipped=None):
+def packet_outs(conns, zone_of=None, mark_of=None, label_of=None, skipped=None):
     """The PACKET_OUT messages (one bytes, xids 0: ``OfConn.send_packet_outs``
     numbers them) that re-create ``conns`` in the zone ``zone_of(conn)``
-    with ct_mark ``mark_of(conn)`` and ct_label ``label_of(conn)``.  A
-    record that cannot be re-created (TCP CLOSED or LISTEN, translated both
-    ways) is left out, and appended to ``skipped`` if given."""
+    with ct_mark ``mark_of(conn)`` and ct_label ``label_of(conn)`` (each by
+    default the record's own).  A record that cannot be re-created (TCP
+    CLOSED or LISTEN, translated both ways) is left out, and appended to
+    ``skipped`` if given."""
     out = []
     extend = out.extend
     with gc_paused():
         for c in conns:
             try:
-                extend(_messages(c, zone_of(c), mark_of(c), label_of(c)))
+                extend(commit_messages(c, c.zone if zone_of is None else zone_of(c),
+                                       c.mark if mark_of is None else mark_of(c),
+                                       c.label if label_of is None else label_of(c)))
             except ValueError:
                 if skipped is not None:
                     skipped.append(c)
     return b"".join(out)
 
 
-def commit_groups(conns, skipped=None):
-    """Per record that can be re-created, in order: (the 5-tuples a packet
-    of its connection has, original and reply direction, as
-    ``(proto, src, sport, dst, dport)``; its PACKET_OUT messages, a list of
-    bytes), committing into the record's own zone with its own mark and
-    label.  For lazy imports: a held packet's 5-tuple finds its commits."""
-    out = []
-    with gc_paused():
+def packet_keys(conn):
+    """The 5-tuples ``(proto, src, sport, dst, dport)`` a packet of
+    ``conn``'s connection has: original and reply direction."""
+    return conn[:5], (conn.proto, conn.rsrc, conn.rsport, conn.rdst, conn.rdport)
+
+
+class LazyCommits:
+    """A lazy import's records, committed when their connection's first
+    packet comes (``take``) and the rest in the background (``chunk``);
+    each record once.  The PACKET_OUT messages are built when a record is
+    committed, so indexing costs a dict entry per direction only."""
+
+    def __init__(self, conns, skipped=None):
+        self._order = []                # records not yet committed, last first out
+        self._index = {}                # packet 5-tuple -> [records]
         for c in conns:
-            try:
-                msgs = _messages(c, c.zone, c.mark, c.label)
-            except ValueError:
+            if c.proto == IPPROTO_TCP and c.state in ("CLOSED", "LISTEN"):
                 if skipped is not None:
                     skipped.append(c)
                 continue
-            out.append(((c[:5], (c.proto, c.rsrc, c.rsport, c.rdst, c.rdport)), msgs))
-    return out
+            self._order.append(c)
+            for key in packet_keys(c):
+                self._index.setdefault(key, []).append(c)
+        self._done = set()              # records committed
+        self._left = len(self._order)
+
+    def __len__(self):
+        """Records not committed yet."""
+        return self._left
+
+    def _commit(self, conns, out, skipped):
+        for c in conns:
+            if c in self._done:
+                continue
+            self._done.add(c)
+            self._left -= 1
+            try:
+                out.extend(commit_messages(c, c.zone, c.mark, c.label))
+            except ValueError:
+                if skipped is not None:
+                    skipped.append(c)
+
+    def take(self, key, skipped=None):
+        """The messages that commit the records of the connection a packet
+        with 5-tuple ``key`` belongs to: empty if they are committed
+        already, None if no record has that key."""
+        conns = self._index.get(key)
+        if conns is None:
+            return None
+        out = []
+        with gc_paused():
+            self._commit(conns, out, skipped)
+        return out
+
+    def chunk(self, n, skipped=None):
+        """The messages that commit up to ``n`` more records."""
+        out, order = [], self._order
+        with gc_paused():
+            while order and n > 0:
+                c = order.pop()
+                if c not in self._done:
+                    self._commit((c,), out, skipped)
+                    n -= 1
+        return out

@@ -234,6 +234,15 @@ def parse_address(address):
     return family, str(ip), port
 
 
+def _no_delay(sock):
+    """A session's messages are small and each waits for an answer: Nagle's
+    algorithm with the peer's delayed ACK would hold many of them ~40 ms."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass                            # e.g. reset already: the handshake says so
+
+
 # --- the channel ------------------------------------------------------------
 
 class _Stopped(Exception):
@@ -606,6 +615,7 @@ class Channel:
         sock = None
         try:
             raw.setblocking(False)
+            _no_delay(raw)
             sock = self._server_ctx.wrap_socket(raw, server_side=True,
                                                 do_handshake_on_connect=False)
             self._handshake(s, sock, time.monotonic() + HANDSHAKE_TIMEOUT)
@@ -651,6 +661,7 @@ class Channel:
         early = []
         try:
             raw.setblocking(False)
+            _no_delay(raw)
             err = raw.connect_ex((ip, port))
             if err not in (0, errno.EINPROGRESS):
                 raise OSError(err, os.strerror(err))
@@ -695,7 +706,11 @@ class Channel:
             try:
                 data = sock.recv(CHUNK)
             except ssl.SSLWantReadError:
-                self._wait(s, sock, True, False, deadline)
+                # recv may have read the ticket alone (no data): look again
+                # before waiting for more.
+                session = sock.session
+                if session is None or not session.has_ticket:
+                    self._wait(s, sock, True, False, deadline)
                 continue
             except ssl.SSLWantWriteError:
                 self._wait(s, sock, False, True, deadline)

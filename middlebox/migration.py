@@ -39,7 +39,7 @@ TRANSFER_GRACE = 60.0       # s a hold may outlast its bound while state is arri
 HELLO_WAIT = 3.0            # s an incoming hello may wait for its row to arrive
 DEFAULT_TTL = 60.0          # s the source keeps an unacknowledged VM's state
 IMPORT_MODES = ("bulk", "lazy")
-LAZY_CHUNK = 20000          # records a lazy import commits per loop iteration
+LAZY_CHUNK = 2000           # records a lazy import commits per barrier (~40 ms of switch)
 FORWARD_IDLE = {6: 3600, 17: 180}   # s a forwarder of a moved SNAT connection lasts idle
 
 
@@ -177,6 +177,8 @@ class _Out:
         self.gather_ms = 0
         self.reviewed_out = 0
         self.final_at = None
+        self.snapshot_final = False  # gathered once the VM had left: nothing changes after
+        self.forwarded = set()      # reply 5-tuples of SNAT connections forwarded
         self.cleanup_at = None      # release the VM's state at this time (TTL)
         self.cleaned = False
 
@@ -199,7 +201,8 @@ class _In:
         self.import_ms = 0
         self.entries = 0
         self.commits = 0
-        self.lazy = []              # packet-out groups still to commit (lazy import)
+        self.lazy = None            # ctcommit.LazyCommits still to commit (lazy import)
+        self.lazy_barrier = None    # the barrier after the chunk in flight
 
 
 def _key(sl, c):
@@ -282,8 +285,9 @@ class MigrationManager:
 
     def wait(self, poller):
         self.writer.wait(poller)
-        if any(i.lazy for i in self.ins.values()):
-            poller.immediate_wake()
+        if any(i.lazy is not None and i.state == "acked" and i.lazy_barrier is None
+               for i in self.ins.values()):
+            poller.immediate_wake()     # a lazy import's next chunk may go
 
     # ------------------------------------------------------------ config
     def set_rows(self, rows, peers, now):
@@ -361,6 +365,12 @@ class MigrationManager:
         out.snapshot = self._records(out)
         out.stream_cost = self.clock() - t0
         out.gather_ms = _ms(out.stream_cost)
+        # Unannounced: the VM runs on its new host already.  Its SNAT
+        # replies go there now (held until its state lands), and the
+        # snapshot is final: no second gather.
+        out.snapshot_final = out.final_wanted
+        if out.row.path == "unannounced" and not self._newer_to_me(out.row):
+            self._forward(out, out.snapshot)
         address = self.peers.get(out.row.destination, ("", ""))[0]
         if not address:
             out.state = "waiting-address"
@@ -431,7 +441,8 @@ class MigrationManager:
         self._send_records(out, changed, removed, False)
 
     def _final(self, out, now):
-        self._stream(out, now)
+        if not out.snapshot_final:
+            self._stream(out, now)      # the changes since the last message
         out.seq += 1
         self._send_msg(out, {"type": "final", "migration": out.uuid, "seq": out.seq,
                              "count": len(out.sent),
@@ -482,12 +493,27 @@ class MigrationManager:
         out.cleaned = True
         if self._newer_to_me(self.rows.get(out.uuid, out.row)):
             return                      # the VM came back meanwhile: its state is new
+        made = self._forward(out, out.sent.values())
+        self.counters["cleaned"] += 1
+        self.daemon.replan_soon()
+        self.writer.write(out.uuid, timeline={"cleaned": _ms(time.time())})
+        LOG.info("migration %s: %s's state released here (%d SNAT forwarders to %s)",
+                 out.uuid[:8], out.vm, made, out.row.destination)
+
+    def _forward(self, out, records):
+        """Forwarders to the VM's new host for its SNAT connections among
+        ``records`` (each once): their replies still come to this host's
+        port block (or a forwarder pointing here).  Returns how many."""
         encap = self.peers.get(out.row.destination, ("", ""))[1]
         vni = self._vni(out.vm)
+        if not encap or vni is None:
+            return 0
         made = 0
-        for sl, c in out.sent.values():
-            if sl.role != "snat" or not encap or vni is None or c.proto not in FORWARD_IDLE:
+        for sl, c in records:
+            key = (c.proto, c.rsrc, c.rsport, c.rdst, c.rdport)
+            if sl.role != "snat" or c.proto not in FORWARD_IDLE or key in out.forwarded:
                 continue
+            out.forwarded.add(key)
             fid = self._next_fid
             self._next_fid = fid % D.INDEX_MASK + 1
             self._forwarders[fid] = D.Forwarder(fid, c.proto, _ip(c.rsrc), c.rsport,
@@ -495,11 +521,9 @@ class MigrationManager:
                                                 FORWARD_IDLE[c.proto])
             self._fwd_vm[fid] = out.vm
             made += 1
-        self.counters["cleaned"] += 1
-        self.daemon.replan_soon()
-        self.writer.write(out.uuid, timeline={"cleaned": _ms(time.time())})
-        LOG.info("migration %s: %s's state released here (%d SNAT forwarders to %s)",
-                 out.uuid[:8], out.vm, made, out.row.destination)
+        if made:
+            self.daemon.replan_soon()
+        return made
 
     def _vni(self, vm):
         for s in self.service.slices.values():
@@ -526,7 +550,7 @@ class MigrationManager:
             return
         inc.state = "rejected"
         inc.staged = {}
-        inc.lazy = []
+        inc.lazy = None
         self.counters["rejected"] += 1
         uuid = inc.hello.get("migration") if isinstance(inc.hello, dict) else None
         self.channel.send(inc.sid, {"type": "nack", "migration": uuid, "error": why})
@@ -647,22 +671,19 @@ class MigrationManager:
         self._drop_forwarders({(c.proto, _ip(c.rsrc), c.rsport, _ip(c.rdst), c.rdport)
                                for c, role in local if role == "snat"})
         inc.entries = vmstate.count_connections(records)
-        groups = ctcommit.commit_groups([c for c, _ in local])
+        conns = [c for c, _ in local]
         mode = _import_mode(self.service.slices, vm)
         if mode == "lazy":
             # Acknowledged now; each connection is committed at its first
             # packet, the rest in the background (``run``).
-            lazy = {}
-            for keys, packet_outs in groups:
-                for key in keys:
-                    lazy.setdefault(key, []).extend(packet_outs)
+            inc.lazy = ctcommit.LazyCommits(conns)
+            inc.commits = len(inc.lazy)
             self.daemon.arrivals.expect(vm, time.time(), time.time() + TRANSFER_GRACE)
             # Packets held already whose connection came: committed first.
-            self.daemon.send_results([self.daemon.arrivals.offer_lazy(vm, lazy)])
-            inc.lazy = [p for _, p in groups]
+            self.daemon.send_results([self.daemon.arrivals.offer_lazy(vm, inc.lazy)])
         else:
-            self.daemon.of.send_packet_outs([p for _, pos in groups for p in pos])
-        inc.commits = sum(len(p) for _, p in groups)
+            inc.commits = len(self.daemon.of.send_packet_outs(
+                [ctcommit.packet_outs(conns)]))
         inc.import_ms = _ms(self.clock() - t0)
         inc.state = "importing"
         inc.barrier = self.daemon.of.barrier()
@@ -673,13 +694,16 @@ class MigrationManager:
         inc = self._barriers.pop(xid, None)
         if inc is None:
             return False
+        if xid == inc.lazy_barrier:
+            inc.lazy_barrier = None     # the next chunk may go
+            return True
         row = inc.row
         inc.state = "acked"
         self.channel.send(inc.sid, {"type": "ack", "migration": row.uuid,
                                     "entries": inc.entries, "commits": inc.commits})
         self.counters["imported"] += 1
         held = 0
-        if not inc.lazy:
+        if inc.lazy is None:
             held = self._landed(row.vm)
         self._settled.add(row.uuid)
         wall = _ms(time.time())
@@ -698,8 +722,8 @@ class MigrationManager:
                        % (inc.entries, inc.peer))
         LOG.info("migration %s of %s: imported %d connections from %s (%d commits%s), "
                  "%d packets held", row.uuid[:8], row.vm, inc.entries, inc.peer,
-                 inc.commits, ", lazy" if inc.lazy else "", held)
-        if not inc.lazy:
+                 inc.commits, ", lazy" if inc.lazy is not None else "", held)
+        if inc.lazy is None:
             self.ins.pop(inc.sid, None)
         return True
 
@@ -711,7 +735,7 @@ class MigrationManager:
         return held
 
     def _closed_in(self, inc, reason):
-        if not inc.lazy:
+        if inc.lazy is None:
             self.ins.pop(inc.sid, None)
         if inc.state in ("receiving", "hello", "waiting"):
             inc.state = "rejected"
@@ -723,21 +747,21 @@ class MigrationManager:
                            "transfer ended early (%s)" % reason)
 
     def _lazy_run(self):
-        """Commit a chunk of each lazy import's records; a finished import
-        ends the VM's arrival."""
+        """Commit a chunk of each lazy import's records once the switch took
+        the last one (so a first packet's commit never waits behind more
+        than a chunk); a finished import ends the VM's arrival."""
         for inc in list(self.ins.values()):
-            if not inc.lazy or inc.state != "acked":
+            if inc.lazy is None or inc.state != "acked" or inc.lazy_barrier is not None:
                 continue
-            chunk, n = [], 0
-            while inc.lazy and n < LAZY_CHUNK:
-                pos = inc.lazy.pop()
-                chunk.extend(pos)
-                n += 1
-            self.daemon.of.send_packet_outs(chunk)
-            self.counters["lazy_commits"] += n
             if not inc.lazy:
                 self._landed(inc.row.vm)
                 self.ins.pop(inc.sid, None)
+                continue
+            n = len(inc.lazy)
+            self.daemon.of.send_packet_outs(inc.lazy.chunk(LAZY_CHUNK))
+            self.counters["lazy_commits"] += n - len(inc.lazy)
+            inc.lazy_barrier = self.daemon.of.barrier()
+            self._barriers[inc.lazy_barrier] = inc
 
     # ------------------------------------------------------------ events
     def on_event(self, ev, now):
@@ -841,7 +865,7 @@ class MigrationManager:
         ins = [{"migration": i.row.uuid if i.row else None,
                 "vm": i.row.vm if i.row else None, "role": "destination",
                 "peer": i.peer, "state": i.state, "entries": len(i.staged) or i.entries,
-                "seq": i.seq, "lazy_left": len(i.lazy)} for i in self.ins.values()]
+                "seq": i.seq, "lazy_left": len(i.lazy or ())} for i in self.ins.values()]
         return {"transfers": outs + ins, "holds": self.daemon.arrivals.listing(),
                 "forwarders": [{"vm": self._fwd_vm.get(f.fid, "?"), "proto": f.proto,
                                 "wire": "%s:%d/%s:%d" % (f.src, f.sport, f.dst, f.dport),

@@ -170,28 +170,41 @@ def localize(vm, records, slices, zones):
                     if zone is not None:
                         snat_zone[(chain_of(s.config), D.service_id(rule.uuid))] = zone
     out = []
+    add = out.append
+    new = tuple.__new__
+    keep = ~(D.MARK_TAG_MASK | _COUNT_MASK)
+    where = {}                          # Slice -> (slice here, zone, role): parts share them
     for sl, c in records:
-        s = by_chain.get(tuple(sl.chain))
-        if s is None:
-            raise RecordError("a record of chain %s, which VM %s is not in here"
-                              % (",".join(sl.chain), vm))
-        if sl.role == "vm":
-            mine = c.rsrc == vm_ip if c.mark & D.MARK_IN else c.src == vm_ip
-            zone = vm_zone
+        w = where.get(sl)
+        if w is None:
+            w = where[sl] = _slice_here(sl, by_chain, vm, vm_zone, snat_zone)
+        s, zone, role = w
+        if role == "vm":
+            mine = c[5] == vm_ip if c[10] & D.MARK_IN else c[1] == vm_ip    # rsrc, mark, src
         else:
-            mine = c.src == vm_ip
-            zone = snat_zone.get((tuple(sl.chain), sl.service))
-            if zone is None:
-                raise RecordError("an SNAT record of a rule with no port block here")
+            mine = c[1] == vm_ip
         if not mine:
-            addr = c.rsrc if c.mark & D.MARK_IN else c.src
+            addr = c.rsrc if role == "vm" and c.mark & D.MARK_IN else c.src
             owner = next((v.name for v in s.config.vms if v.ip == ip_text(addr)), None)
             raise RecordError("a record of %s, not of VM %s" % (
                 "VM %s's connection" % owner if owner else "a connection of %s" % ip_text(addr),
                 vm))
-        mark = (c.mark & ~(D.MARK_TAG_MASK | _COUNT_MASK)) | s.tag
-        out.append((c._replace(zone=zone, mark=mark, timeout=None), sl.role))
+        # c._replace(zone=zone, mark=..., timeout=None), without its cost
+        add((new(C.Conn, c[:9] + (zone, (c[10] & keep) | s.tag, c[11], c[12], None)), role))
     return out
+
+
+def _slice_here(sl, by_chain, vm, vm_zone, snat_zone):
+    s = by_chain.get(tuple(sl.chain))
+    if s is None:
+        raise RecordError("a record of chain %s, which VM %s is not in here"
+                          % (",".join(sl.chain), vm))
+    if sl.role == "vm":
+        return s, vm_zone, sl.role
+    zone = snat_zone.get((tuple(sl.chain), sl.service))
+    if zone is None:
+        raise RecordError("an SNAT record of a rule with no port block here")
+    return s, zone, sl.role
 
 
 _COUNT_MASK = ((1 << D.MARK_COUNT_BITS) - 1) << D.MARK_COUNT_OFS
@@ -205,12 +218,16 @@ def count_connections(records):
 def digest(records):
     """sha256 (hex) of a set of records, whatever their order."""
     rows = []
+    add, pack = rows.append, _DIGEST_ROW.pack
+    heads = {}                          # (slice, state) -> its bytes
+    keep, low = ~(D.MARK_TAG_MASK | _COUNT_MASK), (1 << 64) - 1
     for sl, c in records:
-        head = ("%s|%s|%d|%s" % (",".join(sl.chain), sl.role, sl.service, c.state)).encode()
-        rows.append(head + _DIGEST_ROW.pack(c.proto, c.src, c.sport, c.dst, c.dport,
-                                            c.rsrc, c.rsport, c.rdst, c.rdport,
-                                            c.mark & ~(D.MARK_TAG_MASK | _COUNT_MASK),
-                                            c.label >> 64, c.label & (1 << 64) - 1))
+        head = heads.get((sl, c[12]))
+        if head is None:
+            head = heads[sl, c[12]] = ("%s|%s|%d|%s" % (",".join(sl.chain), sl.role,
+                                                         sl.service, c[12])).encode()
+        label = c[11]
+        add(head + pack(*c[:9], c[10] & keep, label >> 64, label & low))
     rows.sort()
     h = hashlib.sha256()
     for row in rows:

@@ -78,7 +78,8 @@ class Vswitch:
             if not chunk:
                 raise OSError("connection closed before the reply")
             buf += chunk
-            if buf.rstrip().endswith(b"}"):
+            # Look at the tail only: a big dump arrives in many chunks.
+            if bytes(buf[-64:]).rstrip().endswith(b"}"):
                 try:
                     obj, _ = decoder.raw_decode(buf.decode("utf-8", "replace"))
                     return obj

@@ -7,6 +7,8 @@ and committed one by one in a lazy import."""
 from test_mb_frames import tcp_frame, udp_frame
 
 from middlebox import arrivals as AR
+from middlebox import ctcommit as K
+from middlebox.conn import Conn
 from middlebox.arrivals import Arrivals
 from middlebox.config import HostConfig, RuleSpec, ServiceSpec, SliceConfig, VmSpec
 from middlebox.packet import TCP_ACK, TCP_SYN, build_tcp, ip_int
@@ -153,40 +155,52 @@ def test_the_hold_buffer_is_bounded_in_bytes():
     assert svc.handle_frame(into_c1(), TO, 1.2).verdict == "held"
 
 
+INBOUND = Conn(6, ip_int(PEER.ip), 50000, ip_int(C1.ip), 8080, ip_int(C1.ip), 8080,
+               ip_int(PEER.ip), 50000, 21, 0x1005, 7, "ESTABLISHED")
+OUTBOUND = Conn(6, ip_int(C1.ip), 40000, ip_int(PEER.ip), 80, ip_int(PEER.ip), 80,
+                ip_int(C1.ip), 40000, 21, 0x1005, 7, "ESTABLISHED")
+DATAGRAM = Conn(17, ip_int(C1.ip), 5353, ip_int(PEER.ip), 53, ip_int(PEER.ip), 53,
+                ip_int(C1.ip), 5353, 21, 0x1005, 7, "")
+
+
+def commits(c):
+    return K.commit_messages(c, c.zone, c.mark, c.label)
+
+
 def test_a_lazy_import_commits_a_held_packets_connection_by_either_direction():
     svc, arr = service()
     arr.expect("c1", 1.0, 4.0)
-    inbound = (6, ip_int(PEER.ip), 50000, ip_int(C1.ip), 8080)
-    outbound_reply = (6, ip_int(PEER.ip), 80, ip_int(C1.ip), 40000)
-    arr.offer_lazy("c1", {inbound: ["commit-in"], outbound_reply: ["commit-out"]})
+    arr.offer_lazy("c1", K.LazyCommits([INBOUND, OUTBOUND]))
     assert arr.listing()[0]["lazy"] == 2
     frame = into_c1()
     res = svc.handle_frame(frame, TO, 1.1)
     # Committed first; the packet goes on once the switch has the entry.
-    assert res.verdict == "lazy" and res.messages == ["commit-in"]
+    assert res.verdict == "lazy" and res.messages == commits(INBOUND)
     assert res.after_barrier == [(frame, TO)] and res.out == []
-    # Committed once: the next packet of the connection is just held.
-    assert svc.handle_frame(frame, TO, 1.2).verdict == "held"
+    assert arr.listing()[0]["lazy"] == 1
+    # Committed once: the next packet of the connection (which came before
+    # the switch took the commit) just goes on after a barrier.
+    res = svc.handle_frame(frame, TO, 1.2)
+    assert res.verdict == "lazy" and res.messages == [] and res.after_barrier == [(frame, TO)]
     # A reply of a connection c1 opened finds its record by the reply tuple.
     reply = build_tcp(PEER.mac, C1.mac, ip_int(PEER.ip), ip_int(C1.ip), 80, 40000, 8, 7,
                       TCP_ACK)
     res = svc.handle_frame(reply, TO, 1.3)
-    assert res.verdict == "lazy" and res.messages == ["commit-out"]
+    assert res.verdict == "lazy" and res.messages == commits(OUTBOUND)
     assert res.after_barrier == [(reply, TO)]
     assert arr.counters["lazy_commits"] == 2
     # Records of a VM nobody waits for are not kept.
-    assert arr.offer_lazy("b1", {inbound: ["x"]}).messages == []
+    assert arr.offer_lazy("b1", K.LazyCommits([INBOUND])).messages == []
     assert [h["vm"] for h in arr.listing()] == ["c1"]
 
 
 def test_a_datagram_of_a_moved_flow_is_committed_before_it_goes_on():
     svc, arr = service()
     arr.expect("c1", 1.0, 4.0)
-    key = (17, ip_int(C1.ip), 5353, ip_int(PEER.ip), 53)
-    arr.offer_lazy("c1", {key: ["commit-udp"]})
+    arr.offer_lazy("c1", K.LazyCommits([DATAGRAM]))
     dgram = udp_frame(C1.mac, R, C1.ip, PEER.ip, 5353, 53)
     res = svc.handle_frame(dgram, FROM, 1.1)
-    assert res.messages == ["commit-udp"] and res.after_barrier == [(dgram, FROM)]
+    assert res.messages == commits(DATAGRAM) and res.after_barrier == [(dgram, FROM)]
     assert res.out == []
 
 
@@ -197,20 +211,30 @@ def test_packets_held_before_their_records_came_are_committed_when_they_come():
     orphan = into_c1(sport=50009)
     for f in (first, orphan, second):
         assert svc.handle_frame(f, TO, 1.1).verdict == "held"
-    inbound = (6, ip_int(PEER.ip), 50000, ip_int(C1.ip), 8080)
-    res = arr.offer_lazy("c1", {inbound: ["commit-in"]})
+    res = arr.offer_lazy("c1", K.LazyCommits([INBOUND]))
     # One commit for the connection; both its packets go on after it, in order.
-    assert res.messages == ["commit-in"]
+    assert res.messages == commits(INBOUND)
     assert res.after_barrier == [(first, TO), (second, TO)] and res.out == []
     # The packet of no connection waits for the landing.
     assert arr.listing()[0]["held"] == 1
     assert arr.landed("c1", 2.0)[0] == [(orphan, TO)]
 
 
+def test_a_connection_committed_in_the_background_is_not_committed_again():
+    svc, arr = service()
+    arr.expect("c1", 1.0, 4.0)
+    lazy = K.LazyCommits([OUTBOUND, INBOUND])
+    arr.offer_lazy("c1", lazy)
+    assert lazy.chunk(1) == commits(INBOUND) and len(lazy) == 1
+    res = svc.handle_frame(into_c1(), TO, 1.1)
+    assert res.verdict == "lazy" and res.messages == []
+    assert lazy.chunk(5) == commits(OUTBOUND) and len(lazy) == 0 and lazy.chunk(5) == []
+
+
 def test_landing_forgets_the_records_still_to_commit():
     svc, arr = service()
     arr.expect("c1", 1.0, 4.0)
-    arr.offer_lazy("c1", {(6, ip_int(PEER.ip), 50000, ip_int(C1.ip), 8080): ["commit"]})
+    arr.offer_lazy("c1", K.LazyCommits([INBOUND]))
     arr.landed("c1", 2.0)
     assert arr.listing()[0]["lazy"] == 0
     assert svc.handle_frame(into_c1(), TO, 2.1).verdict == "resumed"   # the switch judges it (and drops it)

@@ -189,16 +189,30 @@ def test_records_that_cannot_be_re_created_are_skipped_and_reported():
     assert K.packet_outs([closed], lambda c: 1, lambda c: 0, lambda c: 0) == b""
 
 
-def test_commit_groups_key_each_record_by_both_directions():
+def test_lazy_commits_find_a_record_by_either_direction_and_commit_it_once():
     skipped = []
-    groups = K.commit_groups([SNAT, PLAIN._replace(state="CLOSED"), ICMP], skipped)
-    assert len(groups) == 2 and len(skipped) == 1
-    (keys, msgs), (icmp_keys, icmp_msgs) = groups
-    assert keys == ((6, A, 40001, PEER, 80), (6, PEER, 80, SNAT_IP, 5000))
-    assert b"".join(msgs) == expected_packet_outs([SNAT], lambda c: c.zone, lambda c: c.mark,
-                                                  lambda c: c.label)
-    assert len(msgs) == 3 and len(icmp_msgs) == 2
-    assert icmp_keys[0] == ICMP.key
+    lazy = K.LazyCommits([SNAT, PLAIN._replace(state="CLOSED"), ICMP], skipped)
+    assert len(lazy) == 2 and len(skipped) == 1
+    assert K.packet_keys(SNAT) == ((6, A, 40001, PEER, 80), (6, PEER, 80, SNAT_IP, 5000))
+    own = (lambda c: c.zone, lambda c: c.mark, lambda c: c.label)
+    msgs = lazy.take((6, PEER, 80, SNAT_IP, 5000))      # a reply finds it
+    assert b"".join(msgs) == expected_packet_outs([SNAT], *own) and len(msgs) == 3
+    assert lazy.take((6, A, 40001, PEER, 80)) == []      # committed already
+    assert lazy.take((6, A, 1, PEER, 80)) is None        # no such connection
+    assert len(lazy) == 1
+    # The background commits what is left, once.
+    assert b"".join(lazy.chunk(10)) == expected_packet_outs([ICMP], *own)
+    assert len(lazy) == 0 and lazy.chunk(10) == [] and lazy.take(ICMP.key) == []
+
+
+def test_lazy_commits_of_records_sharing_a_packet_key_commit_together():
+    # A SNAT connection's entry in the VM's zone and in the SNAT zone: the
+    # VM's packet has the original tuple of both.
+    vm_side = SNAT._replace(rsrc=PEER, rsport=80, rdst=A, rdport=40001, zone=3)
+    lazy = K.LazyCommits([vm_side, SNAT])
+    own = (lambda c: c.zone, lambda c: c.mark, lambda c: c.label)
+    assert b"".join(lazy.take(SNAT[:5])) == expected_packet_outs([vm_side, SNAT], *own)
+    assert len(lazy) == 0
 
 
 def test_300k_frames_and_100k_connections_of_packet_outs_fast():

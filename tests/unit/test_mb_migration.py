@@ -161,11 +161,17 @@ class Switch:
             self.ct._remove(e)
 
     def send_packet_outs(self, messages):
-        for raw in messages:
+        data = b"".join(messages)        # as OfConn takes them: whole messages, joined
+        offset, xids = 0, []
+        while offset < len(data):
+            length = struct.unpack_from("!H", data, offset + 2)[0]
+            raw, offset = data[offset:offset + length], offset + length
             actions, frame = decode_packet_out(raw)
             flows = [Flow(0, 1, (("eth_type", 0x0800),), (("apply", actions),))]
             FakeOFTable(flows, conntrack=self.ct).trace(packet_state(frame))
             self.packet_outs += 1
+            xids.append(self.packet_outs)
+        return xids
 
 
 class Chan:
@@ -261,7 +267,7 @@ class Node:
         self.dirty = True
 
     def send_packet_outs(self, messages):
-        self.switch.send_packet_outs(messages)
+        return self.switch.send_packet_outs(messages)
 
     def barrier(self):
         self.barriers.append(100 + len(self.barriers))
@@ -487,8 +493,10 @@ def test_announced_migration_streams_then_imports_whole_and_the_source_releases(
     assert OUT in p.src.chan.closed and len(p.src.vm_conns()) == 4
     p.moved()
     assert len(p.src.vm_conns()) == 4
+    assert p.src.mgr.forwarders() == ()         # c1 still runs here: replies come here
     p.set_rows(row("done"))
     assert p.src.vm_conns() == [] and p.src.zones.vm("c1") is None
+    assert len(p.src.mgr.forwarders()) == 1     # released: its SNAT replies go on to h2
     assert "cleaned" in p.src.writer.merged("timeline")
     # a1 never moved.
     assert same(p.src.vm_conns("a1")) == same([A1_OUT])
@@ -906,16 +914,18 @@ def test_gather_service_moves_what_the_service_decided():
 # ------------------------------------------------------------ SNAT forwarders
 
 
-def test_the_sources_snat_connections_get_forwarders_after_cleanup():
+def test_an_unannounced_sources_snat_connections_are_forwarded_from_the_snapshot():
     p = Pair()
     p.set_rows(row("begun", path="unannounced"))
+    # c1 runs on h2 already: its SNAT replies go there from the snapshot on
+    # (h2 holds them until the state lands).
+    [fwd] = p.src.mgr.forwarders()
     p.connect()
     p.to_dst()
     p.imported()
-    assert p.src.mgr.forwarders() == ()
     p.moved()
     p.to_src()                                  # acked: cleaned up
-    [fwd] = p.src.mgr.forwarders()
+    assert p.src.mgr.forwarders() == (fwd,)     # one forwarder per connection
     # The reply from outside to h1's port block goes on, untranslated, to h2.
     assert (fwd.proto, fwd.src, fwd.sport, fwd.dst, fwd.dport) == (6, OUTSIDE, 80, SNAT_IP,
                                                                    4100)
@@ -977,11 +987,15 @@ def test_a_lazy_import_is_acknowledged_before_its_commits_and_lands_in_the_backg
     assert [m["type"] for m in p.dst.sent_messages()] == ["ack"]
     assert p.dst.writer.writes[0]["status"] == "done"
     assert p.dst.frames == []                   # the hold goes on meanwhile
-    p.dst.loop(p.now)                           # the background commits
+    p.dst.loop(p.now)                           # the background commits, a chunk
     assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
     assert same(p.dst.snat_conns()) == same([OUT_SNAT])
-    assert p.dst.frames == [(ORPHAN, TO2)]      # landed: what was held goes on
     assert p.dst.mgr.counters["lazy_commits"] == 5
+    p.dst.loop(p.now)                           # the next chunk waits for the switch
+    assert p.dst.frames == [] and len(p.dst.barriers) == 2
+    p.dst.barrier_done(p.dst.barriers[-1])
+    p.dst.loop(p.now)
+    assert p.dst.frames == [(ORPHAN, TO2)]      # landed: what was held goes on
 
 
 def test_a_lazily_imported_connection_is_committed_at_its_first_packet():
@@ -1005,6 +1019,8 @@ def test_a_packet_held_before_a_lazy_import_is_committed_by_the_import():
     assert p.dst.frames == [(STRAY, TO2)] and p.dst.sent_messages() == []
     p.dst.barrier_done(imported)
     assert [m["type"] for m in p.dst.sent_messages()] == ["ack"]
+    p.dst.loop(p.now)
+    p.dst.barrier_done(p.dst.barriers[-1])      # the switch took the background's chunk
     p.dst.loop(p.now)
     assert p.dst.frames == [(STRAY, TO2), (ORPHAN, TO2)]
     assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
