@@ -583,12 +583,13 @@ def transfer_markdown(tr, m, plots):
         "from `pki`, 127.0.0.1) until the destination has `final`; **decode** = "
         "`conn.decode` of each part, staged by key; **verify** = count and digest; "
         "**localize** = `vmstate.localize`; **commit** (bulk import) = "
-        "`ctcommit.commit_groups`, `OfConn.send_packet_outs` to the destination switch, "
+        "`ctcommit.packet_outs`, `OfConn.send_packet_outs` to the destination switch, "
         "then a barrier: the connections are usable; **index** (lazy import) = "
-        "`commit_groups` and the per-5-tuple index mbxd gives its hold buffer: a "
+        "`ctcommit.LazyCommits`, the per-5-tuple index mbxd gives its hold buffer: a "
         "connection is committed when its first packet comes, the rest in the "
-        "background, %s connections per loop iteration (`LAZY_CHUNK`), as "
-        "`MigrationManager._lazy_run` queues them. A first packet's latency is its "
+        "background, %s records at a time (`LAZY_CHUNK`), the next once the switch "
+        "answered the barrier behind the last, as `MigrationManager._lazy_run` paces "
+        "them. A first packet's latency is its "
         "record's packet-outs and a barrier (what mbxd sends before it gives the held "
         "packet back), sampled every %.0f ms during the background commit and %s "
         "times after it; the trip of the packet to mbxd and back is not in it. The "
@@ -603,14 +604,6 @@ def transfer_markdown(tr, m, plots):
                             if "lazy" in t), 0)),
         "",
     ]
-    slow = [(n, t["ms"]["transfer"]) for n, t in tr.items()
-            if "error" not in t and int(n) <= 10000 and t["ms"]["transfer"] >= 30]
-    if slow:
-        lines += ["The transfer of a small state takes %s: `middlebox.migchan` leaves "
-                  "Nagle's algorithm on (no `TCP_NODELAY` on its sockets), so the frame "
-                  "after a small one waits for the peer's delayed acknowledgement (about "
-                  "40 ms on Linux)." % ", ".join("%s at %s" % (_s(ms_), _k(n))
-                                                 for n, ms_ in slow), ""]
     big = tr.get(str(m.get("method", {}).get("profile_at", 100000)))
     if big and big.get("profile_top"):
         lines += ["Profile of a second bulk move at %s (cProfile, main thread: the "
@@ -629,7 +622,6 @@ def transfer_analysis(r):
     ms = big["ms"]
     parts = sorted(((ms[p], p) for p in BEFORE_IMPORT + ("commit",)), reverse=True)
     lz = big["lazy"]
-    shape = sum(ms_ for f, ms_ in big.get("profile_top", ()) if "_po_shape" in f)
     return [
         "### Where the 100k move's time goes, and what would close the gap",
         "",
@@ -638,34 +630,37 @@ def transfer_analysis(r):
             _s(big["usable_bulk_ms"]), _s(big["usable_lazy_ms"]),
             ", ".join("%s %s" % (p, _s(v)) for v, p in parts)),
         "",
-        "* **commit** (%s): %s of Python building %s packet-outs (`ctcommit.commit_groups`: "
+        "* **commit** (%s): %s of Python building %s packet-outs (`ctcommit.packet_outs`: "
         "three synthesized ACKs per established entry, each a PACKET_OUT with its ct "
-        "action; %s of the profiled move is `ofmsg`'s packet-out encoder re-deriving the "
-        "action's shape to check it, for every message), then %s for the switch to take "
-        "them (ovs-vswitchd executes each packet-out in its main thread: %.0fk/s). "
-        "Building the messages from the record's bytes in one pass (the shape is fixed "
-        "by ctcommit itself) and committing while the parts arrive, not after `final`, "
-        "would leave the switch's share." % (
+        "action, packed into a template by an encoder per action shape), then %s for "
+        "the switch to take them (ovs-vswitchd executes each packet-out in its main "
+        "thread: %.0fk/s). The switch's share is the floor of a bulk import: one "
+        "packet-out carrying the three packets (ct, set_field to the reply tuple, ct "
+        "again) re-creates a plain entry but leaves a translated one in SYN_SENT, so "
+        "each packet stays its own message." % (
             _s(ms["commit"]), _s(ms["build"]), "{:,}".format(big["packet_outs"]),
-            _s(shape) if shape else "part", _s(ms["switch"]),
-            big["packet_outs"] / max(ms["switch"], 0.1)),
+            _s(ms["switch"]), big["packet_outs"] / max(ms["switch"], 0.1) / 1000),
         "* **gather** (%s): the two `dpctl/dump-conntrack` calls (%s: each walks every "
-        "entry of the datapath, whatever the zone filter, and `Vswitch._read` copies its "
-        "whole buffer again for every MiB it receives, which makes reading a big dump "
-        "quadratic in its size: see the 1M row) and parsing the text (%s). mbxd's "
-        "`_final` gathers the zones again after the snapshot (the changes since), so a "
-        "move pays it twice." % (_s(ms["gather"]), _s(ms["dump"]), _s(ms["parse"])),
+        "entry of the datapath, whatever the zone filter) and parsing the text (%s, "
+        "about %.1f us a line). The unannounced path gathers once; the announced one "
+        "gathers again for the changes after the VM stopped." % (
+            _s(ms["gather"]), _s(ms["dump"]), _s(ms["parse"]),
+            ms["parse"] * 1000 / max(big["entries"]["vm_zone"]
+                                     + big["entries"].get("snat_zone", 0), 1)),
         "* **decode + verify + localize** (%s + %s + %s): per-record Python (a tuple "
-        "per record, a dict entry per record for the staging, a second pass for the "
-        "digest, `Conn._replace` per record to re-zone it)." % (
-            _s(ms["decode"]), _s(ms["verify"]), _s(ms["localize"])),
-        "* **lazy**: usable after the index, but the background commit (%s) is queued "
-        "on the OpenFlow connection a chunk per loop iteration without waiting for the "
-        "switch, so a first packet's commit waits behind what is queued: %s median, "
-        "%s at most during the background commit, %s after it. The lazy import "
-        "meets its purpose only if the background is paced (a chunk in flight at a "
-        "time, or a second OpenFlow connection for first packets)." % (
-            _s(ms["background"]), _lat(lz["first_packet_during_ms"].get("median")),
+        "per record, a dict entry per record for the staging, the digest sorts a row "
+        "per record)." % (_s(ms["decode"]), _s(ms["verify"]), _s(ms["localize"])),
+        "* **what is not overlapped**: the source gathers the whole zone before it sends "
+        "the first part, and the destination commits after `final` (a transfer whose "
+        "digest does not match must leave nothing behind). The transfer itself takes "
+        "%s, so overlapping commit with it gains nothing; overlapping the source's "
+        "gather with the destination's commit would, at best, leave the switch's %s." % (
+            _s(ms["transfer"]), _s(ms["switch"])),
+        "* **lazy**: usable after the index (%s); the background commit (%s) goes a "
+        "chunk per barrier, so a first packet's commit waits behind one chunk at most: "
+        "%s median, %s at most during the background commit, %s with the switch idle." % (
+            _s(ms["index"]), _s(ms["background"]),
+            _lat(lz["first_packet_during_ms"].get("median")),
             _lat(lz["first_packet_during_ms"].get("max")),
             _lat(lz["first_packet_idle_ms"].get("median"))),
         "",

@@ -232,16 +232,25 @@ class LazyCommits:
     committed, so indexing costs a dict entry per direction only."""
 
     def __init__(self, conns, skipped=None):
-        self._order = []                # records not yet committed, last first out
-        self._index = {}                # packet 5-tuple -> [records]
+        self._order = order = []        # records not yet committed, last first out
+        # packet 5-tuple -> its record, or a list of them (an SNAT
+        # connection's entries in the VM's zone and in the SNAT zone)
+        self._index = index = {}
+        get = index.get
         for c in conns:
-            if c.proto == IPPROTO_TCP and c.state in ("CLOSED", "LISTEN"):
+            if c[0] == IPPROTO_TCP and c[12] in ("CLOSED", "LISTEN"):
                 if skipped is not None:
                     skipped.append(c)
                 continue
-            self._order.append(c)
-            for key in packet_keys(c):
-                self._index.setdefault(key, []).append(c)
+            order.append(c)
+            for key in (c[:5], (c[0], c[5], c[6], c[7], c[8])):   # packet_keys(c)
+                had = get(key)
+                if had is None:
+                    index[key] = c
+                elif type(had) is list:
+                    had.append(c)
+                else:
+                    index[key] = [had, c]
         self._done = set()              # records committed
         self._left = len(self._order)
 
@@ -270,7 +279,7 @@ class LazyCommits:
             return None
         out = []
         with gc_paused():
-            self._commit(conns, out, skipped)
+            self._commit(conns if type(conns) is list else (conns,), out, skipped)
         return out
 
     def chunk(self, n, skipped=None):
