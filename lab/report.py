@@ -639,7 +639,7 @@ def transfer_analysis(r):
         "again) re-creates a plain entry but leaves a translated one in SYN_SENT, so "
         "each packet stays its own message." % (
             _s(ms["commit"]), _s(ms["build"]), "{:,}".format(big["packet_outs"]),
-            _s(ms["switch"]), big["packet_outs"] / max(ms["switch"], 0.1) / 1000),
+            _s(ms["switch"]), big["packet_outs"] / max(ms["switch"], 0.1)),
         "* **gather** (%s): the two `dpctl/dump-conntrack` calls (%s: each walks every "
         "entry of the datapath, whatever the zone filter) and parsing the text (%s, "
         "about %.1f us a line). The unannounced path gathers once; the announced one "
