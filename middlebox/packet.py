@@ -266,41 +266,6 @@ def _mac_bytes(mac):
     return bytes.fromhex(mac.replace(":", ""))
 
 
-def rewrite(frame, pkt, eth_src=None, eth_dst=None, src=None, sport=None, dst=None,
-            dport=None):
-    """``frame`` (parsed as ``pkt``, TCP or UDP) with the given header fields
-    replaced and the IPv4 and TCP/UDP checksums recomputed.  Addresses are
-    ints, MACs "aa:bb:.." strings; None keeps a field."""
-    out = bytearray(frame)
-    if eth_dst is not None:
-        out[0:6] = _mac_bytes(eth_dst)
-    if eth_src is not None:
-        out[6:12] = _mac_bytes(eth_src)
-    l3, l4, end = ETH_LEN, pkt.l4, ETH_LEN + pkt.ip_len
-    new_src = pkt.src if src is None else src
-    new_dst = pkt.dst if dst is None else dst
-    struct.pack_into("!II", out, l3 + 12, new_src, new_dst)
-    struct.pack_into("!H", out, l3 + 10, 0)
-    struct.pack_into("!H", out, l3 + 10, checksum(bytes(out[l3:l3 + pkt.ihl])))
-    if pkt.proto in (IPPROTO_TCP, IPPROTO_UDP):
-        struct.pack_into("!HH", out, l4, pkt.sport if sport is None else sport,
-                         pkt.dport if dport is None else dport)
-        csum_at = l4 + (16 if pkt.proto == IPPROTO_TCP else 6)
-        old = struct.unpack_from("!H", out, csum_at)[0]
-        if pkt.proto == IPPROTO_UDP and old == 0 or pkt.more_fragments:
-            # No UDP checksum in use; a first fragment's checksum covers
-            # bytes this daemon never sees: leave it (rare; documented).
-            return bytes(out)
-        struct.pack_into("!H", out, csum_at, 0)
-        seg = bytes(out[l4:end])
-        pseudo = _PSEUDO.pack(new_src, new_dst, 0, pkt.proto, len(seg))
-        value = checksum(pseudo + seg)
-        if pkt.proto == IPPROTO_UDP and value == 0:
-            value = 0xFFFF
-        struct.pack_into("!H", out, csum_at, value)
-    return bytes(out)
-
-
 def build_tcp(eth_src, eth_dst, src, dst, sport, dport, seq, ack, flags, window=1024):
     """A bare TCP segment (no options, no payload) in an Ethernet frame."""
     tcp = bytearray(_TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4,

@@ -19,7 +19,6 @@ ETH_P_ALL = 0x0003
 ETH_P_8021Q = 0x8100
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
-PACKET_STATISTICS = 6
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4                     # sll_pkttype of a frame this host sent
 TP_STATUS_VLAN_VALID = 1 << 4
@@ -142,12 +141,6 @@ class PacketPort:
             return self.sock.getsockname()[0] != self.ifname
         except OSError:
             return True
-
-    def kernel_stats(self):
-        """(packets, drops) the kernel counted for this socket since the last
-        call (PACKET_STATISTICS resets on read): drops = receive queue full."""
-        data = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
-        return struct.unpack("=II", data)
 
     def counters(self):
         return {"received": self.received, "sent": self.sent,

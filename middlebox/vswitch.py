@@ -95,11 +95,6 @@ class Vswitch:
     def flush_zone(self, zone):
         self.call("dpctl/flush-conntrack", "zone=%d" % zone)
 
-    def flush_connection(self, zone, tuple_text):
-        """Flush one connection by its original tuple, e.g.
-        ``ct_nw_src=10.0.0.1,ct_nw_dst=..,ct_nw_proto=6,ct_tp_src=..,ct_tp_dst=..``."""
-        self.call("dpctl/flush-conntrack", "zone=%d" % zone, tuple_text)
-
     def disable_tcp_seq_check(self):
         """Imported connections carry no TCP window state: the datapath must
         accept their segments (Linux's nf_conntrack_tcp_be_liberal)."""

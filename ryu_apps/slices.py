@@ -38,15 +38,6 @@ def chain_ok(topo, policy):
     return True
 
 
-def chain_option(topo, chain, key, default):
-    """An option of a chain: the first middlebox of the chain that sets it."""
-    for name in chain:
-        mb = topo.middleboxes.get(name)
-        if mb is not None and key in dict(mb.options):
-            return dict(mb.options)[key]
-    return default
-
-
 def chain_types(topo, chain):
     return [topo.middleboxes[n].type for n in chain if n in topo.middleboxes]
 
