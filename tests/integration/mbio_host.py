@@ -15,8 +15,12 @@ import ctypes
 import glob
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
+import time
+
+import ovs.poller
 
 from lab.sh import read_pidfile, run
 from ovsdb.server import pid_alive, stop as stop_pid
@@ -52,8 +56,12 @@ def in_netns(name):
 
 
 class ScratchHost:
-    def __init__(self):
-        self.ns = "%s%d" % (NS_PREFIX, os.getpid())
+    """``prefix``: the sandbox's name is ``<prefix><pid>``; each test module
+    has its own, so sandboxes of modules never meet."""
+
+    def __init__(self, prefix=NS_PREFIX):
+        self.prefix = prefix
+        self.ns = "%s%d" % (prefix, os.getpid())
         self.rundir = None
         self.pids = []                  # in start order
         self.ns_created = False
@@ -72,12 +80,17 @@ class ScratchHost:
     def ns_run(self, *cmd):
         return run(list(cmd), netns=self.ns)
 
+    def appctl(self, *args):
+        return subprocess.run(["ovs-appctl", "-t", "%s/ovs-vswitchd.ctl" % self.rundir]
+                              + list(args), capture_output=True, text=True, check=True,
+                              timeout=30).stdout
+
     def ofport(self, name):
         return int(self.vsctl("get", "Interface", name, "ofport").strip())
 
     # ------------------------------------------------------------- up/down
     def up(self):
-        remove_stale()
+        remove_stale(self.prefix)
         rundir = os.path.join(tempfile.gettempdir(), self.ns)
         if os.path.exists(rundir):      # left by a dead process that had our pid
             _remove_sandbox(rundir)
@@ -129,12 +142,45 @@ class ScratchHost:
             shutil.rmtree(self.rundir, ignore_errors=True)
 
 
-def remove_stale():
+def sandbox(prefix=NS_PREFIX):
+    """A module fixture's body: a sandbox up for the module, down after it
+    (even when a test fails), and its namespace gone."""
+    assert os.geteuid() == 0, "these tests need root (network namespaces)"
+    host = ScratchHost(prefix)
+    try:
+        host.up()
+        yield host
+    finally:
+        host.down()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert host.ns not in listed
+
+
+def pump(conn, until, timeout=5.0):
+    """Run an ``OfConn`` in an ovs.poller loop until ``until()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "timed out after %.1fs" % timeout
+        poller = ovs.poller.Poller()
+        conn.wait(poller)
+        poller.timer_wait(int(remaining * 1000) + 1)
+        poller.block()
+        conn.run()
+
+
+def sync(conn, barriers, timeout=5.0):
+    """A barrier, and its reply in ``barriers`` (what on_barrier fills)."""
+    xid = conn.barrier()
+    pump(conn, lambda: xid in barriers, timeout)
+
+
+def remove_stale(prefix=NS_PREFIX):
     """Remove sandboxes of test processes that died without cleaning up: end
     the daemons their pidfiles name (only if that process still runs from
     that directory), delete their namespace and directory."""
-    for rundir in glob.glob(os.path.join(tempfile.gettempdir(), NS_PREFIX + "*")):
-        suffix = os.path.basename(rundir)[len(NS_PREFIX):]
+    for rundir in glob.glob(os.path.join(tempfile.gettempdir(), prefix + "*")):
+        suffix = os.path.basename(rundir)[len(prefix):]
         if suffix.isdigit() and not pid_alive(int(suffix)):
             _remove_sandbox(rundir)
 

@@ -9,26 +9,21 @@ One sandbox for the module (its own namespace ``mbxct-<pid>``, ovsdb-server
 and ovs-vswitchd), removed even when a test fails.
 """
 
-import glob
 import os
 import re
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 
-import ovs.poller
 import pytest
 
 # ``middlebox`` may not be in the installed package list yet (setup.cfg's
 # package list); make the repo root importable either way.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from mbio_host import MB_PORT, ScratchHost, _remove_sandbox  # noqa: E402
+from mbio_host import MB_PORT, pump, sandbox, sync  # noqa: E402
 from middlebox.ofconn import OfConn  # noqa: E402
-from ovsdb.server import pid_alive  # noqa: E402
 from ryu_apps import ofmsg  # noqa: E402
 from ryu_apps.ofmodel import (CT_EST, CT_NEW, CT_TRK, Flow, Group,  # noqa: E402
                               canon_match, ct_state_match)
@@ -45,61 +40,14 @@ SNAT_IP = "203.0.113.100"
 LABEL = (1 << 127) | 0xABCDEF
 
 
-class CtHost(ScratchHost):
-    """``mbio_host.ScratchHost`` under its own name, so it never meets the
-    I/O tests' sandbox."""
-
-    def __init__(self):
-        super().__init__()
-        self.ns = "%s%d" % (NS_PREFIX, os.getpid())
-
-    def appctl(self, *args):
-        return subprocess.run(["ovs-appctl", "-t", "%s/ovs-vswitchd.ctl" % self.rundir]
-                              + list(args), capture_output=True, text=True, check=True,
-                              timeout=10).stdout
-
-
-def remove_stale():
-    for rundir in glob.glob(os.path.join(tempfile.gettempdir(), NS_PREFIX + "*")):
-        suffix = os.path.basename(rundir)[len(NS_PREFIX):]
-        if suffix.isdigit() and not pid_alive(int(suffix)):
-            _remove_sandbox(rundir)
-
-
 @pytest.fixture(scope="module")
 def host():
-    assert os.geteuid() == 0, "the OVS conntrack tests need root (network namespaces)"
-    remove_stale()
-    sandbox = CtHost()
-    try:
-        sandbox.up()
-        yield sandbox
-    finally:
-        sandbox.down()
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert sandbox.ns not in listed
+    yield from sandbox(NS_PREFIX)
 
 
 class Events:
     def __init__(self):
         self.barriers, self.errors = [], []
-
-
-def pump(conn, until, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not until():
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "timed out after %.1fs" % timeout
-        poller = ovs.poller.Poller()
-        conn.wait(poller)
-        poller.timer_wait(int(remaining * 1000) + 1)
-        poller.block()
-        conn.run()
-
-
-def sync(conn, events, timeout=5.0):
-    xid = conn.barrier()
-    pump(conn, lambda: xid in events.barriers, timeout)
 
 
 @pytest.fixture
@@ -166,7 +114,7 @@ def test_every_new_action_and_match_field_reads_back_equal(host, ofconn):
     conn.send_groups([group])
     flows = flows_of_every_kind()
     conn.send_flows(add=flows, send_flow_rem=False)
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert not events.errors
     got = sorted((e[0] for e in conn.dump_flows(COOKIE, COOKIE_MASK)), key=repr)
     assert got == sorted(flows, key=repr)
@@ -183,7 +131,7 @@ def test_groups_read_back_equal_and_change_by_command(host, ofconn):
               Group(2, "all", ((0, (("output", 1),)), (0, (("ct_clear",), ("output", 2))))),
               Group(3, "indirect", ((0, (ct_snat(40001),)),))]
     conn.send_groups(groups, "add")
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert not events.errors
     assert sorted(conn.dump_groups(), key=repr) == sorted(groups, key=repr)
     # add_or_mod (Open vSwitch's extension) on OpenFlow 1.3: replaces group
@@ -192,16 +140,16 @@ def test_groups_read_back_equal_and_change_by_command(host, ofconn):
     new = Group(4, "select", ((5, (("group", 3),)),))
     conn.send_groups([changed, new], "add_or_mod")
     conn.send_groups([Group(3, "indirect", ((0, (ct_snat(40002),)),))], "modify")
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert not events.errors
     assert sorted(conn.dump_groups(), key=repr) == sorted(
         [groups[0], changed, new, Group(3, "indirect", ((0, (ct_snat(40002),)),))], key=repr)
     conn.send_groups([new, groups[0]], "delete")
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert sorted(g.group_id for g in conn.dump_groups()) == [2, 3]
     # "add" of an existing group is refused, and the error names the request.
     xids = conn.send_groups([changed], "add")
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert events.errors == [(xids[0], OFPET_GROUP_MOD_FAILED, OFPGMFC_GROUP_EXISTS)]
 
 
@@ -211,7 +159,7 @@ def test_groups_and_the_flows_using_them_go_in_one_bundle(host, ofconn):
     uses = Flow(10, 50, canon_match(eth_type=0x0800), (("apply", (("group", 5),)),),
                 cookie=COOKIE | 50)
     conn.send_flows(add=[uses], groups=[("add", group)], bundle=True, send_flow_rem=False)
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert not events.errors and conn.bundles_committed == 1
     assert conn.dump_groups() == [group]
     assert [e[0] for e in conn.dump_flows(COOKIE, COOKIE_MASK)] == [uses]
@@ -223,7 +171,7 @@ def test_groups_and_the_flows_using_them_go_in_one_bundle(host, ofconn):
     dangling = Flow(10, 51, canon_match(eth_type=0x0800), (("apply", (("group", 99),)),),
                     cookie=COOKIE | 51)
     xids = conn.send_flows(add=[dangling], groups=[("add", other)], bundle=True)
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert [e[0] for e in events.errors][:1] == [xids[1]]
     assert [e[1:] for e in events.errors[1:]] == [(OFPET_EXPERIMENTER, ONFBFC_MSG_FAILED)]
     assert conn.bundles_failed == 1
@@ -264,7 +212,7 @@ def test_packet_out_commits_a_conntrack_entry_with_mark_label_and_nat(host, ofco
     encoder = ofmsg.PacketOutEncoder(commit_actions(ZONE, 40001, 0x1234, LABEL))
     fast = encoder.encode(tcp_syn(40010), commit_actions(ZONE + 1, 40011, 77, 5 << 64))
     xids = conn.send_packet_outs([plain, fast])
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert not events.errors and len(xids) == 2 and conn.packet_outs_sent == 2
     (entry,) = conntrack(host, ZONE)
     assert "orig=(src=10.0.0.1,dst=10.0.0.2,sport=40000,dport=80)" in entry
@@ -286,7 +234,7 @@ def test_commit_2000_connections_rate(host, ofconn):
     msgs = [encoder.encode(data, actions) for data, actions in packets]
     built = time.perf_counter()
     conn.send_packet_outs(msgs)
-    sync(conn, events, timeout=20)
+    sync(conn, events.barriers, timeout=20)
     done = time.perf_counter()
     assert not events.errors
     entries = conntrack(host, zone)

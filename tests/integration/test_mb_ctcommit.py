@@ -11,26 +11,21 @@ One sandbox for the module (its own namespace ``mbxcc-<pid>``, ovsdb-server
 and ovs-vswitchd), removed even when a test fails.
 """
 
-import glob
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
-import ovs.poller
 import pytest
 
 # ``middlebox`` may not be in the installed package list yet (setup.cfg's
 # package list); make the repo root importable either way.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from mbio_host import ScratchHost, _remove_sandbox  # noqa: E402
+from mbio_host import pump, sandbox  # noqa: E402
 from middlebox import ctcommit  # noqa: E402
 from middlebox.conn import Conn, parse_dump  # noqa: E402
 from middlebox.ofconn import OfConn  # noqa: E402
 from middlebox.packet import ip_int  # noqa: E402
-from ovsdb.server import pid_alive  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -59,42 +54,13 @@ def records(zone):
     ]
 
 
-class CcHost(ScratchHost):
-    """``mbio_host.ScratchHost`` under its own name, so it never meets the
-    other tests' sandboxes."""
-
-    def __init__(self):
-        super().__init__()
-        self.ns = "%s%d" % (NS_PREFIX, os.getpid())
-
-    def appctl(self, *args):
-        return subprocess.run(["ovs-appctl", "-t", "%s/ovs-vswitchd.ctl" % self.rundir]
-                              + list(args), capture_output=True, text=True, check=True,
-                              timeout=30).stdout
-
-    def dump(self, zone):
-        return parse_dump(self.appctl("dpctl/dump-conntrack", "-s", "zone=%d" % zone))
-
-
-def remove_stale():
-    for rundir in glob.glob(os.path.join(tempfile.gettempdir(), NS_PREFIX + "*")):
-        suffix = os.path.basename(rundir)[len(NS_PREFIX):]
-        if suffix.isdigit() and not pid_alive(int(suffix)):
-            _remove_sandbox(rundir)
-
-
 @pytest.fixture(scope="module")
 def host():
-    assert os.geteuid() == 0, "the OVS conntrack tests need root (network namespaces)"
-    remove_stale()
-    sandbox = CcHost()
-    try:
-        sandbox.up()
-        yield sandbox
-    finally:
-        sandbox.down()
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert sandbox.ns not in listed
+    yield from sandbox(NS_PREFIX)
+
+
+def dump(host, zone):
+    return parse_dump(host.appctl("dpctl/dump-conntrack", "-s", "zone=%d" % zone))
 
 
 @pytest.fixture
@@ -113,15 +79,7 @@ def commit(ofconn, data, timeout=30.0):
     conn, barriers, errors = ofconn
     conn.send_packet_outs([data])
     xid = conn.barrier()
-    deadline = time.monotonic() + timeout
-    while xid not in barriers:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "no barrier reply after %.0f s" % timeout
-        poller = ovs.poller.Poller()
-        conn.wait(poller)
-        poller.timer_wait(int(remaining * 1000) + 1)
-        poller.block()
-        conn.run()
+    pump(conn, lambda: xid in barriers, timeout)
     assert not errors, errors
 
 
@@ -145,7 +103,7 @@ def test_every_kind_of_record_is_re_created_as_it_was(host, ofconn):
     commit(ofconn, ctcommit.packet_outs(want, lambda c: c.zone, lambda c: c.mark,
                                         lambda c: c.label, skipped))
     assert skipped == []
-    got = host.dump(zone)
+    got = dump(host, zone)
     same_entries(got, want)
     by_key = {c.key: c for c in got}
     assert by_key[want[1].key].snat == (SNAT_IP, 5001)
@@ -158,10 +116,10 @@ def test_a_dumped_zone_committed_elsewhere_is_the_same_zone(host, ofconn):
     # the VM has on the new host (here: another zone of the same switch).
     commit(ofconn, ctcommit.packet_outs(records(72), lambda c: c.zone, lambda c: c.mark,
                                         lambda c: c.label))
-    dumped = host.dump(72)
+    dumped = dump(host, 72)
     commit(ofconn, ctcommit.packet_outs(dumped, lambda c: 73, lambda c: c.mark,
                                         lambda c: c.label))
-    same_entries(host.dump(73), [c._replace(zone=73, timeout=None) for c in dumped])
+    same_entries(dump(host, 73), [c._replace(zone=73, timeout=None) for c in dumped])
 
 
 def test_lazy_commits_commit_into_each_record_s_own_zone(host, ofconn):
@@ -169,8 +127,8 @@ def test_lazy_commits_commit_into_each_record_s_own_zone(host, ofconn):
     lazy = ctcommit.LazyCommits(want)
     first = lazy.take(ctcommit.packet_keys(want[1])[1])     # a reply's first packet
     commit(ofconn, b"".join(first + lazy.chunk(len(want))))
-    same_entries(host.dump(74), want[:-2])
-    same_entries(host.dump(75), want[-2:])
+    same_entries(dump(host, 74), want[:-2])
+    same_entries(dump(host, 75), want[-2:])
 
 
 def test_10k_connections_round_trip_through_the_switch(host, ofconn):

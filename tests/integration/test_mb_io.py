@@ -16,18 +16,16 @@ import os
 import re
 import select
 import struct
-import subprocess
 import sys
 import time
 
-import ovs.poller
 import pytest
 
 # ``middlebox`` may not be in the installed package list yet (setup.cfg's
 # package list); make the repo root importable either way.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from mbio_host import MB_PORT, VIF, VM_IF, ScratchHost, in_netns  # noqa: E402
+from mbio_host import MB_PORT, VIF, VM_IF, in_netns, pump, sandbox, sync  # noqa: E402
 from middlebox.ofconn import OfConn, OfConnError  # noqa: E402
 from middlebox.packetio import PacketPort  # noqa: E402
 from ryu_apps.ofmodel import Flow, canon_match  # noqa: E402
@@ -52,15 +50,7 @@ SETUP_COOKIE = 0x5E7
 
 @pytest.fixture(scope="module")
 def host():
-    assert os.geteuid() == 0, "the OVS I/O tests need root (network namespaces)"
-    sandbox = ScratchHost()
-    try:
-        sandbox.up()
-        yield sandbox
-    finally:
-        sandbox.down()
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert sandbox.ns not in listed
+    yield from sandbox()
 
 
 def udp_frame(seq, size=64):
@@ -200,22 +190,6 @@ class Events:
                       on_error=lambda *args: self.errors.append(args))
 
 
-def pump(conn, until, timeout=5.0):
-    """Run the connection in an ovs.poller loop until ``until()`` is true."""
-    deadline = time.monotonic() + timeout
-    while not until():
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "timed out after %.1fs" % timeout
-        poller = ovs.poller.Poller()
-        conn.wait(poller)
-        poller.timer_wait(int(remaining * 1000) + 1)
-        poller.block()
-        conn.run()
-
-
-def sync(conn, events, timeout=5.0):
-    xid = conn.barrier()
-    pump(conn, lambda: xid in events.barriers, timeout)
 
 
 def cache_flow(entry, sport, dport=80, idle=30, allow=True, proto=6):
@@ -251,7 +225,7 @@ def test_cache_flows_installed_deleted_by_exact_cookie_and_read_back(host, ofcon
     host.ofctl("add-flow", "cookie=%#x,table=%d,priority=1,actions=drop"
                % (CONTROLLER_COOKIE | 1, FROM_VM_CACHE))
     conn.send_flows(add=flows)
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert dumped_cookies(host) == {f.cookie for f in flows} | {CONTROLLER_COOKIE | 1}
     assert "send_flow_rem" in host.ofctl("dump-flows", "table=%d,cookie=%#x/-1"
                                          % (FROM_VM_CACHE, flows[0].cookie))
@@ -262,10 +236,10 @@ def test_cache_flows_installed_deleted_by_exact_cookie_and_read_back(host, ofcon
 
     # delete_strict with the exact cookie: a wrong cookie deletes nothing.
     conn.send_flows(delete=[Flow(**{**flows[0].__dict__, "cookie": flows[0].cookie + 99})])
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert flows[0].cookie in dumped_cookies(host)
     conn.send_flows(delete=[flows[0]])
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert dumped_cookies(host) == {flows[1].cookie, flows[2].cookie, CONTROLLER_COOKIE | 1}
     assert sorted((e[0] for e in conn.dump_flows(DAEMON_COOKIE, COOKIE_MASK)),
                   key=repr) == sorted(flows[1:], key=repr)
@@ -295,7 +269,7 @@ def test_switch_error_names_the_request(host, ofconn):
     backwards = Flow(FROM_VM_CACHE, 1, (), (("goto", 3),), cookie=DAEMON_COOKIE | 9)
     good = cache_flow(8, 3008)
     xids = conn.send_flows(add=[backwards, good])
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert [e[0] for e in events.errors] == [xids[0]]       # goto to an earlier table
     assert dumped_cookies(host) == {good.cookie}
 
@@ -308,13 +282,13 @@ def test_a_large_batch_is_installed_whole_or_not_at_all(host, ofconn):
     conn, events = ofconn
     flows = [cache_flow(100 + i, 10000 + i) for i in range(O.BUNDLE_MIN + 10)]
     conn.send_flows(add=flows)
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert dumped_cookies(host) == {f.cookie for f in flows}
     assert conn.bundles_committed == 1 and not events.errors
     backwards = Flow(FROM_VM_CACHE, 1, (), (("goto", 3),), cookie=DAEMON_COOKIE | 9)
     more = [cache_flow(1000 + i, 20000 + i) for i in range(O.BUNDLE_MIN)]
     xids = conn.send_flows(add=more[:5] + [backwards] + more[5:], delete=flows[:3])
-    sync(conn, events)
+    sync(conn, events.barriers)
     assert [e[0] for e in events.errors] == [xids[3 + 5]]
     assert conn.bundles_discarded == 1
     assert dumped_cookies(host) == {f.cookie for f in flows}      # the deletes too: undone
@@ -326,14 +300,14 @@ def test_install_2000_flows_rate(host, ofconn):
     start = time.perf_counter()
     conn.send_flows(add=flows)
     queued = time.perf_counter()
-    sync(conn, events, timeout=10)
+    sync(conn, events.barriers, timeout=10)
     installed = time.perf_counter()
     xid = conn.request_flow_stats(DAEMON_COOKIE, COOKIE_MASK)
     pump(conn, lambda: xid in events.stats, timeout=10)     # a multipart reply
     read = time.perf_counter()
     assert {e[0] for e in events.stats[xid]} == set(flows)
     conn.send_flows(delete=flows)
-    sync(conn, events, timeout=10)
+    sync(conn, events.barriers, timeout=10)
     deleted = time.perf_counter()
     assert dumped_cookies(host) == set()
     assert not events.errors
