@@ -27,6 +27,7 @@ from ovs.db import idl as ovsidl
 
 from middlebox import arrivals, conn as C, ctcommit, dataplane as D, vmstate
 from middlebox.vmstate import RecordError
+from middlebox.vswitch import VswitchError
 
 LOG = logging.getLogger("mbxd.migration")
 
@@ -203,6 +204,8 @@ class _In:
         self.commits = 0
         self.lazy = None            # ctcommit.LazyCommits still to commit (lazy import)
         self.lazy_barrier = None    # the barrier after the chunk in flight
+        self.early = None           # staged keys committed as their part came (bulk, unannounced)
+        self.early_commits = 0      # their packet-outs
 
 
 def _key(sl, c):
@@ -545,9 +548,26 @@ class MigrationManager:
         return len(gone)
 
     # ------------------------------------------------------------ destination
+    def _flush_vm_zone(self, inc):
+        """Take back what was committed early: the VM's zone holds nothing
+        else of the move (connections the VM opened here since it came go
+        too: a failed move is not half applied)."""
+        inc.early_commits = 0
+        zone = self.daemon.zones.vm(inc.row.vm)
+        if zone is None:
+            return
+        try:
+            self.daemon.vswitch.flush_zone(zone)
+        except VswitchError as err:
+            LOG.warning("migration %s: flushing %s's zone %d: %s", inc.row.uuid[:8],
+                        inc.row.vm, zone, err)
+
     def _reject(self, inc, why):
         if inc.state in ("rejected", "acked"):
             return
+        if inc.early_commits:
+            self._flush_vm_zone(inc)
+        inc.early = False
         inc.state = "rejected"
         inc.staged = {}
         inc.lazy = None
@@ -639,20 +659,61 @@ class MigrationManager:
             self._reject(inc, "malformed state message %d" % seq)
             return
         try:
+            part = []
             if data:
                 conns, slices = C.decode(data)
+                staged, early = inc.staged, inc.early
                 for sl, c in zip(slices, conns):
-                    inc.staged[_key(sl, c)] = (sl, c)
+                    key = _key(sl, c)
+                    if early and key in early and staged[key][1] != c:
+                        inc.early = early = False   # a committed record changed
+                    staged[key] = (sl, c)
+                    part.append((sl, c))
             for item in removed:
                 sl = C.Slice(tuple(item[0]), str(item[1]), int(item[2]))
-                inc.staged.pop((sl, tuple(int(x) for x in item[3:8])), None)
+                key = (sl, tuple(int(x) for x in item[3:8]))
+                if inc.early and key in inc.early:
+                    inc.early = False
+                inc.staged.pop(key, None)
         except C.WireError as err:
             self._reject(inc, "bad records in message %d: %s" % (seq, err))
+            return
         except (TypeError, ValueError, IndexError):
             self._reject(inc, "malformed removal in message %d" % seq)
+            return
+        if part and inc.early is not False:
+            self._commit_early(inc, part)
+
+    def _commit_early(self, inc, part):
+        """Bulk import of an unannounced move: commit the VM's own zone's
+        records of a part as it comes, so the switch works while the rest
+        is decoded (the SNAT zone's, shared with other VMs, wait for
+        ``final``).  A transfer that then fails its check takes them back
+        (the VM's zone is flushed: ``_reject``)."""
+        vm = inc.row.vm
+        if inc.early is None:
+            if inc.row.path != "unannounced" or \
+                    _import_mode(self.service.slices, vm) != "bulk":
+                inc.early = False
+                return
+            if self.daemon.zones.vm(vm) is None:
+                self.daemon.replan()    # the zone of a VM that arrived meanwhile
+            inc.early = set()
+        mine = [(sl, c) for sl, c in part if sl.role == "vm"]
+        try:
+            local = vmstate.localize(vm, mine, self.service.slices, self.daemon.zones)
+        except RecordError as err:
+            self._reject(inc, str(err))
+            return
+        inc.early_commits += len(self.daemon.of.send_packet_outs(
+            [ctcommit.packet_outs([c for c, _ in local])]))
+        inc.early.update(_key(sl, c) for sl, c in mine)
 
     def _import(self, inc, msg, now):
         records = list(inc.staged.values())
+        if inc.early is False and inc.early_commits:
+            # A record committed early changed or went: start again whole.
+            self._flush_vm_zone(inc)
         if msg.get("count") != len(records) or msg.get("digest") != vmstate.digest(records):
             self._reject(inc, "corrupt transfer: %r records announced, %d staged, digest "
                               "%s" % (msg.get("count"), len(records),
@@ -663,8 +724,11 @@ class MigrationManager:
         vm = inc.row.vm
         if self.daemon.zones.vm(vm) is None:
             self.daemon.replan()        # the zone of a VM that arrived meanwhile
+        early = inc.early or ()
         try:
-            local = vmstate.localize(vm, records, self.service.slices, self.daemon.zones)
+            local = vmstate.localize(vm, [r for r in records if _key(*r) not in early]
+                                     if early else records,
+                                     self.service.slices, self.daemon.zones)
         except RecordError as err:
             self._reject(inc, str(err))
             return
@@ -682,8 +746,8 @@ class MigrationManager:
             # Packets held already whose connection came: committed first.
             self.daemon.send_results([self.daemon.arrivals.offer_lazy(vm, inc.lazy)])
         else:
-            inc.commits = len(self.daemon.of.send_packet_outs(
-                [ctcommit.packet_outs(conns)]))
+            inc.commits = inc.early_commits + len(
+                self.daemon.of.send_packet_outs([ctcommit.packet_outs(conns)]))
         inc.import_ms = _ms(self.clock() - t0)
         inc.state = "importing"
         inc.barrier = self.daemon.of.barrier()
@@ -738,6 +802,8 @@ class MigrationManager:
         if inc.lazy is None:
             self.ins.pop(inc.sid, None)
         if inc.state in ("receiving", "hello", "waiting"):
+            if inc.early_commits:
+                self._flush_vm_zone(inc)
             inc.state = "rejected"
             self.counters["rejected"] += 1
             LOG.warning("state transfer from %s%s ended early (%s): nothing imported",

@@ -239,7 +239,7 @@ class Node:
         self.service = Service(host, zone_of=self.zones.vm)
         self.arrivals = Arrivals()
         self.service.arrivals = self.arrivals
-        self.switch = Switch()
+        self.switch = self.vswitch = Switch()
         self.conns = ConnTable(self.switch, self.zones)
         self.of = self.port = self
         self.frames = []                # written on the middlebox port
@@ -592,12 +592,13 @@ REJECTIONS = {
 }
 
 
+@pytest.mark.parametrize("path", ["announced", "unannounced"])
 @pytest.mark.parametrize("case", sorted(REJECTIONS))
-def test_a_bad_transfer_is_refused_whole(case):
+def test_a_bad_transfer_is_refused_whole(case, path):
     opts, tamper, why = REJECTIONS[case]
     dst = destination()
-    dst.mgr.set_rows([row(opts.get("status", "begun"), dst=opts.get("dst", "h2"))], PEERS,
-                     10.0)
+    dst.mgr.set_rows([row(opts.get("status", "begun"), dst=opts.get("dst", "h2"),
+                          path=path)], PEERS, 10.0)
     dst.loop(10.0)
     msgs = transfer(records_of(source()), token=opts.get("token", TOKEN))
     if tamper:
@@ -607,9 +608,50 @@ def test_a_bad_transfer_is_refused_whole(case):
     [error] = dst.nacks()
     assert why in error
     assert dst.chan.closed == ["in-1"]
+    # Nothing stays (an unannounced bulk import commits the VM's zone's
+    # records as their part comes, and takes them back).
     assert dst.vm_conns() == [] and dst.snat_conns() == []
-    assert dst.switch.packet_outs == 0 and dst.barriers == []
+    assert dst.barriers == [] and (path == "unannounced" or dst.switch.packet_outs == 0)
     assert dst.writer.writes == [] and dst.mgr.counters["rejected"] == 1
+
+
+def test_an_unannounced_bulk_import_commits_the_vms_zone_as_its_parts_come():
+    p = Pair()
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    msgs = p.src.chan.take()
+    hello, state, final = msgs
+    p.dst.deliver([hello, state], now=p.now)
+    # Before final: the VM's zone has its connections; the SNAT zone (shared
+    # with other VMs) waits for the check.
+    assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
+    assert p.dst.snat_conns() == [] and p.dst.barriers == []
+    early = p.dst.switch.packet_outs
+    p.dst.deliver([final], now=p.now)
+    p.imported()
+    assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
+    assert same(p.dst.snat_conns()) == same([OUT_SNAT])
+    [ack] = [m for m, _ in p.dst.chan.take() if m["type"] == "ack"]
+    assert ack["commits"] == p.dst.switch.packet_outs > early > 0
+
+
+def test_an_early_committed_record_that_changes_is_imported_whole_again():
+    p = Pair()
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    hello, state, final = p.src.chan.take()
+    p.dst.deliver([hello, state], now=p.now)
+    # A part that drops one of the records committed already.
+    [(sl, gone)] = [(sl, c) for sl, c in decoded(state[0]) if sl.role == "vm"][:1]
+    removal = dict(state[0], seq=2, kind="changes", removed=[
+        [list(sl.chain), sl.role, sl.service] + list(gone.key)])
+    removal.pop("data")
+    kept = [r for r in decoded(state[0]) if r[1] != gone]
+    final = (dict(final[0], seq=3, count=len(kept), digest=digest(kept)), final[1])
+    p.dst.deliver([(removal, 100), final], now=p.now)
+    p.imported()
+    assert same(p.dst.vm_conns()) == same([c for sl, c in kept if sl.role == "vm"])
+    assert p.dst.mgr.counters["imported"] == 1
 
 
 def test_a_second_transfer_of_the_same_migration_is_a_replay():
