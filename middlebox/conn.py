@@ -245,11 +245,16 @@ def parse_dump(text):
     UTF-8."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = bytes(text).decode("utf-8", "replace")
+    return parse_lines(text.split("\n"))
+
+
+def parse_lines(lines):
+    """``parse_dump`` of a dump's text already split into lines."""
     with gc_paused():
-        return _parse(text)
+        return _parse(lines)
 
 
-def _parse(text):
+def _parse(lines):
     out = Dump()
     append = out.append
     # Lines as Open vSwitch 3.1 prints them take the fast path: pieces at
@@ -266,7 +271,7 @@ def _parse(text):
     tail = tails.get
     new = tuple.__new__
     other = malformed = 0
-    for line in text.split("\n"):
+    for line in lines:
         if not line:
             continue
         try:

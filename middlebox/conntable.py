@@ -52,6 +52,13 @@ class ConnTable:
     def zone(self, zone, stats=True):
         return C.parse_dump(self.vswitch.dump_zone(zone, stats=stats))
 
+    def zone_parts(self, zone, size):
+        """The entries of ``zone`` (without stats) as Dumps of at most
+        ``size`` lines each, parsed one at a time."""
+        lines = self.vswitch.dump_zone(zone, stats=False).split("\n")
+        for i in range(0, len(lines), size):
+            yield C.parse_lines(lines[i:i + size])
+
     def snat_index(self):
         """Entries of every SNAT zone of this host, by original tuple."""
         out = {}

@@ -460,14 +460,17 @@ class Channel:
             s.out.append(frame)
         s.wake()
 
-    def close(self, sid):
-        """Close ``sid`` once its queued frames are written ("closed", reason
-        "closed", follows)."""
+    def close(self, sid, discard=False):
+        """Close ``sid`` once its queued frames are written, or at once
+        dropping those not begun if ``discard`` ("closed", reason "closed",
+        follows)."""
         with self._lock:
             s = self._sessions.get(sid)
             if s is None or s.done or s.closing:
                 return
             s.closing = True
+            if discard:
+                s.out.clear()
         s.wake()
 
     def stats(self, sid):
@@ -678,6 +681,9 @@ class Channel:
             if sock.version() == "TLSv1.3":
                 self._await_ticket(s, sock, decoder, early, deadline)
             peer = peer_name(sock)
+            if peer != peer_host:
+                # Frames queued before the handshake go to that host only.
+                raise _Refused("its certificate names %s, not %s" % (peer, peer_host))
         except _Stopped:
             sock.close()
             self._finish(s, "closed")

@@ -173,7 +173,6 @@ class _Out:
         self.stream_cost = 0.0      # s the last gather took (streaming adapts to it)
         self.changes = 0
         self.messages = 0
-        self.snapshot = None        # records gathered, not yet sent
         self.mode = vmstate.DEFAULT_GATHER
         self.gather_ms = 0
         self.reviewed_out = 0
@@ -346,46 +345,84 @@ class MigrationManager:
     # ------------------------------------------------------------ source
     def _records(self, out):
         """The VM's records now, in its gather mode."""
+        return [r for part in self._record_parts(out) for r in part]
+
+    def _record_parts(self, out):
+        """The VM's records now, in its gather mode, a part at a time: the
+        datapath mode parses its zones' dumps a part at a time, so the first
+        parts travel while the rest is read."""
         slices = self.service.slices
         mine = [s for s in slices.values() if any(v.name == out.vm for v in s.config.vms)]
         out.mode = vmstate.gather_mode(mine)
         zone = self.daemon.zones.vm(out.vm)
         if out.mode == "service":
-            return vmstate.known(out.vm, slices, zone or 0)
+            yield vmstate.known(out.vm, slices, zone or 0)
+            return
         if zone is None:
-            return []
+            return
         table = self.daemon.conns
-        snat = {uuid: table.zone(z, stats=False) for (kind, uuid), z
-                in self.daemon.zones.owners().items() if kind == "snat"}
-        records = vmstate.gather(out.vm, slices, table.zone(zone, stats=False), snat)
+        snat = [(uuid, z) for (kind, uuid), z in self.daemon.zones.owners().items()
+                if kind == "snat"]
         if out.mode == "datapath+review":
+            records = vmstate.gather(out.vm, slices, table.zone(zone, stats=False),
+                                     {uuid: table.zone(z, stats=False) for uuid, z in snat})
             records, dropped = vmstate.review(records, slices)
             out.reviewed_out += dropped
-        return records
+            yield records
+            return
+        for conns in table.zone_parts(zone, SNAPSHOT_PART):
+            yield vmstate.gather(out.vm, slices, conns, {})
+        for uuid, z in snat:
+            for conns in table.zone_parts(z, SNAPSHOT_PART):
+                yield vmstate.gather(out.vm, slices, (), {uuid: conns})
 
     def _gather(self, out, now):
-        t0 = self.clock()
-        out.snapshot = self._records(out)
-        out.stream_cost = self.clock() - t0
-        out.gather_ms = _ms(out.stream_cost)
-        # Unannounced: the VM runs on its new host already.  Its SNAT
-        # replies go there now (held until its state lands), and the
-        # snapshot is final: no second gather.
+        """The row is seen: connect and send the snapshot (once the
+        destination's address is known)."""
+        # Unannounced: the VM runs on its new host already: the snapshot is
+        # final (no second gather) and its SNAT replies go there now (held
+        # until its state lands).
         out.snapshot_final = out.final_wanted
-        if out.row.path == "unannounced" and not self._newer_to_me(out.row):
-            self._forward(out, out.snapshot)
         address = self.peers.get(out.row.destination, ("", ""))[0]
         if not address:
             out.state = "waiting-address"
             return
-        self._connect(out, address)
+        self._start(out, address, now)
 
-    def _connect(self, out, address):
+    def _start(self, out, address, now):
+        """Connect, then hello and the snapshot, part by part as the zones
+        are read (the channel sends once the session is up)."""
+        r = out.row
         out.state = "connecting"
+        self.channel.connect(out.sid, address, r.destination)
+        self._send_msg(out, {"type": "hello", "version": PROTOCOL_VERSION,
+                             "migration": out.uuid, "token": r.token, "vm": out.vm,
+                             "source": self.host, "destination": r.destination})
+        forward = r.path == "unannounced" and not self._newer_to_me(r)
+        t0 = self.clock()
+        first = True
+        try:
+            for records in self._record_parts(out):
+                if not records and not first:
+                    continue
+                if forward:
+                    self._forward(out, records)
+                self._send_records(out, records, [], first)
+                out.sent.update((_key(sl, c), (sl, c)) for sl, c in records)
+                first = False
+        except VswitchError as err:
+            self._fail(out, "gathering %s's connections: %s" % (out.vm, err))
+            return
+        if first:
+            self._send_records(out, [], [], True)
+        out.stream_cost = self.clock() - t0
+        out.gather_ms = _ms(out.stream_cost)
+        self.counters["entries_sent"] += len(out.sent)
         LOG.info("migration %s of %s: %d records (%s gather, %d ms) to %s at %s",
-                 out.uuid[:8], out.vm, len(out.snapshot), out.mode, out.gather_ms,
-                 out.row.destination, address)
-        self.channel.connect(out.sid, address, out.row.destination)
+                 out.uuid[:8], out.vm, len(out.sent), out.mode, out.gather_ms,
+                 r.destination, address)
+        if out.final_wanted:
+            self._final(out, now)
 
     def _send_msg(self, out, message):
         self.channel.send(out.sid, message)
@@ -406,23 +443,14 @@ class MigrationManager:
             self._send_msg(out, msg)
 
     def _connected(self, out, now):
-        r = out.row
-        self._send_msg(out, {"type": "hello", "version": PROTOCOL_VERSION,
-                             "migration": out.uuid, "token": r.token, "vm": out.vm,
-                             "source": self.host, "destination": r.destination})
-        records = out.snapshot or []
-        out.snapshot = None
-        self._send_records(out, records, [], True)
-        out.sent = {_key(sl, c): (sl, c) for sl, c in records}
-        out.state = "sending"
-        out.next_stream = now + max(STREAM_INTERVAL, 2 * out.stream_cost)
-        self.counters["entries_sent"] += len(records)
+        """The destination's certificate checked: the snapshot is on its way."""
+        if out.state == "connecting":
+            out.state = "sending"
+            out.next_stream = now + max(STREAM_INTERVAL, 2 * out.stream_cost)
         status = {"status": "streaming", "from_statuses": ("begun",)} \
-            if r.path == "announced" else {}
+            if out.row.path == "announced" else {}
         self.writer.write(out.uuid, timeline={"snapshot": _ms(time.time())},
                           stats={"gather_ms": out.gather_ms}, **status)
-        if out.final_wanted:
-            self._final(out, now)
 
     def _stream(self, out, now):
         """Send what changed since the last message: new records, records
@@ -473,7 +501,7 @@ class MigrationManager:
         if out.state in ("acked", "failed"):
             return
         out.state = "failed"
-        self.channel.close(out.sid)
+        self.channel.close(out.sid, discard=True)   # what is queued goes nowhere
         self.counters["aborted"] += 1
         line = "destination %s: %s" % (out.row.destination, why)
         self._remember(out.vm, "source", "failed: " + line)
@@ -836,7 +864,7 @@ class MigrationManager:
             if out is None:
                 return
             if ev.kind == "connected":
-                if out.state != "connecting":
+                if out.state not in ("connecting", "final"):
                     return                  # failed (aborted, row gone) meanwhile
                 if ev.peer != out.row.destination:
                     self._fail(out, "its certificate names %s" % ev.peer)
@@ -871,7 +899,7 @@ class MigrationManager:
             if out.state == "waiting-address":
                 address = self.peers.get(out.row.destination, ("", ""))[0]
                 if address:
-                    self._connect(out, address)
+                    self._start(out, address, now)
                 elif now - out.started > HELLO_WAIT:
                     self._fail(out, "no migration address known")
             elif out.state == "sending":

@@ -179,17 +179,28 @@ class Chan:
 
     def __init__(self):
         self.sent, self.closed, self.connects = [], [], []
+        self.queued = {}                # sid -> what waits for the handshake
 
     def connect(self, sid, address, peer_host):
         self.connects.append((sid, address, peer_host))
+        self.queued[sid] = []
+
+    def opened(self, sid):
+        """The handshake with the host asked for is done: queued frames go."""
+        self.sent += self.queued.pop(sid, [])
 
     def send(self, sid, message):
         frame = migchan.encode(message)
         [received] = migchan.Decoder().feed(frame)
-        self.sent.append((sid, received, len(frame)))
+        (self.queued[sid] if sid in self.queued else self.sent).append(
+            (sid, received, len(frame)))
 
-    def close(self, sid):
+    def close(self, sid, discard=False):
         self.closed.append(sid)
+        if discard:
+            self.queued.pop(sid, None)
+        else:
+            self.opened(sid)
 
     def stats(self, sid):
         return 4321, 99
@@ -410,6 +421,7 @@ class Pair:
 
     def connect(self):
         assert self.src.chan.connects == [(OUT, "ssl:1.2.3.2:6650", "h2")]
+        self.src.chan.opened(OUT)
         self.src.mgr.on_event(Event("connected", OUT, "h2", None, None, None), self.now)
         self.dst.accept(now=self.now)
 
@@ -446,10 +458,13 @@ def test_announced_migration_streams_then_imports_whole_and_the_source_releases(
     before = same(p.src.vm_conns())
     p.set_rows(row("begun"))
     p.connect()
-    hello, snap = p.to_dst()
+    hello, snap, snat = p.to_dst()
     assert hello["type"] == "hello" and hello["token"] == TOKEN and hello["vm"] == "c1"
-    assert snap["kind"] == "snapshot" and snap["seq"] == 1 and len(decoded(snap)) == 5
-    assert vmstate.count_connections(decoded(snap)) == 4
+    # The snapshot a zone at a time: the VM's, then the SNAT zone's.
+    assert snap["kind"] == "snapshot" and snap["seq"] == 1 and len(decoded(snap)) == 4
+    assert snat["kind"] == "changes" and snat["seq"] == 2
+    assert [sl.role for sl, _ in decoded(snat)] == ["snat"]
+    assert vmstate.count_connections(decoded(snap) + decoded(snat)) == 4
     assert p.src.writer.writes[-1]["status"] == "streaming"
     assert p.src.writer.writes[-1]["from_statuses"] == ("begun",)
     assert "snapshot" in p.src.writer.merged("timeline")
@@ -463,7 +478,7 @@ def test_announced_migration_streams_then_imports_whole_and_the_source_releases(
     assert p.src.chan.sent == []
     p.run(STREAM_INTERVAL)
     [changes] = p.to_dst()
-    assert changes["kind"] == "changes" and changes["seq"] == 2
+    assert changes["kind"] == "changes" and changes["seq"] == 3
     assert [c.sport for _, c in decoded(changes)] == [40500]
     assert [r[3:] for r in changes["removed"]] == [[17, ip_int(C1.ip), 5353, ip_int(P1.ip), 53]]
     assert p.dst.vm_conns() == [] and p.dst.switch.packet_outs == 0   # staged, not imported
@@ -471,7 +486,7 @@ def test_announced_migration_streams_then_imports_whole_and_the_source_releases(
     p.set_rows(row("stunned"))
     p.run()
     [final] = p.to_dst()
-    assert final["type"] == "final" and final["seq"] == 3 and final["count"] == 5
+    assert final["type"] == "final" and final["seq"] == 4 and final["count"] == 5
     moved = [c for c in before if c[0][2] != 5353] + same([tcp(C1.ip, 40500, P1.ip, 80)])
     assert same(p.dst.vm_conns()) == sorted(moved)
     assert {c.mark & D.MARK_TAG_MASK for c in p.dst.vm_conns()} == {TAGS["h2"]}
@@ -523,7 +538,7 @@ def test_unannounced_sends_everything_at_once_and_releases_held_frames():
     assert p.dst.handle(STRAY, TO2) == "held"
     p.connect()
     msgs = p.to_dst()
-    assert [m["type"] for m in msgs] == ["hello", "state", "final"]
+    assert [m["type"] for m in msgs] == ["hello", "state", "state", "final"]
     assert not any(w["status"] for w in p.src.writer.writes)   # the row stays begun
     assert p.dst.frames == []                                   # held until the barrier
     p.imported()
@@ -619,15 +634,14 @@ def test_an_unannounced_bulk_import_commits_the_vms_zone_as_its_parts_come():
     p = Pair()
     p.set_rows(row("begun", path="unannounced"))
     p.connect()
-    msgs = p.src.chan.take()
-    hello, state, final = msgs
+    hello, state, snat, final = p.src.chan.take()
     p.dst.deliver([hello, state], now=p.now)
     # Before final: the VM's zone has its connections; the SNAT zone (shared
     # with other VMs) waits for the check.
     assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
     assert p.dst.snat_conns() == [] and p.dst.barriers == []
     early = p.dst.switch.packet_outs
-    p.dst.deliver([final], now=p.now)
+    p.dst.deliver([snat, final], now=p.now)
     p.imported()
     assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
     assert same(p.dst.snat_conns()) == same([OUT_SNAT])
@@ -639,15 +653,15 @@ def test_an_early_committed_record_that_changes_is_imported_whole_again():
     p = Pair()
     p.set_rows(row("begun", path="unannounced"))
     p.connect()
-    hello, state, final = p.src.chan.take()
-    p.dst.deliver([hello, state], now=p.now)
+    hello, state, snat, final = p.src.chan.take()
+    p.dst.deliver([hello, state, snat], now=p.now)
     # A part that drops one of the records committed already.
     [(sl, gone)] = [(sl, c) for sl, c in decoded(state[0]) if sl.role == "vm"][:1]
-    removal = dict(state[0], seq=2, kind="changes", removed=[
+    removal = dict(state[0], seq=3, kind="changes", removed=[
         [list(sl.chain), sl.role, sl.service] + list(gone.key)])
     removal.pop("data")
-    kept = [r for r in decoded(state[0]) if r[1] != gone]
-    final = (dict(final[0], seq=3, count=len(kept), digest=digest(kept)), final[1])
+    kept = [r for r in decoded(state[0]) + decoded(snat[0]) if r[1] != gone]
+    final = (dict(final[0], seq=4, count=len(kept), digest=digest(kept)), final[1])
     p.dst.deliver([(removal, 100), final], now=p.now)
     p.imported()
     assert same(p.dst.vm_conns()) == same([c for sl, c in kept if sl.role == "vm"])
