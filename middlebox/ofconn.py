@@ -72,6 +72,7 @@ _HELLO_ELEM_VERSIONBITMAP = 1
 _ALL_FLOW_REMOVED = ((1 << ofp.OFPRR_IDLE_TIMEOUT) | (1 << ofp.OFPRR_HARD_TIMEOUT)
                      | (1 << ofp.OFPRR_DELETE) | (1 << ofp.OFPRR_GROUP_DELETE))
 _RECV_SIZE = 65536
+SEND_BUFFER = 4 << 20          # bytes asked for the socket's send buffer
 _MAX_RECVS_PER_RUN = 64                 # at most 4 MiB read per run()
 _MAX_SENDS_PER_FLUSH = 64
 BUNDLE_MIN = 256                        # flow-mods in one send_flows that go in bundles
@@ -241,6 +242,10 @@ class OfConn:
             raise OfConnError("%s: target must be unix:PATH or tcp:IP:PORT" % self.target)
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
+        # Room for a bulk import's packet-outs in the kernel (up to
+        # net.core.wmem_max): the switch works through them while the
+        # daemon builds the next ones.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         try:
             sock.connect(addr)
         except OSError as err:
