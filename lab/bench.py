@@ -95,6 +95,9 @@ def _commit():
     return (head + (" with local changes" if dirty else "")) if head else None
 
 
+PARTS = ("dataplane", "migration", "control_plane", "memory")
+
+
 def run(args, out=print):
     """Every part in turn; results.json is written after each, so a part
     that fails loses nothing measured before it."""
@@ -104,14 +107,19 @@ def run(args, out=print):
         # Re-run only the parts not skipped; keep the others' figures.
         with open(os.path.join(args.out_dir, "results.json")) as f:
             kept = json.load(f)
+        measured = kept.get("measured_at") or {
+            part: kept.get("commit") for part in PARTS if part in kept}
         kept.update({k: v for k, v in results.items() if k != "started"})
+        kept["measured_at"] = measured
         results = kept
+    at = results.setdefault("measured_at", {})
     t0 = time.monotonic()
     if not args.skip_dataplane:
         from lab import perfbench
         raw = perfbench.run(args.rounds, args.seconds, args.connections, args.workers,
                             rundir=args.rundir, prefix=args.prefix, out=out)
         results["dataplane"] = perfbench.summarize(raw)
+        at["dataplane"] = results["commit"]
         save(results, args.out_dir)
     if not args.no_migration:
         from lab import migbench
@@ -120,6 +128,7 @@ def run(args, out=print):
                            per_kind=args.per_kind, ct_runs=args.conntrack_runs,
                            rundir=args.rundir, prefix=args.prefix, out=out)
         results["migration"] = report.summarize_migration(mig)
+        at["migration"] = results["commit"]
         save(results, args.out_dir)
     if not args.skip_control_plane:
         from lab import cpbench
@@ -128,11 +137,13 @@ def run(args, out=print):
                                                scales=tuple(n for n in cpbench.SCALES
                                                             if n <= args.cp_hosts),
                                                moves=args.cp_moves)
+        at["control_plane"] = results["commit"]
         save(results, args.out_dir)
     if not args.skip_memory:
         from lab import membench
         results["memory"] = membench.run(args.memory_sizes, out=out,
                                          rundir=args.rundir + "-mem", prefix=args.prefix)
+        at["memory"] = results["commit"]
     results["seconds"] = round(time.monotonic() - t0 + (
         results.get("seconds", 0) if args.update else 0), 1)
     save(results, args.out_dir)
