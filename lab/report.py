@@ -513,6 +513,20 @@ def dataplane_analysis(r):
             "(`--connections`) narrow it.",
             "",
         ]
+        ceiling = []
+        for case, row in d["newconn"].items():
+            ps = row["parallel"]["per_second"]
+            if ps.get("plain") and ps.get("ct-baseline"):
+                ceiling.append("%s: plain %.2f x ct-baseline, mbx %.2f x plain" % (
+                    case, ps["plain"] / ps["ct-baseline"], (ps.get("mbx") or 0) / ps["plain"]))
+        if ceiling:
+            lines += [
+                "The ceiling: the bare overlay, with no conntrack at all, is the most any "
+                "pipeline can reach with these clients (`lab.probe rate` in the VMs' "
+                "namespaces, on the same 2 CPUs as the switches). In this run, 4 clients: "
+                "%s. Where plain itself is below 1.2 x ct-baseline, the target asks for more "
+                "than the lab's clients make of a switch that does nothing." % "; ".join(
+                    ceiling), ""]
         rr = d.get("cpu_split_rr")
         if rr:
             c = rr["cpu_ms_per_connection"]
