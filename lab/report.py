@@ -11,6 +11,7 @@ same page again.
 """
 
 import os
+import sys
 
 SYSTEMS = ("plain", "ct-baseline", "mbx")
 # The phases of moving a VM's state, in order (lab.migbench).
@@ -880,6 +881,10 @@ def memory_markdown(mem):
 
 
 # ------------------------------------------------------------------ plots
+PLOT_FILES = {"throughput": "throughput.png", "newconn": "newconn.png",
+              "migration": "migration.png", "control_plane": "control-plane.png"}
+
+
 def plots(results, out_dir):
     """PNG plots next to the results; returns {name: path relative to docs/}."""
     try:
@@ -887,7 +892,12 @@ def plots(results, out_dir):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return {}
+        # No matplotlib (``--render`` outside ``make bench``): link the
+        # plots the run drew, if they are there.
+        print("report: matplotlib is not installed (requirements-bench.txt): the plots "
+              "are not drawn again", file=sys.stderr)
+        return {name: "benchmarks/" + f for name, f in PLOT_FILES.items()
+                if os.path.exists(os.path.join(out_dir, f))}
     made = {}
     colors = {"plain": "#999999", "ct-baseline": "#d98c2b", "mbx": "#2b6fd9"}
     d = results.get("dataplane")
@@ -907,7 +917,7 @@ def plots(results, out_dir):
             ax.set_title("TCP throughput" if unit == "Gbit/s" else "64-byte UDP")
         axes[0].legend()
         fig.tight_layout()
-        made["throughput"] = _save(fig, out_dir, "throughput.png", plt)
+        made["throughput"] = _save(fig, out_dir, PLOT_FILES["throughput"], plt)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         cases = list(d["newconn"])
         for i, s in enumerate(SYSTEMS):
@@ -926,7 +936,7 @@ def plots(results, out_dir):
             ax.set_ylabel(ylabel)
         axes[0].legend()
         fig.tight_layout()
-        made["newconn"] = _save(fig, out_dir, "newconn.png", plt)
+        made["newconn"] = _save(fig, out_dir, PLOT_FILES["newconn"], plt)
     mig = results.get("migration") or {}
     tr = {n: t for n, t in (mig.get("state_transfer") or {}).items()
           if "error" not in t and int(n) <= 100000}
@@ -949,7 +959,7 @@ def plots(results, out_dir):
         ax.set_title("moving one VM's connections until usable (bulk import)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        made["migration"] = _save(fig, out_dir, "migration.png", plt)
+        made["migration"] = _save(fig, out_dir, PLOT_FILES["migration"], plt)
     cp = results.get("control_plane")
     if cp and cp.get("scales"):
         sc = cp["scales"]
@@ -963,7 +973,7 @@ def plots(results, out_dir):
         ax.set_title("flows per host do not grow with the cloud")
         ax.legend()
         fig.tight_layout()
-        made["control_plane"] = _save(fig, out_dir, "control-plane.png", plt)
+        made["control_plane"] = _save(fig, out_dir, PLOT_FILES["control_plane"], plt)
     return made
 
 
