@@ -945,13 +945,15 @@ def _gap_text(r):
         out.append(
             "* Full computation (%.2f s for %d flow-mods, %.1f us each): the cost is now "
             "linear in the flows computed; what is left is building and comparing "
-            "%d `Flow` values in Python.  Flows that are the same on many hosts (a remote "
-            "VM's L2 flow, a policy's steering flows, a slice's cache flows) could be "
-            "computed once per switch and shared between hosts, and a host's flows kept "
-            "per logical switch so that a change recomputes only that switch's piece; "
-            "beyond that, spreading the hosts over worker processes divides the time by "
-            "their number." % (r["full"]["seconds"], r["full"]["flow_mods"], per_flow_us,
-                               r["full"]["flow_mods"]))
+            "%d `Flow` values in Python.  A remote VM's L2 flow and a policy's steering "
+            "flows for one slice tag are computed once per topology and shared by the "
+            "hosts that have them (`flows._shared`); the rest (each host's own VMs, "
+            "gateway, external and slice flows) is built per host, and every host's list "
+            "is sorted and compared with its switch's.  Keeping a host's flows per "
+            "logical switch, so that a change recomputes only that switch's piece, and "
+            "spreading the hosts over worker processes would divide it further." % (
+                r["full"]["seconds"], r["full"]["flow_mods"], per_flow_us,
+                r["full"]["flow_mods"]))
     if not r["move"]["met"]:
         out.append(
             "* One move (max %.1f ms): the engine recomputes only the hosts of the VM's "

@@ -67,8 +67,14 @@ def compute_host_flows(topo, host, snat_blocks=None):
         flows.append(_l2_flood_from_vm(vni, encap_ips, tunnel))
         if tunnel is not None:
             flows += [_classify_tunnel(tunnel, vni), _l2_flood_from_tunnel(vni)]
+    shared = topo.derived(_shared)
     for vm, _, encap_ip in remote:
-        flows.append(_l2_to_remote(vm, switches[vm.switch].vni, encap_ip, tunnel))
+        key = ("l2-remote", vm.name, encap_ip, tunnel)
+        flow = shared.get(key)
+        if flow is None:
+            flow = shared[key] = _checked(shared, _l2_to_remote(
+                vm, switches[vm.switch].vni, encap_ip, tunnel))
+        flows.append(flow)
     local_by_switch = {}
     for vm, binding in local:
         local_by_switch.setdefault(vm.switch, []).append((vm, binding))
@@ -76,7 +82,20 @@ def compute_host_flows(topo, host, snat_blocks=None):
         snat_blocks = slicelib.snat_blocks(topo, {})
     flows += _gateway(topo, host, switches, local_by_switch)
     flows += _external(topo, host, switches, local_by_switch, snat_blocks, set(ports))
-    return _unique(flows)
+    return _unique(flows, shared["checked"])
+
+
+def _shared(topo):
+    """Flows that are the same on every host that has them (a remote VM's
+    L2 flow, a policy's steering flows for one slice tag), computed once
+    per topology: {piece key: flow or flows}; "checked": the ids of those
+    flows, checked against the pipeline when made."""
+    return {"checked": set()}
+
+
+def _checked(shared, flow):
+    shared["checked"].add(id(P.check_flow(flow)))
+    return flow
 
 
 def _usable_switches(topo):
@@ -102,10 +121,13 @@ def _remote_vms(topo, host, switches):
     return out
 
 
-def _unique(flows):
+def _unique(flows, checked=()):
+    """The first flow of each key, each checked against the pipeline (but
+    for those in ``checked``, ids of flows checked already), sorted."""
     seen = {}
     for flow in flows:
-        seen.setdefault(flow.key, P.check_flow(flow))
+        if flow.key not in seen:
+            seen[flow.key] = flow if id(flow) in checked else P.check_flow(flow)
     return sorted(seen.values(), key=flow_sort_key)
 
 
@@ -238,11 +260,19 @@ def _steering(topo, host, switches, local):
         local_by_switch.setdefault(vm.switch, []).append((vm, binding))
     flows = []
     policies = topo.derived(_policies_by_switch)
+    shared = topo.derived(_shared)
     for name in sorted(local_by_switch):
         vni = switches[name].vni
         for policy in policies.get(name, ()):
-            flows += _policy_flows(topo, host, policy, vni, sets, mb_port,
-                                   local_by_switch[name])
+            # The same on every host with the policy's slice tag.
+            valid = slicelib.chain_ok(topo, policy)
+            tag = topo.slices.get((tuple(policy.chain), host)) if valid else None
+            key = ("policy", id(policy), vni, tag)
+            got = shared.get(key)
+            if got is None:
+                got = shared[key] = [_checked(shared, f) for f in _policy_flows(
+                    topo, policy, vni, sets, valid, tag)]
+            flows += got
         if any(p.chain for p in policies.get(name, ())):
             for vm, binding in local_by_switch[name]:
                 flows.append(_flow(P.TO_VM_RETURN, P.PRIO_DELIVER,
@@ -274,7 +304,9 @@ def _policies_by_switch(topo):
     return out
 
 
-def _policy_flows(topo, host, policy, vni, sets, mb_port, local):
+def _policy_flows(topo, policy, vni, sets, valid, tag):
+    """A policy's steering flows on a host where its chain is ``valid``
+    and has slice tag ``tag`` (None: none here)."""
     try:
         match = parse_match(policy.match)
     except MbxError as err:
@@ -286,8 +318,6 @@ def _policy_flows(topo, host, policy, vni, sets, mb_port, local):
             selections.append(m)
     prio = P.PRIO_STEER_BASE + 2 * policy.priority
     chain = tuple(policy.chain)
-    valid = slicelib.chain_ok(topo, policy)
-    tag = topo.slices.get((chain, host)) if valid else None
     ids_only = valid and slicelib.is_ids_only(topo, chain)
     steered = valid and tag is not None
     flows = []

@@ -239,3 +239,20 @@ def test_output_is_deterministic_and_independent_of_input_order():
                                                      len(getattr(topo, name))))
                                for name in ("hosts", "switches", "vms", "bindings")})
         assert compute_host_flows(shuffled, "h1") == expected
+
+
+def test_pieces_the_same_on_many_hosts_are_computed_once_and_change_nothing():
+    same_port = {h: 100 for h in TUNNEL}
+    topo = two_tenants(tunnels=same_port)
+    h2, h3 = compute_host_flows(topo, "h2"), compute_host_flows(topo, "h3")
+    # a3 (on h1) is remote on both: its L2 flow is one object, made once.
+    mac = VMS["a3"][1]
+
+    def to_a3(flows):
+        [flow] = [f for f in flows if f.table == pipeline.L2_LOOKUP.table_id
+                  and dict(f.match).get("eth_dst") == mac and "tunnel_id" in repr(f)]
+        return flow
+    assert to_a3(h2) is to_a3(h3)
+    # Each host's flows are those of a topology computing it alone.
+    for host, flows in (("h2", h2), ("h3", h3)):
+        assert flows == compute_host_flows(two_tenants(tunnels=same_port), host)
