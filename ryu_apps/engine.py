@@ -167,8 +167,15 @@ class Engine:
         sw = self.switches.get(dpid)
         if sw is None or sw.pending.pop(xid, None) is None:
             return
-        if not sw.pending:
-            sw.applied_round = sw.target_round
+        if sw.pending:
+            return                      # its round is not applied yet: nothing to say
+        sw.applied_round = sw.target_round
+        if any(other.pending for other in self._live()):
+            # Its own status now; what depends on every switch (hv_cfg, VM
+            # locations, slices) once the last busy one is done.
+            if self.nb_snap is not None:
+                self._publish_host(sw, self.nb_snap)
+            return
         self._publish()
 
     def flow_error(self, dpid, text):
@@ -337,16 +344,7 @@ class Engine:
         live = self._live()
         live_hosts = {sw.host for sw in live}
         for sw in live:
-            rec = snap.hosts.get(sw.host)
-            if rec is None:
-                continue
-            cfg = self._round_cfg.get(sw.applied_round, 0)
-            dpid = "%016x" % sw.dpid
-            if rec.nb_cfg != cfg or not rec.connected or rec.datapath_id != dpid:
-                self._write(("host", sw.host), (cfg, True, dpid),
-                            lambda: self._nb.set_host_status(
-                                sw.host, nb_cfg=cfg, connected=True,
-                                datapath_id=dpid).execute(check_error=True))
+            self._publish_host(sw, snap)
         for name, rec in snap.hosts.items():
             if rec.connected and name not in live_hosts:
                 self._write(("host", name), (rec.nb_cfg, False, None),
@@ -374,6 +372,20 @@ class Engine:
         low = min((sw.applied_round for sw in live), default=self._round)
         for rnd in [r for r in self._round_cfg if r < low]:
             del self._round_cfg[rnd]
+
+    def _publish_host(self, sw, snap):
+        """A live switch's host: connected, its datapath, the nb_cfg of the
+        round it applied."""
+        rec = snap.hosts.get(sw.host)
+        if rec is None:
+            return
+        cfg = self._round_cfg.get(sw.applied_round, 0)
+        dpid = "%016x" % sw.dpid
+        if rec.nb_cfg != cfg or not rec.connected or rec.datapath_id != dpid:
+            self._write(("host", sw.host), (cfg, True, dpid),
+                        lambda: self._nb.set_host_status(
+                            sw.host, nb_cfg=cfg, connected=True,
+                            datapath_id=dpid).execute(check_error=True))
 
     def _publish_locations(self, topo, live):
         snap = self.nb_snap
