@@ -742,6 +742,21 @@ def test_ids_alert_count_is_written_to_the_middlebox_status():
     assert h.nb.writes_of("mb-status")[-1] == ("ids-a", {"alerts": "3"})
 
 
+def test_status_writes_send_no_flow_message():
+    """Backend health, IDS alerts and the cloud-wide status the controller
+    writes itself change no flow: no switch hears of them."""
+    h = running_services(shared=(health("h2", **{"10.0.0.2:80": "up"}),))
+    sent = len(h.switches.sent)
+    alert = AlertRecord("ids-a", "port-scan", "198.51.100.20", "", 20, ("h1",), 1, 2, "h1")
+    h.nb.configure(shared_state=(health("h2", **{"10.0.0.2:80": "down"}),))
+    h.notify()
+    h.nb.configure(ids_alerts=(alert,))
+    h.notify()
+    assert h.nb.writes_of("vip")[-1] == (VIP_UUID, {"10.0.0.2:80": "down"})
+    assert h.nb.writes_of("mb-status")[-1] == ("ids-a", {"alerts": "1"})
+    assert len(h.switches.sent) == sent
+
+
 def test_hostwatch_reports_the_uplink():
     from types import SimpleNamespace as Row
 
