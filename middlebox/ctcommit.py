@@ -47,6 +47,8 @@ SEQ_ORIG = 0x6D620000           # made-up sequence numbers of each direction
 SEQ_REPLY = 0x78630000
 
 TCP_FIN, TCP_SYN, TCP_ACK = 0x01, 0x02, 0x10
+# TCP states of an ending entry: nothing to re-create.
+NOTHING_STATES = frozenset(("CLOSED", "LISTEN"))
 # The states whose entry is re-created from three ACKs.
 ACK_STATES = frozenset(("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "CLOSING", "LAST_ACK",
                         "FIN_WAIT_2", "TIME_WAIT"))
@@ -125,7 +127,7 @@ def frames(conn):
             return [(_tcp(_TCP_ORIG, src, dst, sport, dport, SEQ_ORIG - 1, 0, TCP_SYN), True),
                     (_tcp(_TCP_REPLY, rsrc, rdst, rsport, rdport, SEQ_REPLY - 1, SEQ_ORIG,
                           TCP_SYN | TCP_ACK), False)]
-        if state in ("CLOSED", "LISTEN"):
+        if state in NOTHING_STATES:
             return []
         raise ValueError("TCP state %r" % (state,))
     if proto == IPPROTO_UDP:
@@ -238,12 +240,12 @@ class LazyCommits:
         self._index = index = {}
         get = index.get
         for c in conns:
-            if c[0] == IPPROTO_TCP and c[12] in ("CLOSED", "LISTEN"):
+            if c.proto == IPPROTO_TCP and c.state in NOTHING_STATES:
                 if skipped is not None:
                     skipped.append(c)
                 continue
             order.append(c)
-            for key in (c[:5], (c[0], c[5], c[6], c[7], c[8])):   # packet_keys(c)
+            for key in packet_keys(c):
                 had = get(key)
                 if had is None:
                     index[key] = c
@@ -253,12 +255,13 @@ class LazyCommits:
                     index[key] = [had, c]
         self._done = set()              # records committed
         self._left = len(self._order)
+        self._skipped = skipped         # and those that cannot be (translated both ways)
 
     def __len__(self):
         """Records not committed yet."""
         return self._left
 
-    def _commit(self, conns, out, skipped):
+    def _commit(self, conns, out):
         for c in conns:
             if c in self._done:
                 continue
@@ -267,10 +270,10 @@ class LazyCommits:
             try:
                 out.extend(commit_messages(c, c.zone, c.mark, c.label))
             except ValueError:
-                if skipped is not None:
-                    skipped.append(c)
+                if self._skipped is not None:
+                    self._skipped.append(c)
 
-    def take(self, key, skipped=None):
+    def take(self, key):
         """The messages that commit the records of the connection a packet
         with 5-tuple ``key`` belongs to: empty if they are committed
         already, None if no record has that key."""
@@ -279,16 +282,16 @@ class LazyCommits:
             return None
         out = []
         with gc_paused():
-            self._commit(conns if type(conns) is list else (conns,), out, skipped)
+            self._commit(conns if type(conns) is list else (conns,), out)
         return out
 
-    def chunk(self, n, skipped=None):
+    def chunk(self, n):
         """The messages that commit up to ``n`` more records."""
         out, order = [], self._order
         with gc_paused():
             while order and n > 0:
                 c = order.pop()
                 if c not in self._done:
-                    self._commit((c,), out, skipped)
+                    self._commit((c,), out)
                     n -= 1
         return out

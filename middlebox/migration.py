@@ -712,6 +712,10 @@ class MigrationManager:
         if part and inc.early is not False:
             self._commit_early(inc, part)
 
+    def _zone_in_place(self, vm):
+        if self.daemon.zones.vm(vm) is None:
+            self.daemon.replan()        # the zone of a VM that arrived meanwhile
+
     def _commit_early(self, inc, part):
         """Bulk import of an unannounced move: commit the VM's own zone's
         records of a part as it comes, so the switch works while the rest
@@ -724,8 +728,7 @@ class MigrationManager:
                     _import_mode(self.service.slices, vm) != "bulk":
                 inc.early = False
                 return
-            if self.daemon.zones.vm(vm) is None:
-                self.daemon.replan()    # the zone of a VM that arrived meanwhile
+            self._zone_in_place(vm)
             inc.early = set()
         mine = [(sl, c) for sl, c in part if sl.role == "vm"]
         try:
@@ -750,8 +753,7 @@ class MigrationManager:
             return
         t0 = self.clock()
         vm = inc.row.vm
-        if self.daemon.zones.vm(vm) is None:
-            self.daemon.replan()        # the zone of a VM that arrived meanwhile
+        self._zone_in_place(vm)
         early = inc.early or ()
         try:
             local = vmstate.localize(vm, [r for r in records if _key(*r) not in early]

@@ -69,12 +69,8 @@ def compute_host_flows(topo, host, snat_blocks=None):
             flows += [_classify_tunnel(tunnel, vni), _l2_flood_from_tunnel(vni)]
     shared = topo.derived(_shared)
     for vm, _, encap_ip in remote:
-        key = ("l2-remote", vm.name, encap_ip, tunnel)
-        flow = shared.get(key)
-        if flow is None:
-            flow = shared[key] = _checked(shared, _l2_to_remote(
-                vm, switches[vm.switch].vni, encap_ip, tunnel))
-        flows.append(flow)
+        flows += _piece(shared, ("l2-remote", vm.name, encap_ip, tunnel), lambda: [
+            _l2_to_remote(vm, switches[vm.switch].vni, encap_ip, tunnel)])
     local_by_switch = {}
     for vm, binding in local:
         local_by_switch.setdefault(vm.switch, []).append((vm, binding))
@@ -88,14 +84,19 @@ def compute_host_flows(topo, host, snat_blocks=None):
 def _shared(topo):
     """Flows that are the same on every host that has them (a remote VM's
     L2 flow, a policy's steering flows for one slice tag), computed once
-    per topology: {piece key: flow or flows}; "checked": the ids of those
+    per topology: {piece key: its flows}; "checked": the ids of those
     flows, checked against the pipeline when made."""
     return {"checked": set()}
 
 
-def _checked(shared, flow):
-    shared["checked"].add(id(P.check_flow(flow)))
-    return flow
+def _piece(shared, key, build):
+    """The flows of piece ``key``: ``build()`` the first time, each flow
+    checked against the pipeline then; the same list after."""
+    flows = shared.get(key)
+    if flows is None:
+        flows = shared[key] = build()
+        shared["checked"].update(id(P.check_flow(f)) for f in flows)
+    return flows
 
 
 def _usable_switches(topo):
@@ -267,12 +268,8 @@ def _steering(topo, host, switches, local):
             # The same on every host with the policy's slice tag.
             valid = slicelib.chain_ok(topo, policy)
             tag = topo.slices.get((tuple(policy.chain), host)) if valid else None
-            key = ("policy", id(policy), vni, tag)
-            got = shared.get(key)
-            if got is None:
-                got = shared[key] = [_checked(shared, f) for f in _policy_flows(
-                    topo, policy, vni, sets, valid, tag)]
-            flows += got
+            flows += _piece(shared, ("policy", id(policy), vni, tag),
+                            lambda: _policy_flows(topo, policy, vni, sets, valid, tag))
         if any(p.chain for p in policies.get(name, ())):
             for vm, binding in local_by_switch[name]:
                 flows.append(_flow(P.TO_VM_RETURN, P.PRIO_DELIVER,
