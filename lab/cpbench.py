@@ -45,8 +45,9 @@ import types
 import uuid as uuidlib
 
 from ovsdb.api import HostRecord, NbSnapshot, RuleRecord, sort_rules
-from ryu_apps.engine import Engine, HostPorts
-from ryu_apps.model import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
+from mbxmodel.values import HostPorts
+from ryu_apps.engine import Engine
+from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
                             NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo, VMInfo)
 
 SPREAD = 10                 # hosts each tenant's VMs are spread over

@@ -34,7 +34,7 @@ from ovsdbapp.backend.ovs_idl import transaction
 from ovsdb import validate
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match
-from ryu_apps.model import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
+from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
                              NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo,
                              VMInfo)
 

@@ -78,7 +78,7 @@ import yaml
 from ovsdb import validate
 from ovsdb.api import RuleRecord
 from ovsdb.errors import MbxError
-from ryu_apps.model import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
+from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
                              NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo,
                              VMInfo)
 

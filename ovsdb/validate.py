@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match, parse_network
-from ryu_apps.model import (ExternalNetInfo, NatRuleInfo, SwitchInfo,
+from mbxmodel.values import (ExternalNetInfo, NatRuleInfo, SwitchInfo,
                              VipInfo, VMInfo)
 
 MAX_NAME_LEN = 64

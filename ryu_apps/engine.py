@@ -47,20 +47,9 @@ from ovsdb.validate import ACTIVE_MIGRATION, global_wait_ms
 from ryu_apps import flows as flowlib
 from ryu_apps import reconcile
 from ryu_apps import slices as slicelib
-from ryu_apps.model import HostInfo, PortBinding, Topology
+from mbxmodel.values import HostInfo, HostPorts, PortBinding, Topology
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HostPorts:
-    """What a host's own OVSDB says about its br-int."""
-    datapath_id: Optional[int] = None
-    tunnel_ofport: Optional[int] = None
-    vm_ports: Dict[str, Tuple[int, str]] = field(default_factory=dict)  # iface-id -> (ofport, attached-mac)
-    mb_ofport: Optional[int] = None     # the middlebox port (external_ids:mbx-role=middlebox)
-    uplink_ofport: Optional[int] = None  # the uplink (external_ids:mbx-role=uplink)
-    uplink_mac: Optional[str] = None    # its mac_in_use, lower-case
 
 
 @dataclass

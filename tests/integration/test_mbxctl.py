@@ -19,7 +19,7 @@ import pytest
 from ovsdb import server, validate
 from ovsdb.api import AlertRecord, MbxNb, SharedRecord
 from ovsdb.errors import MbxError
-from ryu_apps.model import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
+from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
                              PolicyInfo)
 
 BIN = os.path.dirname(sys.executable)

@@ -17,10 +17,11 @@ import json
 from fakeoftable import FakeOFTable
 from ovsdb.api import HostRecord, MigrationRecord, NbSnapshot
 from ovsdb.errors import MbxError
-from ryu_apps.engine import Engine, HostPorts
+from mbxmodel.values import HostPorts
+from ryu_apps.engine import Engine
 from ryu_apps.flows import compute_host_flows
 from ovsdb.api import AlertRecord, SharedRecord
-from ryu_apps.model import MiddleboxInfo, PolicyInfo, VMInfo
+from mbxmodel.values import MiddleboxInfo, PolicyInfo, VMInfo
 from topologies import (ENCAP, FW_LB, FW_NAT, IDS, TUNNEL, UPLINK_MAC, VMS, VNI_A, services,
                         two_tenants)
 from topologies import MB_PORT as S_MB_PORT, UPLINK as S_UPLINK

@@ -8,7 +8,7 @@ import pytest
 from fakeoftable import FakeOFTable
 from ryu_apps import pipeline
 from ryu_apps.flows import compute_host_flows
-from ryu_apps.model import PortBinding, SwitchInfo, Topology, VMInfo
+from mbxmodel.values import PortBinding, SwitchInfo, Topology, VMInfo
 from topologies import BROADCAST, ENCAP, SHARED_MAC, TUNNEL, VMS, VNI_A, VNI_B, two_tenants
 
 MAC = {name: spec[1] for name, spec in VMS.items()}

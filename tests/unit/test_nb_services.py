@@ -8,7 +8,7 @@ import pytest
 
 from ovsdb import validate
 from ovsdb.errors import MbxError
-from ryu_apps.model import (ExternalNetInfo, MiddleboxInfo, PolicyInfo,
+from mbxmodel.values import (ExternalNetInfo, MiddleboxInfo, PolicyInfo,
                              SwitchInfo, VMInfo)
 
 

@@ -9,7 +9,7 @@ from ovsdb import validate
 from ovsdb.api import NbSnapshot
 from ovsdb.errors import MbxError
 from ovsdb.topology import check_against, parse_topology
-from ryu_apps.model import (ExternalNetInfo, MiddleboxInfo, NatRuleInfo,
+from mbxmodel.values import (ExternalNetInfo, MiddleboxInfo, NatRuleInfo,
                              PolicyInfo, SwitchInfo, VipInfo, VMInfo)
 
 SERVICES = """

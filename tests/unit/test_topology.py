@@ -4,7 +4,7 @@ from ovsdb.api import NbSnapshot, RuleRecord
 from ovsdb.errors import MbxError
 from ovsdb.topology import check_against, parse_topology
 from ovsdb.validate import mac_from_name
-from ryu_apps.model import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
+from mbxmodel.values import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
                              SwitchInfo, VMInfo)
 
 GOOD = """

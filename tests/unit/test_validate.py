@@ -5,7 +5,7 @@ import pytest
 
 from ovsdb import validate
 from ovsdb.errors import MbxError
-from ryu_apps.model import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
+from mbxmodel.values import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
                              SwitchInfo, VMInfo)
 
 

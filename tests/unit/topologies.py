@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from ryu_apps.model import HostInfo, PortBinding, SwitchInfo, Topology, VMInfo
+from mbxmodel.values import HostInfo, PortBinding, SwitchInfo, Topology, VMInfo
 
 VNI_A = 1001
 VNI_B = 1002
@@ -71,7 +71,7 @@ def services(mb_port=MB_PORT, uplink=UPLINK, ports_per_host=16384, external=True
     * priority 100, tcp port 22: IDS
     """
     from ryu_apps import slices as slicelib
-    from ryu_apps.model import (ExternalNetInfo, MiddleboxInfo, NatRuleInfo,
+    from mbxmodel.values import (ExternalNetInfo, MiddleboxInfo, NatRuleInfo,
                                 PolicyInfo, VipInfo)
     topo = two_tenants()
     hosts = {h: dataclasses.replace(i, mb_ofport=mb_port, uplink_ofport=uplink,

@@ -10,7 +10,7 @@ sources and hands it over:
 """
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,18 @@ class VMInfo:
     switch: str                     # SwitchInfo.name
     mac: str                        # lower-case "02:00:00:00:00:01"
     ip: str                         # address only, e.g. "10.0.0.1"
+
+
+@dataclass(frozen=True)
+class HostPorts:
+    """What a host's own OVSDB says about its br-int: the facts the host
+    publishes about itself (its chassis record and its port bindings)."""
+    datapath_id: Optional[int] = None
+    tunnel_ofport: Optional[int] = None
+    vm_ports: Dict[str, Tuple[int, str]] = field(default_factory=dict)  # iface-id -> (ofport, attached-mac)
+    mb_ofport: Optional[int] = None     # the middlebox port (external_ids:mbx-role=middlebox)
+    uplink_ofport: Optional[int] = None  # the uplink (external_ids:mbx-role=uplink)
+    uplink_mac: Optional[str] = None    # its mac_in_use, lower-case
 
 
 @dataclass(frozen=True)
