@@ -296,15 +296,14 @@ class FakeNb:
 
 class Controller:
     """An Engine with fake switches and database, driven as the os-ken
-    application and the host watchers drive it."""
+    application and the southbound database's watcher drive it."""
 
     def __init__(self, cloud):
         self.cloud = cloud
         self.switches = FakeSwitches()
         self.nb = FakeNb(dataclasses.replace(cloud.snap, hosts=dict(cloud.snap.hosts),
                                              vm_locations=dict(cloud.snap.vm_locations)))
-        self.engine = Engine(send=self.switches.send, nb=self.nb,
-                             watch_host=lambda name, remote: None)
+        self.engine = Engine(send=self.switches.send, nb=self.nb)
         self.ports = {}
         self.dpid_host = {}
         self.placement = dict(cloud.placement)     # where each VM's port is now
@@ -319,6 +318,7 @@ class Controller:
             self.engine.host_ports_changed(host, ports)
             self.engine.switch_connected(ports.datapath_id)
             self.engine.switch_flows(ports.datapath_id, [])
+        self.engine.southbound_ready()
 
     def full(self):
         """The first full computation: the config database answers."""

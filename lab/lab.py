@@ -59,6 +59,7 @@ from ovsdb import server as nbserver
 from ovsdb.server import pid_alive, stop as stop_pid
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
+from mbxmodel.values import MIDDLEBOX_ROLE, UPLINK_ROLE
 from ryu_apps import pipeline
 
 DEFAULT_PREFIX = os.environ.get("MBX_LAB_PREFIX", "mbx")
@@ -92,7 +93,6 @@ INET_ROUTER_IP = "198.51.100.1"
 EXT_SERVER_IP = "198.51.100.10"           # namespace "xs"
 EXT_CLIENT_IP = "198.51.100.20"           # namespace "xc"
 UPLINK_PORT = getattr(pipeline, "UPLINK_PORT", "mbx-uplink")
-UPLINK_ROLE = getattr(pipeline, "UPLINK_ROLE", ("mbx-role", "uplink"))
 UPLINK_MAC = "02:ee:00:00:00:%02x"        # % host index
 # name -> (role, interface, address/prefix, MAC, fabric bridge, fabric-side veth)
 EXTERNAL = {
@@ -341,11 +341,17 @@ class Lab:
         self._save()
 
     def _nb_up(self):
-        db = os.path.join(self.rundir, "nb.db")
-        if os.path.exists(db):
-            os.unlink(db)       # a lab starts from an empty config database
-        nbserver.ensure_db(db)
-        pid = nbserver.start(self.rundir, db,
+        """One ovsdb-server serves both databases: the northbound (intent)
+        and the southbound (what the hosts publish)."""
+        dbs = []
+        for name, schema in (("nb.db", nbserver.SCHEMA_PATH),
+                             ("sb.db", nbserver.SB_SCHEMA_PATH)):
+            db = os.path.join(self.rundir, name)
+            if os.path.exists(db):
+                os.unlink(db)       # a lab starts from empty databases
+            nbserver.ensure_db(db, schema)
+            dbs.append(db)
+        pid = nbserver.start(self.rundir, dbs,
                              ["p" + self.nb_remote,     # punix:RUNDIR/nb.sock
                               "ptcp:%d:%s" % (NB_TCP_PORT, CONTROLLER_IP)],
                              netns=self.fabric_ns)
@@ -353,11 +359,17 @@ class Lab:
         self.nb().ensure_nb_global().execute(check_error=True)
 
     def _controller_up(self):
+        """The controller takes its databases from an os-ken config file's
+        [mbx] section, as a deployment's would."""
         logf = os.path.join(self.rundir, "controller.log")
+        conf = os.path.join(self.rundir, "controller.conf")
+        with open(conf, "w") as f:
+            f.write("[mbx]\nnb_connection = %s\nsb_connection = %s\n"
+                    % (self.nb_remote, self.nb_remote))
         cmd = ["ip", "netns", "exec", self.fabric_ns, sys.executable, "-m",
-               "ryu_apps.main", "--ofp-listen-host", CONTROLLER_IP,
-               "--ofp-port", str(OF_PORT), "--db", self.nb_remote,
-               "--log-file", logf]
+               "ryu_apps.main", "--config-file", conf,
+               "--ofp-listen-host", CONTROLLER_IP,
+               "--ofp-port", str(OF_PORT), "--log-file", logf]
         with open(logf + ".out", "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL,
@@ -439,7 +451,7 @@ class Lab:
         # The middlebox port: mbxd reads and writes slice-tagged frames here.
         self.vsctl(host, "add-port", "br-int", MB_PORT, "--", "set", "interface",
                    MB_PORT, "type=internal",
-                   "external_ids:%s=%s" % pipeline.MIDDLEBOX_ROLE)
+                   "external_ids:%s=%s" % MIDDLEBOX_ROLE)
         run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % MB_PORT], netns=ns)
         run(["ip", "link", "set", MB_PORT, "up"], netns=ns)
         self._uplink_up(host, index)
@@ -447,8 +459,32 @@ class Lab:
         # does at boot: from its own OVSDB's external_ids.
         run([sys.executable, "-m", "ovsdb.hostreg", "--local-db",
              self.host_db(host), "--db", self.nb_remote], netns=ns)
+        self.chassis_start(host)
         self.mbxd_start(host)
         self._save()
+
+    def chassis_start(self, host):
+        """Start the host's chassis agent: it publishes the host's br-int
+        ports and VM port bindings in the southbound database (over the
+        management network, like a real host)."""
+        hdir = self.host_dir(host)
+        logf = os.path.join(hdir, "chassis.log")
+        cmd = ["ip", "netns", "exec", self.host_ns(host), sys.executable, "-m",
+               "hypervisor.chassis", "--local-db", self.host_db(host),
+               "--sb", "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT),
+               "--log-file", logf]
+        with open(logf + ".out", "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self._record_pid("%s/chassis" % host, proc.pid)
+        return proc.pid
+
+    def chassis_stop(self, host):
+        pid = self.state["pids"].pop("%s/chassis" % host, None)
+        self._save()
+        if pid is not None:
+            stop_pid(pid)
 
     # ----------------------------------------------------------------- mbxd
     def mbxd_start(self, host, extra_args=()):

@@ -42,6 +42,13 @@ class VMInfo:
     ip: str                         # address only, e.g. "10.0.0.1"
 
 
+# A host's own ports on br-int are found by these Interface external_ids
+# key/value pairs: the middlebox port (mbxd's) and the uplink to the
+# external network.
+MIDDLEBOX_ROLE = ("mbx-role", "middlebox")
+UPLINK_ROLE = ("mbx-role", "uplink")
+
+
 @dataclass(frozen=True)
 class HostPorts:
     """What a host's own OVSDB says about its br-int: the facts the host

@@ -11,6 +11,8 @@ from ovsdb.errors import MbxError
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "mbx_nb.ovsschema")
+SB_SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                              "mbx_sb.ovsschema")
 
 
 def _run(argv):
@@ -82,14 +84,15 @@ def ensure_db(db_path, schema_path=SCHEMA_PATH):
              schema_path]) != "yes":
         return
     source = _version(_run(["ovsdb-tool", "db-version", db_path]))
-    policies = _old_policy_middleboxes(db_path, source)
+    northbound = _run(["ovsdb-tool", "schema-name", schema_path]) == "MBX_Northbound"
+    policies = _old_policy_middleboxes(db_path, source) if northbound else {}
     target = _version(_run(["ovsdb-tool", "schema-version", schema_path]))
     tmp = db_path + ".converting"
     if os.path.exists(tmp):
         os.unlink(tmp)
     try:
         _run(["ovsdb-tool", "convert", db_path, schema_path, tmp])
-        if source[:2] < (1, 2) <= target[:2]:
+        if northbound and source[:2] < (1, 2) <= target[:2]:
             _migrate_to_1_2(tmp, policies)
         os.replace(tmp, db_path)
     finally:
@@ -120,10 +123,12 @@ def _wait_connectable(path, timeout):
 
 
 def start(rundir, db_path, remotes, netns=None, timeout=10.0):
-    """Start a detached ovsdb-server serving ``db_path`` on ``remotes``
-    (at least one "punix:PATH"), optionally inside network namespace
-    ``netns``.  Files go to ``rundir``.  Returns the server's PID once its
-    unix socket accepts connections."""
+    """Start a detached ovsdb-server serving ``db_path`` (a database file,
+    or a list of them: one server may serve the northbound and the
+    southbound database, each client asks for its own by name) on
+    ``remotes`` (at least one "punix:PATH"), optionally inside network
+    namespace ``netns``.  Files go to ``rundir``.  Returns the server's PID
+    once its unix socket accepts connections."""
     rundir = os.path.abspath(rundir)
     os.makedirs(rundir, exist_ok=True)
     sock = _socket_path(remotes)
@@ -133,7 +138,8 @@ def start(rundir, db_path, remotes, netns=None, timeout=10.0):
             f"--unixctl={os.path.join(rundir, 'ovsdb-server-nb.ctl')}",
             f"--log-file={os.path.join(rundir, 'ovsdb-server-nb.log')}"]
     argv += [f"--remote={remote}" for remote in remotes]
-    argv.append(os.path.abspath(db_path))
+    paths = [db_path] if isinstance(db_path, str) else list(db_path)
+    argv += [os.path.abspath(path) for path in paths]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns] + argv
     _run(argv)

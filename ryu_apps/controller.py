@@ -6,27 +6,35 @@ engine's single thread.  The only place that sends OpenFlow messages is
 """
 
 import logging
-import threading
+import os
 
+from os_ken import cfg
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER,
                                        MAIN_DISPATCHER, set_ev_cls)
 from os_ken.ofproto import ofproto_v1_3
 
+from ovsdb import DEFAULT_DB
 from ovsdb.api import MbxNb
 from ryu_apps import ofmsg, pipeline
 from ryu_apps.engine import Engine, EngineLoop
-from ryu_apps.hostwatch import HostWatcher
+from ryu_apps.southbound import SouthboundWatcher
 
 LOG = logging.getLogger(__name__)
 
-# Seconds to wait, after start, for every host's OVSDB to report its ports
-# before reconciling switches without the hosts that have not answered.
-STARTUP_GRACE = 5.0
-
-# Set by ryu_apps.main before os-ken instantiates the application.
-SETTINGS = {"db": None}
+# The application's settings: the [mbx] section of os-ken's configuration
+# (oslo.config), so any os-ken AppManager can load the app from a config file;
+# mbx-controller sets them from its command line.
+OPTS = [
+    cfg.StrOpt("nb-connection", default=os.environ.get("MBX_DB", DEFAULT_DB),
+               help="the northbound (config) database, an OVSDB remote "
+               "(default: $MBX_DB or %s)" % DEFAULT_DB),
+    cfg.StrOpt("sb-connection", default=os.environ.get("MBX_SB", ""),
+               help="the southbound database (default: $MBX_SB, or the "
+               "northbound database's server, which may serve both)"),
+]
+cfg.CONF.register_opts(OPTS, group="mbx")
 
 
 class MbxController(app_manager.OSKenApp):
@@ -36,23 +44,21 @@ class MbxController(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.datapaths = {}
         self._stats = {}
-        self.watchers = {}
+        conf = self.CONF.mbx
+        nb_remote = conf.nb_connection
+        sb_remote = conf.sb_connection or nb_remote
+        LOG.info("northbound %s, southbound %s", nb_remote, sb_remote)
         self.loop = EngineLoop()
-        self.nb = MbxNb.connect(SETTINGS["db"], on_change=self.loop.post_nb_changed)
-        self.loop.engine = Engine(send=self.send, nb=self.nb,
-                                  watch_host=self._watch_host)
+        self.nb = MbxNb.connect(nb_remote, on_change=self.loop.post_nb_changed)
+        self.loop.engine = Engine(send=self.send, nb=self.nb)
         self.loop.start()
         self.loop.post_nb_changed()
-        grace = threading.Timer(STARTUP_GRACE, self.loop.post, ("startup_grace_over",))
-        grace.daemon = True
-        grace.start()
-
-    def _watch_host(self, host, remote):
-        LOG.info("watching host %s at %s", host, remote)
-        watcher = HostWatcher(host, remote,
-                              lambda h, ports: self.loop.post("host_ports_changed", h, ports))
-        self.watchers[host] = watcher
-        watcher.start()
+        self.southbound = SouthboundWatcher(
+            sb_remote,
+            on_change=lambda host, ports: self.loop.post("host_ports_changed",
+                                                         host, ports),
+            on_ready=lambda: self.loop.post("southbound_ready"))
+        self.southbound.start()
 
     def send(self, dpid, ops, barrier_xid):
         dp = self.datapaths.get(dpid)

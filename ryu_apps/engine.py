@@ -1,13 +1,13 @@
 """The controller's engine: desired state, reconciliation and write-back.
 
-Plain Python with no os-ken import.  The os-ken application and the host OVSDB
-watchers are thin shells that feed it events; it answers by calling the three
-functions it was given:
+Plain Python with no os-ken import.  The os-ken application and the
+southbound database watcher (``ryu_apps.southbound``: each host's chassis
+record and port bindings) are thin shells that feed it events; it answers
+through the two things it was given:
 
 * ``send(dpid, ops, barrier_xid)`` -- install ``ops`` (``FlowDiff.commands()``:
   ``(command, Flow)`` pairs, deletes first) on a switch, followed by a barrier
   request with that xid;
-* ``watch_host(name, ovsdb_remote)`` -- start watching a host's own OVSDB;
 * ``nb`` -- the config database API (``snapshot`` and the status writers).
 
 Every event method must be called from ONE thread (``EngineLoop`` runs them).
@@ -65,15 +65,13 @@ class _Switch:
 
 
 class Engine:
-    def __init__(self, send, nb, watch_host):
+    def __init__(self, send, nb):
         self._send = send
         self._nb = nb
-        self._watch_host = watch_host
         self.nb_snap = None
         self.host_ports: Dict[str, HostPorts] = {}
         self.switches: Dict[int, _Switch] = {}
-        self._watched = set()
-        self._grace_over = False
+        self._sb_ready = False
         self._appear_seq = 0
         self._appearances: Dict[Tuple[str, str], Tuple[int, int]] = {}  # (vm, host) -> (seq, ofport)
         self._binding_round: Dict[str, Tuple[int, int]] = {}  # vm -> (seq, first round)
@@ -98,10 +96,6 @@ class Engine:
         for vm, (host, _epoch) in self.nb_snap.vm_locations.items():
             if host is not None:
                 self._last_host[vm] = host
-        for name, host in sorted(self.nb_snap.hosts.items()):
-            if name not in self._watched and host.mgmt_address:
-                self._watched.add(name)
-                self._watch_host(name, host.mgmt_address)
         self._recompute()
 
     def host_ports_changed(self, host, ports: HostPorts):
@@ -116,19 +110,21 @@ class Engine:
             if vm not in ports.vm_ports:
                 self._appearances.pop((vm, host), None)
         self._match_switches()
-        self._recompute(changed=(host, set(old.vm_ports) | set(ports.vm_ports)))
+        if self._sb_ready:
+            self._recompute(changed=(host, set(old.vm_ports) | set(ports.vm_ports)))
 
-    def startup_grace_over(self):
-        """Stop waiting for hosts whose OVSDB has not answered since start."""
-        self._grace_over = True
+    def southbound_ready(self):
+        """The southbound database's contents (every host's chassis and
+        bindings) have arrived once: reconcile the switches."""
+        self._sb_ready = True
         self._recompute()
 
     def _all_hosts_reported(self):
-        """Every watched host's OVSDB has reported its contents once.  Until
-        then no switch is reconciled: flows computed without a host's ports
-        would delete that host's VMs from every other switch, only to add
-        them back a moment later (flow churn on a controller restart)."""
-        return self._grace_over or all(h in self.host_ports for h in self._watched)
+        """Every host's chassis and bindings are known.  Until then no
+        switch is reconciled: flows computed without a host's ports would
+        delete that host's VMs from every other switch, only to add them
+        back a moment later (flow churn on a controller restart)."""
+        return self._sb_ready
 
     def switch_connected(self, dpid):
         self.switches[dpid] = _Switch(dpid=dpid)

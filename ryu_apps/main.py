@@ -1,22 +1,30 @@
-"""``mbx-controller``: start the mbx os-ken application."""
+"""``mbx-controller``: start the mbx os-ken application.
+
+Its settings are os-ken's: the OpenFlow listener, and the app's own [mbx]
+section (``ryu_apps.controller.OPTS``), read from ``--config-file`` as
+any os-ken application's; ``--db`` and ``--sb`` override the file.
+"""
 
 import argparse
 import logging
 import os
 import sys
 
-from ovsdb import DEFAULT_DB
-
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="mbx-controller",
                                 description="mbx OpenFlow controller")
+    p.add_argument("--config-file", action="append", default=[],
+                   help="an os-ken/oslo.config file; mbx reads its [mbx] "
+                   "section (nb_connection, sb_connection); may be repeated")
     p.add_argument("--ofp-listen-host", default="0.0.0.0",
                    help="address to accept OpenFlow connections on")
     p.add_argument("--ofp-port", type=int, default=6653,
                    help="OpenFlow TCP port (default 6653)")
-    p.add_argument("--db", default=os.environ.get("MBX_DB", DEFAULT_DB),
-                   help="config database (default: $MBX_DB or %s)" % DEFAULT_DB)
+    p.add_argument("--db", help="the northbound (config) database "
+                   "(overrides [mbx] nb_connection; default $MBX_DB)")
+    p.add_argument("--sb", help="the southbound database (overrides [mbx] "
+                   "sb_connection; default: the northbound database's server)")
     p.add_argument("--log-file", help="log to this file instead of stderr")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -32,11 +40,21 @@ def main(argv=None):
         datefmt="%H:%M:%S")
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
-    from ryu_apps import controller
-    cfg.CONF(args=["--ofp-listen-host", args.ofp_listen_host,
-                   "--ofp-tcp-listen-port", str(args.ofp_port)],
-             project="os_ken")
-    controller.SETTINGS["db"] = args.db
+    from oslo_config.cfg import Error as ConfigError
+    import ryu_apps.controller  # noqa: F401  (registers the [mbx] options)
+    conf_args = ["--ofp-listen-host", args.ofp_listen_host,
+                 "--ofp-tcp-listen-port", str(args.ofp_port)]
+    for path in args.config_file:
+        conf_args += ["--config-file", path]
+    try:
+        cfg.CONF(args=conf_args, project="os_ken")
+    except ConfigError as e:      # a missing or unparsable file, a bad value
+        print("mbx-controller: %s" % e, file=sys.stderr)
+        return 2
+    if args.db:
+        cfg.CONF.set_override("nb_connection", args.db, group="mbx")
+    if args.sb:
+        cfg.CONF.set_override("sb_connection", args.sb, group="mbx")
     AppManager.run_apps(["ryu_apps.controller"])
     return 0
 

@@ -86,15 +86,13 @@ MULTICAST_MAC = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 # requests for their switch's gateway address (and load-balancer VIPs) with it.
 ROUTER_MAC = "02:4d:42:00:00:01"
 
-# The middlebox port: one per host on br-int, found by this Interface
-# external_ids key/value.  Packets to and from the daemon carry an 802.1Q tag:
-# VID = slice tag (1..4094), PCP = why (below).
+# The middlebox port: one per host on br-int (found by its role,
+# mbxmodel.values.MIDDLEBOX_ROLE).  Packets to and from the daemon carry an
+# 802.1Q tag: VID = slice tag (1..4094), PCP = why (below).
 MIDDLEBOX_PORT = "mbx-mb"
-MIDDLEBOX_ROLE = ("mbx-role", "middlebox")
-# The uplink to the external network: one per host on br-int, found by its
-# Interface external_ids key/value (the lab names it UPLINK_PORT).
+# The uplink to the external network: one per host on br-int (found by its
+# role, mbxmodel.values.UPLINK_ROLE; the lab names it UPLINK_PORT).
 UPLINK_PORT = "mbx-uplink"
-UPLINK_ROLE = ("mbx-role", "uplink")
 # The stages of a connection's path through a host.
 STAGE_FROM_VM = 0          # checked on the way out of the sending VM
 STAGE_TO_VM = 1            # checked on the way into the receiving VM

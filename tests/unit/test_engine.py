@@ -3,7 +3,8 @@
 The engine is given fakes for its three outlets: ``send`` applies flow
 messages to a per-switch flow table and remembers the barrier xids, the
 config database keeps a snapshot that the status writers update as the real
-database would, and ``watch_host`` only records its calls.  Tests assert what
+database would, and hosts' ports arrive as the southbound database's watcher
+reports them (``host_ports_changed``).  Tests assert what
 an operator would observe: flows on switches, rows in the config database.
 
 By default the database's change notification is delivered right after the
@@ -176,13 +177,15 @@ def initial_snapshot(nb_cfg=1, hv_cfg=1, hosts=("h1", "h2", "h3"), locations=Non
 
 
 class Harness:
-    def __init__(self, snap=None, auto_notify=True, switches=None):
+    def __init__(self, snap=None, auto_notify=True, switches=None, sb_ready=True):
+        """``sb_ready``: the southbound database's contents have arrived
+        (False: the controller has just started; call ``sb_arrived``)."""
         self.switches = switches or FakeSwitches()
         self.nb = FakeNb(snap or initial_snapshot(), self.switches.events)
-        self.watched = []
         self.auto_notify = auto_notify
-        self.engine = Engine(send=self.switches.send, nb=self.nb,
-                             watch_host=lambda name, remote: self.watched.append((name, remote)))
+        self.engine = Engine(send=self.switches.send, nb=self.nb)
+        if sb_ready:
+            self.engine.southbound_ready()
         self.ports = {}             # host -> {vm: (ofport, mac)}
         self.extra = {}             # host -> more HostPorts fields (mb_ofport, uplink_*)
 
@@ -192,6 +195,11 @@ class Harness:
                 return
             self.engine.nb_changed()
         raise AssertionError("the engine keeps rewriting the database")
+
+    def sb_arrived(self):
+        """The southbound database's first contents have all been reported."""
+        self.engine.southbound_ready()
+        self._settle()
 
     def notify(self):
         """The config database's change notification reaches the engine."""
@@ -248,14 +256,13 @@ class Harness:
 
 def running(hosts=("h1", "h2", "h3")):
     """Every VM of two_tenants() on its home host, switches connected and synced.
-    Registered hosts left out of ``hosts`` never answer: the controller stops
-    waiting for them when its startup grace period ends."""
-    h = Harness()
+    Registered hosts left out of ``hosts`` have published no chassis."""
+    h = Harness(sb_ready=False)
     h.notify()
-    if set(hosts) != {"h1", "h2", "h3"}:
-        h.engine.startup_grace_over()
-    for host in hosts:
+    for host in hosts:      # the southbound database's first contents
         h.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
+    h.sb_arrived()
+    for host in hosts:
         h.connect(host)
     h.ack_all()
     return h
@@ -274,30 +281,11 @@ def tunnelled(table, packet):
     return [(o.port, o.get("tunnel_id"), o.get("tun_ipv4_dst")) for o in table.lookup(packet)]
 
 
-# ---------------------------------------------------------- host watching
-
-def test_each_registered_host_with_a_mgmt_address_is_watched_once():
-    snap = initial_snapshot()
-    snap.hosts["h3"] = dataclasses.replace(snap.hosts["h3"], mgmt_address="")
-    h = Harness(snap)
-    h.notify()
-    h.notify()
-    assert h.watched == [("h1", MGMT["h1"]), ("h2", MGMT["h2"])]
-    # h3 registers its management address later
-    hosts = dict(h.nb.snap.hosts)
-    hosts["h3"] = dataclasses.replace(hosts["h3"], mgmt_address=MGMT["h3"])
-    h.nb.configure(hosts=hosts)
-    h.notify()
-    h.notify()
-    assert h.watched == [("h1", MGMT["h1"]), ("h2", MGMT["h2"]), ("h3", MGMT["h3"])]
-
-
 # ------------------------------------------------------------ programming
 
 def test_switch_gets_flows_only_after_read_back_and_dpid_match():
     h = Harness()
     h.notify()
-    h.engine.startup_grace_over()               # the other hosts never answer
     h.engine.switch_connected(DPID["h1"])
     h.set_ports("h1", "a1", "b1", "a3", dpid=False)     # br-int's dpid not known yet
     assert h.switches.sent == []
@@ -315,7 +303,6 @@ def test_switch_gets_flows_only_after_read_back_and_dpid_match():
 def test_switch_is_not_programmed_before_its_flows_are_read_back():
     h = Harness()
     h.notify()
-    h.engine.startup_grace_over()               # the other hosts never answer
     h.set_ports("h1", "a1", "b1", "a3")
     h.engine.switch_connected(DPID["h1"])
     # recomputations for other reasons leave the unsynced switch alone
@@ -529,15 +516,16 @@ def test_restarted_controller_keeps_the_recorded_location_and_epoch():
     before = running()
     recorded = dict(before.nb.snap.vm_locations)
     assert recorded["a1"] == ("h1", 1)
-    # a fresh Engine: the database is read first, host OVSDBs report later
-    h = Harness(snap=before.nb.snap, switches=before.switches)
+    # a fresh Engine: the config database is read first, the southbound
+    # database's bindings arrive later, switches connect in between
+    h = Harness(snap=before.nb.snap, switches=before.switches, sb_ready=False)
     h.notify()
-    for host in ("h1", "h2", "h3"):
-        # a host watcher's first report, before its OVSDB's contents arrive
-        h.engine.host_ports_changed(host, HostPorts())
+    h.connect("h1")
     for host in ("h1", "h2", "h3"):
         h.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
-        h.connect(host)
+    h.sb_arrived()
+    h.connect("h2")
+    h.connect("h3")
     h.ack_all()
     assert [w for w in h.nb.writes if w[0] == "vm"] == []
     assert h.nb.snap.vm_locations == recorded
@@ -554,7 +542,6 @@ def test_restarted_controller_moves_a_vm_that_moved_while_it_was_down():
 def test_port_with_a_foreign_mac_is_not_bound():
     h = Harness()
     h.notify()
-    h.engine.startup_grace_over()               # h3 never answers
     h.set_ports("h1", "a1", "a3", macs={"a1": "02:00:00:00:00:66"})
     h.set_ports("h2", "a2")
     h.connect("h1")
@@ -587,30 +574,21 @@ def test_newest_appearance_wins_while_a_port_exists_on_two_hosts():
     assert h.nb.locations("a2") == [("h2", 1), ("h3", 2)]
 
 
-def test_no_switch_is_programmed_until_every_host_reported_its_ports():
+def test_no_switch_is_programmed_until_the_southbound_contents_arrived():
     # On a controller start, a switch reconciled before another host's ports
     # are known would lose its flows to that host's VMs, then get them back:
-    # churn.  So switches wait for every watched host (or the grace period).
-    h = Harness()
+    # churn.  So switches wait for the southbound database's first contents.
+    h = Harness(sb_ready=False)
     h.notify()
     h.set_ports("h1", "a1", "b1", "a3")
     h.connect("h1")
     h.set_ports("h2", "a2", "b2")
-    assert h.switches.sent == []                # h3 has not reported yet
     h.set_ports("h3", "a4")
+    assert h.switches.sent == []
+    h.sb_arrived()
     assert [dpid for dpid, _, _ in h.switches.sent] == [DPID["h1"]]
     h1 = FakeOFTable(h.switches.flows("h1"))
     assert tunnelled(h1, from_vm("a1", MAC["a4"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
-
-
-def test_grace_period_ends_the_wait_for_a_silent_host():
-    h = Harness()
-    h.notify()
-    h.set_ports("h1", "a1", "b1", "a3")
-    h.connect("h1")
-    assert h.switches.sent == []
-    h.engine.startup_grace_over()               # h2 and h3 never answered
-    assert [dpid for dpid, _, _ in h.switches.sent] == [DPID["h1"]]
 
 
 def test_slices_are_allocated_where_a_steered_switch_has_vms_and_written_back():
@@ -645,7 +623,7 @@ def running_services(slice_status=None, shared=(), alerts=()):
     """running() with services() configured (tenant A's chains, NAT, LB, IDS)
     and every host's middlebox port and uplink reported."""
     topo = services()
-    h = Harness()
+    h = Harness(sb_ready=False)
     h.nb.configure(switches=dict(topo.switches), middleboxes=dict(topo.middleboxes),
                    policies=topo.policies, nat_rules=dict(topo.nat_rules),
                    vips=dict(topo.vips), external_networks=dict(topo.external_networks),
@@ -657,6 +635,8 @@ def running_services(slice_status=None, shared=(), alerts=()):
         h.extra[host] = dict(mb_ofport=S_MB_PORT, uplink_ofport=S_UPLINK,
                              uplink_mac=UPLINK_MAC[host])
         h.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
+    h.sb_arrived()
+    for host in ("h1", "h2", "h3"):
         h.connect(host)
     h.ack_all()
     return h
@@ -756,24 +736,6 @@ def test_status_writes_send_no_flow_message():
     assert h.nb.writes_of("vip")[-1] == (VIP_UUID, {"10.0.0.2:80": "down"})
     assert h.nb.writes_of("mb-status")[-1] == ("ids-a", {"alerts": "1"})
     assert len(h.switches.sent) == sent
-
-
-def test_hostwatch_reports_the_uplink():
-    from types import SimpleNamespace as Row
-
-    from ryu_apps.hostwatch import host_ports_from_rows
-    ifaces = [Row(name="mbx-tun", type="vxlan", ofport=[100], external_ids={}),
-              Row(name="mbx-mb", type="internal", ofport=[50],
-                  external_ids={"mbx-role": "middlebox"}),
-              Row(name="mbx-uplink", type="", ofport=[60], mac_in_use=["02:EE:00:00:00:01"],
-                  external_ids={"mbx-role": "uplink"}),
-              Row(name="vif-a1", type="", ofport=[1],
-                  external_ids={"iface-id": "a1", "attached-mac": MAC["a1"]})]
-    bridge = Row(name="br-int", datapath_id=["00000000000000a1"],
-                 ports=[Row(interfaces=[i]) for i in ifaces])
-    ports = host_ports_from_rows([bridge], ifaces)
-    assert ports == HostPorts(0xA1, 100, {"a1": (1, MAC["a1"])}, 50, 60, "02:ee:00:00:00:01")
-    assert (ports.uplink_ofport, ports.uplink_mac) == (60, "02:ee:00:00:00:01")
 
 
 # -------------------------------------------------------------- migrations
