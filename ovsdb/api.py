@@ -22,7 +22,6 @@ import os
 import secrets
 import time
 import uuid as uuidlib
-from typing import Dict, Optional, Tuple
 
 from ovs import jsonrpc, poller, stream
 from ovsdbapp import api as ovsdbapp_api
@@ -34,125 +33,14 @@ from ovsdbapp.backend.ovs_idl import transaction
 from ovsdb import validate
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match
-from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
-                             NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo,
-                             VMInfo)
+from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
+from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
+                               PolicyInfo, RuleInfo, VipInfo)
+from mbxmodel.snapshot import NbSnapshot
+from mbxmodel.state import (ACTIVE_MIGRATION, FINAL_MIGRATION, AlertRecord,
+                            HostRecord, MigrationRecord, SharedRecord)
 
 SCHEMA_NAME = "MBX_Northbound"
-
-
-@dataclasses.dataclass(frozen=True)
-class HostRecord:
-    name: str
-    encap_type: str
-    encap_ip: str
-    mgmt_address: str
-    nb_cfg: int                     # status: config generation applied
-    connected: bool                 # status: controller has the host's switch
-    datapath_id: Optional[str]      # status: e.g. "0000aabbccddeeff"
-    migration_address: str = ""     # host: where its mbxd accepts state
-
-
-@dataclasses.dataclass(frozen=True)
-class RuleRecord:
-    """A Firewall_Rule; ``uuid`` is not compared (a rule is its values)."""
-    priority: int                   # 0..32767, higher first
-    direction: str                  # "from-vm" | "to-vm"
-    match: str                      # canonical ovsdb.match text
-    action: str                     # "allow" | "deny" | "reject"
-    tier: str = "tenant"            # "provider" | "tenant"
-    uuid: str = dataclasses.field(default="", compare=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class SharedRecord:
-    """A Shared_State row: one value a host publishes for a service of a
-    middlebox (docs/services.md, state sharing manager)."""
-    middlebox: str
-    host: str
-    service: str
-    key: str
-    value: str
-    stamp: int
-
-
-@dataclasses.dataclass(frozen=True)
-class AlertRecord:
-    """An IDS_Alert row."""
-    middlebox: str
-    kind: str                       # "port-scan" | "syn-flood"
-    source: str
-    target: str
-    count: int
-    hosts: Tuple[str, ...]          # sorted
-    first_seen: int
-    last_seen: int
-    reported_by: str
-
-
-# Migration.status values (docs/migration.md): active, and final
-ACTIVE_MIGRATION = validate.ACTIVE_MIGRATION    # begun ... imported
-FINAL = validate.FINAL_MIGRATION                # done aborted fallback
-
-
-@dataclasses.dataclass(frozen=True)
-class MigrationRecord:
-    """A Migration row: one migration of a VM's connection state."""
-    uuid: str
-    vm: str
-    source: str                     # host names
-    destination: str
-    path: str                       # "announced" | "unannounced"
-    status: str                     # ACTIVE_MIGRATION or FINAL
-    token: str
-    timeline: Dict[str, int]        # phase -> unix time in ms
-    stats: Dict[str, int]
-    outcome: str                    # "" while active
-    options: Dict[str, str]         # "wait-ms"
-
-    @property
-    def active(self):
-        return self.status in ACTIVE_MIGRATION
-
-
-def _field(factory):
-    return dataclasses.field(default_factory=factory)
-
-
-Chain = Tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class NbSnapshot:
-    nb_cfg: int
-    hv_cfg: int
-    hosts: Dict[str, HostRecord]
-    switches: Dict[str, SwitchInfo]
-    vms: Dict[str, VMInfo]
-    vm_locations: Dict[str, Tuple[Optional[str], int]]  # vm -> (host, epoch)
-    middleboxes: Dict[str, MiddleboxInfo] = _field(dict)
-    # middlebox name -> its rules in evaluation order (sort_rules)
-    rules: Dict[str, Tuple[RuleRecord, ...]] = _field(dict)
-    # sorted by (switch, -priority); chain (): bypass
-    policies: Tuple[PolicyInfo, ...] = ()
-    address_sets: Dict[str, AddressSetInfo] = _field(dict)
-    # status: (chain, host name) -> slice tag, and -> the slice's status
-    slices: Dict[Tuple[Chain, str], int] = _field(dict)
-    slice_status: Dict[Tuple[Chain, str], Dict[str, str]] = _field(dict)
-    # middlebox name -> its NAT rules / VIPs, sorted (see _nat_key, _vip_key)
-    nat_rules: Dict[str, Tuple[NatRuleInfo, ...]] = _field(dict)
-    vips: Dict[str, Tuple[VipInfo, ...]] = _field(dict)
-    external_networks: Dict[str, ExternalNetInfo] = _field(dict)
-    # status: middlebox name -> Middlebox.status
-    middlebox_status: Dict[str, Dict[str, str]] = _field(dict)
-    # sorted by (middlebox, service, key, host)
-    shared_state: Tuple[SharedRecord, ...] = ()
-    # sorted by (middlebox, first_seen, kind, source, target)
-    ids_alerts: Tuple[AlertRecord, ...] = ()
-    # sorted by (timeline["begun"], uuid): a VM's latest migration is last
-    migrations: Tuple[MigrationRecord, ...] = ()
-    # NB_Global.options
-    global_options: Dict[str, str] = _field(dict)
 
 
 def sort_rules(rules, tier_order="provider-first"):
@@ -232,7 +120,7 @@ def _middleboxes(api):
 
 
 def _rule_record(row):
-    return RuleRecord(row.priority, row.direction, row.match, row.action,
+    return RuleInfo(row.priority, row.direction, row.match, row.action,
                       row.tier, str(row.uuid))
 
 
@@ -2026,7 +1914,7 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
         return MbSetCommand(self, name, default_action, checked)
 
     def fw_add(self, mb, priority, direction, match, action, tier="tenant"):
-        rule = RuleRecord(validate.rule_priority(priority),
+        rule = RuleInfo(validate.rule_priority(priority),
                           validate.direction(direction),
                           validate.match(match).text,
                           validate.action(action), validate.tier(tier))
@@ -2163,7 +2051,7 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
 
     def upsert_middlebox(self, mb: MiddleboxInfo, rules=(), nat_rules=(),
                          vips=()):
-        """Create or update ``mb`` with exactly ``rules`` (RuleRecords),
+        """Create or update ``mb`` with exactly ``rules`` (RuleInfos),
         ``nat_rules`` (NatRuleInfos) and ``vips`` (VipInfos); follow a
         batch with ``check_firewall()``."""
         return UpsertMiddleboxCommand(self, mb, tuple(rules),
@@ -2418,7 +2306,7 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
             m = found[0]
             if m.status in until:
                 return m
-            if m.status in FINAL:
+            if m.status in FINAL_MIGRATION:
                 raise MbxError(f"its migration {m.source} -> {m.destination} "
                                f"ended {m.status}"
                                + (f" ({m.outcome})" if m.outcome else ""))

@@ -75,12 +75,11 @@ from typing import Mapping, Tuple
 
 import yaml
 
+from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
+from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
+                               PolicyInfo, RuleInfo, VipInfo)
 from ovsdb import validate
-from ovsdb.api import RuleRecord
 from ovsdb.errors import MbxError
-from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
-                             NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo,
-                             VMInfo)
 
 TOP_KEYS = ("switches", "vms", "address_sets", "external_networks",
             "middleboxes", "steering")
@@ -111,7 +110,7 @@ class TopologySpec:
     address_sets: Tuple[AddressSetInfo, ...] = ()
     middleboxes: Tuple[MiddleboxInfo, ...] = ()
     # middlebox name -> its rules, in file order (every listed middlebox)
-    rules: Mapping[str, Tuple[RuleRecord, ...]] = dataclasses.field(
+    rules: Mapping[str, Tuple[RuleInfo, ...]] = dataclasses.field(
         default_factory=dict)
     policies: Tuple[PolicyInfo, ...] = ()       # in file order
     external_networks: Tuple[ExternalNetInfo, ...] = ()
@@ -245,7 +244,7 @@ def _parse_rule(label, entry):
     _check_keys(label, entry, RULE_KEYS,
                 ("priority", "direction", "match", "action"))
     match = _string(label, "match", entry["match"], '"proto=tcp dport=22"')
-    return RuleRecord(
+    return RuleInfo(
         priority=_value(label, validate.rule_priority, _integer(
             label, "priority", entry["priority"], 100)),
         direction=_value(label, validate.direction, entry["direction"]),

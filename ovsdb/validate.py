@@ -11,8 +11,9 @@ from typing import Iterable, Mapping
 
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match, parse_network
-from mbxmodel.values import (ExternalNetInfo, NatRuleInfo, SwitchInfo,
-                             VipInfo, VMInfo)
+from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
+from mbxmodel.services import NatRuleInfo, VipInfo
+from mbxmodel.state import ACTIVE_MIGRATION, FINAL_MIGRATION
 
 MAX_NAME_LEN = 64
 MAX_VNI = 16777215
@@ -1149,10 +1150,7 @@ def status_map(value, what="status"):
 # --- schema 1.3.0: migrations (docs/migration.md) ---------------------------
 
 MIGRATION_PATHS = ("announced", "unannounced")
-MIGRATION_STATUSES = ("begun", "streaming", "stunned", "imported", "done",
-                      "aborted", "fallback")
-ACTIVE_MIGRATION = ("begun", "streaming", "stunned", "imported")
-FINAL_MIGRATION = ("done", "aborted", "fallback")
+MIGRATION_STATUSES = ACTIVE_MIGRATION + FINAL_MIGRATION
 # Migration.timeline keys in the order the phases happen
 MIGRATION_PHASES = ("begun", "streaming", "snapshot", "stunned", "final",
                     "imported", "acked", "done", "aborted", "fallback",

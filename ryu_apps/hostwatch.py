@@ -16,7 +16,7 @@ import ovs.poller
 from ovs.db import idl
 
 from ryu_apps import pipeline as P
-from mbxmodel.values import HostPorts
+from mbxmodel.network import HostPorts
 
 LOG = logging.getLogger(__name__)
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"

@@ -18,7 +18,7 @@ from middlebox.config import RuleSpec
 from ryu_apps import pipeline as P
 from ryu_apps import slices as slicelib
 from ryu_apps.flows import compute_host_flows
-from mbxmodel.values import AddressSetInfo, MiddleboxInfo, PolicyInfo
+from mbxmodel.services import AddressSetInfo, MiddleboxInfo, PolicyInfo
 from topologies import TUNNEL, VMS, VNI_A, daemon_dataplane, host_zones, two_tenants
 
 MAC = {name: spec[1] for name, spec in VMS.items()}
@@ -357,7 +357,7 @@ def test_every_flow_fits_the_pipeline():
 # docs/services.md on the simulated flow table: chains, the distributed
 # gateway, the external network, SNAT port blocks, DNAT, IDS copies.
 
-from mbxmodel.values import HostInfo  # noqa: E402
+from mbxmodel.network import HostInfo  # noqa: E402
 from topologies import (CLIENT, DNAT_IP, ENCAP, EXT_GW_IP, EXT_GW_MAC, FW_LB,  # noqa: E402
                         FW_NAT, GATEWAY_A, IDS, OUTSIDE, SNAT_IP, UPLINK, UPLINK_MAC, VIP,
                         services)

@@ -2,7 +2,8 @@
 
 import dataclasses
 
-from mbxmodel.values import HostInfo, PortBinding, SwitchInfo, Topology, VMInfo
+from mbxmodel.network import HostInfo, PortBinding, SwitchInfo, VMInfo
+from mbxmodel.topology import Topology
 
 VNI_A = 1001
 VNI_B = 1002
@@ -71,8 +72,9 @@ def services(mb_port=MB_PORT, uplink=UPLINK, ports_per_host=16384, external=True
     * priority 100, tcp port 22: IDS
     """
     from ryu_apps import slices as slicelib
-    from mbxmodel.values import (ExternalNetInfo, MiddleboxInfo, NatRuleInfo,
-                                PolicyInfo, VipInfo)
+    from mbxmodel.network import ExternalNetInfo
+    from mbxmodel.services import (MiddleboxInfo, NatRuleInfo, PolicyInfo,
+                                   VipInfo)
     topo = two_tenants()
     hosts = {h: dataclasses.replace(i, mb_ofport=mb_port, uplink_ofport=uplink,
                                     uplink_mac=UPLINK_MAC[h] if uplink else None)
