@@ -2,8 +2,19 @@
 sets, steering policies, NAT rules and load-balanced VIPs (the config
 database's rows, docs in ovsdb/mbx_nb.md)."""
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
+
+# The schema's closed sets of values
+MIDDLEBOX_TYPES = ("firewall", "nat", "lb", "ids")
+ACTIONS = ("allow", "deny", "reject")
+DIRECTIONS = ("from-vm", "to-vm")
+TIERS = ("provider", "tenant")
+NAT_TYPES = ("snat", "dnat")
+L4_PROTOCOLS = ("tcp", "udp")
+LB_ALGORITHMS = ("hash", "round-robin", "least-connections", "source-hash")
+DEFAULT_PORT_RANGE = (1024, 65535)
 
 
 @dataclass(frozen=True)
@@ -22,13 +33,13 @@ class MiddleboxInfo:
 
 @dataclass(frozen=True)
 class RuleInfo:
-    """A Firewall_Rule row; ``uuid`` is not compared (a rule is its values)."""
+    """A Firewall_Rule row (``bare()`` compares two rules by their values)."""
     priority: int                   # 0..32767, higher first
     direction: str                  # "from-vm" | "to-vm"
     match: str                      # canonical ovsdb.match text
     action: str                     # "allow" | "deny" | "reject"
     tier: str = "tenant"            # "provider" | "tenant"
-    uuid: str = field(default="", compare=False)
+    uuid: str = ""                  # Firewall_Rule row uuid (identifies the rule in stats)
 
 
 @dataclass(frozen=True)
@@ -77,3 +88,12 @@ class VipInfo:
     backends: Tuple[Tuple[str, int], ...] = ()   # sorted (ip, port)
     options: Mapping[str, str] = field(default_factory=dict)  # health-*
     status: Mapping[str, str] = field(default_factory=dict)   # "ip:port" -> up|down
+
+
+def bare(value):
+    """A RuleInfo, NatRuleInfo or VipInfo without its identity (and a VIP
+    without its status): what a user wrote, for comparing values."""
+    changes = {"uuid": ""}
+    if isinstance(value, VipInfo):
+        changes["status"] = {}
+    return dataclasses.replace(value, **changes)

@@ -77,7 +77,7 @@ import yaml
 
 from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
 from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
-                               PolicyInfo, RuleInfo, VipInfo)
+                               PolicyInfo, RuleInfo, VipInfo, bare)
 from ovsdb import validate
 from ovsdb.errors import MbxError
 
@@ -578,9 +578,8 @@ def _same(first, second):
 
 
 def _bare(values):
-    """NAT rules or VIPs without identity and status, for comparing."""
-    return [dataclasses.replace(v, uuid="", **(
-        {"status": {}} if isinstance(v, VipInfo) else {})) for v in values]
+    """Rules, NAT rules or VIPs without identity and status, for comparing."""
+    return [bare(v) for v in values]
 
 
 def apply_topology(api, spec):
@@ -610,7 +609,8 @@ def apply_topology(api, spec):
             nat_rules = spec.nat_rules.get(mb.name, ())
             vips = spec.vips.get(mb.name, ())
             if (snapshot.middleboxes.get(mb.name) != mb
-                    or not _same(snapshot.rules.get(mb.name, ()), rules)
+                    or not _same(_bare(snapshot.rules.get(mb.name, ())),
+                                 _bare(rules))
                     or not _same(_bare(snapshot.nat_rules.get(mb.name, ())),
                                  _bare(nat_rules))
                     or not _same(_bare(snapshot.vips.get(mb.name, ())),

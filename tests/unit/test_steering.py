@@ -13,12 +13,11 @@ import dataclasses
 import pytest
 
 from fakeoftable import CT_EST, FakeOFTable, reply_to
+from mbxmodel.services import AddressSetInfo, MiddleboxInfo, PolicyInfo, RuleInfo
 from middlebox import dataplane as D
-from middlebox.config import RuleSpec
 from ryu_apps import pipeline as P
 from ryu_apps import slices as slicelib
 from ryu_apps.flows import compute_host_flows
-from mbxmodel.services import AddressSetInfo, MiddleboxInfo, PolicyInfo
 from topologies import TUNNEL, VMS, VNI_A, daemon_dataplane, host_zones, two_tenants
 
 MAC = {name: spec[1] for name, spec in VMS.items()}
@@ -30,9 +29,9 @@ T = {t.name: t.table_id for t in P.TABLES}
 STAGE_TABLE_IDS = {t.table_id for t in P.TABLES if P.DAEMON_COOKIE in t.owners}
 
 # fw-a's rules (default deny): out of a VM anything; into a VM ssh and http.
-FW_RULES = {"fw-a": (RuleSpec(100, "from-vm", "any", "allow", uuid="out"),
-                     RuleSpec(100, "to-vm", "proto=tcp dport=22", "allow", uuid="ssh"),
-                     RuleSpec(90, "to-vm", "proto=tcp dport=80", "allow", uuid="http"))}
+FW_RULES = {"fw-a": (RuleInfo(100, "from-vm", "any", "allow", uuid="out"),
+                     RuleInfo(100, "to-vm", "proto=tcp dport=22", "allow", uuid="ssh"),
+                     RuleInfo(90, "to-vm", "proto=tcp dport=80", "allow", uuid="http"))}
 
 
 def firewalled(policies=None, same_host="both", mb_port=MB_PORT, sets=None):
