@@ -36,7 +36,7 @@ import ovs.poller
 import ovs.timeval
 from ovs.db import idl
 
-from mbxmodel.values import MIDDLEBOX_ROLE, UPLINK_ROLE, HostPorts
+from mbxmodel.network import MIDDLEBOX_ROLE, UPLINK_ROLE, HostPorts
 from ovsdb.errors import MbxError
 from ovsdb.server import SB_SCHEMA_PATH
 

@@ -44,11 +44,13 @@ import time
 import types
 import uuid as uuidlib
 
-from ovsdb.api import HostRecord, NbSnapshot, RuleRecord, sort_rules
-from mbxmodel.values import HostPorts
+from mbxmodel.network import ExternalNetInfo, HostPorts, SwitchInfo, VMInfo
+from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
+                               PolicyInfo, RuleInfo, VipInfo)
+from mbxmodel.snapshot import NbSnapshot
+from mbxmodel.state import HostRecord
+from ovsdb.api import sort_rules
 from ryu_apps.engine import Engine
-from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
-                            NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo, VMInfo)
 
 SPREAD = 10                 # hosts each tenant's VMs are spread over
 TENANT_VMS_PER_HOST = 5     # VMs of one switch on one of its hosts
@@ -78,7 +80,7 @@ class Cloud:
     snap: NbSnapshot
     placement: dict         # vm name -> host name
     tenant_of_switch: dict  # switch name -> tenant
-    firewall_rules: dict    # middlebox name -> (RuleRecord, ...) with address set names
+    firewall_rules: dict    # middlebox name -> (RuleInfo, ...) with address set names
 
     @property
     def hosts(self):
@@ -204,20 +206,20 @@ def _uuid(kind, n):
 
 def _firewall_rules(k, web, admin):
     """FW_RULES rules in both tiers and directions, some with address sets."""
-    out = [RuleRecord(1000, "from-vm", "dst=169.254.169.254", "deny", "provider"),
-           RuleRecord(900, "to-vm", "src=$%s proto=tcp dport=22" % admin, "allow", "provider"),
-           RuleRecord(800, "to-vm", "proto=tcp dport=22", "deny", "provider"),
-           RuleRecord(700, "from-vm", "proto=udp dport=53", "allow", "provider")]
+    out = [RuleInfo(1000, "from-vm", "dst=169.254.169.254", "deny", "provider"),
+           RuleInfo(900, "to-vm", "src=$%s proto=tcp dport=22" % admin, "allow", "provider"),
+           RuleInfo(800, "to-vm", "proto=tcp dport=22", "deny", "provider"),
+           RuleInfo(700, "from-vm", "proto=udp dport=53", "allow", "provider")]
     ports = (80, 443, 8080, 8443, 5432, 6379, 9090, 3000)
     for i, port in enumerate(ports):
-        out.append(RuleRecord(500 - i, "to-vm", "src=$%s proto=tcp dport=%d" % (web, port),
-                              "allow", "tenant"))
-        out.append(RuleRecord(400 - i, "from-vm",
-                              "dst=10.0.%d.0/24 proto=tcp dport=%d" % (k, port),
-                              "allow", "tenant"))
+        out.append(RuleInfo(500 - i, "to-vm", "src=$%s proto=tcp dport=%d" % (web, port),
+                            "allow", "tenant"))
+        out.append(RuleInfo(400 - i, "from-vm",
+                            "dst=10.0.%d.0/24 proto=tcp dport=%d" % (k, port),
+                            "allow", "tenant"))
     while len(out) < FW_RULES:
-        out.append(RuleRecord(100 - len(out), "from-vm", "proto=tcp dport=%d" % (1000 + len(out)),
-                              "reject", "tenant"))
+        out.append(RuleInfo(100 - len(out), "from-vm", "proto=tcp dport=%d" % (1000 + len(out)),
+                            "reject", "tenant"))
     return out[:FW_RULES]
 
 

@@ -59,7 +59,7 @@ from ovsdb import server as nbserver
 from ovsdb.server import pid_alive, stop as stop_pid
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
-from mbxmodel.values import MIDDLEBOX_ROLE, UPLINK_ROLE
+from mbxmodel.network import MIDDLEBOX_ROLE, UPLINK_ROLE
 from ryu_apps import pipeline
 
 DEFAULT_PREFIX = os.environ.get("MBX_LAB_PREFIX", "mbx")

@@ -90,17 +90,17 @@ SEED_CHUNK = 20000              # connections per seeding batch
 def _slice_config(host, tag):
     """The chain fw-x -> lb-x -> nat-x on ``host`` (slice ``tag``): the
     rules, VIPs and SNAT rule the seeded connections were decided by."""
-    from middlebox.config import (HostConfig, NatRuleSpec, RuleSpec, ServiceSpec,
-                                  SliceConfig, VipSpec, VmSpec)
-    rules = (RuleSpec(100, "from-vm", "proto=tcp", "allow", "tenant", RULE_OUT),
-             RuleSpec(100, "to-vm", "proto=tcp dport=%d-%d" % (FW_IN_PORT, FW_IN_PORT + SPREAD),
+    from mbxmodel.services import NatRuleInfo, RuleInfo, VipInfo
+    from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
+    rules = (RuleInfo(100, "from-vm", "proto=tcp", "allow", "tenant", RULE_OUT),
+             RuleInfo(100, "to-vm", "proto=tcp dport=%d-%d" % (FW_IN_PORT, FW_IN_PORT + SPREAD),
                       "allow", "tenant", RULE_IN))
     fw = ServiceSpec("fw-x", "firewall", "deny", {}, rules)
-    lb = ServiceSpec("lb-x", "lb", vips=tuple(VipSpec(
-        "vip-%d" % k, VIP, VIP_PORT + k, "tcp", "hash",
+    lb = ServiceSpec("lb-x", "lb", vips=tuple(VipInfo(
+        "vip-%d" % k, "lb-x", VIP, VIP_PORT + k, "tcp", "hash",
         tuple(sorted((ip, BACKEND_PORT + k) for _, _, ip in BACKENDS)),
         {"health-check": "none"}) for k in range(SPREAD)))
-    snat = NatRuleSpec(SNAT_UUID, "snat", (EXT_IP,), "", port_range=(1024, 65535))
+    snat = NatRuleInfo(SNAT_UUID, "nat-x", "snat", (EXT_IP,), "", port_range=(1024, 65535))
     nat = ServiceSpec("nat-x", "nat", nat_rules=(snat,))
     vms = (VmSpec(VM, VM_MAC, VM_IP, SRC_HOST), VmSpec("peer", PEER_MAC, PEER_IP, "hpeer"),
            VmSpec("client", CLIENT_MAC, CLIENT_IP, "hpeer")) \
@@ -130,13 +130,13 @@ def connections(n, vm_zone, snat_zone, start=0):
     commits them."""
     from middlebox import dataplane as D
     from middlebox.conn import Conn
-    from middlebox.config import RuleSpec
+    from mbxmodel.services import RuleInfo
     from middlebox.packet import ip_int
     vm, peer, client = ip_int(VM_IP), ip_int(PEER_IP), ip_int(CLIENT_IP)
     backends = [ip_int(ip) for _, _, ip in BACKENDS]
     vip, server, ext = ip_int(VIP), ip_int(SERVER), ip_int(EXT_IP)
-    r_out = D.rule_id(RuleSpec(100, "from-vm", "", "allow", uuid=RULE_OUT))
-    r_in = D.rule_id(RuleSpec(100, "to-vm", "", "allow", uuid=RULE_IN))
+    r_out = D.rule_id(RuleInfo(100, "from-vm", "", "allow", uuid=RULE_OUT))
+    r_in = D.rule_id(RuleInfo(100, "to-vm", "", "allow", uuid=RULE_IN))
     vip_sid = [D.service_id("%s:%d/tcp" % (VIP, VIP_PORT + k)) << D.LABEL_SERVICE_OFS
                for k in range(SPREAD)]
     snat_sid = D.service_id(SNAT_UUID) << D.LABEL_SERVICE_OFS

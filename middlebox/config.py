@@ -1,55 +1,32 @@
-"""What mbxd knows of the config DB: plain immutable values.
+"""What mbxd knows of the config DB: its slices, each with its chain.
 
 ``middlebox.confmon`` builds a ``HostConfig`` from the rows the daemon's
 conditional monitor holds; the service (``middlebox.service``) and the dataplane
 compiler (``middlebox.dataplane``) consume it.  Only
 slices allocated to this host appear here, and with them only their own
 middlebox, rules, address sets, logical switch and that switch's VMs.
+
+The rows themselves are mbxmodel's values (``RuleInfo``, ``NatRuleInfo``,
+``VipInfo``, ``ExternalNetInfo``, built by ``mbxmodel.rows``); the types here
+are the daemon's aggregates of them, per slice.
 """
 
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
-
-@dataclass(frozen=True)
-class RuleSpec:
-    priority: int                   # 0..32767, higher first
-    direction: str                  # "from-vm" | "to-vm"
-    match: str                      # ovsdb.match text
-    action: str                     # "allow" | "deny" | "reject"
-    tier: str = "tenant"            # "provider" | "tenant"
-    uuid: str = ""                  # Firewall_Rule row uuid (identifies the rule in stats)
+from mbxmodel.network import ExternalNetInfo
+from mbxmodel.services import NatRuleInfo, RuleInfo, VipInfo
 
 
 @dataclass(frozen=True)
 class VmSpec:
+    """A VM of a slice's logical switch as this host sees it: its address,
+    and whether it is bound here."""
     name: str
     mac: str                        # lower-case
     ip: str
-    host: Optional[str] = None      # Host name from VM.host (None: unbound)
-
-
-@dataclass(frozen=True)
-class NatRuleSpec:
-    uuid: str                       # NAT_Rule row uuid
-    type: str                       # "snat" | "dnat"
-    external_ips: Tuple[str, ...]   # sorted; dnat: exactly one
-    logical_ip: str                 # snat: source CIDR ("" = the switch's subnet); dnat: VM IP
-    protocol: str = ""              # dnat: "tcp" | "udp" | "" (both)
-    external_port: Optional[int] = None   # dnat: None = every port (port kept)
-    logical_port: Optional[int] = None    # dnat: None = external_port (or kept)
-    port_range: Tuple[int, int] = (1024, 65535)   # snat
-
-
-@dataclass(frozen=True)
-class VipSpec:
-    uuid: str                       # LB_VIP row uuid
-    vip: str
-    port: int
-    protocol: str                   # "tcp" | "udp"
-    algorithm: str                  # "round-robin" | "least-connections" | "source-hash"
-    backends: Tuple[Tuple[str, int], ...] = ()     # (ip, port), sorted
-    options: Mapping[str, str] = field(default_factory=dict)   # health-*
+    host: Optional[str] = None      # this host's name when VM.host is this host,
+                                    # else None (unbound or elsewhere)
 
 
 @dataclass(frozen=True)
@@ -59,18 +36,10 @@ class ServiceSpec:
     type: str                       # "firewall" | "nat" | "lb" | "ids"
     default_action: str = "deny"
     options: Mapping[str, str] = field(default_factory=dict)
-    rules: Tuple[RuleSpec, ...] = ()                       # firewall
+    rules: Tuple[RuleInfo, ...] = ()                       # firewall
     address_sets: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
-    nat_rules: Tuple[NatRuleSpec, ...] = ()                # nat
-    vips: Tuple[VipSpec, ...] = ()                         # lb
-
-
-@dataclass(frozen=True)
-class ExternalNetSpec:
-    name: str
-    cidr: str
-    gateway_ip: str
-    gateway_mac: str
+    nat_rules: Tuple[NatRuleInfo, ...] = ()                # nat
+    vips: Tuple[VipInfo, ...] = ()                         # lb
 
 
 @dataclass(frozen=True)
@@ -91,7 +60,7 @@ class SliceConfig:
     vni: int
     default_action: str = "deny"
     options: Mapping[str, str] = field(default_factory=dict)
-    rules: Tuple[RuleSpec, ...] = ()
+    rules: Tuple[RuleInfo, ...] = ()
     address_sets: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
     vms: Tuple[VmSpec, ...] = ()    # every VM of the switch
     services: Tuple[ServiceSpec, ...] = ()
@@ -99,7 +68,7 @@ class SliceConfig:
     gateway: str = ""               # the switch's gateway address
     snat_blocks: Mapping[str, Tuple[str, int, int]] = field(default_factory=dict)
     #                                 NAT_Rule uuid -> (external ip, lo, hi) of this host
-    external: Tuple[ExternalNetSpec, ...] = ()
+    external: Tuple[ExternalNetInfo, ...] = ()
 
 
 @dataclass(frozen=True)

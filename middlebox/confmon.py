@@ -67,9 +67,11 @@ import uuid as uuidlib
 import ovs.poller
 from ovs.db import idl as ovsidl
 
-from middlebox.config import (ExternalNetSpec, HostConfig, NatRuleSpec,
-                              RuleSpec, ServiceSpec, SliceConfig, VipSpec,
-                              VmSpec)
+from mbxmodel import rows as from_row
+from mbxmodel.services import (ACTIONS, DIRECTIONS, L4_PROTOCOLS,
+                               LB_ALGORITHMS, MIDDLEBOX_TYPES, NAT_TYPES,
+                               TIERS)
+from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from ovsdb import match as matchlang
 from ovsdb.errors import MbxError
 from ovsdb.natblocks import STATUS_PREFIX as SNAT_BLOCK_PREFIX, parse_block
@@ -106,15 +108,6 @@ CONFIG_TABLES = tuple(t for t in TABLES if t not in ("Shared_State", "Migration"
 _NAME_COLUMN = {"Host": "name", "Middlebox": "name", "Address_Set": "name",
                 "Logical_Switch": "name", "VM": "name",
                 "External_Network": "name"}
-
-MIDDLEBOX_TYPES = ("firewall", "nat", "lb", "ids")
-DIRECTIONS = ("from-vm", "to-vm")
-ACTIONS = ("allow", "deny", "reject")
-TIERS = ("provider", "tenant")
-NAT_TYPES = ("snat", "dnat")
-L4_PROTOCOLS = ("tcp", "udp")
-LB_ALGORITHMS = ("hash", "round-robin", "least-connections", "source-hash")
-DEFAULT_PORT_RANGE = (1024, 65535)
 
 
 # ------------------------------------------------------------- pure parts
@@ -160,29 +153,6 @@ def _chain(value):
             ordered.append((pos, refs[0]))
     ordered.sort(key=lambda pr: pr[0])
     return [u for _, u in ordered]
-
-
-def _scalar(value, default=None):
-    """An optional (0..1) column given as a list -> its element or default."""
-    if isinstance(value, (list, tuple)):
-        return value[0] if value else default
-    return default if value is None else value
-
-
-def _int(value):
-    value = _scalar(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return None
-
-
-def _strings(value):
-    """A set-of-strings column (a list, a set, one string or None)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]
 
 
 def _by_uuid(rows):
@@ -259,8 +229,8 @@ def migration_peers(host_name, migrations):
     """The other host of each Migration row (plain rows) naming ``host_name``."""
     peers = set()
     for m in migrations:
-        for name in (_scalar(getattr(m, "source", None)),
-                     _scalar(getattr(m, "destination", None))):
+        for name in (from_row.optional(getattr(m, "source", None)),
+                     from_row.optional(getattr(m, "destination", None))):
             if isinstance(name, str) and name and name != host_name:
                 peers.add(name)
     return peers
@@ -297,33 +267,31 @@ def _good_addresses(aset, warn):
     return tuple(good)
 
 
-def _rule_spec(rule, warn):
-    """RuleSpec of a Firewall_Rule plain row, or None (skipped, warned)."""
+def _rule(rule, warn):
+    """RuleInfo of a Firewall_Rule plain row, or None (skipped, warned)."""
     def skip(why):
         warn(("Firewall_Rule", rule.uuid),
              "skipping firewall rule %s: %s" % (rule.uuid, why))
         return None
 
-    priority = _scalar(getattr(rule, "priority", None))
-    direction = _scalar(getattr(rule, "direction", None), "")
-    action = _scalar(getattr(rule, "action", None), "")
-    tier = _scalar(getattr(rule, "tier", None), "") or "tenant"
-    text = _scalar(getattr(rule, "match", None), "")
+    value = from_row.rule(rule)
+    priority = value.priority
     if not isinstance(priority, int) or isinstance(priority, bool) or \
             not 0 <= priority <= 32767:
         return skip("priority %r not in 0-32767" % (priority,))
-    if direction not in DIRECTIONS:
-        return skip("direction %r is not from-vm or to-vm" % (direction,))
-    if action not in ACTIONS:
-        return skip("action %r is not allow, deny or reject" % (action,))
-    if tier not in TIERS:
-        return skip("tier %r is not provider or tenant" % (tier,))
+    if value.direction not in DIRECTIONS:
+        return skip("direction %r is not from-vm or to-vm"
+                    % (value.direction,))
+    if value.action not in ACTIONS:
+        return skip("action %r is not allow, deny or reject"
+                    % (value.action,))
+    if value.tier not in TIERS:
+        return skip("tier %r is not provider or tenant" % (value.tier,))
     try:
-        matchlang.parse_match(text)
+        matchlang.parse_match(value.match)
     except MbxError as err:
         return skip(str(err))
-    return RuleSpec(priority=priority, direction=direction, match=text,
-                    action=action, tier=tier, uuid=str(rule.uuid))
+    return value
 
 
 def _ipv4(text):
@@ -331,34 +299,18 @@ def _ipv4(text):
     return text
 
 
-def parse_port_range(text):
-    """``"LO-HI"`` -> (lo, hi) with 1 <= lo <= hi <= 65535; empty/None ->
-    the default (1024, 65535); ValueError if malformed."""
-    text = (_scalar(text, "") or "").strip()
-    if not text:
-        return DEFAULT_PORT_RANGE
-    lo_s, sep, hi_s = text.partition("-")
-    try:
-        lo, hi = int(lo_s), int(hi_s if sep else lo_s)
-    except ValueError:
-        raise ValueError("port range %r is not LO-HI" % text) from None
-    if not 1 <= lo <= hi <= 65535:
-        raise ValueError("port range %r is not inside 1-65535 with LO <= HI"
-                         % text)
-    return lo, hi
-
-
-def _nat_rule_spec(row, warn):
-    """NatRuleSpec of a NAT_Rule plain row, or None (skipped, warned)."""
+def _nat_rule(row, middlebox, warn):
+    """NatRuleInfo of a NAT_Rule plain row of ``middlebox``, or None
+    (skipped, warned)."""
     def skip(why):
         warn(("NAT_Rule", row.uuid),
              "skipping NAT rule %s: %s" % (row.uuid, why))
         return None
 
-    kind = _scalar(getattr(row, "type", None), "")
+    kind = from_row.optional(getattr(row, "type", None), "")
     if kind not in NAT_TYPES:
         return skip("type %r is not snat or dnat" % (kind,))
-    ips = sorted(set(_strings(getattr(row, "external_ips", None))))
+    ips = sorted(set(from_row.strings(getattr(row, "external_ips", None))))
     try:
         for ip in ips:
             _ipv4(ip)
@@ -366,13 +318,10 @@ def _nat_rule_spec(row, warn):
         return skip("external_ips: %s" % err)
     if not ips:
         return skip("no external_ips")
-    logical_ip = (_scalar(getattr(row, "logical_ip", None), "") or "").strip()
-    protocol = _scalar(getattr(row, "protocol", None), "") or ""
+    logical_ip = from_row.text(getattr(row, "logical_ip", None))
+    protocol = from_row.optional(getattr(row, "protocol", None), "") or ""
     if protocol not in ("",) + L4_PROTOCOLS:
         return skip("protocol %r is not tcp or udp" % (protocol,))
-    ext_port = _int(getattr(row, "external_port", None))
-    log_port = _int(getattr(row, "logical_port", None))
-    port_range = DEFAULT_PORT_RANGE
     if kind == "snat":
         if logical_ip:
             try:
@@ -380,7 +329,7 @@ def _nat_rule_spec(row, warn):
             except ValueError as err:
                 return skip("logical_ip: %s" % err)
         try:
-            port_range = parse_port_range(getattr(row, "port_range", None))
+            from_row.port_range(getattr(row, "port_range", None))
         except ValueError as err:
             return skip(str(err))
     else:
@@ -392,61 +341,43 @@ def _nat_rule_spec(row, warn):
         except ValueError:
             return skip("logical_ip %r is not the VM's IPv4 address"
                         % (logical_ip,))
-    return NatRuleSpec(uuid=str(row.uuid), type=kind, external_ips=tuple(ips),
-                       logical_ip=logical_ip, protocol=protocol,
-                       external_port=ext_port, logical_port=log_port,
-                       port_range=port_range)
+    return from_row.nat_rule(row, middlebox)
 
 
-def _vip_spec(row, warn):
-    """VipSpec of an LB_VIP plain row, or None (skipped, warned); malformed
-    backends are dropped (warned)."""
+def _vip(row, middlebox, warn):
+    """VipInfo of an LB_VIP plain row of ``middlebox``, or None (skipped,
+    warned); malformed backends are dropped (warned)."""
     def skip(why):
         warn(("LB_VIP", row.uuid), "skipping LB VIP %s: %s" % (row.uuid, why))
         return None
 
-    vip = (_scalar(getattr(row, "vip", None), "") or "").strip()
+    value = from_row.vip(row, middlebox)
     try:
-        _ipv4(vip)
+        _ipv4(value.vip)
     except ValueError:
-        return skip("vip %r is not an IPv4 address" % (vip,))
-    port = _int(getattr(row, "port", None))
-    if port is None or not 1 <= port <= 65535:
-        return skip("port %r not in 1-65535" % (port,))
-    protocol = _scalar(getattr(row, "protocol", None), "") or "tcp"
-    if protocol not in L4_PROTOCOLS:
-        return skip("protocol %r is not tcp or udp" % (protocol,))
-    algorithm = _scalar(getattr(row, "algorithm", None), "") or "hash"
-    if algorithm not in LB_ALGORITHMS:
+        return skip("vip %r is not an IPv4 address" % (value.vip,))
+    if value.port is None or not 1 <= value.port <= 65535:
+        return skip("port %r not in 1-65535" % (value.port,))
+    if value.protocol not in L4_PROTOCOLS:
+        return skip("protocol %r is not tcp or udp" % (value.protocol,))
+    if value.algorithm not in LB_ALGORITHMS:
         return skip("algorithm %r is not one of %s"
-                    % (algorithm, ", ".join(LB_ALGORITHMS)))
-    backends = set()
-    for text in _strings(getattr(row, "backends", None)):
-        ip, _, port_s = text.strip().rpartition(":")
-        try:
-            _ipv4(ip)
-            bport = int(port_s)
-            if not 1 <= bport <= 65535:
-                raise ValueError(port_s)
-        except ValueError:
-            warn(("LB_VIP", row.uuid, text),
-                 "LB VIP %s:%d: ignoring backend %r (not ip:port)"
-                 % (vip, port, text))
-            continue
-        backends.add((ip, bport))
-    return VipSpec(uuid=str(row.uuid), vip=vip, port=port, protocol=protocol,
-                   algorithm=algorithm,
-                   backends=tuple(sorted(backends)),
-                   options=dict(getattr(row, "options", None) or {}))
+                    % (value.algorithm, ", ".join(LB_ALGORITHMS)))
+    for text in from_row.backends(row)[1]:
+        warn(("LB_VIP", row.uuid, text),
+             "LB VIP %s:%d: ignoring backend %r (not ip:port)"
+             % (value.vip, value.port, text))
+    return value
 
 
 def _service_spec(mb, t, warn):
     """(ServiceSpec, address-set uuids) of a Middlebox plain row whose type
     is known."""
-    mb_type = _scalar(getattr(mb, "type", None), "")
+    mb_type = from_row.optional(getattr(mb, "type", None), "")
     options = dict(getattr(mb, "options", None) or {})
     if mb_type == "firewall":
-        default_action = _scalar(getattr(mb, "default_action", None), "")
+        default_action = from_row.optional(
+            getattr(mb, "default_action", None), "")
         if default_action not in ACTIONS:
             if default_action:
                 warn(("Middlebox", mb.uuid, "default_action"),
@@ -459,10 +390,10 @@ def _service_spec(mb, t, warn):
             rule = t["Firewall_Rule"].get(ru)
             if rule is None:
                 continue
-            spec = _rule_spec(rule, warn)
-            if spec is None:
+            value = _rule(rule, warn)
+            if value is None:
                 continue
-            rules.append(spec)
+            rules.append(value)
             set_uuids.update(_uuids(getattr(rule, "address_sets", None)))
         rules.sort(key=lambda x: (-x.priority, x.direction, x.uuid))
         address_sets = {}
@@ -477,9 +408,10 @@ def _service_spec(mb, t, warn):
         nat_rules = []
         for nu in _uuids(getattr(mb, "nat_rules", None)):
             row = t["NAT_Rule"].get(nu)
-            spec = _nat_rule_spec(row, warn) if row is not None else None
-            if spec is not None:
-                nat_rules.append(spec)
+            value = (_nat_rule(row, mb.name, warn) if row is not None
+                     else None)
+            if value is not None:
+                nat_rules.append(value)
         nat_rules.sort(key=lambda x: (x.type, x.external_ips, x.uuid))
         return ServiceSpec(name=mb.name, type=mb_type, options=options,
                            nat_rules=tuple(nat_rules))
@@ -487,9 +419,9 @@ def _service_spec(mb, t, warn):
         vips = []
         for vu in _uuids(getattr(mb, "vips", None)):
             row = t["LB_VIP"].get(vu)
-            spec = _vip_spec(row, warn) if row is not None else None
-            if spec is not None:
-                vips.append(spec)
+            value = _vip(row, mb.name, warn) if row is not None else None
+            if value is not None:
+                vips.append(value)
         vips.sort(key=lambda x: (x.vip, x.port, x.protocol, x.uuid))
         return ServiceSpec(name=mb.name, type=mb_type, options=options,
                            vips=tuple(vips))
@@ -499,8 +431,8 @@ def _service_spec(mb, t, warn):
 def _gateway(ls, warn):
     """(subnet, gateway) of a Logical_Switch plain row: ``gateway`` or the
     subnet's first host address."""
-    subnet = (_scalar(getattr(ls, "subnet", None), "") or "").strip()
-    gateway = (_scalar(getattr(ls, "gateway", None), "") or "").strip()
+    subnet = from_row.text(getattr(ls, "subnet", None))
+    gateway = from_row.text(getattr(ls, "gateway", None))
     if gateway:
         return subnet, gateway
     if not subnet:
@@ -535,16 +467,9 @@ def _snat_blocks(slice_row, warn):
 
 
 def _external_nets(t):
-    nets = []
-    for row in t["External_Network"].values():
-        nets.append(ExternalNetSpec(
-            name=_scalar(getattr(row, "name", None), "") or "",
-            cidr=_scalar(getattr(row, "cidr", None), "") or "",
-            gateway_ip=_scalar(getattr(row, "gateway_ip", None), "") or "",
-            gateway_mac=(_scalar(getattr(row, "gateway_mac", None), "")
-                         or "").lower()))
-    nets.sort(key=lambda n: n.name)
-    return tuple(nets)
+    return tuple(sorted((from_row.external_network(row)
+                         for row in t["External_Network"].values()),
+                        key=lambda n: n.name))
 
 
 def build_host_config(host_name, tables, warn=None):
@@ -575,7 +500,7 @@ def build_host_config(host_name, tables, warn=None):
         if not chain or any(mb is None for mb in chain):
             continue                      # bypass, or not arrived yet
         names = ",".join(mb.name for mb in chain)
-        tag = _scalar(getattr(s, "tag", None))
+        tag = from_row.optional(getattr(s, "tag", None))
         if not isinstance(tag, int) or isinstance(tag, bool) or \
                 not 1 <= tag <= 4094:
             warn(("Slice", su), "skipping slice %s of middlebox %s: tag %r "
@@ -586,15 +511,14 @@ def build_host_config(host_name, tables, warn=None):
                  "already used by middlebox %s"
                  % (su, names, tag, slices[tag].middlebox))
             continue
-        bad = [mb for mb in chain
-               if _scalar(getattr(mb, "type", None), "") not in MIDDLEBOX_TYPES]
+        bad = [mb for mb in chain if from_row.optional(
+            getattr(mb, "type", None), "") not in MIDDLEBOX_TYPES]
         if bad:
             for mb in bad:
                 warn(("Middlebox", mb.uuid), "skipping middlebox %s: type %r "
-                     "is not one of %s" % (mb.name,
-                                           _scalar(getattr(mb, "type", None),
-                                                   ""),
-                                           ", ".join(MIDDLEBOX_TYPES)))
+                     "is not one of %s" % (mb.name, from_row.optional(
+                         getattr(mb, "type", None), ""),
+                         ", ".join(MIDDLEBOX_TYPES)))
             continue
         switches = set()
         for mb in chain:
@@ -619,14 +543,14 @@ def build_host_config(host_name, tables, warn=None):
         for vm in t["VM"].values():
             if ls_uuid not in _uuids(getattr(vm, "logical_switch", None)):
                 continue
-            vm_host = _scalar(_uuids(getattr(vm, "host", None)))
+            vm_host = from_row.optional(_uuids(getattr(vm, "host", None)))
             vms.append(VmSpec(name=vm.name,
-                              mac=(_scalar(vm.mac, "") or "").lower(),
-                              ip=_scalar(vm.ip, "") or "",
+                              mac=from_row.text(vm.mac).lower(),
+                              ip=from_row.optional(vm.ip, "") or "",
                               host=host_name if vm_host in my_hosts
                               else None))
         vms.sort(key=lambda v: v.name)
-        vni = _scalar(getattr(ls, "vni", None), 0)
+        vni = from_row.optional(getattr(ls, "vni", None), 0)
         subnet, gateway = _gateway(ls, warn)
         if firewall is not None:
             legacy = dict(middlebox=firewall.name, type="firewall",
@@ -638,7 +562,8 @@ def build_host_config(host_name, tables, warn=None):
                           default_action="allow", rules=(), address_sets={})
         slices[tag] = SliceConfig(
             tag=tag,
-            tenant=_scalar(getattr(ls, "tenant", None), "") or ls.name,
+            tenant=(from_row.optional(getattr(ls, "tenant", None), "")
+                    or ls.name),
             switch=ls.name, vni=vni if isinstance(vni, int) else 0,
             options=options, vms=tuple(vms), services=tuple(services),
             subnet=subnet, gateway=gateway, snat_blocks=_snat_blocks(s, warn),

@@ -25,6 +25,7 @@ import time
 
 from ovs.db import idl as ovsidl
 
+from mbxmodel.state import ACTIVE_MIGRATION, FINAL_MIGRATION
 from middlebox import arrivals, conn as C, ctcommit, dataplane as D, vmstate
 from middlebox.vmstate import RecordError
 from middlebox.vswitch import VswitchError
@@ -32,8 +33,6 @@ from middlebox.vswitch import VswitchError
 LOG = logging.getLogger("mbxd.migration")
 
 PROTOCOL_VERSION = 3         # 3: conntrack records in middlebox.conn's binary format
-ACTIVE = ("begun", "streaming", "stunned", "imported")
-FINAL = ("done", "aborted", "fallback")
 STREAM_INTERVAL = 0.1       # s between change messages while streaming
 SNAPSHOT_PART = C.PART_RECORDS  # records per state message
 TRANSFER_GRACE = 60.0       # s a hold may outlast its bound while state is arriving
@@ -103,8 +102,9 @@ class RowWriter:
         ops = []
         if status is not None or outcome is not None:
             guard = list(where)
-            blocked = [s for s in ACTIVE + FINAL
-                       if s in FINAL or (from_statuses is not None and s not in from_statuses)]
+            blocked = [s for s in ACTIVE_MIGRATION + FINAL_MIGRATION
+                       if s in FINAL_MIGRATION
+                       or (from_statuses is not None and s not in from_statuses)]
             guard += [["status", "!=", s] for s in blocked if s != status]
             row = {}
             if status is not None:
@@ -263,7 +263,8 @@ class MigrationManager:
         wall = time.time() * 1000
         return {vm for vm, r in latest.items() if r.destination == self.host
                 and r.status not in ("aborted", "fallback")
-                and (r.status in ACTIVE or wall - r.timeline.get("begun", 0) < self.ttl * 1000)}
+                and (r.status in ACTIVE_MIGRATION
+                     or wall - r.timeline.get("begun", 0) < self.ttl * 1000)}
 
     def outgoing(self):
         """VMs leaving or gone, whose state this host keeps until it is
@@ -630,7 +631,7 @@ class MigrationManager:
             why = "wrong token or VM for migration %s" % uuid[:8]
         elif uuid in self._used or row.status not in ("begun", "streaming", "stunned"):
             why = "migration %s is %s: a replayed or late transfer" % (
-                uuid[:8], row.status if row.status not in ACTIVE else "already received")
+                uuid[:8], row.status if row.status not in ACTIVE_MIGRATION else "already received")
         if why is not None:
             self._reject(inc, why)
             return True

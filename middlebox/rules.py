@@ -40,7 +40,7 @@ class RuleSet:
     """The compiled rules of one middlebox.
 
     ``evaluate(direction, proto, src, dst, sport, dport)`` -> ``(action,
-    rule)``: ``rule`` is the deciding ``RuleSpec``, or None when the default
+    rule)``: ``rule`` is the deciding ``RuleInfo``, or None when the default
     action decided.  Addresses are ints.
     """
 
@@ -107,7 +107,7 @@ class RuleSet:
         return None
 
     def ordered(self, direction) -> Tuple:
-        """The RuleSpecs of ``direction`` in evaluation order (valid rules only)."""
+        """The RuleInfos of ``direction`` in evaluation order (valid rules only)."""
         return tuple(rule for _, rule in self._ordered.get(direction, ()))
 
     def evaluate(self, direction, proto, src, dst, sport=0, dport=0):

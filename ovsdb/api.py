@@ -22,7 +22,6 @@ import os
 import secrets
 import time
 import uuid as uuidlib
-from typing import Dict, Optional, Tuple
 
 from ovs import jsonrpc, poller, stream
 from ovsdbapp import api as ovsdbapp_api
@@ -34,125 +33,15 @@ from ovsdbapp.backend.ovs_idl import transaction
 from ovsdb import validate
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match
-from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
-                             NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo,
-                             VMInfo)
+from mbxmodel import rows as from_row
+from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
+from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
+                               RuleInfo, bare)
+from mbxmodel.snapshot import NbSnapshot
+from mbxmodel.state import (ACTIVE_MIGRATION, FINAL_MIGRATION, AlertRecord,
+                            HostRecord, MigrationRecord, SharedRecord)
 
 SCHEMA_NAME = "MBX_Northbound"
-
-
-@dataclasses.dataclass(frozen=True)
-class HostRecord:
-    name: str
-    encap_type: str
-    encap_ip: str
-    mgmt_address: str
-    nb_cfg: int                     # status: config generation applied
-    connected: bool                 # status: controller has the host's switch
-    datapath_id: Optional[str]      # status: e.g. "0000aabbccddeeff"
-    migration_address: str = ""     # host: where its mbxd accepts state
-
-
-@dataclasses.dataclass(frozen=True)
-class RuleRecord:
-    """A Firewall_Rule; ``uuid`` is not compared (a rule is its values)."""
-    priority: int                   # 0..32767, higher first
-    direction: str                  # "from-vm" | "to-vm"
-    match: str                      # canonical ovsdb.match text
-    action: str                     # "allow" | "deny" | "reject"
-    tier: str = "tenant"            # "provider" | "tenant"
-    uuid: str = dataclasses.field(default="", compare=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class SharedRecord:
-    """A Shared_State row: one value a host publishes for a service of a
-    middlebox (docs/services.md, state sharing manager)."""
-    middlebox: str
-    host: str
-    service: str
-    key: str
-    value: str
-    stamp: int
-
-
-@dataclasses.dataclass(frozen=True)
-class AlertRecord:
-    """An IDS_Alert row."""
-    middlebox: str
-    kind: str                       # "port-scan" | "syn-flood"
-    source: str
-    target: str
-    count: int
-    hosts: Tuple[str, ...]          # sorted
-    first_seen: int
-    last_seen: int
-    reported_by: str
-
-
-# Migration.status values (docs/migration.md): active, and final
-ACTIVE_MIGRATION = validate.ACTIVE_MIGRATION    # begun ... imported
-FINAL = validate.FINAL_MIGRATION                # done aborted fallback
-
-
-@dataclasses.dataclass(frozen=True)
-class MigrationRecord:
-    """A Migration row: one migration of a VM's connection state."""
-    uuid: str
-    vm: str
-    source: str                     # host names
-    destination: str
-    path: str                       # "announced" | "unannounced"
-    status: str                     # ACTIVE_MIGRATION or FINAL
-    token: str
-    timeline: Dict[str, int]        # phase -> unix time in ms
-    stats: Dict[str, int]
-    outcome: str                    # "" while active
-    options: Dict[str, str]         # "wait-ms"
-
-    @property
-    def active(self):
-        return self.status in ACTIVE_MIGRATION
-
-
-def _field(factory):
-    return dataclasses.field(default_factory=factory)
-
-
-Chain = Tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class NbSnapshot:
-    nb_cfg: int
-    hv_cfg: int
-    hosts: Dict[str, HostRecord]
-    switches: Dict[str, SwitchInfo]
-    vms: Dict[str, VMInfo]
-    vm_locations: Dict[str, Tuple[Optional[str], int]]  # vm -> (host, epoch)
-    middleboxes: Dict[str, MiddleboxInfo] = _field(dict)
-    # middlebox name -> its rules in evaluation order (sort_rules)
-    rules: Dict[str, Tuple[RuleRecord, ...]] = _field(dict)
-    # sorted by (switch, -priority); chain (): bypass
-    policies: Tuple[PolicyInfo, ...] = ()
-    address_sets: Dict[str, AddressSetInfo] = _field(dict)
-    # status: (chain, host name) -> slice tag, and -> the slice's status
-    slices: Dict[Tuple[Chain, str], int] = _field(dict)
-    slice_status: Dict[Tuple[Chain, str], Dict[str, str]] = _field(dict)
-    # middlebox name -> its NAT rules / VIPs, sorted (see _nat_key, _vip_key)
-    nat_rules: Dict[str, Tuple[NatRuleInfo, ...]] = _field(dict)
-    vips: Dict[str, Tuple[VipInfo, ...]] = _field(dict)
-    external_networks: Dict[str, ExternalNetInfo] = _field(dict)
-    # status: middlebox name -> Middlebox.status
-    middlebox_status: Dict[str, Dict[str, str]] = _field(dict)
-    # sorted by (middlebox, service, key, host)
-    shared_state: Tuple[SharedRecord, ...] = ()
-    # sorted by (middlebox, first_seen, kind, source, target)
-    ids_alerts: Tuple[AlertRecord, ...] = ()
-    # sorted by (timeline["begun"], uuid): a VM's latest migration is last
-    migrations: Tuple[MigrationRecord, ...] = ()
-    # NB_Global.options
-    global_options: Dict[str, str] = _field(dict)
 
 
 def sort_rules(rules, tier_order="provider-first"):
@@ -231,14 +120,9 @@ def _middleboxes(api):
             if row.logical_switch is not None}
 
 
-def _rule_record(row):
-    return RuleRecord(row.priority, row.direction, row.match, row.action,
-                      row.tier, str(row.uuid))
-
-
 def _rules(api):
     """Middlebox name -> its rules (the rows its ``rules`` column holds)."""
-    return {row.name: sort_rules([_rule_record(r) for r in row.rules
+    return {row.name: sort_rules([from_row.rule(r) for r in row.rules
                                   if r is not None],
                                  dict(row.options).get("tier-order", ""))
             for row in _rows(api, "Middlebox")}
@@ -284,78 +168,35 @@ def _policies(api):
                         key=lambda p: (p.switch, -p.priority)))
 
 
-def _ip_key(text):
-    try:
-        return int(ipaddress.IPv4Address(text))
-    except ValueError:
-        return -1
-
-
 def _nat_key(rule):
-    return (rule.type, tuple(_ip_key(ip) for ip in rule.external_ips),
+    return (rule.type,
+            tuple(from_row.ip_key(ip) for ip in rule.external_ips),
             rule.external_port or 0, rule.protocol, rule.logical_ip,
             rule.logical_port or 0, rule.port_range, rule.uuid)
 
 
-def _nat_info(row, mb_name):
-    port_range = validate.DEFAULT_PORT_RANGE
-    if row.port_range:
-        try:
-            port_range = validate.port_range(row.port_range[0])
-        except MbxError:                # not written by mbx
-            pass
-    return NatRuleInfo(
-        str(row.uuid), mb_name, row.type,
-        tuple(sorted(row.external_ips, key=_ip_key)), row.logical_ip,
-        row.protocol[0] if row.protocol else "",
-        row.external_port[0] if row.external_port else None,
-        row.logical_port[0] if row.logical_port else None, port_range)
-
-
 def _nat_rules(api):
     """Middlebox name -> its NAT rules, sorted."""
-    return {row.name: tuple(sorted((_nat_info(r, row.name)
+    return {row.name: tuple(sorted((from_row.nat_rule(r, row.name)
                                     for r in row.nat_rules if r is not None),
                                    key=_nat_key))
             for row in _rows(api, "Middlebox") if row.nat_rules}
 
 
-def _backend(text):
-    try:
-        return validate.ip_port(text, "backend")
-    except MbxError:                    # not written by mbx
-        return None
-
-
 def _vip_key(v):
-    return (_ip_key(v.vip), v.port, v.protocol)
-
-
-def _vip_info(row, mb_name):
-    backends = [b for b in map(_backend, row.backends) if b is not None]
-    return VipInfo(str(row.uuid), mb_name, row.vip, row.port, row.protocol,
-                   row.algorithm,
-                   tuple(sorted(set(backends),
-                                key=lambda b: (_ip_key(b[0]), b[1]))),
-                   dict(sorted(row.options.items())),
-                   dict(sorted(row.status.items())))
+    return (from_row.ip_key(v.vip), v.port, v.protocol)
 
 
 def _vips(api):
     """Middlebox name -> its VIPs, sorted by address, port, protocol."""
-    return {row.name: tuple(sorted((_vip_info(r, row.name)
+    return {row.name: tuple(sorted((from_row.vip(r, row.name)
                                     for r in row.vips if r is not None),
                                    key=_vip_key))
             for row in _rows(api, "Middlebox") if row.vips}
 
 
-def _ext_info(row):
-    return ExternalNetInfo(row.name, row.cidr, row.gateway_ip,
-                           row.gateway_mac)
-
-
 def _externals(api):
-    return {row.name: _ext_info(row)
+    return {row.name: from_row.external_network(row)
             for row in _rows(api, "External_Network")}
 
 
@@ -380,7 +221,7 @@ def _set_users(api, set_row):
     reference Address_Set ``set_row``."""
     users = []
     for mb in sorted(_rows(api, "Middlebox"), key=lambda r: r.name):
-        rules = [_rule_record(rule) for rule in mb.rules
+        rules = [from_row.rule(rule) for rule in mb.rules
                  if rule is not None and set_row in rule.address_sets]
         users += [f"middlebox '{mb.name}' {validate.describe_rule(rule)}"
                   for rule in sort_rules(rules)]
@@ -709,7 +550,7 @@ class FwAddCommand(_Command):
         validate.check_rule(mb, rule, _switches(self.api),
                             _address_sets(self.api))
         validate.check_rule_unique(
-            mb, rule, [_rule_record(r) for r in row.rules if r is not None])
+            mb, rule, [from_row.rule(r) for r in row.rules if r is not None])
         new = txn.insert(self.api.tables["Firewall_Rule"])
         new.priority, new.direction, new.match = (
             rule.priority, rule.direction, rule.match)
@@ -959,7 +800,8 @@ class ExtAddCommand(_Command):
         ext = self.ext
         row = _find(self.api, "External_Network", ext.name)
         if row is not None:
-            _refuse_existing(f"external network '{ext.name}'", _ext_info(row),
+            _refuse_existing(f"external network '{ext.name}'",
+                             from_row.external_network(row),
                              ext, self.may_exist)
             return
         validate.check_external_network(
@@ -998,7 +840,7 @@ class ExtDelCommand(_Command):
                 return
             raise MbxError(f"unknown external network '{self.name}'; use "
                            "--if-exists to ignore a missing one")
-        users = _ext_users(self.api, _ext_info(row))
+        users = _ext_users(self.api, from_row.external_network(row))
         if users:
             raise MbxError(f"external network '{self.name}' is still used by "
                            f"{'; '.join(users)}; delete "
@@ -1028,11 +870,6 @@ def _mb_row(api, name, hint):
         raise MbxError(f"unknown middlebox '{name}'; create it first "
                        f"({hint})")
     return row
-
-
-def _bare_nat(rule):
-    """``rule`` without its identity, for comparing values."""
-    return dataclasses.replace(rule, uuid="")
 
 
 def _write_nat(row, rule):
@@ -1068,7 +905,7 @@ class NatAddCommand(_Command):
         _verify_nat(self.api)
         others = [r for rules in _nat_rules(self.api).values()
                   for r in rules]
-        if any(_bare_nat(r) == rule for r in others):
+        if any(bare(r) == rule for r in others):
             if self.may_exist:
                 return
             raise MbxError(f"middlebox '{mb.name}' already has a "
@@ -1118,7 +955,8 @@ class NatDelCommand(_Command):
                            "--if-exists to ignore a missing one")
         row.verify("nat_rules")
         rows = [r for r in row.nat_rules if r is not None]
-        doomed = [r for r in rows if self._selects(_nat_info(r, row.name))]
+        doomed = [r for r in rows
+                  if self._selects(from_row.nat_rule(r, row.name))]
         if not doomed:
             if self.if_exists:
                 return
@@ -1126,7 +964,7 @@ class NatDelCommand(_Command):
                            f"{self._what()}; use --if-exists to ignore a "
                            "missing one")
         if len(doomed) > 1:
-            rules = sorted((_nat_info(r, row.name) for r in doomed),
+            rules = sorted((from_row.nat_rule(r, row.name) for r in doomed),
                            key=_nat_key)
             raise MbxError(f"middlebox '{self.mb_name}' has "
                            f"{len(doomed)} NAT rules for external IP "
@@ -1136,11 +974,6 @@ class NatDelCommand(_Command):
                            + "; choose one with --type and --external-port,"
                            " or by UUID (nat-list)")
         row.nat_rules = [r for r in rows if r not in doomed]
-
-
-def _bare_vip(v):
-    """``v`` without its identity and status, for comparing values."""
-    return dataclasses.replace(v, uuid="", status={})
 
 
 def _write_vip(row, v):
@@ -1201,7 +1034,7 @@ class LbAddCommand(_Command):
         if current is not None:
             _refuse_existing(f"load balancer '{row.name}' VIP "
                              f"{validate.vip_text(v)}",
-                             _bare_vip(_vip_info(current, row.name)), v,
+                             bare(from_row.vip(current, row.name)), v,
                              self.may_exist)
             return
         for other in _rows(self.api, "Middlebox"):
@@ -1258,7 +1091,7 @@ class LbChangeCommand(_Command):
             raise _no_vip(self.mb_name, self.address, self.protocol)
         current.verify("backends")
         current.verify("options")
-        v = _vip_info(current, row.name)
+        v = from_row.vip(current, row.name)
         backends = list(v.backends)
         text = validate.backend_text(self.add or self.remove or ("", 0))
         label = f"load balancer '{row.name}' VIP {validate.vip_text(v)}"
@@ -1284,7 +1117,7 @@ class LbChangeCommand(_Command):
                 options[key] = value
         v = dataclasses.replace(
             v, backends=tuple(sorted(backends, key=lambda b: (
-                _ip_key(b[0]), b[1]))),
+                from_row.ip_key(b[0]), b[1]))),
             options=dict(sorted(options.items())),
             algorithm=self.algorithm or v.algorithm)
         _check_vip(self.api, v, _mb_info(row))
@@ -1335,11 +1168,11 @@ class UpsertMiddleboxCommand(_Command):
         row.type, row.logical_switch = mb.type, switch
         row.default_action, row.options = mb.default_action, dict(mb.options)
         row.verify("rules")
-        keep, wanted = [], list(self.rules)
+        keep, wanted = [], [bare(r) for r in self.rules]
         for rule in row.rules:
             if rule is None:
                 continue
-            record = _rule_record(rule)
+            record = bare(from_row.rule(rule))
             if record in wanted:
                 wanted.remove(record)
                 keep.append(rule)
@@ -1358,11 +1191,11 @@ class UpsertMiddleboxCommand(_Command):
 
     def _nat(self, txn, row):
         row.verify("nat_rules")
-        keep, wanted = [], [_bare_nat(r) for r in self.nat_rules]
+        keep, wanted = [], [bare(r) for r in self.nat_rules]
         for rule in row.nat_rules:
             if rule is None:
                 continue
-            record = _bare_nat(_nat_info(rule, row.name))
+            record = bare(from_row.nat_rule(rule, row.name))
             if record in wanted:
                 wanted.remove(record)
                 keep.append(rule)
@@ -1383,7 +1216,7 @@ class UpsertMiddleboxCommand(_Command):
                            None)
             if v is None:
                 continue
-            if _bare_vip(_vip_info(current, row.name)) != _bare_vip(v):
+            if bare(from_row.vip(current, row.name)) != bare(v):
                 _write_vip(current, v)
             keep.append(current)
         for v in wanted.values():
@@ -2026,7 +1859,7 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
         return MbSetCommand(self, name, default_action, checked)
 
     def fw_add(self, mb, priority, direction, match, action, tier="tenant"):
-        rule = RuleRecord(validate.rule_priority(priority),
+        rule = RuleInfo(validate.rule_priority(priority),
                           validate.direction(direction),
                           validate.match(match).text,
                           validate.action(action), validate.tier(tier))
@@ -2163,7 +1996,7 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
 
     def upsert_middlebox(self, mb: MiddleboxInfo, rules=(), nat_rules=(),
                          vips=()):
-        """Create or update ``mb`` with exactly ``rules`` (RuleRecords),
+        """Create or update ``mb`` with exactly ``rules`` (RuleInfos),
         ``nat_rules`` (NatRuleInfos) and ``vips`` (VipInfos); follow a
         batch with ``check_firewall()``."""
         return UpsertMiddleboxCommand(self, mb, tuple(rules),
@@ -2418,7 +2251,7 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
             m = found[0]
             if m.status in until:
                 return m
-            if m.status in FINAL:
+            if m.status in FINAL_MIGRATION:
                 raise MbxError(f"its migration {m.source} -> {m.destination} "
                                f"ended {m.status}"
                                + (f" ({m.outcome})" if m.outcome else ""))

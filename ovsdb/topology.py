@@ -75,12 +75,11 @@ from typing import Mapping, Tuple
 
 import yaml
 
+from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
+from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
+                               PolicyInfo, RuleInfo, VipInfo, bare)
 from ovsdb import validate
-from ovsdb.api import RuleRecord
 from ovsdb.errors import MbxError
-from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
-                             NatRuleInfo, PolicyInfo, SwitchInfo, VipInfo,
-                             VMInfo)
 
 TOP_KEYS = ("switches", "vms", "address_sets", "external_networks",
             "middleboxes", "steering")
@@ -111,7 +110,7 @@ class TopologySpec:
     address_sets: Tuple[AddressSetInfo, ...] = ()
     middleboxes: Tuple[MiddleboxInfo, ...] = ()
     # middlebox name -> its rules, in file order (every listed middlebox)
-    rules: Mapping[str, Tuple[RuleRecord, ...]] = dataclasses.field(
+    rules: Mapping[str, Tuple[RuleInfo, ...]] = dataclasses.field(
         default_factory=dict)
     policies: Tuple[PolicyInfo, ...] = ()       # in file order
     external_networks: Tuple[ExternalNetInfo, ...] = ()
@@ -245,7 +244,7 @@ def _parse_rule(label, entry):
     _check_keys(label, entry, RULE_KEYS,
                 ("priority", "direction", "match", "action"))
     match = _string(label, "match", entry["match"], '"proto=tcp dport=22"')
-    return RuleRecord(
+    return RuleInfo(
         priority=_value(label, validate.rule_priority, _integer(
             label, "priority", entry["priority"], 100)),
         direction=_value(label, validate.direction, entry["direction"]),
@@ -579,9 +578,8 @@ def _same(first, second):
 
 
 def _bare(values):
-    """NAT rules or VIPs without identity and status, for comparing."""
-    return [dataclasses.replace(v, uuid="", **(
-        {"status": {}} if isinstance(v, VipInfo) else {})) for v in values]
+    """Rules, NAT rules or VIPs without identity and status, for comparing."""
+    return [bare(v) for v in values]
 
 
 def apply_topology(api, spec):
@@ -611,7 +609,8 @@ def apply_topology(api, spec):
             nat_rules = spec.nat_rules.get(mb.name, ())
             vips = spec.vips.get(mb.name, ())
             if (snapshot.middleboxes.get(mb.name) != mb
-                    or not _same(snapshot.rules.get(mb.name, ()), rules)
+                    or not _same(_bare(snapshot.rules.get(mb.name, ())),
+                                 _bare(rules))
                     or not _same(_bare(snapshot.nat_rules.get(mb.name, ())),
                                  _bare(nat_rules))
                     or not _same(_bare(snapshot.vips.get(mb.name, ())),

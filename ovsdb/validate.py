@@ -11,8 +11,12 @@ from typing import Iterable, Mapping
 
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match, parse_network
-from mbxmodel.values import (ExternalNetInfo, NatRuleInfo, SwitchInfo,
-                             VipInfo, VMInfo)
+from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
+from mbxmodel import rows
+from mbxmodel.services import (ACTIONS, DEFAULT_PORT_RANGE, DIRECTIONS,
+                               L4_PROTOCOLS, LB_ALGORITHMS, MIDDLEBOX_TYPES,
+                               NAT_TYPES, TIERS, NatRuleInfo, VipInfo)
+from mbxmodel.state import ACTIVE_MIGRATION, FINAL_MIGRATION
 
 MAX_NAME_LEN = 64
 MAX_VNI = 16777215
@@ -248,10 +252,6 @@ def reserved_addresses(middleboxes, vips):
 
 # --- middleboxes, firewall rules, address sets, steering policies ------------
 
-MIDDLEBOX_TYPES = ("firewall", "nat", "lb", "ids")
-ACTIONS = ("allow", "deny", "reject")
-DIRECTIONS = ("from-vm", "to-vm")
-TIERS = ("provider", "tenant")
 MAX_RULE_PRIORITY = 32767
 MAX_STEER_PRIORITY = 30000
 MAX_SLICE_TAG = 2047
@@ -664,10 +664,6 @@ def check_firewall(switches, address_sets, middleboxes, rules, policies,
 
 # --- the external network, NAT, load balancers -------------------------------
 
-NAT_TYPES = ("snat", "dnat")
-L4_PROTOCOLS = ("tcp", "udp")
-LB_ALGORITHMS = ("hash", "round-robin", "least-connections", "source-hash")
-DEFAULT_PORT_RANGE = (1024, 65535)
 MAX_HEALTH_SECONDS = 3600
 MAX_HEALTH_COUNT = 100
 # LB_VIP options: key -> (kind, default)
@@ -716,26 +712,22 @@ def port(value, what="port"):
 def port_range(value):
     """"LO-HI" (or one port) -> (lo, hi), 1 <= lo <= hi <= 65535."""
     text = str(value) if _integer(value) is not None else value
-    if isinstance(text, str):
-        lo, dash, hi = text.partition("-")
-        lo, hi = _integer(lo), _integer(hi if dash else lo)
-        if lo is not None and hi is not None and 1 <= lo <= hi <= 65535:
-            return (lo, hi)
+    if isinstance(text, str) and text == text.strip() and text:
+        try:
+            return rows.port_range(text)
+        except ValueError:
+            pass
     raise MbxError(f"invalid port range {value!r}: use LO-HI with "
                    "1 <= LO <= HI <= 65535, e.g. 1024-65535")
 
 
 def ip_port(value, what="address"):
     """"IP:PORT" -> (canonical IP, port)."""
-    if isinstance(value, str):
-        ip, colon, port_text = value.rpartition(":")
-        number = _integer(port_text)
+    if isinstance(value, str) and value == value.strip():
         try:
-            addr = str(ipaddress.IPv4Address(ip))
+            return rows.ip_port(value)
         except ValueError:
-            addr = None
-        if colon and addr and number is not None and 1 <= number <= 65535:
-            return addr, number
+            pass
     raise MbxError(f"invalid {what} {value!r}: use IP:PORT with a port from "
                    "1 to 65535, e.g. 10.0.0.11:80")
 
@@ -1149,10 +1141,7 @@ def status_map(value, what="status"):
 # --- schema 1.3.0: migrations (docs/migration.md) ---------------------------
 
 MIGRATION_PATHS = ("announced", "unannounced")
-MIGRATION_STATUSES = ("begun", "streaming", "stunned", "imported", "done",
-                      "aborted", "fallback")
-ACTIVE_MIGRATION = ("begun", "streaming", "stunned", "imported")
-FINAL_MIGRATION = ("done", "aborted", "fallback")
+MIGRATION_STATUSES = ACTIVE_MIGRATION + FINAL_MIGRATION
 # Migration.timeline keys in the order the phases happen
 MIGRATION_PHASES = ("begun", "streaming", "snapshot", "stunned", "final",
                     "imported", "acked", "done", "aborted", "fallback",

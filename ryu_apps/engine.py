@@ -43,11 +43,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-from ovsdb.validate import ACTIVE_MIGRATION, global_wait_ms
+from ovsdb.validate import global_wait_ms
 from ryu_apps import flows as flowlib
 from ryu_apps import reconcile
 from ryu_apps import slices as slicelib
-from mbxmodel.values import HostInfo, HostPorts, PortBinding, Topology
+from mbxmodel.network import HostInfo, HostPorts, PortBinding
+from mbxmodel.state import ACTIVE_MIGRATION
+from mbxmodel.topology import Topology
 
 LOG = logging.getLogger(__name__)
 

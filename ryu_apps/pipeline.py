@@ -87,11 +87,11 @@ MULTICAST_MAC = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 ROUTER_MAC = "02:4d:42:00:00:01"
 
 # The middlebox port: one per host on br-int (found by its role,
-# mbxmodel.values.MIDDLEBOX_ROLE).  Packets to and from the daemon carry an
+# mbxmodel.network.MIDDLEBOX_ROLE).  Packets to and from the daemon carry an
 # 802.1Q tag: VID = slice tag (1..4094), PCP = why (below).
 MIDDLEBOX_PORT = "mbx-mb"
 # The uplink to the external network: one per host on br-int (found by its
-# role, mbxmodel.values.UPLINK_ROLE; the lab names it UPLINK_PORT).
+# role, mbxmodel.network.UPLINK_ROLE; the lab names it UPLINK_PORT).
 UPLINK_PORT = "mbx-uplink"
 # The stages of a connection's path through a host.
 STAGE_FROM_VM = 0          # checked on the way out of the sending VM

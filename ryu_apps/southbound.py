@@ -15,7 +15,7 @@ import threading
 import ovs.poller
 from ovs.db import idl
 
-from mbxmodel.values import HostPorts
+from mbxmodel.network import HostPorts
 from ovsdb.server import SB_SCHEMA_PATH
 
 LOG = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from middlebox import confmon  # noqa: E402
-from middlebox.config import RuleSpec, VmSpec  # noqa: E402
+from mbxmodel.services import RuleInfo  # noqa: E402
+from middlebox.config import VmSpec  # noqa: E402
 from ovsdb import server  # noqa: E402
 
 DB = "MBX_Northbound"
@@ -194,9 +195,9 @@ def assert_red_config(cfg, ids, web=("10.1.0.10", "10.1.0.11")):
         "fw-red", "firewall", "red", "ls-red", 101, "deny",
         {"check": "offload"})
     assert red.rules == (
-        RuleSpec(200, "to-vm", "proto=icmp", "reject", "provider",
+        RuleInfo(200, "to-vm", "proto=icmp", "reject", "provider",
                  ids["r_icmp"]),
-        RuleSpec(100, "from-vm", "proto=tcp dst=$red-web dport=80", "allow",
+        RuleInfo(100, "from-vm", "proto=tcp dst=$red-web dport=80", "allow",
                  "tenant", ids["r_web"]))
     assert red.address_sets == {"red-web": web}
     assert red.vms == (VmSpec("red1", "02:00:00:01:00:01", "10.1.0.1", "h1"),
@@ -257,7 +258,7 @@ def test_changes_follow_and_blue_comes_and_goes(world, monitors):
     blue = mon.config().slices[13]
     assert (blue.middlebox, blue.tenant, blue.switch, blue.default_action) \
         == ("fw-blue", "blue", "ls-blue", "allow")
-    assert blue.rules == (RuleSpec(100, "to-vm", "proto=tcp src=$blue-db",
+    assert blue.rules == (RuleInfo(100, "to-vm", "proto=tcp src=$blue-db",
                                    "deny", "tenant", ids["b_db"]),)
     assert blue.address_sets == {"blue-db": ("10.2.0.5",)}
     assert [vm.name for vm in blue.vms] == ["blue1", "blue2"]

@@ -17,10 +17,11 @@ import time
 import pytest
 
 from ovsdb import server, validate
-from ovsdb.api import AlertRecord, MbxNb, SharedRecord
+from mbxmodel.state import AlertRecord, SharedRecord
+from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
-from mbxmodel.values import (AddressSetInfo, ExternalNetInfo, MiddleboxInfo,
-                             PolicyInfo)
+from mbxmodel.network import ExternalNetInfo
+from mbxmodel.services import AddressSetInfo, MiddleboxInfo, PolicyInfo
 
 BIN = os.path.dirname(sys.executable)
 MBXCTL = os.path.join(BIN, "mbxctl")

@@ -10,7 +10,8 @@ from middlebox import arrivals as AR
 from middlebox import ctcommit as K
 from middlebox.conn import Conn
 from middlebox.arrivals import Arrivals
-from middlebox.config import HostConfig, RuleSpec, ServiceSpec, SliceConfig, VmSpec
+from mbxmodel.services import RuleInfo
+from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from middlebox.packet import TCP_ACK, TCP_SYN, build_tcp, ip_int
 from middlebox.service import Service
 from ryu_apps import pipeline as P
@@ -26,7 +27,7 @@ FROM, TO, EXT = (TAG | s << 13 for s in (P.STAGE_FROM_VM, P.STAGE_TO_VM,
 
 def service():
     fw = ServiceSpec("fw-a", "firewall", "deny",
-                     rules=(RuleSpec(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r1"),))
+                     rules=(RuleInfo(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r1"),))
     cfg = SliceConfig(tag=TAG, middlebox="fw-a", type="firewall", tenant="t", switch="ls-a",
                       vni=1001, default_action="deny", rules=fw.rules,
                       vms=(C1, B1, PEER), services=(fw,), subnet="10.0.0.0/24",

@@ -4,7 +4,7 @@ southbound view: what a host's OVSDB rows become, and back."""
 from types import SimpleNamespace as Row
 
 from hypervisor.chassis import binding_columns, chassis_columns, host_ports_from_rows
-from mbxmodel.values import HostPorts
+from mbxmodel.network import HostPorts
 from ryu_apps.southbound import changed_hosts, host_ports_from_southbound
 
 MAC = "02:00:00:00:00:a1"

@@ -4,8 +4,8 @@ the VM's side, as ``conn/list`` prints them."""
 
 from middlebox import conn as C
 from middlebox import dataplane as D
-from middlebox.config import (HostConfig, NatRuleSpec, RuleSpec, ServiceSpec, SliceConfig,
-                              VipSpec, VmSpec)
+from mbxmodel.services import NatRuleInfo, RuleInfo, VipInfo
+from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from middlebox.conntable import ConnTable, vm_view
 from middlebox.packet import ip_int
 from middlebox.service import Service
@@ -20,16 +20,16 @@ A1 = VmSpec("a1", "02:00:00:00:01:12", "10.0.0.12", "h1")
 B1 = VmSpec("b1", "02:00:00:00:01:21", "10.0.0.21", "h3")
 B2 = VmSpec("b2", "02:00:00:00:01:22", "10.0.0.22", "h3")
 P1 = VmSpec("p1", "02:00:00:00:01:31", "10.0.0.31", "h3")
-WEB = RuleSpec(100, "from-vm", "proto=tcp dport=80", "allow", uuid="r-web")
-APP = RuleSpec(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r-app")
+WEB = RuleInfo(100, "from-vm", "proto=tcp dport=80", "allow", uuid="r-web")
+APP = RuleInfo(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r-app")
 
 
 def service():
     fw = ServiceSpec("fw-a", "firewall", "deny", rules=(WEB, APP))
     lb = ServiceSpec("lb-a", "lb", "allow", vips=(
-        VipSpec("v1", VIP, 80, "tcp", "round-robin", ((B1.ip, 8080), (B2.ip, 8080))),))
+        VipInfo("v1", "lb-a", VIP, 80, "tcp", "round-robin", ((B1.ip, 8080), (B2.ip, 8080))),))
     nat = ServiceSpec("nat-a", "nat", "allow", nat_rules=(
-        NatRuleSpec(SNAT_UUID, "snat", (SNAT_IP,), "10.0.0.0/24"),))
+        NatRuleInfo(SNAT_UUID, "nat-a", "snat", (SNAT_IP,), "10.0.0.0/24"),))
     cfg = SliceConfig(tag=TAG, middlebox="fw-a", type="firewall", tenant="t", switch="ls-a",
                       vni=1001, rules=fw.rules, vms=(C1, A1, B1, B2, P1),
                       services=(fw, lb, nat), subnet="10.0.0.0/24", gateway="10.0.0.254")

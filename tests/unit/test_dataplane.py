@@ -11,8 +11,8 @@ import pytest
 from fakeoftable import (CT_EST, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, FakeOFTable, icmp_echo,
                          icmp_error, reply_to, tcp, udp)
 from middlebox import dataplane as D
-from middlebox.config import (HostConfig, NatRuleSpec, RuleSpec, ServiceSpec, SliceConfig,
-                              VipSpec, VmSpec)
+from mbxmodel.services import NatRuleInfo, RuleInfo, VipInfo
+from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from ryu_apps import pipeline as P
 
 HOST = "h1"
@@ -33,7 +33,7 @@ L2, DELIVER = P.L2_LOOKUP.table_id, P.LOCAL_DELIVERY.table_id
 
 
 def rule(direction, match, action="allow", priority=100, tier="tenant", uuid=None):
-    return RuleSpec(priority, direction, match, action, tier,
+    return RuleInfo(priority, direction, match, action, tier,
                     uuid or "%s/%s/%s/%s" % (direction, match, action, priority))
 
 
@@ -125,9 +125,9 @@ def ack(pkt, **kw):
 
 def test_every_flow_is_one_open_vswitch_accepts():
     snat = ServiceSpec("nat", "nat", nat_rules=(
-        NatRuleSpec("s1", "snat", (SNAT_IP,), ""),
-        NatRuleSpec("d1", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080)))
-    lb = ServiceSpec("lb", "lb", vips=(VipSpec("v1", VIP, 80, "tcp", "hash",
+        NatRuleInfo("s1", "nat", "snat", (SNAT_IP,), ""),
+        NatRuleInfo("d1", "nat", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080)))
+    lb = ServiceSpec("lb", "lb", vips=(VipInfo("v1", "lb", VIP, 80, "tcp", "hash",
                                                ((B.ip, 8080), (C.ip, 8080))),))
     sets = {"web": ("10.0.0.20", "10.0.0.21", "10.0.0.22", "10.0.0.23", "10.0.0.24")}
     for options in ({}, {"check": "every-nth"}, {"same-host": "source"}):
@@ -324,7 +324,7 @@ def test_same_host_source_applies_the_receivers_rules_when_sent_via_the_gateway_
 # ------------------------------------------------------------ load balancer
 
 def lb_slice(algorithm="hash", backends=((B.ip, 8080), (C.ip, 8080)), rules=ALLOW_ALL):
-    vip = VipSpec("v1", VIP, 80, "tcp", algorithm, backends)
+    vip = VipInfo("v1", "lb", VIP, 80, "tcp", algorithm, backends)
     return slice_config(rules, services=(ServiceSpec("lb", "lb", vips=(vip,)),))
 
 
@@ -373,7 +373,7 @@ def test_rules_see_a_vip_connection_before_its_dnat():
 # ------------------------------------------------------------ SNAT
 
 def snat_slice(rules=ALLOW_ALL, extra_rules=(), options=None):
-    nat = ServiceSpec("nat", "nat", nat_rules=(NatRuleSpec("s1", "snat", (SNAT_IP,), ""),)
+    nat = ServiceSpec("nat", "nat", nat_rules=(NatRuleInfo("s1", "nat", "snat", (SNAT_IP,), ""),)
                       + tuple(extra_rules))
     return slice_config(rules, services=(nat,), snat_blocks={"s1": SNAT_BLOCK},
                         options=options)
@@ -433,15 +433,15 @@ def test_snat_without_a_port_block_here_fails_closed():
 
 
 def test_icmp_echo_through_snat_when_a_dnat_port_rule_shares_the_address():
-    web = NatRuleSpec("d1", "dnat", (SNAT_IP,), B.ip, "tcp", 80, 8080)
+    web = NatRuleInfo("d1", "nat", "dnat", (SNAT_IP,), B.ip, "tcp", 80, 8080)
     host = snat_host(extra_rules=(web,))
     assert host.from_vm(A, icmp_echo(A.ip, OUTSIDE, ident=7)).passed
     assert host.external(icmp_echo(OUTSIDE, SNAT_IP, ident=7, reply=True)).passed
 
 
 def test_two_snat_rules_sharing_an_address_each_get_their_replies():
-    rules = (NatRuleSpec("s1", "snat", (SNAT_IP,), "10.0.0.0/29", port_range=(4096, 8191)),
-             NatRuleSpec("s2", "snat", (SNAT_IP,), "10.0.0.8/29", port_range=(8192, 12287)))
+    rules = (NatRuleInfo("s1", "nat", "snat", (SNAT_IP,), "10.0.0.0/29", port_range=(4096, 8191)),
+             NatRuleInfo("s2", "nat", "snat", (SNAT_IP,), "10.0.0.8/29", port_range=(8192, 12287)))
     cfg = slice_config(ALLOW_ALL, services=(ServiceSpec("nat", "nat", nat_rules=rules),),
                        snat_blocks={"s1": SNAT_BLOCK, "s2": (SNAT_IP, 8192, 12287)})
     host = Host(cfg, snat_zones={"s1": SNAT_ZONE, "s2": SNAT_ZONE + 1})
@@ -455,7 +455,7 @@ def test_two_snat_rules_sharing_an_address_each_get_their_replies():
 def dnat_host(rules=ALLOW_ALL, external_port=80, logical_port=8080, protocol="tcp",
               options=None):
     nat = ServiceSpec("nat", "nat", nat_rules=(
-        NatRuleSpec("d1", "dnat", (DNAT_IP,), A.ip, protocol, external_port, logical_port),))
+        NatRuleInfo("d1", "nat", "dnat", (DNAT_IP,), A.ip, protocol, external_port, logical_port),))
     return Host(slice_config(rules, services=(nat,), options=options))
 
 
@@ -507,8 +507,8 @@ def test_an_icmp_error_about_a_dnat_connection_reaches_the_vm_translated():
 
 def test_two_dnat_rules_sharing_an_address_each_get_their_icmp_errors():
     nat = ServiceSpec("nat", "nat", nat_rules=(
-        NatRuleSpec("d1", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),
-        NatRuleSpec("d2", "dnat", (DNAT_IP,), B.ip, "tcp", 22, 22)))
+        NatRuleInfo("d1", "nat", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),
+        NatRuleInfo("d2", "nat", "dnat", (DNAT_IP,), B.ip, "tcp", 22, 22)))
     host = Host(slice_config(ALLOW_ALL, services=(nat,)))
     assert host.external(syn(OUTSIDE, DNAT_IP, 50000, 22)).get("ipv4_dst") == B.ip
     reply = host.from_vm(B, tcp(B.ip, OUTSIDE, 22, 50000, TCP_SYN | TCP_ACK))
@@ -539,7 +539,7 @@ def test_ids_copies_new_connections_and_resets_into_a_vm_and_the_originals_go_on
 
 def test_ids_copies_new_connections_from_outside_through_dnat():
     nat = ServiceSpec("nat", "nat", nat_rules=(
-        NatRuleSpec("d1", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),))
+        NatRuleInfo("d1", "nat", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),))
     host = Host(slice_config(ALLOW_ALL, services=(nat, ServiceSpec("ids", "ids"))))
     inside = host.external(syn(OUTSIDE, DNAT_IP, 50000, 80))
     assert inside.passed and inside.daemon == [(TAG, P.COPY)]
@@ -547,7 +547,7 @@ def test_ids_copies_new_connections_from_outside_through_dnat():
 
 def test_ids_copies_resets_from_outside_through_dnat():
     nat = ServiceSpec("nat", "nat", nat_rules=(
-        NatRuleSpec("d1", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),))
+        NatRuleInfo("d1", "nat", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),))
     host = Host(slice_config(ALLOW_ALL, services=(nat, ServiceSpec("ids", "ids"))))
     out = syn(OUTSIDE, DNAT_IP, 50000, 80)
     host.external(out)
@@ -666,7 +666,7 @@ def test_a_held_vms_connection_given_back_by_the_daemon_meets_the_rules():
 
 def test_a_held_vms_dnat_connections_from_outside_go_to_the_daemon():
     nat = ServiceSpec("nat", "nat", nat_rules=(
-        NatRuleSpec("d1", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),))
+        NatRuleInfo("d1", "nat", "dnat", (DNAT_IP,), A.ip, "tcp", 80, 8080),))
     host = Host(slice_config(ALLOW_ALL, services=(nat,)), holds={"a"})
     midstream = host.external(ack(syn(OUTSIDE, DNAT_IP, 50000, 80)))
     assert midstream.daemon == [(TAG, P.STAGE_FROM_EXTERNAL)]

@@ -16,13 +16,14 @@ import dataclasses
 import json
 
 from fakeoftable import FakeOFTable
-from ovsdb.api import HostRecord, MigrationRecord, NbSnapshot
+from mbxmodel.network import HostPorts, VMInfo
+from mbxmodel.services import MiddleboxInfo, PolicyInfo
+from mbxmodel.snapshot import NbSnapshot
+from mbxmodel.state import (AlertRecord, HostRecord, MigrationRecord,
+                            SharedRecord)
 from ovsdb.errors import MbxError
-from mbxmodel.values import HostPorts
 from ryu_apps.engine import Engine
 from ryu_apps.flows import compute_host_flows
-from ovsdb.api import AlertRecord, SharedRecord
-from mbxmodel.values import MiddleboxInfo, PolicyInfo, VMInfo
 from topologies import (ENCAP, FW_LB, FW_NAT, IDS, TUNNEL, UPLINK_MAC, VMS, VNI_A, services,
                         two_tenants)
 from topologies import MB_PORT as S_MB_PORT, UPLINK as S_UPLINK

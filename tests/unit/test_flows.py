@@ -8,7 +8,8 @@ import pytest
 from fakeoftable import FakeOFTable
 from ryu_apps import pipeline
 from ryu_apps.flows import compute_host_flows
-from mbxmodel.values import PortBinding, SwitchInfo, Topology, VMInfo
+from mbxmodel.network import PortBinding, SwitchInfo, VMInfo
+from mbxmodel.topology import Topology
 from topologies import BROADCAST, ENCAP, SHARED_MAC, TUNNEL, VMS, VNI_A, VNI_B, two_tenants
 
 MAC = {name: spec[1] for name, spec in VMS.items()}

@@ -3,7 +3,8 @@
 import urllib.request
 
 from middlebox import metrics
-from middlebox.config import HostConfig, RuleSpec, SliceConfig, VmSpec
+from mbxmodel.services import RuleInfo
+from middlebox.config import HostConfig, SliceConfig, VmSpec
 from middlebox.service import Service
 
 
@@ -11,7 +12,7 @@ def core_with_slice():
     core = Service("h1")
     core.configure(HostConfig("h1", {7: SliceConfig(
         tag=7, middlebox="fw-a", type="firewall", tenant="a", switch="ls-a", vni=1001,
-        rules=(RuleSpec(100, "from-vm", "any", "allow", uuid="r1"),),
+        rules=(RuleInfo(100, "from-vm", "any", "allow", uuid="r1"),),
         vms=(VmSpec("a1", "02:00:00:00:00:01", "10.0.0.1", "h1"),))}))
     return core
 

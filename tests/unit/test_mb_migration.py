@@ -21,8 +21,8 @@ from middlebox import dataplane as D
 from middlebox import main as daemon_main
 from middlebox import migchan, migration, vmstate
 from middlebox.arrivals import Arrivals
-from middlebox.config import (HostConfig, NatRuleSpec, RuleSpec, ServiceSpec, SliceConfig,
-                              VipSpec, VmSpec)
+from mbxmodel.services import NatRuleInfo, RuleInfo, VipInfo
+from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from middlebox.conntable import ConnTable
 from middlebox.migchan import Event
 from middlebox.migration import HELLO_WAIT, STREAM_INTERVAL, MigrationManager, RowWriter
@@ -53,9 +53,9 @@ C1 = VmSpec("c1", "02:00:00:00:01:11", "10.0.0.11", "h1")      # the VM that mov
 A1 = VmSpec("a1", "02:00:00:00:01:12", "10.0.0.12", "h1")      # stays on h1
 B1 = VmSpec("b1", "02:00:00:00:01:21", "10.0.0.21", "h3")
 P1 = VmSpec("p1", "02:00:00:00:01:31", "10.0.0.31", "h3")
-WEB = RuleSpec(100, "from-vm", "proto=tcp dport=80", "allow", uuid="r-web")
-DNS = RuleSpec(100, "from-vm", "proto=udp dport=53", "allow", uuid="r-dns")
-APP = RuleSpec(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r-app")
+WEB = RuleInfo(100, "from-vm", "proto=tcp dport=80", "allow", uuid="r-web")
+DNS = RuleInfo(100, "from-vm", "proto=udp dport=53", "allow", uuid="r-dns")
+APP = RuleInfo(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r-app")
 RULES = (WEB, DNS, APP)
 
 
@@ -71,10 +71,10 @@ def host_config(host, c1_host="h1", rules=RULES, options=None):
     options = dict(options or {})
     fw = ServiceSpec("fw-a", "firewall", "deny", options=options, rules=tuple(rules))
     lb = ServiceSpec("lb-a", "lb", "allow", vips=(
-        VipSpec("v1", VIP, 80, "tcp", "round-robin", ((B1.ip, 8080),),
+        VipInfo("v1", "lb-a", VIP, 80, "tcp", "round-robin", ((B1.ip, 8080),),
                 {"health-check": "none"}),))
     nat = ServiceSpec("nat-a", "nat", "allow", nat_rules=(
-        NatRuleSpec(SNAT_UUID, "snat", (SNAT_IP,), "10.0.0.0/24"),))
+        NatRuleInfo(SNAT_UUID, "nat-a", "snat", (SNAT_IP,), "10.0.0.0/24"),))
     cfg = SliceConfig(tag=TAGS[host], middlebox="fw-a", type="firewall", tenant="t",
                       switch="ls-a", vni=1001, default_action="deny", options=options,
                       rules=tuple(rules),

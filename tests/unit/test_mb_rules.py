@@ -1,6 +1,6 @@
 """middlebox.rules: tiers, priorities, address sets, ports, default, bad rules."""
 
-from middlebox.config import RuleSpec
+from mbxmodel.services import RuleInfo
 from middlebox.rules import RuleSet
 from test_mb_frames import ICMP, TCP, UDP, ip_int
 
@@ -8,7 +8,7 @@ A1, A2, OUT = ip_int("10.0.0.1"), ip_int("10.0.0.2"), ip_int("192.0.2.7")
 
 
 def R(priority, direction, match, action, tier="tenant", uuid=None):
-    return RuleSpec(priority, direction, match, action, tier,
+    return RuleInfo(priority, direction, match, action, tier,
                     uuid or "%s-%s-%d" % (tier, direction, priority))
 
 

@@ -5,8 +5,11 @@ import re
 
 import pytest
 
-from ovsdb import api, ctl, hostreg, validate
-from ovsdb.api import MbxNb, MigrationRecord, NbSnapshot
+from ovsdb import ctl, hostreg, validate
+from mbxmodel.snapshot import NbSnapshot
+from mbxmodel import state
+from mbxmodel.state import MigrationRecord
+from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
 
 
@@ -15,10 +18,10 @@ def raises(hint):
 
 
 def test_status_groups():
-    assert api.ACTIVE_MIGRATION == ("begun", "streaming", "stunned",
-                                    "imported")
-    assert api.FINAL == ("done", "aborted", "fallback")
-    assert set(api.ACTIVE_MIGRATION + api.FINAL) == set(
+    assert state.ACTIVE_MIGRATION == ("begun", "streaming", "stunned",
+                                      "imported")
+    assert state.FINAL_MIGRATION == ("done", "aborted", "fallback")
+    assert set(state.ACTIVE_MIGRATION + state.FINAL_MIGRATION) == set(
         validate.MIGRATION_STATUSES)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from ovsdb import validate
 from ovsdb.errors import MbxError
-from mbxmodel.values import (ExternalNetInfo, MiddleboxInfo, PolicyInfo,
-                             SwitchInfo, VMInfo)
+from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
+from mbxmodel.services import MiddleboxInfo, PolicyInfo
 
 
 def raises(hint):

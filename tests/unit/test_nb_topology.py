@@ -6,11 +6,11 @@ import dataclasses
 import pytest
 
 from ovsdb import validate
-from ovsdb.api import NbSnapshot
+from mbxmodel.snapshot import NbSnapshot
 from ovsdb.errors import MbxError
 from ovsdb.topology import check_against, parse_topology
-from mbxmodel.values import (ExternalNetInfo, MiddleboxInfo, NatRuleInfo,
-                             PolicyInfo, SwitchInfo, VipInfo, VMInfo)
+from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
+from mbxmodel.services import MiddleboxInfo, NatRuleInfo, PolicyInfo, VipInfo
 
 SERVICES = """
 switches:

@@ -6,7 +6,7 @@ import pytest
 
 from ryu_apps import pipeline as P
 from ryu_apps.flows import compute_host_flows
-from mbxmodel.values import PortBinding
+from mbxmodel.network import PortBinding
 from ryu_apps.reconcile import apply_diff, diff_flows
 from topologies import two_tenants
 

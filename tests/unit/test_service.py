@@ -14,8 +14,8 @@ from fakeoftable import Conntrack, FakeOFTable
 from test_mb_frames import eth, icmp_frame, ipv4, tcp_frame, udp_frame
 
 from middlebox import dataplane as D
-from middlebox.config import (HostConfig, RuleSpec, ServiceSpec, SliceConfig, VipSpec,
-                              VmSpec)
+from mbxmodel.services import RuleInfo, VipInfo
+from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from middlebox.packet import (IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN,
                               build_tcp, ip_int, ip_text, parse_frame)
 from middlebox.service import Service
@@ -32,12 +32,12 @@ P1 = VmSpec("p1", "02:00:00:00:01:31", "10.0.0.31", "h3")
 OUTSIDE = "198.51.100.10"
 VIP, VIP2, VIP3 = "10.0.0.100", "10.0.0.101", "10.0.0.102"
 ZONES = {"c1": 21, "b1": 22}
-WEB = RuleSpec(100, "from-vm", "proto=tcp dport=80", "allow", uuid="r-web")
-TLS = RuleSpec(100, "from-vm", "proto=tcp dport=443", "allow", uuid="r-tls")
-SMTP = RuleSpec(100, "from-vm", "proto=tcp dport=25", "reject", uuid="r-smtp")
-TFTP = RuleSpec(100, "from-vm", "proto=udp dport=69", "reject", uuid="r-tftp")
-ICMP = RuleSpec(90, "from-vm", "proto=icmp", "reject", uuid="r-icmp")
-APP = RuleSpec(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r-app")
+WEB = RuleInfo(100, "from-vm", "proto=tcp dport=80", "allow", uuid="r-web")
+TLS = RuleInfo(100, "from-vm", "proto=tcp dport=443", "allow", uuid="r-tls")
+SMTP = RuleInfo(100, "from-vm", "proto=tcp dport=25", "reject", uuid="r-smtp")
+TFTP = RuleInfo(100, "from-vm", "proto=udp dport=69", "reject", uuid="r-tftp")
+ICMP = RuleInfo(90, "from-vm", "proto=icmp", "reject", uuid="r-icmp")
+APP = RuleInfo(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r-app")
 RULES = (WEB, TLS, SMTP, TFTP, ICMP, APP)
 FROM, TO, EXT = (TAG | s << 13 for s in (P.STAGE_FROM_VM, P.STAGE_TO_VM,
                                           P.STAGE_FROM_EXTERNAL))
@@ -53,9 +53,9 @@ HEALTH = {"health-fall": "1", "health-rise": "1", "health-interval": "2",
 def config(rules=RULES, check="offload", ids=None, host="h1"):
     fw = ServiceSpec("fw-a", "firewall", "deny", options={"check": check}, rules=rules)
     lb = ServiceSpec("lb-a", "lb", "allow", vips=(
-        VipSpec("v1", VIP, 80, "tcp", "round-robin", ((B1.ip, 8080), (B2.ip, 8080)), HEALTH),
-        VipSpec("v2", VIP2, 443, "tcp", "round-robin", ((B1.ip, 8443),), HEALTH),
-        VipSpec("v3", VIP3, 80, "tcp", "round-robin", (("10.9.9.9", 80),), HEALTH)))
+        VipInfo("v1", "lb-a", VIP, 80, "tcp", "round-robin", ((B1.ip, 8080), (B2.ip, 8080)), HEALTH),
+        VipInfo("v2", "lb-a", VIP2, 443, "tcp", "round-robin", ((B1.ip, 8443),), HEALTH),
+        VipInfo("v3", "lb-a", VIP3, 80, "tcp", "round-robin", (("10.9.9.9", 80),), HEALTH)))
     services = (fw, lb) + ((ServiceSpec("ids-a", "ids", options=ids),) if ids else ())
     cfg = SliceConfig(tag=TAG, middlebox="fw-a", type="firewall", tenant="t", switch="ls-a",
                       vni=1001, default_action="deny", options={"check": check},
@@ -409,7 +409,7 @@ def test_flow_stats_become_decision_counters_by_verdict_and_rule():
 
 
 def test_rules_show_filters_by_middlebox_and_lists_config_errors():
-    bad = RuleSpec(1, "sideways", "any", "allow", uuid="r-bad")
+    bad = RuleInfo(1, "sideways", "any", "allow", uuid="r-bad")
     svc = service(rules=RULES + (bad,))
     [shown] = svc.rules_show("fw-a")
     assert any("r-bad" in e for e in shown["errors"])
@@ -422,6 +422,6 @@ def test_a_reconfigured_slice_keeps_its_rotation_and_counters():
     cfg = config()
     slice_ = cfg.slices[TAG]
     svc.configure(dataclasses.replace(cfg, slices={TAG: dataclasses.replace(
-        slice_, rules=slice_.rules + (RuleSpec(1, "to-vm", "any", "deny", uuid="r-x"),))}))
+        slice_, rules=slice_.rules + (RuleInfo(1, "to-vm", "any", "deny", uuid="r-x"),))}))
     assert picked(svc, syn(C1, VIP, 80, sport=40001))[0] == (B2.ip, 8080)
     assert svc.stats()["lb_picks"] == 2

@@ -13,12 +13,11 @@ import dataclasses
 import pytest
 
 from fakeoftable import CT_EST, FakeOFTable, reply_to
+from mbxmodel.services import AddressSetInfo, MiddleboxInfo, PolicyInfo, RuleInfo
 from middlebox import dataplane as D
-from middlebox.config import RuleSpec
 from ryu_apps import pipeline as P
 from ryu_apps import slices as slicelib
 from ryu_apps.flows import compute_host_flows
-from mbxmodel.values import AddressSetInfo, MiddleboxInfo, PolicyInfo
 from topologies import TUNNEL, VMS, VNI_A, daemon_dataplane, host_zones, two_tenants
 
 MAC = {name: spec[1] for name, spec in VMS.items()}
@@ -30,9 +29,9 @@ T = {t.name: t.table_id for t in P.TABLES}
 STAGE_TABLE_IDS = {t.table_id for t in P.TABLES if P.DAEMON_COOKIE in t.owners}
 
 # fw-a's rules (default deny): out of a VM anything; into a VM ssh and http.
-FW_RULES = {"fw-a": (RuleSpec(100, "from-vm", "any", "allow", uuid="out"),
-                     RuleSpec(100, "to-vm", "proto=tcp dport=22", "allow", uuid="ssh"),
-                     RuleSpec(90, "to-vm", "proto=tcp dport=80", "allow", uuid="http"))}
+FW_RULES = {"fw-a": (RuleInfo(100, "from-vm", "any", "allow", uuid="out"),
+                     RuleInfo(100, "to-vm", "proto=tcp dport=22", "allow", uuid="ssh"),
+                     RuleInfo(90, "to-vm", "proto=tcp dport=80", "allow", uuid="http"))}
 
 
 def firewalled(policies=None, same_host="both", mb_port=MB_PORT, sets=None):
@@ -357,7 +356,7 @@ def test_every_flow_fits_the_pipeline():
 # docs/services.md on the simulated flow table: chains, the distributed
 # gateway, the external network, SNAT port blocks, DNAT, IDS copies.
 
-from mbxmodel.values import HostInfo  # noqa: E402
+from mbxmodel.network import HostInfo  # noqa: E402
 from topologies import (CLIENT, DNAT_IP, ENCAP, EXT_GW_IP, EXT_GW_MAC, FW_LB,  # noqa: E402
                         FW_NAT, GATEWAY_A, IDS, OUTSIDE, SNAT_IP, UPLINK, UPLINK_MAC, VIP,
                         services)

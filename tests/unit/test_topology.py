@@ -1,11 +1,12 @@
 import pytest
 
-from ovsdb.api import NbSnapshot, RuleRecord
+from mbxmodel.network import SwitchInfo, VMInfo
+from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
+                               RuleInfo)
+from mbxmodel.snapshot import NbSnapshot
 from ovsdb.errors import MbxError
 from ovsdb.topology import check_against, parse_topology
 from ovsdb.validate import mac_from_name
-from mbxmodel.values import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
-                             SwitchInfo, VMInfo)
 
 GOOD = """
 switches:
@@ -214,9 +215,9 @@ def test_parse_firewall():
                       {"same-host": "both", "timeout-udp": "60"}),
         MiddleboxInfo("fw-bare", "firewall", "ls-red", "deny", {}))
     assert spec.rules == {
-        "fw-red": (RuleRecord(100, "to-vm", "proto=tcp dport=7000", "allow"),
-                   RuleRecord(100, "from-vm", "dst=$red-admins", "deny"),
-                   RuleRecord(100, "to-vm", "any", "deny", "provider")),
+        "fw-red": (RuleInfo(100, "to-vm", "proto=tcp dport=7000", "allow"),
+                   RuleInfo(100, "from-vm", "dst=$red-admins", "deny"),
+                   RuleInfo(100, "to-vm", "any", "deny", "provider")),
         "fw-bare": ()}
     assert spec.policies == (
         PolicyInfo("ls-red", 100, "any", ("fw-red",)),
@@ -357,7 +358,7 @@ def _fw_snapshot(**kw):
 
 DB_SET = AddressSetInfo("db-set", "t", ("10.9.0.5",))
 DB_MB = MiddleboxInfo("db-fw", "firewall", "db-sw")
-DB_RULE = RuleRecord(5, "to-vm", "src=$db-set", "allow")
+DB_RULE = RuleInfo(5, "to-vm", "src=$db-set", "allow")
 
 
 def test_check_against_db_references():

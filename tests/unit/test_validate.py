@@ -5,8 +5,8 @@ import pytest
 
 from ovsdb import validate
 from ovsdb.errors import MbxError
-from mbxmodel.values import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
-                             SwitchInfo, VMInfo)
+from mbxmodel.network import SwitchInfo, VMInfo
+from mbxmodel.services import AddressSetInfo, MiddleboxInfo, PolicyInfo
 
 
 @pytest.mark.parametrize("value", ["a", "ls-a", "vm_1.eth0", "x" * 64])

@@ -12,8 +12,8 @@ from test_mb_frames import icmp_frame
 from middlebox import conn as C
 from middlebox import dataplane as D
 from middlebox import vmstate as V
-from middlebox.config import (HostConfig, NatRuleSpec, RuleSpec, ServiceSpec, SliceConfig,
-                              VipSpec, VmSpec)
+from mbxmodel.services import NatRuleInfo, RuleInfo, VipInfo
+from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from middlebox.packet import TCP_SYN, build_tcp, ip_int
 from middlebox.service import Service
 from middlebox.vmstate import RecordError
@@ -29,10 +29,10 @@ VIP_SID = D.service_id("%s:80/tcp" % VIP)
 C1 = VmSpec("c1", "02:00:00:00:01:11", "10.0.0.11", "h1")
 B1 = VmSpec("b1", "02:00:00:00:01:21", "10.0.0.21", "h3")
 P1 = VmSpec("p1", "02:00:00:00:01:31", "10.0.0.31", "h3")
-WEB = RuleSpec(100, "from-vm", "proto=tcp dport=80", "allow", uuid="r-web")
-DNS = RuleSpec(100, "from-vm", "proto=udp dport=53", "allow", uuid="r-dns")
-APP = RuleSpec(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r-app")
-ICMP_OUT = RuleSpec(90, "from-vm", "proto=icmp", "allow", uuid="r-ping")
+WEB = RuleInfo(100, "from-vm", "proto=tcp dport=80", "allow", uuid="r-web")
+DNS = RuleInfo(100, "from-vm", "proto=udp dport=53", "allow", uuid="r-dns")
+APP = RuleInfo(100, "to-vm", "proto=tcp dport=8080", "allow", uuid="r-app")
+ICMP_OUT = RuleInfo(90, "from-vm", "proto=icmp", "allow", uuid="r-ping")
 
 
 def host_config(host, tag, rules=(WEB, DNS, APP, ICMP_OUT), gather=None, vms=(C1, B1, P1),
@@ -41,10 +41,10 @@ def host_config(host, tag, rules=(WEB, DNS, APP, ICMP_OUT), gather=None, vms=(C1
                      options={"check": check,
                               **({"migration-gather": gather} if gather else {})})
     lb = ServiceSpec("lb-a", "lb", "allow", vips=(
-        VipSpec("v1", VIP, 80, "tcp", "round-robin", ((B1.ip, 8080),),
+        VipInfo("v1", "lb-a", VIP, 80, "tcp", "round-robin", ((B1.ip, 8080),),
                 {"health-check": "none"}),))
     nat = ServiceSpec("nat-a", "nat", "allow", nat_rules=(
-        NatRuleSpec(SNAT_UUID, "snat", (SNAT_IP,), "10.0.0.0/24"),))
+        NatRuleInfo(SNAT_UUID, "nat-a", "snat", (SNAT_IP,), "10.0.0.0/24"),))
     cfg = SliceConfig(tag=tag, middlebox="fw-a", type="firewall", tenant="t", switch="ls-a",
                       vni=1001, default_action="deny", options=dict(fw.options),
                       rules=fw.rules, vms=vms, services=(fw, lb, nat),
@@ -137,7 +137,7 @@ def test_review_keeps_what_todays_rules_allow():
 
 def test_review_leaves_behind_what_todays_rules_refuse_with_its_snat_record():
     # The firewall changed: no more web for c1, nothing into it on 8080.
-    today = slices(rules=(DNS, ICMP_OUT, RuleSpec(50, "from-vm", "dst=%s" % VIP, "allow")))
+    today = slices(rules=(DNS, ICMP_OUT, RuleInfo(50, "from-vm", "dst=%s" % VIP, "allow")))
     kept, dropped = V.review(gathered(), today)
     assert sorted(c for _, c in kept) == sorted([LB, UDP])
     assert dropped == 3                     # OUT, its SNAT translation, IN
@@ -161,7 +161,7 @@ def test_review_judges_a_dnat_connection_as_the_vm_sees_it():
     dnat = tcp(OUTSIDE, 40000, "203.0.113.6", 80, (C1.ip, 8080, OUTSIDE, 40000),
                mark=SRC_TAG | D.MARK_IN)
     assert V.review([(VM_SLICE, dnat)], slices())[1] == 0
-    only80 = slices(rules=(RuleSpec(100, "to-vm", "proto=tcp dport=80", "allow"),))
+    only80 = slices(rules=(RuleInfo(100, "to-vm", "proto=tcp dport=80", "allow"),))
     assert V.review([(VM_SLICE, dnat)], only80) == ([], 1)
 
 

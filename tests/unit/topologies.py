@@ -2,7 +2,8 @@
 
 import dataclasses
 
-from mbxmodel.values import HostInfo, PortBinding, SwitchInfo, Topology, VMInfo
+from mbxmodel.network import HostInfo, PortBinding, SwitchInfo, VMInfo
+from mbxmodel.topology import Topology
 
 VNI_A = 1001
 VNI_B = 1002
@@ -71,8 +72,9 @@ def services(mb_port=MB_PORT, uplink=UPLINK, ports_per_host=16384, external=True
     * priority 100, tcp port 22: IDS
     """
     from ryu_apps import slices as slicelib
-    from mbxmodel.values import (ExternalNetInfo, MiddleboxInfo, NatRuleInfo,
-                                PolicyInfo, VipInfo)
+    from mbxmodel.network import ExternalNetInfo
+    from mbxmodel.services import (MiddleboxInfo, NatRuleInfo, PolicyInfo,
+                                   VipInfo)
     topo = two_tenants()
     hosts = {h: dataclasses.replace(i, mb_ofport=mb_port, uplink_ofport=uplink,
                                     uplink_mac=UPLINK_MAC[h] if uplink else None)
@@ -126,9 +128,8 @@ def host_config(topo, host, blocks=None, rules=None):
     """The ``middlebox.config.HostConfig`` mbxd builds for ``host``'s slices
     (middlebox.confmon.build_host_config does it from the config DB's rows).
     ``blocks``: the SNAT port blocks (``slices.snat_blocks``); ``rules``:
-    {firewall name: RuleSpecs} (the controller's topology has no rules)."""
-    from middlebox.config import (ExternalNetSpec, HostConfig, NatRuleSpec, ServiceSpec,
-                                  SliceConfig, VipSpec, VmSpec)
+    {firewall name: RuleInfos} (the controller's topology has no rules)."""
+    from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
     from ryu_apps import slices as slicelib
     from ryu_apps.flows import gateway_ip
     rules = rules or {}
@@ -141,12 +142,8 @@ def host_config(topo, host, blocks=None, rules=None):
             services.append(ServiceSpec(
                 mb.name, mb.type, mb.default_action, dict(mb.options),
                 rules=tuple(rules.get(name, ())),
-                nat_rules=tuple(NatRuleSpec(r.uuid, r.type, r.external_ips, r.logical_ip,
-                                            r.protocol, r.external_port, r.logical_port,
-                                            r.port_range)
-                                for r in topo.nat_rules.get(name, ())),
-                vips=tuple(VipSpec(v.uuid, v.vip, v.port, v.protocol, v.algorithm,
-                                   v.backends, dict(v.options))
+                nat_rules=tuple(topo.nat_rules.get(name, ())),
+                vips=tuple(dataclasses.replace(v, status={})     # mbxd does not read it
                            for v in topo.vips.get(name, ()))))
         options = {}
         for sv in services:
@@ -164,8 +161,7 @@ def host_config(topo, host, blocks=None, rules=None):
                            and topo.bindings[vm.name].host == host else None)
                     for vm in sorted(topo.vms.values(), key=lambda v: v.name)
                     if vm.switch == switch.name)
-        external = tuple(ExternalNetSpec(n.name, n.cidr, n.gateway_ip, n.gateway_mac)
-                         for _, n in sorted(topo.external_networks.items()))
+        external = tuple(n for _, n in sorted(topo.external_networks.items()))
         slices[tag] = SliceConfig(
             tag=tag, tenant=switch.tenant, switch=switch.name, vni=switch.vni,
             options=options, vms=vms, services=tuple(services), subnet=switch.subnet,

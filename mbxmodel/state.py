@@ -1,0 +1,68 @@
+"""Rows the system writes about itself: hosts and their status, shared
+service state, IDS alerts, migrations (docs/migration.md)."""
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+# Migration.status values: while the migration runs, and once it ended
+ACTIVE_MIGRATION = ("begun", "streaming", "stunned", "imported")
+FINAL_MIGRATION = ("done", "aborted", "fallback")
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """A Host row."""
+    name: str
+    encap_type: str
+    encap_ip: str
+    mgmt_address: str
+    nb_cfg: int                     # status: config generation applied
+    connected: bool                 # status: controller has the host's switch
+    datapath_id: Optional[str]      # status: e.g. "0000aabbccddeeff"
+    migration_address: str = ""     # host: where its mbxd accepts state
+
+
+@dataclass(frozen=True)
+class SharedRecord:
+    """A Shared_State row: one value a host publishes for a service of a
+    middlebox (docs/services.md, state sharing manager)."""
+    middlebox: str
+    host: str
+    service: str
+    key: str
+    value: str
+    stamp: int
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """An IDS_Alert row."""
+    middlebox: str
+    kind: str                       # "port-scan" | "syn-flood"
+    source: str
+    target: str
+    count: int
+    hosts: Tuple[str, ...]          # sorted
+    first_seen: int
+    last_seen: int
+    reported_by: str
+
+
+@dataclass(frozen=True)
+class MigrationRecord:
+    """A Migration row: one migration of a VM's connection state."""
+    uuid: str
+    vm: str
+    source: str                     # host names
+    destination: str
+    path: str                       # "announced" | "unannounced"
+    status: str                     # ACTIVE_MIGRATION or FINAL_MIGRATION
+    token: str
+    timeline: Dict[str, int]        # phase -> unix time in ms
+    stats: Dict[str, int]
+    outcome: str                    # "" while active
+    options: Dict[str, str]         # "wait-ms"
+
+    @property
+    def active(self):
+        return self.status in ACTIVE_MIGRATION
