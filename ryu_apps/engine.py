@@ -47,7 +47,8 @@ from ovsdb.validate import global_wait_ms
 from ryu_apps import flows as flowlib
 from ryu_apps import reconcile
 from ryu_apps import slices as slicelib
-from mbxmodel.network import HostInfo, HostPorts, PortBinding
+from ryu_apps.topostate import ALL, TopologyState, host_info
+from mbxmodel.network import HostPorts, PortBinding
 from mbxmodel.state import ACTIVE_MIGRATION
 from mbxmodel.topology import Topology
 
@@ -60,6 +61,8 @@ class _Switch:
     host: Optional[str] = None
     synced: bool = False            # installed flows read back from the switch
     installed: Dict = field(default_factory=dict)   # Flow.key -> Flow
+    parts: Dict = field(default_factory=dict)       # part id -> {Flow.key: Flow}
+    contested: bool = False         # a flow key in two parts (flows.union)
     pending: Dict[int, int] = field(default_factory=dict)  # barrier xid -> round
     target_round: int = 0
     applied_round: int = 0
@@ -82,23 +85,35 @@ class Engine:
         self._round_cfg: Dict[int, int] = {0: 0}
         self._written: Dict[Tuple, object] = {}
         self._xid = 0x4d420000
-        self._slices: Dict[Tuple[Tuple[str, ...], str], int] = {}   # (chain, host) -> tag
-        self._snat_blocks: Dict[Tuple[str, str], Tuple[str, int, int]] = {}
-        #                   (SNAT rule uuid, host) -> (ip, lo, hi)
         self._bad_health = set()    # shared-state rows already logged as bad
         self._last_host: Dict[str, str] = {}   # vm -> the last host VM.host named
         self._checked_seq: Dict[str, int] = {}  # vm -> newest appearance checked
         #                                          for an unannounced migration
-        self._topo: Optional[Topology] = None  # of the last recomputation
-        self._snap_vms = (None, {})     # (snapshot, its VMs as the topologies hold them)
+        self._state = TopologyState()   # the topology of the last recomputation
+        self._config = None             # the configuration it was built from
+        self._vm_hosts: Dict[str, set] = {}    # vm -> hosts where its port appeared
+        self._to_announce = set()       # VMs whose binding VM.host does not say yet
+        self._maybe_gone = set()        # VMs VM.host places where they are not bound
+        self._recorded_blocks = (None, {})  # (snapshot, the SNAT blocks it records)
+        self._slices_checked = None     # (topology, snapshot) last compared with the DB
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
-        self.nb_snap = self._nb.snapshot()
-        for vm, (host, _epoch) in self.nb_snap.vm_locations.items():
+        self.nb_snap = snap = self._nb.snapshot()
+        for vm, (host, _epoch) in snap.vm_locations.items():
             if host is not None:
                 self._last_host[vm] = host
-        self._recompute()
+        self._maybe_gone = {vm for vm, (host, _) in snap.vm_locations.items()
+                            if host is not None}
+        config = _config(snap)
+        if config != self._config:
+            self._config = config
+            self._recompute()
+        else:
+            # Status only (what the daemons and the controller write back),
+            # or VMs announced on a host: no flow is computed again unless
+            # that changes a slice.
+            self._recompute(changes=({}, (), _incoming(snap)))
 
     def host_ports_changed(self, host, ports: HostPorts):
         old = self.host_ports.get(host, HostPorts())
@@ -108,12 +123,16 @@ class Engine:
             if prev is None or prev[1] != ofport or vm not in old.vm_ports:
                 self._appear_seq += 1
                 self._appearances[(vm, host)] = (self._appear_seq, ofport)
+                self._vm_hosts.setdefault(vm, set()).add(host)
         for vm in old.vm_ports:
             if vm not in ports.vm_ports:
                 self._appearances.pop((vm, host), None)
-        self._match_switches()
+                self._vm_hosts.get(vm, set()).discard(host)
+        if old.datapath_id != ports.datapath_id:
+            self._match_switches()
         if self._sb_ready:
-            self._recompute(changed=(host, set(old.vm_ports) | set(ports.vm_ports)))
+            self._recompute(changes=({host: ports}, set(old.vm_ports) | set(ports.vm_ports),
+                                     None))
 
     def southbound_ready(self):
         """The southbound database's contents (every host's chassis and
@@ -142,7 +161,7 @@ class Engine:
         sw.current = False
         LOG.info("switch %016x (%s): %d flows read back", dpid, sw.host,
                  len(sw.installed))
-        self._recompute(changed=(None, ()))
+        self._recompute(changes=({}, (), None))
 
     def switch_disconnected(self, dpid):
         sw = self.switches.pop(dpid, None)
@@ -182,113 +201,164 @@ class Engine:
                 sw.current = False
 
     def topology(self) -> Topology:
-        snap = self.nb_snap
-        if snap is None:
-            return Topology()
-        hosts = {}
-        for name, rec in snap.hosts.items():
-            ports = self.host_ports.get(name, HostPorts())
-            hosts[name] = HostInfo(name=name, encap_ip=rec.encap_ip,
-                                   encap_type=rec.encap_type,
-                                   tunnel_ofport=ports.tunnel_ofport,
-                                   mb_ofport=ports.mb_ofport,
-                                   uplink_ofport=ports.uplink_ofport,
-                                   uplink_mac=ports.uplink_mac)
-        bindings = {}
-        for (vm, host), (seq, ofport) in sorted(self._appearances.items(),
-                                                key=lambda kv: kv[1][0]):
-            # The newest appearance wins while a port exists on two hosts.
-            info = snap.vms.get(vm)
+        """The topology of the last recomputation (an empty one before the
+        config database answered)."""
+        return self._state.topo if self._state.topo is not None else Topology()
+
+    @property
+    def _snat_blocks(self):
+        return self._state.blocks
+
+    def _binding(self, vm):
+        """The binding of ``vm`` that wins: its newest appearance whose port
+        carries the VM's MAC (or none), or None."""
+        info = self.nb_snap.vms.get(vm)
+        if info is None:
+            return None
+        best = None
+        for host in self._vm_hosts.get(vm, ()):
+            seq, ofport = self._appearances[(vm, host)]
             mac = self.host_ports[host].vm_ports[vm][1]
-            if info is None or (mac and mac.lower() != info.mac):
+            if (mac and mac.lower() != info.mac) or (best is not None and best[0] > seq):
                 continue
-            bindings[vm] = PortBinding(vm=vm, host=host, ofport=ofport)
-        if self._snap_vms[0] is not snap:   # one copy per config snapshot
-            self._snap_vms = (snap, dict(snap.vms))
-        topo = Topology(hosts=hosts, switches=dict(snap.switches),
-                        vms=self._snap_vms[1], bindings=bindings,
-                        middleboxes=dict(snap.middleboxes), policies=tuple(snap.policies),
-                        address_sets=dict(snap.address_sets),
-                        nat_rules=_by_middlebox(getattr(snap, "nat_rules", {})),
-                        vips=_by_middlebox(getattr(snap, "vips", {})),
-                        external_networks={n.name: n for n in _records(
-                            getattr(snap, "external_networks", {}))})
-        existing = dict(snap.slices)
-        existing.update(self._slices)
-        incoming = [(m.vm, host) for m in getattr(snap, "migrations", ())
-                    if m.status in ACTIVE_MIGRATION for host in (m.destination, m.source)]
-        # A host keeps its slices while its daemon holds state of a VM that
-        # left (shared state "vm-state"): the VM's new host may still ask
-        # for it, and its SNAT ports are forwarded from there.
-        incoming += [(row.key, row.host) for row in _records(
-            getattr(snap, "shared_state", ())) if getattr(row, "service", None) == VM_STATE]
-        self._slices = slicelib.allocate(slicelib.needed_slices(topo, incoming),
-                                         existing)
-        topo = dataclasses.replace(topo, slices=dict(self._slices))
-        previous = slicelib.blocks_from_status(getattr(snap, "slice_status", {}))
-        previous.update(self._snat_blocks)
-        self._snat_blocks = slicelib.snat_blocks(topo, previous)
-        return topo
+            best = (seq, PortBinding(vm=vm, host=host, ofport=ofport))
+        return best[1] if best is not None else None
+
+    def _rebuild(self):
+        snap = self.nb_snap
+        config = Topology(
+            switches=dict(snap.switches), vms=dict(snap.vms),
+            middleboxes=dict(snap.middleboxes), policies=tuple(snap.policies),
+            address_sets=dict(snap.address_sets),
+            nat_rules=_by_middlebox(getattr(snap, "nat_rules", {})),
+            vips=_by_middlebox(getattr(snap, "vips", {})),
+            external_networks={n.name: n for n in _records(
+                getattr(snap, "external_networks", {}))})
+        hosts = {name: host_info(rec, self.host_ports.get(name, HostPorts()))
+                 for name, rec in snap.hosts.items()}
+        bindings = {}
+        for vm in self._vm_hosts:
+            binding = self._binding(vm)
+            if binding is not None:
+                bindings[vm] = binding
+        return self._state.rebuild(config, hosts, bindings, _incoming(snap), snap.slices,
+                                   self._state.topo.slices if self._state.topo else {},
+                                   self._previous_blocks())
+
+    def _previous_blocks(self):
+        """The SNAT blocks the database records (Slice.status), and those
+        allocated since."""
+        snap = self.nb_snap
+        if self._recorded_blocks[0] is not snap:
+            self._recorded_blocks = (snap, slicelib.blocks_from_status(
+                getattr(snap, "slice_status", {})))
+        previous = dict(self._recorded_blocks[1])
+        previous.update(self._state.blocks)
+        return previous
 
     def _current_seq(self, vm, binding):
         return self._appearances[(vm, binding.host)][0]
 
-    def _recompute(self, changed=None):
-        """A new round.  ``changed``: (host, VM names) when only that host's
-        ports changed (host None: nothing but a switch's installed flows),
-        so only the hosts it can affect are computed again; None: every host."""
+    def _recompute(self, changes=None):
+        """A new round.  ``changes``: (hosts' new ports {host: HostPorts},
+        VMs whose binding may have changed, the (vm, host) pairs of VMs
+        announced on a host now or None if unchanged); the topology is
+        updated with them and only the flow parts they touch are computed
+        again (``topostate``).  None: the configuration changed, every
+        host is computed again."""
         if self.nb_snap is None:
             return
         self._round += 1
         rnd = self._round
         self._round_cfg[rnd] = self.nb_snap.nb_cfg
-        old, old_blocks = self._topo, self._snat_blocks
-        topo = self.topology()
-        self._topo = topo
-        dirty = None
-        if changed is not None and old is not None:
-            dirty = _affected_hosts(old, topo, old_blocks, self._snat_blocks, *changed)
-        for vm, binding in topo.bindings.items():
+        if changes is None or self._state.topo is None:
+            topo = self._rebuild()
+            dirty, vms = None, sorted(set(topo.bindings) | set(self._binding_round))
+        else:
+            ports, vms, incoming = changes
+            snap = self.nb_snap
+            hosts = {h: host_info(snap.hosts[h], p) for h, p in ports.items()
+                     if h in snap.hosts}
+            vms = sorted(vms)
+            dirty = self._state.update(hosts, {vm: self._binding(vm) for vm in vms},
+                                       incoming, snap.slices, self._previous_blocks)
+            topo = self._state.topo
+        for vm in vms:
+            binding = topo.bindings.get(vm)
+            if binding is None:
+                self._binding_round.pop(vm, None)
+                if self.nb_snap.vm_locations.get(vm, (None,))[0] is not None:
+                    self._maybe_gone.add(vm)
+                continue
             seq = self._current_seq(vm, binding)
             if self._binding_round.get(vm, (None,))[0] != seq:
                 self._binding_round[vm] = (seq, rnd)
-        for vm in list(self._binding_round):
-            if vm not in topo.bindings:
-                del self._binding_round[vm]
-        self._record_unannounced(topo)      # before any flow for the new place
+                self._to_announce.add(vm)
+        self._record_unannounced(topo, vms)     # before any flow for the new place
         program = self._all_hosts_reported()
         for sw in self.switches.values():
             if not program or not sw.synced or sw.host is None:
+                sw.current = False
                 continue
-            if dirty is not None and sw.current and sw.host not in dirty:
-                sw.target_round = rnd       # its flows cannot have changed
+            parts = ALL if dirty is None or not sw.current else dirty.get(sw.host)
+            sw.target_round = rnd
+            if parts is None:           # its flows cannot have changed
                 if not sw.pending:
                     sw.applied_round = rnd
                 continue
-            desired = flowlib.compute_host_flows(topo, sw.host, self._snat_blocks)
-            diff = reconcile.diff_flows(desired, sw.installed.values())
-            sw.current = True
-            sw.target_round = rnd
+            diff = self._program(sw, topo, parts)
             if diff.empty:
                 if not sw.pending:
                     sw.applied_round = rnd
                 continue
             self._xid += 1
-            ops = diff.commands()
             LOG.info("%s: %d deletes, %d modifies, %d adds (round %d)", sw.host,
                      len(diff.deletes), len(diff.modifies), len(diff.adds), rnd)
-            sw.installed = {f.key: f for f in desired}
             sw.pending[self._xid] = rnd
-            self._send(sw.dpid, ops, self._xid)
+            self._send(sw.dpid, diff.commands(), self._xid)
         self._publish(topo)
 
-    def _record_unannounced(self, topo):
-        """A Migration row (unannounced) for each VM whose port newly appeared
-        on a host other than its last one, unless a migration to that host
-        is under way (or, announced, was just finished).  Once per
-        appearance; a failed write is logged and does not hold flows back."""
+    def _program(self, sw, topo, parts):
+        """Compute ``parts`` (ALL, or a set of part ids) of the switch's
+        host again and return the difference to what the switch holds;
+        ``sw.installed`` becomes the host's flows."""
+        host, blocks = sw.host, self._state.blocks
+        ids = flowlib.host_parts(topo, host)
+        if parts is not ALL and not sw.contested:
+            present = set(ids)
+            old, new = [], {}
+            for part in parts:
+                old.append(sw.parts.pop(part, {}))
+                if part in present:
+                    new[part] = flowlib.compute_part(topo, host, part, blocks)
+            sw.parts.update(new)
+            diff = reconcile.diff_parts(sw.installed, old,
+                                        [new[p] for p in ids if p in new])
+            if diff is not None:
+                reconcile.apply_to(sw.installed, diff)
+                sw.current = True
+                return diff
+        else:
+            sw.parts = {part: flowlib.compute_part(topo, host, part, blocks) for part in ids}
+        # every part, or a flow key in two parts: the union of them all
+        desired, contested = flowlib.union({part: sw.parts[part] for part in ids})
+        sw.contested = bool(contested)
+        diff = reconcile.diff_tables(desired, sw.installed)
+        sw.installed = desired
+        sw.current = True
+        return diff
+
+    def _record_unannounced(self, topo, vms):
+        """A Migration row (unannounced) for each VM of ``vms`` whose port
+        newly appeared on a host other than its last one, unless a migration
+        to that host is under way (or, announced, was just finished).  Once
+        per appearance; a failed write is logged and does not hold flows
+        back."""
         snap = self.nb_snap
-        for vm, binding in sorted(topo.bindings.items()):
+        for vm in vms:
+            binding = topo.bindings.get(vm)
+            if binding is None:
+                continue
             seq = self._current_seq(vm, binding)
             if self._checked_seq.get(vm, 0) >= seq:
                 continue
@@ -327,7 +397,7 @@ class Engine:
         snap = self.nb_snap
         if snap is None:
             return
-        topo = topo or self._topo or self.topology()
+        topo = topo or self.topology()
         live = self._live()
         live_hosts = {sw.host for sw in live}
         for sw in live:
@@ -343,18 +413,21 @@ class Engine:
             self._write(("hv_cfg",), hv_cfg,
                         lambda: self._nb.set_hv_cfg(hv_cfg).execute(check_error=True))
         self._publish_locations(topo, live)
-        status = slicelib.slice_status(topo, self._snat_blocks)
-        current = {k: dict(v) for k, v in getattr(snap, "slice_status", {}).items()}
-        if self._all_hosts_reported() and (
-                dict(topo.slices) != dict(snap.slices)
-                or {k: v for k, v in status.items() if v}
-                != {k: v for k, v in current.items() if v and k in topo.slices}):
-            self._write(("slices",), (tuple(sorted(topo.slices.items())),
-                                      tuple(sorted((k, tuple(sorted(v.items())))
-                                                   for k, v in status.items()))),
-                        lambda: self._nb.set_slices(dict(topo.slices), status).execute(
-                            check_error=True))
-        self._publish_vip_status(topo)
+        checked = (topo.slices, self._snat_blocks, snap)
+        if self._all_hosts_reported() and self._slices_checked != checked:
+            # Compared with the database once per slices, blocks and snapshot.
+            self._slices_checked = checked
+            status = slicelib.slice_status(topo, self._snat_blocks)
+            current = {k: dict(v) for k, v in getattr(snap, "slice_status", {}).items()}
+            if dict(topo.slices) != dict(snap.slices) \
+                    or {k: v for k, v in status.items() if v} \
+                    != {k: v for k, v in current.items() if v and k in topo.slices}:
+                self._write(("slices",), (tuple(sorted(topo.slices.items())),
+                                          tuple(sorted((k, tuple(sorted(v.items())))
+                                                       for k, v in status.items()))),
+                            lambda: self._nb.set_slices(dict(topo.slices), status).execute(
+                                check_error=True))
+        self._publish_vip_status()
         self._publish_ids_status(topo)
         low = min((sw.applied_round for sw in live), default=self._round)
         for rnd in [r for r in self._round_cfg if r < low]:
@@ -377,11 +450,17 @@ class Engine:
     def _publish_locations(self, topo, live):
         snap = self.nb_snap
         applied = min((sw.applied_round for sw in live), default=None)
-        for vm, (seq, first_round) in self._binding_round.items():
+        for vm in sorted(self._to_announce):
+            if vm not in self._binding_round:
+                self._to_announce.discard(vm)
+                continue
+            seq, first_round = self._binding_round[vm]
             if self._announced.get(vm) == seq:
+                self._to_announce.discard(vm)
                 continue
             if applied is not None and applied < first_round:
                 continue        # not yet programmed on every connected host
+            self._to_announce.discard(vm)
             host = topo.bindings[vm].host
             cur_host, epoch = snap.vm_locations.get(vm, (None, 0))
             if vm not in self._announced and cur_host == host:
@@ -390,10 +469,12 @@ class Engine:
             self._set_location(vm, host, epoch + 1)
             self._announced[vm] = seq
             LOG.info("VM %s now on %s (epoch %d)", vm, host, epoch + 1)
-        for vm, (cur_host, epoch) in list(snap.vm_locations.items()):
+        for vm in sorted(self._maybe_gone):
             # Only a host whose br-int has been reported can be known not to
             # hold the port (after a restart the DB is read before any host).
+            cur_host, epoch = snap.vm_locations.get(vm, (None, 0))
             if cur_host is None or vm in topo.bindings:
+                self._maybe_gone.discard(vm)
                 continue
             ports = self.host_ports.get(cur_host)
             reported = ports.datapath_id if ports is not None else None
@@ -403,7 +484,7 @@ class Engine:
                 self._written[("gone", vm)] = epoch
                 self._announced.pop(vm, None)
 
-    def _publish_vip_status(self, topo):
+    def _publish_vip_status(self):
         """LB_VIP.status: each backend's health as the hosts publish it
         (shared state, service "lb-health", value {"ip:port": "up"|"down"});
         down if any host says down."""
@@ -425,7 +506,7 @@ class Engine:
             for backend, state in value.items():
                 if state in ("up", "down") and merged.get(backend) != "down":
                     merged[backend] = state
-        for name, vips in sorted(topo.vips.items()):
+        for name, vips in sorted(_by_middlebox(getattr(self.nb_snap, "vips", {})).items()):
             merged = health.get(name, {})
             for vip in vips:
                 wanted = {}
@@ -469,35 +550,30 @@ LB_HEALTH = "lb-health"     # shared-state service of the load balancers' health
 VM_STATE = "vm-state"       # shared-state service: VMs whose state a host holds
 
 
-def _affected_hosts(old, new, old_blocks, new_blocks, host, vms):
-    """The hosts whose flows may differ between topologies ``old`` and
-    ``new`` when only ``host``'s ports (its VMs ``vms``) changed: ``host``
-    if its own ports did; the hosts with a VM or a slice of a logical switch
-    where a VM's binding, a slice or a SNAT block changed (before or after);
-    the hosts an external address's designated host moved from or to.  A
-    host's flows depend on nothing else (``flows.compute_host_flows``)."""
-    hosts, switches = set(), set()
-    if host is not None and old.hosts.get(host) != new.hosts.get(host):
-        hosts.add(host)
-    for vm in vms:
-        if old.bindings.get(vm) != new.bindings.get(vm):
-            for topo in (old, new):
-                if vm in topo.vms:
-                    switches.add(topo.vms[vm].switch)
-    for (chain, slice_host), _tag in old.slices.items() ^ new.slices.items():
-        hosts.add(slice_host)
-        switches.add(slicelib.chain_switch(new, chain))
-    for (rule, _host), _block in old_blocks.items() ^ new_blocks.items():
-        for name, rules in new.nat_rules.items():
-            if any(r.uuid == rule for r in rules) and name in new.middleboxes:
-                switches.add(new.middleboxes[name].switch)
-    before, after = slicelib.designated_hosts(old), slicelib.designated_hosts(new)
-    for address in before.keys() | after.keys():
-        if before.get(address) != after.get(address):
-            hosts.update(h for h in (before.get(address), after.get(address)) if h)
-    for switch in switches:
-        hosts |= slicelib.switch_hosts(old, switch) | slicelib.switch_hosts(new, switch)
-    return hosts
+def _incoming(snap):
+    """(vm, host) pairs that need the VM's slices on a host where it may not
+    be bound (``slices.needed_slices``): the destination and the source of
+    an active migration, and a host that holds state of a VM that left
+    (shared state "vm-state": the VM's new host may still ask for it, and
+    its SNAT ports are forwarded from there)."""
+    out = {(m.vm, host) for m in getattr(snap, "migrations", ())
+           if m.status in ACTIVE_MIGRATION for host in (m.destination, m.source)}
+    out.update((row.key, row.host) for row in _records(getattr(snap, "shared_state", ()))
+               if getattr(row, "service", None) == VM_STATE)
+    return frozenset(out)
+
+
+def _config(snap):
+    """What of a config snapshot the flows are computed from: everything
+    but the status columns (hosts' nb_cfg, connection and datapath; VM
+    locations; slices; LB_VIP, Middlebox and Migration status; shared
+    state and IDS alerts; the nb_cfg / hv_cfg counters)."""
+    vips = {name: tuple(dataclasses.replace(v, status={}) for v in recs)
+            for name, recs in _by_middlebox(getattr(snap, "vips", {})).items()}
+    return ({name: (h.encap_ip, h.encap_type) for name, h in snap.hosts.items()},
+            snap.switches, snap.vms, snap.middleboxes, tuple(snap.policies),
+            snap.address_sets, _by_middlebox(getattr(snap, "nat_rules", {})), vips,
+            {n.name: n for n in _records(getattr(snap, "external_networks", {}))})
 
 
 def _records(value):

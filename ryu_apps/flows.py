@@ -781,3 +781,12 @@ def _blocks_of(blocks, rule_uuid):
             index.setdefault(item[0][0], []).append(item)
         _BLOCKS_CACHE[:] = [blocks, index]
     return _BLOCKS_CACHE[1].get(rule_uuid, ())
+
+
+# The derived values above that read the configuration only (switches,
+# VMs, services, hosts' addresses; not the hosts' ports, bindings or
+# slices), which the topologies of one configuration may share
+# (``ryu_apps.topostate``).  ``_shared``'s pieces are keyed by all else
+# they depend on.
+CONFIG_DERIVED = frozenset({_usable, _shared, _policies_by_switch, _vms_by_address,
+                            _external_cidr_matches, _address_sets})

@@ -128,6 +128,70 @@ def _slice_hosts_by_switch(topo):
     return out
 
 
+def indexes(topo):
+    """The derived indexes of ``topo``'s slices that the functions here
+    read ({builder: value}, as ``Topology.derived`` would compute them),
+    for a topology whose slices are kept change by change
+    (``updated_indexes``)."""
+    return {build: build(topo) for build in _INDEXES}
+
+
+def updated_indexes(ix, topo, changed):
+    """``indexes(topo)`` from ``ix``, the indexes of a topology that differs
+    from ``topo`` only in the slices ``changed`` ((chain, host) pairs added,
+    removed or re-tagged).  Returns (indexes, the middleboxes whose serving
+    hosts changed).  ``ix`` is left as it was."""
+    serving = dict(ix[_serving])
+    by_switch = dict(ix[_slice_hosts_by_switch])
+    moved = set()
+    host_slices = {}
+    for chain, host in changed:
+        if host not in host_slices:
+            host_slices[host] = [c for (c, _h) in topo.host_slices(host)]
+        still = host_slices[host]
+        for name in chain:
+            has = any(name in c for c in still)
+            hosts = serving.get(name, [])
+            if has == (host in hosts):
+                continue
+            hosts = sorted(set(hosts) ^ {host})
+            moved.add(name)
+            if hosts:
+                serving[name] = hosts
+            else:
+                serving.pop(name, None)
+        switch = chain_switch(topo, chain)
+        hosts = by_switch.get(switch, set())
+        has = any(chain_switch(topo, c) == switch for c in still)
+        if has != (host in hosts):
+            hosts = hosts ^ {host}
+            if hosts:
+                by_switch[switch] = hosts
+            else:
+                by_switch.pop(switch, None)
+    out = dict(ix, **{})
+    out[_serving] = serving
+    out[_slice_hosts_by_switch] = by_switch
+    if any(n in topo.middleboxes and topo.middleboxes[n].type == "nat" for n in moved):
+        view = _Indexed(topo, out)
+        out[_nat_middleboxes] = _nat_middleboxes(view)
+        out[_designated_hosts] = _designated_hosts(view)
+    return out, moved
+
+
+class _Indexed:
+    """``topo`` read through the indexes ``ix`` (to build one index from others)."""
+
+    def __init__(self, topo, ix):
+        self._topo, self._ix = topo, ix
+
+    def __getattr__(self, name):
+        return getattr(self._topo, name)
+
+    def derived(self, build):
+        return self._ix[build] if build in self._ix else self._topo.derived(build)
+
+
 def lowest_tag(topo, host, predicate):
     """The lowest tag of ``host``'s slices whose chain satisfies ``predicate``, or None."""
     tags = [tag for (chain, _), tag in topo.host_slices(host).items() if predicate(chain)]
@@ -172,14 +236,17 @@ def ports_per_host(mb):
         return DEFAULT_PORTS_PER_HOST
 
 
-def snat_blocks(topo, previous):
+def snat_blocks(topo, previous, middleboxes=None):
     """{(SNAT rule uuid, host): (ip, lo, hi)}: one block per rule and host
     serving the rule's NAT middlebox.  A (rule, host) keeps its block from
     ``previous`` (same shape) while it is still valid; hosts left without a
-    block (more hosts than blocks) are absent."""
+    block (more hosts than blocks) are absent.  ``middleboxes``: only the
+    blocks of these NAT middleboxes' rules (default: every one's)."""
     out = {}
     previous_by_rule = _by_rule(previous)
     for name in nat_middleboxes(topo):
+        if middleboxes is not None and name not in middleboxes:
+            continue
         hosts = hosts_serving(topo, name)
         mb = topo.middleboxes[name]
         for rule in topo.nat_rules.get(name, ()):
@@ -227,6 +294,9 @@ def slice_status(topo, blocks):
                     status[SNAT_STATUS_PREFIX + rule.uuid] = natblocks.format_block(block)
         out[(chain, host)] = status
     return out
+
+
+_INDEXES = (_serving, _slice_hosts_by_switch, _nat_middleboxes, _designated_hosts)
 
 
 def blocks_from_status(status):
