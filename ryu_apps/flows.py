@@ -790,3 +790,4 @@ def _blocks_of(blocks, rule_uuid):
 # they depend on.
 CONFIG_DERIVED = frozenset({_usable, _shared, _policies_by_switch, _vms_by_address,
                             _external_cidr_matches, _address_sets})
+SHARED_PIECES = _shared

@@ -69,6 +69,13 @@ class KeptTopology(Topology):
     def host_slices(self, host):
         return self.index.slices_by_host.get(host, {})
 
+    def unshared(self):
+        """The same topology with no flow piece computed yet: what computing
+        one host's flows costs when no other host shares its pieces."""
+        config = {build: value for build, value in self.index.config.items()
+                  if build is not flowlib.SHARED_PIECES}
+        return _kept(self, dataclasses.replace(self.index, config=config))
+
     def derived(self, build):
         ix = self.index
         if build in ix.slice_ix:
