@@ -103,8 +103,9 @@ class Engine:
         for vm, (host, _epoch) in snap.vm_locations.items():
             if host is not None:
                 self._last_host[vm] = host
+        bound = self._state.topo.bindings if self._state.topo is not None else {}
         self._maybe_gone = {vm for vm, (host, _) in snap.vm_locations.items()
-                            if host is not None}
+                            if host is not None and vm not in bound}
         config = _config(snap)
         if config != self._config:
             self._config = config
@@ -414,7 +415,8 @@ class Engine:
                         lambda: self._nb.set_hv_cfg(hv_cfg).execute(check_error=True))
         self._publish_locations(topo, live)
         checked = (topo.slices, self._snat_blocks, snap)
-        if self._all_hosts_reported() and self._slices_checked != checked:
+        if self._all_hosts_reported() and not (self._slices_checked and all(
+                a is b for a, b in zip(self._slices_checked, checked))):
             # Compared with the database once per slices, blocks and snapshot.
             self._slices_checked = checked
             status = slicelib.slice_status(topo, self._snat_blocks)
