@@ -95,7 +95,7 @@ class Engine:
         self._to_announce = set()       # VMs whose binding VM.host does not say yet
         self._maybe_gone = set()        # VMs VM.host places where they are not bound
         self._recorded_blocks = (None, {})  # (snapshot, the SNAT blocks it records)
-        self._slices_checked = None     # (topology, snapshot) last compared with the DB
+        self._slices_checked = None     # (slices version, snapshot) last compared with the DB
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
@@ -414,21 +414,23 @@ class Engine:
             self._write(("hv_cfg",), hv_cfg,
                         lambda: self._nb.set_hv_cfg(hv_cfg).execute(check_error=True))
         self._publish_locations(topo, live)
-        checked = (topo.slices, self._snat_blocks, snap)
-        if self._all_hosts_reported() and not (self._slices_checked and all(
-                a is b for a, b in zip(self._slices_checked, checked))):
-            # Compared with the database once per slices, blocks and snapshot.
-            self._slices_checked = checked
-            status = slicelib.slice_status(topo, self._snat_blocks)
-            current = {k: dict(v) for k, v in getattr(snap, "slice_status", {}).items()}
-            if dict(topo.slices) != dict(snap.slices) \
+        state = self._state
+        if self._all_hosts_reported() and self._slices_checked != (state.version, snap):
+            # The slices and their status written when they changed (the
+            # database had the ones written before) or when the database
+            # says otherwise (compared once per snapshot).
+            status = state.status
+            if self._slices_checked is not None and self._slices_checked[1] is snap:
+                differ = True
+            else:
+                current = {k: dict(v) for k, v in getattr(snap, "slice_status", {}).items()}
+                differ = dict(topo.slices) != dict(snap.slices) \
                     or {k: v for k, v in status.items() if v} \
-                    != {k: v for k, v in current.items() if v and k in topo.slices}:
-                self._write(("slices",), (tuple(sorted(topo.slices.items())),
-                                          tuple(sorted((k, tuple(sorted(v.items())))
-                                                       for k, v in status.items()))),
-                            lambda: self._nb.set_slices(dict(topo.slices), status).execute(
-                                check_error=True))
+                    != {k: v for k, v in current.items() if v and k in topo.slices}
+            if differ and self._written.get(("slices",)) != state.version:
+                self._nb.set_slices(dict(topo.slices), status).execute(check_error=True)
+                self._written[("slices",)] = state.version
+            self._slices_checked = (state.version, snap)
         self._publish_vip_status()
         self._publish_ids_status(topo)
         low = min((sw.applied_round for sw in live), default=self._round)

@@ -669,17 +669,22 @@ def _external(topo, switch):
 
 
 def _nat_in(topo, host, name, vni, tunnel, blocks):
-    """EXTERNAL_IN flows of NAT middlebox ``name``, which ``host`` serves."""
+    """EXTERNAL_IN flows of NAT middlebox ``name``, which ``host`` serves.
+    Those that do not name the host itself (a block or a DNAT'd VM's way
+    to the host that owns it, the way in for this host with its slice tag)
+    are pieces the hosts that have them share."""
     mb = topo.middleboxes[name]
     tag = slicelib.lowest_tag(topo, host, lambda chain: name in chain)
     serving = set(slicelib.hosts_serving(topo, name))
+    shared = topo.derived(_shared)
     flows = []
     if tunnel is not None:
-        flows.append(_flow(P.CLASSIFY, P.PRIO_CLASSIFY_REDIRECT,
-                           canon_match(in_port=tunnel, tunnel_id=vni, eth_dst=P.ROUTER_MAC),
-                           [("apply", (_set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL),
-                                       _set(P.REG_IN_PORT, tunnel))),
-                            _goto(P.EXTERNAL_IN)]))
+        flows += _piece(shared, ("nat-redirect", tunnel, vni), lambda: [
+            _flow(P.CLASSIFY, P.PRIO_CLASSIFY_REDIRECT,
+                  canon_match(in_port=tunnel, tunnel_id=vni, eth_dst=P.ROUTER_MAC),
+                  [("apply", (_set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL),
+                              _set(P.REG_IN_PORT, tunnel))),
+                   _goto(P.EXTERNAL_IN)])])
 
     here = ("apply", (_set(P.REG_SLICE, tag), _set(P.REG_FROM_TUNNEL, P.FROM_TUNNEL)))
     stage = [here, _metadata(vni), _goto(P.EXTERNAL_CT)]
@@ -690,21 +695,24 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
                 _set("eth_dst", P.ROUTER_MAC), ("output", tunnel))
 
     def to_host(owner):
-        """(instructions, extra match) for a packet owned by ``owner``, or None."""
+        """(piece key part, instructions, extra match) for a packet owned by
+        ``owner``, or None."""
         if owner == host:
-            return (stage, {})
+            return (("here", tag), stage, {})
         if tunnel is None or topo.hosts.get(owner) is None or owner not in serving:
             return None
-        return ([("apply", tunnel_to(owner))], {P.REG_FROM_TUNNEL: 0})
+        return (("to", topo.hosts[owner].encap_ip, tunnel), [("apply", tunnel_to(owner))],
+                {P.REG_FROM_TUNNEL: 0})
 
     others = sorted(h for h in serving if h != host and topo.hosts.get(h) is not None)
     addresses = sorted({ip for rule in topo.nat_rules.get(name, ()) for ip in rule.external_ips})
     for ip in addresses:
         # Sent here by another host (a port block, a moved connection's
         # forwarder, ICMP): this host's conntrack decides.
-        flows.append(_flow(P.EXTERNAL_IN, P.PRIO_EXTERNAL_REDIRECTED,
-                           canon_match(eth_type=P.ETH_TYPE_IP, ipv4_dst=ip,
-                                       **{P.REG_FROM_TUNNEL: P.FROM_TUNNEL}), stage))
+        flows += _piece(shared, ("nat-redirected", ip, tag, vni), lambda: [
+            _flow(P.EXTERNAL_IN, P.PRIO_EXTERNAL_REDIRECTED,
+                  canon_match(eth_type=P.ETH_TYPE_IP, ipv4_dst=ip,
+                              **{P.REG_FROM_TUNNEL: P.FROM_TUNNEL}), stage)])
     for rule in topo.nat_rules.get(name, ()):
         if rule.type != "snat" or tunnel is None:
             continue
@@ -721,39 +729,52 @@ def _nat_in(topo, host, name, vni, tunnel, blocks):
         if rule.type == "snat":
             for (uuid, owner), (ip, lo, hi) in _blocks_of(blocks, rule.uuid):
                 target = to_host(owner)
-                if target is None:
-                    continue
-                ports = slicelib.block_match(lo, hi)
-                for proto, field in ((6, "tcp_dst"), (17, "udp_dst")):
-                    flows.append(_flow(P.EXTERNAL_IN, P.PRIO_EXTERNAL_SNAT,
-                                       canon_match(eth_type=P.ETH_TYPE_IP, ip_proto=proto,
-                                                   ipv4_dst=ip, **{field: ports},
-                                                   **target[1]),
-                                       target[0]))
+                if target is not None:
+                    flows += _piece(shared, ("snat-block", ip, lo, hi, vni, target[0]),
+                                    lambda: _snat_block(ip, lo, hi, target))
         elif rule.type == "dnat":
             vm = topo.derived(_vms_by_address).get((mb.switch, rule.logical_ip))
             binding = topo.bindings.get(vm.name) if vm is not None else None
             target = to_host(binding.host) if binding is not None else None
-            instructions, extra = target if target is not None else ([], {})
-            protos = {"tcp": (6,), "udp": (17,)}.get(rule.protocol)
-            if protos is None:
-                protos = (6, 17) if rule.external_port is not None else (None,)
-            if None not in protos:
-                protos += (1,)          # ICMP errors about its connections
-            for ip in rule.external_ips:
-                for proto in protos:
-                    fields = dict(extra)
-                    prio = P.PRIO_EXTERNAL_DNAT
-                    if proto is not None:
-                        fields["ip_proto"] = proto
-                        prio += 1
-                    if rule.external_port is not None and proto != 1:
-                        fields["tcp_dst" if proto == 6 else "udp_dst"] = rule.external_port
-                        prio += 200
-                    flows.append(_flow(P.EXTERNAL_IN, prio,
-                                       canon_match(eth_type=P.ETH_TYPE_IP, ipv4_dst=ip,
-                                                   **fields),
-                                       instructions))
+            flows += _piece(shared, ("dnat", rule.uuid, vni, target and target[0]),
+                            lambda: _dnat(rule, target))
+    return flows
+
+
+def _snat_block(ip, lo, hi, target):
+    """A SNAT port block's way in: to ``target`` (``_nat_in``'s to_host)."""
+    _key, instructions, extra = target
+    ports = slicelib.block_match(lo, hi)
+    return [_flow(P.EXTERNAL_IN, P.PRIO_EXTERNAL_SNAT,
+                  canon_match(eth_type=P.ETH_TYPE_IP, ip_proto=proto, ipv4_dst=ip,
+                              **{field: ports}, **extra),
+                  instructions)
+            for proto, field in ((6, "tcp_dst"), (17, "udp_dst"))]
+
+
+def _dnat(rule, target):
+    """A DNAT rule's way in: to ``target`` (``_nat_in``'s to_host), or
+    dropped (None: its VM is nowhere)."""
+    _key, instructions, extra = target if target is not None else (None, [], {})
+    protos = {"tcp": (6,), "udp": (17,)}.get(rule.protocol)
+    if protos is None:
+        protos = (6, 17) if rule.external_port is not None else (None,)
+    if None not in protos:
+        protos += (1,)          # ICMP errors about its connections
+    flows = []
+    for ip in rule.external_ips:
+        for proto in protos:
+            fields = dict(extra)
+            prio = P.PRIO_EXTERNAL_DNAT
+            if proto is not None:
+                fields["ip_proto"] = proto
+                prio += 1
+            if rule.external_port is not None and proto != 1:
+                fields["tcp_dst" if proto == 6 else "udp_dst"] = rule.external_port
+                prio += 200
+            flows.append(_flow(P.EXTERNAL_IN, prio,
+                               canon_match(eth_type=P.ETH_TYPE_IP, ipv4_dst=ip, **fields),
+                               instructions))
     return flows
 
 

@@ -281,11 +281,12 @@ def block_match(lo, hi):
     return value if mask == 0xFFFF else (value, mask)
 
 
-def slice_status(topo, blocks):
-    """{(chain, host): {key: value}} for every slice: the SNAT blocks of the
-    host for the SNAT rules of every NAT middlebox of the chain."""
+def slice_status(topo, blocks, pairs=None):
+    """{(chain, host): {key: value}} for every slice (or the slices
+    ``pairs``): the SNAT blocks of the host for the SNAT rules of every NAT
+    middlebox of the chain."""
     out = {}
-    for (chain, host) in topo.slices:
+    for (chain, host) in (topo.slices if pairs is None else pairs):
         status = {}
         for name in chain:
             for rule in topo.nat_rules.get(name, ()):

@@ -100,6 +100,8 @@ class TopologyState:
     def __init__(self):
         self.topo: Optional[KeptTopology] = None
         self.blocks: Dict = {}
+        self.status: Dict = {}          # slices.slice_status of topo and blocks
+        self.version = 0                # counts the changes of slices, blocks, status
         self._placements = Counter()    # (switch, host) -> VMs bound or incoming there
         self._incoming = frozenset()    # (vm, host) pairs counted in _placements
         self._chains = {}               # switch -> its valid chains (config)
@@ -141,6 +143,8 @@ class TopologyState:
                        slices_by_host=slices_by_host, slice_ix=slicelib.indexes(base))
         self.topo = _kept(base, index)
         self.blocks = slicelib.snat_blocks(self.topo, previous_blocks)
+        self.status = slicelib.slice_status(self.topo, self.blocks)
+        self.version += 1
         return self.topo
 
     # ------------------------------------------------------------- update
@@ -288,7 +292,20 @@ class TopologyState:
                       if topo.derived(_rule_middleboxes).get(k[0]) not in nat}
             blocks.update(slicelib.snat_blocks(topo, previous, middleboxes=set(nat)))
             if blocks != self.blocks:
+                # the status of the slices of hosts whose blocks changed
+                for rule, host in blocks.keys() | self.blocks.keys():
+                    if blocks.get((rule, host)) != self.blocks.get((rule, host)):
+                        changed_slices += [pair for pair in topo.host_slices(host)
+                                           if pair not in changed_slices]
                 self.blocks = blocks
+        if changed_slices:
+            status = dict(self.status)
+            for pair in changed_slices:
+                status.pop(pair, None)
+            status.update(slicelib.slice_status(
+                topo, self.blocks, [p for p in changed_slices if p in topo.slices]))
+            self.status = status
+            self.version += 1
         self.topo = topo
         return dirty
 

@@ -1091,6 +1091,9 @@ def test_flows_kept_change_by_change_are_the_flows_computed_afresh():
             assert set(fresh.slices) == slicelib.needed_slices(fresh, incoming), where
             blocks = h.engine._snat_blocks
             assert slicelib.snat_blocks(fresh, blocks) == blocks, where
+            assert dict(h.nb.snap.slices) == dict(fresh.slices), where
+            assert {k: dict(v) for k, v in h.nb.snap.slice_status.items()} == \
+                slicelib.slice_status(fresh, blocks), where
             for host in ("h1", "h2", "h3"):
                 assert h.switches.flows(host) == sorted(
                     compute_host_flows(fresh, host, blocks), key=repr), (where, host)
