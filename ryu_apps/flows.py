@@ -159,8 +159,9 @@ def _remote_flows(topo, host, switch, _blocks):
     remote = _remote_vms(topo, host, switch) if tunnel is not None else []
     encap_ips = list(dict.fromkeys(ip for _, ip in sorted(
         (peer, ip) for _vm, peer, ip in remote)))
-    flows = [_l2_flood_from_vm(vni, encap_ips, tunnel)]
     shared = topo.derived(_shared)
+    flows = list(_piece(shared, ("l2-flood", vni, tuple(encap_ips), tunnel), lambda: [
+        _l2_flood_from_vm(vni, encap_ips, tunnel)]))
     for vm, _, encap_ip in remote:
         flows += _piece(shared, ("l2-remote", vm.name, encap_ip, tunnel), lambda: [
             _l2_to_remote(vm, vni, encap_ip, tunnel)])

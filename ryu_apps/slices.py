@@ -169,13 +169,15 @@ def updated_indexes(ix, topo, changed):
                 by_switch[switch] = hosts
             else:
                 by_switch.pop(switch, None)
-    out = dict(ix, **{})
+    out = dict(ix)
     out[_serving] = serving
     out[_slice_hosts_by_switch] = by_switch
-    if any(n in topo.middleboxes and topo.middleboxes[n].type == "nat" for n in moved):
-        view = _Indexed(topo, out)
-        out[_nat_middleboxes] = _nat_middleboxes(view)
-        out[_designated_hosts] = _designated_hosts(view)
+    nat = {n for n in moved if n in topo.middleboxes and topo.middleboxes[n].type == "nat"}
+    if nat:
+        names = set(ix[_nat_middleboxes]) - nat
+        names.update(n for n in nat if n in serving)
+        out[_nat_middleboxes] = sorted(names)
+        out[_designated_hosts] = _designated_hosts(_Indexed(topo, out))
     return out, moved
 
 
