@@ -20,6 +20,16 @@ connected hosts) and, for a VM whose port appeared somewhere, ``VM.host`` and
 a new ``VM.location_epoch`` once every connected host has applied the round in
 which that location was first programmed.
 
+Incremental computation.  The topology is kept change by change
+(``topostate.TopologyState``): a host's port event updates the bindings of
+that host's VMs and what follows from them (slices, SNAT blocks), and marks
+the flow parts (``flows.host_parts``) of the hosts it can touch; only those
+parts are computed again and compared with the switch, part by part.  A
+config snapshot rebuilds the topology and computes every part only when
+what the flows are made of changed (``_config``); status written back by
+the daemons or the controller computes nothing.  A switch that connects,
+or whose host changed, gets every part, compared with the flows read back.
+
 Services (docs/services.md).  The engine also allocates the slices (one per
 chain and host) and the SNAT port blocks, both stable across
 recomputations, and writes them to the ``Slice`` rows (tag, status
