@@ -254,18 +254,15 @@ class Engine:
                 bindings[vm] = binding
         return self._state.rebuild(config, hosts, bindings, _incoming(snap), snap.slices,
                                    self._state.topo.slices if self._state.topo else {},
-                                   self._previous_blocks())
+                                   self._recorded_blocks_now())
 
-    def _previous_blocks(self):
-        """The SNAT blocks the database records (Slice.status), and those
-        allocated since."""
+    def _recorded_blocks_now(self):
+        """The SNAT blocks the database records (Slice.status)."""
         snap = self.nb_snap
         if self._recorded_blocks[0] is not snap:
-            self._recorded_blocks = (snap, slicelib.blocks_from_status(
-                getattr(snap, "slice_status", {})))
-        previous = dict(self._recorded_blocks[1])
-        previous.update(self._state.blocks)
-        return previous
+            self._recorded_blocks = (snap, slicelib.Blocks(slicelib.blocks_from_status(
+                getattr(snap, "slice_status", {}))))
+        return self._recorded_blocks[1]
 
     def _current_seq(self, vm, binding):
         return self._appearances[(vm, binding.host)][0]
@@ -292,7 +289,8 @@ class Engine:
                      if h in snap.hosts}
             vms = sorted(vms)
             dirty = self._state.update(hosts, {vm: self._binding(vm) for vm in vms},
-                                       incoming, snap.slices, self._previous_blocks)
+                                       incoming, snap.slices,
+                                       self._recorded_blocks_now())
             topo = self._state.topo
         for vm in vms:
             binding = topo.bindings.get(vm)

@@ -107,9 +107,10 @@ def union(parts):
 def _host_flows(topo, host):
     """Part ``HOST_PART``: table misses, multicast steering, the judged-packet
     skip, and what the host's uplink needs."""
-    flows = [_table_miss(t) for t in P.TABLES if P.COOKIE in t.owners]
-    flows.append(_flow(P.FROM_VM_STEERING, P.PRIO_STEER_MULTICAST,
-                       canon_match(eth_dst=P.MULTICAST_MAC), [_goto(P.L2_LOOKUP)]))
+    flows = list(_piece(topo.derived(_shared), ("table-miss",), lambda: [
+        _table_miss(t) for t in P.TABLES if P.COOKIE in t.owners] + [
+        _flow(P.FROM_VM_STEERING, P.PRIO_STEER_MULTICAST,
+              canon_match(eth_dst=P.MULTICAST_MAC), [_goto(P.L2_LOOKUP)])]))
     if topo.host_slices(host):
         # A packet the daemon made (or a DNAT'd one, judged already) is
         # delivered without being steered again.
@@ -613,9 +614,7 @@ def _gateway_uplink(topo, host):
     uplink_mac = host_info.uplink_mac
     if not uplink_mac:
         return flows
-    for address, owner in sorted(slicelib.designated_hosts(topo).items()):
-        if owner != host:
-            continue
+    for address in topo.derived(_designated_by_host).get(host, ()):
         for net in _external_nets(topo):
             if not _contains(net.cidr, address):
                 continue
@@ -626,6 +625,14 @@ def _gateway_uplink(topo, host):
                                [_arp_reply(net.gateway_ip, net.gateway_mac, address,
                                            uplink_mac)]))
     return flows
+
+
+def _designated_by_host(topo):
+    """{host: the external addresses it answers ARP for, sorted}."""
+    out = {}
+    for address, owner in sorted(slicelib.designated_hosts(topo).items()):
+        out.setdefault(owner, []).append(address)
+    return out
 
 
 def _contains(cidr, address):
@@ -794,9 +801,10 @@ _BLOCKS_CACHE = [None, {}]      # the last blocks mapping seen, its index
 
 def _blocks_of(blocks, rule_uuid):
     """The sorted ((rule uuid, host), block) items of ``blocks`` for one rule.
-    The index is kept for the last mapping seen: the engine hands the same
-    allocation (a new mapping for each topology, never changed once handed
-    over) to every host of a computation."""
+    A ``slices.Blocks`` mapping (the engine's) indexes itself; for another
+    mapping the index is kept for the last one seen."""
+    if isinstance(blocks, slicelib.Blocks):
+        return blocks.of_rule(rule_uuid)
     if _BLOCKS_CACHE[0] is not blocks:
         index = {}
         for item in sorted(blocks.items()):

@@ -268,6 +268,40 @@ def snat_blocks(topo, previous, middleboxes=None):
     return out
 
 
+class Blocks(dict):
+    """A ``snat_blocks`` mapping that also gives one rule's blocks,
+    ``of_rule``, without a pass over every rule's: {rule uuid: its sorted
+    ((rule uuid, host), block) items}.  Never changed once built."""
+
+    def __init__(self, items=(), by_rule=None):
+        super().__init__(items)
+        self._by_rule = by_rule
+
+    def of_rule(self, rule_uuid):
+        if self._by_rule is None:
+            index = {}
+            for item in sorted(self.items()):
+                index.setdefault(item[0][0], []).append(item)
+            self._by_rule = {uuid: tuple(items) for uuid, items in index.items()}
+        return self._by_rule.get(rule_uuid, ())
+
+    def replacing(self, rules, blocks):
+        """These blocks with those of ``rules`` replaced by ``blocks`` (a
+        ``snat_blocks`` mapping of these rules only)."""
+        self.of_rule(None)
+        out = dict(self)
+        by_rule = dict(self._by_rule)
+        for rule in rules:
+            for key, _block in by_rule.pop(rule, ()):
+                del out[key]
+        index = {}
+        for item in sorted(blocks.items()):
+            index.setdefault(item[0][0], []).append(item)
+        out.update(blocks)
+        by_rule.update((uuid, tuple(items)) for uuid, items in index.items())
+        return Blocks(out, by_rule)
+
+
 def _by_rule(blocks):
     """{rule uuid: {host: block}} of a ``snat_blocks`` mapping, in its order."""
     out = {}

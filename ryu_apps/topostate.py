@@ -99,7 +99,7 @@ class TopologyState:
 
     def __init__(self):
         self.topo: Optional[KeptTopology] = None
-        self.blocks: Dict = {}
+        self.blocks = slicelib.Blocks()
         self.status: Dict = {}          # slices.slice_status of topo and blocks
         self.version = 0                # counts the changes of slices, blocks, status
         self._placements = Counter()    # (switch, host) -> VMs bound or incoming there
@@ -115,7 +115,8 @@ class TopologyState:
         ``bindings``: {vm: PortBinding}; ``incoming``: (vm, host) pairs
         (``slices.needed_slices``); ``recorded_slices`` and ``slices``: the
         tags in the database and those allocated since, which the slices
-        keep; ``previous_blocks``: the SNAT blocks they keep."""
+        keep; ``previous_blocks``: the SNAT blocks recorded in the database,
+        which the blocks keep (with those allocated since)."""
         base = dataclasses.replace(config, hosts=dict(hosts), bindings=dict(bindings))
         self._chains = _valid_chains(base)
         self._dnat = _dnat_addresses(base)
@@ -142,7 +143,9 @@ class TopologyState:
                        by_switch={s: tuple(v) for s, v in by_switch.items()},
                        slices_by_host=slices_by_host, slice_ix=slicelib.indexes(base))
         self.topo = _kept(base, index)
-        self.blocks = slicelib.snat_blocks(self.topo, previous_blocks)
+        previous = dict(previous_blocks)
+        previous.update(self.blocks)
+        self.blocks = slicelib.Blocks(slicelib.snat_blocks(self.topo, previous))
         self.status = slicelib.slice_status(self.topo, self.blocks)
         self.version += 1
         return self.topo
@@ -154,7 +157,7 @@ class TopologyState:
         whose binding may have changed, ``incoming`` the (vm, host) pairs
         now (None: unchanged).  ``recorded_slices``: tags in the database,
         a new slice takes its recorded one when free; ``previous_blocks``:
-        a function returning the blocks recorded in the database.
+        the SNAT blocks recorded in the database (``slices.Blocks``).
         Returns {host: set of part ids, or ALL}: the parts that may have
         changed."""
         old = self.topo
@@ -286,18 +289,20 @@ class TopologyState:
                     for host in _serving_either(old, topo, mb):
                         mark(host, ("nat", switch))
         if nat:
-            previous = dict(previous_blocks())
-            previous.update(self.blocks)
-            blocks = {k: v for k, v in self.blocks.items()
-                      if topo.derived(_rule_middleboxes).get(k[0]) not in nat}
-            blocks.update(slicelib.snat_blocks(topo, previous, middleboxes=set(nat)))
-            if blocks != self.blocks:
+            rules = [rule.uuid for name in nat for rule in topo.nat_rules.get(name, ())]
+            previous = {}
+            for rule in rules:
+                previous.update(previous_blocks.of_rule(rule))
+                previous.update(self.blocks.of_rule(rule))
+            computed = slicelib.snat_blocks(topo, previous, middleboxes=set(nat))
+            before = {k: v for rule in rules for k, v in self.blocks.of_rule(rule)}
+            if computed != before:
                 # the status of the slices of hosts whose blocks changed
-                for rule, host in blocks.keys() | self.blocks.keys():
-                    if blocks.get((rule, host)) != self.blocks.get((rule, host)):
-                        changed_slices += [pair for pair in topo.host_slices(host)
+                for key in computed.keys() | before.keys():
+                    if computed.get(key) != before.get(key):
+                        changed_slices += [pair for pair in topo.host_slices(key[1])
                                            if pair not in changed_slices]
-                self.blocks = blocks
+                self.blocks = self.blocks.replacing(rules, computed)
         if changed_slices:
             status = dict(self.status)
             for pair in changed_slices:
