@@ -51,6 +51,7 @@ from mbxmodel.snapshot import NbSnapshot
 from mbxmodel.state import HostRecord
 from ovsdb.api import sort_rules
 from ryu_apps.engine import Engine
+from ryu_apps.northd import Northd
 
 SPREAD = 10                 # hosts each tenant's VMs are spread over
 TENANT_VMS_PER_HOST = 5     # VMs of one switch on one of its hosts
@@ -256,13 +257,16 @@ class FakeNb:
     def __init__(self, snap):
         self.snap = snap
         self.writes = 0
+        self.dirty = False          # written since the last snapshot
 
     def snapshot(self):
+        self.dirty = False
         s = self.snap
         return dataclasses.replace(s, hosts=dict(s.hosts), vm_locations=dict(s.vm_locations))
 
     def apply(self, write):
         self.writes += 1
+        self.dirty = True
         s = self.snap
         kind = write[0]
         if kind == "host":
@@ -273,6 +277,8 @@ class FakeNb:
             self.snap = dataclasses.replace(s, hv_cfg=write[1])
         elif kind == "slices":
             self.snap = dataclasses.replace(s, slices=write[1], slice_status=write[2])
+        elif kind == "northd_cfg":
+            self.snap = dataclasses.replace(s, northd_cfg=write[1])
 
     def set_host_status(self, name, **cols):
         return _Done(self, ("host", name, {k: v for k, v in cols.items() if v is not None}))
@@ -286,6 +292,9 @@ class FakeNb:
     def set_slices(self, slices, status=None):
         return _Done(self, ("slices", dict(slices), dict(status or {})))
 
+    def set_northd_cfg(self, value):
+        return _Done(self, ("northd_cfg", value))
+
     def set_vip_status(self, uuid, status):
         return _Done(self, ("vip",))
 
@@ -296,16 +305,34 @@ class FakeNb:
         return _Done(self, ("migration",))
 
 
+class FakeSb:
+    """The southbound rows the controllers write."""
+
+    def __init__(self):
+        self.status = {}
+        self.sb_cfg = 0
+
+    def set_chassis_status(self, status):
+        self.status[status.name] = status
+
+    def raise_sb_cfg(self, value):
+        self.sb_cfg = max(self.sb_cfg, value)
+
+
 class Controller:
-    """An Engine with fake switches and database, driven as the os-ken
-    application and the southbound database's watcher drive it."""
+    """The logical controller and a physical controller serving every host
+    (an Engine), with fake switches and databases, driven as their
+    processes' database connections and the os-ken application drive them."""
 
     def __init__(self, cloud):
         self.cloud = cloud
         self.switches = FakeSwitches()
         self.nb = FakeNb(dataclasses.replace(cloud.snap, hosts=dict(cloud.snap.hosts),
                                              vm_locations=dict(cloud.snap.vm_locations)))
-        self.engine = Engine(send=self.switches.send, nb=self.nb)
+        self.sb = FakeSb()
+        self.engine = Engine(send=self.switches.send, nb=self.nb, sb=self.sb)
+        self.northd = Northd(self.nb, self.sb)
+        self.northd_s = []          # seconds per logical controller run
         self.ports = {}
         self.dpid_host = {}
         self.placement = dict(cloud.placement)     # where each VM's port is now
@@ -318,13 +345,25 @@ class Controller:
             self.ports[host] = ports
             self.dpid_host[ports.datapath_id] = host
             self.engine.host_ports_changed(host, ports)
+            self.northd.host_ports_changed(host, ports)
             self.engine.switch_connected(ports.datapath_id)
             self.engine.switch_flows(ports.datapath_id, [])
         self.engine.southbound_ready()
+        self.northd.southbound_ready()
+
+    def _northd(self, event, *args):
+        """A logical controller event, then the config database's change
+        notification to the engine if it wrote."""
+        t0 = time.perf_counter()
+        getattr(self.northd, event)(*args)
+        self.northd_s.append(time.perf_counter() - t0)
+        if self.nb.dirty:
+            self.engine.nb_changed()
 
     def full(self):
-        """The first full computation: the config database answers."""
-        self.engine.nb_changed()
+        """The first full computation: the config database answers (the
+        logical controller translates it, then the engine computes)."""
+        self._northd("nb_changed")
 
     def ack_all(self):
         """Every switch acknowledges its barriers."""
@@ -343,6 +382,7 @@ class Controller:
             del vm_ports[vm]
         self.ports[host] = dataclasses.replace(ports, vm_ports=vm_ports)
         self.engine.host_ports_changed(host, self.ports[host])
+        self._northd("host_ports_changed", host, self.ports[host])
 
     def flows_of(self, host):
         return self.switches.tables.get(self.ports[host].datapath_id, {})

@@ -62,6 +62,14 @@ def _rows(api, table):
     return list(found.rows.values()) if found is not None else []
 
 
+def _require_table_column(api, table, column, version):
+    _require_table(api, table, version)
+    if column not in api.tables[table].columns:
+        raise MbxError(f"the config database has no {table}.{column} (its "
+                       f"schema predates {version}); restart its server to "
+                       "convert it")
+
+
 def _require_table(api, table, version):
     if table not in api.tables:
         raise MbxError(f"the config database has no {table} table (its "
@@ -1305,6 +1313,8 @@ class EnsureNbGlobalCommand(_Command):
 def _insert_nb_global(api, txn):
     row = txn.insert(api.tables["NB_Global"])
     row.name, row.nb_cfg, row.hv_cfg, row.hv_cfg_timestamp = "", 0, 0, 0
+    if "northd_cfg" in api.tables["NB_Global"].columns:
+        row.northd_cfg = 0
     row.options = {}
     return row
 
@@ -1350,6 +1360,17 @@ class SetVmLocationCommand(_Command):
             host = [_require(self.api, "Host", self.host_name, "host")]
         row.host = host
         row.location_epoch = self.epoch
+
+
+class SetNorthdCfgCommand(_Command):
+    def __init__(self, api, value):
+        super().__init__(api)
+        self.value = value
+
+    def run_idl(self, txn):
+        _require_table_column(self.api, "NB_Global", "northd_cfg", "1.5.0")
+        row = _nb_global(self.api) or _insert_nb_global(self.api, txn)
+        row.northd_cfg = self.value
 
 
 class SetHvCfgCommand(_Command):
@@ -1652,6 +1673,7 @@ class SnapshotCommand(_ReadCommand):
         middleboxes = _middleboxes(self.api)
         self.result = NbSnapshot(
             nb_cfg=nb.nb_cfg if nb else 0, hv_cfg=nb.hv_cfg if nb else 0,
+            northd_cfg=getattr(nb, "northd_cfg", 0) if nb else 0,
             hosts=hosts, switches=_switches(self.api),
             vms={vm.name: vm for vm in _vms(self.api)},
             vm_locations=locations, middleboxes=middleboxes,
@@ -2059,6 +2081,11 @@ class MbxNb(ovs_idl.Backend, ovsdbapp_api.API):
 
     def set_hv_cfg(self, value):
         return SetHvCfgCommand(self, value)
+
+    def set_northd_cfg(self, value):
+        """NB_Global.northd_cfg: the logical controller has translated the
+        config up to this ``nb_cfg`` (written after its own status writes)."""
+        return SetNorthdCfgCommand(self, value)
 
     def set_slices(self, slices, status=None):
         """Make the Slice table exactly ``slices``, a dict (chain, host
