@@ -211,14 +211,18 @@ def _key(sl, c):
     return (sl, c.key)
 
 
-def _import_mode(slices, vm):
+def _import_mode(slices, vm, default="bulk"):
+    """The VM's chain's migration-import option; ``default`` while no slice
+    of this host serves the VM yet (its config has not arrived)."""
+    known = False
     for s in slices.values():
         if any(v.name == vm for v in s.config.vms):
+            known = True
             for sv in s.config.services:
                 mode = dict(sv.options or {}).get("migration-import")
                 if mode:
                     return mode if mode in IMPORT_MODES else "bulk"
-    return "bulk"
+    return "bulk" if known else default
 
 
 class MigrationManager:
@@ -725,8 +729,10 @@ class MigrationManager:
         (the VM's zone is flushed: ``_reject``)."""
         vm = inc.row.vm
         if inc.early is None:
-            if inc.row.path != "unannounced" or \
-                    _import_mode(self.service.slices, vm) != "bulk":
+            mode = _import_mode(self.service.slices, vm, default=None)
+            if mode is None and inc.row.path == "unannounced":
+                return          # the VM's slice config has not arrived: decide later
+            if inc.row.path != "unannounced" or mode != "bulk":
                 inc.early = False
                 return
             self._zone_in_place(vm)

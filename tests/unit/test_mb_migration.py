@@ -649,6 +649,27 @@ def test_an_unannounced_bulk_import_commits_the_vms_zone_as_its_parts_come():
     assert ack["commits"] == p.dst.switch.packet_outs > early > 0
 
 
+def test_an_unannounced_import_decides_bulk_or_lazy_once_its_slice_config_is_there():
+    # The VM's state can start arriving before the config of its slice on
+    # this host: nothing is committed on a guess of the import mode.
+    dst = destination(options={"migration-import": "lazy"})
+    full = dst.config
+    dst.configure(HostConfig("h2", {}))
+    p = Pair(dst=dst)
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    hello, state, snat, final = p.src.chan.take()
+    p.dst.deliver([hello, state], now=p.now)
+    assert p.dst.switch.packet_outs == 0 and p.dst.vm_conns() == []
+    p.dst.configure(full)                       # lazy, as the chain says
+    p.dst.deliver([snat, final], now=p.now)
+    assert p.dst.switch.packet_outs == 0        # acknowledged before its commits
+    p.imported()
+    p.dst.loop(p.now)                           # the background commits them
+    assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
+    assert p.dst.mgr.counters["lazy_commits"] == 5
+
+
 def test_an_early_committed_record_that_changes_is_imported_whole_again():
     p = Pair()
     p.set_rows(row("begun", path="unannounced"))
