@@ -165,6 +165,9 @@ def test_may_exist_accepts_identical_and_names_the_difference(nb):
 
 BAD_INPUTS = {
     "unknown command": (["ls-addd", "x"], "unknown command 'ls-addd'"),
+    "unknown command after a valid one": (
+        ["ls-add", "ls-x", "--vni", "9", "--subnet", "10.9.0.0/24", "--",
+         "ls-addd", "x"], "unknown command 'ls-addd'"),
     "option typo": (["ls-add", "x", "--vnii", "5", "--subnet", "10.5.0.0/24"],
                     "unrecognized arguments: --vnii 5"),
     "missing option": (["vm-add", "x", "--switch", "ls-a"],

@@ -1,0 +1,183 @@
+"""The config database API of steering policies and the slices the
+controller allocates for them."""
+
+from mbxmodel.services import PolicyInfo
+from ovsdb import validate
+from ovsdb.api.common import (_address_sets, _chain, _Command, _find,
+                              _middleboxes, _policies, _policy_info,
+                              _policy_rows, _require, _rows, _set_rows,
+                              _switches)
+from ovsdb.errors import MbxError
+from ovsdb.match import parse_match
+
+
+class SteerAddCommand(_Command):
+    def __init__(self, api, policy):
+        super().__init__(api)
+        self.policy = policy
+
+    def run_idl(self, txn):
+        policy = self.policy
+        switch = _find(self.api, "Logical_Switch", policy.switch)
+        if switch is None:
+            raise MbxError(f"unknown logical switch '{policy.switch}'; "
+                           "create it first (ls-add)")
+        validate.check_policy(policy, _switches(self.api),
+                              _middleboxes(self.api), _address_sets(self.api))
+        validate.check_policy_unique(policy, _policies(self.api))
+        _insert_policy(self.api, txn, switch, policy)
+
+
+def _insert_policy(api, txn, switch, policy):
+    row = txn.insert(api.tables["Steering_Policy"])
+    row.logical_switch, row.priority, row.match = (
+        switch, policy.priority, policy.match)
+    row.address_sets = _set_rows(api, parse_match(policy.match))
+    row.chain = {i: _require(api, "Middlebox", mb, "middlebox")
+                 for i, mb in enumerate(policy.chain)}
+
+
+class SteerDelCommand(_Command):
+    def __init__(self, api, switch, priority, if_exists=False):
+        super().__init__(api)
+        self.switch = switch
+        self.priority = priority
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        if _find(self.api, "Logical_Switch", self.switch) is None:
+            if self.if_exists:
+                return
+            raise MbxError(f"unknown logical switch '{self.switch}'; use "
+                           "--if-exists to ignore a missing one")
+        doomed = [row for row in _policy_rows(self.api, self.switch)
+                  if self.priority is None or row.priority == self.priority]
+        if not doomed and self.priority is not None and not self.if_exists:
+            raise MbxError(f"logical switch '{self.switch}' has no steering "
+                           f"policy at priority {self.priority}; use "
+                           "--if-exists to ignore a missing one")
+        for row in doomed:
+            row.delete()
+
+
+def _slice_chain(row):
+    """The chain of a Slice row, or None when it is broken: empty, or a
+    position is missing (a weak reference to a deleted middlebox was
+    cleared)."""
+    chain = row.chain
+    if not chain or sorted(chain) != list(range(len(chain))):
+        return None
+    return _chain(chain)
+
+
+def _slice_key(row):
+    chain = _slice_chain(row)
+    if chain is None or not row.host:
+        return None
+    return (chain, row.host[0].name)
+
+
+class SetSlicesCommand(_Command):
+    def __init__(self, api, desired, status):
+        super().__init__(api)
+        self.desired = desired
+        self.status = status
+
+    def run_idl(self, txn):
+        middleboxes = {row.name: row for row in _rows(self.api, "Middlebox")}
+        hosts = {row.name: row for row in _rows(self.api, "Host")}
+        wanted = {key: tag for key, tag in self.desired.items()
+                  if all(mb in middleboxes for mb in key[0])
+                  and key[1] in hosts}
+        seen = set()
+        for row in sorted(_rows(self.api, "Slice"), key=lambda r: r.uuid):
+            key = _slice_key(row)
+            if key not in wanted or key in seen:
+                row.delete()
+                continue
+            seen.add(key)
+            if row.tag != wanted[key]:
+                row.tag = wanted[key]
+            status = self.status.get(key, {})
+            if dict(row.status) != status:
+                row.status = status
+        for key, tag in sorted(wanted.items()):
+            if key not in seen:
+                chain, host = key
+                row = txn.insert(self.api.tables["Slice"])
+                row.chain = {i: middleboxes[mb] for i, mb in enumerate(chain)}
+                row.host, row.tag = [hosts[host]], tag
+                row.status = self.status.get(key, {})
+
+
+class ReplacePoliciesCommand(_Command):
+    """Make the steering policies of ``switch`` exactly ``policies``
+    (policies that stay keep their rows), without checks (see
+    CheckFirewallCommand)."""
+
+    def __init__(self, api, switch, policies):
+        super().__init__(api)
+        self.switch = switch
+        self.policies = policies
+
+    def run_idl(self, txn):
+        switch = _find(self.api, "Logical_Switch", self.switch)
+        if switch is None:
+            raise MbxError(f"unknown logical switch '{self.switch}'; create "
+                           "it first")
+        wanted = list(self.policies)
+        for row in _policy_rows(self.api, self.switch):
+            policy = _policy_info(row)
+            if policy in wanted:
+                wanted.remove(policy)
+            else:
+                row.delete()
+        for policy in wanted:
+            _insert_policy(self.api, txn, switch, policy)
+
+
+class SteeringApi:
+    """MbxNb's steering policy and slice methods."""
+
+    def steer_add(self, switch, priority, match, chain):
+        """``chain``: middleboxes of ``switch`` in order, as a sequence of
+        names or "NAME,NAME"; "bypass" (or empty) for none."""
+        policy = PolicyInfo(
+            validate.name(switch, "logical switch name"),
+            validate.steer_priority(priority), validate.match(match).text,
+            validate.chain(chain))
+        return SteerAddCommand(self, policy)
+
+    def steer_del(self, switch, priority=None, if_exists=False):
+        """Without ``priority``: every steering policy of ``switch``."""
+        if priority is not None:
+            priority = validate.steer_priority(priority)
+        return SteerDelCommand(self, switch, priority, if_exists)
+
+    def replace_policies(self, switch, policies):
+        """Make ``switch``'s steering policies exactly ``policies``; follow
+        a batch with ``check_firewall()``."""
+        return ReplacePoliciesCommand(self, switch, tuple(policies))
+
+    def set_slices(self, slices, status=None):
+        """Make the Slice table exactly ``slices``, a dict (chain, host
+        name) -> tag, where a chain is a non-empty tuple of middlebox names
+        in order; ``status`` maps the same keys to the slices' status
+        ({str: str}; missing or None: empty).  Entries naming a missing
+        middlebox or host are ignored."""
+        desired, checked = {}, {}
+        for (chain, host), tag in slices.items():
+            chain = validate.chain(tuple(chain))
+            if not chain:
+                raise MbxError("a slice's chain names at least one "
+                               "middlebox")
+            desired[(chain, host)] = validate.slice_tag(tag)
+        for (chain, host), value in (status or {}).items():
+            checked[(tuple(chain), host)] = validate.status_map(
+                value, "slice status")
+        return SetSlicesCommand(self, desired, checked)
+
+    def steer_list(self, switch=None):
+        """Sorted by switch, then descending priority."""
+        return [p for p in self.snapshot().policies
+                if switch is None or p.switch == switch]

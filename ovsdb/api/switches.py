@@ -1,0 +1,297 @@
+"""The config database API of logical switches, VMs and hosts."""
+
+import dataclasses
+
+from mbxmodel.network import SwitchInfo, VMInfo
+from ovsdb import validate
+from ovsdb.api.common import (_Command, _find, _gateway_column, _middleboxes,
+                              _policies, _refuse_existing, _require,
+                              _require_table, _reserved, _rows, _switch_info,
+                              _switches, _vm_info, _vms)
+from ovsdb.errors import MbxError
+
+
+class LsAddCommand(_Command):
+    def __init__(self, api, switch, may_exist=False):
+        super().__init__(api)
+        self.switch = switch
+        self.may_exist = may_exist
+
+    def run_idl(self, txn):
+        sw = self.switch
+        row = _find(self.api, "Logical_Switch", sw.name)
+        if row is not None:
+            _refuse_existing(f"logical switch '{sw.name}'", _switch_info(row), sw,
+                             self.may_exist)
+            return
+        validate.check_switch(sw, _switches(self.api).values())
+        row = txn.insert(self.api.tables["Logical_Switch"])
+        row.name, row.tenant, row.vni, row.subnet = (
+            sw.name, sw.tenant, sw.vni, sw.subnet)
+        row.gateway = _gateway_column(sw)
+
+
+class LsDelCommand(_Command):
+    def __init__(self, api, name, if_exists=False):
+        super().__init__(api)
+        self.name = name
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        row = _find(self.api, "Logical_Switch", self.name)
+        if row is None:
+            if self.if_exists:
+                return
+            raise MbxError(f"unknown logical switch '{self.name}'; use "
+                           "--if-exists to ignore a missing one")
+        users = sorted(vm.name for vm in _vms(self.api)
+                       if vm.switch == self.name)
+        if users:
+            raise MbxError(f"logical switch '{self.name}' still has VMs "
+                           f"{', '.join(users)}; delete them first (vm-del)")
+        policies = sorted((p.priority for p in _policies(self.api)
+                           if p.switch == self.name), reverse=True)
+        if policies:
+            raise MbxError(f"logical switch '{self.name}' still has steering "
+                           "policies at priority "
+                           f"{', '.join(map(str, policies))}; delete them "
+                           f"first (steer-del {self.name})")
+        middleboxes = sorted(mb.name for mb in _middleboxes(self.api).values()
+                             if mb.switch == self.name)
+        if middleboxes:
+            raise MbxError(f"logical switch '{self.name}' still has "
+                           f"middleboxes {', '.join(middleboxes)}; delete "
+                           "them first (mb-del)")
+        row.delete()
+
+
+class VmAddCommand(_Command):
+    def __init__(self, api, vm, mac_given, may_exist=False):
+        super().__init__(api)
+        self.vm = vm
+        self.mac_given = mac_given
+        self.may_exist = may_exist
+
+    def run_idl(self, txn):
+        vm = self.vm
+        row = _find(self.api, "VM", vm.name)
+        if row is not None:
+            current = _vm_info(row)
+            if not self.mac_given:
+                vm = dataclasses.replace(vm, mac=current.mac)
+            _refuse_existing(f"VM '{vm.name}'", current, vm, self.may_exist)
+            return
+        validate.check_vm(vm, _switches(self.api), _vms(self.api),
+                          reserved=_reserved(self.api))
+        row = txn.insert(self.api.tables["VM"])
+        row.name, row.mac, row.ip = vm.name, vm.mac, vm.ip
+        row.logical_switch = _find(self.api, "Logical_Switch", vm.switch)
+        row.location_epoch = 0
+
+
+class VmDelCommand(_Command):
+    def __init__(self, api, name, if_exists=False):
+        super().__init__(api)
+        self.name = name
+        self.if_exists = if_exists
+
+    def run_idl(self, txn):
+        row = _find(self.api, "VM", self.name)
+        if row is None:
+            if self.if_exists:
+                return
+            raise MbxError(f"unknown VM '{self.name}'; use --if-exists to "
+                           "ignore a missing one")
+        row.delete()
+
+
+class UpsertSwitchCommand(_Command):
+    """Create or update a switch without checks (see CheckCommand)."""
+
+    def __init__(self, api, switch):
+        super().__init__(api)
+        self.switch = switch
+
+    def run_idl(self, txn):
+        sw = self.switch
+        row = _find(self.api, "Logical_Switch", sw.name)
+        if row is None:
+            row = txn.insert(self.api.tables["Logical_Switch"])
+            row.name = sw.name
+        row.tenant, row.vni, row.subnet = sw.tenant, sw.vni, sw.subnet
+        row.gateway = _gateway_column(sw)
+
+
+class UpsertVmCommand(_Command):
+    """Create or update a VM without checks (see CheckCommand)."""
+
+    def __init__(self, api, vm):
+        super().__init__(api)
+        self.vm = vm
+
+    def run_idl(self, txn):
+        vm = self.vm
+        switch = _find(self.api, "Logical_Switch", vm.switch)
+        if switch is None:
+            raise MbxError(f"VM '{vm.name}': unknown logical switch "
+                           f"'{vm.switch}'; create it first")
+        row = _find(self.api, "VM", vm.name)
+        if row is None:
+            row = txn.insert(self.api.tables["VM"])
+            row.name, row.location_epoch = vm.name, 0
+        row.logical_switch, row.mac, row.ip = switch, vm.mac, vm.ip
+
+
+class CheckCommand(_Command):
+    """Check the named switches, their VMs and the named VMs against the
+    database as the transaction leaves it.  Added after a batch of upserts,
+    so a batch that is consistent as a whole passes whatever its order."""
+
+    def __init__(self, api, switch_names, vm_names):
+        super().__init__(api)
+        self.switch_names = set(switch_names)
+        self.vm_names = set(vm_names)
+
+    def run_idl(self, txn):
+        switches = _switches(self.api)
+        vms = _vms(self.api)
+        reserved = _reserved(self.api)
+        for name in sorted(self.switch_names):
+            validate.check_switch(switches[name], switches.values())
+        for vm in vms:
+            if vm.name in self.vm_names or vm.switch in self.switch_names:
+                validate.check_vm(vm, switches, vms, reserved=reserved)
+
+
+class HostRegisterCommand(_Command):
+    def __init__(self, api, name, encap_type, encap_ip, mgmt_address,
+                 migration_address=None):
+        super().__init__(api)
+        self.name = name
+        self.encap_type = encap_type
+        self.encap_ip = encap_ip
+        self.mgmt_address = mgmt_address
+        self.migration_address = migration_address
+
+    def run_idl(self, txn):
+        for other in _rows(self.api, "Host"):
+            if other.name != self.name and other.encap_ip == self.encap_ip:
+                raise MbxError(f"encap IP {self.encap_ip} is already used by "
+                               f"host '{other.name}'; give each host its own")
+        row = _find(self.api, "Host", self.name)
+        if row is None:
+            row = txn.insert(self.api.tables["Host"])
+            row.name, row.nb_cfg, row.connected = self.name, 0, False
+        row.encap_type = self.encap_type
+        row.encap_ip = self.encap_ip
+        row.mgmt_address = self.mgmt_address
+        if "migration_address" not in self.api.tables["Host"].columns:
+            if self.migration_address:      # schema before 1.3.0
+                _require_table(self.api, "Migration", "1.3.0")
+        elif self.migration_address is not None:
+            row.migration_address = self.migration_address
+
+
+class SetHostStatusCommand(_Command):
+    def __init__(self, api, name, nb_cfg, connected, datapath_id):
+        super().__init__(api)
+        self.name = name
+        self.columns = {"nb_cfg": nb_cfg, "connected": connected,
+                        "datapath_id": datapath_id}
+
+    def run_idl(self, txn):
+        row = _require(self.api, "Host", self.name, "host")
+        for column, value in self.columns.items():
+            if column == "datapath_id" and value is not None:
+                value = [value] if value else []
+            if value is not None:
+                setattr(row, column, value)
+
+
+class SetVmLocationCommand(_Command):
+    def __init__(self, api, vm_name, host_name, epoch):
+        super().__init__(api)
+        self.vm_name = vm_name
+        self.host_name = host_name
+        self.epoch = epoch
+
+    def run_idl(self, txn):
+        row = _require(self.api, "VM", self.vm_name, "VM")
+        host = []
+        if self.host_name is not None:
+            host = [_require(self.api, "Host", self.host_name, "host")]
+        row.host = host
+        row.location_epoch = self.epoch
+
+
+class SwitchesApi:
+    """MbxNb's logical switch, VM and host methods."""
+
+    def ls_add(self, name, vni, subnet, tenant=None, may_exist=False,
+               gateway=None):
+        """``gateway`` (default: the subnet's first address) is a host
+        address of ``subnet``."""
+        name = validate.name(name, "logical switch name")
+        subnet = validate.subnet(subnet)
+        switch = SwitchInfo(
+            name, validate.tenant(name if tenant is None else tenant),
+            validate.vni(vni), subnet,
+            validate.default_gateway(subnet) if gateway is None
+            else validate.gateway(gateway, subnet, name))
+        return LsAddCommand(self, switch, may_exist)
+
+    def ls_del(self, name, if_exists=False):
+        return LsDelCommand(self, name, if_exists)
+
+    def vm_add(self, name, switch, ip, mac=None, may_exist=False):
+        vm = VMInfo(validate.name(name, "VM name"),
+                    validate.name(switch, "logical switch name"),
+                    validate.mac(mac) if mac is not None
+                    else validate.mac_from_name(name),
+                    validate.ipv4(ip))
+        return VmAddCommand(self, vm, mac is not None, may_exist)
+
+    def vm_del(self, name, if_exists=False):
+        return VmDelCommand(self, name, if_exists)
+
+    def upsert_switch(self, switch: SwitchInfo):
+        """Create or update ``switch``; follow a batch with ``check()``."""
+        return UpsertSwitchCommand(self, switch)
+
+    def upsert_vm(self, vm: VMInfo):
+        """Create or update ``vm``; follow a batch with ``check()``."""
+        return UpsertVmCommand(self, vm)
+
+    def check(self, switch_names=(), vm_names=()):
+        return CheckCommand(self, switch_names, vm_names)
+
+    def host_register(self, name, encap_type, encap_ip, mgmt_address,
+                      migration_address=None):
+        """Create or update Host ``name``; ``migration_address`` None
+        leaves it as it is ("" on a new row), "" clears it."""
+        if migration_address is not None:
+            migration_address = validate.migration_address(migration_address)
+        return HostRegisterCommand(
+            self, validate.name(name, "host name"),
+            validate.encap_type(encap_type),
+            validate.ipv4(encap_ip, "encap IP"),
+            validate.mgmt_address(mgmt_address), migration_address)
+
+    def set_host_status(self, name, nb_cfg=None, connected=None,
+                        datapath_id=None):
+        """Columns left as None are unchanged; datapath_id "" clears it."""
+        return SetHostStatusCommand(self, name, nb_cfg, connected, datapath_id)
+
+    def set_vm_location(self, vm_name, host_name, epoch):
+        return SetVmLocationCommand(self, vm_name, host_name, epoch)
+
+    def ls_list(self):
+        return sorted(self.snapshot().switches.values(), key=lambda s: s.name)
+
+    def vm_list(self, switch=None):
+        return sorted((vm for vm in self.snapshot().vms.values()
+                       if switch is None or vm.switch == switch),
+                      key=lambda vm: vm.name)
+
+    def host_list(self):
+        return sorted(self.snapshot().hosts.values(), key=lambda h: h.name)

@@ -1,0 +1,34 @@
+"""mbxctl's steering policy commands."""
+
+from ovsdb import validate
+from ovsdb.ctl.syntax import CtlCommand
+from ovsdb.ctl.text import table
+
+
+def _steer_list(snap, args):
+    return table(["SWITCH", "PRIORITY", "CHAIN", "MATCH"],
+                 [[p.switch, p.priority, validate.chain_text(p.chain),
+                   p.match]
+                  for p in snap.policies
+                  if args.switch is None or p.switch == args.switch])
+
+
+COMMANDS = (
+    CtlCommand(
+        "steer-add", "SWITCH PRIORITY MATCH MB[,MB...]|bypass",
+        "send SWITCH's traffic that MATCH\n"
+        "selects through the chain of\n"
+        "middleboxes MB,... in order\n"
+        "(PRIORITY 0-30000)",
+        args=("switch", "priority", "match", "chain"),
+        write=lambda nb, txn, a: txn.add(nb.steer_add(
+            a.switch, a.priority, a.match, a.chain))),
+    CtlCommand(
+        "steer-del", "SWITCH [PRIORITY] [--if-exists]",
+        "delete one or all steering policies",
+        args=("switch", "priority?", "--if-exists?"),
+        write=lambda nb, txn, a: txn.add(nb.steer_del(
+            a.switch, a.priority, a.if_exists))),
+    CtlCommand("steer-list", "[SWITCH]", "list steering policies",
+               args=("switch?",), read=_steer_list),
+)
