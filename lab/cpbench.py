@@ -57,13 +57,15 @@ from mbxmodel.state import AlertRecord, HostRecord, MigrationRecord, SharedRecor
 from ovsdb.api import sort_rules
 from ryu_apps import flows as flowlib
 from ryu_apps.engine import Engine
+from ryu_apps.northd import Northd
 
 SPREAD = 10                 # hosts each tenant's VMs are spread over
 TENANT_VMS_PER_HOST = 5     # VMs of one switch on one of its hosts
 SWITCHES_PER_TENANT = 2
 FW_RULES = 20
 SEED = 6
-TARGET_FULL_S = 2.0
+TARGET_FULL_S = 2.0         # the whole cloud, one physical controller
+TARGET_NORTHD_S = 2.0       # the logical controller's full translation
 TARGET_ONE_HOST_MS = 50.0
 TARGET_MOVE_MS = 20.0       # p99
 ONE_HOST_SAMPLE = 20        # hosts whose flows are computed alone
@@ -264,13 +266,16 @@ class FakeNb:
     def __init__(self, snap):
         self.snap = snap
         self.writes = 0
+        self.dirty = False          # written since the last snapshot
 
     def snapshot(self):
+        self.dirty = False
         s = self.snap
         return dataclasses.replace(s, hosts=dict(s.hosts), vm_locations=dict(s.vm_locations))
 
     def apply(self, write):
         self.writes += 1
+        self.dirty = True
         s = self.snap
         kind = write[0]
         if kind == "host":
@@ -281,6 +286,8 @@ class FakeNb:
             self.snap = dataclasses.replace(s, hv_cfg=write[1])
         elif kind == "slices":
             self.snap = dataclasses.replace(s, slices=write[1], slice_status=write[2])
+        elif kind == "northd_cfg":
+            self.snap = dataclasses.replace(s, northd_cfg=write[1])
 
     def set_host_status(self, name, **cols):
         return _Done(self, ("host", name, {k: v for k, v in cols.items() if v is not None}))
@@ -294,6 +301,9 @@ class FakeNb:
     def set_slices(self, slices, status=None):
         return _Done(self, ("slices", dict(slices), dict(status or {})))
 
+    def set_northd_cfg(self, value):
+        return _Done(self, ("northd_cfg", value))
+
     def set_vip_status(self, uuid, status):
         return _Done(self, ("vip",))
 
@@ -304,16 +314,34 @@ class FakeNb:
         return _Done(self, ("migration",))
 
 
+class FakeSb:
+    """The southbound rows the controllers write."""
+
+    def __init__(self):
+        self.status = {}
+        self.sb_cfg = 0
+
+    def set_chassis_status(self, status):
+        self.status[status.name] = status
+
+    def raise_sb_cfg(self, value):
+        self.sb_cfg = max(self.sb_cfg, value)
+
+
 class Controller:
-    """An Engine with fake switches and database, driven as the os-ken
-    application and the southbound database's watcher drive it."""
+    """The logical controller and a physical controller serving every host
+    (an Engine), with fake switches and databases, driven as their
+    processes' database connections and the os-ken application drive them."""
 
     def __init__(self, cloud):
         self.cloud = cloud
         self.switches = FakeSwitches()
         self.nb = FakeNb(dataclasses.replace(cloud.snap, hosts=dict(cloud.snap.hosts),
                                              vm_locations=dict(cloud.snap.vm_locations)))
-        self.engine = Engine(send=self.switches.send, nb=self.nb)
+        self.sb = FakeSb()
+        self.engine = Engine(send=self.switches.send, nb=self.nb, sb=self.sb)
+        self.northd = Northd(self.nb, self.sb)
+        self.northd_s = []          # seconds per logical controller event
         self.ports = {}
         self.dpid_host = {}
         self.placement = dict(cloud.placement)     # where each VM's port is now
@@ -327,13 +355,31 @@ class Controller:
             self.ports[host] = ports
             self.dpid_host[ports.datapath_id] = host
             self.engine.host_ports_changed(host, ports)
+            self.northd.host_ports_changed(host, ports)
             if switches is None or host in switches:
                 self.engine.switch_connected(ports.datapath_id)
                 self.engine.switch_flows(ports.datapath_id, [])
         self.engine.southbound_ready()
+        self.northd.southbound_ready()
+
+    def translate(self):
+        """The logical controller's first full translation: the config
+        database answers it.  Returns its seconds."""
+        self._northd("nb_changed", notify=False)
+        return self.northd_s[-1]
+
+    def _northd(self, event, *args, notify=True):
+        """A logical controller event, then (``notify``) the config
+        database's change notification to the engine if it wrote."""
+        t0 = time.perf_counter()
+        getattr(self.northd, event)(*args)
+        self.northd_s.append(time.perf_counter() - t0)
+        if notify and self.nb.dirty:
+            self.engine.nb_changed()
 
     def full(self):
-        """The first full computation: the config database answers."""
+        """The first full computation: the config database answers the
+        engine (after the logical controller's translation)."""
         self.engine.nb_changed()
 
     def ack_all(self):
@@ -353,6 +399,7 @@ class Controller:
             del vm_ports[vm]
         self.ports[host] = dataclasses.replace(ports, vm_ports=vm_ports)
         self.engine.host_ports_changed(host, self.ports[host])
+        self._northd("host_ports_changed", host, self.ports[host])
 
     def flows_of(self, host):
         return self.switches.tables.get(self.ports[host].datapath_id, {})
@@ -406,6 +453,7 @@ def one_host_controller(cloud):
     reported): its first computation, timed (seconds, flow-mods)."""
     ctl = Controller(cloud)
     ctl.connect_all(switches={cloud.hosts[0]})
+    ctl.translate()
     t0 = time.perf_counter()
     ctl.full()
     return time.perf_counter() - t0, sum(n for _, n, _ in ctl.switches.log)
@@ -413,7 +461,8 @@ def one_host_controller(cloud):
 
 def status_writes(ctl):
     """Status-only changes, each followed by the config database's
-    notification (``Engine.nb_changed``): a backend's health (Shared_State
+    notification to both controllers (``Northd.nb_changed``, which may write
+    status of its own, then ``Engine.nb_changed``): a backend's health (Shared_State
     lb-health), an IDS alert, a migration begun and progressing between
     two hosts of the VM's switch.  Returns, per change, the flow parts
     computed (calls of ``flows.compute_part``), the flow-mods sent and the
@@ -444,6 +493,7 @@ def status_writes(ctl):
         profile = cProfile.Profile()
         profile.enable()
         t0 = time.perf_counter()
+        ctl.northd.nb_changed()
         ctl.engine.nb_changed()
         ms = (time.perf_counter() - t0) * 1000
         profile.disable()
@@ -458,10 +508,12 @@ def status_writes(ctl):
 
 
 def cold_start(cloud):
-    """A Controller whose every host reported and connected, then the timed
-    first full computation.  Returns (controller, seconds)."""
+    """A Controller whose every host reported and connected, the logical
+    controller's translation (``ctl.northd_s[0]``), then the timed first
+    full computation.  Returns (controller, seconds)."""
     ctl = Controller(cloud)
     ctl.connect_all()
+    ctl.translate()
     t0 = time.perf_counter()
     ctl.full()
     return ctl, time.perf_counter() - t0
@@ -856,6 +908,12 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
         % (hosts, vms_per_host, res["cloud"]["tenants"], len(snap.switches),
            time.perf_counter() - t0))
     ctl, full_s = cold_start(cloud)
+    translate_s = ctl.northd_s[0]
+    res["northd_full"] = {"seconds": round(translate_s, 3),
+                          "slices": len(ctl.nb.snap.slices),
+                          "met": translate_s <= TARGET_NORTHD_S}
+    out("cpbench: logical controller, full translation %.2f s (%d slices)"
+        % (translate_s, len(ctl.nb.snap.slices)))
     flows = flows_per_host(ctl)
     res["full"] = {"seconds": round(full_s, 3), "hosts_programmed": len(ctl.switches.log),
                    "flow_mods": sum(n for _, n, _ in ctl.switches.log),
@@ -905,6 +963,7 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
     out("cpbench: status-only changes: %s" % res["status_writes"])
     profiled = Controller(cloud)
     profiled.connect_all()
+    res["profile_northd"] = _profiled(profiled.translate)
     res["profile_full"] = _profiled(profiled.full)
     profiled = None
     ctl = None          # free its flow tables

@@ -102,6 +102,7 @@ class TopologyState:
         self.blocks = slicelib.Blocks()
         self.status: Dict = {}          # slices.slice_status of topo and blocks
         self.version = 0                # counts the changes of slices, blocks, status
+        self._decided = ({}, {})        # the last (slices, blocks) decided elsewhere
         self._placements = Counter()    # (switch, host) -> VMs bound or incoming there
         self._incoming = frozenset()    # (vm, host) pairs counted in _placements
         self._chains = {}               # switch -> its valid chains (config)
@@ -109,22 +110,29 @@ class TopologyState:
 
     # ------------------------------------------------------------ rebuild
     def rebuild(self, config, hosts, bindings, incoming, recorded_slices, slices,
-                previous_blocks):
+                previous_blocks, decided=None):
         """From scratch.  ``config``: a Topology of the configuration only
         (no hosts' ports, bindings or slices); ``hosts``: {name: HostInfo};
         ``bindings``: {vm: PortBinding}; ``incoming``: (vm, host) pairs
         (``slices.needed_slices``); ``recorded_slices`` and ``slices``: the
         tags in the database and those allocated since, which the slices
         keep; ``previous_blocks``: the SNAT blocks recorded in the database,
-        which the blocks keep (with those allocated since)."""
+        which the blocks keep (with those allocated since).  ``decided``:
+        (slices, blocks) decided elsewhere (the logical controller's, as
+        the database records them), taken as they are instead of
+        allocated."""
         base = dataclasses.replace(config, hosts=dict(hosts), bindings=dict(bindings))
         self._chains = _valid_chains(base)
         self._dnat = _dnat_addresses(base)
         self._incoming = frozenset(p for p in incoming if p[1] in base.hosts)
-        needed = slicelib.needed_slices(base, self._incoming)
-        existing = dict(recorded_slices)
-        existing.update(slices)
-        base = dataclasses.replace(base, slices=slicelib.allocate(needed, existing))
+        if decided is not None:
+            self._decided = decided
+            base = dataclasses.replace(base, slices=dict(decided[0]))
+        else:
+            needed = slicelib.needed_slices(base, self._incoming)
+            existing = dict(recorded_slices)
+            existing.update(slices)
+            base = dataclasses.replace(base, slices=slicelib.allocate(needed, existing))
         self._placements = Counter()
         for vm, host in [(b.vm, b.host) for b in base.bindings.values()] + list(self._incoming):
             info = base.vms.get(vm)
@@ -143,21 +151,27 @@ class TopologyState:
                        by_switch={s: tuple(v) for s, v in by_switch.items()},
                        slices_by_host=slices_by_host, slice_ix=slicelib.indexes(base))
         self.topo = _kept(base, index)
-        previous = dict(previous_blocks)
-        previous.update(self.blocks)
-        self.blocks = slicelib.Blocks(slicelib.snat_blocks(self.topo, previous))
+        if decided is not None:
+            self.blocks = slicelib.Blocks(decided[1])
+        else:
+            previous = dict(previous_blocks)
+            previous.update(self.blocks)
+            self.blocks = slicelib.Blocks(slicelib.snat_blocks(self.topo, previous))
         self.status = slicelib.slice_status(self.topo, self.blocks)
         self.version += 1
         return self.topo
 
     # ------------------------------------------------------------- update
-    def update(self, hosts, bindings, incoming, recorded_slices, previous_blocks):
+    def update(self, hosts, bindings, incoming, recorded_slices, previous_blocks,
+               decided=None):
         """Apply changes: ``hosts`` {name: HostInfo} of hosts whose ports
         may have changed, ``bindings`` {vm: PortBinding or None} of VMs
         whose binding may have changed, ``incoming`` the (vm, host) pairs
         now (None: unchanged).  ``recorded_slices``: tags in the database,
         a new slice takes its recorded one when free; ``previous_blocks``:
         the SNAT blocks recorded in the database (``slices.Blocks``).
+        ``decided``: (slices, blocks) decided elsewhere (``rebuild``); the
+        slices and blocks become them, and nothing is allocated.
         Returns {host: set of part ids, or ALL}: the parts that may have
         changed."""
         old = self.topo
@@ -231,14 +245,20 @@ class TopologyState:
         # (``slices.allocate``'s rule, for the pairs in the same order).
         slices, slices_by_host = old.slices, ix.slices_by_host
         gone, new = [], []
-        for switch, host in placed:
-            chains = self._chains.get(switch, ())
-            needed = self._placements[(switch, host)] > 0
-            for chain in chains:
-                if needed and (chain, host) not in slices:
-                    new.append((chain, host))
-                elif not needed and (chain, host) in slices:
-                    gone.append((chain, host))
+        given = None
+        if decided is not None and decided[0] is not self._decided[0]:
+            given = decided[0]
+            gone = [p for p, tag in slices.items() if given.get(p) != tag]
+            new = [p for p, tag in given.items() if slices.get(p) != tag]
+        elif decided is None:
+            for switch, host in placed:
+                chains = self._chains.get(switch, ())
+                needed = self._placements[(switch, host)] > 0
+                for chain in chains:
+                    if needed and (chain, host) not in slices:
+                        new.append((chain, host))
+                    elif not needed and (chain, host) in slices:
+                        gone.append((chain, host))
         changed_slices = []
         if gone or new:
             slices, slices_by_host = dict(slices), dict(slices_by_host)
@@ -250,7 +270,8 @@ class TopologyState:
             changed_slices.append(pair)
         for pair in sorted(new):
             mine = dict(slices_by_host.get(pair[1], {}))
-            tag = _free_tag(set(mine.values()), recorded_slices.get(pair))
+            tag = given[pair] if given is not None else \
+                _free_tag(set(mine.values()), recorded_slices.get(pair))
             if tag is None:
                 continue
             slices[pair] = mine[pair] = tag
@@ -288,7 +309,11 @@ class TopologyState:
                 if any(info.ip == ip for info in infos):
                     for host in _serving_either(old, topo, mb):
                         mark(host, ("nat", switch))
-        if nat:
+        if decided is not None:
+            if decided[1] is not self._decided[1]:
+                self._decided_blocks(old, topo, decided[1], changed_slices, mark)
+            self._decided = decided
+        elif nat:
             rules = [rule.uuid for name in nat for rule in topo.nat_rules.get(name, ())]
             previous = {}
             for rule in rules:
@@ -313,6 +338,27 @@ class TopologyState:
             self.version += 1
         self.topo = topo
         return dirty
+
+
+    def _decided_blocks(self, old, topo, blocks, changed_slices, mark):
+        """The SNAT blocks become ``blocks``: the NAT way in of every host
+        serving a middlebox whose rule's blocks changed is marked."""
+        rules = _rule_middleboxes_of(topo)
+        touched = set()
+        for key in blocks.keys() | self.blocks.keys():
+            if blocks.get(key) != self.blocks.get(key):
+                touched.add(rules.get(key[0]))
+                changed_slices += [pair for pair in topo.host_slices(key[1])
+                                   if pair not in changed_slices]
+        for name in sorted(n for n in touched if n in topo.middleboxes):
+            switch = topo.middleboxes[name].switch
+            for host in _serving_either(old, topo, name):
+                mark(host, ("nat", switch))
+        self.blocks = slicelib.Blocks(blocks)
+
+
+def _rule_middleboxes_of(topo):
+    return topo.derived(_rule_middleboxes)
 
 
 def _serving_either(old, new, middlebox):

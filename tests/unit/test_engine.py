@@ -27,6 +27,7 @@ from mbxmodel.topology import Topology
 from ryu_apps import flows as flowlib
 from ryu_apps import slices as slicelib
 from ryu_apps.engine import Engine
+from ryu_apps.northd import Northd
 from ryu_apps.flows import compute_host_flows
 from topologies import (ENCAP, FW_LB, FW_NAT, IDS, TUNNEL, UPLINK_MAC, VMS, VNI_A, VNI_B,
                         services,
@@ -88,6 +89,9 @@ class FakeNb:
     def set_middlebox_status(self, name, status):
         return FakeCommand(self, ("mb-status", name, dict(status)))
 
+    def set_northd_cfg(self, value):
+        return FakeCommand(self, ("northd_cfg", value))
+
     def migration_create(self, vm, source, destination, path="unannounced", wait_ms=None):
         if self.refuse is not None:
             raise self.refuse
@@ -117,6 +121,8 @@ class FakeNb:
             self.snap = dataclasses.replace(s, migrations=s.migrations + (MigrationRecord(
                 f"m{n}", vm, source, destination, path, "begun", "t" * 32, {"begun": n}, {},
                 "", {"wait-ms": str(wait_ms)}),))
+        elif write[0] == "northd_cfg":
+            self.snap = dataclasses.replace(s, northd_cfg=write[1])
         elif write[0] == "mb-status":
             self.snap = dataclasses.replace(
                 s, middlebox_status={**s.middlebox_status, write[1]: write[2]})
@@ -142,6 +148,27 @@ class FakeNb:
 
     def hv_writes(self):
         return [w[1] for w in self.writes if w[0] == "hv_cfg"]
+
+
+class FakeSb:
+    """The southbound database's rows the controllers write: what the
+    physical controller reports of each host, and SB_Global.sb_cfg."""
+
+    def __init__(self):
+        self.status = {}            # host -> ChassisStatus
+        self.sb_cfg = 0
+        self.status_dirty = False
+        self.cfg_dirty = False
+
+    def set_chassis_status(self, status):
+        if self.status.get(status.name) != status:
+            self.status[status.name] = status
+            self.status_dirty = True
+
+    def raise_sb_cfg(self, value):
+        if value > self.sb_cfg:
+            self.sb_cfg = value
+            self.cfg_dirty = True
 
 
 class FakeSwitches:
@@ -188,53 +215,72 @@ class Harness:
         (False: the controller has just started; call ``sb_arrived``)."""
         self.switches = switches or FakeSwitches()
         self.nb = FakeNb(snap or initial_snapshot(), self.switches.events)
+        self.sb = FakeSb()
         self.auto_notify = auto_notify
-        self.engine = Engine(send=self.switches.send, nb=self.nb)
+        self.engine = Engine(send=self.switches.send, nb=self.nb, sb=self.sb,
+                             name="ctl")
+        self.northd = Northd(self.nb, self.sb)
+        self.controllers = (self.engine, self.northd)
         if sb_ready:
-            self.engine.southbound_ready()
+            for c in self.controllers:
+                c.southbound_ready()
         self.ports = {}             # host -> {vm: (ofport, mac)}
         self.extra = {}             # host -> more HostPorts fields (mb_ofport, uplink_*)
 
     def _settle(self):
-        for _ in range(10):
-            if not (self.auto_notify and self.nb.dirty):
+        """Deliver the databases' change notifications until nothing changes."""
+        for _ in range(20):
+            if self.sb.cfg_dirty:
+                self.sb.cfg_dirty = False
+                for c in self.controllers:
+                    c.sb_cfg_changed(self.sb.sb_cfg)
+            elif self.sb.status_dirty:
+                self.sb.status_dirty = False
+                self.northd.chassis_status_changed(dict(self.sb.status))
+            elif self.auto_notify and self.nb.dirty:
+                for c in self.controllers:
+                    c.nb_changed()
+            else:
                 return
-            self.engine.nb_changed()
-        raise AssertionError("the engine keeps rewriting the database")
+        raise AssertionError("the controllers keep rewriting the databases")
 
     def sb_arrived(self):
         """The southbound database's first contents have all been reported."""
-        self.engine.southbound_ready()
+        for c in self.controllers:
+            c.southbound_ready()
         self._settle()
 
     def notify(self):
-        """The config database's change notification reaches the engine."""
-        self.engine.nb_changed()
+        """The config database's change notification reaches the controllers."""
+        for c in self.controllers:
+            c.nb_changed()
+        self._settle()
+
+    def _ports(self, host, ports):
+        for c in self.controllers:
+            c.host_ports_changed(host, ports)
         self._settle()
 
     def set_ports(self, host, *vms, macs=None, dpid=True):
         macs = macs or {}
         self.ports[host] = {vm: (PORT[vm], macs.get(vm, MAC[vm])) for vm in vms}
-        self.engine.host_ports_changed(host, HostPorts(
+        self._ports(host, HostPorts(
             datapath_id=DPID[host] if dpid else None, tunnel_ofport=TUNNEL[host],
             vm_ports=dict(self.ports[host]), **self.extra.get(host, {})))
-        self._settle()
 
     def add_port(self, host, vm, ofport=None, mac=None):
         ports = dict(self.ports.get(host, {}))
         ports[vm] = (ofport or PORT[vm], mac or MAC[vm])
         self.ports[host] = ports
-        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
-                                                       **self.extra.get(host, {})))
-        self._settle()
+        self._ports(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
+                                    **self.extra.get(host, {})))
 
     def del_port(self, host, vm):
         ports = dict(self.ports[host])
         del ports[vm]
         self.ports[host] = ports
-        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
-                                                       **self.extra.get(host, {})))
-        self._settle()
+        self._ports(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
+                                    **self.extra.get(host, {})))
 
     def connect(self, host):
         """The switch connects and its current flows are read back."""
@@ -393,7 +439,8 @@ def test_nb_cfg_is_acknowledged_only_after_every_switch_acked_its_barrier():
     assert h.nb.bump_nb_cfg() == 2
     h.notify()
     assert set(h.switches.unacked) == {DPID["h1"], DPID["h2"]}     # both need new flows
-    assert h.nb.writes[n_writes:] == []
+    # the logical controller has translated generation 2; no host applied it yet
+    assert h.nb.writes[n_writes:] == [("northd_cfg", 2)]
 
     h.ack("h1")
     assert h.nb.snap.hosts["h1"].nb_cfg == 2
@@ -1053,8 +1100,8 @@ def restarted(h):
     again.notify()
     for host in ("h1", "h2", "h3"):     # the southbound database's contents
         again.ports[host] = dict(h.ports.get(host, {}))
-        again.engine.host_ports_changed(host, HostPorts(
-            DPID[host], TUNNEL[host], dict(again.ports[host]), **again.extra.get(host, {})))
+        again._ports(host, HostPorts(DPID[host], TUNNEL[host], dict(again.ports[host]),
+                                     **again.extra.get(host, {})))
     again.sb_arrived()
     for host in ("h1", "h2", "h3"):
         again.connect(host)
