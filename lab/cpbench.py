@@ -420,6 +420,15 @@ def _profile_top(profile, n=15):
     return rows[:n]
 
 
+def _rss_mb():
+    """This process's resident memory, MB (Linux /proc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def _dist(values):
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
@@ -907,6 +916,8 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
     out("cpbench: %d hosts x %d VMs (%d tenants, %d switches) built in %.1f s"
         % (hosts, vms_per_host, res["cloud"]["tenants"], len(snap.switches),
            time.perf_counter() - t0))
+    gc.collect()
+    rss_before = _rss_mb()
     ctl, full_s = cold_start(cloud)
     translate_s = ctl.northd_s[0]
     res["northd_full"] = {"seconds": round(translate_s, 3),
@@ -924,6 +935,12 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
     t0 = time.perf_counter()
     ctl.ack_all()
     res["full"]["ack_all_s"] = round(time.perf_counter() - t0, 3)
+    gc.collect()
+    res["memory"] = {"rss_before_mb": rss_before, "rss_after_mb": _rss_mb(),
+                     "controllers_mb": round(_rss_mb() - rss_before, 1)}
+    out("cpbench: memory: the logical and physical controller's state after the "
+        "full computation: %.1f MB (process RSS %.1f -> %.1f MB)"
+        % (res["memory"]["controllers_mb"], rss_before, res["memory"]["rss_after_mb"]))
     # Alone, as a controller of one host: the flows of every other host
     # (alive in this process) moved out of the garbage collector's reach.
     gc.collect()
@@ -1038,6 +1055,10 @@ def markdown(results):
             c["tenants_per_host"]["min"], c["tenants_per_host"]["max"], c["middleboxes"],
             c["firewall_rules"], c["steering_policies"], c["lb_vips"], c["nat_rules"]), "",
         "| figure | measured | target | |", "|---|---|---|---|",
+        "| logical controller (`mbx-northd`): full translation (slices, SNAT blocks, "
+        "status) | %.2f s (%d slices) | <= %g s | %s |" % (
+            r["northd_full"]["seconds"], r["northd_full"]["slices"], TARGET_NORTHD_S,
+            _yes(r["northd_full"]["met"])),
         "| full flow computation, all %d hosts | %.2f s (%d flow-mods) | <= %g s | %s |" % (
             r["hosts"], r["full"]["seconds"], r["full"]["flow_mods"], TARGET_FULL_S,
             _yes(r["full"]["met"])),
@@ -1071,6 +1092,9 @@ def markdown(results):
             _yes(move["only_involved_hosts"])),
         "| flows per host (min / median / max) | %d / %s / %d | | |" % (
             fph["min"], fph["median"], fph["max"]),
+        "| memory: both controllers' state after the full computation (growth of the "
+        "process's resident set; the fake switches' tables share the flow objects) | "
+        "%.0f MB | reported | |" % r["memory"]["controllers_mb"],
         "| median flows per host by cloud size | %s | constant (within %d%%) | %s |" % (
             scales, SCALE_TOLERANCE * 100, _yes(flat(r["scales"]))),
         "| config bytes a host receives for tenants it does not run (%d hosts, "
@@ -1088,8 +1112,11 @@ def markdown(results):
     lines += [
         "",
         "Method (`python -m lab.cpbench`): the cloud is built in memory and fed to the "
-        "controller's own `Engine` (ryu_apps/engine.py) through the event methods the "
-        "os-ken application and the host OVSDB watchers call; switches are fakes whose "
+        "logical controller (`Northd`, ryu_apps/northd.py) and a physical controller "
+        "serving every host (`Engine`, ryu_apps/engine.py) through the event methods "
+        "their database connections and the os-ken application call; a move's time "
+        "includes the logical controller's reaction (a slice on the new host) and the "
+        "physical controller's to that; switches are fakes whose "
         "`send` applies the flow-mods to a table, the config database a fake snapshot that "
         "the status writes update.  *Full computation*: every host's ports reported and "
         "its switch connected (nothing installed), then the timed `Engine.nb_changed()` "
@@ -1114,9 +1141,11 @@ def markdown(results):
     ]
     if real and "error" not in real:
         lines[-1] += "  The real check: %s." % real["method"]
-    for key, title, met in (("profile_full", "full computation", r["full"]["met"]),
+    for key, title, met in (("profile_northd", "the logical controller's full translation",
+                             r["northd_full"]["met"]),
+                            ("profile_full", "full computation", r["full"]["met"]),
                             ("profile_move", "one move", move["met"])):
-        if met:
+        if met or key not in r:
             continue
         lines += ["", "### Where the time goes: %s (cProfile, cumulative)" % title, ""]
         lines += _profile_table(r[key])
@@ -1128,6 +1157,11 @@ def markdown(results):
 
 def _gap_text(r):
     out = []
+    if not r["northd_full"]["met"]:
+        out.append(
+            "* The logical controller's full translation (%.2f s): it builds the whole "
+            "topology (every binding of the cloud) and allocates every slice and SNAT "
+            "block; the profile below says where the time goes." % r["northd_full"]["seconds"])
     if not r["full"]["met"]:
         per_flow_us = r["full"]["seconds"] / max(1, r["full"]["flow_mods"]) * 1e6
         out.append(

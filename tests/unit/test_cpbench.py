@@ -127,7 +127,9 @@ def test_markdown_states_figures_targets_and_the_gap():
                      "middleboxes": 15, "firewall_rules": 200, "steering_policies": 35,
                      "lb_vips": 3, "nat_rules": 4,
                      "tenants_per_host": {"min": 1, "median": 1, "max": 1}},
+           "northd_full": {"seconds": 0.5, "slices": 40, "met": True},
            "full": {"seconds": 3.5, "flow_mods": 1000, "met": False},
+           "memory": {"rss_before_mb": 100.0, "rss_after_mb": 350.0, "controllers_mb": 250.0},
            "flows_per_host": {"min": 90, "median": 100, "max": 110},
            "one_host": {"ms": {"min": 5, "median": 10, "max": 60}, "hosts": 3, "met": False},
            "one_host_controller": {"seconds": 0.25, "flow_mods": 100},
@@ -150,6 +152,9 @@ def test_markdown_states_figures_targets_and_the_gap():
     text = "\n".join(C.markdown(res))
     assert text.startswith("## Control plane at scale")
     assert "| 3.50 s (1000 flow-mods) | <= 2 s | **not met** |" in text
+    assert "full translation (slices, SNAT blocks, status) | 0.50 s (40 slices) | <= 2 s | met |" \
+        in text
+    assert "| 250 MB | reported |" in text
     assert "compute_host_flows" in text and "What would close the gap" in text
     assert "10 hosts: 100, 20 hosts: 100 | constant (within 5%) | met |" in text
     assert "median 10.0 ms, max 60.0 ms | <= 50 ms | **not met** |" in text
