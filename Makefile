@@ -22,8 +22,15 @@ $(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
 demo: deps
 	$(VENV)/bin/mbx-lab demo
 
+# The tests of the lab's behaviour run twice: with one physical controller
+# for every host, then with one on each host (the logical controller in both).
+LAB_SUITE := tests/integration/test_lab.py tests/integration/test_firewall.py \
+             tests/integration/test_services.py tests/integration/test_migration.py \
+             tests/integration/test_check_modes.py
+
 test: deps
 	$(VENV)/bin/pytest -q tests
+	MBX_TEST_CONTROLLERS=per-host $(VENV)/bin/pytest -q $(LAB_SUITE)
 
 unit: deps
 	$(VENV)/bin/pytest -q tests/unit

@@ -31,6 +31,7 @@ import argparse
 import logging
 import signal
 import sys
+import time
 
 import ovs.poller
 import ovs.timeval
@@ -38,6 +39,7 @@ from ovs.db import idl
 
 from mbxmodel.network import MIDDLEBOX_ROLE, UPLINK_ROLE, HostPorts
 from ovsdb.errors import MbxError
+from ovsdb.hostreg import read_external_ids
 from ovsdb.server import SB_SCHEMA_PATH
 
 LOG = logging.getLogger("mbx-chassis")
@@ -123,45 +125,31 @@ def binding_columns(ports: HostPorts):
 
 
 class ChassisAgent:
-    def __init__(self, local_db, sb_remote, name=None, bridge=BRIDGE,
+    def __init__(self, local_db, sb_remote, name, bridge=BRIDGE,
                  sb_schema=SB_SCHEMA_PATH):
         self.name = name
         self.bridge = bridge
         helper = idl.SchemaHelper(location=VSWITCH_SCHEMA)
-        helper.register_columns("Open_vSwitch", ["external_ids"])
         helper.register_columns("Bridge", ["name", "datapath_id", "ports"])
         helper.register_columns("Port", ["name", "interfaces"])
         helper.register_columns("Interface", ["name", "type", "ofport",
                                               "external_ids", "mac_in_use"])
         self.local = idl.Idl(local_db, helper)
         self.sb = idl.Idl(sb_remote, _sb_helper(sb_schema))
-        for table in ("Chassis", "Port_Binding"):
-            self.sb.cond_change(table, [False])     # nothing until named
-        self._named = None
+        # Set before the first connection, the conditions go with the
+        # initial monitor request: the replica never holds other hosts' rows.
+        self.sb.cond_change("Chassis", [["name", "==", name]])
+        self.sb.cond_change("Port_Binding", [["chassis", "==", name]])
         self._txn = None
         self._retry_at = None
         self.writes = 0             # transactions that changed something
-
-    # ----------------------------------------------------------- the view
-    def _host_name(self):
-        if self.name:
-            return self.name
-        for row in self.local.tables["Open_vSwitch"].rows.values():
-            return row.external_ids.get("system-id") or None
-        return None
-
-    def _watch_name(self, name):
-        if name != self._named:
-            self._named = name
-            self.sb.cond_change("Chassis", [["name", "==", name]])
-            self.sb.cond_change("Port_Binding", [["chassis", "==", name]])
 
     def _ready(self):
         """Both replicas arrived and the southbound one holds exactly this
         chassis's rows: monitoring, no condition change waiting or in
         flight."""
         sb = self.sb
-        if not (self.local.has_ever_connected() and self._named is not None
+        if not (self.local.has_ever_connected()
                 and sb.state == sb.IDL_S_MONITORING and sb._session.is_connected()
                 and not sb.cond_changed):
             return False
@@ -182,14 +170,14 @@ class ChassisAgent:
         want_chassis = chassis_columns(ports)
         want_bindings = binding_columns(ports)
         mine = [r for r in self.sb.tables["Chassis"].rows.values()
-                if r.name == self._named]
+                if r.name == self.name]
         bindings = [r for r in self.sb.tables["Port_Binding"].rows.values()
-                    if r.chassis == self._named]
+                    if r.chassis == self.name]
         txn = idl.Transaction(self.sb)
         changed = False
         if not mine:
             row = txn.insert(self.sb.tables["Chassis"])
-            row.name = self._named
+            row.name = self.name
             for column, value in want_chassis.items():
                 setattr(row, column, value)
             changed = True
@@ -215,7 +203,7 @@ class ChassisAgent:
         for vm in sorted(set(want_bindings) - seen):
             row = txn.insert(self.sb.tables["Port_Binding"])
             row.logical_port = vm
-            row.chassis = self._named
+            row.chassis = self.name
             for column, value in want_bindings[vm].items():
                 setattr(row, column, value)
             changed = True
@@ -228,11 +216,6 @@ class ChassisAgent:
         """One turn of the loop: read both databases, push a write along."""
         self.local.run()
         self.sb.run()
-        if self._named is None and self.local.has_ever_connected():
-            name = self._host_name()
-            if name:
-                LOG.info("publishing chassis %s", name)
-                self._watch_name(name)
         if self._txn is not None:
             status = self._txn.commit()
             if status == idl.Transaction.INCOMPLETE:
@@ -272,6 +255,24 @@ def _sb_helper(schema):
     return helper
 
 
+def _system_id(local_db):
+    """The host's name in its OVS database (Open_vSwitch
+    external_ids:system-id); waits until it is set."""
+    said = None
+    while True:
+        try:
+            name = read_external_ids(local_db).get("system-id")
+            problem = None if name else "external_ids:system-id is not set"
+        except MbxError as e:
+            name, problem = None, str(e)
+        if name:
+            return name
+        if problem != said:
+            LOG.warning("waiting for the host's name: %s", problem)
+            said = problem
+        time.sleep(1)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise MbxError(f"{message} (see {PROG} --help)")
@@ -308,7 +309,12 @@ def main(argv=None):
     def _stop(signum, _frame):
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, _stop)
-    agent = ChassisAgent(args.local_db, args.sb, args.name, args.bridge)
+    try:
+        name = args.name or _system_id(args.local_db)
+    except (SystemExit, KeyboardInterrupt):
+        return 0
+    LOG.info("publishing chassis %s", name)
+    agent = ChassisAgent(args.local_db, args.sb, name, args.bridge)
     try:
         while True:
             now = ovs.timeval.msec()

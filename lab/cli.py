@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from lab.lab import DEFAULT_PREFIX, DEFAULT_RUNDIR, EXT_NAMES, Lab
+from lab.lab import CONTROLLER_MODES, DEFAULT_PREFIX, DEFAULT_RUNDIR, EXT_NAMES, Lab
 from lab.sh import LabError
 from ovsdb.errors import MbxError
 
@@ -28,6 +28,9 @@ def build_parser():
     group.add_argument("--topology", metavar="FILE.yaml",
                        help="hosts, switches and VMs from a topology file")
     up.add_argument("--encap", choices=["vxlan", "geneve"], default="vxlan")
+    up.add_argument("--controllers", choices=CONTROLLER_MODES, default="central",
+                    help="one physical controller for every host (central), or "
+                    "one on each host serving only it (per-host)")
     sub.add_parser("down", help="end every lab process and remove every namespace")
     sub.add_parser("status")
     va = sub.add_parser("vm-add")
@@ -55,7 +58,7 @@ def build_parser():
     return p
 
 
-def up_from_topology(lab, path, encap):
+def up_from_topology(lab, path, encap, controllers="central"):
     from ovsdb.topology import apply_topology, parse_topology
     try:
         with open(path) as f:
@@ -64,7 +67,7 @@ def up_from_topology(lab, path, encap):
         raise LabError("cannot read %s: %s" % (path, err.strerror))
     spec = parse_topology(text, allow_placement=True)
     hosts = list(spec.hosts) or ["h1", "h2", "h3"]
-    lab.up(hosts, encap=encap)
+    lab.up(hosts, encap=encap, controllers=controllers)
     apply_topology(lab.nb(), spec)
     for vm in spec.vms:
         host = spec.placement.get(vm.name)
@@ -84,9 +87,10 @@ def run(argv):
     try:
         if args.cmd == "up":
             if args.topology:
-                up_from_topology(lab, args.topology, args.encap)
+                up_from_topology(lab, args.topology, args.encap, args.controllers)
             else:
-                lab.up(["h%d" % i for i in range(1, args.hosts + 1)], encap=args.encap)
+                lab.up(["h%d" % i for i in range(1, args.hosts + 1)], encap=args.encap,
+                       controllers=args.controllers)
             print("config DB: export MBX_DB=%s" % lab.nb_remote)
         elif args.cmd == "down":
             lab.down()

@@ -125,7 +125,6 @@ import time
 from lab.lab import Lab
 from lab.probe import Conns
 from lab.sh import LabError, run as sh_run, wait_until
-from ovsdb.server import stop as stop_pid
 
 # ------------------------------------------------------------------ scenario
 PREFIX = "mbxc"
@@ -424,10 +423,7 @@ def take_over(lab, log=print):
     """Stop the lab's controller and every host's mbxd (by their recorded
     PIDs), disconnect br-int from the controller and delete all its flows and
     groups."""
-    pid = lab.state["pids"].pop("controller", None)
-    lab._save()
-    if pid:
-        stop_pid(pid)
+    stopped = lab.controllers_stop()
     for host in lab.state["hosts"]:
         lab.mbxd_stop(host)
         lab.vsctl(host, "del-controller", "br-int")
@@ -436,7 +432,7 @@ def take_over(lab, log=print):
         lab.vsctl(host, "set", "bridge", "br-int", "protocols=OpenFlow13,OpenFlow15")
     log("controller and mbxd stopped; br-int flows deleted on %s"
         % ", ".join(sorted(lab.state["hosts"])))
-    return pid
+    return stopped
 
 
 def install(lab, hosts=None):

@@ -69,6 +69,8 @@ UNDERLAY_PREFIX = "10.200.0."
 MGMT_PREFIX = "10.201.0."
 CONTROLLER_IP = MGMT_PREFIX + "1"
 OF_PORT = 6653
+LOCAL_CONTROLLER_IP = "127.0.0.1"   # a host's own controller (controllers: per-host)
+CONTROLLER_MODES = ("central", "per-host")
 HOST_OVSDB_PORT = 6640
 NB_TCP_PORT = 6641
 VM_MTU = 1450
@@ -222,7 +224,13 @@ class Lab:
             self._nb = None
 
     # ------------------------------------------------------------------ up
-    def up(self, hosts, encap="vxlan", log=print):
+    def up(self, hosts, encap="vxlan", log=print, controllers="central"):
+        """``controllers``: "central", one physical controller for every
+        host (in the fabric), or "per-host", one in each host's namespace
+        serving only that host."""
+        if controllers not in CONTROLLER_MODES:
+            raise LabError("controllers: %s, not %r" % (" or ".join(CONTROLLER_MODES),
+                                                        controllers))
         if self.is_up:
             raise LabError("lab '%s' is already up (%s); run 'mbx-lab down' first"
                            % (self.prefix, self.state_path))
@@ -230,6 +238,7 @@ class Lab:
             raise LabError("a lab has 1 to 200 hosts, not %d" % len(hosts))
         os.makedirs(self.rundir, exist_ok=True)
         self.state["encap"] = encap
+        self.state["controllers"] = controllers
         self._save()
         t0 = time.monotonic()
         self._pki_up(hosts)
@@ -237,7 +246,9 @@ class Lab:
         self._external_up()
         self._nb_up()
         self._external_register(log)
-        self._controller_up()
+        self._northd_up()
+        if controllers == "central":
+            self._controller_up()
         for index, host in enumerate(hosts, start=1):
             self._host_up(host, index, encap)
         wait_until(lambda: self._hosts_connected(hosts), 30,
@@ -358,31 +369,63 @@ class Lab:
         self._record_pid("nb-ovsdb-server", pid)
         self.nb().ensure_nb_global().execute(check_error=True)
 
-    def _controller_up(self):
-        """The controller takes its databases from an os-ken config file's
-        [mbx] section, as a deployment's would."""
-        logf = os.path.join(self.rundir, "controller.log")
-        conf = os.path.join(self.rundir, "controller.conf")
-        with open(conf, "w") as f:
-            f.write("[mbx]\nnb_connection = %s\nsb_connection = %s\n"
-                    % (self.nb_remote, self.nb_remote))
+    @property
+    def controllers(self):
+        return self.state.get("controllers", "central")
+
+    def _northd_up(self):
+        """The logical controller, next to the databases."""
+        logf = os.path.join(self.rundir, "northd.log")
         cmd = ["ip", "netns", "exec", self.fabric_ns, sys.executable, "-m",
+               "ryu_apps.northd_main", "--db", self.nb_remote, "--sb", self.nb_remote,
+               "--log-file", logf]
+        with open(logf + ".out", "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self._record_pid("northd", proc.pid)
+
+    def _controller_up(self, host=None):
+        """A physical controller; it takes its settings from an os-ken config
+        file's [mbx] section, as a deployment's would.  ``host`` None: the
+        central one, in the fabric, for every host; else the one in
+        ``host``'s namespace serving that host only (its switch connects to
+        it over the namespace's loopback)."""
+        where = self.rundir if host is None else self.host_dir(host)
+        logf = os.path.join(where, "controller.log")
+        conf = os.path.join(where, "controller.conf")
+        db = self.nb_remote if host is None else "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT)
+        with open(conf, "w") as f:
+            f.write("[mbx]\nnb_connection = %s\nsb_connection = %s\n" % (db, db))
+            if host is not None:
+                f.write("chassis = %s\nname = %s-local\n" % (host, host))
+        ns = self.fabric_ns if host is None else self.host_ns(host)
+        listen = CONTROLLER_IP if host is None else LOCAL_CONTROLLER_IP
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m",
                "ryu_apps.main", "--config-file", conf,
-               "--ofp-listen-host", CONTROLLER_IP,
+               "--ofp-listen-host", listen,
                "--ofp-port", str(OF_PORT), "--log-file", logf]
         with open(logf + ".out", "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        self._record_pid("controller", proc.pid)
+        self._record_pid("controller" if host is None else "%s/controller" % host,
+                         proc.pid)
+
+    def controllers_stop(self):
+        """End the physical controller processes; returns their pid keys."""
+        keys = [k for k in self.state["pids"]
+                if k == "controller" or k.endswith("/controller")]
+        for key in keys:
+            stop_pid(self.state["pids"].pop(key))
+        self._save()
+        return keys
 
     def controller_restart(self):
-        """End the controller process and start a new one (flows stay on the
-        switches: br-int is fail-mode secure)."""
-        pid = self.state["pids"].pop("controller", None)
-        if pid:
-            stop_pid(pid)
-        self._controller_up()
+        """End the physical controller processes and start new ones (flows
+        stay on the switches: br-int is fail-mode secure)."""
+        for key in self.controllers_stop():
+            self._controller_up(None if key == "controller" else key.split("/")[0])
 
     def _host_up(self, host, index, encap):
         ns = self.host_ns(host)
@@ -445,9 +488,12 @@ class Lab:
                    "--", "add-port", "br-int", TUNNEL_PORT,
                    "--", "set", "interface", TUNNEL_PORT, "type=%s" % encap,
                    "options:remote_ip=flow", "options:key=flow")
+        if self.controllers == "per-host":
+            self._controller_up(host)
         self.vsctl(host, "set-controller", "br-int",
-                   "tcp:%s:%d" % (CONTROLLER_IP, OF_PORT), "--", "set",
-                   "controller", "br-int", "connection-mode=out-of-band")
+                   "tcp:%s:%d" % (CONTROLLER_IP if self.controllers == "central"
+                                  else LOCAL_CONTROLLER_IP, OF_PORT),
+                   "--", "set", "controller", "br-int", "connection-mode=out-of-band")
         # The middlebox port: mbxd reads and writes slice-tagged frames here.
         self.vsctl(host, "add-port", "br-int", MB_PORT, "--", "set", "interface",
                    MB_PORT, "type=internal",
@@ -870,7 +916,8 @@ class Lab:
         pids = self.state["pids"]
         # VM processes and the controller first, then each host's daemons.
         order = sorted(pids, key=lambda k: (not k.startswith("vm/"),
-                                            k != "controller",
+                                            k != "controller" and
+                                            not k.endswith("/controller"),
                                             k.endswith("ovsdb-server"), k))
         for key in order:
             stop_pid(pids[key])

@@ -71,6 +71,19 @@ class HostPorts:
 
 
 @dataclass(frozen=True)
+class ChassisStatus:
+    """What the physical controller serving a host says of it (southbound
+    Chassis_Private): its switch is connected, and the config generation
+    (northbound ``nb_cfg``) and runtime generation (southbound ``sb_cfg``)
+    whose flows the switch has acknowledged."""
+    name: str
+    controller: str = ""
+    connected: bool = False
+    nb_cfg: int = 0
+    sb_cfg: int = 0
+
+
+@dataclass(frozen=True)
 class PortBinding:
     """A VM port that exists on a host's br-int (seen in that host's OVSDB)."""
     vm: str                         # VMInfo.name (the Interface's external_ids:iface-id)

@@ -47,3 +47,5 @@ class NbSnapshot:
     migrations: Tuple[MigrationRecord, ...] = ()
     # NB_Global.options
     global_options: Dict[str, str] = _field(dict)
+    # status: the nb_cfg the logical controller has translated (NB_Global.northd_cfg)
+    northd_cfg: int = 0

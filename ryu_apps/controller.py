@@ -7,6 +7,7 @@ engine's single thread.  The only place that sends OpenFlow messages is
 
 import logging
 import os
+import socket
 
 from os_ken import cfg
 from os_ken.base import app_manager
@@ -19,7 +20,7 @@ from ovsdb import DEFAULT_DB
 from ovsdb.api import MbxNb
 from ryu_apps import ofmsg, pipeline
 from ryu_apps.engine import Engine, EngineLoop
-from ryu_apps.southbound import SouthboundWatcher
+from ovsdb.southbound import Southbound
 
 LOG = logging.getLogger(__name__)
 
@@ -33,6 +34,13 @@ OPTS = [
     cfg.StrOpt("sb-connection", default=os.environ.get("MBX_SB", ""),
                help="the southbound database (default: $MBX_SB, or the "
                "northbound database's server, which may serve both)"),
+    cfg.ListOpt("chassis", default=[],
+                help="the hosts whose switches this controller programs "
+                "(default: every host); several controllers split the hosts "
+                "between them this way"),
+    cfg.StrOpt("name", default="",
+               help="this controller's name, recorded with what it reports "
+               "of its hosts (default: its host name and process id)"),
 ]
 cfg.CONF.register_opts(OPTS, group="mbx")
 
@@ -50,14 +58,19 @@ class MbxController(app_manager.OSKenApp):
         LOG.info("northbound %s, southbound %s", nb_remote, sb_remote)
         self.loop = EngineLoop()
         self.nb = MbxNb.connect(nb_remote, on_change=self.loop.post_nb_changed)
-        self.loop.engine = Engine(send=self.send, nb=self.nb)
+        post = self.loop.post
+        self.southbound = Southbound(
+            sb_remote,
+            on_ports=lambda host, ports: post("host_ports_changed", host, ports),
+            on_sb_cfg=lambda value: post("sb_cfg_changed", value),
+            on_ready=lambda: post("southbound_ready"))
+        name = conf.name or "%s:%d" % (socket.gethostname(), os.getpid())
+        self.loop.engine = Engine(send=self.send, nb=self.nb, sb=self.southbound,
+                                  hosts=conf.chassis or None, name=name)
+        LOG.info("controller %s serving %s", name,
+                 ", ".join(conf.chassis) if conf.chassis else "every host")
         self.loop.start()
         self.loop.post_nb_changed()
-        self.southbound = SouthboundWatcher(
-            sb_remote,
-            on_change=lambda host, ports: self.loop.post("host_ports_changed",
-                                                         host, ports),
-            on_ready=lambda: self.loop.post("southbound_ready"))
         self.southbound.start()
 
     def send(self, dpid, ops, barrier_xid):

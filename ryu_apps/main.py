@@ -16,7 +16,7 @@ def parse_args(argv):
                                 description="mbx OpenFlow controller")
     p.add_argument("--config-file", action="append", default=[],
                    help="an os-ken/oslo.config file; mbx reads its [mbx] "
-                   "section (nb_connection, sb_connection); may be repeated")
+                   "section (nb_connection, sb_connection, chassis, name); may be repeated")
     p.add_argument("--ofp-listen-host", default="0.0.0.0",
                    help="address to accept OpenFlow connections on")
     p.add_argument("--ofp-port", type=int, default=6653,
@@ -25,6 +25,9 @@ def parse_args(argv):
                    "(overrides [mbx] nb_connection; default $MBX_DB)")
     p.add_argument("--sb", help="the southbound database (overrides [mbx] "
                    "sb_connection; default: the northbound database's server)")
+    p.add_argument("--chassis", help="comma-separated hosts whose switches to "
+                   "program (overrides [mbx] chassis; default: every host)")
+    p.add_argument("--name", help="this controller's name (overrides [mbx] name)")
     p.add_argument("--log-file", help="log to this file instead of stderr")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -55,6 +58,11 @@ def main(argv=None):
         cfg.CONF.set_override("nb_connection", args.db, group="mbx")
     if args.sb:
         cfg.CONF.set_override("sb_connection", args.sb, group="mbx")
+    if args.chassis:
+        cfg.CONF.set_override("chassis", [h for h in args.chassis.split(",") if h],
+                              group="mbx")
+    if args.name:
+        cfg.CONF.set_override("name", args.name, group="mbx")
     AppManager.run_apps(["ryu_apps.controller"])
     return 0
 

@@ -128,6 +128,72 @@ def _slice_hosts_by_switch(topo):
     return out
 
 
+def indexes(topo):
+    """The derived indexes of ``topo``'s slices that the functions here
+    read ({builder: value}, as ``Topology.derived`` would compute them),
+    for a topology whose slices are kept change by change
+    (``updated_indexes``)."""
+    return {build: build(topo) for build in _INDEXES}
+
+
+def updated_indexes(ix, topo, changed):
+    """``indexes(topo)`` from ``ix``, the indexes of a topology that differs
+    from ``topo`` only in the slices ``changed`` ((chain, host) pairs added,
+    removed or re-tagged).  Returns (indexes, the middleboxes whose serving
+    hosts changed).  ``ix`` is left as it was."""
+    serving = dict(ix[_serving])
+    by_switch = dict(ix[_slice_hosts_by_switch])
+    moved = set()
+    host_slices = {}
+    for chain, host in changed:
+        if host not in host_slices:
+            host_slices[host] = [c for (c, _h) in topo.host_slices(host)]
+        still = host_slices[host]
+        for name in chain:
+            has = any(name in c for c in still)
+            hosts = serving.get(name, [])
+            if has == (host in hosts):
+                continue
+            hosts = sorted(set(hosts) ^ {host})
+            moved.add(name)
+            if hosts:
+                serving[name] = hosts
+            else:
+                serving.pop(name, None)
+        switch = chain_switch(topo, chain)
+        hosts = by_switch.get(switch, set())
+        has = any(chain_switch(topo, c) == switch for c in still)
+        if has != (host in hosts):
+            hosts = hosts ^ {host}
+            if hosts:
+                by_switch[switch] = hosts
+            else:
+                by_switch.pop(switch, None)
+    out = dict(ix)
+    out[_serving] = serving
+    out[_slice_hosts_by_switch] = by_switch
+    nat = {n for n in moved if n in topo.middleboxes and topo.middleboxes[n].type == "nat"}
+    if nat:
+        names = set(ix[_nat_middleboxes]) - nat
+        names.update(n for n in nat if n in serving)
+        out[_nat_middleboxes] = sorted(names)
+        out[_designated_hosts] = _designated_hosts(_Indexed(topo, out))
+    return out, moved
+
+
+class _Indexed:
+    """``topo`` read through the indexes ``ix`` (to build one index from others)."""
+
+    def __init__(self, topo, ix):
+        self._topo, self._ix = topo, ix
+
+    def __getattr__(self, name):
+        return getattr(self._topo, name)
+
+    def derived(self, build):
+        return self._ix[build] if build in self._ix else self._topo.derived(build)
+
+
 def lowest_tag(topo, host, predicate):
     """The lowest tag of ``host``'s slices whose chain satisfies ``predicate``, or None."""
     tags = [tag for (chain, _), tag in topo.host_slices(host).items() if predicate(chain)]
@@ -172,14 +238,17 @@ def ports_per_host(mb):
         return DEFAULT_PORTS_PER_HOST
 
 
-def snat_blocks(topo, previous):
+def snat_blocks(topo, previous, middleboxes=None):
     """{(SNAT rule uuid, host): (ip, lo, hi)}: one block per rule and host
     serving the rule's NAT middlebox.  A (rule, host) keeps its block from
     ``previous`` (same shape) while it is still valid; hosts left without a
-    block (more hosts than blocks) are absent."""
+    block (more hosts than blocks) are absent.  ``middleboxes``: only the
+    blocks of these NAT middleboxes' rules (default: every one's)."""
     out = {}
     previous_by_rule = _by_rule(previous)
     for name in nat_middleboxes(topo):
+        if middleboxes is not None and name not in middleboxes:
+            continue
         hosts = hosts_serving(topo, name)
         mb = topo.middleboxes[name]
         for rule in topo.nat_rules.get(name, ()):
@@ -199,6 +268,40 @@ def snat_blocks(topo, previous):
     return out
 
 
+class Blocks(dict):
+    """A ``snat_blocks`` mapping that also gives one rule's blocks,
+    ``of_rule``, without a pass over every rule's: {rule uuid: its sorted
+    ((rule uuid, host), block) items}.  Never changed once built."""
+
+    def __init__(self, items=(), by_rule=None):
+        super().__init__(items)
+        self._by_rule = by_rule
+
+    def of_rule(self, rule_uuid):
+        if self._by_rule is None:
+            index = {}
+            for item in sorted(self.items()):
+                index.setdefault(item[0][0], []).append(item)
+            self._by_rule = {uuid: tuple(items) for uuid, items in index.items()}
+        return self._by_rule.get(rule_uuid, ())
+
+    def replacing(self, rules, blocks):
+        """These blocks with those of ``rules`` replaced by ``blocks`` (a
+        ``snat_blocks`` mapping of these rules only)."""
+        self.of_rule(None)
+        out = dict(self)
+        by_rule = dict(self._by_rule)
+        for rule in rules:
+            for key, _block in by_rule.pop(rule, ()):
+                del out[key]
+        index = {}
+        for item in sorted(blocks.items()):
+            index.setdefault(item[0][0], []).append(item)
+        out.update(blocks)
+        by_rule.update((uuid, tuple(items)) for uuid, items in index.items())
+        return Blocks(out, by_rule)
+
+
 def _by_rule(blocks):
     """{rule uuid: {host: block}} of a ``snat_blocks`` mapping, in its order."""
     out = {}
@@ -214,11 +317,12 @@ def block_match(lo, hi):
     return value if mask == 0xFFFF else (value, mask)
 
 
-def slice_status(topo, blocks):
-    """{(chain, host): {key: value}} for every slice: the SNAT blocks of the
-    host for the SNAT rules of every NAT middlebox of the chain."""
+def slice_status(topo, blocks, pairs=None):
+    """{(chain, host): {key: value}} for every slice (or the slices
+    ``pairs``): the SNAT blocks of the host for the SNAT rules of every NAT
+    middlebox of the chain."""
     out = {}
-    for (chain, host) in topo.slices:
+    for (chain, host) in (topo.slices if pairs is None else pairs):
         status = {}
         for name in chain:
             for rule in topo.nat_rules.get(name, ()):
@@ -227,6 +331,9 @@ def slice_status(topo, blocks):
                     status[SNAT_STATUS_PREFIX + rule.uuid] = natblocks.format_block(block)
         out[(chain, host)] = status
     return out
+
+
+_INDEXES = (_serving, _slice_hosts_by_switch, _nat_middleboxes, _designated_hosts)
 
 
 def blocks_from_status(status):

@@ -6,7 +6,7 @@ import time
 from mbxmodel.snapshot import NbSnapshot
 from mbxmodel.state import HostRecord, SharedRecord
 from ovsdb import validate
-from ovsdb.api.common import (_address_sets, _Command, _externals,
+from ovsdb.api.common import (_address_sets, _Command, _externals, _require_table_column,
                               _middleboxes, _nat_rules, _nb_global, _policies,
                               _ReadCommand, _rows, _rules, _switches, _vips,
                               _vms)
@@ -24,6 +24,8 @@ class EnsureNbGlobalCommand(_Command):
 def _insert_nb_global(api, txn):
     row = txn.insert(api.tables["NB_Global"])
     row.name, row.nb_cfg, row.hv_cfg, row.hv_cfg_timestamp = "", 0, 0, 0
+    if "northd_cfg" in api.tables["NB_Global"].columns:
+        row.northd_cfg = 0
     row.options = {}
     return row
 
@@ -37,6 +39,17 @@ class BumpNbCfgCommand(_Command):
             row.verify("nb_cfg")
         self.result = row.nb_cfg + 1
         row.nb_cfg = self.result
+
+
+class SetNorthdCfgCommand(_Command):
+    def __init__(self, api, value):
+        super().__init__(api)
+        self.value = value
+
+    def run_idl(self, txn):
+        _require_table_column(self.api, "NB_Global", "northd_cfg", "1.5.0")
+        row = _nb_global(self.api) or _insert_nb_global(self.api, txn)
+        row.northd_cfg = self.value
 
 
 class SetHvCfgCommand(_Command):
@@ -91,6 +104,7 @@ class SnapshotCommand(_ReadCommand):
         middleboxes = _middleboxes(self.api)
         self.result = NbSnapshot(
             nb_cfg=nb.nb_cfg if nb else 0, hv_cfg=nb.hv_cfg if nb else 0,
+            northd_cfg=getattr(nb, "northd_cfg", 0) if nb else 0,
             hosts=hosts, switches=_switches(self.api),
             vms={vm.name: vm for vm in _vms(self.api)},
             vm_locations=locations, middleboxes=middleboxes,
@@ -134,6 +148,11 @@ class DatabaseApi:
 
     def set_hv_cfg(self, value):
         return SetHvCfgCommand(self, value)
+
+    def set_northd_cfg(self, value):
+        """NB_Global.northd_cfg: the logical controller has translated the
+        config up to this ``nb_cfg`` (written after its own status writes)."""
+        return SetNorthdCfgCommand(self, value)
 
     def global_set(self, options):
         """Merges ``options`` into NB_Global.options (creating the row); a

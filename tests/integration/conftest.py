@@ -10,8 +10,11 @@ from lab.cli import up_from_topology
 from lab.lab import Lab
 from ovsdb import server
 
-PREFIX = "mbxt"
-RUNDIR = "/run/mbx-test"
+# Which physical controllers the lab runs: "central" (one for every host) or
+# "per-host" (one on each host); `make test` runs the suite on both.
+CONTROLLERS = os.environ.get("MBX_TEST_CONTROLLERS", "central")
+PREFIX = os.environ.get("MBX_TEST_PREFIX", "mbxt")
+RUNDIR = os.environ.get("MBX_TEST_RUNDIR", "/run/mbx-test")
 TOPOLOGY = os.path.join(os.path.dirname(__file__), "..", "..", "lab",
                         "topologies", "demo.yaml")
 
@@ -30,7 +33,7 @@ def lab():
     stale.down(log=lambda *_: None)          # a previous run that died half-way
     the_lab = Lab(prefix=PREFIX, rundir=RUNDIR)
     try:
-        up_from_topology(the_lab, TOPOLOGY, "vxlan")
+        up_from_topology(the_lab, TOPOLOGY, "vxlan", CONTROLLERS)
         yield the_lab
     finally:
         pids = list(the_lab.state["pids"].values())

@@ -618,7 +618,7 @@ def test_schema_1_0_0_database_is_converted_and_keeps_its_rows(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.4.0"
+                              check=True).stdout.strip() == "1.5.0"
         assert ok(remote, "vm-list").splitlines()[1].split() == [
             "v", "old", "10.7.0.1", "02:00:00:00:00:07", "-", "3"]
         ok(remote, "mb-add", "fw", "old", "--", "fw-add", "fw", "1", "to-vm",
@@ -1620,7 +1620,7 @@ def test_schema_1_1_0_database_is_converted_and_keeps_its_policies(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.4.0"
+                              check=True).stdout.strip() == "1.5.0"
         assert not os.path.exists(str(db) + ".converting")
         assert ok(remote, "steer-list").splitlines() == [
             "SWITCH  PRIORITY  CHAIN   MATCH",
@@ -2089,7 +2089,7 @@ def test_schema_1_2_0_database_is_converted_and_keeps_every_row(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.4.0"
+                              check=True).stdout.strip() == "1.5.0"
         assert not os.path.exists(str(db) + ".converting")
         assert ok(remote, "host-list").splitlines()[1].split()[-1] == "-"
         assert row_count(remote, "Migration") == 0

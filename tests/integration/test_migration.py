@@ -1,4 +1,4 @@
-"""Connection-state migration in a real lab (its own, prefix ``mbxm``).
+"""Connection-state migration in a real lab (its own, prefix ``mbxtm``).
 
 The scenario of lab.migscenario: VM mv (10.0.0.10) has long-lived TCP
 connections through tenant red's chain firewall -> load balancer -> SNAT:
@@ -26,7 +26,11 @@ from middlebox.migration import PROTOCOL_VERSION
 from lab.migscenario import Scenario
 from lab.sh import wait_until
 
-PREFIX, RUNDIR = "mbxm", "/run/mbx-mig"
+# Its own lab, beside the suite's (conftest.py: the same controllers, and a
+# prefix and run directory derived from the suite's).
+PREFIX = os.environ.get("MBX_TEST_PREFIX", "mbxt") + "m"
+RUNDIR = os.environ.get("MBX_TEST_RUNDIR", "/run/mbx-test") + "-mig"
+CONTROLLERS = os.environ.get("MBX_TEST_CONTROLLERS", "central")
 HOSTS = ["h1", "h2", "h3"]
 PEER_TOOL = os.path.join(os.path.dirname(__file__), "migpeer.py")
 
@@ -37,7 +41,7 @@ def mig():
     lab = Lab(prefix=PREFIX, rundir=RUNDIR)
     sc = Scenario(lab, RUNDIR)
     try:
-        lab.up(HOSTS, log=lambda *_: None)
+        lab.up(HOSTS, log=lambda *_: None, controllers=CONTROLLERS)
         sc.build(HOSTS)
         proc = lab.mbxctl("global-set", "migration-wait-ms=1500")
         assert proc.returncode == 0, proc.stderr

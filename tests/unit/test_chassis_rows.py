@@ -5,7 +5,7 @@ from types import SimpleNamespace as Row
 
 from hypervisor.chassis import binding_columns, chassis_columns, host_ports_from_rows
 from mbxmodel.network import HostPorts
-from ryu_apps.southbound import changed_hosts, host_ports_from_southbound
+from ovsdb.southbound import changed_hosts, host_ports_from_southbound
 
 MAC = "02:00:00:00:00:a1"
 

@@ -5,7 +5,6 @@ binary wire format.  The dump lines are verbatim output of Open vSwitch 3.1
 import gc
 import random
 import struct
-import time
 import tracemalloc
 
 import pytest
@@ -255,10 +254,11 @@ def test_every_kind_of_record_round_trips_through_its_dump_line():
     assert parse_dump(text) == records
 
 
-def test_parse_100k_lines_fast_and_small():
+def test_parse_100k_lines_small():
+    """Memory per parsed record; the parse's speed is measured by the
+    migration benchmark (gather), not asserted here."""
     records = synthetic(100_000)
     text = "\n".join(dump_line(c) for c in records) + "\n"
-    best = min(_timed(parse_dump, text)[1] for _ in range(3))
     gc.collect()
     tracemalloc.start()
     try:
@@ -267,16 +267,7 @@ def test_parse_100k_lines_fast_and_small():
     finally:
         tracemalloc.stop()
     assert got == records
-    print("\nparse_dump: 100k lines (%.1f MB) in %.3f s; %.0f bytes per record"
-          % (len(text) / 1e6, best, size / len(got)))
-    assert best < 1.0          # about 0.3 s on a 2-CPU box; generous for a busy CI
     assert size / len(got) < 400
-
-
-def _timed(f, *args):
-    t = time.perf_counter()
-    out = f(*args)
-    return out, time.perf_counter() - t
 
 
 # ------------------------------------------------------------------ wire format
@@ -417,21 +408,13 @@ def test_no_corruption_raises_anything_but_wire_error():
     assert len(seen) > 5
 
 
-def test_encode_and_decode_100k_fast():
+def test_encode_and_decode_100k():
+    """100k records through the wire format and back, in parts; its speed
+    is measured by the migration benchmark (transfer), not asserted here."""
     records = synthetic(100_000)
     slices = [FW if i % 5 else SNAT_SLICE for i in range(len(records))]
-    best = 9.0
-    for _ in range(3):
-        t = time.perf_counter()
-        parts = list(C.encode_parts(records, slices, C.PART_RECORDS))
-        mid = time.perf_counter()
-        got = []
-        for data in parts:
-            got += decode(data)[0]
-        end = time.perf_counter()
-        if end - t < best:
-            best, enc, dec = end - t, mid - t, end - mid
-    assert got == records
-    print("\nwire: 100k records (%.1f MB) encoded in %.3f s, decoded in %.3f s"
-          % (sum(map(len, parts)) / 1e6, enc, dec))
-    assert best < 0.6          # about 0.15 s on a 2-CPU box; generous for a busy CI
+    parts = list(C.encode_parts(records, slices, C.PART_RECORDS))
+    got = []
+    for data in parts:
+        got += decode(data)[0]
+    assert len(parts) > 1 and got == records

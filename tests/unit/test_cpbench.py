@@ -59,11 +59,35 @@ def test_a_move_only_messages_the_hosts_of_the_vms_switch():
     assert src != dst
 
 
+def test_status_only_changes_compute_and_send_no_flow():
+    _cloud, ctl = started()
+    changes = C.status_writes(ctl)
+    assert len(changes) == 4
+    assert all(c["flow_parts_computed"] == 0 and c["flow_mods"] == 0 for c in changes)
+    # what it counts does count: a move computes parts
+    vm = sorted(ctl.placement)[3]
+    rec = C.move(ctl, vm, C._new_host_for(ctl.cloud, vm, ctl.placement))
+    assert rec["appear"]["flow_mods"] > 0
+
+
+def test_one_host_alone_computes_the_flows_its_switch_holds():
+    _cloud, ctl = started()
+    assert len(C.one_host(ctl, sample=3)) == 3
+    topo = ctl.engine.topology().unshared()
+    host = ctl.cloud.hosts[0]
+    assert sorted(ctl.flows_of(host).values(), key=repr) == sorted(
+        compute_host_flows(topo, host, ctl.engine._snat_blocks), key=repr)
+
+
 def test_measured_moves_report_the_hosts_involved():
     _cloud, ctl = started()
     [rec] = C.measure_moves(ctl, 1)
     assert rec["only_involved_hosts"]
-    assert len(rec["appear"]["hosts"]) == rec["hosts_of_switch"] + 1
+    # every host of the switch and the destination; the destination twice:
+    # the binding first, then the slice the logical controller gave it
+    assert len(set(rec["appear"]["hosts"])) == rec["hosts_of_switch"] + 1
+    assert rec["appear"]["hosts"].count(rec["to"]) == 2
+    assert any(host == rec["to"] for (_chain, host) in ctl.nb.snap.slices)
     assert rec["appear"]["reaction_ms"] <= rec["appear"]["handled_ms"]
 
 
@@ -103,13 +127,21 @@ def test_markdown_states_figures_targets_and_the_gap():
                      "middleboxes": 15, "firewall_rules": 200, "steering_policies": 35,
                      "lb_vips": 3, "nat_rules": 4,
                      "tenants_per_host": {"min": 1, "median": 1, "max": 1}},
+           "northd_full": {"seconds": 0.5, "slices": 40, "met": True},
            "full": {"seconds": 3.5, "flow_mods": 1000, "met": False},
+           "memory": {"rss_before_mb": 100.0, "rss_after_mb": 350.0, "controllers_mb": 250.0},
            "flows_per_host": {"min": 90, "median": 100, "max": 110},
-           "move": {"reaction_ms": {"min": 1, "median": 2, "max": 30}, "met": False,
+           "one_host": {"ms": {"min": 5, "median": 10, "max": 60}, "hosts": 3, "met": False},
+           "one_host_controller": {"seconds": 0.25, "flow_mods": 100},
+           "move": {"reaction_ms": {"min": 1, "median": 2, "max": 30, "p99": 30},
+                    "met": False,
                     "source_gone_handled_ms": {"min": 1, "median": 1, "max": 1},
                     "only_involved_hosts": True,
                     "moves": [{"appear": {"hosts": ["a", "b"]}, "hosts_of_switch": 1}]},
-           "move_gc_frozen": {"reaction_ms": {"min": 1, "median": 1, "max": 5}, "met": True},
+           "move_gc_frozen": {"reaction_ms": {"min": 1, "median": 1, "max": 5, "p99": 5},
+                              "met": True},
+           "status_writes": [{"change": "IDS_Alert", "flow_parts_computed": 0,
+                              "flow_mods": 0, "ms": 3.0}],
            "profile_full": [{"function": "ryu_apps/flows.py:22(compute_host_flows)",
                              "calls": 10, "cumulative_s": 3.0}],
            "profile_move": [],
@@ -120,5 +152,12 @@ def test_markdown_states_figures_targets_and_the_gap():
     text = "\n".join(C.markdown(res))
     assert text.startswith("## Control plane at scale")
     assert "| 3.50 s (1000 flow-mods) | <= 2 s | **not met** |" in text
+    assert "full translation (slices, SNAT blocks, status) | 0.50 s (40 slices) | <= 2 s | met |" \
+        in text
+    assert "| 250 MB | reported |" in text
     assert "compute_host_flows" in text and "What would close the gap" in text
     assert "10 hosts: 100, 20 hosts: 100 | constant (within 5%) | met |" in text
+    assert "median 10.0 ms, max 60.0 ms | <= 50 ms | **not met** |" in text
+    assert "median 2.0 ms, p99 30.0 ms, max 30.0 ms (1 moves) | p99 <= 20 ms | **not met** |" \
+        in text
+    assert "(IDS_Alert): flow parts computed, flow-mods | 0, 0 (3 ms) | 0, 0 | met |" in text

@@ -14,6 +14,7 @@ ordering deliver it themselves, later, as ``EngineLoop`` may.
 
 import dataclasses
 import json
+import random
 
 from fakeoftable import FakeOFTable
 from mbxmodel.network import HostPorts, VMInfo
@@ -22,9 +23,14 @@ from mbxmodel.snapshot import NbSnapshot
 from mbxmodel.state import (AlertRecord, HostRecord, MigrationRecord,
                             SharedRecord)
 from ovsdb.errors import MbxError
+from mbxmodel.topology import Topology
+from ryu_apps import flows as flowlib
+from ryu_apps import slices as slicelib
 from ryu_apps.engine import Engine
+from ryu_apps.northd import Northd
 from ryu_apps.flows import compute_host_flows
-from topologies import (ENCAP, FW_LB, FW_NAT, IDS, TUNNEL, UPLINK_MAC, VMS, VNI_A, services,
+from topologies import (ENCAP, FW_LB, FW_NAT, IDS, TUNNEL, UPLINK_MAC, VMS, VNI_A, VNI_B,
+                        services,
                         two_tenants)
 from topologies import MB_PORT as S_MB_PORT, UPLINK as S_UPLINK
 
@@ -83,6 +89,9 @@ class FakeNb:
     def set_middlebox_status(self, name, status):
         return FakeCommand(self, ("mb-status", name, dict(status)))
 
+    def set_northd_cfg(self, value):
+        return FakeCommand(self, ("northd_cfg", value))
+
     def migration_create(self, vm, source, destination, path="unannounced", wait_ms=None):
         if self.refuse is not None:
             raise self.refuse
@@ -112,6 +121,8 @@ class FakeNb:
             self.snap = dataclasses.replace(s, migrations=s.migrations + (MigrationRecord(
                 f"m{n}", vm, source, destination, path, "begun", "t" * 32, {"begun": n}, {},
                 "", {"wait-ms": str(wait_ms)}),))
+        elif write[0] == "northd_cfg":
+            self.snap = dataclasses.replace(s, northd_cfg=write[1])
         elif write[0] == "mb-status":
             self.snap = dataclasses.replace(
                 s, middlebox_status={**s.middlebox_status, write[1]: write[2]})
@@ -137,6 +148,27 @@ class FakeNb:
 
     def hv_writes(self):
         return [w[1] for w in self.writes if w[0] == "hv_cfg"]
+
+
+class FakeSb:
+    """The southbound database's rows the controllers write: what the
+    physical controller reports of each host, and SB_Global.sb_cfg."""
+
+    def __init__(self):
+        self.status = {}            # host -> ChassisStatus
+        self.sb_cfg = 0
+        self.status_dirty = False
+        self.cfg_dirty = False
+
+    def set_chassis_status(self, status):
+        if self.status.get(status.name) != status:
+            self.status[status.name] = status
+            self.status_dirty = True
+
+    def raise_sb_cfg(self, value):
+        if value > self.sb_cfg:
+            self.sb_cfg = value
+            self.cfg_dirty = True
 
 
 class FakeSwitches:
@@ -183,53 +215,72 @@ class Harness:
         (False: the controller has just started; call ``sb_arrived``)."""
         self.switches = switches or FakeSwitches()
         self.nb = FakeNb(snap or initial_snapshot(), self.switches.events)
+        self.sb = FakeSb()
         self.auto_notify = auto_notify
-        self.engine = Engine(send=self.switches.send, nb=self.nb)
+        self.engine = Engine(send=self.switches.send, nb=self.nb, sb=self.sb,
+                             name="ctl")
+        self.northd = Northd(self.nb, self.sb)
+        self.controllers = (self.engine, self.northd)
         if sb_ready:
-            self.engine.southbound_ready()
+            for c in self.controllers:
+                c.southbound_ready()
         self.ports = {}             # host -> {vm: (ofport, mac)}
         self.extra = {}             # host -> more HostPorts fields (mb_ofport, uplink_*)
 
     def _settle(self):
-        for _ in range(10):
-            if not (self.auto_notify and self.nb.dirty):
+        """Deliver the databases' change notifications until nothing changes."""
+        for _ in range(20):
+            if self.sb.cfg_dirty:
+                self.sb.cfg_dirty = False
+                for c in self.controllers:
+                    c.sb_cfg_changed(self.sb.sb_cfg)
+            elif self.sb.status_dirty:
+                self.sb.status_dirty = False
+                self.northd.chassis_status_changed(dict(self.sb.status))
+            elif self.auto_notify and self.nb.dirty:
+                for c in self.controllers:
+                    c.nb_changed()
+            else:
                 return
-            self.engine.nb_changed()
-        raise AssertionError("the engine keeps rewriting the database")
+        raise AssertionError("the controllers keep rewriting the databases")
 
     def sb_arrived(self):
         """The southbound database's first contents have all been reported."""
-        self.engine.southbound_ready()
+        for c in self.controllers:
+            c.southbound_ready()
         self._settle()
 
     def notify(self):
-        """The config database's change notification reaches the engine."""
-        self.engine.nb_changed()
+        """The config database's change notification reaches the controllers."""
+        for c in self.controllers:
+            c.nb_changed()
+        self._settle()
+
+    def _ports(self, host, ports):
+        for c in self.controllers:
+            c.host_ports_changed(host, ports)
         self._settle()
 
     def set_ports(self, host, *vms, macs=None, dpid=True):
         macs = macs or {}
         self.ports[host] = {vm: (PORT[vm], macs.get(vm, MAC[vm])) for vm in vms}
-        self.engine.host_ports_changed(host, HostPorts(
+        self._ports(host, HostPorts(
             datapath_id=DPID[host] if dpid else None, tunnel_ofport=TUNNEL[host],
             vm_ports=dict(self.ports[host]), **self.extra.get(host, {})))
-        self._settle()
 
     def add_port(self, host, vm, ofport=None, mac=None):
         ports = dict(self.ports.get(host, {}))
         ports[vm] = (ofport or PORT[vm], mac or MAC[vm])
         self.ports[host] = ports
-        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
-                                                       **self.extra.get(host, {})))
-        self._settle()
+        self._ports(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
+                                    **self.extra.get(host, {})))
 
     def del_port(self, host, vm):
         ports = dict(self.ports[host])
         del ports[vm]
         self.ports[host] = ports
-        self.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
-                                                       **self.extra.get(host, {})))
-        self._settle()
+        self._ports(host, HostPorts(DPID[host], TUNNEL[host], dict(ports),
+                                    **self.extra.get(host, {})))
 
     def connect(self, host):
         """The switch connects and its current flows are read back."""
@@ -388,7 +439,8 @@ def test_nb_cfg_is_acknowledged_only_after_every_switch_acked_its_barrier():
     assert h.nb.bump_nb_cfg() == 2
     h.notify()
     assert set(h.switches.unacked) == {DPID["h1"], DPID["h2"]}     # both need new flows
-    assert h.nb.writes[n_writes:] == []
+    # the logical controller has translated generation 2; no host applied it yet
+    assert h.nb.writes[n_writes:] == [("northd_cfg", 2)]
 
     h.ack("h1")
     assert h.nb.snap.hosts["h1"].nb_cfg == 2
@@ -739,6 +791,58 @@ def test_status_writes_send_no_flow_message():
     assert len(h.switches.sent) == sent
 
 
+def counting_flow_computations(monkeypatch):
+    """A list that gets one entry per flow part the controller computes."""
+    computed = []
+    compute = flowlib.compute_part
+
+    def counted(topo, host, part, blocks):
+        computed.append((host, part))
+        return compute(topo, host, part, blocks)
+    monkeypatch.setattr(flowlib, "compute_part", counted)
+    return computed
+
+
+def test_status_writes_compute_no_flow(monkeypatch):
+    """Backend health, IDS alerts, a migration's progress and a new nb_cfg:
+    not a flow is computed again, and the status still gets through."""
+    h = running_services(shared=(health("h2", **{"10.0.0.2:80": "up"}),))
+    h.nb.configure(migrations=(migration("a2", "h2", "h3"),))
+    h.notify()
+    h.ack_all()
+    computed = counting_flow_computations(monkeypatch)
+    sent = len(h.switches.sent)
+    alert = AlertRecord("ids-a", "port-scan", "198.51.100.20", "", 20, ("h1",), 1, 2, "h1")
+    for change in ({"shared_state": (health("h2", **{"10.0.0.2:80": "down"}),)},
+                   {"ids_alerts": (alert,)},
+                   {"migrations": (migration("a2", "h2", "h3", "streaming"),)},
+                   {"migrations": (migration("a2", "h2", "h3", "stunned"),)}):
+        h.nb.configure(**change)
+        h.notify()
+        h.ack_all()
+    cfg = h.nb.bump_nb_cfg()
+    h.notify()
+    assert computed == [] and len(h.switches.sent) == sent
+    assert h.nb.writes_of("vip")[-1] == (VIP_UUID, {"10.0.0.2:80": "down"})
+    assert h.nb.writes_of("mb-status")[-1] == ("ids-a", {"alerts": "1"})
+    assert h.nb.snap.hv_cfg == cfg
+
+
+def test_a_move_computes_only_the_parts_of_the_vms_switch(monkeypatch):
+    h = running()
+    computed = counting_flow_computations(monkeypatch)
+    h.add_port("h3", "b2", ofport=7)
+    h.del_port("h2", "b2")
+    h.ack_all()
+    assert {part[1] for _host, part in computed if part != flowlib.HOST_PART} == {"ls-b"}
+    h1 = FakeOFTable(h.switches.flows("h1"))
+    assert tunnelled(h1, from_vm("b1", MAC["b2"])) == [(TUNNEL["h1"], VNI_B, ENCAP["h3"])]
+    h2 = FakeOFTable(h.switches.flows("h2"))
+    assert h2.lookup(from_tunnel("h2", VNI_B, MAC["b2"])) == []
+    h3 = FakeOFTable(h.switches.flows("h3"))
+    assert h3.output_ports(from_tunnel("h3", VNI_B, MAC["b2"])) == [7]
+
+
 # -------------------------------------------------------------- migrations
 
 def migration(vm, source, destination, status="begun", path="announced", begun=1, uuid=None):
@@ -887,3 +991,158 @@ def test_a_refused_unannounced_row_does_not_hold_the_flows_back():
     h.nb.bump_nb_cfg()
     h.notify()
     assert h.nb.writes_of("migration") == []            # once per appearance
+
+
+def test_the_next_serving_host_answers_arp_for_the_nat_when_the_first_stops_serving():
+    h = running_services()
+    ask = {"in_port": S_UPLINK, "eth_src": "02:ee:ff:00:00:01", "eth_dst": "ff:ff:ff:ff:ff:ff",
+           "eth_type": 0x0806, "arp_op": 1, "arp_sha": "02:ee:ff:00:00:01",
+           "arp_spa": "203.0.113.1", "arp_tha": "00:00:00:00:00:00", "arp_tpa": "203.0.113.5"}
+
+    def answering():
+        return [host for host in ("h1", "h2", "h3")
+                if FakeOFTable(h.switches.flows(host)).lookup(ask)]
+    assert answering() == ["h1"]
+    for vm in ("a1", "a3"):                 # h1 keeps no VM of ls-a
+        h.add_port("h3", vm, ofport=PORT[vm] + 10)
+        h.del_port("h1", vm)
+    h.ack_all()
+    assert answering() == ["h1"]            # it serves the migrations' sources
+    h.nb.configure(migrations=tuple(dataclasses.replace(m, status="done")
+                                    for m in h.nb.snap.migrations))
+    h.notify()
+    h.ack_all()
+    assert answering() == ["h2"]
+
+
+# ------------------------------------------- kept change by change = computed afresh
+
+EXTRA_VMS = {"a5": VMInfo("a5", "ls-a", "02:00:00:00:00:05", "10.0.0.5"),
+             "a6": VMInfo("a6", "ls-a", "02:00:00:00:00:06", "10.0.0.6"),
+             "b3": VMInfo("b3", "ls-b", "02:00:00:00:00:0c", "10.0.0.3")}
+
+
+def free_port(h, host, rng):
+    used = {ofport for ofport, _mac in h.ports.get(host, {}).values()}
+    return rng.choice([p for p in range(10, 40) if p not in used])
+
+
+def random_change(h, rng, snap0):
+    """One random change an operator, a host or a daemon could make."""
+    hosts = ("h1", "h2", "h3")
+    vms = sorted(h.nb.snap.vms)
+    where = {vm: host for host, ports in h.ports.items() for vm in ports}
+    kind = rng.choice(("move", "move", "move", "add", "delete", "policy", "dnat",
+                       "firewall", "migration", "vm-state", "ports"))
+    if kind == "move" and where:
+        vm = rng.choice(sorted(where))
+        dst = rng.choice([x for x in hosts if x != where[vm]])
+        h.add_port(dst, vm, ofport=free_port(h, dst, rng), mac=h.nb.snap.vms[vm].mac)
+        if rng.random() < 0.5:
+            h.ack(rng.choice(hosts))
+        h.del_port(where[vm], vm)
+    elif kind == "add":
+        absent = [vm for vm in vms if vm not in where]
+        if absent:
+            vm = rng.choice(absent)
+            host = rng.choice(hosts)
+            h.add_port(host, vm, ofport=free_port(h, host, rng), mac=h.nb.snap.vms[vm].mac)
+    elif kind == "delete" and where:
+        vm = rng.choice(sorted(where))
+        h.del_port(where[vm], vm)
+    elif kind == "policy":
+        policies = [p for p in snap0.policies if rng.random() < 0.7]
+        if rng.random() < 0.3:
+            policies.append(PolicyInfo("ls-b", 150, "proto=udp", ("fw-b",)))
+        h.nb.configure(policies=tuple(policies))
+        h.notify()
+    elif kind == "dnat":
+        rule = dataclasses.replace(snap0.nat_rules["nat-a"][1],
+                                   logical_ip=rng.choice(("10.0.0.2", "10.0.0.4", "10.0.0.5")))
+        h.nb.configure(nat_rules={"nat-a": (snap0.nat_rules["nat-a"][0], rule)})
+        h.notify()
+    elif kind == "firewall":
+        h.nb.configure(rules={"fw-a": ()} if h.nb.snap.rules else {})
+        h.notify()
+    elif kind == "migration" and where:
+        vm = rng.choice(sorted(where))
+        status = rng.choice(("begun", "streaming", "imported", "done", "aborted"))
+        h.nb.configure(migrations=(migration(vm, where[vm], rng.choice(hosts), status),))
+        h.notify()
+    elif kind == "vm-state":
+        rows = tuple(SharedRecord("fw-a", host, "vm-state", vm, "{}", 1)
+                     for vm in vms for host in hosts if rng.random() < 0.1)
+        h.nb.configure(shared_state=rows)
+        h.notify()
+    elif kind == "ports":
+        host = rng.choice(hosts)
+        h.extra[host] = dict(mb_ofport=rng.choice((S_MB_PORT, None)),
+                             uplink_ofport=rng.choice((S_UPLINK, None)),
+                             uplink_mac=UPLINK_MAC[host])
+        h.engine.host_ports_changed(host, HostPorts(DPID[host], TUNNEL[host],
+                                                    dict(h.ports.get(host, {})), **h.extra[host]))
+        h._settle()
+    if rng.random() < 0.7:
+        h.ack_all()
+    return kind
+
+
+def restarted(h):
+    """A fresh controller against copies of the same switches and database,
+    every host reported and connected: (its harness, flow messages sent)."""
+    switches = FakeSwitches()
+    switches.tables = {dpid: dict(table) for dpid, table in h.switches.tables.items()}
+    s = h.nb.snap
+    again = Harness(snap=dataclasses.replace(s, hosts=dict(s.hosts),
+                                             vm_locations=dict(s.vm_locations)),
+                    switches=switches, sb_ready=False)
+    again.extra = dict(h.extra)
+    again.notify()
+    for host in ("h1", "h2", "h3"):     # the southbound database's contents
+        again.ports[host] = dict(h.ports.get(host, {}))
+        again._ports(host, HostPorts(DPID[host], TUNNEL[host], dict(again.ports[host]),
+                                     **again.extra.get(host, {})))
+    again.sb_arrived()
+    for host in ("h1", "h2", "h3"):
+        again.connect(host)
+    return again, switches.sent
+
+
+def test_flows_kept_change_by_change_are_the_flows_computed_afresh():
+    """After each of a random sequence of moves, new and deleted VM ports,
+    policy, NAT and firewall rule changes, migrations and hosts' port
+    changes, every switch holds exactly the flows a computation from
+    scratch gives its host, and a restarted controller changes none."""
+    for seed in range(12):
+        rng = random.Random(seed)
+        h = running_services()
+        h.nb.configure(vms={**h.nb.snap.vms, **EXTRA_VMS},
+                       middleboxes={**h.nb.snap.middleboxes,
+                                    "fw-b": MiddleboxInfo("fw-b", "firewall", "ls-b")})
+        h.notify()
+        h.ack_all()
+        snap0 = h.nb.snap
+        for step in range(25):
+            kind = random_change(h, rng, snap0)
+            where = f"seed {seed}, step {step} ({kind})"
+            topo = h.engine.topology()
+            fresh = Topology(**{f.name: getattr(topo, f.name)
+                                for f in dataclasses.fields(Topology)})
+            bound = {vm: (host, ofport) for host, ports in h.ports.items()
+                     for vm, (ofport, _mac) in ports.items() if vm in h.nb.snap.vms}
+            assert {vm: (b.host, b.ofport) for vm, b in fresh.bindings.items()} == bound, where
+            incoming = [(m.vm, host) for m in h.nb.snap.migrations
+                        if m.status in ("begun", "streaming", "stunned", "imported")
+                        for host in (m.source, m.destination)]
+            incoming += [(r.key, r.host) for r in h.nb.snap.shared_state]
+            assert set(fresh.slices) == slicelib.needed_slices(fresh, incoming), where
+            blocks = h.engine._snat_blocks
+            assert slicelib.snat_blocks(fresh, blocks) == blocks, where
+            assert dict(h.nb.snap.slices) == dict(fresh.slices), where
+            assert {k: dict(v) for k, v in h.nb.snap.slice_status.items()} == \
+                slicelib.slice_status(fresh, blocks), where
+            for host in ("h1", "h2", "h3"):
+                assert h.switches.flows(host) == sorted(
+                    compute_host_flows(fresh, host, blocks), key=repr), (where, host)
+        again, sent = restarted(h)
+        assert sent == [], f"seed {seed}: a restart changed flows"

@@ -1,0 +1,238 @@
+"""The controllers' connection to the southbound database (``mbx_sb.md``).
+
+One OVSDB connection, on its own thread, for the whole cloud:
+
+* it reports what the hosts publish (``mbx-chassis``): every host's chassis
+  record and port bindings, as one ``HostPorts`` value per host, for the
+  hosts whose value changed, hosts that only lost ports first (so a VM whose
+  port appears on its new host in the same batch counts as newest there);
+* what the physical controllers say of the hosts they serve
+  (``Chassis_Private``, as ``ChassisStatus`` values);
+* the runtime generation ``SB_Global.sb_cfg``, always after the bindings
+  that arrived with it;
+* and, once the database's contents have arrived the first time, that it
+  is ready.
+
+Writes are handed to the connection's thread (``write``), the only one that
+touches the IDL's rows; a write that meets a concurrent change is tried
+again on the new contents.
+"""
+
+import logging
+import os
+import queue
+import threading
+
+import ovs.poller
+from ovs.db import idl
+
+from mbxmodel.network import ChassisStatus, HostPorts
+from ovsdb.server import SB_SCHEMA_PATH
+
+LOG = logging.getLogger(__name__)
+
+
+def _one(value):
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+def _dpid(text, host, warned):
+    if not text:
+        return None
+    try:
+        return int(text, 16)
+    except ValueError:
+        if (host, text) not in warned:
+            warned.add((host, text))
+            LOG.warning("chassis %s: datapath_id %r is not hexadecimal; "
+                        "its switch stays unknown", host, text)
+        return None
+
+
+def host_ports_from_southbound(chassis_rows, binding_rows, warned=None):
+    """Pure: {host: HostPorts} from IDL-like Chassis and Port_Binding rows."""
+    warned = set() if warned is None else warned
+    vm_ports = {}
+    for row in binding_rows:
+        vm_ports.setdefault(row.chassis, {})[row.logical_port] = (
+            row.ofport, (row.mac or "").lower())
+    out = {}
+    for row in chassis_rows:
+        mac = _one(row.uplink_mac)
+        out[row.name] = HostPorts(
+            datapath_id=_dpid(_one(row.datapath_id), row.name, warned),
+            tunnel_ofport=_one(row.tunnel_ofport),
+            mb_ofport=_one(row.mb_ofport),
+            vm_ports=vm_ports.pop(row.name, {}),
+            uplink_ofport=_one(row.uplink_ofport),
+            uplink_mac=mac.lower() if mac else None)
+    for host, ports in vm_ports.items():     # bindings of a host with no chassis row yet
+        out[host] = HostPorts(vm_ports=ports)
+    return out
+
+
+def changed_hosts(old, new):
+    """The hosts whose HostPorts differ between ``old`` and ``new``, in the
+    order to report them: hosts that gained no VM port first."""
+    hosts = [h for h in sorted(old.keys() | new.keys())
+             if old.get(h, HostPorts()) != new.get(h, HostPorts())]
+    def gained(host):
+        return bool(set(new.get(host, HostPorts()).vm_ports)
+                    - set(old.get(host, HostPorts()).vm_ports))
+    return sorted(hosts, key=gained)
+
+
+def chassis_statuses(rows):
+    """Pure: {name: ChassisStatus} from IDL-like Chassis_Private rows."""
+    return {r.name: ChassisStatus(name=r.name, controller=r.controller,
+                                  connected=bool(r.connected), nb_cfg=r.nb_cfg,
+                                  sb_cfg=r.sb_cfg)
+            for r in rows}
+
+
+def _sb_cfg(idl_):
+    for row in idl_.tables["SB_Global"].rows.values():
+        return row.sb_cfg
+    return 0
+
+
+class Southbound:
+    """The connection; callbacks run on its thread and must be cheap (post
+    an event).  ``on_ports(host, HostPorts)``, ``on_status({name:
+    ChassisStatus})``, ``on_sb_cfg(value)``, ``on_ready()``."""
+
+    def __init__(self, remote, on_ports=None, on_status=None, on_sb_cfg=None,
+                 on_ready=None, schema=SB_SCHEMA_PATH):
+        self._on_ports = on_ports or (lambda host, ports: None)
+        self._on_status = on_status or (lambda statuses: None)
+        self._on_sb_cfg = on_sb_cfg or (lambda value: None)
+        self._on_ready = on_ready or (lambda: None)
+        self._stop = threading.Event()
+        helper = idl.SchemaHelper(location=schema)
+        helper.register_columns("Chassis", ["name", "datapath_id", "tunnel_ofport",
+                                            "mb_ofport", "uplink_ofport",
+                                            "uplink_mac"])
+        helper.register_columns("Port_Binding", ["logical_port", "chassis",
+                                                 "ofport", "mac"])
+        helper.register_columns("Chassis_Private", ["name", "controller", "connected",
+                                                    "nb_cfg", "sb_cfg"])
+        helper.register_columns("SB_Global", ["sb_cfg", "nb_cfg"])
+        self._idl = idl.Idl(remote, helper)
+        self._warned = set()
+        self._writes = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="mbx-southbound")
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+
+    # ------------------------------------------------------------ writes
+    def write(self, fn, what):
+        """Carry out ``fn(idl, txn)`` in a transaction on the connection's
+        thread (``what`` names it in a log line if it fails)."""
+        self._writes.put((fn, what))
+        os.write(self._wake_w, b"x")
+
+    def set_chassis_status(self, status: ChassisStatus):
+        def fn(idl_, txn):
+            rows = [r for r in idl_.tables["Chassis_Private"].rows.values()
+                    if r.name == status.name]
+            row = rows[0] if rows else txn.insert(idl_.tables["Chassis_Private"])
+            row.name = status.name
+            row.controller = status.controller
+            row.connected = status.connected
+            row.nb_cfg = status.nb_cfg
+            row.sb_cfg = status.sb_cfg
+        self.write(fn, "chassis %s status" % status.name)
+
+    def raise_sb_cfg(self, value):
+        """``SB_Global.sb_cfg`` becomes ``value`` unless it is already higher."""
+        def fn(idl_, txn):
+            rows = list(idl_.tables["SB_Global"].rows.values())
+            row = rows[0] if rows else txn.insert(idl_.tables["SB_Global"])
+            if not rows or row.sb_cfg < value:
+                if rows:
+                    row.verify("sb_cfg")
+                row.sb_cfg = value
+        self.write(fn, "sb_cfg %d" % value)
+
+    # ------------------------------------------------------------- thread
+    def _run(self):
+        last_seqno = None
+        last_ports, last_status, last_cfg = {}, None, None
+        ready = False
+        inflight = []           # (txn, fn, what)
+        while not self._stop.is_set():
+            self._idl.run()
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            if self._idl.has_ever_connected() and \
+                    self._idl.change_seqno != last_seqno:
+                last_seqno = self._idl.change_seqno
+                ports = host_ports_from_southbound(
+                    self._idl.tables["Chassis"].rows.values(),
+                    self._idl.tables["Port_Binding"].rows.values(),
+                    self._warned)
+                for host in changed_hosts(last_ports, ports):
+                    self._on_ports(host, ports.get(host, HostPorts()))
+                last_ports = ports
+                status = chassis_statuses(self._idl.tables["Chassis_Private"].rows.values())
+                if status != last_status:
+                    last_status = status
+                    self._on_status(status)
+                cfg = _sb_cfg(self._idl)
+                if cfg != last_cfg:
+                    last_cfg = cfg
+                    self._on_sb_cfg(cfg)
+                if not ready:
+                    ready = True
+                    self._on_ready()
+            inflight = self._commit(inflight)
+            poller = ovs.poller.Poller()
+            self._idl.wait(poller)
+            poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
+            poller.block()
+        self._idl.close()
+
+    def _commit(self, inflight):
+        """Push the transactions along; start the queued writes."""
+        still = []
+        for txn, fn, what in inflight:
+            status = txn.commit()
+            if status == idl.Transaction.INCOMPLETE:
+                still.append((txn, fn, what))
+            elif status == idl.Transaction.TRY_AGAIN:
+                self._writes.put((fn, what))
+            elif status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
+                LOG.error("southbound write (%s) failed: %s %s", what, status,
+                          txn.get_error())
+        if not self._idl.has_ever_connected():
+            return still
+        while True:
+            try:
+                fn, what = self._writes.get_nowait()
+            except queue.Empty:
+                break
+            txn = idl.Transaction(self._idl)
+            fn(self._idl, txn)
+            status = txn.commit()
+            if status == idl.Transaction.INCOMPLETE:
+                still.append((txn, fn, what))
+            elif status == idl.Transaction.TRY_AGAIN:
+                self._writes.put((fn, what))
+                break
+            elif status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
+                LOG.error("southbound write (%s) failed: %s %s", what, status,
+                          txn.get_error())
+        return still

@@ -1,0 +1,304 @@
+"""The logical controller (``mbx-northd``): the decisions made once for the
+whole cloud, which every physical controller (``ryu_apps.engine``) reads.
+
+Plain Python with no I/O of its own: events in, writes out through ``nb``
+(the config database API) and ``sb`` (the southbound writer), like the
+engine.  One instance runs per cloud.
+
+* **Slices and SNAT blocks** (docs/services.md).  One slice per chain and
+  host that needs it -- a host with a VM of the chain's switch, the
+  destination and source of an active migration, a host still holding a
+  departed VM's state (shared state ``vm-state``) -- with a tag stable
+  across recomputations, and one SNAT port block per rule and serving host.
+  Written to the ``Slice`` rows (tag, status ``snat-block:<rule>``).
+* **``NB_Global.northd_cfg``**: after those writes, the ``nb_cfg`` they were
+  decided from (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
+* **Host status and ``hv_cfg``**: ``Host.nb_cfg``, ``connected`` and
+  ``datapath_id`` mirror what the physical controllers report of each host
+  (southbound ``Chassis_Private``) and the host's chassis; ``hv_cfg`` is the
+  lowest ``nb_cfg`` over the connected hosts.
+* **VM locations**.  A VM whose port appeared somewhere (the newest
+  southbound binding, ``ryu_apps.view``) gets ``VM.host`` and a new
+  ``VM.location_epoch`` once every connected host has applied flows computed
+  with that binding: the logical controller raises ``SB_Global.sb_cfg`` when
+  it sees the binding, and waits until every connected host reports that
+  ``sb_cfg`` or a later one.  A VM whose port is gone from its host gets
+  ``VM.host`` cleared, its epoch kept.
+* **Service status**: the load balancers' backend health that the daemons
+  publish as shared state, merged into ``LB_VIP.status``; each IDS's alert
+  count into ``Middlebox.status``.
+"""
+
+import json
+import logging
+from typing import Dict, Tuple
+
+from mbxmodel.network import ChassisStatus, HostPorts
+from ryu_apps import slices as slicelib
+from ryu_apps.topostate import TopologyState, host_info
+from ryu_apps.view import Bindings, config_key, config_topology, incoming, records
+
+LOG = logging.getLogger(__name__)
+
+LB_HEALTH = "lb-health"     # shared-state service of the load balancers' health
+
+
+class Northd:
+    def __init__(self, nb, sb):
+        self._nb = nb
+        self._sb = sb
+        self.nb_snap = None
+        self.bindings = Bindings()
+        self.status: Dict[str, ChassisStatus] = {}
+        self._sb_ready = False
+        self._sb_cfg_seen = 0           # SB_Global.sb_cfg as last read
+        self._sb_cfg_asked = 0          # the highest value written
+        self._state = TopologyState()   # bindings, slices, SNAT blocks, kept
+        self._config = None             # the configuration it was built from
+        self._recorded_blocks = (None, slicelib.Blocks())  # (snapshot, its blocks)
+        self._pending: Dict[str, Tuple[int, str, int]] = {}  # vm -> (seq, host, sb_cfg)
+        self._announced: Dict[str, int] = {}   # vm -> appearance seq written to the DB
+        self._maybe_gone = set()        # VMs VM.host places where none is bound
+        self._slices_checked = None     # (slices version, snapshot) compared with the DB
+        self._written: Dict[Tuple, object] = {}
+        self._bad_health = set()
+
+    @property
+    def topo(self):
+        return self._state.topo
+
+    # ------------------------------------------------------------- inputs
+    def nb_changed(self):
+        self.nb_snap = snap = self._nb.snapshot()
+        bound = self._state.topo.bindings if self._state.topo is not None else {}
+        self._maybe_gone = {vm for vm, (host, _) in snap.vm_locations.items()
+                            if host is not None and vm not in bound}
+        config = config_key(snap)
+        if config != self._config or self._state.topo is None:
+            self._config = config
+            self._run(None)
+        else:
+            self._run(({}, (), incoming(snap)))
+
+    def host_ports_changed(self, host, ports: HostPorts):
+        old = self.bindings.update(host, ports)
+        if self._sb_ready:
+            self._run(({host: ports}, set(old.vm_ports) | set(ports.vm_ports), None))
+
+    def chassis_status_changed(self, statuses):
+        self.status = dict(statuses)
+        if self._sb_ready:
+            self._run(({}, (), None))
+
+    def sb_cfg_changed(self, value):
+        self._sb_cfg_seen = value
+        self._sb_cfg_asked = max(self._sb_cfg_asked, value)
+
+    def southbound_ready(self):
+        self._sb_ready = True
+        self._run(None)
+
+    # ---------------------------------------------------------- decisions
+    def _recorded(self):
+        """The SNAT blocks the database records (Slice.status)."""
+        snap = self.nb_snap
+        if self._recorded_blocks[0] is not snap:
+            self._recorded_blocks = (snap, slicelib.Blocks(slicelib.blocks_from_status(
+                getattr(snap, "slice_status", {}))))
+        return self._recorded_blocks[1]
+
+    def _run(self, changes):
+        """``changes``: (hosts' new ports, VMs whose binding may have
+        changed, the VMs announced on a host or None); None: everything."""
+        snap = self.nb_snap
+        if snap is None or not self._sb_ready:
+            return
+        state = self._state
+        if changes is None or state.topo is None:
+            hosts = {name: host_info(rec, self.bindings.host_ports.get(name, HostPorts()))
+                     for name, rec in snap.hosts.items()}
+            recorded = self._recorded()
+            topo = state.rebuild(config_topology(snap), hosts, self.bindings.bound(snap.vms),
+                                 incoming(snap), snap.slices,
+                                 state.topo.slices if state.topo else {},
+                                 dict(recorded))
+            vms = sorted(topo.bindings)
+        else:
+            ports, vms, now_incoming = changes
+            hosts = {h: host_info(snap.hosts[h], p) for h, p in ports.items()
+                     if h in snap.hosts}
+            vms = sorted(vms)
+            state.update(hosts, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
+                         now_incoming, snap.slices, self._recorded())
+            topo = state.topo
+        for vm in vms:
+            if vm not in topo.bindings and snap.vm_locations.get(vm, (None,))[0] is not None:
+                self._maybe_gone.add(vm)
+        self._publish_slices(topo, snap)
+        if getattr(snap, "northd_cfg", 0) != snap.nb_cfg:
+            self._write(("northd_cfg",), snap.nb_cfg,
+                        lambda: self._nb.set_northd_cfg(snap.nb_cfg).execute(
+                            check_error=True))
+        self._track_locations(topo, vms)
+        self._publish_hosts(snap)
+        self._publish_locations(topo, snap)
+        self._publish_vip_status(topo, snap)
+        self._publish_ids_status(topo, snap)
+
+    def _write(self, key, value, fn):
+        if self._written.get(key) == value:
+            return
+        fn()
+        self._written[key] = value
+
+    def _publish_slices(self, topo, snap):
+        """The slices and their status, written when they changed (the
+        database had the ones written before) or when the database says
+        otherwise (compared once per snapshot)."""
+        state = self._state
+        if self._slices_checked == (state.version, snap):
+            return
+        status = state.status
+        if self._slices_checked is not None and self._slices_checked[1] is snap:
+            differ = True
+        else:
+            current = {k: dict(v) for k, v in getattr(snap, "slice_status", {}).items()}
+            differ = dict(topo.slices) != dict(snap.slices) \
+                or {k: v for k, v in status.items() if v} \
+                != {k: v for k, v in current.items() if v and k in topo.slices}
+        if differ and self._written.get(("slices",)) != state.version:
+            self._nb.set_slices(dict(topo.slices), status).execute(check_error=True)
+            self._written[("slices",)] = state.version
+        self._slices_checked = (state.version, snap)
+
+    def _connected(self):
+        return [s for s in self.status.values() if s.connected]
+
+    def _publish_hosts(self, snap):
+        """Host.nb_cfg / connected / datapath_id from Chassis_Private and
+        the chassis; NB_Global.hv_cfg."""
+        for name, rec in sorted(snap.hosts.items()):
+            st = self.status.get(name)
+            connected = bool(st and st.connected)
+            nb_cfg = st.nb_cfg if st else rec.nb_cfg
+            dpid = self.bindings.host_ports.get(name, HostPorts()).datapath_id
+            dpid = "%016x" % dpid if (connected and dpid is not None) else rec.datapath_id
+            if (rec.nb_cfg, rec.connected, rec.datapath_id) != (nb_cfg, connected, dpid):
+                self._write(("host", name), (nb_cfg, connected, dpid),
+                            lambda: self._nb.set_host_status(
+                                name, nb_cfg=nb_cfg, connected=connected,
+                                datapath_id=dpid).execute(check_error=True))
+        hv_cfg = min((s.nb_cfg for s in self._connected() if s.name in snap.hosts),
+                     default=snap.nb_cfg)
+        if hv_cfg != snap.hv_cfg:
+            self._write(("hv_cfg",), hv_cfg,
+                        lambda: self._nb.set_hv_cfg(hv_cfg).execute(check_error=True))
+
+    def _track_locations(self, topo, vms):
+        """Each new binding of ``vms`` waits for a new sb_cfg, raised once
+        per run."""
+        fresh = []
+        for vm in vms:
+            binding = topo.bindings.get(vm)
+            if binding is None:
+                self._pending.pop(vm, None)
+                continue
+            seq = self.bindings.seq(vm, binding.host)
+            if self._pending.get(vm, (None,))[0] == seq or self._announced.get(vm) == seq:
+                continue
+            fresh.append((vm, seq, binding.host))
+        if not fresh:
+            return
+        value = max(self._sb_cfg_seen, self._sb_cfg_asked) + 1
+        self._sb_cfg_asked = value
+        for vm, seq, host in fresh:
+            self._pending[vm] = (seq, host, value)
+        self._sb.raise_sb_cfg(value)
+
+    def _publish_locations(self, topo, snap):
+        connected = [s for s in self._connected() if s.name in snap.hosts]
+        applied = min((s.sb_cfg for s in connected), default=None)
+        for vm, (seq, host, needed) in sorted(self._pending.items()):
+            if applied is not None and applied < needed:
+                continue        # not yet programmed on every connected host
+            del self._pending[vm]
+            cur_host, epoch = snap.vm_locations.get(vm, (None, 0))
+            if vm not in self._announced and cur_host == host:
+                self._announced[vm] = seq   # already recorded (a restart)
+                continue
+            self._set_location(vm, host, epoch + 1)
+            self._announced[vm] = seq
+            LOG.info("VM %s now on %s (epoch %d)", vm, host, epoch + 1)
+        for vm in sorted(self._maybe_gone):
+            # Only a host whose chassis has been published can be known not
+            # to hold the port.
+            cur_host, epoch = snap.vm_locations.get(vm, (None, 0))
+            if cur_host is None or vm in topo.bindings:
+                self._maybe_gone.discard(vm)
+                continue
+            ports = self.bindings.host_ports.get(cur_host)
+            if ports is not None and ports.datapath_id is not None \
+                    and self._written.get(("gone", vm)) != epoch:
+                self._set_location(vm, None, epoch)
+                self._written[("gone", vm)] = epoch
+                self._announced.pop(vm, None)
+
+    def _set_location(self, vm, host, epoch):
+        self._nb.set_vm_location(vm, host, epoch).execute(check_error=True)
+        # Events handled before the database's change notification arrives
+        # must see this write: the next epoch is computed from it.
+        self.nb_snap.vm_locations[vm] = (host, epoch)
+
+    def _publish_vip_status(self, topo, snap):
+        """LB_VIP.status: each backend's health as the hosts publish it
+        (shared state, service "lb-health", value {"ip:port": "up"|"down"});
+        down if any host says down."""
+        health = {}         # middlebox -> {"ip:port": state}
+        for row in records(getattr(snap, "shared_state", ())):
+            if getattr(row, "service", None) != LB_HEALTH:
+                continue
+            try:
+                value = json.loads(row.value)
+            except (TypeError, ValueError):
+                if (row.middlebox, row.host, row.value) not in self._bad_health:
+                    self._bad_health.add((row.middlebox, row.host, row.value))
+                    LOG.warning("lb-health of %s from %s: not JSON: %r",
+                                row.middlebox, row.host, row.value)
+                continue
+            if not isinstance(value, dict):
+                continue
+            merged = health.setdefault(row.middlebox, {})
+            for backend, state in value.items():
+                if state in ("up", "down") and merged.get(backend) != "down":
+                    merged[backend] = state
+        for name, vips in sorted(topo.vips.items()):
+            merged = health.get(name, {})
+            for vip in vips:
+                wanted = {}
+                for ip, port in vip.backends:
+                    key = f"{ip}:{port}"
+                    if key in merged:
+                        wanted[key] = merged[key]
+                if wanted == dict(vip.status):
+                    continue
+                self._write(("vip", vip.uuid), wanted,
+                            lambda: self._nb.set_vip_status(vip.uuid, wanted).execute(
+                                check_error=True))
+
+    def _publish_ids_status(self, topo, snap):
+        """Middlebox.status "alerts" = the number of IDS_Alert rows of each IDS."""
+        counts = {}
+        for row in records(getattr(snap, "ids_alerts", ())):
+            counts[row.middlebox] = counts.get(row.middlebox, 0) + 1
+        current_status = getattr(snap, "middlebox_status", {})
+        for name, mb in sorted(topo.middleboxes.items()):
+            if mb.type != "ids":
+                continue
+            current = dict(current_status.get(name, {}))
+            status = dict(current, alerts=str(counts.get(name, 0)))
+            if status == current:
+                continue
+            self._write(("mb-status", name), status,
+                        lambda: self._nb.set_middlebox_status(name, status).execute(
+                            check_error=True))
+
