@@ -80,7 +80,7 @@ class KeptTopology(Topology):
         ix = self.index
         if build in ix.slice_ix:
             return ix.slice_ix[build]
-        if build in _CONFIG_DERIVED:
+        if build in flowlib.CONFIG_DERIVED:
             if build not in ix.config:
                 ix.config[build] = build(self)
             return ix.config[build]
@@ -109,13 +109,13 @@ class TopologyState:
 
     # ------------------------------------------------------------ rebuild
     def rebuild(self, config, hosts, bindings, incoming, recorded_slices, slices,
-                previous_blocks):
+                recorded_blocks):
         """From scratch.  ``config``: a Topology of the configuration only
         (no hosts' ports, bindings or slices); ``hosts``: {name: HostInfo};
         ``bindings``: {vm: PortBinding}; ``incoming``: (vm, host) pairs
         (``slices.needed_slices``); ``recorded_slices`` and ``slices``: the
         tags in the database and those allocated since, which the slices
-        keep; ``previous_blocks``: the SNAT blocks recorded in the database,
+        keep; ``recorded_blocks``: the SNAT blocks recorded in the database,
         which the blocks keep (with those allocated since)."""
         base = dataclasses.replace(config, hosts=dict(hosts), bindings=dict(bindings))
         self._chains = _valid_chains(base)
@@ -143,7 +143,7 @@ class TopologyState:
                        by_switch={s: tuple(v) for s, v in by_switch.items()},
                        slices_by_host=slices_by_host, slice_ix=slicelib.indexes(base))
         self.topo = _kept(base, index)
-        previous = dict(previous_blocks)
+        previous = dict(recorded_blocks)
         previous.update(self.blocks)
         self.blocks = slicelib.Blocks(slicelib.snat_blocks(self.topo, previous))
         self.status = slicelib.slice_status(self.topo, self.blocks)
@@ -151,13 +151,14 @@ class TopologyState:
         return self.topo
 
     # ------------------------------------------------------------- update
-    def update(self, hosts, bindings, incoming, recorded_slices, previous_blocks):
+    def update(self, hosts, bindings, incoming, recorded_slices, recorded_blocks):
         """Apply changes: ``hosts`` {name: HostInfo} of hosts whose ports
         may have changed, ``bindings`` {vm: PortBinding or None} of VMs
         whose binding may have changed, ``incoming`` the (vm, host) pairs
         now (None: unchanged).  ``recorded_slices``: tags in the database,
-        a new slice takes its recorded one when free; ``previous_blocks``:
-        the SNAT blocks recorded in the database (``slices.Blocks``).
+        a new slice takes its recorded one when free; ``recorded_blocks``:
+        the SNAT blocks recorded in the database (``slices.Blocks``), which
+        a new block keeps when free.
         Returns {host: set of part ids, or ALL}: the parts that may have
         changed."""
         old = self.topo
@@ -292,7 +293,7 @@ class TopologyState:
             rules = [rule.uuid for name in nat for rule in topo.nat_rules.get(name, ())]
             previous = {}
             for rule in rules:
-                previous.update(previous_blocks.of_rule(rule))
+                previous.update(recorded_blocks.of_rule(rule))
                 previous.update(self.blocks.of_rule(rule))
             computed = slicelib.snat_blocks(topo, previous, middleboxes=set(nat))
             before = {k: v for rule in rules for k, v in self.blocks.of_rule(rule)}
@@ -318,13 +319,6 @@ class TopologyState:
 def _serving_either(old, new, middlebox):
     return set(slicelib.hosts_serving(old, middlebox)) | set(
         slicelib.hosts_serving(new, middlebox))
-
-
-def _rule_middleboxes(topo):
-    return {rule.uuid: name for name, rules in topo.nat_rules.items() for rule in rules}
-
-
-_CONFIG_DERIVED = flowlib.CONFIG_DERIVED | {_rule_middleboxes}
 
 
 def _put(mapping, key, value):
