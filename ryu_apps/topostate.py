@@ -110,13 +110,13 @@ class TopologyState:
 
     # ------------------------------------------------------------ rebuild
     def rebuild(self, config, hosts, bindings, incoming, recorded_slices, slices,
-                previous_blocks, decided=None):
+                recorded_blocks, decided=None):
         """From scratch.  ``config``: a Topology of the configuration only
         (no hosts' ports, bindings or slices); ``hosts``: {name: HostInfo};
         ``bindings``: {vm: PortBinding}; ``incoming``: (vm, host) pairs
         (``slices.needed_slices``); ``recorded_slices`` and ``slices``: the
         tags in the database and those allocated since, which the slices
-        keep; ``previous_blocks``: the SNAT blocks recorded in the database,
+        keep; ``recorded_blocks``: the SNAT blocks recorded in the database,
         which the blocks keep (with those allocated since).  ``decided``:
         (slices, blocks) decided elsewhere (the logical controller's, as
         the database records them), taken as they are instead of
@@ -154,7 +154,7 @@ class TopologyState:
         if decided is not None:
             self.blocks = slicelib.Blocks(decided[1])
         else:
-            previous = dict(previous_blocks)
+            previous = dict(recorded_blocks)
             previous.update(self.blocks)
             self.blocks = slicelib.Blocks(slicelib.snat_blocks(self.topo, previous))
         self.status = slicelib.slice_status(self.topo, self.blocks)
@@ -162,15 +162,15 @@ class TopologyState:
         return self.topo
 
     # ------------------------------------------------------------- update
-    def update(self, hosts, bindings, incoming, recorded_slices, previous_blocks,
+    def update(self, hosts, bindings, incoming, recorded_slices, recorded_blocks,
                decided=None):
         """Apply changes: ``hosts`` {name: HostInfo} of hosts whose ports
         may have changed, ``bindings`` {vm: PortBinding or None} of VMs
         whose binding may have changed, ``incoming`` the (vm, host) pairs
         now (None: unchanged).  ``recorded_slices``: tags in the database,
-        a new slice takes its recorded one when free; ``previous_blocks``:
-        the SNAT blocks recorded in the database (``slices.Blocks``).
-        ``decided``: (slices, blocks) decided elsewhere (``rebuild``); the
+        a new slice takes its recorded one when free; ``recorded_blocks``:
+        the SNAT blocks recorded in the database (``slices.Blocks``), which
+        a new block keeps when free.  ``decided``: (slices, blocks) decided elsewhere (``rebuild``); the
         slices and blocks become them, and nothing is allocated.
         Returns {host: set of part ids, or ALL}: the parts that may have
         changed."""
@@ -317,7 +317,7 @@ class TopologyState:
             rules = [rule.uuid for name in nat for rule in topo.nat_rules.get(name, ())]
             previous = {}
             for rule in rules:
-                previous.update(previous_blocks.of_rule(rule))
+                previous.update(recorded_blocks.of_rule(rule))
                 previous.update(self.blocks.of_rule(rule))
             computed = slicelib.snat_blocks(topo, previous, middleboxes=set(nat))
             before = {k: v for rule in rules for k, v in self.blocks.of_rule(rule)}

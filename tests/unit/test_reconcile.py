@@ -4,10 +4,11 @@ import dataclasses
 
 import pytest
 
+from ryu_apps import flows as flowlib
 from ryu_apps import pipeline as P
 from ryu_apps.flows import compute_host_flows
 from mbxmodel.network import PortBinding
-from ryu_apps.reconcile import apply_diff, diff_flows
+from ryu_apps.reconcile import apply_diff, apply_to, diff_flows, diff_parts
 from topologies import two_tenants
 
 
@@ -80,3 +81,30 @@ def test_conflicting_desired_flows_are_rejected(flows):
     twin = dataclasses.replace(flows[0], instructions=(("goto", 99),))
     with pytest.raises(ValueError, match="same key"):
         diff_flows(flows + [twin], [])
+
+
+def parts_of(topo, host):
+    return {part: flowlib.compute_part(topo, host, part, None)
+            for part in flowlib.host_parts(topo, host)}
+
+
+def test_comparing_the_changed_parts_gives_the_whole_hosts_difference(flows):
+    topo = two_tenants()
+    moved = dataclasses.replace(topo, bindings={**topo.bindings,
+                                                "a2": PortBinding("a2", "h3", 5)})
+    before, after = parts_of(topo, "h1"), parts_of(moved, "h1")
+    installed, _ = flowlib.union(before)
+    changed = [p for p in after if after[p] != before.get(p)]
+    assert changed == [("remote", "ls-a")]
+    diff = diff_parts(installed, [before[p] for p in changed], [after[p] for p in changed])
+    assert diff.commands() == diff_flows(moved_a2_flows(), flows).commands()
+    apply_to(installed, diff)
+    assert sorted(installed.values(), key=repr) == sorted(moved_a2_flows(), key=repr)
+
+
+def test_a_key_another_part_holds_leaves_the_difference_to_the_whole_host():
+    parts = parts_of(two_tenants(), "h1")
+    installed, _ = flowlib.union(parts)
+    table_miss = next(iter(parts[flowlib.HOST_PART].items()))
+    claimed = {**parts[("remote", "ls-a")], table_miss[0]: table_miss[1]}
+    assert diff_parts(installed, [parts[("remote", "ls-a")]], [claimed]) is None
