@@ -321,8 +321,9 @@ class FakeSb:
         self.status = {}
         self.sb_cfg = 0
 
-    def set_chassis_status(self, status):
-        self.status[status.name] = status
+    def set_chassis_statuses(self, statuses):
+        for status in statuses:
+            self.status[status.name] = status
 
     def raise_sb_cfg(self, value):
         self.sb_cfg = max(self.sb_cfg, value)

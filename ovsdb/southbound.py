@@ -141,17 +141,24 @@ class Southbound:
         self._writes.put((fn, what))
         os.write(self._wake_w, b"x")
 
-    def set_chassis_status(self, status: ChassisStatus):
+    def set_chassis_statuses(self, statuses):
+        """Hosts' Chassis_Private rows (ChassisStatus values), in one
+        transaction."""
+        statuses = list(statuses)
+
         def fn(idl_, txn):
-            rows = [r for r in idl_.tables["Chassis_Private"].rows.values()
-                    if r.name == status.name]
-            row = rows[0] if rows else txn.insert(idl_.tables["Chassis_Private"])
-            row.name = status.name
-            row.controller = status.controller
-            row.connected = status.connected
-            row.nb_cfg = status.nb_cfg
-            row.sb_cfg = status.sb_cfg
-        self.write(fn, "chassis %s status" % status.name)
+            rows = {r.name: r for r in idl_.tables["Chassis_Private"].rows.values()}
+            for status in statuses:
+                row = rows.get(status.name)
+                if row is None:
+                    row = txn.insert(idl_.tables["Chassis_Private"])
+                    row.name = status.name
+                row.controller = status.controller
+                row.connected = status.connected
+                row.nb_cfg = status.nb_cfg
+                row.sb_cfg = status.sb_cfg
+        self.write(fn, "status of %s" % ", ".join(s.name for s in statuses[:3])
+                   + (" and %d more" % (len(statuses) - 3) if len(statuses) > 3 else ""))
 
     def raise_sb_cfg(self, value):
         """``SB_Global.sb_cfg`` becomes ``value`` unless it is already higher."""

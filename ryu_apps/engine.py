@@ -10,7 +10,7 @@ answers through what it was given:
   ``(command, Flow)`` pairs, deletes first) on a switch, followed by a barrier
   request with that xid;
 * ``nb`` -- the config database API (``snapshot``, ``migration_create``);
-* ``sb`` -- the southbound writer (``set_chassis_status``);
+* ``sb`` -- the southbound writer (``set_chassis_statuses``);
 * ``hosts`` -- the names of the hosts it serves (None: every host), and
   ``name``, its own, recorded with what it reports.
 
@@ -103,7 +103,8 @@ class Engine:
         #                                          for an unannounced migration
         self._state = TopologyState()   # the topology of the last recomputation
         self._config = None             # the configuration it was built from
-        self._decided = (None, None)    # (snapshot, its (slices, SNAT blocks))
+        self._decided = (None, (None, None), None)
+        #   (snapshot, its (slices, SNAT blocks), the slice status they came from)
 
     @property
     def host_ports(self):
@@ -184,7 +185,7 @@ class Engine:
         if sw.pending:
             return                      # its round is not applied yet: nothing to say
         sw.applied_round = sw.target_round
-        self._publish_host(sw)
+        self._report([self._host_status(sw)])
         self._forget_rounds()
 
     def flow_error(self, dpid, text):
@@ -213,12 +214,21 @@ class Engine:
         return self._state.blocks
 
     def _decisions(self):
-        """The logical controller's slices and SNAT blocks in the snapshot."""
+        """The logical controller's slices and SNAT blocks in the snapshot:
+        the same objects as long as they are equal (the topology compares
+        them by identity first)."""
         snap = self.nb_snap
-        if self._decided[0] is not snap:
-            self._decided = (snap, (snap.slices, slicelib.blocks_from_status(
-                getattr(snap, "slice_status", {}))))
-        return self._decided[1]
+        seen, (slices, blocks), status = self._decided
+        if seen is snap:
+            return slices, blocks
+        new_status = getattr(snap, "slice_status", {})
+        if slices is None or snap.slices != slices:
+            slices = snap.slices
+        if blocks is None or new_status != status:
+            blocks = slicelib.blocks_from_status(new_status)
+            status = new_status
+        self._decided = (snap, (slices, blocks), status)
+        return slices, blocks
 
     def _rebuild(self):
         snap = self.nb_snap
@@ -345,30 +355,32 @@ class Engine:
     def _live(self):
         return [sw for sw in self.switches.values() if sw.synced and sw.host]
 
-    def _report(self, host, status):
-        """Write ``host``'s Chassis_Private row, unless it already says so."""
-        if self._sb is None or self._written.get(("chassis", host)) == status:
+    def _report(self, statuses):
+        """Write the hosts' Chassis_Private rows that do not say so already,
+        in one transaction."""
+        fresh = [st for st in statuses if self._written.get(("chassis", st.name)) != st]
+        if self._sb is None or not fresh:
             return
-        self._written[("chassis", host)] = status
-        self._sb.set_chassis_status(status)
+        for st in fresh:
+            self._written[("chassis", st.name)] = st
+        self._sb.set_chassis_statuses(fresh)
 
     def _publish(self):
         """Every served host's status: its switch's applied round, or not
         connected (only hosts this engine has reported connected before)."""
         live = self._live()
-        for sw in live:
-            self._publish_host(sw)
+        statuses = [self._host_status(sw) for sw in live]
         live_hosts = {sw.host for sw in live}
-        for key, status in list(self._written.items()):
-            if key[0] == "chassis" and key[1] not in live_hosts and status.connected:
-                self._report(key[1], dataclasses.replace(status, connected=False))
+        statuses += [dataclasses.replace(st, connected=False)
+                     for key, st in self._written.items()
+                     if key[0] == "chassis" and key[1] not in live_hosts and st.connected]
+        self._report(statuses)
         self._forget_rounds()
 
-    def _publish_host(self, sw):
+    def _host_status(self, sw):
         northd_cfg, sb_cfg = self._round_cfg.get(sw.applied_round, (0, 0))
-        self._report(sw.host, ChassisStatus(name=sw.host, controller=self.name,
-                                            connected=True, nb_cfg=northd_cfg,
-                                            sb_cfg=sb_cfg))
+        return ChassisStatus(name=sw.host, controller=self.name, connected=True,
+                             nb_cfg=northd_cfg, sb_cfg=sb_cfg)
 
     def _forget_rounds(self):
         low = min((sw.applied_round for sw in self._live()), default=self._round)

@@ -78,17 +78,20 @@ class Northd:
             self._config = config
             self._run(None)
         else:
-            self._run(({}, (), incoming(snap)))
+            self._run(({}, (), incoming(snap)), status=True)
 
     def host_ports_changed(self, host, ports: HostPorts):
         old = self.bindings.update(host, ports)
         if self._sb_ready:
-            self._run(({host: ports}, set(old.vm_ports) | set(ports.vm_ports), None))
+            self._run(({host: ports}, set(old.vm_ports) | set(ports.vm_ports), None),
+                      hosts=(host,))
 
     def chassis_status_changed(self, statuses):
+        changed = {name for name in statuses.keys() | self.status.keys()
+                   if statuses.get(name) != self.status.get(name)}
         self.status = dict(statuses)
         if self._sb_ready:
-            self._run(({}, (), None))
+            self._run(({}, (), None), hosts=changed)
 
     def sb_cfg_changed(self, value):
         self._sb_cfg_seen = value
@@ -100,35 +103,39 @@ class Northd:
 
     # ---------------------------------------------------------- decisions
     def _recorded(self):
-        """The SNAT blocks the database records (Slice.status)."""
-        snap = self.nb_snap
-        if self._recorded_blocks[0] is not snap:
-            self._recorded_blocks = (snap, slicelib.Blocks(slicelib.blocks_from_status(
-                getattr(snap, "slice_status", {}))))
+        """The SNAT blocks the database records (Slice.status), parsed again
+        only when the status differs."""
+        status = getattr(self.nb_snap, "slice_status", {})
+        if self._recorded_blocks[0] != status:
+            self._recorded_blocks = (status, slicelib.Blocks(
+                slicelib.blocks_from_status(status)))
         return self._recorded_blocks[1]
 
-    def _run(self, changes):
+    def _run(self, changes, status=False, hosts=None):
         """``changes``: (hosts' new ports, VMs whose binding may have
-        changed, the VMs announced on a host or None); None: everything."""
+        changed, the VMs announced on a host or None); None: everything.
+        ``status``: the snapshot's status rows may have changed (shared
+        state, alerts); ``hosts``: the hosts whose status may have changed
+        (None: every host)."""
         snap = self.nb_snap
         if snap is None or not self._sb_ready:
             return
         state = self._state
         if changes is None or state.topo is None:
-            hosts = {name: host_info(rec, self.bindings.host_ports.get(name, HostPorts()))
+            infos = {name: host_info(rec, self.bindings.host_ports.get(name, HostPorts()))
                      for name, rec in snap.hosts.items()}
             recorded = self._recorded()
-            topo = state.rebuild(config_topology(snap), hosts, self.bindings.bound(snap.vms),
+            topo = state.rebuild(config_topology(snap), infos, self.bindings.bound(snap.vms),
                                  incoming(snap), snap.slices,
                                  state.topo.slices if state.topo else {},
                                  dict(recorded))
             vms = sorted(topo.bindings)
         else:
             ports, vms, now_incoming = changes
-            hosts = {h: host_info(snap.hosts[h], p) for h, p in ports.items()
+            infos = {h: host_info(snap.hosts[h], p) for h, p in ports.items()
                      if h in snap.hosts}
             vms = sorted(vms)
-            state.update(hosts, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
+            state.update(infos, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
                          now_incoming, snap.slices, self._recorded())
             topo = state.topo
         for vm in vms:
@@ -140,10 +147,11 @@ class Northd:
                         lambda: self._nb.set_northd_cfg(snap.nb_cfg).execute(
                             check_error=True))
         self._track_locations(topo, vms)
-        self._publish_hosts(snap)
+        self._publish_hosts(snap, None if changes is None or status else hosts)
         self._publish_locations(topo, snap)
-        self._publish_vip_status(topo, snap)
-        self._publish_ids_status(topo, snap)
+        if changes is None or status:
+            self._publish_vip_status(topo, snap)
+            self._publish_ids_status(topo, snap)
 
     def _write(self, key, value, fn):
         if self._written.get(key) == value:
@@ -174,10 +182,13 @@ class Northd:
     def _connected(self):
         return [s for s in self.status.values() if s.connected]
 
-    def _publish_hosts(self, snap):
+    def _publish_hosts(self, snap, hosts=None):
         """Host.nb_cfg / connected / datapath_id from Chassis_Private and
-        the chassis; NB_Global.hv_cfg."""
-        for name, rec in sorted(snap.hosts.items()):
+        the chassis, of ``hosts`` (None: every host); NB_Global.hv_cfg."""
+        names = sorted(snap.hosts) if hosts is None else sorted(h for h in hosts
+                                                                if h in snap.hosts)
+        for name in names:
+            rec = snap.hosts[name]
             st = self.status.get(name)
             connected = bool(st and st.connected)
             nb_cfg = st.nb_cfg if st else rec.nb_cfg

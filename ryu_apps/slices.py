@@ -15,6 +15,7 @@ one, stable while it serves it.
 Pure functions, no I/O.
 """
 
+import functools
 import logging
 
 from ovsdb import natblocks
@@ -342,9 +343,17 @@ def blocks_from_status(status):
     for (chain, host), values in sorted(status.items()):
         for key, value in dict(values).items():
             if key.startswith(SNAT_STATUS_PREFIX):
-                try:
-                    block = natblocks.parse_block(value)
-                except ValueError:
-                    continue
-                out.setdefault((key[len(SNAT_STATUS_PREFIX):], host), block)
+                block = _parsed_block(value)
+                if block is not None:
+                    out.setdefault((key[len(SNAT_STATUS_PREFIX):], host), block)
     return out
+
+
+@functools.lru_cache(maxsize=65536)
+def _parsed_block(value):
+    """``natblocks.parse_block``, None if malformed; each status value is
+    parsed once (every snapshot holds every slice's status again)."""
+    try:
+        return natblocks.parse_block(value)
+    except ValueError:
+        return None

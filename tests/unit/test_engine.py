@@ -160,10 +160,11 @@ class FakeSb:
         self.status_dirty = False
         self.cfg_dirty = False
 
-    def set_chassis_status(self, status):
-        if self.status.get(status.name) != status:
-            self.status[status.name] = status
-            self.status_dirty = True
+    def set_chassis_statuses(self, statuses):
+        for status in statuses:
+            if self.status.get(status.name) != status:
+                self.status[status.name] = status
+                self.status_dirty = True
 
     def raise_sb_cfg(self, value):
         if value > self.sb_cfg:
