@@ -116,9 +116,6 @@ class Engine:
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
         self.nb_snap = snap = self._nb.snapshot()
-        for vm, (host, _epoch) in snap.vm_locations.items():
-            if host is not None:
-                self._last_host[vm] = host
         config = config_key(snap)
         if config != self._config:
             self._config = config
@@ -250,6 +247,7 @@ class Engine:
         rnd = self._round
         self._round_cfg[rnd] = (getattr(self.nb_snap, "northd_cfg", 0), self._sb_cfg)
         if changes is None or self._state.topo is None:
+            self._remember_hosts(self.nb_snap.vm_locations)
             topo = self._rebuild()
             dirty, vms = None, sorted(topo.bindings)
         else:
@@ -258,6 +256,7 @@ class Engine:
             hosts = {h: host_info(snap.hosts[h], p) for h, p in ports.items()
                      if h in snap.hosts}
             vms = sorted(vms)
+            self._remember_hosts(snap.vm_locations, vms)
             dirty = self._state.update(
                 hosts, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
                 None, {}, slicelib.Blocks(), decided=self._decisions())
@@ -315,6 +314,15 @@ class Engine:
         sw.installed = desired
         sw.current = True
         return diff
+
+    def _remember_hosts(self, locations, vms=None):
+        """The last host ``VM.host`` named, of ``vms`` (None: every VM):
+        remembered when a VM's port event is handled, so it outlives the
+        logical controller clearing ``VM.host`` once the port is gone."""
+        for vm in (locations if vms is None else vms):
+            host = locations.get(vm, (None,))[0]
+            if host is not None:
+                self._last_host[vm] = host
 
     def _record_unannounced(self, topo, vms):
         """A Migration row (unannounced) for each VM of ``vms`` whose port

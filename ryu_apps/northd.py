@@ -70,9 +70,6 @@ class Northd:
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
         self.nb_snap = snap = self._nb.snapshot()
-        bound = self._state.topo.bindings if self._state.topo is not None else {}
-        self._maybe_gone = {vm for vm, (host, _) in snap.vm_locations.items()
-                            if host is not None and vm not in bound}
         config = config_key(snap)
         if config != self._config or self._state.topo is None:
             self._config = config
@@ -130,6 +127,9 @@ class Northd:
                                  state.topo.slices if state.topo else {},
                                  dict(recorded))
             vms = sorted(topo.bindings)
+            # VM.host naming a host where the VM is not bound (a restart)
+            self._maybe_gone = {vm for vm, (host, _) in snap.vm_locations.items()
+                                if host is not None and vm not in topo.bindings}
         else:
             ports, vms, now_incoming = changes
             infos = {h: host_info(snap.hosts[h], p) for h, p in ports.items()

@@ -340,7 +340,7 @@ _INDEXES = (_serving, _slice_hosts_by_switch, _nat_middleboxes, _designated_host
 def blocks_from_status(status):
     """The SNAT blocks recorded in Slice.status rows (``slice_status`` shape)."""
     out = {}
-    for (chain, host), values in sorted(status.items()):
+    for (chain, host), values in sorted(item for item in status.items() if item[1]):
         for key, value in dict(values).items():
             if key.startswith(SNAT_STATUS_PREFIX):
                 block = _parsed_block(value)

@@ -248,8 +248,9 @@ class TopologyState:
         given = None
         if decided is not None and decided[0] is not self._decided[0]:
             given = decided[0]
-            gone = [p for p, tag in slices.items() if given.get(p) != tag]
-            new = [p for p, tag in given.items() if slices.get(p) != tag]
+            differ = {p for p, _tag in slices.items() ^ given.items()}
+            gone = [p for p in differ if p in slices]
+            new = [p for p in differ if p in given]
         elif decided is None:
             for switch, host in placed:
                 chains = self._chains.get(switch, ())

@@ -9,7 +9,6 @@ topology with ``ryu_apps.topostate``.  So both agree on which binding of a
 VM counts while its port exists on two hosts: the one that appeared last.
 """
 
-import dataclasses
 from typing import Dict, Tuple
 
 from mbxmodel.network import HostPorts, PortBinding
@@ -95,7 +94,8 @@ def config_key(snap):
     but the status columns (hosts' nb_cfg, connection and datapath; VM
     locations; slices; LB_VIP, Middlebox and Migration status; shared
     state and IDS alerts; the nb_cfg / hv_cfg / northd_cfg counters)."""
-    vips = {name: tuple(dataclasses.replace(v, status={}) for v in recs)
+    vips = {name: tuple((v.uuid, v.vip, v.port, v.protocol, v.algorithm, v.backends,
+                         tuple(sorted(dict(v.options).items()))) for v in recs)
             for name, recs in _by_middlebox(getattr(snap, "vips", {})).items()}
     return ({name: (h.encap_ip, h.encap_type) for name, h in snap.hosts.items()},
             snap.switches, snap.vms, snap.middleboxes, tuple(snap.policies),
