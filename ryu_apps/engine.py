@@ -377,7 +377,12 @@ class Engine:
         """Every served host's status: its switch's applied round, or not
         connected (only hosts this engine has reported connected before)."""
         live = self._live()
-        statuses = [self._host_status(sw) for sw in live]
+        statuses = []
+        for sw in live:
+            prev = self._written.get(("chassis", sw.host))
+            if prev is None or not prev.connected or prev.controller != self.name or \
+                    (prev.nb_cfg, prev.sb_cfg) != self._round_cfg.get(sw.applied_round, (0, 0)):
+                statuses.append(self._host_status(sw))
         live_hosts = {sw.host for sw in live}
         statuses += [dataclasses.replace(st, connected=False)
                      for key, st in self._written.items()
