@@ -142,7 +142,6 @@ class ChassisAgent:
         self.sb.cond_change("Port_Binding", [["chassis", "==", name]])
         self._txn = None
         self._retry_at = None
-        self.writes = 0             # transactions that changed something
 
     def _ready(self):
         """Both replicas arrived and the southbound one holds exactly this
@@ -220,9 +219,8 @@ class ChassisAgent:
             status = self._txn.commit()
             if status == idl.Transaction.INCOMPLETE:
                 return
-            if status in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
-                self.writes += 1
-            elif status != idl.Transaction.TRY_AGAIN:
+            if status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED,
+                              idl.Transaction.TRY_AGAIN):
                 LOG.error("southbound write refused (%s): %s", status,
                           self._txn.get_error())
                 self._retry_at = now_ms + RETRY_MS

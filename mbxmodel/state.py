@@ -8,6 +8,11 @@ from typing import Dict, Optional, Tuple
 ACTIVE_MIGRATION = ("begun", "streaming", "stunned", "imported")
 FINAL_MIGRATION = ("done", "aborted", "fallback")
 
+# Shared_State services the controllers read: the load balancers' backend
+# health, and the VMs whose connection state a host's daemon still holds.
+LB_HEALTH = "lb-health"
+VM_STATE = "vm-state"
+
 
 @dataclass(frozen=True)
 class HostRecord:

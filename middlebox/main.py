@@ -47,6 +47,7 @@ from middlebox.migration import MigrationManager, RowWriter
 from middlebox.ofconn import OfConn
 from middlebox.packetio import PacketPort
 from middlebox.service import Service
+from mbxmodel.state import VM_STATE
 from middlebox.shared import SharedState
 from middlebox.vswitch import Vswitch, VswitchError, find_socket
 from middlebox.zonepolicy import ZonePolicies, zone_policies
@@ -63,7 +64,6 @@ STATS_INTERVAL = 2.0        # seconds between flow-stats polls (decision counter
 COUNT_INTERVAL = 2.0        # seconds between counts of the connections in conntrack
 TICK_INTERVAL = 0.1         # health probes, shared-state publication
 TUNNEL_PORT = "mbx-tun"
-VM_STATE = "vm-state"       # shared-state service: VMs whose state a host holds
 
 
 def parse_args(argv):

@@ -30,6 +30,7 @@ from middlebox.packet import (ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_TYP
                               TCP_ACK, TCP_RST, TCP_SYN, MalformedFrame,
                               build_icmp_unreachable, build_tcp, build_tcp_rst, ip_int,
                               ip_text, parse_frame)
+from mbxmodel.state import LB_HEALTH
 from middlebox.rules import DIRECTIONS, RuleSet
 from middlebox.services import ids as svc_ids, lb as svc_lb
 from ryu_apps import pipeline as P
@@ -383,7 +384,7 @@ class Service:
         the VIP's backends, this host's own from its live tracker."""
         views = {}
         if self.shared is not None:
-            views = dict(self.shared.get(v.service, "lb-health").get(v.key, {}))
+            views = dict(self.shared.get(v.service, LB_HEALTH).get(v.key, {}))
         if v.health is not None:
             views[self.host] = {"%s:%d" % b: v.health.state(b)
                                 for b in self._local_backends(v)}
@@ -566,7 +567,7 @@ class Service:
                     if v.health is not None:
                         view = self.health_views(v).get(self.host, {})
                         if view:
-                            shared.publish(v.service, "lb-health", v.key, view)
+                            shared.publish(v.service, LB_HEALTH, v.key, view)
             ids = s.ids
             if ids is None:
                 continue

@@ -216,14 +216,7 @@ class Southbound:
         """Push the transactions along; start the queued writes."""
         still = []
         for txn, fn, what in inflight:
-            status = txn.commit()
-            if status == idl.Transaction.INCOMPLETE:
-                still.append((txn, fn, what))
-            elif status == idl.Transaction.TRY_AGAIN:
-                self._writes.put((fn, what))
-            elif status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
-                LOG.error("southbound write (%s) failed: %s %s", what, status,
-                          txn.get_error())
+            self._push(txn, fn, what, still)
         if not self._idl.has_ever_connected():
             return still
         while True:
@@ -233,13 +226,20 @@ class Southbound:
                 break
             txn = idl.Transaction(self._idl)
             fn(self._idl, txn)
-            status = txn.commit()
-            if status == idl.Transaction.INCOMPLETE:
-                still.append((txn, fn, what))
-            elif status == idl.Transaction.TRY_AGAIN:
-                self._writes.put((fn, what))
-                break
-            elif status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
-                LOG.error("southbound write (%s) failed: %s %s", what, status,
-                          txn.get_error())
+            if self._push(txn, fn, what, still) == idl.Transaction.TRY_AGAIN:
+                break           # the replica is behind: the rest after its update
         return still
+
+    def _push(self, txn, fn, what, still):
+        """Commit ``txn`` (again): kept in ``still`` while in flight, queued
+        again to be rebuilt on the new contents if it met a concurrent
+        change, logged if refused.  Returns its status."""
+        status = txn.commit()
+        if status == idl.Transaction.INCOMPLETE:
+            still.append((txn, fn, what))
+        elif status == idl.Transaction.TRY_AGAIN:
+            self._writes.put((fn, what))
+        elif status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
+            LOG.error("southbound write (%s) failed: %s %s", what, status,
+                      txn.get_error())
+        return status

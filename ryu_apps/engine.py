@@ -232,7 +232,8 @@ class Engine:
         hosts = {name: host_info(rec, self.host_ports.get(name, HostPorts()))
                  for name, rec in snap.hosts.items()}
         return self._state.rebuild(config_topology(snap), hosts,
-                                   self.bindings.bound(snap.vms), (), {}, {}, {},
+                                   self.bindings.bound(snap.vms), incoming=(),
+                                   recorded_slices={}, slices={}, recorded_blocks={},
                                    decided=self._decisions())
 
     def _recompute(self, changes=None):

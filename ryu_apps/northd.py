@@ -34,13 +34,13 @@ import logging
 from typing import Dict, Tuple
 
 from mbxmodel.network import ChassisStatus, HostPorts
+from mbxmodel.state import LB_HEALTH
 from ryu_apps import slices as slicelib
 from ryu_apps.topostate import TopologyState, host_info
 from ryu_apps.view import Bindings, config_key, config_topology, incoming, records
 
 LOG = logging.getLogger(__name__)
 
-LB_HEALTH = "lb-health"     # shared-state service of the load balancers' health
 
 
 class Northd:

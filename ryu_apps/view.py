@@ -12,7 +12,7 @@ VM counts while its port exists on two hosts: the one that appeared last.
 from typing import Dict, Tuple
 
 from mbxmodel.network import HostPorts, PortBinding
-from mbxmodel.state import ACTIVE_MIGRATION
+from mbxmodel.state import ACTIVE_MIGRATION, VM_STATE
 from mbxmodel.topology import Topology
 
 
@@ -114,9 +114,6 @@ def incoming(snap):
     out.update((row.key, row.host) for row in records(getattr(snap, "shared_state", ()))
                if getattr(row, "service", None) == VM_STATE)
     return frozenset(out)
-
-
-VM_STATE = "vm-state"       # shared-state service: VMs whose state a host holds
 
 
 def records(value):

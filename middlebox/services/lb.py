@@ -22,9 +22,10 @@ import ipaddress
 import zlib
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
+from mbxmodel.state import LB_HEALTH
 from middlebox.services import option
 
-SHARED_STATE = ("lb-health",)
+SHARED_STATE = (LB_HEALTH,)
 LOCAL_STATE = ("lb-pinning",)
 
 Backend = Tuple[str, int]
