@@ -1,0 +1,182 @@
+"""OVSDB locks held over one JSON-RPC session: how physical controllers
+split the hosts between them through the southbound database's server.
+
+The OVSDB protocol (RFC 7047, section 4.1.8) gives every server a lock
+service: a client asks for a named lock with ``lock`` and is either granted
+it or queued behind the holder; the server grants it to the next client in
+the queue the moment the holder releases it with ``unlock`` or its
+connection closes; ``steal`` takes it from the holder at once, who is told
+so with a ``stolen`` notification.  A physical controller holds one lock per
+host it serves (``chassis_lock_name``):
+
+* a host it is configured to prefer (``[mbx] chassis``) it steals, so a
+  restarted controller gets its own hosts back from a standby;
+* every other host it asks for without stealing, when it stands by for
+  all hosts (``[mbx] standby``): it is queued, and serves the host as soon
+  as the host's controller is gone;
+* a lock stolen from it is asked for again without stealing: it queues
+  behind the thief instead of taking the lock back (two controllers that
+  both prefer one host cannot steal it back and forth).
+
+So every host is served by exactly one live controller, a controller's
+death hands its hosts to the standbys within the time the server takes to
+see its connection close, and which controller serves a host is decided by
+the server alone, without a table of assignments to keep consistent.  The
+hosts a controller serves are also in ``Chassis_Private.controller``.
+
+``Locks`` is driven by its owner's loop, like ``ovs.db.idl.Idl``: call
+``run()`` after waking, ``wait(poller)`` before blocking.  After a
+reconnection every lock it wants is asked for again; until granted it
+holds none.
+"""
+
+import logging
+
+import ovs.jsonrpc
+
+LOG = logging.getLogger(__name__)
+
+LOCK_PREFIX = "mbx_chassis_"
+
+
+def chassis_lock_name(host):
+    """A host's lock.  Lock names are OVSDB ids (letters, digits and
+    underscores), so every other byte of the host's name, and the
+    underscore itself, is written as ``_`` and two hex digits."""
+    out = []
+    for byte in host.encode():
+        c = chr(byte)
+        out.append(c if c.isascii() and c.isalnum() else "_%02x" % byte)
+    return LOCK_PREFIX + "".join(out)
+
+
+def _host_of_lock(name):
+    text, out, i = name[len(LOCK_PREFIX):], bytearray(), 0
+    while i < len(text):
+        if text[i] == "_":
+            out.append(int(text[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out.append(ord(text[i]))
+            i += 1
+    return out.decode()
+
+
+def wanted_locks(hosts, preferred, standby):
+    """The locks a controller asks for: {lock name: steal?}.  ``hosts``:
+    every host in the southbound database; ``preferred``: the hosts it is
+    configured to serve (None: none in particular); ``standby``: whether it
+    stands by for every other host."""
+    preferred = frozenset(preferred or ())
+    wanted = {chassis_lock_name(h): True for h in preferred}
+    if standby:
+        for host in hosts:
+            wanted.setdefault(chassis_lock_name(host), False)
+    return wanted
+
+
+def hosts_of(lock_names):
+    return frozenset(_host_of_lock(n) for n in lock_names
+                     if n.startswith(LOCK_PREFIX))
+
+
+class Locks:
+    """The named locks this client wants, and those the server granted.
+    ``on_change(held)`` is called (from ``run``) with the frozenset of lock
+    names held whenever it changes."""
+
+    def __init__(self, remote, on_change=None):
+        self._session = ovs.jsonrpc.Session.open(remote)
+        self._on_change = on_change or (lambda held: None)
+        self._wanted = {}               # name -> steal on (re)request
+        self._requests = {}             # request id -> lock name
+        self._held = frozenset()
+        self._seqno = None
+        self._asked = None              # the connection the wanted locks were asked on
+
+    @property
+    def held(self):
+        return self._held
+
+    @property
+    def settled(self):
+        """Connected, and the server has answered every request: each
+        wanted lock is held or queued."""
+        return self._session.is_connected() and self._asked == \
+            self._session.get_seqno() and not self._requests
+
+    def want(self, wanted):
+        """Make the wanted locks exactly ``wanted`` ({name: steal?}):
+        ask for the new ones, release those no longer wanted."""
+        for name in sorted(set(self._wanted) - set(wanted)):
+            del self._wanted[name]
+            self._send("unlock", name)
+            self._set_held(self._held - {name})
+        for name, steal in sorted(wanted.items()):
+            if name not in self._wanted:
+                self._wanted[name] = steal
+                self._send("steal" if steal else "lock", name)
+
+    def run(self):
+        self._session.run()
+        seqno = self._session.get_seqno()
+        if seqno != self._seqno:
+            # A new connection attempt: the server holds nothing of ours.
+            self._seqno = seqno
+            self._asked = None
+            self._requests.clear()
+            self._set_held(frozenset())
+        if self._session.is_connected() and self._asked != seqno:
+            self._asked = seqno
+            for name, steal in sorted(self._wanted.items()):
+                self._send("steal" if steal else "lock", name)
+        for _ in range(200):
+            msg = self._session.recv()
+            if msg is None:
+                break
+            self._received(msg)
+
+    def wait(self, poller):
+        self._session.wait(poller)
+        self._session.recv_wait(poller)
+
+    def close(self):
+        self._session.close()
+
+    # ---------------------------------------------------------- internals
+    def _send(self, method, name):
+        if not self._session.is_connected() or self._asked != self._session.get_seqno():
+            return                      # asked for once connected (run)
+        msg = ovs.jsonrpc.Message.create_request(method, [name])
+        if method != "unlock":
+            self._requests[msg.id] = name
+        self._session.send(msg)
+
+    def _received(self, msg):
+        if msg.type == ovs.jsonrpc.Message.T_REPLY:
+            name = self._requests.pop(msg.id, None)
+            if name is not None and name in self._wanted and \
+                    isinstance(msg.result, dict) and msg.result.get("locked"):
+                self._set_held(self._held | {name})
+        elif msg.type == ovs.jsonrpc.Message.T_ERROR:
+            name = self._requests.pop(msg.id, None)
+            LOG.error("lock %s refused: %s", name, msg.error)
+        elif msg.type == ovs.jsonrpc.Message.T_NOTIFY and msg.params:
+            name = msg.params[0]
+            if msg.method == "locked" and name in self._wanted:
+                self._set_held(self._held | {name})
+            elif msg.method == "stolen":
+                self._set_held(self._held - {name})
+                if name in self._wanted:
+                    # The server dropped us from the lock's queue but keeps
+                    # the request: release it, then queue behind the thief
+                    # rather than steal the lock back.
+                    self._wanted[name] = False
+                    self._send("unlock", name)
+                    self._send("lock", name)
+
+    def _set_held(self, held):
+        held = frozenset(held)
+        if held != self._held:
+            self._held = held
+            self._on_change(held)
