@@ -31,8 +31,12 @@ holds none.
 """
 
 import logging
+import os
+import queue
+import threading
 
 import ovs.jsonrpc
+import ovs.poller
 
 LOG = logging.getLogger(__name__)
 
@@ -180,3 +184,55 @@ class Locks:
         if held != self._held:
             self._held = held
             self._on_change(held)
+
+
+class LockThread:
+    """``Locks`` on a thread of its own, for a program whose loop is not an
+    OVSDB one (the physical controller).  ``want`` may be called from any
+    thread; ``on_change(held)`` runs on this thread and must be cheap
+    (post an event)."""
+
+    def __init__(self, remote, on_change=None):
+        self._locks = Locks(remote, on_change=on_change)
+        self._asks = queue.Queue()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="mbx-locks")
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+
+    def want(self, wanted):
+        self._asks.put(dict(wanted))
+        os.write(self._wake_w, b"x")
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            wanted = None
+            while True:
+                try:
+                    wanted = self._asks.get_nowait()
+                except queue.Empty:
+                    break
+            if wanted is not None:
+                self._locks.want(wanted)
+            self._locks.run()
+            poller = ovs.poller.Poller()
+            self._locks.wait(poller)
+            poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
+            poller.block()
+        self._locks.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

@@ -5,6 +5,7 @@ its connection closes (also a process killed with SIGKILL), and two
 controllers that both prefer a host do not take it back and forth."""
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -143,3 +144,25 @@ def test_a_killed_holder_hands_its_host_over(sb):
             os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
         b.locks.close()
+
+
+def test_lock_thread_reports_what_it_holds(sb):
+    from ovsdb.locks import LockThread
+    seen = queue.Queue()
+    t = LockThread(sb, on_change=seen.put)
+    t.start()
+    try:
+        t.want({H1: False, H2: False})
+        held = frozenset()
+        deadline = time.monotonic() + 10
+        while held != {H1, H2}:
+            held = seen.get(timeout=max(0.0, deadline - time.monotonic()))
+        t.want({H2: False})
+        while held != {H2}:
+            held = seen.get(timeout=max(0.0, deadline - time.monotonic()))
+        # The released lock is free: another client gets it at once.
+        c = Client(sb, {H1: False})
+        drive([c], lambda: c.held == {H1}, "hv1 released by the thread")
+        c.locks.close()
+    finally:
+        t.stop()
