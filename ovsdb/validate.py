@@ -1169,7 +1169,7 @@ def migration_wait_ms(value, what="migration-wait-ms"):
 
 
 def migration_address(value):
-    """Host.migration_address: "" (none) or ssl:IP:PORT."""
+    """Chassis.migration_address: "" (none) or ssl:IP:PORT."""
     if value == "":
         return value
     found = _ADDRESS_RE.fullmatch(value) if isinstance(value, str) else None
