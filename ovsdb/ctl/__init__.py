@@ -137,8 +137,16 @@ def _databases(commands):
     return (writes.pop() if writes else "nb"), reads_sb
 
 
-def _read(command, args, nb_snap, sb_snap):
-    """Command ``command``'s output lines from the snapshots."""
+def _write(api, txn, name, args):
+    """Add command ``name``'s API commands to ``txn``; returns the one whose
+    result it reports, if any."""
+    write = COMMANDS[name].write
+    return None if write is None else write(api, txn, args)
+
+
+def _read(name, args, nb_snap=None, sb_snap=None):
+    """Command ``name``'s output lines from the snapshots."""
+    command = COMMANDS[name]
     if command.reads == "sb":
         return command.read(sb_snap, args)
     if command.reads == "both":
@@ -162,9 +170,7 @@ def run(argv, out):
         api = sb if db == "sb" else nb
         bump = None
         with api.transaction(check_error=True) as txn:
-            results = [COMMANDS[name].write(api, txn, args)
-                       if COMMANDS[name].write is not None else None
-                       for name, args in commands]
+            results = [_write(api, txn, name, args) for name, args in commands]
             if opts["wait"] == "hv" and api is nb:
                 bump = txn.add(nb.bump_nb_cfg())
         if opts["wait"] == "hv" and api is not nb:
@@ -180,7 +186,7 @@ def run(argv, out):
             if command.reply is not None:
                 lines += command.reply(result, args)
             if command.read is not None:
-                lines += _read(command, args, nb_snap, sb_snap)
+                lines += _read(name, args, nb_snap, sb_snap)
         if bump is not None:
             try:
                 nb.wait_hv(bump.result, opts["timeout"], sb)
