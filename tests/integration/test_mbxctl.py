@@ -1641,19 +1641,29 @@ UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
                      r"[0-9a-f]{12}")
 
 
+def sb_api(remote):
+    """An MbxSb on ``remote`` that checks VMs in the config database there
+    (as mbxctl's); closing it closes both."""
+    nb = MbxNb.connect(remote)
+    sb = MbxSb.connect(remote, nb=nb)
+    close = sb.close
+
+    def close_both():
+        close()
+        nb.close()
+    sb.close = close_both
+    return sb
+
+
 def setup_migrations(remote, rundir):
     """TOPOLOGY plus VM a2 (on no host); hosts h1-h3; a1 on h2, b1 on h1."""
     path = os.path.join(rundir, "mig.yaml")
     with open(path, "w") as f:
         f.write(TOPOLOGY + "  - {name: a2, switch: ls-a, ip: 10.0.0.2}\n")
     ok(remote, "init", "--", "load", path)
-    api = MbxNb.connect(remote)
+    add_chassis(remote, "h1", "h2", "h3", migration=True)
+    api = sb_api(remote)
     try:
-        for i, host in enumerate(("h1", "h2", "h3"), 1):
-            api.host_register(host, "vxlan", f"10.200.0.1{i}",
-                              f"tcp:10.201.0.1{i}:6640",
-                              f"ssl:10.201.0.1{i}:6650").execute(
-                check_error=True)
         api.set_vm_location("a1", "h2", 1).execute(check_error=True)
         api.set_vm_location("b1", "h1", 1).execute(check_error=True)
     finally:
@@ -1679,7 +1689,7 @@ def test_announced_migration_from_begin_to_done(nb, tmp_path):
     out = ok(nb, "migrate-begin", "a1", "--to", "h3")
     assert UUID_RE.fullmatch(out.strip())
     uuid = out.strip()
-    api = MbxNb.connect(nb)
+    api = sb_api(nb)
     try:
         m, = api.snapshot().migrations
         assert (m.uuid, m.vm, m.source, m.destination, m.path, m.status,
@@ -1786,7 +1796,12 @@ BAD_MIGRATIONS = {
                              "nowhere); nothing to migrate"),
     "begin: unknown host": (["migrate-begin", "b1", "--to", "h9"],
                             "unknown host 'h9'; a host registers itself "
-                            "(mbx-host-register)"),
+                            "when mbx-chassis starts on it"),
+    "begin with an intent change": (
+        ["vm-add", "a9", "--switch", "ls-a", "--ip", "10.0.0.9", "--",
+         "migrate-begin", "a1", "--to", "h1"],
+        "commands on the config database and on the southbound database "
+        "(migrate-begin) cannot share one transaction; run them separately"),
     "begin: to its own host": (["migrate-begin", "b1", "--to", "h1"],
                                "VM 'b1' is already on host 'h1'"),
     "begin: while one is active": (
@@ -1843,8 +1858,11 @@ BAD_MIGRATIONS = {
                          "global-set: invalid option 'migration-wait-ms': "
                          "use KEY=VALUE, e.g. migration-wait-ms=5000"),
     "global-set then a failing command": (
+        ["global-set", "migration-wait-ms=500", "--", "vm-del", "nope"],
+        "unknown VM 'nope'; use --if-exists to ignore a missing one"),
+    "global-set with a migration command": (
         ["global-set", "migration-wait-ms=500", "--", "migrate-done", "a2"],
-        "VM 'a2' has no migration"),
+        "(migrate-done) cannot share one transaction; run them separately"),
 }
 
 
@@ -1879,7 +1897,7 @@ def wait_stun(remote, after, *args):
     """migrate-stun a1 --wait, while ``after`` (run in a thread 0.3 s after
     the stun, with an API connection and the migration) writes the
     outcome."""
-    api = MbxNb.connect(remote)
+    api = sb_api(remote)
     try:
         m, = api.migrations("a1")
 
@@ -1965,7 +1983,7 @@ def test_global_set_and_the_wait_of_new_migrations(nb, tmp_path):
 def test_controller_creates_unannounced_migrations(nb, tmp_path):
     setup_migrations(nb, str(tmp_path))
     ok(nb, "global-set", "migration-wait-ms=800")
-    api = MbxNb.connect(nb)
+    api = sb_api(nb)
     try:
         # a2 has no host: the controller names both hosts
         uuid = api.migration_create("a2", "h1", "h2", "unannounced").execute(
