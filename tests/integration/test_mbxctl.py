@@ -742,6 +742,69 @@ def test_wait_hv_times_out_naming_the_host_behind(nb):
     assert "w     w       5" in ok(nb, "ls-list")
 
 
+def test_runtime_commands_read_the_southbound_database(nb, tmp_path_factory):
+    """host-list, vm-list, show, slice-list, migration-list and ids-alerts
+    answer from the southbound database (--sb, default: the --db server),
+    not from the config database's status mirrors."""
+    path = tmp_path_factory.mktemp("rt") / "t.yaml"
+    path.write_text(TOPOLOGY)
+    ok(nb, "init", "--", "load", str(path))
+    # the config database's mirror says something else: it is not read
+    subprocess.run(["ovsdb-client", "transact", nb, json.dumps(
+        ["MBX_Northbound", {"op": "update", "table": "VM",
+                            "where": [["name", "==", "a1"]],
+                            "row": {"host": "h9", "location_epoch": 9}}])],
+        check=True, capture_output=True)
+    add_chassis(nb, "h1", "h2", migration=True)
+    set_chassis_private(nb, "h1", nb_cfg=3, connected=True)
+    sb_transact(nb,
+                {"op": "insert", "table": "VM_Location",
+                 "row": {"vm": "a1", "chassis": "h2", "epoch": 4}},
+                {"op": "insert", "table": "Slice",
+                 "row": {"chain": ["map", [[0, "fw-a"], [1, "lb-a"]]],
+                         "chassis": "h2", "tag": 3,
+                         "status": ["map", [["snat-block:x", "203.0.113.5:1024-2047"]]]}},
+                {"op": "update", "table": "Chassis", "where": [["name", "==", "h1"]],
+                 "row": {"datapath_id": "00000000000000a1"}})
+    assert columns(ok(nb, "host-list")) == [
+        ["NAME", "ENCAP", "ENCAP_IP", "NB_CFG", "CONNECTED", "DATAPATH_ID",
+         "MIGRATION_ADDRESS"],
+        ["h1", "vxlan", "10.200.0.11", "3", "true", "00000000000000a1",
+         "ssl:10.201.0.11:6650"],
+        ["h2", "vxlan", "10.200.0.12", "0", "false", "-", "ssl:10.201.0.12:6650"]]
+    assert columns(ok(nb, "vm-list")) == [
+        ["NAME", "SWITCH", "IP", "MAC", "HOST", "EPOCH"],
+        ["a1", "ls-a", "10.0.0.1", "02:00:00:00:01:01", "h2", "4"],
+        ["b1", "ls-b", "10.0.0.1", validate.mac_from_name("b1"), "-", "0"]]
+    shown = ok(nb, "show").splitlines()
+    assert "        host: h2 (epoch 4)" in shown
+    i = shown.index("host h1")
+    assert shown[i:i + 5] == ["host h1", "    encap: vxlan 10.200.0.11",
+                              "    nb_cfg: 3", "    connected: true",
+                              "    migration_address: ssl:10.201.0.11:6650"]
+    assert columns(ok(nb, "slice-list")) == [
+        ["HOST", "TAG", "CHAIN", "STATUS"],
+        ["h2", "3", "fw-a,lb-a", "snat-block:x=203.0.113.5:1024-2047"]]
+
+    # --sb names another server: the runtime answers come from there
+    pid, other = start_server(str(tmp_path_factory.mktemp("sb2")))
+    try:
+        assert ok(nb, "--sb", other, "host-list").splitlines()[1:] == []
+        assert ok(nb, "--sb", other, "vm-list").splitlines()[1].split()[-2:] == ["-", "0"]
+        proc = subprocess.run([*MBXCTL, "--db", nb, "host-list"], cwd=ROOT,
+                              env=dict(os.environ, MBX_SB=other),
+                              capture_output=True, text=True)
+        assert (proc.returncode, proc.stdout.splitlines()[1:]) == (0, [])
+    finally:
+        server.stop(pid)
+    assert_one_line_error(
+        mbxctl(nb, "--sb", "unix:/nonexistent/sb.sock", "host-list"),
+        "cannot connect to southbound database at unix:/nonexistent/sb.sock",
+        "set --sb or MBX_SB")
+    # an intent command needs no southbound database
+    ok(nb, "--sb", "unix:/nonexistent/sb.sock", "ls-list")
+
+
 def test_two_connections_to_two_servers_in_one_process(nb, tmp_path_factory):
     pid, other = start_server(str(tmp_path_factory.mktemp("nb2")))
     try:
