@@ -1,6 +1,6 @@
-"""What every area of the config database API shares: reading rows as
-the transaction sees them, the checks of an add against an existing row,
-the command base classes."""
+"""What the areas of the two database APIs share: reading rows as the
+transaction sees them, the checks of an add against an existing row, the
+command base classes."""
 
 import dataclasses
 
@@ -28,21 +28,6 @@ def _rows(api, table):
     """The table's rows; none when the server's schema predates it."""
     found = api.tables.get(table)
     return list(found.rows.values()) if found is not None else []
-
-
-def _require_table_column(api, table, column, version):
-    _require_table(api, table, version)
-    if column not in api.tables[table].columns:
-        raise MbxError(f"the config database has no {table}.{column} (its "
-                       f"schema predates {version}); restart its server to "
-                       "convert it")
-
-
-def _require_table(api, table, version):
-    if table not in api.tables:
-        raise MbxError(f"the config database has no {table} table (its "
-                       f"schema predates {version}); restart its server to "
-                       "convert it")
 
 
 def _find(api, table, name):

@@ -8,7 +8,7 @@ from mbxmodel.services import bare, MiddleboxInfo
 from ovsdb import validate
 from ovsdb.api.common import (_Command, _externals, _find, _mb_info,
                               _nat_rules, _policies, _refuse_existing,
-                              _require, _rows, _set_rows, _switches,
+                              _require, _set_rows, _switches,
                               RequireCommand)
 from ovsdb.api.lb import _write_vip
 from ovsdb.api.nat import _write_nat
@@ -72,12 +72,6 @@ class MbDelCommand(_Command):
         for rule in row.rules:
             if rule is not None:
                 _drop_rule(rule)
-        # Slices of chains through it are dead (no policy uses it).  The
-        # weak reference would only drop it from their chain, which could
-        # then pass for a shorter chain.
-        for slice_row in _rows(self.api, "Slice"):
-            if row in slice_row.chain.values():
-                slice_row.delete()
         row.delete()
 
 
