@@ -29,7 +29,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Tuple
 
 from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
 from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
@@ -255,8 +255,9 @@ def _vip(x, middlebox):
 
 class Reader:
     """The decoded records of a database's Datapath rows, kept row by row:
-    a row whose text did not change is not decoded again, and a malformed
-    row is logged once and left out (as if absent) until it is fixed."""
+    a row whose text did not change is not decoded again.  A malformed row
+    is logged once and not used: the switch keeps the record read before
+    (a bad write does not take a tenant's network down), or has none."""
 
     def __init__(self):
         self.records: Dict[str, Datapath] = {}
@@ -282,11 +283,9 @@ class Reader:
             try:
                 record = decode(name, *row)
             except DatapathError as e:
-                LOG.error("%s; the switch's flows are computed without it", e)
+                LOG.error("%s; %s", e, "the switch keeps its record read before"
+                          if name in self.records else "the switch is left out")
                 self._bad[name] = row
-                if name in self._rows:
-                    del self._rows[name]
-                    changed[name] = (self.records.pop(name), None)
                 continue
             self._bad.pop(name, None)
             old = self.records.get(name)
@@ -330,9 +329,19 @@ def topology(records: Iterable[Datapath]) -> Topology:
                     vips=vips, external_networks=nets)
 
 
-def global_option(records: Iterable[Datapath], key, default=None) -> Optional[str]:
-    """A global option as the records carry it (any record: they all carry
-    the same), or ``default``."""
+def known_slices(slices, topo):
+    """The slices ({(chain, host): tag}) whose chain's middleboxes are all
+    in ``topo``: a slice decided for a record not read yet (or no longer
+    there) waits for it.  ``slices`` itself when every one is known."""
+    known = topo.middleboxes
+    if all(name in known for chain, _ in slices for name in chain):
+        return slices
+    return {key: tag for key, tag in slices.items() if all(n in known for n in key[0])}
+
+
+def global_options(records: Iterable[Datapath]) -> Dict[str, str]:
+    """The global options (``GLOBAL_OPTIONS``) as the records carry them:
+    any record's, as they all carry the same ({} without a record)."""
     for r in records:
-        return dict(r.options).get(key, default)
-    return default
+        return dict(r.options)
+    return {}

@@ -10,6 +10,9 @@ One OVSDB connection, on its own thread, for the whole cloud:
   (``Chassis_Private``, as ``ChassisStatus`` values);
 * the runtime generation ``SB_Global.sb_cfg``, always after the bindings
   that arrived with it;
+* with ``datapaths=True``, the logical switches' ``Datapath`` rows and
+  ``SB_Global.nb_cfg`` (the config generation they were translated from),
+  before the bindings that arrived with them;
 * and, once the database's contents have arrived the first time, that it
   is ready.
 
@@ -98,13 +101,29 @@ def _sb_cfg(idl_):
     return 0
 
 
+def _nb_cfg(idl_):
+    for row in idl_.tables["SB_Global"].rows.values():
+        return row.nb_cfg
+    return 0
+
+
+def _datapath_rows(idl_):
+    """{name: (tenant, vni, config)} of the Datapath rows."""
+    return {r.name: (r.tenant, r.vni, r.config)
+            for r in idl_.tables["Datapath"].rows.values()}
+
+
 class Southbound:
     """The connection; callbacks run on its thread and must be cheap (post
     an event).  ``on_ports(host, HostPorts)``, ``on_status({name:
     ChassisStatus})``, ``on_sb_cfg(value)``, ``on_ready()``."""
 
     def __init__(self, remote, on_ports=None, on_status=None, on_sb_cfg=None,
-                 on_ready=None, schema=SB_SCHEMA_PATH):
+                 on_ready=None, schema=SB_SCHEMA_PATH, datapaths=False,
+                 on_datapaths=None):
+        """``datapaths``: monitor the Datapath rows (a reader, and the
+        logical controller, which writes them); ``on_datapaths({name:
+        (tenant, vni, config)}, nb_cfg)`` then reports them."""
         self._on_ports = on_ports or (lambda host, ports: None)
         self._on_status = on_status or (lambda statuses: None)
         self._on_sb_cfg = on_sb_cfg or (lambda value: None)
@@ -119,6 +138,10 @@ class Southbound:
         helper.register_columns("Chassis_Private", ["name", "controller", "connected",
                                                     "nb_cfg", "sb_cfg"])
         helper.register_columns("SB_Global", ["sb_cfg", "nb_cfg"])
+        self._datapaths = datapaths
+        self._on_datapaths = on_datapaths or (lambda rows, nb_cfg: None)
+        if datapaths:
+            helper.register_columns("Datapath", ["name", "tenant", "vni", "config"])
         self._idl = idl.Idl(remote, helper)
         self._warned = set()
         self._writes = queue.Queue()
@@ -135,11 +158,51 @@ class Southbound:
         os.write(self._wake_w, b"x")
 
     # ------------------------------------------------------------ writes
-    def write(self, fn, what):
+    def write(self, fn, what, done=None):
         """Carry out ``fn(idl, txn)`` in a transaction on the connection's
-        thread (``what`` names it in a log line if it fails)."""
-        self._writes.put((fn, what))
+        thread (``what`` names it in a log line if it fails); ``done``, a
+        threading.Event, is set once the transaction ended (committed or
+        failed)."""
+        self._writes.put((fn, what, done))
         os.write(self._wake_w, b"x")
+
+    def set_datapaths(self, changes, nb_cfg=None, complete=False):
+        """Datapath rows, in one transaction: ``changes`` {name: (tenant,
+        vni, config), or None to delete}; a row already so is left alone.
+        ``complete``: ``changes`` names every switch; other rows are
+        deleted.  ``nb_cfg``: SB_Global.nb_cfg, the config generation the
+        rows are translated from.  Returns an Event set once the
+        transaction ended."""
+        changes = dict(changes)
+
+        def fn(idl_, txn):
+            table = idl_.tables["Datapath"]
+            rows = {r.name: r for r in table.rows.values()}
+            for name, row in rows.items():
+                if complete and name not in changes:
+                    row.delete()
+            for name, value in changes.items():
+                row = rows.get(name)
+                if value is None:
+                    if row is not None:
+                        row.delete()
+                    continue
+                tenant, vni, config = value
+                if row is None:
+                    row = txn.insert(table)
+                    row.name = name
+                elif (row.tenant, row.vni, row.config) == (tenant, vni, config):
+                    continue
+                row.tenant, row.vni, row.config = tenant, vni, config
+            if nb_cfg is not None:
+                found = list(idl_.tables["SB_Global"].rows.values())
+                top = found[0] if found else txn.insert(idl_.tables["SB_Global"])
+                if not found or top.nb_cfg != nb_cfg:
+                    top.nb_cfg = nb_cfg
+        done = threading.Event()
+        self.write(fn, "%d datapaths%s" % (len(changes), "" if nb_cfg is None
+                                           else ", nb_cfg %d" % nb_cfg), done)
+        return done
 
     def set_chassis_statuses(self, statuses):
         """Hosts' Chassis_Private rows (ChassisStatus values), in one
@@ -174,9 +237,9 @@ class Southbound:
     # ------------------------------------------------------------- thread
     def _run(self):
         last_seqno = None
-        last_ports, last_status, last_cfg = {}, None, None
+        last_ports, last_status, last_cfg, last_datapaths = {}, None, None, None
         ready = False
-        inflight = []           # (txn, fn, what)
+        inflight = []           # (txn, fn, what, done)
         while not self._stop.is_set():
             self._idl.run()
             try:
@@ -187,6 +250,11 @@ class Southbound:
             if self._idl.has_ever_connected() and \
                     self._idl.change_seqno != last_seqno:
                 last_seqno = self._idl.change_seqno
+                if self._datapaths:
+                    datapaths = (_datapath_rows(self._idl), _nb_cfg(self._idl))
+                    if datapaths != last_datapaths:
+                        last_datapaths = datapaths
+                        self._on_datapaths(*datapaths)
                 ports = host_ports_from_southbound(
                     self._idl.tables["Chassis"].rows.values(),
                     self._idl.tables["Port_Binding"].rows.values(),
@@ -215,31 +283,35 @@ class Southbound:
     def _commit(self, inflight):
         """Push the transactions along; start the queued writes."""
         still = []
-        for txn, fn, what in inflight:
-            self._push(txn, fn, what, still)
+        for txn, fn, what, done in inflight:
+            self._push(txn, fn, what, done, still)
         if not self._idl.has_ever_connected():
             return still
         while True:
             try:
-                fn, what = self._writes.get_nowait()
+                fn, what, done = self._writes.get_nowait()
             except queue.Empty:
                 break
             txn = idl.Transaction(self._idl)
             fn(self._idl, txn)
-            if self._push(txn, fn, what, still) == idl.Transaction.TRY_AGAIN:
+            if self._push(txn, fn, what, done, still) == idl.Transaction.TRY_AGAIN:
                 break           # the replica is behind: the rest after its update
         return still
 
-    def _push(self, txn, fn, what, still):
+    def _push(self, txn, fn, what, done, still):
         """Commit ``txn`` (again): kept in ``still`` while in flight, queued
         again to be rebuilt on the new contents if it met a concurrent
         change, logged if refused.  Returns its status."""
         status = txn.commit()
         if status == idl.Transaction.INCOMPLETE:
-            still.append((txn, fn, what))
-        elif status == idl.Transaction.TRY_AGAIN:
-            self._writes.put((fn, what))
-        elif status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
+            still.append((txn, fn, what, done))
+            return status
+        if status == idl.Transaction.TRY_AGAIN:
+            self._writes.put((fn, what, done))
+            return status
+        if status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
             LOG.error("southbound write (%s) failed: %s %s", what, status,
                       txn.get_error())
+        if done is not None:
+            done.set()
         return status

@@ -63,7 +63,9 @@ class MbxController(app_manager.OSKenApp):
             sb_remote,
             on_ports=lambda host, ports: post("host_ports_changed", host, ports),
             on_sb_cfg=lambda value: post("sb_cfg_changed", value),
-            on_ready=lambda: post("southbound_ready"))
+            on_ready=lambda: post("southbound_ready"),
+            datapaths=True,
+            on_datapaths=lambda rows, nb_cfg: post("datapaths_changed", rows, nb_cfg))
         name = conf.name or "%s:%d" % (socket.gethostname(), os.getpid())
         self.loop.engine = Engine(send=self.send, nb=self.nb, sb=self.southbound,
                                   hosts=conf.chassis or None, name=name)

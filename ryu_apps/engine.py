@@ -10,16 +10,20 @@ answers through what it was given:
   ``(command, Flow)`` pairs, deletes first) on a switch, followed by a barrier
   request with that xid;
 * ``nb`` -- the config database API (``snapshot``, ``migration_create``);
-* ``sb`` -- the southbound writer (``set_chassis_statuses``);
+* ``sb`` -- the southbound writer (``set_chassis_statuses``); the southbound
+  connection also reports the logical switches' ``Datapath`` records
+  (``datapaths_changed``);
 * ``hosts`` -- the names of the hosts it serves (None: every host), and
   ``name``, its own, recorded with what it reports.
 
 Every event method must be called from ONE thread (``EngineLoop`` runs them).
 
-What it computes from.  The intent and the logical controller's decisions
-(slices and SNAT blocks, ``ryu_apps.northd``) come from the northbound
-snapshot; where each VM's port is, from the southbound bindings
-(``ryu_apps.view``).  It decides nothing cloud-wide itself, so any number of
+What it computes from.  The intent comes from the southbound ``Datapath``
+records the logical controller translated (``mbxmodel.datapath``: one per
+logical switch, decoded row by row, a malformed row left out); its
+decisions (slices and SNAT blocks, ``ryu_apps.northd``) and the hosts'
+addresses from the northbound snapshot; where each VM's port is, from the
+southbound bindings (``ryu_apps.view``).  It decides nothing cloud-wide itself, so any number of
 engines, each serving some hosts, compute the same flows for a host.
 
 Incremental computation.  The topology is kept change by change
@@ -27,16 +31,18 @@ Incremental computation.  The topology is kept change by change
 that host's VMs and marks the flow parts (``flows.host_parts``) of the hosts
 it can touch; the logical controller's slices and SNAT blocks, when they
 change, mark theirs; only those parts are computed again and compared with
-the switch, part by part.  A config snapshot rebuilds the topology and
-computes every part only when what the flows are made of changed
-(``view.config_key``); status written back by the daemons or the
-controllers computes nothing.  A switch that connects, or whose host
+the switch, part by part.  A Datapath record whose flow-relevant content
+changed (``datapath.flows_changed``: not a firewall rule, which is mbxd's),
+or a snapshot whose hosts' addresses changed (``view.config_key``),
+rebuilds the topology and computes every part; status written back by the
+daemons or the controllers computes nothing.  A switch that connects, or whose host
 changed, gets every part, compared with the flows read back.
 
 Rounds.  Each recomputation is a numbered round that records the
-generations it was computed from: ``NB_Global.northd_cfg`` (the config the
-logical controller has translated) and ``SB_Global.sb_cfg`` (the bindings
-the logical controller has seen).  A switch has applied round r once every
+generations it was computed from: ``SB_Global.nb_cfg`` (the config the
+logical controller has translated: written with the Datapath records, so
+it arrives after them) and ``SB_Global.sb_cfg`` (the bindings the logical
+controller has seen).  A switch has applied round r once every
 barrier sent up to r is acknowledged; then the engine writes its host's
 southbound ``Chassis_Private`` row: connected, and the two generations.  The
 logical controller turns those into ``Host.nb_cfg``, ``NB_Global.hv_cfg``
@@ -55,12 +61,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from mbxmodel import datapath as dplib
 from ovsdb.validate import global_wait_ms
 from ryu_apps import flows as flowlib
 from ryu_apps import reconcile
 from ryu_apps import slices as slicelib
 from ryu_apps.topostate import ALL, TopologyState, host_info
-from ryu_apps.view import Bindings, config_key, config_topology
+from ryu_apps.view import Bindings, config_key
 from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.state import ACTIVE_MIGRATION
 from mbxmodel.topology import Topology
@@ -94,8 +101,11 @@ class Engine:
         self.switches: Dict[int, _Switch] = {}
         self._sb_ready = False
         self._sb_cfg = 0
+        self._datapaths = dplib.Reader()  # the Datapath records, decoded
+        self._intent = None             # their topology (datapath.topology)
+        self._nb_cfg = 0                # SB_Global.nb_cfg: what they translate
         self._round = 0
-        self._round_cfg: Dict[int, Tuple[int, int]] = {0: (0, 0)}  # round -> (northd_cfg, sb_cfg)
+        self._round_cfg: Dict[int, Tuple[int, int]] = {0: (0, 0)}  # round -> (nb_cfg, sb_cfg)
         self._written: Dict[Tuple, object] = {}
         self._xid = 0x4d420000
         self._last_host: Dict[str, str] = {}   # vm -> the last host VM.host named
@@ -103,7 +113,7 @@ class Engine:
         #                                          for an unannounced migration
         self._state = TopologyState()   # the topology of the last recomputation
         self._config = None             # the configuration it was built from
-        self._decided = (None, (None, None), None)
+        self._decided = (None, None, (None, None), None)
         #   (snapshot, its (slices, SNAT blocks), the slice status they came from)
 
     @property
@@ -132,6 +142,18 @@ class Engine:
             self._match_switches()
         if self._sb_ready:
             self._recompute(changes=({host: ports}, set(old.vm_ports) | set(ports.vm_ports)))
+
+    def datapaths_changed(self, rows, nb_cfg):
+        """The southbound Datapath rows ({name: (tenant, vni, config)}) and
+        ``SB_Global.nb_cfg``: every switch's translated intent, up to that
+        config generation."""
+        changes = self._datapaths.update(rows)
+        self._nb_cfg = nb_cfg
+        if self._intent is None or dplib.flows_changed(changes):
+            self._intent = dplib.topology(self._datapaths.records.values())
+            self._recompute()
+        else:
+            self._recompute(changes=({}, ()))
 
     def sb_cfg_changed(self, value):
         """``SB_Global.sb_cfg``: the bindings reported before it are all the
@@ -215,24 +237,25 @@ class Engine:
         the same objects as long as they are equal (the topology compares
         them by identity first)."""
         snap = self.nb_snap
-        seen, (slices, blocks), status = self._decided
-        if seen is snap:
+        seen, intent, (slices, blocks), status = self._decided
+        if seen is snap and intent is self._intent:
             return slices, blocks
         new_status = getattr(snap, "slice_status", {})
-        if slices is None or snap.slices != slices:
-            slices = snap.slices
+        decided = dplib.known_slices(snap.slices, self._intent)
+        if slices is None or decided != slices:
+            slices = decided
         if blocks is None or new_status != status:
             blocks = slicelib.blocks_from_status(new_status)
             status = new_status
-        self._decided = (snap, (slices, blocks), status)
+        self._decided = (snap, self._intent, (slices, blocks), status)
         return slices, blocks
 
     def _rebuild(self):
         snap = self.nb_snap
         hosts = {name: host_info(rec, self.host_ports.get(name, HostPorts()))
                  for name, rec in snap.hosts.items()}
-        return self._state.rebuild(config_topology(snap), hosts,
-                                   self.bindings.bound(snap.vms), incoming=(),
+        return self._state.rebuild(self._intent, hosts,
+                                   self.bindings.bound(self._intent.vms), incoming=(),
                                    recorded_slices={}, slices={}, recorded_blocks={},
                                    decided=self._decisions())
 
@@ -242,11 +265,11 @@ class Engine:
         them and with the logical controller's decisions, and only the flow
         parts they touch are computed again (``topostate``).  None: the
         configuration changed, every host is computed again."""
-        if self.nb_snap is None:
+        if self.nb_snap is None or self._intent is None:
             return
         self._round += 1
         rnd = self._round
-        self._round_cfg[rnd] = (getattr(self.nb_snap, "northd_cfg", 0), self._sb_cfg)
+        self._round_cfg[rnd] = (self._nb_cfg, self._sb_cfg)
         if changes is None or self._state.topo is None:
             self._remember_hosts(self.nb_snap.vm_locations)
             topo = self._rebuild()
@@ -259,7 +282,7 @@ class Engine:
             vms = sorted(vms)
             self._remember_hosts(snap.vm_locations, vms)
             dirty = self._state.update(
-                hosts, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
+                hosts, {vm: self.bindings.binding(vm, self._intent.vms.get(vm)) for vm in vms},
                 None, {}, slicelib.Blocks(), decided=self._decisions())
             topo = self._state.topo
         self._record_unannounced(topo, vms)     # before any flow for the new place
@@ -350,7 +373,7 @@ class Engine:
             if mine and mine[-1].status == "done" and \
                     (mine[-1].source, mine[-1].destination) == (last, host):
                 continue
-            wait_ms = global_wait_ms(getattr(snap, "global_options", {}))
+            wait_ms = global_wait_ms(dplib.global_options(self._datapaths.records.values()))
             try:
                 self._nb.migration_create(vm, last, host, "unannounced",
                                           wait_ms).execute(check_error=True)

@@ -5,14 +5,20 @@ Plain Python with no I/O of its own: events in, writes out through ``nb``
 (the config database API) and ``sb`` (the southbound writer), like the
 engine.  One instance runs per cloud.
 
+* **Datapath records**: the intent of each logical switch, translated
+  incrementally (``ryu_apps.translate``, format ``mbxmodel.datapath``) and
+  written to the southbound ``Datapath`` rows that changed, with
+  ``SB_Global.nb_cfg``, in one transaction per change.  The physical
+  controllers read their intent there; this controller's topology is made
+  of the same records.
 * **Slices and SNAT blocks** (docs/services.md).  One slice per chain and
   host that needs it -- a host with a VM of the chain's switch, the
   destination and source of an active migration, a host still holding a
   departed VM's state (shared state ``vm-state``) -- with a tag stable
   across recomputations, and one SNAT port block per rule and serving host.
   Written to the ``Slice`` rows (tag, status ``snat-block:<rule>``).
-* **``NB_Global.northd_cfg``**: after those writes, the ``nb_cfg`` they were
-  decided from (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
+* **``NB_Global.northd_cfg``**: after those writes (the Datapath rows
+  committed), the ``nb_cfg`` they were decided from (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
 * **Host status and ``hv_cfg``**: ``Host.nb_cfg``, ``connected`` and
   ``datapath_id`` mirror what the physical controllers report of each host
   (southbound ``Chassis_Private``) and the host's chassis; ``hv_cfg`` is the
@@ -33,14 +39,17 @@ import json
 import logging
 from typing import Dict, Tuple
 
+from mbxmodel import datapath as dplib
 from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.state import LB_HEALTH
 from ryu_apps import slices as slicelib
 from ryu_apps.topostate import TopologyState, host_info
-from ryu_apps.view import Bindings, config_key, config_topology, incoming, records
+from ryu_apps.translate import Translator
+from ryu_apps.view import Bindings, config_key, incoming, records
 
 LOG = logging.getLogger(__name__)
 
+DATAPATH_WRITE_WAIT_S = 10      # for the Datapath rows' commit, before northd_cfg
 
 
 class Northd:
@@ -62,6 +71,11 @@ class Northd:
         self._slices_checked = None     # (slices version, snapshot) compared with the DB
         self._written: Dict[Tuple, object] = {}
         self._bad_health = set()
+        self._translator = Translator()
+        self._intent = None             # the topology of its records
+        self._dp_pending = set()        # switches whose record is not written yet
+        self._dp_synced = False         # the southbound rows were compared once
+        self._dp_cfg = None             # SB_Global.nb_cfg written with them
 
     @property
     def topo(self):
@@ -70,7 +84,14 @@ class Northd:
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
         self.nb_snap = snap = self._nb.snapshot()
+        old = dict(self._translator.records)
+        changed = self._translator.update(snap)
+        self._dp_pending.update(changed)
         config = config_key(snap)
+        if self._intent is None or dplib.flows_changed(
+                {name: (old.get(name), new) for name, new in changed.items()}):
+            self._intent = dplib.topology(self._translator.records.values())
+            self._config = None
         if config != self._config or self._state.topo is None:
             self._config = config
             self._run(None)
@@ -122,7 +143,7 @@ class Northd:
             infos = {name: host_info(rec, self.bindings.host_ports.get(name, HostPorts()))
                      for name, rec in snap.hosts.items()}
             recorded = self._recorded()
-            topo = state.rebuild(config_topology(snap), infos, self.bindings.bound(snap.vms),
+            topo = state.rebuild(self._intent, infos, self.bindings.bound(self._intent.vms),
                                  incoming(snap), snap.slices,
                                  state.topo.slices if state.topo else {},
                                  dict(recorded))
@@ -135,12 +156,14 @@ class Northd:
             infos = {h: host_info(snap.hosts[h], p) for h, p in ports.items()
                      if h in snap.hosts}
             vms = sorted(vms)
-            state.update(infos, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
+            state.update(infos, {vm: self.bindings.binding(vm, self._intent.vms.get(vm))
+                                 for vm in vms},
                          now_incoming, snap.slices, self._recorded())
             topo = state.topo
         for vm in vms:
             if vm not in topo.bindings and snap.vm_locations.get(vm, (None,))[0] is not None:
                 self._maybe_gone.add(vm)
+        self._publish_datapaths(snap)     # before the slices naming their middleboxes
         self._publish_slices(topo, snap)
         if getattr(snap, "northd_cfg", 0) != snap.nb_cfg:
             self._write(("northd_cfg",), snap.nb_cfg,
@@ -178,6 +201,24 @@ class Northd:
             self._nb.set_slices(dict(topo.slices), status).execute(check_error=True)
             self._written[("slices",)] = state.version
         self._slices_checked = (state.version, snap)
+
+    def _publish_datapaths(self, snap):
+        """The Datapath rows whose records changed (every row the first
+        time: the rows of switches that are gone are deleted) and
+        SB_Global.nb_cfg, in one transaction, waited for."""
+        if not self._dp_pending and self._dp_synced and self._dp_cfg == snap.nb_cfg:
+            return
+        records, texts = self._translator.records, self._translator.texts
+        names = sorted(records) if not self._dp_synced else sorted(self._dp_pending)
+        rows = {name: (records[name].switch.tenant, records[name].switch.vni, texts[name])
+                if name in records else None for name in names}
+        done = self._sb.set_datapaths(rows, nb_cfg=snap.nb_cfg,
+                                      complete=not self._dp_synced)
+        self._dp_pending, self._dp_synced, self._dp_cfg = set(), True, snap.nb_cfg
+        if done is not None and not done.wait(DATAPATH_WRITE_WAIT_S):
+            LOG.warning("the southbound database has not committed %d Datapath "
+                        "rows (nb_cfg %d) in %d s", len(rows), snap.nb_cfg,
+                        DATAPATH_WRITE_WAIT_S)
 
     def _connected(self):
         return [s for s in self.status.values() if s.connected]
@@ -282,7 +323,7 @@ class Northd:
             for backend, state in value.items():
                 if state in ("up", "down") and merged.get(backend) != "down":
                     merged[backend] = state
-        for name, vips in sorted(topo.vips.items()):
+        for name, vips in sorted(getattr(snap, "vips", {}).items()):
             merged = health.get(name, {})
             for vip in vips:
                 wanted = {}

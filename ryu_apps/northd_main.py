@@ -65,7 +65,8 @@ def main(argv=None):
                     on_status=lambda statuses: loop.post("chassis_status_changed",
                                                          statuses),
                     on_sb_cfg=lambda value: loop.post("sb_cfg_changed", value),
-                    on_ready=lambda: loop.post("southbound_ready"))
+                    on_ready=lambda: loop.post("southbound_ready"),
+                    datapaths=True)
     loop.engine = Northd(nb, sb)
     loop.start()
     loop.post_nb_changed()

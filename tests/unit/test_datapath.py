@@ -141,7 +141,7 @@ def test_a_malformed_field_is_named(path, value, complaint):
         dplib.decode("ls-a", "A", 1001, json.dumps(obj))
 
 
-def test_the_reader_skips_a_malformed_row_and_logs_it_once(caplog):
+def test_the_reader_skips_a_malformed_row_logs_it_once_and_keeps_the_good_one(caplog):
     _, records = translated()
     rows = {name: (r.switch.tenant, r.switch.vni, dplib.encode(r))
             for name, r in records.items()}
@@ -151,12 +151,13 @@ def test_the_reader_skips_a_malformed_row_and_logs_it_once(caplog):
     with caplog.at_level(logging.ERROR):
         changes = reader.update(bad)
         assert reader.update(bad) == {}
-    assert changes == {"ls-b": (records["ls-b"], None)}
-    assert set(reader.records) == {"ls-a"}
+    assert changes == {}                        # ls-b keeps its good record
+    assert reader.records == records
     assert len([r for r in caplog.records if "Datapath ls-b" in r.getMessage()]) == 1
-    assert reader.update(rows) == {"ls-b": (None, records["ls-b"])}     # fixed
-    assert reader.update({}) == {"ls-a": (records["ls-a"], None),
-                                 "ls-b": (records["ls-b"], None)}
+    assert reader.update(rows) == {}                                    # fixed
+    assert reader.update({"ls-a": rows["ls-a"]}) == {"ls-b": (records["ls-b"], None)}
+    fresh = dplib.Reader()          # a reader that never saw it good leaves it out
+    assert set(fresh.update(bad)) == {"ls-a"} and set(fresh.records) == {"ls-a"}
 
 
 def test_a_rule_change_changes_the_record_but_no_flow():

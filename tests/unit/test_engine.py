@@ -152,13 +152,41 @@ class FakeNb:
 
 class FakeSb:
     """The southbound database's rows the controllers write: what the
-    physical controller reports of each host, and SB_Global.sb_cfg."""
+    physical controller reports of each host, SB_Global.sb_cfg, and the
+    logical controller's Datapath rows with SB_Global.nb_cfg."""
 
     def __init__(self):
         self.status = {}            # host -> ChassisStatus
         self.sb_cfg = 0
         self.status_dirty = False
         self.cfg_dirty = False
+        self.datapaths = {}         # name -> (tenant, vni, config)
+        self.nb_cfg = 0
+        self.datapaths_dirty = False
+        self.datapath_writes = []   # the rows each transaction changed
+
+    def set_datapaths(self, changes, nb_cfg=None, complete=False):
+        before = (dict(self.datapaths), self.nb_cfg)
+        if complete:
+            self.datapaths = {n: r for n, r in self.datapaths.items() if n in changes}
+        for name, row in changes.items():
+            if row is None:
+                self.datapaths.pop(name, None)
+            else:
+                self.datapaths[name] = tuple(row)
+        if nb_cfg is not None:
+            self.nb_cfg = nb_cfg
+        if (self.datapaths, self.nb_cfg) != before:
+            self.datapath_writes.append(sorted(
+                n for n in self.datapaths.keys() | before[0].keys()
+                if self.datapaths.get(n) != before[0].get(n)))
+            self.datapaths_dirty = True
+
+    def deliver_datapaths(self, engines):
+        """The Datapath rows' change notification reaches ``engines``."""
+        self.datapaths_dirty = False
+        for engine in engines:
+            engine.datapaths_changed(dict(self.datapaths), self.nb_cfg)
 
     def set_chassis_statuses(self, statuses):
         for status in statuses:
@@ -231,7 +259,9 @@ class Harness:
     def _settle(self):
         """Deliver the databases' change notifications until nothing changes."""
         for _ in range(20):
-            if self.sb.cfg_dirty:
+            if self.sb.datapaths_dirty:
+                self.sb.deliver_datapaths([self.engine])
+            elif self.sb.cfg_dirty:
                 self.sb.cfg_dirty = False
                 for c in self.controllers:
                     c.sb_cfg_changed(self.sb.sb_cfg)

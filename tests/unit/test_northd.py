@@ -36,7 +36,9 @@ class Sharded:
 
     def settle(self):
         for _ in range(30):
-            if self.sb.cfg_dirty:
+            if self.sb.datapaths_dirty:
+                self.sb.deliver_datapaths(self.engines.values())
+            elif self.sb.cfg_dirty:
                 self.sb.cfg_dirty = False
                 for c in self.all:
                     c.sb_cfg_changed(self.sb.sb_cfg)

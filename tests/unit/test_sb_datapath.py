@@ -1,0 +1,124 @@
+"""The controllers and the southbound Datapath records: the logical
+controller writes only the records that changed, in one transaction with
+SB_Global.nb_cfg and before northd_cfg; the physical controller computes
+its flows from the records it reads, never from the northbound intent."""
+
+import dataclasses
+import logging
+
+from mbxmodel import datapath as dplib
+from mbxmodel.network import VMInfo
+from mbxmodel.services import RuleInfo
+from test_engine import (DPID, Harness, counting_flow_computations, running,
+                         running_services)
+
+
+def test_the_logical_controller_writes_every_switch_once_then_only_what_changed():
+    h = running()
+    assert h.sb.datapath_writes == [["ls-a", "ls-b"]]
+    assert h.sb.nb_cfg == h.nb.snap.nb_cfg == h.nb.snap.northd_cfg == 1
+    h.nb.configure(vms={**h.nb.snap.vms, "a5": VMInfo("a5", "ls-a", "02:00:00:00:00:05",
+                                                       "10.0.0.5")})
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert h.sb.datapath_writes[-1] == ["ls-a"]
+    assert h.sb.nb_cfg == 2
+    writes = len(h.sb.datapath_writes)
+    h.nb.configure(hv_cfg=h.nb.snap.hv_cfg)         # status only: nothing to write
+    h.notify()
+    assert len(h.sb.datapath_writes) == writes
+
+
+def test_the_records_are_committed_before_northd_cfg():
+    h = Harness()
+    order = []
+    set_datapaths = h.sb.set_datapaths
+
+    def recorded(*args, **kwargs):
+        order.append(("datapaths", kwargs.get("nb_cfg")))
+        return set_datapaths(*args, **kwargs)
+    h.sb.set_datapaths = recorded
+    apply = h.nb.apply
+
+    def applied(write):
+        if write[0] == "northd_cfg":
+            order.append(("northd_cfg", write[1]))
+        apply(write)
+    h.nb.apply = applied
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert order == [("datapaths", 2), ("northd_cfg", 2)]
+
+
+def test_a_restarted_logical_controller_rewrites_nothing():
+    before = running()
+    h = Harness(snap=before.nb.snap, switches=before.switches)
+    h.sb = before.sb
+    h.northd._sb = before.sb
+    h.engine._sb = before.sb
+    writes = len(h.sb.datapath_writes)
+    h.notify()
+    assert len(h.sb.datapath_writes) == writes
+
+
+def test_a_record_left_in_the_database_for_a_deleted_switch_is_removed_on_start():
+    before = running()
+    before.sb.datapaths["ls-gone"] = ("Z", 4000, before.sb.datapaths["ls-a"][2])
+    h = Harness(snap=before.nb.snap, switches=before.switches)
+    h.sb, h.northd._sb, h.engine._sb = before.sb, before.sb, before.sb
+    h.notify()
+    assert set(h.sb.datapaths) == {"ls-a", "ls-b"}
+    assert h.sb.datapath_writes[-1] == ["ls-gone"]
+
+
+def test_the_physical_controller_follows_the_records_not_the_northbound_intent():
+    h = running()
+    flows = {host: h.switches.flows(host) for host in DPID}
+    # the northbound intent changes, but the logical controller has not
+    # translated it: the switches keep their flows
+    a1 = h.nb.snap.vms["a1"]
+    h.nb.configure(vms={**h.nb.snap.vms, "a1": dataclasses.replace(a1, ip="10.0.0.77")})
+    h.engine.nb_changed()
+    assert {host: h.switches.flows(host) for host in DPID} == flows
+    # translated and delivered: they follow
+    h.notify()
+    assert h.switches.flows("h1") != flows["h1"]
+    assert any("10.0.0.77" in repr(f) for f in h.switches.flows("h1"))
+
+
+def test_a_firewall_rule_changes_the_record_and_computes_no_flow(monkeypatch):
+    h = running_services()
+    computed = counting_flow_computations(monkeypatch)
+    sent = len(h.switches.sent)
+    h.nb.configure(rules={"fw-a": (RuleInfo(100, "from-vm", "proto=tcp dport=25", "deny"),)})
+    h.nb.bump_nb_cfg()
+    h.notify()
+    record = dplib.decode("ls-a", *h.sb.datapaths["ls-a"])
+    assert [r.match for r in record.rules["fw-a"]] == ["proto=tcp dport=25"]
+    assert computed == [] and len(h.switches.sent) == sent
+    h.ack_all()
+    assert h.nb.snap.hv_cfg == h.nb.snap.nb_cfg       # acknowledged all the same
+
+
+def test_a_malformed_record_written_into_the_database_is_skipped_and_logged(caplog):
+    h = running()
+    flows = {host: h.switches.flows(host) for host in DPID}
+    tenant, vni, _config = h.sb.datapaths["ls-a"]
+    with caplog.at_level(logging.ERROR):
+        h.sb.set_datapaths({"ls-a": (tenant, vni, '{"version": 1, "vms": 3}')})
+        h.sb.deliver_datapaths([h.engine])
+    assert "Datapath ls-a: config.subnet is missing" in caplog.text
+    assert {host: h.switches.flows(host) for host in DPID} == flows
+    # a new controller that never read it good leaves the switch out, and runs
+    fresh = Harness(snap=h.nb.snap)
+    fresh.engine.datapaths_changed(dict(h.sb.datapaths), h.sb.nb_cfg)
+    assert set(fresh.engine._datapaths.records) == {"ls-b"}
+
+
+def test_an_unknown_record_version_is_left_out_by_the_reader():
+    h = running()
+    tenant, vni, config = h.sb.datapaths["ls-b"]
+    bad = config.replace('"version":1', '"version":2')
+    reader = dplib.Reader()
+    reader.update({"ls-b": (tenant, vni, bad)})
+    assert reader.records == {}
