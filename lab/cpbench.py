@@ -6,10 +6,13 @@ and the host OVSDB watchers call, with fake switches (a ``send`` that applies
 the flow messages to per-switch tables) and a fake config database (a
 snapshot; status writes are recorded and applied to it), and measures:
 
+* the logical controller's translation of the whole cloud's intent into
+  the southbound Datapath records (``ryu_apps.translate``), the records'
+  size, and one VM's change translated again;
 * the full flow computation: the engine's first computation with every host
-  connected (``Engine.nb_changed`` after every host reported its ports and
-  its switch connected, as when the config database answers a restarted
-  controller last);
+  connected (the Datapath records read and ``Engine.nb_changed`` after
+  every host reported its ports and its switch connected, as when the
+  databases answer a restarted controller last);
 * one host's flows computed alone: every flow part of the host from the
   engine's topology, with no piece shared with another host;
 * one VM moving: its port appearing on the new host and then disappearing
@@ -49,6 +52,7 @@ import time
 import types
 import uuid as uuidlib
 
+from mbxmodel import datapath as dplib
 from mbxmodel.network import ExternalNetInfo, HostPorts, SwitchInfo, VMInfo
 from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
                                PolicyInfo, RuleInfo, VipInfo)
@@ -58,6 +62,7 @@ from ovsdb.api import sort_rules
 from ryu_apps import flows as flowlib
 from ryu_apps.engine import Engine
 from ryu_apps.northd import Northd
+from ryu_apps.translate import Translator
 
 SPREAD = 10                 # hosts each tenant's VMs are spread over
 TENANT_VMS_PER_HOST = 5     # VMs of one switch on one of its hosts
@@ -66,6 +71,7 @@ FW_RULES = 20
 SEED = 6
 TARGET_FULL_S = 2.0         # the whole cloud, one physical controller
 TARGET_NORTHD_S = 2.0       # the logical controller's full translation
+TARGET_TRANSLATE_S = 2.0    # of which the intent into Datapath records
 TARGET_ONE_HOST_MS = 50.0
 TARGET_MOVE_MS = 20.0       # p99
 ONE_HOST_SAMPLE = 20        # hosts whose flows are computed alone
@@ -320,6 +326,21 @@ class FakeSb:
     def __init__(self):
         self.status = {}
         self.sb_cfg = 0
+        self.datapaths = {}         # name -> (tenant, vni, config)
+        self.nb_cfg = 0
+        self.datapaths_dirty = False
+
+    def set_datapaths(self, changes, nb_cfg=None, complete=False):
+        if complete:
+            self.datapaths = {n: r for n, r in self.datapaths.items() if n in changes}
+        for name, row in changes.items():
+            if row is None:
+                self.datapaths.pop(name, None)
+            else:
+                self.datapaths[name] = tuple(row)
+        if nb_cfg is not None:
+            self.nb_cfg = nb_cfg
+        self.datapaths_dirty = True
 
     def set_chassis_statuses(self, statuses):
         for status in statuses:
@@ -375,12 +396,21 @@ class Controller:
         t0 = time.perf_counter()
         getattr(self.northd, event)(*args)
         self.northd_s.append(time.perf_counter() - t0)
+        if notify and self.sb.datapaths_dirty:
+            self.datapaths()
         if notify and self.nb.dirty:
             self.engine.nb_changed()
 
+    def datapaths(self):
+        """The southbound Datapath rows' notification reaches the engine."""
+        self.sb.datapaths_dirty = False
+        self.engine.datapaths_changed(dict(self.sb.datapaths), self.sb.nb_cfg)
+
     def full(self):
-        """The first full computation: the config database answers the
-        engine (after the logical controller's translation)."""
+        """The first full computation: the databases answer the engine
+        (after the logical controller's translation): the Datapath rows,
+        then the config database."""
+        self.datapaths()
         self.engine.nb_changed()
 
     def ack_all(self):
@@ -438,6 +468,36 @@ def _p99(values):
     """The 99th percentile (nearest rank): the largest but the top 1%."""
     ordered = sorted(values)
     return ordered[max(0, -(-len(ordered) * 99 // 100) - 1)]
+
+
+def translation(cloud):
+    """The logical controller's translation of the whole cloud into Datapath
+    records (``Translator.update`` of the snapshot: every record built and
+    encoded), their size, a physical controller's decoding of them all
+    (``datapath.Reader``), and one VM's address changed: translated again
+    (only its switch's record is built and written)."""
+    snap = cloud.snap
+    t = Translator()
+    t0 = time.perf_counter()
+    records = t.update(snap)
+    full_s = time.perf_counter() - t0
+    sizes = [len(text.encode()) for text in t.texts.values()]
+    rows = {name: (r.switch.tenant, r.switch.vni, t.texts[name]) for name, r in records.items()}
+    t0 = time.perf_counter()
+    dplib.Reader().update(rows)
+    decode_s = time.perf_counter() - t0
+    vm = sorted(snap.vms)[0]
+    moved = dataclasses.replace(snap, vms=dict(snap.vms, **{vm: dataclasses.replace(
+        snap.vms[vm], ip="10.0.255.254")}))
+    t0 = time.perf_counter()
+    changed = t.update(moved)
+    one_s = time.perf_counter() - t0
+    return {"seconds": round(full_s, 3), "met": full_s <= TARGET_TRANSLATE_S,
+            "records": len(records), "bytes_total": sum(sizes),
+            "bytes_per_record": _dist(sizes), "decode_all_s": round(decode_s, 3),
+            "one_vm_changed": {"ms": round(one_s * 1000, 1),
+                               "records_built": t.translated,
+                               "records_written": sorted(changed)}}
 
 
 def one_host(ctl, sample=ONE_HOST_SAMPLE):
@@ -917,6 +977,14 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
     out("cpbench: %d hosts x %d VMs (%d tenants, %d switches) built in %.1f s"
         % (hosts, vms_per_host, res["cloud"]["tenants"], len(snap.switches),
            time.perf_counter() - t0))
+    res["translate"] = translation(cloud)
+    tr = res["translate"]
+    out("cpbench: logical controller, intent -> %d Datapath records: %.2f s; %.1f MB "
+        "(per record %s bytes); all decoded %.2f s; one VM changed: %.1f ms, %d built, "
+        "written %s" % (tr["records"], tr["seconds"], tr["bytes_total"] / 1e6,
+                        tr["bytes_per_record"], tr["decode_all_s"],
+                        tr["one_vm_changed"]["ms"], tr["one_vm_changed"]["records_built"],
+                        tr["one_vm_changed"]["records_written"]))
     gc.collect()
     rss_before = _rss_mb()
     ctl, full_s = cold_start(cloud)
@@ -1060,8 +1128,19 @@ def markdown(results):
         "status) | %.2f s (%d slices) | <= %g s | %s |" % (
             r["northd_full"]["seconds"], r["northd_full"]["slices"], TARGET_NORTHD_S,
             _yes(r["northd_full"]["met"])),
-        "| full flow computation, all %d hosts | %.2f s (%d flow-mods) | <= %g s | %s |" % (
-            r["hosts"], r["full"]["seconds"], r["full"]["flow_mods"], TARGET_FULL_S,
+        "| of which the intent translated into southbound Datapath records, one per "
+        "logical switch (`ryu_apps.translate`) | %.2f s (%d records, %.1f MB, median "
+        "%d bytes each) | <= %g s | %s |" % (
+            r["translate"]["seconds"], r["translate"]["records"],
+            r["translate"]["bytes_total"] / 1e6, r["translate"]["bytes_per_record"]["median"],
+            TARGET_TRANSLATE_S, _yes(r["translate"]["met"])),
+        "| one VM's address changed: translated again | %.1f ms (%d record built and "
+        "written) | | |" % (r["translate"]["one_vm_changed"]["ms"],
+                            r["translate"]["one_vm_changed"]["records_built"]),
+        "| full flow computation, all %d hosts (the Datapath records decoded: %.2f s "
+        "of it) | %.2f s (%d flow-mods) | <= %g s | %s |" % (
+            r["hosts"], r["translate"]["decode_all_s"],
+            r["full"]["seconds"], r["full"]["flow_mods"], TARGET_FULL_S,
             _yes(r["full"]["met"])),
         "| one host's flows computed alone (all its parts, no piece shared with "
         "another host, the other hosts' flows frozen out of the garbage collector; %d "
@@ -1115,7 +1194,9 @@ def markdown(results):
         "Method (`python -m lab.cpbench`): the cloud is built in memory and fed to the "
         "logical controller (`Northd`, ryu_apps/northd.py) and a physical controller "
         "serving every host (`Engine`, ryu_apps/engine.py) through the event methods "
-        "their database connections and the os-ken application call; a move's time "
+        "their database connections and the os-ken application call; the engine "
+        "computes from the Datapath records the logical controller writes to a fake "
+        "southbound database; a move's time "
         "includes the logical controller's reaction (a slice on the new host) and the "
         "physical controller's to that; switches are fakes whose "
         "`send` applies the flow-mods to a table, the config database a fake snapshot that "
