@@ -1255,10 +1255,12 @@ def _gap_text(r):
             "remote VM's L2 flow, a policy's steering flows for one slice tag) are "
             "computed once and shared; the rest is built per host.  It happens when the "
             "configuration changes (every part of every host is computed again, then "
-            "compared per host), never for a VM move or a status write.  A logical "
-            "controller translating each logical switch once into records shared by its "
-            "hosts, and recomputing only the switches a configuration change touches, "
-            "would divide it; so would spreading the hosts over worker processes." % (
+            "compared per host), never for a VM move or a status write.  The logical "
+            "controller already translates each logical switch once into a Datapath "
+            "record and writes only the records a change touches; the physical "
+            "controller computing again only the parts of the switches whose records "
+            "changed would divide it; so would spreading the hosts over worker "
+            "processes." % (
                 r["full"]["seconds"], r["full"]["flow_mods"], per_flow_us,
                 r["full"]["flow_mods"]))
     if not r["one_host"]["met"]:
