@@ -111,6 +111,22 @@ class Northd:
         if self._sb_ready:
             self._run(({}, (), None), hosts=changed)
 
+    def datapaths_changed(self, rows, nb_cfg):
+        """The southbound Datapath rows as the database has them: a row that
+        differs from its record (written by someone else, or gone) is
+        written again."""
+        if not self._dp_synced or self.nb_snap is None:
+            return                      # the first write compares every row
+        records, texts = self._translator.records, self._translator.texts
+        differ = {name for name in rows.keys() | records.keys()
+                  if name not in records or rows.get(name) != (
+                      records[name].switch.tenant, records[name].switch.vni, texts[name])}
+        if differ - self._dp_pending:
+            LOG.warning("Datapath rows not as translated, written again: %s",
+                        ", ".join(sorted(differ - self._dp_pending)[:5]))
+            self._dp_pending |= differ
+            self._publish_datapaths(self.nb_snap)
+
     def sb_cfg_changed(self, value):
         self._sb_cfg_seen = value
         self._sb_cfg_asked = max(self._sb_cfg_asked, value)

@@ -66,7 +66,9 @@ def main(argv=None):
                                                          statuses),
                     on_sb_cfg=lambda value: loop.post("sb_cfg_changed", value),
                     on_ready=lambda: loop.post("southbound_ready"),
-                    datapaths=True)
+                    datapaths=True,
+                    on_datapaths=lambda rows, nb_cfg: loop.post("datapaths_changed",
+                                                                rows, nb_cfg))
     loop.engine = Northd(nb, sb)
     loop.start()
     loop.post_nb_changed()

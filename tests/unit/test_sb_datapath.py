@@ -115,6 +115,18 @@ def test_a_malformed_record_written_into_the_database_is_skipped_and_logged(capl
     assert set(fresh.engine._datapaths.records) == {"ls-b"}
 
 
+def test_the_logical_controller_puts_back_a_row_someone_else_changed():
+    h = running()
+    good = dict(h.sb.datapaths)
+    tenant, vni, _config = good["ls-a"]
+    h.sb.set_datapaths({"ls-a": (tenant, vni, "{}"), "ls-x": ("X", 9, "{}")})
+    h.northd.datapaths_changed(dict(h.sb.datapaths), h.sb.nb_cfg)
+    assert h.sb.datapaths == good
+    writes = len(h.sb.datapath_writes)
+    h.northd.datapaths_changed(dict(h.sb.datapaths), h.sb.nb_cfg)     # as written
+    assert len(h.sb.datapath_writes) == writes
+
+
 def test_an_unknown_record_version_is_left_out_by_the_reader():
     h = running()
     tenant, vni, config = h.sb.datapaths["ls-b"]
