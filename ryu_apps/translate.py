@@ -35,6 +35,7 @@ class Translator:
         self._in = None                         # the inputs of the last snapshot
         self._vms_by_switch: Dict[str, Dict] = {}
         self._set_users: Dict[str, set] = {}    # address set -> switches naming it
+        self._sets_of: Dict[str, frozenset] = {}  # switch -> the address sets it names
 
     def update(self, snap) -> Dict[str, Optional[dplib.Datapath]]:
         """Translate ``snap``; returns {switch: its new record, or None if
@@ -57,8 +58,7 @@ class Translator:
                 if name in self.records:
                     del self.records[name], self.texts[name]
                     out[name] = None
-                for users in self._set_users.values():
-                    users.discard(name)
+                self._name_sets(name, frozenset())
                 continue
             record = self._record(new, switch)
             self.translated += 1
@@ -73,8 +73,6 @@ class Translator:
         dirty = set(old["switches"].keys() ^ new["switches"].keys())
         dirty.update(n for n, s in new["switches"].items()
                      if n in old["switches"] and old["switches"][n] != s)
-        if old["externals"] != new["externals"] or old["options"] != new["options"]:
-            return set(old["switches"]) | set(new["switches"])
         old_vms, new_vms = old["vms"], new["vms"]
         for name in old_vms.keys() | new_vms.keys():
             before, after = old_vms.get(name), new_vms.get(name)
@@ -86,10 +84,10 @@ class Translator:
             if after is not None:
                 dirty.add(after.switch)
                 self._vms_by_switch.setdefault(after.switch, {})[name] = after
-        for key in ("policies",):
-            for switch in old[key].keys() | new[key].keys():
-                if old[key].get(switch) != new[key].get(switch):
-                    dirty.add(switch)
+        old_policies, new_policies = old["policies"], new["policies"]
+        for switch in old_policies.keys() | new_policies.keys():
+            if old_policies.get(switch) != new_policies.get(switch):
+                dirty.add(switch)
         old_mbs, new_mbs = old["middleboxes"], new["middleboxes"]
         for key in ("middleboxes", "rules", "nat_rules", "vips"):
             for mb in old[key].keys() | new[key].keys():
@@ -100,7 +98,21 @@ class Translator:
         for name in old["sets"].keys() | new["sets"].keys():
             if old["sets"].get(name) != new["sets"].get(name):
                 dirty.update(self._set_users.get(name, ()))
+        if old["externals"] != new["externals"] or old["options"] != new["options"]:
+            dirty |= set(old["switches"]) | set(new["switches"])     # in every record
         return dirty
+
+    def _name_sets(self, switch, used):
+        """``switch``'s policies and rules now name the address sets ``used``."""
+        before = self._sets_of.get(switch, frozenset())
+        for name in before - used:
+            self._set_users[name].discard(switch)
+        for name in used - before:
+            self._set_users.setdefault(name, set()).add(switch)
+        if used:
+            self._sets_of[switch] = used
+        else:
+            self._sets_of.pop(switch, None)
 
     def _record(self, inputs, switch):
         name = switch.name
@@ -114,11 +126,7 @@ class Translator:
         for text in [p.match for p in policies] + [r.match for rs in rules.values()
                                                    for r in rs]:
             used |= _set_names(text)
-        for set_name in set(self._set_users):
-            if set_name not in used:
-                self._set_users[set_name].discard(name)
-        for set_name in used:
-            self._set_users.setdefault(set_name, set()).add(name)
+        self._name_sets(name, frozenset(used))
         sets = tuple(inputs["sets"][n] for n in sorted(used) if n in inputs["sets"])
         return dplib.Datapath(
             switch=switch, vms=vms, policies=policies, middleboxes=middleboxes,

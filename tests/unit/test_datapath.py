@@ -247,3 +247,15 @@ def test_incremental_records_are_the_records_translated_afresh():
         fresh = Translator()
         fresh.update(changed)
         assert t.texts == fresh.texts, step
+
+
+def test_a_vm_change_with_a_global_option_change_is_translated_too():
+    snap = snapshot()
+    t, _ = translated(snap)
+    changed = dataclasses.replace(
+        snap, vms=dict(snap.vms, b1=dataclasses.replace(snap.vms["b1"], ip="10.1.0.98")),
+        global_options={"migration-wait-ms": "800"})
+    t.update(changed)
+    fresh = Translator()
+    fresh.update(changed)
+    assert t.texts == fresh.texts
