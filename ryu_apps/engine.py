@@ -23,8 +23,9 @@ records the logical controller translated (``mbxmodel.datapath``: one per
 logical switch, decoded row by row, a malformed row left out); its
 decisions (slices and SNAT blocks, ``ryu_apps.northd``) and the hosts'
 addresses from the northbound snapshot; where each VM's port is, from the
-southbound bindings (``ryu_apps.view``).  It decides nothing cloud-wide itself, so any number of
-engines, each serving some hosts, compute the same flows for a host.
+southbound bindings (``ryu_apps.view``).  It decides nothing cloud-wide
+itself, so any number of engines, each serving some hosts, compute the
+same flows for a host.
 
 Incremental computation.  The topology is kept change by change
 (``topostate.TopologyState``): a host's port event updates the bindings of
@@ -35,15 +36,15 @@ the switch, part by part.  A Datapath record whose flow-relevant content
 changed (``datapath.flows_changed``: not a firewall rule, which is mbxd's),
 or a snapshot whose hosts' addresses changed (``view.config_key``),
 rebuilds the topology and computes every part; status written back by the
-daemons or the controllers computes nothing.  A switch that connects, or whose host
-changed, gets every part, compared with the flows read back.
+daemons or the controllers computes nothing.  A switch that connects, or
+whose host changed, gets every part, compared with the flows read back.
 
 Rounds.  Each recomputation is a numbered round that records the
 generations it was computed from: ``SB_Global.nb_cfg`` (the config the
 logical controller has translated: written with the Datapath records, so
 it arrives after them) and ``SB_Global.sb_cfg`` (the bindings the logical
-controller has seen).  A switch has applied round r once every
-barrier sent up to r is acknowledged; then the engine writes its host's
+controller has seen).  A switch has applied round r once every barrier
+sent up to r is acknowledged; then the engine writes its host's
 southbound ``Chassis_Private`` row: connected, and the two generations.  The
 logical controller turns those into ``Host.nb_cfg``, ``NB_Global.hv_cfg``
 and the VMs' locations.
@@ -114,7 +115,8 @@ class Engine:
         self._state = TopologyState()   # the topology of the last recomputation
         self._config = None             # the configuration it was built from
         self._decided = (None, None, (None, None), None)
-        #   (snapshot, its (slices, SNAT blocks), the slice status they came from)
+        #   (snapshot, records' topology, the (slices, SNAT blocks) of both, the
+        #    slice status they came from)
 
     @property
     def host_ports(self):

@@ -18,7 +18,8 @@ engine.  One instance runs per cloud.
   across recomputations, and one SNAT port block per rule and serving host.
   Written to the ``Slice`` rows (tag, status ``snat-block:<rule>``).
 * **``NB_Global.northd_cfg``**: after those writes (the Datapath rows
-  committed), the ``nb_cfg`` they were decided from (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
+  committed), the ``nb_cfg`` they were decided from (``ovsdb/mbx_nb.md``,
+  the nb_cfg / hv_cfg protocol).
 * **Host status and ``hv_cfg``**: ``Host.nb_cfg``, ``connected`` and
   ``datapath_id`` mirror what the physical controllers report of each host
   (southbound ``Chassis_Private``) and the host's chassis; ``hv_cfg`` is the
