@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, Mapping, Tuple
 
 from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
-from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
-                               PolicyInfo, RuleInfo, VipInfo)
+from mbxmodel.services import (ACTIONS, DIRECTIONS, L4_PROTOCOLS, LB_ALGORITHMS,
+                               MIDDLEBOX_TYPES, NAT_TYPES, TIERS, AddressSetInfo,
+                               MiddleboxInfo, NatRuleInfo, PolicyInfo, RuleInfo,
+                               VipInfo)
 from mbxmodel.topology import Topology
 
 LOG = logging.getLogger(__name__)
@@ -150,6 +152,12 @@ class _Reader:
                        + (" or null" if optional else ""))
         return value
 
+    def choice(self, key, allowed):
+        value = self.get(key, str)
+        if value not in allowed:
+            self._fail(key, "is %r, not one of %s" % (value, ", ".join(allowed)))
+        return value
+
     def strings(self, key):
         value = self.get(key, list)
         if not all(isinstance(v, str) for v in value):
@@ -193,8 +201,8 @@ def decode(name, tenant, vni, config):
                      for p in top.objects("policies"))
     middleboxes, rules, nat_rules, vips = [], {}, {}, {}
     for m in top.objects("middleboxes"):
-        mb = MiddleboxInfo(name=m.get("name", str), type=m.get("type", str), switch=name,
-                           default_action=m.get("default_action", str),
+        mb = MiddleboxInfo(name=m.get("name", str), type=m.choice("type", MIDDLEBOX_TYPES),
+                           switch=name, default_action=m.choice("default_action", ACTIONS),
                            options=m.string_map("options"))
         middleboxes.append(mb)
         mine = tuple(_rule(x) for x in m.objects("rules"))
@@ -220,8 +228,8 @@ def decode(name, tenant, vni, config):
 
 def _rule(x):
     return RuleInfo(priority=x.get("priority", int, optional=True),
-                    direction=x.get("direction", str), match=x.get("match", str),
-                    action=x.get("action", str), tier=x.get("tier", str),
+                    direction=x.choice("direction", DIRECTIONS), match=x.get("match", str),
+                    action=x.choice("action", ACTIONS), tier=x.choice("tier", TIERS),
                     uuid=x.get("uuid", str))
 
 
@@ -230,9 +238,11 @@ def _nat_rule(x, middlebox):
     if len(ports) != 2 or not all(isinstance(p, int) and not isinstance(p, bool)
                                   for p in ports):
         x._fail("port_range", "is not [low, high]")
-    return NatRuleInfo(uuid=x.get("uuid", str), middlebox=middlebox, type=x.get("type", str),
+    return NatRuleInfo(uuid=x.get("uuid", str), middlebox=middlebox,
+                       type=x.choice("type", NAT_TYPES),
                        external_ips=x.strings("external_ips"),
-                       logical_ip=x.get("logical_ip", str), protocol=x.get("protocol", str),
+                       logical_ip=x.get("logical_ip", str),
+                       protocol=x.choice("protocol", ("",) + L4_PROTOCOLS),
                        external_port=x.get("external_port", int, optional=True),
                        logical_port=x.get("logical_port", int, optional=True),
                        port_range=tuple(ports))
@@ -246,8 +256,8 @@ def _vip(x, middlebox):
             x._fail("backends", "is not a list of [address, port]")
         backends.append((item[0], item[1]))
     return VipInfo(uuid=x.get("uuid", str), middlebox=middlebox, vip=x.get("vip", str),
-                   port=x.get("port", int), protocol=x.get("protocol", str),
-                   algorithm=x.get("algorithm", str), backends=tuple(backends),
+                   port=x.get("port", int), protocol=x.choice("protocol", L4_PROTOCOLS),
+                   algorithm=x.choice("algorithm", LB_ALGORITHMS), backends=tuple(backends),
                    options=x.string_map("options"))
 
 

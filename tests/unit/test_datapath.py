@@ -126,6 +126,9 @@ def test_a_malformed_record_is_one_clear_error(config, complaint):
      "backends is not a list of [address, port]"),
     (("middleboxes", 0, "options"), {"a": 1}, "config.middleboxes[0].options is not a map"),
     (("subnet",), None, "config.subnet is not a string"),
+    (("middleboxes", 0, "type"), "router",
+     "config.middleboxes[0].type is 'router', not one of firewall, nat, lb, ids"),
+    (("middleboxes", 0, "rules", 0, "action"), "drop", "rules[0].action is 'drop'"),
 ])
 def test_a_malformed_field_is_named(path, value, complaint):
     _, records = translated()
