@@ -123,8 +123,9 @@ class Northd:
                   if name not in records or rows.get(name) != (
                       records[name].switch.tenant, records[name].switch.vni, texts[name])}
         if differ - self._dp_pending:
-            LOG.warning("Datapath rows not as translated, written again: %s",
-                        ", ".join(sorted(differ - self._dp_pending)[:5]))
+            # (also a notification older than the last write: rewriting is a no-op)
+            LOG.info("Datapath rows not as translated, written again: %s",
+                     ", ".join(sorted(differ - self._dp_pending)[:5]))
             self._dp_pending |= differ
             self._publish_datapaths(self.nb_snap)
 
