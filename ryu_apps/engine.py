@@ -9,10 +9,11 @@ answers through what it was given:
 * ``send(dpid, ops, barrier_xid)`` -- install ``ops`` (``FlowDiff.commands()``:
   ``(command, Flow)`` pairs, deletes first) on a switch, followed by a barrier
   request with that xid;
-* ``nb`` -- the config database API (``snapshot``, ``migration_create``);
-* ``sb`` -- the southbound writer (``set_chassis_statuses``); the southbound
-  connection also reports the logical switches' ``Datapath`` records
-  (``datapaths_changed``);
+* ``nb`` -- the config database API (``snapshot``): not used for flows;
+* ``sb`` -- the southbound writer (``set_chassis_statuses``,
+  ``record_migration``); the southbound connection also reports the
+  logical switches' ``Datapath`` records (``datapaths_changed``) and the
+  runtime rows (``runtime_changed``);
 * ``hosts`` -- the names of the hosts it serves (None: every host), and
   ``name``, its own, recorded with what it reports.
 
@@ -20,9 +21,10 @@ Every event method must be called from ONE thread (``EngineLoop`` runs them).
 
 What it computes from.  The intent comes from the southbound ``Datapath``
 records the logical controller translated (``mbxmodel.datapath``: one per
-logical switch, decoded row by row, a malformed row left out); its
-decisions (slices and SNAT blocks, ``ryu_apps.northd``) and the hosts'
-addresses from the northbound snapshot; where each VM's port is, from the
+logical switch, decoded row by row, a malformed row left out); the logical
+controller's decisions (slices and SNAT blocks, ``ryu_apps.northd``), the
+hosts' tunnel endpoints and the VMs' last locations from the southbound
+runtime rows (``runtime_changed``); where each VM's port is, from the
 southbound bindings (``ryu_apps.view``).  It decides nothing cloud-wide
 itself, so any number of engines, each serving some hosts, compute the
 same flows for a host.
@@ -34,10 +36,10 @@ it can touch; the logical controller's slices and SNAT blocks, when they
 change, mark theirs; only those parts are computed again and compared with
 the switch, part by part.  A Datapath record whose flow-relevant content
 changed (``datapath.flows_changed``: not a firewall rule, which is mbxd's),
-or a snapshot whose hosts' addresses changed (``view.config_key``),
-rebuilds the topology and computes every part; status written back by the
-daemons or the controllers computes nothing.  A switch that connects, or
-whose host changed, gets every part, compared with the flows read back.
+or hosts' tunnel endpoints that changed (``view.config_key``), rebuild the
+topology and compute every part; status written back by the daemons or the
+controllers computes nothing.  A switch that connects, or whose host
+changed, gets every part, compared with the flows read back.
 
 Rounds.  Each recomputation is a numbered round that records the
 generations it was computed from: ``SB_Global.nb_cfg`` (the config the
@@ -46,13 +48,14 @@ it arrives after them) and ``SB_Global.sb_cfg`` (the bindings the logical
 controller has seen).  A switch has applied round r once every barrier
 sent up to r is acknowledged; then the engine writes its host's
 southbound ``Chassis_Private`` row: connected, and the two generations.  The
-logical controller turns those into ``Host.nb_cfg``, ``NB_Global.hv_cfg``
-and the VMs' locations.
+logical controller turns those into ``NB_Global.hv_cfg`` and the VMs'
+locations.
 
 Migrations (docs/migration.md).  When a VM's port appears on one of its
-hosts, other than the VM's last host (``VM.host``), and no active migration
-of the VM names that host, the engine writes an ``unannounced`` Migration
-row, before it sends any flow for the VM's new place.
+hosts, other than the VM's last host (southbound ``VM_Location``), and no
+active migration of the VM names that host, the engine writes an
+``unannounced`` southbound Migration row, and waits for it to be committed
+before it sends any flow for the VM's new place.
 """
 
 import dataclasses
@@ -70,10 +73,14 @@ from ryu_apps import slices as slicelib
 from ryu_apps.topostate import ALL, TopologyState, host_info
 from ryu_apps.view import Bindings, config_key
 from mbxmodel.network import ChassisStatus, HostPorts
+from mbxmodel.snapshot import SbSnapshot
 from mbxmodel.state import ACTIVE_MIGRATION
 from mbxmodel.topology import Topology
 
 LOG = logging.getLogger(__name__)
+
+# How long the engine waits for its unannounced Migration row to be committed.
+MIGRATION_WRITE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -98,6 +105,7 @@ class Engine:
         self._hosts = None if hosts is None else frozenset(hosts)
         self.name = name
         self.nb_snap = None
+        self.sb_snap = SbSnapshot()     # the runtime rows (runtime_changed)
         self.bindings = Bindings()
         self.switches: Dict[int, _Switch] = {}
         self._sb_ready = False
@@ -109,7 +117,7 @@ class Engine:
         self._round_cfg: Dict[int, Tuple[int, int]] = {0: (0, 0)}  # round -> (nb_cfg, sb_cfg)
         self._written: Dict[Tuple, object] = {}
         self._xid = 0x4d420000
-        self._last_host: Dict[str, str] = {}   # vm -> the last host VM.host named
+        self._last_host: Dict[str, str] = {}   # vm -> the last host VM_Location named
         self._checked_seq: Dict[str, int] = {}  # vm -> newest appearance checked
         #                                          for an unannounced migration
         self._state = TopologyState()   # the topology of the last recomputation
@@ -127,8 +135,17 @@ class Engine:
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
-        self.nb_snap = snap = self._nb.snapshot()
-        config = config_key(snap)
+        self.nb_snap = self._nb.snapshot()
+        self._config_changed()
+
+    def runtime_changed(self, snap: SbSnapshot):
+        """The southbound runtime rows: hosts' chassis, slices, VM
+        locations, migrations."""
+        self.sb_snap = snap
+        self._config_changed()
+
+    def _config_changed(self):
+        config = config_key(self.sb_snap.hosts)
         if config != self._config:
             self._config = config
             self._recompute()
@@ -238,11 +255,11 @@ class Engine:
         """The logical controller's slices and SNAT blocks in the snapshot:
         the same objects as long as they are equal (the topology compares
         them by identity first)."""
-        snap = self.nb_snap
+        snap = self.sb_snap
         seen, intent, (slices, blocks), status = self._decided
         if seen is snap and intent is self._intent:
             return slices, blocks
-        new_status = getattr(snap, "slice_status", {})
+        new_status = snap.slice_status
         decided = dplib.known_slices(snap.slices, self._intent)
         if slices is None or decided != slices:
             slices = decided
@@ -253,9 +270,8 @@ class Engine:
         return slices, blocks
 
     def _rebuild(self):
-        snap = self.nb_snap
         hosts = {name: host_info(rec, self.host_ports.get(name, HostPorts()))
-                 for name, rec in snap.hosts.items()}
+                 for name, rec in self.sb_snap.hosts.items()}
         return self._state.rebuild(self._intent, hosts,
                                    self.bindings.bound(self._intent.vms), incoming=(),
                                    recorded_slices={}, slices={}, recorded_blocks={},
@@ -267,22 +283,22 @@ class Engine:
         them and with the logical controller's decisions, and only the flow
         parts they touch are computed again (``topostate``).  None: the
         configuration changed, every host is computed again."""
-        if self.nb_snap is None or self._intent is None:
+        if self._intent is None:
             return
         self._round += 1
         rnd = self._round
         self._round_cfg[rnd] = (self._nb_cfg, self._sb_cfg)
         if changes is None or self._state.topo is None:
-            self._remember_hosts(self.nb_snap.vm_locations)
+            self._remember_hosts(self.sb_snap.vm_locations)
             topo = self._rebuild()
             dirty, vms = None, sorted(topo.bindings)
         else:
             ports, vms = changes
-            snap = self.nb_snap
-            hosts = {h: host_info(snap.hosts[h], p) for h, p in ports.items()
-                     if h in snap.hosts}
+            runtime = self.sb_snap
+            hosts = {h: host_info(runtime.hosts[h], p) for h, p in ports.items()
+                     if h in runtime.hosts}
             vms = sorted(vms)
-            self._remember_hosts(snap.vm_locations, vms)
+            self._remember_hosts(runtime.vm_locations, vms)
             dirty = self._state.update(
                 hosts, {vm: self.bindings.binding(vm, self._intent.vms.get(vm)) for vm in vms},
                 None, {}, slicelib.Blocks(), decided=self._decisions())
@@ -342,9 +358,9 @@ class Engine:
         return diff
 
     def _remember_hosts(self, locations, vms=None):
-        """The last host ``VM.host`` named, of ``vms`` (None: every VM):
+        """The last host ``VM_Location`` named, of ``vms`` (None: every VM):
         remembered when a VM's port event is handled, so it outlives the
-        logical controller clearing ``VM.host`` once the port is gone."""
+        logical controller clearing the location once the port is gone."""
         for vm in (locations if vms is None else vms):
             host = locations.get(vm, (None,))[0]
             if host is not None:
@@ -356,7 +372,6 @@ class Engine:
         one, unless a migration to that host is under way (or, announced,
         was just finished).  Once per appearance; a failed write is logged
         and does not hold flows back."""
-        snap = self.nb_snap
         for vm in vms:
             binding = topo.bindings.get(vm)
             if binding is None or not self.serves(binding.host):
@@ -368,7 +383,7 @@ class Engine:
             host, last = binding.host, self._last_host.get(vm)
             if last is None or last == host:
                 continue
-            mine = [m for m in getattr(snap, "migrations", ()) if m.vm == vm]
+            mine = [m for m in self.sb_snap.migrations if m.vm == vm]
             if any(m.status in ACTIVE_MIGRATION and m.destination == host
                    for m in mine):
                 continue
@@ -377,8 +392,8 @@ class Engine:
                 continue
             wait_ms = global_wait_ms(dplib.global_options(self._datapaths.records.values()))
             try:
-                self._nb.migration_create(vm, last, host, "unannounced",
-                                          wait_ms).execute(check_error=True)
+                self._sb.record_migration(vm, last, host, "unannounced", wait_ms).result(
+                    timeout=MIGRATION_WRITE_TIMEOUT)
             except Exception as e:    # flows must follow the VM regardless
                 LOG.error("VM %s appeared on %s (last on %s): cannot record its "
                           "unannounced migration: %s", vm, host, last, e)

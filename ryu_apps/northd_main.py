@@ -14,7 +14,7 @@ import threading
 from ovsdb import DEFAULT_DB
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
-from ovsdb.southbound import Southbound
+from ovsdb.southbound import NORTHD_TABLES, Southbound
 from ryu_apps.engine import EngineLoop
 from ryu_apps.northd import Northd
 
@@ -66,6 +66,8 @@ def main(argv=None):
                                                          statuses),
                     on_sb_cfg=lambda value: loop.post("sb_cfg_changed", value),
                     on_ready=lambda: loop.post("southbound_ready"),
+                    on_runtime=lambda snap: loop.post("runtime_changed", snap),
+                    runtime_tables=NORTHD_TABLES,
                     datapaths=True,
                     on_datapaths=lambda rows, nb_cfg: loop.post("datapaths_changed",
                                                                 rows, nb_cfg))

@@ -1,7 +1,7 @@
 """The controllers' shared view of the cloud: where each VM's port is (from
-the southbound database's port bindings), and what of a northbound
-snapshot the topology is made of besides the logical switches' records
-(``mbxmodel.datapath``).
+the southbound database's port bindings), and what of the
+southbound runtime rows the topology is made of besides the logical
+switches' records (``mbxmodel.datapath``).
 
 Both controllers use it: the logical controller (``ryu_apps.northd``) for
 the cloud-wide decisions (slices, SNAT blocks, VM locations), the physical
@@ -76,26 +76,25 @@ class Bindings:
         return out
 
 
-def config_key(snap):
-    """What of a northbound snapshot the flows are computed from, besides
-    the logical switches' translated intent (southbound ``Datapath``
-    records, ``mbxmodel.datapath``): the hosts' tunnel endpoints.  Not the
-    status columns (hosts' nb_cfg, connection and datapath; VM locations;
-    slices; LB_VIP, Middlebox and Migration status; shared state and IDS
-    alerts; the nb_cfg / hv_cfg / northd_cfg counters)."""
-    return {name: (h.encap_ip, h.encap_type) for name, h in snap.hosts.items()}
+def config_key(hosts):
+    """What the flows are computed from besides the logical switches'
+    translated intent (southbound ``Datapath`` records,
+    ``mbxmodel.datapath``): the hosts' (``SbSnapshot.hosts``) tunnel
+    endpoints, not their status."""
+    return {name: (h.encap_ip, h.encap_type) for name, h in hosts.items()}
 
 
-def incoming(snap):
+def incoming(runtime):
     """(vm, host) pairs that need the VM's slices on a host where it may not
-    be bound (``slices.needed_slices``): the destination and the source of
-    an active migration, and a host that holds state of a VM that left
-    (shared state "vm-state": the VM's new host may still ask for it, and
-    its SNAT ports are forwarded from there)."""
-    out = {(m.vm, host) for m in getattr(snap, "migrations", ())
+    be bound (``slices.needed_slices``), from the runtime rows (an
+    SbSnapshot): the destination and the source of an active migration,
+    and a host that holds state of a VM that left (shared state
+    "vm-state": the VM's new host may still ask for it, and its SNAT ports
+    are forwarded from there)."""
+    out = {(m.vm, host) for m in runtime.migrations
            if m.status in ACTIVE_MIGRATION for host in (m.destination, m.source)}
-    out.update((row.key, row.host) for row in records(getattr(snap, "shared_state", ()))
-               if getattr(row, "service", None) == VM_STATE)
+    out.update((row.key, row.host) for row in runtime.shared_state
+               if row.service == VM_STATE)
     return frozenset(out)
 
 

@@ -20,8 +20,8 @@ def snapshot(**changes):
     set named by a rule and one by a policy, and a global option."""
     topo = services()
     snap = NbSnapshot(
-        nb_cfg=1, hv_cfg=1, hosts={}, switches=dict(topo.switches), vms=dict(topo.vms),
-        vm_locations={}, middleboxes=dict(topo.middleboxes),
+        nb_cfg=1, hv_cfg=1, switches=dict(topo.switches), vms=dict(topo.vms),
+        middleboxes=dict(topo.middleboxes),
         rules={"fw-a": (RuleInfo(200, "to-vm", "src=$admins proto=tcp dport=22", "allow",
                                  uuid="r1"),
                         RuleInfo(100, "from-vm", "any", "deny", "provider", uuid="r2"))},
