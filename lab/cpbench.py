@@ -11,9 +11,9 @@ to them), and measures:
   the southbound Datapath records (``ryu_apps.translate``), the records'
   size, and one VM's change translated again;
 * the full flow computation: the engine's first computation with every host
-  connected (the Datapath records read and ``Engine.nb_changed`` after
+  connected (``Engine.datapaths_changed``: the Datapath records read, after
   every host reported its ports and its switch connected, as when the
-  databases answer a restarted controller last);
+  southbound database answers a restarted controller last);
 * one host's flows computed alone: every flow part of the host from the
   engine's topology, with no piece shared with another host;
 * one VM moving: its port appearing on the new host and then disappearing
@@ -382,7 +382,7 @@ class Controller:
         self.switches = FakeSwitches()
         self.nb = FakeNb(cloud.snap)
         self.sb = FakeSb(cloud.runtime)
-        self.engine = Engine(send=self.switches.send, nb=self.nb, sb=self.sb)
+        self.engine = Engine(send=self.switches.send, sb=self.sb)
         self.northd = Northd(self.nb, self.sb)
         self.northd_s = []          # seconds per logical controller event
         self.ports = {}
@@ -423,12 +423,11 @@ class Controller:
             self.notify()
 
     def notify(self):
-        """The databases' change notifications reach the controllers: the
-        Datapath rows first (the engine's), then the runtime rows."""
+        """The southbound database's change notifications reach the
+        controllers (the engine reads no northbound table): the Datapath
+        rows first, then the runtime rows."""
         if self.sb.datapaths_dirty:
             self.datapaths()
-        if self.nb.dirty:
-            self.engine.nb_changed()
         if self.sb.dirty:
             runtime = self.sb.snapshot()
             self.northd.runtime_changed(runtime)
@@ -440,13 +439,12 @@ class Controller:
         self.engine.datapaths_changed(dict(self.sb.datapaths), self.sb.nb_cfg)
 
     def full(self):
-        """The first full computation: the databases answer the engine
-        (after the logical controller's translation): the Datapath rows and
-        the slices the logical controller wrote, then the config database."""
-        self.datapaths()
+        """The first full computation: the southbound database answers the
+        engine (after the logical controller's translation): the slices the
+        logical controller wrote, then the Datapath records."""
         if self.sb.dirty:
             self.engine.runtime_changed(self.sb.snapshot())
-        self.engine.nb_changed()
+        self.datapaths()
 
     def ack_all(self):
         """Every switch acknowledges its barriers."""
@@ -1238,18 +1236,18 @@ def markdown(results):
         "`send` applies the flow-mods to a table, the config database a fake snapshot that "
         "the status writes update.  *Full computation*: every host's ports reported and "
         "its switch connected (nothing installed), the logical controller's translation "
-        "(`Northd.nb_changed()`: slice tags, SNAT blocks, status; timed on its own), then "
-        "the timed `Engine.nb_changed()` (snapshot, topology, every host's flows, the "
-        "difference to its switch), as when a restarted controller hears the config "
-        "database last.  *One move*: after every switch acknowledged, a VM's port "
+        "(`Northd.nb_changed()`: Datapath records, slice tags, SNAT blocks, status; timed "
+        "on its own), then the timed `Engine.datapaths_changed()` (the records decoded, "
+        "topology, every host's flows, the difference to its switch), as when a "
+        "restarted controller hears the Datapath records last.  *One move*: after every switch acknowledged, a VM's port "
         "appears on a host that runs no VM of its tenant (`host_ports_changed` of both "
         "controllers, then the engine's notification of the logical controller's slice); "
         "timed from the first call to the last flow message sent; the port then disappearing "
         "from the old host took median %.1f ms more (it sends nothing: the newer "
         "port already won).  *One host alone*: every flow part of a host computed from "
         "the engine's topology with no piece computed for another host.  *Status-only "
-        "changes*: the snapshot changed in one status table, then `Northd.nb_changed()` "
-        "and `Engine.nb_changed()`; flow parts computed counted by cProfile (calls of "
+        "changes*: the snapshot changed in one status table, then the controllers' "
+        "notifications (`runtime_changed`); flow parts computed counted by cProfile (calls of "
         "`flows.compute_part`).  *Flows per host*: the same per-host load (%d VMs of %s-%s "
         "tenants, each tenant on %d hosts) at each cloud size.  *Config bytes*: the rows "
         "`middlebox.confmon.conditions` selects for a host, iterated to their fixpoint "

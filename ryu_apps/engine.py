@@ -2,14 +2,14 @@
 what it reports of its hosts.
 
 Plain Python with no os-ken import.  The os-ken application and the
-southbound connection (``ovsdb.southbound``: each host's chassis record and
-port bindings, ``SB_Global.sb_cfg``) are thin shells that feed it events; it
-answers through what it was given:
+southbound connection (``ovsdb.southbound``: the switches' Datapath records,
+the runtime rows, each host's chassis record and port bindings,
+``SB_Global.sb_cfg``) are thin shells that feed it events; it reads nothing
+from the northbound database.  It answers through what it was given:
 
 * ``send(dpid, ops, barrier_xid)`` -- install ``ops`` (``FlowDiff.commands()``:
   ``(command, Flow)`` pairs, deletes first) on a switch, followed by a barrier
   request with that xid;
-* ``nb`` -- the config database API (``snapshot``): not used for flows;
 * ``sb`` -- the southbound writer (``set_chassis_statuses``,
   ``record_migration``); the southbound connection also reports the
   logical switches' ``Datapath`` records (``datapaths_changed``) and the
@@ -98,13 +98,11 @@ class _Switch:
 
 
 class Engine:
-    def __init__(self, send, nb, sb=None, hosts=None, name=""):
+    def __init__(self, send, sb=None, hosts=None, name=""):
         self._send = send
-        self._nb = nb
         self._sb = sb
         self._hosts = None if hosts is None else frozenset(hosts)
         self.name = name
-        self.nb_snap = None
         self.sb_snap = SbSnapshot()     # the runtime rows (runtime_changed)
         self.bindings = Bindings()
         self.switches: Dict[int, _Switch] = {}
@@ -134,10 +132,6 @@ class Engine:
         return host is not None and (self._hosts is None or host in self._hosts)
 
     # ------------------------------------------------------------- inputs
-    def nb_changed(self):
-        self.nb_snap = self._nb.snapshot()
-        self._config_changed()
-
     def runtime_changed(self, snap: SbSnapshot):
         """The southbound runtime rows: hosts' chassis, slices, VM
         locations, migrations."""

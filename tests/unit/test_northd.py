@@ -24,7 +24,7 @@ class Sharded:
         self.switches = FakeSwitches()
         self.nb = FakeNb(initial_snapshot(), self.switches.events)
         self.sb = FakeSb(events=self.switches.events)
-        self.engines = {name: Engine(send=self.switches.send, nb=self.nb, sb=self.sb,
+        self.engines = {name: Engine(send=self.switches.send, sb=self.sb,
                                      hosts=hosts, name=name)
                         for name, hosts in SHARDS.items()}
         self.northd = Northd(self.nb, self.sb)
@@ -52,8 +52,7 @@ class Sharded:
                 self.sb.status_dirty = False
                 self.northd.chassis_status_changed(dict(self.sb.status))
             elif self.nb.dirty:
-                for c in self.all:
-                    c.nb_changed()
+                self.northd.nb_changed()
             elif self.sb.dirty:
                 self.runtime()
             else:
@@ -68,8 +67,7 @@ class Sharded:
         self.settle()
 
     def start(self):
-        for c in self.all:
-            c.nb_changed()
+        self.northd.nb_changed()
         for host in DPID:
             self.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
         for c in self.all:
