@@ -62,14 +62,14 @@ def test_datapath_rows_are_written_changed_only_and_read_back(tmp_path):
         writer.start()
         reader.start()
         a, b = record("ls-a", 1001, "a1", "a2"), record("ls-b", 1002, "b1")
-        assert writer.set_datapaths({"ls-a": row(a), "ls-b": row(b)}, nb_cfg=3,
-                                    complete=True).wait(10)
+        writer.set_datapaths({"ls-a": row(a), "ls-b": row(b)}, nb_cfg=3,
+                             complete=True).result(timeout=10)
         rows, nb_cfg = reported.until(lambda rows, cfg: cfg == 3)
         assert rows == {"ls-a": row(a), "ls-b": row(b)}
         assert dplib.Reader().update(rows) == {"ls-a": (None, a), "ls-b": (None, b)}
 
         a2 = record("ls-a", 1001, "a1")
-        assert writer.set_datapaths({"ls-a": row(a2), "ls-b": None}, nb_cfg=4).wait(10)
+        writer.set_datapaths({"ls-a": row(a2), "ls-b": None}, nb_cfg=4).result(timeout=10)
         rows, _ = reported.until(lambda rows, cfg: cfg == 4)
         assert rows == {"ls-a": row(a2)}
 
@@ -81,7 +81,7 @@ def test_datapath_rows_are_written_changed_only_and_read_back(tmp_path):
         rows, _ = reported.until(lambda rows, cfg: "ls-bad" in rows)
         assert set(dplib.Reader().update(rows)) == {"ls-a"}
         # a restarted logical controller's first write removes it
-        assert writer.set_datapaths({"ls-a": row(a2)}, nb_cfg=5, complete=True).wait(10)
+        writer.set_datapaths({"ls-a": row(a2)}, nb_cfg=5, complete=True).result(timeout=10)
         rows, _ = reported.until(lambda rows, cfg: cfg == 5)
         assert rows == {"ls-a": row(a2)}
     finally:
