@@ -1000,7 +1000,7 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
     t0 = time.perf_counter()
     cloud = build_cloud(hosts, vms_per_host)
     snap = cloud.snap
-    res["cloud"] = {"hosts": len(snap.hosts), "vms": len(snap.vms),
+    res["cloud"] = {"hosts": len(cloud.runtime.hosts), "vms": len(snap.vms),
                     "tenants": len(set(cloud.tenant_of_switch.values())),
                     "switches": len(snap.switches), "middleboxes": len(snap.middleboxes),
                     "firewall_rules": sum(len(r) for r in snap.rules.values()),
