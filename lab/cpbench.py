@@ -514,8 +514,8 @@ def translation(cloud):
     t0 = time.perf_counter()
     records = t.update(snap)
     full_s = time.perf_counter() - t0
-    sizes = [len(text.encode()) for text in t.texts.values()]
-    rows = {name: (r.switch.tenant, r.switch.vni, t.texts[name]) for name, r in records.items()}
+    sizes = [len(config.encode()) for _tenant, _vni, config in t.rows.values()]
+    rows = dict(t.rows)
     t0 = time.perf_counter()
     dplib.Reader().update(rows)
     decode_s = time.perf_counter() - t0

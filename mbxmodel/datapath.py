@@ -86,6 +86,11 @@ def encode(record):
     return json.dumps(_to_json(record), sort_keys=True, separators=(",", ":"))
 
 
+def row(record):
+    """The Datapath row of ``record``: (tenant, vni, config)."""
+    return (record.switch.tenant, record.switch.vni, encode(record))
+
+
 def _to_json(r):
     sw = r.switch
     return {

@@ -133,10 +133,9 @@ class Northd:
         written again."""
         if not self._dp_synced or self.nb_snap is None:
             return                      # the first write compares every row
-        records, texts = self._translator.records, self._translator.texts
-        differ = {name for name in rows.keys() | records.keys()
-                  if name not in records or rows.get(name) != (
-                      records[name].switch.tenant, records[name].switch.vni, texts[name])}
+        wanted = self._translator.rows
+        differ = {name for name in rows.keys() | wanted.keys()
+                  if rows.get(name) != wanted.get(name)}
         if differ - self._dp_pending:
             # (also a notification older than the last write: rewriting is a no-op)
             LOG.info("Datapath rows not as translated, written again: %s",
@@ -243,10 +242,9 @@ class Northd:
         SB_Global.nb_cfg, in one transaction, waited for."""
         if not self._dp_pending and self._dp_synced and self._dp_cfg == snap.nb_cfg:
             return
-        records, texts = self._translator.records, self._translator.texts
-        names = sorted(records) if not self._dp_synced else sorted(self._dp_pending)
-        rows = {name: (records[name].switch.tenant, records[name].switch.vni, texts[name])
-                if name in records else None for name in names}
+        wanted = self._translator.rows
+        names = sorted(wanted) if not self._dp_synced else sorted(self._dp_pending)
+        rows = {name: wanted.get(name) for name in names}
         written = self._sb.set_datapaths(rows, nb_cfg=snap.nb_cfg,
                                          complete=not self._dp_synced)
         self._dp_pending, self._dp_synced, self._dp_cfg = set(), True, snap.nb_cfg

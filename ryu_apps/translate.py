@@ -30,7 +30,7 @@ class Translator:
 
     def __init__(self):
         self.records: Dict[str, dplib.Datapath] = {}
-        self.texts: Dict[str, str] = {}         # name -> encode(record)
+        self.rows: Dict[str, tuple] = {}        # name -> its row, datapath.row(record)
         self.translated = 0                     # records built by the last update
         self._in = None                         # the inputs of the last snapshot
         self._vms_by_switch: Dict[str, Dict] = {}
@@ -39,7 +39,8 @@ class Translator:
 
     def update(self, snap) -> Dict[str, Optional[dplib.Datapath]]:
         """Translate ``snap``; returns {switch: its new record, or None if
-        the switch is gone} for the records whose text changed."""
+        the switch is gone} for the records whose row (tenant, VNI or
+        config text) changed."""
         new = _inputs(snap)
         old = self._in
         if old is None:
@@ -56,15 +57,15 @@ class Translator:
             switch = new["switches"].get(name)
             if switch is None:
                 if name in self.records:
-                    del self.records[name], self.texts[name]
+                    del self.records[name], self.rows[name]
                     out[name] = None
                 self._name_sets(name, frozenset())
                 continue
             record = self._record(new, switch)
             self.translated += 1
-            text = dplib.encode(record)
-            if self.texts.get(name) != text:
-                self.records[name], self.texts[name] = record, text
+            row = dplib.row(record)
+            if self.rows.get(name) != row:
+                self.records[name], self.rows[name] = record, row
                 out[name] = record
         return out
 

@@ -22,10 +22,6 @@ def record(name, vni, *vms):
                                     for i, vm in enumerate(vms, 2)))
 
 
-def row(rec):
-    return (rec.switch.tenant, rec.switch.vni, dplib.encode(rec))
-
-
 class Reported:
     """What a reader's connection reports: (rows, nb_cfg), newest last."""
 
@@ -62,16 +58,16 @@ def test_datapath_rows_are_written_changed_only_and_read_back(tmp_path):
         writer.start()
         reader.start()
         a, b = record("ls-a", 1001, "a1", "a2"), record("ls-b", 1002, "b1")
-        writer.set_datapaths({"ls-a": row(a), "ls-b": row(b)}, nb_cfg=3,
+        writer.set_datapaths({"ls-a": dplib.row(a), "ls-b": dplib.row(b)}, nb_cfg=3,
                              complete=True).result(timeout=10)
         rows, nb_cfg = reported.until(lambda rows, cfg: cfg == 3)
-        assert rows == {"ls-a": row(a), "ls-b": row(b)}
+        assert rows == {"ls-a": dplib.row(a), "ls-b": dplib.row(b)}
         assert dplib.Reader().update(rows) == {"ls-a": (None, a), "ls-b": (None, b)}
 
         a2 = record("ls-a", 1001, "a1")
-        writer.set_datapaths({"ls-a": row(a2), "ls-b": None}, nb_cfg=4).result(timeout=10)
+        writer.set_datapaths({"ls-a": dplib.row(a2), "ls-b": None}, nb_cfg=4).result(timeout=10)
         rows, _ = reported.until(lambda rows, cfg: cfg == 4)
-        assert rows == {"ls-a": row(a2)}
+        assert rows == {"ls-a": dplib.row(a2)}
 
         # a row written straight into the database, malformed
         subprocess.run(["ovsdb-client", "transact", "unix:" + sock, json.dumps(
@@ -81,9 +77,9 @@ def test_datapath_rows_are_written_changed_only_and_read_back(tmp_path):
         rows, _ = reported.until(lambda rows, cfg: "ls-bad" in rows)
         assert set(dplib.Reader().update(rows)) == {"ls-a"}
         # a restarted logical controller's first write removes it
-        writer.set_datapaths({"ls-a": row(a2)}, nb_cfg=5, complete=True).result(timeout=10)
+        writer.set_datapaths({"ls-a": dplib.row(a2)}, nb_cfg=5, complete=True).result(timeout=10)
         rows, _ = reported.until(lambda rows, cfg: cfg == 5)
-        assert rows == {"ls-a": row(a2)}
+        assert rows == {"ls-a": dplib.row(a2)}
     finally:
         for conn in (writer, reader):
             if conn is not None:

@@ -89,8 +89,8 @@ def test_an_unchanged_switch_encodes_to_the_identical_text():
     first, second = Translator(), Translator()
     first.update(snap)
     second.update(shuffled)
-    assert first.texts == second.texts
-    text = first.texts["ls-a"]
+    assert first.rows == second.rows
+    text = first.rows["ls-a"][2]
     assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
     assert json.loads(text)["version"] == dplib.VERSION
 
@@ -146,8 +146,7 @@ def test_a_malformed_field_is_named(path, value, complaint):
 
 def test_the_reader_skips_a_malformed_row_logs_it_once_and_keeps_the_good_one(caplog):
     _, records = translated()
-    rows = {name: (r.switch.tenant, r.switch.vni, dplib.encode(r))
-            for name, r in records.items()}
+    rows = {name: dplib.row(r) for name, r in records.items()}
     reader = dplib.Reader()
     assert set(reader.update(rows)) == {"ls-a", "ls-b"}
     bad = dict(rows, **{"ls-b": ("B", 1002, '{"version": 1}')})
@@ -249,7 +248,7 @@ def test_incremental_records_are_the_records_translated_afresh():
         t.update(changed)
         fresh = Translator()
         fresh.update(changed)
-        assert t.texts == fresh.texts, step
+        assert t.rows == fresh.rows, step
 
 
 def test_a_vm_change_with_a_global_option_change_is_translated_too():
@@ -261,4 +260,32 @@ def test_a_vm_change_with_a_global_option_change_is_translated_too():
     t.update(changed)
     fresh = Translator()
     fresh.update(changed)
-    assert t.texts == fresh.texts
+    assert t.rows == fresh.rows
+
+
+def test_a_switchs_new_vni_or_tenant_rewrites_its_row():
+    snap = snapshot()
+    t, _ = translated(snap)
+    moved = dict(snap.switches, **{"ls-b": dataclasses.replace(snap.switches["ls-b"], vni=4242)})
+    changed = t.update(dataclasses.replace(snap, switches=moved))
+    assert set(changed) == {"ls-b"} and t.rows["ls-b"][1] == 4242
+
+
+def test_incremental_equals_afresh_for_rules_middleboxes_and_vms_changing_switch():
+    snap = snapshot()
+    t, _ = translated(snap)
+    nat = snap.nat_rules["nat-a"]
+    steps = [
+        dict(rules={"fw-a": snap.rules["fw-a"][1:]}),
+        dict(nat_rules={"nat-a": nat[:1]}),
+        dict(middleboxes=dict(snap.middleboxes, **{"ids-a": dataclasses.replace(
+            snap.middleboxes["ids-a"], switch="ls-b")})),
+        dict(vms=dict(snap.vms, a3=dataclasses.replace(snap.vms["a3"], switch="ls-b"))),
+        dict(rules={}, address_sets={"admins": AddressSetInfo("admins", "A", ())}),
+    ]
+    for step in steps:
+        changed = dataclasses.replace(snap, **step)
+        t.update(changed)
+        fresh = Translator()
+        fresh.update(changed)
+        assert t.rows == fresh.rows, step
