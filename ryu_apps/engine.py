@@ -34,10 +34,11 @@ Incremental computation.  The topology is kept change by change
 that host's VMs and marks the flow parts (``flows.host_parts``) of the hosts
 it can touch; the logical controller's slices and SNAT blocks, when they
 change, mark theirs; only those parts are computed again and compared with
-the switch, part by part.  A Datapath record whose flow-relevant content
-changed (``datapath.flows_changed``: not a firewall rule, which is mbxd's),
-or hosts' tunnel endpoints that changed (``view.config_key``), rebuild the
-topology and compute every part; status written back by the daemons or the
+the switch, part by part.  Datapath records whose flow-relevant content
+changed (``datapath.flows_changed``: not a firewall rule, which is mbxd's)
+rebuild the topology and compute again the parts of those switches on the
+hosts they are on (``topostate.config_dirty``); hosts' tunnel endpoints
+that changed (``view.config_key``) rebuild it and compute every part; status written back by the daemons or the
 controllers computes nothing.  A switch that connects, or whose host
 changed, gets every part, compared with the flows read back.
 
@@ -70,7 +71,7 @@ from ovsdb.validate import global_wait_ms
 from ryu_apps import flows as flowlib
 from ryu_apps import reconcile
 from ryu_apps import slices as slicelib
-from ryu_apps.topostate import ALL, TopologyState, host_info
+from ryu_apps.topostate import ALL, TopologyState, config_dirty, host_info
 from ryu_apps.view import Bindings, config_key
 from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.snapshot import SbSnapshot
@@ -162,9 +163,12 @@ class Engine:
         config generation."""
         changes = self._datapaths.update(rows)
         self._nb_cfg = nb_cfg
-        if self._intent is None or dplib.flows_changed(changes):
+        switches = {name for name, change in changes.items()
+                    if dplib.flows_changed({name: change})}
+        if self._intent is None or switches:
+            first = self._intent is None
             self._intent = dplib.topology(self._datapaths.records.values())
-            self._recompute()
+            self._recompute(switches=None if first else switches)
         else:
             self._recompute(changes=({}, ()))
 
@@ -271,21 +275,27 @@ class Engine:
                                    recorded_slices={}, slices={}, recorded_blocks={},
                                    decided=self._decisions())
 
-    def _recompute(self, changes=None):
+    def _recompute(self, changes=None, switches=None):
         """A new round.  ``changes``: (hosts' new ports {host: HostPorts},
         VMs whose binding may have changed); the topology is updated with
         them and with the logical controller's decisions, and only the flow
         parts they touch are computed again (``topostate``).  None: the
-        configuration changed, every host is computed again."""
+        configuration changed; the topology is built again and every host
+        computed again, or, given ``switches`` (the logical switches whose
+        records changed), only the parts those can touch
+        (``topostate.config_dirty``)."""
         if self._intent is None:
             return
         self._round += 1
         rnd = self._round
         self._round_cfg[rnd] = (self._nb_cfg, self._sb_cfg)
         if changes is None or self._state.topo is None:
+            old = self._state.topo
             self._remember_hosts(self.sb_snap.vm_locations)
             topo = self._rebuild()
             dirty, vms = None, sorted(topo.bindings)
+            if switches is not None and old is not None:
+                dirty = config_dirty(old, topo, switches)
         else:
             ports, vms = changes
             runtime = self.sb_snap

@@ -9,6 +9,8 @@ import logging
 from mbxmodel import datapath as dplib
 from mbxmodel.network import VMInfo
 from mbxmodel.services import RuleInfo
+from ryu_apps import flows as flowlib
+from ryu_apps.flows import compute_host_flows
 from test_engine import (DPID, Harness, counting_flow_computations, running,
                          running_services)
 
@@ -134,3 +136,71 @@ def test_an_unknown_record_version_is_left_out_by_the_reader():
     reader = dplib.Reader()
     reader.update({"ls-b": (tenant, vni, bad)})
     assert reader.records == {}
+
+
+def every_switch_holds_a_fresh_computation(h):
+    topo = h.engine.topology()
+    for host in DPID:
+        assert h.switches.flows(host) == sorted(
+            compute_host_flows(topo, host, h.engine._snat_blocks), key=repr), host
+
+
+def test_a_switchs_new_record_computes_only_that_switchs_parts(monkeypatch):
+    h = running_services()
+    every_switch_holds_a_fresh_computation(h)
+    computed = counting_flow_computations(monkeypatch)
+    snap = h.nb.snap
+    b1 = snap.vms["b1"]
+    h.nb.configure(vms={**snap.vms, "b1": dataclasses.replace(b1, ip="10.1.0.77")})
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert computed and {part for _host, part in computed} <= {
+        flowlib.HOST_PART, ("switch", "ls-b"), ("remote", "ls-b"), ("nat", "ls-b")}
+    every_switch_holds_a_fresh_computation(h)
+
+    # ls-a's NAT moves its SNAT address: ls-a's parts, and the own part of
+    # the hosts answering for the addresses
+    computed.clear()
+    nat = h.nb.snap.nat_rules["nat-a"]
+    h.nb.configure(nat_rules={"nat-a": (dataclasses.replace(nat[0], external_ips=(
+        "203.0.113.9",)),) + nat[1:]})
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert {part for _host, part in computed} <= {
+        flowlib.HOST_PART, ("switch", "ls-a"), ("remote", "ls-a"), ("nat", "ls-a")}
+    every_switch_holds_a_fresh_computation(h)
+
+    # ls-b takes ls-a's VNI: both are unusable (fail closed), then back
+    for vni in (h.nb.snap.switches["ls-a"].vni, h.nb.snap.switches["ls-b"].vni):
+        switches = dict(h.nb.snap.switches)
+        switches["ls-b"] = dataclasses.replace(switches["ls-b"], vni=vni)
+        h.nb.configure(switches=switches)
+        h.nb.bump_nb_cfg()
+        h.notify()
+        every_switch_holds_a_fresh_computation(h)
+    h.ack_all()
+    assert h.nb.snap.hv_cfg == h.nb.snap.nb_cfg
+
+
+def test_switch_records_added_and_removed_keep_every_switch_fresh():
+    from mbxmodel.services import MiddleboxInfo, PolicyInfo
+    h = running_services()
+    snap = h.nb.snap
+    h.nb.configure(middleboxes={**snap.middleboxes,
+                                "fw-b": MiddleboxInfo("fw-b", "firewall", "ls-b")},
+                   policies=snap.policies + (PolicyInfo("ls-b", 100, "proto=tcp",
+                                                        ("fw-b",)),))
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert any(chain == ("fw-b",) for chain, _host in h.sb.snap.slices)
+    every_switch_holds_a_fresh_computation(h)
+    snap = h.nb.snap
+    h.nb.configure(switches={n: s for n, s in snap.switches.items() if n != "ls-b"},
+                   vms={n: v for n, v in snap.vms.items() if v.switch != "ls-b"},
+                   middleboxes={n: m for n, m in snap.middleboxes.items() if n != "fw-b"},
+                   policies=tuple(p for p in snap.policies if p.switch != "ls-b"))
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert "ls-b" not in h.sb.datapaths
+    every_switch_holds_a_fresh_computation(h)
+    assert not any(vm.switch == "ls-b" for vm in h.engine.topology().vms.values())
