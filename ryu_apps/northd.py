@@ -10,8 +10,9 @@ shared state, IDS alerts) from the southbound database
 
 * **Datapath records**: the intent of each logical switch, translated
   incrementally (``ryu_apps.translate``, format ``mbxmodel.datapath``) and
-  written to the southbound ``Datapath`` rows that changed, with
-  ``SB_Global.nb_cfg``, in one transaction per change.  The physical
+  written to the southbound ``Datapath`` rows that changed, in one
+  transaction per change, before the slices; once both are committed,
+  ``SB_Global.nb_cfg`` (the generation a physical controller reports).  The physical
   controllers read their intent there; this controller's topology is made
   of the same records.
 * **Slices and SNAT blocks** (docs/services.md).  One slice per chain and
@@ -21,9 +22,9 @@ shared state, IDS alerts) from the southbound database
   across recomputations, and one SNAT port block per rule and serving host.
   Written to the southbound ``Slice`` rows (chain of middlebox names,
   chassis name, tag, status ``snat-block:<rule>``).
-* **``NB_Global.northd_cfg``**: after those writes (the Datapath rows
-  committed), the ``nb_cfg`` they were decided from (``ovsdb/mbx_nb.md``,
-  the nb_cfg / hv_cfg protocol).
+* **``NB_Global.northd_cfg``**: once those writes are committed (the
+  Datapath rows and the slices), the ``nb_cfg`` they were decided from
+  (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
 * **``hv_cfg``**: the lowest ``nb_cfg`` the physical controllers report
   (southbound ``Chassis_Private``) over the connected hosts.
 * **VM locations**.  A VM whose port appeared somewhere (the newest
@@ -57,7 +58,10 @@ from ryu_apps.view import Bindings, config_key, incoming
 
 LOG = logging.getLogger(__name__)
 
-DATAPATH_WRITE_WAIT_S = 10      # for the Datapath rows' commit, before northd_cfg
+# How long the Datapath rows' and slices' writes are waited for (the
+# Datapath rows before the slices, the slices before northd_cfg).
+SB_WRITE_TIMEOUT = 10.0
+
 
 
 class Northd:
@@ -79,12 +83,13 @@ class Northd:
         self._maybe_gone = set()        # VMs VM_Location places where none is bound
         self._slices_checked = None     # (slices version, snapshot) compared with the DB
         self._written: Dict[Tuple, object] = {}
+        self._slices_written = None     # the Future of the last slices written
         self._bad_health = set()
         self._translator = Translator()
         self._intent = None             # the topology of its records
         self._dp_pending = set()        # switches whose record is not written yet
         self._dp_synced = False         # the southbound rows were compared once
-        self._dp_cfg = None             # SB_Global.nb_cfg written with them
+        self._dp_cfg = None             # SB_Global.nb_cfg as written
 
     @property
     def topo(self):
@@ -197,7 +202,11 @@ class Northd:
                 self._maybe_gone.add(vm)
         self._publish_datapaths(snap)     # before the slices naming their middleboxes
         self._publish_slices(topo, runtime)
-        if snap.northd_cfg != snap.nb_cfg:
+        if self._dp_cfg != snap.nb_cfg:
+            self._slices_committed()
+            self._publish_nb_cfg(snap.nb_cfg)
+        if snap.northd_cfg != snap.nb_cfg and self._written.get(("northd_cfg",)) != snap.nb_cfg:
+            self._slices_committed()
             self._write(("northd_cfg",), snap.nb_cfg,
                         lambda: self._nb.set_northd_cfg(snap.nb_cfg).execute(
                             check_error=True))
@@ -232,33 +241,59 @@ class Northd:
                 or {k: v for k, v in status.items() if v} \
                 != {k: v for k, v in current.items() if v and k in topo.slices}
         if differ and self._written.get(("slices",)) != state.version:
-            self._sb.set_slices(dict(topo.slices), status)
+            self._slices_written = self._sb.set_slices(dict(topo.slices), status)
             self._written[("slices",)] = state.version
         self._slices_checked = (state.version, snap)
 
     def _publish_datapaths(self, snap):
         """The Datapath rows whose records changed (every row the first
-        time: the rows of switches that are gone are deleted) and
-        SB_Global.nb_cfg, in one transaction, waited for."""
-        if not self._dp_pending and self._dp_synced and self._dp_cfg == snap.nb_cfg:
+        time: the rows of switches that are gone are deleted), in one
+        transaction, waited for."""
+        if not self._dp_pending and self._dp_synced:
             return
         wanted = self._translator.rows
         names = sorted(wanted) if not self._dp_synced else sorted(self._dp_pending)
         rows = {name: wanted.get(name) for name in names}
-        written = self._sb.set_datapaths(rows, nb_cfg=snap.nb_cfg,
-                                         complete=not self._dp_synced)
-        self._dp_pending, self._dp_synced, self._dp_cfg = set(), True, snap.nb_cfg
+        written = self._sb.set_datapaths(rows, complete=not self._dp_synced)
+        self._dp_pending, self._dp_synced = set(), True
+        if not self._committed(written, "%d Datapath rows" % len(rows)):
+            self._dp_synced = False     # written again, every row compared, next time
+
+    def _publish_nb_cfg(self, value):
+        """SB_Global.nb_cfg: the config generation whose Datapath rows and
+        slices are committed (a physical controller reports the value of
+        the rows it computed from, so it follows them), waited for."""
+        written = self._sb.set_datapaths({}, nb_cfg=value)
+        if self._committed(written, "SB_Global.nb_cfg %d" % value):
+            self._dp_cfg = value
+
+    def _committed(self, written, what):
+        """Wait for a southbound write's Future (None: a write with nothing
+        to wait for); False if it failed."""
+        if written is None:
+            return True
+        try:
+            written.result(timeout=SB_WRITE_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            LOG.warning("the southbound database has not committed %s in %g s",
+                        what, SB_WRITE_TIMEOUT)
+        except Exception as e:
+            LOG.error("%s not written to the southbound database: %s", what, e)
+            return False
+        return True
+
+    def _slices_committed(self):
+        """Wait for the last slices written to be committed (at most
+        SB_WRITE_TIMEOUT): ``northd_cfg`` says its decisions are in the
+        databases, so it goes after them."""
+        written, self._slices_written = self._slices_written, None
         if written is None:
             return
         try:
-            written.result(timeout=DATAPATH_WRITE_WAIT_S)
-        except concurrent.futures.TimeoutError:
-            LOG.warning("the southbound database has not committed %d Datapath "
-                        "rows (nb_cfg %d) in %d s", len(rows), snap.nb_cfg,
-                        DATAPATH_WRITE_WAIT_S)
-        except Exception as e:      # written again, every row compared, next time
-            LOG.error("Datapath rows (nb_cfg %d) not written: %s", snap.nb_cfg, e)
-            self._dp_synced, self._dp_cfg = False, None
+            written.result(timeout=SB_WRITE_TIMEOUT)
+        except Exception as e:    # the next change writes them again
+            LOG.error("slices not written to the southbound database: %s", e)
+            self._written.pop(("slices",), None)
 
     def _connected(self):
         return [s for s in self.status.values() if s.connected]

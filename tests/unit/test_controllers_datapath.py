@@ -31,25 +31,20 @@ def test_the_logical_controller_writes_every_switch_once_then_only_what_changed(
     assert len(h.sb.datapath_writes) == writes
 
 
-def test_the_records_are_committed_before_northd_cfg():
-    h = Harness()
-    order = []
-    set_datapaths = h.sb.set_datapaths
-
-    def recorded(*args, **kwargs):
-        order.append(("datapaths", kwargs.get("nb_cfg")))
-        return set_datapaths(*args, **kwargs)
-    h.sb.set_datapaths = recorded
-    apply = h.nb.apply
-
-    def applied(write):
-        if write[0] == "northd_cfg":
-            order.append(("northd_cfg", write[1]))
-        apply(write)
-    h.nb.apply = applied
+def test_records_then_slices_then_the_generation_then_northd_cfg():
+    """A physical controller that reports SB_Global.nb_cfg = N has seen the
+    records and the slices decided for N: they are written first."""
+    from mbxmodel.services import MiddleboxInfo, PolicyInfo
+    h = running()
+    del h.switches.events[:]
+    h.nb.configure(middleboxes={"fw-a": MiddleboxInfo("fw-a", "firewall", "ls-a")},
+                   policies=(PolicyInfo("ls-a", 100, "any", ("fw-a",)),))
     h.nb.bump_nb_cfg()
     h.notify()
-    assert order == [("datapaths", 2), ("northd_cfg", 2)]
+    order = [what for kind, what in h.switches.events
+             if kind == "db" and what in ("datapaths", "slices", "sb-nb_cfg", "northd_cfg")]
+    assert order == ["datapaths", "slices", "sb-nb_cfg", "northd_cfg"]
+    assert h.sb.nb_cfg == h.nb.snap.northd_cfg == 2
 
 
 def test_a_restarted_logical_controller_rewrites_nothing():
