@@ -44,8 +44,8 @@ changed, gets every part, compared with the flows read back.
 
 Rounds.  Each recomputation is a numbered round that records the
 generations it was computed from: ``SB_Global.nb_cfg`` (the config the
-logical controller has translated: written with the Datapath records, so
-it arrives after them) and ``SB_Global.sb_cfg`` (the bindings the logical
+logical controller has translated: written after the Datapath records and
+the slices decided for it, so it arrives after them) and ``SB_Global.sb_cfg`` (the bindings the logical
 controller has seen).  A switch has applied round r once every barrier
 sent up to r is acknowledged; then the engine writes its host's
 southbound ``Chassis_Private`` row: connected, and the two generations.  The

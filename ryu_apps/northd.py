@@ -12,9 +12,9 @@ shared state, IDS alerts) from the southbound database
   incrementally (``ryu_apps.translate``, format ``mbxmodel.datapath``) and
   written to the southbound ``Datapath`` rows that changed, in one
   transaction per change, before the slices; once both are committed,
-  ``SB_Global.nb_cfg`` (the generation a physical controller reports).  The physical
-  controllers read their intent there; this controller's topology is made
-  of the same records.
+  ``SB_Global.nb_cfg`` (the generation a physical controller reports).
+  The physical controllers read their intent there; this controller's
+  topology is made of the same records.
 * **Slices and SNAT blocks** (docs/services.md).  One slice per chain and
   host that needs it -- a host with a VM of the chain's switch, the
   destination and source of an active migration, a host still holding a
