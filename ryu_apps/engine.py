@@ -31,26 +31,27 @@ same flows for a host.
 
 Incremental computation.  The topology is kept change by change
 (``topostate.TopologyState``): a host's port event updates the bindings of
-that host's VMs and marks the flow parts (``flows.host_parts``) of the hosts
-it can touch; the logical controller's slices and SNAT blocks, when they
-change, mark theirs; only those parts are computed again and compared with
-the switch, part by part.  Datapath records whose flow-relevant content
-changed (``datapath.flows_changed``: not a firewall rule, which is mbxd's)
-rebuild the topology and compute again the parts of those switches on the
-hosts they are on (``topostate.config_dirty``); hosts' tunnel endpoints
-that changed (``view.config_key``) rebuild it and compute every part; status written back by the daemons or the
-controllers computes nothing.  A switch that connects, or whose host
-changed, gets every part, compared with the flows read back.
+that host's VMs and marks the flow parts (``flows.host_parts``) of the
+hosts it can touch; the logical controller's slices and SNAT blocks, when
+they change, mark theirs; only those parts are computed again and compared
+with the switch, part by part.  Datapath records whose flow-relevant
+content changed (``datapath.flows_changed``: not a firewall rule, which is
+mbxd's) rebuild the topology and compute again the parts of those switches
+on the hosts they are on (``topostate.config_dirty``); hosts' tunnel
+endpoints that changed (``view.config_key``) rebuild it and compute every
+part; status written back by the daemons or the controllers computes
+nothing.  A switch that connects, or whose host changed, gets every part,
+compared with the flows read back.
 
 Rounds.  Each recomputation is a numbered round that records the
 generations it was computed from: ``SB_Global.nb_cfg`` (the config the
 logical controller has translated: written after the Datapath records and
-the slices decided for it, so it arrives after them) and ``SB_Global.sb_cfg`` (the bindings the logical
-controller has seen).  A switch has applied round r once every barrier
-sent up to r is acknowledged; then the engine writes its host's
-southbound ``Chassis_Private`` row: connected, and the two generations.  The
-logical controller turns those into ``NB_Global.hv_cfg`` and the VMs'
-locations.
+the slices decided for it, so it arrives after them) and
+``SB_Global.sb_cfg`` (the bindings the logical controller has seen).  A
+switch has applied round r once every barrier sent up to r is acknowledged;
+then the engine writes its host's southbound ``Chassis_Private`` row:
+connected, and the two generations.  The logical controller turns those
+into ``NB_Global.hv_cfg`` and the VMs' locations.
 
 Migrations (docs/migration.md).  When a VM's port appears on one of its
 hosts, other than the VM's last host (southbound ``VM_Location``), and no

@@ -10,7 +10,6 @@ import pytest
 from mbxmodel import datapath as dplib
 from mbxmodel.services import AddressSetInfo, PolicyInfo, RuleInfo, VipInfo
 from mbxmodel.snapshot import NbSnapshot
-from ryu_apps import view
 from ryu_apps.translate import Translator
 from topologies import services
 
