@@ -152,7 +152,9 @@ class _Idl(idl.Idl):
 
     def notify(self, event, row, updates=None):
         table = row._table.name
-        if table in ("Datapath", "SB_Global"):
+        if table == "Datapath" or (
+                table == "SB_Global" and (event != idl.ROW_UPDATE or updates is None
+                                          or "nb_cfg" in updates._data)):
             self.datapaths_dirty = True
         if table in self.watched or (
                 table == "Chassis" and (event != idl.ROW_UPDATE or updates is None

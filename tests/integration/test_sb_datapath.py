@@ -80,6 +80,10 @@ def test_datapath_rows_are_written_changed_only_and_read_back(tmp_path):
         writer.set_datapaths({"ls-a": dplib.row(a2)}, nb_cfg=5, complete=True).result(timeout=10)
         rows, _ = reported.until(lambda rows, cfg: cfg == 5)
         assert rows == {"ls-a": dplib.row(a2)}
+        # the generation alone (written after the rows and the slices)
+        writer.set_datapaths({}, nb_cfg=6).result(timeout=10)
+        rows, _ = reported.until(lambda rows, cfg: cfg == 6)
+        assert rows == {"ls-a": dplib.row(a2)}
     finally:
         for conn in (writer, reader):
             if conn is not None:
