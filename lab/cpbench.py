@@ -7,10 +7,13 @@ the flow messages to per-switch tables) and fake databases (a northbound
 and a southbound snapshot; the controllers' writes are recorded and applied
 to them), and measures:
 
+* the logical controller's translation of the whole cloud's intent into
+  the southbound Datapath records (``ryu_apps.translate``), the records'
+  size, and one VM's change translated again;
 * the full flow computation: the engine's first computation with every host
-  connected (``Engine.nb_changed`` after every host reported its ports and
-  its switch connected, as when the config database answers a restarted
-  controller last);
+  connected (``Engine.datapaths_changed``: the Datapath records read, after
+  every host reported its ports and its switch connected, as when the
+  southbound database answers a restarted controller last);
 * one host's flows computed alone: every flow part of the host from the
   engine's topology, with no piece shared with another host;
 * one VM moving: its port appearing on the new host and then disappearing
@@ -51,6 +54,7 @@ import time
 import types
 import uuid as uuidlib
 
+from mbxmodel import datapath as dplib
 from mbxmodel.network import ExternalNetInfo, HostPorts, SwitchInfo, VMInfo
 from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
                                PolicyInfo, RuleInfo, VipInfo)
@@ -60,6 +64,7 @@ from ovsdb.api import sort_rules
 from ryu_apps import flows as flowlib
 from ryu_apps.engine import Engine
 from ryu_apps.northd import Northd
+from ryu_apps.translate import Translator
 
 SPREAD = 10                 # hosts each tenant's VMs are spread over
 TENANT_VMS_PER_HOST = 5     # VMs of one switch on one of its hosts
@@ -68,6 +73,7 @@ FW_RULES = 20
 SEED = 6
 TARGET_FULL_S = 2.0         # the whole cloud, one physical controller
 TARGET_NORTHD_S = 2.0       # the logical controller's full translation
+TARGET_TRANSLATE_S = 2.0    # of which the intent into Datapath records
 TARGET_ONE_HOST_MS = 50.0
 TARGET_MOVE_MS = 20.0       # p99
 ONE_HOST_SAMPLE = 20        # hosts whose flows are computed alone
@@ -321,6 +327,9 @@ class FakeSb:
         self.sb_cfg = 0
         self.writes = 0
         self.dirty = False          # runtime rows written since the last snapshot
+        self.datapaths = {}         # name -> (tenant, vni, config)
+        self.nb_cfg = 0
+        self.datapaths_dirty = False
 
     def snapshot(self):
         self.dirty = False
@@ -330,6 +339,19 @@ class FakeSb:
         self.writes += 1
         self.dirty = True
         self.snap = dataclasses.replace(self.snap, **changes)
+        return _done()
+
+    def set_datapaths(self, changes, nb_cfg=None, complete=False):
+        if complete:
+            self.datapaths = {n: r for n, r in self.datapaths.items() if n in changes}
+        for name, row in changes.items():
+            if row is None:
+                self.datapaths.pop(name, None)
+            else:
+                self.datapaths[name] = tuple(row)
+        if nb_cfg is not None:
+            self.nb_cfg = nb_cfg
+        self.datapaths_dirty = True
         return _done()
 
     def set_chassis_statuses(self, statuses):
@@ -360,7 +382,7 @@ class Controller:
         self.switches = FakeSwitches()
         self.nb = FakeNb(cloud.snap)
         self.sb = FakeSb(cloud.runtime)
-        self.engine = Engine(send=self.switches.send, nb=self.nb, sb=self.sb)
+        self.engine = Engine(send=self.switches.send, sb=self.sb)
         self.northd = Northd(self.nb, self.sb)
         self.northd_s = []          # seconds per logical controller event
         self.ports = {}
@@ -401,21 +423,28 @@ class Controller:
             self.notify()
 
     def notify(self):
-        """The databases' change notifications reach the controllers."""
-        if self.nb.dirty:
-            self.engine.nb_changed()
+        """The southbound database's change notifications reach the
+        controllers (the engine reads no northbound table): the Datapath
+        rows first, then the runtime rows."""
+        if self.sb.datapaths_dirty:
+            self.datapaths()
         if self.sb.dirty:
             runtime = self.sb.snapshot()
             self.northd.runtime_changed(runtime)
             self.engine.runtime_changed(runtime)
 
+    def datapaths(self):
+        """The southbound Datapath rows' notification reaches the engine."""
+        self.sb.datapaths_dirty = False
+        self.engine.datapaths_changed(dict(self.sb.datapaths), self.sb.nb_cfg)
+
     def full(self):
-        """The first full computation: the config database answers the
-        engine (after the logical controller's translation), with the
-        slices the logical controller wrote."""
+        """The first full computation: the southbound database answers the
+        engine (after the logical controller's translation): the slices the
+        logical controller wrote, then the Datapath records."""
         if self.sb.dirty:
             self.engine.runtime_changed(self.sb.snapshot())
-        self.engine.nb_changed()
+        self.datapaths()
 
     def ack_all(self):
         """Every switch acknowledges its barriers."""
@@ -472,6 +501,36 @@ def _p99(values):
     """The 99th percentile (nearest rank): the largest but the top 1%."""
     ordered = sorted(values)
     return ordered[max(0, -(-len(ordered) * 99 // 100) - 1)]
+
+
+def translation(cloud):
+    """The logical controller's translation of the whole cloud into Datapath
+    records (``Translator.update`` of the snapshot: every record built and
+    encoded), their size, a physical controller's decoding of them all
+    (``datapath.Reader``), and one VM's address changed: translated again
+    (only its switch's record is built and written)."""
+    snap = cloud.snap
+    t = Translator()
+    t0 = time.perf_counter()
+    records = t.update(snap)
+    full_s = time.perf_counter() - t0
+    sizes = [len(config.encode()) for _tenant, _vni, config in t.rows.values()]
+    rows = dict(t.rows)
+    t0 = time.perf_counter()
+    dplib.Reader().update(rows)
+    decode_s = time.perf_counter() - t0
+    vm = sorted(snap.vms)[0]
+    moved = dataclasses.replace(snap, vms=dict(snap.vms, **{vm: dataclasses.replace(
+        snap.vms[vm], ip="10.0.255.254")}))
+    t0 = time.perf_counter()
+    changed = t.update(moved)
+    one_s = time.perf_counter() - t0
+    return {"seconds": round(full_s, 3), "met": full_s <= TARGET_TRANSLATE_S,
+            "records": len(records), "bytes_total": sum(sizes),
+            "bytes_per_record": _dist(sizes), "decode_all_s": round(decode_s, 3),
+            "one_vm_changed": {"ms": round(one_s * 1000, 1),
+                               "records_built": t.translated,
+                               "records_written": sorted(changed)}}
 
 
 def one_host(ctl, sample=ONE_HOST_SAMPLE):
@@ -941,7 +1000,7 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
     t0 = time.perf_counter()
     cloud = build_cloud(hosts, vms_per_host)
     snap = cloud.snap
-    res["cloud"] = {"hosts": len(snap.hosts), "vms": len(snap.vms),
+    res["cloud"] = {"hosts": len(cloud.runtime.hosts), "vms": len(snap.vms),
                     "tenants": len(set(cloud.tenant_of_switch.values())),
                     "switches": len(snap.switches), "middleboxes": len(snap.middleboxes),
                     "firewall_rules": sum(len(r) for r in snap.rules.values()),
@@ -952,6 +1011,14 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
     out("cpbench: %d hosts x %d VMs (%d tenants, %d switches) built in %.1f s"
         % (hosts, vms_per_host, res["cloud"]["tenants"], len(snap.switches),
            time.perf_counter() - t0))
+    res["translate"] = translation(cloud)
+    tr = res["translate"]
+    out("cpbench: logical controller, intent -> %d Datapath records: %.2f s; %.1f MB "
+        "(per record %s bytes); all decoded %.2f s; one VM changed: %.1f ms, %d built, "
+        "written %s" % (tr["records"], tr["seconds"], tr["bytes_total"] / 1e6,
+                        tr["bytes_per_record"], tr["decode_all_s"],
+                        tr["one_vm_changed"]["ms"], tr["one_vm_changed"]["records_built"],
+                        tr["one_vm_changed"]["records_written"]))
     gc.collect()
     rss_before = _rss_mb()
     ctl, full_s = cold_start(cloud)
@@ -1095,8 +1162,19 @@ def markdown(results):
         "status) | %.2f s (%d slices) | <= %g s | %s |" % (
             r["northd_full"]["seconds"], r["northd_full"]["slices"], TARGET_NORTHD_S,
             _yes(r["northd_full"]["met"])),
-        "| full flow computation, all %d hosts | %.2f s (%d flow-mods) | <= %g s | %s |" % (
-            r["hosts"], r["full"]["seconds"], r["full"]["flow_mods"], TARGET_FULL_S,
+        "| of which the intent translated into southbound Datapath records, one per "
+        "logical switch (`ryu_apps.translate`) | %.2f s (%d records, %.1f MB, median "
+        "%d bytes each) | <= %g s | %s |" % (
+            r["translate"]["seconds"], r["translate"]["records"],
+            r["translate"]["bytes_total"] / 1e6, r["translate"]["bytes_per_record"]["median"],
+            TARGET_TRANSLATE_S, _yes(r["translate"]["met"])),
+        "| one VM's address changed: translated again | %.1f ms (%d record built and "
+        "written) | | |" % (r["translate"]["one_vm_changed"]["ms"],
+                            r["translate"]["one_vm_changed"]["records_built"]),
+        "| full flow computation, all %d hosts (the Datapath records decoded: %.2f s "
+        "of it) | %.2f s (%d flow-mods) | <= %g s | %s |" % (
+            r["hosts"], r["translate"]["decode_all_s"],
+            r["full"]["seconds"], r["full"]["flow_mods"], TARGET_FULL_S,
             _yes(r["full"]["met"])),
         "| one host's flows computed alone (all its parts, no piece shared with "
         "another host, the other hosts' flows frozen out of the garbage collector; %d "
@@ -1150,24 +1228,26 @@ def markdown(results):
         "Method (`python -m lab.cpbench`): the cloud is built in memory and fed to the "
         "logical controller (`Northd`, ryu_apps/northd.py) and a physical controller "
         "serving every host (`Engine`, ryu_apps/engine.py) through the event methods "
-        "their database connections and the os-ken application call; a move's time "
+        "their database connections and the os-ken application call; the engine "
+        "computes from the Datapath records the logical controller writes to a fake "
+        "southbound database; a move's time "
         "includes the logical controller's reaction (a slice on the new host) and the "
         "physical controller's to that; switches are fakes whose "
         "`send` applies the flow-mods to a table, the config database a fake snapshot that "
         "the status writes update.  *Full computation*: every host's ports reported and "
         "its switch connected (nothing installed), the logical controller's translation "
-        "(`Northd.nb_changed()`: slice tags, SNAT blocks, status; timed on its own), then "
-        "the timed `Engine.nb_changed()` (snapshot, topology, every host's flows, the "
-        "difference to its switch), as when a restarted controller hears the config "
-        "database last.  *One move*: after every switch acknowledged, a VM's port "
+        "(`Northd.nb_changed()`: Datapath records, slice tags, SNAT blocks, status; timed "
+        "on its own), then the timed `Engine.datapaths_changed()` (the records decoded, "
+        "topology, every host's flows, the difference to its switch), as when a "
+        "restarted controller hears the Datapath records last.  *One move*: after every switch acknowledged, a VM's port "
         "appears on a host that runs no VM of its tenant (`host_ports_changed` of both "
         "controllers, then the engine's notification of the logical controller's slice); "
         "timed from the first call to the last flow message sent; the port then disappearing "
         "from the old host took median %.1f ms more (it sends nothing: the newer "
         "port already won).  *One host alone*: every flow part of a host computed from "
         "the engine's topology with no piece computed for another host.  *Status-only "
-        "changes*: the snapshot changed in one status table, then `Northd.nb_changed()` "
-        "and `Engine.nb_changed()`; flow parts computed counted by cProfile (calls of "
+        "changes*: the snapshot changed in one status table, then the controllers' "
+        "notifications (`runtime_changed`); flow parts computed counted by cProfile (calls of "
         "`flows.compute_part`).  *Flows per host*: the same per-host load (%d VMs of %s-%s "
         "tenants, each tenant on %d hosts) at each cloud size.  *Config bytes*: the rows "
         "`middlebox.confmon.conditions` selects for a host, iterated to their fixpoint "
@@ -1209,10 +1289,12 @@ def _gap_text(r):
             "remote VM's L2 flow, a policy's steering flows for one slice tag) are "
             "computed once and shared; the rest is built per host.  It happens when the "
             "configuration changes (every part of every host is computed again, then "
-            "compared per host), never for a VM move or a status write.  A logical "
-            "controller translating each logical switch once into records shared by its "
-            "hosts, and recomputing only the switches a configuration change touches, "
-            "would divide it; so would spreading the hosts over worker processes." % (
+            "compared per host), never for a VM move or a status write.  The logical "
+            "controller already translates each logical switch once into a Datapath "
+            "record and writes only the records a change touches; the physical "
+            "controller computing again only the parts of the switches whose records "
+            "changed would divide it; so would spreading the hosts over worker "
+            "processes." % (
                 r["full"]["seconds"], r["full"]["flow_mods"], per_flow_us,
                 r["full"]["flow_mods"]))
     if not r["one_host"]["met"]:

@@ -10,6 +10,9 @@ One OVSDB connection, on its own thread, for the whole cloud:
   (``Chassis_Private``, as ``ChassisStatus`` values);
 * the runtime generation ``SB_Global.sb_cfg``, always after the bindings
   that arrived with it;
+* with ``datapaths=True``, the logical switches' ``Datapath`` rows and
+  ``SB_Global.nb_cfg`` (the config generation they were translated from),
+  before the runtime rows and the bindings that arrived with them;
 * the runtime rows a controller asks for (``runtime_tables``: of Slice,
   VM_Location, Migration, Shared_State, IDS_Alert) with the hosts' chassis
   records, as one ``SbSnapshot`` whenever one of them changed, before the
@@ -125,6 +128,18 @@ def _sb_cfg(idl_):
     return 0
 
 
+def _nb_cfg(idl_):
+    for row in idl_.tables["SB_Global"].rows.values():
+        return row.nb_cfg
+    return 0
+
+
+def _datapath_rows(idl_):
+    """{name: (tenant, vni, config)} of the Datapath rows."""
+    return {r.name: (r.tenant, r.vni, r.config)
+            for r in idl_.tables["Datapath"].rows.values()}
+
+
 class _Idl(idl.Idl):
     """Notes which tables changed, so the runtime snapshot is built only
     when one of its tables did."""
@@ -133,9 +148,14 @@ class _Idl(idl.Idl):
         super().__init__(remote, helper)
         self.watched = watched
         self.runtime_dirty = True
+        self.datapaths_dirty = True
 
     def notify(self, event, row, updates=None):
         table = row._table.name
+        if table == "Datapath" or (
+                table == "SB_Global" and (event != idl.ROW_UPDATE or updates is None
+                                          or "nb_cfg" in updates._data)):
+            self.datapaths_dirty = True
         if table in self.watched or (
                 table == "Chassis" and (event != idl.ROW_UPDATE or updates is None
                                         or _CHASSIS_RUNTIME & set(updates._data))):
@@ -146,16 +166,21 @@ class Southbound:
     """The connection; callbacks run on its thread and must be cheap (post
     an event).  ``on_ports(host, HostPorts)``, ``on_status({name:
     ChassisStatus})``, ``on_sb_cfg(value)``, ``on_ready()``,
-    ``on_runtime(SbSnapshot)`` (the ``runtime_tables`` and the chassis)."""
+    ``on_runtime(SbSnapshot)`` (the ``runtime_tables`` and the chassis);
+    with ``datapaths=True`` (the controllers) the Datapath rows are
+    monitored and ``on_datapaths({name: (tenant, vni, config)},
+    SB_Global.nb_cfg)`` reports them."""
 
     def __init__(self, remote, on_ports=None, on_status=None, on_sb_cfg=None,
                  on_ready=None, on_runtime=None, runtime_tables=(),
-                 schema=SB_SCHEMA_PATH):
+                 schema=SB_SCHEMA_PATH, datapaths=False, on_datapaths=None):
         self._on_ports = on_ports or (lambda host, ports: None)
         self._on_status = on_status or (lambda statuses: None)
         self._on_sb_cfg = on_sb_cfg or (lambda value: None)
         self._on_ready = on_ready or (lambda: None)
         self._on_runtime = on_runtime or (lambda snap: None)
+        self._datapaths = datapaths
+        self._on_datapaths = on_datapaths or (lambda rows, nb_cfg: None)
         self._stop = threading.Event()
         helper = idl.SchemaHelper(location=schema)
         helper.register_columns("Chassis", ["name", "datapath_id", "tunnel_ofport",
@@ -168,6 +193,8 @@ class Southbound:
         helper.register_columns("Chassis_Private", ["name", "controller", "connected",
                                                     "nb_cfg", "sb_cfg"])
         helper.register_columns("SB_Global", ["sb_cfg", "nb_cfg"])
+        if datapaths:
+            helper.register_columns("Datapath", ["name", "tenant", "vni", "config"])
         self._idl = _Idl(remote, helper, frozenset(runtime_tables))
         self._warned = set()
         self._writes = queue.Queue()
@@ -192,6 +219,41 @@ class Southbound:
         self._writes.put((fn, what, future))
         os.write(self._wake_w, b"x")
         return future
+
+    def set_datapaths(self, changes, nb_cfg=None, complete=False):
+        """Datapath rows, in one transaction: ``changes`` {name: (tenant,
+        vni, config), or None to delete}; a row already so is left alone.
+        ``complete``: ``changes`` names every switch; other rows are
+        deleted.  ``nb_cfg``: SB_Global.nb_cfg, the config generation the
+        rows are translated from.  Returns the write's Future."""
+        changes = dict(changes)
+
+        def fn(idl_, txn):
+            table = idl_.tables["Datapath"]
+            rows = {r.name: r for r in table.rows.values()}
+            for name, row in rows.items():
+                if complete and name not in changes:
+                    row.delete()
+            for name, value in changes.items():
+                row = rows.get(name)
+                if value is None:
+                    if row is not None:
+                        row.delete()
+                    continue
+                tenant, vni, config = value
+                if row is None:
+                    row = txn.insert(table)
+                    row.name = name
+                elif (row.tenant, row.vni, row.config) == (tenant, vni, config):
+                    continue
+                row.tenant, row.vni, row.config = tenant, vni, config
+            if nb_cfg is not None:
+                found = list(idl_.tables["SB_Global"].rows.values())
+                top = found[0] if found else txn.insert(idl_.tables["SB_Global"])
+                if not found or top.nb_cfg != nb_cfg:
+                    top.nb_cfg = nb_cfg
+        return self.write(fn, "%d datapaths%s" % (
+            len(changes), "" if nb_cfg is None else ", nb_cfg %d" % nb_cfg))
 
     def set_slices(self, slices, status=None):
         """The Slice table becomes exactly ``slices`` (``MbxSb.set_slices``)."""
@@ -249,6 +311,7 @@ class Southbound:
     def _run(self):
         last_seqno = None
         last_ports, last_status, last_cfg, last_runtime = {}, None, None, None
+        last_datapaths = None
         ready = False
         inflight = []           # (txn, fn, what)
         while not self._stop.is_set():
@@ -261,6 +324,12 @@ class Southbound:
             if self._idl.has_ever_connected() and \
                     self._idl.change_seqno != last_seqno:
                 last_seqno = self._idl.change_seqno
+                if self._datapaths and self._idl.datapaths_dirty:
+                    self._idl.datapaths_dirty = False
+                    datapaths = (_datapath_rows(self._idl), _nb_cfg(self._idl))
+                    if datapaths != last_datapaths:
+                        last_datapaths = datapaths
+                        self._on_datapaths(*datapaths)
                 if self._idl.runtime_dirty:
                     self._idl.runtime_dirty = False
                     runtime = sb_snapshot({name: table.rows.values()

@@ -17,7 +17,6 @@ from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER,
 from os_ken.ofproto import ofproto_v1_3
 
 from ovsdb import DEFAULT_DB
-from ovsdb.api import MbxNb
 from ryu_apps import ofmsg, pipeline
 from ryu_apps.engine import Engine, EngineLoop
 from ovsdb.southbound import ENGINE_TABLES, Southbound
@@ -29,11 +28,13 @@ LOG = logging.getLogger(__name__)
 # mbx-controller sets them from its command line.
 OPTS = [
     cfg.StrOpt("nb-connection", default=os.environ.get("MBX_DB", DEFAULT_DB),
-               help="the northbound (config) database, an OVSDB remote "
-               "(default: $MBX_DB or %s)" % DEFAULT_DB),
+               help="the databases' server, an OVSDB remote, used for the "
+               "southbound database when sb-connection is unset (default: "
+               "$MBX_DB or %s); the controller reads no northbound table"
+               % DEFAULT_DB),
     cfg.StrOpt("sb-connection", default=os.environ.get("MBX_SB", ""),
-               help="the southbound database (default: $MBX_SB, or the "
-               "northbound database's server, which may serve both)"),
+               help="the southbound database, everything the controller "
+               "computes from (default: $MBX_SB, or nb-connection)"),
     cfg.ListOpt("chassis", default=[],
                 help="the hosts whose switches this controller programs "
                 "(default: every host); several controllers split the hosts "
@@ -53,11 +54,9 @@ class MbxController(app_manager.OSKenApp):
         self.datapaths = {}
         self._stats = {}
         conf = self.CONF.mbx
-        nb_remote = conf.nb_connection
-        sb_remote = conf.sb_connection or nb_remote
-        LOG.info("northbound %s, southbound %s", nb_remote, sb_remote)
+        sb_remote = conf.sb_connection or conf.nb_connection
+        LOG.info("southbound %s", sb_remote)
         self.loop = EngineLoop()
-        self.nb = MbxNb.connect(nb_remote, on_change=self.loop.post_nb_changed)
         post = self.loop.post
         self.southbound = Southbound(
             sb_remote,
@@ -65,14 +64,15 @@ class MbxController(app_manager.OSKenApp):
             on_sb_cfg=lambda value: post("sb_cfg_changed", value),
             on_ready=lambda: post("southbound_ready"),
             on_runtime=lambda snap: post("runtime_changed", snap),
-            runtime_tables=ENGINE_TABLES)
+            runtime_tables=ENGINE_TABLES,
+            datapaths=True,
+            on_datapaths=lambda rows, nb_cfg: post("datapaths_changed", rows, nb_cfg))
         name = conf.name or "%s:%d" % (socket.gethostname(), os.getpid())
-        self.loop.engine = Engine(send=self.send, nb=self.nb, sb=self.southbound,
+        self.loop.engine = Engine(send=self.send, sb=self.southbound,
                                   hosts=conf.chassis or None, name=name)
         LOG.info("controller %s serving %s", name,
                  ", ".join(conf.chassis) if conf.chassis else "every host")
         self.loop.start()
-        self.loop.post_nb_changed()
         self.southbound.start()
 
     def send(self, dpid, ops, barrier_xid):

@@ -2,47 +2,56 @@
 what it reports of its hosts.
 
 Plain Python with no os-ken import.  The os-ken application and the
-southbound connection (``ovsdb.southbound``: each host's chassis record and
-port bindings, ``SB_Global.sb_cfg``) are thin shells that feed it events; it
-answers through what it was given:
+southbound connection (``ovsdb.southbound``: the switches' Datapath records,
+the runtime rows, each host's chassis record and port bindings,
+``SB_Global.sb_cfg``) are thin shells that feed it events; it reads nothing
+from the northbound database.  It answers through what it was given:
 
 * ``send(dpid, ops, barrier_xid)`` -- install ``ops`` (``FlowDiff.commands()``:
   ``(command, Flow)`` pairs, deletes first) on a switch, followed by a barrier
   request with that xid;
-* ``nb`` -- the config database API (``snapshot``);
 * ``sb`` -- the southbound writer (``set_chassis_statuses``,
-  ``record_migration``);
+  ``record_migration``); the southbound connection also reports the
+  logical switches' ``Datapath`` records (``datapaths_changed``) and the
+  runtime rows (``runtime_changed``);
 * ``hosts`` -- the names of the hosts it serves (None: every host), and
   ``name``, its own, recorded with what it reports.
 
 Every event method must be called from ONE thread (``EngineLoop`` runs them).
 
-What it computes from.  The intent comes from the northbound snapshot; the
-logical controller's decisions (slices and SNAT blocks, ``ryu_apps.northd``),
-the hosts' tunnel endpoints and the VMs' last locations from the southbound
+What it computes from.  The intent comes from the southbound ``Datapath``
+records the logical controller translated (``mbxmodel.datapath``: one per
+logical switch, decoded row by row, a malformed row left out); the logical
+controller's decisions (slices and SNAT blocks, ``ryu_apps.northd``), the
+hosts' tunnel endpoints and the VMs' last locations from the southbound
 runtime rows (``runtime_changed``); where each VM's port is, from the
-southbound bindings (``ryu_apps.view``).  It decides nothing cloud-wide itself, so any number of
-engines, each serving some hosts, compute the same flows for a host.
+southbound bindings (``ryu_apps.view``).  It decides nothing cloud-wide
+itself, so any number of engines, each serving some hosts, compute the
+same flows for a host.
 
 Incremental computation.  The topology is kept change by change
 (``topostate.TopologyState``): a host's port event updates the bindings of
-that host's VMs and marks the flow parts (``flows.host_parts``) of the hosts
-it can touch; the logical controller's slices and SNAT blocks, when they
-change, mark theirs; only those parts are computed again and compared with
-the switch, part by part.  A config snapshot rebuilds the topology and
-computes every part only when what the flows are made of changed
-(``view.config_key``: intent and the hosts' tunnel endpoints); status
-written back by the daemons or the controllers computes nothing.  A switch that connects, or whose host
-changed, gets every part, compared with the flows read back.
+that host's VMs and marks the flow parts (``flows.host_parts``) of the
+hosts it can touch; the logical controller's slices and SNAT blocks, when
+they change, mark theirs; only those parts are computed again and compared
+with the switch, part by part.  Datapath records whose flow-relevant
+content changed (``datapath.flows_changed``: not a firewall rule, which is
+mbxd's) rebuild the topology and compute again the parts of those switches
+on the hosts they are on (``topostate.config_dirty``); hosts' tunnel
+endpoints that changed (``view.config_key``) rebuild it and compute every
+part; status written back by the daemons or the controllers computes
+nothing.  A switch that connects, or whose host changed, gets every part,
+compared with the flows read back.
 
 Rounds.  Each recomputation is a numbered round that records the
-generations it was computed from: ``NB_Global.northd_cfg`` (the config the
-logical controller has translated) and ``SB_Global.sb_cfg`` (the bindings
-the logical controller has seen).  A switch has applied round r once every
-barrier sent up to r is acknowledged; then the engine writes its host's
-southbound ``Chassis_Private`` row: connected, and the two generations.  The
-logical controller turns those into ``NB_Global.hv_cfg`` and the VMs'
-locations.
+generations it was computed from: ``SB_Global.nb_cfg`` (the config the
+logical controller has translated: written after the Datapath records and
+the slices decided for it, so it arrives after them) and
+``SB_Global.sb_cfg`` (the bindings the logical controller has seen).  A
+switch has applied round r once every barrier sent up to r is acknowledged;
+then the engine writes its host's southbound ``Chassis_Private`` row:
+connected, and the two generations.  The logical controller turns those
+into ``NB_Global.hv_cfg`` and the VMs' locations.
 
 Migrations (docs/migration.md).  When a VM's port appears on one of its
 hosts, other than the VM's last host (southbound ``VM_Location``), and no
@@ -58,12 +67,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from mbxmodel import datapath as dplib
 from ovsdb.validate import global_wait_ms
 from ryu_apps import flows as flowlib
 from ryu_apps import reconcile
 from ryu_apps import slices as slicelib
-from ryu_apps.topostate import ALL, TopologyState, host_info
-from ryu_apps.view import Bindings, config_key, config_topology
+from ryu_apps.topostate import ALL, TopologyState, config_dirty, host_info
+from ryu_apps.view import Bindings, config_key
 from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.snapshot import SbSnapshot
 from mbxmodel.state import ACTIVE_MIGRATION
@@ -90,20 +100,21 @@ class _Switch:
 
 
 class Engine:
-    def __init__(self, send, nb, sb=None, hosts=None, name=""):
+    def __init__(self, send, sb=None, hosts=None, name=""):
         self._send = send
-        self._nb = nb
         self._sb = sb
         self._hosts = None if hosts is None else frozenset(hosts)
         self.name = name
-        self.nb_snap = None
         self.sb_snap = SbSnapshot()     # the runtime rows (runtime_changed)
         self.bindings = Bindings()
         self.switches: Dict[int, _Switch] = {}
         self._sb_ready = False
         self._sb_cfg = 0
+        self._datapaths = dplib.Reader()  # the Datapath records, decoded
+        self._intent = None             # their topology (datapath.topology)
+        self._nb_cfg = 0                # SB_Global.nb_cfg: what they translate
         self._round = 0
-        self._round_cfg: Dict[int, Tuple[int, int]] = {0: (0, 0)}  # round -> (northd_cfg, sb_cfg)
+        self._round_cfg: Dict[int, Tuple[int, int]] = {0: (0, 0)}  # round -> (nb_cfg, sb_cfg)
         self._written: Dict[Tuple, object] = {}
         self._xid = 0x4d420000
         self._last_host: Dict[str, str] = {}   # vm -> the last host VM_Location named
@@ -111,8 +122,9 @@ class Engine:
         #                                          for an unannounced migration
         self._state = TopologyState()   # the topology of the last recomputation
         self._config = None             # the configuration it was built from
-        self._decided = (None, (None, None), None)
-        #   (snapshot, its (slices, SNAT blocks), the slice status they came from)
+        self._decided = (None, None, (None, None), None)
+        #   (snapshot, records' topology, the (slices, SNAT blocks) of both, the
+        #    slice status they came from)
 
     @property
     def host_ports(self):
@@ -122,10 +134,6 @@ class Engine:
         return host is not None and (self._hosts is None or host in self._hosts)
 
     # ------------------------------------------------------------- inputs
-    def nb_changed(self):
-        self.nb_snap = self._nb.snapshot()
-        self._config_changed()
-
     def runtime_changed(self, snap: SbSnapshot):
         """The southbound runtime rows: hosts' chassis, slices, VM
         locations, migrations."""
@@ -133,9 +141,7 @@ class Engine:
         self._config_changed()
 
     def _config_changed(self):
-        if self.nb_snap is None:
-            return
-        config = config_key(self.nb_snap, self.sb_snap.hosts)
+        config = config_key(self.sb_snap.hosts)
         if config != self._config:
             self._config = config
             self._recompute()
@@ -151,6 +157,21 @@ class Engine:
             self._match_switches()
         if self._sb_ready:
             self._recompute(changes=({host: ports}, set(old.vm_ports) | set(ports.vm_ports)))
+
+    def datapaths_changed(self, rows, nb_cfg):
+        """The southbound Datapath rows ({name: (tenant, vni, config)}) and
+        ``SB_Global.nb_cfg``: every switch's translated intent, up to that
+        config generation."""
+        changes = self._datapaths.update(rows)
+        self._nb_cfg = nb_cfg
+        switches = {name for name, change in changes.items()
+                    if dplib.flows_changed({name: change})}
+        if self._intent is None or switches:
+            first = self._intent is None
+            self._intent = dplib.topology(self._datapaths.records.values())
+            self._recompute(switches=None if first else switches)
+        else:
+            self._recompute(changes=({}, ()))
 
     def sb_cfg_changed(self, value):
         """``SB_Global.sb_cfg``: the bindings reported before it are all the
@@ -234,51 +255,57 @@ class Engine:
         the same objects as long as they are equal (the topology compares
         them by identity first)."""
         snap = self.sb_snap
-        seen, (slices, blocks), status = self._decided
-        if seen is snap:
+        seen, intent, (slices, blocks), status = self._decided
+        if seen is snap and intent is self._intent:
             return slices, blocks
         new_status = snap.slice_status
-        if slices is None or snap.slices != slices:
-            slices = snap.slices
+        decided = dplib.known_slices(snap.slices, self._intent)
+        if slices is None or decided != slices:
+            slices = decided
         if blocks is None or new_status != status:
             blocks = slicelib.blocks_from_status(new_status)
             status = new_status
-        self._decided = (snap, (slices, blocks), status)
+        self._decided = (snap, self._intent, (slices, blocks), status)
         return slices, blocks
 
     def _rebuild(self):
-        snap = self.nb_snap
         hosts = {name: host_info(rec, self.host_ports.get(name, HostPorts()))
                  for name, rec in self.sb_snap.hosts.items()}
-        return self._state.rebuild(config_topology(snap), hosts,
-                                   self.bindings.bound(snap.vms), incoming=(),
+        return self._state.rebuild(self._intent, hosts,
+                                   self.bindings.bound(self._intent.vms), incoming=(),
                                    recorded_slices={}, slices={}, recorded_blocks={},
                                    decided=self._decisions())
 
-    def _recompute(self, changes=None):
+    def _recompute(self, changes=None, switches=None):
         """A new round.  ``changes``: (hosts' new ports {host: HostPorts},
         VMs whose binding may have changed); the topology is updated with
         them and with the logical controller's decisions, and only the flow
         parts they touch are computed again (``topostate``).  None: the
-        configuration changed, every host is computed again."""
-        if self.nb_snap is None:
+        configuration changed; the topology is built again and every host
+        computed again, or, given ``switches`` (the logical switches whose
+        records changed), only the parts those can touch
+        (``topostate.config_dirty``)."""
+        if self._intent is None:
             return
         self._round += 1
         rnd = self._round
-        self._round_cfg[rnd] = (self.nb_snap.northd_cfg, self._sb_cfg)
+        self._round_cfg[rnd] = (self._nb_cfg, self._sb_cfg)
         if changes is None or self._state.topo is None:
+            old = self._state.topo
             self._remember_hosts(self.sb_snap.vm_locations)
             topo = self._rebuild()
             dirty, vms = None, sorted(topo.bindings)
+            if switches is not None and old is not None:
+                dirty = config_dirty(old, topo, switches)
         else:
             ports, vms = changes
-            snap, runtime = self.nb_snap, self.sb_snap
+            runtime = self.sb_snap
             hosts = {h: host_info(runtime.hosts[h], p) for h, p in ports.items()
                      if h in runtime.hosts}
             vms = sorted(vms)
             self._remember_hosts(runtime.vm_locations, vms)
             dirty = self._state.update(
-                hosts, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
+                hosts, {vm: self.bindings.binding(vm, self._intent.vms.get(vm)) for vm in vms},
                 None, {}, slicelib.Blocks(), decided=self._decisions())
             topo = self._state.topo
         self._record_unannounced(topo, vms)     # before any flow for the new place
@@ -368,7 +395,7 @@ class Engine:
             if mine and mine[-1].status == "done" and \
                     (mine[-1].source, mine[-1].destination) == (last, host):
                 continue
-            wait_ms = global_wait_ms(self.nb_snap.global_options)
+            wait_ms = global_wait_ms(dplib.global_options(self._datapaths.records.values()))
             try:
                 self._sb.record_migration(vm, last, host, "unannounced", wait_ms).result(
                     timeout=MIGRATION_WRITE_TIMEOUT)

@@ -21,10 +21,11 @@ def parse_args(argv):
                    help="address to accept OpenFlow connections on")
     p.add_argument("--ofp-port", type=int, default=6653,
                    help="OpenFlow TCP port (default 6653)")
-    p.add_argument("--db", help="the northbound (config) database "
-                   "(overrides [mbx] nb_connection; default $MBX_DB)")
-    p.add_argument("--sb", help="the southbound database (overrides [mbx] "
-                   "sb_connection; default: the northbound database's server)")
+    p.add_argument("--db", help="the databases' server, for the southbound "
+                   "database when --sb is not given (overrides [mbx] "
+                   "nb_connection; default $MBX_DB)")
+    p.add_argument("--sb", help="the southbound database, all the controller "
+                   "reads (overrides [mbx] sb_connection; default: --db)")
     p.add_argument("--chassis", help="comma-separated hosts whose switches to "
                    "program (overrides [mbx] chassis; default: every host)")
     p.add_argument("--name", help="this controller's name (overrides [mbx] name)")

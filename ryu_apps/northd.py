@@ -8,6 +8,13 @@ snapshot and the runtime rows (hosts, slices, VM locations, migrations,
 shared state, IDS alerts) from the southbound database
 (``runtime_changed``).
 
+* **Datapath records**: the intent of each logical switch, translated
+  incrementally (``ryu_apps.translate``, format ``mbxmodel.datapath``) and
+  written to the southbound ``Datapath`` rows that changed, in one
+  transaction per change, before the slices; once both are committed,
+  ``SB_Global.nb_cfg`` (the generation a physical controller reports).
+  The physical controllers read their intent there; this controller's
+  topology is made of the same records.
 * **Slices and SNAT blocks** (docs/services.md).  One slice per chain and
   host that needs it -- a host with a VM of the chain's switch, the
   destination and source of an active migration, a host still holding a
@@ -15,8 +22,9 @@ shared state, IDS alerts) from the southbound database
   across recomputations, and one SNAT port block per rule and serving host.
   Written to the southbound ``Slice`` rows (chain of middlebox names,
   chassis name, tag, status ``snat-block:<rule>``).
-* **``NB_Global.northd_cfg``**: once those writes are committed, the
-  ``nb_cfg`` they were decided from (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
+* **``NB_Global.northd_cfg``**: once those writes are committed (the
+  Datapath rows and the slices), the ``nb_cfg`` they were decided from
+  (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
 * **``hv_cfg``**: the lowest ``nb_cfg`` the physical controllers report
   (southbound ``Chassis_Private``) over the connected hosts.
 * **VM locations**.  A VM whose port appeared somewhere (the newest
@@ -33,21 +41,25 @@ shared state, IDS alerts) from the southbound database
   count into ``Middlebox.status``.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
 from typing import Dict, Tuple
 
+from mbxmodel import datapath as dplib
 from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.snapshot import SbSnapshot
 from mbxmodel.state import LB_HEALTH
 from ryu_apps import slices as slicelib
 from ryu_apps.topostate import TopologyState, host_info
-from ryu_apps.view import Bindings, config_key, config_topology, incoming
+from ryu_apps.translate import Translator
+from ryu_apps.view import Bindings, config_key, incoming
 
 LOG = logging.getLogger(__name__)
 
-# How long northd_cfg waits for the slices written before it.
+# How long the Datapath rows' and slices' writes are waited for (the
+# Datapath rows before the slices, the slices before northd_cfg).
 SB_WRITE_TIMEOUT = 10.0
 
 
@@ -73,6 +85,11 @@ class Northd:
         self._written: Dict[Tuple, object] = {}
         self._slices_written = None     # the Future of the last slices written
         self._bad_health = set()
+        self._translator = Translator()
+        self._intent = None             # the topology of its records
+        self._dp_pending = set()        # switches whose record is not written yet
+        self._dp_synced = False         # the southbound rows were compared once
+        self._dp_cfg = None             # SB_Global.nb_cfg as written
 
     @property
     def topo(self):
@@ -80,7 +97,14 @@ class Northd:
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
-        self.nb_snap = self._nb.snapshot()
+        self.nb_snap = snap = self._nb.snapshot()
+        old = dict(self._translator.records)
+        changed = self._translator.update(snap)
+        self._dp_pending.update(changed)
+        if self._intent is None or dplib.flows_changed(
+                {name: (old.get(name), new) for name, new in changed.items()}):
+            self._intent = dplib.topology(self._translator.records.values())
+            self._config = None
         self._config_changed()
 
     def runtime_changed(self, snap: SbSnapshot):
@@ -91,7 +115,7 @@ class Northd:
     def _config_changed(self):
         if self.nb_snap is None:
             return
-        config = config_key(self.nb_snap, self.sb_snap.hosts)
+        config = config_key(self.sb_snap.hosts)
         if config != self._config or self._state.topo is None:
             self._config = config
             self._run(None)
@@ -107,6 +131,22 @@ class Northd:
         self.status = dict(statuses)
         if self._sb_ready:
             self._run(({}, (), None))
+
+    def datapaths_changed(self, rows, nb_cfg):
+        """The southbound Datapath rows as the database has them: a row that
+        differs from its record (written by someone else, or gone) is
+        written again."""
+        if not self._dp_synced or self.nb_snap is None:
+            return                      # the first write compares every row
+        wanted = self._translator.rows
+        differ = {name for name in rows.keys() | wanted.keys()
+                  if rows.get(name) != wanted.get(name)}
+        if differ - self._dp_pending:
+            # (also a notification older than the last write: rewriting is a no-op)
+            LOG.info("Datapath rows not as translated, written again: %s",
+                     ", ".join(sorted(differ - self._dp_pending)[:5]))
+            self._dp_pending |= differ
+            self._publish_datapaths(self.nb_snap)
 
     def sb_cfg_changed(self, value):
         self._sb_cfg_seen = value
@@ -139,7 +179,7 @@ class Northd:
             infos = {name: host_info(rec, self.bindings.host_ports.get(name, HostPorts()))
                      for name, rec in runtime.hosts.items()}
             recorded = self._recorded()
-            topo = state.rebuild(config_topology(snap), infos, self.bindings.bound(snap.vms),
+            topo = state.rebuild(self._intent, infos, self.bindings.bound(self._intent.vms),
                                  incoming(runtime), runtime.slices,
                                  state.topo.slices if state.topo else {},
                                  dict(recorded))
@@ -152,14 +192,19 @@ class Northd:
             infos = {h: host_info(runtime.hosts[h], p) for h, p in ports.items()
                      if h in runtime.hosts}
             vms = sorted(vms)
-            state.update(infos, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
+            state.update(infos, {vm: self.bindings.binding(vm, self._intent.vms.get(vm))
+                                 for vm in vms},
                          now_incoming, runtime.slices, self._recorded())
             topo = state.topo
         for vm in vms:
             if vm not in topo.bindings and \
                     runtime.vm_locations.get(vm, (None,))[0] is not None:
                 self._maybe_gone.add(vm)
+        self._publish_datapaths(snap)     # before the slices naming their middleboxes
         self._publish_slices(topo, runtime)
+        if self._dp_cfg != snap.nb_cfg:
+            self._slices_committed()
+            self._publish_nb_cfg(snap.nb_cfg)
         if snap.northd_cfg != snap.nb_cfg and self._written.get(("northd_cfg",)) != snap.nb_cfg:
             self._slices_committed()
             self._write(("northd_cfg",), snap.nb_cfg,
@@ -199,6 +244,43 @@ class Northd:
             self._slices_written = self._sb.set_slices(dict(topo.slices), status)
             self._written[("slices",)] = state.version
         self._slices_checked = (state.version, snap)
+
+    def _publish_datapaths(self, snap):
+        """The Datapath rows whose records changed (every row the first
+        time: the rows of switches that are gone are deleted), in one
+        transaction, waited for."""
+        if not self._dp_pending and self._dp_synced:
+            return
+        wanted = self._translator.rows
+        names = sorted(wanted) if not self._dp_synced else sorted(self._dp_pending)
+        rows = {name: wanted.get(name) for name in names}
+        written = self._sb.set_datapaths(rows, complete=not self._dp_synced)
+        self._dp_pending, self._dp_synced = set(), True
+        if not self._committed(written, "%d Datapath rows" % len(rows)):
+            self._dp_synced = False     # written again, every row compared, next time
+
+    def _publish_nb_cfg(self, value):
+        """SB_Global.nb_cfg: the config generation whose Datapath rows and
+        slices are committed (a physical controller reports the value of
+        the rows it computed from, so it follows them), waited for."""
+        written = self._sb.set_datapaths({}, nb_cfg=value)
+        if self._committed(written, "SB_Global.nb_cfg %d" % value):
+            self._dp_cfg = value
+
+    def _committed(self, written, what):
+        """Wait for a southbound write's Future (None: a write with nothing
+        to wait for); False if it failed."""
+        if written is None:
+            return True
+        try:
+            written.result(timeout=SB_WRITE_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            LOG.warning("the southbound database has not committed %s in %g s",
+                        what, SB_WRITE_TIMEOUT)
+        except Exception as e:
+            LOG.error("%s not written to the southbound database: %s", what, e)
+            return False
+        return True
 
     def _slices_committed(self):
         """Wait for the last slices written to be committed (at most
@@ -319,7 +401,7 @@ class Northd:
             for backend, state in value.items():
                 if state in ("up", "down") and merged.get(backend) != "down":
                     merged[backend] = state
-        for name, vips in sorted(topo.vips.items()):
+        for name, vips in sorted(self.nb_snap.vips.items()):
             merged = health.get(name, {})
             for vip in vips:
                 wanted = {}

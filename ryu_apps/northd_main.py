@@ -67,7 +67,10 @@ def main(argv=None):
                     on_sb_cfg=lambda value: loop.post("sb_cfg_changed", value),
                     on_ready=lambda: loop.post("southbound_ready"),
                     on_runtime=lambda snap: loop.post("runtime_changed", snap),
-                    runtime_tables=NORTHD_TABLES)
+                    runtime_tables=NORTHD_TABLES,
+                    datapaths=True,
+                    on_datapaths=lambda rows, nb_cfg: loop.post("datapaths_changed",
+                                                                rows, nb_cfg))
     loop.engine = Northd(nb, sb)
     loop.start()
     loop.post_nb_changed()

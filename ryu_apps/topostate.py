@@ -358,6 +358,36 @@ class TopologyState:
         self.blocks = slicelib.Blocks(blocks)
 
 
+def config_dirty(old, new, switches):
+    """The parts that may differ between ``old`` and ``new``, two topologies
+    of the same hosts' ports, bindings and decisions whose configurations
+    differ in the logical switches ``switches`` only (their Datapath
+    records): {host: set of part ids}; None when every part of every host
+    may (the external networks, which every switch's flows use, changed).
+
+    A switch's parts on the hosts it is present on, before or after, and
+    those hosts' own part; the parts of the switches sharing a VNI with one
+    of them (a shared VNI makes a switch unusable); the own part of the
+    hosts whose designated external addresses changed."""
+    if old.external_networks != new.external_networks:
+        return None
+    vnis = {t.switches[s].vni for t in (old, new) for s in switches if s in t.switches}
+    affected = set(switches) | {s for t in (old, new) for s, info in t.switches.items()
+                                if info.vni in vnis}
+    dirty = {}
+    for switch in affected:
+        parts = [flowlib.HOST_PART] + [(kind, switch) for kind in flowlib.SWITCH_PART_KINDS]
+        for host in slicelib.switch_hosts(old, switch) | slicelib.switch_hosts(new, switch):
+            dirty.setdefault(host, set()).update(parts)
+    before, after = slicelib.designated_hosts(old), slicelib.designated_hosts(new)
+    for address in before.keys() | after.keys():
+        if before.get(address) != after.get(address):
+            for host in (before.get(address), after.get(address)):
+                if host is not None:
+                    dirty.setdefault(host, set()).add(flowlib.HOST_PART)
+    return dirty
+
+
 def _rule_middleboxes_of(topo):
     return topo.derived(_rule_middleboxes)
 

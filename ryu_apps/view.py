@@ -1,6 +1,7 @@
 """The controllers' shared view of the cloud: where each VM's port is (from
-the southbound database's port bindings), and what of a northbound
-snapshot and the southbound runtime rows the topology is made of.
+the southbound database's port bindings), and what of the
+southbound runtime rows the topology is made of besides the logical
+switches' records (``mbxmodel.datapath``).
 
 Both controllers use it: the logical controller (``ryu_apps.northd``) for
 the cloud-wide decisions (slices, SNAT blocks, VM locations), the physical
@@ -13,7 +14,6 @@ from typing import Dict, Tuple
 
 from mbxmodel.network import HostPorts, PortBinding
 from mbxmodel.state import ACTIVE_MIGRATION, VM_STATE
-from mbxmodel.topology import Topology
 
 
 class Bindings:
@@ -76,32 +76,12 @@ class Bindings:
         return out
 
 
-def config_topology(snap):
-    """The Topology of a snapshot's configuration only: no hosts' ports,
-    bindings or slices."""
-    return Topology(
-        switches=dict(snap.switches), vms=dict(snap.vms),
-        middleboxes=dict(snap.middleboxes), policies=tuple(snap.policies),
-        address_sets=dict(snap.address_sets),
-        nat_rules=_by_middlebox(getattr(snap, "nat_rules", {})),
-        vips=_by_middlebox(getattr(snap, "vips", {})),
-        external_networks={n.name: n for n in records(
-            getattr(snap, "external_networks", {}))})
-
-
-def config_key(snap, hosts):
-    """What the flows are computed from of a config snapshot and the
-    hosts (``SbSnapshot.hosts``): the intent and the hosts' tunnel
-    endpoints, not the status columns (LB_VIP and Middlebox status, the
-    VM.host mirror, the nb_cfg / hv_cfg / northd_cfg counters) nor the
-    hosts' status."""
-    vips = {name: tuple((v.uuid, v.vip, v.port, v.protocol, v.algorithm, v.backends,
-                         tuple(sorted(dict(v.options).items()))) for v in recs)
-            for name, recs in _by_middlebox(getattr(snap, "vips", {})).items()}
-    return ({name: (h.encap_ip, h.encap_type) for name, h in hosts.items()},
-            snap.switches, snap.vms, snap.middleboxes, tuple(snap.policies),
-            snap.address_sets, _by_middlebox(getattr(snap, "nat_rules", {})), vips,
-            {n.name: n for n in records(getattr(snap, "external_networks", {}))})
+def config_key(hosts):
+    """What the flows are computed from besides the logical switches'
+    translated intent (southbound ``Datapath`` records,
+    ``mbxmodel.datapath``): the hosts' (``SbSnapshot.hosts``) tunnel
+    endpoints, not their status."""
+    return {name: (h.encap_ip, h.encap_type) for name, h in hosts.items()}
 
 
 def incoming(runtime):
@@ -123,14 +103,3 @@ def records(value):
     if value is None:
         return []
     return list(value.values()) if hasattr(value, "values") else list(value)
-
-
-def _by_middlebox(value):
-    """{middlebox: (record, ...)} from a snapshot field keyed by middlebox
-    (values: tuples of records) or by record (values: records)."""
-    if hasattr(value, "items") and all(isinstance(v, (tuple, list)) for v in value.values()):
-        return {name: tuple(recs) for name, recs in value.items()}
-    out = {}
-    for rec in records(value):
-        out.setdefault(rec.middlebox, []).append(rec)
-    return {name: tuple(recs) for name, recs in out.items()}

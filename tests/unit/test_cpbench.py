@@ -128,6 +128,11 @@ def test_markdown_states_figures_targets_and_the_gap():
                      "lb_vips": 3, "nat_rules": 4,
                      "tenants_per_host": {"min": 1, "median": 1, "max": 1}},
            "northd_full": {"seconds": 0.5, "slices": 40, "met": True},
+           "translate": {"seconds": 0.25, "met": True, "records": 10, "bytes_total": 2500000,
+                         "bytes_per_record": {"min": 1, "median": 7000, "max": 9000},
+                         "decode_all_s": 0.1,
+                         "one_vm_changed": {"ms": 0.5, "records_built": 1,
+                                            "records_written": ["ls"]}},
            "full": {"seconds": 3.5, "flow_mods": 1000, "met": False},
            "memory": {"rss_before_mb": 100.0, "rss_after_mb": 350.0, "controllers_mb": 250.0},
            "flows_per_host": {"min": 90, "median": 100, "max": 110},
@@ -155,9 +160,27 @@ def test_markdown_states_figures_targets_and_the_gap():
     assert "full translation (slices, SNAT blocks, status) | 0.50 s (40 slices) | <= 2 s | met |" \
         in text
     assert "| 250 MB | reported |" in text
+    assert "Datapath records, one per logical switch (`ryu_apps.translate`) | 0.25 s " \
+        "(10 records, 2.5 MB, median 7000 bytes each) | <= 2 s | met |" in text
     assert "compute_host_flows" in text and "What would close the gap" in text
     assert "10 hosts: 100, 20 hosts: 100 | constant (within 5%) | met |" in text
     assert "median 10.0 ms, max 60.0 ms | <= 50 ms | **not met** |" in text
     assert "median 2.0 ms, p99 30.0 ms, max 30.0 ms (1 moves) | p99 <= 20 ms | **not met** |" \
         in text
     assert "(IDS_Alert): flow parts computed, flow-mods | 0, 0 (3 ms) | 0, 0 | met |" in text
+
+
+def test_the_translation_writes_one_record_per_switch_and_one_vm_changes_one():
+    cloud = C.build_cloud(20, VMS_PER_HOST)
+    res = C.translation(cloud)
+    assert res["records"] == len(cloud.snap.switches)
+    assert res["bytes_total"] > 0
+    vm = sorted(cloud.snap.vms)[0]
+    assert res["one_vm_changed"]["records_built"] == 1
+    assert res["one_vm_changed"]["records_written"] == [cloud.snap.vms[vm].switch]
+
+
+def test_the_engine_computes_from_the_records_the_logical_controller_wrote():
+    _cloud, ctl = started()
+    assert set(ctl.sb.datapaths) == set(ctl.cloud.snap.switches)
+    assert ctl.engine.topology().vms == ctl.cloud.snap.vms

@@ -134,8 +134,9 @@ def _done(result=None, error=None):
 class FakeSb:
     """The southbound database: the runtime rows (a snapshot the
     controllers' writes update: slices, VM locations, migrations), what
-    the physical controllers report of each host (Chassis_Private), and
-    SB_Global.sb_cfg."""
+    the physical controllers report of each host (Chassis_Private),
+    SB_Global.sb_cfg, and the logical controller's Datapath rows with
+    SB_Global.nb_cfg."""
 
     def __init__(self, snap=None, events=None):
         self.snap = snap if snap is not None else initial_runtime()
@@ -147,6 +148,36 @@ class FakeSb:
         self.sb_cfg = 0
         self.status_dirty = False
         self.cfg_dirty = False
+        self.datapaths = {}         # name -> (tenant, vni, config)
+        self.nb_cfg = 0
+        self.datapaths_dirty = False
+        self.datapath_writes = []   # the rows each transaction changed
+
+    def set_datapaths(self, changes, nb_cfg=None, complete=False):
+        before = (dict(self.datapaths), self.nb_cfg)
+        if complete:
+            self.datapaths = {n: r for n, r in self.datapaths.items() if n in changes}
+        for name, row in changes.items():
+            if row is None:
+                self.datapaths.pop(name, None)
+            else:
+                self.datapaths[name] = tuple(row)
+        if nb_cfg is not None:
+            self.nb_cfg = nb_cfg
+        if (self.datapaths, self.nb_cfg) != before:
+            rows = sorted(n for n in self.datapaths.keys() | before[0].keys()
+                          if self.datapaths.get(n) != before[0].get(n))
+            if rows:
+                self.datapath_writes.append(rows)
+            self.events.append(("db", "datapaths" if rows else "sb-nb_cfg"))
+            self.datapaths_dirty = True
+        return _done()
+
+    def deliver_datapaths(self, engines):
+        """The Datapath rows' change notification reaches ``engines``."""
+        self.datapaths_dirty = False
+        for engine in engines:
+            engine.datapaths_changed(dict(self.datapaths), self.nb_cfg)
 
     def snapshot(self):
         self.dirty = False
@@ -261,8 +292,7 @@ class Harness:
         self.nb = FakeNb(snap or initial_snapshot(), self.switches.events)
         self.sb = FakeSb(runtime, self.switches.events)
         self.auto_notify = auto_notify
-        self.engine = Engine(send=self.switches.send, nb=self.nb, sb=self.sb,
-                             name="ctl")
+        self.engine = Engine(send=self.switches.send, sb=self.sb, name="ctl")
         self.northd = Northd(self.nb, self.sb)
         self.controllers = (self.engine, self.northd)
         runtime = self.sb.snapshot()
@@ -277,7 +307,9 @@ class Harness:
     def _settle(self):
         """Deliver the databases' change notifications until nothing changes."""
         for _ in range(20):
-            if self.sb.cfg_dirty:
+            if self.sb.datapaths_dirty:
+                self.sb.deliver_datapaths([self.engine])
+            elif self.sb.cfg_dirty:
                 self.sb.cfg_dirty = False
                 for c in self.controllers:
                     c.sb_cfg_changed(self.sb.sb_cfg)
@@ -285,8 +317,7 @@ class Harness:
                 self.sb.status_dirty = False
                 self.northd.chassis_status_changed(dict(self.sb.status))
             elif self.auto_notify and self.nb.dirty:
-                for c in self.controllers:
-                    c.nb_changed()
+                self.northd.nb_changed()        # the engine reads no northbound table
             elif self.auto_notify and self.sb.dirty:
                 self._runtime()
             else:
@@ -306,8 +337,7 @@ class Harness:
 
     def notify(self):
         """The databases' change notifications reach the controllers."""
-        for c in self.controllers:
-            c.nb_changed()
+        self.northd.nb_changed()
         if self.sb.dirty:
             self._runtime()
         self._settle()

@@ -24,7 +24,7 @@ class Sharded:
         self.switches = FakeSwitches()
         self.nb = FakeNb(initial_snapshot(), self.switches.events)
         self.sb = FakeSb(events=self.switches.events)
-        self.engines = {name: Engine(send=self.switches.send, nb=self.nb, sb=self.sb,
+        self.engines = {name: Engine(send=self.switches.send, sb=self.sb,
                                      hosts=hosts, name=name)
                         for name, hosts in SHARDS.items()}
         self.northd = Northd(self.nb, self.sb)
@@ -42,7 +42,9 @@ class Sharded:
 
     def settle(self):
         for _ in range(30):
-            if self.sb.cfg_dirty:
+            if self.sb.datapaths_dirty:
+                self.sb.deliver_datapaths(self.engines.values())
+            elif self.sb.cfg_dirty:
                 self.sb.cfg_dirty = False
                 for c in self.all:
                     c.sb_cfg_changed(self.sb.sb_cfg)
@@ -50,8 +52,7 @@ class Sharded:
                 self.sb.status_dirty = False
                 self.northd.chassis_status_changed(dict(self.sb.status))
             elif self.nb.dirty:
-                for c in self.all:
-                    c.nb_changed()
+                self.northd.nb_changed()
             elif self.sb.dirty:
                 self.runtime()
             else:
@@ -66,8 +67,7 @@ class Sharded:
         self.settle()
 
     def start(self):
-        for c in self.all:
-            c.nb_changed()
+        self.northd.nb_changed()
         for host in DPID:
             self.set_ports(host, *[vm for vm in VMS if HOME[vm] == host])
         for c in self.all:
