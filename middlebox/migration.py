@@ -4,7 +4,8 @@ docs/migration.md is the design.  One ``MigrationManager`` per daemon, driven
 by the daemon's poll loop (one thread):
 
 * ``set_rows(rows, peers, now)`` whenever the Migration rows naming this host
-  (or the other hosts' Host rows) changed in the config monitor's replica;
+  (or the other hosts' Chassis rows) changed in the config monitor's
+  southbound replica;
 * ``on_event(event, now)`` for each event of the TLS channel
   (``middlebox.migchan``);
 * ``on_barrier(xid, now)`` for the OpenFlow barriers it asked for;
@@ -17,7 +18,7 @@ The state is conntrack's: the source dumps the VM's zones
 OpenFlow packet-outs (``middlebox.ctcommit``), in bulk or at each
 connection's first packet (lazy).  The manager uses its daemon (the shell:
 ``middlebox.main.Daemon``) for that I/O.  Rows are written through a
-``RowWriter`` (per-key map mutations on the config monitor's IDL).
+``RowWriter`` (per-key map mutations on the config monitor's southbound IDL).
 """
 
 import logging
@@ -125,7 +126,7 @@ class RowWriter:
         if self.monitor is None:
             self._queue.clear()
             return
-        idl = self.monitor.idl
+        idl = self.monitor.sb_idl
         if self._txn is not None:
             status = self._txn[0].commit()
             if status == ovsidl.Transaction.INCOMPLETE:
