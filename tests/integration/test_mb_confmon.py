@@ -548,17 +548,27 @@ def test_a_database_unreachable_keeps_the_last_config(world, monitors, gone):
     mon = monitors(world, "h1")
     settle(mon)
     before = mon.config()
+    if gone == "sb":
+        # red3's location is decided before the VM is in the northbound
+        # database (two databases: no order between them).
+        sb_transact(world, located("red3", "h1"))
     getattr(world, gone).stop()
     run_while(mon, lambda: not mon.synced() and not mon.connected()[gone])
     assert mon.connected()["sb" if gone == "nb" else "nb"]
     if gone == "sb":
         # The intent changes meanwhile: it arrives, but is not applied
-        # without the runtime that goes with it.
+        # without the runtime that goes with it.  A new VM widens the
+        # southbound VM_Location condition while that database is away.
         nb_transact(world, {"op": "update", "table": "Address_Set",
                             "where": [["_uuid", "==", ref(ids["red_web"])]],
-                            "row": {"addresses": "10.1.0.77"}})
+                            "row": {"addresses": "10.1.0.77"}},
+                    insert("VM", {"name": "red3",
+                                  "logical_switch": ref(ids["ls_red"]),
+                                  "mac": "02:00:00:01:00:03",
+                                  "ip": "10.1.0.3"}, "red3"))
         run_while(mon, lambda: idl_row(mon.nb_idl, "Address_Set", "name",
-                                       "red-web").addresses == ["10.1.0.77"])
+                                       "red-web").addresses == ["10.1.0.77"]
+                  and idl_row(mon.nb_idl, "VM", "name", "red3") is not None)
     else:
         # red2 moves here meanwhile: the location arrives, but is not
         # applied without the intent that goes with it.
@@ -573,11 +583,15 @@ def test_a_database_unreachable_keeps_the_last_config(world, monitors, gone):
     if gone == "sb":
         settle(mon, lambda: mon.config().slices[10].address_sets["red-web"]
                == ("10.1.0.77",), timeout=20)
-        assert_red_config(mon.config(), ids, web=("10.1.0.77",))
+        assert [(vm.name, vm.host) for vm in mon.config().slices[10].vms] \
+            == [("red1", "h1"), ("red2", None), ("red3", "h1")]
+        held = dict(red_held(ids), VM=["red1", "red2", "red3"],
+                    VM_Location=["red1", "red2", "red3"])
     else:
         settle(mon, lambda: mon.config().slices[10].vms[1].host == "h1",
                timeout=20)
-    assert mon.held_rows() == red_held(ids)
+        held = red_held(ids)
+    assert mon.held_rows() == held
     assert_nothing_of_blue(mon, ids)
     # And it follows both databases again.
     sb_transact(world, {"op": "update", "table": "Slice",
