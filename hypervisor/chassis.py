@@ -1,14 +1,25 @@
 """mbx-chassis: a host publishes its own runtime facts in the southbound DB.
 
-Runs on every host, next to ovs-vswitchd.  It watches the host's own OVSDB
-(br-int's datapath id, its tunnel port, its middlebox port, its uplink, and
+Runs on every host, next to ovs-vswitchd: starting it registers the host.
+It watches the host's own OVSDB (the Open_vSwitch row's external_ids,
+br-int's datapath id, its tunnel port, its middlebox port, its uplink, and
 the VM ports: Interface rows with ``external_ids:iface-id``) and keeps two
 kinds of rows of the southbound database equal to what it sees:
 
     Chassis        one row, name = the host's name (Open_vSwitch
-                   external_ids:system-id unless --name is given)
+                   external_ids:system-id unless --name is given), its
+                   tunnel endpoint and where its mbxd accepts migrated
+                   state, from the Open_vSwitch external_ids:
+                       mbx-encap-ip           underlay tunnel endpoint (required)
+                       mbx-encap-type         vxlan (default) or geneve
+                       mbx-migration-address  ssl:IP:PORT (optional)
+                   and the ports it sees
     Port_Binding   one row per VM port on br-int: logical_port = iface-id,
                    chassis = the host's name, ofport, mac (attached-mac)
+
+Without external_ids:system-id (or --name) and mbx-encap-ip it refuses to
+start, naming the key to set.  Later changes of those keys are published;
+a value that becomes invalid is logged and the last good one kept.
 
 The controllers read these rows instead of connecting to every host's
 OVSDB; a VM's binding appearing with a new chassis is what tells them the
@@ -28,18 +39,19 @@ host is gone".
 """
 
 import argparse
+import json
 import logging
 import signal
+import subprocess
 import sys
-import time
 
 import ovs.poller
 import ovs.timeval
 from ovs.db import idl
 
 from mbxmodel.network import MIDDLEBOX_ROLE, UPLINK_ROLE, HostPorts
+from ovsdb import validate
 from ovsdb.errors import MbxError
-from ovsdb.hostreg import read_external_ids
 from ovsdb.server import SB_SCHEMA_PATH
 
 LOG = logging.getLogger("mbx-chassis")
@@ -65,6 +77,54 @@ def _mac(iface):
     if isinstance(value, list):
         value = value[0] if value else None
     return value.lower() if value else None
+
+
+def read_external_ids(local_db, timeout=5):
+    """The Open_vSwitch row's external_ids in the OVS database ``local_db``."""
+    argv = ["ovs-vsctl", f"--db={local_db}", f"--timeout={timeout}",
+            "--format=json", "--columns=external_ids", "list", "Open_vSwitch"]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["ovs-vsctl failed"])
+        raise MbxError(f"cannot read the local OVS database at {local_db}: "
+                       f"{reason[-1]}; is Open vSwitch running? set "
+                       "--local-db")
+    rows = json.loads(result.stdout)["data"]
+    if not rows:
+        raise MbxError(f"the OVS database at {local_db} has no Open_vSwitch "
+                       "row; is it initialised (ovs-vsctl init)?")
+    return dict(rows[0][0][1])
+
+
+def _required(external_ids, key):
+    if not external_ids.get(key):
+        raise MbxError(f"external_ids:{key} is not set in the local OVS "
+                       "database; set it with ovs-vsctl set "
+                       f"Open_vSwitch . external_ids:{key}=VALUE")
+    return external_ids[key]
+
+
+def chassis_fields(external_ids, name=None):
+    """(name, encap_type, encap_ip, migration_address) of the host's
+    Chassis row from the Open_vSwitch external_ids (``name``: given on the
+    command line instead of system-id); MbxError naming the key that is
+    missing or invalid.  migration_address is "" when unset."""
+    name = name or _required(external_ids, "system-id")
+    encap_ip = _required(external_ids, "mbx-encap-ip")
+    values = {}
+    for key, check, value in (
+            ("mbx-encap-ip", lambda v: validate.ipv4(v, "encap IP"), encap_ip),
+            ("mbx-encap-type", validate.encap_type,
+             external_ids.get("mbx-encap-type") or "vxlan"),
+            ("mbx-migration-address", validate.migration_address,
+             external_ids.get("mbx-migration-address", ""))):
+        try:
+            values[key] = check(value)
+        except MbxError as e:
+            raise MbxError(f"external_ids:{key} in the local OVS database: "
+                           f"{str(e).split(', e.g.')[0]}") from None
+    return (name, values["mbx-encap-type"], values["mbx-encap-ip"],
+            values["mbx-migration-address"])
 
 
 def host_ports_from_rows(bridges, interfaces, bridge=BRIDGE):
@@ -108,9 +168,13 @@ def _opt(value):
     return [] if value is None else [value]
 
 
-def chassis_columns(ports: HostPorts):
-    """{column: value} of the host's Chassis row for ``ports``."""
-    return {"datapath_id": _opt(None if ports.datapath_id is None
+def chassis_columns(ports: HostPorts, fields):
+    """{column: value} of the host's Chassis row for ``ports`` and
+    ``fields`` (``chassis_fields``)."""
+    _name, encap_type, encap_ip, migration_address = fields
+    return {"encap_type": encap_type, "encap_ip": encap_ip,
+            "migration_address": migration_address,
+            "datapath_id": _opt(None if ports.datapath_id is None
                                 else "%016x" % ports.datapath_id),
             "tunnel_ofport": _opt(ports.tunnel_ofport),
             "mb_ofport": _opt(ports.mb_ofport),
@@ -125,11 +189,19 @@ def binding_columns(ports: HostPorts):
 
 
 class ChassisAgent:
-    def __init__(self, local_db, sb_remote, name, bridge=BRIDGE,
+    """``fields``: the host's ``chassis_fields`` when it started; later
+    changes of the external_ids are followed."""
+
+    def __init__(self, local_db, sb_remote, fields, bridge=BRIDGE,
                  sb_schema=SB_SCHEMA_PATH):
-        self.name = name
+        self.name = fields[0]
+        self.fields = fields
+        self._named = fields[0]     # --name or system-id: the name never changes
+        self._bad_ids = None        # the external_ids last refused
         self.bridge = bridge
+        name = self.name
         helper = idl.SchemaHelper(location=VSWITCH_SCHEMA)
+        helper.register_columns("Open_vSwitch", ["external_ids"])
         helper.register_columns("Bridge", ["name", "datapath_id", "ports"])
         helper.register_columns("Port", ["name", "interfaces"])
         helper.register_columns("Interface", ["name", "type", "ofport",
@@ -156,6 +228,25 @@ class ChassisAgent:
                    and t.condition_state.requested is None
                    for t in sb.tables.values())
 
+    def _follow_external_ids(self):
+        """The chassis fields from the local Open_vSwitch row, when they
+        are valid; else the last good ones (the refusal logged once)."""
+        for row in self.local.tables["Open_vSwitch"].rows.values():
+            ids = dict(row.external_ids)
+            try:
+                fields = chassis_fields(ids, self._named)
+            except MbxError as e:
+                if ids != self._bad_ids:
+                    self._bad_ids = ids
+                    LOG.error("keeping encap %s %s: %s", self.fields[1],
+                              self.fields[2], e)
+                return
+            self._bad_ids = None
+            if fields != self.fields:
+                LOG.info("chassis %s: encap %s %s, migration address %s", self.name,
+                         fields[1], fields[2], fields[3] or "-")
+                self.fields = fields
+
     def desired(self):
         return host_ports_from_rows(self.local.tables["Bridge"].rows.values(),
                                     self.local.tables["Interface"].rows.values(),
@@ -165,8 +256,9 @@ class ChassisAgent:
     def _reconcile(self):
         """Start one transaction that makes the southbound rows of this
         chassis equal to the local view; None when they already are."""
+        self._follow_external_ids()
         ports = self.desired()
-        want_chassis = chassis_columns(ports)
+        want_chassis = chassis_columns(ports, self.fields)
         want_bindings = binding_columns(ports)
         mine = [r for r in self.sb.tables["Chassis"].rows.values()
                 if r.name == self.name]
@@ -246,29 +338,13 @@ class ChassisAgent:
 
 def _sb_helper(schema):
     helper = idl.SchemaHelper(location=schema)
-    helper.register_columns("Chassis", ["name", "datapath_id", "tunnel_ofport",
-                                        "mb_ofport", "uplink_ofport", "uplink_mac"])
+    helper.register_columns("Chassis", ["name", "encap_type", "encap_ip",
+                                        "migration_address", "datapath_id",
+                                        "tunnel_ofport", "mb_ofport",
+                                        "uplink_ofport", "uplink_mac"])
     helper.register_columns("Port_Binding", ["logical_port", "chassis",
                                              "ofport", "mac"])
     return helper
-
-
-def _system_id(local_db):
-    """The host's name in its OVS database (Open_vSwitch
-    external_ids:system-id); waits until it is set."""
-    said = None
-    while True:
-        try:
-            name = read_external_ids(local_db).get("system-id")
-            problem = None if name else "external_ids:system-id is not set"
-        except MbxError as e:
-            name, problem = None, str(e)
-        if name:
-            return name
-        if problem != said:
-            LOG.warning("waiting for the host's name: %s", problem)
-            said = problem
-        time.sleep(1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -308,11 +384,13 @@ def main(argv=None):
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        name = args.name or _system_id(args.local_db)
-    except (SystemExit, KeyboardInterrupt):
-        return 0
-    LOG.info("publishing chassis %s", name)
-    agent = ChassisAgent(args.local_db, args.sb, name, args.bridge)
+        fields = chassis_fields(read_external_ids(args.local_db), args.name)
+    except MbxError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    LOG.info("publishing chassis %s: encap %s %s, migration address %s",
+             *fields[:3], fields[3] or "-")
+    agent = ChassisAgent(args.local_db, args.sb, fields, args.bridge)
     try:
         while True:
             now = ovs.timeval.msec()

@@ -145,13 +145,15 @@ class Config(NamedTuple):
     host: str                    # MBX_HOST: this host's mbx name
     db: Optional[str] = None     # MBX_DB: --db for mbxctl (None: its default)
     mbxctl: str = "mbxctl"       # MBXCTL
+    sb: Optional[str] = None     # MBX_SB: --sb for mbxctl, where the Migration
+    #                              rows are (None: the --db server)
     stun_wait: float = 5.0       # MBX_STUN_WAIT: migrate-stun --wait bound
     timeout: float = 5.0         # MBX_TIMEOUT: bound for the other steps
     state_dir: str = STATE_DIR   # MBX_STATE_DIR: the hook's per-guest notes
 
 
-_KEYS = ("MBX_DB", "MBX_HOST", "MBXCTL", "MBX_STUN_WAIT", "MBX_TIMEOUT",
-         "MBX_STATE_DIR")
+_KEYS = ("MBX_DB", "MBX_SB", "MBX_HOST", "MBXCTL", "MBX_STUN_WAIT",
+         "MBX_TIMEOUT", "MBX_STATE_DIR")
 
 
 # --- configuration ---------------------------------------------------------------
@@ -205,6 +207,7 @@ def parse_config(text: str, env: Optional[Mapping[str, str]] = None,
 
     return Config(host=host, db=values.get("MBX_DB") or None,
                   mbxctl=values.get("MBXCTL") or "mbxctl",
+                  sb=values.get("MBX_SB") or None,
                   stun_wait=seconds("MBX_STUN_WAIT", 5.0),
                   timeout=seconds("MBX_TIMEOUT", 5.0),
                   state_dir=values.get("MBX_STATE_DIR") or STATE_DIR)
@@ -369,6 +372,8 @@ def mbxctl_argv(action: Action, config: Config) -> list:
     argv = [config.mbxctl]
     if config.db:
         argv += ["--db", config.db]
+    if config.sb:
+        argv += ["--sb", config.sb]
     argv += ["--timeout", f"{wait:g}"]
     if action.verb == BEGIN:
         return argv + ["migrate-begin", action.vm, "--to", action.host]

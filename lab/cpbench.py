@@ -3,8 +3,9 @@
 Builds a realistic cloud in memory (by default 1,000 hosts x 50 VMs), drives
 ``ryu_apps.engine.Engine`` through the event methods the os-ken application
 and the host OVSDB watchers call, with fake switches (a ``send`` that applies
-the flow messages to per-switch tables) and a fake config database (a
-snapshot; status writes are recorded and applied to it), and measures:
+the flow messages to per-switch tables) and fake databases (a northbound
+and a southbound snapshot; the controllers' writes are recorded and applied
+to them), and measures:
 
 * the full flow computation: the engine's first computation with every host
   connected (``Engine.nb_changed`` after every host reported its ports and
@@ -34,6 +35,7 @@ fourth, offset by two, SNAT and one DNAT rule to an external network.
 """
 
 import argparse
+import concurrent.futures
 import cProfile
 import dataclasses
 import gc
@@ -52,7 +54,7 @@ import uuid as uuidlib
 from mbxmodel.network import ExternalNetInfo, HostPorts, SwitchInfo, VMInfo
 from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
                                PolicyInfo, RuleInfo, VipInfo)
-from mbxmodel.snapshot import NbSnapshot
+from mbxmodel.snapshot import NbSnapshot, SbSnapshot
 from mbxmodel.state import AlertRecord, HostRecord, MigrationRecord, SharedRecord
 from ovsdb.api import sort_rules
 from ryu_apps import flows as flowlib
@@ -86,15 +88,16 @@ TUNNEL_PORT, MB_PORT, UPLINK_PORT, FIRST_VM_PORT = 1, 2, 3, 10
 
 @dataclasses.dataclass
 class Cloud:
-    """The config database's contents and where every VM runs."""
+    """The databases' contents and where every VM runs."""
     snap: NbSnapshot
+    runtime: SbSnapshot     # the hosts' chassis, the VMs' locations
     placement: dict         # vm name -> host name
     tenant_of_switch: dict  # switch name -> tenant
     firewall_rules: dict    # middlebox name -> (RuleInfo, ...) with address set names
 
     @property
     def hosts(self):
-        return sorted(self.snap.hosts)
+        return sorted(self.runtime.hosts)
 
     def host_ports(self, host, placement=None):
         """``HostPorts`` of ``host``'s br-int for ``placement`` (default: the cloud's)."""
@@ -143,8 +146,8 @@ def build_cloud(hosts=1000, vms_per_host=50, seed=SEED):
     host_recs = {}
     for i in range(hosts):
         name = host_name(i)
-        host_recs[name] = HostRecord(name, "vxlan", str(ipaddress.IPv4Address("10.128.0.0") + i),
-                                     "tcp:192.0.2.1:%d" % (10000 + i), 0, False, None)
+        host_recs[name] = HostRecord(name, "vxlan",
+                                     str(ipaddress.IPv4Address("10.128.0.0") + i))
     switches, vms, placement, tenant_of = {}, {}, {}, {}
     middleboxes, rules, policies, address_sets = {}, {}, [], {}
     nat_rules, vips, fw_rules = {}, {}, {}
@@ -200,14 +203,15 @@ def build_cloud(hosts=1000, vms_per_host=50, seed=SEED):
     externals = {"internet": ExternalNetInfo("internet", str(EXT_NET),
                                              str(EXT_NET.network_address + 1), EXT_GW_MAC)}
     snap = NbSnapshot(
-        nb_cfg=1, hv_cfg=0, hosts=host_recs, switches=switches, vms=vms,
-        vm_locations={vm: (placement[vm], 1) for vm in vms},
+        nb_cfg=1, hv_cfg=0, switches=switches, vms=vms,
         middleboxes=middleboxes, rules=rules,
         policies=tuple(sorted(policies, key=lambda p: (p.switch, -p.priority))),
         address_sets=address_sets, nat_rules=nat_rules, vips=vips,
         external_networks=externals)
-    return Cloud(snap=snap, placement=placement, tenant_of_switch=tenant_of,
-                 firewall_rules=fw_rules)
+    runtime = SbSnapshot(hosts=host_recs,
+                         vm_locations={vm: (placement[vm], 1) for vm in vms})
+    return Cloud(snap=snap, runtime=runtime, placement=placement,
+                 tenant_of_switch=tenant_of, firewall_rules=fw_rules)
 
 
 def _uuid(kind, n):
@@ -261,7 +265,8 @@ class _Done:
 
 
 class FakeNb:
-    """The config database: a snapshot that the engine's status writes update."""
+    """The config database: a snapshot that the logical controller's
+    status writes update."""
 
     def __init__(self, snap):
         self.snap = snap
@@ -270,36 +275,25 @@ class FakeNb:
 
     def snapshot(self):
         self.dirty = False
-        s = self.snap
-        return dataclasses.replace(s, hosts=dict(s.hosts), vm_locations=dict(s.vm_locations))
+        return self.snap
 
     def apply(self, write):
         self.writes += 1
         self.dirty = True
-        s = self.snap
         kind = write[0]
-        if kind == "host":
-            s.hosts[write[1]] = dataclasses.replace(s.hosts[write[1]], **write[2])
-        elif kind == "vm":
-            s.vm_locations[write[1]] = write[2:]
-        elif kind == "hv_cfg":
-            self.snap = dataclasses.replace(s, hv_cfg=write[1])
-        elif kind == "slices":
-            self.snap = dataclasses.replace(s, slices=write[1], slice_status=write[2])
+        if kind == "hv_cfg":
+            self.snap = dataclasses.replace(self.snap, hv_cfg=write[1])
         elif kind == "northd_cfg":
-            self.snap = dataclasses.replace(s, northd_cfg=write[1])
+            self.snap = dataclasses.replace(self.snap, northd_cfg=write[1])
+        elif kind == "mirror":
+            self.snap = dataclasses.replace(
+                self.snap, vm_mirror={**self.snap.vm_mirror, write[1]: write[2:]})
 
-    def set_host_status(self, name, **cols):
-        return _Done(self, ("host", name, {k: v for k, v in cols.items() if v is not None}))
-
-    def set_vm_location(self, vm, host, epoch):
-        return _Done(self, ("vm", vm, host, epoch))
+    def set_vm_mirror(self, vm, host, epoch):
+        return _Done(self, ("mirror", vm, host, epoch))
 
     def set_hv_cfg(self, value):
         return _Done(self, ("hv_cfg", value))
-
-    def set_slices(self, slices, status=None):
-        return _Done(self, ("slices", dict(slices), dict(status or {})))
 
     def set_northd_cfg(self, value):
         return _Done(self, ("northd_cfg", value))
@@ -310,16 +304,33 @@ class FakeNb:
     def set_middlebox_status(self, name, status):
         return _Done(self, ("mb-status",))
 
-    def migration_create(self, vm, source, destination, path="unannounced", wait_ms=None):
-        return _Done(self, ("migration",))
+
+def _done(result=None):
+    future = concurrent.futures.Future()
+    future.set_result(result)
+    return future
 
 
 class FakeSb:
-    """The southbound rows the controllers write."""
+    """The southbound database: the runtime rows the controllers read
+    (a snapshot) and write."""
 
-    def __init__(self):
+    def __init__(self, snap):
+        self.snap = snap
         self.status = {}
         self.sb_cfg = 0
+        self.writes = 0
+        self.dirty = False          # runtime rows written since the last snapshot
+
+    def snapshot(self):
+        self.dirty = False
+        return self.snap
+
+    def _apply(self, **changes):
+        self.writes += 1
+        self.dirty = True
+        self.snap = dataclasses.replace(self.snap, **changes)
+        return _done()
 
     def set_chassis_statuses(self, statuses):
         for status in statuses:
@@ -327,6 +338,16 @@ class FakeSb:
 
     def raise_sb_cfg(self, value):
         self.sb_cfg = max(self.sb_cfg, value)
+
+    def set_slices(self, slices, status=None):
+        return self._apply(slices=dict(slices), slice_status=dict(status or {}))
+
+    def set_vm_location(self, vm, host, epoch):
+        return self._apply(vm_locations={**self.snap.vm_locations, vm: (host, epoch)})
+
+    def record_migration(self, vm, source, destination, path, wait_ms):
+        self.writes += 1
+        return _done("cpbench-unannounced")
 
 
 class Controller:
@@ -337,9 +358,8 @@ class Controller:
     def __init__(self, cloud):
         self.cloud = cloud
         self.switches = FakeSwitches()
-        self.nb = FakeNb(dataclasses.replace(cloud.snap, hosts=dict(cloud.snap.hosts),
-                                             vm_locations=dict(cloud.snap.vm_locations)))
-        self.sb = FakeSb()
+        self.nb = FakeNb(cloud.snap)
+        self.sb = FakeSb(cloud.runtime)
         self.engine = Engine(send=self.switches.send, nb=self.nb, sb=self.sb)
         self.northd = Northd(self.nb, self.sb)
         self.northd_s = []          # seconds per logical controller event
@@ -360,8 +380,10 @@ class Controller:
             if switches is None or host in switches:
                 self.engine.switch_connected(ports.datapath_id)
                 self.engine.switch_flows(ports.datapath_id, [])
-        self.engine.southbound_ready()
-        self.northd.southbound_ready()
+        runtime = self.sb.snapshot()
+        for c in (self.engine, self.northd):
+            c.runtime_changed(runtime)
+            c.southbound_ready()
 
     def translate(self):
         """The logical controller's first full translation: the config
@@ -370,17 +392,29 @@ class Controller:
         return self.northd_s[-1]
 
     def _northd(self, event, *args, notify=True):
-        """A logical controller event, then (``notify``) the config
-        database's change notification to the engine if it wrote."""
+        """A logical controller event, then (``notify``) the databases'
+        change notifications to the engine if it wrote."""
         t0 = time.perf_counter()
         getattr(self.northd, event)(*args)
         self.northd_s.append(time.perf_counter() - t0)
-        if notify and self.nb.dirty:
+        if notify:
+            self.notify()
+
+    def notify(self):
+        """The databases' change notifications reach the controllers."""
+        if self.nb.dirty:
             self.engine.nb_changed()
+        if self.sb.dirty:
+            runtime = self.sb.snapshot()
+            self.northd.runtime_changed(runtime)
+            self.engine.runtime_changed(runtime)
 
     def full(self):
         """The first full computation: the config database answers the
-        engine (after the logical controller's translation)."""
+        engine (after the logical controller's translation), with the
+        slices the logical controller wrote."""
+        if self.sb.dirty:
+            self.engine.runtime_changed(self.sb.snapshot())
         self.engine.nb_changed()
 
     def ack_all(self):
@@ -470,9 +504,10 @@ def one_host_controller(cloud):
 
 
 def status_writes(ctl):
-    """Status-only changes, each followed by the config database's
-    notification to both controllers (``Northd.nb_changed``, which may write
-    status of its own, then ``Engine.nb_changed``): a backend's health (Shared_State
+    """Status-only changes of the southbound runtime rows, each followed by
+    the database's notification to both controllers
+    (``Northd.runtime_changed``, which may write status of its own, then
+    ``Engine.runtime_changed``): a backend's health (Shared_State
     lb-health), an IDS alert, a migration begun and progressing between
     two hosts of the VM's switch.  Returns, per change, the flow parts
     computed (calls of ``flows.compute_part``), the flow-mods sent and the
@@ -498,13 +533,13 @@ def status_writes(ctl):
                          ("IDS_Alert", {"ids_alerts": (alert,)}),
                          ("Migration begun", {"migrations": (migration("begun"),)}),
                          ("Migration streaming", {"migrations": (migration("streaming"),)})):
-        ctl.nb.snap = dataclasses.replace(ctl.nb.snap, **change)
+        ctl.sb.snap = runtime = dataclasses.replace(ctl.sb.snap, **change)
         first = len(ctl.switches.log)
         profile = cProfile.Profile()
         profile.enable()
         t0 = time.perf_counter()
-        ctl.northd.nb_changed()
-        ctl.engine.nb_changed()
+        ctl.northd.runtime_changed(runtime)
+        ctl.engine.runtime_changed(runtime)
         ms = (time.perf_counter() - t0) * 1000
         profile.disable()
         computed = sum(calls for (path, _line, func), (_cc, calls, *_rest)
@@ -655,7 +690,7 @@ def nb_rows(cloud, slices, slice_status, shared_per_mb=0):
     ``slices`` ({(chain, host): tag}) and their status."""
     s = cloud.snap
     db = NbRows()
-    for name, h in sorted(s.hosts.items()):
+    for name, h in sorted(cloud.runtime.hosts.items()):
         db.add("Host", None, name, name=name, encap_ip=h.encap_ip, migration_address="")
     for name, ext in sorted(s.external_networks.items()):
         db.add("External_Network", None, name, name=name, cidr=ext.cidr,
@@ -762,7 +797,7 @@ def other_tenant_bytes(db, held, tenants):
 
 
 def measure_config_bytes(cloud, ctl, sample=CONFMON_SAMPLE):
-    snap = ctl.nb.snap
+    snap = ctl.sb.snap
     db = nb_rows(cloud, snap.slices, snap.slice_status, shared_per_mb=2)
     hosts = cloud.hosts
     step = max(1, len(hosts) // sample)
@@ -827,7 +862,7 @@ def measure_config_bytes_real(hosts=REAL_DB_HOSTS, vms_per_host=50, sample=3,
     from ovsdb import server
     cloud = build_cloud(hosts, vms_per_host)
     ctl, _ = cold_start(cloud)
-    db = nb_rows(cloud, ctl.nb.snap.slices, ctl.nb.snap.slice_status, shared_per_mb=2)
+    db = nb_rows(cloud, ctl.sb.snap.slices, ctl.sb.snap.slice_status, shared_per_mb=2)
     rundir = os.path.join(rundir, "real-%d" % os.getpid())
     os.makedirs(rundir, exist_ok=True)
     db_path, sock = os.path.join(rundir, "nb.db"), os.path.join(rundir, "nb.sock")
@@ -922,10 +957,10 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
     ctl, full_s = cold_start(cloud)
     translate_s = ctl.northd_s[0]
     res["northd_full"] = {"seconds": round(translate_s, 3),
-                          "slices": len(ctl.nb.snap.slices),
+                          "slices": len(ctl.sb.snap.slices),
                           "met": translate_s <= TARGET_NORTHD_S}
     out("cpbench: logical controller, full translation %.2f s (%d slices)"
-        % (translate_s, len(ctl.nb.snap.slices)))
+        % (translate_s, len(ctl.sb.snap.slices)))
     flows = flows_per_host(ctl)
     res["full"] = {"seconds": round(full_s, 3), "hosts_programmed": len(ctl.switches.log),
                    "flow_mods": sum(n for _, n, _ in ctl.switches.log),

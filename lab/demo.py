@@ -288,16 +288,17 @@ def _chain_offload(lab, rundir, out):
 
 
 def created(lab, out):
-    """What the config database holds now, in a few lines."""
-    snap = lab.nb().snapshot()
-    out("\ncreated: %d hosts (%s)" % (len(snap.hosts), ", ".join(
+    """What the databases hold now, in a few lines."""
+    snap, runtime = lab.nb().snapshot(), lab.sb().snapshot()
+    out("\ncreated: %d hosts (%s)" % (len(runtime.hosts), ", ".join(
         "%s tunnel %s%s" % (h, r.encap_ip, "" if r.connected else " NOT CONNECTED")
-        for h, r in sorted(snap.hosts.items()))))
+        for h, r in sorted(runtime.hosts.items()))))
     for name, ls in sorted(snap.switches.items()):
         vms = [v for v in snap.vms.values() if v.switch == name]
         out("  tenant %-5s switch %-8s vni %d %s: %s" % (
             ls.tenant, name, ls.vni, ls.subnet, ", ".join(
-                "%s %s on %s" % (v.name, v.ip, snap.vm_locations[v.name][0])
+                "%s %s on %s" % (v.name, v.ip,
+                                 runtime.vm_locations.get(v.name, (None,))[0])
                 for v in sorted(vms, key=lambda v: v.name))))
 
 

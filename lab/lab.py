@@ -57,7 +57,7 @@ from lab.sh import LabError, read_pidfile, run, wait_until
 from middlebox import pki
 from ovsdb import server as nbserver
 from ovsdb.server import pid_alive, stop as stop_pid
-from ovsdb.api import MbxNb
+from ovsdb.api import MbxNb, MbxSb
 from ovsdb.errors import MbxError
 from mbxmodel.network import MIDDLEBOX_ROLE, UPLINK_ROLE
 from ryu_apps import pipeline
@@ -130,6 +130,7 @@ class Lab:
         self.state_path = os.path.join(rundir, "state.json")
         self.state = self._load()
         self._nb = None
+        self._sb = None
 
     # ----------------------------------------------------------- state file
     def _load(self):
@@ -214,11 +215,22 @@ class Lab:
         return run(["ovs-appctl", "-t", ctl] + list(args))
 
     def nb(self):
+        """The config database (MbxNb)."""
         if self._nb is None:
             self._nb = MbxNb.connect(self.nb_remote)
         return self._nb
 
+    def sb(self):
+        """The southbound database (MbxSb): hosts, VM locations, slices,
+        migrations; the lab's one server serves both databases."""
+        if self._sb is None:
+            self._sb = MbxSb.connect(self.nb_remote, nb=self.nb())
+        return self._sb
+
     def close(self):
+        if self._sb is not None:
+            self._sb.close()
+            self._sb = None
         if self._nb is not None:
             self._nb.close()
             self._nb = None
@@ -464,8 +476,6 @@ class Lab:
                    "external_ids:system-id=%s" % host,
                    "external_ids:mbx-encap-ip=%s" % ul_ip,
                    "external_ids:mbx-encap-type=%s" % encap,
-                   "external_ids:mbx-mgmt-address=tcp:%s:%d"
-                   % (mgmt_ip, HOST_OVSDB_PORT),
                    "external_ids:mbx-migration-address=ssl:%s:%d"
                    % (mgmt_ip, MIGRATION_PORT))
         run(["ovs-vswitchd", "unix:%s/db.sock" % hdir,
@@ -501,18 +511,17 @@ class Lab:
         run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % MB_PORT], netns=ns)
         run(["ip", "link", "set", MB_PORT, "up"], netns=ns)
         self._uplink_up(host, index)
-        # The host registers itself in the config database, as a host agent
-        # does at boot: from its own OVSDB's external_ids.
-        run([sys.executable, "-m", "ovsdb.hostreg", "--local-db",
-             self.host_db(host), "--db", self.nb_remote], netns=ns)
+        # The chassis agent registers the host (its Chassis row, from its own
+        # OVSDB's external_ids) as it starts, as a host agent does at boot.
         self.chassis_start(host)
         self.mbxd_start(host)
         self._save()
 
     def chassis_start(self, host):
-        """Start the host's chassis agent: it publishes the host's br-int
-        ports and VM port bindings in the southbound database (over the
-        management network, like a real host)."""
+        """Start the host's chassis agent: it publishes the host's chassis
+        (tunnel endpoint, migration address, br-int ports) and VM port
+        bindings in the southbound database (over the management network,
+        like a real host)."""
         hdir = self.host_dir(host)
         logf = os.path.join(hdir, "chassis.log")
         cmd = ["ip", "netns", "exec", self.host_ns(host), sys.executable, "-m",
@@ -534,13 +543,14 @@ class Lab:
 
     # ----------------------------------------------------------------- mbxd
     def mbxd_start(self, host, extra_args=()):
-        """Start the host's middlebox daemon (it reaches the config DB over
+        """Start the host's middlebox daemon (it reaches both databases over
         the management network, like a real host)."""
         hdir = self.host_dir(host)
         logf = os.path.join(hdir, "mbxd.log")
         cmd = ["ip", "netns", "exec", self.host_ns(host), sys.executable, "-m",
                "middlebox.main", "--host", host,
                "--db", "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT),
+               "--sb", "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT),
                "--bridge", "br-int", "--port", MB_PORT,
                "--metrics", "%s:%d" % (self.state["hosts"][host]["mgmt_ip"], METRICS_PORT),
                "--pki-dir", self.pki_dir,
@@ -597,7 +607,7 @@ class Lab:
         return proc.stdout
 
     def _hosts_connected(self, hosts):
-        snap = self.nb().snapshot()
+        snap = self.sb().snapshot()
         return all(h in snap.hosts and snap.hosts[h].connected for h in hosts)
 
     # ----------------------------------------------------------------- VMs
@@ -666,14 +676,15 @@ class Lab:
                    "external_ids:attached-mac=%s" % vm["mac"])
 
     def _vm_epoch(self, name):
-        loc = self.nb().snapshot().vm_locations.get(name)
+        loc = self.sb().snapshot().vm_locations.get(name)
         return loc[1] if loc else 0
 
     def _wait_programmed(self, name, host, old_epoch, timeout):
-        """The controller writes VM.host (and bumps its epoch) only after every
-        connected host acknowledged the flows for the VM's new location."""
+        """The logical controller writes the VM's location (and bumps its
+        epoch) only after every connected host acknowledged the flows for the
+        VM's new location."""
         def done():
-            host_now, epoch = self.nb().snapshot().vm_locations.get(name, (None, 0))
+            host_now, epoch = self.sb().snapshot().vm_locations.get(name, (None, 0))
             return host_now == host and epoch > old_epoch
         wait_until(done, timeout, interval=0.002,
                    what="the controller to program VM %s on %s" % (name, host))
@@ -716,9 +727,9 @@ class Lab:
         old_epoch = self._vm_epoch(name)
         started_ms = int(time.time() * 1000) - 1
         marks = [("start", time.monotonic())]
-        nb = self.nb()
+        sb = self.sb()
         if notify:
-            nb.migrate_begin(name, to).execute(check_error=True)
+            sb.migrate_begin(name, to).execute(check_error=True)
             marks.append(("begin", time.monotonic()))
             # The VM keeps running while its state streams; the hypervisor's
             # last round starts when the source has sent its snapshot.
@@ -729,7 +740,7 @@ class Lab:
         marks.append(("unplug", time.monotonic()))
         if notify:
             # The VM is paused: the final changes go out while the port moves.
-            nb.migrate_stun(name).execute(check_error=True)
+            sb.migrate_stun(name).execute(check_error=True)
         run(["ip", "link", "set", vm["vif"], "netns", self.host_ns(to)],
             netns=self.host_ns(src))
         marks.append(("move", time.monotonic()))
@@ -748,7 +759,7 @@ class Lab:
         run(["ip", "link", "set", vm["vif"], "up"], netns=self.host_ns(to))
         marks.append(("link-up", time.monotonic()))
         if notify:
-            nb.migrate_done(name).execute(check_error=True)
+            sb.migrate_done(name).execute(check_error=True)
         elif wait_state:
             self.wait_migration(name, ("done", "fallback", "aborted"), timeout,
                                 after=started_ms)
@@ -769,7 +780,7 @@ class Lab:
 
     def migration_row(self, vm):
         """The VM's latest Migration row as a dict ({} if none)."""
-        rows = [m for m in self.nb().snapshot().migrations if m.vm == vm]
+        rows = [m for m in self.sb().snapshot().migrations if m.vm == vm]
         return dataclasses.asdict(rows[-1]) if rows else {}
 
     def wait_migration(self, vm, statuses=("done",), timeout=15, after=None):
@@ -880,9 +891,9 @@ class Lab:
             lines.append("  process %-28s pid %-7d %s" % (
                 key, pids[key], "running" if pid_alive(pids[key]) else "GONE"))
         try:
-            snap = self.nb().snapshot()
+            snap = self.sb().snapshot()
         except MbxError as err:
-            lines.append("  config database: %s" % err)
+            lines.append("  southbound database: %s" % err)
             snap = None
         for host, info in sorted(self.state["hosts"].items()):
             rec = snap.hosts.get(host) if snap else None

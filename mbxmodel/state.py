@@ -1,5 +1,6 @@
-"""Rows the system writes about itself: hosts and their status, shared
-service state, IDS alerts, migrations (docs/migration.md)."""
+"""Rows the system writes about itself, all in the southbound database:
+hosts (chassis) and their status, shared service state, IDS alerts,
+migrations (docs/migration.md)."""
 
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -16,15 +17,15 @@ VM_STATE = "vm-state"
 
 @dataclass(frozen=True)
 class HostRecord:
-    """A Host row."""
+    """A host: its southbound Chassis row (what mbx-chassis publishes) and
+    its Chassis_Private row (what its physical controller reports)."""
     name: str
     encap_type: str
     encap_ip: str
-    mgmt_address: str
-    nb_cfg: int                     # status: config generation applied
-    connected: bool                 # status: controller has the host's switch
-    datapath_id: Optional[str]      # status: e.g. "0000aabbccddeeff"
-    migration_address: str = ""     # host: where its mbxd accepts state
+    nb_cfg: int = 0                 # Chassis_Private: config generation applied
+    connected: bool = False         # Chassis_Private: a controller has its switch
+    datapath_id: Optional[str] = None   # Chassis: e.g. "0000aabbccddeeff"
+    migration_address: str = ""     # Chassis: where its mbxd accepts state
 
 
 @dataclass(frozen=True)

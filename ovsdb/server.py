@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,31 +53,76 @@ def _old_policy_middleboxes(db_path, version):
     return out
 
 
-def _migrate_to_1_2(db_path, policies):
-    """After converting to 1.2.0: each policy's old middlebox becomes its
-    chain {0: middlebox}; Slice rows (whose ``middlebox`` is gone) are
-    dropped, the controller writes them again."""
-    ops = [{"op": "delete", "table": "Slice", "where": []}]
-    ops += [{"op": "update", "table": "Steering_Policy",
-             "where": [["_uuid", "==", ["uuid", policy]]],
-             "row": {"chain": ["map", [[0, ["uuid", middlebox]]]]}}
-            for policy, middlebox in sorted(policies.items())]
+def _transact(db_path, ops, what):
+    """Run ``ops`` (MBX_Northbound operations) on the file ``db_path``;
+    MbxError naming ``what`` when one fails."""
+    if not ops:
+        return
     reply = json.loads(_run(["ovsdb-tool", "transact", db_path,
                              json.dumps(["MBX_Northbound"] + ops)]))
     errors = [r for r in reply if isinstance(r, dict) and "error" in r]
     if errors:
-        raise MbxError(f"cannot convert the steering policies of {db_path} "
-                       f"to schema 1.2.0: {errors[0]}")
+        raise MbxError(f"cannot convert {what} of {db_path}: {errors[0]}")
+
+
+def _migrate_to_1_2(db_path, policies, slices):
+    """After converting to 1.2.0 or later: each policy's old middlebox
+    becomes its chain {0: middlebox}; Slice rows (whose ``middlebox`` is
+    gone), when the new schema still has them (``slices``), are dropped:
+    the controller writes them again."""
+    ops = [{"op": "delete", "table": "Slice", "where": []}] if slices else []
+    ops += [{"op": "update", "table": "Steering_Policy",
+             "where": [["_uuid", "==", ["uuid", policy]]],
+             "row": {"chain": ["map", [[0, ["uuid", middlebox]]]]}}
+            for policy, middlebox in sorted(policies.items())]
+    _transact(db_path, ops, "the steering policies")
+
+
+def _vm_hosts(db_path):
+    """{VM uuid: host name} of a 1.x database, where VM.host references a
+    Host row; the VMs' references are cleared in the file so that it
+    converts (VM.host is the chassis name from 2.0.0 on)."""
+    query = ["MBX_Northbound",
+             {"op": "select", "table": "Host", "where": [],
+              "columns": ["_uuid", "name"]},
+             {"op": "select", "table": "VM", "where": [],
+              "columns": ["_uuid", "host"]}]
+    reply = json.loads(_run(["ovsdb-tool", "query", db_path,
+                             json.dumps(query)]))
+    if not isinstance(reply, list) or any("error" in r for r in reply):
+        raise MbxError(f"cannot read the VMs' hosts of {db_path} to convert "
+                       f"it: {reply}")
+    names = {row["_uuid"][1]: row["name"] for row in reply[0]["rows"]}
+    out = {}
+    for row in reply[1]["rows"]:
+        host = row["host"]               # ["uuid", U] or ["set", []]
+        if host[0] == "uuid" and host[1] in names:
+            out[row["_uuid"][1]] = names[host[1]]
+    _transact(db_path, [{"op": "update", "table": "VM", "where": [],
+                         "row": {"host": ["set", []]}}], "the VMs' hosts")
+    _run(["ovsdb-tool", "compact", db_path])    # no reference left in its log
+    return out
+
+
+def _restore_vm_hosts(db_path, hosts):
+    """After converting to 2.0.0: VM.host names the chassis again."""
+    _transact(db_path, [{"op": "update", "table": "VM",
+                         "where": [["_uuid", "==", ["uuid", vm]]],
+                         "row": {"host": name}}
+                        for vm, name in sorted(hosts.items())], "the VMs' hosts")
 
 
 def ensure_db(db_path, schema_path=SCHEMA_PATH):
     """Create the database file if missing; convert it if its schema is old.
 
-    Converting keeps the rows.  From before 1.2.0, each steering policy's
-    middlebox becomes a chain of one and the Slice rows are dropped (the
-    controller writes them again); 1.3.0 only adds (the Migration table,
-    Host.migration_address).  The converted file replaces the old one only
-    once everything worked."""
+    Converting keeps the rows of the tables the new schema still has.
+    From before 1.2.0, each steering policy's middlebox becomes a chain of
+    one.  From 1.x to 2.0.0 the runtime tables leave the config database
+    (Host, Slice, Shared_State, IDS_Alert, Migration: hosts publish their
+    chassis again, mbx-northd allocates the slices again, migration
+    history and alerts are lost) and VM.host, a reference to a Host row,
+    becomes that host's name.  The converted file replaces the old one
+    only once everything worked."""
     if not os.path.exists(db_path):
         _run(["ovsdb-tool", "create", db_path, schema_path])
         return
@@ -85,19 +131,27 @@ def ensure_db(db_path, schema_path=SCHEMA_PATH):
         return
     source = _version(_run(["ovsdb-tool", "db-version", db_path]))
     northbound = _run(["ovsdb-tool", "schema-name", schema_path]) == "MBX_Northbound"
-    policies = _old_policy_middleboxes(db_path, source) if northbound else {}
     target = _version(_run(["ovsdb-tool", "schema-version", schema_path]))
+    old = db_path + ".old-schema"
     tmp = db_path + ".converting"
-    if os.path.exists(tmp):
-        os.unlink(tmp)
+    for path in (old, tmp):
+        if os.path.exists(path):
+            os.unlink(path)
     try:
-        _run(["ovsdb-tool", "convert", db_path, schema_path, tmp])
+        shutil.copyfile(db_path, old)
+        policies = _old_policy_middleboxes(old, source) if northbound else {}
+        vm_hosts = {}
+        if northbound and source[:1] < (2,) <= target[:1]:
+            vm_hosts = _vm_hosts(old)
+        _run(["ovsdb-tool", "convert", old, schema_path, tmp])
         if northbound and source[:2] < (1, 2) <= target[:2]:
-            _migrate_to_1_2(tmp, policies)
+            _migrate_to_1_2(tmp, policies, slices=target[:1] < (2,))
+        _restore_vm_hosts(tmp, vm_hosts)
         os.replace(tmp, db_path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (old, tmp):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def _socket_path(remotes):

@@ -10,14 +10,20 @@ One OVSDB connection, on its own thread, for the whole cloud:
   (``Chassis_Private``, as ``ChassisStatus`` values);
 * the runtime generation ``SB_Global.sb_cfg``, always after the bindings
   that arrived with it;
+* the runtime rows a controller asks for (``runtime_tables``: of Slice,
+  VM_Location, Migration, Shared_State, IDS_Alert) with the hosts' chassis
+  records, as one ``SbSnapshot`` whenever one of them changed, before the
+  ports that arrived with it;
 * and, once the database's contents have arrived the first time, that it
   is ready.
 
 Writes are handed to the connection's thread (``write``), the only one that
 touches the IDL's rows; a write that meets a concurrent change is tried
-again on the new contents.
+again on the new contents.  Each returns a Future: done once committed
+(its result the function's), failed with the MbxError that refused it.
 """
 
+import concurrent.futures
 import logging
 import os
 import queue
@@ -27,7 +33,28 @@ import ovs.poller
 from ovs.db import idl
 
 from mbxmodel.network import ChassisStatus, HostPorts
+from mbxmodel.snapshot import sb_snapshot
+from ovsdb.api.migration import create_migration
+from ovsdb.api.runtime import write_vm_location
+from ovsdb.api.slices import check_slices, write_slices
+from ovsdb.errors import MbxError
 from ovsdb.server import SB_SCHEMA_PATH
+
+# The runtime tables a controller may monitor, and the columns it reads.
+RUNTIME_COLUMNS = {
+    "Slice": ["chain", "chassis", "tag", "status"],
+    "VM_Location": ["vm", "chassis", "epoch"],
+    "Migration": ["vm", "source", "destination", "path", "status", "token",
+                  "timeline", "stats", "outcome", "options"],
+    "Shared_State": ["middlebox", "host", "service", "key", "value", "stamp"],
+    "IDS_Alert": ["middlebox", "kind", "source", "target", "count", "hosts",
+                  "first_seen", "last_seen", "reported_by"],
+}
+# What the physical controller computes from; the logical controller also
+# reads what the daemons publish.
+ENGINE_TABLES = ("Slice", "VM_Location", "Migration")
+NORTHD_TABLES = ENGINE_TABLES + ("Shared_State", "IDS_Alert")
+_CHASSIS_RUNTIME = {"encap_type", "encap_ip", "migration_address"}
 
 LOG = logging.getLogger(__name__)
 
@@ -98,28 +125,50 @@ def _sb_cfg(idl_):
     return 0
 
 
+class _Idl(idl.Idl):
+    """Notes which tables changed, so the runtime snapshot is built only
+    when one of its tables did."""
+
+    def __init__(self, remote, helper, watched):
+        super().__init__(remote, helper)
+        self.watched = watched
+        self.runtime_dirty = True
+
+    def notify(self, event, row, updates=None):
+        table = row._table.name
+        if table in self.watched or (
+                table == "Chassis" and (event != idl.ROW_UPDATE or updates is None
+                                        or _CHASSIS_RUNTIME & set(updates._data))):
+            self.runtime_dirty = True
+
+
 class Southbound:
     """The connection; callbacks run on its thread and must be cheap (post
     an event).  ``on_ports(host, HostPorts)``, ``on_status({name:
-    ChassisStatus})``, ``on_sb_cfg(value)``, ``on_ready()``."""
+    ChassisStatus})``, ``on_sb_cfg(value)``, ``on_ready()``,
+    ``on_runtime(SbSnapshot)`` (the ``runtime_tables`` and the chassis)."""
 
     def __init__(self, remote, on_ports=None, on_status=None, on_sb_cfg=None,
-                 on_ready=None, schema=SB_SCHEMA_PATH):
+                 on_ready=None, on_runtime=None, runtime_tables=(),
+                 schema=SB_SCHEMA_PATH):
         self._on_ports = on_ports or (lambda host, ports: None)
         self._on_status = on_status or (lambda statuses: None)
         self._on_sb_cfg = on_sb_cfg or (lambda value: None)
         self._on_ready = on_ready or (lambda: None)
+        self._on_runtime = on_runtime or (lambda snap: None)
         self._stop = threading.Event()
         helper = idl.SchemaHelper(location=schema)
         helper.register_columns("Chassis", ["name", "datapath_id", "tunnel_ofport",
                                             "mb_ofport", "uplink_ofport",
-                                            "uplink_mac"])
+                                            "uplink_mac"] + sorted(_CHASSIS_RUNTIME))
+        for table in runtime_tables:
+            helper.register_columns(table, RUNTIME_COLUMNS[table])
         helper.register_columns("Port_Binding", ["logical_port", "chassis",
                                                  "ofport", "mac"])
         helper.register_columns("Chassis_Private", ["name", "controller", "connected",
                                                     "nb_cfg", "sb_cfg"])
         helper.register_columns("SB_Global", ["sb_cfg", "nb_cfg"])
-        self._idl = idl.Idl(remote, helper)
+        self._idl = _Idl(remote, helper, frozenset(runtime_tables))
         self._warned = set()
         self._writes = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
@@ -137,9 +186,33 @@ class Southbound:
     # ------------------------------------------------------------ writes
     def write(self, fn, what):
         """Carry out ``fn(idl, txn)`` in a transaction on the connection's
-        thread (``what`` names it in a log line if it fails)."""
-        self._writes.put((fn, what))
+        thread (``what`` names it in a log line if it fails).  Returns a
+        Future of ``fn``'s result once committed."""
+        future = concurrent.futures.Future()
+        self._writes.put((fn, what, future))
         os.write(self._wake_w, b"x")
+        return future
+
+    def set_slices(self, slices, status=None):
+        """The Slice table becomes exactly ``slices`` (``MbxSb.set_slices``)."""
+        desired, checked = check_slices(slices, status)
+        return self.write(lambda idl_, txn: write_slices(idl_.tables, txn, desired,
+                                                         checked),
+                          "%d slices" % len(desired))
+
+    def set_vm_location(self, vm, chassis, epoch):
+        """VM_Location of ``vm``: ``chassis`` (None: nowhere), ``epoch``."""
+        return self.write(lambda idl_, txn: write_vm_location(idl_.tables, txn, vm,
+                                                              chassis, epoch),
+                          "location of %s" % vm)
+
+    def record_migration(self, vm, source, destination, path, wait_ms):
+        """A new Migration row (begun); the Future's result is its uuid,
+        or an MbxError (the VM has an active migration, ...)."""
+        def fn(idl_, txn):
+            return create_migration(idl_, txn, vm, source, destination, path,
+                                    wait_ms)
+        return self.write(fn, "migration of %s" % vm)
 
     def set_chassis_statuses(self, statuses):
         """Hosts' Chassis_Private rows (ChassisStatus values), in one
@@ -174,7 +247,7 @@ class Southbound:
     # ------------------------------------------------------------- thread
     def _run(self):
         last_seqno = None
-        last_ports, last_status, last_cfg = {}, None, None
+        last_ports, last_status, last_cfg, last_runtime = {}, None, None, None
         ready = False
         inflight = []           # (txn, fn, what)
         while not self._stop.is_set():
@@ -187,6 +260,13 @@ class Southbound:
             if self._idl.has_ever_connected() and \
                     self._idl.change_seqno != last_seqno:
                 last_seqno = self._idl.change_seqno
+                if self._idl.runtime_dirty:
+                    self._idl.runtime_dirty = False
+                    runtime = sb_snapshot({name: table.rows.values()
+                                           for name, table in self._idl.tables.items()})
+                    if runtime != last_runtime:
+                        last_runtime = runtime
+                        self._on_runtime(runtime)
                 ports = host_ports_from_southbound(
                     self._idl.tables["Chassis"].rows.values(),
                     self._idl.tables["Port_Binding"].rows.values(),
@@ -215,31 +295,45 @@ class Southbound:
     def _commit(self, inflight):
         """Push the transactions along; start the queued writes."""
         still = []
-        for txn, fn, what in inflight:
-            self._push(txn, fn, what, still)
+        for txn, write, result in inflight:
+            self._push(txn, write, result, still)
         if not self._idl.has_ever_connected():
             return still
         while True:
             try:
-                fn, what = self._writes.get_nowait()
+                write = self._writes.get_nowait()
             except queue.Empty:
                 break
+            fn, what, future = write
             txn = idl.Transaction(self._idl)
-            fn(self._idl, txn)
-            if self._push(txn, fn, what, still) == idl.Transaction.TRY_AGAIN:
+            try:
+                result = fn(self._idl, txn)
+            except MbxError as e:
+                txn.abort()
+                LOG.error("southbound write (%s) refused: %s", what, e)
+                future.set_exception(e)
+                continue
+            if self._push(txn, write, result, still) == idl.Transaction.TRY_AGAIN:
                 break           # the replica is behind: the rest after its update
         return still
 
-    def _push(self, txn, fn, what, still):
+    def _push(self, txn, write, result, still):
         """Commit ``txn`` (again): kept in ``still`` while in flight, queued
         again to be rebuilt on the new contents if it met a concurrent
         change, logged if refused.  Returns its status."""
+        _fn, what, future = write
         status = txn.commit()
         if status == idl.Transaction.INCOMPLETE:
-            still.append((txn, fn, what))
+            still.append((txn, write, result))
         elif status == idl.Transaction.TRY_AGAIN:
-            self._writes.put((fn, what))
-        elif status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
+            self._writes.put(write)
+        elif status in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
+            if hasattr(result, "uuid"):         # an inserted row: its final uuid
+                result = str(txn.get_insert_uuid(result.uuid) or result.uuid)
+            future.set_result(result)
+        else:
             LOG.error("southbound write (%s) failed: %s %s", what, status,
                       txn.get_error())
+            future.set_exception(MbxError("southbound write (%s) failed: %s %s"
+                                          % (what, status, txn.get_error())))
         return status

@@ -24,7 +24,6 @@ ENCAP_TYPES = ("vxlan", "geneve")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_REMOTE_RE = re.compile(r"(tcp|ssl):([0-9.]+):([0-9]+)")
 
 
 def name(value, what="name"):
@@ -169,17 +168,6 @@ def encap_type(value):
     if value not in ENCAP_TYPES:
         raise MbxError(f"invalid encap type {value!r}: use one of "
                        + ", ".join(ENCAP_TYPES))
-    return value
-
-
-def mgmt_address(value):
-    """An OVSDB remote where a host's database can be reached."""
-    ok = isinstance(value, str) and (
-        (value.startswith("unix:") and len(value) > 5)
-        or _REMOTE_RE.fullmatch(value))
-    if not ok:
-        raise MbxError(f"invalid management address {value!r}: use "
-                       "tcp:IP:PORT, ssl:IP:PORT or unix:PATH")
     return value
 
 
@@ -1169,7 +1157,7 @@ def migration_wait_ms(value, what="migration-wait-ms"):
 
 
 def migration_address(value):
-    """Host.migration_address: "" (none) or ssl:IP:PORT."""
+    """Chassis.migration_address: "" (none) or ssl:IP:PORT."""
     if value == "":
         return value
     found = _ADDRESS_RE.fullmatch(value) if isinstance(value, str) else None

@@ -20,7 +20,7 @@ from ovsdb import DEFAULT_DB
 from ovsdb.api import MbxNb
 from ryu_apps import ofmsg, pipeline
 from ryu_apps.engine import Engine, EngineLoop
-from ovsdb.southbound import Southbound
+from ovsdb.southbound import ENGINE_TABLES, Southbound
 
 LOG = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ class MbxController(app_manager.OSKenApp):
             sb_remote,
             on_ports=lambda host, ports: post("host_ports_changed", host, ports),
             on_sb_cfg=lambda value: post("sb_cfg_changed", value),
-            on_ready=lambda: post("southbound_ready"))
+            on_ready=lambda: post("southbound_ready"),
+            on_runtime=lambda snap: post("runtime_changed", snap),
+            runtime_tables=ENGINE_TABLES)
         name = conf.name or "%s:%d" % (socket.gethostname(), os.getpid())
         self.loop.engine = Engine(send=self.send, nb=self.nb, sb=self.southbound,
                                   hosts=conf.chassis or None, name=name)

@@ -9,17 +9,19 @@ answers through what it was given:
 * ``send(dpid, ops, barrier_xid)`` -- install ``ops`` (``FlowDiff.commands()``:
   ``(command, Flow)`` pairs, deletes first) on a switch, followed by a barrier
   request with that xid;
-* ``nb`` -- the config database API (``snapshot``, ``migration_create``);
-* ``sb`` -- the southbound writer (``set_chassis_statuses``);
+* ``nb`` -- the config database API (``snapshot``);
+* ``sb`` -- the southbound writer (``set_chassis_statuses``,
+  ``record_migration``);
 * ``hosts`` -- the names of the hosts it serves (None: every host), and
   ``name``, its own, recorded with what it reports.
 
 Every event method must be called from ONE thread (``EngineLoop`` runs them).
 
-What it computes from.  The intent and the logical controller's decisions
-(slices and SNAT blocks, ``ryu_apps.northd``) come from the northbound
-snapshot; where each VM's port is, from the southbound bindings
-(``ryu_apps.view``).  It decides nothing cloud-wide itself, so any number of
+What it computes from.  The intent comes from the northbound snapshot; the
+logical controller's decisions (slices and SNAT blocks, ``ryu_apps.northd``),
+the hosts' tunnel endpoints and the VMs' last locations from the southbound
+runtime rows (``runtime_changed``); where each VM's port is, from the
+southbound bindings (``ryu_apps.view``).  It decides nothing cloud-wide itself, so any number of
 engines, each serving some hosts, compute the same flows for a host.
 
 Incremental computation.  The topology is kept change by change
@@ -29,8 +31,8 @@ it can touch; the logical controller's slices and SNAT blocks, when they
 change, mark theirs; only those parts are computed again and compared with
 the switch, part by part.  A config snapshot rebuilds the topology and
 computes every part only when what the flows are made of changed
-(``view.config_key``); status written back by the daemons or the
-controllers computes nothing.  A switch that connects, or whose host
+(``view.config_key``: intent and the hosts' tunnel endpoints); status
+written back by the daemons or the controllers computes nothing.  A switch that connects, or whose host
 changed, gets every part, compared with the flows read back.
 
 Rounds.  Each recomputation is a numbered round that records the
@@ -39,13 +41,14 @@ logical controller has translated) and ``SB_Global.sb_cfg`` (the bindings
 the logical controller has seen).  A switch has applied round r once every
 barrier sent up to r is acknowledged; then the engine writes its host's
 southbound ``Chassis_Private`` row: connected, and the two generations.  The
-logical controller turns those into ``Host.nb_cfg``, ``NB_Global.hv_cfg``
-and the VMs' locations.
+logical controller turns those into ``NB_Global.hv_cfg`` and the VMs'
+locations.
 
 Migrations (docs/migration.md).  When a VM's port appears on one of its
-hosts, other than the VM's last host (``VM.host``), and no active migration
-of the VM names that host, the engine writes an ``unannounced`` Migration
-row, before it sends any flow for the VM's new place.
+hosts, other than the VM's last host (southbound ``VM_Location``), and no
+active migration of the VM names that host, the engine writes an
+``unannounced`` southbound Migration row, and waits for it to be committed
+before it sends any flow for the VM's new place.
 """
 
 import dataclasses
@@ -62,10 +65,14 @@ from ryu_apps import slices as slicelib
 from ryu_apps.topostate import ALL, TopologyState, host_info
 from ryu_apps.view import Bindings, config_key, config_topology
 from mbxmodel.network import ChassisStatus, HostPorts
+from mbxmodel.snapshot import SbSnapshot
 from mbxmodel.state import ACTIVE_MIGRATION
 from mbxmodel.topology import Topology
 
 LOG = logging.getLogger(__name__)
+
+# How long the engine waits for its unannounced Migration row to be committed.
+MIGRATION_WRITE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -90,6 +97,7 @@ class Engine:
         self._hosts = None if hosts is None else frozenset(hosts)
         self.name = name
         self.nb_snap = None
+        self.sb_snap = SbSnapshot()     # the runtime rows (runtime_changed)
         self.bindings = Bindings()
         self.switches: Dict[int, _Switch] = {}
         self._sb_ready = False
@@ -98,7 +106,7 @@ class Engine:
         self._round_cfg: Dict[int, Tuple[int, int]] = {0: (0, 0)}  # round -> (northd_cfg, sb_cfg)
         self._written: Dict[Tuple, object] = {}
         self._xid = 0x4d420000
-        self._last_host: Dict[str, str] = {}   # vm -> the last host VM.host named
+        self._last_host: Dict[str, str] = {}   # vm -> the last host VM_Location named
         self._checked_seq: Dict[str, int] = {}  # vm -> newest appearance checked
         #                                          for an unannounced migration
         self._state = TopologyState()   # the topology of the last recomputation
@@ -115,8 +123,19 @@ class Engine:
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
-        self.nb_snap = snap = self._nb.snapshot()
-        config = config_key(snap)
+        self.nb_snap = self._nb.snapshot()
+        self._config_changed()
+
+    def runtime_changed(self, snap: SbSnapshot):
+        """The southbound runtime rows: hosts' chassis, slices, VM
+        locations, migrations."""
+        self.sb_snap = snap
+        self._config_changed()
+
+    def _config_changed(self):
+        if self.nb_snap is None:
+            return
+        config = config_key(self.nb_snap, self.sb_snap.hosts)
         if config != self._config:
             self._config = config
             self._recompute()
@@ -214,11 +233,11 @@ class Engine:
         """The logical controller's slices and SNAT blocks in the snapshot:
         the same objects as long as they are equal (the topology compares
         them by identity first)."""
-        snap = self.nb_snap
+        snap = self.sb_snap
         seen, (slices, blocks), status = self._decided
         if seen is snap:
             return slices, blocks
-        new_status = getattr(snap, "slice_status", {})
+        new_status = snap.slice_status
         if slices is None or snap.slices != slices:
             slices = snap.slices
         if blocks is None or new_status != status:
@@ -230,7 +249,7 @@ class Engine:
     def _rebuild(self):
         snap = self.nb_snap
         hosts = {name: host_info(rec, self.host_ports.get(name, HostPorts()))
-                 for name, rec in snap.hosts.items()}
+                 for name, rec in self.sb_snap.hosts.items()}
         return self._state.rebuild(config_topology(snap), hosts,
                                    self.bindings.bound(snap.vms), incoming=(),
                                    recorded_slices={}, slices={}, recorded_blocks={},
@@ -246,18 +265,18 @@ class Engine:
             return
         self._round += 1
         rnd = self._round
-        self._round_cfg[rnd] = (getattr(self.nb_snap, "northd_cfg", 0), self._sb_cfg)
+        self._round_cfg[rnd] = (self.nb_snap.northd_cfg, self._sb_cfg)
         if changes is None or self._state.topo is None:
-            self._remember_hosts(self.nb_snap.vm_locations)
+            self._remember_hosts(self.sb_snap.vm_locations)
             topo = self._rebuild()
             dirty, vms = None, sorted(topo.bindings)
         else:
             ports, vms = changes
-            snap = self.nb_snap
-            hosts = {h: host_info(snap.hosts[h], p) for h, p in ports.items()
-                     if h in snap.hosts}
+            snap, runtime = self.nb_snap, self.sb_snap
+            hosts = {h: host_info(runtime.hosts[h], p) for h, p in ports.items()
+                     if h in runtime.hosts}
             vms = sorted(vms)
-            self._remember_hosts(snap.vm_locations, vms)
+            self._remember_hosts(runtime.vm_locations, vms)
             dirty = self._state.update(
                 hosts, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
                 None, {}, slicelib.Blocks(), decided=self._decisions())
@@ -317,9 +336,9 @@ class Engine:
         return diff
 
     def _remember_hosts(self, locations, vms=None):
-        """The last host ``VM.host`` named, of ``vms`` (None: every VM):
+        """The last host ``VM_Location`` named, of ``vms`` (None: every VM):
         remembered when a VM's port event is handled, so it outlives the
-        logical controller clearing ``VM.host`` once the port is gone."""
+        logical controller clearing the location once the port is gone."""
         for vm in (locations if vms is None else vms):
             host = locations.get(vm, (None,))[0]
             if host is not None:
@@ -331,7 +350,6 @@ class Engine:
         one, unless a migration to that host is under way (or, announced,
         was just finished).  Once per appearance; a failed write is logged
         and does not hold flows back."""
-        snap = self.nb_snap
         for vm in vms:
             binding = topo.bindings.get(vm)
             if binding is None or not self.serves(binding.host):
@@ -343,17 +361,17 @@ class Engine:
             host, last = binding.host, self._last_host.get(vm)
             if last is None or last == host:
                 continue
-            mine = [m for m in getattr(snap, "migrations", ()) if m.vm == vm]
+            mine = [m for m in self.sb_snap.migrations if m.vm == vm]
             if any(m.status in ACTIVE_MIGRATION and m.destination == host
                    for m in mine):
                 continue
             if mine and mine[-1].status == "done" and \
                     (mine[-1].source, mine[-1].destination) == (last, host):
                 continue
-            wait_ms = global_wait_ms(getattr(snap, "global_options", {}))
+            wait_ms = global_wait_ms(self.nb_snap.global_options)
             try:
-                self._nb.migration_create(vm, last, host, "unannounced",
-                                          wait_ms).execute(check_error=True)
+                self._sb.record_migration(vm, last, host, "unannounced", wait_ms).result(
+                    timeout=MIGRATION_WRITE_TIMEOUT)
             except Exception as e:    # flows must follow the VM regardless
                 LOG.error("VM %s appeared on %s (last on %s): cannot record its "
                           "unannounced migration: %s", vm, host, last, e)

@@ -2,42 +2,48 @@
 whole cloud, which every physical controller (``ryu_apps.engine``) reads.
 
 Plain Python with no I/O of its own: events in, writes out through ``nb``
-(the config database API) and ``sb`` (the southbound writer), like the
-engine.  One instance runs per cloud.
+(the config database API) and ``sb`` (the southbound connection), like the
+engine.  One instance runs per cloud.  It reads intent from the northbound
+snapshot and the runtime rows (hosts, slices, VM locations, migrations,
+shared state, IDS alerts) from the southbound database
+(``runtime_changed``).
 
 * **Slices and SNAT blocks** (docs/services.md).  One slice per chain and
   host that needs it -- a host with a VM of the chain's switch, the
   destination and source of an active migration, a host still holding a
   departed VM's state (shared state ``vm-state``) -- with a tag stable
   across recomputations, and one SNAT port block per rule and serving host.
-  Written to the ``Slice`` rows (tag, status ``snat-block:<rule>``).
+  Written to the southbound ``Slice`` rows (chain of middlebox names,
+  chassis name, tag, status ``snat-block:<rule>``).
 * **``NB_Global.northd_cfg``**: after those writes, the ``nb_cfg`` they were
   decided from (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
-* **Host status and ``hv_cfg``**: ``Host.nb_cfg``, ``connected`` and
-  ``datapath_id`` mirror what the physical controllers report of each host
-  (southbound ``Chassis_Private``) and the host's chassis; ``hv_cfg`` is the
-  lowest ``nb_cfg`` over the connected hosts.
+* **``hv_cfg``**: the lowest ``nb_cfg`` the physical controllers report
+  (southbound ``Chassis_Private``) over the connected hosts.
 * **VM locations**.  A VM whose port appeared somewhere (the newest
-  southbound binding, ``ryu_apps.view``) gets ``VM.host`` and a new
-  ``VM.location_epoch`` once every connected host has applied flows computed
-  with that binding: the logical controller raises ``SB_Global.sb_cfg`` when
-  it sees the binding, and waits until every connected host reports that
-  ``sb_cfg`` or a later one.  A VM whose port is gone from its host gets
-  ``VM.host`` cleared, its epoch kept.
+  southbound binding, ``ryu_apps.view``) gets a southbound ``VM_Location``
+  naming its chassis and a new epoch once every connected host has applied
+  flows computed with that binding: the logical controller raises
+  ``SB_Global.sb_cfg`` when it sees the binding, and waits until every
+  connected host reports that ``sb_cfg`` or a later one.  A VM whose port
+  is gone from its host gets its location cleared, its epoch kept.  Each
+  location is mirrored into ``VM.host`` / ``VM.location_epoch`` for
+  operators in the same round; programs read ``VM_Location``.
 * **Service status**: the load balancers' backend health that the daemons
   publish as shared state, merged into ``LB_VIP.status``; each IDS's alert
   count into ``Middlebox.status``.
 """
 
+import dataclasses
 import json
 import logging
 from typing import Dict, Tuple
 
 from mbxmodel.network import ChassisStatus, HostPorts
+from mbxmodel.snapshot import SbSnapshot
 from mbxmodel.state import LB_HEALTH
 from ryu_apps import slices as slicelib
 from ryu_apps.topostate import TopologyState, host_info
-from ryu_apps.view import Bindings, config_key, config_topology, incoming, records
+from ryu_apps.view import Bindings, config_key, config_topology, incoming
 
 LOG = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ class Northd:
         self._nb = nb
         self._sb = sb
         self.nb_snap = None
+        self.sb_snap = SbSnapshot()     # the runtime rows (runtime_changed)
         self.bindings = Bindings()
         self.status: Dict[str, ChassisStatus] = {}
         self._sb_ready = False
@@ -58,7 +65,7 @@ class Northd:
         self._recorded_blocks = (None, slicelib.Blocks())  # (snapshot, its blocks)
         self._pending: Dict[str, Tuple[int, str, int]] = {}  # vm -> (seq, host, sb_cfg)
         self._announced: Dict[str, int] = {}   # vm -> appearance seq written to the DB
-        self._maybe_gone = set()        # VMs VM.host places where none is bound
+        self._maybe_gone = set()        # VMs VM_Location places where none is bound
         self._slices_checked = None     # (slices version, snapshot) compared with the DB
         self._written: Dict[Tuple, object] = {}
         self._bad_health = set()
@@ -69,26 +76,33 @@ class Northd:
 
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
-        self.nb_snap = snap = self._nb.snapshot()
-        config = config_key(snap)
+        self.nb_snap = self._nb.snapshot()
+        self._config_changed()
+
+    def runtime_changed(self, snap: SbSnapshot):
+        """The southbound runtime rows."""
+        self.sb_snap = snap
+        self._config_changed()
+
+    def _config_changed(self):
+        if self.nb_snap is None:
+            return
+        config = config_key(self.nb_snap, self.sb_snap.hosts)
         if config != self._config or self._state.topo is None:
             self._config = config
             self._run(None)
         else:
-            self._run(({}, (), incoming(snap)), status=True)
+            self._run(({}, (), incoming(self.sb_snap)), status=True)
 
     def host_ports_changed(self, host, ports: HostPorts):
         old = self.bindings.update(host, ports)
         if self._sb_ready:
-            self._run(({host: ports}, set(old.vm_ports) | set(ports.vm_ports), None),
-                      hosts=(host,))
+            self._run(({host: ports}, set(old.vm_ports) | set(ports.vm_ports), None))
 
     def chassis_status_changed(self, statuses):
-        changed = {name for name in statuses.keys() | self.status.keys()
-                   if statuses.get(name) != self.status.get(name)}
         self.status = dict(statuses)
         if self._sb_ready:
-            self._run(({}, (), None), hosts=changed)
+            self._run(({}, (), None))
 
     def sb_cfg_changed(self, value):
         self._sb_cfg_seen = value
@@ -102,55 +116,57 @@ class Northd:
     def _recorded(self):
         """The SNAT blocks the database records (Slice.status), parsed again
         only when the status differs."""
-        status = getattr(self.nb_snap, "slice_status", {})
+        status = self.sb_snap.slice_status
         if self._recorded_blocks[0] != status:
             self._recorded_blocks = (status, slicelib.Blocks(
                 slicelib.blocks_from_status(status)))
         return self._recorded_blocks[1]
 
-    def _run(self, changes, status=False, hosts=None):
+    def _run(self, changes, status=False):
         """``changes``: (hosts' new ports, VMs whose binding may have
         changed, the VMs announced on a host or None); None: everything.
-        ``status``: the snapshot's status rows may have changed (shared
-        state, alerts); ``hosts``: the hosts whose status may have changed
-        (None: every host)."""
-        snap = self.nb_snap
+        ``status``: the runtime rows daemons write may have changed (shared
+        state, alerts)."""
+        snap, runtime = self.nb_snap, self.sb_snap
         if snap is None or not self._sb_ready:
             return
         state = self._state
         if changes is None or state.topo is None:
             infos = {name: host_info(rec, self.bindings.host_ports.get(name, HostPorts()))
-                     for name, rec in snap.hosts.items()}
+                     for name, rec in runtime.hosts.items()}
             recorded = self._recorded()
             topo = state.rebuild(config_topology(snap), infos, self.bindings.bound(snap.vms),
-                                 incoming(snap), snap.slices,
+                                 incoming(runtime), runtime.slices,
                                  state.topo.slices if state.topo else {},
                                  dict(recorded))
             vms = sorted(topo.bindings)
-            # VM.host naming a host where the VM is not bound (a restart)
-            self._maybe_gone = {vm for vm, (host, _) in snap.vm_locations.items()
+            # VM_Location naming a host where the VM is not bound (a restart)
+            self._maybe_gone = {vm for vm, (host, _) in runtime.vm_locations.items()
                                 if host is not None and vm not in topo.bindings}
         else:
             ports, vms, now_incoming = changes
-            infos = {h: host_info(snap.hosts[h], p) for h, p in ports.items()
-                     if h in snap.hosts}
+            infos = {h: host_info(runtime.hosts[h], p) for h, p in ports.items()
+                     if h in runtime.hosts}
             vms = sorted(vms)
             state.update(infos, {vm: self.bindings.binding(vm, snap.vms.get(vm)) for vm in vms},
-                         now_incoming, snap.slices, self._recorded())
+                         now_incoming, runtime.slices, self._recorded())
             topo = state.topo
         for vm in vms:
-            if vm not in topo.bindings and snap.vm_locations.get(vm, (None,))[0] is not None:
+            if vm not in topo.bindings and \
+                    runtime.vm_locations.get(vm, (None,))[0] is not None:
                 self._maybe_gone.add(vm)
-        self._publish_slices(topo, snap)
-        if getattr(snap, "northd_cfg", 0) != snap.nb_cfg:
+        self._publish_slices(topo, runtime)
+        if snap.northd_cfg != snap.nb_cfg:
             self._write(("northd_cfg",), snap.nb_cfg,
                         lambda: self._nb.set_northd_cfg(snap.nb_cfg).execute(
                             check_error=True))
         self._track_locations(topo, vms)
-        self._publish_hosts(snap, None if changes is None or status else hosts)
-        self._publish_locations(topo, snap)
+        self._publish_hv_cfg(snap)
+        self._publish_locations(topo)
+        if changes is None:
+            self._publish_mirrors(snap)
         if changes is None or status:
-            self._publish_vip_status(topo, snap)
+            self._publish_vip_status(topo)
             self._publish_ids_status(topo, snap)
 
     def _write(self, key, value, fn):
@@ -162,7 +178,7 @@ class Northd:
     def _publish_slices(self, topo, snap):
         """The slices and their status, written when they changed (the
         database had the ones written before) or when the database says
-        otherwise (compared once per snapshot)."""
+        otherwise (compared once per runtime snapshot ``snap``)."""
         state = self._state
         if self._slices_checked == (state.version, snap):
             return
@@ -170,36 +186,23 @@ class Northd:
         if self._slices_checked is not None and self._slices_checked[1] is snap:
             differ = True
         else:
-            current = {k: dict(v) for k, v in getattr(snap, "slice_status", {}).items()}
+            current = {k: dict(v) for k, v in snap.slice_status.items()}
             differ = dict(topo.slices) != dict(snap.slices) \
                 or {k: v for k, v in status.items() if v} \
                 != {k: v for k, v in current.items() if v and k in topo.slices}
         if differ and self._written.get(("slices",)) != state.version:
-            self._nb.set_slices(dict(topo.slices), status).execute(check_error=True)
+            self._sb.set_slices(dict(topo.slices), status)
             self._written[("slices",)] = state.version
         self._slices_checked = (state.version, snap)
 
     def _connected(self):
         return [s for s in self.status.values() if s.connected]
 
-    def _publish_hosts(self, snap, hosts=None):
-        """Host.nb_cfg / connected / datapath_id from Chassis_Private and
-        the chassis, of ``hosts`` (None: every host); NB_Global.hv_cfg."""
-        names = sorted(snap.hosts) if hosts is None else sorted(h for h in hosts
-                                                                if h in snap.hosts)
-        for name in names:
-            rec = snap.hosts[name]
-            st = self.status.get(name)
-            connected = bool(st and st.connected)
-            nb_cfg = st.nb_cfg if st else rec.nb_cfg
-            dpid = self.bindings.host_ports.get(name, HostPorts()).datapath_id
-            dpid = "%016x" % dpid if (connected and dpid is not None) else rec.datapath_id
-            if (rec.nb_cfg, rec.connected, rec.datapath_id) != (nb_cfg, connected, dpid):
-                self._write(("host", name), (nb_cfg, connected, dpid),
-                            lambda: self._nb.set_host_status(
-                                name, nb_cfg=nb_cfg, connected=connected,
-                                datapath_id=dpid).execute(check_error=True))
-        hv_cfg = min((s.nb_cfg for s in self._connected() if s.name in snap.hosts),
+    def _publish_hv_cfg(self, snap):
+        """NB_Global.hv_cfg: the lowest nb_cfg the connected hosts report
+        (Chassis_Private)."""
+        hosts = self.sb_snap.hosts
+        hv_cfg = min((s.nb_cfg for s in self._connected() if s.name in hosts),
                      default=snap.nb_cfg)
         if hv_cfg != snap.hv_cfg:
             self._write(("hv_cfg",), hv_cfg,
@@ -226,24 +229,28 @@ class Northd:
             self._pending[vm] = (seq, host, value)
         self._sb.raise_sb_cfg(value)
 
-    def _publish_locations(self, topo, snap):
-        connected = [s for s in self._connected() if s.name in snap.hosts]
+    def _publish_locations(self, topo):
+        runtime = self.sb_snap
+        connected = [s for s in self._connected() if s.name in runtime.hosts]
         applied = min((s.sb_cfg for s in connected), default=None)
         for vm, (seq, host, needed) in sorted(self._pending.items()):
             if applied is not None and applied < needed:
                 continue        # not yet programmed on every connected host
             del self._pending[vm]
-            cur_host, epoch = snap.vm_locations.get(vm, (None, 0))
+            cur_host, epoch = runtime.vm_locations.get(vm, (None, 0))
             if vm not in self._announced and cur_host == host:
                 self._announced[vm] = seq   # already recorded (a restart)
                 continue
+            # Epochs never go back, also not below the operators' mirror (a
+            # config database converted from 1.x keeps VM.location_epoch).
+            epoch = max(epoch, self.nb_snap.vm_mirror.get(vm, (None, 0))[1])
             self._set_location(vm, host, epoch + 1)
             self._announced[vm] = seq
             LOG.info("VM %s now on %s (epoch %d)", vm, host, epoch + 1)
         for vm in sorted(self._maybe_gone):
             # Only a host whose chassis has been published can be known not
             # to hold the port.
-            cur_host, epoch = snap.vm_locations.get(vm, (None, 0))
+            cur_host, epoch = self.sb_snap.vm_locations.get(vm, (None, 0))
             if cur_host is None or vm in topo.bindings:
                 self._maybe_gone.discard(vm)
                 continue
@@ -255,18 +262,30 @@ class Northd:
                 self._announced.pop(vm, None)
 
     def _set_location(self, vm, host, epoch):
-        self._nb.set_vm_location(vm, host, epoch).execute(check_error=True)
+        self._sb.set_vm_location(vm, host, epoch)
+        self._nb.set_vm_mirror(vm, host, epoch).execute(check_error=True)
+        self._written[("mirror", vm)] = (host, epoch)
         # Events handled before the database's change notification arrives
         # must see this write: the next epoch is computed from it.
-        self.nb_snap.vm_locations[vm] = (host, epoch)
+        self.sb_snap = dataclasses.replace(
+            self.sb_snap, vm_locations={**self.sb_snap.vm_locations, vm: (host, epoch)})
 
-    def _publish_vip_status(self, topo, snap):
+    def _publish_mirrors(self, snap):
+        """VM.host / location_epoch of each VM whose mirror differs from its
+        VM_Location (a restart, a converted config database)."""
+        for vm, location in sorted(self.sb_snap.vm_locations.items()):
+            if vm in snap.vms and snap.vm_mirror.get(vm) != location:
+                self._write(("mirror", vm), location,
+                            lambda: self._nb.set_vm_mirror(vm, *location).execute(
+                                check_error=True))
+
+    def _publish_vip_status(self, topo):
         """LB_VIP.status: each backend's health as the hosts publish it
         (shared state, service "lb-health", value {"ip:port": "up"|"down"});
         down if any host says down."""
         health = {}         # middlebox -> {"ip:port": state}
-        for row in records(getattr(snap, "shared_state", ())):
-            if getattr(row, "service", None) != LB_HEALTH:
+        for row in self.sb_snap.shared_state:
+            if row.service != LB_HEALTH:
                 continue
             try:
                 value = json.loads(row.value)
@@ -299,9 +318,9 @@ class Northd:
     def _publish_ids_status(self, topo, snap):
         """Middlebox.status "alerts" = the number of IDS_Alert rows of each IDS."""
         counts = {}
-        for row in records(getattr(snap, "ids_alerts", ())):
+        for row in self.sb_snap.ids_alerts:
             counts[row.middlebox] = counts.get(row.middlebox, 0) + 1
-        current_status = getattr(snap, "middlebox_status", {})
+        current_status = snap.middlebox_status
         for name, mb in sorted(topo.middleboxes.items()):
             if mb.type != "ids":
                 continue

@@ -14,7 +14,7 @@ import threading
 from ovsdb import DEFAULT_DB
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
-from ovsdb.southbound import Southbound
+from ovsdb.southbound import NORTHD_TABLES, Southbound
 from ryu_apps.engine import EngineLoop
 from ryu_apps.northd import Northd
 
@@ -65,7 +65,9 @@ def main(argv=None):
                     on_status=lambda statuses: loop.post("chassis_status_changed",
                                                          statuses),
                     on_sb_cfg=lambda value: loop.post("sb_cfg_changed", value),
-                    on_ready=lambda: loop.post("southbound_ready"))
+                    on_ready=lambda: loop.post("southbound_ready"),
+                    on_runtime=lambda snap: loop.post("runtime_changed", snap),
+                    runtime_tables=NORTHD_TABLES)
     loop.engine = Northd(nb, sb)
     loop.start()
     loop.post_nb_changed()

@@ -1,6 +1,6 @@
 """The controllers' shared view of the cloud: where each VM's port is (from
 the southbound database's port bindings), and what of a northbound
-snapshot the topology is made of.
+snapshot and the southbound runtime rows the topology is made of.
 
 Both controllers use it: the logical controller (``ryu_apps.northd``) for
 the cloud-wide decisions (slices, SNAT blocks, VM locations), the physical
@@ -89,30 +89,32 @@ def config_topology(snap):
             getattr(snap, "external_networks", {}))})
 
 
-def config_key(snap):
-    """What of a config snapshot the flows are computed from: everything
-    but the status columns (hosts' nb_cfg, connection and datapath; VM
-    locations; slices; LB_VIP, Middlebox and Migration status; shared
-    state and IDS alerts; the nb_cfg / hv_cfg / northd_cfg counters)."""
+def config_key(snap, hosts):
+    """What the flows are computed from of a config snapshot and the
+    hosts (``SbSnapshot.hosts``): the intent and the hosts' tunnel
+    endpoints, not the status columns (LB_VIP and Middlebox status, the
+    VM.host mirror, the nb_cfg / hv_cfg / northd_cfg counters) nor the
+    hosts' status."""
     vips = {name: tuple((v.uuid, v.vip, v.port, v.protocol, v.algorithm, v.backends,
                          tuple(sorted(dict(v.options).items()))) for v in recs)
             for name, recs in _by_middlebox(getattr(snap, "vips", {})).items()}
-    return ({name: (h.encap_ip, h.encap_type) for name, h in snap.hosts.items()},
+    return ({name: (h.encap_ip, h.encap_type) for name, h in hosts.items()},
             snap.switches, snap.vms, snap.middleboxes, tuple(snap.policies),
             snap.address_sets, _by_middlebox(getattr(snap, "nat_rules", {})), vips,
             {n.name: n for n in records(getattr(snap, "external_networks", {}))})
 
 
-def incoming(snap):
+def incoming(runtime):
     """(vm, host) pairs that need the VM's slices on a host where it may not
-    be bound (``slices.needed_slices``): the destination and the source of
-    an active migration, and a host that holds state of a VM that left
-    (shared state "vm-state": the VM's new host may still ask for it, and
-    its SNAT ports are forwarded from there)."""
-    out = {(m.vm, host) for m in getattr(snap, "migrations", ())
+    be bound (``slices.needed_slices``), from the runtime rows (an
+    SbSnapshot): the destination and the source of an active migration,
+    and a host that holds state of a VM that left (shared state
+    "vm-state": the VM's new host may still ask for it, and its SNAT ports
+    are forwarded from there)."""
+    out = {(m.vm, host) for m in runtime.migrations
            if m.status in ACTIVE_MIGRATION for host in (m.destination, m.source)}
-    out.update((row.key, row.host) for row in records(getattr(snap, "shared_state", ()))
-               if getattr(row, "service", None) == VM_STATE)
+    out.update((row.key, row.host) for row in runtime.shared_state
+               if row.service == VM_STATE)
     return frozenset(out)
 
 

@@ -1,5 +1,6 @@
-"""The connection to the config database, and MbxNb, the API: one class made
-of every area's methods."""
+"""The connections to the two databases, and their APIs: MbxNb (intent, the
+northbound database) and MbxSb (runtime, the southbound database), each
+one class made of its areas' methods."""
 
 import errno
 import os
@@ -19,21 +20,27 @@ from ovsdb.api.middleboxes import MiddleboxesApi
 from ovsdb.api.migration import MigrationApi
 from ovsdb.api.nat import NatApi
 from ovsdb.api.steering import SteeringApi
+from ovsdb.api.runtime import RuntimeApi
+from ovsdb.api.slices import SlicesApi
 from ovsdb.api.switches import SwitchesApi
 from ovsdb.errors import MbxError
 
 
 SCHEMA_NAME = "MBX_Northbound"
+SB_SCHEMA_NAME = "MBX_Southbound"
+_WHAT = {SCHEMA_NAME: ("config database", "--db or MBX_DB"),
+         SB_SCHEMA_NAME: ("southbound database", "--sb or MBX_SB")}
 
 
-def _unreachable(remote, reason):
-    return MbxError(f"cannot connect to config database at {remote}: "
-                    f"{reason}; is the lab up? set --db or MBX_DB")
+def _unreachable(remote, reason, schema=SCHEMA_NAME):
+    what, option = _WHAT[schema]
+    return MbxError(f"cannot connect to {what} at {remote}: "
+                    f"{reason}; is the lab up? set {option}")
 
 
-def _fetch_schema(remote, timeout):
-    """The schema JSON of MBX_Northbound served at ``remote``, or MbxError
-    within about ``timeout`` seconds."""
+def _fetch_schema(remote, timeout, schema=SCHEMA_NAME):
+    """The schema JSON of database ``schema`` served at ``remote``, or
+    MbxError within about ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
 
     def remaining_ms():
@@ -42,16 +49,17 @@ def _fetch_schema(remote, timeout):
     err, strm = stream.Stream.open_block(stream.Stream.open(remote),
                                          remaining_ms())
     if err:
-        raise _unreachable(remote, os.strerror(err))
+        raise _unreachable(remote, os.strerror(err), schema)
     rpc = jsonrpc.Connection(strm)
     try:
-        request = jsonrpc.Message.create_request("get_schema", [SCHEMA_NAME])
+        request = jsonrpc.Message.create_request("get_schema", [schema])
         err = rpc.send(request)
         while not err:
             err, reply = rpc.recv()
             if err == errno.EAGAIN:
                 if not remaining_ms():
-                    raise _unreachable(remote, f"no answer within {timeout}s")
+                    raise _unreachable(remote, f"no answer within {timeout}s",
+                                       schema)
                 rpc.run()
                 wait = poller.Poller()
                 rpc.wait(wait)
@@ -61,15 +69,16 @@ def _fetch_schema(remote, timeout):
                 err = 0
             elif not err and reply.id == request.id:
                 if reply.error:
-                    raise _unreachable(remote, f"it serves no {SCHEMA_NAME} "
-                                       "database")
+                    raise _unreachable(remote, f"it serves no {schema} "
+                                       "database", schema)
                 return reply.result
-        raise _unreachable(remote, os.strerror(err) if err > 0 else "EOF")
+        raise _unreachable(remote, os.strerror(err) if err > 0 else "EOF",
+                           schema)
     finally:
         rpc.close()
 
 
-class _NbIdl(connection.OvsdbIdl):
+class _Idl(connection.OvsdbIdl):
     on_change = None
 
     def notify(self, event, row, updates=None):
@@ -86,42 +95,33 @@ class _Transaction(transaction.Transaction):
         except MbxError:
             raise
         except (RuntimeError, exceptions.TimeoutException) as e:
-            raise MbxError(f"config database transaction failed: {e}") from e
+            what = _WHAT[self.api.schema][0]
+            raise MbxError(f"{what} transaction failed: {e}") from e
 
 
-class MbxNb(SwitchesApi, ExternalsApi, MiddleboxesApi, FirewallApi, NatApi,
-            LbApi, IdsApi, SteeringApi, MigrationApi, DatabaseApi,
-            ovs_idl.Backend, ovsdbapp_api.API):
-    """The config database API: every area's methods
-    (ovsdb/api/AREA.py) on one connection."""
-
-    schema = SCHEMA_NAME
-    lookup_table = {
-        table: idlutils.RowLookup(table, "name", None)
-        for table in ("Host", "Logical_Switch", "VM", "Middlebox",
-                      "Address_Set", "External_Network")}
+class _Api(ovs_idl.Backend, ovsdbapp_api.API):
+    """One connection to one of the two databases."""
 
     @classmethod
-    def connect(cls, remote, timeout=5.0, on_change=None):
-        """Connect to the config database at ``remote`` ("unix:PATH",
-        "tcp:IP:PORT").  ``on_change(table_name)`` is called from the IDL
-        thread after any row changes; it must be cheap (e.g. queue.put)."""
-        helper = idlutils.create_schema_helper(_fetch_schema(remote, timeout))
+    def _connect(cls, remote, timeout, on_change, attrs=None):
+        helper = idlutils.create_schema_helper(
+            _fetch_schema(remote, timeout, cls.schema))
         helper.register_all()
-        idl = _NbIdl(remote, helper)
+        idl = _Idl(remote, helper)
         idl.on_change = on_change
         conn = connection.Connection(idl, timeout)
         # The Backend keeps its connection at class level: each connection
         # gets a class of its own so several can coexist in one process.
-        own_class = type(cls.__name__, (cls,), {
-            "_ovsdb_connection": None, "__module__": cls.__module__})
-        nb = own_class(conn, start=False)
+        own_class = type(cls.__name__, (cls,), dict(
+            attrs or {}, _ovsdb_connection=None, __module__=cls.__module__))
+        api = own_class(conn, start=False)
         try:
             conn.start()
         except Exception as e:
             idl.close()
-            raise _unreachable(remote, str(e) or type(e).__name__) from e
-        return nb
+            raise _unreachable(remote, str(e) or type(e).__name__,
+                               cls.schema) from e
+        return api
 
     def close(self):
         self.ovsdb_connection.stop(timeout=5)
@@ -133,3 +133,39 @@ class MbxNb(SwitchesApi, ExternalsApi, MiddleboxesApi, FirewallApi, NatApi,
 
     def transaction(self, check_error=True, log_errors=False, **kwargs):
         return super().transaction(check_error, log_errors, **kwargs)
+
+
+class MbxNb(SwitchesApi, ExternalsApi, MiddleboxesApi, FirewallApi, NatApi,
+            LbApi, SteeringApi, DatabaseApi, _Api):
+    """The northbound (config) database API: intent, and the status
+    mirrors mbx-northd writes; every area's methods (ovsdb/api/AREA.py) on
+    one connection."""
+
+    schema = SCHEMA_NAME
+    lookup_table = {
+        table: idlutils.RowLookup(table, "name", None)
+        for table in ("Logical_Switch", "VM", "Middlebox",
+                      "Address_Set", "External_Network")}
+
+    @classmethod
+    def connect(cls, remote, timeout=5.0, on_change=None):
+        """Connect to the config database at ``remote`` ("unix:PATH",
+        "tcp:IP:PORT").  ``on_change(table_name)`` is called from the IDL
+        thread after any row changes; it must be cheap (e.g. queue.put)."""
+        return cls._connect(remote, timeout, on_change)
+
+
+class MbxSb(RuntimeApi, SlicesApi, MigrationApi, IdsApi, _Api):
+    """The southbound database API: the runtime rows (chassis and their
+    status, VM locations, slices, migrations, shared state, IDS alerts)."""
+
+    schema = SB_SCHEMA_NAME
+    lookup_table = {}
+
+    @classmethod
+    def connect(cls, remote, timeout=5.0, on_change=None, nb=None):
+        """Connect to the southbound database at ``remote``.  ``nb``: an
+        MbxNb whose VMs and NB_Global options the migration commands check
+        (an unknown VM, the default wait); without it they check only what
+        the southbound database holds."""
+        return cls._connect(remote, timeout, on_change, {"nb": nb})

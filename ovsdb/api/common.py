@@ -30,21 +30,6 @@ def _rows(api, table):
     return list(found.rows.values()) if found is not None else []
 
 
-def _require_table_column(api, table, column, version):
-    _require_table(api, table, version)
-    if column not in api.tables[table].columns:
-        raise MbxError(f"the config database has no {table}.{column} (its "
-                       f"schema predates {version}); restart its server to "
-                       "convert it")
-
-
-def _require_table(api, table, version):
-    if table not in api.tables:
-        raise MbxError(f"the config database has no {table} table (its "
-                       f"schema predates {version}); restart its server to "
-                       "convert it")
-
-
 def _find(api, table, name):
     for row in _rows(api, table):
         if row.name == name:

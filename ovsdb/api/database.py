@@ -4,15 +4,11 @@ counters and options, the snapshot of everything."""
 import time
 
 from mbxmodel.snapshot import NbSnapshot
-from mbxmodel.state import HostRecord, SharedRecord
 from ovsdb import validate
-from ovsdb.api.common import (_address_sets, _Command, _externals, _require_table_column,
+from ovsdb.api.common import (_address_sets, _Command, _externals,
                               _middleboxes, _nat_rules, _nb_global, _policies,
                               _ReadCommand, _rows, _rules, _switches, _vips,
                               _vms)
-from ovsdb.api.ids import _ids_alerts
-from ovsdb.api.migration import _migration_key, _migration_record
-from ovsdb.api.steering import _slice_key
 from ovsdb.errors import MbxError
 
 
@@ -24,8 +20,7 @@ class EnsureNbGlobalCommand(_Command):
 def _insert_nb_global(api, txn):
     row = txn.insert(api.tables["NB_Global"])
     row.name, row.nb_cfg, row.hv_cfg, row.hv_cfg_timestamp = "", 0, 0, 0
-    if "northd_cfg" in api.tables["NB_Global"].columns:
-        row.northd_cfg = 0
+    row.northd_cfg = 0
     row.options = {}
     return row
 
@@ -47,7 +42,6 @@ class SetNorthdCfgCommand(_Command):
         self.value = value
 
     def run_idl(self, txn):
-        _require_table_column(self.api, "NB_Global", "northd_cfg", "1.5.0")
         row = _nb_global(self.api) or _insert_nb_global(self.api, txn)
         row.northd_cfg = self.value
 
@@ -85,32 +79,15 @@ class GlobalSetCommand(_Command):
 class SnapshotCommand(_ReadCommand):
     def run_idl(self, txn):
         nb = _nb_global(self.api)
-        hosts, locations = {}, {}
-        for row in _rows(self.api, "Host"):
-            hosts[row.name] = HostRecord(
-                row.name, row.encap_type, row.encap_ip, row.mgmt_address,
-                row.nb_cfg, row.connected,
-                row.datapath_id[0] if row.datapath_id else None,
-                getattr(row, "migration_address", ""))
-        for row in _rows(self.api, "VM"):
-            locations[row.name] = (row.host[0].name if row.host else None,
-                                   row.location_epoch)
-        slices, slice_status = {}, {}
-        for row in sorted(_rows(self.api, "Slice"), key=lambda r: r.uuid):
-            key = _slice_key(row)
-            if key is not None and key not in slices:
-                slices[key] = row.tag
-                slice_status[key] = dict(sorted(row.status.items()))
         middleboxes = _middleboxes(self.api)
         self.result = NbSnapshot(
             nb_cfg=nb.nb_cfg if nb else 0, hv_cfg=nb.hv_cfg if nb else 0,
-            northd_cfg=getattr(nb, "northd_cfg", 0) if nb else 0,
-            hosts=hosts, switches=_switches(self.api),
+            northd_cfg=nb.northd_cfg if nb else 0,
+            switches=_switches(self.api),
             vms={vm.name: vm for vm in _vms(self.api)},
-            vm_locations=locations, middleboxes=middleboxes,
+            middleboxes=middleboxes,
             rules=_rules(self.api), policies=_policies(self.api),
-            address_sets=_address_sets(self.api), slices=slices,
-            slice_status=slice_status,
+            address_sets=_address_sets(self.api),
             nat_rules={k: v for k, v in _nat_rules(self.api).items()
                        if k in middleboxes},
             vips={k: v for k, v in _vips(self.api).items()
@@ -119,21 +96,10 @@ class SnapshotCommand(_ReadCommand):
             middlebox_status={row.name: dict(sorted(row.status.items()))
                               for row in _rows(self.api, "Middlebox")
                               if row.name in middleboxes},
-            shared_state=_shared_state(self.api),
-            ids_alerts=_ids_alerts(self.api),
-            migrations=tuple(sorted(
-                (_migration_record(row)
-                 for row in _rows(self.api, "Migration")),
-                key=_migration_key)),
-            global_options=dict(sorted(nb.options.items())) if nb else {})
-
-
-def _shared_state(api):
-    return tuple(sorted(
-        (SharedRecord(row.middlebox, row.host, row.service, row.key,
-                      row.value, row.stamp)
-         for row in _rows(api, "Shared_State")),
-        key=lambda r: (r.middlebox, r.service, r.key, r.host)))
+            global_options=dict(sorted(nb.options.items())) if nb else {},
+            vm_mirror={row.name: (row.host[0] if row.host else None,
+                                  row.location_epoch)
+                       for row in _rows(self.api, "VM")})
 
 
 class DatabaseApi:
@@ -168,8 +134,10 @@ class DatabaseApi:
     def snapshot(self) -> NbSnapshot:
         return SnapshotCommand(self).execute(check_error=True)
 
-    def wait_hv(self, nb_cfg, timeout):
-        """Return once NB_Global.hv_cfg >= nb_cfg, else MbxError."""
+    def wait_hv(self, nb_cfg, timeout, sb=None):
+        """Return once NB_Global.hv_cfg >= nb_cfg, else MbxError naming the
+        hosts behind (their Chassis_Private, when ``sb``, an MbxSb, is
+        given)."""
         deadline = time.monotonic() + timeout
         while True:
             snap = self.snapshot()
@@ -178,8 +146,8 @@ class DatabaseApi:
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
-        behind = sorted(f"{h.name} (at {h.nb_cfg})"
-                        for h in snap.hosts.values()
+        hosts = sb.snapshot().hosts.values() if sb is not None else ()
+        behind = sorted(f"{h.name} (at {h.nb_cfg})" for h in hosts
                         if h.connected and h.nb_cfg < nb_cfg)
         raise MbxError(
             f"timed out after {timeout:g}s waiting for hosts to apply config "

@@ -72,12 +72,6 @@ class MbDelCommand(_Command):
         for rule in row.rules:
             if rule is not None:
                 _drop_rule(rule)
-        # Slices of chains through it are dead (no policy uses it).  The
-        # weak reference would only drop it from their chain, which could
-        # then pass for a shorter chain.
-        for slice_row in _rows(self.api, "Slice"):
-            if row in slice_row.chain.values():
-                slice_row.delete()
         row.delete()
 
 

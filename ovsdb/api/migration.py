@@ -1,14 +1,13 @@
-"""The config database API of connection-state migrations
-(docs/migration.md)."""
+"""The southbound database API of connection-state migrations
+(docs/migration.md): Migration rows."""
 
 import secrets
 import time
 import uuid as uuidlib
 
-from mbxmodel.state import ACTIVE_MIGRATION, FINAL_MIGRATION, MigrationRecord
+from mbxmodel.state import ACTIVE_MIGRATION, FINAL_MIGRATION
 from ovsdb import validate
-from ovsdb.api.common import (_Command, _find, _nb_global, _require,
-                              _require_table, _rows)
+from ovsdb.api.common import _Command, _find, _nb_global, _rows
 from ovsdb.errors import MbxError
 
 
@@ -16,22 +15,11 @@ def _now_ms():
     return int(time.time() * 1000)
 
 
-def _migration_record(row):
-    return MigrationRecord(
-        str(row.uuid), row.vm, row.source, row.destination, row.path,
-        row.status, row.token, dict(sorted(row.timeline.items())),
-        dict(sorted(row.stats.items())), row.outcome,
-        dict(sorted(row.options.items())))
-
-
-def _migration_key(m):
-    """Oldest first: by the time it began, then uuid."""
-    return (m.timeline.get("begun", 0), str(m.uuid))
-
-
 def _migration_rows(api, vm):
-    """The Migration rows of VM ``vm``, oldest first."""
-    return sorted((row for row in _rows(api, "Migration") if row.vm == vm),
+    """The Migration rows of VM ``vm``, oldest first (``api``: anything
+    with ``tables``, an MbxSb or a southbound IDL)."""
+    return sorted((row for row in api.tables["Migration"].rows.values()
+                   if row.vm == vm),
                   key=lambda row: (dict(row.timeline).get("begun", 0),
                                    str(row.uuid)))
 
@@ -42,6 +30,41 @@ def _active_row(api, vm):
     active = [row for row in _migration_rows(api, vm)
               if row.status in ACTIVE_MIGRATION]
     return active[-1] if active else None
+
+
+def _known_vm(api, vm):
+    """True unless the northbound database the API was given (``api.nb``)
+    has no VM ``vm``; True without one."""
+    nb = getattr(api, "nb", None)
+    return nb is None or _find(nb, "VM", vm) is not None
+
+
+def create_migration(api, txn, vm, source, destination, path, wait_ms):
+    """In ``txn``: a new Migration row (begun) of ``vm`` from chassis
+    ``source`` to chassis ``destination``; MbxError when the destination
+    has no Chassis row, is the source, or the VM has an active migration.
+    Returns the row.  Shared by MbxSb and the controllers' southbound
+    connection (``api``: anything with ``tables``)."""
+    if not any(row.name == destination
+               for row in api.tables["Chassis"].rows.values()):
+        raise MbxError(f"unknown host '{destination}'; a host registers "
+                       "itself when mbx-chassis starts on it")
+    if destination == source:
+        raise MbxError(f"VM '{vm}' is already on host '{source}'")
+    active = _active_row(api, vm)
+    if active is not None:
+        active.verify("status")
+        raise MbxError(f"VM '{vm}' already has an active migration "
+                       f"{_moves(active)} (status {active.status}); end "
+                       "it first (migrate-done or migrate-abort)")
+    row = txn.insert(api.tables["Migration"])
+    row.vm, row.source, row.destination = vm, source, destination
+    row.path, row.status = path, "begun"
+    row.token = secrets.token_hex(16)
+    row.timeline, row.stats = {"begun": _now_ms()}, {}
+    row.outcome = ""
+    row.options = {"wait-ms": str(wait_ms)}
+    return row
 
 
 def _moves(row):
@@ -56,7 +79,7 @@ def _ended(row):
 def _no_migration(api, vm, what="migration"):
     """The error for a VM without a(n active) migration: unknown VM, or no
     migration."""
-    if _find(api, "VM", vm) is None and not _migration_rows(api, vm):
+    if not _known_vm(api, vm) and not _migration_rows(api, vm):
         return MbxError(f"unknown VM '{vm}'")
     return MbxError(f"VM '{vm}' has no {what}")
 
@@ -94,38 +117,25 @@ class MigrationCreateCommand(_MigrationCommand):
         self.wait_ms = wait_ms
 
     def run_idl(self, txn):
-        _require_table(self.api, "Migration", "1.3.0")
-        vm_row = _require(self.api, "VM", self.vm, "VM")
+        if not _known_vm(self.api, self.vm):
+            raise MbxError(f"unknown VM '{self.vm}'")
         source = self.source
         if source is None:
-            vm_row.verify("host")
-            if not vm_row.host:
+            location = next((row for row in _rows(self.api, "VM_Location")
+                             if row.vm == self.vm), None)
+            if location is not None:
+                location.verify("chassis")
+            if location is None or not location.chassis:
                 raise MbxError(f"VM '{self.vm}' runs on no host (its port "
                                "exists nowhere); nothing to migrate")
-            source = vm_row.host[0].name
-        if _find(self.api, "Host", self.destination) is None:
-            raise MbxError(f"unknown host '{self.destination}'; a host "
-                           "registers itself (mbx-host-register)")
-        if self.destination == source:
-            raise MbxError(f"VM '{self.vm}' is already on host '{source}'")
-        active = _active_row(self.api, self.vm)
-        if active is not None:
-            active.verify("status")
-            raise MbxError(f"VM '{self.vm}' already has an active migration "
-                           f"{_moves(active)} (status {active.status}); end "
-                           "it first (migrate-done or migrate-abort)")
+            source = location.chassis[0]
         wait_ms = self.wait_ms
         if wait_ms is None:
-            nb = _nb_global(self.api)
-            wait_ms = validate.global_wait_ms(nb.options if nb else {})
-        row = txn.insert(self.api.tables["Migration"])
-        row.vm, row.source, row.destination = self.vm, source, self.destination
-        row.path, row.status = self.path, "begun"
-        row.token = secrets.token_hex(16)
-        row.timeline, row.stats = {"begun": _now_ms()}, {}
-        row.outcome = ""
-        row.options = {"wait-ms": str(wait_ms)}
-        self.result = row.uuid
+            nb = getattr(self.api, "nb", None)
+            nb_global = _nb_global(nb) if nb is not None else None
+            wait_ms = validate.global_wait_ms(nb_global.options if nb_global else {})
+        self.result = create_migration(self.api, txn, self.vm, source,
+                                       self.destination, self.path, wait_ms).uuid
 
 
 class MigrateStunCommand(_MigrationCommand):
@@ -254,12 +264,12 @@ class RequireMigrationsCommand(_Command):
     def run_idl(self, txn):
         rows = _migration_rows(self.api, self.vm)
         if (not rows and self.need_one) or (
-                not rows and _find(self.api, "VM", self.vm) is None):
+                not rows and not _known_vm(self.api, self.vm)):
             raise _no_migration(self.api, self.vm)
 
 
 class MigrationApi:
-    """MbxNb's migration methods."""
+    """MbxSb's migration methods."""
 
     def migrate_begin(self, vm, destination):
         """Announce the migration of ``vm`` from its current host to host

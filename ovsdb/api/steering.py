@@ -1,5 +1,4 @@
-"""The config database API of steering policies and the slices the
-controller allocates for them."""
+"""The config database API of steering policies."""
 
 from mbxmodel.services import PolicyInfo
 from ovsdb import validate
@@ -60,56 +59,6 @@ class SteerDelCommand(_Command):
             row.delete()
 
 
-def _slice_chain(row):
-    """The chain of a Slice row, or None when it is broken: empty, or a
-    position is missing (a weak reference to a deleted middlebox was
-    cleared)."""
-    chain = row.chain
-    if not chain or sorted(chain) != list(range(len(chain))):
-        return None
-    return _chain(chain)
-
-
-def _slice_key(row):
-    chain = _slice_chain(row)
-    if chain is None or not row.host:
-        return None
-    return (chain, row.host[0].name)
-
-
-class SetSlicesCommand(_Command):
-    def __init__(self, api, desired, status):
-        super().__init__(api)
-        self.desired = desired
-        self.status = status
-
-    def run_idl(self, txn):
-        middleboxes = {row.name: row for row in _rows(self.api, "Middlebox")}
-        hosts = {row.name: row for row in _rows(self.api, "Host")}
-        wanted = {key: tag for key, tag in self.desired.items()
-                  if all(mb in middleboxes for mb in key[0])
-                  and key[1] in hosts}
-        seen = set()
-        for row in sorted(_rows(self.api, "Slice"), key=lambda r: r.uuid):
-            key = _slice_key(row)
-            if key not in wanted or key in seen:
-                row.delete()
-                continue
-            seen.add(key)
-            if row.tag != wanted[key]:
-                row.tag = wanted[key]
-            status = self.status.get(key, {})
-            if dict(row.status) != status:
-                row.status = status
-        for key, tag in sorted(wanted.items()):
-            if key not in seen:
-                chain, host = key
-                row = txn.insert(self.api.tables["Slice"])
-                row.chain = {i: middleboxes[mb] for i, mb in enumerate(chain)}
-                row.host, row.tag = [hosts[host]], tag
-                row.status = self.status.get(key, {})
-
-
 class ReplacePoliciesCommand(_Command):
     """Make the steering policies of ``switch`` exactly ``policies``
     (policies that stay keep their rows), without checks (see
@@ -137,7 +86,7 @@ class ReplacePoliciesCommand(_Command):
 
 
 class SteeringApi:
-    """MbxNb's steering policy and slice methods."""
+    """MbxNb's steering policy methods."""
 
     def steer_add(self, switch, priority, match, chain):
         """``chain``: middleboxes of ``switch`` in order, as a sequence of
@@ -158,24 +107,6 @@ class SteeringApi:
         """Make ``switch``'s steering policies exactly ``policies``; follow
         a batch with ``check_firewall()``."""
         return ReplacePoliciesCommand(self, switch, tuple(policies))
-
-    def set_slices(self, slices, status=None):
-        """Make the Slice table exactly ``slices``, a dict (chain, host
-        name) -> tag, where a chain is a non-empty tuple of middlebox names
-        in order; ``status`` maps the same keys to the slices' status
-        ({str: str}; missing or None: empty).  Entries naming a missing
-        middlebox or host are ignored."""
-        desired, checked = {}, {}
-        for (chain, host), tag in slices.items():
-            chain = validate.chain(tuple(chain))
-            if not chain:
-                raise MbxError("a slice's chain names at least one "
-                               "middlebox")
-            desired[(chain, host)] = validate.slice_tag(tag)
-        for (chain, host), value in (status or {}).items():
-            checked[(tuple(chain), host)] = validate.status_map(
-                value, "slice status")
-        return SetSlicesCommand(self, desired, checked)
 
     def steer_list(self, switch=None):
         """Sorted by switch, then descending priority."""

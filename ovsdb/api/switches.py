@@ -1,4 +1,4 @@
-"""The config database API of logical switches, VMs and hosts."""
+"""The config database API of logical switches and VMs."""
 
 import dataclasses
 
@@ -6,7 +6,7 @@ from mbxmodel.network import SwitchInfo, VMInfo
 from ovsdb import validate
 from ovsdb.api.common import (_Command, _find, _gateway_column, _middleboxes,
                               _policies, _refuse_existing, _require,
-                              _require_table, _reserved, _rows, _switch_info,
+                              _reserved, _rows, _switch_info,
                               _switches, _vm_info, _vms)
 from ovsdb.errors import MbxError
 
@@ -163,51 +163,6 @@ class CheckCommand(_Command):
                 validate.check_vm(vm, switches, vms, reserved=reserved)
 
 
-class HostRegisterCommand(_Command):
-    def __init__(self, api, name, encap_type, encap_ip, mgmt_address,
-                 migration_address=None):
-        super().__init__(api)
-        self.name = name
-        self.encap_type = encap_type
-        self.encap_ip = encap_ip
-        self.mgmt_address = mgmt_address
-        self.migration_address = migration_address
-
-    def run_idl(self, txn):
-        for other in _rows(self.api, "Host"):
-            if other.name != self.name and other.encap_ip == self.encap_ip:
-                raise MbxError(f"encap IP {self.encap_ip} is already used by "
-                               f"host '{other.name}'; give each host its own")
-        row = _find(self.api, "Host", self.name)
-        if row is None:
-            row = txn.insert(self.api.tables["Host"])
-            row.name, row.nb_cfg, row.connected = self.name, 0, False
-        row.encap_type = self.encap_type
-        row.encap_ip = self.encap_ip
-        row.mgmt_address = self.mgmt_address
-        if "migration_address" not in self.api.tables["Host"].columns:
-            if self.migration_address:      # schema before 1.3.0
-                _require_table(self.api, "Migration", "1.3.0")
-        elif self.migration_address is not None:
-            row.migration_address = self.migration_address
-
-
-class SetHostStatusCommand(_Command):
-    def __init__(self, api, name, nb_cfg, connected, datapath_id):
-        super().__init__(api)
-        self.name = name
-        self.columns = {"nb_cfg": nb_cfg, "connected": connected,
-                        "datapath_id": datapath_id}
-
-    def run_idl(self, txn):
-        row = _require(self.api, "Host", self.name, "host")
-        for column, value in self.columns.items():
-            if column == "datapath_id" and value is not None:
-                value = [value] if value else []
-            if value is not None:
-                setattr(row, column, value)
-
-
 class SetVmLocationCommand(_Command):
     def __init__(self, api, vm_name, host_name, epoch):
         super().__init__(api)
@@ -216,16 +171,15 @@ class SetVmLocationCommand(_Command):
         self.epoch = epoch
 
     def run_idl(self, txn):
-        row = _require(self.api, "VM", self.vm_name, "VM")
-        host = []
-        if self.host_name is not None:
-            host = [_require(self.api, "Host", self.host_name, "host")]
-        row.host = host
+        row = _find(self.api, "VM", self.vm_name)
+        if row is None:
+            return                      # deleted meanwhile: nothing to mirror
+        row.host = [] if self.host_name is None else [self.host_name]
         row.location_epoch = self.epoch
 
 
 class SwitchesApi:
-    """MbxNb's logical switch, VM and host methods."""
+    """MbxNb's logical switch and VM methods."""
 
     def ls_add(self, name, vni, subnet, tenant=None, may_exist=False,
                gateway=None):
@@ -265,24 +219,9 @@ class SwitchesApi:
     def check(self, switch_names=(), vm_names=()):
         return CheckCommand(self, switch_names, vm_names)
 
-    def host_register(self, name, encap_type, encap_ip, mgmt_address,
-                      migration_address=None):
-        """Create or update Host ``name``; ``migration_address`` None
-        leaves it as it is ("" on a new row), "" clears it."""
-        if migration_address is not None:
-            migration_address = validate.migration_address(migration_address)
-        return HostRegisterCommand(
-            self, validate.name(name, "host name"),
-            validate.encap_type(encap_type),
-            validate.ipv4(encap_ip, "encap IP"),
-            validate.mgmt_address(mgmt_address), migration_address)
-
-    def set_host_status(self, name, nb_cfg=None, connected=None,
-                        datapath_id=None):
-        """Columns left as None are unchanged; datapath_id "" clears it."""
-        return SetHostStatusCommand(self, name, nb_cfg, connected, datapath_id)
-
-    def set_vm_location(self, vm_name, host_name, epoch):
+    def set_vm_mirror(self, vm_name, host_name, epoch):
+        """VM.host and location_epoch: the operators' mirror of the VM's
+        southbound VM_Location (mbx-northd writes both)."""
         return SetVmLocationCommand(self, vm_name, host_name, epoch)
 
     def ls_list(self):
@@ -292,6 +231,3 @@ class SwitchesApi:
         return sorted((vm for vm in self.snapshot().vms.values()
                        if switch is None or vm.switch == switch),
                       key=lambda vm: vm.name)
-
-    def host_list(self):
-        return sorted(self.snapshot().hosts.values(), key=lambda h: h.name)

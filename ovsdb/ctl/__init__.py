@@ -1,4 +1,5 @@
-"""mbxctl: the command-line client of the mbx config database.
+"""mbxctl: the command-line client of the mbx databases: intent in the
+config (northbound) database, runtime rows in the southbound database.
 
 Every command is declared once, as a CtlCommand (ovsdb/ctl/syntax.py) in the
 module of its area; COMMANDS is their table, and the help text is laid out
@@ -9,7 +10,7 @@ import os
 import sys
 
 from ovsdb import DEFAULT_DB
-from ovsdb.api import MbxNb
+from ovsdb.api import MbxNb, MbxSb
 from ovsdb.ctl import (database, externals, firewall, ids, lb, middleboxes,
                        migration, nat, steering, switches)
 from ovsdb.ctl.syntax import command_table
@@ -23,10 +24,14 @@ COMMANDS = command_table(
 USAGE = f"""\
 usage: mbxctl [OPTIONS] COMMAND [ARG...] [-- COMMAND [ARG...]]...
 
-Commands joined by a standalone "--" run in one transaction: all or nothing.
+Commands joined by a standalone "--" run in one transaction: all or nothing
+(so they change one database: the config database, or the southbound
+database's runtime rows).
 
 Options (before the first command):
   --db ADDR        config database (default: $MBX_DB, else {DEFAULT_DB})
+  --sb ADDR        southbound database: hosts, slices, migrations, IDS
+                   alerts (default: $MBX_SB, else the --db server)
   --wait=hv        after the change, wait until every connected host has
                    applied it (flows installed)
   --timeout SECS   give up waiting after SECS seconds (default: 10)
@@ -60,7 +65,8 @@ exists for both tcp and udp.
 
 def _global_options(argv):
     """(options dict, rest of argv) from the options before the command."""
-    opts = {"db": os.environ.get("MBX_DB") or DEFAULT_DB, "wait": "none",
+    opts = {"db": os.environ.get("MBX_DB") or DEFAULT_DB,
+            "sb": os.environ.get("MBX_SB") or None, "wait": "none",
             "timeout": 10.0}
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
@@ -68,9 +74,9 @@ def _global_options(argv):
             opts["help"] = True
             return opts, []
         key, eq, value = argv[i].partition("=")
-        if key not in ("--db", "--wait", "--timeout"):
+        if key not in ("--db", "--sb", "--wait", "--timeout"):
             raise MbxError(f"unknown option {argv[i]!r}; options are --db, "
-                           "--wait=hv, --timeout (see mbxctl --help)")
+                           "--sb, --wait=hv, --timeout (see mbxctl --help)")
         if not eq:
             i += 1
             if i == len(argv):
@@ -115,16 +121,37 @@ def _commands(argv):
     return commands
 
 
-def _write(nb, txn, name, args):
+def _databases(commands):
+    """The database the commands write to ("nb" or "sb"; "nb" when none
+    writes), and whether any reads the southbound database; MbxError when
+    they would write to both."""
+    writes = {COMMANDS[name].db for name, _ in commands
+              if COMMANDS[name].write is not None}
+    if len(writes) > 1:
+        sb_names = sorted({name for name, _ in commands
+                           if COMMANDS[name].db == "sb" and COMMANDS[name].write})
+        raise MbxError("commands on the config database and on the southbound "
+                       f"database ({', '.join(sb_names)}) cannot share one "
+                       "transaction; run them separately")
+    reads_sb = any(COMMANDS[name].reads in ("sb", "both") for name, _ in commands)
+    return (writes.pop() if writes else "nb"), reads_sb
+
+
+def _write(api, txn, name, args):
     """Add command ``name``'s API commands to ``txn``; returns the one whose
     result it reports, if any."""
     write = COMMANDS[name].write
-    return None if write is None else write(nb, txn, args)
+    return None if write is None else write(api, txn, args)
 
 
-def _read(snap, name, args):
-    """Command ``name``'s output lines from ``snap``."""
-    return COMMANDS[name].read(snap, args)
+def _read(name, args, nb_snap=None, sb_snap=None):
+    """Command ``name``'s output lines from the snapshots."""
+    command = COMMANDS[name]
+    if command.reads == "sb":
+        return command.read(sb_snap, args)
+    if command.reads == "both":
+        return command.read(nb_snap, args, sb_snap)
+    return command.read(nb_snap, args)
 
 
 def run(argv, out):
@@ -133,29 +160,44 @@ def run(argv, out):
         out.write(USAGE)
         return
     commands = _commands(rest)
-    nb = MbxNb.connect(opts["db"], timeout=min(opts["timeout"], 5.0))
+    db, reads_sb = _databases(commands)
+    timeout = min(opts["timeout"], 5.0)
+    nb = MbxNb.connect(opts["db"], timeout=timeout)
+    sb = None
     try:
-        with nb.transaction(check_error=True) as txn:
-            results = [_write(nb, txn, name, args) for name, args in commands]
-            bump = txn.add(nb.bump_nb_cfg()) if opts["wait"] == "hv" else None
+        if db == "sb" or reads_sb or opts["wait"] == "hv":
+            sb = MbxSb.connect(opts["sb"] or opts["db"], timeout=timeout, nb=nb)
+        api = sb if db == "sb" else nb
+        bump = None
+        with api.transaction(check_error=True) as txn:
+            results = [_write(api, txn, name, args) for name, args in commands]
+            if opts["wait"] == "hv" and api is nb:
+                bump = txn.add(nb.bump_nb_cfg())
+        if opts["wait"] == "hv" and api is not nb:
+            with nb.transaction(check_error=True) as txn:
+                bump = txn.add(nb.bump_nb_cfg())
         lines = []
-        snap = (nb.snapshot() if any(COMMANDS[name].read is not None
-                                     for name, _ in commands) else None)
+        readers = [COMMANDS[name].reads for name, _ in commands
+                   if COMMANDS[name].read is not None]
+        nb_snap = nb.snapshot() if any(r in ("nb", "both") for r in readers) else None
+        sb_snap = sb.snapshot() if any(r in ("sb", "both") for r in readers) else None
         for (name, args), result in zip(commands, results):
             command = COMMANDS[name]
             if command.reply is not None:
                 lines += command.reply(result, args)
             if command.read is not None:
-                lines += command.read(snap, args)
+                lines += _read(name, args, nb_snap, sb_snap)
         if bump is not None:
             try:
-                nb.wait_hv(bump.result, opts["timeout"])
+                nb.wait_hv(bump.result, opts["timeout"], sb)
             except MbxError as e:
                 raise MbxError(f"change committed, but {e}") from None
         for (name, args), result in zip(commands, results):
             if COMMANDS[name].wait is not None:
-                COMMANDS[name].wait(nb, result, args, opts["timeout"])
+                COMMANDS[name].wait(api, result, args, opts["timeout"])
     finally:
+        if sb is not None:
+            sb.close()
         nb.close()
     for line in lines:
         print(line, file=out)

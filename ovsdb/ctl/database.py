@@ -37,7 +37,7 @@ def _load(nb, txn, args):
         raise MbxError(f"{args.file}: {e}") from None
 
 
-def _show(snap, args):
+def _show(snap, args, sb_snap):
     lines = []
     for sw in sorted(snap.switches.values(), key=lambda s: s.name):
         lines.append(f"switch {sw.name} (tenant {sw.tenant}, vni {sw.vni}, "
@@ -45,7 +45,7 @@ def _show(snap, args):
         for vm in sorted(snap.vms.values(), key=lambda vm: vm.name):
             if vm.switch != sw.name:
                 continue
-            host, epoch = snap.vm_locations[vm.name]
+            host, epoch = sb_snap.vm_locations.get(vm.name, (None, 0))
             lines += [f"    vm {vm.name}",
                       f"        mac: {vm.mac}",
                       f"        ip: {vm.ip}",
@@ -81,10 +81,9 @@ def _show(snap, args):
     for _, ext in sorted(snap.external_networks.items()):
         lines.append(f"external network {ext.name} (cidr {ext.cidr}, "
                      f"gateway {ext.gateway_ip} {ext.gateway_mac})")
-    for h in sorted(snap.hosts.values(), key=lambda h: h.name):
+    for h in sorted(sb_snap.hosts.values(), key=lambda h: h.name):
         lines += [f"host {h.name}",
                   f"    encap: {h.encap_type} {h.encap_ip}",
-                  f"    mgmt_address: {h.mgmt_address}",
                   f"    nb_cfg: {h.nb_cfg}",
                   f"    connected: {str(h.connected).lower()}"]
         if h.migration_address:
@@ -100,7 +99,7 @@ COMMANDS = (
     CtlCommand("global-set", "KEY=VALUE...",
                "set NB_Global options; KEY= removes\nKEY",
                args=("options*",), write=_global_set),
-    CtlCommand("show", help="everything, as a tree", read=_show),
+    CtlCommand("show", help="everything, as a tree", read=_show, reads="both"),
     CtlCommand("load", "FILE.yaml", "create or update what FILE declares",
                args=("file",), prepare=_read_file, write=_load),
     CtlCommand("sync",

@@ -1,4 +1,5 @@
-"""mbxctl's intrusion detection commands."""
+"""mbxctl's intrusion detection commands: alerts from the southbound
+database."""
 
 from ovsdb.ctl.middleboxes import require_named
 from ovsdb.ctl.syntax import CtlCommand
@@ -17,5 +18,5 @@ def _ids_alerts(snap, args):
 
 COMMANDS = (
     CtlCommand("ids-alerts", "[MB]", "list IDS alerts", args=("mb?",),
-               write=require_named, read=_ids_alerts),
+               write=require_named, read=_ids_alerts, reads="sb"),
 )

@@ -1,4 +1,5 @@
-"""mbxctl's connection-state migration commands."""
+"""mbxctl's connection-state migration commands: Migration rows in the
+southbound database."""
 
 from ovsdb import validate
 from ovsdb.ctl.syntax import CtlCommand
@@ -9,17 +10,17 @@ from ovsdb.errors import MbxError
 def _require(need_one):
     """The write step of a migration read: VM, when given, has migrations
     (need_one: at least one, else it exists)."""
-    def write(nb, txn, args):
+    def write(sb, txn, args):
         if args.vm is not None:
-            return txn.add(nb.require_migrations(args.vm, need_one=need_one))
+            return txn.add(sb.require_migrations(args.vm, need_one=need_one))
         return None
     return write
 
 
-def _stun_wait(nb, result, args, timeout):
+def _stun_wait(sb, result, args, timeout):
     if args.wait:
         try:
-            nb.wait_migration(result.result, timeout)
+            sb.wait_migration(result.result, timeout)
         except MbxError as e:
             raise MbxError(f"VM '{args.vm}' is stunned, but {e}") from None
 
@@ -67,7 +68,7 @@ COMMANDS = (
         "connection state from its host to\n"
         "HOST; prints the migration's UUID",
         args=("vm", "--to!"),
-        write=lambda nb, txn, a: txn.add(nb.migrate_begin(a.vm, a.to)),
+        write=lambda sb, txn, a: txn.add(sb.migrate_begin(a.vm, a.to)), db="sb",
         reply=lambda result, a: [result.result]),
     CtlCommand(
         "migrate-stun", "VM [--wait]",
@@ -75,22 +76,23 @@ COMMANDS = (
         "with --wait, wait (--timeout) until\n"
         "its state is imported at HOST",
         args=("vm", "--wait?"),
-        write=lambda nb, txn, a: txn.add(nb.migrate_stun(a.vm)),
+        write=lambda sb, txn, a: txn.add(sb.migrate_stun(a.vm)), db="sb",
         wait=_stun_wait),
     CtlCommand(
         "migrate-done", "VM", "finish the migration once imported",
         args=("vm",),
-        write=lambda nb, txn, a: txn.add(nb.migrate_done(a.vm))),
+        write=lambda sb, txn, a: txn.add(sb.migrate_done(a.vm)), db="sb"),
     CtlCommand(
         "migrate-abort", "VM [--if-exists]", "abort the VM's active migration",
         args=("vm", "--if-exists?"),
-        write=lambda nb, txn, a: txn.add(nb.migrate_abort(a.vm,
-                                                          a.if_exists))),
+        write=lambda sb, txn, a: txn.add(sb.migrate_abort(a.vm, a.if_exists)),
+        db="sb"),
     CtlCommand("migration-list", "[VM]", "list migrations, oldest first",
                args=("vm?",), write=_require(need_one=False),
-               read=_migration_list),
+               read=_migration_list, db="sb", reads="sb"),
     CtlCommand(
         "migration-show", "VM",
         "the VM's latest migration: phases,\nwhat moved, outcome",
-        args=("vm",), write=_require(need_one=True), read=_migration_show),
+        args=("vm",), write=_require(need_one=True), read=_migration_show,
+        db="sb", reads="sb"),
 )

@@ -1,7 +1,8 @@
-"""mbxctl's logical switch, VM and host commands."""
+"""mbxctl's logical switch, VM and host commands (hosts and VM locations:
+the southbound database)."""
 
 from ovsdb.ctl.syntax import CtlCommand
-from ovsdb.ctl.text import table
+from ovsdb.ctl.text import options, table
 
 
 def _ls_list(snap, args):
@@ -11,23 +12,32 @@ def _ls_list(snap, args):
                                   key=lambda s: s.name)])
 
 
-def _vm_list(snap, args):
+def _vm_list(snap, args, sb_snap):
     vms = [vm for vm in snap.vms.values()
            if args.switch is None or vm.switch == args.switch]
-    return table(["NAME", "SWITCH", "IP", "MAC", "HOST", "EPOCH"],
-                 [[vm.name, vm.switch, vm.ip, vm.mac,
-                   snap.vm_locations[vm.name][0] or "-",
-                   snap.vm_locations[vm.name][1]]
-                  for vm in sorted(vms, key=lambda vm: vm.name)])
+    rows = []
+    for vm in sorted(vms, key=lambda vm: vm.name):
+        host, epoch = sb_snap.vm_locations.get(vm.name, (None, 0))
+        rows.append([vm.name, vm.switch, vm.ip, vm.mac, host or "-", epoch])
+    return table(["NAME", "SWITCH", "IP", "MAC", "HOST", "EPOCH"], rows)
 
 
-def _host_list(snap, args):
-    return table(["NAME", "ENCAP", "ENCAP_IP", "MGMT_ADDRESS", "NB_CFG",
-                  "CONNECTED", "DATAPATH_ID", "MIGRATION_ADDRESS"],
-                 [[h.name, h.encap_type, h.encap_ip, h.mgmt_address,
-                   h.nb_cfg, str(h.connected).lower(),
-                   h.datapath_id or "-", h.migration_address or "-"]
-                  for h in sorted(snap.hosts.values(), key=lambda h: h.name)])
+def _host_list(sb_snap, args):
+    return table(["NAME", "ENCAP", "ENCAP_IP", "NB_CFG", "CONNECTED",
+                  "DATAPATH_ID", "MIGRATION_ADDRESS"],
+                 [[h.name, h.encap_type, h.encap_ip, h.nb_cfg,
+                   str(h.connected).lower(), h.datapath_id or "-",
+                   h.migration_address or "-"]
+                  for h in sorted(sb_snap.hosts.values(), key=lambda h: h.name)])
+
+
+def _slice_list(sb_snap, args):
+    return table(["HOST", "TAG", "CHAIN", "STATUS"],
+                 [[host, tag, ",".join(chain),
+                   options(sb_snap.slice_status.get((chain, host), {})) or "-"]
+                  for (chain, host), tag in sorted(
+                      sb_snap.slices.items(), key=lambda item: (item[0][1], item[1]))
+                  if args.host is None or host == args.host])
 
 
 COMMANDS = (
@@ -55,6 +65,10 @@ COMMANDS = (
         args=("name", "--if-exists?"),
         write=lambda nb, txn, a: txn.add(nb.vm_del(a.name, a.if_exists))),
     CtlCommand("vm-list", "[--switch LS]", "list VMs and where they run",
-               args=("--switch",), read=_vm_list),
-    CtlCommand("host-list", help="list registered hosts", read=_host_list),
+               args=("--switch",), read=_vm_list, reads="both"),
+    CtlCommand("host-list", help="list hosts (their chassis) and\ntheir status",
+               read=_host_list, reads="sb"),
+    CtlCommand("slice-list", "[--host HOST]",
+               "list the chain slices mbx-northd\nallocated, by host",
+               args=("--host",), read=_slice_list, reads="sb"),
 )

@@ -1,6 +1,6 @@
 """How an mbxctl command is declared: one CtlCommand holds everything about
-it (usage and help for --help, its arguments, what it writes to the one
-transaction and what it prints), and the table of them is checked for
+it (usage and help for --help, its arguments, what it writes to which
+database's transaction and what it prints), and the table of them is checked for
 duplicates and laid out as help text here."""
 
 import argparse
@@ -31,13 +31,16 @@ class CtlCommand:
     The steps, each optional, in the order they run:
     ``prepare(args)``: checks that need no database, while parsing (before
     connecting); may add attributes to ``args``.
-    ``write(nb, txn, args)``: adds its API commands to the one transaction
-    of every command given; returns the one whose result it reports.
+    ``write(api, txn, args)``: adds its API commands to the one transaction
+    of every command given on database ``db`` ("nb": MbxNb, the intent;
+    "sb": MbxSb, the runtime rows); returns the one whose result it reports.
     ``reply(result, args)``: output lines from that command's result.
     ``read(snap, args)``: output lines from the snapshot taken after the
-    commit.
-    ``wait(nb, result, args, timeout)``: after the commit (and --wait=hv),
-    waits for what the command asked for; raises MbxError when it fails.
+    commit, of database ``reads`` ("nb": an NbSnapshot, "sb": an
+    SbSnapshot; "both": ``read(nb_snap, args, sb_snap)``).
+    ``wait(api, result, args, timeout)``: after the commit (and --wait=hv),
+    waits for what the command asked for (``api`` of ``db``); raises
+    MbxError when it fails.
     """
 
     name: str
@@ -50,6 +53,8 @@ class CtlCommand:
     reply: Optional[Callable] = None
     read: Optional[Callable] = None
     wait: Optional[Callable] = None
+    db: str = "nb"
+    reads: str = "nb"
 
     def parse(self, argv):
         """The parsed arguments, after ``prepare``; a mistake raises one

@@ -47,12 +47,13 @@ def lab():
 
 @pytest.fixture
 def nb(tmp_path):
-    """A config DB server of its own (current schema, empty) on a unix socket:
-    (remote, pid, rundir)."""
+    """A server of its own serving both databases (current schemas, empty)
+    on one unix socket, as the lab's does: (remote, pid, rundir)."""
     rundir = str(tmp_path)
-    db = os.path.join(rundir, "db")
+    db, sb = os.path.join(rundir, "db"), os.path.join(rundir, "sb.db")
     server.ensure_db(db)
+    server.ensure_db(sb, server.SB_SCHEMA_PATH)
     sock = os.path.join(rundir, "db.sock")
-    pid = server.start(rundir, db, ["punix:" + sock])
+    pid = server.start(rundir, [db, sb], ["punix:" + sock])
     yield "unix:" + sock, pid, rundir
     server.stop(pid)

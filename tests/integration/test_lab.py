@@ -28,7 +28,11 @@ def mac(lab, vm):
 
 
 def location(lab, vm):
-    return lab.nb().snapshot().vm_locations[vm]
+    """The VM's location as mbx-northd decided it (southbound VM_Location);
+    the config database's VM.host mirror says the same."""
+    where = lab.sb().snapshot().vm_locations[vm]
+    assert lab.nb().snapshot().vm_mirror[vm] == where
+    return where
 
 
 def trace(lab, host, vm, dst_mac):
@@ -54,8 +58,10 @@ def test_hosts_register_and_connect(lab):
     for host, info in lab.state["hosts"].items():
         line = next(l for l in out.stdout.splitlines() if l.split()[0] == host)
         assert info["encap_ip"] in line
-    snap = lab.nb().snapshot()
+    snap = lab.sb().snapshot()
     assert sorted(h for h, rec in snap.hosts.items() if rec.connected) == ["h1", "h2", "h3"]
+    assert {h: (rec.encap_type, rec.encap_ip) for h, rec in snap.hosts.items()} == {
+        h: ("vxlan", info["encap_ip"]) for h, info in lab.state["hosts"].items()}
 
 
 def test_cross_host_delivery_over_the_overlay(lab):

@@ -60,11 +60,49 @@ steering:
 
 
 def start_server(rundir, schema=server.SCHEMA_PATH):
-    db = os.path.join(rundir, "db")
+    """One server for both databases on one socket, as the lab's."""
+    db, sb = os.path.join(rundir, "db"), os.path.join(rundir, "sb.db")
     server.ensure_db(db, schema)
+    server.ensure_db(sb, server.SB_SCHEMA_PATH)
     sock = os.path.join(rundir, "db.sock")
-    pid = server.start(rundir, db, ["punix:" + sock])
+    pid = server.start(rundir, [db, sb], ["punix:" + sock])
     return pid, "unix:" + sock
+
+
+SB_TABLES = ("SB_Global", "Chassis", "Chassis_Private", "Port_Binding", "Slice",
+             "VM_Location", "Datapath", "Shared_State", "IDS_Alert", "Migration")
+
+
+def database(table):
+    return "MBX_Southbound" if table in SB_TABLES else "MBX_Northbound"
+
+
+def sb_transact(remote, *ops):
+    """Southbound rows as the hosts' agents and daemons write them."""
+    out = subprocess.run(["ovsdb-client", "transact", remote,
+                          json.dumps(["MBX_Southbound", *ops])],
+                         check=True, capture_output=True, text=True).stdout
+    assert "error" not in out, out
+    return json.loads(out)
+
+
+def add_chassis(remote, *names, migration=False):
+    """Chassis rows of hosts h1, h2... as their mbx-chassis publishes them
+    (encap 10.200.0.1N; a migration address with ``migration``)."""
+    sb_transact(remote, *[
+        {"op": "insert", "table": "Chassis",
+         "row": {"name": name, "encap_type": "vxlan",
+                 "encap_ip": f"10.200.0.1{name[1:]}",
+                 "migration_address": f"ssl:10.201.0.1{name[1:]}:6650"
+                 if migration else ""}}
+        for name in names])
+
+
+def set_chassis_private(remote, name, nb_cfg, connected):
+    """The Chassis_Private row a physical controller writes."""
+    sb_transact(remote, {"op": "insert", "table": "Chassis_Private",
+                         "row": {"name": name, "controller": "test",
+                                 "connected": connected, "nb_cfg": nb_cfg}})
 
 
 @pytest.fixture
@@ -92,7 +130,7 @@ def populated(tmp_path_factory):
 
 
 def mbxctl(remote, *args, timeout=20):
-    env = {k: v for k, v in os.environ.items() if k != "MBX_DB"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MBX_DB", "MBX_SB")}
     return subprocess.run([MBXCTL, "--db", remote, *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -104,13 +142,14 @@ def ok(remote, *args):
 
 
 def dump(remote):
-    return subprocess.run(["ovsdb-client", "dump", remote], check=True,
-                          capture_output=True, text=True).stdout
+    return "".join(subprocess.run(["ovsdb-client", "dump", remote, name],
+                                  check=True, capture_output=True, text=True).stdout
+                   for name in ("MBX_Northbound", "MBX_Southbound"))
 
 
 def row_count(remote, table):
     out = subprocess.run(["ovsdb-client", "-f", "csv", "--no-headings",
-                          "dump", remote, table], check=True,
+                          "dump", remote, database(table), table], check=True,
                          capture_output=True, text=True).stdout
     return len(out.splitlines()) - 1        # the "TABLE table" caption
 

@@ -5,6 +5,8 @@ from types import SimpleNamespace as Row
 
 from hypervisor.chassis import binding_columns, chassis_columns, host_ports_from_rows
 from mbxmodel.network import HostPorts
+from mbxmodel.snapshot import sb_snapshot
+from mbxmodel.state import HostRecord
 from ovsdb.southbound import changed_hosts, host_ports_from_southbound
 
 MAC = "02:00:00:00:00:a1"
@@ -41,10 +43,17 @@ def test_a_bridge_not_there_yet_has_no_ports():
 
 def test_published_rows_read_back_as_the_same_ports():
     ports = host_ports_from_rows(*_host_rows())
-    chassis = Row(name="h1", **chassis_columns(ports))
+    fields = ("h1", "geneve", "10.200.0.11", "ssl:10.201.0.11:6650")
+    chassis = Row(name="h1", **chassis_columns(ports, fields))
     bindings = [Row(logical_port=vm, chassis="h1", **cols)
                 for vm, cols in binding_columns(ports).items()]
     assert host_ports_from_southbound([chassis], bindings) == {"h1": ports}
+    # ... and as the host its controllers and mbxctl see
+    private = Row(name="h1", nb_cfg=4, connected=True)
+    assert sb_snapshot({"Chassis": [chassis], "Chassis_Private": [private]}).hosts == {
+        "h1": HostRecord("h1", "geneve", "10.200.0.11", nb_cfg=4, connected=True,
+                         datapath_id="%016x" % ports.datapath_id,
+                         migration_address="ssl:10.201.0.11:6650")}
 
 
 def test_bad_southbound_values_are_contained_to_their_host():

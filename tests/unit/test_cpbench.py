@@ -87,13 +87,13 @@ def test_measured_moves_report_the_hosts_involved():
     # the binding first, then the slice the logical controller gave it
     assert len(set(rec["appear"]["hosts"])) == rec["hosts_of_switch"] + 1
     assert rec["appear"]["hosts"].count(rec["to"]) == 2
-    assert any(host == rec["to"] for (_chain, host) in ctl.nb.snap.slices)
+    assert any(host == rec["to"] for (_chain, host) in ctl.sb.snap.slices)
     assert rec["appear"]["reaction_ms"] <= rec["appear"]["handled_ms"]
 
 
 def test_a_host_receives_no_row_of_a_tenant_it_does_not_run():
     cloud, ctl = started()
-    db = C.nb_rows(cloud, ctl.nb.snap.slices, ctl.nb.snap.slice_status, shared_per_mb=1)
+    db = C.nb_rows(cloud, ctl.sb.snap.slices, ctl.sb.snap.slice_status, shared_per_mb=1)
     host = cloud.hosts[0]
     held = C.monitored_rows(db, host)
     mine = cloud.tenants_on(host)
@@ -108,12 +108,12 @@ def test_other_tenant_bytes_come_from_the_real_conditions():
     conditions follow it, and the figure says so."""
     cloud, ctl = started()
     host = cloud.hosts[0]
-    slices = dict(ctl.nb.snap.slices)
+    slices = dict(ctl.sb.snap.slices)
     foreign = next(chain for (chain, h) in slices
                    if cloud.tenant_of_switch[cloud.snap.middleboxes[chain[0]].switch]
                    not in cloud.tenants_on(host))
     slices[(foreign, host)] = 4000
-    db = C.nb_rows(cloud, slices, ctl.nb.snap.slice_status)
+    db = C.nb_rows(cloud, slices, ctl.sb.snap.slice_status)
     held = C.monitored_rows(db, host)
     other, by_table, _total, _provider = C.other_tenant_bytes(db, held, cloud.tenants_on(host))
     assert other > 0

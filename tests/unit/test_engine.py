@@ -12,6 +12,7 @@ event that caused a write (``Harness(auto_notify=True)``); tests about event
 ordering deliver it themselves, later, as ``EngineLoop`` may.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import random
@@ -19,7 +20,7 @@ import random
 from fakeoftable import FakeOFTable
 from mbxmodel.network import HostPorts, VMInfo
 from mbxmodel.services import MiddleboxInfo, PolicyInfo
-from mbxmodel.snapshot import NbSnapshot
+from mbxmodel.snapshot import NbSnapshot, SbSnapshot
 from mbxmodel.state import (AlertRecord, HostRecord, MigrationRecord,
                             SharedRecord)
 from ovsdb.errors import MbxError
@@ -35,7 +36,6 @@ from topologies import (ENCAP, FW_LB, FW_NAT, IDS, TUNNEL, UPLINK_MAC, VMS, VNI_
 from topologies import MB_PORT as S_MB_PORT, UPLINK as S_UPLINK
 
 DPID = {"h1": 0xA1, "h2": 0xA2, "h3": 0xA3}
-MGMT = {h: f"tcp:192.168.0.{i}:6640" for i, h in enumerate(("h1", "h2", "h3"), 11)}
 MAC = {name: spec[1] for name, spec in VMS.items()}
 PORT = {name: spec[4] for name, spec in VMS.items()}
 HOME = {name: spec[3] for name, spec in VMS.items()}
@@ -54,34 +54,26 @@ class FakeCommand:
 
 
 class FakeNb:
-    """The config database: a snapshot, and the log of status writes applied to it."""
+    """The config database: a snapshot, and the log of the logical
+    controller's writes applied to it (counters, service status, the
+    VM.host mirror)."""
 
     def __init__(self, snap, events=None):
         self.snap = snap
         self.writes = []
         self.dirty = False          # changed since the engine last took a snapshot
         self.events = events if events is not None else []   # shared with the switches
-        self.refuse = None          # an MbxError for migration_create to raise
 
     def snapshot(self):
         self.dirty = False
         s = self.snap
-        return dataclasses.replace(s, hosts=dict(s.hosts), switches=dict(s.switches),
-                                   vms=dict(s.vms), vm_locations=dict(s.vm_locations))
+        return dataclasses.replace(s, switches=dict(s.switches), vms=dict(s.vms))
 
-    def set_host_status(self, name, nb_cfg=None, connected=None, datapath_id=None):
-        cols = {k: v for k, v in (("nb_cfg", nb_cfg), ("connected", connected),
-                                  ("datapath_id", datapath_id)) if v is not None}
-        return FakeCommand(self, ("host", name, cols))
-
-    def set_vm_location(self, vm, host, epoch):
-        return FakeCommand(self, ("vm", vm, host, epoch))
+    def set_vm_mirror(self, vm, host, epoch):
+        return FakeCommand(self, ("mirror", vm, host, epoch))
 
     def set_hv_cfg(self, value):
         return FakeCommand(self, ("hv_cfg", value))
-
-    def set_slices(self, slices, status=None):
-        return FakeCommand(self, ("slices", dict(slices), dict(status or {})))
 
     def set_vip_status(self, vip_uuid, status):
         return FakeCommand(self, ("vip", vip_uuid, dict(status)))
@@ -92,35 +84,18 @@ class FakeNb:
     def set_northd_cfg(self, value):
         return FakeCommand(self, ("northd_cfg", value))
 
-    def migration_create(self, vm, source, destination, path="unannounced", wait_ms=None):
-        if self.refuse is not None:
-            raise self.refuse
-        return FakeCommand(self, ("migration", vm, source, destination, path, wait_ms))
-
     def apply(self, write):
         self.writes.append(write)
         self.events.append(("db", write[0]))
         s = self.snap
-        if write[0] == "host":
-            _, name, cols = write
-            s.hosts[name] = dataclasses.replace(s.hosts[name], **cols)
-        elif write[0] == "vm":
+        if write[0] == "mirror":
             _, vm, host, epoch = write
-            s.vm_locations[vm] = (host, epoch)
-        elif write[0] == "slices":
-            self.snap = dataclasses.replace(s, slices=write[1], slice_status={
-                key: dict(write[2].get(key, {})) for key in write[1]})
+            self.snap = dataclasses.replace(s, vm_mirror={**s.vm_mirror, vm: (host, epoch)})
         elif write[0] == "vip":
             _, uuid, status = write
             vips = {mb: tuple(dataclasses.replace(v, status=status) if v.uuid == uuid else v
                               for v in recs) for mb, recs in s.vips.items()}
             self.snap = dataclasses.replace(s, vips=vips)
-        elif write[0] == "migration":
-            _, vm, source, destination, path, wait_ms = write
-            n = len(s.migrations) + 1
-            self.snap = dataclasses.replace(s, migrations=s.migrations + (MigrationRecord(
-                f"m{n}", vm, source, destination, path, "begun", "t" * 32, {"begun": n}, {},
-                "", {"wait-ms": str(wait_ms)}),))
         elif write[0] == "northd_cfg":
             self.snap = dataclasses.replace(s, northd_cfg=write[1])
         elif write[0] == "mb-status":
@@ -143,22 +118,40 @@ class FakeNb:
     def writes_of(self, kind):
         return [w[1:] for w in self.writes if w[0] == kind]
 
-    def locations(self, vm):
-        return [(w[2], w[3]) for w in self.writes if w[0] == "vm" and w[1] == vm]
-
     def hv_writes(self):
         return [w[1] for w in self.writes if w[0] == "hv_cfg"]
 
 
-class FakeSb:
-    """The southbound database's rows the controllers write: what the
-    physical controller reports of each host, and SB_Global.sb_cfg."""
+def _done(result=None, error=None):
+    future = concurrent.futures.Future()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+    return future
 
-    def __init__(self):
+
+class FakeSb:
+    """The southbound database: the runtime rows (a snapshot the
+    controllers' writes update: slices, VM locations, migrations), what
+    the physical controllers report of each host (Chassis_Private), and
+    SB_Global.sb_cfg."""
+
+    def __init__(self, snap=None, events=None):
+        self.snap = snap if snap is not None else initial_runtime()
+        self.writes = []
+        self.dirty = False          # runtime rows changed since the last snapshot
+        self.events = events if events is not None else []   # shared with the switches
+        self.refuse = None          # an MbxError for record_migration to fail with
         self.status = {}            # host -> ChassisStatus
         self.sb_cfg = 0
         self.status_dirty = False
         self.cfg_dirty = False
+
+    def snapshot(self):
+        self.dirty = False
+        s = self.snap
+        return dataclasses.replace(s, vm_locations=dict(s.vm_locations))
 
     def set_chassis_statuses(self, statuses):
         for status in statuses:
@@ -170,6 +163,49 @@ class FakeSb:
         if value > self.sb_cfg:
             self.sb_cfg = value
             self.cfg_dirty = True
+
+    def set_vm_location(self, vm, host, epoch):
+        return self._apply(("vm", vm, host, epoch))
+
+    def set_slices(self, slices, status=None):
+        return self._apply(("slices", dict(slices), dict(status or {})))
+
+    def record_migration(self, vm, source, destination, path, wait_ms):
+        if self.refuse is not None:
+            return _done(error=self.refuse)
+        return self._apply(("migration", vm, source, destination, path, wait_ms))
+
+    def _apply(self, write):
+        self.writes.append(write)
+        self.events.append(("db", write[0]))
+        s = self.snap
+        if write[0] == "vm":
+            _, vm, host, epoch = write
+            self.snap = dataclasses.replace(
+                s, vm_locations={**s.vm_locations, vm: (host, epoch)})
+        elif write[0] == "slices":
+            self.snap = dataclasses.replace(s, slices=write[1], slice_status={
+                key: dict(write[2].get(key, {})) for key in write[1]})
+        elif write[0] == "migration":
+            _, vm, source, destination, path, wait_ms = write
+            n = len(s.migrations) + 1
+            self.snap = dataclasses.replace(s, migrations=s.migrations + (MigrationRecord(
+                f"m{n}", vm, source, destination, path, "begun", "t" * 32, {"begun": n}, {},
+                "", {"wait-ms": str(wait_ms)}),))
+        self.dirty = True
+        return _done()
+
+    # what the daemons write (mbxd, the libvirt hook)
+    def configure(self, **changes):
+        self.snap = dataclasses.replace(self.snap, **changes)
+        self.dirty = True
+
+    # what an operator reads back
+    def writes_of(self, kind):
+        return [w[1:] for w in self.writes if w[0] == kind]
+
+    def locations(self, vm):
+        return [(w[2], w[3]) for w in self.writes if w[0] == "vm" and w[1] == vm]
 
 
 class FakeSwitches:
@@ -201,27 +237,37 @@ class FakeSwitches:
                 if host is None or dpid == DPID[host] for op in ops]
 
 
-def initial_snapshot(nb_cfg=1, hv_cfg=1, hosts=("h1", "h2", "h3"), locations=None):
+def initial_snapshot(nb_cfg=1, hv_cfg=1):
     topo = two_tenants()
-    return NbSnapshot(
-        nb_cfg=nb_cfg, hv_cfg=hv_cfg,
-        hosts={h: HostRecord(h, "vxlan", ENCAP[h], MGMT[h], 0, False, None) for h in hosts},
-        switches=dict(topo.switches), vms=dict(topo.vms),
-        vm_locations={vm: (locations or {}).get(vm, (None, 0)) for vm in topo.vms})
+    return NbSnapshot(nb_cfg=nb_cfg, hv_cfg=hv_cfg,
+                      switches=dict(topo.switches), vms=dict(topo.vms))
+
+
+def initial_runtime(hosts=("h1", "h2", "h3"), locations=None):
+    """The southbound runtime rows: the hosts' chassis, the VMs' locations."""
+    return SbSnapshot(
+        hosts={h: HostRecord(h, "vxlan", ENCAP[h]) for h in hosts},
+        vm_locations=dict(locations or {}))
 
 
 class Harness:
-    def __init__(self, snap=None, auto_notify=True, switches=None, sb_ready=True):
-        """``sb_ready``: the southbound database's contents have arrived
-        (False: the controller has just started; call ``sb_arrived``)."""
+    def __init__(self, snap=None, runtime=None, auto_notify=True, switches=None,
+                 sb_ready=True):
+        """``runtime``: the southbound runtime rows (default: every host's
+        chassis, no VM location); ``sb_ready``: the southbound database's
+        contents have arrived (False: the controller has just started; call
+        ``sb_arrived``)."""
         self.switches = switches or FakeSwitches()
         self.nb = FakeNb(snap or initial_snapshot(), self.switches.events)
-        self.sb = FakeSb()
+        self.sb = FakeSb(runtime, self.switches.events)
         self.auto_notify = auto_notify
         self.engine = Engine(send=self.switches.send, nb=self.nb, sb=self.sb,
                              name="ctl")
         self.northd = Northd(self.nb, self.sb)
         self.controllers = (self.engine, self.northd)
+        runtime = self.sb.snapshot()
+        for c in self.controllers:
+            c.runtime_changed(runtime)
         if sb_ready:
             for c in self.controllers:
                 c.southbound_ready()
@@ -241,9 +287,16 @@ class Harness:
             elif self.auto_notify and self.nb.dirty:
                 for c in self.controllers:
                     c.nb_changed()
+            elif self.auto_notify and self.sb.dirty:
+                self._runtime()
             else:
                 return
         raise AssertionError("the controllers keep rewriting the databases")
+
+    def _runtime(self):
+        runtime = self.sb.snapshot()
+        for c in self.controllers:
+            c.runtime_changed(runtime)
 
     def sb_arrived(self):
         """The southbound database's first contents have all been reported."""
@@ -252,9 +305,11 @@ class Harness:
         self._settle()
 
     def notify(self):
-        """The config database's change notification reaches the controllers."""
+        """The databases' change notifications reach the controllers."""
         for c in self.controllers:
             c.nb_changed()
+        if self.sb.dirty:
+            self._runtime()
         self._settle()
 
     def _ports(self, host, ports):
@@ -402,13 +457,13 @@ def test_reconnected_switch_with_current_flows_gets_no_messages():
     h.disconnect("h2")
     h.connect("h2")
     assert h.switches.sent[sent:] == []
-    assert h.nb.snap.hosts["h2"].connected
+    assert h.sb.status["h2"].connected
 
 
 def test_restarted_controller_sends_nothing_to_programmed_switches():
     before = running()
     # a fresh Engine against the same switches and database
-    h = Harness(snap=before.nb.snap, switches=before.switches)
+    h = Harness(snap=before.nb.snap, runtime=before.sb.snap, switches=before.switches)
     sent = len(h.switches.sent)
     h.notify()
     for host in ("h1", "h2", "h3"):
@@ -416,7 +471,8 @@ def test_restarted_controller_sends_nothing_to_programmed_switches():
     for host in ("h1", "h2", "h3"):
         h.connect(host)
     assert h.switches.sent[sent:] == []
-    assert all(rec.connected and rec.nb_cfg == 1 for rec in h.nb.snap.hosts.values())
+    assert all(h.sb.status[host].connected and h.sb.status[host].nb_cfg == 1
+               for host in ("h1", "h2", "h3"))
 
 
 # ------------------------------------------------------- nb_cfg / hv_cfg
@@ -431,7 +487,7 @@ def add_a5_port(h, host="h1"):
 def test_nb_cfg_is_acknowledged_only_after_every_switch_acked_its_barrier():
     h = running(hosts=("h1", "h2"))
     assert h.nb.snap.hv_cfg == 1
-    assert {n: r.nb_cfg for n, r in h.nb.snap.hosts.items() if r.connected} == {"h1": 1, "h2": 1}
+    assert {n: r.nb_cfg for n, r in h.sb.status.items() if r.connected} == {"h1": 1, "h2": 1}
     add_a5_port(h)            # port exists, VM not configured yet
     assert h.switches.unacked == {}
     n_writes = len(h.nb.writes)
@@ -444,11 +500,11 @@ def test_nb_cfg_is_acknowledged_only_after_every_switch_acked_its_barrier():
     assert h.nb.writes[n_writes:] == [("northd_cfg", 2)]
 
     h.ack("h1")
-    assert h.nb.snap.hosts["h1"].nb_cfg == 2
-    assert h.nb.snap.hosts["h2"].nb_cfg == 1
+    assert h.sb.status["h1"].nb_cfg == 2
+    assert h.sb.status["h2"].nb_cfg == 1
     assert h.nb.snap.hv_cfg == 1
     h.ack("h2")
-    assert h.nb.snap.hosts["h2"].nb_cfg == 2
+    assert h.sb.status["h2"].nb_cfg == 2
     assert h.nb.snap.hv_cfg == 2
     assert h.nb.hv_writes()[-1:] == [2]
 
@@ -459,7 +515,7 @@ def test_nb_cfg_without_flow_changes_is_acknowledged_at_once():
     h.notify()
     assert h.switches.unacked == {}
     assert h.nb.snap.hv_cfg == 2
-    assert h.nb.snap.hosts["h1"].nb_cfg == h.nb.snap.hosts["h2"].nb_cfg == 2
+    assert h.sb.status["h1"].nb_cfg == h.sb.status["h2"].nb_cfg == 2
 
 
 def test_hv_cfg_is_the_minimum_and_a_disconnected_host_stops_holding_it_back():
@@ -469,10 +525,10 @@ def test_hv_cfg_is_the_minimum_and_a_disconnected_host_stops_holding_it_back():
     h.nb.bump_nb_cfg()
     h.notify()
     h.ack("h1")
-    assert h.nb.snap.hosts["h1"].nb_cfg == 2
+    assert h.sb.status["h1"].nb_cfg == 2
     assert h.nb.snap.hv_cfg == 1                # h2 has not acked
     h.disconnect("h2")
-    assert h.nb.snap.hosts["h2"].connected is False
+    assert h.sb.status["h2"].connected is False
     assert h.nb.snap.hv_cfg == 2
     assert h.nb.hv_writes()[-1] == 2
 
@@ -490,15 +546,15 @@ def test_without_connected_hosts_hv_cfg_follows_nb_cfg():
 
 def test_vm_location_is_written_after_every_switch_acked_its_flows():
     h = running(hosts=("h1", "h2"))
-    assert h.nb.snap.vm_locations["a2"] == ("h2", 1)
+    assert h.sb.snap.vm_locations["a2"] == ("h2", 1)
     h.nb.configure(vms={**h.nb.snap.vms, "a5": A5})
     h.notify()
     add_a5_port(h)
-    assert h.nb.locations("a5") == []           # flows sent, no barrier reply yet
+    assert h.sb.locations("a5") == []           # flows sent, no barrier reply yet
     h.ack("h1")
-    assert h.nb.locations("a5") == []           # h2 has not acked its tunnel flows
+    assert h.sb.locations("a5") == []           # h2 has not acked its tunnel flows
     h.ack("h2")
-    assert h.nb.locations("a5") == [("h1", 1)]
+    assert h.sb.locations("a5") == [("h1", 1)]
     # and h2 can now reach a5 through the tunnel
     h2 = FakeOFTable(h.switches.flows("h2"))
     assert tunnelled(h2, from_vm("a2", "02:00:00:00:00:05")) == [(TUNNEL["h2"], VNI_A, ENCAP["h1"])]
@@ -506,14 +562,14 @@ def test_vm_location_is_written_after_every_switch_acked_its_flows():
 
 def test_migration_writes_the_new_host_with_the_next_epoch_once():
     h = running()
-    assert h.nb.snap.vm_locations["a2"] == ("h2", 1)
+    assert h.sb.snap.vm_locations["a2"] == ("h2", 1)
     h.del_port("h2", "a2")
     h.add_port("h3", "a2", ofport=7)
-    assert h.nb.locations("a2") == [("h2", 1), (None, 1)]   # not before the barrier replies
+    assert h.sb.locations("a2") == [("h2", 1), (None, 1)]   # not before the barrier replies
     h.ack_all()
     h.notify()
     h.ack_all()
-    assert h.nb.locations("a2") == [("h2", 1), (None, 1), ("h3", 2)]
+    assert h.sb.locations("a2") == [("h2", 1), (None, 1), ("h3", 2)]
     h1 = FakeOFTable(h.switches.flows("h1"))
     assert tunnelled(h1, from_vm("a1", MAC["a2"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
     assert FakeOFTable(h.switches.flows("h3")).output_ports(
@@ -523,10 +579,10 @@ def test_migration_writes_the_new_host_with_the_next_epoch_once():
 def test_delete_and_readd_on_the_same_host_bumps_the_epoch():
     h = running()
     h.del_port("h1", "a1")
-    assert h.nb.snap.vm_locations["a1"] == (None, 1)       # gone everywhere: epoch kept
+    assert h.sb.snap.vm_locations["a1"] == (None, 1)       # gone everywhere: epoch kept
     h.add_port("h1", "a1")
     h.ack_all()
-    assert h.nb.locations("a1") == [("h1", 1), (None, 1), ("h1", 2)]
+    assert h.sb.locations("a1") == [("h1", 1), (None, 1), ("h1", 2)]
 
 
 def test_delete_and_readd_before_the_db_notification_still_bumps_the_epoch():
@@ -540,7 +596,7 @@ def test_delete_and_readd_before_the_db_notification_still_bumps_the_epoch():
     h.auto_notify = True
     h.notify()
     h.ack_all()
-    writes = h.nb.locations("a1")
+    writes = h.sb.locations("a1")
     assert writes[-1] == ("h1", 2)
     assert [e for _, e in writes] == sorted([e for _, e in writes])
 
@@ -555,24 +611,25 @@ def test_fast_migrations_before_the_db_notification_get_increasing_epochs():
     h.auto_notify = True
     h.notify()
     h.ack_all()
-    assert h.nb.locations("a2") == [("h2", 1), ("h3", 2), ("h1", 3)]
+    assert h.sb.locations("a2") == [("h2", 1), ("h3", 2), ("h1", 3)]
 
 
 def test_port_vanishing_everywhere_clears_the_host_and_keeps_the_epoch():
     h = running()
     h.del_port("h3", "a4")
     h.ack_all()
-    assert h.nb.snap.vm_locations["a4"] == (None, 1)
-    assert h.nb.locations("a4") == [("h3", 1), (None, 1)]
+    assert h.sb.snap.vm_locations["a4"] == (None, 1)
+    assert h.sb.locations("a4") == [("h3", 1), (None, 1)]
 
 
 def test_restarted_controller_keeps_the_recorded_location_and_epoch():
     before = running()
-    recorded = dict(before.nb.snap.vm_locations)
+    recorded = dict(before.sb.snap.vm_locations)
     assert recorded["a1"] == ("h1", 1)
     # a fresh Engine: the config database is read first, the southbound
     # database's bindings arrive later, switches connect in between
-    h = Harness(snap=before.nb.snap, switches=before.switches, sb_ready=False)
+    h = Harness(snap=before.nb.snap, runtime=before.sb.snap, switches=before.switches,
+                sb_ready=False)
     h.notify()
     h.connect("h1")
     for host in ("h1", "h2", "h3"):
@@ -581,16 +638,16 @@ def test_restarted_controller_keeps_the_recorded_location_and_epoch():
     h.connect("h2")
     h.connect("h3")
     h.ack_all()
-    assert [w for w in h.nb.writes if w[0] == "vm"] == []
-    assert h.nb.snap.vm_locations == recorded
+    assert h.sb.writes_of("vm") == [] and h.nb.writes_of("mirror") == []
+    assert h.sb.snap.vm_locations == recorded
 
 
 def test_restarted_controller_moves_a_vm_that_moved_while_it_was_down():
-    h = Harness(initial_snapshot(locations={"a2": ("h2", 4)}))
+    h = Harness(runtime=initial_runtime(locations={"a2": ("h2", 4)}))
     h.notify()
     h.set_ports("h3", "a2", "a4")
     h.set_ports("h2", "b2")
-    assert h.nb.locations("a2") == [("h3", 5)]
+    assert h.sb.locations("a2") == [("h3", 5)]
 
 
 def test_port_with_a_foreign_mac_is_not_bound():
@@ -601,7 +658,7 @@ def test_port_with_a_foreign_mac_is_not_bound():
     h.connect("h1")
     h.connect("h2")
     h.ack_all()
-    assert (h.nb.locations("a1"), h.nb.locations("a3")) == ([], [("h1", 1)])
+    assert (h.sb.locations("a1"), h.sb.locations("a3")) == ([], [("h1", 1)])
     h1 = FakeOFTable(h.switches.flows("h1"))
     assert h1.lookup(from_tunnel("h1", VNI_A, MAC["a1"])) == []
     assert h1.lookup(from_vm("a3", MAC["a1"])) == []
@@ -610,7 +667,7 @@ def test_port_with_a_foreign_mac_is_not_bound():
     # the same MAC in upper case is the VM's own
     h.set_ports("h1", "a1", "a3", macs={"a1": MAC["a1"].upper()})
     h.ack_all()
-    assert h.nb.locations("a1") == [("h1", 1)]
+    assert h.sb.locations("a1") == [("h1", 1)]
     h1 = FakeOFTable(h.switches.flows("h1"))
     assert h1.output_ports(from_vm("a3", MAC["a1"])) == [PORT["a1"]]
 
@@ -619,13 +676,13 @@ def test_newest_appearance_wins_while_a_port_exists_on_two_hosts():
     h = running()
     h.add_port("h3", "a2", ofport=7)            # a2 starts on h3, still exists on h2
     h.ack_all()
-    assert h.nb.locations("a2") == [("h2", 1), ("h3", 2)]
+    assert h.sb.locations("a2") == [("h2", 1), ("h3", 2)]
     h1 = FakeOFTable(h.switches.flows("h1"))
     assert tunnelled(h1, from_vm("a1", MAC["a2"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
     assert FakeOFTable(h.switches.flows("h2")).lookup(from_tunnel("h2", VNI_A, MAC["a2"])) == []
     h.del_port("h2", "a2")                      # the old copy goes away: nothing moves
     h.ack_all()
-    assert h.nb.locations("a2") == [("h2", 1), ("h3", 2)]
+    assert h.sb.locations("a2") == [("h2", 1), ("h3", 2)]
 
 
 def test_no_switch_is_programmed_until_the_southbound_contents_arrived():
@@ -651,7 +708,7 @@ def test_slices_are_allocated_where_a_steered_switch_has_vms_and_written_back():
                    policies=(PolicyInfo("ls-a", 100, "any", ("fw-a",)),))
     h.notify()
     h.ack_all()
-    slices = h.nb.snap.slices
+    slices = h.sb.snap.slices
     # tenant A has VMs on h1, h2 and h3; tenant B has no middlebox
     assert set(slices) == {(("fw-a",), "h1"), (("fw-a",), "h2"), (("fw-a",), "h3")}
     assert all(1 <= tag <= 4094 for tag in slices.values())
@@ -659,12 +716,12 @@ def test_slices_are_allocated_where_a_steered_switch_has_vms_and_written_back():
     h.nb.configure(policies=(PolicyInfo("ls-a", 200, "proto=tcp", ("fw-a",)),))
     h.notify()
     h.ack_all()
-    assert h.nb.snap.slices == slices
+    assert h.sb.snap.slices == slices
     # without a policy that uses it, the middlebox needs no slices
     h.nb.configure(policies=())
     h.notify()
     h.ack_all()
-    assert h.nb.snap.slices == {}
+    assert h.sb.snap.slices == {}
 
 
 # ---------------------------------------------------------------- services
@@ -680,8 +737,8 @@ def running_services(slice_status=None, shared=(), alerts=()):
     h = Harness(sb_ready=False)
     h.nb.configure(switches=dict(topo.switches), middleboxes=dict(topo.middleboxes),
                    policies=topo.policies, nat_rules=dict(topo.nat_rules),
-                   vips=dict(topo.vips), external_networks=dict(topo.external_networks),
-                   shared_state=tuple(shared), ids_alerts=tuple(alerts),
+                   vips=dict(topo.vips), external_networks=dict(topo.external_networks))
+    h.sb.configure(shared_state=tuple(shared), ids_alerts=tuple(alerts),
                    **({"slice_status": slice_status, "slices": dict(topo.slices)}
                       if slice_status is not None else {}))
     h.notify()
@@ -696,22 +753,22 @@ def running_services(slice_status=None, shared=(), alerts=()):
     return h
 
 
-def snat_blocks_written(nb):
+def snat_blocks_written(sb):
     return {host: status["snat-block:" + SNAT]
-            for (chain, host), status in nb.snap.slice_status.items()
+            for (chain, host), status in sb.snap.slice_status.items()
             if "snat-block:" + SNAT in status}
 
 
 def test_chain_slices_and_snat_blocks_are_written_back():
     h = running_services()
-    snap = h.nb.snap
+    snap = h.sb.snap
     assert set(snap.slices) == {(c, host) for c in (FW_NAT, FW_LB, IDS)
                                 for host in ("h1", "h2", "h3")}
-    blocks = snat_blocks_written(h.nb)
+    blocks = snat_blocks_written(h.sb)
     assert sorted(blocks) == ["h1", "h2", "h3"] and len(set(blocks.values())) == 3
     for host in ("h1", "h2", "h3"):       # only the NAT chain's slices carry a block
         assert snap.slice_status[(FW_LB, host)] == {} == snap.slice_status[(IDS, host)]
-    assert [len(w[0]) for w in h.nb.writes_of("slices")] == [9]
+    assert [len(w[0]) for w in h.sb.writes_of("slices")] == [9]
     # the flows follow the written blocks: h1 redirects h3's block to h3
     ip, ports = blocks["h3"].split(":")
     lo = int(ports.split("-")[0])
@@ -725,24 +782,24 @@ def test_chain_slices_and_snat_blocks_are_written_back():
 
 def test_snat_blocks_survive_recomputation_and_a_controller_restart():
     h = running_services()
-    blocks = snat_blocks_written(h.nb)
+    blocks = snat_blocks_written(h.sb)
     h.nb.bump_nb_cfg()
     h.notify()
     h.ack_all()
-    assert snat_blocks_written(h.nb) == blocks
-    assert len(h.nb.writes_of("slices")) == 1
+    assert snat_blocks_written(h.sb) == blocks
+    assert len(h.sb.writes_of("slices")) == 1
     # a database written by an earlier controller with other blocks: kept
-    swapped = {key: dict(status) for key, status in h.nb.snap.slice_status.items()}
+    swapped = {key: dict(status) for key, status in h.sb.snap.slice_status.items()}
     key = "snat-block:" + SNAT
     swapped[(FW_NAT, "h1")][key], swapped[(FW_NAT, "h3")][key] = \
         blocks["h3"], blocks["h1"]
     again = running_services(slice_status=swapped)
-    assert snat_blocks_written(again.nb) == dict(blocks, h1=blocks["h3"], h3=blocks["h1"])
-    assert again.nb.writes_of("slices") == []
+    assert snat_blocks_written(again.sb) == dict(blocks, h1=blocks["h3"], h3=blocks["h1"])
+    assert again.sb.writes_of("slices") == []
     # h2 stops serving the NAT: it loses its block, the others keep theirs
     again.del_port("h2", "a2")
     again.ack_all()
-    assert snat_blocks_written(again.nb) == {"h1": blocks["h3"], "h3": blocks["h1"]}
+    assert snat_blocks_written(again.sb) == {"h1": blocks["h3"], "h3": blocks["h1"]}
 
 
 def health(host, **states):
@@ -758,7 +815,7 @@ def test_vip_status_merges_the_hosts_health_and_is_written_when_it_changes():
     h.nb.bump_nb_cfg()
     h.notify()
     assert len(h.nb.writes_of("vip")) == 1            # unchanged: not written again
-    h.nb.configure(shared_state=(health("h2", **{"10.0.0.2:80": "up"}),
+    h.sb.configure(shared_state=(health("h2", **{"10.0.0.2:80": "up"}),
                                  health("h3", **{"10.0.0.4:80": "up"}),
                                  SharedRecord("lb-a", "h1", "lb-health", VIP_UUID, "{bad", 2)))
     h.notify()
@@ -772,7 +829,7 @@ def test_ids_alert_count_is_written_to_the_middlebox_status():
     h.nb.bump_nb_cfg()
     h.notify()
     assert len(h.nb.writes_of("mb-status")) == 1
-    h.nb.configure(ids_alerts=(alert,) * 3)
+    h.sb.configure(ids_alerts=(alert,) * 3)
     h.notify()
     assert h.nb.writes_of("mb-status")[-1] == ("ids-a", {"alerts": "3"})
 
@@ -783,9 +840,9 @@ def test_status_writes_send_no_flow_message():
     h = running_services(shared=(health("h2", **{"10.0.0.2:80": "up"}),))
     sent = len(h.switches.sent)
     alert = AlertRecord("ids-a", "port-scan", "198.51.100.20", "", 20, ("h1",), 1, 2, "h1")
-    h.nb.configure(shared_state=(health("h2", **{"10.0.0.2:80": "down"}),))
+    h.sb.configure(shared_state=(health("h2", **{"10.0.0.2:80": "down"}),))
     h.notify()
-    h.nb.configure(ids_alerts=(alert,))
+    h.sb.configure(ids_alerts=(alert,))
     h.notify()
     assert h.nb.writes_of("vip")[-1] == (VIP_UUID, {"10.0.0.2:80": "down"})
     assert h.nb.writes_of("mb-status")[-1] == ("ids-a", {"alerts": "1"})
@@ -808,7 +865,7 @@ def test_status_writes_compute_no_flow(monkeypatch):
     """Backend health, IDS alerts, a migration's progress and a new nb_cfg:
     not a flow is computed again, and the status still gets through."""
     h = running_services(shared=(health("h2", **{"10.0.0.2:80": "up"}),))
-    h.nb.configure(migrations=(migration("a2", "h2", "h3"),))
+    h.sb.configure(migrations=(migration("a2", "h2", "h3"),))
     h.notify()
     h.ack_all()
     computed = counting_flow_computations(monkeypatch)
@@ -818,7 +875,7 @@ def test_status_writes_compute_no_flow(monkeypatch):
                    {"ids_alerts": (alert,)},
                    {"migrations": (migration("a2", "h2", "h3", "streaming"),)},
                    {"migrations": (migration("a2", "h2", "h3", "stunned"),)}):
-        h.nb.configure(**change)
+        h.sb.configure(**change)
         h.notify()
         h.ack_all()
     cfg = h.nb.bump_nb_cfg()
@@ -858,56 +915,56 @@ def with_fw_b():
                    policies=(PolicyInfo("ls-b", 100, "any", ("fw-b",)),))
     h.notify()
     h.ack_all()
-    assert set(h.nb.snap.slices) == {(("fw-b",), "h1"), (("fw-b",), "h2")}
+    assert set(h.sb.snap.slices) == {(("fw-b",), "h1"), (("fw-b",), "h2")}
     return h
 
 
 def test_destination_gets_the_vms_slices_while_a_migration_is_active():
     h = with_fw_b()
-    tags = dict(h.nb.snap.slices)
-    h.nb.configure(migrations=(migration("b2", "h2", "h3"),))
+    tags = dict(h.sb.snap.slices)
+    h.sb.configure(migrations=(migration("b2", "h2", "h3"),))
     h.notify()
-    assert set(h.nb.snap.slices) == {(("fw-b",), "h1"), (("fw-b",), "h2"),
+    assert set(h.sb.snap.slices) == {(("fw-b",), "h1"), (("fw-b",), "h2"),
                                      (("fw-b",), "h3")}
-    assert all(h.nb.snap.slices[k] == tag for k, tag in tags.items())     # kept
+    assert all(h.sb.snap.slices[k] == tag for k, tag in tags.items())     # kept
     for status in ("streaming", "stunned", "imported"):
-        h.nb.configure(migrations=(migration("b2", "h2", "h3", status),))
+        h.sb.configure(migrations=(migration("b2", "h2", "h3", status),))
         h.notify()
-        assert (("fw-b",), "h3") in h.nb.snap.slices
+        assert (("fw-b",), "h3") in h.sb.snap.slices
     # ended without the VM on h3: the slice goes
-    h.nb.configure(migrations=(migration("b2", "h2", "h3", "aborted"),))
+    h.sb.configure(migrations=(migration("b2", "h2", "h3", "aborted"),))
     h.notify()
-    assert set(h.nb.snap.slices) == set(tags)
+    assert set(h.sb.snap.slices) == set(tags)
     # a migration to an unregistered host, or of an unknown VM: nothing
-    h.nb.configure(migrations=(migration("b2", "h2", "h9"), migration("zz", "h1", "h3", begun=2)))
+    h.sb.configure(migrations=(migration("b2", "h2", "h9"), migration("zz", "h1", "h3", begun=2)))
     h.notify()
-    assert set(h.nb.snap.slices) == set(tags)
+    assert set(h.sb.snap.slices) == set(tags)
 
 
 def test_a_done_migration_keeps_the_slice_where_the_vm_arrived():
     h = with_fw_b()
-    h.nb.configure(migrations=(migration("b2", "h2", "h3", "imported"),))
+    h.sb.configure(migrations=(migration("b2", "h2", "h3", "imported"),))
     h.notify()
-    tag = h.nb.snap.slices[(("fw-b",), "h3")]
+    tag = h.sb.snap.slices[(("fw-b",), "h3")]
     h.add_port("h3", "b2", ofport=8)
     h.del_port("h2", "b2")
-    h.nb.configure(migrations=(migration("b2", "h2", "h3", "done"),))
+    h.sb.configure(migrations=(migration("b2", "h2", "h3", "done"),))
     h.notify()
     h.ack_all()
-    assert set(h.nb.snap.slices) == {(("fw-b",), "h1"), (("fw-b",), "h3")}
-    assert h.nb.snap.slices[(("fw-b",), "h3")] == tag
-    assert h.nb.writes_of("migration") == []            # announced: no row of its own
+    assert set(h.sb.snap.slices) == {(("fw-b",), "h1"), (("fw-b",), "h3")}
+    assert h.sb.snap.slices[(("fw-b",), "h3")] == tag
+    assert h.sb.writes_of("migration") == []            # announced: no row of its own
 
 
 def test_unannounced_migration_is_recorded_before_any_flow_for_the_new_place():
     h = running()
     h.switches.events.clear()
     h.add_port("h3", "a2", ofport=7)            # appears on h3, still on h2
-    assert h.nb.writes_of("migration") == [("a2", "h2", "h3", "unannounced", 3000)]
+    assert h.sb.writes_of("migration") == [("a2", "h2", "h3", "unannounced", 3000)]
     events = h.switches.events
     assert events[0] == ("db", "migration")
     assert ("send", DPID["h3"]) in events       # the flows did follow
-    m, = h.nb.snap.migrations
+    m, = h.sb.snap.migrations
     assert (m.vm, m.source, m.destination, m.path, m.status) == \
         ("a2", "h2", "h3", "unannounced", "begun")
     # once per appearance: more rounds, acks, the old port going away
@@ -916,8 +973,8 @@ def test_unannounced_migration_is_recorded_before_any_flow_for_the_new_place():
     h.notify()
     h.del_port("h2", "a2")
     h.ack_all()
-    assert len(h.nb.writes_of("migration")) == 1
-    assert h.nb.snap.vm_locations["a2"] == ("h3", 2)
+    assert len(h.sb.writes_of("migration")) == 1
+    assert h.sb.snap.vm_locations["a2"] == ("h3", 2)
 
 
 def test_unannounced_migration_after_the_port_vanished_and_with_the_wait_option():
@@ -926,72 +983,72 @@ def test_unannounced_migration_after_the_port_vanished_and_with_the_wait_option(
     h.notify()
     h.del_port("h2", "a2")
     h.ack_all()
-    assert h.nb.snap.vm_locations["a2"] == (None, 1)        # VM.host cleared ...
+    assert h.sb.snap.vm_locations["a2"] == (None, 1)        # VM.host cleared ...
     h.switches.events.clear()
     h.add_port("h1", "a2", ofport=9)                        # ... but h2 is remembered
-    assert h.nb.writes_of("migration") == [("a2", "h2", "h1", "unannounced", 750)]
+    assert h.sb.writes_of("migration") == [("a2", "h2", "h1", "unannounced", 750)]
     assert h.switches.events[0] == ("db", "migration")
     h.ack_all()
     # moving on again: from the host it is on now
-    h.nb.configure(migrations=(dataclasses.replace(h.nb.snap.migrations[0], status="done"),))
+    h.sb.configure(migrations=(dataclasses.replace(h.sb.snap.migrations[0], status="done"),))
     h.notify()
     h.add_port("h3", "a2", ofport=7)
-    assert h.nb.writes_of("migration")[-1] == ("a2", "h1", "h3", "unannounced", 750)
+    assert h.sb.writes_of("migration")[-1] == ("a2", "h1", "h3", "unannounced", 750)
 
 
 def test_a_restarted_controller_remembers_the_last_host_from_the_database():
-    h = Harness(initial_snapshot(locations={"a2": ("h2", 4)}))
+    h = Harness(runtime=initial_runtime(locations={"a2": ("h2", 4)}))
     h.notify()
     h.set_ports("h3", "a2", "a4")
-    assert h.nb.writes_of("migration") == [("a2", "h2", "h3", "unannounced", 3000)]
+    assert h.sb.writes_of("migration") == [("a2", "h2", "h3", "unannounced", 3000)]
 
 
 def test_no_unannounced_migration_on_the_same_host_or_a_first_appearance():
     h = running()
-    assert h.nb.writes_of("migration") == []            # first appearances
+    assert h.sb.writes_of("migration") == []            # first appearances
     h.del_port("h1", "a1")
     h.ack_all()
     h.add_port("h1", "a1")                              # back where it was
     h.ack_all()
-    assert h.nb.writes_of("migration") == []
+    assert h.sb.writes_of("migration") == []
     h.nb.configure(vms={**h.nb.snap.vms, "a5": A5})
     h.notify()
     add_a5_port(h, "h2")                                # a new VM
-    assert h.nb.writes_of("migration") == []
+    assert h.sb.writes_of("migration") == []
 
 
 def test_no_unannounced_migration_where_an_announced_one_goes():
     h = running()
-    h.nb.configure(migrations=(migration("a2", "h2", "h3", "imported"),))
+    h.sb.configure(migrations=(migration("a2", "h2", "h3", "imported"),))
     h.notify()
     h.add_port("h3", "a2", ofport=7)
-    assert h.nb.writes_of("migration") == []
+    assert h.sb.writes_of("migration") == []
     # an announced migration already done when the port comes up: none either
     h = running()
-    h.nb.configure(migrations=(migration("a2", "h2", "h3", "done"),))
+    h.sb.configure(migrations=(migration("a2", "h2", "h3", "done"),))
     h.notify()
     h.add_port("h3", "a2", ofport=7)
-    assert h.nb.writes_of("migration") == []
+    assert h.sb.writes_of("migration") == []
     # one to another host does not cover this one
     h = running()
-    h.nb.configure(migrations=(migration("a2", "h2", "h1", "streaming"),))
+    h.sb.configure(migrations=(migration("a2", "h2", "h1", "streaming"),))
     h.notify()
     h.add_port("h3", "a2", ofport=7)
-    assert h.nb.writes_of("migration") == [("a2", "h2", "h3", "unannounced", 3000)]
+    assert h.sb.writes_of("migration") == [("a2", "h2", "h3", "unannounced", 3000)]
 
 
 def test_a_refused_unannounced_row_does_not_hold_the_flows_back():
     h = running()
-    h.nb.refuse = MbxError("VM 'a2' already has an active migration h2 -> h1")
+    h.sb.refuse = MbxError("VM 'a2' already has an active migration h2 -> h1")
     h.add_port("h3", "a2", ofport=7)
     h.ack_all()
-    assert h.nb.writes_of("migration") == []
+    assert h.sb.writes_of("migration") == []
     h1 = FakeOFTable(h.switches.flows("h1"))
     assert tunnelled(h1, from_vm("a1", MAC["a2"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
-    h.nb.refuse = None
+    h.sb.refuse = None
     h.nb.bump_nb_cfg()
     h.notify()
-    assert h.nb.writes_of("migration") == []            # once per appearance
+    assert h.sb.writes_of("migration") == []            # once per appearance
 
 
 def test_the_next_serving_host_answers_arp_for_the_nat_when_the_first_stops_serving():
@@ -1009,8 +1066,8 @@ def test_the_next_serving_host_answers_arp_for_the_nat_when_the_first_stops_serv
         h.del_port("h1", vm)
     h.ack_all()
     assert answering() == ["h1"]            # it serves the migrations' sources
-    h.nb.configure(migrations=tuple(dataclasses.replace(m, status="done")
-                                    for m in h.nb.snap.migrations))
+    h.sb.configure(migrations=tuple(dataclasses.replace(m, status="done")
+                                    for m in h.sb.snap.migrations))
     h.notify()
     h.ack_all()
     assert answering() == ["h2"]
@@ -1068,12 +1125,12 @@ def random_change(h, rng, snap0):
     elif kind == "migration" and where:
         vm = rng.choice(sorted(where))
         status = rng.choice(("begun", "streaming", "imported", "done", "aborted"))
-        h.nb.configure(migrations=(migration(vm, where[vm], rng.choice(hosts), status),))
+        h.sb.configure(migrations=(migration(vm, where[vm], rng.choice(hosts), status),))
         h.notify()
     elif kind == "vm-state":
         rows = tuple(SharedRecord("fw-a", host, "vm-state", vm, "{}", 1)
                      for vm in vms for host in hosts if rng.random() < 0.1)
-        h.nb.configure(shared_state=rows)
+        h.sb.configure(shared_state=rows)
         h.notify()
     elif kind == "ports":
         host = rng.choice(hosts)
@@ -1093,10 +1150,8 @@ def restarted(h):
     every host reported and connected: (its harness, flow messages sent)."""
     switches = FakeSwitches()
     switches.tables = {dpid: dict(table) for dpid, table in h.switches.tables.items()}
-    s = h.nb.snap
-    again = Harness(snap=dataclasses.replace(s, hosts=dict(s.hosts),
-                                             vm_locations=dict(s.vm_locations)),
-                    switches=switches, sb_ready=False)
+    again = Harness(snap=h.nb.snap, runtime=h.sb.snapshot(), switches=switches,
+                    sb_ready=False)
     again.extra = dict(h.extra)
     again.notify()
     for host in ("h1", "h2", "h3"):     # the southbound database's contents
@@ -1132,15 +1187,15 @@ def test_flows_kept_change_by_change_are_the_flows_computed_afresh():
             bound = {vm: (host, ofport) for host, ports in h.ports.items()
                      for vm, (ofport, _mac) in ports.items() if vm in h.nb.snap.vms}
             assert {vm: (b.host, b.ofport) for vm, b in fresh.bindings.items()} == bound, where
-            incoming = [(m.vm, host) for m in h.nb.snap.migrations
+            incoming = [(m.vm, host) for m in h.sb.snap.migrations
                         if m.status in ("begun", "streaming", "stunned", "imported")
                         for host in (m.source, m.destination)]
-            incoming += [(r.key, r.host) for r in h.nb.snap.shared_state]
+            incoming += [(r.key, r.host) for r in h.sb.snap.shared_state]
             assert set(fresh.slices) == slicelib.needed_slices(fresh, incoming), where
             blocks = h.engine._snat_blocks
             assert slicelib.snat_blocks(fresh, blocks) == blocks, where
-            assert dict(h.nb.snap.slices) == dict(fresh.slices), where
-            assert {k: dict(v) for k, v in h.nb.snap.slice_status.items()} == \
+            assert dict(h.sb.snap.slices) == dict(fresh.slices), where
+            assert {k: dict(v) for k, v in h.sb.snap.slice_status.items()} == \
                 slicelib.slice_status(fresh, blocks), where
             for host in ("h1", "h2", "h3"):
                 assert h.switches.flows(host) == sorted(

@@ -383,6 +383,7 @@ def test_parse_config_full():
     text = """# mbx on this host
 MBX_HOST=h2
 MBX_DB="tcp:10.201.0.1:6641"
+MBX_SB=tcp:10.201.0.1:6642
 MBXCTL = /opt/mbx/bin/mbxctl
 
 MBX_STUN_WAIT=8
@@ -390,7 +391,7 @@ MBX_TIMEOUT='2.5'
 """
     assert parse_config(text, {}) == Config(
         host="h2", db="tcp:10.201.0.1:6641", mbxctl="/opt/mbx/bin/mbxctl",
-        stun_wait=8.0, timeout=2.5, state_dir=lh.STATE_DIR)
+        sb="tcp:10.201.0.1:6642", stun_wait=8.0, timeout=2.5, state_dir=lh.STATE_DIR)
 
 
 def test_parse_config_environment_overrides():
@@ -407,7 +408,7 @@ def test_parse_config_environment_overrides():
      "/etc/mbx/libvirt-hook.conf:2: expected KEY=VALUE, got 'this is not a "
      "setting'"),
     ("MBX_HOST=h2\nMBX_HOTS=h3\n", ":2: unknown key 'MBX_HOTS'; keys are "
-     "MBX_DB, MBX_HOST, MBXCTL"),
+     "MBX_DB, MBX_SB, MBX_HOST, MBXCTL"),
     ("MBX_DB=unix:/a\n", "MBX_HOST is not set"),
     ("MBX_HOST=my host\n", ":1: invalid MBX_HOST 'my host'"),
     ("MBX_HOST=h2\nMBX_STUN_WAIT=soon\n",
@@ -463,6 +464,9 @@ def test_mbxctl_command_lines():
         "2.5", "migrate-abort", "red2"]
     assert mbxctl_argv(Action(DONE, "red2", "h2"), Config(host="h2")) == [
         "mbxctl", "--timeout", "5", "migrate-done", "red2"]
+    # the Migration rows are in the southbound database
+    assert mbxctl_argv(Action(DONE, "red2", "h2"), Config(host="h2", sb="unix:/sb")) == [
+        "mbxctl", "--sb", "unix:/sb", "--timeout", "5", "migrate-done", "red2"]
 
 
 def test_run_actions_captures_output_and_bounds_time():

@@ -91,7 +91,7 @@ def no_database(monkeypatch):
      "mbxctl: ls-add: unrecognized arguments: --if-exists (see mbxctl "
      "--help)"),
     (["--dbb", "unix:/x", "show"],
-     "mbxctl: unknown option '--dbb'; options are --db, --wait=hv, "
+     "mbxctl: unknown option '--dbb'; options are --db, --sb, --wait=hv, "
      "--timeout (see mbxctl --help)"),
     (["vm-add", "x", "--ip", "10.0.0.9", "--switch"],
      "mbxctl: vm-add: argument --switch: expected one argument (see mbxctl "

@@ -1,15 +1,17 @@
-"""Schema 1.3.0, migrations: validation, the API's argument checks, mbxctl's
-parsing and output, and mbx-host-register's fields (no database)."""
+"""Migrations: validation, the southbound API's argument checks, mbxctl's
+parsing and output, and the chassis fields mbx-chassis reads from its
+host's external_ids (no database)."""
 
 import re
 
 import pytest
 
-from ovsdb import ctl, hostreg, validate
-from mbxmodel.snapshot import NbSnapshot
+from hypervisor import chassis
+from ovsdb import ctl, validate
+from mbxmodel.snapshot import SbSnapshot
 from mbxmodel import state
 from mbxmodel.state import MigrationRecord
-from ovsdb.api import MbxNb
+from ovsdb.api import MbxNb, MbxSb
 from ovsdb.errors import MbxError
 
 
@@ -74,29 +76,26 @@ def test_migration_counters():
 # --- the API checks its arguments before anything is sent --------------------
 
 @pytest.mark.parametrize("build,hint", [
-    (lambda: MbxNb.migrate_begin(None, "a b", "h1"), "invalid VM name 'a b'"),
-    (lambda: MbxNb.migrate_begin(None, "a1", ""), "invalid host name ''"),
-    (lambda: MbxNb.migrate_stun(None, None), "invalid VM name None"),
-    (lambda: MbxNb.migration_create(None, "a1", "h1", "h1"),
+    (lambda: MbxSb.migrate_begin(None, "a b", "h1"), "invalid VM name 'a b'"),
+    (lambda: MbxSb.migrate_begin(None, "a1", ""), "invalid host name ''"),
+    (lambda: MbxSb.migrate_stun(None, None), "invalid VM name None"),
+    (lambda: MbxSb.migration_create(None, "a1", "h1", "h1"),
      "a migration of VM 'a1' needs two hosts, not 'h1' twice"),
-    (lambda: MbxNb.migration_create(None, "a1", "h1", "h2", "sideways"),
+    (lambda: MbxSb.migration_create(None, "a1", "h1", "h2", "sideways"),
      "invalid migration path 'sideways': use announced or unannounced"),
-    (lambda: MbxNb.migration_create(None, "a1", "h1", "h2", wait_ms=99),
+    (lambda: MbxSb.migration_create(None, "a1", "h1", "h2", wait_ms=99),
      "invalid wait-ms 99: use an integer from 100 to 60000"),
-    (lambda: MbxNb.migration_update(None, "nope"), "invalid UUID 'nope'"),
-    (lambda: MbxNb.migration_update(
+    (lambda: MbxSb.migration_update(None, "nope"), "invalid UUID 'nope'"),
+    (lambda: MbxSb.migration_update(
         None, "00000000-0000-0000-0000-000000000001", status="gone"),
      "invalid migration status 'gone'"),
-    (lambda: MbxNb.migration_update(
+    (lambda: MbxSb.migration_update(
         None, "00000000-0000-0000-0000-000000000001",
         timeline={"done": 1.5}), "invalid migration timeline"),
     (lambda: MbxNb.global_set(None, {"migration-wait-ms": "5"}),
      "invalid migration-wait-ms '5'"),
     (lambda: MbxNb.global_set(None, {"other": ""}),
      "unknown global option 'other'"),
-    (lambda: MbxNb.host_register(None, "h1", "vxlan", "10.0.0.1",
-                                 "tcp:10.0.0.1:6640", "10.0.0.1:6650"),
-     "invalid migration address '10.0.0.1:6650'"),
 ])
 def test_api_rejects(build, hint):
     with raises(hint):
@@ -104,10 +103,10 @@ def test_api_rejects(build, hint):
 
 
 def test_api_builds_commands_with_canonical_arguments():
-    cmd = MbxNb.migration_create(None, "a1", "h1", "h2", wait_ms="500")
+    cmd = MbxSb.migration_create(None, "a1", "h1", "h2", wait_ms="500")
     assert (cmd.vm, cmd.source, cmd.destination, cmd.path, cmd.wait_ms) == (
         "a1", "h1", "h2", "unannounced", 500)
-    cmd = MbxNb.migrate_begin(None, "a1", "h2")
+    cmd = MbxSb.migrate_begin(None, "a1", "h2")
     assert (cmd.source, cmd.path, cmd.wait_ms) == (None, "announced", None)
     cmd = MbxNb.global_set(None, {"migration-wait-ms": "0500"})
     assert cmd.options == {"migration-wait-ms": "500"}
@@ -167,13 +166,13 @@ def record(vm="red2", status="done", begun=1767323045000, uuid="u1",
 
 
 def snapshot(*migrations):
-    return NbSnapshot(0, 0, {}, {}, {}, {}, migrations=tuple(migrations))
+    return SbSnapshot(migrations=tuple(migrations))
 
 
 def test_migration_show_text():
     (_, args), = ctl._commands(["migration-show", "red2"])
     older = record(begun=1000, uuid="u0", status="aborted")
-    assert ctl._read(snapshot(older, record()), "migration-show", args) == [
+    assert ctl._read("migration-show", args, sb_snap=snapshot(older, record())) == [
         "migration of VM red2: h2 -> h3 (announced)",
         "uuid: u1",
         "status: done",
@@ -190,7 +189,7 @@ def test_migration_show_text():
         "outcome: ok: 12 connections"]
     bare = record(timeline={}, stats={}, options={}, outcome="",
                   status="begun")
-    assert ctl._read(snapshot(bare), "migration-show", args)[3:] == [
+    assert ctl._read("migration-show", args, sb_snap=snapshot(bare))[3:] == [
         "begun: -", "timeline: -", "stats: -", "options: -", "outcome: -"]
 
 
@@ -199,23 +198,44 @@ def test_migration_list_text():
     rows = [record(), record(vm="blue1", uuid="u2", begun=1767323046000,
                              status="streaming", stats={}, outcome="",
                              path="unannounced")]
-    assert ctl._read(snapshot(*rows), "migration-list", args) == [
+    assert ctl._read("migration-list", args, sb_snap=snapshot(*rows)) == [
         "VM     HOSTS     PATH         STATUS     ENTRIES  BYTES  OUTCOME",
         "red2   h2 -> h3  announced    done       12       2048   ok: 12 "
         "connections",
         "blue1  h2 -> h3  unannounced  streaming  -        -      -"]
     (_, args), = ctl._commands(["migration-list", "blue1"])
-    assert len(ctl._read(snapshot(*rows), "migration-list", args)) == 2
+    assert len(ctl._read("migration-list", args, sb_snap=snapshot(*rows))) == 2
 
 
-def test_host_fields_read_the_optional_migration_address():
-    ids = {"system-id": "h1", "mbx-encap-ip": "10.200.0.11",
-           "mbx-mgmt-address": "tcp:10.201.0.11:6640"}
-    assert hostreg.host_fields(ids) == (
-        "h1", "vxlan", "10.200.0.11", "tcp:10.201.0.11:6640", "")
-    ids["mbx-migration-address"] = "ssl:10.201.0.11:6650"
-    assert hostreg.host_fields(ids)[-1] == "ssl:10.201.0.11:6650"
+def test_chassis_fields_read_the_encap_and_the_optional_migration_address():
+    ids = {"system-id": "h1", "mbx-encap-ip": "10.200.0.11"}
+    assert chassis.chassis_fields(ids) == ("h1", "vxlan", "10.200.0.11", "")
+    ids.update({"mbx-encap-type": "geneve",
+                "mbx-migration-address": "ssl:10.201.0.11:6650"})
+    assert chassis.chassis_fields(ids) == ("h1", "geneve", "10.200.0.11",
+                                           "ssl:10.201.0.11:6650")
     ids["mbx-migration-address"] = "ssl:nowhere"
     with raises("external_ids:mbx-migration-address in the local OVS "
                 "database: invalid migration address 'ssl:nowhere'"):
-        hostreg.host_fields(ids)
+        chassis.chassis_fields(ids)
+
+
+@pytest.mark.parametrize("missing", ["system-id", "mbx-encap-ip"])
+def test_chassis_fields_name_the_missing_key_and_how_to_set_it(missing):
+    ids = {"system-id": "h1", "mbx-encap-ip": "10.200.0.11"}
+    del ids[missing]
+    with raises(f"external_ids:{missing} is not set in the local OVS database; "
+                f"set it with ovs-vsctl set Open_vSwitch . external_ids:{missing}=VALUE"):
+        chassis.chassis_fields(ids)
+
+
+@pytest.mark.parametrize("ids,hint", [
+    ({"mbx-encap-type": "gre"}, "external_ids:mbx-encap-type in the local OVS "
+     "database: invalid encap type 'gre': use one of vxlan, geneve"),
+    ({"mbx-encap-ip": "10.200.0"}, "external_ids:mbx-encap-ip in the local OVS "
+     "database: invalid encap IP '10.200.0': use a dotted IPv4 address"),
+])
+def test_chassis_fields_reject_what_the_schema_would(ids, hint):
+    with raises(hint):
+        chassis.chassis_fields(dict({"system-id": "h1", "mbx-encap-ip": "10.200.0.11"},
+                                    **ids))

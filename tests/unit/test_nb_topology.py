@@ -232,8 +232,7 @@ def test_parse_services_rejects_naming_the_entry(text, message):
 
 
 def _snapshot(**kw):
-    base = dict(nb_cfg=0, hv_cfg=0, hosts={}, switches={}, vms={},
-                vm_locations={})
+    base = dict(nb_cfg=0, hv_cfg=0, switches={}, vms={})
     base.update(kw)
     return NbSnapshot(**base)
 

@@ -23,13 +23,19 @@ class Sharded:
     def __init__(self):
         self.switches = FakeSwitches()
         self.nb = FakeNb(initial_snapshot(), self.switches.events)
-        self.sb = FakeSb()
+        self.sb = FakeSb(events=self.switches.events)
         self.engines = {name: Engine(send=self.switches.send, nb=self.nb, sb=self.sb,
                                      hosts=hosts, name=name)
                         for name, hosts in SHARDS.items()}
         self.northd = Northd(self.nb, self.sb)
         self.all = (self.northd,) + tuple(self.engines.values())
         self.ports = {}
+        self.runtime()
+
+    def runtime(self):
+        snap = self.sb.snapshot()
+        for c in self.all:
+            c.runtime_changed(snap)
 
     def engine_of(self, host):
         return next(self.engines[n] for n, hosts in SHARDS.items() if host in hosts)
@@ -46,6 +52,8 @@ class Sharded:
             elif self.nb.dirty:
                 for c in self.all:
                     c.nb_changed()
+            elif self.sb.dirty:
+                self.runtime()
             else:
                 return
         raise AssertionError("the controllers keep rewriting the databases")
@@ -85,9 +93,10 @@ def test_sharded_controllers_program_what_one_controller_does():
     many.start()
     for host in DPID:
         assert many.switches.flows(host) == one.switches.flows(host), host
-    assert many.nb.snap.vm_locations == one.nb.snap.vm_locations
+    assert many.sb.snap.vm_locations == one.sb.snap.vm_locations
+    assert many.nb.snap.vm_mirror == one.nb.snap.vm_mirror == one.sb.snap.vm_locations
     assert many.nb.snap.hv_cfg == one.nb.snap.hv_cfg == 1
-    assert {h: (r.nb_cfg, r.connected) for h, r in many.nb.snap.hosts.items()} == \
+    assert {h: (r.nb_cfg, r.connected) for h, r in many.sb.status.items()} == \
         {h: (1, True) for h in DPID}
     assert {s.name: s.controller for s in many.sb.status.values()} == \
         {"h1": "ctl-a", "h2": "ctl-a", "h3": "ctl-b"}
@@ -107,20 +116,20 @@ def test_a_switch_of_another_controllers_host_is_left_alone():
 def test_a_move_across_shards_waits_for_every_host_and_records_one_migration():
     many = Sharded()
     many.start()
-    assert many.nb.snap.vm_locations["a2"] == ("h2", 1)
+    assert many.sb.snap.vm_locations["a2"] == ("h2", 1)
     # a2's port appears on h3 (ctl-b's), unannounced, then leaves h2 (ctl-a's)
     many.set_ports("h3", "a4", "a2")
-    assert [w[1:4] for w in many.nb.writes if w[0] == "migration"] == [("a2", "h2", "h3")]
+    assert [w[:3] for w in many.sb.writes_of("migration")] == [("a2", "h2", "h3")]
     # not every connected host has applied it: the location waits
-    assert many.nb.snap.vm_locations["a2"] == ("h2", 1)
+    assert many.sb.snap.vm_locations["a2"] == ("h2", 1)
     many.ack_all()
-    assert many.nb.snap.vm_locations["a2"] == ("h3", 2)
+    assert many.sb.snap.vm_locations["a2"] == ("h3", 2)
     h1 = FakeOFTable(many.switches.flows("h1"))
     assert tunnelled(h1, from_vm("a1", MAC["a2"])) == [(TUNNEL["h1"], VNI_A, ENCAP["h3"])]
     many.set_ports("h2", "b2")
     many.ack_all()
-    assert [w[1:4] for w in many.nb.writes if w[0] == "migration"] == [("a2", "h2", "h3")]
-    assert many.nb.snap.vm_locations["a2"] == ("h3", 2)
+    assert [w[:3] for w in many.sb.writes_of("migration")] == [("a2", "h2", "h3")]
+    assert many.sb.snap.vm_locations["a2"] == ("h3", 2)
 
 
 def test_slices_come_from_the_logical_controller_for_every_shard():
@@ -132,9 +141,9 @@ def test_slices_come_from_the_logical_controller_for_every_shard():
     many.settle()
     assert many.nb.snap.northd_cfg == 2 and many.nb.snap.hv_cfg == 1
     many.ack_all()
-    slices = many.nb.snap.slices
+    slices = many.sb.snap.slices
     assert set(slices) == {(("fw-a",), h) for h in ("h1", "h2", "h3")}
-    assert len([w for w in many.nb.writes if w[0] == "slices"]) == 1
+    assert len(many.sb.writes_of("slices")) == 1
     assert many.nb.snap.hv_cfg == 2     # every shard applied the slices' flows
     for host in DPID:       # each host steers into its own slice
         steering = [f for f in many.switches.flows(host) if f.table == P.FROM_VM_STEERING.table_id

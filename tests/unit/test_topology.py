@@ -133,9 +133,9 @@ def test_placement_on_unlisted_host_is_rejected():
 
 
 def _snapshot(switches=(), vms=()):
-    return NbSnapshot(nb_cfg=0, hv_cfg=0, hosts={},
+    return NbSnapshot(nb_cfg=0, hv_cfg=0,
                       switches={s.name: s for s in switches},
-                      vms={v.name: v for v in vms}, vm_locations={})
+                      vms={v.name: v for v in vms})
 
 
 DB_SWITCH = SwitchInfo("db-sw", "t", 101, "10.9.0.0/24", "10.9.0.254")
@@ -350,8 +350,7 @@ def test_parse_leaves_references_outside_the_file_to_apply():
 
 
 def _fw_snapshot(**kw):
-    base = dict(nb_cfg=0, hv_cfg=0, hosts={},
-                switches={"db-sw": DB_SWITCH}, vms={}, vm_locations={})
+    base = dict(nb_cfg=0, hv_cfg=0, switches={"db-sw": DB_SWITCH}, vms={})
     base.update(kw)
     return NbSnapshot(**base)
 

@@ -88,18 +88,6 @@ def test_generated_mac_is_deterministic_local_unicast():
     assert validate.mac(mac) == mac
 
 
-@pytest.mark.parametrize("value", ["tcp:10.0.0.1:6640", "ssl:1.2.3.4:6640",
-                                   "unix:/run/openvswitch/db.sock"])
-def test_mgmt_address_accepts(value):
-    assert validate.mgmt_address(value) == value
-
-
-@pytest.mark.parametrize("value", ["10.0.0.1:6640", "tcp:10.0.0.1", "unix:"])
-def test_mgmt_address_rejects(value):
-    with pytest.raises(MbxError, match="tcp:IP:PORT"):
-        validate.mgmt_address(value)
-
-
 def test_encap_type():
     assert validate.encap_type("geneve") == "geneve"
     with pytest.raises(MbxError, match="vxlan, geneve"):
