@@ -628,11 +628,14 @@ def _raw(value, _base):
 
 
 def plain_row(row, columns):
-    """An IDL row as a plain row: reference columns as raw UUIDs."""
-    data = row._data or {}        # python-ovs has no public raw accessor
+    """An IDL row as a plain row: reference columns as raw UUIDs; a column
+    the server did not send (it omits default values) has its default, as
+    python-ovs' own row attributes do."""
+    data = row._data              # python-ovs has no public raw accessor
     values = {"uuid": row.uuid}
     for column in columns:
-        datum = data.get(column)
+        # Indexing, not .get(): python-ovs' column dict makes the default.
+        datum = data[column] if data is not None else None
         values[column] = datum.to_python(_raw) if datum is not None else None
     return types.SimpleNamespace(**values)
 
