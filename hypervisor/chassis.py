@@ -44,8 +44,13 @@ import logging
 import signal
 import subprocess
 import sys
+import warnings
 
-import ovs.poller
+with warnings.catch_warnings():
+    # python-ovs imports eventlet only to tell whether select() is green;
+    # eventlet's deprecation notice on import is not this agent's to print.
+    warnings.simplefilter("ignore")
+    import ovs.poller
 import ovs.timeval
 from ovs.db import idl
 

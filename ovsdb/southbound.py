@@ -230,8 +230,9 @@ class Southbound:
                 row.connected = status.connected
                 row.nb_cfg = status.nb_cfg
                 row.sb_cfg = status.sb_cfg
-        self.write(fn, "status of %s" % ", ".join(s.name for s in statuses[:3])
-                   + (" and %d more" % (len(statuses) - 3) if len(statuses) > 3 else ""))
+        return self.write(fn, "status of %s" % ", ".join(s.name for s in statuses[:3])
+                          + (" and %d more" % (len(statuses) - 3)
+                             if len(statuses) > 3 else ""))
 
     def raise_sb_cfg(self, value):
         """``SB_Global.sb_cfg`` becomes ``value`` unless it is already higher."""
@@ -242,7 +243,7 @@ class Southbound:
                 if rows:
                     row.verify("sb_cfg")
                 row.sb_cfg = value
-        self.write(fn, "sb_cfg %d" % value)
+        return self.write(fn, "sb_cfg %d" % value)
 
     # ------------------------------------------------------------- thread
     def _run(self):

@@ -37,7 +37,8 @@ class Host:
         self.sock = os.path.join(rundir, "db.sock")
         self.pid = server.start(rundir, db, ["punix:" + self.sock])
         self.vsctl("init", "--", "set", "Open_vSwitch", ".",
-                   "external_ids:system-id=hv1")
+                   "external_ids:system-id=hv1",
+                   "external_ids:mbx-encap-ip=10.200.0.11")
         self.vsctl("add-br", "br-int", "--", "set", "bridge", "br-int",
                    "datapath_id=000000000000000a")
 
@@ -94,12 +95,13 @@ def env(tmp_path):
     sb = Southbound(str(tmp_path / "sb"))
     agents = []
 
-    def start_agent():
+    def start_agent(stderr=None):
         log = open(str(tmp_path / "chassis.log"), "ab")
         proc = subprocess.Popen([sys.executable, "-m", "hypervisor.chassis",
                                  "--local-db", "unix:" + host.sock,
                                  "--sb", "unix:" + sb.sock],
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=stderr or subprocess.STDOUT,
+                                text=stderr is not None)
         agents.append(proc)
         return proc
 
@@ -146,7 +148,8 @@ def test_rows_under_its_name_follow_the_host_and_other_chassis_are_untouched(env
     sb.transact({"op": "insert", "table": "Port_Binding",
                  "row": {"logical_port": "vm-x", "chassis": "hv2", "ofport": 5,
                          "mac": ""}},
-                {"op": "insert", "table": "Chassis", "row": {"name": "hv2"}})
+                {"op": "insert", "table": "Chassis",
+                 "row": {"name": "hv2", "encap_type": "vxlan", "encap_ip": "10.200.0.12"}})
     start_agent()
     wait_for(lambda: ("vm-a", "hv1") in sb.bindings(), what="vm-a's binding")
     # A stale row written under hv1's name (a port that is not there) and a
@@ -185,3 +188,40 @@ def test_restarts_of_the_agent_and_the_southbound_server_converge(env):
     wait_for(lambda: sb.bindings() == {("vm-c", "hv1"): (11, ""),
                                        ("vm-d", "hv1"): (12, "")},
              timeout=20, what="the agent to catch up after the server restart")
+
+
+def test_the_chassis_carries_the_hosts_encap_and_follows_its_changes(env):
+    """mbx-chassis is the host's registration: its Chassis row says where
+    tunnels to the host end and where its mbxd accepts migrated state, from
+    the host's external_ids, and follows them."""
+    host, sb, start_agent = env
+    start_agent()
+    chassis = wait_for(lambda: sb.chassis().get("hv1"), what="the chassis row")
+    assert (chassis["encap_type"], chassis["encap_ip"], chassis["migration_address"]) == (
+        "vxlan", "10.200.0.11", "")
+    host.vsctl("set", "Open_vSwitch", ".", "external_ids:mbx-encap-type=geneve",
+               "external_ids:mbx-encap-ip=10.200.0.21",
+               "external_ids:mbx-migration-address=ssl:10.201.0.21:6650")
+    wait_for(lambda: (lambda c: c and (c["encap_type"], c["encap_ip"],
+                                       c["migration_address"]))(sb.chassis().get("hv1"))
+             == ("geneve", "10.200.0.21", "ssl:10.201.0.21:6650"),
+             what="the new encap in the chassis row")
+    # a value that becomes invalid is not published: the last good one stays
+    host.vsctl("set", "Open_vSwitch", ".", "external_ids:mbx-encap-ip=nowhere",
+               "--", "add-port", "br-int", "tap-c", "--", "set", "interface", "tap-c",
+               "external_ids:iface-id=vm-c", "ofport=9")
+    wait_for(lambda: ("vm-c", "hv1") in sb.bindings(), what="vm-c's binding")
+    assert sb.chassis()["hv1"]["encap_ip"] == "10.200.0.21"
+
+
+@pytest.mark.parametrize("key", ["system-id", "mbx-encap-ip"])
+def test_the_agent_refuses_to_start_without_the_hosts_identity(env, key):
+    host, sb, start_agent = env
+    host.vsctl("remove", "Open_vSwitch", ".", "external_ids", key)
+    proc = start_agent(stderr=subprocess.PIPE)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert err.splitlines() == [
+        f"mbx-chassis: external_ids:{key} is not set in the local OVS database; "
+        f"set it with ovs-vsctl set Open_vSwitch . external_ids:{key}=VALUE"]
+    assert sb.rows("Chassis") == []

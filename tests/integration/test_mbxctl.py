@@ -1,4 +1,4 @@
-"""mbxctl and mbx-host-register against a real config database server.
+"""mbxctl against a real server of the config and southbound databases.
 
 Each test talks to an ovsdb-server started from ovsdb/server.py and runs the
 installed console scripts as a user would, asserting on what the user sees:
@@ -18,14 +18,14 @@ import pytest
 
 from ovsdb import server, validate
 from mbxmodel.state import AlertRecord, SharedRecord
-from ovsdb.api import MbxNb
+from ovsdb.api import MbxNb, MbxSb
 from ovsdb.errors import MbxError
 from mbxmodel.network import ExternalNetInfo
 from mbxmodel.services import AddressSetInfo, MiddleboxInfo, PolicyInfo
 
-BIN = os.path.dirname(sys.executable)
-MBXCTL = os.path.join(BIN, "mbxctl")
-HOSTREG = os.path.join(BIN, "mbx-host-register")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+# This tree's mbxctl (an installed console script may run another tree's).
+MBXCTL = [sys.executable, "-m", "ovsdb.ctl"]
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 TOPOLOGY = """\
@@ -131,7 +131,7 @@ def populated(tmp_path_factory):
 
 def mbxctl(remote, *args, timeout=20):
     env = {k: v for k, v in os.environ.items() if k not in ("MBX_DB", "MBX_SB")}
-    return subprocess.run([MBXCTL, "--db", remote, *args], env=env,
+    return subprocess.run([*MBXCTL, "--db", remote, *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -587,12 +587,10 @@ def test_api_reads_and_slices(nb, tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text(TOPOLOGY + FIREWALL)
     ok(nb, "init", "--", "load", str(path))
+    add_chassis(nb, "h1", "h2")
     api = MbxNb.connect(nb)
+    sb = MbxSb.connect(nb, nb=api)
     try:
-        for i, host in enumerate(("h1", "h2")):
-            api.host_register(host, "vxlan", f"10.200.0.1{i}",
-                              f"tcp:10.201.0.1{i}:6640").execute(
-                check_error=True)
         snap = api.snapshot()
         assert snap.middleboxes["fw-a"] == MiddleboxInfo(
             "fw-a", "firewall", "ls-a", "deny", {"same-host": "both"})
@@ -609,26 +607,33 @@ def test_api_reads_and_slices(nb, tmp_path):
         assert api.steer_list("ls-b") == []
         with pytest.raises(MbxError, match="unknown middlebox 'nope'"):
             api.fw_list("nope")
-        assert snap.slices == {}
+        assert sb.snapshot().slices == {}
 
+        # The slices are southbound rows: a chain of middlebox names on a
+        # chassis; a slice of a host that has no chassis is left out.
         fw_a, fw_b = ("fw-a",), ("fw-b",)
-        api.set_slices({(fw_a, "h1"): 1, (fw_b, "h1"): 2,
-                        (fw_a, "h2"): 1, (fw_a, "nohost"): 3,
-                        (("nomb",), "h1"): 4}).execute(check_error=True)
-        assert api.snapshot().slices == {(fw_a, "h1"): 1,
-                                         (fw_b, "h1"): 2,
-                                         (fw_a, "h2"): 1}
-        api.set_slices({(fw_a, "h1"): 7, (fw_b, "h1"): 2}).execute(
+        sb.set_slices({(fw_a, "h1"): 1, (fw_b, "h1"): 2,
+                       (fw_a, "h2"): 1, (fw_a, "nohost"): 3}).execute(check_error=True)
+        assert sb.snapshot().slices == {(fw_a, "h1"): 1,
+                                        (fw_b, "h1"): 2,
+                                        (fw_a, "h2"): 1}
+        sb.set_slices({(fw_a, "h1"): 7, (fw_b, "h1"): 2}).execute(
             check_error=True)
-        assert api.snapshot().slices == {(fw_a, "h1"): 7,
-                                         (fw_b, "h1"): 2}
+        assert sb.snapshot().slices == {(fw_a, "h1"): 7,
+                                        (fw_b, "h1"): 2}
+        assert ok(nb, "slice-list").splitlines() == [
+            "HOST  TAG  CHAIN  STATUS",
+            "h1    2    fw-b   -",
+            "h1    7    fw-a   -"]
+        assert ok(nb, "slice-list", "--host", "h2").splitlines() == [
+            "HOST  TAG  CHAIN  STATUS"]
         with pytest.raises(MbxError, match="invalid slice tag 4095"):
-            api.set_slices({(fw_a, "h1"): 4095})
-        # Deleting a middlebox deletes the slices of chains through it.
-        api.mb_del("fw-b").execute(check_error=True)
-        assert api.snapshot().slices == {(fw_a, "h1"): 7}
-        assert row_count(nb, "Slice") == 1
+            sb.set_slices({(fw_a, "h1"): 4095})
+        assert row_count(nb, "Slice") == 2
+        # nothing of it in the config database
+        assert "Slice" not in api.tables and "Host" not in api.tables
     finally:
+        sb.close()
         api.close()
 
 
@@ -648,18 +653,28 @@ def test_schema_1_0_0_database_is_converted_and_keeps_its_rows(tmp_path):
          {"op": "insert", "table": "Logical_Switch", "uuid-name": "ls",
           "row": {"name": "old", "tenant": "t", "vni": 7,
                   "subnet": "10.7.0.0/24"}},
+         {"op": "insert", "table": "Host", "uuid-name": "h1",
+          "row": {"name": "h1", "encap_type": "vxlan",
+                  "encap_ip": "10.200.0.11",
+                  "mgmt_address": "tcp:10.201.0.11:6640"}},
          {"op": "insert", "table": "VM",
           "row": {"name": "v", "logical_switch": ["named-uuid", "ls"],
                   "mac": "02:00:00:00:00:07", "ip": "10.7.0.1",
-                  "location_epoch": 3}}])],
+                  "host": ["named-uuid", "h1"], "location_epoch": 3}}])],
         check=True, capture_output=True)
     pid, remote = start_server(str(tmp_path))      # ensure_db converts it
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.5.0"
+                              check=True).stdout.strip() == "2.0.0"
+        # the VM's host mirror keeps the host's name and the epoch; where
+        # the VM runs is the southbound database's, empty until its
+        # chassis publishes its port again
+        assert nb_query(db, "VM", ["name", "host", "location_epoch"]) == [
+            {"name": "v", "host": "h1", "location_epoch": 3}]
         assert ok(remote, "vm-list").splitlines()[1].split() == [
-            "v", "old", "10.7.0.1", "02:00:00:00:00:07", "-", "3"]
+            "v", "old", "10.7.0.1", "02:00:00:00:00:07", "-", "0"]
+        assert ok(remote, "host-list").splitlines()[1:] == []
         ok(remote, "mb-add", "fw", "old", "--", "fw-add", "fw", "1", "to-vm",
            "any", "allow", "--", "steer-add", "old", "1", "any", "fw")
         assert "    steering 1: any -> fw" in ok(remote, "show").splitlines()
@@ -716,14 +731,8 @@ def test_wait_hv_returns_once_hosts_caught_up(nb):
 
 def test_wait_hv_times_out_naming_the_host_behind(nb):
     ok(nb, "init")
-    api = MbxNb.connect(nb)
-    try:
-        api.host_register("h1", "vxlan", "10.200.0.11",
-                          "tcp:10.201.0.11:6640").execute(check_error=True)
-        api.set_host_status("h1", nb_cfg=0, connected=True).execute(
-            check_error=True)
-    finally:
-        api.close()
+    add_chassis(nb, "h1")
+    set_chassis_private(nb, "h1", nb_cfg=0, connected=True)
     start = time.monotonic()
     proc = mbxctl(nb, "--wait", "hv", "--timeout", "1", "ls-add", "w",
                   "--vni", "5", "--subnet", "10.5.0.0/24")
@@ -731,6 +740,69 @@ def test_wait_hv_times_out_naming_the_host_behind(nb):
     assert_one_line_error(proc, "change committed, but timed out after 1s",
                           "behind: h1 (at 0)")
     assert "w     w       5" in ok(nb, "ls-list")
+
+
+def test_runtime_commands_read_the_southbound_database(nb, tmp_path_factory):
+    """host-list, vm-list, show, slice-list, migration-list and ids-alerts
+    answer from the southbound database (--sb, default: the --db server),
+    not from the config database's status mirrors."""
+    path = tmp_path_factory.mktemp("rt") / "t.yaml"
+    path.write_text(TOPOLOGY)
+    ok(nb, "init", "--", "load", str(path))
+    # the config database's mirror says something else: it is not read
+    subprocess.run(["ovsdb-client", "transact", nb, json.dumps(
+        ["MBX_Northbound", {"op": "update", "table": "VM",
+                            "where": [["name", "==", "a1"]],
+                            "row": {"host": "h9", "location_epoch": 9}}])],
+        check=True, capture_output=True)
+    add_chassis(nb, "h1", "h2", migration=True)
+    set_chassis_private(nb, "h1", nb_cfg=3, connected=True)
+    sb_transact(nb,
+                {"op": "insert", "table": "VM_Location",
+                 "row": {"vm": "a1", "chassis": "h2", "epoch": 4}},
+                {"op": "insert", "table": "Slice",
+                 "row": {"chain": ["map", [[0, "fw-a"], [1, "lb-a"]]],
+                         "chassis": "h2", "tag": 3,
+                         "status": ["map", [["snat-block:x", "203.0.113.5:1024-2047"]]]}},
+                {"op": "update", "table": "Chassis", "where": [["name", "==", "h1"]],
+                 "row": {"datapath_id": "00000000000000a1"}})
+    assert columns(ok(nb, "host-list")) == [
+        ["NAME", "ENCAP", "ENCAP_IP", "NB_CFG", "CONNECTED", "DATAPATH_ID",
+         "MIGRATION_ADDRESS"],
+        ["h1", "vxlan", "10.200.0.11", "3", "true", "00000000000000a1",
+         "ssl:10.201.0.11:6650"],
+        ["h2", "vxlan", "10.200.0.12", "0", "false", "-", "ssl:10.201.0.12:6650"]]
+    assert columns(ok(nb, "vm-list")) == [
+        ["NAME", "SWITCH", "IP", "MAC", "HOST", "EPOCH"],
+        ["a1", "ls-a", "10.0.0.1", "02:00:00:00:01:01", "h2", "4"],
+        ["b1", "ls-b", "10.0.0.1", validate.mac_from_name("b1"), "-", "0"]]
+    shown = ok(nb, "show").splitlines()
+    assert "        host: h2 (epoch 4)" in shown
+    i = shown.index("host h1")
+    assert shown[i:i + 5] == ["host h1", "    encap: vxlan 10.200.0.11",
+                              "    nb_cfg: 3", "    connected: true",
+                              "    migration_address: ssl:10.201.0.11:6650"]
+    assert columns(ok(nb, "slice-list")) == [
+        ["HOST", "TAG", "CHAIN", "STATUS"],
+        ["h2", "3", "fw-a,lb-a", "snat-block:x=203.0.113.5:1024-2047"]]
+
+    # --sb names another server: the runtime answers come from there
+    pid, other = start_server(str(tmp_path_factory.mktemp("sb2")))
+    try:
+        assert ok(nb, "--sb", other, "host-list").splitlines()[1:] == []
+        assert ok(nb, "--sb", other, "vm-list").splitlines()[1].split()[-2:] == ["-", "0"]
+        proc = subprocess.run([*MBXCTL, "--db", nb, "host-list"], cwd=ROOT,
+                              env=dict(os.environ, MBX_SB=other),
+                              capture_output=True, text=True)
+        assert (proc.returncode, proc.stdout.splitlines()[1:]) == (0, [])
+    finally:
+        server.stop(pid)
+    assert_one_line_error(
+        mbxctl(nb, "--sb", "unix:/nonexistent/sb.sock", "host-list"),
+        "cannot connect to southbound database at unix:/nonexistent/sb.sock",
+        "set --sb or MBX_SB")
+    # an intent command needs no southbound database
+    ok(nb, "--sb", "unix:/nonexistent/sb.sock", "ls-list")
 
 
 def test_two_connections_to_two_servers_in_one_process(nb, tmp_path_factory):
@@ -751,72 +823,6 @@ def test_two_connections_to_two_servers_in_one_process(nb, tmp_path_factory):
     finally:
         server.stop(pid)
 
-
-def test_host_register_from_local_ovsdb(nb, tmp_path_factory):
-    pid, local = start_server(str(tmp_path_factory.mktemp("ovs")),
-                              VSWITCH_SCHEMA)
-    try:
-        vsctl = ["ovs-vsctl", f"--db={local}", "--no-wait"]
-        subprocess.run(vsctl + ["init"], check=True)
-        subprocess.run(vsctl + ["set", "Open_vSwitch", ".",
-                                "external_ids:system-id=h1",
-                                "external_ids:mbx-encap-ip=10.200.0.11"],
-                       check=True)
-        register = [HOSTREG, "--db", nb, "--local-db", local]
-        proc = subprocess.run(register, capture_output=True, text=True)
-        assert proc.returncode == 1
-        assert proc.stderr.splitlines() == [
-            "mbx-host-register: external_ids:mbx-mgmt-address is not set in "
-            "the local OVS database; set it with ovs-vsctl set Open_vSwitch "
-            ". external_ids:mbx-mgmt-address=VALUE"]
-        subprocess.run(vsctl + ["set", "Open_vSwitch", ".",
-                                "external_ids:mbx-mgmt-address="
-                                "tcp:10.201.0.11:6640"], check=True)
-        subprocess.run(register, check=True)
-        api = MbxNb.connect(nb)
-        try:
-            api.set_host_status("h1", nb_cfg=3, connected=True,
-                                datapath_id="00000000000000a1").execute(
-                check_error=True)
-        finally:
-            api.close()
-        subprocess.run(vsctl + ["set", "Open_vSwitch", ".",
-                                "external_ids:mbx-encap-ip=10.200.0.12"],
-                       check=True)
-        subprocess.run(register, check=True)    # update keeps the status
-        assert ok(nb, "host-list").splitlines()[1].split() == [
-            "h1", "vxlan", "10.200.0.12", "tcp:10.201.0.11:6640", "3", "true",
-            "00000000000000a1", "-"]
-        # the optional migration address
-        set_id = vsctl + ["set", "Open_vSwitch", ".",
-                          "external_ids:mbx-migration-address="
-                          "ssl:10.201.0.11:6650"]
-        subprocess.run(set_id, check=True)
-        subprocess.run(register, check=True)
-        assert ok(nb, "host-list").splitlines()[1].split()[-1] == \
-            "ssl:10.201.0.11:6650"
-        assert "    migration_address: ssl:10.201.0.11:6650" in ok(
-            nb, "show").splitlines()
-        subprocess.run(set_id[:-1] + ["external_ids:mbx-migration-address="
-                                      "tcp:10.201.0.11"], check=True)
-        before = dump(nb)
-        proc = subprocess.run(register, capture_output=True, text=True)
-        assert proc.returncode == 1
-        assert proc.stderr.splitlines() == [
-            "mbx-host-register: external_ids:mbx-migration-address in the "
-            "local OVS database: invalid migration address 'tcp:10.201.0.11'"
-            ": use ssl:IP:PORT, e.g. ssl:10.201.0.12:6650"]
-        assert dump(nb) == before
-        subprocess.run(vsctl + ["remove", "Open_vSwitch", ".", "external_ids",
-                                "mbx-migration-address"], check=True)
-        subprocess.run(register, check=True)        # unset: none
-        assert ok(nb, "host-list").splitlines()[1].split()[-2:] == [
-            "00000000000000a1", "-"]
-    finally:
-        server.stop(pid)
-
-
-# --- schema 1.2.0: gateways, external networks, NAT, LB, IDS, chains --------
 
 def columns(text):
     """The cells of each line of an mbxctl table (separated by 2+ spaces)."""
@@ -1355,7 +1361,7 @@ def test_service_commands_appear_in_lists_and_show(nb):
         "alerts=1"]
     assert "        status: alerts=1" in ok(nb, "show").splitlines()
     subprocess.run(["ovsdb-client", "transact", nb, json.dumps(
-        ["MBX_Northbound",
+        ["MBX_Southbound",
          {"op": "insert", "table": "IDS_Alert",
           "row": {"middlebox": "ids-a", "kind": "port-scan",
                   "source": "10.0.0.1", "target": "10.0.0.2", "count": 16,
@@ -1458,26 +1464,23 @@ def test_api_snapshot_of_services_and_status_writers(nb, tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(SERVICES)
     ok(nb, "init", "--", "load", str(path))
-    subprocess.run(["ovsdb-client", "transact", nb, json.dumps(
-        ["MBX_Northbound",
-         {"op": "insert", "table": "Shared_State",
-          "row": {"middlebox": "lb-s", "host": "h2", "service": "lb-health",
-                  "key": "10.2.0.11:8080", "value": "up", "stamp": 7}},
-         {"op": "insert", "table": "Shared_State",
-          "row": {"middlebox": "lb-s", "host": "h1", "service": "lb-health",
-                  "key": "10.2.0.11:8080", "value": "down", "stamp": 5}},
-         {"op": "insert", "table": "IDS_Alert",
-          "row": {"middlebox": "ids-s", "kind": "syn-flood",
-                  "source": "10.2.0.12", "target": "10.2.0.11:80",
-                  "count": 300, "hosts": ["set", ["h1"]], "first_seen": 5,
-                  "last_seen": 6, "reported_by": "h1"}}])],
-        check=True, capture_output=True)
+    sb_transact(
+        nb,
+        {"op": "insert", "table": "Shared_State",
+         "row": {"middlebox": "lb-s", "host": "h2", "service": "lb-health",
+                 "key": "10.2.0.11:8080", "value": "up", "stamp": 7}},
+        {"op": "insert", "table": "Shared_State",
+         "row": {"middlebox": "lb-s", "host": "h1", "service": "lb-health",
+                 "key": "10.2.0.11:8080", "value": "down", "stamp": 5}},
+        {"op": "insert", "table": "IDS_Alert",
+         "row": {"middlebox": "ids-s", "kind": "syn-flood",
+                 "source": "10.2.0.12", "target": "10.2.0.11:80",
+                 "count": 300, "hosts": ["set", ["h1"]], "first_seen": 5,
+                 "last_seen": 6, "reported_by": "h1"}})
+    add_chassis(nb, "h1", "h2")
     api = MbxNb.connect(nb)
+    sb = MbxSb.connect(nb, nb=api)
     try:
-        for i, host in enumerate(("h1", "h2")):
-            api.host_register(host, "vxlan", f"10.200.0.1{i}",
-                              f"tcp:10.201.0.1{i}:6640").execute(
-                check_error=True)
         snap = api.snapshot()
         assert snap.switches["ls-s"].gateway == "10.2.0.1"
         assert snap.switches["ls-t"].gateway == "10.3.0.254"
@@ -1495,47 +1498,50 @@ def test_api_snapshot_of_services_and_status_writers(nb, tmp_path):
                                       ("10.3.0.1", 8080)))
         assert snap.policies[-1] == PolicyInfo(
             "ls-s", 100, "any", ("fw-s", "lb-s", "nat-s", "ids-s"))
-        assert snap.shared_state == (
-            SharedRecord("lb-s", "h1", "lb-health", "10.2.0.11:8080", "down",
-                         5),
-            SharedRecord("lb-s", "h2", "lb-health", "10.2.0.11:8080", "up",
-                         7))
-        assert snap.ids_alerts == (AlertRecord(
-            "ids-s", "syn-flood", "10.2.0.12", "10.2.0.11:80", 300, ("h1",),
-            5, 6, "h1"),)
-        assert api.ids_alerts("fw-s") == []
         assert [r.type for r in api.nat_list("nat-s")] == ["dnat", "snat"]
         assert api.lb_list() == [vip]
         assert [e.name for e in api.ext_list()] == ["ext"]
 
+        # What the daemons publish is in the southbound database.
+        runtime = sb.snapshot()
+        assert runtime.shared_state == (
+            SharedRecord("lb-s", "h1", "lb-health", "10.2.0.11:8080", "down",
+                         5),
+            SharedRecord("lb-s", "h2", "lb-health", "10.2.0.11:8080", "up",
+                         7))
+        assert runtime.ids_alerts == (AlertRecord(
+            "ids-s", "syn-flood", "10.2.0.12", "10.2.0.11:80", 300, ("h1",),
+            5, 6, "h1"),)
+        assert sb.ids_alerts("fw-s") == []
+        assert [h.name for h in sb.host_list()] == ["h1", "h2"]
+
         chain = ("fw-s", "lb-s", "nat-s", "ids-s")
         block = "snat-block:" + snap.nat_rules["nat-s"][1].uuid
-        api.set_slices({(chain, "h1"): 3, (chain, "h2"): 3,
-                        (("fw-s",), "h1"): 4, (("nope",), "h1"): 5,
-                        (chain, "h9"): 6},
-                       {(chain, "h1"): {block: "203.0.113.5:1024-2047"},
-                        (chain, "h2"): {block: "203.0.113.5:2048-3071"}}
-                       ).execute(check_error=True)
-        snap = api.snapshot()
-        assert snap.slices == {(chain, "h1"): 3, (chain, "h2"): 3,
-                               (("fw-s",), "h1"): 4}
-        assert snap.slice_status[(chain, "h2")] == {
+        sb.set_slices({(chain, "h1"): 3, (chain, "h2"): 3,
+                       (("fw-s",), "h1"): 4, (chain, "h9"): 6},
+                      {(chain, "h1"): {block: "203.0.113.5:1024-2047"},
+                       (chain, "h2"): {block: "203.0.113.5:2048-3071"}}
+                      ).execute(check_error=True)
+        runtime = sb.snapshot()
+        assert runtime.slices == {(chain, "h1"): 3, (chain, "h2"): 3,
+                                  (("fw-s",), "h1"): 4}
+        assert runtime.slice_status[(chain, "h2")] == {
             block: "203.0.113.5:2048-3071"}
-        assert snap.slice_status[(("fw-s",), "h1")] == {}
+        assert runtime.slice_status[(("fw-s",), "h1")] == {}
         first = dump(nb)
-        api.set_slices(snap.slices, snap.slice_status).execute(
+        sb.set_slices(runtime.slices, runtime.slice_status).execute(
             check_error=True)
         assert dump(nb) == first                # nothing to change
-        api.set_slices({(chain, "h1"): 3}).execute(check_error=True)
-        snap = api.snapshot()
-        assert snap.slices == {(chain, "h1"): 3}
-        assert snap.slice_status == {(chain, "h1"): {}}
+        sb.set_slices({(chain, "h1"): 3}).execute(check_error=True)
+        runtime = sb.snapshot()
+        assert runtime.slices == {(chain, "h1"): 3}
+        assert runtime.slice_status == {(chain, "h1"): {}}
         assert row_count(nb, "Slice") == 1
         with pytest.raises(MbxError, match="a slice's chain names at least "
                                            "one middlebox"):
-            api.set_slices({((), "h1"): 3})
+            sb.set_slices({((), "h1"): 3})
         with pytest.raises(MbxError, match="invalid slice status"):
-            api.set_slices({(chain, "h1"): 3}, {(chain, "h1"): {"a": 1}})
+            sb.set_slices({(chain, "h1"): 3}, {(chain, "h1"): {"a": 1}})
 
         api.set_vip_status(vip.uuid, {"10.2.0.11:8080": "up",
                                       "10.3.0.1:8080": "down"}).execute(
@@ -1555,39 +1561,48 @@ def test_api_snapshot_of_services_and_status_writers(nb, tmp_path):
         with pytest.raises(MbxError, match="invalid UUID"):
             api.set_vip_status("nope", {})
 
-        # Deleting a middlebox deletes the slices of chains through it
-        # (else its weak reference would leave a shorter chain behind).
-        api.set_slices({(chain, "h1"): 3, (("fw-s",), "h1"): 4}).execute(
+        # A chain with a position missing (a row written behind mbx's back)
+        # is ignored, and the next set_slices deletes it.
+        sb.set_slices({(("fw-s", "lb-s", "nat-s"), "h1"): 5}).execute(
             check_error=True)
-        api.steer_del("ls-s", 100).execute(check_error=True)
-        api.mb_del("ids-s").execute(check_error=True)
-        assert api.snapshot().slices == {(("fw-s",), "h1"): 4}
-        assert row_count(nb, "Slice") == 1
-        # A chain with a position missing (a middlebox deleted behind
-        # mbx's back) is ignored, and the next set_slices deletes it.
-        api.set_slices({(("fw-s", "lb-s", "nat-s"), "h1"): 5}).execute(
-            check_error=True)
-        subprocess.run(["ovsdb-client", "transact", nb, json.dumps(
-            ["MBX_Northbound",
-             {"op": "mutate", "table": "Slice", "where": [],
-              "mutations": [["chain", "delete", ["set", [1]]]]}])],
-            check=True, capture_output=True)
+        sb_transact(nb, {"op": "mutate", "table": "Slice", "where": [],
+                         "mutations": [["chain", "delete", ["set", [1]]]]})
         # That change reaches the API's replica asynchronously: wait for it.
         deadline = time.monotonic() + 5
-        while api.snapshot().slices and time.monotonic() < deadline:
+        while sb.snapshot().slices and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert api.snapshot().slices == {}
+        assert sb.snapshot().slices == {}
         assert row_count(nb, "Slice") == 1
-        api.set_slices({}).execute(check_error=True)
+        sb.set_slices({}).execute(check_error=True)
         assert row_count(nb, "Slice") == 0
     finally:
+        sb.close()
         api.close()
+
+
+SCHEMA_1_5_0 = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "mbx_nb-1.5.0.ovsschema")
+
+
+def nb_query(db_path, table, columns):
+    """The rows of a config database file's table (``ovsdb-tool query``)."""
+    reply = json.loads(subprocess.run(
+        ["ovsdb-tool", "query", str(db_path), json.dumps(
+            ["MBX_Northbound", {"op": "select", "table": table, "where": [],
+                                "columns": columns}])],
+        check=True, capture_output=True, text=True).stdout)
+    return reply[0]["rows"]
+
+
+def schema_1_5_0():
+    """The last 1.x schema: the runtime tables still in it."""
+    with open(SCHEMA_1_5_0) as f:
+        return json.load(f)
 
 
 def schema_1_2_0():
     """The 1.2.0 schema: before migrations."""
-    with open(server.SCHEMA_PATH) as f:
-        schema = json.load(f)
+    schema = schema_1_5_0()
     schema["version"] = "1.2.0"
     del schema["tables"]["Migration"]
     del schema["tables"]["Host"]["columns"]["migration_address"]
@@ -1659,14 +1674,14 @@ def test_schema_1_1_0_database_is_converted_and_keeps_its_policies(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.5.0"
+                              check=True).stdout.strip() == "2.0.0"
         assert not os.path.exists(str(db) + ".converting")
         assert ok(remote, "steer-list").splitlines() == [
             "SWITCH  PRIORITY  CHAIN   MATCH",
             "old     200       bypass  proto=icmp",
             "old     100       fw      any",
             "old     90        fw2     proto=udp"]
-        assert row_count(remote, "Slice") == 0
+        assert row_count(remote, "Slice") == 0      # southbound: empty
         assert_one_line_error(mbxctl(remote, "mb-del", "fw"),
                               "still used by steering policy old priority "
                               "100")
@@ -1689,19 +1704,29 @@ UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
                      r"[0-9a-f]{12}")
 
 
+def sb_api(remote):
+    """An MbxSb on ``remote`` that checks VMs in the config database there
+    (as mbxctl's); closing it closes both."""
+    nb = MbxNb.connect(remote)
+    sb = MbxSb.connect(remote, nb=nb)
+    close = sb.close
+
+    def close_both():
+        close()
+        nb.close()
+    sb.close = close_both
+    return sb
+
+
 def setup_migrations(remote, rundir):
     """TOPOLOGY plus VM a2 (on no host); hosts h1-h3; a1 on h2, b1 on h1."""
     path = os.path.join(rundir, "mig.yaml")
     with open(path, "w") as f:
         f.write(TOPOLOGY + "  - {name: a2, switch: ls-a, ip: 10.0.0.2}\n")
     ok(remote, "init", "--", "load", path)
-    api = MbxNb.connect(remote)
+    add_chassis(remote, "h1", "h2", "h3", migration=True)
+    api = sb_api(remote)
     try:
-        for i, host in enumerate(("h1", "h2", "h3"), 1):
-            api.host_register(host, "vxlan", f"10.200.0.1{i}",
-                              f"tcp:10.201.0.1{i}:6640",
-                              f"ssl:10.201.0.1{i}:6650").execute(
-                check_error=True)
         api.set_vm_location("a1", "h2", 1).execute(check_error=True)
         api.set_vm_location("b1", "h1", 1).execute(check_error=True)
     finally:
@@ -1727,7 +1752,7 @@ def test_announced_migration_from_begin_to_done(nb, tmp_path):
     out = ok(nb, "migrate-begin", "a1", "--to", "h3")
     assert UUID_RE.fullmatch(out.strip())
     uuid = out.strip()
-    api = MbxNb.connect(nb)
+    api = sb_api(nb)
     try:
         m, = api.snapshot().migrations
         assert (m.uuid, m.vm, m.source, m.destination, m.path, m.status,
@@ -1834,7 +1859,12 @@ BAD_MIGRATIONS = {
                              "nowhere); nothing to migrate"),
     "begin: unknown host": (["migrate-begin", "b1", "--to", "h9"],
                             "unknown host 'h9'; a host registers itself "
-                            "(mbx-host-register)"),
+                            "when mbx-chassis starts on it"),
+    "begin with an intent change": (
+        ["vm-add", "a9", "--switch", "ls-a", "--ip", "10.0.0.9", "--",
+         "migrate-begin", "a1", "--to", "h1"],
+        "commands on the config database and on the southbound database "
+        "(migrate-begin) cannot share one transaction; run them separately"),
     "begin: to its own host": (["migrate-begin", "b1", "--to", "h1"],
                                "VM 'b1' is already on host 'h1'"),
     "begin: while one is active": (
@@ -1891,8 +1921,11 @@ BAD_MIGRATIONS = {
                          "global-set: invalid option 'migration-wait-ms': "
                          "use KEY=VALUE, e.g. migration-wait-ms=5000"),
     "global-set then a failing command": (
+        ["global-set", "migration-wait-ms=500", "--", "vm-del", "nope"],
+        "unknown VM 'nope'; use --if-exists to ignore a missing one"),
+    "global-set with a migration command": (
         ["global-set", "migration-wait-ms=500", "--", "migrate-done", "a2"],
-        "VM 'a2' has no migration"),
+        "(migrate-done) cannot share one transaction; run them separately"),
 }
 
 
@@ -1927,7 +1960,7 @@ def wait_stun(remote, after, *args):
     """migrate-stun a1 --wait, while ``after`` (run in a thread 0.3 s after
     the stun, with an API connection and the migration) writes the
     outcome."""
-    api = MbxNb.connect(remote)
+    api = sb_api(remote)
     try:
         m, = api.migrations("a1")
 
@@ -2013,7 +2046,7 @@ def test_global_set_and_the_wait_of_new_migrations(nb, tmp_path):
 def test_controller_creates_unannounced_migrations(nb, tmp_path):
     setup_migrations(nb, str(tmp_path))
     ok(nb, "global-set", "migration-wait-ms=800")
-    api = MbxNb.connect(nb)
+    api = sb_api(nb)
     try:
         # a2 has no host: the controller names both hosts
         uuid = api.migration_create("a2", "h1", "h2", "unannounced").execute(
@@ -2072,75 +2105,90 @@ def test_controller_creates_unannounced_migrations(nb, tmp_path):
                    "ok: 1 connection"]
 
 
-def test_schema_1_2_0_database_is_converted_and_keeps_every_row(tmp_path):
-    old_schema = tmp_path / "mbx_nb-1.2.0.ovsschema"
-    old_schema.write_text(json.dumps(schema_1_2_0()))
+def test_schema_1_5_0_database_converts_to_intent_only(tmp_path):
+    """A 1.x config database (runtime tables in it) opens as 2.0.0: every
+    intent row is kept as it was, VM.host names its host instead of
+    referencing its Host row, the runtime tables are gone (the hosts
+    republish their chassis, northd writes the slices again; migration
+    history and alerts are lost), and mbxctl works on it."""
+    old_schema = tmp_path / "mbx_nb-1.5.0.ovsschema"
+    old_schema.write_text(json.dumps(schema_1_5_0()))
     db = tmp_path / "db"
-    subprocess.run(["ovsdb-tool", "create", str(db), str(old_schema)],
-                   check=True)
-    # fill it through a 1.2.0 server, with mbxctl and the API
-    pid, remote = start_server(str(tmp_path), str(old_schema))
-    try:
-        path = tmp_path / "s.yaml"
-        path.write_text(SERVICES)
-        ok(remote, "init", "--", "load", str(path))
-        api = MbxNb.connect(remote)
-        try:
-            api.host_register("h1", "vxlan", "10.200.0.11",
-                              "tcp:10.201.0.11:6640").execute(
-                check_error=True)
-            api.set_vm_location("s1", "h1", 3).execute(check_error=True)
-            api.set_slices({(("fw-s", "lb-s", "nat-s", "ids-s"), "h1"): 5},
-                           {(("fw-s", "lb-s", "nat-s", "ids-s"), "h1"):
-                            {"snat-block:x": "203.0.113.5:1024-2047"}}
-                           ).execute(check_error=True)
-        finally:
-            api.close()
-        # this mbxctl with the old server: reads work, migrations do not
-        assert columns(ok(remote, "migration-list")) == [
-            ["VM", "HOSTS", "PATH", "STATUS", "ENTRIES", "BYTES", "OUTCOME"]]
-        assert_one_line_error(mbxctl(remote, "migrate-begin", "s1", "--to",
-                                     "h1"),
-                              "the config database has no Migration table "
-                              "(its schema predates 1.3.0); restart its "
-                              "server to convert it")
-    finally:
-        server.stop(pid)
-    tables = sorted(schema_1_2_0()["tables"])
+    subprocess.run(["ovsdb-tool", "create", str(db), str(old_schema)], check=True)
+    subprocess.run(["ovsdb-tool", "transact", str(db), json.dumps(
+        ["MBX_Northbound",
+         {"op": "insert", "table": "NB_Global",
+          "row": {"nb_cfg": 4, "hv_cfg": 4, "northd_cfg": 4,
+                  "options": ["map", [["migration-wait-ms", "750"]]]}},
+         {"op": "insert", "table": "Host", "uuid-name": "h1",
+          "row": {"name": "h1", "encap_type": "vxlan", "encap_ip": "10.200.0.11",
+                  "mgmt_address": "tcp:10.201.0.11:6640", "nb_cfg": 4,
+                  "connected": True,
+                  "migration_address": "ssl:10.201.0.11:6650"}},
+         {"op": "insert", "table": "Logical_Switch", "uuid-name": "ls",
+          "row": {"name": "ls-a", "tenant": "t", "vni": 7, "subnet": "10.7.0.0/24"}},
+         {"op": "insert", "table": "VM",
+          "row": {"name": "a1", "logical_switch": ["named-uuid", "ls"],
+                  "mac": "02:00:00:00:00:07", "ip": "10.7.0.2",
+                  "host": ["named-uuid", "h1"], "location_epoch": 3}},
+         {"op": "insert", "table": "VM",
+          "row": {"name": "a2", "logical_switch": ["named-uuid", "ls"],
+                  "mac": "02:00:00:00:00:08", "ip": "10.7.0.3", "location_epoch": 1}},
+         {"op": "insert", "table": "Middlebox", "uuid-name": "fw",
+          "row": {"name": "fw", "type": "firewall", "logical_switch": ["named-uuid", "ls"],
+                  "default_action": "deny"}},
+         {"op": "insert", "table": "Steering_Policy",
+          "row": {"logical_switch": ["named-uuid", "ls"], "priority": 100,
+                  "match": "any", "chain": ["map", [[0, ["named-uuid", "fw"]]]]}},
+         {"op": "insert", "table": "Slice",
+          "row": {"chain": ["map", [[0, ["named-uuid", "fw"]]]],
+                  "host": ["named-uuid", "h1"], "tag": 5}},
+         {"op": "insert", "table": "Shared_State",
+          "row": {"middlebox": "fw", "host": "h1", "service": "vm-state",
+                  "key": "a1", "value": "1", "stamp": 1}},
+         {"op": "insert", "table": "IDS_Alert",
+          "row": {"middlebox": "fw", "kind": "port-scan", "source": "10.7.0.9",
+                  "count": 3, "first_seen": 1, "last_seen": 2, "reported_by": "h1"}},
+         {"op": "insert", "table": "Migration",
+          "row": {"vm": "a1", "source": "h2", "destination": "h1",
+                  "path": "announced", "status": "done", "token": "0" * 32}}])],
+        check=True, capture_output=True)
+    intent = ("NB_Global", "Logical_Switch", "VM", "Middlebox", "Steering_Policy")
 
-    def rows():
-        query = ["MBX_Northbound"] + [
-            {"op": "select", "table": t, "where": []} for t in tables]
-        reply = json.loads(subprocess.run(
-            ["ovsdb-tool", "query", str(db), json.dumps(query)], check=True,
-            capture_output=True, text=True).stdout)
+    def rows(schema_tables):
         out = {}
-        for table, result in zip(tables, reply):
-            for row in result["rows"]:
-                row.pop("_version")
-                row.pop("migration_address", None)
-            out[table] = sorted(result["rows"], key=lambda r: r["_uuid"])
+        for table in intent:
+            columns = sorted(c for c in schema_tables[table]["columns"])
+            found = nb_query(db, table, ["_uuid"] + columns)
+            out[table] = sorted(found, key=lambda r: r["_uuid"][1])
         return out
 
-    before = rows()
-    assert len(before["Slice"]) == 1 and len(before["Steering_Policy"]) == 3
+    before = rows(schema_1_5_0()["tables"])
     pid, remote = start_server(str(tmp_path))      # ensure_db converts it
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "1.5.0"
-        assert not os.path.exists(str(db) + ".converting")
-        assert ok(remote, "host-list").splitlines()[1].split()[-1] == "-"
-        assert row_count(remote, "Migration") == 0
-        api = MbxNb.connect(remote)
-        try:
-            snap = api.snapshot()
-            assert snap.slices == {(("fw-s", "lb-s", "nat-s", "ids-s"),
-                                    "h1"): 5}
-            assert snap.vm_locations["s1"] == ("h1", 3)
-            assert snap.migrations == ()
-        finally:
-            api.close()
+                              check=True).stdout.strip() == "2.0.0"
+        assert not [n for n in os.listdir(tmp_path)
+                    if n.startswith("db.") and n != "db.sock"]   # no leftover file
+        with open(server.SCHEMA_PATH) as f:
+            after = rows(json.load(f)["tables"])
+        for vm in before["VM"]:
+            if vm["host"] != ["set", []]:
+                vm["host"] = "h1"           # the reference became the name
+        assert after == before
+        assert ok(remote, "steer-list").splitlines()[1].split() == [
+            "ls-a", "100", "fw", "any"]
+        # nothing of the runtime tables: the southbound database fills again
+        assert ok(remote, "host-list").splitlines()[1:] == []
+        assert ok(remote, "migration-list").splitlines()[1:] == []
+        assert ok(remote, "ids-alerts").splitlines()[1:] == []
+        assert ok(remote, "slice-list").splitlines()[1:] == []
+        assert "a1    ls-a    10.7.0.2  02:00:00:00:00:07  -     0" in ok(remote, "vm-list")
+        ok(remote, "vm-add", "a3", "--switch", "ls-a", "--ip", "10.7.0.4")
     finally:
         server.stop(pid)
-    assert rows() == before
+    # converting again is a no-op
+    again = db.read_bytes()
+    server.ensure_db(str(db))
+    assert db.read_bytes() == again

@@ -229,8 +229,7 @@ def test_destination_dying_mid_transfer_aborts_and_the_vm_keeps_working(mig):
     snap = fresh(sc)
     src = where(lab, "mv")
     dst = next(h for h in HOSTS if h != src)
-    nb = lab.nb()
-    nb.migrate_begin("mv", dst).execute(check_error=True)
+    lab.sb().migrate_begin("mv", dst).execute(check_error=True)
     wait_until(lambda: lab.migration_row("mv")["status"] == "streaming", 10,
                what="the snapshot to go out")
     lab.mbxd_stop(dst, signal.SIGKILL)
@@ -294,7 +293,7 @@ def test_without_state_migration_connections_break(mig):
         assert broken == {"fw-in", "fw-out", "snat", "lb", "dnat"}, final
     finally:
         # Nobody handled the unannounced migration: end it.
-        lab.nb().migrate_abort("mv", if_exists=True).execute(check_error=True)
+        lab.sb().migrate_abort("mv", if_exists=True).execute(check_error=True)
         for host in HOSTS:
             lab.mbxd_stop(host)
             lab.mbxd_start(host)
@@ -330,14 +329,14 @@ def forged(mig):
     rows = []
 
     def new_row():
-        uuid = lab.nb().migration_create("b1", "h1", "h3", "announced").execute(
+        uuid = lab.sb().migration_create("b1", "h1", "h3", "announced").execute(
             check_error=True)
         rows.append(uuid)
         return lab.migration_row("b1")
     try:
         yield lab, new_row
     finally:
-        lab.nb().migrate_abort("b1", if_exists=True).execute(check_error=True)
+        lab.sb().migrate_abort("b1", if_exists=True).execute(check_error=True)
         lab.mbxd_start("h1")
         time.sleep(1.0)
 
@@ -386,25 +385,25 @@ def test_a_transfer_is_accepted_once_from_the_named_peer_only(forged, tmp_path):
         out["replies"][-1]["error"], out
     assert b1_at_h3(lab) == []
     # Truncated: the connection ends before "final".
-    row = (lab.nb().migrate_abort("b1").execute(check_error=True), new_row())[1]
+    row = (lab.sb().migrate_abort("b1").execute(check_error=True), new_row())[1]
     out = peer_run(lab, "h1", script(lab, row, transfer(row, [fake_record()])[:2],
                                      close_early=True))
     assert out["connected"] and not any(r["type"] == "ack" for r in out["replies"])
     assert b1_at_h3(lab) == []
     # Corrupt: the final digest does not match what was staged.
-    row = (lab.nb().migrate_abort("b1").execute(check_error=True), new_row())[1]
+    row = (lab.sb().migrate_abort("b1").execute(check_error=True), new_row())[1]
     out = peer_run(lab, "h1", script(lab, row, transfer(row, [fake_record()],
                                                         digest="0" * 64)))
     assert out["replies"][-1]["type"] == "nack" and "corrupt" in out["replies"][-1]["error"]
     assert b1_at_h3(lab) == []
     # Into another VM's state: refused whole, even with one good record.
-    row = (lab.nb().migrate_abort("b1").execute(check_error=True), new_row())[1]
+    row = (lab.sb().migrate_abort("b1").execute(check_error=True), new_row())[1]
     out = peer_run(lab, "h1", script(lab, row, transfer(
         row, [fake_record(), fake_record(vm="b2", ip="10.0.0.32")])))
     assert out["replies"][-1]["type"] == "nack" and "b2" in out["replies"][-1]["error"]
     assert b1_at_h3(lab) == []
     # A good transfer lands; the same one again is a replay.
-    row = (lab.nb().migrate_abort("b1").execute(check_error=True), new_row())[1]
+    row = (lab.sb().migrate_abort("b1").execute(check_error=True), new_row())[1]
     good = script(lab, row, transfer(row, [fake_record()]))
     out = peer_run(lab, "h1", good)
     assert out["replies"][-1]["type"] == "ack" and out["replies"][-1]["entries"] == 1, out

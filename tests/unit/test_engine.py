@@ -650,6 +650,37 @@ def test_restarted_controller_moves_a_vm_that_moved_while_it_was_down():
     assert h.sb.locations("a2") == [("h3", 5)]
 
 
+def test_each_location_is_mirrored_into_the_config_database_in_the_same_round():
+    h = running()
+    h.add_port("h3", "a2", ofport=7)
+    h.del_port("h2", "a2")
+    h.ack_all()
+    assert h.sb.locations("a2") == [("h2", 1), ("h3", 2)]
+    assert [w[1:] for w in h.nb.writes_of("mirror") if w[0] == "a2"] == [
+        ("h2", 1), ("h3", 2)]
+    assert h.nb.snap.vm_mirror == h.sb.snap.vm_locations
+
+
+def test_a_converted_config_database_keeps_the_epochs_growing_and_its_mirror_right():
+    """After a 1.x config database was converted, VM_Location is empty and
+    VM.host / location_epoch hold what the old database said: the next
+    epoch is above the old one, and a mirror that disagrees with
+    VM_Location is written again."""
+    snap = dataclasses.replace(initial_snapshot(), vm_mirror={
+        "a2": ("h2", 4), "b1": ("h2", 7)})
+    h = Harness(snap=snap, runtime=initial_runtime(locations={"b1": ("h1", 2)}))
+    h.notify()
+    assert h.nb.snap.vm_mirror["b1"] == ("h1", 2)      # VM_Location wins
+    h.set_ports("h2", "a2")
+    h.set_ports("h1", "b1")
+    h.connect("h1")
+    h.connect("h2")
+    h.ack_all()
+    assert h.sb.locations("a2") == [("h2", 5)]
+    assert h.sb.locations("b1") == []                   # already recorded there
+    assert h.nb.snap.vm_mirror == {"a2": ("h2", 5), "b1": ("h1", 2)}
+
+
 def test_port_with_a_foreign_mac_is_not_bound():
     h = Harness()
     h.notify()

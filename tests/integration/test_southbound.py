@@ -1,0 +1,132 @@
+"""The controllers' southbound connection (ovsdb.southbound) against a real
+ovsdb-server: the runtime rows it reports and the ones it writes."""
+
+import json
+import os
+import queue
+import subprocess
+
+import pytest
+
+from mbxmodel.network import ChassisStatus
+from ovsdb import server
+from ovsdb.errors import MbxError
+from ovsdb.southbound import ENGINE_TABLES, NORTHD_TABLES, Southbound
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def remote(tmp_path):
+    db = str(tmp_path / "sb.db")
+    server.ensure_db(db, server.SB_SCHEMA_PATH)
+    sock = str(tmp_path / "sb.sock")
+    pid = server.start(str(tmp_path), db, ["punix:" + sock])
+    yield "unix:" + sock
+    server.stop(pid)
+
+
+def transact(remote, *ops):
+    out = subprocess.run(["ovsdb-client", "transact", remote,
+                          json.dumps(["MBX_Southbound", *ops])],
+                         check=True, capture_output=True, text=True).stdout
+    assert "error" not in out, out
+
+
+def chassis(name, ip):
+    return {"op": "insert", "table": "Chassis",
+            "row": {"name": name, "encap_type": "geneve", "encap_ip": ip}}
+
+
+@pytest.fixture
+def connect(remote):
+    started = []
+
+    def start(tables):
+        runtime, ready = queue.Queue(), queue.Queue()
+        sb = Southbound(remote, on_runtime=runtime.put, on_ready=lambda: ready.put(True),
+                        runtime_tables=tables)
+        sb.start()
+        started.append(sb)
+        ready.get(timeout=WAIT)
+        return sb, runtime
+    yield start
+    for sb in started:
+        sb.stop()
+
+
+def next_runtime(runtime, predicate):
+    """The first runtime snapshot reported that satisfies ``predicate``."""
+    while True:
+        snap = runtime.get(timeout=WAIT)
+        if predicate(snap):
+            return snap
+
+
+def test_runtime_rows_arrive_as_one_snapshot_with_the_hosts_encap(remote, connect):
+    transact(remote, chassis("h1", "10.200.0.11"), chassis("h2", "10.200.0.12"))
+    sb, runtime = connect(NORTHD_TABLES)
+    snap = next_runtime(runtime, lambda s: len(s.hosts) == 2)
+    assert {h.name: (h.encap_type, h.encap_ip) for h in snap.hosts.values()} == {
+        "h1": ("geneve", "10.200.0.11"), "h2": ("geneve", "10.200.0.12")}
+    # what the logical controller writes comes back in the snapshot
+    sb.set_slices({(("fw", "lb"), "h1"): 4, (("fw",), "h9"): 5},
+                  {(("fw", "lb"), "h1"): {"snat-block:r": "203.0.113.5:1024-2047"}}
+                  ).result(WAIT)
+    sb.set_vm_location("a1", "h1", 2).result(WAIT)
+    snap = next_runtime(runtime, lambda s: s.slices and s.vm_locations)
+    assert snap.slices == {(("fw", "lb"), "h1"): 4}         # h9 has no chassis
+    assert snap.slice_status == {(("fw", "lb"), "h1"): {
+        "snat-block:r": "203.0.113.5:1024-2047"}}
+    assert snap.vm_locations == {"a1": ("h1", 2)}
+    sb.set_vm_location("a1", None, 2).result(WAIT)
+    assert next_runtime(runtime, lambda s: s.vm_locations["a1"][0] is None
+                        ).vm_locations == {"a1": (None, 2)}
+    # the daemons' rows, for the logical controller
+    transact(remote, {"op": "insert", "table": "IDS_Alert",
+                      "row": {"middlebox": "ids", "kind": "port-scan", "source": "1.2.3.4",
+                              "count": 3, "first_seen": 1, "last_seen": 2,
+                              "reported_by": "h1"}})
+    assert [a.source for a in next_runtime(runtime, lambda s: s.ids_alerts).ids_alerts] == [
+        "1.2.3.4"]
+
+
+def test_an_unannounced_migration_is_committed_before_the_future_is_done(remote, connect):
+    transact(remote, chassis("h1", "10.200.0.11"), chassis("h2", "10.200.0.12"))
+    sb, runtime = connect(ENGINE_TABLES)
+    uuid = sb.record_migration("a1", "h1", "h2", "unannounced", 750).result(WAIT)
+    out = subprocess.run(["ovsdb-client", "-f", "json", "dump", remote, "MBX_Southbound",
+                          "Migration"], check=True, capture_output=True, text=True).stdout
+    [row] = json.loads(out)["data"]
+    assert row[0][1] == uuid            # the row is there when the future is done
+    m, = next_runtime(runtime, lambda s: s.migrations).migrations
+    assert (m.uuid, m.vm, m.source, m.destination, m.path, m.status, m.options) == (
+        uuid, "a1", "h1", "h2", "unannounced", "begun", {"wait-ms": "750"})
+    # refused: a second active migration of the VM, an unknown host
+    with pytest.raises(MbxError, match="VM 'a1' already has an active migration h1 -> h2"):
+        sb.record_migration("a1", "h2", "h1", "unannounced", 750).result(WAIT)
+    with pytest.raises(MbxError, match="unknown host 'h9'"):
+        sb.record_migration("b1", "h1", "h9", "unannounced", 750).result(WAIT)
+
+
+def test_the_engine_is_not_told_of_status_and_rows_it_does_not_monitor(remote, connect):
+    transact(remote, chassis("h1", "10.200.0.11"))
+    sb, runtime = connect(ENGINE_TABLES)
+    next_runtime(runtime, lambda s: s.hosts)
+    # a host's status, the daemons' rows, a chassis's ports: no runtime news
+    sb.set_chassis_statuses([ChassisStatus("h1", "ctl", True, 3, 4)]).result(WAIT)
+    transact(remote,
+             {"op": "insert", "table": "Shared_State",
+              "row": {"middlebox": "lb", "host": "h1", "service": "lb-health",
+                      "key": "k", "value": "{}", "stamp": 1}},
+             {"op": "update", "table": "Chassis", "where": [["name", "==", "h1"]],
+              "row": {"tunnel_ofport": 7}})
+    # ... the next report is the slice written after them
+    sb.set_slices({(("fw",), "h1"): 2}).result(WAIT)
+    snap = runtime.get(timeout=WAIT)
+    assert snap.slices == {(("fw",), "h1"): 2}
+    assert snap.shared_state == ()
+    # a new tunnel endpoint is news
+    transact(remote, {"op": "update", "table": "Chassis", "where": [["name", "==", "h1"]],
+                      "row": {"encap_ip": "10.200.0.21"}})
+    assert runtime.get(timeout=WAIT).hosts["h1"].encap_ip == "10.200.0.21"
