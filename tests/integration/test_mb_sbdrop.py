@@ -1,17 +1,18 @@
-"""A real mbxd while its southbound database goes away and comes back.
+"""A real mbxd while one of its databases goes away and comes back.
 
 One sandbox host (``mbio_host.ScratchHost``: its own ovsdb-server and
 ovs-vswitchd, br-int with the middlebox port) named ``hx``; the northbound
-and the southbound database each on an ``ovsdb-server`` of its own, so the
-southbound one can be stopped alone.  fw-red has a slice on hx, red1 is
+and the southbound database each on an ``ovsdb-server`` of its own, so
+either can be stopped alone.  fw-red has a slice on hx, red1 is
 located on hx, and host hy publishes shared state of fw-red.
 
 While the southbound server is away, mbxd keeps running with what it had:
 its slice, its VM's conntrack zone, the flows in the switch and the shared
 state it received, even when the northbound database changes meanwhile
 (that change is applied once the southbound database is back, as a whole).
-What the daemon holds is read as an operator reads it, through
-``ovs-appctl -t mbxd`` and ``ovs-ofctl``.
+The same holds the other way round (the northbound database away while
+the runtime changes).  What the daemon holds is read as an operator reads
+it, through ``ovs-appctl -t mbxd`` and ``ovs-ofctl``.
 """
 
 import json
@@ -87,8 +88,9 @@ class Mbxd:
                        json.dumps(r["value"], sort_keys=True)) for r in rows)
 
     def logged(self, text):
+        """How many log lines of this daemon contain ``text``."""
         with open(self.log) as f:
-            return text in f.read()
+            return sum(text in line for line in f)
 
     def flows(self):
         out = self.host.ofctl("dump-flows", "--no-stats", "cookie=" + DAEMON_COOKIE)
@@ -200,7 +202,7 @@ def test_mbxd_keeps_its_config_and_state_while_the_southbound_db_is_away(
     wait_for("the new rule to apply (python-ovs reconnects within 8 s)",
              lambda: "proto=udp dport=53" in mbxd.appctl("rules/show", "fw-red"),
              timeout=30)
-    assert mbxd.logged("southbound database: monitoring")
+    assert mbxd.logged("southbound database: monitoring") == 2   # start, back
     assert mbxd.appctl("slice/list") == slices
     assert mbxd.appctl("ct-zone/list") == zones
     assert mbxd.shared() == hy_view
@@ -211,3 +213,39 @@ def test_mbxd_keeps_its_config_and_state_while_the_southbound_db_is_away(
                         "row": {"chassis": "hy", "epoch": 2}})
     wait_for("red1's zone to go",
              lambda: "vm red1" not in mbxd.appctl("ct-zone/list"))
+
+
+def test_mbxd_keeps_its_config_while_the_northbound_db_is_away(world, mbxd):
+    """The other way round: the runtime changes while the intent is away.
+    Shared state keeps flowing; red1 leaving hx is applied only once the
+    northbound database is back."""
+    wait_for("slice 10 with red1 zoned",
+             lambda: "tag=10 middlebox=fw-red" in mbxd.appctl("slice/list")
+             and "vm red1 zone=" in mbxd.appctl("ct-zone/list"))
+    slices, zones = mbxd.appctl("slice/list"), mbxd.appctl("ct-zone/list")
+    flows = wait_for("the daemon's flows", mbxd.flows)
+
+    world.nb.stop()
+    wait_for("mbxd to notice", lambda: mbxd.logged(
+        "northbound database: connection lost"))
+    # One southbound transaction: red1 leaves hx, hy publishes.  Once the
+    # published row is visible the location has arrived too.
+    sb_transact(world,
+                {"op": "update", "table": "VM_Location",
+                 "where": [["vm", "==", "red1"]],
+                 "row": {"chassis": "hy", "epoch": 2}},
+                insert("Shared_State", {"middlebox": "fw-red", "host": "hy",
+                                        "service": "lb-health", "key": "other",
+                                        "value": "1", "stamp": 2}, "ss2"))
+    wait_for("hy's new shared state",
+             lambda: ("fw-red", "lb-health", "other", "hy", "1") in mbxd.shared())
+    assert pid_alive(mbxd.proc.pid)
+    assert mbxd.appctl("slice/list") == slices
+    assert mbxd.appctl("ct-zone/list") == zones
+    assert mbxd.flows() == flows
+
+    world.nb.start()
+    wait_for("red1's zone to go (python-ovs reconnects within 8 s)",
+             lambda: "vm red1" not in mbxd.appctl("ct-zone/list"), timeout=30)
+    assert mbxd.logged("northbound database: monitoring") == 2   # start, back
+    assert "tag=10 middlebox=fw-red" in mbxd.appctl("slice/list")
