@@ -15,8 +15,8 @@ shared state, IDS alerts) from the southbound database
   across recomputations, and one SNAT port block per rule and serving host.
   Written to the southbound ``Slice`` rows (chain of middlebox names,
   chassis name, tag, status ``snat-block:<rule>``).
-* **``NB_Global.northd_cfg``**: after those writes, the ``nb_cfg`` they were
-  decided from (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
+* **``NB_Global.northd_cfg``**: once those writes are committed, the
+  ``nb_cfg`` they were decided from (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
 * **``hv_cfg``**: the lowest ``nb_cfg`` the physical controllers report
   (southbound ``Chassis_Private``) over the connected hosts.
 * **VM locations**.  A VM whose port appeared somewhere (the newest
@@ -47,6 +47,9 @@ from ryu_apps.view import Bindings, config_key, config_topology, incoming
 
 LOG = logging.getLogger(__name__)
 
+# How long northd_cfg waits for the slices written before it.
+SB_WRITE_TIMEOUT = 10.0
+
 
 
 class Northd:
@@ -68,6 +71,7 @@ class Northd:
         self._maybe_gone = set()        # VMs VM_Location places where none is bound
         self._slices_checked = None     # (slices version, snapshot) compared with the DB
         self._written: Dict[Tuple, object] = {}
+        self._slices_written = None     # the Future of the last slices written
         self._bad_health = set()
 
     @property
@@ -156,7 +160,8 @@ class Northd:
                     runtime.vm_locations.get(vm, (None,))[0] is not None:
                 self._maybe_gone.add(vm)
         self._publish_slices(topo, runtime)
-        if snap.northd_cfg != snap.nb_cfg:
+        if snap.northd_cfg != snap.nb_cfg and self._written.get(("northd_cfg",)) != snap.nb_cfg:
+            self._slices_committed()
             self._write(("northd_cfg",), snap.nb_cfg,
                         lambda: self._nb.set_northd_cfg(snap.nb_cfg).execute(
                             check_error=True))
@@ -191,9 +196,22 @@ class Northd:
                 or {k: v for k, v in status.items() if v} \
                 != {k: v for k, v in current.items() if v and k in topo.slices}
         if differ and self._written.get(("slices",)) != state.version:
-            self._sb.set_slices(dict(topo.slices), status)
+            self._slices_written = self._sb.set_slices(dict(topo.slices), status)
             self._written[("slices",)] = state.version
         self._slices_checked = (state.version, snap)
+
+    def _slices_committed(self):
+        """Wait for the last slices written to be committed (at most
+        SB_WRITE_TIMEOUT): ``northd_cfg`` says its decisions are in the
+        databases, so it goes after them."""
+        written, self._slices_written = self._slices_written, None
+        if written is None:
+            return
+        try:
+            written.result(timeout=SB_WRITE_TIMEOUT)
+        except Exception as e:    # the next change writes them again
+            LOG.error("slices not written to the southbound database: %s", e)
+            self._written.pop(("slices",), None)
 
     def _connected(self):
         return [s for s in self.status.values() if s.connected]

@@ -1,6 +1,6 @@
-"""What every area of the config database API shares: reading rows as
-the transaction sees them, the checks of an add against an existing row,
-the command base classes."""
+"""What the areas of the two database APIs share: reading rows as the
+transaction sees them, the checks of an add against an existing row, the
+command base classes."""
 
 import dataclasses
 

@@ -8,7 +8,7 @@ from mbxmodel.services import bare, MiddleboxInfo
 from ovsdb import validate
 from ovsdb.api.common import (_Command, _externals, _find, _mb_info,
                               _nat_rules, _policies, _refuse_existing,
-                              _require, _rows, _set_rows, _switches,
+                              _require, _set_rows, _switches,
                               RequireCommand)
 from ovsdb.api.lb import _write_vip
 from ovsdb.api.nat import _write_nat

@@ -2,9 +2,9 @@
 
 from mbxmodel.services import PolicyInfo
 from ovsdb import validate
-from ovsdb.api.common import (_address_sets, _chain, _Command, _find,
+from ovsdb.api.common import (_address_sets, _Command, _find,
                               _middleboxes, _policies, _policy_info,
-                              _policy_rows, _require, _rows, _set_rows,
+                              _policy_rows, _require, _set_rows,
                               _switches)
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match

@@ -5,8 +5,8 @@ import dataclasses
 from mbxmodel.network import SwitchInfo, VMInfo
 from ovsdb import validate
 from ovsdb.api.common import (_Command, _find, _gateway_column, _middleboxes,
-                              _policies, _refuse_existing, _require,
-                              _reserved, _rows, _switch_info,
+                              _policies, _refuse_existing,
+                              _reserved, _switch_info,
                               _switches, _vm_info, _vms)
 from ovsdb.errors import MbxError
 

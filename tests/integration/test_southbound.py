@@ -2,7 +2,6 @@
 ovsdb-server: the runtime rows it reports and the ones it writes."""
 
 import json
-import os
 import queue
 import subprocess
 
