@@ -750,7 +750,7 @@ def nb_rows(cloud, slices, slice_status, shared_per_mb=0):
     s = cloud.snap
     db = NbRows()
     for name, h in sorted(cloud.runtime.hosts.items()):
-        db.add("Host", None, name, name=name, encap_ip=h.encap_ip, migration_address="")
+        db.add("Chassis", None, name, name=name, encap_ip=h.encap_ip, migration_address="")
     for name, ext in sorted(s.external_networks.items()):
         db.add("External_Network", None, name, name=name, cidr=ext.cidr,
                gateway_ip=ext.gateway_ip, gateway_mac=ext.gateway_mac)
@@ -762,8 +762,9 @@ def nb_rows(cloud, slices, slice_status, shared_per_mb=0):
                subnet=sw.subnet, gateway=[sw.gateway])
     for name, vm in sorted(s.vms.items()):
         db.add("VM", cloud.tenant_of_switch[vm.switch], name, name=name,
-               logical_switch=db.named[("Logical_Switch", vm.switch)], mac=vm.mac, ip=vm.ip,
-               host=[db.named[("Host", cloud.placement[name])]])
+               logical_switch=db.named[("Logical_Switch", vm.switch)], mac=vm.mac, ip=vm.ip)
+        db.add("VM_Location", cloud.tenant_of_switch[vm.switch], None, vm=name,
+               chassis=[cloud.placement[name]], epoch=1)
     for name, mb in sorted(s.middleboxes.items()):
         tenant = cloud.tenant_of_switch[mb.switch]
         rules = []
@@ -792,11 +793,13 @@ def nb_rows(cloud, slices, slice_status, shared_per_mb=0):
                    service="lb-health", key="k%d" % i, value="{}", stamp=1)
     for (chain, host), tag in sorted(slices.items()):
         tenant = cloud.tenant_of_switch[s.middleboxes[chain[0]].switch]
-        db.add("Slice", tenant, None,
-               chain={i: db.named[("Middlebox", n)] for i, n in enumerate(chain)},
-               host=[db.named[("Host", host)]], tag=tag,
+        db.add("Slice", tenant, None, chain=dict(enumerate(chain)), chassis=host, tag=tag,
                status=dict(slice_status.get((chain, host), {})))
     return db
+
+
+# The tables of the southbound database among those nb_rows() gives.
+SB_TABLES = ("Chassis", "Slice", "VM_Location", "Shared_State", "Migration")
 
 
 def _column_key(value):
@@ -896,15 +899,18 @@ def _insert_ops(db):
         if isinstance(v, (list, tuple)):
             return ["set", [value(x) for x in v]]
         return v
-    ops, order = [], []
-    for table in ("Host", "External_Network", "Address_Set", "Logical_Switch", "VM",
-                  "Firewall_Rule", "NAT_Rule", "LB_VIP", "Middlebox", "Slice", "Shared_State"):
+    ops, order = {"MBX_Northbound": [], "MBX_Southbound": []}, []
+    for table in ("Chassis", "External_Network", "Address_Set", "Logical_Switch", "VM",
+                  "VM_Location", "Firewall_Rule", "NAT_Rule", "LB_VIP", "Middlebox",
+                  "Slice", "Shared_State"):
         for u, row in db.tables.get(table, {}).items():
             cols = {k: value(v) for k, v in vars(row).items() if k != "uuid"}
-            if table == "Host":
+            if table == "Chassis":
                 cols["encap_type"] = "vxlan"
-            ops.append({"op": "insert", "table": table, "row": cols, "uuid-name": names[u]})
-            order.append(u)
+            database = "MBX_Southbound" if table in SB_TABLES else "MBX_Northbound"
+            ops[database].append({"op": "insert", "table": table, "row": cols,
+                                  "uuid-name": names[u]})
+            order.append((database, u))
     return ops, order
 
 
@@ -924,23 +930,29 @@ def measure_config_bytes_real(hosts=REAL_DB_HOSTS, vms_per_host=50, sample=3,
     db = nb_rows(cloud, ctl.sb.snap.slices, ctl.sb.snap.slice_status, shared_per_mb=2)
     rundir = os.path.join(rundir, "real-%d" % os.getpid())
     os.makedirs(rundir, exist_ok=True)
-    db_path, sock = os.path.join(rundir, "nb.db"), os.path.join(rundir, "nb.sock")
-    server.ensure_db(db_path)
-    pid = server.start(rundir, db_path, ["punix:" + sock])
+    nb_path, sb_path = os.path.join(rundir, "nb.db"), os.path.join(rundir, "sb.db")
+    sock = os.path.join(rundir, "nb.sock")
+    server.ensure_db(nb_path)
+    server.ensure_db(sb_path, server.SB_SCHEMA_PATH)
+    pid = server.start(rundir, [nb_path, sb_path], ["punix:" + sock])
     try:
         ops, order = _insert_ops(db)
         _err, conn = stream.Stream.open_block(stream.Stream.open("unix:" + sock))
         rpc = jsonrpc.Connection(conn)
         t0 = time.perf_counter()
-        _err, reply = rpc.transact_block(jsonrpc.Message.create_request(
-            "transact", ["MBX_Northbound"] + ops))
+        tenant = {}
+        for database, database_ops in ops.items():
+            _err, reply = rpc.transact_block(jsonrpc.Message.create_request(
+                "transact", [database] + database_ops))
+            results = reply.result
+            bad = [r for r in results if isinstance(r, dict) and "error" in r]
+            if bad:
+                raise RuntimeError("loading the cloud failed: %s" % bad[0])
+            mine = [u for d, u in order if d == database]
+            tenant.update({uuidlib.UUID(r["uuid"][1]): db.tenant[u]
+                           for r, u in zip(results, mine)})
         load_s = time.perf_counter() - t0
-        results = reply.result
-        bad = [r for r in results if isinstance(r, dict) and "error" in r]
-        if bad:
-            raise RuntimeError("loading the cloud failed: %s" % bad[0])
         rpc.close()
-        tenant = {uuidlib.UUID(r["uuid"][1]): db.tenant[u] for r, u in zip(results, order)}
         per_host = []
         for host in cloud.hosts[:: max(1, len(cloud.hosts) // sample)][:sample]:
             mon = confmon.ConfigMonitor("unix:" + sock, host)

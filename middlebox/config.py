@@ -1,10 +1,12 @@
-"""What mbxd knows of the config DB: its slices, each with its chain.
+"""What mbxd knows of the databases: its slices, each with its chain.
 
 ``middlebox.confmon`` builds a ``HostConfig`` from the rows the daemon's
-conditional monitor holds; the service (``middlebox.service``) and the dataplane
-compiler (``middlebox.dataplane``) consume it.  Only
-slices allocated to this host appear here, and with them only their own
-middlebox, rules, address sets, logical switch and that switch's VMs.
+conditional monitor holds (the slices and VM locations from the southbound
+database, the middleboxes they name from the northbound one); the service
+(``middlebox.service``) and the dataplane compiler (``middlebox.dataplane``)
+consume it.  Only slices allocated to this host appear here, and with them
+only their own middlebox, rules, address sets, logical switch and that
+switch's VMs.
 
 The rows themselves are mbxmodel's values (``RuleInfo``, ``NatRuleInfo``,
 ``VipInfo``, ``ExternalNetInfo``, built by ``mbxmodel.rows``); the types here
@@ -25,8 +27,9 @@ class VmSpec:
     name: str
     mac: str                        # lower-case
     ip: str
-    host: Optional[str] = None      # this host's name when VM.host is this host,
-                                    # else None (unbound or elsewhere)
+    host: Optional[str] = None      # this host's name when the VM's VM_Location
+                                    # names this host, else None (no location
+                                    # yet, or elsewhere)
 
 
 @dataclass(frozen=True)

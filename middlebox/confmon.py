@@ -1,61 +1,68 @@
-"""mbxd's view of the config DB: conditional monitoring of this host's slices.
+"""mbxd's view of the two databases: conditional monitoring of this host's slices.
 
 A host must learn what its own slices need and nothing of other tenants, so
-the daemon does not replicate the config DB: it monitors it with OVSDB
+the daemon replicates neither database: it monitors both with OVSDB
 conditions (``monitor_cond`` / ``monitor_cond_since``) that it widens and
-narrows as rows arrive, like ovn-controller does::
+narrows as rows arrive, like ovn-controller does.  The southbound database
+(runtime, ``--sb``) says which slices this host runs and where VMs are; the
+northbound database (intent, ``--db``) holds what those slices' middleboxes
+are::
 
-    Host             name == HOST                      (fixed, set before connecting)
-    Slice            host == <my Host row>
-    Middlebox        _uuid in {values of slice.chain}
-    Logical_Switch   _uuid in {middlebox.logical_switch}
-    VM               logical_switch in {middlebox.logical_switch}
-    Firewall_Rule    _uuid in {middlebox.rules}
-    NAT_Rule         _uuid in {middlebox.nat_rules}
-    LB_VIP           _uuid in {middlebox.vips}
-    Address_Set      _uuid in {rule.address_sets}
-    External_Network every row                         (fixed)
-    Shared_State     middlebox in {names of my Middlebox rows}
-    Migration        source == HOST or destination == HOST   (fixed)
-    Host (peers)     name in {the other host of each of my Migration rows}
+    SB Chassis          name == HOST, or the other host of one of my Migration rows
+    SB Slice            chassis == HOST                          (fixed)
+    SB Migration        source == HOST or destination == HOST    (fixed)
+    SB Shared_State     middlebox in {names in my slices' chains}
+    SB VM_Location      vm in {names of my VM rows}
+    NB Middlebox        name in {names in my slices' chains}
+    NB Logical_Switch   _uuid in {middlebox.logical_switch}
+    NB VM               logical_switch in {middlebox.logical_switch}
+    NB Firewall_Rule    _uuid in {middlebox.rules}
+    NB NAT_Rule         _uuid in {middlebox.nat_rules}
+    NB LB_VIP           _uuid in {middlebox.vips}
+    NB Address_Set      _uuid in {rule.address_sets}
+    NB External_Network every row                                (fixed)
 
-Steering_Policy, NB_Global and IDS_Alert are not monitored at all (the
-daemon only writes IDS_Alert rows, see ``middlebox.shared``).  Every
-condition starts as "no rows" (``[]``) except Host's and External_Network's.
+Nothing else of either database is monitored (the daemon only writes
+IDS_Alert rows, see ``middlebox.shared``; ``VM.host`` is an operator's
+mirror of VM_Location and is not read).  Every condition starts as "no rows"
+(``[]``) except the fixed ones and Chassis'.  The two schemas' table names
+are disjoint, so the pure parts name a table without its database;
+``SB_COLUMNS`` and ``NB_COLUMNS`` say which is where.
 
-The conditions are recomputed after every change of the local replica (of a
+The conditions are recomputed after every change of either replica (of a
 table other than Shared_State: shared state does not move the chain), by a
-walk from this host's Host row that follows only rows the walk reached (not
-every row the replica happens to hold), so when a Slice goes away every
-condition below it shrinks in one round trip and the server deletes the
-other tenant's rows from the replica.  Growing takes one round trip per
-level: Host -> Slice -> Middlebox -> {Firewall_Rule, NAT_Rule, LB_VIP,
-Logical_Switch, VM, Shared_State} -> Address_Set.
+walk from this host's slices that follows only rows the walk reached (not
+every row the replicas happen to hold), so when a Slice goes away every
+condition below it shrinks in one round trip and the servers delete the
+other tenant's rows from the replicas.  Growing takes one round trip per
+level: SB Slice -> {NB Middlebox, SB Shared_State} -> NB {Firewall_Rule,
+NAT_Rule, LB_VIP, Logical_Switch, VM} -> {NB Address_Set, SB VM_Location}.
 
-``config()`` is only rebuilt when the chain has settled (``synced()``): no
-condition change waiting or in flight and the last one acknowledged (the
-server sends the rows a condition change selects before its reply).  In
-between, and while the DB is unreachable, ``config()`` keeps returning the
-last HostConfig built from a settled replica, so the daemon never sees a
-half-arrived slice (e.g. a middlebox without its rules yet).  Before the
-first settled replica it is ``HostConfig(host, {})``.  python-ovs reconnects
-by itself; after a reconnect it re-requests the conditions it last had
-acknowledged (or its latest ones), so the chain does not restart from Host.
-Changes of Shared_State rows alone neither recompute conditions nor rebuild
-the config; ``shared_rows()`` hands them to ``middlebox.shared``.
+``config()`` is only rebuilt when the chain has settled (``synced()``): both
+databases connected and monitoring, no condition change waiting or in flight
+in either and the last ones acknowledged (a server sends the rows a
+condition change selects before its reply).  In between, and while either
+database is unreachable, ``config()`` keeps returning the last HostConfig
+built from settled replicas, so the daemon never sees a half-arrived slice
+(e.g. a middlebox without its rules yet, or a slice whose middlebox has not
+come from the other database).  Before the first settled replicas it is
+``HostConfig(host, {})``.  python-ovs reconnects by itself; after a
+reconnect it re-requests the conditions it last had acknowledged (or its
+latest ones), so the chain does not restart from the slices.  Changes of
+Shared_State rows alone neither recompute conditions nor rebuild the config;
+``shared_rows()`` hands them to ``middlebox.shared``.
 
-VM hosts: the daemon only ever holds its own Host row, so ``VmSpec.host`` is
-this host's name for VMs whose ``VM.host`` is this host's row, and ``None``
-for every other VM of the switch (unbound, or on another host).
+VM locations: ``VmSpec.host`` is this host's name for a VM whose
+VM_Location row names this host's chassis, and ``None`` for every other VM
+of the switch (no location yet, or on another host).
 
 Pure parts (``reach``, ``conditions``, ``build_host_config``) work on
 "plain rows": objects with a ``uuid`` attribute and one attribute per column,
-reference columns holding raw ``uuid.UUID`` values (a UUID, a list of them,
-or for ``Slice.chain`` a {position: UUID} map), as ``plain_row()``
-produces from the IDL.  Raw values are needed because python-ovs resolves a
-reference column to Row objects of the replica and silently drops
-references to rows it does not hold, which is the normal state of affairs
-while the condition chain is still growing.
+reference columns holding raw ``uuid.UUID`` values (a UUID or a list of
+them), as ``plain_row()`` produces from the IDL.  Raw values are needed
+because python-ovs resolves a reference column to Row objects of the
+replica and silently drops references to rows it does not hold, which is
+the normal state of affairs while the condition chain is still growing.
 """
 
 import ipaddress
@@ -75,14 +82,20 @@ from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from ovsdb import match as matchlang
 from ovsdb.errors import MbxError
 from ovsdb.natblocks import STATUS_PREFIX as SNAT_BLOCK_PREFIX, parse_block
-from ovsdb.server import SCHEMA_PATH
+from ovsdb.server import SB_SCHEMA_PATH, SCHEMA_PATH
 
 LOG = logging.getLogger(__name__)
 
-# The columns mbxd reads, per monitored table.
-COLUMNS = {
-    "Host": ("name", "encap_ip", "migration_address"),
-    "Slice": ("chain", "host", "tag", "status"),
+# The columns mbxd reads, per monitored table of each database.
+SB_COLUMNS = {
+    "Chassis": ("name", "encap_ip", "migration_address"),
+    "Slice": ("chain", "chassis", "tag", "status"),
+    "VM_Location": ("vm", "chassis", "epoch"),
+    "Shared_State": ("middlebox", "host", "service", "key", "value", "stamp"),
+    "Migration": ("vm", "source", "destination", "path", "status", "token",
+                  "timeline", "stats", "outcome", "options"),
+}
+NB_COLUMNS = {
     "Middlebox": ("name", "type", "logical_switch", "default_action", "rules",
                   "nat_rules", "vips", "options"),
     "Firewall_Rule": ("priority", "direction", "match", "address_sets",
@@ -92,21 +105,21 @@ COLUMNS = {
     "LB_VIP": ("vip", "port", "protocol", "algorithm", "backends", "options"),
     "Address_Set": ("name", "tenant", "addresses"),
     "Logical_Switch": ("name", "tenant", "vni", "subnet", "gateway"),
-    "VM": ("name", "logical_switch", "mac", "ip", "host"),
+    "VM": ("name", "logical_switch", "mac", "ip"),
     "External_Network": ("name", "cidr", "gateway_ip", "gateway_mac"),
-    "Shared_State": ("middlebox", "host", "service", "key", "value", "stamp"),
-    "Migration": ("vm", "source", "destination", "path", "status", "token",
-                  "timeline", "stats", "outcome", "options"),
 }
-# Host columns read for migration peers (docs/migration.md).
-PEER_COLUMNS = ("name", "encap_ip", "migration_address")
+COLUMNS = dict(SB_COLUMNS, **NB_COLUMNS)
 TABLES = tuple(COLUMNS)
 # Tables whose rows make up the HostConfig (Shared_State is handed over
-# separately, to middlebox.shared).
-CONFIG_TABLES = tuple(t for t in TABLES if t not in ("Shared_State", "Migration"))
+# separately, to middlebox.shared; Migration and Chassis rows to
+# middlebox.migration).
+CONFIG_TABLES = tuple(t for t in TABLES
+                      if t not in ("Shared_State", "Migration", "Chassis"))
+# The tables the condition walk reads.
+WALK_TABLES = CONFIG_TABLES + ("Migration",)
 # How held_rows() names a row: its name column, else its uuid.
-_NAME_COLUMN = {"Host": "name", "Middlebox": "name", "Address_Set": "name",
-                "Logical_Switch": "name", "VM": "name",
+_NAME_COLUMN = {"Chassis": "name", "Middlebox": "name", "Address_Set": "name",
+                "Logical_Switch": "name", "VM": "name", "VM_Location": "vm",
                 "External_Network": "name"}
 
 
@@ -137,22 +150,22 @@ def _uuids(value):
 
 
 def _chain(value):
-    """``Slice.chain`` ({position: Middlebox uuid}, or [(position, uuid)])
-    as the list of middlebox uuids, lowest position first."""
+    """``Slice.chain`` ({position: Middlebox name}, or [(position, name)])
+    as the list of middlebox names, lowest position first."""
     if value is None:
         return []
     pairs = value.items() if isinstance(value, dict) else value
     ordered = []
     for item in pairs:
         try:
-            pos, ref = item
+            pos, name = item
         except (TypeError, ValueError):
             continue
-        refs = _uuids(ref)
-        if refs and isinstance(pos, int) and not isinstance(pos, bool):
-            ordered.append((pos, refs[0]))
+        if isinstance(name, str) and name and isinstance(pos, int) \
+                and not isinstance(pos, bool):
+            ordered.append((pos, name))
     ordered.sort(key=lambda pr: pr[0])
-    return [u for _, u in ordered]
+    return [name for _, name in ordered]
 
 
 def _by_uuid(rows):
@@ -164,31 +177,36 @@ def _by_uuid(rows):
     return {row.uuid: row for row in rows}
 
 
+def _is_mine(row, column, host_name):
+    return from_row.optional(getattr(row, column, None)) == host_name
+
+
 def reach(host_name, tables):
-    """Walk from the Host row named ``host_name`` through ``tables`` (table
-    name -> {uuid: plain row} or iterable of plain rows).
+    """Walk from this host's slices through ``tables`` (table name ->
+    {uuid: plain row} or iterable of plain rows, both databases' tables).
 
     Returns {table: set of uuids} of the rows this host needs, including
-    uuids referenced but not (yet) present, plus "VM_switches", the switch
-    uuids whose VMs are needed, and "Middlebox_names", the names of the
-    reached Middlebox rows present (whose Shared_State rows are needed).
-    Only rows reached by the walk contribute references, so rows merely
-    lingering in the replica add nothing.  External_Network: every row."""
+    uuids referenced but not (yet) present, plus "Middlebox_names", the
+    middlebox names its slices' chains hold (whose Middlebox and
+    Shared_State rows are needed), "VM_switches", the switch uuids whose
+    VMs are needed, and "VM_names", the names of the reached VM rows present
+    (whose VM_Location rows are needed).  Only rows reached by the walk
+    contribute references, so rows merely lingering in a replica add
+    nothing.  External_Network: every row."""
     t = {name: _by_uuid(tables.get(name)) for name in TABLES}
     out = {name: set() for name in TABLES}
-    out["Host"] = {u for u, h in t["Host"].items()
-                   if getattr(h, "name", None) == host_name}
-    for u, s in t["Slice"].items():
-        if set(_uuids(getattr(s, "host", None))) & out["Host"]:
-            out["Slice"].add(u)
-            out["Middlebox"].update(_chain(getattr(s, "chain", None)))
+    out["Chassis"] = {u for u, c in t["Chassis"].items()
+                      if getattr(c, "name", None) == host_name}
     names = set()
+    for u, s in t["Slice"].items():
+        if _is_mine(s, "chassis", host_name):
+            out["Slice"].add(u)
+            names.update(_chain(getattr(s, "chain", None)))
+    out["Middlebox_names"] = names
+    out["Middlebox"] = {u for u, mb in t["Middlebox"].items()
+                        if getattr(mb, "name", None) in names}
     for u in out["Middlebox"]:
-        mb = t["Middlebox"].get(u)
-        if mb is None:
-            continue
-        if getattr(mb, "name", None):
-            names.add(mb.name)
+        mb = t["Middlebox"][u]
         out["Firewall_Rule"].update(_uuids(getattr(mb, "rules", None)))
         out["NAT_Rule"].update(_uuids(getattr(mb, "nat_rules", None)))
         out["LB_VIP"].update(_uuids(getattr(mb, "vips", None)))
@@ -203,25 +221,39 @@ def reach(host_name, tables):
     out["VM"] = {u for u, vm in t["VM"].items()
                  if set(_uuids(getattr(vm, "logical_switch", None)))
                  & out["VM_switches"]}
+    out["VM_names"] = {t["VM"][u].name for u in out["VM"]
+                       if getattr(t["VM"][u], "name", None)}
+    out["VM_Location"] = {u for u, loc in t["VM_Location"].items()
+                          if getattr(loc, "vm", None) in out["VM_names"]}
     out["External_Network"] = set(t["External_Network"])
-    out["Middlebox_names"] = names
     out["Shared_State"] = {u for u, row in t["Shared_State"].items()
                            if getattr(row, "middlebox", None) in names}
+    out["Migration"] = {u for u, m in t["Migration"].items()
+                        if _is_mine(m, "source", host_name)
+                        or _is_mine(m, "destination", host_name)}
     return out
 
 
-def _clauses(column, uuids):
-    return [[column, "==", ["uuid", str(u)]] for u in sorted(uuids, key=str)]
+def _clauses(column, values):
+    """One ``column == value`` clause per value (uuids as references),
+    sorted: an unchanged set gives an equal condition."""
+    out = []
+    for value in sorted(values, key=str):
+        if isinstance(value, uuidlib.UUID):
+            value = ["uuid", str(value)]
+        out.append([column, "==", value])
+    return out
 
 
 def initial_conditions(host_name):
-    """The conditions before anything is known: my Host row and every
-    External_Network row, nothing else."""
+    """The conditions before anything is known: my Chassis row, my slices,
+    my migrations and every External_Network row, nothing else."""
     conds = {name: [] for name in TABLES}
-    conds["Host"] = [["name", "==", host_name]]
-    conds["External_Network"] = [True]
+    conds["Chassis"] = [["name", "==", host_name]]
+    conds["Slice"] = [["chassis", "==", host_name]]
     conds["Migration"] = [["source", "==", host_name],
                           ["destination", "==", host_name]]
+    conds["External_Network"] = [True]
     return conds
 
 
@@ -237,22 +269,21 @@ def migration_peers(host_name, migrations):
 
 
 def conditions(host_name, tables):
-    """{table: OVSDB condition} for the replica ``tables``; ``[]`` = no rows.
-    Deterministic (sorted), so an unchanged replica gives equal conditions."""
+    """{table: OVSDB condition} for the replicas ``tables``; ``[]`` = no
+    rows.  Deterministic (sorted), so unchanged replicas give equal
+    conditions."""
     r = reach(host_name, tables)
     conds = initial_conditions(host_name)
-    conds["Slice"] = _clauses("host", r["Host"])
-    for table in ("Middlebox", "Firewall_Rule", "NAT_Rule", "LB_VIP",
-                  "Address_Set", "Logical_Switch"):
+    conds["Middlebox"] = _clauses("name", r["Middlebox_names"])
+    for table in ("Firewall_Rule", "NAT_Rule", "LB_VIP", "Address_Set",
+                  "Logical_Switch"):
         conds[table] = _clauses("_uuid", r[table])
     conds["VM"] = _clauses("logical_switch", r["VM_switches"])
-    conds["Shared_State"] = [["middlebox", "==", name]
-                             for name in sorted(r["Middlebox_names"])]
+    conds["VM_Location"] = _clauses("vm", r["VM_names"])
+    conds["Shared_State"] = _clauses("middlebox", r["Middlebox_names"])
     peers = migration_peers(host_name, _by_uuid(tables.get("Migration")).values())
-    conds["Host"] += [["name", "==", name] for name in sorted(peers)]
+    conds["Chassis"] += _clauses("name", peers)
     return conds
-
-
 def _good_addresses(aset, warn):
     good = []
     for address in sorted(getattr(aset, "addresses", None) or ()):
@@ -473,33 +504,37 @@ def _external_nets(t):
 
 
 def build_host_config(host_name, tables, warn=None):
-    """The HostConfig of ``host_name`` from plain rows (see ``reach``).
+    """The HostConfig of ``host_name`` from plain rows of both databases
+    (see ``reach``).
 
-    One SliceConfig per Slice of this host whose tag is set (1-4094), whose
-    chain is not empty and whose Middleboxes and Logical_Switch are present
-    (see ``middlebox.config.SliceConfig`` for its fields); a slice whose chain
-    has a middlebox of unknown type or spans more than one logical switch is
-    skipped; rules, NAT rules and VIPs that are not usable are skipped;
-    address set members that are not IPv4 addresses/CIDRs and backends that
-    are not ip:port are dropped; malformed ``snat-block:`` status entries are
-    ignored; two slices with one tag: the one with the lower Slice uuid wins.
-    ``warn(key, message)`` is called for each skipped item (``key``
-    identifies it)."""
+    One SliceConfig per Slice of this host's chassis whose tag is set
+    (1-4094), whose chain is not empty and whose Middleboxes (by name) and
+    Logical_Switch are present (see ``middlebox.config.SliceConfig`` for its
+    fields); a slice whose chain has a middlebox of unknown type or spans
+    more than one logical switch is skipped; rules, NAT rules and VIPs that
+    are not usable are skipped; address set members that are not IPv4
+    addresses/CIDRs and backends that are not ip:port are dropped; malformed
+    ``snat-block:`` status entries are ignored; two slices with one tag: the
+    one with the lower Slice uuid wins.  ``warn(key, message)`` is called
+    for each skipped item (``key`` identifies it)."""
     if warn is None:
         def warn(_key, message):
             LOG.warning("%s", message)
     t = {name: _by_uuid(tables.get(name)) for name in TABLES}
     r = reach(host_name, t)
-    my_hosts = r["Host"]
+    by_name = {t["Middlebox"][u].name: t["Middlebox"][u]
+               for u in sorted(r["Middlebox"], key=str)}
+    here = {loc.vm for u, loc in t["VM_Location"].items()
+            if u in r["VM_Location"] and _is_mine(loc, "chassis", host_name)}
     external = _external_nets(t)
     slices = {}
     for su in sorted(r["Slice"], key=str):
         s = t["Slice"][su]
-        chain_uuids = _chain(getattr(s, "chain", None))
-        chain = [t["Middlebox"].get(u) for u in chain_uuids]
+        chain_names = _chain(getattr(s, "chain", None))
+        chain = [by_name.get(name) for name in chain_names]
         if not chain or any(mb is None for mb in chain):
             continue                      # bypass, or not arrived yet
-        names = ",".join(mb.name for mb in chain)
+        names = ",".join(chain_names)
         tag = from_row.optional(getattr(s, "tag", None))
         if not isinstance(tag, int) or isinstance(tag, bool) or \
                 not 1 <= tag <= 4094:
@@ -543,12 +578,10 @@ def build_host_config(host_name, tables, warn=None):
         for vm in t["VM"].values():
             if ls_uuid not in _uuids(getattr(vm, "logical_switch", None)):
                 continue
-            vm_host = from_row.optional(_uuids(getattr(vm, "host", None)))
             vms.append(VmSpec(name=vm.name,
                               mac=from_row.text(vm.mac).lower(),
                               ip=from_row.optional(vm.ip, "") or "",
-                              host=host_name if vm_host in my_hosts
-                              else None))
+                              host=host_name if vm.name in here else None))
         vms.sort(key=lambda v: v.name)
         vni = from_row.optional(getattr(ls, "vni", None), 0)
         subnet, gateway = _gateway(ls, warn)
@@ -572,8 +605,9 @@ def build_host_config(host_name, tables, warn=None):
 
 
 def held_names(tables):
-    """{table: sorted names}: rows by their name column, Shared_State rows
-    as ``middlebox/service/key@host``, other rows by uuid."""
+    """{table: sorted names}: rows by their name column (VM_Location rows
+    by their VM), Shared_State rows as ``middlebox/service/key@host``,
+    other rows by uuid."""
     out = {}
     for name in TABLES:
         rows = _by_uuid(tables.get(name)).values()
@@ -594,11 +628,14 @@ def _raw(value, _base):
 
 
 def plain_row(row, columns):
-    """An IDL row as a plain row: reference columns as raw UUIDs."""
-    data = row._data or {}        # python-ovs has no public raw accessor
+    """An IDL row as a plain row: reference columns as raw UUIDs; a column
+    the server did not send (it omits default values) has its default, as
+    python-ovs' own row attributes do."""
+    data = row._data              # python-ovs has no public raw accessor
     values = {"uuid": row.uuid}
     for column in columns:
-        datum = data.get(column)
+        # Indexing, not .get(): python-ovs' column dict makes the default.
+        datum = data[column] if data is not None else None
         values[column] = datum.to_python(_raw) if datum is not None else None
     return types.SimpleNamespace(**values)
 
@@ -621,22 +658,70 @@ class _Idl(ovsidl.Idl):
         return self.change_seqno - self.shared_notices
 
 
+class _Replica:
+    """One database's IDL and the conditions asked of it."""
+
+    def __init__(self, remote, schema, columns, conds, probe_interval):
+        helper = ovsidl.SchemaHelper(location=schema)
+        for table, cols in columns.items():
+            helper.register_columns(table, list(cols))
+        self.idl = _Idl(remote, helper, probe_interval=probe_interval)
+        self.columns = columns
+        self.conds = {table: conds[table] for table in columns}
+        for table, cond in self.conds.items():
+            self.idl.cond_change(table, cond)
+
+    def ask(self, conds):
+        """Ask for ``conds`` (of every database: only this one's tables
+        are looked at); True if anything changed."""
+        changed = False
+        for table in self.columns:
+            if conds[table] != self.conds[table]:
+                self.idl.cond_change(table, conds[table])
+                self.conds[table] = conds[table]
+                changed = True
+        if changed:
+            self.idl.send_cond_change()     # now, not at the next run()
+        return changed
+
+    def settled(self):
+        """Connected and monitoring, no condition change waiting or in
+        flight (the last one acknowledged, so its rows have arrived)."""
+        idl = self.idl
+        if idl.state != idl.IDL_S_MONITORING or \
+                not idl._session.is_connected() or idl.cond_changed:
+            return False
+        for table in self.columns:
+            state = idl.tables[table].condition_state
+            if state.new is not None or state.requested is not None:
+                return False
+        return True
+
+    def plain(self, table):
+        columns = self.columns[table]
+        return {u: plain_row(row, columns)
+                for u, row in self.idl.tables[table].rows.items()}
+
+
 class ConfigMonitor:
-    """This host's view of the config DB; see the module docstring.
+    """This host's view of the two databases; see the module docstring.
 
-    Drive it from a poll loop: ``run()``, then ``wait(poller)`` and
-    ``poller.block()``.  Not thread-safe: use it from one thread."""
+    ``nb_remote``: the northbound database; ``sb_remote``: the southbound
+    one (default: the same remote, one server serving both).  Drive it from
+    a poll loop: ``run()``, then ``wait(poller)`` and ``poller.block()``.
+    Not thread-safe: use it from one thread."""
 
-    def __init__(self, remote, host_name, schema=SCHEMA_PATH,
+    def __init__(self, nb_remote, host_name, sb_remote=None,
+                 nb_schema=SCHEMA_PATH, sb_schema=SB_SCHEMA_PATH,
                  probe_interval=None):
         self.host_name = host_name
-        helper = ovsidl.SchemaHelper(location=schema)
-        for table, columns in COLUMNS.items():
-            helper.register_columns(table, list(columns))
-        self._idl = _Idl(remote, helper, probe_interval=probe_interval)
-        self._conds = initial_conditions(host_name)
-        for table, cond in self._conds.items():
-            self._idl.cond_change(table, cond)
+        conds = initial_conditions(host_name)
+        self._sb = _Replica(sb_remote or nb_remote, sb_schema, SB_COLUMNS,
+                            conds, probe_interval)
+        self._nb = _Replica(nb_remote, nb_schema, NB_COLUMNS, conds,
+                            probe_interval)
+        self._replicas = (self._sb, self._nb)
+        self._conds = conds
         self._seen_seqno = None
         self._built_key = None
         self._config = HostConfig(host=host_name, slices={})
@@ -648,38 +733,36 @@ class ConfigMonitor:
     # -- poll loop
 
     def run(self):
-        """Process what the DB sent, update the conditions; never blocks.
-        Returns True if ``config()`` changed."""
+        """Process what the databases sent, update the conditions; never
+        blocks.  Returns True if ``config()`` changed."""
         try:
             result = self._run()
         except Exception as err:      # odd data must not kill the daemon
             if repr(err) != self._last_error:   # once, not every iteration
                 self._last_error = repr(err)
-                LOG.exception("config DB monitor: unexpected error, keeping "
+                LOG.exception("config monitor: unexpected error, keeping "
                               "the last configuration")
             return False
         self._last_error = None
         return result
 
+    def _config_seqno(self):
+        return tuple(rep.idl.config_seqno() for rep in self._replicas)
+
     def _run(self):
-        self._idl.run()
-        seqno = self._idl.config_seqno()
+        for rep in self._replicas:
+            rep.idl.run()
+        seqno = self._config_seqno()
         if seqno != self._seen_seqno:
-            new = conditions(self.host_name,
-                             self._plain_tables(CONFIG_TABLES + ("Migration",)))
+            new = conditions(self.host_name, self._plain_tables(WALK_TABLES))
             self._seen_seqno = seqno
-            changed = False
-            for table in TABLES:
-                if new[table] != self._conds[table]:
-                    self._idl.cond_change(table, new[table])
-                    changed = True
+            changed = [rep.ask(new) for rep in self._replicas]
             self._conds = new
-            if changed:
+            if any(changed):
                 self.cond_changes += 1
-                self._idl.send_cond_change()   # now, not at the next run()
         if not self.synced():
             return False
-        key = (self._idl.config_seqno(), self._idl.cond_seqno)
+        key = seqno + tuple(rep.idl.cond_seqno for rep in self._replicas)
         if key == self._built_key:
             return False
         self._built_key = key
@@ -691,32 +774,33 @@ class ConfigMonitor:
         return True
 
     def wait(self, poller):
-        self._idl.wait(poller)
+        for rep in self._replicas:
+            rep.idl.wait(poller)
 
     def close(self):
-        self._idl.close()
+        for rep in self._replicas:
+            rep.idl.close()
 
     # -- state
 
     def synced(self):
-        """True when the condition chain has settled on the current replica:
-        connected and monitoring, no condition change waiting or in flight
-        (the last one acknowledged, so its rows have arrived), and the
-        conditions computed from the replica are the ones acknowledged."""
-        idl = self._idl
-        if idl.state != idl.IDL_S_MONITORING or \
-                not idl._session.is_connected() or idl.cond_changed:
+        """True when the condition chain has settled on the current
+        replicas: both databases connected and monitoring, no condition
+        change waiting or in flight in either (the last ones acknowledged,
+        so their rows have arrived), and the conditions computed from the
+        replicas are the ones acknowledged."""
+        if not all(rep.settled() for rep in self._replicas):
             return False
-        if idl.config_seqno() != self._seen_seqno:
-            return False                  # run() has not looked at it yet
-        for table in TABLES:
-            state = idl.tables[table].condition_state
-            if state.new is not None or state.requested is not None:
-                return False
-        return True
+        return self._config_seqno() == self._seen_seqno   # run() looked
+
+    def connected(self):
+        """{"sb": bool, "nb": bool}: which databases are being monitored."""
+        return {name: rep.idl.state == rep.idl.IDL_S_MONITORING
+                and rep.idl._session.is_connected()
+                for name, rep in (("sb", self._sb), ("nb", self._nb))}
 
     def config(self):
-        """The HostConfig of the last settled replica (see module doc)."""
+        """The HostConfig of the last settled replicas (see module doc)."""
         return self._config
 
     def conditions(self):
@@ -724,26 +808,35 @@ class ConfigMonitor:
         return {table: list(cond) for table, cond in self._conds.items()}
 
     def held_rows(self):
-        """Everything the local replica holds: {table: sorted names}
+        """Everything the local replicas hold: {table: sorted names}
         (see ``held_names``)."""
         return held_names(self._plain_tables())
 
-    # -- shared state (middlebox.shared)
+    # -- writers (middlebox.shared, middlebox.migration)
 
     @property
-    def idl(self):
-        """The IDL (``middlebox.shared`` commits its writes on it)."""
-        return self._idl
+    def sb_idl(self):
+        """The southbound IDL: Shared_State, IDS_Alert and Migration writes
+        are committed on it."""
+        return self._sb.idl
+
+    @property
+    def nb_idl(self):
+        """The northbound IDL (read only)."""
+        return self._nb.idl
 
     def data_seqno(self):
-        """Moves whenever the replica changed (Shared_State rows included)."""
-        return self._idl.change_seqno
+        """Moves whenever the southbound replica changed (Shared_State,
+        Migration, Chassis rows included) or the chain settled or
+        unsettled."""
+        return (self._sb.idl.change_seqno, self._sb.idl.cond_seqno,
+                self.synced())
+
+    # -- shared state (middlebox.shared)
 
     def shared_rows(self):
         """The Shared_State rows the replica holds, as plain rows."""
-        columns = COLUMNS["Shared_State"]
-        return [plain_row(row, columns)
-                for row in self._idl.tables["Shared_State"].rows.values()]
+        return list(self._sb.plain("Shared_State").values())
 
     def shared_covered(self):
         """The middlebox names whose Shared_State rows the replica holds in
@@ -756,23 +849,18 @@ class ConfigMonitor:
 
     def migrations(self):
         """The Migration rows naming this host, as plain rows."""
-        columns = COLUMNS["Migration"]
-        return [plain_row(row, columns)
-                for row in self._idl.tables["Migration"].rows.values()]
+        return list(self._sb.plain("Migration").values())
 
     def peers(self):
-        """{host name: plain Host row} of the other hosts in the replica."""
-        columns = COLUMNS["Host"]
-        return {row.name: plain_row(row, columns)
-                for row in self._idl.tables["Host"].rows.values()
+        """{host name: plain Chassis row} of the other hosts in the replica."""
+        return {row.name: row for row in self._sb.plain("Chassis").values()
                 if row.name != self.host_name}
 
     # -- helpers
 
     def _plain_tables(self, tables=TABLES):
-        return {table: {u: plain_row(row, COLUMNS[table])
-                        for u, row in self._idl.tables[table].rows.items()}
-                for table in tables}
+        return {table: (self._sb if table in SB_COLUMNS else self._nb)
+                .plain(table) for table in tables}
 
     def _build(self, tables):
         warnings = {}

@@ -1,13 +1,15 @@
 """mbxd: the per-host middlebox daemon.
 
-    mbxd --host NAME --db ADDR --bridge br-int [--port mbx-mb]
+    mbxd --host NAME --db NB_ADDR [--sb SB_ADDR] --bridge br-int [--port mbx-mb]
 
 The switch's conntrack is the connection cache and mbxd is the service that
 configures it and answers its misses (docs/middlebox.md).  One thread runs
 one poll loop (as ovs-vswitchd's Python helpers do) over:
 
-* the config DB, through a conditional monitor that holds only this host's
-  slices and what they need (``middlebox.confmon``); every change
+* the southbound database (this host's slices, VM locations, migrations,
+  shared state) and the northbound database (what the slices' middleboxes
+  are), through conditional monitors that hold only this host's slices and
+  what they need (``middlebox.confmon``); every change
   recompiles the service stages (``middlebox.dataplane``) and installs the
   difference;
 * the middlebox port, where the switch sends what it asks the service
@@ -69,8 +71,12 @@ TUNNEL_PORT = "mbx-tun"
 def parse_args(argv):
     rundir = os.environ.get("OVS_RUNDIR", "/var/run/openvswitch")
     p = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", required=True, help="this host's name (its Host row)")
-    p.add_argument("--db", required=True, help="config DB remote, e.g. tcp:10.201.0.1:6641")
+    p.add_argument("--host", required=True,
+                   help="this host's name (its southbound Chassis row)")
+    p.add_argument("--db", required=True,
+                   help="northbound database remote, e.g. tcp:10.201.0.1:6641")
+    p.add_argument("--sb", help="southbound database remote (default: the --db "
+                   "remote, one server serving both databases)")
     p.add_argument("--bridge", default="br-int")
     p.add_argument("--port", default=P.MIDDLEBOX_PORT, help="the middlebox port's interface")
     p.add_argument("--tunnel-port", default=TUNNEL_PORT,
@@ -101,6 +107,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.profile and not os.path.isdir(os.path.dirname(os.path.abspath(args.profile))):
         p.error("--profile: no directory for %s" % args.profile)
+    args.sb = args.sb or args.db
     args.ofp = args.ofp or "unix:%s/%s.mgmt" % (args.rundir, args.bridge)
     args.ovsdb = args.ovsdb or "unix:%s/db.sock" % args.rundir
     if args.metrics:
@@ -122,9 +129,9 @@ class Daemon:
         self.zones = ZoneMap()
         self.policies = ZonePolicies(args.ovsdb)
         self.service = Service(args.host, zone_of=self.zones.vm)
-        self.conf = ConfigMonitor(args.db, args.host)
+        self.conf = ConfigMonitor(args.db, args.host, sb_remote=args.sb)
         # State sharing manager (middlebox.shared): services publish and read
-        # through it; its writes go out on the config monitor's IDL.
+        # through it; its writes go out on the monitor's southbound IDL.
         self.shared = SharedState(args.host, monitor=self.conf)
         self.service.shared = self.shared
         self.arrivals = Arrivals()
@@ -149,6 +156,7 @@ class Daemon:
         self.channel = None
         self.migrations = None          # middlebox.migration.MigrationManager
         self._mig_seqno = None
+        self._db_up = {"sb": False, "nb": False}
 
     # ------------------------------------------------------------ start
     def start(self):
@@ -410,11 +418,23 @@ class Daemon:
             self.shared.publish(mb, VM_STATE, vm, 1)
         self._vm_state = wanted
 
+    def _log_db_connections(self):
+        up = self.conf.connected()
+        for name, title in (("sb", "southbound"), ("nb", "northbound")):
+            if up[name] and not self._db_up[name]:
+                LOG.info("%s database: monitoring", title)
+            elif self._db_up[name] and not up[name]:
+                LOG.warning("%s database: connection lost; keeping the last "
+                            "configuration until it is back", title)
+        self._db_up = up
+
     # -------------------------------------------------------------- loop
     def run(self, server):
         while not self.exiting:
             now = time.time()
-            if self.conf.run():
+            changed = self.conf.run()
+            self._log_db_connections()
+            if changed:
                 self.config = self.conf.config()
                 self.shared.set_config(self.config)
                 self.service.configure(self.config)
@@ -490,8 +510,8 @@ def main(argv=None):
     if args.metrics:
         metrics.serve(args.metrics)
     ovs.daemon.daemonize_complete()
-    LOG.info("mbxd for host %s started (db %s, bridge %s, port %s)",
-             args.host, args.db, args.bridge, args.port)
+    LOG.info("mbxd for host %s started (northbound %s, southbound %s, bridge %s, "
+             "port %s)", args.host, args.db, args.sb, args.bridge, args.port)
     profiler = None
     if args.profile:
         import cProfile

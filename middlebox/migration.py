@@ -4,7 +4,8 @@ docs/migration.md is the design.  One ``MigrationManager`` per daemon, driven
 by the daemon's poll loop (one thread):
 
 * ``set_rows(rows, peers, now)`` whenever the Migration rows naming this host
-  (or the other hosts' Host rows) changed in the config monitor's replica;
+  (or the other hosts' Chassis rows) changed in the config monitor's
+  southbound replica;
 * ``on_event(event, now)`` for each event of the TLS channel
   (``middlebox.migchan``);
 * ``on_barrier(xid, now)`` for the OpenFlow barriers it asked for;
@@ -17,7 +18,7 @@ The state is conntrack's: the source dumps the VM's zones
 OpenFlow packet-outs (``middlebox.ctcommit``), in bulk or at each
 connection's first packet (lazy).  The manager uses its daemon (the shell:
 ``middlebox.main.Daemon``) for that I/O.  Rows are written through a
-``RowWriter`` (per-key map mutations on the config monitor's IDL).
+``RowWriter`` (per-key map mutations on the config monitor's southbound IDL).
 """
 
 import logging
@@ -25,6 +26,7 @@ import time
 
 from ovs.db import idl as ovsidl
 
+from mbxmodel.snapshot import migration_record
 from mbxmodel.state import ACTIVE_MIGRATION, FINAL_MIGRATION
 from middlebox import arrivals, conn as C, ctcommit, dataplane as D, vmstate
 from middlebox.vmstate import RecordError
@@ -53,30 +55,13 @@ def _scalar(value, default=None):
     return default if value is None else value
 
 
-def _map(value):
-    return dict(value) if isinstance(value, dict) else {}
-
-
-class Row:
-    """The fields of a Migration row the manager uses (from a plain row)."""
-
-    __slots__ = ("uuid", "vm", "source", "destination", "path", "status", "token",
-                 "timeline", "stats", "options")
-
-    def __init__(self, plain):
-        self.uuid = str(plain.uuid)
-        for name in ("vm", "source", "destination", "path", "status", "token"):
-            setattr(self, name, _scalar(getattr(plain, name, None), "") or "")
-        self.timeline = _map(getattr(plain, "timeline", None))
-        self.stats = _map(getattr(plain, "stats", None))
-        self.options = _map(getattr(plain, "options", None))
-
-    @property
-    def wait(self):
-        try:
-            return max(0.1, min(60.0, int(self.options.get("wait-ms", 3000)) / 1000.0))
-        except (TypeError, ValueError):
-            return arrivals.DEFAULT_WAIT
+def wait_s(record):
+    """How long (s) the destination of ``record`` (a MigrationRecord) holds
+    an arriving VM's packets for its state: ``options:wait-ms``, 0.1-60 s."""
+    try:
+        return max(0.1, min(60.0, int(record.options.get("wait-ms", 3000)) / 1000.0))
+    except (TypeError, ValueError):
+        return arrivals.DEFAULT_WAIT
 
 
 class RowWriter:
@@ -125,7 +110,7 @@ class RowWriter:
         if self.monitor is None:
             self._queue.clear()
             return
-        idl = self.monitor.idl
+        idl = self.monitor.sb_idl
         if self._txn is not None:
             status = self._txn[0].commit()
             if status == ovsidl.Transaction.INCOMPLETE:
@@ -233,7 +218,7 @@ class MigrationManager:
         self.writer = writer
         self.ttl = ttl
         self.clock = clock
-        self.rows = {}              # uuid -> Row
+        self.rows = {}              # uuid -> MigrationRecord
         self.peers = {}             # host name -> (migration address, encap ip)
         self.outs = {}              # uuid -> _Out
         self.ins = {}               # sid -> _In
@@ -298,7 +283,9 @@ class MigrationManager:
 
     # ------------------------------------------------------------ config
     def set_rows(self, rows, peers, now):
-        self.rows = {r.uuid: r for r in (Row(p) for p in rows)}
+        """``rows``: the Migration rows naming this host (plain rows);
+        ``peers``: {host name: its Chassis row (plain)}."""
+        self.rows = {r.uuid: r for r in map(migration_record, rows)}
         self.peers = {name: (_scalar(getattr(h, "migration_address", None), "") or "",
                              _scalar(getattr(h, "encap_ip", None), "") or "")
                       for name, h in (peers or {}).items()}
@@ -310,7 +297,7 @@ class MigrationManager:
                     and row.uuid not in self._settled:  # not again while our write is in flight
                 wall = time.time()      # holds run on the packets' clock
                 begun = row.timeline.get("begun")
-                deadline = (begun / 1000.0 if begun else wall) + row.wait
+                deadline = (begun / 1000.0 if begun else wall) + wait_s(row)
                 self.daemon.arrivals.expect(row.vm, wall, max(deadline, wall + 0.1))
         for uuid, out in list(self.outs.items()):
             if uuid not in self.rows and out.state not in ("acked", "failed"):
@@ -944,7 +931,7 @@ class MigrationManager:
                                                                     "stunned")), None)
         source = row.source if row is not None else "its previous host"
         line = "no state from %s within %.0f ms: its connections are judged anew" % (
-            source, (row.wait if row is not None else arrivals.DEFAULT_WAIT) * 1000)
+            source, (wait_s(row) if row is not None else arrivals.DEFAULT_WAIT) * 1000)
         self._remember(vm, "destination", "fallback: " + line)
         if row is not None:
             self._settled.add(row.uuid)

@@ -24,7 +24,7 @@ that never leave the host, and ``SHARED_STATE``, names it publishes here:
     report_alert(middlebox, kind, source, target, count, hosts,
                  first_seen, last_seen)
 
-Storage: the config DB server's ``Shared_State`` table, one row per
+Storage: the southbound database's ``Shared_State`` table, one row per
 (middlebox, publishing host, service, key) with the value as JSON text and
 ``stamp``, the publisher's wall-clock time of the publish in milliseconds.
 Each daemon monitors the table with the condition ``middlebox in {the
@@ -110,8 +110,8 @@ def _scalar(value, default=None):
 class SharedState:
     """This host's state sharing manager; see the module docstring.
 
-    ``monitor``: the daemon's ``middlebox.confmon.ConfigMonitor`` (its IDL
-    carries the writes, its replica the rows); None for a pure instance
+    ``monitor``: the daemon's ``middlebox.confmon.ConfigMonitor`` (its
+    southbound IDL carries the writes, its replica the rows); None for a pure instance
     (``pending_ops`` still says what would be written).  ``clock``: wall
     clock in seconds (stamps and ``received``)."""
 
@@ -342,7 +342,7 @@ class SharedState:
         mon = self.monitor
         if mon is None:
             return
-        idl = mon.idl
+        idl = mon.sb_idl
         self._finish_txn()
         self._finish_alert_txns()
         if idl.state != idl.IDL_S_MONITORING or idl.txn is not None:

@@ -1,5 +1,6 @@
 """The pure parts of middlebox.confmon: condition chain and HostConfig."""
 
+import json
 import os
 import sys
 import uuid
@@ -12,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from middlebox import confmon  # noqa: E402
 from mbxmodel.services import RuleInfo  # noqa: E402
 from middlebox.config import VmSpec  # noqa: E402
+from ovsdb.server import SB_SCHEMA_PATH, SCHEMA_PATH  # noqa: E402
 
 
 def U(n):
@@ -19,12 +21,14 @@ def U(n):
 
 
 def world():
-    """Two tenants; h1 serves red, h2 serves blue.  Ref columns hold UUIDs in
-    the shapes python-ovs gives: optional refs as lists, required as UUID."""
+    """Two tenants; h1 serves red, h2 serves blue.  Southbound rows (Chassis,
+    Slice, VM_Location) and northbound rows in one mapping.  Ref columns
+    hold UUIDs in the shapes python-ovs gives: optional refs as lists,
+    required as UUID; optional strings as lists."""
     return {
-        "Host": [Row(uuid=U(1), name="h1"), Row(uuid=U(2), name="h2")],
-        "Slice": [Row(uuid=U(10), chain={0: U(20)}, host=[U(1)], tag=10),
-                  Row(uuid=U(11), chain={0: U(21)}, host=[U(2)], tag=11)],
+        "Chassis": [Row(uuid=U(1), name="h1"), Row(uuid=U(2), name="h2")],
+        "Slice": [Row(uuid=U(10), chain={0: "fw-red"}, chassis="h1", tag=10),
+                  Row(uuid=U(11), chain={0: "fw-blue"}, chassis="h2", tag=11)],
         "Middlebox": [
             Row(uuid=U(20), name="fw-red", type="firewall",
                 logical_switch=U(40), default_action="deny",
@@ -51,11 +55,15 @@ def world():
             Row(uuid=U(41), name="ls-blue", tenant="", vni=102)],
         "VM": [
             Row(uuid=U(60), name="red2", logical_switch=U(40),
-                mac="02:00:00:00:00:AA", ip="10.1.0.2", host=[U(2)]),
+                mac="02:00:00:00:00:AA", ip="10.1.0.2"),
             Row(uuid=U(61), name="red1", logical_switch=U(40),
-                mac="02:00:00:00:00:01", ip="10.1.0.1", host=[U(1)]),
+                mac="02:00:00:00:00:01", ip="10.1.0.1"),
             Row(uuid=U(62), name="blue1", logical_switch=U(41),
-                mac="02:00:00:00:00:02", ip="10.2.0.1", host=[])],
+                mac="02:00:00:00:00:02", ip="10.2.0.1")],
+        "VM_Location": [
+            Row(uuid=U(65), vm="red2", chassis=["h2"], epoch=3),
+            Row(uuid=U(66), vm="red1", chassis=["h1"], epoch=2),
+            Row(uuid=U(67), vm="blue1", chassis=[], epoch=0)],
     }
 
 
@@ -63,40 +71,63 @@ def uuid_clause(column, n):
     return [column, "==", ["uuid", str(U(n))]]
 
 
+def schema_columns(path):
+    with open(path) as f:
+        return {table: set(spec["columns"])
+                for table, spec in json.load(f)["tables"].items()}
+
+
+def test_every_column_read_is_in_its_database():
+    """Runtime from the southbound schema, intent from the northbound one;
+    nothing is read from the northbound VM.host mirror."""
+    sb, nb = schema_columns(SB_SCHEMA_PATH), schema_columns(SCHEMA_PATH)
+    for table, columns in confmon.SB_COLUMNS.items():
+        assert set(columns) <= sb[table], table
+    for table, columns in confmon.NB_COLUMNS.items():
+        assert set(columns) <= nb[table], table
+    assert not set(confmon.SB_COLUMNS) & set(confmon.NB_COLUMNS)
+    assert "host" not in confmon.NB_COLUMNS["VM"]
+
+
 def test_initial_conditions_select_only_my_host():
     conds = confmon.initial_conditions("h1")
-    assert conds["Host"] == [["name", "==", "h1"]]
+    assert conds["Chassis"] == [["name", "==", "h1"]]
+    assert conds["Slice"] == [["chassis", "==", "h1"]]
     assert conds["External_Network"] == [True]
     assert set(conds) == set(confmon.TABLES)
     # Migrations naming this host, as source or destination (docs/migration.md).
     assert conds["Migration"] == [["source", "==", "h1"], ["destination", "==", "h1"]]
     assert all(conds[t] == [] for t in confmon.TABLES
-               if t not in ("Host", "External_Network", "Migration"))
-    for table in ("Steering_Policy", "NB_Global", "IDS_Alert"):
+               if t not in ("Chassis", "Slice", "External_Network", "Migration"))
+    for table in ("Steering_Policy", "NB_Global", "IDS_Alert", "SB_Global",
+                  "Chassis_Private", "Port_Binding", "Datapath"):
         assert table not in conds
 
 
 def test_conditions_follow_the_chain_of_my_slices_only():
     conds = confmon.conditions("h1", world())
-    assert conds["Host"] == [["name", "==", "h1"]]
-    assert conds["Slice"] == [uuid_clause("host", 1)]
-    assert conds["Middlebox"] == [uuid_clause("_uuid", 20)]
+    assert conds["Chassis"] == [["name", "==", "h1"]]
+    assert conds["Slice"] == [["chassis", "==", "h1"]]
+    assert conds["Middlebox"] == [["name", "==", "fw-red"]]
+    assert conds["Shared_State"] == [["middlebox", "==", "fw-red"]]
     assert conds["Firewall_Rule"] == [uuid_clause("_uuid", 30),
                                       uuid_clause("_uuid", 31)]
     assert conds["Address_Set"] == [uuid_clause("_uuid", 50)]
     assert conds["Logical_Switch"] == [uuid_clause("_uuid", 40)]
     assert conds["VM"] == [uuid_clause("logical_switch", 40)]
+    assert conds["VM_Location"] == [["vm", "==", "red1"], ["vm", "==", "red2"]]
 
 
 def test_conditions_grow_one_level_per_arrival():
     w = world()
-    only_host = {"Host": [w["Host"][0]]}
-    conds = confmon.conditions("h1", only_host)
-    assert conds["Slice"] == [uuid_clause("host", 1)]
-    assert conds["Middlebox"] == [] and conds["Firewall_Rule"] == []
-    with_slice = dict(only_host, Slice=[w["Slice"][0]])
+    conds = confmon.conditions("h1", {})
+    assert conds == confmon.initial_conditions("h1")
+    with_slice = {"Slice": [w["Slice"][0]]}
     conds = confmon.conditions("h1", with_slice)
-    assert conds["Middlebox"] == [uuid_clause("_uuid", 20)]
+    # The slice names its middleboxes: their intent and their shared state
+    # are asked for at once, from the two databases.
+    assert conds["Middlebox"] == [["name", "==", "fw-red"]]
+    assert conds["Shared_State"] == [["middlebox", "==", "fw-red"]]
     assert conds["Firewall_Rule"] == [] and conds["VM"] == []
     with_mb = dict(with_slice, Middlebox=[w["Middlebox"][0]])
     conds = confmon.conditions("h1", with_mb)
@@ -104,10 +135,14 @@ def test_conditions_grow_one_level_per_arrival():
     assert conds["Logical_Switch"] == [uuid_clause("_uuid", 40)]
     assert conds["VM"] == [uuid_clause("logical_switch", 40)]
     assert conds["Address_Set"] == []      # rules not here yet
+    assert conds["VM_Location"] == []      # VMs not here yet
+    with_vms = dict(with_mb, VM=w["VM"])
+    conds = confmon.conditions("h1", with_vms)
+    assert conds["VM_Location"] == [["vm", "==", "red1"], ["vm", "==", "red2"]]
 
 
 def test_conditions_ignore_rows_lingering_in_the_replica():
-    """A replica still holding blue rows (condition change not yet acked)
+    """Replicas still holding blue rows (condition change not yet acked)
     must not keep asking for blue rows: everything shrinks at once."""
     w = world()
     w["Slice"] = [w["Slice"][0]]           # blue slice gone, rest lingers
@@ -115,9 +150,31 @@ def test_conditions_ignore_rows_lingering_in_the_replica():
     flat = repr(conds)
     for n in (21, 32, 41, 51):
         assert str(U(n)) not in flat
+    assert "blue" not in flat
 
 
-def test_no_host_row_means_nothing():
+def test_a_middlebox_of_another_name_is_not_asked_for():
+    """A slice names its middleboxes: a Middlebox row of another name in the
+    replica (e.g. renamed) is not reached and asks for nothing."""
+    w = world()
+    w["Middlebox"][0].name = "fw-red-old"
+    conds = confmon.conditions("h1", w)
+    assert conds["Middlebox"] == [["name", "==", "fw-red"]]
+    assert conds["Firewall_Rule"] == [] and conds["VM"] == []
+    assert confmon.build_host_config("h1", w).slices == {}
+
+
+def test_migration_peers_add_their_chassis():
+    w = world()
+    w["Migration"] = [Row(uuid=U(300), vm="red1", source="h1",
+                          destination="h7"),
+                      Row(uuid=U(301), vm="red9", source="h8",
+                          destination="h1")]
+    conds = confmon.conditions("h1", w)
+    assert conds["Chassis"] == [["name", "==", n] for n in ("h1", "h7", "h8")]
+
+
+def test_a_host_without_slices_asks_for_nothing_more():
     conds = confmon.conditions("h3", world())
     assert conds == confmon.initial_conditions("h3")
     assert confmon.build_host_config("h3", world()).slices == {}
@@ -142,6 +199,24 @@ def test_host_config_of_h1():
         VmSpec("red2", "02:00:00:00:00:aa", "10.1.0.2", None))
 
 
+def test_vm_location_comes_from_the_southbound_database():
+    """VmSpec.host: this host iff the VM's VM_Location names its chassis; a
+    VM without a location (or with an empty one) is nowhere.  VM.host, the
+    northbound mirror, is not read even when it says otherwise."""
+    w = world()
+    for vm in w["VM"]:
+        vm.host = "h1"                      # a stale mirror: ignored
+    w["VM_Location"][0].chassis = ["h1"]    # red2 moved here
+    w["VM_Location"] = [loc for loc in w["VM_Location"] if loc.vm != "red1"]
+    red = confmon.build_host_config("h1", w).slices[10]
+    assert [(vm.name, vm.host) for vm in red.vms] == [("red1", None),
+                                                      ("red2", "h1")]
+    # A location row of a VM of another tenant is not reached.
+    w["VM_Location"].append(Row(uuid=U(68), vm="blue1", chassis=["h1"],
+                                epoch=4))
+    assert confmon.reach("h1", w)["VM_Location"] == {U(65)}
+
+
 def test_tenant_defaults_to_switch_name():
     cfg = confmon.build_host_config("h2", world())
     assert cfg.slices[11].tenant == "ls-blue"
@@ -163,10 +238,11 @@ def test_odd_rows_are_skipped_with_one_warning_each():
                      address_sets=[], action="deny", tier=""))
     w["Middlebox"][0].rules += [U(33), U(34), U(35), U(36), U(99)]
     w["Address_Set"][0].addresses.append("not-an-address")
-    w["Slice"].append(Row(uuid=U(12), chain={0: U(21)}, host=[U(1)], tag=0))
-    w["Slice"].append(Row(uuid=U(13), chain={0: U(21)}, host=[U(1)],
+    w["Slice"].append(Row(uuid=U(12), chain={0: "fw-blue"}, chassis="h1",
+                          tag=0))
+    w["Slice"].append(Row(uuid=U(13), chain={0: "fw-blue"}, chassis="h1",
                           tag=10))
-    w["Slice"].append(Row(uuid=U(14), chain={0: U(77)}, host=[U(1)],
+    w["Slice"].append(Row(uuid=U(14), chain={0: "fw-nowhere"}, chassis="h1",
                           tag=14))              # middlebox not (yet) here
     warnings = []
     cfg = confmon.build_host_config(
@@ -189,7 +265,7 @@ def test_odd_rows_are_skipped_with_one_warning_each():
 def test_unknown_middlebox_type_and_missing_switch():
     w = world()
     w["Middlebox"][0].type = "router"
-    w["Slice"][1].host = [U(1)]
+    w["Slice"][1].chassis = "h1"
     w["Logical_Switch"] = [w["Logical_Switch"][0]]   # ls-blue not here yet
     warnings = []
     cfg = confmon.build_host_config(
@@ -200,8 +276,9 @@ def test_unknown_middlebox_type_and_missing_switch():
 
 def test_held_names():
     held = confmon.held_names(world())
-    assert held["Host"] == ["h1", "h2"]
+    assert held["Chassis"] == ["h1", "h2"]
     assert held["VM"] == ["blue1", "red1", "red2"]
+    assert held["VM_Location"] == ["blue1", "red1", "red2"]
     assert held["Slice"] == [str(U(10)), str(U(11))]
     assert set(held) == set(confmon.TABLES)
 
@@ -214,13 +291,16 @@ def chain_world():
     another switch."""
     w = world()
     w["Slice"] = [
-        Row(uuid=U(100), chain={3: U(23), 0: U(20), 1: U(24), 2: U(22)},
-            host=[U(1)], tag=20,
+        Row(uuid=U(100), chain={3: "ids-red", 0: "fw-red", 1: "nat-red",
+                                2: "lb-red"},
+            chassis="h1", tag=20,
             status={"snat-block:" + str(U(70)): "198.51.100.7:8192-12287",
                     "snat-block:" + str(U(71)): "198.51.100.8:9-x",
                     "other": "ignored"}),
-        Row(uuid=U(101), chain={0: U(22)}, host=[U(1)], tag=21, status={}),
-        Row(uuid=U(102), chain={0: U(25)}, host=[U(2)], tag=22, status={})]
+        Row(uuid=U(101), chain={0: "lb-red"}, chassis="h1", tag=21,
+            status={}),
+        Row(uuid=U(102), chain={0: "nat-blue"}, chassis="h2", tag=22,
+            status={})]
     w["Middlebox"] += [
         Row(uuid=U(24), name="nat-red", type="nat", logical_switch=U(40),
             default_action="deny", rules=[], nat_rules=[U(70), U(72), U(73)],
@@ -273,8 +353,8 @@ def chain_world():
 
 def test_conditions_of_a_chain():
     conds = confmon.conditions("h1", chain_world())
-    assert conds["Middlebox"] == [uuid_clause("_uuid", n)
-                                  for n in (20, 22, 23, 24)]
+    assert conds["Middlebox"] == [["name", "==", n] for n in
+                                  ("fw-red", "ids-red", "lb-red", "nat-red")]
     assert conds["NAT_Rule"] == [uuid_clause("_uuid", n) for n in (70, 72, 73)]
     assert conds["LB_VIP"] == [uuid_clause("_uuid", 80),
                                uuid_clause("_uuid", 81)]
@@ -348,7 +428,7 @@ def test_chain_slice_config():
 
 def test_chain_without_firewall_joins_names_and_gateway_given():
     w = chain_world()
-    w["Slice"][0].chain = {0: U(24), 5: U(22)}
+    w["Slice"][0].chain = {0: "nat-red", 5: "lb-red"}
     cfg = confmon.build_host_config("h1", w, lambda *_: None)
     assert (cfg.slices[20].middlebox, cfg.slices[20].type) == (
         "nat-red,lb-red", "chain")
@@ -361,8 +441,8 @@ def test_chain_without_firewall_joins_names_and_gateway_given():
 
 def test_chain_spanning_switches_is_skipped():
     w = chain_world()
-    w["Slice"][0].chain = {0: U(20), 1: U(25)}      # fw-red + nat-blue
-    w["Slice"][0].host = [U(1)]
+    w["Slice"][0].chain = {0: "fw-red", 1: "nat-blue"}
+    w["Slice"][0].chassis = "h1"
     warnings = []
     cfg = confmon.build_host_config(
         "h1", w, lambda key, msg: warnings.append(msg))
@@ -381,7 +461,7 @@ def test_chain_waits_for_every_middlebox_and_empty_chain_is_nothing():
         "h1", w, lambda key, msg: warnings.append(msg))
     assert cfg.slices == {}
     # The missing middlebox is still asked for.
-    assert uuid_clause("_uuid", 23) in confmon.conditions("h1", w)["Middlebox"]
+    assert ["name", "==", "ids-red"] in confmon.conditions("h1", w)["Middlebox"]
 
 
 def test_bad_nat_rules_and_vips_are_skipped():

@@ -235,7 +235,7 @@ class Writer:
 
 class Node:
     """One mbxd: its real service, zones, hold buffer, connection table and
-    migration manager; the switch, channel and config DB writer are fakes.
+    migration manager; the switch, channel and southbound row writer are fakes.
     Results, barriers and zones are carried out by the daemon's own code
     (middlebox.main.Daemon)."""
 
