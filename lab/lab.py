@@ -68,6 +68,7 @@ DEFAULT_RUNDIR = os.environ.get("MBX_LAB_DIR", "/run/mbx")
 UNDERLAY_PREFIX = "10.200.0."
 MGMT_PREFIX = "10.201.0."
 CONTROLLER_IP = MGMT_PREFIX + "1"
+MGMT_BRIDGE_MAC = "02:c0:00:00:00:01"   # br-mgmt's, fixed (see _fabric_up)
 OF_PORT = 6653
 LOCAL_CONTROLLER_IP = "127.0.0.1"   # a host's own controller (controllers: per-host)
 CONTROLLER_MODES = ("central", "per-host")
@@ -285,6 +286,11 @@ class Lab:
         for br in ("br-ul", "br-mgmt"):
             run(["ip", "link", "add", br, "type", "bridge"], netns=ns)
             run(["ip", "link", "set", br, "up"], netns=ns)
+        # A fixed MAC: a Linux bridge otherwise takes its lowest port MAC,
+        # which changes as hosts' veths join, and a host that resolved the
+        # controller's address before then sends to a stale MAC (its
+        # connections stall until its neighbour entry is renewed).
+        run(["ip", "link", "set", "br-mgmt", "address", MGMT_BRIDGE_MAC], netns=ns)
         run(["ip", "addr", "add", CONTROLLER_IP + "/24", "dev", "br-mgmt"], netns=ns)
 
     # ------------------------------------------------------ external network
