@@ -14,8 +14,20 @@ from the northbound database.  It answers through what it was given:
   ``record_migration``); the southbound connection also reports the
   logical switches' ``Datapath`` records (``datapaths_changed``) and the
   runtime rows (``runtime_changed``);
-* ``hosts`` -- the names of the hosts it serves (None: every host), and
-  ``name``, its own, recorded with what it reports.
+* ``hosts`` -- the names of the hosts it serves (None: every host; changed
+  with ``set_served``), and ``name``, its own, recorded with what it reports;
+* ``read_flows(dpid)`` -- ask a switch for its flows again (the answer
+  comes back as ``switch_flows``): a host it starts serving is reconciled
+  against what its switch holds now, not what it held when it connected.
+
+Serving.  The engine programs and reports only the hosts it serves: it
+keeps the topology and every connected switch (flows read back) of the
+others, so serving one more host (``set_served``: the physical controller
+got its lock, ``ovsdb.locks``) is a reconciliation, as after a restart:
+the switch's flows are read again and every part compared with them; flows
+that are right get no message.  A host it stops serving gets no message
+from it any more, and no status: the controller that serves it now writes
+its ``Chassis_Private`` row.
 
 Every event method must be called from ONE thread (``EngineLoop`` runs them).
 
@@ -100,8 +112,9 @@ class _Switch:
 
 
 class Engine:
-    def __init__(self, send, sb=None, hosts=None, name=""):
+    def __init__(self, send, sb=None, hosts=None, name="", read_flows=None):
         self._send = send
+        self._read_flows = read_flows
         self._sb = sb
         self._hosts = None if hosts is None else frozenset(hosts)
         self.name = name
@@ -132,6 +145,32 @@ class Engine:
 
     def serves(self, host):
         return host is not None and (self._hosts is None or host in self._hosts)
+
+    def set_served(self, hosts):
+        """Serve exactly ``hosts`` from now on (None: every host)."""
+        hosts = None if hosts is None else frozenset(hosts)
+        if hosts == self._hosts:
+            return
+        old = {sw.dpid: sw.host for sw in self.switches.values()}
+        self._hosts = hosts
+        LOG.info("serving %s", "every host" if hosts is None else
+                 ", ".join(sorted(hosts)) or "no host")
+        self._match_switches()
+        for sw in self.switches.values():
+            if sw.host == old[sw.dpid]:
+                continue
+            if old[sw.dpid] is not None:
+                # Lost: its barriers and its status are the new holder's.
+                sw.pending.clear()
+                self._written.pop(("chassis", old[sw.dpid]), None)
+            if sw.host is not None:
+                self._written.pop(("chassis", sw.host), None)
+                if sw.synced and self._read_flows is not None:
+                    # What it holds now (another controller programmed it):
+                    # the parts are compared with that once it arrives.
+                    sw.synced = False
+                    self._read_flows(sw.dpid)
+        self._recompute(changes=({}, ()))
 
     # ------------------------------------------------------------- inputs
     def runtime_changed(self, snap: SbSnapshot):
@@ -222,7 +261,8 @@ class Engine:
         if sw.pending:
             return                      # its round is not applied yet: nothing to say
         sw.applied_round = sw.target_round
-        self._report([self._host_status(sw)])
+        if sw.host is not None:
+            self._report([self._host_status(sw)])
         self._forget_rounds()
 
     def flow_error(self, dpid, text):
