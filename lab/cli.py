@@ -30,7 +30,11 @@ def build_parser():
     up.add_argument("--encap", choices=["vxlan", "geneve"], default="vxlan")
     up.add_argument("--controllers", choices=CONTROLLER_MODES, default="central",
                     help="one physical controller for every host (central), or "
-                    "one on each host serving only it (per-host)")
+                    "one on each host preferring it (per-host)")
+    up.add_argument("--standby", type=int, default=0, metavar="N",
+                    help="N more controller instances in the fabric, standing by "
+                    "for every host: each br-int connects to all of them, and "
+                    "one takes over a host whose controller dies (default 0)")
     sub.add_parser("down", help="end every lab process and remove every namespace")
     sub.add_parser("status")
     va = sub.add_parser("vm-add")
@@ -58,7 +62,7 @@ def build_parser():
     return p
 
 
-def up_from_topology(lab, path, encap, controllers="central"):
+def up_from_topology(lab, path, encap, controllers="central", standby=0):
     from ovsdb.topology import apply_topology, parse_topology
     try:
         with open(path) as f:
@@ -67,7 +71,7 @@ def up_from_topology(lab, path, encap, controllers="central"):
         raise LabError("cannot read %s: %s" % (path, err.strerror))
     spec = parse_topology(text, allow_placement=True)
     hosts = list(spec.hosts) or ["h1", "h2", "h3"]
-    lab.up(hosts, encap=encap, controllers=controllers)
+    lab.up(hosts, encap=encap, controllers=controllers, standby=standby)
     apply_topology(lab.nb(), spec)
     for vm in spec.vms:
         host = spec.placement.get(vm.name)
@@ -87,10 +91,11 @@ def run(argv):
     try:
         if args.cmd == "up":
             if args.topology:
-                up_from_topology(lab, args.topology, args.encap, args.controllers)
+                up_from_topology(lab, args.topology, args.encap, args.controllers,
+                                 args.standby)
             else:
                 lab.up(["h%d" % i for i in range(1, args.hosts + 1)], encap=args.encap,
-                       controllers=args.controllers)
+                       controllers=args.controllers, standby=args.standby)
             print("config DB: export MBX_DB=%s" % lab.nb_remote)
         elif args.cmd == "down":
             lab.down()

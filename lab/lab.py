@@ -72,6 +72,7 @@ MGMT_BRIDGE_MAC = "02:c0:00:00:00:01"   # br-mgmt's, fixed (see _fabric_up)
 OF_PORT = 6653
 LOCAL_CONTROLLER_IP = "127.0.0.1"   # a host's own controller (controllers: per-host)
 CONTROLLER_MODES = ("central", "per-host")
+MAX_STANDBY = 9             # standby controller N listens on OF_PORT + N
 HOST_OVSDB_PORT = 6640
 NB_TCP_PORT = 6641
 VM_MTU = 1450
@@ -119,6 +120,11 @@ def vif_name(vm):
     if len(name) <= 15:
         return name
     return "vif-" + hashlib.sha1(vm.encode()).hexdigest()[:11]
+
+
+def _is_controller_key(key):
+    return key == "controller" or key.endswith("/controller") or \
+        key.startswith("controller-s")
 
 
 _SAVE_LOCK = threading.Lock()
@@ -237,13 +243,19 @@ class Lab:
             self._nb = None
 
     # ------------------------------------------------------------------ up
-    def up(self, hosts, encap="vxlan", log=print, controllers="central"):
+    def up(self, hosts, encap="vxlan", log=print, controllers="central", standby=0):
         """``controllers``: "central", one physical controller for every
         host (in the fabric), or "per-host", one in each host's namespace
-        serving only that host."""
+        preferring that host.  ``standby``: that many more controller
+        instances in the fabric (``standby_key``), each standing by for
+        every host; every br-int connects to all of them, and the
+        southbound locks decide which one serves it (``ovsdb.locks``)."""
         if controllers not in CONTROLLER_MODES:
             raise LabError("controllers: %s, not %r" % (" or ".join(CONTROLLER_MODES),
                                                         controllers))
+        if not 0 <= standby <= MAX_STANDBY:
+            raise LabError("standby: 0 to %d controller instances, not %d"
+                           % (MAX_STANDBY, standby))
         if self.is_up:
             raise LabError("lab '%s' is already up (%s); run 'mbx-lab down' first"
                            % (self.prefix, self.state_path))
@@ -252,6 +264,7 @@ class Lab:
         os.makedirs(self.rundir, exist_ok=True)
         self.state["encap"] = encap
         self.state["controllers"] = controllers
+        self.state["standby"] = standby
         self._save()
         t0 = time.monotonic()
         self._pki_up(hosts)
@@ -262,6 +275,8 @@ class Lab:
         self._northd_up()
         if controllers == "central":
             self._controller_up()
+        for n in range(1, standby + 1):
+            self._controller_up(standby=n)
         for index, host in enumerate(hosts, start=1):
             self._host_up(host, index, encap)
         wait_until(lambda: self._hosts_connected(hosts), 30,
@@ -403,37 +418,99 @@ class Lab:
                                     start_new_session=True)
         self._record_pid("northd", proc.pid)
 
-    def _controller_up(self, host=None):
+    @property
+    def standby(self):
+        return self.state.get("standby", 0)
+
+    @staticmethod
+    def standby_key(n):
+        """The pid key (and name) of standby controller ``n`` (1, 2, ...)."""
+        return "controller-s%d" % n
+
+    def controller_keys(self):
+        """The pid keys of the running physical controllers: "controller"
+        (central), "HOST/controller" (per-host), "controller-sN" (standby)."""
+        return [k for k in self.state["pids"] if _is_controller_key(k)]
+
+    def controller_addresses(self):
+        """The OpenFlow targets every br-int connects to."""
+        first = CONTROLLER_IP if self.controllers == "central" else LOCAL_CONTROLLER_IP
+        return ["tcp:%s:%d" % (first, OF_PORT)] + [
+            "tcp:%s:%d" % (CONTROLLER_IP, OF_PORT + n) for n in range(1, self.standby + 1)]
+
+    def _controller_up(self, host=None, standby=0):
         """A physical controller; it takes its settings from an os-ken config
-        file's [mbx] section, as a deployment's would.  ``host`` None: the
-        central one, in the fabric, for every host; else the one in
-        ``host``'s namespace serving that host only (its switch connects to
-        it over the namespace's loopback)."""
+        file's [mbx] section, as a deployment's would.  ``host`` None: in
+        the fabric, the central one (``standby`` 0: named "central") or
+        standby controller ``standby`` (on OF_PORT + ``standby``); both
+        stand by for every host.  Else the one in ``host``'s namespace,
+        preferring that host (its switch connects to it over the
+        namespace's loopback)."""
+        key = ("controller" if not standby else self.standby_key(standby)) \
+            if host is None else "%s/controller" % host
         where = self.rundir if host is None else self.host_dir(host)
-        logf = os.path.join(where, "controller.log")
-        conf = os.path.join(where, "controller.conf")
+        stem = "controller" if host is not None or not standby else key
+        logf = os.path.join(where, stem + ".log")
+        conf = os.path.join(where, stem + ".conf")
         db = self.nb_remote if host is None else "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT)
         with open(conf, "w") as f:
             f.write("[mbx]\nnb_connection = %s\nsb_connection = %s\n" % (db, db))
             if host is not None:
                 f.write("chassis = %s\nname = %s-local\n" % (host, host))
+            else:
+                f.write("name = %s\n" % ("central" if not standby else key))
         ns = self.fabric_ns if host is None else self.host_ns(host)
         listen = CONTROLLER_IP if host is None else LOCAL_CONTROLLER_IP
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m",
                "ryu_apps.main", "--config-file", conf,
                "--ofp-listen-host", listen,
-               "--ofp-port", str(OF_PORT), "--log-file", logf]
+               "--ofp-port", str(OF_PORT + standby), "--log-file", logf]
         with open(logf + ".out", "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        self._record_pid("controller" if host is None else "%s/controller" % host,
-                         proc.pid)
+        self._record_pid(key, proc.pid)
+        return proc.pid
+
+    def controller_log(self, key):
+        """The log file of the controller with pid key ``key``."""
+        if key.endswith("/controller"):
+            return os.path.join(self.host_dir(key.split("/")[0]), "controller.log")
+        return os.path.join(self.rundir, key + ".log")
+
+    def controller_name(self, key):
+        """What the controller with pid key ``key`` writes into
+        ``Chassis_Private.controller``."""
+        if key.endswith("/controller"):
+            return "%s-local" % key.split("/")[0]
+        return "central" if key == "controller" else key
+
+    def controller_kill(self, key, sig=signal.SIGKILL):
+        """End one physical controller (by its PID) with ``sig``."""
+        pid = self.state["pids"].pop(key)
+        self._save()
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        wait_until(lambda: not pid_alive(pid), 10, what="controller %d to die" % pid)
+
+    def controller_start(self, key):
+        """Start the physical controller with pid key ``key`` again."""
+        if key in self.state["pids"]:
+            raise LabError("controller %s is running (pid %d)" % (key, self.state["pids"][key]))
+        if key.endswith("/controller"):
+            pid = self._controller_up(key.split("/")[0])
+        elif key == "controller":
+            pid = self._controller_up()
+        else:
+            pid = self._controller_up(standby=int(key[len("controller-s"):]))
+        self._save()
+        return pid
 
     def controllers_stop(self):
         """End the physical controller processes; returns their pid keys."""
-        keys = [k for k in self.state["pids"]
-                if k == "controller" or k.endswith("/controller")]
+        keys = self.controller_keys()
         for key in keys:
             stop_pid(self.state["pids"].pop(key))
         self._save()
@@ -443,7 +520,7 @@ class Lab:
         """End the physical controller processes and start new ones (flows
         stay on the switches: br-int is fail-mode secure)."""
         for key in self.controllers_stop():
-            self._controller_up(None if key == "controller" else key.split("/")[0])
+            self.controller_start(key)
 
     def _host_up(self, host, index, encap):
         ns = self.host_ns(host)
@@ -506,10 +583,14 @@ class Lab:
                    "options:remote_ip=flow", "options:key=flow")
         if self.controllers == "per-host":
             self._controller_up(host)
-        self.vsctl(host, "set-controller", "br-int",
-                   "tcp:%s:%d" % (CONTROLLER_IP if self.controllers == "central"
-                                  else LOCAL_CONTROLLER_IP, OF_PORT),
-                   "--", "set", "controller", "br-int", "connection-mode=out-of-band")
+        # One Controller row per controller instance, all out-of-band.
+        ctl_args, ids = [], []
+        for i, target in enumerate(self.controller_addresses()):
+            ids.append("@c%d" % i)
+            ctl_args += ["--", "--id=@c%d" % i, "create", "Controller",
+                         "target=\"%s\"" % target, "connection_mode=out-of-band"]
+        self.vsctl(host, *ctl_args[1:], "--", "set", "bridge", "br-int",
+                   "controller=[%s]" % ",".join(ids))
         # The middlebox port: mbxd reads and writes slice-tagged frames here.
         self.vsctl(host, "add-port", "br-int", MB_PORT, "--", "set", "interface",
                    MB_PORT, "type=internal",
@@ -933,8 +1014,7 @@ class Lab:
         pids = self.state["pids"]
         # VM processes and the controller first, then each host's daemons.
         order = sorted(pids, key=lambda k: (not k.startswith("vm/"),
-                                            k != "controller" and
-                                            not k.endswith("/controller"),
+                                            not _is_controller_key(k),
                                             k.endswith("ovsdb-server"), k))
         for key in order:
             stop_pid(pids[key])

@@ -3,6 +3,13 @@
 Each handler translates one os-ken event into one Engine event, posted to the
 engine's single thread.  The only place that sends OpenFlow messages is
 ``MbxController.send``.
+
+Which hosts it serves is decided by the southbound server's locks
+(``ovsdb.locks``, on a thread of their own): it asks for the lock of each
+host it prefers (``[mbx] chassis``, stolen) and, standing by
+(``[mbx] standby``), of every other host in the southbound database
+(queued); the engine serves exactly the hosts whose locks it holds, none
+until the first is granted.
 """
 
 import logging
@@ -17,6 +24,7 @@ from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER,
 from os_ken.ofproto import ofproto_v1_3
 
 from ovsdb import DEFAULT_DB
+from ovsdb.locks import LockThread, hosts_of, wanted_locks
 from ryu_apps import ofmsg, pipeline
 from ryu_apps.engine import Engine, EngineLoop
 from ovsdb.southbound import ENGINE_TABLES, Southbound
@@ -36,9 +44,17 @@ OPTS = [
                help="the southbound database, everything the controller "
                "computes from (default: $MBX_SB, or nb-connection)"),
     cfg.ListOpt("chassis", default=[],
-                help="the hosts whose switches this controller programs "
-                "(default: every host); several controllers split the hosts "
+                help="the hosts this controller prefers to serve: it takes "
+                "each one's southbound lock from whichever controller holds "
+                "it, so a restarted controller gets its hosts back (default: "
+                "none in particular); several controllers split the hosts "
                 "between them this way"),
+    cfg.BoolOpt("standby", default=None,
+                help="also stand by for every other host in the southbound "
+                "database: queue for its lock and serve it as soon as the "
+                "controller serving it is gone (default: true when chassis "
+                "is unset, so a lone controller serves every host; false "
+                "otherwise)"),
     cfg.StrOpt("name", default="",
                help="this controller's name, recorded with what it reports "
                "of its hosts (default: its host name and process id)"),
@@ -63,17 +79,43 @@ class MbxController(app_manager.OSKenApp):
             on_ports=lambda host, ports: post("host_ports_changed", host, ports),
             on_sb_cfg=lambda value: post("sb_cfg_changed", value),
             on_ready=lambda: post("southbound_ready"),
-            on_runtime=lambda snap: post("runtime_changed", snap),
+            on_runtime=self._runtime_changed,
             runtime_tables=ENGINE_TABLES,
             datapaths=True,
             on_datapaths=lambda rows, nb_cfg: post("datapaths_changed", rows, nb_cfg))
         name = conf.name or "%s:%d" % (socket.gethostname(), os.getpid())
-        self.loop.engine = Engine(send=self.send, sb=self.southbound,
-                                  hosts=conf.chassis or None, name=name)
-        LOG.info("controller %s serving %s", name,
-                 ", ".join(conf.chassis) if conf.chassis else "every host")
+        self._preferred = frozenset(conf.chassis)
+        self._standby = (not conf.chassis) if conf.standby is None else conf.standby
+        self._known_hosts = None
+        # It serves no host until the server grants it a lock.
+        self.loop.engine = Engine(send=self.send, sb=self.southbound, hosts=(),
+                                  name=name, read_flows=self.read_flows)
+        self.locks = LockThread(sb_remote, on_change=lambda held: post(
+            "set_served", hosts_of(held)))
+        LOG.info("controller %s: prefers %s, %s", name,
+                 ", ".join(sorted(self._preferred)) or "no host",
+                 "stands by for every other host" if self._standby else "no standby")
         self.loop.start()
+        self.locks.want(wanted_locks((), self._preferred, self._standby))
+        self.locks.start()
         self.southbound.start()
+
+    def _runtime_changed(self, snap):
+        """On the southbound thread: the runtime rows, and with them the
+        hosts whose locks it stands by for."""
+        self.loop.post("runtime_changed", snap)
+        hosts = frozenset(snap.hosts)
+        if hosts != self._known_hosts:
+            self._known_hosts = hosts
+            self.locks.want(wanted_locks(hosts, self._preferred, self._standby))
+
+    def read_flows(self, dpid):
+        """Ask a switch for its flows (with our cookie) again; the answer
+        reaches the engine as ``switch_flows``."""
+        dp = self.datapaths.get(dpid)
+        if dp is not None:
+            dp.send_msg(ofmsg.flow_stats_request(dp, pipeline.COOKIE,
+                                                 pipeline.COOKIE_MASK))
 
     def send(self, dpid, ops, barrier_xid):
         dp = self.datapaths.get(dpid)

@@ -16,7 +16,8 @@ def parse_args(argv):
                                 description="mbx OpenFlow controller")
     p.add_argument("--config-file", action="append", default=[],
                    help="an os-ken/oslo.config file; mbx reads its [mbx] "
-                   "section (nb_connection, sb_connection, chassis, name); may be repeated")
+                   "section (nb_connection, sb_connection, chassis, standby, name); "
+                   "may be repeated")
     p.add_argument("--ofp-listen-host", default="0.0.0.0",
                    help="address to accept OpenFlow connections on")
     p.add_argument("--ofp-port", type=int, default=6653,
@@ -26,8 +27,13 @@ def parse_args(argv):
                    "nb_connection; default $MBX_DB)")
     p.add_argument("--sb", help="the southbound database, all the controller "
                    "reads (overrides [mbx] sb_connection; default: --db)")
-    p.add_argument("--chassis", help="comma-separated hosts whose switches to "
-                   "program (overrides [mbx] chassis; default: every host)")
+    p.add_argument("--chassis", help="comma-separated hosts this controller "
+                   "prefers to serve, taken from any other controller "
+                   "(overrides [mbx] chassis; default: none in particular)")
+    p.add_argument("--standby", action=argparse.BooleanOptionalAction, default=None,
+                   help="also stand by for every other host: serve it when "
+                   "its controller is gone (overrides [mbx] standby; default: "
+                   "on without --chassis, off with it)")
     p.add_argument("--name", help="this controller's name (overrides [mbx] name)")
     p.add_argument("--log-file", help="log to this file instead of stderr")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -62,6 +68,8 @@ def main(argv=None):
     if args.chassis:
         cfg.CONF.set_override("chassis", [h for h in args.chassis.split(",") if h],
                               group="mbx")
+    if args.standby is not None:
+        cfg.CONF.set_override("standby", args.standby, group="mbx")
     if args.name:
         cfg.CONF.set_override("name", args.name, group="mbx")
     AppManager.run_apps(["ryu_apps.controller"])
