@@ -275,12 +275,18 @@ class Lab:
         self._northd_up()
         if controllers == "central":
             self._controller_up()
-        for n in range(1, standby + 1):
-            self._controller_up(standby=n)
         for index, host in enumerate(hosts, start=1):
             self._host_up(host, index, encap)
         wait_until(lambda: self._hosts_connected(hosts), 30,
                    what="hosts %s to connect to the controller" % ", ".join(hosts))
+        # The standbys start once the first controllers serve every host, so
+        # they stand by (which instance serves a host is whichever asked for
+        # its lock first).
+        for n in range(1, standby + 1):
+            self._controller_up(standby=n)
+        self._save()
+        wait_until(self.controllers_connected, 30,
+                   what="every br-int to connect to every controller")
         log("lab up: %d hosts in %.1fs (config DB %s)"
             % (len(hosts), time.monotonic() - t0, self.nb_remote))
 
@@ -472,6 +478,16 @@ class Lab:
         self._record_pid(key, proc.pid)
         return proc.pid
 
+    def controllers_connected(self):
+        """Every host's br-int has an OpenFlow connection to every
+        controller instance."""
+        for host in self.state["hosts"]:
+            out = self.vsctl(host, "--format=csv", "--data=bare", "--no-headings",
+                             "--columns=is_connected", "list", "Controller")
+            if out.split() != ["true"] * len(self.controller_addresses()):
+                return False
+        return True
+
     def controller_log(self, key):
         """The log file of the controller with pid key ``key``."""
         if key.endswith("/controller"):
@@ -588,7 +604,9 @@ class Lab:
         for i, target in enumerate(self.controller_addresses()):
             ids.append("@c%d" % i)
             ctl_args += ["--", "--id=@c%d" % i, "create", "Controller",
-                         "target=\"%s\"" % target, "connection_mode=out-of-band"]
+                         "target=\"%s\"" % target, "connection_mode=out-of-band",
+                         # back within a second when a controller restarts
+                         "max_backoff=1000"]
         self.vsctl(host, *ctl_args[1:], "--", "set", "bridge", "br-int",
                    "controller=[%s]" % ",".join(ids))
         # The middlebox port: mbxd reads and writes slice-tagged frames here.

@@ -103,6 +103,10 @@ class Locks:
         return self._held
 
     @property
+    def wanted(self):
+        return dict(self._wanted)
+
+    @property
     def settled(self):
         """Connected, and the server has answered every request: each
         wanted lock is held or queued."""
@@ -214,6 +218,7 @@ class LockThread:
         os.write(self._wake_w, b"x")
 
     def _run(self):
+        told = None
         while not self._stop.is_set():
             try:
                 while os.read(self._wake_r, 4096):
@@ -229,6 +234,14 @@ class LockThread:
             if wanted is not None:
                 self._locks.want(wanted)
             self._locks.run()
+            if self._locks.settled:
+                # Every request answered: say what it holds and queues for.
+                state = (frozenset(self._locks.wanted), self._locks.held)
+                if state != told:
+                    told = state
+                    LOG.info("locks settled: holding %d of %d asked for (%s), "
+                             "queued for the rest", len(state[1]), len(state[0]),
+                             ", ".join(sorted(hosts_of(state[1]))) or "no host")
             poller = ovs.poller.Poller()
             self._locks.wait(poller)
             poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
