@@ -80,6 +80,7 @@ class MbxController(app_manager.OSKenApp):
             on_sb_cfg=lambda value: post("sb_cfg_changed", value),
             on_ready=lambda: post("southbound_ready"),
             on_runtime=self._runtime_changed,
+            on_status=lambda statuses: post("statuses_changed", statuses),
             runtime_tables=ENGINE_TABLES,
             datapaths=True,
             on_datapaths=lambda rows, nb_cfg: post("datapaths_changed", rows, nb_cfg))

@@ -172,6 +172,16 @@ class Engine:
                     self._read_flows(sw.dpid)
         self._recompute(changes=({}, ()))
 
+    def statuses_changed(self, statuses):
+        """The ``Chassis_Private`` rows ({name: ChassisStatus}): a served
+        host's row naming another controller (whose write landed after this
+        engine took the host over) is written again."""
+        for sw in self._live():
+            row = statuses.get(sw.host)
+            if row is not None and row.controller != self.name:
+                self._written.pop(("chassis", sw.host), None)
+        self._publish()
+
     # ------------------------------------------------------------- inputs
     def runtime_changed(self, snap: SbSnapshot):
         """The southbound runtime rows: hosts' chassis, slices, VM

@@ -5,6 +5,8 @@ database of ``test_engine``'s harness, as two controller instances share a
 lab: the active one programs, the standby follows every event and sends
 nothing, and takes over by reconciling, as after a restart."""
 
+import dataclasses
+
 from fakeoftable import FakeOFTable
 from mbxmodel.network import HostPorts
 from ryu_apps.engine import Engine
@@ -129,3 +131,13 @@ def test_a_host_lost_with_a_barrier_outstanding_is_not_reported():
     b.set_served(HOSTS - {"h3"})
     h.ack("h3")
     assert h.sb.status["h3"] == before
+
+
+def test_a_late_status_write_of_the_old_controller_is_corrected():
+    h = running()
+    b, reads = standby(h)
+    take_over(h, b, reads)
+    # The dead controller's last write commits after b's.
+    h.sb.status["h1"] = dataclasses.replace(h.sb.status["h1"], controller="ctl")
+    b.statuses_changed(dict(h.sb.status))
+    assert h.sb.status["h1"].controller == "b" and h.sb.status["h1"].connected
