@@ -21,8 +21,13 @@ are::
     NB LB_VIP           _uuid in {middlebox.vips}
     NB Address_Set      _uuid in {rule.address_sets}
     NB External_Network every row                                (fixed)
+    NB NB_Global, SB SB_Global   every row: nb_cfg                (fixed)
+    SB Chassis_Private  name == HOST: its mb_cfg                 (fixed)
 
-Nothing else of either database is monitored (the daemon only writes
+The last three are outside the walk, the HostConfig and ``held_rows()``:
+``generation()`` and ``reported()`` read them for ``middlebox.mbcfg``, and
+a change of them alone rebuilds nothing.  Nothing else of either database
+is monitored (the daemon only writes
 IDS_Alert rows, see ``middlebox.shared``; ``VM.host`` is an operator's
 mirror of VM_Location and is not read).  Every condition starts as "no rows"
 (``[]``) except the fixed ones and Chassis'.  The two schemas' table names
