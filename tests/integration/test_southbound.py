@@ -4,6 +4,7 @@ ovsdb-server: the runtime rows it reports and the ones it writes."""
 import json
 import queue
 import subprocess
+import threading
 
 import pytest
 
@@ -155,3 +156,22 @@ def test_the_controllers_status_keeps_the_daemons_mb_cfg(remote, connect):
     assert sorted((r["name"], r["controller"], r["connected"], r["nb_cfg"], r["mb_cfg"])
                   for r in chassis_private(remote)) == [
         ("h1", "ctl", True, 7, 5), ("h2", "ctl", False, 7, 2)]
+
+
+def test_a_status_whose_row_the_daemon_created_meanwhile_is_written_all_the_same(
+        remote, connect):
+    """The daemon creates the row while the controller's replica does not
+    hold it yet: the controller's insert meets it (one row per name) and is
+    written again, as an update; both keep their columns."""
+    sb, _ = connect(ENGINE_TABLES)
+    hold = threading.Event()
+    # the connection's thread is busy: what the server sends waits unread
+    held = sb.write(lambda idl_, txn: hold.wait(WAIT), "a slow write")
+    transact(remote, {"op": "insert", "table": "Chassis_Private",
+                      "row": {"name": "h1", "mb_cfg": 5}})
+    status = sb.set_chassis_statuses([ChassisStatus("h1", "ctl", True, 3, 4)])
+    hold.set()
+    held.result(WAIT)
+    status.result(WAIT)
+    assert [(r["name"], r["controller"], r["connected"], r["nb_cfg"], r["mb_cfg"])
+            for r in chassis_private(remote)] == [("h1", "ctl", True, 3, 5)]
