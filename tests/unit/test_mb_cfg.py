@@ -4,6 +4,7 @@ The daemon and the controllers together on a real lab:
 ``tests/integration/test_firewall.py``
 (``test_wait_hv_returns_once_every_daemon_applied_the_rule``)."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from middlebox import confmon  # noqa: E402
 from middlebox.mbcfg import Reporter  # noqa: E402
 from ovsdb.server import SB_SCHEMA_PATH, SCHEMA_PATH  # noqa: E402
 from ryu_apps.northd import hv_cfg_of  # noqa: E402
+from test_engine import running  # noqa: E402
 
 HOSTS = {"h1": None, "h2": None, "h3": None}
 
@@ -52,6 +54,42 @@ def test_disconnected_hosts_and_hosts_without_chassis_do_not_hold_hv_cfg_back():
                 host("h9", 1, 1)]
     assert hv_cfg_of(statuses, HOSTS, 9) == 9
     assert hv_cfg_of([], HOSTS, 9) == 9
+
+
+def with_daemons(h):
+    """The fake southbound database keeps the daemons' column when a
+    controller writes its own, as the real one does (``ovsdb.southbound``:
+    only the controller's columns are written)."""
+    write = h.sb.set_chassis_statuses
+
+    def keep(statuses):
+        write([dataclasses.replace(st, mb_cfg=h.sb.status[st.name].mb_cfg)
+               if st.name in h.sb.status else st for st in statuses])
+    h.sb.set_chassis_statuses = keep
+    return h
+
+
+def daemon_reports(h, host, value):
+    h.sb.status[host] = dataclasses.replace(h.sb.status[host], mb_cfg=value)
+    h.sb.status_dirty = True
+    h.notify()
+
+
+def test_the_logical_controller_waits_for_the_daemons_once_they_reported():
+    """A rule changes no flow: the controllers acknowledge it at once, and
+    hv_cfg waits for every daemon that has reported."""
+    h = with_daemons(running(hosts=("h1", "h2")))
+    daemon_reports(h, "h1", 1)
+    h.nb.bump_nb_cfg()
+    h.notify()
+    assert {n: s.nb_cfg for n, s in h.sb.status.items()} == {"h1": 2, "h2": 2}
+    assert h.nb.snap.hv_cfg == 1                 # h1's daemon is at 1; h2's never reported
+    daemon_reports(h, "h2", 1)
+    daemon_reports(h, "h1", 2)
+    assert h.nb.snap.hv_cfg == 1                 # h2's daemon now counts
+    daemon_reports(h, "h2", 2)
+    assert h.nb.snap.hv_cfg == 2
+    assert h.sb.status["h1"].mb_cfg == 2         # the controllers' writes kept it
 
 
 # ------------------------------------------------------ mbxd: reporting
