@@ -762,6 +762,7 @@ class ConfigMonitor:
         self._conds = conds
         self._seen_seqno = None
         self._built_key = None
+        self._generation = (None, None)     # (replicas' change_seqno, generation)
         self._config = HostConfig(host=host_name, slices={})
         self._warned = set()
         self._last_error = None
@@ -861,8 +862,12 @@ class ConfigMonitor:
         ``config()`` is built from replicas that hold it."""
         if not self.synced():
             return None
-        return generation_of(self._nb.plain("NB_Global").values(),
-                             self._sb.plain("SB_Global").values())
+        key = tuple(rep.idl.change_seqno for rep in self._replicas)
+        if key != self._generation[0]:      # read again only after a change
+            self._generation = (key, generation_of(
+                self._nb.plain("NB_Global").values(),
+                self._sb.plain("SB_Global").values()))
+        return self._generation[1]
 
     def reported(self):
         """This host's ``Chassis_Private.mb_cfg`` as the replica holds it:

@@ -25,10 +25,12 @@ commits on the monitor's southbound IDL.
 """
 
 import logging
+import time
 
 from ovs.db import idl as ovsidl
 
 LOG = logging.getLogger(__name__)
+RETRY_AFTER = 1.0           # seconds between a failed write and the next
 
 
 class Reporter:
@@ -75,7 +77,7 @@ class Writer:
         self.host = host
         self.reporter = Reporter()
         self._txn = None            # (txn, value)
-        self.written = None         # the last value committed
+        self._retry_at = 0.0
         self.failures = 0
 
     def flush(self):
@@ -85,17 +87,16 @@ class Writer:
             if status == ovsidl.Transaction.INCOMPLETE:
                 return
             self._txn = None
-            if status in (ovsidl.Transaction.SUCCESS, ovsidl.Transaction.UNCHANGED):
-                self.written = value
-            else:
+            if status not in (ovsidl.Transaction.SUCCESS, ovsidl.Transaction.UNCHANGED):
                 # e.g. the controller created the row meanwhile: the next
                 # round sees it in the replica and updates it.
                 self.failures += 1
+                self._retry_at = time.monotonic() + RETRY_AFTER
                 LOG.info("mb_cfg %d: commit %s (%s), writing it again",
                          value, status, txn.get_error())
         idl = self.monitor.sb_idl
         if idl.state != idl.IDL_S_MONITORING or idl.txn is not None \
-                or not self.monitor.synced():
+                or not self.monitor.synced() or time.monotonic() < self._retry_at:
             return
         exists, reported = self.monitor.reported()
         value = self.reporter.wanted(exists, reported)
