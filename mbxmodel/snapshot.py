@@ -110,6 +110,7 @@ def sb_snapshot(tables):
             encap_ip=getattr(r, "encap_ip", ""),
             nb_cfg=p.nb_cfg if p is not None else 0,
             connected=bool(p.connected) if p is not None else False,
+            mb_cfg=_one(getattr(p, "mb_cfg", None)) if p is not None else None,
             datapath_id=_one(getattr(r, "datapath_id", None)),
             migration_address=getattr(r, "migration_address", ""))
     locations = {r.vm: (_one(r.chassis), r.epoch) for r in rows("VM_Location")}

@@ -118,8 +118,16 @@ def chassis_statuses(rows):
     """Pure: {name: ChassisStatus} from IDL-like Chassis_Private rows."""
     return {r.name: ChassisStatus(name=r.name, controller=r.controller,
                                   connected=bool(r.connected), nb_cfg=r.nb_cfg,
-                                  sb_cfg=r.sb_cfg)
+                                  sb_cfg=r.sb_cfg,
+                                  mb_cfg=_one(getattr(r, "mb_cfg", None)))
             for r in rows}
+
+
+def _chain_result(source, target):
+    if source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())
 
 
 def _sb_cfg(idl_):
@@ -191,7 +199,7 @@ class Southbound:
         helper.register_columns("Port_Binding", ["logical_port", "chassis",
                                                  "ofport", "mac"])
         helper.register_columns("Chassis_Private", ["name", "controller", "connected",
-                                                    "nb_cfg", "sb_cfg"])
+                                                    "nb_cfg", "sb_cfg", "mb_cfg"])
         helper.register_columns("SB_Global", ["sb_cfg", "nb_cfg"])
         if datapaths:
             helper.register_columns("Datapath", ["name", "tenant", "vni", "config"])
@@ -278,8 +286,12 @@ class Southbound:
 
     def set_chassis_statuses(self, statuses):
         """Hosts' Chassis_Private rows (ChassisStatus values), in one
-        transaction."""
+        transaction.  Only the controller's columns: ``mb_cfg`` is the
+        host's mbxd's, which may also create the row (with its name and
+        ``mb_cfg`` only); an insert that meets the daemon's is written
+        again, once, as an update of the row the replica then holds."""
         statuses = list(statuses)
+        inserted = []
 
         def fn(idl_, txn):
             rows = {r.name: r for r in idl_.tables["Chassis_Private"].rows.values()}
@@ -288,13 +300,26 @@ class Southbound:
                 if row is None:
                     row = txn.insert(idl_.tables["Chassis_Private"])
                     row.name = status.name
+                    inserted.append(status.name)
                 row.controller = status.controller
                 row.connected = status.connected
                 row.nb_cfg = status.nb_cfg
                 row.sb_cfg = status.sb_cfg
-        return self.write(fn, "status of %s" % ", ".join(s.name for s in statuses[:3])
-                          + (" and %d more" % (len(statuses) - 3)
-                             if len(statuses) > 3 else ""))
+        what = "status of %s" % ", ".join(s.name for s in statuses[:3]) + (
+            " and %d more" % (len(statuses) - 3) if len(statuses) > 3 else "")
+        future = self.write(fn, what)
+        outcome = concurrent.futures.Future()
+        outcome.retries = 0
+
+        def done(f):
+            if f.exception() is not None and inserted and outcome.retries == 0:
+                outcome.retries = 1
+                again = self.write(fn, what)
+                again.add_done_callback(lambda g: _chain_result(g, outcome))
+            else:
+                _chain_result(f, outcome)
+        future.add_done_callback(done)
+        return outcome
 
     def raise_sb_cfg(self, value):
         """``SB_Global.sb_cfg`` becomes ``value`` unless it is already higher."""

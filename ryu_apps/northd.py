@@ -25,8 +25,10 @@ shared state, IDS alerts) from the southbound database
 * **``NB_Global.northd_cfg``**: once those writes are committed (the
   Datapath rows and the slices), the ``nb_cfg`` they were decided from
   (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
-* **``hv_cfg``**: the lowest ``nb_cfg`` the physical controllers report
-  (southbound ``Chassis_Private``) over the connected hosts.
+* **``hv_cfg``**: the lowest config generation the connected hosts have
+  applied (southbound ``Chassis_Private``): their physical controllers'
+  ``nb_cfg`` (flows) and their mbxd's ``mb_cfg`` (service stages;
+  ``hv_cfg_of``).
 * **VM locations**.  A VM whose port appeared somewhere (the newest
   southbound binding, ``ryu_apps.view``) gets a southbound ``VM_Location``
   naming its chassis and a new epoch once every connected host has applied
@@ -62,6 +64,20 @@ LOG = logging.getLogger(__name__)
 # Datapath rows before the slices, the slices before northd_cfg).
 SB_WRITE_TIMEOUT = 10.0
 
+
+
+def hv_cfg_of(statuses, hosts, nb_cfg):
+    """Pure: ``NB_Global.hv_cfg`` from the hosts' ``Chassis_Private``
+    reports (ChassisStatus values): the lowest, over the connected hosts
+    with a chassis (``hosts``), of what the host applied: its physical
+    controller's ``nb_cfg`` (flows) and, once its mbxd has reported at all,
+    that daemon's ``mb_cfg`` (service stages) too.  A host whose mbxd has
+    never reported is waited for by its flows only (its daemon is not up
+    yet, or the host has none: a lab or test without daemons).
+    ``nb_cfg`` when no host counts."""
+    return min((s.nb_cfg if s.mb_cfg is None else min(s.nb_cfg, s.mb_cfg)
+                for s in statuses if s.connected and s.name in hosts),
+               default=nb_cfg)
 
 
 class Northd:
@@ -299,11 +315,8 @@ class Northd:
         return [s for s in self.status.values() if s.connected]
 
     def _publish_hv_cfg(self, snap):
-        """NB_Global.hv_cfg: the lowest nb_cfg the connected hosts report
-        (Chassis_Private)."""
-        hosts = self.sb_snap.hosts
-        hv_cfg = min((s.nb_cfg for s in self._connected() if s.name in hosts),
-                     default=snap.nb_cfg)
+        """NB_Global.hv_cfg: see ``hv_cfg_of``."""
+        hv_cfg = hv_cfg_of(self.status.values(), self.sb_snap.hosts, snap.nb_cfg)
         if hv_cfg != snap.hv_cfg:
             self._write(("hv_cfg",), hv_cfg,
                         lambda: self._nb.set_hv_cfg(hv_cfg).execute(check_error=True))

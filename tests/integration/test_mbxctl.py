@@ -767,11 +767,11 @@ def test_runtime_commands_read_the_southbound_database(nb, tmp_path_factory):
                 {"op": "update", "table": "Chassis", "where": [["name", "==", "h1"]],
                  "row": {"datapath_id": "00000000000000a1"}})
     assert columns(ok(nb, "host-list")) == [
-        ["NAME", "ENCAP", "ENCAP_IP", "NB_CFG", "CONNECTED", "DATAPATH_ID",
+        ["NAME", "ENCAP", "ENCAP_IP", "NB_CFG", "MB_CFG", "CONNECTED", "DATAPATH_ID",
          "MIGRATION_ADDRESS"],
-        ["h1", "vxlan", "10.200.0.11", "3", "true", "00000000000000a1",
+        ["h1", "vxlan", "10.200.0.11", "3", "-", "true", "00000000000000a1",
          "ssl:10.201.0.11:6650"],
-        ["h2", "vxlan", "10.200.0.12", "0", "false", "-", "ssl:10.201.0.12:6650"]]
+        ["h2", "vxlan", "10.200.0.12", "0", "-", "false", "-", "ssl:10.201.0.12:6650"]]
     assert columns(ok(nb, "vm-list")) == [
         ["NAME", "SWITCH", "IP", "MAC", "HOST", "EPOCH"],
         ["a1", "ls-a", "10.0.0.1", "02:00:00:00:01:01", "h2", "4"],

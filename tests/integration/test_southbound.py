@@ -4,6 +4,7 @@ ovsdb-server: the runtime rows it reports and the ones it writes."""
 import json
 import queue
 import subprocess
+import threading
 
 import pytest
 
@@ -129,3 +130,48 @@ def test_the_engine_is_not_told_of_status_and_rows_it_does_not_monitor(remote, c
     transact(remote, {"op": "update", "table": "Chassis", "where": [["name", "==", "h1"]],
                       "row": {"encap_ip": "10.200.0.21"}})
     assert runtime.get(timeout=WAIT).hosts["h1"].encap_ip == "10.200.0.21"
+
+
+def chassis_private(remote):
+    out = subprocess.run(["ovsdb-client", "transact", remote, json.dumps(
+        ["MBX_Southbound", {"op": "select", "table": "Chassis_Private", "where": [],
+                            "columns": ["name", "controller", "connected", "nb_cfg",
+                                        "mb_cfg"]}])],
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(out)[0]["rows"]
+
+
+def test_the_controllers_status_keeps_the_daemons_mb_cfg(remote, connect):
+    """mbxd writes only Chassis_Private.mb_cfg of its host, creating the row
+    if the controller has not; the controller's writes leave it alone."""
+    transact(remote, {"op": "insert", "table": "Chassis_Private",
+                      "row": {"name": "h1", "mb_cfg": 5}})       # the daemon first
+    sb, _ = connect(ENGINE_TABLES)
+    sb.set_chassis_statuses([ChassisStatus("h1", "ctl", True, 3, 4),
+                             ChassisStatus("h2", "ctl", True, 3, 4)]).result(WAIT)
+    transact(remote, {"op": "update", "table": "Chassis_Private",
+                      "where": [["name", "==", "h2"]], "row": {"mb_cfg": 2}})
+    sb.set_chassis_statuses([ChassisStatus("h1", "ctl", True, 7, 4),
+                             ChassisStatus("h2", "ctl", False, 7, 4)]).result(WAIT)
+    assert sorted((r["name"], r["controller"], r["connected"], r["nb_cfg"], r["mb_cfg"])
+                  for r in chassis_private(remote)) == [
+        ("h1", "ctl", True, 7, 5), ("h2", "ctl", False, 7, 2)]
+
+
+def test_a_status_whose_row_the_daemon_created_meanwhile_is_written_all_the_same(
+        remote, connect):
+    """The daemon creates the row while the controller's replica does not
+    hold it yet: the controller's insert meets it (one row per name) and is
+    written again, as an update; both keep their columns."""
+    sb, _ = connect(ENGINE_TABLES)
+    hold = threading.Event()
+    # the connection's thread is busy: what the server sends waits unread
+    held = sb.write(lambda idl_, txn: hold.wait(WAIT), "a slow write")
+    transact(remote, {"op": "insert", "table": "Chassis_Private",
+                      "row": {"name": "h1", "mb_cfg": 5}})
+    status = sb.set_chassis_statuses([ChassisStatus("h1", "ctl", True, 3, 4)])
+    hold.set()
+    held.result(WAIT)
+    status.result(WAIT)
+    assert [(r["name"], r["controller"], r["connected"], r["nb_cfg"], r["mb_cfg"])
+            for r in chassis_private(remote)] == [("h1", "ctl", True, 3, 5)]
