@@ -58,7 +58,7 @@ from mbxmodel import datapath as dplib
 from mbxmodel.network import ExternalNetInfo, HostPorts, SwitchInfo, VMInfo
 from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
                                PolicyInfo, RuleInfo, VipInfo)
-from mbxmodel.snapshot import NbSnapshot, SbSnapshot
+from mbxmodel.snapshot import NbSnapshot, SbDelta, SbRuntime, SbSnapshot
 from mbxmodel.state import AlertRecord, HostRecord, MigrationRecord, SharedRecord
 from ovsdb.api import sort_rules
 from ryu_apps import flows as flowlib
@@ -319,27 +319,43 @@ def _done(result=None):
 
 class FakeSb:
     """The southbound database: the runtime rows the controllers read
-    (a snapshot) and write."""
+    (``snap``, an SbRuntime) and write; what was written since the last
+    notification is handed over as an SbDelta (``delta``), as
+    ``ovsdb.southbound`` does."""
 
     def __init__(self, snap):
-        self.snap = snap
+        self.snap = SbRuntime.of(snap)
         self.status = {}
         self.sb_cfg = 0
         self.writes = 0
-        self.dirty = False          # runtime rows written since the last snapshot
+        self._changes = {}          # SbDelta field -> {key: value} written since
         self.datapaths = {}         # name -> (tenant, vni, config)
         self.nb_cfg = 0
         self.datapaths_dirty = False
 
-    def snapshot(self):
-        self.dirty = False
-        return self.snap
+    @property
+    def dirty(self):
+        """Runtime rows written since the last notification."""
+        return bool(self._changes)
 
-    def _apply(self, **changes):
+    def snapshot(self):
+        self._changes = {}
+        return self.snap.snapshot()
+
+    def delta(self):
+        """What was written since the last notification (an SbDelta)."""
+        changes, self._changes = self._changes, {}
+        return SbDelta(**changes)
+
+    def change(self, delta):
+        """Rows written by someone else (a daemon): applied, notified next."""
         self.writes += 1
-        self.dirty = True
-        self.snap = dataclasses.replace(self.snap, **changes)
-        return _done()
+        self.snap.apply(delta)
+        for name in ("hosts", "vm_locations", "slices"):
+            self._changes.setdefault(name, {}).update(getattr(delta, name))
+        for name in ("shared_state", "ids_alerts", "migrations"):
+            if getattr(delta, name) is not None:
+                self._changes[name] = getattr(delta, name)
 
     def set_datapaths(self, changes, nb_cfg=None, complete=False):
         if complete:
@@ -362,10 +378,23 @@ class FakeSb:
         self.sb_cfg = max(self.sb_cfg, value)
 
     def set_slices(self, slices, status=None):
-        return self._apply(slices=dict(slices), slice_status=dict(status or {}))
+        """The Slice table becomes ``slices`` (the rows that differ written,
+        as ``ovsdb.api.slices.write_slices`` does)."""
+        status = status or {}
+        old, old_status = self.snap.slices, self.snap.slice_status
+        changed = {}
+        for key in old.keys() | slices.keys():
+            if key not in slices:
+                changed[key] = None
+            elif old.get(key) != slices[key] or \
+                    dict(old_status.get(key) or {}) != dict(status.get(key) or {}):
+                changed[key] = (slices[key], dict(status.get(key) or {}))
+        self.change(SbDelta(slices=changed))
+        return _done()
 
     def set_vm_location(self, vm, host, epoch):
-        return self._apply(vm_locations={**self.snap.vm_locations, vm: (host, epoch)})
+        self.change(SbDelta(vm_locations={vm: (host, epoch)}))
+        return _done()
 
     def record_migration(self, vm, source, destination, path, wait_ms):
         self.writes += 1
@@ -429,9 +458,9 @@ class Controller:
         if self.sb.datapaths_dirty:
             self.datapaths()
         if self.sb.dirty:
-            runtime = self.sb.snapshot()
-            self.northd.runtime_changed(runtime)
-            self.engine.runtime_changed(runtime)
+            delta = self.sb.delta()
+            self.northd.runtime_changed(delta)
+            self.engine.runtime_changed(delta)
 
     def datapaths(self):
         """The southbound Datapath rows' notification reaches the engine."""
@@ -443,7 +472,7 @@ class Controller:
         engine (after the logical controller's translation): the slices the
         logical controller wrote, then the Datapath records."""
         if self.sb.dirty:
-            self.engine.runtime_changed(self.sb.snapshot())
+            self.engine.runtime_changed(self.sb.delta())
         self.datapaths()
 
     def ack_all(self):
@@ -592,13 +621,14 @@ def status_writes(ctl):
                          ("IDS_Alert", {"ids_alerts": (alert,)}),
                          ("Migration begun", {"migrations": (migration("begun"),)}),
                          ("Migration streaming", {"migrations": (migration("streaming"),)})):
-        ctl.sb.snap = runtime = dataclasses.replace(ctl.sb.snap, **change)
+        ctl.sb.change(SbDelta(**change))
+        delta = ctl.sb.delta()
         first = len(ctl.switches.log)
         profile = cProfile.Profile()
         profile.enable()
         t0 = time.perf_counter()
-        ctl.northd.runtime_changed(runtime)
-        ctl.engine.runtime_changed(runtime)
+        ctl.northd.runtime_changed(delta)
+        ctl.engine.runtime_changed(delta)
         ms = (time.perf_counter() - t0) * 1000
         profile.disable()
         computed = sum(calls for (path, _line, func), (_cc, calls, *_rest)

@@ -163,7 +163,7 @@ class TopologyState:
 
     # ------------------------------------------------------------- update
     def update(self, hosts, bindings, incoming, recorded_slices, recorded_blocks,
-               decided=None):
+               decided=None, decided_keys=None):
         """Apply changes: ``hosts`` {name: HostInfo} of hosts whose ports
         may have changed, ``bindings`` {vm: PortBinding or None} of VMs
         whose binding may have changed, ``incoming`` the (vm, host) pairs
@@ -171,7 +171,9 @@ class TopologyState:
         a new slice takes its recorded one when free; ``recorded_blocks``:
         the SNAT blocks recorded in the database (``slices.Blocks``), which
         a new block keeps when free.  ``decided``: (slices, blocks) decided elsewhere (``rebuild``); the
-        slices and blocks become them, and nothing is allocated.
+        slices and blocks become them, and nothing is allocated;
+        ``decided_keys``: (slice keys, block keys) outside which they equal
+        the last ones given (None: compared whole).
         Returns {host: set of part ids, or ALL}: the parts that may have
         changed."""
         old = self.topo
@@ -248,7 +250,10 @@ class TopologyState:
         given = None
         if decided is not None and decided[0] is not self._decided[0]:
             given = decided[0]
-            differ = {p for p, _tag in slices.items() ^ given.items()}
+            if decided_keys is not None:
+                differ = {p for p in decided_keys[0] if slices.get(p) != given.get(p)}
+            else:
+                differ = {p for p, _tag in slices.items() ^ given.items()}
             gone = [p for p in differ if p in slices]
             new = [p for p in differ if p in given]
         elif decided is None:
@@ -312,7 +317,8 @@ class TopologyState:
                         mark(host, ("nat", switch))
         if decided is not None:
             if decided[1] is not self._decided[1]:
-                self._decided_blocks(old, topo, decided[1], changed_slices, mark)
+                self._decided_blocks(old, topo, decided[1], changed_slices, mark,
+                                     None if decided_keys is None else decided_keys[1])
             self._decided = decided
         elif nat:
             rules = [rule.uuid for name in nat for rule in topo.nat_rules.get(name, ())]
@@ -341,12 +347,13 @@ class TopologyState:
         return dirty
 
 
-    def _decided_blocks(self, old, topo, blocks, changed_slices, mark):
+    def _decided_blocks(self, old, topo, blocks, changed_slices, mark, keys=None):
         """The SNAT blocks become ``blocks``: the NAT way in of every host
-        serving a middlebox whose rule's blocks changed is marked."""
+        serving a middlebox whose rule's blocks changed is marked.
+        ``keys``: the block keys that may differ (None: every one)."""
         rules = _rule_middleboxes_of(topo)
         touched = set()
-        for key in blocks.keys() | self.blocks.keys():
+        for key in (blocks.keys() | self.blocks.keys()) if keys is None else keys:
             if blocks.get(key) != self.blocks.get(key):
                 touched.add(rules.get(key[0]))
                 changed_slices += [pair for pair in topo.host_slices(key[1])
