@@ -296,10 +296,12 @@ class RuntimeRows:
             for name in names:
                 row = by_name.get(name)
                 hosts[name] = None if row is None else host_record(row, private.get(name))
-        for uuid, row in changed.get("VM_Location", {}).items():
+        rows = changed.get("VM_Location", {})
+        for uuid in rows:       # deletions first: a row may replace another
             vm = self._locations.pop(uuid, None)
             if vm is not None:
                 locations[vm] = None
+        for uuid, row in rows.items():
             if row is not None:
                 self._locations[uuid] = row.vm
                 locations[row.vm] = (_one(row.chassis), row.epoch)
@@ -373,3 +375,25 @@ class RuntimeRows:
             else small.get("IDS_Alert"),
             migrations=delta.migrations if delta.migrations is not None
             else small.get("Migration"))
+
+
+def sb_delta(old, new):
+    """The SbDelta from SbSnapshot ``old`` to ``new`` (a pass over both:
+    for tests and tools that hold whole snapshots)."""
+    def changed(a, b):
+        return {k: b.get(k) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    slices = {}
+    for key in old.slices.keys() | new.slices.keys():
+        before = (old.slices[key], dict(old.slice_status.get(key) or {})) \
+            if key in old.slices else None
+        after = (new.slices[key], dict(new.slice_status.get(key) or {})) \
+            if key in new.slices else None
+        if before != after:
+            slices[key] = after
+    return SbDelta(
+        sb_cfg=new.sb_cfg if new.sb_cfg != old.sb_cfg else None,
+        hosts=changed(old.hosts, new.hosts),
+        vm_locations=changed(old.vm_locations, new.vm_locations), slices=slices,
+        shared_state=new.shared_state if new.shared_state != old.shared_state else None,
+        ids_alerts=new.ids_alerts if new.ids_alerts != old.ids_alerts else None,
+        migrations=new.migrations if new.migrations != old.migrations else None)
