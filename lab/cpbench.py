@@ -294,9 +294,15 @@ class FakeNb:
         elif kind == "mirror":
             self.snap = dataclasses.replace(
                 self.snap, vm_mirror={**self.snap.vm_mirror, write[1]: write[2:]})
+        elif kind == "mirrors":
+            self.snap = dataclasses.replace(
+                self.snap, vm_mirror={**self.snap.vm_mirror, **write[1]})
 
     def set_vm_mirror(self, vm, host, epoch):
         return _Done(self, ("mirror", vm, host, epoch))
+
+    def set_vm_mirrors(self, mirrors):
+        return _Done(self, ("mirrors", dict(mirrors)))
 
     def set_hv_cfg(self, value):
         return _Done(self, ("hv_cfg", value))

@@ -62,6 +62,8 @@ LOG = logging.getLogger(__name__)
 # Datapath rows before the slices, the slices before northd_cfg).
 SB_WRITE_TIMEOUT = 10.0
 
+_MIRROR_COLUMNS = frozenset({"host", "location_epoch"})
+
 
 
 class Northd:
@@ -93,6 +95,7 @@ class Northd:
         self._dp_pending = set()        # switches whose record is not written yet
         self._dp_synced = False         # the southbound rows were compared once
         self._dp_cfg = None             # SB_Global.nb_cfg as written
+        self._mirrors = {}              # vm -> (host, epoch): this round's VM.host mirrors
 
     @property
     def topo(self):
@@ -240,6 +243,7 @@ class Northd:
         self._publish_locations(topo)
         if changes is None:
             self._publish_mirrors(snap)
+        self._flush_mirrors()
         if changes is None or status:
             self._publish_vip_status(topo)
             self._publish_ids_status(topo, snap)
@@ -409,7 +413,7 @@ class Northd:
 
     def _set_location(self, vm, host, epoch):
         self._sb.set_vm_location(vm, host, epoch)
-        self._nb.set_vm_mirror(vm, host, epoch).execute(check_error=True)
+        self._mirrors[vm] = (host, epoch)       # written at the end of the round
         self._written[("mirror", vm)] = (host, epoch)
         # Events handled before the database's change notification arrives
         # must see this write: the next epoch is computed from it.
@@ -419,10 +423,26 @@ class Northd:
         """VM.host / location_epoch of each VM whose mirror differs from its
         VM_Location (a restart, a converted config database)."""
         for vm, location in sorted(self.sb_snap.vm_locations.items()):
-            if vm in snap.vms and snap.vm_mirror.get(vm) != location:
-                self._write(("mirror", vm), location,
-                            lambda: self._nb.set_vm_mirror(vm, *location).execute(
-                                check_error=True))
+            if vm in snap.vms and snap.vm_mirror.get(vm) != location and \
+                    self._written.get(("mirror", vm)) != location:
+                self._mirrors[vm] = location
+                self._written[("mirror", vm)] = location
+
+    def _flush_mirrors(self):
+        """The round's VM.host / location_epoch mirrors, in one transaction
+        (a cold start mirrors every VM)."""
+        if self._mirrors:
+            mirrors, self._mirrors = self._mirrors, {}
+            self._nb.set_vm_mirrors(mirrors).execute(check_error=True)
+
+    @staticmethod
+    def own_status_write(table, event, columns):
+        """A northbound row change that only carries this controller's own
+        mirror of a VM's location (VM.host, location_epoch): its
+        notification is not needed (``MbxNb.connect(quiet=...)``), which
+        spares a snapshot of the whole northbound database per move."""
+        return table == "VM" and event == "update" and bool(columns) and \
+            columns <= _MIRROR_COLUMNS
 
     def _publish_vip_status(self, topo):
         """LB_VIP.status: each backend's health as the hosts publish it

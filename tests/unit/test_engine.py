@@ -73,6 +73,18 @@ class FakeNb:
     def set_vm_mirror(self, vm, host, epoch):
         return FakeCommand(self, ("mirror", vm, host, epoch))
 
+    def set_vm_mirrors(self, mirrors):
+        """One transaction: a "mirror" write per VM."""
+        self.mirror_transactions = getattr(self, "mirror_transactions", 0) + 1
+        db = self
+
+        class Many:
+            def execute(self, check_error=False):
+                assert check_error is True
+                for vm, (host, epoch) in sorted(mirrors.items()):
+                    db.apply(("mirror", vm, host, epoch))
+        return Many()
+
     def set_hv_cfg(self, value):
         return FakeCommand(self, ("hv_cfg", value))
 
@@ -752,6 +764,23 @@ def test_a_converted_config_database_keeps_the_epochs_growing_and_its_mirror_rig
     assert h.sb.locations("a2") == [("h2", 5)]
     assert h.sb.locations("b1") == []                   # already recorded there
     assert h.nb.snap.vm_mirror == {"a2": ("h2", 5), "b1": ("h1", 2)}
+
+
+def test_a_restart_mirrors_every_differing_location_in_one_transaction():
+    locations = {"a1": ("h1", 3), "a2": ("h2", 2), "b1": ("h1", 5)}
+    h = Harness(runtime=initial_runtime(locations=locations))
+    h.notify()
+    assert h.nb.snap.vm_mirror == locations
+    assert h.nb.mirror_transactions == 1
+
+
+def test_only_the_own_mirror_of_a_location_is_a_quiet_northbound_change():
+    quiet = Northd.own_status_write
+    assert quiet("VM", "update", frozenset({"host", "location_epoch"}))
+    assert quiet("VM", "update", frozenset({"host"}))
+    assert not quiet("VM", "update", frozenset({"host", "mac"}))    # an operator's too
+    assert not quiet("VM", "create", None)
+    assert not quiet("Logical_Switch", "update", frozenset({"host"}))
 
 
 def test_port_with_a_foreign_mac_is_not_bound():
