@@ -398,6 +398,11 @@ class FakeSb:
         self.change(SbDelta(slices=changed))
         return _done()
 
+    def update_slices(self, changes):
+        self.change(SbDelta(slices={k: None if v is None else (v[0], dict(v[1]))
+                                    for k, v in changes.items()}))
+        return _done()
+
     def set_vm_location(self, vm, host, epoch):
         self.change(SbDelta(vm_locations={vm: (host, epoch)}))
         return _done()

@@ -265,6 +265,13 @@ class RuntimeRows:
         self._slice_uuids = {}      # (chain, chassis) -> {uuid}
         self._small = {"Shared_State": {}, "IDS_Alert": {}, "Migration": {}}
 
+    def slice_rows(self, key):
+        """The uuids of the Slice rows of ``key`` ((chain, chassis))."""
+        return set(self._slice_uuids.get(key, ()))
+
+    def chassis_names(self):
+        return set(self._chassis.values())
+
     def delta(self, changed, tables):
         """``changed``: {table name: {uuid: row, or None if deleted}};
         ``tables``: {table name: its current rows by uuid} (an IDL's

@@ -273,6 +273,41 @@ class Southbound:
                                                          checked),
                           "%d slices" % len(desired))
 
+    def update_slices(self, changes):
+        """Some slices, in one transaction: ``changes`` {(chain, chassis):
+        (tag, status), or None: no such slice}; the other rows are left
+        alone (their rows found through the kept index, not a pass over
+        the table).  A slice of a chassis with no Chassis row is left out
+        (``write_slices``)."""
+        desired, checked = check_slices(
+            {k: v[0] for k, v in changes.items() if v is not None},
+            {k: v[1] for k, v in changes.items() if v is not None})
+        gone = [k for k, v in changes.items() if v is None]
+
+        def fn(idl_, txn):
+            table = idl_.tables["Slice"]
+            chassis = self._runtime_rows.chassis_names()
+            for key in sorted(desired.keys() | set(gone)):
+                rows = sorted((table.rows[u] for u in self._runtime_rows.slice_rows(key)
+                               if u in table.rows), key=lambda r: r.uuid)
+                keep = key in desired and key[1] in chassis
+                for row in rows[1 if keep else 0:]:
+                    row.delete()
+                if not keep:
+                    continue
+                status = checked.get(key, {})
+                if not rows:
+                    row = txn.insert(table)
+                    row.chain = dict(enumerate(key[0]))
+                    row.chassis, row.tag, row.status = key[1], desired[key], status
+                    continue
+                row = rows[0]
+                if row.tag != desired[key]:
+                    row.tag = desired[key]
+                if dict(row.status) != status:
+                    row.status = status
+        return self.write(fn, "%d slices changed" % len(changes))
+
     def set_vm_location(self, vm, chassis, epoch):
         """VM_Location of ``vm``: ``chassis`` (None: nowhere), ``epoch``."""
         return self.write(lambda idl_, txn: write_vm_location(idl_.tables, txn, vm,

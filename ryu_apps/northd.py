@@ -277,8 +277,14 @@ class Northd:
         else:
             differ = self._slices_checked != state.version or \
                 not all(same(key) for key in keys)
+        touched = state.take_touched()
         if differ and (self._written.get(("slices",)) != state.version or keys):
-            self._slices_written = self._sb.set_slices(dict(topo.slices), status)
+            if touched is None or keys is None:
+                self._slices_written = self._sb.set_slices(dict(topo.slices), status)
+            else:       # the slices that changed here or differ in the database
+                self._slices_written = self._sb.update_slices(
+                    {key: (topo.slices[key], status.get(key) or {})
+                     if key in topo.slices else None for key in touched | keys})
             self._written[("slices",)] = state.version
         self._slices_checked = state.version
 

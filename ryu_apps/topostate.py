@@ -102,6 +102,8 @@ class TopologyState:
         self.blocks = slicelib.Blocks()
         self.status: Dict = {}          # slices.slice_status of topo and blocks
         self.version = 0                # counts the changes of slices, blocks, status
+        self.touched = None             # slices changed (tag or status) since taken
+        #                                 (``take_touched``); None: every one
         self._decided = ({}, {})        # the last (slices, blocks) decided elsewhere
         self._placements = Counter()    # (switch, host) -> VMs bound or incoming there
         self._incoming = frozenset()    # (vm, host) pairs counted in _placements
@@ -159,7 +161,14 @@ class TopologyState:
             self.blocks = slicelib.Blocks(slicelib.snat_blocks(self.topo, previous))
         self.status = slicelib.slice_status(self.topo, self.blocks)
         self.version += 1
+        self.touched = None
         return self.topo
+
+    def take_touched(self):
+        """The (chain, host) pairs whose slice (tag or status) changed since
+        the last call (None: any may have: a rebuild)."""
+        touched, self.touched = self.touched, set()
+        return touched
 
     # ------------------------------------------------------------- update
     def update(self, hosts, bindings, incoming, recorded_slices, recorded_blocks,
@@ -343,6 +352,8 @@ class TopologyState:
                 topo, self.blocks, [p for p in changed_slices if p in topo.slices]))
             self.status = status
             self.version += 1
+            if self.touched is not None:
+                self.touched.update(changed_slices)
         self.topo = topo
         return dirty
 

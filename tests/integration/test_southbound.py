@@ -152,3 +152,17 @@ def test_the_engine_is_not_told_of_status_and_rows_it_does_not_monitor(remote, c
                       "row": {"encap_ip": "10.200.0.21"}})
     delta = runtime.get(timeout=WAIT)
     assert set(delta.hosts) == {"h1"} and delta.hosts["h1"].encap_ip == "10.200.0.21"
+
+
+def test_some_slices_are_written_without_touching_the_others(remote, connect):
+    transact(remote, chassis("h1", "10.200.0.11"), chassis("h2", "10.200.0.12"))
+    sb, runtime = connect(NORTHD_TABLES)
+    next_runtime(runtime, lambda s: len(s.hosts) == 2)
+    sb.set_slices({(("fw",), "h1"): 1, (("fw",), "h2"): 1, (("lb",), "h1"): 2}).result(WAIT)
+    next_runtime(runtime, lambda s: len(s.slices) == 3)
+    sb.update_slices({(("fw",), "h1"): (3, {"snat-block:r": "203.0.113.5:1024-2047"}),
+                      (("lb",), "h1"): None, (("lb",), "h2"): (2, {}),
+                      (("ids",), "h9"): (1, {})}).result(WAIT)       # h9: no chassis
+    kept = next_runtime(runtime, lambda s: (("lb",), "h2") in s.slices)
+    assert kept.slices == {(("fw",), "h1"): 3, (("fw",), "h2"): 1, (("lb",), "h2"): 2}
+    assert kept.slice_status[(("fw",), "h1")] == {"snat-block:r": "203.0.113.5:1024-2047"}

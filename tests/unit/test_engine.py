@@ -214,6 +214,18 @@ class FakeSb:
     def set_slices(self, slices, status=None):
         return self._apply(("slices", dict(slices), dict(status or {})))
 
+    def update_slices(self, changes):
+        """Some slices ({key: (tag, status) or None}): a "slices" write of
+        the table as it becomes."""
+        slices, status = dict(self.snap.slices), dict(self.snap.slice_status)
+        for key, value in changes.items():
+            if value is None:
+                slices.pop(key, None)
+                status.pop(key, None)
+            else:
+                slices[key], status[key] = value[0], dict(value[1])
+        return self._apply(("slices", slices, status))
+
     def record_migration(self, vm, source, destination, path, wait_ms):
         if self.refuse is not None:
             return _done(error=self.refuse)
