@@ -133,6 +133,7 @@ class Engine:
         #                                 topology took them (None: every one)
         self._owed: Dict[str, set] = {}  # vm -> hosts whose sb_cfg it is owed
         self._hosts_changed = True      # a switch's host changed: publish every host
+        self._published_nb = None       # the nb_cfg of the last round published
 
     @property
     def host_ports(self):
@@ -378,6 +379,7 @@ class Engine:
         program = self._all_hosts_reported()
         owed = self._owed_hosts(topo)
         sb_cfg = self._sb_cfg
+        touched = []                    # switches whose status may change now
         for sw in self.switches.values():
             if not program or not sw.synced or sw.host is None:
                 sw.current = False
@@ -390,7 +392,9 @@ class Engine:
                     sw.target_round = sw.applied_round = rnd
                     if sw.host in owed:
                         sw.target_sb = sw.applied_sb = sb_cfg
+                        touched.append(sw)
                 continue
+            touched.append(sw)
             sw.target_round, sw.target_sb = rnd, sb_cfg
             diff = self._program(sw, topo, parts)
             if diff.empty:
@@ -402,7 +406,12 @@ class Engine:
                      len(diff.deletes), len(diff.modifies), len(diff.adds), rnd)
             sw.pending[self._xid] = rnd
             self._send(sw.dpid, diff.commands(), self._xid)
-        self._publish()
+        # A round of an unchanged nb_cfg changes the status only of the
+        # switches it touched; any other round, any switch's.
+        nb_cfg = self._round_cfg[rnd][0]
+        whole = dirty is None or nb_cfg != self._published_nb
+        self._published_nb = nb_cfg
+        self._publish(None if whole else touched)
 
     def _program(self, sw, topo, parts):
         """Compute ``parts`` (ALL, or a set of part ids) of the switch's
@@ -518,11 +527,15 @@ class Engine:
             self._written[("chassis", st.name)] = st
         self._sb.set_chassis_statuses(fresh)
 
-    def _publish(self):
-        """Every served host's status: its switch's applied round, or not
-        connected (only hosts this engine has reported connected before,
-        looked for when a switch's host changed)."""
-        live = self._live()
+    def _publish(self, only=None):
+        """Every served host's status (``only``: of these switches): its
+        switch's applied round, or not connected (only hosts this engine
+        has reported connected before, looked for when a switch's host
+        changed)."""
+        if only is None or self._hosts_changed:
+            live = self._live()
+        else:
+            live = [sw for sw in only if sw.synced and sw.host]
         statuses = []
         for sw in live:
             prev = self._written.get(("chassis", sw.host))
@@ -550,6 +563,8 @@ class Engine:
                              nb_cfg=northd_cfg, sb_cfg=sw.applied_sb)
 
     def _forget_rounds(self):
+        if len(self._round_cfg) < 64:
+            return                      # a pass over the switches every 64 rounds
         low = min((sw.applied_round for sw in self._live()), default=self._round)
         for rnd in [r for r in self._round_cfg if r < low]:
             del self._round_cfg[rnd]
