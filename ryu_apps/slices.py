@@ -369,7 +369,9 @@ class RecordedBlocks:
     def __init__(self, status=None):
         self._by_host = {}          # host -> {(chain, host): status}
         self._blocks_of = {}        # host -> its blocks {(rule uuid, host): block}
-        self.blocks = Blocks()
+        self._rules = {}            # rule uuid -> {host: block}
+        self._by_rule = {}          # Blocks.of_rule's index, kept rule by rule
+        self.blocks = Blocks(by_rule={})
         if status:
             self.update(status)
 
@@ -398,10 +400,21 @@ class RecordedBlocks:
                 self._by_host.pop(host, None)
         if changed:
             out = dict(self.blocks)
-            for k, v in changed.items():
+            by_rule = dict(self._by_rule)
+            for (rule, host), v in changed.items():
+                mine = self._rules.setdefault(rule, {})
                 if v is None:
-                    out.pop(k, None)
+                    out.pop((rule, host), None)
+                    mine.pop(host, None)
                 else:
-                    out[k] = v
-            self.blocks = Blocks(out)
+                    out[(rule, host)] = mine[host] = v
+            for rule in {k[0] for k in changed}:
+                mine = self._rules.get(rule)
+                if mine:
+                    by_rule[rule] = tuple(sorted(((rule, h), b) for h, b in mine.items()))
+                else:
+                    self._rules.pop(rule, None)
+                    by_rule.pop(rule, None)
+            self._by_rule = by_rule
+            self.blocks = Blocks(out, by_rule)
         return set(changed)

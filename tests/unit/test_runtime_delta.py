@@ -97,7 +97,10 @@ def test_deltas_of_any_row_changes_keep_the_snapshot_of_the_rows():
             for name in ("vm_locations", "slices", "slice_status", "shared_state",
                          "ids_alerts", "migrations", "sb_cfg"):
                 assert getattr(got, name) == getattr(want, name), (where, name)
-            assert blocks.blocks == slicelib.blocks_from_status(want.slice_status), where
+            fresh = slicelib.Blocks(slicelib.blocks_from_status(want.slice_status))
+            assert blocks.blocks == fresh, where
+            for rule in {k[0] for k in fresh} | {"r1", "r2"}:
+                assert blocks.blocks.of_rule(rule) == fresh.of_rule(rule), where
 
 
 def test_a_resync_after_missed_deletions_gives_the_snapshot_of_the_rows():
