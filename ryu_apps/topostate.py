@@ -154,11 +154,12 @@ class TopologyState:
                        slices_by_host=slices_by_host, slice_ix=slicelib.indexes(base))
         self.topo = _kept(base, index)
         if decided is not None:
-            self.blocks = slicelib.Blocks(decided[1])
+            self.blocks = _as_blocks(decided[1])
         else:
             previous = dict(recorded_blocks)
             previous.update(self.blocks)
             self.blocks = slicelib.Blocks(slicelib.snat_blocks(self.topo, previous))
+        self.blocks.of_rule(None)       # its index now, not in the first move that reads it
         self.status = slicelib.slice_status(self.topo, self.blocks)
         self.version += 1
         self.touched = None
@@ -373,7 +374,7 @@ class TopologyState:
             switch = topo.middleboxes[name].switch
             for host in _serving_either(old, topo, name):
                 mark(host, ("nat", switch))
-        self.blocks = slicelib.Blocks(blocks)
+        self.blocks = _as_blocks(blocks)
 
 
 def config_dirty(old, new, switches):
@@ -462,3 +463,9 @@ def _dnat_addresses(topo):
             if rule.type == "dnat":
                 out.setdefault(mb.switch, []).append((name, rule.logical_ip))
     return out
+
+
+def _as_blocks(blocks):
+    """``blocks`` as a ``slices.Blocks`` (itself if it is one: never changed
+    once built, and its ``of_rule`` index may be built already)."""
+    return blocks if isinstance(blocks, slicelib.Blocks) else slicelib.Blocks(blocks)
