@@ -51,7 +51,21 @@ the slices decided for it, so it arrives after them) and
 switch has applied round r once every barrier sent up to r is acknowledged;
 then the engine writes its host's southbound ``Chassis_Private`` row:
 connected, and the two generations.  The logical controller turns those
-into ``NB_Global.hv_cfg`` and the VMs' locations.
+into ``NB_Global.hv_cfg`` and the VMs' locations.  ``sb_cfg`` is reported
+only for hosts a round touched (flow parts computed again, barriers
+pending, or a report owed): the logical controller waits for the hosts a
+VM's binding touches only, and the hosts the binding touched owe it the
+report of every ``sb_cfg`` until the VM's location is written (the
+``sb_cfg`` raised for the binding arrives after it; ``ovsdb/mbx_sb.md``,
+the sb_cfg protocol).  A round of an unchanged ``nb_cfg`` publishes only
+the status of the switches it touched.
+
+Runtime rows by change.  The southbound connection hands over what
+changed (``SbDelta``); the engine keeps the rows (``SbRuntime``), the
+logical controller's slices and the SNAT blocks recorded in their status
+slice by slice (``slices.RecordedBlocks``), and tells the topology which
+of them changed, so no event parses or compares every slice of the
+cloud.
 
 Migrations (docs/migration.md).  When a VM's port appears on one of its
 hosts, other than the VM's last host (southbound ``VM_Location``), and no

@@ -32,10 +32,20 @@ shared state, IDS alerts) from the southbound database
   naming its chassis and a new epoch once every connected host has applied
   flows computed with that binding: the logical controller raises
   ``SB_Global.sb_cfg`` when it sees the binding, and waits until every
-  connected host reports that ``sb_cfg`` or a later one.  A VM whose port
+  connected host whose flows the binding touches (the hosts of the VM's
+  logical switch before and after it, its new and previous host) reports
+  that ``sb_cfg`` or a later one; the physical controllers report it for
+  those hosts only (``ovsdb/mbx_sb.md``, the sb_cfg protocol).  A VM whose port
   is gone from its host gets its location cleared, its epoch kept.  Each
   location is mirrored into ``VM.host`` / ``VM.location_epoch`` for
-  operators in the same round; programs read ``VM_Location``.
+  operators in the same round, all of a round's in one transaction;
+  programs read ``VM_Location``.  Those mirror writes do not notify this
+  controller again (``own_status_write``).
+* **Runtime rows by change**: the southbound connection hands over what
+  changed (``SbDelta``); the rows are kept (``SbRuntime``), the SNAT
+  blocks recorded in the slices' status slice by slice, and only the
+  slices that changed are compared with the database and written
+  (``Southbound.update_slices``).
 * **Service status**: the load balancers' backend health that the daemons
   publish as shared state, merged into ``LB_VIP.status``; each IDS's alert
   count into ``Middlebox.status``.
