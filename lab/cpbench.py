@@ -1108,8 +1108,10 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
     res["one_host"] = {"ms": _dist(alone), "hosts": len(alone),
                        "met": max(alone) <= TARGET_ONE_HOST_MS}
     out("cpbench: one host's flows computed alone: %s ms" % res["one_host"]["ms"])
+    load_before = os.getloadavg()[0]
     records = measure_moves(ctl, moves)
     reaction = [r["appear"]["reaction_ms"] for r in records]
+    res["load_during_moves"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     res["move"] = {"reaction_ms": dict(_dist(reaction), p99=_p99(reaction)),
                    "source_gone_handled_ms": _dist([r["gone"]["handled_ms"] for r in records]),
                    "met": _p99(reaction) <= TARGET_MOVE_MS,
@@ -1372,11 +1374,13 @@ def _gap_text(r):
             "topology's mappings are never changed once handed over, so each change copies "
             "the bindings (50,000) and slices (25,000) mappings; and each round of the "
             "physical controller still passes over every switch (about 1 ms at 1000 "
-            "hosts).  The machine is shared: the load during the run is in the results.  "
+            "hosts).  The machine is shared (2 CPUs; 1-minute load average before and "
+            "after the moves: %s).  "
             "Python's cyclic garbage collector walking every flow of every host "
             "(millions of objects) when a collection of the oldest generation falls in "
             "the move shows in the second figure (`gc.freeze()` after programming)." % (
-                r["move"]["reaction_ms"]["p99"], r["move"]["reaction_ms"]["max"]))
+                r["move"]["reaction_ms"]["p99"], r["move"]["reaction_ms"]["max"],
+                " / ".join("%.2f" % x for x in r.get("load_during_moves", ())) or "-"))
     return out
 
 
