@@ -167,6 +167,21 @@ class SbDelta:
                 and self.ids_alerts is None and self.migrations is None)
 
 
+def host_names(known, change):
+    """The names of the hosts after ``change`` (an ``SbSnapshot``: all of
+    them; an ``SbDelta``: those that changed), ``known`` the names before
+    it (None: none yet)."""
+    if not isinstance(change, SbDelta):
+        return frozenset(change.hosts)
+    names = set(known or ())
+    for name, rec in change.hosts.items():
+        if rec is None:
+            names.discard(name)
+        else:
+            names.add(name)
+    return frozenset(names)
+
+
 class SbRuntime:
     """The southbound runtime rows kept change by change: the attributes of
     an ``SbSnapshot`` (a consumer reads it as one), updated in place by

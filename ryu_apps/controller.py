@@ -24,6 +24,7 @@ from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER,
 from os_ken.ofproto import ofproto_v1_3
 
 from ovsdb import DEFAULT_DB
+from mbxmodel.snapshot import host_names
 from ovsdb.locks import LockThread, hosts_of, wanted_locks
 from ryu_apps import ofmsg, pipeline
 from ryu_apps.engine import Engine, EngineLoop
@@ -105,7 +106,7 @@ class MbxController(app_manager.OSKenApp):
         """On the southbound thread: the runtime rows, and with them the
         hosts whose locks it stands by for."""
         self.loop.post("runtime_changed", snap)
-        hosts = frozenset(snap.hosts)
+        hosts = host_names(self._known_hosts, snap)
         if hosts != self._known_hosts:
             self._known_hosts = hosts
             self.locks.want(wanted_locks(hosts, self._preferred, self._standby))

@@ -149,3 +149,20 @@ def test_the_delta_between_two_snapshots_takes_one_to_the_other():
     for old, new in zip(snaps, snaps[1:]):
         runtime.apply(sb_delta(old, new))
         assert runtime.snapshot() == new
+
+
+def test_host_names_follow_a_snapshot_then_deltas():
+    """The hosts a standby controller asks locks for: a delta names only the
+    hosts that changed, the others stay."""
+    from mbxmodel.snapshot import SbDelta, SbSnapshot, host_names
+    from mbxmodel.state import HostRecord
+    h = {n: HostRecord(name=n, encap_type="vxlan", encap_ip="10.0.0.%d" % i)
+         for i, n in enumerate(("h1", "h2", "h3"), 1)}
+    names = host_names(None, SbSnapshot(hosts={"h1": h["h1"], "h2": h["h2"]}))
+    assert names == {"h1", "h2"}
+    names = host_names(names, SbDelta(hosts={"h3": h["h3"]}))
+    assert names == {"h1", "h2", "h3"}
+    names = host_names(names, SbDelta(hosts={"h1": None}))
+    assert names == {"h2", "h3"}
+    assert host_names(names, SbDelta(sb_cfg=4)) == {"h2", "h3"}
+    assert host_names(None, SbDelta(hosts={"h1": h["h1"]})) == {"h1"}
