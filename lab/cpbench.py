@@ -361,7 +361,7 @@ class FakeSb:
     def raise_sb_cfg(self, value):
         self.sb_cfg = max(self.sb_cfg, value)
 
-    def set_slices(self, slices, status=None):
+    def set_slices(self, slices, status=None, datapaths=None):
         return self._apply(slices=dict(slices), slice_status=dict(status or {}))
 
     def set_vm_location(self, vm, host, epoch):

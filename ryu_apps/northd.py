@@ -241,7 +241,9 @@ class Northd:
                 or {k: v for k, v in status.items() if v} \
                 != {k: v for k, v in current.items() if v and k in topo.slices}
         if differ and self._written.get(("slices",)) != state.version:
-            self._slices_written = self._sb.set_slices(dict(topo.slices), status)
+            self._slices_written = self._sb.set_slices(
+                dict(topo.slices), status,
+                {chain: slicelib.chain_switch(topo, chain) for chain, _ in topo.slices})
             self._written[("slices",)] = state.version
         self._slices_checked = (state.version, snap)
 

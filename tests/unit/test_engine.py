@@ -198,7 +198,7 @@ class FakeSb:
     def set_vm_location(self, vm, host, epoch):
         return self._apply(("vm", vm, host, epoch))
 
-    def set_slices(self, slices, status=None):
+    def set_slices(self, slices, status=None, datapaths=None):
         return self._apply(("slices", dict(slices), dict(status or {})))
 
     def record_migration(self, vm, source, destination, path, wait_ms):
