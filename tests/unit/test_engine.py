@@ -199,6 +199,7 @@ class FakeSb:
         return self._apply(("vm", vm, host, epoch))
 
     def set_slices(self, slices, status=None, datapaths=None):
+        self.slice_datapaths = dict(datapaths or {})
         return self._apply(("slices", dict(slices), dict(status or {})))
 
     def record_migration(self, vm, source, destination, path, wait_ms):
