@@ -259,15 +259,14 @@ class Southbound:
                         row.delete()
                     continue
                 tenant, vni, config = value
-                ports = dplib.ports(config)
                 if row is None:
                     row = txn.insert(table)
                     row.name = name
-                elif (row.tenant, row.vni, row.config, sorted(row.ports)) == (
-                        tenant, vni, config, ports):
+                elif (row.tenant, row.vni, row.config) == (tenant, vni, config) and (
+                        row.ports or not dplib.ports(config)):  # (none: before 2.1.0)
                     continue
                 row.tenant, row.vni, row.config = tenant, vni, config
-                row.ports = ports
+                row.ports = dplib.ports(config)
             if nb_cfg is not None:
                 found = list(idl_.tables["SB_Global"].rows.values())
                 top = found[0] if found else txn.insert(idl_.tables["SB_Global"])

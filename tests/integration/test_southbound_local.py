@@ -152,3 +152,19 @@ def test_a_switch_whose_last_vm_and_slice_leave_is_dropped(local):
                       "where": [["chassis", "==", "h1"]]})
     until(events, lambda e: e == ("datapaths", set()))
     assert replica(sb) == {}
+
+
+def test_a_row_written_before_ports_existed_gets_them_when_compared(remote):
+    transact(remote, {"op": "insert", "table": "Datapath",
+                      "row": {"name": "ls-old", "tenant": "old", "vni": 9,
+                              "config": config("o1")}})
+    northd = Southbound(remote, runtime_tables=NORTHD_TABLES, datapaths=True)
+    northd.start()
+    try:
+        northd.set_datapaths({"ls-old": ("old", 9, config("o1"))},
+                             complete=True).result(WAIT)
+    finally:
+        northd.stop()
+    out = transact(remote, {"op": "select", "table": "Datapath", "where": [],
+                            "columns": ["ports"]})
+    assert out[0]["rows"] == [{"ports": "o1"}]
