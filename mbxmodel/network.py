@@ -75,12 +75,15 @@ class ChassisStatus:
     """What the physical controller serving a host says of it (southbound
     Chassis_Private): its switch is connected, and the config generation
     (northbound ``nb_cfg``) and runtime generation (southbound ``sb_cfg``)
-    whose flows the switch has acknowledged."""
+    whose flows the switch has acknowledged; and, written by the host's
+    mbxd, the config generation whose service stages it has applied
+    (``mb_cfg``, None while its mbxd has never reported)."""
     name: str
     controller: str = ""
     connected: bool = False
     nb_cfg: int = 0
     sb_cfg: int = 0
+    mb_cfg: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class HostRecord:
     connected: bool = False         # Chassis_Private: a controller has its switch
     datapath_id: Optional[str] = None   # Chassis: e.g. "0000aabbccddeeff"
     migration_address: str = ""     # Chassis: where its mbxd accepts state
+    mb_cfg: Optional[int] = None    # Chassis_Private: config generation its mbxd applied
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,13 @@ are::
     NB LB_VIP           _uuid in {middlebox.vips}
     NB Address_Set      _uuid in {rule.address_sets}
     NB External_Network every row                                (fixed)
+    NB NB_Global, SB SB_Global   every row: nb_cfg                (fixed)
+    SB Chassis_Private  name == HOST: its mb_cfg                 (fixed)
 
-Nothing else of either database is monitored (the daemon only writes
+The last three are outside the walk, the HostConfig and ``held_rows()``:
+``generation()`` and ``reported()`` read them for ``middlebox.mbcfg``, and
+a change of them alone rebuilds nothing.  Nothing else of either database
+is monitored (the daemon only writes
 IDS_Alert rows, see ``middlebox.shared``; ``VM.host`` is an operator's
 mirror of VM_Location and is not read).  Every condition starts as "no rows"
 (``[]``) except the fixed ones and Chassis'.  The two schemas' table names
@@ -109,6 +114,11 @@ NB_COLUMNS = {
     "External_Network": ("name", "cidr", "gateway_ip", "gateway_mac"),
 }
 COLUMNS = dict(SB_COLUMNS, **NB_COLUMNS)
+# The config generation (``generation()``) and this host's report of it
+# (``reported()``): fixed conditions, outside the condition walk, the
+# HostConfig and ``held_rows()``; a change of them alone builds nothing.
+SB_CFG_COLUMNS = {"SB_Global": ("nb_cfg",), "Chassis_Private": ("name", "mb_cfg")}
+NB_CFG_COLUMNS = {"NB_Global": ("nb_cfg",)}
 TABLES = tuple(COLUMNS)
 # Tables whose rows make up the HostConfig (Shared_State is handed over
 # separately, to middlebox.shared; Migration and Chassis rows to
@@ -604,6 +614,16 @@ def build_host_config(host_name, tables, warn=None):
     return HostConfig(host=host_name, slices=slices)
 
 
+def generation_of(nb_global, sb_global):
+    """The config generation of plain ``NB_Global`` and ``SB_Global`` rows
+    (at most one each; none: 0): the lower of the two ``nb_cfg``."""
+    def cfg(rows):
+        for row in rows:
+            return row.nb_cfg if isinstance(row.nb_cfg, int) else 0
+        return 0
+    return min(cfg(nb_global), cfg(sb_global))
+
+
 def held_names(tables):
     """{table: sorted names}: rows by their name column (VM_Location rows
     by their VM), Shared_State rows as ``middlebox/service/key@host``,
@@ -641,34 +661,48 @@ def plain_row(row, columns):
 
 
 class _Idl(ovsidl.Idl):
-    """An Idl that counts the change notices of Shared_State rows, so the
-    monitor can tell config changes from shared-state traffic: each row
-    change adds one to ``change_seqno`` and gives one notice."""
+    """An Idl that counts the change notices of Shared_State rows and of
+    the generation tables (``SB_CFG_COLUMNS``, ``NB_CFG_COLUMNS``), so the
+    monitor can tell config changes from shared-state traffic and
+    generation numbers: each row change adds one to ``change_seqno`` and
+    gives one notice."""
+
+    QUIET = frozenset(("Shared_State",) + tuple(SB_CFG_COLUMNS) + tuple(NB_CFG_COLUMNS))
 
     def __init__(self, *args, **kwargs):
         self.shared_notices = 0
         super().__init__(*args, **kwargs)
 
     def notify(self, event, row, updates=None):
-        if row._table.name == "Shared_State":
+        if row._table.name in self.QUIET:
             self.shared_notices += 1
 
     def config_seqno(self):
-        """Moves when anything but Shared_State rows changed."""
+        """Moves when anything but Shared_State rows and generation rows
+        changed."""
         return self.change_seqno - self.shared_notices
 
 
 class _Replica:
     """One database's IDL and the conditions asked of it."""
 
-    def __init__(self, remote, schema, columns, conds, probe_interval):
+    def __init__(self, remote, schema, columns, conds, probe_interval,
+                 fixed=None):
+        """``fixed``: {table: (columns, condition)} monitored besides
+        ``columns``, whose conditions never change."""
+        fixed = fixed or {}
         helper = ovsidl.SchemaHelper(location=schema)
         for table, cols in columns.items():
             helper.register_columns(table, list(cols))
+        for table, (cols, _cond) in fixed.items():
+            helper.register_columns(table, list(cols))
         self.idl = _Idl(remote, helper, probe_interval=probe_interval)
         self.columns = columns
+        self.fixed = {table: cols for table, (cols, _cond) in fixed.items()}
         self.conds = {table: conds[table] for table in columns}
         for table, cond in self.conds.items():
+            self.idl.cond_change(table, cond)
+        for table, (_cols, cond) in fixed.items():
             self.idl.cond_change(table, cond)
 
     def ask(self, conds):
@@ -691,14 +725,14 @@ class _Replica:
         if idl.state != idl.IDL_S_MONITORING or \
                 not idl._session.is_connected() or idl.cond_changed:
             return False
-        for table in self.columns:
+        for table in list(self.columns) + list(self.fixed):
             state = idl.tables[table].condition_state
             if state.new is not None or state.requested is not None:
                 return False
         return True
 
     def plain(self, table):
-        columns = self.columns[table]
+        columns = self.columns.get(table) or self.fixed[table]
         return {u: plain_row(row, columns)
                 for u, row in self.idl.tables[table].rows.items()}
 
@@ -717,13 +751,18 @@ class ConfigMonitor:
         self.host_name = host_name
         conds = initial_conditions(host_name)
         self._sb = _Replica(sb_remote or nb_remote, sb_schema, SB_COLUMNS,
-                            conds, probe_interval)
+                            conds, probe_interval, fixed={
+                                "SB_Global": (SB_CFG_COLUMNS["SB_Global"], [True]),
+                                "Chassis_Private": (SB_CFG_COLUMNS["Chassis_Private"],
+                                                    [["name", "==", host_name]])})
         self._nb = _Replica(nb_remote, nb_schema, NB_COLUMNS, conds,
-                            probe_interval)
+                            probe_interval, fixed={
+                                "NB_Global": (NB_CFG_COLUMNS["NB_Global"], [True])})
         self._replicas = (self._sb, self._nb)
         self._conds = conds
         self._seen_seqno = None
         self._built_key = None
+        self._generation = (None, None)     # (replicas' change_seqno, generation)
         self._config = HostConfig(host=host_name, slices={})
         self._warned = set()
         self._last_error = None
@@ -812,7 +851,33 @@ class ConfigMonitor:
         (see ``held_names``)."""
         return held_names(self._plain_tables())
 
-    # -- writers (middlebox.shared, middlebox.migration)
+    # -- the config generation (middlebox.mbcfg)
+
+    def generation(self):
+        """The config generation the settled replicas hold, or None while
+        not ``synced()``: the lower of the northbound ``NB_Global.nb_cfg``
+        (the intent, which arrives with the change it counts) and the
+        southbound ``SB_Global.nb_cfg`` (the logical controller's slices
+        and decisions for it, which arrive before it); 0 without the row.
+        ``config()`` is built from replicas that hold it."""
+        if not self.synced():
+            return None
+        key = tuple(rep.idl.change_seqno for rep in self._replicas)
+        if key != self._generation[0]:      # read again only after a change
+            self._generation = (key, generation_of(
+                self._nb.plain("NB_Global").values(),
+                self._sb.plain("SB_Global").values()))
+        return self._generation[1]
+
+    def reported(self):
+        """This host's ``Chassis_Private.mb_cfg`` as the replica holds it:
+        ``(row exists, value or None)``."""
+        for row in self._sb.plain("Chassis_Private").values():
+            if row.name == self.host_name:
+                return True, from_row.optional(row.mb_cfg)
+        return False, None
+
+    # -- writers (middlebox.shared, middlebox.migration, middlebox.mbcfg)
 
     @property
     def sb_idl(self):

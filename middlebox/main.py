@@ -11,7 +11,8 @@ one poll loop (as ovs-vswitchd's Python helpers do) over:
   are), through conditional monitors that hold only this host's slices and
   what they need (``middlebox.confmon``); every change
   recompiles the service stages (``middlebox.dataplane``) and installs the
-  difference;
+  difference; once the switch has acknowledged it, the config generation
+  is reported (``Chassis_Private.mb_cfg``, ``middlebox.mbcfg``);
 * the middlebox port, where the switch sends what it asks the service
   (``middlebox.packetio``, decided by ``middlebox.service``);
 * an OpenFlow 1.3 connection to the bridge's management socket: the
@@ -41,7 +42,7 @@ import ovs.unixctl
 import ovs.unixctl.server
 import ovs.util
 
-from middlebox import appctl, dataplane, metrics, migchan, pki, vmstate
+from middlebox import appctl, dataplane, mbcfg, metrics, migchan, pki, vmstate
 from middlebox.arrivals import Arrivals
 from middlebox.confmon import ConfigMonitor
 from middlebox.conntable import ConnTable
@@ -133,6 +134,8 @@ class Daemon:
         # State sharing manager (middlebox.shared): services publish and read
         # through it; its writes go out on the monitor's southbound IDL.
         self.shared = SharedState(args.host, monitor=self.conf)
+        # Chassis_Private.mb_cfg: the config generation applied (mbcfg).
+        self.mbcfg = mbcfg.Writer(self.conf, args.host)
         self.service.shared = self.shared
         self.arrivals = Arrivals()
         self.service.arrivals = self.arrivals
@@ -206,7 +209,7 @@ class Daemon:
                 time.sleep(0.5)
                 continue
             of.on_flow_stats = self._flow_stats
-            of.on_barrier = self._barrier
+            of.on_barrier = self._on_barrier
             of.on_flow_removed = self._flow_removed
             return of
 
@@ -313,6 +316,10 @@ class Daemon:
         self._stats_waiters.append(callback)
         if self._stats_xid is None:
             self._stats_xid = self.of.request_flow_stats(P.DAEMON_COOKIE, P.COOKIE_MASK)
+
+    def _on_barrier(self, xid):
+        self.mbcfg.reporter.on_barrier(xid)
+        self._barrier(xid)
 
     def _barrier(self, xid):
         for frame, tci in self._after.pop(xid, ()):
@@ -454,15 +461,20 @@ class Daemon:
                 self._migration_rows()
                 if self._dirty_plane or self.arrivals.changed():
                     self.replan()
+                # The plane of the settled config is sent: a barrier says
+                # when the switch holds it (mb_cfg).
+                self.mbcfg.reporter.settled(self.conf.generation(), self.of.barrier)
                 self._packets(now)
                 self._timers(now)
                 self._migration_run()
             server.run()
             self.shared.flush()         # this iteration's shared-state writes
+            self.mbcfg.flush()
             metrics.publish(self.service)
             poller = ovs.poller.Poller()
             self.conf.wait(poller)
             self.shared.wait(poller)
+            self.mbcfg.wait(poller)
             self.of.wait(poller)
             if self.recovered:
                 poller.fd_wait(self.port.fileno(), ovs.poller.POLLIN)

@@ -19,8 +19,10 @@ One OVSDB connection, on its own thread, for the whole cloud:
   reported);
 * the runtime rows a controller asks for (``runtime_tables``: of Slice,
   VM_Location, Migration, Shared_State, IDS_Alert) with the hosts' chassis
-  records, as one ``SbSnapshot`` whenever one of them changed, before the
-  ports that arrived with it;
+  records, as what changed (an ``SbDelta``, ``mbxmodel.snapshot``: the rows
+  the IDL reported changed, converted once; the first one, and the first
+  after a reconnection, carries every row), before the ports that arrived
+  with it;
 * and, once the database's contents have arrived the first time, that it
   is ready.
 
@@ -41,7 +43,7 @@ from ovs.db import idl
 
 from mbxmodel import datapath as dplib
 from mbxmodel.network import ChassisStatus, HostPorts
-from mbxmodel.snapshot import sb_snapshot
+from mbxmodel.snapshot import RuntimeRows
 from ovsdb import localdp
 from ovsdb.api.migration import create_migration
 from ovsdb.api.runtime import write_vm_location
@@ -124,8 +126,16 @@ def chassis_statuses(rows):
     """Pure: {name: ChassisStatus} from IDL-like Chassis_Private rows."""
     return {r.name: ChassisStatus(name=r.name, controller=r.controller,
                                   connected=bool(r.connected), nb_cfg=r.nb_cfg,
-                                  sb_cfg=r.sb_cfg)
+                                  sb_cfg=r.sb_cfg,
+                                  mb_cfg=_one(getattr(r, "mb_cfg", None)))
             for r in rows}
+
+
+def _chain_result(source, target):
+    if source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())
 
 
 def _sb_cfg(idl_):
@@ -147,13 +157,14 @@ def _datapath_rows(idl_):
 
 
 class _Idl(idl.Idl):
-    """Notes which tables changed, so the runtime snapshot is built only
-    when one of its tables did."""
+    """Notes which tables changed, and which rows of the runtime tables
+    (``changed``: {table: {uuid: row, or None if deleted}}), so the
+    runtime is handed over as what changed (``RuntimeRows``)."""
 
     def __init__(self, remote, helper, watched):
         super().__init__(remote, helper)
         self.watched = watched
-        self.runtime_dirty = True
+        self.changed = {}
         self.datapaths_dirty = True
         self.local_dirty = True
 
@@ -165,17 +176,24 @@ class _Idl(idl.Idl):
                 table == "SB_Global" and (event != idl.ROW_UPDATE or updates is None
                                           or "nb_cfg" in updates._data)):
             self.datapaths_dirty = True
-        if table in self.watched or (
+        if table in self.watched or table == "Chassis_Private" or (
                 table == "Chassis" and (event != idl.ROW_UPDATE or updates is None
                                         or _CHASSIS_RUNTIME & set(updates._data))):
-            self.runtime_dirty = True
+            self.changed.setdefault(table, {})[row.uuid] = \
+                None if event == idl.ROW_DELETE else row
+
+    def session_seqno(self):
+        """Changes on each (re)connection: the replica is then sent again,
+        without the deletions missed meanwhile."""
+        return self._session.get_seqno()
 
 
 class Southbound:
     """The connection; callbacks run on its thread and must be cheap (post
     an event).  ``on_ports(host, HostPorts)``, ``on_status({name:
     ChassisStatus})``, ``on_sb_cfg(value)``, ``on_ready()``,
-    ``on_runtime(SbSnapshot)`` (the ``runtime_tables`` and the chassis);
+    ``on_runtime(SbDelta)`` (the ``runtime_tables`` and the chassis: what
+    changed; a consumer keeps them with ``SbRuntime.apply``);
     with ``datapaths=True`` (the controllers) the Datapath rows are
     monitored and ``on_datapaths({name: (tenant, vni, config)},
     SB_Global.nb_cfg)`` reports them; ``hosts`` (a controller that serves
@@ -202,7 +220,7 @@ class Southbound:
         helper.register_columns("Port_Binding", ["logical_port", "chassis",
                                                  "ofport", "mac"])
         helper.register_columns("Chassis_Private", ["name", "controller", "connected",
-                                                    "nb_cfg", "sb_cfg"])
+                                                    "nb_cfg", "sb_cfg", "mb_cfg"])
         helper.register_columns("SB_Global", ["sb_cfg", "nb_cfg"])
         if datapaths:
             helper.register_columns("Datapath", ["name", "tenant", "vni", "config",
@@ -211,6 +229,7 @@ class Southbound:
         if self._local is not None:
             helper.register_columns("Slice", ["chassis", "datapath"])
         self._idl = _Idl(remote, helper, frozenset(runtime_tables))
+        self._runtime_rows = RuntimeRows()
         self._local_cond = []
         if self._local is not None:
             self._idl.cond_change("Datapath", self._local_cond)
@@ -282,6 +301,48 @@ class Southbound:
                                                          checked, datapaths),
                           "%d slices" % len(desired))
 
+    def update_slices(self, changes, datapaths=None):
+        """Some slices, in one transaction: ``changes`` {(chain, chassis):
+        (tag, status), or None: no such slice}; the other rows are left
+        alone (their rows found through the kept index, not a pass over
+        the table).  A slice of a chassis with no Chassis row is left out
+        (``write_slices``).  ``datapaths``: {chain: its logical switch},
+        the changed rows' ``datapath``."""
+        desired, checked = check_slices(
+            {k: v[0] for k, v in changes.items() if v is not None},
+            {k: v[1] for k, v in changes.items() if v is not None})
+        gone = [k for k, v in changes.items() if v is None]
+
+        def fn(idl_, txn):
+            table = idl_.tables["Slice"]
+            chassis = self._runtime_rows.chassis_names()
+            for key in sorted(desired.keys() | set(gone)):
+                rows = sorted((table.rows[u] for u in self._runtime_rows.slice_rows(key)
+                               if u in table.rows), key=lambda r: r.uuid)
+                keep = key in desired and key[1] in chassis
+                for row in rows[1 if keep else 0:]:
+                    row.delete()
+                if not keep:
+                    continue
+                status = checked.get(key, {})
+                switch = (datapaths or {}).get(key[0])
+                if not rows:
+                    row = txn.insert(table)
+                    row.chain = dict(enumerate(key[0]))
+                    row.chassis, row.tag, row.status = key[1], desired[key], status
+                    if switch:
+                        row.datapath = [switch]
+                    continue
+                row = rows[0]
+                if row.tag != desired[key]:
+                    row.tag = desired[key]
+                if dict(row.status) != status:
+                    row.status = status
+                if datapaths is not None and list(row.datapath) != (
+                        [switch] if switch else []):
+                    row.datapath = [switch] if switch else []
+        return self.write(fn, "%d slices changed" % len(changes))
+
     def set_vm_location(self, vm, chassis, epoch):
         """VM_Location of ``vm``: ``chassis`` (None: nowhere), ``epoch``."""
         return self.write(lambda idl_, txn: write_vm_location(idl_.tables, txn, vm,
@@ -298,8 +359,12 @@ class Southbound:
 
     def set_chassis_statuses(self, statuses):
         """Hosts' Chassis_Private rows (ChassisStatus values), in one
-        transaction."""
+        transaction.  Only the controller's columns: ``mb_cfg`` is the
+        host's mbxd's, which may also create the row (with its name and
+        ``mb_cfg`` only); an insert that meets the daemon's is written
+        again, once, as an update of the row the replica then holds."""
         statuses = list(statuses)
+        inserted = []
 
         def fn(idl_, txn):
             rows = {r.name: r for r in idl_.tables["Chassis_Private"].rows.values()}
@@ -308,13 +373,26 @@ class Southbound:
                 if row is None:
                     row = txn.insert(idl_.tables["Chassis_Private"])
                     row.name = status.name
+                    inserted.append(status.name)
                 row.controller = status.controller
                 row.connected = status.connected
                 row.nb_cfg = status.nb_cfg
                 row.sb_cfg = status.sb_cfg
-        return self.write(fn, "status of %s" % ", ".join(s.name for s in statuses[:3])
-                          + (" and %d more" % (len(statuses) - 3)
-                             if len(statuses) > 3 else ""))
+        what = "status of %s" % ", ".join(s.name for s in statuses[:3]) + (
+            " and %d more" % (len(statuses) - 3) if len(statuses) > 3 else "")
+        future = self.write(fn, what)
+        outcome = concurrent.futures.Future()
+        outcome.retries = 0
+
+        def done(f):
+            if f.exception() is not None and inserted and outcome.retries == 0:
+                outcome.retries = 1
+                again = self.write(fn, what)
+                again.add_done_callback(lambda g: _chain_result(g, outcome))
+            else:
+                _chain_result(f, outcome)
+        future.add_done_callback(done)
+        return outcome
 
     def raise_sb_cfg(self, value):
         """``SB_Global.sb_cfg`` becomes ``value`` unless it is already higher."""
@@ -330,7 +408,7 @@ class Southbound:
     # ------------------------------------------------------------- thread
     def _run(self):
         last_seqno = None
-        last_ports, last_status, last_cfg, last_runtime = {}, None, None, None
+        last_ports, last_status, last_cfg, last_session = {}, None, None, None
         last_datapaths = None
         ready = False
         inflight = []           # (txn, fn, what)
@@ -350,13 +428,19 @@ class Southbound:
                     if datapaths != last_datapaths:
                         last_datapaths = datapaths
                         self._on_datapaths(*datapaths)
-                if self._idl.runtime_dirty:
-                    self._idl.runtime_dirty = False
-                    runtime = sb_snapshot({name: table.rows.values()
-                                           for name, table in self._idl.tables.items()})
-                    if runtime != last_runtime:
-                        last_runtime = runtime
-                        self._on_runtime(runtime)
+                changed, self._idl.changed = self._idl.changed, {}
+                tables = {name: table.rows for name, table in self._idl.tables.items()}
+                session = self._idl.session_seqno()
+                if session != last_session:
+                    # every row again, once the replica holds some (a
+                    # reconnection empties it first)
+                    if any(tables.values()) or not ready:
+                        last_session = session
+                        self._on_runtime(self._runtime_rows.resync(tables))
+                else:
+                    delta = self._runtime_rows.delta(changed, tables)
+                    if not delta.empty:
+                        self._on_runtime(delta)
                 ports = host_ports_from_southbound(
                     self._idl.tables["Chassis"].rows.values(),
                     self._idl.tables["Port_Binding"].rows.values(),

@@ -63,7 +63,21 @@ the slices decided for it, so it arrives after them) and
 switch has applied round r once every barrier sent up to r is acknowledged;
 then the engine writes its host's southbound ``Chassis_Private`` row:
 connected, and the two generations.  The logical controller turns those
-into ``NB_Global.hv_cfg`` and the VMs' locations.
+into ``NB_Global.hv_cfg`` and the VMs' locations.  ``sb_cfg`` is reported
+only for hosts a round touched (flow parts computed again, barriers
+pending, or a report owed): the logical controller waits for the hosts a
+VM's binding touches only, and the hosts the binding touched owe it the
+report of every ``sb_cfg`` until the VM's location is written (the
+``sb_cfg`` raised for the binding arrives after it; ``ovsdb/mbx_sb.md``,
+the sb_cfg protocol).  A round of an unchanged ``nb_cfg`` publishes only
+the status of the switches it touched.
+
+Runtime rows by change.  The southbound connection hands over what
+changed (``SbDelta``); the engine keeps the rows (``SbRuntime``), the
+logical controller's slices and the SNAT blocks recorded in their status
+slice by slice (``slices.RecordedBlocks``), and tells the topology which
+of them changed, so no event parses or compares every slice of the
+cloud.
 
 Migrations (docs/migration.md).  When a VM's port appears on one of its
 hosts, other than the VM's last host (southbound ``VM_Location``), and no
@@ -87,7 +101,7 @@ from ryu_apps import slices as slicelib
 from ryu_apps.topostate import ALL, TopologyState, config_dirty, host_info
 from ryu_apps.view import Bindings, config_key
 from mbxmodel.network import ChassisStatus, HostPorts
-from mbxmodel.snapshot import SbSnapshot
+from mbxmodel.snapshot import SbRuntime, SbSnapshot
 from mbxmodel.state import ACTIVE_MIGRATION
 from mbxmodel.topology import Topology
 
@@ -108,6 +122,8 @@ class _Switch:
     pending: Dict[int, int] = field(default_factory=dict)  # barrier xid -> round
     target_round: int = 0
     applied_round: int = 0
+    target_sb: int = 0              # the sb_cfg reported once target_round is applied
+    applied_sb: int = 0             # the sb_cfg reported (Chassis_Private.sb_cfg)
     current: bool = False           # installed = the flows of the last topology
 
 
@@ -118,7 +134,7 @@ class Engine:
         self._sb = sb
         self._hosts = None if hosts is None else frozenset(hosts)
         self.name = name
-        self.sb_snap = SbSnapshot()     # the runtime rows (runtime_changed)
+        self.sb_snap = SbRuntime()      # the runtime rows (runtime_changed)
         self.bindings = Bindings()
         self.switches: Dict[int, _Switch] = {}
         self._sb_ready = False
@@ -135,9 +151,16 @@ class Engine:
         #                                          for an unannounced migration
         self._state = TopologyState()   # the topology of the last recomputation
         self._config = None             # the configuration it was built from
-        self._decided = (None, None, (None, None), None)
-        #   (snapshot, records' topology, the (slices, SNAT blocks) of both, the
-        #    slice status they came from)
+        # The logical controller's decisions, kept as the runtime rows change:
+        self._slices = {}               # the slices whose chain the records know
+        self._recorded = slicelib.RecordedBlocks()  # the SNAT blocks they record
+        self._decided_intent = None     # the records' topology they were made for
+        self._slice_keys = None         # slices changed since (None: every one)
+        self._decided_keys = None       # (slice keys, block keys) changed since the
+        #                                 topology took them (None: every one)
+        self._owed: Dict[str, set] = {}  # vm -> hosts whose sb_cfg it is owed
+        self._hosts_changed = True      # a switch's host changed: publish every host
+        self._published_nb = None       # the nb_cfg of the last round published
 
     @property
     def host_ports(self):
@@ -183,14 +206,28 @@ class Engine:
         self._publish()
 
     # ------------------------------------------------------------- inputs
-    def runtime_changed(self, snap: SbSnapshot):
-        """The southbound runtime rows: hosts' chassis, slices, VM
-        locations, migrations."""
-        self.sb_snap = snap
-        self._config_changed()
-
-    def _config_changed(self):
-        config = config_key(self.sb_snap.hosts)
+    def runtime_changed(self, change):
+        """The southbound runtime rows (hosts' chassis, slices, VM
+        locations, migrations): what changed (an ``SbDelta``), or all of
+        them (an ``SbSnapshot``)."""
+        if isinstance(change, SbSnapshot):
+            self.sb_snap = SbRuntime.of(change)
+            self._slice_keys = None
+            config = config_key(self.sb_snap.hosts)
+        else:
+            self.sb_snap.apply(change)
+            if self._slice_keys is not None:
+                self._slice_keys.update(change.slices)
+            for vm, location in change.vm_locations.items():
+                self._location_written(vm, location)
+            config = self._config
+            if change.hosts and self._config is not None:
+                config = dict(self._config)
+                for name, rec in change.hosts.items():
+                    if rec is None:
+                        config.pop(name, None)
+                    else:
+                        config[name] = (rec.encap_ip, rec.encap_type)
         if config != self._config:
             self._config = config
             self._recompute()
@@ -199,6 +236,15 @@ class Engine:
             # or the logical controller's slices and blocks: no flow is
             # computed again unless those changed.
             self._recompute(changes=({}, ()))
+
+    def _location_written(self, vm, location):
+        """The logical controller wrote ``vm``'s location: the hosts that
+        owed it a report for the VM's binding owe it no more."""
+        if vm not in self._owed:
+            return
+        binding = self._state.topo.bindings.get(vm) if self._state.topo else None
+        if binding is None or (location is not None and location[0] == binding.host):
+            del self._owed[vm]
 
     def host_ports_changed(self, host, ports: HostPorts):
         old = self.bindings.update(host, ports)
@@ -262,6 +308,7 @@ class Engine:
         sw = self.switches.pop(dpid, None)
         if sw is not None:
             LOG.info("switch %016x (%s) disconnected", dpid, sw.host)
+            self._hosts_changed = True
             self._publish()
 
     def barrier_reply(self, dpid, xid):
@@ -271,6 +318,7 @@ class Engine:
         if sw.pending:
             return                      # its round is not applied yet: nothing to say
         sw.applied_round = sw.target_round
+        sw.applied_sb = sw.target_sb
         if sw.host is not None:
             self._report([self._host_status(sw)])
         self._forget_rounds()
@@ -283,6 +331,7 @@ class Engine:
 
     # ---------------------------------------------------------- internals
     def _match_switches(self):
+        self._hosts_changed = True
         by_dpid = {p.datapath_id: h for h, p in self.host_ports.items()
                    if p.datapath_id is not None and self.serves(h)}
         for sw in self.switches.values():
@@ -301,30 +350,58 @@ class Engine:
         return self._state.blocks
 
     def _decisions(self):
-        """The logical controller's slices and SNAT blocks in the snapshot:
-        the same objects as long as they are equal (the topology compares
-        them by identity first)."""
-        snap = self.sb_snap
-        seen, intent, (slices, blocks), status = self._decided
-        if seen is snap and intent is self._intent:
-            return slices, blocks
-        new_status = snap.slice_status
-        decided = dplib.known_slices(snap.slices, self._intent)
-        if slices is None or decided != slices:
-            slices = decided
-        if blocks is None or new_status != status:
-            blocks = slicelib.blocks_from_status(new_status)
-            status = new_status
-        self._decided = (snap, self._intent, (slices, blocks), status)
-        return slices, blocks
+        """The logical controller's slices and SNAT blocks in the runtime
+        rows, kept slice by slice: the same objects as long as they are
+        equal (the topology compares them by identity first); the keys
+        that changed since the topology last took them are in
+        ``_decided_keys``."""
+        snap, intent = self.sb_snap, self._intent
+        if self._decided_intent is not intent or self._slice_keys is None:
+            self._slices = dplib.known_slices(snap.slices, intent)
+            if self._slices is snap.slices:
+                self._slices = dict(snap.slices)
+            self._recorded = slicelib.RecordedBlocks(snap.slice_status)
+            self._decided_intent, self._slice_keys = intent, set()
+            self._decided_keys = None
+        elif self._slice_keys:
+            keys, self._slice_keys = self._slice_keys, set()
+            known = intent.middleboxes
+            changed = {}
+            for key in keys:
+                tag = snap.slices.get(key)
+                if tag is None or not all(n in known for n in key[0]):
+                    tag = None
+                if self._slices.get(key) != tag:
+                    changed[key] = tag
+            if changed:
+                slices = dict(self._slices)     # a new mapping: handed over before
+                for key, tag in changed.items():
+                    if tag is None:
+                        del slices[key]
+                    else:
+                        slices[key] = tag
+                self._slices = slices
+            blocks = self._recorded.update({k: snap.slice_status.get(k) for k in keys})
+            if self._decided_keys is not None:
+                self._decided_keys[0].update(changed)
+                self._decided_keys[1].update(blocks)
+        return self._slices, self._recorded.blocks
+
+    def _taken_keys(self):
+        """The decision keys changed since the topology last took them
+        (``_decisions``); the topology takes them now."""
+        keys, self._decided_keys = self._decided_keys, (set(), set())
+        return keys
 
     def _rebuild(self):
         hosts = {name: host_info(rec, self.host_ports.get(name, HostPorts()))
                  for name, rec in self.sb_snap.hosts.items()}
-        return self._state.rebuild(self._intent, hosts,
+        topo = self._state.rebuild(self._intent, hosts,
                                    self.bindings.bound(self._intent.vms), incoming=(),
                                    recorded_slices={}, slices={}, recorded_blocks={},
                                    decided=self._decisions())
+        self._taken_keys()
+        return topo
 
     def _recompute(self, changes=None, switches=None):
         """A new round.  ``changes``: (hosts' new ports {host: HostPorts},
@@ -354,33 +431,51 @@ class Engine:
                      if h in runtime.hosts}
             vms = sorted(vms)
             self._remember_hosts(runtime.vm_locations, vms)
+            before = self._state.topo.bindings
+            decided = self._decisions()
             dirty = self._state.update(
                 hosts, {vm: self.bindings.binding(vm, self._intent.vms.get(vm)) for vm in vms},
-                None, {}, slicelib.Blocks(), decided=self._decisions())
+                None, {}, slicelib.Blocks(), decided=decided,
+                decided_keys=self._taken_keys())
             topo = self._state.topo
+            self._owe(vms, before, topo.bindings, dirty)
         self._record_unannounced(topo, vms)     # before any flow for the new place
         program = self._all_hosts_reported()
+        owed = self._owed_hosts(topo)
+        sb_cfg = self._sb_cfg
+        touched = []                    # switches whose status may change now
         for sw in self.switches.values():
             if not program or not sw.synced or sw.host is None:
                 sw.current = False
                 continue
             parts = ALL if dirty is None or not sw.current else dirty.get(sw.host)
-            sw.target_round = rnd
             if parts is None:           # its flows cannot have changed
-                if not sw.pending:
-                    sw.applied_round = rnd
+                if sw.pending:
+                    sw.target_round, sw.target_sb = rnd, sb_cfg
+                else:
+                    sw.target_round = sw.applied_round = rnd
+                    if sw.host in owed:
+                        sw.target_sb = sw.applied_sb = sb_cfg
+                        touched.append(sw)
                 continue
+            touched.append(sw)
+            sw.target_round, sw.target_sb = rnd, sb_cfg
             diff = self._program(sw, topo, parts)
             if diff.empty:
                 if not sw.pending:
-                    sw.applied_round = rnd
+                    sw.applied_round, sw.applied_sb = rnd, sb_cfg
                 continue
             self._xid += 1
             LOG.info("%s: %d deletes, %d modifies, %d adds (round %d)", sw.host,
                      len(diff.deletes), len(diff.modifies), len(diff.adds), rnd)
             sw.pending[self._xid] = rnd
             self._send(sw.dpid, diff.commands(), self._xid)
-        self._publish()
+        # A round of an unchanged nb_cfg changes the status only of the
+        # switches it touched; any other round, any switch's.
+        nb_cfg = self._round_cfg[rnd][0]
+        whole = dirty is None or nb_cfg != self._published_nb
+        self._published_nb = nb_cfg
+        self._publish(None if whole else touched)
 
     def _program(self, sw, topo, parts):
         """Compute ``parts`` (ALL, or a set of part ids) of the switch's
@@ -411,6 +506,33 @@ class Engine:
         sw.installed = desired
         sw.current = True
         return diff
+
+    def _owe(self, vms, before, after, dirty):
+        """The hosts whose flows a VM's new binding touched (``dirty``) owe
+        the logical controller a report of the ``sb_cfg`` it raises for the
+        binding, which arrives after it: they report every ``sb_cfg`` until
+        the VM's location is written (``_location_written``)."""
+        hosts = set(dirty) if dirty is not None else set()
+        for vm in vms:
+            if before.get(vm) == after.get(vm):
+                continue
+            if after.get(vm) is None:
+                self._owed.pop(vm, None)
+            elif hosts:
+                self._owed.setdefault(vm, set()).update(hosts)
+
+    def _owed_hosts(self, topo):
+        """The hosts that owe a report of the current sb_cfg: those a
+        binding touched (``_owe``) and the hosts of its switch now."""
+        if not self._owed:
+            return ()
+        out = set()
+        for vm, hosts in self._owed.items():
+            out |= hosts
+            info = topo.vms.get(vm)
+            if info is not None:
+                out |= slicelib.switch_hosts(topo, info.switch)
+        return out
 
     def _remember_hosts(self, locations, vms=None):
         """The last host ``VM_Location`` named, of ``vms`` (None: every VM):
@@ -469,29 +591,44 @@ class Engine:
             self._written[("chassis", st.name)] = st
         self._sb.set_chassis_statuses(fresh)
 
-    def _publish(self):
-        """Every served host's status: its switch's applied round, or not
-        connected (only hosts this engine has reported connected before)."""
-        live = self._live()
+    def _publish(self, only=None):
+        """Every served host's status (``only``: of these switches): its
+        switch's applied round, or not connected (only hosts this engine
+        has reported connected before, looked for when a switch's host
+        changed)."""
+        if only is None or self._hosts_changed:
+            live = self._live()
+        else:
+            live = [sw for sw in only if sw.synced and sw.host]
         statuses = []
         for sw in live:
             prev = self._written.get(("chassis", sw.host))
             if prev is None or not prev.connected or prev.controller != self.name or \
-                    (prev.nb_cfg, prev.sb_cfg) != self._round_cfg.get(sw.applied_round, (0, 0)):
+                    (prev.nb_cfg, prev.sb_cfg) != (
+                        self._round_cfg.get(sw.applied_round, (0, 0))[0], sw.applied_sb):
                 statuses.append(self._host_status(sw))
-        live_hosts = {sw.host for sw in live}
-        statuses += [dataclasses.replace(st, connected=False)
-                     for key, st in self._written.items()
-                     if key[0] == "chassis" and key[1] not in live_hosts and st.connected]
+        if self._hosts_changed:
+            self._hosts_changed = False
+            live_hosts = {sw.host for sw in live}
+            statuses += [dataclasses.replace(st, connected=False)
+                         for key, st in self._written.items()
+                         if key[0] == "chassis" and key[1] not in live_hosts and st.connected]
         self._report(statuses)
         self._forget_rounds()
 
     def _host_status(self, sw):
-        northd_cfg, sb_cfg = self._round_cfg.get(sw.applied_round, (0, 0))
+        """Its switch's applied round's nb_cfg; the sb_cfg of the last round
+        that touched the host's flows (or found it with barriers pending,
+        or owing a report): a host whose flows a binding did not touch has
+        trivially applied it, and the logical controller does not wait for
+        it."""
+        northd_cfg = self._round_cfg.get(sw.applied_round, (0, 0))[0]
         return ChassisStatus(name=sw.host, controller=self.name, connected=True,
-                             nb_cfg=northd_cfg, sb_cfg=sb_cfg)
+                             nb_cfg=northd_cfg, sb_cfg=sw.applied_sb)
 
     def _forget_rounds(self):
+        if len(self._round_cfg) < 64:
+            return                      # a pass over the switches every 64 rounds
         low = min((sw.applied_round for sw in self._live()), default=self._round)
         for rnd in [r for r in self._round_cfg if r < low]:
             del self._round_cfg[rnd]

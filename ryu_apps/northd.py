@@ -25,17 +25,29 @@ shared state, IDS alerts) from the southbound database
 * **``NB_Global.northd_cfg``**: once those writes are committed (the
   Datapath rows and the slices), the ``nb_cfg`` they were decided from
   (``ovsdb/mbx_nb.md``, the nb_cfg / hv_cfg protocol).
-* **``hv_cfg``**: the lowest ``nb_cfg`` the physical controllers report
-  (southbound ``Chassis_Private``) over the connected hosts.
+* **``hv_cfg``**: the lowest config generation the connected hosts have
+  applied (southbound ``Chassis_Private``): their physical controllers'
+  ``nb_cfg`` (flows) and their mbxd's ``mb_cfg`` (service stages;
+  ``hv_cfg_of``).
 * **VM locations**.  A VM whose port appeared somewhere (the newest
   southbound binding, ``ryu_apps.view``) gets a southbound ``VM_Location``
   naming its chassis and a new epoch once every connected host has applied
   flows computed with that binding: the logical controller raises
   ``SB_Global.sb_cfg`` when it sees the binding, and waits until every
-  connected host reports that ``sb_cfg`` or a later one.  A VM whose port
+  connected host whose flows the binding touches (the hosts of the VM's
+  logical switch before and after it, its new and previous host) reports
+  that ``sb_cfg`` or a later one; the physical controllers report it for
+  those hosts only (``ovsdb/mbx_sb.md``, the sb_cfg protocol).  A VM whose port
   is gone from its host gets its location cleared, its epoch kept.  Each
   location is mirrored into ``VM.host`` / ``VM.location_epoch`` for
-  operators in the same round; programs read ``VM_Location``.
+  operators in the same round, all of a round's in one transaction;
+  programs read ``VM_Location``.  Those mirror writes do not notify this
+  controller again (``own_status_write``).
+* **Runtime rows by change**: the southbound connection hands over what
+  changed (``SbDelta``); the rows are kept (``SbRuntime``), the SNAT
+  blocks recorded in the slices' status slice by slice, and only the
+  slices that changed are compared with the database and written
+  (``Southbound.update_slices``).
 * **Service status**: the load balancers' backend health that the daemons
   publish as shared state, merged into ``LB_VIP.status``; each IDS's alert
   count into ``Middlebox.status``.
@@ -49,7 +61,7 @@ from typing import Dict, Tuple
 
 from mbxmodel import datapath as dplib
 from mbxmodel.network import ChassisStatus, HostPorts
-from mbxmodel.snapshot import SbSnapshot
+from mbxmodel.snapshot import SbRuntime, SbSnapshot
 from mbxmodel.state import LB_HEALTH
 from ryu_apps import slices as slicelib
 from ryu_apps.topostate import TopologyState, host_info
@@ -62,6 +74,28 @@ LOG = logging.getLogger(__name__)
 # Datapath rows before the slices, the slices before northd_cfg).
 SB_WRITE_TIMEOUT = 10.0
 
+_MIRROR_COLUMNS = frozenset({"host", "location_epoch"})
+
+
+
+def hv_cfg_of(statuses, hosts, nb_cfg):
+    """Pure: ``NB_Global.hv_cfg`` from the hosts' ``Chassis_Private``
+    reports (ChassisStatus values): the lowest, over the connected hosts
+    with a chassis (``hosts``), of what the host applied: its physical
+    controller's ``nb_cfg`` (flows) and, once its mbxd has reported at all,
+    that daemon's ``mb_cfg`` (service stages) too.  A host whose mbxd has
+    never reported is waited for by its flows only (its daemon is not up
+    yet, or the host has none: a lab or test without daemons).
+    ``nb_cfg`` when no host counts."""
+    return min((s.nb_cfg if s.mb_cfg is None else min(s.nb_cfg, s.mb_cfg)
+                for s in statuses if s.connected and s.name in hosts),
+               default=nb_cfg)
+
+
+def _switches(topo, slices):
+    """{chain: its logical switch} of the chains of ``slices`` (keys
+    (chain, host)): the slices' ``Slice.datapath``."""
+    return {chain: slicelib.chain_switch(topo, chain) for chain, _host in slices}
 
 
 class Northd:
@@ -69,7 +103,7 @@ class Northd:
         self._nb = nb
         self._sb = sb
         self.nb_snap = None
-        self.sb_snap = SbSnapshot()     # the runtime rows (runtime_changed)
+        self.sb_snap = SbRuntime()      # the runtime rows (runtime_changed)
         self.bindings = Bindings()
         self.status: Dict[str, ChassisStatus] = {}
         self._sb_ready = False
@@ -77,11 +111,14 @@ class Northd:
         self._sb_cfg_asked = 0          # the highest value written
         self._state = TopologyState()   # bindings, slices, SNAT blocks, kept
         self._config = None             # the configuration it was built from
-        self._recorded_blocks = (None, slicelib.Blocks())  # (snapshot, its blocks)
-        self._pending: Dict[str, Tuple[int, str, int]] = {}  # vm -> (seq, host, sb_cfg)
+        self._recorded_blocks = slicelib.RecordedBlocks()  # as Slice.status has them
+        self._slice_keys = None         # slices changed in the database since
+        #                                 compared (None: compare every one)
+        self._pending: Dict[str, Tuple[int, str, int, frozenset]] = {}
+        #   vm -> (seq, host, sb_cfg, the hosts whose flows the binding touches)
         self._announced: Dict[str, int] = {}   # vm -> appearance seq written to the DB
         self._maybe_gone = set()        # VMs VM_Location places where none is bound
-        self._slices_checked = None     # (slices version, snapshot) compared with the DB
+        self._slices_checked = None     # the slices version compared with the DB
         self._written: Dict[Tuple, object] = {}
         self._slices_written = None     # the Future of the last slices written
         self._bad_health = set()
@@ -90,6 +127,7 @@ class Northd:
         self._dp_pending = set()        # switches whose record is not written yet
         self._dp_synced = False         # the southbound rows were compared once
         self._dp_cfg = None             # SB_Global.nb_cfg as written
+        self._mirrors = {}              # vm -> (host, epoch): this round's VM.host mirrors
 
     @property
     def topo(self):
@@ -107,20 +145,45 @@ class Northd:
             self._config = None
         self._config_changed()
 
-    def runtime_changed(self, snap: SbSnapshot):
-        """The southbound runtime rows."""
-        self.sb_snap = snap
-        self._config_changed()
+    def runtime_changed(self, change):
+        """The southbound runtime rows: what changed (an ``SbDelta``), or
+        all of them (an ``SbSnapshot``)."""
+        if isinstance(change, SbSnapshot):
+            self.sb_snap = SbRuntime.of(change)
+            self._recorded_blocks = slicelib.RecordedBlocks(self.sb_snap.slice_status)
+            self._slice_keys = None
+            self._config_changed()
+            return
+        self.sb_snap.apply(change)
+        self._recorded_blocks.update({k: None if v is None else v[1]
+                                      for k, v in change.slices.items()})
+        if self._slice_keys is not None:
+            self._slice_keys.update(change.slices)
+        status = change.shared_state is not None or change.ids_alerts is not None
+        moving = status or change.migrations is not None
+        self._config_changed(hosts=change.hosts, status=status, moving=moving)
 
-    def _config_changed(self):
+    def _config_changed(self, hosts=None, status=True, moving=True):
+        """``hosts``: the hosts whose record changed (None: any);
+        ``status``: shared state or IDS alerts may have changed;
+        ``moving``: migrations or shared state (``incoming``)."""
         if self.nb_snap is None:
             return
-        config = config_key(self.sb_snap.hosts)
+        config = self._config
+        if hosts is None or config is None:
+            config = config_key(self.sb_snap.hosts)
+        elif hosts:
+            config = dict(config)
+            for name, rec in hosts.items():
+                if rec is None:
+                    config.pop(name, None)
+                else:
+                    config[name] = (rec.encap_ip, rec.encap_type)
         if config != self._config or self._state.topo is None:
             self._config = config
             self._run(None)
         else:
-            self._run(({}, (), incoming(self.sb_snap)), status=True)
+            self._run(({}, (), incoming(self.sb_snap) if moving else None), status=status)
 
     def host_ports_changed(self, host, ports: HostPorts):
         old = self.bindings.update(host, ports)
@@ -158,13 +221,9 @@ class Northd:
 
     # ---------------------------------------------------------- decisions
     def _recorded(self):
-        """The SNAT blocks the database records (Slice.status), parsed again
-        only when the status differs."""
-        status = self.sb_snap.slice_status
-        if self._recorded_blocks[0] != status:
-            self._recorded_blocks = (status, slicelib.Blocks(
-                slicelib.blocks_from_status(status)))
-        return self._recorded_blocks[1]
+        """The SNAT blocks the database records (Slice.status), kept slice
+        by slice (``runtime_changed``)."""
+        return self._recorded_blocks.blocks
 
     def _run(self, changes, status=False):
         """``changes``: (hosts' new ports, VMs whose binding may have
@@ -175,6 +234,7 @@ class Northd:
         if snap is None or not self._sb_ready:
             return
         state = self._state
+        old = state.topo
         if changes is None or state.topo is None:
             infos = {name: host_info(rec, self.bindings.host_ports.get(name, HostPorts()))
                      for name, rec in runtime.hosts.items()}
@@ -210,11 +270,12 @@ class Northd:
             self._write(("northd_cfg",), snap.nb_cfg,
                         lambda: self._nb.set_northd_cfg(snap.nb_cfg).execute(
                             check_error=True))
-        self._track_locations(topo, vms)
+        self._track_locations(topo, vms, old)
         self._publish_hv_cfg(snap)
         self._publish_locations(topo)
         if changes is None:
             self._publish_mirrors(snap)
+        self._flush_mirrors()
         if changes is None or status:
             self._publish_vip_status(topo)
             self._publish_ids_status(topo, snap)
@@ -228,24 +289,38 @@ class Northd:
     def _publish_slices(self, topo, snap):
         """The slices and their status, written when they changed (the
         database had the ones written before) or when the database says
-        otherwise (compared once per runtime snapshot ``snap``)."""
+        otherwise: every slice compared after a whole snapshot, the slices
+        the database changed after a delta (``_slice_keys``)."""
         state = self._state
-        if self._slices_checked == (state.version, snap):
+        keys, self._slice_keys = self._slice_keys, set()
+        if self._slices_checked == state.version and not keys and keys is not None:
             return
         status = state.status
-        if self._slices_checked is not None and self._slices_checked[1] is snap:
-            differ = True
-        else:
+
+        def same(key):
+            return topo.slices.get(key) == snap.slices.get(key) and \
+                (key not in topo.slices or
+                 dict(status.get(key) or {}) == dict(snap.slice_status.get(key) or {}))
+        if keys is None:
             current = {k: dict(v) for k, v in snap.slice_status.items()}
             differ = dict(topo.slices) != dict(snap.slices) \
                 or {k: v for k, v in status.items() if v} \
                 != {k: v for k, v in current.items() if v and k in topo.slices}
-        if differ and self._written.get(("slices",)) != state.version:
-            self._slices_written = self._sb.set_slices(
-                dict(topo.slices), status,
-                {chain: slicelib.chain_switch(topo, chain) for chain, _ in topo.slices})
+        else:
+            differ = self._slices_checked != state.version or \
+                not all(same(key) for key in keys)
+        touched = state.take_touched()
+        if differ and (self._written.get(("slices",)) != state.version or keys):
+            if touched is None or keys is None:
+                self._slices_written = self._sb.set_slices(
+                    dict(topo.slices), status, _switches(topo, topo.slices))
+            else:       # the slices that changed here or differ in the database
+                changes = {key: (topo.slices[key], status.get(key) or {})
+                           if key in topo.slices else None for key in touched | keys}
+                self._slices_written = self._sb.update_slices(
+                    changes, _switches(topo, changes))
             self._written[("slices",)] = state.version
-        self._slices_checked = (state.version, snap)
+        self._slices_checked = state.version
 
     def _publish_datapaths(self, snap):
         """The Datapath rows whose records changed (every row the first
@@ -301,18 +376,18 @@ class Northd:
         return [s for s in self.status.values() if s.connected]
 
     def _publish_hv_cfg(self, snap):
-        """NB_Global.hv_cfg: the lowest nb_cfg the connected hosts report
-        (Chassis_Private)."""
-        hosts = self.sb_snap.hosts
-        hv_cfg = min((s.nb_cfg for s in self._connected() if s.name in hosts),
-                     default=snap.nb_cfg)
+        """NB_Global.hv_cfg: see ``hv_cfg_of``."""
+        hv_cfg = hv_cfg_of(self.status.values(), self.sb_snap.hosts, snap.nb_cfg)
         if hv_cfg != snap.hv_cfg:
             self._write(("hv_cfg",), hv_cfg,
                         lambda: self._nb.set_hv_cfg(hv_cfg).execute(check_error=True))
 
-    def _track_locations(self, topo, vms):
+    def _track_locations(self, topo, vms, old=None):
         """Each new binding of ``vms`` waits for a new sb_cfg, raised once
-        per run."""
+        per run, on the hosts whose flows it touches: the hosts of the VM's
+        logical switch before and after it (where it is a remote VM), its
+        new host and its previous one (``old``: the topology before the
+        run)."""
         fresh = []
         for vm in vms:
             binding = topo.bindings.get(vm)
@@ -322,22 +397,32 @@ class Northd:
             seq = self.bindings.seq(vm, binding.host)
             if self._pending.get(vm, (None,))[0] == seq or self._announced.get(vm) == seq:
                 continue
-            fresh.append((vm, seq, binding.host))
+            hosts = {binding.host}
+            info = topo.vms.get(vm)
+            if info is not None:
+                hosts |= slicelib.switch_hosts(topo, info.switch)
+                if old is not None:
+                    hosts |= slicelib.switch_hosts(old, info.switch)
+            previous = old.bindings.get(vm) if old is not None else None
+            if previous is not None:
+                hosts.add(previous.host)
+            if vm in self._pending:
+                hosts |= self._pending[vm][3]
+            fresh.append((vm, seq, binding.host, frozenset(hosts)))
         if not fresh:
             return
         value = max(self._sb_cfg_seen, self._sb_cfg_asked) + 1
         self._sb_cfg_asked = value
-        for vm, seq, host in fresh:
-            self._pending[vm] = (seq, host, value)
+        for vm, seq, host, hosts in fresh:
+            self._pending[vm] = (seq, host, value, hosts)
         self._sb.raise_sb_cfg(value)
 
     def _publish_locations(self, topo):
         runtime = self.sb_snap
-        connected = [s for s in self._connected() if s.name in runtime.hosts]
-        applied = min((s.sb_cfg for s in connected), default=None)
-        for vm, (seq, host, needed) in sorted(self._pending.items()):
-            if applied is not None and applied < needed:
-                continue        # not yet programmed on every connected host
+        for vm, (seq, host, needed, hosts) in sorted(self._pending.items()):
+            if any(s.sb_cfg < needed for s in (self.status.get(h) for h in hosts)
+                   if s is not None and s.connected and s.name in runtime.hosts):
+                continue        # not yet programmed on every connected host it touches
             del self._pending[vm]
             cur_host, epoch = runtime.vm_locations.get(vm, (None, 0))
             if vm not in self._announced and cur_host == host:
@@ -365,21 +450,36 @@ class Northd:
 
     def _set_location(self, vm, host, epoch):
         self._sb.set_vm_location(vm, host, epoch)
-        self._nb.set_vm_mirror(vm, host, epoch).execute(check_error=True)
+        self._mirrors[vm] = (host, epoch)       # written at the end of the round
         self._written[("mirror", vm)] = (host, epoch)
         # Events handled before the database's change notification arrives
         # must see this write: the next epoch is computed from it.
-        self.sb_snap = dataclasses.replace(
-            self.sb_snap, vm_locations={**self.sb_snap.vm_locations, vm: (host, epoch)})
+        self.sb_snap.vm_locations[vm] = (host, epoch)
 
     def _publish_mirrors(self, snap):
         """VM.host / location_epoch of each VM whose mirror differs from its
         VM_Location (a restart, a converted config database)."""
         for vm, location in sorted(self.sb_snap.vm_locations.items()):
-            if vm in snap.vms and snap.vm_mirror.get(vm) != location:
-                self._write(("mirror", vm), location,
-                            lambda: self._nb.set_vm_mirror(vm, *location).execute(
-                                check_error=True))
+            if vm in snap.vms and snap.vm_mirror.get(vm) != location and \
+                    self._written.get(("mirror", vm)) != location:
+                self._mirrors[vm] = location
+                self._written[("mirror", vm)] = location
+
+    def _flush_mirrors(self):
+        """The round's VM.host / location_epoch mirrors, in one transaction
+        (a cold start mirrors every VM)."""
+        if self._mirrors:
+            mirrors, self._mirrors = self._mirrors, {}
+            self._nb.set_vm_mirrors(mirrors).execute(check_error=True)
+
+    @staticmethod
+    def own_status_write(table, event, columns):
+        """A northbound row change that only carries this controller's own
+        mirror of a VM's location (VM.host, location_epoch): its
+        notification is not needed (``MbxNb.connect(quiet=...)``), which
+        spares a snapshot of the whole northbound database per move."""
+        return table == "VM" and event == "update" and bool(columns) and \
+            columns <= _MIRROR_COLUMNS
 
     def _publish_vip_status(self, topo):
         """LB_VIP.status: each backend's health as the hosts publish it

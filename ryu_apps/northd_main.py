@@ -55,7 +55,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     loop = EngineLoop()
     try:
-        nb = MbxNb.connect(args.db, on_change=loop.post_nb_changed)
+        nb = MbxNb.connect(args.db, on_change=loop.post_nb_changed,
+                           quiet=Northd.own_status_write)
     except MbxError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1

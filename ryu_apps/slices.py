@@ -357,3 +357,64 @@ def _parsed_block(value):
         return natblocks.parse_block(value)
     except ValueError:
         return None
+
+
+class RecordedBlocks:
+    """The SNAT blocks recorded in the Slice rows' status
+    (``blocks_from_status``), kept slice by slice: a change parses the
+    status of the hosts whose slices changed only.  ``blocks`` is a new
+    ``Blocks`` after each change that changed a block, the same one
+    otherwise."""
+
+    def __init__(self, status=None):
+        self._by_host = {}          # host -> {(chain, host): status}
+        self._blocks_of = {}        # host -> its blocks {(rule uuid, host): block}
+        self._rules = {}            # rule uuid -> {host: block}
+        self._by_rule = {}          # Blocks.of_rule's index, kept rule by rule
+        self.blocks = Blocks(by_rule={})
+        if status:
+            self.update(status)
+
+    def update(self, changes):
+        """``changes``: {(chain, host): status dict, or None: gone}.
+        Returns the block keys ((rule uuid, host)) whose block changed."""
+        hosts = set()
+        for key, status in changes.items():
+            mine = self._by_host.setdefault(key[1], {})
+            if status is None:
+                mine.pop(key, None)
+            else:
+                mine[key] = status
+            hosts.add(key[1])
+        changed = {}
+        for host in hosts:
+            mine = self._by_host.get(host, {})
+            new = blocks_from_status(mine)
+            old = self._blocks_of.pop(host, {})
+            if new:
+                self._blocks_of[host] = new
+            for k in old.keys() | new.keys():
+                if old.get(k) != new.get(k):
+                    changed[k] = new.get(k)
+            if not mine:
+                self._by_host.pop(host, None)
+        if changed:
+            out = dict(self.blocks)
+            by_rule = dict(self._by_rule)
+            for (rule, host), v in changed.items():
+                mine = self._rules.setdefault(rule, {})
+                if v is None:
+                    out.pop((rule, host), None)
+                    mine.pop(host, None)
+                else:
+                    out[(rule, host)] = mine[host] = v
+            for rule in {k[0] for k in changed}:
+                mine = self._rules.get(rule)
+                if mine:
+                    by_rule[rule] = tuple(sorted(((rule, h), b) for h, b in mine.items()))
+                else:
+                    self._rules.pop(rule, None)
+                    by_rule.pop(rule, None)
+            self._by_rule = by_rule
+            self.blocks = Blocks(out, by_rule)
+        return set(changed)

@@ -102,6 +102,8 @@ class TopologyState:
         self.blocks = slicelib.Blocks()
         self.status: Dict = {}          # slices.slice_status of topo and blocks
         self.version = 0                # counts the changes of slices, blocks, status
+        self.touched = None             # slices changed (tag or status) since taken
+        #                                 (``take_touched``); None: every one
         self._decided = ({}, {})        # the last (slices, blocks) decided elsewhere
         self._placements = Counter()    # (switch, host) -> VMs bound or incoming there
         self._incoming = frozenset()    # (vm, host) pairs counted in _placements
@@ -152,18 +154,26 @@ class TopologyState:
                        slices_by_host=slices_by_host, slice_ix=slicelib.indexes(base))
         self.topo = _kept(base, index)
         if decided is not None:
-            self.blocks = slicelib.Blocks(decided[1])
+            self.blocks = _as_blocks(decided[1])
         else:
             previous = dict(recorded_blocks)
             previous.update(self.blocks)
             self.blocks = slicelib.Blocks(slicelib.snat_blocks(self.topo, previous))
+        self.blocks.of_rule(None)       # its index now, not in the first move that reads it
         self.status = slicelib.slice_status(self.topo, self.blocks)
         self.version += 1
+        self.touched = None
         return self.topo
+
+    def take_touched(self):
+        """The (chain, host) pairs whose slice (tag or status) changed since
+        the last call (None: any may have: a rebuild)."""
+        touched, self.touched = self.touched, set()
+        return touched
 
     # ------------------------------------------------------------- update
     def update(self, hosts, bindings, incoming, recorded_slices, recorded_blocks,
-               decided=None):
+               decided=None, decided_keys=None):
         """Apply changes: ``hosts`` {name: HostInfo} of hosts whose ports
         may have changed, ``bindings`` {vm: PortBinding or None} of VMs
         whose binding may have changed, ``incoming`` the (vm, host) pairs
@@ -171,7 +181,9 @@ class TopologyState:
         a new slice takes its recorded one when free; ``recorded_blocks``:
         the SNAT blocks recorded in the database (``slices.Blocks``), which
         a new block keeps when free.  ``decided``: (slices, blocks) decided elsewhere (``rebuild``); the
-        slices and blocks become them, and nothing is allocated.
+        slices and blocks become them, and nothing is allocated;
+        ``decided_keys``: (slice keys, block keys) outside which they equal
+        the last ones given (None: compared whole).
         Returns {host: set of part ids, or ALL}: the parts that may have
         changed."""
         old = self.topo
@@ -248,7 +260,10 @@ class TopologyState:
         given = None
         if decided is not None and decided[0] is not self._decided[0]:
             given = decided[0]
-            differ = {p for p, _tag in slices.items() ^ given.items()}
+            if decided_keys is not None:
+                differ = {p for p in decided_keys[0] if slices.get(p) != given.get(p)}
+            else:
+                differ = {p for p, _tag in slices.items() ^ given.items()}
             gone = [p for p in differ if p in slices]
             new = [p for p in differ if p in given]
         elif decided is None:
@@ -312,7 +327,8 @@ class TopologyState:
                         mark(host, ("nat", switch))
         if decided is not None:
             if decided[1] is not self._decided[1]:
-                self._decided_blocks(old, topo, decided[1], changed_slices, mark)
+                self._decided_blocks(old, topo, decided[1], changed_slices, mark,
+                                     None if decided_keys is None else decided_keys[1])
             self._decided = decided
         elif nat:
             rules = [rule.uuid for name in nat for rule in topo.nat_rules.get(name, ())]
@@ -337,16 +353,19 @@ class TopologyState:
                 topo, self.blocks, [p for p in changed_slices if p in topo.slices]))
             self.status = status
             self.version += 1
+            if self.touched is not None:
+                self.touched.update(changed_slices)
         self.topo = topo
         return dirty
 
 
-    def _decided_blocks(self, old, topo, blocks, changed_slices, mark):
+    def _decided_blocks(self, old, topo, blocks, changed_slices, mark, keys=None):
         """The SNAT blocks become ``blocks``: the NAT way in of every host
-        serving a middlebox whose rule's blocks changed is marked."""
+        serving a middlebox whose rule's blocks changed is marked.
+        ``keys``: the block keys that may differ (None: every one)."""
         rules = _rule_middleboxes_of(topo)
         touched = set()
-        for key in blocks.keys() | self.blocks.keys():
+        for key in (blocks.keys() | self.blocks.keys()) if keys is None else keys:
             if blocks.get(key) != self.blocks.get(key):
                 touched.add(rules.get(key[0]))
                 changed_slices += [pair for pair in topo.host_slices(key[1])
@@ -355,7 +374,7 @@ class TopologyState:
             switch = topo.middleboxes[name].switch
             for host in _serving_either(old, topo, name):
                 mark(host, ("nat", switch))
-        self.blocks = slicelib.Blocks(blocks)
+        self.blocks = _as_blocks(blocks)
 
 
 def config_dirty(old, new, switches):
@@ -444,3 +463,9 @@ def _dnat_addresses(topo):
             if rule.type == "dnat":
                 out.setdefault(mb.switch, []).append((name, rule.logical_ip))
     return out
+
+
+def _as_blocks(blocks):
+    """``blocks`` as a ``slices.Blocks`` (itself if it is one: never changed
+    once built, and its ``of_rule`` index may be built already)."""
+    return blocks if isinstance(blocks, slicelib.Blocks) else slicelib.Blocks(blocks)

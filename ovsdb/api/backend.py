@@ -80,10 +80,16 @@ def _fetch_schema(remote, timeout, schema=SCHEMA_NAME):
 
 class _Idl(connection.OvsdbIdl):
     on_change = None
+    quiet = None
 
     def notify(self, event, row, updates=None):
-        if self.on_change is not None:
-            self.on_change(row._table.name)
+        if self.on_change is None:
+            return
+        if self.quiet is not None and self.quiet(
+                row._table.name, event,
+                frozenset(updates._data) if updates is not None else None):
+            return
+        self.on_change(row._table.name)
 
 
 class _Transaction(transaction.Transaction):
@@ -103,12 +109,13 @@ class _Api(ovs_idl.Backend, ovsdbapp_api.API):
     """One connection to one of the two databases."""
 
     @classmethod
-    def _connect(cls, remote, timeout, on_change, attrs=None):
+    def _connect(cls, remote, timeout, on_change, attrs=None, quiet=None):
         helper = idlutils.create_schema_helper(
             _fetch_schema(remote, timeout, cls.schema))
         helper.register_all()
         idl = _Idl(remote, helper)
         idl.on_change = on_change
+        idl.quiet = quiet
         conn = connection.Connection(idl, timeout)
         # The Backend keeps its connection at class level: each connection
         # gets a class of its own so several can coexist in one process.
@@ -148,11 +155,14 @@ class MbxNb(SwitchesApi, ExternalsApi, MiddleboxesApi, FirewallApi, NatApi,
                       "Address_Set", "External_Network")}
 
     @classmethod
-    def connect(cls, remote, timeout=5.0, on_change=None):
+    def connect(cls, remote, timeout=5.0, on_change=None, quiet=None):
         """Connect to the config database at ``remote`` ("unix:PATH",
         "tcp:IP:PORT").  ``on_change(table_name)`` is called from the IDL
-        thread after any row changes; it must be cheap (e.g. queue.put)."""
-        return cls._connect(remote, timeout, on_change)
+        thread after any row changes; it must be cheap (e.g. queue.put).
+        ``quiet(table_name, event, columns)`` (columns: the changed ones of
+        an update, else None): a row change it returns True for is not
+        reported (a client's own status writes)."""
+        return cls._connect(remote, timeout, on_change, quiet=quiet)
 
 
 class MbxSb(RuntimeApi, SlicesApi, MigrationApi, IdsApi, _Api):

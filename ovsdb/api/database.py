@@ -147,8 +147,11 @@ class DatabaseApi:
                 break
             time.sleep(0.05)
         hosts = sb.snapshot().hosts.values() if sb is not None else ()
-        behind = sorted(f"{h.name} (at {h.nb_cfg})" for h in hosts
-                        if h.connected and h.nb_cfg < nb_cfg)
+        behind = sorted(f"{h.name} (at {h.nb_cfg})" if h.mb_cfg is None else
+                        f"{h.name} (at {h.nb_cfg}, mbxd at {h.mb_cfg})"
+                        for h in hosts if h.connected and (
+                            h.nb_cfg < nb_cfg or (h.mb_cfg is not None
+                                                  and h.mb_cfg < nb_cfg)))
         raise MbxError(
             f"timed out after {timeout:g}s waiting for hosts to apply config "
             f"{nb_cfg} (hv_cfg is {snap.hv_cfg}); behind: "

@@ -178,6 +178,23 @@ class SetVmLocationCommand(_Command):
         row.location_epoch = self.epoch
 
 
+class SetVmMirrorsCommand(_Command):
+    """Several VMs' mirrors in one transaction, the VM rows looked up once."""
+
+    def __init__(self, api, mirrors):
+        super().__init__(api)
+        self.mirrors = dict(mirrors)
+
+    def run_idl(self, txn):
+        rows = {row.name: row for row in self.api.tables["VM"].rows.values()}
+        for vm_name, (host_name, epoch) in sorted(self.mirrors.items()):
+            row = rows.get(vm_name)
+            if row is None:
+                continue                # deleted meanwhile: nothing to mirror
+            row.host = [] if host_name is None else [host_name]
+            row.location_epoch = epoch
+
+
 class SwitchesApi:
     """MbxNb's logical switch and VM methods."""
 
@@ -223,6 +240,11 @@ class SwitchesApi:
         """VM.host and location_epoch: the operators' mirror of the VM's
         southbound VM_Location (mbx-northd writes both)."""
         return SetVmLocationCommand(self, vm_name, host_name, epoch)
+
+    def set_vm_mirrors(self, mirrors):
+        """``set_vm_mirror`` of every VM of ``mirrors`` ({vm: (host or
+        None, epoch)}), in one transaction."""
+        return SetVmMirrorsCommand(self, mirrors)
 
     def ls_list(self):
         return sorted(self.snapshot().switches.values(), key=lambda s: s.name)

@@ -84,8 +84,10 @@ def _show(snap, args, sb_snap):
     for h in sorted(sb_snap.hosts.values(), key=lambda h: h.name):
         lines += [f"host {h.name}",
                   f"    encap: {h.encap_type} {h.encap_ip}",
-                  f"    nb_cfg: {h.nb_cfg}",
-                  f"    connected: {str(h.connected).lower()}"]
+                  f"    nb_cfg: {h.nb_cfg}"]
+        if h.mb_cfg is not None:
+            lines.append(f"    mb_cfg: {h.mb_cfg}")
+        lines.append(f"    connected: {str(h.connected).lower()}")
         if h.migration_address:
             lines.append(f"    migration_address: {h.migration_address}")
     if snap.global_options:

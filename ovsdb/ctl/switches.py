@@ -23,9 +23,10 @@ def _vm_list(snap, args, sb_snap):
 
 
 def _host_list(sb_snap, args):
-    return table(["NAME", "ENCAP", "ENCAP_IP", "NB_CFG", "CONNECTED",
+    return table(["NAME", "ENCAP", "ENCAP_IP", "NB_CFG", "MB_CFG", "CONNECTED",
                   "DATAPATH_ID", "MIGRATION_ADDRESS"],
                  [[h.name, h.encap_type, h.encap_ip, h.nb_cfg,
+                   "-" if h.mb_cfg is None else h.mb_cfg,
                    str(h.connected).lower(), h.datapath_id or "-",
                    h.migration_address or "-"]
                   for h in sorted(sb_snap.hosts.values(), key=lambda h: h.name)])

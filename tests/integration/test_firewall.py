@@ -173,6 +173,55 @@ def test_address_set_change_takes_effect_on_live_hosts(fw):
                what="g1 to be untrusted again")
 
 
+def test_wait_hv_returns_once_every_daemon_applied_the_rule(fw):
+    """``--wait=hv`` covers mbxd's service stages, not only the controllers'
+    flows (which a rule does not change): right after it returns, a new
+    connection already meets the new rule, both ways, and every host's
+    daemon reports the generation (``Chassis_Private.mb_cfg``), h3 too,
+    which has no slice of the tenant."""
+    assert attempt(fw, "g1", "g2", 7001) == "timeout"
+    for _ in range(3):
+        try:
+            mbxctl(fw, "fw-add", "fw-green", "105", "to-vm", "proto=tcp dport=7001", "allow")
+            assert attempt(fw, "g1", "g2", 7001) == "ok"
+            assert "proto=tcp dport=7001" in fw.mbxd_appctl("h2", "rules/show", "fw-green")
+            nb_cfg = fw.nb().snapshot().nb_cfg
+            hosts = fw.sb().snapshot().hosts
+            assert {h: hosts[h].mb_cfg >= nb_cfg for h in ("h1", "h2", "h3")} == {
+                "h1": True, "h2": True, "h3": True}, hosts
+        finally:
+            mbxctl(fw, "fw-del", "fw-green", "to-vm", "105")
+        assert attempt(fw, "g1", "g2", 7001) == "timeout"
+        assert "dport=7001" not in fw.mbxd_appctl("h2", "rules/show", "fw-green")
+    listing = fw.mbxctl("host-list").stdout.splitlines()
+    assert listing[0].split()[3:5] == ["NB_CFG", "MB_CFG"]
+    assert all(line.split()[4] != "-" for line in listing[1:]), listing
+
+
+def test_a_daemon_that_has_not_applied_a_change_holds_wait_hv_back(fw):
+    """mbxd on h2 paused: the controllers' flows are all acknowledged, but
+    ``--wait=hv`` times out naming h2 and its daemon's generation (the
+    change stays committed); once the daemon runs again, ``--wait=hv``
+    returns and the rule is in force."""
+    pid = fw.state["pids"]["h2/mbxd"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        proc = fw.mbxctl("--wait=hv", "--timeout=2", "fw-add", "fw-green", "105", "to-vm",
+                         "proto=tcp dport=7001", "allow")
+        assert proc.returncode != 0
+        assert "change committed, but timed out" in proc.stderr, proc.stderr
+        behind = proc.stderr.split("behind: ")[1]
+        assert re.fullmatch(r"h2 \(at \d+, mbxd at \d+\)\n?", behind), proc.stderr
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        mbxctl(fw, "sync")
+        assert attempt(fw, "g1", "g2", 7001) == "ok"
+    finally:
+        mbxctl(fw, "fw-del", "fw-green", "to-vm", "105")
+    assert attempt(fw, "g1", "g2", 7001) == "timeout"
+
+
 def test_host_without_a_tenants_vms_holds_none_of_its_config(fw):
     held = fw.mbxd_appctl("h3", "config/show")
     for name in ("green", "yellow", "fw-green", "fw-yellow", "ls-green", "g1", "y1",

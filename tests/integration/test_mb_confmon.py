@@ -604,3 +604,86 @@ def test_a_database_unreachable_keeps_the_last_config(world, monitors, gone):
                         "where": [["_uuid", "==", ref(ids["s_red_h1"])]],
                         "row": {"tag": 20}})
     settle(mon, lambda: list(mon.config().slices) == [20])
+
+
+# ------------------------------------------------------------ mb_cfg
+
+def private_rows(world):
+    rows = sb_transact(world, {"op": "select", "table": "Chassis_Private",
+                               "where": [], "columns": ["name", "controller",
+                                                        "nb_cfg", "mb_cfg"]})[0]["rows"]
+    return {r["name"]: (r["controller"], r["nb_cfg"], r["mb_cfg"]) for r in rows}
+
+
+def reported(world, host):
+    row = private_rows(world).get(host)
+    return None if row is None else row[2]
+
+
+def set_cfg(world, nb=None, sb=None):
+    for value, do, table in ((nb, nb_transact, "NB_Global"), (sb, sb_transact, "SB_Global")):
+        if value is not None:
+            do(world, {"op": "update", "table": table, "where": [],
+                       "row": {"nb_cfg": value}})
+
+
+def test_mb_cfg_reports_the_generation_applied_across_a_reconnect(world, monitors):
+    """What mbxd writes into its host's Chassis_Private.mb_cfg (middlebox.
+    mbcfg), driven as the daemon does (the switch answering each barrier at
+    once): the lower of the two databases' nb_cfg once settled, a change of
+    another tenant too, the row created when missing and written again when
+    lost, through a southbound reconnect; the controller's columns kept."""
+    from middlebox import mbcfg
+    nb_transact(world, {"op": "insert", "table": "NB_Global", "row": {"nb_cfg": 3}})
+    sb_transact(world, {"op": "insert", "table": "SB_Global", "row": {"nb_cfg": 2}},
+                {"op": "insert", "table": "Chassis_Private",
+                 "row": {"name": "h2", "controller": "ctl", "nb_cfg": 2}})
+    mon = monitors(world, "h1")
+    writer = mbcfg.Writer(mon, "h1")
+
+    sent = []
+
+    def barrier():
+        sent.append(len(sent) + 1)
+        return sent[-1]
+
+    def drive(value, timeout=WAIT):
+        def step():
+            writer.reporter.settled(mon.generation(), barrier)
+            if sent:
+                writer.reporter.on_barrier(sent[-1])    # the switch answers
+            writer.flush()
+            return reported(world, "h1") == value
+        assert confmon.run_until(mon, step, timeout), (value, private_rows(world))
+
+    drive(2)                                # no row: created with name and mb_cfg only
+    assert private_rows(world)["h1"] == ("", 0, 2)
+    set_cfg(world, sb=3)
+    drive(3)
+    # blue only (h1 holds nothing of blue): the generation advances all the same
+    nb_transact(world, {"op": "update", "table": "Firewall_Rule",
+                        "where": [["_uuid", "==", ref(world.ids["b_db"])]],
+                        "row": {"priority": 321}},
+                {"op": "update", "table": "NB_Global", "where": [], "row": {"nb_cfg": 4}})
+    set_cfg(world, sb=4)
+    drive(4)
+    # the controller writes its columns: the daemon's stays, and the other way round
+    sb_transact(world, {"op": "update", "table": "Chassis_Private",
+                        "where": [["name", "==", "h1"]],
+                        "row": {"controller": "ctl", "nb_cfg": 4}})
+    set_cfg(world, nb=5, sb=5)
+    drive(5)
+    assert private_rows(world)["h1"] == ("ctl", 4, 5)
+    assert private_rows(world)["h2"] == ("ctl", 2, ["set", []])   # not h1's to write
+    # the southbound server goes away; the intent changes meanwhile
+    world.sb.stop()
+    run_while(mon, lambda: not mon.synced())
+    set_cfg(world, nb=6)
+    world.sb.start()
+    set_cfg(world, sb=6)
+    drive(6, timeout=20)
+    # the row is lost (deleted behind its back): written again
+    sb_transact(world, {"op": "delete", "table": "Chassis_Private",
+                        "where": [["name", "==", "h1"]]})
+    drive(6)
+    assert private_rows(world)["h1"] == ("", 0, 6)

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from ryu_apps.northd import Northd
 from ovsdb import server, validate
 from mbxmodel.state import AlertRecord, SharedRecord
 from ovsdb.api import MbxNb, MbxSb
@@ -767,11 +768,11 @@ def test_runtime_commands_read_the_southbound_database(nb, tmp_path_factory):
                 {"op": "update", "table": "Chassis", "where": [["name", "==", "h1"]],
                  "row": {"datapath_id": "00000000000000a1"}})
     assert columns(ok(nb, "host-list")) == [
-        ["NAME", "ENCAP", "ENCAP_IP", "NB_CFG", "CONNECTED", "DATAPATH_ID",
+        ["NAME", "ENCAP", "ENCAP_IP", "NB_CFG", "MB_CFG", "CONNECTED", "DATAPATH_ID",
          "MIGRATION_ADDRESS"],
-        ["h1", "vxlan", "10.200.0.11", "3", "true", "00000000000000a1",
+        ["h1", "vxlan", "10.200.0.11", "3", "-", "true", "00000000000000a1",
          "ssl:10.201.0.11:6650"],
-        ["h2", "vxlan", "10.200.0.12", "0", "false", "-", "ssl:10.201.0.12:6650"]]
+        ["h2", "vxlan", "10.200.0.12", "0", "-", "false", "-", "ssl:10.201.0.12:6650"]]
     assert columns(ok(nb, "vm-list")) == [
         ["NAME", "SWITCH", "IP", "MAC", "HOST", "EPOCH"],
         ["a1", "ls-a", "10.0.0.1", "02:00:00:00:01:01", "h2", "4"],
@@ -822,6 +823,29 @@ def test_two_connections_to_two_servers_in_one_process(nb, tmp_path_factory):
             two.close()
     finally:
         server.stop(pid)
+
+
+def test_a_connection_is_not_told_of_the_changes_it_keeps_quiet(nb):
+    changed = []
+    one = MbxNb.connect(nb, on_change=changed.append, quiet=Northd.own_status_write)
+    try:
+        one.ls_add("ls-q", 1, "10.1.0.0/24").execute(check_error=True)
+        one.vm_add("vq", "ls-q", ip="10.1.0.5").execute(check_error=True)
+        deadline = time.monotonic() + 5
+        while "VM" not in changed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        del changed[:]
+        one.set_vm_mirrors({"vq": ("h1", 3)}).execute(check_error=True)
+        assert one.snapshot().vm_mirror["vq"] == ("h1", 3)
+        # a change after it: reported, and the only VM change reported
+        one.vm_add("vr", "ls-q", ip="10.1.0.6").execute(check_error=True)
+        deadline = time.monotonic() + 5
+        while "VM" not in changed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert changed.count("VM") == 1
+    finally:
+        one.close()
 
 
 def columns(text):

@@ -168,3 +168,17 @@ def test_a_row_written_before_ports_existed_gets_them_when_compared(remote):
     out = transact(remote, {"op": "select", "table": "Datapath", "where": [],
                             "columns": ["ports"]})
     assert out[0]["rows"] == [{"ports": "o1"}]
+
+
+def test_slices_changed_one_by_one_carry_their_switch(world):
+    northd = Southbound(world, runtime_tables=NORTHD_TABLES, datapaths=True)
+    northd.start()
+    try:
+        northd.update_slices({(("fw-r",), "h1"): (2, {})},
+                             datapaths={("fw-r",): "ls-red"}).result(WAIT)
+    finally:
+        northd.stop()
+    out = transact(world, {"op": "select", "table": "Slice", "where": [],
+                           "columns": ["chassis", "tag", "datapath"]})
+    assert {(r["chassis"], r["tag"], r["datapath"]) for r in out[0]["rows"]} == {
+        ("h1", 1, "ls-green"), ("h2", 1, "ls-green"), ("h1", 2, "ls-red")}

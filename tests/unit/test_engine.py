@@ -18,9 +18,10 @@ import json
 import random
 
 from fakeoftable import FakeOFTable
+from mbxmodel import datapath as dplib
 from mbxmodel.network import HostPorts, VMInfo
 from mbxmodel.services import MiddleboxInfo, PolicyInfo
-from mbxmodel.snapshot import NbSnapshot, SbSnapshot
+from mbxmodel.snapshot import NbSnapshot, SbSnapshot, sb_delta
 from mbxmodel.state import (AlertRecord, HostRecord, MigrationRecord,
                             SharedRecord)
 from ovsdb.errors import MbxError
@@ -71,6 +72,18 @@ class FakeNb:
 
     def set_vm_mirror(self, vm, host, epoch):
         return FakeCommand(self, ("mirror", vm, host, epoch))
+
+    def set_vm_mirrors(self, mirrors):
+        """One transaction: a "mirror" write per VM."""
+        self.mirror_transactions = getattr(self, "mirror_transactions", 0) + 1
+        db = self
+
+        class Many:
+            def execute(self, check_error=False):
+                assert check_error is True
+                for vm, (host, epoch) in sorted(mirrors.items()):
+                    db.apply(("mirror", vm, host, epoch))
+        return Many()
 
     def set_hv_cfg(self, value):
         return FakeCommand(self, ("hv_cfg", value))
@@ -202,6 +215,19 @@ class FakeSb:
         self.slice_datapaths = dict(datapaths or {})
         return self._apply(("slices", dict(slices), dict(status or {})))
 
+    def update_slices(self, changes, datapaths=None):
+        """Some slices ({key: (tag, status) or None}): a "slices" write of
+        the table as it becomes."""
+        self.slice_datapaths = {**getattr(self, "slice_datapaths", {}), **(datapaths or {})}
+        slices, status = dict(self.snap.slices), dict(self.snap.slice_status)
+        for key, value in changes.items():
+            if value is None:
+                slices.pop(key, None)
+                status.pop(key, None)
+            else:
+                slices[key], status[key] = value[0], dict(value[1])
+        return self._apply(("slices", slices, status))
+
     def record_migration(self, vm, source, destination, path, wait_ms):
         if self.refuse is not None:
             return _done(error=self.refuse)
@@ -299,6 +325,7 @@ class Harness:
         runtime = self.sb.snapshot()
         for c in self.controllers:
             c.runtime_changed(runtime)
+        self._delivered = runtime   # what the controllers have of the runtime rows
         if sb_ready:
             for c in self.controllers:
                 c.southbound_ready()
@@ -326,9 +353,13 @@ class Harness:
         raise AssertionError("the controllers keep rewriting the databases")
 
     def _runtime(self):
+        """The runtime rows' change notification: what changed, as the
+        southbound connection hands it (an SbDelta)."""
         runtime = self.sb.snapshot()
+        delta = sb_delta(self._delivered, runtime)
+        self._delivered = runtime
         for c in self.controllers:
-            c.runtime_changed(runtime)
+            c.runtime_changed(delta)
 
     def sb_arrived(self):
         """The southbound database's first contents have all been reported."""
@@ -591,6 +622,43 @@ def test_vm_location_is_written_after_every_switch_acked_its_flows():
     assert tunnelled(h2, from_vm("a2", "02:00:00:00:00:05")) == [(TUNNEL["h2"], VNI_A, ENCAP["h1"])]
 
 
+def test_a_move_waits_for_and_reports_only_the_hosts_of_the_vms_switch():
+    # ls-b is on h1 and h2: h3's flows do not change when b2 moves, so h3
+    # has trivially applied the move's sb_cfg; nothing is written for it
+    # and the location does not wait for it.
+    h = running()
+    h3_status = h.sb.status["h3"]
+    h.add_port("h1", "b2", ofport=9)
+    assert DPID["h3"] not in h.switches.unacked
+    h.ack("h1")
+    h.ack("h2")
+    assert h.sb.locations("b2")[-1] == ("h1", 2)
+    assert h.sb.status["h1"].sb_cfg == h.sb.status["h2"].sb_cfg == h.sb.sb_cfg
+    assert h.sb.status["h3"] == h3_status
+    assert h3_status.sb_cfg < h.sb.sb_cfg
+
+
+def test_a_host_that_applied_a_move_before_its_sb_cfg_arrived_reports_it_then():
+    # The engine sees the binding, programs and hears the barrier replies
+    # before the logical controller's sb_cfg for it arrives: the hosts it
+    # touched owe that sb_cfg and report it when it comes.
+    h = running()
+    ports = dict(h.ports["h1"])
+    ports["b2"] = (9, MAC["b2"])
+    h.ports["h1"] = ports
+    for c in h.controllers:
+        c.host_ports_changed("h1", HostPorts(DPID["h1"], TUNNEL["h1"], dict(ports)))
+    for host in ("h1", "h2"):
+        for xid in h.switches.unacked.pop(DPID[host], []):
+            h.engine.barrier_reply(DPID[host], xid)
+    assert h.sb.status["h1"].sb_cfg < h.sb.sb_cfg     # the raise has not arrived
+    assert h.sb.locations("b2")[-1] == ("h2", 1)
+    h._settle()                                         # now it does
+    assert h.sb.status["h1"].sb_cfg == h.sb.status["h2"].sb_cfg == h.sb.sb_cfg
+    assert h.sb.locations("b2")[-1] == ("h1", 2)
+    assert h.engine._owed == {}                         # until the location is written
+
+
 def test_migration_writes_the_new_host_with_the_next_epoch_once():
     h = running()
     assert h.sb.snap.vm_locations["a2"] == ("h2", 1)
@@ -710,6 +778,23 @@ def test_a_converted_config_database_keeps_the_epochs_growing_and_its_mirror_rig
     assert h.sb.locations("a2") == [("h2", 5)]
     assert h.sb.locations("b1") == []                   # already recorded there
     assert h.nb.snap.vm_mirror == {"a2": ("h2", 5), "b1": ("h1", 2)}
+
+
+def test_a_restart_mirrors_every_differing_location_in_one_transaction():
+    locations = {"a1": ("h1", 3), "a2": ("h2", 2), "b1": ("h1", 5)}
+    h = Harness(runtime=initial_runtime(locations=locations))
+    h.notify()
+    assert h.nb.snap.vm_mirror == locations
+    assert h.nb.mirror_transactions == 1
+
+
+def test_only_the_own_mirror_of_a_location_is_a_quiet_northbound_change():
+    quiet = Northd.own_status_write
+    assert quiet("VM", "update", frozenset({"host", "location_epoch"}))
+    assert quiet("VM", "update", frozenset({"host"}))
+    assert not quiet("VM", "update", frozenset({"host", "mac"}))    # an operator's too
+    assert not quiet("VM", "create", None)
+    assert not quiet("Logical_Switch", "update", frozenset({"host"}))
 
 
 def test_port_with_a_foreign_mac_is_not_bound():
@@ -1256,6 +1341,12 @@ def test_flows_kept_change_by_change_are_the_flows_computed_afresh():
             assert set(fresh.slices) == slicelib.needed_slices(fresh, incoming), where
             blocks = h.engine._snat_blocks
             assert slicelib.snat_blocks(fresh, blocks) == blocks, where
+            runtime = h.sb.snap
+            decided = h.engine._decisions()     # kept from the deltas
+            assert decided == (dplib.known_slices(runtime.slices, h.engine._intent),
+                               slicelib.blocks_from_status(runtime.slice_status)), where
+            assert h.northd._recorded() == slicelib.blocks_from_status(
+                runtime.slice_status), where
             assert dict(h.sb.snap.slices) == dict(fresh.slices), where
             assert {k: dict(v) for k, v in h.sb.snap.slice_status.items()} == \
                 slicelib.slice_status(fresh, blocks), where
