@@ -103,11 +103,17 @@ class MbxController(app_manager.OSKenApp):
         self.locks.start()
         self.southbound.start()
 
-    def _runtime_changed(self, snap):
-        """On the southbound thread: the runtime rows, and with them the
-        hosts whose locks it stands by for."""
-        self.loop.post("runtime_changed", snap)
-        hosts = frozenset(snap.hosts)
+    def _runtime_changed(self, delta):
+        """On the southbound thread: what changed of the runtime rows (an
+        ``SbDelta``), and with it the hosts whose locks it stands by for."""
+        self.loop.post("runtime_changed", delta)
+        hosts = set(self._known_hosts or ())
+        for name, record in delta.hosts.items():
+            if record is None:
+                hosts.discard(name)
+            else:
+                hosts.add(name)
+        hosts = frozenset(hosts)
         if hosts != self._known_hosts:
             self._known_hosts = hosts
             self.locks.want(wanted_locks(hosts, self._preferred, self._standby))
