@@ -25,7 +25,9 @@ to them), and measures:
 * flows per host, at several cloud sizes with the same per-host load;
 * the config bytes a host's ``mbxd`` receives for tenants it does not run,
   from the conditions ``middlebox.confmon`` really computes, and (when
-  ``ovsdb-server`` is available) from a real monitor's replica.
+  ``ovsdb-server`` is available) from a real monitor's replica; with the
+  latter, the Datapath records a per-host physical controller's real
+  southbound connection holds of such tenants (``ovsdb.localdp``).
 
 The cloud: tenants with two logical switches each, every tenant's VMs on
 ``SPREAD`` hosts (``TENANT_VMS_PER_HOST`` per host and switch), so each host
@@ -383,7 +385,7 @@ class FakeSb:
     def raise_sb_cfg(self, value):
         self.sb_cfg = max(self.sb_cfg, value)
 
-    def set_slices(self, slices, status=None):
+    def set_slices(self, slices, status=None, datapaths=None):
         """The Slice table becomes ``slices`` (the rows that differ written,
         as ``ovsdb.api.slices.write_slices`` does)."""
         status = status or {}
@@ -398,7 +400,7 @@ class FakeSb:
         self.change(SbDelta(slices=changed))
         return _done()
 
-    def update_slices(self, changes):
+    def update_slices(self, changes, datapaths=None):
         self.change(SbDelta(slices={k: None if v is None else (v[0], dict(v[1]))
                                     for k, v in changes.items()}))
         return _done()
@@ -955,6 +957,52 @@ def _insert_ops(db):
     return ops, order
 
 
+def _binding_ops(cloud):
+    """Insert operations of every VM's Port_Binding row, on its host."""
+    ofports = {}
+    ops = []
+    for vm, host in sorted(cloud.placement.items()):
+        ofports[host] = ofports.get(host, 0) + 1
+        ops.append({"op": "insert", "table": "Port_Binding",
+                    "row": {"logical_port": vm, "chassis": host,
+                            "ofport": ofports[host], "mac": ""}})
+    return ops
+
+
+def _write_datapaths(cloud, ctl, remote, timeout):
+    """The logical controller's Datapath records and its slices' switches
+    (``Slice.datapath``), written as mbx-northd writes them."""
+    from ovsdb.southbound import NORTHD_TABLES, Southbound
+    northd = Southbound(remote, runtime_tables=NORTHD_TABLES, datapaths=True)
+    northd.start()
+    try:
+        northd.set_datapaths(ctl.sb.datapaths, complete=True).result(timeout)
+        slices = ctl.sb.snap.slices
+        northd.set_slices(slices, ctl.sb.snap.slice_status,
+                          {chain: cloud.snap.middleboxes[chain[0]].switch
+                           for chain, _host in slices}).result(timeout)
+    finally:
+        northd.stop()
+
+
+def _controller_records(remote, host, timeout):
+    """{name: (tenant, vni, config)}: the Datapath rows the southbound
+    connection of a controller serving ``host`` alone holds once ready."""
+    import threading
+    from ovsdb.southbound import ENGINE_TABLES, Southbound
+    ready, last = threading.Event(), {}
+    sb = Southbound(remote, runtime_tables=ENGINE_TABLES, datapaths=True, hosts={host},
+                    on_datapaths=lambda rows, nb_cfg: last.update(rows=dict(rows)),
+                    on_ready=ready.set)
+    sb.start()
+    try:
+        if not ready.wait(timeout):
+            raise RuntimeError("the southbound connection of %s did not settle" % host)
+        return last.get("rows", {})
+    finally:
+        sb.stop()
+
+
 def measure_config_bytes_real(hosts=REAL_DB_HOSTS, vms_per_host=50, sample=3,
                               rundir=RUNDIR, timeout=30.0):
     """Load a cloud of ``hosts`` hosts into a real ovsdb-server and run the
@@ -992,8 +1040,13 @@ def measure_config_bytes_real(hosts=REAL_DB_HOSTS, vms_per_host=50, sample=3,
             mine = [u for d, u in order if d == database]
             tenant.update({uuidlib.UUID(r["uuid"][1]): db.tenant[u]
                            for r, u in zip(results, mine)})
+        _err, reply = rpc.transact_block(jsonrpc.Message.create_request(
+            "transact", ["MBX_Southbound"] + _binding_ops(cloud)))
+        if any(isinstance(r, dict) and "error" in r for r in reply.result):
+            raise RuntimeError("loading the bindings failed: %s" % reply.result)
         load_s = time.perf_counter() - t0
         rpc.close()
+        _write_datapaths(cloud, ctl, "unix:" + sock, timeout)
         per_host = []
         for host in cloud.hosts[:: max(1, len(cloud.hosts) // sample)][:sample]:
             mon = confmon.ConfigMonitor("unix:" + sock, host)
@@ -1017,16 +1070,25 @@ def measure_config_bytes_real(hosts=REAL_DB_HOSTS, vms_per_host=50, sample=3,
                     if t is not None and t not in mine:
                         other += size
                         rows[table] = rows.get(table, 0) + 1
+            records = _controller_records("unix:" + sock, host, timeout)
             per_host.append({"host": host, "other_tenant_bytes": other,
                              "other_tenant_rows": rows, "bytes": total,
                              "rows": sum(len(t) for t in held.values()),
-                             "settle_ms": round(settle * 1000, 1)})
+                             "settle_ms": round(settle * 1000, 1),
+                             "controller_records": len(records),
+                             "controller_other_tenant_bytes": sum(
+                                 len(name) + len(row[0]) + len(row[2])
+                                 for name, row in records.items()
+                                 if cloud.tenant_of_switch[name] not in mine)})
         return {"method": "a real ovsdb-server holding a %d-host cloud (%d rows, loaded in "
                           "%.1f s); the real ConfigMonitor of each sampled host run until "
                           "settled; bytes of the rows its replica holds"
                           % (hosts, len(order), load_s),
                 "hosts": hosts, "hosts_sampled": len(per_host),
                 "other_tenant_bytes_max": max(p["other_tenant_bytes"] for p in per_host),
+                "controller_other_tenant_bytes_max": max(
+                    p["controller_other_tenant_bytes"] for p in per_host),
+                "records": len(ctl.sb.datapaths),
                 "per_host": per_host}
     finally:
         server.stop(pid)
@@ -1171,6 +1233,9 @@ def run(hosts=1000, vms_per_host=50, out=print, scales=SCALES, moves=5, real_db=
         out("cpbench: other-tenant config bytes (real ovsdb-server, %d hosts): max %d"
             % (res["config_bytes_real"]["hosts"],
                res["config_bytes_real"]["other_tenant_bytes_max"]))
+        out("cpbench: other-tenant Datapath bytes of a per-host controller (real "
+            "ovsdb-server): max %d"
+            % res["config_bytes_real"]["controller_other_tenant_bytes_max"])
     return res
 
 
@@ -1276,6 +1341,15 @@ def markdown(results):
                      "max %d | 0 | %s |" % (real["hosts"], real["hosts_sampled"],
                                            real["other_tenant_bytes_max"],
                                            _yes(real["other_tenant_bytes_max"] == 0)))
+        if "controller_other_tenant_bytes_max" in real:
+            lines.append(
+                "| the same, a per-host physical controller's Datapath records (real "
+                "ovsdb-server, %d-host cloud, %d hosts; median %s of %d records held) | "
+                "max %d | 0 | %s |" % (
+                    real["hosts"], real["hosts_sampled"],
+                    statistics.median(p["controller_records"] for p in real["per_host"]),
+                    real["records"], real["controller_other_tenant_bytes_max"],
+                    _yes(real["controller_other_tenant_bytes_max"] == 0)))
     elif real:
         lines.append("| the same, real ovsdb-server | failed: %s | 0 | |" % real["error"])
     lines += [

@@ -91,6 +91,17 @@ def row(record):
     return (record.switch.tenant, record.switch.vni, encode(record))
 
 
+def ports(config):
+    """The sorted VM names of a ``config`` text (the row's ``ports``
+    column: what a physical controller's monitor condition matches); none
+    for a text that does not parse."""
+    try:
+        vms = json.loads(config).get("vms", [])
+        return sorted({v["name"] for v in vms if isinstance(v.get("name"), str)})
+    except (ValueError, AttributeError, TypeError):
+        return []
+
+
 def _to_json(r):
     sw = r.switch
     return {

@@ -12,7 +12,11 @@ One OVSDB connection, on its own thread, for the whole cloud:
   that arrived with it;
 * with ``datapaths=True``, the logical switches' ``Datapath`` rows and
   ``SB_Global.nb_cfg`` (the config generation they were translated from),
-  before the runtime rows and the bindings that arrived with them;
+  before the runtime rows and the bindings that arrived with them; given
+  ``hosts`` as well, only the rows of the switches present on those hosts
+  (``ovsdb.localdp``), nothing being reported while a condition change is
+  on its way (the records of a VM's switch arrive before its binding is
+  reported);
 * the runtime rows a controller asks for (``runtime_tables``: of Slice,
   VM_Location, Migration, Shared_State, IDS_Alert) with the hosts' chassis
   records, as what changed (an ``SbDelta``, ``mbxmodel.snapshot``: the rows
@@ -37,8 +41,10 @@ import threading
 import ovs.poller
 from ovs.db import idl
 
+from mbxmodel import datapath as dplib
 from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.snapshot import RuntimeRows
+from ovsdb import localdp
 from ovsdb.api.migration import create_migration
 from ovsdb.api.runtime import write_vm_location
 from ovsdb.api.slices import check_slices, write_slices
@@ -47,7 +53,7 @@ from ovsdb.server import SB_SCHEMA_PATH
 
 # The runtime tables a controller may monitor, and the columns it reads.
 RUNTIME_COLUMNS = {
-    "Slice": ["chain", "chassis", "tag", "status"],
+    "Slice": ["chain", "chassis", "tag", "status", "datapath"],
     "VM_Location": ["vm", "chassis", "epoch"],
     "Migration": ["vm", "source", "destination", "path", "status", "token",
                   "timeline", "stats", "outcome", "options"],
@@ -160,9 +166,12 @@ class _Idl(idl.Idl):
         self.watched = watched
         self.changed = {}
         self.datapaths_dirty = True
+        self.local_dirty = True
 
     def notify(self, event, row, updates=None):
         table = row._table.name
+        if table in ("Port_Binding", "Slice"):
+            self.local_dirty = True
         if table == "Datapath" or (
                 table == "SB_Global" and (event != idl.ROW_UPDATE or updates is None
                                           or "nb_cfg" in updates._data)):
@@ -187,11 +196,13 @@ class Southbound:
     changed; a consumer keeps them with ``SbRuntime.apply``);
     with ``datapaths=True`` (the controllers) the Datapath rows are
     monitored and ``on_datapaths({name: (tenant, vni, config)},
-    SB_Global.nb_cfg)`` reports them."""
+    SB_Global.nb_cfg)`` reports them; ``hosts`` (a controller that serves
+    only these): only the rows of the switches present on them."""
 
     def __init__(self, remote, on_ports=None, on_status=None, on_sb_cfg=None,
                  on_ready=None, on_runtime=None, runtime_tables=(),
-                 schema=SB_SCHEMA_PATH, datapaths=False, on_datapaths=None):
+                 schema=SB_SCHEMA_PATH, datapaths=False, on_datapaths=None,
+                 hosts=None):
         self._on_ports = on_ports or (lambda host, ports: None)
         self._on_status = on_status or (lambda statuses: None)
         self._on_sb_cfg = on_sb_cfg or (lambda value: None)
@@ -212,9 +223,16 @@ class Southbound:
                                                     "nb_cfg", "sb_cfg", "mb_cfg"])
         helper.register_columns("SB_Global", ["sb_cfg", "nb_cfg"])
         if datapaths:
-            helper.register_columns("Datapath", ["name", "tenant", "vni", "config"])
+            helper.register_columns("Datapath", ["name", "tenant", "vni", "config",
+                                                 "ports"])
+        self._local = frozenset(hosts) if datapaths and hosts is not None else None
+        if self._local is not None:
+            helper.register_columns("Slice", ["chassis", "datapath"])
         self._idl = _Idl(remote, helper, frozenset(runtime_tables))
         self._runtime_rows = RuntimeRows()
+        self._local_cond = []
+        if self._local is not None:
+            self._idl.cond_change("Datapath", self._local_cond)
         self._warned = set()
         self._writes = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
@@ -263,9 +281,11 @@ class Southbound:
                 if row is None:
                     row = txn.insert(table)
                     row.name = name
-                elif (row.tenant, row.vni, row.config) == (tenant, vni, config):
+                elif (row.tenant, row.vni, row.config) == (tenant, vni, config) and (
+                        row.ports or not dplib.ports(config)):  # (none: before 2.1.0)
                     continue
                 row.tenant, row.vni, row.config = tenant, vni, config
+                row.ports = dplib.ports(config)
             if nb_cfg is not None:
                 found = list(idl_.tables["SB_Global"].rows.values())
                 top = found[0] if found else txn.insert(idl_.tables["SB_Global"])
@@ -274,19 +294,20 @@ class Southbound:
         return self.write(fn, "%d datapaths%s" % (
             len(changes), "" if nb_cfg is None else ", nb_cfg %d" % nb_cfg))
 
-    def set_slices(self, slices, status=None):
+    def set_slices(self, slices, status=None, datapaths=None):
         """The Slice table becomes exactly ``slices`` (``MbxSb.set_slices``)."""
         desired, checked = check_slices(slices, status)
         return self.write(lambda idl_, txn: write_slices(idl_.tables, txn, desired,
-                                                         checked),
+                                                         checked, datapaths),
                           "%d slices" % len(desired))
 
-    def update_slices(self, changes):
+    def update_slices(self, changes, datapaths=None):
         """Some slices, in one transaction: ``changes`` {(chain, chassis):
         (tag, status), or None: no such slice}; the other rows are left
         alone (their rows found through the kept index, not a pass over
         the table).  A slice of a chassis with no Chassis row is left out
-        (``write_slices``)."""
+        (``write_slices``).  ``datapaths``: {chain: its logical switch},
+        the changed rows' ``datapath``."""
         desired, checked = check_slices(
             {k: v[0] for k, v in changes.items() if v is not None},
             {k: v[1] for k, v in changes.items() if v is not None})
@@ -304,16 +325,22 @@ class Southbound:
                 if not keep:
                     continue
                 status = checked.get(key, {})
+                switch = (datapaths or {}).get(key[0])
                 if not rows:
                     row = txn.insert(table)
                     row.chain = dict(enumerate(key[0]))
                     row.chassis, row.tag, row.status = key[1], desired[key], status
+                    if switch:
+                        row.datapath = [switch]
                     continue
                 row = rows[0]
                 if row.tag != desired[key]:
                     row.tag = desired[key]
                 if dict(row.status) != status:
                     row.status = status
+                if datapaths is not None and list(row.datapath) != (
+                        [switch] if switch else []):
+                    row.datapath = [switch] if switch else []
         return self.write(fn, "%d slices changed" % len(changes))
 
     def set_vm_location(self, vm, chassis, epoch):
@@ -393,7 +420,7 @@ class Southbound:
             except BlockingIOError:
                 pass
             if self._idl.has_ever_connected() and \
-                    self._idl.change_seqno != last_seqno:
+                    self._idl.change_seqno != last_seqno and self._local_settled():
                 last_seqno = self._idl.change_seqno
                 if self._datapaths and self._idl.datapaths_dirty:
                     self._idl.datapaths_dirty = False
@@ -438,6 +465,29 @@ class Southbound:
             poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
             poller.block()
         self._idl.close()
+
+    def _local_settled(self):
+        """With ``hosts``: the Datapath condition follows the hosts'
+        bindings and slices, and the server has answered its last change
+        (so the rows it selects have arrived)."""
+        if self._local is None:
+            return True
+        idl_ = self._idl
+        if idl_.local_dirty:
+            idl_.local_dirty = False
+            cond = localdp.condition(*localdp.local_of(
+                self._local,
+                ((r.logical_port, r.chassis)
+                 for r in idl_.tables["Port_Binding"].rows.values()),
+                ((r.chassis, _one(r.datapath))
+                 for r in idl_.tables["Slice"].rows.values())))
+            if cond != self._local_cond:
+                self._local_cond = cond
+                idl_.cond_change("Datapath", cond)
+                idl_.send_cond_change()
+        state = idl_.tables["Datapath"].condition_state
+        return (idl_.state == idl_.IDL_S_MONITORING and not idl_.cond_changed
+                and state.new is None and state.requested is None)
 
     def _commit(self, inflight):
         """Push the transactions along; start the queued writes."""

@@ -75,6 +75,8 @@ class MbxController(app_manager.OSKenApp):
         LOG.info("southbound %s", sb_remote)
         self.loop = EngineLoop()
         post = self.loop.post
+        self._preferred = frozenset(conf.chassis)
+        self._standby = (not conf.chassis) if conf.standby is None else conf.standby
         self.southbound = Southbound(
             sb_remote,
             on_ports=lambda host, ports: post("host_ports_changed", host, ports),
@@ -84,10 +86,10 @@ class MbxController(app_manager.OSKenApp):
             on_status=lambda statuses: post("statuses_changed", statuses),
             runtime_tables=ENGINE_TABLES,
             datapaths=True,
-            on_datapaths=lambda rows, nb_cfg: post("datapaths_changed", rows, nb_cfg))
+            on_datapaths=lambda rows, nb_cfg: post("datapaths_changed", rows, nb_cfg),
+            # serving no other host, it reads only its hosts' switches' records
+            hosts=None if self._standby else self._preferred)
         name = conf.name or "%s:%d" % (socket.gethostname(), os.getpid())
-        self._preferred = frozenset(conf.chassis)
-        self._standby = (not conf.chassis) if conf.standby is None else conf.standby
         self._known_hosts = None
         # It serves no host until the server grants it a lock.
         self.loop.engine = Engine(send=self.send, sb=self.southbound, hosts=(),

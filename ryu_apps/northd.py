@@ -92,6 +92,12 @@ def hv_cfg_of(statuses, hosts, nb_cfg):
                default=nb_cfg)
 
 
+def _switches(topo, slices):
+    """{chain: its logical switch} of the chains of ``slices`` (keys
+    (chain, host)): the slices' ``Slice.datapath``."""
+    return {chain: slicelib.chain_switch(topo, chain) for chain, _host in slices}
+
+
 class Northd:
     def __init__(self, nb, sb):
         self._nb = nb
@@ -306,11 +312,13 @@ class Northd:
         touched = state.take_touched()
         if differ and (self._written.get(("slices",)) != state.version or keys):
             if touched is None or keys is None:
-                self._slices_written = self._sb.set_slices(dict(topo.slices), status)
+                self._slices_written = self._sb.set_slices(
+                    dict(topo.slices), status, _switches(topo, topo.slices))
             else:       # the slices that changed here or differ in the database
+                changes = {key: (topo.slices[key], status.get(key) or {})
+                           if key in topo.slices else None for key in touched | keys}
                 self._slices_written = self._sb.update_slices(
-                    {key: (topo.slices[key], status.get(key) or {})
-                     if key in topo.slices else None for key in touched | keys})
+                    changes, _switches(topo, changes))
             self._written[("slices",)] = state.version
         self._slices_checked = state.version
 

@@ -8,11 +8,12 @@ from ovsdb.api.common import _Command
 from ovsdb.errors import MbxError
 
 
-def write_slices(tables, txn, desired, status):
+def write_slices(tables, txn, desired, status, datapaths=None):
     """In transaction ``txn`` on the southbound ``tables``: make the Slice
     table exactly ``desired`` ({(chain, chassis): tag}, checked), with
-    ``status`` ({same key: {str: str}}).  Entries naming a chassis that has
-    no Chassis row are left out.  Shared by MbxSb and the controllers'
+    ``status`` ({same key: {str: str}}) and, given ``datapaths`` ({chain:
+    logical switch name or None}), each row's ``datapath``.  Entries
+    naming a chassis that has no Chassis row are left out.  Shared by MbxSb and the controllers'
     southbound connection (``ovsdb.southbound``)."""
     chassis = {row.name for row in tables["Chassis"].rows.values()}
     wanted = {key: tag for key, tag in desired.items() if key[1] in chassis}
@@ -28,6 +29,8 @@ def write_slices(tables, txn, desired, status):
         row_status = status.get(key, {})
         if dict(row.status) != row_status:
             row.status = row_status
+        if datapaths is not None:
+            _set_datapath(row, datapaths.get(key[0]))
     for key, tag in sorted(wanted.items()):
         if key not in seen:
             chain, host = key
@@ -35,6 +38,14 @@ def write_slices(tables, txn, desired, status):
             row.chain = dict(enumerate(chain))
             row.chassis, row.tag = host, tag
             row.status = status.get(key, {})
+            if datapaths is not None and datapaths.get(chain):
+                row.datapath = [datapaths[chain]]
+
+
+def _set_datapath(row, switch):
+    want = [switch] if switch else []
+    if list(row.datapath or []) != want:
+        row.datapath = want
 
 
 def check_slices(slices, status=None):
@@ -52,25 +63,27 @@ def check_slices(slices, status=None):
 
 
 class SetSlicesCommand(_Command):
-    def __init__(self, api, desired, status):
+    def __init__(self, api, desired, status, datapaths=None):
         super().__init__(api)
         self.desired = desired
         self.status = status
+        self.datapaths = datapaths
 
     def run_idl(self, txn):
-        write_slices(self.api.tables, txn, self.desired, self.status)
+        write_slices(self.api.tables, txn, self.desired, self.status, self.datapaths)
 
 
 class SlicesApi:
     """MbxSb's slice methods."""
 
-    def set_slices(self, slices, status=None):
+    def set_slices(self, slices, status=None, datapaths=None):
         """Make the Slice table exactly ``slices``, a dict (chain, chassis
         name) -> tag, where a chain is a non-empty tuple of middlebox names
         in order; ``status`` maps the same keys to the slices' status
         ({str: str}; missing or None: empty).  Entries naming a chassis
-        with no Chassis row are ignored."""
-        return SetSlicesCommand(self, *check_slices(slices, status))
+        with no Chassis row are ignored.  ``datapaths``: {chain: the logical
+        switch of its middleboxes}, written to the rows' ``datapath``."""
+        return SetSlicesCommand(self, *check_slices(slices, status), datapaths)
 
     def slice_list(self):
         """[(chain, chassis, tag, status)] sorted by chassis, then tag."""

@@ -199,3 +199,11 @@ def test_switch_records_added_and_removed_keep_every_switch_fresh():
     assert "ls-b" not in h.sb.datapaths
     every_switch_holds_a_fresh_computation(h)
     assert not any(vm.switch == "ls-b" for vm in h.engine.topology().vms.values())
+
+
+def test_the_logical_controller_writes_each_slices_switch_with_it():
+    h = running_services()
+    assert h.sb.snap.slices
+    middleboxes = h.nb.snap.middleboxes
+    assert h.sb.slice_datapaths == {chain: middleboxes[chain[0]].switch
+                                    for chain, _host in h.sb.snap.slices}

@@ -50,6 +50,15 @@ def test_a_record_round_trips_through_its_text():
         assert dplib.decode(name, sw.tenant, sw.vni, dplib.encode(record)) == record
 
 
+def test_a_rows_ports_are_its_switchs_vms_by_name():
+    _, records = translated()
+    for name, record in records.items():
+        assert dplib.ports(dplib.encode(record)) == sorted(vm.name for vm in record.vms)
+        assert dplib.ports(dplib.encode(record))
+    assert dplib.ports("not json") == []
+    assert dplib.ports('{"vms": [{"name": 7}]}') == []
+
+
 def test_a_record_holds_what_its_switchs_flows_and_daemons_need():
     _, records = translated()
     a = records["ls-a"]

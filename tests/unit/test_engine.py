@@ -211,12 +211,14 @@ class FakeSb:
     def set_vm_location(self, vm, host, epoch):
         return self._apply(("vm", vm, host, epoch))
 
-    def set_slices(self, slices, status=None):
+    def set_slices(self, slices, status=None, datapaths=None):
+        self.slice_datapaths = dict(datapaths or {})
         return self._apply(("slices", dict(slices), dict(status or {})))
 
-    def update_slices(self, changes):
+    def update_slices(self, changes, datapaths=None):
         """Some slices ({key: (tag, status) or None}): a "slices" write of
         the table as it becomes."""
+        self.slice_datapaths = {**getattr(self, "slice_datapaths", {}), **(datapaths or {})}
         slices, status = dict(self.snap.slices), dict(self.snap.slice_status)
         for key, value in changes.items():
             if value is None:
