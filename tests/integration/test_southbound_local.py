@@ -6,32 +6,13 @@ leaves."""
 
 import json
 import queue
-import subprocess
 
 import pytest
 
-from ovsdb import server
+from sbserver import remote, transact  # noqa: F401 (remote: a fixture)
 from ovsdb.southbound import ENGINE_TABLES, NORTHD_TABLES, Southbound
 
 WAIT = 10.0
-
-
-@pytest.fixture
-def remote(tmp_path):
-    db = str(tmp_path / "sb.db")
-    server.ensure_db(db, server.SB_SCHEMA_PATH)
-    sock = str(tmp_path / "sb.sock")
-    pid = server.start(str(tmp_path), db, ["punix:" + sock])
-    yield "unix:" + sock
-    server.stop(pid)
-
-
-def transact(remote, *ops):
-    out = subprocess.run(["ovsdb-client", "transact", remote,
-                          json.dumps(["MBX_Southbound", *ops])],
-                         check=True, capture_output=True, text=True).stdout
-    assert "error" not in out, out
-    return json.loads(out)
 
 
 def config(*vms):
