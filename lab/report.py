@@ -220,11 +220,19 @@ def targets(r):
     cp = r.get("control_plane")
     if cp:
         n = "%d hosts x %d VMs" % (cp["hosts"], cp["vms_per_host"])
-        out.append(_t("(issue 14) control plane at %s: full computation <= 2 s" % n,
-                      "%.2f s" % cp["full"]["seconds"], cp["full"]["met"], "control"))
+        if "northd_full" in cp:
+            out.append(_t("(issue 14) control plane at %s: logical controller, full "
+                          "translation <= 2 s" % n, "%.2f s" % cp["northd_full"]["seconds"],
+                          cp["northd_full"]["met"], "control"))
+        if "one_host" in cp:
+            one = cp["one_host"]["ms"]
+            out.append(_t("(issue 14) control plane at %s: physical controller, one host's "
+                          "full computation <= 50 ms" % n,
+                          "%.1f ms median, %.1f ms max" % (one["median"], one["max"]),
+                          cp["one_host"]["met"], "control"))
         mv = cp["move"]["reaction_ms"]
-        out.append(_t("(issue 14) control plane at %s: one VM move <= 20 ms" % n,
-                      "%.0f ms median, %.0f ms max" % (mv["median"], mv["max"]),
+        out.append(_t("(issue 14) control plane at %s: one VM move p99 <= 20 ms" % n,
+                      "%.1f ms p99 (median %.1f ms)" % (mv.get("p99", mv["max"]), mv["median"]),
                       cp["move"]["met"], "control"))
     return out
 
@@ -1032,10 +1040,14 @@ def _headline(r):
                                    for n, v in (mem.get("datapath") or {}).items()) or "-"))
     cp = r.get("control_plane")
     if cp:
-        lines.append("- **Control plane at %d hosts x %d VMs** (issue 14): full computation "
-                     "%.2f s, one VM move %.0f ms (median), %g flows per host (median)." % (
-                         cp["hosts"], cp["vms_per_host"], cp["full"]["seconds"],
-                         cp["move"]["reaction_ms"]["median"], cp["flows_per_host"]["median"]))
+        mv = cp["move"]["reaction_ms"]
+        lines.append("- **Control plane at %d hosts x %d VMs** (issue 14): logical controller's "
+                     "full translation %s, full computation of every host %.2f s, one VM move "
+                     "%.1f ms median, %.1f ms p99, %g flows per host (median)." % (
+                         cp["hosts"], cp["vms_per_host"],
+                         "%.2f s" % cp["northd_full"]["seconds"] if "northd_full" in cp else "-",
+                         cp["full"]["seconds"], mv["median"], mv.get("p99", mv["max"]),
+                         cp["flows_per_host"]["median"]))
     return lines
 
 
