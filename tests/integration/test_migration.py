@@ -116,8 +116,9 @@ def test_unannounced_move_drops_no_packet_while_the_state_is_late(mig):
     os.kill(pid, signal.SIGSTOP)
     try:
         lab.migrate("mv", dst, notify=False, wait_state=False)
-        time.sleep(0.6)                 # packets arrive; no state yet
-        assert lab.mbxd_stats(dst)["held"] > 0
+        # packets arrive; no state yet: the destination holds them
+        wait_until(lambda: lab.mbxd_stats(dst)["held"] > 0, timeout=15,
+                   what="the destination to hold the VM's packets")
     finally:
         os.kill(pid, signal.SIGCONT)
     row = lab.wait_migration("mv", ("done", "fallback"), timeout=10)
