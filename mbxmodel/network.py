@@ -11,7 +11,7 @@ from typing import Dict, Optional, Tuple
 
 @dataclass(frozen=True)
 class HostInfo:
-    """A host as the controller computes its flows: its Host row and the
+    """A host as the controller computes its flows: its Chassis row and the
     ports its own OVSDB reported (``HostPorts``)."""
     name: str
     encap_ip: str                   # underlay tunnel endpoint, e.g. "10.200.0.11"
