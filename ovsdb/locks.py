@@ -31,12 +31,13 @@ holds none.
 """
 
 import logging
-import os
 import queue
 import threading
 
 import ovs.jsonrpc
 import ovs.poller
+
+from ovsdb.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
 
@@ -200,8 +201,7 @@ class LockThread:
         self._locks = Locks(remote, on_change=on_change)
         self._asks = queue.Queue()
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self._wakeup = Wakeup()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="mbx-locks")
 
@@ -210,21 +210,17 @@ class LockThread:
 
     def stop(self):
         self._stop.set()
-        os.write(self._wake_w, b"x")
+        self._wakeup.wake()
         self._thread.join(timeout=5)
 
     def want(self, wanted):
         self._asks.put(dict(wanted))
-        os.write(self._wake_w, b"x")
+        self._wakeup.wake()
 
     def _run(self):
         told = None
         while not self._stop.is_set():
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            self._wakeup.drain()
             wanted = None
             while True:
                 try:
@@ -244,8 +240,7 @@ class LockThread:
                              ", ".join(sorted(hosts_of(state[1]))) or "no host")
             poller = ovs.poller.Poller()
             self._locks.wait(poller)
-            poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
+            self._wakeup.wait(poller)
             poller.block()
         self._locks.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wakeup.close()

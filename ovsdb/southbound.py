@@ -34,7 +34,6 @@ again on the new contents.  Each returns a Future: done once committed
 
 import concurrent.futures
 import logging
-import os
 import queue
 import threading
 
@@ -50,6 +49,7 @@ from ovsdb.api.runtime import write_vm_location
 from ovsdb.api.slices import check_slices, write_slices
 from ovsdb.errors import MbxError
 from ovsdb.server import SB_SCHEMA_PATH
+from ovsdb.wakeup import Wakeup
 
 # The runtime tables a controller may monitor, and the columns it reads.
 RUNTIME_COLUMNS = {
@@ -235,8 +235,7 @@ class Southbound:
             self._idl.cond_change("Datapath", self._local_cond)
         self._warned = set()
         self._writes = queue.Queue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self._wakeup = Wakeup()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="mbx-southbound")
 
@@ -245,7 +244,7 @@ class Southbound:
 
     def stop(self):
         self._stop.set()
-        os.write(self._wake_w, b"x")
+        self._wakeup.wake()
 
     # ------------------------------------------------------------ writes
     def write(self, fn, what):
@@ -254,7 +253,7 @@ class Southbound:
         Future of ``fn``'s result once committed."""
         future = concurrent.futures.Future()
         self._writes.put((fn, what, future))
-        os.write(self._wake_w, b"x")
+        self._wakeup.wake()
         return future
 
     def set_datapaths(self, changes, nb_cfg=None, complete=False):
@@ -414,11 +413,7 @@ class Southbound:
         inflight = []           # (txn, fn, what)
         while not self._stop.is_set():
             self._idl.run()
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            self._wakeup.drain()
             if self._idl.has_ever_connected() and \
                     self._idl.change_seqno != last_seqno and self._local_settled():
                 last_seqno = self._idl.change_seqno
@@ -462,7 +457,7 @@ class Southbound:
             inflight = self._commit(inflight)
             poller = ovs.poller.Poller()
             self._idl.wait(poller)
-            poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
+            self._wakeup.wait(poller)
             poller.block()
         self._idl.close()
 
