@@ -1,18 +1,29 @@
-"""mbx-pki: the certificates of the channel between mbxd daemons.
+"""mbx-pki: the deployment's CA and its principals' certificates (the
+databases' TLS, OpenFlow TLS, the channel between mbxd daemons).
 
     mbx-pki init DIR [--name NAME]     create DIR/ca.pem and DIR/ca.key (kept if present)
-    mbx-pki issue DIR HOST...          create DIR/HOST.pem and DIR/HOST.key
+    mbx-pki issue DIR NAME... [--role ROLE]
+                                       create DIR/NAME.pem and DIR/NAME.key
 
-One CA per deployment (EC P-256, ten years).  Each host certificate names
-the host in its subject CN and in a DNS subjectAltName, is good for both
+One CA per deployment (EC P-256, ten years).  Each certificate names its
+principal in its subject CN and in a DNS subjectAltName, is good for both
 TLS server and client authentication, and is signed by the CA in the same
 directory.  Private keys are written with mode 0600.
+
+Roles (``--role``, default host): host (a hypervisor; NAME = its chassis
+name), server (a database member), controller (mbx-northd, a physical
+controller on a controller node), tenant (NAME = the tenant), provider (an
+operator).  DIR/principals.json records each name's role, and a name is
+never issued for a second role: a tenant called like a host would
+otherwise hold that host's rights in the databases' RBAC, which matches
+the certificate's CN only.
 """
 
 import argparse
 import collections
 import datetime
 import ipaddress
+import json
 import os
 import re
 import sys
@@ -33,6 +44,9 @@ HOST_DAYS = 3650
 _HOST_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,252}")
 
 HostFiles = collections.namedtuple("HostFiles", "ca cert key")
+
+ROLES = ("host", "server", "controller", "tenant", "provider")
+REGISTRY = "principals.json"
 
 
 def _now():
@@ -136,12 +150,62 @@ def _load_ca(directory):
     return cert, key
 
 
+def principals(directory):
+    """{name: role} of the certificates issued in ``directory``."""
+    path = os.path.join(os.path.abspath(directory), REGISTRY)
+    try:
+        with open(path) as f:
+            registry = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise MbxError("cannot read %s: %s" % (path, getattr(err, "strerror", None) or err))
+    if not isinstance(registry, dict) or not all(
+            isinstance(v, str) and v in ROLES for v in registry.values()):
+        raise MbxError("%s is not a {name: role} registry" % path)
+    return registry
+
+
+def role_of(directory, name):
+    """The role ``name`` was issued for in ``directory`` (None: never)."""
+    return principals(directory).get(name)
+
+
+def _register(directory, name, role):
+    """Record ``name`` -> ``role``; MbxError if it has another role."""
+    if role not in ROLES:
+        raise MbxError("unknown role %r (roles: %s)" % (role, ", ".join(ROLES)))
+    registry = principals(directory)
+    have = registry.get(name)
+    if have is not None and have != role:
+        raise MbxError("%s already has a %s certificate in %s: one name cannot "
+                       "have two roles" % (name, have, directory))
+    if have is None:
+        registry[name] = role
+        try:
+            _write(os.path.join(directory, REGISTRY),
+                   (json.dumps(registry, indent=1, sort_keys=True) + "\n").encode(),
+                   0o644)
+        except OSError as err:
+            raise MbxError("cannot write %s in %s: %s"
+                           % (REGISTRY, directory, err.strerror or err))
+
+
 def issue_host(directory, host):
-    """Issue (or re-issue, with a new key) ``host``'s certificate from the CA
-    in ``directory``.  Returns its ``HostFiles``."""
+    """Issue (or re-issue, with a new key) ``host``'s certificate (role
+    host) from the CA in ``directory``.  Returns its ``HostFiles``."""
+    return issue(directory, host, "host")
+
+
+def issue(directory, name, role="host"):
+    """Issue (or re-issue, with a new key) principal ``name``'s certificate
+    for ``role`` from the CA in ``directory``; MbxError when ``name`` was
+    issued for another role.  Returns its ``HostFiles``."""
+    host = name
     _check_host(host)
     directory = os.path.abspath(directory)
     ca_cert, ca_key = _load_ca(directory)
+    _register(directory, host, role)
     key = ec.generate_private_key(ec.SECP256R1())
     names = [x509.DNSName(host)]
     try:
@@ -210,9 +274,11 @@ def parse_args(argv):
     i = sub.add_parser("init", help="create the CA (kept if it exists)")
     i.add_argument("dir", metavar="DIR")
     i.add_argument("--name", default="mbx CA", help="the CA's subject CN")
-    s = sub.add_parser("issue", help="issue host certificates")
+    s = sub.add_parser("issue", help="issue certificates")
     s.add_argument("dir", metavar="DIR")
-    s.add_argument("hosts", metavar="HOST", nargs="+")
+    s.add_argument("hosts", metavar="NAME", nargs="+")
+    s.add_argument("--role", choices=ROLES, default="host",
+                   help="what the names are (default: host)")
     return p.parse_args(argv)
 
 
@@ -223,10 +289,15 @@ def main(argv=None):
             cert, _ = init_ca(args.dir, args.name)
             print(cert)
         else:
+            registry = principals(args.dir)
             for host in args.hosts:
                 _check_host(host)
+                if registry.get(host, args.role) != args.role:
+                    raise MbxError("%s already has a %s certificate in %s: one name "
+                                   "cannot have two roles"
+                                   % (host, registry[host], args.dir))
             for host in args.hosts:
-                print(issue_host(args.dir, host).cert)
+                print(issue(args.dir, host, args.role).cert)
     except MbxError as err:
         print("%s: %s" % (PROGRAM, err), file=sys.stderr)
         return 1

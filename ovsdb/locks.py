@@ -28,6 +28,16 @@ hosts a controller serves are also in ``Chassis_Private.controller``.
 ``run()`` after waking, ``wait(poller)`` before blocking.  After a
 reconnection every lock it wants is asked for again; until granted it
 holds none.
+
+Locks belong to one server process, not to the database: with a clustered
+southbound database, every controller must ask the same member, the
+leader, or two controllers could each hold one host's lock on two
+members.  ``Locks`` takes the members' remote list, watches the server's
+``_Server`` database on each connection, asks for its locks only once that
+server says it is the leader of the southbound database (a standalone
+server always qualifies), and moves on to the next member as soon as it
+is not (or the connection drops): a new leader's lock queue starts empty,
+so every controller asks again there and the hosts are split anew.
 """
 
 import logging
@@ -37,11 +47,14 @@ import threading
 import ovs.jsonrpc
 import ovs.poller
 
+from ovsdb import remotes
 from ovsdb.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
 
 LOCK_PREFIX = "mbx_chassis_"
+DATABASE = "MBX_Southbound"      # whose leader the locks are asked of
+_SERVER_MONITOR = "mbx-locks-server"
 
 
 def chassis_lock_name(host):
@@ -90,8 +103,13 @@ class Locks:
     ``on_change(held)`` is called (from ``run``) with the frozenset of lock
     names held whenever it changes."""
 
-    def __init__(self, remote, on_change=None):
-        self._session = ovs.jsonrpc.Session.open(remote)
+    def __init__(self, remote, on_change=None, database=DATABASE):
+        self._session = remotes.follow_quickly(
+            ovs.jsonrpc.Session.open_multiple(remotes.split(remote, "southbound remote")))
+        self._database = database
+        self._leader = False            # this connection's server leads the database
+        self._monitor = None            # the _Server monitor request's id
+        self._server_rows = {}          # _Server Database rows: uuid -> columns
         self._on_change = on_change or (lambda held: None)
         self._wanted = {}               # name -> steal on (re)request
         self._requests = {}             # request id -> lock name
@@ -109,10 +127,18 @@ class Locks:
 
     @property
     def settled(self):
-        """Connected, and the server has answered every request: each
-        wanted lock is held or queued."""
+        """Connected to the leader, and the server has answered every
+        request: each wanted lock is held or queued."""
         return self._session.is_connected() and self._asked == \
             self._session.get_seqno() and not self._requests
+
+    @property
+    def server(self):
+        """The remote of the member it asks (None while not connected to
+        the leader)."""
+        if self._session.is_connected() and self._leader:
+            return self._session.reconnect.get_name()
+        return None
 
     def want(self, wanted):
         """Make the wanted locks exactly ``wanted`` ({name: steal?}):
@@ -134,8 +160,17 @@ class Locks:
             self._seqno = seqno
             self._asked = None
             self._requests.clear()
+            self._leader = False
+            self._monitor = None
+            self._server_rows = {}
             self._set_held(frozenset())
-        if self._session.is_connected() and self._asked != seqno:
+        if self._session.is_connected() and self._monitor is None:
+            msg = ovs.jsonrpc.Message.create_request("monitor", [
+                "_Server", _SERVER_MONITOR,
+                {"Database": {"columns": ["name", "model", "connected", "leader"]}}])
+            self._monitor = msg.id
+            self._session.send(msg)
+        if self._session.is_connected() and self._leader and self._asked != seqno:
             self._asked = seqno
             for name, steal in sorted(self._wanted.items()):
                 self._send("steal" if steal else "lock", name)
@@ -143,6 +178,14 @@ class Locks:
             msg = self._session.recv()
             if msg is None:
                 break
+            if self._server_message(msg):
+                if not self._leader:
+                    break               # reconnecting: the rest is stale
+                if self._asked != seqno:
+                    self._asked = seqno
+                    for name, steal in sorted(self._wanted.items()):
+                        self._send("steal" if steal else "lock", name)
+                continue
             self._received(msg)
 
     def wait(self, poller):
@@ -153,8 +196,59 @@ class Locks:
         self._session.close()
 
     # ---------------------------------------------------------- internals
+    def _server_message(self, msg):
+        """Handle the _Server monitor's reply or update; True if it was one.
+        Not (or no longer) the leader: reconnect to the next member."""
+        if msg.type in (ovs.jsonrpc.Message.T_REPLY, ovs.jsonrpc.Message.T_ERROR) \
+                and msg.id == self._monitor and self._monitor is not None:
+            if msg.type == ovs.jsonrpc.Message.T_ERROR:
+                # A server without _Server (very old): standalone, qualifies.
+                self._leader = True
+                return True
+            self._apply_server(msg.result)
+        elif msg.type == ovs.jsonrpc.Message.T_NOTIFY and msg.method == "update" \
+                and msg.params and msg.params[0] == _SERVER_MONITOR:
+            self._apply_server(msg.params[1])
+        else:
+            return False
+        leader, why = self._judge()
+        if leader != self._leader or not leader:
+            name = self._session.reconnect.get_name()
+            if leader:
+                LOG.info("%s leads %s: asking it for the locks", name, self._database)
+            else:
+                LOG.info("%s: %s; trying the next member", name, why)
+        self._leader = leader
+        if not leader:
+            self._set_held(frozenset())
+            self._session.force_reconnect()
+        return True
+
+    def _apply_server(self, updates):
+        for uuid, change in ((updates or {}).get("Database") or {}).items():
+            new = change.get("new")
+            if new is None:
+                self._server_rows.pop(uuid, None)
+            else:
+                self._server_rows[uuid] = dict(self._server_rows.get(uuid, {}), **new)
+
+    def _judge(self):
+        """(leads the database?, why not)."""
+        row = next((r for r in self._server_rows.values()
+                    if r.get("name") == self._database), None)
+        if row is None:
+            return False, "it serves no %s database" % self._database
+        if row.get("model") != "clustered":
+            return True, ""
+        if row.get("connected") is not True:
+            return False, "it is disconnected from the %s cluster" % self._database
+        if row.get("leader") is not True:
+            return False, "it is not the %s cluster's leader" % self._database
+        return True, ""
+
     def _send(self, method, name):
-        if not self._session.is_connected() or self._asked != self._session.get_seqno():
+        if not self._session.is_connected() or not self._leader or \
+                self._asked != self._session.get_seqno():
             return                      # asked for once connected (run)
         msg = ovs.jsonrpc.Message.create_request(method, [name])
         if method != "unlock":

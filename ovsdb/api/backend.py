@@ -24,6 +24,7 @@ from ovsdb.api.runtime import RuntimeApi
 from ovsdb.api.slices import SlicesApi
 from ovsdb.api.switches import SwitchesApi
 from ovsdb.errors import MbxError
+from ovsdb import remotes
 
 
 SCHEMA_NAME = "MBX_Northbound"
@@ -39,8 +40,29 @@ def _unreachable(remote, reason, schema=SCHEMA_NAME):
 
 
 def _fetch_schema(remote, timeout, schema=SCHEMA_NAME):
-    """The schema JSON of database ``schema`` served at ``remote``, or
-    MbxError within about ``timeout`` seconds."""
+    """The schema JSON of database ``schema`` served at ``remote`` (a
+    comma-separated list of a cluster's members: the first that answers;
+    every member serves the same schema), or MbxError within about
+    ``timeout`` seconds."""
+    members = remotes.split(remote, _WHAT[schema][0])
+    deadline = time.monotonic() + timeout
+    errors = []
+    for i, member in enumerate(members):
+        # Each member gets an equal share of what is left of the time.
+        share = (deadline - time.monotonic()) / (len(members) - i)
+        try:
+            return _fetch_schema_one(member, max(share, 0.05), schema)
+        except MbxError as err:
+            errors.append(err)
+            if "serves no" in str(err):
+                raise
+    if len(errors) == 1:
+        raise errors[0]
+    raise _unreachable(remote, "no member answered (%s)" % "; ".join(
+        str(e).split(": ", 1)[-1].split("; is the lab up")[0] for e in errors), schema)
+
+
+def _fetch_schema_one(remote, timeout, schema=SCHEMA_NAME):
     deadline = time.monotonic() + timeout
 
     def remaining_ms():
@@ -81,6 +103,10 @@ def _fetch_schema(remote, timeout, schema=SCHEMA_NAME):
 class _Idl(connection.OvsdbIdl):
     on_change = None
     quiet = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)      # leader_only: follows the leader
+        remotes.follow_quickly(self._session)
 
     def notify(self, event, row, updates=None):
         if self.on_change is None:
