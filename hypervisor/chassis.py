@@ -55,7 +55,7 @@ import ovs.timeval
 from ovs.db import idl
 
 from mbxmodel.network import MIDDLEBOX_ROLE, UPLINK_ROLE, HostPorts
-from ovsdb import validate
+from ovsdb import remotes, tls, validate
 from ovsdb.errors import MbxError
 from ovsdb.server import SB_SCHEMA_PATH
 
@@ -212,7 +212,8 @@ class ChassisAgent:
         helper.register_columns("Interface", ["name", "type", "ofport",
                                               "external_ids", "mac_in_use"])
         self.local = idl.Idl(local_db, helper)
-        self.sb = idl.Idl(sb_remote, _sb_helper(sb_schema))
+        self.sb = idl.Idl(sb_remote, _sb_helper(sb_schema))   # follows the leader
+        remotes.follow_quickly(self.sb._session)
         # Set before the first connection, the conditions go with the
         # initial monitor request: the replica never holds other hosts' rows.
         self.sb.cond_change("Chassis", [["name", "==", name]])
@@ -368,6 +369,7 @@ def parse_args(argv):
                    "Open_vSwitch external_ids:system-id)")
     p.add_argument("--bridge", default=BRIDGE,
                    help="the integration bridge (default %s)" % BRIDGE)
+    tls.add_arguments(p)
     p.add_argument("--log-file", help="log to this file instead of stderr")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -389,6 +391,8 @@ def main(argv=None):
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, _stop)
     try:
+        tls.check_remotes(args.sb, what="southbound remote")
+        tls.configure(tls.files(args), args.sb, program=PROG)
         fields = chassis_fields(read_external_ids(args.local_db), args.name)
     except MbxError as e:
         print(f"{PROG}: {e}", file=sys.stderr)

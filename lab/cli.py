@@ -5,7 +5,8 @@ import json
 import os
 import sys
 
-from lab.lab import CONTROLLER_MODES, DEFAULT_PREFIX, DEFAULT_RUNDIR, EXT_NAMES, Lab
+from lab.lab import (CONTROLLER_MODES, DB_CLUSTER_SIZES, DEFAULT_DB_CLUSTER, DEFAULT_PREFIX,
+                     DEFAULT_RUNDIR, EXT_NAMES, Lab)
 from lab.sh import LabError
 from ovsdb.errors import MbxError
 
@@ -35,6 +36,10 @@ def build_parser():
                     help="N more controller instances in the fabric, standing by "
                     "for every host: each br-int connects to all of them, and "
                     "one takes over a host whose controller dies (default 0)")
+    up.add_argument("--db-cluster", type=int, choices=DB_CLUSTER_SIZES,
+                    default=DEFAULT_DB_CLUSTER, metavar="N",
+                    help="database nodes: 3, each database a Raft cluster of "
+                    "three members, or 1 standalone node (default %(default)s)")
     sub.add_parser("down", help="end every lab process and remove every namespace")
     sub.add_parser("status")
     va = sub.add_parser("vm-add")
@@ -62,7 +67,8 @@ def build_parser():
     return p
 
 
-def up_from_topology(lab, path, encap, controllers="central", standby=0):
+def up_from_topology(lab, path, encap, controllers="central", standby=0,
+                     db_cluster=DEFAULT_DB_CLUSTER):
     from ovsdb.topology import apply_topology, parse_topology
     try:
         with open(path) as f:
@@ -71,7 +77,8 @@ def up_from_topology(lab, path, encap, controllers="central", standby=0):
         raise LabError("cannot read %s: %s" % (path, err.strerror))
     spec = parse_topology(text, allow_placement=True)
     hosts = list(spec.hosts) or ["h1", "h2", "h3"]
-    lab.up(hosts, encap=encap, controllers=controllers, standby=standby)
+    lab.up(hosts, encap=encap, controllers=controllers, standby=standby,
+           db_cluster=db_cluster)
     apply_topology(lab.nb(), spec)
     for vm in spec.vms:
         host = spec.placement.get(vm.name)
@@ -92,11 +99,12 @@ def run(argv):
         if args.cmd == "up":
             if args.topology:
                 up_from_topology(lab, args.topology, args.encap, args.controllers,
-                                 args.standby)
+                                 args.standby, args.db_cluster)
             else:
                 lab.up(["h%d" % i for i in range(1, args.hosts + 1)], encap=args.encap,
-                       controllers=args.controllers, standby=args.standby)
-            print("config DB: export MBX_DB=%s" % lab.nb_remote)
+                       controllers=args.controllers, standby=args.standby,
+                       db_cluster=args.db_cluster)
+            print("config DB: export MBX_DB=%s MBX_SB=%s" % (lab.nb_remote, lab.sb_remote))
         elif args.cmd == "down":
             lab.down()
         elif args.cmd == "status":

@@ -3,8 +3,23 @@
 Layout (prefix ``mbx`` by default; every name below carries the prefix):
 
 * ``mbx-fabric`` netns: the underlay bridge ``br-ul`` and the management bridge
-  ``br-mgmt`` (address 10.201.0.1), the config database ovsdb-server and the
-  controller.  Nothing of the lab lives in the root namespace.
+  ``br-mgmt`` (address 10.201.0.1), the logical controller(s) and the central
+  physical controller(s).  Nothing of the lab lives in the root namespace.
+* ``mbx-db1`` .. ``mbx-db3`` netns: the database nodes, on br-mgmt at
+  10.201.0.2-.4 (``--db-cluster 3``, the default; 1: one standalone node).
+  Each runs one northbound and one southbound ovsdb-server member (Raft
+  over ssl: on :6643 / :6644, the members' unix sockets
+  ``RUNDIR/db/N/nb.sock`` / ``sb.sock`` for privileged local access, and
+  the network remotes pssl:6641 / pssl:6642), each with its server
+  certificate (``dbN``).  Components in the fabric (northd, central
+  controllers, the lab's own clients) use the unix sockets
+  (``Lab.nb_remote``, ``Lab.sb_remote``: every member's, the client follows
+  the leader); the hosts' mbx-chassis, mbxd and per-host controllers use
+  ``Lab.nb_ssl_remote`` / ``Lab.sb_ssl_remote`` with the host's certificate.
+  OpenFlow between each host's ovs-vswitchd and the physical controllers
+  is TLS too (``ovs-vsctl set-ssl`` with the host's certificate; the
+  central controllers hold the ``controller`` certificate, a per-host one
+  its host's).
 * ``mbx-hN`` netns per host: its own ovsdb-server and ovs-vswitchd (userspace
   datapath), ``br-phy`` holding the underlay veth and the host's tunnel IP
   10.200.0.(10+N), ``br-int`` with one tunnel port ``mbx-tun``
@@ -47,6 +62,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +73,7 @@ from lab.sh import LabError, read_pidfile, run, wait_until
 from middlebox import pki
 from ovsdb import server as nbserver
 from ovsdb.server import pid_alive, stop as stop_pid
+from ovsdb import tls
 from ovsdb.api import MbxNb, MbxSb
 from ovsdb.errors import MbxError
 from mbxmodel.network import MIDDLEBOX_ROLE, UPLINK_ROLE
@@ -74,7 +91,18 @@ LOCAL_CONTROLLER_IP = "127.0.0.1"   # a host's own controller (controllers: per-
 CONTROLLER_MODES = ("central", "per-host")
 MAX_STANDBY = 9             # standby controller N listens on OF_PORT + N
 HOST_OVSDB_PORT = 6640
-NB_TCP_PORT = 6641
+NB_PORT = 6641             # the database nodes' network remotes (pssl:)
+SB_PORT = 6642
+NB_RAFT_PORT = 6643        # Raft between the members (ssl:)
+SB_RAFT_PORT = 6644
+DB_KINDS = {               # kind -> (schema name, schema file, port, raft port, global table)
+    "nb": ("MBX_Northbound", nbserver.SCHEMA_PATH, NB_PORT, NB_RAFT_PORT, "NB_Global"),
+    "sb": ("MBX_Southbound", nbserver.SB_SCHEMA_PATH, SB_PORT, SB_RAFT_PORT, "SB_Global"),
+}
+MAX_DB_NODES = 3           # 10.201.0.2 - .4
+DB_CLUSTER_SIZES = (1, 3)
+DEFAULT_DB_CLUSTER = 3
+CONTROLLER_CERT = "controller"
 VM_MTU = 1450
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 TUNNEL_PORT = "mbx-tun"
@@ -125,6 +153,21 @@ def vif_name(vm):
 def _is_controller_key(key):
     return key == "controller" or key.endswith("/controller") or \
         key.startswith("controller-s")
+
+
+def _db_kind(kind):
+    if kind not in DB_KINDS:
+        raise LabError("database kind: nb or sb, not %r" % (kind,))
+    return kind
+
+
+def _has_connections(kind):
+    """Whether database ``kind``'s schema has Connection rows (the network
+    remote then comes from ``GLOBAL.connections``)."""
+    _name, schema, _port, _raft, table = DB_KINDS[kind]
+    with open(schema) as f:
+        tables = json.load(f)["tables"]
+    return "Connection" in tables and "connections" in tables[table]["columns"]
 
 
 _SAVE_LOCK = threading.Lock()
@@ -201,9 +244,217 @@ class Lab:
     def host_dir(self, host):
         return os.path.join(self.rundir, "hosts", host)
 
+    # ------------------------------------------------------ database nodes
+    @property
+    def db_cluster(self):
+        """Database nodes: 3 (a Raft cluster of each database) or 1 (one
+        standalone node)."""
+        return self.state.get("db_cluster", DEFAULT_DB_CLUSTER)
+
+    def db_members(self, kind):
+        """The members (node numbers 1..N) of database ``kind`` ("nb"/"sb")."""
+        _db_kind(kind)
+        return list(range(1, self.db_cluster + 1))
+
+    def db_node_ns(self, n):
+        return "%s-db%d" % (self.prefix, n)
+
+    @staticmethod
+    def db_node_ip(n):
+        return MGMT_PREFIX + str(1 + n)
+
+    @staticmethod
+    def db_cert(n):
+        """The server certificate's name (mbx-pki, role server) of node ``n``."""
+        return "db%d" % n
+
+    def db_dir(self, n):
+        return os.path.join(self.rundir, "db", str(n))
+
+    def db_file(self, kind, n, suffix):
+        """RUNDIR/db/N/KIND.SUFFIX: db, sock, ctl, pid, log."""
+        return os.path.join(self.db_dir(n), "%s.%s" % (_db_kind(kind), suffix))
+
+    @staticmethod
+    def db_key(kind, n):
+        """The pid key of a member's ovsdb-server."""
+        return "db%d/%s-ovsdb-server" % (n, kind)
+
+    def _db_remote(self, kind):
+        return ",".join("unix:" + self.db_file(kind, n, "sock")
+                        for n in self.db_members(kind))
+
+    def _db_ssl_remote(self, kind):
+        port = DB_KINDS[kind][2]
+        return ",".join("ssl:%s:%d" % (self.db_node_ip(n), port)
+                        for n in self.db_members(kind))
+
     @property
     def nb_remote(self):
-        return "unix:%s" % os.path.join(self.rundir, "nb.sock")
+        """The northbound members' unix sockets (privileged access)."""
+        return self._db_remote("nb")
+
+    @property
+    def sb_remote(self):
+        """The southbound members' unix sockets (privileged access)."""
+        return self._db_remote("sb")
+
+    @property
+    def nb_ssl_remote(self):
+        """The northbound members' network remotes (ssl:IP:6641,...)."""
+        return self._db_ssl_remote("nb")
+
+    @property
+    def sb_ssl_remote(self):
+        """The southbound members' network remotes (ssl:IP:6642,...)."""
+        return self._db_ssl_remote("sb")
+
+    def tls_files(self, name):
+        """``ovsdb.tls.Files`` of principal ``name`` (a host, ``controller``)."""
+        return tls.from_pki(self.pki_dir, name)
+
+    def tls_args(self, name):
+        files = self.tls_files(name)
+        return ["--private-key", files.private_key, "--certificate", files.certificate,
+                "--ca-cert", files.ca_cert]
+
+    def db_status(self, kind, n):
+        """``cluster/status`` of member ``n`` as {field: value} ({} if it does
+        not answer; {"Role": "standalone"} for a standalone node)."""
+        if self.db_cluster == 1:
+            return {"Role": "standalone"} if self.db_key(kind, n) in self.state["pids"] \
+                else {}
+        proc = subprocess.run(["ovs-appctl", "--timeout=2", "-t", self.db_file(kind, n, "ctl"),
+                               "cluster/status", DB_KINDS[kind][0]],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {}
+        out = {}
+        for line in proc.stdout.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not line.startswith(" ") and key not in out:
+                out[key.strip()] = value.strip()
+        return out
+
+    def db_leader(self, kind):
+        """The member leading database ``kind`` (1 for a standalone node),
+        or None while there is none."""
+        for n in self.db_members(kind):
+            if self.db_key(kind, n) not in self.state["pids"]:
+                continue
+            role = self.db_status(kind, n).get("Role")
+            if role in ("leader", "standalone"):
+                return n
+        return None
+
+    def db_kill(self, kind, member, sig=signal.SIGKILL):
+        """End member ``member`` of database ``kind`` with ``sig``; returns
+        once it is gone."""
+        key = self.db_key(kind, member)
+        pid = self.state["pids"].pop(key, None)
+        self._save()
+        if pid is None:
+            raise LabError("%s member %d is not running" % (kind, member))
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        wait_until(lambda: not pid_alive(pid), 10,
+                   what="%s member %d (pid %d) to end" % (kind, member, pid))
+
+    def db_start(self, kind, member, wait=True):
+        """Start member ``member`` of database ``kind`` from its file (a
+        cluster member rejoins its cluster); with ``wait``, returns once it
+        is a cluster member again (standalone: once it serves)."""
+        key = self.db_key(kind, member)
+        if key in self.state["pids"] and pid_alive(self.state["pids"][key]):
+            raise LabError("%s member %d is running (pid %d)"
+                           % (kind, member, self.state["pids"][key]))
+        name, _schema, port, _raft, table = DB_KINDS[kind]
+        files = self.tls_files(self.db_cert(member))
+        ip = self.db_node_ip(member)
+        f = lambda suffix: self.db_file(kind, member, suffix)
+        for stale in (f("sock"), f("ctl")):
+            if os.path.exists(stale):
+                os.unlink(stale)
+        argv = ["ovsdb-server", f("db"), "--remote=punix:" + f("sock"),
+                "--private-key=" + files.private_key,
+                "--certificate=" + files.certificate,
+                "--ca-cert=" + files.ca_cert,
+                "--pidfile=" + f("pid"), "--unixctl=" + f("ctl"),
+                "--log-file=" + f("log"), "--detach", "--no-chdir"]
+        if _has_connections(kind):
+            argv.append("--remote=db:%s,%s,connections" % (name, table))
+        else:
+            # Until the schema has Connection rows: the network remote here.
+            argv.append("--remote=pssl:%d:%s" % (port, ip))
+        run(argv, netns=self.db_node_ns(member))
+        self._record_pid(key, read_pidfile(f("pid")))
+        if wait:
+            wait_until(lambda: os.path.exists(f("sock")), 10,
+                       what="%s member %d's socket" % (kind, member))
+            if self.db_cluster > 1:
+                wait_until(lambda: self.db_status(kind, member).get("Status")
+                           == "cluster member", 30,
+                           what="%s member %d to join its cluster" % (kind, member))
+        return self.state["pids"][key]
+
+    def _db_up(self, size, log=print):
+        """The database nodes and their members (see the module's doc)."""
+        self.state["db_cluster"] = size
+        self._save()
+        fab = self.fabric_ns
+        for n in range(1, size + 1):
+            ns = self.db_node_ns(n)
+            self._add_netns(ns)
+            outer = "mg-db%d" % n
+            run(["ip", "link", "add", outer, "type", "veth", "peer", "name", "mgmt0",
+                 "netns", ns], netns=fab)
+            run(["ip", "link", "set", outer, "master", "br-mgmt", "up"], netns=fab)
+            run(["ip", "addr", "add", self.db_node_ip(n) + "/24", "dev", "mgmt0"], netns=ns)
+            run(["ip", "link", "set", "mgmt0", "up"], netns=ns)
+            d = self.db_dir(n)
+            if os.path.isdir(d):
+                shutil.rmtree(d)        # a lab starts from empty databases
+            os.makedirs(d)
+        for kind, (name, schema, _port, raft, _table) in DB_KINDS.items():
+            first = "ssl:%s:%d" % (self.db_node_ip(1), raft)
+            for n in range(1, size + 1):
+                db = self.db_file(kind, n, "db")
+                if size == 1:
+                    run(["ovsdb-tool", "create", db, schema])
+                elif n == 1:
+                    run(["ovsdb-tool", "create-cluster", db, schema, first])
+                else:
+                    run(["ovsdb-tool", "join-cluster", db, name,
+                         "ssl:%s:%d" % (self.db_node_ip(n), raft), first])
+        for kind in DB_KINDS:
+            for n in range(1, size + 1):
+                self.db_start(kind, n, wait=False)
+        for kind in DB_KINDS:
+            for n in range(1, size + 1):
+                wait_until(lambda: os.path.exists(self.db_file(kind, n, "sock")), 10,
+                           what="%s member %d's socket" % (kind, n))
+            if size > 1:
+                wait_until(lambda: all(self.db_status(kind, n).get("Status")
+                                       == "cluster member" for n in range(1, size + 1))
+                           and self.db_leader(kind), 30,
+                           what="the %s cluster to form" % kind)
+        self.nb().ensure_nb_global().execute(check_error=True)
+        self._connections_up()
+
+    def _connections_up(self):
+        """The network remotes as Connection rows (ovsdb.rbac), once the
+        schemas have them; before that each member has its pssl: remote on
+        the command line."""
+        try:
+            from ovsdb import rbac
+        except ImportError:
+            return
+        for kind in DB_KINDS:
+            if _has_connections(kind):
+                rbac.install(self._db_remote(kind), kind=kind,
+                             target="pssl:%d" % DB_KINDS[kind][2])
 
     def host_db(self, host):
         return "unix:%s/db.sock" % self.host_dir(host)
@@ -222,16 +473,16 @@ class Lab:
         return run(["ovs-appctl", "-t", ctl] + list(args))
 
     def nb(self):
-        """The config database (MbxNb)."""
+        """The config database (MbxNb), over the members' unix sockets."""
         if self._nb is None:
             self._nb = MbxNb.connect(self.nb_remote)
         return self._nb
 
     def sb(self):
         """The southbound database (MbxSb): hosts, VM locations, slices,
-        migrations; the lab's one server serves both databases."""
+        migrations (over the members' unix sockets)."""
         if self._sb is None:
-            self._sb = MbxSb.connect(self.nb_remote, nb=self.nb())
+            self._sb = MbxSb.connect(self.sb_remote, nb=self.nb())
         return self._sb
 
     def close(self):
@@ -243,19 +494,25 @@ class Lab:
             self._nb = None
 
     # ------------------------------------------------------------------ up
-    def up(self, hosts, encap="vxlan", log=print, controllers="central", standby=0):
+    def up(self, hosts, encap="vxlan", log=print, controllers="central", standby=0,
+           db_cluster=DEFAULT_DB_CLUSTER):
         """``controllers``: "central", one physical controller for every
         host (in the fabric), or "per-host", one in each host's namespace
         preferring that host.  ``standby``: that many more controller
         instances in the fabric (``standby_key``), each standing by for
         every host; every br-int connects to all of them, and the
-        southbound locks decide which one serves it (``ovsdb.locks``)."""
+        southbound locks decide which one serves it (``ovsdb.locks``).
+        ``db_cluster``: 3 database nodes, each database a Raft cluster of
+        three members, or 1 standalone node."""
         if controllers not in CONTROLLER_MODES:
             raise LabError("controllers: %s, not %r" % (" or ".join(CONTROLLER_MODES),
                                                         controllers))
         if not 0 <= standby <= MAX_STANDBY:
             raise LabError("standby: 0 to %d controller instances, not %d"
                            % (MAX_STANDBY, standby))
+        if db_cluster not in DB_CLUSTER_SIZES:
+            raise LabError("db-cluster: %s database nodes, not %r"
+                           % (" or ".join(map(str, DB_CLUSTER_SIZES)), db_cluster))
         if self.is_up:
             raise LabError("lab '%s' is already up (%s); run 'mbx-lab down' first"
                            % (self.prefix, self.state_path))
@@ -267,10 +524,10 @@ class Lab:
         self.state["standby"] = standby
         self._save()
         t0 = time.monotonic()
-        self._pki_up(hosts)
+        self._pki_up(hosts, db_cluster)
         self._fabric_up()
         self._external_up()
-        self._nb_up()
+        self._db_up(db_cluster, log)
         self._external_register(log)
         self._northd_up()
         if controllers == "central":
@@ -287,19 +544,24 @@ class Lab:
         self._save()
         wait_until(self.controllers_connected, 30,
                    what="every br-int to connect to every controller")
-        log("lab up: %d hosts in %.1fs (config DB %s)"
-            % (len(hosts), time.monotonic() - t0, self.nb_remote))
+        log("lab up: %d hosts, %s in %.1fs (config DB %s)"
+            % (len(hosts), "%d database nodes" % db_cluster if db_cluster > 1
+               else "1 standalone database node", time.monotonic() - t0, self.nb_remote))
 
     @property
     def pki_dir(self):
         return os.path.join(self.rundir, "pki")
 
-    def _pki_up(self, hosts):
-        """The lab's own CA and one certificate per host, for the daemons'
-        migration channel (docs/migration.md)."""
+    def _pki_up(self, hosts, db_cluster):
+        """The lab's own CA; a certificate per host (the databases, OpenFlow,
+        the daemons' migration channel), per database node (role server)
+        and one for the central controllers (role controller)."""
         pki.init_ca(self.pki_dir, name="mbx lab %s CA" % self.prefix)
         for host in hosts:
             pki.issue_host(self.pki_dir, host)
+        for n in range(1, db_cluster + 1):
+            pki.issue(self.pki_dir, self.db_cert(n), "server")
+        pki.issue(self.pki_dir, CONTROLLER_CERT, "controller")
 
     def _fabric_up(self):
         ns = self.fabric_ns
@@ -390,24 +652,6 @@ class Lab:
         self.state["hosts"][host]["uplink_mac"] = mac
         self._save()
 
-    def _nb_up(self):
-        """One ovsdb-server serves both databases: the northbound (intent)
-        and the southbound (what the hosts publish)."""
-        dbs = []
-        for name, schema in (("nb.db", nbserver.SCHEMA_PATH),
-                             ("sb.db", nbserver.SB_SCHEMA_PATH)):
-            db = os.path.join(self.rundir, name)
-            if os.path.exists(db):
-                os.unlink(db)       # a lab starts from empty databases
-            nbserver.ensure_db(db, schema)
-            dbs.append(db)
-        pid = nbserver.start(self.rundir, dbs,
-                             ["p" + self.nb_remote,     # punix:RUNDIR/nb.sock
-                              "ptcp:%d:%s" % (NB_TCP_PORT, CONTROLLER_IP)],
-                             netns=self.fabric_ns)
-        self._record_pid("nb-ovsdb-server", pid)
-        self.nb().ensure_nb_global().execute(check_error=True)
-
     @property
     def controllers(self):
         return self.state.get("controllers", "central")
@@ -416,7 +660,7 @@ class Lab:
         """The logical controller, next to the databases."""
         logf = os.path.join(self.rundir, "northd.log")
         cmd = ["ip", "netns", "exec", self.fabric_ns, sys.executable, "-m",
-               "ryu_apps.northd_main", "--db", self.nb_remote, "--sb", self.nb_remote,
+               "ryu_apps.northd_main", "--db", self.nb_remote, "--sb", self.sb_remote,
                "--log-file", logf]
         with open(logf + ".out", "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
@@ -439,10 +683,10 @@ class Lab:
         return [k for k in self.state["pids"] if _is_controller_key(k)]
 
     def controller_addresses(self):
-        """The OpenFlow targets every br-int connects to."""
+        """The OpenFlow targets every br-int connects to (TLS)."""
         first = CONTROLLER_IP if self.controllers == "central" else LOCAL_CONTROLLER_IP
-        return ["tcp:%s:%d" % (first, OF_PORT)] + [
-            "tcp:%s:%d" % (CONTROLLER_IP, OF_PORT + n) for n in range(1, self.standby + 1)]
+        return ["ssl:%s:%d" % (first, OF_PORT)] + [
+            "ssl:%s:%d" % (CONTROLLER_IP, OF_PORT + n) for n in range(1, self.standby + 1)]
 
     def _controller_up(self, host=None, standby=0):
         """A physical controller; it takes its settings from an os-ken config
@@ -458,9 +702,17 @@ class Lab:
         stem = "controller" if host is not None or not standby else key
         logf = os.path.join(where, stem + ".log")
         conf = os.path.join(where, stem + ".conf")
-        db = self.nb_remote if host is None else "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT)
+        # In the fabric: the members' unix sockets; on a host: ssl with the
+        # host's certificate, which also serves its OpenFlow listener.
+        if host is None:
+            nb, sb, cert = self.nb_remote, self.sb_remote, CONTROLLER_CERT
+        else:
+            nb, sb, cert = self.nb_ssl_remote, self.sb_ssl_remote, host
+        files = self.tls_files(cert)
         with open(conf, "w") as f:
-            f.write("[mbx]\nnb_connection = %s\nsb_connection = %s\n" % (db, db))
+            f.write("[mbx]\nnb_connection = %s\nsb_connection = %s\n" % (nb, sb))
+            if host is not None:
+                f.write("private_key = %s\ncertificate = %s\nca_cert = %s\n" % files)
             if host is not None:
                 f.write("chassis = %s\nname = %s-local\n" % (host, host))
             else:
@@ -470,7 +722,9 @@ class Lab:
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m",
                "ryu_apps.main", "--config-file", conf,
                "--ofp-listen-host", listen,
-               "--ofp-port", str(OF_PORT + standby), "--log-file", logf]
+               "--ofp-port", str(OF_PORT + standby),
+               "--ctl-privkey", files.private_key, "--ctl-cert", files.certificate,
+               "--ca-certs", files.ca_cert, "--log-file", logf]
         with open(logf + ".out", "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL,
@@ -599,6 +853,8 @@ class Lab:
                    "options:remote_ip=flow", "options:key=flow")
         if self.controllers == "per-host":
             self._controller_up(host)
+        # OpenFlow over TLS with the host's certificate.
+        self.vsctl(host, "set-ssl", *self.tls_files(host))
         # One Controller row per controller instance, all out-of-band.
         ctl_args, ids = [], []
         for i, target in enumerate(self.controller_addresses()):
@@ -631,7 +887,7 @@ class Lab:
         logf = os.path.join(hdir, "chassis.log")
         cmd = ["ip", "netns", "exec", self.host_ns(host), sys.executable, "-m",
                "hypervisor.chassis", "--local-db", self.host_db(host),
-               "--sb", "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT),
+               "--sb", self.sb_ssl_remote] + self.tls_args(host) + [
                "--log-file", logf]
         with open(logf + ".out", "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
@@ -654,8 +910,7 @@ class Lab:
         logf = os.path.join(hdir, "mbxd.log")
         cmd = ["ip", "netns", "exec", self.host_ns(host), sys.executable, "-m",
                "middlebox.main", "--host", host,
-               "--db", "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT),
-               "--sb", "tcp:%s:%d" % (CONTROLLER_IP, NB_TCP_PORT),
+               "--db", self.nb_ssl_remote, "--sb", self.sb_ssl_remote,
                "--bridge", "br-int", "--port", MB_PORT,
                "--metrics", "%s:%d" % (self.state["hosts"][host]["mgmt_ip"], METRICS_PORT),
                "--pki-dir", self.pki_dir,
@@ -687,8 +942,9 @@ class Lab:
 
     def mbxctl(self, *args, timeout=60):
         """``mbxctl ARGS`` against the lab's config DB; the CompletedProcess."""
-        return subprocess.run([sys.executable, "-m", "ovsdb.ctl", "--db", self.nb_remote]
-                              + list(args), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([sys.executable, "-m", "ovsdb.ctl", "--db", self.nb_remote,
+                               "--sb", self.sb_remote] + list(args),
+                              capture_output=True, text=True, timeout=timeout)
 
     def mbxd_stats(self, host):
         """The integer counters of ``ovs-appctl -t mbxd stats`` on ``host``."""
@@ -995,6 +1251,14 @@ class Lab:
         for key in sorted(pids):
             lines.append("  process %-28s pid %-7d %s" % (
                 key, pids[key], "running" if pid_alive(pids[key]) else "GONE"))
+        for kind in DB_KINDS:
+            for n in self.db_members(kind):
+                key = self.db_key(kind, n)
+                st = self.db_status(kind, n) if key in pids else {}
+                lines.append("  db   %s member %d netns %-10s %s  %s" % (
+                    kind, n, self.db_node_ns(n), self.db_node_ip(n),
+                    ("%s, %s" % (st.get("Role", "?"), st.get("Status", "standalone"))
+                     if st else "not answering")))
         try:
             snap = self.sb().snapshot()
         except MbxError as err:
@@ -1020,7 +1284,10 @@ class Lab:
             lines.append("  external network %s %s via %s (%s)%s" % (
                 EXT_NAME, EXT_CIDR, EXT_GATEWAY_IP, EXT_GATEWAY_MAC,
                 "" if self.state.get("ext_registered") else ", NOT in the config DB"))
-        lines.append("  config DB: export MBX_DB=%s" % self.nb_remote)
+        lines.append("  config DB: export MBX_DB=%s MBX_SB=%s" % (self.nb_remote,
+                                                                self.sb_remote))
+        lines.append("  from a host (with its certificate): --db %s --sb %s"
+                     % (self.nb_ssl_remote, self.sb_ssl_remote))
         return "\n".join(lines)
 
     # ----------------------------------------------------------------- down

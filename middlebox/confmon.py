@@ -84,7 +84,7 @@ from mbxmodel.services import (ACTIONS, DIRECTIONS, L4_PROTOCOLS,
                                LB_ALGORITHMS, MIDDLEBOX_TYPES, NAT_TYPES,
                                TIERS)
 from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
-from ovsdb import match as matchlang
+from ovsdb import match as matchlang, remotes
 from ovsdb.errors import MbxError
 from ovsdb.natblocks import STATUS_PREFIX as SNAT_BLOCK_PREFIX, parse_block
 from ovsdb.server import SB_SCHEMA_PATH, SCHEMA_PATH
@@ -671,7 +671,8 @@ class _Idl(ovsidl.Idl):
 
     def __init__(self, *args, **kwargs):
         self.shared_notices = 0
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)     # a member list: follows the leader
+        remotes.follow_quickly(self._session)
 
     def notify(self, event, row, updates=None):
         if row._table.name in self.QUIET:

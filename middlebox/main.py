@@ -55,6 +55,7 @@ from middlebox.shared import SharedState
 from middlebox.vswitch import Vswitch, VswitchError, find_socket
 from middlebox.zonepolicy import ZonePolicies, zone_policies
 from middlebox.zones import ZoneMap
+from ovsdb import tls
 from ovsdb.errors import MbxError
 from ryu_apps import ofmsg
 from ryu_apps import pipeline as P
@@ -94,7 +95,9 @@ def parse_args(argv):
     p.add_argument("--log-file")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--pki-dir", help="CA and this host's certificate for the migration "
-                   "channel (ca.pem, HOST.pem, HOST.key; see mbx-pki)")
+                   "channel (ca.pem, HOST.pem, HOST.key; see mbx-pki), and by default "
+                   "for ssl: database remotes")
+    tls.add_arguments(p)
     p.add_argument("--migration-listen", metavar="ADDR:PORT",
                    help="accept migrated state here (docs/migration.md)")
     p.add_argument("--migration-ttl", type=float, default=60.0, metavar="SECONDS",
@@ -109,6 +112,14 @@ def parse_args(argv):
     if args.profile and not os.path.isdir(os.path.dirname(os.path.abspath(args.profile))):
         p.error("--profile: no directory for %s" % args.profile)
     args.sb = args.sb or args.db
+    try:
+        tls.check_remotes(args.db, args.sb)
+    except MbxError as err:
+        p.error(str(err))
+    args.tls = tls.files(args)
+    if args.pki_dir:
+        # The host's own certificate, as for the migration channel.
+        args.tls = tls.merge(args.tls, tls.from_pki(args.pki_dir, args.host))
     args.ofp = args.ofp or "unix:%s/%s.mgmt" % (args.rundir, args.bridge)
     args.ovsdb = args.ovsdb or "unix:%s/db.sock" % args.rundir
     if args.metrics:
@@ -506,6 +517,12 @@ def main(argv=None):
     ovs.daemon.set_pidfile(os.path.join(args.rundir, PROGRAM + ".pid"))
     ovs.daemon.ignore_existing_pidfile()
     ovs.daemon.daemonize_start()
+    try:
+        tls.configure(args.tls, args.db, args.sb, program=PROGRAM)
+    except MbxError as err:
+        LOG.error("%s", err)
+        print("%s: %s" % (PROGRAM, err), file=sys.stderr)
+        return 1
     daemon = Daemon(args)
     ctl_path = os.path.join(args.rundir, "%s.%d.ctl" % (PROGRAM, os.getpid()))
     err, server = ovs.unixctl.server.UnixctlServer.create(ctl_path)

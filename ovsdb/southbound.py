@@ -43,7 +43,7 @@ from ovs.db import idl
 from mbxmodel import datapath as dplib
 from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.snapshot import RuntimeRows
-from ovsdb import localdp
+from ovsdb import localdp, remotes
 from ovsdb.api.migration import create_migration
 from ovsdb.api.runtime import write_vm_location
 from ovsdb.api.slices import check_slices, write_slices
@@ -162,7 +162,8 @@ class _Idl(idl.Idl):
     runtime is handed over as what changed (``RuntimeRows``)."""
 
     def __init__(self, remote, helper, watched):
-        super().__init__(remote, helper)
+        super().__init__(remote, helper)     # a member list: follows the leader
+        remotes.follow_quickly(self._session)
         self.watched = watched
         self.changed = {}
         self.datapaths_dirty = True

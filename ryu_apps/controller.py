@@ -23,7 +23,7 @@ from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER,
                                        MAIN_DISPATCHER, set_ev_cls)
 from os_ken.ofproto import ofproto_v1_3
 
-from ovsdb import DEFAULT_DB
+from ovsdb import DEFAULT_DB, tls
 from mbxmodel.snapshot import host_names
 from ovsdb.locks import LockThread, hosts_of, wanted_locks
 from ryu_apps import ofmsg, pipeline
@@ -59,6 +59,13 @@ OPTS = [
     cfg.StrOpt("name", default="",
                help="this controller's name, recorded with what it reports "
                "of its hosts (default: its host name and process id)"),
+    cfg.StrOpt("private-key", default=None,
+               help="private key (PEM) for ssl: database remotes"),
+    cfg.StrOpt("certificate", default=None,
+               help="certificate (PEM, signed by the CA) for ssl: database remotes"),
+    cfg.StrOpt("ca-cert", default=None,
+               help="the CA certificate (PEM) a database server's certificate "
+               "must be signed by"),
 ]
 cfg.CONF.register_opts(OPTS, group="mbx")
 
@@ -73,6 +80,8 @@ class MbxController(app_manager.OSKenApp):
         conf = self.CONF.mbx
         sb_remote = conf.sb_connection or conf.nb_connection
         LOG.info("southbound %s", sb_remote)
+        tls.configure(tls.Files(conf.private_key, conf.certificate, conf.ca_cert),
+                      sb_remote, program="mbx-controller")
         self.loop = EngineLoop()
         post = self.loop.post
         self._preferred = frozenset(conf.chassis)

@@ -2,13 +2,21 @@
 
 Its settings are os-ken's: the OpenFlow listener, and the app's own [mbx]
 section (``ryu_apps.controller.OPTS``), read from ``--config-file`` as
-any os-ken application's; ``--db`` and ``--sb`` override the file.
+any os-ken application's; ``--db``, ``--sb`` and the database TLS options
+(``--private-key``, ``--certificate``, ``--ca-cert``: [mbx] private_key,
+certificate, ca_cert) override the file.  OpenFlow over TLS: os-ken's
+``--ctl-privkey``, ``--ctl-cert`` and ``--ca-certs`` (a controller
+certificate, and the CA the switches' certificates are signed by); the
+controller then accepts only TLS connections, on ``--ofp-port``.
 """
 
 import argparse
 import logging
 import os
 import sys
+
+from ovsdb import tls
+from ovsdb.errors import MbxError
 
 
 def parse_args(argv):
@@ -35,6 +43,14 @@ def parse_args(argv):
                    "its controller is gone (overrides [mbx] standby; default: "
                    "on without --chassis, off with it)")
     p.add_argument("--name", help="this controller's name (overrides [mbx] name)")
+    tls.add_arguments(p)
+    p.add_argument("--ctl-privkey", metavar="FILE",
+                   help="OpenFlow over TLS: this controller's private key")
+    p.add_argument("--ctl-cert", metavar="FILE",
+                   help="OpenFlow over TLS: this controller's certificate")
+    p.add_argument("--ca-certs", metavar="FILE",
+                   help="OpenFlow over TLS: the CA a switch's certificate must be "
+                   "signed by")
     p.add_argument("--log-file", help="log to this file instead of stderr")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -52,8 +68,18 @@ def main(argv=None):
     from os_ken.base.app_manager import AppManager
     from oslo_config.cfg import Error as ConfigError
     import ryu_apps.controller  # noqa: F401  (registers the [mbx] options)
-    conf_args = ["--ofp-listen-host", args.ofp_listen_host,
-                 "--ofp-tcp-listen-port", str(args.ofp_port)]
+    conf_args = ["--ofp-listen-host", args.ofp_listen_host]
+    ofp_tls = [args.ctl_privkey, args.ctl_cert, args.ca_certs]
+    if any(ofp_tls):
+        for option, path in zip(("--ctl-privkey", "--ctl-cert", "--ca-certs"), ofp_tls):
+            if not path or not os.access(path, os.R_OK):
+                print("mbx-controller: OpenFlow over TLS needs a readable %s FILE%s"
+                      % (option, " (%s)" % path if path else ""), file=sys.stderr)
+                return 2
+            conf_args += [option, path]
+        conf_args += ["--ofp-ssl-listen-port", str(args.ofp_port)]
+    else:
+        conf_args += ["--ofp-tcp-listen-port", str(args.ofp_port)]
     for path in args.config_file:
         conf_args += ["--config-file", path]
     try:
@@ -72,6 +98,16 @@ def main(argv=None):
         cfg.CONF.set_override("standby", args.standby, group="mbx")
     if args.name:
         cfg.CONF.set_override("name", args.name, group="mbx")
+    for field, value in zip(tls.Files._fields, tls.files(args)):
+        if value:
+            cfg.CONF.set_override(field, value, group="mbx")
+    conf = cfg.CONF.mbx
+    try:
+        tls.configure(tls.Files(conf.private_key, conf.certificate, conf.ca_cert),
+                      conf.sb_connection or conf.nb_connection, program="mbx-controller")
+    except MbxError as e:
+        print("mbx-controller: %s" % e, file=sys.stderr)
+        return 2
     AppManager.run_apps(["ryu_apps.controller"])
     return 0
 

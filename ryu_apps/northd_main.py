@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from ovsdb import DEFAULT_DB
+from ovsdb import DEFAULT_DB, tls
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
 from ovsdb.southbound import NORTHD_TABLES, Southbound
@@ -34,6 +34,7 @@ def parse_args(argv):
     p.add_argument("--sb", default=os.environ.get("MBX_SB"),
                    help="the southbound database (default: $MBX_SB, or the "
                    "northbound database's server, which may serve both)")
+    tls.add_arguments(p)
     p.add_argument("--log-file", help="log to this file instead of stderr")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -50,6 +51,12 @@ def main(argv=None):
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S")
+    try:
+        tls.check_remotes(args.db, args.sb)
+        tls.configure(tls.files(args), args.db, args.sb, program=PROG)
+    except MbxError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -9,7 +9,7 @@ commands joined by "--" in one transaction, then their output and waits."""
 import os
 import sys
 
-from ovsdb import DEFAULT_DB
+from ovsdb import DEFAULT_DB, remotes, tls
 from ovsdb.api import MbxNb, MbxSb
 from ovsdb.ctl import (database, externals, firewall, ids, lb, middleboxes,
                        migration, nat, steering, switches)
@@ -29,9 +29,13 @@ Commands joined by a standalone "--" run in one transaction: all or nothing
 database's runtime rows).
 
 Options (before the first command):
-  --db ADDR        config database (default: $MBX_DB, else {DEFAULT_DB})
+  --db ADDR        config database (default: $MBX_DB, else {DEFAULT_DB});
+                   a cluster's members: ADDR,ADDR,... (it uses the leader)
   --sb ADDR        southbound database: hosts, slices, migrations, IDS
                    alerts (default: $MBX_SB, else the --db server)
+  -p, --private-key FILE   for ssl: remotes: this client's private key,
+  -c, --certificate FILE   its certificate,
+  -C, --ca-cert FILE       and the CA certificate (see mbx-pki)
   --wait=hv        after the change, wait until every connected host has
                    applied it (flows installed)
   --timeout SECS   give up waiting after SECS seconds (default: 10)
@@ -68,15 +72,20 @@ def _global_options(argv):
     opts = {"db": os.environ.get("MBX_DB") or DEFAULT_DB,
             "sb": os.environ.get("MBX_SB") or None, "wait": "none",
             "timeout": 10.0}
+    tls_names = {}
+    for long, short, dest, _help in tls.OPTIONS:
+        tls_names[long] = tls_names[short] = dest
+        opts[dest] = None
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
         if argv[i] in ("-h", "--help"):
             opts["help"] = True
             return opts, []
         key, eq, value = argv[i].partition("=")
-        if key not in ("--db", "--sb", "--wait", "--timeout"):
+        if key not in ("--db", "--sb", "--wait", "--timeout") and key not in tls_names:
             raise MbxError(f"unknown option {argv[i]!r}; options are --db, "
-                           "--sb, --wait=hv, --timeout (see mbxctl --help)")
+                           "--sb, --wait=hv, --timeout, -p/--private-key, "
+                           "-c/--certificate, -C/--ca-cert (see mbxctl --help)")
         if not eq:
             i += 1
             if i == len(argv):
@@ -87,6 +96,9 @@ def _global_options(argv):
             raise MbxError(f"invalid --wait={value}: use --wait=hv")
         if key == "--timeout":
             value = _timeout(value)
+        if key in tls_names:
+            opts[tls_names[key]] = value
+            continue
         opts[key[2:]] = value
     return opts, argv[i:]
 
@@ -161,6 +173,11 @@ def run(argv, out):
         return
     commands = _commands(rest)
     db, reads_sb = _databases(commands)
+    remotes.split(opts["db"], "--db remote")
+    if opts["sb"]:
+        remotes.split(opts["sb"], "--sb remote")
+    tls.configure(tls.Files(opts["private_key"], opts["certificate"], opts["ca_cert"]),
+                  opts["db"], opts["sb"], program="mbxctl")
     timeout = min(opts["timeout"], 5.0)
     nb = MbxNb.connect(opts["db"], timeout=timeout)
     sb = None
