@@ -92,7 +92,8 @@ def no_database(monkeypatch):
      "--help)"),
     (["--dbb", "unix:/x", "show"],
      "mbxctl: unknown option '--dbb'; options are --db, --sb, --wait=hv, "
-     "--timeout (see mbxctl --help)"),
+     "--timeout, -p/--private-key, -c/--certificate, -C/--ca-cert (see "
+     "mbxctl --help)"),
     (["vm-add", "x", "--ip", "10.0.0.9", "--switch"],
      "mbxctl: vm-add: argument --switch: expected one argument (see mbxctl "
      "--help)"),
