@@ -23,7 +23,7 @@ from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER,
                                        MAIN_DISPATCHER, set_ev_cls)
 from os_ken.ofproto import ofproto_v1_3
 
-from ovsdb import DEFAULT_DB, tls
+from ovsdb import DEFAULT_DB, default_sb, tls
 from mbxmodel.snapshot import host_names
 from ovsdb.locks import LockThread, hosts_of, wanted_locks
 from ryu_apps import ofmsg, pipeline
@@ -78,7 +78,7 @@ class MbxController(app_manager.OSKenApp):
         self.datapaths = {}
         self._stats = {}
         conf = self.CONF.mbx
-        sb_remote = conf.sb_connection or conf.nb_connection
+        sb_remote = default_sb(conf.nb_connection, conf.sb_connection)
         LOG.info("southbound %s", sb_remote)
         tls.configure(tls.Files(conf.private_key, conf.certificate, conf.ca_cert),
                       sb_remote, program="mbx-controller")

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from ovsdb import tls
+from ovsdb import default_sb, tls
 from ovsdb.errors import MbxError
 
 
@@ -104,7 +104,8 @@ def main(argv=None):
     conf = cfg.CONF.mbx
     try:
         tls.configure(tls.Files(conf.private_key, conf.certificate, conf.ca_cert),
-                      conf.sb_connection or conf.nb_connection, program="mbx-controller")
+                      default_sb(conf.nb_connection, conf.sb_connection),
+                      program="mbx-controller")
     except MbxError as e:
         print("mbx-controller: %s" % e, file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from ovsdb import DEFAULT_DB, tls
+from ovsdb import DEFAULT_DB, default_sb, tls
 from ovsdb.api import MbxNb
 from ovsdb.errors import MbxError
 from ovsdb.southbound import NORTHD_TABLES, Southbound
@@ -51,6 +51,7 @@ def main(argv=None):
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S")
+    args.sb = default_sb(args.db, args.sb)
     try:
         tls.check_remotes(args.db, args.sb)
         tls.configure(tls.files(args), args.db, args.sb, program=PROG)

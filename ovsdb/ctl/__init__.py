@@ -9,7 +9,7 @@ commands joined by "--" in one transaction, then their output and waits."""
 import os
 import sys
 
-from ovsdb import DEFAULT_DB, remotes, tls
+from ovsdb import DEFAULT_DB, DEFAULT_SB, default_sb, remotes, tls
 from ovsdb.api import MbxNb, MbxSb
 from ovsdb.ctl import (database, externals, firewall, ids, lb, middleboxes,
                        migration, nat, steering, switches)
@@ -32,7 +32,8 @@ Options (before the first command):
   --db ADDR        config database (default: $MBX_DB, else {DEFAULT_DB});
                    a cluster's members: ADDR,ADDR,... (it uses the leader)
   --sb ADDR        southbound database: hosts, slices, migrations, IDS
-                   alerts (default: $MBX_SB, else the --db server)
+                   alerts (default: $MBX_SB, else the --db server; with
+                   the default --db: {DEFAULT_SB})
   -p, --private-key FILE   for ssl: remotes: this client's private key,
   -c, --certificate FILE   its certificate,
   -C, --ca-cert FILE       and the CA certificate (see mbx-pki)
@@ -183,7 +184,7 @@ def run(argv, out):
     sb = None
     try:
         if db == "sb" or reads_sb or opts["wait"] == "hv":
-            sb = MbxSb.connect(opts["sb"] or opts["db"], timeout=timeout, nb=nb)
+            sb = MbxSb.connect(default_sb(opts["db"], opts["sb"]), timeout=timeout, nb=nb)
         api = sb if db == "sb" else nb
         bump = None
         with api.transaction(check_error=True) as txn:

@@ -185,6 +185,15 @@ def test_nb_leader_killed_during_writes(cl):
     acked = {n for n, _ in api.acked} | {n for w in clis for n, _ in w.acked}
     assert acked - names == set()
     assert_all_alive(sc)
+    # The northbound's other clients follow the new leader too: a rule
+    # change reaches every host (--wait=hv: mbx-northd, the controllers and
+    # every mbxd's monitor saw it) and a new VM is programmed.
+    t0 = time.monotonic()
+    lab.mbxctl_ok("--wait=hv", "fw-add", "fw-red", "200", "from-vm", "proto=udp", "allow")
+    lab.vm_add("late-nb", HOSTS[2], CT.SWITCH, "10.0.0.78/%d" % CT.PREFIXLEN, timeout=30)
+    print("after the NB leader change: a rule applied on every host and a new VM "
+          "programmed in %.3f s" % (time.monotonic() - t0), file=sys.stderr)
+    assert_all_alive(sc)
     sc.stop()
 
     lab.db_start("nb", leader)          # rejoins from its file
