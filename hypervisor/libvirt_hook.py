@@ -150,10 +150,17 @@ class Config(NamedTuple):
     stun_wait: float = 5.0       # MBX_STUN_WAIT: migrate-stun --wait bound
     timeout: float = 5.0         # MBX_TIMEOUT: bound for the other steps
     state_dir: str = STATE_DIR   # MBX_STATE_DIR: the hook's per-guest notes
+    # MBX_PRIVATE_KEY, MBX_CERTIFICATE, MBX_CA_CERT: mbxctl -p/-c/-C, for
+    # ssl: remotes (the host's certificate, mbx-pki)
+    private_key: Optional[str] = None
+    certificate: Optional[str] = None
+    ca_cert: Optional[str] = None
 
 
 _KEYS = ("MBX_DB", "MBX_SB", "MBX_HOST", "MBXCTL", "MBX_STUN_WAIT",
-         "MBX_TIMEOUT", "MBX_STATE_DIR")
+         "MBX_TIMEOUT", "MBX_STATE_DIR", "MBX_PRIVATE_KEY", "MBX_CERTIFICATE",
+         "MBX_CA_CERT")
+_TLS_KEYS = (("MBX_PRIVATE_KEY", "-p"), ("MBX_CERTIFICATE", "-c"), ("MBX_CA_CERT", "-C"))
 
 
 # --- configuration ---------------------------------------------------------------
@@ -210,7 +217,10 @@ def parse_config(text: str, env: Optional[Mapping[str, str]] = None,
                   sb=values.get("MBX_SB") or None,
                   stun_wait=seconds("MBX_STUN_WAIT", 5.0),
                   timeout=seconds("MBX_TIMEOUT", 5.0),
-                  state_dir=values.get("MBX_STATE_DIR") or STATE_DIR)
+                  state_dir=values.get("MBX_STATE_DIR") or STATE_DIR,
+                  private_key=values.get("MBX_PRIVATE_KEY") or None,
+                  certificate=values.get("MBX_CERTIFICATE") or None,
+                  ca_cert=values.get("MBX_CA_CERT") or None)
 
 
 def load_config(path: str = CONF_PATH,
@@ -374,6 +384,10 @@ def mbxctl_argv(action: Action, config: Config) -> list:
         argv += ["--db", config.db]
     if config.sb:
         argv += ["--sb", config.sb]
+    for (_key, option), path in zip(_TLS_KEYS, (config.private_key, config.certificate,
+                                                config.ca_cert)):
+        if path:
+            argv += [option, path]
     argv += ["--timeout", f"{wait:g}"]
     if action.verb == BEGIN:
         return argv + ["migrate-begin", action.vm, "--to", action.host]

@@ -158,3 +158,19 @@ def test_cli_issue_with_a_role(tmp_path, capsys):
         "name cannot have two roles\n" % d
     assert not os.path.exists(os.path.join(d, "ok.pem"))   # nothing issued
     assert pki.role_of(d, "ctl1") == "controller"
+
+
+# ------------------------------------------------------ the libvirt hook
+def test_the_libvirt_hook_passes_the_host_certificate_to_mbxctl():
+    from hypervisor import libvirt_hook as hook
+    config = hook.parse_config(
+        "MBX_HOST=h2\nMBX_DB=ssl:10.201.0.2:6641,ssl:10.201.0.3:6641\n"
+        "MBX_PRIVATE_KEY=/pki/h2.key\nMBX_CERTIFICATE=/pki/h2.pem\nMBX_CA_CERT=/pki/ca.pem\n")
+    argv = hook.mbxctl_argv(hook.Action(hook.DONE, "red2", "h2"), config)
+    assert argv == ["mbxctl", "--db", "ssl:10.201.0.2:6641,ssl:10.201.0.3:6641",
+                    "-p", "/pki/h2.key", "-c", "/pki/h2.pem", "-C", "/pki/ca.pem",
+                    "--timeout", "5", "migrate-done", "red2"]
+    # and mbxctl reads them back
+    opts, rest = _global_options(argv[1:])
+    assert tls.Files(opts["private_key"], opts["certificate"], opts["ca_cert"]) == \
+        tls.Files("/pki/h2.key", "/pki/h2.pem", "/pki/ca.pem")
