@@ -14,8 +14,12 @@ from ovsdb.errors import MbxError
 
 # Connection methods a client may name (the active ones python-ovs knows).
 ACTIVE_METHODS = ("unix", "tcp", "ssl")
-# Between connection attempts once every member failed once: a client finds
-# a newly elected leader within about this long (python-ovs's minimum).
+# Between connection attempts once every member failed once: the first
+# retry after MIN_BACKOFF_MS, doubling up to MAX_BACKOFF_MS, so a client
+# finds a newly elected leader within about MAX_BACKOFF_MS of the election
+# (python-ovs's default: from 1 s up to 8 s, and a dead member in the list
+# costs a full backoff).
+MIN_BACKOFF_MS = 100
 MAX_BACKOFF_MS = 1000
 
 
@@ -55,9 +59,13 @@ def uses_ssl(*texts):
 
 def follow_quickly(session):
     """Make a python-ovs ``jsonrpc.Session`` (an IDL's ``_session``) retry
-    its members at least every ``MAX_BACKOFF_MS``, so that a client finds
-    the leader elected after the old one died within about a second of the
-    election instead of after the default's 8 s backoff."""
-    session.reconnect.set_backoff(MAX_BACKOFF_MS, MAX_BACKOFF_MS)
+    its members after ``MIN_BACKOFF_MS``, doubling up to ``MAX_BACKOFF_MS``,
+    so that a client finds the leader elected after the old one died
+    within about that long of the election instead of after the default's
+    up to 8 s.  (``Reconnect.set_backoff`` raises a minimum below 1 s to
+    1 s, so the minimum is set on the attribute itself.)"""
+    reconnect = session.reconnect
+    reconnect.set_backoff(MAX_BACKOFF_MS, MAX_BACKOFF_MS)
+    reconnect.min_backoff = MIN_BACKOFF_MS
     return session
 

@@ -47,6 +47,7 @@ def test_follow_quickly_caps_the_backoff():
     session = ovs.jsonrpc.Session.open_multiple(["unix:/nonexistent/a", "unix:/b"])
     remotes.follow_quickly(session)
     assert session.reconnect.get_max_backoff() == remotes.MAX_BACKOFF_MS
+    assert session.reconnect.get_min_backoff() == remotes.MIN_BACKOFF_MS
     session.close()
 
 
