@@ -15,12 +15,13 @@ from ovsdb.errors import MbxError
 # Connection methods a client may name (the active ones python-ovs knows).
 ACTIVE_METHODS = ("unix", "tcp", "ssl")
 # Between connection attempts once every member failed once: the first
-# retry after MIN_BACKOFF_MS, doubling up to MAX_BACKOFF_MS, so a client
-# finds a newly elected leader within about MAX_BACKOFF_MS of the election
-# (python-ovs's default: from 1 s up to 8 s, and a dead member in the list
-# costs a full backoff).
+# retry after MIN_BACKOFF_MS, doubling up to MAX_BACKOFF_MS.  A client tries
+# one member per attempt, so it finds a newly elected leader within about
+# (members x MAX_BACKOFF_MS) of the election; python-ovs's default (1 s up
+# to 8 s) made that up to 24 s with three members.  The price: while no
+# member answers, a client tries twice a second.
 MIN_BACKOFF_MS = 100
-MAX_BACKOFF_MS = 1000
+MAX_BACKOFF_MS = 500
 
 
 def split(text, what="remote"):
@@ -62,10 +63,11 @@ def follow_quickly(session):
     its members after ``MIN_BACKOFF_MS``, doubling up to ``MAX_BACKOFF_MS``,
     so that a client finds the leader elected after the old one died
     within about that long of the election instead of after the default's
-    up to 8 s.  (``Reconnect.set_backoff`` raises a minimum below 1 s to
-    1 s, so the minimum is set on the attribute itself.)"""
+    up to 8 s.  (``Reconnect.set_backoff`` raises values below 1 s to 1 s,
+    so both are set on the attributes themselves.)"""
     reconnect = session.reconnect
-    reconnect.set_backoff(MAX_BACKOFF_MS, MAX_BACKOFF_MS)
+    reconnect.set_backoff(1000, 1000)            # clamped: at least 1 s
     reconnect.min_backoff = MIN_BACKOFF_MS
+    reconnect.max_backoff = MAX_BACKOFF_MS
     return session
 

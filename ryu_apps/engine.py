@@ -518,7 +518,13 @@ class Engine:
                 continue
             if after.get(vm) is None:
                 self._owed.pop(vm, None)
-            elif hosts:
+            else:
+                # Also when it touched no served switch's flows (the engine
+                # served no host just then, as between losing its locks to
+                # a southbound leader change and getting them back, or a
+                # full recomputation): the hosts of the VM's switch owe the
+                # report then (_owed_hosts), or a host programmed later with
+                # no barrier pending when the sb_cfg arrives never says so.
                 self._owed.setdefault(vm, set()).update(hosts)
 
     def _owed_hosts(self, topo):

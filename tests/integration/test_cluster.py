@@ -76,6 +76,7 @@ class ApiWriter(threading.Thread):
         super().__init__(daemon=True)
         self.remote = remote
         self.acked = []             # (name, monotonic time of the acknowledgement)
+        self.begun = []             # monotonic time each acknowledged change's last try began
         self.failures = []          # (monotonic time, error)
         self.error = None
 
@@ -89,10 +90,12 @@ class ApiWriter(threading.Thread):
                     if time.monotonic() > deadline:
                         self.error = "gave up at %s" % name
                         return
+                    begun = time.monotonic()
                     try:
                         nb.as_add(name, CT.TENANT, ["10.99.%d.%d" % (i // 250, i % 250)],
                                   may_exist=True).execute(check_error=True)
                         self.acked.append((name, time.monotonic()))
+                        self.begun.append(begun)
                         break
                     except MbxError as err:
                         self.failures.append((time.monotonic(), str(err)))
@@ -108,6 +111,7 @@ class CliWriter(threading.Thread):
         super().__init__(daemon=True)
         self.lab, self.tag, self.stop = lab, tag, stop
         self.acked = []
+        self.begun = []
         self.failures = []
 
     def run(self):
@@ -117,18 +121,24 @@ class CliWriter(threading.Thread):
             name = "cli-%s-%03d" % (self.tag, i)
             extra = []
             while time.monotonic() < deadline:
+                begun = time.monotonic()
                 proc = self.lab.mbxctl("as-add", name, CT.TENANT, "10.98.%d.%d"
                                        % (i // 250, i % 250), *extra, timeout=60)
                 if proc.returncode == 0:
                     self.acked.append((name, time.monotonic()))
+                    self.begun.append(begun)
                     break
                 self.failures.append((time.monotonic(), proc.stderr.strip()))
                 extra = ["--may-exist"]
             i += 1
 
 
-def first_after(acked, t):
-    return next((at for _name, at in acked if at > t), None)
+def first_after(writer, t):
+    """When the first change whose (last) try began after ``t`` was
+    acknowledged: a change in flight at ``t`` may have committed on the
+    old leader just before it died."""
+    return next((at for (_name, at), begun in zip(list(writer.acked), list(writer.begun))
+                 if begun > t), None)
 
 
 def test_nb_leader_killed_during_writes(cl):
@@ -153,9 +163,9 @@ def test_nb_leader_killed_during_writes(cl):
     wait_until(lambda: lab.db_leader("nb"), 10, what="a new northbound leader")
     t_elected = time.monotonic()
     # Bounded waits (RECONNECT_BOUND): each kind of client writes again.
-    wait_until(lambda: first_after(api.acked, t_kill), RECONNECT_BOUND,
+    wait_until(lambda: first_after(api, t_kill), RECONNECT_BOUND,
                what="the API client to write again after the kill")
-    wait_until(lambda: all(first_after(w.acked, t_kill) for w in clis), RECONNECT_BOUND + 10,
+    wait_until(lambda: all(first_after(w, t_kill) for w in clis), RECONNECT_BOUND + 10,
                what="mbxctl to write again after the kill")
     api.join(WRITE_DEADLINE)
     stop.set()
@@ -165,8 +175,8 @@ def test_nb_leader_killed_during_writes(cl):
     assert api.error is None, api.error
     assert len(api.acked) == CHANGES
 
-    api_gap = first_after(api.acked, t_kill) - t_kill
-    cli_gap = max(first_after(w.acked, t_kill) for w in clis) - t_kill
+    api_gap = first_after(api, t_kill) - t_kill
+    cli_gap = max(first_after(w, t_kill) for w in clis) - t_kill
     cli_count = sum(len(w.acked) for w in clis)
     print("\nNB leader (member %d) killed after %d changes; new leader %d after %.3f s; "
           "API client wrote again after %.3f s (%d failed attempts); mbxctl processes "
