@@ -16,7 +16,7 @@ are::
     NB Middlebox        name in {names in my slices' chains}
     NB Logical_Switch   _uuid in {middlebox.logical_switch}
     NB VM               logical_switch in {middlebox.logical_switch}
-    NB Firewall_Rule    _uuid in {middlebox.rules}
+    NB Firewall_Rule    _uuid in {middlebox.rules, middlebox.provider_rules}
     NB NAT_Rule         _uuid in {middlebox.nat_rules}
     NB LB_VIP           _uuid in {middlebox.vips}
     NB Address_Set      _uuid in {rule.address_sets}
@@ -81,8 +81,7 @@ from ovs.db import idl as ovsidl
 
 from mbxmodel import rows as from_row
 from mbxmodel.services import (ACTIONS, DIRECTIONS, L4_PROTOCOLS,
-                               LB_ALGORITHMS, MIDDLEBOX_TYPES, NAT_TYPES,
-                               TIERS)
+                               LB_ALGORITHMS, MIDDLEBOX_TYPES, NAT_TYPES)
 from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from ovsdb import match as matchlang
 from ovsdb.errors import MbxError
@@ -102,9 +101,9 @@ SB_COLUMNS = {
 }
 NB_COLUMNS = {
     "Middlebox": ("name", "type", "logical_switch", "default_action", "rules",
-                  "nat_rules", "vips", "options"),
+                  "provider_rules", "nat_rules", "vips", "options"),
     "Firewall_Rule": ("priority", "direction", "match", "address_sets",
-                      "action", "tier"),
+                      "action"),
     "NAT_Rule": ("type", "external_ips", "logical_ip", "protocol",
                  "external_port", "logical_port", "port_range"),
     "LB_VIP": ("vip", "port", "protocol", "algorithm", "backends", "options"),
@@ -217,7 +216,8 @@ def reach(host_name, tables):
                         if getattr(mb, "name", None) in names}
     for u in out["Middlebox"]:
         mb = t["Middlebox"][u]
-        out["Firewall_Rule"].update(_uuids(getattr(mb, "rules", None)))
+        for column in from_row.RULE_COLUMNS.values():
+            out["Firewall_Rule"].update(_uuids(getattr(mb, column, None)))
         out["NAT_Rule"].update(_uuids(getattr(mb, "nat_rules", None)))
         out["LB_VIP"].update(_uuids(getattr(mb, "vips", None)))
         out["Logical_Switch"].update(
@@ -308,14 +308,15 @@ def _good_addresses(aset, warn):
     return tuple(good)
 
 
-def _rule(rule, warn):
-    """RuleInfo of a Firewall_Rule plain row, or None (skipped, warned)."""
+def _rule(rule, tier, warn):
+    """RuleInfo of a Firewall_Rule plain row held in the Middlebox column
+    of ``tier``, or None (skipped, warned)."""
     def skip(why):
         warn(("Firewall_Rule", rule.uuid),
              "skipping firewall rule %s: %s" % (rule.uuid, why))
         return None
 
-    value = from_row.rule(rule)
+    value = from_row.rule(rule, tier)
     priority = value.priority
     if not isinstance(priority, int) or isinstance(priority, bool) or \
             not 0 <= priority <= 32767:
@@ -326,8 +327,6 @@ def _rule(rule, warn):
     if value.action not in ACTIONS:
         return skip("action %r is not allow, deny or reject"
                     % (value.action,))
-    if value.tier not in TIERS:
-        return skip("tier %r is not provider or tenant" % (value.tier,))
     try:
         matchlang.parse_match(value.match)
     except MbxError as err:
@@ -427,11 +426,13 @@ def _service_spec(mb, t, warn):
             default_action = "deny"
         rules = []
         set_uuids = set()
-        for ru in _uuids(getattr(mb, "rules", None)):
+        for tier, ru in [(tier, ru) for tier, column
+                         in sorted(from_row.RULE_COLUMNS.items())
+                         for ru in _uuids(getattr(mb, column, None))]:
             rule = t["Firewall_Rule"].get(ru)
             if rule is None:
                 continue
-            value = _rule(rule, warn)
+            value = _rule(rule, tier, warn)
             if value is None:
                 continue
             rules.append(value)

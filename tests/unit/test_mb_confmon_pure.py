@@ -32,19 +32,19 @@ def world():
         "Middlebox": [
             Row(uuid=U(20), name="fw-red", type="firewall",
                 logical_switch=U(40), default_action="deny",
-                rules=[U(30), U(31)], options={"check": "offload"}),
+                rules=[U(30)], provider_rules=[U(31)],
+                options={"check": "offload"}),
             Row(uuid=U(21), name="fw-blue", type="firewall",
                 logical_switch=U(41), default_action="allow",
-                rules=[U(32)], options={})],
+                rules=[U(32)], provider_rules=[], options={})],
         "Firewall_Rule": [
             Row(uuid=U(30), priority=100, direction="from-vm",
                 match="proto=tcp dst=$red-web dport=80", address_sets=[U(50)],
-                action="allow", tier="tenant"),
+                action="allow"),
             Row(uuid=U(31), priority=200, direction="to-vm",
-                match="proto=icmp", address_sets=[], action="reject",
-                tier="provider"),
+                match="proto=icmp", address_sets=[], action="reject"),
             Row(uuid=U(32), priority=1, direction="to-vm", match="any",
-                address_sets=[U(51)], action="deny", tier="tenant")],
+                address_sets=[U(51)], action="deny")],
         "Address_Set": [
             Row(uuid=U(50), name="red-web", tenant="red",
                 addresses=["10.1.0.11", "10.1.0.10"]),
@@ -228,14 +228,14 @@ def test_odd_rows_are_skipped_with_one_warning_each():
     w = world()
     rules = w["Firewall_Rule"]
     rules.append(Row(uuid=U(33), priority=5, direction="", match="any",
-                     address_sets=[], action="allow", tier="tenant"))
+                     address_sets=[], action="allow"))
     rules.append(Row(uuid=U(34), priority=5, direction="to-vm",
                      match="proto=tcp dport=99999", address_sets=[],
-                     action="allow", tier=""))
+                     action="allow"))
     rules.append(Row(uuid=U(35), priority=5, direction="to-vm", match="any",
-                     address_sets=[], action="", tier="tenant"))
+                     address_sets=[], action=""))
     rules.append(Row(uuid=U(36), priority=6, direction="to-vm", match="any",
-                     address_sets=[], action="deny", tier=""))
+                     address_sets=[], action="deny"))
     w["Middlebox"][0].rules += [U(33), U(34), U(35), U(36), U(99)]
     w["Address_Set"][0].addresses.append("not-an-address")
     w["Slice"].append(Row(uuid=U(12), chain={0: "fw-blue"}, chassis="h1",
@@ -252,7 +252,7 @@ def test_odd_rows_are_skipped_with_one_warning_each():
     assert list(cfg.slices) == [10]
     assert [r.uuid for r in red.rules] == [str(U(31)), str(U(30)),
                                            str(U(36))]
-    assert red.rules[-1].tier == "tenant"      # empty tier -> tenant
+    assert red.rules[-1].tier == "tenant"      # held in Middlebox.rules
     assert red.address_sets == {"red-web": ("10.1.0.10", "10.1.0.11")}
     keys = [key for key, _ in warnings]
     assert len(keys) == len(set(keys)) == 6
