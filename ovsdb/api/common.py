@@ -6,7 +6,7 @@ import dataclasses
 
 from ovsdbapp.backend.ovs_idl import command
 
-from mbxmodel import rows as from_row
+from mbxmodel import rows as from_row, tenancy
 from mbxmodel.network import SwitchInfo, VMInfo
 from mbxmodel.services import AddressSetInfo, MiddleboxInfo, PolicyInfo
 from ovsdb import validate
@@ -100,6 +100,20 @@ def _rules(api):
     return {row.name: sort_rules(_mb_rules(row),
                                  dict(row.options).get("tier-order", ""))
             for row in _rows(api, "Middlebox")}
+
+
+def _ignored(api):
+    """The rows not in force (mbxmodel.tenancy.ignored) and why."""
+    switches = {row.name: row.tenant for row in _rows(api, "Logical_Switch")}
+    mbs = [row for row in _rows(api, "Middlebox")
+           if row.logical_switch is not None]
+    return tenancy.ignored(
+        switches,
+        [(row.name, row.logical_switch.name, row.tenant) for row in mbs],
+        [(row.name, tier, str(rule.uuid), rule.tenant) for row in mbs
+         for tier, rule in _rule_rows(row)],
+        [(row.logical_switch.name, row.priority, row.tenant,
+          _chain(row.chain)) for row in _policy_rows(api)])
 
 
 def _sorted_addresses(values):

@@ -477,7 +477,7 @@ def test_a_slice_naming_an_unknown_middlebox_waits_for_it(world, monitors):
            in mon.conditions()["Middlebox"])
     assert sorted(mon.config().slices) == [10]
     nb_transact(world, insert("Middlebox", {
-        "name": "fw-later", "type": "firewall",
+        "name": "fw-later", "type": "firewall", "tenant": "red",
         "logical_switch": ref(world.ids["ls_red"]),
         "default_action": "allow"}, "later"))
     settle(mon, lambda: 14 in mon.config().slices)

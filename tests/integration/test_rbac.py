@@ -488,3 +488,40 @@ def test_install_is_idempotent_and_repairs(world):
     assert len(w.rows("sb", "RBAC_Permission")) == len(rbac.CHASSIS_PERMISSIONS)
     [conn] = w.rows("sb", "Connection")
     assert (conn["target"], conn["role"]) == (target, "mbx-chassis")
+
+
+def test_what_rbac_cannot_check_is_ignored_where_used(world):
+    """A tenant writing the database directly (not through mbxctl) may
+    create a policy that claims its own tenant on another tenant's switch:
+    RBAC accepts it, the logical controller's translation ignores it and
+    mbxctl show says why; mbxctl itself refuses to write such a policy."""
+    from ovsdb.api import MbxNb
+    from ryu_apps.translate import Translator
+    w = world
+    [ls_plum] = w.rows("nb", "Logical_Switch", by("name", "ls-plum"))
+    [fw_plum] = w.rows("nb", "Middlebox", by("name", "fw-plum"))
+    w.ok("teal", "nb", ins("Steering_Policy", {
+        "logical_switch": ["uuid", ls_plum["_uuid"][1]], "tenant": "teal",
+        "priority": 555, "match": "any",
+        "chain": ["map", [[0, ["uuid", fw_plum["_uuid"][1]]]]]}))
+    try:
+        api = MbxNb.connect(w.sock, timeout=5)
+        try:
+            snap = api.snapshot()
+        finally:
+            api.close()
+        assert snap.ignored == {("policy", "ls-plum", 555):
+                                "steering policy ls-plum 555 claims tenant "
+                                "'teal', but the switch is tenant 'plum''s"}
+        record = Translator().update(snap)["ls-plum"]
+        assert [p.priority for p in record.policies] == [100]
+        show = w.mbxctl(None, "show")
+        assert show.stdout.splitlines()[-1] == (
+            "ignored: steering policy ls-plum 555 claims tenant 'teal', but "
+            "the switch is tenant 'plum''s")
+        # through mbxctl, the tenant cannot write it
+        proc = w.mbxctl("teal", "steer-add", "ls-teal", "556", "any", "fw-plum")
+        assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1
+        assert "fw-plum" in proc.stderr and "permission" not in proc.stderr
+    finally:
+        w.ok(None, "nb", delete("Steering_Policy", by("priority", 555)))
