@@ -57,6 +57,7 @@ import types
 import uuid as uuidlib
 
 from mbxmodel import datapath as dplib
+from mbxmodel import rows as from_row
 from mbxmodel.network import ExternalNetInfo, HostPorts, SwitchInfo, VMInfo
 from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo,
                                PolicyInfo, RuleInfo, VipInfo)
@@ -810,13 +811,14 @@ def nb_rows(cloud, slices, slice_status, shared_per_mb=0):
                chassis=[cloud.placement[name]], epoch=1)
     for name, mb in sorted(s.middleboxes.items()):
         tenant = cloud.tenant_of_switch[mb.switch]
-        rules = []
+        rules = {"provider": [], "tenant": []}
         for r in cloud.firewall_rules.get(name, ()):
             sets = [db.named[("Address_Set", word[1:])] for word in r.match.split()
                     for word in [word.split("=", 1)[-1]] if word.startswith("$")]
-            rules.append(db.add("Firewall_Rule", tenant, None, priority=r.priority,
-                                direction=r.direction, match=r.match, address_sets=sets,
-                                action=r.action, tier=r.tier))
+            rules[r.tier].append(db.add(
+                "Firewall_Rule", tenant, None, priority=r.priority, direction=r.direction,
+                match=r.match, address_sets=sets, action=r.action,
+                tenant=from_row.rule_tenant(r.tier, tenant)))
         nats = [db.add("NAT_Rule", tenant, None, type=n.type, external_ips=list(n.external_ips),
                        logical_ip=n.logical_ip, protocol=[n.protocol] if n.protocol else [],
                        external_port=[n.external_port] if n.external_port else [],
@@ -827,10 +829,11 @@ def nb_rows(cloud, slices, slice_status, shared_per_mb=0):
                        algorithm=v.algorithm,
                        backends=["%s:%d" % b for b in v.backends], options={})
                 for v in s.vips.get(name, ())]
-        db.add("Middlebox", tenant, name, name=name, type=mb.type,
-                      logical_switch=db.named[("Logical_Switch", mb.switch)],
-                      default_action=mb.default_action, rules=rules, nat_rules=nats,
-                      vips=vips, options=dict(mb.options))
+        db.add("Middlebox", tenant, name, name=name, type=mb.type, tenant=tenant,
+               logical_switch=db.named[("Logical_Switch", mb.switch)],
+               default_action=mb.default_action, rules=rules["tenant"],
+               provider_rules=rules["provider"], nat_rules=nats,
+               vips=vips, options=dict(mb.options))
         for i in range(shared_per_mb):
             db.add("Shared_State", tenant, None, middlebox=name, host="hv0000",
                    service="lb-health", key="k%d" % i, value="{}", stamp=1)

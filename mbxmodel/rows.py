@@ -99,13 +99,24 @@ def ip_port(value):
     return address, port
 
 
-def rule(row):
-    """A Firewall_Rule row -> RuleInfo (an unset tier is "tenant")."""
+# A firewall rule's tier is the Middlebox column that holds its row.
+RULE_COLUMNS = {"provider": "provider_rules", "tenant": "rules"}
+
+
+def rule_tenant(tier, switch_tenant):
+    """Firewall_Rule.tenant of a rule of ``tier`` on a middlebox whose
+    switch belongs to ``switch_tenant``: "" for the provider tier."""
+    return switch_tenant if tier == "tenant" else ""
+
+
+def rule(row, tier="tenant"):
+    """A Firewall_Rule row held in the Middlebox column of ``tier``
+    (RULE_COLUMNS) -> RuleInfo."""
     return RuleInfo(priority=optional(row.priority),
                     direction=optional(row.direction, ""),
                     match=optional(row.match, ""),
                     action=optional(row.action, ""),
-                    tier=optional(row.tier, "") or "tenant",
+                    tier=tier,
                     uuid=str(row.uuid))
 
 

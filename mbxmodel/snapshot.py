@@ -44,6 +44,9 @@ class NbSnapshot:
     northd_cfg: int = 0
     # status mirror of VM_Location for operators: vm -> (host, epoch)
     vm_mirror: Dict[str, Tuple[Optional[str], int]] = _field(dict)
+    # rows not in force, their tenant columns disagreeing (mbxmodel.tenancy):
+    # ("middlebox", name) | ("rule", uuid) | ("policy", switch, priority) -> why
+    ignored: Dict[tuple, str] = _field(dict)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ are::
     NB Middlebox        name in {names in my slices' chains}
     NB Logical_Switch   _uuid in {middlebox.logical_switch}
     NB VM               logical_switch in {middlebox.logical_switch}
-    NB Firewall_Rule    _uuid in {middlebox.rules}
+    NB Firewall_Rule    _uuid in {middlebox.rules, middlebox.provider_rules}
     NB NAT_Rule         _uuid in {middlebox.nat_rules}
     NB LB_VIP           _uuid in {middlebox.vips}
     NB Address_Set      _uuid in {rule.address_sets}
@@ -79,10 +79,9 @@ import uuid as uuidlib
 import ovs.poller
 from ovs.db import idl as ovsidl
 
-from mbxmodel import rows as from_row
+from mbxmodel import rows as from_row, tenancy
 from mbxmodel.services import (ACTIONS, DIRECTIONS, L4_PROTOCOLS,
-                               LB_ALGORITHMS, MIDDLEBOX_TYPES, NAT_TYPES,
-                               TIERS)
+                               LB_ALGORITHMS, MIDDLEBOX_TYPES, NAT_TYPES)
 from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
 from ovsdb import match as matchlang, remotes
 from ovsdb.errors import MbxError
@@ -101,10 +100,10 @@ SB_COLUMNS = {
                   "timeline", "stats", "outcome", "options"),
 }
 NB_COLUMNS = {
-    "Middlebox": ("name", "type", "logical_switch", "default_action", "rules",
-                  "nat_rules", "vips", "options"),
+    "Middlebox": ("name", "type", "tenant", "logical_switch", "default_action",
+                  "rules", "provider_rules", "nat_rules", "vips", "options"),
     "Firewall_Rule": ("priority", "direction", "match", "address_sets",
-                      "action", "tier"),
+                      "action", "tenant"),
     "NAT_Rule": ("type", "external_ips", "logical_ip", "protocol",
                  "external_port", "logical_port", "port_range"),
     "LB_VIP": ("vip", "port", "protocol", "algorithm", "backends", "options"),
@@ -217,7 +216,8 @@ def reach(host_name, tables):
                         if getattr(mb, "name", None) in names}
     for u in out["Middlebox"]:
         mb = t["Middlebox"][u]
-        out["Firewall_Rule"].update(_uuids(getattr(mb, "rules", None)))
+        for column in from_row.RULE_COLUMNS.values():
+            out["Firewall_Rule"].update(_uuids(getattr(mb, column, None)))
         out["NAT_Rule"].update(_uuids(getattr(mb, "nat_rules", None)))
         out["LB_VIP"].update(_uuids(getattr(mb, "vips", None)))
         out["Logical_Switch"].update(
@@ -308,14 +308,21 @@ def _good_addresses(aset, warn):
     return tuple(good)
 
 
-def _rule(rule, warn):
-    """RuleInfo of a Firewall_Rule plain row, or None (skipped, warned)."""
+def _rule(rule, tier, mb_name, switch_tenant, warn):
+    """RuleInfo of a Firewall_Rule plain row held in the Middlebox column
+    of ``tier`` of middlebox ``mb_name`` (whose switch is tenant
+    ``switch_tenant``'s), or None (skipped, warned)."""
     def skip(why):
         warn(("Firewall_Rule", rule.uuid),
              "skipping firewall rule %s: %s" % (rule.uuid, why))
         return None
 
-    value = from_row.rule(rule)
+    why = tenancy.rule_problem(mb_name, tier, from_row.text(
+        getattr(rule, "tenant", None)), switch_tenant)
+    if why:
+        return skip(why)
+
+    value = from_row.rule(rule, tier)
     priority = value.priority
     if not isinstance(priority, int) or isinstance(priority, bool) or \
             not 0 <= priority <= 32767:
@@ -326,8 +333,6 @@ def _rule(rule, warn):
     if value.action not in ACTIONS:
         return skip("action %r is not allow, deny or reject"
                     % (value.action,))
-    if value.tier not in TIERS:
-        return skip("tier %r is not provider or tenant" % (value.tier,))
     try:
         matchlang.parse_match(value.match)
     except MbxError as err:
@@ -411,6 +416,16 @@ def _vip(row, middlebox, warn):
     return value
 
 
+def _switch_tenant(mb, t):
+    """The ``tenant`` column of the Logical_Switch of Middlebox ``mb``
+    ("" when it is not in the replica)."""
+    for u in _uuids(getattr(mb, "logical_switch", None)):
+        ls = t["Logical_Switch"].get(u)
+        if ls is not None:
+            return from_row.text(getattr(ls, "tenant", None))
+    return ""
+
+
 def _service_spec(mb, t, warn):
     """(ServiceSpec, address-set uuids) of a Middlebox plain row whose type
     is known."""
@@ -427,11 +442,13 @@ def _service_spec(mb, t, warn):
             default_action = "deny"
         rules = []
         set_uuids = set()
-        for ru in _uuids(getattr(mb, "rules", None)):
+        for tier, ru in [(tier, ru) for tier, column
+                         in sorted(from_row.RULE_COLUMNS.items())
+                         for ru in _uuids(getattr(mb, column, None))]:
             rule = t["Firewall_Rule"].get(ru)
             if rule is None:
                 continue
-            value = _rule(rule, warn)
+            value = _rule(rule, tier, mb.name, _switch_tenant(mb, t), warn)
             if value is None:
                 continue
             rules.append(value)
@@ -577,6 +594,13 @@ def build_host_config(host_name, tables, warn=None):
         ls = t["Logical_Switch"].get(ls_uuid) if ls_uuid is not None else None
         if ls is None:
             continue                      # not arrived yet
+        claims = [why for why in (tenancy.middlebox_problem(
+            mb.name, from_row.text(getattr(mb, "tenant", None)), ls.name,
+            from_row.text(getattr(ls, "tenant", None))) for mb in chain) if why]
+        if claims:
+            warn(("Slice", su, "tenant"), "skipping slice %s (tag %d): %s"
+                 % (su, tag, "; ".join(claims)))
+            continue
         services = [_service_spec(mb, t, warn) for mb in chain]
         firewall = next((sv for sv in services if sv.type == "firewall"),
                         None)

@@ -112,6 +112,79 @@ def _restore_vm_hosts(db_path, hosts):
                         for vm, name in sorted(hosts.items())], "the VMs' hosts")
 
 
+def _query(db_path, ops, what):
+    """The replies of ``ops`` (MBX_Northbound selects) on file ``db_path``;
+    MbxError naming ``what`` when one fails."""
+    reply = json.loads(_run(["ovsdb-tool", "query", db_path,
+                             json.dumps(["MBX_Northbound"] + ops)]))
+    if not isinstance(reply, list) or any("error" in r for r in reply):
+        raise MbxError(f"cannot read {what} of {db_path} to convert it: "
+                       f"{reply}")
+    return reply
+
+
+def _provider_rules(db_path):
+    """The uuids of the provider-tier Firewall_Rule rows of a database
+    whose schema predates 2.1.0 (Firewall_Rule.tier; from 2.1.0 on the
+    tier is the Middlebox column that holds the rule)."""
+    query = {"op": "select", "table": "Firewall_Rule", "where": [],
+             "columns": ["_uuid", "tier"]}
+    reply = json.loads(_run(["ovsdb-tool", "query", db_path,
+                             json.dumps(["MBX_Northbound", query])]))
+    if isinstance(reply, list) and "error" in reply[0] and \
+            "tier" in json.dumps(reply[0]):
+        return set()                     # no tier column yet: all tenant
+    if not isinstance(reply, list) or "error" in reply[0]:
+        raise MbxError(f"cannot read the firewall rules' tiers of {db_path} "
+                       f"to convert it: {reply}")
+    return {row["_uuid"][1] for row in reply[0]["rows"]
+            if row["tier"] == "provider"}
+
+
+def _migrate_to_2_1(db_path, providers):
+    """After converting to 2.1.0 or later: the provider rules (uuids
+    ``providers``) move from Middlebox.rules to Middlebox.provider_rules;
+    Middlebox.tenant, Steering_Policy.tenant and the tenant rules'
+    Firewall_Rule.tenant become the tenant of their logical switch (the
+    columns OVSDB RBAC authorizes a tenant on)."""
+    switches, middleboxes, policies = _query(db_path, [
+        {"op": "select", "table": "Logical_Switch", "where": [],
+         "columns": ["_uuid", "tenant"]},
+        {"op": "select", "table": "Middlebox", "where": [],
+         "columns": ["_uuid", "logical_switch", "rules"]},
+        {"op": "select", "table": "Steering_Policy", "where": [],
+         "columns": ["_uuid", "logical_switch"]}], "the tenants")
+
+    def uuids(value):                    # ["uuid", U] or ["set", [...]]
+        return [value[1]] if value[0] == "uuid" else [v[1] for v in value[1]]
+
+    def refs(values):
+        return ["set", [["uuid", u] for u in values]]
+
+    tenant = {row["_uuid"][1]: row["tenant"] for row in switches["rows"]}
+    ops = []
+    for row in sorted(middleboxes["rows"], key=lambda r: r["_uuid"][1]):
+        owner = tenant.get(next(iter(uuids(row["logical_switch"])), ""), "")
+        rules = uuids(row["rules"])
+        ops.append({"op": "update", "table": "Middlebox",
+                    "where": [["_uuid", "==", ["uuid", row["_uuid"][1]]]],
+                    "row": {"tenant": owner,
+                            "rules": refs(r for r in rules
+                                          if r not in providers),
+                            "provider_rules": refs(r for r in rules
+                                                   if r in providers)}})
+        ops += [{"op": "update", "table": "Firewall_Rule",
+                 "where": [["_uuid", "==", ["uuid", r]]],
+                 "row": {"tenant": owner}}
+                for r in rules if r not in providers]
+    ops += [{"op": "update", "table": "Steering_Policy",
+             "where": [["_uuid", "==", ["uuid", row["_uuid"][1]]]],
+             "row": {"tenant": tenant.get(
+                 next(iter(uuids(row["logical_switch"])), ""), "")}}
+            for row in sorted(policies["rows"], key=lambda r: r["_uuid"][1])]
+    _transact(db_path, ops, "the firewall tiers and tenants")
+
+
 def ensure_db(db_path, schema_path=SCHEMA_PATH):
     """Create the database file if missing; convert it if its schema is old.
 
@@ -121,8 +194,11 @@ def ensure_db(db_path, schema_path=SCHEMA_PATH):
     (Host, Slice, Shared_State, IDS_Alert, Migration: hosts publish their
     chassis again, mbx-northd allocates the slices again, migration
     history and alerts are lost) and VM.host, a reference to a Host row,
-    becomes that host's name.  The converted file replaces the old one
-    only once everything worked."""
+    becomes that host's name.  From before 2.1.0, Firewall_Rule.tier goes:
+    provider rules move to Middlebox.provider_rules, and the new tenant
+    columns (Middlebox, Firewall_Rule of the tenant tier, Steering_Policy)
+    are filled from the logical switches.  The converted file replaces the
+    old one only once everything worked."""
     if not os.path.exists(db_path):
         _run(["ovsdb-tool", "create", db_path, schema_path])
         return
@@ -143,10 +219,14 @@ def ensure_db(db_path, schema_path=SCHEMA_PATH):
         vm_hosts = {}
         if northbound and source[:1] < (2,) <= target[:1]:
             vm_hosts = _vm_hosts(old)
+        to_2_1 = northbound and source[:2] < (2, 1) <= target[:2]
+        providers = _provider_rules(old) if to_2_1 else set()
         _run(["ovsdb-tool", "convert", old, schema_path, tmp])
         if northbound and source[:2] < (1, 2) <= target[:2]:
             _migrate_to_1_2(tmp, policies, slices=target[:1] < (2,))
         _restore_vm_hosts(tmp, vm_hosts)
+        if to_2_1:
+            _migrate_to_2_1(tmp, providers)
         os.replace(tmp, db_path)
     finally:
         for path in (old, tmp):

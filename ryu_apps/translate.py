@@ -141,13 +141,21 @@ class Translator:
 
 
 def _inputs(snap):
-    """What the records are made of, grouped for comparison."""
+    """What the records are made of, grouped for comparison: the rows in
+    force (not ``snap.ignored``, mbxmodel.tenancy)."""
+    ignored = getattr(snap, "ignored", None) or {}
+    gone = {key[1] for key in ignored if key[0] == "middlebox"}
     policies = {}
     for p in snap.policies:
-        policies.setdefault(p.switch, []).append(p)
+        if ("policy", p.switch, p.priority) not in ignored:
+            policies.setdefault(p.switch, []).append(p)
+    middleboxes = {name: mb for name, mb in snap.middleboxes.items()
+                   if name not in gone}
     mbs_of = {}
-    for mb in snap.middleboxes.values():
+    for mb in middleboxes.values():
         mbs_of.setdefault(mb.switch, []).append(mb.name)
+    rules = {k: tuple(r for r in v if ("rule", r.uuid) not in ignored)
+             for k, v in snap.rules.items() if k not in gone}
     nets = snap.external_networks
     nets = nets.values() if hasattr(nets, "values") else nets
     options = getattr(snap, "global_options", {}) or {}
@@ -156,12 +164,12 @@ def _inputs(snap):
         "vms": snap.vms,
         "policies": {s: tuple(sorted(ps, key=lambda p: (-p.priority, p.match, p.chain)))
                      for s, ps in policies.items()},
-        "middleboxes": snap.middleboxes,
+        "middleboxes": middleboxes,
         "mbs_of": mbs_of,
-        "rules": {k: tuple(v) for k, v in snap.rules.items()},
-        "nat_rules": {k: tuple(v) for k, v in snap.nat_rules.items()},
+        "rules": rules,
+        "nat_rules": {k: tuple(v) for k, v in snap.nat_rules.items() if k not in gone},
         "vips": {k: tuple(dataclasses.replace(v, status={}) if v.status else v for v in vs)
-                 for k, vs in snap.vips.items()},
+                 for k, vs in snap.vips.items() if k not in gone},
         "sets": snap.address_sets,
         "externals": tuple(sorted(nets, key=lambda n: n.name)),
         "options": {k: options[k] for k in dplib.GLOBAL_OPTIONS if k in options},

@@ -6,7 +6,7 @@ import dataclasses
 
 from ovsdbapp.backend.ovs_idl import command
 
-from mbxmodel import rows as from_row
+from mbxmodel import rows as from_row, tenancy
 from mbxmodel.network import SwitchInfo, VMInfo
 from mbxmodel.services import AddressSetInfo, MiddleboxInfo, PolicyInfo
 from ovsdb import validate
@@ -81,12 +81,39 @@ def _middleboxes(api):
             if row.logical_switch is not None}
 
 
+def _rule_rows(mb_row, tier=None):
+    """(tier, Firewall_Rule row) of the rules Middlebox ``mb_row`` holds
+    (those of ``tier`` only, if given): a rule's tier is the column that
+    holds it (from_row.RULE_COLUMNS)."""
+    return [(t, rule) for t, column in sorted(from_row.RULE_COLUMNS.items())
+            if tier is None or t == tier
+            for rule in getattr(mb_row, column) if rule is not None]
+
+
+def _mb_rules(mb_row):
+    """RuleInfos of Middlebox ``mb_row``'s rules, both tiers."""
+    return [from_row.rule(rule, tier) for tier, rule in _rule_rows(mb_row)]
+
+
 def _rules(api):
-    """Middlebox name -> its rules (the rows its ``rules`` column holds)."""
-    return {row.name: sort_rules([from_row.rule(r) for r in row.rules
-                                  if r is not None],
+    """Middlebox name -> its rules (both tiers), in evaluation order."""
+    return {row.name: sort_rules(_mb_rules(row),
                                  dict(row.options).get("tier-order", ""))
             for row in _rows(api, "Middlebox")}
+
+
+def _ignored(api):
+    """The rows not in force (mbxmodel.tenancy.ignored) and why."""
+    switches = {row.name: row.tenant for row in _rows(api, "Logical_Switch")}
+    mbs = [row for row in _rows(api, "Middlebox")
+           if row.logical_switch is not None]
+    return tenancy.ignored(
+        switches,
+        [(row.name, row.logical_switch.name, row.tenant) for row in mbs],
+        [(row.name, tier, str(rule.uuid), rule.tenant) for row in mbs
+         for tier, rule in _rule_rows(row)],
+        [(row.logical_switch.name, row.priority, row.tenant,
+          _chain(row.chain)) for row in _policy_rows(api)])
 
 
 def _sorted_addresses(values):
@@ -182,8 +209,8 @@ def _set_users(api, set_row):
     reference Address_Set ``set_row``."""
     users = []
     for mb in sorted(_rows(api, "Middlebox"), key=lambda r: r.name):
-        rules = [from_row.rule(rule) for rule in mb.rules
-                 if rule is not None and set_row in rule.address_sets]
+        rules = [from_row.rule(rule, tier) for tier, rule in _rule_rows(mb)
+                 if set_row in rule.address_sets]
         users += [f"middlebox '{mb.name}' {validate.describe_rule(rule)}"
                   for rule in sort_rules(rules)]
     for policy in _policies(api):

@@ -6,9 +6,9 @@ import time
 from mbxmodel.snapshot import NbSnapshot
 from ovsdb import validate
 from ovsdb.api.common import (_address_sets, _Command, _externals,
-                              _middleboxes, _nat_rules, _nb_global, _policies,
-                              _ReadCommand, _rows, _rules, _switches, _vips,
-                              _vms)
+                              _ignored, _middleboxes, _nat_rules, _nb_global,
+                              _policies, _ReadCommand, _rows, _rules,
+                              _switches, _vips, _vms)
 from ovsdb.errors import MbxError
 
 
@@ -99,7 +99,8 @@ class SnapshotCommand(_ReadCommand):
             global_options=dict(sorted(nb.options.items())) if nb else {},
             vm_mirror={row.name: (row.host[0] if row.host else None,
                                   row.location_epoch)
-                       for row in _rows(self.api, "VM")})
+                       for row in _rows(self.api, "VM")},
+            ignored=_ignored(self.api))
 
 
 class DatabaseApi:

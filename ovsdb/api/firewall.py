@@ -4,10 +4,11 @@ from mbxmodel import rows as from_row
 from mbxmodel.services import AddressSetInfo, RuleInfo
 from ovsdb import validate
 from ovsdb.api.common import (_address_set_info, _address_sets, _Command,
-                              _externals, _find, _mb_info, _middleboxes,
-                              _nat_rules, _policies, _refuse_existing, _rules,
+                              _externals, _find, _mb_info, _mb_rules,
+                              _middleboxes, _nat_rules, _policies,
+                              _refuse_existing, _rule_rows, _rules,
                               _set_rows, _set_users, _switches, _vips, _vms)
-from ovsdb.api.middleboxes import _drop_rule
+from ovsdb.api.middleboxes import _drop_rule, _insert_rule
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match
 
@@ -25,17 +26,14 @@ class FwAddCommand(_Command):
             raise MbxError(f"unknown middlebox '{self.mb_name}'; create it "
                            "first (mb-add)")
         mb = _mb_info(row)
-        row.verify("rules")
+        column = from_row.RULE_COLUMNS[rule.tier]
+        row.verify(column)
         validate.check_rule(mb, rule, _switches(self.api),
                             _address_sets(self.api))
-        validate.check_rule_unique(
-            mb, rule, [from_row.rule(r) for r in row.rules if r is not None])
-        new = txn.insert(self.api.tables["Firewall_Rule"])
-        new.priority, new.direction, new.match = (
-            rule.priority, rule.direction, rule.match)
-        new.action, new.tier = rule.action, rule.tier
-        new.address_sets = _set_rows(self.api, parse_match(rule.match))
-        row.rules = list(row.rules) + [new]
+        validate.check_rule_unique(mb, rule, _mb_rules(row))
+        new = _insert_rule(self.api, txn, row.logical_switch.tenant, rule)
+        setattr(row, column, list(getattr(row, column)) + [new])
+
 
 
 class FwDelCommand(_Command):
@@ -54,15 +52,15 @@ class FwDelCommand(_Command):
                 return
             raise MbxError(f"unknown middlebox '{self.mb_name}'; use "
                            "--if-exists to ignore a missing one")
-        row.verify("rules")
-        rules = [r for r in row.rules if r is not None]
+        for column in from_row.RULE_COLUMNS.values():
+            row.verify(column)
         if self.direction is None:
-            doomed = [r for r in rules
-                      if self.tier is None or r.tier == self.tier]
+            doomed = _rule_rows(row, self.tier)
         else:
             tier = self.tier or "tenant"
-            doomed = [r for r in rules if (r.direction, r.tier, r.priority)
-                      == (self.direction, tier, self.priority)]
+            doomed = [(t, r) for t, r in _rule_rows(row, tier)
+                      if (r.direction, r.priority)
+                      == (self.direction, self.priority)]
             if not doomed:
                 if self.if_exists:
                     return
@@ -70,10 +68,12 @@ class FwDelCommand(_Command):
                                f"{self.direction} rule at priority "
                                f"{self.priority}; use --if-exists to ignore "
                                "a missing one")
-        if not doomed:
-            return
-        row.rules = [r for r in rules if r not in doomed]
-        for rule in doomed:
+        for tier in sorted({t for t, _ in doomed}):
+            column = from_row.RULE_COLUMNS[tier]
+            gone = [r for t, r in doomed if t == tier]
+            setattr(row, column, [r for r in getattr(row, column)
+                                  if r is not None and r not in gone])
+        for _, rule in doomed:
             _drop_rule(rule)
 
 

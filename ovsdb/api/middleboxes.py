@@ -8,7 +8,7 @@ from mbxmodel.services import bare, MiddleboxInfo
 from ovsdb import validate
 from ovsdb.api.common import (_Command, _externals, _find, _mb_info,
                               _nat_rules, _policies, _refuse_existing,
-                              _require, _set_rows, _switches,
+                              _require, _rule_rows, _set_rows, _switches,
                               RequireCommand)
 from ovsdb.api.lb import _write_vip
 from ovsdb.api.nat import _write_nat
@@ -32,9 +32,24 @@ class MbAddCommand(_Command):
         row = txn.insert(self.api.tables["Middlebox"])
         row.name, row.type, row.default_action = (
             mb.name, mb.type, mb.default_action)
-        row.logical_switch = _find(self.api, "Logical_Switch", mb.switch)
+        switch = _find(self.api, "Logical_Switch", mb.switch)
+        row.logical_switch, row.tenant = switch, switch.tenant
         row.options = dict(mb.options)
-        row.rules, row.nat_rules, row.vips = [], [], []
+        row.rules, row.provider_rules = [], []
+        row.nat_rules, row.vips = [], []
+
+
+def _insert_rule(api, txn, switch_tenant, rule):
+    """A new Firewall_Rule row for ``rule`` (RuleInfo) of a middlebox whose
+    switch belongs to ``switch_tenant``; the caller links it into the
+    Middlebox column of its tier."""
+    new = txn.insert(api.tables["Firewall_Rule"])
+    new.priority, new.direction, new.match = (
+        rule.priority, rule.direction, rule.match)
+    new.action = rule.action
+    new.tenant = from_row.rule_tenant(rule.tier, switch_tenant)
+    new.address_sets = _set_rows(api, parse_match(rule.match))
+    return new
 
 
 def _drop_rule(rule):
@@ -69,9 +84,8 @@ class MbDelCommand(_Command):
                 f"polic{'y' if len(users) == 1 else 'ies'} {where}; delete "
                 f"{'it' if len(users) == 1 else 'them'} first (steer-del "
                 f"{first.switch} {first.priority})")
-        for rule in row.rules:
-            if rule is not None:
-                _drop_rule(rule)
+        for _, rule in _rule_rows(row):
+            _drop_rule(rule)
         row.delete()
 
 
@@ -142,31 +156,36 @@ class UpsertMiddleboxCommand(_Command):
         row = _find(self.api, "Middlebox", mb.name)
         if row is None:
             row = txn.insert(self.api.tables["Middlebox"])
-            row.name, row.rules = mb.name, []
+            row.name, row.rules, row.provider_rules = mb.name, [], []
             row.nat_rules, row.vips = [], []
         row.type, row.logical_switch = mb.type, switch
+        row.tenant = switch.tenant
         row.default_action, row.options = mb.default_action, dict(mb.options)
-        row.verify("rules")
-        keep, wanted = [], [bare(r) for r in self.rules]
-        for rule in row.rules:
-            if rule is None:
-                continue
-            record = bare(from_row.rule(rule))
+        for tier, column in sorted(from_row.RULE_COLUMNS.items()):
+            self._rules(txn, row, switch.tenant, tier, column)
+        self._nat(txn, row)
+        self._vips(txn, row)
+
+    def _rules(self, txn, row, switch_tenant, tier, column):
+        """Make ``row``'s rules of ``tier`` (in ``column``) exactly those of
+        self.rules; a rule that stays keeps its row (and its tenant is
+        that of the middlebox's switch)."""
+        row.verify(column)
+        keep = []
+        wanted = [bare(r) for r in self.rules if r.tier == tier]
+        tenant = from_row.rule_tenant(tier, switch_tenant)
+        for _, rule in _rule_rows(row, tier):
+            record = bare(from_row.rule(rule, tier))
             if record in wanted:
                 wanted.remove(record)
+                if rule.tenant != tenant:
+                    rule.tenant = tenant
                 keep.append(rule)
             else:
                 _drop_rule(rule)
         for rule in wanted:
-            new = txn.insert(self.api.tables["Firewall_Rule"])
-            new.priority, new.direction, new.match = (
-                rule.priority, rule.direction, rule.match)
-            new.action, new.tier = rule.action, rule.tier
-            new.address_sets = _set_rows(self.api, parse_match(rule.match))
-            keep.append(new)
-        row.rules = keep
-        self._nat(txn, row)
-        self._vips(txn, row)
+            keep.append(_insert_rule(self.api, txn, switch_tenant, rule))
+        setattr(row, column, keep)
 
     def _nat(self, txn, row):
         row.verify("nat_rules")

@@ -31,6 +31,7 @@ def _insert_policy(api, txn, switch, policy):
     row = txn.insert(api.tables["Steering_Policy"])
     row.logical_switch, row.priority, row.match = (
         switch, policy.priority, policy.match)
+    row.tenant = switch.tenant
     row.address_sets = _set_rows(api, parse_match(policy.match))
     row.chain = {i: _require(api, "Middlebox", mb, "middlebox")
                  for i, mb in enumerate(policy.chain)}

@@ -5,8 +5,8 @@ import dataclasses
 from mbxmodel.network import SwitchInfo, VMInfo
 from ovsdb import validate
 from ovsdb.api.common import (_Command, _find, _gateway_column, _middleboxes,
-                              _policies, _refuse_existing,
-                              _reserved, _switch_info,
+                              _policies, _policy_rows, _refuse_existing,
+                              _reserved, _rows, _rule_rows, _switch_info,
                               _switches, _vm_info, _vms)
 from ovsdb.errors import MbxError
 
@@ -118,8 +118,23 @@ class UpsertSwitchCommand(_Command):
         if row is None:
             row = txn.insert(self.api.tables["Logical_Switch"])
             row.name = sw.name
+        elif row.tenant != sw.tenant:
+            _retenant(self.api, row, sw.tenant)
         row.tenant, row.vni, row.subnet = sw.tenant, sw.vni, sw.subnet
         row.gateway = _gateway_column(sw)
+
+
+def _retenant(api, switch_row, tenant):
+    """Switch ``switch_row`` now belongs to ``tenant``: so do its
+    middleboxes, their tenant-tier rules and its steering policies (the
+    ``tenant`` columns RBAC authorizes on)."""
+    for mb in _rows(api, "Middlebox"):
+        if mb.logical_switch == switch_row:
+            mb.tenant = tenant
+            for _, rule in _rule_rows(mb, "tenant"):
+                rule.tenant = tenant
+    for policy in _policy_rows(api, switch_row.name):
+        policy.tenant = tenant
 
 
 class UpsertVmCommand(_Command):

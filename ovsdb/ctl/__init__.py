@@ -15,6 +15,7 @@ from ovsdb.ctl import (database, externals, firewall, ids, lb, middleboxes,
                        migration, nat, steering, switches)
 from ovsdb.ctl.syntax import command_table
 from ovsdb.errors import MbxError
+from ovsdb.rbac import explain as explain_refusal
 
 COMMANDS = command_table(
     database.COMMANDS, switches.COMMANDS, externals.COMMANDS,
@@ -225,6 +226,7 @@ def main(argv=None):
     try:
         run(sys.argv[1:] if argv is None else argv, sys.stdout)
     except MbxError as e:
-        print(f"mbxctl: {e}", file=sys.stderr)
+        # the server's RBAC refusal (a tenant's or host's certificate)
+        print(f"mbxctl: {explain_refusal(e) or e}", file=sys.stderr)
         return 1
     return 0

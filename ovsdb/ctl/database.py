@@ -92,6 +92,8 @@ def _show(snap, args, sb_snap):
             lines.append(f"    migration_address: {h.migration_address}")
     if snap.global_options:
         lines.append(f"global options: {options(snap.global_options)}")
+    # rows whose tenant columns disagree: mbx-northd and mbxd ignore them
+    lines += [f"ignored: {why}" for _, why in sorted(snap.ignored.items())]
     return lines
 
 

@@ -186,26 +186,27 @@ def populate(world):
         insert("Firewall_Rule", {"priority": 100, "direction": "from-vm",
                                  "match": "proto=tcp dst=$red-web dport=80",
                                  "address_sets": ["named-uuid", "red_web"],
-                                 "action": "allow", "tier": "tenant"},
+                                 "action": "allow", "tenant": "red"},
                "r_web"),
         insert("Firewall_Rule", {"priority": 200, "direction": "to-vm",
-                                 "match": "proto=icmp", "action": "reject",
-                                 "tier": "provider"}, "r_icmp"),
+                                 "match": "proto=icmp", "action": "reject"},
+               "r_icmp"),
         insert("Firewall_Rule", {"priority": 100, "direction": "to-vm",
                                  "match": "proto=tcp src=$blue-db",
                                  "address_sets": ["named-uuid", "blue_db"],
-                                 "action": "deny", "tier": "tenant"},
+                                 "action": "deny", "tenant": "blue"},
                "b_db"),
         insert("Middlebox", {"name": "fw-red", "type": "firewall",
                              "logical_switch": ["named-uuid", "ls_red"],
                              "default_action": "deny",
-                             "rules": ["set", [["named-uuid", "r_web"],
-                                               ["named-uuid", "r_icmp"]]],
+                             "tenant": "red",
+                             "rules": ["named-uuid", "r_web"],
+                             "provider_rules": ["named-uuid", "r_icmp"],
                              "options": ["map", [["check", "offload"]]]},
                "fw_red"),
         insert("Middlebox", {"name": "fw-blue", "type": "firewall",
                              "logical_switch": ["named-uuid", "ls_blue"],
-                             "default_action": "allow",
+                             "default_action": "allow", "tenant": "blue",
                              "rules": ["named-uuid", "b_db"]}, "fw_blue"),
     ]
     sb_ops = chassis("h1", "h2", "h3") + [
@@ -426,11 +427,12 @@ def test_rule_switch_and_location_changes(world, monitors):
         insert("Firewall_Rule", {"priority": 300, "direction": "to-vm",
                                  "match": "proto=tcp src=$red-admin dport=22",
                                  "address_sets": ["named-uuid", "adm"],
-                                 "action": "allow", "tier": "provider"},
+                                 "action": "allow"},
                "r_ssh"),
         {"op": "mutate", "table": "Middlebox",
          "where": [["_uuid", "==", ref(ids["fw_red"])]],
-         "mutations": [["rules", "insert", ["named-uuid", "r_ssh"]]]},
+         "mutations": [["provider_rules", "insert",
+                        ["named-uuid", "r_ssh"]]]},
         insert("VM", {"name": "red3", "logical_switch": ref(ids["ls_red"]),
                       "mac": "02:00:00:01:00:03", "ip": "10.1.0.3"}, "red3"))
     settle(mon, lambda: len(mon.config().slices[10].rules) == 3
@@ -475,7 +477,7 @@ def test_a_slice_naming_an_unknown_middlebox_waits_for_it(world, monitors):
            in mon.conditions()["Middlebox"])
     assert sorted(mon.config().slices) == [10]
     nb_transact(world, insert("Middlebox", {
-        "name": "fw-later", "type": "firewall",
+        "name": "fw-later", "type": "firewall", "tenant": "red",
         "logical_switch": ref(world.ids["ls_red"]),
         "default_action": "allow"}, "later"))
     settle(mon, lambda: 14 in mon.config().slices)
@@ -494,7 +496,7 @@ def test_bad_rule_is_skipped_with_one_log_line(world, monitors, caplog):
         world,
         insert("Firewall_Rule", {"priority": 6, "direction": "to-vm",
                                  "match": "proto=tcp dport=70000",
-                                 "action": "deny", "tier": "tenant"},
+                                 "action": "deny", "tenant": "red"},
                "badmatch"),
         {"op": "mutate", "table": "Middlebox",
          "where": [["_uuid", "==", ref(ids["fw_red"])]],

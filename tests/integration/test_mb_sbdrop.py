@@ -114,10 +114,10 @@ def populate(world):
                       "mac": "02:00:00:01:00:02", "ip": "10.1.0.2"}, "red2"),
         insert("Firewall_Rule", {"priority": 100, "direction": "to-vm",
                                  "match": "proto=tcp dport=80", "action": "allow",
-                                 "tier": "tenant"}, "r_web"),
+                                 "tenant": "red"}, "r_web"),
         insert("Middlebox", {"name": "fw-red", "type": "firewall",
                              "logical_switch": ["named-uuid", "ls_red"],
-                             "default_action": "deny",
+                             "default_action": "deny", "tenant": "red",
                              "rules": ["named-uuid", "r_web"]}, "fw_red"),
     ]
     for op, res in zip(ops, nb_transact(world, *ops)):
@@ -181,7 +181,7 @@ def test_mbxd_keeps_its_config_and_state_while_the_southbound_db_is_away(
         world,
         insert("Firewall_Rule", {"priority": 200, "direction": "to-vm",
                                  "match": "proto=udp dport=53", "action": "allow",
-                                 "tier": "tenant"}, "r_dns"),
+                                 "tenant": "red"}, "r_dns"),
         {"op": "select", "table": "Firewall_Rule",
          "where": [["match", "==", "proto=udp dport=53"]], "columns": ["_uuid"]},
         {"op": "mutate", "table": "Middlebox",

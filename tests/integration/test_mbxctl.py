@@ -667,7 +667,7 @@ def test_schema_1_0_0_database_is_converted_and_keeps_its_rows(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "2.0.0"
+                              check=True).stdout.strip() == "2.1.0"
         # the VM's host mirror keeps the host's name and the epoch; where
         # the VM runs is the southbound database's, empty until its
         # chassis publishes its port again
@@ -1698,7 +1698,7 @@ def test_schema_1_1_0_database_is_converted_and_keeps_its_policies(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "2.0.0"
+                              check=True).stdout.strip() == "2.1.0"
         assert not os.path.exists(str(db) + ".converting")
         assert ok(remote, "steer-list").splitlines() == [
             "SWITCH  PRIORITY  CHAIN   MATCH",
@@ -2130,7 +2130,7 @@ def test_controller_creates_unannounced_migrations(nb, tmp_path):
 
 
 def test_schema_1_5_0_database_converts_to_intent_only(tmp_path):
-    """A 1.x config database (runtime tables in it) opens as 2.0.0: every
+    """A 1.x config database (runtime tables in it) opens as 2.1.0: every
     intent row is kept as it was, VM.host names its host instead of
     referencing its Host row, the runtime tables are gone (the hosts
     republish their chassis, northd writes the slices again; migration
@@ -2192,7 +2192,7 @@ def test_schema_1_5_0_database_converts_to_intent_only(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "2.0.0"
+                              check=True).stdout.strip() == "2.1.0"
         assert not [n for n in os.listdir(tmp_path)
                     if n.startswith("db.") and n != "db.sock"]   # no leftover file
         with open(server.SCHEMA_PATH) as f:
@@ -2200,6 +2200,12 @@ def test_schema_1_5_0_database_converts_to_intent_only(tmp_path):
         for vm in before["VM"]:
             if vm["host"] != ["set", []]:
                 vm["host"] = "h1"           # the reference became the name
+        # 2.1.0's tenant columns come from the switch
+        assert [(mb.pop("tenant"), mb.pop("provider_rules"))
+                for mb in after["Middlebox"]] == [("t", ["set", []])]
+        assert [p.pop("tenant") for p in after["Steering_Policy"]] == ["t"]
+        assert [g.pop("connections") for g in after["NB_Global"]] == [
+            ["set", []]]
         assert after == before
         assert ok(remote, "steer-list").splitlines()[1].split() == [
             "ls-a", "100", "fw", "any"]
@@ -2216,3 +2222,55 @@ def test_schema_1_5_0_database_converts_to_intent_only(tmp_path):
     again = db.read_bytes()
     server.ensure_db(str(db))
     assert db.read_bytes() == again
+
+
+SCHEMA_2_0_0 = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "mbx_nb-2.0.0.ovsschema")
+
+
+def test_schema_2_0_0_database_converts_its_tiers_and_tenants(tmp_path):
+    """2.0.0 -> 2.1.0: a provider rule (Firewall_Rule.tier) moves to
+    Middlebox.provider_rules, the tenant columns come from the switch."""
+    db = tmp_path / "db"
+    subprocess.run(["ovsdb-tool", "create", str(db), SCHEMA_2_0_0], check=True)
+
+    def rule(name, priority, tier):
+        return {"op": "insert", "table": "Firewall_Rule", "uuid-name": name,
+                "row": {"priority": priority, "direction": "to-vm",
+                        "match": "any", "action": "allow", "tier": tier}}
+    subprocess.run(["ovsdb-tool", "transact", str(db), json.dumps(
+        ["MBX_Northbound",
+         {"op": "insert", "table": "Logical_Switch", "uuid-name": "ls",
+          "row": {"name": "ls-t", "tenant": "tee", "vni": 7,
+                  "subnet": "10.7.0.0/24"}},
+         rule("p", 10, "provider"), rule("t", 20, "tenant"),
+         {"op": "insert", "table": "Middlebox", "uuid-name": "fw",
+          "row": {"name": "fw", "type": "firewall", "default_action": "deny",
+                  "logical_switch": ["named-uuid", "ls"],
+                  "rules": ["set", [["named-uuid", "p"],
+                                    ["named-uuid", "t"]]]}},
+         {"op": "insert", "table": "Steering_Policy",
+          "row": {"logical_switch": ["named-uuid", "ls"], "priority": 5,
+                  "match": "any",
+                  "chain": ["map", [[0, ["named-uuid", "fw"]]]]}}])],
+        check=True, capture_output=True)
+    server.ensure_db(str(db))
+    assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
+                          capture_output=True, text=True,
+                          check=True).stdout.strip() == "2.1.0"
+    rules = {r["_uuid"][1]: r for r in nb_query(
+        db, "Firewall_Rule", ["_uuid", "priority", "tenant"])}
+    [mb] = nb_query(db, "Middlebox", ["tenant", "rules", "provider_rules"])
+    assert mb["tenant"] == "tee"
+    assert [rules[mb["rules"][1]]["priority"]] == [20]
+    assert [rules[mb["provider_rules"][1]]["priority"]] == [10]
+    assert sorted((r["priority"], r["tenant"]) for r in rules.values()) == [
+        (10, ""), (20, "tee")]
+    assert nb_query(db, "Steering_Policy", ["tenant"]) == [{"tenant": "tee"}]
+    pid, remote = start_server(str(tmp_path))
+    try:
+        assert ok(remote, "fw-list", "fw").splitlines()[1:] == [
+            "to-vm      provider  10        allow   any",
+            "to-vm      tenant    20        allow   any"]
+    finally:
+        server.stop(pid)

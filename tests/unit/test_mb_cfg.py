@@ -196,6 +196,6 @@ def test_the_generation_rows_are_in_their_schemas_and_outside_the_walk():
 def test_the_southbound_schema_says_mb_cfg_is_optional():
     with open(SB_SCHEMA_PATH) as f:
         schema = json.load(f)
-    assert schema["version"] == "2.1.0"
+    assert schema["version"] == "2.2.0"
     assert schema["tables"]["Chassis_Private"]["columns"]["mb_cfg"]["type"] == {
         "key": "integer", "min": 0, "max": 1}

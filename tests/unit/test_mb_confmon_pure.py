@@ -30,21 +30,21 @@ def world():
         "Slice": [Row(uuid=U(10), chain={0: "fw-red"}, chassis="h1", tag=10),
                   Row(uuid=U(11), chain={0: "fw-blue"}, chassis="h2", tag=11)],
         "Middlebox": [
-            Row(uuid=U(20), name="fw-red", type="firewall",
+            Row(uuid=U(20), name="fw-red", type="firewall", tenant="red",
                 logical_switch=U(40), default_action="deny",
-                rules=[U(30), U(31)], options={"check": "offload"}),
-            Row(uuid=U(21), name="fw-blue", type="firewall",
+                rules=[U(30)], provider_rules=[U(31)],
+                options={"check": "offload"}),
+            Row(uuid=U(21), name="fw-blue", type="firewall", tenant="",
                 logical_switch=U(41), default_action="allow",
-                rules=[U(32)], options={})],
+                rules=[U(32)], provider_rules=[], options={})],
         "Firewall_Rule": [
             Row(uuid=U(30), priority=100, direction="from-vm",
                 match="proto=tcp dst=$red-web dport=80", address_sets=[U(50)],
-                action="allow", tier="tenant"),
+                action="allow", tenant="red"),
             Row(uuid=U(31), priority=200, direction="to-vm",
-                match="proto=icmp", address_sets=[], action="reject",
-                tier="provider"),
+                match="proto=icmp", address_sets=[], action="reject"),
             Row(uuid=U(32), priority=1, direction="to-vm", match="any",
-                address_sets=[U(51)], action="deny", tier="tenant")],
+                address_sets=[U(51)], action="deny", tenant="")],
         "Address_Set": [
             Row(uuid=U(50), name="red-web", tenant="red",
                 addresses=["10.1.0.11", "10.1.0.10"]),
@@ -228,14 +228,14 @@ def test_odd_rows_are_skipped_with_one_warning_each():
     w = world()
     rules = w["Firewall_Rule"]
     rules.append(Row(uuid=U(33), priority=5, direction="", match="any",
-                     address_sets=[], action="allow", tier="tenant"))
+                     address_sets=[], action="allow", tenant="red"))
     rules.append(Row(uuid=U(34), priority=5, direction="to-vm",
                      match="proto=tcp dport=99999", address_sets=[],
-                     action="allow", tier=""))
+                     action="allow", tenant="red"))
     rules.append(Row(uuid=U(35), priority=5, direction="to-vm", match="any",
-                     address_sets=[], action="", tier="tenant"))
+                     address_sets=[], action="", tenant="red"))
     rules.append(Row(uuid=U(36), priority=6, direction="to-vm", match="any",
-                     address_sets=[], action="deny", tier=""))
+                     address_sets=[], action="deny", tenant="red"))
     w["Middlebox"][0].rules += [U(33), U(34), U(35), U(36), U(99)]
     w["Address_Set"][0].addresses.append("not-an-address")
     w["Slice"].append(Row(uuid=U(12), chain={0: "fw-blue"}, chassis="h1",
@@ -252,7 +252,7 @@ def test_odd_rows_are_skipped_with_one_warning_each():
     assert list(cfg.slices) == [10]
     assert [r.uuid for r in red.rules] == [str(U(31)), str(U(30)),
                                            str(U(36))]
-    assert red.rules[-1].tier == "tenant"      # empty tier -> tenant
+    assert red.rules[-1].tier == "tenant"      # held in Middlebox.rules
     assert red.address_sets == {"red-web": ("10.1.0.10", "10.1.0.11")}
     keys = [key for key, _ in warnings]
     assert len(keys) == len(set(keys)) == 6
@@ -302,16 +302,16 @@ def chain_world():
         Row(uuid=U(102), chain={0: "nat-blue"}, chassis="h2", tag=22,
             status={})]
     w["Middlebox"] += [
-        Row(uuid=U(24), name="nat-red", type="nat", logical_switch=U(40),
+        Row(uuid=U(24), name="nat-red", type="nat", tenant="red", logical_switch=U(40),
             default_action="deny", rules=[], nat_rules=[U(70), U(72), U(73)],
             vips=[], options={"ports-per-host": "4096", "check": "every-packet"}),
-        Row(uuid=U(22), name="lb-red", type="lb", logical_switch=U(40),
+        Row(uuid=U(22), name="lb-red", type="lb", tenant="red", logical_switch=U(40),
             default_action="deny", rules=[], nat_rules=[], vips=[U(80), U(81)],
             options={"lb-only": "1"}),
-        Row(uuid=U(23), name="ids-red", type="ids", logical_switch=U(40),
+        Row(uuid=U(23), name="ids-red", type="ids", tenant="red", logical_switch=U(40),
             default_action="deny", rules=[], nat_rules=[], vips=[],
             options={"scan-threshold": "5"}),
-        Row(uuid=U(25), name="nat-blue", type="nat", logical_switch=U(41),
+        Row(uuid=U(25), name="nat-blue", type="nat", tenant="", logical_switch=U(41),
             default_action="deny", rules=[], nat_rules=[U(74)], vips=[],
             options={})]
     w["NAT_Rule"] = [
@@ -488,3 +488,31 @@ def test_bad_nat_rules_and_vips_are_skipped():
     text = "\n".join(warnings)
     assert "exactly one external IP" in text and "not-an-ip" in text
     assert "10.1.0.300" in text
+
+
+def test_rows_claiming_another_tenant_are_skipped():
+    """What RBAC cannot check (mbxmodel.tenancy): a tenant rule of another
+    tenant, a provider rule with a tenant, a middlebox whose tenant is not
+    its switch's."""
+    w = world()
+    w["Firewall_Rule"] += [
+        Row(uuid=U(37), priority=7, direction="to-vm", match="any",
+            address_sets=[], action="allow", tenant="blue"),
+        Row(uuid=U(38), priority=8, direction="to-vm", match="any",
+            address_sets=[], action="allow", tenant="red")]
+    w["Middlebox"][0].rules += [U(37)]
+    w["Middlebox"][0].provider_rules += [U(38)]
+    warnings = []
+    cfg = confmon.build_host_config(
+        "h1", w, lambda key, msg: warnings.append((key, msg)))
+    assert [r.uuid for r in cfg.slices[10].rules] == [str(U(31)), str(U(30))]
+    text = "\n".join(msg for _, msg in warnings)
+    assert "a tenant rule claims tenant 'blue', not 'red'" in text
+    assert "a provider rule claims tenant 'red'" in text
+    w["Middlebox"][0].tenant = "blue"
+    warnings.clear()
+    cfg = confmon.build_host_config(
+        "h1", w, lambda key, msg: warnings.append((key, msg)))
+    assert cfg.slices == {}
+    assert any("middlebox 'fw-red' claims tenant 'blue'" in msg
+               for _, msg in warnings)

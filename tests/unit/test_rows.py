@@ -34,10 +34,15 @@ def test_ip_port_is_canonical():
             rows.ip_port(bad)
 
 
-def test_a_firewall_rule_without_tier_is_a_tenant_rule():
-    assert rows.rule(row(priority=100, direction="to-vm", match="any",
-                         action="allow", tier="")) == RuleInfo(
+def test_a_firewall_rule_has_the_tier_of_the_column_holding_it():
+    rule = row(priority=100, direction="to-vm", match="any", action="allow")
+    assert rows.rule(rule) == RuleInfo(
         100, "to-vm", "any", "allow", "tenant", str(U))
+    assert rows.rule(rule, "provider").tier == "provider"
+    assert rows.RULE_COLUMNS == {"provider": "provider_rules",
+                                 "tenant": "rules"}
+    assert rows.rule_tenant("tenant", "t1") == "t1"
+    assert rows.rule_tenant("provider", "t1") == ""
 
 
 def test_a_nat_rule_reads_its_optional_columns():
