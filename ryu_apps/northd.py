@@ -219,6 +219,7 @@ class Northd:
             lines.append("Active for: %.1f s" % (self._clock() - self.active_since))
         if self.takeover_ms is not None:
             lines.append("First round as active: %.1f ms" % self.takeover_ms)
+        lines.append("Times active: %d" % self.takeovers)
         lines.append("Southbound ready: %s" % ("yes" if self._sb_ready else "no"))
         lines.append("Shared_State rows tracked: %d" % len(self._leases))
         lines.append("Expired: %d Shared_State rows, %d migrations"

@@ -229,6 +229,45 @@ def test_serving_controller_killed_during_a_move(ha, notify):
     assert serving(lab) == {h: survivor_name for h in HOSTS}
 
 
+def times_active(lab):
+    """{northd key: how many times it got the lock} (``status``)."""
+    out = {}
+    for key in Lab.NORTHD_KEYS:
+        for line in lab.northd_status(key).splitlines():
+            if line.startswith("Times active: "):
+                out[key] = int(line.split(": ")[1])
+    return out
+
+
+@pytest.mark.skipif(not hasattr(Lab, "db_kill"), reason="no database clusters in this lab")
+def test_the_lock_is_taken_again_on_a_new_southbound_leader(ha):
+    lab, sc = ha
+    if len(lab.db_members("sb")) < 3:
+        pytest.skip("a single database member")
+    sc.stop()
+    sc.open(per_kind=2)
+    before = times_active(lab)
+    leader = lab.db_leader("sb")
+    t0 = time.monotonic()
+    lab.db_kill("sb", leader, signal.SIGKILL)
+
+    def again():
+        now = times_active(lab)
+        actives = [k for k in Lab.NORTHD_KEYS
+                   if lab.northd_status(k).startswith("Status: active")]
+        return len(actives) == 1 and sum(now.values()) > sum(before.values()) and \
+            "First round as active" in lab.northd_status(actives[0])
+    wait_until(again, 30, interval=0.01, what="one mbx-northd to hold the lock again")
+    print("\nSB leader member %d killed: mbx-northd active again on the new leader "
+          "(%s) after %.3f s" % (leader, lab.northd_active(), time.monotonic() - t0),
+          file=sys.stderr)
+    src = lab.state["vms"][CT.MIGRATING_VM]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    lab.migrate(CT.MIGRATING_VM, dst, notify=True, timeout=30)
+    check_moved(lab, sc, dst, True)
+    lab.db_start("sb", leader)
+
+
 def lb_health(lab, host, backend):
     vips = json.loads(lab.mbxd_appctl(host, "lb/json"))
     [vip] = [v for v in vips if v["vip"] == "%s:%d/tcp" % (CT.VIP, CT.VIP_PORT)]
