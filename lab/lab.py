@@ -656,17 +656,64 @@ class Lab:
     def controllers(self):
         return self.state.get("controllers", "central")
 
-    def _northd_up(self):
-        """The logical controller, next to the databases."""
-        logf = os.path.join(self.rundir, "northd.log")
-        cmd = ["ip", "netns", "exec", self.fabric_ns, sys.executable, "-m",
-               "ryu_apps.northd_main", "--db", self.nb_remote, "--sb", self.sb_remote,
-               "--log-file", logf]
-        with open(logf + ".out", "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        self._record_pid("northd", proc.pid)
+    # The logical controller instances (pid keys): the first to get the
+    # southbound lock mbx_northd is active, the other stands by.
+    NORTHD_KEYS = ("northd", "northd-s1")
+
+    def _northd_up(self, key=None):
+        """The logical controllers (``key`` None: every one of
+        NORTHD_KEYS, in order, so "northd" is active first), next to the
+        databases; each with its log RUNDIR/KEY.log and control socket
+        RUNDIR/KEY.ctl."""
+        for key in self.NORTHD_KEYS if key is None else (key,):
+            logf = self.northd_log(key)
+            cmd = ["ip", "netns", "exec", self.fabric_ns, sys.executable, "-m",
+                   "ryu_apps.northd_main", "--db", self.nb_remote, "--sb", self.sb_remote,
+                   "--log-file", logf, "--unixctl", self._northd_ctl(key)]
+            with open(logf + ".out", "ab") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+            self._record_pid(key, proc.pid)
+
+    def northd_log(self, key):
+        return os.path.join(self.rundir, key + ".log")
+
+    def _northd_ctl(self, key):
+        return os.path.join(self.rundir, key + ".ctl")
+
+    def northd_status(self, key):
+        """``ovs-appctl -t RUNDIR/KEY.ctl status`` of a logical controller
+        ("" if it does not answer)."""
+        if key not in self.state["pids"]:
+            return ""
+        return run(["ovs-appctl", "--timeout=5", "-t", self._northd_ctl(key), "status"],
+                   check=False, timeout=10)
+
+    def northd_active(self):
+        """The pid key of the logical controller that says it is active
+        (holds the lock), or None."""
+        for key in self.NORTHD_KEYS:
+            if self.northd_status(key).startswith("Status: active"):
+                return key
+        return None
+
+    def northd_kill(self, key, sig=signal.SIGKILL):
+        """End one logical controller (by its PID) with ``sig``."""
+        pid = self.state["pids"].pop(key)
+        self._save()
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        wait_until(lambda: not pid_alive(pid), 10, what="mbx-northd %d to die" % pid)
+
+    def northd_start(self, key):
+        """Start the logical controller ``key`` again (it stands by if
+        another one holds the lock)."""
+        if key in self.state["pids"]:
+            raise LabError("%s is running (pid %d)" % (key, self.state["pids"][key]))
+        self._northd_up(key)
 
     @property
     def standby(self):

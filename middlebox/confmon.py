@@ -117,7 +117,7 @@ COLUMNS = dict(SB_COLUMNS, **NB_COLUMNS)
 # (``reported()``): fixed conditions, outside the condition walk, the
 # HostConfig and ``held_rows()``; a change of them alone builds nothing.
 SB_CFG_COLUMNS = {"SB_Global": ("nb_cfg",), "Chassis_Private": ("name", "mb_cfg")}
-NB_CFG_COLUMNS = {"NB_Global": ("nb_cfg",)}
+NB_CFG_COLUMNS = {"NB_Global": ("nb_cfg", "options")}   # options: the lease
 TABLES = tuple(COLUMNS)
 # Tables whose rows make up the HostConfig (Shared_State is handed over
 # separately, to middlebox.shared; Migration and Chassis rows to
@@ -893,6 +893,13 @@ class ConfigMonitor:
                 self._nb.plain("NB_Global").values(),
                 self._sb.plain("SB_Global").values()))
         return self._generation[1]
+
+    def global_options(self):
+        """``NB_Global.options`` as the replica holds it ({} without the
+        row): ``middlebox.shared`` reads the Shared_State lease there."""
+        for row in self._nb.plain("NB_Global").values():
+            return dict(row.options or {})
+        return {}
 
     def reported(self):
         """This host's ``Chassis_Private.mb_cfg`` as the replica holds it:

@@ -59,9 +59,18 @@ rows as of the last ``update_rows``.  The shell (``middlebox.main``) drives:
 
 A restarted daemon starts with nothing published: the rows of its previous
 run are deleted (or overwritten by what its services publish again) at its
-first flush after ``set_config``.  Rows of a host that is gone for good
-(no daemon left to withdraw them) stay until something that knows every
-host's slices (the controller) deletes them: a daemon only sees its own.
+first flush after ``set_config``.
+
+Leases: rows of a host whose daemon is gone (killed, the host dead for
+good, cut off from the database) have no one left to withdraw them, so
+every row is leased.  While this host has rows, ``flush`` refreshes the
+``stamp`` of all of them (one ``update where host == me``) at least every
+third of the lease, ``NB_Global.options:shared-state-lease`` (seconds,
+3-3600, default 30; read from the monitor's northbound replica, ``lease``),
+so a live host's rows change at least three times a lease; the active
+logical controller deletes rows it has not seen change for a whole lease
+(``ryu_apps.expiry``).  A host whose rows were deleted while it was cut off
+writes them again once it is back (its replica shows them missing).
 
 Measuring convergence: every listed row carries ``stamp`` (publisher's
 clock, ms) and ``received`` (this host's clock when the row arrived here,
@@ -78,12 +87,15 @@ import time
 import ovs.poller
 from ovs.db import idl as ovsidl
 
+from ovsdb import validate
+
 LOG = logging.getLogger(__name__)
 
 TABLE = "Shared_State"
 ALERT_TABLE = "IDS_Alert"
 ALERT_KINDS = ("port-scan", "syn-flood")
 RETRY_INTERVAL = 1.0        # s before a failed commit is tried again
+REFRESHES_PER_LEASE = 3     # stamp refreshes per lease, at least
 MAX_ALERT_TXNS = 16         # alert transactions in flight, at most
 MAX_ALERTS_KEPT = 1000      # alerts remembered for ids/alerts
 
@@ -113,12 +125,18 @@ class SharedState:
     ``monitor``: the daemon's ``middlebox.confmon.ConfigMonitor`` (its
     southbound IDL carries the writes, its replica the rows); None for a pure instance
     (``pending_ops`` still says what would be written).  ``clock``: wall
-    clock in seconds (stamps and ``received``)."""
+    clock in seconds (stamps and ``received``); ``monotonic``: the refresh
+    timer's clock.  ``lease_s``: the lease instead of the northbound
+    option (tests)."""
 
-    def __init__(self, host, monitor=None, clock=time.time):
+    def __init__(self, host, monitor=None, clock=time.time, monotonic=time.monotonic,
+                 lease_s=None):
         self.host = host
         self.monitor = monitor
         self._clock = clock
+        self._monotonic = monotonic
+        self.lease_s = lease_s
+        self._refreshed = monotonic()  # when every row's stamp was last refreshed
         self.host_config = None        # the last HostConfig given
         self._names = None             # middleboxes served; None: no config yet
         self._services = {}            # name -> ServiceSpec
@@ -128,7 +146,7 @@ class SharedState:
         self._others = {}              # (mb, service, key, host) -> _Remote
         self._index = {}               # (mb, service) -> {key: {host: value}}
         self._cleanup = None           # names: delete my rows of any other middlebox
-        self._txn = None               # (Transaction, effects, cleanup)
+        self._txn = None               # (Transaction, effects, cleanup, refresh time)
         self._retry_at = 0.0
         self._last_error = None
         self._seen_seqno = None
@@ -140,7 +158,7 @@ class SharedState:
         self.counters = dict.fromkeys(
             ("published", "withdrawn", "commits", "commit_failures",
              "rows_received", "alerts_reported", "alerts_written",
-             "alert_failures"), 0)
+             "alert_failures", "refreshes"), 0)
 
     # ------------------------------------------------------------ services
     def publish(self, middlebox, service, key, value):
@@ -295,6 +313,24 @@ class SharedState:
         self._seen_seqno = seqno
         self.update_rows(mon.shared_rows(), mon.shared_covered())
 
+    def lease(self):
+        """The Shared_State lease in seconds (see the module doc)."""
+        if self.lease_s is not None:
+            return self.lease_s
+        options = getattr(self.monitor, "global_options", None)
+        return validate.global_shared_state_lease(options() if options else None)
+
+    def refresh_op(self):
+        """The operation that refreshes the stamp of every row of this
+        host, when due (a third of the lease since the last one) and the
+        host has rows; else None."""
+        if self._names is None or not (self._written or self._mine):
+            return None
+        if self._monotonic() - self._refreshed < self.lease() / REFRESHES_PER_LEASE:
+            return None
+        return {"op": "update", "table": TABLE, "where": [["host", "==", self.host]],
+                "row": {"stamp": _ms(self._clock())}}
+
     def pending_ops(self):
         """The OVSDB operations that would bring this host's Shared_State
         rows in line with what is published (empty when in line)."""
@@ -349,13 +385,17 @@ class SharedState:
             return
         if self._txn is None and time.monotonic() >= self._retry_at:
             ops, effects, cleanup = self._plan()
+            refresh = self.refresh_op()
+            if refresh is not None:
+                ops = ops + [refresh]
             if ops:
                 txn = ovsidl.Transaction(idl)
                 for op in ops:
                     txn.add_op(op)
                 txn.add_comment("mbxd %s: shared state" % self.host)
                 txn.commit()
-                self._txn = (txn, effects, cleanup)
+                self._txn = (txn, effects, cleanup,
+                             None if refresh is None else self._monotonic())
                 self._finish_txn()
         for key in sorted(self._alert_pending, key=str):
             if len(self._alert_txns) >= MAX_ALERT_TXNS:
@@ -369,6 +409,9 @@ class SharedState:
         ``wait`` covers the socket)."""
         if self._txn is not None:
             self._txn[0].wait(poller)
+        elif self._names is not None and (self._written or self._mine):
+            due = self._refreshed + self.lease() / REFRESHES_PER_LEASE - self._monotonic()
+            poller.timer_wait(max(0, int(due * 1000)))
         for txn, _row, _mode in self._alert_txns.values():
             txn.wait(poller)
 
@@ -380,7 +423,7 @@ class SharedState:
     def _finish_txn(self):
         if self._txn is None:
             return
-        txn, effects, cleanup = self._txn
+        txn, effects, cleanup, refreshed = self._txn
         status = txn.commit()
         if status == ovsidl.Transaction.INCOMPLETE:
             return
@@ -388,6 +431,9 @@ class SharedState:
         if status in (ovsidl.Transaction.SUCCESS,
                       ovsidl.Transaction.UNCHANGED):
             self.counters["commits"] += 1
+            if refreshed is not None:
+                self._refreshed = refreshed
+                self.counters["refreshes"] += 1
             for k, text in effects:
                 if text is None:
                     self._written.pop(k, None)

@@ -183,6 +183,9 @@ class _Idl(idl.Idl):
             self.changed.setdefault(table, {})[row.uuid] = \
                 None if event == idl.ROW_DELETE else row
 
+    def session_connected(self):
+        return self._session.is_connected()
+
     def session_seqno(self):
         """Changes on each (re)connection: the replica is then sent again,
         without the deletions missed meanwhile."""
@@ -198,18 +201,26 @@ class Southbound:
     with ``datapaths=True`` (the controllers) the Datapath rows are
     monitored and ``on_datapaths({name: (tenant, vni, config)},
     SB_Global.nb_cfg)`` reports them; ``hosts`` (a controller that serves
-    only these): only the rows of the switches present on them."""
+    only these): only the rows of the switches present on them.
+
+    ``lock`` (the logical controller's ``mbx_northd``): the connection asks
+    the server for that OVSDB lock and every write asserts it (a write
+    without it fails: python-ovs's NOT_LOCKED); ``on_lock(held)`` says
+    whether it is held, after the rows that arrived with the news.  It
+    counts as held only while connected and monitoring: a reconnection
+    (to a new cluster leader, say) asks for it again."""
 
     def __init__(self, remote, on_ports=None, on_status=None, on_sb_cfg=None,
                  on_ready=None, on_runtime=None, runtime_tables=(),
                  schema=SB_SCHEMA_PATH, datapaths=False, on_datapaths=None,
-                 hosts=None):
+                 hosts=None, lock=None, on_lock=None):
         self._on_ports = on_ports or (lambda host, ports: None)
         self._on_status = on_status or (lambda statuses: None)
         self._on_sb_cfg = on_sb_cfg or (lambda value: None)
         self._on_ready = on_ready or (lambda: None)
         self._on_runtime = on_runtime or (lambda snap: None)
         self._datapaths = datapaths
+        self._on_lock = on_lock or (lambda held: None)
         self._on_datapaths = on_datapaths or (lambda rows, nb_cfg: None)
         self._stop = threading.Event()
         helper = idl.SchemaHelper(location=schema)
@@ -230,6 +241,8 @@ class Southbound:
         if self._local is not None:
             helper.register_columns("Slice", ["chassis", "datapath"])
         self._idl = _Idl(remote, helper, frozenset(runtime_tables))
+        if lock is not None:
+            self._idl.set_lock(lock)
         self._runtime_rows = RuntimeRows()
         self._local_cond = []
         if self._local is not None:
@@ -357,6 +370,41 @@ class Southbound:
                                     wait_ms)
         return self.write(fn, "migration of %s" % vm)
 
+    def delete_shared_state(self, records):
+        """Delete the Shared_State rows of ``records`` (SharedRecord values:
+        middlebox, host, service, key, value, stamp), each only while it
+        still holds that value and stamp: a row its host refreshed or
+        changed meanwhile stays (the logical controller's lease expiry,
+        ``ryu_apps.expiry``).  The Future's result: the rows deleted."""
+        wanted = {(r.middlebox, r.host, r.service, r.key): (r.value, r.stamp)
+                  for r in records}
+
+        def fn(idl_, txn):
+            deleted = 0
+            for row in list(idl_.tables["Shared_State"].rows.values()):
+                key = (row.middlebox, row.host, row.service, row.key)
+                if wanted.get(key) == (row.value, row.stamp):
+                    row.verify("stamp")
+                    row.verify("value")
+                    row.delete()
+                    deleted += 1
+            return deleted
+        return self.write(fn, "%d expired shared state rows" % len(wanted))
+
+    def delete_migrations(self, uuids):
+        """Delete the Migration rows of ``uuids`` (finished migrations past
+        their retention, ``ryu_apps.expiry``)."""
+        uuids = {str(u) for u in uuids}
+
+        def fn(idl_, txn):
+            deleted = 0
+            for row in list(idl_.tables["Migration"].rows.values()):
+                if str(row.uuid) in uuids:
+                    row.delete()
+                    deleted += 1
+            return deleted
+        return self.write(fn, "%d finished migrations" % len(uuids))
+
     def set_chassis_statuses(self, statuses):
         """Hosts' Chassis_Private rows (ChassisStatus values), in one
         transaction.  Only the controller's columns: ``mb_cfg`` is the
@@ -411,6 +459,7 @@ class Southbound:
         last_ports, last_status, last_cfg, last_session = {}, None, None, None
         last_datapaths = None
         ready = False
+        locked = None           # not said yet
         inflight = []           # (txn, fn, what)
         while not self._stop.is_set():
             self._idl.run()
@@ -455,6 +504,12 @@ class Southbound:
                 if not ready:
                     ready = True
                     self._on_ready()
+            if self._idl.lock_name is not None:
+                held = self._idl.has_lock and self._idl.state == \
+                    self._idl.IDL_S_MONITORING and self._idl.session_connected()
+                if held != locked and (held or locked or self._idl.is_lock_contended):
+                    locked = held
+                    self._on_lock(held)
             inflight = self._commit(inflight)
             poller = ovs.poller.Poller()
             self._idl.wait(poller)

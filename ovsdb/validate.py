@@ -1184,9 +1184,28 @@ def migration_counters(value, what):
     return dict(value)
 
 
+# Shared_State lease (s): a host's rows that no one changed or refreshed for
+# that long are deleted by the logical controller (docs/services.md).
+DEFAULT_SHARED_STATE_LEASE = 30
+SHARED_STATE_LEASE = (3, 3600)
+# How long (s) the logical controller keeps a finished Migration row.
+DEFAULT_MIGRATION_RETENTION = 3600
+MIGRATION_RETENTION = (10, 31536000)
+
+
+def shared_state_lease(value, what="shared-state-lease"):
+    return _bounded(value, *SHARED_STATE_LEASE, what)
+
+
+def migration_retention(value, what="migration-retention"):
+    return _bounded(value, *MIGRATION_RETENTION, what)
+
+
 # NB_Global.options: key -> validator returning the canonical (str) value
 GLOBAL_OPTIONS = {
     "migration-wait-ms": lambda value: str(migration_wait_ms(value)),
+    "shared-state-lease": lambda value: str(shared_state_lease(value)),
+    "migration-retention": lambda value: str(migration_retention(value)),
 }
 
 
@@ -1210,3 +1229,24 @@ def global_wait_ms(options):
             "migration-wait-ms", DEFAULT_MIGRATION_WAIT_MS))
     except MbxError:
         return DEFAULT_MIGRATION_WAIT_MS
+
+
+def _global(options, key, check, default):
+    try:
+        return check(dict(options or {}).get(key, default))
+    except MbxError:
+        return default
+
+
+def global_shared_state_lease(options):
+    """shared-state-lease (s) from NB_Global.options, else the default
+    (also when the value there is not valid)."""
+    return _global(options, "shared-state-lease", shared_state_lease,
+                   DEFAULT_SHARED_STATE_LEASE)
+
+
+def global_migration_retention(options):
+    """migration-retention (s) from NB_Global.options, else the default
+    (also when the value there is not valid)."""
+    return _global(options, "migration-retention", migration_retention,
+                   DEFAULT_MIGRATION_RETENTION)

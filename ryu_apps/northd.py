@@ -51,19 +51,36 @@ shared state, IDS alerts) from the southbound database
 * **Service status**: the load balancers' backend health that the daemons
   publish as shared state, merged into ``LB_VIP.status``; each IDS's alert
   count into ``Middlebox.status``.
+* **Stale rows** (``ryu_apps.expiry``, ``tick``): the Shared_State rows
+  no one refreshed for a lease (``NB_Global.options:shared-state-lease``)
+  and the finished Migration rows past their retention
+  (``migration-retention``) are deleted.
+
+**Active and standby.**  Several instances may run; the one holding the
+southbound OVSDB lock ``mbx_northd`` (``LOCK``) is active and the only one
+that writes, as with ovn-northd (``mbx-northd`` asks for the lock; every
+southbound write asserts it).  A standby (``active`` False) takes in every
+event, so its replicas and its translation stay warm, but writes nothing.
+When it gets the lock (``set_active``) it forgets what it had assumed about
+the databases, reads the northbound database again and makes one full
+round that compares everything with the databases and writes only what
+differs: nothing, when the instance before it left them complete.
 """
 
 import concurrent.futures
 import dataclasses
 import json
 import logging
+import time
 from typing import Dict, Tuple
 
 from mbxmodel import datapath as dplib
 from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.snapshot import SbRuntime, SbSnapshot
 from mbxmodel.state import LB_HEALTH
+from ovsdb import validate
 from ryu_apps import slices as slicelib
+from ryu_apps.expiry import MigrationAges, SharedLeases
 from ryu_apps.topostate import TopologyState, host_info
 from ryu_apps.translate import Translator
 from ryu_apps.view import Bindings, config_key, incoming
@@ -75,6 +92,9 @@ LOG = logging.getLogger(__name__)
 SB_WRITE_TIMEOUT = 10.0
 
 _MIRROR_COLUMNS = frozenset({"host", "location_epoch"})
+
+# The southbound OVSDB lock whose holder is the active logical controller.
+LOCK = "mbx_northd"
 
 
 
@@ -99,9 +119,23 @@ def _switches(topo, slices):
 
 
 class Northd:
-    def __init__(self, nb, sb):
+    """``active``: whether it writes (``set_active``: the lock is held);
+    ``clock``: monotonic seconds (leases, the takeover's timing); ``wall``:
+    unix time in seconds (migration retention)."""
+
+    def __init__(self, nb, sb, active=True, clock=time.monotonic, wall=time.time):
         self._nb = nb
         self._sb = sb
+        self.active = active
+        self._clock, self._wall = clock, wall
+        self.active_since = clock() if active else None
+        self.takeover_ms = None         # the first round's time once it got the lock
+        self.takeovers = 0
+        self._told = False              # set_active called once
+        self._leases = SharedLeases()
+        self._ages = MigrationAges()
+        self._expiring = None           # the Future of the stale rows' deletion
+        self.expired_rows = {"shared_state": 0, "migrations": 0}
         self.nb_snap = None
         self.sb_snap = SbRuntime()      # the runtime rows (runtime_changed)
         self.bindings = Bindings()
@@ -133,6 +167,105 @@ class Northd:
     def topo(self):
         return self._state.topo
 
+    # -------------------------------------------------- active / standby
+    def _forget_writes(self):
+        """Back to what a freshly started instance knows of the databases:
+        nothing assumed written, every row compared at the next round."""
+        self._state = TopologyState()
+        self._config = None
+        self._slice_keys = None
+        self._pending = {}
+        self._announced = {}
+        self._maybe_gone = set()
+        self._slices_checked = None
+        self._written = {}
+        self._slices_written = None
+        self._dp_pending = set()
+        self._dp_synced = False
+        self._dp_cfg = None
+        self._mirrors = {}
+        self._expiring = None
+        self._sb_cfg_asked = self._sb_cfg_seen
+
+    def set_active(self, active):
+        """The lock ``LOCK`` was granted (True) or lost (False)."""
+        told, self._told = self._told, True
+        if active == self.active:
+            if not told and not active:
+                LOG.info("standby: lock %s held by another instance; writing nothing",
+                         LOCK)
+            return
+        self.active = active
+        self._forget_writes()
+        if not active:
+            self.active_since = None
+            LOG.info("standby: lock %s not held; writing nothing", LOCK)
+            return
+        t0 = self._clock()
+        self.active_since = t0
+        self.takeovers += 1
+        LOG.info("active: lock %s held; comparing the databases with the intent", LOCK)
+        self.nb_changed()       # a fresh northbound snapshot, then one full round
+        self.tick()
+        if self._sb_ready:      # (else the round comes with southbound_ready)
+            self.takeover_ms = (self._clock() - t0) * 1000
+            LOG.info("active: first round done in %.1f ms", self.takeover_ms)
+
+    def status_lines(self):
+        """What ``ovs-appctl -t mbx-northd status`` shows, as lines."""
+        lines = ["Status: %s" % ("active" if self.active else "standby"),
+                 "Lock: %s" % LOCK]
+        if self.active and self.active_since is not None:
+            lines.append("Active for: %.1f s" % (self._clock() - self.active_since))
+        if self.takeover_ms is not None:
+            lines.append("First round as active: %.1f ms" % self.takeover_ms)
+        lines.append("Times active: %d" % self.takeovers)
+        lines.append("Southbound ready: %s" % ("yes" if self._sb_ready else "no"))
+        lines.append("Shared_State rows tracked: %d" % len(self._leases))
+        lines.append("Expired: %d Shared_State rows, %d migrations"
+                     % (self.expired_rows["shared_state"], self.expired_rows["migrations"]))
+        return lines
+
+    # ----------------------------------------------------- stale rows
+    def tick(self):
+        """The timer (about once a second): delete the stale rows
+        (``ryu_apps.expiry``), one deletion in flight at a time."""
+        if not self.active or not self._sb_ready or self.nb_snap is None:
+            return
+        if self._expiring is not None and not self._expiring.done():
+            return
+        self._expiring = None
+        options = self.nb_snap.global_options
+        now = self._clock()
+        lease = validate.global_shared_state_lease(options)
+        stale = self._leases.expired(now, lease)
+        old = self._ages.expired(self.sb_snap.migrations, now, int(self._wall() * 1000),
+                                 validate.global_migration_retention(options))
+        if stale:
+            hosts = sorted({r.host for r in stale})
+            LOG.info("Shared_State of %s unchanged for more than the %d s lease: "
+                     "deleting %d rows (%s)", ", ".join(hosts), lease, len(stale),
+                     ", ".join("%s/%s/%s@%s" % (r.middlebox, r.service, r.key, r.host)
+                               for r in stale[:5]) + (" ..." if len(stale) > 5 else ""))
+            self._expiring = self._sb.delete_shared_state(stale)
+            self._count_expired(self._expiring, "shared_state")
+        if old:
+            LOG.info("deleting %d finished migrations past their retention (%s)",
+                     len(old), ", ".join("%s %s" % (m.vm, m.status) for m in old[:5]))
+            written = self._sb.delete_migrations([m.uuid for m in old])
+            self._count_expired(written, "migrations")
+            if self._expiring is None:
+                self._expiring = written
+
+    def _count_expired(self, future, kind):
+        if future is None:
+            return
+
+        def done(f):
+            if f.exception() is None and isinstance(f.result(), int):
+                self.expired_rows[kind] += f.result()
+        future.add_done_callback(done)
+
     # ------------------------------------------------------------- inputs
     def nb_changed(self):
         self.nb_snap = snap = self._nb.snapshot()
@@ -150,11 +283,13 @@ class Northd:
         all of them (an ``SbSnapshot``)."""
         if isinstance(change, SbSnapshot):
             self.sb_snap = SbRuntime.of(change)
+            self._observe(True, True)
             self._recorded_blocks = slicelib.RecordedBlocks(self.sb_snap.slice_status)
             self._slice_keys = None
             self._config_changed()
             return
         self.sb_snap.apply(change)
+        self._observe(change.shared_state is not None, change.migrations is not None)
         self._recorded_blocks.update({k: None if v is None else v[1]
                                       for k, v in change.slices.items()})
         if self._slice_keys is not None:
@@ -162,6 +297,13 @@ class Northd:
         status = change.shared_state is not None or change.ids_alerts is not None
         moving = status or change.migrations is not None
         self._config_changed(hosts=change.hosts, status=status, moving=moving)
+
+    def _observe(self, shared, migrations):
+        now = self._clock()
+        if shared:
+            self._leases.observe(self.sb_snap.shared_state, now)
+        if migrations:
+            self._ages.observe(self.sb_snap.migrations, now)
 
     def _config_changed(self, hosts=None, status=True, moving=True):
         """``hosts``: the hosts whose record changed (None: any);
@@ -199,7 +341,7 @@ class Northd:
         """The southbound Datapath rows as the database has them: a row that
         differs from its record (written by someone else, or gone) is
         written again."""
-        if not self._dp_synced or self.nb_snap is None:
+        if not self._dp_synced or self.nb_snap is None or not self.active:
             return                      # the first write compares every row
         wanted = self._translator.rows
         differ = {name for name in rows.keys() | wanted.keys()
@@ -231,7 +373,7 @@ class Northd:
         ``status``: the runtime rows daemons write may have changed (shared
         state, alerts)."""
         snap, runtime = self.nb_snap, self.sb_snap
-        if snap is None or not self._sb_ready:
+        if snap is None or not self._sb_ready or not self.active:
             return
         state = self._state
         old = state.topo
@@ -396,6 +538,10 @@ class Northd:
                 continue
             seq = self.bindings.seq(vm, binding.host)
             if self._pending.get(vm, (None,))[0] == seq or self._announced.get(vm) == seq:
+                continue
+            if vm not in self._announced and vm not in self._pending and \
+                    self.sb_snap.vm_locations.get(vm, (None,))[0] == binding.host:
+                self._announced[vm] = seq   # recorded already (a restart, a takeover)
                 continue
             hosts = {binding.host}
             info = topo.vms.get(vm)

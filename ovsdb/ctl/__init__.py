@@ -63,7 +63,10 @@ VIP options (lb-set KEY=VALUE): health-check=tcp|none,
   health-rise, health-fall=COUNT (1-100)
 Global options (global-set KEY=VALUE): migration-wait-ms=MS (100-60000,
   default 3000): how long a destination holds packets of an unannounced
-  migration for the state to land
+  migration for the state to land; shared-state-lease=SECONDS (3-3600,
+  default 30): a dead host's shared state goes after this long;
+  migration-retention=SECONDS (10-31536000, default 3600): finished
+  migrations are deleted this long after they ended
 A PROTOCOL is needed by lb-del, lb-backend-*, lb-set only when the VIP
 exists for both tcp and udp.
 """

@@ -1938,6 +1938,14 @@ BAD_MIGRATIONS = {
                               "invalid migration-wait-ms '60001'"),
     "global-set: not a number": (["global-set", "migration-wait-ms=3s"],
                                  "invalid migration-wait-ms '3s'"),
+    "global-set: lease too short": (["global-set", "shared-state-lease=2"],
+                                    "invalid shared-state-lease '2': use an "
+                                    "integer from 3 to 3600"),
+    "global-set: lease too long": (["global-set", "shared-state-lease=3601"],
+                                   "invalid shared-state-lease '3601'"),
+    "global-set: retention too short": (["global-set", "migration-retention=9"],
+                                        "invalid migration-retention '9': use an "
+                                        "integer from 10 to 31536000"),
     "global-set: unknown key": (["global-set", "wait=5"],
                                 "unknown global option 'wait'; known "
                                 "options: migration-wait-ms"),
