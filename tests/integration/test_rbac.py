@@ -25,18 +25,6 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 HOSTS = ("h1", "h2", "h3")
 TENANTS = ("teal", "plum")
 
-# mbxctl with a certificate.  It sets python-ovs's TLS files itself (the
-# same calls ovsdb/tls.py makes), then runs this tree's mbxctl.
-MBXCTL_TLS = """\
-import sys
-from ovsdb.ctl import main
-import ovs.stream
-key, cert, ca = sys.argv[1:4]
-ovs.stream.Stream.ssl_set_private_key_file(key)
-ovs.stream.Stream.ssl_set_certificate_file(cert)
-ovs.stream.Stream.ssl_set_ca_cert_file(ca)
-sys.exit(main(sys.argv[4:]))
-"""
 
 
 def free_port():
@@ -101,7 +89,8 @@ class World:
         if who is None:
             argv = [sys.executable, "-m", "ovsdb.ctl", "--db", self.sock]
         else:
-            argv = [sys.executable, "-c", MBXCTL_TLS, *self.files(who),
+            key, cert, ca = self.files(who)      # mbxctl's TLS options (ovsdb/tls.py)
+            argv = [sys.executable, "-m", "ovsdb.ctl", "-p", key, "-c", cert, "-C", ca,
                     "--db", self.nb_ssl, "--sb", self.sb_ssl]
         return subprocess.run(argv + list(args), env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=30)
