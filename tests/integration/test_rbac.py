@@ -25,8 +25,13 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 HOSTS = ("h1", "h2", "h3")
 TENANTS = ("teal", "plum")
 
-# mbxctl with a certificate.  It sets python-ovs's TLS files itself (the
-# same calls ovsdb/tls.py makes), then runs this tree's mbxctl.
+# mbxctl with a certificate: its -p/-c/-C options (ovsdb/tls.py); in a
+# tree without them, a stand-in that sets python-ovs's TLS files itself (the
+# calls ovsdb/tls.py makes) and runs this tree's mbxctl.
+try:
+    from ovsdb import tls as TLS
+except ImportError:
+    TLS = None
 MBXCTL_TLS = """\
 import sys
 from ovsdb.ctl import main
@@ -100,6 +105,10 @@ class World:
                if k not in ("MBX_DB", "MBX_SB")}
         if who is None:
             argv = [sys.executable, "-m", "ovsdb.ctl", "--db", self.sock]
+        elif TLS is not None:
+            key, cert, ca = self.files(who)
+            argv = [sys.executable, "-m", "ovsdb.ctl", "-p", key, "-c", cert,
+                    "-C", ca, "--db", self.nb_ssl, "--sb", self.sb_ssl]
         else:
             argv = [sys.executable, "-c", MBXCTL_TLS, *self.files(who),
                     "--db", self.nb_ssl, "--sb", self.sb_ssl]
