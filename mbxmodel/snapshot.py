@@ -132,13 +132,7 @@ def sb_snapshot(tables):
             (SharedRecord(r.middlebox, r.host, r.service, r.key, r.value, r.stamp)
              for r in rows("Shared_State")),
             key=lambda r: (r.middlebox, r.service, r.key, r.host))),
-        ids_alerts=tuple(sorted(
-            (AlertRecord(r.middlebox, r.kind, r.source, r.target, r.count,
-                         tuple(sorted(r.hosts)), r.first_seen, r.last_seen,
-                         r.reported_by)
-             for r in rows("IDS_Alert")),
-            key=lambda a: (a.middlebox, a.first_seen, a.kind, a.source,
-                           a.target, a.last_seen))),
+        ids_alerts=alert_records(rows("IDS_Alert")),
         migrations=tuple(sorted((migration_record(r) for r in rows("Migration")),
                                 key=migration_key)))
 
@@ -262,10 +256,27 @@ def shared_records(rows):
 
 
 def alert_records(rows):
+    """IDS_Alert rows -> one AlertRecord per alert (middlebox, kind, source,
+    target): each host writes its own row of an alert (the RBAC role
+    mbx-chassis lets it write only rows it reported, ovsdb/rbac.py), so
+    the rows of several hosts are merged: the highest count, every host
+    whose sensors saw it, the first first_seen and the last last_seen,
+    reported_by every reporting host ("h1,h2")."""
+    merged = {}
+    for r in rows:
+        key = (r.middlebox, r.kind, r.source, r.target)
+        a = AlertRecord(r.middlebox, r.kind, r.source, r.target, r.count,
+                        tuple(sorted(r.hosts)), r.first_seen, r.last_seen, r.reported_by)
+        b = merged.get(key)
+        if b is not None:
+            a = AlertRecord(*key, max(a.count, b.count),
+                            tuple(sorted(set(a.hosts) | set(b.hosts))),
+                            min(a.first_seen, b.first_seen), max(a.last_seen, b.last_seen),
+                            ",".join(sorted(set(a.reported_by.split(",")) |
+                                            set(b.reported_by.split(",")))))
+        merged[key] = a
     return tuple(sorted(
-        (AlertRecord(r.middlebox, r.kind, r.source, r.target, r.count,
-                     tuple(sorted(r.hosts)), r.first_seen, r.last_seen, r.reported_by)
-         for r in rows),
+        merged.values(),
         key=lambda a: (a.middlebox, a.first_seen, a.kind, a.source, a.target, a.last_seen)))
 
 

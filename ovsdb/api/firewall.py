@@ -7,10 +7,9 @@ from ovsdb.api.common import (_address_set_info, _address_sets, _Command,
                               _externals, _find, _mb_info, _mb_rules,
                               _middleboxes, _nat_rules, _policies,
                               _refuse_existing, _rule_rows, _rules,
-                              _set_rows, _set_users, _switches, _vips, _vms)
+                              _set_users, _switches, _vips, _vms)
 from ovsdb.api.middleboxes import _drop_rule, _insert_rule
 from ovsdb.errors import MbxError
-from ovsdb.match import parse_match
 
 
 class FwAddCommand(_Command):

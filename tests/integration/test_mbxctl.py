@@ -2282,3 +2282,35 @@ def test_schema_2_0_0_database_converts_its_tiers_and_tenants(tmp_path):
             "to-vm      tenant    20        allow   any"]
     finally:
         server.stop(pid)
+
+
+def test_a_switch_changing_tenant_takes_its_rows_along(tmp_path):
+    """The tenant columns RBAC authorizes on follow the switch's tenant
+    when mbxctl load changes it (provider rules keep "")."""
+    pid, remote = start_server(str(tmp_path))
+    try:
+        path = tmp_path / "t.yaml"
+        spec = """\
+switches:
+  - {{name: ls-m, tenant: {tenant}, vni: 77, subnet: 10.7.0.0/24}}
+middleboxes:
+  - name: fw-m
+    switch: ls-m
+    rules:
+      - {{priority: 10, direction: to-vm, match: any, action: allow}}
+      - {{priority: 20, direction: to-vm, match: "proto=icmp", action: deny,
+         tier: provider}}
+steering:
+  - {{switch: ls-m, priority: 5, match: any, chain: [fw-m]}}
+"""
+        for tenant in ("one", "two"):
+            path.write_text(spec.format(tenant=tenant))
+            ok(remote, "init", "--", "load", str(path))
+            db = tmp_path / "db"
+            assert [r["tenant"] for r in nb_query(db, "Middlebox", ["tenant"])] == [tenant]
+            assert [r["tenant"] for r in nb_query(db, "Steering_Policy", ["tenant"])] == [tenant]
+            assert sorted(r["tenant"] for r in nb_query(db, "Firewall_Rule", ["tenant"])) \
+                == ["", tenant]
+        assert "ignored" not in ok(remote, "show")
+    finally:
+        server.stop(pid)

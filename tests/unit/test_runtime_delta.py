@@ -166,3 +166,19 @@ def test_host_names_follow_a_snapshot_then_deltas():
     assert names == {"h2", "h3"}
     assert host_names(names, SbDelta(sb_cfg=4)) == {"h2", "h3"}
     assert host_names(None, SbDelta(hosts={"h1": h["h1"]})) == {"h1"}
+
+
+def test_one_alert_reported_by_several_hosts_is_one_record():
+    """Each host writes its own IDS_Alert row (RBAC); readers see one."""
+    from mbxmodel.snapshot import alert_records
+    from mbxmodel.state import AlertRecord
+
+    def row(host, count, hosts, first, last):
+        return SimpleNamespace(middlebox="ids", kind="port-scan",
+                                     source="10.0.0.9", target="", count=count,
+                                     hosts=hosts, first_seen=first,
+                                     last_seen=last, reported_by=host)
+    assert alert_records([row("h2", 9, ["h2"], 5, 8),
+                          row("h1", 7, ["h1", "h3"], 3, 6)]) == (
+        AlertRecord("ids", "port-scan", "10.0.0.9", "", 9, ("h1", "h2", "h3"),
+                    3, 8, "h1,h2"),)
