@@ -358,8 +358,13 @@ class Northd:
         self._sb_cfg_asked = max(self._sb_cfg_asked, value)
 
     def southbound_ready(self):
+        t0 = self._clock()
         self._sb_ready = True
         self._run(None)
+        if self.active and self.takeover_ms is None and self.takeovers:
+            # the lock came before the southbound rows: this is its first round
+            self.takeover_ms = (self._clock() - t0) * 1000
+            LOG.info("active: first round done in %.1f ms", self.takeover_ms)
 
     # ---------------------------------------------------------- decisions
     def _recorded(self):
