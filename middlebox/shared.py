@@ -410,8 +410,12 @@ class SharedState:
         if self._txn is not None:
             self._txn[0].wait(poller)
         elif self._names is not None and (self._written or self._mine):
+            # Woken when the refresh falls due; once due, the loop's other
+            # wake-ups do (no timer of 0: a refresh that cannot go out yet,
+            # the database away, must not spin the loop).
             due = self._refreshed + self.lease() / REFRESHES_PER_LEASE - self._monotonic()
-            poller.timer_wait(max(0, int(due * 1000)))
+            if due > 0:
+                poller.timer_wait(int(due * 1000) + 1)
         for txn, _row, _mode in self._alert_txns.values():
             txn.wait(poller)
 

@@ -211,3 +211,28 @@ def test_the_active_controller_deletes_old_migrations():
     nd.tick()
     assert asked == [["m1"]]
     assert nd.expired_rows["migrations"] == 1
+
+
+def test_the_refresh_timer_wakes_the_daemon_only_before_the_refresh_is_due():
+    mono = Clock(0)
+    st = SharedState("h1", clock=Clock(1000), monotonic=mono, lease_s=9)
+
+    class Cfg:
+        slices = {}
+
+    class Poller:
+        def __init__(self):
+            self.timers = []
+
+        def timer_wait(self, ms):
+            self.timers.append(ms)
+    st.set_config(Cfg())
+    st.publish("lb-a", "lb-health", "k", {"10.0.0.4:80": "up"})
+    mono.t = 1
+    poller = Poller()
+    st.wait(poller)
+    assert poller.timers == [2001]      # due at 3 s
+    mono.t = 5                          # due, but not sent yet (database away, ...)
+    poller = Poller()
+    st.wait(poller)
+    assert poller.timers == []          # no zero timeout: the loop does not spin
