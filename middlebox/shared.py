@@ -203,11 +203,14 @@ class SharedState:
 
     def report_alert(self, middlebox, kind, source, target, count, hosts,
                      first_seen, last_seen):
-        """Record an IDS alert and queue it for the ``IDS_Alert`` table: one
-        row per (middlebox, kind, source) -- per (middlebox, kind, source,
-        target) for "syn-flood", whose subject is the destination --
-        inserted the first time and updated (target, count, hosts,
-        last_seen, reported_by) on re-alert, by whichever host.  ``kind``:
+        """Record an IDS alert and queue it for the ``IDS_Alert`` table:
+        this host's row of it, one per (middlebox, kind, source) -- per
+        (middlebox, kind, source, target) for "syn-flood", whose subject
+        is the destination -- and ``reported_by`` this host, inserted the
+        first time and updated (target, count, hosts, last_seen) on
+        re-alert.  Each host writes only its own rows (the southbound RBAC
+        role, ovsdb/rbac.py); readers merge the rows of one alert
+        (``mbxmodel.snapshot.alert_records``).  ``kind``:
         "port-scan" | "syn-flood"; ``hosts``: the hosts whose sensors saw
         it; times: seconds since the epoch, or milliseconds (a value above
         1e11 is taken as ms); stored in ms."""
@@ -464,7 +467,7 @@ class SharedState:
     def _start_alert_txn(self, idl, key, row):
         mb, kind, source, target = key
         where = [["middlebox", "==", mb], ["kind", "==", kind],
-                 ["source", "==", source]]
+                 ["source", "==", source], ["reported_by", "==", self.host]]
         if target is not None:
             where.append(["target", "==", target])
         mode = self._alert_mode.get(key, "insert")
@@ -476,7 +479,9 @@ class SharedState:
                         "rows": []})
             txn.add_op({"op": "insert", "table": ALERT_TABLE, "row": values})
         else:
-            del values["first_seen"]
+            for column in ("first_seen", "middlebox", "kind", "source",
+                           "reported_by"):      # the where says them
+                del values[column]
             txn.add_op({"op": "wait", "table": ALERT_TABLE, "timeout": 0,
                         "where": where, "columns": ["source"], "until": "!=",
                         "rows": []})

@@ -262,7 +262,8 @@ def test_alert_rows(world, hosts):
     # Re-alert: the same row, updated; first_seen kept.
     h3.report_alert("ids-b", "port-scan", "10.2.0.66", "", 7, ["h3", "h2"],
                     110.0, 111.0)
-    # Another host alerts the same source: still one row.
+    # Another host alerts the same source: its own row (RBAC: a host
+    # writes only rows it reported).
     h2.report_alert("ids-b", "port-scan", "10.2.0.66", "", 9, ["h2"],
                     120.0, 121.0)
     # SYN floods: one row per destination (times in ms, as the core gives).
@@ -275,17 +276,32 @@ def test_alert_rows(world, hosts):
                     ["h3"], t + 3000, t + 4000)
     run(nodes, lambda: not h2.busy() and not h3.busy())
     rows = sorted(db_rows(world, "IDS_Alert"),
-                  key=lambda r: (r["kind"], r["target"]))
+                  key=lambda r: (r["kind"], r["target"], r["reported_by"]))
     assert [(r["kind"], r["source"], r["target"], r["count"], r["first_seen"],
              r["last_seen"], r["reported_by"]) for r in rows] == [
-        ("port-scan", "10.2.0.66", "", 9, 100000, 121000, "h2"),
-        ("syn-flood", "*", "10.2.0.1:80", 310, t, t + 4000, "h3"),
+        ("port-scan", "10.2.0.66", "", 9, 120000, 121000, "h2"),
+        ("port-scan", "10.2.0.66", "", 7, 100000, 111000, "h3"),
+        ("syn-flood", "*", "10.2.0.1:80", 300, t, t + 2000, "h2"),
+        ("syn-flood", "*", "10.2.0.1:80", 310, t + 3000, t + 4000, "h3"),
         ("syn-flood", "*", "10.2.0.2:80", 300, t, t + 2000, "h2")]
+    # readers see one record per alert, the hosts' rows merged
+    from types import SimpleNamespace
+    from mbxmodel.snapshot import alert_records
+    merged = alert_records(
+        SimpleNamespace(**dict(r, hosts=r["hosts"][1] if isinstance(r["hosts"], list)
+                               else [r["hosts"]]))
+        for r in db_rows(world, "IDS_Alert"))
+    assert [(a.kind, a.target, a.count, a.first_seen, a.last_seen, a.reported_by)
+            for a in sorted(merged, key=lambda a: (a.kind, a.target))] == [
+        ("port-scan", "", 9, 100000, 121000, "h2,h3"),
+        ("syn-flood", "10.2.0.1:80", 310, t, t + 4000, "h2,h3"),
+        ("syn-flood", "10.2.0.2:80", 300, t, t + 2000, "h2")]
     assert [a["kind"] for a in h2.alerts()] == ["port-scan", "syn-flood",
                                                 "syn-flood"]
     # Written, never monitored.
     assert "IDS_Alert" not in h1.monitor.sb_idl.tables
     assert h3.stats()["alerts_written"] == 3
+    assert h2.stats()["alert_failures"] == h3.stats()["alert_failures"] == 0
 
 
 def test_failed_commit_is_retried(world, hosts):
