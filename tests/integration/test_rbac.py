@@ -25,24 +25,6 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 HOSTS = ("h1", "h2", "h3")
 TENANTS = ("teal", "plum")
 
-# mbxctl with a certificate: its -p/-c/-C options (ovsdb/tls.py); in a
-# tree without them, a stand-in that sets python-ovs's TLS files itself (the
-# calls ovsdb/tls.py makes) and runs this tree's mbxctl.
-try:
-    from ovsdb import tls as TLS
-except ImportError:
-    TLS = None
-MBXCTL_TLS = """\
-import sys
-from ovsdb.ctl import main
-import ovs.stream
-key, cert, ca = sys.argv[1:4]
-ovs.stream.Stream.ssl_set_private_key_file(key)
-ovs.stream.Stream.ssl_set_certificate_file(cert)
-ovs.stream.Stream.ssl_set_ca_cert_file(ca)
-sys.exit(main(sys.argv[4:]))
-"""
-
 
 def free_port():
     with socket.socket() as s:
@@ -105,13 +87,10 @@ class World:
                if k not in ("MBX_DB", "MBX_SB")}
         if who is None:
             argv = [sys.executable, "-m", "ovsdb.ctl", "--db", self.sock]
-        elif TLS is not None:
+        else:
             key, cert, ca = self.files(who)
             argv = [sys.executable, "-m", "ovsdb.ctl", "-p", key, "-c", cert,
                     "-C", ca, "--db", self.nb_ssl, "--sb", self.sb_ssl]
-        else:
-            argv = [sys.executable, "-c", MBXCTL_TLS, *self.files(who),
-                    "--db", self.nb_ssl, "--sb", self.sb_ssl]
         return subprocess.run(argv + list(args), env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=30)
 
