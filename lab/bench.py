@@ -17,6 +17,9 @@
    hosts x 50 VMs.
 4. Memory (``lab.membench``): what mbxd holds per connection while a VM
    moves, and ovs-vswitchd's memory per conntrack entry, at 100k and 1M.
+5. Failover (``lab.habench``, issue 15): the Raft leaders of both
+   databases, the serving physical controller and the active mbx-northd
+   killed in turn under a live TCP connection; the takeover times.
 
 Results: ``docs/benchmarks/results.json`` and ``docs/benchmarks.md`` with its
 plots (``docs/benchmarks/*.png``); the targets of issue 13 are checked by
@@ -95,7 +98,7 @@ def _commit():
     return (head + (" with local changes" if dirty else "")) if head else None
 
 
-PARTS = ("dataplane", "migration", "control_plane", "memory")
+PARTS = ("dataplane", "migration", "control_plane", "memory", "failover")
 
 
 def run(args, out=print):
@@ -144,6 +147,12 @@ def run(args, out=print):
         results["memory"] = membench.run(args.memory_sizes, out=out,
                                          rundir=args.rundir + "-mem", prefix=args.prefix)
         at["memory"] = results["commit"]
+        save(results, args.out_dir)
+    if not args.skip_failover:
+        from lab import habench
+        results["failover"] = habench.run(args.failover_rounds, rundir=args.rundir + "-ha",
+                                          prefix=args.prefix + "f", out=out)
+        at["failover"] = results["commit"]
     results["seconds"] = round(time.monotonic() - t0 + (
         results.get("seconds", 0) if args.update else 0), 1)
     save(results, args.out_dir)
@@ -184,6 +193,9 @@ def main(argv=None):
     p.add_argument("--skip-dataplane", action="store_true")
     p.add_argument("--skip-control-plane", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-failover", action="store_true")
+    p.add_argument("--failover-rounds", type=int, default=5,
+                   help="rounds of lab.habench's kills (1-20)")
     p.add_argument("--update", action="store_true",
                    help="run only the parts not skipped and keep the others from results.json")
     p.add_argument("--render", action="store_true",

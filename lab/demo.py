@@ -1,5 +1,7 @@
 """``make demo``: a 3-host lab, two tenants on the same subnet, isolation, a
-TCP connection that lives through a VM's live migration, and tenant red's
+TCP connection that lives through a VM's live migration and through the
+loss of a database leader and of the serving controllers (3-member Raft
+clusters, a standby physical controller and a standby mbx-northd), and tenant red's
 distributed firewall allowing, denying and forwarding established connections in the switch alone, then a service chain
 (firewall, load balancer, NAT) with an internet server and client outside
 the tenants.  Prints a report and
@@ -66,6 +68,20 @@ def migration(lab, rundir, out):
     out("  connection survived: %s" % ("yes" if survived else "NO"))
     out("  ping red1 -> red2 after the move: %s" % ("ok" if after_ok else "FAILED"))
     return survived and after_ok
+
+
+def failover(lab, rundir, out):
+    """red1 keeps a TCP connection to red2 while the southbound and the
+    northbound Raft leaders, the serving physical controller and the active
+    mbx-northd are killed with SIGKILL one after the other; red2 then moves
+    back h3 -> h2 through the survivors (``lab.habench``)."""
+    from lab import habench
+    out("\nfailover: red1 -> red2 TCP connection open; each of these is killed with "
+        "SIGKILL in turn")
+    result = habench.one_round(lab, "red1", "red2", "10.0.0.12", "h2",
+                               os.path.join(rundir, "probe-failover.json"))
+    habench.print_round(result, out)
+    return result["survived"] and len(result["takeovers"]) == len(habench.KINDS)
 
 
 FIREWALL = [
@@ -372,13 +388,14 @@ def run(prefix, rundir, out=print):
     ok = False
     try:
         out("== mbx demo: 3 hosts, tenants red and blue on the same subnet 10.0.0.0/24")
-        up_from_topology(lab, TOPOLOGY, "vxlan")
+        up_from_topology(lab, TOPOLOGY, "vxlan", standby=1)
         created(lab, out)
         pings_ok = check_pings(lab, out)
         moved_ok = migration(lab, rundir, out)
+        failover_ok = failover(lab, rundir, out)
         fw_ok = firewall(lab, rundir, out)
         svc_ok = services(lab, rundir, out)
-        ok = pings_ok and moved_ok and fw_ok and svc_ok
+        ok = pings_ok and moved_ok and failover_ok and fw_ok and svc_ok
     finally:
         lab.down(log=out)
     ok = migration_report(prefix, rundir, out) and ok

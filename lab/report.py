@@ -234,6 +234,17 @@ def targets(r):
         out.append(_t("(issue 14) control plane at %s: one VM move p99 <= 20 ms" % n,
                       "%.1f ms p99 (median %.1f ms)" % (mv.get("p99", mv["max"]), mv["median"]),
                       cp["move"]["met"], "control"))
+    ha = r.get("failover")
+    if ha and ha.get("summary"):
+        from lab import habench
+        for kind, row in ha["summary"].items():
+            out.append(_t("(issue 15) %s killed: usable again within 5 s, connection alive"
+                          % habench.LABELS[kind],
+                          "%.2f s max (median %.2f s, %d rounds); survived %d/%d" % (
+                              row["usable_max_s"], row["usable_median_s"], row["n"],
+                              ha["survived"], ha["total"]),
+                          row["usable_max_s"] <= 5.0 and ha["survived"] == ha["total"],
+                          "failover"))
     return out
 
 
@@ -1128,6 +1139,9 @@ def markdown(r, made):
             lines += ["", "![control plane](%s)" % made["control_plane"], ""]
     if r.get("memory"):
         lines += [""] + memory_markdown(r["memory"])
+    if r.get("failover"):
+        from lab import habench
+        lines += [""] + habench.markdown(r["failover"])
     return "\n".join(lines) + "\n"
 
 

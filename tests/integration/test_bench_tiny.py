@@ -27,6 +27,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 PERF_PREFIX, PERF_RUNDIR = "mbxy", "/run/mbx-test-bench-perf"
 MIG_PREFIX, MIG_RUNDIR = "mbxz", "/run/mbx-test-bench-mig"
 MEM_RUNDIR = "/run/mbx-test-bench-mem"
+HA_PREFIX, HA_RUNDIR = "mbxw", "/run/mbx-test-bench-ha"
 RESULTS = {}                    # what each test measured, for the report test
 
 
@@ -41,7 +42,7 @@ def namespaces(prefix):
 def teardown_all():
     from lab import migbench
     for prefix, rundir in ((PERF_PREFIX, PERF_RUNDIR), (PERF_PREFIX + "c", PERF_RUNDIR + "-ct"),
-                           (MIG_PREFIX, MIG_RUNDIR)):
+                           (MIG_PREFIX, MIG_RUNDIR), (HA_PREFIX, HA_RUNDIR)):
         Lab(prefix=prefix, rundir=rundir).down(log=lambda *_: None)
     for rundir, name in ((MIG_RUNDIR, "xsrc"), (MIG_RUNDIR, "xdst"), (MEM_RUNDIR, "xmem")):
         migbench.Switch(rundir, name, MIG_PREFIX).down()
@@ -56,6 +57,7 @@ def clean():
     finally:
         teardown_all()
     assert namespaces(PERF_PREFIX) == [] and namespaces(MIG_PREFIX) == []
+    assert namespaces(HA_PREFIX) == []
 
 
 def entry(module, *args, timeout=240):
@@ -158,16 +160,34 @@ def test_cpbench_computes_a_small_cloud(tmp_path):
     RESULTS["control_plane"] = cp
 
 
+def test_habench_kills_leaders_and_controllers_under_a_live_connection(clean):
+    ha = entry("habench", "--rounds", "1", "--prefix", HA_PREFIX, "--rundir", HA_RUNDIR,
+               timeout=300)
+    assert (ha["survived"], ha["total"]) == (1, 1), ha
+    [rnd] = ha["rounds"]
+    assert [t["kind"] for t in rnd["takeovers"]] == \
+        ["sb_leader", "nb_leader", "controller", "northd"]
+    for t in rnd["takeovers"]:
+        assert t["successor"] and t["successor"] not in t["killed"], t
+        assert 0 <= t["usable_s"] < 60, t
+        if "elected_s" in t:
+            assert 0 < t["elected_s"] <= t["usable_s"], t
+    assert rnd["probe"]["error"] is None and rnd["probe"]["sent"] == rnd["probe"]["received"]
+    assert set(ha["summary"]) == {"sb_leader", "nb_leader", "controller", "northd"}
+    RESULTS["failover"] = ha
+
+
 def test_the_report_renders_every_target_from_the_tiny_results(tmp_path):
     from lab import bench, report
-    missing = [k for k in ("dataplane", "migration", "memory", "control_plane")
+    missing = [k for k in ("dataplane", "migration", "memory", "control_plane", "failover")
                if k not in RESULTS]
     if missing:
         pytest.skip("an earlier bench module failed: no %s results" % ", ".join(missing))
     results = {"machine": bench.machine(), "started": "tiny", "seconds": 1,
                "dataplane": RESULTS["dataplane"],
                "migration": report.summarize_migration(RESULTS["migration"]),
-               "control_plane": RESULTS["control_plane"], "memory": RESULTS["memory"]}
+               "control_plane": RESULTS["control_plane"], "memory": RESULTS["memory"],
+               "failover": RESULTS["failover"]}
     out = tmp_path / "benchmarks"
     out.mkdir()
     with open(out / "results.json", "w") as f:
@@ -186,13 +206,16 @@ def test_the_report_renders_every_target_from_the_tiny_results(tmp_path):
                  "survive the announced path", "survive the unannounced path",
                  "extra reply gap p99, announced", "extra reply gap p99, unannounced",
                  "memory per connection reported: mbxd",
-                 "memory per connection reported: datapath"):
+                 "memory per connection reported: datapath",
+                 "(issue 15) southbound leader killed", "(issue 15) northbound leader killed",
+                 "(issue 15) serving physical controller killed",
+                 "(issue 15) active mbx-northd killed"):
         assert want in names, want
     assert all(t["met"] in (True, False) for t in targets)
     text = md.read_text()
     for section in ("## Targets", "### Established connections", "### New connections",
                     "### Moving the state of N connections of one VM",
                     "### Reply gap of a migration", "### Connections that survive a migration",
-                    "## Control plane", "## Memory"):
+                    "## Control plane", "## Memory", "## Failover of the control plane"):
         assert section in text, section
     assert text.count("| **no** |") + text.count("| yes |") == len(targets)
