@@ -310,3 +310,58 @@ def explain(text):
     return (f"permission denied: certificate '{found['client']}' (role "
             f"{role}) may not {what} table {found['table']} there"
             + (f": {rule}" if rule else ""))
+
+
+PROGRAM = "mbx-rbac"
+
+
+def main(argv=None):
+    """``mbx-rbac install --kind sb|nb --db WHERE [--target T] [-p KEY -c CERT
+    -C CA]``: what ``install`` does, for an operator (after building a
+    cluster, and again after an upgrade).  ``mbx-rbac show --kind sb|nb``
+    prints the roles in this release, table by table."""
+    import argparse
+    import sys
+    from ovsdb import tls as tlsopts
+
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=(
+        "the databases' RBAC roles and network remotes (Connection rows)"))
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    inst = sub.add_parser("install", help="write the role, its permissions and "
+                          "the Connection row into a database (idempotent)")
+    inst.add_argument("--kind", choices=sorted(ROLES), required=True)
+    inst.add_argument("--db", required=True, metavar="WHERE",
+                      help="a cluster's members (unix:PATH,... or ssl:IP:PORT,...) "
+                      "or a standalone database file")
+    inst.add_argument("--target", default=None,
+                      help="the remote to open (default pssl:6642 for sb, pssl:6641 for nb)")
+    tlsopts.add_arguments(inst, short=True)
+    show = sub.add_parser("show", help="the role of a database, table by table")
+    show.add_argument("--kind", choices=sorted(ROLES), required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "show":
+            role, permissions = ROLES[args.kind]
+            print("role %s (%s): %s" % (role, DATABASES[args.kind][0],
+                                        DEFAULT_TARGETS[args.kind]))
+            for table in sorted(permissions):
+                p = permissions[table]
+                print("  %-16s authorized on %-24s insert/delete %-3s update %s" % (
+                    table, ",".join(p.authorization) or '""',
+                    "yes" if p.insert_delete else "no", ",".join(p.update) or "-"))
+            return 0
+        given = tlsopts.files(args)
+        tls = tuple(given) if all(given) else None
+        if any(given) and tls is None:
+            raise MbxError("give all three of -p/--private-key, -c/--certificate "
+                           "and -C/--ca-cert")
+        wrote = install(args.db, kind=args.kind, target=args.target, tls=tls)
+        print("%s: %s" % (args.kind, "written" if wrote else "already in place"))
+        return 0
+    except MbxError as err:
+        print("%s: %s" % (PROGRAM, err), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -49,3 +49,18 @@ def test_the_servers_refusal_is_one_line():
         "permission denied: certificate 't' (role x) may not change rows of "
         "table Y there")
     assert rbac.explain("constraint violation") is None
+
+
+def test_mbx_rbac_show_lists_every_table_of_the_role(capsys):
+    assert rbac.main(["show", "--kind", "nb"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("role mbx-tenant (MBX_Northbound): pssl:6641")
+    for table in rbac.TENANT_PERMISSIONS:
+        assert "\n  %s " % table in out, table
+
+
+def test_mbx_rbac_install_errors_are_one_line(tmp_path, capsys):
+    assert rbac.main(["install", "--kind", "sb", "--db", str(tmp_path / "none.db")]) == 1
+    assert capsys.readouterr().err == "mbx-rbac: no database file %s\n" % (tmp_path / "none.db")
+    assert rbac.main(["install", "--kind", "sb", "--db", "x.db", "-p", "k.pem"]) == 1
+    assert "give all three of" in capsys.readouterr().err
