@@ -221,6 +221,7 @@ class Southbound:
         self._on_runtime = on_runtime or (lambda snap: None)
         self._datapaths = datapaths
         self._on_lock = on_lock or (lambda held: None)
+        self._held = lock is None       # see lock_held
         self._on_datapaths = on_datapaths or (lambda rows, nb_cfg: None)
         self._stop = threading.Event()
         helper = idl.SchemaHelper(location=schema)
@@ -255,6 +256,12 @@ class Southbound:
 
     def start(self):
         self._thread.start()
+
+    def lock_held(self):
+        """Whether the connection holds its ``lock`` as of its thread's
+        last look (True without a lock): a writer outside this connection
+        (the northbound status) checks it just before writing."""
+        return self._held
 
     def stop(self):
         self._stop.set()
@@ -507,6 +514,7 @@ class Southbound:
             if self._idl.lock_name is not None:
                 held = self._idl.has_lock and self._idl.state == \
                     self._idl.IDL_S_MONITORING and self._idl.session_connected()
+                self._held = held
                 if held != locked and (held or locked or self._idl.is_lock_contended):
                     locked = held
                     self._on_lock(held)

@@ -428,10 +428,18 @@ class Northd:
             self._publish_ids_status(topo, snap)
 
     def _write(self, key, value, fn):
-        if self._written.get(key) == value:
+        """A northbound status write (its value remembered)."""
+        if self._written.get(key) == value or not self._lock_held():
             return
         fn()
         self._written[key] = value
+
+    def _lock_held(self):
+        """The southbound connection still holds the lock right now (its
+        news may not have reached this thread yet): northbound writes,
+        which no lock guards, are not made once it is lost."""
+        held = getattr(self._sb, "lock_held", None)
+        return held is None or held()
 
     def _publish_slices(self, topo, snap):
         """The slices and their status, written when they changed (the
@@ -619,7 +627,7 @@ class Northd:
     def _flush_mirrors(self):
         """The round's VM.host / location_epoch mirrors, in one transaction
         (a cold start mirrors every VM)."""
-        if self._mirrors:
+        if self._mirrors and self._lock_held():
             mirrors, self._mirrors = self._mirrors, {}
             self._nb.set_vm_mirrors(mirrors).execute(check_error=True)
 

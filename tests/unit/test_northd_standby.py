@@ -236,3 +236,12 @@ def test_the_refresh_timer_wakes_the_daemon_only_before_the_refresh_is_due():
     poller = Poller()
     st.wait(poller)
     assert poller.timers == []          # no zero timeout: the loop does not spin
+
+
+def test_no_northbound_write_once_the_connection_lost_the_lock_before_the_news():
+    h = running_services()
+    h.sb.lock_held = lambda: False      # lost; set_active(False) still queued
+    before = list(h.nb.writes)
+    h.nb.bump_nb_cfg()
+    h.northd.nb_changed()
+    assert h.nb.writes == before
