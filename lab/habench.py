@@ -41,13 +41,6 @@ LABELS = {"sb_leader": "southbound leader", "nb_leader": "northbound leader",
           "controller": "serving physical controller", "northd": "active mbx-northd"}
 
 
-def serving(lab):
-    """{host: the physical controller serving it (Chassis_Private), or None}."""
-    rows = lab.sb().db_list("Chassis_Private", columns=["name", "controller", "connected"]
-                            ).execute(check_error=True)
-    return {r["name"]: r["controller"] if r["connected"] else None for r in rows}
-
-
 def _timed(predicate, timeout, what):
     """Seconds until ``predicate()`` holds (polled every 10 ms)."""
     t0 = time.monotonic()
@@ -76,7 +69,7 @@ def _leader_loss(lab, kind, killed):
 
 def _controller_loss(lab, killed):
     names = {lab.controller_name(k): k for k in lab.controller_keys()}
-    before = serving(lab)
+    before = lab.serving()
     counts = {}
     for name in before.values():
         if name in names:
@@ -86,11 +79,11 @@ def _controller_loss(lab, killed):
     victim = max(sorted(counts), key=counts.get)
     lab.controller_kill(names[victim], signal.SIGKILL)
     killed.append(("controller", names[victim], None))
-    took = _timed(lambda: all(c not in (None, victim) for c in serving(lab).values()),
+    took = _timed(lambda: all(c not in (None, victim) for c in lab.serving().values()),
                   20, "another controller to serve every host")
     return {"kind": "controller", "killed": "%s (serving %s)" % (
         victim, ", ".join(sorted(h for h, c in before.items() if c == victim))),
-        "successor": ", ".join(sorted(set(serving(lab).values()))),
+        "successor": ", ".join(sorted(set(lab.serving().values()))),
         "usable_s": round(took, 3)}
 
 

@@ -802,6 +802,26 @@ class Lab:
             return "%s-local" % key.split("/")[0]
         return "central" if key == "controller" else key
 
+    def serving(self):
+        """{host: the physical controller serving it (its Chassis_Private
+        row's ``controller``), None while not connected}.  Read with
+        ovsdb-client from the first southbound member that answers, so it
+        may run in a thread beside other lab calls and during a leader
+        change."""
+        query = json.dumps(["MBX_Southbound", {
+            "op": "select", "table": "Chassis_Private", "where": [],
+            "columns": ["name", "controller", "connected"]}])
+        errors = []
+        for member in self.sb_remote.split(","):
+            proc = subprocess.run(["ovsdb-client", "--timeout=5", "query", member, query],
+                                  capture_output=True, text=True, timeout=10)
+            if proc.returncode == 0:
+                rows = json.loads(proc.stdout)[0]["rows"]
+                return {r["name"]: r["controller"] if r["connected"] is True else None
+                        for r in rows}
+            errors.append(proc.stderr.strip())
+        raise LabError("no southbound member answered: %s" % "; ".join(errors))
+
     def controller_kill(self, key, sig=signal.SIGKILL):
         """End one physical controller (by its PID) with ``sig``."""
         pid = self.state["pids"].pop(key)

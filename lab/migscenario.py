@@ -143,6 +143,16 @@ class Scenario:
         except LabError:
             return self.snapshot()
 
+    def stalled(self, since=None, replies=25):
+        """{connection: error} of those that did not carry on: got fewer
+        than ``replies`` more echoes than in ``since`` (default: a snapshot
+        taken now, so echoes from before never count) within 10 s, or
+        ended with an error.  Empty when every connection carries on."""
+        since = self.snapshot() if since is None else since
+        now = self.wait_flowing(since, replies=replies, timeout=10)
+        return {n: c["error"] for n, c in now.items() if c["error"] is not None
+                or c["received"] < since[n]["received"] + replies}
+
     def stop(self):
         finals = []
         for probe in self.probes.values():

@@ -60,10 +60,7 @@ def cl():
 
 
 def assert_all_alive(sc, replies=25):
-    since = sc.snapshot()
-    now = sc.wait_flowing(since, replies=replies, timeout=10)
-    dead = {n: c["error"] for n, c in now.items() if c["error"] is not None
-            or c["received"] < since[n]["received"] + replies}
+    dead = sc.stalled(replies=replies)
     assert not dead, dead
 
 

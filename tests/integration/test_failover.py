@@ -51,13 +51,6 @@ def fo():
         lab.down(log=lambda *_: None)
 
 
-def serving(lab):
-    """{host: the controller named in its Chassis_Private row, if connected}."""
-    rows = lab.sb().db_list("Chassis_Private", columns=["name", "controller", "connected"]
-                            ).execute(check_error=True)
-    return {r["name"]: r["controller"] if r["connected"] else None for r in rows}
-
-
 def controller_flows(lab):
     """{host: the controller's flows on its br-int (cookie), without counters}."""
     cookie = "cookie=%#x/%#x" % (pipeline.COOKIE, pipeline.COOKIE_MASK)
@@ -92,18 +85,15 @@ def key_of(lab, name):
 
 
 def assert_all_alive(sc, replies=25):
-    since = sc.snapshot()
-    now = sc.wait_flowing(since, replies=replies, timeout=10)
-    dead = {n: c["error"] for n, c in now.items() if c["error"] is not None
-            or c["received"] < since[n]["received"] + replies}
+    dead = sc.stalled(replies=replies)
     assert not dead, dead
 
 
 def test_a_standby_takes_over_a_killed_controller_without_churn(fo):
     lab, sc = fo
-    wait_until(lambda: all(serving(lab).get(h) for h in HOSTS), 10,
+    wait_until(lambda: all(lab.serving().get(h) for h in HOSTS), 10,
                what="every host to be served")
-    before = serving(lab)
+    before = lab.serving()
     mv_host = lab.state["vms"][CT.MIGRATING_VM]["host"]
     victim_name = before[mv_host]
     victim = key_of(lab, victim_name)
@@ -119,7 +109,7 @@ def test_a_standby_takes_over_a_killed_controller_without_churn(fo):
     log = Log(lab, survivor)
     t0 = time.monotonic()
     lab.controller_kill(victim, signal.SIGKILL)
-    wait_until(lambda: serving(lab) == expected, TAKEOVER_BOUND, interval=0.002,
+    wait_until(lambda: lab.serving() == expected, TAKEOVER_BOUND, interval=0.002,
                what="%s to serve %s" % (survivor_name, ", ".join(taken)))
     takeover = time.monotonic() - t0
     print("\ntakeover of %s by %s after SIGKILL of %s: %.3f s"
@@ -137,7 +127,7 @@ def test_a_standby_takes_over_a_killed_controller_without_churn(fo):
     assert_all_alive(sc)
     mods = log.flow_mods()
     assert mv_host in mods, log.text()
-    assert serving(lab) == expected
+    assert lab.serving() == expected
 
     # The killed instance comes back: it takes its preferred host back
     # (per-host) or stands by (central); no flow moves either way.
@@ -151,7 +141,7 @@ def test_a_standby_takes_over_a_killed_controller_without_churn(fo):
                    for h in switches), 15,
                what="%s to connect to every switch and settle its locks" % victim_name)
     final = before if CONTROLLERS == "per-host" else expected
-    wait_until(lambda: serving(lab) == final, TAKEOVER_BOUND, interval=0.01,
+    wait_until(lambda: lab.serving() == final, TAKEOVER_BOUND, interval=0.01,
                what="the hosts to be served by %s" % final)
     assert_all_alive(sc)
     assert back.flow_mods() == {} and survivor_log.flow_mods() == {}, \

@@ -65,10 +65,7 @@ def assert_all_alive(sc, since=None, replies=25):
     """Every connection carries on: ``replies`` more echoes than ``since``
     (default: now, right after a move, so echoes from before it never
     count)."""
-    since = sc.snapshot() if since is None else since
-    now = sc.wait_flowing(since, replies=replies, timeout=10)
-    dead = {n: c["error"] for n, c in now.items() if c["error"] is not None
-            or c["received"] < since[n]["received"] + replies}
+    dead = sc.stalled(since, replies)
     assert not dead, dead
     return now
 

@@ -83,18 +83,8 @@ def versions(lab):
             for t in ("Datapath", "Slice", "VM_Location", "SB_Global")}
 
 
-def serving(lab):
-    """{host: the controller named in its Chassis_Private row, if connected}
-    (ovsdb-client: it may run beside the move)."""
-    rows = select(lab, "Chassis_Private", ["name", "controller", "connected"])
-    return {r["name"]: r["controller"] if r["connected"] is True else None for r in rows}
-
-
 def assert_all_alive(sc, replies=25):
-    since = sc.snapshot()
-    now = sc.wait_flowing(since, replies=replies, timeout=10)
-    dead = {n: c["error"] for n, c in now.items() if c["error"] is not None
-            or c["received"] < since[n]["received"] + replies}
+    dead = sc.stalled(replies=replies)
     assert not dead, dead
 
 
@@ -197,9 +187,9 @@ def test_serving_controller_killed_during_a_move(ha, notify):
     lab, sc = ha
     sc.stop()
     sc.open(per_kind=2)
-    wait_until(lambda: all(serving(lab).get(h) for h in HOSTS), 10,
+    wait_until(lambda: all(lab.serving().get(h) for h in HOSTS), 10,
                what="every host to be served")
-    name = set(serving(lab).values())
+    name = set(lab.serving().values())
     assert len(name) == 1, name         # central: one instance serves them all
     [victim_name] = name
     victim = next(k for k in lab.controller_keys() if lab.controller_name(k) == victim_name)
@@ -208,7 +198,7 @@ def test_serving_controller_killed_during_a_move(ha, notify):
 
     def kill():
         lab.controller_kill(victim, signal.SIGKILL)
-        w = Watch(lambda: serving(lab) == {h: survivor_name for h in HOSTS})
+        w = Watch(lambda: lab.serving() == {h: survivor_name for h in HOSTS})
         w.start()
         return w
     dst, watch = move_with_kill(lab, sc, notify, kill)
@@ -226,7 +216,7 @@ def test_serving_controller_killed_during_a_move(ha, notify):
             f.seek(offset)
             return "locks settled" in f.read() and lab.controllers_connected()
     wait_until(settled, 20, what="%s to stand by again" % victim_name)
-    assert serving(lab) == {h: survivor_name for h in HOSTS}
+    assert lab.serving() == {h: survivor_name for h in HOSTS}
 
 
 def times_active(lab):
