@@ -351,16 +351,9 @@ class Lab:
         """End member ``member`` of database ``kind`` with ``sig``; returns
         once it is gone."""
         key = self.db_key(kind, member)
-        pid = self.state["pids"].pop(key, None)
-        self._save()
-        if pid is None:
+        if key not in self.state["pids"]:
             raise LabError("%s member %d is not running" % (kind, member))
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-        wait_until(lambda: not pid_alive(pid), 10,
-                   what="%s member %d (pid %d) to end" % (kind, member, pid))
+        self._kill(key, sig, "%s member %d, pid" % (kind, member))
 
     def db_start(self, kind, member, wait=True):
         """Start member ``member`` of database ``kind`` from its file (a
@@ -700,13 +693,7 @@ class Lab:
 
     def northd_kill(self, key, sig=signal.SIGKILL):
         """End one logical controller (by its PID) with ``sig``."""
-        pid = self.state["pids"].pop(key)
-        self._save()
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-        wait_until(lambda: not pid_alive(pid), 10, what="mbx-northd %d to die" % pid)
+        self._kill(key, sig, "mbx-northd")
 
     def northd_start(self, key):
         """Start the logical controller ``key`` again (it stands by if
@@ -802,6 +789,17 @@ class Lab:
             return "%s-local" % key.split("/")[0]
         return "central" if key == "controller" else key
 
+    def _kill(self, key, sig, what):
+        """Signal the process recorded under pid key ``key`` (forgetting it)
+        and return once it is gone."""
+        pid = self.state["pids"].pop(key)
+        self._save()
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        wait_until(lambda: not pid_alive(pid), 10, what="%s %d to die" % (what, pid))
+
     def serving(self):
         """{host: the physical controller serving it (its Chassis_Private
         row's ``controller``), None while not connected}.  Read with
@@ -824,13 +822,7 @@ class Lab:
 
     def controller_kill(self, key, sig=signal.SIGKILL):
         """End one physical controller (by its PID) with ``sig``."""
-        pid = self.state["pids"].pop(key)
-        self._save()
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-        wait_until(lambda: not pid_alive(pid), 10, what="controller %d to die" % pid)
+        self._kill(key, sig, "controller")
 
     def controller_start(self, key):
         """Start the physical controller with pid key ``key`` again."""
