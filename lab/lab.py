@@ -90,7 +90,6 @@ OF_PORT = 6653
 LOCAL_CONTROLLER_IP = "127.0.0.1"   # a host's own controller (controllers: per-host)
 CONTROLLER_MODES = ("central", "per-host")
 MAX_STANDBY = 9             # standby controller N listens on OF_PORT + N
-HOST_OVSDB_PORT = 6640
 NB_PORT = 6641             # the database nodes' network remotes (pssl:)
 SB_PORT = 6642
 NB_RAFT_PORT = 6643        # Raft between the members (ssl:)
@@ -876,8 +875,9 @@ class Lab:
             os.unlink(db)
         run(["ovsdb-tool", "create", db, VSWITCH_SCHEMA])
         env = {"OVS_RUNDIR": hdir, "OVS_LOGDIR": hdir, "OVS_DBDIR": hdir}
+        # Its own OVSDB: local only (no network remote; nothing outside the
+        # host uses it).
         run(["ovsdb-server", db, "--remote=punix:%s/db.sock" % hdir,
-             "--remote=ptcp:%d:%s" % (HOST_OVSDB_PORT, mgmt_ip),
              "--pidfile=%s/ovsdb-server.pid" % hdir,
              "--unixctl=%s/ovsdb-server.ctl" % hdir,
              "--log-file=%s/ovsdb-server.log" % hdir, "--detach", "--no-chdir"],
