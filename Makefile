@@ -26,7 +26,8 @@ demo: deps
 # for every host, then with one on each host (the logical controller in both).
 LAB_SUITE := tests/integration/test_lab.py tests/integration/test_firewall.py \
              tests/integration/test_services.py tests/integration/test_migration.py \
-             tests/integration/test_check_modes.py tests/integration/test_failover.py
+             tests/integration/test_check_modes.py tests/integration/test_failover.py \
+             tests/integration/test_cluster.py
 
 test: deps
 	$(VENV)/bin/pytest -q tests
