@@ -67,7 +67,6 @@ def assert_all_alive(sc, since=None, replies=25):
     count)."""
     dead = sc.stalled(since, replies)
     assert not dead, dead
-    return now
 
 
 def test_connections_survive_both_paths_both_directions_repeatedly(mig):
