@@ -55,7 +55,7 @@ import ovs.timeval
 from ovs.db import idl
 
 from mbxmodel.network import MIDDLEBOX_ROLE, UPLINK_ROLE, HostPorts
-from ovsdb import remotes, tls, validate
+from ovsdb import DEFAULT_SB, remotes, tls, validate
 from ovsdb.errors import MbxError
 from ovsdb.server import SB_SCHEMA_PATH
 
@@ -63,7 +63,6 @@ LOG = logging.getLogger("mbx-chassis")
 PROG = "mbx-chassis"
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 LOCAL_DB = "unix:/var/run/openvswitch/db.sock"
-DEFAULT_SB = "unix:/run/mbx/nb.sock"    # one server serves both databases
 BRIDGE = "br-int"
 TUNNEL_TYPES = ("vxlan", "geneve")
 OFPORT_MAX = 65279          # OFPP_MAX: higher numbers are reserved ports
@@ -364,7 +363,8 @@ def parse_args(argv):
     p.add_argument("--local-db", default=LOCAL_DB,
                    help="this host's OVS database (default %s)" % LOCAL_DB)
     p.add_argument("--sb", default=DEFAULT_SB,
-                   help="the southbound database (default %s)" % DEFAULT_SB)
+                   help="the southbound database's members (default: the default "
+                   "lab's, %s)" % DEFAULT_SB)
     p.add_argument("--name", help="the host's name (default: the local "
                    "Open_vSwitch external_ids:system-id)")
     p.add_argument("--bridge", default=BRIDGE,
