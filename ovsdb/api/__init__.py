@@ -2,11 +2,11 @@
 config database (MBX_Northbound: intent), MbxSb for the southbound database
 (MBX_Southbound: runtime rows).
 
-    nb = MbxNb.connect("unix:/run/mbx/nb.sock")
+    nb = MbxNb.connect(ovsdb.DEFAULT_DB)     # a cluster's members: its leader
     with nb.transaction(check_error=True) as txn:
         txn.add(nb.ls_add("ls-a", 101, "10.0.0.0/24"))
         txn.add(nb.vm_add("a1", "ls-a", "10.0.0.1"))
-    sb = MbxSb.connect("unix:/run/mbx/nb.sock", nb=nb)   # one server, two databases
+    sb = MbxSb.connect(ovsdb.DEFAULT_SB, nb=nb)
     print(sb.host_list(), sb.migrations("a1"))
     sb.close()
     nb.close()
