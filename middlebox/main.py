@@ -76,9 +76,10 @@ def parse_args(argv):
     p.add_argument("--host", required=True,
                    help="this host's name (its southbound Chassis row)")
     p.add_argument("--db", required=True,
-                   help="northbound database remote, e.g. tcp:10.201.0.1:6641")
-    p.add_argument("--sb", help="southbound database remote (default: the --db "
-                   "remote, one server serving both databases)")
+                   help="the northbound database's members, e.g. "
+                   "ssl:10.201.0.2:6641,ssl:10.201.0.3:6641,ssl:10.201.0.4:6641")
+    p.add_argument("--sb", help="the southbound database's members (default: the "
+                   "--db remotes, for one server serving both databases)")
     p.add_argument("--bridge", default="br-int")
     p.add_argument("--port", default=P.MIDDLEBOX_PORT, help="the middlebox port's interface")
     p.add_argument("--tunnel-port", default=TUNNEL_PORT,
