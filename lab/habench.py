@@ -81,10 +81,10 @@ def _controller_loss(lab, killed):
     killed.append(("controller", names[victim], None))
     took = _timed(lambda: all(c not in (None, victim) for c in lab.serving().values()),
                   20, "another controller to serve every host")
-    return {"kind": "controller", "killed": "%s (serving %s)" % (
-        victim, ", ".join(sorted(h for h, c in before.items() if c == victim))),
-        "successor": ", ".join(sorted(set(lab.serving().values()))),
-        "usable_s": round(took, 3)}
+    return {"kind": "controller", "killed": victim,
+            "served": sorted(h for h, c in before.items() if c == victim),
+            "successor": ", ".join(sorted(set(lab.serving().values()))),
+            "usable_s": round(took, 3)}
 
 
 def _northd_loss(lab, killed):
@@ -146,7 +146,9 @@ def print_round(result, out):
                 t["successor"], t["elected_s"], t["usable_s"])
         else:
             what = "%s took over in %.2f s" % (t["successor"], t["usable_s"])
-        out("  %-28s %-34s %s" % (LABELS[t["kind"]], t["killed"], what))
+        killed = t["killed"] + (" (serving %s)" % ", ".join(t["served"])
+                                if t.get("served") else "")
+        out("  %-28s %-34s %s" % (LABELS[t["kind"]], killed, what))
     p = result["probe"]
     out("  then the server VM moved in %.2f s; TCP requests %s, replies %s, largest reply "
         "gap %.0f ms, error: %s" % (result["move_s"], p["sent"], p["received"],
