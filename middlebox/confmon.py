@@ -442,17 +442,17 @@ def _service_spec(mb, t, warn):
             default_action = "deny"
         rules = []
         set_uuids = set()
-        for tier, ru in [(tier, ru) for tier, column
-                         in sorted(from_row.RULE_COLUMNS.items())
-                         for ru in _uuids(getattr(mb, column, None))]:
-            rule = t["Firewall_Rule"].get(ru)
-            if rule is None:
-                continue
-            value = _rule(rule, tier, mb.name, _switch_tenant(mb, t), warn)
-            if value is None:
-                continue
-            rules.append(value)
-            set_uuids.update(_uuids(getattr(rule, "address_sets", None)))
+        switch_tenant = _switch_tenant(mb, t)
+        for tier, column in sorted(from_row.RULE_COLUMNS.items()):
+            for ru in _uuids(getattr(mb, column, None)):
+                rule = t["Firewall_Rule"].get(ru)
+                if rule is None:
+                    continue
+                value = _rule(rule, tier, mb.name, switch_tenant, warn)
+                if value is None:
+                    continue
+                rules.append(value)
+                set_uuids.update(_uuids(getattr(rule, "address_sets", None)))
         rules.sort(key=lambda x: (-x.priority, x.direction, x.uuid))
         address_sets = {}
         for au in sorted(set_uuids, key=str):
