@@ -788,6 +788,11 @@ class Lab:
             return "%s-local" % key.split("/")[0]
         return "central" if key == "controller" else key
 
+    def controller_key(self, name):
+        """The pid key of the running physical controller that writes
+        ``name`` into ``Chassis_Private.controller``."""
+        return next(k for k in self.controller_keys() if self.controller_name(k) == name)
+
     def _kill(self, key, sig, what):
         """Signal the process recorded under pid key ``key`` (forgetting it)
         and return once it is gone."""

@@ -80,10 +80,6 @@ class Log:
         return out
 
 
-def key_of(lab, name):
-    return next(k for k in lab.controller_keys() if lab.controller_name(k) == name)
-
-
 def assert_all_alive(sc, replies=25):
     dead = sc.stalled(replies=replies)
     assert not dead, dead
@@ -96,7 +92,7 @@ def test_a_standby_takes_over_a_killed_controller_without_churn(fo):
     before = lab.serving()
     mv_host = lab.state["vms"][CT.MIGRATING_VM]["host"]
     victim_name = before[mv_host]
-    victim = key_of(lab, victim_name)
+    victim = lab.controller_key(victim_name)
     survivor = lab.standby_key(1) if victim != lab.standby_key(1) else "controller"
     survivor_name = lab.controller_name(survivor)
     taken = sorted(h for h in HOSTS if before[h] == victim_name)

@@ -88,6 +88,15 @@ def assert_all_alive(sc, replies=25):
     assert not dead, dead
 
 
+def restart_as_standby(lab, key, active):
+    """Start the killed mbx-northd ``key`` again: it stands by, ``active``
+    keeps the lock."""
+    lab.northd_start(key)
+    wait_until(lambda: lab.northd_status(key).startswith("Status: standby"), 15,
+               what="the restarted %s to stand by" % key)
+    assert lab.northd_active() == active
+
+
 class Watch(threading.Thread):
     """Times ``done()`` from ``start()`` (the kill), polling every 5 ms."""
 
@@ -151,10 +160,7 @@ def test_a_standby_northd_takes_over_without_writing(ha):
     print("\nmbx-northd takeover (idle cloud): %.3f s" % (time.monotonic() - t0),
           file=sys.stderr)
     assert versions(lab) == before      # 0 churn
-    lab.northd_start(active)
-    wait_until(lambda: lab.northd_status(active).startswith("Status: standby"), 15,
-               what="the restarted %s to stand by" % active)
-    assert lab.northd_active() == standby
+    restart_as_standby(lab, active, standby)
 
 
 @pytest.mark.parametrize("notify", [True, False], ids=["announced", "unannounced"])
@@ -176,10 +182,7 @@ def test_active_northd_killed_during_a_move(ha, notify):
           "first round done)" % ("announced" if notify else "unannounced", watch.took),
           file=sys.stderr)
     check_moved(lab, sc, dst, notify)
-    lab.northd_start(active)
-    wait_until(lambda: lab.northd_status(active).startswith("Status: standby"), 15,
-               what="the restarted %s to stand by" % active)
-    assert lab.northd_active() == standby
+    restart_as_standby(lab, active, standby)
 
 
 @pytest.mark.parametrize("notify", [True, False], ids=["announced", "unannounced"])
@@ -192,7 +195,7 @@ def test_serving_controller_killed_during_a_move(ha, notify):
     name = set(lab.serving().values())
     assert len(name) == 1, name         # central: one instance serves them all
     [victim_name] = name
-    victim = next(k for k in lab.controller_keys() if lab.controller_name(k) == victim_name)
+    victim = lab.controller_key(victim_name)
     survivor = next(k for k in lab.controller_keys() if k != victim)
     survivor_name = lab.controller_name(survivor)
 
