@@ -54,8 +54,7 @@ class Arrivals:
         self.holds = {}                 # VM name -> _Hold
         self._changed = False
         self._unzoned = []              # (frame, tci) of VMs without a zone yet
-        self.counters = {"held": 0, "hold_dropped": 0, "lazy_commits": 0,
-                         "fallback_dropped": 0}
+        self.counters = {"held": 0, "hold_dropped": 0, "fallback_dropped": 0}
 
     # ------------------------------------------------------------ who
     def expect(self, vm, now, deadline):
@@ -118,7 +117,6 @@ class Arrivals:
             # (whatever the packet: a UDP datagram of a moved flow too).
             commit = h.lazy.take((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport))
             if commit is not None:
-                self.counters["lazy_commits"] += bool(commit)
                 out = Result("lazy")
                 out.messages.extend(commit)
                 out.after_barrier.append((frame, tci))
@@ -154,7 +152,6 @@ class Arrivals:
                 kept.append((frame, tci, key))
                 continue
             res.messages.extend(commit)
-            self.counters["lazy_commits"] += bool(commit)
             res.after_barrier.append((frame, tci))
         h.frames = kept
         h.nbytes = sum(len(f) for f, _, _ in kept)

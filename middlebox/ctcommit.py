@@ -231,9 +231,11 @@ class LazyCommits:
     """A lazy import's records, committed when their connection's first
     packet comes (``take``) and the rest in the background (``chunk``);
     each record once.  The PACKET_OUT messages are built when a record is
-    committed, so indexing costs a dict entry per direction only."""
+    committed, so indexing costs a dict entry per direction only.  Each
+    record committed, by a packet or in the background, counts one in
+    ``tally["lazy_commits"]`` (the migration manager's counters)."""
 
-    def __init__(self, conns, skipped=None):
+    def __init__(self, conns, skipped=None, tally=None):
         self._order = order = []        # records not yet committed, last first out
         # packet 5-tuple -> its record, or a list of them (an SNAT
         # connection's entries in the VM's zone and in the SNAT zone)
@@ -256,6 +258,7 @@ class LazyCommits:
         self._done = set()              # records committed
         self._left = len(self._order)
         self._skipped = skipped         # and those that cannot be (translated both ways)
+        self._tally = tally if tally is not None else {"lazy_commits": 0}
 
     def __len__(self):
         """Records not committed yet."""
@@ -267,6 +270,7 @@ class LazyCommits:
                 continue
             self._done.add(c)
             self._left -= 1
+            self._tally["lazy_commits"] += 1
             try:
                 out.extend(commit_messages(c, c.zone, c.mark, c.label))
             except ValueError:

@@ -764,7 +764,7 @@ class MigrationManager:
         if mode == "lazy":
             # Acknowledged now; each connection is committed at its first
             # packet, the rest in the background (``run``).
-            inc.lazy = ctcommit.LazyCommits(conns)
+            inc.lazy = ctcommit.LazyCommits(conns, tally=self.counters)
             inc.commits = len(inc.lazy)
             self.daemon.arrivals.expect(vm, time.time(), time.time() + TRANSFER_GRACE)
             # Packets held already whose connection came: committed first.
@@ -847,9 +847,7 @@ class MigrationManager:
                 self._landed(inc.row.vm)
                 self.ins.pop(inc.sid, None)
                 continue
-            n = len(inc.lazy)
             self.daemon.of.send_packet_outs(inc.lazy.chunk(LAZY_CHUNK))
-            self.counters["lazy_commits"] += n - len(inc.lazy)
             inc.lazy_barrier = self.daemon.of.barrier()
             self._barriers[inc.lazy_barrier] = inc
 

@@ -1101,6 +1101,8 @@ def test_a_packet_held_before_a_lazy_import_is_committed_by_the_import():
     p.dst.loop(p.now)
     assert p.dst.frames == [(STRAY, TO2), (ORPHAN, TO2)]
     assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
+    # Every record counts once, the one the held packet committed included.
+    assert p.dst.mgr.counters["lazy_commits"] == 5
 
 
 # ------------------------------------------------------------ TTL cleanup
