@@ -4,6 +4,7 @@ Every function either returns the value in canonical form or raises
 ``MbxError`` with one line saying what was wrong and what to do.  No I/O.
 """
 
+import dataclasses
 import hashlib
 import ipaddress
 import re
@@ -1250,3 +1251,159 @@ def global_migration_retention(options):
     (also when the value there is not valid)."""
     return _global(options, "migration-retention", migration_retention,
                    DEFAULT_MIGRATION_RETENTION)
+
+
+# --- rows a reader cannot use -------------------------------------------------
+#
+# Every reader that acts on the intent (mbx-northd's translation, mbxd) treats
+# rows as untrusted: a client may write the database directly, bypassing
+# mbxctl.  ``unusable`` says which rows cannot be used and why, with the same
+# checks mbxctl makes before it writes; the readers leave those rows out and
+# mbx-northd writes the reason into the row's status (ovsdb/mbx_nb.md).
+
+# The tables with a one-line ``status`` column that mbx-northd writes for a
+# row it cannot use, by the kind of the row's key in ``unusable``; a
+# Middlebox's or an LB_VIP's reason goes into its status map, key
+# STATUS_ERROR.
+STATUS_TABLES = {"switch": "Logical_Switch", "vm": "VM",
+                 "rule": "Firewall_Rule", "policy": "Steering_Policy"}
+STATUS_ERROR = "error"
+
+
+def _why(check, *args):
+    """The message of ``check(*args)``'s MbxError, or None."""
+    try:
+        check(*args)
+    except MbxError as e:
+        return str(e)
+    except (TypeError, ValueError, AttributeError) as e:   # a value of no type
+        return f"unusable value: {e}"
+    return None
+
+
+def _switch_ok(sw):
+    vni(sw.vni)
+    subnet(sw.subnet)
+    if sw.gateway:
+        gateway(sw.gateway, sw.subnet, sw.name)
+
+
+def _vm_ok(vm, switches, taken):
+    """``taken``: {(switch, "ip"|"mac", value): VM name} of the VMs kept."""
+    mac(vm.mac)
+    ipv4(vm.ip, "VM IP")
+    check_vm(vm, switches, ())
+    for kind, value in (("IP", vm.ip), ("MAC", vm.mac.lower())):
+        other = taken.get((vm.switch, kind, value))
+        if other is not None:
+            raise MbxError(f"{kind} {value} is already used by VM '{other}' "
+                           f"on logical switch '{vm.switch}'")
+
+
+def _middlebox_ok(mb):
+    middlebox_type(mb.type)
+    action(mb.default_action, "default action")
+    middlebox_options(mb.options)
+    check_option_types(mb.name, mb.type, mb.options)
+
+
+def _rule_ok(mb, rule, switches, address_sets):
+    rule_priority(rule.priority)
+    direction(rule.direction)
+    action(rule.action)
+    check_rule(mb, rule, switches, address_sets)
+
+
+def _policy_ok(policy, switches, middleboxes, address_sets):
+    steer_priority(policy.priority)
+    check_policy(policy, switches, middleboxes, address_sets)
+
+
+def _vip_ok(v, mb, switches, vms):
+    ipv4(v.vip, "VIP")
+    port(v.port, "VIP port")
+    protocol(v.protocol)
+    algorithm(v.algorithm)
+    checked = dataclasses.replace(v, options=vip_options(v.options))
+    check_vip(checked, mb, switches, vms)
+
+
+def unusable(switches, vms, middleboxes, rules, policies, address_sets,
+             vips, ignored=None):
+    """{key: one line} of the rows a reader cannot use, besides ``ignored``
+    (rows already left out, e.g. ``mbxmodel.tenancy.ignored``: their
+    reasons are kept and what depends on them is left out too).
+
+    Keys: ("switch", name), ("vm", name), ("middlebox", name), ("rule",
+    uuid), ("policy", switch, priority), ("vip", uuid).  The arguments are
+    a northbound snapshot's values (``NbSnapshot``): ``vms`` a mapping of
+    name -> VMInfo, ``rules`` and ``vips`` middlebox name -> its rows.
+    What depends on an unusable row goes with it: a VM, middlebox or policy
+    of an unusable switch; the rules and VIPs of an unusable middlebox; a
+    policy whose chain names one.  Of two VMs of a switch with one address,
+    the one whose name sorts later is the unusable one."""
+    out = dict(ignored or {})
+    for name_, sw in sorted(switches.items()):
+        why = _why(_switch_ok, sw)
+        if why:
+            out[("switch", name_)] = f"logical switch '{name_}': {why}"
+    good_switches = {n: sw for n, sw in switches.items()
+                     if ("switch", n) not in out}
+    taken = {}
+    for name_, vm in sorted(vms.items()):
+        if vm.switch in switches and vm.switch not in good_switches:
+            why = f"its logical switch '{vm.switch}' is not usable"
+        else:
+            why = _why(_vm_ok, vm, good_switches, taken)
+        if why:
+            out[("vm", name_)] = (why if why.startswith("VM '")
+                                  else f"VM '{name_}': {why}")
+        else:
+            taken[(vm.switch, "IP", vm.ip)] = name_
+            taken[(vm.switch, "MAC", vm.mac.lower())] = name_
+    for name_, mb in sorted(middleboxes.items()):
+        if ("middlebox", name_) in out:
+            continue
+        if mb.switch not in good_switches:
+            why = f"its logical switch '{mb.switch}' is not usable"
+        else:
+            why = _why(_middlebox_ok, mb)
+        if why:
+            out[("middlebox", name_)] = f"middlebox '{name_}': {why}"
+    good_mbs = {n: mb for n, mb in middleboxes.items()
+                if ("middlebox", n) not in out}
+    for mb_name, mb_rules in sorted(rules.items()):
+        mb = good_mbs.get(mb_name)
+        for rule in mb_rules if mb is not None else ():
+            key = ("rule", rule.uuid)
+            if key in out:
+                continue
+            why = _why(_rule_ok, mb, rule, good_switches, address_sets)
+            if why:
+                out[key] = f"middlebox '{mb_name}' rule {rule.uuid}: {why}"
+    for policy in policies:
+        key = ("policy", policy.switch, policy.priority)
+        if key in out:
+            continue
+        gone = [n for n in policy.chain if n in middleboxes
+                and n not in good_mbs]
+        if policy.switch not in good_switches:
+            why = f"its logical switch '{policy.switch}' is not usable"
+        elif gone:
+            why = f"its middlebox '{gone[0]}' is not usable"
+        else:
+            why = _why(_policy_ok, policy, good_switches, good_mbs,
+                       address_sets)
+        if why:
+            out[key] = (f"steering policy {policy.switch} "
+                        f"{policy.priority}: {why}")
+    good_vms = [vms[n] for n in sorted(vms) if ("vm", n) not in out]
+    for mb_name, mb_vips in sorted(vips.items()):
+        mb = good_mbs.get(mb_name)
+        for v in mb_vips if mb is not None else ():
+            key = ("vip", v.uuid)
+            why = _why(_vip_ok, v, mb, good_switches, good_vms)
+            if why and key not in out:
+                out[key] = (f"load balancer '{mb_name}' VIP "
+                            f"{v.vip}:{v.port}: {why}")
+    return out
