@@ -1270,8 +1270,9 @@ STATUS_TABLES = {"switch": "Logical_Switch", "vm": "VM",
 STATUS_ERROR = "error"
 
 
-def _why(check, *args):
-    """The message of ``check(*args)``'s MbxError, or None."""
+def problem(check, *args):
+    """The message of ``check(*args)``'s MbxError, or None (for readers:
+    what makes a value unusable, in the words mbxctl uses to refuse it)."""
     try:
         check(*args)
     except MbxError as e:
@@ -1300,17 +1301,48 @@ def _vm_ok(vm, switches, taken):
                            f"on logical switch '{vm.switch}'")
 
 
+def known_middlebox_options(options):
+    """The options of ``options`` (a mapping) that mbx knows, each in its
+    range (``middlebox_option``), as a plain dict; unknown keys are left
+    out (a reader ignores them: mbxctl refuses them)."""
+    return {key: middlebox_option(key, value)
+            for key, value in dict(options).items()
+            if key in MIDDLEBOX_OPTIONS}
+
+
 def _middlebox_ok(mb):
     middlebox_type(mb.type)
     action(mb.default_action, "default action")
-    middlebox_options(mb.options)
-    check_option_types(mb.name, mb.type, mb.options)
+    known_middlebox_options(mb.options)
 
 
-def _rule_ok(mb, rule, switches, address_sets):
+def rule_fields(rule):
+    """A RuleInfo's own values: priority, direction, action and match."""
     rule_priority(rule.priority)
     direction(rule.direction)
     action(rule.action)
+    match(rule.match)
+
+
+def vm_fields(vm, subnet_text):
+    """A VMInfo's own values: a unicast MAC, an IPv4 address that is a host
+    address of ``subnet_text`` (its switch's subnet)."""
+    mac(vm.mac)
+    ip_in_subnet(vm.ip, subnet_text, vm.switch)
+
+
+def vip_fields(v):
+    """A VipInfo's own values: address, port, protocol, algorithm and
+    options (each in its range, health-timeout within health-interval)."""
+    ipv4(v.vip, "VIP")
+    port(v.port, "VIP port")
+    protocol(v.protocol)
+    algorithm(v.algorithm)
+    check_vip_options(vip_options(v.options))
+
+
+def _rule_ok(mb, rule, switches, address_sets):
+    rule_fields(rule)
     check_rule(mb, rule, switches, address_sets)
 
 
@@ -1320,10 +1352,7 @@ def _policy_ok(policy, switches, middleboxes, address_sets):
 
 
 def _vip_ok(v, mb, switches, vms):
-    ipv4(v.vip, "VIP")
-    port(v.port, "VIP port")
-    protocol(v.protocol)
-    algorithm(v.algorithm)
+    vip_fields(v)
     checked = dataclasses.replace(v, options=vip_options(v.options))
     check_vip(checked, mb, switches, vms)
 
@@ -1344,7 +1373,7 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
     the one whose name sorts later is the unusable one."""
     out = dict(ignored or {})
     for name_, sw in sorted(switches.items()):
-        why = _why(_switch_ok, sw)
+        why = problem(_switch_ok, sw)
         if why:
             out[("switch", name_)] = f"logical switch '{name_}': {why}"
     good_switches = {n: sw for n, sw in switches.items()
@@ -1354,7 +1383,7 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
         if vm.switch in switches and vm.switch not in good_switches:
             why = f"its logical switch '{vm.switch}' is not usable"
         else:
-            why = _why(_vm_ok, vm, good_switches, taken)
+            why = problem(_vm_ok, vm, good_switches, taken)
         if why:
             out[("vm", name_)] = (why if why.startswith("VM '")
                                   else f"VM '{name_}': {why}")
@@ -1367,7 +1396,7 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
         if mb.switch not in good_switches:
             why = f"its logical switch '{mb.switch}' is not usable"
         else:
-            why = _why(_middlebox_ok, mb)
+            why = problem(_middlebox_ok, mb)
         if why:
             out[("middlebox", name_)] = f"middlebox '{name_}': {why}"
     good_mbs = {n: mb for n, mb in middleboxes.items()
@@ -1378,7 +1407,7 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
             key = ("rule", rule.uuid)
             if key in out:
                 continue
-            why = _why(_rule_ok, mb, rule, good_switches, address_sets)
+            why = problem(_rule_ok, mb, rule, good_switches, address_sets)
             if why:
                 out[key] = f"middlebox '{mb_name}' rule {rule.uuid}: {why}"
     for policy in policies:
@@ -1392,7 +1421,7 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
         elif gone:
             why = f"its middlebox '{gone[0]}' is not usable"
         else:
-            why = _why(_policy_ok, policy, good_switches, good_mbs,
+            why = problem(_policy_ok, policy, good_switches, good_mbs,
                        address_sets)
         if why:
             out[key] = (f"steering policy {policy.switch} "
@@ -1402,7 +1431,7 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
         mb = good_mbs.get(mb_name)
         for v in mb_vips if mb is not None else ():
             key = ("vip", v.uuid)
-            why = _why(_vip_ok, v, mb, good_switches, good_vms)
+            why = problem(_vip_ok, v, mb, good_switches, good_vms)
             if why and key not in out:
                 out[key] = (f"load balancer '{mb_name}' VIP "
                             f"{v.vip}:{v.port}: {why}")
