@@ -5,6 +5,7 @@ Every function either returns the value in canonical form or raises
 """
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import re
@@ -16,7 +17,8 @@ from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
 from mbxmodel import rows
 from mbxmodel.services import (ACTIONS, DEFAULT_PORT_RANGE, DIRECTIONS,
                                L4_PROTOCOLS, LB_ALGORITHMS, MIDDLEBOX_TYPES,
-                               NAT_TYPES, TIERS, NatRuleInfo, VipInfo)
+                               NAT_TYPES, TIERS, MiddleboxInfo, NatRuleInfo,
+                               VipInfo)
 from mbxmodel.state import ACTIVE_MIGRATION, FINAL_MIGRATION
 
 MAX_NAME_LEN = 64
@@ -1289,11 +1291,14 @@ def _switch_ok(sw):
         gateway(sw.gateway, sw.subnet, sw.name)
 
 
-def _vm_ok(vm, switches, taken):
-    """``taken``: {(switch, "ip"|"mac", value): VM name} of the VMs kept."""
+def _vm_ok(vm, sw):
     mac(vm.mac)
     ipv4(vm.ip, "VM IP")
-    check_vm(vm, switches, ())
+    check_vm(vm, {sw.name: sw}, ())
+
+
+def _vm_clash(vm, taken):
+    """``taken``: {(switch, "IP"|"MAC", value): VM name} of the VMs kept."""
     for kind, value in (("IP", vm.ip), ("MAC", vm.mac.lower())):
         other = taken.get((vm.switch, kind, value))
         if other is not None:
@@ -1341,9 +1346,39 @@ def vip_fields(v):
     check_vip_options(vip_options(v.options))
 
 
-def _rule_ok(mb, rule, switches, address_sets):
+def _rule_ok(rule, mb_name, mb_type, sw, sets):
     rule_fields(rule)
-    check_rule(mb, rule, switches, address_sets)
+    check_rule(MiddleboxInfo(mb_name, mb_type, sw.name), rule,
+               {sw.name: sw}, {s.name: s for s in sets})
+
+
+# ``unusable`` runs on every snapshot of the whole database: the checks of
+# one row, which parse addresses and matches, are remembered by the values
+# they depend on (rows are frozen values), so a snapshot costs a lookup per
+# row that did not change.
+_MEMO_SIZE = 1 << 16
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _memo(check, *args):
+    return problem(check, *args)
+
+
+def _remembered(check, *args):
+    """problem(check, *args), remembered when the arguments are values."""
+    try:
+        return _memo(check, *args)
+    except TypeError:           # a value of a type that does not hash
+        return problem(check, *args)
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _set_names(text):
+    """The address sets a match names (none if it does not parse)."""
+    try:
+        return parse_match(text).address_sets
+    except MbxError:
+        return frozenset()
 
 
 def _policy_ok(policy, switches, middleboxes, address_sets):
@@ -1373,7 +1408,7 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
     the one whose name sorts later is the unusable one."""
     out = dict(ignored or {})
     for name_, sw in sorted(switches.items()):
-        why = problem(_switch_ok, sw)
+        why = _remembered(_switch_ok, sw)
         if why:
             out[("switch", name_)] = f"logical switch '{name_}': {why}"
     good_switches = {n: sw for n, sw in switches.items()
@@ -1383,7 +1418,10 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
         if vm.switch in switches and vm.switch not in good_switches:
             why = f"its logical switch '{vm.switch}' is not usable"
         else:
-            why = problem(_vm_ok, vm, good_switches, taken)
+            why = (_remembered(_vm_ok, vm, good_switches[vm.switch])
+                   if vm.switch in good_switches
+                   else f"unknown logical switch '{vm.switch}'") or \
+                problem(_vm_clash, vm, taken)
         if why:
             out[("vm", name_)] = (why if why.startswith("VM '")
                                   else f"VM '{name_}': {why}")
@@ -1407,7 +1445,12 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
             key = ("rule", rule.uuid)
             if key in out:
                 continue
-            why = problem(_rule_ok, mb, rule, good_switches, address_sets)
+            names = _set_names(rule.match) if isinstance(rule.match, str) \
+                else frozenset()
+            sets = tuple(address_sets[n] for n in sorted(names)
+                         if n in address_sets)
+            why = _remembered(_rule_ok, rule, mb.name, mb.type,
+                              good_switches[mb.switch], sets)
             if why:
                 out[key] = f"middlebox '{mb_name}' rule {rule.uuid}: {why}"
     for policy in policies:

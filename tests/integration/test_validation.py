@@ -17,6 +17,7 @@ import subprocess
 import pytest
 
 from lab.sh import wait_until
+from ovsdb import server, validate
 from ovsdb.server import pid_alive
 
 WAIT = 20           # seconds: mbxctl's --wait=hv bound, and the status waits
@@ -185,38 +186,36 @@ def test_a_malformed_vm_row_is_skipped_with_a_status_and_heals(v):
     alive(lab)
 
 
-def test_a_subnet_of_33_bits_is_refused_and_ignored(v):
-    lab = v
-    assert "/33" in refused(lab, "ls-add", "ls-bad", "--tenant", "red",
-                            "--vni", "1099", "--subnet", "10.9.0.0/33")
-    transact(lab, {"op": "insert", "table": "Logical_Switch", "row": {
-        "name": "ls-bad", "tenant": "red", "vni": 1099,
-        "subnet": "10.9.0.0/33"}})
-    try:
-        assert "invalid subnet '10.9.0.0/33'" in wait_status(
-            lab, "ls-list", ("ls-bad",), "invalid subnet")
-        other_tenant_works(lab, "blue-v3", "10.0.0.43")
-        alive(lab)
-    finally:
-        transact(lab, {"op": "delete", "table": "Logical_Switch",
-                       "where": [["name", "==", "ls-bad"]]})
+BAD_SWITCH = dict(
+    mbxctl=("ls-add", "ls-bad", "--tenant", "red", "--vni", "1099", "--subnet",
+            "10.9.0.0/33"),
+    table="Logical_Switch", name="ls-bad",
+    row=lambda lab: {"name": "ls-bad", "tenant": "red", "vni": 1099,
+                     "subnet": "10.9.0.0/33"},
+    refusal="/33", listing="ls-list", status="invalid subnet '10.9.0.0/33'")
+FAR_VM = dict(
+    mbxctl=("vm-add", "far-vm", "--switch", "ls-red", "--ip", "10.9.9.9"),
+    table="VM", name="far-vm",
+    row=lambda lab: {"name": "far-vm", "mac": "02:00:00:00:0f:01", "ip": "10.9.9.9",
+                     "logical_switch": uuid_of(lab, "Logical_Switch", "ls-red")},
+    refusal="outside subnet", listing="vm-list",
+    status="IP 10.9.9.9 is outside subnet 10.0.0.0/24")
 
 
-def test_a_vm_ip_outside_its_subnet_is_refused_and_ignored(v):
+@pytest.mark.parametrize("case,vm,ip", [(BAD_SWITCH, "blue-v3", "10.0.0.43"),
+                                        (FAR_VM, "blue-v4", "10.0.0.44")],
+                         ids=["subnet-33", "vm-ip-outside-subnet"])
+def test_a_value_out_of_range_is_refused_and_ignored_with_a_status(v, case, vm, ip):
     lab = v
-    assert "outside subnet" in refused(lab, "vm-add", "far-vm", "--switch", "ls-red",
-                                       "--ip", "10.9.9.9")
-    transact(lab, {"op": "insert", "table": "VM", "row": {
-        "name": "far-vm", "logical_switch": uuid_of(lab, "Logical_Switch", "ls-red"),
-        "mac": "02:00:00:00:0f:01", "ip": "10.9.9.9"}})
+    assert case["refusal"] in refused(lab, *case["mbxctl"])
+    transact(lab, {"op": "insert", "table": case["table"], "row": case["row"](lab)})
     try:
-        assert "IP 10.9.9.9 is outside subnet 10.0.0.0/24" in wait_status(
-            lab, "vm-list", ("far-vm",), "outside")
-        other_tenant_works(lab, "blue-v4", "10.0.0.44")
+        wait_status(lab, case["listing"], (case["name"],), case["status"])
+        other_tenant_works(lab, vm, ip)
         alive(lab)
     finally:
-        transact(lab, {"op": "delete", "table": "VM",
-                       "where": [["name", "==", "far-vm"]]})
+        transact(lab, {"op": "delete", "table": case["table"],
+                       "where": [["name", "==", case["name"]]]})
 
 
 def test_a_policy_chaining_another_tenants_middlebox_is_ignored_with_a_status(v):
@@ -297,3 +296,36 @@ def test_lb_options_out_of_range_are_refused_and_ignored(v):
         alive(lab)
     finally:
         ctl(lab, "mb-del", "lb-blue", "--if-exists")
+
+
+def test_a_2_1_0_database_is_converted_with_empty_statuses(tmp_path):
+    """The status columns 2.2.0 added start empty in a converted file, and
+    its rows are kept."""
+    with open(server.SCHEMA_PATH) as f:
+        schema = json.load(f)
+    current, schema["version"] = schema["version"], "2.1.0"
+    for table in validate.STATUS_TABLES.values():
+        del schema["tables"][table]["columns"]["status"]
+    old_schema = tmp_path / "mbx_nb-2.1.0.ovsschema"
+    old_schema.write_text(json.dumps(schema))
+    db = str(tmp_path / "db")
+    subprocess.run(["ovsdb-tool", "create", db, str(old_schema)], check=True)
+    subprocess.run(["ovsdb-tool", "transact", db, json.dumps(
+        ["MBX_Northbound",
+         {"op": "insert", "table": "Logical_Switch", "uuid-name": "ls",
+          "row": {"name": "old", "tenant": "t", "vni": 7, "subnet": "10.7.0.0/24"}},
+         {"op": "insert", "table": "VM",
+          "row": {"name": "v", "logical_switch": ["named-uuid", "ls"],
+                  "mac": "02:00:00:00:00:07", "ip": "10.7.0.2"}}])],
+        check=True, capture_output=True)
+    server.ensure_db(db)
+    version = subprocess.run(["ovsdb-tool", "db-version", db], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert version == current != "2.1.0"
+    rows = json.loads(subprocess.run(
+        ["ovsdb-tool", "query", db, json.dumps(
+            ["MBX_Northbound", {"op": "select", "table": "VM", "where": [],
+                                "columns": ["name", "status"]}])],
+        capture_output=True, text=True, check=True).stdout)[0]["rows"]
+    assert rows == [{"name": "v", "status": ""}]
+
