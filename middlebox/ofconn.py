@@ -131,6 +131,14 @@ class OfConn:
     connection surfaces in the next ``run()``, after which the object is
     closed and ``connect()`` may be called again.  Requests made while
     disconnected are dropped and counted in ``requests_dropped``.
+
+    A barrier asked for (``barrier()``) but not answered when the connection
+    is lost, or asked for while disconnected, is not forgotten: once the
+    owner has reconnected and resynchronised the switch, ``resume_barriers()``
+    sends one barrier whose reply answers each of them, in order.  So
+    whoever waits for a barrier (a config generation to report, frames to
+    release, an import to acknowledge) is answered after the resync, never
+    left waiting.
     """
 
     def __init__(self, target, on_flow_removed=None, on_flow_stats=None,
@@ -168,6 +176,9 @@ class OfConn:
         self.messages_received = 0
         self.errors_received = 0
         self.requests_dropped = 0       # asked for while disconnected
+        self._unanswered = {}           # barrier xids sent, not yet answered (in order)
+        self.lost_barriers = []         # barrier xids the connection lost (in order)
+        self._resume_xid = None         # the barrier that answers lost_barriers
 
     # ------------------------------------------------------------ connection
     def connect(self, timeout=5.0):
@@ -319,6 +330,11 @@ class OfConn:
                 pass
             self.sock = None
         self._broken = None
+        # Barriers the switch will never answer on this connection.
+        self.lost_barriers.extend(self._unanswered)
+        self._unanswered.clear()
+        if self._resume_xid is not None:
+            self._resume_xid = None     # lost too: resume_barriers() asks again
         self._outbuf.clear()
         self._inbuf.clear()
         self._stats_parts.clear()
@@ -424,8 +440,16 @@ class OfConn:
             batch = self._batches.pop(xid, None)
             if batch is not None:
                 self._decide(batch)
-            elif self.on_barrier is not None:
-                self.on_barrier(xid)
+            elif xid == self._resume_xid:
+                self._resume_xid = None
+                lost, self.lost_barriers = self.lost_barriers, []
+                for old in lost:
+                    if self.on_barrier is not None:
+                        self.on_barrier(old)
+            else:
+                self._unanswered.pop(xid, None)
+                if self.on_barrier is not None:
+                    self.on_barrier(xid)
         elif msg_type == ofp.OFPT_ERROR:
             self.errors_received += 1
             err_type, code = struct.unpack_from("!HH", msg, _HEADER.size) \
@@ -768,5 +792,21 @@ class OfConn:
         """Send a BARRIER_REQUEST; ``on_barrier(xid)`` fires once every earlier
         message has been processed."""
         xid = self._next_xid()
+        if self.sock is None or self._broken:
+            self.lost_barriers.append(xid)
+        else:
+            self._unanswered[xid] = None
         self._queue(_HEADER.pack(OF13, ofp.OFPT_BARRIER_REQUEST, _HEADER.size, xid))
         return xid
+
+    def resume_barriers(self):
+        """After a reconnection and resync: answer every lost barrier
+        (``on_barrier`` for each, in the order they were asked for) once
+        the switch has taken everything sent until now.  Returns the
+        number of barriers that will be answered."""
+        if not self.lost_barriers or self.sock is None:
+            return 0
+        xid = self._next_xid()
+        self._resume_xid = xid
+        self._queue(_HEADER.pack(OF13, ofp.OFPT_BARRIER_REQUEST, _HEADER.size, xid))
+        return len(self.lost_barriers)
