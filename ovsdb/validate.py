@@ -45,7 +45,7 @@ def vni(value):
         number = None
     elif isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.isdigit():
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
         number = int(value)
     else:
         number = None
