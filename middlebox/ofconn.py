@@ -650,6 +650,22 @@ class OfConn:
             self._queue(bytes(out))
         return xids
 
+    def send_meters(self, meters, command="add"):
+        """Queue one METER_MOD per ``Meter`` of ``meters`` with ``command``
+        ("add", "modify" or "delete"; ``ofmsg.to_meter_mod``), behind
+        anything asked for before.  Returns their xids, in order."""
+        xid = self._xid
+        xids = []
+        out = bytearray()
+        for meter in meters:
+            xid = xid % 0xFFFFFFFF + 1
+            out += self._serialize(ofmsg.to_meter_mod(self.dp, meter, command), xid)
+            xids.append(xid)
+        self._xid = xid
+        if xids:
+            self._queue(bytes(out))
+        return xids
+
     def send_packet_outs(self, messages):
         """Queue OFPT_PACKET_OUT messages (bytes of ``ofmsg.packet_out_bytes``
         or ``ofmsg.PacketOutEncoder``), in order, behind anything asked for
@@ -724,6 +740,21 @@ class OfConn:
         body = self._multipart_blocking(ofmsg.group_desc_request(self.dp),
                                         ofp.OFPMP_GROUP_DESC, "group description", timeout)
         return [ofmsg.group_from_stats(desc) for desc in body]
+
+    def dump_meters(self, timeout=10.0):
+        """Blocking, like ``dump_flows``: every meter of the bridge, as
+        ``Meter`` values (``ofmsg.meter_from_config``).  Raises
+        ``OfConnError``."""
+        body = self._multipart_blocking(ofmsg.meter_config_request(self.dp),
+                                        ofp.OFPMP_METER_CONFIG, "meter config", timeout)
+        return [ofmsg.meter_from_config(c) for c in body]
+
+    def meter_stats(self, timeout=5.0):
+        """Blocking, like ``dump_flows``: {meter id: (packets in, packets
+        dropped)} of every meter.  Raises ``OfConnError``."""
+        body = self._multipart_blocking(ofmsg.meter_stats_request(self.dp),
+                                        ofp.OFPMP_METER, "meter stats", timeout)
+        return {mid: (n_in, dropped) for mid, n_in, dropped in map(ofmsg.meter_dropped, body)}
 
     def port_number(self, name, timeout=5.0):
         """Blocking, like ``dump_flows``: the OpenFlow port number of the
