@@ -34,27 +34,20 @@ import struct
 import sys
 import time
 
+from middlebox.packet import checksum
+
 MAX_SECONDS = 120.0
 MAX_PACKETS = 2_000_000
 
 
 # ----------------------------------------------------------------- flooder
-def _checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def syn_segment(src, dst, sport, dport, seq):
     """A TCP SYN segment (no IP header) with its checksum, from ``src`` to
     ``dst`` (dotted IPv4)."""
     header = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6,
                                                                          len(header))
-    csum = _checksum(pseudo + header)
+    csum = checksum(pseudo + header)
     return header[:16] + struct.pack("!H", csum) + header[18:]
 
 

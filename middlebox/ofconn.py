@@ -637,29 +637,24 @@ class OfConn:
         ``ofmsg.to_group_mod``).  Returns their xids, in order.  Each group
         is encoded before anything is queued: a group the model cannot
         install raises ValueError and nothing is sent."""
-        xid = self._xid
-        xids = []
-        out = bytearray()
-        for group in groups:
-            xid = xid % 0xFFFFFFFF + 1
-            out += self._serialize(ofmsg.to_group_mod(self.dp, group, command), xid)
-            xids.append(xid)
-        self._xid = xid
-        if xids:
-            self.group_mods_sent += len(xids)
-            self._queue(bytes(out))
+        xids = self._send_mods([ofmsg.to_group_mod(self.dp, g, command) for g in groups])
+        self.group_mods_sent += len(xids)
         return xids
 
     def send_meters(self, meters, command="add"):
         """Queue one METER_MOD per ``Meter`` of ``meters`` with ``command``
         ("add", "modify" or "delete"; ``ofmsg.to_meter_mod``), behind
         anything asked for before.  Returns their xids, in order."""
+        return self._send_mods([ofmsg.to_meter_mod(self.dp, m, command) for m in meters])
+
+    def _send_mods(self, messages):
+        """Queue os-ken messages, each with the next xid; their xids."""
         xid = self._xid
         xids = []
         out = bytearray()
-        for meter in meters:
+        for msg in messages:
             xid = xid % 0xFFFFFFFF + 1
-            out += self._serialize(ofmsg.to_meter_mod(self.dp, meter, command), xid)
+            out += self._serialize(msg, xid)
             xids.append(xid)
         self._xid = xid
         if xids:

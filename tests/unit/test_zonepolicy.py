@@ -2,6 +2,8 @@
 
 import types
 
+import pytest
+
 from middlebox import zonepolicy as Z
 from middlebox.config import HostConfig, SliceConfig, VmSpec
 
@@ -137,3 +139,24 @@ def test_limits_are_set_changed_removed_and_set_again_after_a_switch_restart():
     assert rep["vms"] == [{"vm": "a", "zone": 10, "limit": 900, "count": 7,
                            "new_conn_rate": 50, "timeout_tcp_syn": 3,
                            "new_conn_in": 40, "new_conn_dropped": 9}]
+
+
+def test_the_limit_options_have_ranges_and_a_bad_value_falls_back_to_the_default():
+    from ovsdb import validate as V
+    from ovsdb.errors import MbxError
+    assert V.global_option("conn-limit-vm", "0500") == "500"
+    assert V.global_option("conn-limit-host", "3000000") == "3000000"
+    assert V.global_option("new-conn-rate-vm", 1) == "1"
+    for key, bad in (("conn-limit-vm", "0"), ("conn-limit-vm", "3000001"),
+                     ("conn-limit-host", "999"), ("new-conn-rate-vm", "1e3"),
+                     ("new-conn-rate-vm", "-5")):
+        with pytest.raises(MbxError, match="invalid %s %r: use an integer from" % (key, bad)):
+            V.global_option(key, bad)
+    assert V.global_limits({}) == (V.DEFAULT_CONN_LIMIT_VM, V.DEFAULT_CONN_LIMIT_HOST,
+                                   V.DEFAULT_NEW_CONN_RATE_VM, ())
+    per_vm, per_host, rate, errors = V.global_limits(
+        {"conn-limit-vm": "300", "new-conn-rate-vm": "lots", "migration-wait-ms": "900"})
+    assert (per_vm, per_host, rate) == (300, V.DEFAULT_CONN_LIMIT_HOST,
+                                        V.DEFAULT_NEW_CONN_RATE_VM)
+    assert errors == ("NB_Global options: invalid new-conn-rate-vm 'lots': use an integer "
+                      "from 1 to 1000000; using 5000",)
