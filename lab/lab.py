@@ -879,34 +879,16 @@ class Lab:
         if os.path.exists(db):
             os.unlink(db)
         run(["ovsdb-tool", "create", db, VSWITCH_SCHEMA])
-        env = {"OVS_RUNDIR": hdir, "OVS_LOGDIR": hdir, "OVS_DBDIR": hdir}
-        # Its own OVSDB: local only (no network remote; nothing outside the
-        # host uses it).
-        run(["ovsdb-server", db, "--remote=punix:%s/db.sock" % hdir,
-             "--pidfile=%s/ovsdb-server.pid" % hdir,
-             "--unixctl=%s/ovsdb-server.ctl" % hdir,
-             "--log-file=%s/ovsdb-server.log" % hdir, "--detach", "--no-chdir"],
-            netns=ns, env=env)
-        self._record_pid("%s/ovsdb-server" % host,
-                         read_pidfile("%s/ovsdb-server.pid" % hdir))
+        self._host_ovsdb_start(host)
         self.vsctl(host, "--no-wait", "init", "--", "set", "Open_vSwitch", ".",
                    "external_ids:system-id=%s" % host,
                    "external_ids:mbx-encap-ip=%s" % ul_ip,
                    "external_ids:mbx-encap-type=%s" % encap,
                    "external_ids:mbx-migration-address=ssl:%s:%d"
                    % (mgmt_ip, MIGRATION_PORT))
-        run(["ovs-vswitchd", "unix:%s/db.sock" % hdir,
-             "--pidfile=%s/ovs-vswitchd.pid" % hdir,
-             "--unixctl=%s/ovs-vswitchd.ctl" % hdir,
-             "--log-file=%s/ovs-vswitchd.log" % hdir, "--detach", "--no-chdir"],
-            netns=ns, env=env)
-        self._record_pid("%s/ovs-vswitchd" % host,
-                         read_pidfile("%s/ovs-vswitchd.pid" % hdir))
-
+        self._vswitchd_start(host)
         self.vsctl(host, "add-br", "br-phy", "--", "set", "bridge", "br-phy",
                    "datapath_type=netdev", "--", "add-port", "br-phy", "ul0")
-        run(["ip", "addr", "add", ul_ip + "/24", "dev", "br-phy"], netns=ns)
-        run(["ip", "link", "set", "br-phy", "up"], netns=ns)
         self.vsctl(host, "add-br", "br-int", "--", "set", "bridge", "br-int",
                    "datapath_type=netdev", "fail_mode=secure",
                    "protocols=OpenFlow13",
@@ -933,14 +915,75 @@ class Lab:
         self.vsctl(host, "add-port", "br-int", MB_PORT, "--", "set", "interface",
                    MB_PORT, "type=internal",
                    "external_ids:%s=%s" % MIDDLEBOX_ROLE)
-        run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % MB_PORT], netns=ns)
-        run(["ip", "link", "set", MB_PORT, "up"], netns=ns)
+        self._host_links_up(host)
         self._uplink_up(host, index)
         # The chassis agent registers the host (its Chassis row, from its own
         # OVSDB's external_ids) as it starts, as a host agent does at boot.
         self.chassis_start(host)
         self.mbxd_start(host)
         self._save()
+
+    def _host_ovs_start(self, host, program, *args):
+        """Start ``program`` (ovsdb-server or ovs-vswitchd) in the host's
+        namespace with its private run directory; returns its pid."""
+        hdir = self.host_dir(host)
+        env = {"OVS_RUNDIR": hdir, "OVS_LOGDIR": hdir, "OVS_DBDIR": hdir}
+        path = lambda suffix: "%s/%s.%s" % (hdir, program, suffix)
+        run([program] + list(args) + [
+            "--pidfile=" + path("pid"), "--unixctl=" + path("ctl"),
+            "--log-file=" + path("log"), "--detach", "--no-chdir"],
+            netns=self.host_ns(host), env=env)
+        # --detach returns once the daemon wrote its pidfile.
+        key = "%s/%s" % (host, program)
+        self._record_pid(key, read_pidfile(path("pid")))
+        return self.state["pids"][key]
+
+    def _vswitchd_start(self, host):
+        return self._host_ovs_start(host, "ovs-vswitchd", self.host_db(host))
+
+    def _host_ovsdb_start(self, host):
+        """The host's own OVSDB: local only (no network remote; nothing
+        outside the host uses it)."""
+        hdir = self.host_dir(host)
+        return self._host_ovs_start(host, "ovsdb-server", os.path.join(hdir, "conf.db"),
+                                    "--remote=punix:%s/db.sock" % hdir)
+
+    def host_ovsdb_restart(self, host, sig=signal.SIGKILL):
+        """End the host's ovsdb-server with ``sig`` and start it again from
+        its database file, as ``up`` did; returns the new pid."""
+        if host not in self.state["hosts"]:
+            raise LabError("unknown host '%s'" % host)
+        self._kill("%s/ovsdb-server" % host, sig, "ovsdb-server")
+        return self._host_ovsdb_start(host)
+
+    def _host_links_up(self, host):
+        """The host's network configuration of the switch's internal ports,
+        as at boot and again after ovs-vswitchd restarts (it creates them
+        anew): br-phy holds the tunnel address; the middlebox port has no
+        IPv6 and is up."""
+        ns = self.host_ns(host)
+        run(["ip", "addr", "replace", self.state["hosts"][host]["encap_ip"] + "/24",
+             "dev", "br-phy"], netns=ns)
+        run(["ip", "link", "set", "br-phy", "up"], netns=ns)
+        run(["sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % MB_PORT], netns=ns)
+        run(["ip", "link", "set", MB_PORT, "up"], netns=ns)
+
+    def vswitchd_restart(self, host, sig=signal.SIGKILL):
+        """End the host's ovs-vswitchd with ``sig`` (SIGKILL: a crash) and
+        start it again the way ``up`` started it, then configure its
+        internal ports as at boot (``_host_links_up``).  Its flows and
+        conntrack are gone; the controllers and mbxd must put back what
+        they need by themselves.  Returns the new pid."""
+        if host not in self.state["hosts"]:
+            raise LabError("unknown host '%s'" % host)
+        self._kill("%s/ovs-vswitchd" % host, sig, "ovs-vswitchd")
+        pid = self._vswitchd_start(host)
+        ns = self.host_ns(host)
+        wait_until(lambda: all(run(["ip", "link", "show", dev], netns=ns, check=False)
+                               for dev in ("br-phy", MB_PORT)), 10,
+                   what="%s's ovs-vswitchd to create its ports" % host)
+        self._host_links_up(host)
+        return pid
 
     def chassis_start(self, host):
         """Start the host's chassis agent: it publishes the host's chassis

@@ -42,20 +42,21 @@ import ovs.unixctl
 import ovs.unixctl.server
 import ovs.util
 
-from middlebox import appctl, dataplane, mbcfg, metrics, migchan, pki, vmstate
+from middlebox import appctl, dataplane, mbcfg, metrics, migchan, packetio, pki, vmstate
 from middlebox.arrivals import Arrivals
 from middlebox.confmon import ConfigMonitor
 from middlebox.conntable import ConnTable
 from middlebox.migration import MigrationManager, RowWriter
-from middlebox.ofconn import OfConn
+from middlebox.ofconn import OfConn, OfConnError
 from middlebox.packetio import PacketPort
 from middlebox.service import Service
 from mbxmodel.state import VM_STATE
 from middlebox.shared import SharedState
 from middlebox.vswitch import Vswitch, VswitchError, find_socket
-from middlebox.zonepolicy import ZonePolicies, zone_policies
+from middlebox.zonepolicy import (DEFAULT_SYN_TIMEOUT, ZoneLimits, ZonePolicies, zone_limits,
+                                  zone_policies)
 from middlebox.zones import ZoneMap
-from ovsdb import tls
+from ovsdb import tls, validate
 from ovsdb.errors import MbxError
 from ryu_apps import ofmsg
 from ryu_apps import pipeline as P
@@ -68,6 +69,9 @@ STATS_INTERVAL = 2.0        # seconds between flow-stats polls (decision counter
 COUNT_INTERVAL = 2.0        # seconds between counts of the connections in conntrack
 TICK_INTERVAL = 0.1         # health probes, shared-state publication
 TUNNEL_PORT = "mbx-tun"
+RECONNECT_MIN = 0.1         # s before the first attempt to reach a lost switch
+RECONNECT_MAX = 2.0         # s between attempts at most (doubling from RECONNECT_MIN)
+RECONNECT_TIMEOUT = 2.0     # s one attempt's handshake may take
 
 
 def parse_args(argv):
@@ -141,6 +145,10 @@ class Daemon:
         self.args = args
         self.zones = ZoneMap()
         self.policies = ZonePolicies(args.ovsdb)
+        self.limits = ZoneLimits()
+        self.meters = {}                # meter id -> Meter (what the switch holds)
+        self._limit_errors = ()
+        self._limits_seen = None        # NB_Global.options the plane was computed with
         self.service = Service(args.host, zone_of=self.zones.vm)
         self.conf = ConfigMonitor(args.db, args.host, sb_remote=args.sb)
         # State sharing manager (middlebox.shared): services publish and read
@@ -172,23 +180,19 @@ class Daemon:
         self.migrations = None          # middlebox.migration.MigrationManager
         self._mig_seqno = None
         self._db_up = {"sb": False, "nb": False}
+        self.switch_losses = 0          # OpenFlow connections lost (each one resynced)
+        self._of_backoff = RECONNECT_MIN
+        self._of_retry = 0.0
 
     # ------------------------------------------------------------ start
     def start(self):
         self.of = self._connect_openflow()
-        self.port = PacketPort(self.args.port)
-        path = self.args.vswitchd or find_socket(self.args.rundir)
-        self.vswitch = Vswitch(path)
-        try:
-            self.vswitch.disable_tcp_seq_check()
-        except VswitchError as err:
-            LOG.warning("%s: connections moved here may stall", err)
-        self.conns = ConnTable(self.vswitch, self.zones)
-        self.ports = dataplane.HostPorts(self.of.port_number(self.args.port),
-                                         self.of.port_number(self.args.tunnel_port))
+        self.vswitch = Vswitch(self.args.vswitchd or find_socket(self.args.rundir))
+        self._attach()
         if self.ports.middlebox is None:
             LOG.warning("no port %s on %s: misses are dropped until it appears",
                         self.args.port, self.args.bridge)
+        self.conns = ConnTable(self.vswitch, self.zones)
         if self.args.no_migration:
             LOG.info("state migration is off")
         elif not self.args.pki_dir:
@@ -197,6 +201,49 @@ class Daemon:
             self._start_migrations()
         # Without migrations nothing is ever held: no VM's state arrives.
         self.service.arrivals = self.arrivals if self.migrations is not None else None
+
+    def _attach(self):
+        """What the daemon needs of a (re)started switch besides flows: the
+        ports' numbers, its middlebox port open (and up), conntrack's TCP
+        sequence checking off (a datapath-wide setting a restart resets).
+        Raises OfConnError if the switch went away meanwhile, MbxError if
+        its middlebox port, there before, is not back yet."""
+        ports = dataplane.HostPorts(self.of.port_number(self.args.port),
+                                    self.of.port_number(self.args.tunnel_port))
+        if ports.middlebox is None and self.ports.middlebox is not None:
+            raise MbxError("no port %s on %s yet" % (self.args.port, self.args.bridge))
+        self.ports = ports
+        self._open_port()
+        try:
+            if not self.args.vswitchd:
+                # Its unixctl socket may be named after its (new) pid.
+                self.vswitch.path = find_socket(self.args.rundir)
+            self.vswitch.disable_tcp_seq_check()
+        except VswitchError as err:
+            LOG.warning("%s: connections moved here may stall", err)
+
+    def _open_port(self):
+        """Open the middlebox port's packet socket, again if its interface
+        was replaced (a restarted switch creates its internal ports anew);
+        keep the old one while the new cannot be opened."""
+        if self.port is not None and not self.port.gone():
+            return
+        try:
+            port = PacketPort(self.args.port)
+        except OSError as err:
+            if self.port is None:
+                raise MbxError(str(err)) from None
+            LOG.warning("%s (retrying)", err)
+            return
+        if self.port is not None:
+            self.port.close()
+            LOG.info("middlebox port %s opened again", self.args.port)
+        self.port = port
+        try:
+            if packetio.set_up(self.args.port):
+                LOG.info("middlebox port %s was down: brought it up", self.args.port)
+        except OSError as err:
+            LOG.warning("cannot bring %s up: %s", self.args.port, err)
 
     def _start_migrations(self):
         files = pki.host_files(self.args.pki_dir, self.args.host)
@@ -210,8 +257,9 @@ class Daemon:
 
     def _connect_openflow(self, timeout=30):
         deadline = time.monotonic() + timeout
+        of = OfConn(self.args.ofp, on_flow_stats=self._flow_stats,
+                    on_barrier=self._on_barrier, on_flow_removed=self._flow_removed)
         while True:
-            of = OfConn(self.args.ofp)
             try:
                 of.connect()
             except MbxError as err:
@@ -220,10 +268,48 @@ class Daemon:
                 LOG.info("waiting for %s: %s", self.args.ofp, err)
                 time.sleep(0.5)
                 continue
-            of.on_flow_stats = self._flow_stats
-            of.on_barrier = self._on_barrier
-            of.on_flow_removed = self._flow_removed
             return of
+
+    # ---------------------------------------------- the switch going away
+    def _switch_lost(self, err):
+        """The OpenFlow connection dropped (ovs-vswitchd restarted, or the
+        bridge went): reconnect with backoff; the loop keeps serving the
+        databases, the migration channel and ovs-appctl meanwhile."""
+        self.of.close()
+        self.switch_losses += 1
+        self._of_backoff = RECONNECT_MIN
+        self._of_retry = time.monotonic() + RECONNECT_MIN
+        LOG.warning("lost the switch (%s): reconnecting", err)
+
+    def _switch_reconnect(self):
+        mono = time.monotonic()
+        if mono < self._of_retry:
+            return
+        try:
+            self.of.connect(timeout=RECONNECT_TIMEOUT)
+            self._attach()
+            if self.recovered:
+                self._resync()
+        except (MbxError, OSError) as err:
+            self.of.close()
+            self._of_backoff = min(2 * self._of_backoff, RECONNECT_MAX)
+            self._of_retry = mono + self._of_backoff
+            LOG.debug("switch not back yet: %s (next try in %.1fs)", err, self._of_backoff)
+            return
+        LOG.info("switch back: %d flows and %d groups resynchronised",
+                 len(self.installed), len(self.groups))
+
+    def _resync(self):
+        """Reconnected: what the switch holds now is the starting point (all
+        of it after a mere reconnection, nothing after a restart); the plane
+        is installed again over it, and every barrier the lost connection
+        owed is answered behind that.  Conntrack is the switch's: a
+        restarted ovs-vswitchd starts empty, and each connection is judged
+        anew at its next packet (docs/middlebox.md, "Restart")."""
+        self._stats_xid = None          # its reply went with the connection
+        self.recover()
+        self.replan()
+        self.of.resume_barriers()
 
     def recover(self):
         """Read what a previous daemon left in the switch: its flows (and in
@@ -232,9 +318,10 @@ class Daemon:
         flows = [f for f, _, _, _ in self.of.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK)]
         self.installed = {f.key: f for f in flows}
         self.groups = {g.group_id: g for g in self.of.dump_groups()}
+        self.meters = {m.meter_id: m for m in self.of.dump_meters()}
         owners = dataplane.zones_in(flows, self.config)
         self.zones.recover(owners)
-        LOG.info("found %d flows, %d groups and %d zones of a previous daemon",
+        LOG.info("found %d flows, %d groups and %d zones in the switch",
                  len(flows), len(self.groups), len(owners))
         self.recovered = True
 
@@ -262,13 +349,22 @@ class Daemon:
             except VswitchError as err:
                 LOG.warning("%s", err)
         self.policies.update(zone_policies(self.config, self.zones.owners()))
+        self._limits_seen = self.conf.global_options()
+        per_vm, per_host, rate, errors = validate.global_limits(self._limits_seen)
+        for line in errors:
+            if line not in self._limit_errors:
+                LOG.warning("%s", line)
+        self._limit_errors = errors
+        self.limits.update(self.vswitch, zone_limits(self.zones.owners(), per_vm), per_host,
+                           rate)
         snat = {uuid: z for (kind, uuid), z in self.zones.owners().items() if kind == "snat"}
         vms = {name: z for (kind, name), z in self.zones.owners().items() if kind == "vm"}
         plane = dataplane.compile_host(self.config, self.args.host, vms, snat, self.ports,
                                        holds=self.arrivals.holding(),
                                        forwarders=self.migrations.forwarders()
                                        if self.migrations else (),
-                                       arrivals=self.migrations is not None)
+                                       arrivals=self.migrations is not None,
+                                       new_conn_rate=rate)
         for line in plane.errors:
             if line not in self.plane.errors:
                 LOG.warning("%s", line)
@@ -289,7 +385,16 @@ class Daemon:
         groups = {g.group_id: g for g in plane.groups}
         gmods = [("add_or_mod", g) for gid, g in groups.items() if self.groups.get(gid) != g]
         gdel = [("delete", g) for gid, g in self.groups.items() if gid not in groups]
+        meters = {m.meter_id: m for m in plane.meters}
+        # A flow may use a meter only once it exists; deleting a meter
+        # deletes its flows, so it goes after them.
+        self.of.send_meters([m for i, m in meters.items() if i not in self.meters])
+        self.of.send_meters([m for i, m in meters.items()
+                             if i in self.meters and self.meters[i] != m], "modify")
+        mdel = [m for i, m in self.meters.items() if i not in meters]
+        self.meters = meters
         if not (add or delete or gmods or gdel):
+            self.of.send_meters(mdel, "delete")
             return
         # Forwarders tell when they go idle (flow-removed): their connection ended.
         forward = [f for f in add if f.idle_timeout]
@@ -299,6 +404,7 @@ class Daemon:
                            groups=gmods + gdel)
         if forward:
             self.of.send_flows(forward, (), send_flow_rem=True)
+        self.of.send_meters(mdel, "delete")
         self.installed = want
         self.groups = groups
         LOG.debug("installed %d flows, deleted %d, %d group changes", len(add), len(delete),
@@ -395,6 +501,7 @@ class Daemon:
         mono = time.monotonic()
         if mono >= self._next["tick"]:
             self._next["tick"] = mono + TICK_INTERVAL
+            self._open_port()           # replaced under us: open it again
             for out, tci in self.service.tick(now):
                 self.port.send(out, tci)
             self._publish_vm_state()
@@ -419,7 +526,31 @@ class Daemon:
                 per_tag, lb = {}, {}
             self.service.connections = per_tag
             self.service.set_lb_counts(lb)
+            self.refresh_limits()
             self._next["count"] = mono + max(COUNT_INTERVAL, 50 * (time.monotonic() - t0))
+
+    def _limits_changed(self):
+        """NB_Global's options changed since the plane was computed (the
+        limits are there, not in the host's config)."""
+        return self.conf.global_options() != self._limits_seen
+
+    def refresh_limits(self):
+        """The limits as the switch holds them (set again if it lost them)
+        and what the meters dropped, into ``service.limits``: for
+        ``limits/show`` and the metrics."""
+        self.limits.refresh(self.vswitch)
+        try:
+            meters = self.of.meter_stats() if self.meters else {}
+        except MbxError as err:
+            LOG.warning("meter stats: %s", err)
+            meters = {}
+        self.service.limits = self.limits.report(self.zones.owners(), self._syn_timeouts(),
+                                                 meters)
+
+    def _syn_timeouts(self):
+        """timeout-tcp-syn of the VM zones: {zone: seconds}."""
+        pols = zone_policies(self.config, self.zones.owners())
+        return {z: p.get("tcp_syn_sent", DEFAULT_SYN_TIMEOUT) for z, p in pols.items()}
 
     def _publish_vm_state(self):
         """Shared state "vm-state": the VMs this host holds connection state
@@ -461,23 +592,32 @@ class Daemon:
             elif self.shared.host_config is None and self.conf.synced():
                 self.shared.set_config(self.conf.config())   # settled, no slices
             self.shared.pull()          # other hosts' shared rows, if changed
-            if not self.recovered and self.conf.synced():
-                # Only with the config: the zones in the flows are matched to
-                # their VMs by it, and a plane computed without it would
-                # drop every slice.  Until then the switch goes on alone.
-                self.config = self.conf.config()
-                self.service.configure(self.config)
-                self.recover()
-            self.of.run()
+            if not self.of.connected:
+                self._switch_reconnect()
+            try:
+                if not self.recovered and self.conf.synced() and self.of.connected:
+                    # Only with the config: the zones in the flows are matched
+                    # to their VMs by it, and a plane computed without it
+                    # would drop every slice.  Until then the switch goes on
+                    # alone.
+                    self.config = self.conf.config()
+                    self.service.configure(self.config)
+                    self.recover()
+                if self.of.connected:
+                    self.of.run()
+                if self.recovered and self.of.connected:
+                    self._migration_rows()
+                    if self._dirty_plane or self.arrivals.changed() or \
+                            self._limits_changed():
+                        self.replan()
+                    # The plane of the settled config is sent: a barrier says
+                    # when the switch holds it (mb_cfg).
+                    self.mbcfg.reporter.settled(self.conf.generation(), self.of.barrier)
+                    self._packets(now)
+                    self._timers(now)
+            except OfConnError as err:
+                self._switch_lost(err)
             if self.recovered:
-                self._migration_rows()
-                if self._dirty_plane or self.arrivals.changed():
-                    self.replan()
-                # The plane of the settled config is sent: a barrier says
-                # when the switch holds it (mb_cfg).
-                self.mbcfg.reporter.settled(self.conf.generation(), self.of.barrier)
-                self._packets(now)
-                self._timers(now)
                 self._migration_run()
             server.run()
             self.shared.flush()         # this iteration's shared-state writes
@@ -487,8 +627,11 @@ class Daemon:
             self.conf.wait(poller)
             self.shared.wait(poller)
             self.mbcfg.wait(poller)
-            self.of.wait(poller)
-            if self.recovered:
+            if self.of.connected:
+                self.of.wait(poller)
+            else:
+                poller.timer_wait(max(0, int(1000 * (self._of_retry - time.monotonic()))))
+            if self.recovered and self.of.connected:
                 poller.fd_wait(self.port.fileno(), ovs.poller.POLLIN)
             server.wait(poller)
             if self.migrations is not None:

@@ -131,6 +131,14 @@ class OfConn:
     connection surfaces in the next ``run()``, after which the object is
     closed and ``connect()`` may be called again.  Requests made while
     disconnected are dropped and counted in ``requests_dropped``.
+
+    A barrier asked for (``barrier()``) but not answered when the connection
+    is lost, or asked for while disconnected, is not forgotten: once the
+    owner has reconnected and resynchronised the switch, ``resume_barriers()``
+    sends one barrier whose reply answers each of them, in order.  So
+    whoever waits for a barrier (a config generation to report, frames to
+    release, an import to acknowledge) is answered after the resync, never
+    left waiting.
     """
 
     def __init__(self, target, on_flow_removed=None, on_flow_stats=None,
@@ -168,6 +176,9 @@ class OfConn:
         self.messages_received = 0
         self.errors_received = 0
         self.requests_dropped = 0       # asked for while disconnected
+        self._unanswered = {}           # barrier xids sent, not yet answered (in order)
+        self.lost_barriers = []         # barrier xids the connection lost (in order)
+        self._resume_xid = None         # the barrier that answers lost_barriers
 
     # ------------------------------------------------------------ connection
     def connect(self, timeout=5.0):
@@ -319,6 +330,11 @@ class OfConn:
                 pass
             self.sock = None
         self._broken = None
+        # Barriers the switch will never answer on this connection.
+        self.lost_barriers.extend(self._unanswered)
+        self._unanswered.clear()
+        if self._resume_xid is not None:
+            self._resume_xid = None     # lost too: resume_barriers() asks again
         self._outbuf.clear()
         self._inbuf.clear()
         self._stats_parts.clear()
@@ -424,8 +440,16 @@ class OfConn:
             batch = self._batches.pop(xid, None)
             if batch is not None:
                 self._decide(batch)
-            elif self.on_barrier is not None:
-                self.on_barrier(xid)
+            elif xid == self._resume_xid:
+                self._resume_xid = None
+                lost, self.lost_barriers = self.lost_barriers, []
+                for old in lost:
+                    if self.on_barrier is not None:
+                        self.on_barrier(old)
+            else:
+                self._unanswered.pop(xid, None)
+                if self.on_barrier is not None:
+                    self.on_barrier(xid)
         elif msg_type == ofp.OFPT_ERROR:
             self.errors_received += 1
             err_type, code = struct.unpack_from("!HH", msg, _HEADER.size) \
@@ -637,16 +661,27 @@ class OfConn:
         ``ofmsg.to_group_mod``).  Returns their xids, in order.  Each group
         is encoded before anything is queued: a group the model cannot
         install raises ValueError and nothing is sent."""
+        xids = self._send_mods([ofmsg.to_group_mod(self.dp, g, command) for g in groups])
+        self.group_mods_sent += len(xids)
+        return xids
+
+    def send_meters(self, meters, command="add"):
+        """Queue one METER_MOD per ``Meter`` of ``meters`` with ``command``
+        ("add", "modify" or "delete"; ``ofmsg.to_meter_mod``), behind
+        anything asked for before.  Returns their xids, in order."""
+        return self._send_mods([ofmsg.to_meter_mod(self.dp, m, command) for m in meters])
+
+    def _send_mods(self, messages):
+        """Queue os-ken messages, each with the next xid; their xids."""
         xid = self._xid
         xids = []
         out = bytearray()
-        for group in groups:
+        for msg in messages:
             xid = xid % 0xFFFFFFFF + 1
-            out += self._serialize(ofmsg.to_group_mod(self.dp, group, command), xid)
+            out += self._serialize(msg, xid)
             xids.append(xid)
         self._xid = xid
         if xids:
-            self.group_mods_sent += len(xids)
             self._queue(bytes(out))
         return xids
 
@@ -725,6 +760,21 @@ class OfConn:
                                         ofp.OFPMP_GROUP_DESC, "group description", timeout)
         return [ofmsg.group_from_stats(desc) for desc in body]
 
+    def dump_meters(self, timeout=10.0):
+        """Blocking, like ``dump_flows``: every meter of the bridge, as
+        ``Meter`` values (``ofmsg.meter_from_config``).  Raises
+        ``OfConnError``."""
+        body = self._multipart_blocking(ofmsg.meter_config_request(self.dp),
+                                        ofp.OFPMP_METER_CONFIG, "meter config", timeout)
+        return [ofmsg.meter_from_config(c) for c in body]
+
+    def meter_stats(self, timeout=5.0):
+        """Blocking, like ``dump_flows``: {meter id: (packets in, packets
+        dropped)} of every meter.  Raises ``OfConnError``."""
+        body = self._multipart_blocking(ofmsg.meter_stats_request(self.dp),
+                                        ofp.OFPMP_METER, "meter stats", timeout)
+        return {mid: (n_in, dropped) for mid, n_in, dropped in map(ofmsg.meter_dropped, body)}
+
     def port_number(self, name, timeout=5.0):
         """Blocking, like ``dump_flows``: the OpenFlow port number of the
         bridge's port ``name`` (from a port-description request), or None if
@@ -768,5 +818,21 @@ class OfConn:
         """Send a BARRIER_REQUEST; ``on_barrier(xid)`` fires once every earlier
         message has been processed."""
         xid = self._next_xid()
+        if self.sock is None or self._broken:
+            self.lost_barriers.append(xid)
+        else:
+            self._unanswered[xid] = None
         self._queue(_HEADER.pack(OF13, ofp.OFPT_BARRIER_REQUEST, _HEADER.size, xid))
         return xid
+
+    def resume_barriers(self):
+        """After a reconnection and resync: answer every lost barrier
+        (``on_barrier`` for each, in the order they were asked for) once
+        the switch has taken everything sent until now.  Returns the
+        number of barriers that will be answered."""
+        if not self.lost_barriers or self.sock is None:
+            return 0
+        xid = self._next_xid()
+        self._resume_xid = xid
+        self._queue(_HEADER.pack(OF13, ofp.OFPT_BARRIER_REQUEST, _HEADER.size, xid))
+        return len(self.lost_barriers)

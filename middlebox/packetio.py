@@ -12,6 +12,7 @@ The socket must be created in the network namespace that holds the port.
 """
 
 import errno
+import fcntl
 import socket
 import struct
 
@@ -30,6 +31,23 @@ MAX_FRAME = 65535                       # jumbo frames and GRO'd packets fit
 _AUXDATA = struct.Struct("=IIIHHHH")
 _CMSG_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
 _TAG = struct.Struct("!HH")
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ_FLAGS = struct.Struct("16sH14x")        # struct ifreq: name, ifr_flags
+
+
+def set_up(ifname):
+    """Bring interface ``ifname`` up (in the caller's network namespace) if
+    it is down; an internal port a switch creates anew starts down.
+    Returns True if it had to.  Raises OSError."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        req = _IFREQ_FLAGS.pack(ifname.encode(), 0)
+        _, flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, req))
+        if flags & IFF_UP:
+            return False
+        fcntl.ioctl(sock, SIOCSIFFLAGS, _IFREQ_FLAGS.pack(ifname.encode(), flags | IFF_UP))
+        return True
 
 
 class PacketPort:

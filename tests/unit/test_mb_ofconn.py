@@ -522,3 +522,39 @@ def test_a_failed_or_silent_look_up_is_one_clear_line(switch):
     with pytest.raises(OfConnError, match="no port description reply within 0.2s"):
         conn.port_number("mbx-mb", timeout=0.2)
     assert not conn._mp_pending
+
+
+def test_barriers_lost_with_the_connection_are_answered_after_the_resync(tmp_path):
+    """A barrier unanswered when the switch went, and one asked for while
+    it was gone, are answered (in order) by the reply to the barrier
+    ``resume_barriers`` sends once reconnected, after what was sent
+    before it; a barrier asked for after that is answered normally."""
+    path = str(tmp_path / "br-int.mgmt")
+    sw = FakeSwitch(path, hello_with_bitmap(4))
+    rec = Recorder()
+    conn = rec.conn("unix:" + path)
+    conn.connect(timeout=5)
+    sw.thread.join(5)
+    first = conn.barrier()
+    read_msg(sw.peer)                   # the switch takes it, never answers: it dies
+    sw.close()
+    with pytest.raises(OfConnError):
+        pump(conn, lambda: False)
+    second = conn.barrier()             # asked for while disconnected
+    assert conn.lost_barriers == [first, second] and rec.barriers == []
+    os.unlink(path)
+    sw = FakeSwitch(path, hello_with_bitmap(4))
+    conn.connect(timeout=5)
+    sw.thread.join(5)
+    assert conn.resume_barriers() == 2
+    msg_type, xid, _ = read_msg(sw.peer)
+    assert msg_type == ofp.OFPT_BARRIER_REQUEST and xid not in (first, second)
+    later = conn.barrier()
+    sw.peer.sendall(header(ofp.OFPT_BARRIER_REPLY, xid=xid))
+    pump(conn, lambda: rec.barriers == [first, second])
+    read_msg(sw.peer)
+    sw.peer.sendall(header(ofp.OFPT_BARRIER_REPLY, xid=later))
+    pump(conn, lambda: rec.barriers == [first, second, later])
+    assert conn.lost_barriers == []
+    conn.close()
+    sw.close()

@@ -1,0 +1,168 @@
+"""Every component recovers by itself, in a real lab of its own (prefix
+``$MBX_TEST_PREFIX`` + "r"): two hosts, tenant red's chain firewall -> load
+balancer -> SNAT (``lab.migscenario``) and tenant blue with a firewall of
+its own, both with VMs on h1 and h2.
+
+* h1's ovs-vswitchd killed and started again (``Lab.vswitchd_restart``):
+  h1's mbxd keeps its PID, reconnects and puts its service stages back;
+  new connections of both tenants through h1 work again within a bound.
+  The switch's conntrack went with it: an established connection is
+  judged anew at its next packet (docs/middlebox.md, "Restart").
+* h1's ovsdb-server, the config databases' members and h2's mbxd
+  restarted: h1's mbxd keeps its PID and both tenants keep working.
+"""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from lab import ctbaseline as CT
+from lab.lab import Lab
+from lab.migscenario import Scenario
+from lab.sh import wait_until
+from ovsdb.server import pid_alive
+from ryu_apps import pipeline
+
+PREFIX = os.environ.get("MBX_TEST_PREFIX", "mbxt") + "r"
+RUNDIR = os.environ.get("MBX_TEST_RUNDIR", "/run/mbx-test") + "-rec"
+CONTROLLERS = os.environ.get("MBX_TEST_CONTROLLERS", "central")
+HOSTS = ["h1", "h2"]
+BACK_BOUND = 15.0           # s: new connections through a restarted switch work again
+
+# Tenant blue: its own switch and firewall (default deny; TCP to BLUE_PORT allowed).
+BLUE_SWITCH, BLUE_VNI, BLUE_SUBNET = "ls-blue", 200, "10.1.0.0/24"
+BLUE_VMS = {"bv1": ("10.1.0.11", "h1"), "bv2": ("10.1.0.12", "h2")}
+BLUE_PORT = 7001
+
+
+@pytest.fixture(scope="module")
+def rec():
+    Lab(prefix=PREFIX, rundir=RUNDIR).down(log=lambda *_: None)
+    lab = Lab(prefix=PREFIX, rundir=RUNDIR)
+    sc = Scenario(lab, RUNDIR)
+    try:
+        lab.up(HOSTS, log=lambda *_: None, controllers=CONTROLLERS)
+        sc.build(HOSTS)
+        lab.mbxctl_ok("ls-add", BLUE_SWITCH, "--vni", str(BLUE_VNI), "--subnet",
+                      BLUE_SUBNET, "--tenant", "blue")
+        lab.mbxctl_ok("mb-add", "fw-blue", BLUE_SWITCH, "--type", "firewall",
+                      "--default", "deny")
+        lab.mbxctl_ok("fw-add", "fw-blue", "100", "from-vm", "proto=tcp", "allow")
+        lab.mbxctl_ok("fw-add", "fw-blue", "101", "to-vm",
+                      "proto=tcp dport=%d" % BLUE_PORT, "allow")
+        lab.mbxctl_ok("steer-add", BLUE_SWITCH, "100", "proto=tcp", "fw-blue")
+        for vm, (ip, host) in BLUE_VMS.items():
+            lab.vm_add(vm, host, BLUE_SWITCH, ip + "/24")
+        sc.servers.append(lab.spawn("bv2", [sys.executable, "-m", "lab.probe", "serve",
+                                            "--port", str(BLUE_PORT)],
+                                    os.path.join(RUNDIR, "bv2.serve.log")))
+        CT.wait_listening([(lab.exec, "bv2", BLUE_PORT)])
+        yield lab, sc
+    finally:
+        sc.stop()
+        lab.down(log=lambda *_: None)
+
+
+def new_connections_work(lab):
+    """A new TCP connection of each tenant through h1 works: red's mv (h1)
+    to peer (h2) through fw -> lb -> nat, blue's bv1 (h1) to bv2 (h2)."""
+    red = lab.tcp_try("mv", CT.VMS["peer"][0], CT.FW_OUT_PORT, timeout=1.0)
+    blue = lab.tcp_try("bv1", BLUE_VMS["bv2"][0], BLUE_PORT, timeout=1.0)
+    return red["ok"] == 1 and blue["ok"] == 1
+
+
+def daemons(lab):
+    """{pid key: pid} of every mbxd, chassis agent, controller and mbx-northd."""
+    return {k: p for k, p in lab.state["pids"].items()
+            if k.split("/")[-1] in ("mbxd", "chassis", "controller")
+            or k.startswith(("northd", "controller"))}
+
+
+def assert_daemons_kept(lab, before):
+    """The same processes as ``before``, every one alive (none exited)."""
+    now = daemons(lab)
+    assert now == before and all(pid_alive(p) for p in now.values()), \
+        {k: (p, pid_alive(p)) for k, p in now.items()}
+
+
+def service_flows(lab, host):
+    """mbxd's flows on ``host``'s br-int (its cookie)."""
+    return lab.ofctl(host, "dump-flows", "--no-stats", "cookie=%#x/%#x" % (
+        pipeline.DAEMON_COOKIE, pipeline.COOKIE_MASK)).count("cookie=")
+
+
+def config_reaches_every_host(lab, port):
+    """A change of tenant blue's firewall is applied by every host's mbxd
+    (``--wait=hv`` waits for their ``mb_cfg``)."""
+    proc = lab.mbxctl("--wait=hv", "--timeout=20", "fw-add", "fw-blue", str(port), "to-vm",
+                      "proto=tcp dport=%d" % port, "allow")
+    assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------- tests
+
+def test_mbxd_survives_its_switch_restarting_and_both_tenants_recover(rec):
+    lab, sc = rec
+    assert new_connections_work(lab)
+    before = daemons(lab)
+    flows = service_flows(lab, "h1")
+    assert flows > 0
+    lab.vswitchd_restart("h1", signal.SIGKILL)
+    t0 = time.monotonic()
+    wait_until(lambda: new_connections_work(lab), BACK_BOUND, interval=0.2,
+               what="new connections of both tenants through h1 again")
+    print("\nh1's ovs-vswitchd restarted: new connections of both tenants work "
+          "again after %.1f s" % (time.monotonic() - t0), file=sys.stderr)
+    assert_daemons_kept(lab, before)
+    assert service_flows(lab, "h1") == flows
+    config_reaches_every_host(lab, 7101)
+
+
+def test_mbxd_survives_its_hosts_ovsdb_server_restarting(rec):
+    lab, sc = rec
+    before = daemons(lab)
+    lab.host_ovsdb_restart("h1", signal.SIGKILL)
+    wait_until(lambda: new_connections_work(lab), BACK_BOUND, interval=0.2,
+               what="new connections of both tenants through h1")
+    config_reaches_every_host(lab, 7102)
+    assert_daemons_kept(lab, before)
+
+
+def test_every_daemon_survives_the_config_databases_restarting(rec):
+    """Every member of both clusters killed at once and started again."""
+    lab, sc = rec
+    before = daemons(lab)
+    for kind in ("nb", "sb"):
+        for n in lab.db_members(kind):
+            lab.db_kill(kind, n)
+    for kind in ("nb", "sb"):
+        for n in lab.db_members(kind):
+            lab.db_start(kind, n, wait=False)
+    for kind in ("nb", "sb"):
+        wait_until(lambda: lab.db_leader(kind), 30, interval=0.2,
+                   what="the %s cluster to elect a leader" % kind)
+    config_reaches_every_host(lab, 7103)
+    assert new_connections_work(lab)
+    assert_daemons_kept(lab, before)
+
+
+def test_mbxd_survives_its_peer_restarting_and_migrates_to_it_afterwards(rec):
+    lab, sc = rec
+    lab.mbxd_stop("h2", signal.SIGKILL)
+    lab.mbxd_start("h2")
+    wait_until(lambda: lab.mbxd_appctl("h2", "stats", check=False), 15, interval=0.2,
+               what="h2's mbxd to answer")
+    config_reaches_every_host(lab, 7104)
+    before = daemons(lab)
+    sc.stop()
+    sc.open(per_kind=1)
+    src = lab.state["vms"][CT.MIGRATING_VM]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    lab.migrate(CT.MIGRATING_VM, dst, notify=True, timeout=30)
+    row = lab.migration_row(CT.MIGRATING_VM)
+    assert (row["status"], row["destination"]) == ("done", dst), row
+    assert not sc.stalled()
+    assert_daemons_kept(lab, before)
