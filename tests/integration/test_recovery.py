@@ -15,6 +15,7 @@ its own, both with VMs on h1 and h2.
 import os
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -22,7 +23,7 @@ import pytest
 from lab import ctbaseline as CT
 from lab.lab import Lab
 from lab.migscenario import Scenario
-from lab.sh import wait_until
+from lab.sh import LabError, wait_until
 from ovsdb.server import pid_alive
 from ryu_apps import pipeline
 
@@ -30,6 +31,7 @@ PREFIX = os.environ.get("MBX_TEST_PREFIX", "mbxt") + "r"
 RUNDIR = os.environ.get("MBX_TEST_RUNDIR", "/run/mbx-test") + "-rec"
 CONTROLLERS = os.environ.get("MBX_TEST_CONTROLLERS", "central")
 HOSTS = ["h1", "h2"]
+OUTAGE_BOUND = 30.0         # s: connections may go without replies while a controller restarts
 BACK_BOUND = 15.0           # s: new connections through a restarted switch work again
 
 # Tenant blue: its own switch and firewall (default deny; TCP to BLUE_PORT allowed).
@@ -166,3 +168,133 @@ def test_mbxd_survives_its_peer_restarting_and_migrates_to_it_afterwards(rec):
     assert (row["status"], row["destination"]) == ("done", dst), row
     assert not sc.stalled()
     assert_daemons_kept(lab, before)
+
+
+def serving_controller(lab):
+    """The pid key of the physical controller serving the hosts (one)."""
+    wait_until(lambda: all(lab.serving().get(h) for h in HOSTS), 10,
+               what="every host to be served")
+    names = set(lab.serving().values())
+    assert len(names) == 1 or CONTROLLERS == "per-host", names
+    return lab.controller_key(lab.serving()[HOSTS[0]])
+
+
+def move_killing(lab, kill, restart_after=None, timeout=30):
+    """Move mv to the other host; ``kill()`` runs just before its port is
+    plugged on the destination, and with ``restart_after`` (seconds)
+    what it returns (a callable) runs that long after, in a thread.
+    Returns (source, destination, the exception migrate raised or None)."""
+    src = lab.state["vms"][CT.MIGRATING_VM]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    plug = lab._plug
+    threads = []
+
+    def plug_after_kill(host, name):
+        if host != dst or threads:
+            return plug(host, name)
+        restart = kill()
+        t = threading.Timer(restart_after, restart) if restart_after is not None \
+            else threading.Thread(target=lambda: None)
+        t.start()
+        threads.append(t)
+        return plug(host, name)
+    lab._plug = plug_after_kill
+    error = None
+    try:
+        lab.migrate(CT.MIGRATING_VM, dst, notify=True, timeout=timeout)
+    except LabError as err:
+        error = err
+    finally:
+        del lab._plug
+    for t in threads:
+        t.join(60)
+    return src, dst, error
+
+
+def test_a_controller_restarted_during_an_announced_migration_completes_it(rec):
+    lab, sc = rec
+    sc.stop()
+    sc.open(per_kind=1, reply_timeout=OUTAGE_BOUND)
+    key = serving_controller(lab)
+
+    def kill():
+        lab.controller_kill(key, signal.SIGKILL)
+        return lambda: lab.controller_start(key)
+    t0 = time.monotonic()
+    src, dst, error = move_killing(lab, kill, restart_after=0.5)
+    print("\nannounced migration with its controller restarted: %.1f s"
+          % (time.monotonic() - t0), file=sys.stderr)
+    assert error is None, error
+    row = lab.migration_row(CT.MIGRATING_VM)
+    assert (row["status"], row["destination"]) == ("done", dst), row
+    assert not sc.stalled()
+
+
+def announced(lab, vm):
+    """(status, destination) of the VM's latest announced migration (an
+    unannounced one may follow it: the controller's record of the VM's
+    port coming back to its source)."""
+    rows = [m for m in lab.sb().snapshot().migrations if m.vm == vm and m.path == "announced"]
+    latest = max(rows, key=lambda m: m.timeline.get("begun", 0))
+    return latest.status, latest.destination
+
+
+def assert_runs_on(lab, sc, vm, host, since):
+    """``vm`` is placed on ``host``, its port there and its link up; its
+    connections carry on and a new one works."""
+    assert lab.state["vms"][vm]["host"] == host
+    assert lab.sb().snapshot().vm_locations[vm][0] == host
+    link = lab.exec(vm, ["ip", "-o", "link", "show", "eth0"], capture_output=True,
+                    text=True).stdout
+    assert "LOWER_UP" in link, link
+    assert lab.vsctl(host, "--bare", "--columns=name", "find", "Interface",
+                                "external_ids:iface-id=%s" % vm).strip()
+    assert not sc.stalled(since), sc.snapshot()
+    assert lab.tcp_try(vm, CT.VMS["peer"][0], CT.FW_OUT_PORT, timeout=1.0)["ok"] == 1
+
+
+def test_a_migration_whose_controller_stays_away_rolls_back_to_the_source(rec):
+    lab, sc = rec
+    sc.stop()
+    sc.open(per_kind=1, reply_timeout=OUTAGE_BOUND)
+    key = serving_controller(lab)
+
+    def kill():
+        lab.controller_kill(key, signal.SIGKILL)
+        return lambda: lab.controller_start(key)
+    # Back only after the migration's bound (4 s) passed: the move fails.
+    src, dst, error = move_killing(lab, kill, restart_after=6.0, timeout=4)
+    assert error is not None and "rolled back to %s" % src in str(error), error
+    assert "but:" not in str(error), error
+    assert announced(lab, CT.MIGRATING_VM) == ("aborted", dst)
+    assert_runs_on(lab, sc, CT.MIGRATING_VM, src, sc.snapshot())
+
+
+def test_a_migration_aborted_after_the_vm_left_rolls_back_to_the_source(rec):
+    """Aborted once the VM's port is gone from its source (an operator's
+    migrate-abort here; a refused transfer or a dead destination the
+    same): the VM is plugged on its source again and keeps its
+    connections, whose state never left."""
+    lab, sc = rec
+    sc.stop()
+    sc.open(per_kind=1, reply_timeout=OUTAGE_BOUND)
+
+    src = lab.state["vms"][CT.MIGRATING_VM]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    plug = lab._plug
+
+    def plug_then_abort(host, name):
+        plug(host, name)
+        if host == dst:
+            lab.mbxctl_ok("migrate-abort", CT.MIGRATING_VM)
+    lab._plug = plug_then_abort
+    try:
+        with pytest.raises(LabError) as error:
+            lab.migrate(CT.MIGRATING_VM, dst, notify=True, timeout=30)
+    finally:
+        del lab._plug
+    error = error.value
+    assert error is not None and "rolled back to %s" % src in str(error), error
+    assert "but:" not in str(error), error
+    assert announced(lab, CT.MIGRATING_VM) == ("aborted", dst)
+    assert_runs_on(lab, sc, CT.MIGRATING_VM, src, sc.snapshot())
