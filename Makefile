@@ -6,7 +6,7 @@ VENV ?= .venv
 APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
                 iputils-ping procps ethtool iperf3 tcpdump traceroute
 
-.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny
+.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak
 
 bench: deps $(VENV)/.bench-installed
 	$(VENV)/bin/python -m lab.bench
@@ -32,6 +32,14 @@ LAB_SUITE := tests/integration/test_lab.py tests/integration/test_firewall.py \
 test: deps
 	$(VENV)/bin/pytest -q tests
 	MBX_TEST_CONTROLLERS=per-host $(VENV)/bin/pytest -q $(LAB_SUITE)
+
+# Coverage-guided fuzzing of the parsers of untrusted input, FUZZ_SECONDS per
+# target, from the corpus in fuzz/corpus (docs/reliability.md); FUZZ_ARGS=--grow
+# keeps inputs that reach new code.  CI runs a short version
+# (tests/integration/test_fuzz_short.py).
+FUZZ_SECONDS ?= 120
+fuzz: deps
+	$(VENV)/bin/python -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 unit: deps
 	$(VENV)/bin/pytest -q tests/unit

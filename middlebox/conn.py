@@ -628,3 +628,31 @@ def _bad_row(rows, n_slices):
             raise WireError("record %d: state code %d for protocol %d" % (n, r[1], r[0]))
         if r[15] >= n_slices:
             raise WireError("record %d: slice index %d, only %d slices" % (n, r[15], n_slices))
+
+
+# ---------------------------------------------------------------- removals
+#
+# A state message names the connections gone since the previous message as a
+# JSON list, one item per connection: [chain (list of middlebox names), role,
+# service, proto, src, sport, dst, dport] (the ``Slice`` and ``Conn.key``).
+
+def encode_removed(keys):
+    """The JSON items of ``(Slice, Conn.key)`` pairs."""
+    return [[list(sl.chain), sl.role, sl.service] + list(key) for sl, key in keys]
+
+
+def decode_removed(items):
+    """The ``(Slice, Conn.key)`` pairs of ``encode_removed``'s items;
+    anything else raises ``WireError`` with a one-line reason."""
+    if not isinstance(items, list):
+        raise WireError("malformed removals: %s, not a list" % type(items).__name__)
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, list) or len(item) != 8 or not isinstance(item[0], list) \
+                or not all(isinstance(name, str) for name in item[0]) \
+                or item[1] not in ROLES \
+                or not all(type(v) is int and 0 <= v <= _MAX_U32 for v in item[2:]):
+            raise WireError("malformed removal %d: not [chain, role, service, proto, "
+                            "src, sport, dst, dport]" % n)
+        out.append((Slice(tuple(item[0]), item[1], item[2]), tuple(item[3:])))
+    return out

@@ -54,9 +54,10 @@ from middlebox.service import Service
 from mbxmodel.state import VM_STATE
 from middlebox.shared import SharedState
 from middlebox.vswitch import Vswitch, VswitchError, find_socket
-from middlebox.zonepolicy import ZonePolicies, zone_policies
+from middlebox.zonepolicy import (DEFAULT_SYN_TIMEOUT, ZoneLimits, ZonePolicies, zone_limits,
+                                  zone_policies)
 from middlebox.zones import ZoneMap
-from ovsdb import tls
+from ovsdb import tls, validate
 from ovsdb.errors import MbxError
 from ryu_apps import ofmsg
 from ryu_apps import pipeline as P
@@ -145,6 +146,10 @@ class Daemon:
         self.args = args
         self.zones = ZoneMap()
         self.policies = ZonePolicies(args.ovsdb)
+        self.limits = ZoneLimits()
+        self.meters = {}                # meter id -> Meter (what the switch holds)
+        self._limit_errors = ()
+        self._limits_seen = None        # NB_Global.options the plane was computed with
         self.service = Service(args.host, zone_of=self.zones.vm)
         self.conf = ConfigMonitor(args.db, args.host, sb_remote=args.sb)
         # State sharing manager (middlebox.shared): services publish and read
@@ -331,6 +336,7 @@ class Daemon:
         flows = [f for f, _, _, _ in self.of.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK)]
         self.installed = {f.key: f for f in flows}
         self.groups = {g.group_id: g for g in self.of.dump_groups()}
+        self.meters = {m.meter_id: m for m in self.of.dump_meters()}
         owners = dataplane.zones_in(flows, self.config)
         self.zones.recover(owners)
         LOG.info("found %d flows, %d groups and %d zones in the switch",
@@ -361,13 +367,22 @@ class Daemon:
             except VswitchError as err:
                 LOG.warning("%s", err)
         self.policies.update(zone_policies(self.config, self.zones.owners()))
+        self._limits_seen = self.conf.global_options()
+        per_vm, per_host, rate, errors = validate.global_limits(self._limits_seen)
+        for line in errors:
+            if line not in self._limit_errors:
+                LOG.warning("%s", line)
+        self._limit_errors = errors
+        self.limits.update(self.vswitch, zone_limits(self.zones.owners(), per_vm), per_host,
+                           rate)
         snat = {uuid: z for (kind, uuid), z in self.zones.owners().items() if kind == "snat"}
         vms = {name: z for (kind, name), z in self.zones.owners().items() if kind == "vm"}
         plane = dataplane.compile_host(self.config, self.args.host, vms, snat, self.ports,
                                        holds=self.arrivals.holding(),
                                        forwarders=self.migrations.forwarders()
                                        if self.migrations else (),
-                                       arrivals=self.migrations is not None)
+                                       arrivals=self.migrations is not None,
+                                       new_conn_rate=rate)
         for line in plane.errors:
             if line not in self.plane.errors:
                 LOG.warning("%s", line)
@@ -388,7 +403,16 @@ class Daemon:
         groups = {g.group_id: g for g in plane.groups}
         gmods = [("add_or_mod", g) for gid, g in groups.items() if self.groups.get(gid) != g]
         gdel = [("delete", g) for gid, g in self.groups.items() if gid not in groups]
+        meters = {m.meter_id: m for m in plane.meters}
+        # A flow may use a meter only once it exists; deleting a meter
+        # deletes its flows, so it goes after them.
+        self.of.send_meters([m for i, m in meters.items() if i not in self.meters])
+        self.of.send_meters([m for i, m in meters.items()
+                             if i in self.meters and self.meters[i] != m], "modify")
+        mdel = [m for i, m in self.meters.items() if i not in meters]
+        self.meters = meters
         if not (add or delete or gmods or gdel):
+            self.of.send_meters(mdel, "delete")
             return
         # Forwarders tell when they go idle (flow-removed): their connection ended.
         forward = [f for f in add if f.idle_timeout]
@@ -398,6 +422,7 @@ class Daemon:
                            groups=gmods + gdel)
         if forward:
             self.of.send_flows(forward, (), send_flow_rem=True)
+        self.of.send_meters(mdel, "delete")
         self.installed = want
         self.groups = groups
         LOG.debug("installed %d flows, deleted %d, %d group changes", len(add), len(delete),
@@ -519,7 +544,31 @@ class Daemon:
                 per_tag, lb = {}, {}
             self.service.connections = per_tag
             self.service.set_lb_counts(lb)
+            self.refresh_limits()
             self._next["count"] = mono + max(COUNT_INTERVAL, 50 * (time.monotonic() - t0))
+
+    def _limits_changed(self):
+        """NB_Global's options changed since the plane was computed (the
+        limits are there, not in the host's config)."""
+        return self.conf.global_options() != self._limits_seen
+
+    def refresh_limits(self):
+        """The limits as the switch holds them (set again if it lost them)
+        and what the meters dropped, into ``service.limits``: for
+        ``limits/show`` and the metrics."""
+        self.limits.refresh(self.vswitch)
+        try:
+            meters = self.of.meter_stats() if self.meters else {}
+        except MbxError as err:
+            LOG.warning("meter stats: %s", err)
+            meters = {}
+        self.service.limits = self.limits.report(self.zones.owners(), self._syn_timeouts(),
+                                                 meters)
+
+    def _syn_timeouts(self):
+        """timeout-tcp-syn of the VM zones: {zone: seconds}."""
+        pols = zone_policies(self.config, self.zones.owners())
+        return {z: p.get("tcp_syn_sent", DEFAULT_SYN_TIMEOUT) for z, p in pols.items()}
 
     def _publish_vm_state(self):
         """Shared state "vm-state": the VMs this host holds connection state
@@ -576,7 +625,8 @@ class Daemon:
                     self.of.run()
                 if self.recovered and self.of.connected:
                     self._migration_rows()
-                    if self._dirty_plane or self.arrivals.changed():
+                    if self._dirty_plane or self.arrivals.changed() or \
+                            self._limits_changed():
                         self.replan()
                     # The plane of the settled config is sent: a barrier says
                     # when the switch holds it (mb_cfg).

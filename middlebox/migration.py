@@ -461,8 +461,7 @@ class MigrationManager:
         current = {_key(sl, c): (sl, c) for sl, c in records}
         changed = [rec for k, rec in current.items()
                    if k not in out.sent or _differs(out.sent[k][1], rec[1])]
-        removed = [[list(sl.chain), sl.role, sl.service] + list(key)
-                   for (sl, key) in out.sent if (sl, key) not in current]
+        removed = C.encode_removed(k for k in out.sent if k not in current)
         out.sent = current
         if not changed and not removed:
             return
@@ -696,6 +695,7 @@ class MigrationManager:
             self._reject(inc, "malformed state message %d" % seq)
             return
         try:
+            gone = C.decode_removed(removed)
             part = []
             if data:
                 conns, slices = C.decode(data)
@@ -706,17 +706,12 @@ class MigrationManager:
                         inc.early = early = False   # a committed record changed
                     staged[key] = (sl, c)
                     part.append((sl, c))
-            for item in removed:
-                sl = C.Slice(tuple(item[0]), str(item[1]), int(item[2]))
-                key = (sl, tuple(int(x) for x in item[3:8]))
+            for key in gone:
                 if inc.early and key in inc.early:
                     inc.early = False
                 inc.staged.pop(key, None)
         except C.WireError as err:
             self._reject(inc, "bad records in message %d: %s" % (seq, err))
-            return
-        except (TypeError, ValueError, IndexError):
-            self._reject(inc, "malformed removal in message %d" % seq)
             return
         if part and inc.early is not False:
             self._commit_early(inc, part)

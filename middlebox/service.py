@@ -203,6 +203,7 @@ class Service:
         self.log = []
         self._next_publish = 0.0
         self.connections = {}           # tag -> connections in conntrack (last count)
+        self.limits = {}                # the daemon's limits report (zonepolicy.ZoneLimits)
 
     # ------------------------------------------------------------ config
     def configure(self, config):

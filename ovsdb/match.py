@@ -102,7 +102,7 @@ def parse_network(value):
 
 
 def _parse_ports(text, name, value):
-    m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", value)
+    m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", value)
     if not m:
         raise _bad(text, '%s "%s" is not a port or LOW-HIGH range' % (name, value))
     low = int(m.group(1))
@@ -138,7 +138,7 @@ def parse_match(text):
             proto = PROTOCOLS[raw]
         elif raw == "any":
             proto = None
-        elif raw.isdigit() and int(raw) <= 255:
+        elif re.fullmatch("[0-9]{1,3}", raw) and int(raw) <= 255:
             proto = int(raw)
         else:
             raise _bad(text, 'proto "%s" (expected tcp, udp, icmp, any or 0-255)' % raw)

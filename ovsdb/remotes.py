@@ -42,7 +42,7 @@ def split(text, what="remote"):
                            f"METHOD one of {', '.join(ACTIVE_METHODS)}")
         if method in ("tcp", "ssl"):
             host, sep, port = rest.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
                 raise MbxError(f"bad {what} {remote!r}: want {method}:IP:PORT")
         out.append(remote)
     return out

@@ -45,7 +45,7 @@ def vni(value):
         number = None
     elif isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.isdigit():
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
         number = int(value)
     else:
         number = None
@@ -1201,11 +1201,42 @@ def migration_retention(value, what="migration-retention"):
     return _bounded(value, *MIGRATION_RETENTION, what)
 
 
+# Connection limits and fairness (middlebox.zonepolicy, docs/middlebox.md):
+# conntrack entries per VM zone, in all zones of a host (Open vSwitch's
+# datapath holds at most 3,000,000), and new connections a second a VM may
+# open through its from-VM stage (an OpenFlow meter per VM).
+DATAPATH_MAX_CONNS = 3000000
+DEFAULT_CONN_LIMIT_VM = 100000
+CONN_LIMIT_VM = (1, DATAPATH_MAX_CONNS)
+DEFAULT_CONN_LIMIT_HOST = 1000000
+CONN_LIMIT_HOST = (1000, DATAPATH_MAX_CONNS)
+DEFAULT_NEW_CONN_RATE_VM = 5000
+NEW_CONN_RATE_VM = (1, 1000000)
+
+
+def conn_limit_vm(value, what="conn-limit-vm"):
+    """Connections (conntrack entries) one VM's zone may hold on a host."""
+    return _bounded(value, *CONN_LIMIT_VM, what)
+
+
+def conn_limit_host(value, what="conn-limit-host"):
+    """Connections all zones of one host may hold together."""
+    return _bounded(value, *CONN_LIMIT_HOST, what)
+
+
+def new_conn_rate_vm(value, what="new-conn-rate-vm"):
+    """New connections a second one VM may open (its from-VM stage)."""
+    return _bounded(value, *NEW_CONN_RATE_VM, what)
+
+
 # NB_Global.options: key -> validator returning the canonical (str) value
 GLOBAL_OPTIONS = {
     "migration-wait-ms": lambda value: str(migration_wait_ms(value)),
     "shared-state-lease": lambda value: str(shared_state_lease(value)),
     "migration-retention": lambda value: str(migration_retention(value)),
+    "conn-limit-vm": lambda value: str(conn_limit_vm(value)),
+    "conn-limit-host": lambda value: str(conn_limit_host(value)),
+    "new-conn-rate-vm": lambda value: str(new_conn_rate_vm(value)),
 }
 
 
@@ -1250,3 +1281,22 @@ def global_migration_retention(options):
     (also when the value there is not valid)."""
     return _global(options, "migration-retention", migration_retention,
                    DEFAULT_MIGRATION_RETENTION)
+
+
+def global_limits(options):
+    """(conn-limit-vm, conn-limit-host, new-conn-rate-vm, errors) from
+    NB_Global.options: each value, else its default; ``errors``: one line per
+    value set but out of range (the default is used instead)."""
+    out, errors = [], []
+    for key, check, default in (("conn-limit-vm", conn_limit_vm, DEFAULT_CONN_LIMIT_VM),
+                                ("conn-limit-host", conn_limit_host,
+                                 DEFAULT_CONN_LIMIT_HOST),
+                                ("new-conn-rate-vm", new_conn_rate_vm,
+                                 DEFAULT_NEW_CONN_RATE_VM)):
+        value = dict(options or {}).get(key)
+        try:
+            out.append(default if value is None else check(value))
+        except MbxError as err:
+            out.append(default)
+            errors.append("NB_Global options: %s; using %d" % (err, default))
+    return out[0], out[1], out[2], tuple(errors)

@@ -171,16 +171,27 @@ def _read(name, args, nb_snap=None, sb_snap=None):
     return command.read(nb_snap, args)
 
 
-def run(argv, out):
+def parse(argv):
+    """What mbxctl checks before connecting: ``(options, [(command name,
+    parsed args)], database written, whether the southbound database is
+    read)``, or ``(options, [], None, False)`` for --help; a mistake raises
+    one MbxError line."""
     opts, rest = _global_options(argv)
     if opts.get("help"):
-        out.write(USAGE)
-        return
+        return opts, [], None, False
     commands = _commands(rest)
     db, reads_sb = _databases(commands)
     remotes.split(opts["db"], "--db remote")
     if opts["sb"]:
         remotes.split(opts["sb"], "--sb remote")
+    return opts, commands, db, reads_sb
+
+
+def run(argv, out):
+    opts, commands, db, reads_sb = parse(argv)
+    if opts.get("help"):
+        out.write(USAGE)
+        return
     tls.configure(tls.Files(opts["private_key"], opts["certificate"], opts["ca_cert"]),
                   opts["db"], opts["sb"], program="mbxctl")
     timeout = min(opts["timeout"], 5.0)
