@@ -1242,8 +1242,8 @@ class Lab:
             marks.append(("begin", time.monotonic()))
             # The VM keeps running while its state streams; the hypervisor's
             # last round starts when the source has sent its snapshot.
-            wait_until(lambda: self.migration_row(name).get("status") not in ("begun", None),
-                       timeout, interval=0.005, what="the snapshot of %s to go out" % name)
+            wait_until(lambda: self._still_active(mine) != "begun", timeout, interval=0.005,
+                       what="the snapshot of %s to go out" % name)
             marks.append(("snapshot", time.monotonic()))
         self.vsctl(src, "del-port", "br-int", vm["vif"])
         stage["port"] = "unplugged"

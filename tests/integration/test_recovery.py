@@ -310,3 +310,30 @@ def test_a_migration_aborted_after_the_vm_left_rolls_back_to_the_source(rec):
     sc.open(per_kind=1, reply_timeout=OUTAGE_BOUND)
     assert_rolled_back(lab, sc, *move_with(
         lab, lambda: lab.mbxctl_ok("migrate-abort", CT.MIGRATING_VM), after=True))
+
+
+def test_a_migration_whose_transfer_is_refused_leaves_the_vm_where_it_runs(rec):
+    """The destination refuses the transfer (its daemon is down here; a
+    full handshake queue the same): the source aborts the row before the
+    VM's port moved, and migrate says so without ever unplugging it."""
+    lab, sc = rec
+    sc.stop()
+    sc.open(per_kind=1)
+    src = lab.state["vms"][CT.MIGRATING_VM]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    unplugged = []
+    vsctl = lab.vsctl
+    lab.vsctl = lambda host, *args: (unplugged.append(host) if "del-port" in args
+                                     else None) or vsctl(host, *args)
+    lab.mbxd_stop(dst, signal.SIGKILL)
+    try:
+        with pytest.raises(LabError, match="rolled back to %s" % src) as error:
+            lab.migrate(CT.MIGRATING_VM, dst, notify=True, timeout=15)
+    finally:
+        del lab.vsctl
+        lab.mbxd_start(dst)
+    assert "but:" not in str(error.value) and unplugged == [], (error.value, unplugged)
+    assert announced(lab, CT.MIGRATING_VM) == ("aborted", dst)
+    assert_runs_on(lab, sc, CT.MIGRATING_VM, src, sc.snapshot())
+    wait_until(lambda: lab.mbxd_appctl(dst, "stats", check=False), 15, interval=0.1,
+               what="the restarted mbxd on %s to answer" % dst)
