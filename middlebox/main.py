@@ -42,7 +42,8 @@ import ovs.unixctl
 import ovs.unixctl.server
 import ovs.util
 
-from middlebox import appctl, dataplane, mbcfg, metrics, migchan, packetio, pki, vmstate
+from middlebox import (appctl, ctcommit, dataplane, mbcfg, metrics, migchan, packetio,
+                       pki, vmstate)
 from middlebox.arrivals import Arrivals
 from middlebox.confmon import ConfigMonitor
 from middlebox.conntable import ConnTable
@@ -307,9 +308,26 @@ class Daemon:
         restarted ovs-vswitchd starts empty, and each connection is judged
         anew at its next packet (docs/middlebox.md, "Restart")."""
         self._stats_xid = None          # its reply went with the connection
+        self._restore_conntrack()
         self.recover()
         self.replan()
         self.of.resume_barriers()
+
+    def _restore_conntrack(self):
+        """A restarted switch's conntrack is empty: the connections of the
+        last census (at most a few seconds old) are committed again, as a
+        migration's import commits them, before the service stages are
+        back, so no packet of theirs is judged anew meanwhile."""
+        lost = self.conns.lost()
+        if not lost:
+            return
+        skipped = []
+        self.of.send_packet_outs([ctcommit.packet_outs(lost, skipped=skipped)])
+        age = time.monotonic() - self.conns.checkpoint_at \
+            if self.conns.checkpoint_at is not None else 0.0
+        LOG.warning("the switch lost its conntrack (restarted): %d connections "
+                    "re-created as of %.1f s ago%s", len(lost) - len(skipped), age,
+                    ", %d could not be" % len(skipped) if skipped else "")
 
     def recover(self):
         """Read what a previous daemon left in the switch: its flows (and in
@@ -520,7 +538,7 @@ class Daemon:
             # rarer when that costs more than a few percent of the loop.
             t0 = time.monotonic()
             try:
-                per_tag, lb = self.conns.census(self.service.slices)
+                per_tag, lb = self.conns.census(self.service.slices, mono)
             except VswitchError as err:
                 LOG.warning("%s", err)
                 per_tag, lb = {}, {}
