@@ -87,6 +87,60 @@ def flood(dst, port, rate, seconds, count, src=None):
     return 0
 
 
+def idle(dst, port, count, seconds):
+    """Keep ``count`` TCP connections to ``dst``:``port`` open that never say
+    a word, for up to ``seconds``: one the peer closes is opened again (the
+    idle connections an attacker parks on a host's migration port; at most
+    20 x ``count`` connections in all).  Prints {"parked": N} once the first
+    ``count`` are open, and at the end {"opened", "failed",
+    "cut_by_peer", "cut_after_s" (median seconds a connection stayed before
+    the peer closed it), "seconds"} as JSON at the end."""
+    import selectors
+    count, seconds = min(int(count), 1000), min(float(seconds), MAX_SECONDS)
+    sel = selectors.DefaultSelector()
+    opened, failed, cut_after = 0, 0, []
+    t0 = time.monotonic()
+
+    def open_one():
+        nonlocal opened, failed
+        try:
+            s = socket.create_connection((dst, port), timeout=2)
+        except OSError:
+            failed += 1
+            return
+        opened += 1
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, time.monotonic())
+
+    while len(sel.get_map()) < count and opened + failed < count:
+        open_one()
+    print(json.dumps({"parked": len(sel.get_map())}), flush=True)
+    while time.monotonic() - t0 < seconds:
+        while len(sel.get_map()) < count and opened + failed < 20 * count:
+            open_one()
+        for key, _ in sel.select(timeout=0.2):
+            try:
+                data = key.fileobj.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                cut_after.append(time.monotonic() - key.data)
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+        if opened + failed >= 20 * count and not sel.get_map():
+            break
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()
+    cut_after.sort()
+    print(json.dumps({"opened": opened, "failed": failed, "cut_by_peer": len(cut_after),
+                      "cut_after_s": round(cut_after[len(cut_after) // 2], 3)
+                      if cut_after else None,
+                      "seconds": round(time.monotonic() - t0, 3)}))
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m lab.noisybench")
     sub = p.add_subparsers(dest="cmd")
@@ -96,9 +150,16 @@ def main(argv=None):
     f.add_argument("--rate", type=float, default=2000)
     f.add_argument("--seconds", type=float, default=10)
     f.add_argument("--count", type=int, default=100000)
+    i = sub.add_parser("idle", help="hold idle TCP connections to a port")
+    i.add_argument("--to", required=True)
+    i.add_argument("--port", type=int, required=True)
+    i.add_argument("--count", type=int, default=200)
+    i.add_argument("--seconds", type=float, default=30)
     args = p.parse_args(argv)
     if args.cmd == "flood":
         return flood(args.to, args.port, args.rate, args.seconds, args.count)
+    if args.cmd == "idle":
+        return idle(args.to, args.port, args.count, args.seconds)
     p.print_help()
     return 2
 
