@@ -329,17 +329,16 @@ def _ratio(r, name):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m lab.noisybench")
     sub = p.add_subparsers(dest="cmd")
-    f = sub.add_parser("flood", help="(inside a VM) send a bounded SYN flood")
-    f.add_argument("--to", required=True)
-    f.add_argument("--port", type=int, required=True)
-    f.add_argument("--rate", type=float, default=2000)
-    f.add_argument("--seconds", type=float, default=10)
-    f.add_argument("--count", type=int, default=100000)
-    i = sub.add_parser("idle", help="hold idle TCP connections to a port")
-    i.add_argument("--to", required=True)
-    i.add_argument("--port", type=int, required=True)
-    i.add_argument("--count", type=int, default=200)
-    i.add_argument("--seconds", type=float, default=30)
+    for name, help_, options in (
+            ("flood", "(inside a VM) send a bounded SYN flood",
+             (("--rate", float, 2000), ("--seconds", float, 10), ("--count", int, 100000))),
+            ("idle", "hold idle TCP connections to a port",
+             (("--count", int, 200), ("--seconds", float, 30)))):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--to", required=True)
+        sp.add_argument("--port", type=int, required=True)
+        for option, kind, default in options:
+            sp.add_argument(option, type=kind, default=default)
     p.add_argument("--probes", type=int, default=1000)
     p.add_argument("--flood-rate", type=int, default=5000)
     p.add_argument("--flood-seconds", type=float, default=20)
