@@ -9,7 +9,11 @@ Two programs, one mapping (docs/libvirt.md has the tables and the install):
 * ``mbx-libvirt-events`` is a small daemon on every host listening to the
   domain lifecycle events: the source's pause for the final phase is
   ``migrate-stun VM --wait``, the destination's resume is ``migrate-done VM``,
-  a migration that failed is ``migrate-abort VM``.
+  a migration that failed is ``migrate-abort VM``.  libvirt resumes a VM
+  whose migration failed on its source, where its port never left; mbx's
+  part of that rollback is the abort (the source keeps the VM's connection
+  state), so the listener retries an abort that could not reach the config
+  database (``retry_abort``).
 
 Everything that decides is pure (``hook_actions``, ``event_actions``,
 ``EventTracker``, ``vm_name``, ``parse_config``, ``mbxctl_argv``);
@@ -124,6 +128,7 @@ STATE_DIR = "/run/mbx/libvirt-hook"
 GRACE = 3.0            # seconds on top of mbxctl's --timeout before it is killed
 MIGRATING_TTL = 120.0  # a "migrate begin" not followed by "prepare begin" in
                        # this time was an offline migration or failed early
+ABORT_RETRIES = (1.0, 2.0, 4.0, 8.0, 15.0)  # s before each retry of a failed abort
 
 BEGIN, STUN, DONE, ABORT = "begin", "stun", "done", "abort"
 
@@ -396,7 +401,8 @@ def mbxctl_argv(action: Action, config: Config) -> list:
     if action.verb == DONE:
         return argv + ["migrate-done", action.vm]
     if action.verb == ABORT:
-        return argv + ["migrate-abort", action.vm]
+        # Whoever aborts first ends the row; the others find none (ok).
+        return argv + ["migrate-abort", action.vm, "--if-exists"]
     raise ValueError(f"unknown action {action.verb!r}")
 
 
@@ -433,6 +439,25 @@ def run_actions(actions, config: Config, runner=subprocess.run,
             log(f"mbx: {step}: ok")
             results.append(True)
     return results
+
+
+def retry_abort(action: Action, config: Config, runner=subprocess.run,
+                log: Optional[Callable[[str], None]] = None, sleep=time.sleep,
+                delays=ABORT_RETRIES) -> bool:
+    """Run an abort until mbxctl takes it (the VM's migration ended, by this
+    abort or another party's), trying again after each of ``delays`` while
+    it fails (config database unreachable, no answer in time).  A migration
+    left active would keep the destination's copy of the VM's state and
+    hold its row for the operator.  Returns whether it went through."""
+    log = log or _stderr_log
+    for delay in (0.0,) + tuple(delays):
+        if delay:
+            sleep(delay)
+        if run_actions([action], config, runner, log)[0]:
+            return True
+    log(f"mbx: {action.vm}: abort did not go through within {sum(delays):g} s; "
+        f"end its migration by hand: mbxctl migrate-abort {action.vm}")
+    return False
 
 
 def _stderr_log(message: str) -> None:
@@ -566,8 +591,9 @@ class EventListener:
     state), so it runs in tests without libvirt."""
 
     def __init__(self, config: Config, runner=subprocess.run, log=None,
-                 submit=None):
+                 submit=None, sleep=time.sleep):
         self.config = config
+        self.sleep = sleep
         self.tracker = EventTracker(config.host)
         self.runner = runner
         self.log = log or _stderr_log
@@ -617,8 +643,12 @@ class EventListener:
                 return []
         actions = self.tracker.handle(vm, event, detail, incoming)
         for action in actions:
-            self.submit(action.vm, lambda a=action: run_actions(
-                [a], self.config, self.runner, self.log))
+            if action.verb == ABORT:
+                self.submit(action.vm, lambda a=action: retry_abort(
+                    a, self.config, self.runner, self.log, self.sleep))
+            else:
+                self.submit(action.vm, lambda a=action: run_actions(
+                    [a], self.config, self.runner, self.log))
         if event in (VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_UNDEFINED):
             self._names = {k: v for k, v in self._names.items() if v != vm}
         return actions

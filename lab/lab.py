@@ -77,6 +77,7 @@ from ovsdb import tls
 from ovsdb.api import MbxNb, MbxSb
 from ovsdb.errors import MbxError
 from mbxmodel.network import MIDDLEBOX_ROLE, UPLINK_ROLE
+from mbxmodel.state import ACTIVE_MIGRATION
 from ryu_apps import pipeline
 
 DEFAULT_PREFIX = os.environ.get("MBX_LAB_PREFIX", "mbx")
@@ -1147,11 +1148,14 @@ class Lab:
         loc = self.sb().snapshot().vm_locations.get(name)
         return loc[1] if loc else 0
 
-    def _wait_programmed(self, name, host, old_epoch, timeout):
+    def _wait_programmed(self, name, host, old_epoch, timeout, migration=None):
         """The logical controller writes the VM's location (and bumps its
         epoch) only after every connected host acknowledged the flows for the
-        VM's new location."""
+        VM's new location.  ``migration``: the uuid of the VM's announced
+        migration, which must not end meanwhile (``_still_active``)."""
         def done():
+            if migration:
+                self._still_active(migration)
             host_now, epoch = self.sb().snapshot().vm_locations.get(name, (None, 0))
             return host_now == host and epoch > old_epoch
         wait_until(done, timeout, interval=0.002,
@@ -1183,7 +1187,13 @@ class Lab:
         unannounced and the controller notices it (docs/migration.md).
         ``wait_state``: an unannounced move returns once its migration
         ended (its state landed, or the destination fell back).
-        Returns the step timings in milliseconds."""
+        Returns the step timings in milliseconds.
+
+        A move that fails before the VM's link is up at ``to`` (a step
+        fails, a wait times out, the migration is aborted) is rolled back,
+        as a hypervisor resumes a VM on its source: the VM is plugged on
+        its source again, its link up, its announced migration aborted;
+        then LabError says so (``_roll_back``)."""
         vm = self.state["vms"].get(name)
         if vm is None:
             raise LabError("unknown VM '%s'" % name)
@@ -1192,42 +1202,23 @@ class Lab:
         src = vm["host"]
         if src == to:
             raise LabError("VM '%s' already runs on %s" % (name, to))
-        old_epoch = self._vm_epoch(name)
-        started_ms = int(time.time() * 1000) - 1
+        started_ms = int(time.time() * 1000) - 1        # its row begins after
         marks = [("start", time.monotonic())]
-        sb = self.sb()
+        # Where the VM's port is (source, unplugged, moved, plugged) and the
+        # uuid of its announced migration's row.
+        stage = {"port": "source", "migration": None}
+        try:
+            self._move(name, src, to, notify, timeout, marks, stage)
+        except BaseException as err:
+            why = str(err) or type(err).__name__
+            problems = self._roll_back(name, src, to, stage, why, max(timeout, 30))
+            if isinstance(err, Exception):
+                raise LabError("migration of %s to %s failed (%s); rolled back to %s%s"
+                               % (name, to, why, src, "" if not problems else
+                                  ", but: " + "; ".join(problems))) from err
+            raise
         if notify:
-            sb.migrate_begin(name, to).execute(check_error=True)
-            marks.append(("begin", time.monotonic()))
-            # The VM keeps running while its state streams; the hypervisor's
-            # last round starts when the source has sent its snapshot.
-            wait_until(lambda: self.migration_row(name).get("status") not in ("begun", None),
-                       timeout, interval=0.005, what="the snapshot of %s to go out" % name)
-            marks.append(("snapshot", time.monotonic()))
-        self.vsctl(src, "del-port", "br-int", vm["vif"])
-        marks.append(("unplug", time.monotonic()))
-        if notify:
-            # The VM is paused: the final changes go out while the port moves.
-            sb.migrate_stun(name).execute(check_error=True)
-        run(["ip", "link", "set", vm["vif"], "netns", self.host_ns(to)],
-            netns=self.host_ns(src))
-        marks.append(("move", time.monotonic()))
-        vm["host"] = to
-        self._save()
-        self._plug(to, name)
-        marks.append(("plug", time.monotonic()))
-        self._wait_programmed(name, to, old_epoch, timeout)
-        marks.append(("flows", time.monotonic()))
-        if notify:
-            row = self.wait_migration(name, ("imported", "aborted", "fallback"), timeout)
-            if row["status"] != "imported":
-                raise LabError("migration of %s %s: %s" % (name, row["status"],
-                                                           row["outcome"]))
-            marks.append(("imported", time.monotonic()))
-        run(["ip", "link", "set", vm["vif"], "up"], netns=self.host_ns(to))
-        marks.append(("link-up", time.monotonic()))
-        if notify:
-            sb.migrate_done(name).execute(check_error=True)
+            self.sb().migrate_done(name).execute(check_error=True)
         elif wait_state:
             self.wait_migration(name, ("done", "fallback", "aborted"), timeout,
                                 after=started_ms)
@@ -1237,6 +1228,122 @@ class Lab:
             steps[label] = round((t - prev) * 1000, 1)
         steps["total"] = round((marks[-1][1] - marks[0][1]) * 1000, 1)
         return steps
+
+    def _move(self, name, src, to, notify, timeout, marks, stage):
+        """The steps of ``migrate`` up to the VM's link being up at ``to``;
+        ``stage`` follows the VM's port and names its migration."""
+        vm = self.state["vms"][name]
+        old_epoch = self._vm_epoch(name)
+        sb = self.sb()
+        mine = None                 # the announced migration's row (uuid)
+        if notify:
+            sb.migrate_begin(name, to).execute(check_error=True)
+            mine = stage["migration"] = self.migration_row(name)["uuid"]
+            marks.append(("begin", time.monotonic()))
+            # The VM keeps running while its state streams; the hypervisor's
+            # last round starts when the source has sent its snapshot.
+            wait_until(lambda: self._still_active(mine) != "begun", timeout, interval=0.005,
+                       what="the snapshot of %s to go out" % name)
+            marks.append(("snapshot", time.monotonic()))
+        self.vsctl(src, "del-port", "br-int", vm["vif"])
+        stage["port"] = "unplugged"
+        marks.append(("unplug", time.monotonic()))
+        if notify:
+            # The VM is paused: the final changes go out while the port moves.
+            sb.migrate_stun(name).execute(check_error=True)
+        run(["ip", "link", "set", vm["vif"], "netns", self.host_ns(to)],
+            netns=self.host_ns(src))
+        stage["port"] = "moved"
+        marks.append(("move", time.monotonic()))
+        vm["host"] = to
+        self._save()
+        if mine:
+            self._still_active(mine)    # never plugged where it was called off
+        self._plug(to, name)
+        stage["port"] = "plugged"
+        marks.append(("plug", time.monotonic()))
+        self._wait_programmed(name, to, old_epoch, timeout, migration=mine)
+        marks.append(("flows", time.monotonic()))
+        if mine:
+            wait_until(lambda: self._still_active(mine) == "imported", timeout,
+                       interval=0.02, what="the state of %s to be imported" % name)
+            marks.append(("imported", time.monotonic()))
+        run(["ip", "link", "set", vm["vif"], "up"], netns=self.host_ns(to))
+        marks.append(("link-up", time.monotonic()))
+
+    def _still_active(self, uuid):
+        """The status of Migration row ``uuid``; LabError once it ended
+        (aborted, fell back) or is gone."""
+        row = next((m for m in self.sb().snapshot().migrations if m.uuid == uuid), None)
+        if row is None or not row.active:
+            raise LabError("its migration %s" % ("record is gone" if row is None else
+                           "%s: %s" % (row.status, row.outcome)))
+        return row.status
+
+    def _abort(self, uuid, outcome):
+        """Migration row ``uuid`` aborted with ``outcome``, unless it ended."""
+        try:
+            self._still_active(uuid)
+        except LabError:
+            return
+        try:
+            self.sb().migration_update(uuid, status="aborted", outcome=outcome,
+                                       timeline={"aborted": int(time.time() * 1000)},
+                                       expect=ACTIVE_MIGRATION).execute(check_error=True)
+        except MbxError:
+            try:
+                self._still_active(uuid)
+            except LabError:
+                return                  # it ended meanwhile
+            raise
+
+    def _wait_placed_again(self, name, host, then, timeout):
+        """The VM, plugged on ``host`` again, is placed there: a new epoch
+        since ``then`` (its location before), unless it never left."""
+        def placed():
+            now = self.sb().snapshot().vm_locations.get(name, (None, 0))
+            return now[0] == host and (now[1] > then[1] or then[0] == host)
+        wait_until(placed, timeout, what="VM %s to be placed on %s again" % (name, host))
+
+    def _roll_back(self, name, src, to, stage, why, timeout):
+        """Undo a failed move from ``stage`` on: the VM's port back on
+        ``src`` and its link up there (whatever else fails), then its
+        announced migration aborted (its row only, with ``why``), so its
+        source keeps its state.  Every step is tried; returns what failed
+        (the VM is plugged and up on ``src`` even then, unless the step
+        doing that failed)."""
+        vm = self.state["vms"][name]
+        vif, src_ns = vm["vif"], self.host_ns(src)
+        problems = []
+
+        def step(what, fn):
+            try:
+                fn()
+            except Exception as err:        # noqa: BLE001 - every step is tried
+                problems.append("%s: %s" % (what, err))
+        port = stage["port"]
+        if port in ("moved", "plugged"):
+            step("unplug at %s" % to, lambda: self.vsctl(
+                to, "--if-exists", "del-port", "br-int", vif))
+            step("move back", lambda: run(["ip", "link", "set", vif, "netns", src_ns],
+                                          netns=self.host_ns(to)))
+        vm["host"] = src
+        self._save()
+        if port != "source":
+            try:
+                then = self.sb().snapshot().vm_locations.get(name, (None, 0))
+            except MbxError as err:
+                problems.append("its location: %s" % err)
+                then = (None, 0)
+            step("plug at %s" % src, lambda: self._plug(src, name))
+            step("placement at %s" % src,
+                 lambda: self._wait_placed_again(name, src, then, timeout))
+            step("link up at %s" % src, lambda: run(["ip", "link", "set", vif, "up"],
+                                                    netns=src_ns))
+        if stage["migration"]:
+            step("abort", lambda: self._abort(stage["migration"], "aborted: %s; rolled "
+                                              "back to %s" % (why, src)))
+        return problems
 
     def mbxctl_ok(self, *args):
         """``mbxctl ARGS``; its output, or LabError with mbxctl's error line."""

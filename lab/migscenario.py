@@ -101,14 +101,17 @@ class Scenario:
             what="the plain connections to exchange")
         return probe
 
-    def open(self, per_kind=3, duration=300):
+    def open(self, per_kind=3, duration=300, reply_timeout=5.0):
+        """The long-lived connections; each counts as failed once it got no
+        reply for ``reply_timeout`` seconds."""
         targets = {}
         for kind, (client, addr, port, outside) in KINDS.items():
             targets.setdefault((client, outside), []).append((kind, addr, port, per_kind))
         for (client, outside), tlist in targets.items():
             self.probes[client] = Conns(self.lab, client, tlist,
                                         os.path.join(self.rundir, "mig-%s.json" % client),
-                                        duration=duration, ext=outside)
+                                        duration=duration, ext=outside,
+                                        reply_timeout=reply_timeout)
         self.total = per_kind * len(KINDS)
         try:
             wait_until(lambda: self._exchanging(10), 20, interval=0.1,

@@ -44,9 +44,14 @@ class NbSnapshot:
     northd_cfg: int = 0
     # status mirror of VM_Location for operators: vm -> (host, epoch)
     vm_mirror: Dict[str, Tuple[Optional[str], int]] = _field(dict)
-    # rows not in force, their tenant columns disagreeing (mbxmodel.tenancy):
-    # ("middlebox", name) | ("rule", uuid) | ("policy", switch, priority) -> why
+    # rows not in force -> why: their tenant columns disagree
+    # (mbxmodel.tenancy) or no reader can use them (ovsdb.validate.unusable);
+    # ("switch", name) | ("vm", name) | ("middlebox", name) | ("rule", uuid)
+    # | ("policy", switch, priority) | ("vip", uuid)
     ignored: Dict[tuple, str] = _field(dict)
+    # status: the one-line status mbx-northd wrote into a row of those kinds
+    # (Logical_Switch, VM, Firewall_Rule, Steering_Policy), by the same key
+    row_status: Dict[tuple, str] = _field(dict)
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,16 @@ def register(daemon):
     def migration_json():
         return json.dumps(migration_state(), sort_keys=True, default=str) + "\n"
 
+    def limits():
+        daemon.refresh_limits()
+        return service.limits
+
+    def limits_show():
+        return _limits_text(limits())
+
+    def limits_json():
+        return json.dumps(limits(), sort_keys=True)
+
     def exit_():
         daemon.exiting = True
         return ""
@@ -232,6 +242,8 @@ def register(daemon):
         ("lb/json", "", 0, 0, reply(lb_json)),
         ("migration/list", "", 0, 0, reply(migration_list)),
         ("migration/json", "", 0, 0, reply(migration_json)),
+        ("limits/show", "", 0, 0, reply(limits_show)),
+        ("limits/json", "", 0, 0, reply(limits_json)),
         ("exit", "", 0, 0, reply(exit_)),
     ]
     for name, usage, lo, hi, handler in commands:
@@ -242,6 +254,22 @@ def _text(lines, empty=None):
     if not lines and empty:
         return empty + "\n"
     return "".join(line + "\n" for line in lines)
+
+
+def _limits_text(rep):
+    """``limits/show``: the host's line, then one line per VM zone."""
+    def num(value):
+        return "-" if value is None else str(value)
+    lines = ["host conn-limit-host=%s connections=%s new-conn-rate-vm=%s" % (
+        num(rep.get("conn_limit_host")), num(rep.get("host_count")),
+        num(rep.get("new_conn_rate_vm")))]
+    for v in rep.get("vms", ()):
+        lines.append("vm=%s zone=%d conn-limit-vm=%s connections=%s new-conn-rate-vm=%s "
+                     "new-conns-passed=%s new-conns-dropped=%s timeout-tcp-syn=%s" % (
+                         v["vm"], v["zone"], num(v["limit"]), num(v["count"]),
+                         num(v["new_conn_rate"]), num(v["new_conn_in"]),
+                         num(v["new_conn_dropped"]), num(v["timeout_tcp_syn"])))
+    return _text(lines)
 
 
 def _conn_line(c):

@@ -72,6 +72,9 @@ class SliceConfig:
     snat_blocks: Mapping[str, Tuple[str, int, int]] = field(default_factory=dict)
     #                                 NAT_Rule uuid -> (external ip, lo, hi) of this host
     external: Tuple[ExternalNetInfo, ...] = ()
+    skipped: Tuple[str, ...] = ()   # one line per row of the slice not used
+    #                                 (a rule, VIP, NAT rule, VM, address set
+    #                                 member): ``rules/show`` lists them
 
 
 @dataclass(frozen=True)

@@ -80,10 +80,11 @@ import ovs.poller
 from ovs.db import idl as ovsidl
 
 from mbxmodel import rows as from_row, tenancy
-from mbxmodel.services import (ACTIONS, DIRECTIONS, L4_PROTOCOLS,
-                               LB_ALGORITHMS, MIDDLEBOX_TYPES, NAT_TYPES)
+from mbxmodel.network import VMInfo
+from mbxmodel.services import (ACTIONS, L4_PROTOCOLS, MIDDLEBOX_TYPES,
+                               NAT_TYPES)
 from middlebox.config import HostConfig, ServiceSpec, SliceConfig, VmSpec
-from ovsdb import match as matchlang, remotes
+from ovsdb import match as matchlang, remotes, validate
 from ovsdb.errors import MbxError
 from ovsdb.natblocks import STATUS_PREFIX as SNAT_BLOCK_PREFIX, parse_block
 from ovsdb.server import SB_SCHEMA_PATH, SCHEMA_PATH
@@ -323,20 +324,9 @@ def _rule(rule, tier, mb_name, switch_tenant, warn):
         return skip(why)
 
     value = from_row.rule(rule, tier)
-    priority = value.priority
-    if not isinstance(priority, int) or isinstance(priority, bool) or \
-            not 0 <= priority <= 32767:
-        return skip("priority %r not in 0-32767" % (priority,))
-    if value.direction not in DIRECTIONS:
-        return skip("direction %r is not from-vm or to-vm"
-                    % (value.direction,))
-    if value.action not in ACTIONS:
-        return skip("action %r is not allow, deny or reject"
-                    % (value.action,))
-    try:
-        matchlang.parse_match(value.match)
-    except MbxError as err:
-        return skip(str(err))
+    why = validate.problem(validate.rule_fields, value)
+    if why:
+        return skip(why)
     return value
 
 
@@ -398,17 +388,9 @@ def _vip(row, middlebox, warn):
         return None
 
     value = from_row.vip(row, middlebox)
-    try:
-        _ipv4(value.vip)
-    except ValueError:
-        return skip("vip %r is not an IPv4 address" % (value.vip,))
-    if value.port is None or not 1 <= value.port <= 65535:
-        return skip("port %r not in 1-65535" % (value.port,))
-    if value.protocol not in L4_PROTOCOLS:
-        return skip("protocol %r is not tcp or udp" % (value.protocol,))
-    if value.algorithm not in LB_ALGORITHMS:
-        return skip("algorithm %r is not one of %s"
-                    % (value.algorithm, ", ".join(LB_ALGORITHMS)))
+    why = validate.problem(validate.vip_fields, value)
+    if why:
+        return skip(why)
     for text in from_row.backends(row)[1]:
         warn(("LB_VIP", row.uuid, text),
              "LB VIP %s:%d: ignoring backend %r (not ip:port)"
@@ -582,6 +564,16 @@ def build_host_config(host_name, tables, warn=None):
                          getattr(mb, "type", None), ""),
                          ", ".join(MIDDLEBOX_TYPES)))
             continue
+        bad = [(mb, why) for mb, why in (
+            (mb, validate.problem(validate.known_middlebox_options,
+                                  dict(getattr(mb, "options", None) or {})))
+            for mb in chain) if why]
+        if bad:
+            for mb, why in bad:
+                warn(("Middlebox", mb.uuid, "options"),
+                     "skipping slice %s (tag %d): middlebox %s: %s"
+                     % (su, tag, mb.name, why))
+            continue
         switches = set()
         for mb in chain:
             switches.update(_uuids(getattr(mb, "logical_switch", None)))
@@ -601,7 +593,18 @@ def build_host_config(host_name, tables, warn=None):
             warn(("Slice", su, "tenant"), "skipping slice %s (tag %d): %s"
                  % (su, tag, "; ".join(claims)))
             continue
-        services = [_service_spec(mb, t, warn) for mb in chain]
+        subnet, gateway = _gateway(ls, warn)
+        why = validate.problem(validate.subnet, subnet)
+        if why:
+            warn(("Logical_Switch", ls.uuid), "skipping slice %s (tag %d): "
+                 "logical switch %s: %s" % (su, tag, ls.name, why))
+            continue
+        skipped = []
+
+        def slice_warn(key, message):
+            skipped.append(message)
+            warn(key, message)
+        services = [_service_spec(mb, t, slice_warn) for mb in chain]
         firewall = next((sv for sv in services if sv.type == "firewall"),
                         None)
         options = {}
@@ -612,13 +615,16 @@ def build_host_config(host_name, tables, warn=None):
         for vm in t["VM"].values():
             if ls_uuid not in _uuids(getattr(vm, "logical_switch", None)):
                 continue
-            vms.append(VmSpec(name=vm.name,
-                              mac=from_row.text(vm.mac).lower(),
-                              ip=from_row.optional(vm.ip, "") or "",
+            info = VMInfo(vm.name, ls.name, from_row.text(vm.mac).lower(),
+                          from_row.optional(vm.ip, "") or "")
+            why = validate.problem(validate.vm_fields, info, subnet)
+            if why:
+                slice_warn(("VM", vm.uuid), "skipping VM %s: %s" % (vm.name, why))
+                continue
+            vms.append(VmSpec(name=info.name, mac=info.mac, ip=info.ip,
                               host=host_name if vm.name in here else None))
         vms.sort(key=lambda v: v.name)
         vni = from_row.optional(getattr(ls, "vni", None), 0)
-        subnet, gateway = _gateway(ls, warn)
         if firewall is not None:
             legacy = dict(middlebox=firewall.name, type="firewall",
                           default_action=firewall.default_action,
@@ -634,7 +640,7 @@ def build_host_config(host_name, tables, warn=None):
             switch=ls.name, vni=vni if isinstance(vni, int) else 0,
             options=options, vms=tuple(vms), services=tuple(services),
             subnet=subnet, gateway=gateway, snat_blocks=_snat_blocks(s, warn),
-            external=external, **legacy)
+            external=external, skipped=tuple(skipped), **legacy)
     return HostConfig(host=host_name, slices=slices)
 
 

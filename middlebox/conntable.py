@@ -48,6 +48,11 @@ class ConnTable:
     def __init__(self, vswitch, zones):
         self.vswitch = vswitch
         self.zones = zones
+        # The entries of every zone of this host as the last census read
+        # them ({zone: [Conn]}), and when (monotonic): what a restarted
+        # switch, whose conntrack starts empty, is given back.
+        self.checkpoint = {}
+        self.checkpoint_at = None
 
     def zone(self, zone, stats=True):
         return C.parse_dump(self.vswitch.dump_zone(zone, stats=stats))
@@ -101,15 +106,18 @@ class ConnTable:
             out.extend(self.vm(name, service, snat))
         return out
 
-    def census(self, slices):
-        """One pass over this host's VM zones: (connections per slice tag,
-        {VIP service id: {backend: connections}} for least-connections)."""
+    def census(self, slices, now=None):
+        """One pass over this host's zones: (connections per slice tag,
+        {VIP service id: {backend: connections}} for least-connections).
+        Every zone read (SNAT zones too) is kept as the ``checkpoint``."""
         wanted = {v.sid for s in slices.values() for v in s.vips.values()}
         per_tag, counts = {}, {}
+        checkpoint = {}
         for (kind, _name), zone in self.zones.owners().items():
+            conns = checkpoint[zone] = self.zone(zone, stats=False)
             if kind != "vm":
                 continue
-            for c in self.zone(zone, stats=False):
+            for c in conns:
                 tag = c.mark & D.MARK_TAG_MASK
                 per_tag[tag] = per_tag.get(tag, 0) + 1
                 sid = c.label >> D.LABEL_SERVICE_OFS & 0xFFFFFFFF
@@ -117,4 +125,15 @@ class ConnTable:
                     b = (ip_text(c.rsrc), c.rsport)
                     vip = counts.setdefault(sid, {})
                     vip[b] = vip.get(b, 0) + 1
+        self.checkpoint, self.checkpoint_at = checkpoint, now
         return per_tag, counts
+
+    def lost(self):
+        """The checkpoint's entries of the zones that are empty now and
+        still this host's (a restarted switch's): [Conn]."""
+        owned = set(self.zones.owners().values())
+        out = []
+        for zone, conns in self.checkpoint.items():
+            if conns and zone in owned and not self.zone(zone, stats=False):
+                out.extend(conns)
+        return out

@@ -33,7 +33,7 @@ from middlebox.rules import RuleSet
 from ovsdb.errors import MbxError
 from ovsdb.match import compile_match, openflow_dimensions, parse_match, port_masks
 from ryu_apps import pipeline as P
-from ryu_apps.ofmodel import Flow, Group, canon_match
+from ryu_apps.ofmodel import Flow, Group, Meter, canon_match
 
 # ct_state bits (Open vSwitch).
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK, CT_SNAT, CT_DNAT = \
@@ -79,6 +79,7 @@ PRIO_TRUSTED = 250
 PRIO_RST_COPY = 220
 PRIO_CHECK = 210
 PRIO_EST = 200
+PRIO_METERED = 110             # a local VM's new connection: through its meter
 PRIO_NEW = 100
 PRIO_RULE_BASE = 10             # a rule's flows: PRIO_RULE_BASE + its rank
 PRIO_DEFAULT = 5                # the default action
@@ -113,6 +114,7 @@ class Dataplane:
     groups: Tuple[Group, ...] = ()
     decisions: Dict[int, Decision] = field(default_factory=dict)
     errors: Tuple[str, ...] = ()
+    meters: Tuple[Meter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def cookie(tag, kind, index=0):
 
 def compile_host(config, host, zones: Mapping[str, int], snat_zones: Mapping[str, int],
                  ports: HostPorts, holds=frozenset(), forwarders=(),
-                 arrivals=False) -> Dataplane:
+                 arrivals=False, new_conn_rate=None) -> Dataplane:
     """The service stages of every slice of ``config`` (a HostConfig).
 
     ``zones``: local VM name -> its conntrack zone; ``snat_zones``: SNAT
@@ -150,17 +152,23 @@ def compile_host(config, host, zones: Mapping[str, int], snat_zones: Mapping[str
     ``holds``: names of VMs whose new connections go to the daemon (state
     arriving or fetched lazily); ``forwarders``: ``Forwarder`` values;
     ``arrivals``: a packet of a VM with no zone here goes to the daemon (a
-    VM arriving: state migration is on), else it is dropped.
+    VM arriving: state migration is on), else it is dropped;
+    ``new_conn_rate``: new connections a second each local VM may open (its
+    from-VM stage sends them through a meter whose id is the VM's zone),
+    None: no meter.
     """
     out = Dataplane()
     flows, groups, errors = [], [], []
+    meters = {}
     for tag in sorted(config.slices or {}):
-        s = _Slice(config.slices[tag], host, zones, snat_zones, ports, holds, arrivals)
+        s = _Slice(config.slices[tag], host, zones, snat_zones, ports, holds, arrivals,
+                   new_conn_rate)
         s.build()
         flows += s.flows
         groups += s.groups
         out.decisions.update(s.decisions)
         errors += s.errors
+        meters.update((m.meter_id, m) for m in s.meters)
     for fwd in forwarders:
         flows.append(_forwarder_flow(fwd, ports))
     flows = [f for f in flows if f is not None]
@@ -169,7 +177,14 @@ def compile_host(config, host, zones: Mapping[str, int], snat_zones: Mapping[str
     out.flows = tuple(_unique(flows))
     out.groups = tuple(groups)
     out.errors = tuple(errors)
+    out.meters = tuple(meters[k] for k in sorted(meters))
     return out
+
+
+def vm_meter(zone, rate):
+    """The meter of the VM with conntrack zone ``zone``: ``rate`` new
+    connections a second, a burst of one second's worth."""
+    return Meter(zone, rate, rate)
 
 
 def zones_in(flows, config):
@@ -245,9 +260,12 @@ def _ct_state(on, off=0):
 class _Slice:
     """The flows of one slice (one chain on this host)."""
 
-    def __init__(self, cfg, host, zones, snat_zones, ports, holds, arrivals=False):
+    def __init__(self, cfg, host, zones, snat_zones, ports, holds, arrivals=False,
+                 new_conn_rate=None):
         self.cfg = cfg
         self.arrivals = arrivals
+        self.new_conn_rate = new_conn_rate
+        self.meters = []
         self.tag = cfg.tag
         self.host = host
         self.ports = ports
@@ -430,6 +448,16 @@ class _Slice:
                 self.flow(table, PRIO_TRUSTED, K_STATE,
                           self.apply_goto([_load(P.REG_SERVICE, 1, 1, 1)] + list(copy_new),
                                           rules), **match)
+        if from_vm and self.new_conn_rate:
+            # Fairness: a VM's new connections pass its meter (id = its
+            # zone) before the rules; over the rate their first packet is
+            # dropped here, before any commit or trip to the daemon.
+            for vm in self.local:
+                zone = self.zones[vm.name]
+                self.meters.append(vm_meter(zone, self.new_conn_rate))
+                self.flow(table, PRIO_METERED, K_STATE,
+                          [("meter", zone)] + self.apply_goto(copy_new, rules),
+                          index=zone, ct_state=_ct_state(CT_NEW), eth_src=vm.mac)
         self.flow(table, PRIO_NEW, K_STATE, self.apply_goto(copy_new, rules),
                   ct_state=_ct_state(CT_NEW))
         if self.ids and not from_vm:

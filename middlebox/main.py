@@ -42,7 +42,8 @@ import ovs.unixctl
 import ovs.unixctl.server
 import ovs.util
 
-from middlebox import appctl, dataplane, mbcfg, metrics, migchan, packetio, pki, vmstate
+from middlebox import (appctl, ctcommit, dataplane, mbcfg, metrics, migchan, packetio,
+                       pki, vmstate)
 from middlebox.arrivals import Arrivals
 from middlebox.confmon import ConfigMonitor
 from middlebox.conntable import ConnTable
@@ -53,9 +54,10 @@ from middlebox.service import Service
 from mbxmodel.state import VM_STATE
 from middlebox.shared import SharedState
 from middlebox.vswitch import Vswitch, VswitchError, find_socket
-from middlebox.zonepolicy import ZonePolicies, zone_policies
+from middlebox.zonepolicy import (DEFAULT_SYN_TIMEOUT, ZoneLimits, ZonePolicies, zone_limits,
+                                  zone_policies)
 from middlebox.zones import ZoneMap
-from ovsdb import tls
+from ovsdb import tls, validate
 from ovsdb.errors import MbxError
 from ryu_apps import ofmsg
 from ryu_apps import pipeline as P
@@ -144,6 +146,10 @@ class Daemon:
         self.args = args
         self.zones = ZoneMap()
         self.policies = ZonePolicies(args.ovsdb)
+        self.limits = ZoneLimits()
+        self.meters = {}                # meter id -> Meter (what the switch holds)
+        self._limit_errors = ()
+        self._limits_seen = None        # NB_Global.options the plane was computed with
         self.service = Service(args.host, zone_of=self.zones.vm)
         self.conf = ConfigMonitor(args.db, args.host, sb_remote=args.sb)
         # State sharing manager (middlebox.shared): services publish and read
@@ -302,9 +308,26 @@ class Daemon:
         restarted ovs-vswitchd starts empty, and each connection is judged
         anew at its next packet (docs/middlebox.md, "Restart")."""
         self._stats_xid = None          # its reply went with the connection
+        self._restore_conntrack()
         self.recover()
         self.replan()
         self.of.resume_barriers()
+
+    def _restore_conntrack(self):
+        """A restarted switch's conntrack is empty: the connections of the
+        last census (at most a few seconds old) are committed again, as a
+        migration's import commits them, before the service stages are
+        back, so no packet of theirs is judged anew meanwhile."""
+        lost = self.conns.lost()
+        if not lost:
+            return
+        skipped = []
+        self.of.send_packet_outs([ctcommit.packet_outs(lost, skipped=skipped)])
+        age = time.monotonic() - self.conns.checkpoint_at \
+            if self.conns.checkpoint_at is not None else 0.0
+        LOG.warning("the switch lost its conntrack (restarted): %d connections "
+                    "re-created as of %.1f s ago%s", len(lost) - len(skipped), age,
+                    ", %d could not be" % len(skipped) if skipped else "")
 
     def recover(self):
         """Read what a previous daemon left in the switch: its flows (and in
@@ -313,6 +336,7 @@ class Daemon:
         flows = [f for f, _, _, _ in self.of.dump_flows(P.DAEMON_COOKIE, P.COOKIE_MASK)]
         self.installed = {f.key: f for f in flows}
         self.groups = {g.group_id: g for g in self.of.dump_groups()}
+        self.meters = {m.meter_id: m for m in self.of.dump_meters()}
         owners = dataplane.zones_in(flows, self.config)
         self.zones.recover(owners)
         LOG.info("found %d flows, %d groups and %d zones in the switch",
@@ -343,13 +367,22 @@ class Daemon:
             except VswitchError as err:
                 LOG.warning("%s", err)
         self.policies.update(zone_policies(self.config, self.zones.owners()))
+        self._limits_seen = self.conf.global_options()
+        per_vm, per_host, rate, errors = validate.global_limits(self._limits_seen)
+        for line in errors:
+            if line not in self._limit_errors:
+                LOG.warning("%s", line)
+        self._limit_errors = errors
+        self.limits.update(self.vswitch, zone_limits(self.zones.owners(), per_vm), per_host,
+                           rate)
         snat = {uuid: z for (kind, uuid), z in self.zones.owners().items() if kind == "snat"}
         vms = {name: z for (kind, name), z in self.zones.owners().items() if kind == "vm"}
         plane = dataplane.compile_host(self.config, self.args.host, vms, snat, self.ports,
                                        holds=self.arrivals.holding(),
                                        forwarders=self.migrations.forwarders()
                                        if self.migrations else (),
-                                       arrivals=self.migrations is not None)
+                                       arrivals=self.migrations is not None,
+                                       new_conn_rate=rate)
         for line in plane.errors:
             if line not in self.plane.errors:
                 LOG.warning("%s", line)
@@ -370,7 +403,16 @@ class Daemon:
         groups = {g.group_id: g for g in plane.groups}
         gmods = [("add_or_mod", g) for gid, g in groups.items() if self.groups.get(gid) != g]
         gdel = [("delete", g) for gid, g in self.groups.items() if gid not in groups]
+        meters = {m.meter_id: m for m in plane.meters}
+        # A flow may use a meter only once it exists; deleting a meter
+        # deletes its flows, so it goes after them.
+        self.of.send_meters([m for i, m in meters.items() if i not in self.meters])
+        self.of.send_meters([m for i, m in meters.items()
+                             if i in self.meters and self.meters[i] != m], "modify")
+        mdel = [m for i, m in self.meters.items() if i not in meters]
+        self.meters = meters
         if not (add or delete or gmods or gdel):
+            self.of.send_meters(mdel, "delete")
             return
         # Forwarders tell when they go idle (flow-removed): their connection ended.
         forward = [f for f in add if f.idle_timeout]
@@ -380,6 +422,7 @@ class Daemon:
                            groups=gmods + gdel)
         if forward:
             self.of.send_flows(forward, (), send_flow_rem=True)
+        self.of.send_meters(mdel, "delete")
         self.installed = want
         self.groups = groups
         LOG.debug("installed %d flows, deleted %d, %d group changes", len(add), len(delete),
@@ -495,13 +538,37 @@ class Daemon:
             # rarer when that costs more than a few percent of the loop.
             t0 = time.monotonic()
             try:
-                per_tag, lb = self.conns.census(self.service.slices)
+                per_tag, lb = self.conns.census(self.service.slices, mono)
             except VswitchError as err:
                 LOG.warning("%s", err)
                 per_tag, lb = {}, {}
             self.service.connections = per_tag
             self.service.set_lb_counts(lb)
+            self.refresh_limits()
             self._next["count"] = mono + max(COUNT_INTERVAL, 50 * (time.monotonic() - t0))
+
+    def _limits_changed(self):
+        """NB_Global's options changed since the plane was computed (the
+        limits are there, not in the host's config)."""
+        return self.conf.global_options() != self._limits_seen
+
+    def refresh_limits(self):
+        """The limits as the switch holds them (set again if it lost them)
+        and what the meters dropped, into ``service.limits``: for
+        ``limits/show`` and the metrics."""
+        self.limits.refresh(self.vswitch)
+        try:
+            meters = self.of.meter_stats() if self.meters else {}
+        except MbxError as err:
+            LOG.warning("meter stats: %s", err)
+            meters = {}
+        self.service.limits = self.limits.report(self.zones.owners(), self._syn_timeouts(),
+                                                 meters)
+
+    def _syn_timeouts(self):
+        """timeout-tcp-syn of the VM zones: {zone: seconds}."""
+        pols = zone_policies(self.config, self.zones.owners())
+        return {z: p.get("tcp_syn_sent", DEFAULT_SYN_TIMEOUT) for z, p in pols.items()}
 
     def _publish_vm_state(self):
         """Shared state "vm-state": the VMs this host holds connection state
@@ -558,7 +625,8 @@ class Daemon:
                     self.of.run()
                 if self.recovered and self.of.connected:
                     self._migration_rows()
-                    if self._dirty_plane or self.arrivals.changed():
+                    if self._dirty_plane or self.arrivals.changed() or \
+                            self._limits_changed():
                         self.replan()
                     # The plane of the settled config is sent: a barrier says
                     # when the switch holds it (mb_cfg).

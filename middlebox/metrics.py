@@ -55,7 +55,31 @@ def render(service):
            [((("kind", k),), n) for k, n in sorted(st.get("ids_alerts_by_kind", {}).items())])
     for name, kind, help_, key in _SCALARS:
         metric(name, kind, help_, [((), st.get(key, 0))])
+    _limit_metrics(metric, getattr(service, "limits", None) or {})
     return ("\n".join(out) + "\n").encode()
+
+
+def _limit_metrics(metric, rep):
+    """Limits and fairness (``limits/show``): the host's and each VM zone's
+    limit and count, and the new connections each VM's meter dropped."""
+    vms = rep.get("vms", ())
+
+    def per_vm(key):
+        return [((("vm", v["vm"]), ("zone", v["zone"])), v[key])
+                for v in vms if v.get(key) is not None]
+    if rep.get("conn_limit_host") is not None:
+        metric("conn_limit_host", "gauge", "Connections all zones of this host may hold.",
+               [((), rep["conn_limit_host"])])
+    if rep.get("host_count") is not None:
+        metric("host_connections", "gauge", "Connections in all zones of this host.",
+               [((), rep["host_count"])])
+    metric("conn_limit_vm", "gauge", "Connections a VM's zone may hold.", per_vm("limit"))
+    metric("vm_connections", "gauge", "Connections in a VM's zone.", per_vm("count"))
+    metric("new_conn_rate_vm", "gauge", "New connections a second a VM may open.",
+           per_vm("new_conn_rate"))
+    metric("new_conns_dropped_total", "counter",
+           "New connections a VM opened over its rate: first packets its meter dropped.",
+           per_vm("new_conn_dropped"))
 
 
 def publish(service, interval=1.0):

@@ -306,9 +306,10 @@ class MigrationManager:
     def _source_row(self, row, now):
         out = self.outs.get(row.uuid)
         if out is None:
-            if row.status in ("done", "fallback") and row.uuid not in self._late:
+            if row.status in FINAL_MIGRATION and row.uuid not in self._late:
                 # Over without this daemon taking part (it was down): what it
-                # still holds of the VM goes after the TTL, unless it is back.
+                # still holds of the VM goes after the TTL, unless it is back
+                # (bound here again, as after an aborted move).
                 self._late[row.uuid] = (row.vm, now + self.ttl)
             if row.status not in ("begun", "streaming", "stunned"):
                 return
@@ -322,6 +323,13 @@ class MigrationManager:
             out.final_wanted = True
         elif row.status == "aborted" and out.state not in ("acked", "failed"):
             self._fail(out, "aborted", write=False)
+        elif row.status == "aborted" and out.state == "acked" and not out.cleaned:
+            # Aborted after the destination took the state (the move was
+            # rolled back): the VM comes back here, its state never left.
+            out.cleaned = True
+            self._keep(out)
+            LOG.warning("migration %s of %s aborted after %s took its state: the VM "
+                        "keeps its state here", out.uuid[:8], out.vm, row.destination)
         elif row.status == "done" and not out.cleaned:
             if out.state == "acked":
                 self._cleanup(out, now)
@@ -497,6 +505,7 @@ class MigrationManager:
         line = "destination %s: %s" % (out.row.destination, why)
         self._remember(out.vm, "source", "failed: " + line)
         out.cleaned = True              # nothing to release: the VM keeps its state here
+        self._keep(out)
         if write and out.row.path == "announced":
             LOG.warning("migration %s of %s aborted: %s; the VM keeps its state here",
                         out.uuid[:8], out.vm, line)
@@ -504,6 +513,14 @@ class MigrationManager:
                               timeline={"aborted": _ms(time.time())})
         else:
             LOG.warning("migration %s of %s: %s", out.uuid[:8], out.vm, line)
+
+    def _keep(self, out):
+        """The VM stays (or comes back) here after its move failed: its
+        zone, and so its connections, are kept for the TTL even while it
+        is bound nowhere (its port was already unplugged here; docs/
+        migration.md, "Faults"), then its binding here keeps them."""
+        self._late[out.uuid] = (out.vm, self.clock() + self.ttl)
+        self.daemon.replan_soon()
 
     def _cleanup(self, out, now):
         """The VM's state went: its zone is released (and flushed) by the

@@ -661,16 +661,27 @@ class OfConn:
         ``ofmsg.to_group_mod``).  Returns their xids, in order.  Each group
         is encoded before anything is queued: a group the model cannot
         install raises ValueError and nothing is sent."""
+        xids = self._send_mods([ofmsg.to_group_mod(self.dp, g, command) for g in groups])
+        self.group_mods_sent += len(xids)
+        return xids
+
+    def send_meters(self, meters, command="add"):
+        """Queue one METER_MOD per ``Meter`` of ``meters`` with ``command``
+        ("add", "modify" or "delete"; ``ofmsg.to_meter_mod``), behind
+        anything asked for before.  Returns their xids, in order."""
+        return self._send_mods([ofmsg.to_meter_mod(self.dp, m, command) for m in meters])
+
+    def _send_mods(self, messages):
+        """Queue os-ken messages, each with the next xid; their xids."""
         xid = self._xid
         xids = []
         out = bytearray()
-        for group in groups:
+        for msg in messages:
             xid = xid % 0xFFFFFFFF + 1
-            out += self._serialize(ofmsg.to_group_mod(self.dp, group, command), xid)
+            out += self._serialize(msg, xid)
             xids.append(xid)
         self._xid = xid
         if xids:
-            self.group_mods_sent += len(xids)
             self._queue(bytes(out))
         return xids
 
@@ -748,6 +759,21 @@ class OfConn:
         body = self._multipart_blocking(ofmsg.group_desc_request(self.dp),
                                         ofp.OFPMP_GROUP_DESC, "group description", timeout)
         return [ofmsg.group_from_stats(desc) for desc in body]
+
+    def dump_meters(self, timeout=10.0):
+        """Blocking, like ``dump_flows``: every meter of the bridge, as
+        ``Meter`` values (``ofmsg.meter_from_config``).  Raises
+        ``OfConnError``."""
+        body = self._multipart_blocking(ofmsg.meter_config_request(self.dp),
+                                        ofp.OFPMP_METER_CONFIG, "meter config", timeout)
+        return [ofmsg.meter_from_config(c) for c in body]
+
+    def meter_stats(self, timeout=5.0):
+        """Blocking, like ``dump_flows``: {meter id: (packets in, packets
+        dropped)} of every meter.  Raises ``OfConnError``."""
+        body = self._multipart_blocking(ofmsg.meter_stats_request(self.dp),
+                                        ofp.OFPMP_METER, "meter stats", timeout)
+        return {mid: (n_in, dropped) for mid, n_in, dropped in map(ofmsg.meter_dropped, body)}
 
     def port_number(self, name, timeout=5.0):
         """Blocking, like ``dump_flows``: the OpenFlow port number of the

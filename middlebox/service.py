@@ -132,7 +132,7 @@ class _Slice:
         self.rules = RuleSet(cfg.rules, cfg.address_sets or {}, cfg.default_action,
                              options.get("tier-order"))
         self.check = options.get("check", "offload")
-        self.errors = list(self.rules.errors)
+        self.errors = list(self.rules.errors) + list(cfg.skipped)
         self.by_mac, self.by_ip = {}, {}
         for vm in cfg.vms:
             self.by_mac[str(vm.mac).lower()] = vm
@@ -203,6 +203,7 @@ class Service:
         self.log = []
         self._next_publish = 0.0
         self.connections = {}           # tag -> connections in conntrack (last count)
+        self.limits = {}                # the daemon's limits report (zonepolicy.ZoneLimits)
 
     # ------------------------------------------------------------ config
     def configure(self, config):

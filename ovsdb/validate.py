@@ -4,6 +4,8 @@ Every function either returns the value in canonical form or raises
 ``MbxError`` with one line saying what was wrong and what to do.  No I/O.
 """
 
+import dataclasses
+import functools
 import hashlib
 import ipaddress
 import re
@@ -15,7 +17,8 @@ from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
 from mbxmodel import rows
 from mbxmodel.services import (ACTIONS, DEFAULT_PORT_RANGE, DIRECTIONS,
                                L4_PROTOCOLS, LB_ALGORITHMS, MIDDLEBOX_TYPES,
-                               NAT_TYPES, TIERS, NatRuleInfo, VipInfo)
+                               NAT_TYPES, TIERS, MiddleboxInfo, NatRuleInfo,
+                               VipInfo)
 from mbxmodel.state import ACTIVE_MIGRATION, FINAL_MIGRATION
 
 MAX_NAME_LEN = 64
@@ -1201,11 +1204,42 @@ def migration_retention(value, what="migration-retention"):
     return _bounded(value, *MIGRATION_RETENTION, what)
 
 
+# Connection limits and fairness (middlebox.zonepolicy, docs/middlebox.md):
+# conntrack entries per VM zone, in all zones of a host (Open vSwitch's
+# datapath holds at most 3,000,000), and new connections a second a VM may
+# open through its from-VM stage (an OpenFlow meter per VM).
+DATAPATH_MAX_CONNS = 3000000
+DEFAULT_CONN_LIMIT_VM = 100000
+CONN_LIMIT_VM = (1, DATAPATH_MAX_CONNS)
+DEFAULT_CONN_LIMIT_HOST = 1000000
+CONN_LIMIT_HOST = (1000, DATAPATH_MAX_CONNS)
+DEFAULT_NEW_CONN_RATE_VM = 5000
+NEW_CONN_RATE_VM = (1, 1000000)
+
+
+def conn_limit_vm(value, what="conn-limit-vm"):
+    """Connections (conntrack entries) one VM's zone may hold on a host."""
+    return _bounded(value, *CONN_LIMIT_VM, what)
+
+
+def conn_limit_host(value, what="conn-limit-host"):
+    """Connections all zones of one host may hold together."""
+    return _bounded(value, *CONN_LIMIT_HOST, what)
+
+
+def new_conn_rate_vm(value, what="new-conn-rate-vm"):
+    """New connections a second one VM may open (its from-VM stage)."""
+    return _bounded(value, *NEW_CONN_RATE_VM, what)
+
+
 # NB_Global.options: key -> validator returning the canonical (str) value
 GLOBAL_OPTIONS = {
     "migration-wait-ms": lambda value: str(migration_wait_ms(value)),
     "shared-state-lease": lambda value: str(shared_state_lease(value)),
     "migration-retention": lambda value: str(migration_retention(value)),
+    "conn-limit-vm": lambda value: str(conn_limit_vm(value)),
+    "conn-limit-host": lambda value: str(conn_limit_host(value)),
+    "new-conn-rate-vm": lambda value: str(new_conn_rate_vm(value)),
 }
 
 
@@ -1250,3 +1284,248 @@ def global_migration_retention(options):
     (also when the value there is not valid)."""
     return _global(options, "migration-retention", migration_retention,
                    DEFAULT_MIGRATION_RETENTION)
+
+
+def global_limits(options):
+    """(conn-limit-vm, conn-limit-host, new-conn-rate-vm, errors) from
+    NB_Global.options: each value, else its default; ``errors``: one line per
+    value set but out of range (the default is used instead)."""
+    out, errors = [], []
+    for key, check, default in (("conn-limit-vm", conn_limit_vm, DEFAULT_CONN_LIMIT_VM),
+                                ("conn-limit-host", conn_limit_host,
+                                 DEFAULT_CONN_LIMIT_HOST),
+                                ("new-conn-rate-vm", new_conn_rate_vm,
+                                 DEFAULT_NEW_CONN_RATE_VM)):
+        value = dict(options or {}).get(key)
+        try:
+            out.append(default if value is None else check(value))
+        except MbxError as err:
+            out.append(default)
+            errors.append("NB_Global options: %s; using %d" % (err, default))
+    return out[0], out[1], out[2], tuple(errors)
+
+
+# --- rows a reader cannot use -------------------------------------------------
+#
+# Every reader that acts on the intent (mbx-northd's translation, mbxd) treats
+# rows as untrusted: a client may write the database directly, bypassing
+# mbxctl.  ``unusable`` says which rows cannot be used and why, with the same
+# checks mbxctl makes before it writes; the readers leave those rows out and
+# mbx-northd writes the reason into the row's status (ovsdb/mbx_nb.md).
+
+# The tables with a one-line ``status`` column that mbx-northd writes for a
+# row it cannot use, by the kind of the row's key in ``unusable``; a
+# Middlebox's or an LB_VIP's reason goes into its status map, key
+# STATUS_ERROR.
+STATUS_TABLES = {"switch": "Logical_Switch", "vm": "VM",
+                 "rule": "Firewall_Rule", "policy": "Steering_Policy"}
+STATUS_ERROR = "error"
+
+
+def problem(check, *args):
+    """The message of ``check(*args)``'s MbxError, or None (for readers:
+    what makes a value unusable, in the words mbxctl uses to refuse it)."""
+    try:
+        check(*args)
+    except MbxError as e:
+        return str(e)
+    except (TypeError, ValueError, AttributeError) as e:   # a value of no type
+        return f"unusable value: {e}"
+    return None
+
+
+def _switch_ok(sw):
+    vni(sw.vni)
+    subnet(sw.subnet)
+    if sw.gateway:
+        gateway(sw.gateway, sw.subnet, sw.name)
+
+
+def _vm_ok(vm, sw):
+    mac(vm.mac)
+    ipv4(vm.ip, "VM IP")
+    check_vm(vm, {sw.name: sw}, ())
+
+
+def _vm_clash(vm, taken):
+    """``taken``: {(switch, "IP"|"MAC", value): VM name} of the VMs kept."""
+    for kind, value in (("IP", vm.ip), ("MAC", vm.mac.lower())):
+        other = taken.get((vm.switch, kind, value))
+        if other is not None:
+            raise MbxError(f"{kind} {value} is already used by VM '{other}' "
+                           f"on logical switch '{vm.switch}'")
+
+
+def known_middlebox_options(options):
+    """The options of ``options`` (a mapping) that mbx knows, each in its
+    range (``middlebox_option``), as a plain dict; unknown keys are left
+    out (a reader ignores them: mbxctl refuses them)."""
+    return {key: middlebox_option(key, value)
+            for key, value in dict(options).items()
+            if key in MIDDLEBOX_OPTIONS}
+
+
+def _middlebox_ok(mb):
+    middlebox_type(mb.type)
+    action(mb.default_action, "default action")
+    known_middlebox_options(mb.options)
+
+
+def rule_fields(rule):
+    """A RuleInfo's own values: priority, direction, action and match."""
+    rule_priority(rule.priority)
+    direction(rule.direction)
+    action(rule.action)
+    match(rule.match)
+
+
+def vm_fields(vm, subnet_text):
+    """A VMInfo's own values: a unicast MAC, an IPv4 address that is a host
+    address of ``subnet_text`` (its switch's subnet)."""
+    mac(vm.mac)
+    ip_in_subnet(vm.ip, subnet_text, vm.switch)
+
+
+def vip_fields(v):
+    """A VipInfo's own values: address, port, protocol, algorithm and
+    options (each in its range, health-timeout within health-interval)."""
+    ipv4(v.vip, "VIP")
+    port(v.port, "VIP port")
+    protocol(v.protocol)
+    algorithm(v.algorithm)
+    check_vip_options(vip_options(v.options))
+
+
+def _rule_ok(rule, mb_name, mb_type, sw, sets):
+    rule_fields(rule)
+    check_rule(MiddleboxInfo(mb_name, mb_type, sw.name), rule,
+               {sw.name: sw}, {s.name: s for s in sets})
+
+
+# ``unusable`` runs on every snapshot of the whole database: the checks of
+# one row, which parse addresses and matches, are remembered by the values
+# they depend on (rows are frozen values), so a snapshot costs a lookup per
+# row that did not change.
+_MEMO_SIZE = 1 << 16
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _memo(check, *args):
+    return problem(check, *args)
+
+
+def _remembered(check, *args):
+    """problem(check, *args), remembered when the arguments are values."""
+    try:
+        return _memo(check, *args)
+    except TypeError:           # a value of a type that does not hash
+        return problem(check, *args)
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _set_names(text):
+    """The address sets a match names (none if it does not parse)."""
+    try:
+        return parse_match(text).address_sets
+    except MbxError:
+        return frozenset()
+
+
+def _policy_ok(policy, switches, middleboxes, address_sets):
+    steer_priority(policy.priority)
+    check_policy(policy, switches, middleboxes, address_sets)
+
+
+def _vip_ok(v, mb, switches, vms):
+    vip_fields(v)
+    checked = dataclasses.replace(v, options=vip_options(v.options))
+    check_vip(checked, mb, switches, vms)
+
+
+def unusable(switches, vms, middleboxes, rules, policies, address_sets,
+             vips, ignored=None):
+    """{key: one line} of the rows a reader cannot use, besides ``ignored``
+    (rows already left out, e.g. ``mbxmodel.tenancy.ignored``: their
+    reasons are kept and what depends on them is left out too).
+
+    Keys: ("switch", name), ("vm", name), ("middlebox", name), ("rule",
+    uuid), ("policy", switch, priority), ("vip", uuid).  The arguments are
+    a northbound snapshot's values (``NbSnapshot``): ``vms`` a mapping of
+    name -> VMInfo, ``rules`` and ``vips`` middlebox name -> its rows.
+    What depends on an unusable row goes with it: a VM, middlebox or policy
+    of an unusable switch; the rules and VIPs of an unusable middlebox; a
+    policy whose chain names one.  Of two VMs of a switch with one address,
+    the one whose name sorts later is the unusable one."""
+    out = dict(ignored or {})
+    for name_, sw in sorted(switches.items()):
+        why = _remembered(_switch_ok, sw)
+        if why:
+            out[("switch", name_)] = f"logical switch '{name_}': {why}"
+    good_switches = {n: sw for n, sw in switches.items()
+                     if ("switch", n) not in out}
+    taken = {}
+    for name_, vm in sorted(vms.items()):
+        if vm.switch in switches and vm.switch not in good_switches:
+            why = f"its logical switch '{vm.switch}' is not usable"
+        else:
+            why = (_remembered(_vm_ok, vm, good_switches[vm.switch])
+                   if vm.switch in good_switches
+                   else f"unknown logical switch '{vm.switch}'") or \
+                problem(_vm_clash, vm, taken)
+        if why:
+            out[("vm", name_)] = (why if why.startswith("VM '")
+                                  else f"VM '{name_}': {why}")
+        else:
+            taken[(vm.switch, "IP", vm.ip)] = name_
+            taken[(vm.switch, "MAC", vm.mac.lower())] = name_
+    for name_, mb in sorted(middleboxes.items()):
+        if ("middlebox", name_) in out:
+            continue
+        if mb.switch not in good_switches:
+            why = f"its logical switch '{mb.switch}' is not usable"
+        else:
+            why = problem(_middlebox_ok, mb)
+        if why:
+            out[("middlebox", name_)] = f"middlebox '{name_}': {why}"
+    good_mbs = {n: mb for n, mb in middleboxes.items()
+                if ("middlebox", n) not in out}
+    for mb_name, mb_rules in sorted(rules.items()):
+        mb = good_mbs.get(mb_name)
+        for rule in mb_rules if mb is not None else ():
+            key = ("rule", rule.uuid)
+            if key in out:
+                continue
+            names = _set_names(rule.match) if isinstance(rule.match, str) \
+                else frozenset()
+            sets = tuple(address_sets[n] for n in sorted(names)
+                         if n in address_sets)
+            why = _remembered(_rule_ok, rule, mb.name, mb.type,
+                              good_switches[mb.switch], sets)
+            if why:
+                out[key] = f"middlebox '{mb_name}' rule {rule.uuid}: {why}"
+    for policy in policies:
+        key = ("policy", policy.switch, policy.priority)
+        if key in out:
+            continue
+        gone = [n for n in policy.chain if n in middleboxes
+                and n not in good_mbs]
+        if policy.switch not in good_switches:
+            why = f"its logical switch '{policy.switch}' is not usable"
+        elif gone:
+            why = f"its middlebox '{gone[0]}' is not usable"
+        else:
+            why = problem(_policy_ok, policy, good_switches, good_mbs,
+                       address_sets)
+        if why:
+            out[key] = (f"steering policy {policy.switch} "
+                        f"{policy.priority}: {why}")
+    good_vms = [vms[n] for n in sorted(vms) if ("vm", n) not in out]
+    for mb_name, mb_vips in sorted(vips.items()):
+        mb = good_mbs.get(mb_name)
+        for v in mb_vips if mb is not None else ():
+            key = ("vip", v.uuid)
+            why = problem(_vip_ok, v, mb, good_switches, good_vms)
+            if why and key not in out:
+                out[key] = (f"load balancer '{mb_name}' VIP "
+                            f"{v.vip}:{v.port}: {why}")
+    return out

@@ -135,7 +135,13 @@ class MbxController(app_manager.OSKenApp):
         if dp is None:
             return
         for command, flow in ops:
-            dp.send_msg(ofmsg.to_flow_mod(dp, flow, command))
+            try:
+                msg = ofmsg.to_flow_mod(dp, flow, command)
+            except Exception as e:  # a value no flow can carry: skip that flow
+                LOG.error("switch %016x: flow not sent, it cannot be encoded "
+                          "(%s): %s", dpid, e, flow)
+                continue
+            dp.send_msg(msg)
         barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
         barrier.set_xid(barrier_xid)
         dp.send_msg(barrier)

@@ -92,6 +92,13 @@ LOG = logging.getLogger(__name__)
 SB_WRITE_TIMEOUT = 10.0
 
 _MIRROR_COLUMNS = frozenset({"host", "location_epoch"})
+# The northbound columns only this controller writes, by table: a change of
+# nothing else is its own (``own_status_write``).
+_QUIET_COLUMNS = {table: frozenset({"status"})
+                  for table in validate.STATUS_TABLES.values()}
+_QUIET_COLUMNS["VM"] = _MIRROR_COLUMNS | {"status"}
+STATUS_ERROR = validate.STATUS_ERROR
+STATUS_KINDS = frozenset(validate.STATUS_TABLES)
 
 # The southbound OVSDB lock whose holder is the active logical controller.
 LOCK = "mbx_northd"
@@ -162,6 +169,7 @@ class Northd:
         self._dp_synced = False         # the southbound rows were compared once
         self._dp_cfg = None             # SB_Global.nb_cfg as written
         self._mirrors = {}              # vm -> (host, epoch): this round's VM.host mirrors
+        self._problems = {}             # the rows not in force, as last logged
 
     @property
     def topo(self):
@@ -277,6 +285,8 @@ class Northd:
             self._intent = dplib.topology(self._translator.records.values())
             self._config = None
         self._config_changed()
+        if self.active and self._sb_ready:
+            self._publish_problems(snap)
 
     def runtime_changed(self, change):
         """The southbound runtime rows: what changed (an ``SbDelta``), or
@@ -425,7 +435,7 @@ class Northd:
         self._flush_mirrors()
         if changes is None or status:
             self._publish_vip_status(topo)
-            self._publish_ids_status(topo, snap)
+            self._publish_middlebox_status(snap)
 
     def _write(self, key, value, fn):
         """A northbound status write (its value remembered)."""
@@ -631,15 +641,6 @@ class Northd:
             mirrors, self._mirrors = self._mirrors, {}
             self._nb.set_vm_mirrors(mirrors).execute(check_error=True)
 
-    @staticmethod
-    def own_status_write(table, event, columns):
-        """A northbound row change that only carries this controller's own
-        mirror of a VM's location (VM.host, location_epoch): its
-        notification is not needed (``MbxNb.connect(quiet=...)``), which
-        spares a snapshot of the whole northbound database per move."""
-        return table == "VM" and event == "update" and bool(columns) and \
-            columns <= _MIRROR_COLUMNS
-
     def _publish_vip_status(self, topo):
         """LB_VIP.status: each backend's health as the hosts publish it
         (shared state, service "lb-health", value {"ip:port": "up"|"down"});
@@ -670,26 +671,73 @@ class Northd:
                     key = f"{ip}:{port}"
                     if key in merged:
                         wanted[key] = merged[key]
+                why = self.nb_snap.ignored.get(("vip", vip.uuid))
+                if why:
+                    wanted[STATUS_ERROR] = why
                 if wanted == dict(vip.status):
                     continue
                 self._write(("vip", vip.uuid), wanted,
                             lambda: self._nb.set_vip_status(vip.uuid, wanted).execute(
                                 check_error=True))
 
-    def _publish_ids_status(self, topo, snap):
-        """Middlebox.status "alerts" = the number of IDS_Alert rows of each IDS."""
+    def _publish_middlebox_status(self, snap):
+        """Middlebox.status: "alerts", the number of IDS_Alert rows of each
+        IDS; "error", why a middlebox is not in force (``snap.ignored``)."""
         counts = {}
         for row in self.sb_snap.ids_alerts:
             counts[row.middlebox] = counts.get(row.middlebox, 0) + 1
         current_status = snap.middlebox_status
-        for name, mb in sorted(topo.middleboxes.items()):
-            if mb.type != "ids":
-                continue
+        for name, mb in sorted(snap.middleboxes.items()):
             current = dict(current_status.get(name, {}))
-            status = dict(current, alerts=str(counts.get(name, 0)))
+            status = {k: v for k, v in current.items() if k != STATUS_ERROR}
+            if mb.type == "ids":
+                status["alerts"] = str(counts.get(name, 0))
+            why = snap.ignored.get(("middlebox", name))
+            if why:
+                status[STATUS_ERROR] = why
             if status == current:
                 continue
             self._write(("mb-status", name), status,
                         lambda: self._nb.set_middlebox_status(name, status).execute(
                             check_error=True))
 
+    def _publish_problems(self, snap):
+        """The rows not in force (``snap.ignored``: tenant columns that
+        disagree, values no reader can use): one log line for each when it
+        appears or its reason changes, and its reason in the row's status
+        (the ``status`` column; Middlebox and LB_VIP: the key "error"); a
+        status whose row is usable again is cleared."""
+        for key, why in sorted(snap.ignored.items()):
+            if self._problems.get(key) != why:
+                LOG.warning("ignoring %s", why)
+        for key in sorted(self._problems.keys() - snap.ignored.keys()):
+            LOG.info("in force again (or gone): %s", " ".join(map(str, key)))
+        self._problems = dict(snap.ignored)
+        wanted = {key: why for key, why in snap.ignored.items()
+                  if key[0] in STATUS_KINDS}
+        changes = {key: wanted.get(key, "")
+                   for key in wanted.keys() | snap.row_status.keys()
+                   if wanted.get(key, "") != snap.row_status.get(key, "")}
+        # what was written for rows that have no status now is forgotten: a
+        # row made again with the same problem is written again
+        for key in [k for k in self._written if k[0] == "row-status"
+                    and k[1] not in wanted and k[1] not in snap.row_status]:
+            del self._written[key]
+        changes = {key: text for key, text in changes.items()
+                   if self._written.get(("row-status", key)) != text}
+        if changes and self._lock_held():
+            self._nb.set_row_status(changes).execute(check_error=True)
+            for key, text in changes.items():
+                self._written[("row-status", key)] = text
+        self._publish_vip_status(self._state.topo)
+        self._publish_middlebox_status(snap)
+
+    @staticmethod
+    def own_status_write(table, event, columns):
+        """A northbound row change that only carries this controller's own
+        status writes (VM.host, location_epoch; the ``status`` of a row it
+        cannot use): its notification is not needed
+        (``MbxNb.connect(quiet=...)``), which spares a snapshot of the whole
+        northbound database per move."""
+        quiet = _QUIET_COLUMNS.get(table, frozenset())
+        return event == "update" and bool(columns) and columns <= quiet

@@ -13,6 +13,8 @@ Conventions (so a flow computed here compares equal to one read back from OVS):
   lower-case string for MAC ("aa:bb:...") and dotted IPv4 addresses; a masked
   value is a ``(value, mask)`` tuple of the same types.
 * instructions: a tuple, in OpenFlow 1.3 execution order, of
+    ``("meter", meter_id)``: the packet passes meter ``meter_id`` (a
+      ``Meter``) first and is dropped over its rate
     ``("apply", (action, ...))``
     ``("write_metadata", value, mask)``
     ``("goto", table_id)``
@@ -54,7 +56,8 @@ keeps 8 bits of ct_state and reads an exact ct_state back masked with 0xff,
 so ``canon_match`` takes ct_state masks modulo 0xff and ``(0x22, 0xff)`` is
 the exact ``0x22``.
 
-``Group`` is a group-table entry (OpenFlow 1.3 group-mod / group-desc).
+``Group`` is a group-table entry (OpenFlow 1.3 group-mod / group-desc);
+``Meter`` a meter-table entry (meter-mod / meter-config).
 """
 
 from dataclasses import dataclass
@@ -170,3 +173,14 @@ class Group:
         if self.type not in GROUP_TYPES:
             raise ValueError("group %d: type must be one of %s, not %r"
                              % (self.group_id, ", ".join(GROUP_TYPES), self.type))
+
+
+@dataclass(frozen=True)
+class Meter:
+    """A meter with one drop band: packets over ``rate`` a second are
+    dropped, after a burst of ``burst`` packets (OpenFlow 1.3 meter-mod with
+    OFPMF_PKTPS | OFPMF_BURST | OFPMF_STATS, as ``ovs-ofctl add-meter
+    meter=ID,pktps,burst,stats,band=type=drop,rate=R,burst_size=B``)."""
+    meter_id: int
+    rate: int
+    burst: int

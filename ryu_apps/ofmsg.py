@@ -23,7 +23,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 from os_ken.ofproto import nicira_ext
 
-from ryu_apps.ofmodel import Flow, Group, canon_match
+from ryu_apps.ofmodel import Flow, Group, Meter, canon_match
 
 COMMANDS = {
     "add": ofp.OFPFC_ADD,
@@ -110,6 +110,8 @@ def _to_instruction(ofproto, ofparser, inst):
         return ofparser.OFPInstructionWriteMetadata(inst[1], inst[2])
     if kind == "goto":
         return ofparser.OFPInstructionGotoTable(inst[1])
+    if kind == "meter":
+        return ofparser.OFPInstructionMeter(inst[1], ofproto.OFPIT_METER)
     raise ValueError(f"unknown instruction {inst!r}")
 
 
@@ -274,6 +276,50 @@ def group_from_stats(desc):
     return Group(desc.group_id, kind, tuple(buckets))
 
 
+# ------------------------------------------------------------------ meters
+METER_COMMANDS = {"add": ofp.OFPMC_ADD, "modify": ofp.OFPMC_MODIFY, "delete": ofp.OFPMC_DELETE}
+_METER_FLAGS = ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS
+
+
+def to_meter_mod(datapath, meter, command="add"):
+    """An OFPMeterMod that adds, modifies or deletes ``meter`` (a delete
+    carries only the meter id; Open vSwitch then deletes the flows that use
+    it)."""
+    ofparser = datapath.ofproto_parser
+    if command == "delete":
+        return ofparser.OFPMeterMod(datapath, METER_COMMANDS[command], 0, meter.meter_id, [])
+    band = ofparser.OFPMeterBandDrop(rate=meter.rate, burst_size=meter.burst)
+    return ofparser.OFPMeterMod(datapath, METER_COMMANDS[command], _METER_FLAGS,
+                                meter.meter_id, [band])
+
+
+def meter_config_request(datapath):
+    """A request for every meter's configuration (OFPMP_METER_CONFIG)."""
+    return datapath.ofproto_parser.OFPMeterConfigStatsRequest(datapath, 0, ofp.OFPM_ALL)
+
+
+def meter_from_config(config):
+    """The ``Meter`` of one OFPMeterConfigStats entry; a meter that is not
+    one pktps drop band reads back with rate -1 (it never equals a wanted
+    one, so it is set again)."""
+    bands = list(config.bands)
+    if len(bands) != 1 or bands[0].type != ofp.OFPMBT_DROP or \
+            not config.flags & ofp.OFPMF_PKTPS:
+        return Meter(config.meter_id, -1, 0)
+    return Meter(config.meter_id, bands[0].rate, bands[0].burst_size)
+
+
+def meter_stats_request(datapath):
+    """A request for every meter's counters (OFPMP_METER)."""
+    return datapath.ofproto_parser.OFPMeterStatsRequest(datapath, 0, ofp.OFPM_ALL)
+
+
+def meter_dropped(stats):
+    """(meter id, packets in, packets dropped) of one OFPMeterStats entry."""
+    return (stats.meter_id, stats.packet_in_count,
+            sum(b.packet_band_count for b in stats.band_stats))
+
+
 # ------------------------------------------------------------- packet-out
 def packet_out_bytes(data, actions, in_port=ofp.OFPP_CONTROLLER, xid=0):
     """The OFPT_PACKET_OUT (OpenFlow 1.3, no buffer) of ``data`` (the whole
@@ -298,6 +344,8 @@ def _from_instruction(inst):
         return ("write_metadata", inst.metadata, inst.metadata_mask)
     if isinstance(inst, parser.OFPInstructionGotoTable):
         return ("goto", inst.table_id)
+    if isinstance(inst, parser.OFPInstructionMeter):
+        return ("meter", inst.meter_id)
     return ("unsupported", str(inst))
 
 

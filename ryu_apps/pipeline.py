@@ -377,7 +377,7 @@ GAPS = (
      "to-VM direction: after TO_VM_COMMIT, before LOCAL_DELIVERY"),
 )
 
-_INSTRUCTION_ORDER = ("apply", "write_metadata", "goto")
+_INSTRUCTION_ORDER = ("meter", "apply", "write_metadata", "goto")
 _ACTIONS = {"output": 2, "set_field": 3, "push_vlan": 2, "pop_vlan": 1, "ct": 6,
             "group": 2, "conjunction": 4, "load": 5, "move": 6, "resubmit": 2,
             "ct_clear": 1}
@@ -419,6 +419,8 @@ def check_flow(flow, owner=COOKIE):
             assert (inst[1] & ~inst[2]) == 0, f"metadata bits outside mask: {flow}"
         elif inst[0] == "goto":
             _check_jump(table, flow, inst[1], goto=True)
+        elif inst[0] == "meter":
+            assert owner == DAEMON_COOKIE, f"only the service stages use meters: {flow}"
     return flow
 
 

@@ -142,15 +142,20 @@ class Translator:
 
 def _inputs(snap):
     """What the records are made of, grouped for comparison: the rows in
-    force (not ``snap.ignored``, mbxmodel.tenancy)."""
+    force (not ``snap.ignored``: mbxmodel.tenancy, ovsdb.validate.unusable),
+    and nothing of a switch that is not."""
     ignored = getattr(snap, "ignored", None) or {}
     gone = {key[1] for key in ignored if key[0] == "middlebox"}
+    switches = {name: sw for name, sw in snap.switches.items()
+                if ("switch", name) not in ignored}
     policies = {}
     for p in snap.policies:
-        if ("policy", p.switch, p.priority) not in ignored:
+        if ("policy", p.switch, p.priority) not in ignored \
+                and p.switch in switches:
             policies.setdefault(p.switch, []).append(p)
     middleboxes = {name: mb for name, mb in snap.middleboxes.items()
-                   if name not in gone}
+                   if name not in gone and mb.switch in switches}
+    gone |= set(snap.middleboxes) - set(middleboxes)
     mbs_of = {}
     for mb in middleboxes.values():
         mbs_of.setdefault(mb.switch, []).append(mb.name)
@@ -160,15 +165,17 @@ def _inputs(snap):
     nets = nets.values() if hasattr(nets, "values") else nets
     options = getattr(snap, "global_options", {}) or {}
     return {
-        "switches": snap.switches,
-        "vms": snap.vms,
+        "switches": switches,
+        "vms": {name: vm for name, vm in snap.vms.items()
+                if ("vm", name) not in ignored and vm.switch in switches},
         "policies": {s: tuple(sorted(ps, key=lambda p: (-p.priority, p.match, p.chain)))
                      for s, ps in policies.items()},
         "middleboxes": middleboxes,
         "mbs_of": mbs_of,
         "rules": rules,
         "nat_rules": {k: tuple(v) for k, v in snap.nat_rules.items() if k not in gone},
-        "vips": {k: tuple(dataclasses.replace(v, status={}) if v.status else v for v in vs)
+        "vips": {k: tuple(dataclasses.replace(v, status={}) if v.status else v
+                          for v in vs if ("vip", v.uuid) not in ignored)
                  for k, vs in snap.vips.items() if k not in gone},
         "sets": snap.address_sets,
         "externals": tuple(sorted(nets, key=lambda n: n.name)),

@@ -102,8 +102,8 @@ def _rules(api):
             for row in _rows(api, "Middlebox")}
 
 
-def _ignored(api):
-    """The rows not in force (mbxmodel.tenancy.ignored) and why."""
+def _tenancy_ignored(api):
+    """The rows whose tenant columns disagree (mbxmodel.tenancy.ignored)."""
     switches = {row.name: row.tenant for row in _rows(api, "Logical_Switch")}
     mbs = [row for row in _rows(api, "Middlebox")
            if row.logical_switch is not None]
@@ -114,6 +114,52 @@ def _ignored(api):
          for tier, rule in _rule_rows(row)],
         [(row.logical_switch.name, row.priority, row.tenant,
           _chain(row.chain)) for row in _policy_rows(api)])
+
+
+def _ignored(api, snap):
+    """The rows not in force and why: those whose tenant columns disagree,
+    and those no reader can use (``validate.unusable``), given ``snap``'s
+    values (an NbSnapshot's fields, by name)."""
+    return validate.unusable(
+        snap["switches"], snap["vms"], snap["middleboxes"], snap["rules"],
+        snap["policies"], snap["address_sets"], snap["vips"],
+        _tenancy_ignored(api))
+
+
+def _status_key(kind, row):
+    """The key of ``row`` (of validate.STATUS_TABLES[kind]) in ``validate.unusable``,
+    or None (a policy without its switch)."""
+    if kind == "rule":
+        return ("rule", str(row.uuid))
+    if kind == "policy":
+        if row.logical_switch is None:
+            return None
+        return ("policy", row.logical_switch.name, row.priority)
+    return (kind, row.name)
+
+
+def _row_status(api):
+    """{key: status} of the rows of validate.STATUS_TABLES whose status is set."""
+    out = {}
+    for kind, table in validate.STATUS_TABLES.items():
+        for row in _rows(api, table):
+            status = getattr(row, "status", "")
+            key = _status_key(kind, row) if status else None
+            if key is not None:
+                out[key] = status
+    return out
+
+
+def _status_row(api, key):
+    """The row of a ``validate.unusable`` key among validate.STATUS_TABLES, or None
+    (gone, or a table the server's schema lacks a status for)."""
+    table = api.tables.get(validate.STATUS_TABLES.get(key[0], ""))
+    if table is None or "status" not in table.columns:
+        return None
+    for row in table.rows.values():
+        if _status_key(key[0], row) == key:
+            return row
+    return None
 
 
 def _sorted_addresses(values):

@@ -7,8 +7,8 @@ from mbxmodel.snapshot import NbSnapshot
 from ovsdb import validate
 from ovsdb.api.common import (_address_sets, _Command, _externals,
                               _ignored, _middleboxes, _nat_rules, _nb_global,
-                              _policies, _ReadCommand, _rows, _rules,
-                              _switches, _vips, _vms)
+                              _policies, _ReadCommand, _row_status, _rows,
+                              _rules, _status_row, _switches, _vips, _vms)
 from ovsdb.errors import MbxError
 
 
@@ -80,18 +80,19 @@ class SnapshotCommand(_ReadCommand):
     def run_idl(self, txn):
         nb = _nb_global(self.api)
         middleboxes = _middleboxes(self.api)
-        self.result = NbSnapshot(
-            nb_cfg=nb.nb_cfg if nb else 0, hv_cfg=nb.hv_cfg if nb else 0,
-            northd_cfg=nb.northd_cfg if nb else 0,
+        values = dict(
             switches=_switches(self.api),
             vms={vm.name: vm for vm in _vms(self.api)},
             middleboxes=middleboxes,
             rules=_rules(self.api), policies=_policies(self.api),
             address_sets=_address_sets(self.api),
+            vips={k: v for k, v in _vips(self.api).items()
+                  if k in middleboxes})
+        self.result = NbSnapshot(
+            nb_cfg=nb.nb_cfg if nb else 0, hv_cfg=nb.hv_cfg if nb else 0,
+            northd_cfg=nb.northd_cfg if nb else 0,
             nat_rules={k: v for k, v in _nat_rules(self.api).items()
                        if k in middleboxes},
-            vips={k: v for k, v in _vips(self.api).items()
-                  if k in middleboxes},
             external_networks=_externals(self.api),
             middlebox_status={row.name: dict(sorted(row.status.items()))
                               for row in _rows(self.api, "Middlebox")
@@ -100,7 +101,24 @@ class SnapshotCommand(_ReadCommand):
             vm_mirror={row.name: (row.host[0] if row.host else None,
                                   row.location_epoch)
                        for row in _rows(self.api, "VM")},
-            ignored=_ignored(self.api))
+            ignored=_ignored(self.api, values),
+            row_status=_row_status(self.api), **values)
+
+
+class SetRowStatusCommand(_Command):
+    """The ``status`` of rows of common.STATUS_TABLES, by their
+    ``validate.unusable`` key ("" clears it); rows that are gone are
+    skipped."""
+
+    def __init__(self, api, statuses):
+        super().__init__(api)
+        self.statuses = statuses
+
+    def run_idl(self, txn):
+        for key, text in sorted(self.statuses.items()):
+            row = _status_row(self.api, key)
+            if row is not None and row.status != text:
+                row.status = text
 
 
 class DatabaseApi:
@@ -131,6 +149,10 @@ class DatabaseApi:
             else:
                 checked[key] = validate.global_option(key, value)
         return GlobalSetCommand(self, checked)
+
+    def set_row_status(self, statuses):
+        """{unusable key: one line, or "" to clear} (mbx-northd's writes)."""
+        return SetRowStatusCommand(self, statuses)
 
     def snapshot(self) -> NbSnapshot:
         return SnapshotCommand(self).execute(check_error=True)

@@ -38,10 +38,12 @@ def _load(nb, txn, args):
 
 
 def _show(snap, args, sb_snap):
+    """The tree; a row that mbx-northd could not use shows its status."""
     lines = []
     for sw in sorted(snap.switches.values(), key=lambda s: s.name):
         lines.append(f"switch {sw.name} (tenant {sw.tenant}, vni {sw.vni}, "
                      f"subnet {sw.subnet}, gateway {sw.gateway})")
+        lines += _status(snap, ("switch", sw.name), "    ")
         for vm in sorted(snap.vms.values(), key=lambda vm: vm.name):
             if vm.switch != sw.name:
                 continue
@@ -50,6 +52,7 @@ def _show(snap, args, sb_snap):
                       f"        mac: {vm.mac}",
                       f"        ip: {vm.ip}",
                       f"        host: {host or '-'} (epoch {epoch})"]
+            lines += _status(snap, ("vm", vm.name), "        ")
         for mb in sorted(snap.middleboxes.values(), key=lambda mb: mb.name):
             if mb.switch != sw.name:
                 continue
@@ -61,9 +64,10 @@ def _show(snap, args, sb_snap):
             status = snap.middlebox_status.get(mb.name)
             if status:
                 lines.append(f"        status: {options(status)}")
-            lines += [f"        rule {r.direction} {r.tier} {r.priority}: "
-                      f"{r.match} -> {r.action}"
-                      for r in snap.rules.get(mb.name, ())]
+            for r in snap.rules.get(mb.name, ()):
+                lines.append(f"        rule {r.direction} {r.tier} "
+                             f"{r.priority}: {r.match} -> {r.action}")
+                lines += _status(snap, ("rule", r.uuid), "            ")
             lines += [f"        {validate.describe_nat(r)}"
                       for r in snap.nat_rules.get(mb.name, ())]
             for v in snap.vips.get(mb.name, ()):
@@ -72,9 +76,15 @@ def _show(snap, args, sb_snap):
                 if v.options:
                     lines.append(f"            options: "
                                  f"{options(v.options)}")
-        lines += [f"    steering {p.priority}: {p.match} -> "
-                  f"{validate.chain_text(p.chain)}"
-                  for p in snap.policies if p.switch == sw.name]
+                if v.status.get(validate.STATUS_ERROR):
+                    lines.append("            status: "
+                                 + v.status[validate.STATUS_ERROR])
+        for p in snap.policies:
+            if p.switch == sw.name:
+                lines.append(f"    steering {p.priority}: {p.match} -> "
+                             f"{validate.chain_text(p.chain)}")
+                lines += _status(snap, ("policy", p.switch, p.priority),
+                                 "        ")
     for aset in sorted(snap.address_sets.values(), key=lambda s: s.name):
         lines += [f"address set {aset.name} (tenant {aset.tenant})",
                   f"    addresses: {', '.join(aset.addresses) or '-'}"]
@@ -92,9 +102,16 @@ def _show(snap, args, sb_snap):
             lines.append(f"    migration_address: {h.migration_address}")
     if snap.global_options:
         lines.append(f"global options: {options(snap.global_options)}")
-    # rows whose tenant columns disagree: mbx-northd and mbxd ignore them
+    # rows whose tenant columns disagree or whose values no reader can use:
+    # mbx-northd and mbxd ignore them (mbx-northd says so in their status)
     lines += [f"ignored: {why}" for _, why in sorted(snap.ignored.items())]
     return lines
+
+
+def _status(snap, key, indent):
+    """The line of the status mbx-northd wrote into the row of ``key``."""
+    status = snap.row_status.get(key)
+    return [f"{indent}status: {status}"] if status else []
 
 
 COMMANDS = (

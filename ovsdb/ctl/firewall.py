@@ -1,7 +1,7 @@
 """mbxctl's firewall rule and address set commands."""
 
 from ovsdb.ctl.syntax import CtlCommand
-from ovsdb.ctl.text import table
+from ovsdb.ctl.text import status_table, table
 from ovsdb.errors import MbxError
 
 
@@ -14,9 +14,12 @@ def _fw_del(nb, txn, args):
 
 
 def _fw_list(snap, args):
-    return table(["DIRECTION", "TIER", "PRIORITY", "ACTION", "MATCH"],
-                 [[r.direction, r.tier, r.priority, r.action, r.match]
-                  for r in snap.rules.get(args.mb, ())])
+    rules = snap.rules.get(args.mb, ())
+    return status_table(["DIRECTION", "TIER", "PRIORITY", "ACTION", "MATCH"],
+                        [[r.direction, r.tier, r.priority, r.action, r.match]
+                         for r in rules],
+                        [snap.row_status.get(("rule", r.uuid), "")
+                         for r in rules])
 
 
 def _as_list(snap, args):

@@ -3,25 +3,27 @@
 from ovsdb import validate
 from ovsdb.ctl.middleboxes import require_named
 from ovsdb.ctl.syntax import CtlCommand, key_values
-from ovsdb.ctl.text import options, table
+from ovsdb.ctl.text import options, status_table
 
 
 def backends(v):
     """'10.0.0.11:80=up, 10.0.0.12:80=unknown' (health from LB_VIP.status;
-    unknown: not reported yet)."""
+    unknown: not reported yet; its key "error" is the VIP's status)."""
     return ", ".join(
         f"{text}={v.status.get(text, 'unknown')}"
         for text in map(validate.backend_text, v.backends))
 
 
 def _lb_list(snap, args):
-    return table(["MIDDLEBOX", "VIP", "PROTOCOL", "ALGORITHM", "BACKENDS",
-                  "OPTIONS"],
-                 [[v.middlebox, f"{v.vip}:{v.port}", v.protocol,
-                   v.algorithm, backends(v) or "-", options(v.options) or "-"]
-                  for name, vips in sorted(snap.vips.items())
-                  if args.mb is None or name == args.mb
-                  for v in vips])
+    vips = [v for name, mb_vips in sorted(snap.vips.items())
+            if args.mb is None or name == args.mb for v in mb_vips]
+    return status_table(["MIDDLEBOX", "VIP", "PROTOCOL", "ALGORITHM",
+                         "BACKENDS", "OPTIONS"],
+                        [[v.middlebox, f"{v.vip}:{v.port}", v.protocol,
+                          v.algorithm, backends(v) or "-",
+                          options(v.options) or "-"] for v in vips],
+                        [v.status.get(validate.STATUS_ERROR, "")
+                         for v in vips])
 
 
 COMMANDS = (

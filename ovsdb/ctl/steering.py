@@ -2,15 +2,18 @@
 
 from ovsdb import validate
 from ovsdb.ctl.syntax import CtlCommand
-from ovsdb.ctl.text import table
+from ovsdb.ctl.text import status_table
 
 
 def _steer_list(snap, args):
-    return table(["SWITCH", "PRIORITY", "CHAIN", "MATCH"],
-                 [[p.switch, p.priority, validate.chain_text(p.chain),
-                   p.match]
-                  for p in snap.policies
-                  if args.switch is None or p.switch == args.switch])
+    policies = [p for p in snap.policies
+                if args.switch is None or p.switch == args.switch]
+    return status_table(["SWITCH", "PRIORITY", "CHAIN", "MATCH"],
+                        [[p.switch, p.priority, validate.chain_text(p.chain),
+                          p.match] for p in policies],
+                        [snap.row_status.get(("policy", p.switch,
+                                              p.priority), "")
+                         for p in policies])
 
 
 COMMANDS = (

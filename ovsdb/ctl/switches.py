@@ -2,24 +2,28 @@
 the southbound database)."""
 
 from ovsdb.ctl.syntax import CtlCommand
-from ovsdb.ctl.text import options, table
+from ovsdb.ctl.text import options, status_table, table
 
 
 def _ls_list(snap, args):
-    return table(["NAME", "TENANT", "VNI", "SUBNET", "GATEWAY"],
-                 [[s.name, s.tenant, s.vni, s.subnet, s.gateway]
-                  for s in sorted(snap.switches.values(),
-                                  key=lambda s: s.name)])
+    switches = sorted(snap.switches.values(), key=lambda s: s.name)
+    return status_table(["NAME", "TENANT", "VNI", "SUBNET", "GATEWAY"],
+                        [[s.name, s.tenant, s.vni, s.subnet, s.gateway]
+                         for s in switches],
+                        [snap.row_status.get(("switch", s.name), "")
+                         for s in switches])
 
 
 def _vm_list(snap, args, sb_snap):
     vms = [vm for vm in snap.vms.values()
            if args.switch is None or vm.switch == args.switch]
-    rows = []
+    rows, statuses = [], []
     for vm in sorted(vms, key=lambda vm: vm.name):
         host, epoch = sb_snap.vm_locations.get(vm.name, (None, 0))
         rows.append([vm.name, vm.switch, vm.ip, vm.mac, host or "-", epoch])
-    return table(["NAME", "SWITCH", "IP", "MAC", "HOST", "EPOCH"], rows)
+        statuses.append(snap.row_status.get(("vm", vm.name), ""))
+    return status_table(["NAME", "SWITCH", "IP", "MAC", "HOST", "EPOCH"],
+                        rows, statuses)
 
 
 def _host_list(sb_snap, args):

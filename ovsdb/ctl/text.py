@@ -11,6 +11,18 @@ def table(headers, rows):
             for row in rows]
 
 
+def status_table(headers, rows, statuses):
+    """``table`` with a last column STATUS when a row has a status (what
+    mbx-northd wrote into a row it cannot use, ovsdb/mbx_nb.md); ``statuses``
+    goes with ``rows``, "" for none."""
+    statuses = list(statuses)
+    if any(statuses):
+        headers = list(headers) + ["STATUS"]
+        rows = [list(row) + [status or "-"]
+                for row, status in zip(rows, statuses)]
+    return table(headers, rows)
+
+
 def options(values):
     """'KEY=VALUE, ...' sorted by key ('' when empty)."""
     return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))

@@ -70,6 +70,10 @@ def start_server(rundir, schema=server.SCHEMA_PATH):
     return pid, "unix:" + sock
 
 
+# The config database's schema version now (converted files end there).
+with open(server.SCHEMA_PATH) as _f:
+    NB_VERSION = json.load(_f)["version"]
+
 SB_TABLES = ("SB_Global", "Chassis", "Chassis_Private", "Port_Binding", "Slice",
              "VM_Location", "Datapath", "Shared_State", "IDS_Alert", "Migration")
 
@@ -667,7 +671,7 @@ def test_schema_1_0_0_database_is_converted_and_keeps_its_rows(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "2.1.0"
+                              check=True).stdout.strip() == NB_VERSION
         # the VM's host mirror keeps the host's name and the epoch; where
         # the VM runs is the southbound database's, empty until its
         # chassis publishes its port again
@@ -1698,7 +1702,7 @@ def test_schema_1_1_0_database_is_converted_and_keeps_its_policies(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "2.1.0"
+                              check=True).stdout.strip() == NB_VERSION
         assert not os.path.exists(str(db) + ".converting")
         assert ok(remote, "steer-list").splitlines() == [
             "SWITCH  PRIORITY  CHAIN   MATCH",
@@ -2200,7 +2204,7 @@ def test_schema_1_5_0_database_converts_to_intent_only(tmp_path):
     try:
         assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                               capture_output=True, text=True,
-                              check=True).stdout.strip() == "2.1.0"
+                              check=True).stdout.strip() == NB_VERSION
         assert not [n for n in os.listdir(tmp_path)
                     if n.startswith("db.") and n != "db.sock"]   # no leftover file
         with open(server.SCHEMA_PATH) as f:
@@ -2214,6 +2218,11 @@ def test_schema_1_5_0_database_converts_to_intent_only(tmp_path):
         assert [p.pop("tenant") for p in after["Steering_Policy"]] == ["t"]
         assert [g.pop("connections") for g in after["NB_Global"]] == [
             ["set", []]]
+        # 2.2.0's status columns start empty
+        assert [r.pop("status") for table in ("Logical_Switch", "VM",
+                                              "Steering_Policy")
+                for r in after[table]] == [""] * sum(
+            len(after[t]) for t in ("Logical_Switch", "VM", "Steering_Policy"))
         assert after == before
         assert ok(remote, "steer-list").splitlines()[1].split() == [
             "ls-a", "100", "fw", "any"]
@@ -2265,7 +2274,7 @@ def test_schema_2_0_0_database_converts_its_tiers_and_tenants(tmp_path):
     server.ensure_db(str(db))
     assert subprocess.run(["ovsdb-tool", "db-version", str(db)],
                           capture_output=True, text=True,
-                          check=True).stdout.strip() == "2.1.0"
+                          check=True).stdout.strip() == NB_VERSION
     rules = {r["_uuid"][1]: r for r in nb_query(
         db, "Firewall_Rule", ["_uuid", "priority", "tenant"])}
     [mb] = nb_query(db, "Middlebox", ["tenant", "rules", "provider_rules"])

@@ -250,8 +250,10 @@ def test_destination_dying_mid_transfer_aborts_and_the_vm_keeps_working(mig):
         assert {c["local_port"] for c in snap.values()} <= ports
     finally:
         lab.mbxd_start(dst)
-    # A later migration to the restarted host works.
-    time.sleep(1.5)
+    # A later migration to the restarted host works (once it listens: its
+    # daemon answers ovs-appctl only after its channel is up).
+    wait_until(lambda: lab.mbxd_appctl(dst, "stats", check=False), 15, interval=0.1,
+               what="the restarted mbxd on %s to answer" % dst)
     lab.migrate("mv", dst, notify=True)
     assert lab.migration_row("mv")["status"] == "done"
     assert_all_alive(sc, sc.snapshot())

@@ -13,16 +13,19 @@ its own, both with VMs on h1 and h2.
 """
 
 import os
+import re
 import signal
+import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from lab import ctbaseline as CT
-from lab.lab import Lab
+from lab.lab import METRICS_PORT, Lab
 from lab.migscenario import Scenario
-from lab.sh import wait_until
+from lab.sh import LabError, wait_until
 from ovsdb.server import pid_alive
 from ryu_apps import pipeline
 
@@ -30,6 +33,7 @@ PREFIX = os.environ.get("MBX_TEST_PREFIX", "mbxt") + "r"
 RUNDIR = os.environ.get("MBX_TEST_RUNDIR", "/run/mbx-test") + "-rec"
 CONTROLLERS = os.environ.get("MBX_TEST_CONTROLLERS", "central")
 HOSTS = ["h1", "h2"]
+OUTAGE_BOUND = 30.0         # s: connections may go without replies while a controller restarts
 BACK_BOUND = 15.0           # s: new connections through a restarted switch work again
 
 # Tenant blue: its own switch and firewall (default deny; TCP to BLUE_PORT allowed).
@@ -104,9 +108,31 @@ def config_reaches_every_host(lab, port):
 
 # --------------------------------------------------------------- tests
 
+def counted(lab, host, middlebox):
+    """The connections mbxd's last census counted in ``middlebox``'s slice
+    on ``host`` (its Prometheus page, rendered once a second), or 0."""
+    url = "http://%s:%d/metrics" % (lab.state["hosts"][host]["mgmt_ip"], METRICS_PORT)
+    fetch = ("import urllib.request,sys; "
+             "sys.stdout.write(urllib.request.urlopen(%r, timeout=5).read().decode())" % url)
+    proc = subprocess.run(["ip", "netns", "exec", lab.fabric_ns, sys.executable, "-c", fetch],
+                          capture_output=True, text=True, timeout=30)
+    found = re.findall(r'mbxd_connections\{slice="\d+",middlebox="%s"\} (\d+)' % middlebox,
+                       proc.stdout)
+    return sum(int(n) for n in found)
+
+
 def test_mbxd_survives_its_switch_restarting_and_both_tenants_recover(rec):
+    """h1's ovs-vswitchd killed and started again: mbxd (same PID) puts its
+    flows back and gives the new switch the connections of its last census,
+    so both tenants' new connections work within BACK_BOUND and the
+    established ones through h1's middleboxes carry on."""
     lab, sc = rec
     assert new_connections_work(lab)
+    sc.stop()
+    sc.open(per_kind=1, reply_timeout=OUTAGE_BOUND)
+    # Every connection involves mv (h1): counted by a census there.
+    wait_until(lambda: counted(lab, "h1", "fw-red") >= sc.total, 15, interval=0.5,
+               what="h1's census to count mv's connections")
     before = daemons(lab)
     flows = service_flows(lab, "h1")
     assert flows > 0
@@ -116,6 +142,7 @@ def test_mbxd_survives_its_switch_restarting_and_both_tenants_recover(rec):
                what="new connections of both tenants through h1 again")
     print("\nh1's ovs-vswitchd restarted: new connections of both tenants work "
           "again after %.1f s" % (time.monotonic() - t0), file=sys.stderr)
+    assert not sc.stalled(), sc.snapshot()
     assert_daemons_kept(lab, before)
     assert service_flows(lab, "h1") == flows
     config_reaches_every_host(lab, 7101)
@@ -166,3 +193,147 @@ def test_mbxd_survives_its_peer_restarting_and_migrates_to_it_afterwards(rec):
     assert (row["status"], row["destination"]) == ("done", dst), row
     assert not sc.stalled()
     assert_daemons_kept(lab, before)
+
+
+def serving_controller(lab):
+    """The pid key of the physical controller serving the hosts (one)."""
+    wait_until(lambda: all(lab.serving().get(h) for h in HOSTS), 10,
+               what="every host to be served")
+    names = set(lab.serving().values())
+    assert len(names) == 1 or CONTROLLERS == "per-host", names
+    return lab.controller_key(lab.serving()[HOSTS[0]])
+
+
+def move_with(lab, at_plug, after=False, timeout=30):
+    """An announced move of mv to the other host; ``at_plug()`` runs once,
+    just before its port is plugged on the destination (``after``: just
+    after).  Returns (source, destination, the LabError of migrate or None)."""
+    src = lab.state["vms"][CT.MIGRATING_VM]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    plug, done = lab._plug, []
+
+    def hooked(host, name):
+        first = host == dst and not done
+        done.append(host)
+        if first and not after:
+            at_plug()
+        plug(host, name)
+        if first and after:
+            at_plug()
+    lab._plug = hooked
+    try:
+        lab.migrate(CT.MIGRATING_VM, dst, notify=True, timeout=timeout)
+        return src, dst, None
+    except LabError as err:
+        return src, dst, err
+    finally:
+        del lab._plug
+
+
+def move_restarting_the_controller(lab, sc, restart_after, timeout=30):
+    """``move_with`` of mv, its connections open, the controller serving the
+    hosts killed just before the plug and started again ``restart_after``
+    seconds later."""
+    sc.stop()
+    sc.open(per_kind=1, reply_timeout=OUTAGE_BOUND)
+    key = serving_controller(lab)
+    timers = []
+
+    def kill():
+        lab.controller_kill(key, signal.SIGKILL)
+        timers.append(threading.Timer(restart_after, lab.controller_start, (key,)))
+        timers[-1].start()
+    try:
+        return move_with(lab, kill, timeout=timeout)
+    finally:
+        for t in timers:
+            t.join(60)
+
+
+def test_a_controller_restarted_during_an_announced_migration_completes_it(rec):
+    lab, sc = rec
+    t0 = time.monotonic()
+    src, dst, error = move_restarting_the_controller(lab, sc, restart_after=0.5)
+    print("\nannounced migration with its controller restarted: %.1f s"
+          % (time.monotonic() - t0), file=sys.stderr)
+    assert error is None, error
+    row = lab.migration_row(CT.MIGRATING_VM)
+    assert (row["status"], row["destination"]) == ("done", dst), row
+    assert not sc.stalled()
+
+
+def announced(lab, vm):
+    """(status, destination) of the VM's latest announced migration (an
+    unannounced one may follow it: the controller's record of the VM's
+    port coming back to its source)."""
+    rows = [m for m in lab.sb().snapshot().migrations if m.vm == vm and m.path == "announced"]
+    latest = max(rows, key=lambda m: m.timeline.get("begun", 0))
+    return latest.status, latest.destination
+
+
+def assert_runs_on(lab, sc, vm, host, since):
+    """``vm`` is placed on ``host``, its port there and its link up; its
+    connections carry on and a new one works."""
+    assert lab.state["vms"][vm]["host"] == host
+    assert lab.sb().snapshot().vm_locations[vm][0] == host
+    link = lab.exec(vm, ["ip", "-o", "link", "show", "eth0"], capture_output=True,
+                    text=True).stdout
+    assert "LOWER_UP" in link, link
+    assert lab.vsctl(host, "--bare", "--columns=name", "find", "Interface",
+                                "external_ids:iface-id=%s" % vm).strip()
+    assert not sc.stalled(since), sc.snapshot()
+    assert lab.tcp_try(vm, CT.VMS["peer"][0], CT.FW_OUT_PORT, timeout=1.0)["ok"] == 1
+
+
+def assert_rolled_back(lab, sc, src, dst, error):
+    assert error is not None and "rolled back to %s" % src in str(error), error
+    assert "but:" not in str(error), error
+    assert announced(lab, CT.MIGRATING_VM) == ("aborted", dst)
+    assert_runs_on(lab, sc, CT.MIGRATING_VM, src, sc.snapshot())
+
+
+def test_a_migration_whose_controller_stays_away_rolls_back_to_the_source(rec):
+    """The controller is back only after the migration's bound (4 s)
+    passed: the move fails, and is rolled back."""
+    lab, sc = rec
+    assert_rolled_back(lab, sc, *move_restarting_the_controller(
+        lab, sc, restart_after=6.0, timeout=4))
+
+
+def test_a_migration_aborted_after_the_vm_left_rolls_back_to_the_source(rec):
+    """Aborted once the VM's port is gone from its source (an operator's
+    migrate-abort here; a refused transfer or a dead destination the
+    same): the VM is plugged on its source again and keeps its
+    connections, whose state never left."""
+    lab, sc = rec
+    sc.stop()
+    sc.open(per_kind=1, reply_timeout=OUTAGE_BOUND)
+    assert_rolled_back(lab, sc, *move_with(
+        lab, lambda: lab.mbxctl_ok("migrate-abort", CT.MIGRATING_VM), after=True))
+
+
+def test_a_migration_whose_transfer_is_refused_leaves_the_vm_where_it_runs(rec):
+    """The destination refuses the transfer (its daemon is down here; a
+    full handshake queue the same): the source aborts the row before the
+    VM's port moved, and migrate says so without ever unplugging it."""
+    lab, sc = rec
+    sc.stop()
+    sc.open(per_kind=1)
+    src = lab.state["vms"][CT.MIGRATING_VM]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    unplugged = []
+    vsctl = lab.vsctl
+    lab.vsctl = lambda host, *args: (unplugged.append(host) if "del-port" in args
+                                     else None) or vsctl(host, *args)
+    lab.mbxd_stop(dst, signal.SIGKILL)
+    try:
+        with pytest.raises(LabError, match="rolled back to %s" % src) as error:
+            lab.migrate(CT.MIGRATING_VM, dst, notify=True, timeout=15)
+    finally:
+        del lab.vsctl
+        lab.mbxd_start(dst)
+    assert "but:" not in str(error.value) and unplugged == [], (error.value, unplugged)
+    assert announced(lab, CT.MIGRATING_VM) == ("aborted", dst)
+    assert_runs_on(lab, sc, CT.MIGRATING_VM, src, sc.snapshot())
+    wait_until(lambda: lab.mbxd_appctl(dst, "stats", check=False), 15, interval=0.1,
+               what="the restarted mbxd on %s to answer" % dst)

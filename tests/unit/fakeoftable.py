@@ -41,6 +41,11 @@ a ct action in a flow that does not match eth_type IPv4 (OVS:
 OFPBAC_MATCH_INCONSISTENT), a conjunction flow with other actions, a group
 that does not exist, ct_mark written outside ``ct(exec)``.
 
+Meters (``meters``: ``Meter`` values) have no clock here: a meter passes
+its first ``burst`` packets and drops the rest (``meter_counts``: packets
+that reached each meter).  A flow whose meter does not exist is refused
+(OFPMMFC_UNKNOWN_METER).
+
 The conntrack model (``Conntrack``) follows OVS's userspace conntrack
 (lib/conntrack.c), within one ``FakeOFTable`` (shared across lookups):
 
@@ -158,9 +163,11 @@ class Trace:
 
 class FakeOFTable:
 
-    def __init__(self, flows, groups=(), conntrack=None, strict=True):
+    def __init__(self, flows, groups=(), conntrack=None, strict=True, meters=()):
         self.tables = {}
         self.groups = {g.group_id: g for g in groups}
+        self.meters = {m.meter_id: m for m in meters}
+        self.meter_counts = Counter()   # meter id -> packets that reached it
         self.conntrack = conntrack if conntrack is not None else Conntrack()
         self.hits = Counter()           # Flow -> packets that executed it
         self.forced = {}                # group id -> bucket index
@@ -168,7 +175,7 @@ class FakeOFTable:
         self._soft = {}                 # id(flow) -> its conjunction actions
         for flow in flows:
             self._soft[id(flow)] = _conjunctions(flow)
-            reason = _refusal(flow, self.groups)
+            reason = _refusal(flow, self.groups, self.meters)
             if reason is not None:
                 if strict:
                     raise FlowRejected(f"{reason}: {flow}")
@@ -300,6 +307,10 @@ class _Run:
             elif inst[0] == "goto":
                 assert inst[1] > flow.table, f"goto backwards: {flow}"
                 next_table = inst[1]
+            elif inst[0] == "meter":
+                self.table.meter_counts[inst[1]] += 1
+                if self.table.meter_counts[inst[1]] > self.table.meters[inst[1]].burst:
+                    return None                 # over its rate: dropped
             else:
                 raise AssertionError(f"unknown instruction {inst}")
         return next_table
@@ -721,9 +732,12 @@ def _conjunctions(flow):
                  for a in inst[1] if a[0] == "conjunction")
 
 
-def _refusal(flow, groups):
+def _refusal(flow, groups, meters=None):
     """Why Open vSwitch would refuse ``flow``, or None."""
     match = dict(flow.match)
+    for inst in flow.instructions:
+        if inst[0] == "meter" and inst[1] not in (meters or {}):
+            return f"meter {inst[1]} does not exist (OFPMMFC_UNKNOWN_METER)"
     for name in match:
         prereq = _PREREQ.get(name)
         if prereq is not None and match.get(prereq[0]) not in prereq[1]:

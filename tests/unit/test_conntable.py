@@ -165,3 +165,20 @@ def test_the_census_counts_connections_per_slice_and_per_backend():
 def test_vm_view_of_an_entry_without_its_slice_names_no_middlebox():
     view = vm_view(OUT._replace(mark=77))
     assert (view["tag"], view["middlebox"]) == (77, "")
+
+
+def test_the_census_checkpoints_every_zone_and_a_restarted_switch_lost_them():
+    """What a restarted switch is given back: the entries of the last
+    census in each zone that is empty now and still this host's."""
+    conns, zones = table()
+    conns.census(service().slices, now=12.5)
+    snat = zones.get(("snat", SNAT_UUID))
+    assert conns.checkpoint_at == 12.5
+    assert {z: len(c) for z, c in conns.checkpoint.items()} == {
+        zones.vm("c1"): 7, zones.vm("a1"): 1, snat: 1}
+    assert conns.lost() == []                           # nothing lost: all still there
+    conns.vswitch.zones = {zones.vm("c1"): [OUT]}       # restarted; c1 has a new one
+    zones.update([("vm", "c1"), ("snat", SNAT_UUID)])   # a1 left meanwhile
+    lost = conns.lost()
+    assert sorted((c.zone, c.src, c.sport) for c in lost) == [
+        (snat, ip_int(C1.ip), 40001)]

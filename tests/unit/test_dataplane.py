@@ -53,12 +53,13 @@ class Host:
     """One host's compiled service stages in a simulated switch."""
 
     def __init__(self, *slices, zones=None, snat_zones=None, holds=(), mb_port=MB,
-                 arrivals=False):
+                 arrivals=False, new_conn_rate=None):
         config = HostConfig(HOST, {s.tag: s for s in slices})
         self.dp = D.compile_host(config, HOST, ZONES if zones is None else zones,
                                  snat_zones or {}, D.HostPorts(mb_port, TUNNEL),
-                                 holds=frozenset(holds), arrivals=arrivals)
-        self.table = FakeOFTable(self.dp.flows, self.dp.groups)
+                                 holds=frozenset(holds), arrivals=arrivals,
+                                 new_conn_rate=new_conn_rate)
+        self.table = FakeOFTable(self.dp.flows, self.dp.groups, meters=self.dp.meters)
         self.ct = self.table.conntrack
 
     # Entering a stage as the controller's steering sends packets there.
@@ -136,6 +137,28 @@ def test_every_flow_is_one_open_vswitch_accepts():
                            snat_blocks={"s1": SNAT_BLOCK})
         host = Host(cfg, snat_zones={"s1": SNAT_ZONE}, holds={"a"})
         assert host.table.rejected == [] and host.dp.errors == ()
+
+
+# ------------------------------------------------------------ fairness: meters
+
+def test_a_vms_new_connections_over_its_rate_are_dropped_and_another_vms_are_not():
+    host = Host(slice_config(ALLOW_ALL), new_conn_rate=3)
+    assert {m.meter_id: (m.rate, m.burst) for m in host.dp.meters} == {11: (3, 3), 12: (3, 3)}
+    opened = [host.from_vm(A, syn(A, C, sport=41000 + i)).passed for i in range(5)]
+    assert opened == [True, True, True, False, False]      # a burst of 3 (the fake's clock)
+    assert len(host.ct.dump(ZONES["a"])) == 3              # nothing committed over it
+    assert host.from_vm(B, syn(B, C)).passed                # b has its own meter
+    # Established packets and replies never meet the meter.
+    first = syn(A, C, sport=41000)
+    assert host.from_vm(A, ack(first)).passed
+    assert host.to_vm(A, reply_to(first, tcp_flags=TCP_ACK), tunnel=True).passed
+    assert host.table.meter_counts[11] == 5
+
+
+def test_without_a_rate_there_is_no_meter():
+    host = Host(slice_config(ALLOW_ALL))
+    assert host.dp.meters == ()
+    assert all(inst[0] != "meter" for f in host.dp.flows for inst in f.instructions)
 
 
 # ------------------------------------------------------------ rules, per direction

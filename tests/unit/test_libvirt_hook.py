@@ -461,7 +461,7 @@ def test_mbxctl_command_lines():
     assert mbxctl_argv(Action(DONE, "red2", "h2"), config) == base + [
         "2.5", "migrate-done", "red2"]
     assert mbxctl_argv(Action(ABORT, "red2", "h1"), config) == base + [
-        "2.5", "migrate-abort", "red2"]
+        "2.5", "migrate-abort", "red2", "--if-exists"]
     assert mbxctl_argv(Action(DONE, "red2", "h2"), Config(host="h2")) == [
         "mbxctl", "--timeout", "5", "migrate-done", "red2"]
     # the Migration rows are in the southbound database
@@ -490,8 +490,8 @@ def test_run_actions_tolerates_failure():
                        Config(host="h1"), runner, logged.append) == [False,
                                                                      False]
     assert len(runner.calls) == 2                 # the second still ran
-    assert logged[0] == ("mbx: migrate-abort red2: failed (exit 1): mbxctl: no "
-                         "active migration of VM red2")
+    assert logged[0] == ("mbx: migrate-abort red2 --if-exists: failed (exit 1): "
+                         "mbxctl: no active migration of VM red2")
 
 
 def test_run_actions_timeout_and_missing_mbxctl():
@@ -535,3 +535,46 @@ def test_events_main_bad_config(tmp_path, capsys):
     conf.write_text("MBX_DB=x\n")
     assert lh.events_main(["--config", str(conf)]) == 2
     assert "MBX_HOST is not set" in capsys.readouterr().err
+
+
+class FlakyRunner(FakeRunner):
+    """Fails (exit 1, the config database unreachable) ``failures`` times."""
+
+    def __init__(self, failures):
+        super().__init__()
+        self.failures = failures
+
+    def __call__(self, argv, **kw):
+        self.calls.append((argv, kw))
+        rc = 1 if len(self.calls) <= self.failures else 0
+        return subprocess.CompletedProcess(
+            argv, rc, "", "mbxctl: ssl:10.201.0.2:6642: connection refused\n" if rc else "")
+
+
+def test_the_source_listener_retries_an_abort_until_it_goes_through():
+    """The migration failed and the VM resumed on its source while the
+    config database was away: the abort is tried again with backoff until
+    mbxctl takes it, so the row does not stay active."""
+    runner, logged, slept, jobs = FlakyRunner(failures=3), [], [], []
+    lst = EventListener(Config(host="h1"), runner=runner, log=logged.append,
+                        submit=lambda key, job: jobs.append(job), sleep=slept.append)
+    lst.tracker.stunned.add("red2")
+    dom = FakeDom("red2", domain_xml("red2"))
+    assert lst.handle(dom, RESUMED, lh.VIR_DOMAIN_EVENT_RESUMED_MIGRATED) == [
+        Action(ABORT, "red2", "h1")]
+    [job] = jobs
+    assert job() is True
+    assert [argv[-3:] for argv, _ in runner.calls] == [
+        ["migrate-abort", "red2", "--if-exists"]] * 4
+    assert slept == list(lh.ABORT_RETRIES[:3])
+    assert logged[-1] == "mbx: migrate-abort red2 --if-exists: ok"
+
+
+def test_an_abort_that_never_goes_through_says_what_to_do_in_one_line():
+    runner, logged, slept = FlakyRunner(failures=100), [], []
+    assert lh.retry_abort(Action(ABORT, "red2", "h1"), Config(host="h1"), runner,
+                          logged.append, slept.append) is False
+    assert len(runner.calls) == 1 + len(lh.ABORT_RETRIES)
+    assert logged[-1] == ("mbx: red2: abort did not go through within %g s; end its "
+                          "migration by hand: mbxctl migrate-abort red2"
+                          % sum(lh.ABORT_RETRIES))

@@ -51,8 +51,10 @@ def world():
             Row(uuid=U(51), name="blue-db", tenant="blue",
                 addresses=["10.2.0.5"])],
         "Logical_Switch": [
-            Row(uuid=U(40), name="ls-red", tenant="red", vni=101),
-            Row(uuid=U(41), name="ls-blue", tenant="", vni=102)],
+            Row(uuid=U(40), name="ls-red", tenant="red", vni=101,
+                subnet="10.1.0.0/24"),
+            Row(uuid=U(41), name="ls-blue", tenant="", vni=102,
+                subnet="10.2.0.0/24")],
         "VM": [
             Row(uuid=U(60), name="red2", logical_switch=U(40),
                 mac="02:00:00:00:00:AA", ip="10.1.0.2"),

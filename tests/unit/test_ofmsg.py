@@ -147,3 +147,20 @@ def test_unknown_command_or_action_is_refused():
         ofmsg.to_flow_mod(DP, flow, "modify")
     with pytest.raises(ValueError, match="unknown action"):
         ofmsg.to_flow_mod(DP, dataclasses.replace(flow, instructions=(("apply", (("flood",),)),)))
+
+
+def test_a_meter_instruction_and_a_meter_mod_survive_the_round_trip():
+    from ryu_apps.ofmodel import Meter
+    flow = Flow(12, 110, canon_match(eth_type=0x800, eth_src="02:00:00:00:00:0a"),
+                (("meter", 11), ("goto", 13)), 0x4d42440000000000)
+    assert read_back([flow]) == [flow]
+    # METER_MOD: command, flags, meter id, then one drop band (type, len, rate, burst).
+    buf = wire(ofmsg.to_meter_mod(DP, Meter(11, 200, 200)))
+    command, flags, meter_id = struct.unpack_from("!HHI", buf, 8)
+    assert (command, meter_id) == (ofp.OFPMC_ADD, 11)
+    assert flags == ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS
+    assert struct.unpack_from("!HHII", buf, 16) == (ofp.OFPMBT_DROP, 16, 200, 200)
+    assert ofmsg.meter_from_config(parser.OFPMeterConfigStats(
+        flags, 11, [parser.OFPMeterBandDrop(rate=200, burst_size=200)])) == Meter(11, 200, 200)
+    buf = wire(ofmsg.to_meter_mod(DP, Meter(11, 200, 200), "delete"))
+    assert struct.unpack_from("!HHI", buf, 8)[::2] == (ofp.OFPMC_DELETE, 11) and len(buf) == 16

@@ -280,7 +280,8 @@ def test_check_flow_refuses_daemon_only_actions_in_the_controllers_flows(action)
     (dict(instructions=(("apply", (("output",),)),)), "bad action"),
     (dict(instructions=(("apply", (("flood", 1),)),)), "bad action"),
     (dict(instructions=(("write_metadata", 0x1000000, P.METADATA_VNI_MASK),)), "outside mask"),
-    (dict(instructions=(("meter", 1),)), "unknown instruction"),
+    (dict(instructions=(("meter", 1),)), "only the service stages use meters"),
+    (dict(instructions=(("clear_actions",),)), "unknown instruction"),
 ])
 def test_check_flow_rejects_pipeline_mistakes(changes, complaint):
     with pytest.raises(AssertionError, match=complaint):
