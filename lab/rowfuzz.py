@@ -39,7 +39,7 @@ the schema refused.
 
     python -m lab.rowfuzz [--seconds 60] [--seed N]
 
-builds its own two-host lab (``MBX_LAB_PREFIX`` + "f", ``MBX_LAB_DIR`` +
+builds its own two-host lab (``MBX_LAB_PREFIX`` + "w", ``MBX_LAB_DIR`` +
 "-rowfuzz"), runs, prints the report as JSON and tears the lab down.
 """
 
@@ -586,7 +586,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None)
     a = p.parse_args(argv)
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
-    prefix = os.environ.get("MBX_LAB_PREFIX", "mbx") + "f"
+    prefix = os.environ.get("MBX_LAB_PREFIX", "mbx") + "w"
     rundir = os.environ.get("MBX_LAB_DIR", "/run/mbx") + "-rowfuzz"
     Lab(prefix=prefix, rundir=rundir).down(log=lambda *_: None)
     lab = Lab(prefix=prefix, rundir=rundir)

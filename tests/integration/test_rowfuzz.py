@@ -4,7 +4,7 @@ tenant, while another tenant's traffic is checked all along: no daemon
 dies, the other tenant sees no failure, the hosts keep applying
 configuration, and the daemons log no traceback and no warning at every
 event.  A lab of its own (prefix
-``$MBX_TEST_PREFIX`` + "f"): two hosts, tenants rf-red (the writer) and
+``$MBX_TEST_PREFIX`` + "w"): two hosts, tenants rf-red (the writer) and
 rf-blue (long-lived connections and new ones between its VMs on both
 hosts).  About two minutes; ``MBX_ROWFUZZ_SEED`` picks another sequence
 (``python -m lab.rowfuzz --seed N`` replays one by hand)."""
@@ -17,7 +17,7 @@ import pytest
 from lab import rowfuzz as RF
 from lab.lab import Lab
 
-PREFIX = os.environ.get("MBX_TEST_PREFIX", "mbxt") + "f"
+PREFIX = os.environ.get("MBX_TEST_PREFIX", "mbxt") + "w"
 RUNDIR = os.environ.get("MBX_TEST_RUNDIR", "/run/mbx-test") + "-rowfuzz"
 CONTROLLERS = os.environ.get("MBX_TEST_CONTROLLERS", "central")
 SEED = int(os.environ.get("MBX_ROWFUZZ_SEED", "1"))
