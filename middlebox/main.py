@@ -249,7 +249,11 @@ class Daemon:
 
     def _start_migrations(self):
         files = pki.host_files(self.args.pki_dir, self.args.host)
-        self.channel = migchan.Channel(self.args.host, files, self.args.migration_listen)
+        # Past its handshake, a session stays only if a migration to this
+        # host names its peer (middlebox.migchan).
+        self.channel = migchan.Channel(
+            self.args.host, files, self.args.migration_listen,
+            admit=lambda peer: self.migrations is not None and self.migrations.knows(peer))
         self.channel.start()
         self.migrations = MigrationManager(
             self.args.host, self, self.channel, RowWriter(self.conf, self.args.host),

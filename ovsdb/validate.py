@@ -1318,7 +1318,8 @@ def global_limits(options):
 # Middlebox's or an LB_VIP's reason goes into its status map, key
 # STATUS_ERROR.
 STATUS_TABLES = {"switch": "Logical_Switch", "vm": "VM",
-                 "rule": "Firewall_Rule", "policy": "Steering_Policy"}
+                 "rule": "Firewall_Rule", "policy": "Steering_Policy",
+                 "nat": "NAT_Rule"}
 STATUS_ERROR = "error"
 
 
@@ -1431,6 +1432,20 @@ def _set_names(text):
         return frozenset()
 
 
+def nat_fields(rule):
+    """A NatRuleInfo's own values, as ``nat_rule`` would build them from
+    user input."""
+    nat_rule(rule.middlebox, rule.type, list(rule.external_ips),
+             rule.logical_ip, rule.protocol if rule.type == "dnat" else "",
+             rule.external_port, rule.logical_port,
+             "%d-%d" % rule.port_range if rule.type == "snat" else None)
+
+
+def _nat_ok(rule, mb, switches, externals):
+    nat_fields(rule)
+    check_nat_rule(rule, mb, switches, externals)
+
+
 def _policy_ok(policy, switches, middleboxes, address_sets):
     steer_priority(policy.priority)
     check_policy(policy, switches, middleboxes, address_sets)
@@ -1443,13 +1458,17 @@ def _vip_ok(v, mb, switches, vms):
 
 
 def unusable(switches, vms, middleboxes, rules, policies, address_sets,
-             vips, ignored=None):
+             vips, ignored=None, global_options=None, nat_rules=None,
+             externals=()):
     """{key: one line} of the rows a reader cannot use, besides ``ignored``
     (rows already left out, e.g. ``mbxmodel.tenancy.ignored``: their
     reasons are kept and what depends on them is left out too).
 
     Keys: ("switch", name), ("vm", name), ("middlebox", name), ("rule",
-    uuid), ("policy", switch, priority), ("vip", uuid).  The arguments are
+    uuid), ("policy", switch, priority), ("vip", uuid), ("nat", uuid),
+    ("global", key) (an NB_Global option out of its range: its readers use
+    the default).  ``nat_rules``: middlebox name -> its NAT rules;
+    ``externals``: the ExternalNetInfos.  The arguments are
     a northbound snapshot's values (``NbSnapshot``): ``vms`` a mapping of
     name -> VMInfo, ``rules`` and ``vips`` middlebox name -> its rows.
     What depends on an unusable row goes with it: a VM, middlebox or policy
@@ -1457,6 +1476,12 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
     policy whose chain names one.  Of two VMs of a switch with one address,
     the one whose name sorts later is the unusable one."""
     out = dict(ignored or {})
+    for key, value in sorted(dict(global_options or {}).items()):
+        why = problem(global_option, key, value) \
+            if key in GLOBAL_OPTIONS else None
+        if why:
+            out[("global", key)] = f"NB_Global option {key}: {why}; the " \
+                "default is used"
     for name_, sw in sorted(switches.items()):
         why = _remembered(_switch_ok, sw)
         if why:
@@ -1519,6 +1544,14 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
         if why:
             out[key] = (f"steering policy {policy.switch} "
                         f"{policy.priority}: {why}")
+    externals = sorted(externals, key=lambda e: e.name)
+    for mb_name, mb_rules in sorted((nat_rules or {}).items()):
+        mb = good_mbs.get(mb_name)
+        for rule in mb_rules if mb is not None else ():
+            why = problem(_nat_ok, rule, mb, good_switches, externals)
+            if why:
+                out[("nat", rule.uuid)] = (f"middlebox '{mb_name}' NAT rule "
+                                           f"{rule.uuid}: {why}")
     good_vms = [vms[n] for n in sorted(vms) if ("vm", n) not in out]
     for mb_name, mb_vips in sorted(vips.items()):
         mb = good_mbs.get(mb_name)

@@ -371,6 +371,8 @@ class Northd:
         t0 = self._clock()
         self._sb_ready = True
         self._run(None)
+        if self.active and self.nb_snap is not None:
+            self._publish_problems(self.nb_snap)
         if self.active and self.takeover_ms is None and self.takeovers:
             # the lock came before the southbound rows: this is its first round
             self.takeover_ms = (self._clock() - t0) * 1000

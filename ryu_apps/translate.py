@@ -173,7 +173,8 @@ def _inputs(snap):
         "middleboxes": middleboxes,
         "mbs_of": mbs_of,
         "rules": rules,
-        "nat_rules": {k: tuple(v) for k, v in snap.nat_rules.items() if k not in gone},
+        "nat_rules": {k: tuple(r for r in v if ("nat", r.uuid) not in ignored)
+                      for k, v in snap.nat_rules.items() if k not in gone},
         "vips": {k: tuple(dataclasses.replace(v, status={}) if v.status else v
                           for v in vs if ("vip", v.uuid) not in ignored)
                  for k, vs in snap.vips.items() if k not in gone},

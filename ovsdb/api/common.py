@@ -120,17 +120,19 @@ def _ignored(api, snap):
     """The rows not in force and why: those whose tenant columns disagree,
     and those no reader can use (``validate.unusable``), given ``snap``'s
     values (an NbSnapshot's fields, by name)."""
+    nb = _nb_global(api)
     return validate.unusable(
         snap["switches"], snap["vms"], snap["middleboxes"], snap["rules"],
         snap["policies"], snap["address_sets"], snap["vips"],
-        _tenancy_ignored(api))
+        _tenancy_ignored(api), nb.options if nb is not None else {},
+        snap["nat_rules"], snap["external_networks"].values())
 
 
 def _status_key(kind, row):
     """The key of ``row`` (of validate.STATUS_TABLES[kind]) in ``validate.unusable``,
     or None (a policy without its switch)."""
-    if kind == "rule":
-        return ("rule", str(row.uuid))
+    if kind in ("rule", "nat"):
+        return (kind, str(row.uuid))
     if kind == "policy":
         if row.logical_switch is None:
             return None

@@ -87,13 +87,13 @@ class SnapshotCommand(_ReadCommand):
             rules=_rules(self.api), policies=_policies(self.api),
             address_sets=_address_sets(self.api),
             vips={k: v for k, v in _vips(self.api).items()
-                  if k in middleboxes})
+                  if k in middleboxes},
+            nat_rules={k: v for k, v in _nat_rules(self.api).items()
+                       if k in middleboxes},
+            external_networks=_externals(self.api))
         self.result = NbSnapshot(
             nb_cfg=nb.nb_cfg if nb else 0, hv_cfg=nb.hv_cfg if nb else 0,
             northd_cfg=nb.northd_cfg if nb else 0,
-            nat_rules={k: v for k, v in _nat_rules(self.api).items()
-                       if k in middleboxes},
-            external_networks=_externals(self.api),
             middlebox_status={row.name: dict(sorted(row.status.items()))
                               for row in _rows(self.api, "Middlebox")
                               if row.name in middleboxes},

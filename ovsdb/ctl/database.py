@@ -68,8 +68,9 @@ def _show(snap, args, sb_snap):
                 lines.append(f"        rule {r.direction} {r.tier} "
                              f"{r.priority}: {r.match} -> {r.action}")
                 lines += _status(snap, ("rule", r.uuid), "            ")
-            lines += [f"        {validate.describe_nat(r)}"
-                      for r in snap.nat_rules.get(mb.name, ())]
+            for r in snap.nat_rules.get(mb.name, ()):
+                lines.append(f"        {validate.describe_nat(r)}")
+                lines += _status(snap, ("nat", r.uuid), "            ")
             for v in snap.vips.get(mb.name, ()):
                 lines.append(f"        vip {validate.vip_text(v)} "
                              f"{v.algorithm}: {backends(v) or '-'}")

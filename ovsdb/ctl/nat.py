@@ -2,7 +2,7 @@
 
 from ovsdb.ctl.middleboxes import require_named
 from ovsdb.ctl.syntax import CtlCommand
-from ovsdb.ctl.text import table
+from ovsdb.ctl.text import status_table
 
 
 def _nat_del(nb, txn, args):
@@ -32,13 +32,14 @@ def _ports(rule):
 
 
 def _nat_list(snap, args):
-    return table(["MIDDLEBOX", "TYPE", "EXTERNAL_IP", "LOGICAL_IP",
-                  "PROTOCOL", "PORTS", "UUID"],
-                 [[r.middlebox, r.type, ",".join(r.external_ips),
-                   r.logical_ip or "-", _protocol(r), _ports(r), r.uuid]
-                  for name, rules in sorted(snap.nat_rules.items())
-                  if args.mb is None or name == args.mb
-                  for r in rules])
+    rules = [r for name, mb_rules in sorted(snap.nat_rules.items())
+             if args.mb is None or name == args.mb for r in mb_rules]
+    return status_table(["MIDDLEBOX", "TYPE", "EXTERNAL_IP", "LOGICAL_IP",
+                         "PROTOCOL", "PORTS", "UUID"],
+                        [[r.middlebox, r.type, ",".join(r.external_ips),
+                          r.logical_ip or "-", _protocol(r), _ports(r), r.uuid]
+                         for r in rules],
+                        [snap.row_status.get(("nat", r.uuid), "") for r in rules])
 
 
 COMMANDS = (

@@ -9,8 +9,8 @@ import pytest
 
 from test_mb_confmon_pure import U, Row, world
 from mbxmodel import tenancy
-from mbxmodel.network import SwitchInfo, VMInfo
-from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, PolicyInfo,
+from mbxmodel.network import ExternalNetInfo, SwitchInfo, VMInfo
+from mbxmodel.services import (AddressSetInfo, MiddleboxInfo, NatRuleInfo, PolicyInfo,
                                RuleInfo, VipInfo)
 from mbxmodel.snapshot import NbSnapshot
 from middlebox import confmon
@@ -226,3 +226,32 @@ def test_mbxd_skips_a_slice_whose_middlebox_option_is_out_of_range():
     cfg = confmon.build_host_config("h1", w, lambda key, msg: warnings.append(msg))
     assert cfg.slices == {}
     assert any("timeout-udp" in line for line in warnings)
+
+
+@pytest.mark.parametrize("key,value", [("migration-wait-ms", "1e308"),
+                                       ("shared-state-lease", "0"),
+                                       ("conn-limit-vm", "-1")])
+def test_a_global_option_out_of_range_is_named_and_its_default_used(key, value):
+    got = validate.unusable({}, {}, {}, {}, (), {}, {}, global_options={key: value})
+    assert list(got) == [("global", key)]
+    assert key in got[("global", key)] and "the default is used" in got[("global", key)]
+    assert validate.unusable({}, {}, {}, {}, (), {}, {},
+                             global_options={"not-ours": "x"}) == {}
+
+
+@pytest.mark.parametrize("rule,words", [
+    (NatRuleInfo("n2", "nat-red", "snat", ("not-an-ip",), ""), "invalid external IP"),
+    (NatRuleInfo("n2", "nat-red", "snat", ("198.51.100.7",), ""), "not inside any external"),
+    (NatRuleInfo("n2", "nat-red", "snat", ("203.0.113.7",), "10.9.0.0/24"),
+     "is not inside subnet 10.0.0.0/24"),
+    (NatRuleInfo("n2", "nat-red", "dnat", ("203.0.113.8",), "10.0.0.0"),
+     "network address"),
+    (NatRuleInfo("n2", "nat-red", "pat", ("203.0.113.8",), "10.0.0.5"), "NAT type"),
+])
+def test_a_nat_rule_that_cannot_be_used_is_named(rule, words):
+    nat = MiddleboxInfo("nat-red", "nat", "ls-red")
+    good = NatRuleInfo("n1", "nat-red", "snat", ("203.0.113.5",), "")
+    ext = ExternalNetInfo("ext", "203.0.113.0/24", "203.0.113.1", "02:ee:00:00:00:01")
+    got = validate.unusable({"ls-red": RED}, {}, {"nat-red": nat}, {}, (), {}, {},
+                            nat_rules={"nat-red": (good, rule)}, externals=[ext])
+    assert list(got) == [("nat", "n2")] and words in got[("nat", "n2")]
