@@ -20,6 +20,9 @@
 5. Failover (``lab.habench``, issue 15): the Raft leaders of both
    databases, the serving physical controller and the active mbx-northd
    killed in turn under a live TCP connection; the takeover times.
+6. Noisy neighbour (``lab.noisybench``): another tenant's new connections
+   (success, connect time median and p99) quiet and while one VM floods,
+   with the per-VM limits on and off.
 
 Results: ``docs/benchmarks/results.json`` and ``docs/benchmarks.md`` with its
 plots (``docs/benchmarks/*.png``); the targets of issue 13 are checked by
@@ -153,6 +156,14 @@ def run(args, out=print):
         results["failover"] = habench.run(args.failover_rounds, rundir=args.rundir + "-ha",
                                           prefix=args.prefix + "f", out=out)
         at["failover"] = results["commit"]
+        save(results, args.out_dir)
+    if not args.skip_noisy:
+        from lab import noisybench
+        results["noisy"] = noisybench.run(args.noisy_probes, args.noisy_flood_rate,
+                                          args.noisy_flood_seconds,
+                                          rundir=args.rundir + "-noisy",
+                                          prefix=args.prefix + "n", out=out)
+        at["noisy"] = results["commit"]
     results["seconds"] = round(time.monotonic() - t0 + (
         results.get("seconds", 0) if args.update else 0), 1)
     save(results, args.out_dir)
@@ -196,6 +207,12 @@ def main(argv=None):
     p.add_argument("--skip-failover", action="store_true")
     p.add_argument("--failover-rounds", type=int, default=5,
                    help="rounds of lab.habench's kills (1-20)")
+    p.add_argument("--skip-noisy", action="store_true")
+    p.add_argument("--noisy-probes", type=int, default=1000,
+                   help="the quiet tenant's connections per phase of lab.noisybench")
+    p.add_argument("--noisy-flood-rate", type=int, default=5000,
+                   help="SYNs a second the noisy VM sends (lab.noisybench)")
+    p.add_argument("--noisy-flood-seconds", type=float, default=20)
     p.add_argument("--update", action="store_true",
                    help="run only the parts not skipped and keep the others from results.json")
     p.add_argument("--render", action="store_true",

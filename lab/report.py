@@ -245,6 +245,15 @@ def targets(r):
                               ha["survived"], ha["total"]),
                           row["usable_max_s"] <= 5.0 and ha["survived"] == ha["total"],
                           "failover"))
+    noisy = r.get("noisy")
+    if noisy:
+        lim = noisy["phases"]["flood-limited"]
+        out.append(_t("noisy neighbour: another tenant's new connections while one VM floods: "
+                      "no failure, p99 <= 2x quiet",
+                      "%d failed of %d; p99 %s x quiet" % (
+                          lim["failed"], lim["ok"] + lim["failed"],
+                          _r(noisy["p99_to_quiet"]["flood-limited"])),
+                      noisy["target_met"], "noisy"))
     return out
 
 
@@ -1049,6 +1058,15 @@ def _headline(r):
                                    for n, v in (mem.get("mbxd") or {}).items()) or "-",
                          ", ".join("%.0f B at %s" % (v["rss_bytes_per_connection"], _k(n))
                                    for n, v in (mem.get("datapath") or {}).items()) or "-"))
+    noisy = r.get("noisy")
+    if noisy:
+        ph = noisy["phases"]
+        lines.append("- **Noisy neighbour**: another tenant's new connections while one VM "
+                     "floods %d SYN/s: %d failed, connect p99 %s x quiet with the limits "
+                     "on (%s x with them off)." % (
+                         noisy["method"]["flood_rate"], ph["flood-limited"]["failed"],
+                         _r(noisy["p99_to_quiet"]["flood-limited"]),
+                         _r(noisy["p99_to_quiet"]["flood-unlimited"])))
     cp = r.get("control_plane")
     if cp:
         mv = cp["move"]["reaction_ms"]
@@ -1142,6 +1160,9 @@ def markdown(r, made):
     if r.get("failover"):
         from lab import habench
         lines += [""] + habench.markdown(r["failover"])
+    if r.get("noisy"):
+        from lab import noisybench
+        lines += [""] + noisybench.markdown(r["noisy"])
     return "\n".join(lines) + "\n"
 
 

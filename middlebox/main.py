@@ -182,6 +182,7 @@ class Daemon:
         self._mig_seqno = None
         self._db_up = {"sb": False, "nb": False}
         self.switch_losses = 0          # OpenFlow connections lost (each one resynced)
+        self.conns_restored = 0         # connections re-committed into a restarted switch
         self._of_backoff = RECONNECT_MIN
         self._of_retry = 0.0
 
@@ -248,7 +249,11 @@ class Daemon:
 
     def _start_migrations(self):
         files = pki.host_files(self.args.pki_dir, self.args.host)
-        self.channel = migchan.Channel(self.args.host, files, self.args.migration_listen)
+        # Past its handshake, a session stays only if a migration to this
+        # host names its peer (middlebox.migchan).
+        self.channel = migchan.Channel(
+            self.args.host, files, self.args.migration_listen,
+            admit=lambda peer: self.migrations is not None and self.migrations.knows(peer))
         self.channel.start()
         self.migrations = MigrationManager(
             self.args.host, self, self.channel, RowWriter(self.conf, self.args.host),
@@ -323,6 +328,7 @@ class Daemon:
             return
         skipped = []
         self.of.send_packet_outs([ctcommit.packet_outs(lost, skipped=skipped)])
+        self.conns_restored += len(lost) - len(skipped)
         age = time.monotonic() - self.conns.checkpoint_at \
             if self.conns.checkpoint_at is not None else 0.0
         LOG.warning("the switch lost its conntrack (restarted): %d connections "

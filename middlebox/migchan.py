@@ -30,6 +30,18 @@ Event kinds (``Event(kind, sid, peer, message, reason, size)``):
 
 An incoming connection that fails the handshake (not TLS, no certificate, a
 certificate from another CA) produces no event at all, only a log line.
+
+Slots: a connection holds one from its accept to the end of its TLS
+handshake, at most ``HANDSHAKE_TIMEOUT`` seconds (an idle or slow peer is
+cut then); one peer address holds at most ``MAX_PENDING_PER_PEER`` of them
+and all together at most ``MAX_PENDING``, so idle connections from one
+address cannot keep a real host's migration out.  Past the handshake only a
+known host keeps its session: ``admit(peer CN)`` (given by the daemon: a
+host some migration row names) must say yes within ``ADMIT_WAIT`` seconds
+(its row may still be on its way), with at most ``MAX_UNKNOWN_PER_PEER``
+sessions of one CN waiting for that; any other session is cut.  Refused
+connections are logged once per address (or CN) per ``LOG_EVERY``
+seconds, with how many were refused meanwhile.
 """
 
 import collections
@@ -52,9 +64,13 @@ LOG = logging.getLogger("mbxd.migchan")
 
 MAX_MESSAGE = 64 * 1024 * 1024
 HEADER = struct.Struct("!I")
-HANDSHAKE_TIMEOUT = 10.0    # seconds an incoming connection has to authenticate
+HANDSHAKE_TIMEOUT = 5.0     # seconds an incoming connection has to authenticate
 LINGER = 2.0                # seconds to wait for the peer's EOF after our close()
 MAX_PENDING = 64            # incoming connections not yet authenticated, at most
+MAX_PENDING_PER_PEER = 4    # ... of them from one peer address
+ADMIT_WAIT = 3.0            # seconds an authenticated host waits to become known
+MAX_UNKNOWN_PER_PEER = 2    # sessions of one CN waiting for that, at most
+LOG_EVERY = 10.0            # seconds between two log lines about one refused peer
 JOIN_TIMEOUT = 2.0          # stop(): total time to wait for the threads
 CHUNK = 256 * 1024          # bytes per TLS write / read call
 READS_PER_WAKE = 16
@@ -294,20 +310,27 @@ class _Session:
 class Channel:
     """This host's end of the migration channel.
 
-    ``Channel(host, files, listen=None)``: ``files`` are this host's
-    ``pki.HostFiles``; ``listen`` is ``(addr, port)`` (port 0 picks one, see
-    ``listen_address``) or None for a channel that only connects out.
+    ``Channel(host, files, listen=None, admit=None)``: ``files`` are this
+    host's ``pki.HostFiles``; ``listen`` is ``(addr, port)`` (port 0 picks
+    one, see ``listen_address``) or None for a channel that only connects
+    out; ``admit(peer)`` says whether an authenticated peer (its CN) is a
+    known host (called from the channel's threads; None: every peer is).
     """
 
-    def __init__(self, host, files, listen=None):
+    def __init__(self, host, files, listen=None, admit=None):
         self.host = host
         self.files = files
         self.listen = listen
+        self.admit = admit
         self.listen_address = None
         self._lock = threading.Lock()
         self._events = collections.deque()
         self._sessions = {}
         self._pending = 0                   # incoming, not yet authenticated
+        self._pending_by = collections.Counter()    # ... per peer address
+        self._unknown_by = collections.Counter()    # authenticated, not yet admitted, per CN
+        self._refused = {}                  # address or CN -> [refused since logged, logged at]
+        self.refused = collections.Counter()        # why -> connections refused
         self._next_in = 0
         self._stopping = False
         self._started = False
@@ -602,40 +625,107 @@ class Channel:
                 time.sleep(0.1)
                 continue
             with self._lock:
-                busy = self._pending >= MAX_PENDING or self._stopping
-                if not busy:
+                if self._stopping:
+                    busy = "stopping"
+                elif self._pending_by[addr[0]] >= MAX_PENDING_PER_PEER:
+                    busy = "%d handshakes from this address already under way" \
+                        % MAX_PENDING_PER_PEER
+                elif self._pending >= MAX_PENDING:
+                    busy = "%d handshakes already under way" % MAX_PENDING
+                else:
+                    busy = None
                     self._pending += 1
+                    self._pending_by[addr[0]] += 1
             if busy:
-                LOG.warning("migration connection from %s:%s dropped: %d "
-                            "handshakes already under way", addr[0], addr[1],
-                            MAX_PENDING)
                 raw.close()
+                self._refuse(addr[0], "busy", "migration connection from %s dropped: %s"
+                             % (addr[0], busy))
                 continue
             s = _Session(None, outgoing=False)
             self._spawn(s, self._run_incoming, (s, raw, addr))
 
+    def _refuse(self, who, why, line):
+        """Count a refused connection; log ``line`` at most once per
+        ``LOG_EVERY`` seconds per ``who``, with how many came meanwhile."""
+        now = time.monotonic()
+        with self._lock:
+            self.refused[why] += 1
+            entry = self._refused.setdefault(who, [0, None])
+            entry[0] += 1
+            if entry[1] is not None and now - entry[1] < LOG_EVERY:
+                return
+            count, entry[0], entry[1] = entry[0], 0, now
+            if len(self._refused) > 4096:       # bounded: forget the quiet ones
+                for key in [k for k, e in self._refused.items() if now - e[1] >= LOG_EVERY]:
+                    del self._refused[key]
+        LOG.warning("%s%s", line, " (%d refused since the last line)" % count
+                    if count > 1 else "")
+
+    def _admitted(self, s, peer):
+        """Wait (at most ADMIT_WAIT) until ``admit`` knows ``peer``; False
+        when it does not, or when too many sessions of ``peer`` wait."""
+        if self.admit is None or self.admit(peer):
+            return True
+        with self._lock:
+            if self._unknown_by[peer] >= MAX_UNKNOWN_PER_PEER:
+                return False
+            self._unknown_by[peer] += 1
+        try:
+            deadline = time.monotonic() + ADMIT_WAIT
+            while time.monotonic() < deadline:
+                if self._stopping:
+                    raise _Stopped()
+                time.sleep(0.05)
+                if self.admit(peer):
+                    return True
+            return False
+        finally:
+            with self._lock:
+                self._unknown_by[peer] -= 1
+                if not self._unknown_by[peer]:
+                    del self._unknown_by[peer]
+
+    def _release_slot(self, slot, address):
+        """Give back an accepted connection's handshake slot (once);
+        returns False, the slot's new value."""
+        if slot:
+            with self._lock:
+                self._pending -= 1
+                self._pending_by[address] -= 1
+                if not self._pending_by[address]:
+                    del self._pending_by[address]
+        return False
+
     def _run_incoming(self, s, raw, addr):  # s.sid is None until authenticated
         sock = None
+        slot = True                         # the handshake slot _accept_loop took
         try:
             raw.setblocking(False)
             _no_delay(raw)
             sock = self._server_ctx.wrap_socket(raw, server_side=True,
                                                 do_handshake_on_connect=False)
-            self._handshake(s, sock, time.monotonic() + HANDSHAKE_TIMEOUT)
+            try:
+                self._handshake(s, sock, time.monotonic() + HANDSHAKE_TIMEOUT)
+            finally:
+                slot = self._release_slot(slot, addr[0])
             peer = peer_name(sock)
             if not peer:
                 raise _Refused("client certificate has no subject CN")
+            if not self._admitted(s, peer):
+                self._refuse(peer, "unknown", "migration session from %s (%s) cut: no "
+                             "migration names that host" % (peer, addr[0]))
+                sock.close()
+                return
         except _Stopped:
             (sock or raw).close()
             return
         except (_Refused, OSError) as err:   # ssl.SSLError is an OSError
-            LOG.warning("migration connection from %s:%s rejected: %s",
-                        addr[0], addr[1], _why(err))
             (sock or raw).close()
+            self._refuse(addr[0], "handshake", "migration connection from %s:%s rejected: %s"
+                         % (addr[0], addr[1], _why(err)))
             return
         finally:
-            with self._lock:
-                self._pending -= 1
+            self._release_slot(slot, addr[0])
         with self._lock:
             if self._stopping:
                 stopping = True

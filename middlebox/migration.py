@@ -220,6 +220,7 @@ class MigrationManager:
         self.clock = clock
         self.rows = {}              # uuid -> MigrationRecord
         self.peers = {}             # host name -> (migration address, encap ip)
+        self.senders = frozenset()  # hosts an active migration to here comes from
         self.outs = {}              # uuid -> _Out
         self.ins = {}               # sid -> _In
         self._used = set()          # migrations whose transfer this host accepted
@@ -282,10 +283,21 @@ class MigrationManager:
             poller.immediate_wake()     # a lazy import's next chunk may go
 
     # ------------------------------------------------------------ config
+    def knows(self, peer):
+        """Whether ``peer`` (a host, by its certificate's CN) is the source
+        of an active migration to this host: the channel admits only such
+        peers past the handshake."""
+        return peer in self.senders
+
     def set_rows(self, rows, peers, now):
         """``rows``: the Migration rows naming this host (plain rows);
         ``peers``: {host name: its Chassis row (plain)}."""
         self.rows = {r.uuid: r for r in map(migration_record, rows)}
+        # The hosts that may send state here (read by the channel's threads:
+        # replaced whole, never changed in place).
+        self.senders = frozenset(r.source for r in self.rows.values()
+                                 if r.destination == self.host
+                                 and r.status in ACTIVE_MIGRATION)
         self.peers = {name: (_scalar(getattr(h, "migration_address", None), "") or "",
                              _scalar(getattr(h, "encap_ip", None), "") or "")
                       for name, h in (peers or {}).items()}
@@ -917,6 +929,9 @@ class MigrationManager:
             if out.cleanup_at is not None and now >= out.cleanup_at and not out.cleaned:
                 self._cleanup(out, now)
         for inc in list(self.ins.values()):
+            if inc.state == "hello" and now - inc.started > HELLO_WAIT:
+                self._reject(inc, "no hello within %.0f s" % HELLO_WAIT)
+                continue
             if inc.state == "waiting":
                 self._check_hello(inc, now)
                 if inc.state == "receiving":

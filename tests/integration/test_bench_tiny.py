@@ -28,6 +28,7 @@ PERF_PREFIX, PERF_RUNDIR = "mbxy", "/run/mbx-test-bench-perf"
 MIG_PREFIX, MIG_RUNDIR = "mbxz", "/run/mbx-test-bench-mig"
 MEM_RUNDIR = "/run/mbx-test-bench-mem"
 HA_PREFIX, HA_RUNDIR = "mbxw", "/run/mbx-test-bench-ha"
+NOISY_PREFIX, NOISY_RUNDIR = "mbxn", "/run/mbx-test-bench-noisy"
 RESULTS = {}                    # what each test measured, for the report test
 
 
@@ -42,7 +43,8 @@ def namespaces(prefix):
 def teardown_all():
     from lab import migbench
     for prefix, rundir in ((PERF_PREFIX, PERF_RUNDIR), (PERF_PREFIX + "c", PERF_RUNDIR + "-ct"),
-                           (MIG_PREFIX, MIG_RUNDIR), (HA_PREFIX, HA_RUNDIR)):
+                           (MIG_PREFIX, MIG_RUNDIR), (HA_PREFIX, HA_RUNDIR),
+                           (NOISY_PREFIX, NOISY_RUNDIR)):
         Lab(prefix=prefix, rundir=rundir).down(log=lambda *_: None)
     for rundir, name in ((MIG_RUNDIR, "xsrc"), (MIG_RUNDIR, "xdst"), (MEM_RUNDIR, "xmem")):
         migbench.Switch(rundir, name, MIG_PREFIX).down()
@@ -57,7 +59,7 @@ def clean():
     finally:
         teardown_all()
     assert namespaces(PERF_PREFIX) == [] and namespaces(MIG_PREFIX) == []
-    assert namespaces(HA_PREFIX) == []
+    assert namespaces(HA_PREFIX) == [] and namespaces(NOISY_PREFIX) == []
 
 
 def entry(module, *args, timeout=240):
@@ -179,17 +181,35 @@ def test_habench_kills_leaders_and_controllers_under_a_live_connection(clean):
     RESULTS["failover"] = ha
 
 
+def test_noisybench_measures_another_tenant_quiet_and_while_one_vm_floods(clean):
+    res = entry("noisybench", "--probes", "30", "--flood-seconds", "3", "--flood-rate", "1500",
+                "--rate", "300", "--prefix", NOISY_PREFIX, "--rundir", NOISY_RUNDIR,
+                timeout=300)
+    from lab import noisybench
+    assert list(res["phases"]) == list(noisybench.PHASES)
+    for name, ph in res["phases"].items():
+        assert ph["ok"] + ph["failed"] == 30 and ph["connect_ms"]["p99"] > 0, (name, ph)
+        if name.startswith("flood"):
+            assert ph["flood"]["sent"] > 1000 and ph["noisy_zone_max"] > 0, (name, ph)
+    # The meter works only with the limits on: 1500 SYN/s against 300/s.
+    assert res["phases"]["flood-limited"]["noisy_meter_dropped"] > 1000
+    assert res["phases"]["flood-limited"]["noisy_rate"] == 300
+    assert res["phases"]["flood-unlimited"]["noisy_meter_dropped"] == 0
+    assert set(res["p99_to_quiet"]) == {"flood-limited", "flood-unlimited", "quiet-again"}
+    RESULTS["noisy"] = res
+
+
 def test_the_report_renders_every_target_from_the_tiny_results(tmp_path):
     from lab import bench, report
-    missing = [k for k in ("dataplane", "migration", "memory", "control_plane", "failover")
-               if k not in RESULTS]
+    missing = [k for k in ("dataplane", "migration", "memory", "control_plane", "failover",
+                           "noisy") if k not in RESULTS]
     if missing:
         pytest.skip("an earlier bench module failed: no %s results" % ", ".join(missing))
     results = {"machine": bench.machine(), "started": "tiny", "seconds": 1,
                "dataplane": RESULTS["dataplane"],
                "migration": report.summarize_migration(RESULTS["migration"]),
                "control_plane": RESULTS["control_plane"], "memory": RESULTS["memory"],
-               "failover": RESULTS["failover"]}
+               "failover": RESULTS["failover"], "noisy": RESULTS["noisy"]}
     out = tmp_path / "benchmarks"
     out.mkdir()
     with open(out / "results.json", "w") as f:
@@ -211,13 +231,15 @@ def test_the_report_renders_every_target_from_the_tiny_results(tmp_path):
                  "memory per connection reported: datapath",
                  "(issue 15) southbound leader killed", "(issue 15) northbound leader killed",
                  "(issue 15) serving physical controller killed",
-                 "(issue 15) active mbx-northd killed"):
+                 "(issue 15) active mbx-northd killed",
+                 "noisy neighbour: another tenant's new connections while one VM floods"):
         assert want in names, want
     assert all(t["met"] in (True, False) for t in targets)
     text = md.read_text()
     for section in ("## Targets", "### Established connections", "### New connections",
                     "### Moving the state of N connections of one VM",
                     "### Reply gap of a migration", "### Connections that survive a migration",
-                    "## Control plane", "## Memory", "## Failover of the control plane"):
+                    "## Control plane", "## Memory", "## Failover of the control plane",
+                    "## Noisy neighbour"):
         assert section in text, section
     assert text.count("| **no** |") + text.count("| yes |") == len(targets)

@@ -9,6 +9,12 @@ what it opens over ``new-conn-rate-vm``, while blue1 (h1, the same host)
 opens every one of its new connections to blue3 (h2); the half-open entries
 are gone within red's ``timeout-tcp-syn`` once the flood stops; and
 ``ovs-appctl -t mbxd limits/show`` and the metrics say all of it.
+
+And the migration port: 200 idle connections parked on h2's (and opened
+again as soon as they are cut) do not keep a real migration to h2 (blue1's)
+out.
+With the former slots (64 handshakes for everyone, 10 s each) that
+migration failed.
 """
 
 import json
@@ -158,3 +164,75 @@ def test_a_flooding_vm_is_capped_and_another_tenants_new_connections_all_succeed
     assert passed >= sent["sent"] * 0.9, (sent, passed)
     assert passed - dropped <= RATE * (sent["seconds"] + 2) + RATE, (sent, passed, dropped)
     assert dropped >= sent["sent"] - RATE * (sent["seconds"] + 3), (sent, passed, dropped)
+
+
+def test_idle_connections_to_the_migration_port_do_not_keep_a_migration_out(limited, tmp_path):
+    from lab.lab import MIGRATION_PORT
+    from lab.probe import read_report
+    h2 = limited.state["hosts"]["h2"]["mgmt_ip"]
+    # Someone on the management network keeps 200 idle connections parked on
+    # h2's migration port (they never start a TLS handshake; one cut is
+    # opened again at once).
+    idle_log = str(tmp_path / "idle.json")
+    with open(idle_log, "w") as out:
+        idle = subprocess.Popen(["ip", "netns", "exec", limited.fabric_ns, sys.executable, "-m",
+                                 "lab.noisybench", "idle", "--to", h2, "--port",
+                                 str(MIGRATION_PORT), "--count", "200", "--seconds", "12"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    report = str(tmp_path / "client.json")
+    client = limited.spawn("blue1", [sys.executable, "-m", "lab.probe", "client", "--to", BLUE3,
+                                     "--port", str(OPEN), "--interval-ms", "20", "--duration",
+                                     "60", "--out", report], report + ".log")
+    moved = False
+    try:
+        wait_until(lambda: read_report(report).get("received", 0) >= 5, 10, interval=0.1,
+                   what="blue1's connection to blue3")
+        wait_until(lambda: '"parked": ' in open(idle_log).read(), 20, interval=0.1,
+                   what="the idle connections to be parked")
+        # While they are parked there, blue1 (and its connection's state)
+        # moves from h1 to h2.  (Not red1: the flood left its zone full.)
+        limited.migrate("blue1", "h2")
+        moved = True
+        row = limited.wait_migration("blue1", ("done",), timeout=20)
+        assert row["status"] == "done", row
+        received = read_report(report)["received"]
+        wait_until(lambda: read_report(report).get("received", 0) >= received + 5, 10,
+                   interval=0.1, what="blue1's connection to go on after the move")
+        assert read_report(report)["error"] is None
+        # The parked connections were cut by the daemon (at once, or after
+        # the handshake's time), not kept.
+        assert idle.wait(25) == 0
+        with open(idle_log) as f:
+            parked = json.loads(f.read().strip().splitlines()[-1])
+        assert parked["opened"] >= 200 and parked["cut_by_peer"] >= parked["opened"] - 200
+        assert parked["cut_after_s"] is not None and parked["cut_after_s"] < 6, parked
+    finally:
+        if idle.poll() is None:
+            idle.kill()
+            idle.wait(10)
+        client.terminate()
+        client.wait(10)
+        limited.forget_pid(client.pid)
+        if moved:
+            limited.migrate("blue1", "h1")
+
+
+def test_the_limits_come_back_after_the_switch_restarts(limited):
+    # They live in ovs-vswitchd's memory: a restarted switch has none until
+    # mbxd sets them again (it reads them back every 2 s).
+    zone = vm_limits(limited, "red1")["zone"]
+    limited.vswitchd_restart("h1")
+
+    def back():
+        limits_ok = "zone=%d,limit=%d," % (zone, LIMIT) in limited.appctl(
+            "h1", "dpctl/ct-get-limits", "zone=%d" % zone)
+        meter_ok = re.search(r"meter=%d pktps burst stats bands=\s*type=drop rate=%d"
+                             % (zone, RATE), limited.ofctl("h1", "dump-meters"))
+        return limits_ok and meter_ok and \
+            limited.appctl("h1", "dpctl/ct-get-maxconns").strip() == "1000000"
+    wait_until(back, 20, interval=0.5, what="h1's limits and meters to be set again")
+    # And both tenants open new connections through h1 again.
+    wait_until(lambda: limited.tcp_try("blue1", BLUE3, OPEN)["ok"] == 1, 20, interval=0.5,
+               what="blue1's new connections after the restart")
+    wait_until(lambda: limited.tcp_try("red1", RED2, OPEN)["ok"] == 1, 20, interval=0.5,
+               what="red1's new connections after the restart")

@@ -717,6 +717,19 @@ def test_a_hello_before_its_row_waits_then_is_refused():
     assert "unknown migration" in error and dst.vm_conns() == [] and dst.barriers == []
 
 
+def test_a_session_that_never_says_hello_is_cut_and_only_a_migrations_source_is_known():
+    dst = destination()
+    assert not dst.mgr.knows("h1")
+    dst.mgr.set_rows([row()], PEERS, 10.0)
+    assert dst.mgr.knows("h1") and not dst.mgr.knows("h3")
+    dst.accept(sid="in-7")
+    dst.loop(10.0 + HELLO_WAIT - 0.1)
+    assert dst.chan.closed == []
+    dst.loop(10.0 + HELLO_WAIT + 0.1)
+    [error] = dst.nacks()
+    assert error.startswith("no hello within") and dst.chan.closed == ["in-7"]
+
+
 def test_a_hello_whose_row_arrives_in_time_proceeds():
     dst = destination()
     dst.accept()

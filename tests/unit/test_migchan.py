@@ -401,3 +401,76 @@ def test_stop_is_prompt_and_closes_everything(certs, channels):
     assert collect(client, closed("m1"))[-1].reason in ("eof", "truncated")
     lurker.close()
     server.stop()                                 # twice is fine
+
+
+# --- slots: idle and unknown peers cannot keep a real host out ----------------
+
+def idle_from(server, source, n):
+    """``n`` plain TCP connections to ``server`` from address ``source``
+    that never say anything."""
+    out = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind((source, 0))
+        s.connect(server.listen_address)
+        out.append(s)
+    return out
+
+
+def cut(s, timeout):
+    """Whether the server closed ``s`` within ``timeout`` seconds."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_from_one_address_hold_few_slots_and_a_real_host_gets_in(
+        certs, channels, monkeypatch):
+    monkeypatch.setattr(migchan, "HANDSHAKE_TIMEOUT", 1.0)
+    server = channels("hv2", certs["hv2"])
+    client = channels("hv1", certs["hv1"], listen=False)
+    idle = idle_from(server, "127.0.0.2", 3 * migchan.MAX_PENDING_PER_PEER)
+    try:
+        # Those over the address's share are closed at once, the rest held
+        # for the handshake's time, then closed too.
+        assert [cut(s, 0.3) for s in idle[-migchan.MAX_PENDING_PER_PEER:]] == \
+            [True] * migchan.MAX_PENDING_PER_PEER
+        held = idle[:migchan.MAX_PENDING_PER_PEER]
+        # Meanwhile a real host (another address) authenticates and talks.
+        client.connect("m1", address(server), "hv2")
+        assert "connected" in kinds(collect(client, lambda e: "connected" in kinds(e)))
+        assert kinds(collect(server, lambda e: "accepted" in kinds(e))) == ["accepted"]
+        assert all(cut(s, 3.0) for s in held)
+        assert server.refused["busy"] >= 2 * migchan.MAX_PENDING_PER_PEER
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_only_a_known_host_keeps_its_session_past_the_handshake(certs, monkeypatch):
+    monkeypatch.setattr(migchan, "ADMIT_WAIT", 0.5)
+    known = set()
+    server = Channel("hv2", certs["hv2"], ("127.0.0.1", 0), admit=known.__contains__)
+    client = Channel("hv1", certs["hv1"])
+    server.start()
+    client.start()
+    try:
+        client.connect("u", address(server), "hv2")
+        evs = collect(client, closed("u"), timeout=5)
+        assert [e.kind for e in evs if e.sid == "u"][-1] == "closed"
+        assert quiet(server) == [] and server.refused["unknown"] == 1
+        # Known before the wait is over (its migration row arrived late): kept.
+        client.connect("k", address(server), "hv2")
+        time.sleep(0.2)
+        known.add("hv1")
+        assert kinds(collect(server, lambda e: "accepted" in kinds(e))) == ["accepted"]
+        client.send("k", {"type": "hello"})
+        got = collect(server, lambda e: "message" in kinds(e))
+        assert got[-1].message == {"type": "hello"}
+    finally:
+        client.stop()
+        server.stop()
