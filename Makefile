@@ -41,6 +41,13 @@ FUZZ_SECONDS ?= 120
 fuzz: deps
 	$(VENV)/bin/python -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
+# The soak (lab/soak.py): SOAK_MINUTES of traffic under churn, migrations and
+# restarts on a lab of its own; writes build/soak/soak.json and soak.png.
+# CI runs a 3-minute version (tests/integration/test_soak_short.py).
+SOAK_MINUTES ?= 30
+soak: deps $(VENV)/.bench-installed
+	$(VENV)/bin/python -m lab.soak --minutes $(SOAK_MINUTES) --out build/soak
+
 unit: deps
 	$(VENV)/bin/pytest -q tests/unit
 

@@ -189,10 +189,28 @@ def _noisy_vm(lab):
     return found[0] if found else {}
 
 
+CPU_OF = ("h1/mbxd", "h1/ovs-vswitchd", "h2/mbxd", "h2/ovs-vswitchd")
+
+
+def _cpu(lab):
+    """(wall clock, {process: CPU seconds}) of the daemons in ``CPU_OF``."""
+    from lab.perfbench import _cpu_seconds
+    return time.monotonic(), {k: _cpu_seconds(lab.state["pids"][k]) for k in CPU_OF
+                              if k in lab.state["pids"]}
+
+
+def _cpu_share(start, end):
+    """{process: share of one CPU} between two ``_cpu`` readings."""
+    wall = end[0] - start[0]
+    return {k: round((end[1][k] - start[1][k]) / wall, 3) for k in start[1]
+            if k in end[1] and wall > 0}
+
+
 def _phase(lab, name, probes, flood_rate, flood_seconds, out):
     import threading
     flooder, zone_max, stop = None, [0], threading.Event()
     before = _noisy_vm(lab)
+    cpu_start = _cpu(lab)
     if name.startswith("flood"):
         log = os.path.join(lab.rundir, "noisy-%s.log" % name)
         flooder = lab.spawn("n1", [sys.executable, "-m", "lab.noisybench", "flood", "--to",
@@ -214,6 +232,7 @@ def _phase(lab, name, probes, flood_rate, flood_seconds, out):
             lab.forget_pid(flooder.pid)
     after = _noisy_vm(lab)
     res["phase"] = name
+    res["cpu"] = _cpu_share(cpu_start, _cpu(lab))
     if flooder is not None:
         with open(os.path.join(lab.rundir, "noisy-%s.log" % name)) as f:
             res["flood"] = json.loads(f.read().strip().splitlines()[-1])
@@ -222,9 +241,10 @@ def _phase(lab, name, probes, flood_rate, flood_seconds, out):
             before.get("new_conn_dropped") or 0)
         res["noisy_limit"] = after.get("limit")
         res["noisy_rate"] = after.get("new_conn_rate")
-    out("%s: %d ok, %d failed, connect median %s ms, p99 %s ms%s" % (
+    out("%s: %d ok, %d failed, connect median %s ms, p99 %s ms; CPU %s%s" % (
         name, res["ok"], res["failed"], (res["connect_ms"] or {}).get("median"),
         (res["connect_ms"] or {}).get("p99"),
+        ", ".join("%s %.0f%%" % (k, 100 * v) for k, v in res["cpu"].items()),
         "; flood %s/s, noisy zone at most %d entries, %d dropped by its meter" % (
             res["flood"]["per_second"], res["noisy_zone_max"], res["noisy_meter_dropped"])
         if flooder is not None else ""))
@@ -302,6 +322,14 @@ def markdown(r):
             "%d (%.0f/s)" % (fl["sent"], fl["per_second"]) if fl else "-",
             "{:,}".format(res["noisy_zone_max"]) if fl else "-",
             "{:,}".format(res["noisy_meter_dropped"]) if fl else "-"))
+    lines += ["", "CPU of the daemons over each phase (share of one CPU; a flood phase "
+              "from its start to its end, a quiet phase while the probe ran):", "",
+              "| phase | " + " | ".join(CPU_OF) + " |",
+              "|---|" + "---|" * len(CPU_OF)]
+    for name, res in r["phases"].items():
+        cpu = res.get("cpu") or {}
+        lines.append("| %s | %s |" % (name, " | ".join(
+            "%.0f%%" % (100 * cpu[k]) if k in cpu else "-" for k in CPU_OF)))
     lines += ["", "Target: no failure and p99 at most 2x the quiet p99 while one VM floods "
               "(limits on): **%s**." % ("met" if r["target_met"] else "not met"), ""]
     ph = r["phases"]
@@ -309,15 +337,20 @@ def markdown(r):
     lines += [
         "What it shows: the flood's SYNs never reach mbxd (the firewall's allow is "
         "compiled into the switch); they cost the switch's datapath and fill the noisy "
-        "VM's conntrack zone. Without the limits that zone grew to %s entries (here the "
-        "flooder's 64,512 source ports to one destination bound it; `timeout-tcp-syn`, "
-        "10 s, ages them), with them to %s: the VM's meter dropped %s SYNs before any "
-        "rule, commit or tunnel. The other tenant's p99 ratio with the limits off (%s) "
-        "and in the second quiet phase (%s) show how much this shared machine's noise "
-        "alone moves it." % ("{:,}".format(unl["noisy_zone_max"]),
-                             "{:,}".format(lim["noisy_zone_max"]),
-                             "{:,}".format(lim["noisy_meter_dropped"]),
-                             _ratio(r, "flood-unlimited"), _ratio(r, "quiet-again")), ""]
+        "VM's conntrack zone. Without the limits that zone grew to %s entries (the "
+        "switch's count, which holds expired entries until its sweeper frees them; "
+        "`timeout-tcp-syn`, 10 s, ages them), with them to %s: the VM's meter dropped "
+        "%s SYNs before any "
+        "rule, commit or tunnel. mbxd used at most %s of a CPU on either host during a "
+        "flood (the zone counts it reads every 2 s back off when a dump costs more). The "
+        "other tenant's p99 ratio with the limits off (%s) and in the second quiet phase "
+        "(%s) show how much this shared machine's noise alone moves it."
+        % ("{:,}".format(unl["noisy_zone_max"]), "{:,}".format(lim["noisy_zone_max"]),
+           "{:,}".format(lim["noisy_meter_dropped"]),
+           "%.0f%%" % (100 * max([v for res in (lim, unl) for k, v in
+                                  (res.get("cpu") or {}).items() if k.endswith("mbxd")]
+                                 or [0])),
+           _ratio(r, "flood-unlimited"), _ratio(r, "quiet-again")), ""]
     return lines
 
 

@@ -215,3 +215,24 @@ def test_idle_connections_to_the_migration_port_do_not_keep_a_migration_out(limi
         limited.forget_pid(client.pid)
         if moved:
             limited.migrate("blue1", "h1")
+
+
+def test_the_limits_come_back_after_the_switch_restarts(limited):
+    # They live in ovs-vswitchd's memory: a restarted switch has none until
+    # mbxd sets them again (it reads them back every 2 s).
+    zone = vm_limits(limited, "red1")["zone"]
+    limited.vswitchd_restart("h1")
+
+    def back():
+        limits_ok = "zone=%d,limit=%d," % (zone, LIMIT) in limited.appctl(
+            "h1", "dpctl/ct-get-limits", "zone=%d" % zone)
+        meter_ok = re.search(r"meter=%d pktps burst stats bands=\s*type=drop rate=%d"
+                             % (zone, RATE), limited.ofctl("h1", "dump-meters"))
+        return limits_ok and meter_ok and \
+            limited.appctl("h1", "dpctl/ct-get-maxconns").strip() == "1000000"
+    wait_until(back, 20, interval=0.5, what="h1's limits and meters to be set again")
+    # And both tenants open new connections through h1 again.
+    wait_until(lambda: limited.tcp_try("blue1", BLUE3, OPEN)["ok"] == 1, 20, interval=0.5,
+               what="blue1's new connections after the restart")
+    wait_until(lambda: limited.tcp_try("red1", RED2, OPEN)["ok"] == 1, 20, interval=0.5,
+               what="red1's new connections after the restart")
