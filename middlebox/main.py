@@ -310,11 +310,15 @@ class Daemon:
         of it after a mere reconnection, nothing after a restart); the plane
         is installed again over it, and every barrier the lost connection
         owed is answered behind that.  Conntrack is the switch's: a
-        restarted ovs-vswitchd starts empty, and each connection is judged
-        anew at its next packet (docs/middlebox.md, "Restart")."""
+        restarted ovs-vswitchd (none of the daemon's flows left) starts
+        empty and is given the last census's connections first
+        (docs/middlebox.md, "Restart")."""
         self._stats_xid = None          # its reply went with the connection
-        self._restore_conntrack()
+        had_flows = bool(self.installed)
         self.recover()
+        if had_flows and not self.installed:
+            # None of its flows left: the switch restarted, conntrack too.
+            self._restore_conntrack()
         self.replan()
         self.of.resume_barriers()
 
