@@ -217,6 +217,46 @@ def test_idle_connections_to_the_migration_port_do_not_keep_a_migration_out(limi
             limited.migrate("blue1", "h1")
 
 
+def set_raw(lab, key, value):
+    """Set NB_Global options:KEY straight in the database (no mbxctl, no
+    validation), as a bad writer could."""
+    txn = ["MBX_Northbound", {"op": "mutate", "table": "NB_Global", "where": [],
+                              "mutations": [["options", "delete", ["set", [key]]],
+                                            ["options", "insert", ["map", [[key, value]]]]]}]
+    subprocess.run(["ovsdb-client", "transact", lab.nb_remote.split(",")[0], json.dumps(txn)],
+                   check=True, capture_output=True, timeout=30)
+
+
+def test_an_out_of_range_limit_written_into_the_database_is_ignored_with_one_line(limited):
+    path = os.path.join(limited.host_dir("h1"), "mbxd.log")
+    start = os.path.getsize(path)
+
+    def log():
+        """What mbxd logged during this test."""
+        with open(path) as f:
+            f.seek(start)
+            return f.read()
+    line = "NB_Global options: invalid new-conn-rate-vm '0': use an integer from 1 to 1000000"
+    set_raw(limited, "new-conn-rate-vm", "0")
+    try:
+        wait_until(lambda: line in log(), 10, interval=0.2,
+                   what="mbxd's line about the bad value")
+        # The default applies; the other limit, and both tenants, go on.
+        wait_until(lambda: vm_limits(limited, "red1")["new_conn_rate"] == 5000, 10,
+                   interval=0.2, what="the default rate")
+        assert vm_limits(limited, "blue1")["limit"] == LIMIT
+        assert limited.tcp_try("blue1", BLUE3, OPEN)["ok"] == 1
+        set_raw(limited, "conn-limit-vm", str(LIMIT + 1))     # another change: replanned
+        wait_until(lambda: vm_limits(limited, "red1")["limit"] == LIMIT + 1, 10, interval=0.2,
+                   what="the next change applied")
+        assert log().count(line) == 1
+    finally:
+        set_raw(limited, "conn-limit-vm", str(LIMIT))
+        set_raw(limited, "new-conn-rate-vm", str(RATE))
+    wait_until(lambda: vm_limits(limited, "red1")["new_conn_rate"] == RATE, 10, interval=0.2,
+               what="the rate set again")
+
+
 def test_the_limits_come_back_after_the_switch_restarts(limited):
     # They live in ovs-vswitchd's memory: a restarted switch has none until
     # mbxd sets them again (it reads them back every 2 s).

@@ -302,7 +302,7 @@ def test_an_address_set_member_that_is_not_an_address_is_left_out(v):
         ctl(lab, "as-del", "red-admins", "--if-exists")
 
 
-def test_lb_options_out_of_range_are_refused_and_ignored(v):
+def test_lb_and_middlebox_options_out_of_range_are_refused_and_ignored(v):
     lab = v
     ctl_ok(lab, "mb-add", "lb-blue", "ls-blue", "--type", "lb")
     ctl_ok(lab, "lb-add", "lb-blue", "10.0.0.100:80", "10.0.0.11:80")
@@ -315,6 +315,12 @@ def test_lb_options_out_of_range_are_refused_and_ignored(v):
         status = wait_status(lab, "lb-list", ("lb-blue",), "health-interval",
                              "lb-blue")
         assert "1e308" in status
+        # a middlebox option out of its range: the middlebox is left out
+        assert "check-interval" in refused(lab, "mb-set", "lb-blue", "check-interval=1")
+        transact(lab, {"op": "update", "table": "Middlebox",
+                       "where": [["name", "==", "lb-blue"]],
+                       "row": {"options": ["map", [["check-interval", "1"]]]}})
+        assert "check-interval" in wait_status(lab, "mb-list", ("lb-blue",), "error=")
         other_tenant_works(lab, "blue-v7", "10.0.0.47")
         alive(lab)
     finally:
