@@ -970,14 +970,22 @@ class Lab:
         run(["ip", "link", "set", MB_PORT, "up"], netns=ns)
 
     def vswitchd_restart(self, host, sig=signal.SIGKILL):
-        """End the host's ovs-vswitchd with ``sig`` (SIGKILL: a crash) and
-        start it again the way ``up`` started it, then configure its
+        """End the host's ovs-vswitchd with ``sig`` (SIGKILL: a crash;
+        SIGTERM: a stop; None: ``ovs-appctl exit --cleanup``, which also
+        deletes its internal ports, so they come back as new interfaces)
+        and start it again the way ``up`` started it, then configure its
         internal ports as at boot (``_host_links_up``).  Its flows and
         conntrack are gone; the controllers and mbxd must put back what
         they need by themselves.  Returns the new pid."""
         if host not in self.state["hosts"]:
             raise LabError("unknown host '%s'" % host)
-        self._kill("%s/ovs-vswitchd" % host, sig, "ovs-vswitchd")
+        if sig is None:
+            pid = self.state["pids"]["%s/ovs-vswitchd" % host]
+            self.appctl(host, "exit", "--cleanup")
+            wait_until(lambda: not pid_alive(pid), 10, what="ovs-vswitchd %d to exit" % pid)
+            self.forget_pid(pid)
+        else:
+            self._kill("%s/ovs-vswitchd" % host, sig, "ovs-vswitchd")
         pid = self._vswitchd_start(host)
         ns = self.host_ns(host)
         wait_until(lambda: all(run(["ip", "link", "show", dev], netns=ns, check=False)

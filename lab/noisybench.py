@@ -2,9 +2,12 @@
 
 Two tenants share a host pair (h1 and h2 of a lab of their own), each
 behind its own firewall.  The *quiet* tenant's VM on h1 opens short
-connections (connect, one echoed line, close) one after another to its
-server on h2; the *noisy* tenant's VM on h1 floods its own server's host
-with new connections.  Measured, for the quiet tenant, with the same probe,
+connections (connect, one echoed line, close) one after another to a
+round-robin VIP (mbxd on h1 picks each backend: every new connection needs
+the daemon) whose backend is its server on h2; the *noisy* tenant's VM on
+h1 floods with new connections, half to a port its peer's firewall drops
+(half-open entries in its zone), half to a port its own firewall rejects
+(each answered by mbxd on h1).  Measured, for the quiet tenant, with the same probe,
 in four phases (``PHASES``): quiet; during the flood with the limits on
 (``new-conn-rate-vm`` = ``--rate``, ``conn-limit-vm`` its default); during
 the flood with them at their maximum (what a flood does without them);
@@ -16,11 +19,10 @@ connections its meter dropped.  Target: no failure, p99 during the flood
 is shared).
 
 The flood (``python -m lab.noisybench flood``, run inside the VM) sends
-TCP SYNs from a raw socket with a new source port each, to a port whose
-connections the victim host's firewall drops: every SYN is a new
-connection for the sender's zone and none is ever answered, the worst case
-for a zone (half-open entries that only a timeout ends).  It is bounded in
-packets, rate and time.
+TCP SYNs from a raw socket with a new source port each, to the given ports
+in turn; it is bounded in packets, rate and time.  ``idle`` parks idle TCP
+connections on a port (tests/integration/test_limits.py: the migration
+port).
 
 ``python -m lab.noisybench [--flood-seconds S] [--rate R] [--probes N]``
 prints the JSON ``run`` returns; ``make bench`` runs it as its noisy-neighbour
@@ -53,15 +55,15 @@ def syn_segment(src, dst, sport, dport, seq):
     return header[:16] + struct.pack("!H", csum) + header[18:]
 
 
-def flood(dst, port, rate, seconds, count, src=None):
-    """Send at most ``count`` SYNs to ``dst``:``port`` at ``rate`` per
-    second for at most ``seconds``, each from a new source port; prints
-    {"sent", "seconds", "per_second"} as JSON."""
+def flood(dst, ports, rate, seconds, count, src=None):
+    """Send at most ``count`` SYNs to ``dst`` (to ``ports`` in turn) at
+    ``rate`` per second for at most ``seconds``, each from a new source
+    port; prints {"sent", "seconds", "per_second"} as JSON."""
     seconds = min(float(seconds), MAX_SECONDS)
     count = min(int(count), MAX_PACKETS)
     if src is None:
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.connect((dst, port))
+        probe.connect((dst, ports[0]))
         src = probe.getsockname()[0]
         probe.close()
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
@@ -75,7 +77,8 @@ def flood(dst, port, rate, seconds, count, src=None):
         due = min(count, int(now * rate) + batch)
         while sent < due:
             sport = sport + 1 if sport < 65535 else 1024
-            seg = syn_segment(src, dst, sport, port, random.getrandbits(32))
+            seg = syn_segment(src, dst, sport, ports[sent % len(ports)],
+                              random.getrandbits(32))
             try:
                 sock.sendto(seg, (dst, 0))
             except OSError:
@@ -148,7 +151,8 @@ PREFIX, RUNDIR = "mbxn", "/run/mbx-bench-noisy"
 SUBNET = "10.8.0.0/24"
 QUIET = {"q1": ("h1", "10.8.0.11"), "q2": ("h2", "10.8.0.12")}
 NOISY = {"n1": ("h1", "10.8.0.11"), "n2": ("h2", "10.8.0.12")}
-OPEN, DROPPED = 7000, 7001
+OPEN, DROPPED, REJECTED = 7000, 7001, 7002
+VIP = "10.8.0.100"              # the quiet tenant's round-robin VIP: mbxd picks its backend
 RATE = 1000                     # new-conn-rate-vm during the bench
 UNLIMITED = {"new-conn-rate-vm": "1000000", "conn-limit-vm": "3000000"}
 PHASES = ("quiet", "flood-limited", "flood-unlimited", "quiet-again")
@@ -159,23 +163,34 @@ def _build(lab, rate):
     for n, (t, vms) in enumerate((("quiet", QUIET), ("noisy", NOISY))):
         lab.mbxctl_ok("--wait=hv", "ls-add", "ls-" + t, "--vni", str(4001 + n), "--subnet",
                       SUBNET, "--tenant", t)
+        chain = ["fw-" + t]
         lab.mbxctl_ok("--wait=hv", "mb-add", "fw-" + t, "ls-" + t, "--default", "deny",
                       "--", "fw-add", "fw-" + t, "100", "from-vm", "any", "allow",
+                      "--", "fw-add", "fw-" + t, "110", "from-vm",
+                      "proto=tcp dport=%d" % REJECTED, "reject",
                       "--", "fw-add", "fw-" + t, "100", "to-vm", "proto=tcp dport=%d" % OPEN,
-                      "allow", "--", "steer-add", "ls-" + t, "100", "any", "fw-" + t)
+                      "allow")
+        if t == "quiet":
+            chain.append("lb-quiet")
+            lab.mbxctl_ok("--wait=hv", "mb-add", "lb-quiet", "ls-quiet", "--type", "lb",
+                          "--", "lb-add", "lb-quiet", "%s:%d" % (VIP, OPEN),
+                          "%s:%d" % (QUIET["q2"][1], OPEN), "--algorithm", "round-robin")
+        lab.mbxctl_ok("--wait=hv", "steer-add", "ls-" + t, "100", "any", ",".join(chain))
         for name, (host, ip) in vms.items():
             lab.vm_add(name, host, "ls-" + t, ip + "/24")
     lab.mbxctl_ok("--wait=hv", "global-set", "new-conn-rate-vm=%d" % rate)
     lab.spawn("q2", [sys.executable, "-m", "lab.probe", "serve", "--port", str(OPEN)],
               os.path.join(lab.rundir, "noisy-serve.log"))
     from lab.sh import wait_until
-    wait_until(lambda: lab.tcp_try("q1", QUIET["q2"][1], OPEN)["ok"] == 1, 20, interval=0.3,
-               what="the quiet tenant's server")
+    # The backend counts only once h1's health probes found it up.
+    wait_until(lambda: " up " in lab.mbxd_appctl("h1", "lb/list") and
+               lab.tcp_try("q1", VIP, OPEN, count=5)["ok"] == 5, 30, interval=0.5,
+               what="the quiet tenant's server up behind its VIP")
 
 
 def _victim(lab, probes):
     """The quiet tenant's short connections, one after another."""
-    proc = lab.exec("q1", [sys.executable, "-m", "lab.probe", "rate", "--to", QUIET["q2"][1],
+    proc = lab.exec("q1", [sys.executable, "-m", "lab.probe", "rate", "--to", VIP,
                            "--port", str(OPEN), "--count", str(probes), "--workers", "1",
                            "--timeout", "3"], capture_output=True, text=True, timeout=180)
     if proc.returncode != 0:
@@ -189,14 +204,33 @@ def _noisy_vm(lab):
     return found[0] if found else {}
 
 
+CPU_OF = ("h1/mbxd", "h1/ovs-vswitchd", "h2/mbxd", "h2/ovs-vswitchd")
+
+
+def _cpu(lab):
+    """(wall clock, {process: CPU seconds}) of the daemons in ``CPU_OF``."""
+    from lab.perfbench import _cpu_seconds
+    return time.monotonic(), {k: _cpu_seconds(lab.state["pids"][k]) for k in CPU_OF
+                              if k in lab.state["pids"]}
+
+
+def _cpu_share(start, end):
+    """{process: share of one CPU} between two ``_cpu`` readings."""
+    wall = end[0] - start[0]
+    return {k: round((end[1][k] - start[1][k]) / wall, 3) for k in start[1]
+            if k in end[1] and wall > 0}
+
+
 def _phase(lab, name, probes, flood_rate, flood_seconds, out):
     import threading
     flooder, zone_max, stop = None, [0], threading.Event()
     before = _noisy_vm(lab)
+    cpu_start = _cpu(lab)
     if name.startswith("flood"):
         log = os.path.join(lab.rundir, "noisy-%s.log" % name)
         flooder = lab.spawn("n1", [sys.executable, "-m", "lab.noisybench", "flood", "--to",
-                                   NOISY["n2"][1], "--port", str(DROPPED), "--rate",
+                                   NOISY["n2"][1], "--port", "%d,%d" % (DROPPED, REJECTED),
+                                   "--rate",
                                    str(flood_rate), "--seconds", str(flood_seconds)], log)
 
         def sample():
@@ -214,6 +248,7 @@ def _phase(lab, name, probes, flood_rate, flood_seconds, out):
             lab.forget_pid(flooder.pid)
     after = _noisy_vm(lab)
     res["phase"] = name
+    res["cpu"] = _cpu_share(cpu_start, _cpu(lab))
     if flooder is not None:
         with open(os.path.join(lab.rundir, "noisy-%s.log" % name)) as f:
             res["flood"] = json.loads(f.read().strip().splitlines()[-1])
@@ -222,9 +257,10 @@ def _phase(lab, name, probes, flood_rate, flood_seconds, out):
             before.get("new_conn_dropped") or 0)
         res["noisy_limit"] = after.get("limit")
         res["noisy_rate"] = after.get("new_conn_rate")
-    out("%s: %d ok, %d failed, connect median %s ms, p99 %s ms%s" % (
+    out("%s: %d ok, %d failed, connect median %s ms, p99 %s ms; CPU %s%s" % (
         name, res["ok"], res["failed"], (res["connect_ms"] or {}).get("median"),
         (res["connect_ms"] or {}).get("p99"),
+        ", ".join("%s %.0f%%" % (k, 100 * v) for k, v in res["cpu"].items()),
         "; flood %s/s, noisy zone at most %d entries, %d dropped by its meter" % (
             res["flood"]["per_second"], res["noisy_zone_max"], res["noisy_meter_dropped"])
         if flooder is not None else ""))
@@ -244,6 +280,7 @@ def run(probes=1000, flood_rate=5000, flood_seconds=20, rate=RATE, rundir=RUNDIR
     phases = {}
     try:
         _build(lab, rate)
+        _victim(lab, min(probes, 100))      # warm-up: caches, the VIP's first picks
         for name in PHASES:
             if name == "flood-unlimited":
                 lab.mbxctl_ok("--wait=hv", "global-set",
@@ -282,12 +319,14 @@ def markdown(r):
     lines = [
         "## Noisy neighbour (`lab/noisybench.py`)", "",
         "Tenant *quiet*'s VM on h1 opens %d short connections (connect, one echoed line, "
-        "close; `lab.probe rate`, one after another) to its server on h2, while tenant "
-        "*noisy*'s VM on the same host floods its server's host with %d TCP SYNs a second "
-        "for %g s (a raw socket, a new source port each, to a port its firewall drops: "
-        "every SYN a half-open connection). `new-conn-rate-vm` is %d/s, `conn-limit-vm` "
-        "its default (100,000); in *flood-unlimited* both are set to their maximum. "
-        "Connect time = SYN to SYN-ACK through both hosts' pipelines."
+        "close; `lab.probe rate`, one after another) to a round-robin VIP whose backend is "
+        "its server on h2: mbxd on h1 picks the backend of every one, so each needs the "
+        "daemon. Tenant *noisy*'s VM on the same host sends %d TCP SYNs a second for %g s "
+        "(a raw socket, a new source port each), half to a port its peer's firewall drops "
+        "(each a half-open connection in its zone), half to a port its own firewall "
+        "rejects (each answered by mbxd on h1 with a RST). `new-conn-rate-vm` is %d/s, "
+        "`conn-limit-vm` its default (100,000); in *flood-unlimited* both are set to their "
+        "maximum. Connect time = SYN to SYN-ACK through both hosts' pipelines."
         % (m["probes"], m["flood_rate"], m["flood_seconds"], m["new_conn_rate_vm"]), "",
         "| phase | quiet tenant: ok / failed | connect median | connect p99 | p99 / quiet "
         "| flood sent | noisy zone at most | dropped by its meter |",
@@ -302,28 +341,50 @@ def markdown(r):
             "%d (%.0f/s)" % (fl["sent"], fl["per_second"]) if fl else "-",
             "{:,}".format(res["noisy_zone_max"]) if fl else "-",
             "{:,}".format(res["noisy_meter_dropped"]) if fl else "-"))
+    lines += ["", "CPU of the daemons over each phase (share of one CPU; a flood phase "
+              "from its start to its end, a quiet phase while the probe ran):", "",
+              "| phase | " + " | ".join(CPU_OF) + " |",
+              "|---|" + "---|" * len(CPU_OF)]
+    for name, res in r["phases"].items():
+        cpu = res.get("cpu") or {}
+        lines.append("| %s | %s |" % (name, " | ".join(
+            "%.0f%%" % (100 * cpu[k]) if k in cpu else "-" for k in CPU_OF)))
     lines += ["", "Target: no failure and p99 at most 2x the quiet p99 while one VM floods "
               "(limits on): **%s**." % ("met" if r["target_met"] else "not met"), ""]
     ph = r["phases"]
     lim, unl = ph["flood-limited"], ph["flood-unlimited"]
     lines += [
-        "What it shows: the flood's SYNs never reach mbxd (the firewall's allow is "
-        "compiled into the switch); they cost the switch's datapath and fill the noisy "
-        "VM's conntrack zone. Without the limits that zone grew to %s entries (here the "
-        "flooder's 64,512 source ports to one destination bound it; `timeout-tcp-syn`, "
-        "10 s, ages them), with them to %s: the VM's meter dropped %s SYNs before any "
-        "rule, commit or tunnel. The other tenant's p99 ratio with the limits off (%s) "
-        "and in the second quiet phase (%s) show how much this shared machine's noise "
-        "alone moves it." % ("{:,}".format(unl["noisy_zone_max"]),
-                             "{:,}".format(lim["noisy_zone_max"]),
-                             "{:,}".format(lim["noisy_meter_dropped"]),
-                             _ratio(r, "flood-unlimited"), _ratio(r, "quiet-again")), ""]
+        "What it shows: a flooding VM's SYNs cost the switch's datapath, fill its "
+        "conntrack zone and (the rejected half) load mbxd. Without the limits that zone "
+        "grew to %s entries (the "
+        "switch's count, which holds expired entries until its sweeper frees them; "
+        "`timeout-tcp-syn`, 10 s, ages them), with them to %s: the VM's meter dropped "
+        "%s SYNs before any "
+        "rule, commit, tunnel or trip to mbxd. mbxd used at most %s of a CPU on either "
+        "host during a flood. At this rate (about what the lab's Python flooder gets "
+        "through the VM's port) neither the switch nor mbxd is saturated, so the limits "
+        "do not change the other tenant's figures here: they bound what the flooding VM "
+        "takes. The other tenant's p99 ratio with the limits off (%s) and in the second "
+        "quiet phase (%s) show how much this shared machine's noise alone moves it."
+        % ("{:,}".format(unl["noisy_zone_max"]), "{:,}".format(lim["noisy_zone_max"]),
+           "{:,}".format(lim["noisy_meter_dropped"]),
+           "%.0f%%" % (100 * max([v for res in (lim, unl) for k, v in
+                                  (res.get("cpu") or {}).items() if k.endswith("mbxd")]
+                                 or [0])),
+           _ratio(r, "flood-unlimited"), _ratio(r, "quiet-again")), ""]
     return lines
 
 
 def _ratio(r, name):
     v = r["p99_to_quiet"].get(name)
     return "-" if v is None else "%.2f x" % v
+
+
+def _ports(text):
+    ports = tuple(int(p) for p in text.split(","))
+    if not all(1 <= p <= 65535 for p in ports):
+        raise ValueError(text)
+    return ports
 
 
 def main(argv=None):
@@ -336,7 +397,7 @@ def main(argv=None):
              (("--count", int, 200), ("--seconds", float, 30)))):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--to", required=True)
-        sp.add_argument("--port", type=int, required=True)
+        sp.add_argument("--port", type=_ports, required=True, help="PORT[,PORT...]")
         for option, kind, default in options:
             sp.add_argument(option, type=kind, default=default)
     p.add_argument("--probes", type=int, default=1000)
@@ -349,7 +410,7 @@ def main(argv=None):
     if args.cmd == "flood":
         return flood(args.to, args.port, args.rate, args.seconds, args.count)
     if args.cmd == "idle":
-        return idle(args.to, args.port, args.count, args.seconds)
+        return idle(args.to, args.port[0], args.count, args.seconds)
     if os.geteuid() != 0:
         p.error("needs root (network namespaces)")
     res = run(args.probes, min(args.flood_rate, 50000), args.flood_seconds, args.rate,

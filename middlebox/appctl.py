@@ -131,6 +131,11 @@ def register(daemon):
         st["flows"] = len(daemon.installed)
         st["groups"] = len(daemon.groups)
         st["zones"] = len(daemon.zones.owners())
+        # Recovery (docs/middlebox.md, "Restart"): switch connections lost,
+        # connections given back to a restarted switch, censuses taken.
+        st["switch_losses"] = daemon.switch_losses
+        st["conns_restored"] = daemon.conns_restored
+        st["checkpoints"] = daemon.conns.checkpoints if daemon.conns else 0
         return st
 
     def stats():

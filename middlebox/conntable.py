@@ -53,6 +53,7 @@ class ConnTable:
         # switch, whose conntrack starts empty, is given back.
         self.checkpoint = {}
         self.checkpoint_at = None
+        self.checkpoints = 0            # censuses taken
 
     def zone(self, zone, stats=True):
         return C.parse_dump(self.vswitch.dump_zone(zone, stats=stats))
@@ -126,6 +127,7 @@ class ConnTable:
                     vip = counts.setdefault(sid, {})
                     vip[b] = vip.get(b, 0) + 1
         self.checkpoint, self.checkpoint_at = checkpoint, now
+        self.checkpoints += 1
         return per_tag, counts
 
     def lost(self):

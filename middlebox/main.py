@@ -182,6 +182,7 @@ class Daemon:
         self._mig_seqno = None
         self._db_up = {"sb": False, "nb": False}
         self.switch_losses = 0          # OpenFlow connections lost (each one resynced)
+        self.conns_restored = 0         # connections re-committed into a restarted switch
         self._of_backoff = RECONNECT_MIN
         self._of_retry = 0.0
 
@@ -309,11 +310,15 @@ class Daemon:
         of it after a mere reconnection, nothing after a restart); the plane
         is installed again over it, and every barrier the lost connection
         owed is answered behind that.  Conntrack is the switch's: a
-        restarted ovs-vswitchd starts empty, and each connection is judged
-        anew at its next packet (docs/middlebox.md, "Restart")."""
+        restarted ovs-vswitchd (none of the daemon's flows left) starts
+        empty and is given the last census's connections first
+        (docs/middlebox.md, "Restart")."""
         self._stats_xid = None          # its reply went with the connection
-        self._restore_conntrack()
+        had_flows = bool(self.installed)
         self.recover()
+        if had_flows and not self.installed:
+            # None of its flows left: the switch restarted, conntrack too.
+            self._restore_conntrack()
         self.replan()
         self.of.resume_barriers()
 
@@ -327,6 +332,7 @@ class Daemon:
             return
         skipped = []
         self.of.send_packet_outs([ctcommit.packet_outs(lost, skipped=skipped)])
+        self.conns_restored += len(lost) - len(skipped)
         age = time.monotonic() - self.conns.checkpoint_at \
             if self.conns.checkpoint_at is not None else 0.0
         LOG.warning("the switch lost its conntrack (restarted): %d connections "
@@ -357,7 +363,23 @@ class Daemon:
         if self.migrations is not None:
             owners += [("vm", vm) for vm in self.migrations.incoming()]
             owners += [("vm", vm) for vm in self.migrations.outgoing()]
+            owners += [("snat", uuid) for uuid in self.migrations.kept_snat()]
         return owners
+
+    def _local_vms(self, config):
+        return {vm.name for s in ((config.slices or {}) if config else {}).values()
+                for vm in s.vms if vm.host == self.args.host}
+
+    def _note_departures(self, config):
+        """VMs whose port left this host keep their zones a while
+        (``MigrationManager.departed``)."""
+        if self.migrations is not None and self.config is not None:
+            gone = self._local_vms(self.config) - self._local_vms(config)
+            if gone:
+                self.migrations.departed(
+                    {vm: {tag: s for tag, s in self.service.slices.items()
+                          if any(v.name == vm for v in s.config.vms)} for vm in gone},
+                    time.monotonic())
 
     def replan_soon(self):
         self._dirty_plane = True
@@ -607,6 +629,7 @@ class Daemon:
             changed = self.conf.run()
             self._log_db_connections()
             if changed:
+                self._note_departures(self.conf.config())
                 self.config = self.conf.config()
                 self.shared.set_config(self.config)
                 self.service.configure(self.config)

@@ -1319,7 +1319,7 @@ def global_limits(options):
 # STATUS_ERROR.
 STATUS_TABLES = {"switch": "Logical_Switch", "vm": "VM",
                  "rule": "Firewall_Rule", "policy": "Steering_Policy",
-                 "nat": "NAT_Rule"}
+                 "nat": "NAT_Rule", "set": "Address_Set"}
 STATUS_ERROR = "error"
 
 
@@ -1441,6 +1441,28 @@ def nat_fields(rule):
              "%d-%d" % rule.port_range if rule.type == "snat" else None)
 
 
+def usable_addresses(values):
+    """(the members of an address set a reader uses, ((member, why), ...)
+    of those it leaves out): each member as ``address`` checks it, kept as
+    written."""
+    try:
+        return _usable_addresses(tuple(values))
+    except TypeError:           # a member of a type that does not hash
+        return _usable_addresses.__wrapped__(tuple(values))
+
+
+@functools.lru_cache(maxsize=4096)
+def _usable_addresses(values):
+    good, bad = [], []
+    for value in values:
+        why = problem(address, value)
+        if why:
+            bad.append((value, why))
+        else:
+            good.append(value)
+    return tuple(good), tuple(bad)
+
+
 def _nat_ok(rule, mb, switches, externals):
     nat_fields(rule)
     check_nat_rule(rule, mb, switches, externals)
@@ -1467,7 +1489,8 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
     Keys: ("switch", name), ("vm", name), ("middlebox", name), ("rule",
     uuid), ("policy", switch, priority), ("vip", uuid), ("nat", uuid),
     ("global", key) (an NB_Global option out of its range: its readers use
-    the default).  ``nat_rules``: middlebox name -> its NAT rules;
+    the default), ("set", name) (an address set with members that are not
+    addresses: the set is used without them, ``usable_addresses``).  ``nat_rules``: middlebox name -> its NAT rules;
     ``externals``: the ExternalNetInfos.  The arguments are
     a northbound snapshot's values (``NbSnapshot``): ``vms`` a mapping of
     name -> VMInfo, ``rules`` and ``vips`` middlebox name -> its rows.
@@ -1482,6 +1505,11 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
         if why:
             out[("global", key)] = f"NB_Global option {key}: {why}; the " \
                 "default is used"
+    for name_, aset in sorted(address_sets.items()):
+        bad = usable_addresses(aset.addresses)[1]
+        if bad:
+            out[("set", name_)] = f"address set '{name_}': " + "; ".join(
+                f"member {value!r} left out: {why}" for value, why in bad)
     for name_, sw in sorted(switches.items()):
         why = _remembered(_switch_ok, sw)
         if why:

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Dict, Optional
 
 from mbxmodel import datapath as dplib
+from ovsdb import validate
 from ovsdb.errors import MbxError
 from ovsdb.match import parse_match
 
@@ -178,10 +179,18 @@ def _inputs(snap):
         "vips": {k: tuple(dataclasses.replace(v, status={}) if v.status else v
                           for v in vs if ("vip", v.uuid) not in ignored)
                  for k, vs in snap.vips.items() if k not in gone},
-        "sets": snap.address_sets,
+        "sets": {name: _usable_set(aset) for name, aset in snap.address_sets.items()},
         "externals": tuple(sorted(nets, key=lambda n: n.name)),
         "options": {k: options[k] for k in dplib.GLOBAL_OPTIONS if k in options},
     }
+
+
+def _usable_set(aset):
+    """``aset`` with only the members that are addresses (the others are
+    named in its status, ``validate.unusable``)."""
+    good = validate.usable_addresses(aset.addresses)[0]
+    return aset if good == tuple(aset.addresses) else \
+        dataclasses.replace(aset, addresses=good)
 
 
 _SET_CACHE: Dict[str, frozenset] = {}

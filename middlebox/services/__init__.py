@@ -12,21 +12,20 @@ Each module declares ``SHARED_STATE`` (names it publishes through
 the host).
 """
 
-import math
+from ovsdb.errors import MbxError
 
 
-def option(options, key, default, cast, minimum, errors):
+def option(options, key, default, cast, check, errors):
     """Option ``key`` of a service's ``options`` as ``cast`` (int or float),
-    at least ``minimum``; missing -> ``default``; invalid -> ``default`` and
-    one line in ``errors``."""
+    checked by ``check(key, value)`` (the validator mbxctl uses,
+    ``ovsdb.validate.vip_option`` or ``middlebox_option``: the documented
+    range); missing -> ``default``; invalid -> ``default`` and one line in
+    ``errors``."""
     raw = (options or {}).get(key)
     if raw is None:
         return default
     try:
-        value = cast(str(raw).strip())
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value) or value < minimum:
-        errors.append('option %s="%s" is invalid: using %s' % (key, raw, default))
+        return cast(check(key, raw))
+    except MbxError as err:
+        errors.append("%s: using %s" % (err, default))
         return default
-    return value

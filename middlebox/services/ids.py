@@ -29,6 +29,7 @@ from collections import OrderedDict, deque
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from middlebox.services import option
+from ovsdb import validate
 
 SHARED_STATE = ("ids-scan",)
 LOCAL_STATE = ("ids-synflood",)
@@ -39,8 +40,8 @@ MAX_SOURCES = 10000
 MAX_DESTINATIONS = 10000
 
 
-def _option(options, key, cast, minimum, errors):
-    return option(options, key, DEFAULTS[key], cast, minimum, errors)
+def _option(options, key, cast, errors):
+    return option(options, key, DEFAULTS[key], cast, validate.middlebox_option, errors)
 
 
 def _check(threshold, window):
@@ -71,8 +72,8 @@ class ScanDetector:
     @classmethod
     def from_options(cls, options: Mapping[str, str], max_sources: int = MAX_SOURCES):
         errors: List[str] = []
-        d = cls(_option(options, "scan-threshold", int, 1, errors),
-                _option(options, "scan-window", float, 1e-3, errors), max_sources)
+        d = cls(_option(options, "scan-threshold", int, errors),
+                _option(options, "scan-window", float, errors), max_sources)
         d.errors = tuple(errors)
         return d
 
@@ -208,8 +209,8 @@ class SynFloodDetector:
     @classmethod
     def from_options(cls, options: Mapping[str, str], max_destinations: int = MAX_DESTINATIONS):
         errors: List[str] = []
-        d = cls(_option(options, "synflood-threshold", int, 1, errors),
-                _option(options, "synflood-window", float, 1e-3, errors), max_destinations)
+        d = cls(_option(options, "synflood-threshold", int, errors),
+                _option(options, "synflood-window", float, errors), max_destinations)
         d.errors = tuple(errors)
         return d
 

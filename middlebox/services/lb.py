@@ -24,6 +24,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from mbxmodel.state import LB_HEALTH
 from middlebox.services import option
+from ovsdb import validate
 
 SHARED_STATE = (LB_HEALTH,)
 LOCAL_STATE = ("lb-pinning",)
@@ -180,10 +181,11 @@ class HealthTracker:
         and is reported in ``errors``."""
         errors: List[str] = []
         d = cls.DEFAULTS
-        t = cls(option(options, "health-interval", d["interval"], float, 1e-3, errors),
-                option(options, "health-timeout", d["timeout"], float, 1e-3, errors),
-                option(options, "health-rise", d["rise"], int, 1, errors),
-                option(options, "health-fall", d["fall"], int, 1, errors),
+        check = validate.vip_option
+        t = cls(option(options, "health-interval", d["interval"], float, check, errors),
+                option(options, "health-timeout", d["timeout"], float, check, errors),
+                option(options, "health-rise", d["rise"], int, check, errors),
+                option(options, "health-fall", d["fall"], int, check, errors),
                 backends)
         t.errors = tuple(errors)
         return t

@@ -89,6 +89,7 @@ def _show(snap, args, sb_snap):
     for aset in sorted(snap.address_sets.values(), key=lambda s: s.name):
         lines += [f"address set {aset.name} (tenant {aset.tenant})",
                   f"    addresses: {', '.join(aset.addresses) or '-'}"]
+        lines += _status(snap, ("set", aset.name), "    ")
     for _, ext in sorted(snap.external_networks.items()):
         lines.append(f"external network {ext.name} (cidr {ext.cidr}, "
                      f"gateway {ext.gateway_ip} {ext.gateway_mac})")

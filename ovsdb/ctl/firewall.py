@@ -1,7 +1,7 @@
 """mbxctl's firewall rule and address set commands."""
 
 from ovsdb.ctl.syntax import CtlCommand
-from ovsdb.ctl.text import status_table, table
+from ovsdb.ctl.text import status_table
 from ovsdb.errors import MbxError
 
 
@@ -23,11 +23,12 @@ def _fw_list(snap, args):
 
 
 def _as_list(snap, args):
-    return table(["NAME", "TENANT", "ADDRESSES"],
-                 [[s.name, s.tenant, ", ".join(s.addresses) or "-"]
-                  for s in sorted(snap.address_sets.values(),
-                                  key=lambda s: s.name)
-                  if args.tenant is None or s.tenant == args.tenant])
+    sets = [s for s in sorted(snap.address_sets.values(), key=lambda s: s.name)
+            if args.tenant is None or s.tenant == args.tenant]
+    return status_table(["NAME", "TENANT", "ADDRESSES"],
+                        [[s.name, s.tenant, ", ".join(s.addresses) or "-"]
+                         for s in sets],
+                        [snap.row_status.get(("set", s.name), "") for s in sets])
 
 
 COMMANDS = (

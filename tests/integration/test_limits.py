@@ -215,3 +215,64 @@ def test_idle_connections_to_the_migration_port_do_not_keep_a_migration_out(limi
         limited.forget_pid(client.pid)
         if moved:
             limited.migrate("blue1", "h1")
+
+
+def set_raw(lab, key, value):
+    """Set NB_Global options:KEY straight in the database (no mbxctl, no
+    validation), as a bad writer could."""
+    txn = ["MBX_Northbound", {"op": "mutate", "table": "NB_Global", "where": [],
+                              "mutations": [["options", "delete", ["set", [key]]],
+                                            ["options", "insert", ["map", [[key, value]]]]]}]
+    subprocess.run(["ovsdb-client", "transact", lab.nb_remote.split(",")[0], json.dumps(txn)],
+                   check=True, capture_output=True, timeout=30)
+
+
+def test_an_out_of_range_limit_written_into_the_database_is_ignored_with_one_line(limited):
+    path = os.path.join(limited.host_dir("h1"), "mbxd.log")
+    start = os.path.getsize(path)
+
+    def log():
+        """What mbxd logged during this test."""
+        with open(path) as f:
+            f.seek(start)
+            return f.read()
+    line = "NB_Global options: invalid new-conn-rate-vm '0': use an integer from 1 to 1000000"
+    set_raw(limited, "new-conn-rate-vm", "0")
+    try:
+        wait_until(lambda: line in log(), 10, interval=0.2,
+                   what="mbxd's line about the bad value")
+        # The default applies; the other limit, and both tenants, go on.
+        wait_until(lambda: vm_limits(limited, "red1")["new_conn_rate"] == 5000, 10,
+                   interval=0.2, what="the default rate")
+        assert vm_limits(limited, "blue1")["limit"] == LIMIT
+        assert limited.tcp_try("blue1", BLUE3, OPEN)["ok"] == 1
+        set_raw(limited, "conn-limit-vm", str(LIMIT + 1))     # another change: replanned
+        wait_until(lambda: vm_limits(limited, "red1")["limit"] == LIMIT + 1, 10, interval=0.2,
+                   what="the next change applied")
+        assert log().count(line) == 1
+    finally:
+        set_raw(limited, "conn-limit-vm", str(LIMIT))
+        set_raw(limited, "new-conn-rate-vm", str(RATE))
+    wait_until(lambda: vm_limits(limited, "red1")["new_conn_rate"] == RATE, 10, interval=0.2,
+               what="the rate set again")
+
+
+def test_the_limits_come_back_after_the_switch_restarts(limited):
+    # They live in ovs-vswitchd's memory: a restarted switch has none until
+    # mbxd sets them again (it reads them back every 2 s).
+    zone = vm_limits(limited, "red1")["zone"]
+    limited.vswitchd_restart("h1")
+
+    def back():
+        limits_ok = "zone=%d,limit=%d," % (zone, LIMIT) in limited.appctl(
+            "h1", "dpctl/ct-get-limits", "zone=%d" % zone)
+        meter_ok = re.search(r"meter=%d pktps burst stats bands=\s*type=drop rate=%d"
+                             % (zone, RATE), limited.ofctl("h1", "dump-meters"))
+        return limits_ok and meter_ok and \
+            limited.appctl("h1", "dpctl/ct-get-maxconns").strip() == "1000000"
+    wait_until(back, 20, interval=0.5, what="h1's limits and meters to be set again")
+    # And both tenants open new connections through h1 again.
+    wait_until(lambda: limited.tcp_try("blue1", BLUE3, OPEN)["ok"] == 1, 20, interval=0.5,
+               what="blue1's new connections after the restart")
+    wait_until(lambda: limited.tcp_try("red1", RED2, OPEN)["ok"] == 1, 20, interval=0.5,
+               what="red1's new connections after the restart")

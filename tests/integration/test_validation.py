@@ -279,7 +279,30 @@ def test_a_garbage_firewall_match_is_ignored_listed_and_shown(v):
                                       ["set", [r["_uuid"] for r in rows]]]]})
 
 
-def test_lb_options_out_of_range_are_refused_and_ignored(v):
+def test_an_address_set_member_that_is_not_an_address_is_left_out(v):
+    lab = v
+    ctl_ok(lab, "as-add", "red-admins", "red", "10.0.0.11")
+    ctl_ok(lab, "--wait=hv", "fw-add", "fw-red", "150", "to-vm",
+           "src=$red-admins proto=tcp dport=7", "deny")
+    try:
+        assert "garbage" in refused(lab, "as-set", "red-admins", "10.0.0.11", "garbage")
+        transact(lab, {"op": "update", "table": "Address_Set",
+                       "where": [["name", "==", "red-admins"]],
+                       "row": {"addresses": ["set", ["10.0.0.11", "garbage"]]}})
+        assert "member 'garbage' left out" in wait_status(
+            lab, "as-list", ("red-admins",), "garbage")
+        ctl_ok(lab, "--wait=hv", "sync")
+        # the set still holds 10.0.0.11 (red1): its deny rule still applies
+        assert lab.tcp_try("red1", "10.0.0.12", 7)["ok"] == 0
+        assert lab.ping("red1", "10.0.0.12").ok
+        other_tenant_works(lab, "blue-v8", "10.0.0.48")
+        alive(lab)
+    finally:
+        ctl(lab, "fw-del", "fw-red", "to-vm", "150", "--if-exists")
+        ctl(lab, "as-del", "red-admins", "--if-exists")
+
+
+def test_lb_and_middlebox_options_out_of_range_are_refused_and_ignored(v):
     lab = v
     ctl_ok(lab, "mb-add", "lb-blue", "ls-blue", "--type", "lb")
     ctl_ok(lab, "lb-add", "lb-blue", "10.0.0.100:80", "10.0.0.11:80")
@@ -292,6 +315,12 @@ def test_lb_options_out_of_range_are_refused_and_ignored(v):
         status = wait_status(lab, "lb-list", ("lb-blue",), "health-interval",
                              "lb-blue")
         assert "1e308" in status
+        # a middlebox option out of its range: the middlebox is left out
+        assert "check-interval" in refused(lab, "mb-set", "lb-blue", "check-interval=1")
+        transact(lab, {"op": "update", "table": "Middlebox",
+                       "where": [["name", "==", "lb-blue"]],
+                       "row": {"options": ["map", [["check-interval", "1"]]]}})
+        assert "check-interval" in wait_status(lab, "mb-list", ("lb-blue",), "error=")
         other_tenant_works(lab, "blue-v7", "10.0.0.47")
         alive(lab)
     finally:

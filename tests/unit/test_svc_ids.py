@@ -168,7 +168,12 @@ def test_synflood_memory_bounded():
 
 
 def test_synflood_options():
-    f = SynFloodDetector.from_options({"synflood-threshold": "50", "synflood-window": "0.5"})
-    assert (f.threshold, f.window) == (50, 0.5) and f.errors == ()
+    f = SynFloodDetector.from_options({"synflood-threshold": "50", "synflood-window": "5"})
+    assert (f.threshold, f.window) == (50, 5.0) and f.errors == ()
     f = SynFloodDetector.from_options({"synflood-threshold": "0"})
     assert (f.threshold, f.window) == (200, 2.0) and len(f.errors) == 1
+    # the documented range (ovsdb/mbx_nb.md): whole seconds, 1-65535, as
+    # mbxctl checks it
+    for window in ("0.5", "1e308", "65536"):
+        f = SynFloodDetector.from_options({"synflood-window": window})
+        assert f.window == 2.0 and "synflood-window" in f.errors[0]

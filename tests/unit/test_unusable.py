@@ -255,3 +255,19 @@ def test_a_nat_rule_that_cannot_be_used_is_named(rule, words):
     got = validate.unusable({"ls-red": RED}, {}, {"nat-red": nat}, {}, (), {}, {},
                             nat_rules={"nat-red": (good, rule)}, externals=[ext])
     assert list(got) == [("nat", "n2")] and words in got[("nat", "n2")]
+
+
+def test_an_address_set_member_that_is_not_an_address_is_left_out_with_a_status():
+    aset = AddressSetInfo("red-set", "red", ("10.0.0.5", "garbage", "10.0.1.0/24"))
+    got = unusable(sets=[aset])
+    assert list(got) == [("set", "red-set")]
+    assert "member 'garbage' left out" in got[("set", "red-set")]
+    rule = RuleInfo(200, "to-vm", "src=$red-set", "deny", uuid="r2")
+    snap = NbSnapshot(nb_cfg=1, hv_cfg=0, switches={"ls-red": RED}, vms={},
+                      middleboxes={"fw-red": FW}, rules={"fw-red": (rule,)},
+                      address_sets={"red-set": aset}, ignored=got)
+    records = Translator()
+    records.update(snap)
+    assert records.records["ls-red"].address_sets[0].addresses == (
+        "10.0.0.5", "10.0.1.0/24")
+    assert records.records["ls-red"].rules["fw-red"] == (rule,)
