@@ -1319,7 +1319,8 @@ def global_limits(options):
 # STATUS_ERROR.
 STATUS_TABLES = {"switch": "Logical_Switch", "vm": "VM",
                  "rule": "Firewall_Rule", "policy": "Steering_Policy",
-                 "nat": "NAT_Rule", "set": "Address_Set"}
+                 "nat": "NAT_Rule", "set": "Address_Set",
+                 "external": "External_Network"}
 STATUS_ERROR = "error"
 
 
@@ -1490,8 +1491,10 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
     uuid), ("policy", switch, priority), ("vip", uuid), ("nat", uuid),
     ("global", key) (an NB_Global option out of its range: its readers use
     the default), ("set", name) (an address set with members that are not
-    addresses: the set is used without them, ``usable_addresses``).  ``nat_rules``: middlebox name -> its NAT rules;
-    ``externals``: the ExternalNetInfos.  The arguments are
+    addresses: the set is used without them, ``usable_addresses``),
+    ("external", name) (an external network whose values are not valid: the
+    NAT rules inside it go with it).  ``nat_rules``: middlebox name -> its
+    NAT rules; ``externals``: the ExternalNetInfos.  The arguments are
     a northbound snapshot's values (``NbSnapshot``): ``vms`` a mapping of
     name -> VMInfo, ``rules`` and ``vips`` middlebox name -> its rows.
     What depends on an unusable row goes with it: a VM, middlebox or policy
@@ -1510,6 +1513,11 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
         if bad:
             out[("set", name_)] = f"address set '{name_}': " + "; ".join(
                 f"member {value!r} left out: {why}" for value, why in bad)
+    for ext in sorted(externals, key=lambda e: e.name):
+        why = problem(external_network, ext.name, ext.cidr, ext.gateway_ip,
+                      ext.gateway_mac)
+        if why:
+            out[("external", ext.name)] = f"external network '{ext.name}': {why}"
     for name_, sw in sorted(switches.items()):
         why = _remembered(_switch_ok, sw)
         if why:
@@ -1572,7 +1580,8 @@ def unusable(switches, vms, middleboxes, rules, policies, address_sets,
         if why:
             out[key] = (f"steering policy {policy.switch} "
                         f"{policy.priority}: {why}")
-    externals = sorted(externals, key=lambda e: e.name)
+    externals = [e for e in sorted(externals, key=lambda e: e.name)
+                 if ("external", e.name) not in out]
     for mb_name, mb_rules in sorted((nat_rules or {}).items()):
         mb = good_mbs.get(mb_name)
         for rule in mb_rules if mb is not None else ():

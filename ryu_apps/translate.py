@@ -163,7 +163,8 @@ def _inputs(snap):
     rules = {k: tuple(r for r in v if ("rule", r.uuid) not in ignored)
              for k, v in snap.rules.items() if k not in gone}
     nets = snap.external_networks
-    nets = nets.values() if hasattr(nets, "values") else nets
+    nets = [n for n in (nets.values() if hasattr(nets, "values") else nets)
+            if ("external", n.name) not in ignored]
     options = getattr(snap, "global_options", {}) or {}
     return {
         "switches": switches,

@@ -93,6 +93,7 @@ def _show(snap, args, sb_snap):
     for _, ext in sorted(snap.external_networks.items()):
         lines.append(f"external network {ext.name} (cidr {ext.cidr}, "
                      f"gateway {ext.gateway_ip} {ext.gateway_mac})")
+        lines += _status(snap, ("external", ext.name), "    ")
     for h in sorted(sb_snap.hosts.values(), key=lambda h: h.name):
         lines += [f"host {h.name}",
                   f"    encap: {h.encap_type} {h.encap_ip}",

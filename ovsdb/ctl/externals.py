@@ -1,13 +1,14 @@
 """mbxctl's external network commands."""
 
 from ovsdb.ctl.syntax import CtlCommand
-from ovsdb.ctl.text import table
+from ovsdb.ctl.text import status_table
 
 
 def _ext_list(snap, args):
-    return table(["NAME", "CIDR", "GATEWAY_IP", "GATEWAY_MAC"],
-                 [[e.name, e.cidr, e.gateway_ip, e.gateway_mac]
-                  for _, e in sorted(snap.external_networks.items())])
+    nets = [e for _, e in sorted(snap.external_networks.items())]
+    return status_table(["NAME", "CIDR", "GATEWAY_IP", "GATEWAY_MAC"],
+                        [[e.name, e.cidr, e.gateway_ip, e.gateway_mac] for e in nets],
+                        [snap.row_status.get(("external", e.name), "") for e in nets])
 
 
 COMMANDS = (

@@ -302,6 +302,27 @@ def test_an_address_set_member_that_is_not_an_address_is_left_out(v):
         ctl(lab, "as-del", "red-admins", "--if-exists")
 
 
+def test_an_external_network_that_cannot_be_used_is_ignored_with_a_status(v):
+    lab = v
+    assert "CIDR" in refused(lab, "ext-add", "ext-bad", "198.51.100.0/33",
+                             "198.51.100.1", "02:ee:00:00:00:09")
+    mark = northd_mark(lab)
+    transact(lab, {"op": "insert", "table": "External_Network",
+                   "row": {"name": "ext-bad", "cidr": "198.51.100.0/33",
+                           "gateway_ip": "198.51.100.1",
+                           "gateway_mac": "02:ee:00:00:00:09"}})
+    try:
+        assert "/33" in wait_status(lab, "ext-list", ("ext-bad",), "CIDR")
+        assert "status: external network 'ext-bad'" in ctl_ok(lab, "show")
+        ctl_ok(lab, "--wait=hv", "sync")
+        other_tenant_works(lab, "blue-v9", "10.0.0.49")
+        assert len(northd_lines(lab, "ext-bad", mark)) == 1
+        alive(lab)
+    finally:
+        transact(lab, {"op": "delete", "table": "External_Network",
+                       "where": [["name", "==", "ext-bad"]]})
+
+
 def test_lb_and_middlebox_options_out_of_range_are_refused_and_ignored(v):
     lab = v
     ctl_ok(lab, "mb-add", "lb-blue", "ls-blue", "--type", "lb")

@@ -271,3 +271,26 @@ def test_an_address_set_member_that_is_not_an_address_is_left_out_with_a_status(
     assert records.records["ls-red"].address_sets[0].addresses == (
         "10.0.0.5", "10.0.1.0/24")
     assert records.records["ls-red"].rules["fw-red"] == (rule,)
+
+
+@pytest.mark.parametrize("cidr,gateway,words", [
+    ("10.0.0.0/33", "10.0.0.1", "invalid external network CIDR"),
+    ("garbage", "10.0.0.1", "invalid external network CIDR"),
+    ("203.0.113.0/24", "198.51.100.1", "gateway IP 198.51.100.1"),
+])
+def test_an_external_network_that_cannot_be_used_takes_its_nat_rules_with_it(
+        cidr, gateway, words):
+    nat = MiddleboxInfo("nat-red", "nat", "ls-red")
+    rule = NatRuleInfo("n1", "nat-red", "snat", ("203.0.113.5",), "")
+    good = ExternalNetInfo("ok", "198.51.100.0/24", "198.51.100.1", "02:ee:00:00:00:02")
+    bad = ExternalNetInfo("ext", cidr, gateway, "02:ee:00:00:00:01")
+    got = validate.unusable({"ls-red": RED}, {}, {"nat-red": nat}, {}, (), {}, {},
+                            nat_rules={"nat-red": (rule,)}, externals=[good, bad])
+    assert sorted(got) == [("external", "ext"), ("nat", "n1")]
+    assert words in got[("external", "ext")]
+    # The translation hands the readers only the usable one.
+    snap = NbSnapshot(nb_cfg=1, hv_cfg=0, switches={"ls-red": RED}, vms={},
+                      external_networks={"ok": good, "ext": bad}, ignored=got)
+    records = Translator()
+    records.update(snap)
+    assert records.records["ls-red"].external_networks == (good,)
