@@ -235,6 +235,7 @@ class MigrationManager:
             ("sent", "received", "imported", "rejected", "aborted", "fallbacks",
              "cleaned", "entries_sent", "entries_imported", "lazy_commits"), 0)
         self.history = []           # recent outcomes, for ovs-appctl
+        self._said = set()          # (migration uuid, failure) logged already
 
     # ------------------------------------------------------------ helpers
     @property
@@ -312,6 +313,7 @@ class MigrationManager:
                 begun = row.timeline.get("begun")
                 deadline = (begun / 1000.0 if begun else wall) + wait_s(row)
                 self.daemon.arrivals.expect(row.vm, wall, max(deadline, wall + 0.1))
+        self._said = {said for said in self._said if said[0] in self.rows}
         for uuid, out in list(self.outs.items()):
             if uuid not in self.rows and out.state not in ("acked", "failed"):
                 self._fail(out, "its migration record is gone", write=False)
@@ -524,7 +526,10 @@ class MigrationManager:
                         out.uuid[:8], out.vm, line)
             self.writer.write(out.uuid, status="aborted", outcome="aborted: " + line,
                               timeline={"aborted": _ms(time.time())})
-        else:
+        elif (out.uuid, line) not in self._said:
+            # An unannounced row stays as it is: its move is tried again at
+            # the next pass, and said once.
+            self._said.add((out.uuid, line))
             LOG.warning("migration %s of %s: %s", out.uuid[:8], out.vm, line)
 
     def departed(self, vms, now):

@@ -9,6 +9,7 @@ written."""
 
 import dataclasses
 import struct
+import logging
 import types
 
 import pytest
@@ -875,6 +876,18 @@ def test_a_destination_without_a_migration_address_yet_is_waited_for():
     q.src.mgr.set_rows([row("begun")], no_address, q.now)
     q.run(HELLO_WAIT + 0.1)
     assert "no migration address known" in q.src.writer.outcomes()[0]
+
+
+
+def test_an_unannounced_move_to_a_host_without_an_address_is_said_once(caplog):
+    p = Pair()
+    ghost = row("begun", path="unannounced", dst="ghost")
+    with caplog.at_level(logging.WARNING, logger="mbxd.migration"):
+        for i in range(5):                  # tried again at each pass
+            p.src.mgr.set_rows([ghost], PEERS, p.now)
+            p.run(HELLO_WAIT + 0.1)
+    said = [r for r in caplog.records if "no migration address known" in r.getMessage()]
+    assert len(said) == 1 and p.src.mgr.counters["aborted"] == 5
 
 
 # ------------------------------------------------------------ fallback
