@@ -363,7 +363,23 @@ class Daemon:
         if self.migrations is not None:
             owners += [("vm", vm) for vm in self.migrations.incoming()]
             owners += [("vm", vm) for vm in self.migrations.outgoing()]
+            owners += [("snat", uuid) for uuid in self.migrations.kept_snat()]
         return owners
+
+    def _local_vms(self, config):
+        return {vm.name for s in ((config.slices or {}) if config else {}).values()
+                for vm in s.vms if vm.host == self.args.host}
+
+    def _note_departures(self, config):
+        """VMs whose port left this host keep their zones a while
+        (``MigrationManager.departed``)."""
+        if self.migrations is not None and self.config is not None:
+            gone = self._local_vms(self.config) - self._local_vms(config)
+            if gone:
+                self.migrations.departed(
+                    {vm: {tag: s for tag, s in self.service.slices.items()
+                          if any(v.name == vm for v in s.config.vms)} for vm in gone},
+                    time.monotonic())
 
     def replan_soon(self):
         self._dirty_plane = True
@@ -613,6 +629,7 @@ class Daemon:
             changed = self.conf.run()
             self._log_db_connections()
             if changed:
+                self._note_departures(self.conf.config())
                 self.config = self.conf.config()
                 self.shared.set_config(self.config)
                 self.service.configure(self.config)

@@ -226,7 +226,8 @@ class MigrationManager:
         self._used = set()          # migrations whose transfer this host accepted
         self._settled = set()       # migrations whose hold here ended (landed / fell back)
         self._barriers = {}         # xid -> _In
-        self._late = {}             # migration uuid -> (VM, cleanup time)
+        self._late = {}             # migration uuid or ("left", VM) -> (VM, cleanup time)
+        self._left_slices = {}      # departed VM -> {tag: Slice} it was served by here
         self._forwarders = {}       # forwarder id -> dataplane.Forwarder
         self._fwd_vm = {}           # forwarder id -> VM name
         self._next_fid = 1
@@ -363,7 +364,7 @@ class MigrationManager:
         """The VM's records now, in its gather mode, a part at a time: the
         datapath mode parses its zones' dumps a part at a time, so the first
         parts travel while the rest is read."""
-        slices = self.service.slices
+        slices = self._slices_of(out.vm)
         mine = [s for s in slices.values() if any(v.name == out.vm for v in s.config.vms)]
         out.mode = vmstate.gather_mode(mine)
         zone = self.daemon.zones.vm(out.vm)
@@ -526,6 +527,32 @@ class MigrationManager:
         else:
             LOG.warning("migration %s of %s: %s", out.uuid[:8], out.vm, line)
 
+    def departed(self, vms, now):
+        """``vms`` ({VM: {tag: its slices here}}) were bound here and are
+        bound elsewhere or nowhere now (their port left): their zones, and
+        so their connections, stay for the TTL, with the slices that read
+        them (the logical controller may take a tenant's last slice off
+        this host at once).  An unannounced move's row comes only once the
+        port shows up at the destination; until then nothing else says the
+        state is wanted, and a zone released at the unplug is flushed."""
+        for vm, slices in vms.items():
+            self._late[("left", vm)] = (vm, now + self.ttl)
+            self._left_slices[vm] = slices
+
+    def kept_snat(self):
+        """The SNAT rules (uuids) of the slices departed VMs left behind:
+        their zones hold those VMs' translations."""
+        return {uuid for slices in self._left_slices.values() for sl in slices.values()
+                for uuid in (sl.config.snat_blocks or {})}
+
+    def _slices_of(self, vm):
+        """The service's slices, with those a departed ``vm`` left behind."""
+        slices = self.service.slices
+        kept = self._left_slices.get(vm)
+        if not kept or all(tag in slices for tag in kept):
+            return slices
+        return {**kept, **slices}
+
     def _keep(self, out):
         """The VM stays (or comes back) here after its move failed: its
         zone, and so its connections, are kept for the TTL even while it
@@ -542,9 +569,12 @@ class MigrationManager:
         if out.cleaned:
             return
         out.cleaned = True
+        self._late.pop(("left", out.vm), None)     # its state went: nothing to keep
         if self._newer_to_me(self.rows.get(out.uuid, out.row)):
+            self._left_slices.pop(out.vm, None)
             return                      # the VM came back meanwhile: its state is new
         made = self._forward(out, out.sent.values())
+        self._left_slices.pop(out.vm, None)
         self.counters["cleaned"] += 1
         self.daemon.replan_soon()
         self.writer.write(out.uuid, timeline={"cleaned": _ms(time.time())})
@@ -577,7 +607,7 @@ class MigrationManager:
         return made
 
     def _vni(self, vm):
-        for s in self.service.slices.values():
+        for s in self._slices_of(vm).values():
             if any(v.name == vm for v in s.config.vms):
                 return s.config.vni
         return None
@@ -942,6 +972,8 @@ class MigrationManager:
         for uuid, (vm, due) in list(self._late.items()):
             if due is not None and now >= due:
                 self._late[uuid] = (vm, None)
+                if uuid == ("left", vm):
+                    self._left_slices.pop(vm, None)
                 self.daemon.replan_soon()
         for uuid in [u for u, o in self.outs.items() if o.cleaned
                      and (o.state == "failed" or now - o.started > 2 * self.ttl)]:

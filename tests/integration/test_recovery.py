@@ -332,3 +332,30 @@ def test_a_migration_whose_transfer_is_refused_leaves_the_vm_where_it_runs(rec):
     assert_runs_on(lab, sc, CT.MIGRATING_VM, src, sc.snapshot())
     wait_until(lambda: lab.mbxd_appctl(dst, "stats", check=False), 15, interval=0.1,
                what="the restarted mbxd on %s to answer" % dst)
+
+
+def test_an_unannounced_move_of_a_tenants_last_vm_on_its_host_keeps_its_connections(rec):
+    """bv2 is blue's only VM on its host: at the unplug the host loses
+    blue's slice and the VM's binding before the controller's unannounced
+    row (written once the port shows up at the destination) arrives; the
+    source still hands over its connections."""
+    from lab.probe import Conns
+    lab, sc = rec
+    src = lab.state["vms"]["bv2"]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    assert [v for v, info in lab.state["vms"].items()
+            if info["host"] == src and v in BLUE_VMS] == ["bv2"]
+    probe = Conns(lab, "bv1", [("blue", BLUE_VMS["bv2"][0], BLUE_PORT, 2)],
+                  os.path.join(RUNDIR, "blue.json"), reply_timeout=OUTAGE_BOUND)
+    try:
+        probe.wait(lambda r: len(r["connections"]) == 2 and all(
+            c["received"] >= 10 for c in r["connections"]), 20, "blue's connections")
+        lab.migrate("bv2", dst, notify=False)
+        row = lab.migration_row("bv2")
+        assert (row["path"], row["status"], row["stats"]["entries"]) == (
+            "unannounced", "done", 2), row
+        since = {c["name"]: c["received"] for c in probe.read()["connections"]}
+        probe.wait(lambda r: all(c["error"] is None and c["received"] >= since[c["name"]] + 25
+                                 for c in r["connections"]), 15, "blue's connections to go on")
+    finally:
+        probe.stop()

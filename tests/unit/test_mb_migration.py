@@ -1133,3 +1133,25 @@ def test_a_source_that_missed_the_migration_releases_the_vms_state_after_the_ttl
     assert h1.zones.vm("c1") == 70 and len(h1.switch.conns(70)) == 1
     h1.loop(10.0 + migration.DEFAULT_TTL + 1)
     assert h1.zones.vm("c1") is None and h1.switch.conns(70) == []
+
+
+def test_a_departed_vm_keeps_its_zone_and_slices_until_its_unannounced_row_comes():
+    """c1's port left h1, and with it h1's slice of its tenant, before the
+    controller's unannounced row arrived (written once the port shows up at
+    the destination): its zone is not flushed and the row still finds
+    every connection."""
+    p = Pair()
+    before, expected = same(p.src.vm_conns()), len(records_of(p.src))
+    assert expected > 0
+    p.src.mgr.departed({"c1": dict(p.src.service.slices)}, p.now)
+    p.src.configure(HostConfig("h1", {}))
+    assert same(p.src.vm_conns()) == before
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    assert sum(len(decoded(m)) for m in p.to_dst()) == expected    # its SNAT one too
+    p.imported()
+    assert same(p.dst.vm_conns()) == before
+    p.dst.configure(host_config("h2", c1_host="h2"))
+    p.to_src()
+    # Released; its SNAT connection's replies, still sent to h1's block, go to h2.
+    assert p.src.vm_conns() == [] and len(p.src.mgr.forwarders()) == 1
