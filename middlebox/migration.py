@@ -406,8 +406,15 @@ class MigrationManager:
         """Connect, then hello and the snapshot, part by part as the zones
         are read (the channel sends once the session is up)."""
         r = out.row
+        try:
+            self.channel.connect(out.sid, address, r.destination)
+        except ValueError:
+            # The session of a failed try (the destination refused: its
+            # slice had not arrived yet) is still closing: tried again
+            # from ``run`` once it is closed.
+            out.state = "waiting-address"
+            return
         out.state = "connecting"
-        self.channel.connect(out.sid, address, r.destination)
         self._send_msg(out, {"type": "hello", "version": PROTOCOL_VERSION,
                              "migration": out.uuid, "token": r.token, "vm": out.vm,
                              "source": self.host, "destination": r.destination})

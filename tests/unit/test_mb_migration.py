@@ -180,8 +180,11 @@ class Chan:
     def __init__(self):
         self.sent, self.closed, self.connects = [], [], []
         self.queued = {}                # sid -> what waits for the handshake
+        self.closing = set()            # sessions closed but not finished yet
 
     def connect(self, sid, address, peer_host):
+        if sid in self.closing:
+            raise ValueError("session %r is open" % (sid,))
         self.connects.append((sid, address, peer_host))
         self.queued[sid] = []
 
@@ -530,6 +533,31 @@ def test_done_before_the_ack_waits_for_the_ttl():
 
 
 # ------------------------------------------------------------ unannounced
+
+
+def test_an_unannounced_transfer_refused_is_tried_again_once_its_session_closed():
+    """The destination refused (its slice of the VM had not arrived): the
+    source tries again, but not on a session still closing (the channel
+    refuses to open it twice), and the state lands at the next try."""
+    p = Pair()
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.src.chan.take()
+    p.src.mgr.on_event(Event("message", OUT, "h2", {"type": "nack", "error": "VM c1 has "
+                             "no slice or zone here"}, None, 10), p.now)
+    p.src.chan.closing.add(OUT)
+    p.src.chan.connects.clear()
+    p.src.loop(p.now)                                   # the failed try is dropped
+    p.set_rows(row("begun", path="unannounced"))        # the row is still active
+    assert p.src.chan.connects == []
+    p.src.chan.closing.discard(OUT)
+    p.src.loop(p.now)
+    p.connect()
+    p.to_dst()
+    p.imported()
+    [w] = p.dst.writer.writes
+    assert w["status"] == "done" and w["outcome"] == "ok: 4 connections"
+
 
 
 def test_unannounced_sends_everything_at_once_and_releases_held_frames():
