@@ -177,7 +177,7 @@ class _In:
         self.started = now
         self.row = None
         self.hello = None
-        self.state = "hello"        # waiting receiving importing acked rejected
+        self.state = "hello"        # waiting receiving slice importing acked rejected
         self.pending = []           # messages that came while waiting for the row
         self.staged = {}            # (slice, conn key) -> (slice, conn)
         self.seq = 0
@@ -190,6 +190,7 @@ class _In:
         self.lazy_barrier = None    # the barrier after the chunk in flight
         self.early = None           # staged keys committed as their part came (bulk, unannounced)
         self.early_commits = 0      # their packet-outs
+        self.final = None           # (final message, when) waiting for the VM's slice
 
 
 def _key(sl, c):
@@ -699,7 +700,7 @@ class MigrationManager:
 
     def _message_in(self, inc, msg, size, now):
         inc.bytes += size
-        if inc.state in ("rejected", "acked", "importing"):
+        if inc.state in ("rejected", "acked", "importing", "slice"):
             return
         kind = msg.get("type")
         if inc.state == "hello":
@@ -732,6 +733,12 @@ class MigrationManager:
                 self.daemon.arrivals.extend(inc.row.vm, time.time() + TRANSFER_GRACE)
             return
         if kind == "final":
+            if _import_mode(self.service.slices, inc.row.vm, default=None) is None:
+                # No slice of this host serves the VM yet: its config comes
+                # after the row (the logical controller adds the slice for
+                # the migration), the transfer may come first.
+                inc.state, inc.final = "slice", (msg, now)
+                return
             self._import(inc, msg, now)
             return
         self._reject(inc, "unexpected message %r" % kind)
@@ -968,6 +975,15 @@ class MigrationManager:
         for inc in list(self.ins.values()):
             if inc.state == "hello" and now - inc.started > HELLO_WAIT:
                 self._reject(inc, "no hello within %.0f s" % HELLO_WAIT)
+                continue
+            if inc.state == "slice":
+                msg, since = inc.final
+                if _import_mode(self.service.slices, inc.row.vm, default=None) is not None:
+                    inc.state = "receiving"
+                    self._import(inc, msg, now)
+                elif now - since > HELLO_WAIT:
+                    self._reject(inc, "VM %s has no slice here (none came within %.0f s)"
+                                 % (inc.row.vm, HELLO_WAIT))
                 continue
             if inc.state == "waiting":
                 self._check_hello(inc, now)

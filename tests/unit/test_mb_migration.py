@@ -698,6 +698,39 @@ def test_an_unannounced_import_decides_bulk_or_lazy_once_its_slice_config_is_the
     assert p.dst.mgr.counters["lazy_commits"] == 5
 
 
+def test_a_final_before_the_slice_config_waits_for_it_then_imports():
+    # Onto a host without the tenant's slice, the whole transfer (final
+    # included) can come before the slice: it waits, bounded, not refused.
+    dst = destination()
+    full = dst.config
+    dst.configure(HostConfig("h2", {}))
+    p = Pair(dst=dst)
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.to_dst()
+    assert p.dst.nacks() == [] and p.dst.vm_conns() == []
+    p.now += 1.0
+    p.dst.configure(full)
+    p.dst.loop(p.now)
+    p.imported()
+    assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
+    assert p.dst.writer.writes[-1]["outcome"] == "ok: 4 connections"
+
+
+def test_a_final_whose_slice_never_comes_is_refused_after_the_wait():
+    dst = destination()
+    dst.configure(HostConfig("h2", {}))
+    p = Pair(dst=dst)
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.to_dst()
+    assert p.dst.nacks() == []
+    p.now += 4.0
+    p.dst.loop(p.now)
+    [error] = p.dst.nacks()
+    assert "no slice here" in error and p.dst.vm_conns() == []
+
+
 def test_an_early_committed_record_that_changes_is_imported_whole_again():
     p = Pair()
     p.set_rows(row("begun", path="unannounced"))
