@@ -18,8 +18,10 @@ shared state, IDS alerts) from the southbound database
 * **Slices and SNAT blocks** (docs/services.md).  One slice per chain and
   host that needs it -- a host with a VM of the chain's switch, the
   destination and source of an active migration, a host still holding a
-  departed VM's state (shared state ``vm-state``) -- with a tag stable
-  across recomputations, and one SNAT port block per rule and serving host.
+  departed VM's state (shared state ``vm-state``), the last host of a VM
+  bound nowhere for one ``shared-state-lease`` (``_note_departed``) --
+  with a tag stable across recomputations, and one SNAT port block per
+  rule and serving host.
   Written to the southbound ``Slice`` rows (chain of middlebox names,
   chassis name, tag, status ``snat-block:<rule>``).
 * **``NB_Global.northd_cfg``**: once those writes are committed (the
