@@ -160,11 +160,8 @@ class Clock:
         return self.t
 
 
-def test_the_last_host_of_a_vm_bound_nowhere_keeps_its_slices_for_one_lease():
-    """b2, ls-b's only VM on h2, leaves h2 unannounced: h2 keeps ls-b's slice
-    (the state of b2's connections is there, and the Migration row comes
-    only once the port appears elsewhere) for one shared-state lease, with
-    the same tag; then the slice goes (nothing else claimed it)."""
+def firewalled_b():
+    """(clock, Sharded) with a firewall on ls-b (b1 on h1, b2 on h2)."""
     clock = Clock()
     many = Sharded(clock)
     many.start()
@@ -172,6 +169,15 @@ def test_the_last_host_of_a_vm_bound_nowhere_keeps_its_slices_for_one_lease():
                       policies=(PolicyInfo("ls-b", 100, "any", ("fw-b",)),))
     many.nb.bump_nb_cfg()
     many.settle()
+    return clock, many
+
+
+def test_the_last_host_of_a_vm_bound_nowhere_keeps_its_slices_for_one_lease():
+    """b2, ls-b's only VM on h2, leaves h2 unannounced: h2 keeps ls-b's slice
+    (the state of b2's connections is there, and the Migration row comes
+    only once the port appears elsewhere) for one shared-state lease, with
+    the same tag; then the slice goes (nothing else claimed it)."""
+    clock, many = firewalled_b()
     key = (("fw-b",), "h2")
     tag = many.sb.snap.slices[key]
     many.set_ports("h2", "a2")                  # b2's port is gone: bound nowhere
@@ -188,13 +194,7 @@ def test_the_last_host_of_a_vm_bound_nowhere_keeps_its_slices_for_one_lease():
 
 
 def test_a_vm_back_on_its_last_host_needs_no_grace():
-    clock = Clock()
-    many = Sharded(clock)
-    many.start()
-    many.nb.configure(middleboxes={"fw-b": MiddleboxInfo("fw-b", "firewall", "ls-b")},
-                      policies=(PolicyInfo("ls-b", 100, "any", ("fw-b",)),))
-    many.nb.bump_nb_cfg()
-    many.settle()
+    clock, many = firewalled_b()
     many.set_ports("h2", "a2")
     many.set_ports("h2", "a2", "b2")            # plugged back
     many.set_ports("h2", "a2")                  # and gone again: a new grace
