@@ -544,8 +544,22 @@ class MigrationManager:
         port shows up at the destination; until then nothing else says the
         state is wanted, and a zone released at the unplug is flushed."""
         for vm, slices in vms.items():
+            if self._state_went(vm):
+                continue
             self._late[("left", vm)] = (vm, now + self.ttl)
             self._left_slices[vm] = slices
+
+    def _state_went(self, vm):
+        """The VM's latest migration took its state from here and is cleaned
+        up already (the acknowledgement came before this daemon saw the
+        port go): nothing of it is left to keep, and a zone kept now would
+        hold its stale entries for the TTL (and give them back should the
+        VM come back meanwhile)."""
+        rows = [r for r in self.rows.values() if r.vm == vm]
+        latest = max(rows, key=lambda r: r.timeline.get("begun", 0), default=None)
+        out = self.outs.get(latest.uuid) if latest is not None else None
+        return out is not None and out.cleaned and out.state == "acked" \
+            and latest.source == self.host
 
     def kept_snat(self):
         """The SNAT rules (uuids) of the slices departed VMs left behind:

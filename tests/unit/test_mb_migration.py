@@ -1216,3 +1216,20 @@ def test_a_departed_vm_keeps_its_zone_and_slices_until_its_unannounced_row_comes
     p.to_src()
     # Released; its SNAT connection's replies, still sent to h1's block, go to h2.
     assert p.src.vm_conns() == [] and len(p.src.mgr.forwarders()) == 1
+
+
+def test_a_vm_whose_state_went_before_its_port_was_seen_gone_keeps_nothing():
+    """The unannounced move was acknowledged (and cleaned up) before this
+    daemon saw c1's port go: its zone is released, not kept for the TTL
+    with stale entries."""
+    p = Pair()
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.to_dst()
+    p.imported()
+    p.to_src()
+    assert "cleaned" in p.src.writer.merged("timeline")
+    p.src.mgr.departed({"c1": dict(p.src.service.slices)}, p.now)
+    assert "c1" not in p.src.mgr.outgoing()
+    p.src.configure(HostConfig("h1", {}))          # the port is seen gone
+    assert p.src.vm_conns() == []
