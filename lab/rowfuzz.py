@@ -33,11 +33,13 @@ global options.
 * after the cleanup, the attacker's own good rows still work.
 
 It reports the tracebacks the daemons logged meanwhile (a handled error
-should be one line) and the rows the schema refused.
+should be one line), the warnings they repeated more than ``REPEAT_LIMIT``
+times (a bad row should be logged once, not at every event) and the rows
+the schema refused.
 
     python -m lab.rowfuzz [--seconds 60] [--seed N]
 
-builds its own two-host lab (``MBX_LAB_PREFIX`` + "f", ``MBX_LAB_DIR`` +
+builds its own two-host lab (``MBX_LAB_PREFIX`` + "w", ``MBX_LAB_DIR`` +
 "-rowfuzz"), runs, prints the report as JSON and tears the lab down.
 """
 
@@ -46,6 +48,7 @@ import glob
 import json
 import os
 import random
+import re
 import socket
 import sys
 import time
@@ -56,6 +59,7 @@ from lab.workload import Tenant, Traffic, add_tenant
 MARK = "mbx-rowfuzz"            # external_ids key of every row the fuzzer writes
 WAIT_EVERY = 10.0               # s between two `mbxctl --wait=hv sync` checks
 WAIT_TIMEOUT = 20               # s such a sync may take
+REPEAT_LIMIT = 25               # the same warning more often than this: logged per event
 
 NB_TABLES = ("Logical_Switch", "VM", "Middlebox", "Address_Set", "Steering_Policy",
              "External_Network")
@@ -448,18 +452,38 @@ def _alive(pid):
         return False
 
 
-def tracebacks(rundir):
-    """{log file: number of 'Traceback' lines} of the lab's daemon logs."""
-    out = {}
+def log_sizes(rundir):
+    """{log file: its size now}: where the lines of a run start."""
+    return {path: os.path.getsize(path)
+            for path in glob.glob(os.path.join(rundir, "**", "*.log*"), recursive=True)}
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d[.,]\d+\s+")
+
+
+def log_findings(rundir, since):
+    """What the daemons logged after ``since`` (``log_sizes``): ({log file:
+    'Traceback' lines}, {warning or error line: count} of the lines said
+    more than ``REPEAT_LIMIT`` times; a bad row is to be logged once)."""
+    tracebacks, said = {}, {}
     for path in glob.glob(os.path.join(rundir, "**", "*.log*"), recursive=True):
         try:
             with open(path, errors="replace") as f:
-                n = sum(1 for line in f if line.startswith("Traceback"))
+                f.seek(since.get(path, 0))
+                lines = f.read().splitlines()
         except OSError:
             continue
+        name = os.path.relpath(path, rundir)
+        n = sum(1 for line in lines if line.startswith("Traceback"))
         if n:
-            out[os.path.relpath(path, rundir)] = n
-    return out
+            tracebacks[name] = n
+        for line in lines:
+            text = _STAMP.sub("", line)
+            if text.startswith(("WARNING", "ERROR")) or " WARNING " in text[:60] \
+                    or " ERROR " in text[:60]:
+                key = "%s: %s" % (name, text[:200])
+                said[key] = said.get(key, 0) + 1
+    return tracebacks, {k: n for k, n in said.items() if n > REPEAT_LIMIT}
 
 
 def wait_hv(lab, timeout=WAIT_TIMEOUT):
@@ -481,7 +505,7 @@ def run(lab, traffic, seconds, seed=0, attacker="rf-red", attacker_switches=(),
     others = set()
     for t in traffic:
         others |= {t.tenant.name, t.tenant.switch, t.tenant.firewall} | set(t.tenant.vms)
-    before = tracebacks(lab.rundir)
+    since = log_sizes(lab.rundir)
     fuzzer = RowFuzzer(RawDb(lab.nb_remote, "MBX_Northbound"),
                        RawDb(lab.sb_remote, "MBX_Southbound"), attacker, others, seed)
     fuzzer.attacker_switches = _uuids_of(fuzzer, "Logical_Switch", attacker_switches)
@@ -516,9 +540,7 @@ def run(lab, traffic, seconds, seed=0, attacker="rf-red", attacker_switches=(),
     report.update(steps=fuzzer.counts["steps"], committed=fuzzer.counts["committed"],
                   refused_by_schema=fuzzer.counts["refused"],
                   db_errors=fuzzer.counts["errors"][:10])
-    after = tracebacks(lab.rundir)
-    report["new_tracebacks"] = {f: n - before.get(f, 0) for f, n in after.items()
-                                if n > before.get(f, 0)}
+    report["new_tracebacks"], report["repeated_warnings"] = log_findings(lab.rundir, since)
     report["traffic"] = [t.summary() for t in traffic]
     return report
 
@@ -564,7 +586,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None)
     a = p.parse_args(argv)
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
-    prefix = os.environ.get("MBX_LAB_PREFIX", "mbx") + "f"
+    prefix = os.environ.get("MBX_LAB_PREFIX", "mbx") + "w"
     rundir = os.environ.get("MBX_LAB_DIR", "/run/mbx") + "-rowfuzz"
     Lab(prefix=prefix, rundir=rundir).down(log=lambda *_: None)
     lab = Lab(prefix=prefix, rundir=rundir)

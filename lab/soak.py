@@ -76,7 +76,7 @@ DISRUPTIVE = ("restart-vswitchd",)      # new connections through the host may f
 SAMPLE_EVERY = 5.0
 RSS_GROWTH_MB = 20.0
 RSS_GROWTH_RATIO = 0.25
-FD_GROWTH = 16
+FD_GROWTH = 8
 SETTLE = 20.0           # s a restarted daemon has to serve again
 CHURN_IPS = range(100, 200)
 
@@ -206,6 +206,7 @@ class Soak:
             time.sleep(0.2)
         self.samples.append((round(time.monotonic() - self.t0, 1),
                              process_stats(lab_processes(self.lab))))
+        self._note_losses(time.monotonic() - self.t0)
         self.wall = (started, time.time())
 
     def _during(self, t):

@@ -69,8 +69,8 @@ class Traffic:
         self.lab, self.tenant, self.rundir = lab, tenant, rundir
         self.conns_per_vm, self.interval_ms = conns_per_vm, interval_ms
         self.servers = []
-        self.probes = []            # [(Conns, report path)], the current set last
-        self.retired = []           # final reports of rotated sets
+        self.probes = []            # [(set number, [Conns])], the current set last
+        self.retired = []           # [(set number, final report)] of rotated sets
         self.attempts = 0
         self.new_failures = []      # (time, client, target, result)
         self._stop = threading.Event()
@@ -107,14 +107,14 @@ class Traffic:
         for probe in opened:
             probe.wait(lambda r: sum(c["connected"] for c in r.get("connections", []))
                        == self.conns_per_vm, 20, "the long-lived connections to open")
-        self.probes.append(opened)
+        self.probes.append((self._sets, opened))
 
     def rotate(self):
         """A fresh set of long-lived connections; the old set ends cleanly."""
-        old = self.probes[-1]
+        number, old = self.probes[-1]
         self._open_set()
-        self.retired += [p.stop() for p in old]
-        self.probes.remove(old)
+        self.retired += [(number, p.stop()) for p in old]
+        self.probes.remove((number, old))
 
     def due_rotation(self, now, started):
         return now - started > PROBE_SECONDS - 60
@@ -131,11 +131,14 @@ class Traffic:
                     self.new_failures.append((time.time(), client, server, got))
 
     def reports(self):
-        """The latest report of every long-lived connection probe."""
-        return self.retired + [p.read() for probes in self.probes for p in probes]
+        """(set number, latest report) of every long-lived connection probe."""
+        return self.retired + [(n, p.read()) for n, probes in self.probes for p in probes]
 
     def connections(self):
-        return [c for r in self.reports() for c in r.get("connections", [])]
+        """Every long-lived connection's report, its ``name`` with its set
+        (a rotation opens connections of the same names again)."""
+        return [dict(c, name="%s/%d" % (c["name"], n))
+                for n, r in self.reports() for c in r.get("connections", [])]
 
     def lost(self):
         """The long-lived connections that failed: [(name, error)]."""
@@ -155,8 +158,8 @@ class Traffic:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
-        for probes in self.probes:
-            self.retired += [p.stop() for p in probes]
+        for n, probes in self.probes:
+            self.retired += [(n, p.stop()) for p in probes]
         self.probes = []
         for proc in self.servers:
             if proc.poll() is None:

@@ -935,6 +935,11 @@ class MigrationManager:
 
     # ------------------------------------------------------------ events
     def on_event(self, ev, now):
+        self._on_event(ev, now)
+        if ev.kind == "closed":
+            self.channel.forget(ev.sid)     # the session's record and wake-up pipe
+
+    def _on_event(self, ev, now):
         if ev.sid.startswith("out-"):
             out = self.outs.get(ev.sid[4:])
             if out is None:

@@ -181,6 +181,7 @@ class Chan:
         self.sent, self.closed, self.connects = [], [], []
         self.queued = {}                # sid -> what waits for the handshake
         self.closing = set()            # sessions closed but not finished yet
+        self.forgotten = []             # sids whose record (and pipe) the channel dropped
 
     def connect(self, sid, address, peer_host):
         if sid in self.closing:
@@ -207,6 +208,9 @@ class Chan:
 
     def stats(self, sid):
         return 4321, 99
+
+    def forget(self, sid):
+        self.forgotten.append(sid)
 
     def take(self):
         out, self.sent = self.sent, []
@@ -828,17 +832,35 @@ def test_a_duplicate_changes_nothing_and_a_late_message_is_ignored():
     assert len(dst.vm_conns()) == 3 and dst.barriers == [100]
 
 
-def test_a_late_ack_at_the_source_changes_nothing():
+def acked_unannounced():
+    """A Pair whose unannounced transfer the destination imported, and the
+    ack on its way to the source."""
     p = Pair()
     p.set_rows(row("begun", path="unannounced"))
     p.connect()
     p.to_dst()
     p.imported()
     [ack] = p.to_src()
+    return p, ack
+
+
+def test_a_late_ack_at_the_source_changes_nothing():
+    p, ack = acked_unannounced()
     writes = len(p.src.writer.writes)
     p.src.mgr.on_event(Event("message", OUT, "h2", ack, None, 10), p.now)
     p.src.mgr.on_event(Event("closed", OUT, "h2", None, "closed", None), p.now)
     assert len(p.src.writer.writes) == writes and p.src.mgr.counters["cleaned"] == 1
+
+
+def test_the_channel_releases_each_session_once_it_closed_on_both_hosts():
+    # A session the manager never forgot kept its record and its wake-up
+    # pipe in the channel: mbxd leaked two fds per migration on each host.
+    p, ack = acked_unannounced()
+    p.src.mgr.on_event(Event("message", OUT, "h2", ack, None, 10), p.now)
+    assert p.src.chan.forgotten == [] and p.dst.chan.forgotten == []
+    p.src.mgr.on_event(Event("closed", OUT, "h2", None, "closed", None), p.now)
+    p.dst.mgr.on_event(Event("closed", "in-1", "h1", None, "eof", None), p.now)
+    assert p.src.chan.forgotten == [OUT] and p.dst.chan.forgotten == ["in-1"]
 
 
 def test_a_truncated_transfer_imports_nothing():
