@@ -432,6 +432,17 @@ class Pair:
         self.src.mgr.on_event(Event("connected", OUT, "h2", None, None, None), self.now)
         self.dst.accept(now=self.now)
 
+    def unannounced(self, seen_moved=True):
+        """c1 moves unannounced, whole: its state lands and is acknowledged;
+        ``seen_moved``: the daemons saw its port move before the ack."""
+        self.set_rows(row("begun", path="unannounced"))
+        self.connect()
+        self.to_dst()
+        self.imported()
+        if seen_moved:
+            self.moved()
+        self.to_src()
+
     def to_dst(self):
         msgs = self.src.chan.take()
         self.dst.deliver(msgs, now=self.now)
@@ -1116,12 +1127,7 @@ def test_an_unannounced_sources_snat_connections_are_forwarded_from_the_snapshot
 
 def test_a_vm_coming_back_needs_no_forwarder():
     p = Pair()
-    p.set_rows(row("begun", path="unannounced"))
-    p.connect()
-    p.to_dst()
-    p.imported()
-    p.moved()
-    p.to_src()
+    p.unannounced()
     assert len(p.src.mgr.forwarders()) == 1
     # c1 moves back from h2 to h1 with its SNAT connection.
     back = "0c0ffee0-0000-4000-8000-000000000002"
@@ -1245,11 +1251,7 @@ def test_a_vm_whose_state_went_before_its_port_was_seen_gone_keeps_nothing():
     daemon saw c1's port go: its zone is released, not kept for the TTL
     with stale entries."""
     p = Pair()
-    p.set_rows(row("begun", path="unannounced"))
-    p.connect()
-    p.to_dst()
-    p.imported()
-    p.to_src()
+    p.unannounced(seen_moved=False)
     assert "cleaned" in p.src.writer.merged("timeline")
     p.src.mgr.departed({"c1": dict(p.src.service.slices)}, p.now)
     assert "c1" not in p.src.mgr.outgoing()
