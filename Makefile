@@ -28,7 +28,7 @@ LAB_SUITE := tests/integration/test_lab.py tests/integration/test_firewall.py \
              tests/integration/test_services.py tests/integration/test_migration.py \
              tests/integration/test_check_modes.py tests/integration/test_failover.py \
              tests/integration/test_cluster.py tests/integration/test_recovery.py \
-             tests/integration/test_validation.py
+             tests/integration/test_validation.py tests/integration/test_migration_last_vm.py
 
 test: deps
 	$(VENV)/bin/pytest -q tests

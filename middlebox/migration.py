@@ -177,7 +177,7 @@ class _In:
         self.started = now
         self.row = None
         self.hello = None
-        self.state = "hello"        # waiting receiving importing acked rejected
+        self.state = "hello"        # waiting receiving slice importing acked rejected
         self.pending = []           # messages that came while waiting for the row
         self.staged = {}            # (slice, conn key) -> (slice, conn)
         self.seq = 0
@@ -190,6 +190,7 @@ class _In:
         self.lazy_barrier = None    # the barrier after the chunk in flight
         self.early = None           # staged keys committed as their part came (bulk, unannounced)
         self.early_commits = 0      # their packet-outs
+        self.final = None           # (final message, when) waiting for the VM's slice
 
 
 def _key(sl, c):
@@ -408,8 +409,15 @@ class MigrationManager:
         """Connect, then hello and the snapshot, part by part as the zones
         are read (the channel sends once the session is up)."""
         r = out.row
+        try:
+            self.channel.connect(out.sid, address, r.destination)
+        except ValueError:
+            # The session of a failed try (the destination refused: its
+            # slice had not arrived yet) is still closing: tried again
+            # from ``run`` once it is closed.
+            out.state = "waiting-address"
+            return
         out.state = "connecting"
-        self.channel.connect(out.sid, address, r.destination)
         self._send_msg(out, {"type": "hello", "version": PROTOCOL_VERSION,
                              "migration": out.uuid, "token": r.token, "vm": out.vm,
                              "source": self.host, "destination": r.destination})
@@ -541,8 +549,22 @@ class MigrationManager:
         port shows up at the destination; until then nothing else says the
         state is wanted, and a zone released at the unplug is flushed."""
         for vm, slices in vms.items():
+            if self._state_went(vm):
+                continue
             self._late[("left", vm)] = (vm, now + self.ttl)
             self._left_slices[vm] = slices
+
+    def _state_went(self, vm):
+        """The VM's latest migration took its state from here and is cleaned
+        up already (the acknowledgement came before this daemon saw the
+        port go): nothing of it is left to keep, and a zone kept now would
+        hold its stale entries for the TTL (and give them back should the
+        VM come back meanwhile)."""
+        rows = [r for r in self.rows.values() if r.vm == vm]
+        latest = max(rows, key=lambda r: r.timeline.get("begun", 0), default=None)
+        out = self.outs.get(latest.uuid) if latest is not None else None
+        return out is not None and out.cleaned and out.state == "acked" \
+            and latest.source == self.host
 
     def kept_snat(self):
         """The SNAT rules (uuids) of the slices departed VMs left behind:
@@ -697,7 +719,7 @@ class MigrationManager:
 
     def _message_in(self, inc, msg, size, now):
         inc.bytes += size
-        if inc.state in ("rejected", "acked", "importing"):
+        if inc.state in ("rejected", "acked", "importing", "slice"):
             return
         kind = msg.get("type")
         if inc.state == "hello":
@@ -730,6 +752,12 @@ class MigrationManager:
                 self.daemon.arrivals.extend(inc.row.vm, time.time() + TRANSFER_GRACE)
             return
         if kind == "final":
+            if _import_mode(self.service.slices, inc.row.vm, default=None) is None:
+                # No slice of this host serves the VM yet: its config comes
+                # after the row (the logical controller adds the slice for
+                # the migration), the transfer may come first.
+                inc.state, inc.final = "slice", (msg, now)
+                return
             self._import(inc, msg, now)
             return
         self._reject(inc, "unexpected message %r" % kind)
@@ -971,6 +999,15 @@ class MigrationManager:
         for inc in list(self.ins.values()):
             if inc.state == "hello" and now - inc.started > HELLO_WAIT:
                 self._reject(inc, "no hello within %.0f s" % HELLO_WAIT)
+                continue
+            if inc.state == "slice":
+                msg, since = inc.final
+                if _import_mode(self.service.slices, inc.row.vm, default=None) is not None:
+                    inc.state = "receiving"
+                    self._import(inc, msg, now)
+                elif now - since > HELLO_WAIT:
+                    self._reject(inc, "VM %s has no slice here (none came within %.0f s)"
+                                 % (inc.row.vm, HELLO_WAIT))
                 continue
             if inc.state == "waiting":
                 self._check_hello(inc, now)

@@ -18,8 +18,10 @@ shared state, IDS alerts) from the southbound database
 * **Slices and SNAT blocks** (docs/services.md).  One slice per chain and
   host that needs it -- a host with a VM of the chain's switch, the
   destination and source of an active migration, a host still holding a
-  departed VM's state (shared state ``vm-state``) -- with a tag stable
-  across recomputations, and one SNAT port block per rule and serving host.
+  departed VM's state (shared state ``vm-state``), the last host of a VM
+  bound nowhere for one ``shared-state-lease`` (``_note_departed``) --
+  with a tag stable across recomputations, and one SNAT port block per
+  rule and serving host.
   Written to the southbound ``Slice`` rows (chain of middlebox names,
   chassis name, tag, status ``snat-block:<rule>``).
 * **``NB_Global.northd_cfg``**: once those writes are committed (the
@@ -159,6 +161,8 @@ class Northd:
         #   vm -> (seq, host, sb_cfg, the hosts whose flows the binding touches)
         self._announced: Dict[str, int] = {}   # vm -> appearance seq written to the DB
         self._maybe_gone = set()        # VMs VM_Location places where none is bound
+        self._departed: Dict[str, Tuple[str, float]] = {}
+        #   vm bound nowhere -> (its last host, until when its slices stay there)
         self._slices_checked = None     # the slices version compared with the DB
         self._written: Dict[Tuple, object] = {}
         self._slices_written = None     # the Future of the last slices written
@@ -185,6 +189,7 @@ class Northd:
         self._pending = {}
         self._announced = {}
         self._maybe_gone = set()
+        self._departed = {}
         self._slices_checked = None
         self._written = {}
         self._slices_written = None
@@ -242,6 +247,7 @@ class Northd:
             return
         if self._expiring is not None and not self._expiring.done():
             return
+        self._expire_departed()
         self._expiring = None
         options = self.nb_snap.global_options
         now = self._clock()
@@ -335,7 +341,7 @@ class Northd:
             self._config = config
             self._run(None)
         else:
-            self._run(({}, (), incoming(self.sb_snap) if moving else None), status=status)
+            self._run(({}, (), self._incoming() if moving else None), status=status)
 
     def host_ports_changed(self, host, ports: HostPorts):
         old = self.bindings.update(host, ports)
@@ -398,8 +404,12 @@ class Northd:
             infos = {name: host_info(rec, self.bindings.host_ports.get(name, HostPorts()))
                      for name, rec in runtime.hosts.items()}
             recorded = self._recorded()
-            topo = state.rebuild(self._intent, infos, self.bindings.bound(self._intent.vms),
-                                 incoming(runtime), runtime.slices,
+            bound = self.bindings.bound(self._intent.vms)
+            if old is not None:
+                self._note_departed(old.bindings, {vm: bound.get(vm) for vm in
+                                                   set(old.bindings) | set(bound)})
+            topo = state.rebuild(self._intent, infos, bound,
+                                 self._incoming(), runtime.slices,
                                  state.topo.slices if state.topo else {},
                                  dict(recorded))
             vms = sorted(topo.bindings)
@@ -411,9 +421,10 @@ class Northd:
             infos = {h: host_info(runtime.hosts[h], p) for h, p in ports.items()
                      if h in runtime.hosts}
             vms = sorted(vms)
-            state.update(infos, {vm: self.bindings.binding(vm, self._intent.vms.get(vm))
-                                 for vm in vms},
-                         now_incoming, runtime.slices, self._recorded())
+            bound = {vm: self.bindings.binding(vm, self._intent.vms.get(vm)) for vm in vms}
+            if self._note_departed({vm: state.topo.bindings.get(vm) for vm in vms}, bound):
+                now_incoming = self._incoming()
+            state.update(infos, bound, now_incoming, runtime.slices, self._recorded())
             topo = state.topo
         for vm in vms:
             if vm not in topo.bindings and \
@@ -438,6 +449,45 @@ class Northd:
         if changes is None or status:
             self._publish_vip_status(topo)
             self._publish_middlebox_status(snap)
+
+    def _incoming(self):
+        """(vm, host) pairs that need the VM's slices on a host where it
+        may not be bound: those the runtime rows name (``view.incoming``)
+        and the last host of each VM bound nowhere, for its grace
+        (``_note_departed``)."""
+        return incoming(self.sb_snap) | frozenset(
+            (vm, host) for vm, (host, _) in self._departed.items())
+
+    def _note_departed(self, before, after):
+        """A VM bound in ``before`` and nowhere in ``after`` (both {vm:
+        PortBinding or None}; ``after`` names every VM to look at) keeps its slices on its last host for one
+        ``shared-state-lease``, as if that host had published it holds its
+        state (shared state "vm-state"), which its daemon does once it sees
+        the VM gone and keeps doing as long as it holds the state: until
+        then, an unannounced move's source (its Migration row comes only
+        once the port appears elsewhere) would lose the slice, and with it
+        the VM's connections.  A VM bound again on that host needs no
+        grace.  Returns whether the pairs changed."""
+        lease = validate.global_shared_state_lease(self.nb_snap.global_options)
+        changed = False
+        for vm, now in after.items():
+            was = before.get(vm)
+            if was is not None and now is None:
+                self._departed[vm] = (was.host, self._clock() + lease)
+                changed = True
+            elif now is not None and self._departed.get(vm, (None,))[0] == now.host:
+                del self._departed[vm]
+                changed = True
+        return changed
+
+    def _expire_departed(self):
+        """The grace of the VMs bound nowhere that ended (``tick``)."""
+        now = self._clock()
+        due = [vm for vm, (_, until) in self._departed.items() if now >= until]
+        for vm in due:
+            del self._departed[vm]
+        if due:
+            self._run(({}, (), self._incoming()))
 
     def _write(self, key, value, fn):
         """A northbound status write (its value remembered)."""

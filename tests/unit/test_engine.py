@@ -310,7 +310,7 @@ def initial_runtime(hosts=("h1", "h2", "h3"), locations=None):
 
 class Harness:
     def __init__(self, snap=None, runtime=None, auto_notify=True, switches=None,
-                 sb_ready=True):
+                 sb_ready=True, clock=None):
         """``runtime``: the southbound runtime rows (default: every host's
         chassis, no VM location); ``sb_ready``: the southbound database's
         contents have arrived (False: the controller has just started; call
@@ -320,7 +320,7 @@ class Harness:
         self.sb = FakeSb(runtime, self.switches.events)
         self.auto_notify = auto_notify
         self.engine = Engine(send=self.switches.send, sb=self.sb, name="ctl")
-        self.northd = Northd(self.nb, self.sb)
+        self.northd = Northd(self.nb, self.sb, **({"clock": clock} if clock else {}))
         self.controllers = (self.engine, self.northd)
         runtime = self.sb.snapshot()
         for c in self.controllers:
@@ -877,11 +877,11 @@ SNAT = "11111111-0000-0000-0000-000000000001"
 VIP_UUID = "22222222-0000-0000-0000-000000000001"
 
 
-def running_services(slice_status=None, shared=(), alerts=()):
+def running_services(slice_status=None, shared=(), alerts=(), clock=None):
     """running() with services() configured (tenant A's chains, NAT, LB, IDS)
     and every host's middlebox port and uplink reported."""
     topo = services()
-    h = Harness(sb_ready=False)
+    h = Harness(sb_ready=False, clock=clock)
     h.nb.configure(switches=dict(topo.switches), middleboxes=dict(topo.middleboxes),
                    policies=topo.policies, nat_rules=dict(topo.nat_rules),
                    vips=dict(topo.vips), external_networks=dict(topo.external_networks))
@@ -940,11 +940,19 @@ def test_snat_blocks_survive_recomputation_and_a_controller_restart():
     key = "snat-block:" + SNAT
     swapped[(FW_NAT, "h1")][key], swapped[(FW_NAT, "h3")][key] = \
         blocks["h3"], blocks["h1"]
-    again = running_services(slice_status=swapped)
+    clock = [1000.0]
+    again = running_services(slice_status=swapped, clock=lambda: clock[0])
     assert snat_blocks_written(again.sb) == dict(blocks, h1=blocks["h3"], h3=blocks["h1"])
     assert again.sb.writes_of("slices") == []
-    # h2 stops serving the NAT: it loses its block, the others keep theirs
+    # h2's last VM leaves: h2 keeps its slice and block for the grace (its
+    # SNAT connections' replies still come there), then loses its block;
+    # the others keep theirs
     again.del_port("h2", "a2")
+    again.ack_all()
+    assert snat_blocks_written(again.sb) == dict(blocks, h1=blocks["h3"], h3=blocks["h1"])
+    clock[0] += 31                      # the shared-state lease (30 s) is over
+    again.northd.tick()
+    again.notify()
     again.ack_all()
     assert snat_blocks_written(again.sb) == {"h1": blocks["h3"], "h3": blocks["h1"]}
 
@@ -1318,13 +1326,16 @@ def test_flows_kept_change_by_change_are_the_flows_computed_afresh():
     scratch gives its host, and a restarted controller changes none."""
     for seed in range(12):
         rng = random.Random(seed)
-        h = running_services()
+        clock = [1000.0]
+        h = running_services(clock=lambda: clock[0])
         h.nb.configure(vms={**h.nb.snap.vms, **EXTRA_VMS},
                        middleboxes={**h.nb.snap.middleboxes,
                                     "fw-b": MiddleboxInfo("fw-b", "firewall", "ls-b")})
         h.notify()
         h.ack_all()
         snap0 = h.nb.snap
+        bound_before = {}
+        departed = {}       # VM bound nowhere -> its last host (within the grace)
         for step in range(25):
             kind = random_change(h, rng, snap0)
             where = f"seed {seed}, step {step} ({kind})"
@@ -1334,7 +1345,15 @@ def test_flows_kept_change_by_change_are_the_flows_computed_afresh():
             bound = {vm: (host, ofport) for host, ports in h.ports.items()
                      for vm, (ofport, _mac) in ports.items() if vm in h.nb.snap.vms}
             assert {vm: (b.host, b.ofport) for vm, b in fresh.bindings.items()} == bound, where
-            incoming = [(m.vm, host) for m in h.sb.snap.migrations
+            for vm, (host, _) in bound_before.items():
+                if vm not in bound:
+                    departed[vm] = host
+            for vm, (host, _) in bound.items():
+                if departed.get(vm) == host:
+                    del departed[vm]
+            bound_before = bound
+            incoming = list(departed.items())
+            incoming += [(m.vm, host) for m in h.sb.snap.migrations
                         if m.status in ("begun", "streaming", "stunned", "imported")
                         for host in (m.source, m.destination)]
             incoming += [(r.key, r.host) for r in h.sb.snap.shared_state]
@@ -1353,5 +1372,9 @@ def test_flows_kept_change_by_change_are_the_flows_computed_afresh():
             for host in ("h1", "h2", "h3"):
                 assert h.switches.flows(host) == sorted(
                     compute_host_flows(fresh, host, blocks), key=repr), (where, host)
+        clock[0] += 31      # the grace of the VMs bound nowhere is over (a
+        h.northd._expire_departed()     # restarted controller knows none)
+        h.notify()
+        h.ack_all()
         again, sent = restarted(h)
         assert sent == [], f"seed {seed}: a restart changed flows"

@@ -181,9 +181,12 @@ class Chan:
     def __init__(self):
         self.sent, self.closed, self.connects = [], [], []
         self.queued = {}                # sid -> what waits for the handshake
+        self.closing = set()            # sessions closed but not finished yet
         self.forgotten = []             # sids whose record (and pipe) the channel dropped
 
     def connect(self, sid, address, peer_host):
+        if sid in self.closing:
+            raise ValueError("session %r is open" % (sid,))
         self.connects.append((sid, address, peer_host))
         self.queued[sid] = []
 
@@ -430,6 +433,17 @@ class Pair:
         self.src.mgr.on_event(Event("connected", OUT, "h2", None, None, None), self.now)
         self.dst.accept(now=self.now)
 
+    def unannounced(self, seen_moved=True):
+        """c1 moves unannounced, whole: its state lands and is acknowledged;
+        ``seen_moved``: the daemons saw its port move before the ack."""
+        self.set_rows(row("begun", path="unannounced"))
+        self.connect()
+        self.to_dst()
+        self.imported()
+        if seen_moved:
+            self.moved()
+        self.to_src()
+
     def to_dst(self):
         msgs = self.src.chan.take()
         self.dst.deliver(msgs, now=self.now)
@@ -535,6 +549,31 @@ def test_done_before_the_ack_waits_for_the_ttl():
 
 
 # ------------------------------------------------------------ unannounced
+
+
+def test_an_unannounced_transfer_refused_is_tried_again_once_its_session_closed():
+    """The destination refused (its slice of the VM had not arrived): the
+    source tries again, but not on a session still closing (the channel
+    refuses to open it twice), and the state lands at the next try."""
+    p = Pair()
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.src.chan.take()
+    p.src.mgr.on_event(Event("message", OUT, "h2", {"type": "nack", "error": "VM c1 has "
+                             "no slice or zone here"}, None, 10), p.now)
+    p.src.chan.closing.add(OUT)
+    p.src.chan.connects.clear()
+    p.src.loop(p.now)                                   # the failed try is dropped
+    p.set_rows(row("begun", path="unannounced"))        # the row is still active
+    assert p.src.chan.connects == []
+    p.src.chan.closing.discard(OUT)
+    p.src.loop(p.now)
+    p.connect()
+    p.to_dst()
+    p.imported()
+    [w] = p.dst.writer.writes
+    assert w["status"] == "done" and w["outcome"] == "ok: 4 connections"
+
 
 
 def test_unannounced_sends_everything_at_once_and_releases_held_frames():
@@ -673,6 +712,39 @@ def test_an_unannounced_import_decides_bulk_or_lazy_once_its_slice_config_is_the
     p.dst.loop(p.now)                           # the background commits them
     assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
     assert p.dst.mgr.counters["lazy_commits"] == 5
+
+
+def test_a_final_before_the_slice_config_waits_for_it_then_imports():
+    # Onto a host without the tenant's slice, the whole transfer (final
+    # included) can come before the slice: it waits, bounded, not refused.
+    dst = destination()
+    full = dst.config
+    dst.configure(HostConfig("h2", {}))
+    p = Pair(dst=dst)
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.to_dst()
+    assert p.dst.nacks() == [] and p.dst.vm_conns() == []
+    p.now += 1.0
+    p.dst.configure(full)
+    p.dst.loop(p.now)
+    p.imported()
+    assert same(p.dst.vm_conns()) == same(p.src.vm_conns())
+    assert p.dst.writer.writes[-1]["outcome"] == "ok: 4 connections"
+
+
+def test_a_final_whose_slice_never_comes_is_refused_after_the_wait():
+    dst = destination()
+    dst.configure(HostConfig("h2", {}))
+    p = Pair(dst=dst)
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.to_dst()
+    assert p.dst.nacks() == []
+    p.now += 4.0
+    p.dst.loop(p.now)
+    [error] = p.dst.nacks()
+    assert "no slice here" in error and p.dst.vm_conns() == []
 
 
 def test_an_early_committed_record_that_changes_is_imported_whole_again():
@@ -1068,12 +1140,7 @@ def test_an_unannounced_sources_snat_connections_are_forwarded_from_the_snapshot
 
 def test_a_vm_coming_back_needs_no_forwarder():
     p = Pair()
-    p.set_rows(row("begun", path="unannounced"))
-    p.connect()
-    p.to_dst()
-    p.imported()
-    p.moved()
-    p.to_src()
+    p.unannounced()
     assert len(p.src.mgr.forwarders()) == 1
     # c1 moves back from h2 to h1 with its SNAT connection.
     back = "0c0ffee0-0000-4000-8000-000000000002"
@@ -1190,3 +1257,16 @@ def test_a_departed_vm_keeps_its_zone_and_slices_until_its_unannounced_row_comes
     p.to_src()
     # Released; its SNAT connection's replies, still sent to h1's block, go to h2.
     assert p.src.vm_conns() == [] and len(p.src.mgr.forwarders()) == 1
+
+
+def test_a_vm_whose_state_went_before_its_port_was_seen_gone_keeps_nothing():
+    """The unannounced move was acknowledged (and cleaned up) before this
+    daemon saw c1's port go: its zone is released, not kept for the TTL
+    with stale entries."""
+    p = Pair()
+    p.unannounced(seen_moved=False)
+    assert "cleaned" in p.src.writer.merged("timeline")
+    p.src.mgr.departed({"c1": dict(p.src.service.slices)}, p.now)
+    assert "c1" not in p.src.mgr.outgoing()
+    p.src.configure(HostConfig("h1", {}))          # the port is seen gone
+    assert p.src.vm_conns() == []

@@ -20,14 +20,14 @@ class Sharded:
     """Northd and two engines, as three processes would be: every engine
     sees every host's bindings; each switch connects to its own."""
 
-    def __init__(self):
+    def __init__(self, clock=None):
         self.switches = FakeSwitches()
         self.nb = FakeNb(initial_snapshot(), self.switches.events)
         self.sb = FakeSb(events=self.switches.events)
         self.engines = {name: Engine(send=self.switches.send, sb=self.sb,
                                      hosts=hosts, name=name)
                         for name, hosts in SHARDS.items()}
-        self.northd = Northd(self.nb, self.sb)
+        self.northd = Northd(self.nb, self.sb, **({"clock": clock} if clock else {}))
         self.all = (self.northd,) + tuple(self.engines.values())
         self.ports = {}
         self.runtime()
@@ -150,3 +150,59 @@ def test_slices_come_from_the_logical_controller_for_every_shard():
                     and "'%s', %d)" % (P.REG_SLICE, slices[(("fw-a",), host)])
                     in repr(f.instructions)]
         assert steering, host
+
+
+class Clock:
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def firewalled_b():
+    """(clock, Sharded) with a firewall on ls-b (b1 on h1, b2 on h2)."""
+    clock = Clock()
+    many = Sharded(clock)
+    many.start()
+    many.nb.configure(middleboxes={"fw-b": MiddleboxInfo("fw-b", "firewall", "ls-b")},
+                      policies=(PolicyInfo("ls-b", 100, "any", ("fw-b",)),))
+    many.nb.bump_nb_cfg()
+    many.settle()
+    return clock, many
+
+
+def test_the_last_host_of_a_vm_bound_nowhere_keeps_its_slices_for_one_lease():
+    """b2, ls-b's only VM on h2, leaves h2 unannounced: h2 keeps ls-b's slice
+    (the state of b2's connections is there, and the Migration row comes
+    only once the port appears elsewhere) for one shared-state lease, with
+    the same tag; then the slice goes (nothing else claimed it)."""
+    clock, many = firewalled_b()
+    key = (("fw-b",), "h2")
+    tag = many.sb.snap.slices[key]
+    many.set_ports("h2", "a2")                  # b2's port is gone: bound nowhere
+    assert many.sb.snap.slices.get(key) == tag
+    clock.t += 29
+    many.northd.tick()
+    many.settle()
+    assert many.sb.snap.slices.get(key) == tag
+    clock.t += 2                                # the lease (30 s) is over
+    many.northd.tick()
+    many.settle()
+    assert key not in many.sb.snap.slices
+    assert (("fw-b",), "h1") in many.sb.snap.slices
+
+
+def test_a_vm_back_on_its_last_host_needs_no_grace():
+    clock, many = firewalled_b()
+    many.set_ports("h2", "a2")
+    many.set_ports("h2", "a2", "b2")            # plugged back
+    many.set_ports("h2", "a2")                  # and gone again: a new grace
+    clock.t += 20
+    many.northd.tick()
+    many.settle()
+    assert (("fw-b",), "h2") in many.sb.snap.slices
+    clock.t += 11
+    many.northd.tick()
+    many.settle()
+    assert (("fw-b",), "h2") not in many.sb.snap.slices
