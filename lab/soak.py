@@ -79,6 +79,11 @@ RSS_GROWTH_RATIO = 0.25
 FD_GROWTH = 8
 SETTLE = 20.0           # s a restarted daemon has to serve again
 CHURN_IPS = range(100, 200)
+# mbxd keeps the zone of a VM whose port left for --migration-ttl (60 s: it
+# may be an unannounced move), then flushes it: a deleted VM's conntrack
+# entries count as left behind only after that.
+ZONE_KEPT = 60.0 + 15.0
+STARTING = 120.0        # s a (re)started process takes to reach its working set
 
 
 def process_stats(pids):
@@ -161,6 +166,7 @@ class Soak:
         self._added_rules = []      # (firewall, direction, priority) added by the soak
         self._sets = []             # address sets the soak made
         self._db_turn = 0
+        self._zone_checks = []      # (deadline, VM, host, zone) of deleted VMs
 
     # ------------------------------------------------------------ setup
     def setup(self):
@@ -194,6 +200,7 @@ class Soak:
                 self.samples.append((round(now - self.t0, 1),
                                      process_stats(lab_processes(self.lab))))
                 self._note_losses(now - self.t0)
+                self._check_zones()
                 next_sample = now + SAMPLE_EVERY
             if now >= next_event:
                 self._event(EVENTS[i % len(EVENTS)])
@@ -269,13 +276,29 @@ class Soak:
         if vm_namespaces(self.lab, [name]):
             self.leftovers.append("after deleting %s: its namespace is left" % name)
         if zone is not None:
-            try:
-                wait_until(lambda: not conntrack(self.lab, host, zone), 20, interval=0.5,
-                           what="zone %d of %s to be flushed" % (zone, name))
-            except LabError:
-                self.leftovers.append("after deleting %s: conntrack entries in its zone %d "
-                                      "on %s: %s" % (name, zone, host,
-                                                     conntrack(self.lab, host, zone)[:2]))
+            self._zone_checks.append((time.monotonic() + ZONE_KEPT, name, host, zone))
+
+    def _check_zones(self, final=False):
+        """The zones of deleted VMs are empty once mbxd may no longer keep
+        them (``final``: wait for the last ones)."""
+        for check in list(self._zone_checks):
+            deadline, name, host, zone = check
+            if not final and time.monotonic() < deadline:
+                continue
+            if final:
+                try:
+                    wait_until(lambda: not conntrack(self.lab, host, zone),
+                               max(0.0, deadline - time.monotonic()) + 1, interval=1.0,
+                               what="zone %d of %s to be flushed" % (zone, name))
+                except LabError:
+                    pass
+            left = conntrack(self.lab, host, zone)
+            if left:
+                self.leftovers.append("%.0f s after deleting %s: %d conntrack entries in its "
+                                      "zone %d on %s, e.g. %s" % (
+                                          ZONE_KEPT, name, len(left), zone, host,
+                                          left[0][:160]))
+            self._zone_checks.remove(check)
 
     def _rules(self):
         tenant = self.rnd.choice(TENANTS)
@@ -380,6 +403,8 @@ class Soak:
             self.lab.mbxctl_ok("mb-del", tenant.firewall)
             self.lab.mbxctl_ok("ls-del", tenant.switch)
         self.lab.mbxctl_ok("--wait=hv", "sync")
+        self._check_zones(final=True)
+        ended = time.monotonic()
         left = []
         for host in HOSTS:
             def extra():
@@ -389,6 +414,12 @@ class Soak:
             except LabError:
                 left.append("%s: %d flows the tenants left, e.g. %s"
                             % (host, len(extra()), extra()[:3]))
+            try:
+                wait_until(lambda: not conntrack(self.lab, host),
+                           max(0.0, ended + ZONE_KEPT - time.monotonic()) + 1, interval=1.0,
+                           what="%s's conntrack to empty" % host)
+            except LabError:
+                pass
             entries = conntrack(self.lab, host)
             if entries:
                 left.append("%s: %d conntrack entries, e.g. %s" % (host, len(entries),
@@ -426,18 +457,21 @@ class Soak:
 
 
 def growth(samples, warmup):
-    """Per process instance (key, pid) seen over at least a third of the
-    run after ``warmup``: its RSS (kB) and fds at its first sample after
-    the warm-up and at its last."""
+    """Per process instance (key, pid): its RSS (kB) and fds at its first
+    sample after the warm-up and ``STARTING`` s into its life (a restarted
+    database member gains its clients' connections meanwhile), and at its
+    last; only instances seen that way over at least a third of the rest
+    of the run."""
     if not samples:
         return {}
     end = samples[-1][0]
     span = max(end - warmup, 1.0)
-    seen = {}
+    born, seen = {}, {}
     for t, stats in samples:
-        if t < warmup:
-            continue
         for key, (pid, rss, fds) in stats.items():
+            born.setdefault((key, pid), t)
+            if t < warmup or (t - born[(key, pid)] < STARTING and born[(key, pid)] > 0):
+                continue
             first = seen.setdefault((key, pid), [t, rss, fds, t, rss, fds])
             first[3:] = [t, rss, fds]
     out = {}
