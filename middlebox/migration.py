@@ -752,10 +752,13 @@ class MigrationManager:
                 self.daemon.arrivals.extend(inc.row.vm, time.time() + TRANSFER_GRACE)
             return
         if kind == "final":
-            if _import_mode(self.service.slices, inc.row.vm, default=None) is None:
+            if inc.staged and _import_mode(self.service.slices, inc.row.vm,
+                                           default=None) is None:
                 # No slice of this host serves the VM yet: its config comes
                 # after the row (the logical controller adds the slice for
-                # the migration), the transfer may come first.
+                # the migration), the transfer may come first.  (A VM with
+                # no connections may have no slice at all: a switch without
+                # middleboxes; nothing waits for one.)
                 inc.state, inc.final = "slice", (msg, now)
                 return
             self._import(inc, msg, now)

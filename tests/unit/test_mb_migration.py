@@ -747,6 +747,18 @@ def test_a_final_whose_slice_never_comes_is_refused_after_the_wait():
     assert "no slice here" in error and p.dst.vm_conns() == []
 
 
+def test_a_transfer_of_no_records_waits_for_no_slice():
+    # A VM of a switch without middleboxes has no slice on either host:
+    # its transfer holds nothing, and nothing waits for a slice.
+    p = Pair(src=Node("h1", HostConfig("h1", {})), dst=Node("h2", HostConfig("h2", {})))
+    p.set_rows(row("begun", path="unannounced"))
+    p.connect()
+    p.to_dst()
+    p.imported()
+    assert p.dst.nacks() == []
+    assert p.dst.writer.writes[-1]["outcome"] == "ok: 0 connections"
+
+
 def test_an_early_committed_record_that_changes_is_imported_whole_again():
     p = Pair()
     p.set_rows(row("begun", path="unannounced"))
