@@ -236,7 +236,7 @@ class MigrationManager:
             ("sent", "received", "imported", "rejected", "aborted", "fallbacks",
              "cleaned", "entries_sent", "entries_imported", "lazy_commits"), 0)
         self.history = []           # recent outcomes, for ovs-appctl
-        self._said = set()          # (migration uuid, failure) logged already
+        self._said = set()          # (migration uuid, failure) logged already (either end)
 
     # ------------------------------------------------------------ helpers
     @property
@@ -680,8 +680,12 @@ class MigrationManager:
         uuid = inc.hello.get("migration") if isinstance(inc.hello, dict) else None
         self.channel.send(inc.sid, {"type": "nack", "migration": uuid, "error": why})
         self.channel.close(inc.sid)
-        LOG.warning("refused a state transfer from %s%s: %s; nothing imported", inc.peer,
-                    " for migration %s" % str(uuid)[:8] if uuid else "", why)
+        if uuid is None or (str(uuid), why) not in self._said:
+            # A source tries a row's move again at each pass: said once.
+            if uuid is not None:
+                self._said.add((str(uuid), why))
+            LOG.warning("refused a state transfer from %s%s: %s; nothing imported", inc.peer,
+                        " for migration %s" % str(uuid)[:8] if uuid else "", why)
         self._remember(inc.row.vm if inc.row else "?", "destination", "refused: " + why)
 
     def _check_hello(self, inc, now):

@@ -192,6 +192,10 @@ class _Idl(idl.Idl):
         return self._session.get_seqno()
 
 
+class NotLocked(MbxError):
+    """A write asserting a lock that this client does not hold (any more)."""
+
+
 class Southbound:
     """The connection; callbacks run on its thread and must be cheap (post
     an event).  ``on_ports(host, HostPorts)``, ``on_status({name:
@@ -250,6 +254,7 @@ class Southbound:
             self._idl.cond_change("Datapath", self._local_cond)
         self._warned = set()
         self._writes = queue.Queue()
+        self._unlocked = False      # a write failed for want of the lock (said once)
         self._wakeup = Wakeup()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="mbx-southbound")
@@ -584,12 +589,23 @@ class Southbound:
         elif status == idl.Transaction.TRY_AGAIN:
             self._writes.put(write)
         elif status in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
+            self._unlocked = False
             if hasattr(result, "uuid"):         # an inserted row: its final uuid
                 result = str(txn.get_insert_uuid(result.uuid) or result.uuid)
             future.set_result(result)
         else:
-            LOG.error("southbound write (%s) failed: %s %s", what, status,
-                      txn.get_error())
+            error = txn.get_error()
+            if "not locked" in str(error):
+                # The lock the writes assert went with a reconnection: they
+                # fail until the lock is known lost or held again; said once.
+                if not self._unlocked:
+                    self._unlocked = True
+                    LOG.warning("southbound writes refused: the lock they assert is "
+                                "not held (%s); not written until it is", what)
+                future.set_exception(NotLocked("southbound write (%s) failed: the lock "
+                                               "is not held" % what))
+                return status
+            LOG.error("southbound write (%s) failed: %s %s", what, status, error)
             future.set_exception(MbxError("southbound write (%s) failed: %s %s"
-                                          % (what, status, txn.get_error())))
+                                          % (what, status, error)))
         return status

@@ -81,6 +81,7 @@ from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.snapshot import SbRuntime, SbSnapshot
 from mbxmodel.state import LB_HEALTH
 from ovsdb import validate
+from ovsdb.southbound import NotLocked
 from ryu_apps import slices as slicelib
 from ryu_apps.expiry import MigrationAges, SharedLeases
 from ryu_apps.topostate import TopologyState, host_info
@@ -571,6 +572,8 @@ class Northd:
         except concurrent.futures.TimeoutError:
             LOG.warning("the southbound database has not committed %s in %g s",
                         what, SB_WRITE_TIMEOUT)
+        except NotLocked:       # said once by the writer; standby follows
+            return False
         except Exception as e:
             LOG.error("%s not written to the southbound database: %s", what, e)
             return False
@@ -586,7 +589,8 @@ class Northd:
         try:
             written.result(timeout=SB_WRITE_TIMEOUT)
         except Exception as e:    # the next change writes them again
-            LOG.error("slices not written to the southbound database: %s", e)
+            if not isinstance(e, NotLocked):
+                LOG.error("slices not written to the southbound database: %s", e)
             self._written.pop(("slices",), None)
 
     def _connected(self):

@@ -793,6 +793,23 @@ def test_a_second_transfer_of_the_same_migration_is_a_replay():
     assert dst.mgr.counters["rejected"] == 2
 
 
+
+def test_a_replay_tried_again_and_again_is_refused_each_time_and_said_once(caplog):
+    dst = destination()
+    dst.mgr.set_rows([row()], PEERS, 10.0)
+    msgs = transfer(records_of(source()))
+    dst.accept()
+    dst.deliver(msgs[:2])
+    dst.mgr.on_event(Event("closed", "in-1", "h1", None, "eof", None), 10.0)
+    with caplog.at_level(logging.WARNING, logger="mbxd.migration"):
+        for i in range(2, 7):
+            dst.accept(sid="in-%d" % i)
+            dst.deliver(msgs, sid="in-%d" % i)
+    assert len(dst.nacks()) == 5 and dst.mgr.counters["rejected"] == 6
+    said = [r for r in caplog.records if "already received" in r.getMessage()]
+    assert len(said) == 1
+
+
 def test_a_hello_before_its_row_waits_then_is_refused():
     dst = destination()
     dst.accept()
