@@ -794,6 +794,7 @@ class ConfigMonitor:
         self._seen_seqno = None
         self._built_key = None
         self._generation = (None, None)     # (replicas' change_seqno, generation)
+        self._global_options = (None, {})   # (NB replica's change_seqno, options)
         self._config = HostConfig(host=host_name, slices={})
         self._warned = set()
         self._last_error = None
@@ -902,10 +903,17 @@ class ConfigMonitor:
 
     def global_options(self):
         """``NB_Global.options`` as the replica holds it ({} without the
-        row): ``middlebox.shared`` reads the Shared_State lease there."""
-        for row in self._nb.plain("NB_Global").values():
-            return dict(row.options or {})
-        return {}
+        row): ``middlebox.shared`` reads the Shared_State lease there, the
+        daemon's loop its limits at every pass (read again only after the
+        northbound replica changed)."""
+        seqno = self._nb.idl.change_seqno
+        if self._global_options[0] != seqno:
+            options = {}
+            for row in self._nb.plain("NB_Global").values():
+                options = dict(row.options or {})
+                break
+            self._global_options = (seqno, options)
+        return dict(self._global_options[1])
 
     def reported(self):
         """This host's ``Chassis_Private.mb_cfg`` as the replica holds it:
