@@ -461,9 +461,25 @@ def log_sizes(rundir):
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d[.,]\d+\s+")
 
 
+def _tracebacks(lines, keep=3):
+    """The tracebacks among ``lines``: the first ``keep`` of them, each as
+    the line before it (what was being done), its last frame and the
+    exception line, so a report names the failure, not only a count."""
+    found = []
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback"):
+            continue
+        end = i + 1
+        while end < len(lines) and lines[end].startswith((" ", "\t")):
+            end += 1
+        body = lines[max(i - 1, 0):i] + lines[max(i + 1, end - 2):end] + lines[end:end + 1]
+        found.append("\n".join(x[:300] for x in body))
+    return found[:keep] + (["... %d more" % (len(found) - keep)] if len(found) > keep else [])
+
+
 def log_findings(rundir, since):
     """What the daemons logged after ``since`` (``log_sizes``): ({log file:
-    'Traceback' lines}, {warning or error line: count} of the lines said
+    its tracebacks, excerpted}, {warning or error line: count} of the lines said
     more than ``REPEAT_LIMIT`` times; a bad row is to be logged once)."""
     tracebacks, said = {}, {}
     for path in glob.glob(os.path.join(rundir, "**", "*.log*"), recursive=True):
@@ -474,9 +490,9 @@ def log_findings(rundir, since):
         except OSError:
             continue
         name = os.path.relpath(path, rundir)
-        n = sum(1 for line in lines if line.startswith("Traceback"))
-        if n:
-            tracebacks[name] = n
+        found = _tracebacks(lines)
+        if found:
+            tracebacks[name] = found
         for line in lines:
             text = _STAMP.sub("", line)
             if text.startswith(("WARNING", "ERROR")) or " WARNING " in text[:60] \
