@@ -8,7 +8,8 @@ APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
 # Debian trees (deploy/mkroot) and booting them with systemd-nspawn
 APT_PACKAGES += debootstrap systemd-container
 
-.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak
+.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak \
+        vagrant-apt vagrant-box vagrant-test vagrant-down
 
 bench: deps $(VENV)/.bench-installed
 	$(VENV)/bin/python -m lab.bench
@@ -50,6 +51,35 @@ fuzz: deps
 SOAK_MINUTES ?= 30
 soak: deps $(VENV)/.bench-installed
 	$(VENV)/bin/python -m lab.soak --minutes $(SOAK_MINUTES) --out build/soak
+
+# The Vagrant lab (vagrant/, docs/deploy.md "Vagrant"): a controller node and
+# three hypervisors as TCG VMs, provisioned with deploy/install.sh.  Run by
+# hand, not in CI: vagrant-test takes about TBD minutes and TBD GB of memory.
+VAGRANT_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system \
+                        libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+                        qemu-utils dnsmasq-base iptables e2fsprogs
+
+vagrant-apt:
+	@missing=""; \
+	for p in $(VAGRANT_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
+	fi
+
+vagrant-box: deps vagrant-apt
+	MBX_PIP=$(abspath $(VENV))/bin/pip vagrant/mkbox
+
+vagrant-test: vagrant-box
+	MBX_PIP=$(abspath $(VENV))/bin/pip $(VENV)/bin/python vagrant/run.py test
+
+vagrant-down:
+	$(VENV)/bin/python vagrant/run.py down
 
 unit: deps
 	$(VENV)/bin/pytest -q tests/unit
