@@ -1,6 +1,7 @@
 """``make vagrant-test``: mbx on four Vagrant VMs, checked end to end.
 
     python vagrant/run.py test      up, checks, destroy (also on failure)
+    python vagrant/run.py test --keep   the same, but leave it all up (to look)
     python vagrant/run.py down      tear down what an interrupted run left
 
 Everything runs inside the network namespace ``mbxvag`` (MBX_VAGRANT_NETNS)
@@ -58,6 +59,21 @@ FIREWALL = [
 ]
 SERVE_PORTS = "7000,7001,7002"
 
+# libvirtd's QEMU settings (bind-mounted over /etc/libvirt/qemu.conf in
+# libvirtd's own mount namespace; the machine's file is untouched).  QEMU
+# runs as root: where /dev/kvm exists but only root may open it, libvirt
+# otherwise finds KVM "enabled when probing but not available now" and
+# probes QEMU's capabilities again at every call (6-12 s each, measured).
+QEMU_CONF = """user = "root"
+group = "root"
+"""
+
+# Lines of vagrant's output kept out of the printed log (all are in the log file).
+VAGRANT_NOISE = ("Progress:", ":  -- ", "No version detected", "generating a local metadata",
+                 "boxes/format#box-metadata", "Warning: Connection refused",
+                 "Warning: Remote connection disconnect", "SSH address:", "SSH username:",
+                 "SSH auth method:")
+
 T0 = time.monotonic()
 
 
@@ -111,11 +127,20 @@ def daemons_up(state):
         state["netns"] = True
         save_state(state)
         sh(["ip", "link", "set", "lo", "up"], netns=True)
+    conf = os.path.join(WORK, "qemu.conf")
+    with open(conf, "w") as f:
+        f.write(QEMU_CONF)
     for name in ("virtlogd", "libvirtd"):
         pidfile = os.path.join(WORK, name + ".pid")
         if os.path.exists(pidfile):
             os.unlink(pidfile)
-        sh([name, "--daemon", "--pid-file", pidfile], netns=True)
+        start = "exec %s --daemon --pid-file %s" % (name, shlex.quote(pidfile))
+        if name == "libvirtd":
+            # Its own mount namespace, where its QEMU settings are ours.
+            start = "mount --bind %s /etc/libvirt/qemu.conf && %s" % (
+                shlex.quote(conf), start)
+        sh(["unshare", "--mount", "--propagation", "private", "sh", "-c", start],
+           netns=True)
         pid = wait_until(lambda: _read_pid(pidfile), 30, interval=0.1,
                          what="%s's pid file" % name)
         state["pids"][name] = pid
@@ -156,7 +181,7 @@ def vagrant(*args, timeout=UP_TIMEOUT, check=True, log=None):
         for line in proc.stdout:
             out.write(line)
             line = line.rstrip()
-            if line and "Progress:" not in line:
+            if line and not any(n in line for n in VAGRANT_NOISE):
                 say("  " + line)
             if time.monotonic() > deadline:
                 proc.kill()
@@ -368,7 +393,7 @@ def checks(nodes, peak):
         raise LabError("firewall check failed for ports %s" % bad)
 
 
-def test():
+def test(keep=False):
     state = load_state()
     if state["netns"] or state["pids"]:
         say("a previous run left things behind: tearing them down first")
@@ -390,7 +415,11 @@ def test():
         ok = True
     finally:
         peak[0] = max(peak[0], memory_mb())
-        clean = down(state)
+        if keep:
+            say("kept up (--keep): 'python vagrant/run.py down' tears it down")
+            clean = True
+        else:
+            clean = down(state)
         say("%s in %.0f s; host memory of the VMs at peak: %d MB (resident, every "
             "process in %s)" % ("PASSED" if ok and clean else "FAILED",
                                 time.monotonic() - T0, peak[0], NETNS))
@@ -401,9 +430,9 @@ def main(argv):
     if os.geteuid() != 0:
         print("run.py: needs root (namespaces, libvirtd)", file=sys.stderr)
         return 2
-    if argv[1:] == ["test"]:
+    if argv[1:2] == ["test"] and argv[2:] in ([], ["--keep"]):
         try:
-            return test()
+            return test(keep=argv[2:] == ["--keep"])
         except (LabError, subprocess.TimeoutExpired) as err:
             print("vagrant-test: %s" % err, file=sys.stderr)
             return 1
