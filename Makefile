@@ -8,7 +8,7 @@ APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
 # Debian trees (deploy/mkroot) and booting them with systemd-nspawn
 APT_PACKAGES += debootstrap systemd-container
 
-.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak
+.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak units-check
 
 bench: deps $(VENV)/.bench-installed
 	$(VENV)/bin/python -m lab.bench
@@ -50,6 +50,12 @@ fuzz: deps
 SOAK_MINUTES ?= 30
 soak: deps $(VENV)/.bench-installed
 	$(VENV)/bin/python -m lab.soak --minutes $(SOAK_MINUTES) --out build/soak
+
+# mbx's systemd units on a booted Debian tree (deploy/mkroot, deploy/install.sh,
+# systemd-nspawn; docs/deploy.md); part of `make test`.  About 1.5 minutes
+# with a cached tree, 3 without.
+units-check: deps
+	$(VENV)/bin/pytest -q tests/integration/test_units_nspawn.py
 
 unit: deps
 	$(VENV)/bin/pytest -q tests/unit
