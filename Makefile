@@ -5,6 +5,8 @@
 VENV ?= .venv
 APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
                 iputils-ping procps ethtool iperf3 tcpdump traceroute
+# Debian trees (deploy/mkroot) and booting them with systemd-nspawn
+APT_PACKAGES += debootstrap systemd-container
 
 .PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak
 
