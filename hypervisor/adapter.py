@@ -43,7 +43,7 @@ class ConfigError(Exception):
 class Config(NamedTuple):
     host: str                    # MBX_HOST: this host's mbx name
     db: Optional[str] = None     # MBX_DB: --db for mbxctl (None: its default)
-    mbxctl: str = "mbxctl"       # MBXCTL (a program; in code also an argv prefix)
+    mbxctl: str = "mbxctl"       # MBXCTL
     sb: Optional[str] = None     # MBX_SB: --sb for mbxctl, where the Migration
     #                              rows are (None: the --db server)
     stun_wait: float = 5.0       # MBX_STUN_WAIT: migrate-stun --wait bound
@@ -142,7 +142,7 @@ def load_config(path: str = CONF_PATH,
 def mbxctl_argv(action: Action, config: Config) -> list:
     """The mbxctl command line of one action."""
     wait = config.stun_wait if action.verb == STUN else config.timeout
-    argv = [config.mbxctl] if isinstance(config.mbxctl, str) else list(config.mbxctl)
+    argv = [config.mbxctl]
     if config.db:
         argv += ["--db", config.db]
     if config.sb:

@@ -1,6 +1,8 @@
 """QEMU's MIGRATION events mapped onto mbx's steps (hypervisor.adapter), fed
 the orders QEMU really emits them in."""
 
+import pytest
+
 from hypervisor import adapter
 from hypervisor.adapter import (
     ABORT, BEGIN, DESTINATION, DONE, SOURCE, STUN, Action, Config, QmpTracker,
@@ -75,14 +77,23 @@ def test_unknown_statuses_are_ignored():
 
 
 def test_the_steps_run_as_the_hook_runs_them():
-    """The QMP driver runs its steps with the hook's mbxctl command lines
-    (one home): an argv prefix for mbxctl is accepted too."""
-    config = Config(host="h1", db="unix:/x/nb.sock", sb="unix:/x/sb.sock",
-                    mbxctl=("/usr/bin/python3", "-m", "ovsdb.ctl"), stun_wait=20)
+    """The QMP driver's steps are the hook's mbxctl command lines (one
+    home); the lab runs them in its own process."""
+    config = Config(host="h1", db="unix:/x/nb.sock", sb="unix:/x/sb.sock", stun_wait=20)
     argv = mbxctl_argv(Action(STUN, "mv", "h1"), config)
-    assert argv[:3] == ["/usr/bin/python3", "-m", "ovsdb.ctl"]
+    assert argv[0] == "mbxctl"
     assert argv[-5:] == ["--timeout", "20", "migrate-stun", "mv", "--wait"]
     assert mbxctl_argv(Action(BEGIN, "mv", "h2"), config)[-4:] == [
         "migrate-begin", "mv", "--to", "h2"]
     assert adapter.mbxctl_argv is __import__(
         "hypervisor.libvirt_hook", fromlist=["x"]).mbxctl_argv
+
+
+def test_the_lab_runs_mbxctl_in_process_and_reports_its_error(tmp_path):
+    from lab import qemu
+    argv = ["mbxctl", "--db", "unix:%s/none.sock" % tmp_path, "--timeout", "1",
+            "migrate-abort", "mv", "--if-exists"]
+    proc = qemu.mbxctl_runner(argv, timeout=4)
+    assert proc.returncode == 1 and proc.stderr.startswith("mbxctl: "), proc
+    with pytest.raises(OSError):
+        qemu.mbxctl_runner(["rm", "-rf", "/"])
