@@ -7,8 +7,10 @@ APT_PACKAGES := openvswitch-switch python3-openvswitch python3-venv iproute2 \
                 iputils-ping procps ethtool iperf3 tcpdump traceroute
 # Debian trees (deploy/mkroot) and booting them with systemd-nspawn
 APT_PACKAGES += debootstrap systemd-container
+# QEMU guests in the lab (mbx-lab vm-add --kind qemu; TCG, no KVM needed)
+APT_PACKAGES += qemu-system-x86 qemu-utils
 
-.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak units-check
+.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak guest-image units-check
 
 bench: deps $(VENV)/.bench-installed
 	$(VENV)/bin/python -m lab.bench
@@ -21,8 +23,14 @@ $(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-bench.txt
 	touch $@
 
-demo: deps
+demo: deps guest-image
 	$(VENV)/bin/mbx-lab demo
+
+# The lab's QEMU guest image (lab/guest): a Debian tree from deploy/mkroot,
+# the stock kernel, a small initramfs and init; cached under
+# /var/cache/mbx/guest (a few minutes cold, seconds when cached).
+guest-image: deps
+	$(VENV)/bin/python -m lab.guest
 
 # The tests of the lab's behaviour run twice: with one physical controller
 # for every host, then with one on each host (the logical controller in both).
@@ -32,7 +40,9 @@ LAB_SUITE := tests/integration/test_lab.py tests/integration/test_firewall.py \
              tests/integration/test_cluster.py tests/integration/test_recovery.py \
              tests/integration/test_validation.py tests/integration/test_migration_last_vm.py
 
-test: deps
+# tests/integration/test_qemu.py (a QEMU guest's live migrations) runs once,
+# in the first pass; every other lab test uses namespace VMs.
+test: deps guest-image
 	$(VENV)/bin/pytest -q tests
 	MBX_TEST_CONTROLLERS=per-host $(VENV)/bin/pytest -q $(LAB_SUITE)
 
