@@ -2,7 +2,7 @@
 # Install mbx from this checkout as systemd services.
 #
 #   deploy/install.sh --role controller|hypervisor|all [--root DIR]
-#                     [--datapath system|netdev] [--wheelhouse DIR]
+#                     [--datapath system|netdev] [--libvirt] [--wheelhouse DIR]
 #
 # Puts mbx into a virtualenv /opt/mbx (the Python packages pinned by
 # requirements.txt, installed offline from a wheelhouse), its helper scripts
@@ -25,6 +25,10 @@
 #   --datapath netdev   the host has no openvswitch kernel module: br-int
 #                       uses the userspace datapath, and ovs-vswitchd is
 #                       started without loading the module
+#   --libvirt          (hypervisor) a KVM host with libvirt: the qemu hook
+#                       (/etc/libvirt/hooks/qemu.d/50-mbx), the unit
+#                       mbx-libvirt-events and /etc/mbx/libvirt-hook.conf;
+#                       the venv also sees Debian's python3-libvirt
 #   --wheelhouse DIR    install the Python packages from these wheels
 #                       (default: build them with pip wheel: $MBX_PIP, else
 #                       the checkout's .venv/bin/pip, else a temporary venv)
@@ -34,19 +38,21 @@ usage() { sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 fail() { echo "install.sh: $*" >&2; exit 1; }
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-ROLE= ROOT= DATAPATH=system WHEELS=
+ROLE= ROOT= DATAPATH=system WHEELS= LIBVIRT=
 while [ $# -gt 0 ]; do
     case $1 in
         --role) ROLE=${2:-}; shift 2 ;;
         --root) ROOT=${2:-}; shift 2 ;;
         --datapath) DATAPATH=${2:-}; shift 2 ;;
         --wheelhouse) WHEELS=${2:-}; shift 2 ;;
+        --libvirt) LIBVIRT=1; shift ;;
         -h|--help) usage ;;
         *) echo "install.sh: unknown argument '$1'" >&2; usage ;;
     esac
 done
 case $ROLE in controller|hypervisor|all) ;; *) fail "--role controller, hypervisor or all (not '$ROLE')" ;; esac
 case $DATAPATH in system|netdev) ;; *) fail "--datapath system or netdev (not '$DATAPATH')" ;; esac
+[ -z "$LIBVIRT" ] || [ "$ROLE" != controller ] || fail "--libvirt is for a hypervisor"
 [ "$(id -u)" = 0 ] || fail "run as root"
 if [ -n "$ROOT" ]; then
     ROOT=$(cd "$ROOT" && pwd) || fail "--root $ROOT: no such directory"
@@ -76,6 +82,7 @@ target() {
 PACKAGES="python3-venv"
 case $ROLE in controller) PACKAGES="$PACKAGES openvswitch-common" ;;
               *) PACKAGES="$PACKAGES openvswitch-switch" ;; esac
+[ -z "$LIBVIRT" ] || PACKAGES="$PACKAGES python3-libvirt"
 missing=
 for p in $PACKAGES; do
     target dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
@@ -147,6 +154,15 @@ for c in $CONFS; do
         fi
     fi
 done
+if [ -n "$LIBVIRT" ]; then
+    # mbx-libvirt-events imports Debian's libvirt binding (python3-libvirt).
+    sed -i 's/^include-system-site-packages = .*/include-system-site-packages = true/' \
+        "${ROOT:-}$PREFIX/pyvenv.cfg"
+    [ -e "$ETC/libvirt-hook.conf" ] || install -m 0644 "$SRC/deploy/etc/libvirt-hook.conf" "$ETC/"
+    mkdir -p "${ROOT:-}/etc/libvirt/hooks/qemu.d"
+    ln -sfn "$PREFIX/bin/mbx-libvirt-hook" "${ROOT:-}/etc/libvirt/hooks/qemu.d/50-mbx"
+    UNITS="$UNITS mbx-libvirt-events.service"
+fi
 if [ -n "$ROOT" ]; then
     systemctl --root="$ROOT" --quiet enable $UNITS
 else

@@ -6,7 +6,7 @@ import os
 import sys
 
 from lab.lab import (CONTROLLER_MODES, DB_CLUSTER_SIZES, DEFAULT_DB_CLUSTER, DEFAULT_PREFIX,
-                     DEFAULT_RUNDIR, EXT_NAMES, Lab)
+                     DEFAULT_RUNDIR, EXT_NAMES, VM_KINDS, VM_NETNS, Lab)
 from lab.sh import LabError
 from ovsdb.errors import MbxError
 
@@ -48,6 +48,9 @@ def build_parser():
     va.add_argument("--switch", required=True)
     va.add_argument("--ip", required=True, metavar="ADDR/PREFIX")
     va.add_argument("--mac")
+    va.add_argument("--kind", choices=VM_KINDS, default=VM_NETNS,
+                    help="a network namespace (default), or a QEMU guest booted "
+                    "from the guest image (make guest-image)")
     vd = sub.add_parser("vm-del")
     vd.add_argument("name")
     ex = sub.add_parser("exec", help="run a command inside a VM: exec NAME -- CMD ...")
@@ -57,7 +60,8 @@ def build_parser():
                         "ext-exec xr|xs|xc -- CMD ...")
     xx.add_argument("name", choices=EXT_NAMES)
     xx.add_argument("command", nargs=argparse.REMAINDER)
-    mg = sub.add_parser("migrate", help="live-migrate a VM by re-plumbing its port")
+    mg = sub.add_parser("migrate", help="live-migrate a VM: a namespace VM by re-plumbing "
+                        "its port, a QEMU guest by a QEMU live migration over QMP")
     mg.add_argument("name")
     mg.add_argument("--to", required=True)
     mg.add_argument("--no-notify", action="store_true",
@@ -110,7 +114,7 @@ def run(argv):
         elif args.cmd == "status":
             print(lab.status())
         elif args.cmd == "vm-add":
-            lab.vm_add(args.name, args.host, args.switch, args.ip, args.mac)
+            lab.vm_add(args.name, args.host, args.switch, args.ip, args.mac, kind=args.kind)
             print("vm %s on %s" % (args.name, args.host))
         elif args.cmd == "vm-del":
             lab.vm_del(args.name)

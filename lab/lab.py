@@ -30,6 +30,10 @@ Layout (prefix ``mbx`` by default; every name below carries the prefix):
 * ``mbx-vm-NAME`` netns per VM: ``eth0``, whose peer ``vif-...`` is a port of its
   host's br-int.  Its default route points at its switch's gateway
   (``Logical_Switch.gateway``, or the first address of the subnet).
+  A VM of kind ``qemu`` is a QEMU guest instead (``lab.qemu``): the tap
+  ``vif-...`` in its host's namespace is the br-int port, configured the
+  same way inside the guest; ``exec``, ``spawn``, ``tcp_try``, ``vm_read``
+  and ``migrate`` (a real QEMU live migration) work on both kinds.
 
 The external network (see docs/services.md, "The external network and the
 distributed gateway"):
@@ -69,6 +73,7 @@ import sys
 import threading
 import time
 
+from lab import qemu
 from lab.sh import LabError, read_pidfile, run, wait_until
 from middlebox import pki
 from ovsdb import server as nbserver
@@ -111,6 +116,11 @@ METRICS_PORT = 9464        # mbxd's Prometheus endpoint, on the host's managemen
 MIGRATION_PORT = 6650      # mbxd accepts migrated state here (TLS), same address
 
 OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off"]
+
+# What a VM is: a network namespace (the default), or a real QEMU guest in
+# its host's namespace (lab.qemu).
+VM_NETNS, VM_QEMU = "netns", "qemu"
+VM_KINDS = (VM_NETNS, VM_QEMU)
 
 # The external network: a segment behind every host's uplink, a router to the
 # "internet", and two namespaces out there (a server and a client).
@@ -1088,7 +1098,11 @@ class Lab:
         return all(h in snap.hosts and snap.hosts[h].connected for h in hosts)
 
     # ----------------------------------------------------------------- VMs
-    def vm_add(self, name, host, switch, ip_cidr, mac=None, timeout=15):
+    def vm_add(self, name, host, switch, ip_cidr, mac=None, timeout=15, kind=VM_NETNS):
+        """A VM on ``host``: a network namespace (``kind`` "netns") or a
+        QEMU guest ("qemu", booted from the guest image of lab.guest)."""
+        if kind not in VM_KINDS:
+            raise LabError("VM kind: %s, not %r" % (" or ".join(VM_KINDS), kind))
         if host not in self.state["hosts"]:
             raise LabError("unknown host '%s' (lab hosts: %s)"
                            % (host, ", ".join(sorted(self.state["hosts"]))))
@@ -1110,7 +1124,12 @@ class Lab:
         ns, vif = self.vm_ns(name), vif_name(name)
         self.state["vms"][name] = {"host": host, "switch": switch, "ip": ip_cidr,
                                    "mac": mac, "vif": vif, "netns": ns,
-                                   "gateway": gateway}
+                                   "gateway": gateway, "kind": kind}
+        if kind == VM_QEMU:
+            self.state["vms"][name].update(netns=None, mtu=VM_MTU)
+            self._save()
+            qemu.boot(self, name, host, max(timeout, 30))
+            return
         self._add_netns(ns)
         hns = self.host_ns(host)
         run(["ip", "link", "add", vif, "type", "veth", "peer", "name", "eth0",
@@ -1169,14 +1188,22 @@ class Lab:
         wait_until(done, timeout, interval=0.002,
                    what="the controller to program VM %s on %s" % (name, host))
 
+    def is_guest(self, name):
+        """Whether VM ``name`` is a QEMU guest (kind "qemu")."""
+        vm = self.state["vms"].get(name)
+        return vm is not None and vm.get("kind") == VM_QEMU
+
     def vm_del(self, name):
         vm = self.state["vms"].get(name)
         if vm is None:
             raise LabError("unknown VM '%s'" % name)
-        self.vsctl(vm["host"], "--if-exists", "del-port", "br-int", vm["vif"])
-        run(["ip", "link", "del", vm["vif"]], netns=self.host_ns(vm["host"]),
-            check=False)
-        self._del_netns(vm["netns"])
+        if self.is_guest(name):
+            qemu.remove(self, name)
+        else:
+            self.vsctl(vm["host"], "--if-exists", "del-port", "br-int", vm["vif"])
+            run(["ip", "link", "del", vm["vif"]], netns=self.host_ns(vm["host"]),
+                check=False)
+            self._del_netns(vm["netns"])
         del self.state["vms"][name]
         self._save()
         self.nb().vm_del(name, if_exists=True).execute(check_error=True)
@@ -1211,6 +1238,13 @@ class Lab:
         if src == to:
             raise LabError("VM '%s' already runs on %s" % (name, to))
         started_ms = int(time.time() * 1000) - 1        # its row begins after
+        if self.is_guest(name):
+            steps = qemu.migrate(self, name, to, notify=notify,
+                                 timeout=max(timeout, qemu.MIGRATE_TIMEOUT))
+            if not notify and wait_state:
+                self.wait_migration(name, ("done", "fallback", "aborted"), timeout,
+                                    after=started_ms)
+            return steps
         marks = [("start", time.monotonic())]
         # Where the VM's port is (source, unplugged, moved, plugged) and the
         # uuid of its announced migration's row.
@@ -1392,9 +1426,26 @@ class Lab:
         return ns
 
     def exec(self, name, cmd, **kwargs):
-        """Run ``cmd`` inside a VM; returns the CompletedProcess."""
+        """Run ``cmd`` inside a VM; returns the CompletedProcess.  In a QEMU
+        guest through its agent: the lab's Python (``sys.executable``) is
+        the guest's python3 with the checkout's lab modules."""
+        if self.is_guest(name):
+            return qemu.exec_(self, name, cmd, **kwargs)
         return subprocess.run(["ip", "netns", "exec", self._vm_netns(name)] + list(cmd),
                               **kwargs)
+
+    def vm_read(self, name, path):
+        """The text of file ``path`` as VM ``name`` sees it (None if there
+        is none): a namespace VM shares this machine's files, a QEMU guest
+        has its own."""
+        if self.is_guest(name):
+            data = qemu.read(self, name, path)
+            return None if data is None else data.decode(errors="replace")
+        try:
+            with open(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     def ext_exec(self, name, cmd, **kwargs):
         """Run ``cmd`` inside external namespace ``name`` (``xr``, ``xs``, ``xc``)."""
@@ -1441,7 +1492,11 @@ class Lab:
         return json.loads(proc.stdout)
 
     def spawn(self, name, cmd, log_path):
-        """Start a background process inside a VM; ``down`` ends it by PID."""
+        """Start a background process inside a VM; ``down`` ends it by PID
+        (in a QEMU guest: ``log_path`` is the guest's, and the process ends
+        with its guest)."""
+        if self.is_guest(name):
+            return qemu.spawn(self, name, cmd, log_path)
         return self._spawn(self._vm_netns(name), "vm/%s" % name, cmd, log_path)
 
     def ext_spawn(self, name, cmd, log_path):
@@ -1494,9 +1549,10 @@ class Lab:
                 "connected, nb_cfg %d" % rec.nb_cfg if rec and rec.connected
                 else "not connected"))
         for name, vm in sorted(self.state["vms"].items()):
-            lines.append("  vm   %-6s on %-4s switch %-8s %-15s %s gw %s" % (
+            lines.append("  vm   %-6s on %-4s switch %-8s %-15s %s gw %s%s" % (
                 name, vm["host"], vm["switch"], vm["ip"], vm["mac"],
-                vm.get("gateway") or "-"))
+                vm.get("gateway") or "-",
+                ", " + qemu.describe(self, name) if self.is_guest(name) else ""))
         for name, info in sorted(self.external.items()):
             lines.append("  ext  %-6s %-7s netns %-10s %s" % (
                 name, info["role"], info["netns"], ", ".join(

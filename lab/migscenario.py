@@ -47,10 +47,11 @@ RULES = (
 
 
 class Scenario:
-    def __init__(self, lab, rundir, gather=None):
+    def __init__(self, lab, rundir, gather=None, kinds=None):
         self.lab = lab
         self.rundir = rundir
         self.gather = gather
+        self.kinds = kinds or {}        # VM -> lab VM kind ("qemu": a QEMU guest)
         self.probes = {}
         self.servers = []
 
@@ -75,9 +76,11 @@ class Scenario:
         for vm, (ip, host) in CT.VMS.items():
             if host not in hosts:
                 host = hosts[-1]
-            lab.vm_add(vm, host, CT.SWITCH, "%s/%d" % (ip, CT.PREFIXLEN))
+            lab.vm_add(vm, host, CT.SWITCH, "%s/%d" % (ip, CT.PREFIXLEN),
+                       kind=self.kinds.get(vm, "netns"))
         self.servers = CT._servers(lab, self.rundir)
-        CT._wait_listening(lab)
+        # A QEMU guest's Python starts in seconds under TCG.
+        CT._wait_listening(lab, 60 if self.kinds else 10)
 
     # A switch without middleboxes: the same re-plumb with nothing to move.
     PLAIN = ("ls-plain", "101", "10.9.0.0/24", {"pv": ("10.9.0.10", "h1"),

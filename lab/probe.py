@@ -63,11 +63,17 @@ from lab.sh import LabError, wait_until
 MAX_DURATION = 600.0
 
 
-def read_report(path):
-    """A probe's JSON report ({} until there is a complete one)."""
+def read_report(path, read_text=None):
+    """A probe's JSON report ({} until there is a complete one).
+    ``read_text(path)``: how to read it (``Lab.vm_read`` of the VM the
+    probe runs in: a QEMU guest's files are its own); default this
+    machine's file."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        if read_text is None:
+            with open(path) as f:
+                return json.load(f)
+        text = read_text(path)
+        return json.loads(text) if text else {}
     except (FileNotFoundError, ValueError):
         return {}
 
@@ -90,9 +96,10 @@ class Probe:
                                          "--port", str(port), "--interval-ms", "10",
                                          "--duration", str(duration), "--out", report],
                                 report + ".client.log")
+        self._read_text = lambda path: lab.vm_read(client, path)
 
     def read(self):
-        return read_report(self.report)
+        return read_report(self.report, self._read_text)
 
     def wait(self, predicate, timeout, what):
         """Wait until ``predicate(report)`` holds; returns that report."""
@@ -133,9 +140,10 @@ class Conns:
                 "--reply-timeout", str(reply_timeout), "--out", report]
         spawn = lab.ext_spawn if ext else lab.spawn
         self.proc = spawn(vm, cmd, report + ".log")
+        self._read_text = None if ext else (lambda path: lab.vm_read(vm, path))
 
     def read(self):
-        return read_report(self.report)
+        return read_report(self.report, self._read_text)
 
     def wait(self, predicate, timeout, what):
         """Wait until ``predicate(report)`` holds; returns that report."""

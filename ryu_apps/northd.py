@@ -77,6 +77,7 @@ import time
 from typing import Dict, Tuple
 
 from mbxmodel import datapath as dplib
+from ovsdb.errors import MbxError
 from mbxmodel.network import ChassisStatus, HostPorts
 from mbxmodel.snapshot import SbRuntime, SbSnapshot
 from mbxmodel.state import LB_HEALTH
@@ -175,6 +176,8 @@ class Northd:
         self._dp_cfg = None             # SB_Global.nb_cfg as written
         self._mirrors = {}              # vm -> (host, epoch): this round's VM.host mirrors
         self._problems = {}             # the rows not in force, as last logged
+        self._nb_failing = None         # why the last northbound status write failed
+        self.nb_write_failures = 0      # northbound status writes that failed (retried)
 
     @property
     def topo(self):
@@ -238,14 +241,21 @@ class Northd:
         lines.append("Shared_State rows tracked: %d" % len(self._leases))
         lines.append("Expired: %d Shared_State rows, %d migrations"
                      % (self.expired_rows["shared_state"], self.expired_rows["migrations"]))
+        lines.append("Northbound status writes failed: %d%s"
+                     % (self.nb_write_failures, "" if self._nb_failing is None
+                        else " (failing now: %s)" % self._nb_failing[:200]))
         return lines
 
     # ----------------------------------------------------- stale rows
     def tick(self):
-        """The timer (about once a second): delete the stale rows
-        (``ryu_apps.expiry``), one deletion in flight at a time."""
+        """The timer (about once a second): write again the northbound
+        status a failed write left behind (``_nb_write``); delete the stale
+        rows (``ryu_apps.expiry``), one deletion in flight at a time."""
         if not self.active or not self._sb_ready or self.nb_snap is None:
             return
+        if self._nb_failing is not None:
+            self._publish_problems(self.nb_snap)
+            self._config_changed()
         if self._expiring is not None and not self._expiring.done():
             return
         self._expire_departed()
@@ -491,11 +501,30 @@ class Northd:
             self._run(({}, (), self._incoming()))
 
     def _write(self, key, value, fn):
-        """A northbound status write (its value remembered)."""
+        """A northbound status write (its value remembered once written)."""
         if self._written.get(key) == value or not self._lock_held():
             return
-        fn()
-        self._written[key] = value
+        if self._nb_write(key[0], fn):
+            self._written[key] = value
+
+    def _nb_write(self, what, fn):
+        """Run ``fn``, a northbound status write; False if the database did
+        not take it (a timeout under load, a leader change): one warning
+        until a write goes through again, and the next tick writes what is
+        still owed (nothing was remembered as written)."""
+        try:
+            fn()
+        except MbxError as e:
+            self.nb_write_failures += 1
+            if self._nb_failing is None:
+                LOG.warning("northbound status write (%s) failed: %s; writing it "
+                            "again every second until it goes through", what, e)
+            self._nb_failing = str(e)
+            return False
+        if self._nb_failing is not None:
+            LOG.info("northbound status writes go through again")
+            self._nb_failing = None
+        return True
 
     def _lock_held(self):
         """The southbound connection still holds the lock right now (its
@@ -695,7 +724,9 @@ class Northd:
         (a cold start mirrors every VM)."""
         if self._mirrors and self._lock_held():
             mirrors, self._mirrors = self._mirrors, {}
-            self._nb.set_vm_mirrors(mirrors).execute(check_error=True)
+            if not self._nb_write("VM.host", lambda: self._nb.set_vm_mirrors(
+                    mirrors).execute(check_error=True)):
+                self._mirrors = {**mirrors, **self._mirrors}
 
     def _publish_vip_status(self, topo):
         """LB_VIP.status: each backend's health as the hosts publish it
@@ -781,8 +812,8 @@ class Northd:
             del self._written[key]
         changes = {key: text for key, text in changes.items()
                    if self._written.get(("row-status", key)) != text}
-        if changes and self._lock_held():
-            self._nb.set_row_status(changes).execute(check_error=True)
+        if changes and self._lock_held() and self._nb_write(
+                "status", lambda: self._nb.set_row_status(changes).execute(check_error=True)):
             for key, text in changes.items():
                 self._written[("row-status", key)] = text
         self._publish_vip_status(self._state.topo)

@@ -245,3 +245,32 @@ def test_no_northbound_write_once_the_connection_lost_the_lock_before_the_news()
     h.nb.bump_nb_cfg()
     h.northd.nb_changed()
     assert h.nb.writes == before
+
+
+def test_a_northbound_status_write_that_fails_is_written_at_the_next_tick(caplog):
+    """A status write the database does not take (a timeout under load, a
+    leader change) raises nothing out of the event: one warning, and the
+    timer writes it again, with the VM.host mirrors of the same round."""
+    h = running_services(shared=(health("h1", **{"10.0.0.4:80": "down"}),))
+    nd = h.northd
+    real_apply, failing = h.nb.apply, {"left": 2}
+
+    def flaky(write):
+        if write[0] in ("vip", "mirror") and failing["left"]:
+            failing["left"] -= 1
+            raise MbxError("config database transaction failed: exceeded timeout 5 seconds")
+        real_apply(write)
+    h.nb.apply = flaky
+    h.sb.configure(shared_state=(health("h1", **{"10.0.0.4:80": "up"}),))
+    h.notify()                                  # the vip write fails: no exception
+    assert h.nb.snap.vips["lb-a"][0].status == {"10.0.0.4:80": "down"}
+    assert nd.nb_write_failures == 1
+    nd.tick()                                   # fails again: still one warning
+    nd.tick()
+    assert h.nb.snap.vips["lb-a"][0].status == {"10.0.0.4:80": "up"}
+    warned = [r for r in caplog.records if "northbound status write" in r.getMessage()]
+    assert len(warned) == 1
+    assert any(line == "Northbound status writes failed: 2" for line in nd.status_lines())
+    before = len(h.nb.writes)
+    nd.tick()                                   # nothing owed any more
+    assert len(h.nb.writes) == before

@@ -1,0 +1,5 @@
+import sys
+
+from lab.guest import main
+
+sys.exit(main())
