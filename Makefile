@@ -77,7 +77,7 @@ VAGRANT_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system \
 
 vagrant-box: deps
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(VAGRANT_APT_PACKAGES)"
-	MBX_PIP=$(abspath $(VENV))/bin/pip vagrant/mkbox
+	MBX_PIP=$(abspath $(VENV))/bin/pip MBX_PYTHON=$(abspath $(VENV))/bin/python vagrant/mkbox
 
 vagrant-test: vagrant-box
 	MBX_PIP=$(abspath $(VENV))/bin/pip $(VENV)/bin/python vagrant/run.py test

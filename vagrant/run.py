@@ -32,6 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from hypervisor import adapter                      # noqa: E402
 from lab.sh import LabError, wait_until            # noqa: E402
 from middlebox import pki                           # noqa: E402
 
@@ -40,6 +41,8 @@ WORK = os.environ.get("MBX_VAGRANT_DIR", "/var/tmp/mbx-vagrant")
 VAGRANT_DIR = os.path.join(ROOT, "vagrant")
 STATE = os.path.join(WORK, "state.json")
 HYPERVISORS = ("hv1", "hv2", "hv3")
+CONTROLLER_IP = "10.210.0.2"                       # as in the Vagrantfile
+MGMT_IP = {"hv1": "10.210.0.11", "hv2": "10.210.0.12", "hv3": "10.210.0.13"}
 NODES = ("ctl",) + HYPERVISORS
 CONTROLLER_CERT = "controller"
 DB_CERT = "db1"
@@ -58,6 +61,10 @@ FIREWALL = [
     ["steer-add", "ls-red", "100", "any", "fw-red"],
 ]
 SERVE_PORTS = "7000,7001,7002"
+# The guest that migrates: a QEMU guest on hv1 (vagrant/nested.py).
+GUEST = "gst"
+GUEST_VM = ("hv1", "10.0.0.13", "02:00:0a:00:00:0d")
+GATEWAY = "10.0.0.1"                                # the switch's default gateway
 
 # libvirtd's QEMU settings (bind-mounted over /etc/libvirt/qemu.conf in
 # libvirtd's own mount namespace; the machine's file is untouched).  QEMU
@@ -196,6 +203,13 @@ def down(state=None):
     """Destroy the VMs, end the daemons (by PID), delete the namespace."""
     state = state or load_state()
     problems = []
+    # The ssh processes forwarding a guest's sockets.
+    for key, pid in list(state["pids"].items()):
+        if key.startswith("ssh-"):
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+            state["pids"].pop(key)
+    save_state(state)
     if state["pids"].get("libvirtd") and pid_alive(state["pids"]["libvirtd"]):
         say("vagrant destroy")
         try:
@@ -292,6 +306,47 @@ class Nodes:
         """``script`` (shell) as root on ``node``; its stdout."""
         return sh(["ssh", "-F", self.cfg, node, "sudo sh -c %s" % shlex.quote(script)],
                   netns=True, check=check, timeout=timeout)
+
+    def ssh_argv(self, node):
+        return ["ip", "netns", "exec", NETNS, "ssh", "-F", self.cfg, node]
+
+    def copy(self, node, local, remote):
+        """The local file ``local`` as root's ``remote`` on ``node``."""
+        with open(local, "rb") as f:
+            proc = subprocess.run(self.ssh_argv(node) + [
+                "sudo sh -c %s" % shlex.quote("cat > %s" % shlex.quote(remote))],
+                stdin=f, capture_output=True, timeout=SSH_TIMEOUT)
+        if proc.returncode != 0:
+            raise LabError("copy of %s to %s:%s: %s" % (local, node, remote,
+                                                       proc.stderr.decode().strip()))
+
+    def forward(self, node, local, remote):
+        """An ssh process forwarding the local unix socket ``local`` to
+        ``remote`` on ``node`` (a Popen; the caller ends it)."""
+        return subprocess.Popen(self.ssh_argv(node) + [
+            "-N", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
+            "-L", "%s:%s" % (local, remote)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def runner(self, node):
+        """``subprocess.run`` for ``hypervisor.adapter.run_actions``: each
+        mbxctl command line runs as root on ``node``."""
+        def run(argv, **kwargs):
+            return subprocess.run(self.ssh_argv(node) + [
+                "sudo " + " ".join(shlex.quote(a) for a in argv)], **kwargs)
+        return run
+
+    @staticmethod
+    def adapter_config(host):
+        """How a hypervisor sends mbx's migration steps: mbxctl over TLS to
+        the controller node's databases, with the host's own certificate."""
+        pki_dir = "/etc/mbx/pki"
+        return adapter.Config(host=host, db="ssl:%s:6641" % CONTROLLER_IP,
+                              sb="ssl:%s:6642" % CONTROLLER_IP, mbxctl="/opt/mbx/bin/mbxctl",
+                              stun_wait=60.0, timeout=30.0,
+                              private_key="%s/%s.key" % (pki_dir, host),
+                              certificate="%s/%s.pem" % (pki_dir, host),
+                              ca_cert="%s/ca.pem" % pki_dir)
 
     def mbxctl(self, *args, check=True):
         return self.run("ctl", "mbxctl --db unix:/run/mbx/nb.sock --sb unix:/run/mbx/sb.sock "
@@ -393,6 +448,70 @@ def checks(nodes, peak):
         raise LabError("firewall check failed for ports %s" % bad)
 
 
+def migration(nodes, state, peak):
+    """A QEMU guest on hv1 keeps a TCP stream to vm2 (hv2) open while it
+    live-migrates to hv3; mbx hears of it through QEMU's events."""
+    import nested
+    from lab import qemu as labqemu
+    name, (host, ip, mac) = GUEST, GUEST_VM
+    nodes.mbxctl("vm-add", name, "--switch", SWITCH[0], "--ip", ip, "--mac", mac)
+    payload = os.path.join(WORK, "lab.tar")
+    labqemu.payload(payload)
+
+    def track(key, pid):
+        if pid is None:
+            state["pids"].pop(key, None)
+        else:
+            state["pids"][key] = pid
+        save_state(state)
+    guest = nested.Guest(nodes, name, host, ip + "/24", mac, GATEWAY,
+                         os.path.join(WORK, "fwd"), track)
+    say("guest %s: booting QEMU on %s (TCG inside the TCG hypervisor)" % (name, host))
+    boot_s = guest.boot(payload)
+    say("guest %s: its agent answers after %.0f s; %s" % (
+        name, boot_s, guest.exec(["uname", "-r"]).stdout.strip()))
+    peak[0] = max(peak[0], memory_mb())
+    where = lambda: {l.split()[0]: l for l in nodes.mbxctl("vm-list").splitlines()[1:]
+                     if l.strip()}
+    wait_until(lambda: host in where().get(name, ""), 120, interval=2,
+               what="mbx to place %s on %s" % (name, host))
+    vm_exec(nodes, "vm2", "sh -c 'nohup /opt/mbx/bin/python -m lab.probe serve --port 7000 "
+            ">/tmp/serve-vm2.log 2>&1 &'")
+    out = "/tmp/probe.json"
+    client = guest.spawn(["python3", "-m", "lab.probe", "client", "--to", VMS["vm2"][1],
+                          "--port", "7000", "--interval-ms", "100", "--duration", "590",
+                          "--reply-timeout", "30", "--out", out], "/tmp/probe.log")
+
+    def report():
+        data = guest.read(out)
+        return json.loads(data) if data else None
+    wait_until(lambda: (report() or {}).get("received", 0) >= 30, 300, interval=2,
+               what="the guest's stream to vm2 to get going")
+    before = report()
+    say("stream %s (hv1) -> vm2 (hv2) tcp 7000: %d replies before the migration"
+        % (name, before["received"]))
+    to = "hv3"
+    say("live migration of %s: %s -> %s (QMP, block migration of its disk overlay)"
+        % (name, host, to))
+    steps = guest.migrate(to, MGMT_IP[to], payload,
+                          placed=lambda: to in where().get(name, ""), log=say)
+    say("migrated: " + ", ".join("%s %s" % kv for kv in steps.items()))
+    peak[0] = max(peak[0], memory_mb())
+    at = report()["received"]
+    wait_until(lambda: (report() or {}).get("received", 0) >= at + 30, 300, interval=2,
+               what="30 more replies on the guest's stream after the migration")
+    client.terminate()
+    client.wait(60)
+    final = report()
+    say("stream after the migration: %d replies in all, error %s, largest gap %.0f ms "
+        "(guest clock)" % (final["received"], final["error"], final["max_gap_ms"]))
+    say("mbxctl migration-show %s:\n%s" % (name, nodes.mbxctl("migration-show", name).rstrip()))
+    placed_now = where().get(name, "")
+    if final["error"] or to not in placed_now:
+        raise LabError("the migration broke the stream or left %s misplaced: %s; %s"
+                       % (name, final["error"], placed_now))
+
+
 def test(keep=False):
     state = load_state()
     if state["netns"] or state["pids"]:
@@ -412,6 +531,7 @@ def test(keep=False):
         peak[0] = max(peak[0], memory_mb())
         nodes = Nodes()
         checks(nodes, peak)
+        migration(nodes, state, peak)
         ok = True
     finally:
         peak[0] = max(peak[0], memory_mb())
