@@ -619,10 +619,7 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
                 if status == adapter.QMP_COMPLETED:
                     if role == adapter.SOURCE:
                         stage["handed_over"] = True
-                        info = sq.command("query-migrate")
-                        log("query-migrate: %s" % info)
-                        result["qemu_total_ms"] = info.get("total-time")
-                        result["qemu_downtime_ms"] = info.get("downtime")
+                        result.update(_figures(sq))
                     done[role] = True
                     marks.append(("%s-completed" % role, time.monotonic()))
         wait_until(lambda: dq.command("query-status").get("running"), 30, interval=0.02,
@@ -657,6 +654,19 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
     steps["total"] = round((marks[-1][1] - marks[0][1]) * 1000, 1)
     steps.update(result)
     return steps
+
+
+def _figures(monitor):
+    """QEMU's total time and downtime (ms) of the migration it completed
+    (its figures are filled in just after the "completed" event)."""
+    info = {}
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        info = monitor.command("query-migrate")
+        if info.get("total-time"):
+            break
+        time.sleep(0.02)
+    return {"qemu_total_ms": info.get("total-time"), "qemu_downtime_ms": info.get("downtime")}
 
 
 def _row(lab, name):
