@@ -42,7 +42,7 @@ import zlib
 
 from hypervisor import adapter
 from lab import guest
-from lab.sh import LabError, run, wait_until
+from lab.sh import LabError, TryEach, run, wait_until
 from ovsdb.errors import MbxError
 from ovsdb.server import pid_alive, stop as stop_pid
 
@@ -179,13 +179,10 @@ class Monitor:
         self._read(timeout)                        # the greeting
         self.command("qmp_capabilities")
 
-    def fileno(self):
-        return self.sock.fileno()
-
     def close(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
 
     def _read(self, timeout):
         """The next message (a dict), or None after ``timeout`` seconds."""
@@ -238,8 +235,9 @@ def wait_events(monitors, timeout):
     ready = [(m, e) for m in monitors for e in m.pending()]
     if ready:
         return ready
-    readable = select.select([m for m in monitors], [], [], timeout)[0]
-    return [(m, e) for m in readable for e in m.pending()]
+    by_sock = {m.sock: m for m in monitors}
+    readable = select.select(list(by_sock), [], [], timeout)[0]
+    return [(by_sock[s], e) for s in readable for e in by_sock[s].pending()]
 
 
 # ---------------------------------------------------------- guest agent
@@ -700,13 +698,8 @@ def _roll_back(lab, name, src, to, stage, monitors, tracker, config, why, timeou
     goes back to the source, the destination QEMU and tap go away.  Every
     step is tried; returns what failed."""
     vm = lab.state["vms"][name]
-    problems = []
-
-    def attempt(what, fn):
-        try:
-            fn()
-        except Exception as err:        # noqa: BLE001 - every step is tried
-            problems.append("%s: %s" % (what, err))
+    attempt = TryEach()
+    problems = attempt.problems
     sq = monitors.get("source")
     if sq is not None:
         def cancel():
