@@ -142,7 +142,7 @@ def console_tail(lab, name, size=600):
         return "(no console output)"
 
 
-def _payload(path):
+def payload(path):
     """A tar of the lab's own modules (lab/*.py of this checkout)."""
     here = os.path.dirname(os.path.abspath(__file__))
     tmp = path + ".part"
@@ -486,7 +486,7 @@ def boot(lab, name, host, timeout):
     if os.path.exists(disk):
         os.unlink(disk)
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image["base"], disk])
-    _payload(os.path.join(d, "lab.tar"))
+    payload(os.path.join(d, "lab.tar"))
     t0 = time.monotonic()
     _tap_add(lab, host, vm["vif"])
     epoch = lab._vm_epoch(name)
