@@ -10,7 +10,8 @@ APT_PACKAGES += debootstrap systemd-container
 # QEMU guests in the lab (mbx-lab vm-add --kind qemu; TCG, no KVM needed)
 APT_PACKAGES += qemu-system-x86 qemu-utils
 
-.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak guest-image units-check
+.PHONY: demo test unit deps apt venv lab-down clean bench bench-tiny fuzz soak guest-image units-check \
+        vagrant-box vagrant-test vagrant-down
 
 bench: deps $(VENV)/.bench-installed
 	$(VENV)/bin/python -m lab.bench
@@ -66,6 +67,23 @@ soak: deps $(VENV)/.bench-installed
 # with a cached tree, 3 without.
 units-check: deps
 	$(VENV)/bin/pytest -q tests/integration/test_units_nspawn.py
+
+# The Vagrant lab (vagrant/, docs/deploy.md "Vagrant"): a controller node and
+# three hypervisors as TCG VMs, provisioned with deploy/install.sh.  Run by
+# hand, not in CI: vagrant-test takes about TBD minutes and TBD GB of memory.
+VAGRANT_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system \
+                        libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base \
+                        iptables e2fsprogs
+
+vagrant-box: deps
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(VAGRANT_APT_PACKAGES)"
+	MBX_PIP=$(abspath $(VENV))/bin/pip MBX_PYTHON=$(abspath $(VENV))/bin/python vagrant/mkbox
+
+vagrant-test: vagrant-box
+	MBX_PIP=$(abspath $(VENV))/bin/pip $(VENV)/bin/python vagrant/run.py test
+
+vagrant-down:
+	$(VENV)/bin/python vagrant/run.py down
 
 unit: deps
 	$(VENV)/bin/pytest -q tests/unit

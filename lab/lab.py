@@ -74,7 +74,7 @@ import threading
 import time
 
 from lab import qemu
-from lab.sh import LabError, read_pidfile, run, wait_until
+from lab.sh import LabError, TryEach, read_pidfile, run, wait_until
 from middlebox import pki
 from ovsdb import server as nbserver
 from ovsdb.server import pid_alive, stop as stop_pid
@@ -1356,13 +1356,8 @@ class Lab:
         doing that failed)."""
         vm = self.state["vms"][name]
         vif, src_ns = vm["vif"], self.host_ns(src)
-        problems = []
-
-        def step(what, fn):
-            try:
-                fn()
-            except Exception as err:        # noqa: BLE001 - every step is tried
-                problems.append("%s: %s" % (what, err))
+        step = TryEach()
+        problems = step.problems
         port = stage["port"]
         if port in ("moved", "plugged"):
             step("unplug at %s" % to, lambda: self.vsctl(

@@ -42,7 +42,7 @@ import zlib
 
 from hypervisor import adapter
 from lab import guest
-from lab.sh import LabError, run, wait_until
+from lab.sh import LabError, TryEach, run, wait_until
 from ovsdb.errors import MbxError
 from ovsdb.server import pid_alive, stop as stop_pid
 
@@ -142,7 +142,7 @@ def console_tail(lab, name, size=600):
         return "(no console output)"
 
 
-def _payload(path):
+def payload(path):
     """A tar of the lab's own modules (lab/*.py of this checkout)."""
     here = os.path.dirname(os.path.abspath(__file__))
     tmp = path + ".part"
@@ -179,13 +179,10 @@ class Monitor:
         self._read(timeout)                        # the greeting
         self.command("qmp_capabilities")
 
-    def fileno(self):
-        return self.sock.fileno()
-
     def close(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
 
     def _read(self, timeout):
         """The next message (a dict), or None after ``timeout`` seconds."""
@@ -238,8 +235,9 @@ def wait_events(monitors, timeout):
     ready = [(m, e) for m in monitors for e in m.pending()]
     if ready:
         return ready
-    readable = select.select([m for m in monitors], [], [], timeout)[0]
-    return [(m, e) for m in readable for e in m.pending()]
+    by_sock = {m.sock: m for m in monitors}
+    readable = select.select(list(by_sock), [], [], timeout)[0]
+    return [(by_sock[s], e) for s in readable for e in by_sock[s].pending()]
 
 
 # ---------------------------------------------------------- guest agent
@@ -488,7 +486,7 @@ def boot(lab, name, host, timeout):
     if os.path.exists(disk):
         os.unlink(disk)
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image["base"], disk])
-    _payload(os.path.join(d, "lab.tar"))
+    payload(os.path.join(d, "lab.tar"))
     t0 = time.monotonic()
     _tap_add(lab, host, vm["vif"])
     epoch = lab._vm_epoch(name)
@@ -619,10 +617,7 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
                 if status == adapter.QMP_COMPLETED:
                     if role == adapter.SOURCE:
                         stage["handed_over"] = True
-                        info = sq.command("query-migrate")
-                        log("query-migrate: %s" % info)
-                        result["qemu_total_ms"] = info.get("total-time")
-                        result["qemu_downtime_ms"] = info.get("downtime")
+                        result.update(_figures(sq))
                     done[role] = True
                     marks.append(("%s-completed" % role, time.monotonic()))
         wait_until(lambda: dq.command("query-status").get("running"), 30, interval=0.02,
@@ -659,6 +654,19 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
     return steps
 
 
+def _figures(monitor):
+    """QEMU's total time and downtime (ms) of the migration it completed
+    (its figures are filled in just after the "completed" event)."""
+    info = {}
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        info = monitor.command("query-migrate")
+        if info.get("total-time"):
+            break
+        time.sleep(0.02)
+    return {"qemu_total_ms": info.get("total-time"), "qemu_downtime_ms": info.get("downtime")}
+
+
 def _row(lab, name):
     row = lab.migration_row(name)
     return row["uuid"] if row and row.get("status") not in ("done", "aborted",
@@ -690,13 +698,8 @@ def _roll_back(lab, name, src, to, stage, monitors, tracker, config, why, timeou
     goes back to the source, the destination QEMU and tap go away.  Every
     step is tried; returns what failed."""
     vm = lab.state["vms"][name]
-    problems = []
-
-    def attempt(what, fn):
-        try:
-            fn()
-        except Exception as err:        # noqa: BLE001 - every step is tried
-            problems.append("%s: %s" % (what, err))
+    attempt = TryEach()
+    problems = attempt.problems
     sq = monitors.get("source")
     if sq is not None:
         def cancel():

@@ -12,11 +12,12 @@ Each move is a real QEMU live migration over QMP (lab.qemu): announced
 and unannounced (no event; the controller notices the port).  The reply
 gap of each stream is printed and written to RUNDIR/qemu-gaps.json.  The
 control: with every mbxd running ``--no-migration`` the SNAT stream
-breaks.
+breaks.  A migration that fails leaves the guest running at its source.
 """
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -148,6 +149,33 @@ def test_three_streams_survive_a_real_qemu_live_migration(qlab, notify):
         finals = streams.stop()
     assert sorted(survivors({"connections": list(finals.values())})) == sorted(STREAMS)
     record_gap("announced" if notify else "unannounced", row, steps, finals)
+
+
+def test_a_failed_migration_leaves_the_guest_running_at_its_source(qlab):
+    """The destination's mbxd is dead: the source aborts the announced
+    transfer, the stun at QEMU's switchover fails, the driver cancels the
+    migration (QEMU resumes the guest where it was) and the guest's streams
+    carry on there."""
+    lab, _ = qlab
+    src = lab.state["vms"][VM]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    before = guest_facts(lab)
+    streams = Streams(lab, "rollback")
+    lab.mbxd_stop(dst, signal.SIGKILL)
+    try:
+        with pytest.raises(LabError, match="rolled back to %s" % src):
+            lab.migrate(VM, dst, notify=True)
+        assert guest_facts(lab) == before
+        assert lab.state["vms"][VM]["host"] == src
+        assert qemu.incoming_key(VM) not in lab.state["pids"]
+        row = lab.migration_row(VM)
+        assert (row["destination"], row["status"]) == (dst, "aborted"), row
+        streams.carry_on()
+    finally:
+        streams.stop()
+        lab.mbxd_start(dst)
+        wait_until(lambda: lab.mbxd_appctl(dst, "stats", check=False), 30, interval=0.2,
+                   what="mbxd on %s to answer" % dst)
 
 
 def test_without_state_migration_the_snat_stream_breaks(qlab):
