@@ -604,16 +604,17 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
                     continue
                 role, status = roles[mon], ev["data"]["status"]
                 log("qmp %s: %s" % (role, status))
-                if tracker is not None:
-                    step(role, tracker.handle(role, status))
-                if status in (adapter.QMP_FAILED, adapter.QMP_CANCELLED):
-                    raise _Failed("QEMU on the %s: migration %s" % (role, status))
+                actions = tracker.handle(role, status) if tracker is not None else []
                 if role == adapter.SOURCE and status == adapter.QMP_PRE_SWITCHOVER:
                     marks.append(("paused", time.monotonic()))
-                    _switch_port(lab, name, src, to, stage, marks, timeout,
-                                 migration=_row(lab, name) if notify else None)
+                    _switchover(lab, name, src, to, stage, marks, timeout,
+                                (lambda: step(role, actions)) if actions else None)
                     sq.command("migrate-continue", state=adapter.QMP_PRE_SWITCHOVER)
                     marks.append(("continue", time.monotonic()))
+                    continue
+                step(role, actions)
+                if status in (adapter.QMP_FAILED, adapter.QMP_CANCELLED):
+                    raise _Failed("QEMU on the %s: migration %s" % (role, status))
                 if status == adapter.QMP_COMPLETED:
                     if role == adapter.SOURCE:
                         stage["handed_over"] = True
@@ -673,11 +674,40 @@ def _row(lab, name):
                                                             "fallback") else None
 
 
+def _switchover(lab, name, src, to, stage, marks, timeout, stun):
+    """QEMU holds the guest at the switchover.  The stun goes out first (on
+    the announced path; ``stun`` runs the step, which returns once the
+    destination imported), and while its wait runs the port moves; both
+    are over before QEMU may continue."""
+    if stun is None:
+        _switch_port(lab, name, src, to, stage, marks, timeout, None)
+        return
+    migration = _row(lab, name)
+    outcome = {}
+
+    def run_stun():
+        try:
+            stun()
+        except BaseException as err:        # noqa: BLE001 - raised below
+            outcome["error"] = err
+    thread = threading.Thread(target=run_stun, daemon=True, name="stun-%s" % name)
+    thread.start()
+    wait_until(lambda: not thread.is_alive() or lab.migration_row(name).get("status")
+               in ("stunned", "imported"), timeout, interval=0.005,
+               what="the stun of %s to be written" % name)
+    if "error" not in outcome:
+        _switch_port(lab, name, src, to, stage, marks, timeout, migration)
+    thread.join(timeout + adapter.GRACE)
+    if thread.is_alive():
+        raise _Failed("the stun of %s did not return" % name)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
 def _switch_port(lab, name, src, to, stage, marks, timeout, migration):
     """The guest is stopped at the switchover: its port leaves the source
-    and is plugged at the destination; the flows for it there are
-    programmed (and on the announced path, the stun step already waited
-    until the destination imported its state) before QEMU continues."""
+    and is plugged at the destination, and the flows for it there are
+    programmed.  ``migration``: the announced row, which must stay active."""
     vm = lab.state["vms"][name]
     old_epoch = lab._vm_epoch(name)
     lab.vsctl(src, "del-port", "br-int", vm["vif"])
