@@ -564,7 +564,6 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
     src = vm["host"]
     marks = [("start", time.monotonic())]
     dst_ip = lab.state["hosts"][to]["mgmt_ip"]
-    uri = "tcp:%s:%d" % (dst_ip, migration_port(name))
     tracker = adapter.QmpTracker(name, src, to) if notify else None
     config = adapter_config(lab, src, min(timeout, 30))
     stage = {"port": "source", "handed_over": False}
@@ -583,47 +582,13 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
         stage["tap"] = True
         _start(lab, name, to, incoming=True)
         dq = monitors["destination"] = Monitor(qmp_path(lab, name, to))
-        dq.command("migrate-set-capabilities", capabilities=[
-            {"capability": "events", "state": True}])
-        dq.command("migrate-incoming", uri=uri)
         sq = monitors["source"] = Monitor(qmp_path(lab, name, src))
-        sq.command("migrate-set-capabilities", capabilities=[
-            {"capability": "events", "state": True},
-            {"capability": "pause-before-switchover", "state": True}])
-        marks.append(("incoming", time.monotonic()))
-        sq.command("migrate", uri=uri)
-        roles = {sq: adapter.SOURCE, dq: adapter.DESTINATION}
-        done = {adapter.SOURCE: False, adapter.DESTINATION: False}
-        deadline = time.monotonic() + timeout
-        while not all(done.values()):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Failed("no end of the migration within %ds" % timeout)
-            for mon, ev in wait_events(list(roles), min(left, 1.0)):
-                if ev["event"] != "MIGRATION":
-                    continue
-                role, status = roles[mon], ev["data"]["status"]
-                log("qmp %s: %s" % (role, status))
-                actions = tracker.handle(role, status) if tracker is not None else []
-                if role == adapter.SOURCE and status == adapter.QMP_PRE_SWITCHOVER:
-                    marks.append(("paused", time.monotonic()))
-                    _switchover(lab, name, src, to, stage, marks, timeout,
-                                (lambda: step(role, actions)) if actions else None)
-                    sq.command("migrate-continue", state=adapter.QMP_PRE_SWITCHOVER)
-                    marks.append(("continue", time.monotonic()))
-                    continue
-                step(role, actions)
-                if status in (adapter.QMP_FAILED, adapter.QMP_CANCELLED):
-                    raise _Failed("QEMU on the %s: migration %s" % (role, status))
-                if status == adapter.QMP_COMPLETED:
-                    if role == adapter.SOURCE:
-                        stage["handed_over"] = True
-                        result.update(_figures(sq))
-                    done[role] = True
-                    marks.append(("%s-completed" % role, time.monotonic()))
-        wait_until(lambda: dq.command("query-status").get("running"), 30, interval=0.02,
-                   what="guest %s to run on %s" % (name, to))
-        marks.append(("running", time.monotonic()))
+        info = drive(sq, dq, "tcp:%s:%d" % (dst_ip, migration_port(name)), tracker, step,
+                     lambda stun: _switchover(lab, name, src, to, stage, marks, timeout,
+                                              stun),
+                     marks, timeout, log, stage)
+        result.update(qemu_total_ms=info.get("total-time"),
+                      qemu_downtime_ms=info.get("downtime"))
     except BaseException as err:        # noqa: BLE001 - roll back, then re-raise
         why = str(err) or type(err).__name__
         if stage["handed_over"]:
@@ -655,9 +620,70 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
     return steps
 
 
+def drive(sq, dq, uri, tracker, run_step, switchover, marks, timeout, log, stage,
+          capabilities=(), parameters=None):
+    """One QEMU live migration over QMP, from the outgoing QEMU's monitor
+    ``sq`` to the incoming one's ``dq`` (started with ``-incoming defer``)
+    at ``uri``, until both completed and the guest runs at the destination.
+    Both get the capability ``events`` (and ``capabilities``), the source
+    also ``pause-before-switchover`` (and ``parameters``).  Each MIGRATION
+    event goes through ``tracker`` (a ``hypervisor.adapter.QmpTracker``;
+    None: no mbx step) and ``run_step(role, actions)`` runs the steps, except
+    at the source's ``pre-switchover``: ``switchover(stun)`` (``stun``: runs
+    the stun step, None without one) moves the guest's port, then QEMU
+    continues.  ``stage["handed_over"]`` turns true when the source
+    completed.  Returns the source's ``query-migrate`` once QEMU filled in
+    its figures; LabError when QEMU reports the migration failed or
+    cancelled, or after ``timeout`` seconds."""
+    events = [{"capability": "events", "state": True}] + [
+        {"capability": c, "state": True} for c in capabilities]
+    dq.command("migrate-set-capabilities", capabilities=events)
+    dq.command("migrate-incoming", uri=uri)
+    sq.command("migrate-set-capabilities", capabilities=events + [
+        {"capability": "pause-before-switchover", "state": True}])
+    if parameters:
+        sq.command("migrate-set-parameters", **parameters)
+    marks.append(("incoming", time.monotonic()))
+    sq.command("migrate", uri=uri)
+    roles = {sq: adapter.SOURCE, dq: adapter.DESTINATION}
+    done = {adapter.SOURCE: False, adapter.DESTINATION: False}
+    info = {}
+    deadline = time.monotonic() + timeout
+    while not all(done.values()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LabError("no end of the migration within %ds" % timeout)
+        for mon, ev in wait_events(list(roles), min(left, 1.0)):
+            if ev["event"] != "MIGRATION":
+                continue
+            role, status = roles[mon], ev["data"]["status"]
+            log("qmp %s: %s" % (role, status))
+            actions = tracker.handle(role, status) if tracker is not None else []
+            if role == adapter.SOURCE and status == adapter.QMP_PRE_SWITCHOVER:
+                marks.append(("paused", time.monotonic()))
+                switchover((lambda: run_step(role, actions)) if actions else None)
+                sq.command("migrate-continue", state=adapter.QMP_PRE_SWITCHOVER)
+                marks.append(("continue", time.monotonic()))
+                continue
+            run_step(role, actions)
+            if status in (adapter.QMP_FAILED, adapter.QMP_CANCELLED):
+                raise LabError("QEMU on the %s: migration %s" % (role, status))
+            if status == adapter.QMP_COMPLETED:
+                if role == adapter.SOURCE:
+                    stage["handed_over"] = True
+                    info = _figures(sq)
+                done[role] = True
+                marks.append(("%s-completed" % role, time.monotonic()))
+    wait_until(lambda: dq.command("query-status").get("running"), 60, interval=0.02,
+               what="the guest to run at the destination")
+    marks.append(("running", time.monotonic()))
+    return info
+
+
 def _figures(monitor):
-    """QEMU's total time and downtime (ms) of the migration it completed
-    (its figures are filled in just after the "completed" event)."""
+    """The outgoing QEMU's ``query-migrate`` of the migration it completed
+    (total time and downtime are filled in just after the "completed"
+    event)."""
     info = {}
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
@@ -665,7 +691,7 @@ def _figures(monitor):
         if info.get("total-time"):
             break
         time.sleep(0.02)
-    return {"qemu_total_ms": info.get("total-time"), "qemu_downtime_ms": info.get("downtime")}
+    return info
 
 
 def _row(lab, name):
