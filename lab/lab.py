@@ -1128,7 +1128,17 @@ class Lab:
         if kind == VM_QEMU:
             self.state["vms"][name].update(netns=None, mtu=VM_MTU)
             self._save()
-            qemu.boot(self, name, host, max(timeout, 30))
+            try:
+                qemu.boot(self, name, host, max(timeout, 30))
+            except BaseException:
+                # A guest that did not come up leaves nothing behind.
+                undo = TryEach()
+                undo("its QEMU", lambda: qemu.remove(self, name))
+                self.state["vms"].pop(name, None)
+                self._save()
+                undo("its VM row", lambda: self.nb().vm_del(name, if_exists=True).execute(
+                    check_error=True))
+                raise
             return
         self._add_netns(ns)
         hns = self.host_ns(host)

@@ -205,3 +205,15 @@ def test_without_state_migration_the_snat_stream_breaks(qlab):
         for host in HOSTS:
             lab.mbxd_stop(host)
             lab.mbxd_start(host)
+
+
+def test_vm_del_ends_the_guest(qlab):
+    lab, _ = qlab
+    vm = dict(lab.state["vms"][VM])
+    pid = lab.state["pids"][qemu.qemu_key(VM)]
+    lab.vm_del(VM)
+    wait_until(lambda: not os.path.exists("/proc/%d" % pid), 15,
+               what="QEMU %d to end" % pid)
+    assert vm["vif"] not in lab.vsctl(vm["host"], "list-ports", "br-int").split()
+    assert not any(k.startswith("vm/%s/" % VM) for k in lab.state["pids"])
+    assert VM not in lab.nb().snapshot().vms
