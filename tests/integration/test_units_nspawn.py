@@ -247,6 +247,10 @@ def test_the_host_registers_and_applies_the_config(box):
             "--subnet", "10.0.0.0/24", "--tenant", "red", timeout=90)
     row = box.host_row(HOST)
     assert int(row["NB_CFG"]) >= 1 and int(row["MB_CFG"]) >= 1, row
+    # The daemons answer ovs-appctl where docs/deploy.md says.
+    status = box.run("env", "OVS_RUNDIR=/run/mbx", "ovs-appctl", "-t", "mbx-northd", "status")
+    assert status.startswith("Status: active"), status
+    assert box.run("ovs-appctl", "-t", "mbxd", "stats").strip()
     # Nothing crashed on the way.
     for unit in DAEMONS:
         assert box.show(unit, "NRestarts")["NRestarts"] == "0", box.journal(unit)
