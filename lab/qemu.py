@@ -254,6 +254,14 @@ class Agent:
         with _AGENT_LOCKS_LOCK:
             self.lock = _AGENT_LOCKS.setdefault(path, threading.Lock())
 
+    def answers(self, timeout=2):
+        """Whether the agent answers a guest-ping within ``timeout`` seconds."""
+        try:
+            self.call("guest-ping", timeout=timeout)
+            return True
+        except LabError:
+            return False
+
     def call(self, name, timeout=30, **arguments):
         with self.lock:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -498,11 +506,7 @@ def boot(lab, name, host, timeout):
     def answers():
         if not pid_alive(lab.state["pids"][qemu_key(name)]):
             raise LabError("QEMU of %s exited: %s" % (name, console_tail(lab, name)))
-        try:
-            ga.call("guest-ping", timeout=2)
-            return True
-        except LabError:
-            return False
+        return ga.answers()
     try:
         wait_until(answers, BOOT_TIMEOUT, interval=0.5,
                    what="guest %s to boot (its agent to answer)" % name)
