@@ -106,6 +106,12 @@ def guest_facts(lab):
     return ns, boot
 
 
+def rows(lab):
+    """The guest's Migration rows, for a failure's message."""
+    return [(m.path, m.source, m.destination, m.status, m.outcome, m.timeline)
+            for m in lab.sb().snapshot().migrations if m.vm == VM]
+
+
 def record_gap(path, row, steps, finals):
     gaps = {}
     if os.path.exists(GAPS):
@@ -115,7 +121,7 @@ def record_gap(path, row, steps, finals):
                   "entries": row["stats"].get("entries"),
                   "qemu_total_ms": steps.get("qemu_total_ms"),
                   "qemu_downtime_ms": steps.get("qemu_downtime_ms"),
-                  "driver_total_ms": steps.get("total")}
+                  "driver_total_ms": steps.get("total"), "steps_ms": steps}
     with open(GAPS, "w") as f:
         json.dump(gaps, f, indent=1, sort_keys=True)
     print("\nQEMU live migration, %s path: reply gap per stream %s ms; QEMU total %s ms, "
@@ -135,7 +141,10 @@ def test_three_streams_survive_a_real_qemu_live_migration(qlab, notify):
     try:
         kept = sc.translations(src)
         assert sorted(k for k, _ in kept.values()) == ["dnat", "lb", "snat"], kept
-        steps = lab.migrate(VM, dst, notify=notify)
+        try:
+            steps = lab.migrate(VM, dst, notify=notify)
+        except LabError as err:
+            raise AssertionError("%s; rows: %s" % (err, rows(lab))) from err
         row = lab.migration_row(VM)
         assert (row["source"], row["destination"], row["status"]) == (src, dst, "done"), row
         assert row["path"] == ("announced" if notify else "unannounced")
