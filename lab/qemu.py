@@ -23,8 +23,9 @@ image of ``lab.guest``) running in its host's network namespace:
 starts in the destination host's namespace with ``-incoming defer`` and
 listens on the host's management address, the source sends the guest over
 the management network.  On the announced path QEMU's own MIGRATION events
-drive mbx through ``hypervisor.adapter`` (the libvirt hook's steps, run
-with mbxctl as the hook runs them); docs/libvirt.md has the sequence.
+drive mbx through ``hypervisor.adapter`` (the libvirt hook's steps and
+mbxctl command lines, run in this process: ``mbxctl_runner``); ``drive`` is
+the one QMP migration driver; docs/libvirt.md has the sequence.
 """
 
 import base64
