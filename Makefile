@@ -64,7 +64,7 @@ soak: deps $(VENV)/.bench-installed
 
 # mbx's systemd units on a booted Debian tree (deploy/mkroot, deploy/install.sh,
 # systemd-nspawn; docs/deploy.md); part of `make test`.  About 1.5 minutes
-# with a cached tree, 3 without.
+# with a cached tree, 2.5-4.5 without (debootstrap and apt).
 units-check: deps
 	$(VENV)/bin/pytest -q tests/integration/test_units_nspawn.py
 

@@ -1,5 +1,6 @@
 """``make demo``: a 3-host lab, two tenants on the same subnet, isolation, a
-TCP connection that lives through a VM's live migration and through the
+TCP connection that lives through a VM's live migration (and three through
+a real QEMU guest's QEMU live migration) and through the
 loss of a database leader and of the serving controllers (3-member Raft
 clusters, a standby physical controller and a standby mbx-northd), and tenant red's
 distributed firewall allowing, denying and forwarding established connections in the switch alone, then a service chain
@@ -13,7 +14,7 @@ import time
 
 from lab.lab import Lab
 from lab.probe import Probe
-from lab.sh import LabError
+from lab.sh import LabError, run as sh_run
 
 TOPOLOGY = os.path.join(os.path.dirname(__file__), "topologies", "demo.yaml")
 PROBE_PORT = 7000
@@ -303,6 +304,88 @@ def _chain_offload(lab, rundir, out):
     return ok
 
 
+QEMU_VM, QEMU_IP = "redq", "10.0.0.15"
+QEMU_DNAT = ("203.0.113.115", 2223)     # -> redq:7000
+
+
+def qemu_migration(lab, rundir, out):
+    """A QEMU guest of tenant red keeps three TCP streams through the chain
+    (out through SNAT, to the VIP, in through DNAT and the firewall) while
+    it live-migrates h1 -> h3: a real QEMU migration over QMP, announced
+    to mbx by QEMU's own migration events (docs/libvirt.md)."""
+    from lab import lab as L
+    from lab.ctbaseline import wait_listening
+    from lab.probe import Conns
+    proc = lab.mbxctl("--wait=hv", "nat-add", "nat-red", "dnat", QEMU_DNAT[0], QEMU_IP,
+                      "--protocol", "tcp", "--external-port", str(QEMU_DNAT[1]),
+                      "--logical-port", "7000")
+    if proc.returncode != 0:
+        raise LabError(proc.stderr.strip())
+    out("\nQEMU guest %s (%s) on h1: booting a real VM (TCG, 128 MB) ..." % (QEMU_VM,
+                                                                           QEMU_IP))
+    t0 = time.monotonic()
+    lab.vm_add(QEMU_VM, "h1", "ls-red", QEMU_IP + "/24", kind="qemu")
+    out("  booted and on br-int in %.1f s" % (time.monotonic() - t0))
+    py = sys.executable
+    servers = [lab.spawn(vm, [py, "-m", "lab.probe", "serve", "--port", "7000"],
+                         os.path.join(rundir, "q-serve-%s.log" % vm))
+               for vm in ("red2", "red3", "red4", QEMU_VM)]
+    servers.append(lab.ext_spawn("xs", [py, "-m", "lab.probe", "serve", "--port", "80"],
+                                 os.path.join(rundir, "q-serve-xs.log")))
+    probes = []
+    try:
+        wait_listening([(lab.exec, vm, 7000) for vm in ("red2", "red3", "red4", QEMU_VM)]
+                       + [(lab.ext_exec, "xs", 80)], 60)
+        probes = [Conns(lab, QEMU_VM, [("snat", L.EXT_SERVER_IP, 80, 1),
+                                       ("vip", "10.0.0.100", 80, 1)],
+                        os.path.join(rundir, "q-conns.json"), duration=120),
+                  Conns(lab, "xc", [("dnat", QEMU_DNAT[0], QEMU_DNAT[1], 1)],
+                        os.path.join(rundir, "q-conns-xc.json"), duration=120, ext=True)]
+
+        def streams():
+            return {c["name"]: c for p in probes for c in p.read().get("connections", [])}
+
+        def all_past(counts):
+            now = streams()
+            return now if len(now) == 3 and all(
+                c["error"] is None and c["received"] >= counts.get(n, 0) for n, c in
+                now.items()) else None
+        from lab.sh import wait_until
+        before = wait_until(lambda: all_past({"snat": 20, "vip": 20, "dnat": 20}), 60,
+                            interval=0.2, what="the guest's three streams to get going")
+        steps = lab.migrate(QEMU_VM, "h3")
+        row = lab.migration_row(QEMU_VM)
+        after = streams()
+        wait_until(lambda: all_past({n: after[n]["received"] + 30 for n in after}), 30,
+                   interval=0.2, what="the guest's streams to carry on")
+    except LabError as err:
+        out("  FAILED: %s" % err)
+        return False
+    finally:
+        finals = {}
+        for probe in probes:
+            finals.update({c["name"]: c for c in probe.stop().get("connections", [])})
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+            lab.forget_pid(server.pid)
+    survived = [n for n, c in sorted(finals.items()) if c["error"] is None]
+    out("  live migration h1 -> h3 (QMP; begin/stun/done from QEMU's events): "
+        "QEMU total %s ms, downtime %s ms; mbx moved %s connections (%s)" % (
+            steps.get("qemu_total_ms"), steps.get("qemu_downtime_ms"),
+            row.get("stats", {}).get("entries"), row.get("status")))
+    pid = lab.state["pids"].get("vm/%s/qemu" % QEMU_VM)
+    out("  the guest's QEMU (pid %s) now runs in namespace %s" % (
+        pid, sh_run(["ip", "netns", "identify", str(pid)], check=False).strip() or "?"))
+    for name, c in sorted(finals.items()):
+        out("  %-5s %-22s replies %4d (%d before the move)  largest gap %6.1f ms  %s" % (
+            name, c["target"], c["received"], before[name]["received"], c["max_gap_ms"],
+            "alive" if c["error"] is None else "BROKEN: %s" % c["error"]))
+    out("  (snat and vip are timed by the guest, whose clock stops while QEMU holds it; "
+        "dnat by the internet client)")
+    return sorted(survived) == ["dnat", "snat", "vip"] and row.get("status") == "done"
+
+
 def created(lab, out):
     """What the databases hold now, in a few lines."""
     snap, runtime = lab.nb().snapshot(), lab.sb().snapshot()
@@ -395,7 +478,8 @@ def run(prefix, rundir, out=print):
         failover_ok = failover(lab, rundir, out)
         fw_ok = firewall(lab, rundir, out)
         svc_ok = services(lab, rundir, out)
-        ok = pings_ok and moved_ok and failover_ok and fw_ok and svc_ok
+        qemu_ok = qemu_migration(lab, rundir, out)
+        ok = pings_ok and moved_ok and failover_ok and fw_ok and svc_ok and qemu_ok
     finally:
         lab.down(log=out)
     ok = migration_report(prefix, rundir, out) and ok

@@ -74,7 +74,7 @@ import threading
 import time
 
 from lab import qemu
-from lab.sh import LabError, read_pidfile, run, wait_until
+from lab.sh import LabError, TryEach, read_pidfile, run, wait_until
 from middlebox import pki
 from ovsdb import server as nbserver
 from ovsdb.server import pid_alive, stop as stop_pid
@@ -1128,7 +1128,17 @@ class Lab:
         if kind == VM_QEMU:
             self.state["vms"][name].update(netns=None, mtu=VM_MTU)
             self._save()
-            qemu.boot(self, name, host, max(timeout, 30))
+            try:
+                qemu.boot(self, name, host, max(timeout, 30))
+            except BaseException:
+                # A guest that did not come up leaves nothing behind.
+                undo = TryEach()
+                undo("its QEMU", lambda: qemu.remove(self, name))
+                self.state["vms"].pop(name, None)
+                self._save()
+                undo("its VM row", lambda: self.nb().vm_del(name, if_exists=True).execute(
+                    check_error=True))
+                raise
             return
         self._add_netns(ns)
         hns = self.host_ns(host)
@@ -1356,13 +1366,8 @@ class Lab:
         doing that failed)."""
         vm = self.state["vms"][name]
         vif, src_ns = vm["vif"], self.host_ns(src)
-        problems = []
-
-        def step(what, fn):
-            try:
-                fn()
-            except Exception as err:        # noqa: BLE001 - every step is tried
-                problems.append("%s: %s" % (what, err))
+        step = TryEach()
+        problems = step.problems
         port = stage["port"]
         if port in ("moved", "plugged"):
             step("unplug at %s" % to, lambda: self.vsctl(

@@ -23,8 +23,9 @@ image of ``lab.guest``) running in its host's network namespace:
 starts in the destination host's namespace with ``-incoming defer`` and
 listens on the host's management address, the source sends the guest over
 the management network.  On the announced path QEMU's own MIGRATION events
-drive mbx through ``hypervisor.adapter`` (the libvirt hook's steps, run
-with mbxctl as the hook runs them); docs/libvirt.md has the sequence.
+drive mbx through ``hypervisor.adapter`` (the libvirt hook's steps and
+mbxctl command lines, run in this process: ``mbxctl_runner``); ``drive`` is
+the one QMP migration driver; docs/libvirt.md has the sequence.
 """
 
 import base64
@@ -42,7 +43,7 @@ import zlib
 
 from hypervisor import adapter
 from lab import guest
-from lab.sh import LabError, run, wait_until
+from lab.sh import LabError, TryEach, run, wait_until
 from ovsdb.errors import MbxError
 from ovsdb.server import pid_alive, stop as stop_pid
 
@@ -179,13 +180,10 @@ class Monitor:
         self._read(timeout)                        # the greeting
         self.command("qmp_capabilities")
 
-    def fileno(self):
-        return self.sock.fileno()
-
     def close(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
 
     def _read(self, timeout):
         """The next message (a dict), or None after ``timeout`` seconds."""
@@ -238,8 +236,9 @@ def wait_events(monitors, timeout):
     ready = [(m, e) for m in monitors for e in m.pending()]
     if ready:
         return ready
-    readable = select.select([m for m in monitors], [], [], timeout)[0]
-    return [(m, e) for m in readable for e in m.pending()]
+    by_sock = {m.sock: m for m in monitors}
+    readable = select.select(list(by_sock), [], [], timeout)[0]
+    return [(by_sock[s], e) for s in readable for e in by_sock[s].pending()]
 
 
 # ---------------------------------------------------------- guest agent
@@ -255,6 +254,14 @@ class Agent:
         self.path = path
         with _AGENT_LOCKS_LOCK:
             self.lock = _AGENT_LOCKS.setdefault(path, threading.Lock())
+
+    def answers(self, timeout=2):
+        """Whether the agent answers a guest-ping within ``timeout`` seconds."""
+        try:
+            self.call("guest-ping", timeout=timeout)
+            return True
+        except LabError:
+            return False
 
     def call(self, name, timeout=30, **arguments):
         with self.lock:
@@ -500,11 +507,7 @@ def boot(lab, name, host, timeout):
     def answers():
         if not pid_alive(lab.state["pids"][qemu_key(name)]):
             raise LabError("QEMU of %s exited: %s" % (name, console_tail(lab, name)))
-        try:
-            ga.call("guest-ping", timeout=2)
-            return True
-        except LabError:
-            return False
+        return ga.answers()
     try:
         wait_until(answers, BOOT_TIMEOUT, interval=0.5,
                    what="guest %s to boot (its agent to answer)" % name)
@@ -566,7 +569,6 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
     src = vm["host"]
     marks = [("start", time.monotonic())]
     dst_ip = lab.state["hosts"][to]["mgmt_ip"]
-    uri = "tcp:%s:%d" % (dst_ip, migration_port(name))
     tracker = adapter.QmpTracker(name, src, to) if notify else None
     config = adapter_config(lab, src, min(timeout, 30))
     stage = {"port": "source", "handed_over": False}
@@ -585,49 +587,13 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
         stage["tap"] = True
         _start(lab, name, to, incoming=True)
         dq = monitors["destination"] = Monitor(qmp_path(lab, name, to))
-        dq.command("migrate-set-capabilities", capabilities=[
-            {"capability": "events", "state": True}])
-        dq.command("migrate-incoming", uri=uri)
         sq = monitors["source"] = Monitor(qmp_path(lab, name, src))
-        sq.command("migrate-set-capabilities", capabilities=[
-            {"capability": "events", "state": True},
-            {"capability": "pause-before-switchover", "state": True}])
-        marks.append(("incoming", time.monotonic()))
-        sq.command("migrate", uri=uri)
-        roles = {sq: adapter.SOURCE, dq: adapter.DESTINATION}
-        done = {adapter.SOURCE: False, adapter.DESTINATION: False}
-        deadline = time.monotonic() + timeout
-        while not all(done.values()):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Failed("no end of the migration within %ds" % timeout)
-            for mon, ev in wait_events(list(roles), min(left, 1.0)):
-                if ev["event"] != "MIGRATION":
-                    continue
-                role, status = roles[mon], ev["data"]["status"]
-                log("qmp %s: %s" % (role, status))
-                if tracker is not None:
-                    step(role, tracker.handle(role, status))
-                if status in (adapter.QMP_FAILED, adapter.QMP_CANCELLED):
-                    raise _Failed("QEMU on the %s: migration %s" % (role, status))
-                if role == adapter.SOURCE and status == adapter.QMP_PRE_SWITCHOVER:
-                    marks.append(("paused", time.monotonic()))
-                    _switch_port(lab, name, src, to, stage, marks, timeout,
-                                 migration=_row(lab, name) if notify else None)
-                    sq.command("migrate-continue", state=adapter.QMP_PRE_SWITCHOVER)
-                    marks.append(("continue", time.monotonic()))
-                if status == adapter.QMP_COMPLETED:
-                    if role == adapter.SOURCE:
-                        stage["handed_over"] = True
-                        info = sq.command("query-migrate")
-                        log("query-migrate: %s" % info)
-                        result["qemu_total_ms"] = info.get("total-time")
-                        result["qemu_downtime_ms"] = info.get("downtime")
-                    done[role] = True
-                    marks.append(("%s-completed" % role, time.monotonic()))
-        wait_until(lambda: dq.command("query-status").get("running"), 30, interval=0.02,
-                   what="guest %s to run on %s" % (name, to))
-        marks.append(("running", time.monotonic()))
+        info = drive(sq, dq, "tcp:%s:%d" % (dst_ip, migration_port(name)), tracker, step,
+                     lambda stun: _switchover(lab, name, src, to, stage, marks, timeout,
+                                              stun),
+                     marks, timeout, log, stage)
+        result.update(qemu_total_ms=info.get("total-time"),
+                      qemu_downtime_ms=info.get("downtime"))
     except BaseException as err:        # noqa: BLE001 - roll back, then re-raise
         why = str(err) or type(err).__name__
         if stage["handed_over"]:
@@ -659,17 +625,120 @@ def migrate(lab, name, to, notify=True, timeout=MIGRATE_TIMEOUT, log=None):
     return steps
 
 
+def drive(sq, dq, uri, tracker, run_step, switchover, marks, timeout, log, stage,
+          capabilities=(), parameters=None):
+    """One QEMU live migration over QMP, from the outgoing QEMU's monitor
+    ``sq`` to the incoming one's ``dq`` (started with ``-incoming defer``)
+    at ``uri``, until both completed and the guest runs at the destination.
+    Both get the capability ``events`` (and ``capabilities``), the source
+    also ``pause-before-switchover`` (and ``parameters``).  Each MIGRATION
+    event goes through ``tracker`` (a ``hypervisor.adapter.QmpTracker``;
+    None: no mbx step) and ``run_step(role, actions)`` runs the steps, except
+    at the source's ``pre-switchover``: ``switchover(stun)`` (``stun``: runs
+    the stun step, None without one) moves the guest's port, then QEMU
+    continues.  ``stage["handed_over"]`` turns true when the source
+    completed.  Returns the source's ``query-migrate`` once QEMU filled in
+    its figures; LabError when QEMU reports the migration failed or
+    cancelled, or after ``timeout`` seconds."""
+    events = [{"capability": "events", "state": True}] + [
+        {"capability": c, "state": True} for c in capabilities]
+    dq.command("migrate-set-capabilities", capabilities=events)
+    dq.command("migrate-incoming", uri=uri)
+    sq.command("migrate-set-capabilities", capabilities=events + [
+        {"capability": "pause-before-switchover", "state": True}])
+    if parameters:
+        sq.command("migrate-set-parameters", **parameters)
+    marks.append(("incoming", time.monotonic()))
+    sq.command("migrate", uri=uri)
+    roles = {sq: adapter.SOURCE, dq: adapter.DESTINATION}
+    done = {adapter.SOURCE: False, adapter.DESTINATION: False}
+    info = {}
+    deadline = time.monotonic() + timeout
+    while not all(done.values()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LabError("no end of the migration within %ds" % timeout)
+        for mon, ev in wait_events(list(roles), min(left, 1.0)):
+            if ev["event"] != "MIGRATION":
+                continue
+            role, status = roles[mon], ev["data"]["status"]
+            log("qmp %s: %s" % (role, status))
+            actions = tracker.handle(role, status) if tracker is not None else []
+            if role == adapter.SOURCE and status == adapter.QMP_PRE_SWITCHOVER:
+                marks.append(("paused", time.monotonic()))
+                switchover((lambda: run_step(role, actions)) if actions else None)
+                sq.command("migrate-continue", state=adapter.QMP_PRE_SWITCHOVER)
+                marks.append(("continue", time.monotonic()))
+                continue
+            run_step(role, actions)
+            if status in (adapter.QMP_FAILED, adapter.QMP_CANCELLED):
+                raise LabError("QEMU on the %s: migration %s" % (role, status))
+            if status == adapter.QMP_COMPLETED:
+                if role == adapter.SOURCE:
+                    stage["handed_over"] = True
+                    info = _figures(sq)
+                done[role] = True
+                marks.append(("%s-completed" % role, time.monotonic()))
+    wait_until(lambda: dq.command("query-status").get("running"), 60, interval=0.02,
+               what="the guest to run at the destination")
+    marks.append(("running", time.monotonic()))
+    return info
+
+
+def _figures(monitor):
+    """The outgoing QEMU's ``query-migrate`` of the migration it completed
+    (total time and downtime are filled in just after the "completed"
+    event)."""
+    info = {}
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        info = monitor.command("query-migrate")
+        if info.get("total-time"):
+            break
+        time.sleep(0.02)
+    return info
+
+
 def _row(lab, name):
     row = lab.migration_row(name)
     return row["uuid"] if row and row.get("status") not in ("done", "aborted",
                                                             "fallback") else None
 
 
+def _switchover(lab, name, src, to, stage, marks, timeout, stun):
+    """QEMU holds the guest at the switchover.  The stun goes out first (on
+    the announced path; ``stun`` runs the step, which returns once the
+    destination imported), and while its wait runs the port moves; both
+    are over before QEMU may continue."""
+    if stun is None:
+        _switch_port(lab, name, src, to, stage, marks, timeout, None)
+        return
+    migration = _row(lab, name)
+    outcome = {}
+
+    def run_stun():
+        try:
+            stun()
+        except BaseException as err:        # noqa: BLE001 - raised below
+            outcome["error"] = err
+    thread = threading.Thread(target=run_stun, daemon=True, name="stun-%s" % name)
+    thread.start()
+    wait_until(lambda: not thread.is_alive() or lab.migration_row(name).get("status")
+               in ("stunned", "imported"), timeout, interval=0.005,
+               what="the stun of %s to be written" % name)
+    if "error" not in outcome:
+        _switch_port(lab, name, src, to, stage, marks, timeout, migration)
+    thread.join(timeout + adapter.GRACE)
+    if thread.is_alive():
+        raise _Failed("the stun of %s did not return" % name)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
 def _switch_port(lab, name, src, to, stage, marks, timeout, migration):
     """The guest is stopped at the switchover: its port leaves the source
-    and is plugged at the destination; the flows for it there are
-    programmed (and on the announced path, the stun step already waited
-    until the destination imported its state) before QEMU continues."""
+    and is plugged at the destination, and the flows for it there are
+    programmed.  ``migration``: the announced row, which must stay active."""
     vm = lab.state["vms"][name]
     old_epoch = lab._vm_epoch(name)
     lab.vsctl(src, "del-port", "br-int", vm["vif"])
@@ -690,13 +759,8 @@ def _roll_back(lab, name, src, to, stage, monitors, tracker, config, why, timeou
     goes back to the source, the destination QEMU and tap go away.  Every
     step is tried; returns what failed."""
     vm = lab.state["vms"][name]
-    problems = []
-
-    def attempt(what, fn):
-        try:
-            fn()
-        except Exception as err:        # noqa: BLE001 - every step is tried
-            problems.append("%s: %s" % (what, err))
+    attempt = TryEach()
+    problems = attempt.problems
     sq = monitors.get("source")
     if sq is not None:
         def cancel():

@@ -28,6 +28,20 @@ def run(cmd, netns=None, check=True, env=None, timeout=30, input=None):
     return proc.stdout
 
 
+class TryEach:
+    """Runs the steps of an undo, each tried whatever the ones before did:
+    ``step(what, fn)``; ``problems`` holds one line per step that failed."""
+
+    def __init__(self):
+        self.problems = []
+
+    def __call__(self, what, fn):
+        try:
+            fn()
+        except Exception as err:        # noqa: BLE001 - every step is tried
+            self.problems.append("%s: %s" % (what, err))
+
+
 def wait_until(predicate, timeout, interval=0.01, what="condition"):
     """Poll ``predicate`` until it returns a true value; return that value."""
     deadline = time.monotonic() + timeout

@@ -220,6 +220,9 @@ class Engine:
                 self._slice_keys.update(change.slices)
             for vm, location in change.vm_locations.items():
                 self._location_written(vm, location)
+            # The last host a VM was located on, also when its location
+            # moved after its port events were handled (an announced move).
+            self._remember_hosts(self.sb_snap.vm_locations, change.vm_locations)
             config = self._config
             if change.hosts and self._config is not None:
                 config = dict(self._config)

@@ -38,7 +38,7 @@ from lab.sh import LabError
 
 RECIPE = 1
 PACKAGES = ("linux-image-amd64", "python3", "iproute2", "qemu-guest-agent",
-            "busybox-static")
+            "busybox-static", "iputils-ping", "procps")
 MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "crc32c_generic",
            "ext4")
 CACHE = os.environ.get("MBX_GUEST_CACHE", "/var/cache/mbx/guest")

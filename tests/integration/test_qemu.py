@@ -12,11 +12,12 @@ Each move is a real QEMU live migration over QMP (lab.qemu): announced
 and unannounced (no event; the controller notices the port).  The reply
 gap of each stream is printed and written to RUNDIR/qemu-gaps.json.  The
 control: with every mbxd running ``--no-migration`` the SNAT stream
-breaks.
+breaks.  A migration that fails leaves the guest running at its source.
 """
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -105,6 +106,12 @@ def guest_facts(lab):
     return ns, boot
 
 
+def rows(lab):
+    """The guest's Migration rows, for a failure's message."""
+    return [(m.path, m.source, m.destination, m.status, m.outcome, m.timeline)
+            for m in lab.sb().snapshot().migrations if m.vm == VM]
+
+
 def record_gap(path, row, steps, finals):
     gaps = {}
     if os.path.exists(GAPS):
@@ -114,7 +121,7 @@ def record_gap(path, row, steps, finals):
                   "entries": row["stats"].get("entries"),
                   "qemu_total_ms": steps.get("qemu_total_ms"),
                   "qemu_downtime_ms": steps.get("qemu_downtime_ms"),
-                  "driver_total_ms": steps.get("total")}
+                  "driver_total_ms": steps.get("total"), "steps_ms": steps}
     with open(GAPS, "w") as f:
         json.dump(gaps, f, indent=1, sort_keys=True)
     print("\nQEMU live migration, %s path: reply gap per stream %s ms; QEMU total %s ms, "
@@ -134,7 +141,10 @@ def test_three_streams_survive_a_real_qemu_live_migration(qlab, notify):
     try:
         kept = sc.translations(src)
         assert sorted(k for k, _ in kept.values()) == ["dnat", "lb", "snat"], kept
-        steps = lab.migrate(VM, dst, notify=notify)
+        try:
+            steps = lab.migrate(VM, dst, notify=notify)
+        except LabError as err:
+            raise AssertionError("%s; rows: %s" % (err, rows(lab))) from err
         row = lab.migration_row(VM)
         assert (row["source"], row["destination"], row["status"]) == (src, dst, "done"), row
         assert row["path"] == ("announced" if notify else "unannounced")
@@ -148,6 +158,33 @@ def test_three_streams_survive_a_real_qemu_live_migration(qlab, notify):
         finals = streams.stop()
     assert sorted(survivors({"connections": list(finals.values())})) == sorted(STREAMS)
     record_gap("announced" if notify else "unannounced", row, steps, finals)
+
+
+def test_a_failed_migration_leaves_the_guest_running_at_its_source(qlab):
+    """The destination's mbxd is dead: the source aborts the announced
+    transfer, the stun at QEMU's switchover fails, the driver cancels the
+    migration (QEMU resumes the guest where it was) and the guest's streams
+    carry on there."""
+    lab, _ = qlab
+    src = lab.state["vms"][VM]["host"]
+    dst = next(h for h in HOSTS if h != src)
+    before = guest_facts(lab)
+    streams = Streams(lab, "rollback")
+    lab.mbxd_stop(dst, signal.SIGKILL)
+    try:
+        with pytest.raises(LabError, match="rolled back to %s" % src):
+            lab.migrate(VM, dst, notify=True)
+        assert guest_facts(lab) == before
+        assert lab.state["vms"][VM]["host"] == src
+        assert qemu.incoming_key(VM) not in lab.state["pids"]
+        row = lab.migration_row(VM)
+        assert (row["destination"], row["status"]) == (dst, "aborted"), row
+        streams.carry_on()
+    finally:
+        streams.stop()
+        lab.mbxd_start(dst)
+        wait_until(lambda: lab.mbxd_appctl(dst, "stats", check=False), 30, interval=0.2,
+                   what="mbxd on %s to answer" % dst)
 
 
 def test_without_state_migration_the_snat_stream_breaks(qlab):
@@ -177,3 +214,15 @@ def test_without_state_migration_the_snat_stream_breaks(qlab):
         for host in HOSTS:
             lab.mbxd_stop(host)
             lab.mbxd_start(host)
+
+
+def test_vm_del_ends_the_guest(qlab):
+    lab, _ = qlab
+    vm = dict(lab.state["vms"][VM])
+    pid = lab.state["pids"][qemu.qemu_key(VM)]
+    lab.vm_del(VM)
+    wait_until(lambda: not os.path.exists("/proc/%d" % pid), 15,
+               what="QEMU %d to end" % pid)
+    assert vm["vif"] not in lab.vsctl(vm["host"], "list-ports", "br-int").split()
+    assert not any(k.startswith("vm/%s/" % VM) for k in lab.state["pids"])
+    assert VM not in lab.nb().snapshot().vms

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.lab
 SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MKROOT = os.path.join(SRC, "deploy", "mkroot")
 INSTALL = os.path.join(SRC, "deploy", "install.sh")
+NSPAWN = os.path.join(SRC, "deploy", "nspawn")        # systemd-nspawn in a cgroup of its own
 PREFIX = os.environ.get("MBX_TEST_PREFIX", "mbxt")
 MACHINE = PREFIX + "-units"
 PACKAGES = ("openvswitch-switch", "python3-venv", "systemd-sysv", "iproute2")
@@ -75,8 +76,8 @@ class Box:
     """The booted container: its systemd's PID on this machine and a way to
     run commands in all of its namespaces."""
 
-    def __init__(self, proc, leader, console):
-        self.proc, self.leader, self.console = proc, leader, console
+    def __init__(self, proc, leader, root):
+        self.proc, self.leader, self.root = proc, leader, root
 
     def run(self, *cmd, timeout=60, check=True):
         argv = ["nsenter", "-t", str(self.leader), "-a", *cmd]
@@ -125,16 +126,40 @@ def _leader(proc):
     return None
 
 
-def _stop(proc):
-    """Shut the container down (SIGTERM to systemd-nspawn: a clean poweroff),
-    SIGKILL if it does not go within a minute."""
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _stop(proc, leader):
+    """Shut the container down: SIGTERM to systemd-nspawn (a clean poweroff);
+    if the container's systemd is still there after a minute, SIGKILL to it
+    (which ends every process of the container), then to systemd-nspawn.
+    True once both are gone."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            pass
+    if leader is not None and _alive(leader):
+        os.kill(leader, signal.SIGKILL)
+    if proc.poll() is None:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+    if leader is not None:
+        try:
+            wait_until(lambda: not _alive(leader), 30, interval=0.1,
+                       what="the container's processes to end")
+        except Exception:
+            return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +169,7 @@ def box():
         assert shutil.which(tool), "%s is missing (make deps installs it)" % tool
     work = tempfile.mkdtemp(prefix=PREFIX + "-units-", dir="/var/tmp")
     root = os.path.join(work, "root")
-    proc = None
+    proc = leader = None
     try:
         run([MKROOT, "--dest", root, *PACKAGES], timeout=900)
         pip = os.path.join(os.path.dirname(sys.executable), "pip")
@@ -162,29 +187,37 @@ def box():
         console = os.path.join(work, "console.log")
         with open(console, "w") as out:
             proc = subprocess.Popen(
-                ["systemd-nspawn", "-D", root, "-M", MACHINE, "-b", "--register=no",
+                [NSPAWN, "-D", root, "-M", MACHINE, "-b", "--register=no",
                  "--keep-unit", "--private-network", "--console=read-only"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         leader = wait_until(lambda: proc.poll() is None and _leader(proc), 30,
                             what="the container's systemd")
-        the_box = Box(proc, leader, console)
-        # systemd answers once its private socket is up; then wait for the
-        # end of the boot transaction.
+        the_box = Box(proc, leader, root)
+        # systemctl says "offline" until systemd's private socket is up;
+        # then wait for the end of the boot transaction.
         wait_until(lambda: the_box.run("systemctl", "is-system-running",
-                                       check=False).stdout.strip(), 60, interval=0.2,
-                   what="the container's systemd to answer")
-        state = the_box.run("systemctl", "is-system-running", "--wait",
-                            timeout=180, check=False).stdout.strip()
-        assert state == "running", "the container booted %s; failed units:\n%s" % (
-            state, the_box.run("systemctl", "--failed", "--no-pager", check=False).stdout)
+                                       check=False).stdout.strip() not in ("", "offline"),
+                   120, interval=0.2, what="the container's systemd to answer")
+        booted = the_box.run("systemctl", "is-system-running", "--wait",
+                             timeout=180, check=False)
+        if booted.stdout.strip() != "running":
+            with open(console, errors="replace") as f:
+                tail = f.read()[-3000:]
+            failed = the_box.run("systemctl", "--failed", "--no-pager", check=False)
+            raise AssertionError("the container booted %r (%s); failed units: %s%s\n"
+                                 "console:\n%s" % (
+                                     booted.stdout.strip(), booted.stderr.strip(),
+                                     failed.stdout, failed.stderr, tail))
         yield the_box
     finally:
-        if proc is not None:
-            _stop(proc)
+        stopped = proc is None or _stop(proc, leader)
+        subprocess.run([NSPAWN, "--cleanup"], check=False, timeout=30)
         shutil.rmtree("/run/systemd/nspawn/propagate/" + MACHINE, ignore_errors=True)
         left = mounts_under(work)
-        assert not left, "still mounted, %s left in place: %s" % (work, left)
+        # Never remove a tree a container may still run from.
+        assert stopped and not left, "container %s not stopped or still mounted " \
+            "(%s); %s left in place" % (leader, left, work)
         shutil.rmtree(work)
 
 
@@ -214,6 +247,10 @@ def test_the_host_registers_and_applies_the_config(box):
             "--subnet", "10.0.0.0/24", "--tenant", "red", timeout=90)
     row = box.host_row(HOST)
     assert int(row["NB_CFG"]) >= 1 and int(row["MB_CFG"]) >= 1, row
+    # The daemons answer ovs-appctl where docs/deploy.md says.
+    status = box.run("env", "OVS_RUNDIR=/run/mbx", "ovs-appctl", "-t", "mbx-northd", "status")
+    assert status.startswith("Status: active"), status
+    assert box.run("ovs-appctl", "-t", "mbxd", "stats").strip()
     # Nothing crashed on the way.
     for unit in DAEMONS:
         assert box.show(unit, "NRestarts")["NRestarts"] == "0", box.journal(unit)
@@ -232,6 +269,30 @@ def test_a_unit_killed_with_sigkill_is_restarted(box, unit):
             and props
     props = wait_until(back, 60, interval=0.2, what="systemd to restart %s" % unit)
     assert int(props["NRestarts"]) == int(before["NRestarts"]) + 1, props
+
+
+def test_a_rejected_hypervisor_conf_changes_nothing(box):
+    """An edited hypervisor.conf with a bad value: re-running the host's
+    setup fails with one line naming the key, and neither Open vSwitch's
+    configuration nor the running daemons change; fixed, it runs again."""
+    ids = ("ovs-vsctl", "get", "Open_vSwitch", ".", "external_ids")
+    before = box.run(*ids)
+    pids = {unit: box.show(unit, "MainPID")["MainPID"] for unit in ("mbx-chassis", "mbxd")}
+    configure(box.root, "hypervisor.conf", {"MBX_ENCAP_TYPE": "vxlam"})
+    try:
+        assert box.run("systemctl", "restart", "mbx-host-setup", check=False).returncode != 0
+        wait_until(lambda: "mbx-host-setup: MBX_ENCAP_TYPE: vxlan or geneve, not 'vxlam'"
+                   in box.journal("mbx-host-setup"), 10, interval=0.2,
+                   what="the setup's error in the journal")
+        assert box.run(*ids) == before
+        for unit, pid in pids.items():
+            props = box.show(unit, "MainPID", "SubState")
+            assert props == {"MainPID": pid, "SubState": "running"}, (unit, props)
+    finally:
+        configure(box.root, "hypervisor.conf", {"MBX_ENCAP_TYPE": "vxlan"})
+    box.run("systemctl", "restart", "mbx-host-setup")
+    assert box.show("mbx-host-setup", "ActiveState")["ActiveState"] == "active"
+    assert box.run(*ids) == before
 
 
 def test_the_host_is_served_again_after_the_restarts(box):

@@ -1151,6 +1151,28 @@ def test_unannounced_migration_after_the_port_vanished_and_with_the_wait_option(
     assert h.sb.writes_of("migration")[-1] == ("a2", "h1", "h3", "unannounced", 750)
 
 
+def test_the_last_host_is_where_the_vm_was_located_last():
+    """a2 moved h2 -> h3 (announced); its location names h3 only after the
+    engine handled the port events.  Its next move, unannounced, back to h2
+    comes from h3, also when the location was cleared before the engine saw
+    the port leave h3 (seen with real QEMU migrations: no row at all)."""
+    h = running()
+    h.sb.configure(migrations=(migration("a2", "h2", "h3", "imported"),))
+    h.notify()
+    h.add_port("h3", "a2", ofport=7)
+    h.del_port("h2", "a2")
+    h.sb.configure(migrations=(migration("a2", "h2", "h3", "done"),))
+    h.notify()
+    h.ack_all()
+    assert h.sb.snap.vm_locations["a2"] == ("h3", 2)
+    h.notify()
+    h.sb._apply(("vm", "a2", None, 2))      # the location cleared ...
+    h.notify()
+    h.del_port("h3", "a2")                  # ... before the engine saw the port go
+    h.add_port("h2", "a2")
+    assert h.sb.writes_of("migration")[-1:] == [("a2", "h3", "h2", "unannounced", 3000)]
+
+
 def test_a_restarted_controller_remembers_the_last_host_from_the_database():
     h = Harness(runtime=initial_runtime(locations={"a2": ("h2", 4)}))
     h.notify()
