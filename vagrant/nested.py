@@ -23,6 +23,7 @@ incremental over the base image every box has).
 
 import os
 import shlex
+import subprocess
 import time
 import types
 
@@ -105,7 +106,14 @@ class Guest:
         local = self.local(kind, host)
         if os.path.exists(local):
             os.unlink(local)
-        proc = self.nodes.forward(host, local, remote)
+        # ssh's options go before the destination (the last argument).
+        ssh = self.nodes.ssh_argv(host)
+        proc = subprocess.Popen(
+            ssh[:-1] + ["-N", "-o", "ExitOnForwardFailure=yes", "-o",
+                        "StreamLocalBindUnlink=yes", "-L", "%s:%s" % (local, remote),
+                        ssh[-1]],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         self.track("ssh-%s-%s-%s" % (self.name, kind, host), proc.pid)
         self.forwards[(host, kind)] = proc
         wait_until(lambda: os.path.exists(local) or proc.poll() is not None, 60,

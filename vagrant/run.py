@@ -320,14 +320,6 @@ class Nodes:
             raise LabError("copy of %s to %s:%s: %s" % (local, node, remote,
                                                        proc.stderr.decode().strip()))
 
-    def forward(self, node, local, remote):
-        """An ssh process forwarding the local unix socket ``local`` to
-        ``remote`` on ``node`` (a Popen; the caller ends it)."""
-        return subprocess.Popen(self.ssh_argv(node) + [
-            "-N", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
-            "-L", "%s:%s" % (local, remote)], stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
     def runner(self, node):
         """``subprocess.run`` for ``hypervisor.adapter.run_actions``: each
         mbxctl command line runs as root on ``node``."""
