@@ -70,8 +70,8 @@ units-check: deps
 
 # The Vagrant lab (vagrant/, docs/deploy.md "Vagrant"): a controller node and
 # three hypervisors as TCG VMs, provisioned with deploy/install.sh.  Run by
-# hand, not in CI: vagrant-test took 24 minutes and 4.1 GB of memory on a
-# busy 2-core machine (docs/deploy.md has its output).
+# hand, not in CI: vagrant-test takes 13-24 minutes and about 4 GB of memory
+# on a busy 2-core machine (docs/deploy.md has its output).
 VAGRANT_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system \
                         libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base \
                         iptables e2fsprogs

@@ -10,9 +10,9 @@ lab (``lab.qemu.qemu_argv``).
 
 The machine running vagrant drives it as an operator would: over ssh, with
 the guest's QMP monitor and agent sockets forwarded from the hypervisor to
-local unix sockets, so ``lab.qemu``'s ``Monitor``, ``Agent`` and
-``exec_``/``spawn``/``read`` work unchanged.  The migration follows
-``lab.qemu.migrate``: the destination QEMU waits with ``-incoming``, the
+local unix sockets, so ``lab.qemu``'s ``Monitor``, ``Agent``, ``drive`` and
+``exec_``/``spawn``/``read`` work unchanged.  The migration is the lab's
+(``lab.qemu.drive``, the one QMP driver): the destination QEMU waits with ``-incoming``, the
 source sends the guest over mbx's management network, and QEMU's own
 MIGRATION events drive mbx (``hypervisor.adapter.QmpTracker``): the mbxctl
 steps run ON the hypervisors, with each host's own certificate over TLS
@@ -172,9 +172,9 @@ class Guest:
     # ----------------------------------------------------- migration
     def migrate(self, to, mgmt_ip, payload, placed, log):
         """A real live migration of the guest to hypervisor ``to`` (whose
-        management address is ``mgmt_ip``), announced to mbx by QEMU's
-        events; ``placed()`` is true once mbx placed the VM at ``to``.
-        Returns the step timings (s) and QEMU's own figures (ms)."""
+        management address is ``mgmt_ip``) by ``lab.qemu.drive``, announced
+        to mbx by QEMU's events; ``placed()`` is true once mbx placed the VM
+        at ``to``.  Returns the step timings (s) and QEMU's own figures."""
         src = self.host
         marks = [("start", time.monotonic())]
         uri = "tcp:%s:%d" % (mgmt_ip, MIGRATION_PORT)
@@ -186,70 +186,36 @@ class Guest:
         self.start(to, incoming=True)
         dq = labqemu.Monitor(self.local("qmp", to), timeout=60)
         sq = labqemu.Monitor(self.local("qmp", src), timeout=60)
-        result = {}
+
+        def run_step(role, actions):
+            for action in actions:
+                ok = adapter.run_actions(
+                    [action], configs[role], runner=self.nodes.runner(nodes_of[role]),
+                    log=lambda m: log("  " + m))[0]
+                if not ok:
+                    raise LabError("mbxctl %s %s failed" % (action.verb, self.name))
+                marks.append((action.verb, time.monotonic()))
+
+        def switchover(stun):
+            # The guest is stopped: stun, its port moves, and QEMU goes on
+            # once mbx placed the VM at the destination.
+            if stun is not None:
+                stun()
+            self.unplug(src)
+            self.plug(to)
+            wait_until(placed, 120, interval=0.5,
+                       what="mbx to place %s on %s" % (self.name, to))
+            marks.append(("placed", time.monotonic()))
         try:
-            dq.command("migrate-set-capabilities", capabilities=[
-                {"capability": "events", "state": True},
-                {"capability": "block", "state": True}])
-            dq.command("migrate-incoming", uri=uri)
-            sq.command("migrate-set-capabilities", capabilities=[
-                {"capability": "events", "state": True},
-                {"capability": "block", "state": True},
-                {"capability": "pause-before-switchover", "state": True}])
-            sq.command("migrate-set-parameters", **{"block-incremental": True})
-            marks.append(("incoming", time.monotonic()))
-            sq.command("migrate", uri=uri)
-            roles = {sq: adapter.SOURCE, dq: adapter.DESTINATION}
-            done = {adapter.SOURCE: False, adapter.DESTINATION: False}
-            deadline = time.monotonic() + MIGRATE_TIMEOUT
-            while not all(done.values()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise LabError("no end of the migration within %ds" % MIGRATE_TIMEOUT)
-                for mon, ev in labqemu.wait_events(list(roles), min(left, 1.0)):
-                    if ev["event"] != "MIGRATION":
-                        continue
-                    role, status = roles[mon], ev["data"]["status"]
-                    log("  qmp %s (%s): %s" % (role, nodes_of[role], status))
-                    for action in tracker.handle(role, status):
-                        ok = adapter.run_actions(
-                            [action], configs[role], runner=self.nodes.runner(nodes_of[role]),
-                            log=lambda m: log("  " + m))[0]
-                        if not ok:
-                            raise LabError("mbxctl %s %s failed" % (action.verb, self.name))
-                        marks.append((action.verb, time.monotonic()))
-                    if status in (adapter.QMP_FAILED, adapter.QMP_CANCELLED):
-                        raise LabError("QEMU on the %s: migration %s" % (role, status))
-                    if role == adapter.SOURCE and status == adapter.QMP_PRE_SWITCHOVER:
-                        marks.append(("paused", time.monotonic()))
-                        # The guest is stopped: its port moves, and QEMU goes on
-                        # once mbx placed the VM at the destination.
-                        self.unplug(src)
-                        self.plug(to)
-                        wait_until(placed, 120, interval=0.5,
-                                   what="mbx to place %s on %s" % (self.name, to))
-                        marks.append(("placed", time.monotonic()))
-                        sq.command("migrate-continue", state=adapter.QMP_PRE_SWITCHOVER)
-                    if status == adapter.QMP_COMPLETED:
-                        if role == adapter.SOURCE:
-                            info = sq.command("query-migrate")
-                            result["qemu_total_ms"] = info.get("total-time")
-                            result["qemu_downtime_ms"] = info.get("downtime")
-                            result["ram_mb"] = round(
-                                info.get("ram", {}).get("transferred", 0) / 1e6, 1)
-                            result["disk_mb"] = round(
-                                info.get("disk", {}).get("transferred", 0) / 1e6, 1)
-                        done[role] = True
-                        marks.append(("%s-completed" % role, time.monotonic()))
-            wait_until(lambda: dq.command("query-status").get("running"), 60, interval=0.2,
-                       what="guest %s to run on %s" % (self.name, to))
-            marks.append(("running", time.monotonic()))
+            info = labqemu.drive(
+                sq, dq, uri, tracker, run_step, switchover, marks, MIGRATE_TIMEOUT,
+                lambda m: log("  %s (%s)" % (m, src + "->" + to)), {"handed_over": False},
+                capabilities=("block",), parameters={"block-incremental": True})
         except BaseException:
-            # The run fails and its VMs are destroyed; say where it stood.
-            for action in ([] if tracker.over else
-                           tracker.handle(adapter.SOURCE, adapter.QMP_CANCELLED)):
-                adapter.run_actions([action], configs[adapter.SOURCE],
-                                    runner=self.nodes.runner(src), log=log)
+            # The run fails and its VMs are destroyed; end the announced
+            # migration first.
+            if not tracker.over:
+                run_step(adapter.SOURCE, tracker.handle(adapter.SOURCE, adapter.QMP_CANCELLED))
             raise
         finally:
             dq.close()
@@ -266,5 +232,8 @@ class Guest:
         for (_, prev), (label, t) in zip(marks, marks[1:]):
             steps[label] = round(t - prev, 2)
         steps["total"] = round(marks[-1][1] - marks[0][1], 2)
-        steps.update(result)
+        steps.update({"qemu_total_ms": info.get("total-time"),
+                      "qemu_downtime_ms": info.get("downtime"),
+                      "ram_mb": round(info.get("ram", {}).get("transferred", 0) / 1e6, 1),
+                      "disk_mb": round(info.get("disk", {}).get("transferred", 0) / 1e6, 1)})
         return steps
