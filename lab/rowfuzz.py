@@ -497,9 +497,14 @@ def log_findings(rundir, since):
             text = _STAMP.sub("", line)
             if text.startswith(("WARNING", "ERROR")) or " WARNING " in text[:60] \
                     or " ERROR " in text[:60]:
-                key = "%s: %s" % (name, text[:200])
-                said[key] = said.get(key, 0) + 1
-    return tracebacks, {k: n for k, n in said.items() if n > REPEAT_LIMIT}
+                key = (name, text)      # the whole line: two rows' warnings that
+                said[key] = said.get(key, 0) + 1    # share a long prefix are two
+    repeated = {}
+    for (name, text), n in said.items():
+        if n > REPEAT_LIMIT:
+            shown = "%s: %s" % (name, text if len(text) <= 300 else text[:300] + "...")
+            repeated[shown] = max(n, repeated.get(shown, 0))
+    return tracebacks, repeated
 
 
 def wait_hv(lab, timeout=WAIT_TIMEOUT):
