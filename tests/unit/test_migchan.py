@@ -132,6 +132,16 @@ def collect(ch, until, timeout=5.0):
     return out
 
 
+def settled(read, want, timeout=5.0):
+    """``read()`` once it returns ``want`` (or its last value when time is up)."""
+    end = time.monotonic() + timeout
+    got = read()
+    while got != want and time.monotonic() < end:
+        time.sleep(0.01)
+        got = read()
+    return got
+
+
 def closed(sid):
     return lambda evs: any(e.kind == "closed" and e.sid == sid for e in evs)
 
@@ -179,8 +189,10 @@ def test_round_trip_both_ways_with_stats(pair):
 
     up = sum(len(encode(m)) for m in to_server)
     down = sum(len(encode(m)) for m in to_client)
-    assert client.stats("m1") == (up, down)
-    assert server.stats("in-1") == (down, up)
+    # A session's thread counts a frame once its send returned, which may
+    # be just after the peer read it: the count settles right after.
+    assert settled(lambda: client.stats("m1"), (up, down)) == (up, down)
+    assert settled(lambda: server.stats("in-1"), (down, up)) == (down, up)
 
     client.send("m1", {"type": "final"})
     client.close("m1")
