@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from lab.sh import LabError, wait_until
 from middlebox import migchan, pki
 from middlebox.migchan import Channel, Decoder, FrameError, encode
 from ovsdb.errors import MbxError
@@ -132,16 +133,6 @@ def collect(ch, until, timeout=5.0):
     return out
 
 
-def settled(read, want, timeout=5.0):
-    """``read()`` once it returns ``want`` (or its last value when time is up)."""
-    end = time.monotonic() + timeout
-    got = read()
-    while got != want and time.monotonic() < end:
-        time.sleep(0.01)
-        got = read()
-    return got
-
-
 def closed(sid):
     return lambda evs: any(e.kind == "closed" and e.sid == sid for e in evs)
 
@@ -191,8 +182,16 @@ def test_round_trip_both_ways_with_stats(pair):
     down = sum(len(encode(m)) for m in to_client)
     # A session's thread counts a frame once its send returned, which may
     # be just after the peer read it: the count settles right after.
-    assert settled(lambda: client.stats("m1"), (up, down)) == (up, down)
-    assert settled(lambda: server.stats("in-1"), (down, up)) == (down, up)
+    settled = {}
+
+    def counted():
+        settled.update(client=client.stats("m1"), server=server.stats("in-1"))
+        return settled == {"client": (up, down), "server": (down, up)}
+    try:
+        wait_until(counted, 5.0, what="the byte counts")
+    except LabError:
+        pass                                    # the assertion says what they were
+    assert settled == {"client": (up, down), "server": (down, up)}
 
     client.send("m1", {"type": "final"})
     client.close("m1")
